@@ -1,0 +1,1 @@
+//! `archive_command` (the archiver thread) and `restore_command`.

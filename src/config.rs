@@ -1,0 +1,851 @@
+//! `walrep.toml`: every parameter of a node, named after PostgreSQL's where
+//! PostgreSQL has one, with its default, its unit and its documentation.
+//!
+//! The file is read with serde and unknown keys are rejected with the key's
+//! name; `-c name=value` overrides any parameter, as with `postgres -c`.
+//! [`PARAMETERS`] is the single list the generated `walrep.toml` template and
+//! `docs/configuration.md` are checked against.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Errors reading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read configuration file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration in {origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("unrecognized configuration parameter \"{0}\"")]
+    UnknownParameter(String),
+    #[error("invalid -c option {0:?}: expected name=value")]
+    BadOverride(String),
+    #[error("invalid value for parameter \"{name}\": {message}")]
+    BadValue { name: String, message: String },
+}
+
+/// `synchronous_commit`: what a write waits for before its client is told "OK".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SynchronousCommit {
+    /// Answer at once; the WAL writer flushes within `wal_writer_delay`.
+    /// A crash can lose the last writes, never corrupt the store.
+    Off,
+    /// Wait for the local WAL flush only.
+    Local,
+    /// Also wait until the synchronous standbys have written the WAL (not flushed).
+    RemoteWrite,
+    /// Also wait until the synchronous standbys have flushed the WAL (PostgreSQL's `on`).
+    On,
+    /// Also wait until the synchronous standbys have applied the WAL, so a read
+    /// on them sees the write.
+    RemoteApply,
+}
+
+impl SynchronousCommit {
+    pub const NAMES: &'static str = "off, local, remote_write, on, remote_apply";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SynchronousCommit::Off => "off",
+            SynchronousCommit::Local => "local",
+            SynchronousCommit::RemoteWrite => "remote_write",
+            SynchronousCommit::On => "on",
+            SynchronousCommit::RemoteApply => "remote_apply",
+        }
+    }
+}
+
+impl FromStr for SynchronousCommit {
+    type Err = String;
+    /// PostgreSQL's spellings, including its boolean aliases for `on`/`off`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "off" | "false" | "no" | "0" => Ok(SynchronousCommit::Off),
+            "local" => Ok(SynchronousCommit::Local),
+            "remote_write" => Ok(SynchronousCommit::RemoteWrite),
+            "on" | "true" | "yes" | "1" => Ok(SynchronousCommit::On),
+            "remote_apply" => Ok(SynchronousCommit::RemoteApply),
+            _ => Err(format!(
+                "invalid value for parameter \"synchronous_commit\": \"{s}\" (available values: {})",
+                Self::NAMES
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SynchronousCommit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `archive_mode`: whether completed segments are handed to `archive_command`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveMode {
+    Off,
+    /// Archive on a primary; a standby archives only after promotion.
+    On,
+    /// Archive on standbys too (every segment received or restored).
+    Always,
+}
+
+impl FromStr for ArchiveMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "off" | "false" | "no" => Ok(ArchiveMode::Off),
+            "on" | "true" | "yes" => Ok(ArchiveMode::On),
+            "always" => Ok(ArchiveMode::Always),
+            _ => Err(format!("\"{s}\" (available values: off, on, always)")),
+        }
+    }
+}
+
+impl ArchiveMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchiveMode::Off => "off",
+            ArchiveMode::On => "on",
+            ArchiveMode::Always => "always",
+        }
+    }
+}
+
+/// `recovery_target_timeline`: which timeline a standby follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryTargetTimeline {
+    /// Follow the newest timeline found in the archive or upstream (the default).
+    Latest,
+    /// Stay on the timeline of the checkpoint we started from.
+    Current,
+    /// Recover along the history of this timeline.
+    Id(u32),
+}
+
+impl FromStr for RecoveryTargetTimeline {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "latest" => Ok(RecoveryTargetTimeline::Latest),
+            "current" => Ok(RecoveryTargetTimeline::Current),
+            n => match n.parse::<u32>() {
+                Ok(id) if id >= 1 => Ok(RecoveryTargetTimeline::Id(id)),
+                _ => Err(format!(
+                    "\"{s}\": recovery_target_timeline is not a valid number (use latest, current or a timeline id)"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for RecoveryTargetTimeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryTargetTimeline::Latest => f.write_str("latest"),
+            RecoveryTargetTimeline::Current => f.write_str("current"),
+            RecoveryTargetTimeline::Id(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Implements serde for the enums above through their text form, so the file
+/// says `synchronous_commit = "on"` as postgresql.conf would.
+macro_rules! text_serde {
+    ($t:ty, $display:expr) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let v = TextOrScalar::deserialize(d)?;
+                v.0.parse().map_err(de::Error::custom)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let f: fn(&$t) -> String = $display;
+                s.serialize_str(&f(self))
+            }
+        }
+    };
+}
+text_serde!(SynchronousCommit, |v| v.as_str().to_string());
+text_serde!(ArchiveMode, |v| v.as_str().to_string());
+text_serde!(RecoveryTargetTimeline, |v| v.to_string());
+
+/// A TOML string, integer or boolean, kept as text (how `-c` values and
+/// postgresql.conf values arrive).
+struct TextOrScalar(String);
+
+impl<'de> Deserialize<'de> for TextOrScalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = TextOrScalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, integer or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TextOrScalar, E> {
+                Ok(TextOrScalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TextOrScalar, E> {
+                Ok(TextOrScalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TextOrScalar, E> {
+                Ok(TextOrScalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<TextOrScalar, E> {
+                Ok(TextOrScalar(if v { "on" } else { "off" }.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A boolean parameter: TOML `true`/`false` or PostgreSQL's `on`, `off`,
+/// `yes`, `no`, `1`, `0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bool(pub bool);
+
+impl<'de> Deserialize<'de> for Bool {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = TextOrScalar::deserialize(d)?;
+        match v.0.to_ascii_lowercase().as_str() {
+            "on" | "true" | "yes" | "1" => Ok(Bool(true)),
+            "off" | "false" | "no" | "0" => Ok(Bool(false)),
+            other => Err(de::Error::custom(format!(
+                "\"{other}\" is not a boolean (use on or off)"
+            ))),
+        }
+    }
+}
+
+impl Serialize for Bool {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(self.0)
+    }
+}
+
+/// A time parameter. Text takes PostgreSQL's units (`ms`, `s`, `min`, `h`,
+/// `d`); a bare integer is in the parameter's base unit `BASE_MS`.
+/// Negative values are kept as `None` ("disabled", PostgreSQL's -1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time<const BASE_MS: u64>(pub Option<Duration>);
+
+impl<const BASE_MS: u64> Time<BASE_MS> {
+    pub const fn ms(ms: u64) -> Self {
+        Time(Some(Duration::from_millis(ms)))
+    }
+    pub const DISABLED: Self = Time(None);
+
+    /// The duration, or `None` when the parameter is -1 (disabled).
+    pub fn get(self) -> Option<Duration> {
+        self.0
+    }
+}
+
+/// Parse a PostgreSQL time value: `250ms`, `5s`, `5min`, `1h`, `1d`, or a
+/// bare number in `base_ms` milliseconds; `-1` means disabled.
+pub fn parse_time(text: &str, base_ms: u64) -> Result<Option<Duration>, String> {
+    let t = text.trim();
+    if t == "-1" {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a valid time (e.g. 200ms, 5s, 5min)"))?;
+    let unit_ms = match unit.trim() {
+        "" => base_ms,
+        "ms" => 1,
+        "s" => 1_000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        u => {
+            return Err(format!(
+                "invalid unit {u:?} in \"{text}\": valid units are ms, s, min, h, d"
+            ))
+        }
+    };
+    n.checked_mul(unit_ms)
+        .map(|ms| Some(Duration::from_millis(ms)))
+        .ok_or_else(|| format!("\"{text}\" is out of range"))
+}
+
+fn format_time(d: Option<Duration>) -> String {
+    match d {
+        None => "-1".to_string(),
+        Some(d) => {
+            let ms = d.as_millis() as u64;
+            if ms == 0 {
+                "0".into()
+            } else if ms % 60_000 == 0 {
+                format!("{}min", ms / 60_000)
+            } else if ms % 1000 == 0 {
+                format!("{}s", ms / 1000)
+            } else {
+                format!("{ms}ms")
+            }
+        }
+    }
+}
+
+impl<'de, const B: u64> Deserialize<'de> for Time<B> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = TextOrScalar::deserialize(d)?;
+        parse_time(&v.0, B).map(Time).map_err(de::Error::custom)
+    }
+}
+
+impl<const B: u64> Serialize for Time<B> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_time(self.0))
+    }
+}
+
+impl<const B: u64> fmt::Display for Time<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_time(self.0))
+    }
+}
+
+/// A size parameter. Text takes PostgreSQL's units (`B`, `kB`, `MB`, `GB`,
+/// `TB`); a bare integer is in megabytes, as for PostgreSQL's WAL sizes.
+/// `-1` means unlimited / disabled (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub Option<u64>);
+
+impl Size {
+    pub const fn mb(mb: u64) -> Size {
+        Size(Some(mb << 20))
+    }
+    pub const UNLIMITED: Size = Size(None);
+    pub fn bytes(self) -> Option<u64> {
+        self.0
+    }
+}
+
+/// Parse a PostgreSQL size: `512kB`, `16MB`, `1GB`, or a bare number of megabytes.
+pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
+    let t = text.trim();
+    if t == "-1" {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a valid size (e.g. 16MB, 1GB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "MB" => 1 << 20,
+        "B" => 1,
+        "kB" => 1 << 10,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        u => {
+            return Err(format!(
+                "invalid unit {u:?} in \"{text}\": valid units are B, kB, MB, GB, TB"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .map(Some)
+        .ok_or_else(|| format!("\"{text}\" is out of range"))
+}
+
+pub fn format_size(bytes: Option<u64>) -> String {
+    match bytes {
+        None => "-1".into(),
+        Some(0) => "0".into(),
+        Some(b) if b % (1 << 30) == 0 => format!("{}GB", b >> 30),
+        Some(b) if b % (1 << 20) == 0 => format!("{}MB", b >> 20),
+        Some(b) if b % (1 << 10) == 0 => format!("{}kB", b >> 10),
+        Some(b) => format!("{b}B"),
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = TextOrScalar::deserialize(d)?;
+        parse_size(&v.0).map(Size).map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_size(self.0))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_size(self.0))
+    }
+}
+
+/// Authentication method of an `[[hba]]` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HbaMethod {
+    #[serde(rename = "trust")]
+    Trust,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "reject")]
+    Reject,
+}
+
+/// One line of the replication connection allow-list, like a `pg_hba.conf`
+/// line for the `replication` database: the first line whose address range
+/// and user match decides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HbaEntry {
+    /// An address range in CIDR notation (`127.0.0.1/32`, `10.0.0.0/8`, `::1/128`).
+    pub address: String,
+    /// `trust`, `scram-sha-256` or `reject`.
+    pub method: HbaMethod,
+    /// The user this line applies to; `all` matches every user.
+    #[serde(default = "all_users")]
+    pub user: String,
+}
+
+fn all_users() -> String {
+    "all".to_string()
+}
+
+/// Every parameter of a node. Field names are the parameter names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    // -- Connections
+    pub listen_addresses: String,
+    pub port: u16,
+    pub replication_port: u16,
+    pub max_connections: u32,
+    pub proto_max_bulk_len: Size,
+    pub max_wal_senders: u32,
+    pub hba: Vec<HbaEntry>,
+    pub passwords: BTreeMap<String, String>,
+
+    // -- Write-ahead log
+    pub synchronous_commit: SynchronousCommit,
+    pub wal_writer_delay: Time<1>,
+    pub checkpoint_timeout: Time<1000>,
+    pub max_wal_size: Size,
+    pub min_wal_size: Size,
+    pub checkpoint_chunks: u32,
+    pub wal_keep_size: Size,
+    pub max_slot_wal_keep_size: Size,
+
+    // -- Archiving
+    pub archive_mode: ArchiveMode,
+    pub archive_command: String,
+    pub archive_timeout: Time<1000>,
+
+    // -- Replication: primary side
+    pub synchronous_standby_names: String,
+    pub synchronous_standby_timeout: Time<1>,
+    pub wal_sender_timeout: Time<1>,
+
+    // -- Replication: standby side
+    pub primary_conninfo: String,
+    pub primary_slot_name: String,
+    pub restore_command: String,
+    pub restore_command_timeout: Time<1000>,
+    pub recovery_target_timeline: RecoveryTargetTimeline,
+    pub promote_trigger_file: String,
+    pub wal_retrieve_retry_interval: Time<1>,
+    pub wal_receiver_status_interval: Time<1000>,
+    pub wal_receiver_timeout: Time<1>,
+    pub hot_standby: Bool,
+    pub hot_standby_feedback: Bool,
+
+    // -- Observability
+    pub log_level: String,
+    pub status_port: u16,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen_addresses: "127.0.0.1".into(),
+            port: 6380,
+            replication_port: 5433,
+            max_connections: 1000,
+            proto_max_bulk_len: Size::mb(64),
+            max_wal_senders: 10,
+            hba: vec![
+                HbaEntry {
+                    address: "127.0.0.0/8".into(),
+                    method: HbaMethod::Trust,
+                    user: all_users(),
+                },
+                HbaEntry {
+                    address: "::1/128".into(),
+                    method: HbaMethod::Trust,
+                    user: all_users(),
+                },
+            ],
+            passwords: BTreeMap::new(),
+            synchronous_commit: SynchronousCommit::On,
+            wal_writer_delay: Time::ms(200),
+            checkpoint_timeout: Time::ms(300_000),
+            max_wal_size: Size::mb(1024),
+            min_wal_size: Size::mb(80),
+            checkpoint_chunks: 16,
+            wal_keep_size: Size::mb(0),
+            max_slot_wal_keep_size: Size::UNLIMITED,
+            archive_mode: ArchiveMode::Off,
+            archive_command: String::new(),
+            archive_timeout: Time::ms(0),
+            synchronous_standby_names: String::new(),
+            synchronous_standby_timeout: Time::DISABLED,
+            wal_sender_timeout: Time::ms(60_000),
+            primary_conninfo: String::new(),
+            primary_slot_name: String::new(),
+            restore_command: String::new(),
+            restore_command_timeout: Time::ms(60_000),
+            recovery_target_timeline: RecoveryTargetTimeline::Latest,
+            promote_trigger_file: String::new(),
+            wal_retrieve_retry_interval: Time::ms(5_000),
+            wal_receiver_status_interval: Time::ms(10_000),
+            wal_receiver_timeout: Time::ms(60_000),
+            hot_standby: Bool(true),
+            hot_standby_feedback: Bool(false),
+            log_level: "info".into(),
+            status_port: 0,
+        }
+    }
+}
+
+/// Documentation of one parameter: the template, `--help`-style listings and
+/// `docs/configuration.md` are all checked against this list.
+pub struct ParamDoc {
+    pub name: &'static str,
+    pub section: &'static str,
+    pub help: &'static str,
+}
+
+/// Every parameter, in the order the template lists them.
+pub const PARAMETERS: &[ParamDoc] = &[
+    ParamDoc { name: "listen_addresses", section: "Connections", help: "Address the Redis-protocol and replication listeners bind to." },
+    ParamDoc { name: "port", section: "Connections", help: "TCP port of the Redis-protocol (RESP2) front end." },
+    ParamDoc { name: "replication_port", section: "Connections", help: "TCP port of the PostgreSQL replication protocol (walsenders, base backups)." },
+    ParamDoc { name: "max_connections", section: "Connections", help: "Most concurrent client connections; more are refused with \"-ERR max number of clients reached\"." },
+    ParamDoc { name: "proto_max_bulk_len", section: "Connections", help: "Largest single bulk string (key or value) a client may send; larger requests are refused and the connection closed." },
+    ParamDoc { name: "max_wal_senders", section: "Connections", help: "Most concurrent replication connections (walsenders)." },
+    ParamDoc { name: "hba", section: "Connections", help: "Replication connection allow-list: [[hba]] lines with address (CIDR), method (trust, scram-sha-256, reject) and user (default all). The first matching line decides; no match is refused." },
+    ParamDoc { name: "passwords", section: "Connections", help: "[passwords] table: user = \"password\" for scram-sha-256 authentication." },
+    ParamDoc { name: "synchronous_commit", section: "Write-ahead log", help: "What a write waits for before it is acknowledged: off, local, remote_write, on (remote flush) or remote_apply. Without synchronous_standby_names the remote levels mean local." },
+    ParamDoc { name: "wal_writer_delay", section: "Write-ahead log", help: "How often the WAL writer flushes WAL written with synchronous_commit = off." },
+    ParamDoc { name: "checkpoint_timeout", section: "Write-ahead log", help: "Longest time between automatic checkpoints." },
+    ParamDoc { name: "max_wal_size", section: "Write-ahead log", help: "WAL written since the last checkpoint that triggers a new checkpoint." },
+    ParamDoc { name: "min_wal_size", section: "Write-ahead log", help: "WAL kept for recycling as future segments instead of being removed." },
+    ParamDoc { name: "checkpoint_chunks", section: "Write-ahead log", help: "Number of chunk files a checkpoint of the store is split into under base/ (so base backups can copy them in parallel)." },
+    ParamDoc { name: "wal_keep_size", section: "Write-ahead log", help: "WAL kept behind the current position for standbys, whatever slots and checkpoints say." },
+    ParamDoc { name: "max_slot_wal_keep_size", section: "Write-ahead log", help: "Most WAL a replication slot may hold back; a slot past it is invalidated. -1 = unlimited." },
+    ParamDoc { name: "archive_mode", section: "Archiving", help: "off, on (archive completed segments on a primary) or always (on standbys too)." },
+    ParamDoc { name: "archive_command", section: "Archiving", help: "Shell command run for each completed segment; %p = path of the file, %f = its name. Exit status 0 = archived." },
+    ParamDoc { name: "archive_timeout", section: "Archiving", help: "Force a segment switch after this long with unarchived WAL (0 = never)." },
+    ParamDoc { name: "synchronous_standby_names", section: "Replication (primary)", help: "Standbys that acknowledge synchronous writes: 'FIRST n (a, b)', 'ANY n (a, b)', 'n (a, b)', 'a, b' or '*', matched against application_name." },
+    ParamDoc { name: "synchronous_standby_timeout", section: "Replication (primary)", help: "How long a write waits for synchronous standbys before the node degrades to local commits (-1 = wait forever, as PostgreSQL)." },
+    ParamDoc { name: "wal_sender_timeout", section: "Replication (primary)", help: "Close a replication connection silent for this long." },
+    ParamDoc { name: "primary_conninfo", section: "Replication (standby)", help: "libpq-style connection string of the upstream: host=... port=... user=... application_name=... password=..." },
+    ParamDoc { name: "primary_slot_name", section: "Replication (standby)", help: "Replication slot to use on the upstream." },
+    ParamDoc { name: "restore_command", section: "Replication (standby)", help: "Shell command that fetches an archived file; %f = file name, %p = destination path. Non-zero exit = not in the archive; killed by a signal or timed out = failure." },
+    ParamDoc { name: "restore_command_timeout", section: "Replication (standby)", help: "A restore_command running longer than this is killed and counted as a failure." },
+    ParamDoc { name: "recovery_target_timeline", section: "Replication (standby)", help: "latest (follow new timelines), current, or a timeline id." },
+    ParamDoc { name: "promote_trigger_file", section: "Replication (standby)", help: "A file whose appearance promotes the standby." },
+    ParamDoc { name: "wal_retrieve_retry_interval", section: "Replication (standby)", help: "How long to wait before retrying to get WAL after every source failed." },
+    ParamDoc { name: "wal_receiver_status_interval", section: "Replication (standby)", help: "Longest time between standby status updates sent upstream." },
+    ParamDoc { name: "wal_receiver_timeout", section: "Replication (standby)", help: "Give up on an upstream silent for this long." },
+    ParamDoc { name: "hot_standby", section: "Replication (standby)", help: "Answer reads on a standby." },
+    ParamDoc { name: "hot_standby_feedback", section: "Replication (standby)", help: "Send hot standby feedback ('h') messages upstream." },
+    ParamDoc { name: "log_level", section: "Observability", help: "Log filter when RUST_LOG is not set (error, warn, info, debug, trace, or tracing directives)." },
+    ParamDoc { name: "status_port", section: "Observability", help: "TCP port of the HTTP /status and /metrics endpoint (0 = off)." },
+];
+
+impl Config {
+    /// Read `walrep.toml` at `path`, then apply `-c name=value` overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml_with_overrides(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parse configuration text, then apply overrides. Unknown keys are
+    /// rejected with their name.
+    pub fn from_toml_with_overrides(
+        text: &str,
+        origin: &str,
+        overrides: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: origin.to_string(),
+                    message: e.to_string(),
+                })?;
+        for key in table.keys() {
+            if !PARAMETERS.iter().any(|p| p.name == key) {
+                return Err(ConfigError::UnknownParameter(key.clone()));
+            }
+        }
+        for o in overrides {
+            let (name, value) = o
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
+            let name = name.trim();
+            if !PARAMETERS.iter().any(|p| p.name == name) {
+                return Err(ConfigError::UnknownParameter(name.to_string()));
+            }
+            table.insert(name.to_string(), override_value(value.trim()));
+        }
+        let config: Config = table.clone().try_into().map_err(|e: toml::de::Error| {
+            // toml does not say which key of a table failed: find it by
+            // deserializing each key alone, so the error names the parameter.
+            let culprit = table.iter().find(|(k, v)| {
+                let mut one = toml::Table::new();
+                one.insert((*k).clone(), (*v).clone());
+                one.try_into::<Config>().is_err()
+            });
+            match culprit {
+                Some((name, _)) => ConfigError::BadValue {
+                    name: name.clone(),
+                    message: e.message().to_string(),
+                },
+                None => ConfigError::Invalid {
+                    origin: origin.to_string(),
+                    message: e.message().to_string(),
+                },
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Relationships between parameters that serde cannot check.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |name: &str, message: String| {
+            Err(ConfigError::BadValue {
+                name: name.into(),
+                message,
+            })
+        };
+        if self.checkpoint_chunks == 0 || self.checkpoint_chunks > 4096 {
+            return bad(
+                "checkpoint_chunks",
+                format!(
+                    "{} is outside the valid range 1..4096",
+                    self.checkpoint_chunks
+                ),
+            );
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1".into());
+        }
+        match self.proto_max_bulk_len.bytes() {
+            Some(b) if (1024..=(512 << 20)).contains(&b) => {}
+            _ => return bad("proto_max_bulk_len", "must be between 1kB and 512MB".into()),
+        }
+        if self.max_wal_size.bytes().is_none()
+            || self.min_wal_size.bytes().is_none()
+            || self.wal_keep_size.bytes().is_none()
+        {
+            return bad(
+                "max_wal_size",
+                "max_wal_size, min_wal_size and wal_keep_size cannot be -1".into(),
+            );
+        }
+        if self
+            .checkpoint_timeout
+            .get()
+            .is_none_or(|d| d < Duration::from_secs(1))
+        {
+            return bad("checkpoint_timeout", "must be at least 1s".into());
+        }
+        for h in &self.hba {
+            if crate::util::Cidr::parse(&h.address).is_none() {
+                return bad(
+                    "hba",
+                    format!("\"{}\" is not an address range in CIDR notation", h.address),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The `walrep.toml` written by `walrep init`: every parameter with its
+    /// default value and a comment, grouped by section.
+    pub fn template() -> String {
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        let mut out = String::from(
+            "# walrep.toml: configuration of one walrep node.\n\
+             # Every parameter is listed with its default. Names follow PostgreSQL's.\n\
+             # Sizes take B, kB, MB, GB (bare numbers are MB); times take ms, s, min, h, d.\n\
+             # Any parameter can be overridden at start: walrep start DATADIR -c name=value\n",
+        );
+        let mut section = "";
+        let mut tables = String::new();
+        for p in PARAMETERS {
+            if p.section != section {
+                section = p.section;
+                out.push_str(&format!("\n# ---- {section}\n"));
+            }
+            let value = &defaults[p.name];
+            match value {
+                toml::Value::Array(items) if items.iter().all(|i| i.is_table()) => {
+                    tables.push_str(&format!("\n# {}\n", p.help));
+                    for item in items {
+                        let mut wrapper = toml::Table::new();
+                        wrapper.insert(p.name.to_string(), toml::Value::Array(vec![item.clone()]));
+                        tables.push_str(&toml::to_string(&wrapper).expect("hba serializes"));
+                    }
+                }
+                toml::Value::Table(t) => {
+                    tables.push_str(&format!("\n# {}\n[{}]\n", p.help, p.name));
+                    for (k, v) in t {
+                        tables.push_str(&format!("{k} = {v}\n"));
+                    }
+                }
+                v => out.push_str(&format!("\n# {}\n{} = {}\n", p.help, p.name, v)),
+            }
+        }
+        out.push_str(&tables);
+        out
+    }
+}
+
+/// A `-c` value: TOML if it parses as a TOML scalar (`5433`, `true`,
+/// `"quoted"`), otherwise the raw text (`off`, `16MB`, `FIRST 1 (s1)`).
+fn override_value(raw: &str) -> toml::Value {
+    if let Ok(t) = format!("v = {raw}").parse::<toml::Table>() {
+        if let Some(v) = t.get("v") {
+            if !v.is_table() {
+                return v.clone();
+            }
+        }
+    }
+    toml::Value::String(raw.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_to_the_defaults() {
+        let t = Config::template();
+        let c = Config::from_toml_with_overrides(&t, "template", &[]).unwrap();
+        assert_eq!(c, Config::default());
+        for p in PARAMETERS {
+            assert!(t.contains(p.name), "template lacks {}", p.name);
+        }
+    }
+
+    #[test]
+    fn every_field_is_documented() {
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for key in defaults.keys() {
+            assert!(
+                PARAMETERS.iter().any(|p| p.name == key),
+                "{key} has no ParamDoc"
+            );
+        }
+        assert_eq!(defaults.len(), PARAMETERS.len());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::from_toml_with_overrides("prot = 1\n", "x", &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unrecognized configuration parameter \"prot\""
+        );
+        let e = Config::from_toml_with_overrides("", "x", &["nope=1".into()]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unrecognized configuration parameter \"nope\""
+        );
+        let e = Config::from_toml_with_overrides("", "x", &["port".into()]).unwrap_err();
+        assert!(e.to_string().contains("expected name=value"), "{e}");
+    }
+
+    #[test]
+    fn overrides_take_postgres_spellings() {
+        let c = Config::from_toml_with_overrides(
+            "port = 7000\n",
+            "x",
+            &[
+                "port=7001".into(),
+                "synchronous_commit=remote_apply".into(),
+                "checkpoint_timeout=30s".into(),
+                "wal_keep_size=64MB".into(),
+                "hot_standby=off".into(),
+                "synchronous_standby_names=FIRST 1 (s1, s2)".into(),
+                "wal_retrieve_retry_interval=250".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.port, 7001);
+        assert_eq!(c.synchronous_commit, SynchronousCommit::RemoteApply);
+        assert_eq!(c.checkpoint_timeout.get(), Some(Duration::from_secs(30)));
+        assert_eq!(c.wal_keep_size.bytes(), Some(64 << 20));
+        assert_eq!(c.hot_standby, Bool(false));
+        assert_eq!(c.synchronous_standby_names, "FIRST 1 (s1, s2)");
+        assert_eq!(
+            c.wal_retrieve_retry_interval.get(),
+            Some(Duration::from_millis(250))
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_parameter() {
+        let e = Config::from_toml_with_overrides("", "x", &["synchronous_commit=sometimes".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("synchronous_commit"), "{e}");
+        let e =
+            Config::from_toml_with_overrides("checkpoint_timeout = \"5 fortnights\"\n", "x", &[])
+                .unwrap_err();
+        assert!(e.to_string().contains("checkpoint_timeout"), "{e}");
+        let e = Config::from_toml_with_overrides("port = \"abc\"\n", "x", &[]).unwrap_err();
+        assert!(e.to_string().contains("port"), "{e}");
+        let e = Config::from_toml_with_overrides("port = \n", "x", &[]).unwrap_err();
+        assert!(e.to_string().contains("invalid configuration"), "{e}");
+        let e = Config::from_toml_with_overrides("checkpoint_chunks = 0\n", "x", &[]).unwrap_err();
+        assert!(e.to_string().contains("checkpoint_chunks"), "{e}");
+    }
+
+    #[test]
+    fn units_parse_like_postgres() {
+        assert_eq!(
+            parse_time("200ms", 1).unwrap(),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            parse_time("5min", 1000).unwrap(),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(parse_time("7", 1000).unwrap(), Some(Duration::from_secs(7)));
+        assert_eq!(parse_time("-1", 1).unwrap(), None);
+        assert!(parse_time("5 parsecs", 1).is_err());
+        assert!(parse_time("", 1).is_err());
+        assert_eq!(parse_size("16MB").unwrap(), Some(16 << 20));
+        assert_eq!(parse_size("512kB").unwrap(), Some(512 << 10));
+        assert_eq!(parse_size("2").unwrap(), Some(2 << 20));
+        assert!(parse_size("1XB").is_err());
+        assert!(parse_size("99999999999999TB").is_err());
+        assert_eq!(format_size(Some(1 << 30)), "1GB");
+        assert_eq!(format_time(Some(Duration::from_millis(1500))), "1500ms");
+    }
+}

@@ -1,0 +1,3 @@
+//! PostgreSQL's physical replication protocol: message codec, replication
+//! commands, walsender, client (walreceiver side), slots and the
+//! synchronous-replication wait queue.
