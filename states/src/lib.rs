@@ -15,7 +15,10 @@
 //!
 //! - [`lsn`]: WAL positions (`Lsn`, printed `X/X` as PostgreSQL does),
 //!   timeline ids, segment numbers and PostgreSQL-style WAL file names.
+//! - [`history`]: timeline history (`TTTTTTTT.history` text) as data.
 
+pub mod history;
 pub mod lsn;
 
+pub use history::{HistoryError, TimelineHistory, TimelineSpan};
 pub use lsn::{Lsn, ParseLsnError, SegNo, TimelineId, WalSegSize, WalSegSizeError};
