@@ -1,0 +1,297 @@
+//! RESP2 request framing and reply encoding.
+//!
+//! Requests are decoded with the `redis-protocol` crate (zero-copy ranges
+//! into the connection's buffer). Before that, the array and bulk-string
+//! headers are checked against the limits, so a client that announces a 4 GB
+//! bulk string is refused at once instead of being buffered. Inline commands
+//! (`PING\r\n` typed into telnet) are accepted as Redis does.
+
+use redis_protocol::resp2::decode::decode_range;
+use redis_protocol::resp2::types::RangeFrame;
+
+/// Most arguments in one request (Redis: 1024*1024).
+pub const MAX_MULTIBULK_LEN: usize = 1024 * 1024;
+/// Longest inline command line (Redis: 64 kB).
+pub const MAX_INLINE_LEN: usize = 64 * 1024;
+/// Most bytes one request may announce in total (Redis's client-query-buffer-limit).
+pub const MAX_QUERY_BYTES: u64 = 1 << 30;
+
+/// Limits applied while framing requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `proto_max_bulk_len`: the longest key or value.
+    pub max_bulk_len: u64,
+}
+
+/// A protocol violation: answered with `-ERR Protocol error: ...` and the
+/// connection is closed, as Redis does (the stream cannot be resynchronised).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Protocol error: {0}")]
+pub struct ProtocolError(pub String);
+
+/// A framed request: its arguments as ranges into the buffer it came from.
+#[derive(Debug)]
+pub struct Request {
+    pub args: Vec<std::ops::Range<usize>>,
+    /// Bytes of the buffer this request used.
+    pub consumed: usize,
+}
+
+/// Frame the next request at the start of `buf`: `Ok(None)` if more bytes
+/// are needed.
+pub fn next_request(buf: &[u8], limits: Limits) -> Result<Option<Request>, ProtocolError> {
+    match buf.first() {
+        None => Ok(None),
+        Some(b'*') => next_multibulk(buf, limits),
+        Some(_) => next_inline(buf),
+    }
+}
+
+fn next_multibulk(buf: &[u8], limits: Limits) -> Result<Option<Request>, ProtocolError> {
+    if !check_headers(buf, limits)? {
+        return Ok(None);
+    }
+    let (frame, consumed) = match decode_range(buf) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(ProtocolError(format!("invalid request: {}", e.details()))),
+    };
+    let items = match frame {
+        RangeFrame::Array(items) => items,
+        _ => return Err(ProtocolError("expected an array of bulk strings".into())),
+    };
+    let mut args = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            RangeFrame::BulkString((start, end)) => args.push(start..end),
+            _ => return Err(ProtocolError("expected '$', got something else".into())),
+        }
+    }
+    Ok(Some(Request { args, consumed }))
+}
+
+/// Walk the `*N` and `$L` headers present in `buf` and refuse lengths over
+/// the limits before their bytes arrive. Returns false when the buffer ends
+/// before the request does (more bytes needed).
+fn check_headers(buf: &[u8], limits: Limits) -> Result<bool, ProtocolError> {
+    let Some((count, mut at)) = header_line(buf, 0, b'*')? else {
+        return Ok(false);
+    };
+    if count < 0 {
+        // `*-1` is a null array: not a command, Redis ignores it.
+        return Ok(true);
+    }
+    if count as usize > MAX_MULTIBULK_LEN {
+        return Err(ProtocolError("invalid multibulk length".into()));
+    }
+    let mut total: u64 = 0;
+    for _ in 0..count {
+        if at >= buf.len() {
+            return Ok(false);
+        }
+        if buf[at] != b'$' {
+            return Err(ProtocolError(format!(
+                "expected '$', got '{}'",
+                buf[at] as char
+            )));
+        }
+        let Some((len, next)) = header_line(buf, at, b'$')? else {
+            return Ok(false);
+        };
+        if len < 0 || len as u64 > limits.max_bulk_len {
+            return Err(ProtocolError("invalid bulk length".into()));
+        }
+        total += len as u64;
+        if total > MAX_QUERY_BYTES {
+            return Err(ProtocolError(
+                "request exceeds the query buffer limit".into(),
+            ));
+        }
+        let data_end = next + len as usize;
+        if buf.len() >= data_end + 2 && &buf[data_end..data_end + 2] != b"\r\n" {
+            return Err(ProtocolError("bulk string not terminated by CRLF".into()));
+        }
+        at = data_end + 2;
+    }
+    Ok(at <= buf.len())
+}
+
+/// Parse `<prefix><integer>\r\n` at `at`; `None` if the line is incomplete.
+fn header_line(buf: &[u8], at: usize, prefix: u8) -> Result<Option<(i64, usize)>, ProtocolError> {
+    debug_assert_eq!(buf.get(at), Some(&prefix));
+    let rest = &buf[at + 1..];
+    let Some(nl) = rest.iter().take(32).position(|&b| b == b'\n') else {
+        if rest.len() >= 32 {
+            return Err(ProtocolError(format!("invalid {} length", kind(prefix))));
+        }
+        return Ok(None);
+    };
+    let line = &rest[..nl];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let n = std::str::from_utf8(line)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(|| ProtocolError(format!("invalid {} length", kind(prefix))))?;
+    Ok(Some((n, at + 1 + nl + 1)))
+}
+
+fn kind(prefix: u8) -> &'static str {
+    if prefix == b'*' {
+        "multibulk"
+    } else {
+        "bulk"
+    }
+}
+
+fn next_inline(buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > MAX_INLINE_LEN {
+            return Err(ProtocolError("too big inline request".into()));
+        }
+        return Ok(None);
+    };
+    if nl > MAX_INLINE_LEN {
+        return Err(ProtocolError("too big inline request".into()));
+    }
+    let mut args = Vec::new();
+    let mut i = 0;
+    while i < nl {
+        while i < nl && buf[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        while i < nl && !buf[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if start < i {
+            args.push(start..i);
+        }
+    }
+    Ok(Some(Request {
+        args,
+        consumed: nl + 1,
+    }))
+}
+
+/// Reply encoding, appended to a connection's output buffer.
+pub mod reply {
+    pub fn ok(out: &mut Vec<u8>) {
+        out.extend_from_slice(b"+OK\r\n");
+    }
+
+    pub fn simple(out: &mut Vec<u8>, s: &str) {
+        out.push(b'+');
+        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// `-ERR ...` or another error prefix (`-READONLY ...`): the text must
+    /// start with the prefix word. Newlines are replaced so the reply stays
+    /// one line.
+    pub fn error(out: &mut Vec<u8>, s: &str) {
+        out.push(b'-');
+        for b in s.bytes() {
+            out.push(if b == b'\r' || b == b'\n' { b' ' } else { b });
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    pub fn integer(out: &mut Vec<u8>, n: i64) {
+        out.push(b':');
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
+        out.push(b'$');
+        out.extend_from_slice(b.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(b);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    pub fn null(out: &mut Vec<u8>) {
+        out.extend_from_slice(b"$-1\r\n");
+    }
+
+    pub fn array_header(out: &mut Vec<u8>, n: usize) {
+        out.push(b'*');
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const L: Limits = Limits { max_bulk_len: 1024 };
+
+    fn args<'a>(buf: &'a [u8], r: &Request) -> Vec<&'a [u8]> {
+        r.args.iter().map(|a| &buf[a.clone()]).collect()
+    }
+
+    #[test]
+    fn frames_multibulk_and_pipelines() {
+        let buf = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n";
+        let r = next_request(buf, L).unwrap().unwrap();
+        assert_eq!(args(buf, &r), vec![&b"GET"[..], b"k"]);
+        let rest = &buf[r.consumed..];
+        let r2 = next_request(rest, L).unwrap().unwrap();
+        assert_eq!(args(rest, &r2), vec![&b"PING"[..]]);
+        assert_eq!(r2.consumed, rest.len());
+    }
+
+    #[test]
+    fn incomplete_requests_wait_for_more() {
+        let full = b"*2\r\n$3\r\nSET\r\n$5\r\nhello\r\n";
+        for cut in 1..full.len() {
+            assert!(
+                next_request(&full[..cut], L).unwrap().is_none(),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_bulk_is_refused_before_it_arrives() {
+        let e = next_request(b"*1\r\n$4294967296\r\n", L).unwrap_err();
+        assert_eq!(e.to_string(), "Protocol error: invalid bulk length");
+        let e = next_request(b"*99999999\r\n", L).unwrap_err();
+        assert_eq!(e.to_string(), "Protocol error: invalid multibulk length");
+        assert!(next_request(b"*1\r\n$2000\r\n", L).is_err());
+    }
+
+    #[test]
+    fn inline_commands_split_on_whitespace() {
+        let buf = b"SET  k v\r\n";
+        let r = next_request(buf, L).unwrap().unwrap();
+        assert_eq!(args(buf, &r), vec![&b"SET"[..], b"k", b"v"]);
+        assert!(next_request(&vec![b'a'; MAX_INLINE_LEN + 1], L).is_err());
+    }
+
+    #[test]
+    fn malformed_headers_are_errors() {
+        assert!(next_request(b"*x\r\n", L).is_err());
+        assert!(next_request(b"*1\r\n:5\r\n", L).is_err());
+        assert!(next_request(b"*1\r\n$-5\r\n", L).is_err());
+        assert!(next_request(b"*1\r\n$1\r\nabc\r\n", L).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = next_request(&bytes, L);
+        }
+
+        #[test]
+        fn never_panics_on_resp_shaped_input(parts in proptest::collection::vec(prop_oneof![
+            Just(b"*".to_vec()), Just(b"$".to_vec()), Just(b"\r\n".to_vec()),
+            Just(b"3".to_vec()), Just(b"-1".to_vec()), Just(b"abc".to_vec()), Just(b":".to_vec()),
+        ], 0..30)) {
+            let bytes: Vec<u8> = parts.concat();
+            let _ = next_request(&bytes, L);
+        }
+    }
+}
