@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //!
+//! - [`datadir`]: the data directory's layout, creation and lock file.
 //! - [`config`]: `walrep.toml`, its PostgreSQL-named parameters and `-c` overrides.
 //! - [`wal`]: segment files, the record format, the group-commit WAL writer,
 //!   the validating reader and timeline history files.
@@ -24,6 +25,8 @@
 pub mod archive;
 pub mod cli;
 pub mod config;
+pub mod datadir;
+pub mod logging;
 pub mod node;
 pub mod replication;
 pub mod server;

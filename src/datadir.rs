@@ -1,0 +1,219 @@
+//! The data directory: its layout, creation by `walrep init`, and the lock
+//! that keeps a second node off it (PostgreSQL's postmaster.pid).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Names inside a data directory.
+pub const CONFIG_FILE: &str = "walrep.toml";
+pub const LOCK_FILE: &str = "walrep.pid";
+pub const STANDBY_SIGNAL: &str = "standby.signal";
+pub const PROMOTE_FILE: &str = "promote";
+pub const WAL_DIR: &str = "wal";
+pub const ARCHIVE_STATUS_DIR: &str = "wal/archive_status";
+pub const BASE_DIR: &str = "base";
+pub const SLOTS_DIR: &str = "slots";
+pub const LOG_DIR: &str = "log";
+
+/// Errors about the data directory itself.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("directory \"{0}\" exists but is not empty; remove it or run walrep init with a new directory")]
+    NotEmpty(String),
+    #[error(
+        "\"{0}\" is not a walrep data directory (no {CONFIG_FILE}); create one with walrep init"
+    )]
+    NotADataDir(String),
+    #[error("lock file \"{path}\" is held by another walrep (pid {pid}): is another node running in data directory \"{dir}\"?")]
+    Locked {
+        path: String,
+        pid: String,
+        dir: String,
+    },
+    #[error("{what} \"{path}\": {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DataDirError {
+    let path = path.display().to_string();
+    move |source| DataDirError::Io { what, path, source }
+}
+
+/// Paths of one data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+    pub fn wal(&self) -> PathBuf {
+        self.root.join(WAL_DIR)
+    }
+    pub fn archive_status(&self) -> PathBuf {
+        self.root.join(ARCHIVE_STATUS_DIR)
+    }
+    pub fn slots(&self) -> PathBuf {
+        self.root.join(SLOTS_DIR)
+    }
+    pub fn log(&self) -> PathBuf {
+        self.root.join(LOG_DIR)
+    }
+    pub fn standby_signal(&self) -> PathBuf {
+        self.root.join(STANDBY_SIGNAL)
+    }
+    pub fn promote_file(&self) -> PathBuf {
+        self.root.join(PROMOTE_FILE)
+    }
+
+    /// Create the directory tree of a new data directory. `root` must not
+    /// exist or be empty. Directories are created with mode 0700, as
+    /// PostgreSQL requires of its data directory.
+    pub fn create_layout(&self) -> Result<(), DataDirError> {
+        if self.root.exists() {
+            let mut entries =
+                fs::read_dir(&self.root).map_err(io_err("could not read directory", &self.root))?;
+            if entries.next().is_some() {
+                return Err(DataDirError::NotEmpty(self.root.display().to_string()));
+            }
+        }
+        for dir in [
+            self.root.clone(),
+            self.wal(),
+            self.archive_status(),
+            self.root.join(BASE_DIR),
+            self.slots(),
+            self.log(),
+        ] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io_err("could not create directory", &dir))?;
+        }
+        Ok(())
+    }
+
+    /// Check this looks like a data directory before anything touches it.
+    pub fn check(&self) -> Result<(), DataDirError> {
+        if self.config_file().is_file() {
+            Ok(())
+        } else {
+            Err(DataDirError::NotADataDir(self.root.display().to_string()))
+        }
+    }
+
+    pub fn is_standby(&self) -> bool {
+        self.standby_signal().exists()
+    }
+}
+
+/// The held lock of a running node: released when dropped or when the
+/// process dies (an advisory `flock`, so a kill -9 never leaves a stale lock).
+pub struct DataDirLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl DataDirLock {
+    /// Take the lock and record who holds it: pid, data directory, ports.
+    pub fn acquire(dir: &DataDir, ports: &[(&str, u16)]) -> Result<DataDirLock, DataDirError> {
+        let path = dir.root.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("could not open lock file", &path))?;
+        // SAFETY: flock on a valid, owned file descriptor has no memory effects.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            return Err(DataDirError::Locked {
+                path: path.display().to_string(),
+                pid: holder.lines().next().unwrap_or("?").to_string(),
+                dir: dir.root.display().to_string(),
+            });
+        }
+        let mut text = format!("{}\n{}\n", std::process::id(), dir.root.display());
+        for (name, port) in ports {
+            text.push_str(&format!("{name}={port}\n"));
+        }
+        file.set_len(0)
+            .map_err(io_err("could not write lock file", &path))?;
+        file.write_all(text.as_bytes())
+            .and_then(|_| file.sync_all())
+            .map_err(io_err("could not write lock file", &path))?;
+        Ok(DataDirLock { file, path })
+    }
+
+    /// The ports a running node recorded (for `walrep status` / `promote`).
+    pub fn read_ports(dir: &DataDir) -> Option<Vec<(String, u16)>> {
+        let text = fs::read_to_string(dir.root.join(LOCK_FILE)).ok()?;
+        Some(
+            text.lines()
+                .skip(2)
+                .filter_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for DataDirLock {
+    fn drop(&mut self) {
+        // Leave the file (pid of a dead node is harmless under flock) but
+        // empty it so status tools do not report a node that stopped.
+        let _ = self.file.set_len(0);
+        let _ = &self.path;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_non_empty_directory() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("x"), b"").unwrap();
+        let e = DataDir::new(d.path()).create_layout().unwrap_err();
+        assert!(e.to_string().contains("not empty"), "{e}");
+    }
+
+    #[test]
+    fn second_lock_is_refused_with_the_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(d.path().join("data"));
+        dir.create_layout().unwrap();
+        let lock = DataDirLock::acquire(&dir, &[("port", 6380)]).unwrap();
+        let e = DataDirLock::acquire(&dir, &[]).err().unwrap();
+        assert!(
+            e.to_string().contains(&std::process::id().to_string()),
+            "{e}"
+        );
+        assert_eq!(
+            DataDirLock::read_ports(&dir).unwrap(),
+            vec![("port".to_string(), 6380)]
+        );
+        drop(lock);
+        DataDirLock::acquire(&dir, &[]).unwrap();
+    }
+}
