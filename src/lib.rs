@@ -16,6 +16,8 @@
 //! - [`server`]: the Redis-protocol (RESP2) front end and its sessions.
 //! - [`replication`]: PostgreSQL's replication protocol: codec, walsender,
 //!   client (walreceiver side), slots, synchronous-replication wait queue.
+//! - [`syncrep`]: synchronous replication: `synchronous_standby_names`, the
+//!   LSN-ordered wait queues and their release from standby replies.
 //! - [`archive`]: `archive_command` (the archiver) and `restore_command`.
 //! - [`standby`]: drives the recovery machine: event sources and the action executor.
 //! - [`node`]: one running node: starts and stops its threads.
@@ -32,6 +34,7 @@ pub mod replication;
 pub mod server;
 pub mod standby;
 pub mod store;
+pub mod syncrep;
 pub mod util;
 pub mod viz;
 pub mod wal;

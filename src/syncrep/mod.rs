@@ -1,0 +1,502 @@
+//! Synchronous replication: committers wait for the synchronous standbys.
+//!
+//! A committing session, once its WAL is flushed locally, queues on its end
+//! LSN in the queue of its level (remote_write, on = remote flush,
+//! remote_apply); queues are kept in LSN order. Each standby reply computes
+//! the positions the synchronous standbys have confirmed (FIRST n: the
+//! minimum over the n highest-priority streaming standbys; ANY n: the n-th
+//! highest), advances the store's visibility for those levels *before*
+//! waking anyone (so an acknowledged write is readable by every client), then
+//! releases every waiter at or below them in one pass: one wake-up per
+//! released committer, no storms.
+//!
+//! With no synchronous standby connected, commits wait, as in PostgreSQL.
+//! `synchronous_standby_timeout` bounds that wait: after it the node
+//! *degrades* to local commits (logged at warn, shown in INFO) until the
+//! synchronous standbys have caught up again.
+
+pub mod standby_names;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+pub use standby_names::{SyncMethod, SyncStandbyConfig};
+
+use crate::server::WriteError;
+use crate::store::{Level, Visibility};
+use crate::Lsn;
+
+/// How long a waiter sleeps between checks of shutdown and degradation when
+/// nothing wakes it (a bound, not a poll interval: releases wake it at once).
+const RECHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What the release computation needs to know of one connected standby.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbyPosition {
+    pub application_name: String,
+    /// Only streaming (caught-up) standbys can be synchronous.
+    pub streaming: bool,
+    pub write: Lsn,
+    pub flush: Lsn,
+    pub apply: Lsn,
+}
+
+/// `sync_state` of a standby, as pg_stat_replication shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    Sync,
+    Potential,
+    Quorum,
+    Async,
+}
+
+impl SyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Sync => "sync",
+            SyncState::Potential => "potential",
+            SyncState::Quorum => "quorum",
+            SyncState::Async => "async",
+        }
+    }
+}
+
+const WAITING: u8 = 0;
+const RELEASED: u8 = 1;
+const ABORTED: u8 = 2;
+
+struct Waiter {
+    lsn: Lsn,
+    thread: Thread,
+    state: AtomicU8,
+}
+
+/// The three remote levels' queues, each in LSN order.
+#[derive(Default)]
+struct Queues {
+    write: VecDeque<Arc<Waiter>>,
+    flush: VecDeque<Arc<Waiter>>,
+    apply: VecDeque<Arc<Waiter>>,
+}
+
+impl Queues {
+    fn get(&mut self, level: Level) -> &mut VecDeque<Arc<Waiter>> {
+        match level {
+            Level::RemoteWrite => &mut self.write,
+            Level::RemoteApply => &mut self.apply,
+            _ => &mut self.flush,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.write.len() + self.flush.len() + self.apply.len()
+    }
+}
+
+/// Counters and state for INFO.
+#[derive(Debug, Default)]
+pub struct SyncRepStats {
+    pub released_total: AtomicU64,
+    pub degraded_total: AtomicU64,
+}
+
+/// The synchronous-replication wait queues and release logic of a primary.
+pub struct SyncRep {
+    config: Option<SyncStandbyConfig>,
+    vis: Arc<Visibility>,
+    queues: Mutex<Queues>,
+    /// When a waiter started that has not been released yet (for INFO).
+    oldest_wait_since: Mutex<Option<Instant>>,
+    degrade_after: Option<Duration>,
+    degraded: AtomicBool,
+    /// Local flush position, followed by the remote levels while degraded.
+    local_flushed: AtomicU64,
+    shutting_down: AtomicBool,
+    pub stats: SyncRepStats,
+}
+
+impl SyncRep {
+    pub fn new(
+        config: Option<SyncStandbyConfig>,
+        vis: Arc<Visibility>,
+        degrade_after: Option<Duration>,
+    ) -> SyncRep {
+        SyncRep {
+            config,
+            vis,
+            queues: Mutex::new(Queues::default()),
+            oldest_wait_since: Mutex::new(None),
+            degrade_after,
+            degraded: AtomicBool::new(false),
+            local_flushed: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
+            stats: SyncRepStats::default(),
+        }
+    }
+
+    /// Whether any synchronous standby is configured.
+    pub fn defined(&self) -> bool {
+        self.config.is_some()
+    }
+
+    pub fn config(&self) -> Option<&SyncStandbyConfig> {
+        self.config.as_ref()
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of committers waiting and how long the oldest has waited.
+    pub fn waiters(&self) -> (usize, Option<Duration>) {
+        let n = self.lock().len();
+        let age = self
+            .oldest_wait_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .filter(|_| n > 0)
+            .map(|t| t.elapsed());
+        (n, age)
+    }
+
+    /// Block until `lsn` is confirmed at `level` (a remote level), the node
+    /// degrades, or it shuts down.
+    pub fn wait(&self, lsn: Lsn, level: Level) -> Result<(), WriteError> {
+        debug_assert!(level >= Level::RemoteWrite);
+        if self.vis.released(level) >= lsn {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let waiter = Arc::new(Waiter {
+            lsn,
+            thread: std::thread::current(),
+            state: AtomicU8::new(WAITING),
+        });
+        {
+            let mut q = self.lock();
+            // Re-check under the lock: a release may have passed us meanwhile.
+            if self.vis.released(level) >= lsn {
+                return Ok(());
+            }
+            let queue = q.get(level);
+            let at = queue
+                .iter()
+                .rposition(|w| w.lsn <= lsn)
+                .map_or(0, |i| i + 1);
+            queue.insert(at, waiter.clone());
+            let mut oldest = self
+                .oldest_wait_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            oldest.get_or_insert(started);
+        }
+        loop {
+            match waiter.state.load(Ordering::Acquire) {
+                RELEASED => return Ok(()),
+                ABORTED => return Err(WriteError::ShuttingDown),
+                _ if self.shutting_down.load(Ordering::SeqCst) => {
+                    return Err(WriteError::ShuttingDown)
+                }
+                _ => {}
+            }
+            if let Some(after) = self.degrade_after {
+                if started.elapsed() >= after {
+                    self.degrade(after);
+                    continue;
+                }
+            }
+            std::thread::park_timeout(RECHECK_INTERVAL);
+        }
+    }
+
+    /// A standby replied: recompute the confirmed positions and release.
+    pub fn on_standby_reply(&self, standbys: &[StandbyPosition]) {
+        let Some(config) = &self.config else { return };
+        let Some((write, flush, apply)) = confirmed_positions(config, standbys) else {
+            return;
+        };
+        if self.is_degraded() && flush >= Lsn(self.local_flushed.load(Ordering::SeqCst)) {
+            self.degraded.store(false, Ordering::SeqCst);
+            tracing::warn!(%flush, "synchronous standbys caught up: leaving degraded mode, commits wait for them again");
+        }
+        self.release(Level::RemoteWrite, write);
+        self.release(Level::RemoteFlush, flush);
+        self.release(Level::RemoteApply, apply);
+    }
+
+    /// The WAL is flushed locally up to `lsn` (called by the WAL flush hook).
+    pub fn on_local_flush(&self, lsn: Lsn) {
+        self.local_flushed.fetch_max(lsn.0, Ordering::SeqCst);
+        if self.is_degraded() || self.config.is_none() {
+            for level in [Level::RemoteWrite, Level::RemoteFlush, Level::RemoteApply] {
+                self.release(level, lsn);
+            }
+        }
+    }
+
+    fn degrade(&self, after: Duration) {
+        if !self.degraded.swap(true, Ordering::SeqCst) {
+            self.stats.degraded_total.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                timeout_ms = after.as_millis() as u64,
+                "no synchronous standby confirmed a commit within synchronous_standby_timeout: degrading to local commits (acknowledged writes may not survive a failover until the standbys catch up)"
+            );
+        }
+        let local = Lsn(self.local_flushed.load(Ordering::SeqCst));
+        for level in [Level::RemoteWrite, Level::RemoteFlush, Level::RemoteApply] {
+            self.release(level, local);
+        }
+    }
+
+    /// Advance `level` to `lsn` (visibility first), then wake its waiters.
+    fn release(&self, level: Level, lsn: Lsn) {
+        if lsn <= self.vis.released(level) {
+            return;
+        }
+        self.vis.advance(level, lsn);
+        let mut woken = Vec::new();
+        {
+            let mut q = self.lock();
+            let queue = q.get(level);
+            while queue.front().is_some_and(|w| w.lsn <= lsn) {
+                woken.push(queue.pop_front().expect("front exists"));
+            }
+            if q.len() == 0 {
+                *self
+                    .oldest_wait_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
+        self.stats
+            .released_total
+            .fetch_add(woken.len() as u64, Ordering::Relaxed);
+        for w in woken {
+            w.state.store(RELEASED, Ordering::Release);
+            w.thread.unpark();
+        }
+    }
+
+    /// Wake every waiter with an error: the node is shutting down. Their
+    /// clients get an error, never "OK".
+    pub fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        for queue in [&mut q.write, &mut q.flush, &mut q.apply] {
+            for w in queue.drain(..) {
+                w.state.store(ABORTED, Ordering::Release);
+                w.thread.unpark();
+            }
+        }
+    }
+
+    /// The sync_state of each standby, in the order given.
+    pub fn sync_states(&self, standbys: &[StandbyPosition]) -> Vec<SyncState> {
+        let Some(config) = &self.config else {
+            return vec![SyncState::Async; standbys.len()];
+        };
+        let sync = sync_set(config, standbys);
+        standbys
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let prio = config.priority(&s.application_name);
+                match (prio, config.method) {
+                    (0, _) => SyncState::Async,
+                    (_, SyncMethod::Quorum) => SyncState::Quorum,
+                    (_, SyncMethod::Priority) if sync.contains(&i) => SyncState::Sync,
+                    _ => SyncState::Potential,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Indexes of the standbys that count as synchronous under `config`.
+fn sync_set(config: &SyncStandbyConfig, standbys: &[StandbyPosition]) -> Vec<usize> {
+    let mut candidates: Vec<(usize, usize)> = standbys
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.streaming && s.flush.is_valid())
+        .map(|(i, s)| (config.priority(&s.application_name), i))
+        .filter(|(p, _)| *p > 0)
+        .collect();
+    // Priority order, ties broken by connection order (PostgreSQL: slot order).
+    candidates.sort();
+    match config.method {
+        SyncMethod::Priority => candidates
+            .into_iter()
+            .take(config.num_sync)
+            .map(|(_, i)| i)
+            .collect(),
+        SyncMethod::Quorum => candidates.into_iter().map(|(_, i)| i).collect(),
+    }
+}
+
+/// The (write, flush, apply) positions the synchronous standbys confirm, or
+/// `None` if fewer than `num_sync` are streaming.
+pub fn confirmed_positions(
+    config: &SyncStandbyConfig,
+    standbys: &[StandbyPosition],
+) -> Option<(Lsn, Lsn, Lsn)> {
+    let set = sync_set(config, standbys);
+    if set.len() < config.num_sync {
+        return None;
+    }
+    let pick = |f: fn(&StandbyPosition) -> Lsn| -> Lsn {
+        let mut v: Vec<Lsn> = set.iter().map(|&i| f(&standbys[i])).collect();
+        match config.method {
+            SyncMethod::Priority => v.into_iter().min().unwrap_or_default(),
+            SyncMethod::Quorum => {
+                v.sort_unstable_by(|a, b| b.cmp(a));
+                v[config.num_sync - 1]
+            }
+        }
+    };
+    Some((pick(|s| s.write), pick(|s| s.flush), pick(|s| s.apply)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sb(name: &str, w: u64, f: u64, a: u64) -> StandbyPosition {
+        StandbyPosition {
+            application_name: name.into(),
+            streaming: true,
+            write: Lsn(w),
+            flush: Lsn(f),
+            apply: Lsn(a),
+        }
+    }
+
+    #[test]
+    fn first_n_takes_the_minimum_of_the_highest_priorities() {
+        let c = standby_names::parse("FIRST 2 (s1, s2, s3)")
+            .unwrap()
+            .unwrap();
+        let all = [
+            sb("s3", 90, 90, 90),
+            sb("s2", 50, 40, 30),
+            sb("s1", 70, 60, 50),
+        ];
+        assert_eq!(
+            confirmed_positions(&c, &all),
+            Some((Lsn(50), Lsn(40), Lsn(30)))
+        );
+        assert_eq!(confirmed_positions(&c, &all[..1]), None);
+        let rep = SyncRep::new(Some(c), Arc::new(Visibility::default()), None);
+        assert_eq!(
+            rep.sync_states(&all),
+            vec![SyncState::Potential, SyncState::Sync, SyncState::Sync]
+        );
+    }
+
+    #[test]
+    fn any_n_takes_the_nth_highest() {
+        let c = standby_names::parse("ANY 2 (s1, s2, s3)").unwrap().unwrap();
+        let all = [
+            sb("s1", 10, 10, 10),
+            sb("s2", 30, 30, 30),
+            sb("s3", 20, 20, 20),
+            sb("x", 99, 99, 99),
+        ];
+        assert_eq!(
+            confirmed_positions(&c, &all),
+            Some((Lsn(20), Lsn(20), Lsn(20)))
+        );
+        let rep = SyncRep::new(Some(c), Arc::new(Visibility::default()), None);
+        assert_eq!(rep.sync_states(&all)[3], SyncState::Async);
+        assert_eq!(rep.sync_states(&all)[0], SyncState::Quorum);
+    }
+
+    #[test]
+    fn waiters_are_released_in_order_and_visibility_comes_first() {
+        let vis = Arc::new(Visibility::default());
+        let c = standby_names::parse("s1").unwrap();
+        let rep = Arc::new(SyncRep::new(c, vis.clone(), None));
+        let mut handles = Vec::new();
+        for lsn in [300u64, 100, 200] {
+            let rep = rep.clone();
+            let vis = vis.clone();
+            handles.push(std::thread::spawn(move || {
+                rep.wait(Lsn(lsn), Level::RemoteFlush).unwrap();
+                // Released only once visible.
+                assert!(vis.released(Level::RemoteFlush) >= Lsn(lsn));
+                lsn
+            }));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rep.waiters().0 < 3 {
+            assert!(Instant::now() < deadline, "waiters never queued");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        rep.on_standby_reply(&[sb("s1", 250, 250, 0)]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rep.waiters().0 != 1 {
+            assert!(Instant::now() < deadline, "release did not happen");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(rep.stats.released_total.load(Ordering::SeqCst), 2);
+        rep.on_standby_reply(&[sb("s1", 300, 300, 0)]);
+        let mut done: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        done.sort();
+        assert_eq!(done, vec![100, 200, 300]);
+    }
+
+    #[test]
+    fn not_streaming_standbys_release_nothing() {
+        let vis = Arc::new(Visibility::default());
+        let rep = SyncRep::new(standby_names::parse("s1").unwrap(), vis.clone(), None);
+        let mut s = sb("s1", 10, 10, 10);
+        s.streaming = false;
+        rep.on_standby_reply(&[s]);
+        assert_eq!(vis.released(Level::RemoteFlush), Lsn(0));
+    }
+
+    #[test]
+    fn bounded_wait_degrades_then_recovers() {
+        let vis = Arc::new(Visibility::default());
+        let rep = SyncRep::new(
+            standby_names::parse("FIRST 1 (s1)").unwrap(),
+            vis.clone(),
+            Some(Duration::from_millis(50)),
+        );
+        rep.on_local_flush(Lsn(500));
+        rep.wait(Lsn(500), Level::RemoteFlush).unwrap();
+        assert!(rep.is_degraded());
+        assert_eq!(rep.stats.degraded_total.load(Ordering::SeqCst), 1);
+        // While degraded, local flushes release at once.
+        rep.on_local_flush(Lsn(600));
+        rep.wait(Lsn(600), Level::RemoteApply).unwrap();
+        // The standby catches up: back to waiting for it.
+        rep.on_standby_reply(&[sb("s1", 600, 600, 600)]);
+        assert!(!rep.is_degraded());
+    }
+
+    #[test]
+    fn shutdown_aborts_waiters_with_an_error() {
+        let rep = Arc::new(SyncRep::new(
+            standby_names::parse("s1").unwrap(),
+            Arc::new(Visibility::default()),
+            None,
+        ));
+        let r2 = rep.clone();
+        let h = std::thread::spawn(move || r2.wait(Lsn(10), Level::RemoteFlush));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rep.waiters().0 < 1 {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        rep.shutdown();
+        assert_eq!(h.join().unwrap(), Err(WriteError::ShuttingDown));
+    }
+}
