@@ -15,7 +15,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the default walrep.toml (every parameter with its default and a comment).
-    DefaultConfig,
+    DefaultConfig {
+        /// Print the configuration reference (docs/configuration.md) instead.
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 /// Entry point of the binary.
@@ -32,8 +36,12 @@ pub fn main() -> ExitCode {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::DefaultConfig => {
-            print!("{}", crate::config::Config::template());
+        Command::DefaultConfig { markdown } => {
+            if markdown {
+                print!("{}", crate::config::reference_markdown());
+            } else {
+                print!("{}", crate::config::Config::template());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -849,3 +849,75 @@ mod tests {
         assert_eq!(format_time(Some(Duration::from_millis(1500))), "1500ms");
     }
 }
+
+/// `docs/configuration.md`, generated from [`PARAMETERS`] and the defaults
+/// so the reference cannot drift from the code (a test compares them).
+pub fn reference_markdown() -> String {
+    let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         <!-- Generated from src/config.rs (PARAMETERS); regenerate with\n     \
+         `cargo run -- default-config --markdown > docs/configuration.md`. -->\n\n\
+         Every node reads `DATADIR/walrep.toml`, written by `walrep init` with every\n\
+         parameter at its default. Names follow PostgreSQL's wherever PostgreSQL has\n\
+         the parameter, with the same meaning. Unknown names are rejected with the\n\
+         name (`unrecognized configuration parameter \"...\"`), as are bad values.\n\n\
+         Any parameter can be overridden for one run, as with `postgres -c`:\n\n\
+         ```sh\nwalrep start DATADIR -c synchronous_commit=remote_apply -c port=6390\n```\n\n\
+         Units: sizes take `B`, `kB`, `MB`, `GB`, `TB` (a bare number is megabytes);\n\
+         times take `ms`, `s`, `min`, `h`, `d` (a bare number is in PostgreSQL's base unit:\n\
+         seconds for `checkpoint_timeout`, `archive_timeout`, `restore_command_timeout` and\n\
+         `wal_receiver_status_interval`, milliseconds for the other times). `-1` means disabled / unlimited where allowed. Booleans take\n\
+         `on`/`off`, `true`/`false`, `yes`/`no`.\n",
+    );
+    let mut section = "";
+    for p in PARAMETERS {
+        if p.section != section {
+            section = p.section;
+            out.push_str(&format!(
+                "\n## {section}\n\n| parameter | default | meaning |\n|---|---|---|\n"
+            ));
+        }
+        let default = match &defaults[p.name] {
+            toml::Value::String(s) if s.is_empty() => "(empty)".to_string(),
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Array(a) if a.is_empty() => "(none)".to_string(),
+            toml::Value::Array(a) => a
+                .iter()
+                .map(|v| {
+                    v.as_table()
+                        .map(|t| {
+                            t.values()
+                                .map(|x| x.to_string().replace('"', ""))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            toml::Value::Table(t) if t.is_empty() => "(none)".to_string(),
+            v => v.to_string(),
+        };
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} |\n",
+            p.name,
+            default,
+            p.help.replace('|', "\\|")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod reference_tests {
+    #[test]
+    fn docs_configuration_md_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == super::reference_markdown(),
+            "docs/configuration.md is stale: run `cargo run -- default-config --markdown > docs/configuration.md`"
+        );
+    }
+}
