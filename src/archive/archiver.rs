@@ -120,6 +120,9 @@ pub struct ArchiverStats {
     pub retry_delay_ms: u64,
     /// When these counters started (the thread's start).
     pub stats_reset: Option<SystemTime>,
+    /// Scans of `archive_status/` so far: shows the thread is alive, and a
+    /// file created after scan N is only seen on a wake-up or the next scan.
+    pub directory_scans: u64,
     /// Set when the thread stopped on an error it must not retry (an fsync
     /// failure); archiving is then stopped until the node restarts.
     pub stopped_reason: Option<String>,
@@ -325,7 +328,9 @@ impl Archiver {
     /// used up or a history file was announced.
     fn next_file(&mut self) -> Option<String> {
         if self.queue.is_empty() || self.force_scan.swap(false, Ordering::AcqRel) {
-            match ready_files(&self.config.datadir, FILES_PER_DIRECTORY_SCAN) {
+            let scanned = ready_files(&self.config.datadir, FILES_PER_DIRECTORY_SCAN);
+            lock(&self.stats.0).directory_scans += 1;
+            match scanned {
                 Ok(files) => self.queue = files.into(),
                 Err(e) => {
                     warn!(error = %e, "could not scan archive status directory: {e}");
