@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 use serde::{Deserialize, Serialize};
-use tracing::{error, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use super::command::{run_shell, substitute, ShellCommand, ShellRun, Termination};
 use super::status::{mark_done, ready_files, WAL_DIR};
@@ -289,7 +289,9 @@ impl Archiver {
     }
 
     fn main_loop(&mut self) -> Result<(), ArchiveError> {
-        let mut consecutive_failures = 0u32;
+        // The file that failed last and how often in a row: the back-off
+        // belongs to a file, and starts over when another file comes first.
+        let mut streak: Option<(String, u32)> = None;
         while !self.shutdown_requested() {
             if self.config.archive_command.trim().is_empty() {
                 self.warn_unconfigured();
@@ -304,17 +306,22 @@ impl Archiver {
                 }
                 continue;
             };
-            match self.archive_one(&name, consecutive_failures)? {
+            let failures_before = match &streak {
+                Some((file, n)) if *file == name => *n,
+                _ => 0,
+            };
+            match self.archive_one(&name, failures_before)? {
                 Step::Next => {
                     self.queue.pop_front();
-                    consecutive_failures = 0;
+                    streak = None;
                 }
                 Step::Failed => {
-                    consecutive_failures = consecutive_failures.saturating_add(1);
+                    let n = failures_before.saturating_add(1);
+                    streak = Some((name, n));
                     // Rescan after the back-off: a history file may have
                     // arrived, or the file may be gone.
                     self.queue.clear();
-                    if !self.backoff_wait(consecutive_failures) {
+                    if !self.backoff_wait(n) {
                         break;
                     }
                 }
@@ -463,7 +470,8 @@ impl Archiver {
     }
 
     fn record_success(&self, name: &str, elapsed: Duration) {
-        info!(
+        // DEBUG1 in PostgreSQL too: a line per segment would flood the log.
+        debug!(
             file = name,
             elapsed_ms = elapsed.as_millis() as u64,
             "archived write-ahead log file \"{name}\""

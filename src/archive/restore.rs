@@ -174,6 +174,35 @@ struct Wanted {
     expected_size: Option<u64>,
 }
 
+/// A restore ready to run.
+struct Prepared {
+    wanted: Wanted,
+    /// `wal/RECOVERYXLOG` or `wal/RECOVERYHISTORY`.
+    temp_path: String,
+    /// The command with its placeholders substituted.
+    command_line: String,
+}
+
+fn invalid_request(file_name: &str, e: ArchiveError) -> RestoreOutcome {
+    RestoreOutcome::Failed {
+        file_name: file_name.to_string(),
+        reason: RestoreFailure::InvalidRequest {
+            message: e.to_string(),
+        },
+        stderr: String::new(),
+    }
+}
+
+fn io_failure(file_name: &str, e: ArchiveError) -> RestoreOutcome {
+    RestoreOutcome::Failed {
+        file_name: file_name.to_string(),
+        reason: RestoreFailure::Io {
+            message: e.to_string(),
+        },
+        stderr: String::new(),
+    }
+}
+
 impl RestoreCommand {
     /// A runner for `restore_command` with this timeout.
     pub fn new(
@@ -210,78 +239,73 @@ impl RestoreCommand {
         restartpoint_file_name: Option<&str>,
         cancel: Option<&Receiver<()>>,
     ) -> RestoreOutcome {
-        let failed = |reason: RestoreFailure, stderr: String| RestoreOutcome::Failed {
-            file_name: file_name.to_string(),
-            reason,
-            stderr,
+        let outcome = match self.prepare(file_name, restartpoint_file_name) {
+            Ok(prepared) => self.run_prepared(file_name, &prepared, cancel),
+            Err(outcome) => outcome,
         };
-        let wanted = match self.classify(file_name) {
-            Ok(w) => w,
-            Err(e) => {
-                return failed(
-                    RestoreFailure::InvalidRequest {
-                        message: e.to_string(),
-                    },
-                    String::new(),
-                )
-            }
-        };
+        log_outcome(&outcome);
+        outcome
+    }
+
+    /// Everything before running the command: what is wanted, a clean
+    /// temporary name, the command line. An `Err` is already the outcome.
+    fn prepare(
+        &self,
+        file_name: &str,
+        restartpoint_file_name: Option<&str>,
+    ) -> Result<Prepared, RestoreOutcome> {
+        let wanted = self
+            .classify(file_name)
+            .map_err(|e| invalid_request(file_name, e))?;
         if self.restore_command.trim().is_empty() {
-            return RestoreOutcome::NotInArchive {
+            return Err(RestoreOutcome::NotInArchive {
                 file_name: file_name.to_string(),
                 reason: NotFoundReason::NotConfigured,
                 stderr: String::new(),
-            };
+            });
         }
         let temp_path = format!("{WAL_DIR}/{}", wanted.temp_name);
-        if let Err(e) = remove_if_exists(&self.datadir.join(&temp_path)) {
-            return failed(
-                RestoreFailure::Io {
-                    message: e.to_string(),
-                },
-                String::new(),
-            );
-        }
-        let command_line = match substitute(
+        // As PostgreSQL: a stale file must not pass for a fresh restore.
+        remove_if_exists(&self.datadir.join(&temp_path)).map_err(|e| io_failure(file_name, e))?;
+        let command_line = substitute(
             &self.restore_command,
             &[
                 ('p', Some(&temp_path)),
                 ('f', Some(file_name)),
                 ('r', restartpoint_file_name),
             ],
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                return failed(
-                    RestoreFailure::InvalidRequest {
-                        message: e.to_string(),
-                    },
-                    String::new(),
-                )
-            }
-        };
-        debug!(file = file_name, command = %command_line, "executing restore command");
+        )
+        .map_err(|e| invalid_request(file_name, e))?;
+        Ok(Prepared {
+            wanted,
+            temp_path,
+            command_line,
+        })
+    }
+
+    /// Run the prepared command and judge the result.
+    fn run_prepared(
+        &self,
+        file_name: &str,
+        p: &Prepared,
+        cancel: Option<&Receiver<()>>,
+    ) -> RestoreOutcome {
+        debug!(file = file_name, command = %p.command_line, "executing restore command");
         let run = run_shell(&ShellCommand {
-            command_line: &command_line,
+            command_line: &p.command_line,
             cwd: &self.datadir,
             timeout: Some(self.timeout),
             cancel,
             cancel_grace: Duration::ZERO,
         });
         let outcome = match run {
-            Ok(run) => self.judge(file_name, &temp_path, &wanted, run),
-            Err(e) => failed(
-                RestoreFailure::Io {
-                    message: e.to_string(),
-                },
-                String::new(),
-            ),
+            Ok(run) => self.judge(file_name, &p.temp_path, &p.wanted, run),
+            Err(e) => io_failure(file_name, e),
         };
         if !matches!(outcome, RestoreOutcome::Restored(_)) {
             // Never leave a partial copy behind under the temporary name.
-            let _ = remove_if_exists(&self.datadir.join(&temp_path));
+            let _ = remove_if_exists(&self.datadir.join(&p.temp_path));
         }
-        log_outcome(&outcome);
         outcome
     }
 

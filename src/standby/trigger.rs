@@ -140,7 +140,8 @@ impl TriggerWatcher {
 
     /// Whether `path` is there and newly seen; removes it.
     fn take(&mut self, path: &Path) -> bool {
-        if fs::symlink_metadata(path).is_err() {
+        // stat, as PostgreSQL does: a dangling symlink is no trigger.
+        if fs::metadata(path).is_err() {
             self.stuck.retain(|p| p != path);
             return false;
         }
