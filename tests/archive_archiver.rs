@@ -418,3 +418,32 @@ fn shutdown_kills_a_hanging_command_and_keeps_the_segment() {
     assert!(fx.status(seg, ".ready").exists());
     assert!(!fx.status(seg, ".done").exists());
 }
+
+#[test]
+fn the_documented_idempotent_command_survives_a_lost_done_file() {
+    let fx = Fixture::new();
+    let seg = "000000010000000000000009";
+    let bytes = fx.complete_segment(seg);
+    let a = fx.archive.display();
+    // docs/archiving.md: refuse to overwrite, accept an identical copy.
+    let command = format!("test ! -f '{a}/%f' && cp %p '{a}/%f' || cmp -s %p '{a}/%f'");
+    // A crash after the copy but before `.done`: the archive already has it.
+    fs::write(fx.archive.join(seg), &bytes).unwrap();
+    // And a different file is in the archive under the next name.
+    let other = "00000001000000000000000A";
+    fx.complete_segment(other);
+    fs::write(fx.archive.join(other), b"not the same segment").unwrap();
+
+    let archiver = Running::start(fx.config(command));
+    wait_until("the identical copy to count as archived", || {
+        fx.status(seg, ".done").exists()
+    });
+    wait_until("the conflicting copy to fail", || {
+        archiver.stats().last_failed_wal.as_deref() == Some(other)
+    });
+    assert!(fx.status(other, ".ready").exists());
+    assert_eq!(
+        fs::read(fx.archive.join(other)).unwrap(),
+        b"not the same segment"
+    );
+}

@@ -67,8 +67,9 @@ pub enum ArchiveError {
     /// A file name that is not a WAL segment or timeline history file name.
     #[error("\"{name}\" is not a WAL segment or timeline history file name")]
     BadFileName { name: String },
-    /// The archiver thread could not be started.
-    #[error("could not start the archiver thread: {0}")]
+    /// A thread (the archiver, or the helper that waits for a command)
+    /// could not be started.
+    #[error("could not start a thread: {0}")]
     Thread(io::Error),
     /// The archiver thread panicked (a bug); reported instead of propagated.
     #[error("the archiver thread panicked")]
