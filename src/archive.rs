@@ -1,1 +1,0 @@
-//! `archive_command` (the archiver thread) and `restore_command`.
