@@ -126,6 +126,7 @@ impl DataDir {
 pub struct DataDirLock {
     file: File,
     path: PathBuf,
+    root: PathBuf,
 }
 
 impl DataDirLock {
@@ -150,16 +151,29 @@ impl DataDirLock {
                 dir: dir.root.display().to_string(),
             });
         }
-        let mut text = format!("{}\n{}\n", std::process::id(), dir.root.display());
+        let mut lock = DataDirLock {
+            file,
+            path,
+            root: dir.root.clone(),
+        };
+        lock.record_ports(ports)?;
+        Ok(lock)
+    }
+
+    /// Rewrite the lock file with the ports the node actually listens on
+    /// (port 0 in the configuration picks a free one).
+    pub fn record_ports(&mut self, ports: &[(&str, u16)]) -> Result<(), DataDirError> {
+        let mut text = format!("{}\n{}\n", std::process::id(), self.root.display());
         for (name, port) in ports {
             text.push_str(&format!("{name}={port}\n"));
         }
-        file.set_len(0)
-            .map_err(io_err("could not write lock file", &path))?;
-        file.write_all(text.as_bytes())
-            .and_then(|_| file.sync_all())
-            .map_err(io_err("could not write lock file", &path))?;
-        Ok(DataDirLock { file, path })
+        let path = self.path.clone();
+        self.file.set_len(0).map_err(io_err("could not write lock file", &path))?;
+        std::io::Seek::rewind(&mut self.file).map_err(io_err("could not write lock file", &path))?;
+        self.file
+            .write_all(text.as_bytes())
+            .and_then(|_| self.file.sync_all())
+            .map_err(io_err("could not write lock file", &path))
     }
 
     /// The ports a running node recorded (for `walrep status` / `promote`).
@@ -182,7 +196,6 @@ impl Drop for DataDirLock {
         // Leave the file (pid of a dead node is harmless under flock) but
         // empty it so status tools do not report a node that stopped.
         let _ = self.file.set_len(0);
-        let _ = &self.path;
     }
 }
 

@@ -40,4 +40,4 @@ pub mod viz;
 pub mod wal;
 
 pub use walrep_states as states;
-pub use walrep_states::{Lsn, SegNo, TimelineId, WalSegSize};
+pub use walrep_states::{Lsn, SegNo, TimelineHistory, TimelineId, WalSegSize};

@@ -16,5 +16,6 @@ pub fn init(default_level: &str) {
         .with_writer(std::io::stderr)
         .with_thread_names(true)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -1,2 +1,0 @@
-//! One running node: opens the data directory, starts its threads (WAL
-//! writer, checkpointer, archiver, listeners) and stops them.

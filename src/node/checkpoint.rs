@@ -1,0 +1,229 @@
+//! The checkpointer: writes the store's snapshot, logs a checkpoint record,
+//! points the control file at both, then removes WAL nobody needs any more.
+//!
+//! Triggers, as PostgreSQL's: `checkpoint_timeout` since the last one, WAL
+//! written since the last redo point beyond half of `max_wal_size` (a
+//! checkpoint takes time; starting at half keeps the total near the
+//! target), and explicit requests (shutdown, end of recovery, base backup).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+
+use super::Node;
+use crate::store::checkpoint::{remove_other_snapshots, write_snapshot};
+use crate::store::control::now_ms;
+use crate::store::ClusterState;
+use crate::wal::{Checkpoint, XlogRecord};
+use crate::{Lsn, SegNo};
+
+/// How often the checkpointer looks at the WAL volume when nothing wakes it.
+const VOLUME_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why a checkpoint runs (logged, as PostgreSQL's "checkpoint starting: time").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointCause {
+    Time,
+    Wal,
+    Shutdown,
+    EndOfRecovery,
+    Requested,
+}
+
+impl CheckpointCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointCause::Time => "time",
+            CheckpointCause::Wal => "wal",
+            CheckpointCause::Shutdown => "shutdown",
+            CheckpointCause::EndOfRecovery => "end-of-recovery",
+            CheckpointCause::Requested => "immediate",
+        }
+    }
+}
+
+/// What a finished checkpoint wrote.
+#[derive(Debug, Clone)]
+pub struct CheckpointDone {
+    pub checkpoint_lsn: Lsn,
+    pub redo: Lsn,
+    pub id: u64,
+    pub keys: u64,
+    pub bytes: u64,
+    pub segments_removed: u64,
+    pub segments_recycled: u64,
+    pub elapsed_ms: u64,
+}
+
+/// Errors of a checkpoint. Any of them leaves the previous checkpoint valid.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("node has no WAL writer (still in recovery)")]
+    NoWal,
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::store::checkpoint::SnapshotError),
+    #[error(transparent)]
+    Control(#[from] crate::store::control::ControlError),
+    #[error("could not remove old snapshots: {0}")]
+    Cleanup(std::io::Error),
+}
+
+impl Node {
+    /// Run one checkpoint now (serialised with any other).
+    pub fn checkpoint(&self, cause: CheckpointCause) -> Result<CheckpointDone, CheckpointError> {
+        let _guard = self.checkpoint_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        let wal = self.wal().ok_or(CheckpointError::NoWal)?;
+        tracing::info!(cause = cause.as_str(), "checkpoint starting");
+        // Every key-value record is inserted under the store's write lock,
+        // so holding it while reading the insert position gives a redo
+        // point before which every record is already in the map.
+        let redo = {
+            let _txn = self.store.write();
+            wal.inserted()
+        };
+        let (id, chunks) = {
+            let c = self.control();
+            (c.checkpoint_id + 1, self.config.checkpoint_chunks)
+        };
+        let snap = write_snapshot(&self.dir.root, id, chunks, &self.store)?;
+        let shutdown = cause == CheckpointCause::Shutdown;
+        let tli = wal.timeline();
+        let rec = wal.log_xlog(&XlogRecord::Checkpoint(Checkpoint {
+            redo,
+            tli,
+            prev_tli: tli,
+            shutdown,
+            time_unix_us: now_ms() * 1000,
+            checkpoint_id: id,
+        }))?;
+        // Also makes every version in the snapshot durable (all are older).
+        wal.wait_flushed(rec.end)?;
+        {
+            let mut c = self.control_mut();
+            c.checkpoint_lsn = rec.start;
+            c.redo_lsn = redo;
+            c.checkpoint_id = id;
+            c.checkpoint_timeline = tli;
+            c.checkpoint_chunks = chunks;
+            c.timeline = tli;
+            c.state = if shutdown { ClusterState::ShutDown } else { ClusterState::InProduction };
+            c.write(&self.dir.root)?;
+        }
+        remove_other_snapshots(&self.dir.root, id).map_err(CheckpointError::Cleanup)?;
+        let report = self.remove_old_wal(&wal, redo)?;
+        let done = CheckpointDone {
+            checkpoint_lsn: rec.start,
+            redo,
+            id,
+            keys: snap.keys,
+            bytes: snap.bytes,
+            segments_removed: report.removed,
+            segments_recycled: report.recycled,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(
+            cause = cause.as_str(),
+            lsn = %done.checkpoint_lsn,
+            redo = %done.redo,
+            keys = done.keys,
+            bytes = done.bytes,
+            removed = done.segments_removed,
+            recycled = done.segments_recycled,
+            elapsed_ms = done.elapsed_ms,
+            "checkpoint complete"
+        );
+        *self.last_checkpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some((done.clone(), now_ms()));
+        Ok(done)
+    }
+
+    /// Remove or recycle segments below the oldest position anything needs:
+    /// the redo point, `wal_keep_size` behind the flush position, and every
+    /// replication slot's restart point. Segments the archiver has not
+    /// finished with are kept by the WAL directory itself.
+    fn remove_old_wal(&self, wal: &crate::wal::Wal, redo: Lsn) -> Result<crate::wal::RemovalReport, CheckpointError> {
+        let seg = wal.seg_size();
+        let mut horizon = redo.segno(seg);
+        let keep = self.config.wal_keep_size.bytes().unwrap_or(0);
+        let flushed = wal.flushed();
+        horizon = horizon.min(Lsn(flushed.0.saturating_sub(keep)).segno(seg));
+        if let Some(slot_min) = self.slots_min_restart_lsn() {
+            horizon = horizon.min(slot_min.segno(seg));
+        }
+        // Keep min_wal_size worth of files for reuse as future segments.
+        let max_future = self.config.min_wal_size.bytes().unwrap_or(0) / seg.bytes();
+        Ok(wal.remove_old_segments(SegNo(horizon.0), max_future)?)
+    }
+}
+
+/// Handle of the checkpointer thread.
+pub struct Checkpointer {
+    requests: Sender<CheckpointCause>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    pub fn start(node: Arc<Node>) -> std::io::Result<Checkpointer> {
+        let (tx, rx) = bounded(4);
+        let thread = std::thread::Builder::new()
+            .name("checkpointer".into())
+            .spawn(move || run(node, rx))?;
+        Ok(Checkpointer {
+            requests: tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ask for a checkpoint soon (does not wait). A full queue means one is
+    /// already pending, which serves this request too.
+    pub fn request(&self, cause: CheckpointCause) {
+        let _ = self.requests.try_send(cause);
+    }
+
+    /// Stop the thread (the shutdown checkpoint is run by the caller).
+    pub fn stop(mut self) {
+        drop(std::mem::replace(&mut self.requests, bounded(1).0));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>) {
+    let _span = tracing::info_span!("checkpointer").entered();
+    let timeout = node.config.checkpoint_timeout.get().unwrap_or(Duration::from_secs(300));
+    let wal_trigger = node.config.max_wal_size.bytes().unwrap_or(1 << 30) / 2;
+    let mut last = Instant::now();
+    loop {
+        let wait = timeout.saturating_sub(last.elapsed()).min(VOLUME_CHECK_INTERVAL);
+        let cause = match requests.recv_timeout(wait) {
+            Ok(cause) => Some(cause),
+            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) if last.elapsed() >= timeout => Some(CheckpointCause::Time),
+            Err(RecvTimeoutError::Timeout) => {
+                let since_redo = node
+                    .wal()
+                    .map(|w| w.inserted().saturating_sub(node.control().redo_lsn))
+                    .unwrap_or(0);
+                (since_redo >= wal_trigger).then_some(CheckpointCause::Wal)
+            }
+        };
+        let Some(cause) = cause else { continue };
+        if node.wal().is_none() {
+            continue;
+        }
+        match node.checkpoint(cause) {
+            Ok(_) => last = Instant::now(),
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint failed; the previous checkpoint stays valid");
+                if node.wal().is_some_and(|w| w.poisoned().is_some()) {
+                    return;
+                }
+                last = Instant::now();
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The node's INFO sections (server, persistence, replication), in Redis's
+//! `field:value` format with walrep's own fields beside Redis's.
+
+use std::fmt::Write as _;
+
+use super::Node;
+
+pub fn section(node: &Node, name: &str) -> Option<String> {
+    match name {
+        "server" => Some(server(node)),
+        "persistence" => Some(persistence(node)),
+        "replication" => Some(replication(node)),
+        _ => None,
+    }
+}
+
+fn server(node: &Node) -> String {
+    let c = node.control();
+    let ports = *node.ports.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "redis_version:7.0.0\r\nwalrep_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nreplication_port:{}\r\nuptime_in_seconds:{}\r\nsystem_identifier:{}\r\nwal_segment_size:{}\r\ndata_directory:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        ports.redis,
+        ports.replication,
+        node.started_at.elapsed().as_secs(),
+        c.system_identifier,
+        c.wal_segment_size.bytes(),
+        node.dir.root.display(),
+    );
+    s
+}
+
+fn persistence(node: &Node) -> String {
+    let mut s = String::from("loading:0\r\n");
+    {
+        let c = node.control();
+        let _ = write!(
+            s,
+            "cluster_state:{}\r\ntimeline:{}\r\ncheckpoint_lsn:{}\r\nredo_lsn:{}\r\n",
+            c.state.describe().replace(' ', "_"),
+            c.timeline,
+            c.checkpoint_lsn,
+            c.redo_lsn
+        );
+    }
+    if let Some(wal) = node.wal() {
+        let st = wal.stats();
+        let _ = write!(
+            s,
+            "wal_insert_lsn:{}\r\nwal_flush_lsn:{}\r\nwal_records:{}\r\nwal_bytes:{}\r\nwal_fsyncs:{}\r\nwal_flushes:{}\r\nwal_mean_batch_records:{:.2}\r\nwal_max_batch_records:{}\r\nwal_segments_completed:{}\r\nwal_writer_failed:{}\r\n",
+            wal.inserted(),
+            wal.flushed(),
+            st.records,
+            st.bytes,
+            st.fsyncs,
+            st.flushes,
+            st.mean_batch_records(),
+            st.max_batch_records,
+            st.segments_completed,
+            wal.poisoned().is_some() as u8,
+        );
+    }
+    if let Some((done, at_ms)) = node.last_checkpoint() {
+        let _ = write!(
+            s,
+            "last_checkpoint_lsn:{}\r\nlast_checkpoint_time_ms:{}\r\nlast_checkpoint_keys:{}\r\nlast_checkpoint_bytes:{}\r\nlast_checkpoint_duration_ms:{}\r\n",
+            done.checkpoint_lsn, at_ms, done.keys, done.bytes, done.elapsed_ms
+        );
+    }
+    let _ = write!(s, "archive_mode:{}\r\n", node.config.archive_mode.as_str());
+    if let Some(stats) = node.archiver_stats.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        let a = stats.snapshot();
+        let _ = write!(
+            s,
+            "archived_count:{}\r\nlast_archived_wal:{}\r\nfailed_count:{}\r\nlast_failed_wal:{}\r\n",
+            a.archived_count,
+            a.last_archived_wal.as_deref().unwrap_or(""),
+            a.failed_count,
+            a.last_failed_wal.as_deref().unwrap_or(""),
+        );
+    }
+    s
+}
+
+fn replication(node: &Node) -> String {
+    let mut s = String::new();
+    let role = if node.is_primary() { "master" } else { "slave" };
+    let _ = write!(s, "role:{role}\r\nconnected_slaves:0\r\n");
+    let (waiters, age) = node.syncrep.waiters();
+    let _ = write!(
+        s,
+        "synchronous_standby_names:{}\r\nsync_waiters:{}\r\nsync_oldest_wait_ms:{}\r\nsync_degraded:{}\r\n",
+        node.syncrep.config().map(|c| c.to_string()).unwrap_or_default(),
+        waiters,
+        age.map(|a| a.as_millis()).unwrap_or(0),
+        node.syncrep.is_degraded() as u8,
+    );
+    s
+}

@@ -1,0 +1,58 @@
+//! `walrep init`: a new data directory, PostgreSQL's initdb for walrep.
+//!
+//! It writes the configuration template, a new system identifier, an empty
+//! snapshot and the first WAL segment holding a shutdown checkpoint, and a
+//! control file pointing at them: a node started on it finds a cleanly shut
+//! down system on timeline 1.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::datadir::DataDir;
+use crate::store::checkpoint::write_snapshot;
+use crate::store::control::{generate_system_identifier, now_ms};
+use crate::store::{ClusterState, ControlFile, Store};
+use crate::wal::{initial_lsn, Checkpoint, Wal, WalConfig, XlogRecord};
+use crate::{Lsn, TimelineId, WalSegSize};
+
+/// Create a data directory at `path`.
+pub fn init(path: &Path, seg_size: WalSegSize) -> anyhow::Result<ControlFile> {
+    let dir = DataDir::new(path);
+    dir.create_layout()?;
+    let template = Config::template();
+    std::fs::write(dir.config_file(), &template).with_context(|| format!("could not write {}", dir.config_file().display()))?;
+    let defaults = Config::default();
+    let system_identifier = generate_system_identifier();
+    let snapshot_id = 1;
+    write_snapshot(path, snapshot_id, defaults.checkpoint_chunks, &Store::new())?;
+    let wal = Wal::start(WalConfig::new(
+        dir.wal(),
+        system_identifier,
+        TimelineId::FIRST,
+        seg_size,
+        initial_lsn(seg_size),
+        Lsn::INVALID,
+    ))
+    .context("could not write the first WAL segment")?;
+    let redo = wal.inserted();
+    let rec = wal.log_xlog(&XlogRecord::Checkpoint(Checkpoint {
+        redo,
+        tli: TimelineId::FIRST,
+        prev_tli: TimelineId::FIRST,
+        shutdown: true,
+        time_unix_us: now_ms() * 1000,
+        checkpoint_id: snapshot_id,
+    }))?;
+    wal.wait_flushed(rec.end)?;
+    wal.shutdown()?;
+    let mut control = ControlFile::new_system(system_identifier, seg_size, defaults.checkpoint_chunks);
+    control.checkpoint_lsn = rec.start;
+    control.redo_lsn = redo;
+    control.checkpoint_id = snapshot_id;
+    control.state = ClusterState::ShutDown;
+    control.write(path)?;
+    crate::util::fsync_dir(path)?;
+    Ok(control)
+}
