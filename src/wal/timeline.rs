@@ -194,6 +194,37 @@ pub fn init_new_timeline_segment(
     Ok(())
 }
 
+/// After promotion, rename the old timeline's segment holding the switch
+/// point to `<name>.partial` (PostgreSQL does this at the end of archive
+/// recovery) so that it is not archived under the name the old primary may
+/// still archive a complete, diverging segment as; with archiving on, the
+/// `.partial` file is marked `.ready`. Returns the new path, `None` when the
+/// switch point is at a segment boundary or the file is absent.
+pub fn rename_old_timeline_segment_partial(
+    segdir: &SegmentDir,
+    old: TimelineId,
+    switch_point: Lsn,
+    archive_mode: bool,
+) -> Result<Option<PathBuf>, TimelineError> {
+    let seg_size = segdir.seg_size();
+    if switch_point.segment_offset(seg_size) == 0 {
+        return Ok(None);
+    }
+    let segno = switch_point.segno(seg_size);
+    let from = segdir.segment_path(old, segno);
+    if !from.exists() {
+        return Ok(None);
+    }
+    let name = format!("{}.partial", segno.file_name(old, seg_size));
+    let to = segdir.path().join(&name);
+    fs::rename(&from, &to).map_err(io_err("rename", &from))?;
+    crate::util::fsync_dir(segdir.path()).map_err(io_err("fsync directory", segdir.path()))?;
+    if archive_mode {
+        segdir.mark_ready(&name)?;
+    }
+    Ok(Some(to))
+}
+
 /// The first `offset` bytes of `(old, segno)` with the header re-stamped for `new`.
 fn old_segment_prefix(
     segdir: &SegmentDir,

@@ -168,6 +168,16 @@ impl Wal {
     /// disk) and start the WAL-writer thread.
     pub fn start(cfg: WalConfig) -> Result<Wal, WalError> {
         let segdir = match cfg.segdir.clone() {
+            Some(s) if s.seg_size() != cfg.seg_size => {
+                return Err(WalError::BadStart {
+                    lsn: cfg.start_lsn,
+                    reason: format!(
+                        "the shared SegmentDir has segment size {}, the configuration {}",
+                        s.seg_size().bytes(),
+                        cfg.seg_size.bytes()
+                    ),
+                })
+            }
             Some(s) => s,
             None => Arc::new(SegmentDir::open(&cfg.dir, cfg.seg_size, cfg.io.clone())?),
         };
