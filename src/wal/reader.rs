@@ -244,7 +244,8 @@ impl WalReader {
             };
             return Err(fail(at, kind));
         }
-        let mut payload = Vec::with_capacity(header.payload_len());
+        // Grown as bytes arrive: a garbage length must not reserve 1 GiB up front.
+        let mut payload = Vec::with_capacity(header.payload_len().min(1 << 20));
         let left = header.payload_len() as u64;
         self.gather(start, pos, header.payload_len(), left, &mut payload)?;
         let computed = header.compute_crc(start, &payload);

@@ -225,8 +225,21 @@ impl SegmentDir {
         Ok(out)
     }
 
+    /// The lowest segment number present (any timeline), for "requested WAL
+    /// segment has already been removed" checks and status output.
+    pub fn oldest_segment(&self) -> Result<Option<SegNo>, SegmentError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|f| f.kind == WalFileKind::Segment)
+            .filter_map(|f| f.segno)
+            .min())
+    }
+
     /// Open segment `(tli, segno)` for writing, creating it pre-allocated
     /// (zero-filled, fsynced, directory fsynced) if it does not exist.
+    /// A walreceiver creates its segments this way too, so that readers can
+    /// map them while they are being filled.
     pub fn open_for_write(&self, tli: TimelineId, segno: SegNo) -> Result<File, SegmentError> {
         let path = self.segment_path(tli, segno);
         if !path.exists() {
