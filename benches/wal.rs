@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use walrep::wal::{initial_lsn, Wal, WalConfig, RM_KV};
+use walrep::wal::{initial_lsn, ReaderConfig, Wal, WalConfig, WalReader, RM_KV};
 use walrep::{Lsn, TimelineId, WalSegSize};
+use walrep_states::TimelineHistory;
 
 /// Bytes of one commit record's payload (a small SET: key + value).
 const PAYLOAD_BYTES: usize = 48;
@@ -49,6 +50,65 @@ fn main() {
             r.commits_per_s, r.mean_us, r.p99_us, r.fsyncs_per_s, r.mean_batch
         );
     }
+    let read_mb = env_or("WALREP_BENCH_READ_MB", 256);
+    for payload in [100, 1000] {
+        let (ins, read) = async_write_then_read(dir.path(), payload, read_mb);
+        println!(
+            "async inserts (no waiting), {payload}-byte payloads: {:.0} MB/s, {:.0} records/s (flushed by the WAL writer)",
+            ins.0, ins.1
+        );
+        println!(
+            "WalReader, {payload}-byte payloads, {read_mb} MB of WAL in page cache: {:.0} MB/s, {:.0} records/s",
+            read.0, read.1
+        );
+    }
+}
+
+/// Write `mb` MiB of WAL with asynchronous commits (nobody waits; the WAL
+/// writer and back-pressure flush), then time a WalReader validating all of
+/// it. Returns (MB/s, records/s) of both phases.
+fn async_write_then_read(base: &Path, payload_bytes: usize, mb: u64) -> ((f64, f64), (f64, f64)) {
+    let dir = tempfile::tempdir_in(base).expect("wal dir");
+    let seg = WalSegSize::DEFAULT;
+    let mut cfg = WalConfig::new(
+        dir.path(),
+        1,
+        TimelineId(1),
+        seg,
+        initial_lsn(seg),
+        Lsn::INVALID,
+    );
+    cfg.wal_writer_delay = Duration::from_secs(10);
+    let wal = Wal::start(cfg).expect("start WAL");
+    let payload = vec![0x5Au8; payload_bytes];
+    let target = initial_lsn(seg).0 + (mb << 20);
+    let t0 = Instant::now();
+    let mut inserted = 0u64;
+    while wal.inserted().0 < target {
+        wal.insert(RM_KV, 0, &payload).expect("insert");
+        inserted += 1;
+    }
+    let end = wal.shutdown().expect("shutdown");
+    let write_secs = t0.elapsed().as_secs_f64();
+    let rcfg = ReaderConfig {
+        dir: dir.path().to_path_buf(),
+        system_id: 1,
+        seg_size: seg,
+        history: TimelineHistory::root(TimelineId(1)),
+    };
+    let mut reader = WalReader::new(rcfg, initial_lsn(seg));
+    let start = Instant::now();
+    let mut records = 0u64;
+    while reader.read_record().is_ok() {
+        records += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(reader.next_lsn(), end, "read everything");
+    let bytes = (end.0 - initial_lsn(seg).0) as f64;
+    (
+        (bytes / write_secs / 1e6, inserted as f64 / write_secs),
+        (bytes / secs / 1e6, records as f64 / secs),
+    )
 }
 
 /// The machine is shared and its fdatasync rate drifts, so the 1-thread
