@@ -17,6 +17,8 @@
 //! - [`reader`]: [`WalReader`] and [`find_end_of_wal`]: validated records
 //!   across segments and timelines, up to an optional limit.
 //! - [`raw`]: [`RawReader`], verbatim WAL bytes for walsenders.
+//! - [`receive`]: [`SegmentWriter`], a walreceiver writing received bytes
+//!   into segment files.
 //! - [`timeline`]: history files and the first segment of a new timeline.
 //! - [`io`]: the injectable IO backend of the writer.
 //!
@@ -28,6 +30,7 @@ pub mod io;
 mod map;
 pub mod raw;
 pub mod reader;
+pub mod receive;
 pub mod record;
 pub mod segdir;
 pub mod segment;
@@ -40,6 +43,7 @@ pub use raw::RawReader;
 pub use reader::{
     find_end_of_wal, EndOfWal, ReadError, ReadErrorKind, ReaderConfig, Record, WalReader,
 };
+pub use receive::{CompletedMark, SegmentWriter};
 pub use record::{MAX_PAYLOAD_LEN, MAX_RECORD_LEN, RM_KV, RM_XLOG};
 pub use segdir::{RemovalReport, RemovalRequest, SegmentDir, SegmentError, WalFile, WalFileKind};
 pub use segment::{HeaderProblem, SegmentHeader, SEG_HEADER_SIZE};
