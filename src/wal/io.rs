@@ -60,6 +60,7 @@ impl WalIo for StdIo {
 /// middle of a write would. It fires once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TornWrite {
+    /// Bytes of the torn write that reach the file.
     pub keep_bytes: usize,
 }
 

@@ -12,8 +12,11 @@ use crate::{SegNo, TimelineId, WalSegSize};
 /// One segment file mapped read-only.
 #[derive(Debug)]
 pub(crate) struct MappedSegment {
+    /// Timeline of the mapped file.
     pub tli: TimelineId,
+    /// Its segment number.
     pub segno: SegNo,
+    /// The whole file (exactly one segment long).
     pub map: Mmap,
 }
 

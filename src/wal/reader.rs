@@ -27,6 +27,7 @@ pub struct ReaderConfig {
     pub dir: PathBuf,
     /// Segments of any other system are rejected.
     pub system_id: u64,
+    /// Segment size of the system (files of another size are rejected).
     pub seg_size: WalSegSize,
     /// Decides which timeline's file is read for each position.
     pub history: TimelineHistory,
@@ -42,8 +43,11 @@ pub struct Record {
     pub end: Lsn,
     /// The previous record's LSN, as stored.
     pub prev: Lsn,
+    /// Resource manager (`RM_XLOG`, `RM_KV`, ...): who interprets the payload.
     pub rmid: u8,
+    /// Record type within the resource manager.
     pub info: u8,
+    /// The payload, validated by the record CRC.
     pub payload: Vec<u8>,
 }
 
@@ -119,8 +123,11 @@ impl ReadErrorKind {
 /// A record could not be read: `kind` at byte `at` of the record starting at `record`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadError {
+    /// The record being read (where the end of valid WAL is).
     pub record: Lsn,
+    /// The byte whose check failed (a segment header, a length, ...).
     pub at: Lsn,
+    /// Which check failed.
     pub kind: ReadErrorKind,
 }
 
@@ -209,41 +216,7 @@ impl WalReader {
     }
 
     fn read_at(&mut self, start: Lsn) -> Result<Record, ReadError> {
-        let seg_size = self.cfg.seg_size;
-        let fail = |at, kind| ReadError {
-            record: start,
-            at,
-            kind,
-        };
-        if !is_record_position(start, seg_size) {
-            return Err(fail(start, ReadErrorKind::NotRecordPosition));
-        }
-        let overflow = |tot_len| fail(start, ReadErrorKind::BadLength { tot_len });
-        self.check_limit(start, data_end(start, 8, seg_size).ok_or(overflow(0))?)?;
-        let mut head = Vec::with_capacity(RECORD_HEADER_SIZE);
-        let pos = self.gather(start, start, 8, 0, &mut head)?;
-        let tot_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let at = Lsn(pos.0 - 8);
-        if tot_len == 0 {
-            return Err(fail(at, ReadErrorKind::ZeroRecord));
-        }
-        RecordHeader::check_tot_len(tot_len)
-            .map_err(|_| fail(at, ReadErrorKind::BadLength { tot_len }))?;
-        let end = data_end(start, u64::from(tot_len), seg_size).ok_or(overflow(tot_len))?;
-        self.check_limit(start, end)?;
-        let rest = u64::from(tot_len) - 8;
-        let pos = self.gather(start, pos, RECORD_HEADER_SIZE - 8, rest, &mut head)?;
-        let mut hb = [0u8; RECORD_HEADER_SIZE];
-        hb.copy_from_slice(&head);
-        let header =
-            RecordHeader::decode(&hb).map_err(|e| fail(at, ReadErrorKind::BadHeader(e)))?;
-        if let Some(expected) = self.prev.filter(|p| *p != header.prev) {
-            let kind = ReadErrorKind::PrevLink {
-                expected,
-                found: header.prev,
-            };
-            return Err(fail(at, kind));
-        }
+        let (header, at, pos, end) = self.read_header(start)?;
         // Grown as bytes arrive: a garbage length must not reserve 1 GiB up front.
         let mut payload = Vec::with_capacity(header.payload_len().min(1 << 20));
         let left = header.payload_len() as u64;
@@ -254,9 +227,17 @@ impl WalReader {
                 computed,
                 stored: header.crc,
             };
-            return Err(fail(at, kind));
+            return Err(fail(start, at, kind));
         }
-        let next = next_record_position(end, &header, seg_size).ok_or(overflow(tot_len))?;
+        let next = next_record_position(end, &header, self.cfg.seg_size).ok_or_else(|| {
+            fail(
+                start,
+                at,
+                ReadErrorKind::BadLength {
+                    tot_len: header.tot_len,
+                },
+            )
+        })?;
         Ok(Record {
             lsn: start,
             end: next,
@@ -265,6 +246,44 @@ impl WalReader {
             info: header.info,
             payload,
         })
+    }
+
+    /// Read and check the header of the record at `start`: its length
+    /// (zero = end of WAL), the limit, reserved bytes and prev-link, before
+    /// any payload is read. Returns the header, where it is, where the
+    /// payload starts and where the record's bytes end (unaligned).
+    fn read_header(&mut self, start: Lsn) -> Result<(RecordHeader, Lsn, Lsn, Lsn), ReadError> {
+        let seg_size = self.cfg.seg_size;
+        if !is_record_position(start, seg_size) {
+            return Err(fail(start, start, ReadErrorKind::NotRecordPosition));
+        }
+        let bad_len = |tot_len| fail(start, start, ReadErrorKind::BadLength { tot_len });
+        self.check_limit(start, data_end(start, 8, seg_size).ok_or(bad_len(0))?)?;
+        let mut head = Vec::with_capacity(RECORD_HEADER_SIZE);
+        let pos = self.gather(start, start, 8, 0, &mut head)?;
+        let tot_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let at = Lsn(pos.0 - 8);
+        if tot_len == 0 {
+            return Err(fail(start, at, ReadErrorKind::ZeroRecord));
+        }
+        RecordHeader::check_tot_len(tot_len)
+            .map_err(|_| fail(start, at, ReadErrorKind::BadLength { tot_len }))?;
+        let end = data_end(start, u64::from(tot_len), seg_size).ok_or(bad_len(tot_len))?;
+        self.check_limit(start, end)?;
+        let rest = u64::from(tot_len) - 8;
+        let pos = self.gather(start, pos, RECORD_HEADER_SIZE - 8, rest, &mut head)?;
+        let mut hb = [0u8; RECORD_HEADER_SIZE];
+        hb.copy_from_slice(&head);
+        let header =
+            RecordHeader::decode(&hb).map_err(|e| fail(start, at, ReadErrorKind::BadHeader(e)))?;
+        if let Some(expected) = self.prev.filter(|p| *p != header.prev) {
+            let kind = ReadErrorKind::PrevLink {
+                expected,
+                found: header.prev,
+            };
+            return Err(fail(start, at, kind));
+        }
+        Ok((header, at, pos, end))
     }
 
     fn check_limit(&self, record: Lsn, needed_end: Lsn) -> Result<(), ReadError> {
@@ -413,6 +432,10 @@ impl WalReader {
         })?;
         Ok(h)
     }
+}
+
+fn fail(record: Lsn, at: Lsn, kind: ReadErrorKind) -> ReadError {
+    ReadError { record, at, kind }
 }
 
 /// Where the record after one ending (unaligned) at `end` starts: aligned,

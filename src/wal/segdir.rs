@@ -69,8 +69,11 @@ pub enum WalFileKind {
 /// One file of the WAL directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalFile {
+    /// The file name in the WAL directory.
     pub name: String,
+    /// What the name says the file is.
     pub kind: WalFileKind,
+    /// The timeline in the name.
     pub tli: TimelineId,
     /// `None` for history files.
     pub segno: Option<SegNo>,
@@ -115,8 +118,11 @@ impl WalFile {
 /// at most `max_future` of them (PostgreSQL keeps about max_wal_size worth).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecycleTarget {
+    /// The timeline being written (future names are its names).
     pub tli: TimelineId,
+    /// The first future segment number to try (after the one being written).
     pub first: SegNo,
+    /// How many future segment numbers may be used.
     pub max_future: u64,
 }
 
@@ -136,7 +142,9 @@ pub struct RemovalRequest {
 /// What a removal pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemovalReport {
+    /// Files deleted.
     pub removed: u64,
+    /// Files renamed to future segment names.
     pub recycled: u64,
     /// Kept because archiving has not finished with them.
     pub kept_for_archive: u64,

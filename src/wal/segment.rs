@@ -78,7 +78,9 @@ pub enum HeaderProblem {
 /// What a reader expects of the header of the segment it enters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpectedHeader {
+    /// The system the reader belongs to.
     pub system_id: u64,
+    /// The system's segment size.
     pub seg_size: WalSegSize,
     /// Timeline of the file being read.
     pub tli: TimelineId,

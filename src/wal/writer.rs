@@ -62,9 +62,11 @@ const EVENT_CHANNEL_CAPACITY: usize = 1024;
 pub struct WalConfig {
     /// The WAL directory (`DATADIR/wal`).
     pub dir: PathBuf,
+    /// Written into every segment header; the reader rejects other systems.
     pub system_id: u64,
     /// The timeline written; fixed for the life of this `Wal`.
     pub tli: TimelineId,
+    /// The system's segment size (fixed at `walrep init`).
     pub seg_size: WalSegSize,
     /// Where the next record goes: the end of valid WAL found by recovery
     /// (`find_end_of_wal`), or `SegNo(1).start_lsn(seg_size)` for a new

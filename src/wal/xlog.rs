@@ -43,7 +43,9 @@ pub struct Checkpoint {
 /// The end of recovery: the first record on a promoted node's new timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EndOfRecovery {
+    /// The timeline this record starts.
     pub new_tli: TimelineId,
+    /// The timeline it branched off.
     pub prev_tli: TimelineId,
     /// Microseconds since the Unix epoch.
     pub time_unix_us: u64,

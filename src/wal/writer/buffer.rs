@@ -33,8 +33,11 @@ pub(crate) enum Piece {
 /// WAL from `start` to `end`, as the pieces that make it up.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
+    /// LSN of the first byte.
     pub start: Lsn,
+    /// LSN after the last byte (gaps included).
     pub end: Lsn,
+    /// The stream bytes, without the gaps.
     pub bytes: Vec<u8>,
     /// Gaps of zeroes: (index in `bytes` before which the gap lies, length).
     pub gaps: Vec<(usize, u64)>,
@@ -93,6 +96,7 @@ pub struct InsertedRecord {
 /// The state inserters share, under the insert lock.
 #[derive(Debug)]
 pub(crate) struct InsertState {
+    /// Inserted, not yet taken by a flusher.
     pub pending: Batch,
     /// LSN of the last record inserted: the next record's prev-link.
     pub prev_record: Lsn,

@@ -42,12 +42,17 @@ pub(crate) struct Limits {
 
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// What segment headers say.
     pub ctx: SegCtx,
+    /// Mark completed segments `.ready`.
     pub archive_mode: bool,
     pub limits: Limits,
     pub segdir: Arc<SegmentDir>,
+    /// The insert lock: the buffer and the prev-link.
     pub insert: Mutex<InsertState>,
+    /// The flush lock: held while writing and fdatasyncing.
     pub flush: Mutex<FlushState>,
+    /// Sessions waiting for a flush, in LSN order.
     pub queue: WaitQueue,
     /// Everything before this LSN is durable.
     pub flushed: AtomicU64,
@@ -63,6 +68,7 @@ pub(crate) struct Shared {
     pub flush_signal: (Mutex<()>, Condvar),
     /// Wakes the WAL-writer thread (bounded(1): kicks coalesce).
     pub kick: Sender<()>,
+    /// Event channels of `Wal::subscribe` callers.
     pub subscribers: Mutex<Vec<Sender<WalEvent>>>,
     pub counters: Counters,
     /// 1 + the highest segment number pre-allocated in the background.

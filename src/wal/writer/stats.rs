@@ -95,9 +95,13 @@ pub struct WalStats {
     pub watchdog_wakeups: u64,
     /// Events not delivered because a subscriber's channel was full.
     pub events_dropped: u64,
+    /// Segments written to their end and fsynced.
     pub segments_completed: u64,
+    /// Segment files created (pre-allocated) through this directory handle.
     pub segments_created: u64,
+    /// Old segments renamed to future names.
     pub segments_recycled: u64,
+    /// Old segments deleted.
     pub segments_removed: u64,
     /// Background pre-allocations that failed (retried later).
     pub prealloc_failures: u64,
