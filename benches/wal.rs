@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use walrep::wal::{initial_lsn, ReaderConfig, Wal, WalConfig, WalReader, RM_KV};
+use walrep::wal::{initial_lsn, ReaderConfig, Wal, WalConfig, WalIo, WalReader, RM_KV};
 use walrep::{Lsn, TimelineId, WalSegSize};
 use walrep_states::TimelineHistory;
 
@@ -41,6 +41,12 @@ fn main() {
     );
 
     single_client_ratio(dir.path(), (2 * secs).max(4) as usize);
+    let cpu = commit_overhead(dir.path(), Duration::from_secs(1));
+    println!(
+        "WAL cost per 1-thread commit without the fdatasync (pwrite included): {:.2} us ({:.0} commits/s)",
+        1e6 / cpu,
+        cpu
+    );
     let raw_8k = raw_fdatasync_rate(dir.path(), 8192, dur);
     println!("raw fdatasync, 8 kB writes (pg_test_fsync style): {raw_8k:.0}/s");
     for &n in &threads {
@@ -264,6 +270,47 @@ fn wal_commits(base: &Path, threads: usize, dur: Duration) -> CommitResult {
         fsyncs_per_s: stats.fsyncs as f64 / secs,
         mean_batch: stats.mean_batch_records(),
     }
+}
+
+/// A backend that writes but never syncs: isolates the WAL's own cost.
+#[derive(Debug)]
+struct NoSyncIo;
+
+impl WalIo for NoSyncIo {
+    fn write_at(&self, file: &File, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+    fn sync_data(&self, _: &File) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn sync_all(&self, f: &File) -> std::io::Result<()> {
+        f.sync_all()
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// One thread's commits per second when fdatasync costs nothing.
+fn commit_overhead(base: &Path, dur: Duration) -> f64 {
+    let dir = tempfile::tempdir_in(base).expect("wal dir");
+    let seg = WalSegSize::DEFAULT;
+    let mut cfg = WalConfig::new(
+        dir.path(),
+        1,
+        TimelineId(1),
+        seg,
+        initial_lsn(seg),
+        Lsn::INVALID,
+    );
+    cfg.io = Arc::new(NoSyncIo);
+    let wal = Wal::start(cfg).expect("start WAL");
+    commit_loop(&wal, 0, Instant::now() + Duration::from_millis(200));
+    let t0 = Instant::now();
+    let n = commit_loop(&wal, 0, t0 + dur).len();
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    wal.shutdown().expect("shutdown");
+    rate
 }
 
 fn start_wal(dir: &Path) -> Wal {
