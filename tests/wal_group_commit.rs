@@ -76,3 +76,34 @@ fn a_single_committer_flushes_itself() {
     assert!(s.session_flushes >= 50, "{s:?}");
     assert_eq!(s.fsyncs, s.flushes);
 }
+
+#[test]
+fn a_bounded_wait_times_out_behind_a_stuck_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(FaultyIo::new());
+    let wal = Arc::new(new_wal(dir.path(), Some(io.clone() as Arc<dyn WalIo>)));
+    // A disk in trouble: fdatasync does not return until the test lets it.
+    io.hold_syncs(true);
+    let first = wal.insert(RM_KV, 0, b"stuck").unwrap();
+    let flusher = {
+        let wal = wal.clone();
+        std::thread::spawn(move || wal.wait_flushed(first))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while io.sync_data_calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "flush never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let second = wal.insert(RM_KV, 0, b"impatient").unwrap();
+    let e = wal
+        .wait_flushed_timeout(second, Duration::from_millis(20))
+        .unwrap_err();
+    assert!(
+        matches!(e, walrep::wal::WalError::FlushTimeout { .. }),
+        "{e}"
+    );
+    io.hold_syncs(false);
+    flusher.join().unwrap().unwrap();
+    // The unbounded wait still gets there.
+    wal.wait_flushed(second).unwrap();
+}

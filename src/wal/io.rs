@@ -11,7 +11,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 /// The calls the WAL writer and segment pre-allocation make to put bytes on
@@ -85,7 +85,15 @@ pub struct FaultyIo {
     pub writes: AtomicU64,
     /// `sync_data` calls made so far (including failed ones).
     pub sync_data_calls: AtomicU64,
+    /// While true, `sync_data` blocks (at most `GATE_BOUND`): lets a test
+    /// hold a flush in progress for as long as it needs, without timing.
+    sync_gate: Mutex<bool>,
+    sync_gate_cv: Condvar,
 }
+
+/// Longest a closed sync gate holds a `sync_data` call, so a test that
+/// forgets to open it fails instead of hanging.
+const GATE_BOUND: Duration = Duration::from_secs(30);
 
 impl FaultyIo {
     pub fn new() -> FaultyIo {
@@ -104,6 +112,29 @@ impl FaultyIo {
     pub fn fail_sync_data_after(&self, n: u64) {
         let done = self.sync_data_calls.load(Ordering::SeqCst);
         self.fail_sync_data_from.store(done + n, Ordering::SeqCst);
+    }
+
+    /// Close (`true`) or open the sync gate: while closed, every
+    /// `sync_data` waits for it to open (at most 30 s).
+    pub fn hold_syncs(&self, hold: bool) {
+        *self.sync_gate.lock().unwrap_or_else(|p| p.into_inner()) = hold;
+        self.sync_gate_cv.notify_all();
+    }
+
+    fn pass_sync_gate(&self) {
+        let deadline = std::time::Instant::now() + GATE_BOUND;
+        let mut closed = self.sync_gate.lock().unwrap_or_else(|p| p.into_inner());
+        while *closed {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return;
+            }
+            closed = self
+                .sync_gate_cv
+                .wait_timeout(closed, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Arm a torn write (see `TornWrite`).
@@ -136,6 +167,7 @@ impl WalIo for FaultyIo {
 
     fn sync_data(&self, file: &File) -> io::Result<()> {
         let n = self.sync_data_calls.fetch_add(1, Ordering::SeqCst) + 1;
+        self.pass_sync_gate();
         let delay_us = self.sync_data_delay_us.load(Ordering::Relaxed);
         if delay_us > 0 {
             std::thread::sleep(Duration::from_micros(delay_us));

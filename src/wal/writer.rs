@@ -128,6 +128,8 @@ pub enum WalError {
     Record(#[from] RecordError),
     #[error("cannot wait for WAL up to {requested}: WAL is only inserted up to {inserted}")]
     FlushBeyondInsert { requested: Lsn, inserted: Lsn },
+    #[error("WAL up to {requested} was not flushed in time (flushed up to {flushed}); the flush may still complete")]
+    FlushTimeout { requested: Lsn, flushed: Lsn },
     #[error("cannot start writing WAL at {lsn}: {reason}")]
     BadStart { lsn: Lsn, reason: String },
     #[error(transparent)]
@@ -263,8 +265,20 @@ impl Wal {
     }
 
     /// Wait until all WAL before `lsn` is durable. Group commit: see the
-    /// module docs. `lsn` must not be beyond `inserted()`.
+    /// module docs. `lsn` must not be beyond `inserted()`. Waits as long as
+    /// the disk takes (PostgreSQL does too); see `wait_flushed_timeout`.
     pub fn wait_flushed(&self, lsn: Lsn) -> Result<(), WalError> {
+        self.wait_flushed_until(lsn, None)
+    }
+
+    /// `wait_flushed` with a bound: `WalError::FlushTimeout` if the WAL is
+    /// not durable within `timeout` (the commit's fate is then unknown; it
+    /// may still become durable).
+    pub fn wait_flushed_timeout(&self, lsn: Lsn, timeout: Duration) -> Result<(), WalError> {
+        self.wait_flushed_until(lsn, Some(Instant::now() + timeout))
+    }
+
+    fn wait_flushed_until(&self, lsn: Lsn, deadline: Option<Instant>) -> Result<(), WalError> {
         let sh = &*self.shared;
         let inserted = sh.inserted();
         if lsn > inserted {
@@ -282,12 +296,23 @@ impl Wal {
                 sh.flush_and_release(g, FlushBy::Session)?;
                 continue;
             }
-            self.park(lsn)?;
+            let bound = match deadline.map(|d| d.checked_duration_since(Instant::now())) {
+                None => WAIT_WATCHDOG,
+                Some(Some(left)) if !left.is_zero() => left.min(WAIT_WATCHDOG),
+                Some(_) => {
+                    return Err(WalError::FlushTimeout {
+                        requested: lsn,
+                        flushed: sh.flushed(),
+                    })
+                }
+            };
+            self.park(lsn, bound)?;
         }
     }
 
-    /// Queue up behind the flush in progress until released or nominated.
-    fn park(&self, lsn: Lsn) -> Result<(), WalError> {
+    /// Queue up behind the flush in progress until released, nominated or
+    /// `bound` passes.
+    fn park(&self, lsn: Lsn, bound: Duration) -> Result<(), WalError> {
         let sh = &*self.shared;
         let w = sh.queue.register(lsn);
         if sh.flushed() < lsn && sh.poison.get().is_none() {
@@ -296,7 +321,7 @@ impl Wal {
                 return sh.flush_and_release(g, FlushBy::Session);
             }
             Counters::add(&sh.counters.waits_parked, 1);
-            if w.wait(WAIT_WATCHDOG) == Wake::TimedOut {
+            if w.wait(bound) == Wake::TimedOut && bound == WAIT_WATCHDOG {
                 Counters::add(&sh.counters.watchdog_wakeups, 1);
             }
         }

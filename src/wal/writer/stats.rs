@@ -90,8 +90,8 @@ pub struct WalStats {
     pub backpressure_flushes: u64,
     /// `wait_flushed` calls that had to park (a flush was in progress).
     pub waits_parked: u64,
-    /// Parked waiters woken by the safety timeout rather than a flusher
-    /// (should stay 0; non-zero means a lost wake-up).
+    /// Parks that ended at the 1 s safety bound rather than by a flusher:
+    /// a flush slower than 1 s, or a lost wake-up (should stay 0).
     pub watchdog_wakeups: u64,
     /// Events not delivered because a subscriber's channel was full.
     pub events_dropped: u64,
