@@ -1,0 +1,495 @@
+//! The validating WAL reader: records by LSN through memory-mapped segment
+//! files, across segment boundaries and timelines, optionally only up to a
+//! limit (what a standby's walreceiver has flushed). It stops at the first
+//! invalid record and says which check failed and where, as PostgreSQL's
+//! xlogreader does; that point is the end of valid WAL.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use thiserror::Error;
+use walrep_states::TimelineHistory;
+
+use super::map::{MapError, MappedSegment};
+use super::record::{RecordError, RecordHeader, RECORD_HEADER_SIZE, RM_XLOG};
+use super::segment::{
+    align_up, data_end, is_record_position, ExpectedHeader, HeaderProblem, SegmentHeader,
+    SEG_HEADER_SIZE,
+};
+use super::timeline::{candidate_timelines, timeline_covers};
+use super::xlog::{XlogError, XlogRecord, XLOG_SWITCH};
+use crate::{Lsn, SegNo, TimelineId, WalSegSize};
+
+/// Where and what to read.
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    /// The WAL directory (`DATADIR/wal`).
+    pub dir: PathBuf,
+    /// Segments of any other system are rejected.
+    pub system_id: u64,
+    /// Segment size of the system (files of another size are rejected).
+    pub seg_size: WalSegSize,
+    /// Decides which timeline's file is read for each position.
+    pub history: TimelineHistory,
+}
+
+/// A validated record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Where the record starts.
+    pub lsn: Lsn,
+    /// Where the next record starts (after alignment; after a segment switch,
+    /// the start of the next segment).
+    pub end: Lsn,
+    /// The previous record's LSN, as stored.
+    pub prev: Lsn,
+    /// Resource manager (`RM_XLOG`, `RM_KV`, ...): who interprets the payload.
+    pub rmid: u8,
+    /// Record type within the resource manager.
+    pub info: u8,
+    /// The payload, validated by the record CRC.
+    pub payload: Vec<u8>,
+}
+
+impl Record {
+    /// The decoded XLOG record, if this is one (`rmid == RM_XLOG`).
+    pub fn xlog(&self) -> Option<Result<XlogRecord, XlogError>> {
+        (self.rmid == RM_XLOG).then(|| XlogRecord::decode(self.info, &self.payload))
+    }
+}
+
+/// Which check failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReadErrorKind {
+    #[error("zero-length record (the clean end of WAL)")]
+    ZeroRecord,
+    #[error("invalid record length {tot_len}")]
+    BadLength { tot_len: u32 },
+    #[error("invalid record header: {0}")]
+    BadHeader(RecordError),
+    #[error("incorrect record checksum: computed {computed:08X}, stored {stored:08X}")]
+    Crc { computed: u32, stored: u32 },
+    #[error("record with incorrect prev-link {found} (expected {expected})")]
+    PrevLink { expected: Lsn, found: Lsn },
+    #[error("invalid segment header in WAL file {file}: {problem}")]
+    SegmentHeader {
+        file: String,
+        problem: HeaderProblem,
+    },
+    #[error("WAL segment {segno} not found (tried {})", names(.tried))]
+    MissingSegment { segno: SegNo, tried: Vec<String> },
+    #[error("WAL file {file} is {found} bytes long, expected {expected}")]
+    SegmentSize {
+        file: String,
+        found: u64,
+        expected: u64,
+    },
+    #[error("could not read WAL file {file}: {message}")]
+    Io { file: String, message: String },
+    #[error("record extends beyond the read limit {limit}")]
+    LimitReached { limit: Lsn },
+    #[error("not a valid record position")]
+    NotRecordPosition,
+}
+
+fn names(tried: &[String]) -> String {
+    if tried.is_empty() {
+        "no timeline covers this position".into()
+    } else {
+        tried.join(", ")
+    }
+}
+
+impl ReadErrorKind {
+    /// An unreadable file rather than invalid WAL: crash recovery must not
+    /// take it for the end of WAL.
+    pub fn is_io(&self) -> bool {
+        matches!(self, ReadErrorKind::Io { .. })
+    }
+
+    /// Zeroes where the next record or segment would be: WAL simply ends here.
+    pub fn is_zeroes(&self) -> bool {
+        matches!(
+            self,
+            ReadErrorKind::ZeroRecord
+                | ReadErrorKind::SegmentHeader {
+                    problem: HeaderProblem::Zero,
+                    ..
+                }
+        )
+    }
+}
+
+/// A record could not be read: `kind` at byte `at` of the record starting at `record`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadError {
+    /// The record being read (where the end of valid WAL is).
+    pub record: Lsn,
+    /// The byte whose check failed (a segment header, a length, ...).
+    pub at: Lsn,
+    /// Which check failed.
+    pub kind: ReadErrorKind,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at {} (record at {})",
+            self.kind, self.at, self.record
+        )
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// Reads validated records one after another.
+#[derive(Debug)]
+pub struct WalReader {
+    cfg: ReaderConfig,
+    /// Bytes at or past this LSN are not read (not yet flushed by the source).
+    limit: Option<Lsn>,
+    /// Where the next record starts.
+    next: Lsn,
+    /// The LSN the next record's prev-link must name; `None` after a seek
+    /// to an arbitrary record (PostgreSQL does not check it then either).
+    prev: Option<Lsn>,
+    /// The segment currently mapped and its validated header.
+    seg: Option<(MappedSegment, SegmentHeader)>,
+}
+
+impl WalReader {
+    /// A reader positioned at `start` (a record position).
+    pub fn new(cfg: ReaderConfig, start: Lsn) -> WalReader {
+        WalReader {
+            cfg,
+            limit: None,
+            next: start,
+            prev: None,
+            seg: None,
+        }
+    }
+
+    /// Read from `start` next; `prev` is the LSN its prev-link must name, if known.
+    pub fn seek(&mut self, start: Lsn, prev: Option<Lsn>) {
+        self.next = start;
+        self.prev = prev;
+    }
+
+    /// Read only bytes below `limit` (`None`: everything on disk).
+    pub fn set_limit(&mut self, limit: Option<Lsn>) {
+        self.limit = limit;
+    }
+
+    /// Follow another history (e.g. a newer timeline became known).
+    pub fn set_history(&mut self, history: TimelineHistory) {
+        self.cfg.history = history;
+        self.seg = None;
+    }
+
+    pub fn history(&self) -> &TimelineHistory {
+        &self.cfg.history
+    }
+
+    /// Where the next record is expected.
+    pub fn next_lsn(&self) -> Lsn {
+        self.next
+    }
+
+    /// The next valid record. On error the position does not move, so the
+    /// same record is tried again next time (after the limit was raised or
+    /// a missing segment arrived).
+    pub fn read_record(&mut self) -> Result<Record, ReadError> {
+        let start = self.next;
+        match self.read_at(start) {
+            Ok(rec) => {
+                self.prev = Some(start);
+                self.next = rec.end;
+                Ok(rec)
+            }
+            Err(e) => {
+                // Re-open files next time: one may be replaced meanwhile.
+                self.seg = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn read_at(&mut self, start: Lsn) -> Result<Record, ReadError> {
+        let (header, at, pos, end) = self.read_header(start)?;
+        // Grown as bytes arrive: a garbage length must not reserve 1 GiB up front.
+        let mut payload = Vec::with_capacity(header.payload_len().min(1 << 20));
+        let left = header.payload_len() as u64;
+        self.gather(start, pos, header.payload_len(), left, &mut payload)?;
+        let computed = header.compute_crc(start, &payload);
+        if computed != header.crc {
+            let kind = ReadErrorKind::Crc {
+                computed,
+                stored: header.crc,
+            };
+            return Err(fail(start, at, kind));
+        }
+        let next = next_record_position(end, &header, self.cfg.seg_size).ok_or_else(|| {
+            fail(
+                start,
+                at,
+                ReadErrorKind::BadLength {
+                    tot_len: header.tot_len,
+                },
+            )
+        })?;
+        Ok(Record {
+            lsn: start,
+            end: next,
+            prev: header.prev,
+            rmid: header.rmid,
+            info: header.info,
+            payload,
+        })
+    }
+
+    /// Read and check the header of the record at `start`: its length
+    /// (zero = end of WAL), the limit, reserved bytes and prev-link, before
+    /// any payload is read. Returns the header, where it is, where the
+    /// payload starts and where the record's bytes end (unaligned).
+    fn read_header(&mut self, start: Lsn) -> Result<(RecordHeader, Lsn, Lsn, Lsn), ReadError> {
+        let seg_size = self.cfg.seg_size;
+        if !is_record_position(start, seg_size) {
+            return Err(fail(start, start, ReadErrorKind::NotRecordPosition));
+        }
+        let bad_len = |tot_len| fail(start, start, ReadErrorKind::BadLength { tot_len });
+        self.check_limit(start, data_end(start, 8, seg_size).ok_or(bad_len(0))?)?;
+        let mut head = Vec::with_capacity(RECORD_HEADER_SIZE);
+        let pos = self.gather(start, start, 8, 0, &mut head)?;
+        let tot_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let at = Lsn(pos.0 - 8);
+        if tot_len == 0 {
+            return Err(fail(start, at, ReadErrorKind::ZeroRecord));
+        }
+        RecordHeader::check_tot_len(tot_len)
+            .map_err(|_| fail(start, at, ReadErrorKind::BadLength { tot_len }))?;
+        let end = data_end(start, u64::from(tot_len), seg_size).ok_or(bad_len(tot_len))?;
+        self.check_limit(start, end)?;
+        let rest = u64::from(tot_len) - 8;
+        let pos = self.gather(start, pos, RECORD_HEADER_SIZE - 8, rest, &mut head)?;
+        let mut hb = [0u8; RECORD_HEADER_SIZE];
+        hb.copy_from_slice(&head);
+        let header =
+            RecordHeader::decode(&hb).map_err(|e| fail(start, at, ReadErrorKind::BadHeader(e)))?;
+        if let Some(expected) = self.prev.filter(|p| *p != header.prev) {
+            let kind = ReadErrorKind::PrevLink {
+                expected,
+                found: header.prev,
+            };
+            return Err(fail(start, at, kind));
+        }
+        Ok((header, at, pos, end))
+    }
+
+    fn check_limit(&self, record: Lsn, needed_end: Lsn) -> Result<(), ReadError> {
+        match self.limit {
+            Some(limit) if needed_end > limit => Err(ReadError {
+                record,
+                at: limit,
+                kind: ReadErrorKind::LimitReached { limit },
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Append `n` bytes of the record starting at `rec`, read from `pos`
+    /// on, to `out`; `remaining` is how many bytes of the record are left
+    /// from `pos` (what the header of a segment entered on the way must say
+    /// it continues). Returns the position after the bytes.
+    fn gather(
+        &mut self,
+        rec: Lsn,
+        mut pos: Lsn,
+        n: usize,
+        mut remaining: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<Lsn, ReadError> {
+        let seg_size = self.cfg.seg_size;
+        let seg_bytes = seg_size.bytes();
+        let mut left = n;
+        while left > 0 {
+            if pos.segment_offset(seg_size) == 0 {
+                let rem = if pos == rec { 0 } else { remaining };
+                self.enter_segment(rec, pos, rem as u32)?;
+                pos = Lsn(pos.0 + SEG_HEADER_SIZE);
+            }
+            let (seg, _) = self.mapped(rec, pos)?;
+            let off = pos.segment_offset(seg_size) as usize;
+            let take = left.min(seg_bytes as usize - off);
+            out.extend_from_slice(&seg.map[off..off + take]);
+            pos = Lsn(pos.0 + take as u64);
+            left -= take;
+            remaining = remaining.saturating_sub(take as u64);
+        }
+        Ok(pos)
+    }
+
+    /// Map the segment of `pos` (at its start) and check that its header
+    /// continues exactly `rem_len` bytes of the current record.
+    fn enter_segment(&mut self, rec: Lsn, pos: Lsn, rem_len: u32) -> Result<(), ReadError> {
+        let (seg, header) = self.mapped(rec, pos)?;
+        if header.rem_len == rem_len {
+            return Ok(());
+        }
+        let kind = ReadErrorKind::SegmentHeader {
+            file: seg.segno.file_name(seg.tli, self.cfg.seg_size),
+            problem: HeaderProblem::Continuation {
+                expected: rem_len,
+                found: header.rem_len,
+            },
+        };
+        Err(ReadError {
+            record: rec,
+            at: pos,
+            kind,
+        })
+    }
+
+    /// The mapped segment holding `pos`, mapping (and validating the
+    /// header of) the right timeline's file if it is not the current one.
+    fn mapped(&mut self, rec: Lsn, pos: Lsn) -> Result<(&MappedSegment, SegmentHeader), ReadError> {
+        let seg_size = self.cfg.seg_size;
+        let segno = pos.segno(seg_size);
+        let cached = self.seg.as_ref().is_some_and(|(m, _)| {
+            m.segno == segno && timeline_covers(&self.cfg.history, m.tli, pos, seg_size)
+        });
+        if !cached {
+            self.seg = None;
+            self.seg = Some(self.map_segment(rec, pos)?);
+        }
+        match &self.seg {
+            Some((m, h)) => Ok((m, *h)),
+            None => Err(ReadError {
+                record: rec,
+                at: pos,
+                kind: ReadErrorKind::NotRecordPosition,
+            }),
+        }
+    }
+
+    fn map_segment(&self, rec: Lsn, pos: Lsn) -> Result<(MappedSegment, SegmentHeader), ReadError> {
+        let seg_size = self.cfg.seg_size;
+        let segno = pos.segno(seg_size);
+        let fail = |kind| ReadError {
+            record: rec,
+            at: pos,
+            kind,
+        };
+        let mut tried = Vec::new();
+        for tli in candidate_timelines(&self.cfg.history, pos, seg_size) {
+            let file = segno.file_name(tli, seg_size);
+            let path = self.cfg.dir.join(&file);
+            let seg = match MappedSegment::open(&path, tli, segno, seg_size) {
+                Ok(m) => m,
+                Err(MapError::Missing) => {
+                    tried.push(file);
+                    continue;
+                }
+                Err(MapError::BadSize { found }) => {
+                    let expected = seg_size.bytes();
+                    return Err(fail(ReadErrorKind::SegmentSize {
+                        file,
+                        found,
+                        expected,
+                    }));
+                }
+                Err(MapError::Io(e)) => {
+                    let message = e.to_string();
+                    return Err(fail(ReadErrorKind::Io { file, message }));
+                }
+            };
+            let header = self.check_header(&seg, tli, segno).map_err(|problem| {
+                fail(ReadErrorKind::SegmentHeader {
+                    file: file.clone(),
+                    problem,
+                })
+            })?;
+            return Ok((seg, header));
+        }
+        Err(fail(ReadErrorKind::MissingSegment { segno, tried }))
+    }
+
+    /// Everything about a segment header except the continuation length,
+    /// which depends on where the reader enters.
+    fn check_header(
+        &self,
+        seg: &MappedSegment,
+        tli: TimelineId,
+        segno: SegNo,
+    ) -> Result<SegmentHeader, HeaderProblem> {
+        let h = SegmentHeader::decode(&seg.map)?;
+        h.check(&ExpectedHeader {
+            system_id: self.cfg.system_id,
+            seg_size: self.cfg.seg_size,
+            tli,
+            pageaddr: segno.start_lsn(self.cfg.seg_size),
+            rem_len: h.rem_len,
+        })?;
+        Ok(h)
+    }
+}
+
+fn fail(record: Lsn, at: Lsn, kind: ReadErrorKind) -> ReadError {
+    ReadError { record, at, kind }
+}
+
+/// Where the record after one ending (unaligned) at `end` starts: aligned,
+/// and for a segment switch, at the start of the next segment.
+fn next_record_position(end: Lsn, h: &RecordHeader, seg_size: WalSegSize) -> Option<Lsn> {
+    let next = align_up(end)?;
+    let is_switch = h.rmid == RM_XLOG && h.info == XLOG_SWITCH;
+    if is_switch && next.segment_offset(seg_size) != 0 {
+        return next.segment_start(seg_size).checked_add(seg_size.bytes());
+    }
+    Some(next)
+}
+
+/// The end of valid WAL, as crash recovery needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndOfWal {
+    /// Where the next record will be written.
+    pub end: Lsn,
+    /// The last valid record, or the `prev` given if none was read: the
+    /// prev-link of the next record (`WalConfig::prev_record_lsn`).
+    pub prev_record: Lsn,
+    /// Valid records read.
+    pub records: u64,
+    /// Why reading stopped at `end`.
+    pub stop: ReadError,
+}
+
+/// Read from `start` (whose prev-link must be `prev`, if known) to the
+/// first invalid record (PostgreSQL's redo loop ending at "invalid record
+/// length" and friends). An unreadable file is an error, not an end.
+pub fn find_end_of_wal(
+    cfg: ReaderConfig,
+    start: Lsn,
+    prev: Option<Lsn>,
+) -> Result<EndOfWal, ReadError> {
+    let mut reader = WalReader::new(cfg, start);
+    reader.seek(start, prev);
+    let mut prev_record = prev.unwrap_or(Lsn::INVALID);
+    let mut records = 0;
+    loop {
+        match reader.read_record() {
+            Ok(rec) => {
+                prev_record = rec.lsn;
+                records += 1;
+            }
+            Err(e) if e.kind.is_io() => return Err(e),
+            Err(stop) => {
+                return Ok(EndOfWal {
+                    end: reader.next_lsn(),
+                    prev_record,
+                    records,
+                    stop,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The walreceiver's side of segment files (PostgreSQL's XLogWalRcvWrite /
+//! XLogWalRcvFlush): received WAL bytes are written at their LSN into
+//! pre-allocated segment files under their real names, made durable on
+//! request, and each completed segment is fsynced, closed and marked
+//! `.done` (or `.ready` with `archive_mode = always`).
+//!
+//! Like the WAL writer, a failed write or fdatasync is final: the writer
+//! remembers it and every later call fails with it; nothing retries.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use super::segdir::{SegmentDir, SegmentError};
+use crate::{Lsn, SegNo, TimelineId};
+
+/// What a completed received segment is marked as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletedMark {
+    /// `.done`: the primary archives it (PostgreSQL's default on a standby).
+    Done,
+    /// `.ready`: this node archives it too (`archive_mode = always`).
+    Ready,
+}
+
+/// Writes received WAL into segment files of one timeline.
+#[derive(Debug)]
+pub struct SegmentWriter {
+    segdir: Arc<SegmentDir>,
+    tli: TimelineId,
+    mark: CompletedMark,
+    /// The segment being written.
+    current: Option<(SegNo, File)>,
+    /// End of the bytes written so far.
+    written: Lsn,
+    /// End of the bytes made durable.
+    flushed: Lsn,
+    /// The first failure; every later call returns it.
+    failed: Option<String>,
+}
+
+impl SegmentWriter {
+    /// A writer for timeline `tli` whose next byte is at `start`.
+    pub fn new(
+        segdir: Arc<SegmentDir>,
+        tli: TimelineId,
+        start: Lsn,
+        mark: CompletedMark,
+    ) -> SegmentWriter {
+        SegmentWriter {
+            segdir,
+            tli,
+            mark,
+            current: None,
+            written: start,
+            flushed: start,
+            failed: None,
+        }
+    }
+
+    pub fn timeline(&self) -> TimelineId {
+        self.tli
+    }
+
+    /// End of the WAL written (not necessarily durable).
+    pub fn written(&self) -> Lsn {
+        self.written
+    }
+
+    /// End of the WAL made durable: what the startup process may read and
+    /// what the standby reports as its flush position.
+    pub fn flushed(&self) -> Lsn {
+        self.flushed
+    }
+
+    fn check(&self) -> Result<(), SegmentError> {
+        match &self.failed {
+            Some(msg) => Err(SegmentError::Io {
+                op: "write received WAL (an earlier IO failure stopped this writer)",
+                path: self.segdir.path().to_path_buf(),
+                source: std::io::Error::other(msg.clone()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: SegmentError) -> SegmentError {
+        self.failed = Some(e.to_string());
+        self.current = None;
+        e
+    }
+
+    /// Write `data` received for `lsn` (normally `written()`; an upstream
+    /// may restart at a segment start, which rewinds). Segments completed on
+    /// the way are fsynced and marked.
+    pub fn write(&mut self, lsn: Lsn, data: &[u8]) -> Result<(), SegmentError> {
+        self.check()?;
+        if lsn != self.written {
+            self.current = None;
+            self.written = lsn;
+            self.flushed = self.flushed.min(lsn);
+        }
+        let seg_size = self.segdir.seg_size();
+        let mut data = data;
+        while !data.is_empty() {
+            let segno = self.written.segno(seg_size);
+            let off = self.written.segment_offset(seg_size);
+            let n = data.len().min((seg_size.bytes() - off) as usize);
+            let res = self.write_at(segno, off, &data[..n]);
+            res.map_err(|e| self.fail(e))?;
+            self.written = Lsn(self.written.0 + n as u64);
+            data = &data[n..];
+            if self.written.segment_offset(seg_size) == 0 {
+                let res = self.complete(segno);
+                res.map_err(|e| self.fail(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, segno: SegNo, off: u64, data: &[u8]) -> Result<(), SegmentError> {
+        if self.current.as_ref().is_none_or(|(s, _)| *s != segno) {
+            let f = self.segdir.open_for_write(self.tli, segno)?;
+            self.current = Some((segno, f));
+        }
+        let path = self.segdir.segment_path(self.tli, segno);
+        match &self.current {
+            Some((_, f)) => self
+                .segdir
+                .io()
+                .write_at(f, off, data)
+                .map_err(SegmentError::io("write", &path)),
+            None => Ok(()),
+        }
+    }
+
+    /// fsync and close a segment whose last byte arrived, then mark it.
+    fn complete(&mut self, segno: SegNo) -> Result<(), SegmentError> {
+        self.sync_current()?;
+        self.current = None;
+        self.flushed = self.written;
+        let name = segno.file_name(self.tli, self.segdir.seg_size());
+        match self.mark {
+            CompletedMark::Done => self.segdir.mark_done(&name),
+            CompletedMark::Ready => self.segdir.mark_ready(&name),
+        }
+    }
+
+    fn sync_current(&self) -> Result<(), SegmentError> {
+        if let Some((segno, f)) = &self.current {
+            let path = self.segdir.segment_path(self.tli, *segno);
+            self.segdir
+                .io()
+                .sync_data(f)
+                .map_err(SegmentError::io("fdatasync", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Make everything written durable (one fdatasync); returns `flushed()`.
+    pub fn flush(&mut self) -> Result<Lsn, SegmentError> {
+        self.check()?;
+        if self.flushed < self.written {
+            let res = self.sync_current();
+            res.map_err(|e| self.fail(e))?;
+            self.flushed = self.written;
+        }
+        Ok(self.flushed)
+    }
+
+    /// Continue on another timeline from `start` (the upstream switched
+    /// timelines): flush and close the current segment first.
+    pub fn switch_timeline(&mut self, tli: TimelineId, start: Lsn) -> Result<(), SegmentError> {
+        self.flush()?;
+        self.current = None;
+        self.tli = tli;
+        self.written = start;
+        self.flushed = start;
+        Ok(())
+    }
+}

@@ -1,0 +1,632 @@
+//! The WAL directory as a set of files: creating pre-allocated segments,
+//! listing segments / `.partial` / history files, archive status files, and
+//! removing or recycling segments older than a horizon the caller gives
+//! (PostgreSQL's XLogFileInit, RemoveOldXlogFiles and XLogArchiveCheckDone).
+//!
+//! One `SegmentDir` per directory per process, shared (`Arc`) by everything
+//! that creates, removes or sends segments: it serialises file creation with
+//! recycling and remembers the newest removed segment so a walsender can tell
+//! that a file it read was recycled under it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+
+use super::io::WalIo;
+use crate::{SegNo, TimelineId, WalSegSize};
+
+/// Subdirectory of the WAL directory holding `<name>.ready` / `<name>.done`.
+pub const ARCHIVE_STATUS_DIR: &str = "archive_status";
+/// Prefix of segment files being pre-allocated (PostgreSQL's `xlogtemp.`).
+const TEMP_PREFIX: &str = "xlogtemp.";
+/// Zeroes are written in chunks of this size when a segment is created.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+/// An error managing WAL files.
+#[derive(Debug, Error)]
+pub enum SegmentError {
+    #[error("could not {op} WAL file \"{}\": {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("WAL file \"{}\" has {found} bytes, expected the segment size {expected}", path.display())]
+    BadSize {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("requested WAL segment {name} has already been removed")]
+    Removed { name: String },
+}
+
+impl SegmentError {
+    pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SegmentError {
+        let path = path.to_path_buf();
+        move |source| SegmentError::Io { op, path, source }
+    }
+}
+
+/// What kind of file a name in the WAL directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WalFileKind {
+    /// `TTTTTTTTXXXXXXXXYYYYYYYY`: a segment.
+    Segment,
+    /// `<segment>.partial`: the unfinished last segment of a timeline.
+    Partial,
+    /// `TTTTTTTT.history`.
+    History,
+    /// `<segment>.XXXXXXXX.backup`: a backup history file.
+    BackupHistory,
+}
+
+/// One file of the WAL directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalFile {
+    /// The file name in the WAL directory.
+    pub name: String,
+    /// What the name says the file is.
+    pub kind: WalFileKind,
+    /// The timeline in the name.
+    pub tli: TimelineId,
+    /// `None` for history files.
+    pub segno: Option<SegNo>,
+}
+
+impl WalFile {
+    /// Classify a file name; `None` for anything that is not a WAL file.
+    pub fn parse(name: &str, seg_size: WalSegSize) -> Option<WalFile> {
+        let file = |kind, tli, segno| {
+            Some(WalFile {
+                name: name.to_string(),
+                kind,
+                tli,
+                segno,
+            })
+        };
+        if let Some((tli, seg)) = SegNo::parse_file_name(name, seg_size) {
+            return file(WalFileKind::Segment, tli, Some(seg));
+        }
+        if let Some(base) = name.strip_suffix(".partial") {
+            let (tli, seg) = SegNo::parse_file_name(base, seg_size)?;
+            return file(WalFileKind::Partial, tli, Some(seg));
+        }
+        if let Some(t) = name.strip_suffix(".history") {
+            if t.len() == 8 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let tli = u32::from_str_radix(t, 16).ok()?;
+                return file(WalFileKind::History, TimelineId(tli), None);
+            }
+            return None;
+        }
+        let base = name.strip_suffix(".backup")?;
+        let (seg_name, offset) = base.split_once('.')?;
+        if offset.len() != 8 || !offset.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let (tli, seg) = SegNo::parse_file_name(seg_name, seg_size)?;
+        file(WalFileKind::BackupHistory, tli, Some(seg))
+    }
+}
+
+/// Where recycled files go: future segment names of `tli`, from `first` on,
+/// at most `max_future` of them (PostgreSQL keeps about max_wal_size worth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecycleTarget {
+    /// The timeline being written (future names are its names).
+    pub tli: TimelineId,
+    /// The first future segment number to try (after the one being written).
+    pub first: SegNo,
+    /// How many future segment numbers may be used.
+    pub max_future: u64,
+}
+
+/// A request to remove old WAL: the caller decides the horizon from
+/// checkpoints, slots, `wal_keep_size` and standbys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemovalRequest {
+    /// Segments with a number below this (on any timeline) may go.
+    pub horizon: SegNo,
+    /// Archiving applies to this node: a segment without `.done` is kept
+    /// (and gets a `.ready` if it has no status file at all).
+    pub archive_mode: bool,
+    /// Rename old files to future names instead of deleting them.
+    pub recycle: Option<RecycleTarget>,
+}
+
+/// What a removal pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemovalReport {
+    /// Files deleted.
+    pub removed: u64,
+    /// Files renamed to future segment names.
+    pub recycled: u64,
+    /// Kept because archiving has not finished with them.
+    pub kept_for_archive: u64,
+}
+
+/// Counters of file operations, for stats.
+#[derive(Debug, Default)]
+pub(crate) struct DirCounters {
+    pub created: AtomicU64,
+    pub recycled: AtomicU64,
+    pub removed: AtomicU64,
+}
+
+/// The WAL directory.
+#[derive(Debug)]
+pub struct SegmentDir {
+    dir: PathBuf,
+    seg_size: WalSegSize,
+    io: Arc<dyn WalIo>,
+    /// Serialises installing, recycling and removing files, so that two of
+    /// them never pick the same name.
+    lock: Mutex<()>,
+    /// 1 + the highest segment number removed or recycled; 0 = none yet.
+    removed_below: AtomicU64,
+    /// Makes temporary file names unique within the process.
+    temp_seq: AtomicU64,
+    pub(crate) counters: DirCounters,
+}
+
+impl SegmentDir {
+    /// Open (create if needed) the WAL directory and its `archive_status/`,
+    /// and remove temporary files left by an interrupted pre-allocation.
+    pub fn open(
+        dir: &Path,
+        seg_size: WalSegSize,
+        io: Arc<dyn WalIo>,
+    ) -> Result<SegmentDir, SegmentError> {
+        let status = dir.join(ARCHIVE_STATUS_DIR);
+        fs::create_dir_all(&status).map_err(SegmentError::io("create directory", &status))?;
+        let sd = SegmentDir {
+            dir: dir.to_path_buf(),
+            seg_size,
+            io,
+            lock: Mutex::new(()),
+            removed_below: AtomicU64::new(0),
+            temp_seq: AtomicU64::new(0),
+            counters: DirCounters::default(),
+        };
+        sd.remove_temp_files()?;
+        Ok(sd)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn seg_size(&self) -> WalSegSize {
+        self.seg_size
+    }
+
+    pub(crate) fn io(&self) -> &Arc<dyn WalIo> {
+        &self.io
+    }
+
+    /// Path of segment `segno` of timeline `tli`.
+    pub fn segment_path(&self, tli: TimelineId, segno: SegNo) -> PathBuf {
+        self.dir.join(segno.file_name(tli, self.seg_size))
+    }
+
+    /// The WAL files in the directory, ordered by (segment, timeline, kind);
+    /// history files first.
+    pub fn list(&self) -> Result<Vec<WalFile>, SegmentError> {
+        let rd = fs::read_dir(&self.dir).map_err(SegmentError::io("list", &self.dir))?;
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(SegmentError::io("list", &self.dir))?;
+            if let Some(f) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| WalFile::parse(n, self.seg_size))
+            {
+                out.push(f);
+            }
+        }
+        out.sort_by_key(|a| (a.segno, a.tli, a.kind));
+        Ok(out)
+    }
+
+    /// The lowest segment number present (any timeline), for "requested WAL
+    /// segment has already been removed" checks and status output.
+    pub fn oldest_segment(&self) -> Result<Option<SegNo>, SegmentError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|f| f.kind == WalFileKind::Segment)
+            .filter_map(|f| f.segno)
+            .min())
+    }
+
+    /// Open segment `(tli, segno)` for writing, creating it pre-allocated
+    /// (zero-filled, fsynced, directory fsynced) if it does not exist.
+    /// A walreceiver creates its segments this way too, so that readers can
+    /// map them while they are being filled.
+    pub fn open_for_write(&self, tli: TimelineId, segno: SegNo) -> Result<File, SegmentError> {
+        let path = self.segment_path(tli, segno);
+        if !path.exists() {
+            self.preallocate(tli, segno)?;
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(SegmentError::io("open", &path))?;
+        self.check_size(&f, &path)?;
+        Ok(f)
+    }
+
+    /// Make sure `(tli, segno)` exists at full size; returns whether a file
+    /// was created. The zero-filling happens outside the directory lock so
+    /// that it can run ahead of need in the background.
+    pub fn preallocate(&self, tli: TimelineId, segno: SegNo) -> Result<bool, SegmentError> {
+        let path = self.segment_path(tli, segno);
+        if path.exists() {
+            return Ok(false);
+        }
+        let tmp = self.create_temp(&[])?;
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if path.exists() {
+            let _ = fs::remove_file(&tmp);
+            return Ok(false);
+        }
+        fs::rename(&tmp, &path).map_err(SegmentError::io("rename", &tmp))?;
+        self.io
+            .sync_dir(&self.dir)
+            .map_err(SegmentError::io("fsync directory", &self.dir))?;
+        self.counters.created.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Install segment `(tli, segno)` holding `prefix` followed by zeroes,
+    /// replacing any file of that name (PostgreSQL's XLogFileCopy for a new
+    /// timeline). Durable when it returns.
+    pub fn install_segment(
+        &self,
+        tli: TimelineId,
+        segno: SegNo,
+        prefix: &[u8],
+    ) -> Result<(), SegmentError> {
+        let path = self.segment_path(tli, segno);
+        let tmp = self.create_temp(prefix)?;
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        fs::rename(&tmp, &path).map_err(SegmentError::io("rename", &tmp))?;
+        self.io
+            .sync_dir(&self.dir)
+            .map_err(SegmentError::io("fsync directory", &self.dir))?;
+        self.counters.created.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A full-size temporary file holding `prefix` then zeroes, fsynced.
+    fn create_temp(&self, prefix: &[u8]) -> Result<PathBuf, SegmentError> {
+        let n = self.temp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(SegmentError::io("create", &tmp))?;
+        let seg = self.seg_size.bytes();
+        let prefix = &prefix[..prefix.len().min(seg as usize)];
+        let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(seg as usize)];
+        let mut r = self.io.write_at(&f, 0, prefix);
+        let mut off = prefix.len() as u64;
+        while r.is_ok() && off < seg {
+            let n = zeros.len().min((seg - off) as usize);
+            r = self.io.write_at(&f, off, &zeros[..n]);
+            off += n as u64;
+        }
+        if let Err(e) = r {
+            let _ = fs::remove_file(&tmp);
+            return Err(SegmentError::io("write", &tmp)(e));
+        }
+        if let Err(e) = self.io.sync_all(&f) {
+            let _ = fs::remove_file(&tmp);
+            return Err(SegmentError::io("fsync", &tmp)(e));
+        }
+        Ok(tmp)
+    }
+
+    fn check_size(&self, f: &File, path: &Path) -> Result<(), SegmentError> {
+        let len = f.metadata().map_err(SegmentError::io("stat", path))?.len();
+        if len != self.seg_size.bytes() {
+            return Err(SegmentError::BadSize {
+                path: path.to_path_buf(),
+                found: len,
+                expected: self.seg_size.bytes(),
+            });
+        }
+        Ok(())
+    }
+
+    fn remove_temp_files(&self) -> Result<(), SegmentError> {
+        let rd = fs::read_dir(&self.dir).map_err(SegmentError::io("list", &self.dir))?;
+        for entry in rd.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let p = entry.path();
+                fs::remove_file(&p).map_err(SegmentError::io("remove", &p))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove a segment file (no recycling): used at start-up for segments
+    /// past the end of valid WAL.
+    pub(crate) fn remove_segment(&self, tli: TimelineId, segno: SegNo) -> Result<(), SegmentError> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.segment_path(tli, segno);
+        fs::remove_file(&path).map_err(SegmentError::io("remove", &path))?;
+        self.remove_status(&segno.file_name(tli, self.seg_size), "ready")?;
+        self.counters.removed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The highest segment number removed or recycled so far by this
+    /// process (PostgreSQL's XLogGetLastRemovedSegno).
+    pub fn last_removed(&self) -> Option<SegNo> {
+        match self.removed_below.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(SegNo(n - 1)),
+        }
+    }
+
+    /// `Err(Removed)` if segment `segno` has been removed or recycled.
+    pub fn check_not_removed(&self, tli: TimelineId, segno: SegNo) -> Result<(), SegmentError> {
+        if self.last_removed().is_some_and(|r| r >= segno) {
+            return Err(SegmentError::Removed {
+                name: segno.file_name(tli, self.seg_size),
+            });
+        }
+        Ok(())
+    }
+
+    fn status_path(&self, name: &str, suffix: &str) -> PathBuf {
+        self.dir
+            .join(ARCHIVE_STATUS_DIR)
+            .join(format!("{name}.{suffix}"))
+    }
+
+    /// Create `archive_status/<name>.ready` durably: the archiver's work list.
+    pub fn mark_ready(&self, name: &str) -> Result<(), SegmentError> {
+        self.create_status(name, "ready")
+    }
+
+    /// Create `archive_status/<name>.done` durably (archiving not needed or done).
+    pub fn mark_done(&self, name: &str) -> Result<(), SegmentError> {
+        self.create_status(name, "done")
+    }
+
+    fn create_status(&self, name: &str, suffix: &str) -> Result<(), SegmentError> {
+        let p = self.status_path(name, suffix);
+        File::create(&p).map_err(SegmentError::io("create", &p))?;
+        let dir = self.dir.join(ARCHIVE_STATUS_DIR);
+        self.io
+            .sync_dir(&dir)
+            .map_err(SegmentError::io("fsync directory", &dir))
+    }
+
+    fn remove_status(&self, name: &str, suffix: &str) -> Result<(), SegmentError> {
+        let p = self.status_path(name, suffix);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SegmentError::io("remove", &p)(e)),
+        }
+    }
+
+    /// Remove or recycle every segment below `req.horizon` whose archiving
+    /// is finished. A segment with `.ready` is never touched; recycled files
+    /// get future names, where their stale contents are recognised by the
+    /// segment header's pageaddr and the records' LSN-bound CRCs.
+    pub fn remove_old(&self, req: &RemovalRequest) -> Result<RemovalReport, SegmentError> {
+        let files = self.list()?;
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut report = RemovalReport::default();
+        let mut next_target = req.recycle.map(|r| r.first);
+        for f in files.iter().filter(|f| f.kind == WalFileKind::Segment) {
+            let Some(segno) = f.segno.filter(|s| *s < req.horizon) else {
+                continue;
+            };
+            if !self.archive_done(&f.name, req.archive_mode)? {
+                report.kept_for_archive += 1;
+                continue;
+            }
+            let path = self.dir.join(&f.name);
+            match self.recycle_target(req.recycle, &mut next_target) {
+                Some(target) => {
+                    fs::rename(&path, &target).map_err(SegmentError::io("rename", &path))?;
+                    report.recycled += 1;
+                }
+                None => {
+                    fs::remove_file(&path).map_err(SegmentError::io("remove", &path))?;
+                    report.removed += 1;
+                }
+            }
+            self.remove_status(&f.name, "done")?;
+            self.removed_below.fetch_max(segno.0 + 1, Ordering::AcqRel);
+        }
+        if report.removed + report.recycled > 0 {
+            self.io
+                .sync_dir(&self.dir)
+                .map_err(SegmentError::io("fsync directory", &self.dir))?;
+        }
+        self.counters
+            .recycled
+            .fetch_add(report.recycled, Ordering::Relaxed);
+        self.counters
+            .removed
+            .fetch_add(report.removed, Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// PostgreSQL's XLogArchiveCheckDone: may this segment go?
+    fn archive_done(&self, name: &str, archive_mode: bool) -> Result<bool, SegmentError> {
+        if self.status_path(name, "ready").exists() {
+            return Ok(false);
+        }
+        if !archive_mode || self.status_path(name, "done").exists() {
+            return Ok(true);
+        }
+        // No status at all (e.g. the .ready was lost in a crash): hand it to
+        // the archiver again rather than losing it.
+        self.mark_ready(name)?;
+        Ok(false)
+    }
+
+    /// The next free future name to recycle into, if any is left.
+    fn recycle_target(
+        &self,
+        rc: Option<RecycleTarget>,
+        next: &mut Option<SegNo>,
+    ) -> Option<PathBuf> {
+        let rc = rc?;
+        let limit = rc.first.0.saturating_add(rc.max_future);
+        while let Some(seg) = next.filter(|s| s.0 < limit) {
+            *next = Some(seg.next());
+            let p = self.segment_path(rc.tli, seg);
+            if !p.exists() {
+                return Some(p);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::io::StdIo;
+
+    fn dir() -> (tempfile::TempDir, SegmentDir) {
+        let t = tempfile::tempdir().unwrap();
+        let sd = SegmentDir::open(
+            t.path(),
+            WalSegSize::MIN.try_into().unwrap(),
+            Arc::new(StdIo),
+        )
+        .unwrap();
+        (t, sd)
+    }
+
+    #[test]
+    fn names_are_classified() {
+        let s = WalSegSize::DEFAULT;
+        let k = |n: &str| WalFile::parse(n, s).map(|f| (f.kind, f.tli.0, f.segno.map(|x| x.0)));
+        assert_eq!(
+            k("000000010000000000000004"),
+            Some((WalFileKind::Segment, 1, Some(4)))
+        );
+        assert_eq!(
+            k("000000020000000100000003.partial"),
+            Some((WalFileKind::Partial, 2, Some(0x103)))
+        );
+        assert_eq!(
+            k("0000000A.history"),
+            Some((WalFileKind::History, 10, None))
+        );
+        assert_eq!(
+            k("000000010000000000000002.00000028.backup"),
+            Some((WalFileKind::BackupHistory, 1, Some(2)))
+        );
+        for bad in [
+            "xlogtemp.1",
+            "0000000.history",
+            "00000001000000000000000G",
+            "archive_status",
+        ] {
+            assert_eq!(k(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn created_segments_are_full_size_and_zero() {
+        let (_t, sd) = dir();
+        let f = sd.open_for_write(TimelineId(1), SegNo(3)).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+        let bytes = fs::read(sd.segment_path(TimelineId(1), SegNo(3))).unwrap();
+        assert!(bytes.iter().all(|&b| b == 0));
+        assert!(!sd.preallocate(TimelineId(1), SegNo(3)).unwrap());
+        let names: Vec<_> = sd.list().unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["000000010000000000000003"]);
+    }
+
+    #[test]
+    fn removal_respects_ready_and_recycles() {
+        let (_t, sd) = dir();
+        for s in 1..=5 {
+            sd.preallocate(TimelineId(1), SegNo(s)).unwrap();
+        }
+        let name = |s| SegNo(s).file_name(TimelineId(1), sd.seg_size());
+        sd.mark_ready(&name(1)).unwrap();
+        sd.mark_done(&name(2)).unwrap();
+        let report = sd
+            .remove_old(&RemovalRequest {
+                horizon: SegNo(4),
+                archive_mode: true,
+                recycle: Some(RecycleTarget {
+                    tli: TimelineId(1),
+                    first: SegNo(5),
+                    max_future: 3,
+                }),
+            })
+            .unwrap();
+        // 1 has .ready: kept. 2 is done: recycled to 6 (5 exists). 3 has no
+        // status while archiving: it gets a .ready and is kept.
+        assert_eq!(
+            report,
+            RemovalReport {
+                removed: 0,
+                recycled: 1,
+                kept_for_archive: 2
+            }
+        );
+        let names: Vec<_> = sd
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|f| f.segno.unwrap().0)
+            .collect();
+        assert_eq!(names, [1, 3, 4, 5, 6]);
+        assert!(sd.status_path(&name(3), "ready").exists());
+        assert!(!sd.status_path(&name(2), "done").exists());
+        assert_eq!(sd.last_removed(), Some(SegNo(2)));
+        assert!(sd.check_not_removed(TimelineId(1), SegNo(2)).is_err());
+        assert!(sd.check_not_removed(TimelineId(1), SegNo(3)).is_ok());
+    }
+
+    #[test]
+    fn removal_without_archiving_deletes_when_no_target_left() {
+        let (_t, sd) = dir();
+        for s in 1..=3 {
+            sd.preallocate(TimelineId(1), SegNo(s)).unwrap();
+        }
+        let report = sd
+            .remove_old(&RemovalRequest {
+                horizon: SegNo(3),
+                archive_mode: false,
+                recycle: Some(RecycleTarget {
+                    tli: TimelineId(1),
+                    first: SegNo(4),
+                    max_future: 1,
+                }),
+            })
+            .unwrap();
+        assert_eq!((report.recycled, report.removed), (1, 1));
+        let names: Vec<_> = sd
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|f| f.segno.unwrap().0)
+            .collect();
+        assert_eq!(names, [3, 4]);
+    }
+}

@@ -1,0 +1,339 @@
+//! Timelines on disk: `TTTTTTTT.history` files (text rules in
+//! `walrep_states::TimelineHistory`), written durably; which timeline's file
+//! holds the WAL at a position (PostgreSQL's XLogFileReadAnyTLI order); and
+//! the first segment of a new timeline (PostgreSQL's XLogInitNewTimeline).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use walrep_states::{HistoryError, TimelineHistory};
+
+use super::map::{MapError, MappedSegment};
+use super::segdir::{SegmentDir, SegmentError};
+use super::segment::{HeaderProblem, SegmentHeader, SEG_HEADER_SIZE};
+use crate::util::durable_replace;
+use crate::{Lsn, SegNo, TimelineId, WalSegSize};
+
+/// An error reading or writing timeline files.
+#[derive(Debug, Error)]
+pub enum TimelineError {
+    #[error("could not {op} \"{}\": {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid timeline history file \"{}\": {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: HistoryError,
+    },
+    #[error("timeline history file \"{}\" already exists with different contents", path.display())]
+    Conflict { path: PathBuf },
+    #[error("new timeline {new} is not higher than timeline {parent}")]
+    NotNewer { parent: u32, new: u32 },
+    #[error("cannot start timeline {new}: segment {name} of timeline {old} is {problem}")]
+    OldSegment {
+        new: u32,
+        old: u32,
+        name: String,
+        problem: String,
+    },
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TimelineError {
+    let path = path.to_path_buf();
+    move |source| TimelineError::Io { op, path, source }
+}
+
+/// `wal_dir/TTTTTTTT.history`.
+pub fn history_path(wal_dir: &Path, tli: TimelineId) -> PathBuf {
+    wal_dir.join(tli.history_file_name())
+}
+
+/// The bytes of `tli`'s history file, `None` if it does not exist (what a
+/// walsender answers TIMELINE_HISTORY with).
+pub fn read_history_text(wal_dir: &Path, tli: TimelineId) -> Result<Option<String>, TimelineError> {
+    let path = history_path(wal_dir, tli);
+    match fs::read_to_string(&path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", &path)(e)),
+    }
+}
+
+/// The history of `tli`; a missing file means no ancestors (as PostgreSQL's
+/// readTimeLineHistory assumes; timeline 1 never has one).
+pub fn read_history(wal_dir: &Path, tli: TimelineId) -> Result<TimelineHistory, TimelineError> {
+    match read_history_text(wal_dir, tli)? {
+        None => Ok(TimelineHistory::root(tli)),
+        Some(text) => TimelineHistory::parse(tli, &text).map_err(|source| TimelineError::Parse {
+            path: history_path(wal_dir, tli),
+            source,
+        }),
+    }
+}
+
+/// Store a history file received from elsewhere (archive, upstream's
+/// TIMELINE_HISTORY) after checking it parses. An existing identical file
+/// is left alone; a different one is never overwritten.
+pub fn write_history_text(
+    wal_dir: &Path,
+    tli: TimelineId,
+    text: &str,
+) -> Result<TimelineHistory, TimelineError> {
+    let path = history_path(wal_dir, tli);
+    let history = TimelineHistory::parse(tli, text).map_err(|source| TimelineError::Parse {
+        path: path.clone(),
+        source,
+    })?;
+    match read_history_text(wal_dir, tli)? {
+        Some(old) if old == text => return Ok(history),
+        Some(_) => return Err(TimelineError::Conflict { path }),
+        None => {}
+    }
+    durable_replace(&path, text.as_bytes()).map_err(io_err("write", &path))?;
+    Ok(history)
+}
+
+/// Write the history file of a new timeline `new` branching off `parent` at
+/// `switch_point` (PostgreSQL's writeTimeLineHistory): the parent's file
+/// verbatim, a blank line if there was one, then `parent<TAB>switch<TAB>reason`.
+pub fn write_new_timeline_history(
+    wal_dir: &Path,
+    parent: TimelineId,
+    new: TimelineId,
+    switch_point: Lsn,
+    reason: &str,
+) -> Result<TimelineHistory, TimelineError> {
+    if new <= parent {
+        return Err(TimelineError::NotNewer {
+            parent: parent.0,
+            new: new.0,
+        });
+    }
+    let mut text = String::new();
+    if let Some(parent_text) = read_history_text(wal_dir, parent)? {
+        text.push_str(&parent_text);
+        text.push('\n');
+    }
+    let reason = reason.replace(['\n', '\t'], " ");
+    text.push_str(&format!("{}\t{}\t{}\n", parent.0, switch_point, reason));
+    write_history_text(wal_dir, new, &text)
+}
+
+/// The highest timeline with a history file, probing upward from `from`
+/// (PostgreSQL's findNewestTimeLine, on the local directory).
+pub fn newest_timeline(wal_dir: &Path, from: TimelineId) -> TimelineId {
+    let mut tli = from;
+    while history_path(wal_dir, tli.next()).exists() {
+        tli = tli.next();
+    }
+    tli
+}
+
+/// Whether the file of timeline `tli` may hold the WAL byte at `lsn`: the
+/// timeline began in or before `lsn`'s segment and had not ended by `lsn`.
+pub fn timeline_covers(
+    history: &TimelineHistory,
+    tli: TimelineId,
+    lsn: Lsn,
+    seg_size: WalSegSize,
+) -> bool {
+    history.spans().iter().any(|s| {
+        s.tli == tli
+            && s.begin.segno(seg_size) <= lsn.segno(seg_size)
+            && s.end.is_none_or(|e| lsn < e)
+    })
+}
+
+/// The timelines whose segment file may hold `lsn`, newest first: the
+/// order in which to try files (a new timeline's copy of the switch segment
+/// is preferred to the old timeline's file).
+pub fn candidate_timelines(
+    history: &TimelineHistory,
+    lsn: Lsn,
+    seg_size: WalSegSize,
+) -> Vec<TimelineId> {
+    history
+        .spans()
+        .iter()
+        .rev()
+        .filter(|s| timeline_covers(history, s.tli, lsn, seg_size))
+        .map(|s| s.tli)
+        .collect()
+}
+
+/// Create the segment a new timeline starts writing in (PostgreSQL's
+/// XLogInitNewTimeline): when `switch_point` is inside a segment, a copy of
+/// that segment of `old` up to the switch point, with the new timeline in
+/// its header and zeroes after it; at a segment boundary, an empty
+/// pre-allocated segment. Durable when it returns.
+pub fn init_new_timeline_segment(
+    segdir: &SegmentDir,
+    system_id: u64,
+    old: TimelineId,
+    new: TimelineId,
+    switch_point: Lsn,
+) -> Result<(), TimelineError> {
+    let seg_size = segdir.seg_size();
+    let segno = switch_point.segno(seg_size);
+    let offset = switch_point.segment_offset(seg_size);
+    if offset == 0 {
+        segdir.preallocate(new, segno)?;
+        return Ok(());
+    }
+    let prefix = old_segment_prefix(segdir, system_id, old, new, segno, offset)?;
+    segdir.install_segment(new, segno, &prefix)?;
+    Ok(())
+}
+
+/// After promotion, rename the old timeline's segment holding the switch
+/// point to `<name>.partial` (PostgreSQL does this at the end of archive
+/// recovery) so that it is not archived under the name the old primary may
+/// still archive a complete, diverging segment as; with archiving on, the
+/// `.partial` file is marked `.ready`. Returns the new path, `None` when the
+/// switch point is at a segment boundary or the file is absent.
+pub fn rename_old_timeline_segment_partial(
+    segdir: &SegmentDir,
+    old: TimelineId,
+    switch_point: Lsn,
+    archive_mode: bool,
+) -> Result<Option<PathBuf>, TimelineError> {
+    let seg_size = segdir.seg_size();
+    if switch_point.segment_offset(seg_size) == 0 {
+        return Ok(None);
+    }
+    let segno = switch_point.segno(seg_size);
+    let from = segdir.segment_path(old, segno);
+    if !from.exists() {
+        return Ok(None);
+    }
+    let name = format!("{}.partial", segno.file_name(old, seg_size));
+    let to = segdir.path().join(&name);
+    fs::rename(&from, &to).map_err(io_err("rename", &from))?;
+    crate::util::fsync_dir(segdir.path()).map_err(io_err("fsync directory", segdir.path()))?;
+    if archive_mode {
+        segdir.mark_ready(&name)?;
+    }
+    Ok(Some(to))
+}
+
+/// The first `offset` bytes of `(old, segno)` with the header re-stamped for `new`.
+fn old_segment_prefix(
+    segdir: &SegmentDir,
+    system_id: u64,
+    old: TimelineId,
+    new: TimelineId,
+    segno: SegNo,
+    offset: u64,
+) -> Result<Vec<u8>, TimelineError> {
+    let seg_size = segdir.seg_size();
+    let name = segno.file_name(old, seg_size);
+    let bad = |problem: String| TimelineError::OldSegment {
+        new: new.0,
+        old: old.0,
+        name: name.clone(),
+        problem,
+    };
+    let path = segdir.segment_path(old, segno);
+    let seg = match MappedSegment::open(&path, old, segno, seg_size) {
+        Ok(m) => m,
+        Err(MapError::Missing) => return Err(bad("missing".into())),
+        Err(MapError::BadSize { found }) => return Err(bad(format!("{found} bytes long"))),
+        Err(MapError::Io(e)) => return Err(io_err("read", &path)(e)),
+    };
+    let mut header = SegmentHeader::decode(&seg.map).map_err(|p| bad(p.to_string()))?;
+    let problem = if header.system_id != system_id {
+        Some(HeaderProblem::SystemId {
+            expected: system_id,
+            found: header.system_id,
+        })
+    } else if header.pageaddr != segno.start_lsn(seg_size) || header.tli != old {
+        Some(HeaderProblem::PageAddr {
+            expected: segno.start_lsn(seg_size),
+            found: header.pageaddr,
+        })
+    } else {
+        None
+    };
+    if let Some(p) = problem {
+        return Err(bad(p.to_string()));
+    }
+    header.tli = new;
+    let mut prefix = seg.map[..offset as usize].to_vec();
+    let hlen = SEG_HEADER_SIZE as usize;
+    if prefix.len() >= hlen {
+        prefix[..hlen].copy_from_slice(&header.encode());
+    }
+    Ok(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_history_appends_to_parent_verbatim() {
+        let d = tempfile::tempdir().unwrap();
+        let h2 = write_new_timeline_history(
+            d.path(),
+            TimelineId(1),
+            TimelineId(2),
+            Lsn(0x400_6B10),
+            "no recovery target specified",
+        )
+        .unwrap();
+        assert_eq!(h2.timeline(), TimelineId(2));
+        let h3 = write_new_timeline_history(
+            d.path(),
+            TimelineId(2),
+            TimelineId(3),
+            Lsn(0x600_0000),
+            "no recovery target specified",
+        )
+        .unwrap();
+        // Exactly what PostgreSQL 15 wrote for its timeline 3.
+        assert_eq!(
+            read_history_text(d.path(), TimelineId(3)).unwrap().unwrap(),
+            "1\t0/4006B10\tno recovery target specified\n\n2\t0/6000000\tno recovery target specified\n"
+        );
+        assert_eq!(read_history(d.path(), TimelineId(3)).unwrap(), h3);
+        assert_eq!(newest_timeline(d.path(), TimelineId(1)), TimelineId(3));
+        assert_eq!(
+            read_history(d.path(), TimelineId(1)).unwrap(),
+            TimelineHistory::root(TimelineId(1))
+        );
+        assert!(matches!(
+            write_new_timeline_history(d.path(), TimelineId(3), TimelineId(3), Lsn(1), "x"),
+            Err(TimelineError::NotNewer { .. })
+        ));
+        assert!(matches!(
+            write_history_text(d.path(), TimelineId(2), "1\t0/5\tother\n"),
+            Err(TimelineError::Conflict { .. })
+        ));
+        assert!(matches!(
+            write_history_text(d.path(), TimelineId(4), "garbage\n"),
+            Err(TimelineError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn candidates_prefer_newest_file_for_switch_segment() {
+        let s = WalSegSize::DEFAULT;
+        let h = TimelineHistory::root(TimelineId(1)).fork(TimelineId(2), Lsn(0x300_0100));
+        let c = |lsn| candidate_timelines(&h, Lsn(lsn), s);
+        assert_eq!(c(0x200_0000), vec![TimelineId(1)]);
+        // Before the switch point in the switch segment: both, newest first.
+        assert_eq!(c(0x300_0028), vec![TimelineId(2), TimelineId(1)]);
+        // From the switch point on: only the new timeline.
+        assert_eq!(c(0x300_0100), vec![TimelineId(2)]);
+        assert_eq!(c(0x500_0000), vec![TimelineId(2)]);
+    }
+}

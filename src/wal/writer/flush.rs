@@ -1,0 +1,140 @@
+//! Writing a batch of the insert buffer into segment files and making it
+//! durable: positional writes, one fdatasync per segment touched, `.ready`
+//! for each completed segment. Runs under the flush lock.
+
+use std::fs::File;
+
+use super::buffer::{Batch, Piece};
+use super::stats::Counters;
+use crate::wal::segdir::SegmentDir;
+use crate::{Lsn, SegNo, TimelineId};
+
+/// Zeroes written after a segment switch come from here.
+static ZEROES: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// What a flush needs to know besides the batch.
+pub(crate) struct FlushCtx<'a> {
+    pub segdir: &'a SegmentDir,
+    pub tli: TimelineId,
+    pub archive_mode: bool,
+    pub counters: &'a Counters,
+}
+
+/// State owned by whoever holds the flush lock.
+#[derive(Debug, Default)]
+pub(crate) struct FlushState {
+    /// The segment file being written.
+    current: Option<(SegNo, File)>,
+    /// Allocation of the last batch, reused for the next one.
+    pub spare: Vec<u8>,
+}
+
+/// A failed write or fdatasync, with the context the poison message needs.
+pub(crate) type FlushFailure = String;
+
+impl FlushState {
+    /// Write `batch` and fdatasync it. Returns the segments it completed
+    /// (each fsynced, and marked `.ready` when archiving).
+    pub fn write_batch(
+        &mut self,
+        cx: &FlushCtx<'_>,
+        batch: &Batch,
+    ) -> Result<Vec<SegNo>, FlushFailure> {
+        let mut completed = Vec::new();
+        let mut lsn = batch.start;
+        for piece in batch.pieces() {
+            match piece {
+                Piece::Bytes { at, len } => {
+                    self.write_span(cx, &mut lsn, &batch.bytes[at..at + len], &mut completed)?
+                }
+                Piece::Zeroes { len } => {
+                    let mut left = len;
+                    while left > 0 {
+                        let n = left.min(ZEROES.len() as u64) as usize;
+                        self.write_span(cx, &mut lsn, &ZEROES[..n], &mut completed)?;
+                        left -= n as u64;
+                    }
+                }
+            }
+        }
+        if let Some((segno, f)) = &self.current {
+            sync(cx, *segno, f)?;
+        }
+        Ok(completed)
+    }
+
+    /// Write `data` at `lsn`, splitting at segment boundaries; a segment
+    /// whose last byte is written is fsynced and completed at once.
+    fn write_span(
+        &mut self,
+        cx: &FlushCtx<'_>,
+        lsn: &mut Lsn,
+        mut data: &[u8],
+        completed: &mut Vec<SegNo>,
+    ) -> Result<(), FlushFailure> {
+        let seg_size = cx.segdir.seg_size();
+        while !data.is_empty() {
+            let segno = lsn.segno(seg_size);
+            let off = lsn.segment_offset(seg_size);
+            let n = data.len().min((seg_size.bytes() - off) as usize);
+            let file = self.file_for(cx, segno)?;
+            cx.segdir
+                .io()
+                .write_at(file, off, &data[..n])
+                .map_err(|e| {
+                    format!(
+                        "could not write to WAL file {} at offset {off}, length {n}: {e}",
+                        segno.file_name(cx.tli, seg_size)
+                    )
+                })?;
+            *lsn = Lsn(lsn.0 + n as u64);
+            data = &data[n..];
+            if lsn.segment_offset(seg_size) == 0 {
+                self.complete(cx, segno)?;
+                completed.push(segno);
+            }
+        }
+        Ok(())
+    }
+
+    fn file_for(&mut self, cx: &FlushCtx<'_>, segno: SegNo) -> Result<&File, FlushFailure> {
+        if self.current.as_ref().is_none_or(|(s, _)| *s != segno) {
+            let f = cx
+                .segdir
+                .open_for_write(cx.tli, segno)
+                .map_err(|e| e.to_string())?;
+            self.current = Some((segno, f));
+        }
+        match &self.current {
+            Some((_, f)) => Ok(f),
+            None => Err("no current WAL segment".into()),
+        }
+    }
+
+    /// The segment's last byte is written: make it durable, hand it to the
+    /// archiver. A failure to create `.ready` is not fatal: removal later
+    /// recreates a missing status file (PostgreSQL's XLogArchiveCheckDone).
+    fn complete(&mut self, cx: &FlushCtx<'_>, segno: SegNo) -> Result<(), FlushFailure> {
+        if let Some((s, f)) = self.current.take() {
+            sync(cx, s, &f)?;
+        }
+        Counters::add(&cx.counters.segments_completed, 1);
+        if cx.archive_mode {
+            let name = segno.file_name(cx.tli, cx.segdir.seg_size());
+            if let Err(e) = cx.segdir.mark_ready(&name) {
+                tracing::warn!(segment = %name, error = %e, "could not mark WAL segment ready for archiving");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sync(cx: &FlushCtx<'_>, segno: SegNo, f: &File) -> Result<(), FlushFailure> {
+    Counters::add(&cx.counters.fsyncs, 1);
+    cx.segdir.io().sync_data(f).map_err(|e| {
+        format!(
+            "could not fdatasync WAL file {}: {e}",
+            segno.file_name(cx.tli, cx.segdir.seg_size())
+        )
+    })
+}

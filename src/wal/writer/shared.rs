@@ -1,0 +1,295 @@
+//! The state sessions, the WAL-writer thread and walsenders share, and the
+//! insert and flush paths on it.
+//!
+//! Locks, always taken in this order: flush lock -> insert lock; the wait
+//! queue lock and the flush-signal lock are taken alone.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use super::buffer::{InsertState, InsertedRecord, SegCtx};
+use super::flush::{FlushCtx, FlushState};
+use super::queue::WaitQueue;
+use super::stats::Counters;
+use super::{WalError, WalEvent};
+use crate::wal::record::{payload_crc, RecordHeader, RM_XLOG};
+use crate::wal::segdir::SegmentDir;
+use crate::wal::segment::SEG_HEADER_SIZE;
+use crate::wal::xlog::XLOG_SWITCH;
+use crate::Lsn;
+
+/// Who flushed (for stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlushBy {
+    /// A committing session (PostgreSQL's XLogFlush in a backend).
+    Session,
+    /// The WAL-writer thread.
+    Writer,
+    /// An inserter that found the buffer full.
+    Backpressure,
+}
+
+/// Tunables fixed at start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Most bytes the insert buffer holds before inserters flush it.
+    pub buffer_bytes: usize,
+    /// Pending bytes at which the WAL-writer thread is woken.
+    pub flush_after_bytes: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// What segment headers say.
+    pub ctx: SegCtx,
+    /// Mark completed segments `.ready`.
+    pub archive_mode: bool,
+    pub limits: Limits,
+    pub segdir: Arc<SegmentDir>,
+    /// The insert lock: the buffer and the prev-link.
+    pub insert: Mutex<InsertState>,
+    /// The flush lock: held while writing and fdatasyncing.
+    pub flush: Mutex<FlushState>,
+    /// Sessions waiting for a flush, in LSN order.
+    pub queue: WaitQueue,
+    /// Everything before this LSN is durable.
+    pub flushed: AtomicU64,
+    /// End of the WAL inserted so far.
+    pub inserted: AtomicU64,
+    /// The first IO failure: once set, nothing is written any more.
+    pub poison: OnceLock<Arc<str>>,
+    /// The WAL-writer thread should finish.
+    pub stopping: AtomicBool,
+    /// Shutdown completed: no WAL will ever be added.
+    pub stopped: AtomicBool,
+    /// Notified after every flush, poisoning and shutdown (walsenders wait here).
+    pub flush_signal: (Mutex<()>, Condvar),
+    /// Wakes the WAL-writer thread (bounded(1): kicks coalesce).
+    pub kick: Sender<()>,
+    /// Event channels of `Wal::subscribe` callers.
+    pub subscribers: Mutex<Vec<Sender<WalEvent>>>,
+    pub counters: Counters,
+    /// 1 + the highest segment number pre-allocated in the background.
+    pub prealloc_below: AtomicU64,
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub fn flushed(&self) -> Lsn {
+        Lsn(self.flushed.load(Ordering::Acquire))
+    }
+
+    pub fn inserted(&self) -> Lsn {
+        Lsn(self.inserted.load(Ordering::Acquire))
+    }
+
+    pub fn check_poison(&self) -> Result<(), WalError> {
+        match self.poison.get() {
+            Some(cause) => Err(WalError::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn lock_flush(&self) -> MutexGuard<'_, FlushState> {
+        relock(&self.flush)
+    }
+
+    pub fn try_lock_flush(&self) -> Option<MutexGuard<'_, FlushState>> {
+        match self.flush.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    pub fn kick(&self) {
+        let _ = self.kick.try_send(());
+    }
+
+    /// Insert one record; see `Wal::insert_record`.
+    pub fn insert(
+        &self,
+        rmid: u8,
+        info: u8,
+        payload: &[u8],
+        switch: bool,
+    ) -> Result<InsertedRecord, WalError> {
+        // Readers treat every XLOG switch record as one, however inserted.
+        let switch = switch || (rmid == RM_XLOG && info == XLOG_SWITCH);
+        RecordHeader::tot_len_for(payload.len())?;
+        let crc = payload_crc(payload);
+        let needed = InsertState::needed_bytes(payload.len(), self.ctx.seg_size);
+        loop {
+            let mut st = relock(&self.insert);
+            self.check_poison()?;
+            if st.shut_down {
+                return Err(WalError::ShutDown);
+            }
+            let pending = st.pending.bytes.len();
+            if pending > 0 && pending + needed > self.limits.buffer_bytes {
+                drop(st);
+                self.make_room()?;
+                continue;
+            }
+            if switch && at_segment_start(st.pending.end, &self.ctx) {
+                let end = st.pending.end;
+                return Ok(InsertedRecord { start: end, end });
+            }
+            let entered = st.segments_entered;
+            let rec = st.append(&self.ctx, rmid, info, payload, &crc, switch);
+            self.inserted.store(rec.end.0, Ordering::Release);
+            let after = st.pending.bytes.len();
+            let fa = self.limits.flush_after_bytes;
+            let kick = st.segments_entered != entered || (pending < fa && after >= fa);
+            drop(st);
+            Counters::add(&self.counters.records, 1);
+            Counters::add(&self.counters.bytes, rec.end.0 - rec.start.0);
+            if kick {
+                self.kick();
+            }
+            return Ok(rec);
+        }
+    }
+
+    /// The insert buffer is full: flush it (or wait for whoever is).
+    fn make_room(&self) -> Result<(), WalError> {
+        Counters::add(&self.counters.backpressure_flushes, 1);
+        let g = self.lock_flush();
+        self.flush_and_release(g, FlushBy::Backpressure)
+    }
+
+    /// Flush everything inserted, then release the waiters it covered and
+    /// nominate the next flusher. Consumes the flush lock.
+    pub fn flush_and_release(
+        &self,
+        mut g: MutexGuard<'_, FlushState>,
+        by: FlushBy,
+    ) -> Result<(), WalError> {
+        let res = self.flush_locked(&mut g, by);
+        drop(g);
+        match res {
+            Ok(true) => {
+                self.queue.release(|| self.flushed(), true);
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                self.queue.release_all();
+                Err(e)
+            }
+        }
+    }
+
+    /// Take the pending batch, write and fdatasync it. `Ok(false)` if there
+    /// was nothing to flush.
+    fn flush_locked(&self, fs: &mut FlushState, by: FlushBy) -> Result<bool, WalError> {
+        self.check_poison()?;
+        let spare = std::mem::take(&mut fs.spare);
+        let batch = {
+            let mut st = relock(&self.insert);
+            if st.pending.is_empty() {
+                fs.spare = spare;
+                return Ok(false);
+            }
+            st.take(spare)
+        };
+        let cx = FlushCtx {
+            segdir: &self.segdir,
+            tli: self.ctx.tli,
+            archive_mode: self.archive_mode,
+            counters: &self.counters,
+        };
+        let completed = match fs.write_batch(&cx, &batch) {
+            Ok(c) => c,
+            Err(cause) => return Err(self.poison_with(cause)),
+        };
+        self.flushed.store(batch.end.0, Ordering::Release);
+        self.count_flush(by, batch.records);
+        for segno in completed {
+            self.publish(WalEvent::SegmentCompleted {
+                tli: self.ctx.tli,
+                segno,
+            });
+        }
+        self.publish(WalEvent::Flushed(batch.end));
+        self.signal_flush();
+        let mut bytes = batch.bytes;
+        if bytes.capacity() > 2 * self.limits.buffer_bytes {
+            bytes = Vec::new();
+        }
+        fs.spare = bytes;
+        Ok(true)
+    }
+
+    fn count_flush(&self, by: FlushBy, records: u64) {
+        self.counters.flushed_batch(records);
+        let c = match by {
+            FlushBy::Session => &self.counters.session_flushes,
+            FlushBy::Writer => &self.counters.writer_flushes,
+            FlushBy::Backpressure => return,
+        };
+        Counters::add(c, 1);
+    }
+
+    /// Record the first IO failure; everything after it fails with it.
+    pub fn poison_with(&self, cause: String) -> WalError {
+        tracing::error!(%cause, "WAL writer stopped: IO failure, no further WAL will be written");
+        let _ = self.poison.set(Arc::from(cause));
+        self.publish(WalEvent::Poisoned);
+        self.queue.release_all();
+        self.signal_flush();
+        self.kick();
+        match self.check_poison() {
+            Err(e) => e,
+            Ok(()) => WalError::ShutDown,
+        }
+    }
+
+    pub fn signal_flush(&self) {
+        let (m, cv) = &self.flush_signal;
+        let _g = relock(m);
+        cv.notify_all();
+    }
+
+    /// Send an event to every subscriber without blocking; a full channel
+    /// loses the event (they are wake-ups; `flushed()` is the truth).
+    pub fn publish(&self, ev: WalEvent) {
+        let mut subs = relock(&self.subscribers);
+        subs.retain(|s| match s.try_send(ev) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                Counters::add(&self.counters.events_dropped, 1);
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+    }
+
+    /// Create the segment after the one being inserted into, ahead of need.
+    pub fn preallocate_ahead(&self) {
+        let next = self.inserted().segno(self.ctx.seg_size).next();
+        if self.prealloc_below.load(Ordering::Acquire) > next.0 {
+            return;
+        }
+        match self.segdir.preallocate(self.ctx.tli, next) {
+            Ok(_) => self.prealloc_below.store(next.0 + 1, Ordering::Release),
+            Err(e) => {
+                Counters::add(&self.counters.prealloc_failures, 1);
+                tracing::warn!(error = %e, "could not pre-allocate the next WAL segment; retrying later");
+            }
+        }
+    }
+}
+
+/// No record has been placed in the segment of `end` yet.
+fn at_segment_start(end: Lsn, ctx: &SegCtx) -> bool {
+    let off = end.segment_offset(ctx.seg_size);
+    off == 0 || off == SEG_HEADER_SIZE
+}
