@@ -133,7 +133,7 @@ impl DataDirLock {
     /// Take the lock and record who holds it: pid, data directory, ports.
     pub fn acquire(dir: &DataDir, ports: &[(&str, u16)]) -> Result<DataDirLock, DataDirError> {
         let path = dir.root.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -168,8 +168,11 @@ impl DataDirLock {
             text.push_str(&format!("{name}={port}\n"));
         }
         let path = self.path.clone();
-        self.file.set_len(0).map_err(io_err("could not write lock file", &path))?;
-        std::io::Seek::rewind(&mut self.file).map_err(io_err("could not write lock file", &path))?;
+        self.file
+            .set_len(0)
+            .map_err(io_err("could not write lock file", &path))?;
+        std::io::Seek::rewind(&mut self.file)
+            .map_err(io_err("could not write lock file", &path))?;
         self.file
             .write_all(text.as_bytes())
             .and_then(|_| self.file.sync_all())

@@ -15,7 +15,12 @@ fn init_refuses_non_empty_directory_and_bad_sizes() {
     let (ok, _, err) = walrep(&["init", tmp.path().to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("exists but is not empty"), "{err}");
-    let (ok, _, err) = walrep(&["init", tmp.path().join("d").to_str().unwrap(), "--wal-segment-size", "3MB"]);
+    let (ok, _, err) = walrep(&[
+        "init",
+        tmp.path().join("d").to_str().unwrap(),
+        "--wal-segment-size",
+        "3MB",
+    ]);
     assert!(!ok);
     assert!(err.contains("power of two"), "{err}");
 }
@@ -27,7 +32,10 @@ fn bad_configuration_is_refused_with_the_parameter_named() {
     let d = datadir.to_str().unwrap();
     let (ok, _, err) = walrep(&["start", d, "-c", "no_such_thing=1"]);
     assert!(!ok);
-    assert!(err.contains("unrecognized configuration parameter \"no_such_thing\""), "{err}");
+    assert!(
+        err.contains("unrecognized configuration parameter \"no_such_thing\""),
+        "{err}"
+    );
     let (ok, _, err) = walrep(&["start", d, "-c", "synchronous_commit=sometimes"]);
     assert!(!ok);
     assert!(err.contains("synchronous_commit"), "{err}");
@@ -55,16 +63,47 @@ fn a_second_node_on_the_same_directory_is_refused_and_shutdown_is_clean() {
     let tmp = tempfile::tempdir().unwrap();
     let datadir = init_datadir(tmp.path(), "d", &[]);
     let mut node = TestNode::start(&datadir, &[]);
-    let (ok, _, err) = walrep(&["start", datadir.to_str().unwrap(), "-c", "port=0", "-c", "replication_port=0"]);
+    let (ok, _, err) = walrep(&[
+        "start",
+        datadir.to_str().unwrap(),
+        "-c",
+        "port=0",
+        "-c",
+        "replication_port=0",
+    ]);
     assert!(!ok);
-    assert!(err.contains("is held by another walrep") && err.contains(&node.pid().to_string()), "{err}");
-    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut node.client()).unwrap();
-    assert!(node.stop().success(), "SIGTERM did not exit 0:\n{}", node.log_text());
-    assert!(node.log_text().contains("checkpoint complete cause=\"shutdown\""));
+    assert!(
+        err.contains("is held by another walrep") && err.contains(&node.pid().to_string()),
+        "{err}"
+    );
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut node.client())
+        .unwrap();
+    assert!(
+        node.stop().success(),
+        "SIGTERM did not exit 0:\n{}",
+        node.log_text()
+    );
+    assert!(node
+        .log_text()
+        .contains("checkpoint complete cause=\"shutdown\""));
     node.restart();
-    assert_eq!(node.info_field("persistence", "cluster_state").as_deref(), Some("in_production"));
-    assert!(!node.log_text().rsplit("received shutdown request").next().unwrap().contains("not properly shut down"));
-    let v: String = redis::cmd("GET").arg("k").query(&mut node.client()).unwrap();
+    assert_eq!(
+        node.info_field("persistence", "cluster_state").as_deref(),
+        Some("in_production")
+    );
+    assert!(!node
+        .log_text()
+        .rsplit("received shutdown request")
+        .next()
+        .unwrap()
+        .contains("not properly shut down"));
+    let v: String = redis::cmd("GET")
+        .arg("k")
+        .query(&mut node.client())
+        .unwrap();
     assert_eq!(v, "v");
 }
 
@@ -73,8 +112,16 @@ fn group_commit_shares_fdatasyncs_between_clients() {
     let tmp = tempfile::tempdir().unwrap();
     let datadir = init_datadir(tmp.path(), "d", &[]);
     let node = TestNode::start(&datadir, &[]);
-    let fsyncs_before: u64 = node.info_field("persistence", "wal_fsyncs").unwrap().parse().unwrap();
-    let records_before: u64 = node.info_field("persistence", "wal_records").unwrap().parse().unwrap();
+    let fsyncs_before: u64 = node
+        .info_field("persistence", "wal_fsyncs")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let records_before: u64 = node
+        .info_field("persistence", "wal_records")
+        .unwrap()
+        .parse()
+        .unwrap();
     const WRITERS: usize = 32;
     const PER_WRITER: usize = 200;
     let handles: Vec<_> = (0..WRITERS)
@@ -82,7 +129,11 @@ fn group_commit_shares_fdatasyncs_between_clients() {
             let mut c = node.client();
             std::thread::spawn(move || {
                 for i in 0..PER_WRITER {
-                    let _: () = redis::cmd("SET").arg(format!("w{w}:{i}")).arg(i).query(&mut c).unwrap();
+                    let _: () = redis::cmd("SET")
+                        .arg(format!("w{w}:{i}"))
+                        .arg(i)
+                        .query(&mut c)
+                        .unwrap();
                 }
             })
         })
@@ -90,8 +141,18 @@ fn group_commit_shares_fdatasyncs_between_clients() {
     for h in handles {
         h.join().unwrap();
     }
-    let fsyncs = node.info_field("persistence", "wal_fsyncs").unwrap().parse::<u64>().unwrap() - fsyncs_before;
-    let records = node.info_field("persistence", "wal_records").unwrap().parse::<u64>().unwrap() - records_before;
+    let fsyncs = node
+        .info_field("persistence", "wal_fsyncs")
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        - fsyncs_before;
+    let records = node
+        .info_field("persistence", "wal_records")
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        - records_before;
     assert!(records >= (WRITERS * PER_WRITER) as u64);
     assert!(
         fsyncs * 3 < records,

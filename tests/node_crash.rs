@@ -24,8 +24,12 @@ struct Ledger {
 
 fn client_loop(url: String, id: usize, stop: Arc<AtomicBool>) -> Ledger {
     let mut ledger = Ledger::default();
-    let Ok(client) = redis::Client::open(url) else { return ledger };
-    let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(5)) else { return ledger };
+    let Ok(client) = redis::Client::open(url) else {
+        return ledger;
+    };
+    let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(5)) else {
+        return ledger;
+    };
     let _ = con.set_read_timeout(Some(Duration::from_secs(10)));
     for i in 1..=MAX_WRITES_PER_CLIENT {
         if stop.load(Ordering::Relaxed) {
@@ -58,15 +62,25 @@ fn every_acknowledged_write_survives_kill_9() {
         .collect();
     // Let the load run, then crash the node in the middle of it.
     let started = Instant::now();
-    wait_for("some writes to be acknowledged", Duration::from_secs(30), || {
-        let n: u64 = node.info_field("persistence", "wal_records")?.parse().ok()?;
-        (n > 3000 && started.elapsed() > Duration::from_millis(1500)).then_some(())
-    });
+    wait_for(
+        "some writes to be acknowledged",
+        Duration::from_secs(30),
+        || {
+            let n: u64 = node
+                .info_field("persistence", "wal_records")?
+                .parse()
+                .ok()?;
+            (n > 3000 && started.elapsed() > Duration::from_millis(1500)).then_some(())
+        },
+    );
     node.kill9();
     stop.store(true, Ordering::Relaxed);
     let ledgers: Vec<Ledger> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let acked_total: usize = ledgers.iter().map(|l| l.acked.len()).sum();
-    assert!(acked_total > 0, "no write was acknowledged before the crash");
+    assert!(
+        acked_total > 0,
+        "no write was acknowledged before the crash"
+    );
 
     node.restart();
     let mut con = node.client();
@@ -80,8 +94,15 @@ fn every_acknowledged_write_survives_kill_9() {
                 (None, None) => {}
                 (None, Some(a)) => panic!("{key}: acknowledged write {a} is lost"),
                 (Some(v), _) => {
-                    assert_eq!(v % KEYS_PER_CLIENT, k, "{key} holds {v}, a value never written to it");
-                    assert!(Some(v) <= attempted, "{key} holds {v}, beyond anything written ({attempted:?})");
+                    assert_eq!(
+                        v % KEYS_PER_CLIENT,
+                        k,
+                        "{key} holds {v}, a value never written to it"
+                    );
+                    assert!(
+                        Some(v) <= attempted,
+                        "{key} holds {v}, beyond anything written ({attempted:?})"
+                    );
                     if let Some(a) = acked {
                         assert!(v >= a, "{key} holds {v}, older than the acknowledged {a}");
                     }
@@ -90,7 +111,10 @@ fn every_acknowledged_write_survives_kill_9() {
         }
     }
     let log = node.log_text();
-    assert!(log.contains("not properly shut down"), "restart did not run crash recovery:\n{log}");
+    assert!(
+        log.contains("not properly shut down"),
+        "restart did not run crash recovery:\n{log}"
+    );
     // A clean stop after recovery exits 0.
     assert!(node.stop().success());
 }

@@ -17,8 +17,16 @@ fn redis_cli_and_redis_benchmark_work() {
     let mut node = TestNode::start(&datadir, &[]);
     let port = node.port.to_string();
     let cli = |args: &[&str]| {
-        let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port]).args(args).output().unwrap();
-        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     assert_eq!(cli(&["PING"]), "PONG");
@@ -34,16 +42,37 @@ fn redis_cli_and_redis_benchmark_work() {
     assert!(cli(&["NOSUCHCOMMAND"]).contains("unknown command"));
 
     let bench = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &port, "-t", "set,get", "-n", "2000", "-c", "8", "-r", "1000", "-q"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "set,get",
+            "-n",
+            "2000",
+            "-c",
+            "8",
+            "-r",
+            "1000",
+            "-q",
+        ])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&bench.stdout).to_string() + &String::from_utf8_lossy(&bench.stderr);
+    let text = String::from_utf8_lossy(&bench.stdout).to_string()
+        + &String::from_utf8_lossy(&bench.stderr);
     assert!(bench.status.success(), "redis-benchmark failed: {text}");
     for t in ["SET:", "GET:"] {
-        assert!(text.contains(t) && text.contains("requests per second"), "redis-benchmark did not report {t}: {text}");
+        assert!(
+            text.contains(t) && text.contains("requests per second"),
+            "redis-benchmark did not report {t}: {text}"
+        );
     }
     assert!(!text.contains("ERR"), "redis-benchmark saw errors: {text}");
     let keys: u64 = cli(&["DBSIZE"]).parse().unwrap();
-    assert!(keys > 500, "redis-benchmark's SETs did not land: {keys} keys");
+    assert!(
+        keys > 500,
+        "redis-benchmark's SETs did not land: {keys} keys"
+    );
     assert!(node.stop().success());
 }

@@ -74,7 +74,10 @@ pub enum CheckpointError {
 impl Node {
     /// Run one checkpoint now (serialised with any other).
     pub fn checkpoint(&self, cause: CheckpointCause) -> Result<CheckpointDone, CheckpointError> {
-        let _guard = self.checkpoint_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
         let wal = self.wal().ok_or(CheckpointError::NoWal)?;
         tracing::info!(cause = cause.as_str(), "checkpoint starting");
@@ -110,7 +113,11 @@ impl Node {
             c.checkpoint_timeline = tli;
             c.checkpoint_chunks = chunks;
             c.timeline = tli;
-            c.state = if shutdown { ClusterState::ShutDown } else { ClusterState::InProduction };
+            c.state = if shutdown {
+                ClusterState::ShutDown
+            } else {
+                ClusterState::InProduction
+            };
             c.write(&self.dir.root)?;
         }
         remove_other_snapshots(&self.dir.root, id).map_err(CheckpointError::Cleanup)?;
@@ -136,7 +143,10 @@ impl Node {
             elapsed_ms = done.elapsed_ms,
             "checkpoint complete"
         );
-        *self.last_checkpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some((done.clone(), now_ms()));
+        *self
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((done.clone(), now_ms()));
         Ok(done)
     }
 
@@ -144,7 +154,11 @@ impl Node {
     /// the redo point, `wal_keep_size` behind the flush position, and every
     /// replication slot's restart point. Segments the archiver has not
     /// finished with are kept by the WAL directory itself.
-    fn remove_old_wal(&self, wal: &crate::wal::Wal, redo: Lsn) -> Result<crate::wal::RemovalReport, CheckpointError> {
+    fn remove_old_wal(
+        &self,
+        wal: &crate::wal::Wal,
+        redo: Lsn,
+    ) -> Result<crate::wal::RemovalReport, CheckpointError> {
         let seg = wal.seg_size();
         let mut horizon = redo.segno(seg);
         let keep = self.config.wal_keep_size.bytes().unwrap_or(0);
@@ -194,15 +208,23 @@ impl Checkpointer {
 
 fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>) {
     let _span = tracing::info_span!("checkpointer").entered();
-    let timeout = node.config.checkpoint_timeout.get().unwrap_or(Duration::from_secs(300));
+    let timeout = node
+        .config
+        .checkpoint_timeout
+        .get()
+        .unwrap_or(Duration::from_secs(300));
     let wal_trigger = node.config.max_wal_size.bytes().unwrap_or(1 << 30) / 2;
     let mut last = Instant::now();
     loop {
-        let wait = timeout.saturating_sub(last.elapsed()).min(VOLUME_CHECK_INTERVAL);
+        let wait = timeout
+            .saturating_sub(last.elapsed())
+            .min(VOLUME_CHECK_INTERVAL);
         let cause = match requests.recv_timeout(wait) {
             Ok(cause) => Some(cause),
             Err(RecvTimeoutError::Disconnected) => return,
-            Err(RecvTimeoutError::Timeout) if last.elapsed() >= timeout => Some(CheckpointCause::Time),
+            Err(RecvTimeoutError::Timeout) if last.elapsed() >= timeout => {
+                Some(CheckpointCause::Time)
+            }
             Err(RecvTimeoutError::Timeout) => {
                 let since_redo = node
                     .wal()

@@ -71,7 +71,12 @@ fn persistence(node: &Node) -> String {
         );
     }
     let _ = write!(s, "archive_mode:{}\r\n", node.config.archive_mode.as_str());
-    if let Some(stats) = node.archiver_stats.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+    if let Some(stats) = node
+        .archiver_stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
         let a = stats.snapshot();
         let _ = write!(
             s,

@@ -22,7 +22,8 @@ pub fn init(path: &Path, seg_size: WalSegSize) -> anyhow::Result<ControlFile> {
     let dir = DataDir::new(path);
     dir.create_layout()?;
     let template = Config::template();
-    std::fs::write(dir.config_file(), &template).with_context(|| format!("could not write {}", dir.config_file().display()))?;
+    std::fs::write(dir.config_file(), &template)
+        .with_context(|| format!("could not write {}", dir.config_file().display()))?;
     let defaults = Config::default();
     let system_identifier = generate_system_identifier();
     let snapshot_id = 1;
@@ -47,7 +48,8 @@ pub fn init(path: &Path, seg_size: WalSegSize) -> anyhow::Result<ControlFile> {
     }))?;
     wal.wait_flushed(rec.end)?;
     wal.shutdown()?;
-    let mut control = ControlFile::new_system(system_identifier, seg_size, defaults.checkpoint_chunks);
+    let mut control =
+        ControlFile::new_system(system_identifier, seg_size, defaults.checkpoint_chunks);
     control.checkpoint_lsn = rec.start;
     control.redo_lsn = redo;
     control.checkpoint_id = snapshot_id;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::archive::{self, ArchiverConfig, ArchiverHandle, ArchiveNotifier};
+use crate::archive::{self, ArchiveNotifier, ArchiverConfig, ArchiverHandle};
 use crate::config::Config;
 use crate::datadir::{DataDir, DataDirLock};
 use crate::server::{Backend, Role, Server, ServerSettings, WriteError};
@@ -81,7 +81,10 @@ impl Node {
     }
 
     pub fn last_checkpoint(&self) -> Option<(CheckpointDone, u64)> {
-        self.last_checkpoint.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last_checkpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -110,7 +113,8 @@ impl Backend for Node {
             return Err(WriteError::ShuttingDown);
         }
         let wal = self.wal().ok_or(WriteError::ReadOnly)?;
-        wal.insert(crate::store::record::RM_KV, info, payload).map_err(wal_error)
+        wal.insert(crate::store::record::RM_KV, info, payload)
+            .map_err(wal_error)
     }
 
     fn wait(&self, end: Lsn, level: Level) -> Result<(), WriteError> {
@@ -120,7 +124,9 @@ impl Backend for Node {
         let wal = self.wal().ok_or(WriteError::ReadOnly)?;
         wal.wait_flushed(end).map_err(wal_error)?;
         // Make the write readable by everyone before its client hears "OK".
-        self.store.visibility().advance(Level::LocalFlush, wal.flushed());
+        self.store
+            .visibility()
+            .advance(Level::LocalFlush, wal.flushed());
         if !self.syncrep.defined() {
             self.store.visibility().advance_all(wal.flushed());
         }
@@ -166,12 +172,21 @@ pub struct StartOptions {
 
 impl RunningNode {
     /// Start the node in `datadir` (recover, then serve).
-    pub fn start(datadir: impl Into<std::path::PathBuf>, opts: &StartOptions) -> anyhow::Result<RunningNode> {
+    pub fn start(
+        datadir: impl Into<std::path::PathBuf>,
+        opts: &StartOptions,
+    ) -> anyhow::Result<RunningNode> {
         let dir = DataDir::new(datadir);
         dir.check()?;
         let config = Config::load(&dir.config_file(), &opts.overrides)?;
         let sync_config = syncrep::standby_names::parse(&config.synchronous_standby_names)?;
-        let lock = DataDirLock::acquire(&dir, &[("port", config.port), ("replication_port", config.replication_port)])?;
+        let lock = DataDirLock::acquire(
+            &dir,
+            &[
+                ("port", config.port),
+                ("replication_port", config.replication_port),
+            ],
+        )?;
         if let Err(e) = crate::standby::trigger::remove_stale_promote_request(&dir.root) {
             tracing::warn!(error = %e, "could not remove a stale promote request");
         }
@@ -181,8 +196,12 @@ impl RunningNode {
         }
         let store = Store::new();
         let wal_dir = dir.wal();
-        let history = crate::wal::read_history(&wal_dir, control.timeline)
-            .map_err(|e| anyhow::anyhow!("could not read the history of timeline {}: {e}", control.timeline))?;
+        let history = crate::wal::read_history(&wal_dir, control.timeline).map_err(|e| {
+            anyhow::anyhow!(
+                "could not read the history of timeline {}: {e}",
+                control.timeline
+            )
+        })?;
         if control.state != ClusterState::ShutDown {
             tracing::warn!(state = %control.state, "database system was not properly shut down; automatic recovery in progress");
         }
@@ -203,7 +222,10 @@ impl RunningNode {
             rec.prev_record,
         );
         wal_cfg.archive_mode = config.archive_mode != crate::config::ArchiveMode::Off;
-        wal_cfg.wal_writer_delay = config.wal_writer_delay.get().unwrap_or(Duration::from_millis(200));
+        wal_cfg.wal_writer_delay = config
+            .wal_writer_delay
+            .get()
+            .unwrap_or(Duration::from_millis(200));
         let wal = Arc::new(Wal::start(wal_cfg).context("could not start the WAL writer")?);
         store.visibility().advance_all(wal.flushed());
         let crashed = control.state != ClusterState::ShutDown;
@@ -262,7 +284,10 @@ impl RunningNode {
             p.redis = server.local_addr().port();
             *p
         };
-        running.lock.record_ports(&[("port", ports.redis), ("replication_port", ports.replication)])?;
+        running.lock.record_ports(&[
+            ("port", ports.redis),
+            ("replication_port", ports.replication),
+        ])?;
         tracing::info!(addr = %server.local_addr(), timeline = %wal.timeline(), "database system is ready to accept connections");
         running.server = Some(server);
         Ok(running)
@@ -274,9 +299,15 @@ impl RunningNode {
             return Ok(None);
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let handle = archive::spawn_archiver(ArchiverConfig::from_config(&node.dir.root, &node.config), rx)?;
+        let handle = archive::spawn_archiver(
+            ArchiverConfig::from_config(&node.dir.root, &node.config),
+            rx,
+        )?;
         let notifier = handle.notifier();
-        *node.archiver_stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.stats_handle());
+        *node
+            .archiver_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(handle.stats_handle());
         self.archiver = Some((handle, tx));
         Ok(Some(notifier))
     }
@@ -345,7 +376,11 @@ const SYNC_WAIT_GRACE: Duration = Duration::from_secs(5);
 
 fn listen_addr(listen: &str, port: u16) -> anyhow::Result<SocketAddr> {
     let host = listen.split(',').next().unwrap_or("127.0.0.1").trim();
-    let host = if host == "*" || host.is_empty() { "0.0.0.0" } else { host };
+    let host = if host == "*" || host.is_empty() {
+        "0.0.0.0"
+    } else {
+        host
+    };
     let ip: IpAddr = host
         .parse()
         .with_context(|| format!("invalid listen_addresses {listen:?}: expected an IP address"))?;
@@ -355,7 +390,11 @@ fn listen_addr(listen: &str, port: u16) -> anyhow::Result<SocketAddr> {
 /// Follows the WAL writer's events: a flush makes writes visible and lets
 /// synchronous replication follow in degraded mode; a completed segment
 /// wakes the archiver.
-fn start_wal_listener(node: Arc<Node>, wal: &Wal, archiver: Option<ArchiveNotifier>) -> std::io::Result<JoinHandle<()>> {
+fn start_wal_listener(
+    node: Arc<Node>,
+    wal: &Wal,
+    archiver: Option<ArchiveNotifier>,
+) -> std::io::Result<JoinHandle<()>> {
     let events = wal.subscribe();
     std::thread::Builder::new().name("wal-events".into()).spawn(move || {
         for ev in events.iter() {

@@ -59,7 +59,12 @@ pub fn crash_recover(
     store: &Store,
 ) -> Result<RecoveryResult, RecoveryError> {
     let started = Instant::now();
-    let snapshot = load_snapshot(datadir, control.checkpoint_id, control.checkpoint_chunks, store)?;
+    let snapshot = load_snapshot(
+        datadir,
+        control.checkpoint_id,
+        control.checkpoint_chunks,
+        store,
+    )?;
     let cfg = ReaderConfig {
         dir: datadir.join(crate::datadir::WAL_DIR),
         system_id: control.system_identifier,

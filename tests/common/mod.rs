@@ -22,7 +22,10 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -56,7 +59,11 @@ pub fn init_datadir(parent: &Path, name: &str, extra: &[&str]) -> PathBuf {
         .args(extra)
         .output()
         .expect("run walrep init");
-    assert!(out.status.success(), "walrep init failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "walrep init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dir
 }
 
@@ -86,7 +93,11 @@ impl TestNode {
     }
 
     fn launch(&mut self) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
         let mut cmd = Command::new(walrep_bin());
         cmd.arg("start").arg(&self.datadir);
         let has = |name: &str| self.args.iter().any(|a| a.starts_with(&format!("{name}=")));
@@ -99,33 +110,51 @@ impl TestNode {
         for a in &self.args {
             cmd.args(["-c", a]);
         }
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(Stdio::null())
-            .stderr(log);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(log);
         let child = cmd.spawn().expect("spawn walrep start");
         let pid = child.id();
         self.child = Some(child);
         let lock = self.datadir.join("walrep.pid");
-        let (port, rport) = wait_for(&format!("node {} to listen (log: {})", self.datadir.display(), self.log.display()), NODE_DEADLINE, || {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("walrep start exited with {status} during start-up:\n{}", self.log_text());
-            }
-            let text = fs::read_to_string(&lock).ok()?;
-            let mut lines = text.lines();
-            if lines.next()? != pid.to_string() {
-                return None;
-            }
-            let mut port = 0;
-            let mut rport = 0;
-            for l in lines.skip(1) {
-                match l.split_once('=') {
-                    Some(("port", p)) => port = p.parse().ok()?,
-                    Some(("replication_port", p)) => rport = p.parse().ok()?,
-                    _ => {}
+        let (port, rport) = wait_for(
+            &format!(
+                "node {} to listen (log: {})",
+                self.datadir.display(),
+                self.log.display()
+            ),
+            NODE_DEADLINE,
+            || {
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!(
+                        "walrep start exited with {status} during start-up:\n{}",
+                        self.log_text()
+                    );
                 }
-            }
-            (port != 0).then_some((port, rport))
-        });
+                let text = fs::read_to_string(&lock).ok()?;
+                let mut lines = text.lines();
+                if lines.next()? != pid.to_string() {
+                    return None;
+                }
+                let mut port = 0;
+                let mut rport = 0;
+                for l in lines.skip(1) {
+                    match l.split_once('=') {
+                        Some(("port", p)) => port = p.parse().ok()?,
+                        Some(("replication_port", p)) => rport = p.parse().ok()?,
+                        _ => {}
+                    }
+                }
+                (port != 0).then_some((port, rport))
+            },
+        );
         self.port = port;
         self.replication_port = rport;
         wait_for("the node to answer PING", NODE_DEADLINE, || {
@@ -143,25 +172,34 @@ impl TestNode {
     }
 
     pub fn try_client(&self) -> Option<redis::Connection> {
-        let c = redis::Client::open(self.url()).ok()?.get_connection_with_timeout(Duration::from_secs(5)).ok()?;
+        let c = redis::Client::open(self.url())
+            .ok()?
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .ok()?;
         c.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
         c.set_write_timeout(Some(Duration::from_secs(30))).ok()?;
         Some(c)
     }
 
     pub fn client(&self) -> redis::Connection {
-        self.try_client().unwrap_or_else(|| panic!("could not connect to {}:\n{}", self.url(), self.log_text()))
+        self.try_client()
+            .unwrap_or_else(|| panic!("could not connect to {}:\n{}", self.url(), self.log_text()))
     }
 
     pub fn info(&self, section: &str) -> String {
-        redis::cmd("INFO").arg(section).query(&mut self.client()).expect("INFO")
+        redis::cmd("INFO")
+            .arg(section)
+            .query(&mut self.client())
+            .expect("INFO")
     }
 
     /// A field of INFO `section`.
     pub fn info_field(&self, section: &str, field: &str) -> Option<String> {
         let info = self.info(section);
-        info.lines()
-            .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+        info.lines().find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -190,7 +228,10 @@ impl TestNode {
             }
             if Instant::now() > end {
                 let _ = c.kill();
-                panic!("node did not stop within {NODE_DEADLINE:?}:\n{}", self.log_text());
+                panic!(
+                    "node did not stop within {NODE_DEADLINE:?}:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -223,7 +264,10 @@ pub fn walrep(args: &[&str]) -> (bool, String, String) {
         if Instant::now() > end {
             let _ = child.kill();
             let out = child.wait_with_output().expect("collect output");
-            panic!("walrep {args:?} did not finish within {NODE_DEADLINE:?}: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "walrep {args:?} did not finish within {NODE_DEADLINE:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
