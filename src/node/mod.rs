@@ -140,8 +140,14 @@ impl Backend for Node {
         self.syncrep.defined()
     }
 
+    /// The configuration, with `port` and `replication_port` as actually
+    /// bound (port 0 in the file picks a free port).
     fn config(&self) -> Arc<Config> {
-        self.config.clone()
+        let ports = *self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = (*self.config).clone();
+        c.port = ports.redis;
+        c.replication_port = ports.replication;
+        Arc::new(c)
     }
 
     fn info_section(&self, name: &str) -> Option<String> {
