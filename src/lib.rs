@@ -22,12 +22,14 @@
 //! - [`standby`]: drives the recovery machine: event sources and the action executor.
 //! - [`node`]: one running node: starts and stops its threads.
 //! - [`viz`]: diagrams of the state machines and transition traces.
+//! - [`demo`]: `walrep demo`, the main job on loopback.
 //! - [`cli`]: the `walrep` command line.
 
 pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod datadir;
+pub mod demo;
 pub mod logging;
 pub mod node;
 pub mod replication;
