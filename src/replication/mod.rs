@@ -16,7 +16,14 @@
 //! - [`client`]: conninfo parsing and a replication client for walreceivers.
 //! - [`bench`]: a streaming-throughput measurement hook.
 
+pub mod bench;
+pub mod client;
 pub mod command;
+pub mod fake;
 pub mod pgwire;
+pub mod registry;
 pub mod scram;
+pub mod server;
+pub mod slots;
+pub mod source;
 pub mod sqlstate;

@@ -12,7 +12,7 @@ mod backend;
 mod buf;
 mod copy;
 mod frontend;
-mod io;
+pub mod io;
 
 pub use backend::{
     Authentication, BackendMessage, ErrorFields, FieldDescription, TransactionStatus,
