@@ -220,7 +220,9 @@ impl ReplicationClient {
                 Ok(StreamEvent::ServerShutdown)
             }
             BackendMessage::ErrorResponse(e) => {
+                // The server left COPY; its ReadyForQuery follows.
                 self.streaming = false;
+                self.collect_results(QueryResult::default())?;
                 Err(ClientError::Server(e))
             }
             other => Err(protocol(format!(
@@ -245,7 +247,11 @@ impl ReplicationClient {
             match self.read(left)? {
                 BackendMessage::CopyData(_) => {}
                 BackendMessage::CopyDone => break,
-                BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
+                BackendMessage::ErrorResponse(e) => {
+                    self.streaming = false;
+                    self.collect_results(QueryResult::default())?;
+                    return Err(ClientError::Server(e));
+                }
                 other => {
                     return Err(protocol(format!(
                         "unexpected message ending COPY: {other:?}"
