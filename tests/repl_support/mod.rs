@@ -134,13 +134,26 @@ impl ChildGuard {
     pub fn interrupt(&mut self) -> std::process::ExitStatus {
         let child = self.0.as_mut().expect("running");
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        self.wait_exit()
+    }
+
+    /// Wait for the child to exit, at most DEADLINE.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.try_wait_exit().expect("child did not exit in time")
+    }
+
+    /// The exit status, or `None` if it did not exit within DEADLINE.
+    pub fn try_wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let child = self.0.as_mut().expect("running");
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(st) = child.try_wait().unwrap() {
                 self.0 = None;
-                return st;
+                return Some(st);
             }
-            assert!(Instant::now() < deadline, "child did not stop after SIGINT");
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
