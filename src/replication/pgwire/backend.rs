@@ -101,6 +101,8 @@ impl ErrorFields {
             let v = c.cstr()?;
             match t {
                 b'S' => f.severity = v,
+                // The non-localized severity; encode writes it from `S`.
+                b'V' if f.severity.is_empty() || f.severity == v => f.severity = v,
                 b'C' => f.code = v,
                 b'M' => f.message = v,
                 b'D' => f.detail = Some(v),
