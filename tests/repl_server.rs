@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use repl_support::*;
-use walrep::replication::client::{ConnInfo, ReplicationClient, StartOutcome, StreamEvent};
+use walrep::replication::client::{
+    ConnInfo, ReplicationClient, SlotPosition, StartOutcome, StreamEvent,
+};
 use walrep::replication::registry::{
     ReplicationObserver, WalSenderChange, WalSenderState, WalSenderStatus,
 };
@@ -242,7 +244,13 @@ fn slots_hold_position_and_commands_work() {
     s.source.advance(1 << 20);
     let mut c = connect(&s, "application_name=s1");
     c.create_physical_slot("s1", false, false).unwrap();
-    assert_eq!(c.read_replication_slot("s1").unwrap(), Some((None, None)));
+    assert_eq!(
+        c.read_replication_slot("s1").unwrap(),
+        Some(SlotPosition {
+            restart_lsn: None,
+            restart_tli: None
+        })
+    );
     assert_eq!(c.read_replication_slot("missing").unwrap(), None);
     let e = c.create_physical_slot("s1", false, false).unwrap_err();
     assert_eq!(e.sqlstate(), Some("42710"));
@@ -273,7 +281,10 @@ fn slots_hold_position_and_commands_work() {
     c.stop_streaming().unwrap();
     assert_eq!(
         other.read_replication_slot("s1").unwrap(),
-        Some((Some(Lsn(0x80000)), Some(TimelineId(1))))
+        Some(SlotPosition {
+            restart_lsn: Some(Lsn(0x80000)),
+            restart_tli: Some(TimelineId(1))
+        })
     );
     other.drop_slot("s1", true).unwrap();
     assert!(s.slots.get("s1").is_none());
@@ -304,8 +315,10 @@ impl ReplicationObserver for Seen {
 
 #[test]
 fn replies_reach_registry_and_observer_and_keepalives_ask_for_them() {
-    let mut o = ServerOptions::default();
-    o.wal_sender_timeout = Some(Duration::from_millis(600));
+    let o = ServerOptions {
+        wal_sender_timeout: Some(Duration::from_millis(600)),
+        ..ServerOptions::default()
+    };
     let s = FakeServer::start(o);
     let seen = Arc::new(Seen(Mutex::new(Vec::new())));
     s.registry.set_observer(seen.clone());
@@ -375,8 +388,10 @@ fn replies_reach_registry_and_observer_and_keepalives_ask_for_them() {
 
 #[test]
 fn max_wal_senders_is_enforced_with_53300() {
-    let mut o = ServerOptions::default();
-    o.max_wal_senders = 1;
+    let o = ServerOptions {
+        max_wal_senders: 1,
+        ..ServerOptions::default()
+    };
     let s = FakeServer::start(o);
     let first = connect(&s, "");
     let info = ConnInfo::parse(&s.conninfo("")).unwrap();
@@ -433,12 +448,14 @@ fn scram_authentication_and_hba() {
         "{e}"
     );
     // An address range that does not hold the client: no entry.
-    let mut o = ServerOptions::default();
-    o.hba = vec![walrep::config::HbaEntry {
-        address: "10.0.0.0/8".into(),
-        method: walrep::config::HbaMethod::Trust,
-        user: "all".into(),
-    }];
+    let o = ServerOptions {
+        hba: vec![walrep::config::HbaEntry {
+            address: "10.0.0.0/8".into(),
+            method: walrep::config::HbaMethod::Trust,
+            user: "all".into(),
+        }],
+        ..ServerOptions::default()
+    };
     let far = FakeServer::start(o);
     let e = ReplicationClient::connect(&ConnInfo::parse(&far.conninfo("")).unwrap(), DEADLINE)
         .err()

@@ -14,7 +14,7 @@
 //! - [`slots`]: persistent physical replication slots.
 //! - [`server`]: the replication listener, sessions and walsenders.
 //! - [`client`]: conninfo parsing and a replication client for walreceivers.
-//! - [`bench`]: a streaming-throughput measurement hook.
+//! - [`mod@bench`]: a streaming-throughput measurement hook.
 
 pub mod bench;
 pub mod client;

@@ -37,7 +37,7 @@ pub enum ClientError {
         reason: String,
     },
     #[error("{}: {} (SQLSTATE {})", .0.severity, .0.message, .0.code)]
-    Server(ErrorFields),
+    Server(Box<ErrorFields>),
     #[error("authentication failed: {0}")]
     Auth(String),
     #[error(transparent)]
@@ -71,6 +71,14 @@ pub struct IdentifySystem {
     pub timeline: TimelineId,
     pub xlogpos: Lsn,
     pub dbname: Option<String>,
+}
+
+/// READ_REPLICATION_SLOT's answer for an existing slot (NULL until the
+/// slot holds WAL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotPosition {
+    pub restart_lsn: Option<Lsn>,
+    pub restart_tli: Option<TimelineId>,
 }
 
 /// A simple query's result: columns, rows and CommandComplete tags.
@@ -179,7 +187,7 @@ impl ReplicationClient {
                 }
                 BackendMessage::BackendKeyData { .. } | BackendMessage::NoticeResponse(_) => {}
                 BackendMessage::ReadyForQuery(_) => return Ok(()),
-                BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
+                BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(Box::new(e))),
                 other => {
                     return Err(protocol(format!(
                         "unexpected message during startup: {other:?}"
@@ -194,7 +202,7 @@ impl ReplicationClient {
         loop {
             let auth = match self.read(self.io_timeout)? {
                 BackendMessage::Authentication(a) => a,
-                BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
+                BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(Box::new(e))),
                 BackendMessage::NoticeResponse(_) => continue,
                 other => {
                     return Err(protocol(format!(
@@ -271,7 +279,7 @@ impl ReplicationClient {
                 BackendMessage::ErrorResponse(e) => error = Some(e),
                 BackendMessage::ReadyForQuery(_) => {
                     return match error {
-                        Some(e) => Err(ClientError::Server(e)),
+                        Some(e) => Err(ClientError::Server(Box::new(e))),
                         None => Ok(r),
                     }
                 }
@@ -360,14 +368,15 @@ impl ReplicationClient {
     pub fn read_replication_slot(
         &mut self,
         name: &str,
-    ) -> Result<Option<(Option<Lsn>, Option<TimelineId>)>, ClientError> {
+    ) -> Result<Option<SlotPosition>, ClientError> {
         let r = self.simple_query(&format!("READ_REPLICATION_SLOT {}", quote_ident(name)))?;
         if r.text(0, 0).is_none() {
             return Ok(None);
         }
-        let lsn = r.text(0, 1).and_then(|t| t.parse().ok());
-        let tli = r.text(0, 2).and_then(|t| t.parse().ok()).map(TimelineId);
-        Ok(Some((lsn, tli)))
+        Ok(Some(SlotPosition {
+            restart_lsn: r.text(0, 1).and_then(|t| t.parse().ok()),
+            restart_tli: r.text(0, 2).and_then(|t| t.parse().ok()).map(TimelineId),
+        }))
     }
 
     /// Close politely (Terminate).

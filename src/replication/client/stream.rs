@@ -143,7 +143,7 @@ impl ReplicationClient {
             }
             BackendMessage::ErrorResponse(e) => {
                 self.collect_results(QueryResult::default()).ok();
-                Err(ClientError::Server(e))
+                Err(ClientError::Server(Box::new(e)))
             }
             BackendMessage::RowDescription(columns) => {
                 let r = self.collect_results(QueryResult {
@@ -223,7 +223,7 @@ impl ReplicationClient {
                 // The server left COPY; its ReadyForQuery follows.
                 self.streaming = false;
                 self.collect_results(QueryResult::default())?;
-                Err(ClientError::Server(e))
+                Err(ClientError::Server(Box::new(e)))
             }
             other => Err(protocol(format!(
                 "unexpected message while streaming: {other:?}"
@@ -250,7 +250,7 @@ impl ReplicationClient {
                 BackendMessage::ErrorResponse(e) => {
                     self.streaming = false;
                     self.collect_results(QueryResult::default())?;
-                    return Err(ClientError::Server(e));
+                    return Err(ClientError::Server(Box::new(e)));
                 }
                 other => {
                     return Err(protocol(format!(
