@@ -222,3 +222,49 @@ fn removed_wal_is_reported_and_pg_receivewal_gives_up_with_no_loop() {
         "{stderr}"
     );
 }
+
+#[test]
+fn pg_receivewal_follows_a_promotion_to_the_next_timeline() {
+    let s = FakeServer::start(ServerOptions::default());
+    s.source.advance((1 << 20) + 0x28);
+    let out = tempfile::tempdir().unwrap();
+    let Some(mut cmd) = receivewal(&s, out.path(), &[]) else {
+        return;
+    };
+    let log = out.path().join("..").join(format!("rw-{}.log", s.port));
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    let mut child = ChildGuard::spawn(&mut cmd);
+    let switch = write_load(&s, (1 << 20) + 3000);
+    wait_until("pg_receivewal to receive timeline 1", || {
+        s.registry
+            .snapshot()
+            .first()
+            .is_some_and(|w| w.write_lsn == switch)
+    });
+    let t2 = s.source.promote();
+    let end = write_load(&s, (1 << 20) + 100);
+    let seg2 = switch.segno(seg()).0;
+    let name2 = SegNo(seg2).file_name(t2, seg());
+    wait_until(
+        "pg_receivewal to finish the first segment of timeline 2",
+        || file_names(out.path()).contains(&name2),
+    );
+    assert!(child.interrupt().success());
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        stderr.contains(&format!("switched to timeline 2 at {switch}")),
+        "{stderr}"
+    );
+    let names = file_names(out.path());
+    assert!(names.contains(&"00000002.history".to_string()), "{names:?}");
+    assert!(
+        names.contains(&format!("{}.partial", seg_name(seg2))),
+        "the old timeline's last segment stays .partial: {names:?}"
+    );
+    let got = std::fs::read(out.path().join(&name2)).unwrap();
+    assert!(
+        got == s.source.segment_bytes(t2, SegNo(seg2)),
+        "timeline 2's segment differs"
+    );
+    assert!(end > switch);
+}
