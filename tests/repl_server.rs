@@ -367,7 +367,11 @@ fn replies_reach_registry_and_observer_and_keepalives_ask_for_them() {
             && *flush == Lsn(100)));
     c.status_sender().send_feedback(1234, 0, 1200, 0).unwrap();
     wait_until("feedback in registry", || {
-        s.registry.snapshot().first().and_then(|w| w.feedback).is_some_and(|h| h.xmin == 1234 && h.catalog_xmin == 1200)
+        s.registry
+            .snapshot()
+            .first()
+            .and_then(|w| w.feedback)
+            .is_some_and(|h| h.xmin == 1234 && h.catalog_xmin == 1200)
     });
     // A reply asking for a reply gets a keepalive at once.
     c.send_status(Lsn(100), Lsn(100), Lsn(100), true).unwrap();

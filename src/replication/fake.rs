@@ -156,11 +156,10 @@ impl ReplicationSource for FakeSource {
         self.lock().flush
     }
 
-    fn wait_for_flush(&self, lsn: Lsn, timeout: Duration) -> FlushPoint {
+    fn wait_for_flush(&self, seen: FlushPoint, timeout: Duration) -> FlushPoint {
         let deadline = Instant::now() + timeout;
         let mut st = self.lock();
-        let start_tli = st.flush.tli;
-        while st.flush.lsn <= lsn && st.flush.tli == start_tli {
+        while st.flush == seen {
             let now = Instant::now();
             if now >= deadline {
                 break;

@@ -49,10 +49,12 @@ pub trait ReplicationSource: Send + Sync + 'static {
     /// so a promotion is never seen half-done.
     fn flush_point(&self) -> FlushPoint;
 
-    /// Block until the flush position is beyond `lsn` or the timeline
-    /// changes, or `timeout` has passed; return the flush point then. Must
-    /// be woken by the WAL writer (or walreceiver), not by polling.
-    fn wait_for_flush(&self, lsn: Lsn, timeout: Duration) -> FlushPoint;
+    /// Block until the flush point differs from `seen` (more WAL flushed,
+    /// or a new timeline), or `timeout` has passed; return the flush point
+    /// then. Must be woken by the WAL writer (or walreceiver), not by
+    /// polling. Comparing with `seen` (not with the point at call time)
+    /// means a change between two calls is never missed.
+    fn wait_for_flush(&self, seen: FlushPoint, timeout: Duration) -> FlushPoint;
 
     /// Fill `buf` with the WAL bytes at `start` from the segment file of
     /// timeline `tli`. The walsender never asks across a segment boundary

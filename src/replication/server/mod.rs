@@ -105,6 +105,9 @@ pub struct ServerHandle {
     ctx_stopping: Arc<dyn Fn() + Send + Sync>,
     accept: Option<JoinHandle<()>>,
     sessions: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Disconnected once the listener and every session thread are gone
+    /// (each holds a sender), so shutdown waits without polling.
+    done_rx: Receiver<()>,
     shutdown_timeout: Duration,
 }
 
@@ -129,12 +132,13 @@ pub fn spawn<S: ReplicationSource>(
         connections: AtomicUsize::new(0),
     });
     let sessions = Arc::new(Mutex::new(Vec::new()));
+    let (done_tx, done_rx) = crossbeam_channel::bounded(0);
     let accept = {
         let ctx = Arc::clone(&ctx);
         let sessions = Arc::clone(&sessions);
         std::thread::Builder::new()
             .name("repl-listener".into())
-            .spawn(move || accept_loop(listener, ctx, sessions))?
+            .spawn(move || accept_loop(listener, ctx, sessions, done_tx))?
     };
     let stop_ctx = Arc::clone(&ctx);
     Ok(ServerHandle {
@@ -144,6 +148,7 @@ pub fn spawn<S: ReplicationSource>(
         ctx_stopping: Arc::new(move || stop_ctx.stopping.store(true, Ordering::SeqCst)),
         accept: Some(accept),
         sessions,
+        done_rx,
         shutdown_timeout,
     })
 }
@@ -152,6 +157,7 @@ fn accept_loop<S: ReplicationSource>(
     listener: TcpListener,
     ctx: Arc<Ctx<S>>,
     sessions: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    done_tx: Sender<()>,
 ) {
     for stream in listener.incoming() {
         if ctx.stopping.load(Ordering::SeqCst) {
@@ -161,9 +167,13 @@ fn accept_loop<S: ReplicationSource>(
             continue;
         };
         let ctx = Arc::clone(&ctx);
+        let done = done_tx.clone();
         let spawned = std::thread::Builder::new()
             .name("walsender".into())
-            .spawn(move || session::run(ctx, stream));
+            .spawn(move || {
+                session::run(ctx, stream);
+                drop(done);
+            });
         match spawned {
             Ok(h) => {
                 let mut s = sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -206,16 +216,13 @@ impl ServerHandle {
         if let Some(a) = self.accept.take() {
             let _ = a.join();
         }
+        // Every session thread drops its sender when it ends.
         let deadline = Instant::now() + self.shutdown_timeout + Duration::from_secs(1);
+        let _ = self.done_rx.recv_deadline(deadline);
         let handles: Vec<_> =
             std::mem::take(&mut *self.sessions.lock().unwrap_or_else(|p| p.into_inner()));
-        for h in handles {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if h.is_finished() {
-                let _ = h.join();
-            }
+        for h in handles.into_iter().filter(|h| h.is_finished()) {
+            let _ = h.join();
         }
     }
 }

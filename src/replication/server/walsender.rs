@@ -22,7 +22,7 @@ use crate::replication::pgwire::{
     ReplicationMessage, StandbyMessage, StandbyStatusUpdate, XLogDataHeader, XLOGDATA_HEADER_LEN,
 };
 use crate::replication::registry::WalSenderState;
-use crate::replication::source::ReplicationSource;
+use crate::replication::source::{FlushPoint, ReplicationSource};
 use crate::replication::sqlstate::{self as code, PgError};
 
 /// PostgreSQL's XLOG_BLCKSZ: a message cut by the size limit ends on a page.
@@ -70,7 +70,7 @@ pub(super) fn start_replication<S: ReplicationSource>(
         });
         s.conn.flush()?;
         check_start(&*src, fp.lsn, start, plan.tli)?;
-        let mut st = Streamer::new(s, src, plan, start, slot.map(str::to_string));
+        let mut st = Streamer::new(s, src, plan, start, slot.map(str::to_string), fp);
         let outcome = st.run();
         plan = st.plan;
         st.s.handle.set_state(WalSenderState::Startup);
@@ -170,14 +170,20 @@ fn check_start<S: ReplicationSource>(
 /// Wakes the walsender whenever the source's flush point moves: a token
 /// in a one-slot channel (coalesced), from a thread blocked in
 /// `wait_for_flush`. It exits within [`WATCH_SLICE`] once `stop` is set.
-fn spawn_flush_watcher<S: ReplicationSource>(src: Arc<S>, stop: Arc<AtomicBool>) -> Receiver<()> {
+fn spawn_flush_watcher<S: ReplicationSource>(
+    src: Arc<S>,
+    seen: FlushPoint,
+    stop: Arc<AtomicBool>,
+) -> Receiver<()> {
     let (tx, rx) = bounded(1);
     let spawned = std::thread::Builder::new()
         .name("walsender-flush".into())
         .spawn(move || {
-            let mut last = src.flush_point();
+            // Start from what the walsender saw, so a change before this
+            // thread runs still wakes it.
+            let mut last = seen;
             while !stop.load(Ordering::SeqCst) {
-                let now = src.wait_for_flush(last.lsn, WATCH_SLICE);
+                let now = src.wait_for_flush(last, WATCH_SLICE);
                 if now != last {
                     last = now;
                     if let Err(TrySendError::Disconnected(_)) = tx.try_send(()) {
@@ -230,9 +236,10 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         plan: Plan,
         start: Lsn,
         slot: Option<String>,
+        seen: FlushPoint,
     ) -> Self {
         let watcher_stop = Arc::new(AtomicBool::new(false));
-        let flush_rx = spawn_flush_watcher(Arc::clone(&src), Arc::clone(&watcher_stop));
+        let flush_rx = spawn_flush_watcher(Arc::clone(&src), seen, Arc::clone(&watcher_stop));
         s.handle.set_state(WalSenderState::Catchup);
         Streamer {
             s,
