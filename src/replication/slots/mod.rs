@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ pub enum SlotError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("replication slots are read-only after a failed write or fsync; restart the node")]
+    Poisoned,
     #[error("replication slot file \"{path}\" is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -66,7 +69,7 @@ impl SlotError {
                 .with_hint("Free one or increase max_replication_slots."),
             SlotError::Invalidated(_) => PgError::error(code::OBJECT_NOT_IN_PREREQUISITE_STATE, msg)
                 .with_detail("This slot has been invalidated because it exceeded the maximum reserved size."),
-            SlotError::Io { .. } => PgError::error(code::IO_ERROR, msg),
+            SlotError::Io { .. } | SlotError::Poisoned => PgError::error(code::IO_ERROR, msg),
             SlotError::Corrupt { .. } => PgError::error(code::INTERNAL_ERROR, msg),
         }
     }
@@ -123,6 +126,9 @@ pub struct SlotManager {
     slots: Mutex<BTreeMap<String, Slot>>,
     /// Notified when a slot is released (DROP_REPLICATION_SLOT ... WAIT).
     released: Condvar,
+    /// Set by a failed write or fsync: nothing is written (or retried)
+    /// after that, as PostgreSQL PANICs rather than retry an fsync.
+    poisoned: AtomicBool,
 }
 
 impl SlotManager {
@@ -161,6 +167,7 @@ impl SlotManager {
             max_keep_bytes,
             slots: Mutex::new(slots),
             released: Condvar::new(),
+            poisoned: AtomicBool::new(false),
         }))
     }
 
@@ -207,8 +214,25 @@ impl SlotManager {
         Ok(info)
     }
 
+    /// Run a write to `slots/`; a failure poisons the manager.
+    fn write(&self, f: impl FnOnce() -> Result<(), SlotError>) -> Result<(), SlotError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(SlotError::Poisoned);
+        }
+        let r = f();
+        if let Err(e) = &r {
+            tracing::error!("replication slot write failed, slots are now read-only: {e}");
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
     /// Create `slots/<name>.tmp/state`, then rename the directory into place.
     fn create_on_disk(&self, info: &SlotInfo) -> Result<(), SlotError> {
+        self.write(|| self.create_files(info))
+    }
+
+    fn create_files(&self, info: &SlotInfo) -> Result<(), SlotError> {
         let tmp = self.dir.join(format!("{}.tmp", info.name));
         let fin = self.dir.join(&info.name);
         let io = |path: &Path| {
@@ -268,6 +292,10 @@ impl SlotManager {
     }
 
     fn remove_on_disk(&self, name: &str) -> Result<(), SlotError> {
+        self.write(|| self.remove_files(name))
+    }
+
+    fn remove_files(&self, name: &str) -> Result<(), SlotError> {
         let dir = self.dir.join(name);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let io = |path: &Path| {
@@ -321,16 +349,10 @@ impl SlotManager {
             if !slot.info.temporary {
                 slot.info.active_pid = None;
             }
-            if slot.dirty {
-                // Saved again at the next checkpoint if this fails.
-                if durable_replace(
-                    &self.dir.join(name).join("state"),
-                    &encode_state(&slot.info),
-                )
-                .is_ok()
-                {
-                    slot.dirty = false;
-                }
+            // A failure poisons the manager (logged there); the slot's
+            // position in memory stays right.
+            if slot.dirty && self.save(name, &slot.info).is_ok() {
+                slot.dirty = false;
             }
         }
         self.released.notify_all();
@@ -367,12 +389,21 @@ impl SlotManager {
     pub fn checkpoint(&self) -> Result<(), SlotError> {
         let mut slots = self.lock();
         for (name, slot) in slots.iter_mut().filter(|(_, s)| s.dirty) {
-            let path = self.dir.join(name).join("state");
-            durable_replace(&path, &encode_state(&slot.info))
-                .map_err(|source| SlotError::Io { path, source })?;
+            self.save(name, &slot.info)?;
             slot.dirty = false;
         }
         Ok(())
+    }
+
+    /// Replace `slots/<name>/state` durably.
+    fn save(&self, name: &str, info: &SlotInfo) -> Result<(), SlotError> {
+        let path = self.dir.join(name).join("state");
+        self.write(|| {
+            durable_replace(&path, &encode_state(info)).map_err(|source| SlotError::Io {
+                path: path.clone(),
+                source,
+            })
+        })
     }
 
     /// The oldest WAL any valid slot holds (WAL before it may be removed).

@@ -114,3 +114,24 @@ fn slots_past_max_slot_wal_keep_size_are_lost() {
     let m = SlotManager::open(d.path(), 10, Some(2 << 20)).unwrap();
     assert!(m.get("old").unwrap().invalidated);
 }
+
+#[test]
+fn a_failed_write_poisons_and_is_never_retried() {
+    let d = tempfile::tempdir().unwrap();
+    let m = SlotManager::open(d.path(), 10, None).unwrap();
+    m.create("s", false, 1, Lsn::INVALID).unwrap();
+    m.confirm_flush("s", Lsn(0x100));
+    // Make the slot's directory unusable so the save fails.
+    fs::remove_dir_all(d.path().join("slots/s")).unwrap();
+    fs::write(d.path().join("slots/s"), b"not a directory").unwrap();
+    assert!(matches!(m.checkpoint(), Err(SlotError::Io { .. })));
+    fs::remove_file(d.path().join("slots/s")).unwrap();
+    fs::create_dir(d.path().join("slots/s")).unwrap();
+    // The next attempt is refused, not retried.
+    assert!(matches!(m.checkpoint(), Err(SlotError::Poisoned)));
+    assert!(matches!(
+        m.create("t", false, 1, Lsn::INVALID),
+        Err(SlotError::Poisoned)
+    ));
+    assert_eq!(m.get("s").unwrap().restart_lsn, Lsn(0x100));
+}
