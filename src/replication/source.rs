@@ -3,10 +3,14 @@
 //! against the in-memory [`super::fake::FakeSource`] in tests and against
 //! the real WAL in a node.
 
+use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use walrep_states::{Lsn, TimelineHistory, TimelineId, WalSegSize};
+
+use super::command::BaseBackupOptions;
+use super::sqlstate::{PgError, FEATURE_NOT_SUPPORTED};
 
 /// The position up to which WAL may be sent, and its timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,4 +101,45 @@ pub trait ReplicationSource: Send + Sync + 'static {
     fn in_recovery(&self) -> bool {
         false
     }
+
+    /// Run BASE_BACKUP, writing PostgreSQL 15's answer to `out` (result
+    /// sets, then one COPY OUT with archives, progress and manifest, then
+    /// the end position). The server sends the final
+    /// `CommandComplete BASE_BACKUP` itself. Not implemented by default.
+    fn base_backup(
+        &self,
+        options: &BaseBackupOptions,
+        out: &mut dyn BackupOutput,
+    ) -> Result<(), PgError> {
+        let _ = (options, out);
+        Err(PgError::error(
+            FEATURE_NOT_SUPPORTED,
+            "BASE_BACKUP is not supported by this walrep server yet",
+        ))
+    }
+}
+
+/// Where a base backup is written: the framing of PostgreSQL 15's
+/// BASE_BACKUP answer over the replication connection.
+pub trait BackupOutput {
+    /// A result set of text-format columns `(name, type oid)` (25 text,
+    /// 20 int8, 26 oid), followed by CommandComplete `SELECT`.
+    fn result_set(
+        &mut self,
+        columns: &[(&str, i32)],
+        rows: &[Vec<Option<String>>],
+    ) -> io::Result<()>;
+    /// CopyOutResponse: the archive stream starts.
+    fn begin_copy(&mut self) -> io::Result<()>;
+    /// `n`: a new archive (e.g. `base.tar`) for a tablespace path ("" for
+    /// the main data directory).
+    fn new_archive(&mut self, name: &str, tablespace: &str) -> io::Result<()>;
+    /// `d`: bytes of the current archive (or of the manifest).
+    fn data(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// `p`: total bytes sent so far (with PROGRESS).
+    fn progress(&mut self, done: u64) -> io::Result<()>;
+    /// `m`: the manifest follows as `d` messages.
+    fn manifest(&mut self) -> io::Result<()>;
+    /// CopyDone: the archive stream ends.
+    fn end_copy(&mut self) -> io::Result<()>;
 }

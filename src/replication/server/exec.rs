@@ -2,6 +2,7 @@
 //! IDENTIFY_SYSTEM, SHOW, TIMELINE_HISTORY and the slot commands, with
 //! PostgreSQL 15's column names, types and errors.
 
+use std::io;
 use std::time::Duration;
 
 use walrep_states::{Lsn, TimelineId};
@@ -9,8 +10,10 @@ use walrep_states::{Lsn, TimelineId};
 use super::conn::Conn;
 use super::session::{Failure, Session};
 use crate::config::format_size;
+use crate::replication::command::BaseBackupOptions;
 use crate::replication::pgwire::{BackendMessage, FieldDescription};
-use crate::replication::source::{ReplicationSource, SourceError};
+use crate::replication::registry::WalSenderState;
+use crate::replication::source::{BackupOutput, ReplicationSource, SourceError};
 use crate::replication::sqlstate::{self as code, PgError};
 
 /// Type OIDs of the columns we send.
@@ -196,4 +199,78 @@ pub(super) fn read_slot<S: ReplicationSource>(
     };
     result_set(&mut s.conn, fields, vec![row]);
     Ok(())
+}
+
+/// [`BackupOutput`] over the session's connection.
+struct ConnBackup<'a>(&'a mut Conn);
+
+impl BackupOutput for ConnBackup<'_> {
+    fn result_set(
+        &mut self,
+        columns: &[(&str, i32)],
+        rows: &[Vec<Option<String>>],
+    ) -> io::Result<()> {
+        let rows = rows
+            .iter()
+            .map(|r| r.iter().map(|v| v.as_ref().and_then(text)).collect())
+            .collect();
+        result_set(self.0, cols(columns), rows);
+        self.0
+            .send(&BackendMessage::CommandComplete("SELECT".into()));
+        self.0.flush()
+    }
+    fn begin_copy(&mut self) -> io::Result<()> {
+        self.0.send(&BackendMessage::CopyOutResponse {
+            format: 0,
+            columns: vec![],
+        });
+        self.0.flush()
+    }
+    fn new_archive(&mut self, name: &str, tablespace: &str) -> io::Result<()> {
+        let mut payload = vec![b'n'];
+        for s in [name, tablespace] {
+            payload.extend_from_slice(s.as_bytes());
+            payload.push(0);
+        }
+        self.copy_data(payload)
+    }
+    fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut payload = Vec::with_capacity(1 + bytes.len());
+        payload.push(b'd');
+        payload.extend_from_slice(bytes);
+        self.copy_data(payload)
+    }
+    fn progress(&mut self, done: u64) -> io::Result<()> {
+        let mut payload = vec![b'p'];
+        payload.extend_from_slice(&done.to_be_bytes());
+        self.copy_data(payload)
+    }
+    fn manifest(&mut self) -> io::Result<()> {
+        self.copy_data(vec![b'm'])
+    }
+    fn end_copy(&mut self) -> io::Result<()> {
+        self.0.send(&BackendMessage::CopyDone);
+        self.0.flush()
+    }
+}
+
+impl ConnBackup<'_> {
+    fn copy_data(&mut self, payload: Vec<u8>) -> io::Result<()> {
+        self.0.send(&BackendMessage::CopyData(payload));
+        self.0.flush()
+    }
+}
+
+/// BASE_BACKUP: handed to the source; the walsender shows `backup` meanwhile.
+pub(super) fn base_backup<S: ReplicationSource>(
+    s: &mut Session<S>,
+    options: &BaseBackupOptions,
+) -> Result<(), Failure> {
+    s.handle.set_state(WalSenderState::Backup);
+    let result = s
+        .ctx
+        .source
+        .base_backup(options, &mut ConnBackup(&mut s.conn));
+    s.handle.set_state(WalSenderState::Startup);
+    result.map_err(Failure::Error)
 }

@@ -243,10 +243,7 @@ impl<S: ReplicationSource> Session<S> {
                 start,
                 timeline,
             } => walsender::start_replication(self, slot.as_deref(), start, timeline),
-            ReplicationCommand::BaseBackup(_) => Err(Failure::Error(PgError::error(
-                code::FEATURE_NOT_SUPPORTED,
-                "BASE_BACKUP is not supported by this walrep server yet",
-            ))),
+            ReplicationCommand::BaseBackup(options) => exec::base_backup(self, &options),
         }
     }
 }
