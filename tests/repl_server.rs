@@ -414,6 +414,30 @@ fn max_wal_senders_is_enforced_with_53300() {
     first.close();
     wait_until("slot freed", || s.registry.is_empty());
     connect(&s, "").close();
+    // Connections that never finish startup are bounded too.
+    wait_until("connections counted down", || {
+        TcpStream::connect(("127.0.0.1", s.port)).is_ok_and(|mut t| {
+            t.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut b = [0u8; 1];
+            t.read(&mut b).is_err()
+        })
+    });
+    let idle: Vec<TcpStream> = (0..9)
+        .map(|_| TcpStream::connect(("127.0.0.1", s.port)).unwrap())
+        .collect();
+    let mut extra = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    extra.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = Vec::new();
+    let _ = extra.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        buf.first() == Some(&b'E')
+            && text.contains("53300")
+            && text.contains("sorry, too many clients already"),
+        "{text}"
+    );
+    drop(idle);
 }
 
 #[test]

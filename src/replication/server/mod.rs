@@ -159,28 +159,65 @@ fn accept_loop<S: ReplicationSource>(
     sessions: Arc<Mutex<Vec<JoinHandle<()>>>>,
     done_tx: Sender<()>,
 ) {
+    let mut failures: u32 = 0;
     for stream in listener.incoming() {
         if ctx.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(stream) = stream else {
-            continue;
-        };
-        let ctx = Arc::clone(&ctx);
-        let done = done_tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name("walsender".into())
-            .spawn(move || {
-                session::run(ctx, stream);
-                drop(done);
-            });
-        match spawned {
-            Ok(h) => {
-                let mut s = sessions.lock().unwrap_or_else(|p| p.into_inner());
-                s.retain(|h| !h.is_finished());
-                s.push(h);
+        let stream = match stream {
+            Ok(s) => {
+                failures = 0;
+                s
             }
-            Err(e) => tracing::error!("could not start a walsender thread: {e}"),
+            Err(e) => {
+                // Out of descriptors and the like: count and back off
+                // (at most 1 s) instead of spinning.
+                failures = failures.saturating_add(1);
+                let pause =
+                    Duration::from_millis(10u64 << failures.min(7)).min(Duration::from_secs(1));
+                tracing::warn!(
+                    failures,
+                    "could not accept a replication connection: {e}; retrying in {pause:?}"
+                );
+                std::thread::sleep(pause);
+                continue;
+            }
+        };
+        let open = ctx.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        if open > ctx.options.max_wal_senders + STARTUP_MARGIN {
+            session::refuse_too_many(stream);
+            ctx.connections.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        spawn_session(&ctx, stream, &sessions, done_tx.clone());
+    }
+}
+
+/// One thread per connection; it gives back its connection count and its
+/// `done` sender when it ends.
+fn spawn_session<S: ReplicationSource>(
+    ctx: &Arc<Ctx<S>>,
+    stream: TcpStream,
+    sessions: &Mutex<Vec<JoinHandle<()>>>,
+    done: Sender<()>,
+) {
+    let ctx_thread = Arc::clone(ctx);
+    let spawned = std::thread::Builder::new()
+        .name("walsender".into())
+        .spawn(move || {
+            session::run(&ctx_thread, stream);
+            ctx_thread.connections.fetch_sub(1, Ordering::SeqCst);
+            drop(done);
+        });
+    match spawned {
+        Ok(h) => {
+            let mut s = sessions.lock().unwrap_or_else(|p| p.into_inner());
+            s.retain(|h| !h.is_finished());
+            s.push(h);
+        }
+        Err(e) => {
+            ctx.connections.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!("could not start a walsender thread: {e}");
         }
     }
 }

@@ -3,7 +3,6 @@
 //! FATAL, Terminate, a closed socket or server shutdown end it.
 
 use std::net::TcpStream;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crossbeam_channel::{select, Receiver};
@@ -11,7 +10,7 @@ use rand::Rng;
 
 use super::conn::{spawn_reader, ClientEvent, Conn};
 use super::startup::{self, Client, StartupEnd};
-use super::{exec, walsender, Ctx, STARTUP_MARGIN};
+use super::{exec, walsender, Ctx};
 use crate::replication::command::{self, ReplicationCommand};
 use crate::replication::pgwire::{BackendMessage, FrontendMessage, MessageReader};
 use crate::replication::registry::WalSenderHandle;
@@ -48,18 +47,19 @@ pub(super) struct Session<S> {
     pub handle: WalSenderHandle,
 }
 
-/// Counts the connection while it lives.
-struct Counted<'a, S>(&'a Ctx<S>);
-impl<S> Drop for Counted<'_, S> {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::SeqCst);
-    }
+/// FATAL 53300 for a connection over the startup bound, without a thread.
+pub(super) fn refuse_too_many(stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+    let mut conn = Conn::new(stream);
+    let _ = conn.error(&PgError::fatal(
+        code::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+    ));
+    conn.close();
 }
 
 /// Serve one connection to its end.
-pub(super) fn run<S: ReplicationSource>(ctx: Arc<Ctx<S>>, stream: TcpStream) {
-    let open = ctx.connections.fetch_add(1, Ordering::SeqCst) + 1;
-    let _counted = Counted(&ctx);
+pub(super) fn run<S: ReplicationSource>(ctx: &Arc<Ctx<S>>, stream: TcpStream) {
     let Ok(peer) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(
@@ -71,16 +71,8 @@ pub(super) fn run<S: ReplicationSource>(ctx: Arc<Ctx<S>>, stream: TcpStream) {
         return;
     };
     let mut conn = Conn::new(write_half);
-    if open > ctx.options.max_wal_senders + STARTUP_MARGIN {
-        let _ = conn.error(&PgError::fatal(
-            code::TOO_MANY_CONNECTIONS,
-            "sorry, too many clients already",
-        ));
-        conn.close();
-        return;
-    }
     let mut reader = MessageReader::new(stream, ctx.options.max_message_len);
-    let client = match startup::negotiate(&ctx, &mut reader, &mut conn, peer) {
+    let client = match startup::negotiate(ctx, &mut reader, &mut conn, peer) {
         Ok(c) => c,
         Err(StartupEnd::Fatal(e)) => {
             tracing::info!(%peer, "replication connection refused: {e}");
@@ -111,7 +103,7 @@ pub(super) fn run<S: ReplicationSource>(ctx: Arc<Ctx<S>>, stream: TcpStream) {
         conn.close();
         return;
     };
-    serve(Arc::clone(&ctx), conn, reader, handle, client);
+    serve(Arc::clone(ctx), conn, reader, handle, client);
 }
 
 fn serve<S: ReplicationSource>(
