@@ -160,6 +160,21 @@ impl Node {
         redo: Lsn,
     ) -> Result<crate::wal::RemovalReport, CheckpointError> {
         let seg = wal.seg_size();
+        // Slots past max_slot_wal_keep_size stop holding WAL; the others'
+        // positions are made durable before the WAL they protect can go.
+        match self.slots.invalidate_obsolete(wal.inserted(), seg) {
+            Ok(lost) if !lost.is_empty() => {
+                tracing::warn!(slots = ?lost, "replication slots invalidated: they needed more WAL than max_slot_wal_keep_size");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not invalidate obsolete replication slots")
+            }
+        }
+        if let Err(e) = self.slots.checkpoint() {
+            tracing::error!(error = %e, "could not save replication slots; keeping WAL");
+            return Ok(crate::wal::RemovalReport::default());
+        }
         let mut horizon = redo.segno(seg);
         let keep = self.config.wal_keep_size.bytes().unwrap_or(0);
         let flushed = wal.flushed();

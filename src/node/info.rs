@@ -93,7 +93,55 @@ fn persistence(node: &Node) -> String {
 fn replication(node: &Node) -> String {
     let mut s = String::new();
     let role = if node.is_primary() { "master" } else { "slave" };
-    let _ = write!(s, "role:{role}\r\nconnected_slaves:0\r\n");
+    let standbys = node.registry().map(|r| r.snapshot()).unwrap_or_default();
+    let positions = node.standby_positions();
+    let sync_states = node.syncrep.sync_states(&positions);
+    let _ = write!(s, "role:{role}\r\nconnected_slaves:{}\r\n", standbys.len());
+    let mut direct = 0;
+    for (i, w) in standbys.iter().enumerate() {
+        let sync_state = if w.cascading {
+            "async"
+        } else {
+            direct += 1;
+            sync_states
+                .get(direct - 1)
+                .map(|s| s.as_str())
+                .unwrap_or("async")
+        };
+        let addr = w
+            .client_addr
+            .map(|a| (a.ip().to_string(), a.port()))
+            .unwrap_or_default();
+        let lag_ms = |d: Option<std::time::Duration>| {
+            d.map(|d| d.as_millis().to_string()).unwrap_or_default()
+        };
+        let reply_age_ms = w
+            .reply_time
+            .and_then(|t| t.elapsed().ok())
+            .map(|d| d.as_millis().to_string())
+            .unwrap_or_default();
+        let _ = write!(
+            s,
+            "slave{i}:ip={},port={},state={},offset={},lag={},application_name={},walsender_state={},sync_state={},sent_lsn={},write_lsn={},flush_lsn={},replay_lsn={},write_lag_ms={},flush_lag_ms={},replay_lag_ms={},reply_age_ms={},slot={}\r\n",
+            addr.0,
+            addr.1,
+            if w.state == crate::replication::registry::WalSenderState::Streaming { "online" } else { w.state.as_str() },
+            w.flush_lsn.0,
+            w.reply_time.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()).unwrap_or(0),
+            w.application_name,
+            w.state.as_str(),
+            sync_state,
+            w.sent_lsn,
+            w.write_lsn,
+            w.flush_lsn,
+            w.apply_lsn,
+            lag_ms(w.write_lag),
+            lag_ms(w.flush_lag),
+            lag_ms(w.apply_lag),
+            reply_age_ms,
+            w.slot.as_deref().unwrap_or(""),
+        );
+    }
     let (waiters, age) = node.syncrep.waiters();
     let _ = write!(
         s,

@@ -7,11 +7,13 @@
 //! - [`recovery`]: crash recovery (snapshot + redo to the end of WAL).
 //! - [`checkpoint`]: the checkpointer and WAL removal.
 //! - [`info`]: the node's INFO sections.
+//! - [`replication`]: the node as a replication source; standby replies.
 
 pub mod checkpoint;
 pub mod info;
 pub mod init;
 pub mod recovery;
+pub mod replication;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -24,10 +26,13 @@ use anyhow::Context as _;
 use crate::archive::{self, ArchiveNotifier, ArchiverConfig, ArchiverHandle};
 use crate::config::Config;
 use crate::datadir::{DataDir, DataDirLock};
+use crate::replication::registry::WalSenderRegistry;
+use crate::replication::server::{ServerHandle as ReplicationServerHandle, ServerOptions};
+use crate::replication::slots::SlotManager;
 use crate::server::{Backend, Role, Server, ServerSettings, WriteError};
 use crate::store::{ClusterState, ControlFile, Level, Store};
 use crate::syncrep::{self, SyncRep};
-use crate::wal::{Wal, WalConfig, WalError, WalEvent};
+use crate::wal::{SegmentDir, Wal, WalConfig, WalError, WalEvent};
 use crate::Lsn;
 use checkpoint::{CheckpointCause, CheckpointDone, Checkpointer};
 
@@ -49,6 +54,18 @@ pub struct Node {
     pub started_at: Instant,
     pub ports: Mutex<Ports>,
     shutting_down: AtomicBool,
+    /// The WAL directory handle shared by the writer, walsenders and
+    /// removal (so a walsender knows what was removed).
+    pub segdir: Arc<SegmentDir>,
+    /// Replication slots (`slots/`).
+    pub slots: Arc<SlotManager>,
+    registry: Mutex<Option<Arc<WalSenderRegistry>>>,
+    /// A standby's flush point (walreceiver / restored WAL); unused on a primary.
+    standby_flush: Mutex<replication::FlushPoint>,
+    /// Notified when `standby_flush` or the timeline changes.
+    flush_changed: replication::FlushSignal,
+    /// Notified on every standby reply (WAIT).
+    replies: replication::FlushSignal,
 }
 
 /// Where the node's listeners ended up (port 0 in tests picks a free one).
@@ -77,7 +94,14 @@ impl Node {
 
     /// The oldest WAL any replication slot still needs.
     pub fn slots_min_restart_lsn(&self) -> Option<Lsn> {
-        None
+        self.slots.min_restart_lsn()
+    }
+
+    pub fn registry(&self) -> Option<Arc<WalSenderRegistry>> {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn last_checkpoint(&self) -> Option<(CheckpointDone, u64)> {
@@ -154,8 +178,8 @@ impl Backend for Node {
         info::section(self, name)
     }
 
-    fn wait_replicas(&self, _upto: Lsn, _wanted: usize, _timeout: Duration) -> usize {
-        0
+    fn wait_replicas(&self, upto: Lsn, wanted: usize, timeout: Duration) -> usize {
+        self.count_acked(upto, wanted, timeout)
     }
 }
 
@@ -163,6 +187,7 @@ impl Backend for Node {
 pub struct RunningNode {
     pub node: Arc<Node>,
     server: Option<Server>,
+    replication: Option<ReplicationServerHandle>,
     checkpointer: Option<Checkpointer>,
     archiver: Option<(ArchiverHandle, crossbeam_channel::Sender<()>)>,
     wal_listener: Option<JoinHandle<()>>,
@@ -227,6 +252,12 @@ impl RunningNode {
             rec.end,
             rec.prev_record,
         );
+        let segdir = Arc::new(SegmentDir::open(
+            &wal_dir,
+            control.wal_segment_size,
+            wal_cfg.io.clone(),
+        )?);
+        wal_cfg.segdir = Some(segdir.clone());
         wal_cfg.archive_mode = config.archive_mode != crate::config::ArchiveMode::Off;
         wal_cfg.wal_writer_delay = config
             .wal_writer_delay
@@ -242,6 +273,15 @@ impl RunningNode {
             store.visibility().clone(),
             config.synchronous_standby_timeout.get(),
         ));
+        let slots = SlotManager::open(
+            &dir.root,
+            config.max_replication_slots as usize,
+            config.max_slot_wal_keep_size.bytes(),
+        )?;
+        let standby_flush = replication::FlushPoint {
+            tli: wal.timeline(),
+            lsn: wal.flushed(),
+        };
         let config = Arc::new(config);
         let node = Arc::new(Node {
             dir,
@@ -257,6 +297,12 @@ impl RunningNode {
             started_at: Instant::now(),
             ports: Mutex::new(Ports::default()),
             shutting_down: AtomicBool::new(false),
+            segdir,
+            slots,
+            registry: Mutex::new(None),
+            standby_flush: Mutex::new(standby_flush),
+            flush_changed: replication::FlushSignal::default(),
+            replies: replication::FlushSignal::default(),
         });
         if crashed {
             // PostgreSQL ends crash recovery with a checkpoint so the WAL
@@ -266,6 +312,7 @@ impl RunningNode {
         let mut running = RunningNode {
             node: node.clone(),
             server: None,
+            replication: None,
             checkpointer: None,
             archiver: None,
             wal_listener: None,
@@ -285,6 +332,7 @@ impl RunningNode {
             },
         )
         .with_context(|| format!("could not listen on {addr} (port)"))?;
+        running.replication = Some(start_replication(&node)?);
         let ports = {
             let mut p = node.ports.lock().unwrap_or_else(|e| e.into_inner());
             p.redis = server.local_addr().port();
@@ -362,6 +410,11 @@ impl RunningNode {
                 .map_err(anyhow::Error::from),
             _ => Ok(()),
         };
+        // Walsenders send everything up to the shutdown checkpoint, wait
+        // (bounded) for their standbys to confirm it, then end with COPY 0.
+        if let Some(r) = self.replication.take() {
+            r.shutdown();
+        }
         if let Some(wal) = node.wal() {
             let _ = wal.shutdown();
         }
@@ -375,6 +428,32 @@ impl RunningNode {
         tracing::info!("database system is shut down");
         result
     }
+}
+
+/// Bind the replication port and start the walsender listener.
+fn start_replication(node: &Arc<Node>) -> anyhow::Result<ReplicationServerHandle> {
+    let config = &node.config;
+    let addr = listen_addr(&config.listen_addresses, config.replication_port)?;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("could not listen on {addr} (replication_port)"))?;
+    let registry = WalSenderRegistry::new(config.max_wal_senders as usize);
+    registry.set_observer(Arc::new(replication::ReplyObserver {
+        node: Arc::downgrade(node),
+    }));
+    *node.registry.lock().unwrap_or_else(|e| e.into_inner()) = Some(registry.clone());
+    let handle = crate::replication::server::spawn(
+        listener,
+        Arc::new(replication::NodeSource::new(node)),
+        node.slots.clone(),
+        registry,
+        ServerOptions::from_config(config),
+    )?;
+    node.ports
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replication = handle.local_addr().port();
+    tracing::info!(addr = %handle.local_addr(), "replication listener ready");
+    Ok(handle)
 }
 
 /// How long fast shutdown lets commits wait for synchronous standbys.
