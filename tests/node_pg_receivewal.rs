@@ -125,11 +125,7 @@ fn pg_receivewal_receives_byte_identical_segments_under_load() {
     let (first, last) = (segno(&done[0]), segno(done.last().unwrap()));
     assert_eq!((last - first + 1) as usize, done.len(), "gap in {done:?}");
     let names = file_names(&out);
-    let newest = names
-        .iter()
-        .filter(|f| !f.ends_with(".history"))
-        .next_back()
-        .unwrap();
+    let newest = names.iter().rfind(|f| !f.ends_with(".history")).unwrap();
     assert!(
         newest.ends_with(".partial"),
         "the current segment should be .partial: {names:?}"
