@@ -159,6 +159,21 @@ impl TimelineHistory {
         self.spans.iter().find(|s| s.tli == tli).map(|s| s.end)
     }
 
+    /// The history of `tli` as seen from this one: this history's spans up
+    /// to and including `tli`, with `tli` not ended. `None` if `tli` is not
+    /// on this history. (What a timeline forked off an ancestor inherits.)
+    pub fn ancestor(&self, tli: TimelineId) -> Option<TimelineHistory> {
+        let n = self.spans.iter().position(|s| s.tli == tli)?;
+        let mut spans = self.spans[..=n].to_vec();
+        spans[n].end = None;
+        Some(TimelineHistory { spans })
+    }
+
+    /// Where `tli` begins on this history, `None` if it is not on it.
+    pub fn begin_of(&self, tli: TimelineId) -> Option<Lsn> {
+        self.spans.iter().find(|s| s.tli == tli).map(|s| s.begin)
+    }
+
     /// The text of the history file of `self.timeline()`:
     /// `parent<TAB>switch<TAB>reason` per ancestor. `reasons` gives the
     /// reason text per ancestor (oldest first); missing ones are written as
@@ -244,6 +259,19 @@ mod tests {
         );
         let back = TimelineHistory::parse(TimelineId(2), &h.to_text(&[])).unwrap();
         assert_eq!(back, h);
+    }
+
+    #[test]
+    fn ancestor_cuts_the_history() {
+        let text = "1\t0/4006B10\tx\n2\t0/6000000\ty\n";
+        let h = TimelineHistory::parse(TimelineId(3), text).unwrap();
+        let two = h.ancestor(TimelineId(2)).unwrap();
+        assert_eq!(two.timeline(), TimelineId(2));
+        assert_eq!(two.switch_point(TimelineId(2)), Some(None));
+        assert_eq!(two.switch_point(TimelineId(1)), Some(Some(Lsn(0x400_6B10))));
+        assert_eq!(h.ancestor(TimelineId(4)), None);
+        assert_eq!(h.begin_of(TimelineId(3)), Some(Lsn(0x600_0000)));
+        assert_eq!(h.begin_of(TimelineId(1)), Some(Lsn(0)));
     }
 
     #[test]

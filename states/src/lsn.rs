@@ -123,6 +123,11 @@ impl TimelineId {
         TimelineId(self.0 + 1)
     }
 
+    /// The next timeline, `None` after the last one.
+    pub fn checked_next(self) -> Option<TimelineId> {
+        self.0.checked_add(1).map(TimelineId)
+    }
+
     /// `TTTTTTTT.history`, the name of this timeline's history file.
     pub fn history_file_name(self) -> String {
         format!("{:08X}.history", self.0)
