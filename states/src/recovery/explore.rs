@@ -289,6 +289,11 @@ pub fn sample_events(core: &Recovery) -> Vec<(Millis, Event)> {
     timed
 }
 
+/// `lsn + bytes`, saturating (sample data must not overflow on any state).
+fn plus(lsn: Lsn, bytes: u64) -> Lsn {
+    Lsn(lsn.0.saturating_add(bytes))
+}
+
 fn seg_bytes(m: &Machine) -> u64 {
     m.config.wal_segment_size.bytes()
 }
@@ -303,17 +308,21 @@ fn start_events(m: &Machine) -> Vec<Event> {
         min_recovery_point: min,
         crash_recovery_first: crash,
     };
-    vec![started(false, redo), started(true, Lsn(redo.0 + s))]
+    vec![started(false, redo), started(true, plus(redo, s))]
 }
 
 /// A history of `tli` descending from the target, forked at `fork`.
 fn child_history(m: &Machine, tli: TimelineId, fork: Lsn) -> TimelineHistory {
     let mut h = m.timelines.expected.clone();
     let mut t = m.timelines.target;
-    while t < tli {
+    // Intermediate timelines, a few at most (ids may be far apart).
+    while t < tli && tli.0 - t.0 > 1 && h.spans().len() < 8 {
         let Some(n) = t.checked_next() else { break };
         h = h.fork(n, fork);
         t = n;
+    }
+    if t < tli {
+        h = h.fork(tli, fork);
     }
     h
 }
@@ -337,7 +346,7 @@ fn fetch_answers(m: &Machine) -> Vec<Event> {
             Event::SegmentNotFoundLocally { tli, segno },
         ],
         (WalFile::History { tli }, at) => {
-            let fork = Lsn(m.replay_lsn.0 + seg_bytes(m));
+            let fork = plus(m.replay_lsn, seg_bytes(m));
             let history = child_history(m, tli, fork);
             let early = child_history(m, tli, Lsn(m.replay_lsn.0.saturating_sub(1)));
             match at {
@@ -373,7 +382,7 @@ fn receiver_news(core: &Recovery, m: &Machine) -> Vec<Event> {
     if let Some(session) = stopping {
         out.push(Event::WalReceiverStopped {
             session,
-            flushed: Lsn(flushed.0 + seg_bytes(m) / 4),
+            flushed: plus(flushed, seg_bytes(m) / 4),
         });
     }
     let Some(r) = &m.receiver else {
@@ -386,7 +395,7 @@ fn receiver_news(core: &Recovery, m: &Machine) -> Vec<Event> {
         out.push(Event::StreamConnected {
             session: s,
             upstream_tli: r.tli,
-            upstream_flush: Lsn(flushed.0 + 2 * seg_bytes(m)),
+            upstream_flush: plus(flushed, 2 * seg_bytes(m)),
         });
         if r.tli > TimelineId::FIRST {
             out.push(Event::StreamConnected {
@@ -400,7 +409,7 @@ fn receiver_news(core: &Recovery, m: &Machine) -> Vec<Event> {
         out.push(Event::WalFlushed {
             session: s,
             tli,
-            upto: Lsn(flushed.0 + seg_bytes(m) / 2),
+            upto: plus(flushed, seg_bytes(m) / 2),
         });
         out.push(Event::TimelineEnded {
             session: s,
@@ -434,7 +443,7 @@ fn redo_results(m: &Machine) -> Vec<Event> {
     ];
     if req.upto > m.replay_lsn {
         out.push(Event::WalReplayed {
-            upto: Lsn(m.replay_lsn.0 + (req.upto.0 - m.replay_lsn.0) / 2),
+            upto: plus(m.replay_lsn, req.upto.saturating_sub(m.replay_lsn) / 2),
         });
     }
     out
@@ -455,7 +464,7 @@ fn promotion_answers(core: &Recovery, m: &Machine) -> Vec<Event> {
         Phase::WritingEndOfRecovery { tli, .. } => vec![
             Event::EndOfRecoveryWritten {
                 tli,
-                end: Lsn(m.replay_lsn.0 + 0x28),
+                end: plus(m.replay_lsn, 0x28),
             },
             Event::PromotionStepFailed {
                 step: PromotionStep::WriteEndOfRecovery,
@@ -506,7 +515,7 @@ fn unsolicited(m: &Machine) -> Vec<Event> {
         Event::WalFlushed {
             session: stale,
             tli,
-            upto: Lsn(at.0 + 1),
+            upto: plus(at, 1),
         },
         Event::TimelineEnded {
             session: stale,

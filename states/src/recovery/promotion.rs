@@ -263,7 +263,7 @@ impl Machine {
                 deadline,
                 attempts,
             } if ctx.now >= deadline => {
-                let attempts = attempts + 1;
+                let attempts = attempts.saturating_add(1);
                 ctx.report(Report::ReceiverStopSlow { attempts });
                 ctx.act(Action::StopWalReceiver { session });
                 let wait_ms = self

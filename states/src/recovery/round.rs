@@ -221,7 +221,9 @@ impl Machine {
             });
         };
         let seg_size = self.config.wal_segment_size;
-        let pos = self.replay_lsn.max(round.segno.start_lsn(seg_size));
+        let pos = self
+            .replay_lsn
+            .max(Lsn(round.segno.0.saturating_mul(seg_size.bytes())));
         let mut options = Vec::new();
         for tli in self.timelines.candidates(round.segno, pos, seg_size) {
             options.push((tli, Location::Archive));

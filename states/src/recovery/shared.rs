@@ -430,7 +430,7 @@ impl Machine {
             session: req.session,
         });
         if self.stall.at == at {
-            self.stall.count += 1;
+            self.stall.count = self.stall.count.saturating_add(1);
         } else {
             self.stall = Stall { at, count: 1 };
         }
