@@ -159,6 +159,16 @@ impl TimelineHistory {
         self.spans.iter().find(|s| s.tli == tli).map(|s| s.end)
     }
 
+    /// Whether this history obeys PostgreSQL's reader rules: timeline ids
+    /// strictly increase and no span ends before it begins. (`parse`
+    /// guarantees it; a history built with `fork` at a point before its
+    /// newest timeline began does not.)
+    pub fn is_consistent(&self) -> bool {
+        self.spans.windows(2).all(|w| {
+            w[0].tli < w[1].tli && w[0].end == Some(w[1].begin) && w[0].begin <= w[1].begin
+        }) && self.spans.last().is_some_and(|s| s.end.is_none())
+    }
+
     /// The history of `tli` as seen from this one: this history's spans up
     /// to and including `tli`, with `tli` not ended. `None` if `tli` is not
     /// on this history. (What a timeline forked off an ancestor inherits.)
@@ -270,6 +280,9 @@ mod tests {
         assert_eq!(two.switch_point(TimelineId(2)), Some(None));
         assert_eq!(two.switch_point(TimelineId(1)), Some(Some(Lsn(0x400_6B10))));
         assert_eq!(h.ancestor(TimelineId(4)), None);
+        assert!(h.is_consistent());
+        assert!(!h.fork(TimelineId(4), Lsn(0x10)).is_consistent());
+        assert!(!h.fork(TimelineId(2), Lsn(0x700_0000)).is_consistent());
         assert_eq!(h.begin_of(TimelineId(3)), Some(Lsn(0x600_0000)));
         assert_eq!(h.begin_of(TimelineId(1)), Some(Lsn(0)));
     }

@@ -1,12 +1,20 @@
 //! The explored transition graph of the recovery machine: a snapshot of
 //! the whole transition table, and the properties of the exploration.
 
-use walrep_states::recovery::explore::{explore_standby, MAX_EXPANDED};
+use std::sync::OnceLock;
+
+use walrep_states::recovery::explore::{explore_standby, Graph, MAX_EXPANDED};
 use walrep_states::recovery::{EventKind, StateKind};
+
+/// Exploring takes seconds in a debug build: once for both tests.
+fn graph() -> &'static Graph {
+    static GRAPH: OnceLock<Graph> = OnceLock::new();
+    GRAPH.get_or_init(explore_standby)
+}
 
 #[test]
 fn transition_table() {
-    let graph = explore_standby();
+    let graph = graph();
     assert!(graph.violations.is_empty(), "{:#?}", graph.violations);
     let header = format!(
         "{} states, {} transitions (state, event, state), {} edges with distinct actions\n\n",
@@ -19,7 +27,7 @@ fn transition_table() {
 
 #[test]
 fn exploration_is_complete_and_reaches_every_state() {
-    let graph = explore_standby();
+    let graph = graph();
     assert!(
         graph.expanded < MAX_EXPANDED,
         "exploration hit its bound ({MAX_EXPANDED}): the abstraction no longer converges"

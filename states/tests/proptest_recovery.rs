@@ -218,7 +218,8 @@ fn run(config: RecoveryConfig, steps: &[Step]) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 512,
+        // PROPTEST_CASES raises it for a longer local run.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512),
         failure_persistence: Some(Box::new(
             proptest::test_runner::FileFailurePersistence::Direct("proptest-regressions/recovery.txt"),
         )),

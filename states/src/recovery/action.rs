@@ -11,7 +11,7 @@ use crate::history::TimelineHistory;
 use crate::lsn::{Lsn, TimelineId};
 
 /// Where the WAL being replayed came from (PostgreSQL's XLogSource).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum WalSource {
     /// Restored by restore_command (XLOG_FROM_ARCHIVE).
     Archive,
@@ -79,7 +79,7 @@ pub enum Report {
         replay: Lsn,
     },
     /// A history file whose contents do not belong to its timeline (wrong
-    /// last timeline); it was ignored.
+    /// last timeline, or switch points out of order); it was ignored.
     HistoryIgnored { tli: TimelineId },
     /// A record failed a check and was not applied; the source is exhausted there.
     InvalidRecord {
@@ -158,7 +158,7 @@ impl fmt::Display for Report {
                 tli.0, target.0
             ),
             Report::HistoryIgnored { tli } => {
-                write!(f, "history file {} ignored: it describes another timeline", tli.history_file_name())
+                write!(f, "history file {} ignored: it does not describe that timeline consistently", tli.history_file_name())
             }
             Report::InvalidRecord { at, source, check } => {
                 write!(f, "invalid record at {at} from {source}: {check}")

@@ -27,7 +27,7 @@ use crate::time::Millis;
 
 /// Exploration stops after expanding this many machines (a bound; the
 /// abstract state space is far smaller, see [`abstract_key`]).
-pub const MAX_EXPANDED: usize = 20_000;
+pub const MAX_EXPANDED: usize = 100_000;
 
 /// One edge: in `from`, an event of kind `event` leads to `to` with actions
 /// of these kinds (sorted, without duplicates).
@@ -240,9 +240,10 @@ pub fn abstract_key(core: &Recovery) -> String {
         m.fetch_req
             .map(|f| (matches!(f.file, WalFile::History { .. }), f.at)),
         m.bad
-            .as_ref()
+            .iter()
             .filter(|b| b.at == m.replay_lsn)
-            .map(|b| b.source),
+            .map(|b| b.source)
+            .collect::<std::collections::BTreeSet<_>>(),
         match m.stall.count {
             0 => 0,
             c if c < m.config.ping_pong_threshold => 1,
@@ -314,6 +315,8 @@ fn start_events(m: &Machine) -> Vec<Event> {
 /// A history of `tli` descending from the target, forked at `fork`.
 fn child_history(m: &Machine, tli: TimelineId, fork: Lsn) -> TimelineHistory {
     let mut h = m.timelines.expected.clone();
+    let last_begin = h.spans().last().map_or(Lsn::INVALID, |s| s.begin);
+    let fork = fork.max(last_begin);
     let mut t = m.timelines.target;
     // Intermediate timelines, a few at most (ids may be far apart).
     while t < tli && tli.0 - t.0 > 1 && h.spans().len() < 8 {
@@ -442,6 +445,8 @@ fn redo_results(m: &Machine) -> Vec<Event> {
         },
     ];
     if req.upto > m.replay_lsn {
+        // Redo stops below the limit: the next record is incomplete.
+        out.push(Event::EndOfWalReached { at: m.replay_lsn });
         out.push(Event::WalReplayed {
             upto: plus(m.replay_lsn, req.upto.saturating_sub(m.replay_lsn) / 2),
         });

@@ -41,24 +41,29 @@ pub(crate) fn check_machine(m: &Machine, state: &State) -> Result<(), InvariantV
 /// Nothing at or past a known invalid record is read again from the copy
 /// that holds it.
 fn check_bad_record(m: &Machine) -> Result<(), InvariantViolation> {
-    let (Some(bad), Some(req)) = (&m.bad, &m.replay_req) else {
+    let Some(req) = &m.replay_req else {
         return Ok(());
     };
-    if bad.at != m.replay_lsn || req.upto <= bad.at {
-        return Ok(());
-    }
-    let same_copy = match req.source {
-        WalSource::Stream => bad.source == WalSource::Stream && req.session == bad.session,
-        _ => req.tli == bad.tli && bad.segno == m.replay_lsn.segno(m.config.wal_segment_size),
-    };
-    if same_copy {
-        return Err(violation(
-            "never-reapply-bad-record",
-            format!(
-                "replay from {} tli {} to {} reads the copy whose record at {} failed {:?}",
-                req.source, req.tli.0, req.upto, bad.at, bad.check
-            ),
-        ));
+    let seg_size = m.config.wal_segment_size;
+    let at_segno = m.replay_lsn.segno(seg_size);
+    // A round request for a later segment reads the record's start from a
+    // file the machine does not name; only same-segment requests are judged.
+    let same_segment = req.source == WalSource::Stream
+        || Lsn(req.upto.0.saturating_sub(1)).segno(seg_size) == at_segno;
+    for bad in m.bad.iter().filter(|b| b.at == m.replay_lsn) {
+        let same_copy = match req.source {
+            WalSource::Stream => bad.source == WalSource::Stream && req.session == bad.session,
+            _ => req.tli == bad.tli && bad.segno == at_segno,
+        };
+        if same_copy && same_segment && req.upto > bad.at {
+            return Err(violation(
+                "never-reapply-bad-record",
+                format!(
+                    "replay from {} tli {} to {} reads the copy whose record at {} failed {:?}",
+                    req.source, req.tli.0, req.upto, bad.at, bad.check
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -66,7 +66,7 @@ impl Machine {
                 min_recovery_point,
                 crash_recovery_first,
             } => {
-                let history = if history.timeline() == *tli {
+                let history = if history.timeline() == *tli && history.is_consistent() {
                     history.clone()
                 } else {
                     ctx.report(Report::HistoryIgnored { tli: *tli });
@@ -167,10 +167,11 @@ impl Machine {
                 next_tli,
                 switch_point,
             } => {
-                if self.stale(ctx, *session) {
+                if self.stale(ctx, *session)
+                    || !self.note_timeline_end(ctx, *session, *tli, *next_tli, *switch_point)
+                {
                     return Handled;
                 }
-                self.note_timeline_end(*session, *tli, *next_tli, *switch_point);
                 self.stream_news(ctx, false)
             }
             Event::TimerFired => {
@@ -181,10 +182,14 @@ impl Machine {
                 self.leave_retry(ctx)
             }
             Event::EndOfWalReached { .. } | Event::InvalidRecord { .. } => {
-                if let Some(ReplayEnd::Invalid(req)) = self.finish_replay(ctx, event) {
-                    if req.session.is_some_and(|s| self.is_current(s)) {
+                match self.finish_replay(ctx, event) {
+                    None => return Handled,
+                    Some(ReplayEnd::Invalid(req))
+                        if req.session.is_some_and(|s| self.is_current(s)) =>
+                    {
                         self.stop_receiver(ctx);
                     }
+                    Some(_) => {}
                 }
                 if ctx.now < self.retry_deadline(retry) {
                     return Handled;
@@ -224,10 +229,11 @@ impl Machine {
                 next_tli,
                 switch_point,
             } => {
-                if self.stale(ctx, *session) {
+                if self.stale(ctx, *session)
+                    || !self.note_timeline_end(ctx, *session, *tli, *next_tli, *switch_point)
+                {
                     return Handled;
                 }
-                self.note_timeline_end(*session, *tli, *next_tli, *switch_point);
                 self.stream_news(ctx, true)
             }
             Event::StreamLost { session, reason } => {
@@ -278,7 +284,7 @@ impl Machine {
                 switch_point,
             } => {
                 if !self.stale(ctx, *session) {
-                    self.note_timeline_end(*session, *tli, *next_tli, *switch_point);
+                    self.note_timeline_end(ctx, *session, *tli, *next_tli, *switch_point);
                 }
                 Handled
             }

@@ -101,6 +101,9 @@ pub struct Recovery {
     replay_high_water: Lsn,
     /// Set once `AcceptWrites` was emitted.
     writes_accepted: Option<TimelineId>,
+    /// The last `Replay` asked for and the replay position then: asking
+    /// for the same again without progress is a livelock.
+    last_replay: Option<(Action, Lsn)>,
     /// The first invariant broken inside a step (seen by `check_invariants`).
     #[serde(skip)]
     broken: Option<InvariantViolation>,
@@ -158,6 +161,7 @@ impl Recovery {
             transitions_dropped: 0,
             replay_high_water: Lsn::INVALID,
             writes_accepted: None,
+            last_replay: None,
             broken: None,
         })
     }
@@ -283,6 +287,27 @@ impl Recovery {
                 Action::AcceptWrites { tli } => self.writes_accepted = Some(*tli),
                 Action::WriteHistoryFile { tli, .. } => {
                     broken.extend(self.check_new_timeline(*tli))
+                }
+                Action::Replay { .. } => {
+                    // Redo's answer leading straight to the same request.
+                    let from_redo = matches!(
+                        t.event.kind(),
+                        EventKind::EndOfWalReached
+                            | EventKind::InvalidRecord
+                            | EventKind::WalReplayed
+                    );
+                    let again = from_redo
+                        && self
+                            .last_replay
+                            .as_ref()
+                            .is_some_and(|(last, at)| last == a && *at == t.replay_lsn);
+                    if again {
+                        broken.push(violation(
+                            "no-replay-livelock",
+                            format!("{a} asked again at {} without progress", t.replay_lsn),
+                        ));
+                    }
+                    self.last_replay = Some((a.clone(), t.replay_lsn));
                 }
                 _ => {}
             }

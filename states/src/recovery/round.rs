@@ -257,8 +257,8 @@ impl Machine {
     /// replay position: reading it again would fail at once.
     pub(crate) fn local_is_bad(&self, tli: TimelineId, segno: SegNo) -> bool {
         self.bad
-            .as_ref()
-            .is_some_and(|b| b.tli == tli && b.segno == segno && b.at == self.replay_lsn)
+            .iter()
+            .any(|b| b.tli == tli && b.segno == segno && b.at == self.replay_lsn)
     }
 
     /// An answer to the round's outstanding request.

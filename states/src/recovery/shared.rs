@@ -88,6 +88,10 @@ pub struct Received {
     pub upto: Lsn,
     /// The upstream ended `tli` here (`TimelineEnded`).
     pub ended_at: Option<Lsn>,
+    /// Redo applied everything complete below this limit (a stream replay
+    /// up to it ended): asking again before more is flushed would find
+    /// the same incomplete record.
+    pub drained_to: Lsn,
 }
 
 /// The outstanding `Replay` request (at most one).
@@ -171,6 +175,10 @@ impl ReplayEnd {
     }
 }
 
+/// At most this many copies are remembered as holding an invalid record at
+/// the replay position (one per timeline and source is all there can be).
+pub const MAX_BAD_COPIES: usize = 16;
+
 /// The shared storage of the recovery machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
@@ -200,9 +208,10 @@ pub struct Machine {
     /// When the current or last round began (rounds are at least
     /// `wal_retrieve_retry_interval` apart).
     pub round_started_at: Millis,
-    /// The last invalid record, until replay passes it or a fresh copy
-    /// replaces the file.
-    pub bad: Option<BadRecord>,
+    /// Invalid records at the replay position, one per copy that held
+    /// one, until replay passes them or a fresh copy replaces the file
+    /// (at most [`MAX_BAD_COPIES`]).
+    pub bad: Vec<BadRecord>,
     /// Invalid records at one position (ping-pong detection).
     pub stall: Stall,
     /// restore_command failures in a row (back-off; reset by any answer).
@@ -229,7 +238,7 @@ impl Machine {
             fetch_req: None,
             round: None,
             round_started_at: Millis::ZERO,
-            bad: None,
+            bad: Vec::new(),
             stall: Stall::default(),
             restore_failures: 0,
             promote_pending: false,
@@ -277,6 +286,7 @@ impl Machine {
             tli,
             upto: from,
             ended_at: None,
+            drained_to: from,
         });
         ctx.act(Action::StartWalReceiver { session, from, tli });
     }
@@ -332,33 +342,46 @@ impl Machine {
                 r.status = ReceiverStatus::Streaming;
             }
         }
-        // A new session rewrote the segment holding the invalid record.
-        if let Some(bad) = &self.bad {
-            if bad.tli == tli && upto > bad.at && bad.session != Some(session) {
-                ctx.because(format!("session {session} rewrote the WAL at {}", bad.at));
-                self.bad = None;
-            }
+        // A new session rewrote the segment holding an invalid record.
+        let before = self.bad.len();
+        self.bad
+            .retain(|b| !(b.tli == tli && upto > b.at && b.session != Some(session)));
+        if self.bad.len() < before {
+            ctx.because(format!(
+                "session {session} rewrote the WAL at {}",
+                self.replay_lsn
+            ));
         }
         true
     }
 
-    /// `TimelineEnded` from the current session.
+    /// `TimelineEnded` from the current session. Returns whether it was
+    /// about the session's timeline (else it is ignored).
     pub(crate) fn note_timeline_end(
         &mut self,
+        ctx: &mut Ctx,
         session: SessionId,
         tli: TimelineId,
         next_tli: TimelineId,
         switch_point: Lsn,
-    ) {
+    ) -> bool {
+        let Some(rec) = self
+            .received
+            .as_mut()
+            .filter(|r| r.session == session && r.tli == tli)
+        else {
+            ctx.because(format!(
+                "timeline {} is not what session {session} streams",
+                tli.0
+            ));
+            return false;
+        };
+        rec.ended_at = Some(switch_point);
         self.timelines.saw(next_tli);
         if let Some(r) = self.receiver.as_mut().filter(|r| r.session == session) {
             r.status = ReceiverStatus::Ended;
         }
-        if let Some(rec) = self.received.as_mut() {
-            if rec.session == session && rec.tli == tli {
-                rec.ended_at = Some(switch_point);
-            }
-        }
+        true
     }
 
     /// Facts a history file carries, whoever asked: the timeline exists.
@@ -379,9 +402,7 @@ impl Machine {
             return;
         }
         self.replay_lsn = upto;
-        if self.bad.as_ref().is_some_and(|b| b.at < upto) {
-            self.bad = None;
-        }
+        self.bad.retain(|b| b.at >= upto);
         if self.stall.at < upto {
             self.stall = Stall { at: upto, count: 0 };
         }
@@ -413,6 +434,13 @@ impl Machine {
         self.note_replayed(ctx, at);
         let req = self.replay_req.take()?;
         let Some(check) = check else {
+            if let Some(rec) = self
+                .received
+                .as_mut()
+                .filter(|r| Some(r.session) == req.session)
+            {
+                rec.drained_to = rec.drained_to.max(req.upto);
+            }
             return Some(ReplayEnd::Done(req));
         };
         self.mark_bad(ctx, &req, check);
@@ -421,12 +449,18 @@ impl Machine {
 
     fn mark_bad(&mut self, ctx: &mut Ctx, req: &ReplayRequest, check: RecordCheck) {
         let at = self.replay_lsn;
-        self.bad = Some(BadRecord {
+        let segno = at.segno(self.config.wal_segment_size);
+        self.bad
+            .retain(|b| !(b.tli == req.tli && b.segno == segno && b.session == req.session));
+        if self.bad.len() >= MAX_BAD_COPIES {
+            self.bad.remove(0);
+        }
+        self.bad.push(BadRecord {
             at,
             check,
             source: req.source,
             tli: req.tli,
-            segno: at.segno(self.config.wal_segment_size),
+            segno,
             session: req.session,
         });
         if self.stall.at == at {
@@ -469,13 +503,7 @@ impl Machine {
         // A restored copy replaced the file holding the invalid record.
         let restored = at == Location::Archive && matches!(outcome, FetchOutcome::Found(_));
         if let (true, WalFile::Segment { tli, segno }) = (restored, file) {
-            if self
-                .bad
-                .as_ref()
-                .is_some_and(|b| b.tli == *tli && b.segno == *segno)
-            {
-                self.bad = None;
-            }
+            self.bad.retain(|b| !(b.tli == *tli && b.segno == *segno));
         }
     }
 
@@ -525,7 +553,7 @@ impl Machine {
         if rec.tli != self.timelines.timeline_of(self.replay_lsn) {
             return None;
         }
-        let blocked = self.bad.as_ref().is_some_and(|b| {
+        let blocked = self.bad.iter().any(|b| {
             b.source == WalSource::Stream
                 && b.session == Some(rec.session)
                 && b.at == self.replay_lsn
@@ -537,7 +565,7 @@ impl Machine {
         if let Some(end) = self.timelines.end_of(rec.tli) {
             limit = limit.min(end);
         }
-        (!blocked && limit > self.replay_lsn).then_some(limit)
+        (!blocked && limit > self.replay_lsn && limit > rec.drained_to).then_some(limit)
     }
 
     /// Replay received WAL if redo is idle and there is some. Returns
@@ -562,7 +590,11 @@ impl Machine {
     pub(crate) fn stream_exhausted_at_end(&self) -> bool {
         self.replay_req.is_none()
             && self.received.as_ref().is_some_and(|r| {
-                self.is_current(r.session) && r.ended_at.is_some_and(|e| self.replay_lsn >= e)
+                // After a timeline end nothing more comes: what was flushed
+                // is all there is.
+                let end = r.ended_at.map(|e| e.min(r.upto));
+                self.is_current(r.session)
+                    && end.is_some_and(|e| self.replay_lsn >= e || r.drained_to >= e)
             })
     }
 

@@ -84,7 +84,7 @@ impl Timelines {
     /// Record `tli`'s history. A history that describes another timeline is
     /// refused with the report to log.
     pub fn learn(&mut self, tli: TimelineId, history: &TimelineHistory) -> Result<(), Report> {
-        if history.timeline() != tli {
+        if history.timeline() != tli || !history.is_consistent() {
             return Err(Report::HistoryIgnored { tli });
         }
         self.saw(tli);
