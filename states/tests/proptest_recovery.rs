@@ -216,10 +216,19 @@ fn run(config: RecoveryConfig, steps: &[Step]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// 512 cases; PROPTEST_CASES raises it for a longer local run. (The crate
+/// forbids reading the environment; its tests may.)
+#[allow(clippy::disallowed_methods)]
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(512)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
-        // PROPTEST_CASES raises it for a longer local run.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512),
+        cases: cases(),
         failure_persistence: Some(Box::new(
             proptest::test_runner::FileFailurePersistence::Direct("proptest-regressions/recovery.txt"),
         )),
