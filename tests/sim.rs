@@ -181,6 +181,8 @@ struct World {
     /// A redo result is on its way to the core.
     redo_in_flight: bool,
     restartpoint: Lsn,
+    /// The minimum recovery point of the current incarnation.
+    min_point: Lsn,
     session: Option<Session>,
     healed: bool,
     promote_requested: bool,
@@ -206,6 +208,8 @@ struct Stats {
     promoted: u64,
     caught_up: u64,
     fatal: u64,
+    /// The first seeds that ended in a (legitimate) fatal stop.
+    fatal_seeds: Vec<u64>,
     restarts: u64,
     followed_timeline: u64,
     invalid_records: u64,
@@ -219,7 +223,12 @@ impl Stats {
         self.seeds += 1;
         match w.core.state() {
             StateKind::Promoted => self.promoted += 1,
-            StateKind::Stopped => self.fatal += 1,
+            StateKind::Stopped => {
+                self.fatal += 1;
+                if self.fatal_seeds.len() < 5 {
+                    self.fatal_seeds.push(w.seed);
+                }
+            }
             _ => self.caught_up += 1,
         }
         self.restarts += u64::from(w.restarts);
@@ -279,6 +288,7 @@ impl World {
             job: None,
             redo_in_flight: false,
             restartpoint: start,
+            min_point: start,
             session: None,
             healed: false,
             promote_requested: false,
@@ -923,6 +933,7 @@ impl World {
         self.seg_file.clear();
         self.core = Recovery::new(self.config.clone()).expect("valid config");
         let started = self.started(self.restartpoint, crash_first);
+        self.min_point = self.applied.max(self.restartpoint);
         self.applied = self.restartpoint;
         self.at(self.now, "startup", Item::Deliver(started));
     }
@@ -1048,11 +1059,22 @@ impl World {
     }
 
     /// Recovery stopped on its own only for a promotion that could not
-    /// reach the consistent point.
+    /// reach the consistent point, and only if `wal/` really does not hold
+    /// the WAL up to it (a corrupt archive copy may have replaced a good
+    /// local file: archive before `wal/`, as PostgreSQL does).
     fn stopped_is_legitimate(&self) -> SimResult {
         let last = self.lines.iter().rev().find(|l| l.contains("Exit("));
         match last {
-            Some(l) if l.contains("before consistent recovery point") => Ok(()),
+            Some(l) if l.contains("before consistent recovery point") => {
+                let reachable = self.replayable_end();
+                if reachable >= self.min_point {
+                    return Err(format!(
+                        "promotion stopped before the consistent point {} but wal/ holds WAL up to {reachable}",
+                        self.min_point
+                    ));
+                }
+                Ok(())
+            }
             _ => Err(format!(
                 "recovery stopped: {}",
                 last.cloned().unwrap_or_default()

@@ -348,6 +348,8 @@ pub mod play {
         let mut s = Scenario::new(both());
         s.ev(started(at(2, 0x28), 1, at(2, 0x28), true));
         assert_eq!(s.state(), StateKind::CrashRecovery);
+        // `latest` is resolved first (wal/ only in crash recovery).
+        s.ev(no_local_history(2));
         s.ev(local(1, 2));
         s.ev(promote());
         s.ev(eow(seg(3)));
@@ -427,8 +429,8 @@ pub mod play {
         let mut s = Scenario::new(archive_only());
         s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
         s.ev(promote());
-        // The rescan's answer ends the rescan: no timeline is followed now.
-        s.ev(no_history(2));
+        // The first rescan (resolving `latest`) completes during promotion.
+        s.ev(no_history(2)).ev(no_local_history(2));
         s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
         s.ev(no_history(2)).ev(no_local_history(2));
         s.ev(Event::PromotionStepFailed {
@@ -473,6 +475,7 @@ pub mod play {
     pub fn crash_recovery_then_archive_recovery() -> Scenario {
         let mut s = Scenario::new(both());
         s.ev(started(at(2, 0x28), 1, at(2, 0x28), true));
+        s.ev(no_local_history(2));
         s.ev(local(1, 2)).ev(eow(seg(3)));
         s.ev(local(1, 3))
             .ev(invalid(at(3, 0x7000), RecordCheck::Length));
@@ -568,7 +571,7 @@ fn machine_in(state: StateKind) -> Scenario {
         StateKind::Promoted => {
             let mut s = Scenario::new(archive_only());
             s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
-            s.ev(promote()).ev(no_history(2));
+            s.ev(promote()).ev(no_history(2)).ev(no_local_history(2));
             s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
             play::finish_promotion(&mut s, 2);
             s

@@ -149,6 +149,7 @@ pub fn explore(configs: &[RecoveryConfig]) -> Graph {
 pub fn explore_bounded(configs: &[RecoveryConfig], max_expanded: usize) -> Graph {
     let mut graph = Graph::default();
     let mut seen = HashSet::new();
+    let mut unsolicited_tried = HashSet::new();
     let mut queue = VecDeque::new();
     for (i, config) in configs.iter().enumerate() {
         if let Ok(core) = Recovery::new(config.clone()) {
@@ -162,7 +163,13 @@ pub fn explore_bounded(configs: &[RecoveryConfig], max_expanded: usize) -> Graph
             break;
         }
         graph.expanded += 1;
-        for (now, event) in sample_events(&core) {
+        // Unsolicited events change nothing visible: tried once per state
+        // and configuration, which keeps exploration fast.
+        let (mut events, unsolicited) = sample_events_split(&core);
+        if unsolicited_tried.insert((i, core.state())) {
+            events.extend(unsolicited);
+        }
+        for (now, event) in events {
             let mut next = core.clone();
             next.handle(now, event);
             let Some(t) = drain(&mut next) else { continue };
@@ -257,11 +264,22 @@ pub fn abstract_key(core: &Recovery) -> String {
     )
 }
 
+/// An event and the time to deliver it at.
+pub type TimedEvent = (Millis, Event);
+
 /// Events worth trying on `core`: the answers to its outstanding requests
 /// (every outcome), the walreceiver's possible news, redo results, the
 /// trigger, the timer (at its deadline), shutdown, promotion steps, and an
 /// unsolicited instance of every other event kind. Each with its time.
-pub fn sample_events(core: &Recovery) -> Vec<(Millis, Event)> {
+pub fn sample_events(core: &Recovery) -> Vec<TimedEvent> {
+    let (mut plausible, unsolicited) = sample_events_split(core);
+    plausible.extend(unsolicited);
+    plausible
+}
+
+/// [`sample_events`] in two parts: the plausible ones, and the unsolicited
+/// instances of the remaining kinds (which change nothing visible).
+pub fn sample_events_split(core: &Recovery) -> (Vec<TimedEvent>, Vec<TimedEvent>) {
     let m = core.shared();
     let now = core.now;
     let mut out: Vec<Event> = Vec::new();
@@ -276,18 +294,18 @@ pub fn sample_events(core: &Recovery) -> Vec<(Millis, Event)> {
         trigger: PromoteTrigger::Command,
     });
     out.push(Event::ShutdownRequested);
-    let covered: BTreeSet<EventKind> = out.iter().map(|e| e.kind()).collect();
-    out.extend(
-        unsolicited(m)
-            .into_iter()
-            .filter(|e| !covered.contains(&e.kind())),
-    );
-    let mut timed: Vec<(Millis, Event)> = out.into_iter().map(|e| (now, e)).collect();
+    let mut timed: Vec<TimedEvent> = out.into_iter().map(|e| (now, e)).collect();
     timed.push((
         core.poll_timeout().unwrap_or(now).max(now),
         Event::TimerFired,
     ));
-    timed
+    let covered: BTreeSet<EventKind> = timed.iter().map(|e| e.1.kind()).collect();
+    let others = unsolicited(m)
+        .into_iter()
+        .filter(|e| !covered.contains(&e.kind()))
+        .map(|e| (now, e))
+        .collect();
+    (timed, others)
 }
 
 /// `lsn + bytes`, saturating (sample data must not overflow on any state).

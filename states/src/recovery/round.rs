@@ -121,11 +121,16 @@ impl Machine {
             },
             skip_archive: mode == RoundMode::LocalOnly || !self.config.archive_configured,
         });
-        match (mode, self.scan_bound()) {
-            (RoundMode::Standby, Some(_)) => {
-                self.scan_next(ctx, self.timelines.target.checked_next(), 0)
+        // Standby rounds rescan (PostgreSQL rescans after every stream
+        // failure); any round rescans until `latest` was resolved once, as
+        // PostgreSQL resolves it before recovery begins.
+        let rescan = mode == RoundMode::Standby || !self.timeline_resolved;
+        match (rescan, self.scan_bound()) {
+            (true, Some(_)) => self.scan_next(ctx, self.timelines.target.checked_next(), 0),
+            _ => {
+                self.timeline_resolved = true;
+                self.fetch_after(ctx, None)
             }
-            _ => self.fetch_after(ctx, None),
         }
     }
 
@@ -176,6 +181,7 @@ impl Machine {
     /// The rescan is over: follow the newest known timeline if PostgreSQL's
     /// rules allow, then look for the segment.
     fn finish_scan(&mut self, ctx: &mut Ctx) -> RoundOutcome {
+        self.timeline_resolved = true;
         let limit = match self.config.target_timeline {
             TargetTimeline::Id(n) => Some(n),
             _ => None,
@@ -272,10 +278,6 @@ impl Machine {
             return RoundOutcome::Waiting;
         };
         match (round.step, outcome) {
-            // Promotion began during a rescan: no timeline is followed now.
-            (Step::Scan { .. }, _) if round.mode == RoundMode::Promotion => {
-                self.fetch_after(ctx, None)
-            }
             (Step::Scan { tli, probes, .. }, FetchOutcome::Found(Some(h)))
                 if h.timeline() == tli =>
             {

@@ -218,6 +218,9 @@ pub struct Machine {
     pub restore_failures: u32,
     /// Promotion was requested before recovery started.
     pub promote_pending: bool,
+    /// A rescan for newer timelines completed once (PostgreSQL resolves
+    /// `recovery_target_timeline = latest` before recovery begins).
+    pub timeline_resolved: bool,
     /// The timeline promotion chose, once chosen.
     pub promoted_tli: Option<TimelineId>,
 }
@@ -242,6 +245,7 @@ impl Machine {
             stall: Stall::default(),
             restore_failures: 0,
             promote_pending: false,
+            timeline_resolved: false,
             promoted_tli: None,
         }
     }
