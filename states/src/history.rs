@@ -14,8 +14,11 @@ use crate::lsn::{Lsn, TimelineId};
 /// `None` for the newest timeline (it has not ended).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineSpan {
+    /// The timeline.
     pub tli: TimelineId,
+    /// Its first position (where its parent ended).
     pub begin: Lsn,
+    /// Its switch point to the next timeline, `None` for the newest.
     pub end: Option<Lsn>,
 }
 
@@ -31,13 +34,31 @@ pub struct TimelineHistory {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HistoryError {
     /// A line is not `tli<TAB>X/X<TAB>reason`.
-    Syntax { line: usize, text: String },
+    Syntax {
+        /// The line number (1-based).
+        line: usize,
+        /// The line.
+        text: String,
+    },
     /// Timeline ids must strictly increase ("must be in increasing sequence").
-    NotIncreasing { line: usize },
+    NotIncreasing {
+        /// The line number (1-based).
+        line: usize,
+    },
     /// Every ancestor must be lower than the file's own timeline.
-    NotAncestor { line: usize, tli: u32, own: u32 },
+    NotAncestor {
+        /// The line number (1-based).
+        line: usize,
+        /// The ancestor timeline on the line.
+        tli: u32,
+        /// The file's timeline.
+        own: u32,
+    },
     /// Switch points must not go backwards.
-    SwitchPointBackwards { line: usize },
+    SwitchPointBackwards {
+        /// The line number (1-based).
+        line: usize,
+    },
 }
 
 impl fmt::Display for HistoryError {
@@ -66,8 +87,11 @@ impl std::error::Error for HistoryError {}
 /// (the end of the parent) and the reason text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryLine {
+    /// The ancestor timeline.
     pub parent: TimelineId,
+    /// Where it ended: the first position of the next timeline.
     pub switch_point: Lsn,
+    /// Free text (PostgreSQL writes the recovery stop reason).
     pub reason: String,
 }
 

@@ -20,6 +20,8 @@
 //! - [`recovery`]: the standby's recovery machine ([`Recovery`]): events in,
 //!   actions out; its exploration, trace records and invariants.
 
+#![warn(missing_docs)]
+
 pub mod history;
 pub mod lsn;
 pub mod recovery;

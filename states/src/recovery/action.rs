@@ -38,7 +38,10 @@ pub enum ExitReason {
     /// The node asked for a shutdown.
     Shutdown,
     /// Recovery cannot go on (PostgreSQL would FATAL): the message says why.
-    Fatal { message: String },
+    Fatal {
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl fmt::Display for ExitReason {
@@ -65,64 +68,118 @@ pub enum Severity {
 #[serde(tag = "report")]
 pub enum Report {
     /// "consistent recovery state reached at X/X".
-    ConsistentRecoveryState { at: Lsn },
+    ConsistentRecoveryState {
+        /// The replay position.
+        at: Lsn,
+    },
     /// "new target timeline is N".
-    NewTargetTimeline { tli: TimelineId },
+    NewTargetTimeline {
+        /// The new target.
+        tli: TimelineId,
+    },
     /// "new timeline N is not a child of database system timeline M".
-    TimelineNotAChild { tli: TimelineId, target: TimelineId },
+    TimelineNotAChild {
+        /// The newer timeline.
+        tli: TimelineId,
+        /// The current target timeline.
+        target: TimelineId,
+    },
     /// "new timeline N forked off current database system timeline M before
     /// current recovery point X/X".
     TimelineForkedBeforeReplay {
+        /// The newer timeline.
         tli: TimelineId,
+        /// The current target timeline.
         target: TimelineId,
+        /// Where the new timeline forked.
         fork: Lsn,
+        /// The replay position.
         replay: Lsn,
     },
     /// A history file whose contents do not belong to its timeline (wrong
     /// last timeline, or switch points out of order); it was ignored.
-    HistoryIgnored { tli: TimelineId },
+    HistoryIgnored {
+        /// The timeline the file was for.
+        tli: TimelineId,
+    },
     /// A record failed a check and was not applied; the source is exhausted there.
     InvalidRecord {
+        /// Where the invalid record is.
         at: Lsn,
+        /// Where the WAL came from.
         source: WalSource,
+        /// The check that failed.
         check: RecordCheck,
     },
     /// restore_command failed `failures` times in a row; the archive is
     /// retried after a back-off.
     RestoreCommandFailing {
+        /// The file asked for.
         file: WalFile,
+        /// How many in a row.
         failures: u32,
+        /// How restore_command failed.
         reason: String,
     },
     /// The record at `at` was invalid `count` times from the sources in
     /// turn (an archive/stream ping-pong): backing off `retry_in_ms`.
     PingPong {
+        /// The position every source fails at.
         at: Lsn,
+        /// How many times.
         count: u32,
+        /// The wait before the next round.
         retry_in_ms: u64,
     },
     /// "highest timeline N of the primary is behind recovery timeline M".
     UpstreamTimelineBehind {
+        /// The upstream's timeline.
         upstream: TimelineId,
+        /// Our recovery timeline.
         ours: TimelineId,
     },
     /// The walreceiver did not connect in time and was stopped.
-    ReceiverConnectTimeout { after_ms: u64 },
+    ReceiverConnectTimeout {
+        /// How long it was given.
+        after_ms: u64,
+    },
     /// The walreceiver did not report that it stopped; asked again.
-    ReceiverStopSlow { attempts: u32 },
+    ReceiverStopSlow {
+        /// How many times it was asked.
+        attempts: u32,
+    },
     /// restore_command failed while promotion replays what is left: the
     /// archive is skipped and recovery may end earlier than it could.
-    RestoreFailedDuringPromotion { file: WalFile, reason: String },
+    RestoreFailedDuringPromotion {
+        /// The file asked for.
+        file: WalFile,
+        /// How restore_command failed.
+        reason: String,
+    },
     /// Probing the archive for newer timelines failed too often; the new
     /// timeline is chosen from what is known.
-    TimelineProbeGaveUp { tli: TimelineId, failures: u32 },
+    TimelineProbeGaveUp {
+        /// The timeline whose history file was asked for.
+        tli: TimelineId,
+        /// How many in a row.
+        failures: u32,
+    },
     /// Local WAL is exhausted at `at`: crash recovery ends and archive
     /// recovery begins (PostgreSQL switches to standby mode here).
-    CrashRecoveryComplete { at: Lsn },
+    CrashRecoveryComplete {
+        /// Where local WAL ended.
+        at: Lsn,
+    },
     /// "selected new timeline ID: N".
-    SelectedNewTimeline { tli: TimelineId },
+    SelectedNewTimeline {
+        /// The new timeline.
+        tli: TimelineId,
+    },
     /// "archive recovery complete".
-    ArchiveRecoveryComplete { end: Lsn },
+    ArchiveRecoveryComplete {
+        /// End of WAL replayed.
+        end: Lsn,
+    },
 }
 
 impl Report {
@@ -210,62 +267,94 @@ pub enum Action {
     /// (replacing a local copy). Answer: `SegmentRestored`,
     /// `SegmentNotInArchive` or `RestoreCommandFailed`.
     RestoreSegment {
+        /// The timeline.
         tli: TimelineId,
+        /// The segment number.
         segno: crate::lsn::SegNo,
     },
     /// Look for the segment in `wal/` (valid segment header). Answer:
     /// `SegmentFoundLocally` or `SegmentNotFoundLocally`.
     FindLocalSegment {
+        /// The timeline.
         tli: TimelineId,
+        /// The segment number.
         segno: crate::lsn::SegNo,
     },
     /// Run restore_command for `tli`'s history file into `wal/`. Answer:
     /// `HistoryRestored`, `HistoryNotInArchive` or `RestoreCommandFailed`.
-    RestoreHistoryFile { tli: TimelineId },
+    RestoreHistoryFile {
+        /// The timeline.
+        tli: TimelineId,
+    },
     /// Read `wal/TTTTTTTT.history`. Answer: `HistoryFoundLocally` or
     /// `HistoryNotFoundLocally`.
-    FindLocalHistoryFile { tli: TimelineId },
+    FindLocalHistoryFile {
+        /// The timeline.
+        tli: TimelineId,
+    },
     /// Replay records from the replay position while they end at or before
     /// `upto`. WAL between the replay position and `upto` is in `wal/`; the
     /// segments this request made available are the files of timeline
     /// `tli`. Answer: `WalReplayed`* then `EndOfWalReached` or `InvalidRecord`.
     Replay {
+        /// Where the WAL came from.
         source: WalSource,
+        /// The timeline of the files this request made available.
         tli: TimelineId,
+        /// Replay records ending at or before this.
         upto: Lsn,
     },
     /// Start a walreceiver session: START_REPLICATION at `from` (a segment
     /// start) on timeline `tli`. A session waiting after a timeline end may
     /// be reused (PostgreSQL's RESTARTING). Answer: the session's events.
     StartWalReceiver {
+        /// The walreceiver session.
         session: SessionId,
+        /// Start position (a segment start).
         from: Lsn,
+        /// The timeline to stream.
         tli: TimelineId,
     },
     /// Stop the session and wait (bounded) until it no longer writes before
     /// executing the next action. Answer: `WalReceiverStopped`.
-    StopWalReceiver { session: SessionId },
+    StopWalReceiver {
+        /// The walreceiver session.
+        session: SessionId,
+    },
     /// Informational: the machine waits `delay_ms` before retrying; the
     /// runtime's timer follows `poll_timeout()`.
-    ArmRetry { delay_ms: u64 },
+    ArmRetry {
+        /// How long until the retry.
+        delay_ms: u64,
+    },
     /// Recovery now follows timeline `tli`, whose history is `history`: the
     /// WAL reader maps positions to timelines with it.
     SetTargetTimeline {
+        /// The new target timeline.
         tli: TimelineId,
+        /// Its history (maps positions to timelines).
         history: TimelineHistory,
     },
     /// Replay reached the minimum recovery point: reads may be served.
-    ReachedConsistency { at: Lsn },
+    ReachedConsistency {
+        /// The replay position.
+        at: Lsn,
+    },
     /// Remove `standby.signal` durably (before the history file is written).
     RemoveStandbySignal,
     /// Write the new timeline's history file durably (temp file, fsync,
     /// rename, fsync dir; mark it `.ready` for archiving). Answer:
     /// `HistoryFileWritten` or `PromotionStepFailed`.
     WriteHistoryFile {
+        /// The new timeline.
         tli: TimelineId,
+        /// The timeline it forks from.
         parent: TimelineId,
+        /// End of WAL replayed: where the new timeline begins.
         switch_point: Lsn,
+        /// The reason text of the new line.
         reason: String,
+        /// The new timeline's whole history (write `history.to_text()`).
         history: TimelineHistory,
     },
     /// Copy the valid prefix of the last segment to timeline `tli`, start
@@ -273,23 +362,38 @@ pub enum Action {
     /// (new and previous timeline). Answer: `EndOfRecoveryWritten` or
     /// `PromotionStepFailed`.
     WriteEndOfRecovery {
+        /// The new timeline.
         tli: TimelineId,
+        /// The timeline recovery replayed last.
         prev_tli: TimelineId,
+        /// Where WAL continues (end of WAL replayed).
         at: Lsn,
     },
     /// Tell cascading walsenders that `tli` ended at `switch_point` and the
     /// next timeline is `next_tli` (they finish COPY with the switch).
     EndCascadingTimeline {
+        /// The timeline that ends.
         tli: TimelineId,
+        /// Where the timeline ended (first position of the next).
         switch_point: Lsn,
+        /// The timeline that follows.
         next_tli: TimelineId,
     },
     /// Recovery is over: accept writes on timeline `tli`.
-    AcceptWrites { tli: TimelineId },
+    AcceptWrites {
+        /// The timeline writes go to.
+        tli: TimelineId,
+    },
     /// Log (and count) this report.
-    Report { report: Report },
+    Report {
+        /// What to log.
+        report: Report,
+    },
     /// Recovery is over without promotion; the startup process exits.
-    Exit { reason: ExitReason },
+    Exit {
+        /// Why recovery stopped.
+        reason: ExitReason,
+    },
 }
 
 /// The kinds of [`Action`], without their data (exploration, diagrams).

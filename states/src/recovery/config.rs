@@ -73,11 +73,22 @@ impl Default for RecoveryConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
     /// An interval that must be positive is zero.
-    ZeroInterval { name: &'static str },
+    ZeroInterval {
+        /// The parameter.
+        name: &'static str,
+    },
     /// The back-off cap is below the retry interval it multiplies.
-    BackoffCapBelowInterval { cap_ms: u64, interval_ms: u64 },
+    BackoffCapBelowInterval {
+        /// The cap.
+        cap_ms: u64,
+        /// The retry interval.
+        interval_ms: u64,
+    },
     /// A ping-pong needs at least two failures at the same LSN.
-    PingPongThresholdTooLow { threshold: u32 },
+    PingPongThresholdTooLow {
+        /// The threshold given.
+        threshold: u32,
+    },
     /// Timeline 0 does not exist.
     TimelineZero,
 }

@@ -41,9 +41,17 @@ impl fmt::Display for SessionId {
 #[serde(tag = "file")]
 pub enum WalFile {
     /// A WAL segment `TTTTTTTTXXXXXXXXYYYYYYYY`.
-    Segment { tli: TimelineId, segno: SegNo },
+    Segment {
+        /// The timeline.
+        tli: TimelineId,
+        /// The segment number.
+        segno: SegNo,
+    },
     /// A timeline history file `TTTTTTTT.history`.
-    History { tli: TimelineId },
+    History {
+        /// The timeline.
+        tli: TimelineId,
+    },
 }
 
 impl fmt::Display for WalFile {
@@ -129,88 +137,173 @@ pub enum Event {
         crash_recovery_first: bool,
     },
     /// restore_command copied the segment into `wal/` under its real name.
-    SegmentRestored { tli: TimelineId, segno: SegNo },
+    SegmentRestored {
+        /// The timeline.
+        tli: TimelineId,
+        /// The segment number.
+        segno: SegNo,
+    },
     /// restore_command ran and said the segment is not in the archive.
-    SegmentNotInArchive { tli: TimelineId, segno: SegNo },
+    SegmentNotInArchive {
+        /// The timeline.
+        tli: TimelineId,
+        /// The segment number.
+        segno: SegNo,
+    },
     /// restore_command itself failed (killed by a signal, timed out, could
     /// not start): the archive is unhealthy, which is not the same as the
     /// file being absent.
-    RestoreCommandFailed { file: WalFile, reason: String },
+    RestoreCommandFailed {
+        /// The file asked for.
+        file: WalFile,
+        /// How it failed (signal, timeout, exit status).
+        reason: String,
+    },
     /// `wal/` holds the segment (with a valid segment header).
-    SegmentFoundLocally { tli: TimelineId, segno: SegNo },
+    SegmentFoundLocally {
+        /// The timeline.
+        tli: TimelineId,
+        /// The segment number.
+        segno: SegNo,
+    },
     /// `wal/` does not hold the segment.
-    SegmentNotFoundLocally { tli: TimelineId, segno: SegNo },
+    SegmentNotFoundLocally {
+        /// The timeline.
+        tli: TimelineId,
+        /// The segment number.
+        segno: SegNo,
+    },
     /// restore_command fetched `tli`'s history file.
     HistoryRestored {
+        /// The timeline.
         tli: TimelineId,
+        /// The parsed history file.
         history: TimelineHistory,
     },
     /// The archive has no history file for `tli`.
-    HistoryNotInArchive { tli: TimelineId },
+    HistoryNotInArchive {
+        /// The timeline.
+        tli: TimelineId,
+    },
     /// `wal/` holds `tli`'s history file.
     HistoryFoundLocally {
+        /// The timeline.
         tli: TimelineId,
+        /// The parsed history file.
         history: TimelineHistory,
     },
     /// `wal/` has no history file for `tli`.
-    HistoryNotFoundLocally { tli: TimelineId },
+    HistoryNotFoundLocally {
+        /// The timeline.
+        tli: TimelineId,
+    },
     /// The walreceiver connected, passed IDENTIFY_SYSTEM (system id) and
     /// START_REPLICATION: the upstream is on `upstream_tli` and has flushed
     /// `upstream_flush`.
     StreamConnected {
+        /// The walreceiver session.
         session: SessionId,
+        /// The upstream's newest timeline.
         upstream_tli: TimelineId,
+        /// The upstream's flush position.
         upstream_flush: Lsn,
     },
     /// The walreceiver wrote and fsynced WAL of timeline `tli` up to `upto`.
     WalFlushed {
+        /// The walreceiver session.
         session: SessionId,
+        /// The timeline of the files written.
         tli: TimelineId,
+        /// Flushed up to here.
         upto: Lsn,
     },
     /// The upstream ended streaming of `tli` at `switch_point`; the next
     /// timeline is `next_tli` (the result set after CopyDone).
     TimelineEnded {
+        /// The walreceiver session.
         session: SessionId,
+        /// The timeline that ended.
         tli: TimelineId,
+        /// The timeline that follows.
         next_tli: TimelineId,
+        /// Where the timeline ended (first position of the next).
         switch_point: Lsn,
     },
     /// The walreceiver fetched `tli`'s history file (TIMELINE_HISTORY) and
     /// wrote it to `wal/`.
     HistoryReceived {
+        /// The walreceiver session.
         session: SessionId,
+        /// The timeline.
         tli: TimelineId,
+        /// The parsed history file.
         history: TimelineHistory,
     },
     /// The walreceiver's session ended on its own: connection refused or
     /// lost, wal_receiver_timeout, system id mismatch, upstream error.
-    StreamLost { session: SessionId, reason: String },
+    StreamLost {
+        /// The walreceiver session.
+        session: SessionId,
+        /// Why the session ended.
+        reason: String,
+    },
     /// The walreceiver stopped as asked; everything it received is flushed
     /// up to `flushed`.
-    WalReceiverStopped { session: SessionId, flushed: Lsn },
+    WalReceiverStopped {
+        /// The walreceiver session.
+        session: SessionId,
+        /// Everything received is flushed up to here.
+        flushed: Lsn,
+    },
     /// Redo applied every record ending at or before `upto` (progress;
     /// the request is still running).
-    WalReplayed { upto: Lsn },
+    WalReplayed {
+        /// Every record ending here or before is applied.
+        upto: Lsn,
+    },
     /// Redo applied everything valid below the request's limit and stopped
     /// at `at` (the end of the last record applied): the next record is not
     /// complete below the limit.
-    EndOfWalReached { at: Lsn },
+    EndOfWalReached {
+        /// End of the last record applied.
+        at: Lsn,
+    },
     /// The record at `at` failed `check`; it was not applied and redo stopped.
-    InvalidRecord { at: Lsn, check: RecordCheck },
+    InvalidRecord {
+        /// Where the invalid record is (end of the last record applied).
+        at: Lsn,
+        /// The check that failed.
+        check: RecordCheck,
+    },
     /// The trigger watcher saw a promotion request.
-    PromoteRequested { trigger: PromoteTrigger },
+    PromoteRequested {
+        /// What asked for it.
+        trigger: PromoteTrigger,
+    },
     /// The timer armed at `poll_timeout()` expired.
     TimerFired,
     /// The node is shutting down.
     ShutdownRequested,
     /// The new timeline's history file is durable in `wal/`.
-    HistoryFileWritten { tli: TimelineId },
+    HistoryFileWritten {
+        /// The new timeline.
+        tli: TimelineId,
+    },
     /// The end-of-recovery record is durable; WAL ends at `end` on `tli`.
-    EndOfRecoveryWritten { tli: TimelineId, end: Lsn },
+    EndOfRecoveryWritten {
+        /// The new timeline.
+        tli: TimelineId,
+        /// End of WAL after the record.
+        end: Lsn,
+    },
     /// A promotion step failed (an fsync failure, a full disk): recovery
     /// cannot finish and stops.
-    PromotionStepFailed { step: PromotionStep, reason: String },
+    PromotionStepFailed {
+        /// The step.
+        step: PromotionStep,
+        /// Why, in words for the log.
+        reason: String,
+    },
 }
 
 /// The kinds of [`Event`], without their data (exploration, diagrams).

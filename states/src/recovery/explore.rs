@@ -5,7 +5,7 @@
 //! transitions; this makes the diagrams and the transition table come from
 //! the code.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -148,8 +148,8 @@ pub fn explore(configs: &[RecoveryConfig]) -> Graph {
 /// Explore, expanding at most `max_expanded` machines.
 pub fn explore_bounded(configs: &[RecoveryConfig], max_expanded: usize) -> Graph {
     let mut graph = Graph::default();
-    let mut seen = HashSet::new();
-    let mut unsolicited_tried = HashSet::new();
+    let mut seen = BTreeSet::new();
+    let mut unsolicited_tried = BTreeSet::new();
     let mut queue = VecDeque::new();
     for (i, config) in configs.iter().enumerate() {
         if let Ok(core) = Recovery::new(config.clone()) {

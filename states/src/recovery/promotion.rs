@@ -26,8 +26,11 @@ pub const PROMOTION_REASON: &str = "no recovery target specified";
 pub enum Phase {
     /// Waiting for `WalReceiverStopped` of `session`.
     StoppingReceiver {
+        /// The session being stopped.
         session: SessionId,
+        /// When to ask again.
         deadline: Millis,
+        /// How many times it was asked.
         attempts: u32,
     },
     /// Replaying what is here: received WAL, then one round over archive
@@ -35,22 +38,33 @@ pub enum Phase {
     Draining,
     /// Looking for `tli`'s history file (findNewestTimeLine).
     Probing {
+        /// The timeline whose history file is asked for.
         tli: TimelineId,
+        /// Asked of the archive or `wal/`.
         at: Location,
+        /// restore_command failures for this file.
         failures: u32,
+        /// When to retry a failed probe.
         retry_at: Option<Millis>,
+        /// History files probed so far.
         probes: u32,
     },
     /// Waiting for `HistoryFileWritten`.
     WritingHistory {
+        /// The new timeline.
         tli: TimelineId,
+        /// The timeline it forks from.
         parent: TimelineId,
+        /// Where the new timeline begins.
         switch_point: Lsn,
     },
     /// Waiting for `EndOfRecoveryWritten`.
     WritingEndOfRecovery {
+        /// The new timeline.
         tli: TimelineId,
+        /// The timeline it forks from.
         parent: TimelineId,
+        /// Where the new timeline begins.
         switch_point: Lsn,
     },
 }

@@ -46,16 +46,27 @@ pub enum RoundMode {
 pub enum Step {
     /// Looking for `tli`'s history file.
     Scan {
+        /// The timeline whose history file is asked for.
         tli: TimelineId,
+        /// Asked of the archive or `wal/`.
         at: Location,
+        /// History files probed so far.
         probes: u32,
     },
     /// Looking for segment `Round::segno` of `tli`.
-    Fetch { tli: TimelineId, at: Location },
+    Fetch {
+        /// The candidate timeline.
+        tli: TimelineId,
+        /// Asked of the archive or `wal/`.
+        at: Location,
+    },
     /// Replaying what was found, up to `limit`.
     Replay {
+        /// Where the WAL came from.
         source: WalSource,
+        /// The timeline of the file.
         tli: TimelineId,
+        /// Replay up to here.
         limit: Lsn,
     },
 }
@@ -86,11 +97,20 @@ pub enum RoundOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exhaustion {
     /// No candidate has the segment.
-    NotFound { segno: SegNo },
+    NotFound {
+        /// The segment.
+        segno: SegNo,
+    },
     /// A record is invalid at the replay position.
-    Invalid { at: Lsn },
+    Invalid {
+        /// Where the invalid record is.
+        at: Lsn,
+    },
     /// A file ended before the timeline it belongs to did.
-    EndedEarly { at: Lsn },
+    EndedEarly {
+        /// Where the file ended.
+        at: Lsn,
+    },
 }
 
 impl fmt::Display for Exhaustion {

@@ -36,7 +36,10 @@ pub enum Rejection {
     NotAChild,
     /// The new timeline forked off before the replay position: following it
     /// would need WAL that was already replayed differently.
-    ForkedBeforeReplay { fork: Lsn },
+    ForkedBeforeReplay {
+        /// Where the new timeline forked.
+        fork: Lsn,
+    },
 }
 
 /// PostgreSQL's acceptance rule for a new target: the current target must be
