@@ -884,7 +884,7 @@ impl World {
             {
                 let mut trial = files.clone();
                 for seg in start.segno(walseg()).0..=Lsn(end.0 - 1).segno(walseg()).0 {
-                    if self.local.contains_key(&(tli, SegNo(seg))) && seg > at.segno(walseg()).0 {
+                    if self.local.contains_key(&(tli, SegNo(seg))) {
                         trial.insert(SegNo(seg), tli);
                     }
                 }
@@ -1161,5 +1161,15 @@ mod regressions {
     #[test]
     fn seed_291_replay_livelock_at_an_incomplete_record() {
         replay(291);
+    }
+
+    /// After a restart on an old timeline, promotion came before the first
+    /// rescan finished; recovery ended on the old timeline below its
+    /// consistent point ("WAL ends before consistent recovery point")
+    /// although `wal/` held the newer timeline's WAL. PostgreSQL resolves
+    /// `recovery_target_timeline = latest` before recovery begins.
+    #[test]
+    fn seed_26349_promotion_after_restart_resolves_latest_first() {
+        replay(26349);
     }
 }

@@ -382,6 +382,32 @@ pub mod play {
         s
     }
 
+    /// Found by the simulator (SIM_SEED=26349): promotion right after a
+    /// restart must still resolve `recovery_target_timeline = latest`
+    /// first, or recovery ends on the old timeline below its consistent
+    /// point although the newer timeline's WAL is there.
+    pub fn promote_during_the_first_rescan_follows_latest() -> Scenario {
+        let mut s = Scenario::new(archive_only());
+        s.ev(started(at(2, 0x28), 1, at(3, 0x8000), false));
+        s.ev(promote());
+        let h2 = history_after(&TimelineHistory::root(TimelineId(1)), 2, seg(3));
+        s.ev(Event::HistoryRestored {
+            tli: TimelineId(2),
+            history: h2,
+        });
+        s.ev(no_history(3)).ev(no_local_history(3));
+        assert_eq!(s.core.status().target_tli, TimelineId(2));
+        s.ev(restored(1, 2)).ev(eow(seg(3)));
+        assert!(s.emitted(
+            |a| matches!(a, Action::RestoreSegment { tli, segno } if tli.0 == 2 && segno.0 == 3)
+        ));
+        s.ev(restored(2, 3)).ev(eow(at(3, 0x9000)));
+        s.ev(not_in_archive(2, 4)).ev(not_local(2, 4));
+        finish_promotion(&mut s, 3);
+        assert_eq!(s.core.status().replay_lsn, at(3, 0x9000));
+        s
+    }
+
     pub fn promotion_picks_a_timeline_above_the_archive() -> Scenario {
         let mut s = streaming(both());
         let sid = s.session();
@@ -616,6 +642,7 @@ scenarios!(
     promote_in_crash_recovery,
     promote_while_wal_is_still_arriving,
     promotion_picks_a_timeline_above_the_archive,
+    promote_during_the_first_rescan_follows_latest,
     promotion_before_the_consistent_point_is_fatal,
     promotion_step_failure_stops_recovery,
     restart_from_a_restartpoint,
