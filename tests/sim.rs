@@ -1172,4 +1172,12 @@ mod regressions {
     fn seed_26349_promotion_after_restart_resolves_latest_first() {
         replay(26349);
     }
+
+    /// The new timeline's copy of the fork segment was corrupt before the
+    /// fork point; promotion stopped below its consistent point although
+    /// the parent timeline's copy in `wal/` held the WAL.
+    #[test]
+    fn seed_127935_corrupt_fork_segment_copy() {
+        replay(127_935);
+    }
 }

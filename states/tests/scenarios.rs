@@ -184,6 +184,38 @@ pub mod play {
         s
     }
 
+    /// Found by the simulator (SIM_SEED=127935): the newest timeline's
+    /// copy of the fork segment is corrupt before the fork point; the
+    /// parent timeline's copy holds the same WAL up to the fork, so it is
+    /// read next instead of giving up.
+    pub fn corrupt_fork_segment_falls_back_to_the_parent_copy() -> Scenario {
+        let mut s = Scenario::new(archive_only());
+        let fork = at(3, 0x80_0000);
+        let h2 = history_after(&TimelineHistory::root(TimelineId(1)), 2, fork);
+        s.ev(Event::RecoveryStarted {
+            redo_lsn: at(3, 0x28),
+            tli: TimelineId(2),
+            history: h2,
+            min_recovery_point: at(3, 0x28),
+            crash_recovery_first: false,
+        });
+        s.ev(no_history(3)).ev(no_local_history(3));
+        s.ev(restored(2, 3))
+            .ev(invalid(at(3, 0x40_0000), RecordCheck::Crc));
+        assert_eq!(s.state(), StateKind::ArchiveRecovery, "not exhausted yet");
+        assert!(s.emitted(|a| matches!(a, Action::RestoreSegment { tli, .. } if tli.0 == 1)));
+        s.ev(not_in_archive(1, 3)).ev(local(1, 3));
+        assert!(s.emitted(
+            |a| matches!(a, Action::Replay { tli, upto, .. } if tli.0 == 1 && *upto == fork)
+        ));
+        s.ev(eow(fork));
+        // Past the fork: the new timeline's copy again, fetched afresh.
+        assert!(s.emitted(|a| matches!(a, Action::RestoreSegment { tli, .. } if tli.0 == 2)));
+        s.ev(restored(2, 3)).ev(eow(seg(4)));
+        assert_eq!(s.core.status().replay_lsn, seg(4));
+        s
+    }
+
     pub fn corrupt_record_on_the_stream() -> Scenario {
         let mut s = streaming(both());
         let sid = s.session();
@@ -633,6 +665,7 @@ scenarios!(
     timeline_forked_before_replay_is_not_followed,
     corrupt_segment_from_the_archive,
     corrupt_record_on_the_stream,
+    corrupt_fork_segment_falls_back_to_the_parent_copy,
     restore_command_failing_backs_off,
     segment_missing_retries_at_the_interval,
     ping_pong_between_archive_and_stream_is_detected,

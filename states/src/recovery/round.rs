@@ -377,19 +377,47 @@ impl Machine {
         RoundOutcome::Waiting
     }
 
+    /// A copy held an invalid record: it is not read again there. Before
+    /// the round gives up, an older candidate timeline's file of the same
+    /// segment may still hold the WAL up to that timeline's end (the new
+    /// timeline's file starts with a copy of it). PostgreSQL would give up
+    /// on the source at once; trying the remaining candidates is safe (each
+    /// is read only within its own timeline's span) and keeps a corrupt
+    /// copy of the newest file from ending recovery early.
+    fn after_invalid_copy(
+        &mut self,
+        ctx: &mut Ctx,
+        source: WalSource,
+        tli: TimelineId,
+    ) -> RoundOutcome {
+        let at = match source {
+            WalSource::Archive => Location::Archive,
+            _ => Location::Local,
+        };
+        match self.fetch_after(ctx, Some((tli, at))) {
+            RoundOutcome::Waiting => {
+                ctx.because("trying an older timeline's copy of the segment");
+                RoundOutcome::Waiting
+            }
+            RoundOutcome::Exhausted(_) => {
+                self.round = None;
+                RoundOutcome::Exhausted(Exhaustion::Invalid {
+                    at: self.replay_lsn,
+                })
+            }
+        }
+    }
+
     /// The round's replay ended: on to the next segment, or exhausted.
     pub(crate) fn round_on_replay(&mut self, ctx: &mut Ctx, end: ReplayEnd) -> RoundOutcome {
         let Some(round) = self.round.clone() else {
             return RoundOutcome::Waiting;
         };
-        let Step::Replay { limit, .. } = round.step else {
+        let Step::Replay { limit, source, tli } = round.step else {
             return RoundOutcome::Waiting;
         };
         if let ReplayEnd::Invalid(_) = end {
-            self.round = None;
-            return RoundOutcome::Exhausted(Exhaustion::Invalid {
-                at: self.replay_lsn,
-            });
+            return self.after_invalid_copy(ctx, source, tli);
         }
         let seg_size = self.config.wal_segment_size;
         let next = if limit >= segment_end(round.segno, seg_size) {
