@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::node::{RunningNode, StartOptions};
@@ -52,6 +53,41 @@ pub enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Draw the state machines (explored from the code) or render a trace.
+    Viz {
+        #[command(subcommand)]
+        what: VizCommand,
+    },
+}
+
+/// What `walrep viz` draws.
+#[derive(Debug, Subcommand)]
+pub enum VizCommand {
+    /// The standby's recovery state machine.
+    States {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "dot")]
+        format: VizFormat,
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Render a transitions.jsonl (DATADIR/log/transitions.jsonl) as a timeline.
+    Trace {
+        /// The JSON-lines trace file.
+        file: PathBuf,
+    },
+}
+
+/// Diagram formats of `walrep viz states`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum VizFormat {
+    /// Graphviz DOT.
+    Dot,
+    /// Mermaid stateDiagram-v2.
+    Mermaid,
+    /// SVG, laid out in-process (no Graphviz needed).
+    Svg,
 }
 
 fn parse_seg_size(s: &str) -> Result<WalSegSize, String> {
@@ -118,6 +154,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Viz { what } => run_viz(what),
     }
 }
 
@@ -128,4 +165,30 @@ fn peek_log_level(datadir: &std::path::Path, overrides: &[String]) -> String {
     crate::config::Config::load(&dir.config_file(), overrides)
         .map(|c| c.log_level)
         .unwrap_or_else(|_| "info".into())
+}
+
+/// `walrep viz`: diagrams to a file or stdout; traces to stdout.
+fn run_viz(what: VizCommand) -> anyhow::Result<ExitCode> {
+    use crate::viz::{render_trace, standby_diagram, Format};
+    match what {
+        VizCommand::States { format, output } => {
+            let format = match format {
+                VizFormat::Dot => Format::Dot,
+                VizFormat::Mermaid => Format::Mermaid,
+                VizFormat::Svg => Format::Svg,
+            };
+            let text = standby_diagram(format);
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+        }
+        VizCommand::Trace { file } => {
+            let jsonl = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            print!("{}", render_trace(&jsonl)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

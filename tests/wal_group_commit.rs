@@ -65,7 +65,19 @@ fn thirty_two_writers_share_fdatasyncs() {
 #[test]
 fn a_single_committer_flushes_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = new_wal(dir.path(), None);
+    // Keep the WAL-writer thread's timed flushes out of the way, so any park
+    // would be a hand-off the session should not need.
+    let mut cfg = walrep::wal::WalConfig::new(
+        dir.path(),
+        SYSTEM_ID,
+        walrep::TimelineId(1),
+        seg(),
+        walrep::wal::initial_lsn(seg()),
+        walrep::Lsn::INVALID,
+    );
+    cfg.wal_writer_delay = std::time::Duration::from_secs(3600);
+    cfg.wal_writer_flush_after_bytes = 1 << 30;
+    let wal = walrep::wal::Wal::start(cfg).unwrap();
     for i in 0..50 {
         let end = wal.insert(RM_KV, 0, &payload(i, 16)).unwrap();
         wal.wait_flushed(end).unwrap();
