@@ -34,6 +34,14 @@ pub enum Command {
         #[arg(short = 'c', value_name = "NAME=VALUE")]
         overrides: Vec<String>,
     },
+    /// Promote a running standby (PostgreSQL's pg_ctl promote): ask it to
+    /// finish recovery and accept writes, and wait until it does.
+    Promote {
+        datadir: PathBuf,
+        /// Seconds to wait for the promotion to complete (0 = do not wait).
+        #[arg(long, default_value_t = 60)]
+        wait_seconds: u64,
+    },
     /// The main job: a primary with archiving under a write load, crashed
     /// with kill -9 and recovered, every acknowledged write verified.
     Demo {
@@ -128,9 +136,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let level = peek_log_level(&datadir, &overrides);
             crate::logging::init(&level);
             let node = RunningNode::start(&datadir, &StartOptions { overrides })?;
-            let sig = node.wait_for_signal()?;
-            tracing::info!(signal = sig, "shutdown requested");
+            let why = node.wait_for_exit()?;
+            tracing::info!(reason = ?why, "shutdown requested");
             node.stop()?;
+            match why {
+                crate::node::ExitRequest::Signal(_) => Ok(ExitCode::SUCCESS),
+                crate::node::ExitRequest::Fatal(message) => {
+                    anyhow::bail!("recovery failed: {message}")
+                }
+            }
+        }
+        Command::Promote {
+            datadir,
+            wait_seconds,
+        } => {
+            promote(&datadir, wait_seconds)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
@@ -155,6 +175,36 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Viz { what } => run_viz(what),
+    }
+}
+
+/// `walrep promote`: write the request file the standby's trigger watcher
+/// looks for, then wait for the control file to say "in production".
+fn promote(datadir: &std::path::Path, wait_seconds: u64) -> anyhow::Result<()> {
+    let dir = crate::datadir::DataDir::new(datadir);
+    dir.check()?;
+    crate::datadir::DataDirLock::read_ports(&dir)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("no walrep is running in {}", datadir.display()))?;
+    crate::standby::trigger::request_promotion(datadir)?;
+    if wait_seconds == 0 {
+        println!("server promoting");
+        return Ok(());
+    }
+    print!("waiting for server to promote...");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_seconds);
+    loop {
+        if let Ok(c) = crate::store::ControlFile::read(datadir) {
+            if c.state == crate::store::ClusterState::InProduction {
+                println!(" done\nserver promoted (timeline {})", c.timeline);
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            println!(" stopped waiting");
+            anyhow::bail!("server did not promote in time");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
