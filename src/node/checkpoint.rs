@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use super::Node;
-use crate::store::checkpoint::{remove_other_snapshots, write_snapshot};
+use crate::backup::pin::BackupPin;
+use crate::store::checkpoint::{remove_snapshots_except, write_snapshot};
 use crate::store::control::now_ms;
-use crate::store::ClusterState;
+use crate::store::{ClusterState, ControlFile};
 use crate::wal::{Checkpoint, XlogRecord};
 use crate::{Lsn, SegNo};
 
@@ -120,7 +121,10 @@ impl Node {
             };
             c.write(&self.dir.root)?;
         }
-        remove_other_snapshots(&self.dir.root, id).map_err(CheckpointError::Cleanup)?;
+        // Snapshots a running base backup copies stay until it ends.
+        let mut keep = self.backup_pins.pinned_snapshots();
+        keep.push(id);
+        remove_snapshots_except(&self.dir.root, &keep).map_err(CheckpointError::Cleanup)?;
         let report = self.remove_old_wal(&wal, redo)?;
         let done = CheckpointDone {
             checkpoint_lsn: rec.start,
@@ -150,9 +154,26 @@ impl Node {
         Ok(done)
     }
 
+    /// Pin the last checkpoint for a base backup: its snapshot directory
+    /// and the WAL from its redo point stay until the pin is dropped.
+    /// Taken under the checkpoint lock, so the control file read here names
+    /// the snapshot that exists; returns it with the pin.
+    pub fn pin_last_checkpoint(&self) -> (BackupPin, ControlFile) {
+        let _guard = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let control = self.control().clone();
+        let pin = self
+            .backup_pins
+            .pin(control.checkpoint_id, control.redo_lsn);
+        (pin, control)
+    }
+
     /// Remove or recycle segments below the oldest position anything needs:
-    /// the redo point, `wal_keep_size` behind the flush position, and every
-    /// replication slot's restart point. Segments the archiver has not
+    /// the redo point, `wal_keep_size` behind the flush position, every
+    /// replication slot's restart point and every running base backup's
+    /// start. Segments the archiver has not
     /// finished with are kept by the WAL directory itself.
     fn remove_old_wal(
         &self,
@@ -181,6 +202,9 @@ impl Node {
         horizon = horizon.min(Lsn(flushed.0.saturating_sub(keep)).segno(seg));
         if let Some(slot_min) = self.slots_min_restart_lsn() {
             horizon = horizon.min(slot_min.segno(seg));
+        }
+        if let Some(backup_redo) = self.backup_pins.oldest_redo() {
+            horizon = horizon.min(backup_redo.segno(seg));
         }
         // Keep min_wal_size worth of files for reuse as future segments.
         let max_future = self.config.min_wal_size.bytes().unwrap_or(0) / seg.bytes();

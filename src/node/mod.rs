@@ -66,6 +66,11 @@ pub struct Node {
     flush_changed: replication::FlushSignal,
     /// Notified on every standby reply (WAIT).
     replies: replication::FlushSignal,
+    /// Snapshots and WAL that running base backups still copy.
+    pub backup_pins: Arc<crate::backup::pin::BackupPins>,
+    /// Random per start: sent to replication clients (`walrep_instance_id`)
+    /// so a walreceiver pointed at its own node refuses to stream.
+    pub instance_id: u64,
 }
 
 /// Where the node's listeners ended up (port 0 in tests picks a free one).
@@ -303,6 +308,8 @@ impl RunningNode {
             standby_flush: Mutex::new(standby_flush),
             flush_changed: replication::FlushSignal::default(),
             replies: replication::FlushSignal::default(),
+            backup_pins: crate::backup::pin::BackupPins::new(),
+            instance_id: rand::random(),
         });
         if crashed {
             // PostgreSQL ends crash recovery with a checkpoint so the WAL
@@ -441,12 +448,16 @@ fn start_replication(node: &Arc<Node>) -> anyhow::Result<ReplicationServerHandle
         node: Arc::downgrade(node),
     }));
     *node.registry.lock().unwrap_or_else(|e| e.into_inner()) = Some(registry.clone());
+    let options = ServerOptions {
+        instance_id: node.instance_id,
+        ..ServerOptions::from_config(config)
+    };
     let handle = crate::replication::server::spawn(
         listener,
         Arc::new(replication::NodeSource::new(node)),
         node.slots.clone(),
         registry,
-        ServerOptions::from_config(config),
+        options,
     )?;
     node.ports
         .lock()
