@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::node::{RunningNode, StartOptions};
@@ -32,6 +33,14 @@ pub enum Command {
         /// Override a parameter of walrep.toml, as `postgres -c name=value`.
         #[arg(short = 'c', value_name = "NAME=VALUE")]
         overrides: Vec<String>,
+    },
+    /// Promote a running standby (PostgreSQL's pg_ctl promote): ask it to
+    /// finish recovery and accept writes, and wait until it does.
+    Promote {
+        datadir: PathBuf,
+        /// Seconds to wait for the promotion to complete (0 = do not wait).
+        #[arg(long, default_value_t = 60)]
+        wait_seconds: u64,
     },
     /// The main job: a primary with archiving under a write load, crashed
     /// with kill -9 and recovered, every acknowledged write verified.
@@ -86,6 +95,41 @@ pub enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Draw the state machines (explored from the code) or render a trace.
+    Viz {
+        #[command(subcommand)]
+        what: VizCommand,
+    },
+}
+
+/// What `walrep viz` draws.
+#[derive(Debug, Subcommand)]
+pub enum VizCommand {
+    /// The standby's recovery state machine.
+    States {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "dot")]
+        format: VizFormat,
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Render a transitions.jsonl (DATADIR/log/transitions.jsonl) as a timeline.
+    Trace {
+        /// The JSON-lines trace file.
+        file: PathBuf,
+    },
+}
+
+/// Diagram formats of `walrep viz states`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum VizFormat {
+    /// Graphviz DOT.
+    Dot,
+    /// Mermaid stateDiagram-v2.
+    Mermaid,
+    /// SVG, laid out in-process (no Graphviz needed).
+    Svg,
 }
 
 fn parse_seg_size(s: &str) -> Result<WalSegSize, String> {
@@ -126,9 +170,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let level = peek_log_level(&datadir, &overrides);
             crate::logging::init(&level);
             let node = RunningNode::start(&datadir, &StartOptions { overrides })?;
-            let sig = node.wait_for_signal()?;
-            tracing::info!(signal = sig, "shutdown requested");
+            let why = node.wait_for_exit()?;
+            tracing::info!(reason = ?why, "shutdown requested");
             node.stop()?;
+            match why {
+                crate::node::ExitRequest::Signal(_) => Ok(ExitCode::SUCCESS),
+                crate::node::ExitRequest::Fatal(message) => {
+                    anyhow::bail!("recovery failed: {message}")
+                }
+            }
+        }
+        Command::Promote {
+            datadir,
+            wait_seconds,
+        } => {
+            promote(&datadir, wait_seconds)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
@@ -179,6 +235,37 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Viz { what } => run_viz(what),
+    }
+}
+
+/// `walrep promote`: write the request file the standby's trigger watcher
+/// looks for, then wait for the control file to say "in production".
+fn promote(datadir: &std::path::Path, wait_seconds: u64) -> anyhow::Result<()> {
+    let dir = crate::datadir::DataDir::new(datadir);
+    dir.check()?;
+    crate::datadir::DataDirLock::read_ports(&dir)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("no walrep is running in {}", datadir.display()))?;
+    crate::standby::trigger::request_promotion(datadir)?;
+    if wait_seconds == 0 {
+        println!("server promoting");
+        return Ok(());
+    }
+    print!("waiting for server to promote...");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_seconds);
+    loop {
+        if let Ok(c) = crate::store::ControlFile::read(datadir) {
+            if c.state == crate::store::ClusterState::InProduction {
+                println!(" done\nserver promoted (timeline {})", c.timeline);
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            println!(" stopped waiting");
+            anyhow::bail!("server did not promote in time");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -189,6 +276,32 @@ fn peek_log_level(datadir: &std::path::Path, overrides: &[String]) -> String {
     crate::config::Config::load(&dir.config_file(), overrides)
         .map(|c| c.log_level)
         .unwrap_or_else(|_| "info".into())
+}
+
+/// `walrep viz`: diagrams to a file or stdout; traces to stdout.
+fn run_viz(what: VizCommand) -> anyhow::Result<ExitCode> {
+    use crate::viz::{render_trace, standby_diagram, Format};
+    match what {
+        VizCommand::States { format, output } => {
+            let format = match format {
+                VizFormat::Dot => Format::Dot,
+                VizFormat::Mermaid => Format::Mermaid,
+                VizFormat::Svg => Format::Svg,
+            };
+            let text = standby_diagram(format);
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+        }
+        VizCommand::Trace { file } => {
+            let jsonl = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            print!("{}", render_trace(&jsonl)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `HOST:PORT` (`[v6]:PORT` for IPv6 addresses).

@@ -212,6 +212,114 @@ impl Node {
     }
 }
 
+impl Node {
+    /// A standby's restartpoint: snapshot the store as replayed so far and
+    /// point the control file at it, so a crashed standby resumes from here
+    /// instead of its base backup. `None` when nothing was replayed since
+    /// the last one.
+    pub fn restartpoint(
+        &self,
+        cause: CheckpointCause,
+    ) -> Result<Option<CheckpointDone>, CheckpointError> {
+        let _guard = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.wal().is_some() {
+            drop(_guard);
+            return self.checkpoint(cause).map(Some);
+        }
+        let started = Instant::now();
+        // Every record ending at or before `redo` is in the map already.
+        let redo = self.standby.replay_lsn();
+        let redo_tli = self.standby.replay_tli();
+        let (id, chunks, old_redo, old_min) = {
+            let c = self.control();
+            (
+                c.checkpoint_id + 1,
+                self.config.checkpoint_chunks,
+                c.redo_lsn,
+                c.min_recovery_point,
+            )
+        };
+        if redo <= old_redo && cause != CheckpointCause::Shutdown {
+            return Ok(None);
+        }
+        tracing::info!(cause = cause.as_str(), %redo, "restartpoint starting");
+        let snap = write_snapshot(&self.dir.root, id, chunks, &self.store)?;
+        // The snapshot may hold changes replayed while it was written: a
+        // restart must replay at least that far before it is consistent.
+        let min_recovery_point = old_min.max(self.standby.replay_lsn());
+        {
+            let mut c = self.control_mut();
+            c.checkpoint_lsn = redo;
+            c.redo_lsn = redo;
+            c.checkpoint_id = id;
+            c.checkpoint_timeline = redo_tli;
+            c.checkpoint_chunks = chunks;
+            c.min_recovery_point = min_recovery_point;
+            if let Some(target) = self.standby.status().target_tli {
+                c.timeline = target;
+            }
+            c.state = if cause == CheckpointCause::Shutdown {
+                ClusterState::ShutDownInRecovery
+            } else {
+                ClusterState::InArchiveRecovery
+            };
+            c.write(&self.dir.root)?;
+        }
+        let mut pinned = self.backup_pins.pinned_snapshots();
+        pinned.push(id);
+        remove_snapshots_except(&self.dir.root, &pinned).map_err(CheckpointError::Cleanup)?;
+        let seg = self.segdir.seg_size();
+        let keep = self.config.wal_keep_size.bytes().unwrap_or(0);
+        let mut horizon = redo
+            .segno(seg)
+            .min(Lsn(self.standby.receive_lsn().0.saturating_sub(keep)).segno(seg));
+        if keep > 0 && self.standby.receive_lsn() == Lsn::INVALID {
+            horizon = SegNo(0);
+        }
+        if let Some(slot_min) = self.slots_min_restart_lsn() {
+            horizon = horizon.min(slot_min.segno(seg));
+        }
+        if let Some(backup_redo) = self.backup_pins.oldest_redo() {
+            horizon = horizon.min(backup_redo.segno(seg));
+        }
+        let report = self
+            .segdir
+            .remove_old(&crate::wal::RemovalRequest {
+                horizon,
+                archive_mode: self.config.archive_mode == crate::config::ArchiveMode::Always,
+                recycle: None,
+            })
+            .map_err(|e| CheckpointError::Wal(e.into()))?;
+        let done = CheckpointDone {
+            checkpoint_lsn: redo,
+            redo,
+            id,
+            keys: snap.keys,
+            bytes: snap.bytes,
+            segments_removed: report.removed,
+            segments_recycled: report.recycled,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(
+            cause = cause.as_str(),
+            redo = %done.redo,
+            %min_recovery_point,
+            keys = done.keys,
+            removed = done.segments_removed,
+            elapsed_ms = done.elapsed_ms,
+            "restartpoint complete"
+        );
+        *self
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((done.clone(), now_ms()));
+        Ok(Some(done))
+    }
+}
+
 /// Handle of the checkpointer thread.
 pub struct Checkpointer {
     requests: Sender<CheckpointCause>,
@@ -265,19 +373,21 @@ fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>) {
                 Some(CheckpointCause::Time)
             }
             Err(RecvTimeoutError::Timeout) => {
-                let since_redo = node
-                    .wal()
-                    .map(|w| w.inserted().saturating_sub(node.control().redo_lsn))
-                    .unwrap_or(0);
+                let written = match node.wal() {
+                    Some(w) => w.inserted(),
+                    None => node.standby.replay_lsn(),
+                };
+                let since_redo = written.saturating_sub(node.control().redo_lsn);
                 (since_redo >= wal_trigger).then_some(CheckpointCause::Wal)
             }
         };
         let Some(cause) = cause else { continue };
-        if node.wal().is_none() {
-            continue;
-        }
-        match node.checkpoint(cause) {
-            Ok(_) => last = Instant::now(),
+        let result = match node.wal() {
+            Some(_) => node.checkpoint(cause).map(|_| ()),
+            None => node.restartpoint(cause).map(|_| ()),
+        };
+        match result {
+            Ok(()) => last = Instant::now(),
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint failed; the previous checkpoint stays valid");
                 if node.wal().is_some_and(|w| w.poisoned().is_some()) {

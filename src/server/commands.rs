@@ -50,7 +50,11 @@ pub fn execute(s: &mut Session, args: &[&[u8]]) -> Flow {
             return Flow::Close;
         }
     }
-    let result = dispatch(s, &name, args);
+    let result = if reads_data(&name) && s.ctx.backend.role() == Role::Recovering {
+        Err(CmdError::Write(WriteError::NotConsistent))
+    } else {
+        dispatch(s, &name, args)
+    };
     if let Err(e) = result {
         match e {
             CmdError::Reply(text) => reply::error(&mut s.out, &text),
@@ -62,6 +66,11 @@ pub fn execute(s: &mut Session, args: &[&[u8]]) -> Flow {
     } else {
         Flow::Continue
     }
+}
+
+/// Commands that read the store: refused while a standby is not consistent.
+fn reads_data(name: &str) -> bool {
+    matches!(name, "get" | "mget" | "exists" | "dbsize")
 }
 
 fn is_write(name: &str) -> bool {

@@ -66,10 +66,10 @@ pub const STOP_BOUND: Duration = Duration::from_secs(5);
 /// Longest wait to queue one event (the runtime's queue is bounded).
 pub const EVENT_SEND_BOUND: Duration = Duration::from_secs(10);
 
-/// What the walreceiver tells the startup process. Mirrors the
-/// walreceiver events of `walrep_states`' recovery machine (same names and
-/// fields; the session is its `SessionId`'s number); the runtime's event
-/// type implements `From<ReceiverEvent>`.
+/// What the walreceiver tells the startup process: the walreceiver events
+/// of the recovery machine (same names and fields; the session is its
+/// `SessionId`'s number), converted with `From` into
+/// [`crate::states::recovery::Event`] (or any event type implementing it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiverEvent {
     StreamConnected {
@@ -101,6 +101,56 @@ pub enum ReceiverEvent {
         session: u64,
         flushed: Lsn,
     },
+}
+
+impl From<ReceiverEvent> for crate::states::recovery::Event {
+    fn from(e: ReceiverEvent) -> Self {
+        use crate::states::recovery::{Event, SessionId};
+        match e {
+            ReceiverEvent::StreamConnected {
+                session,
+                upstream_tli,
+                upstream_flush,
+            } => Event::StreamConnected {
+                session: SessionId(session),
+                upstream_tli,
+                upstream_flush,
+            },
+            ReceiverEvent::WalFlushed { session, tli, upto } => Event::WalFlushed {
+                session: SessionId(session),
+                tli,
+                upto,
+            },
+            ReceiverEvent::TimelineEnded {
+                session,
+                tli,
+                next_tli,
+                switch_point,
+            } => Event::TimelineEnded {
+                session: SessionId(session),
+                tli,
+                next_tli,
+                switch_point,
+            },
+            ReceiverEvent::HistoryReceived {
+                session,
+                tli,
+                history,
+            } => Event::HistoryReceived {
+                session: SessionId(session),
+                tli,
+                history,
+            },
+            ReceiverEvent::StreamLost { session, reason } => Event::StreamLost {
+                session: SessionId(session),
+                reason,
+            },
+            ReceiverEvent::WalReceiverStopped { session, flushed } => Event::WalReceiverStopped {
+                session: SessionId(session),
+                flushed,
+            },
+        }
+    }
 }
 
 /// What one session needs.
@@ -554,6 +604,68 @@ impl Drop for ReceiverHandle {
             } else {
                 tracing::warn!("walreceiver thread still running after {STOP_BOUND:?}; detached");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::states::recovery::{Event, SessionId};
+
+    #[test]
+    fn events_convert_to_the_machine_s_events() {
+        let s = SessionId(9);
+        let cases = [
+            (
+                ReceiverEvent::StreamConnected {
+                    session: 9,
+                    upstream_tli: TimelineId(2),
+                    upstream_flush: Lsn(5),
+                },
+                Event::StreamConnected {
+                    session: s,
+                    upstream_tli: TimelineId(2),
+                    upstream_flush: Lsn(5),
+                },
+            ),
+            (
+                ReceiverEvent::TimelineEnded {
+                    session: 9,
+                    tli: TimelineId(1),
+                    next_tli: TimelineId(2),
+                    switch_point: Lsn(7),
+                },
+                Event::TimelineEnded {
+                    session: s,
+                    tli: TimelineId(1),
+                    next_tli: TimelineId(2),
+                    switch_point: Lsn(7),
+                },
+            ),
+            (
+                ReceiverEvent::WalReceiverStopped {
+                    session: 9,
+                    flushed: Lsn(3),
+                },
+                Event::WalReceiverStopped {
+                    session: s,
+                    flushed: Lsn(3),
+                },
+            ),
+            (
+                ReceiverEvent::StreamLost {
+                    session: 9,
+                    reason: "x".into(),
+                },
+                Event::StreamLost {
+                    session: s,
+                    reason: "x".into(),
+                },
+            ),
+        ];
+        for (ours, theirs) in cases {
+            assert_eq!(Event::from(ours), theirs);
         }
     }
 }
