@@ -24,15 +24,21 @@ const LINE_INTERVAL: Duration = Duration::from_secs(2);
 /// What `walrep basebackup` was asked to do.
 #[derive(Debug, Clone)]
 pub struct BasebackupOptions {
+    /// The primary's address (its replication listener).
     pub host: String,
+    /// Its `replication_port`.
     pub port: u16,
     /// The directory to create (must be missing or empty).
     pub datadir: PathBuf,
+    /// The replication user (`hba` decides whether it may connect).
     pub user: String,
     /// From PGPASSWORD, as libpq does.
     pub password: Option<String>,
+    /// The connection's application_name, and the standby's with `-R`.
     pub application_name: Option<String>,
+    /// `-R`: standby.signal and primary_conninfo in the copy.
     pub write_standby_config: bool,
+    /// The LABEL option (in backup_label).
     pub label: String,
     /// kB/s, 0 = unlimited (MAX_RATE).
     pub max_rate_kbps: u64,
@@ -43,13 +49,21 @@ pub struct BasebackupOptions {
 /// What a successful backup produced.
 #[derive(Debug, Clone)]
 pub struct BasebackupSummary {
+    /// The primary's (and so the copy's) system identifier.
     pub system_id: u64,
+    /// Where the copy's redo starts.
     pub start: Lsn,
+    /// End of the backup: the copy is consistent from here.
     pub end: Lsn,
+    /// Timeline of the backup.
     pub tli: TimelineId,
+    /// What was written.
     pub extracted: ExtractStats,
+    /// Keys in the copied snapshot (verified).
     pub snapshot_keys: u64,
+    /// WAL records read from start to end (verified).
     pub wal_records: u64,
+    /// Wall time of the whole command.
     pub elapsed: Duration,
     /// The connection string written with `--write-standby-config`.
     pub primary_conninfo: Option<String>,
@@ -235,25 +249,7 @@ fn take(
         )));
     }
     progress.begin(start.tablespaces[0].size_kb.map(|k| k * 1024));
-    let mut extractor = Extractor::new(&opts.datadir);
-    let received = {
-        let mut stream = ArchiveStream::new(&mut client, &mut *progress);
-        let extracted = extractor.extract(&mut stream);
-        let extracted =
-            extracted.and_then(|()| extract::drain(&mut stream, TRAILER_LIMIT).map(|_| ()));
-        if let Err(e) = extracted {
-            return Err(stream
-                .take_error()
-                .map_or(BasebackupError::Extract(e), BasebackupError::Client));
-        }
-        if !stream.ended {
-            return Err(BasebackupError::Protocol(
-                "the archive stream did not end".into(),
-            ));
-        }
-        stream.received
-    };
-    let extracted = extractor.finish().map_err(BasebackupError::Extract)?;
+    let (extracted, received) = receive_archive(&mut client, opts, progress)?;
     let (end, tli) = client.backup_end()?;
     client.close();
     progress.end(received);
@@ -286,17 +282,48 @@ fn take(
     })
 }
 
+/// Extract the archive stream into the target; returns what was written
+/// and the archive bytes received.
+fn receive_archive(
+    client: &mut ReplicationClient,
+    opts: &BasebackupOptions,
+    progress: &mut dyn Progress,
+) -> Result<(ExtractStats, u64), BasebackupError> {
+    let mut extractor = Extractor::new(&opts.datadir);
+    let mut stream = ArchiveStream::new(client, progress);
+    let extracted = extractor
+        .extract(&mut stream)
+        .and_then(|()| extract::drain(&mut stream, TRAILER_LIMIT).map(|_| ()));
+    if let Err(e) = extracted {
+        return Err(stream
+            .take_error()
+            .map_or(BasebackupError::Extract(e), BasebackupError::Client));
+    }
+    if !stream.ended {
+        return Err(BasebackupError::Protocol(
+            "the archive stream did not end".into(),
+        ));
+    }
+    let received = stream.received;
+    let stats = extractor.finish().map_err(BasebackupError::Extract)?;
+    Ok((stats, received))
+}
+
 /// The archive stream as `io::Read`: `d` payloads of the one archive, in
 /// order; EOF at CopyDone. A manifest (not asked for) is skipped.
 struct ArchiveStream<'c> {
     client: &'c mut ReplicationClient,
     progress: &'c mut dyn Progress,
+    /// The current `d` message's bytes; `buf[pos..]` not yet read.
     buf: Vec<u8>,
     pos: usize,
     /// Archive bytes received.
     received: u64,
+    /// `n` messages seen (walrep sends one).
     archives: u32,
+    /// After `m`: `d` messages are the manifest, skipped.
     in_manifest: bool,
+    /// CopyDone seen: EOF.
     ended: bool,
     /// The client error behind an `io::Error` returned to the tar reader.
     error: Option<ClientError>,

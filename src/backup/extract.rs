@@ -38,7 +38,9 @@ fn write_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Extract
 /// What an extraction wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExtractStats {
+    /// Regular files written.
     pub files: u64,
+    /// Directories created.
     pub directories: u64,
     /// Bytes of file contents written.
     pub bytes: u64,
@@ -75,9 +77,11 @@ pub fn safe_member_path(name: &str) -> Result<PathBuf, String> {
 
 /// Extracts members into `dest` (which exists and is empty).
 pub struct Extractor {
+    /// The target directory.
     dest: PathBuf,
     /// Every directory written into (fsynced at the end).
     dirs: BTreeSet<PathBuf>,
+    /// What was written so far.
     stats: ExtractStats,
 }
 

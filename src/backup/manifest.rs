@@ -139,6 +139,7 @@ impl Hasher {
 /// A reader that checksums what passes through it.
 pub struct HashingReader<R> {
     inner: R,
+    /// The checksum of what was read so far.
     pub hasher: Hasher,
 }
 
@@ -191,10 +192,13 @@ fn escape_json(s: &str) -> String {
 
 /// A manifest being built while the archive is written.
 pub struct Manifest {
+    /// The file checksum algorithm (MANIFEST_CHECKSUMS).
     kind: ChecksumKind,
     /// `force-encode`: every path as hex (`Encoded-Path`).
     force_encode: bool,
+    /// The manifest so far.
     text: String,
+    /// No file added yet (the separator differs).
     first_file: bool,
 }
 

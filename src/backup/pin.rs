@@ -29,6 +29,7 @@ pub struct BackupPins {
 struct PinsInner {
     /// Next pin number (pins are removed by number when dropped).
     next: u64,
+    /// Held pins by number.
     pins: BTreeMap<u64, Pinned>,
 }
 
@@ -76,6 +77,7 @@ impl BackupPins {
 #[derive(Debug)]
 pub struct BackupPin {
     pins: Arc<BackupPins>,
+    /// This pin's number in `pins`.
     id: u64,
 }
 

@@ -49,10 +49,15 @@ const ARCHIVE_POLL: Duration = Duration::from_millis(100);
 /// What one base backup produced (logged).
 #[derive(Debug, Clone)]
 pub struct BackupDone {
+    /// The redo point the copy starts from.
     pub start: Lsn,
+    /// End of XLOG_BACKUP_END.
     pub end: Lsn,
+    /// Timeline of both.
     pub tli: TimelineId,
+    /// Archive bytes sent.
     pub bytes: u64,
+    /// WAL segments included.
     pub wal_segments: u64,
 }
 
@@ -150,6 +155,7 @@ struct Backup<'n> {
     options: &'n BaseBackupOptions,
     /// The control file naming the pinned checkpoint.
     control: ControlFile,
+    /// Backup start, seconds since the epoch (backup_label's START TIME).
     started_unix: u64,
     /// The manifest being built, when the client asked for one.
     manifest: Option<Manifest>,
@@ -157,9 +163,13 @@ struct Backup<'n> {
 
 /// A file of the archive: its name in the tar and where to read it.
 struct SourceFile {
+    /// Member name in the tar.
     name: String,
+    /// Where it is read from.
     path: std::path::PathBuf,
+    /// Size when the backup started (the member's size).
     size: u64,
+    /// Modification time, seconds since the epoch.
     mtime: u64,
 }
 

@@ -23,12 +23,15 @@ pub const MAX_NAME_LEN: usize = 99;
 /// and rate limiting.
 pub struct CopyWriter<'a> {
     out: &'a mut dyn BackupOutput,
+    /// Bytes not yet sent (at most one `d` message's worth).
     buf: Vec<u8>,
     /// Archive bytes handed to the client so far (what `p` reports).
     done: u64,
+    /// When the last `p` message went.
     last_progress: Instant,
     /// Bytes per second, 0 = unlimited.
     max_rate_bps: u64,
+    /// Start of the stream (the rate is an average since then).
     started: Instant,
     /// A write to the client failed: the connection is gone.
     pub client_failed: bool,
@@ -164,7 +167,9 @@ pub fn header(name: &str, member: Member, mtime_unix: u64) -> io::Result<tar::He
 /// than its header says.
 pub struct ExactReader<R> {
     inner: R,
+    /// Bytes still owed.
     left: u64,
+    /// The file, for error messages.
     what: String,
 }
 

@@ -25,12 +25,14 @@ pub struct Expected {
     pub start: Lsn,
     /// The end position result set (end of XLOG_BACKUP_END).
     pub end: Lsn,
+    /// The timeline both result sets named.
     pub tli: TimelineId,
 }
 
 /// What the verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
+    /// The copy's control file.
     pub control: ControlFile,
     /// Keys in the snapshot.
     pub snapshot_keys: u64,

@@ -260,8 +260,11 @@ impl ReceiverState {
 /// per node, reused by every session.
 #[derive(Debug, Default)]
 pub struct ReceiverShared {
+    /// End of WAL written by the current session (maybe not durable).
     written: AtomicU64,
+    /// End of WAL fsynced: what redo may read.
     flushed: AtomicU64,
+    /// Timeline of the files `flushed` is in.
     flushed_tli: AtomicU32,
     /// Set by the redo loop: the apply position reported upstream.
     apply: AtomicU64,
@@ -269,6 +272,7 @@ pub struct ReceiverShared {
     feedback_xmin: AtomicU32,
     /// The upstream's flush position as last reported (walEnd).
     upstream_flush: AtomicU64,
+    /// [`ReceiverState`] code, for INFO.
     state: AtomicU8,
     /// The running session's control (to force a reply).
     current: Mutex<Option<Arc<Control>>>,
@@ -355,8 +359,11 @@ impl ReceiverShared {
 /// A new start after a timeline end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RestartOrder {
+    /// The session id events carry from now on.
     session: u64,
+    /// Where START_REPLICATION starts (rounded down to a segment start).
     from: Lsn,
+    /// The timeline to stream.
     tli: TimelineId,
 }
 
@@ -364,17 +371,22 @@ struct RestartOrder {
 /// a restart is accepted only if the session will take it.
 #[derive(Debug, Default)]
 struct RestartSlot {
+    /// The session is in WAITING and will take an order.
     waiting: bool,
+    /// The order given by `restart`, taken by the session.
     order: Option<RestartOrder>,
 }
 
 /// Flags between the handle (and `ReceiverShared`) and the session thread.
 #[derive(Debug)]
 struct Control {
+    /// Wakes the session thread (stop, restart, forced reply).
     latch: Latch,
+    /// `stop()` was called.
     stop: AtomicBool,
     /// The handle was dropped: end without reporting.
     dropped: AtomicBool,
+    /// Send a status update at once (remote_apply).
     reply: AtomicBool,
     restart: Mutex<RestartSlot>,
     /// The session's current id (changes on restart).
@@ -516,6 +528,7 @@ fn send_event<E: From<ReceiverEvent>>(
 pub struct ReceiverHandle {
     control: Arc<Control>,
     shared: Arc<ReceiverShared>,
+    /// The session thread, joined (bounded) on drop.
     thread: Option<JoinHandle<()>>,
     /// The thread reports the flushed position when it has left the upstream.
     done_rx: Receiver<Lsn>,

@@ -11,6 +11,7 @@ use crate::replication::pgwire::{BackendMessage, FrontendMessage};
 /// The options of a BASE_BACKUP command (PostgreSQL 15 syntax).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseBackupRequest {
+    /// LABEL (in backup_label).
     pub label: String,
     /// Ask for the size estimate and progress messages.
     pub progress: bool,
@@ -78,6 +79,7 @@ impl BaseBackupRequest {
 pub struct Tablespace {
     /// NULL for the main data directory.
     pub oid: Option<String>,
+    /// NULL for the main data directory.
     pub location: Option<String>,
     /// Estimated size in kB (NULL without PROGRESS).
     pub size_kb: Option<u64>,
@@ -88,7 +90,9 @@ pub struct Tablespace {
 pub struct BackupStart {
     /// Where redo of the copy starts.
     pub start: Lsn,
+    /// Timeline of `start`.
     pub tli: TimelineId,
+    /// One row per archive to come (one for walrep).
     pub tablespaces: Vec<Tablespace>,
 }
 

@@ -54,7 +54,12 @@ pub(super) fn run(
     done_tx: Sender<Lsn>,
 ) {
     let mut s = Session::new(cfg, control, shared, emit);
-    let end = s.main();
+    let mut end = s.main();
+    if s.control.stopping() {
+        // Whatever cut the session short, it was asked to stop: the
+        // runtime expects WalReceiverStopped, not StreamLost.
+        end = End::Stopped;
+    }
     let flushed = s.finish(&end);
     let control = Arc::clone(&s.control);
     let dropped = || control.dropped.load(Ordering::Acquire);
@@ -91,17 +96,22 @@ struct Session {
     cfg: ReceiverConfig,
     control: Arc<Control>,
     shared: Arc<ReceiverShared>,
+    /// Queues events for the startup process.
     emit: Emit,
     /// The current session id (a restart changes it).
     session: u64,
     /// Where the current START_REPLICATION started (a segment start).
     start: Lsn,
+    /// The timeline being streamed.
     tli: TimelineId,
+    /// Writes received bytes into segment files of `tli`.
     writer: SegmentWriter,
+    /// The upstream connection (kept across a timeline end).
     client: Option<ReplicationClient>,
     /// Status last sent (write, flush, apply) and when.
     last_sent: (Lsn, Lsn, Lsn),
     last_status: Option<Instant>,
+    /// When hot standby feedback was last sent.
     last_feedback: Option<Instant>,
     /// Last time anything arrived; the wal_receiver_timeout clock.
     last_recv: Instant,
