@@ -523,3 +523,48 @@ fn a_silent_upstream_is_pinged_then_times_out() {
         "no status update with replyRequested before the timeout"
     );
 }
+
+#[test]
+fn a_slot_and_hot_standby_feedback_reach_the_upstream() {
+    let server = FakeServer::start(ServerOptions::default());
+    server.source.advance(SEG / 2);
+    let info = walrep::replication::client::ConnInfo::parse(&server.conninfo("")).unwrap();
+    let mut c = walrep::replication::client::ReplicationClient::connect(&info, DEADLINE).unwrap();
+    c.create_physical_slot("standby_slot", false, true).unwrap();
+    c.close();
+    let tmp = tempfile::tempdir().unwrap();
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdIo));
+    let cfg = ReceiverConfig {
+        slot_name: Some("standby_slot".into()),
+        hot_standby_feedback: true,
+        ..config(
+            server.conninfo("application_name=s3"),
+            segdir,
+            Lsn(0),
+            SYSTEM_ID,
+        )
+    };
+    let shared = ReceiverShared::new();
+    shared.set_feedback_xmin(77);
+    let (tx, rx) = bounded(64);
+    let mut h = start(1, cfg, tx, shared).unwrap();
+    expect(
+        &rx,
+        "WalFlushed",
+        |e| matches!(e, ReceiverEvent::WalFlushed { upto, .. } if upto.0 == SEG / 2),
+    );
+    wait_until("the slot and the feedback in the registry", || {
+        server.registry.snapshot().iter().any(|s| {
+            s.application_name == "s3"
+                && s.slot.as_deref() == Some("standby_slot")
+                && s.feedback.is_some_and(|f| f.xmin == 77)
+        })
+    });
+    wait_until("the slot to follow our flush position", || {
+        server
+            .slots
+            .get("standby_slot")
+            .is_some_and(|s| s.restart_lsn == Lsn(SEG / 2))
+    });
+    h.stop();
+}
