@@ -65,7 +65,7 @@ fn a_pin_keeps_its_snapshot_and_wal_through_checkpoints_until_dropped() {
     let wal = node.wal().unwrap();
     let seg = wal.seg_size();
     node.checkpoint(CheckpointCause::Requested).unwrap();
-    let (pin, control) = node.pin_last_checkpoint();
+    let (pin, control) = node.pin_last_checkpoint().unwrap();
     let snapshot = walrep::store::checkpoint::snapshot_dir(&dir, control.checkpoint_id);
     let redo_segment = dir
         .join("wal")

@@ -33,7 +33,7 @@ use crate::replication::sqlstate::{self as code, PgError};
 use crate::store::checkpoint::chunk_name;
 use crate::store::control::{now_ms, CONTROL_FILE};
 use crate::store::{ClusterState, ControlFile};
-use crate::wal::{WalFile, WalFileKind, XlogRecord};
+use crate::wal::{WalFile, WalFileKind};
 use crate::{Lsn, SegNo, TimelineId};
 
 /// Type OIDs of the result set columns.
@@ -75,13 +75,16 @@ pub fn serve(
         )
         .with_hint("Take the base backup from the primary."));
     }
+    if node.is_shutting_down() {
+        return Err(shutting_down());
+    }
     node.checkpoint(CheckpointCause::Requested).map_err(|e| {
         PgError::error(
             code::INTERNAL_ERROR,
             format!("could not checkpoint for the base backup: {e}"),
         )
     })?;
-    let (pin, control) = node.pin_last_checkpoint();
+    let (pin, control) = node.pin_last_checkpoint().ok_or_else(shutting_down)?;
     let started = SystemTime::now();
     tracing::info!(label = %options.label, redo = %control.redo_lsn, checkpoint = %control.checkpoint_lsn, "base backup starting");
     let kind = ChecksumKind::parse(&options.manifest_checksums).unwrap_or(ChecksumKind::Crc32c);
@@ -105,6 +108,10 @@ pub fn serve(
         Err(e) => tracing::warn!(error = %e.message, "base backup failed"),
     }
     result
+}
+
+fn shutting_down() -> PgError {
+    PgError::error(code::ADMIN_SHUTDOWN, "the server is shutting down")
 }
 
 /// Options this server cannot honour are refused, as PostgreSQL refuses
@@ -341,27 +348,22 @@ impl Backup<'_> {
     /// segment switch so the last segment of the backup is complete.
     /// Returns the end of the backup-end record.
     fn stop_backup(&self) -> io::Result<Lsn> {
-        let wal = self.node.wal().ok_or_else(|| {
-            io::Error::other("the node has no WAL writer (it stopped being a primary)")
-        })?;
-        if wal.timeline() != self.tli() {
+        let tli = self.node.wal().map(|w| w.timeline());
+        if tli.is_some_and(|t| t != self.tli()) {
             return Err(io::Error::other(format!(
-                "the timeline changed from {} to {} during the base backup",
-                self.tli().0,
-                wal.timeline().0
+                "the timeline changed from {} during the base backup",
+                self.tli().0
             )));
         }
-        let wal_err = |e: crate::wal::WalError| {
-            io::Error::other(format!("could not write the backup end record: {e}"))
-        };
-        let rec = wal
-            .log_xlog(&XlogRecord::BackupEnd {
-                start: self.control.redo_lsn,
-            })
-            .map_err(wal_err)?;
-        wal.wait_flushed(rec.end).map_err(wal_err)?;
-        wal.switch_segment().map_err(wal_err)?;
-        Ok(rec.end)
+        match self.node.log_backup_end(self.control.redo_lsn) {
+            Ok(Some(end)) => Ok(end),
+            Ok(None) => Err(io::Error::other(
+                "the server is shutting down (or no longer a primary): base backup aborted",
+            )),
+            Err(e) => Err(io::Error::other(format!(
+                "could not write the backup end record: {e}"
+            ))),
+        }
     }
 
     /// The copy's control file: the pinned checkpoint, not consistent

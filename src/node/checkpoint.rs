@@ -154,20 +154,51 @@ impl Node {
         Ok(done)
     }
 
+    /// Shutdown has begun (no new base backup starts).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Pin the last checkpoint for a base backup: its snapshot directory
     /// and the WAL from its redo point stay until the pin is dropped.
     /// Taken under the checkpoint lock, so the control file read here names
-    /// the snapshot that exists; returns it with the pin.
-    pub fn pin_last_checkpoint(&self) -> (BackupPin, ControlFile) {
+    /// the snapshot that exists; returns it with the pin. `None` once the
+    /// node is shutting down.
+    pub fn pin_last_checkpoint(&self) -> Option<(BackupPin, ControlFile)> {
         let _guard = self
             .checkpoint_lock
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        if self.is_shutting_down() {
+            return None;
+        }
         let control = self.control().clone();
         let pin = self
             .backup_pins
             .pin(control.checkpoint_id, control.redo_lsn);
-        (pin, control)
+        Some((pin, control))
+    }
+
+    /// End a base backup (do_pg_backup_stop): log XLOG_BACKUP_END for the
+    /// backup that started at `start`, flush it and switch segments.
+    /// Serialised with checkpoints and refused (`None`) once shutdown has
+    /// begun, so it never follows the shutdown checkpoint. Returns the end
+    /// of the backup-end record.
+    pub fn log_backup_end(&self, start: Lsn) -> Result<Option<Lsn>, crate::wal::WalError> {
+        let _guard = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.is_shutting_down() {
+            return Ok(None);
+        }
+        let Some(wal) = self.wal() else {
+            return Ok(None);
+        };
+        let rec = wal.log_xlog(&XlogRecord::BackupEnd { start })?;
+        wal.wait_flushed(rec.end)?;
+        wal.switch_segment()?;
+        Ok(Some(rec.end))
     }
 
     /// Remove or recycle segments below the oldest position anything needs:
