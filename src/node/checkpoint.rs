@@ -393,7 +393,9 @@ fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>) {
         .unwrap_or(Duration::from_secs(300));
     let wal_trigger = node.config.max_wal_size.bytes().unwrap_or(1 << 30) / 2;
     let mut last = Instant::now();
+    let mut switch = ArchiveTimeout::new(&node);
     loop {
+        switch.check(&node);
         let wait = timeout
             .saturating_sub(last.elapsed())
             .min(VOLUME_CHECK_INTERVAL);
@@ -426,6 +428,58 @@ fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>) {
                 }
                 last = Instant::now();
             }
+        }
+    }
+}
+
+/// `archive_timeout`: a segment that holds WAL older than this is ended
+/// (PostgreSQL's checkpointer does the same), so the archive is never more
+/// than that far behind on a quiet primary.
+struct ArchiveTimeout {
+    timeout: Option<Duration>,
+    /// When WAL past `switched_at_lsn` was first seen.
+    pending_since: Option<Instant>,
+    switched_at_lsn: Lsn,
+}
+
+impl ArchiveTimeout {
+    fn new(node: &Node) -> ArchiveTimeout {
+        let on = node.config.archive_mode != crate::config::ArchiveMode::Off;
+        ArchiveTimeout {
+            timeout: node
+                .config
+                .archive_timeout
+                .get()
+                .filter(|d| on && !d.is_zero()),
+            pending_since: None,
+            switched_at_lsn: Lsn::INVALID,
+        }
+    }
+
+    fn check(&mut self, node: &Node) {
+        let (Some(timeout), Some(wal)) = (self.timeout, node.wal()) else {
+            return;
+        };
+        let seg = wal.seg_size();
+        let inserted = wal.inserted();
+        // Nothing but a segment header since the last switch: nothing to archive.
+        let fresh = inserted.segment_offset(seg) <= crate::wal::SEG_HEADER_SIZE;
+        if fresh || inserted <= self.switched_at_lsn {
+            self.pending_since = None;
+            return;
+        }
+        let since = *self.pending_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= timeout {
+            match wal.switch_segment() {
+                Ok(next) => {
+                    tracing::debug!(%next, "archive_timeout: switched to a new WAL segment");
+                    self.switched_at_lsn = next;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "archive_timeout: could not switch WAL segment")
+                }
+            }
+            self.pending_since = None;
         }
     }
 }
