@@ -568,3 +568,109 @@ fn a_slot_and_hot_standby_feedback_reach_the_upstream() {
     });
     h.stop();
 }
+
+#[test]
+fn sessions_reuse_a_waiting_session_and_answer_stops() {
+    use walrep::standby::receiver::Sessions;
+    let server = FakeServer::start(ServerOptions::default());
+    let fake = &server.source;
+    fake.advance(SEG + 100);
+    let tmp = tempfile::tempdir().unwrap();
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdIo));
+    let conninfo = server.conninfo("application_name=s4");
+    let (tx, rx) = bounded::<walrep::states::recovery::Event>(64);
+    let mut sessions = Sessions::new(
+        tx,
+        ReceiverShared::new(),
+        Box::new(move |from, tli| ReceiverConfig {
+            tli,
+            ..config(conninfo.clone(), segdir.clone(), from, SYSTEM_ID)
+        }),
+    );
+    use walrep::states::recovery::{Event, SessionId};
+    let next = |what: &str, want: &dyn Fn(&Event) -> bool| -> Event {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+            if want(&ev) {
+                return ev;
+            }
+        }
+    };
+    sessions.start(1, Lsn(0), TimelineId(1));
+    next("connected", &|e| {
+        matches!(
+            e,
+            Event::StreamConnected {
+                session: SessionId(1),
+                ..
+            }
+        )
+    });
+    let switch = fake.flush_point().lsn;
+    let tli2 = fake.promote();
+    next("timeline end", &|e| {
+        matches!(
+            e,
+            Event::TimelineEnded {
+                session: SessionId(1),
+                ..
+            }
+        )
+    });
+    let ids: Vec<_> = server.registry.snapshot().iter().map(|s| s.id).collect();
+    wait_until("session 1 to wait", || {
+        sessions.shared().state() == ReceiverState::Waiting
+    });
+    sessions.start(2, switch, tli2);
+    next("connected on tli 2", &|e| {
+        matches!(
+            e,
+            Event::StreamConnected {
+                session: SessionId(2),
+                ..
+            }
+        )
+    });
+    assert_eq!(sessions.current(), Some(2));
+    let ids_after: Vec<_> = server.registry.snapshot().iter().map(|s| s.id).collect();
+    assert_eq!(
+        ids, ids_after,
+        "the waiting session's connection was not reused"
+    );
+    // A stale stop is answered at once; the current one stops for real.
+    sessions.stop(1);
+    next("stale stop answered", &|e| {
+        matches!(
+            e,
+            Event::WalReceiverStopped {
+                session: SessionId(1),
+                ..
+            }
+        )
+    });
+    let flushed = sessions.stop(2);
+    let ev = next("stopped", &|e| {
+        matches!(
+            e,
+            Event::WalReceiverStopped {
+                session: SessionId(2),
+                ..
+            }
+        )
+    });
+    assert_eq!(
+        ev,
+        Event::WalReceiverStopped {
+            session: SessionId(2),
+            flushed
+        }
+    );
+    assert_eq!(sessions.current(), None);
+    wait_until("the walsender to go", || {
+        server.registry.snapshot().is_empty()
+    });
+}

@@ -8,6 +8,10 @@
 //!
 //! # Use
 //!
+//! The startup process uses [`Sessions`], which answers the recovery
+//! machine's `StartWalReceiver` / `StopWalReceiver` (reusing a session that
+//! waits after a timeline end). Directly:
+//!
 //! ```text
 //! let shared = ReceiverShared::new();                 // once per node
 //! let h = start(session, config, events_tx, shared.clone())?;
@@ -45,6 +49,7 @@
 //! buffered beyond the protocol's largest message.
 
 mod session;
+mod sessions;
 mod wake;
 
 use std::net::TcpStream;
@@ -58,6 +63,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::config::{ArchiveMode, Config};
 use crate::wal::SegmentDir;
 use crate::{Lsn, TimelineHistory, TimelineId};
+pub use sessions::{ConfigFn, Sessions};
 pub use wake::{Latch, Ready};
 
 /// How long `stop()` waits for the session to flush and leave before it
