@@ -55,6 +55,40 @@ pub enum Command {
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
     },
+    /// Take a base backup of a running node over the replication protocol
+    /// (PostgreSQL's pg_basebackup -X fetch): a consistent copy with the WAL
+    /// it needs, extracted into DATADIR and verified.
+    Basebackup {
+        /// The node's replication address (its replication_port).
+        #[arg(long, value_name = "HOST:PORT")]
+        from: String,
+        /// The directory to write: created, or empty.
+        #[arg(short = 'D', long = "pgdata", value_name = "DATADIR")]
+        datadir: PathBuf,
+        /// Make the copy a standby of the node: standby.signal and
+        /// primary_conninfo in its walrep.toml (pg_basebackup -R).
+        #[arg(short = 'R', long)]
+        write_standby_config: bool,
+        /// Replication user (default: the login name, as libpq). The
+        /// password is taken from PGPASSWORD.
+        #[arg(short = 'U', long = "username")]
+        user: Option<String>,
+        /// application_name of the connection, and of the standby with -R.
+        #[arg(long)]
+        application_name: Option<String>,
+        /// Show progress (a bar on a terminal, lines otherwise).
+        #[arg(short = 'P', long)]
+        progress: bool,
+        /// The backup label (in backup_label).
+        #[arg(short = 'l', long, default_value = "walrep basebackup")]
+        label: String,
+        /// Most kB/s the server sends (32 to 1048576; default unlimited).
+        #[arg(short = 'r', long = "max-rate", value_name = "KBPS")]
+        max_rate_kbps: Option<u64>,
+        /// Seconds to wait for the server at connect and at every step.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Print the default walrep.toml (every parameter with its default and a comment).
     DefaultConfig {
         /// Print the configuration reference (docs/configuration.md) instead.
@@ -166,6 +200,33 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Basebackup {
+            from,
+            datadir,
+            write_standby_config,
+            user,
+            application_name,
+            progress,
+            label,
+            max_rate_kbps,
+            timeout,
+        } => {
+            crate::logging::init("warn");
+            let (host, port) = parse_host_port(&from)?;
+            let opts = crate::backup::client::BasebackupOptions {
+                host,
+                port,
+                datadir,
+                user: user.unwrap_or_else(|| crate::replication::client::ConnInfo::default().user),
+                password: std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
+                application_name,
+                write_standby_config,
+                label,
+                max_rate_kbps: max_rate_kbps.unwrap_or(0),
+                timeout: std::time::Duration::from_secs(timeout.max(1)),
+            };
+            basebackup(&opts, progress)
+        }
         Command::DefaultConfig { markdown } => {
             if markdown {
                 print!("{}", crate::config::reference_markdown());
@@ -239,6 +300,53 @@ fn run_viz(what: VizCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("reading {}", file.display()))?;
             print!("{}", render_trace(&jsonl)?);
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `HOST:PORT` (`[v6]:PORT` for IPv6 addresses).
+fn parse_host_port(s: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--from {s:?}: expected HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        anyhow::bail!("--from {s:?}: the host is empty");
+    }
+    let port = port
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--from {s:?}: invalid port {port:?}"))?;
+    Ok((host.to_string(), port))
+}
+
+fn basebackup(
+    opts: &crate::backup::client::BasebackupOptions,
+    progress: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut reporter = crate::backup::client::progress_reporter(progress);
+    let s = crate::backup::client::run(opts, reporter.as_mut())?;
+    println!(
+        "walrep: base backup of system {} written to {}: WAL {} to {} on timeline {}, {} files, {} MB, {} keys in the snapshot, {} WAL records checked, {:.1}s",
+        s.system_id,
+        opts.datadir.display(),
+        s.start,
+        s.end,
+        s.tli.0,
+        s.extracted.files,
+        s.extracted.bytes >> 20,
+        s.snapshot_keys,
+        s.wal_records,
+        s.elapsed.as_secs_f64()
+    );
+    match &s.primary_conninfo {
+        Some(ci) => println!(
+            "walrep: standby.signal written; primary_conninfo = '{ci}'. Start the standby with: walrep start {}",
+            opts.datadir.display()
+        ),
+        None => println!(
+            "walrep: start the copy with: walrep start {} (use -c port=... -c replication_port=... if it runs beside the source)",
+            opts.datadir.display()
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use super::Node;
-use crate::store::checkpoint::{remove_other_snapshots, write_snapshot};
+use crate::backup::pin::BackupPin;
+use crate::store::checkpoint::{remove_snapshots_except, write_snapshot};
 use crate::store::control::now_ms;
-use crate::store::ClusterState;
+use crate::store::{ClusterState, ControlFile};
 use crate::wal::{Checkpoint, XlogRecord};
 use crate::{Lsn, SegNo};
 
@@ -120,7 +121,10 @@ impl Node {
             };
             c.write(&self.dir.root)?;
         }
-        remove_other_snapshots(&self.dir.root, id).map_err(CheckpointError::Cleanup)?;
+        // Snapshots a running base backup copies stay until it ends.
+        let mut keep = self.backup_pins.pinned_snapshots();
+        keep.push(id);
+        remove_snapshots_except(&self.dir.root, &keep).map_err(CheckpointError::Cleanup)?;
         let report = self.remove_old_wal(&wal, redo)?;
         let done = CheckpointDone {
             checkpoint_lsn: rec.start,
@@ -150,9 +154,57 @@ impl Node {
         Ok(done)
     }
 
+    /// Shutdown has begun (no new base backup starts).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Pin the last checkpoint for a base backup: its snapshot directory
+    /// and the WAL from its redo point stay until the pin is dropped.
+    /// Taken under the checkpoint lock, so the control file read here names
+    /// the snapshot that exists; returns it with the pin. `None` once the
+    /// node is shutting down.
+    pub fn pin_last_checkpoint(&self) -> Option<(BackupPin, ControlFile)> {
+        let _guard = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.is_shutting_down() {
+            return None;
+        }
+        let control = self.control().clone();
+        let pin = self
+            .backup_pins
+            .pin(control.checkpoint_id, control.redo_lsn);
+        Some((pin, control))
+    }
+
+    /// End a base backup (do_pg_backup_stop): log XLOG_BACKUP_END for the
+    /// backup that started at `start`, flush it and switch segments.
+    /// Serialised with checkpoints and refused (`None`) once shutdown has
+    /// begun, so it never follows the shutdown checkpoint. Returns the end
+    /// of the backup-end record.
+    pub fn log_backup_end(&self, start: Lsn) -> Result<Option<Lsn>, crate::wal::WalError> {
+        let _guard = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.is_shutting_down() {
+            return Ok(None);
+        }
+        let Some(wal) = self.wal() else {
+            return Ok(None);
+        };
+        let rec = wal.log_xlog(&XlogRecord::BackupEnd { start })?;
+        wal.wait_flushed(rec.end)?;
+        wal.switch_segment()?;
+        Ok(Some(rec.end))
+    }
+
     /// Remove or recycle segments below the oldest position anything needs:
-    /// the redo point, `wal_keep_size` behind the flush position, and every
-    /// replication slot's restart point. Segments the archiver has not
+    /// the redo point, `wal_keep_size` behind the flush position, every
+    /// replication slot's restart point and every running base backup's
+    /// start. Segments the archiver has not
     /// finished with are kept by the WAL directory itself.
     fn remove_old_wal(
         &self,
@@ -181,6 +233,9 @@ impl Node {
         horizon = horizon.min(Lsn(flushed.0.saturating_sub(keep)).segno(seg));
         if let Some(slot_min) = self.slots_min_restart_lsn() {
             horizon = horizon.min(slot_min.segno(seg));
+        }
+        if let Some(backup_redo) = self.backup_pins.oldest_redo() {
+            horizon = horizon.min(backup_redo.segno(seg));
         }
         // Keep min_wal_size worth of files for reuse as future segments.
         let max_future = self.config.min_wal_size.bytes().unwrap_or(0) / seg.bytes();
@@ -244,7 +299,9 @@ impl Node {
             };
             c.write(&self.dir.root)?;
         }
-        remove_other_snapshots(&self.dir.root, id).map_err(CheckpointError::Cleanup)?;
+        let mut pinned = self.backup_pins.pinned_snapshots();
+        pinned.push(id);
+        remove_snapshots_except(&self.dir.root, &pinned).map_err(CheckpointError::Cleanup)?;
         let seg = self.segdir.seg_size();
         let keep = self.config.wal_keep_size.bytes().unwrap_or(0);
         let mut horizon = redo
@@ -255,6 +312,9 @@ impl Node {
         }
         if let Some(slot_min) = self.slots_min_restart_lsn() {
             horizon = horizon.min(slot_min.segno(seg));
+        }
+        if let Some(backup_redo) = self.backup_pins.oldest_redo() {
+            horizon = horizon.min(backup_redo.segno(seg));
         }
         let report = self
             .segdir

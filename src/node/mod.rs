@@ -84,6 +84,11 @@ pub struct Node {
     wal_threads: Mutex<WalThreads>,
     /// Where a fatal recovery error or a signal asks the node to stop.
     exit_tx: Sender<ExitRequest>,
+    /// Snapshots and WAL that running base backups still copy.
+    pub backup_pins: Arc<crate::backup::pin::BackupPins>,
+    /// Random per start: sent to replication clients (`walrep_instance_id`)
+    /// so a walreceiver pointed at its own node refuses to stream.
+    pub instance_id: u64,
 }
 
 /// The archiver and the WAL event listener, owned by the node because
@@ -391,6 +396,8 @@ impl RunningNode {
             standby: StandbyState::default(),
             wal_threads: Mutex::new(WalThreads::default()),
             exit_tx,
+            backup_pins: crate::backup::pin::BackupPins::new(),
+            instance_id: rand::random(),
         });
         let mut running = RunningNode {
             node: node.clone(),
@@ -592,12 +599,16 @@ fn start_replication(node: &Arc<Node>) -> anyhow::Result<ReplicationServerHandle
         node: Arc::downgrade(node),
     }));
     *node.registry.lock().unwrap_or_else(|e| e.into_inner()) = Some(registry.clone());
+    let options = ServerOptions {
+        instance_id: node.instance_id,
+        ..ServerOptions::from_config(config)
+    };
     let handle = crate::replication::server::spawn(
         listener,
         Arc::new(replication::NodeSource::new(node)),
         node.slots.clone(),
         registry,
-        ServerOptions::from_config(config),
+        options,
     )?;
     node.ports
         .lock()

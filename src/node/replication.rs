@@ -150,6 +150,20 @@ impl ReplicationSource for NodeSource {
     fn in_recovery(&self) -> bool {
         self.node().is_some_and(|n| !n.is_primary())
     }
+
+    fn base_backup(
+        &self,
+        options: &crate::replication::command::BaseBackupOptions,
+        out: &mut dyn crate::replication::source::BackupOutput,
+    ) -> Result<(), crate::replication::sqlstate::PgError> {
+        let node = self.node().ok_or_else(|| {
+            crate::replication::sqlstate::PgError::error(
+                crate::replication::sqlstate::ADMIN_SHUTDOWN,
+                "the node is shutting down",
+            )
+        })?;
+        crate::backup::server::serve(&node, options, out).map(|_| ())
+    }
 }
 
 /// A flush point that waiters can block on (a standby's walreceiver and redo

@@ -13,6 +13,7 @@
 
 pub mod fetcher;
 pub mod promote;
+pub mod receiver;
 pub mod receiver_glue;
 pub mod redo;
 pub mod startup;

@@ -4,15 +4,18 @@
 //! loop of typed [`StreamEvent`]s while status updates go back upstream
 //! (from the same thread or, through a [`StatusSender`], another one).
 
+mod backup;
 mod conninfo;
 mod stream;
 
+pub use backup::{BackupMessage, BackupStart, BaseBackupRequest, Tablespace};
 pub use conninfo::{ConnInfo, ConnInfoError};
 pub use stream::{StartOutcome, StatusSender, StreamEvent};
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -111,6 +114,8 @@ pub struct ReplicationClient {
     io_timeout: Duration,
     /// In COPY (START_REPLICATION running).
     streaming: bool,
+    /// In BASE_BACKUP's COPY OUT.
+    copy_out: bool,
 }
 
 impl ReplicationClient {
@@ -137,6 +142,7 @@ impl ReplicationClient {
             params: BTreeMap::new(),
             io_timeout: timeout,
             streaming: false,
+            copy_out: false,
         };
         c.startup(info)?;
         Ok(c)
@@ -145,6 +151,50 @@ impl ReplicationClient {
     /// A server parameter reported at startup (`server_version`, ...).
     pub fn parameter(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
+    }
+
+    /// The serving walrep node's instance identifier (`walrep_instance_id`);
+    /// `None` from servers that do not send it (PostgreSQL).
+    pub fn instance_id(&self) -> Option<u64> {
+        let v = self.parameter(crate::replication::server::INSTANCE_ID_PARAMETER)?;
+        u64::from_str_radix(v, 16).ok()
+    }
+
+    /// The bound on waiting for an answer, as given at connect.
+    pub fn io_timeout(&self) -> Duration {
+        self.io_timeout
+    }
+
+    /// Something can be read without waiting: a whole message is buffered
+    /// or the socket has unread bytes. A walreceiver drains the socket
+    /// while this holds, then fsyncs once.
+    pub fn has_pending(&self) -> bool {
+        if self.reader.has_complete_message() {
+            return true;
+        }
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through a valid pointer on a
+        // socket descriptor this client owns.
+        let rc = unsafe {
+            libc::ioctl(
+                self.reader.get_ref().as_raw_fd(),
+                libc::FIONREAD as _,
+                &mut n as *mut libc::c_int,
+            )
+        };
+        rc == 0 && n > 0
+    }
+
+    /// The socket's descriptor, to wait for it to become readable
+    /// (together with other wake-ups) before calling `recv`.
+    pub fn socket_fd(&self) -> std::os::unix::io::RawFd {
+        self.reader.get_ref().as_raw_fd()
+    }
+
+    /// Another handle on the socket: `shutdown` on it unblocks a thread
+    /// stuck reading or writing this connection.
+    pub fn socket_handle(&self) -> std::io::Result<TcpStream> {
+        self.reader.get_ref().try_clone()
     }
 
     fn send(&self, msg: &FrontendMessage) -> Result<(), ClientError> {
@@ -261,7 +311,7 @@ impl ReplicationClient {
     /// Run one simple query and collect its results (not for
     /// START_REPLICATION, see [`ReplicationClient::start_replication`]).
     pub fn simple_query(&mut self, q: &str) -> Result<QueryResult, ClientError> {
-        if self.streaming {
+        if self.streaming || self.copy_out {
             return Err(protocol("cannot run a command while streaming"));
         }
         self.send(&FrontendMessage::Query(q.to_string()))?;

@@ -61,6 +61,12 @@ impl<R: Read> MessageReader<R> {
         &self.buf[self.start..self.end]
     }
 
+    /// A whole typed message (or an invalid header, which the next read
+    /// reports) is buffered: reading it will not wait for the socket.
+    pub fn has_complete_message(&self) -> bool {
+        !matches!(split_typed(self.buffered(), self.max_len), Ok(None))
+    }
+
     /// The first packet of a connection (bounded by PostgreSQL's 10000 bytes).
     pub fn read_startup(&mut self) -> Result<StartupPacket, WireError> {
         loop {

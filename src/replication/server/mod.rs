@@ -11,6 +11,8 @@ mod session;
 mod startup;
 mod walsender;
 
+pub use startup::{format_instance_id, INSTANCE_ID_PARAMETER};
+
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -49,6 +51,10 @@ pub struct ServerOptions {
     /// How long shutdown waits for streaming clients to confirm what was
     /// sent before their connections are closed anyway.
     pub shutdown_timeout: Duration,
+    /// This node's instance identifier, sent as the `walrep_instance_id`
+    /// ParameterStatus (PostgreSQL clients ignore unknown parameters) so a
+    /// walreceiver can tell it is connected to its own node.
+    pub instance_id: u64,
 }
 
 impl ServerOptions {
@@ -75,6 +81,7 @@ impl Default for ServerOptions {
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             server_version: format!("15.0 (walrep {})", env!("CARGO_PKG_VERSION")),
             shutdown_timeout: Duration::from_secs(10),
+            instance_id: rand::random(),
         }
     }
 }

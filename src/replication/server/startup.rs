@@ -265,6 +265,7 @@ fn parameter_status<S: ReplicationSource>(
 ) -> Vec<(String, String)> {
     let on_off = |b: bool| if b { "on" } else { "off" };
     let in_recovery = ctx.source.in_recovery();
+    let instance_id = format_instance_id(ctx.options.instance_id);
     [
         ("application_name", application_name),
         ("client_encoding", "UTF8"),
@@ -279,8 +280,17 @@ fn parameter_status<S: ReplicationSource>(
         ("session_authorization", user),
         ("standard_conforming_strings", "on"),
         ("TimeZone", "UTC"),
+        (INSTANCE_ID_PARAMETER, instance_id.as_str()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+/// The ParameterStatus naming the serving node's instance (walrep only).
+pub const INSTANCE_ID_PARAMETER: &str = "walrep_instance_id";
+
+/// An instance identifier as sent: 16 hex digits.
+pub fn format_instance_id(id: u64) -> String {
+    format!("{id:016X}")
 }
