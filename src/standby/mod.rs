@@ -5,7 +5,7 @@
 //! - [`startup`]: the startup process (owns the core; the event loop).
 //! - [`fetcher`]: restore_command and local `wal/` lookups.
 //! - [`redo`]: applies WAL records up to the limit the machine gives.
-//! - [`receiver_glue`]: walreceiver sessions.
+//! - [`receiver`]: the walreceiver (streams WAL from the upstream).
 //! - [`promote`]: the promotion steps.
 //! - [`trigger`]: promote_trigger_file and `walrep promote`.
 //! - [`state`]: positions and status shared with INFO and walsenders.
@@ -14,7 +14,6 @@
 pub mod fetcher;
 pub mod promote;
 pub mod receiver;
-pub mod receiver_glue;
 pub mod redo;
 pub mod startup;
 pub mod state;
@@ -128,12 +127,18 @@ impl StandbyRuntime {
             .name("archive-fetcher".into())
             .spawn(move || fetcher.run(fetch_rx))?;
 
+        let receiver_shared = receiver::ReceiverShared::new();
+        let applied = receiver_shared.clone();
         let redo = Redo {
             node: node.clone(),
             reader: Redo::reader_for(&node, history.clone()),
             events: events_tx.clone(),
             stop: redo_stop.clone(),
-            on_applied: Box::new(|_| {}),
+            // Standby replies carry the apply position at once (remote_apply).
+            on_applied: Box::new(move |lsn| {
+                applied.set_apply(lsn);
+                applied.request_reply();
+            }),
         };
         let redo = std::thread::Builder::new()
             .name("redo".into())
@@ -155,7 +160,8 @@ impl StandbyRuntime {
             events_tx: events_tx.clone(),
             fetch: fetch_tx,
             redo: redo_tx,
-            receivers: receiver_glue::Receivers { events: events_tx },
+            receivers: receiver_sessions(&node, receiver_shared.clone(), events_tx),
+            receiver_shared,
             shutdown: shutdown_rx,
             trace: tracelog::TraceLog::open(&node.dir.log()),
             epoch: Instant::now(),
@@ -233,4 +239,30 @@ fn start_trigger_watcher(
         events.send(Event::PromoteRequested { trigger }).is_ok()
     })?;
     Ok((handle, tx))
+}
+
+/// Walreceiver sessions configured from the node's `primary_conninfo` and friends.
+fn receiver_sessions(
+    node: &Arc<Node>,
+    shared: Arc<receiver::ReceiverShared>,
+    events: Sender<Event>,
+) -> receiver::Sessions<Event> {
+    let config = node.config.clone();
+    let segdir = node.segdir.clone();
+    let system_id = node.control().system_identifier;
+    let instance_id = node.instance_id;
+    receiver::Sessions::new(
+        events,
+        shared,
+        Box::new(move |from, tli| {
+            receiver::ReceiverConfig::from_config(
+                &config,
+                segdir.clone(),
+                from,
+                tli,
+                system_id,
+                instance_id,
+            )
+        }),
+    )
 }

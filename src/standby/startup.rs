@@ -13,7 +13,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use super::fetcher::FetchRequest;
 use super::promote;
-use super::receiver_glue::Receivers;
+use super::receiver::{ReceiverShared, Sessions};
 use super::redo::RedoRequest;
 use super::tracelog::TraceLog;
 use crate::node::{ExitRequest, Node};
@@ -34,7 +34,9 @@ pub struct Startup {
     pub events_tx: Sender<Event>,
     pub fetch: Sender<FetchRequest>,
     pub redo: Sender<RedoRequest>,
-    pub receivers: Receivers,
+    pub receivers: Sessions<Event>,
+    /// Positions the walreceiver shares (its fsync failures too).
+    pub receiver_shared: Arc<ReceiverShared>,
     pub shutdown: Receiver<()>,
     pub trace: TraceLog,
     pub epoch: Instant,
@@ -78,6 +80,14 @@ impl Startup {
 
     fn handle(&mut self, ev: Event) {
         self.note_positions(&ev);
+        if let (Event::StreamLost { .. }, Some(failure)) = (&ev, self.receiver_shared.io_failure())
+        {
+            // A failed fsync of received WAL is PostgreSQL's PANIC: never retried.
+            tracing::error!("walreceiver could not make received WAL durable: {failure}");
+            self.node.request_exit(ExitRequest::Fatal(format!(
+                "walreceiver IO failure: {failure}"
+            )));
+        }
         let now = self.now();
         self.core.handle(now, ev);
         if cfg!(debug_assertions) {
@@ -146,14 +156,16 @@ impl Startup {
                 let _ = self.redo.send(RedoRequest::Replay { upto });
             }
             Action::StartWalReceiver { session, from, tli } => {
-                self.receivers.start(session, from, tli)
+                self.receivers.start(session.0, from, tli)
             }
-            Action::StopWalReceiver { session } => self.receivers.stop(session),
+            Action::StopWalReceiver { session } => {
+                // Bounded; WalReceiverStopped reaches the queue.
+                self.receivers.stop(session.0);
+            }
             Action::ArmRetry { .. } => {}
             Action::SetTargetTimeline { tli, history } => {
                 tracing::info!(tli = tli.0, "recovery follows timeline {}", tli.0);
                 self.node.standby.update(|s| s.target_tli = Some(tli));
-                self.receivers.set_target(tli);
                 let _ = self.redo.send(RedoRequest::SetHistory(history));
             }
             Action::ReachedConsistency { at } => {
