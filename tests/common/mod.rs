@@ -238,8 +238,18 @@ impl TestNode {
     }
 
     /// Start again on the same data directory and settings.
+    /// Start again on the same data directory, settings and ports (standbys
+    /// point at them).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the node first");
+        for (name, port) in [
+            ("port", self.port),
+            ("replication_port", self.replication_port),
+        ] {
+            if port != 0 && !self.args.iter().any(|a| a.starts_with(&format!("{name}="))) {
+                self.args.push(format!("{name}={port}"));
+            }
+        }
         self.launch();
     }
 }
@@ -339,3 +349,5 @@ pub fn file_names(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+pub mod cluster;
