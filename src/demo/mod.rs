@@ -1,8 +1,11 @@
 //! `walrep demo`: the main job, on loopback in a temporary directory.
 //!
-//! A primary with WAL archiving serves a write load from several clients;
-//! it is killed with SIGKILL in the middle of it and restarted; every write
-//! that was acknowledged before the crash is checked on the restarted node.
+//! A primary with WAL archiving and a synchronous standby made with
+//! `walrep basebackup -R` serve a write load from several clients; the
+//! primary is killed with SIGKILL in the middle of it; the standby is
+//! promoted with its trigger file; every write acknowledged before the crash
+//! is checked on the new primary, and the standby's recovery transitions are
+//! printed from its trace.
 //!
 //! # Layout
 //! - [`client`]: a small blocking RESP client.
@@ -11,7 +14,7 @@
 pub mod client;
 pub mod process;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +43,16 @@ struct WriterResult {
 }
 
 fn say(step: &str, text: impl AsRef<str>) {
-    println!("[{step}] {}", text.as_ref());
+    println!("[{step:>8}] {}", text.as_ref());
+}
+
+/// The demo's directories.
+struct Dirs {
+    root: PathBuf,
+    archive: PathBuf,
+    primary: PathBuf,
+    standby: PathBuf,
+    trigger: PathBuf,
 }
 
 pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
@@ -55,37 +67,19 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             tmp.path().to_path_buf()
         }
     };
+    let dirs = Dirs {
+        archive: root.join("archive"),
+        primary: root.join("primary"),
+        standby: root.join("standby"),
+        trigger: root.join("promote.trigger"),
+        root,
+    };
+    std::fs::create_dir_all(&dirs.archive)?;
     let started = Instant::now();
-    let archive = root.join("archive");
-    std::fs::create_dir_all(&archive)?;
-    let primary_dir = root.join("primary");
-    say(
-        "init",
-        format!(
-            "walrep init {} --wal-segment-size 1MB",
-            primary_dir.display()
-        ),
-    );
-    crate::node::init::init(
-        &primary_dir,
-        crate::WalSegSize::new(1 << 20).expect("1MB is valid"),
-    )?;
-    let settings = vec![
-        "archive_mode=on".to_string(),
-        format!("archive_command=cp %p {}/%f", archive.display()),
-        "checkpoint_timeout=2s".to_string(),
-    ];
-    let mut primary = NodeProcess::start("primary", &primary_dir, &settings)?;
-    say(
-        "start",
-        format!(
-            "primary listening on {} (Redis protocol), archiving to {}",
-            primary.addr(),
-            archive.display()
-        ),
-    );
 
-    let results = drive_load(&primary, opts)?;
+    let mut primary = start_primary(&dirs)?;
+    let mut standby = start_standby(&dirs, &primary)?;
+    let results = drive_load(&primary, &standby, opts)?;
     let acked: usize = results.iter().map(|r| r.acked.len()).sum();
     say(
         "crash",
@@ -101,59 +95,125 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             primary.log.display()
         );
     }
-
-    primary.restart().context("restart after the crash")?;
-    say(
-        "recover",
-        format!(
-            "primary restarted: crash recovery replayed the WAL (log: {})",
-            primary.log.display()
-        ),
-    );
-    let checked = verify(&primary, &results)?;
+    let promote_ms = promote(&dirs, &standby)?;
+    let checked = verify(&standby, &results)?;
     say(
         "verify",
-        format!("all {checked} acknowledged writes are present after the crash"),
+        format!("all {checked} writes acknowledged before the crash are on the new primary"),
     );
-
-    let mut c = primary.client()?;
-    let info = match c.cmd(&["INFO", "persistence"])? {
-        Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
-        other => bail!("unexpected INFO reply {other:?}"),
-    };
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}:")))
-            .unwrap_or("?")
-            .trim()
-            .to_string()
-    };
-    primary.stop()?;
-    let archived = std::fs::read_dir(&archive).map(|d| d.count()).unwrap_or(0);
-    println!();
-    println!("walrep demo: OK in {:.1}s", started.elapsed().as_secs_f64());
-    println!("  writes acknowledged before the crash: {acked} (all verified after recovery)");
-    println!(
-        "  WAL after restart: insert {} flush {}, timeline {}",
-        field("wal_insert_lsn"),
-        field("wal_flush_lsn"),
-        field("timeline")
-    );
-    println!("  segments archived: {archived} in {}", archive.display());
-    if opts.dir.is_some() {
-        println!("  logs: {}", primary.log.display());
-        println!("  data directories kept under {}", root.display());
-    } else {
-        println!("  (everything was in a temporary directory, now removed; run with --dir DIR to keep it)");
-    }
+    let info = info(&standby, "persistence")?;
+    standby.stop()?;
+    summary(
+        &dirs, opts, started, acked, promote_ms, &info, &primary, &standby,
+    )?;
     Ok(())
 }
 
-/// Run `opts.clients` writers for `opts.load_seconds`, printing throughput.
-fn drive_load(node: &NodeProcess, opts: &DemoOptions) -> anyhow::Result<Vec<WriterResult>> {
+fn start_primary(dirs: &Dirs) -> anyhow::Result<NodeProcess> {
+    say(
+        "init",
+        format!(
+            "walrep init {} --wal-segment-size 1MB",
+            dirs.primary.display()
+        ),
+    );
+    crate::node::init::init(
+        &dirs.primary,
+        crate::WalSegSize::new(1 << 20).expect("1MB is valid"),
+    )?;
+    let settings = vec![
+        "archive_mode=on".to_string(),
+        format!("archive_command=cp %p {}/%f", dirs.archive.display()),
+        "synchronous_standby_names=FIRST 1 (standby1)".to_string(),
+        "synchronous_commit=on".to_string(),
+        "checkpoint_timeout=5s".to_string(),
+    ];
+    let primary = NodeProcess::start("primary", &dirs.primary, &settings)?;
+    say(
+        "primary",
+        format!(
+            "listening on {} (Redis protocol) and 127.0.0.1:{} (replication); archiving to {}; commits wait for standby1",
+            primary.addr(),
+            primary.replication_port,
+            dirs.archive.display()
+        ),
+    );
+    Ok(primary)
+}
+
+fn start_standby(dirs: &Dirs, primary: &NodeProcess) -> anyhow::Result<NodeProcess> {
+    say(
+        "backup",
+        format!(
+            "walrep basebackup --from 127.0.0.1:{} -D {} -R --application-name standby1",
+            primary.replication_port,
+            dirs.standby.display()
+        ),
+    );
+    let summary = crate::backup::client::run(
+        &crate::backup::client::BasebackupOptions {
+            host: "127.0.0.1".into(),
+            port: primary.replication_port,
+            datadir: dirs.standby.clone(),
+            user: "walrep".into(),
+            password: None,
+            application_name: Some("standby1".into()),
+            write_standby_config: true,
+            label: "walrep demo".into(),
+            max_rate_kbps: 0,
+            timeout: Duration::from_secs(60),
+        },
+        &mut crate::backup::client::NoProgress,
+    )
+    .context("base backup")?;
+    say(
+        "backup",
+        format!(
+            "consistent copy: WAL {} to {} on timeline {}",
+            summary.start, summary.end, summary.tli.0
+        ),
+    );
+    let settings = vec![
+        format!("restore_command=cp {}/%f %p", dirs.archive.display()),
+        format!("promote_trigger_file={}", dirs.trigger.display()),
+        "wal_retrieve_retry_interval=500ms".to_string(),
+    ];
+    let standby = NodeProcess::start("standby", &dirs.standby, &settings)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = field(&info(&standby, "replication")?, "recovery_state");
+        if state == "Streaming"
+            && field(&info(primary, "replication")?, "slave0").contains("sync_state=sync")
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the standby did not start streaming (state {state}); see {}",
+                standby.log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    say(
+        "standby",
+        format!(
+            "streaming from the primary as its synchronous standby; reads on {}",
+            standby.addr()
+        ),
+    );
+    Ok(standby)
+}
+
+/// Run the writers for `opts.load_seconds`, printing throughput and lag.
+fn drive_load(
+    primary: &NodeProcess,
+    standby: &NodeProcess,
+    opts: &DemoOptions,
+) -> anyhow::Result<Vec<WriterResult>> {
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
-    let addr = node.addr();
+    let addr = primary.addr();
     let handles: Vec<_> = (0..opts.clients)
         .map(|w| {
             let (stop, total) = (stop.clone(), total.clone());
@@ -162,7 +222,10 @@ fn drive_load(node: &NodeProcess, opts: &DemoOptions) -> anyhow::Result<Vec<Writ
         .collect();
     say(
         "load",
-        format!("{} clients writing SET demo:<client>:<n> ...", opts.clients),
+        format!(
+            "{} clients writing SET demo:<client>:<n> with synchronous_commit = on",
+            opts.clients
+        ),
     );
     let t0 = Instant::now();
     let mut last = 0;
@@ -170,17 +233,22 @@ fn drive_load(node: &NodeProcess, opts: &DemoOptions) -> anyhow::Result<Vec<Writ
     while t0.elapsed() < load {
         std::thread::sleep(Duration::from_millis(500).min(load.saturating_sub(t0.elapsed())));
         let now = total.load(Ordering::Relaxed);
+        let s = info(standby, "replication").unwrap_or_default();
         say(
             "load",
             format!(
-                "{:>6.1}s  {now} writes acknowledged ({:.0}/s)",
+                "{:>5.1}s  {now:>7} acknowledged ({:>6.0}/s)  standby: {} replay {} lag {} bytes",
                 t0.elapsed().as_secs_f64(),
-                (now - last) as f64 * 2.0
+                (now - last) as f64 * 2.0,
+                field(&s, "recovery_state"),
+                field(&s, "replay_lsn"),
+                field(&s, "replay_lag_bytes"),
             ),
         );
         last = now;
     }
-    // The crash comes while the writers are still running.
+    // The crash comes while the writers are still running: collect what
+    // they were told "OK" for up to the moment the primary dies.
     stop.store(true, Ordering::Relaxed);
     Ok(handles
         .into_iter()
@@ -195,7 +263,7 @@ fn writer(
     total: &AtomicU64,
 ) -> WriterResult {
     let mut r = WriterResult::default();
-    let Ok(mut c) = RespClient::connect(addr, Duration::from_secs(10)) else {
+    let Ok(mut c) = RespClient::connect(addr, Duration::from_secs(5)) else {
         return r;
     };
     // Bounded: at most this many writes per client.
@@ -215,6 +283,34 @@ fn writer(
     r
 }
 
+/// Touch the trigger file and time it until the first write is accepted.
+fn promote(dirs: &Dirs, standby: &NodeProcess) -> anyhow::Result<f64> {
+    say(
+        "promote",
+        format!("touch {} (promote_trigger_file)", dirs.trigger.display()),
+    );
+    let t0 = Instant::now();
+    std::fs::write(&dirs.trigger, b"")?;
+    let mut c = standby.client()?;
+    let deadline = t0 + Duration::from_secs(30);
+    loop {
+        if c.cmd(&["SET", "demo:promoted", "yes"])?.is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the standby did not promote; see {}", standby.log.display());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let s = info(standby, "persistence")?;
+    say(
+        "promote",
+        format!("the standby is the new primary on timeline {} ({ms:.0} ms from trigger to first accepted write)", field(&s, "timeline")),
+    );
+    Ok(ms)
+}
+
 /// Check every acknowledged write on `node`; returns how many were checked.
 fn verify(node: &NodeProcess, results: &[WriterResult]) -> anyhow::Result<usize> {
     let mut c = node.client()?;
@@ -229,11 +325,98 @@ fn verify(node: &NodeProcess, results: &[WriterResult]) -> anyhow::Result<usize>
             };
             for (seq, v) in chunk.iter().zip(values) {
                 if v.as_text() != Some(seq.to_string()) {
-                    bail!("acknowledged write demo:{w}:{seq} is missing or wrong after recovery: {v:?}");
+                    bail!("acknowledged write demo:{w}:{seq} is missing or wrong after failover: {v:?}");
                 }
                 checked += 1;
             }
         }
     }
     Ok(checked)
+}
+
+fn info(node: &NodeProcess, section: &str) -> anyhow::Result<String> {
+    let mut c = node.client()?;
+    match c.cmd(&["INFO", section])? {
+        Reply::Bulk(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        other => bail!("unexpected INFO reply {other:?}"),
+    }
+}
+
+fn field(info: &str, name: &str) -> String {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// The standby's state changes, from its trace (`from -> to  (event)`).
+fn transitions(trace: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(trace).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["from"] != v["to"])
+        .map(|v| {
+            format!(
+                "{} -> {}  ({})",
+                v["from"].as_str().unwrap_or("?"),
+                v["to"].as_str().unwrap_or("?"),
+                v["event"]["event"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    dirs: &Dirs,
+    opts: &DemoOptions,
+    started: Instant,
+    acked: usize,
+    promote_ms: f64,
+    info: &str,
+    primary: &NodeProcess,
+    standby: &NodeProcess,
+) -> anyhow::Result<()> {
+    let trace = dirs
+        .standby
+        .join("log")
+        .join(crate::standby::tracelog::TRACE_FILE);
+    let diagram = dirs.root.join("standby.svg");
+    std::fs::write(
+        &diagram,
+        crate::viz::standby_diagram(crate::viz::Format::Svg),
+    )?;
+    println!();
+    println!("walrep demo: OK in {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "  writes acknowledged before the crash: {acked}, all present on the promoted standby"
+    );
+    println!(
+        "  promotion: trigger file to first accepted write in {promote_ms:.0} ms, timeline {}",
+        field(info, "timeline")
+    );
+    println!(
+        "  the standby's recovery transitions (from {}):",
+        trace.display()
+    );
+    for t in transitions(&trace) {
+        println!("      {t}");
+    }
+    let archived = std::fs::read_dir(&dirs.archive)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    println!("  archive: {archived} files in {}", dirs.archive.display());
+    if opts.dir.is_some() {
+        println!("  render the trace:   walrep viz trace {}", trace.display());
+        println!("  the state diagram:  {}", diagram.display());
+        println!(
+            "  logs: {} and {}",
+            primary.log.display(),
+            standby.log.display()
+        );
+    } else {
+        println!("  (everything was in a temporary directory, now removed; run with --dir DIR to keep the trace, diagram and logs)");
+    }
+    Ok(())
 }
