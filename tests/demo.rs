@@ -8,11 +8,22 @@ mod common;
 fn walrep_demo_runs_the_failover_and_verifies_every_write() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let (ok, out, err) = common::walrep(&["demo", "--dir", dir.to_str().unwrap(), "--seconds", "1.5", "--clients", "8"]);
+    let (ok, out, err) = common::walrep(&[
+        "demo",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--seconds",
+        "1.5",
+        "--clients",
+        "8",
+    ]);
     assert!(ok, "walrep demo failed:\n{out}\n{err}");
     assert!(out.contains("walrep demo: OK"), "{out}");
     assert!(out.contains("all present on the promoted standby"), "{out}");
-    assert!(out.contains("Streaming -> RetryingArchive") || out.contains("Streaming -> Promoting"), "{out}");
+    assert!(
+        out.contains("Streaming -> RetryingArchive") || out.contains("Streaming -> Promoting"),
+        "{out}"
+    );
     assert!(out.contains("Promoting -> Promoted"), "{out}");
     assert!(out.contains("timeline 2"), "{out}");
     // The kept directory holds the trace and the diagram it points at.

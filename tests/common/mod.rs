@@ -351,3 +351,4 @@ pub fn file_names(dir: &Path) -> Vec<String> {
 }
 
 pub mod cluster;
+pub mod proxy;
