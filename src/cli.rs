@@ -33,6 +33,10 @@ pub enum Command {
         #[arg(short = 'c', value_name = "NAME=VALUE")]
         overrides: Vec<String>,
     },
+    /// Benchmark durable commits (SET under redis-benchmark) of a fresh
+    /// node against the disk's fdatasync rate, optionally beside
+    /// PostgreSQL 15 and Redis measured in the same run.
+    Bench(crate::bench::BenchArgs),
     /// Print the default walrep.toml (every parameter with its default and a comment).
     DefaultConfig {
         /// Print the configuration reference (docs/configuration.md) instead.
@@ -82,6 +86,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let sig = node.wait_for_signal()?;
             tracing::info!(signal = sig, "shutdown requested");
             node.stop()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            crate::logging::init("warn");
+            let report = crate::bench::run(&args)?;
+            if let Some(path) = &args.json {
+                crate::bench::write_json(&report, path)?;
+                println!("JSON written to {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::DefaultConfig { markdown } => {

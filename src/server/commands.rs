@@ -327,7 +327,12 @@ fn cmd_set(s: &mut Session, args: &[&[u8]]) -> CmdResult {
         return Err(err("ERR syntax error"));
     }
     let (written, old) = write(s, KvCommand::Set, |txn| {
-        let old = txn.latest(args[1]).map(|v| v.to_vec());
+        // A plain SET is a blind write: no lookup of the current value.
+        let old = if nx || xx || get {
+            txn.latest(args[1]).map(|v| v.to_vec())
+        } else {
+            None
+        };
         let apply = !(nx && old.is_some() || xx && old.is_none());
         let ops = if apply {
             vec![(args[1], Some(Cow::Borrowed(args[2])))]

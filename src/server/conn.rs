@@ -56,6 +56,8 @@ pub struct Conn {
     pub wait_job: Option<WaitRequest>,
     /// Queued in the worker's ready list.
     pub queued: bool,
+    /// When its last writes were confirmed (group-commit siblings).
+    pub last_commit: Option<std::time::Instant>,
 }
 
 impl Conn {
@@ -74,6 +76,7 @@ impl Conn {
             handed_off: false,
             wait_job: None,
             queued: false,
+            last_commit: None,
         }
     }
 

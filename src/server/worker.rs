@@ -48,6 +48,10 @@ const INBOX_CAPACITY: usize = 1024;
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// Bytes read per syscall.
 const READ_CHUNK: usize = 64 << 10;
+/// Longest wait for sibling commits before a flush (see `Worker::gather`).
+const MAX_GATHER: Duration = Duration::from_micros(500);
+/// A connection that committed this recently counts as a sibling.
+const SIBLING_WINDOW: Duration = Duration::from_millis(2);
 /// Events taken per poll.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -118,6 +122,7 @@ impl WorkerHandle {
             ready: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             committer: Some(committer),
+            flush_ewma_s: 0.0,
         };
         let thread = std::thread::Builder::new()
             .name(format!("redis-worker-{index}"))
@@ -185,6 +190,8 @@ struct Worker {
     ready: Vec<Token>,
     scratch: Vec<u8>,
     committer: Option<JoinHandle<()>>,
+    /// Moving average of inline settle times (seconds): bounds `gather`.
+    flush_ewma_s: f64,
 }
 
 impl Worker {
@@ -207,27 +214,36 @@ impl Worker {
             } else {
                 IDLE_TICK
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "poll failed; closing this worker's connections");
-                    break;
-                }
+            if !self.poll_once(&mut events, timeout) {
+                break;
             }
-            for ev in events.iter() {
-                if ev.token() == WAKER {
-                    continue;
-                }
-                if let Some(c) = self.conns.get_mut(&ev.token()) {
-                    c.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                    c.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
-                }
-                self.enqueue(ev.token());
-            }
-            self.take_inbox();
-            self.take_done();
-            self.pass(!stopping);
+            self.pass(&mut events, !stopping);
         }
         self.close_all();
+    }
+
+    /// Wait up to `timeout` for events and queue what they concern; false
+    /// if polling failed for good.
+    fn poll_once(&mut self, events: &mut Events, timeout: Duration) -> bool {
+        if let Err(e) = self.poll.poll(events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!(error = %e, "poll failed; closing this worker's connections");
+                return false;
+            }
+        }
+        for ev in events.iter() {
+            if ev.token() == WAKER {
+                continue;
+            }
+            if let Some(c) = self.conns.get_mut(&ev.token()) {
+                c.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                c.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+            }
+            self.enqueue(ev.token());
+        }
+        self.take_inbox();
+        self.take_done();
+        true
     }
 
     fn enqueue(&mut self, token: Token) {
@@ -239,27 +255,76 @@ impl Worker {
         }
     }
 
-    /// One pass: drive ready connections, settle, send, close.
-    fn pass(&mut self, reading: bool) {
-        let ready = std::mem::take(&mut self.ready);
-        for token in &ready {
-            let Some(c) = self.conns.get_mut(token) else {
+    /// One pass: drive ready connections, gather more commits while
+    /// siblings are about to send theirs, settle, send, close.
+    fn pass(&mut self, events: &mut Events, reading: bool) {
+        let mut touched = Vec::new();
+        self.drive_ready(reading, &mut touched);
+        if reading {
+            self.gather(events, &mut touched);
+        }
+        self.settle();
+        for token in touched {
+            self.send_or_close(token);
+        }
+    }
+
+    fn drive_ready(&mut self, reading: bool, touched: &mut Vec<Token>) {
+        for token in std::mem::take(&mut self.ready) {
+            let Some(c) = self.conns.get_mut(&token) else {
                 continue;
             };
             c.queued = false;
+            touched.push(token);
             if let Err(e) = c.drive(&mut self.scratch, reading) {
                 tracing::debug!(error = %e, "connection ended");
-                self.close(*token);
+                self.close(token);
                 continue;
             }
             if let Some(w) = c.wait_job.take() {
-                self.spawn_wait(*token, w);
+                self.spawn_wait(token, w);
             }
         }
-        self.settle();
-        for token in ready {
-            self.send_or_close(token);
+    }
+
+    /// PostgreSQL's commit_delay / commit_siblings, adaptive: when this
+    /// pass has commits to flush and other connections of this worker
+    /// committed moments ago (so are about to send their next write), wait
+    /// a little for them so one fdatasync covers them too. The wait ends
+    /// as soon as they have all arrived, and never exceeds half of a recent
+    /// flush's duration (what waiting for the next flush would cost them
+    /// anyway), at most [`MAX_GATHER`]. One client alone never waits.
+    fn gather(&mut self, events: &mut Events, touched: &mut Vec<Token>) {
+        let delay = Duration::from_secs_f64(self.flush_ewma_s / 2.0).min(MAX_GATHER);
+        if delay.is_zero() || !self.pending_not_handed_off() {
+            return;
         }
+        let deadline = Instant::now() + delay;
+        while self.siblings() > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            if !self.poll_once(events, deadline - now) {
+                return;
+            }
+            self.drive_ready(true, touched);
+        }
+    }
+
+    /// Connections that committed within [`SIBLING_WINDOW`] and have no
+    /// write pending now: they are likely to send one any moment.
+    fn siblings(&self) -> usize {
+        let now = Instant::now();
+        self.conns
+            .values()
+            .filter(|c| {
+                !c.session.has_pending()
+                    && !c.closing
+                    && c.last_commit
+                        .is_some_and(|t| now.saturating_duration_since(t) < SIBLING_WINDOW)
+            })
+            .count()
     }
 
     fn send_or_close(&mut self, token: Token) {
@@ -298,8 +363,15 @@ impl Worker {
         groups.sort_by_key(|g| g.0);
         let backend = self.ctx.backend.clone();
         for (level, end, tokens) in groups {
+            let t0 = Instant::now();
             match backend.wait_local(end, level) {
-                Some(result) => self.confirm(&tokens, result),
+                Some(result) => {
+                    if level > Level::Immediate {
+                        let took = t0.elapsed().as_secs_f64();
+                        self.flush_ewma_s = 0.8 * self.flush_ewma_s + 0.2 * took;
+                    }
+                    self.confirm(&tokens, result)
+                }
                 None => self.hand_off(end, level, tokens),
             }
         }
@@ -336,6 +408,8 @@ impl Worker {
             c.handed_off = false;
             if c.session.confirm(&result, &mut compact) {
                 c.closing = true;
+            } else {
+                c.last_commit = Some(Instant::now());
             }
             if c.hold == Hold::Stalled {
                 c.hold = Hold::None;
