@@ -22,7 +22,7 @@
 //! - [`standby`]: drives the recovery machine: event sources and the action executor.
 //! - [`node`]: one running node: starts and stops its threads.
 //! - [`viz`]: diagrams of the state machines and transition traces.
-//! - [`bench`]: `walrep bench`, commits/s and latency beside the disk's
+//! - [`mod@bench`]: `walrep bench`, commits/s and latency beside the disk's
 //!   fdatasync rate and PostgreSQL's and Redis's figures.
 //! - [`cli`]: the `walrep` command line.
 

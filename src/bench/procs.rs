@@ -34,7 +34,7 @@ impl Child {
         })
     }
 
-    /// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL.
+    /// SIGTERM, wait up to 30 s, then SIGKILL.
     pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;

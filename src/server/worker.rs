@@ -6,12 +6,12 @@
 //!
 //! # Settling without blocking readers for long
 //! A pending write at a level the node can meet within a local flush is
-//! settled inline ([`Backend::wait_local`]): the loop itself flushes (or
+//! settled inline ([`Backend::wait_local`](super::Backend::wait_local)): the loop itself flushes (or
 //! joins the flush in progress), so one client's commit costs the
 //! fdatasync plus its round trip and no thread hand-off. Anything that can
 //! take longer (a synchronous standby's confirmation, a backend that cannot
 //! tell) is handed to this worker's committer thread, which calls the
-//! blocking [`Backend::wait`] and wakes the loop with the result; the loop
+//! blocking [`Backend::wait`](super::Backend::wait) and wakes the loop with the result; the loop
 //! keeps serving other connections meanwhile. WAIT runs on a thread of its
 //! own, bounded by its timeout.
 
