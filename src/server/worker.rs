@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -50,10 +50,36 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 64 << 10;
 /// Longest wait for sibling commits before a flush (see `Worker::gather`).
 const MAX_GATHER: Duration = Duration::from_micros(500);
+/// Longest gather while other workers flush (a safety bound: flushes end).
+const MAX_GATHER_BUSY: Duration = Duration::from_millis(5);
 /// A connection that committed this recently counts as a sibling.
 const SIBLING_WINDOW: Duration = Duration::from_millis(2);
 /// Events taken per poll.
 const EVENTS_CAPACITY: usize = 1024;
+
+/// How the workers of one server keep the disk busy together: a worker
+/// about to flush while another one is flushing keeps reading instead (its
+/// flush follows), and is woken when that flush ends.
+#[derive(Debug, Default)]
+pub struct FlushGate {
+    /// Workers settling inline right now (flushing or joining a flush).
+    flushing: AtomicUsize,
+    /// Workers gathering until a flush ends.
+    waiting: AtomicUsize,
+    /// Every worker's waker, set once all have started.
+    pub wakers: std::sync::OnceLock<Vec<Arc<Waker>>>,
+}
+
+impl FlushGate {
+    fn wake_waiting(&self) {
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        for w in self.wakers.get().into_iter().flatten() {
+            let _ = w.wake();
+        }
+    }
+}
 
 /// What a worker is sent from outside its loop.
 enum Msg {
@@ -95,6 +121,7 @@ impl WorkerHandle {
         index: usize,
         ctx: SessionContext,
         shutting_down: Arc<AtomicBool>,
+        gate: Arc<FlushGate>,
     ) -> io::Result<WorkerHandle> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -119,6 +146,7 @@ impl WorkerHandle {
             done_tx,
             ctx,
             shutting_down,
+            gate,
             ready: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             committer: Some(committer),
@@ -141,6 +169,11 @@ impl WorkerHandle {
         r.map_err(|e| match e.into_inner() {
             Msg::Accepted(_, s) => s,
         })
+    }
+
+    /// The loop's waker (for the [`FlushGate`]).
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
     }
 
     /// Wake the loop (it then sees the shutdown flag).
@@ -186,6 +219,8 @@ struct Worker {
     done_tx: Sender<Done>,
     ctx: SessionContext,
     shutting_down: Arc<AtomicBool>,
+    /// Shared by the workers of a server: who is flushing, who waits.
+    gate: Arc<FlushGate>,
     /// Connections to drive in this pass (deduplicated by `Conn::queued`).
     ready: Vec<Token>,
     scratch: Vec<u8>,
@@ -287,28 +322,48 @@ impl Worker {
         }
     }
 
-    /// PostgreSQL's commit_delay / commit_siblings, adaptive: when this
-    /// pass has commits to flush and other connections of this worker
-    /// committed moments ago (so are about to send their next write), wait
-    /// a little for them so one fdatasync covers them too. The wait ends
-    /// as soon as they have all arrived, and never exceeds half of a recent
-    /// flush's duration (what waiting for the next flush would cost them
-    /// anyway), at most [`MAX_GATHER`]. One client alone never waits.
+    /// Group commit across the pass: gather more commits before flushing.
+    ///
+    /// - While another worker is flushing, keep reading: whatever arrives
+    ///   joins this worker's flush, which starts as soon as that one ends
+    ///   (the disk stays busy, and this loop is not parked meanwhile).
+    /// - PostgreSQL's commit_delay / commit_siblings, adaptive: when other
+    ///   connections of this worker committed moments ago (so are about to
+    ///   send their next write), wait a little for them so one fdatasync
+    ///   covers them too. This ends as soon as they have all arrived, and
+    ///   never exceeds half a recent flush (what waiting for the next flush
+    ///   would cost them anyway), at most [`MAX_GATHER`].
+    ///
+    /// One client alone never waits; the whole gather is bounded by
+    /// [`MAX_GATHER_BUSY`].
     fn gather(&mut self, events: &mut Events, touched: &mut Vec<Token>) {
-        let delay = Duration::from_secs_f64(self.flush_ewma_s / 2.0).min(MAX_GATHER);
-        if delay.is_zero() || !self.pending_not_handed_off() {
+        if !self.pending_not_handed_off() {
             return;
         }
-        let deadline = Instant::now() + delay;
-        while self.siblings() > 0 {
+        let start = Instant::now();
+        let delay = Duration::from_secs_f64(self.flush_ewma_s / 2.0).min(MAX_GATHER);
+        loop {
             let now = Instant::now();
-            if now >= deadline {
+            if now >= start + MAX_GATHER_BUSY {
                 return;
             }
-            if !self.poll_once(events, deadline - now) {
-                return;
+            // Announce the wait before looking, so a flush that ends now
+            // either is seen or wakes this loop (no lost wake-up).
+            self.gate.waiting.fetch_add(1, Ordering::SeqCst);
+            let busy = self.gate.flushing.load(Ordering::SeqCst) > 0;
+            let timeout = if busy {
+                Some(start + MAX_GATHER_BUSY - now)
+            } else if now < start + delay && self.siblings() > 0 {
+                Some(start + delay - now)
+            } else {
+                None
+            };
+            let polled = timeout.map(|t| self.poll_once(events, t));
+            self.gate.waiting.fetch_sub(1, Ordering::SeqCst);
+            match polled {
+                Some(true) => self.drive_ready(true, touched),
+                Some(false) | None => return,
             }
-            self.drive_ready(true, touched);
         }
     }
 
@@ -364,7 +419,11 @@ impl Worker {
         let backend = self.ctx.backend.clone();
         for (level, end, tokens) in groups {
             let t0 = Instant::now();
-            match backend.wait_local(end, level) {
+            self.gate.flushing.fetch_add(1, Ordering::SeqCst);
+            let local = backend.wait_local(end, level);
+            self.gate.flushing.fetch_sub(1, Ordering::SeqCst);
+            self.gate.wake_waiting();
+            match local {
                 Some(result) => {
                     if level > Level::Immediate {
                         let took = t0.elapsed().as_secs_f64();
