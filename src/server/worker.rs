@@ -151,6 +151,7 @@ impl WorkerHandle {
             scratch: vec![0; READ_CHUNK],
             committer: Some(committer),
             flush_ewma_s: 0.0,
+            compact_later: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("redis-worker-{index}"))
@@ -225,6 +226,8 @@ struct Worker {
     ready: Vec<Token>,
     scratch: Vec<u8>,
     committer: Option<JoinHandle<()>>,
+    /// Keys whose superseded versions go at the end of the pass.
+    compact_later: Vec<Vec<u8>>,
     /// Moving average of inline settle times (seconds): bounds `gather`.
     flush_ewma_s: f64,
 }
@@ -302,6 +305,18 @@ impl Worker {
         for token in touched {
             self.send_or_close(token);
         }
+        self.compact();
+    }
+
+    /// Drop the versions that confirmed writes superseded, under one lock,
+    /// after the replies went out (it is housekeeping, not their latency).
+    fn compact(&mut self) {
+        if self.compact_later.is_empty() {
+            return;
+        }
+        let keys: Vec<&[u8]> = self.compact_later.iter().map(|k| k.as_slice()).collect();
+        self.ctx.backend.store().compact(&keys);
+        self.compact_later.clear();
     }
 
     fn drive_ready(&mut self, reading: bool, touched: &mut Vec<Token>) {
@@ -456,8 +471,7 @@ impl Worker {
         }
     }
 
-    /// Apply a settle result to `tokens`, then compact superseded versions
-    /// in one go and queue the connections to go on.
+    /// Apply a settle result to `tokens` and queue the connections to go on.
     fn confirm(&mut self, tokens: &[Token], result: Result<(), WriteError>) {
         let mut compact = Vec::new();
         for t in tokens {
@@ -474,10 +488,7 @@ impl Worker {
                 c.hold = Hold::None;
             }
         }
-        if !compact.is_empty() {
-            let keys: Vec<&[u8]> = compact.iter().map(|k| k.as_slice()).collect();
-            self.ctx.backend.store().compact(&keys);
-        }
+        self.compact_later.append(&mut compact);
         for t in tokens {
             self.enqueue(*t);
         }
@@ -571,6 +582,7 @@ impl Worker {
     }
 
     fn close_all(&mut self) {
+        self.compact();
         let tokens: Vec<Token> = self.conns.keys().copied().collect();
         for t in tokens {
             self.close(t);
