@@ -43,8 +43,22 @@ fn err(s: impl Into<String>) -> CmdError {
 /// any command that is not a write ([`needs_settled`]) and runs WAIT off
 /// its worker thread ([`wait_request`]), so this never blocks on the WAL.
 pub fn execute(s: &mut Session, args: &[&[u8]]) -> Flow {
-    let name = String::from_utf8_lossy(args[0]).to_ascii_lowercase();
-    let result = dispatch(s, &name, args);
+    // Command names are short: lower-case them on the stack (no allocation
+    // per request); longer ones are unknown anyway and take the slow path.
+    let mut buf = [0u8; 16];
+    let lowered;
+    let name: &str = match std::str::from_utf8(args[0]) {
+        Ok(n) if n.len() <= buf.len() => {
+            buf[..n.len()].copy_from_slice(n.as_bytes());
+            buf[..n.len()].make_ascii_lowercase();
+            std::str::from_utf8(&buf[..n.len()]).unwrap_or("")
+        }
+        _ => {
+            lowered = String::from_utf8_lossy(args[0]).to_ascii_lowercase();
+            &lowered
+        }
+    };
+    let result = dispatch(s, name, args);
     if let Err(e) = result {
         match e {
             CmdError::Reply(text) => reply::error(&mut s.out, &text),
