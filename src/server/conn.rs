@@ -97,7 +97,15 @@ impl Conn {
             }
             match self.stream.read(scratch) {
                 Ok(0) => self.eof = true,
-                Ok(n) => self.inbuf.extend_from_slice(&scratch[..n]),
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&scratch[..n]);
+                    // A short read emptied the socket: edge-triggered
+                    // polling reports the next arrival, so skip the read
+                    // that would only say EAGAIN (one syscall per request).
+                    if n < scratch.len() {
+                        self.readable = false;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
