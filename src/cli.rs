@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::node::{RunningNode, StartOptions};
@@ -37,12 +38,102 @@ pub enum Command {
     /// node against the disk's fdatasync rate, optionally beside
     /// PostgreSQL 15 and Redis measured in the same run.
     Bench(crate::bench::BenchArgs),
+    /// Promote a running standby (PostgreSQL's pg_ctl promote): ask it to
+    /// finish recovery and accept writes, and wait until it does.
+    Promote {
+        datadir: PathBuf,
+        /// Seconds to wait for the promotion to complete (0 = do not wait).
+        #[arg(long, default_value_t = 60)]
+        wait_seconds: u64,
+    },
+    /// The main job: a primary with archiving under a write load, crashed
+    /// with kill -9 and recovered, every acknowledged write verified.
+    Demo {
+        /// Keep the data directories here instead of a temporary directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Concurrent writing clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds of load before the crash.
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+    },
+    /// Take a base backup of a running node over the replication protocol
+    /// (PostgreSQL's pg_basebackup -X fetch): a consistent copy with the WAL
+    /// it needs, extracted into DATADIR and verified.
+    Basebackup {
+        /// The node's replication address (its replication_port).
+        #[arg(long, value_name = "HOST:PORT")]
+        from: String,
+        /// The directory to write: created, or empty.
+        #[arg(short = 'D', long = "pgdata", value_name = "DATADIR")]
+        datadir: PathBuf,
+        /// Make the copy a standby of the node: standby.signal and
+        /// primary_conninfo in its walrep.toml (pg_basebackup -R).
+        #[arg(short = 'R', long)]
+        write_standby_config: bool,
+        /// Replication user (default: the login name, as libpq). The
+        /// password is taken from PGPASSWORD.
+        #[arg(short = 'U', long = "username")]
+        user: Option<String>,
+        /// application_name of the connection, and of the standby with -R.
+        #[arg(long)]
+        application_name: Option<String>,
+        /// Show progress (a bar on a terminal, lines otherwise).
+        #[arg(short = 'P', long)]
+        progress: bool,
+        /// The backup label (in backup_label).
+        #[arg(short = 'l', long, default_value = "walrep basebackup")]
+        label: String,
+        /// Most kB/s the server sends (32 to 1048576; default unlimited).
+        #[arg(short = 'r', long = "max-rate", value_name = "KBPS")]
+        max_rate_kbps: Option<u64>,
+        /// Seconds to wait for the server at connect and at every step.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Print the default walrep.toml (every parameter with its default and a comment).
     DefaultConfig {
         /// Print the configuration reference (docs/configuration.md) instead.
         #[arg(long)]
         markdown: bool,
     },
+    /// Draw the state machines (explored from the code) or render a trace.
+    Viz {
+        #[command(subcommand)]
+        what: VizCommand,
+    },
+}
+
+/// What `walrep viz` draws.
+#[derive(Debug, Subcommand)]
+pub enum VizCommand {
+    /// The standby's recovery state machine.
+    States {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "dot")]
+        format: VizFormat,
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Render a transitions.jsonl (DATADIR/log/transitions.jsonl) as a timeline.
+    Trace {
+        /// The JSON-lines trace file.
+        file: PathBuf,
+    },
+}
+
+/// Diagram formats of `walrep viz states`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum VizFormat {
+    /// Graphviz DOT.
+    Dot,
+    /// Mermaid stateDiagram-v2.
+    Mermaid,
+    /// SVG, laid out in-process (no Graphviz needed).
+    Svg,
 }
 
 fn parse_seg_size(s: &str) -> Result<WalSegSize, String> {
@@ -83,9 +174,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let level = peek_log_level(&datadir, &overrides);
             crate::logging::init(&level);
             let node = RunningNode::start(&datadir, &StartOptions { overrides })?;
-            let sig = node.wait_for_signal()?;
-            tracing::info!(signal = sig, "shutdown requested");
+            let why = node.wait_for_exit()?;
+            tracing::info!(reason = ?why, "shutdown requested");
             node.stop()?;
+            match why {
+                crate::node::ExitRequest::Signal(_) => Ok(ExitCode::SUCCESS),
+                crate::node::ExitRequest::Fatal(message) => {
+                    anyhow::bail!("recovery failed: {message}")
+                }
+            }
+        }
+        Command::Promote {
+            datadir,
+            wait_seconds,
+        } => {
+            promote(&datadir, wait_seconds)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
@@ -97,6 +200,46 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo {
+            dir,
+            clients,
+            seconds,
+        } => {
+            crate::logging::init("warn");
+            crate::demo::run(&crate::demo::DemoOptions {
+                dir,
+                clients: clients.clamp(1, 256),
+                load_seconds: seconds,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Basebackup {
+            from,
+            datadir,
+            write_standby_config,
+            user,
+            application_name,
+            progress,
+            label,
+            max_rate_kbps,
+            timeout,
+        } => {
+            crate::logging::init("warn");
+            let (host, port) = parse_host_port(&from)?;
+            let opts = crate::backup::client::BasebackupOptions {
+                host,
+                port,
+                datadir,
+                user: user.unwrap_or_else(|| crate::replication::client::ConnInfo::default().user),
+                password: std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
+                application_name,
+                write_standby_config,
+                label,
+                max_rate_kbps: max_rate_kbps.unwrap_or(0),
+                timeout: std::time::Duration::from_secs(timeout.max(1)),
+            };
+            basebackup(&opts, progress)
+        }
         Command::DefaultConfig { markdown } => {
             if markdown {
                 print!("{}", crate::config::reference_markdown());
@@ -105,6 +248,37 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Viz { what } => run_viz(what),
+    }
+}
+
+/// `walrep promote`: write the request file the standby's trigger watcher
+/// looks for, then wait for the control file to say "in production".
+fn promote(datadir: &std::path::Path, wait_seconds: u64) -> anyhow::Result<()> {
+    let dir = crate::datadir::DataDir::new(datadir);
+    dir.check()?;
+    crate::datadir::DataDirLock::read_ports(&dir)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("no walrep is running in {}", datadir.display()))?;
+    crate::standby::trigger::request_promotion(datadir)?;
+    if wait_seconds == 0 {
+        println!("server promoting");
+        return Ok(());
+    }
+    print!("waiting for server to promote...");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_seconds);
+    loop {
+        if let Ok(c) = crate::store::ControlFile::read(datadir) {
+            if c.state == crate::store::ClusterState::InProduction {
+                println!(" done\nserver promoted (timeline {})", c.timeline);
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            println!(" stopped waiting");
+            anyhow::bail!("server did not promote in time");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -115,4 +289,77 @@ fn peek_log_level(datadir: &std::path::Path, overrides: &[String]) -> String {
     crate::config::Config::load(&dir.config_file(), overrides)
         .map(|c| c.log_level)
         .unwrap_or_else(|_| "info".into())
+}
+
+/// `walrep viz`: diagrams to a file or stdout; traces to stdout.
+fn run_viz(what: VizCommand) -> anyhow::Result<ExitCode> {
+    use crate::viz::{render_trace, standby_diagram, Format};
+    match what {
+        VizCommand::States { format, output } => {
+            let format = match format {
+                VizFormat::Dot => Format::Dot,
+                VizFormat::Mermaid => Format::Mermaid,
+                VizFormat::Svg => Format::Svg,
+            };
+            let text = standby_diagram(format);
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+        }
+        VizCommand::Trace { file } => {
+            let jsonl = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            print!("{}", render_trace(&jsonl)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `HOST:PORT` (`[v6]:PORT` for IPv6 addresses).
+fn parse_host_port(s: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--from {s:?}: expected HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        anyhow::bail!("--from {s:?}: the host is empty");
+    }
+    let port = port
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--from {s:?}: invalid port {port:?}"))?;
+    Ok((host.to_string(), port))
+}
+
+fn basebackup(
+    opts: &crate::backup::client::BasebackupOptions,
+    progress: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut reporter = crate::backup::client::progress_reporter(progress);
+    let s = crate::backup::client::run(opts, reporter.as_mut())?;
+    println!(
+        "walrep: base backup of system {} written to {}: WAL {} to {} on timeline {}, {} files, {} MB, {} keys in the snapshot, {} WAL records checked, {:.1}s",
+        s.system_id,
+        opts.datadir.display(),
+        s.start,
+        s.end,
+        s.tli.0,
+        s.extracted.files,
+        s.extracted.bytes >> 20,
+        s.snapshot_keys,
+        s.wal_records,
+        s.elapsed.as_secs_f64()
+    );
+    match &s.primary_conninfo {
+        Some(ci) => println!(
+            "walrep: standby.signal written; primary_conninfo = '{ci}'. Start the standby with: walrep start {}",
+            opts.datadir.display()
+        ),
+        None => println!(
+            "walrep: start the copy with: walrep start {} (use -c port=... -c replication_port=... if it runs beside the source)",
+            opts.datadir.display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -432,6 +432,7 @@ pub struct Config {
     pub max_connections: u32,
     pub proto_max_bulk_len: Size,
     pub max_wal_senders: u32,
+    pub max_replication_slots: u32,
     pub hba: Vec<HbaEntry>,
     pub passwords: BTreeMap<String, String>,
 
@@ -482,6 +483,7 @@ impl Default for Config {
             max_connections: 1000,
             proto_max_bulk_len: Size::mb(64),
             max_wal_senders: 10,
+            max_replication_slots: 10,
             hba: vec![
                 HbaEntry {
                     address: "127.0.0.0/8".into(),
@@ -542,6 +544,7 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "max_connections", section: "Connections", help: "Most concurrent client connections; more are refused with \"-ERR max number of clients reached\"." },
     ParamDoc { name: "proto_max_bulk_len", section: "Connections", help: "Largest single bulk string (key or value) a client may send; larger requests are refused and the connection closed." },
     ParamDoc { name: "max_wal_senders", section: "Connections", help: "Most concurrent replication connections (walsenders)." },
+    ParamDoc { name: "max_replication_slots", section: "Connections", help: "Most replication slots (slots/) this node keeps." },
     ParamDoc { name: "hba", section: "Connections", help: "Replication connection allow-list: [[hba]] lines with address (CIDR), method (trust, scram-sha-256, reject) and user (default all). The first matching line decides; no match is refused." },
     ParamDoc { name: "passwords", section: "Connections", help: "[passwords] table: user = \"password\" for scram-sha-256 authentication." },
     ParamDoc { name: "synchronous_commit", section: "Write-ahead log", help: "What a write waits for before it is acknowledged: off, local, remote_write, on (remote flush) or remote_apply. Without synchronous_standby_names the remote levels mean local." },

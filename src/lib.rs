@@ -19,18 +19,22 @@
 //! - [`syncrep`]: synchronous replication: `synchronous_standby_names`, the
 //!   LSN-ordered wait queues and their release from standby replies.
 //! - [`archive`]: `archive_command` (the archiver) and `restore_command`.
+//! - [`backup`]: base backups: BASE_BACKUP on a node, `walrep basebackup`.
 //! - [`standby`]: drives the recovery machine: event sources and the action executor.
 //! - [`node`]: one running node: starts and stops its threads.
 //! - [`viz`]: diagrams of the state machines and transition traces.
 //! - [`mod@bench`]: `walrep bench`, commits/s and latency beside the disk's
 //!   fdatasync rate and PostgreSQL's and Redis's figures.
+//! - [`demo`]: `walrep demo`, the main job on loopback.
 //! - [`cli`]: the `walrep` command line.
 
 pub mod archive;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod datadir;
+pub mod demo;
 pub mod logging;
 pub mod node;
 pub mod replication;

@@ -34,7 +34,8 @@ fn redis_cli_and_redis_benchmark_work() {
     assert_eq!(cli(&["GET", "greeting"]), "hello world");
     assert_eq!(cli(&["INCR", "n"]), "1");
     assert_eq!(cli(&["MSET", "a", "1", "b", "2"]), "OK");
-    assert_eq!(cli(&["MGET", "a", "b", "zz"]), "1\n2\n");
+    // redis-cli prints a nil as an empty line (trimmed away at the end).
+    assert_eq!(cli(&["MGET", "a", "b", "zz"]), "1\n2");
     assert_eq!(cli(&["DEL", "a", "zz"]), "1");
     assert_eq!(cli(&["EXISTS", "a", "b"]), "1");
     assert!(cli(&["INFO", "replication"]).contains("role:master"));

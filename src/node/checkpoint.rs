@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use super::Node;
-use crate::store::checkpoint::{remove_other_snapshots, write_snapshot};
+use crate::backup::pin::BackupPin;
+use crate::store::checkpoint::{remove_snapshots_except, write_snapshot};
 use crate::store::control::now_ms;
-use crate::store::ClusterState;
+use crate::store::{ClusterState, ControlFile};
 use crate::wal::{Checkpoint, XlogRecord};
 use crate::{Lsn, SegNo};
 
@@ -120,7 +121,10 @@ impl Node {
             };
             c.write(&self.dir.root)?;
         }
-        remove_other_snapshots(&self.dir.root, id).map_err(CheckpointError::Cleanup)?;
+        // Snapshots a running base backup copies stay until it ends.
+        let mut keep = self.backup_pins.pinned_snapshots();
+        keep.push(id);
+        remove_snapshots_except(&self.dir.root, &keep).map_err(CheckpointError::Cleanup)?;
         let report = self.remove_old_wal(&wal, redo)?;
         let done = CheckpointDone {
             checkpoint_lsn: rec.start,
@@ -150,9 +154,57 @@ impl Node {
         Ok(done)
     }
 
+    /// Shutdown has begun (no new base backup starts).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Pin the last checkpoint for a base backup: its snapshot directory
+    /// and the WAL from its redo point stay until the pin is dropped.
+    /// Taken under the checkpoint lock, so the control file read here names
+    /// the snapshot that exists; returns it with the pin. `None` once the
+    /// node is shutting down.
+    pub fn pin_last_checkpoint(&self) -> Option<(BackupPin, ControlFile)> {
+        let _guard = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.is_shutting_down() {
+            return None;
+        }
+        let control = self.control().clone();
+        let pin = self
+            .backup_pins
+            .pin(control.checkpoint_id, control.redo_lsn);
+        Some((pin, control))
+    }
+
+    /// End a base backup (do_pg_backup_stop): log XLOG_BACKUP_END for the
+    /// backup that started at `start`, flush it and switch segments.
+    /// Serialised with checkpoints and refused (`None`) once shutdown has
+    /// begun, so it never follows the shutdown checkpoint. Returns the end
+    /// of the backup-end record.
+    pub fn log_backup_end(&self, start: Lsn) -> Result<Option<Lsn>, crate::wal::WalError> {
+        let _guard = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.is_shutting_down() {
+            return Ok(None);
+        }
+        let Some(wal) = self.wal() else {
+            return Ok(None);
+        };
+        let rec = wal.log_xlog(&XlogRecord::BackupEnd { start })?;
+        wal.wait_flushed(rec.end)?;
+        wal.switch_segment()?;
+        Ok(Some(rec.end))
+    }
+
     /// Remove or recycle segments below the oldest position anything needs:
-    /// the redo point, `wal_keep_size` behind the flush position, and every
-    /// replication slot's restart point. Segments the archiver has not
+    /// the redo point, `wal_keep_size` behind the flush position, every
+    /// replication slot's restart point and every running base backup's
+    /// start. Segments the archiver has not
     /// finished with are kept by the WAL directory itself.
     fn remove_old_wal(
         &self,
@@ -160,6 +212,21 @@ impl Node {
         redo: Lsn,
     ) -> Result<crate::wal::RemovalReport, CheckpointError> {
         let seg = wal.seg_size();
+        // Slots past max_slot_wal_keep_size stop holding WAL; the others'
+        // positions are made durable before the WAL they protect can go.
+        match self.slots.invalidate_obsolete(wal.inserted(), seg) {
+            Ok(lost) if !lost.is_empty() => {
+                tracing::warn!(slots = ?lost, "replication slots invalidated: they needed more WAL than max_slot_wal_keep_size");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not invalidate obsolete replication slots")
+            }
+        }
+        if let Err(e) = self.slots.checkpoint() {
+            tracing::error!(error = %e, "could not save replication slots; keeping WAL");
+            return Ok(crate::wal::RemovalReport::default());
+        }
         let mut horizon = redo.segno(seg);
         let keep = self.config.wal_keep_size.bytes().unwrap_or(0);
         let flushed = wal.flushed();
@@ -167,9 +234,120 @@ impl Node {
         if let Some(slot_min) = self.slots_min_restart_lsn() {
             horizon = horizon.min(slot_min.segno(seg));
         }
+        if let Some(backup_redo) = self.backup_pins.oldest_redo() {
+            horizon = horizon.min(backup_redo.segno(seg));
+        }
         // Keep min_wal_size worth of files for reuse as future segments.
         let max_future = self.config.min_wal_size.bytes().unwrap_or(0) / seg.bytes();
         Ok(wal.remove_old_segments(SegNo(horizon.0), max_future)?)
+    }
+}
+
+impl Node {
+    /// A standby's restartpoint: snapshot the store as replayed so far and
+    /// point the control file at it, so a crashed standby resumes from here
+    /// instead of its base backup. `None` when nothing was replayed since
+    /// the last one.
+    pub fn restartpoint(
+        &self,
+        cause: CheckpointCause,
+    ) -> Result<Option<CheckpointDone>, CheckpointError> {
+        let _guard = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.wal().is_some() {
+            drop(_guard);
+            return self.checkpoint(cause).map(Some);
+        }
+        let started = Instant::now();
+        // Every record ending at or before `redo` is in the map already.
+        let redo = self.standby.replay_lsn();
+        let redo_tli = self.standby.replay_tli();
+        let (id, chunks, old_redo, old_min) = {
+            let c = self.control();
+            (
+                c.checkpoint_id + 1,
+                self.config.checkpoint_chunks,
+                c.redo_lsn,
+                c.min_recovery_point,
+            )
+        };
+        if redo <= old_redo && cause != CheckpointCause::Shutdown {
+            return Ok(None);
+        }
+        tracing::info!(cause = cause.as_str(), %redo, "restartpoint starting");
+        let snap = write_snapshot(&self.dir.root, id, chunks, &self.store)?;
+        // The snapshot may hold changes replayed while it was written: a
+        // restart must replay at least that far before it is consistent.
+        let min_recovery_point = old_min.max(self.standby.replay_lsn());
+        {
+            let mut c = self.control_mut();
+            c.checkpoint_lsn = redo;
+            c.redo_lsn = redo;
+            c.checkpoint_id = id;
+            c.checkpoint_timeline = redo_tli;
+            c.checkpoint_chunks = chunks;
+            c.min_recovery_point = min_recovery_point;
+            if let Some(target) = self.standby.status().target_tli {
+                c.timeline = target;
+            }
+            c.state = if cause == CheckpointCause::Shutdown {
+                ClusterState::ShutDownInRecovery
+            } else {
+                ClusterState::InArchiveRecovery
+            };
+            c.write(&self.dir.root)?;
+        }
+        let mut pinned = self.backup_pins.pinned_snapshots();
+        pinned.push(id);
+        remove_snapshots_except(&self.dir.root, &pinned).map_err(CheckpointError::Cleanup)?;
+        let seg = self.segdir.seg_size();
+        let keep = self.config.wal_keep_size.bytes().unwrap_or(0);
+        let mut horizon = redo
+            .segno(seg)
+            .min(Lsn(self.standby.receive_lsn().0.saturating_sub(keep)).segno(seg));
+        if keep > 0 && self.standby.receive_lsn() == Lsn::INVALID {
+            horizon = SegNo(0);
+        }
+        if let Some(slot_min) = self.slots_min_restart_lsn() {
+            horizon = horizon.min(slot_min.segno(seg));
+        }
+        if let Some(backup_redo) = self.backup_pins.oldest_redo() {
+            horizon = horizon.min(backup_redo.segno(seg));
+        }
+        let report = self
+            .segdir
+            .remove_old(&crate::wal::RemovalRequest {
+                horizon,
+                archive_mode: self.config.archive_mode == crate::config::ArchiveMode::Always,
+                recycle: None,
+            })
+            .map_err(|e| CheckpointError::Wal(e.into()))?;
+        let done = CheckpointDone {
+            checkpoint_lsn: redo,
+            redo,
+            id,
+            keys: snap.keys,
+            bytes: snap.bytes,
+            segments_removed: report.removed,
+            segments_recycled: report.recycled,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(
+            cause = cause.as_str(),
+            redo = %done.redo,
+            %min_recovery_point,
+            keys = done.keys,
+            removed = done.segments_removed,
+            elapsed_ms = done.elapsed_ms,
+            "restartpoint complete"
+        );
+        *self
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((done.clone(), now_ms()));
+        Ok(Some(done))
     }
 }
 
@@ -215,7 +393,9 @@ fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>) {
         .unwrap_or(Duration::from_secs(300));
     let wal_trigger = node.config.max_wal_size.bytes().unwrap_or(1 << 30) / 2;
     let mut last = Instant::now();
+    let mut switch = ArchiveTimeout::new(&node);
     loop {
+        switch.check(&node);
         let wait = timeout
             .saturating_sub(last.elapsed())
             .min(VOLUME_CHECK_INTERVAL);
@@ -226,19 +406,21 @@ fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>) {
                 Some(CheckpointCause::Time)
             }
             Err(RecvTimeoutError::Timeout) => {
-                let since_redo = node
-                    .wal()
-                    .map(|w| w.inserted().saturating_sub(node.control().redo_lsn))
-                    .unwrap_or(0);
+                let written = match node.wal() {
+                    Some(w) => w.inserted(),
+                    None => node.standby.replay_lsn(),
+                };
+                let since_redo = written.saturating_sub(node.control().redo_lsn);
                 (since_redo >= wal_trigger).then_some(CheckpointCause::Wal)
             }
         };
         let Some(cause) = cause else { continue };
-        if node.wal().is_none() {
-            continue;
-        }
-        match node.checkpoint(cause) {
-            Ok(_) => last = Instant::now(),
+        let result = match node.wal() {
+            Some(_) => node.checkpoint(cause).map(|_| ()),
+            None => node.restartpoint(cause).map(|_| ()),
+        };
+        match result {
+            Ok(()) => last = Instant::now(),
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint failed; the previous checkpoint stays valid");
                 if node.wal().is_some_and(|w| w.poisoned().is_some()) {
@@ -246,6 +428,58 @@ fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>) {
                 }
                 last = Instant::now();
             }
+        }
+    }
+}
+
+/// `archive_timeout`: a segment that holds WAL older than this is ended
+/// (PostgreSQL's checkpointer does the same), so the archive is never more
+/// than that far behind on a quiet primary.
+struct ArchiveTimeout {
+    timeout: Option<Duration>,
+    /// When WAL past `switched_at_lsn` was first seen.
+    pending_since: Option<Instant>,
+    switched_at_lsn: Lsn,
+}
+
+impl ArchiveTimeout {
+    fn new(node: &Node) -> ArchiveTimeout {
+        let on = node.config.archive_mode != crate::config::ArchiveMode::Off;
+        ArchiveTimeout {
+            timeout: node
+                .config
+                .archive_timeout
+                .get()
+                .filter(|d| on && !d.is_zero()),
+            pending_since: None,
+            switched_at_lsn: Lsn::INVALID,
+        }
+    }
+
+    fn check(&mut self, node: &Node) {
+        let (Some(timeout), Some(wal)) = (self.timeout, node.wal()) else {
+            return;
+        };
+        let seg = wal.seg_size();
+        let inserted = wal.inserted();
+        // Nothing but a segment header since the last switch: nothing to archive.
+        let fresh = inserted.segment_offset(seg) <= crate::wal::SEG_HEADER_SIZE;
+        if fresh || inserted <= self.switched_at_lsn {
+            self.pending_since = None;
+            return;
+        }
+        let since = *self.pending_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= timeout {
+            match wal.switch_segment() {
+                Ok(next) => {
+                    tracing::debug!(%next, "archive_timeout: switched to a new WAL segment");
+                    self.switched_at_lsn = next;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "archive_timeout: could not switch WAL segment")
+                }
+            }
+            self.pending_since = None;
         }
     }
 }

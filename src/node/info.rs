@@ -71,12 +71,7 @@ fn persistence(node: &Node) -> String {
         );
     }
     let _ = write!(s, "archive_mode:{}\r\n", node.config.archive_mode.as_str());
-    if let Some(stats) = node
-        .archiver_stats
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-    {
+    if let Some(stats) = node.archiver_stats() {
         let a = stats.snapshot();
         let _ = write!(
             s,
@@ -93,7 +88,59 @@ fn persistence(node: &Node) -> String {
 fn replication(node: &Node) -> String {
     let mut s = String::new();
     let role = if node.is_primary() { "master" } else { "slave" };
-    let _ = write!(s, "role:{role}\r\nconnected_slaves:0\r\n");
+    let standbys = node.registry().map(|r| r.snapshot()).unwrap_or_default();
+    let positions = node.standby_positions();
+    let sync_states = node.syncrep.sync_states(&positions);
+    let _ = write!(s, "role:{role}\r\n");
+    if !node.is_primary() || node.standby.status().state.is_some() {
+        standby_fields(node, &mut s);
+    }
+    let _ = write!(s, "connected_slaves:{}\r\n", standbys.len());
+    let mut direct = 0;
+    for (i, w) in standbys.iter().enumerate() {
+        let sync_state = if w.cascading {
+            "async"
+        } else {
+            direct += 1;
+            sync_states
+                .get(direct - 1)
+                .map(|s| s.as_str())
+                .unwrap_or("async")
+        };
+        let addr = w
+            .client_addr
+            .map(|a| (a.ip().to_string(), a.port()))
+            .unwrap_or_default();
+        let lag_ms = |d: Option<std::time::Duration>| {
+            d.map(|d| d.as_millis().to_string()).unwrap_or_default()
+        };
+        let reply_age_ms = w
+            .reply_time
+            .and_then(|t| t.elapsed().ok())
+            .map(|d| d.as_millis().to_string())
+            .unwrap_or_default();
+        let _ = write!(
+            s,
+            "slave{i}:ip={},port={},state={},offset={},lag={},application_name={},walsender_state={},sync_state={},sent_lsn={},write_lsn={},flush_lsn={},replay_lsn={},write_lag_ms={},flush_lag_ms={},replay_lag_ms={},reply_age_ms={},slot={}\r\n",
+            addr.0,
+            addr.1,
+            if w.state == crate::replication::registry::WalSenderState::Streaming { "online" } else { w.state.as_str() },
+            w.flush_lsn.0,
+            w.reply_time.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()).unwrap_or(0),
+            w.application_name,
+            w.state.as_str(),
+            sync_state,
+            w.sent_lsn,
+            w.write_lsn,
+            w.flush_lsn,
+            w.apply_lsn,
+            lag_ms(w.write_lag),
+            lag_ms(w.flush_lag),
+            lag_ms(w.apply_lag),
+            reply_age_ms,
+            w.slot.as_deref().unwrap_or(""),
+        );
+    }
     let (waiters, age) = node.syncrep.waiters();
     let _ = write!(
         s,
@@ -104,4 +151,47 @@ fn replication(node: &Node) -> String {
         node.syncrep.is_degraded() as u8,
     );
     s
+}
+
+/// A standby's view: its recovery state, where WAL comes from, how far it
+/// has received and replayed, and the last transition with its cause.
+fn standby_fields(node: &Node, s: &mut String) {
+    let st = &node.standby;
+    let status = st.status();
+    let conninfo = Some(node.config.primary_conninfo.trim())
+        .filter(|c| !c.is_empty())
+        .and_then(|c| crate::replication::client::ConnInfo::parse(c).ok());
+    let (host, port) = conninfo
+        .as_ref()
+        .map(|c| (c.host.clone(), c.port))
+        .unwrap_or_default();
+    let receive = st.receive_lsn();
+    let replay = st.replay_lsn();
+    let streaming = status.source == Some(crate::states::recovery::WalSource::Stream);
+    let commit_us = st
+        .last_replayed_commit_us
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let now_us = crate::store::control::now_ms() * 1000;
+    let replay_lag_ms = if commit_us == 0 || receive <= replay {
+        0
+    } else {
+        now_us.saturating_sub(commit_us) / 1000
+    };
+    let _ = write!(
+        s,
+        "master_host:{host}\r\nmaster_port:{port}\r\nmaster_link_status:{}\r\nrecovery_state:{}\r\nwal_source:{}\r\nreceive_lsn:{receive}\r\nreceive_tli:{}\r\nreplay_lsn:{replay}\r\nreplay_tli:{}\r\nreplay_lag_bytes:{}\r\nreplay_lag_ms:{replay_lag_ms}\r\nrecords_replayed:{}\r\ntarget_timeline:{}\r\nconsistent:{}\r\nlast_transition:{}\r\nlast_transition_cause:{}\r\nlast_transition_time_ms:{}\r\ntransitions:{}\r\n",
+        if streaming { "up" } else { "down" },
+        status.state.map(|k| k.to_string()).unwrap_or_else(|| "Starting".into()),
+        status.source.map(|k| k.to_string()).unwrap_or_default(),
+        st.receive_tli.load(std::sync::atomic::Ordering::Relaxed),
+        st.replay_tli().0,
+        receive.saturating_sub(replay),
+        st.records_replayed.load(std::sync::atomic::Ordering::Relaxed),
+        status.target_tli.map(|t| t.0).unwrap_or(0),
+        status.consistent_at.is_some() as u8,
+        status.last_transition.unwrap_or_default(),
+        status.last_transition_cause.unwrap_or_default(),
+        status.last_transition_at_ms,
+        status.transitions,
+    );
 }

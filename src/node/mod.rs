@@ -1,17 +1,19 @@
 //! One running node: opens the data directory, recovers, starts its threads
-//! (WAL writer, WAL event listener, checkpointer, archiver, listeners) and
-//! stops them in PostgreSQL's order at shutdown.
+//! (WAL writer, WAL event listener, checkpointer, archiver, listeners, and on
+//! a standby the recovery runtime) and stops them in PostgreSQL's order.
 //!
 //! # Layout
 //! - [`init`]: `walrep init`, a new data directory with its first checkpoint.
 //! - [`recovery`]: crash recovery (snapshot + redo to the end of WAL).
-//! - [`checkpoint`]: the checkpointer and WAL removal.
+//! - [`checkpoint`]: the checkpointer, restartpoints and WAL removal.
 //! - [`info`]: the node's INFO sections.
+//! - [`replication`]: the node as a replication source; standby replies.
 
 pub mod checkpoint;
 pub mod info;
 pub mod init;
 pub mod recovery;
+pub mod replication;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -20,18 +22,34 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::archive::{self, ArchiveNotifier, ArchiverConfig, ArchiverHandle};
-use crate::config::Config;
+use crate::config::{ArchiveMode, Config};
 use crate::datadir::{DataDir, DataDirLock};
+use crate::replication::registry::WalSenderRegistry;
+use crate::replication::server::{ServerHandle as ReplicationServerHandle, ServerOptions};
+use crate::replication::slots::SlotManager;
 use crate::server::{Backend, Role, Server, ServerSettings, WriteError};
+use crate::standby::{StandbyRuntime, StandbyState};
 use crate::store::{ClusterState, ControlFile, Level, Store};
 use crate::syncrep::{self, SyncRep};
-use crate::wal::{Wal, WalConfig, WalError, WalEvent};
+use crate::wal::{SegmentDir, StdIo, Wal, WalConfig, WalError, WalEvent};
 use crate::Lsn;
 use checkpoint::{CheckpointCause, CheckpointDone, Checkpointer};
 
 const ROLE_PRIMARY: u8 = 0;
+const ROLE_STANDBY: u8 = 1;
+const ROLE_RECOVERING: u8 = 2;
+
+/// Why a running node should stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitRequest {
+    /// SIGINT or SIGTERM.
+    Signal(i32),
+    /// Recovery cannot go on (PostgreSQL's FATAL in the startup process).
+    Fatal(String),
+}
 
 /// Shared state of one node; every thread holds an `Arc<Node>`.
 pub struct Node {
@@ -45,10 +63,41 @@ pub struct Node {
     pub syncrep: Arc<SyncRep>,
     checkpoint_lock: Mutex<()>,
     last_checkpoint: Mutex<Option<(CheckpointDone, u64)>>,
-    pub archiver_stats: Mutex<Option<archive::ArchiverStatsHandle>>,
     pub started_at: Instant,
     pub ports: Mutex<Ports>,
     shutting_down: AtomicBool,
+    /// The WAL directory handle shared by the writer, walsenders and
+    /// removal (so a walsender knows what was removed).
+    pub segdir: Arc<SegmentDir>,
+    /// Replication slots (`slots/`).
+    pub slots: Arc<SlotManager>,
+    registry: Mutex<Option<Arc<WalSenderRegistry>>>,
+    /// A standby's flush point (walreceiver / restored WAL); unused on a primary.
+    standby_flush: Mutex<replication::FlushPoint>,
+    /// Notified when `standby_flush` or the timeline changes.
+    pub flush_changed: replication::FlushSignal,
+    /// Notified on every standby reply (WAIT).
+    replies: replication::FlushSignal,
+    /// Replay and receive positions, recovery state and last transition.
+    pub standby: StandbyState,
+    /// Threads that follow the WAL writer (started with it, also at promotion).
+    wal_threads: Mutex<WalThreads>,
+    /// Where a fatal recovery error or a signal asks the node to stop.
+    exit_tx: Sender<ExitRequest>,
+    /// Snapshots and WAL that running base backups still copy.
+    pub backup_pins: Arc<crate::backup::pin::BackupPins>,
+    /// Random per start: sent to replication clients (`walrep_instance_id`)
+    /// so a walreceiver pointed at its own node refuses to stream.
+    pub instance_id: u64,
+}
+
+/// The archiver and the WAL event listener, owned by the node because
+/// promotion starts them from the startup thread.
+#[derive(Default)]
+struct WalThreads {
+    archiver: Option<(ArchiverHandle, Sender<()>)>,
+    archiver_stats: Option<archive::ArchiverStatsHandle>,
+    listener: Option<JoinHandle<()>>,
 }
 
 /// Where the node's listeners ended up (port 0 in tests picks a free one).
@@ -75,9 +124,26 @@ impl Node {
         self.role.load(Ordering::SeqCst) == ROLE_PRIMARY
     }
 
+    /// A standby replayed up to its consistency point: reads are served.
+    pub fn set_consistent(&self) {
+        let _ = self.role.compare_exchange(
+            ROLE_RECOVERING,
+            ROLE_STANDBY,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
     /// The oldest WAL any replication slot still needs.
     pub fn slots_min_restart_lsn(&self) -> Option<Lsn> {
-        None
+        self.slots.min_restart_lsn()
+    }
+
+    pub fn registry(&self) -> Option<Arc<WalSenderRegistry>> {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn last_checkpoint(&self) -> Option<(CheckpointDone, u64)> {
@@ -85,6 +151,78 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub fn archiver_stats(&self) -> Option<archive::ArchiverStatsHandle> {
+        self.wal_threads().archiver_stats.clone()
+    }
+
+    fn wal_threads(&self) -> MutexGuard<'_, WalThreads> {
+        self.wal_threads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ask the node to stop (the main thread is waiting for this).
+    pub fn request_exit(&self, why: ExitRequest) {
+        let _ = self.exit_tx.try_send(why);
+    }
+
+    /// Set a standby's flush point (what cascading walsenders may send).
+    pub fn set_standby_flush(&self, point: replication::FlushPoint) {
+        let changed = {
+            let mut f = self.standby_flush.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = *f != point;
+            *f = point;
+            changed
+        };
+        if changed {
+            self.flush_changed.notify();
+        }
+    }
+
+    /// Make `wal` the node's WAL writer and start what follows it (the WAL
+    /// event listener; the archiver where `archive_mode` wants one on a
+    /// primary). Used at start-up of a primary and at promotion.
+    pub fn attach_wal(self: &Arc<Self>, wal: Arc<Wal>) -> anyhow::Result<()> {
+        *self.wal.write().unwrap_or_else(|e| e.into_inner()) = Some(wal.clone());
+        self.store.visibility().advance_all(wal.flushed());
+        let notifier = self.ensure_archiver(false)?;
+        let listener = start_wal_listener(self.clone(), &wal, notifier)?;
+        self.wal_threads().listener = Some(listener);
+        self.flush_changed.notify();
+        Ok(())
+    }
+
+    /// Become a primary: writes are accepted from now on.
+    pub fn accept_writes(&self) {
+        self.role.store(ROLE_PRIMARY, Ordering::SeqCst);
+        self.flush_changed.notify();
+    }
+
+    /// Start the archiver if `archive_mode` asks for one in this role.
+    fn ensure_archiver(&self, in_recovery: bool) -> anyhow::Result<Option<ArchiveNotifier>> {
+        let mut t = self.wal_threads();
+        if let Some((h, _)) = &t.archiver {
+            return Ok(Some(h.notifier()));
+        }
+        if !archive::archiver_should_run(self.config.archive_mode, in_recovery) {
+            return Ok(None);
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let handle = archive::spawn_archiver(
+            ArchiverConfig::from_config(&self.dir.root, &self.config),
+            rx,
+        )?;
+        let notifier = handle.notifier();
+        t.archiver_stats = Some(handle.stats_handle());
+        t.archiver = Some((handle, tx));
+        Ok(Some(notifier))
+    }
+
+    /// Wake the archiver (a standby restored or received a file to archive).
+    pub fn notify_archiver(&self) {
+        if let Some((h, _)) = &self.wal_threads().archiver {
+            h.notifier().segment_completed();
+        }
     }
 }
 
@@ -101,16 +239,19 @@ impl Backend for Node {
     }
 
     fn role(&self) -> Role {
-        if self.is_primary() {
-            Role::Primary
-        } else {
-            Role::Standby
+        match self.role.load(Ordering::SeqCst) {
+            ROLE_PRIMARY => Role::Primary,
+            ROLE_STANDBY => Role::Standby,
+            _ => Role::Recovering,
         }
     }
 
     fn insert(&self, info: u8, payload: &[u8]) -> Result<Lsn, WriteError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(WriteError::ShuttingDown);
+        }
+        if !self.is_primary() {
+            return Err(WriteError::ReadOnly);
         }
         let wal = self.wal().ok_or(WriteError::ReadOnly)?;
         wal.insert(crate::store::record::RM_KV, info, payload)
@@ -147,16 +288,22 @@ impl Backend for Node {
         self.syncrep.defined()
     }
 
+    /// The configuration, with `port` and `replication_port` as actually
+    /// bound (port 0 in the file picks a free port).
     fn config(&self) -> Arc<Config> {
-        self.config.clone()
+        let ports = *self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = (*self.config).clone();
+        c.port = ports.redis;
+        c.replication_port = ports.replication;
+        Arc::new(c)
     }
 
     fn info_section(&self, name: &str) -> Option<String> {
         info::section(self, name)
     }
 
-    fn wait_replicas(&self, _upto: Lsn, _wanted: usize, _timeout: Duration) -> usize {
-        0
+    fn wait_replicas(&self, upto: Lsn, wanted: usize, timeout: Duration) -> usize {
+        self.count_acked(upto, wanted, timeout)
     }
 }
 
@@ -164,9 +311,10 @@ impl Backend for Node {
 pub struct RunningNode {
     pub node: Arc<Node>,
     server: Option<Server>,
+    replication: Option<ReplicationServerHandle>,
     checkpointer: Option<Checkpointer>,
-    archiver: Option<(ArchiverHandle, crossbeam_channel::Sender<()>)>,
-    wal_listener: Option<JoinHandle<()>>,
+    standby: Option<StandbyRuntime>,
+    exit_rx: Receiver<ExitRequest>,
     lock: DataDirLock,
 }
 
@@ -178,7 +326,8 @@ pub struct StartOptions {
 }
 
 impl RunningNode {
-    /// Start the node in `datadir` (recover, then serve).
+    /// Start the node in `datadir`: a primary recovers and serves; with
+    /// `standby.signal` a standby starts its recovery runtime.
     pub fn start(
         datadir: impl Into<std::path::PathBuf>,
         opts: &StartOptions,
@@ -197,84 +346,89 @@ impl RunningNode {
         if let Err(e) = crate::standby::trigger::remove_stale_promote_request(&dir.root) {
             tracing::warn!(error = %e, "could not remove a stale promote request");
         }
-        let mut control = ControlFile::read(&dir.root)?;
-        if dir.is_standby() {
-            anyhow::bail!("standby.signal found: standby mode is not available in this build yet");
-        }
-        let store = Store::new();
-        let wal_dir = dir.wal();
-        let history = crate::wal::read_history(&wal_dir, control.timeline).map_err(|e| {
-            anyhow::anyhow!(
-                "could not read the history of timeline {}: {e}",
-                control.timeline
-            )
-        })?;
-        if control.state != ClusterState::ShutDown {
-            tracing::warn!(state = %control.state, "database system was not properly shut down; automatic recovery in progress");
-        }
-        let rec = recovery::crash_recover(&dir.root, &control, history, &store)?;
-        tracing::info!(
-            keys = rec.snapshot_keys,
-            records = rec.records_replayed,
-            end = %rec.end,
-            elapsed_ms = rec.elapsed_ms,
-            "recovery complete"
-        );
-        let mut wal_cfg = WalConfig::new(
-            &wal_dir,
-            control.system_identifier,
-            control.timeline,
+        let control = ControlFile::read(&dir.root)?;
+        let standby = dir.is_standby();
+        let segdir = Arc::new(SegmentDir::open(
+            &dir.wal(),
             control.wal_segment_size,
-            rec.end,
-            rec.prev_record,
-        );
-        wal_cfg.archive_mode = config.archive_mode != crate::config::ArchiveMode::Off;
-        wal_cfg.wal_writer_delay = config
-            .wal_writer_delay
-            .get()
-            .unwrap_or(Duration::from_millis(200));
-        let wal = Arc::new(Wal::start(wal_cfg).context("could not start the WAL writer")?);
-        store.visibility().advance_all(wal.flushed());
-        let crashed = control.state != ClusterState::ShutDown;
-        control.state = ClusterState::InProduction;
-        control.write(&dir.root)?;
+            Arc::new(StdIo),
+        )?);
+        let store = Store::new();
+        let snapshot = crate::store::checkpoint::load_snapshot(
+            &dir.root,
+            control.checkpoint_id,
+            control.checkpoint_chunks,
+            &store,
+        )?;
+        tracing::info!(checkpoint = %control.checkpoint_lsn, redo = %control.redo_lsn, keys = snapshot.keys, state = %control.state, "loaded the last checkpoint");
+        let slots = SlotManager::open(
+            &dir.root,
+            config.max_replication_slots as usize,
+            config.max_slot_wal_keep_size.bytes(),
+        )?;
         let syncrep = Arc::new(SyncRep::new(
             sync_config,
             store.visibility().clone(),
             config.synchronous_standby_timeout.get(),
         ));
+        let (exit_tx, exit_rx) = crossbeam_channel::bounded(8);
+        let flush = replication::FlushPoint {
+            tli: control.timeline,
+            lsn: control.min_recovery_point.max(control.redo_lsn),
+        };
         let config = Arc::new(config);
         let node = Arc::new(Node {
             dir,
             config: config.clone(),
             control: Mutex::new(control),
             store,
-            wal: RwLock::new(Some(wal.clone())),
-            role: AtomicU8::new(ROLE_PRIMARY),
+            wal: RwLock::new(None),
+            role: AtomicU8::new(if standby {
+                ROLE_RECOVERING
+            } else {
+                ROLE_PRIMARY
+            }),
             syncrep,
             checkpoint_lock: Mutex::new(()),
             last_checkpoint: Mutex::new(None),
-            archiver_stats: Mutex::new(None),
             started_at: Instant::now(),
             ports: Mutex::new(Ports::default()),
             shutting_down: AtomicBool::new(false),
+            segdir,
+            slots,
+            registry: Mutex::new(None),
+            standby_flush: Mutex::new(flush),
+            flush_changed: replication::FlushSignal::default(),
+            replies: replication::FlushSignal::default(),
+            standby: StandbyState::default(),
+            wal_threads: Mutex::new(WalThreads::default()),
+            exit_tx,
+            backup_pins: crate::backup::pin::BackupPins::new(),
+            instance_id: rand::random(),
         });
-        if crashed {
-            // PostgreSQL ends crash recovery with a checkpoint so the WAL
-            // just replayed is not needed again.
-            node.checkpoint(CheckpointCause::EndOfRecovery)?;
-        }
         let mut running = RunningNode {
             node: node.clone(),
             server: None,
+            replication: None,
             checkpointer: None,
-            archiver: None,
-            wal_listener: None,
+            standby: None,
+            exit_rx,
             lock,
         };
-        let notifier = running.start_archiver()?;
-        running.wal_listener = Some(start_wal_listener(node.clone(), &wal, notifier)?);
+        if standby {
+            node.ensure_archiver(true)?;
+            running.standby = Some(StandbyRuntime::start(node.clone())?);
+        } else {
+            start_primary(&node)?;
+        }
         running.checkpointer = Some(Checkpointer::start(node.clone())?);
+        running.start_listeners()?;
+        Ok(running)
+    }
+
+    fn start_listeners(&mut self) -> anyhow::Result<()> {
+        let node = self.node.clone();
+        let config = &node.config;
         let addr = listen_addr(&config.listen_addresses, config.port)?;
         let server = Server::start(
             addr,
@@ -286,37 +440,24 @@ impl RunningNode {
             },
         )
         .with_context(|| format!("could not listen on {addr} (port)"))?;
+        self.replication = Some(start_replication(&node)?);
         let ports = {
             let mut p = node.ports.lock().unwrap_or_else(|e| e.into_inner());
             p.redis = server.local_addr().port();
             *p
         };
-        running.lock.record_ports(&[
+        self.lock.record_ports(&[
             ("port", ports.redis),
             ("replication_port", ports.replication),
         ])?;
-        tracing::info!(addr = %server.local_addr(), timeline = %wal.timeline(), "database system is ready to accept connections");
-        running.server = Some(server);
-        Ok(running)
-    }
-
-    fn start_archiver(&mut self) -> anyhow::Result<Option<ArchiveNotifier>> {
-        let node = &self.node;
-        if !archive::archiver_should_run(node.config.archive_mode, !node.is_primary()) {
-            return Ok(None);
-        }
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let handle = archive::spawn_archiver(
-            ArchiverConfig::from_config(&node.dir.root, &node.config),
-            rx,
-        )?;
-        let notifier = handle.notifier();
-        *node
-            .archiver_stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(handle.stats_handle());
-        self.archiver = Some((handle, tx));
-        Ok(Some(notifier))
+        let what = if node.is_primary() {
+            "database system is ready to accept connections"
+        } else {
+            "standby is running; it accepts read-only connections once consistent"
+        };
+        tracing::info!(addr = %server.local_addr(), replication_port = ports.replication, "{what}");
+        self.server = Some(server);
+        Ok(())
     }
 
     /// The address clients connect to.
@@ -324,58 +465,163 @@ impl RunningNode {
         self.server.as_ref().map(|s| s.local_addr())
     }
 
-    /// Block until SIGINT or SIGTERM.
-    pub fn wait_for_signal(&self) -> anyhow::Result<i32> {
+    /// Block until SIGINT or SIGTERM, or until recovery fails fatally.
+    pub fn wait_for_exit(&self) -> anyhow::Result<ExitRequest> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-        let sig = signals.forever().next().unwrap_or(SIGTERM);
-        Ok(sig)
+        let handle = signals.handle();
+        let tx = self.node.exit_tx.clone();
+        let forwarder = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    let _ = tx.send(ExitRequest::Signal(sig));
+                }
+            })?;
+        let why = self
+            .exit_rx
+            .recv()
+            .unwrap_or(ExitRequest::Signal(signal_hook::consts::SIGTERM));
+        handle.close();
+        let _ = forwarder.join();
+        Ok(why)
     }
 
     /// PostgreSQL's fast shutdown: stop accepting, let in-flight commits
     /// finish (those still waiting for a standby after a grace period get an
-    /// error, never "OK"), write a shutdown checkpoint, stop the WAL writer.
+    /// error, never "OK"), stop recovery, write a shutdown checkpoint (or a
+    /// restartpoint on a standby), stop the WAL writer.
     pub fn stop(mut self) -> anyhow::Result<()> {
         let node = self.node.clone();
         tracing::info!("received shutdown request; shutting down");
-        if let Some(mut server) = self.server.take() {
-            // Sessions finish their in-flight commits; those still waiting
-            // for a synchronous standby after the grace period are failed.
-            let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
-            let stopper = std::thread::spawn(move || {
-                server.shutdown();
-                let _ = done_tx.send(());
-            });
-            if done_rx.recv_timeout(SYNC_WAIT_GRACE).is_err() {
-                tracing::warn!("commits still waiting for synchronous standbys after {SYNC_WAIT_GRACE:?}: failing them");
-                node.syncrep.shutdown();
-            }
-            let _ = stopper.join();
+        if let Some(server) = self.server.take() {
+            stop_server(&node, server);
         }
         if let Some(c) = self.checkpointer.take() {
             c.stop();
         }
+        if let Some(s) = self.standby.take() {
+            s.stop();
+        }
         node.shutting_down.store(true, Ordering::SeqCst);
-        let result = match node.wal() {
-            Some(wal) if wal.poisoned().is_none() => node
-                .checkpoint(CheckpointCause::Shutdown)
+        let result = if node.wal().is_some_and(|w| w.poisoned().is_none()) {
+            node.checkpoint(CheckpointCause::Shutdown)
                 .map(|_| ())
-                .map_err(anyhow::Error::from),
-            _ => Ok(()),
+                .map_err(anyhow::Error::from)
+        } else if node.wal().is_none() {
+            node.restartpoint(CheckpointCause::Shutdown)
+                .map(|_| ())
+                .map_err(anyhow::Error::from)
+        } else {
+            Ok(())
         };
+        // Walsenders send everything up to the shutdown checkpoint, wait
+        // (bounded) for their standbys to confirm it, then end with COPY 0.
+        if let Some(r) = self.replication.take() {
+            r.shutdown();
+        }
         if let Some(wal) = node.wal() {
             let _ = wal.shutdown();
         }
-        if let Some(t) = self.wal_listener.take() {
+        let threads = std::mem::take(&mut *node.wal_threads());
+        if let Some(t) = threads.listener {
             let _ = t.join();
         }
-        if let Some((handle, tx)) = self.archiver.take() {
+        if let Some((handle, tx)) = threads.archiver {
             let _ = tx.send(());
             let _ = handle.join();
         }
         tracing::info!("database system is shut down");
         result
     }
+}
+
+/// Recover a primary from its WAL and start its WAL writer.
+fn start_primary(node: &Arc<Node>) -> anyhow::Result<()> {
+    let control = node.control().clone();
+    if control.state != ClusterState::ShutDown {
+        tracing::warn!(state = %control.state, "database system was not properly shut down; automatic recovery in progress");
+    }
+    let history = crate::wal::read_history(&node.dir.wal(), control.timeline).map_err(|e| {
+        anyhow::anyhow!(
+            "could not read the history of timeline {}: {e}",
+            control.timeline
+        )
+    })?;
+    let rec = recovery::replay_to_end(&node.dir.root, &control, history, &node.store)?;
+    tracing::info!(records = rec.records_replayed, end = %rec.end, elapsed_ms = rec.elapsed_ms, "recovery complete");
+    let mut wal_cfg = WalConfig::new(
+        node.dir.wal(),
+        control.system_identifier,
+        control.timeline,
+        control.wal_segment_size,
+        rec.end,
+        rec.prev_record,
+    );
+    wal_cfg.segdir = Some(node.segdir.clone());
+    wal_cfg.archive_mode = node.config.archive_mode != ArchiveMode::Off;
+    wal_cfg.wal_writer_delay = node
+        .config
+        .wal_writer_delay
+        .get()
+        .unwrap_or(Duration::from_millis(200));
+    let wal = Arc::new(Wal::start(wal_cfg).context("could not start the WAL writer")?);
+    {
+        let mut c = node.control_mut();
+        c.state = ClusterState::InProduction;
+        c.write(&node.dir.root)?;
+    }
+    node.attach_wal(wal)?;
+    if control.state != ClusterState::ShutDown {
+        // PostgreSQL ends crash recovery with a checkpoint so the WAL just
+        // replayed is not needed again.
+        node.checkpoint(CheckpointCause::EndOfRecovery)?;
+    }
+    Ok(())
+}
+
+/// Stop the front end: sessions finish their in-flight commits; those still
+/// waiting for a synchronous standby after the grace period are failed.
+fn stop_server(node: &Arc<Node>, mut server: Server) {
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let stopper = std::thread::spawn(move || {
+        server.shutdown();
+        let _ = done_tx.send(());
+    });
+    if done_rx.recv_timeout(SYNC_WAIT_GRACE).is_err() {
+        tracing::warn!("commits still waiting for synchronous standbys after {SYNC_WAIT_GRACE:?}: failing them");
+        node.syncrep.shutdown();
+    }
+    let _ = stopper.join();
+}
+
+/// Bind the replication port and start the walsender listener.
+fn start_replication(node: &Arc<Node>) -> anyhow::Result<ReplicationServerHandle> {
+    let config = &node.config;
+    let addr = listen_addr(&config.listen_addresses, config.replication_port)?;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("could not listen on {addr} (replication_port)"))?;
+    let registry = WalSenderRegistry::new(config.max_wal_senders as usize);
+    registry.set_observer(Arc::new(replication::ReplyObserver {
+        node: Arc::downgrade(node),
+    }));
+    *node.registry.lock().unwrap_or_else(|e| e.into_inner()) = Some(registry.clone());
+    let options = ServerOptions {
+        instance_id: node.instance_id,
+        ..ServerOptions::from_config(config)
+    };
+    let handle = crate::replication::server::spawn(
+        listener,
+        Arc::new(replication::NodeSource::new(node)),
+        node.slots.clone(),
+        registry,
+        options,
+    )?;
+    node.ports
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replication = handle.local_addr().port();
+    Ok(handle)
 }
 
 /// How long fast shutdown lets commits wait for synchronous standbys.

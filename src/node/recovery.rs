@@ -58,13 +58,26 @@ pub fn crash_recover(
     history: TimelineHistory,
     store: &Store,
 ) -> Result<RecoveryResult, RecoveryError> {
-    let started = Instant::now();
     let snapshot = load_snapshot(
         datadir,
         control.checkpoint_id,
         control.checkpoint_chunks,
         store,
     )?;
+    let mut result = replay_to_end(datadir, control, history, store)?;
+    result.snapshot_keys = snapshot.keys;
+    Ok(result)
+}
+
+/// Replay the WAL of `history` from the control file's redo point to the
+/// first invalid record, into a store that already holds the snapshot.
+pub fn replay_to_end(
+    datadir: &std::path::Path,
+    control: &ControlFile,
+    history: TimelineHistory,
+    store: &Store,
+) -> Result<RecoveryResult, RecoveryError> {
+    let started = Instant::now();
     let cfg = ReaderConfig {
         dir: datadir.join(crate::datadir::WAL_DIR),
         system_id: control.system_identifier,
@@ -101,7 +114,7 @@ pub fn crash_recover(
         end,
         prev_record,
         records_replayed: records,
-        snapshot_keys: snapshot.keys,
+        snapshot_keys: 0,
         stop: Some(stop.to_string()),
         elapsed_ms: started.elapsed().as_millis() as u64,
     })

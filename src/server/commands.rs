@@ -58,7 +58,11 @@ pub fn execute(s: &mut Session, args: &[&[u8]]) -> Flow {
             &lowered
         }
     };
-    let result = dispatch(s, name, args);
+    let result = if reads_data(name) && s.ctx.backend.role() == Role::Recovering {
+        Err(CmdError::Write(WriteError::NotConsistent))
+    } else {
+        dispatch(s, name, args)
+    };
     if let Err(e) = result {
         match e {
             CmdError::Reply(text) => reply::error(&mut s.out, &text),
@@ -79,6 +83,11 @@ pub fn needs_settled(arg0: &[u8]) -> bool {
     !WRITES
         .iter()
         .any(|w| arg0.eq_ignore_ascii_case(w.as_bytes()))
+}
+
+/// Commands that read the store: refused while a standby is not consistent.
+fn reads_data(name: &str) -> bool {
+    matches!(name, "get" | "mget" | "exists" | "dbsize")
 }
 
 /// Whether `arg0` is WAIT, which blocks (up to its timeout) and so runs

@@ -36,6 +36,8 @@ pub enum Role {
     Primary,
     /// Answers reads (hot standby) and refuses writes.
     Standby,
+    /// A standby not yet consistent: refuses reads (Redis's LOADING) and writes.
+    Recovering,
 }
 
 /// Why a write was not accepted or not confirmed.
@@ -49,6 +51,8 @@ pub enum WriteError {
     WalFailed(String),
     #[error("ERR the node is shutting down")]
     ShuttingDown,
+    #[error("LOADING walrep is replaying WAL; reads are served once recovery is consistent")]
+    NotConsistent,
 }
 
 /// What the front end needs from the node.

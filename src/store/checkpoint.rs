@@ -270,11 +270,18 @@ pub fn parse_chunk(
 /// Remove every snapshot directory except `keep` (after the control file
 /// points at `keep`), including leftovers of interrupted writes.
 pub fn remove_other_snapshots(datadir: &Path, keep: u64) -> io::Result<()> {
-    let keep_name = format!("{keep:016X}");
+    remove_snapshots_except(datadir, &[keep])
+}
+
+/// Remove every snapshot directory not named in `keep` (the last
+/// checkpoint's, and those a running base backup has pinned).
+pub fn remove_snapshots_except(datadir: &Path, keep: &[u64]) -> io::Result<()> {
+    let keep_names: Vec<String> = keep.iter().map(|id| format!("{id:016X}")).collect();
     let base = base_dir(datadir);
     for e in fs::read_dir(&base)? {
         let e = e?;
-        if e.file_name().to_string_lossy() != keep_name {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !keep_names.contains(&name) {
             fs::remove_dir_all(e.path())?;
         }
     }

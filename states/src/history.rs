@@ -14,8 +14,11 @@ use crate::lsn::{Lsn, TimelineId};
 /// `None` for the newest timeline (it has not ended).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineSpan {
+    /// The timeline.
     pub tli: TimelineId,
+    /// Its first position (where its parent ended).
     pub begin: Lsn,
+    /// Its switch point to the next timeline, `None` for the newest.
     pub end: Option<Lsn>,
 }
 
@@ -31,13 +34,31 @@ pub struct TimelineHistory {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HistoryError {
     /// A line is not `tli<TAB>X/X<TAB>reason`.
-    Syntax { line: usize, text: String },
+    Syntax {
+        /// The line number (1-based).
+        line: usize,
+        /// The line.
+        text: String,
+    },
     /// Timeline ids must strictly increase ("must be in increasing sequence").
-    NotIncreasing { line: usize },
+    NotIncreasing {
+        /// The line number (1-based).
+        line: usize,
+    },
     /// Every ancestor must be lower than the file's own timeline.
-    NotAncestor { line: usize, tli: u32, own: u32 },
+    NotAncestor {
+        /// The line number (1-based).
+        line: usize,
+        /// The ancestor timeline on the line.
+        tli: u32,
+        /// The file's timeline.
+        own: u32,
+    },
     /// Switch points must not go backwards.
-    SwitchPointBackwards { line: usize },
+    SwitchPointBackwards {
+        /// The line number (1-based).
+        line: usize,
+    },
 }
 
 impl fmt::Display for HistoryError {
@@ -66,8 +87,11 @@ impl std::error::Error for HistoryError {}
 /// (the end of the parent) and the reason text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryLine {
+    /// The ancestor timeline.
     pub parent: TimelineId,
+    /// Where it ended: the first position of the next timeline.
     pub switch_point: Lsn,
+    /// Free text (PostgreSQL writes the recovery stop reason).
     pub reason: String,
 }
 
@@ -159,6 +183,31 @@ impl TimelineHistory {
         self.spans.iter().find(|s| s.tli == tli).map(|s| s.end)
     }
 
+    /// Whether this history obeys PostgreSQL's reader rules: timeline ids
+    /// strictly increase and no span ends before it begins. (`parse`
+    /// guarantees it; a history built with `fork` at a point before its
+    /// newest timeline began does not.)
+    pub fn is_consistent(&self) -> bool {
+        self.spans.windows(2).all(|w| {
+            w[0].tli < w[1].tli && w[0].end == Some(w[1].begin) && w[0].begin <= w[1].begin
+        }) && self.spans.last().is_some_and(|s| s.end.is_none())
+    }
+
+    /// The history of `tli` as seen from this one: this history's spans up
+    /// to and including `tli`, with `tli` not ended. `None` if `tli` is not
+    /// on this history. (What a timeline forked off an ancestor inherits.)
+    pub fn ancestor(&self, tli: TimelineId) -> Option<TimelineHistory> {
+        let n = self.spans.iter().position(|s| s.tli == tli)?;
+        let mut spans = self.spans[..=n].to_vec();
+        spans[n].end = None;
+        Some(TimelineHistory { spans })
+    }
+
+    /// Where `tli` begins on this history, `None` if it is not on it.
+    pub fn begin_of(&self, tli: TimelineId) -> Option<Lsn> {
+        self.spans.iter().find(|s| s.tli == tli).map(|s| s.begin)
+    }
+
     /// The text of the history file of `self.timeline()`:
     /// `parent<TAB>switch<TAB>reason` per ancestor. `reasons` gives the
     /// reason text per ancestor (oldest first); missing ones are written as
@@ -244,6 +293,22 @@ mod tests {
         );
         let back = TimelineHistory::parse(TimelineId(2), &h.to_text(&[])).unwrap();
         assert_eq!(back, h);
+    }
+
+    #[test]
+    fn ancestor_cuts_the_history() {
+        let text = "1\t0/4006B10\tx\n2\t0/6000000\ty\n";
+        let h = TimelineHistory::parse(TimelineId(3), text).unwrap();
+        let two = h.ancestor(TimelineId(2)).unwrap();
+        assert_eq!(two.timeline(), TimelineId(2));
+        assert_eq!(two.switch_point(TimelineId(2)), Some(None));
+        assert_eq!(two.switch_point(TimelineId(1)), Some(Some(Lsn(0x400_6B10))));
+        assert_eq!(h.ancestor(TimelineId(4)), None);
+        assert!(h.is_consistent());
+        assert!(!h.fork(TimelineId(4), Lsn(0x10)).is_consistent());
+        assert!(!h.fork(TimelineId(2), Lsn(0x700_0000)).is_consistent());
+        assert_eq!(h.begin_of(TimelineId(3)), Some(Lsn(0x600_0000)));
+        assert_eq!(h.begin_of(TimelineId(1)), Some(Lsn(0)));
     }
 
     #[test]

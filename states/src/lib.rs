@@ -16,9 +16,18 @@
 //! - [`lsn`]: WAL positions (`Lsn`, printed `X/X` as PostgreSQL does),
 //!   timeline ids, segment numbers and PostgreSQL-style WAL file names.
 //! - [`history`]: timeline history (`TTTTTTTT.history` text) as data.
+//! - [`time`]: [`Millis`], time as a value.
+//! - [`recovery`]: the standby's recovery machine ([`Recovery`]): events in,
+//!   actions out; its exploration, trace records and invariants.
+
+#![warn(missing_docs)]
 
 pub mod history;
 pub mod lsn;
+pub mod recovery;
+pub mod time;
 
 pub use history::{HistoryError, TimelineHistory, TimelineSpan};
 pub use lsn::{Lsn, ParseLsnError, SegNo, TimelineId, WalSegSize, WalSegSizeError};
+pub use recovery::{Action, Event, Recovery, RecoveryConfig, StateKind, Transition};
+pub use time::Millis;

@@ -20,6 +20,7 @@ impl Lsn {
     /// The invalid LSN, PostgreSQL's `InvalidXLogRecPtr`.
     pub const INVALID: Lsn = Lsn(0);
 
+    /// Whether this is a real position (not `INVALID`).
     pub fn is_valid(self) -> bool {
         self.0 != 0
     }
@@ -123,6 +124,11 @@ impl TimelineId {
         TimelineId(self.0 + 1)
     }
 
+    /// The next timeline, `None` after the last one.
+    pub fn checked_next(self) -> Option<TimelineId> {
+        self.0.checked_add(1).map(TimelineId)
+    }
+
     /// `TTTTTTTT.history`, the name of this timeline's history file.
     pub fn history_file_name(self) -> String {
         format!("{:08X}.history", self.0)
@@ -164,11 +170,14 @@ impl fmt::Display for WalSegSizeError {
 impl std::error::Error for WalSegSizeError {}
 
 impl WalSegSize {
+    /// The smallest segment size PostgreSQL allows (1 MiB).
     pub const MIN: u64 = 1 << 20;
+    /// The largest segment size PostgreSQL allows (1 GiB).
     pub const MAX: u64 = 1 << 30;
     /// PostgreSQL's default, 16 MiB.
     pub const DEFAULT: WalSegSize = WalSegSize(16 << 20);
 
+    /// A segment size of `bytes`, if PostgreSQL allows it.
     pub fn new(bytes: u64) -> Result<WalSegSize, WalSegSizeError> {
         if bytes.is_power_of_two() && (Self::MIN..=Self::MAX).contains(&bytes) {
             Ok(WalSegSize(bytes))
@@ -177,6 +186,7 @@ impl WalSegSize {
         }
     }
 
+    /// The size in bytes.
     pub fn bytes(self) -> u64 {
         self.0
     }
@@ -217,6 +227,7 @@ impl SegNo {
         Lsn(self.0 * seg_size.bytes())
     }
 
+    /// The following segment.
     pub fn next(self) -> SegNo {
         SegNo(self.0 + 1)
     }

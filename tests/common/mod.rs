@@ -238,8 +238,18 @@ impl TestNode {
     }
 
     /// Start again on the same data directory and settings.
+    /// Start again on the same data directory, settings and ports (standbys
+    /// point at them).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the node first");
+        for (name, port) in [
+            ("port", self.port),
+            ("replication_port", self.replication_port),
+        ] {
+            if port != 0 && !self.args.iter().any(|a| a.starts_with(&format!("{name}="))) {
+                self.args.push(format!("{name}={port}"));
+            }
+        }
         self.launch();
     }
 }
@@ -278,3 +288,66 @@ pub fn walrep(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A PostgreSQL 15 client tool (pg_receivewal, psql, pg_basebackup):
+/// Debian's versioned directory first, then PATH. Fails the test when it is
+/// missing, unless WALREP_SKIP_EXTERNAL=1 (then `None`: skip).
+pub fn pg_tool(name: &str) -> Option<PathBuf> {
+    let versioned = PathBuf::from("/usr/lib/postgresql/15/bin").join(name);
+    if versioned.exists() {
+        return Some(versioned);
+    }
+    require_tool(name).then(|| PathBuf::from(name))
+}
+
+/// A child process killed when dropped.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    pub fn spawn(cmd: &mut Command) -> ChildGuard {
+        ChildGuard(Some(cmd.spawn().expect("spawn child")))
+    }
+
+    /// SIGINT (pg_receivewal's clean stop), then wait (bounded).
+    pub fn interrupt(&mut self) -> ExitStatus {
+        let mut c = self.0.take().expect("running");
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGINT);
+        }
+        let end = Instant::now() + NODE_DEADLINE;
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                panic!("child did not exit after SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sorted file names in `dir`.
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub mod cluster;

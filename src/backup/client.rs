@@ -1,0 +1,402 @@
+//! `walrep basebackup`: connect, BASE_BACKUP with the WAL included
+//! (pg_basebackup's `-X fetch`), extract the archive stream safely into an
+//! empty directory, verify the copy, and optionally make it a standby
+//! (`--write-standby-config`). On failure the directory is cleaned up as
+//! pg_basebackup does (removed if it created it, emptied otherwise).
+
+use std::io::{self, IsTerminal, Read};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::extract::{self, ExtractError, ExtractStats, Extractor};
+use super::standby_config::{self, conninfo_string, StandbyConfigError};
+use super::verify::{self, Expected, VerifyError};
+use crate::replication::client::{
+    BackupMessage, BaseBackupRequest, ClientError, ConnInfo, ReplicationClient,
+};
+use crate::{Lsn, TimelineId};
+
+/// Most bytes accepted after the end of the tar archive (its padding).
+const TRAILER_LIMIT: u64 = 1 << 20;
+/// Plain progress lines at most this often.
+const LINE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What `walrep basebackup` was asked to do.
+#[derive(Debug, Clone)]
+pub struct BasebackupOptions {
+    /// The primary's address (its replication listener).
+    pub host: String,
+    /// Its `replication_port`.
+    pub port: u16,
+    /// The directory to create (must be missing or empty).
+    pub datadir: PathBuf,
+    /// The replication user (`hba` decides whether it may connect).
+    pub user: String,
+    /// From PGPASSWORD, as libpq does.
+    pub password: Option<String>,
+    /// The connection's application_name, and the standby's with `-R`.
+    pub application_name: Option<String>,
+    /// `-R`: standby.signal and primary_conninfo in the copy.
+    pub write_standby_config: bool,
+    /// The LABEL option (in backup_label).
+    pub label: String,
+    /// kB/s, 0 = unlimited (MAX_RATE).
+    pub max_rate_kbps: u64,
+    /// Bound on connecting and on every wait for the server.
+    pub timeout: Duration,
+}
+
+/// What a successful backup produced.
+#[derive(Debug, Clone)]
+pub struct BasebackupSummary {
+    /// The primary's (and so the copy's) system identifier.
+    pub system_id: u64,
+    /// Where the copy's redo starts.
+    pub start: Lsn,
+    /// End of the backup: the copy is consistent from here.
+    pub end: Lsn,
+    /// Timeline of the backup.
+    pub tli: TimelineId,
+    /// What was written.
+    pub extracted: ExtractStats,
+    /// Keys in the copied snapshot (verified).
+    pub snapshot_keys: u64,
+    /// WAL records read from start to end (verified).
+    pub wal_records: u64,
+    /// Wall time of the whole command.
+    pub elapsed: Duration,
+    /// The connection string written with `--write-standby-config`.
+    pub primary_conninfo: Option<String>,
+}
+
+/// Why the backup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BasebackupError {
+    #[error("{0}")]
+    Target(ExtractError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("could not extract the backup: {0}")]
+    Extract(ExtractError),
+    #[error("the copy failed verification: {0}")]
+    Verify(#[from] VerifyError),
+    #[error("could not write the standby configuration: {0}")]
+    StandbyConfig(#[from] StandbyConfigError),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// Progress of the transfer.
+pub trait Progress {
+    /// The transfer starts; `total` is the server's estimate in bytes.
+    fn begin(&mut self, total: Option<u64>);
+    /// `done` bytes received so far.
+    fn advance(&mut self, done: u64);
+    /// The transfer is over.
+    fn end(&mut self, done: u64);
+}
+
+/// No progress output.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn begin(&mut self, _: Option<u64>) {}
+    fn advance(&mut self, _: u64) {}
+    fn end(&mut self, _: u64) {}
+}
+
+/// A progress bar on a terminal.
+struct BarProgress(indicatif::ProgressBar);
+
+impl Progress for BarProgress {
+    fn begin(&mut self, total: Option<u64>) {
+        self.0.set_length(total.unwrap_or(0));
+    }
+    fn advance(&mut self, done: u64) {
+        if self.0.length().is_some_and(|l| done > l) {
+            self.0.set_length(done);
+        }
+        self.0.set_position(done);
+    }
+    fn end(&mut self, done: u64) {
+        self.advance(done);
+        self.0.finish();
+    }
+}
+
+/// Plain lines on stderr when it is not a terminal.
+struct LineProgress {
+    total: Option<u64>,
+    last: Option<Instant>,
+}
+
+impl LineProgress {
+    fn line(&self, done: u64) {
+        match self.total.filter(|t| *t > 0) {
+            Some(t) => eprintln!(
+                "{}/{} kB ({}%)",
+                done / 1024,
+                t.max(done) / 1024,
+                done * 100 / t.max(done)
+            ),
+            None => eprintln!("{} kB", done / 1024),
+        }
+    }
+}
+
+impl Progress for LineProgress {
+    fn begin(&mut self, total: Option<u64>) {
+        self.total = total;
+        self.last = Some(Instant::now());
+    }
+    fn advance(&mut self, done: u64) {
+        if self.last.is_none_or(|l| l.elapsed() >= LINE_INTERVAL) {
+            self.last = Some(Instant::now());
+            self.line(done);
+        }
+    }
+    fn end(&mut self, done: u64) {
+        self.line(done);
+    }
+}
+
+/// Progress for `--progress`: a bar on a terminal, plain lines otherwise.
+pub fn progress_reporter(enabled: bool) -> Box<dyn Progress> {
+    if !enabled {
+        return Box::new(NoProgress);
+    }
+    if io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} ({percent}%) {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        Box::new(BarProgress(bar))
+    } else {
+        Box::new(LineProgress {
+            total: None,
+            last: None,
+        })
+    }
+}
+
+/// Take a base backup into `opts.datadir`.
+pub fn run(
+    opts: &BasebackupOptions,
+    progress: &mut dyn Progress,
+) -> Result<BasebackupSummary, BasebackupError> {
+    let existed = extract::check_target(&opts.datadir).map_err(BasebackupError::Target)?;
+    if !existed {
+        extract::create_target(&opts.datadir).map_err(BasebackupError::Target)?;
+    }
+    let result = take(opts, progress);
+    if result.is_err() {
+        extract::clean_target(&opts.datadir, !existed);
+    }
+    result
+}
+
+fn conninfo(opts: &BasebackupOptions) -> ConnInfo {
+    ConnInfo {
+        host: opts.host.clone(),
+        port: opts.port,
+        user: opts.user.clone(),
+        password: opts.password.clone(),
+        application_name: Some(
+            opts.application_name
+                .clone()
+                .unwrap_or_else(|| "walrep_basebackup".into()),
+        ),
+        ..ConnInfo::default()
+    }
+}
+
+/// `primary_conninfo` for the copy: host, port, user, application_name
+/// (and the password when one was used, as pg_basebackup -R does).
+fn standby_conninfo(opts: &BasebackupOptions) -> String {
+    let port = opts.port.to_string();
+    conninfo_string(&[
+        ("host", opts.host.as_str()),
+        ("port", port.as_str()),
+        ("user", opts.user.as_str()),
+        ("password", opts.password.as_deref().unwrap_or("")),
+        (
+            "application_name",
+            opts.application_name.as_deref().unwrap_or(""),
+        ),
+    ])
+}
+
+fn take(
+    opts: &BasebackupOptions,
+    progress: &mut dyn Progress,
+) -> Result<BasebackupSummary, BasebackupError> {
+    let started = Instant::now();
+    let mut client = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
+    let id = client.identify_system()?;
+    let request = BaseBackupRequest {
+        label: opts.label.clone(),
+        progress: true,
+        max_rate_kbps: opts.max_rate_kbps,
+        ..BaseBackupRequest::default()
+    };
+    let start = client.base_backup(&request)?;
+    if start.tablespaces.len() != 1 {
+        return Err(BasebackupError::Protocol(format!(
+            "the server sent {} tablespaces; walrep has exactly one data directory",
+            start.tablespaces.len()
+        )));
+    }
+    progress.begin(start.tablespaces[0].size_kb.map(|k| k * 1024));
+    let (extracted, received) = receive_archive(&mut client, opts, progress)?;
+    let (end, tli) = client.backup_end()?;
+    client.close();
+    progress.end(received);
+    let verified = verify::verify(
+        &opts.datadir,
+        &Expected {
+            system_id: id.system_id,
+            start: start.start,
+            end,
+            tli,
+        },
+    )?;
+    let primary_conninfo = if opts.write_standby_config {
+        let ci = standby_conninfo(opts);
+        standby_config::write(&opts.datadir, &ci)?;
+        Some(ci)
+    } else {
+        None
+    };
+    Ok(BasebackupSummary {
+        system_id: id.system_id,
+        start: start.start,
+        end,
+        tli,
+        extracted,
+        snapshot_keys: verified.snapshot_keys,
+        wal_records: verified.wal_records,
+        elapsed: started.elapsed(),
+        primary_conninfo,
+    })
+}
+
+/// Extract the archive stream into the target; returns what was written
+/// and the archive bytes received.
+fn receive_archive(
+    client: &mut ReplicationClient,
+    opts: &BasebackupOptions,
+    progress: &mut dyn Progress,
+) -> Result<(ExtractStats, u64), BasebackupError> {
+    let mut extractor = Extractor::new(&opts.datadir);
+    let mut stream = ArchiveStream::new(client, progress);
+    let extracted = extractor
+        .extract(&mut stream)
+        .and_then(|()| extract::drain(&mut stream, TRAILER_LIMIT).map(|_| ()));
+    if let Err(e) = extracted {
+        return Err(stream
+            .take_error()
+            .map_or(BasebackupError::Extract(e), BasebackupError::Client));
+    }
+    if !stream.ended {
+        return Err(BasebackupError::Protocol(
+            "the archive stream did not end".into(),
+        ));
+    }
+    let received = stream.received;
+    let stats = extractor.finish().map_err(BasebackupError::Extract)?;
+    Ok((stats, received))
+}
+
+/// The archive stream as `io::Read`: `d` payloads of the one archive, in
+/// order; EOF at CopyDone. A manifest (not asked for) is skipped.
+struct ArchiveStream<'c> {
+    client: &'c mut ReplicationClient,
+    progress: &'c mut dyn Progress,
+    /// The current `d` message's bytes; `buf[pos..]` not yet read.
+    buf: Vec<u8>,
+    pos: usize,
+    /// Archive bytes received.
+    received: u64,
+    /// `n` messages seen (walrep sends one).
+    archives: u32,
+    /// After `m`: `d` messages are the manifest, skipped.
+    in_manifest: bool,
+    /// CopyDone seen: EOF.
+    ended: bool,
+    /// The client error behind an `io::Error` returned to the tar reader.
+    error: Option<ClientError>,
+}
+
+impl<'c> ArchiveStream<'c> {
+    fn new(client: &'c mut ReplicationClient, progress: &'c mut dyn Progress) -> Self {
+        ArchiveStream {
+            client,
+            progress,
+            buf: Vec::new(),
+            pos: 0,
+            received: 0,
+            archives: 0,
+            in_manifest: false,
+            ended: false,
+            error: None,
+        }
+    }
+
+    fn take_error(&mut self) -> Option<ClientError> {
+        self.error.take()
+    }
+
+    fn fail(&mut self, e: ClientError) -> io::Error {
+        let err = io::Error::other(e.to_string());
+        self.error = Some(e);
+        err
+    }
+
+    /// Read messages until archive bytes are buffered or the stream ends.
+    fn refill(&mut self) -> io::Result<()> {
+        while self.pos >= self.buf.len() && !self.ended {
+            let msg = match self.client.backup_message() {
+                Ok(m) => m,
+                Err(e) => return Err(self.fail(e)),
+            };
+            match msg {
+                BackupMessage::NewArchive { name, .. } => {
+                    self.archives += 1;
+                    if self.archives > 1 {
+                        let e = ClientError::Protocol(format!(
+                            "a second archive \"{name}\": walrep backups have one archive"
+                        ));
+                        return Err(self.fail(e));
+                    }
+                }
+                BackupMessage::Data(d) if self.in_manifest => drop(d),
+                BackupMessage::Data(d) => {
+                    if self.archives == 0 {
+                        let e = ClientError::Protocol("archive data before any archive".into());
+                        return Err(self.fail(e));
+                    }
+                    self.received += d.len() as u64;
+                    self.progress.advance(self.received);
+                    self.buf = d;
+                    self.pos = 0;
+                }
+                BackupMessage::Progress(_) => {}
+                BackupMessage::Manifest => self.in_manifest = true,
+                BackupMessage::End => self.ended = true,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for ArchiveStream<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.refill()?;
+        let n = out.len().min(self.buf.len().saturating_sub(self.pos));
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,385 @@
+//! Extracting a base backup's tar stream into a data directory, refusing
+//! anything that could write outside it: absolute paths, `..`, links,
+//! devices, names that are not UTF-8, a member written twice. Files are
+//! created new (0600) and fsynced as they are written; every directory is
+//! fsynced at the end, so a finished extraction survives a crash.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use crate::util::fsync_dir;
+
+/// Deepest member path accepted (walrep's layout is 3 levels deep).
+const MAX_DEPTH: usize = 8;
+
+/// Why the archive was refused or could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("could not read the archive stream: {0}")]
+    Read(io::Error),
+    #[error("refusing tar member {name:?}: {reason}")]
+    Unsafe { name: String, reason: String },
+    #[error("could not {op} \"{}\": {source}", path.display())]
+    Write {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+fn write_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ExtractError {
+    let path = path.to_path_buf();
+    move |source| ExtractError::Write { op, path, source }
+}
+
+/// What an extraction wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtractStats {
+    /// Regular files written.
+    pub files: u64,
+    /// Directories created.
+    pub directories: u64,
+    /// Bytes of file contents written.
+    pub bytes: u64,
+}
+
+/// The relative path a member may be written to, or why not.
+pub fn safe_member_path(name: &str) -> Result<PathBuf, String> {
+    let trimmed = name.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err("empty name".into());
+    }
+    if name.contains('\0') || name.contains('\\') {
+        return Err("NUL or backslash in the name".into());
+    }
+    let path = Path::new(trimmed);
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("\"..\" would leave the data directory".into()),
+            Component::RootDir | Component::Prefix(_) => return Err("absolute path".into()),
+        }
+    }
+    let depth = out.components().count();
+    if depth == 0 {
+        return Err("names the data directory itself".into());
+    }
+    if depth > MAX_DEPTH {
+        return Err(format!("deeper than {MAX_DEPTH} levels"));
+    }
+    Ok(out)
+}
+
+/// Extracts members into `dest` (which exists and is empty).
+pub struct Extractor {
+    /// The target directory.
+    dest: PathBuf,
+    /// Every directory written into (fsynced at the end).
+    dirs: BTreeSet<PathBuf>,
+    /// What was written so far.
+    stats: ExtractStats,
+}
+
+impl Extractor {
+    pub fn new(dest: &Path) -> Extractor {
+        let mut dirs = BTreeSet::new();
+        dirs.insert(dest.to_path_buf());
+        Extractor {
+            dest: dest.to_path_buf(),
+            dirs,
+            stats: ExtractStats::default(),
+        }
+    }
+
+    /// Read a whole tar archive from `input` (stops at its end-of-archive
+    /// blocks; bytes after them stay in `input`).
+    pub fn extract<R: Read>(&mut self, input: R) -> Result<(), ExtractError> {
+        let mut archive = tar::Archive::new(input);
+        for entry in archive.entries().map_err(ExtractError::Read)? {
+            let mut entry = entry.map_err(ExtractError::Read)?;
+            let name = String::from_utf8(entry.path_bytes().into_owned()).map_err(|e| {
+                ExtractError::Unsafe {
+                    name: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                    reason: "name is not UTF-8".into(),
+                }
+            })?;
+            let rel = safe_member_path(&name).map_err(|reason| ExtractError::Unsafe {
+                name: name.clone(),
+                reason,
+            })?;
+            match entry.header().entry_type() {
+                tar::EntryType::Directory => self.directory(&rel)?,
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    self.file(&rel, &mut entry)?
+                }
+                other => {
+                    return Err(ExtractError::Unsafe {
+                        name,
+                        reason: format!("member type {other:?} is not a file or directory"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Create `rel`'s parent directories that do not exist yet.
+    fn parents(&mut self, rel: &Path) -> Result<PathBuf, ExtractError> {
+        let mut at = self.dest.clone();
+        let parts: Vec<_> = rel.components().collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            at.push(part);
+            self.make_dir(&at)?;
+        }
+        Ok(self.dest.join(rel))
+    }
+
+    fn make_dir(&mut self, path: &Path) -> Result<(), ExtractError> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(ExtractError::Unsafe {
+                name: path.display().to_string(),
+                reason: "a file of that name was already extracted".into(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(path)
+                    .map_err(write_err("create directory", path))?;
+                self.stats.directories += 1;
+                if let Some(parent) = path.parent() {
+                    self.dirs.insert(parent.to_path_buf());
+                }
+                self.dirs.insert(path.to_path_buf());
+                Ok(())
+            }
+            Err(e) => Err(write_err("stat", path)(e)),
+        }
+    }
+
+    fn directory(&mut self, rel: &Path) -> Result<(), ExtractError> {
+        let path = self.parents(rel)?;
+        self.make_dir(&path)
+    }
+
+    fn file(&mut self, rel: &Path, data: &mut impl Read) -> Result<(), ExtractError> {
+        let path = self.parents(rel)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => ExtractError::Unsafe {
+                    name: rel.display().to_string(),
+                    reason: "member appears twice in the archive".into(),
+                },
+                _ => write_err("create file", &path)(e),
+            })?;
+        let n = copy(data, &mut f, &path)?;
+        f.sync_all().map_err(write_err("fsync file", &path))?;
+        self.stats.files += 1;
+        self.stats.bytes += n;
+        if let Some(parent) = path.parent() {
+            self.dirs.insert(parent.to_path_buf());
+        }
+        Ok(())
+    }
+
+    /// fsync every directory written into; returns what was extracted.
+    pub fn finish(self) -> Result<ExtractStats, ExtractError> {
+        // Deepest first, so each entry is durable before its parent's.
+        for d in self.dirs.iter().rev() {
+            fsync_dir(d).map_err(write_err("fsync directory", d))?;
+        }
+        Ok(self.stats)
+    }
+}
+
+/// Is `dir` missing or an empty directory? (pg_basebackup refuses others.)
+pub fn check_target(dir: &Path) -> Result<bool, ExtractError> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => match entries.next() {
+            None => Ok(true),
+            Some(_) => Err(ExtractError::Unsafe {
+                name: dir.display().to_string(),
+                reason: format!("directory \"{}\" exists but is not empty", dir.display()),
+            }),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(write_err("open directory", dir)(e)),
+    }
+}
+
+/// Create the target directory (mode 0700, parents as needed).
+pub fn create_target(dir: &Path) -> Result<(), ExtractError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(write_err("create directory", dir))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fsync_dir(parent).map_err(write_err("fsync directory", parent))?;
+    }
+    Ok(())
+}
+
+/// Remove what a failed backup left: the directory itself if we created
+/// it, else its contents (pg_basebackup's cleanup on error).
+pub fn clean_target(dir: &Path, created: bool) {
+    if created {
+        let _ = fs::remove_dir_all(dir);
+        return;
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// Read and discard what follows the archive (its padding, or a manifest
+/// we did not ask for), at most `limit` bytes.
+pub fn drain(mut input: impl Read, limit: u64) -> Result<u64, ExtractError> {
+    let mut buf = [0u8; 8192];
+    let mut total = 0u64;
+    loop {
+        let n = input.read(&mut buf).map_err(ExtractError::Read)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+        if total > limit {
+            return Err(ExtractError::Read(io::Error::other(format!(
+                "more than {limit} bytes after the end of the archive"
+            ))));
+        }
+    }
+}
+
+/// Copy a member's data, telling stream errors from disk errors.
+fn copy(data: &mut impl Read, f: &mut File, path: &Path) -> Result<u64, ExtractError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match data.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ExtractError::Read(e)),
+        };
+        f.write_all(&buf[..n])
+            .map_err(write_err("write file", path))?;
+        total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(members: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data) in members {
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn member_paths_are_checked() {
+        assert_eq!(safe_member_path("base/").unwrap(), PathBuf::from("base"));
+        assert_eq!(safe_member_path("./wal/x").unwrap(), PathBuf::from("wal/x"));
+        for bad in [
+            "",
+            "/",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a\\b",
+            "./",
+            "a/b/c/d/e/f/g/h/i",
+        ] {
+            assert!(safe_member_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn extracts_files_and_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let t = tar_of(&[
+            ("base/", tar::EntryType::Directory, b""),
+            ("base/1/chunk", tar::EntryType::Regular, b"hello"),
+            ("control", tar::EntryType::Regular, b"c"),
+        ]);
+        let mut x = Extractor::new(d.path());
+        x.extract(&t[..]).unwrap();
+        let stats = x.finish().unwrap();
+        assert_eq!((stats.files, stats.bytes), (2, 6));
+        assert_eq!(fs::read(d.path().join("base/1/chunk")).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn escapes_links_and_duplicates_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        for (members, what) in [
+            (vec![("../evil", tar::EntryType::Regular, &b"x"[..])], ".."),
+            (
+                vec![("a/../../evil", tar::EntryType::Regular, &b"x"[..])],
+                "..",
+            ),
+            (
+                vec![("/tmp/evil", tar::EntryType::Regular, &b"x"[..])],
+                "absolute",
+            ),
+            (vec![("link", tar::EntryType::Symlink, &b""[..])], "Symlink"),
+            (vec![("dev", tar::EntryType::Char, &b""[..])], "Char"),
+            (
+                vec![
+                    ("f", tar::EntryType::Regular, &b"1"[..]),
+                    ("f", tar::EntryType::Regular, &b"2"[..]),
+                ],
+                "twice",
+            ),
+            (
+                vec![
+                    ("f", tar::EntryType::Regular, &b"1"[..]),
+                    ("f/g", tar::EntryType::Regular, &b"2"[..]),
+                ],
+                "already extracted",
+            ),
+        ] {
+            let d = tempfile::tempdir_in(outside.path()).unwrap();
+            let mut x = Extractor::new(d.path());
+            let e = x.extract(&tar_of(&members)[..]).unwrap_err();
+            assert!(e.to_string().contains(what), "{what}: {e}");
+        }
+        assert!(!outside.path().join("evil").exists());
+    }
+
+    #[test]
+    fn target_must_be_missing_or_empty() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(check_target(d.path()).unwrap());
+        assert!(!check_target(&d.path().join("new")).unwrap());
+        fs::write(d.path().join("x"), b"").unwrap();
+        let e = check_target(d.path()).unwrap_err();
+        assert!(e.to_string().contains("exists but is not empty"), "{e}");
+    }
+}

@@ -1,0 +1,25 @@
+//! Base backups: BASE_BACKUP served by a running primary, and
+//! `walrep basebackup`, the client that turns the stream into a data
+//! directory a standby (or a copy) starts from.
+//!
+//! # Layout
+//!
+//! - [`pin`]: what a running backup pins (snapshot, WAL from its redo point).
+//! - [`label`]: `backup_label`, PostgreSQL's fields.
+//! - [`manifest`]: `backup_manifest` (PostgreSQL's format) for pg_verifybackup.
+//! - [`tarstream`]: tar members into CopyData messages (progress, MAX_RATE).
+//! - [`server`]: the node's BASE_BACKUP.
+//! - [`extract`]: safe extraction of the archive stream into a directory.
+//! - [`verify`]: checks of a copied data directory.
+//! - [`standby_config`]: `standby.signal` and `primary_conninfo` (`-R`).
+//! - [`client`]: `walrep basebackup`.
+
+pub mod client;
+pub mod extract;
+pub mod label;
+pub mod manifest;
+pub mod pin;
+pub mod server;
+pub mod standby_config;
+pub mod tarstream;
+pub mod verify;

@@ -1,0 +1,491 @@
+//! BASE_BACKUP on a running primary (PostgreSQL 15's perform_base_backup
+//! for walrep's data directory).
+//!
+//! 1. An immediate checkpoint, then its snapshot `base/<id>/` and the WAL
+//!    from its redo point are pinned (a concurrent checkpoint or WAL
+//!    removal keeps them until the backup ends).
+//! 2. Result sets: start position (redo point, timeline), one tablespace row.
+//! 3. One COPY OUT holding `base.tar`: `backup_label`, `walrep.toml`, the
+//!    directories, the snapshot's chunks; then XLOG_BACKUP_END is logged,
+//!    flushed and the segment switched (do_pg_backup_stop); then `control`
+//!    for the copy (the pinned checkpoint, `min_recovery_point` = the end,
+//!    state "in archive recovery") and, with the WAL option (`-X fetch`),
+//!    `wal/` with every history file and the segments from the redo point
+//!    to the end, each marked `.done` in `wal/archive_status/`.
+//! 4. With WAIT and archiving on, wait (bounded) until the last segment is
+//!    archived; then the end position result set.
+
+use std::fs::{self, File};
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::label::{BackupLabel, BACKUP_LABEL_FILE, MAX_LABEL_LEN};
+use super::manifest::{ChecksumKind, HashingReader, Manifest};
+use super::tarstream::{header, CopyWriter, ExactReader, Member};
+use crate::config::ArchiveMode;
+use crate::datadir::{ARCHIVE_STATUS_DIR, BASE_DIR, CONFIG_FILE, LOG_DIR, SLOTS_DIR, WAL_DIR};
+use crate::node::checkpoint::CheckpointCause;
+use crate::node::Node;
+use crate::replication::command::BaseBackupOptions;
+use crate::replication::source::BackupOutput;
+use crate::replication::sqlstate::{self as code, PgError};
+use crate::store::checkpoint::chunk_name;
+use crate::store::control::{now_ms, CONTROL_FILE};
+use crate::store::{ClusterState, ControlFile};
+use crate::wal::{WalFile, WalFileKind};
+use crate::{Lsn, SegNo, TimelineId};
+
+/// Type OIDs of the result set columns.
+const TEXT: i32 = 25;
+const INT8: i32 = 20;
+const OID: i32 = 26;
+
+/// Longest wait for the last segment to be archived (WAIT option).
+const ARCHIVE_WAIT: Duration = Duration::from_secs(300);
+/// Poll interval of that wait (the archiver leaves no other signal).
+const ARCHIVE_POLL: Duration = Duration::from_millis(100);
+
+/// What one base backup produced (logged).
+#[derive(Debug, Clone)]
+pub struct BackupDone {
+    /// The redo point the copy starts from.
+    pub start: Lsn,
+    /// End of XLOG_BACKUP_END.
+    pub end: Lsn,
+    /// Timeline of both.
+    pub tli: TimelineId,
+    /// Archive bytes sent.
+    pub bytes: u64,
+    /// WAL segments included.
+    pub wal_segments: u64,
+}
+
+/// Run BASE_BACKUP for `node`, writing PostgreSQL 15's answer to `out`.
+pub fn serve(
+    node: &Arc<Node>,
+    options: &BaseBackupOptions,
+    out: &mut dyn BackupOutput,
+) -> Result<BackupDone, PgError> {
+    check_options(options)?;
+    if !node.is_primary() {
+        return Err(PgError::error(
+            code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "base backups from a standby are not supported by walrep yet",
+        )
+        .with_hint("Take the base backup from the primary."));
+    }
+    if node.is_shutting_down() {
+        return Err(shutting_down());
+    }
+    node.checkpoint(CheckpointCause::Requested).map_err(|e| {
+        PgError::error(
+            code::INTERNAL_ERROR,
+            format!("could not checkpoint for the base backup: {e}"),
+        )
+    })?;
+    let (pin, control) = node.pin_last_checkpoint().ok_or_else(shutting_down)?;
+    let started = SystemTime::now();
+    tracing::info!(label = %options.label, redo = %control.redo_lsn, checkpoint = %control.checkpoint_lsn, "base backup starting");
+    let kind = ChecksumKind::parse(&options.manifest_checksums).unwrap_or(ChecksumKind::Crc32c);
+    let mut b = Backup {
+        node,
+        options,
+        control,
+        started_unix: started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        manifest: (options.manifest != "no")
+            .then(|| Manifest::new(kind, options.manifest == "force-encode")),
+    };
+    let result = b.run(out);
+    drop(pin);
+    match &result {
+        Ok(d) => {
+            tracing::info!(start = %d.start, end = %d.end, bytes = d.bytes, wal_segments = d.wal_segments, "base backup completed")
+        }
+        Err(e) => tracing::warn!(error = %e.message, "base backup failed"),
+    }
+    result
+}
+
+fn shutting_down() -> PgError {
+    PgError::error(code::ADMIN_SHUTDOWN, "the server is shutting down")
+}
+
+/// Options this server cannot honour are refused, as PostgreSQL refuses
+/// what it does not support.
+fn check_options(o: &BaseBackupOptions) -> Result<(), PgError> {
+    if let Some(t) = o.target.as_deref().filter(|t| *t != "client") {
+        return Err(PgError::error(
+            code::FEATURE_NOT_SUPPORTED,
+            format!("backup target \"{t}\" is not supported by walrep; only \"client\""),
+        ));
+    }
+    if let Some(c) = o.compression.as_deref().filter(|c| *c != "none") {
+        return Err(PgError::error(
+            code::FEATURE_NOT_SUPPORTED,
+            format!("server-side compression \"{c}\" is not supported by walrep; compress on the client"),
+        ));
+    }
+    if ChecksumKind::parse(&o.manifest_checksums).is_none() {
+        return Err(PgError::error(
+            code::INVALID_PARAMETER_VALUE,
+            format!(
+                "unrecognized checksum algorithm: \"{}\"",
+                o.manifest_checksums
+            ),
+        ));
+    }
+    if o.label.len() > MAX_LABEL_LEN || o.label.contains(['\n', '\r']) {
+        return Err(PgError::error(
+            code::INVALID_PARAMETER_VALUE,
+            format!("backup label too long or multi-line (max {MAX_LABEL_LEN} bytes, one line)"),
+        ));
+    }
+    Ok(())
+}
+
+fn io_error(e: io::Error) -> PgError {
+    PgError::error(code::IO_ERROR, e.to_string())
+}
+
+/// Empty directories PostgreSQL's client tools expect in a data
+/// directory (pg_basebackup streams WAL into `pg_wal/` with `-X stream`
+/// and syncs both); walrep itself ignores them.
+const PG_COMPAT_DIRS: [&str; 2] = ["pg_wal", "pg_tblspc"];
+
+/// One running backup.
+struct Backup<'n> {
+    node: &'n Arc<Node>,
+    options: &'n BaseBackupOptions,
+    /// The control file naming the pinned checkpoint.
+    control: ControlFile,
+    /// Backup start, seconds since the epoch (backup_label's START TIME).
+    started_unix: u64,
+    /// The manifest being built, when the client asked for one.
+    manifest: Option<Manifest>,
+}
+
+/// A file of the archive: its name in the tar and where to read it.
+struct SourceFile {
+    /// Member name in the tar.
+    name: String,
+    /// Where it is read from.
+    path: std::path::PathBuf,
+    /// Size when the backup started (the member's size).
+    size: u64,
+    /// Modification time, seconds since the epoch.
+    mtime: u64,
+}
+
+fn source_file(name: String, path: std::path::PathBuf) -> Result<SourceFile, PgError> {
+    let meta = fs::metadata(&path).map_err(|e| {
+        PgError::error(
+            code::IO_ERROR,
+            format!("could not stat file \"{}\": {e}", path.display()),
+        )
+    })?;
+    Ok(SourceFile {
+        name,
+        path,
+        size: meta.len(),
+        mtime: mtime(&meta),
+    })
+}
+
+fn mtime(meta: &fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Backup<'_> {
+    fn tli(&self) -> TimelineId {
+        self.control.checkpoint_timeline
+    }
+
+    fn run(&mut self, out: &mut dyn BackupOutput) -> Result<BackupDone, PgError> {
+        let start = self.control.redo_lsn;
+        let tli = self.tli();
+        let chunks = self.snapshot_files()?;
+        let lost = |e: io::Error| {
+            PgError::fatal(
+                code::PROTOCOL_VIOLATION,
+                format!("could not send data to client: {e}"),
+            )
+        };
+        out.result_set(
+            &[("recptr", TEXT), ("tli", INT8)],
+            &[vec![Some(start.to_string()), Some(tli.0.to_string())]],
+        )
+        .map_err(lost)?;
+        let size_kb = self
+            .options
+            .progress
+            .then(|| self.estimate_bytes(&chunks) / 1024);
+        out.result_set(
+            &[("spcoid", OID), ("spclocation", TEXT), ("size", INT8)],
+            &[vec![None, None, size_kb.map(|s| s.to_string())]],
+        )
+        .map_err(lost)?;
+        out.begin_copy().map_err(lost)?;
+        out.new_archive("base.tar", "").map_err(lost)?;
+        let mut tar = tar::Builder::new(CopyWriter::new(out, self.options.max_rate_kbps));
+        let result = self.write_archive(&mut tar, &chunks);
+        let (end, wal_segments) = match result {
+            Ok(v) => v,
+            Err(e) if tar.get_ref().client_failed => return Err(lost(e)),
+            Err(e) => return Err(io_error(e)),
+        };
+        let writer = tar.into_inner().map_err(lost)?;
+        let bytes = writer.finish().map_err(lost)?;
+        if let Some(m) = self.manifest.take() {
+            out.manifest().map_err(lost)?;
+            for part in m
+                .finish(tli, start, end)
+                .chunks(super::tarstream::COPY_CHUNK)
+            {
+                out.data(part).map_err(lost)?;
+            }
+        }
+        out.end_copy().map_err(lost)?;
+        self.wait_for_archive(end)?;
+        out.result_set(
+            &[("recptr", TEXT), ("tli", INT8)],
+            &[vec![Some(end.to_string()), Some(tli.0.to_string())]],
+        )
+        .map_err(lost)?;
+        Ok(BackupDone {
+            start,
+            end,
+            tli,
+            bytes,
+            wal_segments,
+        })
+    }
+
+    /// The pinned snapshot's chunk files.
+    fn snapshot_files(&self) -> Result<Vec<SourceFile>, PgError> {
+        let id = self.control.checkpoint_id;
+        let dir = crate::store::checkpoint::snapshot_dir(&self.node.dir.root, id);
+        (0..self.control.checkpoint_chunks)
+            .map(|i| {
+                let name = format!("{BASE_DIR}/{id:016X}/{}", chunk_name(i));
+                source_file(name, dir.join(chunk_name(i)))
+            })
+            .collect()
+    }
+
+    /// PROGRESS's total: snapshot, small files and the WAL so far.
+    fn estimate_bytes(&self, chunks: &[SourceFile]) -> u64 {
+        let seg = self.control.wal_segment_size;
+        let data: u64 = chunks.iter().map(|c| c.size).sum();
+        let wal = if self.options.wal {
+            let now = self
+                .node
+                .wal()
+                .map(|w| w.inserted())
+                .unwrap_or(self.control.redo_lsn);
+            (now.segno(seg).0 + 1).saturating_sub(self.control.redo_lsn.segno(seg).0) * seg.bytes()
+        } else {
+            0
+        };
+        data + wal + 64 * 1024
+    }
+
+    fn write_archive(
+        &mut self,
+        tar: &mut tar::Builder<CopyWriter<'_>>,
+        chunks: &[SourceFile],
+    ) -> io::Result<(Lsn, u64)> {
+        let now = self.started_unix;
+        let label = BackupLabel {
+            start: self.control.redo_lsn,
+            checkpoint: self.control.checkpoint_lsn,
+            start_tli: self.tli(),
+            from_standby: false,
+            start_time_unix: now,
+            label: self.options.label.clone(),
+        };
+        let text = label.to_text(self.control.wal_segment_size);
+        self.append_bytes(tar, BACKUP_LABEL_FILE, text.as_bytes(), now)?;
+        let config = fs::read(self.node.dir.config_file()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("could not read file \"{CONFIG_FILE}\": {e}"),
+            )
+        })?;
+        self.append_bytes(tar, CONFIG_FILE, &config, now)?;
+        let snapshot = format!("{BASE_DIR}/{:016X}", self.control.checkpoint_id);
+        let dirs = [BASE_DIR, snapshot.as_str(), SLOTS_DIR, LOG_DIR];
+        for dir in dirs.into_iter().chain(PG_COMPAT_DIRS) {
+            tar.append(&header(dir, Member::Directory, now)?, io::empty())?;
+        }
+        for c in chunks {
+            self.append_file(tar, c)?;
+        }
+        let end = self.stop_backup()?;
+        let control = self.copy_control(end);
+        self.append_bytes(tar, CONTROL_FILE, &control.encode(), now)?;
+        tar.append(&header(WAL_DIR, Member::Directory, now)?, io::empty())?;
+        tar.append(
+            &header(ARCHIVE_STATUS_DIR, Member::Directory, now)?,
+            io::empty(),
+        )?;
+        let segments = if self.options.wal {
+            self.append_wal(tar, end)?
+        } else {
+            0
+        };
+        Ok((end, segments))
+    }
+
+    /// do_pg_backup_stop on a primary: XLOG_BACKUP_END, flushed, then a
+    /// segment switch so the last segment of the backup is complete.
+    /// Returns the end of the backup-end record.
+    fn stop_backup(&self) -> io::Result<Lsn> {
+        let tli = self.node.wal().map(|w| w.timeline());
+        if tli.is_some_and(|t| t != self.tli()) {
+            return Err(io::Error::other(format!(
+                "the timeline changed from {} during the base backup",
+                self.tli().0
+            )));
+        }
+        match self.node.log_backup_end(self.control.redo_lsn) {
+            Ok(Some(end)) => Ok(end),
+            Ok(None) => Err(io::Error::other(
+                "the server is shutting down (or no longer a primary): base backup aborted",
+            )),
+            Err(e) => Err(io::Error::other(format!(
+                "could not write the backup end record: {e}"
+            ))),
+        }
+    }
+
+    /// The copy's control file: the pinned checkpoint, not consistent
+    /// before `end`, in archive recovery.
+    fn copy_control(&self, end: Lsn) -> ControlFile {
+        let mut c = self.control.clone();
+        c.state = ClusterState::InArchiveRecovery;
+        c.min_recovery_point = end;
+        c.timeline = self.tli();
+        c.time_ms = now_ms();
+        c
+    }
+
+    /// History files, then the segments from the redo point to the one
+    /// holding `end`, each with a `.done` status (the primary archives them).
+    fn append_wal(&mut self, tar: &mut tar::Builder<CopyWriter<'_>>, end: Lsn) -> io::Result<u64> {
+        let seg = self.control.wal_segment_size;
+        let wal_dir = self.node.dir.wal();
+        let mut names = Vec::new();
+        for e in fs::read_dir(&wal_dir)? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if WalFile::parse(&name, seg).is_some_and(|f| f.kind == WalFileKind::History) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        let first = self.control.redo_lsn.segno(seg);
+        let last = last_segment(end, seg);
+        let segments = (first.0..=last.0).map(|s| SegNo(s).file_name(self.tli(), seg));
+        let history_count = names.len();
+        names.extend(segments);
+        for name in &names {
+            let f = source_file(format!("{WAL_DIR}/{name}"), wal_dir.join(name))
+                .map_err(|e| io::Error::other(e.message))?;
+            self.append_file(tar, &f)?;
+            let done = format!("{ARCHIVE_STATUS_DIR}/{name}.done");
+            self.append_bytes(tar, &done, b"", self.started_unix)?;
+        }
+        Ok((names.len() - history_count) as u64)
+    }
+
+    /// WAIT: the last segment of the backup archived (`.done`), bounded.
+    fn wait_for_archive(&self, end: Lsn) -> Result<(), PgError> {
+        if !self.options.wait || self.node.config.archive_mode == ArchiveMode::Off {
+            return Ok(());
+        }
+        let seg = self.control.wal_segment_size;
+        let name = last_segment(end, seg).file_name(self.tli(), seg);
+        let done = self.node.dir.archive_status().join(format!("{name}.done"));
+        let deadline = Instant::now() + ARCHIVE_WAIT;
+        while !done.exists() {
+            if Instant::now() >= deadline {
+                return Err(PgError::error(
+                    code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("WAL segment {name} was not archived within {}s", ARCHIVE_WAIT.as_secs()),
+                )
+                .with_hint("Check that your archive_command is executing properly. The backup is not usable without all the WAL segments."));
+            }
+            std::thread::sleep(ARCHIVE_POLL);
+        }
+        Ok(())
+    }
+}
+
+impl Backup<'_> {
+    fn append_bytes(
+        &mut self,
+        tar: &mut tar::Builder<CopyWriter<'_>>,
+        name: &str,
+        bytes: &[u8],
+        mtime: u64,
+    ) -> io::Result<()> {
+        let size = bytes.len() as u64;
+        self.append(tar, name, size, mtime, bytes)
+    }
+
+    fn append_file(
+        &mut self,
+        tar: &mut tar::Builder<CopyWriter<'_>>,
+        f: &SourceFile,
+    ) -> io::Result<()> {
+        let file = File::open(&f.path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("could not open file \"{}\": {e}", f.path.display()),
+            )
+        })?;
+        let data = ExactReader::new(file, f.size, f.path.display().to_string());
+        self.append(tar, &f.name, f.size, f.mtime, data)
+    }
+
+    /// One file member, checksummed into the manifest when there is one.
+    fn append(
+        &mut self,
+        tar: &mut tar::Builder<CopyWriter<'_>>,
+        name: &str,
+        size: u64,
+        mtime: u64,
+        data: impl io::Read,
+    ) -> io::Result<()> {
+        let h = header(name, Member::File { size }, mtime)?;
+        let kind = self
+            .manifest
+            .as_ref()
+            .map_or(ChecksumKind::None, Manifest::kind);
+        let mut reader = HashingReader::new(data, kind);
+        tar.append(&h, &mut reader)?;
+        if let Some(m) = &mut self.manifest {
+            m.add_file(name, size, mtime, reader.hasher.finish());
+        }
+        Ok(())
+    }
+}
+
+/// The segment holding the last byte of WAL before `end` (a record that
+/// ends exactly at a segment boundary has `end` after the next segment's
+/// header, which it does not need).
+pub fn last_segment(end: Lsn, seg: crate::WalSegSize) -> SegNo {
+    let segno = end.segno(seg);
+    if end.segment_offset(seg) <= crate::wal::SEG_HEADER_SIZE && segno.0 > 0 {
+        SegNo(segno.0 - 1)
+    } else {
+        segno
+    }
+}

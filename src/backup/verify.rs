@@ -1,0 +1,216 @@
+//! Checks of a data directory written by `walrep basebackup`, before it is
+//! declared usable: the control file (CRC, system, checkpoint and end the
+//! server reported), `backup_label`, `walrep.toml`, every snapshot chunk
+//! (CRC and header via [`parse_chunk`]), and every WAL record from the redo
+//! point to the end of the backup (read and validated, including the
+//! checkpoint record and XLOG_BACKUP_END).
+
+use std::fs;
+use std::path::Path;
+
+use super::label::{BackupLabel, BACKUP_LABEL_FILE};
+use crate::config::Config;
+use crate::datadir::{CONFIG_FILE, WAL_DIR};
+use crate::store::checkpoint::{chunk_name, parse_chunk, snapshot_dir};
+use crate::store::ControlFile;
+use crate::wal::{read_history, ReaderConfig, WalReader, XlogRecord};
+use crate::{Lsn, TimelineId};
+
+/// What the server said the backup is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    /// IDENTIFY_SYSTEM's system identifier.
+    pub system_id: u64,
+    /// The start position result set (redo point).
+    pub start: Lsn,
+    /// The end position result set (end of XLOG_BACKUP_END).
+    pub end: Lsn,
+    /// The timeline both result sets named.
+    pub tli: TimelineId,
+}
+
+/// What the verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The copy's control file.
+    pub control: ControlFile,
+    /// Keys in the snapshot.
+    pub snapshot_keys: u64,
+    /// WAL records from the redo point to the end.
+    pub wal_records: u64,
+}
+
+/// Why a copy is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("control file: {0}")]
+    Control(#[from] crate::store::control::ControlError),
+    #[error("{what} in the copy does not match the server: {found} (expected {expected})")]
+    Mismatch {
+        what: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("could not read \"{file}\": {reason}")]
+    File { file: String, reason: String },
+    #[error("snapshot chunk \"{file}\" is corrupt: {reason}")]
+    Chunk { file: String, reason: String },
+    #[error("WAL of the backup is incomplete: {0}")]
+    Wal(String),
+}
+
+fn mismatch(what: &'static str, found: impl ToString, expected: impl ToString) -> VerifyError {
+    VerifyError::Mismatch {
+        what,
+        found: found.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+fn check<T: PartialEq + ToString>(
+    what: &'static str,
+    found: T,
+    expected: T,
+) -> Result<(), VerifyError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(mismatch(what, found, expected))
+    }
+}
+
+/// Verify the copy in `datadir` against what the server reported.
+pub fn verify(datadir: &Path, want: &Expected) -> Result<Verified, VerifyError> {
+    let control = ControlFile::read(datadir)?;
+    check(
+        "system identifier",
+        control.system_identifier,
+        want.system_id,
+    )?;
+    check("redo point", control.redo_lsn, want.start)?;
+    check(
+        "minimum recovery point",
+        control.min_recovery_point,
+        want.end,
+    )?;
+    check(
+        "checkpoint timeline",
+        control.checkpoint_timeline.0,
+        want.tli.0,
+    )?;
+    check_label(datadir, &control)?;
+    let config = datadir.join(CONFIG_FILE);
+    Config::load(&config, &[]).map_err(|e| VerifyError::File {
+        file: CONFIG_FILE.into(),
+        reason: e.to_string(),
+    })?;
+    let snapshot_keys = check_snapshot(datadir, &control)?;
+    let wal_records = check_wal(datadir, &control, want.end)?;
+    Ok(Verified {
+        control,
+        snapshot_keys,
+        wal_records,
+    })
+}
+
+fn check_label(datadir: &Path, control: &ControlFile) -> Result<(), VerifyError> {
+    let text =
+        fs::read_to_string(datadir.join(BACKUP_LABEL_FILE)).map_err(|e| VerifyError::File {
+            file: BACKUP_LABEL_FILE.into(),
+            reason: e.to_string(),
+        })?;
+    let label = BackupLabel::parse(&text).map_err(|e| VerifyError::File {
+        file: BACKUP_LABEL_FILE.into(),
+        reason: e.to_string(),
+    })?;
+    check(
+        "backup_label START WAL LOCATION",
+        label.start,
+        control.redo_lsn,
+    )?;
+    check(
+        "backup_label CHECKPOINT LOCATION",
+        label.checkpoint,
+        control.checkpoint_lsn,
+    )?;
+    check(
+        "backup_label START TIMELINE",
+        label.start_tli.0,
+        control.checkpoint_timeline.0,
+    )
+}
+
+/// Every chunk of the checkpoint's snapshot parses; returns the key count.
+fn check_snapshot(datadir: &Path, control: &ControlFile) -> Result<u64, VerifyError> {
+    let dir = snapshot_dir(datadir, control.checkpoint_id);
+    let mut keys = 0u64;
+    for i in 0..control.checkpoint_chunks {
+        let path = dir.join(chunk_name(i));
+        let file = path.display().to_string();
+        let bytes = fs::read(&path).map_err(|e| VerifyError::File {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let entries = parse_chunk(&bytes, i, control.checkpoint_chunks, control.checkpoint_id)
+            .map_err(|reason| VerifyError::Chunk { file, reason })?;
+        keys += entries.len() as u64;
+    }
+    Ok(keys)
+}
+
+/// Read every record from the redo point to `end`: the checkpoint record
+/// and XLOG_BACKUP_END must be among them.
+fn check_wal(datadir: &Path, control: &ControlFile, end: Lsn) -> Result<u64, VerifyError> {
+    let wal_dir = datadir.join(WAL_DIR);
+    let history = read_history(&wal_dir, control.checkpoint_timeline)
+        .map_err(|e| VerifyError::Wal(format!("timeline history: {e}")))?;
+    let cfg = ReaderConfig {
+        dir: wal_dir,
+        system_id: control.system_identifier,
+        seg_size: control.wal_segment_size,
+        history,
+    };
+    let mut reader = WalReader::new(cfg, control.redo_lsn);
+    reader.seek(control.redo_lsn, None);
+    let mut records = 0u64;
+    let mut saw_checkpoint = false;
+    let mut saw_backup_end = false;
+    while reader.next_lsn() < end {
+        let rec = reader.read_record().map_err(|e| {
+            VerifyError::Wal(format!(
+                "record at {} (needed up to {end}): {e}",
+                reader.next_lsn()
+            ))
+        })?;
+        records += 1;
+        match rec.xlog() {
+            Some(Ok(XlogRecord::Checkpoint(c))) if rec.lsn == control.checkpoint_lsn => {
+                check(
+                    "checkpoint record's snapshot",
+                    c.checkpoint_id,
+                    control.checkpoint_id,
+                )?;
+                check("checkpoint record's redo point", c.redo, control.redo_lsn)?;
+                saw_checkpoint = true;
+            }
+            Some(Ok(XlogRecord::BackupEnd { start })) if start == control.redo_lsn => {
+                check("end of the backup-end record", rec.end, end)?;
+                saw_backup_end = true;
+            }
+            _ => {}
+        }
+    }
+    if !saw_checkpoint {
+        return Err(VerifyError::Wal(format!(
+            "no checkpoint record at {}",
+            control.checkpoint_lsn
+        )));
+    }
+    if !saw_backup_end {
+        return Err(VerifyError::Wal(format!(
+            "no backup-end record for the backup started at {}",
+            control.redo_lsn
+        )));
+    }
+    Ok(records)
+}

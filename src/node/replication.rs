@@ -1,0 +1,300 @@
+//! The node as a replication source: what the walsenders read (flush point,
+//! WAL bytes, history files), and what their standbys' replies drive
+//! (synchronous replication releases, WAIT, replication slots).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::Node;
+use crate::replication::registry::{
+    ReplicationObserver, WalSenderChange, WalSenderState, WalSenderStatus,
+};
+pub use crate::replication::source::FlushPoint;
+use crate::replication::source::{ReplicationSource, SourceError};
+use crate::syncrep::StandbyPosition;
+use crate::wal::RawReader;
+use crate::{Lsn, TimelineId, WalSegSize};
+
+/// Most idle raw readers kept for reuse (one per concurrently reading walsender).
+const RAW_READER_POOL: usize = 16;
+
+/// `ReplicationSource` over a running node.
+pub struct NodeSource {
+    node: Weak<Node>,
+    readers: Mutex<Vec<RawReader>>,
+    data_dir: PathBuf,
+    system_identifier: u64,
+    seg_size: WalSegSize,
+}
+
+impl NodeSource {
+    pub fn new(node: &Arc<Node>) -> NodeSource {
+        let c = node.control();
+        NodeSource {
+            node: Arc::downgrade(node),
+            readers: Mutex::new(Vec::new()),
+            data_dir: node.dir.root.clone(),
+            system_identifier: c.system_identifier,
+            seg_size: c.wal_segment_size,
+        }
+    }
+
+    fn node(&self) -> Option<Arc<Node>> {
+        self.node.upgrade()
+    }
+}
+
+impl ReplicationSource for NodeSource {
+    fn system_identifier(&self) -> u64 {
+        self.system_identifier
+    }
+
+    fn wal_segment_size(&self) -> WalSegSize {
+        self.seg_size
+    }
+
+    fn flush_point(&self) -> FlushPoint {
+        match self.node() {
+            Some(node) => node.flush_point(),
+            None => FlushPoint {
+                tli: TimelineId::FIRST,
+                lsn: Lsn::INVALID,
+            },
+        }
+    }
+
+    fn wait_for_flush(&self, seen: FlushPoint, timeout: Duration) -> FlushPoint {
+        let Some(node) = self.node() else {
+            std::thread::sleep(timeout.min(Duration::from_millis(100)));
+            return self.flush_point();
+        };
+        if let Some(wal) = node.wal() {
+            // The WAL writer wakes us directly on every flush: the shortest
+            // path from a commit's fdatasync to the standby.
+            if wal.timeline() == seen.tli {
+                let _ = wal.wait_flush_beyond(seen.lsn, timeout);
+            }
+            return node.flush_point();
+        }
+        node.flush_changed
+            .wait(seen, timeout, || node.flush_point())
+    }
+
+    fn read_wal(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> Result<(), SourceError> {
+        let node = self.node().ok_or_else(|| SourceError::Read {
+            tli,
+            lsn: start,
+            reason: "the node is shutting down".into(),
+        })?;
+        let mut reader = {
+            let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+            pool.pop()
+        }
+        .unwrap_or_else(|| RawReader::new(node.segdir.clone()));
+        let result = reader.read(tli, start, buf);
+        {
+            let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < RAW_READER_POOL {
+                pool.push(reader);
+            }
+        }
+        result.map_err(|e| {
+            let text = e.to_string();
+            if text.contains("has already been removed") {
+                SourceError::SegmentRemoved {
+                    file_name: start.segno(self.seg_size).file_name(tli, self.seg_size),
+                }
+            } else {
+                SourceError::Read {
+                    tli,
+                    lsn: start,
+                    reason: text,
+                }
+            }
+        })
+    }
+
+    fn history_file(&self, tli: TimelineId) -> Result<Option<Vec<u8>>, SourceError> {
+        let path = self
+            .data_dir
+            .join(crate::datadir::WAL_DIR)
+            .join(tli.history_file_name());
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(SourceError::History {
+                file_name: tli.history_file_name(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn oldest_lsn(&self) -> Lsn {
+        self.node()
+            .and_then(|n| n.segdir.oldest_segment().ok().flatten())
+            .map(|s| s.start_lsn(self.seg_size))
+            .unwrap_or(Lsn::INVALID)
+    }
+
+    fn redo_lsn(&self) -> Lsn {
+        self.node()
+            .map(|n| n.control().redo_lsn)
+            .unwrap_or(Lsn::INVALID)
+    }
+
+    fn data_directory(&self) -> PathBuf {
+        self.data_dir.clone()
+    }
+
+    fn in_recovery(&self) -> bool {
+        self.node().is_some_and(|n| !n.is_primary())
+    }
+
+    fn base_backup(
+        &self,
+        options: &crate::replication::command::BaseBackupOptions,
+        out: &mut dyn crate::replication::source::BackupOutput,
+    ) -> Result<(), crate::replication::sqlstate::PgError> {
+        let node = self.node().ok_or_else(|| {
+            crate::replication::sqlstate::PgError::error(
+                crate::replication::sqlstate::ADMIN_SHUTDOWN,
+                "the node is shutting down",
+            )
+        })?;
+        crate::backup::server::serve(&node, options, out).map(|_| ())
+    }
+}
+
+/// A flush point that waiters can block on (a standby's walreceiver and redo
+/// advance it; promotion changes its timeline).
+#[derive(Debug, Default)]
+pub struct FlushSignal {
+    version: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl FlushSignal {
+    /// Something changed: wake every waiter.
+    pub fn notify(&self) {
+        *self.version.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.cv.notify_all();
+    }
+
+    /// The number of notifications so far (take it before checking a
+    /// condition, then `wait_past` it, so no notification is missed).
+    pub fn version(&self) -> u64 {
+        *self.version.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait for a notification after `version`, at most `timeout`.
+    pub fn wait_past(&self, version: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut v = self.version.lock().unwrap_or_else(|e| e.into_inner());
+        while *v == version {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            v = self
+                .cv
+                .wait_timeout(v, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Wait until `current()` differs from `seen` or `timeout` passes.
+    pub fn wait(
+        &self,
+        seen: FlushPoint,
+        timeout: Duration,
+        current: impl Fn() -> FlushPoint,
+    ) -> FlushPoint {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let version = self.version();
+            let now = current();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if now != seen || left.is_zero() {
+                return now;
+            }
+            self.wait_past(version, left);
+        }
+    }
+}
+
+/// Standby replies reach synchronous replication and WAIT through this.
+pub struct ReplyObserver {
+    pub node: Weak<Node>,
+}
+
+impl ReplicationObserver for ReplyObserver {
+    fn walsender_changed(&self, change: WalSenderChange, _status: &WalSenderStatus) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        if matches!(
+            change,
+            WalSenderChange::Reply | WalSenderChange::StateChanged | WalSenderChange::Disconnected
+        ) {
+            let positions = node.standby_positions();
+            node.syncrep.on_standby_reply(&positions);
+            node.replies.notify();
+        }
+    }
+}
+
+impl Node {
+    /// The timeline and durable WAL position walsenders may send up to.
+    pub fn flush_point(&self) -> FlushPoint {
+        match self.wal() {
+            Some(wal) => FlushPoint {
+                tli: wal.timeline(),
+                lsn: wal.flushed(),
+            },
+            None => *self.standby_flush.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Every directly connected (non-cascading) standby's reported positions.
+    pub fn standby_positions(&self) -> Vec<StandbyPosition> {
+        let Some(registry) = self.registry() else {
+            return Vec::new();
+        };
+        registry
+            .snapshot()
+            .into_iter()
+            .filter(|s| !s.cascading)
+            .map(|s| StandbyPosition {
+                application_name: s.application_name,
+                streaming: s.state == WalSenderState::Streaming,
+                write: s.write_lsn,
+                flush: s.flush_lsn,
+                apply: s.apply_lsn,
+            })
+            .collect()
+    }
+
+    /// WAIT: standbys whose flush position is at or past `upto`, waiting up
+    /// to `timeout` for `wanted` of them.
+    pub fn count_acked(&self, upto: Lsn, wanted: usize, timeout: Duration) -> usize {
+        let count = |n: &Node| {
+            n.standby_positions()
+                .iter()
+                .filter(|s| s.flush >= upto)
+                .count()
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let version = self.replies.version();
+            let acked = count(self);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if acked >= wanted || left.is_zero() {
+                return acked;
+            }
+            // Woken by every standby reply.
+            self.replies.wait_past(version, left);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! libpq connection strings (`host=... port=... user=... password=...
+//! application_name=... dbname=...`), parsed with libpq's rules: `key =
+//! value` pairs separated by whitespace, values optionally in single
+//! quotes, backslash escapes the next character.
+
+use std::time::Duration;
+
+/// Why a connection string was refused (libpq's messages).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnInfoError {
+    #[error("missing \"=\" after \"{0}\" in connection info string")]
+    MissingEquals(String),
+    #[error("unterminated quoted string in connection info string")]
+    Unterminated,
+    #[error("invalid connection option \"{0}\"")]
+    UnknownOption(String),
+    #[error("invalid {key} value: \"{value}\"")]
+    BadValue { key: String, value: String },
+    #[error("URI connection strings are not supported; use key=value pairs")]
+    Uri,
+}
+
+/// Options libpq knows that we accept and ignore (TLS is not used; sslmode
+/// values that require it are refused at connect time).
+const IGNORED: &[&str] = &[
+    "hostaddr",
+    "options",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "sslcrl",
+    "sslcompression",
+    "sslpassword",
+    "requirepeer",
+    "gssencmode",
+    "krbsrvname",
+    "gsslib",
+    "channel_binding",
+    "target_session_attrs",
+    "passfile",
+    "service",
+    "client_encoding",
+    "replication",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "sslsni",
+    "load_balance_hosts",
+];
+
+/// A parsed connection string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: Option<String>,
+    pub application_name: Option<String>,
+    /// libpq's connect_timeout (seconds in the string).
+    pub connect_timeout: Option<Duration>,
+    /// `sslmode`, checked at connect time.
+    pub sslmode: Option<String>,
+}
+
+impl Default for ConnInfo {
+    fn default() -> Self {
+        ConnInfo {
+            host: "localhost".into(),
+            port: 5432,
+            user: std::env::var("USER").unwrap_or_else(|_| "postgres".into()),
+            password: None,
+            dbname: None,
+            application_name: None,
+            connect_timeout: None,
+            sslmode: None,
+        }
+    }
+}
+
+impl ConnInfo {
+    /// Parse `key=value` pairs over the defaults.
+    pub fn parse(s: &str) -> Result<ConnInfo, ConnInfoError> {
+        if s.trim_start().starts_with("postgres://") || s.trim_start().starts_with("postgresql://")
+        {
+            return Err(ConnInfoError::Uri);
+        }
+        let mut info = ConnInfo::default();
+        for (k, v) in pairs(s)? {
+            info.set(&k, v)?;
+        }
+        Ok(info)
+    }
+
+    fn set(&mut self, key: &str, value: String) -> Result<(), ConnInfoError> {
+        let bad = |value: &str| ConnInfoError::BadValue {
+            key: key.to_string(),
+            value: value.to_string(),
+        };
+        match key {
+            "host" => self.host = value,
+            "port" => self.port = value.parse().map_err(|_| bad(&value))?,
+            "user" => self.user = value,
+            "password" => self.password = Some(value),
+            "dbname" => self.dbname = Some(value),
+            "application_name" => self.application_name = Some(value),
+            "connect_timeout" => {
+                let secs: u64 = value.trim().parse().map_err(|_| bad(&value))?;
+                self.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs.max(2)));
+            }
+            "sslmode" => self.sslmode = Some(value),
+            k if IGNORED.contains(&k) => {}
+            k => return Err(ConnInfoError::UnknownOption(k.to_string())),
+        }
+        Ok(())
+    }
+}
+
+/// libpq's conninfo_parse tokenizer.
+fn pairs(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(ConnInfoError::MissingEquals(key));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        out.push((key, value(&mut chars)?));
+    }
+}
+
+fn value(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String, ConnInfoError> {
+    let mut v = String::new();
+    if chars.next_if_eq(&'\'').is_some() {
+        loop {
+            match chars.next() {
+                None => return Err(ConnInfoError::Unterminated),
+                Some('\\') => v.push(chars.next().ok_or(ConnInfoError::Unterminated)?),
+                Some('\'') => return Ok(v),
+                Some(c) => v.push(c),
+            }
+        }
+    }
+    while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                v.push(n);
+            }
+        } else {
+            v.push(c);
+        }
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_like_libpq() {
+        let c = ConnInfo::parse(
+            " host=127.0.0.1 port = 5433 user=walrep password='it\\'s a secret' application_name=s1 dbname=replication sslmode=disable",
+        )
+        .unwrap();
+        assert_eq!(c.host, "127.0.0.1");
+        assert_eq!(c.port, 5433);
+        assert_eq!(c.user, "walrep");
+        assert_eq!(c.password.as_deref(), Some("it's a secret"));
+        assert_eq!(c.application_name.as_deref(), Some("s1"));
+        assert_eq!(c.dbname.as_deref(), Some("replication"));
+        let c = ConnInfo::parse("password=a\\ b connect_timeout=1").unwrap();
+        assert_eq!(c.password.as_deref(), Some("a b"));
+        assert_eq!(c.connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(
+            ConnInfo::parse("host").unwrap_err(),
+            ConnInfoError::MissingEquals("host".into())
+        );
+        assert_eq!(
+            ConnInfo::parse("password='open").unwrap_err(),
+            ConnInfoError::Unterminated
+        );
+        assert_eq!(
+            ConnInfo::parse("hots=x").unwrap_err(),
+            ConnInfoError::UnknownOption("hots".into())
+        );
+        assert!(matches!(
+            ConnInfo::parse("port=99999"),
+            Err(ConnInfoError::BadValue { .. })
+        ));
+        assert_eq!(
+            ConnInfo::parse("postgresql://x").unwrap_err(),
+            ConnInfoError::Uri
+        );
+    }
+}

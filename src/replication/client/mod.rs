@@ -1,0 +1,460 @@
+//! A replication client, the walreceiver's side of the protocol: connect
+//! (trust, SCRAM-SHA-256 or cleartext password), IDENTIFY_SYSTEM, SHOW,
+//! TIMELINE_HISTORY, slot commands and START_REPLICATION, then a receive
+//! loop of typed [`StreamEvent`]s while status updates go back upstream
+//! (from the same thread or, through a [`StatusSender`], another one).
+
+mod backup;
+mod conninfo;
+mod stream;
+
+pub use backup::{BackupMessage, BackupStart, BaseBackupRequest, Tablespace};
+pub use conninfo::{ConnInfo, ConnInfoError};
+pub use stream::{StartOutcome, StatusSender, StreamEvent};
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::io::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use walrep_states::{Lsn, TimelineId};
+
+use super::pgwire::io::WireError;
+use super::pgwire::{
+    Authentication, BackendMessage, ErrorFields, FieldDescription, FrontendMessage, MessageReader,
+    SaslInitialResponse, StartupPacket, DEFAULT_MAX_MESSAGE_LEN,
+};
+use super::scram::{ScramClient, ScramError, MECHANISM};
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    ConnInfo(#[from] ConnInfoError),
+    #[error("could not connect to server at \"{host}\" port {port}: {reason}")]
+    Connect {
+        host: String,
+        port: u16,
+        reason: String,
+    },
+    #[error("{}: {} (SQLSTATE {})", .0.severity, .0.message, .0.code)]
+    Server(Box<ErrorFields>),
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error(transparent)]
+    Scram(#[from] ScramError),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("could not send data to server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// The SQLSTATE of a server error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            ClientError::Server(f) => Some(&f.code),
+            _ => None,
+        }
+    }
+}
+
+fn protocol(msg: impl Into<String>) -> ClientError {
+    ClientError::Protocol(msg.into())
+}
+
+/// IDENTIFY_SYSTEM's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentifySystem {
+    pub system_id: u64,
+    pub timeline: TimelineId,
+    pub xlogpos: Lsn,
+    pub dbname: Option<String>,
+}
+
+/// READ_REPLICATION_SLOT's answer for an existing slot (NULL until the
+/// slot holds WAL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotPosition {
+    pub restart_lsn: Option<Lsn>,
+    pub restart_tli: Option<TimelineId>,
+}
+
+/// A simple query's result: columns, rows and CommandComplete tags.
+#[derive(Debug, Clone, Default)]
+pub struct QueryResult {
+    pub columns: Vec<FieldDescription>,
+    pub rows: Vec<Vec<Option<Vec<u8>>>>,
+    pub tags: Vec<String>,
+}
+
+impl QueryResult {
+    /// Cell `(row, col)` as text, `None` for NULL or out of range.
+    pub fn text(&self, row: usize, col: usize) -> Option<String> {
+        let v = self.rows.get(row)?.get(col)?.as_ref()?;
+        Some(String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// A sensible default for [`ReplicationClient::connect`]'s timeout.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One replication connection.
+pub struct ReplicationClient {
+    reader: MessageReader<TcpStream>,
+    /// Write half, shared with [`StatusSender`]s.
+    writer: Arc<Mutex<TcpStream>>,
+    /// ParameterStatus values from the server.
+    params: BTreeMap<String, String>,
+    /// Bound on waiting for a command's answer.
+    io_timeout: Duration,
+    /// In COPY (START_REPLICATION running).
+    streaming: bool,
+    /// In BASE_BACKUP's COPY OUT.
+    copy_out: bool,
+}
+
+impl ReplicationClient {
+    /// Connect and authenticate; `timeout` bounds the TCP connect and every
+    /// later wait for an answer (connect_timeout in the string wins).
+    pub fn connect(info: &ConnInfo, timeout: Duration) -> Result<ReplicationClient, ClientError> {
+        if matches!(
+            info.sslmode.as_deref(),
+            Some("require" | "verify-ca" | "verify-full")
+        ) {
+            return Err(protocol(
+                "sslmode requires TLS, which this client does not support",
+            ));
+        }
+        let timeout = info.connect_timeout.unwrap_or(timeout);
+        let stream = tcp_connect(info, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let writer = Arc::new(Mutex::new(stream.try_clone()?));
+        let mut c = ReplicationClient {
+            reader: MessageReader::new(stream, DEFAULT_MAX_MESSAGE_LEN),
+            writer,
+            params: BTreeMap::new(),
+            io_timeout: timeout,
+            streaming: false,
+            copy_out: false,
+        };
+        c.startup(info)?;
+        Ok(c)
+    }
+
+    /// A server parameter reported at startup (`server_version`, ...).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// The serving walrep node's instance identifier (`walrep_instance_id`);
+    /// `None` from servers that do not send it (PostgreSQL).
+    pub fn instance_id(&self) -> Option<u64> {
+        let v = self.parameter(crate::replication::server::INSTANCE_ID_PARAMETER)?;
+        u64::from_str_radix(v, 16).ok()
+    }
+
+    /// The bound on waiting for an answer, as given at connect.
+    pub fn io_timeout(&self) -> Duration {
+        self.io_timeout
+    }
+
+    /// Something can be read without waiting: a whole message is buffered
+    /// or the socket has unread bytes. A walreceiver drains the socket
+    /// while this holds, then fsyncs once.
+    pub fn has_pending(&self) -> bool {
+        if self.reader.has_complete_message() {
+            return true;
+        }
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through a valid pointer on a
+        // socket descriptor this client owns.
+        let rc = unsafe {
+            libc::ioctl(
+                self.reader.get_ref().as_raw_fd(),
+                libc::FIONREAD as _,
+                &mut n as *mut libc::c_int,
+            )
+        };
+        rc == 0 && n > 0
+    }
+
+    /// The socket's descriptor, to wait for it to become readable
+    /// (together with other wake-ups) before calling `recv`.
+    pub fn socket_fd(&self) -> std::os::unix::io::RawFd {
+        self.reader.get_ref().as_raw_fd()
+    }
+
+    /// Another handle on the socket: `shutdown` on it unblocks a thread
+    /// stuck reading or writing this connection.
+    pub fn socket_handle(&self) -> std::io::Result<TcpStream> {
+        self.reader.get_ref().try_clone()
+    }
+
+    fn send(&self, msg: &FrontendMessage) -> Result<(), ClientError> {
+        let mut out = Vec::new();
+        msg.encode(&mut out);
+        self.write_raw(&out)
+    }
+
+    fn write_raw(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.write_all(bytes)?;
+        Ok(())
+    }
+
+    fn read(&mut self, timeout: Duration) -> Result<BackendMessage, ClientError> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        Ok(self.reader.read_backend()?)
+    }
+
+    fn startup(&mut self, info: &ConnInfo) -> Result<(), ClientError> {
+        let mut params = vec![
+            ("user".to_string(), info.user.clone()),
+            (
+                "database".to_string(),
+                info.dbname.clone().unwrap_or_else(|| "replication".into()),
+            ),
+            ("replication".to_string(), "true".to_string()),
+        ];
+        if let Some(a) = &info.application_name {
+            params.push(("application_name".into(), a.clone()));
+        }
+        self.write_raw(&StartupPacket::startup(params).encode())?;
+        self.authenticate(info.password.as_deref())?;
+        loop {
+            match self.read(self.io_timeout)? {
+                BackendMessage::ParameterStatus { name, value } => {
+                    self.params.insert(name, value);
+                }
+                BackendMessage::BackendKeyData { .. } | BackendMessage::NoticeResponse(_) => {}
+                BackendMessage::ReadyForQuery(_) => return Ok(()),
+                BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(Box::new(e))),
+                other => {
+                    return Err(protocol(format!(
+                        "unexpected message during startup: {other:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    fn authenticate(&mut self, password: Option<&str>) -> Result<(), ClientError> {
+        let mut scram: Option<ScramClient> = None;
+        loop {
+            let auth = match self.read(self.io_timeout)? {
+                BackendMessage::Authentication(a) => a,
+                BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(Box::new(e))),
+                BackendMessage::NoticeResponse(_) => continue,
+                other => {
+                    return Err(protocol(format!(
+                        "expected authentication request, got {other:?}"
+                    )))
+                }
+            };
+            let need_pw = || {
+                password.ok_or_else(|| {
+                    ClientError::Auth("a password is required but none was given".into())
+                })
+            };
+            match auth {
+                Authentication::Ok => return Ok(()),
+                Authentication::CleartextPassword => {
+                    let mut body = need_pw()?.as_bytes().to_vec();
+                    body.push(0);
+                    self.send(&FrontendMessage::AuthResponse(body))?;
+                }
+                Authentication::Md5Password(_) => {
+                    return Err(ClientError::Auth(
+                        "md5 authentication is not supported; use scram-sha-256".into(),
+                    ))
+                }
+                Authentication::Sasl(mechs) => {
+                    if !mechs.iter().any(|m| m == MECHANISM) {
+                        return Err(ClientError::Auth(format!(
+                            "no supported SASL mechanism among {mechs:?}"
+                        )));
+                    }
+                    let c = ScramClient::new(need_pw()?);
+                    let initial = SaslInitialResponse {
+                        mechanism: MECHANISM.into(),
+                        data: Some(c.client_first()),
+                    };
+                    self.send(&FrontendMessage::AuthResponse(initial.to_body()))?;
+                    scram = Some(c);
+                }
+                Authentication::SaslContinue(data) => {
+                    let c = scram
+                        .as_mut()
+                        .ok_or_else(|| protocol("SASL continue without SASL start"))?;
+                    let reply = c.server_first(&data)?;
+                    self.send(&FrontendMessage::AuthResponse(reply))?;
+                }
+                Authentication::SaslFinal(data) => {
+                    scram
+                        .as_ref()
+                        .ok_or_else(|| protocol("SASL final without SASL start"))?
+                        .server_final(&data)?;
+                }
+            }
+        }
+    }
+
+    /// Run one simple query and collect its results (not for
+    /// START_REPLICATION, see [`ReplicationClient::start_replication`]).
+    pub fn simple_query(&mut self, q: &str) -> Result<QueryResult, ClientError> {
+        if self.streaming || self.copy_out {
+            return Err(protocol("cannot run a command while streaming"));
+        }
+        self.send(&FrontendMessage::Query(q.to_string()))?;
+        self.collect_results(QueryResult::default())
+    }
+
+    /// Read results until ReadyForQuery; an ErrorResponse is returned after it.
+    fn collect_results(&mut self, mut r: QueryResult) -> Result<QueryResult, ClientError> {
+        let mut error = None;
+        loop {
+            match self.read(self.io_timeout)? {
+                BackendMessage::RowDescription(c) => r.columns = c,
+                BackendMessage::DataRow(row) => r.rows.push(row),
+                BackendMessage::CommandComplete(t) => r.tags.push(t),
+                BackendMessage::ErrorResponse(e) => error = Some(e),
+                BackendMessage::ReadyForQuery(_) => {
+                    return match error {
+                        Some(e) => Err(ClientError::Server(Box::new(e))),
+                        None => Ok(r),
+                    }
+                }
+                BackendMessage::EmptyQueryResponse
+                | BackendMessage::NoticeResponse(_)
+                | BackendMessage::ParameterStatus { .. } => {}
+                other => return Err(protocol(format!("unexpected message {other:?}"))),
+            }
+        }
+    }
+
+    pub fn identify_system(&mut self) -> Result<IdentifySystem, ClientError> {
+        let r = self.simple_query("IDENTIFY_SYSTEM")?;
+        if r.rows.len() != 1 || r.columns.len() < 3 {
+            return Err(protocol(format!(
+                "could not identify system: got {} rows and {} fields, expected 1 row and 3 or more fields",
+                r.rows.len(),
+                r.columns.len()
+            )));
+        }
+        let field = |i| {
+            r.text(0, i)
+                .ok_or_else(|| protocol("IDENTIFY_SYSTEM returned NULL"))
+        };
+        Ok(IdentifySystem {
+            system_id: field(0)?
+                .parse()
+                .map_err(|_| protocol("invalid systemid"))?,
+            timeline: TimelineId(
+                field(1)?
+                    .parse()
+                    .map_err(|_| protocol("invalid timeline"))?,
+            ),
+            xlogpos: field(2)?.parse().map_err(|_| protocol("invalid xlogpos"))?,
+            dbname: r.text(0, 3),
+        })
+    }
+
+    pub fn show(&mut self, name: &str) -> Result<String, ClientError> {
+        let r = self.simple_query(&format!("SHOW {name}"))?;
+        r.text(0, 0)
+            .ok_or_else(|| protocol(format!("SHOW {name} returned no value")))
+    }
+
+    /// `TIMELINE_HISTORY n`: the file name and content.
+    pub fn timeline_history(&mut self, tli: TimelineId) -> Result<(String, Vec<u8>), ClientError> {
+        let r = self.simple_query(&format!("TIMELINE_HISTORY {}", tli.0))?;
+        let name = r
+            .text(0, 0)
+            .ok_or_else(|| protocol("TIMELINE_HISTORY returned no file name"))?;
+        if name != tli.history_file_name() {
+            return Err(protocol(format!(
+                "unexpected timeline history file name {name:?}"
+            )));
+        }
+        let content = r.rows[0].get(1).cloned().flatten().unwrap_or_default();
+        Ok((name, content))
+    }
+
+    pub fn create_physical_slot(
+        &mut self,
+        name: &str,
+        temporary: bool,
+        reserve_wal: bool,
+    ) -> Result<(), ClientError> {
+        let temp = if temporary { " TEMPORARY" } else { "" };
+        let opts = if reserve_wal { " (RESERVE_WAL)" } else { "" };
+        self.simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {}{temp} PHYSICAL{opts}",
+            quote_ident(name)
+        ))?;
+        Ok(())
+    }
+
+    pub fn drop_slot(&mut self, name: &str, wait: bool) -> Result<(), ClientError> {
+        let wait = if wait { " WAIT" } else { "" };
+        self.simple_query(&format!(
+            "DROP_REPLICATION_SLOT {}{wait}",
+            quote_ident(name)
+        ))?;
+        Ok(())
+    }
+
+    /// READ_REPLICATION_SLOT: `None` if the slot does not exist, else its
+    /// restart LSN and timeline (NULL until WAL is reserved).
+    pub fn read_replication_slot(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<SlotPosition>, ClientError> {
+        let r = self.simple_query(&format!("READ_REPLICATION_SLOT {}", quote_ident(name)))?;
+        if r.text(0, 0).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(SlotPosition {
+            restart_lsn: r.text(0, 1).and_then(|t| t.parse().ok()),
+            restart_tli: r.text(0, 2).and_then(|t| t.parse().ok()).map(TimelineId),
+        }))
+    }
+
+    /// Close politely (Terminate).
+    pub fn close(self) {
+        let _ = self.send(&FrontendMessage::Terminate);
+    }
+}
+
+/// Quote an identifier for a replication command (`"a""b"`).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn tcp_connect(info: &ConnInfo, timeout: Duration) -> Result<TcpStream, ClientError> {
+    let err = |reason: String| ClientError::Connect {
+        host: info.host.clone(),
+        port: info.port,
+        reason,
+    };
+    let addrs = (info.host.as_str(), info.port)
+        .to_socket_addrs()
+        .map_err(|e| err(e.to_string()))?;
+    let mut last = "no address found".to_string();
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(err(last))
+}

@@ -1,0 +1,265 @@
+//! START_REPLICATION on the client side: entering COPY, receiving typed
+//! events, sending status updates and feedback, and leaving COPY (by the
+//! client, at a timeline end, or at server shutdown).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use walrep_states::{Lsn, TimelineId};
+
+use super::{protocol, quote_ident, ClientError, QueryResult, ReplicationClient};
+use crate::replication::pgwire::io::WireError;
+use crate::replication::pgwire::{
+    pg_epoch_micros, BackendMessage, FrontendMessage, HotStandbyFeedback, ReplicationMessage,
+    StandbyMessage, StandbyStatusUpdate,
+};
+
+/// What START_REPLICATION led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// COPY started: call [`ReplicationClient::recv`].
+    Streaming,
+    /// The server has nothing on that (historic) timeline past the start:
+    /// it answered with the next timeline right away.
+    TimelineEnded {
+        next_tli: TimelineId,
+        next_start: Lsn,
+    },
+}
+
+/// One event of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// WAL bytes starting at `start`; `wal_end` is the server's flush point.
+    XLogData {
+        start: Lsn,
+        wal_end: Lsn,
+        server_time: i64,
+        data: Vec<u8>,
+    },
+    Keepalive {
+        wal_end: Lsn,
+        server_time: i64,
+        reply_requested: bool,
+    },
+    /// The server finished the timeline (CopyDone, next-timeline result);
+    /// the connection is back in command mode.
+    EndOfTimeline {
+        next_tli: TimelineId,
+        next_start: Lsn,
+    },
+    /// The server is shutting down (`COPY 0`); the connection is closing.
+    ServerShutdown,
+    /// Nothing arrived within the timeout.
+    Timeout,
+}
+
+/// Sends status updates from another thread while one thread receives.
+#[derive(Clone)]
+pub struct StatusSender {
+    writer: Arc<Mutex<TcpStream>>,
+}
+
+impl StatusSender {
+    fn send(&self, m: StandbyMessage) -> Result<(), ClientError> {
+        let mut out = Vec::with_capacity(40);
+        FrontendMessage::CopyData(m.encode()).encode(&mut out);
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.write_all(&out)?;
+        Ok(())
+    }
+
+    /// Standby status update `r` (0/0 = not reported).
+    pub fn send_status(
+        &self,
+        write: Lsn,
+        flush: Lsn,
+        apply: Lsn,
+        reply_requested: bool,
+    ) -> Result<(), ClientError> {
+        self.send(StandbyMessage::Status(StandbyStatusUpdate {
+            write,
+            flush,
+            apply,
+            client_time: pg_epoch_micros(SystemTime::now()),
+            reply_requested,
+        }))
+    }
+
+    /// Hot standby feedback `h`.
+    pub fn send_feedback(
+        &self,
+        xmin: u32,
+        xmin_epoch: u32,
+        catalog_xmin: u32,
+        catalog_xmin_epoch: u32,
+    ) -> Result<(), ClientError> {
+        self.send(StandbyMessage::Feedback(HotStandbyFeedback {
+            client_time: pg_epoch_micros(SystemTime::now()),
+            xmin,
+            xmin_epoch,
+            catalog_xmin,
+            catalog_xmin_epoch,
+        }))
+    }
+}
+
+/// The two CommandCompletes after a next-timeline result set (or after COPY).
+fn next_timeline(r: &QueryResult) -> Result<(TimelineId, Lsn), ClientError> {
+    let tli = r
+        .text(0, 0)
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| protocol("invalid next timeline"))?;
+    let start = r
+        .text(0, 1)
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| protocol("invalid next timeline start"))?;
+    Ok((TimelineId(tli), start))
+}
+
+impl ReplicationClient {
+    /// `START_REPLICATION [SLOT s] X/X [TIMELINE n]`.
+    pub fn start_replication(
+        &mut self,
+        slot: Option<&str>,
+        start: Lsn,
+        timeline: Option<TimelineId>,
+    ) -> Result<StartOutcome, ClientError> {
+        let mut q = "START_REPLICATION".to_string();
+        if let Some(s) = slot {
+            q.push_str(&format!(" SLOT {}", quote_ident(s)));
+        }
+        q.push_str(&format!(" PHYSICAL {start}"));
+        if let Some(t) = timeline {
+            q.push_str(&format!(" TIMELINE {}", t.0));
+        }
+        self.send(&FrontendMessage::Query(q))?;
+        match self.read(self.io_timeout)? {
+            BackendMessage::CopyBothResponse { .. } => {
+                self.streaming = true;
+                Ok(StartOutcome::Streaming)
+            }
+            BackendMessage::ErrorResponse(e) => {
+                self.collect_results(QueryResult::default()).ok();
+                Err(ClientError::Server(Box::new(e)))
+            }
+            BackendMessage::RowDescription(columns) => {
+                let r = self.collect_results(QueryResult {
+                    columns,
+                    ..QueryResult::default()
+                })?;
+                let (next_tli, next_start) = next_timeline(&r)?;
+                Ok(StartOutcome::TimelineEnded {
+                    next_tli,
+                    next_start,
+                })
+            }
+            other => Err(protocol(format!(
+                "unexpected answer to START_REPLICATION: {other:?}"
+            ))),
+        }
+    }
+
+    /// A handle to send status updates from another thread.
+    pub fn status_sender(&self) -> StatusSender {
+        StatusSender {
+            writer: Arc::clone(&self.writer),
+        }
+    }
+
+    pub fn send_status(
+        &self,
+        write: Lsn,
+        flush: Lsn,
+        apply: Lsn,
+        reply_requested: bool,
+    ) -> Result<(), ClientError> {
+        self.status_sender()
+            .send_status(write, flush, apply, reply_requested)
+    }
+
+    /// The next stream event, waiting at most `timeout`.
+    pub fn recv(&mut self, timeout: Duration) -> Result<StreamEvent, ClientError> {
+        if !self.streaming {
+            return Err(protocol("not streaming"));
+        }
+        let msg = match self.read(timeout) {
+            Err(ClientError::Wire(WireError::TimedOut)) => return Ok(StreamEvent::Timeout),
+            other => other?,
+        };
+        match msg {
+            BackendMessage::CopyData(p) => {
+                match ReplicationMessage::decode(&p).map_err(|e| protocol(e.to_string()))? {
+                    ReplicationMessage::XLogData { header, data } => Ok(StreamEvent::XLogData {
+                        start: header.wal_start,
+                        wal_end: header.wal_end,
+                        server_time: header.send_time,
+                        data,
+                    }),
+                    ReplicationMessage::Keepalive(k) => Ok(StreamEvent::Keepalive {
+                        wal_end: k.wal_end,
+                        server_time: k.send_time,
+                        reply_requested: k.reply_requested,
+                    }),
+                }
+            }
+            BackendMessage::CopyDone => {
+                self.send(&FrontendMessage::CopyDone)?;
+                self.streaming = false;
+                let r = self.collect_results(QueryResult::default())?;
+                let (next_tli, next_start) = next_timeline(&r)?;
+                Ok(StreamEvent::EndOfTimeline {
+                    next_tli,
+                    next_start,
+                })
+            }
+            BackendMessage::CommandComplete(tag) if tag == "COPY 0" => {
+                self.streaming = false;
+                Ok(StreamEvent::ServerShutdown)
+            }
+            BackendMessage::ErrorResponse(e) => {
+                // The server left COPY; its ReadyForQuery follows.
+                self.streaming = false;
+                self.collect_results(QueryResult::default())?;
+                Err(ClientError::Server(Box::new(e)))
+            }
+            other => Err(protocol(format!(
+                "unexpected message while streaming: {other:?}"
+            ))),
+        }
+    }
+
+    /// End the COPY from our side (CopyDone) and return to command mode,
+    /// discarding WAL still in flight; bounded by the I/O timeout.
+    pub fn stop_streaming(&mut self) -> Result<(), ClientError> {
+        if !self.streaming {
+            return Ok(());
+        }
+        self.send(&FrontendMessage::CopyDone)?;
+        let deadline = Instant::now() + self.io_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(protocol("timed out waiting for the server to end COPY"));
+            }
+            match self.read(left)? {
+                BackendMessage::CopyData(_) => {}
+                BackendMessage::CopyDone => break,
+                BackendMessage::ErrorResponse(e) => {
+                    self.streaming = false;
+                    self.collect_results(QueryResult::default())?;
+                    return Err(ClientError::Server(Box::new(e)));
+                }
+                other => {
+                    return Err(protocol(format!(
+                        "unexpected message ending COPY: {other:?}"
+                    )))
+                }
+            }
+        }
+        self.streaming = false;
+        self.collect_results(QueryResult::default()).map(|_| ())
+    }
+}

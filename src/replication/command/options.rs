@@ -1,0 +1,207 @@
+//! Generic `( name value, ... )` options of CREATE_REPLICATION_SLOT and
+//! BASE_BACKUP, checked as PostgreSQL 15 checks them (duplicates, unknown
+//! names, booleans as `defGetBoolean` reads them).
+
+use crate::replication::sqlstate::{
+    PgError, INTERNAL_ERROR, INVALID_PARAMETER_VALUE, SYNTAX_ERROR,
+};
+
+/// The value of a generic option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptValue {
+    Ident(String),
+    Str(String),
+    Num(u64),
+}
+
+impl OptValue {
+    fn text(&self) -> String {
+        match self {
+            OptValue::Ident(s) | OptValue::Str(s) => s.clone(),
+            OptValue::Num(n) => n.to_string(),
+        }
+    }
+}
+
+type Opts = [(String, Option<OptValue>)];
+
+/// `defGetBoolean`: no value = true; 1/0; true/false/on/off/yes/no.
+fn boolean(name: &str, v: &Option<OptValue>) -> Result<bool, PgError> {
+    let bad = || PgError::error(SYNTAX_ERROR, format!("{name} requires a Boolean value"));
+    match v {
+        None => Ok(true),
+        Some(OptValue::Num(0)) => Ok(false),
+        Some(OptValue::Num(1)) => Ok(true),
+        Some(OptValue::Num(_)) => Err(bad()),
+        Some(v) => match v.text().to_ascii_lowercase().as_str() {
+            "true" | "on" | "yes" => Ok(true),
+            "false" | "off" | "no" => Ok(false),
+            _ => Err(bad()),
+        },
+    }
+}
+
+fn string(name: &str, v: &Option<OptValue>) -> Result<String, PgError> {
+    v.as_ref()
+        .map(OptValue::text)
+        .ok_or_else(|| PgError::error(SYNTAX_ERROR, format!("{name} requires a parameter")))
+}
+
+fn check_duplicate(seen: &mut Vec<String>, name: &str, message: &str) -> Result<(), PgError> {
+    if seen.iter().any(|s| s == name) {
+        return Err(PgError::error(SYNTAX_ERROR, message.replace("%s", name)));
+    }
+    seen.push(name.to_string());
+    Ok(())
+}
+
+/// The options of CREATE_REPLICATION_SLOT ... PHYSICAL: only `reserve_wal`.
+pub fn physical_slot_options(opts: &Opts) -> Result<bool, PgError> {
+    let mut seen = Vec::new();
+    let mut reserve = false;
+    for (name, v) in opts {
+        check_duplicate(&mut seen, name, "conflicting or redundant options")?;
+        match name.as_str() {
+            "reserve_wal" => reserve = boolean(name, v)?,
+            _ => {
+                return Err(PgError::error(
+                    INTERNAL_ERROR,
+                    format!("unrecognized option: {name}"),
+                ))
+            }
+        }
+    }
+    Ok(reserve)
+}
+
+/// `CHECKPOINT 'fast' | 'spread'`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckpointMode {
+    Fast,
+    #[default]
+    Spread,
+}
+
+/// BASE_BACKUP's options (PostgreSQL 15 names and defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseBackupOptions {
+    pub label: String,
+    pub progress: bool,
+    pub checkpoint: CheckpointMode,
+    /// Wait for the WAL of the backup to be archived.
+    pub wait: bool,
+    /// Include the WAL in the tar (`-X fetch`).
+    pub wal: bool,
+    /// kB/s, 0 = unlimited.
+    pub max_rate_kbps: u64,
+    pub tablespace_map: bool,
+    pub verify_checksums: bool,
+    /// `yes`, `no` or `force-encode`.
+    pub manifest: String,
+    pub manifest_checksums: String,
+    pub target: Option<String>,
+    pub target_detail: Option<String>,
+    pub compression: Option<String>,
+    pub compression_detail: Option<String>,
+}
+
+impl Default for BaseBackupOptions {
+    fn default() -> Self {
+        BaseBackupOptions {
+            label: "base backup".into(),
+            progress: false,
+            checkpoint: CheckpointMode::Spread,
+            wait: true,
+            wal: false,
+            max_rate_kbps: 0,
+            tablespace_map: false,
+            verify_checksums: true,
+            manifest: "no".into(),
+            manifest_checksums: "CRC32C".into(),
+            target: None,
+            target_detail: None,
+            compression: None,
+            compression_detail: None,
+        }
+    }
+}
+
+impl BaseBackupOptions {
+    /// Check and collect the options, with PostgreSQL's errors.
+    pub fn from_options(opts: &Opts) -> Result<BaseBackupOptions, PgError> {
+        let mut o = BaseBackupOptions::default();
+        let mut seen = Vec::new();
+        for (name, v) in opts {
+            check_duplicate(&mut seen, name, "duplicate option \"%s\"")?;
+            o.set(name, v)?;
+        }
+        Ok(o)
+    }
+
+    fn set(&mut self, name: &str, v: &Option<OptValue>) -> Result<(), PgError> {
+        match name {
+            "label" => self.label = string(name, v)?,
+            "progress" => self.progress = boolean(name, v)?,
+            "checkpoint" => self.checkpoint = checkpoint(&string(name, v)?)?,
+            "wait" => self.wait = boolean(name, v)?,
+            "wal" => self.wal = boolean(name, v)?,
+            "max_rate" => self.max_rate_kbps = max_rate(v)?,
+            "tablespace_map" => self.tablespace_map = boolean(name, v)?,
+            "verify_checksums" => self.verify_checksums = boolean(name, v)?,
+            "manifest" => self.manifest = manifest(&string(name, v)?)?,
+            "manifest_checksums" => self.manifest_checksums = string(name, v)?,
+            "target" => self.target = Some(string(name, v)?),
+            "target_detail" => self.target_detail = Some(string(name, v)?),
+            "compression" => self.compression = Some(string(name, v)?),
+            "compression_detail" => self.compression_detail = Some(string(name, v)?),
+            _ => {
+                return Err(PgError::error(
+                    SYNTAX_ERROR,
+                    format!("unrecognized base backup option: \"{name}\""),
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+fn checkpoint(s: &str) -> Result<CheckpointMode, PgError> {
+    match s.to_ascii_lowercase().as_str() {
+        "fast" => Ok(CheckpointMode::Fast),
+        "spread" => Ok(CheckpointMode::Spread),
+        _ => Err(PgError::error(
+            INVALID_PARAMETER_VALUE,
+            format!("unrecognized checkpoint type: \"{s}\""),
+        )),
+    }
+}
+
+fn manifest(s: &str) -> Result<String, PgError> {
+    let l = s.to_ascii_lowercase();
+    match l.as_str() {
+        "yes" | "true" | "on" | "1" => Ok("yes".into()),
+        "no" | "false" | "off" | "0" => Ok("no".into()),
+        "force-encode" => Ok(l),
+        _ => Err(PgError::error(
+            INVALID_PARAMETER_VALUE,
+            format!("unrecognized manifest option: \"{s}\""),
+        )),
+    }
+}
+
+/// MAX_RATE in kB/s: PostgreSQL's range 32 .. 1048576.
+fn max_rate(v: &Option<OptValue>) -> Result<u64, PgError> {
+    let Some(OptValue::Num(n)) = v else {
+        return Err(PgError::error(
+            SYNTAX_ERROR,
+            "max_rate requires a numeric value",
+        ));
+    };
+    if !(32..=1_048_576).contains(n) {
+        return Err(PgError::error(
+            "22003",
+            format!("{n} is outside the valid range for parameter \"max_rate\" (32 .. 1048576)"),
+        ));
+    }
+    Ok(*n)
+}

@@ -1,0 +1,204 @@
+//! The replication messages carried inside CopyData during
+//! START_REPLICATION: XLogData `w` and keepalive `k` from the server,
+//! standby status update `r` and hot standby feedback `h` from the client.
+//! Big-endian; times in microseconds since 2000-01-01 UTC; LSN 0 = invalid.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use walrep_states::Lsn;
+
+use super::buf::Cursor;
+use super::CodecError;
+
+/// Bytes of an XLogData message before the WAL: tag + start + end + time.
+pub const XLOGDATA_HEADER_LEN: usize = 25;
+/// Microseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+/// Now, in microseconds since 2000-01-01 UTC (PostgreSQL's TimestampTz).
+pub fn pg_epoch_micros(now: SystemTime) -> i64 {
+    let unix_us = match now.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i64,
+        Err(e) => -(e.duration().as_micros() as i64),
+    };
+    unix_us - PG_EPOCH_OFFSET_US
+}
+
+/// The fixed part of an XLogData message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XLogDataHeader {
+    /// LSN of the first WAL byte in the message.
+    pub wal_start: Lsn,
+    /// The server's send limit (its flush position) when sent.
+    pub wal_end: Lsn,
+    /// Server clock when sent.
+    pub send_time: i64,
+}
+
+impl XLogDataHeader {
+    /// Write the 25-byte header (tag included) into `out[..25]`.
+    pub fn write(&self, out: &mut [u8; XLOGDATA_HEADER_LEN]) {
+        out[0] = b'w';
+        out[1..9].copy_from_slice(&self.wal_start.0.to_be_bytes());
+        out[9..17].copy_from_slice(&self.wal_end.0.to_be_bytes());
+        out[17..25].copy_from_slice(&self.send_time.to_be_bytes());
+    }
+}
+
+/// Server keepalive `k`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrimaryKeepalive {
+    /// Position the server has sent up to.
+    pub wal_end: Lsn,
+    pub send_time: i64,
+    /// The client must answer with a status update at once.
+    pub reply_requested: bool,
+}
+
+/// A message from the server inside CopyData.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicationMessage {
+    XLogData {
+        header: XLogDataHeader,
+        data: Vec<u8>,
+    },
+    Keepalive(PrimaryKeepalive),
+}
+
+impl ReplicationMessage {
+    /// Decode a CopyData payload sent by a walsender.
+    pub fn decode(payload: &[u8]) -> Result<ReplicationMessage, CodecError> {
+        let mut c = Cursor::new(payload, "replication");
+        match c.u8()? {
+            b'w' => {
+                let header = XLogDataHeader {
+                    wal_start: Lsn(c.u64()?),
+                    wal_end: Lsn(c.u64()?),
+                    send_time: c.i64()?,
+                };
+                Ok(ReplicationMessage::XLogData {
+                    header,
+                    data: c.rest().to_vec(),
+                })
+            }
+            b'k' => {
+                let k = PrimaryKeepalive {
+                    wal_end: Lsn(c.u64()?),
+                    send_time: c.i64()?,
+                    reply_requested: c.u8()? != 0,
+                };
+                c.finish()?;
+                Ok(ReplicationMessage::Keepalive(k))
+            }
+            tag => Err(CodecError::UnknownType {
+                tag,
+                side: "replication stream",
+            }),
+        }
+    }
+
+    /// The CopyData payload.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ReplicationMessage::XLogData { header, data } => {
+                let mut out = vec![0u8; XLOGDATA_HEADER_LEN + data.len()];
+                let mut h = [0u8; XLOGDATA_HEADER_LEN];
+                header.write(&mut h);
+                out[..XLOGDATA_HEADER_LEN].copy_from_slice(&h);
+                out[XLOGDATA_HEADER_LEN..].copy_from_slice(data);
+                out
+            }
+            ReplicationMessage::Keepalive(k) => {
+                let mut out = Vec::with_capacity(18);
+                out.push(b'k');
+                out.extend_from_slice(&k.wal_end.0.to_be_bytes());
+                out.extend_from_slice(&k.send_time.to_be_bytes());
+                out.push(k.reply_requested as u8);
+                out
+            }
+        }
+    }
+}
+
+/// Standby status update `r`: how far the client has written, flushed and
+/// applied (0/0 = not reported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StandbyStatusUpdate {
+    pub write: Lsn,
+    pub flush: Lsn,
+    pub apply: Lsn,
+    pub client_time: i64,
+    /// The server must answer with a keepalive at once.
+    pub reply_requested: bool,
+}
+
+/// Hot standby feedback `h`: the standby's oldest transaction ids in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HotStandbyFeedback {
+    pub client_time: i64,
+    pub xmin: u32,
+    pub xmin_epoch: u32,
+    pub catalog_xmin: u32,
+    pub catalog_xmin_epoch: u32,
+}
+
+/// A message from the client inside CopyData.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandbyMessage {
+    Status(StandbyStatusUpdate),
+    Feedback(HotStandbyFeedback),
+}
+
+impl StandbyMessage {
+    /// Decode a CopyData payload sent by a walreceiver / pg_receivewal.
+    pub fn decode(payload: &[u8]) -> Result<StandbyMessage, CodecError> {
+        let mut c = Cursor::new(payload, "standby reply");
+        let msg = match c.u8()? {
+            b'r' => StandbyMessage::Status(StandbyStatusUpdate {
+                write: Lsn(c.u64()?),
+                flush: Lsn(c.u64()?),
+                apply: Lsn(c.u64()?),
+                client_time: c.i64()?,
+                reply_requested: c.u8()? != 0,
+            }),
+            b'h' => StandbyMessage::Feedback(HotStandbyFeedback {
+                client_time: c.i64()?,
+                xmin: c.u32()?,
+                xmin_epoch: c.u32()?,
+                catalog_xmin: c.u32()?,
+                catalog_xmin_epoch: c.u32()?,
+            }),
+            tag => {
+                return Err(CodecError::UnknownType {
+                    tag,
+                    side: "standby reply",
+                })
+            }
+        };
+        c.finish()?;
+        Ok(msg)
+    }
+
+    /// The CopyData payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(34);
+        match self {
+            StandbyMessage::Status(s) => {
+                out.push(b'r');
+                for v in [s.write.0, s.flush.0, s.apply.0] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+                out.extend_from_slice(&s.client_time.to_be_bytes());
+                out.push(s.reply_requested as u8);
+            }
+            StandbyMessage::Feedback(h) => {
+                out.push(b'h');
+                out.extend_from_slice(&h.client_time.to_be_bytes());
+                for v in [h.xmin, h.xmin_epoch, h.catalog_xmin, h.catalog_xmin_epoch] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+        }
+        out
+    }
+}

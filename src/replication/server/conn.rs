@@ -1,0 +1,110 @@
+//! One connection's socket: a buffered writer for backend messages and the
+//! reader thread that turns incoming bytes into frontend messages on a
+//! bounded channel (so the session can wait on the client, new WAL and
+//! shutdown at once).
+
+use std::io::{self, Write};
+use std::net::{Shutdown, TcpStream};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver};
+
+use crate::replication::pgwire::io::WireError;
+use crate::replication::pgwire::{
+    BackendMessage, FrontendMessage, MessageReader, TransactionStatus,
+};
+use crate::replication::sqlstate::PgError;
+
+/// Frontend messages queued between the reader thread and the session: a
+/// handful is enough, a full queue pushes back on the client via TCP.
+const CLIENT_QUEUE: usize = 64;
+
+/// What the reader thread delivers.
+#[derive(Debug)]
+pub(super) enum ClientEvent {
+    Message(FrontendMessage),
+    /// The client closed the connection or sent bytes that are not a
+    /// message; the reader has stopped.
+    Gone(String),
+}
+
+/// The write side of a connection.
+pub(super) struct Conn {
+    stream: TcpStream,
+    /// Messages encoded but not yet written.
+    out: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            out: Vec::with_capacity(8192),
+        }
+    }
+
+    pub fn send(&mut self, m: &BackendMessage) {
+        m.encode(&mut self.out);
+    }
+
+    /// Append already-encoded bytes (an XLogData frame).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Write `bytes` at once, after anything buffered (an XLogData frame,
+    /// without copying it into the buffer).
+    pub fn write_now(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.flush()?;
+        self.stream.write_all(bytes)
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        let r = self.stream.write_all(&self.out);
+        self.out.clear();
+        r
+    }
+
+    /// ErrorResponse for `e`, and ReadyForQuery unless it is FATAL.
+    pub fn error(&mut self, e: &PgError) -> io::Result<()> {
+        self.send(&BackendMessage::ErrorResponse(e.to_fields()));
+        if !e.is_fatal() {
+            self.send(&BackendMessage::ReadyForQuery(TransactionStatus::Idle));
+        }
+        self.flush()
+    }
+
+    pub fn ready(&mut self) -> io::Result<()> {
+        self.send(&BackendMessage::ReadyForQuery(TransactionStatus::Idle));
+        self.flush()
+    }
+
+    /// Close both directions; the reader thread sees the end and exits.
+    pub fn close(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// Start the reader thread; it ends when the socket closes or the
+/// receiver is dropped.
+pub(super) fn spawn_reader(
+    mut reader: MessageReader<TcpStream>,
+    id: u64,
+) -> io::Result<(Receiver<ClientEvent>, JoinHandle<()>)> {
+    reader.get_ref().set_read_timeout(None)?;
+    let (tx, rx) = bounded(CLIENT_QUEUE);
+    let join = std::thread::Builder::new()
+        .name(format!("walsender-rd-{id}"))
+        .spawn(move || loop {
+            let ev = match reader.read_frontend() {
+                Ok(m) => ClientEvent::Message(m),
+                Err(WireError::Closed) => ClientEvent::Gone("connection closed".into()),
+                Err(e) => ClientEvent::Gone(e.to_string()),
+            };
+            let last = matches!(ev, ClientEvent::Gone(_));
+            if tx.send(ev).is_err() || last {
+                return;
+            }
+        })?;
+    Ok((rx, join))
+}

@@ -1,0 +1,278 @@
+//! The replication listener: accepts connections on `replication_port`,
+//! runs one session thread per connection (bounded by `max_wal_senders`
+//! after authentication, and by a small margin more before it), and stops
+//! them all on shutdown.
+//!
+//! Entry point: [`spawn`] with a [`ReplicationSource`] the node implements.
+
+mod conn;
+mod exec;
+mod session;
+mod startup;
+mod walsender;
+
+pub use startup::{format_instance_id, INSTANCE_ID_PARAMETER};
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::pgwire::DEFAULT_MAX_MESSAGE_LEN;
+use super::registry::WalSenderRegistry;
+use super::slots::SlotManager;
+use super::source::ReplicationSource;
+use crate::config::{Config, HbaEntry};
+
+/// What the replication server needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Replication connections allowed at once (`max_wal_senders`).
+    pub max_wal_senders: usize,
+    /// Allow-list, first match decides (`hba`).
+    pub hba: Vec<HbaEntry>,
+    /// Passwords for scram-sha-256 (`passwords`).
+    pub passwords: BTreeMap<String, String>,
+    /// Silence after which a walsender gives up; `None` = never.
+    pub wal_sender_timeout: Option<Duration>,
+    /// Time allowed for the startup packet and authentication
+    /// (PostgreSQL's authentication_timeout).
+    pub authentication_timeout: Duration,
+    /// Largest frontend message accepted.
+    pub max_message_len: usize,
+    /// `server_version` reported; must start with "15." for PostgreSQL 15
+    /// clients (pg_receivewal refuses newer majors than its own).
+    pub server_version: String,
+    /// How long shutdown waits for streaming clients to confirm what was
+    /// sent before their connections are closed anyway.
+    pub shutdown_timeout: Duration,
+    /// This node's instance identifier, sent as the `walrep_instance_id`
+    /// ParameterStatus (PostgreSQL clients ignore unknown parameters) so a
+    /// walreceiver can tell it is connected to its own node.
+    pub instance_id: u64,
+}
+
+impl ServerOptions {
+    pub fn from_config(c: &Config) -> ServerOptions {
+        ServerOptions {
+            max_wal_senders: c.max_wal_senders as usize,
+            hba: c.hba.clone(),
+            passwords: c.passwords.clone(),
+            wal_sender_timeout: c.wal_sender_timeout.get().filter(|d| !d.is_zero()),
+            ..ServerOptions::default()
+        }
+    }
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        let c = Config::default();
+        ServerOptions {
+            max_wal_senders: c.max_wal_senders as usize,
+            hba: c.hba,
+            passwords: c.passwords,
+            wal_sender_timeout: c.wal_sender_timeout.get(),
+            authentication_timeout: Duration::from_secs(60),
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            server_version: format!("15.0 (walrep {})", env!("CARGO_PKG_VERSION")),
+            shutdown_timeout: Duration::from_secs(10),
+            instance_id: rand::random(),
+        }
+    }
+}
+
+/// Everything a session shares with the server.
+pub(crate) struct Ctx<S> {
+    source: Arc<S>,
+    options: ServerOptions,
+    registry: Arc<WalSenderRegistry>,
+    slots: Arc<SlotManager>,
+    /// Never sent on: dropped at shutdown, so every receiver sees
+    /// "disconnected" at once.
+    shutdown_rx: Receiver<()>,
+    stopping: AtomicBool,
+    /// Connections open (authenticated or not), for the pre-auth bound.
+    connections: AtomicUsize,
+}
+
+/// Connections beyond `max_wal_senders` that may be in startup at once
+/// (PostgreSQL also counts unauthenticated backends against its limits).
+const STARTUP_MARGIN: usize = 8;
+
+/// A running replication server.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    registry: Arc<WalSenderRegistry>,
+    shutdown_tx: Option<Sender<()>>,
+    ctx_stopping: Arc<dyn Fn() + Send + Sync>,
+    accept: Option<JoinHandle<()>>,
+    sessions: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Disconnected once the listener and every session thread are gone
+    /// (each holds a sender), so shutdown waits without polling.
+    done_rx: Receiver<()>,
+    shutdown_timeout: Duration,
+}
+
+/// Start serving replication connections on `listener` from `source`.
+pub fn spawn<S: ReplicationSource>(
+    listener: TcpListener,
+    source: Arc<S>,
+    slots: Arc<SlotManager>,
+    registry: Arc<WalSenderRegistry>,
+    options: ServerOptions,
+) -> io::Result<ServerHandle> {
+    let addr = listener.local_addr()?;
+    let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(0);
+    let shutdown_timeout = options.shutdown_timeout;
+    let ctx = Arc::new(Ctx {
+        source,
+        options,
+        registry: Arc::clone(&registry),
+        slots,
+        shutdown_rx,
+        stopping: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
+    });
+    let sessions = Arc::new(Mutex::new(Vec::new()));
+    let (done_tx, done_rx) = crossbeam_channel::bounded(0);
+    let accept = {
+        let ctx = Arc::clone(&ctx);
+        let sessions = Arc::clone(&sessions);
+        std::thread::Builder::new()
+            .name("repl-listener".into())
+            .spawn(move || accept_loop(listener, ctx, sessions, done_tx))?
+    };
+    let stop_ctx = Arc::clone(&ctx);
+    Ok(ServerHandle {
+        addr,
+        registry,
+        shutdown_tx: Some(shutdown_tx),
+        ctx_stopping: Arc::new(move || stop_ctx.stopping.store(true, Ordering::SeqCst)),
+        accept: Some(accept),
+        sessions,
+        done_rx,
+        shutdown_timeout,
+    })
+}
+
+fn accept_loop<S: ReplicationSource>(
+    listener: TcpListener,
+    ctx: Arc<Ctx<S>>,
+    sessions: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    done_tx: Sender<()>,
+) {
+    let mut failures: u32 = 0;
+    for stream in listener.incoming() {
+        if ctx.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let stream = match stream {
+            Ok(s) => {
+                failures = 0;
+                s
+            }
+            Err(e) => {
+                // Out of descriptors and the like: count and back off
+                // (at most 1 s) instead of spinning.
+                failures = failures.saturating_add(1);
+                let pause =
+                    Duration::from_millis(10u64 << failures.min(7)).min(Duration::from_secs(1));
+                tracing::warn!(
+                    failures,
+                    "could not accept a replication connection: {e}; retrying in {pause:?}"
+                );
+                std::thread::sleep(pause);
+                continue;
+            }
+        };
+        let open = ctx.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        if open > ctx.options.max_wal_senders + STARTUP_MARGIN {
+            session::refuse_too_many(stream);
+            ctx.connections.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        spawn_session(&ctx, stream, &sessions, done_tx.clone());
+    }
+}
+
+/// One thread per connection; it gives back its connection count and its
+/// `done` sender when it ends.
+fn spawn_session<S: ReplicationSource>(
+    ctx: &Arc<Ctx<S>>,
+    stream: TcpStream,
+    sessions: &Mutex<Vec<JoinHandle<()>>>,
+    done: Sender<()>,
+) {
+    let ctx_thread = Arc::clone(ctx);
+    let spawned = std::thread::Builder::new()
+        .name("walsender".into())
+        .spawn(move || {
+            session::run(&ctx_thread, stream);
+            ctx_thread.connections.fetch_sub(1, Ordering::SeqCst);
+            drop(done);
+        });
+    match spawned {
+        Ok(h) => {
+            let mut s = sessions.lock().unwrap_or_else(|p| p.into_inner());
+            s.retain(|h| !h.is_finished());
+            s.push(h);
+        }
+        Err(e) => {
+            ctx.connections.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!("could not start a walsender thread: {e}");
+        }
+    }
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn registry(&self) -> &Arc<WalSenderRegistry> {
+        &self.registry
+    }
+
+    /// Stop accepting, end every session as PostgreSQL does at shutdown
+    /// (streaming clients get the rest of the WAL and `COPY 0`), and wait
+    /// for them, at most `shutdown_timeout` plus a second.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(tx) = self.shutdown_tx.take() else {
+            return;
+        };
+        (self.ctx_stopping)();
+        drop(tx);
+        // Wake the blocking accept with a connection to ourselves.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(a) = self.accept.take() {
+            let _ = a.join();
+        }
+        // Every session thread drops its sender when it ends.
+        let deadline = Instant::now() + self.shutdown_timeout + Duration::from_secs(1);
+        let _ = self.done_rx.recv_deadline(deadline);
+        let handles: Vec<_> =
+            std::mem::take(&mut *self.sessions.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in handles.into_iter().filter(|h| h.is_finished()) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

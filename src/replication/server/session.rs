@@ -1,0 +1,255 @@
+//! One replication connection: startup, the walsender slot, then the
+//! command loop (simple Query only). An ERROR leaves the connection usable;
+//! FATAL, Terminate, a closed socket or server shutdown end it.
+
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use crossbeam_channel::{select, Receiver};
+use rand::Rng;
+
+use super::conn::{spawn_reader, ClientEvent, Conn};
+use super::startup::{self, Client, StartupEnd};
+use super::{exec, walsender, Ctx};
+use crate::replication::command::{self, ReplicationCommand};
+use crate::replication::pgwire::{BackendMessage, FrontendMessage, MessageReader};
+use crate::replication::registry::WalSenderHandle;
+use crate::replication::source::ReplicationSource;
+use crate::replication::sqlstate::{self as code, PgError};
+
+/// Why a command did not complete normally.
+pub(super) enum Failure {
+    /// Report to the client; FATAL also ends the connection.
+    Error(PgError),
+    /// The connection is over (client gone, timeout, shutdown done).
+    Gone(String),
+}
+
+impl From<PgError> for Failure {
+    fn from(e: PgError) -> Self {
+        Failure::Error(e)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Gone(format!("could not send data to client: {e}"))
+    }
+}
+
+/// An authenticated replication connection.
+pub(super) struct Session<S> {
+    pub ctx: Arc<Ctx<S>>,
+    pub conn: Conn,
+    /// Messages from the reader thread.
+    pub rx: Receiver<ClientEvent>,
+    /// This connection's walsender entry (its id is our "pid").
+    pub handle: WalSenderHandle,
+}
+
+/// FATAL 53300 for a connection over the startup bound, without a thread.
+pub(super) fn refuse_too_many(stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+    let mut conn = Conn::new(stream);
+    let _ = conn.error(&PgError::fatal(
+        code::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+    ));
+    conn.close();
+}
+
+/// Serve one connection to its end.
+pub(super) fn run<S: ReplicationSource>(ctx: &Arc<Ctx<S>>, stream: TcpStream) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(
+        ctx.options
+            .wal_sender_timeout
+            .or(Some(ctx.options.authentication_timeout)),
+    );
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut conn = Conn::new(write_half);
+    let mut reader = MessageReader::new(stream, ctx.options.max_message_len);
+    let client = match startup::negotiate(ctx, &mut reader, &mut conn, peer) {
+        Ok(c) => c,
+        Err(StartupEnd::Fatal(e)) => {
+            tracing::info!(%peer, "replication connection refused: {e}");
+            let _ = conn.error(&e);
+            conn.close();
+            return;
+        }
+        Err(StartupEnd::Close(why)) => {
+            tracing::debug!(%peer, "replication connection closed during startup: {why}");
+            conn.close();
+            return;
+        }
+    };
+    let Some(handle) = ctx.registry.register(
+        &client.application_name,
+        &client.user,
+        Some(peer),
+        ctx.source.in_recovery(),
+    ) else {
+        let e = PgError::fatal(
+            code::TOO_MANY_CONNECTIONS,
+            format!(
+                "number of requested standby connections exceeds max_wal_senders (currently {})",
+                ctx.options.max_wal_senders
+            ),
+        );
+        let _ = conn.error(&e);
+        conn.close();
+        return;
+    };
+    serve(Arc::clone(ctx), conn, reader, handle, client);
+}
+
+fn serve<S: ReplicationSource>(
+    ctx: Arc<Ctx<S>>,
+    mut conn: Conn,
+    reader: MessageReader<TcpStream>,
+    handle: WalSenderHandle,
+    client: Client,
+) {
+    let id = handle.id();
+    let span =
+        tracing::info_span!("walsender", id, peer = %client.peer, app = %client.application_name);
+    let _enter = span.enter();
+    conn.send(&BackendMessage::BackendKeyData {
+        pid: id as i32,
+        key: rand::thread_rng().gen(),
+    });
+    let Ok((rx, reader_join)) = spawn_reader(reader, id) else {
+        return;
+    };
+    if conn.ready().is_err() {
+        conn.close();
+        return;
+    }
+    let mut session = Session {
+        ctx: Arc::clone(&ctx),
+        conn,
+        rx,
+        handle,
+    };
+    let why = session.command_loop();
+    tracing::debug!("replication connection ended: {why}");
+    ctx.slots.drop_temporary_of(id);
+    session.conn.close();
+    drop(session);
+    let _ = reader_join.join();
+}
+
+impl<S: ReplicationSource> Session<S> {
+    fn command_loop(&mut self) -> String {
+        loop {
+            let ev = select! {
+                recv(self.rx) -> ev => ev,
+                recv(self.ctx.shutdown_rx) -> _ => {
+                    let _ = self.conn.error(&PgError::fatal(code::ADMIN_SHUTDOWN, "terminating connection due to administrator command"));
+                    return "server shutdown".into();
+                }
+            };
+            let msg = match ev {
+                Ok(ClientEvent::Message(m)) => m,
+                Ok(ClientEvent::Gone(why)) => return why,
+                Err(_) => return "reader stopped".into(),
+            };
+            if let Err(why) = self.on_message(msg) {
+                return why;
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: FrontendMessage) -> Result<(), String> {
+        let io = |e: std::io::Error| e.to_string();
+        match msg {
+            FrontendMessage::Query(q) => self.query(&q),
+            FrontendMessage::Terminate => Err("client terminated".into()),
+            // Accepted and ignored, as PostgreSQL does after a failed COPY.
+            FrontendMessage::CopyData(_)
+            | FrontendMessage::CopyDone
+            | FrontendMessage::CopyFail(_) => Ok(()),
+            FrontendMessage::Sync => self.conn.ready().map_err(io),
+            FrontendMessage::Flush => self.conn.flush().map_err(io),
+            FrontendMessage::Extended(_) => self
+                .conn
+                .error(&PgError::error(
+                    code::PROTOCOL_VIOLATION,
+                    "extended query protocol not supported in a replication connection",
+                ))
+                .map_err(io),
+            FrontendMessage::AuthResponse(_) => {
+                let e = PgError::fatal(
+                    code::PROTOCOL_VIOLATION,
+                    "unexpected password message after authentication",
+                );
+                let _ = self.conn.error(&e);
+                Err(e.message)
+            }
+        }
+    }
+
+    /// Run one command and answer it; `Err` ends the connection.
+    fn query(&mut self, q: &str) -> Result<(), String> {
+        tracing::debug!(command = q, "received replication command");
+        let outcome = command::parse(q).map_err(Failure::Error).and_then(|cmd| {
+            let tag = command_tag(&cmd);
+            self.execute(cmd).map(|()| tag)
+        });
+        let sent = match outcome {
+            Ok(tag) => {
+                self.conn.send(&BackendMessage::CommandComplete(tag.into()));
+                self.conn.ready()
+            }
+            Err(Failure::Error(e)) => {
+                let r = self.conn.error(&e);
+                if e.is_fatal() {
+                    return Err(e.message);
+                }
+                r
+            }
+            Err(Failure::Gone(why)) => return Err(why),
+        };
+        sent.map_err(|e| e.to_string())
+    }
+
+    fn execute(&mut self, cmd: ReplicationCommand) -> Result<(), Failure> {
+        match cmd {
+            ReplicationCommand::IdentifySystem => exec::identify_system(self),
+            ReplicationCommand::Show(name) => exec::show(self, &name),
+            ReplicationCommand::TimelineHistory(tli) => exec::timeline_history(self, tli),
+            ReplicationCommand::CreateReplicationSlot {
+                name,
+                temporary,
+                reserve_wal,
+            } => exec::create_slot(self, &name, temporary, reserve_wal),
+            ReplicationCommand::DropReplicationSlot { name, wait } => {
+                exec::drop_slot(self, &name, wait)
+            }
+            ReplicationCommand::ReadReplicationSlot(name) => exec::read_slot(self, &name),
+            ReplicationCommand::StartReplication {
+                slot,
+                start,
+                timeline,
+            } => walsender::start_replication(self, slot.as_deref(), start, timeline),
+            ReplicationCommand::BaseBackup(options) => exec::base_backup(self, &options),
+        }
+    }
+}
+
+/// The CommandComplete tag PostgreSQL 15 sends at the end of each command.
+fn command_tag(cmd: &ReplicationCommand) -> &'static str {
+    match cmd {
+        ReplicationCommand::IdentifySystem => "IDENTIFY_SYSTEM",
+        ReplicationCommand::Show(_) => "SHOW",
+        ReplicationCommand::TimelineHistory(_) => "TIMELINE_HISTORY",
+        ReplicationCommand::StartReplication { .. } => "START_REPLICATION",
+        ReplicationCommand::CreateReplicationSlot { .. } => "CREATE_REPLICATION_SLOT",
+        ReplicationCommand::DropReplicationSlot { .. } => "DROP_REPLICATION_SLOT",
+        ReplicationCommand::ReadReplicationSlot(_) => "READ_REPLICATION_SLOT",
+        ReplicationCommand::BaseBackup(_) => "BASE_BACKUP",
+    }
+}

@@ -1,0 +1,296 @@
+//! Connection start: SSLRequest/GSSENCRequest answered `N`, the
+//! StartupMessage checked, the client authenticated by the hba list
+//! (trust, scram-sha-256, reject) with PostgreSQL's FATAL errors, and the
+//! ParameterStatus set a PostgreSQL 15 client needs.
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Instant;
+
+use super::conn::Conn;
+use super::Ctx;
+use crate::config::{HbaEntry, HbaMethod};
+use crate::replication::pgwire::io::WireError;
+use crate::replication::pgwire::{
+    Authentication, BackendMessage, FrontendMessage, MessageReader, SaslInitialResponse,
+    StartupPacket, PROTOCOL_V3,
+};
+use crate::replication::scram::{self, ScramError, ScramServer};
+use crate::replication::source::ReplicationSource;
+use crate::replication::sqlstate::{self as code, PgError};
+use crate::util::Cidr;
+
+/// Who connected, once authenticated.
+pub(super) struct Client {
+    pub user: String,
+    pub application_name: String,
+    pub peer: SocketAddr,
+}
+
+/// How startup ended without a session.
+pub(super) enum StartupEnd {
+    /// Tell the client (FATAL) and close.
+    Fatal(PgError),
+    /// Just close (client left, cancel request, garbage before any message).
+    Close(String),
+}
+
+impl From<WireError> for StartupEnd {
+    fn from(e: WireError) -> Self {
+        StartupEnd::Close(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for StartupEnd {
+    fn from(e: std::io::Error) -> Self {
+        StartupEnd::Close(e.to_string())
+    }
+}
+
+type Reader = MessageReader<TcpStream>;
+
+/// Run the startup phase up to (not including) BackendKeyData.
+pub(super) fn negotiate<S: ReplicationSource>(
+    ctx: &Ctx<S>,
+    reader: &mut Reader,
+    conn: &mut Conn,
+    peer: SocketAddr,
+) -> Result<Client, StartupEnd> {
+    let deadline = Instant::now() + ctx.options.authentication_timeout;
+    let params = startup_params(reader, conn, deadline)?;
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let user = get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
+        fatal(
+            code::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
+    })?;
+    check_replication_param(get("replication"), &user, get("database"), peer.ip())?;
+    authenticate(ctx, reader, conn, &user, peer.ip(), deadline)?;
+    conn.send(&BackendMessage::Authentication(Authentication::Ok));
+    let application_name = get("application_name").unwrap_or_default();
+    for (name, value) in parameter_status(ctx, &user, &application_name) {
+        conn.send(&BackendMessage::ParameterStatus { name, value });
+    }
+    Ok(Client {
+        user,
+        application_name,
+        peer,
+    })
+}
+
+fn fatal(c: &'static str, msg: impl Into<String>) -> StartupEnd {
+    StartupEnd::Fatal(PgError::fatal(c, msg))
+}
+
+fn set_deadline(reader: &Reader, deadline: Instant) -> Result<(), StartupEnd> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(StartupEnd::Close("authentication timeout".into()));
+    }
+    reader.get_ref().set_read_timeout(Some(left))?;
+    Ok(())
+}
+
+/// Read packets until the StartupMessage, answering encryption requests.
+fn startup_params(
+    reader: &mut Reader,
+    conn: &mut Conn,
+    deadline: Instant,
+) -> Result<Vec<(String, String)>, StartupEnd> {
+    // At most one SSLRequest and one GSSENCRequest precede the startup.
+    for _ in 0..3 {
+        set_deadline(reader, deadline)?;
+        match reader.read_startup()? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                conn.send_raw(b"N");
+                conn.flush()?;
+            }
+            StartupPacket::Cancel { .. } => {
+                return Err(StartupEnd::Close("cancel request (ignored)".into()))
+            }
+            StartupPacket::Startup { version, params } => {
+                if version >> 16 != PROTOCOL_V3 >> 16 {
+                    return Err(fatal(
+                        code::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "unsupported frontend protocol {}.{}: server supports 3.0 to 3.0",
+                            version >> 16,
+                            version & 0xFFFF
+                        ),
+                    ));
+                }
+                return Ok(params);
+            }
+        }
+    }
+    Err(StartupEnd::Close("too many encryption requests".into()))
+}
+
+/// Only physical replication connections are served: a plain database
+/// connection finds no hba line (as with a replication-only pg_hba.conf).
+fn check_replication_param(
+    replication: Option<String>,
+    user: &str,
+    database: Option<String>,
+    ip: IpAddr,
+) -> Result<(), StartupEnd> {
+    let v = replication.unwrap_or_default().to_ascii_lowercase();
+    match v.as_str() {
+        "true" | "on" | "yes" | "1" => Ok(()),
+        "database" => Err(fatal(
+            code::FEATURE_NOT_SUPPORTED,
+            "logical replication connections are not supported by walrep",
+        )),
+        _ => Err(fatal(
+            code::INVALID_AUTHORIZATION,
+            format!(
+                "no pg_hba.conf entry for host \"{ip}\", user \"{user}\", database \"{}\", no encryption",
+                database.unwrap_or_else(|| user.to_string())
+            ),
+        )),
+    }
+}
+
+/// The first hba line whose address range holds `ip` and whose user list
+/// names `user` (or `all`).
+pub(crate) fn hba_lookup<'a>(hba: &'a [HbaEntry], ip: IpAddr, user: &str) -> Option<&'a HbaEntry> {
+    hba.iter().find(|h| {
+        let user_ok = h
+            .user
+            .split(',')
+            .map(str::trim)
+            .any(|u| u == "all" || u == user);
+        user_ok && Cidr::parse(&h.address).is_some_and(|c| c.contains(ip))
+    })
+}
+
+fn authenticate<S: ReplicationSource>(
+    ctx: &Ctx<S>,
+    reader: &mut Reader,
+    conn: &mut Conn,
+    user: &str,
+    ip: IpAddr,
+    deadline: Instant,
+) -> Result<(), StartupEnd> {
+    let Some(line) = hba_lookup(&ctx.options.hba, ip, user) else {
+        return Err(fatal(
+            code::INVALID_AUTHORIZATION,
+            format!("no pg_hba.conf entry for replication connection from host \"{ip}\", user \"{user}\", no encryption"),
+        ));
+    };
+    match line.method {
+        HbaMethod::Trust => Ok(()),
+        HbaMethod::Reject => Err(fatal(
+            code::INVALID_AUTHORIZATION,
+            format!("pg_hba.conf rejects replication connection for host \"{ip}\", user \"{user}\", no encryption"),
+        )),
+        HbaMethod::ScramSha256 => {
+            let password = ctx.options.passwords.get(user).map(String::as_str);
+            scram_exchange(reader, conn, user, password, deadline)
+        }
+    }
+}
+
+fn read_auth_response(reader: &mut Reader, deadline: Instant) -> Result<Vec<u8>, StartupEnd> {
+    set_deadline(reader, deadline)?;
+    match reader.read_frontend()? {
+        FrontendMessage::AuthResponse(body) => Ok(body),
+        other => Err(fatal(
+            code::PROTOCOL_VIOLATION,
+            format!("expected SASL response, got message type {other:?}"),
+        )),
+    }
+}
+
+fn scram_exchange(
+    reader: &mut Reader,
+    conn: &mut Conn,
+    user: &str,
+    password: Option<&str>,
+    deadline: Instant,
+) -> Result<(), StartupEnd> {
+    conn.send(&BackendMessage::Authentication(Authentication::Sasl(vec![
+        scram::MECHANISM.to_string(),
+    ])));
+    conn.flush()?;
+    let initial = SaslInitialResponse::parse(&read_auth_response(reader, deadline)?)
+        .map_err(|e| fatal(code::PROTOCOL_VIOLATION, e.to_string()))?;
+    if initial.mechanism != scram::MECHANISM {
+        return Err(fatal(
+            code::PROTOCOL_VIOLATION,
+            "client selected an invalid SASL authentication mechanism",
+        ));
+    }
+    let mut server = ScramServer::new(password);
+    let first = initial.data.unwrap_or_default();
+    let challenge = server
+        .client_first(&first)
+        .map_err(|e| scram_fatal(e, user))?;
+    conn.send(&BackendMessage::Authentication(
+        Authentication::SaslContinue(challenge),
+    ));
+    conn.flush()?;
+    let response = read_auth_response(reader, deadline)?;
+    let outcome = server
+        .client_final(&response)
+        .map_err(|e| scram_fatal(e, user))?;
+    conn.send(&BackendMessage::Authentication(Authentication::SaslFinal(
+        outcome,
+    )));
+    Ok(())
+}
+
+fn scram_fatal(e: ScramError, user: &str) -> StartupEnd {
+    match e {
+        ScramError::BadPassword => fatal(
+            code::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        ),
+        ScramError::ChannelBinding => fatal(
+            code::PROTOCOL_VIOLATION,
+            "channel binding is not supported by this build",
+        ),
+        other => StartupEnd::Fatal(
+            PgError::fatal(code::PROTOCOL_VIOLATION, "malformed SCRAM message")
+                .with_detail(other.to_string()),
+        ),
+    }
+}
+
+/// What PostgreSQL 15 reports after authentication.
+fn parameter_status<S: ReplicationSource>(
+    ctx: &Ctx<S>,
+    user: &str,
+    application_name: &str,
+) -> Vec<(String, String)> {
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    let in_recovery = ctx.source.in_recovery();
+    let instance_id = format_instance_id(ctx.options.instance_id);
+    [
+        ("application_name", application_name),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("default_transaction_read_only", on_off(in_recovery)),
+        ("in_hot_standby", on_off(in_recovery)),
+        ("integer_datetimes", "on"),
+        ("IntervalStyle", "postgres"),
+        ("is_superuser", "on"),
+        ("server_encoding", "UTF8"),
+        ("server_version", ctx.options.server_version.as_str()),
+        ("session_authorization", user),
+        ("standard_conforming_strings", "on"),
+        ("TimeZone", "UTC"),
+        (INSTANCE_ID_PARAMETER, instance_id.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The ParameterStatus naming the serving node's instance (walrep only).
+pub const INSTANCE_ID_PARAMETER: &str = "walrep_instance_id";
+
+/// An instance identifier as sent: 16 hex digits.
+pub fn format_instance_id(id: u64) -> String {
+    format!("{id:016X}")
+}

@@ -1,0 +1,541 @@
+//! START_REPLICATION: the walsender proper. Streams WAL in XLogData
+//! messages of at most 128 kB (ends rounded down to an 8 kB page, as
+//! PostgreSQL does) and only up to the source's flush point; wakes when the
+//! source flushes more (a watcher thread blocked in `wait_for_flush`),
+//! when the client sends something, or when a keepalive or timeout is due.
+//! Ends the COPY at the switch point of a historic timeline and answers
+//! with the next timeline; at server shutdown sends what is left, waits for
+//! the client to confirm it and ends with `COPY 0`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{bounded, never, select, Receiver, TrySendError};
+use walrep_states::{Lsn, TimelineHistory, TimelineId};
+
+use super::conn::ClientEvent;
+use super::exec::{result_set, source_error, text, INT8, TEXT};
+use super::session::{Failure, Session};
+use crate::replication::pgwire::{
+    pg_epoch_micros, BackendMessage, FieldDescription, FrontendMessage, PrimaryKeepalive,
+    ReplicationMessage, StandbyMessage, StandbyStatusUpdate, XLogDataHeader, XLOGDATA_HEADER_LEN,
+};
+use crate::replication::registry::WalSenderState;
+use crate::replication::source::{FlushPoint, ReplicationSource};
+use crate::replication::sqlstate::{self as code, PgError};
+
+/// PostgreSQL's XLOG_BLCKSZ: a message cut by the size limit ends on a page.
+pub const XLOG_BLCKSZ: u64 = 8192;
+/// PostgreSQL's MAX_SEND_SIZE: 16 pages.
+pub const MAX_SEND_SIZE: u64 = XLOG_BLCKSZ * 16;
+/// How long the flush watcher blocks at most before checking whether its
+/// walsender is gone (it is woken at once by new WAL).
+const WATCH_SLICE: Duration = Duration::from_secs(1);
+/// Longest idle wait when no keepalive is due (wal_sender_timeout off).
+const IDLE_WAIT: Duration = Duration::from_secs(10);
+
+/// Which timeline is streamed and, for a historic one, where it ends.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    tli: TimelineId,
+    /// The switch point of a historic timeline (`sendTimeLineValidUpto`).
+    valid_upto: Option<Lsn>,
+    next_tli: Option<TimelineId>,
+}
+
+pub(super) fn start_replication<S: ReplicationSource>(
+    s: &mut Session<S>,
+    slot: Option<&str>,
+    start: Lsn,
+    timeline: Option<TimelineId>,
+) -> Result<(), Failure> {
+    let src = Arc::clone(&s.ctx.source);
+    let guard = match slot {
+        Some(name) => Some(
+            s.ctx
+                .slots
+                .acquire(name, s.handle.id())
+                .map_err(|e| e.to_pg())?,
+        ),
+        None => None,
+    };
+    let fp = src.flush_point();
+    let mut plan = plan_timeline(&*src, fp.tli, start, timeline)?;
+    if plan.valid_upto.is_none_or(|end| start < end) {
+        s.handle.set_slot(slot.map(str::to_string));
+        s.conn.send(&BackendMessage::CopyBothResponse {
+            format: 0,
+            columns: vec![],
+        });
+        s.conn.flush()?;
+        check_start(&*src, fp.lsn, start, plan.tli)?;
+        let mut st = Streamer::new(s, src, plan, start, slot.map(str::to_string), fp);
+        let outcome = st.run();
+        plan = st.plan;
+        st.s.handle.set_state(WalSenderState::Startup);
+        st.s.handle.set_slot(None);
+        outcome?;
+    }
+    drop(guard);
+    if let (Some(end), Some(next)) = (plan.valid_upto, plan.next_tli) {
+        let fields = vec![
+            FieldDescription::new("next_tli", INT8),
+            FieldDescription::new("next_tli_startpos", TEXT),
+        ];
+        result_set(&mut s.conn, fields, vec![vec![text(next.0), text(end)]]);
+    }
+    s.conn
+        .send(&BackendMessage::CommandComplete("START_STREAMING".into()));
+    Ok(())
+}
+
+/// The requested timeline: the current one, or a historic one with its
+/// switch point (PostgreSQL's checks and messages).
+fn plan_timeline<S: ReplicationSource>(
+    src: &S,
+    current: TimelineId,
+    start: Lsn,
+    requested: Option<TimelineId>,
+) -> Result<Plan, PgError> {
+    let tli = requested.unwrap_or(current);
+    if tli == current {
+        return Ok(Plan {
+            tli,
+            valid_upto: None,
+            next_tli: None,
+        });
+    }
+    let history = src.timeline_history().map_err(source_error)?;
+    let plan = historic_plan(&history, tli)?;
+    let end = plan.valid_upto.unwrap_or(Lsn::INVALID);
+    if start > end {
+        return Err(PgError::error(
+            code::INTERNAL_ERROR,
+            format!("requested starting point {start} on timeline {tli} is not in this server's history"),
+        )
+        .with_detail(format!("This server's history forked from timeline {tli} at {end}.")));
+    }
+    Ok(plan)
+}
+
+fn historic_plan(history: &TimelineHistory, tli: TimelineId) -> Result<Plan, PgError> {
+    let spans = history.spans();
+    let not_in = || {
+        PgError::error(
+            code::INTERNAL_ERROR,
+            format!("requested timeline {tli} is not in this server's history"),
+        )
+    };
+    let i = spans.iter().position(|s| s.tli == tli).ok_or_else(not_in)?;
+    match (spans[i].end, spans.get(i + 1)) {
+        (Some(end), Some(next)) => Ok(Plan {
+            tli,
+            valid_upto: Some(end),
+            next_tli: Some(next.tli),
+        }),
+        _ => Ok(Plan {
+            tli,
+            valid_upto: None,
+            next_tli: None,
+        }),
+    }
+}
+
+/// After CopyBothResponse, as PostgreSQL: a start beyond the flush point
+/// or in a removed segment is an ERROR.
+fn check_start<S: ReplicationSource>(
+    src: &S,
+    flush: Lsn,
+    start: Lsn,
+    tli: TimelineId,
+) -> Result<(), PgError> {
+    if start > flush {
+        return Err(PgError::error(
+            code::INTERNAL_ERROR,
+            format!("requested starting point {start} is ahead of the WAL flush position of this server {flush}"),
+        ));
+    }
+    let seg = src.wal_segment_size();
+    if start < src.oldest_lsn() {
+        let name = start.segno(seg).file_name(tli, seg);
+        return Err(PgError::error(
+            code::UNDEFINED_FILE,
+            format!("requested WAL segment {name} has already been removed"),
+        ));
+    }
+    Ok(())
+}
+
+/// Wakes the walsender whenever the source's flush point moves: a token
+/// in a one-slot channel (coalesced), from a thread blocked in
+/// `wait_for_flush`. It exits within [`WATCH_SLICE`] once `stop` is set.
+fn spawn_flush_watcher<S: ReplicationSource>(
+    src: Arc<S>,
+    seen: FlushPoint,
+    stop: Arc<AtomicBool>,
+) -> Receiver<()> {
+    let (tx, rx) = bounded(1);
+    let spawned = std::thread::Builder::new()
+        .name("walsender-flush".into())
+        .spawn(move || {
+            // Start from what the walsender saw, so a change before this
+            // thread runs still wakes it.
+            let mut last = seen;
+            while !stop.load(Ordering::SeqCst) {
+                let now = src.wait_for_flush(last, WATCH_SLICE);
+                if now != last {
+                    last = now;
+                    if let Err(TrySendError::Disconnected(_)) = tx.try_send(()) {
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the watcher the walsender still wakes on its keepalive
+        // schedule; say why it is slow.
+        tracing::error!("could not start the flush watcher: {e}");
+    }
+    rx
+}
+
+/// The state of one COPY (PostgreSQL's WalSndLoop variables).
+struct Streamer<'a, S: ReplicationSource> {
+    s: &'a mut Session<S>,
+    src: Arc<S>,
+    plan: Plan,
+    /// Everything before this was sent (`sentPtr`).
+    sent: Lsn,
+    slot: Option<String>,
+    done_sending: bool,
+    done_receiving: bool,
+    caught_up: bool,
+    /// Server shutdown seen: finish with COPY 0 once confirmed.
+    stopping: Option<Instant>,
+    last_reply: Instant,
+    waiting_for_ping: bool,
+    /// Last positions the client reported (for the shutdown handshake).
+    reported: StandbyStatusUpdate,
+    /// One CopyData(XLogData) frame, reused.
+    frame: Vec<u8>,
+    flush_rx: Receiver<()>,
+    watcher_stop: Arc<AtomicBool>,
+}
+
+impl<S: ReplicationSource> Drop for Streamer<'_, S> {
+    fn drop(&mut self) {
+        self.watcher_stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl<'a, S: ReplicationSource> Streamer<'a, S> {
+    fn new(
+        s: &'a mut Session<S>,
+        src: Arc<S>,
+        plan: Plan,
+        start: Lsn,
+        slot: Option<String>,
+        seen: FlushPoint,
+    ) -> Self {
+        let watcher_stop = Arc::new(AtomicBool::new(false));
+        let flush_rx = spawn_flush_watcher(Arc::clone(&src), seen, Arc::clone(&watcher_stop));
+        s.handle.set_state(WalSenderState::Catchup);
+        Streamer {
+            s,
+            src,
+            plan,
+            sent: start,
+            slot,
+            done_sending: false,
+            done_receiving: false,
+            caught_up: false,
+            stopping: None,
+            last_reply: Instant::now(),
+            waiting_for_ping: false,
+            reported: StandbyStatusUpdate {
+                write: Lsn::INVALID,
+                flush: Lsn::INVALID,
+                apply: Lsn::INVALID,
+                client_time: 0,
+                reply_requested: false,
+            },
+            frame: Vec::with_capacity(5 + XLOGDATA_HEADER_LEN + MAX_SEND_SIZE as usize),
+            flush_rx,
+            watcher_stop,
+        }
+    }
+
+    fn run(&mut self) -> Result<(), Failure> {
+        loop {
+            while let Ok(ev) = self.s.rx.try_recv() {
+                self.on_event(ev)?;
+            }
+            if self.stopping.is_none() && self.s.ctx.stopping.load(Ordering::SeqCst) {
+                self.stopping = Some(Instant::now() + self.s.ctx.options.shutdown_timeout);
+                self.s.handle.set_state(WalSenderState::Stopping);
+            }
+            if !self.done_sending {
+                self.check_slot()?;
+                self.follow_timeline_switch()?;
+                self.send_some()?;
+            }
+            if self.done_sending && self.done_receiving {
+                return Ok(());
+            }
+            if self.caught_up && self.stopping.is_none() {
+                self.s.handle.set_state(WalSenderState::Streaming);
+            }
+            if self.stopping.is_some() && self.try_finish_shutdown()? {
+                return Err(Failure::Gone("server shutdown".into()));
+            }
+            self.check_timeouts()?;
+            if self.caught_up || self.done_sending {
+                self.wait()?;
+            }
+        }
+    }
+
+    fn check_slot(&self) -> Result<(), PgError> {
+        match &self.slot {
+            Some(name) if self.s.ctx.slots.is_invalidated(name) => {
+                Err(crate::replication::slots::SlotError::Invalidated(name.clone()).to_pg())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A cascading source promoted (or its upstream switched): the
+    /// timeline we stream became historic; stream to its end, then stop.
+    fn follow_timeline_switch(&mut self) -> Result<(), PgError> {
+        if self.plan.valid_upto.is_some() || self.src.flush_point().tli == self.plan.tli {
+            return Ok(());
+        }
+        let history = self.src.timeline_history().map_err(source_error)?;
+        self.plan = historic_plan(&history, self.plan.tli)?;
+        tracing::info!(tli = self.plan.tli.0, end = ?self.plan.valid_upto, "streamed timeline became historic");
+        Ok(())
+    }
+
+    /// Send one XLogData message if there is WAL to send (XLogSendPhysical).
+    fn send_some(&mut self) -> Result<(), Failure> {
+        let limit = self
+            .plan
+            .valid_upto
+            .unwrap_or_else(|| self.src.flush_point().lsn);
+        if self.sent >= limit {
+            self.caught_up = true;
+            if self.plan.valid_upto.is_some() {
+                self.s.conn.send(&BackendMessage::CopyDone);
+                self.s.conn.flush()?;
+                self.done_sending = true;
+            }
+            return Ok(());
+        }
+        let mut end = self.sent.0.saturating_add(MAX_SEND_SIZE);
+        if limit.0 <= end {
+            end = limit.0;
+            self.caught_up = self.plan.valid_upto.is_none();
+        } else {
+            end -= end % XLOG_BLCKSZ;
+            self.caught_up = false;
+        }
+        self.build_frame(Lsn(end), limit)?;
+        self.s.conn.write_now(&self.frame)?;
+        self.sent = Lsn(end);
+        self.s.handle.record_sent(self.sent, Instant::now());
+        Ok(())
+    }
+
+    /// CopyData + XLogData header + the WAL of `[sent, end)`, read per
+    /// segment from the right timeline's file.
+    fn build_frame(&mut self, end: Lsn, wal_end: Lsn) -> Result<(), PgError> {
+        let n = (end.0 - self.sent.0) as usize;
+        let payload = XLOGDATA_HEADER_LEN + n;
+        self.frame.clear();
+        self.frame.resize(5 + payload, 0);
+        self.frame[0] = b'd';
+        self.frame[1..5].copy_from_slice(&((4 + payload) as u32).to_be_bytes());
+        let header = XLogDataHeader {
+            wal_start: self.sent,
+            wal_end,
+            send_time: pg_epoch_micros(SystemTime::now()),
+        };
+        let mut h = [0u8; XLOGDATA_HEADER_LEN];
+        header.write(&mut h);
+        self.frame[5..5 + XLOGDATA_HEADER_LEN].copy_from_slice(&h);
+        let seg = self.src.wal_segment_size();
+        let mut pos = self.sent;
+        let mut off = 5 + XLOGDATA_HEADER_LEN;
+        while pos < end {
+            let chunk_end = pos.segno(seg).next().start_lsn(seg).min(end);
+            let len = (chunk_end.0 - pos.0) as usize;
+            let tli = self.file_timeline(pos);
+            self.src
+                .read_wal(tli, pos, &mut self.frame[off..off + len])
+                .map_err(source_error)?;
+            off += len;
+            pos = chunk_end;
+        }
+        Ok(())
+    }
+
+    /// The segment holding a historic timeline's switch point is read from
+    /// the next timeline's file (it has the same bytes up to there).
+    fn file_timeline(&self, pos: Lsn) -> TimelineId {
+        let seg = self.src.wal_segment_size();
+        match (self.plan.valid_upto, self.plan.next_tli) {
+            (Some(end), Some(next)) if pos.segno(seg) == end.segno(seg) => next,
+            _ => self.plan.tli,
+        }
+    }
+
+    fn keepalive(&mut self, reply_requested: bool) -> Result<(), Failure> {
+        let k = PrimaryKeepalive {
+            wal_end: self.sent,
+            send_time: pg_epoch_micros(SystemTime::now()),
+            reply_requested,
+        };
+        self.s.conn.send(&BackendMessage::CopyData(
+            ReplicationMessage::Keepalive(k).encode(),
+        ));
+        self.s.conn.flush()?;
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: ClientEvent) -> Result<(), Failure> {
+        let msg = match ev {
+            ClientEvent::Gone(why) => return Err(Failure::Gone(why)),
+            ClientEvent::Message(m) => m,
+        };
+        self.last_reply = Instant::now();
+        self.waiting_for_ping = false;
+        match msg {
+            FrontendMessage::CopyData(_) if self.done_receiving => {
+                Err(protocol_violation("unexpected CopyData after CopyDone"))
+            }
+            FrontendMessage::CopyData(p) => match StandbyMessage::decode(&p) {
+                Ok(StandbyMessage::Status(r)) => self.on_status(r),
+                Ok(StandbyMessage::Feedback(h)) => {
+                    self.s.handle.record_feedback(&h);
+                    if let Some(slot) = &self.slot {
+                        self.s.ctx.slots.set_xmin(slot, h.xmin, h.catalog_xmin);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(protocol_violation(&format!("invalid standby message: {e}"))),
+            },
+            FrontendMessage::CopyDone => {
+                if !self.done_sending {
+                    self.s.conn.send(&BackendMessage::CopyDone);
+                    self.s.conn.flush()?;
+                    self.done_sending = true;
+                }
+                self.done_receiving = true;
+                Ok(())
+            }
+            FrontendMessage::Terminate => Err(Failure::Gone("client terminated".into())),
+            other => Err(protocol_violation(&format!(
+                "invalid standby message {other:?}"
+            ))),
+        }
+    }
+
+    fn on_status(&mut self, r: StandbyStatusUpdate) -> Result<(), Failure> {
+        self.reported = r;
+        self.s.handle.record_reply(&r, Instant::now());
+        if let Some(slot) = &self.slot {
+            self.s.ctx.slots.confirm_flush(slot, r.flush);
+        }
+        if r.reply_requested {
+            self.keepalive(false)?;
+        }
+        Ok(())
+    }
+
+    /// WalSndKeepaliveIfNecessary + WalSndCheckTimeOut.
+    fn check_timeouts(&mut self) -> Result<(), Failure> {
+        let Some(timeout) = self.s.ctx.options.wal_sender_timeout else {
+            return Ok(());
+        };
+        let silent = self.last_reply.elapsed();
+        if silent >= timeout {
+            tracing::warn!("terminating walsender process due to replication timeout");
+            return Err(Failure::Gone("replication timeout".into()));
+        }
+        if !self.waiting_for_ping && silent >= timeout / 2 {
+            self.keepalive(true)?;
+            self.waiting_for_ping = true;
+        }
+        Ok(())
+    }
+
+    /// WalSndDone: everything sent and confirmed (flush, or write if the
+    /// client reports no flush) => `COPY 0`; else ask for a reply.
+    fn try_finish_shutdown(&mut self) -> Result<bool, Failure> {
+        let replicated = if self.reported.flush.is_valid() {
+            self.reported.flush
+        } else {
+            self.reported.write
+        };
+        if self.done_sending || (self.caught_up && replicated >= self.sent) {
+            self.s
+                .conn
+                .send(&BackendMessage::CommandComplete("COPY 0".into()));
+            self.s.conn.flush()?;
+            return Ok(true);
+        }
+        if self.stopping.is_some_and(|d| Instant::now() >= d) {
+            return Err(Failure::Gone(
+                "shutdown: client did not confirm the last WAL in time".into(),
+            ));
+        }
+        if self.caught_up && !self.waiting_for_ping {
+            self.keepalive(true)?;
+            self.waiting_for_ping = true;
+        }
+        Ok(false)
+    }
+
+    /// Sleep until the client writes, WAL is flushed, shutdown begins or
+    /// the next keepalive/timeout is due.
+    fn wait(&mut self) -> Result<(), Failure> {
+        let timeout = self.next_wakeup();
+        let shutdown = if self.stopping.is_some() {
+            never()
+        } else {
+            self.s.ctx.shutdown_rx.clone()
+        };
+        let flushed = if self.done_sending {
+            never()
+        } else {
+            self.flush_rx.clone()
+        };
+        select! {
+            recv(self.s.rx) -> ev => match ev {
+                Ok(ev) => self.on_event(ev)?,
+                Err(_) => return Err(Failure::Gone("reader stopped".into())),
+            },
+            recv(flushed) -> _ => {}
+            recv(shutdown) -> _ => {}
+            default(timeout) => {}
+        }
+        Ok(())
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        let mut at = Instant::now() + IDLE_WAIT;
+        if let Some(t) = self.s.ctx.options.wal_sender_timeout {
+            let due = if self.waiting_for_ping { t } else { t / 2 };
+            at = at.min(self.last_reply + due);
+        }
+        if let Some(d) = self.stopping {
+            at = at.min(d);
+        }
+        at.saturating_duration_since(Instant::now())
+    }
+}
+
+fn protocol_violation(msg: &str) -> Failure {
+    Failure::Error(PgError::fatal(code::PROTOCOL_VIOLATION, msg))
+}

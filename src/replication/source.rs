@@ -1,0 +1,145 @@
+//! What a node must provide for its WAL to be served: [`ReplicationSource`].
+//! The replication server and walsenders are generic over it, so they run
+//! against the in-memory [`super::fake::FakeSource`] in tests and against
+//! the real WAL in a node.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use walrep_states::{Lsn, TimelineHistory, TimelineId, WalSegSize};
+
+use super::command::BaseBackupOptions;
+use super::sqlstate::{PgError, FEATURE_NOT_SUPPORTED};
+
+/// The position up to which WAL may be sent, and its timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushPoint {
+    /// The timeline WAL is currently written (primary) or replayed
+    /// (standby) on.
+    pub tli: TimelineId,
+    /// End of WAL that is durable here: flushed by the WAL writer on a
+    /// primary, flushed by the walreceiver or restored on a standby.
+    pub lsn: Lsn,
+}
+
+/// Why WAL or a history file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The segment holding the WAL was recycled or removed.
+    #[error("requested WAL segment {file_name} has already been removed")]
+    SegmentRemoved { file_name: String },
+    /// Any other read failure (IO error, position past what is flushed).
+    #[error("could not read WAL at {lsn} on timeline {tli}: {reason}")]
+    Read {
+        tli: TimelineId,
+        lsn: Lsn,
+        reason: String,
+    },
+    #[error("could not read timeline history file {file_name}: {reason}")]
+    History { file_name: String, reason: String },
+}
+
+/// A node's WAL, as the walsenders see it. Implementations must be cheap to
+/// call concurrently from every walsender thread.
+pub trait ReplicationSource: Send + Sync + 'static {
+    /// The system identifier (IDENTIFY_SYSTEM's `systemid`).
+    fn system_identifier(&self) -> u64;
+
+    /// Segment size of this system (`SHOW wal_segment_size`).
+    fn wal_segment_size(&self) -> WalSegSize;
+
+    /// The current timeline and the end of durable WAL on it. Read together
+    /// so a promotion is never seen half-done.
+    fn flush_point(&self) -> FlushPoint;
+
+    /// Block until the flush point differs from `seen` (more WAL flushed,
+    /// or a new timeline), or `timeout` has passed; return the flush point
+    /// then. Must be woken by the WAL writer (or walreceiver), not by
+    /// polling. Comparing with `seen` (not with the point at call time)
+    /// means a change between two calls is never missed.
+    fn wait_for_flush(&self, seen: FlushPoint, timeout: Duration) -> FlushPoint;
+
+    /// Fill `buf` with the WAL bytes at `start` from the segment file of
+    /// timeline `tli`. The walsender never asks across a segment boundary
+    /// nor beyond the flush point. A removed segment is
+    /// [`SourceError::SegmentRemoved`].
+    fn read_wal(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> Result<(), SourceError>;
+
+    /// The bytes of `TTTTTTTT.history` of `tli`, `None` if it has none
+    /// (timeline 1, or a missing file).
+    fn history_file(&self, tli: TimelineId) -> Result<Option<Vec<u8>>, SourceError>;
+
+    /// The history of the current timeline (switch points of its ancestors).
+    fn timeline_history(&self) -> Result<TimelineHistory, SourceError> {
+        let tli = self.flush_point().tli;
+        match self.history_file(tli)? {
+            None => Ok(TimelineHistory::root(tli)),
+            Some(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                TimelineHistory::parse(tli, &text).map_err(|e| SourceError::History {
+                    file_name: tli.history_file_name(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The oldest LSN whose segment is still kept (start of the oldest
+    /// segment); older positions are "already removed".
+    fn oldest_lsn(&self) -> Lsn;
+
+    /// Where a slot created with RESERVE_WAL starts holding WAL: the redo
+    /// pointer of the last checkpoint, as PostgreSQL does.
+    fn redo_lsn(&self) -> Lsn;
+
+    /// The data directory (`SHOW data_directory_mode`, `slots/`).
+    fn data_directory(&self) -> PathBuf;
+
+    /// True on a standby (reported as `in_hot_standby`; cascading
+    /// walsenders never count as synchronous).
+    fn in_recovery(&self) -> bool {
+        false
+    }
+
+    /// Run BASE_BACKUP, writing PostgreSQL 15's answer to `out` (result
+    /// sets, then one COPY OUT with archives, progress and manifest, then
+    /// the end position). The server sends the final
+    /// `CommandComplete BASE_BACKUP` itself. Not implemented by default.
+    fn base_backup(
+        &self,
+        options: &BaseBackupOptions,
+        out: &mut dyn BackupOutput,
+    ) -> Result<(), PgError> {
+        let _ = (options, out);
+        Err(PgError::error(
+            FEATURE_NOT_SUPPORTED,
+            "BASE_BACKUP is not supported by this walrep server yet",
+        ))
+    }
+}
+
+/// Where a base backup is written: the framing of PostgreSQL 15's
+/// BASE_BACKUP answer over the replication connection.
+pub trait BackupOutput {
+    /// A result set of text-format columns `(name, type oid)` (25 text,
+    /// 20 int8, 26 oid), followed by CommandComplete `SELECT`.
+    fn result_set(
+        &mut self,
+        columns: &[(&str, i32)],
+        rows: &[Vec<Option<String>>],
+    ) -> io::Result<()>;
+    /// CopyOutResponse: the archive stream starts.
+    fn begin_copy(&mut self) -> io::Result<()>;
+    /// `n`: a new archive (e.g. `base.tar`) for a tablespace path ("" for
+    /// the main data directory).
+    fn new_archive(&mut self, name: &str, tablespace: &str) -> io::Result<()>;
+    /// `d`: bytes of the current archive (or of the manifest).
+    fn data(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// `p`: total bytes sent so far (with PROGRESS).
+    fn progress(&mut self, done: u64) -> io::Result<()>;
+    /// `m`: the manifest follows as `d` messages.
+    fn manifest(&mut self) -> io::Result<()>;
+    /// CopyDone: the archive stream ends.
+    fn end_copy(&mut self) -> io::Result<()>;
+}

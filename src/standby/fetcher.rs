@@ -1,0 +1,192 @@
+//! The archive fetcher: executes the recovery machine's file requests —
+//! restore a segment or history file with `restore_command`, or look for
+//! one in local `wal/` — and turns each result (IO errors included) into an
+//! event. Retries and back-off are the machine's, not ours.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::archive::{keep_restored_file, ArchiveMark, RestoreCommand, RestoreOutcome};
+use crate::config::ArchiveMode;
+use crate::node::Node;
+use crate::states::recovery::{Event, WalFile};
+use crate::wal::{SegmentHeader, SEG_HEADER_SIZE};
+use crate::{SegNo, TimelineHistory, TimelineId, WalSegSize};
+
+/// A file request from the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchRequest {
+    RestoreSegment { tli: TimelineId, segno: SegNo },
+    FindLocalSegment { tli: TimelineId, segno: SegNo },
+    RestoreHistory { tli: TimelineId },
+    FindLocalHistory { tli: TimelineId },
+}
+
+/// Runs requests one at a time until the request channel closes.
+pub struct Fetcher {
+    pub node: Arc<Node>,
+    pub restore: RestoreCommand,
+    pub system_id: u64,
+    pub seg_size: WalSegSize,
+    pub archive_mode: ArchiveMode,
+    pub events: Sender<Event>,
+    /// Closed at shutdown: an in-flight restore_command is killed.
+    pub cancel: Receiver<()>,
+}
+
+impl Fetcher {
+    pub fn run(self, requests: Receiver<FetchRequest>) {
+        let _span = tracing::info_span!("archive-fetcher").entered();
+        for req in requests.iter() {
+            let ev = self.execute(req);
+            if self.events.send(ev).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn wal_dir(&self) -> PathBuf {
+        self.node.dir.wal()
+    }
+
+    fn execute(&self, req: FetchRequest) -> Event {
+        match req {
+            FetchRequest::RestoreSegment { tli, segno } => self.restore_segment(tli, segno),
+            FetchRequest::FindLocalSegment { tli, segno } => {
+                match self.check_local_segment(tli, segno) {
+                    Ok(()) => Event::SegmentFoundLocally { tli, segno },
+                    Err(why) => {
+                        tracing::debug!(tli = tli.0, segno = segno.0, %why, "segment not usable locally");
+                        Event::SegmentNotFoundLocally { tli, segno }
+                    }
+                }
+            }
+            FetchRequest::RestoreHistory { tli } => self.restore_history(tli),
+            FetchRequest::FindLocalHistory { tli } => {
+                match crate::wal::read_history(&self.wal_dir(), tli) {
+                    Ok(history) if self.wal_dir().join(tli.history_file_name()).exists() => {
+                        Event::HistoryFoundLocally { tli, history }
+                    }
+                    Ok(_) => Event::HistoryNotFoundLocally { tli },
+                    Err(e) => {
+                        tracing::warn!(tli = tli.0, error = %e, "ignoring an unreadable local history file");
+                        Event::HistoryNotFoundLocally { tli }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The restartpoint's segment for `%r` (files before it are not needed).
+    fn restartpoint_file(&self) -> String {
+        let c = self.node.control();
+        c.redo_lsn
+            .segno(self.seg_size)
+            .file_name(c.checkpoint_timeline, self.seg_size)
+    }
+
+    fn mark(&self) -> ArchiveMark {
+        ArchiveMark::for_mode(self.archive_mode)
+    }
+
+    fn restore_segment(&self, tli: TimelineId, segno: SegNo) -> Event {
+        let name = segno.file_name(tli, self.seg_size);
+        let file = WalFile::Segment { tli, segno };
+        match self
+            .restore
+            .restore(&name, Some(&self.restartpoint_file()), Some(&self.cancel))
+        {
+            RestoreOutcome::Restored(r) => {
+                match keep_restored_file(&self.node.dir.root, &r, self.mark()) {
+                    Ok(_) => {
+                        tracing::info!(file = %name, "restored log file from archive");
+                        if self.mark() == ArchiveMark::Ready {
+                            self.node.notify_archiver();
+                        }
+                        Event::SegmentRestored { tli, segno }
+                    }
+                    Err(e) => Event::RestoreCommandFailed {
+                        file,
+                        reason: format!("could not install restored file: {e}"),
+                    },
+                }
+            }
+            RestoreOutcome::NotInArchive { .. } => Event::SegmentNotInArchive { tli, segno },
+            RestoreOutcome::Failed { reason, stderr, .. } => Event::RestoreCommandFailed {
+                file,
+                reason: with_stderr(reason.to_string(), &stderr),
+            },
+        }
+    }
+
+    fn restore_history(&self, tli: TimelineId) -> Event {
+        let name = tli.history_file_name();
+        let file = WalFile::History { tli };
+        match self
+            .restore
+            .restore(&name, Some(&self.restartpoint_file()), Some(&self.cancel))
+        {
+            RestoreOutcome::Restored(r) => {
+                let text = std::fs::read_to_string(self.node.dir.root.join(&r.temp_path));
+                let parsed = text
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| TimelineHistory::parse(tli, &t).map_err(|e| e.to_string()));
+                match parsed {
+                    Ok(history) => match keep_restored_file(&self.node.dir.root, &r, self.mark()) {
+                        Ok(_) => {
+                            tracing::info!(file = %name, "restored history file from archive");
+                            Event::HistoryRestored { tli, history }
+                        }
+                        Err(e) => Event::RestoreCommandFailed {
+                            file,
+                            reason: format!("could not install restored file: {e}"),
+                        },
+                    },
+                    Err(e) => Event::RestoreCommandFailed {
+                        file,
+                        reason: format!("restored history file {name} is invalid: {e}"),
+                    },
+                }
+            }
+            RestoreOutcome::NotInArchive { .. } => Event::HistoryNotInArchive { tli },
+            RestoreOutcome::Failed { reason, stderr, .. } => Event::RestoreCommandFailed {
+                file,
+                reason: with_stderr(reason.to_string(), &stderr),
+            },
+        }
+    }
+
+    /// A local segment counts when it is full size and its header says it
+    /// is this system's segment `segno` of timeline `tli`.
+    fn check_local_segment(&self, tli: TimelineId, segno: SegNo) -> Result<(), String> {
+        let path = self.wal_dir().join(segno.file_name(tli, self.seg_size));
+        let mut f = File::open(&path).map_err(|e| e.to_string())?;
+        let len = f.metadata().map_err(|e| e.to_string())?.len();
+        if len != self.seg_size.bytes() {
+            return Err(format!("{} bytes, expected {}", len, self.seg_size.bytes()));
+        }
+        let mut buf = vec![0u8; SEG_HEADER_SIZE as usize];
+        f.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        let h = SegmentHeader::decode(&buf).map_err(|e| e.to_string())?;
+        if h.system_id != self.system_id {
+            return Err(format!("system identifier {} differs", h.system_id));
+        }
+        if h.tli != tli || h.pageaddr != segno.start_lsn(self.seg_size) {
+            return Err(format!("header says timeline {} at {}", h.tli, h.pageaddr));
+        }
+        Ok(())
+    }
+}
+
+fn with_stderr(reason: String, stderr: &str) -> String {
+    let tail = stderr.trim();
+    if tail.is_empty() {
+        reason
+    } else {
+        format!("{reason}: {}", tail.lines().last().unwrap_or(tail))
+    }
+}

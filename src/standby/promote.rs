@@ -1,0 +1,121 @@
+//! The steps of promotion the machine asks for: remove `standby.signal`,
+//! write the new timeline's history file, then start the WAL on the new
+//! timeline with an end-of-recovery record (PostgreSQL's
+//! `XLogInitNewTimeline`, `writeTimeLineHistory` and
+//! `XLOG_END_OF_RECOVERY`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::ArchiveMode;
+use crate::node::checkpoint::CheckpointCause;
+use crate::node::Node;
+use crate::store::control::now_ms;
+use crate::store::ClusterState;
+use crate::wal::{
+    init_new_timeline_segment, rename_old_timeline_segment_partial, EndOfRecovery, Wal, WalConfig,
+    XlogRecord,
+};
+use crate::{Lsn, TimelineId};
+
+/// Remove `standby.signal` durably, so a crash from here on restarts as a
+/// primary on the new timeline rather than a standby of the old one.
+pub fn remove_standby_signal(node: &Node) -> std::io::Result<()> {
+    match std::fs::remove_file(node.dir.standby_signal()) {
+        Ok(()) => crate::util::fsync_dir(&node.dir.root),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Write `TTTTTTTT.history` for `tli` (the parent's lines plus the new one),
+/// and mark it for archiving.
+pub fn write_history_file(
+    node: &Node,
+    tli: TimelineId,
+    parent: TimelineId,
+    switch_point: Lsn,
+    reason: &str,
+) -> Result<(), String> {
+    crate::wal::write_new_timeline_history(&node.dir.wal(), parent, tli, switch_point, reason)
+        .map_err(|e| e.to_string())?;
+    if node.config.archive_mode != ArchiveMode::Off {
+        crate::archive::mark_ready(&node.dir.root, &tli.history_file_name())
+            .map_err(|e| e.to_string())?;
+    }
+    tracing::info!(tli = tli.0, %switch_point, "wrote timeline history file {}", tli.history_file_name());
+    Ok(())
+}
+
+/// Start the WAL on `tli` at `at` and log the end-of-recovery record.
+/// Returns the end of WAL after it.
+pub fn write_end_of_recovery(
+    node: &Arc<Node>,
+    tli: TimelineId,
+    prev_tli: TimelineId,
+    at: Lsn,
+) -> Result<Lsn, String> {
+    let (system_id, seg_size) = {
+        let c = node.control();
+        (c.system_identifier, c.wal_segment_size)
+    };
+    init_new_timeline_segment(&node.segdir, system_id, prev_tli, tli, at)
+        .map_err(|e| e.to_string())?;
+    let archive_mode = node.config.archive_mode != ArchiveMode::Off;
+    let mut cfg = WalConfig::new(
+        node.dir.wal(),
+        system_id,
+        tli,
+        seg_size,
+        at,
+        Lsn(node.standby.last_record_lsn.load(Ordering::Acquire)),
+    );
+    cfg.segdir = Some(node.segdir.clone());
+    cfg.archive_mode = archive_mode;
+    cfg.wal_writer_delay = node
+        .config
+        .wal_writer_delay
+        .get()
+        .unwrap_or(Duration::from_millis(200));
+    let wal = Arc::new(
+        Wal::start(cfg)
+            .map_err(|e| format!("could not start the WAL writer on timeline {tli}: {e}"))?,
+    );
+    let rec = wal
+        .log_xlog(&XlogRecord::EndOfRecovery(EndOfRecovery {
+            new_tli: tli,
+            prev_tli,
+            time_unix_us: now_ms() * 1000,
+        }))
+        .map_err(|e| e.to_string())?;
+    wal.wait_flushed(rec.end).map_err(|e| e.to_string())?;
+    {
+        let mut c = node.control();
+        c.timeline = tli;
+        c.state = ClusterState::InProduction;
+        c.min_recovery_point = Lsn::INVALID;
+        c.write(&node.dir.root).map_err(|e| e.to_string())?;
+    }
+    if let Err(e) = rename_old_timeline_segment_partial(&node.segdir, prev_tli, at, archive_mode) {
+        tracing::warn!(error = %e, "could not rename the old timeline's last segment to .partial");
+    }
+    node.attach_wal(wal).map_err(|e| e.to_string())?;
+    tracing::info!(tli = tli.0, end = %rec.end, "archive recovery complete; end-of-recovery record written");
+    Ok(rec.end)
+}
+
+/// Open for writes and checkpoint in the background, as PostgreSQL requests
+/// a checkpoint right after promotion.
+pub fn accept_writes(node: &Arc<Node>) {
+    node.accept_writes();
+    tracing::info!("database system is ready to accept connections (promoted)");
+    let n = node.clone();
+    let _ = std::thread::Builder::new()
+        .name("promotion-checkpoint".into())
+        .spawn(move || {
+            if let Err(e) = n.checkpoint(CheckpointCause::EndOfRecovery) {
+                tracing::warn!(error = %e, "checkpoint after promotion failed");
+            }
+        });
+}

@@ -1,0 +1,690 @@
+//! The walreceiver (PostgreSQL's walreceiver.c): one thread per session
+//! that connects to the upstream named by `primary_conninfo`, checks it
+//! (not this node itself, same system identifier, timeline not behind
+//! ours), fetches the history files it lacks, runs START_REPLICATION and
+//! writes the WAL it receives into `wal/` under the real segment names,
+//! fsyncing after each drained batch and reporting write/flush/apply
+//! upstream.
+//!
+//! # Use
+//!
+//! The startup process uses [`Sessions`], which answers the recovery
+//! machine's `StartWalReceiver` / `StopWalReceiver` (reusing a session that
+//! waits after a timeline end). Directly:
+//!
+//! ```text
+//! let shared = ReceiverShared::new();                 // once per node
+//! let h = start(session, config, events_tx, shared.clone())?;
+//! // the redo loop: shared.set_apply(lsn); shared.request_reply() for remote_apply
+//! // the WAL reader's limit: shared.flushed()
+//! h.restart(next_session, from, tli)?;   // after TimelineEnded, same connection
+//! let flushed = h.stop();                // bounded; WalReceiverStopped follows
+//! ```
+//!
+//! # Events (each tagged with the session), in order
+//!
+//! - `StreamConnected { upstream_tli, upstream_flush }` once START_REPLICATION
+//!   entered COPY (upstream values from IDENTIFY_SYSTEM);
+//! - `HistoryReceived { tli, history }` for each history file fetched (before
+//!   START_REPLICATION, timelines between ours and the upstream's);
+//! - `WalFlushed { tli, upto }` after each fsync that advanced the flush
+//!   position (coalesced when the event queue is full: the latest wins);
+//! - `TimelineEnded { tli, next_tli, switch_point }` when the upstream ends the
+//!   timeline (CopyDone + next timeline, or START_REPLICATION answering
+//!   with the next timeline at once). The session then waits, connected,
+//!   for [`ReceiverHandle::restart`] (PostgreSQL's WAITING → RESTARTING,
+//!   same connection) for up to `restart_wait`, then ends with `StreamLost`;
+//! - `StreamLost { reason }` when the session ends on its own: connection
+//!   refused or lost, upstream error, `wal_receiver_timeout`, refusals
+//!   (itself, other system, timeline behind), a write or fsync failure
+//!   (then [`ReceiverShared::io_failure`] is set and no new session starts:
+//!   nothing retries an fsync);
+//! - `WalReceiverStopped { flushed }` after [`ReceiverHandle::stop`], always
+//!   last; `stop()` also returns `flushed`.
+//!
+//! Everything is bounded: the connect and each command's answer
+//! (`connect_timeout`), silence (`wal_receiver_timeout`), the wait after a
+//! timeline end (`restart_wait`), `stop()` ([`STOP_BOUND`], then the socket
+//! is shut down), event sends ([`EVENT_SEND_BOUND`]); no message is
+//! buffered beyond the protocol's largest message.
+
+mod session;
+mod sessions;
+mod wake;
+
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::config::{ArchiveMode, Config};
+use crate::wal::SegmentDir;
+use crate::{Lsn, TimelineHistory, TimelineId};
+pub use sessions::{ConfigFn, Sessions};
+pub use wake::{Latch, Ready};
+
+/// How long `stop()` waits for the session to flush and leave before it
+/// shuts the socket down (then waits as long again).
+pub const STOP_BOUND: Duration = Duration::from_secs(5);
+/// Longest wait to queue one event (the runtime's queue is bounded).
+pub const EVENT_SEND_BOUND: Duration = Duration::from_secs(10);
+
+/// What the walreceiver tells the startup process: the walreceiver events
+/// of the recovery machine (same names and fields; the session is its
+/// `SessionId`'s number), converted with `From` into
+/// [`crate::states::recovery::Event`] (or any event type implementing it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiverEvent {
+    StreamConnected {
+        session: u64,
+        upstream_tli: TimelineId,
+        upstream_flush: Lsn,
+    },
+    WalFlushed {
+        session: u64,
+        tli: TimelineId,
+        upto: Lsn,
+    },
+    TimelineEnded {
+        session: u64,
+        tli: TimelineId,
+        next_tli: TimelineId,
+        switch_point: Lsn,
+    },
+    HistoryReceived {
+        session: u64,
+        tli: TimelineId,
+        history: TimelineHistory,
+    },
+    StreamLost {
+        session: u64,
+        reason: String,
+    },
+    WalReceiverStopped {
+        session: u64,
+        flushed: Lsn,
+    },
+}
+
+impl From<ReceiverEvent> for crate::states::recovery::Event {
+    fn from(e: ReceiverEvent) -> Self {
+        use crate::states::recovery::{Event, SessionId};
+        match e {
+            ReceiverEvent::StreamConnected {
+                session,
+                upstream_tli,
+                upstream_flush,
+            } => Event::StreamConnected {
+                session: SessionId(session),
+                upstream_tli,
+                upstream_flush,
+            },
+            ReceiverEvent::WalFlushed { session, tli, upto } => Event::WalFlushed {
+                session: SessionId(session),
+                tli,
+                upto,
+            },
+            ReceiverEvent::TimelineEnded {
+                session,
+                tli,
+                next_tli,
+                switch_point,
+            } => Event::TimelineEnded {
+                session: SessionId(session),
+                tli,
+                next_tli,
+                switch_point,
+            },
+            ReceiverEvent::HistoryReceived {
+                session,
+                tli,
+                history,
+            } => Event::HistoryReceived {
+                session: SessionId(session),
+                tli,
+                history,
+            },
+            ReceiverEvent::StreamLost { session, reason } => Event::StreamLost {
+                session: SessionId(session),
+                reason,
+            },
+            ReceiverEvent::WalReceiverStopped { session, flushed } => Event::WalReceiverStopped {
+                session: SessionId(session),
+                flushed,
+            },
+        }
+    }
+}
+
+/// What one session needs.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// `primary_conninfo` (libpq key=value).
+    pub conninfo: String,
+    /// `primary_slot_name`; `None` streams without a slot.
+    pub slot_name: Option<String>,
+    /// Where streaming starts; rounded down to its segment start.
+    pub start: Lsn,
+    /// The timeline to stream (the recovery timeline at `start`).
+    pub tli: TimelineId,
+    /// This node's system identifier: the upstream's must be equal.
+    pub system_id: u64,
+    /// This node's instance identifier: the upstream's must differ.
+    pub instance_id: u64,
+    /// The WAL directory received WAL is written into.
+    pub segdir: Arc<SegmentDir>,
+    /// `archive_mode = always`: completed segments get `.ready`, else `.done`.
+    pub archive_always: bool,
+    /// `wal_receiver_status_interval`; `None` (0) sends status only when
+    /// asked or forced.
+    pub status_interval: Option<Duration>,
+    /// `wal_receiver_timeout`; `None` (0) never gives up on silence.
+    pub timeout: Option<Duration>,
+    /// `hot_standby_feedback`.
+    pub hot_standby_feedback: bool,
+    /// Bound on connecting and on each command's answer.
+    pub connect_timeout: Duration,
+    /// How long a session waits, connected, for a new start after a
+    /// timeline end before it ends.
+    pub restart_wait: Duration,
+}
+
+impl ReceiverConfig {
+    /// A configuration from the node's parameters.
+    pub fn from_config(
+        c: &Config,
+        segdir: Arc<SegmentDir>,
+        start: Lsn,
+        tli: TimelineId,
+        system_id: u64,
+        instance_id: u64,
+    ) -> ReceiverConfig {
+        let nonzero = |d: Option<Duration>| d.filter(|d| !d.is_zero());
+        let timeout = nonzero(c.wal_receiver_timeout.get());
+        ReceiverConfig {
+            conninfo: c.primary_conninfo.clone(),
+            slot_name: Some(c.primary_slot_name.clone()).filter(|s| !s.is_empty()),
+            start,
+            tli,
+            system_id,
+            instance_id,
+            segdir,
+            archive_always: c.archive_mode == ArchiveMode::Always,
+            status_interval: nonzero(c.wal_receiver_status_interval.get()),
+            timeout,
+            hot_standby_feedback: c.hot_standby_feedback.0,
+            connect_timeout: Duration::from_secs(30),
+            restart_wait: timeout.unwrap_or(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// PostgreSQL's WalRcvState.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiverState {
+    Stopped,
+    Starting,
+    Streaming,
+    /// The timeline ended; waiting for a new start on the same connection.
+    Waiting,
+    Restarting,
+    Stopping,
+}
+
+impl ReceiverState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiverState::Stopped => "stopped",
+            ReceiverState::Starting => "starting",
+            ReceiverState::Streaming => "streaming",
+            ReceiverState::Waiting => "waiting",
+            ReceiverState::Restarting => "restarting",
+            ReceiverState::Stopping => "stopping",
+        }
+    }
+
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(c: u8) -> ReceiverState {
+        match c {
+            1 => ReceiverState::Starting,
+            2 => ReceiverState::Streaming,
+            3 => ReceiverState::Waiting,
+            4 => ReceiverState::Restarting,
+            5 => ReceiverState::Stopping,
+            _ => ReceiverState::Stopped,
+        }
+    }
+}
+
+/// Positions shared between the walreceiver, the redo loop and INFO; one
+/// per node, reused by every session.
+#[derive(Debug, Default)]
+pub struct ReceiverShared {
+    /// End of WAL written by the current session (maybe not durable).
+    written: AtomicU64,
+    /// End of WAL fsynced: what redo may read.
+    flushed: AtomicU64,
+    /// Timeline of the files `flushed` is in.
+    flushed_tli: AtomicU32,
+    /// Set by the redo loop: the apply position reported upstream.
+    apply: AtomicU64,
+    /// Hot standby feedback's xmin (0 = none).
+    feedback_xmin: AtomicU32,
+    /// The upstream's flush position as last reported (walEnd).
+    upstream_flush: AtomicU64,
+    /// [`ReceiverState`] code, for INFO.
+    state: AtomicU8,
+    /// The running session's control (to force a reply).
+    current: Mutex<Option<Arc<Control>>>,
+    /// A write or fsync failure ended a session: no session may start.
+    io_failure: Mutex<Option<String>>,
+}
+
+impl ReceiverShared {
+    pub fn new() -> Arc<ReceiverShared> {
+        Arc::new(ReceiverShared::default())
+    }
+
+    /// WAL written and fsynced: the timeline of the files and the end.
+    pub fn flushed(&self) -> (TimelineId, Lsn) {
+        (
+            TimelineId(self.flushed_tli.load(Ordering::Acquire)),
+            Lsn(self.flushed.load(Ordering::Acquire)),
+        )
+    }
+
+    /// WAL written (maybe not yet durable).
+    pub fn written(&self) -> Lsn {
+        Lsn(self.written.load(Ordering::Acquire))
+    }
+
+    /// The redo loop applied everything before `lsn`.
+    pub fn set_apply(&self, lsn: Lsn) {
+        self.apply.fetch_max(lsn.0, Ordering::AcqRel);
+    }
+
+    pub fn apply(&self) -> Lsn {
+        Lsn(self.apply.load(Ordering::Acquire))
+    }
+
+    /// Send a status update upstream now (remote_apply waits for it after
+    /// apply advances), like PostgreSQL's WalRcvForceReply.
+    pub fn request_reply(&self) {
+        if let Some(c) = self.lock_current().as_ref() {
+            c.reply.store(true, Ordering::Release);
+            c.latch.set();
+        }
+    }
+
+    /// The xmin sent in hot standby feedback (0 = none).
+    pub fn set_feedback_xmin(&self, xmin: u32) {
+        self.feedback_xmin.store(xmin, Ordering::Release);
+    }
+
+    /// The upstream's flush position, as it last said.
+    pub fn upstream_flush(&self) -> Lsn {
+        Lsn(self.upstream_flush.load(Ordering::Acquire))
+    }
+
+    pub fn state(&self) -> ReceiverState {
+        ReceiverState::from_code(self.state.load(Ordering::Acquire))
+    }
+
+    /// The write or fsync failure that stopped the walreceiver for good.
+    pub fn io_failure(&self) -> Option<String> {
+        self.io_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn lock_current(&self) -> MutexGuard<'_, Option<Arc<Control>>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_state(&self, s: ReceiverState) {
+        self.state.store(s.code(), Ordering::Release);
+    }
+
+    fn publish_written(&self, lsn: Lsn) {
+        self.written.store(lsn.0, Ordering::Release);
+    }
+
+    fn publish_flushed(&self, tli: TimelineId, lsn: Lsn) {
+        self.flushed_tli.store(tli.0, Ordering::Release);
+        self.flushed.store(lsn.0, Ordering::Release);
+    }
+}
+
+/// A new start after a timeline end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RestartOrder {
+    /// The session id events carry from now on.
+    session: u64,
+    /// Where START_REPLICATION starts (rounded down to a segment start).
+    from: Lsn,
+    /// The timeline to stream.
+    tli: TimelineId,
+}
+
+/// The restart handshake: `waiting` and `order` change under one lock, so
+/// a restart is accepted only if the session will take it.
+#[derive(Debug, Default)]
+struct RestartSlot {
+    /// The session is in WAITING and will take an order.
+    waiting: bool,
+    /// The order given by `restart`, taken by the session.
+    order: Option<RestartOrder>,
+}
+
+/// Flags between the handle (and `ReceiverShared`) and the session thread.
+#[derive(Debug)]
+struct Control {
+    /// Wakes the session thread (stop, restart, forced reply).
+    latch: Latch,
+    /// `stop()` was called.
+    stop: AtomicBool,
+    /// The handle was dropped: end without reporting.
+    dropped: AtomicBool,
+    /// Send a status update at once (remote_apply).
+    reply: AtomicBool,
+    restart: Mutex<RestartSlot>,
+    /// The session's current id (changes on restart).
+    session: AtomicU64,
+    /// The connection, to shut it down if the thread is stuck in IO.
+    socket: Mutex<Option<TcpStream>>,
+}
+
+impl Control {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn lock_restart(&self) -> MutexGuard<'_, RestartSlot> {
+        self.restart.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shutdown_socket(&self) {
+        if let Some(s) = self
+            .socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Why a session could not start or restart.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error("walreceiver stopped after an IO failure (restart the node): {0}")]
+    Poisoned(String),
+    #[error("could not start the walreceiver thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("the walreceiver session is not waiting for a new start (state {0})")]
+    NotWaiting(&'static str),
+}
+
+/// What happened to an event handed to the runtime's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Queued,
+    /// Not queued: the queue was full (non-blocking send) or the wait
+    /// was cut short (stopping, or the bound passed).
+    Full,
+    /// The runtime dropped its receiver.
+    Gone,
+}
+
+/// Sends events to the runtime's bounded queue; `true` = wait (bounded).
+type Emit = Arc<dyn Fn(ReceiverEvent, &Control, bool) -> Sent + Send + Sync>;
+
+/// Start a walreceiver session. Events go to `events` (converted into the
+/// runtime's event type).
+pub fn start<E>(
+    session: u64,
+    config: ReceiverConfig,
+    events: Sender<E>,
+    shared: Arc<ReceiverShared>,
+) -> Result<ReceiverHandle, ReceiverError>
+where
+    E: From<ReceiverEvent> + Send + 'static,
+{
+    if let Some(f) = shared.io_failure() {
+        return Err(ReceiverError::Poisoned(f));
+    }
+    let control = Arc::new(Control {
+        latch: Latch::new().map_err(ReceiverError::Spawn)?,
+        stop: AtomicBool::new(false),
+        dropped: AtomicBool::new(false),
+        reply: AtomicBool::new(false),
+        restart: Mutex::new(RestartSlot::default()),
+        session: AtomicU64::new(session),
+        socket: Mutex::new(None),
+    });
+    let emit: Emit = Arc::new(move |ev, control, wait| send_event(&events, ev, control, wait));
+    let (done_tx, done_rx) = bounded(1);
+    *shared.lock_current() = Some(Arc::clone(&control));
+    shared.set_state(ReceiverState::Starting);
+    let thread = {
+        let control = Arc::clone(&control);
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name(format!("walreceiver-{session}"))
+            .spawn(move || session::run(config, control, shared, emit, done_tx))
+            .map_err(ReceiverError::Spawn)?
+    };
+    Ok(ReceiverHandle {
+        control,
+        shared,
+        thread: Some(thread),
+        done_rx,
+        stopped: None,
+    })
+}
+
+/// Queue one event. Without `wait`, only if there is room. With it, wait
+/// at most [`EVENT_SEND_BOUND`]; while the session is being stopped,
+/// anything but the final report is dropped instead of waiting (the
+/// runtime may be blocked in `stop()`), and everything once the handle is
+/// dropped.
+fn send_event<E: From<ReceiverEvent>>(
+    events: &Sender<E>,
+    ev: ReceiverEvent,
+    c: &Control,
+    wait: bool,
+) -> Sent {
+    let last = matches!(ev, ReceiverEvent::WalReceiverStopped { .. });
+    if !wait {
+        return match events.try_send(E::from(ev)) {
+            Ok(()) => Sent::Queued,
+            Err(crossbeam_channel::TrySendError::Full(_)) => Sent::Full,
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Sent::Gone,
+        };
+    }
+    let deadline = Instant::now() + EVENT_SEND_BOUND;
+    let mut msg = E::from(ev);
+    loop {
+        match events.send_timeout(msg, Duration::from_millis(100)) {
+            Ok(()) => return Sent::Queued,
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Sent::Gone,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
+                let dropped = c.dropped.load(Ordering::Acquire);
+                if dropped || (c.stopping() && !last) || Instant::now() >= deadline {
+                    tracing::warn!(
+                        "walreceiver event dropped: the startup process is not reading its queue"
+                    );
+                    return Sent::Full;
+                }
+                msg = m;
+            }
+        }
+    }
+}
+
+/// The running session.
+pub struct ReceiverHandle {
+    control: Arc<Control>,
+    shared: Arc<ReceiverShared>,
+    /// The session thread, joined (bounded) on drop.
+    thread: Option<JoinHandle<()>>,
+    /// The thread reports the flushed position when it has left the upstream.
+    done_rx: Receiver<Lsn>,
+    /// What `stop()` returned (it is idempotent).
+    stopped: Option<Lsn>,
+}
+
+impl ReceiverHandle {
+    /// The session's current id (the last `restart`'s, or `start`'s).
+    pub fn session(&self) -> u64 {
+        self.control.session.load(Ordering::Acquire)
+    }
+
+    /// Waiting after a timeline end: `restart` will be accepted.
+    pub fn is_waiting(&self) -> bool {
+        self.control.lock_restart().waiting
+    }
+
+    /// The thread has ended (after `stop`, or on its own after `StreamLost`
+    /// once the handle is stopped or dropped).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stream again on the same connection from `from` (rounded down to
+    /// its segment start) on `tli`, as session `session`. Only while
+    /// [`is_waiting`](Self::is_waiting); otherwise start a new session.
+    pub fn restart(&self, session: u64, from: Lsn, tli: TimelineId) -> Result<(), ReceiverError> {
+        let mut slot = self.control.lock_restart();
+        if !slot.waiting {
+            return Err(ReceiverError::NotWaiting(self.shared.state().as_str()));
+        }
+        slot.order = Some(RestartOrder { session, from, tli });
+        slot.waiting = false;
+        drop(slot);
+        self.control.latch.set();
+        Ok(())
+    }
+
+    /// Stop the session: it stops receiving, flushes what it wrote, leaves
+    /// the upstream and queues `WalReceiverStopped { flushed }`. Bounded by
+    /// [`STOP_BOUND`] (then the socket is shut down and it gets as long
+    /// again). Returns the flushed position.
+    pub fn stop(&mut self) -> Lsn {
+        if let Some(f) = self.stopped {
+            return f;
+        }
+        self.control.stop.store(true, Ordering::Release);
+        self.control.latch.set();
+        let flushed = match self.done_rx.recv_timeout(STOP_BOUND) {
+            Ok(f) => f,
+            Err(_) => {
+                tracing::warn!(
+                    "walreceiver did not stop within {STOP_BOUND:?}; closing its connection"
+                );
+                self.control.shutdown_socket();
+                self.done_rx
+                    .recv_timeout(STOP_BOUND)
+                    .unwrap_or_else(|_| self.shared.flushed().1)
+            }
+        };
+        self.stopped = Some(flushed);
+        flushed
+    }
+}
+
+impl Drop for ReceiverHandle {
+    fn drop(&mut self) {
+        if self.stopped.is_none() {
+            // Not stopped: end without the final report.
+            self.control.dropped.store(true, Ordering::Release);
+            self.control.stop.store(true, Ordering::Release);
+            self.control.latch.set();
+            if self.done_rx.recv_timeout(STOP_BOUND).is_err() {
+                self.control.shutdown_socket();
+            }
+        }
+        self.control.latch.set();
+        if let Some(t) = self.thread.take() {
+            let deadline = Instant::now() + STOP_BOUND;
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!("walreceiver thread still running after {STOP_BOUND:?}; detached");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::states::recovery::{Event, SessionId};
+
+    #[test]
+    fn events_convert_to_the_machine_s_events() {
+        let s = SessionId(9);
+        let cases = [
+            (
+                ReceiverEvent::StreamConnected {
+                    session: 9,
+                    upstream_tli: TimelineId(2),
+                    upstream_flush: Lsn(5),
+                },
+                Event::StreamConnected {
+                    session: s,
+                    upstream_tli: TimelineId(2),
+                    upstream_flush: Lsn(5),
+                },
+            ),
+            (
+                ReceiverEvent::TimelineEnded {
+                    session: 9,
+                    tli: TimelineId(1),
+                    next_tli: TimelineId(2),
+                    switch_point: Lsn(7),
+                },
+                Event::TimelineEnded {
+                    session: s,
+                    tli: TimelineId(1),
+                    next_tli: TimelineId(2),
+                    switch_point: Lsn(7),
+                },
+            ),
+            (
+                ReceiverEvent::WalReceiverStopped {
+                    session: 9,
+                    flushed: Lsn(3),
+                },
+                Event::WalReceiverStopped {
+                    session: s,
+                    flushed: Lsn(3),
+                },
+            ),
+            (
+                ReceiverEvent::StreamLost {
+                    session: 9,
+                    reason: "x".into(),
+                },
+                Event::StreamLost {
+                    session: s,
+                    reason: "x".into(),
+                },
+            ),
+        ];
+        for (ours, theirs) in cases {
+            assert_eq!(Event::from(ours), theirs);
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! One walreceiver session's thread: connect and check the upstream, fetch
+//! history files, stream into segment files (fsync per drained batch),
+//! answer with status updates, wait after a timeline end, and report.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::{
+    Control, Emit, ReceiverConfig, ReceiverEvent, ReceiverShared, ReceiverState, RestartOrder,
+};
+use crate::replication::client::{
+    ClientError, ConnInfo, IdentifySystem, ReplicationClient, StartOutcome, StreamEvent,
+};
+use crate::replication::server::format_instance_id;
+use crate::wal::timeline::history_path;
+use crate::wal::{write_history_text, CompletedMark, SegmentError, SegmentWriter};
+use crate::{Lsn, TimelineId};
+
+/// Most bytes received before an fsync, even if the socket still has data.
+const MAX_BATCH_BYTES: u64 = 16 << 20;
+/// Longest single wait; the latch wakes the thread for stop, restart and
+/// forced replies, this only bounds the timers.
+const MAX_NAP: Duration = Duration::from_secs(1);
+
+/// How a session ended.
+enum End {
+    /// Asked to stop (or the runtime is gone).
+    Stopped,
+    Lost(String),
+}
+
+fn lost(reason: impl Into<String>) -> End {
+    End::Lost(reason.into())
+}
+
+/// How one START_REPLICATION ended.
+enum StreamEnd {
+    Stop,
+    TimelineEnded {
+        next_tli: TimelineId,
+        switch_point: Lsn,
+    },
+}
+
+/// The thread's body.
+pub(super) fn run(
+    cfg: ReceiverConfig,
+    control: Arc<Control>,
+    shared: Arc<ReceiverShared>,
+    emit: Emit,
+    done_tx: Sender<Lsn>,
+) {
+    let mut s = Session::new(cfg, control, shared, emit);
+    let mut end = s.main();
+    if s.control.stopping() {
+        // Whatever cut the session short, it was asked to stop: the
+        // runtime expects WalReceiverStopped, not StreamLost.
+        end = End::Stopped;
+    }
+    let flushed = s.finish(&end);
+    let control = Arc::clone(&s.control);
+    let dropped = || control.dropped.load(Ordering::Acquire);
+    if let End::Lost(reason) = &end {
+        tracing::warn!(session = s.session, "walreceiver ended: {reason}");
+        if !dropped() {
+            s.emit_now(ReceiverEvent::StreamLost {
+                session: s.session,
+                reason: reason.clone(),
+            });
+        }
+    }
+    s.shared.set_state(ReceiverState::Stopped);
+    {
+        let mut cur = s.shared.lock_current();
+        if cur.as_ref().is_some_and(|c| Arc::ptr_eq(c, &s.control)) {
+            *cur = None;
+        }
+    }
+    let _ = done_tx.try_send(flushed);
+    // Wait for the handle: stop() wants the final report, drop does not.
+    while !s.control.stopping() && !dropped() {
+        let _ = s.control.latch.wait(None, MAX_NAP);
+    }
+    if !dropped() {
+        s.emit_now(ReceiverEvent::WalReceiverStopped {
+            session: s.session,
+            flushed,
+        });
+    }
+}
+
+struct Session {
+    cfg: ReceiverConfig,
+    control: Arc<Control>,
+    shared: Arc<ReceiverShared>,
+    /// Queues events for the startup process.
+    emit: Emit,
+    /// The current session id (a restart changes it).
+    session: u64,
+    /// Where the current START_REPLICATION started (a segment start).
+    start: Lsn,
+    /// The timeline being streamed.
+    tli: TimelineId,
+    /// Writes received bytes into segment files of `tli`.
+    writer: SegmentWriter,
+    /// The upstream connection (kept across a timeline end).
+    client: Option<ReplicationClient>,
+    /// Status last sent (write, flush, apply) and when.
+    last_sent: (Lsn, Lsn, Lsn),
+    last_status: Option<Instant>,
+    /// When hot standby feedback was last sent.
+    last_feedback: Option<Instant>,
+    /// Last time anything arrived; the wal_receiver_timeout clock.
+    last_recv: Instant,
+    /// The half-timeout ping was sent for this silence.
+    pinged: bool,
+    /// The flush position last reported in WalFlushed.
+    reported_flush: Lsn,
+    /// A WalFlushed the full event queue did not take yet.
+    pending_flush: Option<(TimelineId, Lsn)>,
+}
+
+impl Session {
+    fn new(
+        cfg: ReceiverConfig,
+        control: Arc<Control>,
+        shared: Arc<ReceiverShared>,
+        emit: Emit,
+    ) -> Session {
+        let seg = cfg.segdir.seg_size();
+        let start = cfg.start.segment_start(seg);
+        let mark = if cfg.archive_always {
+            CompletedMark::Ready
+        } else {
+            CompletedMark::Done
+        };
+        let writer = SegmentWriter::new(Arc::clone(&cfg.segdir), cfg.tli, start, mark);
+        Session {
+            session: control.session.load(Ordering::Acquire),
+            tli: cfg.tli,
+            start,
+            writer,
+            cfg,
+            control,
+            shared,
+            emit,
+            client: None,
+            last_sent: (Lsn::INVALID, Lsn::INVALID, Lsn::INVALID),
+            last_status: None,
+            last_feedback: None,
+            last_recv: Instant::now(),
+            pinged: false,
+            reported_flush: start,
+            pending_flush: None,
+        }
+    }
+
+    fn main(&mut self) -> End {
+        if let Err(end) = self.connect() {
+            return end;
+        }
+        loop {
+            let outcome = self.identify().and_then(|id| {
+                self.fetch_histories(id.timeline)?;
+                self.start_streaming(&id)
+            });
+            match outcome {
+                Ok(StreamEnd::Stop) => return End::Stopped,
+                Err(end) => return end,
+                Ok(StreamEnd::TimelineEnded {
+                    next_tli,
+                    switch_point,
+                }) => {
+                    if let Err(end) = self.end_of_timeline(next_tli, switch_point) {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    fn client(&mut self) -> Result<&mut ReplicationClient, End> {
+        self.client.as_mut().ok_or_else(|| lost("not connected"))
+    }
+
+    fn connect(&mut self) -> Result<(), End> {
+        let info = ConnInfo::parse(&self.cfg.conninfo)
+            .map_err(|e| lost(format!("invalid primary_conninfo: {e}")))?;
+        let client = ReplicationClient::connect(&info, self.cfg.connect_timeout)
+            .map_err(|e| lost(format!("could not connect to the primary server: {e}")))?;
+        *self
+            .control
+            .socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = client.socket_handle().ok();
+        if client.instance_id() == Some(self.cfg.instance_id) {
+            return Err(lost(format!(
+                "primary_conninfo points at this node itself (instance {}): a node cannot stream from itself",
+                format_instance_id(self.cfg.instance_id)
+            )));
+        }
+        if self.control.stopping() {
+            return Err(End::Stopped);
+        }
+        self.client = Some(client);
+        Ok(())
+    }
+
+    /// IDENTIFY_SYSTEM: same system, timeline not behind ours.
+    fn identify(&mut self) -> Result<IdentifySystem, End> {
+        let id = self.client()?.identify_system().map_err(|e| {
+            lost(format!(
+                "could not receive database system identifier and timeline ID from the primary server: {e}"
+            ))
+        })?;
+        if id.system_id != self.cfg.system_id {
+            return Err(lost(format!(
+                "database system identifier differs between the primary and standby: the primary's identifier is {}, the standby's identifier is {}",
+                id.system_id, self.cfg.system_id
+            )));
+        }
+        if id.timeline < self.tli {
+            return Err(lost(format!(
+                "highest timeline {} of the primary is behind recovery timeline {}",
+                id.timeline.0, self.tli.0
+            )));
+        }
+        Ok(id)
+    }
+
+    /// TIMELINE_HISTORY for every timeline from ours to the upstream's
+    /// whose history file `wal/` lacks (WalRcvFetchTimeLineHistoryFiles).
+    fn fetch_histories(&mut self, upstream: TimelineId) -> Result<(), End> {
+        let wal_dir = self.cfg.segdir.path().to_path_buf();
+        for t in self.tli.0.max(2)..=upstream.0 {
+            let tli = TimelineId(t);
+            if history_path(&wal_dir, tli).exists() {
+                continue;
+            }
+            if self.control.stopping() {
+                return Err(End::Stopped);
+            }
+            tracing::info!("fetching timeline history file for timeline {t} from primary server");
+            let (name, content) = self.client()?.timeline_history(tli).map_err(|e| {
+                lost(format!(
+                    "could not fetch timeline history file for timeline {t} from the primary server: {e}"
+                ))
+            })?;
+            let text = String::from_utf8(content)
+                .map_err(|_| lost(format!("timeline history file {name} is not UTF-8")))?;
+            let history = write_history_text(&wal_dir, tli, &text)
+                .map_err(|e| lost(format!("could not store timeline history file {name}: {e}")))?;
+            let marked = if self.cfg.archive_always {
+                self.cfg.segdir.mark_ready(&name)
+            } else {
+                self.cfg.segdir.mark_done(&name)
+            };
+            marked.map_err(|e| lost(format!("could not mark {name}: {e}")))?;
+            self.emit_now(ReceiverEvent::HistoryReceived {
+                session: self.session,
+                tli,
+                history,
+            });
+        }
+        Ok(())
+    }
+
+    fn start_streaming(&mut self, id: &IdentifySystem) -> Result<StreamEnd, End> {
+        let (slot, start, tli) = (self.cfg.slot_name.clone(), self.start, self.tli);
+        let outcome = self
+            .client()?
+            .start_replication(slot.as_deref(), start, Some(tli))
+            .map_err(|e| lost(format!("could not start WAL streaming: {e}")))?;
+        match outcome {
+            StartOutcome::TimelineEnded {
+                next_tli,
+                next_start,
+            } => {
+                tracing::info!(
+                    "primary server contains no more WAL on requested timeline {}",
+                    tli.0
+                );
+                Ok(StreamEnd::TimelineEnded {
+                    next_tli,
+                    switch_point: next_start,
+                })
+            }
+            StartOutcome::Streaming => {
+                tracing::info!(
+                    session = self.session,
+                    "started streaming WAL from primary at {start} on timeline {}",
+                    tli.0
+                );
+                self.emit_now(ReceiverEvent::StreamConnected {
+                    session: self.session,
+                    upstream_tli: id.timeline,
+                    upstream_flush: id.xlogpos,
+                });
+                self.stream()
+            }
+        }
+    }
+
+    /// The receive loop of one START_REPLICATION.
+    fn stream(&mut self) -> Result<StreamEnd, End> {
+        self.shared.set_state(ReceiverState::Streaming);
+        self.last_recv = Instant::now();
+        self.pinged = false;
+        self.send_status(true, false)?;
+        self.send_feedback(true)?;
+        loop {
+            if self.control.stopping() {
+                return Ok(StreamEnd::Stop);
+            }
+            if self.control.reply.swap(false, Ordering::AcqRel) {
+                self.send_status(true, false)?;
+            }
+            self.deliver_pending_flush()?;
+            if !self.client()?.has_pending() {
+                let fd = self.client()?.socket_fd();
+                let wait = self.next_wakeup();
+                let ready = self
+                    .control
+                    .latch
+                    .wait(Some(fd), wait)
+                    .map_err(|e| lost(format!("could not wait for the WAL stream: {e}")))?;
+                if !ready.socket {
+                    self.on_tick()?;
+                    continue;
+                }
+            }
+            let (end, reply_requested) = self.receive_batch()?;
+            self.flush_and_report()?;
+            if reply_requested {
+                self.send_status(true, false)?;
+            }
+            if let Some(end) = end {
+                return Ok(end);
+            }
+        }
+    }
+
+    /// Receive and write messages while the socket has data (bounded);
+    /// returns a timeline end and whether the upstream asked for a reply.
+    fn receive_batch(&mut self) -> Result<(Option<StreamEnd>, bool), End> {
+        let recv_timeout = self.cfg.timeout.unwrap_or(self.cfg.connect_timeout);
+        let mut bytes = 0u64;
+        let mut reply_requested = false;
+        loop {
+            let ev = self
+                .client()?
+                .recv(recv_timeout)
+                .map_err(|e| lost(format!("could not receive data from WAL stream: {e}")))?;
+            match ev {
+                StreamEvent::XLogData {
+                    start,
+                    wal_end,
+                    data,
+                    ..
+                } => {
+                    self.write(start, &data)?;
+                    self.note_upstream(wal_end);
+                    bytes += data.len() as u64;
+                }
+                StreamEvent::Keepalive {
+                    wal_end,
+                    reply_requested: r,
+                    ..
+                } => {
+                    self.note_upstream(wal_end);
+                    reply_requested |= r;
+                }
+                StreamEvent::EndOfTimeline {
+                    next_tli,
+                    next_start,
+                } => {
+                    let end = StreamEnd::TimelineEnded {
+                        next_tli,
+                        switch_point: next_start,
+                    };
+                    return Ok((Some(end), reply_requested));
+                }
+                StreamEvent::ServerShutdown => {
+                    return Err(lost(format!(
+                        "replication terminated by primary server: end of WAL reached on timeline {} at {}",
+                        self.tli.0,
+                        self.writer.written()
+                    )))
+                }
+                StreamEvent::Timeout => return Ok((None, reply_requested)),
+            }
+            self.last_recv = Instant::now();
+            self.pinged = false;
+            if bytes >= MAX_BATCH_BYTES || !self.client()?.has_pending() {
+                return Ok((None, reply_requested));
+            }
+        }
+    }
+
+    fn note_upstream(&self, wal_end: Lsn) {
+        if wal_end.is_valid() {
+            self.shared
+                .upstream_flush
+                .store(wal_end.0, Ordering::Release);
+        }
+    }
+
+    /// Write received WAL; it must continue exactly where the stream is.
+    fn write(&mut self, start: Lsn, data: &[u8]) -> Result<(), End> {
+        let at = self.writer.written();
+        if start != at {
+            return Err(lost(format!(
+                "the primary sent WAL at {start} but the stream is at {at}"
+            )));
+        }
+        self.writer
+            .write(start, data)
+            .map_err(|e| self.io_failure(e))?;
+        self.shared.publish_written(self.writer.written());
+        Ok(())
+    }
+
+    /// A write or fsync failure is final: recorded so that no new session
+    /// starts (nothing retries an fsync).
+    fn io_failure(&self, e: SegmentError) -> End {
+        let msg = format!("could not write received WAL: {e}");
+        *self
+            .shared
+            .io_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
+        tracing::error!("{msg}");
+        End::Lost(msg)
+    }
+
+    /// fsync what was written, publish and report it, reply upstream.
+    fn flush_and_report(&mut self) -> Result<(), End> {
+        let flushed = self.writer.flush().map_err(|e| self.io_failure(e))?;
+        let tli = self.writer.timeline();
+        self.shared.publish_flushed(tli, flushed);
+        if flushed > self.reported_flush {
+            self.reported_flush = flushed;
+            self.pending_flush = Some((tli, flushed));
+            self.deliver_pending_flush()?;
+        }
+        self.send_status(false, false)
+    }
+
+    /// Queue the latest WalFlushed if the queue has room (it is replaced by
+    /// a newer one otherwise); a gone runtime stops the session.
+    fn deliver_pending_flush(&mut self) -> Result<(), End> {
+        let Some((tli, upto)) = self.pending_flush else {
+            return Ok(());
+        };
+        let ev = ReceiverEvent::WalFlushed {
+            session: self.session,
+            tli,
+            upto,
+        };
+        match (self.emit)(ev, &self.control, false) {
+            super::Sent::Queued => self.pending_flush = None,
+            super::Sent::Full => {}
+            super::Sent::Gone => return Err(End::Stopped),
+        }
+        Ok(())
+    }
+
+    /// Queue an event that must not be coalesced (after any pending flush).
+    fn emit_now(&mut self, ev: ReceiverEvent) {
+        if let Some((tli, upto)) = self.pending_flush.take() {
+            let flush = ReceiverEvent::WalFlushed {
+                session: self.session,
+                tli,
+                upto,
+            };
+            (self.emit)(flush, &self.control, true);
+        }
+        (self.emit)(ev, &self.control, true);
+    }
+
+    /// Standby status update `r`. Unforced ones go when a position moved or
+    /// the interval passed, and never with `wal_receiver_status_interval` 0.
+    fn send_status(&mut self, force: bool, reply_requested: bool) -> Result<(), End> {
+        let now = (
+            self.writer.written(),
+            self.writer.flushed(),
+            self.shared.apply(),
+        );
+        if !force {
+            let Some(interval) = self.cfg.status_interval else {
+                return Ok(());
+            };
+            let fresh = self.last_status.is_some_and(|t| t.elapsed() < interval);
+            if now == self.last_sent && fresh {
+                return Ok(());
+            }
+        }
+        self.client()?
+            .send_status(now.0, now.1, now.2, reply_requested)
+            .map_err(|e| lost(format!("could not send data to WAL stream: {e}")))?;
+        self.last_sent = now;
+        self.last_status = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Hot standby feedback `h`: each status interval when enabled; once
+    /// with invalid values at the start when disabled (clears an xmin a
+    /// slot may still hold), as PostgreSQL does.
+    fn send_feedback(&mut self, first: bool) -> Result<(), End> {
+        let xmin = if self.cfg.hot_standby_feedback {
+            let due = self
+                .cfg
+                .status_interval
+                .is_some_and(|i| self.last_feedback.is_none_or(|t| t.elapsed() >= i));
+            if !first && !due {
+                return Ok(());
+            }
+            self.shared.feedback_xmin.load(Ordering::Acquire)
+        } else if first {
+            0
+        } else {
+            return Ok(());
+        };
+        self.client()?
+            .status_sender()
+            .send_feedback(xmin, 0, 0, 0)
+            .map_err(|e: ClientError| lost(format!("could not send data to WAL stream: {e}")))?;
+        self.last_feedback = Some(Instant::now());
+        Ok(())
+    }
+
+    /// When the next timer (status, feedback, ping, timeout) is due.
+    fn next_wakeup(&self) -> Duration {
+        let mut wait = MAX_NAP;
+        if let (Some(i), Some(t)) = (self.cfg.status_interval, self.last_status) {
+            wait = wait.min(i.saturating_sub(t.elapsed()));
+        }
+        if let Some(t) = self.cfg.timeout {
+            let silent = self.last_recv.elapsed();
+            let next = if self.pinged { t } else { t / 2 };
+            wait = wait.min(next.saturating_sub(silent));
+        }
+        wait.max(Duration::from_millis(1))
+    }
+
+    /// Timers: wal_receiver_timeout (ping at half, give up at full),
+    /// periodic status and feedback.
+    fn on_tick(&mut self) -> Result<(), End> {
+        if let Some(t) = self.cfg.timeout {
+            let silent = self.last_recv.elapsed();
+            if silent >= t {
+                return Err(lost("terminating walreceiver due to timeout"));
+            }
+            if silent >= t / 2 && !self.pinged {
+                self.send_status(true, true)?;
+                self.pinged = true;
+            }
+        }
+        self.send_status(false, false)?;
+        self.send_feedback(false)
+    }
+
+    /// After a timeline end: flush, report, then wait for a new start.
+    fn end_of_timeline(&mut self, next_tli: TimelineId, switch_point: Lsn) -> Result<(), End> {
+        self.flush_and_report()?;
+        tracing::info!(
+            "replication terminated by primary server: end of WAL reached on timeline {} at {switch_point}; next timeline {}",
+            self.tli.0,
+            next_tli.0
+        );
+        self.emit_now(ReceiverEvent::TimelineEnded {
+            session: self.session,
+            tli: self.tli,
+            next_tli,
+            switch_point,
+        });
+        let order = self.wait_for_restart()?;
+        self.session = order.session;
+        self.control.session.store(order.session, Ordering::Release);
+        let from = order.from.segment_start(self.cfg.segdir.seg_size());
+        self.writer
+            .switch_timeline(order.tli, from)
+            .map_err(|e| self.io_failure(e))?;
+        self.shared.publish_written(from);
+        // Flush reports start over on the new timeline's files.
+        self.reported_flush = from;
+        self.pending_flush = None;
+        self.tli = order.tli;
+        self.start = from;
+        self.shared.set_state(ReceiverState::Restarting);
+        Ok(())
+    }
+
+    /// PostgreSQL's WAITING: connected, until `restart`, `stop`, the
+    /// upstream closing, or `restart_wait`.
+    fn wait_for_restart(&mut self) -> Result<RestartOrder, End> {
+        self.control.lock_restart().waiting = true;
+        self.shared.set_state(ReceiverState::Waiting);
+        let deadline = Instant::now() + self.cfg.restart_wait;
+        let fd = self.client()?.socket_fd();
+        loop {
+            {
+                let mut slot = self.control.lock_restart();
+                if let Some(order) = slot.order.take() {
+                    slot.waiting = false;
+                    return Ok(order);
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if self.control.stopping() || left.is_zero() {
+                    slot.waiting = false;
+                    if self.control.stopping() {
+                        return Err(End::Stopped);
+                    }
+                    return Err(lost(format!(
+                        "no new streaming start requested within {:?} after the end of timeline {}",
+                        self.cfg.restart_wait, self.tli.0
+                    )));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ready = self
+                .control
+                .latch
+                .wait(Some(fd), left.min(MAX_NAP))
+                .map_err(|e| lost(format!("could not wait for a new start: {e}")))?;
+            if ready.socket {
+                self.control.lock_restart().waiting = false;
+                return Err(lost(format!(
+                    "the primary closed the connection after the end of timeline {}",
+                    self.tli.0
+                )));
+            }
+        }
+    }
+
+    /// Flush what was written, close the connection; returns the flush
+    /// position. A WalFlushed is reported first unless stopping (the
+    /// final WalReceiverStopped carries it).
+    fn finish(&mut self, end: &End) -> Lsn {
+        self.shared.set_state(ReceiverState::Stopping);
+        let flushed = match self.writer.flush() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = self.io_failure(e);
+                self.writer.flushed()
+            }
+        };
+        self.shared.publish_flushed(self.writer.timeline(), flushed);
+        if matches!(end, End::Lost(_)) && flushed > self.reported_flush {
+            self.reported_flush = flushed;
+            self.pending_flush = Some((self.writer.timeline(), flushed));
+        }
+        if let Some(c) = self.client.take() {
+            c.close();
+        }
+        *self
+            .control
+            .socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        flushed
+    }
+}

@@ -1,0 +1,665 @@
+//! The recovery machine's shared storage (positions, timelines, the
+//! walreceiver session, outstanding requests, counters) and the outbox
+//! context its handlers write actions to, with the bookkeeping every state
+//! uses.
+
+use serde::{Deserialize, Serialize};
+
+use super::action::{Action, Report, WalSource};
+use super::config::RecoveryConfig;
+use super::event::{Event, RecordCheck, SessionId, WalFile};
+use super::kind::StateKind;
+use super::round::{Location, Round};
+use super::timelines::Timelines;
+use crate::history::TimelineHistory;
+use crate::lsn::{Lsn, SegNo, TimelineId};
+use crate::time::Millis;
+
+/// The outbox a handler writes to: the time of the event, the actions to
+/// run, why (for the trace), and the transition statig performed.
+#[derive(Debug, Default)]
+pub struct Ctx {
+    /// The time of the event being handled.
+    pub now: Millis,
+    /// Actions, in the order the runtime must execute them.
+    pub actions: Vec<Action>,
+    /// Why the machine did what it did (or why it ignored the event).
+    pub causes: Vec<String>,
+    /// Source and target of the transition, set by `after_transition`.
+    pub moved: Option<(StateKind, StateKind)>,
+}
+
+impl Ctx {
+    /// A context for an event at `now`.
+    pub fn at(now: Millis) -> Ctx {
+        Ctx {
+            now,
+            ..Ctx::default()
+        }
+    }
+
+    pub(crate) fn act(&mut self, action: Action) {
+        self.actions.push(action);
+    }
+
+    pub(crate) fn report(&mut self, report: Report) {
+        self.actions.push(Action::Report { report });
+    }
+
+    pub(crate) fn because(&mut self, cause: impl Into<String>) {
+        self.causes.push(cause.into());
+    }
+}
+
+/// Where the walreceiver session is (PostgreSQL's WalRcvState, reduced to
+/// what the startup process distinguishes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReceiverStatus {
+    /// Started, not yet connected.
+    Connecting,
+    /// Connected and streaming.
+    Streaming,
+    /// The upstream ended the timeline; the session waits to be restarted
+    /// (WAITING): its connection may be reused by the next start.
+    Ended,
+}
+
+/// The current walreceiver session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receiver {
+    /// Which `StartWalReceiver` this is.
+    pub session: SessionId,
+    /// The timeline it was asked to stream.
+    pub tli: TimelineId,
+    /// When it was started (its connect deadline counts from here).
+    pub started_at: Millis,
+    /// Connecting, streaming or waiting after a timeline end.
+    pub status: ReceiverStatus,
+}
+
+/// What the latest walreceiver session flushed to `wal/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    /// The session that wrote it.
+    pub session: SessionId,
+    /// The timeline of the files it wrote.
+    pub tli: TimelineId,
+    /// Flushed up to here (starts at the segment start it streams from).
+    pub upto: Lsn,
+    /// The upstream ended `tli` here (`TimelineEnded`).
+    pub ended_at: Option<Lsn>,
+    /// Redo applied everything complete below this limit (a stream replay
+    /// up to it ended): asking again before more is flushed would find
+    /// the same incomplete record.
+    pub drained_to: Lsn,
+}
+
+/// The outstanding `Replay` request (at most one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayRequest {
+    /// Where the WAL came from.
+    pub source: WalSource,
+    /// Timeline of the files it reads.
+    pub tli: TimelineId,
+    /// The limit.
+    pub upto: Lsn,
+    /// For stream replays: the session that wrote the WAL.
+    pub session: Option<SessionId>,
+    /// Issued by the source round (archive/local) rather than the stream.
+    pub for_round: bool,
+}
+
+/// The outstanding archive-fetcher request (at most one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// The file asked for.
+    pub file: WalFile,
+    /// Asked of the archive (restore_command) or of `wal/`.
+    pub at: Location,
+}
+
+/// What an answer of the archive fetcher said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// The file is there (history files come with their contents).
+    Found(Option<TimelineHistory>),
+    /// The file is not there.
+    Missing,
+    /// restore_command failed (not the same as missing).
+    Failed(String),
+}
+
+/// The last invalid record: it is never applied, and the copy it came
+/// from is not read again at that position until a fresh copy replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadRecord {
+    /// Where the invalid record is (the replay position when found).
+    pub at: Lsn,
+    /// The failed check.
+    pub check: RecordCheck,
+    /// The source the copy came from.
+    pub source: WalSource,
+    /// Timeline of the file holding it.
+    pub tli: TimelineId,
+    /// Segment holding it.
+    pub segno: SegNo,
+    /// For stream copies: the session that wrote it.
+    pub session: Option<SessionId>,
+}
+
+/// Invalid records found at one position, from any source: the
+/// archive/stream ping-pong detector.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stall {
+    /// The position.
+    pub at: Lsn,
+    /// How many times a record there was invalid.
+    pub count: u32,
+}
+
+/// How a `Replay` request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayEnd {
+    /// Everything valid below the limit was applied.
+    Done(ReplayRequest),
+    /// An invalid record stopped it.
+    Invalid(ReplayRequest),
+}
+
+impl ReplayEnd {
+    /// The request that ended.
+    pub fn request(&self) -> &ReplayRequest {
+        match self {
+            ReplayEnd::Done(r) | ReplayEnd::Invalid(r) => r,
+        }
+    }
+}
+
+/// At most this many copies are remembered as holding an invalid record at
+/// the replay position (one per timeline and source is all there can be).
+pub const MAX_BAD_COPIES: usize = 16;
+
+/// The shared storage of the recovery machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    /// Parameters.
+    pub config: RecoveryConfig,
+    /// End of the last record applied: where replay continues.
+    pub replay_lsn: Lsn,
+    /// minRecoveryPoint: reads and promotion need replay to reach it.
+    pub min_recovery_point: Lsn,
+    /// Replay has reached `min_recovery_point`.
+    pub consistent: bool,
+    /// Target timeline, its history and newer timelines seen.
+    pub timelines: Timelines,
+    /// The current walreceiver session, if any.
+    pub receiver: Option<Receiver>,
+    /// What the latest session flushed (kept after it stops: promotion
+    /// replays it).
+    pub received: Option<Received>,
+    /// Session numbers are never reused.
+    pub next_session: u64,
+    /// The outstanding `Replay`.
+    pub replay_req: Option<ReplayRequest>,
+    /// The outstanding archive-fetcher request.
+    pub fetch_req: Option<FetchRequest>,
+    /// The current round over archive and local `wal/`.
+    pub round: Option<Round>,
+    /// When the current or last round began (rounds are at least
+    /// `wal_retrieve_retry_interval` apart).
+    pub round_started_at: Millis,
+    /// Invalid records at the replay position, one per copy that held
+    /// one, until replay passes them or a fresh copy replaces the file
+    /// (at most [`MAX_BAD_COPIES`]).
+    pub bad: Vec<BadRecord>,
+    /// Invalid records at one position (ping-pong detection).
+    pub stall: Stall,
+    /// restore_command failures in a row (back-off; reset by any answer).
+    pub restore_failures: u32,
+    /// Promotion was requested before recovery started.
+    pub promote_pending: bool,
+    /// A rescan for newer timelines completed once (PostgreSQL resolves
+    /// `recovery_target_timeline = latest` before recovery begins).
+    pub timeline_resolved: bool,
+    /// The timeline promotion chose, once chosen.
+    pub promoted_tli: Option<TimelineId>,
+}
+
+impl Machine {
+    /// Shared storage before `RecoveryStarted`.
+    pub fn new(config: RecoveryConfig) -> Machine {
+        Machine {
+            config,
+            replay_lsn: Lsn::INVALID,
+            min_recovery_point: Lsn::INVALID,
+            consistent: false,
+            timelines: Timelines::new(TimelineHistory::root(TimelineId::FIRST)),
+            receiver: None,
+            received: None,
+            next_session: 1,
+            replay_req: None,
+            fetch_req: None,
+            round: None,
+            round_started_at: Millis::ZERO,
+            bad: Vec::new(),
+            stall: Stall::default(),
+            restore_failures: 0,
+            promote_pending: false,
+            timeline_resolved: false,
+            promoted_tli: None,
+        }
+    }
+
+    /// Take the start point from `RecoveryStarted`.
+    pub(crate) fn start(
+        &mut self,
+        ctx: &mut Ctx,
+        redo_lsn: Lsn,
+        history: &TimelineHistory,
+        min_recovery_point: Lsn,
+    ) {
+        self.replay_lsn = redo_lsn;
+        self.min_recovery_point = min_recovery_point;
+        self.timelines = Timelines::new(history.clone());
+        self.stall = Stall {
+            at: redo_lsn,
+            count: 0,
+        };
+        ctx.act(Action::SetTargetTimeline {
+            tli: history.timeline(),
+            history: history.clone(),
+        });
+        self.check_consistency(ctx);
+    }
+
+    /// Segment start and timeline the stream starts from: the replay
+    /// position's, as PostgreSQL's RequestXLogStreaming asks.
+    pub(crate) fn start_receiver(&mut self, ctx: &mut Ctx) {
+        let session = SessionId(self.next_session);
+        self.next_session += 1;
+        let from = self.replay_lsn.segment_start(self.config.wal_segment_size);
+        let tli = self.timelines.timeline_of(self.replay_lsn);
+        self.receiver = Some(Receiver {
+            session,
+            tli,
+            started_at: ctx.now,
+            status: ReceiverStatus::Connecting,
+        });
+        self.received = Some(Received {
+            session,
+            tli,
+            upto: from,
+            ended_at: None,
+            drained_to: from,
+        });
+        ctx.act(Action::StartWalReceiver { session, from, tli });
+    }
+
+    /// Stop the current session, if any; returns it.
+    pub(crate) fn stop_receiver(&mut self, ctx: &mut Ctx) -> Option<SessionId> {
+        let r = self.receiver.take()?;
+        ctx.act(Action::StopWalReceiver { session: r.session });
+        Some(r.session)
+    }
+
+    /// Whether `session` is the current walreceiver session.
+    pub(crate) fn is_current(&self, session: SessionId) -> bool {
+        self.receiver.as_ref().is_some_and(|r| r.session == session)
+    }
+
+    /// A session's event that is not the current one's is stale.
+    pub(crate) fn stale(&self, ctx: &mut Ctx, session: SessionId) -> bool {
+        if self.is_current(session) {
+            return false;
+        }
+        ctx.because(format!("stale walreceiver session {session}"));
+        true
+    }
+
+    /// `WalFlushed`: WAL of `tli` is durable up to `upto`. Returns whether
+    /// it moved what the current session received.
+    pub(crate) fn note_flush(
+        &mut self,
+        ctx: &mut Ctx,
+        session: SessionId,
+        tli: TimelineId,
+        upto: Lsn,
+    ) -> bool {
+        self.timelines.saw(tli);
+        let Some(rec) = self.received.as_mut().filter(|r| r.session == session) else {
+            ctx.because(format!("flush of stale session {session}"));
+            return false;
+        };
+        if rec.tli != tli {
+            ctx.because(format!(
+                "flush on timeline {} but session {session} streams {}",
+                tli.0, rec.tli.0
+            ));
+            return false;
+        }
+        if upto <= rec.upto {
+            return false;
+        }
+        rec.upto = upto;
+        if let Some(r) = self.receiver.as_mut().filter(|r| r.session == session) {
+            if r.status == ReceiverStatus::Connecting {
+                r.status = ReceiverStatus::Streaming;
+            }
+        }
+        // A new session rewrote the segment holding an invalid record.
+        let before = self.bad.len();
+        self.bad
+            .retain(|b| !(b.tli == tli && upto > b.at && b.session != Some(session)));
+        if self.bad.len() < before {
+            ctx.because(format!(
+                "session {session} rewrote the WAL at {}",
+                self.replay_lsn
+            ));
+        }
+        true
+    }
+
+    /// `TimelineEnded` from the current session. Returns whether it was
+    /// about the session's timeline (else it is ignored).
+    pub(crate) fn note_timeline_end(
+        &mut self,
+        ctx: &mut Ctx,
+        session: SessionId,
+        tli: TimelineId,
+        next_tli: TimelineId,
+        switch_point: Lsn,
+    ) -> bool {
+        let Some(rec) = self
+            .received
+            .as_mut()
+            .filter(|r| r.session == session && r.tli == tli)
+        else {
+            ctx.because(format!(
+                "timeline {} is not what session {session} streams",
+                tli.0
+            ));
+            return false;
+        };
+        rec.ended_at = Some(switch_point);
+        self.timelines.saw(next_tli);
+        if let Some(r) = self.receiver.as_mut().filter(|r| r.session == session) {
+            r.status = ReceiverStatus::Ended;
+        }
+        true
+    }
+
+    /// Facts a history file carries, whoever asked: the timeline exists.
+    pub(crate) fn note_history(&mut self, ctx: &mut Ctx, tli: TimelineId, h: &TimelineHistory) {
+        if let Err(report) = self.timelines.learn(tli, h) {
+            ctx.report(report);
+        }
+    }
+
+    /// Replay applied everything up to `upto` (clamped to the request).
+    pub(crate) fn note_replayed(&mut self, ctx: &mut Ctx, upto: Lsn) {
+        let Some(req) = &self.replay_req else {
+            ctx.because("replay progress without a replay request");
+            return;
+        };
+        let upto = upto.min(req.upto);
+        if upto <= self.replay_lsn {
+            return;
+        }
+        self.replay_lsn = upto;
+        self.bad.retain(|b| b.at >= upto);
+        if self.stall.at < upto {
+            self.stall = Stall { at: upto, count: 0 };
+        }
+        self.check_consistency(ctx);
+    }
+
+    /// Announce consistency once replay reaches the minimum recovery point.
+    pub(crate) fn check_consistency(&mut self, ctx: &mut Ctx) {
+        if !self.consistent && self.replay_lsn >= self.min_recovery_point {
+            self.consistent = true;
+            ctx.act(Action::ReachedConsistency {
+                at: self.replay_lsn,
+            });
+        }
+    }
+
+    /// A terminal redo event: ends the outstanding `Replay`. `None` when
+    /// there is none (stale).
+    pub(crate) fn finish_replay(&mut self, ctx: &mut Ctx, event: &Event) -> Option<ReplayEnd> {
+        let (at, check) = match event {
+            Event::EndOfWalReached { at } => (*at, None),
+            Event::InvalidRecord { at, check } => (*at, Some(*check)),
+            _ => return None,
+        };
+        if self.replay_req.is_none() {
+            ctx.because("redo result without a replay request");
+            return None;
+        }
+        self.note_replayed(ctx, at);
+        let req = self.replay_req.take()?;
+        let Some(check) = check else {
+            if let Some(rec) = self
+                .received
+                .as_mut()
+                .filter(|r| Some(r.session) == req.session)
+            {
+                rec.drained_to = rec.drained_to.max(req.upto);
+            }
+            return Some(ReplayEnd::Done(req));
+        };
+        self.mark_bad(ctx, &req, check);
+        Some(ReplayEnd::Invalid(req))
+    }
+
+    fn mark_bad(&mut self, ctx: &mut Ctx, req: &ReplayRequest, check: RecordCheck) {
+        let at = self.replay_lsn;
+        let segno = at.segno(self.config.wal_segment_size);
+        self.bad
+            .retain(|b| !(b.tli == req.tli && b.segno == segno && b.session == req.session));
+        if self.bad.len() >= MAX_BAD_COPIES {
+            self.bad.remove(0);
+        }
+        self.bad.push(BadRecord {
+            at,
+            check,
+            source: req.source,
+            tli: req.tli,
+            segno,
+            session: req.session,
+        });
+        if self.stall.at == at {
+            self.stall.count = self.stall.count.saturating_add(1);
+        } else {
+            self.stall = Stall { at, count: 1 };
+        }
+        ctx.report(Report::InvalidRecord {
+            at,
+            source: req.source,
+            check,
+        });
+    }
+
+    /// An archive-fetcher answer: records its facts and, if it answers the
+    /// outstanding request, takes it. `None` for stale answers.
+    pub(crate) fn take_fetch(
+        &mut self,
+        ctx: &mut Ctx,
+        event: &Event,
+    ) -> Option<(FetchRequest, FetchOutcome)> {
+        let (file, at, outcome) = fetch_answer(event)?;
+        self.fetch_facts(ctx, &file, at, &outcome);
+        let req = FetchRequest { file, at };
+        if self.fetch_req != Some(req) {
+            ctx.because(format!("no outstanding request for {file} ({at:?})"));
+            return None;
+        }
+        self.fetch_req = None;
+        if at == Location::Archive && !matches!(outcome, FetchOutcome::Failed(_)) {
+            self.restore_failures = 0;
+        }
+        Some((req, outcome))
+    }
+
+    fn fetch_facts(&mut self, ctx: &mut Ctx, file: &WalFile, at: Location, outcome: &FetchOutcome) {
+        if let (WalFile::History { tli }, FetchOutcome::Found(Some(h))) = (file, outcome) {
+            self.note_history(ctx, *tli, h);
+        }
+        // A restored copy replaced the file holding the invalid record.
+        let restored = at == Location::Archive && matches!(outcome, FetchOutcome::Found(_));
+        if let (true, WalFile::Segment { tli, segno }) = (restored, file) {
+            self.bad.retain(|b| !(b.tli == *tli && b.segno == *segno));
+        }
+    }
+
+    /// Ask the archive fetcher for `file` at `at`.
+    pub(crate) fn request(&mut self, ctx: &mut Ctx, file: WalFile, at: Location) {
+        self.fetch_req = Some(FetchRequest { file, at });
+        ctx.act(match (file, at) {
+            (WalFile::Segment { tli, segno }, Location::Archive) => {
+                Action::RestoreSegment { tli, segno }
+            }
+            (WalFile::Segment { tli, segno }, Location::Local) => {
+                Action::FindLocalSegment { tli, segno }
+            }
+            (WalFile::History { tli }, Location::Archive) => Action::RestoreHistoryFile { tli },
+            (WalFile::History { tli }, Location::Local) => Action::FindLocalHistoryFile { tli },
+        });
+    }
+
+    /// Ask redo to replay up to `upto`.
+    pub(crate) fn replay(
+        &mut self,
+        ctx: &mut Ctx,
+        source: WalSource,
+        tli: TimelineId,
+        upto: Lsn,
+        session: Option<SessionId>,
+    ) {
+        self.replay_req = Some(ReplayRequest {
+            source,
+            tli,
+            upto,
+            session,
+            for_round: session.is_none(),
+        });
+        ctx.act(Action::Replay { source, tli, upto });
+    }
+
+    /// How far received stream WAL may be replayed, if beyond the replay
+    /// position: the flush position, cut at the timeline's end, on the
+    /// timeline of the replay position, and not at a known invalid record
+    /// of the same session. `live`: only while the session runs.
+    pub(crate) fn stream_limit(&self, live: bool) -> Option<Lsn> {
+        let rec = self.received.as_ref()?;
+        if live && !self.is_current(rec.session) {
+            return None;
+        }
+        if rec.tli != self.timelines.timeline_of(self.replay_lsn) {
+            return None;
+        }
+        let blocked = self.bad.iter().any(|b| {
+            b.source == WalSource::Stream
+                && b.session == Some(rec.session)
+                && b.at == self.replay_lsn
+        });
+        let mut limit = rec.upto;
+        if let Some(end) = rec.ended_at {
+            limit = limit.min(end);
+        }
+        if let Some(end) = self.timelines.end_of(rec.tli) {
+            limit = limit.min(end);
+        }
+        (!blocked && limit > self.replay_lsn && limit > rec.drained_to).then_some(limit)
+    }
+
+    /// Replay received WAL if redo is idle and there is some. Returns
+    /// whether a replay was issued.
+    pub(crate) fn maybe_stream_replay(&mut self, ctx: &mut Ctx, live: bool) -> bool {
+        if self.replay_req.is_some() {
+            return false;
+        }
+        let Some(limit) = self.stream_limit(live) else {
+            return false;
+        };
+        let Some(rec) = &self.received else {
+            return false;
+        };
+        let (tli, session) = (rec.tli, rec.session);
+        self.replay(ctx, WalSource::Stream, tli, limit, Some(session));
+        true
+    }
+
+    /// The stream has nothing more at the replay position: it ended its
+    /// timeline there.
+    pub(crate) fn stream_exhausted_at_end(&self) -> bool {
+        self.replay_req.is_none()
+            && self.received.as_ref().is_some_and(|r| {
+                // After a timeline end nothing more comes: what was flushed
+                // is all there is.
+                let end = r.ended_at.map(|e| e.min(r.upto));
+                self.is_current(r.session)
+                    && end.is_some_and(|e| self.replay_lsn >= e || r.drained_to >= e)
+            })
+    }
+
+    /// The wait before the next round: the retry interval, longer after
+    /// restore_command failures or a ping-pong (reported).
+    pub(crate) fn retry_delay_ms(&self, ctx: &mut Ctx) -> u64 {
+        let c = &self.config;
+        let mut delay = c.wal_retrieve_retry_interval_ms;
+        if self.restore_failures > 0 {
+            delay = delay.max(c.backoff_ms(self.restore_failures));
+        }
+        if self.stall.count >= c.ping_pong_threshold {
+            let over = self.stall.count - c.ping_pong_threshold;
+            delay = delay.max(c.backoff_ms(over + 2));
+            ctx.report(Report::PingPong {
+                at: self.stall.at,
+                count: self.stall.count,
+                retry_in_ms: delay,
+            });
+        }
+        delay
+    }
+
+    /// Whether there is WAL flushed by the walreceiver that replay has not
+    /// applied and could (promotion must replay it first).
+    pub(crate) fn unreplayed_received(&self) -> bool {
+        self.stream_limit(false).is_some()
+    }
+}
+
+/// Whether `event` is an answer of the archive fetcher.
+pub fn is_fetch_answer(event: &Event) -> bool {
+    fetch_answer(event).is_some()
+}
+
+/// The (file, location, outcome) an archive-fetcher event answers.
+fn fetch_answer(event: &Event) -> Option<(WalFile, Location, FetchOutcome)> {
+    use FetchOutcome::{Failed, Found, Missing};
+    use Location::{Archive, Local};
+    let seg = |tli: &TimelineId, segno: &SegNo| WalFile::Segment {
+        tli: *tli,
+        segno: *segno,
+    };
+    Some(match event {
+        Event::SegmentRestored { tli, segno } => (seg(tli, segno), Archive, Found(None)),
+        Event::SegmentNotInArchive { tli, segno } => (seg(tli, segno), Archive, Missing),
+        Event::SegmentFoundLocally { tli, segno } => (seg(tli, segno), Local, Found(None)),
+        Event::SegmentNotFoundLocally { tli, segno } => (seg(tli, segno), Local, Missing),
+        Event::RestoreCommandFailed { file, reason } => (*file, Archive, Failed(reason.clone())),
+        Event::HistoryRestored { tli, history } => (
+            WalFile::History { tli: *tli },
+            Archive,
+            Found(Some(history.clone())),
+        ),
+        Event::HistoryNotInArchive { tli } => (WalFile::History { tli: *tli }, Archive, Missing),
+        Event::HistoryFoundLocally { tli, history } => (
+            WalFile::History { tli: *tli },
+            Local,
+            Found(Some(history.clone())),
+        ),
+        Event::HistoryNotFoundLocally { tli } => (WalFile::History { tli: *tli }, Local, Missing),
+        _ => return None,
+    })
+}

@@ -1,0 +1,720 @@
+//! Named scenarios of the recovery machine: an event list in, a trace of
+//! states and actions out (one line per event), snapshot-tested with insta.
+//! Each also asserts the facts it is about, so a snapshot update cannot
+//! silently accept a wrong behaviour.
+
+mod common;
+
+use common::*;
+use walrep_states::history::TimelineHistory;
+use walrep_states::recovery::{
+    Action, Event, PromotionStep, RecordCheck, RecoveryConfig, Report, StateKind,
+};
+use walrep_states::{Lsn, TimelineId};
+
+/// The scenarios, each returning its played trace.
+pub mod play {
+    use super::*;
+
+    pub fn both() -> RecoveryConfig {
+        RecoveryConfig::default()
+    }
+
+    /// Start at 0/2000028 on timeline 1 and finish the timeline rescan
+    /// (no 00000002.history anywhere).
+    pub fn standby_started(config: RecoveryConfig) -> Scenario {
+        let mut s = Scenario::new(config);
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s
+    }
+
+    /// Streaming from segment 2, connected, nothing replayed beyond the start.
+    pub fn streaming(config: RecoveryConfig) -> Scenario {
+        let mut s = standby_started(config);
+        s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
+        let sid = s.session();
+        s.ev(connected(sid, 1, at(3, 0x1000)));
+        s
+    }
+
+    pub fn archive_only_to_end() -> Scenario {
+        let mut s = standby_started(archive_only());
+        s.ev(restored(1, 2)).ev(eow(seg(3)));
+        s.ev(restored(1, 3)).ev(eow(at(3, SEG - 0x18)));
+        assert!(s.emitted(|a| matches!(a, Action::RestoreSegment { segno, .. } if segno.0 == 4)));
+        s.ev(not_in_archive(1, 4)).ev(not_local(1, 4));
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        assert!(
+            !s.emitted(|a| matches!(a, Action::StartWalReceiver { .. })),
+            "no stream configured"
+        );
+        s.wait(5000).timer();
+        assert_eq!(s.state(), StateKind::ArchiveRecovery);
+        s.ev(no_history(2)).ev(no_local_history(2));
+        // The record crossing into segment 4 needs segment 3 again: rounds
+        // start at the replay position's segment.
+        s.ev(restored(1, 3)).ev(eow(at(3, SEG - 0x18)));
+        s.ev(restored(1, 4)).ev(eow(seg(5)));
+        assert_eq!(s.core.status().replay_lsn, seg(5));
+        s
+    }
+
+    pub fn archive_gap_then_streaming() -> Scenario {
+        let mut s = standby_started(both());
+        s.ev(restored(1, 2)).ev(eow(seg(3)));
+        s.ev(not_in_archive(1, 3)).ev(not_local(1, 3));
+        assert!(s.emitted(
+            |a| matches!(a, Action::StartWalReceiver { from, tli, .. } if *from == seg(3) && *tli == TimelineId(1))
+        ));
+        let sid = s.session();
+        s.ev(connected(sid, 1, at(4, 0x2000)));
+        assert_eq!(s.state(), StateKind::Streaming);
+        s.ev(flushed(sid, 1, at(3, 0x8000)));
+        assert!(s.emitted(|a| matches!(a, Action::Replay { upto, .. } if *upto == at(3, 0x8000))));
+        s.ev(flushed(sid, 1, at(3, 0x9000)));
+        assert!(s.actions.is_empty(), "one replay at a time");
+        s.ev(eow(at(3, 0x8000)));
+        assert!(s.emitted(|a| matches!(a, Action::Replay { upto, .. } if *upto == at(3, 0x9000))));
+        s.ev(eow(at(3, 0x9000)));
+        s
+    }
+
+    pub fn stream_lost_and_regained() -> Scenario {
+        let mut s = streaming(both());
+        let first = s.session();
+        s.ev(flushed(first, 1, at(2, 0x9000)))
+            .ev(eow(at(2, 0x9000)));
+        s.wait(60_000).ev(lost(first));
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        // The last round began long ago: the archive is retried at once.
+        s.timer();
+        s.ev(no_history(2)).ev(no_local_history(2));
+        // wal/ has what the walreceiver wrote; its end is zeroes.
+        s.ev(not_in_archive(1, 2)).ev(local(1, 2));
+        s.ev(invalid(at(2, 0x9000), RecordCheck::Zeroes));
+        let second = s.session();
+        assert_ne!(first, second);
+        // A late event of the old session changes nothing.
+        s.ev(flushed(first, 1, at(2, 0xA000)));
+        assert!(s.actions.is_empty());
+        s.ev(connected(second, 1, at(3, 0)));
+        s.ev(flushed(second, 1, at(2, 0xB000)))
+            .ev(eow(at(2, 0xB000)));
+        assert_eq!(s.core.status().replay_lsn, at(2, 0xB000));
+        s
+    }
+
+    pub fn upstream_timeline_switch_followed() -> Scenario {
+        let mut s = streaming(both());
+        let sid = s.session();
+        let switch = at(2, 0x7000);
+        s.ev(flushed(sid, 1, switch));
+        s.ev(Event::TimelineEnded {
+            session: sid,
+            tli: TimelineId(1),
+            next_tli: TimelineId(2),
+            switch_point: switch,
+        });
+        s.ev(Event::HistoryReceived {
+            session: sid,
+            tli: TimelineId(2),
+            history: history_after(&TimelineHistory::root(TimelineId(1)), 2, switch),
+        });
+        s.ev(eow(switch));
+        assert_eq!(s.state(), StateKind::ArchiveRecovery);
+        assert_eq!(s.core.status().target_tli, TimelineId(2));
+        s.ev(no_history(3)).ev(no_local_history(3));
+        // The fork segment is read from the new timeline's copy.
+        assert!(s.emitted(
+            |a| matches!(a, Action::RestoreSegment { tli, segno } if tli.0 == 2 && segno.0 == 2)
+        ));
+        s.ev(not_in_archive(2, 2)).ev(not_local(2, 2));
+        assert!(s.emitted(|a| matches!(a, Action::StartWalReceiver { tli, from, .. } if tli.0 == 2 && *from == seg(2))));
+        let next = s.session();
+        s.ev(connected(next, 2, at(2, 0x9000)));
+        s.ev(flushed(next, 2, at(2, 0x9000))).ev(eow(at(2, 0x9000)));
+        assert_eq!(s.core.status().replay_lsn, at(2, 0x9000));
+        s
+    }
+
+    pub fn timeline_forked_before_replay_is_not_followed() -> Scenario {
+        let mut s = Scenario::new(both());
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
+        let forked_early = history_after(&TimelineHistory::root(TimelineId(1)), 2, at(2, 0x10));
+        s.ev(Event::HistoryRestored {
+            tli: TimelineId(2),
+            history: forked_early,
+        });
+        s.ev(no_history(3)).ev(no_local_history(3));
+        assert!(s.emitted(|a| matches!(
+            a,
+            Action::Report {
+                report: Report::TimelineForkedBeforeReplay { .. }
+            }
+        )));
+        assert_eq!(s.core.status().target_tli, TimelineId(1));
+        assert_eq!(s.core.status().highest_seen_tli, TimelineId(2));
+        s
+    }
+
+    pub fn corrupt_segment_from_the_archive() -> Scenario {
+        let mut s = standby_started(both());
+        s.ev(restored(1, 2)).ev(Event::WalReplayed {
+            upto: at(2, 0x4000),
+        });
+        s.ev(invalid(at(2, 0x4000), RecordCheck::Crc));
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        assert_eq!(s.core.status().replay_lsn, at(2, 0x4000));
+        // The stream re-sends the segment from its start; its copy is good.
+        let sid = s.session();
+        s.ev(connected(sid, 1, at(3, 0)));
+        s.ev(flushed(sid, 1, at(2, 0x3000)));
+        assert!(s.actions.is_empty(), "not past the replay position yet");
+        s.ev(flushed(sid, 1, at(2, 0x6000)));
+        assert!(s.emitted(|a| matches!(
+            a,
+            Action::Replay {
+                source: walrep_states::recovery::WalSource::Stream,
+                ..
+            }
+        )));
+        s.ev(eow(at(2, 0x6000)));
+        assert_eq!(s.core.status().replay_lsn, at(2, 0x6000));
+        s
+    }
+
+    /// Found by the simulator (SIM_SEED=127935): the newest timeline's
+    /// copy of the fork segment is corrupt before the fork point; the
+    /// parent timeline's copy holds the same WAL up to the fork, so it is
+    /// read next instead of giving up.
+    pub fn corrupt_fork_segment_falls_back_to_the_parent_copy() -> Scenario {
+        let mut s = Scenario::new(archive_only());
+        let fork = at(3, 0x80_0000);
+        let h2 = history_after(&TimelineHistory::root(TimelineId(1)), 2, fork);
+        s.ev(Event::RecoveryStarted {
+            redo_lsn: at(3, 0x28),
+            tli: TimelineId(2),
+            history: h2,
+            min_recovery_point: at(3, 0x28),
+            crash_recovery_first: false,
+        });
+        s.ev(no_history(3)).ev(no_local_history(3));
+        s.ev(restored(2, 3))
+            .ev(invalid(at(3, 0x40_0000), RecordCheck::Crc));
+        assert_eq!(s.state(), StateKind::ArchiveRecovery, "not exhausted yet");
+        assert!(s.emitted(|a| matches!(a, Action::RestoreSegment { tli, .. } if tli.0 == 1)));
+        s.ev(not_in_archive(1, 3)).ev(local(1, 3));
+        assert!(s.emitted(
+            |a| matches!(a, Action::Replay { tli, upto, .. } if tli.0 == 1 && *upto == fork)
+        ));
+        s.ev(eow(fork));
+        // Past the fork: the new timeline's copy again, fetched afresh.
+        assert!(s.emitted(|a| matches!(a, Action::RestoreSegment { tli, .. } if tli.0 == 2)));
+        s.ev(restored(2, 3)).ev(eow(seg(4)));
+        assert_eq!(s.core.status().replay_lsn, seg(4));
+        s
+    }
+
+    pub fn corrupt_record_on_the_stream() -> Scenario {
+        let mut s = streaming(both());
+        let sid = s.session();
+        s.ev(flushed(sid, 1, at(2, 0x9000)));
+        s.ev(invalid(at(2, 0x5000), RecordCheck::PrevLink));
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        assert!(s.emitted(|a| matches!(a, Action::StopWalReceiver { .. })));
+        s.timer();
+        s.ev(no_history(2)).ev(no_local_history(2));
+        // The archive now has segment 2 (the upstream archived it): its copy
+        // replaces the bad one.
+        s.ev(restored(1, 2)).ev(eow(seg(3)));
+        assert_eq!(s.core.status().replay_lsn, seg(3));
+        s
+    }
+
+    pub fn restore_command_failing_backs_off() -> Scenario {
+        let mut s = Scenario::new(archive_only());
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            s.ev(Event::RestoreCommandFailed {
+                file: walrep_states::recovery::WalFile::History { tli: TimelineId(2) },
+                reason: "restore_command killed by signal 9".into(),
+            });
+            s.ev(no_local_history(2));
+            s.ev(not_local(1, 2));
+            let delay = s.actions.iter().find_map(|a| match a {
+                Action::ArmRetry { delay_ms } => Some(*delay_ms),
+                _ => None,
+            });
+            delays.push(delay.expect("a retry is armed"));
+            s.timer();
+        }
+        assert_eq!(delays, vec![5_000, 10_000, 20_000, 40_000, 60_000]);
+        assert_eq!(s.core.status().restore_failures, 5);
+        // One good answer resets the count.
+        s.ev(no_history(2));
+        assert_eq!(s.core.status().restore_failures, 0);
+        s
+    }
+
+    pub fn segment_missing_retries_at_the_interval() -> Scenario {
+        let mut s = Scenario::new(archive_only());
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            s.ev(no_history(2)).ev(no_local_history(2));
+            s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
+            delays.push(s.actions.iter().find_map(|a| match a {
+                Action::ArmRetry { delay_ms } => Some(*delay_ms),
+                _ => None,
+            }));
+            s.timer();
+        }
+        assert_eq!(delays, vec![Some(5_000); 4]);
+        assert_eq!(s.core.status().restore_failures, 0);
+        s
+    }
+
+    pub fn ping_pong_between_archive_and_stream_is_detected() -> Scenario {
+        let mut s = standby_started(both());
+        let bad = at(2, 0x4000);
+        let mut pingpong_reported = false;
+        for round in 0..3 {
+            if round > 0 {
+                s.ev(no_history(2)).ev(no_local_history(2));
+            }
+            s.ev(restored(1, 2)).ev(Event::WalReplayed { upto: bad });
+            s.ev(invalid(bad, RecordCheck::Crc));
+            let sid = s.session();
+            s.ev(connected(sid, 1, at(3, 0)));
+            s.ev(flushed(sid, 1, at(2, 0x8000)));
+            s.ev(invalid(bad, RecordCheck::Crc));
+            pingpong_reported |= s.emitted(|a| {
+                matches!(a, Action::Report { report: Report::PingPong { at, .. } } if *at == bad)
+            });
+            s.timer();
+        }
+        assert!(pingpong_reported, "ping-pong reported\n{}", s.render());
+        assert_eq!(
+            s.core.status().replay_lsn,
+            bad,
+            "nothing past the bad record"
+        );
+        assert_eq!(s.core.status().invalid_at_replay, 6);
+        s
+    }
+
+    /// Drive promotion from the first probe to `Promoted`.
+    pub fn finish_promotion(s: &mut Scenario, new: u32) {
+        s.ev(no_history(new)).ev(no_local_history(new));
+        assert!(s.emitted(|a| matches!(a, Action::WriteHistoryFile { tli, .. } if tli.0 == new)));
+        s.ev(Event::HistoryFileWritten {
+            tli: TimelineId(new),
+        });
+        let end = s.core.status().replay_lsn;
+        s.ev(Event::EndOfRecoveryWritten {
+            tli: TimelineId(new),
+            end: Lsn(end.0 + 0x28),
+        });
+        assert_eq!(s.state(), StateKind::Promoted);
+        assert!(s.emitted(|a| matches!(a, Action::AcceptWrites { tli } if tli.0 == new)));
+    }
+
+    pub fn promote_in_archive_recovery() -> Scenario {
+        let mut s = standby_started(both());
+        s.ev(restored(1, 2));
+        s.ev(promote());
+        assert_eq!(s.state(), StateKind::Promoting);
+        // The segment being replayed is finished, then the archive is asked
+        // once more for what follows.
+        s.ev(eow(seg(3)));
+        s.ev(not_in_archive(1, 3)).ev(not_local(1, 3));
+        finish_promotion(&mut s, 2);
+        s
+    }
+
+    pub fn promote_in_retrying_archive_while_backing_off() -> Scenario {
+        let mut s = Scenario::new(archive_only());
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
+        s.ev(Event::RestoreCommandFailed {
+            file: walrep_states::recovery::WalFile::History { tli: TimelineId(2) },
+            reason: "timed out after 60s".into(),
+        });
+        s.ev(no_local_history(2)).ev(not_local(1, 2));
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        s.wait(1000).ev(promote());
+        assert_eq!(
+            s.state(),
+            StateKind::Promoting,
+            "no waiting for the back-off"
+        );
+        s.ev(Event::RestoreCommandFailed {
+            file: walrep_states::recovery::WalFile::Segment {
+                tli: TimelineId(1),
+                segno: walrep_states::SegNo(2),
+            },
+            reason: "timed out after 60s".into(),
+        });
+        s.ev(not_local(1, 2));
+        finish_promotion(&mut s, 2);
+        s
+    }
+
+    pub fn promote_in_streaming() -> Scenario {
+        let mut s = streaming(both());
+        let sid = s.session();
+        s.ev(flushed(sid, 1, at(2, 0x9000))).ev(eow(at(2, 0x9000)));
+        s.ev(promote());
+        assert!(s.emitted(|a| matches!(a, Action::StopWalReceiver { session } if *session == sid)));
+        s.ev(stopped(sid, at(2, 0x9000)));
+        // Then archive and wal/ once: wal/ has the streamed segment; its end
+        // is zeroes.
+        s.ev(not_in_archive(1, 2)).ev(local(1, 2));
+        s.ev(invalid(at(2, 0x9000), RecordCheck::Zeroes));
+        finish_promotion(&mut s, 2);
+        s
+    }
+
+    pub fn promote_in_crash_recovery() -> Scenario {
+        let mut s = Scenario::new(both());
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), true));
+        assert_eq!(s.state(), StateKind::CrashRecovery);
+        // `latest` is resolved first (wal/ only in crash recovery).
+        s.ev(no_local_history(2));
+        s.ev(local(1, 2));
+        s.ev(promote());
+        s.ev(eow(seg(3)));
+        s.ev(restored(1, 3)).ev(eow(at(3, 0x500)));
+        s.ev(not_in_archive(1, 4)).ev(not_local(1, 4));
+        assert_eq!(s.core.status().replay_lsn, at(3, 0x500));
+        finish_promotion(&mut s, 2);
+        s
+    }
+
+    pub fn promote_while_wal_is_still_arriving() -> Scenario {
+        let mut s = streaming(both());
+        let sid = s.session();
+        s.ev(flushed(sid, 1, at(2, 0x9000)));
+        s.ev(promote());
+        // The walreceiver flushes more before it stops; all of it is replayed.
+        s.ev(flushed(sid, 1, at(2, 0xA000)));
+        s.ev(Event::WalReplayed {
+            upto: at(2, 0x6000),
+        });
+        s.ev(stopped(sid, at(2, 0xC000)));
+        assert!(s.actions.is_empty(), "redo is still busy");
+        s.ev(eow(at(2, 0x9000)));
+        assert!(s.emitted(|a| matches!(a, Action::Replay { upto, .. } if *upto == at(2, 0xC000))));
+        s.ev(eow(at(2, 0xC000)));
+        s.ev(not_in_archive(1, 2)).ev(local(1, 2));
+        s.ev(invalid(at(2, 0xC000), RecordCheck::Zeroes));
+        finish_promotion(&mut s, 2);
+        assert_eq!(s.core.status().replay_lsn, at(2, 0xC000));
+        s
+    }
+
+    /// Found by the simulator (SIM_SEED=26349): promotion right after a
+    /// restart must still resolve `recovery_target_timeline = latest`
+    /// first, or recovery ends on the old timeline below its consistent
+    /// point although the newer timeline's WAL is there.
+    pub fn promote_during_the_first_rescan_follows_latest() -> Scenario {
+        let mut s = Scenario::new(archive_only());
+        s.ev(started(at(2, 0x28), 1, at(3, 0x8000), false));
+        s.ev(promote());
+        let h2 = history_after(&TimelineHistory::root(TimelineId(1)), 2, seg(3));
+        s.ev(Event::HistoryRestored {
+            tli: TimelineId(2),
+            history: h2,
+        });
+        s.ev(no_history(3)).ev(no_local_history(3));
+        assert_eq!(s.core.status().target_tli, TimelineId(2));
+        s.ev(restored(1, 2)).ev(eow(seg(3)));
+        assert!(s.emitted(
+            |a| matches!(a, Action::RestoreSegment { tli, segno } if tli.0 == 2 && segno.0 == 3)
+        ));
+        s.ev(restored(2, 3)).ev(eow(at(3, 0x9000)));
+        s.ev(not_in_archive(2, 4)).ev(not_local(2, 4));
+        finish_promotion(&mut s, 3);
+        assert_eq!(s.core.status().replay_lsn, at(3, 0x9000));
+        s
+    }
+
+    pub fn promotion_picks_a_timeline_above_the_archive() -> Scenario {
+        let mut s = streaming(both());
+        let sid = s.session();
+        // The upstream knows timeline 2 exists (another standby promoted).
+        s.ev(Event::HistoryReceived {
+            session: sid,
+            tli: TimelineId(2),
+            history: history_after(&TimelineHistory::root(TimelineId(1)), 2, at(9, 0)),
+        });
+        s.ev(promote()).ev(stopped(sid, at(2, 0x28)));
+        s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
+        // Probing starts above timeline 2; the archive has 3.history.
+        assert!(s.emitted(|a| matches!(a, Action::RestoreHistoryFile { tli } if tli.0 == 3)));
+        let h3 = history_after(
+            &history_after(&TimelineHistory::root(TimelineId(1)), 2, at(9, 0)),
+            3,
+            at(12, 0),
+        );
+        s.ev(Event::HistoryRestored {
+            tli: TimelineId(3),
+            history: h3,
+        });
+        finish_promotion(&mut s, 4);
+        s
+    }
+
+    pub fn promotion_before_the_consistent_point_is_fatal() -> Scenario {
+        let mut s = Scenario::new(archive_only());
+        s.ev(started(at(2, 0x28), 1, at(5, 0), false));
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s.ev(restored(1, 2));
+        s.ev(promote()).ev(eow(seg(3)));
+        s.ev(not_in_archive(1, 3)).ev(not_local(1, 3));
+        assert_eq!(s.state(), StateKind::Stopped);
+        assert!(s.emitted(|a| matches!(
+            a,
+            Action::Exit {
+                reason: walrep_states::recovery::ExitReason::Fatal { .. }
+            }
+        )));
+        s
+    }
+
+    pub fn promotion_step_failure_stops_recovery() -> Scenario {
+        let mut s = Scenario::new(archive_only());
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
+        s.ev(promote());
+        // The first rescan (resolving `latest`) completes during promotion.
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s.ev(Event::PromotionStepFailed {
+            step: PromotionStep::WriteEndOfRecovery,
+            reason: "not being executed".into(),
+        });
+        assert_eq!(
+            s.state(),
+            StateKind::Promoting,
+            "an unsolicited failure is ignored"
+        );
+        s.ev(Event::PromotionStepFailed {
+            step: PromotionStep::WriteHistoryFile,
+            reason: "fsync failed: EIO".into(),
+        });
+        assert_eq!(s.state(), StateKind::Stopped);
+        s
+    }
+
+    pub fn restart_from_a_restartpoint() -> Scenario {
+        // The standby stopped at 0/5000100 after a restartpoint whose redo is
+        // 0/3000060; pages up to 0/5000100 may be on disk, so reads must wait
+        // until replay is back there.
+        let mut s = Scenario::new(both());
+        s.ev(started(at(3, 0x60), 1, at(5, 0x100), false));
+        assert!(!s.core.status().consistent);
+        s.ev(no_history(2)).ev(no_local_history(2));
+        assert!(s.emitted(|a| matches!(a, Action::RestoreSegment { segno, .. } if segno.0 == 3)));
+        // The archive lags: wal/ still has the segments the walreceiver wrote.
+        s.ev(not_in_archive(1, 3)).ev(local(1, 3)).ev(eow(seg(4)));
+        s.ev(restored(1, 4)).ev(eow(seg(5)));
+        assert!(!s.core.status().consistent);
+        s.ev(not_in_archive(1, 5)).ev(local(1, 5));
+        s.ev(Event::WalReplayed { upto: at(5, 0x100) });
+        assert!(s.core.status().consistent);
+        assert!(s.emitted(|a| matches!(a, Action::ReachedConsistency { .. })));
+        s.ev(invalid(at(5, 0x180), RecordCheck::Zeroes));
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        s
+    }
+
+    pub fn crash_recovery_then_archive_recovery() -> Scenario {
+        let mut s = Scenario::new(both());
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), true));
+        s.ev(no_local_history(2));
+        s.ev(local(1, 2)).ev(eow(seg(3)));
+        s.ev(local(1, 3))
+            .ev(invalid(at(3, 0x7000), RecordCheck::Length));
+        assert_eq!(s.state(), StateKind::ArchiveRecovery);
+        s.ev(no_history(2)).ev(no_local_history(2));
+        // The torn local file is not read again; the archive is asked.
+        s.ev(not_in_archive(1, 3));
+        assert_eq!(
+            s.state(),
+            StateKind::RetryingArchive,
+            "local copy is known bad"
+        );
+        s
+    }
+
+    pub fn upstream_behind_our_timeline_is_refused() -> Scenario {
+        let mut s = Scenario::new(both());
+        let h2 = history_after(&TimelineHistory::root(TimelineId(1)), 2, at(2, 0));
+        s.ev(Event::RecoveryStarted {
+            redo_lsn: at(3, 0x28),
+            tli: TimelineId(2),
+            history: h2,
+            min_recovery_point: at(3, 0x28),
+            crash_recovery_first: false,
+        });
+        s.ev(no_history(3)).ev(no_local_history(3));
+        s.ev(not_in_archive(2, 3)).ev(not_local(2, 3));
+        let sid = s.session();
+        s.ev(connected(sid, 1, at(9, 0)));
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        assert!(s.emitted(|a| matches!(a, Action::StopWalReceiver { .. })));
+        s
+    }
+
+    pub fn walreceiver_that_never_connects_is_stopped() -> Scenario {
+        let mut s = standby_started(both());
+        s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
+        // Retry at 5 s, but the walreceiver has until its 10 s connect timeout.
+        assert_eq!(s.core.poll_timeout(), Some(walrep_states::Millis(10_000)));
+        s.wait(5_000).ev(Event::TimerFired);
+        assert_eq!(s.state(), StateKind::RetryingArchive, "timer not due");
+        s.timer();
+        assert_eq!(s.state(), StateKind::ArchiveRecovery);
+        assert!(s.emitted(|a| matches!(a, Action::StopWalReceiver { .. })));
+        s
+    }
+}
+
+/// A machine in each state, then `ShutdownRequested`.
+#[test]
+fn shutdown_in_each_state() {
+    let mut all = String::new();
+    let mut reached = Vec::new();
+    for target in StateKind::ALL {
+        let mut s = machine_in(target);
+        assert_eq!(s.state(), target);
+        s.ev(Event::ShutdownRequested);
+        assert_eq!(s.state(), StateKind::Stopped, "from {target}");
+        let stops_receiver = s.emitted(|a| matches!(a, Action::StopWalReceiver { .. }));
+        if matches!(target, StateKind::Streaming | StateKind::RetryingArchive) {
+            assert!(stops_receiver, "{target} stops its walreceiver");
+        }
+        reached.push(target);
+        all.push_str(&format!("== shutdown in {target}\n"));
+        all.push_str(&s.trace.last().map(|t| t.to_string()).unwrap_or_default());
+        all.push('\n');
+    }
+    assert_eq!(reached.len(), 8);
+    insta::assert_snapshot!("shutdown_in_each_state", all);
+}
+
+/// A scenario that ends in `state`.
+fn machine_in(state: StateKind) -> Scenario {
+    match state {
+        StateKind::Starting => Scenario::new(play::both()),
+        StateKind::CrashRecovery => {
+            let mut s = Scenario::new(play::both());
+            s.ev(started(at(2, 0x28), 1, at(2, 0x28), true));
+            s
+        }
+        StateKind::ArchiveRecovery => play::standby_started(play::both()),
+        StateKind::RetryingArchive => {
+            let mut s = play::standby_started(play::both());
+            s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
+            s
+        }
+        StateKind::Streaming => play::streaming(play::both()),
+        StateKind::Promoting => {
+            let mut s = play::streaming(play::both());
+            s.ev(promote());
+            s
+        }
+        StateKind::Promoted => {
+            let mut s = Scenario::new(archive_only());
+            s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
+            s.ev(promote()).ev(no_history(2)).ev(no_local_history(2));
+            s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
+            play::finish_promotion(&mut s, 2);
+            s
+        }
+        StateKind::Stopped => {
+            let mut s = Scenario::new(play::both());
+            s.ev(Event::ShutdownRequested);
+            s
+        }
+    }
+}
+
+/// One snapshot test per scenario, and the list of all of them.
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let s = play::$name();
+                insta::assert_snapshot!(stringify!($name), s.render());
+            }
+        )*
+        /// Every named scenario.
+        pub const ALL: &[(&str, fn() -> Scenario)] = &[$((stringify!($name), play::$name)),*];
+    };
+}
+
+scenarios!(
+    archive_only_to_end,
+    archive_gap_then_streaming,
+    stream_lost_and_regained,
+    upstream_timeline_switch_followed,
+    timeline_forked_before_replay_is_not_followed,
+    corrupt_segment_from_the_archive,
+    corrupt_record_on_the_stream,
+    corrupt_fork_segment_falls_back_to_the_parent_copy,
+    restore_command_failing_backs_off,
+    segment_missing_retries_at_the_interval,
+    ping_pong_between_archive_and_stream_is_detected,
+    promote_in_archive_recovery,
+    promote_in_retrying_archive_while_backing_off,
+    promote_in_streaming,
+    promote_in_crash_recovery,
+    promote_while_wal_is_still_arriving,
+    promotion_picks_a_timeline_above_the_archive,
+    promote_during_the_first_rescan_follows_latest,
+    promotion_before_the_consistent_point_is_fatal,
+    promotion_step_failure_stops_recovery,
+    restart_from_a_restartpoint,
+    crash_recovery_then_archive_recovery,
+    upstream_behind_our_timeline_is_refused,
+    walreceiver_that_never_connects_is_stopped,
+);
+
+/// The explored graph contains every state and every edge the scenarios
+/// take: the diagrams drawn from it show everything the scenarios do.
+#[test]
+fn explored_graph_covers_every_scenario_edge() {
+    let graph = walrep_states::recovery::explore::explore_standby();
+    assert!(graph.violations.is_empty(), "{:#?}", graph.violations);
+    assert_eq!(
+        graph.states.len(),
+        StateKind::ALL.len(),
+        "{:?}",
+        graph.states
+    );
+    let mut traces: Vec<(String, Scenario)> =
+        ALL.iter().map(|(n, f)| (n.to_string(), f())).collect();
+    for state in StateKind::ALL {
+        let mut s = machine_in(state);
+        s.ev(Event::ShutdownRequested);
+        traces.push((format!("shutdown in {state}"), s));
+    }
+    let mut missing = Vec::new();
+    for (name, s) in &traces {
+        for t in &s.trace {
+            if !graph.has_edge(t.from, t.event.kind(), t.to) {
+                missing.push(format!("{name}: {t}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "edges not in the explored graph:\n{}",
+        missing.join("\n")
+    );
+    assert!(ALL.len() >= 15);
+}

@@ -1,0 +1,676 @@
+//! The walreceiver against a real walrep primary (in-process) and against
+//! the in-memory source: segments streamed into an empty `wal/` equal the
+//! primary's byte for byte; status replies carry flush and the apply
+//! position the redo loop sets; another system, the node itself and an
+//! upstream behind our timeline are refused with no WAL written; a
+//! timeline switch is reported and followed on the same connection; a
+//! silent upstream times out after a ping; an fsync failure ends the
+//! session for good.
+
+mod repl_support;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver};
+use repl_support::*;
+use walrep::node::{RunningNode, StartOptions};
+use walrep::replication::pgwire::{
+    BackendMessage, FieldDescription, FrontendMessage, MessageReader, StandbyMessage,
+    TransactionStatus,
+};
+use walrep::replication::server::ServerOptions;
+use walrep::replication::source::ReplicationSource;
+use walrep::standby::receiver::{
+    start, ReceiverConfig, ReceiverError, ReceiverEvent, ReceiverShared, ReceiverState,
+};
+use walrep::wal::{FaultyIo, SegmentDir, StdIo, WalIo};
+use walrep::{Lsn, SegNo, TimelineId, WalSegSize};
+
+const SEG: u64 = 1 << 20;
+
+fn seg_size() -> WalSegSize {
+    WalSegSize::new(SEG).unwrap()
+}
+
+/// A primary running in this process, stopped when dropped.
+struct Primary(Option<RunningNode>);
+
+impl Primary {
+    fn start(dir: &Path) -> Primary {
+        walrep::node::init::init(dir, seg_size()).unwrap();
+        let opts = StartOptions {
+            overrides: vec![
+                "port=0".into(),
+                "replication_port=0".into(),
+                "checkpoint_timeout=1h".into(),
+            ],
+        };
+        Primary(Some(RunningNode::start(dir, &opts).unwrap()))
+    }
+    fn node(&self) -> &Arc<walrep::node::Node> {
+        &self.0.as_ref().unwrap().node
+    }
+    fn conninfo(&self, app: &str) -> String {
+        let port = self.node().ports.lock().unwrap().replication;
+        format!("host=127.0.0.1 port={port} user=walrep application_name={app}")
+    }
+    fn write(&self, bytes: usize) {
+        let addr = self.0.as_ref().unwrap().redis_addr().unwrap();
+        let mut c = redis::Client::open(format!("redis://{addr}/"))
+            .unwrap()
+            .get_connection_with_timeout(DEADLINE)
+            .unwrap();
+        let v = vec![b'w'; 8192];
+        for i in 0..bytes / 8192 {
+            let _: () = redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg(&v)
+                .query(&mut c)
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Primary {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.take() {
+            let _ = n.stop();
+        }
+    }
+}
+
+fn standby_segdir(dir: &Path, io: Arc<dyn WalIo>) -> Arc<SegmentDir> {
+    std::fs::create_dir_all(dir).unwrap();
+    Arc::new(SegmentDir::open(dir, seg_size(), io).unwrap())
+}
+
+fn config(conninfo: String, segdir: Arc<SegmentDir>, start: Lsn, system_id: u64) -> ReceiverConfig {
+    ReceiverConfig {
+        conninfo,
+        slot_name: None,
+        start,
+        tli: TimelineId(1),
+        system_id,
+        instance_id: 0x1234,
+        segdir,
+        archive_always: false,
+        status_interval: Some(Duration::from_millis(200)),
+        timeout: Some(Duration::from_secs(30)),
+        hot_standby_feedback: false,
+        connect_timeout: DEADLINE,
+        restart_wait: DEADLINE,
+    }
+}
+
+/// The next event matching `want`, skipping others (WalFlushed progress).
+fn expect(
+    rx: &Receiver<ReceiverEvent>,
+    what: &str,
+    want: impl Fn(&ReceiverEvent) -> bool,
+) -> ReceiverEvent {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+        if want(&ev) {
+            return ev;
+        }
+        if let ReceiverEvent::StreamLost { reason, .. } = &ev {
+            panic!("stream lost while waiting for {what}: {reason}");
+        }
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    file_names(dir)
+        .into_iter()
+        .filter(|f| f.len() == 24)
+        .collect()
+}
+
+#[test]
+fn streams_byte_identical_segments_and_reports_flush_and_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let primary = Primary::start(&tmp.path().join("primary"));
+    let node = primary.node();
+    let (system_id, redo) = {
+        let c = node.control();
+        (c.system_identifier, c.redo_lsn)
+    };
+    primary.write(1 << 20);
+    let standby_wal = tmp.path().join("standby_wal");
+    let segdir = standby_segdir(&standby_wal, Arc::new(StdIo));
+    let shared = ReceiverShared::new();
+    let (tx, rx) = bounded(64);
+    let mut h = start(
+        1,
+        config(primary.conninfo("s1"), segdir, redo, system_id),
+        tx,
+        shared.clone(),
+    )
+    .unwrap();
+    let connected = expect(&rx, "StreamConnected", |e| {
+        matches!(e, ReceiverEvent::StreamConnected { .. })
+    });
+    assert!(matches!(
+        connected,
+        ReceiverEvent::StreamConnected {
+            session: 1,
+            upstream_tli: TimelineId(1),
+            ..
+        }
+    ));
+    primary.write(3 << 20);
+    let target = node.wal().unwrap().flushed();
+    expect(
+        &rx,
+        "WalFlushed past the primary's flush",
+        |e| matches!(e, ReceiverEvent::WalFlushed { session: 1, tli: TimelineId(1), upto } if *upto >= target),
+    );
+    assert_eq!(shared.state(), ReceiverState::Streaming);
+    let (_, flushed) = shared.flushed();
+    assert!(flushed >= target);
+    // Byte for byte, up to what was flushed; completed segments are .done.
+    let primary_wal = tmp.path().join("primary/wal");
+    let first = redo.segno(seg_size()).0;
+    let last = flushed.segno(seg_size()).0;
+    assert!(
+        last >= first + 3,
+        "expected several segments, got {first}..={last}"
+    );
+    for s in first..=last {
+        let name = SegNo(s).file_name(TimelineId(1), seg_size());
+        let ours = std::fs::read(standby_wal.join(&name)).unwrap();
+        let theirs = std::fs::read(primary_wal.join(&name)).unwrap();
+        let n = if s < last {
+            SEG as usize
+        } else {
+            flushed.segment_offset(seg_size()) as usize
+        };
+        assert!(
+            ours[..n] == theirs[..n],
+            "segment {name} differs from the primary's"
+        );
+        if s < last {
+            assert!(
+                standby_wal
+                    .join(format!("archive_status/{name}.done"))
+                    .exists(),
+                "{name}.done"
+            );
+        }
+    }
+    // The primary sees our flush, and the apply position the redo loop sets.
+    let registry = node.registry().unwrap();
+    let reported = |f: &dyn Fn(&walrep::replication::registry::WalSenderStatus) -> bool| {
+        registry
+            .snapshot()
+            .iter()
+            .any(|s| s.application_name == "s1" && f(s))
+    };
+    wait_until("the primary to see our flush position", || {
+        reported(&|s| s.flush_lsn >= target)
+    });
+    let apply = Lsn(target.0 - 100);
+    shared.set_apply(apply);
+    shared.request_reply();
+    wait_until("the primary to see our apply position", || {
+        reported(&|s| s.apply_lsn == apply)
+    });
+    // stop: bounded, returns the flush position, reported last.
+    let stopped_at = h.stop();
+    assert_eq!(stopped_at, shared.flushed().1);
+    let last_ev = expect(&rx, "WalReceiverStopped", |e| {
+        matches!(e, ReceiverEvent::WalReceiverStopped { .. })
+    });
+    assert_eq!(
+        last_ev,
+        ReceiverEvent::WalReceiverStopped {
+            session: 1,
+            flushed: stopped_at
+        }
+    );
+    drop(h);
+    assert_eq!(shared.state(), ReceiverState::Stopped);
+    assert!(rx.try_recv().is_err(), "events after WalReceiverStopped");
+}
+
+#[test]
+fn another_system_and_the_node_itself_are_refused_with_no_wal_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let primary = Primary::start(&tmp.path().join("primary"));
+    let node = primary.node();
+    let (system_id, redo) = {
+        let c = node.control();
+        (c.system_identifier, c.redo_lsn)
+    };
+    for (case, sysid, instance) in [
+        ("other system", system_id ^ 1, 0x1234u64),
+        ("itself", system_id, node.instance_id),
+    ] {
+        let wal = tmp.path().join(case.replace(' ', "_"));
+        let segdir = standby_segdir(&wal, Arc::new(StdIo));
+        let cfg = ReceiverConfig {
+            instance_id: instance,
+            ..config(
+                primary.conninfo(&case.replace(' ', "_")),
+                segdir,
+                redo,
+                sysid,
+            )
+        };
+        let (tx, rx) = bounded(16);
+        let mut h = start(7, cfg, tx, ReceiverShared::new()).unwrap();
+        let ev = rx.recv_timeout(DEADLINE).expect("an event");
+        let ReceiverEvent::StreamLost { session: 7, reason } = ev else {
+            panic!("{case}: expected StreamLost, got {ev:?}");
+        };
+        let want = match case {
+            "itself" => "points at this node itself",
+            _ => "database system identifier differs between the primary and standby",
+        };
+        assert!(reason.contains(want), "{case}: {reason}");
+        assert!(segment_files(&wal).is_empty(), "{case}: WAL was written");
+        assert_eq!(h.stop(), redo.segment_start(seg_size()));
+        expect(&rx, "WalReceiverStopped", |e| {
+            matches!(e, ReceiverEvent::WalReceiverStopped { session: 7, .. })
+        });
+    }
+}
+
+#[test]
+fn a_timeline_switch_is_reported_and_followed_on_the_same_connection() {
+    let server = FakeServer::start(ServerOptions::default());
+    let fake = &server.source;
+    fake.advance(SEG * 2 + 5000);
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    let segdir = standby_segdir(&wal, Arc::new(StdIo));
+    let shared = ReceiverShared::new();
+    let (tx, rx) = bounded(64);
+    let cfg = config(
+        server.conninfo("application_name=s2"),
+        segdir,
+        Lsn(SEG / 2),
+        SYSTEM_ID,
+    );
+    let mut h = start(1, cfg, tx, shared.clone()).unwrap();
+    let switch = fake.flush_point().lsn;
+    expect(
+        &rx,
+        "tli 1 flushed",
+        |e| matches!(e, ReceiverEvent::WalFlushed { upto, .. } if *upto == switch),
+    );
+    let tli2 = fake.promote();
+    let ended = expect(&rx, "TimelineEnded", |e| {
+        matches!(e, ReceiverEvent::TimelineEnded { .. })
+    });
+    assert_eq!(
+        ended,
+        ReceiverEvent::TimelineEnded {
+            session: 1,
+            tli: TimelineId(1),
+            next_tli: tli2,
+            switch_point: switch
+        }
+    );
+    wait_until("the session to wait for a new start", || h.is_waiting());
+    assert_eq!(shared.state(), ReceiverState::Waiting);
+    // Same connection: the walsender's id does not change.
+    let pid_before: Vec<_> = server.registry.snapshot().iter().map(|s| s.id).collect();
+    h.restart(2, switch, tli2).unwrap();
+    let hist = expect(&rx, "HistoryReceived", |e| {
+        matches!(e, ReceiverEvent::HistoryReceived { .. })
+    });
+    let ReceiverEvent::HistoryReceived {
+        session: 2,
+        tli,
+        history,
+    } = hist
+    else {
+        panic!("{hist:?}")
+    };
+    assert_eq!(tli, tli2);
+    assert_eq!(history.timeline_of(Lsn(switch.0 - 1)), TimelineId(1));
+    assert!(wal.join(tli2.history_file_name()).exists());
+    assert!(wal
+        .join(format!("archive_status/{}.done", tli2.history_file_name()))
+        .exists());
+    expect(
+        &rx,
+        "StreamConnected on tli 2",
+        |e| matches!(e, ReceiverEvent::StreamConnected { session: 2, upstream_tli, .. } if *upstream_tli == tli2),
+    );
+    let pid_after: Vec<_> = server.registry.snapshot().iter().map(|s| s.id).collect();
+    assert_eq!(pid_before, pid_after, "a new connection was opened");
+    let end = fake.advance(SEG);
+    expect(
+        &rx,
+        "tli 2 flushed",
+        |e| matches!(e, ReceiverEvent::WalFlushed { session: 2, tli, upto } if *tli == tli2 && *upto == end),
+    );
+    // Files: tli 1's up to the switch, tli 2's from its segment on.
+    let s1 = switch.segno(seg_size());
+    let ours = std::fs::read(wal.join(s1.file_name(TimelineId(1), seg_size()))).unwrap();
+    let want = fake.segment_bytes(TimelineId(1), s1);
+    let off = switch.segment_offset(seg_size()) as usize;
+    assert!(ours[..off] == want[..off], "tli 1 bytes differ");
+    for s in s1.0..=end.segno(seg_size()).0 {
+        let name = SegNo(s).file_name(tli2, seg_size());
+        let ours = std::fs::read(wal.join(&name)).unwrap();
+        let want = fake.segment_bytes(tli2, SegNo(s));
+        let n = if s < end.segno(seg_size()).0 {
+            SEG
+        } else {
+            end.segment_offset(seg_size())
+        } as usize;
+        assert!(ours[..n] == want[..n], "{name} differs");
+    }
+    assert_eq!(h.stop(), end);
+}
+
+#[test]
+fn an_upstream_behind_our_timeline_is_refused() {
+    let server = FakeServer::start(ServerOptions::default());
+    server.source.advance(SEG);
+    let tmp = tempfile::tempdir().unwrap();
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdIo));
+    let cfg = ReceiverConfig {
+        tli: TimelineId(2),
+        ..config(server.conninfo(""), segdir, Lsn(0), SYSTEM_ID)
+    };
+    let (tx, rx) = bounded(16);
+    let _h = start(3, cfg, tx, ReceiverShared::new()).unwrap();
+    let ev = rx.recv_timeout(DEADLINE).unwrap();
+    let ReceiverEvent::StreamLost { reason, .. } = ev else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        reason,
+        "highest timeline 1 of the primary is behind recovery timeline 2"
+    );
+    assert!(segment_files(&tmp.path().join("wal")).is_empty());
+}
+
+#[test]
+fn an_fsync_failure_ends_the_session_and_no_new_one_starts() {
+    let server = FakeServer::start(ServerOptions::default());
+    server.source.advance(SEG / 4);
+    let tmp = tempfile::tempdir().unwrap();
+    let io = Arc::new(FaultyIo::new());
+    io.fail_sync_data_after(1);
+    let segdir = standby_segdir(&tmp.path().join("wal"), io);
+    let shared = ReceiverShared::new();
+    let (tx, rx) = bounded(16);
+    let cfg = config(server.conninfo(""), segdir.clone(), Lsn(0), SYSTEM_ID);
+    let _h = start(1, cfg.clone(), tx.clone(), shared.clone()).unwrap();
+    let ev = expect(&rx, "StreamLost", |e| {
+        matches!(e, ReceiverEvent::StreamLost { .. })
+    });
+    let ReceiverEvent::StreamLost { reason, .. } = ev else {
+        unreachable!()
+    };
+    assert!(reason.contains("could not write received WAL"), "{reason}");
+    assert!(shared.io_failure().is_some());
+    assert!(matches!(
+        start(2, cfg, tx, shared),
+        Err(ReceiverError::Poisoned(_))
+    ));
+}
+
+/// A server that completes the handshake, answers IDENTIFY_SYSTEM, enters
+/// COPY on START_REPLICATION and then says nothing; returns whether the
+/// client asked it for a reply (`r` with replyRequested) before leaving.
+fn silent_upstream(listener: TcpListener) -> bool {
+    let (sock, _) = listener.accept().unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut w = sock.try_clone().unwrap();
+    let mut r = MessageReader::new(sock, 1 << 20);
+    r.read_startup().unwrap();
+    let send = |w: &mut TcpStream, msgs: &[BackendMessage]| {
+        let mut out = Vec::new();
+        for m in msgs {
+            m.encode(&mut out);
+        }
+        std::io::Write::write_all(w, &out).unwrap();
+    };
+    send(
+        &mut w,
+        &[
+            BackendMessage::Authentication(walrep::replication::pgwire::Authentication::Ok),
+            BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+        ],
+    );
+    let mut pinged = false;
+    loop {
+        let m = match r.read_frontend() {
+            Ok(m) => m,
+            Err(_) => return pinged,
+        };
+        match m {
+            FrontendMessage::Query(q) if q.starts_with("IDENTIFY_SYSTEM") => send(
+                &mut w,
+                &[
+                    BackendMessage::RowDescription(vec![
+                        FieldDescription::new("systemid", 25),
+                        FieldDescription::new("timeline", 23),
+                        FieldDescription::new("xlogpos", 25),
+                    ]),
+                    BackendMessage::DataRow(vec![
+                        Some(SYSTEM_ID.to_string().into_bytes()),
+                        Some(b"1".to_vec()),
+                        Some(b"0/1000000".to_vec()),
+                    ]),
+                    BackendMessage::CommandComplete("IDENTIFY_SYSTEM".into()),
+                    BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+                ],
+            ),
+            FrontendMessage::Query(_) => send(
+                &mut w,
+                &[BackendMessage::CopyBothResponse {
+                    format: 0,
+                    columns: vec![],
+                }],
+            ),
+            FrontendMessage::CopyData(d) => {
+                if let Ok(StandbyMessage::Status(s)) = StandbyMessage::decode(&d) {
+                    pinged |= s.reply_requested;
+                }
+            }
+            _ => return pinged,
+        }
+    }
+}
+
+#[test]
+fn a_silent_upstream_is_pinged_then_times_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = std::thread::spawn(move || silent_upstream(listener));
+    let tmp = tempfile::tempdir().unwrap();
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdIo));
+    let cfg = ReceiverConfig {
+        timeout: Some(Duration::from_millis(600)),
+        ..config(
+            format!("host=127.0.0.1 port={port} user=walrep"),
+            segdir,
+            Lsn(SEG),
+            SYSTEM_ID,
+        )
+    };
+    let (tx, rx) = bounded(16);
+    let mut h = start(1, cfg, tx, ReceiverShared::new()).unwrap();
+    expect(&rx, "StreamConnected", |e| {
+        matches!(e, ReceiverEvent::StreamConnected { .. })
+    });
+    let ev = rx.recv_timeout(DEADLINE).unwrap();
+    assert_eq!(
+        ev,
+        ReceiverEvent::StreamLost {
+            session: 1,
+            reason: "terminating walreceiver due to timeout".into()
+        }
+    );
+    h.stop();
+    drop(h);
+    assert!(
+        upstream.join().unwrap(),
+        "no status update with replyRequested before the timeout"
+    );
+}
+
+#[test]
+fn a_slot_and_hot_standby_feedback_reach_the_upstream() {
+    let server = FakeServer::start(ServerOptions::default());
+    server.source.advance(SEG / 2);
+    let info = walrep::replication::client::ConnInfo::parse(&server.conninfo("")).unwrap();
+    let mut c = walrep::replication::client::ReplicationClient::connect(&info, DEADLINE).unwrap();
+    c.create_physical_slot("standby_slot", false, true).unwrap();
+    c.close();
+    let tmp = tempfile::tempdir().unwrap();
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdIo));
+    let cfg = ReceiverConfig {
+        slot_name: Some("standby_slot".into()),
+        hot_standby_feedback: true,
+        ..config(
+            server.conninfo("application_name=s3"),
+            segdir,
+            Lsn(0),
+            SYSTEM_ID,
+        )
+    };
+    let shared = ReceiverShared::new();
+    shared.set_feedback_xmin(77);
+    let (tx, rx) = bounded(64);
+    let mut h = start(1, cfg, tx, shared).unwrap();
+    expect(
+        &rx,
+        "WalFlushed",
+        |e| matches!(e, ReceiverEvent::WalFlushed { upto, .. } if upto.0 == SEG / 2),
+    );
+    wait_until("the slot and the feedback in the registry", || {
+        server.registry.snapshot().iter().any(|s| {
+            s.application_name == "s3"
+                && s.slot.as_deref() == Some("standby_slot")
+                && s.feedback.is_some_and(|f| f.xmin == 77)
+        })
+    });
+    wait_until("the slot to follow our flush position", || {
+        server
+            .slots
+            .get("standby_slot")
+            .is_some_and(|s| s.restart_lsn == Lsn(SEG / 2))
+    });
+    h.stop();
+}
+
+#[test]
+fn sessions_reuse_a_waiting_session_and_answer_stops() {
+    use walrep::standby::receiver::Sessions;
+    let server = FakeServer::start(ServerOptions::default());
+    let fake = &server.source;
+    fake.advance(SEG + 100);
+    let tmp = tempfile::tempdir().unwrap();
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdIo));
+    let conninfo = server.conninfo("application_name=s4");
+    let (tx, rx) = bounded::<walrep::states::recovery::Event>(64);
+    let mut sessions = Sessions::new(
+        tx,
+        ReceiverShared::new(),
+        Box::new(move |from, tli| ReceiverConfig {
+            tli,
+            ..config(conninfo.clone(), segdir.clone(), from, SYSTEM_ID)
+        }),
+    );
+    use walrep::states::recovery::{Event, SessionId};
+    let next = |what: &str, want: &dyn Fn(&Event) -> bool| -> Event {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+            if want(&ev) {
+                return ev;
+            }
+        }
+    };
+    sessions.start(1, Lsn(0), TimelineId(1));
+    next("connected", &|e| {
+        matches!(
+            e,
+            Event::StreamConnected {
+                session: SessionId(1),
+                ..
+            }
+        )
+    });
+    let switch = fake.flush_point().lsn;
+    let tli2 = fake.promote();
+    next("timeline end", &|e| {
+        matches!(
+            e,
+            Event::TimelineEnded {
+                session: SessionId(1),
+                ..
+            }
+        )
+    });
+    let ids: Vec<_> = server.registry.snapshot().iter().map(|s| s.id).collect();
+    wait_until("session 1 to wait", || {
+        sessions.shared().state() == ReceiverState::Waiting
+    });
+    sessions.start(2, switch, tli2);
+    next("connected on tli 2", &|e| {
+        matches!(
+            e,
+            Event::StreamConnected {
+                session: SessionId(2),
+                ..
+            }
+        )
+    });
+    assert_eq!(sessions.current(), Some(2));
+    let ids_after: Vec<_> = server.registry.snapshot().iter().map(|s| s.id).collect();
+    assert_eq!(
+        ids, ids_after,
+        "the waiting session's connection was not reused"
+    );
+    // A stale stop is answered at once; the current one stops for real.
+    sessions.stop(1);
+    next("stale stop answered", &|e| {
+        matches!(
+            e,
+            Event::WalReceiverStopped {
+                session: SessionId(1),
+                ..
+            }
+        )
+    });
+    let flushed = sessions.stop(2);
+    let ev = next("stopped", &|e| {
+        matches!(
+            e,
+            Event::WalReceiverStopped {
+                session: SessionId(2),
+                ..
+            }
+        )
+    });
+    assert_eq!(
+        ev,
+        Event::WalReceiverStopped {
+            session: SessionId(2),
+            flushed
+        }
+    );
+    assert_eq!(sessions.current(), None);
+    wait_until("the walsender to go", || {
+        server.registry.snapshot().is_empty()
+    });
+}

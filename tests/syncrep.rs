@@ -1,0 +1,305 @@
+//! Synchronous replication with real standbys: commits wait for the
+//! standbys synchronous_standby_names selects (FIRST n / ANY n); a waiting
+//! write is neither acknowledged nor readable before its level is met, even
+//! when its client gives up; remote_apply makes the write readable on the
+//! standby at once; a bounded wait degrades loudly; WAIT counts standbys.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+
+struct Cluster {
+    tmp: tempfile::TempDir,
+    archive: PathBuf,
+    primary: TestNode,
+}
+
+fn cluster(sync_names: &str, extra: &[&str]) -> Cluster {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    fs::create_dir(&archive).unwrap();
+    let dir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", SEG_1MB]);
+    let mut settings = archive_settings(&archive);
+    settings.push(format!("synchronous_standby_names={sync_names}"));
+    settings.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = settings.iter().map(String::as_str).collect();
+    let primary = TestNode::start(&dir, &refs);
+    Cluster {
+        tmp,
+        archive,
+        primary,
+    }
+}
+
+impl Cluster {
+    fn standby(&self, name: &str) -> TestNode {
+        let dir = basebackup(&self.primary, self.tmp.path(), name, name);
+        let s = TestNode::start(
+            &dir,
+            &[
+                &restore_setting(&self.archive),
+                "wal_retrieve_retry_interval=200ms",
+            ],
+        );
+        wait_state(&s, "Streaming");
+        s
+    }
+}
+
+fn sync_state_of(primary: &TestNode, app: &str) -> Option<String> {
+    primary
+        .info("replication")
+        .lines()
+        .find(|l| l.contains(&format!("application_name={app},")))
+        .and_then(|l| l.split("sync_state=").nth(1))
+        .map(|s| s.split(',').next().unwrap_or("").to_string())
+}
+
+/// Start a SET on its own connection; the handle yields the reply.
+fn set_in_background(
+    node: &TestNode,
+    key: &str,
+    value: &str,
+) -> std::thread::JoinHandle<redis::RedisResult<String>> {
+    let mut c = node.client();
+    let (k, v) = (key.to_string(), value.to_string());
+    std::thread::spawn(move || redis::cmd("SET").arg(k).arg(v).query::<String>(&mut c))
+}
+
+fn get(node: &TestNode, key: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(key)
+        .query(&mut node.client())
+        .unwrap()
+}
+
+#[test]
+fn first_1_waits_for_its_standby_and_completes_when_it_returns() {
+    let c = cluster("FIRST 1 (s1)", &[]);
+    let mut s1 = c.standby("s1");
+    wait_for("s1 sync", Duration::from_secs(30), || {
+        (sync_state_of(&c.primary, "s1")? == "sync").then_some(())
+    });
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v1")
+        .query(&mut c.primary.client())
+        .unwrap();
+    assert!(s1.stop().success());
+    let pending = set_in_background(&c.primary, "k", "v2");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        !pending.is_finished(),
+        "a synchronous commit completed with its standby stopped"
+    );
+    // Not readable either: another client still sees the confirmed value.
+    assert_eq!(get(&c.primary, "k").as_deref(), Some("v1"));
+    let waiters: u64 = c
+        .primary
+        .info_field("replication", "sync_waiters")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(waiters >= 1, "INFO shows no waiter");
+    s1.restart();
+    assert_eq!(pending.join().unwrap().unwrap(), "OK");
+    assert_eq!(get(&c.primary, "k").as_deref(), Some("v2"));
+    assert_eq!(get(&s1, "k").as_deref(), Some("v2"));
+}
+
+#[test]
+fn any_1_completes_with_only_s2_up() {
+    let c = cluster("ANY 1 (s1, s2)", &[]);
+    let s2 = c.standby("s2");
+    wait_for("s2 quorum", Duration::from_secs(30), || {
+        (sync_state_of(&c.primary, "s2")? == "quorum").then_some(())
+    });
+    let mut con = c.primary.client();
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("q{i}"))
+            .arg(i)
+            .query(&mut con)
+            .unwrap();
+    }
+    wait_caught_up(&c.primary, &s2);
+    assert_eq!(get(&s2, "q49").as_deref(), Some("49"));
+}
+
+#[test]
+fn remote_apply_makes_the_write_readable_on_the_standby_at_once() {
+    let c = cluster("s1", &["synchronous_commit=remote_apply"]);
+    let s1 = c.standby("s1");
+    wait_for("s1 sync", Duration::from_secs(30), || {
+        (sync_state_of(&c.primary, "s1")? == "sync").then_some(())
+    });
+    let mut p = c.primary.client();
+    let mut s = s1.client();
+    for i in 0..100 {
+        let _: () = redis::cmd("SET")
+            .arg("counter")
+            .arg(i)
+            .query(&mut p)
+            .unwrap();
+        let v: Option<String> = redis::cmd("GET").arg("counter").query(&mut s).unwrap();
+        assert_eq!(
+            v,
+            Some(i.to_string()),
+            "the standby did not show an acknowledged remote_apply write"
+        );
+    }
+    // Per connection: CONFIG SET changes only this session's level.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("synchronous_commit")
+        .arg("local")
+        .query(&mut p)
+        .unwrap();
+    let level: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("synchronous_commit")
+        .query(&mut p)
+        .unwrap();
+    assert_eq!(level[1], "local");
+    let other: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("synchronous_commit")
+        .query(&mut c.primary.client())
+        .unwrap();
+    assert_eq!(other[1], "remote_apply");
+    let e = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("synchronous_commit")
+        .arg("maybe")
+        .query::<()>(&mut p)
+        .unwrap_err();
+    assert!(e.to_string().contains("synchronous_commit"), "{e}");
+    let level: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("synchronous_commit")
+        .query(&mut p)
+        .unwrap();
+    assert_eq!(level[1], "local", "a bad CONFIG SET changed the setting");
+}
+
+#[test]
+fn a_client_that_gives_up_never_exposes_an_unreplicated_write() {
+    let c = cluster("FIRST 1 (s1)", &[]);
+    let mut s1 = c.standby("s1");
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("old")
+        .query(&mut c.primary.client())
+        .unwrap();
+    assert!(s1.stop().success());
+    // The client sends a write and disconnects while it waits.
+    {
+        use std::io::Write;
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", c.primary.port)).unwrap();
+        raw.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nnew\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        get(&c.primary, "k").as_deref(),
+        Some("old"),
+        "an unreplicated write became readable"
+    );
+    s1.restart();
+    wait_for(
+        "the write to be confirmed once s1 is back",
+        Duration::from_secs(60),
+        || (get(&c.primary, "k").as_deref() == Some("new")).then_some(()),
+    );
+}
+
+#[test]
+fn a_bounded_wait_degrades_to_local_commits_loudly_and_recovers() {
+    let c = cluster("FIRST 1 (s1)", &["synchronous_standby_timeout=500ms"]);
+    let mut s1 = c.standby("s1");
+    assert!(s1.stop().success());
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut c.primary.client())
+        .unwrap();
+    assert_eq!(
+        c.primary
+            .info_field("replication", "sync_degraded")
+            .as_deref(),
+        Some("1")
+    );
+    assert!(
+        c.primary.log_text().contains("degrading to local commits"),
+        "not logged at warn"
+    );
+    s1.restart();
+    let _: () = redis::cmd("SET")
+        .arg("k2")
+        .arg("v")
+        .query(&mut c.primary.client())
+        .unwrap();
+    wait_for("leaving degraded mode", Duration::from_secs(30), || {
+        (c.primary
+            .info_field("replication", "sync_degraded")
+            .as_deref()
+            == Some("0"))
+        .then_some(())
+    });
+    assert!(c.primary.log_text().contains("leaving degraded mode"));
+}
+
+#[test]
+fn wait_counts_standbys_that_flushed_the_clients_writes() {
+    let c = cluster("", &[]);
+    let _s1 = c.standby("s1");
+    let _s2 = c.standby("s2");
+    let mut con = c.primary.client();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
+    let n: i64 = redis::cmd("WAIT")
+        .arg(2)
+        .arg(10_000)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 2);
+    // Asking for more standbys than exist returns what there is, after the timeout.
+    let n: i64 = redis::cmd("WAIT").arg(3).arg(300).query(&mut con).unwrap();
+    assert_eq!(n, 2);
+}
+
+#[test]
+fn bad_settings_are_refused_at_start_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init_datadir(tmp.path(), "d", &[]);
+    let d = dir.to_str().unwrap();
+    for (setting, needle) in [
+        (
+            "synchronous_standby_names=ANY 0 (s1)",
+            "must be greater than zero",
+        ),
+        (
+            "synchronous_standby_names=FIRST (s1)",
+            "synchronous_standby_names",
+        ),
+        ("synchronous_commit=sometimes", "synchronous_commit"),
+    ] {
+        let (ok, _, err) = walrep(&[
+            "start",
+            d,
+            "-c",
+            setting,
+            "-c",
+            "port=0",
+            "-c",
+            "replication_port=0",
+        ]);
+        assert!(!ok, "{setting} was accepted");
+        assert!(err.contains(needle), "{setting}: {err}");
+    }
+}
