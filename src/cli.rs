@@ -34,6 +34,10 @@ pub enum Command {
         #[arg(short = 'c', value_name = "NAME=VALUE")]
         overrides: Vec<String>,
     },
+    /// Benchmark durable commits (SET under redis-benchmark) of a fresh
+    /// node against the disk's fdatasync rate, optionally beside
+    /// PostgreSQL 15 and Redis measured in the same run.
+    Bench(crate::bench::BenchArgs),
     /// Promote a running standby (PostgreSQL's pg_ctl promote): ask it to
     /// finish recovery and accept writes, and wait until it does.
     Promote {
@@ -185,6 +189,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait_seconds,
         } => {
             promote(&datadir, wait_seconds)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            crate::logging::init("warn");
+            let report = crate::bench::run(&args)?;
+            if let Some(path) = &args.json {
+                crate::bench::write_json(&report, path)?;
+                println!("JSON written to {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

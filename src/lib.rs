@@ -23,11 +23,14 @@
 //! - [`standby`]: drives the recovery machine: event sources and the action executor.
 //! - [`node`]: one running node: starts and stops its threads.
 //! - [`viz`]: diagrams of the state machines and transition traces.
+//! - [`mod@bench`]: `walrep bench`, commits/s and latency beside the disk's
+//!   fdatasync rate and PostgreSQL's and Redis's figures.
 //! - [`demo`]: `walrep demo`, the main job on loopback.
 //! - [`cli`]: the `walrep` command line.
 
 pub mod archive;
 pub mod backup;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod datadir;

@@ -215,8 +215,12 @@ fn a_standby_killed_during_redo_resumes_from_its_restartpoint() {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|r| r.parse().ok())
         .expect("the restart logs its redo point");
+    // The base (a cold copy of a fresh primary) has its redo point in the
+    // first 1 MB segment; the 12 MB of WAL replayed since then reach far
+    // beyond the second one, however fast the primary wrote them (fewer
+    // archive_timeout switches when it writes faster).
     assert!(
-        redo > walrep::Lsn(0x100_0000 + 0x28),
+        redo > walrep::Lsn(0x20_0000),
         "restarted from the base, not a restartpoint: {resumed}"
     );
     assert!(

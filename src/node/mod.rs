@@ -277,6 +277,13 @@ impl Backend for Node {
         Ok(())
     }
 
+    /// The local levels are met by the WAL alone: the caller flushes
+    /// inline when no flush is in progress (PostgreSQL's XLogFlush), or
+    /// joins the one in progress. The remote levels wait for standbys.
+    fn wait_local(&self, end: Lsn, level: Level) -> Option<Result<(), WriteError>> {
+        (level <= Level::LocalFlush).then(|| self.wait(end, level))
+    }
+
     fn sync_standbys_defined(&self) -> bool {
         self.syncrep.defined()
     }

@@ -39,21 +39,29 @@ fn err(s: impl Into<String>) -> CmdError {
     CmdError::Reply(s.into())
 }
 
-/// Execute one request.
+/// Execute one request. The connection settles its pending writes before
+/// any command that is not a write ([`needs_settled`]) and runs WAIT off
+/// its worker thread ([`wait_request`]), so this never blocks on the WAL.
 pub fn execute(s: &mut Session, args: &[&[u8]]) -> Flow {
-    let name = String::from_utf8_lossy(args[0]).to_ascii_lowercase();
-    if !is_write(&name) && s.has_pending() {
-        // Reads must see this connection's own writes, and every reply
-        // before them must be confirmed first.
-        if let Err(e) = s.settle() {
-            reply::error(&mut s.out, &e.to_string());
-            return Flow::Close;
+    // Command names are short: lower-case them on the stack (no allocation
+    // per request); longer ones are unknown anyway and take the slow path.
+    let mut buf = [0u8; 16];
+    let lowered;
+    let name: &str = match std::str::from_utf8(args[0]) {
+        Ok(n) if n.len() <= buf.len() => {
+            buf[..n.len()].copy_from_slice(n.as_bytes());
+            buf[..n.len()].make_ascii_lowercase();
+            std::str::from_utf8(&buf[..n.len()]).unwrap_or("")
         }
-    }
-    let result = if reads_data(&name) && s.ctx.backend.role() == Role::Recovering {
+        _ => {
+            lowered = String::from_utf8_lossy(args[0]).to_ascii_lowercase();
+            &lowered
+        }
+    };
+    let result = if reads_data(name) && s.ctx.backend.role() == Role::Recovering {
         Err(CmdError::Write(WriteError::NotConsistent))
     } else {
-        dispatch(s, &name, args)
+        dispatch(s, name, args)
     };
     if let Err(e) = result {
         match e {
@@ -68,26 +76,29 @@ pub fn execute(s: &mut Session, args: &[&[u8]]) -> Flow {
     }
 }
 
+/// Whether the command named `arg0` must wait until this connection's
+/// earlier writes are confirmed: every command but a write, so reads see
+/// the connection's own writes and every reply before them is confirmed.
+pub fn needs_settled(arg0: &[u8]) -> bool {
+    !WRITES
+        .iter()
+        .any(|w| arg0.eq_ignore_ascii_case(w.as_bytes()))
+}
+
 /// Commands that read the store: refused while a standby is not consistent.
 fn reads_data(name: &str) -> bool {
     matches!(name, "get" | "mget" | "exists" | "dbsize")
 }
 
-fn is_write(name: &str) -> bool {
-    matches!(
-        name,
-        "set"
-            | "setnx"
-            | "del"
-            | "unlink"
-            | "incr"
-            | "incrby"
-            | "decr"
-            | "decrby"
-            | "mset"
-            | "append"
-    )
+/// Whether `arg0` is WAIT, which blocks (up to its timeout) and so runs
+/// off the worker thread.
+pub fn is_wait(arg0: &[u8]) -> bool {
+    arg0.eq_ignore_ascii_case(b"wait")
 }
+
+const WRITES: &[&str] = &[
+    "set", "setnx", "del", "unlink", "incr", "incrby", "decr", "decrby", "mset", "append",
+];
 
 fn arity(args: &[&[u8]], name: &str, ok: bool) -> CmdResult {
     if ok {
@@ -339,7 +350,12 @@ fn cmd_set(s: &mut Session, args: &[&[u8]]) -> CmdResult {
         return Err(err("ERR syntax error"));
     }
     let (written, old) = write(s, KvCommand::Set, |txn| {
-        let old = txn.latest(args[1]).map(|v| v.to_vec());
+        // A plain SET is a blind write: no lookup of the current value.
+        let old = if nx || xx || get {
+            txn.latest(args[1]).map(|v| v.to_vec())
+        } else {
+            None
+        };
         let apply = !(nx && old.is_some() || xx && old.is_none());
         let ops = if apply {
             vec![(args[1], Some(Cow::Borrowed(args[2])))]
@@ -521,23 +537,44 @@ fn glob_match(p: &[u8], s: &[u8]) -> bool {
     }
 }
 
+/// A parsed WAIT: how many standbys, for WAL up to where, how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitRequest {
+    pub wanted: usize,
+    pub upto: crate::Lsn,
+    pub timeout: Duration,
+}
+
+/// Parse WAIT's arguments; `Err` is the error reply's text.
+pub fn wait_request(s: &Session, args: &[&[u8]]) -> Result<WaitRequest, String> {
+    let parsed = (|| {
+        arity(args, "wait", args.len() == 3)?;
+        let wanted = parse_i64(args[1])?;
+        let timeout_ms = parse_i64(args[2])?;
+        if wanted < 0 || timeout_ms < 0 {
+            return Err(err("ERR timeout is negative"));
+        }
+        // WAIT 0 blocks forever in Redis; walrep bounds every wait, at one hour.
+        let timeout = if timeout_ms == 0 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_millis(timeout_ms as u64)
+        };
+        Ok(WaitRequest {
+            wanted: wanted as usize,
+            upto: s.last_write_end,
+            timeout,
+        })
+    })();
+    parsed.map_err(|e| match e {
+        CmdError::Reply(text) => text,
+        CmdError::Write(w) => w.to_string(),
+    })
+}
+
 fn cmd_wait(s: &mut Session, args: &[&[u8]]) -> CmdResult {
-    arity(args, "wait", args.len() == 3)?;
-    let wanted = parse_i64(args[1])?;
-    let timeout_ms = parse_i64(args[2])?;
-    if wanted < 0 || timeout_ms < 0 {
-        return Err(err("ERR timeout is negative"));
-    }
-    // WAIT 0 blocks forever in Redis; walrep bounds every wait, at one hour.
-    let timeout = if timeout_ms == 0 {
-        Duration::from_secs(3600)
-    } else {
-        Duration::from_millis(timeout_ms as u64)
-    };
-    let acked = s
-        .ctx
-        .backend
-        .wait_replicas(s.last_write_end, wanted as usize, timeout);
+    let w = wait_request(s, args).map_err(CmdError::Reply)?;
+    let acked = s.ctx.backend.wait_replicas(w.upto, w.wanted, w.timeout);
     reply::integer(&mut s.out, acked as i64);
     Ok(())
 }

@@ -129,8 +129,11 @@ impl Entry {
     /// Drop versions older than the newest visible one; true if the entry
     /// is now only a visible deletion (the key can go).
     fn prune(&mut self, vis: &Visibility) -> bool {
-        if let Some(i) = self.versions.iter().rposition(|v| vis.visible(v)) {
-            self.versions.drain(..i);
+        match self.versions.iter().rposition(|v| vis.visible(v)) {
+            Some(0) | None => {}
+            Some(i) => {
+                self.versions.drain(..i);
+            }
         }
         self.versions.len() == 1
             && self.versions[0].value.is_none()

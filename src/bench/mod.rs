@@ -1,0 +1,449 @@
+//! `walrep bench`: durable commits per second and latency of a fresh node
+//! under redis-benchmark, beside the disk's fdatasync rate measured in the
+//! same run and, with `--anchors`, PostgreSQL 15 and Redis (AOF) measured
+//! in the same run too. A benchmark that prints figures, never a test.
+//!
+//! # Layout
+//! - [`fsync`]: the fdatasync probe (pg_test_fsync's 8 kB write + fdatasync).
+//! - [`procs`]: the servers it starts (walrep from this binary, Redis), each
+//!   stopped by a guard.
+//! - [`loadgen`]: redis-benchmark runs and its CSV output.
+//! - [`pg`]: PostgreSQL 15 with pgbench, as `shared/anchors/02_pgbench.sh`.
+//! - [`report`]: medians, tables beside anchors.md, targets, JSON.
+//!
+//! Noise: the machine is shared, so the fdatasync rate is probed right
+//! before and after every run and each run's ratio uses the mean of its
+//! two probes; repetitions (`--reps`) give medians and ranges.
+
+pub mod fsync;
+pub mod loadgen;
+pub mod pg;
+pub mod procs;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fsync::{FsyncProbe, FsyncProber};
+use loadgen::{Load, LoadResult};
+use report::Cell;
+
+/// Errors of the benchmark (the CLI adds context).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Server(String),
+    #[error("load generator: {0}")]
+    Load(String),
+    #[error("anchor: {0}")]
+    Anchor(String),
+    #[error("invalid option: {0}")]
+    Usage(String),
+}
+
+impl BenchError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> BenchError {
+        BenchError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// The durability levels a lone primary has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Reply after the local fdatasync.
+    Local,
+    /// Reply at once; the WAL writer flushes within wal_writer_delay.
+    Off,
+}
+
+impl Level {
+    pub fn walrep(self) -> &'static str {
+        match self {
+            Level::Local => "local",
+            Level::Off => "off",
+        }
+    }
+
+    /// PostgreSQL's equivalent on a lone primary.
+    pub fn postgres(self) -> &'static str {
+        match self {
+            Level::Local => "on",
+            Level::Off => "off",
+        }
+    }
+
+    /// Redis AOF's equivalent.
+    pub fn redis_appendfsync(self) -> &'static str {
+        match self {
+            Level::Local => "always",
+            Level::Off => "no",
+        }
+    }
+}
+
+/// Options of `walrep bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Client counts (redis-benchmark -c), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub clients: Vec<u32>,
+    /// synchronous_commit levels, comma-separated.
+    #[arg(
+        long = "synchronous-commit",
+        value_delimiter = ',',
+        default_value = "local,off"
+    )]
+    pub levels: Vec<Level>,
+    /// Seconds of each measured run (after a short calibration run).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Repetitions of the whole matrix (medians and ranges are reported).
+    #[arg(long, default_value_t = 1)]
+    pub reps: u32,
+    /// Seconds of each fdatasync probe (one before and one after every run).
+    #[arg(long, default_value_t = 1.0)]
+    pub fsync_seconds: f64,
+    /// Keys are random over this many (redis-benchmark -r).
+    #[arg(long, default_value_t = 100_000)]
+    pub keyspace: u64,
+    /// Value size in bytes (redis-benchmark -d).
+    #[arg(long, default_value_t = 16)]
+    pub value_bytes: u32,
+    /// Where data directories go (its filesystem is the one probed);
+    /// default: the system's temporary directory. Removed afterwards
+    /// unless --keep.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Also measure PostgreSQL 15 (pgbench with DIR/kv_upsert.sql, as
+    /// DIR/02_pgbench.sh) and Redis with AOF in the same run; DIR is
+    /// shared/anchors.
+    #[arg(long, value_name = "DIR")]
+    pub anchors: Option<PathBuf>,
+    /// Write every run and the summaries as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Keep the data directories and logs.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Upper bounds of the options, so a run stays bounded in time.
+const MAX_SECONDS: u64 = 600;
+const MAX_REPS: u32 = 20;
+const MAX_CLIENTS: u32 = 1000;
+
+impl BenchArgs {
+    fn check(&self) -> Result<(), BenchError> {
+        let bad = |m: String| Err(BenchError::Usage(m));
+        if self.seconds == 0 || self.seconds > MAX_SECONDS {
+            return bad(format!("--seconds must be 1..={MAX_SECONDS}"));
+        }
+        if self.reps == 0 || self.reps > MAX_REPS {
+            return bad(format!("--reps must be 1..={MAX_REPS}"));
+        }
+        if self.clients.is_empty() || self.clients.iter().any(|&c| c == 0 || c > MAX_CLIENTS) {
+            return bad(format!("--clients must be 1..={MAX_CLIENTS} each"));
+        }
+        if !(0.05..=60.0).contains(&self.fsync_seconds) {
+            return bad("--fsync-seconds must be 0.05..=60".into());
+        }
+        if self.keyspace == 0 || self.value_bytes == 0 || self.value_bytes > 1 << 20 {
+            return bad("--keyspace must be > 0 and --value-bytes 1..=1048576".into());
+        }
+        if self.levels.is_empty() {
+            return bad("--synchronous-commit needs at least one level".into());
+        }
+        Ok(())
+    }
+}
+
+/// Everything a run measured.
+#[derive(Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub workload: String,
+    pub fsync_probes: Vec<FsyncProbe>,
+    pub fsync_median_per_s: f64,
+    pub fsync_min_per_s: f64,
+    pub fsync_max_per_s: f64,
+    pub cells: Vec<Cell>,
+    pub summaries: Vec<report::Summary>,
+    pub targets: Vec<report::Target>,
+    pub elapsed_s: f64,
+}
+
+/// Run the benchmark and print its report.
+pub fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
+    args.check()?;
+    require_tool("redis-benchmark")?;
+    if args.anchors.is_some() {
+        require_tool("redis-server")?;
+    }
+    let started = Instant::now();
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let run_dir = tempfile::Builder::new()
+        .prefix("walrep-bench-")
+        .tempdir_in(&base)
+        .map_err(|e| BenchError::io(format!("create a directory in {}", base.display()), e))?;
+    let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
+    let mut b = Bench {
+        args,
+        dir: run_dir.path().to_path_buf(),
+        prober: FsyncProber::create(run_dir.path())?,
+        probes: Vec::new(),
+        cells: Vec::new(),
+    };
+    println!("{}", b.header());
+    for rep in 1..=args.reps {
+        for &level in &args.levels {
+            b.walrep_level(&exe, level, rep)?;
+        }
+        if let Some(anchors) = &args.anchors {
+            b.anchors(anchors, rep)?;
+        }
+    }
+    let report = b.finish(started.elapsed());
+    if args.keep {
+        let kept = run_dir.keep();
+        println!("data directories and logs kept in {}", kept.display());
+    }
+    Ok(report)
+}
+
+fn require_tool(tool: &str) -> Result<(), BenchError> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(BenchError::Usage(format!(
+            "{tool} not found in PATH (Debian: apt-get install redis-tools redis-server)"
+        )))
+    }
+}
+
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    dir: PathBuf,
+    prober: FsyncProber,
+    probes: Vec<FsyncProbe>,
+    cells: Vec<Cell>,
+}
+
+impl Bench<'_> {
+    fn header(&self) -> String {
+        format!(
+            "walrep bench: SET, {}-byte values, random keys over {}; {} s per run, {} rep(s); data in {}\n\
+             fdatasync probe: 8 kB write + fdatasync at offset 0 (pg_test_fsync), {:.1} s before and after every run",
+            self.args.value_bytes,
+            self.args.keyspace,
+            self.args.seconds,
+            self.args.reps,
+            self.dir.display(),
+            self.args.fsync_seconds
+        )
+    }
+
+    fn probe(&mut self) -> Result<f64, BenchError> {
+        let p = self
+            .prober
+            .probe(Duration::from_secs_f64(self.args.fsync_seconds))?;
+        self.probes.push(p);
+        Ok(p.ops_per_s)
+    }
+
+    fn load(&self, port: u16, clients: u32) -> Load {
+        Load {
+            port,
+            clients,
+            keyspace: self.args.keyspace,
+            value_bytes: self.args.value_bytes,
+        }
+    }
+
+    /// A fresh node at `level`, every client count.
+    fn walrep_level(&mut self, exe: &Path, level: Level, rep: u32) -> Result<(), BenchError> {
+        let datadir = self.dir.join(format!("walrep-{}-r{rep}", level.walrep()));
+        let (mut node, port) = procs::start_walrep(exe, &datadir, level.walrep())?;
+        for &clients in &self.args.clients.clone() {
+            let f0 = self.probe()?;
+            let before = wal_counters(port);
+            let t0 = Instant::now();
+            let load = loadgen::run_for(&self.load(port, clients), self.secs(), &self.dir)?;
+            let after = wal_counters(port);
+            let secs = t0.elapsed().as_secs_f64();
+            let f1 = self.probe()?;
+            let mut cell = self.cell("walrep", level, clients, rep, load, (f0 + f1) / 2.0);
+            if let (Some(a), Some(b)) = (before, after) {
+                let flushes = b.1.saturating_sub(a.1);
+                cell.wal_fsyncs_per_s = Some(b.0.saturating_sub(a.0) as f64 / secs);
+                cell.wal_batch_records =
+                    (flushes > 0).then(|| b.2.saturating_sub(a.2) as f64 / flushes as f64);
+            }
+            self.print_cell(&cell);
+            self.cells.push(cell);
+        }
+        node.stop();
+        Ok(())
+    }
+
+    fn secs(&self) -> Duration {
+        Duration::from_secs(self.args.seconds)
+    }
+
+    fn cell(
+        &self,
+        system: &'static str,
+        level: Level,
+        clients: u32,
+        rep: u32,
+        load: LoadResult,
+        fsync_per_s: f64,
+    ) -> Cell {
+        Cell {
+            system,
+            level,
+            clients,
+            rep,
+            ratio_to_fsync: load.rps / fsync_per_s,
+            load,
+            fsync_per_s,
+            wal_fsyncs_per_s: None,
+            wal_batch_records: None,
+        }
+    }
+
+    fn print_cell(&self, c: &Cell) {
+        println!(
+            "  {:<10} {:<5} {:>3} clients rep {}: {:>9.0}/s  mean {:.3} ms  p99 {:.3} ms  fdatasync {:.0}/s  ratio {:.2}{}",
+            c.system,
+            c.level.walrep(),
+            c.clients,
+            c.rep,
+            c.load.rps,
+            c.load.mean_ms,
+            c.load.p99_ms,
+            c.fsync_per_s,
+            c.ratio_to_fsync,
+            c.wal_batch_records
+                .map_or(String::new(), |b| format!("  records/flush {b:.1}"))
+        );
+    }
+
+    /// PostgreSQL and Redis for the same levels and client counts.
+    fn anchors(&mut self, anchors: &Path, rep: u32) -> Result<(), BenchError> {
+        let pg_dir = self.dir.join(format!("postgresql-r{rep}"));
+        make_traversable(&self.dir)?;
+        let pg = pg::PgAnchor::start(&pg_dir, anchors)?;
+        for &level in &self.args.levels.clone() {
+            pg.set_synchronous_commit(level.postgres())?;
+            for &clients in &self.args.clients.clone() {
+                let f0 = self.probe()?;
+                let load = pg.pgbench(clients, self.args.seconds)?;
+                let f1 = self.probe()?;
+                let cell = self.cell("postgresql", level, clients, rep, load, (f0 + f1) / 2.0);
+                self.print_cell(&cell);
+                self.cells.push(cell);
+            }
+        }
+        drop(pg);
+        for &level in &self.args.levels.clone() {
+            let dir = self
+                .dir
+                .join(format!("redis-{}-r{rep}", level.redis_appendfsync()));
+            let (mut redis, port) = procs::start_redis(&dir, level.redis_appendfsync())?;
+            for &clients in &self.args.clients.clone() {
+                let f0 = self.probe()?;
+                let load = loadgen::run_for(&self.load(port, clients), self.secs(), &self.dir)?;
+                let f1 = self.probe()?;
+                let cell = self.cell("redis", level, clients, rep, load, (f0 + f1) / 2.0);
+                self.print_cell(&cell);
+                self.cells.push(cell);
+            }
+            redis.stop();
+        }
+        Ok(())
+    }
+
+    fn finish(self, elapsed: Duration) -> BenchReport {
+        let summaries = report::summarise(&self.cells);
+        let targets = report::targets(&summaries);
+        let mut rates: Vec<f64> = self.probes.iter().map(|p| p.ops_per_s).collect();
+        let fmin = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let fmax = rates.iter().copied().fold(0.0, f64::max);
+        let fmed = report::median(&mut rates);
+        println!(
+            "\nfdatasync rate over {} probes: median {:.0}/s ({:.0} us), min {:.0}/s, max {:.0}/s\n",
+            self.probes.len(),
+            fmed,
+            1e6 / fmed,
+            fmin,
+            fmax
+        );
+        for &level in &self.args.levels {
+            println!("{}", report::level_table(level, &summaries));
+        }
+        for t in &targets {
+            println!(
+                "target: {}: {} -> {}",
+                t.what,
+                t.measured,
+                if t.met { "met" } else { "NOT met" }
+            );
+        }
+        println!("elapsed {:.0} s", elapsed.as_secs_f64());
+        BenchReport {
+            workload: format!(
+                "redis-benchmark -t set -d {} -r {}",
+                self.args.value_bytes, self.args.keyspace
+            ),
+            fsync_probes: self.probes,
+            fsync_median_per_s: fmed,
+            fsync_min_per_s: fmin,
+            fsync_max_per_s: fmax,
+            cells: self.cells,
+            summaries,
+            targets,
+            elapsed_s: elapsed.as_secs_f64(),
+        }
+    }
+}
+
+/// The run directory is private to us; PostgreSQL's user must reach its
+/// own subdirectory.
+fn make_traversable(dir: &Path) -> Result<(), BenchError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| BenchError::io(format!("chmod {}", dir.display()), e))
+}
+
+/// (fsyncs, flushes, flushed records) from the node's INFO persistence.
+fn wal_counters(port: u16) -> Option<(u64, u64, u64)> {
+    let text = procs::query(port, b"INFO persistence\r\n").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((
+        field("wal_fsyncs")?,
+        field("wal_flushes")?,
+        field("wal_records")?,
+    ))
+}
+
+/// Write the report as JSON.
+pub fn write_json(report: &BenchReport, path: &Path) -> Result<(), BenchError> {
+    let text = serde_json::to_string_pretty(report)
+        .map_err(|e| BenchError::Server(format!("could not encode the report: {e}")))?;
+    std::fs::write(path, text).map_err(|e| BenchError::io(format!("write {}", path.display()), e))
+}

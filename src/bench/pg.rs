@@ -1,0 +1,268 @@
+//! PostgreSQL 15 in the same run, as `shared/anchors/02_pgbench.sh` runs it
+//! (lone primary, one upsert per transaction from its `kv_upsert.sql`,
+//! pgbench -n -M prepared), only the cells the benchmark needs. PostgreSQL
+//! refuses to run as root: as root, every PostgreSQL command runs as the
+//! `postgres` user (runuser) on a directory chowned to it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use super::loadgen::LoadResult;
+use super::procs::free_port;
+use super::BenchError;
+
+/// Where Debian installs PostgreSQL 15's server programs.
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The OS user PostgreSQL runs as when we are root.
+const PG_USER: &str = "postgres";
+/// Rows of the `kv` table (the script's key range).
+const NKEYS: u64 = 100_000;
+
+/// A PostgreSQL cluster of this run; stopped on drop.
+pub struct PgAnchor {
+    dir: PathBuf,
+    data: PathBuf,
+    sock: PathBuf,
+    port: u16,
+    script: PathBuf,
+    as_root: bool,
+    started: bool,
+}
+
+impl PgAnchor {
+    /// initdb + start in `dir` (created), with the upsert script copied
+    /// from `anchors_dir/kv_upsert.sql`.
+    pub fn start(dir: &Path, anchors_dir: &Path) -> Result<PgAnchor, BenchError> {
+        let io = |what: &str, e| BenchError::io(format!("PostgreSQL anchor: {what}"), e);
+        std::fs::create_dir_all(dir.join("sock")).map_err(|e| io("create its directory", e))?;
+        let script = dir.join("kv_upsert.sql");
+        std::fs::copy(anchors_dir.join("kv_upsert.sql"), &script)
+            .map_err(|e| io(&format!("copy {}/kv_upsert.sql", anchors_dir.display()), e))?;
+        // SAFETY: geteuid has no preconditions.
+        let as_root = unsafe { libc::geteuid() } == 0;
+        let mut pg = PgAnchor {
+            dir: dir.to_path_buf(),
+            data: dir.join("data"),
+            sock: dir.join("sock"),
+            port: free_port()?,
+            script,
+            as_root,
+            started: false,
+        };
+        if as_root {
+            check(
+                "chown",
+                Command::new("chown")
+                    .args(["-R", &format!("{PG_USER}:")])
+                    .arg(dir)
+                    .output(),
+            )?;
+        }
+        pg.init()?;
+        pg.pg_ctl_start()?;
+        pg.psql(&[
+            "CREATE TABLE kv (k text PRIMARY KEY, v text)",
+            &format!("INSERT INTO kv SELECT g::text, 'v'||g FROM generate_series(1,{NKEYS}) g"),
+            "VACUUM ANALYZE kv",
+        ])?;
+        Ok(pg)
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let path = Path::new(PG_BIN).join(program);
+        if self.as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", PG_USER, "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn init(&mut self) -> Result<(), BenchError> {
+        let out = self
+            .cmd("initdb")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-A", "trust", "-U", PG_USER, "--no-instructions"])
+            .output();
+        check("initdb", out)?;
+        let conf = format!(
+            "\n# walrep bench\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nlogging_collector = off\n",
+            self.port,
+            self.sock.display()
+        );
+        let path = self.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&path)
+            .map_err(|e| BenchError::io("read postgresql.conf", e))?;
+        text.push_str(&conf);
+        std::fs::write(&path, text).map_err(|e| BenchError::io("write postgresql.conf", e))
+    }
+
+    fn pg_ctl_start(&mut self) -> Result<(), BenchError> {
+        let out = self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.dir.join("postgres.log"))
+            .args(["-w", "-t", "120", "start"])
+            .stdout(Stdio::null())
+            .output();
+        check("pg_ctl start", out)?;
+        self.started = true;
+        Ok(())
+    }
+
+    /// Run SQL statements, one `-c` each; returns psql's output.
+    fn psql(&self, sql: &[&str]) -> Result<String, BenchError> {
+        let mut c = self.cmd("psql");
+        c.args(["-X", "-q", "-At", "-U", PG_USER, "-d", "postgres", "-h"])
+            .arg(&self.sock)
+            .args(["-p", &self.port.to_string()]);
+        for s in sql {
+            c.args(["-c", s]);
+        }
+        let out = check("psql", c.output())?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `synchronous_commit` = on | off, applied and verified.
+    pub fn set_synchronous_commit(&self, value: &str) -> Result<(), BenchError> {
+        self.psql(&[
+            &format!("ALTER SYSTEM SET synchronous_commit = '{value}'"),
+            "SELECT pg_reload_conf()",
+        ])?;
+        std::thread::sleep(Duration::from_millis(500));
+        let shown = self.psql(&["SHOW synchronous_commit"])?;
+        if shown != value {
+            return Err(BenchError::Anchor(format!(
+                "PostgreSQL: synchronous_commit is {shown:?} after setting {value:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// CHECKPOINT, then pgbench with `clients` for `seconds`.
+    pub fn pgbench(&self, clients: u32, seconds: u64) -> Result<LoadResult, BenchError> {
+        self.psql(&["CHECKPOINT"])?;
+        let logs = self.dir.join(format!("pgbench_logs_c{clients}"));
+        std::fs::create_dir_all(&logs).map_err(|e| BenchError::io("create pgbench logs", e))?;
+        if self.as_root {
+            check(
+                "chown",
+                Command::new("chown")
+                    .args([&format!("{PG_USER}:")])
+                    .arg(&logs)
+                    .output(),
+            )?;
+        }
+        let jobs = clients.min(2);
+        let out = self
+            .cmd("pgbench")
+            .current_dir(&logs)
+            .args(["-n", "-M", "prepared", "-U", PG_USER, "-h"])
+            .arg(&self.sock)
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", &clients.to_string(), "-j", &jobs.to_string()])
+            .args(["-T", &seconds.to_string(), "-l", "--log-prefix=tx", "-f"])
+            .arg(&self.script)
+            .arg("postgres")
+            .output();
+        let out = check("pgbench", out)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut lat_us = read_latencies(&logs)?;
+        let _ = std::fs::remove_dir_all(&logs);
+        parse_pgbench(&stdout, &mut lat_us)
+    }
+}
+
+impl Drop for PgAnchor {
+    fn drop(&mut self) {
+        if self.started {
+            let _ = self
+                .cmd("pg_ctl")
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "fast", "-w", "-t", "60", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn check(what: &str, out: std::io::Result<Output>) -> Result<Output, BenchError> {
+    let out = out.map_err(|e| BenchError::io(format!("PostgreSQL anchor: run {what}"), e))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(BenchError::Anchor(format!(
+            "PostgreSQL anchor: {what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Per-transaction latencies (µs, third field) from pgbench's `-l` logs.
+fn read_latencies(dir: &Path) -> Result<Vec<u64>, BenchError> {
+    let mut lat = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| BenchError::io("read pgbench logs", e))?;
+    for e in entries.flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        lat.extend(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()),
+        );
+    }
+    Ok(lat)
+}
+
+/// tps and mean latency from pgbench's summary; p50/p99/max from the
+/// per-transaction latencies.
+pub fn parse_pgbench(stdout: &str, lat_us: &mut [u64]) -> Result<LoadResult, BenchError> {
+    let num_after = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+    };
+    let bad = |what: &str| BenchError::Anchor(format!("pgbench output has no {what}: {stdout:?}"));
+    let tps = num_after("tps = ").ok_or_else(|| bad("tps"))?;
+    let mean_ms = num_after("latency average = ").ok_or_else(|| bad("latency average"))?;
+    if lat_us.is_empty() {
+        return Err(bad("per-transaction log"));
+    }
+    lat_us.sort_unstable();
+    let pct =
+        |q: f64| lat_us[((q * lat_us.len() as f64) as usize).min(lat_us.len() - 1)] as f64 / 1000.0;
+    Ok(LoadResult {
+        rps: tps,
+        mean_ms,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+        requests: lat_us.len() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pgbench_summary_and_logs() {
+        let out = "transaction type: kv_upsert.sql\nscaling factor: 1\nnumber of clients: 1\nlatency average = 0.186 ms\ninitial connection time = 3.1 ms\ntps = 5389.123456 (without initial connection time)\n";
+        let mut lat: Vec<u64> = (1..=100).rev().collect();
+        let r = parse_pgbench(out, &mut lat).unwrap();
+        assert_eq!(r.rps, 5389.123456);
+        assert_eq!(r.mean_ms, 0.186);
+        assert_eq!(r.p50_ms, 0.051);
+        assert_eq!(r.p99_ms, 0.100);
+        assert_eq!(r.requests, 100);
+        assert!(parse_pgbench("pgbench: error: connection refused", &mut lat).is_err());
+        assert!(parse_pgbench(out, &mut []).is_err());
+    }
+}

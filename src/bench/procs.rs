@@ -1,0 +1,223 @@
+//! The servers a benchmark starts: a fresh walrep node from this very
+//! binary and a Redis server with AOF. Each is a [`Child`] guard that stops
+//! its process (SIGTERM, then SIGKILL after a bound) when dropped, so no
+//! server outlives the run whatever happens.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::BenchError;
+
+/// How long a server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to exit after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A child process stopped on drop.
+pub struct Child {
+    what: String,
+    child: std::process::Child,
+}
+
+impl Child {
+    pub fn spawn(what: &str, cmd: &mut Command) -> Result<Child, BenchError> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| BenchError::io(format!("could not start {what}"), e))?;
+        Ok(Child {
+            what: what.into(),
+            child,
+        })
+    }
+
+    /// SIGTERM, wait up to 30 s, then SIGKILL.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's pid, which it cannot have
+        // reused: the child is not reaped until `wait` below.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(what = %self.what, "did not stop after SIGTERM; killing it");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process has exited (reaping it).
+    pub fn exited(&mut self) -> Result<bool, BenchError> {
+        self.child
+            .try_wait()
+            .map(|s| s.is_some())
+            .map_err(|e| BenchError::io("wait for a child process", e))
+    }
+
+    /// Fail if the process already exited.
+    fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(BenchError::Server(format!(
+                "{} exited early ({status})",
+                self.what
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> Result<u16, BenchError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::io("bind a port", e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| BenchError::io("bind a port", e))
+}
+
+/// Wait until `port` answers PING with +PONG.
+pub fn wait_ready(child: &mut Child, port: u16) -> Result<(), BenchError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        child.check_alive()?;
+        if let Ok(reply) = query(port, b"PING\r\n") {
+            if reply.starts_with("+PONG") {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::Server(format!(
+                "{} did not answer PING on port {port} within {START_TIMEOUT:?}",
+                child.what
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Send one inline command and read one reply (a bulk reply in full), with
+/// bounded waits.
+pub fn query(port: u16, command: &[u8]) -> Result<String, BenchError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let io = |e| BenchError::io(format!("query 127.0.0.1:{port}"), e);
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    s.write_all(command).map_err(io)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let n = s.read(&mut buf).map_err(io)?;
+        out.extend_from_slice(&buf[..n]);
+        if n == 0 || reply_complete(&out) || out.len() > 1 << 20 {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Whether `buf` holds one whole simple, error, integer or bulk reply.
+fn reply_complete(buf: &[u8]) -> bool {
+    let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    if buf.first() != Some(&b'$') {
+        return true;
+    }
+    let len: i64 = std::str::from_utf8(&buf[1..eol])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(-1);
+    len < 0 || buf.len() >= eol + 2 + len as usize + 2
+}
+
+/// `walrep init` + `walrep start` of a fresh node in `datadir`, with
+/// `synchronous_commit` set and logs in `datadir.log`.
+pub fn start_walrep(
+    exe: &Path,
+    datadir: &Path,
+    synchronous_commit: &str,
+) -> Result<(Child, u16), BenchError> {
+    let status = Command::new(exe)
+        .arg("init")
+        .arg(datadir)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| BenchError::io("walrep init", e))?;
+    if !status.success() {
+        return Err(BenchError::Server(format!(
+            "walrep init {} failed ({status})",
+            datadir.display()
+        )));
+    }
+    let port = free_port()?;
+    let repl_port = free_port()?;
+    let log = log_file(&datadir.with_extension("log"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("start").arg(datadir);
+    for c in [
+        format!("port={port}"),
+        format!("replication_port={repl_port}"),
+        format!("synchronous_commit={synchronous_commit}"),
+        "log_level=warn".into(),
+    ] {
+        cmd.arg("-c").arg(c);
+    }
+    cmd.stdout(Stdio::null()).stderr(log);
+    let mut child = Child::spawn("walrep start", &mut cmd)?;
+    wait_ready(&mut child, port)?;
+    Ok((child, port))
+}
+
+/// A Redis server with AOF (`appendfsync` = always | no) in `dir`.
+pub fn start_redis(dir: &Path, appendfsync: &str) -> Result<(Child, u16), BenchError> {
+    std::fs::create_dir_all(dir).map_err(|e| BenchError::io("create the Redis dir", e))?;
+    let port = free_port()?;
+    let log = log_file(&dir.join("redis.log"))?;
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--appendonly", "yes", "--appendfsync", appendfsync])
+        .args(["--save", "", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(log)
+        .stderr(Stdio::null());
+    let mut child = Child::spawn("redis-server", &mut cmd)?;
+    wait_ready(&mut child, port)?;
+    Ok((child, port))
+}
+
+fn log_file(path: &Path) -> Result<std::fs::File, BenchError> {
+    std::fs::File::create(path)
+        .map_err(|e| BenchError::io(format!("create the log {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_complete_only_when_whole() {
+        assert!(reply_complete(b"+PONG\r\n"));
+        assert!(!reply_complete(b"+PO"));
+        assert!(!reply_complete(b"$10\r\nabc"));
+        assert!(reply_complete(b"$3\r\nabc\r\n"));
+        assert!(reply_complete(b"$-1\r\n"));
+        assert!(reply_complete(b"$x\r\n"));
+    }
+}

@@ -1,0 +1,299 @@
+//! Summaries, the printed tables and the JSON file: every figure beside
+//! PostgreSQL 15's and Redis's from `shared/anchors.md` and as a ratio to
+//! the fdatasync rate measured in the same run, and the targets of issue #2.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::loadgen::LoadResult;
+use super::Level;
+
+/// PostgreSQL 15, lone primary, pgbench one upsert per transaction
+/// (anchors.md): (synchronous_commit, clients, tps, p99 ms if given).
+pub const PG_ANCHORS: &[(&str, u32, f64, Option<f64>)] = &[
+    ("off", 1, 12_024.0, None),
+    ("off", 16, 57_200.0, None),
+    ("off", 64, 44_867.0, Some(4.10)),
+    ("on", 1, 5_389.0, None),
+    ("on", 16, 19_962.0, None),
+    ("on", 64, 23_809.0, Some(6.39)),
+];
+
+/// Redis 7.0 with AOF, redis-benchmark SET (anchors.md): (appendfsync, clients, rps).
+pub const REDIS_ANCHORS: &[(&str, u32, f64)] = &[
+    ("always", 1, 4_131.0),
+    ("always", 16, 29_429.0),
+    ("always", 64, 64_851.0),
+    ("no", 1, 11_655.0),
+    ("no", 16, 147_384.0),
+    ("no", 64, 160_772.0),
+];
+
+/// Issue #2: one client with `local` reaches this share of the fdatasync rate.
+pub const TARGET_ONE_CLIENT_RATIO: f64 = 0.90;
+/// Issue #2: 64 clients with `local` reach this many durable commits/s.
+pub const TARGET_64_CLIENTS_RPS: f64 = 80_000.0;
+
+/// One measured run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Cell {
+    /// `walrep`, `postgresql` or `redis`.
+    pub system: &'static str,
+    pub level: Level,
+    pub clients: u32,
+    pub rep: u32,
+    pub load: LoadResult,
+    /// fdatasync rate around this run (mean of the probes before and after).
+    pub fsync_per_s: f64,
+    /// `load.rps / fsync_per_s`.
+    pub ratio_to_fsync: f64,
+    /// walrep only: fdatasyncs per second and records per flush during the run.
+    pub wal_fsyncs_per_s: Option<f64>,
+    pub wal_batch_records: Option<f64>,
+}
+
+/// Median (and range) of a cell over the repetitions.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub system: &'static str,
+    pub level: Level,
+    pub clients: u32,
+    pub reps: usize,
+    pub rps: f64,
+    pub rps_min: f64,
+    pub rps_max: f64,
+    pub mean_ms: f64,
+    pub p99_ms: f64,
+    pub ratio_to_fsync: f64,
+    pub wal_fsyncs_per_s: Option<f64>,
+    pub wal_batch_records: Option<f64>,
+}
+
+/// A target of the issue and whether this run met it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Target {
+    pub what: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Group cells by (system, level, clients) and take medians.
+pub fn summarise(cells: &[Cell]) -> Vec<Summary> {
+    let mut groups: BTreeMap<(&str, Level, u32), Vec<&Cell>> = BTreeMap::new();
+    for c in cells {
+        groups
+            .entry((c.system, c.level, c.clients))
+            .or_default()
+            .push(c);
+    }
+    groups
+        .into_iter()
+        .map(|((_, level, clients), cs)| {
+            let m =
+                |f: &dyn Fn(&Cell) -> f64| median(&mut cs.iter().map(|c| f(c)).collect::<Vec<_>>());
+            let opt = |f: &dyn Fn(&Cell) -> Option<f64>| {
+                let mut v: Vec<f64> = cs.iter().filter_map(|c| f(c)).collect();
+                (!v.is_empty()).then(|| median(&mut v))
+            };
+            let rps: Vec<f64> = cs.iter().map(|c| c.load.rps).collect();
+            Summary {
+                system: cs[0].system,
+                level,
+                clients,
+                reps: cs.len(),
+                rps: m(&|c| c.load.rps),
+                rps_min: rps.iter().copied().fold(f64::INFINITY, f64::min),
+                rps_max: rps.iter().copied().fold(0.0, f64::max),
+                mean_ms: m(&|c| c.load.mean_ms),
+                p99_ms: m(&|c| c.load.p99_ms),
+                ratio_to_fsync: m(&|c| c.ratio_to_fsync),
+                wal_fsyncs_per_s: opt(&|c| c.wal_fsyncs_per_s),
+                wal_batch_records: opt(&|c| c.wal_batch_records),
+            }
+        })
+        .collect()
+}
+
+/// The issue's targets, judged on the walrep summaries.
+pub fn targets(summaries: &[Summary]) -> Vec<Target> {
+    let find = |clients| {
+        summaries
+            .iter()
+            .find(|s| s.system == "walrep" && s.level == Level::Local && s.clients == clients)
+    };
+    let mut out = Vec::new();
+    if let Some(s) = find(1) {
+        out.push(Target {
+            what: format!(
+                "1 client, synchronous_commit=local >= {:.0}% of the fdatasync rate",
+                TARGET_ONE_CLIENT_RATIO * 100.0
+            ),
+            measured: format!("{:.1}% ({:.0}/s)", s.ratio_to_fsync * 100.0, s.rps),
+            met: s.ratio_to_fsync >= TARGET_ONE_CLIENT_RATIO,
+        });
+    }
+    if let Some(s) = find(64) {
+        out.push(Target {
+            what: format!(
+                "64 clients, synchronous_commit=local >= {TARGET_64_CLIENTS_RPS:.0} durable commits/s"
+            ),
+            measured: format!("{:.0}/s", s.rps),
+            met: s.rps >= TARGET_64_CLIENTS_RPS,
+        });
+    }
+    out
+}
+
+fn pg_anchor(level: Level, clients: u32) -> Option<(f64, Option<f64>)> {
+    PG_ANCHORS
+        .iter()
+        .find(|a| a.0 == level.postgres() && a.1 == clients)
+        .map(|a| (a.2, a.3))
+}
+
+fn redis_anchor(level: Level, clients: u32) -> Option<f64> {
+    REDIS_ANCHORS
+        .iter()
+        .find(|a| a.0 == level.redis_appendfsync() && a.1 == clients)
+        .map(|a| a.2)
+}
+
+fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    let s = format!("{:.0}", v);
+    let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    format!("{sign}{out}")
+}
+
+/// The markdown tables of one level: walrep beside the anchors.
+pub fn level_table(level: Level, summaries: &[Summary]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "synchronous_commit = {} (PostgreSQL: synchronous_commit = {}, Redis: appendfsync {})\n",
+        level.walrep(),
+        level.postgres(),
+        level.redis_appendfsync()
+    );
+    let _ = writeln!(t, "| clients | walrep commits/s (min-max) | / fdatasync | mean ms | p99 ms | WAL fsyncs/s | records/flush | PG15 anchors.md | PG15 same run (/ fdatasync, p99 ms) | Redis AOF anchors.md | Redis same run (/ fdatasync, p99 ms) |");
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut clients: Vec<u32> = summaries
+        .iter()
+        .filter(|s| s.level == level)
+        .map(|s| s.clients)
+        .collect();
+    clients.sort_unstable();
+    clients.dedup();
+    for c in clients {
+        let get = |sys: &str| {
+            summaries
+                .iter()
+                .find(|s| s.system == sys && s.level == level && s.clients == c)
+        };
+        let same_run = |sys: &str| {
+            get(sys).map_or("-".to_string(), |s| {
+                format!("{} ({:.2}, {:.2})", num(s.rps), s.ratio_to_fsync, s.p99_ms)
+            })
+        };
+        let w = get("walrep");
+        let wcol = w.map_or("-".to_string(), |s| {
+            format!("{} ({}-{})", num(s.rps), num(s.rps_min), num(s.rps_max))
+        });
+        let f = |g: &dyn Fn(&Summary) -> String| w.map_or("-".to_string(), g);
+        let pg = pg_anchor(level, c).map_or("-".to_string(), |(tps, p99)| match p99 {
+            Some(p) => format!("{} (p99 {p:.2})", num(tps)),
+            None => num(tps),
+        });
+        let redis = redis_anchor(level, c).map_or("-".to_string(), num);
+        let _ = writeln!(
+            t,
+            "| {c} | {wcol} | {} | {} | {} | {} | {} | {pg} | {} | {redis} | {} |",
+            f(&|s| format!("{:.2}", s.ratio_to_fsync)),
+            f(&|s| format!("{:.3}", s.mean_ms)),
+            f(&|s| format!("{:.3}", s.p99_ms)),
+            f(&|s| s.wal_fsyncs_per_s.map_or("-".into(), num)),
+            f(&|s| s
+                .wal_batch_records
+                .map_or("-".into(), |b| format!("{b:.1}"))),
+            same_run("postgresql"),
+            same_run("redis"),
+        );
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(system: &'static str, level: Level, clients: u32, rps: f64, fsync: f64) -> Cell {
+        Cell {
+            system,
+            level,
+            clients,
+            rep: 1,
+            load: LoadResult {
+                rps,
+                mean_ms: 1.0,
+                p50_ms: 1.0,
+                p99_ms: 2.0,
+                max_ms: 3.0,
+                requests: 10,
+            },
+            fsync_per_s: fsync,
+            ratio_to_fsync: rps / fsync,
+            wal_fsyncs_per_s: None,
+            wal_batch_records: None,
+        }
+    }
+
+    #[test]
+    fn medians_and_targets() {
+        let cells = vec![
+            cell("walrep", Level::Local, 1, 900.0, 1000.0),
+            cell("walrep", Level::Local, 1, 950.0, 1000.0),
+            cell("walrep", Level::Local, 1, 700.0, 1000.0),
+            cell("walrep", Level::Local, 64, 79_000.0, 1000.0),
+        ];
+        let s = summarise(&cells);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].rps, 900.0);
+        assert_eq!((s[0].rps_min, s[0].rps_max), (700.0, 950.0));
+        let t = targets(&s);
+        assert!(t[0].met, "{t:?}");
+        assert!(!t[1].met, "{t:?}");
+        let table = level_table(Level::Local, &s);
+        assert!(table.contains("| 1 | 900 (700-950) | 0.90 |"), "{table}");
+        assert!(table.contains("23,809 (p99 6.39)"), "{table}");
+    }
+
+    #[test]
+    fn numbers_get_thousands_separators() {
+        assert_eq!(num(1234567.4), "1,234,567");
+        assert_eq!(num(999.0), "999");
+        assert_eq!(num(f64::NAN), "-");
+        assert_eq!(median(&mut [3.0, 1.0, 2.0, 10.0]), 2.5);
+    }
+}

@@ -1,0 +1,224 @@
+//! One client connection on a worker loop: non-blocking reads into a
+//! request buffer, command execution, and sending the replies that may go.
+//!
+//! A connection stops executing requests (and so stops reading, leaving the
+//! bytes to TCP flow control) while it must wait: for its pending writes to
+//! be confirmed before a read ("stalled"), for a WAIT running off the loop,
+//! or for its output to drain.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering;
+
+use mio::net::TcpStream;
+
+use super::commands::{self, Flow, WaitRequest};
+use super::protocol::{self, reply, Limits};
+use super::session::{Session, SessionContext};
+
+/// Output held back (unsent, or waiting for a write's confirmation) beyond
+/// which the connection stops executing requests until it shrinks, so a
+/// huge pipeline does not grow the buffer without bound.
+pub const MAX_HELD_OUTPUT: usize = 1 << 20;
+/// Consumed request bytes kept at the front of the buffer before it is
+/// compacted.
+const COMPACT_AFTER: usize = 64 << 10;
+
+/// Why a connection does not execute its next request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Nothing holds it.
+    None,
+    /// A non-write waits for the connection's pending writes.
+    Stalled,
+    /// A WAIT runs off the loop; its reply will come back.
+    Waiting,
+}
+
+/// A client connection served by a worker loop.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub session: Session,
+    /// Bytes received; requests before `start` are consumed.
+    inbuf: Vec<u8>,
+    start: usize,
+    /// Edge-triggered readiness: true until a read returns WouldBlock.
+    pub readable: bool,
+    /// True until a write returns WouldBlock.
+    pub writable: bool,
+    /// The peer closed its sending side (or the server stopped reading).
+    pub eof: bool,
+    /// Send what may be sent, then close (QUIT, protocol error, failed write).
+    pub closing: bool,
+    pub hold: Hold,
+    /// The pending writes were handed to the worker's committer thread.
+    pub handed_off: bool,
+    /// A WAIT the worker must run off the loop.
+    pub wait_job: Option<WaitRequest>,
+    /// Queued in the worker's ready list.
+    pub queued: bool,
+    /// When its last writes were confirmed (group-commit siblings).
+    pub last_commit: Option<std::time::Instant>,
+}
+
+impl Conn {
+    pub fn new(id: u64, stream: TcpStream, ctx: SessionContext) -> Conn {
+        let _ = stream.set_nodelay(true);
+        Conn {
+            stream,
+            session: Session::new(id, ctx),
+            inbuf: Vec::new(),
+            start: 0,
+            readable: true,
+            writable: true,
+            eof: false,
+            closing: false,
+            hold: Hold::None,
+            handed_off: false,
+            wait_job: None,
+            queued: false,
+            last_commit: None,
+        }
+    }
+
+    /// Execute buffered requests and read more while nothing holds the
+    /// connection. `reading` is false once the server shuts down: only the
+    /// requests already received are finished.
+    pub fn drive(&mut self, scratch: &mut [u8], reading: bool) -> io::Result<()> {
+        loop {
+            self.run_requests();
+            if self.hold != Hold::None
+                || self.closing
+                || self.eof
+                || !self.readable
+                || !reading
+                || self.session.out.len() > MAX_HELD_OUTPUT
+            {
+                return Ok(());
+            }
+            match self.stream.read(scratch) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&scratch[..n]);
+                    // A short read emptied the socket: edge-triggered
+                    // polling reports the next arrival, so skip the read
+                    // that would only say EAGAIN (one syscall per request).
+                    if n < scratch.len() {
+                        self.readable = false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether complete or partial requests wait in the buffer.
+    pub fn has_input(&self) -> bool {
+        self.start < self.inbuf.len()
+    }
+
+    fn run_requests(&mut self) {
+        let limits = Limits {
+            max_bulk_len: self.session.ctx.settings.max_bulk_len,
+        };
+        while self.hold == Hold::None && !self.closing && self.session.out.len() <= MAX_HELD_OUTPUT
+        {
+            match protocol::next_request(&self.inbuf[self.start..], limits) {
+                Ok(Some(req)) => {
+                    let base = self.start;
+                    let args: Vec<&[u8]> = req
+                        .args
+                        .iter()
+                        .map(|r| &self.inbuf[base + r.start..base + r.end])
+                        .collect();
+                    let Some(arg0) = args.first() else {
+                        self.start += req.consumed;
+                        continue;
+                    };
+                    if self.session.has_pending() && commands::needs_settled(arg0) {
+                        self.hold = Hold::Stalled;
+                        break;
+                    }
+                    self.start += req.consumed;
+                    let stats = &self.session.ctx.stats;
+                    stats
+                        .total_commands_processed
+                        .fetch_add(1, Ordering::Relaxed);
+                    if commands::is_wait(arg0) {
+                        match commands::wait_request(&self.session, &args) {
+                            Ok(w) => {
+                                self.wait_job = Some(w);
+                                self.hold = Hold::Waiting;
+                            }
+                            Err(text) => reply::error(&mut self.session.out, &text),
+                        }
+                        continue;
+                    }
+                    if let Flow::Close = commands::execute(&mut self.session, &args) {
+                        self.closing = true;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let stats = &self.session.ctx.stats;
+                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "protocol error, closing connection");
+                    reply::error(&mut self.session.out, &format!("ERR {e}"));
+                    self.closing = true;
+                }
+            }
+        }
+        self.compact_input();
+    }
+
+    fn compact_input(&mut self) {
+        if self.start == self.inbuf.len() {
+            self.inbuf.clear();
+            self.start = 0;
+        } else if self.start > COMPACT_AFTER {
+            self.inbuf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
+    /// Send the replies that may go. Returns true when the output shrank
+    /// below [`MAX_HELD_OUTPUT`] and requests may run again. Errors mean
+    /// the peer is gone.
+    pub fn send(&mut self) -> io::Result<bool> {
+        let was_full = self.session.out.len() > MAX_HELD_OUTPUT;
+        while self.writable {
+            let n = self.session.sendable();
+            if n == 0 {
+                break;
+            }
+            match self.stream.write(&self.session.out[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => self.session.consume_out(k),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(was_full && self.session.out.len() <= MAX_HELD_OUTPUT)
+    }
+
+    /// Nothing left to do for it: close it now.
+    pub fn finished(&self) -> bool {
+        let idle = !self.session.has_pending()
+            && !self.handed_off
+            && self.hold != Hold::Waiting
+            && self.session.out.is_empty();
+        idle && (self.closing || (self.eof && !self.has_complete_request()))
+    }
+
+    fn has_complete_request(&self) -> bool {
+        let limits = Limits {
+            max_bulk_len: self.session.ctx.settings.max_bulk_len,
+        };
+        matches!(
+            protocol::next_request(&self.inbuf[self.start..], limits),
+            Ok(Some(_)) | Err(_)
+        )
+    }
+}

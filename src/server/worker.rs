@@ -1,0 +1,601 @@
+//! A worker: one event loop (mio) serving many connections, as Redis and
+//! PostgreSQL's WAL writer batch work: one pass reads every ready socket,
+//! executes the requests, then settles all pending writes with one wait
+//! (one fdatasync covers every connection of the pass, and group commit in
+//! the WAL shares it with the other workers), then sends the replies.
+//!
+//! # Settling without blocking readers for long
+//! A pending write at a level the node can meet within a local flush is
+//! settled inline ([`Backend::wait_local`](super::Backend::wait_local)): the loop itself flushes (or
+//! joins the flush in progress), so one client's commit costs the
+//! fdatasync plus its round trip and no thread hand-off. Anything that can
+//! take longer (a synchronous standby's confirmation, a backend that cannot
+//! tell) is handed to this worker's committer thread, which calls the
+//! blocking [`Backend::wait`](super::Backend::wait) and wakes the loop with the result; the loop
+//! keeps serving other connections meanwhile. WAIT runs on a thread of its
+//! own, bounded by its timeout.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::commands::WaitRequest;
+use super::conn::{Conn, Hold};
+use super::protocol::reply;
+use super::session::SessionContext;
+use super::WriteError;
+use crate::store::Level;
+use crate::Lsn;
+
+/// The waker's token; connections use their id (never 0).
+const WAKER: Token = Token(0);
+/// Longest sleep of an idle loop (it checks for shutdown at least this often).
+const IDLE_TICK: Duration = Duration::from_millis(100);
+/// Pause when the committer's queue is full (then pending writes wait).
+const BUSY_TICK: Duration = Duration::from_millis(1);
+/// Settle jobs queued for the committer thread at most.
+const JOB_CAPACITY: usize = 64;
+/// New connections queued for a worker at most.
+const INBOX_CAPACITY: usize = 1024;
+/// At shutdown: how long unsent replies may wait for a client that does
+/// not read them.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// Bytes read per syscall.
+const READ_CHUNK: usize = 64 << 10;
+/// Longest wait for sibling commits before a flush (see `Worker::gather`).
+const MAX_GATHER: Duration = Duration::from_micros(500);
+/// Longest gather while other workers flush (a safety bound: flushes end).
+const MAX_GATHER_BUSY: Duration = Duration::from_millis(5);
+/// A connection that committed this recently counts as a sibling.
+const SIBLING_WINDOW: Duration = Duration::from_millis(2);
+/// Events taken per poll.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// How the workers of one server keep the disk busy together: a worker
+/// about to flush while another one is flushing keeps reading instead (its
+/// flush follows), and is woken when that flush ends.
+#[derive(Debug, Default)]
+pub struct FlushGate {
+    /// Workers settling inline right now (flushing or joining a flush).
+    flushing: AtomicUsize,
+    /// Workers gathering until a flush ends.
+    waiting: AtomicUsize,
+    /// Every worker's waker, set once all have started.
+    pub wakers: std::sync::OnceLock<Vec<Arc<Waker>>>,
+}
+
+impl FlushGate {
+    fn wake_waiting(&self) {
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        for w in self.wakers.get().into_iter().flatten() {
+            let _ = w.wake();
+        }
+    }
+}
+
+/// What a worker is sent from outside its loop.
+enum Msg {
+    /// A connection accepted for this worker.
+    Accepted(u64, std::net::TcpStream),
+}
+
+/// A blocking wait run off the loop.
+enum Job {
+    Settle {
+        end: Lsn,
+        level: Level,
+        tokens: Vec<Token>,
+    },
+}
+
+/// Its result, sent back to the loop.
+enum Done {
+    Settled {
+        tokens: Vec<Token>,
+        result: Result<(), WriteError>,
+    },
+    Waited {
+        token: Token,
+        acked: usize,
+    },
+}
+
+/// A running worker, as the server holds it.
+pub struct WorkerHandle {
+    inbox: Sender<Msg>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Start worker `index` with its loop and committer threads.
+    pub fn start(
+        index: usize,
+        ctx: SessionContext,
+        shutting_down: Arc<AtomicBool>,
+        gate: Arc<FlushGate>,
+    ) -> io::Result<WorkerHandle> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (inbox_tx, inbox) = crossbeam_channel::bounded(INBOX_CAPACITY);
+        let (jobs, job_rx) = crossbeam_channel::bounded(JOB_CAPACITY);
+        // Results never outnumber settle jobs plus one WAIT per connection.
+        let cap = JOB_CAPACITY + ctx.settings.max_connections as usize + 1;
+        let (done_tx, done) = crossbeam_channel::bounded(cap);
+        let committer = {
+            let (backend, waker, done_tx) = (ctx.backend.clone(), waker.clone(), done_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("redis-commit-{index}"))
+                .spawn(move || run_committer(backend, job_rx, done_tx, waker))?
+        };
+        let worker = Worker {
+            poll,
+            waker: waker.clone(),
+            conns: HashMap::new(),
+            inbox,
+            jobs: Some(jobs),
+            done,
+            done_tx,
+            ctx,
+            shutting_down,
+            gate,
+            ready: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
+            committer: Some(committer),
+            flush_ewma_s: 0.0,
+            compact_later: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("redis-worker-{index}"))
+            .spawn(move || worker.run(index))?;
+        Ok(WorkerHandle {
+            inbox: inbox_tx,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hand over an accepted connection. Fails only if the worker is gone.
+    pub fn accept(&self, id: u64, stream: std::net::TcpStream) -> Result<(), std::net::TcpStream> {
+        let r = self.inbox.send(Msg::Accepted(id, stream));
+        let _ = self.waker.wake();
+        r.map_err(|e| match e.into_inner() {
+            Msg::Accepted(_, s) => s,
+        })
+    }
+
+    /// The loop's waker (for the [`FlushGate`]).
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// Wake the loop (it then sees the shutdown flag).
+    pub fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+
+    /// Wait for the loop to finish (after the shutdown flag was set).
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The committer: blocking waits, one after another (their LSNs only grow,
+/// so each is short once the one before it is met).
+fn run_committer(
+    backend: Arc<dyn super::Backend>,
+    jobs: Receiver<Job>,
+    done: Sender<Done>,
+    waker: Arc<Waker>,
+) {
+    for job in jobs.iter() {
+        let Job::Settle { end, level, tokens } = job;
+        let result = backend.wait(end, level);
+        if done.send(Done::Settled { tokens, result }).is_err() {
+            break;
+        }
+        let _ = waker.wake();
+    }
+}
+
+struct Worker {
+    poll: Poll,
+    waker: Arc<Waker>,
+    conns: HashMap<Token, Conn>,
+    inbox: Receiver<Msg>,
+    /// To the committer; `None` once shut down.
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    /// For WAIT threads.
+    done_tx: Sender<Done>,
+    ctx: SessionContext,
+    shutting_down: Arc<AtomicBool>,
+    /// Shared by the workers of a server: who is flushing, who waits.
+    gate: Arc<FlushGate>,
+    /// Connections to drive in this pass (deduplicated by `Conn::queued`).
+    ready: Vec<Token>,
+    scratch: Vec<u8>,
+    committer: Option<JoinHandle<()>>,
+    /// Keys whose superseded versions go at the end of the pass.
+    compact_later: Vec<Vec<u8>>,
+    /// Moving average of inline settle times (seconds): bounds `gather`.
+    flush_ewma_s: f64,
+}
+
+impl Worker {
+    fn run(mut self, index: usize) {
+        let _span = tracing::info_span!("redis-worker", index).entered();
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let stopping = self.shutting_down.load(Ordering::SeqCst);
+            if stopping {
+                let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_LIMIT);
+                if self.drained() || Instant::now() >= deadline {
+                    break;
+                }
+            }
+            let timeout = if !self.ready.is_empty() {
+                Duration::ZERO
+            } else if stopping || self.pending_not_handed_off() {
+                BUSY_TICK
+            } else {
+                IDLE_TICK
+            };
+            if !self.poll_once(&mut events, timeout) {
+                break;
+            }
+            self.pass(&mut events, !stopping);
+        }
+        self.close_all();
+    }
+
+    /// Wait up to `timeout` for events and queue what they concern; false
+    /// if polling failed for good.
+    fn poll_once(&mut self, events: &mut Events, timeout: Duration) -> bool {
+        if let Err(e) = self.poll.poll(events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!(error = %e, "poll failed; closing this worker's connections");
+                return false;
+            }
+        }
+        for ev in events.iter() {
+            if ev.token() == WAKER {
+                continue;
+            }
+            if let Some(c) = self.conns.get_mut(&ev.token()) {
+                c.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                c.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+            }
+            self.enqueue(ev.token());
+        }
+        self.take_inbox();
+        self.take_done();
+        true
+    }
+
+    fn enqueue(&mut self, token: Token) {
+        if let Some(c) = self.conns.get_mut(&token) {
+            if !c.queued {
+                c.queued = true;
+                self.ready.push(token);
+            }
+        }
+    }
+
+    /// One pass: drive ready connections, gather more commits while
+    /// siblings are about to send theirs, settle, send, close.
+    fn pass(&mut self, events: &mut Events, reading: bool) {
+        let mut touched = Vec::new();
+        self.drive_ready(reading, &mut touched);
+        if reading {
+            self.gather(events, &mut touched);
+        }
+        self.settle();
+        for token in touched {
+            self.send_or_close(token);
+        }
+        self.compact();
+    }
+
+    /// Drop the versions that confirmed writes superseded, under one lock,
+    /// after the replies went out (it is housekeeping, not their latency).
+    fn compact(&mut self) {
+        if self.compact_later.is_empty() {
+            return;
+        }
+        let keys: Vec<&[u8]> = self.compact_later.iter().map(|k| k.as_slice()).collect();
+        self.ctx.backend.store().compact(&keys);
+        self.compact_later.clear();
+    }
+
+    fn drive_ready(&mut self, reading: bool, touched: &mut Vec<Token>) {
+        for token in std::mem::take(&mut self.ready) {
+            let Some(c) = self.conns.get_mut(&token) else {
+                continue;
+            };
+            c.queued = false;
+            touched.push(token);
+            if let Err(e) = c.drive(&mut self.scratch, reading) {
+                tracing::debug!(error = %e, "connection ended");
+                self.close(token);
+                continue;
+            }
+            if let Some(w) = c.wait_job.take() {
+                self.spawn_wait(token, w);
+            }
+        }
+    }
+
+    /// Group commit across the pass: gather more commits before flushing.
+    ///
+    /// - While another worker is flushing, keep reading: whatever arrives
+    ///   joins this worker's flush, which starts as soon as that one ends
+    ///   (the disk stays busy, and this loop is not parked meanwhile).
+    /// - PostgreSQL's commit_delay / commit_siblings, adaptive: when other
+    ///   connections of this worker committed moments ago (so are about to
+    ///   send their next write), wait a little for them so one fdatasync
+    ///   covers them too. This ends as soon as they have all arrived, and
+    ///   never exceeds half a recent flush (what waiting for the next flush
+    ///   would cost them anyway), at most [`MAX_GATHER`].
+    ///
+    /// One client alone never waits; the whole gather is bounded by
+    /// [`MAX_GATHER_BUSY`].
+    fn gather(&mut self, events: &mut Events, touched: &mut Vec<Token>) {
+        if !self.pending_not_handed_off() {
+            return;
+        }
+        let start = Instant::now();
+        let delay = Duration::from_secs_f64(self.flush_ewma_s / 2.0).min(MAX_GATHER);
+        loop {
+            let now = Instant::now();
+            if now >= start + MAX_GATHER_BUSY {
+                return;
+            }
+            // Announce the wait before looking, so a flush that ends now
+            // either is seen or wakes this loop (no lost wake-up).
+            self.gate.waiting.fetch_add(1, Ordering::SeqCst);
+            let busy = self.gate.flushing.load(Ordering::SeqCst) > 0;
+            let timeout = if busy {
+                Some(start + MAX_GATHER_BUSY - now)
+            } else if now < start + delay && self.siblings() > 0 {
+                Some(start + delay - now)
+            } else {
+                None
+            };
+            let polled = timeout.map(|t| self.poll_once(events, t));
+            self.gate.waiting.fetch_sub(1, Ordering::SeqCst);
+            match polled {
+                Some(true) => self.drive_ready(true, touched),
+                Some(false) | None => return,
+            }
+        }
+    }
+
+    /// Connections that committed within [`SIBLING_WINDOW`] and have no
+    /// write pending now: they are likely to send one any moment.
+    fn siblings(&self) -> usize {
+        let now = Instant::now();
+        self.conns
+            .values()
+            .filter(|c| {
+                !c.session.has_pending()
+                    && !c.closing
+                    && c.last_commit
+                        .is_some_and(|t| now.saturating_duration_since(t) < SIBLING_WINDOW)
+            })
+            .count()
+    }
+
+    fn send_or_close(&mut self, token: Token) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        match c.send() {
+            Err(e) => {
+                tracing::debug!(error = %e, "connection ended");
+                self.close(token);
+            }
+            Ok(_) if c.finished() => self.close(token),
+            Ok(true) => self.enqueue(token),
+            Ok(false) => {}
+        }
+    }
+
+    /// Settle every connection with pending writes not yet handed off:
+    /// per level, one wait for the highest end.
+    fn settle(&mut self) {
+        let mut groups: Vec<(Level, Lsn, Vec<Token>)> = Vec::new();
+        for (token, c) in &self.conns {
+            if c.handed_off {
+                continue;
+            }
+            if let Some((end, level)) = c.session.pending_wait() {
+                match groups.iter_mut().find(|g| g.0 == level) {
+                    Some(g) => {
+                        g.1 = g.1.max(end);
+                        g.2.push(*token);
+                    }
+                    None => groups.push((level, end, vec![*token])),
+                }
+            }
+        }
+        groups.sort_by_key(|g| g.0);
+        let backend = self.ctx.backend.clone();
+        for (level, end, tokens) in groups {
+            let t0 = Instant::now();
+            self.gate.flushing.fetch_add(1, Ordering::SeqCst);
+            let local = backend.wait_local(end, level);
+            self.gate.flushing.fetch_sub(1, Ordering::SeqCst);
+            self.gate.wake_waiting();
+            match local {
+                Some(result) => {
+                    if level > Level::Immediate {
+                        let took = t0.elapsed().as_secs_f64();
+                        self.flush_ewma_s = 0.8 * self.flush_ewma_s + 0.2 * took;
+                    }
+                    self.confirm(&tokens, result)
+                }
+                None => self.hand_off(end, level, tokens),
+            }
+        }
+    }
+
+    fn hand_off(&mut self, end: Lsn, level: Level, tokens: Vec<Token>) {
+        let Some(jobs) = &self.jobs else {
+            return;
+        };
+        let job = Job::Settle {
+            end,
+            level,
+            tokens: tokens.clone(),
+        };
+        // A full queue (the committer is behind) leaves them pending: the
+        // next pass tries again.
+        if jobs.try_send(job).is_ok() {
+            for t in &tokens {
+                if let Some(c) = self.conns.get_mut(t) {
+                    c.handed_off = true;
+                }
+            }
+        }
+    }
+
+    /// Apply a settle result to `tokens` and queue the connections to go on.
+    fn confirm(&mut self, tokens: &[Token], result: Result<(), WriteError>) {
+        let mut compact = Vec::new();
+        for t in tokens {
+            let Some(c) = self.conns.get_mut(t) else {
+                continue;
+            };
+            c.handed_off = false;
+            if c.session.confirm(&result, &mut compact) {
+                c.closing = true;
+            } else {
+                c.last_commit = Some(Instant::now());
+            }
+            if c.hold == Hold::Stalled {
+                c.hold = Hold::None;
+            }
+        }
+        self.compact_later.append(&mut compact);
+        for t in tokens {
+            self.enqueue(*t);
+        }
+    }
+
+    fn pending_not_handed_off(&self) -> bool {
+        self.conns
+            .values()
+            .any(|c| c.session.has_pending() && !c.handed_off)
+    }
+
+    fn spawn_wait(&mut self, token: Token, w: WaitRequest) {
+        let backend = self.ctx.backend.clone();
+        let done = self.done_tx.clone();
+        let waker = self.waker.clone();
+        let spawned = std::thread::Builder::new()
+            .name("redis-wait".into())
+            .spawn(move || {
+                let acked = backend.wait_replicas(w.upto, w.wanted, w.timeout);
+                let _ = done.send(Done::Waited { token, acked });
+                let _ = waker.wake();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start a WAIT thread");
+            if let Some(c) = self.conns.get_mut(&token) {
+                reply::error(&mut c.session.out, "ERR could not start the WAIT");
+                c.hold = Hold::None;
+            }
+        }
+    }
+
+    fn take_inbox(&mut self) {
+        while let Ok(Msg::Accepted(id, stream)) = self.inbox.try_recv() {
+            self.register(id, stream);
+        }
+    }
+
+    fn register(&mut self, id: u64, stream: std::net::TcpStream) {
+        let stats = self.ctx.stats.clone();
+        if stream.set_nonblocking(true).is_err() {
+            stats.connected_clients.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        let token = Token(id as usize);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
+            tracing::warn!(error = %e, "could not register a connection");
+            stats.connected_clients.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        self.conns
+            .insert(token, Conn::new(id, stream, self.ctx.clone()));
+        self.enqueue(token);
+    }
+
+    fn take_done(&mut self) {
+        while let Ok(d) = self.done.try_recv() {
+            match d {
+                Done::Settled { tokens, result } => self.confirm(&tokens, result),
+                Done::Waited { token, acked } => {
+                    if let Some(c) = self.conns.get_mut(&token) {
+                        reply::integer(&mut c.session.out, acked as i64);
+                        c.hold = Hold::None;
+                    }
+                    self.enqueue(token);
+                }
+            }
+        }
+    }
+
+    /// Shutdown may finish: no commit in flight, no reply unsent.
+    fn drained(&self) -> bool {
+        self.inbox.is_empty()
+            && self.conns.values().all(|c| {
+                !c.session.has_pending()
+                    && !c.handed_off
+                    && c.hold != Hold::Waiting
+                    && c.session.out.is_empty()
+            })
+    }
+
+    fn close(&mut self, token: Token) {
+        if let Some(mut c) = self.conns.remove(&token) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.ctx
+                .stats
+                .connected_clients
+                .fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn close_all(&mut self) {
+        self.compact();
+        let tokens: Vec<Token> = self.conns.keys().copied().collect();
+        for t in tokens {
+            self.close(t);
+        }
+        while let Ok(Msg::Accepted(..)) = self.inbox.try_recv() {
+            self.ctx
+                .stats
+                .connected_clients
+                .fetch_sub(1, Ordering::SeqCst);
+        }
+        self.jobs = None;
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+    }
+}
