@@ -216,6 +216,41 @@ pub mod play {
         s
     }
 
+    /// Found by the property test (proptest-regressions seed 7cc4a253):
+    /// WAL that reaches the last segment of the LSN space. A record still
+    /// incomplete there never completes, so the round ends instead of
+    /// asking for a segment past FFFFFFFF/FFFFFFFF (whose "local copy" used
+    /// to be the copy already known bad, read again); and the copy of the
+    /// last segment that failed is not read again from `wal/`.
+    pub fn last_segment_of_the_lsn_space() -> Scenario {
+        let last = u64::MAX / SEG;
+        let redo = at(last, 0xFF_6F4C);
+        assert_eq!(redo.to_string(), "FFFFFFFF/FFFF6F4C");
+        let mut s = Scenario::new(archive_only());
+        s.ev(started(redo, 1, redo, false));
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s.ev(restored(1, last));
+        assert!(s.emitted(|a| matches!(a, Action::Replay { upto, .. } if *upto == Lsn(u64::MAX))));
+        s.ev(eow(redo));
+        assert_eq!(
+            s.state(),
+            StateKind::RetryingArchive,
+            "no segment follows the last one"
+        );
+        assert!(!s.emitted(|a| matches!(
+            a,
+            Action::RestoreSegment { .. } | Action::FindLocalSegment { .. }
+        )));
+        s.timer();
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s.ev(restored(1, last)).ev(invalid(redo, RecordCheck::Crc));
+        // wal/ holds the copy just restored, known bad: not read again.
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        assert!(!s.emitted(|a| matches!(a, Action::FindLocalSegment { .. })));
+        assert_eq!(s.core.status().replay_lsn, redo);
+        s
+    }
+
     pub fn corrupt_record_on_the_stream() -> Scenario {
         let mut s = streaming(both());
         let sid = s.session();
@@ -666,6 +701,7 @@ scenarios!(
     corrupt_segment_from_the_archive,
     corrupt_record_on_the_stream,
     corrupt_fork_segment_falls_back_to_the_parent_copy,
+    last_segment_of_the_lsn_space,
     restore_command_failing_backs_off,
     segment_missing_retries_at_the_interval,
     ping_pong_between_archive_and_stream_is_detected,

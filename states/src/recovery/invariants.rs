@@ -4,10 +4,11 @@
 use std::fmt;
 
 use super::action::WalSource;
+use super::event::WalFile;
 use super::kind::StateKind;
 use super::machine::State;
 use super::shared::{Machine, ReceiverStatus};
-use crate::lsn::Lsn;
+use crate::lsn::{Lsn, SegNo};
 
 /// A broken invariant: which one and the values that broke it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,7 @@ pub(crate) fn violation(invariant: &'static str, detail: String) -> InvariantVio
 pub(crate) fn check_machine(m: &Machine, state: &State) -> Result<(), InvariantViolation> {
     check_bad_record(m)?;
     check_requests(m)?;
+    check_lsn_space(m)?;
     check_shape(m, state)?;
     check_timelines(m)
 }
@@ -95,6 +97,24 @@ fn check_requests(m: &Machine) -> Result<(), InvariantViolation> {
         }
     }
     Ok(())
+}
+
+/// Rounds and requests name only segments that have positions: none after
+/// the last segment of the LSN space.
+fn check_lsn_space(m: &Machine) -> Result<(), InvariantViolation> {
+    let last = SegNo::last(m.config.wal_segment_size);
+    let asked = match m.fetch_req.map(|r| r.file) {
+        Some(WalFile::Segment { segno, .. }) => Some(segno),
+        _ => None,
+    };
+    let round = m.round.as_ref().map(|r| r.segno);
+    match [asked, round].into_iter().flatten().find(|s| *s > last) {
+        Some(segno) => Err(violation(
+            "segments-in-lsn-space",
+            format!("segment {segno} is past {last}, the last segment of the LSN space"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Which requests and sessions each state may have.
