@@ -251,6 +251,31 @@ pub mod play {
         s
     }
 
+    /// A record spanning segments 2 and 3 fails its CRC when read with the
+    /// archive's copy of segment 3. That copy is now the file in `wal/`
+    /// (a restored segment replaces the local one), so it is not "found
+    /// locally" and read again: the round gives up. The next round reads
+    /// fresh copies of both segments.
+    pub fn corrupt_record_spanning_into_the_next_segment() -> Scenario {
+        let mut s = standby_started(archive_only());
+        let start = at(2, SEG - 0x18);
+        s.ev(restored(1, 2)).ev(eow(start));
+        assert!(s.emitted(|a| matches!(a, Action::RestoreSegment { segno, .. } if segno.0 == 3)));
+        s.ev(restored(1, 3)).ev(invalid(start, RecordCheck::Crc));
+        assert_eq!(
+            s.state(),
+            StateKind::RetryingArchive,
+            "wal/ holds the copy that failed"
+        );
+        assert!(!s.emitted(|a| matches!(a, Action::FindLocalSegment { .. })));
+        s.timer();
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s.ev(restored(1, 2)).ev(eow(start));
+        s.ev(restored(1, 3)).ev(eow(at(3, 0x100)));
+        assert_eq!(s.core.status().replay_lsn, at(3, 0x100));
+        s
+    }
+
     pub fn corrupt_record_on_the_stream() -> Scenario {
         let mut s = streaming(both());
         let sid = s.session();
@@ -702,6 +727,7 @@ scenarios!(
     corrupt_record_on_the_stream,
     corrupt_fork_segment_falls_back_to_the_parent_copy,
     last_segment_of_the_lsn_space,
+    corrupt_record_spanning_into_the_next_segment,
     restore_command_failing_backs_off,
     segment_missing_retries_at_the_interval,
     ping_pong_between_archive_and_stream_is_detected,

@@ -41,23 +41,20 @@ pub(crate) fn check_machine(m: &Machine, state: &State) -> Result<(), InvariantV
 }
 
 /// Nothing at or past a known invalid record is read again from the copy
-/// that holds it.
+/// that holds it: a stream replay of the same session, or a round replay
+/// making the same file available (the segment holding the record, or the
+/// later one a record spanning into it was read with).
 fn check_bad_record(m: &Machine) -> Result<(), InvariantViolation> {
     let Some(req) = &m.replay_req else {
         return Ok(());
     };
-    let seg_size = m.config.wal_segment_size;
-    let at_segno = m.replay_lsn.segno(seg_size);
-    // A round request for a later segment reads the record's start from a
-    // file the machine does not name; only same-segment requests are judged.
-    let same_segment = req.source == WalSource::Stream
-        || Lsn(req.upto.0.saturating_sub(1)).segno(seg_size) == at_segno;
+    let req_segno = req.segno(m.config.wal_segment_size);
     for bad in m.bad.iter().filter(|b| b.at == m.replay_lsn) {
         let same_copy = match req.source {
             WalSource::Stream => bad.source == WalSource::Stream && req.session == bad.session,
-            _ => req.tli == bad.tli && bad.segno == at_segno,
+            _ => req.tli == bad.tli && bad.segno == req_segno,
         };
-        if same_copy && same_segment && req.upto > bad.at {
+        if same_copy && req.upto > bad.at {
             return Err(violation(
                 "never-reapply-bad-record",
                 format!(
