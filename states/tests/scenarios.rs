@@ -276,6 +276,54 @@ pub mod play {
         s
     }
 
+    /// Found by the property test (proptest-regressions seed 71c508d0):
+    /// the walreceiver streams timeline 1, which on the recovery
+    /// timeline's history (2) ends at 0/3000028, while the upstream ends
+    /// its timeline 1 later, at 0/3800000 (a branch recovery does not
+    /// follow). Once replay reaches 0/3000028 nothing the session flushed
+    /// can be replayed and it sends nothing more: the stream counts as
+    /// exhausted, and the next round starts a session on timeline 2,
+    /// instead of `Streaming` waiting for nothing.
+    pub fn stream_timeline_ends_later_upstream_than_on_our_history() -> Scenario {
+        let stream_only = RecoveryConfig {
+            archive_configured: false,
+            ..both()
+        };
+        let mut s = Scenario::new(stream_only);
+        let fork = at(3, 0x28);
+        let upstream_end = at(3, 0x80_0000);
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
+        s.ev(Event::HistoryFoundLocally {
+            tli: TimelineId(2),
+            history: history_after(&TimelineHistory::root(TimelineId(1)), 2, fork),
+        });
+        s.ev(no_local_history(3));
+        assert_eq!(s.core.status().target_tli, TimelineId(2));
+        s.ev(not_local(1, 2));
+        let sid = s.session();
+        s.ev(connected(sid, 1, upstream_end));
+        s.ev(flushed(sid, 1, upstream_end));
+        assert!(
+            s.emitted(|a| matches!(a, Action::Replay { upto, .. } if *upto == fork)),
+            "stream replay stops where timeline 1 ends on our history"
+        );
+        s.ev(Event::TimelineEnded {
+            session: sid,
+            tli: TimelineId(1),
+            next_tli: TimelineId(3),
+            switch_point: upstream_end,
+        });
+        s.ev(eow(fork));
+        assert_eq!(s.state(), StateKind::RetryingArchive, "stream exhausted");
+        s.timer();
+        s.ev(no_local_history(3)).ev(not_local(2, 3));
+        assert!(s.emitted(|a| matches!(
+            a,
+            Action::StartWalReceiver { from, tli, .. } if *from == seg(3) && tli.0 == 2
+        )));
+        s
+    }
+
     pub fn corrupt_record_on_the_stream() -> Scenario {
         let mut s = streaming(both());
         let sid = s.session();
@@ -728,6 +776,7 @@ scenarios!(
     corrupt_fork_segment_falls_back_to_the_parent_copy,
     last_segment_of_the_lsn_space,
     corrupt_record_spanning_into_the_next_segment,
+    stream_timeline_ends_later_upstream_than_on_our_history,
     restore_command_failing_backs_off,
     segment_missing_retries_at_the_interval,
     ping_pong_between_archive_and_stream_is_detected,

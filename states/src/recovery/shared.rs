@@ -613,17 +613,19 @@ impl Machine {
         true
     }
 
-    /// The stream has nothing more at the replay position: it ended its
-    /// timeline there.
+    /// The stream has nothing more at the replay position: its session
+    /// ended its timeline (after a timeline end nothing more comes, what
+    /// was flushed is all there is) and nothing it flushed can be replayed
+    /// from here: all of it was, or the rest lies past the end of the
+    /// streamed timeline on the recovery timeline's history (the upstream
+    /// may end that timeline later, on a branch recovery does not follow).
     pub(crate) fn stream_exhausted_at_end(&self) -> bool {
         self.replay_req.is_none()
-            && self.received.as_ref().is_some_and(|r| {
-                // After a timeline end nothing more comes: what was flushed
-                // is all there is.
-                let end = r.ended_at.map(|e| e.min(r.upto));
-                self.is_current(r.session)
-                    && end.is_some_and(|e| self.replay_lsn >= e || r.drained_to >= e)
-            })
+            && self
+                .received
+                .as_ref()
+                .is_some_and(|r| self.is_current(r.session) && r.ended_at.is_some())
+            && self.stream_limit(true).is_none()
     }
 
     /// The wait before the next round: the retry interval, longer after
