@@ -324,6 +324,36 @@ pub mod play {
         s
     }
 
+    /// Found by the property test (proptest-regressions seed 28d1722f):
+    /// a walreceiver stopped for not connecting reports a flush after
+    /// promotion has drained everything and is probing for timelines. A
+    /// stopped session writes no more, so the flush is stale: it is
+    /// ignored, as in the recovering states, and the new timeline is
+    /// chosen with nothing received left unreplayed.
+    pub fn flush_of_a_stopped_session_while_promoting_is_stale() -> Scenario {
+        let mut s = Scenario::new(RecoveryConfig {
+            target_timeline: walrep_states::recovery::TargetTimeline::Current,
+            ..both()
+        });
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
+        s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
+        let old = s.session();
+        s.timer();
+        assert!(s.emitted(|a| matches!(a, Action::StopWalReceiver { session } if *session == old)));
+        s.ev(promote());
+        assert_eq!(s.state(), StateKind::Promoting);
+        s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
+        assert!(s.emitted(|a| matches!(a, Action::RestoreHistoryFile { tli } if tli.0 == 2)));
+        s.ev(flushed(old, 1, at(5, 0)));
+        assert!(s.actions.is_empty());
+        s.ev(no_history(2)).ev(no_local_history(2));
+        assert!(s.emitted(|a| matches!(
+            a,
+            Action::WriteHistoryFile { switch_point, .. } if *switch_point == at(2, 0x28)
+        )));
+        s
+    }
+
     pub fn corrupt_record_on_the_stream() -> Scenario {
         let mut s = streaming(both());
         let sid = s.session();
@@ -777,6 +807,7 @@ scenarios!(
     last_segment_of_the_lsn_space,
     corrupt_record_spanning_into_the_next_segment,
     stream_timeline_ends_later_upstream_than_on_our_history,
+    flush_of_a_stopped_session_while_promoting_is_stale,
     restore_command_failing_backs_off,
     segment_missing_retries_at_the_interval,
     ping_pong_between_archive_and_stream_is_detected,
