@@ -130,7 +130,10 @@ fn promote_once(
     let standby = Node::start(
         &ctx.exe,
         &sdir,
-        &[format!("promote_trigger_file={TRIGGER}")],
+        &[
+            format!("promote_trigger_file={TRIGGER}"),
+            "log_level=info".into(),
+        ],
     )?;
     let mut p = primary.connect()?;
     p.call(&[b"SET", b"promote-test", b"before"])?;
@@ -160,7 +163,7 @@ fn promote_once(
         let t1 = accepted?;
         Ok::<f64, BenchError>(t1.saturating_duration_since(t0).as_secs_f64() * 1000.0)
     });
-    let steps = promotion_steps(&sdir);
+    let steps = format!("{}; {}", promotion_steps(&sdir), step_times(&sdir));
     standby.stop();
     let _ = std::fs::remove_dir_all(&sdir);
     Ok((result?, steps))
@@ -238,4 +241,34 @@ fn promotion_steps(sdir: &Path) -> String {
     } else {
         format!("trace: {}", out.join(", "))
     }
+}
+
+/// The standby's own timing of the promotion steps (its log at info).
+fn step_times(sdir: &Path) -> String {
+    let log = std::fs::read_to_string(sdir.with_extension("log")).unwrap_or_default();
+    let keys = [
+        "elapsed_us",
+        "segment_us",
+        "wal_start_us",
+        "record_us",
+        "control_us",
+        "total_us",
+    ];
+    let mut out = Vec::new();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("timeline history file") || l.contains("end-of-recovery record"))
+    {
+        for k in keys {
+            if let Some(v) = line
+                .split(&format!("{k}="))
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+            {
+                let k = if k == "elapsed_us" { "history_us" } else { k };
+                out.push(format!("{k}={v}"));
+            }
+        }
+    }
+    out.join(" ")
 }
