@@ -471,6 +471,8 @@ pub struct Config {
 
     // -- Observability
     pub log_level: String,
+    pub log_connections: Bool,
+    pub log_disconnections: Bool,
     pub status_port: u16,
 }
 
@@ -523,6 +525,8 @@ impl Default for Config {
             hot_standby: Bool(true),
             hot_standby_feedback: Bool(false),
             log_level: "info".into(),
+            log_connections: Bool(false),
+            log_disconnections: Bool(false),
             status_port: 0,
         }
     }
@@ -573,6 +577,8 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "hot_standby", section: "Replication (standby)", help: "Answer reads on a standby." },
     ParamDoc { name: "hot_standby_feedback", section: "Replication (standby)", help: "Send hot standby feedback ('h') messages upstream." },
     ParamDoc { name: "log_level", section: "Observability", help: "Log filter when RUST_LOG is not set (error, warn, info, debug, trace, or tracing directives)." },
+    ParamDoc { name: "log_connections", section: "Observability", help: "Log each client connection (key-value port) at info, with its id and peer address, as PostgreSQL's log_connections." },
+    ParamDoc { name: "log_disconnections", section: "Observability", help: "Log each client disconnection at info, with the session's duration, as PostgreSQL's log_disconnections." },
     ParamDoc { name: "status_port", section: "Observability", help: "TCP port of the HTTP /status and /metrics endpoint (0 = off)." },
 ];
 

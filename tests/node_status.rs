@@ -41,7 +41,10 @@ fn status_command_and_http_endpoints_show_both_roles() {
     let tmp = tempfile::tempdir().unwrap();
     let pdir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", SEG_1MB]);
     let pport = free_port();
-    let primary = TestNode::start(&pdir, &[&format!("status_port={pport}")]);
+    let primary = TestNode::start(
+        &pdir,
+        &[&format!("status_port={pport}"), "log_connections=on"],
+    );
     let sdir = basebackup(&primary, tmp.path(), "standby", "s1");
     let sport = free_port();
     let standby = TestNode::start(
@@ -77,6 +80,22 @@ fn status_command_and_http_endpoints_show_both_roles() {
         "{metrics}"
     );
     assert_eq!(http_get(pport, "/nope").0, 404);
+
+    // Log lines say which client, walsender and walreceiver they concern.
+    let plog = std::fs::read_to_string(&primary.log).unwrap();
+    assert!(
+        plog.contains("client{id=") && plog.contains("connection received"),
+        "no per-client span in the primary's log"
+    );
+    assert!(
+        plog.contains("walsender{"),
+        "no walsender span in the primary's log"
+    );
+    let slog = std::fs::read_to_string(&standby.log).unwrap();
+    assert!(
+        slog.contains("walreceiver{session="),
+        "no walreceiver span in the standby's log:\n{slog}"
+    );
 
     let (ok, out, err) = walrep(&["status", primary.datadir.to_str().unwrap()]);
     assert!(ok, "{err}");

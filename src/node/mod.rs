@@ -437,6 +437,8 @@ impl RunningNode {
             node.clone(),
             ServerSettings {
                 max_connections: config.max_connections,
+                log_connections: config.log_connections.0,
+                log_disconnections: config.log_disconnections.0,
                 max_bulk_len: config.proto_max_bulk_len.bytes().unwrap_or(64 << 20),
                 default_synchronous_commit: config.synchronous_commit,
             },

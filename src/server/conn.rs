@@ -58,11 +58,23 @@ pub struct Conn {
     pub queued: bool,
     /// When its last writes were confirmed (group-commit siblings).
     pub last_commit: Option<std::time::Instant>,
+    /// `client{id, peer}`: entered whenever the worker drives this
+    /// connection, so its log lines say which client they concern.
+    pub span: tracing::Span,
+    /// When it was accepted (`log_disconnections` reports the duration).
+    pub since: std::time::Instant,
 }
 
 impl Conn {
     pub fn new(id: u64, stream: TcpStream, ctx: SessionContext) -> Conn {
         let _ = stream.set_nodelay(true);
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        let span = tracing::info_span!("client", id, %peer);
+        if ctx.settings.log_connections {
+            span.in_scope(|| tracing::info!("connection received"));
+        }
         Conn {
             stream,
             session: Session::new(id, ctx),
@@ -77,6 +89,8 @@ impl Conn {
             wait_job: None,
             queued: false,
             last_commit: None,
+            span,
+            since: std::time::Instant::now(),
         }
     }
 

@@ -102,6 +102,10 @@ pub struct ServerStats {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub max_connections: u32,
+    /// `log_connections`: log each accepted client at info.
+    pub log_connections: bool,
+    /// `log_disconnections`: log each closed client at info, with its duration.
+    pub log_disconnections: bool,
     pub max_bulk_len: u64,
     pub default_synchronous_commit: SynchronousCommit,
 }

@@ -94,6 +94,8 @@ fn start(node: &Arc<FakeNode>, max_connections: u32) -> Server {
         node.clone(),
         ServerSettings {
             max_connections,
+            log_connections: true,
+            log_disconnections: true,
             max_bulk_len: 1 << 20,
             default_synchronous_commit: SynchronousCommit::On,
         },

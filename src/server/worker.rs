@@ -326,6 +326,8 @@ impl Worker {
             };
             c.queued = false;
             touched.push(token);
+            let span = c.span.clone();
+            let _in_conn = span.enter();
             if let Err(e) = c.drive(&mut self.scratch, reading) {
                 tracing::debug!(error = %e, "connection ended");
                 self.close(token);
@@ -401,6 +403,8 @@ impl Worker {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
+        let span = c.span.clone();
+        let _in_conn = span.enter();
         match c.send() {
             Err(e) => {
                 tracing::debug!(error = %e, "connection ended");
@@ -573,6 +577,11 @@ impl Worker {
 
     fn close(&mut self, token: Token) {
         if let Some(mut c) = self.conns.remove(&token) {
+            if self.ctx.settings.log_disconnections {
+                let ms = c.since.elapsed().as_millis() as u64;
+                c.span
+                    .in_scope(|| tracing::info!(session_ms = ms, "disconnection"));
+            }
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.ctx
                 .stats

@@ -53,6 +53,14 @@ pub(super) fn run(
     emit: Emit,
     done_tx: Sender<Lsn>,
 ) {
+    // Not the conninfo: it may carry a password.
+    let span = tracing::info_span!(
+        "walreceiver",
+        session = control.session.load(Ordering::Acquire),
+        tli = cfg.tli.0,
+        start = %cfg.start,
+    );
+    let _in_session = span.enter();
     let mut s = Session::new(cfg, control, shared, emit);
     let mut end = s.main();
     if s.control.stopping() {
