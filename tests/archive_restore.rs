@@ -115,6 +115,34 @@ fn a_segment_is_restored_checked_and_installed_durably() {
 }
 
 #[test]
+fn a_prefetch_restores_beside_the_file_replay_reads_and_installs_the_same() {
+    let fx = Fixture::new();
+    // The file replay is reading stays untouched by a prefetch.
+    fs::write(fx.wal("RECOVERYXLOG"), b"being read").unwrap();
+    let runner = fx.runner(&fx.copy_command());
+    let outcome = runner.prefetch(SEG, None, None);
+    let restored = match &outcome {
+        RestoreOutcome::Restored(r) => r.clone(),
+        other => panic!("expected restored, got {other:?}"),
+    };
+    assert_eq!(restored.temp_path, "wal/RECOVERYXLOG.prefetch");
+    assert_eq!(fs::read(fx.wal("RECOVERYXLOG")).unwrap(), b"being read");
+    let path = keep_restored_file(&fx.datadir, &restored, ArchiveMark::Done).unwrap();
+    assert_eq!(fs::read(&path).unwrap(), fx.segment);
+    assert!(!fx.wal("RECOVERYXLOG.prefetch").exists());
+    // Only segments are prefetched; a missing one is simply not there.
+    assert!(matches!(
+        runner.prefetch(HISTORY, None, None),
+        RestoreOutcome::Failed { .. }
+    ));
+    assert!(matches!(
+        runner.prefetch("000000010000000000000009", None, None),
+        RestoreOutcome::NotInArchive { .. }
+    ));
+    assert!(!fx.wal("RECOVERYXLOG.prefetch").exists());
+}
+
+#[test]
 fn a_history_file_of_any_size_is_restored_and_can_be_queued_for_archiving() {
     let fx = Fixture::new();
     let outcome = fx.runner(&fx.copy_command()).restore(HISTORY, None, None);

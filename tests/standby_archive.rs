@@ -106,6 +106,13 @@ fn archive_recovery_then_promotion_keeps_every_archived_write() {
         standby.info_field("replication", "wal_source").as_deref(),
         Some("archive")
     );
+    // Each segment after the first was restored while its predecessor was
+    // replayed, and the prefetched copy was the one used.
+    assert!(
+        standby.log_text().contains("how=\"prefetched\""),
+        "no prefetched segment was used:\n{}",
+        standby.log_text()
+    );
 
     let (ok, out, err) = walrep(&["promote", standby.datadir.to_str().unwrap()]);
     assert!(ok, "walrep promote failed: {out}{err}");

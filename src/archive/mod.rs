@@ -30,7 +30,7 @@ pub use archiver::{
 pub use command::{run_shell, substitute, ShellCommand, ShellRun, Termination};
 pub use restore::{
     keep_restored_file, ArchiveMark, NotFoundReason, RestoreCommand, RestoreFailure,
-    RestoreOutcome, RestoredFile, RECOVERYHISTORY, RECOVERYXLOG,
+    RestoreOutcome, RestoredFile, RECOVERYHISTORY, RECOVERYXLOG, RECOVERYXLOG_PREFETCH,
 };
 pub use status::{
     archive_cleanup, durable_rename, is_archived, mark_done, mark_ready, ready_files,

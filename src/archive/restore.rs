@@ -28,6 +28,9 @@ use crate::states::{SegNo, WalSegSize};
 
 /// Temporary name a segment is restored to (PostgreSQL's `RECOVERYXLOG`).
 pub const RECOVERYXLOG: &str = "RECOVERYXLOG";
+/// Temporary name the segment after the one being replayed is restored to
+/// ahead of time (see `standby::fetcher`): never the name replay reads.
+pub const RECOVERYXLOG_PREFETCH: &str = "RECOVERYXLOG.prefetch";
 /// Temporary name a history file is restored to (PostgreSQL's `RECOVERYHISTORY`).
 pub const RECOVERYHISTORY: &str = "RECOVERYHISTORY";
 /// The timeout used when `restore_command_timeout` is -1: waits stay bounded
@@ -239,11 +242,38 @@ impl RestoreCommand {
         restartpoint_file_name: Option<&str>,
         cancel: Option<&Receiver<()>>,
     ) -> RestoreOutcome {
-        let outcome = match self.prepare(file_name, restartpoint_file_name) {
+        self.restore_with(file_name, restartpoint_file_name, cancel, false)
+    }
+
+    /// `restore` of a segment into [`RECOVERYXLOG_PREFETCH`] instead of
+    /// `RECOVERYXLOG`, so that it can run while replay reads the segment
+    /// before it. Nothing is logged above debug: the caller decides later
+    /// whether the file is used.
+    pub fn prefetch(
+        &self,
+        file_name: &str,
+        restartpoint_file_name: Option<&str>,
+        cancel: Option<&Receiver<()>>,
+    ) -> RestoreOutcome {
+        self.restore_with(file_name, restartpoint_file_name, cancel, true)
+    }
+
+    fn restore_with(
+        &self,
+        file_name: &str,
+        restartpoint_file_name: Option<&str>,
+        cancel: Option<&Receiver<()>>,
+        prefetch: bool,
+    ) -> RestoreOutcome {
+        let outcome = match self.prepare(file_name, restartpoint_file_name, prefetch) {
             Ok(prepared) => self.run_prepared(file_name, &prepared, cancel),
             Err(outcome) => outcome,
         };
-        log_outcome(&outcome);
+        if prefetch {
+            debug!(file = file_name, outcome = ?outcome, "prefetch from the archive");
+        } else {
+            log_outcome(&outcome);
+        }
         outcome
     }
 
@@ -253,10 +283,22 @@ impl RestoreCommand {
         &self,
         file_name: &str,
         restartpoint_file_name: Option<&str>,
+        prefetch: bool,
     ) -> Result<Prepared, RestoreOutcome> {
-        let wanted = self
+        let mut wanted = self
             .classify(file_name)
             .map_err(|e| invalid_request(file_name, e))?;
+        if prefetch {
+            if wanted.temp_name != RECOVERYXLOG {
+                return Err(invalid_request(
+                    file_name,
+                    ArchiveError::BadFileName {
+                        name: format!("{file_name} (only segments are prefetched)"),
+                    },
+                ));
+            }
+            wanted.temp_name = RECOVERYXLOG_PREFETCH;
+        }
         if self.restore_command.trim().is_empty() {
             return Err(RestoreOutcome::NotInArchive {
                 file_name: file_name.to_string(),
@@ -451,14 +493,15 @@ pub fn keep_restored_file(
     restored: &RestoredFile,
     mark: ArchiveMark,
 ) -> Result<PathBuf, ArchiveError> {
-    let expected_temp = if is_history_file_name(&restored.file_name) {
-        RECOVERYHISTORY
+    let expected_temp: &[&str] = if is_history_file_name(&restored.file_name) {
+        &[RECOVERYHISTORY]
     } else {
-        RECOVERYXLOG
+        &[RECOVERYXLOG, RECOVERYXLOG_PREFETCH]
     };
-    if !is_archivable_name(&restored.file_name)
-        || restored.temp_path != format!("{WAL_DIR}/{expected_temp}")
-    {
+    let temp_ok = expected_temp
+        .iter()
+        .any(|t| restored.temp_path == format!("{WAL_DIR}/{t}"));
+    if !is_archivable_name(&restored.file_name) || !temp_ok {
         return Err(ArchiveError::BadFileName {
             name: format!("{} (from {})", restored.file_name, restored.temp_path),
         });

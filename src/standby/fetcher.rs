@@ -2,15 +2,28 @@
 //! restore a segment or history file with `restore_command`, or look for
 //! one in local `wal/` — and turns each result (IO errors included) into an
 //! event. Retries and back-off are the machine's, not ours.
+//!
+//! Prefetch: once a segment is restored, `restore_command` for the next
+//! one runs in the background (into `wal/RECOVERYXLOG.prefetch`) while
+//! replay reads the first, so copying from the archive overlaps replay
+//! instead of alternating with it. Its result is used only if the machine
+//! asks for exactly that segment next, and only if it was restored; any
+//! other answer (not there yet, failed) is dropped and the command is run
+//! again when asked, so the machine sees the same events as without
+//! prefetching. A prefetch no longer wanted is killed.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::archive::{keep_restored_file, ArchiveMark, RestoreCommand, RestoreOutcome};
+use crate::archive::{
+    keep_restored_file, ArchiveMark, RestoreCommand, RestoreOutcome, RestoredFile,
+    RECOVERYXLOG_PREFETCH,
+};
 use crate::config::ArchiveMode;
 use crate::node::Node;
 use crate::states::recovery::{Event, WalFile};
@@ -38,14 +51,39 @@ pub struct Fetcher {
     pub cancel: Receiver<()>,
 }
 
+/// The background restore of the segment after the last one restored.
+struct Prefetch {
+    tli: TimelineId,
+    segno: SegNo,
+    /// Dropped to kill the command (`run_shell` watches for disconnection).
+    cancel: Sender<()>,
+    /// The restored file, durable under the prefetch name; `None` when the
+    /// segment was not restored (not there yet, failed, cancelled).
+    thread: JoinHandle<Option<RestoredFile>>,
+}
+
+impl Prefetch {
+    /// Kill the command if it still runs, wait for the thread and remove
+    /// whatever it left under the prefetch name.
+    fn discard(self, datadir: &std::path::Path) {
+        drop(self.cancel);
+        let _ = self.thread.join();
+        let _ = std::fs::remove_file(datadir.join("wal").join(RECOVERYXLOG_PREFETCH));
+    }
+}
+
 impl Fetcher {
     pub fn run(self, requests: Receiver<FetchRequest>) {
         let _span = tracing::info_span!("archive-fetcher").entered();
+        let mut prefetch = None;
         for req in requests.iter() {
-            let ev = self.execute(req);
+            let ev = self.execute(req, &mut prefetch);
             if self.events.send(ev).is_err() {
-                return;
+                break;
             }
+        }
+        if let Some(p) = prefetch {
+            p.discard(&self.node.dir.root);
         }
     }
 
@@ -53,9 +91,17 @@ impl Fetcher {
         self.node.dir.wal()
     }
 
-    fn execute(&self, req: FetchRequest) -> Event {
+    fn execute(&self, req: FetchRequest, prefetch: &mut Option<Prefetch>) -> Event {
         match req {
-            FetchRequest::RestoreSegment { tli, segno } => self.restore_segment(tli, segno),
+            FetchRequest::RestoreSegment { tli, segno } => {
+                let ev = self.restore_segment(tli, segno, prefetch.take());
+                if let (Event::SegmentRestored { .. }, Some(next)) =
+                    (&ev, segno.checked_next(self.seg_size))
+                {
+                    *prefetch = self.start_prefetch(tli, next);
+                }
+                ev
+            }
             FetchRequest::FindLocalSegment { tli, segno } => {
                 match self.check_local_segment(tli, segno) {
                     Ok(()) => Event::SegmentFoundLocally { tli, segno },
@@ -93,17 +139,80 @@ impl Fetcher {
         ArchiveMark::for_mode(self.archive_mode)
     }
 
-    fn restore_segment(&self, tli: TimelineId, segno: SegNo) -> Event {
+    /// Run `restore_command` for the segment after `tli`/`segno - 1` in the
+    /// background; `None` without a restore_command or if no thread starts.
+    fn start_prefetch(&self, tli: TimelineId, segno: SegNo) -> Option<Prefetch> {
+        if self.restore.restore_command.trim().is_empty() {
+            return None;
+        }
+        let (cancel, cancelled) = crossbeam_channel::bounded::<()>(0);
+        let restore = self.restore.clone();
+        let name = segno.file_name(tli, self.seg_size);
+        let restartpoint = self.restartpoint_file();
+        let datadir = self.node.dir.root.clone();
+        let thread = std::thread::Builder::new()
+            .name("archive-prefetch".into())
+            .spawn(move || {
+                let RestoreOutcome::Restored(r) =
+                    restore.prefetch(&name, Some(&restartpoint), Some(&cancelled))
+                else {
+                    return None;
+                };
+                // Make the copy durable here, off the replay path: installing
+                // it (a durable rename) then only syncs the directory. If
+                // that fails, the file is not used (the segment is restored
+                // again on request, into a new file).
+                let path = datadir.join(&r.temp_path);
+                if let Err(e) = File::open(&path).and_then(|f| f.sync_all()) {
+                    tracing::warn!(file = %name, error = %e, "could not fsync a prefetched segment; not using it");
+                    let _ = std::fs::remove_file(&path);
+                    return None;
+                }
+                Some(r)
+            })
+            .ok()?;
+        Some(Prefetch {
+            tli,
+            segno,
+            cancel,
+            thread,
+        })
+    }
+
+    /// The prefetch's outcome if it restored exactly this segment; any
+    /// other prefetch is discarded.
+    fn take_prefetched(
+        &self,
+        tli: TimelineId,
+        segno: SegNo,
+        prefetch: Option<Prefetch>,
+    ) -> Option<RestoreOutcome> {
+        let p = prefetch?;
+        if (p.tli, p.segno) != (tli, segno) {
+            p.discard(&self.node.dir.root);
+            return None;
+        }
+        p.thread.join().ok().flatten().map(RestoreOutcome::Restored)
+    }
+
+    fn restore_segment(&self, tli: TimelineId, segno: SegNo, prefetch: Option<Prefetch>) -> Event {
         let name = segno.file_name(tli, self.seg_size);
         let file = WalFile::Segment { tli, segno };
-        match self
-            .restore
-            .restore(&name, Some(&self.restartpoint_file()), Some(&self.cancel))
-        {
+        let prefetched = self.take_prefetched(tli, segno, prefetch);
+        let how = if prefetched.is_some() {
+            "prefetched"
+        } else {
+            "on request"
+        };
+        let outcome = prefetched.unwrap_or_else(|| {
+            self.restore
+                .restore(&name, Some(&self.restartpoint_file()), Some(&self.cancel))
+        });
+        match outcome {
             RestoreOutcome::Restored(r) => {
                 match keep_restored_file(&self.node.dir.root, &r, self.mark()) {
                     Ok(_) => {
-                        tracing::info!(file = %name, "restored log file from archive");
+                        tracing::info!(file = %name, how, "restored log file from archive");
                         if self.mark() == ArchiveMark::Ready {
                             self.node.notify_archiver();
                         }
