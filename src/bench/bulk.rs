@@ -80,13 +80,12 @@ pub fn run(ctx: &mut Ctx<'_>, parts: &[Part]) -> Result<(), BenchError> {
     }
     let dir = ctx.subdir("bulk")?;
     let (primary, loaded) = load(ctx, &dir)?;
-    let replay_bytes = loaded.target.saturating_sub(loaded.backup_start) as f64;
     let mut figs = Vec::new();
     if parts.contains(&Part::Stream) {
         figs.extend(stream(ctx, &dir, &primary, &loaded)?);
     }
     if parts.contains(&Part::Catchup) {
-        let mut f = Figure::new(
+        let f = Figure::new(
             5,
             "catchup",
             "standby catch-up replay from the stream",
@@ -95,28 +94,18 @@ pub fn run(ctx: &mut Ctx<'_>, parts: &[Part]) -> Result<(), BenchError> {
         )
         .anchor(PG_CATCHUP_MBPS)
         .goal(">= 700 MB/s", Some(TARGET_CATCHUP_MBPS));
-        for rep in 1..=ctx.args.reps {
+        figs.push(replay_reps(ctx, &dir, &loaded, f, "catchup", |rep| {
             let name = format!("catchup_{rep}");
-            let overrides = vec![
+            vec![
                 format!("primary_conninfo={}", primary.conninfo(&name)),
                 format!("primary_slot_name={name}"),
                 "restore_command=".into(),
-            ];
-            let label = format!("catchup rep {rep}");
-            f.walrep.push(replay(
-                ctx,
-                &dir,
-                &loaded,
-                &label,
-                &overrides,
-                replay_bytes,
-            )?);
-        }
-        figs.push(f);
+            ]
+        })?);
     }
     primary.stop();
     if parts.contains(&Part::ArchiveReplay) {
-        let mut f = Figure::new(
+        let f = Figure::new(
             5,
             "archive-replay",
             "standby replay from the archive (restore_command = cp)",
@@ -125,22 +114,15 @@ pub fn run(ctx: &mut Ctx<'_>, parts: &[Part]) -> Result<(), BenchError> {
         )
         .anchor(PG_ARCHIVE_REPLAY_MBPS)
         .goal(">= 600 MB/s", Some(TARGET_ARCHIVE_REPLAY_MBPS));
-        for rep in 1..=ctx.args.reps {
-            let overrides = vec![
-                "primary_conninfo=".into(),
-                format!("restore_command=cp {}/%f %p", loaded.archive.display()),
-            ];
-            let label = format!("archive replay rep {rep}");
-            f.walrep.push(replay(
-                ctx,
-                &dir,
-                &loaded,
-                &label,
-                &overrides,
-                replay_bytes,
-            )?);
-        }
-        figs.push(f);
+        let restore = format!("restore_command=cp {}/%f %p", loaded.archive.display());
+        figs.push(replay_reps(
+            ctx,
+            &dir,
+            &loaded,
+            f,
+            "archive replay",
+            |_| vec!["primary_conninfo=".into(), restore.clone()],
+        )?);
     }
     if ctx.args.anchors.is_some() {
         postgres(ctx, &mut figs)?;
@@ -207,6 +189,31 @@ fn load(ctx: &mut Ctx<'_>, dir: &Path) -> Result<(Node, Loaded), BenchError> {
             target,
         },
     ))
+}
+
+/// `--reps` replays of the loaded WAL into `f`, each by a standby started
+/// with `overrides(rep)`.
+fn replay_reps(
+    ctx: &mut Ctx<'_>,
+    dir: &Path,
+    loaded: &Loaded,
+    mut f: Figure,
+    what: &str,
+    overrides: impl Fn(u32) -> Vec<String>,
+) -> Result<Figure, BenchError> {
+    let replay_bytes = loaded.target.saturating_sub(loaded.backup_start) as f64;
+    for rep in 1..=ctx.args.reps {
+        let label = format!("{what} rep {rep}");
+        f.walrep.push(replay(
+            ctx,
+            dir,
+            loaded,
+            &label,
+            &overrides(rep),
+            replay_bytes,
+        )?);
+    }
+    Ok(f)
 }
 
 /// Slots reserved before the load (PostgreSQL's script does the same), so

@@ -158,18 +158,7 @@ pub fn start_walrep(
     datadir: &Path,
     synchronous_commit: &str,
 ) -> Result<(Child, u16), BenchError> {
-    let status = Command::new(exe)
-        .arg("init")
-        .arg(datadir)
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| BenchError::io("walrep init", e))?;
-    if !status.success() {
-        return Err(BenchError::Server(format!(
-            "walrep init {} failed ({status})",
-            datadir.display()
-        )));
-    }
+    super::cluster::init(exe, datadir)?;
     let port = free_port()?;
     let repl_port = free_port()?;
     let log = log_file(&datadir.with_extension("log"))?;
