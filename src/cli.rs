@@ -38,6 +38,8 @@ pub enum Command {
     /// node against the disk's fdatasync rate, optionally beside
     /// PostgreSQL 15 and Redis measured in the same run.
     Bench(crate::bench::BenchArgs),
+    /// Show a running node's role, recovery state, LSNs and lag (from INFO).
+    Status { datadir: PathBuf },
     /// Promote a running standby (PostgreSQL's pg_ctl promote): ask it to
     /// finish recovery and accept writes, and wait until it does.
     Promote {
@@ -184,6 +186,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Status { datadir } => {
+            print!("{}", status(&datadir)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Promote {
             datadir,
             wait_seconds,
@@ -250,6 +256,79 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Viz { what } => run_viz(what),
     }
+}
+
+/// `walrep status`: ask the node running in `datadir` (its port is in
+/// walrep.pid) for INFO and print the fields an operator looks at first.
+fn status(datadir: &std::path::Path) -> anyhow::Result<String> {
+    use crate::demo::client::{Reply, RespClient};
+    let dir = crate::datadir::DataDir::new(datadir);
+    dir.check()?;
+    let port = crate::datadir::DataDirLock::read_ports(&dir)
+        .and_then(|p| p.into_iter().find(|(k, _)| k == "port").map(|(_, v)| v))
+        .filter(|p| *p != 0)
+        .ok_or_else(|| anyhow::anyhow!("no walrep is running in {}", datadir.display()))?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut c = RespClient::connect(addr, std::time::Duration::from_secs(5))
+        .map_err(|e| anyhow::anyhow!("could not connect to the node on {addr}: {e}"))?;
+    let info = match c.cmd(&["INFO", "server", "persistence", "replication"])? {
+        Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        other => anyhow::bail!("unexpected INFO reply {other:?}"),
+    };
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut out = format!(
+        "node:      {} (pid {}, port {}, replication port {})\nrole:      {}\ntimeline:  {}\nstate:     {}\n",
+        datadir.display(),
+        field("process_id"),
+        field("tcp_port"),
+        field("replication_port"),
+        if field("role") == "master" { "primary" } else { "standby" },
+        field("timeline"),
+        field("cluster_state"),
+    );
+    if field("role") == "master" {
+        out.push_str(&format!(
+            "wal:       insert {} flush {}\n",
+            field("wal_insert_lsn"),
+            field("wal_flush_lsn")
+        ));
+    }
+    if !field("recovery_state").is_empty() {
+        out.push_str(&format!(
+            "recovery:  {} from {} (receive {} replay {}, lag {} bytes / {} ms)\nlast:      {} {}\n",
+            field("recovery_state"),
+            field("wal_source"),
+            field("receive_lsn"),
+            field("replay_lsn"),
+            field("replay_lag_bytes"),
+            field("replay_lag_ms"),
+            field("last_transition"),
+            field("last_transition_cause"),
+        ));
+    }
+    for l in info.lines().filter(|l| l.starts_with("slave")) {
+        let kv = |k: &str| {
+            l.split(&format!("{k}="))
+                .nth(1)
+                .and_then(|v| v.split(',').next())
+                .unwrap_or("")
+        };
+        out.push_str(&format!(
+            "standby:   {} {} {} flush {} replay {}\n",
+            kv("application_name"),
+            kv("walsender_state"),
+            kv("sync_state"),
+            kv("flush_lsn"),
+            kv("replay_lsn"),
+        ));
+    }
+    Ok(out)
 }
 
 /// `walrep promote`: write the request file the standby's trigger watcher

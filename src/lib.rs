@@ -21,6 +21,7 @@
 //! - [`archive`]: `archive_command` (the archiver) and `restore_command`.
 //! - [`backup`]: base backups: BASE_BACKUP on a node, `walrep basebackup`.
 //! - [`standby`]: drives the recovery machine: event sources and the action executor.
+//! - [`status`]: HTTP `/status` (JSON) and `/metrics` (Prometheus).
 //! - [`node`]: one running node: starts and stops its threads.
 //! - [`viz`]: diagrams of the state machines and transition traces.
 //! - [`mod@bench`]: `walrep bench`, commits/s and latency beside the disk's
@@ -40,6 +41,7 @@ pub mod node;
 pub mod replication;
 pub mod server;
 pub mod standby;
+pub mod status;
 pub mod store;
 pub mod syncrep;
 pub mod util;

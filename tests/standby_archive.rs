@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::cluster::{check_keys, restore_setting, write_keys};
 use common::*;
 
 /// A primary archiving into `archive`, with archive_timeout so that every
@@ -38,23 +39,6 @@ fn cold_standby(primary: &mut TestNode, tmp: &Path, name: &str) -> PathBuf {
     dest
 }
 
-fn restore_setting(archive: &Path) -> String {
-    format!("restore_command=cp {}/%f %p", archive.display())
-}
-
-/// Write `n` keys `prefix:i` = `i`; every one acknowledged.
-fn write_keys(node: &TestNode, prefix: &str, n: usize, value_len: usize) {
-    let mut c = node.client();
-    let pad = "x".repeat(value_len);
-    for i in 0..n {
-        let _: () = redis::cmd("SET")
-            .arg(format!("{prefix}:{i}"))
-            .arg(format!("{i}:{pad}"))
-            .query(&mut c)
-            .unwrap();
-    }
-}
-
 /// Wait until the archive holds the segment containing the primary's flush position.
 fn wait_archived(primary: &TestNode, archive: &Path) {
     let flushed: walrep::Lsn = primary
@@ -72,19 +56,6 @@ fn wait_archived(primary: &TestNode, archive: &Path) {
         Duration::from_secs(60),
         || archive.join(&name).exists().then_some(()),
     );
-}
-
-fn check_keys(node: &TestNode, prefix: &str, n: usize) {
-    let mut c = node.client();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
-        let keys: Vec<String> = chunk.iter().map(|i| format!("{prefix}:{i}")).collect();
-        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(&mut c).unwrap();
-        for (i, v) in chunk.iter().zip(values) {
-            let v = v
-                .unwrap_or_else(|| panic!("{prefix}:{i} is missing on {}", node.datadir.display()));
-            assert!(v.starts_with(&format!("{i}:")), "{prefix}:{i} holds {v}");
-        }
-    }
 }
 
 fn replay_lsn(node: &TestNode) -> Option<walrep::Lsn> {

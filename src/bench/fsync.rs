@@ -79,6 +79,30 @@ impl FsyncProber {
     }
 }
 
+/// Bandwidth of the data directory's disk: write `bytes` (1 MiB at a
+/// time) into a new file, fdatasync, remove it; MB/s (1e6 bytes), like
+/// `dd bs=1M conv=fdatasync` of shared/anchors/01_disk.sh.
+pub fn seq_write_probe(dir: &Path, bytes: u64) -> Result<f64, BenchError> {
+    let path = dir.join("seq_write_probe.tmp");
+    let io = |e| BenchError::io(format!("sequential write probe {}", path.display()), e);
+    let start = Instant::now();
+    let result = (|| {
+        let mut f = File::create(&path)?;
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut done = 0u64;
+        while done < bytes {
+            let n = chunk.len().min((bytes - done) as usize);
+            f.write_all(&chunk[..n])?;
+            done += n as u64;
+        }
+        f.sync_data()
+    })();
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let _ = std::fs::remove_file(&path);
+    result.map_err(io)?;
+    Ok(bytes as f64 / 1e6 / secs)
+}
+
 impl Drop for FsyncProber {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -104,5 +128,14 @@ mod tests {
         );
         drop(p);
         assert!(!dir.path().join("fdatasync_probe.tmp").exists());
+    }
+
+    #[test]
+    fn a_sequential_probe_measures_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbps = seq_write_probe(dir.path(), 3 << 20).unwrap();
+        assert!(mbps > 0.0);
+        assert!(!dir.path().join("seq_write_probe.tmp").exists());
+        assert!(seq_write_probe(&dir.path().join("missing"), 1 << 20).is_err());
     }
 }

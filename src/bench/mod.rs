@@ -1,25 +1,50 @@
-//! `walrep bench`: durable commits per second and latency of a fresh node
-//! under redis-benchmark, beside the disk's fdatasync rate measured in the
-//! same run and, with `--anchors`, PostgreSQL 15 and Redis (AOF) measured
-//! in the same run too. A benchmark that prints figures, never a test.
+//! `walrep bench`: figures of a fresh node beside the disk measured in the
+//! same run and, with `--anchors`, PostgreSQL 15 (and Redis) measured in
+//! the same run too. A benchmark that prints figures, never a test.
+//!
+//! Scenarios (`--scenario`, comma-separated):
+//! - `commit` (default, issue #2): durable commits per second and latency
+//!   of a lone primary under redis-benchmark, beside the fdatasync rate,
+//!   PostgreSQL (pgbench) and Redis with AOF;
+//! - `stream` (#4): WAL MB/s delivered to the real `pg_receivewal`;
+//! - `catchup`, `archive-replay` (#5): a standby replaying ~1 GB of WAL
+//!   from the stream or from the archive (these three share one WAL load);
+//! - `lag` (#5): replication lag under 64 asynchronous clients;
+//! - `promote` (#5): promotion request to the first accepted write;
+//! - `sync` (#6): commits/s and latency per `synchronous_commit` level with
+//!   one synchronous standby, and the one-client floor;
+//! - `replication`: all of the above but `commit`.
 //!
 //! # Layout
-//! - [`fsync`]: the fdatasync probe (pg_test_fsync's 8 kB write + fdatasync).
+//! - [`fsync`]: the fdatasync probe (pg_test_fsync's 8 kB write + fdatasync)
+//!   and a sequential-write probe.
 //! - [`procs`]: the servers it starts (walrep from this binary, Redis), each
 //!   stopped by a guard.
 //! - [`loadgen`]: redis-benchmark runs and its CSV output.
 //! - [`pg`]: PostgreSQL 15 with pgbench, as `shared/anchors/02_pgbench.sh`.
-//! - [`report`]: medians, tables beside anchors.md, targets, JSON.
+//! - [`report`]: medians, tables beside anchors.md, targets, JSON (#2).
+//! - [`cluster`]: walrep primaries and standbys, INFO, waits (#4-#6).
+//! - [`anchors`]: the anchor scripts themselves, run and parsed (#4-#6).
+//! - [`scenario`], [`bulk`], [`lag`], [`promote`], [`sync`]: the scenarios.
+//! - [`figures`]: their figures, ratios, targets and probe tables.
 //!
 //! Noise: the machine is shared, so the fdatasync rate is probed right
 //! before and after every run and each run's ratio uses the mean of its
 //! two probes; repetitions (`--reps`) give medians and ranges.
 
+pub mod anchors;
+pub mod bulk;
+pub mod cluster;
+pub mod figures;
 pub mod fsync;
+pub mod lag;
 pub mod loadgen;
 pub mod pg;
 pub mod procs;
+pub mod promote;
 pub mod report;
+pub mod scenario;
+pub mod sync;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -90,9 +115,85 @@ impl Level {
     }
 }
 
+/// What `walrep bench` measures (`--scenario`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Issue #2: durable commits of a lone primary.
+    Commit,
+    /// Issue #4: WAL MB/s to pg_receivewal.
+    Stream,
+    /// Issue #5: catch-up replay from the stream.
+    Catchup,
+    /// Issue #5: replay from the archive.
+    ArchiveReplay,
+    /// Issue #5: lag of an async standby under 64 clients.
+    Lag,
+    /// Issue #5: promotion to the first accepted write.
+    Promote,
+    /// Issue #6: every synchronous_commit level with a sync standby.
+    Sync,
+    /// Every replication scenario (all but commit).
+    Replication,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Commit => "commit",
+            Scenario::Stream => "stream",
+            Scenario::Catchup => "catchup",
+            Scenario::ArchiveReplay => "archive-replay",
+            Scenario::Lag => "lag",
+            Scenario::Promote => "promote",
+            Scenario::Sync => "sync",
+            Scenario::Replication => "replication",
+        }
+    }
+
+    /// Which part of the shared bulk-WAL scenario this is, if any.
+    pub fn bulk_part(self) -> Option<bulk::Part> {
+        match self {
+            Scenario::Stream => Some(bulk::Part::Stream),
+            Scenario::Catchup => Some(bulk::Part::Catchup),
+            Scenario::ArchiveReplay => Some(bulk::Part::ArchiveReplay),
+            _ => None,
+        }
+    }
+
+    /// `replication` expanded; duplicates removed, order kept.
+    pub fn expand(list: &[Scenario]) -> Vec<Scenario> {
+        let mut out: Vec<Scenario> = Vec::new();
+        for s in list {
+            let more: &[Scenario] = match s {
+                Scenario::Replication => &[
+                    Scenario::Stream,
+                    Scenario::Catchup,
+                    Scenario::ArchiveReplay,
+                    Scenario::Lag,
+                    Scenario::Promote,
+                    Scenario::Sync,
+                ],
+                one => std::slice::from_ref(one),
+            };
+            for m in more {
+                if !out.contains(m) {
+                    out.push(*m);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Options of `walrep bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    /// What to measure, comma-separated: commit (issue #2), stream,
+    /// catchup, archive-replay, lag, promote, sync, or replication (all
+    /// but commit).
+    #[arg(long = "scenario", value_delimiter = ',', default_value = "commit")]
+    pub scenarios: Vec<Scenario>,
     /// Client counts (redis-benchmark -c), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     pub clients: Vec<u32>,
@@ -134,12 +235,26 @@ pub struct BenchArgs {
     /// Keep the data directories and logs.
     #[arg(long)]
     pub keep: bool,
+    /// Bulk scenarios: MiB of WAL to generate (05_wal_bulk.sh's WAL_MB).
+    #[arg(long, default_value_t = 1024)]
+    pub wal_mb: u64,
+    /// Bulk scenarios: SET value size in bytes for the WAL load.
+    #[arg(long, default_value_t = 4096)]
+    pub bulk_value_bytes: u32,
+    /// Lag scenario: seconds of load per repetition (03_lag.sh's DUR).
+    #[arg(long, default_value_t = 30)]
+    pub lag_seconds: u64,
+    /// Promote scenario: promotions per method (04_promote.sh's REPS).
+    #[arg(long, default_value_t = 5)]
+    pub promote_reps: u32,
 }
 
 /// Upper bounds of the options, so a run stays bounded in time.
 const MAX_SECONDS: u64 = 600;
 const MAX_REPS: u32 = 20;
 const MAX_CLIENTS: u32 = 1000;
+/// Most WAL a bulk scenario generates (it is stored three times).
+const MAX_WAL_MB: u64 = 8192;
 
 impl BenchArgs {
     fn check(&self) -> Result<(), BenchError> {
@@ -162,6 +277,21 @@ impl BenchArgs {
         if self.levels.is_empty() {
             return bad("--synchronous-commit needs at least one level".into());
         }
+        if self.wal_mb == 0 || self.wal_mb > MAX_WAL_MB {
+            return bad(format!("--wal-mb must be 1..={MAX_WAL_MB}"));
+        }
+        if self.bulk_value_bytes == 0 || self.bulk_value_bytes > 1 << 20 {
+            return bad("--bulk-value-bytes must be 1..=1048576".into());
+        }
+        if self.lag_seconds < 3 || self.lag_seconds > MAX_SECONDS {
+            return bad(format!("--lag-seconds must be 3..={MAX_SECONDS}"));
+        }
+        if self.promote_reps == 0 || self.promote_reps > MAX_REPS {
+            return bad(format!("--promote-reps must be 1..={MAX_REPS}"));
+        }
+        if self.scenarios.is_empty() {
+            return bad("--scenario needs at least one scenario".into());
+        }
         Ok(())
     }
 }
@@ -180,9 +310,41 @@ pub struct BenchReport {
     pub elapsed_s: f64,
 }
 
-/// Run the benchmark and print its report.
-pub fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
+/// What one `walrep bench` run measured (the JSON file).
+#[derive(Debug, serde::Serialize)]
+pub struct RunReport {
+    /// The `commit` scenario (issue #2).
+    pub commit: Option<BenchReport>,
+    /// The replication scenarios (#4, #5, #6).
+    pub replication: Option<scenario::ScenarioReport>,
+}
+
+/// Run the chosen scenarios and print their reports.
+pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     args.check()?;
+    let scenarios = Scenario::expand(&args.scenarios);
+    let commit = if scenarios.contains(&Scenario::Commit) {
+        Some(run_commit(args)?)
+    } else {
+        None
+    };
+    let others: Vec<Scenario> = scenarios
+        .into_iter()
+        .filter(|s| *s != Scenario::Commit)
+        .collect();
+    let replication = if others.is_empty() {
+        None
+    } else {
+        Some(scenario::run(args, &others)?)
+    };
+    Ok(RunReport {
+        commit,
+        replication,
+    })
+}
+
+/// Issue #2's scenario: commits of a lone primary.
+fn run_commit(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     require_tool("redis-benchmark")?;
     if args.anchors.is_some() {
         require_tool("redis-server")?;
@@ -427,7 +589,7 @@ fn make_traversable(dir: &Path) -> Result<(), BenchError> {
 }
 
 /// (fsyncs, flushes, flushed records) from the node's INFO persistence.
-fn wal_counters(port: u16) -> Option<(u64, u64, u64)> {
+pub(crate) fn wal_counters(port: u16) -> Option<(u64, u64, u64)> {
     let text = procs::query(port, b"INFO persistence\r\n").ok()?;
     let field = |name: &str| -> Option<u64> {
         text.lines()
@@ -442,7 +604,7 @@ fn wal_counters(port: u16) -> Option<(u64, u64, u64)> {
 }
 
 /// Write the report as JSON.
-pub fn write_json(report: &BenchReport, path: &Path) -> Result<(), BenchError> {
+pub fn write_json(report: &RunReport, path: &Path) -> Result<(), BenchError> {
     let text = serde_json::to_string_pretty(report)
         .map_err(|e| BenchError::Server(format!("could not encode the report: {e}")))?;
     std::fs::write(path, text).map_err(|e| BenchError::io(format!("write {}", path.display()), e))

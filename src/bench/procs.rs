@@ -34,6 +34,11 @@ impl Child {
         })
     }
 
+    /// The process id (for /proc CPU figures).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, wait up to 30 s, then SIGKILL.
     pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {

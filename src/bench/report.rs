@@ -171,7 +171,7 @@ fn redis_anchor(level: Level, clients: u32) -> Option<f64> {
         .map(|a| a.2)
 }
 
-fn num(v: f64) -> String {
+pub fn num(v: f64) -> String {
     if !v.is_finite() {
         return "-".into();
     }

@@ -126,31 +126,16 @@ impl Node {
         keep.push(id);
         remove_snapshots_except(&self.dir.root, &keep).map_err(CheckpointError::Cleanup)?;
         let report = self.remove_old_wal(&wal, redo)?;
-        let done = CheckpointDone {
-            checkpoint_lsn: rec.start,
+        let done = self.record_done(
+            cause,
+            "checkpoint",
+            rec.start,
             redo,
             id,
-            keys: snap.keys,
-            bytes: snap.bytes,
-            segments_removed: report.removed,
-            segments_recycled: report.recycled,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-        };
-        tracing::info!(
-            cause = cause.as_str(),
-            lsn = %done.checkpoint_lsn,
-            redo = %done.redo,
-            keys = done.keys,
-            bytes = done.bytes,
-            removed = done.segments_removed,
-            recycled = done.segments_recycled,
-            elapsed_ms = done.elapsed_ms,
-            "checkpoint complete"
+            &snap,
+            &report,
+            started,
         );
-        *self
-            .last_checkpoint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((done.clone(), now_ms()));
         Ok(done)
     }
 
@@ -199,6 +184,47 @@ impl Node {
         wal.wait_flushed(rec.end)?;
         wal.switch_segment()?;
         Ok(Some(rec.end))
+    }
+
+    /// Build, log and remember what a checkpoint or restartpoint did.
+    #[allow(clippy::too_many_arguments)]
+    fn record_done(
+        &self,
+        cause: CheckpointCause,
+        what: &str,
+        checkpoint_lsn: Lsn,
+        redo: Lsn,
+        id: u64,
+        snap: &crate::store::checkpoint::SnapshotStats,
+        report: &crate::wal::RemovalReport,
+        started: Instant,
+    ) -> CheckpointDone {
+        let done = CheckpointDone {
+            checkpoint_lsn,
+            redo,
+            id,
+            keys: snap.keys,
+            bytes: snap.bytes,
+            segments_removed: report.removed,
+            segments_recycled: report.recycled,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(
+            cause = cause.as_str(),
+            lsn = %done.checkpoint_lsn,
+            redo = %done.redo,
+            keys = done.keys,
+            bytes = done.bytes,
+            removed = done.segments_removed,
+            recycled = done.segments_recycled,
+            elapsed_ms = done.elapsed_ms,
+            "{what} complete"
+        );
+        *self
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((done.clone(), now_ms()));
+        done
     }
 
     /// Remove or recycle segments below the oldest position anything needs:
@@ -324,29 +350,17 @@ impl Node {
                 recycle: None,
             })
             .map_err(|e| CheckpointError::Wal(e.into()))?;
-        let done = CheckpointDone {
-            checkpoint_lsn: redo,
+        tracing::debug!(%min_recovery_point, "restartpoint raised the minimum recovery point");
+        let done = self.record_done(
+            cause,
+            "restartpoint",
+            redo,
             redo,
             id,
-            keys: snap.keys,
-            bytes: snap.bytes,
-            segments_removed: report.removed,
-            segments_recycled: report.recycled,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-        };
-        tracing::info!(
-            cause = cause.as_str(),
-            redo = %done.redo,
-            %min_recovery_point,
-            keys = done.keys,
-            removed = done.segments_removed,
-            elapsed_ms = done.elapsed_ms,
-            "restartpoint complete"
+            &snap,
+            &report,
+            started,
         );
-        *self
-            .last_checkpoint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((done.clone(), now_ms()));
         Ok(Some(done))
     }
 }

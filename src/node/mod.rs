@@ -316,6 +316,7 @@ pub struct RunningNode {
     replication: Option<ReplicationServerHandle>,
     checkpointer: Option<Checkpointer>,
     standby: Option<StandbyRuntime>,
+    status: Option<crate::status::StatusServer>,
     exit_rx: Receiver<ExitRequest>,
     lock: DataDirLock,
 }
@@ -414,6 +415,7 @@ impl RunningNode {
             replication: None,
             checkpointer: None,
             standby: None,
+            status: None,
             exit_rx,
             lock,
         };
@@ -443,6 +445,13 @@ impl RunningNode {
         )
         .with_context(|| format!("could not listen on {addr} (port)"))?;
         self.replication = Some(start_replication(&node)?);
+        if config.status_port != 0 {
+            let addr = listen_addr(&config.listen_addresses, config.status_port)?;
+            let status = crate::status::StatusServer::start(addr, node.clone())
+                .with_context(|| format!("could not listen on {addr} (status_port)"))?;
+            tracing::info!(addr = %status.local_addr(), "status endpoint ready: /status, /metrics");
+            self.status = Some(status);
+        }
         let ports = {
             let mut p = node.ports.lock().unwrap_or_else(|e| e.into_inner());
             p.redis = server.local_addr().port();
@@ -501,6 +510,9 @@ impl RunningNode {
         }
         if let Some(c) = self.checkpointer.take() {
             c.stop();
+        }
+        if let Some(s) = self.status.take() {
+            s.stop();
         }
         if let Some(s) = self.standby.take() {
             s.stop();

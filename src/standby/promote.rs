@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::ArchiveMode;
 use crate::node::checkpoint::CheckpointCause;
@@ -38,13 +38,14 @@ pub fn write_history_file(
     switch_point: Lsn,
     reason: &str,
 ) -> Result<(), String> {
+    let t0 = Instant::now();
     crate::wal::write_new_timeline_history(&node.dir.wal(), parent, tli, switch_point, reason)
         .map_err(|e| e.to_string())?;
     if node.config.archive_mode != ArchiveMode::Off {
         crate::archive::mark_ready(&node.dir.root, &tli.history_file_name())
             .map_err(|e| e.to_string())?;
     }
-    tracing::info!(tli = tli.0, %switch_point, "wrote timeline history file {}", tli.history_file_name());
+    tracing::info!(tli = tli.0, %switch_point, elapsed_us = t0.elapsed().as_micros() as u64, "wrote timeline history file {}", tli.history_file_name());
     Ok(())
 }
 
@@ -56,12 +57,14 @@ pub fn write_end_of_recovery(
     prev_tli: TimelineId,
     at: Lsn,
 ) -> Result<Lsn, String> {
+    let t0 = Instant::now();
     let (system_id, seg_size) = {
         let c = node.control();
         (c.system_identifier, c.wal_segment_size)
     };
     init_new_timeline_segment(&node.segdir, system_id, prev_tli, tli, at)
         .map_err(|e| e.to_string())?;
+    let t_segment = t0.elapsed();
     let archive_mode = node.config.archive_mode != ArchiveMode::Off;
     let mut cfg = WalConfig::new(
         node.dir.wal(),
@@ -82,6 +85,7 @@ pub fn write_end_of_recovery(
         Wal::start(cfg)
             .map_err(|e| format!("could not start the WAL writer on timeline {tli}: {e}"))?,
     );
+    let t_wal = t0.elapsed();
     let rec = wal
         .log_xlog(&XlogRecord::EndOfRecovery(EndOfRecovery {
             new_tli: tli,
@@ -90,6 +94,7 @@ pub fn write_end_of_recovery(
         }))
         .map_err(|e| e.to_string())?;
     wal.wait_flushed(rec.end).map_err(|e| e.to_string())?;
+    let t_record = t0.elapsed();
     {
         let mut c = node.control();
         c.timeline = tli;
@@ -100,8 +105,19 @@ pub fn write_end_of_recovery(
     if let Err(e) = rename_old_timeline_segment_partial(&node.segdir, prev_tli, at, archive_mode) {
         tracing::warn!(error = %e, "could not rename the old timeline's last segment to .partial");
     }
+    let t_control = t0.elapsed();
     node.attach_wal(wal).map_err(|e| e.to_string())?;
-    tracing::info!(tli = tli.0, end = %rec.end, "archive recovery complete; end-of-recovery record written");
+    let us = |d: Duration| d.as_micros() as u64;
+    tracing::info!(
+        tli = tli.0,
+        end = %rec.end,
+        segment_us = us(t_segment),
+        wal_start_us = us(t_wal - t_segment),
+        record_us = us(t_record - t_wal),
+        control_us = us(t_control - t_record),
+        total_us = us(t0.elapsed()),
+        "archive recovery complete; end-of-recovery record written"
+    );
     Ok(rec.end)
 }
 

@@ -232,6 +232,18 @@ impl SegNo {
         SegNo(self.0 + 1)
     }
 
+    /// The last segment of the LSN space: the one holding
+    /// `FFFFFFFF/FFFFFFFF`. No segment after it has a position, so no file
+    /// can hold WAL there.
+    pub fn last(seg_size: WalSegSize) -> SegNo {
+        Lsn(u64::MAX).segno(seg_size)
+    }
+
+    /// The following segment, `None` after [`SegNo::last`].
+    pub fn checked_next(self, seg_size: WalSegSize) -> Option<SegNo> {
+        (self < SegNo::last(seg_size)).then(|| self.next())
+    }
+
     /// PostgreSQL's WAL file name: `%08X%08X%08X` of (timeline,
     /// segno / segments-per-xlogid, segno % segments-per-xlogid).
     pub fn file_name(self, tli: TimelineId, seg_size: WalSegSize) -> String {
@@ -322,6 +334,25 @@ mod tests {
         assert!(WalSegSize::new(3 << 20).is_err());
         assert!(WalSegSize::new(1 << 19).is_err());
         assert!(WalSegSize::new(1 << 31).is_err());
+    }
+
+    #[test]
+    fn no_segment_follows_the_last_one() {
+        for shift in 20..=30 {
+            let size = WalSegSize::new(1 << shift).unwrap();
+            let last = SegNo::last(size);
+            assert_eq!(last.0, (u64::MAX >> shift), "{size:?}");
+            assert_eq!(last.start_lsn(size).segno(size), last);
+            assert_eq!(last.checked_next(size), None, "{size:?}");
+            assert_eq!(SegNo(last.0 - 1).checked_next(size), Some(last));
+            assert_eq!(SegNo(0).checked_next(size), Some(SegNo(1)));
+        }
+        // The last file name is still one PostgreSQL could write.
+        let s = WalSegSize::DEFAULT;
+        assert_eq!(
+            SegNo::last(s).file_name(TimelineId(1), s),
+            "00000001FFFFFFFF000000FF"
+        );
     }
 
     proptest::proptest! {

@@ -241,6 +241,57 @@ proptest! {
     }
 }
 
+/// The case proptest found (seed 7cc4a253 in
+/// `proptest-regressions/recovery.txt`), replayed as it was shrunk: redo in
+/// the last segment of the LSN space on timeline u32::MAX; the round used
+/// to step to the segment after the last one and, after the archive copy
+/// failed a CRC check, replay the known-bad copy again from `wal/`.
+#[test]
+fn seed_7cc4a253_last_segment_of_the_lsn_space() {
+    let config = RecoveryConfig {
+        archive_configured: true,
+        stream_configured: false,
+        target_timeline: TargetTimeline::Latest,
+        wal_retrieve_retry_interval_ms: 1,
+        retry_backoff_max_ms: 8,
+        ping_pong_threshold: 2,
+        ..RecoveryConfig::default()
+    };
+    let raw = |a, b, c| Step {
+        plausible: false,
+        pick: 0,
+        a,
+        b,
+        c,
+        dt_ms: 0,
+    };
+    let plausible = |pick| Step {
+        plausible: true,
+        pick,
+        a: 0,
+        b: 0,
+        c: 0,
+        dt_ms: 0,
+    };
+    let steps = [
+        raw(17778682017696387200, 10426786823649469125, 257903739),
+        plausible(15684382111127315475),
+        raw(7301031753996212367, 229046908530154, 0),
+        plausible(14859605657512942200),
+        raw(9343079196966767468, 38329159134806, 0),
+        plausible(778503688824764725),
+    ];
+    // The first step is the RecoveryStarted at the end of the range.
+    assert!(matches!(
+        arbitrary(&steps[0]),
+        Event::RecoveryStarted { redo_lsn, tli, .. }
+            if redo_lsn == Lsn(0xFFFF_FFFF_FFFF_6F4C) && tli == TimelineId(u32::MAX)
+    ));
+    if let Err(e) = run(config, &steps) {
+        panic!("{e}");
+    }
+}
+
 /// Every event kind at the end of its value range, in every state the
 /// standard exploration reaches first, does not panic.
 #[test]

@@ -216,6 +216,144 @@ pub mod play {
         s
     }
 
+    /// Found by the property test (proptest-regressions seed 7cc4a253):
+    /// WAL that reaches the last segment of the LSN space. A record still
+    /// incomplete there never completes, so the round ends instead of
+    /// asking for a segment past FFFFFFFF/FFFFFFFF (whose "local copy" used
+    /// to be the copy already known bad, read again); and the copy of the
+    /// last segment that failed is not read again from `wal/`.
+    pub fn last_segment_of_the_lsn_space() -> Scenario {
+        let last = u64::MAX / SEG;
+        let redo = at(last, 0xFF_6F4C);
+        assert_eq!(redo.to_string(), "FFFFFFFF/FFFF6F4C");
+        let mut s = Scenario::new(archive_only());
+        s.ev(started(redo, 1, redo, false));
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s.ev(restored(1, last));
+        assert!(s.emitted(|a| matches!(a, Action::Replay { upto, .. } if *upto == Lsn(u64::MAX))));
+        s.ev(eow(redo));
+        assert_eq!(
+            s.state(),
+            StateKind::RetryingArchive,
+            "no segment follows the last one"
+        );
+        assert!(!s.emitted(|a| matches!(
+            a,
+            Action::RestoreSegment { .. } | Action::FindLocalSegment { .. }
+        )));
+        s.timer();
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s.ev(restored(1, last)).ev(invalid(redo, RecordCheck::Crc));
+        // wal/ holds the copy just restored, known bad: not read again.
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        assert!(!s.emitted(|a| matches!(a, Action::FindLocalSegment { .. })));
+        assert_eq!(s.core.status().replay_lsn, redo);
+        s
+    }
+
+    /// A record spanning segments 2 and 3 fails its CRC when read with the
+    /// archive's copy of segment 3. That copy is now the file in `wal/`
+    /// (a restored segment replaces the local one), so it is not "found
+    /// locally" and read again: the round gives up. The next round reads
+    /// fresh copies of both segments.
+    pub fn corrupt_record_spanning_into_the_next_segment() -> Scenario {
+        let mut s = standby_started(archive_only());
+        let start = at(2, SEG - 0x18);
+        s.ev(restored(1, 2)).ev(eow(start));
+        assert!(s.emitted(|a| matches!(a, Action::RestoreSegment { segno, .. } if segno.0 == 3)));
+        s.ev(restored(1, 3)).ev(invalid(start, RecordCheck::Crc));
+        assert_eq!(
+            s.state(),
+            StateKind::RetryingArchive,
+            "wal/ holds the copy that failed"
+        );
+        assert!(!s.emitted(|a| matches!(a, Action::FindLocalSegment { .. })));
+        s.timer();
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s.ev(restored(1, 2)).ev(eow(start));
+        s.ev(restored(1, 3)).ev(eow(at(3, 0x100)));
+        assert_eq!(s.core.status().replay_lsn, at(3, 0x100));
+        s
+    }
+
+    /// Found by the property test (proptest-regressions seed 71c508d0):
+    /// the walreceiver streams timeline 1, which on the recovery
+    /// timeline's history (2) ends at 0/3000028, while the upstream ends
+    /// its timeline 1 later, at 0/3800000 (a branch recovery does not
+    /// follow). Once replay reaches 0/3000028 nothing the session flushed
+    /// can be replayed and it sends nothing more: the stream counts as
+    /// exhausted, and the next round starts a session on timeline 2,
+    /// instead of `Streaming` waiting for nothing.
+    pub fn stream_timeline_ends_later_upstream_than_on_our_history() -> Scenario {
+        let stream_only = RecoveryConfig {
+            archive_configured: false,
+            ..both()
+        };
+        let mut s = Scenario::new(stream_only);
+        let fork = at(3, 0x28);
+        let upstream_end = at(3, 0x80_0000);
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
+        s.ev(Event::HistoryFoundLocally {
+            tli: TimelineId(2),
+            history: history_after(&TimelineHistory::root(TimelineId(1)), 2, fork),
+        });
+        s.ev(no_local_history(3));
+        assert_eq!(s.core.status().target_tli, TimelineId(2));
+        s.ev(not_local(1, 2));
+        let sid = s.session();
+        s.ev(connected(sid, 1, upstream_end));
+        s.ev(flushed(sid, 1, upstream_end));
+        assert!(
+            s.emitted(|a| matches!(a, Action::Replay { upto, .. } if *upto == fork)),
+            "stream replay stops where timeline 1 ends on our history"
+        );
+        s.ev(Event::TimelineEnded {
+            session: sid,
+            tli: TimelineId(1),
+            next_tli: TimelineId(3),
+            switch_point: upstream_end,
+        });
+        s.ev(eow(fork));
+        assert_eq!(s.state(), StateKind::RetryingArchive, "stream exhausted");
+        s.timer();
+        s.ev(no_local_history(3)).ev(not_local(2, 3));
+        assert!(s.emitted(|a| matches!(
+            a,
+            Action::StartWalReceiver { from, tli, .. } if *from == seg(3) && tli.0 == 2
+        )));
+        s
+    }
+
+    /// Found by the property test (proptest-regressions seed 28d1722f):
+    /// a walreceiver stopped for not connecting reports a flush after
+    /// promotion has drained everything and is probing for timelines. A
+    /// stopped session writes no more, so the flush is stale: it is
+    /// ignored, as in the recovering states, and the new timeline is
+    /// chosen with nothing received left unreplayed.
+    pub fn flush_of_a_stopped_session_while_promoting_is_stale() -> Scenario {
+        let mut s = Scenario::new(RecoveryConfig {
+            target_timeline: walrep_states::recovery::TargetTimeline::Current,
+            ..both()
+        });
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
+        s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
+        let old = s.session();
+        s.timer();
+        assert!(s.emitted(|a| matches!(a, Action::StopWalReceiver { session } if *session == old)));
+        s.ev(promote());
+        assert_eq!(s.state(), StateKind::Promoting);
+        s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
+        assert!(s.emitted(|a| matches!(a, Action::RestoreHistoryFile { tli } if tli.0 == 2)));
+        s.ev(flushed(old, 1, at(5, 0)));
+        assert!(s.actions.is_empty());
+        s.ev(no_history(2)).ev(no_local_history(2));
+        assert!(s.emitted(|a| matches!(
+            a,
+            Action::WriteHistoryFile { switch_point, .. } if *switch_point == at(2, 0x28)
+        )));
+        s
+    }
+
     pub fn corrupt_record_on_the_stream() -> Scenario {
         let mut s = streaming(both());
         let sid = s.session();
@@ -666,6 +804,10 @@ scenarios!(
     corrupt_segment_from_the_archive,
     corrupt_record_on_the_stream,
     corrupt_fork_segment_falls_back_to_the_parent_copy,
+    last_segment_of_the_lsn_space,
+    corrupt_record_spanning_into_the_next_segment,
+    stream_timeline_ends_later_upstream_than_on_our_history,
+    flush_of_a_stopped_session_while_promoting_is_stale,
     restore_command_failing_backs_off,
     segment_missing_retries_at_the_interval,
     ping_pong_between_archive_and_stream_is_detected,

@@ -4,10 +4,11 @@
 use std::fmt;
 
 use super::action::WalSource;
+use super::event::WalFile;
 use super::kind::StateKind;
 use super::machine::State;
 use super::shared::{Machine, ReceiverStatus};
-use crate::lsn::Lsn;
+use crate::lsn::{Lsn, SegNo};
 
 /// A broken invariant: which one and the values that broke it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,28 +35,26 @@ pub(crate) fn violation(invariant: &'static str, detail: String) -> InvariantVio
 pub(crate) fn check_machine(m: &Machine, state: &State) -> Result<(), InvariantViolation> {
     check_bad_record(m)?;
     check_requests(m)?;
+    check_lsn_space(m)?;
     check_shape(m, state)?;
     check_timelines(m)
 }
 
 /// Nothing at or past a known invalid record is read again from the copy
-/// that holds it.
+/// that holds it: a stream replay of the same session, or a round replay
+/// making the same file available (the segment holding the record, or the
+/// later one a record spanning into it was read with).
 fn check_bad_record(m: &Machine) -> Result<(), InvariantViolation> {
     let Some(req) = &m.replay_req else {
         return Ok(());
     };
-    let seg_size = m.config.wal_segment_size;
-    let at_segno = m.replay_lsn.segno(seg_size);
-    // A round request for a later segment reads the record's start from a
-    // file the machine does not name; only same-segment requests are judged.
-    let same_segment = req.source == WalSource::Stream
-        || Lsn(req.upto.0.saturating_sub(1)).segno(seg_size) == at_segno;
+    let req_segno = req.segno(m.config.wal_segment_size);
     for bad in m.bad.iter().filter(|b| b.at == m.replay_lsn) {
         let same_copy = match req.source {
             WalSource::Stream => bad.source == WalSource::Stream && req.session == bad.session,
-            _ => req.tli == bad.tli && bad.segno == at_segno,
+            _ => req.tli == bad.tli && bad.segno == req_segno,
         };
-        if same_copy && same_segment && req.upto > bad.at {
+        if same_copy && req.upto > bad.at {
             return Err(violation(
                 "never-reapply-bad-record",
                 format!(
@@ -95,6 +94,24 @@ fn check_requests(m: &Machine) -> Result<(), InvariantViolation> {
         }
     }
     Ok(())
+}
+
+/// Rounds and requests name only segments that have positions: none after
+/// the last segment of the LSN space.
+fn check_lsn_space(m: &Machine) -> Result<(), InvariantViolation> {
+    let last = SegNo::last(m.config.wal_segment_size);
+    let asked = match m.fetch_req.map(|r| r.file) {
+        Some(WalFile::Segment { segno, .. }) => Some(segno),
+        _ => None,
+    };
+    let round = m.round.as_ref().map(|r| r.segno);
+    match [asked, round].into_iter().flatten().find(|s| *s > last) {
+        Some(segno) => Err(violation(
+            "segments-in-lsn-space",
+            format!("segment {segno} is past {last}, the last segment of the LSN space"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Which requests and sessions each state may have.

@@ -340,8 +340,7 @@ impl Machine {
                 }
             }
             Event::WalFlushed { session, tli, upto } => {
-                self.note_flush(ctx, *session, *tli, *upto);
-                Next::Wait
+                self.promotion_on_flush(ctx, promotion, *session, *tli, *upto)
             }
             Event::WalReceiverStopped { session, flushed } => {
                 self.promotion_on_receiver_stopped(ctx, promotion, *session, *flushed)

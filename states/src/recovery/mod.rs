@@ -346,7 +346,8 @@ impl Recovery {
     /// Check every invariant: replay never goes back; nothing at or past a
     /// bad record is read again from its copy; no writes before `Promoted`;
     /// the new timeline is above every timeline seen; promotion replays the
-    /// received WAL first; the machine always waits for something (an
+    /// received WAL first; rounds and requests name no segment past the
+    /// last one of the LSN space; the machine always waits for something (an
     /// outstanding request, a running walreceiver or a timer) unless final;
     /// and each state's shape.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {

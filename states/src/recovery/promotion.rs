@@ -310,6 +310,30 @@ impl Machine {
         }
     }
 
+    /// `WalFlushed` while promoting: only the session being stopped still
+    /// writes. Any other session was stopped (or ended) before, writes no
+    /// more and its stop carried its last position, so a flush reported
+    /// for it is stale, as in the recovering states; taking it would leave
+    /// WAL promotion has already passed over unreplayed.
+    pub(crate) fn promotion_on_flush(
+        &mut self,
+        ctx: &mut Ctx,
+        p: &Promotion,
+        session: SessionId,
+        tli: TimelineId,
+        upto: Lsn,
+    ) -> Next {
+        match p.phase {
+            Phase::StoppingReceiver { session: s, .. } if s == session => {
+                self.note_flush(ctx, session, tli, upto);
+            }
+            _ => ctx.because(format!(
+                "flush of session {session}, which is not being stopped"
+            )),
+        }
+        Next::Wait
+    }
+
     /// The walreceiver stopped: everything it received is flushed.
     pub(crate) fn promotion_on_receiver_stopped(
         &mut self,

@@ -111,6 +111,12 @@ pub enum Exhaustion {
         /// Where the file ended.
         at: Lsn,
     },
+    /// The last segment of the LSN space was replayed to its end (as far
+    /// as its WAL is complete): no segment follows it.
+    EndOfLsnSpace {
+        /// Where replay stopped.
+        at: Lsn,
+    },
 }
 
 impl fmt::Display for Exhaustion {
@@ -121,6 +127,10 @@ impl fmt::Display for Exhaustion {
             }
             Exhaustion::Invalid { at } => write!(f, "invalid record at {at}"),
             Exhaustion::EndedEarly { at } => write!(f, "file ended early at {at}"),
+            Exhaustion::EndOfLsnSpace { at } => write!(
+                f,
+                "replay stopped at {at} in the last segment of the LSN space: no segment follows it"
+            ),
         }
     }
 }
@@ -421,7 +431,16 @@ impl Machine {
         }
         let seg_size = self.config.wal_segment_size;
         let next = if limit >= segment_end(round.segno, seg_size) {
-            round.segno.next()
+            // The segment was readable to its end. After the last one of
+            // the LSN space (whose end saturates at FFFFFFFF/FFFFFFFF) there
+            // is no file to ask for: a record incomplete there stays so.
+            let Some(next) = round.segno.checked_next(seg_size) else {
+                self.round = None;
+                return RoundOutcome::Exhausted(Exhaustion::EndOfLsnSpace {
+                    at: self.replay_lsn,
+                });
+            };
+            next
         } else if self.replay_lsn >= limit {
             // The timeline ended inside the segment: its successor's copy.
             round.segno

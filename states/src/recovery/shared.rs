@@ -12,7 +12,7 @@ use super::kind::StateKind;
 use super::round::{Location, Round};
 use super::timelines::Timelines;
 use crate::history::TimelineHistory;
-use crate::lsn::{Lsn, SegNo, TimelineId};
+use crate::lsn::{Lsn, SegNo, TimelineId, WalSegSize};
 use crate::time::Millis;
 
 /// The outbox a handler writes to: the time of the event, the actions to
@@ -109,6 +109,15 @@ pub struct ReplayRequest {
     pub for_round: bool,
 }
 
+impl ReplayRequest {
+    /// For a round replay: the segment whose file the request made
+    /// available, the one holding its last byte (its limit is that
+    /// segment's end or its timeline's end inside it).
+    pub fn segno(&self, seg_size: WalSegSize) -> SegNo {
+        Lsn(self.upto.0.saturating_sub(1)).segno(seg_size)
+    }
+}
+
 /// The outstanding archive-fetcher request (at most one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FetchRequest {
@@ -141,7 +150,9 @@ pub struct BadRecord {
     pub source: WalSource,
     /// Timeline of the file holding it.
     pub tli: TimelineId,
-    /// Segment holding it.
+    /// A segment of the copy: the one holding the replay position, or
+    /// (a second record) the one a round replay made available when the
+    /// record spans into it, since either file may hold the bad bytes.
     pub segno: SegNo,
     /// For stream copies: the session that wrote it.
     pub session: Option<SessionId>,
@@ -451,22 +462,19 @@ impl Machine {
         Some(ReplayEnd::Invalid(req))
     }
 
+    /// An invalid record at the replay position: the copy that held it is
+    /// not read there again. For a round replay of a later segment (a
+    /// record spanning into it) both files are remembered: `wal/` now holds
+    /// the very file the request read (a restored segment replaces the
+    /// local one), so reading "its local copy" would read the same bytes.
     fn mark_bad(&mut self, ctx: &mut Ctx, req: &ReplayRequest, check: RecordCheck) {
         let at = self.replay_lsn;
-        let segno = at.segno(self.config.wal_segment_size);
-        self.bad
-            .retain(|b| !(b.tli == req.tli && b.segno == segno && b.session == req.session));
-        if self.bad.len() >= MAX_BAD_COPIES {
-            self.bad.remove(0);
+        let seg_size = self.config.wal_segment_size;
+        let here = at.segno(seg_size);
+        self.remember_bad(req, check, here);
+        if req.source != WalSource::Stream && req.segno(seg_size) != here {
+            self.remember_bad(req, check, req.segno(seg_size));
         }
-        self.bad.push(BadRecord {
-            at,
-            check,
-            source: req.source,
-            tli: req.tli,
-            segno,
-            session: req.session,
-        });
         if self.stall.at == at {
             self.stall.count = self.stall.count.saturating_add(1);
         } else {
@@ -476,6 +484,22 @@ impl Machine {
             at,
             source: req.source,
             check,
+        });
+    }
+
+    fn remember_bad(&mut self, req: &ReplayRequest, check: RecordCheck, segno: SegNo) {
+        self.bad
+            .retain(|b| !(b.tli == req.tli && b.segno == segno && b.session == req.session));
+        if self.bad.len() >= MAX_BAD_COPIES {
+            self.bad.remove(0);
+        }
+        self.bad.push(BadRecord {
+            at: self.replay_lsn,
+            check,
+            source: req.source,
+            tli: req.tli,
+            segno,
+            session: req.session,
         });
     }
 
@@ -589,17 +613,19 @@ impl Machine {
         true
     }
 
-    /// The stream has nothing more at the replay position: it ended its
-    /// timeline there.
+    /// The stream has nothing more at the replay position: its session
+    /// ended its timeline (after a timeline end nothing more comes, what
+    /// was flushed is all there is) and nothing it flushed can be replayed
+    /// from here: all of it was, or the rest lies past the end of the
+    /// streamed timeline on the recovery timeline's history (the upstream
+    /// may end that timeline later, on a branch recovery does not follow).
     pub(crate) fn stream_exhausted_at_end(&self) -> bool {
         self.replay_req.is_none()
-            && self.received.as_ref().is_some_and(|r| {
-                // After a timeline end nothing more comes: what was flushed
-                // is all there is.
-                let end = r.ended_at.map(|e| e.min(r.upto));
-                self.is_current(r.session)
-                    && end.is_some_and(|e| self.replay_lsn >= e || r.drained_to >= e)
-            })
+            && self
+                .received
+                .as_ref()
+                .is_some_and(|r| self.is_current(r.session) && r.ended_at.is_some())
+            && self.stream_limit(true).is_none()
     }
 
     /// The wait before the next round: the retry interval, longer after

@@ -1,0 +1,302 @@
+//! Replication lag of an asynchronous standby under a steady load of 64
+//! clients with `synchronous_commit = off` (issue #5), as
+//! `shared/anchors/03_lag.sh` measures PostgreSQL (`64:off`).
+//!
+//! Load: redis-benchmark SET, 16-byte values, random keys over 100k, 64
+//! clients, sized by a calibration run to last `--lag-seconds`. Samples are
+//! taken from 1 s after the start to 1 s before the end, every 10 ms:
+//!
+//! - `replay_lag_ms` of the standby in the primary's `INFO replication` —
+//!   PostgreSQL's `pg_stat_replication.replay_lag`: the time from the
+//!   walsender sending WAL to the standby reporting it applied (the LSN
+//!   tracker of walsender.c), whole milliseconds;
+//! - bytes behind: the primary's `wal_flush_lsn` minus the standby's
+//!   reported `replay_lsn` (the script's `pg_current_wal_lsn() - replay_lsn`);
+//! - key visibility, a second thread: every 10 ms a `SET` of a fresh
+//!   value on the primary, then `GET` on the standby in a tight loop until
+//!   it returns that value: the time from the primary's reply to the value
+//!   being readable on the standby (µs resolution; includes the local
+//!   flush the walsender waits for, the network, the standby's fsync and
+//!   replay).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::anchors;
+use super::cluster::{self, parse_slave_line, Node, Reply};
+use super::figures::{percentile, Better, Figure};
+use super::loadgen::{self, Load};
+use super::scenario::Ctx;
+use super::BenchError;
+use crate::Lsn;
+
+/// PostgreSQL 15, anchors.md: replay lag with 64 async clients (ms).
+pub const PG_LAG_P50_MS: f64 = 120.0;
+pub const PG_LAG_P99_MS: f64 = 322.0;
+/// Issue #5's target for p99 (ms).
+pub const TARGET_LAG_P99_MS: f64 = 5.0;
+/// Sampling period.
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// Longest a key-visibility probe waits for its value.
+const VISIBILITY_LIMIT: Duration = Duration::from_secs(5);
+const CLIENTS: u32 = 64;
+
+/// What one repetition sampled.
+#[derive(Default)]
+struct Samples {
+    replay_lag_ms: Vec<f64>,
+    bytes_behind: Vec<f64>,
+    visibility_ms: Vec<f64>,
+    rps: f64,
+}
+
+pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
+    println!(
+        "\n== lag: async standby, {CLIENTS} clients, synchronous_commit=off, {} s",
+        ctx.args.lag_seconds
+    );
+    let dir = ctx.subdir("lag")?;
+    let pdir = dir.join("primary");
+    cluster::init(&ctx.exe, &pdir)?;
+    let primary = Node::start(&ctx.exe, &pdir, &["synchronous_commit=off".into()])?;
+    let sdir = dir.join("standby");
+    cluster::basebackup(&ctx.exe, primary.repl_port, &sdir, "standby1")?;
+    let standby = Node::start(&ctx.exe, &sdir, &[])?;
+    let mut figs = [
+        Figure::new(
+            5,
+            "lag",
+            "replay lag p50 (primary's replay_lag_ms, 64 clients async)",
+            "ms",
+            Better::Lower,
+        )
+        .anchor(PG_LAG_P50_MS),
+        Figure::new(
+            5,
+            "lag",
+            "replay lag p99 (primary's replay_lag_ms, 64 clients async)",
+            "ms",
+            Better::Lower,
+        )
+        .anchor(PG_LAG_P99_MS)
+        .goal("<= 5 ms", Some(TARGET_LAG_P99_MS)),
+        Figure::new(
+            5,
+            "lag",
+            "key visible on the standby after the primary's reply, p50",
+            "ms",
+            Better::Lower,
+        ),
+        Figure::new(
+            5,
+            "lag",
+            "key visible on the standby after the primary's reply, p99",
+            "ms",
+            Better::Lower,
+        ),
+        Figure::new(5, "lag", "bytes behind replay p99", "bytes", Better::Lower),
+        Figure::new(
+            5,
+            "lag",
+            "load during the lag samples",
+            "SET/s",
+            Better::Higher,
+        )
+        .anchor(48_000.0),
+    ];
+    for rep in 1..=ctx.args.reps {
+        catch_up(&primary, &standby)?;
+        ctx.probe(&format!("before lag rep {rep}"), false)?;
+        let s = sample_rep(ctx, &dir, &primary, &standby)?;
+        ctx.probe(&format!("after lag rep {rep}"), false)?;
+        println!(
+            "  lag rep {rep}: {:.0} SET/s; replay_lag p50/p99 {:.2}/{:.2} ms ({} samples); visibility p50/p99 {:.3}/{:.3} ms ({} probes); bytes behind p50/p99 {:.0}/{:.0}",
+            s.rps,
+            percentile(&s.replay_lag_ms, 0.5),
+            percentile(&s.replay_lag_ms, 0.99),
+            s.replay_lag_ms.len(),
+            percentile(&s.visibility_ms, 0.5),
+            percentile(&s.visibility_ms, 0.99),
+            s.visibility_ms.len(),
+            percentile(&s.bytes_behind, 0.5),
+            percentile(&s.bytes_behind, 0.99),
+        );
+        figs[0].walrep.push(percentile(&s.replay_lag_ms, 0.5));
+        figs[1].walrep.push(percentile(&s.replay_lag_ms, 0.99));
+        figs[2].walrep.push(percentile(&s.visibility_ms, 0.5));
+        figs[3].walrep.push(percentile(&s.visibility_ms, 0.99));
+        figs[4].walrep.push(percentile(&s.bytes_behind, 0.99));
+        figs[5].walrep.push(s.rps);
+    }
+    standby.stop();
+    primary.stop();
+    if let Some(anchors_dir) = ctx.args.anchors.clone() {
+        postgres(ctx, &anchors_dir, &mut figs)?;
+    }
+    ctx.figures.extend(figs);
+    Ok(())
+}
+
+/// Wait until the standby has replayed everything the primary flushed.
+fn catch_up(primary: &Node, standby: &Node) -> Result<(), BenchError> {
+    let mut p = primary.connect()?;
+    p.call(&[b"SET", b"lag:start", b"1"])?;
+    let mut s = standby.connect()?;
+    let target = cluster::flush_lsn(&mut p)?;
+    cluster::wait_replayed(&mut s, target, Duration::from_secs(120), SAMPLE_EVERY)?;
+    Ok(())
+}
+
+fn sample_rep(
+    ctx: &Ctx<'_>,
+    dir: &std::path::Path,
+    primary: &Node,
+    standby: &Node,
+) -> Result<Samples, BenchError> {
+    let load = Load {
+        port: primary.port,
+        clients: CLIENTS,
+        keyspace: 100_000,
+        value_bytes: 16,
+    };
+    let calib = loadgen::run(&load, 20_000, Duration::from_secs(60), dir)?;
+    let secs = ctx.args.lag_seconds;
+    let requests = ((calib.rps * secs as f64) as u64).max(1000);
+    let limit = Duration::from_secs(secs * 5 + 30);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let loader = scope.spawn(|| {
+            let r = loadgen::run(&load, requests, limit, dir);
+            done.store(true, Ordering::Release);
+            r
+        });
+        let window = Duration::from_secs(secs.saturating_sub(2).max(1));
+        std::thread::sleep(Duration::from_secs(1));
+        let done = &done;
+        let visibility = scope.spawn(move || visibility_probe(primary, standby, window, done));
+        let sampled = sample_primary(primary, window, done);
+        let vis = visibility.join();
+        let load = loader.join();
+        let load = load.map_err(|_| BenchError::Load("the load thread panicked".into()))??;
+        let (replay_lag_ms, bytes_behind) = sampled?;
+        let visibility_ms = vis.map_err(|_| BenchError::Load("the probe panicked".into()))??;
+        Ok(Samples {
+            replay_lag_ms,
+            bytes_behind,
+            visibility_ms,
+            rps: load.rps,
+        })
+    })
+}
+
+/// The primary's view every 10 ms: the standby's replay_lag_ms and the
+/// bytes between the primary's flush and the standby's replay.
+fn sample_primary(
+    primary: &Node,
+    window: Duration,
+    done: &AtomicBool,
+) -> Result<(Vec<f64>, Vec<f64>), BenchError> {
+    let mut c = primary.connect()?;
+    let (mut lag, mut behind) = (Vec::new(), Vec::new());
+    let end = Instant::now() + window;
+    while Instant::now() < end && !done.load(Ordering::Acquire) {
+        let flush = cluster::flush_lsn(&mut c)?;
+        let repl = c.info("replication")?;
+        if let Some(line) = repl.get("slave0") {
+            let s = parse_slave_line(line);
+            if let Some(ms) = s.get("replay_lag_ms").and_then(|v| v.parse::<f64>().ok()) {
+                lag.push(ms);
+            }
+            if let Some(r) = s.get("replay_lsn").and_then(|v| v.parse::<Lsn>().ok()) {
+                behind.push(flush.saturating_sub(r) as f64);
+            }
+        }
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+    Ok((lag, behind))
+}
+
+/// Every 10 ms: SET a fresh value on the primary, then GET on the standby
+/// until it shows; milliseconds from the SET's reply to the value.
+fn visibility_probe(
+    primary: &Node,
+    standby: &Node,
+    window: Duration,
+    done: &AtomicBool,
+) -> Result<Vec<f64>, BenchError> {
+    let mut p = primary.connect()?;
+    let mut s = standby.connect()?;
+    let mut out = Vec::new();
+    let end = Instant::now() + window;
+    let mut seq = 0u64;
+    while Instant::now() < end && !done.load(Ordering::Acquire) {
+        seq += 1;
+        let value = seq.to_string();
+        match p.call(&[b"SET", b"lag:probe", value.as_bytes()])? {
+            Reply::Simple(_) => {}
+            other => return Err(BenchError::Server(format!("probe SET: {other:?}"))),
+        }
+        let t0 = Instant::now();
+        let get = cluster::encode(&[b"GET", b"lag:probe"]);
+        loop {
+            if let Reply::Bulk(Some(v)) = s.call_raw(&get)? {
+                if v == value.as_bytes() {
+                    break;
+                }
+            }
+            if t0.elapsed() > VISIBILITY_LIMIT {
+                return Err(BenchError::Server(format!(
+                    "probe value {seq} not visible on the standby within {VISIBILITY_LIMIT:?}"
+                )));
+            }
+        }
+        out.push(t0.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+    Ok(out)
+}
+
+/// PostgreSQL 15 through 03_lag.sh with SCENARIOS=64:off.
+fn postgres(
+    ctx: &mut Ctx<'_>,
+    anchors_dir: &std::path::Path,
+    figs: &mut [Figure],
+) -> Result<(), BenchError> {
+    let base = ctx.anchors_base("pg-lag")?;
+    ctx.probe("before PostgreSQL 03_lag.sh", false)?;
+    let env = [
+        ("SCENARIOS", format!("{CLIENTS}:off")),
+        ("DUR", ctx.args.lag_seconds.to_string()),
+        ("REPS", ctx.args.reps.to_string()),
+    ];
+    let run = anchors::run_script(
+        anchors_dir,
+        "03_lag.sh",
+        "03_lag",
+        &base,
+        &env,
+        Duration::from_secs(ctx.args.lag_seconds * 4 * u64::from(ctx.args.reps) + 600),
+    )?;
+    ctx.probe("after PostgreSQL 03_lag.sh", false)?;
+    // One figure per rep, as for walrep: the script names samples r<rep>_c64_off.
+    for rep in 1..=ctx.args.reps {
+        let pg = anchors::pg_lag(&run.results, &format!("r{rep}_c{CLIENTS}_off"))?;
+        println!(
+            "  PostgreSQL lag rep {rep}: {:?} tps; replay_lag p50/p99 {:.2}/{:.2} ms ({} samples); bytes behind p99 {:.0}",
+            pg.tps,
+            percentile(&pg.replay_lag_ms, 0.5),
+            percentile(&pg.replay_lag_ms, 0.99),
+            pg.replay_lag_ms.len(),
+            percentile(&pg.replay_bytes_behind, 0.99)
+        );
+        figs[0].pg_same_run.push(percentile(&pg.replay_lag_ms, 0.5));
+        figs[1]
+            .pg_same_run
+            .push(percentile(&pg.replay_lag_ms, 0.99));
+        figs[4]
+            .pg_same_run
+            .push(percentile(&pg.replay_bytes_behind, 0.99));
+        figs[5].pg_same_run.extend(pg.tps.iter().copied());
+    }
+    Ok(())
+}

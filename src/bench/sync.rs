@@ -1,0 +1,329 @@
+//! Commits per second and latency for each `synchronous_commit` level with
+//! one synchronous standby on this machine (issue #6), beside PostgreSQL
+//! 15 measured by `shared/anchors/02_pgbench.sh` in the same run.
+//!
+//! A primary with `synchronous_standby_names = standby1` and a standby
+//! from `walrep basebackup -R`; the primary is restarted with each level
+//! (the standby reconnects). Per level and client count: redis-benchmark
+//! SET (16-byte values, random keys over 100k), calibrated to last
+//! `--seconds`, with the fdatasync probe right before and after.
+//!
+//! The floor of one client's remote-flush commit: two fdatasyncs (the
+//! primary's and the standby's) plus one loopback round trip (primary to
+//! standby and back), both measured in this run: the fdatasync probes
+//! around the 1-client `on` run and a TCP ping-pong on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::anchors;
+use super::cluster::{self, parse_slave_line, Node};
+use super::figures::{Better, Figure};
+use super::loadgen::{self, Load};
+use super::scenario::Ctx;
+use super::BenchError;
+
+/// Issue #6's targets.
+pub const TARGET_ONE_CLIENT_FLOOR_RATIO: f64 = 0.90;
+pub const TARGET_64_CLIENTS_ON: f64 = 48_000.0;
+/// The levels, in walrep's names, with PostgreSQL's configuration in
+/// 02_pgbench.sh (`a_lone` off and `b_lone` on have no standby there).
+const LEVELS: [(&str, &str, &str); 5] = [
+    ("off", "a_lone", "off"),
+    ("local", "b_lone", "on"),
+    ("remote_write", "c_sync", "remote_write"),
+    ("on", "d_sync", "on"),
+    ("remote_apply", "e_sync", "remote_apply"),
+];
+/// anchors.md: (walrep level, clients, PostgreSQL tps, p99 ms if given).
+const PG_ANCHORS: &[(&str, u32, f64, Option<f64>)] = &[
+    ("off", 1, 12_024.0, None),
+    ("off", 16, 57_200.0, None),
+    ("off", 64, 44_867.0, Some(4.10)),
+    ("local", 1, 5_389.0, None),
+    ("local", 16, 19_962.0, None),
+    ("local", 64, 23_809.0, Some(6.39)),
+    ("remote_write", 1, 2_265.0, None),
+    ("remote_write", 16, 13_684.0, None),
+    ("remote_write", 64, 17_178.0, Some(7.26)),
+    ("on", 1, 1_723.0, None),
+    ("on", 16, 11_787.0, None),
+    ("on", 64, 16_058.0, Some(7.40)),
+    ("remote_apply", 1, 1_786.0, None),
+    ("remote_apply", 16, 11_030.0, None),
+    ("remote_apply", 64, 15_490.0, Some(7.56)),
+];
+/// How long the loopback ping-pong runs.
+const RTT_PROBE: Duration = Duration::from_millis(500);
+
+/// The figures of one (level, clients) cell.
+struct Cell {
+    level: &'static str,
+    clients: u32,
+    rps: Figure,
+    mean: Figure,
+    p99: Figure,
+}
+
+pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
+    println!(
+        "\n== sync: primary + 1 synchronous standby, levels off/local/remote_write/on/remote_apply, clients {:?}, {} s per run",
+        ctx.args.clients, ctx.args.seconds
+    );
+    let dir = ctx.subdir("sync")?;
+    let pdir = dir.join("primary");
+    cluster::init(&ctx.exe, &pdir)?;
+    let mut cells = cells(&ctx.args.clients);
+    let mut floor_inputs = Vec::new();
+    for rep in 1..=ctx.args.reps {
+        let mut primary = start_primary(ctx, &pdir, "on")?;
+        let sdir = dir.join("standby");
+        if !sdir.exists() {
+            cluster::basebackup(&ctx.exe, primary.repl_port, &sdir, "standby1")?;
+        }
+        let mut standby = start_standby(ctx, &sdir, &primary)?;
+        for (level, _, _) in LEVELS {
+            primary.stop();
+            primary = start_primary(ctx, &pdir, level)?;
+            // The standby's upstream port changed: point it at the new one.
+            standby.stop();
+            standby = start_standby(ctx, &sdir, &primary)?;
+            wait_sync(&primary)?;
+            for c in cells.iter_mut().filter(|c| c.level == level) {
+                let label = format!("{level} {} clients rep {rep}", c.clients);
+                let f0 = ctx.probe(&format!("before {label}"), false)?;
+                let r = run_load(&dir, &primary, c.clients, ctx.args.seconds)?;
+                let f1 = ctx.probe(&format!("after {label}"), false)?;
+                println!(
+                    "  {label}: {:.0}/s mean {:.3} ms p99 {:.3} ms (WAL {:.1} records/flush)",
+                    r.0.rps, r.0.mean_ms, r.0.p99_ms, r.1
+                );
+                c.rps.walrep.push(r.0.rps);
+                c.mean.walrep.push(r.0.mean_ms);
+                c.p99.walrep.push(r.0.p99_ms);
+                if level == "on" && c.clients == 1 {
+                    floor_inputs.push((f0, f1, loopback_rtt_us()?, r.0.rps));
+                }
+            }
+        }
+        standby.stop();
+        primary.stop();
+    }
+    if let Some(anchors_dir) = ctx.args.anchors.clone() {
+        postgres(ctx, &anchors_dir, &mut cells)?;
+    }
+    floor_figure(ctx, &floor_inputs);
+    for c in cells {
+        ctx.figures.extend([c.rps, c.mean, c.p99]);
+    }
+    Ok(())
+}
+
+fn cells(clients: &[u32]) -> Vec<Cell> {
+    let mut out = Vec::new();
+    for (level, _, _) in LEVELS {
+        for &n in clients {
+            let anchor = PG_ANCHORS
+                .iter()
+                .find(|a| a.0 == level && a.1 == n)
+                .copied();
+            let name = |what: &str| format!("{what}, synchronous_commit={level}, {n} clients");
+            let mut rps = Figure::new(6, "sync", &name("commits/s"), "commits/s", Better::Higher);
+            if let Some(a) = anchor {
+                rps = rps.anchor(a.2);
+            }
+            if level == "on" && n == 64 {
+                rps = rps.goal(">= 48,000/s", Some(TARGET_64_CLIENTS_ON));
+            }
+            let mean = Figure::new(6, "sync", &name("mean latency"), "ms", Better::Lower);
+            let mut p99 = Figure::new(6, "sync", &name("p99 latency"), "ms", Better::Lower);
+            if let Some(p) = anchor.and_then(|a| a.3) {
+                p99 = p99.anchor(p);
+            }
+            out.push(Cell {
+                level,
+                clients: n,
+                rps,
+                mean,
+                p99,
+            });
+        }
+    }
+    out
+}
+
+fn start_primary(ctx: &Ctx<'_>, pdir: &std::path::Path, level: &str) -> Result<Node, BenchError> {
+    Node::start(
+        &ctx.exe,
+        pdir,
+        &[
+            format!("synchronous_commit={level}"),
+            "synchronous_standby_names=standby1".into(),
+        ],
+    )
+}
+
+fn start_standby(
+    ctx: &Ctx<'_>,
+    sdir: &std::path::Path,
+    primary: &Node,
+) -> Result<Node, BenchError> {
+    Node::start(
+        &ctx.exe,
+        sdir,
+        &[
+            format!("primary_conninfo={}", primary.conninfo("standby1")),
+            "wal_retrieve_retry_interval=100ms".into(),
+        ],
+    )
+}
+
+/// Wait until the primary lists the standby as streaming and `sync`.
+fn wait_sync(primary: &Node) -> Result<(), BenchError> {
+    let mut c = primary.connect()?;
+    cluster::wait_for(
+        "the standby to be synchronous",
+        Duration::from_secs(120),
+        Duration::from_millis(20),
+        || {
+            let info = c.info("replication")?;
+            Ok(info.get("slave0").and_then(|l| {
+                let s = parse_slave_line(l);
+                (s.get("sync_state").map(String::as_str) == Some("sync")
+                    && s.get("walsender_state").map(String::as_str) == Some("streaming"))
+                .then_some(())
+            }))
+        },
+    )
+}
+
+/// One calibrated redis-benchmark run; also the WAL's records per flush.
+fn run_load(
+    dir: &std::path::Path,
+    primary: &Node,
+    clients: u32,
+    seconds: u64,
+) -> Result<(loadgen::LoadResult, f64), BenchError> {
+    let load = Load {
+        port: primary.port,
+        clients,
+        keyspace: 100_000,
+        value_bytes: 16,
+    };
+    let before = super::wal_counters(primary.port);
+    let r = loadgen::run_for(&load, Duration::from_secs(seconds), dir)?;
+    let after = super::wal_counters(primary.port);
+    let batch = match (before, after) {
+        (Some(a), Some(b)) if b.1 > a.1 => (b.2 - a.2) as f64 / (b.1 - a.1) as f64,
+        _ => f64::NAN,
+    };
+    Ok((r, batch))
+}
+
+/// Mean round trip of one byte over a loopback TCP connection, µs.
+pub fn loopback_rtt_us() -> Result<f64, BenchError> {
+    let io = |e| BenchError::io("loopback round-trip probe", e);
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let addr = l.local_addr().map_err(io)?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = l.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        while s.read(&mut b)? == 1 {
+            s.write_all(&b)?;
+        }
+        Ok(())
+    });
+    let mut c = TcpStream::connect(addr).map_err(io)?;
+    c.set_nodelay(true).map_err(io)?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
+    let mut b = [7u8; 1];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < RTT_PROBE {
+        c.write_all(&b).map_err(io)?;
+        c.read_exact(&mut b).map_err(io)?;
+        n += 1;
+    }
+    let us = start.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64;
+    drop(c);
+    let _ = echo.join();
+    Ok(us)
+}
+
+/// The probes around a run may straddle a change of the disk's phase
+/// (~100 µs or ~3 ms per fdatasync): a floor from such a pair means nothing.
+const MAX_PROBE_SPREAD: f64 = 2.0;
+
+/// One client with `on` against its floor: 2 fdatasyncs + a round trip.
+/// `inputs`: fdatasync µs before and after the run, round trip µs, commits/s.
+fn floor_figure(ctx: &mut Ctx<'_>, inputs: &[(f64, f64, f64, f64)]) {
+    let mut f = Figure::new(
+        6,
+        "sync",
+        "1 client, synchronous_commit=on, share of the floor (2 fdatasyncs + loopback round trip)",
+        "ratio",
+        Better::Higher,
+    )
+    .anchor(0.58)
+    .goal(">= 0.90", Some(TARGET_ONE_CLIENT_FLOOR_RATIO));
+    for &(f0, f1, rtt_us, rps) in inputs {
+        if f0.max(f1) > MAX_PROBE_SPREAD * f0.min(f1) {
+            ctx.note(format!(
+                "1 client, on: the disk changed phase during the run (fdatasync {f0:.0} us before, {f1:.0} us after): no floor ratio for this rep ({rps:.0} commits/s)"
+            ));
+            continue;
+        }
+        let fsync_us = (f0 + f1) / 2.0;
+        let floor_us = 2.0 * fsync_us + rtt_us;
+        let floor_rate = 1e6 / floor_us;
+        ctx.note(format!(
+            "1 client, on: floor = 2 x {fsync_us:.0} us fdatasync + {rtt_us:.0} us loopback round trip = {floor_us:.0} us = {floor_rate:.0} commits/s; measured {rps:.0}/s = {:.2} of the floor",
+            rps / floor_rate
+        ));
+        f.walrep.push(rps / floor_rate);
+    }
+    ctx.figures.push(f);
+}
+
+/// PostgreSQL 15 through 02_pgbench.sh with the same clients, seconds, reps.
+fn postgres(
+    ctx: &mut Ctx<'_>,
+    anchors_dir: &std::path::Path,
+    cells: &mut [Cell],
+) -> Result<(), BenchError> {
+    let base = ctx.anchors_base("pg-sync")?;
+    ctx.probe("before PostgreSQL 02_pgbench.sh", false)?;
+    let clients: Vec<String> = ctx.args.clients.iter().map(u32::to_string).collect();
+    let env = [
+        ("CLIENTS", clients.join(" ")),
+        ("DUR", ctx.args.seconds.to_string()),
+        ("REPS", ctx.args.reps.to_string()),
+    ];
+    let cells_n = 5 * ctx.args.clients.len() as u64 * u64::from(ctx.args.reps);
+    let run = anchors::run_script(
+        anchors_dir,
+        "02_pgbench.sh",
+        "02_pgbench",
+        &base,
+        &env,
+        Duration::from_secs(cells_n * (ctx.args.seconds + 30) + 600),
+    )?;
+    ctx.probe("after PostgreSQL 02_pgbench.sh", false)?;
+    let pg = anchors::pg_commits(&run.results)?;
+    for c in cells.iter_mut() {
+        let Some((_, config, sc)) = LEVELS.iter().find(|l| l.0 == c.level) else {
+            continue;
+        };
+        for r in pg.rows.iter().filter(|r| {
+            &r.config == config && &r.synchronous_commit == sc && r.clients == c.clients
+        }) {
+            c.rps.pg_same_run.push(r.tps);
+            c.mean.pg_same_run.push(r.mean_ms);
+            c.p99.pg_same_run.push(r.p99_ms);
+        }
+    }
+    Ok(())
+}

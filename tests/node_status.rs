@@ -1,0 +1,93 @@
+//! Observability of a running pair: `walrep status`, the HTTP `/status`
+//! (JSON) and `/metrics` (Prometheus) endpoints on `status_port`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn status_command_and_http_endpoints_show_both_roles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pdir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", SEG_1MB]);
+    let pport = free_port();
+    let primary = TestNode::start(&pdir, &[&format!("status_port={pport}")]);
+    let sdir = basebackup(&primary, tmp.path(), "standby", "s1");
+    let sport = free_port();
+    let standby = TestNode::start(
+        &sdir,
+        &[
+            &format!("status_port={sport}"),
+            "wal_retrieve_retry_interval=200ms",
+        ],
+    );
+    write_keys(&primary, "k", 200, 10);
+    wait_state(&standby, "Streaming");
+    wait_caught_up(&primary, &standby);
+
+    let (code, body) = http_get(pport, "/status");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["role"], "primary");
+    assert_eq!(v["standbys"][0]["application_name"], "s1");
+    let (code, body) = http_get(sport, "/status");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["role"], "standby");
+    assert_eq!(v["recovery"]["state"], "Streaming");
+    assert_eq!(v["recovery"]["wal_source"], "stream");
+
+    let (code, metrics) = http_get(pport, "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("walrep_wal_records_total"), "{metrics}");
+    assert!(metrics.contains("walrep_walsenders 1"), "{metrics}");
+    let (_, metrics) = http_get(sport, "/metrics");
+    assert!(
+        metrics.contains("walrep_recovery_state_streaming 1"),
+        "{metrics}"
+    );
+    assert_eq!(http_get(pport, "/nope").0, 404);
+
+    let (ok, out, err) = walrep(&["status", primary.datadir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("role:      primary") && out.contains("standby:   s1 streaming async"),
+        "{out}"
+    );
+    let (ok, out, err) = walrep(&["status", standby.datadir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("role:      standby") && out.contains("recovery:  Streaming from stream"),
+        "{out}"
+    );
+}
