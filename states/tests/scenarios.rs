@@ -706,6 +706,33 @@ pub mod play {
         s
     }
 
+    /// Found by tests/standby_stream.rs under load: the primary had
+    /// removed (archived) segment 3 and the record at the end of it spans
+    /// into segment 4, which only the primary has. Streaming from the
+    /// replay position's segment asked for the removed file for ever.
+    pub fn record_spanning_into_a_segment_only_the_upstream_has() -> Scenario {
+        let mut s = standby_started(both());
+        s.ev(restored(1, 2)).ev(eow(seg(3)));
+        s.ev(restored(1, 3)).ev(eow(at(3, SEG - 0x18)));
+        s.ev(not_in_archive(1, 4)).ev(not_local(1, 4));
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        assert!(
+            s.emitted(|a| matches!(a, Action::StartWalReceiver { from, .. } if *from == seg(4))),
+            "the stream starts at the segment no source had"
+        );
+        let sid = s.session();
+        s.ev(connected(sid, 1, at(4, 0x2000)));
+        assert_eq!(s.state(), StateKind::Streaming);
+        s.ev(flushed(sid, 1, at(4, 0x2000)));
+        assert!(
+            s.emitted(|a| matches!(a, Action::Replay { upto, .. } if *upto == at(4, 0x2000))),
+            "the spanning record is replayed from wal/ and the stream"
+        );
+        s.ev(eow(at(4, 0x2000)));
+        assert_eq!(s.core.status().replay_lsn, at(4, 0x2000));
+        s
+    }
+
     pub fn walreceiver_that_never_connects_is_stopped() -> Scenario {
         let mut s = standby_started(both());
         s.ev(not_in_archive(1, 2)).ev(not_local(1, 2));
@@ -824,6 +851,7 @@ scenarios!(
     crash_recovery_then_archive_recovery,
     upstream_behind_our_timeline_is_refused,
     walreceiver_that_never_connects_is_stopped,
+    record_spanning_into_a_segment_only_the_upstream_has,
 );
 
 /// The explored graph contains every state and every edge the scenarios

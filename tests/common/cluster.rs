@@ -74,29 +74,59 @@ pub fn wait_caught_up(primary: &TestNode, standby: &TestNode) {
         .unwrap()
         .parse()
         .unwrap();
-    wait_for(
+    wait_on_node(
+        standby,
         &format!("the standby to replay up to {target}"),
-        Duration::from_secs(90),
         || {
-            let replay: walrep::Lsn = standby
-                .info_field("replication", "replay_lsn")?
-                .parse()
-                .ok()?;
-            (replay >= target).then_some(())
+            let replay = standby.info_field("replication", "replay_lsn");
+            let done = replay
+                .as_deref()
+                .and_then(|r| r.parse::<walrep::Lsn>().ok())
+                .is_some_and(|r| r >= target);
+            (done, format!("replay_lsn {replay:?}"))
         },
     );
 }
 
 /// Wait for a recovery state in INFO replication.
 pub fn wait_state(node: &TestNode, state: &str) {
-    wait_for(
-        &format!("recovery state {state}"),
-        Duration::from_secs(90),
-        || {
-            (node.info_field("replication", "recovery_state").as_deref() == Some(state))
-                .then_some(())
-        },
-    );
+    wait_on_node(node, &format!("recovery state {state}"), || {
+        let now = node.info_field("replication", "recovery_state");
+        (
+            now.as_deref() == Some(state),
+            format!("recovery_state {now:?}"),
+        )
+    });
+}
+
+/// Poll `check` (done?, what it saw) for up to 90 s. On a timeout the panic
+/// carries what was last seen, the tail of the node's log and of its
+/// transitions trace: what recovery was doing instead.
+pub fn wait_on_node(node: &TestNode, what: &str, mut check: impl FnMut() -> (bool, String)) {
+    let deadline = Duration::from_secs(90);
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        let (done, seen) = check();
+        if done {
+            return;
+        }
+        if std::time::Instant::now() >= end {
+            panic!(
+                "timed out after {deadline:?} waiting for {what} (last seen: {seen})\n\
+                 --- log tail ({}) ---\n{}\n--- transitions tail ---\n{}",
+                node.log.display(),
+                tail(&fs::read_to_string(&node.log).unwrap_or_default(), 40),
+                tail(&trace(node), 15),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The visible key-value pairs of a node (for comparing nodes).

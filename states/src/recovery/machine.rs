@@ -30,7 +30,7 @@ use super::promotion::{Next, Promotion};
 use super::round::{Exhaustion, RoundMode, RoundOutcome};
 use super::shared::{Ctx, Machine, ReceiverStatus, ReplayEnd};
 use crate::history::TimelineHistory;
-use crate::lsn::TimelineId;
+use crate::lsn::{SegNo, TimelineId};
 use crate::time::Millis;
 
 /// `RetryingArchive`'s data: when the next round over the archive may begin.
@@ -242,7 +242,7 @@ impl Machine {
                 }
                 self.receiver = None;
                 ctx.because(format!("stream lost: {reason}"));
-                self.wait_for_retry(ctx, false)
+                self.wait_for_retry(ctx, None)
             }
             Event::StreamConnected { .. } => {
                 ctx.because("already streaming");
@@ -255,7 +255,7 @@ impl Machine {
                     Some(ReplayEnd::Invalid(_)) => {
                         self.stop_receiver(ctx);
                         ctx.because("invalid record on the stream: treated as a disconnect");
-                        self.wait_for_retry(ctx, false)
+                        self.wait_for_retry(ctx, None)
                     }
                 }
             }
@@ -493,18 +493,32 @@ impl Machine {
     /// Archive and `wal/` have nothing at the replay position.
     fn sources_failed(&mut self, ctx: &mut Ctx, why: Exhaustion) -> Outcome<State> {
         ctx.because(why.to_string());
-        self.wait_for_retry(ctx, true)
+        let missing = match why {
+            Exhaustion::NotFound {
+                segno,
+                previous_complete: true,
+            } => Some(segno),
+            _ => None,
+        };
+        self.wait_for_retry(ctx, Some(missing))
     }
 
-    /// Go to `RetryingArchive`, starting the walreceiver if asked.
-    fn wait_for_retry(&mut self, ctx: &mut Ctx, start_stream: bool) -> Outcome<State> {
+    /// Go to `RetryingArchive`, starting the walreceiver if asked
+    /// (`Some`, with the segment no source had, if known).
+    fn wait_for_retry(
+        &mut self,
+        ctx: &mut Ctx,
+        start_stream: Option<Option<SegNo>>,
+    ) -> Outcome<State> {
         self.round = None;
         let receiving = self
             .receiver
             .as_ref()
             .is_some_and(|r| r.status != ReceiverStatus::Ended);
-        if start_stream && self.config.stream_configured && !receiving {
-            self.start_receiver(ctx);
+        if let (Some(missing), true, false) =
+            (start_stream, self.config.stream_configured, receiving)
+        {
+            self.start_receiver(ctx, missing);
         }
         let delay_ms = self.retry_delay_ms(ctx);
         let deadline = self.round_started_at.after_ms(delay_ms).max(ctx.now);
@@ -599,7 +613,7 @@ impl Machine {
             }
         }
         ctx.because("upstream timeline ended with no timeline to follow");
-        self.wait_for_retry(ctx, false)
+        self.wait_for_retry(ctx, None)
     }
 
     /// Enter `Promoting` (or go further at once).

@@ -82,6 +82,12 @@ pub struct Round {
     pub step: Step,
     /// restore_command is not configured, or failed in this round.
     pub skip_archive: bool,
+    /// The segment before `segno` was replayed to its end from a copy
+    /// restored from the archive, which holds complete segments only: the
+    /// record replay stopped at continues in `segno`, so the first byte
+    /// missing is `segno`'s first. (A local copy may be a partial file
+    /// that ends early; then the missing bytes may start inside it.)
+    pub previous_complete: bool,
 }
 
 /// Whether the round still runs.
@@ -100,6 +106,9 @@ pub enum Exhaustion {
     NotFound {
         /// The segment.
         segno: SegNo,
+        /// Everything before `segno` is here (`Round::previous_complete`):
+        /// the stream may start at `segno`.
+        previous_complete: bool,
     },
     /// A record is invalid at the replay position.
     Invalid {
@@ -122,7 +131,7 @@ pub enum Exhaustion {
 impl fmt::Display for Exhaustion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Exhaustion::NotFound { segno } => {
+            Exhaustion::NotFound { segno, .. } => {
                 write!(f, "segment {} is in neither archive nor wal/", segno.0)
             }
             Exhaustion::Invalid { at } => write!(f, "invalid record at {at}"),
@@ -150,6 +159,7 @@ impl Machine {
                 at: Location::Local,
             },
             skip_archive: mode == RoundMode::LocalOnly || !self.config.archive_configured,
+            previous_complete: false,
         });
         // Standby rounds rescan (PostgreSQL rescans after every stream
         // failure); any round rescans until `latest` was resolved once, as
@@ -254,6 +264,7 @@ impl Machine {
         let Some(round) = self.round.clone() else {
             return RoundOutcome::Exhausted(Exhaustion::NotFound {
                 segno: self.replay_lsn.segno(self.config.wal_segment_size),
+                previous_complete: false,
             });
         };
         let seg_size = self.config.wal_segment_size;
@@ -275,7 +286,10 @@ impl Machine {
         });
         let Some((tli, at)) = next else {
             self.round = None;
-            return RoundOutcome::Exhausted(Exhaustion::NotFound { segno: round.segno });
+            return RoundOutcome::Exhausted(Exhaustion::NotFound {
+                segno: round.segno,
+                previous_complete: round.previous_complete,
+            });
         };
         self.set_step(Step::Fetch { tli, at });
         self.request(
@@ -451,6 +465,7 @@ impl Machine {
             });
         };
         if let Some(r) = self.round.as_mut() {
+            r.previous_complete = next != r.segno && source == WalSource::Archive;
             r.segno = next;
         }
         self.fetch_after(ctx, None)

@@ -283,12 +283,19 @@ impl Machine {
         self.check_consistency(ctx);
     }
 
-    /// Segment start and timeline the stream starts from: the replay
-    /// position's, as PostgreSQL's RequestXLogStreaming asks.
-    pub(crate) fn start_receiver(&mut self, ctx: &mut Ctx) {
+    /// Segment start and timeline the stream starts from: the start of
+    /// the segment holding the first byte no source had, as PostgreSQL's
+    /// RequestXLogStreaming asks for the segment of the page it could not
+    /// read. That is the replay position's segment, or the next one when
+    /// the record there spans into a segment neither archive nor `wal/`
+    /// has (`missing`, given only when the replay position's segment was
+    /// restored whole from the archive): the upstream may already have
+    /// removed that one (it was archived), so asking for it would fail
+    /// for ever.
+    pub(crate) fn start_receiver(&mut self, ctx: &mut Ctx, missing: Option<SegNo>) {
         let session = SessionId(self.next_session);
         self.next_session += 1;
-        let from = self.replay_lsn.segment_start(self.config.wal_segment_size);
+        let from = self.stream_start(missing);
         let tli = self.timelines.timeline_of(self.replay_lsn);
         self.receiver = Some(Receiver {
             session,
@@ -304,6 +311,27 @@ impl Machine {
             drained_to: from,
         });
         ctx.act(Action::StartWalReceiver { session, from, tli });
+    }
+
+    /// See `start_receiver`: only the segment right after the replay
+    /// position's, and only on the same timeline (a timeline switch in
+    /// between leaves the stream to start where replay is).
+    fn stream_start(&self, missing: Option<SegNo>) -> Lsn {
+        let seg_size = self.config.wal_segment_size;
+        let here = self.replay_lsn.segment_start(seg_size);
+        let next = self.replay_lsn.segno(seg_size).checked_next(seg_size);
+        match (missing, next) {
+            (Some(m), Some(n)) if m == n => {
+                let start = n.start_lsn(seg_size);
+                let tli = self.timelines.timeline_of(self.replay_lsn);
+                if self.timelines.timeline_of(start) == tli {
+                    start
+                } else {
+                    here
+                }
+            }
+            _ => here,
+        }
     }
 
     /// Stop the current session, if any; returns it.
