@@ -139,7 +139,9 @@ fn a_flush_waiter_is_woken_by_every_flush() {
             let mut seen = first;
             for _ in 0..3 {
                 // Far longer than the test waits below: a lost wake-up fails it.
-                seen = wal.wait_flush_beyond(seen, Duration::from_secs(120)).unwrap();
+                seen = wal
+                    .wait_flush_beyond(seen, Duration::from_secs(120))
+                    .unwrap();
                 tx.send(seen).unwrap();
             }
         })

@@ -185,8 +185,15 @@ impl Node {
     /// primary). Used at start-up of a primary and at promotion.
     pub fn attach_wal(self: &Arc<Self>, wal: Arc<Wal>) -> anyhow::Result<()> {
         *self.wal.write().unwrap_or_else(|e| e.into_inner()) = Some(wal.clone());
-        wal.set_flush_hook(flush_hook(self.store.visibility().clone(), self.syncrep.clone()));
-        self.store.visibility().advance_all(wal.flushed());
+        wal.set_flush_hook(flush_hook(
+            self.store.visibility().clone(),
+            self.syncrep.clone(),
+        ));
+        // Flushes before the hook (the end-of-recovery record) are covered
+        // here: set_flush_hook returns only once none is in progress.
+        let flushed = wal.flushed();
+        self.store.visibility().advance_all(flushed);
+        self.syncrep.on_local_flush(flushed);
         let notifier = self.ensure_archiver(false)?;
         let listener = start_wal_listener(&wal, notifier)?;
         self.wal_threads().listener = Some(listener);
@@ -266,13 +273,9 @@ impl Backend for Node {
         }
         let wal = self.wal().ok_or(WriteError::ReadOnly)?;
         wal.wait_flushed(end).map_err(wal_error)?;
-        // Make the write readable by everyone before its client hears "OK".
-        self.store
-            .visibility()
-            .advance(Level::LocalFlush, wal.flushed());
-        if !self.syncrep.defined() {
-            self.store.visibility().advance_all(wal.flushed());
-        }
+        // The flush hook made the write readable by everyone before the
+        // flush was published, so before its client hears "OK".
+        debug_assert!(self.store.visibility().released(Level::LocalFlush) >= end);
         if level >= Level::RemoteWrite {
             self.syncrep.wait(end, level)?;
         }

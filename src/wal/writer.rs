@@ -15,6 +15,10 @@
 //!   commit that arrived during the previous one.
 //! - A WAL-writer thread flushes asynchronous commits (`wal_writer_delay`,
 //!   `wal_writer_flush_after`) and pre-allocates the next segment.
+//! - Whoever completes a flush runs the `FlushHook` (if installed) before
+//!   publishing the new flush position, then wakes walsenders in
+//!   `wait_flush_beyond` only if any are there: a commit costs no wake-up
+//!   of another thread.
 //! - Any write or fdatasync failure poisons the writer: it stops, every
 //!   waiter and every later call gets `WalError::Poisoned` naming the
 //!   original error, and nothing retries an fsync.
@@ -59,8 +63,10 @@ const EVENT_CHANNEL_CAPACITY: usize = 1024;
 
 /// Called inline by whoever completed a flush, with the new flush position,
 /// before that position is published and before any waiter is released.
-/// It runs under the flush lock: it must be short and must not wait for
-/// the WAL.
+/// It runs under the flush lock: it must be short, must never wait for the
+/// WAL (insert, flush, shutdown, drop the last `Arc<Wal>`), and may take
+/// only locks that no thread holds while it inserts WAL or waits for it
+/// (so not the store's map lock).
 pub type FlushHook = Box<dyn Fn(Lsn) + Send + Sync>;
 
 /// How to start the writer.
@@ -419,7 +425,11 @@ impl Wal {
 
     /// Install the hook every flush calls (see `FlushHook`); only the
     /// first one is kept. Returns false if one was already installed.
+    /// Taken under the flush lock, so every flush either ran the hook or
+    /// was published before this returns: `flushed()` read afterwards
+    /// covers whatever the hook missed. Never call it from a hook.
     pub fn set_flush_hook(&self, hook: FlushHook) -> bool {
+        let _flush = self.shared.lock_flush();
         self.shared.flush_hook.0.set(hook).is_ok()
     }
 

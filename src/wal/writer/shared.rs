@@ -1,8 +1,10 @@
 //! The state sessions, the WAL-writer thread and walsenders share, and the
 //! insert and flush paths on it.
 //!
-//! Locks, always taken in this order: flush lock -> insert lock; the wait
-//! queue lock and the flush-signal lock are taken alone.
+//! Locks, always taken in this order: flush lock -> insert lock; flush
+//! lock -> subscribers lock; flush lock -> whatever the flush hook takes
+//! (leaf locks of its owner, see `FlushHook`). The wait queue lock and the
+//! flush-signal lock are leaves: nothing is taken while holding them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
