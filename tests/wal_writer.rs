@@ -1,13 +1,14 @@
 //! The WAL-writer thread and the insert buffer: asynchronous commits are
 //! flushed without anyone waiting, a full buffer pushes back on inserters
-//! instead of growing, and bad bytes anywhere never make the reader panic
-//! or invent a record.
+//! instead of growing, the flush hook runs before a flush is published,
+//! flush waiters are woken by every flush, and bad bytes anywhere never
+//! make the reader panic or invent a record.
 
 mod wal_common;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -83,6 +84,80 @@ fn a_full_insert_buffer_pushes_back_instead_of_growing() {
     wal.shutdown().unwrap();
     let (recs, _) = read_all(reader_cfg(dir.path()));
     assert_eq!(recs.len(), 2001);
+}
+
+#[test]
+fn the_flush_hook_runs_before_the_flush_is_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::start(config(dir.path())).unwrap());
+    // (position given to the hook, position published when it ran)
+    let seen = Arc::new(Mutex::new(Vec::<(Lsn, Lsn)>::new()));
+    let (weak, log) = (Arc::downgrade(&wal), seen.clone());
+    assert!(wal.set_flush_hook(Box::new(move |lsn| {
+        let published = weak.upgrade().map_or(Lsn::INVALID, |w| w.flushed());
+        log.lock().unwrap().push((lsn, published));
+    })));
+    assert!(
+        !wal.set_flush_hook(Box::new(|_| {})),
+        "a second hook replaced the first"
+    );
+    let segments_only = wal.subscribe_segments();
+    let everything = wal.subscribe();
+    for i in 0..3u8 {
+        let end = wal.insert(RM_KV, 0, &[i; 40]).unwrap();
+        wal.wait_flushed(end).unwrap();
+        let (given, published) = *seen.lock().unwrap().last().expect("hook not called");
+        assert_eq!(given, end, "the hook got another position");
+        assert!(
+            published < end,
+            "the flush to {end} was published ({published}) before its hook ran"
+        );
+        assert_eq!(wal.flushed(), end);
+    }
+    assert_eq!(seen.lock().unwrap().len(), 3, "one hook call per flush");
+    assert!(everything
+        .try_iter()
+        .any(|e| matches!(e, WalEvent::Flushed(_))));
+    let got: Vec<_> = segments_only.try_iter().collect();
+    assert!(
+        got.iter().all(|e| !matches!(e, WalEvent::Flushed(_))),
+        "{got:?}"
+    );
+    wal.shutdown().unwrap();
+}
+
+#[test]
+fn a_flush_waiter_is_woken_by_every_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::start(config(dir.path())).unwrap());
+    let first = wal.insert(RM_KV, 0, b"first").unwrap();
+    wal.wait_flushed(first).unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(8);
+    let waiter = {
+        let wal = wal.clone();
+        std::thread::spawn(move || {
+            let mut seen = first;
+            for _ in 0..3 {
+                // Far longer than the test waits below: a lost wake-up fails it.
+                seen = wal
+                    .wait_flush_beyond(seen, Duration::from_secs(120))
+                    .unwrap();
+                tx.send(seen).unwrap();
+            }
+        })
+    };
+    for i in 0..3u8 {
+        // Let the waiter go back to sleep (if it has not, it sees the flush at once).
+        std::thread::sleep(Duration::from_millis(20));
+        let end = wal.insert(RM_KV, 0, &[i; 8]).unwrap();
+        wal.wait_flushed(end).unwrap();
+        let got = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a waiter in wait_flush_beyond was not woken by a flush");
+        assert_eq!(got, end);
+    }
+    waiter.join().unwrap();
+    wal.shutdown().unwrap();
 }
 
 proptest! {

@@ -34,6 +34,7 @@ use crate::server::{Backend, Role, Server, ServerSettings, WriteError};
 use crate::standby::{StandbyRuntime, StandbyState};
 use crate::store::{ClusterState, ControlFile, Level, Store};
 use crate::syncrep::{self, SyncRep};
+use crate::wal::writer::FlushHook;
 use crate::wal::{SegmentDir, StdIo, Wal, WalConfig, WalError, WalEvent};
 use crate::Lsn;
 use checkpoint::{CheckpointCause, CheckpointDone, Checkpointer};
@@ -184,9 +185,17 @@ impl Node {
     /// primary). Used at start-up of a primary and at promotion.
     pub fn attach_wal(self: &Arc<Self>, wal: Arc<Wal>) -> anyhow::Result<()> {
         *self.wal.write().unwrap_or_else(|e| e.into_inner()) = Some(wal.clone());
-        self.store.visibility().advance_all(wal.flushed());
+        wal.set_flush_hook(flush_hook(
+            self.store.visibility().clone(),
+            self.syncrep.clone(),
+        ));
+        // Flushes before the hook (the end-of-recovery record) are covered
+        // here: set_flush_hook returns only once none is in progress.
+        let flushed = wal.flushed();
+        self.store.visibility().advance_all(flushed);
+        self.syncrep.on_local_flush(flushed);
         let notifier = self.ensure_archiver(false)?;
-        let listener = start_wal_listener(self.clone(), &wal, notifier)?;
+        let listener = start_wal_listener(&wal, notifier)?;
         self.wal_threads().listener = Some(listener);
         self.flush_changed.notify();
         Ok(())
@@ -264,13 +273,9 @@ impl Backend for Node {
         }
         let wal = self.wal().ok_or(WriteError::ReadOnly)?;
         wal.wait_flushed(end).map_err(wal_error)?;
-        // Make the write readable by everyone before its client hears "OK".
-        self.store
-            .visibility()
-            .advance(Level::LocalFlush, wal.flushed());
-        if !self.syncrep.defined() {
-            self.store.visibility().advance_all(wal.flushed());
-        }
+        // The flush hook made the write readable by everyone before the
+        // flush was published, so before its client hears "OK".
+        debug_assert!(self.store.visibility().released(Level::LocalFlush) >= end);
         if level >= Level::RemoteWrite {
             self.syncrep.wait(end, level)?;
         }
@@ -654,25 +659,31 @@ fn listen_addr(listen: &str, port: u16) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
-/// Follows the WAL writer's events: a flush makes writes visible and lets
-/// synchronous replication follow in degraded mode; a completed segment
-/// wakes the archiver.
+/// What every WAL flush does inline, before its waiters are released: make
+/// the flushed writes visible (all levels when no synchronous standby is
+/// configured) and let synchronous replication follow in degraded mode.
+/// Inline rather than on an event thread: a commit then wakes nobody.
+fn flush_hook(vis: Arc<crate::store::Visibility>, syncrep: Arc<SyncRep>) -> FlushHook {
+    Box::new(move |lsn| {
+        vis.advance(Level::LocalFlush, lsn);
+        if !syncrep.defined() {
+            vis.advance_all(lsn);
+        }
+        syncrep.on_local_flush(lsn);
+    })
+}
+
+/// Follows the WAL writer's events: a completed segment wakes the archiver.
+/// (Flushes are followed inline by [`flush_hook`].)
 fn start_wal_listener(
-    node: Arc<Node>,
     wal: &Wal,
     archiver: Option<ArchiveNotifier>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let events = wal.subscribe();
+    let events = wal.subscribe_segments();
     std::thread::Builder::new().name("wal-events".into()).spawn(move || {
         for ev in events.iter() {
             match ev {
-                WalEvent::Flushed(lsn) => {
-                    node.store.visibility().advance(Level::LocalFlush, lsn);
-                    if !node.syncrep.defined() {
-                        node.store.visibility().advance_all(lsn);
-                    }
-                    node.syncrep.on_local_flush(lsn);
-                }
+                WalEvent::Flushed(_) => {}
                 WalEvent::SegmentCompleted { .. } => {
                     if let Some(a) = &archiver {
                         a.segment_completed();

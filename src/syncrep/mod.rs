@@ -231,7 +231,9 @@ impl SyncRep {
         self.release(Level::RemoteApply, apply);
     }
 
-    /// The WAL is flushed locally up to `lsn` (called by the WAL flush hook).
+    /// The WAL is flushed locally up to `lsn` (called by the WAL flush hook,
+    /// under the WAL flush lock: it takes only this struct's own locks,
+    /// which nobody holds while inserting WAL or waiting for it).
     pub fn on_local_flush(&self, lsn: Lsn) {
         self.local_flushed.fetch_max(lsn.0, Ordering::SeqCst);
         if self.is_degraded() || self.config.is_none() {

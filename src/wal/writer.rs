@@ -15,6 +15,10 @@
 //!   commit that arrived during the previous one.
 //! - A WAL-writer thread flushes asynchronous commits (`wal_writer_delay`,
 //!   `wal_writer_flush_after`) and pre-allocates the next segment.
+//! - Whoever completes a flush runs the `FlushHook` (if installed) before
+//!   publishing the new flush position, then wakes walsenders in
+//!   `wait_flush_beyond` only if any are there: a commit costs no wake-up
+//!   of another thread.
 //! - Any write or fdatasync failure poisons the writer: it stops, every
 //!   waiter and every later call gets `WalError::Poisoned` naming the
 //!   original error, and nothing retries an fsync.
@@ -28,7 +32,7 @@ mod stats;
 mod walwriter;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -56,6 +60,14 @@ use crate::{Lsn, SegNo, TimelineId, WalSegSize};
 const WAIT_WATCHDOG: Duration = Duration::from_secs(1);
 /// Capacity of each subscriber's event channel.
 const EVENT_CHANNEL_CAPACITY: usize = 1024;
+
+/// Called inline by whoever completed a flush, with the new flush position,
+/// before that position is published and before any waiter is released.
+/// It runs under the flush lock: it must be short, must never wait for the
+/// WAL (insert, flush, shutdown, drop the last `Arc<Wal>`), and may take
+/// only locks that no thread holds while it inserts WAL or waits for it
+/// (so not the store's map lock).
+pub type FlushHook = Box<dyn Fn(Lsn) + Send + Sync>;
 
 /// How to start the writer.
 #[derive(Debug, Clone)]
@@ -209,8 +221,11 @@ impl Wal {
             stopping: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             flush_signal: (Mutex::new(()), Condvar::new()),
+            flush_waiters: AtomicUsize::new(0),
+            flush_hook: shared::HookSlot::default(),
             kick,
             subscribers: Mutex::new(Vec::new()),
+            flush_subscribers: AtomicUsize::new(0),
             counters: Counters::default(),
             prealloc_below: AtomicU64::new(0),
         });
@@ -352,11 +367,16 @@ impl Wal {
     /// Errors once the writer is poisoned, or shut down with nothing beyond `lsn`.
     pub fn wait_flush_beyond(&self, lsn: Lsn, timeout: Duration) -> Result<Lsn, WalError> {
         let sh = &*self.shared;
+        if sh.flushed() > lsn {
+            return Ok(sh.flushed());
+        }
         let deadline = Instant::now() + timeout;
         let (m, cv) = &sh.flush_signal;
         let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+        let _waiting = FlushWaiter::enter(&sh.flush_waiters);
         loop {
-            let flushed = sh.flushed();
+            // SeqCst: see `Shared::flush_locked`.
+            let flushed = Lsn(sh.flushed.load(Ordering::SeqCst));
             if flushed > lsn {
                 return Ok(flushed);
             }
@@ -375,15 +395,42 @@ impl Wal {
         }
     }
 
-    /// A channel of `WalEvent`s (bounded; see `WalEvent`).
+    /// A channel of every `WalEvent` (bounded; see `WalEvent`). A
+    /// `Flushed` event per flush costs the flusher a wake-up of the
+    /// subscriber: use `subscribe_segments` or `set_flush_hook` when the
+    /// flush position is not needed as an event.
     pub fn subscribe(&self) -> Receiver<WalEvent> {
+        self.subscribe_with(true)
+    }
+
+    /// A channel of the `WalEvent`s other than `Flushed` (completed
+    /// segments, poisoning, shutdown).
+    pub fn subscribe_segments(&self) -> Receiver<WalEvent> {
+        self.subscribe_with(false)
+    }
+
+    fn subscribe_with(&self, flushed: bool) -> Receiver<WalEvent> {
         let (tx, rx) = crossbeam_channel::bounded(EVENT_CHANNEL_CAPACITY);
-        self.shared
+        let mut subs = self
+            .shared
             .subscribers
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
+            .unwrap_or_else(|p| p.into_inner());
+        subs.push((tx, flushed));
+        if flushed {
+            self.shared.flush_subscribers.fetch_add(1, Ordering::AcqRel);
+        }
         rx
+    }
+
+    /// Install the hook every flush calls (see `FlushHook`); only the
+    /// first one is kept. Returns false if one was already installed.
+    /// Taken under the flush lock, so every flush either ran the hook or
+    /// was published before this returns: `flushed()` read afterwards
+    /// covers whatever the hook missed. Never call it from a hook.
+    pub fn set_flush_hook(&self, hook: FlushHook) -> bool {
+        let _flush = self.shared.lock_flush();
+        self.shared.flush_hook.0.set(hook).is_ok()
     }
 
     /// Counters since start.
@@ -463,6 +510,22 @@ impl Wal {
         sh.queue.release_all();
         sh.signal_flush();
         flushed.map(|()| sh.flushed())
+    }
+}
+
+/// Counts a thread in `Wal::wait_flush_beyond` for as long as it is there.
+struct FlushWaiter<'a>(&'a AtomicUsize);
+
+impl<'a> FlushWaiter<'a> {
+    fn enter(n: &'a AtomicUsize) -> FlushWaiter<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        FlushWaiter(n)
+    }
+}
+
+impl Drop for FlushWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -1,10 +1,12 @@
 //! The state sessions, the WAL-writer thread and walsenders share, and the
 //! insert and flush paths on it.
 //!
-//! Locks, always taken in this order: flush lock -> insert lock; the wait
-//! queue lock and the flush-signal lock are taken alone.
+//! Locks, always taken in this order: flush lock -> insert lock; flush
+//! lock -> subscribers lock; flush lock -> whatever the flush hook takes
+//! (leaf locks of its owner, see `FlushHook`). The wait queue lock and the
+//! flush-signal lock are leaves: nothing is taken while holding them.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -13,7 +15,7 @@ use super::buffer::{InsertState, InsertedRecord, SegCtx};
 use super::flush::{FlushCtx, FlushState};
 use super::queue::WaitQueue;
 use super::stats::Counters;
-use super::{WalError, WalEvent};
+use super::{FlushHook, WalError, WalEvent};
 use crate::wal::record::{payload_crc, RecordHeader, RM_XLOG};
 use crate::wal::segdir::SegmentDir;
 use crate::wal::segment::SEG_HEADER_SIZE;
@@ -64,15 +66,42 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// Shutdown completed: no WAL will ever be added.
     pub stopped: AtomicBool,
-    /// Notified after every flush, poisoning and shutdown (walsenders wait here).
+    /// Notified after every flush that someone waits for (`flush_waiters`),
+    /// every poisoning and the shutdown (walsenders wait here).
     pub flush_signal: (Mutex<()>, Condvar),
+    /// Threads inside `Wal::wait_flush_beyond`: a flush with nobody waiting
+    /// skips the notification (a futex syscall per commit otherwise).
+    pub flush_waiters: AtomicUsize,
+    /// Runs inline after every fdatasync, before the new position is
+    /// published and before any waiter is released (the node advances
+    /// read visibility here, so no thread hop sits between a flush and
+    /// what it makes visible).
+    pub flush_hook: HookSlot,
     /// Wakes the WAL-writer thread (bounded(1): kicks coalesce).
     pub kick: Sender<()>,
-    /// Event channels of `Wal::subscribe` callers.
-    pub subscribers: Mutex<Vec<Sender<WalEvent>>>,
+    /// Event channels of `Wal::subscribe*` callers, each with whether it
+    /// wants `WalEvent::Flushed`.
+    pub subscribers: Mutex<Vec<(Sender<WalEvent>, bool)>>,
+    /// Subscribers that want `WalEvent::Flushed`: with none, a flush
+    /// publishes nothing (no lock, no wake-up).
+    pub flush_subscribers: AtomicUsize,
     pub counters: Counters,
     /// 1 + the highest segment number pre-allocated in the background.
     pub prealloc_below: AtomicU64,
+}
+
+/// Where the flush hook lives (a newtype so `Shared` stays `Debug`).
+#[derive(Default)]
+pub(crate) struct HookSlot(pub OnceLock<FlushHook>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "HookSlot(set)"
+        } else {
+            "HookSlot(empty)"
+        })
+    }
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -210,7 +239,12 @@ impl Shared {
             Ok(c) => c,
             Err(cause) => return Err(self.poison_with(cause)),
         };
-        self.flushed.store(batch.end.0, Ordering::Release);
+        if let Some(hook) = self.flush_hook.0.get() {
+            hook(batch.end);
+        }
+        // SeqCst pairs with `flush_waiters` in `Wal::wait_flush_beyond`:
+        // either the waiter sees the new position or we see the waiter.
+        self.flushed.store(batch.end.0, Ordering::SeqCst);
         self.count_flush(by, batch.records);
         for segno in completed {
             self.publish(WalEvent::SegmentCompleted {
@@ -218,8 +252,12 @@ impl Shared {
                 segno,
             });
         }
-        self.publish(WalEvent::Flushed(batch.end));
-        self.signal_flush();
+        if self.flush_subscribers.load(Ordering::Acquire) > 0 {
+            self.publish(WalEvent::Flushed(batch.end));
+        }
+        if self.flush_waiters.load(Ordering::SeqCst) > 0 {
+            self.signal_flush();
+        }
         let mut bytes = batch.bytes;
         if bytes.capacity() > 2 * self.limits.buffer_bytes {
             bytes = Vec::new();
@@ -258,17 +296,29 @@ impl Shared {
         cv.notify_all();
     }
 
-    /// Send an event to every subscriber without blocking; a full channel
-    /// loses the event (they are wake-ups; `flushed()` is the truth).
+    /// Send an event to every subscriber that wants it without blocking; a
+    /// full channel loses the event (they are wake-ups; `flushed()` is the
+    /// truth).
     pub fn publish(&self, ev: WalEvent) {
+        let flushed = matches!(ev, WalEvent::Flushed(_));
         let mut subs = relock(&self.subscribers);
-        subs.retain(|s| match s.try_send(ev) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                Counters::add(&self.counters.events_dropped, 1);
-                true
+        subs.retain(|(s, wants_flushed)| {
+            if flushed && !wants_flushed {
+                return true;
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            match s.try_send(ev) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    Counters::add(&self.counters.events_dropped, 1);
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    if *wants_flushed {
+                        self.flush_subscribers.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    false
+                }
+            }
         });
     }
 
