@@ -166,6 +166,7 @@ impl StandbyRuntime {
             shutdown: shutdown_rx,
             trace: tracelog::TraceLog::open(&node.dir.log()),
             epoch: Instant::now(),
+            partial: None,
         };
         tracing::info!(
             redo = %control.redo_lsn,

@@ -102,9 +102,6 @@ pub fn write_end_of_recovery(
         c.min_recovery_point = Lsn::INVALID;
         c.write(&node.dir.root).map_err(|e| e.to_string())?;
     }
-    if let Err(e) = rename_old_timeline_segment_partial(&node.segdir, prev_tli, at, archive_mode) {
-        tracing::warn!(error = %e, "could not rename the old timeline's last segment to .partial");
-    }
     let t_control = t0.elapsed();
     node.attach_wal(wal).map_err(|e| e.to_string())?;
     let us = |d: Duration| d.as_micros() as u64;
@@ -121,15 +118,41 @@ pub fn write_end_of_recovery(
     Ok(rec.end)
 }
 
-/// Open for writes and checkpoint in the background, as PostgreSQL requests
-/// a checkpoint right after promotion.
-pub fn accept_writes(node: &Arc<Node>) {
+/// The old timeline's segment holding the switch point, to be renamed to
+/// `.partial` once the node accepts writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialSegment {
+    /// The timeline promotion left.
+    pub prev_tli: TimelineId,
+    /// The switch point (the new timeline's start).
+    pub at: Lsn,
+}
+
+/// Open for writes, then in the background rename the old timeline's last
+/// segment to `.partial` and checkpoint, as PostgreSQL requests a
+/// checkpoint right after promotion.
+///
+/// The rename (PostgreSQL does it just before opening for writes) is off
+/// the path to the first write: nothing reads that file by its old name
+/// once the new timeline's copy of its prefix and the end-of-recovery
+/// record are durable, and a crash before the rename only leaves it under
+/// its old name (not archived as `.partial`), as a crash in PostgreSQL
+/// between its end-of-recovery record and the rename does.
+pub fn accept_writes(node: &Arc<Node>, partial: Option<PartialSegment>) {
     node.accept_writes();
     tracing::info!("database system is ready to accept connections (promoted)");
     let n = node.clone();
     let _ = std::thread::Builder::new()
         .name("promotion-checkpoint".into())
         .spawn(move || {
+            if let Some(p) = partial {
+                let archive_mode = n.config.archive_mode != ArchiveMode::Off;
+                if let Err(e) =
+                    rename_old_timeline_segment_partial(&n.segdir, p.prev_tli, p.at, archive_mode)
+                {
+                    tracing::warn!(error = %e, "could not rename the old timeline's last segment to .partial");
+                }
+            }
             if let Err(e) = n.checkpoint(CheckpointCause::EndOfRecovery) {
                 tracing::warn!(error = %e, "checkpoint after promotion failed");
             }

@@ -40,6 +40,9 @@ pub struct Startup {
     pub shutdown: Receiver<()>,
     pub trace: TraceLog,
     pub epoch: Instant,
+    /// Set once the end-of-recovery record is written: the old timeline's
+    /// segment to rename to `.partial` after opening for writes.
+    pub partial: Option<promote::PartialSegment>,
 }
 
 impl Startup {
@@ -195,7 +198,10 @@ impl Startup {
             }
             Action::WriteEndOfRecovery { tli, prev_tli, at } => {
                 match promote::write_end_of_recovery(&self.node, tli, prev_tli, at) {
-                    Ok(end) => self.answer(Event::EndOfRecoveryWritten { tli, end }),
+                    Ok(end) => {
+                        self.partial = Some(promote::PartialSegment { prev_tli, at });
+                        self.answer(Event::EndOfRecoveryWritten { tli, end })
+                    }
                     Err(reason) => self.answer(Event::PromotionStepFailed {
                         step: PromotionStep::WriteEndOfRecovery,
                         reason,
@@ -203,7 +209,7 @@ impl Startup {
                 }
             }
             Action::EndCascadingTimeline { .. } => self.node.flush_changed.notify(),
-            Action::AcceptWrites { .. } => promote::accept_writes(&self.node),
+            Action::AcceptWrites { .. } => promote::accept_writes(&self.node, self.partial.take()),
             Action::Report { report } => match report.severity() {
                 Severity::Info => tracing::info!("{report}"),
                 Severity::Warning => tracing::warn!("{report}"),
