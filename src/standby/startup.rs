@@ -116,25 +116,35 @@ impl Startup {
         }
     }
 
+    /// Execute the actions, then record the transitions, each with the
+    /// time its event was handled (taken before the actions, which may be
+    /// slow promotion steps) but published after them, so a state seen in
+    /// INFO has had its actions done (e.g. `Promoted` accepts writes).
     fn drain(&mut self) {
+        let at = now_ms();
+        let mut pending = Vec::new();
+        while let Some(t) = self.core.poll_transition() {
+            pending.push((t, at));
+        }
         while let Some(action) = self.core.poll_action() {
             self.execute(action);
         }
+        let at = now_ms();
         while let Some(t) = self.core.poll_transition() {
-            if t.is_notable() {
-                let at = now_ms();
-                tracing::info!(
-                    from = %t.from,
-                    to = %t.to,
-                    event = %t.event.kind(),
-                    replay = %t.replay_lsn,
-                    receive = %t.receive_lsn,
-                    cause = t.cause.as_deref().unwrap_or(""),
-                    "recovery transition"
-                );
-                self.node.standby.note_transition(&t, at);
-                self.trace.append(&t, at);
-            }
+            pending.push((t, at));
+        }
+        for (t, at) in pending.into_iter().filter(|(t, _)| t.is_notable()) {
+            tracing::info!(
+                from = %t.from,
+                to = %t.to,
+                event = %t.event.kind(),
+                replay = %t.replay_lsn,
+                receive = %t.receive_lsn,
+                cause = t.cause.as_deref().unwrap_or(""),
+                "recovery transition"
+            );
+            self.node.standby.note_transition(&t, at);
+            self.trace.append(&t, at);
         }
     }
 
