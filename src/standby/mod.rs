@@ -167,6 +167,7 @@ impl StandbyRuntime {
             trace: tracelog::TraceLog::open(&node.dir.log()),
             epoch: Instant::now(),
             partial: None,
+            standby_signal_unsynced: false,
         };
         tracing::info!(
             redo = %control.redo_lsn,

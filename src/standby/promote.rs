@@ -19,28 +19,43 @@ use crate::wal::{
 };
 use crate::{Lsn, TimelineId};
 
-/// Remove `standby.signal` durably, so a crash from here on restarts as a
-/// primary on the new timeline rather than a standby of the old one.
-pub fn remove_standby_signal(node: &Node) -> std::io::Result<()> {
+/// Remove `standby.signal`, so a crash once the end-of-recovery record is
+/// written restarts as a primary on the new timeline rather than a standby
+/// of the old one. Returns whether it was there: then the data directory
+/// still needs an fsync, which [`write_history_file`] does (before the
+/// end-of-recovery record), after the history file's own fsyncs have
+/// committed the unlink with them on a journaling file system, instead of
+/// one more journal commit of its own.
+pub fn remove_standby_signal(node: &Node) -> std::io::Result<bool> {
     match std::fs::remove_file(node.dir.standby_signal()) {
-        Ok(()) => crate::util::fsync_dir(&node.dir.root),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
 }
 
 /// Write `TTTTTTTT.history` for `tli` (the parent's lines plus the new one),
-/// and mark it for archiving.
+/// and mark it for archiving; with `sync_datadir`, then fsync the data
+/// directory (making the removal of `standby.signal` durable).
 pub fn write_history_file(
     node: &Node,
     tli: TimelineId,
     parent: TimelineId,
     switch_point: Lsn,
     reason: &str,
+    sync_datadir: bool,
 ) -> Result<(), String> {
     let t0 = Instant::now();
     crate::wal::write_new_timeline_history(&node.dir.wal(), parent, tli, switch_point, reason)
         .map_err(|e| e.to_string())?;
+    if sync_datadir {
+        crate::util::fsync_dir(&node.dir.root).map_err(|e| {
+            format!(
+                "could not fsync \"{}\" after removing standby.signal: {e}",
+                node.dir.root.display()
+            )
+        })?;
+    }
     if node.config.archive_mode != ArchiveMode::Off {
         crate::archive::mark_ready(&node.dir.root, &tli.history_file_name())
             .map_err(|e| e.to_string())?;

@@ -43,6 +43,10 @@ pub struct Startup {
     /// Set once the end-of-recovery record is written: the old timeline's
     /// segment to rename to `.partial` after opening for writes.
     pub partial: Option<promote::PartialSegment>,
+    /// `standby.signal` was removed and the data directory not fsynced
+    /// since: the history file step does it (see
+    /// [`promote::remove_standby_signal`]).
+    pub standby_signal_unsynced: bool,
 }
 
 impl Startup {
@@ -186,11 +190,10 @@ impl Startup {
                 self.node.standby.update(|s| s.consistent_at = Some(at));
                 self.node.set_consistent();
             }
-            Action::RemoveStandbySignal => {
-                if let Err(e) = promote::remove_standby_signal(&self.node) {
-                    tracing::error!(error = %e, "could not remove standby.signal");
-                }
-            }
+            Action::RemoveStandbySignal => match promote::remove_standby_signal(&self.node) {
+                Ok(removed) => self.standby_signal_unsynced |= removed,
+                Err(e) => tracing::error!(error = %e, "could not remove standby.signal"),
+            },
             Action::WriteHistoryFile {
                 tli,
                 parent,
@@ -198,7 +201,15 @@ impl Startup {
                 reason,
                 ..
             } => {
-                match promote::write_history_file(&self.node, tli, parent, switch_point, &reason) {
+                let sync_datadir = std::mem::take(&mut self.standby_signal_unsynced);
+                match promote::write_history_file(
+                    &self.node,
+                    tli,
+                    parent,
+                    switch_point,
+                    &reason,
+                    sync_datadir,
+                ) {
                     Ok(()) => self.answer(Event::HistoryFileWritten { tli }),
                     Err(reason) => self.answer(Event::PromotionStepFailed {
                         step: PromotionStep::WriteHistoryFile,
