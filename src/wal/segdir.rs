@@ -304,7 +304,10 @@ impl SegmentDir {
     /// Install segment `(tli, segno)` holding `prefix` followed by zeroes,
     /// replacing any file of that name (PostgreSQL's XLogFileCopy for a new
     /// timeline). Uses a spare when there is one, so only the prefix is
-    /// written. Durable when it returns.
+    /// written. The contents are durable when it returns; the rename is
+    /// not fsynced here: the WAL writer started on the segment fsyncs the
+    /// directory in its start-up, before anything is written into it (one
+    /// directory fsync for this and [`SegmentDir::place_spare`]).
     pub fn install_segment(
         &self,
         tli: TimelineId,
@@ -318,9 +321,6 @@ impl SegmentDir {
         };
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         fs::rename(&tmp, &path).map_err(SegmentError::io("rename", &tmp))?;
-        self.io
-            .sync_dir(&self.dir)
-            .map_err(SegmentError::io("fsync directory", &self.dir))?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         self.note_fresh(tli, segno, prefix.len() as u64);
         Ok(())

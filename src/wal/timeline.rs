@@ -174,9 +174,10 @@ pub fn candidate_timelines(
 /// XLogInitNewTimeline): when `switch_point` is inside a segment, a copy of
 /// that segment of `old` up to the switch point, with the new timeline in
 /// its header and zeroes after it; at a segment boundary, an empty
-/// pre-allocated segment. Durable when it returns (the copy's contents and
-/// name; a segment given a spare's file is made durable by the directory
-/// fsync of the WAL writer's start-up, before anything is written to it).
+/// pre-allocated segment. The copy's contents are durable when it returns;
+/// the new names are made durable by the directory fsync of the WAL
+/// writer's start-up ([`crate::wal::Wal::start`], which the caller runs
+/// next), before anything is written into them.
 ///
 /// With spare segments ready ([`SegmentDir::make_spares`]) only the prefix
 /// is written, and the segment after it gets a spare too, so the new WAL
