@@ -198,7 +198,12 @@ fn a_standby_refuses_itself_and_another_system_as_upstream() {
         wal_before,
         "WAL was written from another system"
     );
-    assert!(s.stop().success());
+    let status = s.stop();
+    assert!(
+        status.success(),
+        "standby stopped with {status}:\n{}",
+        s.log_text()
+    );
     // Itself: its own replication port.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
