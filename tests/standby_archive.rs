@@ -24,7 +24,12 @@ fn archiving_primary(tmp: &Path, archive: &Path) -> (PathBuf, TestNode) {
 
 /// A standby made from a cold copy of the (cleanly stopped) primary.
 fn cold_standby(primary: &mut TestNode, tmp: &Path, name: &str) -> PathBuf {
-    assert!(primary.stop().success());
+    let status = primary.stop();
+    assert!(
+        status.success(),
+        "primary stopped with {status}:\n{}",
+        primary.log_text()
+    );
     let dest = tmp.join(name);
     let status = Command::new("cp")
         .arg("-a")

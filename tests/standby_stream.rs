@@ -178,7 +178,7 @@ fn a_standby_refuses_itself_and_another_system_as_upstream() {
     // Another system entirely.
     let other_dir = init_datadir(tmp.path(), "other", &[]);
     let other = TestNode::start(&other_dir, &[]);
-    let wal_before = file_names(&sdir.join("wal"));
+    let wal_before = wal_file_names(&sdir.join("wal"));
     let conninfo = format!(
         "primary_conninfo=host=127.0.0.1 port={} user=walrep application_name=s1",
         other.replication_port
@@ -194,11 +194,16 @@ fn a_standby_refuses_itself_and_another_system_as_upstream() {
         },
     );
     assert_eq!(
-        file_names(&sdir.join("wal")),
+        wal_file_names(&sdir.join("wal")),
         wal_before,
         "WAL was written from another system"
     );
-    assert!(s.stop().success());
+    let status = s.stop();
+    assert!(
+        status.success(),
+        "standby stopped with {status}:\n{}",
+        s.log_text()
+    );
     // Itself: its own replication port.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -213,7 +218,7 @@ fn a_standby_refuses_itself_and_another_system_as_upstream() {
             .then_some(())
     });
     assert_eq!(
-        file_names(&sdir.join("wal")),
+        wal_file_names(&sdir.join("wal")),
         wal_before,
         "WAL was written from itself"
     );

@@ -32,6 +32,12 @@ struct Promoted {
 /// Timeline 1 writes into segment 2; a standby that had WAL up to `switch`
 /// promotes there to timeline 2, while the old primary wrote on.
 fn promote(dir: &std::path::Path, fill: usize) -> Promoted {
+    promote_with_spares(dir, fill, 0)
+}
+
+/// [`promote`] with `spares` spare segments made before promoting (as a
+/// standby makes them at start).
+fn promote_with_spares(dir: &std::path::Path, fill: usize, spares: usize) -> Promoted {
     let wal = new_wal(dir, None);
     let mut before = vec![wal.insert_record(RM_KV, 0, &payload(0, fill)).unwrap()];
     for i in 1..5 {
@@ -53,7 +59,10 @@ fn promote(dir: &std::path::Path, fill: usize) -> Promoted {
     .unwrap();
     assert_eq!(history.timeline_of(Lsn(switch.0 - 1)), TimelineId(1));
     let segdir = Arc::new(SegmentDir::open(dir, seg(), Arc::new(StdIo)).unwrap());
+    assert_eq!(segdir.make_spares(spares).unwrap(), spares);
     init_new_timeline_segment(&segdir, SYSTEM_ID, TimelineId(1), TimelineId(2), switch).unwrap();
+    // The first segment and the one after it took a spare each.
+    assert_eq!(segdir.spare_count(), spares.saturating_sub(2));
     let mut cfg = WalConfig::new(
         dir,
         SYSTEM_ID,
@@ -155,6 +164,45 @@ fn new_timeline_segment_is_a_restamped_copy_of_the_prefix() {
         .read_history(&history, p.switch, &mut buf)
         .unwrap();
     assert_eq!(&buf[..], &new[off..off + 64]);
+}
+
+#[test]
+fn promotion_with_spare_segments_writes_the_same_files() {
+    let plain = tempfile::tempdir().unwrap();
+    let spared = tempfile::tempdir().unwrap();
+    let a = promote(plain.path(), (1 << 20) - 100);
+    let b = promote_with_spares(spared.path(), (1 << 20) - 100, 3);
+    assert_eq!((a.switch, a.switch.segno(seg())), (b.switch, SegNo(2)));
+    // The new timeline's segments are byte-identical to those made without
+    // spares (prefix copy, end-of-recovery record, zeroes elsewhere).
+    for segno in [SegNo(2), SegNo(3)] {
+        let name = segno.file_name(TimelineId(2), seg());
+        let x = fs::read(plain.path().join(&name)).unwrap();
+        let y = fs::read(spared.path().join(&name)).unwrap();
+        assert_eq!(x.len(), y.len(), "{name}");
+        assert!(x == y, "{name} differs with spare segments");
+    }
+    let (recs, stop) = read_all(cfg_for(spared.path(), 2));
+    let want: Vec<Lsn> = b.before.iter().chain(&b.after).map(|r| r.start).collect();
+    assert_eq!(
+        recs.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+        want,
+        "stopped by {stop}"
+    );
+    // The spare left over is a temporary file: gone when the directory is
+    // opened again (as at the next start).
+    let temp = |d: &std::path::Path| {
+        fs::read_dir(d)
+            .unwrap()
+            .filter(|e| {
+                let e = e.as_ref().unwrap();
+                e.file_name().to_string_lossy().starts_with("xlogtemp.")
+            })
+            .count()
+    };
+    assert_eq!(temp(spared.path()), 1);
+    SegmentDir::open(spared.path(), seg(), Arc::new(StdIo)).unwrap();
+    assert_eq!(temp(spared.path()), 0);
 }
 
 #[test]

@@ -145,6 +145,7 @@ impl StandbyRuntime {
             .spawn(move || redo.run(redo_rx))?;
 
         let trigger = start_trigger_watcher(&node, events_tx.clone())?;
+        make_promotion_spares(&node);
 
         let first = Event::RecoveryStarted {
             redo_lsn: control.redo_lsn,
@@ -165,6 +166,8 @@ impl StandbyRuntime {
             shutdown: shutdown_rx,
             trace: tracelog::TraceLog::open(&node.dir.log()),
             epoch: Instant::now(),
+            partial: None,
+            standby_signal_unsynced: false,
         };
         tracing::info!(
             redo = %control.redo_lsn,
@@ -213,6 +216,24 @@ impl StandbyRuntime {
         {
             let _ = t.join();
         }
+    }
+}
+
+/// Create the spare segments promotion uses (pre-zeroed and fsynced) in
+/// the background, so promoting writes only the new timeline's copy of the
+/// switch segment's prefix instead of 32 MB of zeroes. The thread ends once
+/// they exist; a failure only costs promotion the zero-filling.
+fn make_promotion_spares(node: &Arc<Node>) {
+    let segdir = node.segdir.clone();
+    let spawned = std::thread::Builder::new()
+        .name("wal-spares".into())
+        .spawn(move || {
+            if let Err(e) = segdir.make_spares(crate::wal::PROMOTION_SPARES) {
+                tracing::warn!(error = %e, "could not create spare WAL segments for promotion");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the thread creating spare WAL segments");
     }
 }
 

@@ -19,28 +19,43 @@ use crate::wal::{
 };
 use crate::{Lsn, TimelineId};
 
-/// Remove `standby.signal` durably, so a crash from here on restarts as a
-/// primary on the new timeline rather than a standby of the old one.
-pub fn remove_standby_signal(node: &Node) -> std::io::Result<()> {
+/// Remove `standby.signal`, so a crash once the end-of-recovery record is
+/// written restarts as a primary on the new timeline rather than a standby
+/// of the old one. Returns whether it was there: then the data directory
+/// still needs an fsync, which [`write_history_file`] does (before the
+/// end-of-recovery record), after the history file's own fsyncs have
+/// committed the unlink with them on a journaling file system, instead of
+/// one more journal commit of its own.
+pub fn remove_standby_signal(node: &Node) -> std::io::Result<bool> {
     match std::fs::remove_file(node.dir.standby_signal()) {
-        Ok(()) => crate::util::fsync_dir(&node.dir.root),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
 }
 
 /// Write `TTTTTTTT.history` for `tli` (the parent's lines plus the new one),
-/// and mark it for archiving.
+/// and mark it for archiving; with `sync_datadir`, then fsync the data
+/// directory (making the removal of `standby.signal` durable).
 pub fn write_history_file(
     node: &Node,
     tli: TimelineId,
     parent: TimelineId,
     switch_point: Lsn,
     reason: &str,
+    sync_datadir: bool,
 ) -> Result<(), String> {
     let t0 = Instant::now();
     crate::wal::write_new_timeline_history(&node.dir.wal(), parent, tli, switch_point, reason)
         .map_err(|e| e.to_string())?;
+    if sync_datadir {
+        crate::util::fsync_dir(&node.dir.root).map_err(|e| {
+            format!(
+                "could not fsync \"{}\" after removing standby.signal: {e}",
+                node.dir.root.display()
+            )
+        })?;
+    }
     if node.config.archive_mode != ArchiveMode::Off {
         crate::archive::mark_ready(&node.dir.root, &tli.history_file_name())
             .map_err(|e| e.to_string())?;
@@ -102,9 +117,6 @@ pub fn write_end_of_recovery(
         c.min_recovery_point = Lsn::INVALID;
         c.write(&node.dir.root).map_err(|e| e.to_string())?;
     }
-    if let Err(e) = rename_old_timeline_segment_partial(&node.segdir, prev_tli, at, archive_mode) {
-        tracing::warn!(error = %e, "could not rename the old timeline's last segment to .partial");
-    }
     let t_control = t0.elapsed();
     node.attach_wal(wal).map_err(|e| e.to_string())?;
     let us = |d: Duration| d.as_micros() as u64;
@@ -121,15 +133,41 @@ pub fn write_end_of_recovery(
     Ok(rec.end)
 }
 
-/// Open for writes and checkpoint in the background, as PostgreSQL requests
-/// a checkpoint right after promotion.
-pub fn accept_writes(node: &Arc<Node>) {
+/// The old timeline's segment holding the switch point, to be renamed to
+/// `.partial` once the node accepts writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialSegment {
+    /// The timeline promotion left.
+    pub prev_tli: TimelineId,
+    /// The switch point (the new timeline's start).
+    pub at: Lsn,
+}
+
+/// Open for writes, then in the background rename the old timeline's last
+/// segment to `.partial` and checkpoint, as PostgreSQL requests a
+/// checkpoint right after promotion.
+///
+/// The rename (PostgreSQL does it just before opening for writes) is off
+/// the path to the first write: nothing reads that file by its old name
+/// once the new timeline's copy of its prefix and the end-of-recovery
+/// record are durable, and a crash before the rename only leaves it under
+/// its old name (not archived as `.partial`), as a crash in PostgreSQL
+/// between its end-of-recovery record and the rename does.
+pub fn accept_writes(node: &Arc<Node>, partial: Option<PartialSegment>) {
     node.accept_writes();
     tracing::info!("database system is ready to accept connections (promoted)");
     let n = node.clone();
     let _ = std::thread::Builder::new()
         .name("promotion-checkpoint".into())
         .spawn(move || {
+            if let Some(p) = partial {
+                let archive_mode = n.config.archive_mode != ArchiveMode::Off;
+                if let Err(e) =
+                    rename_old_timeline_segment_partial(&n.segdir, p.prev_tli, p.at, archive_mode)
+                {
+                    tracing::warn!(error = %e, "could not rename the old timeline's last segment to .partial");
+                }
+            }
             if let Err(e) = n.checkpoint(CheckpointCause::EndOfRecovery) {
                 tracing::warn!(error = %e, "checkpoint after promotion failed");
             }

@@ -40,6 +40,13 @@ pub struct Startup {
     pub shutdown: Receiver<()>,
     pub trace: TraceLog,
     pub epoch: Instant,
+    /// Set once the end-of-recovery record is written: the old timeline's
+    /// segment to rename to `.partial` after opening for writes.
+    pub partial: Option<promote::PartialSegment>,
+    /// `standby.signal` was removed and the data directory not fsynced
+    /// since: the history file step does it (see
+    /// [`promote::remove_standby_signal`]).
+    pub standby_signal_unsynced: bool,
 }
 
 impl Startup {
@@ -113,25 +120,35 @@ impl Startup {
         }
     }
 
+    /// Execute the actions, then record the transitions, each with the
+    /// time its event was handled (taken before the actions, which may be
+    /// slow promotion steps) but published after them, so a state seen in
+    /// INFO has had its actions done (e.g. `Promoted` accepts writes).
     fn drain(&mut self) {
+        let at = now_ms();
+        let mut pending = Vec::new();
+        while let Some(t) = self.core.poll_transition() {
+            pending.push((t, at));
+        }
         while let Some(action) = self.core.poll_action() {
             self.execute(action);
         }
+        let at = now_ms();
         while let Some(t) = self.core.poll_transition() {
-            if t.is_notable() {
-                let at = now_ms();
-                tracing::info!(
-                    from = %t.from,
-                    to = %t.to,
-                    event = %t.event.kind(),
-                    replay = %t.replay_lsn,
-                    receive = %t.receive_lsn,
-                    cause = t.cause.as_deref().unwrap_or(""),
-                    "recovery transition"
-                );
-                self.node.standby.note_transition(&t, at);
-                self.trace.append(&t, at);
-            }
+            pending.push((t, at));
+        }
+        for (t, at) in pending.into_iter().filter(|(t, _)| t.is_notable()) {
+            tracing::info!(
+                from = %t.from,
+                to = %t.to,
+                event = %t.event.kind(),
+                replay = %t.replay_lsn,
+                receive = %t.receive_lsn,
+                cause = t.cause.as_deref().unwrap_or(""),
+                "recovery transition"
+            );
+            self.node.standby.note_transition(&t, at);
+            self.trace.append(&t, at);
         }
     }
 
@@ -173,11 +190,10 @@ impl Startup {
                 self.node.standby.update(|s| s.consistent_at = Some(at));
                 self.node.set_consistent();
             }
-            Action::RemoveStandbySignal => {
-                if let Err(e) = promote::remove_standby_signal(&self.node) {
-                    tracing::error!(error = %e, "could not remove standby.signal");
-                }
-            }
+            Action::RemoveStandbySignal => match promote::remove_standby_signal(&self.node) {
+                Ok(removed) => self.standby_signal_unsynced |= removed,
+                Err(e) => tracing::error!(error = %e, "could not remove standby.signal"),
+            },
             Action::WriteHistoryFile {
                 tli,
                 parent,
@@ -185,7 +201,15 @@ impl Startup {
                 reason,
                 ..
             } => {
-                match promote::write_history_file(&self.node, tli, parent, switch_point, &reason) {
+                let sync_datadir = std::mem::take(&mut self.standby_signal_unsynced);
+                match promote::write_history_file(
+                    &self.node,
+                    tli,
+                    parent,
+                    switch_point,
+                    &reason,
+                    sync_datadir,
+                ) {
                     Ok(()) => self.answer(Event::HistoryFileWritten { tli }),
                     Err(reason) => self.answer(Event::PromotionStepFailed {
                         step: PromotionStep::WriteHistoryFile,
@@ -195,7 +219,10 @@ impl Startup {
             }
             Action::WriteEndOfRecovery { tli, prev_tli, at } => {
                 match promote::write_end_of_recovery(&self.node, tli, prev_tli, at) {
-                    Ok(end) => self.answer(Event::EndOfRecoveryWritten { tli, end }),
+                    Ok(end) => {
+                        self.partial = Some(promote::PartialSegment { prev_tli, at });
+                        self.answer(Event::EndOfRecoveryWritten { tli, end })
+                    }
                     Err(reason) => self.answer(Event::PromotionStepFailed {
                         step: PromotionStep::WriteEndOfRecovery,
                         reason,
@@ -203,7 +230,7 @@ impl Startup {
                 }
             }
             Action::EndCascadingTimeline { .. } => self.node.flush_changed.notify(),
-            Action::AcceptWrites { .. } => promote::accept_writes(&self.node),
+            Action::AcceptWrites { .. } => promote::accept_writes(&self.node, self.partial.take()),
             Action::Report { report } => match report.severity() {
                 Severity::Info => tracing::info!("{report}"),
                 Severity::Warning => tracing::warn!("{report}"),

@@ -45,7 +45,9 @@ pub use reader::{
 };
 pub use receive::{CompletedMark, SegmentWriter};
 pub use record::{MAX_PAYLOAD_LEN, MAX_RECORD_LEN, RM_KV, RM_XLOG};
-pub use segdir::{RemovalReport, RemovalRequest, SegmentDir, SegmentError, WalFile, WalFileKind};
+pub use segdir::{
+    RemovalReport, RemovalRequest, SegmentDir, SegmentError, WalFile, WalFileKind, PROMOTION_SPARES,
+};
 pub use segment::{HeaderProblem, SegmentHeader, SEG_HEADER_SIZE};
 pub use timeline::{
     init_new_timeline_segment, read_history, read_history_text,

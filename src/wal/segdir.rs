@@ -25,6 +25,13 @@ pub const ARCHIVE_STATUS_DIR: &str = "archive_status";
 const TEMP_PREFIX: &str = "xlogtemp.";
 /// Zeroes are written in chunks of this size when a segment is created.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
+/// Spare segments a standby keeps for its promotion: one becomes the new
+/// timeline's first segment, one the segment after it (so the WAL writer's
+/// look-ahead pre-allocation does not write 16 MB while the end-of-recovery
+/// record and the control file are being flushed).
+pub const PROMOTION_SPARES: usize = 2;
+/// Most segments remembered as known-zero (see [`SegmentDir::take_fresh`]).
+const MAX_FRESH: usize = 8;
 
 /// An error managing WAL files.
 #[derive(Debug, Error)]
@@ -171,6 +178,14 @@ pub struct SegmentDir {
     removed_below: AtomicU64,
     /// Makes temporary file names unique within the process.
     temp_seq: AtomicU64,
+    /// Pre-zeroed, fsynced, full-size files under temporary names (removed
+    /// at start like any `xlogtemp.`), kept so that promotion writes no
+    /// zeroes on its critical path.
+    spares: Mutex<Vec<PathBuf>>,
+    /// Segments this process created, with the offset from which their bytes
+    /// are known to be zero, not yet handed to a WAL writer: the writer's
+    /// start-up need not scan or remove them (see [`SegmentDir::take_fresh`]).
+    fresh: Mutex<Vec<(TimelineId, SegNo, u64)>>,
     pub(crate) counters: DirCounters,
 }
 
@@ -191,6 +206,8 @@ impl SegmentDir {
             lock: Mutex::new(()),
             removed_below: AtomicU64::new(0),
             temp_seq: AtomicU64::new(0),
+            spares: Mutex::new(Vec::new()),
+            fresh: Mutex::new(Vec::new()),
             counters: DirCounters::default(),
         };
         sd.remove_temp_files()?;
@@ -286,7 +303,11 @@ impl SegmentDir {
 
     /// Install segment `(tli, segno)` holding `prefix` followed by zeroes,
     /// replacing any file of that name (PostgreSQL's XLogFileCopy for a new
-    /// timeline). Durable when it returns.
+    /// timeline). Uses a spare when there is one, so only the prefix is
+    /// written. The contents are durable when it returns; the rename is
+    /// not fsynced here: the WAL writer started on the segment fsyncs the
+    /// directory in its start-up, before anything is written into it (one
+    /// directory fsync for this and [`SegmentDir::place_spare`]).
     pub fn install_segment(
         &self,
         tli: TimelineId,
@@ -294,14 +315,111 @@ impl SegmentDir {
         prefix: &[u8],
     ) -> Result<(), SegmentError> {
         let path = self.segment_path(tli, segno);
-        let tmp = self.create_temp(prefix)?;
+        let tmp = match self.take_spare() {
+            Some(spare) => self.fill_spare(spare, prefix)?,
+            None => self.create_temp(prefix)?,
+        };
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         fs::rename(&tmp, &path).map_err(SegmentError::io("rename", &tmp))?;
-        self.io
-            .sync_dir(&self.dir)
-            .map_err(SegmentError::io("fsync directory", &self.dir))?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
+        self.note_fresh(tli, segno, prefix.len() as u64);
         Ok(())
+    }
+
+    /// Create spare segments until `n` are ready (a standby makes
+    /// [`PROMOTION_SPARES`] in the background at start). Returns how many
+    /// were created.
+    pub fn make_spares(&self, n: usize) -> Result<usize, SegmentError> {
+        let mut made = 0;
+        while self.lock_spares().len() < n {
+            let tmp = self.create_temp(&[])?;
+            self.lock_spares().push(tmp);
+            made += 1;
+        }
+        Ok(made)
+    }
+
+    /// How many spare segments are ready.
+    pub fn spare_count(&self) -> usize {
+        self.lock_spares().len()
+    }
+
+    /// Give segment `(tli, segno)` a spare's file (all zeroes) if it does
+    /// not exist and a spare is ready; returns whether it did. The rename
+    /// is not fsynced here: the caller starts a WAL writer, whose start-up
+    /// fsyncs the directory before anything is written.
+    pub fn place_spare(&self, tli: TimelineId, segno: SegNo) -> Result<bool, SegmentError> {
+        let path = self.segment_path(tli, segno);
+        if path.exists() {
+            return Ok(false);
+        }
+        let Some(spare) = self.take_spare() else {
+            return Ok(false);
+        };
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if path.exists() {
+            self.lock_spares().push(spare);
+            return Ok(false);
+        }
+        fs::rename(&spare, &path).map_err(SegmentError::io("rename", &spare))?;
+        self.counters.created.fetch_add(1, Ordering::Relaxed);
+        self.note_fresh(tli, segno, 0);
+        Ok(true)
+    }
+
+    /// Segments of `tli` installed or placed by this process since the last
+    /// call, each with the offset from which it is known to hold only
+    /// zeroes; forgets them all (any timeline). A WAL writer starting on
+    /// `tli` calls this once, before it writes: such a segment needs no scan
+    /// for stale bytes, and one that is all zeroes is no stale future
+    /// segment (zeroes never read as a record).
+    pub(crate) fn take_fresh(&self, tli: TimelineId) -> Vec<(SegNo, u64)> {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *fresh)
+            .into_iter()
+            .filter(|f| f.0 == tli)
+            .map(|f| (f.1, f.2))
+            .collect()
+    }
+
+    fn note_fresh(&self, tli: TimelineId, segno: SegNo, zero_from: u64) {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        fresh.retain(|f| (f.0, f.1) != (tli, segno));
+        if fresh.len() >= MAX_FRESH {
+            fresh.remove(0);
+        }
+        fresh.push((tli, segno, zero_from));
+    }
+
+    fn lock_spares(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_spare(&self) -> Option<PathBuf> {
+        self.lock_spares().pop()
+    }
+
+    /// Write `prefix` at the start of a spare and make it durable (the rest
+    /// is already zero and allocated, so only the prefix's pages go out).
+    fn fill_spare(&self, spare: PathBuf, prefix: &[u8]) -> Result<PathBuf, SegmentError> {
+        let prefix = &prefix[..prefix.len().min(self.seg_size.bytes() as usize)];
+        let r = OpenOptions::new()
+            .write(true)
+            .open(&spare)
+            .map_err(SegmentError::io("open", &spare))
+            .and_then(|f| {
+                self.io
+                    .write_at(&f, 0, prefix)
+                    .map_err(SegmentError::io("write", &spare))?;
+                self.io
+                    .sync_data(&f)
+                    .map_err(SegmentError::io("fsync", &spare))
+            });
+        if let Err(e) = r {
+            let _ = fs::remove_file(&spare);
+            return Err(e);
+        }
+        Ok(spare)
     }
 
     /// A full-size temporary file holding `prefix` then zeroes, fsynced.
@@ -557,6 +675,56 @@ mod tests {
         assert!(!sd.preallocate(TimelineId(1), SegNo(3)).unwrap());
         let names: Vec<_> = sd.list().unwrap().into_iter().map(|f| f.name).collect();
         assert_eq!(names, ["000000010000000000000003"]);
+    }
+
+    #[test]
+    fn spares_become_segments_and_are_remembered_as_zero() {
+        let (t, sd) = dir();
+        assert_eq!(sd.make_spares(2).unwrap(), 2);
+        assert_eq!(sd.make_spares(2).unwrap(), 0);
+        assert!(sd.list().unwrap().is_empty(), "spares are no WAL files");
+        assert!(sd.place_spare(TimelineId(2), SegNo(5)).unwrap());
+        assert!(!sd.place_spare(TimelineId(2), SegNo(5)).unwrap());
+        let placed = fs::read(sd.segment_path(TimelineId(2), SegNo(5))).unwrap();
+        assert_eq!(placed.len(), 1 << 20);
+        assert!(placed.iter().all(|&b| b == 0));
+        sd.install_segment(TimelineId(2), SegNo(4), b"prefix")
+            .unwrap();
+        assert_eq!(sd.spare_count(), 0);
+        let installed = fs::read(sd.segment_path(TimelineId(2), SegNo(4))).unwrap();
+        assert_eq!(installed.len(), 1 << 20);
+        assert_eq!(&installed[..6], b"prefix");
+        assert!(installed[6..].iter().all(|&b| b == 0));
+        // Without a spare nothing is placed; installing zero-fills.
+        assert!(!sd.place_spare(TimelineId(2), SegNo(6)).unwrap());
+        sd.install_segment(TimelineId(3), SegNo(4), b"x").unwrap();
+        let mut fresh = sd.take_fresh(TimelineId(2));
+        fresh.sort();
+        assert_eq!(fresh, [(SegNo(4), 6), (SegNo(5), 0)]);
+        assert!(
+            sd.take_fresh(TimelineId(3)).is_empty(),
+            "taken once, all timelines"
+        );
+        // Leftover spares are temporary files, removed at the next open.
+        sd.make_spares(1).unwrap();
+        drop(sd);
+        let sd = SegmentDir::open(
+            t.path(),
+            WalSegSize::MIN.try_into().unwrap(),
+            Arc::new(StdIo),
+        )
+        .unwrap();
+        let temp = fs::read_dir(t.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(TEMP_PREFIX)
+            })
+            .count();
+        assert_eq!((temp, sd.spare_count()), (0, 0));
     }
 
     #[test]

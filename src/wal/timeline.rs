@@ -174,7 +174,15 @@ pub fn candidate_timelines(
 /// XLogInitNewTimeline): when `switch_point` is inside a segment, a copy of
 /// that segment of `old` up to the switch point, with the new timeline in
 /// its header and zeroes after it; at a segment boundary, an empty
-/// pre-allocated segment. Durable when it returns.
+/// pre-allocated segment. The copy's contents are durable when it returns;
+/// the new names are made durable by the directory fsync of the WAL
+/// writer's start-up ([`crate::wal::Wal::start`], which the caller runs
+/// next), before anything is written into them.
+///
+/// With spare segments ready ([`SegmentDir::make_spares`]) only the prefix
+/// is written, and the segment after it gets a spare too, so the new WAL
+/// writer's look-ahead pre-allocation has nothing to write while the
+/// end-of-recovery record is flushed.
 pub fn init_new_timeline_segment(
     segdir: &SegmentDir,
     system_id: u64,
@@ -186,11 +194,14 @@ pub fn init_new_timeline_segment(
     let segno = switch_point.segno(seg_size);
     let offset = switch_point.segment_offset(seg_size);
     if offset == 0 {
-        segdir.preallocate(new, segno)?;
-        return Ok(());
+        if !segdir.place_spare(new, segno)? {
+            segdir.preallocate(new, segno)?;
+        }
+    } else {
+        let prefix = old_segment_prefix(segdir, system_id, old, new, segno, offset)?;
+        segdir.install_segment(new, segno, &prefix)?;
     }
-    let prefix = old_segment_prefix(segdir, system_id, old, new, segno, offset)?;
-    segdir.install_segment(new, segno, &prefix)?;
+    segdir.place_spare(new, segno.next())?;
     Ok(())
 }
 

@@ -350,5 +350,15 @@ pub fn file_names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// The WAL files of a `wal/` directory: [`file_names`] without the
+/// `xlogtemp.` temporaries (segments being pre-allocated, a standby's spare
+/// segments for promotion), which hold no WAL.
+pub fn wal_file_names(dir: &Path) -> Vec<String> {
+    file_names(dir)
+        .into_iter()
+        .filter(|n| !n.starts_with("xlogtemp."))
+        .collect()
+}
+
 pub mod cluster;
 pub mod proxy;

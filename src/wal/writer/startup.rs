@@ -28,14 +28,22 @@ pub(crate) fn prepare(segdir: &SegmentDir, ctx: &SegCtx, start: Lsn) -> Result<(
         ));
     }
     let segno = start.segno(ctx.seg_size);
-    let in_segment = start.segment_offset(ctx.seg_size) > 0;
+    let offset = start.segment_offset(ctx.seg_size);
+    let in_segment = offset > 0;
+    // Segments this process just created (a new timeline's): known zero
+    // from an offset on, so there is nothing stale to find in that part.
+    let fresh = segdir.take_fresh(ctx.tli);
+    let zero_from = |s| fresh.iter().find(|f| f.0 == s).map(|f| f.1);
     if in_segment {
-        zero_tail(segdir, ctx, start).map_err(bad)?;
+        let known_zero = zero_from(segno).is_some_and(|z| z <= offset);
+        zero_tail(segdir, ctx, start, known_zero).map_err(bad)?;
     }
     let first_future = if in_segment { segno.next() } else { segno };
     for f in segdir.list()? {
         let future = f.segno.is_some_and(|s| s >= first_future);
-        if f.kind == WalFileKind::Segment && f.tli == ctx.tli && future {
+        // An all-zero segment holds no stale record: kept for the writer.
+        let all_zero = f.segno.and_then(zero_from) == Some(0);
+        if f.kind == WalFileKind::Segment && f.tli == ctx.tli && future && !all_zero {
             if let Some(s) = f.segno {
                 tracing::info!(file = %f.name, "removing WAL segment past the end of valid WAL");
                 segdir.remove_segment(ctx.tli, s)?;
@@ -50,8 +58,14 @@ pub(crate) fn prepare(segdir: &SegmentDir, ctx: &SegCtx, start: Lsn) -> Result<(
 }
 
 /// Check the segment valid WAL ends in, and zero every non-zero byte in it
-/// from `start` on.
-fn zero_tail(segdir: &SegmentDir, ctx: &SegCtx, start: Lsn) -> Result<(), String> {
+/// from `start` on (unless `known_zero`: then only the header is checked,
+/// and the 16 MB are neither faulted in nor scanned).
+fn zero_tail(
+    segdir: &SegmentDir,
+    ctx: &SegCtx,
+    start: Lsn,
+    known_zero: bool,
+) -> Result<(), String> {
     let segno = start.segno(ctx.seg_size);
     let path = segdir.segment_path(ctx.tli, segno);
     let name = segno.file_name(ctx.tli, ctx.seg_size);
@@ -78,6 +92,9 @@ fn zero_tail(segdir: &SegmentDir, ctx: &SegCtx, start: Lsn) -> Result<(), String
             rem_len: header.rem_len,
         })
         .map_err(|p| format!("segment {name}: {p}"))?;
+    if known_zero {
+        return Ok(());
+    }
     let off = start.segment_offset(ctx.seg_size) as usize;
     let tail = &seg.map[off..];
     let Some(first) = tail.iter().position(|&b| b != 0) else {
