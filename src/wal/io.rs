@@ -22,13 +22,36 @@ use std::time::Duration;
 pub trait WalIo: Send + Sync + fmt::Debug {
     /// Write all of `buf` at `offset` of `file`.
     fn write_at(&self, file: &File, offset: u64, buf: &[u8]) -> io::Result<()>;
-    /// fdatasync: make the data written so far durable. Segment files are
-    /// pre-allocated, so this never needs a metadata update.
+    /// fdatasync: make the data written so far durable. Zero-filled
+    /// segment files need no metadata update for it; `allocate`d ones
+    /// (walreceiver) need the extent state, which fdatasync includes.
     fn sync_data(&self, file: &File) -> io::Result<()>;
     /// fsync data and metadata (used once when a segment file is created).
     fn sync_all(&self, file: &File) -> io::Result<()>;
     /// fsync a directory so that created, renamed and removed entries survive a crash.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Reserve `len` bytes of `file` without writing them: fallocate(2)
+    /// mode 0, i.e. unwritten extents that read as zeroes (a later
+    /// fdatasync also records which of them were written).
+    /// `ErrorKind::Unsupported` where the filesystem cannot.
+    fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let len = libc::off_t::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length too large"))?;
+        // SAFETY: fallocate on a file descriptor we own for the call; no
+        // memory is passed.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, e))
+            }
+            _ => Err(e),
+        }
+    }
 }
 
 /// The real backend: positional writes, fdatasync and fsync.

@@ -119,7 +119,7 @@ impl SegmentWriter {
 
     fn write_at(&mut self, segno: SegNo, off: u64, data: &[u8]) -> Result<(), SegmentError> {
         if self.current.as_ref().is_none_or(|(s, _)| *s != segno) {
-            let f = self.segdir.open_for_write(self.tli, segno)?;
+            let f = self.segdir.open_for_receive(self.tli, segno)?;
             self.current = Some((segno, f));
         }
         let path = self.segdir.segment_path(self.tli, segno);

@@ -266,9 +266,28 @@ impl SegmentDir {
     /// A walreceiver creates its segments this way too, so that readers can
     /// map them while they are being filled.
     pub fn open_for_write(&self, tli: TimelineId, segno: SegNo) -> Result<File, SegmentError> {
+        self.open_created(tli, segno, false)
+    }
+
+    /// `open_for_write` for a walreceiver, which writes every segment it
+    /// creates from its first byte on: the file's space is reserved with
+    /// fallocate(2) instead of written with zeroes first (zero-filled
+    /// where the filesystem has no fallocate). The unwritten part still
+    /// reads as zeroes, before and after a crash; what zero-filling would
+    /// add is a second copy of every received byte through the page cache.
+    pub fn open_for_receive(&self, tli: TimelineId, segno: SegNo) -> Result<File, SegmentError> {
+        self.open_created(tli, segno, true)
+    }
+
+    fn open_created(
+        &self,
+        tli: TimelineId,
+        segno: SegNo,
+        reserve_only: bool,
+    ) -> Result<File, SegmentError> {
         let path = self.segment_path(tli, segno);
         if !path.exists() {
-            self.preallocate(tli, segno)?;
+            self.preallocate_with(tli, segno, reserve_only)?;
         }
         let f = OpenOptions::new()
             .read(true)
@@ -283,11 +302,24 @@ impl SegmentDir {
     /// was created. The zero-filling happens outside the directory lock so
     /// that it can run ahead of need in the background.
     pub fn preallocate(&self, tli: TimelineId, segno: SegNo) -> Result<bool, SegmentError> {
+        self.preallocate_with(tli, segno, false)
+    }
+
+    fn preallocate_with(
+        &self,
+        tli: TimelineId,
+        segno: SegNo,
+        reserve_only: bool,
+    ) -> Result<bool, SegmentError> {
         let path = self.segment_path(tli, segno);
         if path.exists() {
             return Ok(false);
         }
-        let tmp = self.create_temp(&[])?;
+        let tmp = if reserve_only {
+            self.create_reserved_temp()?
+        } else {
+            self.create_temp(&[])?
+        };
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if path.exists() {
             let _ = fs::remove_file(&tmp);
@@ -420,6 +452,39 @@ impl SegmentDir {
             return Err(e);
         }
         Ok(spare)
+    }
+
+    /// A full-size temporary file whose space is reserved (fallocate) but
+    /// not written, fsynced; zero-filled where fallocate is unsupported.
+    fn create_reserved_temp(&self) -> Result<PathBuf, SegmentError> {
+        let n = self.temp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(SegmentError::io("create", &tmp))?;
+        let r = match self.io.allocate(&f, self.seg_size.bytes()) {
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                drop(f);
+                let _ = fs::remove_file(&tmp);
+                return self.create_temp(&[]);
+            }
+            r => r
+                .map_err(SegmentError::io("fallocate", &tmp))
+                .and_then(|()| {
+                    self.io
+                        .sync_all(&f)
+                        .map_err(SegmentError::io("fsync", &tmp))
+                }),
+        };
+        if let Err(e) = r {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(tmp)
     }
 
     /// A full-size temporary file holding `prefix` then zeroes, fsynced.
@@ -633,6 +698,31 @@ mod tests {
         )
         .unwrap();
         (t, sd)
+    }
+
+    #[test]
+    fn a_received_segment_is_reserved_not_zero_filled() {
+        let t = tempfile::tempdir().unwrap();
+        let io = Arc::new(crate::wal::io::FaultyIo::new());
+        let seg = WalSegSize::MIN.try_into().unwrap();
+        let sd = SegmentDir::open(t.path(), seg, io.clone()).unwrap();
+        let before = io.writes.load(Ordering::SeqCst);
+        let f = sd.open_for_receive(TimelineId(1), SegNo(3)).unwrap();
+        assert_eq!(
+            io.writes.load(Ordering::SeqCst),
+            before,
+            "the receiver's segment was written before any WAL arrived"
+        );
+        let meta = f.metadata().unwrap();
+        assert_eq!(meta.len(), seg.bytes());
+        let bytes = fs::read(sd.segment_path(TimelineId(1), SegNo(3))).unwrap();
+        assert!(
+            bytes.iter().all(|&b| b == 0),
+            "reserved space reads as zeroes"
+        );
+        // The WAL writer's own segments are still zero-filled.
+        sd.open_for_write(TimelineId(1), SegNo(4)).unwrap();
+        assert!(io.writes.load(Ordering::SeqCst) > before);
     }
 
     #[test]
