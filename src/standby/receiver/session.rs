@@ -21,6 +21,11 @@ use crate::{Lsn, TimelineId};
 
 /// Most bytes received before an fsync, even if the socket still has data.
 const MAX_BATCH_BYTES: u64 = 16 << 20;
+/// Longest a batch gathers before its fsync, even if the socket still has
+/// data. Replay only applies flushed WAL, so under a steady stream (which
+/// rarely drains the socket) a byte bound alone let a batch gather for
+/// seconds at ~10 MB/s: this bounds the replay lag the batching adds.
+const MAX_BATCH_TIME: Duration = Duration::from_millis(2);
 /// Longest single wait; the latch wakes the thread for stop, restart and
 /// forced replies, this only bounds the timers.
 const MAX_NAP: Duration = Duration::from_secs(1);
@@ -357,6 +362,7 @@ impl Session {
         let recv_timeout = self.cfg.timeout.unwrap_or(self.cfg.connect_timeout);
         let mut bytes = 0u64;
         let mut reply_requested = false;
+        let started = Instant::now();
         loop {
             let ev = self
                 .client()?
@@ -402,7 +408,10 @@ impl Session {
             }
             self.last_recv = Instant::now();
             self.pinged = false;
-            if bytes >= MAX_BATCH_BYTES || !self.client()?.has_pending() {
+            if bytes >= MAX_BATCH_BYTES
+                || started.elapsed() >= MAX_BATCH_TIME
+                || !self.client()?.has_pending()
+            {
                 return Ok((None, reply_requested));
             }
         }
