@@ -276,6 +276,31 @@ pub mod play {
         s
     }
 
+    /// Found by the simulator (SIM_SEED=67014 of 200,000): a record
+    /// spanning from a partial local segment 2 into segment 3 failed, so
+    /// both files were marked. Restoring 2 whole from the archive makes
+    /// the pair a new combination: 3's mark goes with 2's, and the local 3
+    /// is read again (before, it stayed marked and promotion ended short
+    /// of WAL that was in `wal/`).
+    pub fn restoring_one_file_of_a_failed_spanning_read_clears_both_marks() -> Scenario {
+        let mut s = standby_started(archive_only());
+        let start = at(2, SEG - 0x18);
+        s.ev(not_in_archive(1, 2)).ev(local(1, 2)).ev(eow(start));
+        s.ev(restored(1, 3)).ev(invalid(start, RecordCheck::Zeroes));
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        s.timer();
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s.ev(restored(1, 2)).ev(eow(start));
+        s.ev(not_in_archive(1, 3));
+        assert!(
+            s.emitted(|a| matches!(a, Action::FindLocalSegment { segno, .. } if segno.0 == 3)),
+            "segment 3 stayed marked after segment 2 was replaced"
+        );
+        s.ev(local(1, 3)).ev(eow(at(3, 0x100)));
+        assert_eq!(s.core.status().replay_lsn, at(3, 0x100));
+        s
+    }
+
     /// Found by the property test (proptest-regressions seed 71c508d0):
     /// the walreceiver streams timeline 1, which on the recovery
     /// timeline's history (2) ends at 0/3000028, while the upstream ends
@@ -833,6 +858,7 @@ scenarios!(
     corrupt_fork_segment_falls_back_to_the_parent_copy,
     last_segment_of_the_lsn_space,
     corrupt_record_spanning_into_the_next_segment,
+    restoring_one_file_of_a_failed_spanning_read_clears_both_marks,
     stream_timeline_ends_later_upstream_than_on_our_history,
     flush_of_a_stopped_session_while_promoting_is_stale,
     restore_command_failing_backs_off,

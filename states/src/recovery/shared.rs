@@ -556,10 +556,23 @@ impl Machine {
         if let (WalFile::History { tli }, FetchOutcome::Found(Some(h))) = (file, outcome) {
             self.note_history(ctx, *tli, h);
         }
-        // A restored copy replaced the file holding the invalid record.
+        // A restored copy replaced the file holding the invalid record. A
+        // record spanning two segments marked both files (either may hold
+        // the bad bytes): replacing one of them makes the pair a new
+        // combination, so both marks of that read go (simulator seed
+        // 67014: the bad bytes were in the first file; once it was
+        // restored whole, the second, good, file stayed marked and
+        // promotion ended before WAL that was there).
         let restored = at == Location::Archive && matches!(outcome, FetchOutcome::Found(_));
         if let (true, WalFile::Segment { tli, segno }) = (restored, file) {
-            self.bad.retain(|b| !(b.tli == *tli && b.segno == *segno));
+            let reads: Vec<Lsn> = self
+                .bad
+                .iter()
+                .filter(|b| b.tli == *tli && b.segno == *segno)
+                .map(|b| b.at)
+                .collect();
+            self.bad
+                .retain(|b| !(b.tli == *tli && (b.segno == *segno || reads.contains(&b.at))));
         }
     }
 
