@@ -454,9 +454,9 @@ impl SegmentDir {
         Ok(spare)
     }
 
-    /// A full-size temporary file whose space is reserved (fallocate) but
-    /// not written, fsynced; zero-filled where fallocate is unsupported.
-    fn create_reserved_temp(&self) -> Result<PathBuf, SegmentError> {
+    /// A new, empty `xlogtemp.<pid>.<n>` file (start-up cleanup removes
+    /// any left behind).
+    fn new_temp_file(&self) -> Result<(PathBuf, File), SegmentError> {
         let n = self.temp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .dir
@@ -466,6 +466,13 @@ impl SegmentDir {
             .create_new(true)
             .open(&tmp)
             .map_err(SegmentError::io("create", &tmp))?;
+        Ok((tmp, f))
+    }
+
+    /// A full-size temporary file whose space is reserved (fallocate) but
+    /// not written, fsynced; zero-filled where fallocate is unsupported.
+    fn create_reserved_temp(&self) -> Result<PathBuf, SegmentError> {
+        let (tmp, f) = self.new_temp_file()?;
         let r = match self.io.allocate(&f, self.seg_size.bytes()) {
             Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
                 drop(f);
@@ -489,15 +496,7 @@ impl SegmentDir {
 
     /// A full-size temporary file holding `prefix` then zeroes, fsynced.
     fn create_temp(&self, prefix: &[u8]) -> Result<PathBuf, SegmentError> {
-        let n = self.temp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .dir
-            .join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(SegmentError::io("create", &tmp))?;
+        let (tmp, f) = self.new_temp_file()?;
         let seg = self.seg_size.bytes();
         let prefix = &prefix[..prefix.len().min(seg as usize)];
         let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(seg as usize)];
