@@ -217,24 +217,12 @@ impl TestNode {
     /// SIGTERM and wait for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("node is running");
-        // SAFETY: sending a signal to our own child process.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        let end = Instant::now() + NODE_DEADLINE;
-        loop {
-            if let Some(s) = c.try_wait().expect("wait") {
-                return s;
-            }
-            if Instant::now() > end {
-                let _ = c.kill();
-                panic!(
-                    "node did not stop within {NODE_DEADLINE:?}:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        signal_and_wait(&mut c, libc::SIGTERM).unwrap_or_else(|| {
+            panic!(
+                "node did not stop within {NODE_DEADLINE:?}:\n{}",
+                self.log_text()
+            )
+        })
     }
 
     /// Start again on the same data directory and settings.
@@ -311,21 +299,28 @@ impl ChildGuard {
     /// SIGINT (pg_receivewal's clean stop), then wait (bounded).
     pub fn interrupt(&mut self) -> ExitStatus {
         let mut c = self.0.take().expect("running");
-        // SAFETY: signalling our own child process.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGINT);
+        signal_and_wait(&mut c, libc::SIGINT).expect("child did not exit after SIGINT")
+    }
+}
+
+/// Send `signal` to our child and wait for its exit status, at most
+/// `NODE_DEADLINE`; `None` (after SIGKILL) when it did not exit in time.
+fn signal_and_wait(c: &mut Child, signal: libc::c_int) -> Option<ExitStatus> {
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(c.id() as i32, signal);
+    }
+    let end = Instant::now() + NODE_DEADLINE;
+    loop {
+        if let Some(s) = c.try_wait().expect("wait") {
+            return Some(s);
         }
-        let end = Instant::now() + NODE_DEADLINE;
-        loop {
-            if let Some(s) = c.try_wait().expect("wait") {
-                return s;
-            }
-            if Instant::now() > end {
-                let _ = c.kill();
-                panic!("child did not exit after SIGINT");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() > end {
+            let _ = c.kill();
+            let _ = c.wait();
+            return None;
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
