@@ -179,18 +179,39 @@ impl DataDirLock {
             .map_err(io_err("could not write lock file", &path))
     }
 
-    /// The ports a running node recorded (for `walrep status` / `promote`).
-    pub fn read_ports(dir: &DataDir) -> Option<Vec<(String, u16)>> {
+    /// Who holds the lock, as recorded in the lock file: `None` when no
+    /// node recorded itself (never started, or stopped cleanly).
+    pub fn read_holder(dir: &DataDir) -> Option<LockHolder> {
         let text = fs::read_to_string(dir.root.join(LOCK_FILE)).ok()?;
-        Some(
-            text.lines()
-                .skip(2)
-                .filter_map(|l| {
-                    let (k, v) = l.split_once('=')?;
-                    Some((k.to_string(), v.parse().ok()?))
-                })
-                .collect(),
-        )
+        let mut lines = text.lines();
+        let pid = lines.next()?.trim().parse().ok()?;
+        let ports = lines
+            .skip(1)
+            .filter_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect();
+        Some(LockHolder { pid, ports })
+    }
+}
+
+/// The process holding a data directory's lock and the ports it listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    /// Its process id.
+    pub pid: u32,
+    /// `(parameter, port)`: `port`, `replication_port`, ... as bound.
+    pub ports: Vec<(String, u16)>,
+}
+
+impl LockHolder {
+    /// The port bound for `parameter` (`"port"`, `"replication_port"`).
+    pub fn port(&self, parameter: &str) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|(k, _)| k == parameter)
+            .map(|(_, p)| *p)
     }
 }
 
@@ -225,10 +246,10 @@ mod tests {
             e.to_string().contains(&std::process::id().to_string()),
             "{e}"
         );
-        assert_eq!(
-            DataDirLock::read_ports(&dir).unwrap(),
-            vec![("port".to_string(), 6380)]
-        );
+        let holder = DataDirLock::read_holder(&dir).unwrap();
+        assert_eq!(holder.pid, std::process::id());
+        assert_eq!(holder.ports, vec![("port".to_string(), 6380)]);
+        assert_eq!(holder.port("port"), Some(6380));
         drop(lock);
         DataDirLock::acquire(&dir, &[]).unwrap();
     }

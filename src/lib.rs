@@ -2,49 +2,48 @@
 //! replicated key-value database.
 //!
 //! The standby's recovery is the typed, IO-free state machine of the
-//! `walrep-states` crate; this crate is everything that touches the world:
-//! files, sockets, threads and clocks.
+//! `walrep-states` crate (re-exported as [`states`]); this crate is
+//! everything that touches the world: files, sockets, threads and clocks.
+//! The `walrep` binary is a thin product around it (command line,
+//! benchmarks, demo); none of that is part of this library.
 //!
-//! # Layout
+//! # Layout (the public surface)
 //!
-//! - [`datadir`]: the data directory's layout, creation and lock file.
-//! - [`config`]: `walrep.toml`, its PostgreSQL-named parameters and `-c` overrides.
 //! - [`wal`]: segment files, the record format, the group-commit WAL writer,
-//!   the validating reader and timeline history files.
+//!   the validating reader, timeline history files, and the one IO seam
+//!   every durable write goes through.
 //! - [`store`]: the ordered key-value map the WAL is applied to, its
 //!   visibility rules, checkpoints into `base/` and the control file.
-//! - [`server`]: the Redis-protocol (RESP2) front end and its sessions.
-//! - [`replication`]: PostgreSQL's replication protocol: codec, walsender,
-//!   client (walreceiver side), slots, synchronous-replication wait queue.
-//! - [`syncrep`]: synchronous replication: `synchronous_standby_names`, the
-//!   LSN-ordered wait queues and their release from standby replies.
+//! - [`replication`]: PostgreSQL's replication protocol: codec, commands,
+//!   walsender, client (walreceiver side), slots.
+//! - [`standby`]: the standby runtime that drives the recovery machine:
+//!   event sources and the action executor.
+//! - [`node`]: one running node: opens its data directory, recovers, starts
+//!   and stops its threads.
 //! - [`archive`]: `archive_command` (the archiver) and `restore_command`.
 //! - [`backup`]: base backups: BASE_BACKUP on a node, `walrep basebackup`.
-//! - [`standby`]: drives the recovery machine: event sources and the action executor.
-//! - [`status`]: HTTP `/status` (JSON) and `/metrics` (Prometheus).
-//! - [`node`]: one running node: starts and stops its threads.
-//! - [`viz`]: diagrams of the state machines and transition traces.
-//! - [`mod@bench`]: `walrep bench`, commits/s and latency beside the disk's
-//!   fdatasync rate and PostgreSQL's and Redis's figures.
-//! - [`demo`]: `walrep demo`, the main job on loopback.
-//! - [`cli`]: the `walrep` command line.
+//! - [`config`]: `walrep.toml`, its PostgreSQL-named parameters and `-c`
+//!   overrides.
+//! - [`viz`]: diagrams of the state machines, explored from the code, and
+//!   renderings of transition traces.
+//! - [`states`]: the `walrep-states` crate.
+//!
+//! Internal modules: `datadir` (layout and lock file), `server` (the Redis
+//! front end), `syncrep` (synchronous replication's wait queues), `status`
+//! (HTTP `/status` and `/metrics`), `util`.
 
 pub mod archive;
 pub mod backup;
-pub mod bench;
-pub mod cli;
 pub mod config;
-pub mod datadir;
-pub mod demo;
-pub mod logging;
+pub(crate) mod datadir;
 pub mod node;
 pub mod replication;
-pub mod server;
+pub(crate) mod server;
 pub mod standby;
-pub mod status;
+pub(crate) mod status;
 pub mod store;
-pub mod syncrep;
-pub mod util;
+pub(crate) mod syncrep;
+pub(crate) mod util;
 pub mod viz;
 pub mod wal;
 

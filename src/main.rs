@@ -1,5 +1,9 @@
-//! The `walrep` binary: parse the command line, set up logging, call the library.
+//! The `walrep` binary: parse the command line, set up logging, call the
+//! library. Everything that is product rather than library — the command
+//! line, `walrep bench`, `walrep demo`, logging set-up — lives in [`app`].
+
+mod app;
 
 fn main() -> std::process::ExitCode {
-    walrep::cli::main()
+    app::cli::main()
 }

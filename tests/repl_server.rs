@@ -581,9 +581,24 @@ fn a_stalled_client_does_not_hold_up_another() {
 }
 
 #[test]
-fn benchmark_hook_streams_and_reports() {
-    let r = walrep::replication::bench::stream_fake(4 << 20, seg()).unwrap();
-    assert_eq!(r.bytes, 4 << 20);
-    assert_eq!(r.messages, 32);
-    assert!(r.mb_per_s > 0.0);
+fn a_large_stream_arrives_whole_in_full_messages() {
+    let s = FakeServer::start(ServerOptions::default());
+    let end = s.source.advance(4 << 20);
+    let mut c = connect(&s, "");
+    assert_eq!(
+        c.start_replication(None, Lsn(0), None).unwrap(),
+        StartOutcome::Streaming
+    );
+    let mut messages = 0;
+    let mut next = Lsn(0);
+    while next < end {
+        if let StreamEvent::XLogData { start, data, .. } = c.recv(DEADLINE).unwrap() {
+            assert_eq!(start, next, "gap or overlap in the stream");
+            next = Lsn(next.0 + data.len() as u64);
+            messages += 1;
+        }
+    }
+    assert_eq!(next, end);
+    // Already-flushed WAL goes out in full 128 kB messages.
+    assert_eq!(messages, (4 << 20) / (128 * 1024));
 }

@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::archive::{self, ArchiveNotifier, ArchiverConfig, ArchiverHandle};
 use crate::config::{ArchiveMode, Config};
-use crate::datadir::{DataDir, DataDirLock};
+pub use crate::datadir::{DataDir, DataDirLock};
 use crate::replication::registry::WalSenderRegistry;
 use crate::replication::server::{ServerHandle as ReplicationServerHandle, ServerOptions};
 use crate::replication::slots::SlotManager;

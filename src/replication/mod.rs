@@ -9,16 +9,15 @@
 //! - [`scram`]: SCRAM-SHA-256 (server and client), PostgreSQL's flavour.
 //! - [`command`]: the replication command grammar, parsed into an enum.
 //! - [`source`]: [`source::ReplicationSource`], what a node must provide to
-//!   serve WAL; [`fake`] is an in-memory one for tests and benchmarks.
+//!   serve WAL; `fake` (feature `test-util`) is an in-memory one for tests.
 //! - [`registry`]: connected walsenders, their standbys' reports and lag.
 //! - [`slots`]: persistent physical replication slots.
 //! - [`server`]: the replication listener, sessions and walsenders.
 //! - [`client`]: conninfo parsing and a replication client for walreceivers.
-//! - [`mod@bench`]: a streaming-throughput measurement hook.
 
-pub mod bench;
 pub mod client;
 pub mod command;
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod pgwire;
 pub mod registry;

@@ -1,6 +1,6 @@
 //! What a node must provide for its WAL to be served: [`ReplicationSource`].
 //! The replication server and walsenders are generic over it, so they run
-//! against the in-memory [`super::fake::FakeSource`] in tests and against
+//! against the in-memory `fake::FakeSource` (feature `test-util`) in tests and against
 //! the real WAL in a node.
 
 use std::io;

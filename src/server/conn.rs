@@ -127,11 +127,6 @@ impl Conn {
         }
     }
 
-    /// Whether complete or partial requests wait in the buffer.
-    pub fn has_input(&self) -> bool {
-        self.start < self.inbuf.len()
-    }
-
     fn run_requests(&mut self) {
         let limits = Limits {
             max_bulk_len: self.session.ctx.settings.max_bulk_len,

@@ -132,6 +132,8 @@ pub struct Server {
     shutting_down: Arc<AtomicBool>,
     accept_thread: Option<JoinHandle<()>>,
     workers: Arc<Vec<Mutex<worker::WorkerHandle>>>,
+    /// The counters its sessions keep (read by the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub stats: Arc<ServerStats>,
 }
 

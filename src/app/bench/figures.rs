@@ -1,6 +1,6 @@
 //! The replication scenarios' report: each figure per repetition for walrep
 //! and for PostgreSQL measured in the same run, beside the anchors.md
-//! figure, with the ratio and the issue's target; plus the disk and CPU
+//! figure, with the ratio and the target; plus the disk and CPU
 //! probes taken around each measurement, and the JSON of all of it.
 
 use std::fmt::Write as _;
@@ -15,10 +15,10 @@ pub enum Better {
     Lower,
 }
 
-/// A target of an issue: the median of the walrep values against a bound.
+/// A target: the median of the walrep values against a bound.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Goal {
-    /// What the issue says, e.g. "≥ 600 MB/s".
+    /// The target as written, e.g. "≥ 600 MB/s".
     pub text: String,
     /// The bound; `None` = "at least PostgreSQL's same-run median".
     pub bound: Option<f64>,
@@ -27,8 +27,7 @@ pub struct Goal {
 /// One measured figure.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Figure {
-    /// The issue it belongs to (#4, #5, #6).
-    pub issue: u32,
+    /// The scenario that measured it (`stream`, `lag`, ...).
     pub scenario: String,
     pub what: String,
     pub unit: String,
@@ -45,7 +44,6 @@ pub struct Figure {
 /// A figure's summary line.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Judged {
-    pub issue: u32,
     pub scenario: String,
     pub what: String,
     pub walrep_median: f64,
@@ -58,9 +56,8 @@ pub struct Judged {
 }
 
 impl Figure {
-    pub fn new(issue: u32, scenario: &str, what: &str, unit: &str, better: Better) -> Figure {
+    pub fn new(scenario: &str, what: &str, unit: &str, better: Better) -> Figure {
         Figure {
-            issue,
             scenario: scenario.into(),
             what: what.into(),
             unit: unit.into(),
@@ -100,7 +97,6 @@ impl Figure {
             })
         });
         Judged {
-            issue: self.issue,
             scenario: self.scenario.clone(),
             what: self.what.clone(),
             walrep_median: w,
@@ -151,7 +147,7 @@ fn list(v: &[f64]) -> String {
 /// The table of all figures, one row each.
 pub fn table(figures: &[Figure]) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "| issue | figure | unit | walrep per rep | walrep median | PG15 same run per rep | PG15 anchors.md | walrep / PG | target | met |");
+    let _ = writeln!(t, "| scenario | figure | unit | walrep per rep | walrep median | PG15 same run per rep | PG15 anchors.md | walrep / PG | target | met |");
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
     for f in figures {
         let j = f.judge();
@@ -161,8 +157,8 @@ pub fn table(figures: &[Figure]) -> String {
         };
         let _ = writeln!(
             t,
-            "| #{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            f.issue,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            f.scenario,
             f.what,
             unit,
             list(&f.walrep),
@@ -218,7 +214,7 @@ mod tests {
 
     #[test]
     fn figures_are_judged_against_goals_and_postgres() {
-        let mut f = Figure::new(5, "archive", "archive replay", "MB/s", Better::Higher)
+        let mut f = Figure::new("archive", "archive replay", "MB/s", Better::Higher)
             .anchor(201.0)
             .goal(">= 600 MB/s", Some(600.0));
         f.walrep = vec![500.0, 700.0, 650.0];
@@ -229,13 +225,13 @@ mod tests {
         assert_eq!(j.met, Some(true));
         assert!((j.ratio.unwrap() - 650.0 / 225.0).abs() < 1e-9);
 
-        let mut lag = Figure::new(5, "lag", "p99", "ms", Better::Lower).goal("<= 5 ms", Some(5.0));
+        let mut lag = Figure::new("lag", "p99", "ms", Better::Lower).goal("<= 5 ms", Some(5.0));
         lag.walrep = vec![7.0];
         assert_eq!(lag.judge().met, Some(false));
         assert_eq!(lag.judge().ratio, None);
 
         // "At least PostgreSQL": the same-run median is the bound.
-        let mut s = Figure::new(4, "stream", "MB/s", "MB/s", Better::Higher)
+        let mut s = Figure::new("stream", "MB/s", "MB/s", Better::Higher)
             .anchor(380.0)
             .goal(">= PostgreSQL", None);
         s.walrep = vec![300.0];
@@ -244,7 +240,7 @@ mod tests {
         assert_eq!(s.judge().met, Some(true));
         let t = table(&[f, lag, s]);
         assert!(
-            t.contains("| #5 | archive replay | MB/s | 500 / 700 / 650 | 650 |"),
+            t.contains("| archive | archive replay | MB/s | 500 / 700 / 650 | 650 |"),
             "{t}"
         );
         assert!(t.contains("**no**"), "{t}");

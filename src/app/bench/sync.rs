@@ -1,5 +1,5 @@
 //! Commits per second and latency for each `synchronous_commit` level with
-//! one synchronous standby on this machine (issue #6), beside PostgreSQL
+//! one synchronous standby on this machine, beside PostgreSQL
 //! 15 measured by `shared/anchors/02_pgbench.sh` in the same run.
 //!
 //! A primary with `synchronous_standby_names = standby1` and a standby
@@ -24,7 +24,7 @@ use super::loadgen::{self, Load};
 use super::scenario::Ctx;
 use super::BenchError;
 
-/// Issue #6's targets.
+/// The targets.
 pub const TARGET_ONE_CLIENT_FLOOR_RATIO: f64 = 0.90;
 pub const TARGET_64_CLIENTS_ON: f64 = 48_000.0;
 /// The levels, in walrep's names, with PostgreSQL's configuration in
@@ -129,15 +129,15 @@ fn cells(clients: &[u32]) -> Vec<Cell> {
                 .find(|a| a.0 == level && a.1 == n)
                 .copied();
             let name = |what: &str| format!("{what}, synchronous_commit={level}, {n} clients");
-            let mut rps = Figure::new(6, "sync", &name("commits/s"), "commits/s", Better::Higher);
+            let mut rps = Figure::new("sync", &name("commits/s"), "commits/s", Better::Higher);
             if let Some(a) = anchor {
                 rps = rps.anchor(a.2);
             }
             if level == "on" && n == 64 {
                 rps = rps.goal(">= 48,000/s", Some(TARGET_64_CLIENTS_ON));
             }
-            let mean = Figure::new(6, "sync", &name("mean latency"), "ms", Better::Lower);
-            let mut p99 = Figure::new(6, "sync", &name("p99 latency"), "ms", Better::Lower);
+            let mean = Figure::new("sync", &name("mean latency"), "ms", Better::Lower);
+            let mut p99 = Figure::new("sync", &name("p99 latency"), "ms", Better::Lower);
             if let Some(p) = anchor.and_then(|a| a.3) {
                 p99 = p99.anchor(p);
             }
@@ -261,7 +261,6 @@ const MAX_PROBE_SPREAD: f64 = 2.0;
 /// `inputs`: fdatasync µs before and after the run, round trip µs, commits/s.
 fn floor_figure(ctx: &mut Ctx<'_>, inputs: &[(f64, f64, f64, f64)]) {
     let mut f = Figure::new(
-        6,
         "sync",
         "1 client, synchronous_commit=on, share of the floor (2 fdatasyncs + loopback round trip)",
         "ratio",

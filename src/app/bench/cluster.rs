@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::procs::{free_port, wait_ready, Child};
 use super::BenchError;
-use crate::Lsn;
+use walrep::Lsn;
 
 /// Bound on one RESP command's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,5 +1,4 @@
-//! The replication scenarios of `walrep bench --scenario ...` (issues #4,
-//! #5, #6): what they share — the run directory, this binary, the disk and
+//! The replication scenarios of `walrep bench --scenario ...`: what they share — the run directory, this binary, the disk and
 //! CPU probes around every measurement, the figures — and the order they
 //! run in. Each scenario lives in its own module.
 
@@ -167,8 +166,8 @@ fn finish(ctx: Ctx<'_>, scenarios: &[Scenario], elapsed: Duration) -> ScenarioRe
     for j in &judged {
         if let (Some(t), Some(met)) = (&j.target, j.met) {
             println!(
-                "target #{}: {} {}: {} -> {}",
-                j.issue,
+                "target ({}): {} {}: {} -> {}",
+                j.scenario,
                 j.what,
                 t,
                 figures::fmt_num(j.walrep_median),

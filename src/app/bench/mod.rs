@@ -3,17 +3,19 @@
 //! the same run too. A benchmark that prints figures, never a test.
 //!
 //! Scenarios (`--scenario`, comma-separated):
-//! - `commit` (default, issue #2): durable commits per second and latency
-//!   of a lone primary under redis-benchmark, beside the fdatasync rate,
-//!   PostgreSQL (pgbench) and Redis with AOF;
-//! - `stream` (#4): WAL MB/s delivered to the real `pg_receivewal`;
-//! - `catchup`, `archive-replay` (#5): a standby replaying ~1 GB of WAL
-//!   from the stream or from the archive (these three share one WAL load);
-//! - `lag` (#5): replication lag under 64 asynchronous clients;
-//! - `promote` (#5): promotion request to the first accepted write;
-//! - `sync` (#6): commits/s and latency per `synchronous_commit` level with
-//!   one synchronous standby, and the one-client floor;
-//! - `replication`: all of the above but `commit`.
+//! - `commit` (default): durable commits per second and latency of a lone
+//!   primary under redis-benchmark, beside the fdatasync rate, PostgreSQL
+//!   (pgbench) and Redis with AOF;
+//! - `stream`: WAL MB/s delivered to the real `pg_receivewal`;
+//! - `catchup`, `archive-replay`: a standby replaying ~1 GB of WAL from the
+//!   stream or from the archive (these three share one WAL load);
+//! - `lag`: replication lag under 64 asynchronous clients;
+//! - `promote`: promotion request to the first accepted write;
+//! - `sync`: commits/s and latency per `synchronous_commit` level with one
+//!   synchronous standby, and the one-client floor;
+//! - `replication`: all of the above but `commit`;
+//! - `wal`: the WAL writer alone (no node, no network), beside the raw
+//!   fdatasync rate.
 //!
 //! # Layout
 //! - [`fsync`]: the fdatasync probe (pg_test_fsync's 8 kB write + fdatasync)
@@ -22,11 +24,12 @@
 //!   stopped by a guard.
 //! - [`loadgen`]: redis-benchmark runs and its CSV output.
 //! - [`pg`]: PostgreSQL 15 with pgbench, as `shared/anchors/02_pgbench.sh`.
-//! - [`report`]: medians, tables beside anchors.md, targets, JSON (#2).
-//! - [`cluster`]: walrep primaries and standbys, INFO, waits (#4-#6).
-//! - [`anchors`]: the anchor scripts themselves, run and parsed (#4-#6).
+//! - [`report`]: medians, tables beside anchors.md, targets, JSON.
+//! - [`cluster`]: walrep primaries and standbys, INFO, waits.
+//! - [`anchors`]: the anchor scripts themselves, run and parsed.
 //! - [`scenario`], [`bulk`], [`lag`], [`promote`], [`sync`]: the scenarios.
 //! - [`figures`]: their figures, ratios, targets and probe tables.
+//! - [`wal_micro`]: the `wal` scenario.
 //!
 //! Noise: the machine is shared, so the fdatasync rate is probed right
 //! before and after every run and each run's ratio uses the mean of its
@@ -45,6 +48,7 @@ pub mod promote;
 pub mod report;
 pub mod scenario;
 pub mod sync;
+pub mod wal_micro;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -119,22 +123,24 @@ impl Level {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
-    /// Issue #2: durable commits of a lone primary.
+    /// Durable commits of a lone primary.
     Commit,
-    /// Issue #4: WAL MB/s to pg_receivewal.
+    /// WAL MB/s to pg_receivewal.
     Stream,
-    /// Issue #5: catch-up replay from the stream.
+    /// Catch-up replay from the stream.
     Catchup,
-    /// Issue #5: replay from the archive.
+    /// Replay from the archive.
     ArchiveReplay,
-    /// Issue #5: lag of an async standby under 64 clients.
+    /// Lag of an async standby under 64 clients.
     Lag,
-    /// Issue #5: promotion to the first accepted write.
+    /// Promotion to the first accepted write.
     Promote,
-    /// Issue #6: every synchronous_commit level with a sync standby.
+    /// Every synchronous_commit level with a sync standby.
     Sync,
-    /// Every replication scenario (all but commit).
+    /// Every replication scenario (all but commit and wal).
     Replication,
+    /// The WAL writer alone, beside the raw fdatasync rate.
+    Wal,
 }
 
 impl Scenario {
@@ -148,6 +154,7 @@ impl Scenario {
             Scenario::Promote => "promote",
             Scenario::Sync => "sync",
             Scenario::Replication => "replication",
+            Scenario::Wal => "wal",
         }
     }
 
@@ -189,9 +196,9 @@ impl Scenario {
 /// Options of `walrep bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// What to measure, comma-separated: commit (issue #2), stream,
-    /// catchup, archive-replay, lag, promote, sync, or replication (all
-    /// but commit).
+    /// What to measure, comma-separated: commit, stream, catchup,
+    /// archive-replay, lag, promote, sync, replication (all the replication
+    /// scenarios) or wal (the WAL writer alone).
     #[arg(long = "scenario", value_delimiter = ',', default_value = "commit")]
     pub scenarios: Vec<Scenario>,
     /// Client counts (redis-benchmark -c), comma-separated.
@@ -313,9 +320,9 @@ pub struct BenchReport {
 /// What one `walrep bench` run measured (the JSON file).
 #[derive(Debug, serde::Serialize)]
 pub struct RunReport {
-    /// The `commit` scenario (issue #2).
+    /// The `commit` scenario.
     pub commit: Option<BenchReport>,
-    /// The replication scenarios (#4, #5, #6).
+    /// The replication scenarios.
     pub replication: Option<scenario::ScenarioReport>,
 }
 
@@ -328,9 +335,12 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     } else {
         None
     };
+    if scenarios.contains(&Scenario::Wal) {
+        wal_micro::run(args)?;
+    }
     let others: Vec<Scenario> = scenarios
         .into_iter()
-        .filter(|s| *s != Scenario::Commit)
+        .filter(|s| !matches!(s, Scenario::Commit | Scenario::Wal))
         .collect();
     let replication = if others.is_empty() {
         None
@@ -343,7 +353,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     })
 }
 
-/// Issue #2's scenario: commits of a lone primary.
+/// The `commit` scenario: commits of a lone primary.
 fn run_commit(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     require_tool("redis-benchmark")?;
     if args.anchors.is_some() {

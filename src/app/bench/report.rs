@@ -1,6 +1,6 @@
 //! Summaries, the printed tables and the JSON file: every figure beside
 //! PostgreSQL 15's and Redis's from `shared/anchors.md` and as a ratio to
-//! the fdatasync rate measured in the same run, and the targets of issue #2.
+//! the fdatasync rate measured in the same run, and the targets.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -29,9 +29,9 @@ pub const REDIS_ANCHORS: &[(&str, u32, f64)] = &[
     ("no", 64, 160_772.0),
 ];
 
-/// Issue #2: one client with `local` reaches this share of the fdatasync rate.
+/// One client with `local` reaches this share of the fdatasync rate.
 pub const TARGET_ONE_CLIENT_RATIO: f64 = 0.90;
-/// Issue #2: 64 clients with `local` reach this many durable commits/s.
+/// 64 clients with `local` reach this many durable commits/s.
 pub const TARGET_64_CLIENTS_RPS: f64 = 80_000.0;
 
 /// One measured run.
@@ -69,7 +69,7 @@ pub struct Summary {
     pub wal_batch_records: Option<f64>,
 }
 
-/// A target of the issue and whether this run met it.
+/// A target and whether this run met it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Target {
     pub what: String,
@@ -127,7 +127,7 @@ pub fn summarise(cells: &[Cell]) -> Vec<Summary> {
         .collect()
 }
 
-/// The issue's targets, judged on the walrep summaries.
+/// The targets, judged on the walrep summaries.
 pub fn targets(summaries: &[Summary]) -> Vec<Target> {
     let find = |clients| {
         summaries

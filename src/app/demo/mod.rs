@@ -117,9 +117,9 @@ fn start_primary(dirs: &Dirs) -> anyhow::Result<NodeProcess> {
             dirs.primary.display()
         ),
     );
-    crate::node::init::init(
+    walrep::node::init::init(
         &dirs.primary,
-        crate::WalSegSize::new(1 << 20).expect("1MB is valid"),
+        walrep::WalSegSize::new(1 << 20).expect("1MB is valid"),
     )?;
     let settings = vec![
         "archive_mode=on".to_string(),
@@ -150,8 +150,8 @@ fn start_standby(dirs: &Dirs, primary: &NodeProcess) -> anyhow::Result<NodeProce
             dirs.standby.display()
         ),
     );
-    let summary = crate::backup::client::run(
-        &crate::backup::client::BasebackupOptions {
+    let summary = walrep::backup::client::run(
+        &walrep::backup::client::BasebackupOptions {
             host: "127.0.0.1".into(),
             port: primary.replication_port,
             datadir: dirs.standby.clone(),
@@ -163,7 +163,7 @@ fn start_standby(dirs: &Dirs, primary: &NodeProcess) -> anyhow::Result<NodeProce
             max_rate_kbps: 0,
             timeout: Duration::from_secs(60),
         },
-        &mut crate::backup::client::NoProgress,
+        &mut walrep::backup::client::NoProgress,
     )
     .context("base backup")?;
     say(
@@ -381,11 +381,11 @@ fn summary(
     let trace = dirs
         .standby
         .join("log")
-        .join(crate::standby::tracelog::TRACE_FILE);
+        .join(walrep::standby::tracelog::TRACE_FILE);
     let diagram = dirs.root.join("standby.svg");
     std::fs::write(
         &diagram,
-        crate::viz::standby_diagram(crate::viz::Format::Svg),
+        walrep::viz::standby_diagram(walrep::viz::Format::Svg),
     )?;
     println!();
     println!("walrep demo: OK in {:.1}s", started.elapsed().as_secs_f64());

@@ -1,4 +1,4 @@
-//! Promotion time (issue #5): from the promotion request to the first write
+//! Promotion time: from the promotion request to the first write
 //! the promoted standby accepts, as `shared/anchors/04_promote.sh` measures
 //! PostgreSQL (method B: one already-connected session retrying its write
 //! in a tight loop; t0 just before the promote command is started).
@@ -23,7 +23,7 @@ use super::BenchError;
 
 /// PostgreSQL 15, anchors.md: promote to first write (ms, same session).
 pub const PG_PROMOTE_MS: f64 = 29.0;
-/// Issue #5's target (ms).
+/// The target (ms).
 pub const TARGET_PROMOTE_MS: f64 = 5.0;
 /// Idle time after catch-up, as the script.
 const IDLE: Duration = Duration::from_secs(2);
@@ -52,7 +52,6 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
     let primary = Node::start(&ctx.exe, &pdir, &[])?;
     seed(&primary)?;
     let mut cmd_f = Figure::new(
-        5,
         "promote",
         "`walrep promote` to the first accepted write (same session)",
         "ms",
@@ -61,7 +60,6 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
     .anchor(PG_PROMOTE_MS)
     .goal("<= 5 ms", Some(TARGET_PROMOTE_MS));
     let mut file_f = Figure::new(
-        5,
         "promote",
         "promote_trigger_file created to the first accepted write",
         "ms",

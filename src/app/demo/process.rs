@@ -63,9 +63,9 @@ impl NodeProcess {
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let child = cmd.spawn().context("start walrep")?;
-        let pid = child.id().to_string();
+        let pid = child.id();
         self.child = Some(child);
-        let lock = self.datadir.join(crate::datadir::LOCK_FILE);
+        let dir = walrep::node::DataDir::new(&self.datadir);
         let deadline = Instant::now() + NODE_DEADLINE;
         loop {
             if let Some(status) = self
@@ -79,21 +79,12 @@ impl NodeProcess {
                     self.log.display()
                 );
             }
-            if let Ok(text) = fs::read_to_string(&lock) {
-                let mut lines = text.lines();
-                if lines.next() == Some(pid.as_str()) {
-                    for l in lines.skip(1) {
-                        match l.split_once('=') {
-                            Some(("port", p)) => self.port = p.parse().unwrap_or(0),
-                            Some(("replication_port", p)) => {
-                                self.replication_port = p.parse().unwrap_or(0)
-                            }
-                            _ => {}
-                        }
-                    }
-                    if self.port != 0 && self.client().is_ok() {
-                        return Ok(());
-                    }
+            let holder = walrep::node::DataDirLock::read_holder(&dir);
+            if let Some(h) = holder.filter(|h| h.pid == pid) {
+                self.port = h.port("port").unwrap_or(0);
+                self.replication_port = h.port("replication_port").unwrap_or(0);
+                if self.port != 0 && self.client().is_ok() {
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
@@ -150,12 +141,6 @@ impl NodeProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    /// Start again with the same settings.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill9();
-        self.launch()
     }
 }
 

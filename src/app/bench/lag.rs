@@ -1,5 +1,5 @@
 //! Replication lag of an asynchronous standby under a steady load of 64
-//! clients with `synchronous_commit = off` (issue #5), as
+//! clients with `synchronous_commit = off`, as
 //! `shared/anchors/03_lag.sh` measures PostgreSQL (`64:off`).
 //!
 //! Load: redis-benchmark SET, 16-byte values, random keys over 100k, 64
@@ -28,12 +28,12 @@ use super::figures::{percentile, Better, Figure};
 use super::loadgen::{self, Load};
 use super::scenario::Ctx;
 use super::BenchError;
-use crate::Lsn;
+use walrep::Lsn;
 
 /// PostgreSQL 15, anchors.md: replay lag with 64 async clients (ms).
 pub const PG_LAG_P50_MS: f64 = 120.0;
 pub const PG_LAG_P99_MS: f64 = 322.0;
-/// Issue #5's target for p99 (ms).
+/// The target for p99 (ms).
 pub const TARGET_LAG_P99_MS: f64 = 5.0;
 /// Sampling period.
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
@@ -64,7 +64,6 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
     let standby = Node::start(&ctx.exe, &sdir, &[])?;
     let mut figs = [
         Figure::new(
-            5,
             "lag",
             "replay lag p50 (primary's replay_lag_ms, 64 clients async)",
             "ms",
@@ -72,7 +71,6 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
         )
         .anchor(PG_LAG_P50_MS),
         Figure::new(
-            5,
             "lag",
             "replay lag p99 (primary's replay_lag_ms, 64 clients async)",
             "ms",
@@ -81,22 +79,19 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
         .anchor(PG_LAG_P99_MS)
         .goal("<= 5 ms", Some(TARGET_LAG_P99_MS)),
         Figure::new(
-            5,
             "lag",
             "key visible on the standby after the primary's reply, p50",
             "ms",
             Better::Lower,
         ),
         Figure::new(
-            5,
             "lag",
             "key visible on the standby after the primary's reply, p99",
             "ms",
             Better::Lower,
         ),
-        Figure::new(5, "lag", "bytes behind replay p99", "bytes", Better::Lower),
+        Figure::new("lag", "bytes behind replay p99", "bytes", Better::Lower),
         Figure::new(
-            5,
             "lag",
             "load during the lag samples",
             "SET/s",

@@ -8,13 +8,13 @@
 //!    the target so pg_receivewal (which stops only *beyond* `--endpos`)
 //!    can finish, and `archive_timeout` to complete and archive the last
 //!    segment (PostgreSQL's script calls `pg_switch_wal()`);
-//! 3. `stream` (#4): the real `pg_receivewal -S slot -E TARGET`, async and
+//! 3. `stream`: the real `pg_receivewal -S slot -E TARGET`, async and
 //!    `--synchronous`, MB/s = bytes from its start position to TARGET over
 //!    the process's wall time;
-//! 4. `catchup` (#5): a standby from a copy of `bb_preload` with the
+//! 4. `catchup`: a standby from a copy of `bb_preload` with the
 //!    primary's `primary_conninfo` and a slot; MB/s = (TARGET − backup
 //!    start) over the time from `walrep start` to `replay_lsn ≥ TARGET`;
-//! 5. `archive-replay` (#5): the primary stopped; a standby from a copy of
+//! 5. `archive-replay`: the primary stopped; a standby from a copy of
 //!    `bb_preload` with `restore_command = cp ARCHIVE/%f %p` only.
 //!
 //! MB = 1e6 bytes, as the script. The standby's CPU seconds (process and
@@ -31,14 +31,14 @@ use super::figures::{Better, Figure};
 use super::procs::Child;
 use super::scenario::Ctx;
 use super::BenchError;
-use crate::Lsn;
+use walrep::Lsn;
 
 /// PostgreSQL 15 in anchors.md (MB/s).
 pub const PG_RECEIVEWAL_MBPS: f64 = 380.0;
 pub const PG_RECEIVEWAL_SYNC_MBPS: f64 = 378.0;
 pub const PG_CATCHUP_MBPS: f64 = 237.0;
 pub const PG_ARCHIVE_REPLAY_MBPS: f64 = 201.0;
-/// Issue #5's targets (MB/s).
+/// The targets (MB/s).
 pub const TARGET_ARCHIVE_REPLAY_MBPS: f64 = 600.0;
 pub const TARGET_CATCHUP_MBPS: f64 = 700.0;
 
@@ -86,7 +86,6 @@ pub fn run(ctx: &mut Ctx<'_>, parts: &[Part]) -> Result<(), BenchError> {
     }
     if parts.contains(&Part::Catchup) {
         let f = Figure::new(
-            5,
             "catchup",
             "standby catch-up replay from the stream",
             "MB/s",
@@ -106,7 +105,6 @@ pub fn run(ctx: &mut Ctx<'_>, parts: &[Part]) -> Result<(), BenchError> {
     primary.stop();
     if parts.contains(&Part::ArchiveReplay) {
         let f = Figure::new(
-            5,
             "archive-replay",
             "standby replay from the archive (restore_command = cp)",
             "MB/s",
@@ -219,7 +217,7 @@ fn replay_reps(
 /// Slots reserved before the load (PostgreSQL's script does the same), so
 /// the primary keeps all of it for pg_receivewal and the catch-up standbys.
 fn create_slots(primary: &Node, reps: u32) -> Result<(), BenchError> {
-    use crate::replication::client::{ConnInfo, ReplicationClient};
+    use walrep::replication::client::{ConnInfo, ReplicationClient};
     let info = ConnInfo::parse(&primary.conninfo("bench"))
         .map_err(|e| BenchError::Server(format!("conninfo: {e}")))?;
     let mut c = ReplicationClient::connect(&info, Duration::from_secs(30))
@@ -310,9 +308,9 @@ fn wait_archived(conn: &mut Resp, target: Lsn) -> Result<(), BenchError> {
         .info("server")?
         .get("wal_segment_size")
         .and_then(|v| v.parse().ok())
-        .and_then(|b| crate::WalSegSize::new(b).ok())
+        .and_then(|b| walrep::WalSegSize::new(b).ok())
         .ok_or_else(|| BenchError::Server("INFO server has no wal_segment_size".into()))?;
-    let name = target.segno(seg).file_name(crate::TimelineId::FIRST, seg);
+    let name = target.segno(seg).file_name(walrep::TimelineId::FIRST, seg);
     cluster::wait_for("archiving of the load", REPLAY_LIMIT, POLL * 10, || {
         let last = conn.info("persistence")?.get("last_archived_wal").cloned();
         Ok(last.filter(|l| l.as_str() >= name.as_str()).map(|_| ()))
@@ -328,7 +326,6 @@ fn stream(
     loaded: &Loaded,
 ) -> Result<Vec<Figure>, BenchError> {
     let mut async_f = Figure::new(
-        4,
         "stream",
         "pg_receivewal from the primary (async)",
         "MB/s",
@@ -337,7 +334,6 @@ fn stream(
     .anchor(PG_RECEIVEWAL_MBPS)
     .goal(">= PostgreSQL's rate", None);
     let mut sync_f = Figure::new(
-        4,
         "stream",
         "pg_receivewal --synchronous",
         "MB/s",

@@ -6,12 +6,27 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::node::{RunningNode, StartOptions};
-use crate::WalSegSize;
+use walrep::node::{RunningNode, StartOptions};
+use walrep::WalSegSize;
 
 /// walrep: PostgreSQL's physical streaming replication for a key-value database.
 #[derive(Debug, Parser)]
-#[command(name = "walrep", version, about, long_about = None)]
+#[command(
+    name = "walrep",
+    version,
+    about,
+    long_about = None,
+    after_help = "A primary and a standby on one machine:\n  \
+        walrep init /srv/primary\n  \
+        walrep start /srv/primary &\n  \
+        walrep basebackup --from 127.0.0.1:5433 -D /srv/standby -R\n  \
+        walrep start /srv/standby -c port=6381 -c replication_port=5434 &\n  \
+        walrep status /srv/standby\n  \
+        walrep promote /srv/standby\n\n\
+        The Redis port (6380 by default) takes redis-cli; the replication port \
+        (5433) takes pg_receivewal, pg_basebackup and psql.\n\
+        `walrep demo` runs all of this on loopback and checks every write."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -27,22 +42,29 @@ pub enum Command {
         #[arg(long, default_value = "16MB", value_parser = parse_seg_size)]
         wal_segment_size: WalSegSize,
     },
-    /// Run a node on a data directory until SIGINT or SIGTERM.
+    /// Run a node on a data directory until SIGINT or SIGTERM: a primary,
+    /// or a standby when the directory holds standby.signal.
     Start {
+        /// The data directory (made by `walrep init` or `walrep basebackup`).
         datadir: PathBuf,
         /// Override a parameter of walrep.toml, as `postgres -c name=value`.
         #[arg(short = 'c', value_name = "NAME=VALUE")]
         overrides: Vec<String>,
     },
-    /// Benchmark durable commits (SET under redis-benchmark) of a fresh
-    /// node against the disk's fdatasync rate, optionally beside
-    /// PostgreSQL 15 and Redis measured in the same run.
-    Bench(crate::bench::BenchArgs),
+    /// Measure walrep on this machine: durable commits, WAL streaming,
+    /// catch-up, replication lag, promotion and synchronous replication,
+    /// each beside the disk's fdatasync rate and, with --anchors,
+    /// beside PostgreSQL 15 and Redis measured in the same run.
+    Bench(crate::app::bench::BenchArgs),
     /// Show a running node's role, recovery state, LSNs and lag (from INFO).
-    Status { datadir: PathBuf },
+    Status {
+        /// The data directory of the running node.
+        datadir: PathBuf,
+    },
     /// Promote a running standby (PostgreSQL's pg_ctl promote): ask it to
     /// finish recovery and accept writes, and wait until it does.
     Promote {
+        /// The data directory of the running standby.
         datadir: PathBuf,
         /// Seconds to wait for the promotion to complete (0 = do not wait).
         #[arg(long, default_value_t = 60)]
@@ -139,7 +161,7 @@ pub enum VizFormat {
 }
 
 fn parse_seg_size(s: &str) -> Result<WalSegSize, String> {
-    let bytes = crate::config::parse_size(s)?.ok_or("the WAL segment size cannot be -1")?;
+    let bytes = walrep::config::parse_size(s)?.ok_or("the WAL segment size cannot be -1")?;
     WalSegSize::new(bytes).map_err(|e| e.to_string())
 }
 
@@ -161,8 +183,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             datadir,
             wal_segment_size,
         } => {
-            crate::logging::init("warn");
-            let control = crate::node::init::init(&datadir, wal_segment_size)?;
+            crate::app::logging::init("warn");
+            let control = walrep::node::init::init(&datadir, wal_segment_size)?;
             println!(
                 "walrep: created data directory {} (system identifier {}, WAL segment size {}MB, timeline 1)",
                 datadir.display(),
@@ -174,14 +196,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Start { datadir, overrides } => {
             let level = peek_log_level(&datadir, &overrides);
-            crate::logging::init(&level);
+            crate::app::logging::init(&level);
             let node = RunningNode::start(&datadir, &StartOptions { overrides })?;
             let why = node.wait_for_exit()?;
             tracing::info!(reason = ?why, "shutdown requested");
             node.stop()?;
             match why {
-                crate::node::ExitRequest::Signal(_) => Ok(ExitCode::SUCCESS),
-                crate::node::ExitRequest::Fatal(message) => {
+                walrep::node::ExitRequest::Signal(_) => Ok(ExitCode::SUCCESS),
+                walrep::node::ExitRequest::Fatal(message) => {
                     anyhow::bail!("recovery failed: {message}")
                 }
             }
@@ -198,10 +220,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
-            crate::logging::init("warn");
-            let report = crate::bench::run(&args)?;
+            crate::app::logging::init("warn");
+            let report = crate::app::bench::run(&args)?;
             if let Some(path) = &args.json {
-                crate::bench::write_json(&report, path)?;
+                crate::app::bench::write_json(&report, path)?;
                 println!("JSON written to {}", path.display());
             }
             Ok(ExitCode::SUCCESS)
@@ -211,8 +233,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clients,
             seconds,
         } => {
-            crate::logging::init("warn");
-            crate::demo::run(&crate::demo::DemoOptions {
+            crate::app::logging::init("warn");
+            crate::app::demo::run(&crate::app::demo::DemoOptions {
                 dir,
                 clients: clients.clamp(1, 256),
                 load_seconds: seconds,
@@ -230,13 +252,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_rate_kbps,
             timeout,
         } => {
-            crate::logging::init("warn");
+            crate::app::logging::init("warn");
             let (host, port) = parse_host_port(&from)?;
-            let opts = crate::backup::client::BasebackupOptions {
+            let opts = walrep::backup::client::BasebackupOptions {
                 host,
                 port,
                 datadir,
-                user: user.unwrap_or_else(|| crate::replication::client::ConnInfo::default().user),
+                user: user.unwrap_or_else(|| walrep::replication::client::ConnInfo::default().user),
                 password: std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
                 application_name,
                 write_standby_config,
@@ -248,9 +270,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::DefaultConfig { markdown } => {
             if markdown {
-                print!("{}", crate::config::reference_markdown());
+                print!("{}", walrep::config::reference_markdown());
             } else {
-                print!("{}", crate::config::Config::template());
+                print!("{}", walrep::config::Config::template());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -261,11 +283,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// `walrep status`: ask the node running in `datadir` (its port is in
 /// walrep.pid) for INFO and print the fields an operator looks at first.
 fn status(datadir: &std::path::Path) -> anyhow::Result<String> {
-    use crate::demo::client::{Reply, RespClient};
-    let dir = crate::datadir::DataDir::new(datadir);
+    use crate::app::demo::client::{Reply, RespClient};
+    let dir = walrep::node::DataDir::new(datadir);
     dir.check()?;
-    let port = crate::datadir::DataDirLock::read_ports(&dir)
-        .and_then(|p| p.into_iter().find(|(k, _)| k == "port").map(|(_, v)| v))
+    let port = walrep::node::DataDirLock::read_holder(&dir)
+        .and_then(|h| h.port("port"))
         .filter(|p| *p != 0)
         .ok_or_else(|| anyhow::anyhow!("no walrep is running in {}", datadir.display()))?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -334,12 +356,12 @@ fn status(datadir: &std::path::Path) -> anyhow::Result<String> {
 /// `walrep promote`: write the request file the standby's trigger watcher
 /// looks for, then wait for the control file to say "in production".
 fn promote(datadir: &std::path::Path, wait_seconds: u64) -> anyhow::Result<()> {
-    let dir = crate::datadir::DataDir::new(datadir);
+    let dir = walrep::node::DataDir::new(datadir);
     dir.check()?;
-    crate::datadir::DataDirLock::read_ports(&dir)
-        .filter(|p| !p.is_empty())
+    walrep::node::DataDirLock::read_holder(&dir)
+        .filter(|h| !h.ports.is_empty())
         .ok_or_else(|| anyhow::anyhow!("no walrep is running in {}", datadir.display()))?;
-    crate::standby::trigger::request_promotion(datadir)?;
+    walrep::standby::trigger::request_promotion(datadir)?;
     if wait_seconds == 0 {
         println!("server promoting");
         return Ok(());
@@ -347,8 +369,8 @@ fn promote(datadir: &std::path::Path, wait_seconds: u64) -> anyhow::Result<()> {
     print!("waiting for server to promote...");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_seconds);
     loop {
-        if let Ok(c) = crate::store::ControlFile::read(datadir) {
-            if c.state == crate::store::ClusterState::InProduction {
+        if let Ok(c) = walrep::store::ControlFile::read(datadir) {
+            if c.state == walrep::store::ClusterState::InProduction {
                 println!(" done\nserver promoted (timeline {})", c.timeline);
                 return Ok(());
             }
@@ -364,15 +386,15 @@ fn promote(datadir: &std::path::Path, wait_seconds: u64) -> anyhow::Result<()> {
 /// The log level before the configuration is fully validated (errors in it
 /// are reported by start-up itself).
 fn peek_log_level(datadir: &std::path::Path, overrides: &[String]) -> String {
-    let dir = crate::datadir::DataDir::new(datadir);
-    crate::config::Config::load(&dir.config_file(), overrides)
+    let dir = walrep::node::DataDir::new(datadir);
+    walrep::config::Config::load(&dir.config_file(), overrides)
         .map(|c| c.log_level)
         .unwrap_or_else(|_| "info".into())
 }
 
 /// `walrep viz`: diagrams to a file or stdout; traces to stdout.
 fn run_viz(what: VizCommand) -> anyhow::Result<ExitCode> {
-    use crate::viz::{render_trace, standby_diagram, Format};
+    use walrep::viz::{render_trace, standby_diagram, Format};
     match what {
         VizCommand::States { format, output } => {
             let format = match format {
@@ -412,11 +434,11 @@ fn parse_host_port(s: &str) -> anyhow::Result<(String, u16)> {
 }
 
 fn basebackup(
-    opts: &crate::backup::client::BasebackupOptions,
+    opts: &walrep::backup::client::BasebackupOptions,
     progress: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut reporter = crate::backup::client::progress_reporter(progress);
-    let s = crate::backup::client::run(opts, reporter.as_mut())?;
+    let mut reporter = crate::app::progress::progress_reporter(progress);
+    let s = walrep::backup::client::run(opts, reporter.as_mut())?;
     println!(
         "walrep: base backup of system {} written to {}: WAL {} to {} on timeline {}, {} files, {} MB, {} keys in the snapshot, {} WAL records checked, {:.1}s",
         s.system_id,
