@@ -2,35 +2,25 @@
 //! a failing archive_command keeps the segment until it succeeds, order,
 //! back-off, signals, orphans, wake-ups and shutdown.
 
+mod support;
+
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
+use support::process::{process_gone, read_pid};
+use support::{wait_until, DEADLINE};
 use walrep::archive::{
     mark_ready, retry_delay, segment_removable, spawn_archiver, ArchiverConfig, ArchiverHandle,
     ArchiverStats,
 };
 use walrep::config::ArchiveMode;
 
-/// Every wait in these tests gives up after this long, with a message.
-const DEADLINE: Duration = Duration::from_secs(30);
 const SEG_BYTES: usize = 1 << 20;
-
-/// Poll `cond` until it holds or [`DEADLINE`] passes.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// Everything logged by this test binary (all tests share one global subscriber).
 #[derive(Clone, Default)]
@@ -388,20 +378,6 @@ fn an_orphan_ready_file_is_removed_and_archiving_goes_on() {
     });
     assert!(!fx.status(orphan, ".ready").exists());
     assert!(!fx.status(orphan, ".done").exists());
-}
-
-/// Whether a process is gone (or a zombie waiting for init to reap it).
-fn process_gone(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
-}
-
-fn read_pid(path: &Path) -> Option<u32> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[test]

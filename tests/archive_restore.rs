@@ -2,34 +2,26 @@
 //! command not found, killed by a signal, hanging (timed out, process group
 //! killed), wrong size, placeholders, and installing the restored file.
 
+mod support;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::bounded;
+use support::process::{process_gone, read_pid};
+use support::wait_until;
 use walrep::archive::{
     is_archived, keep_restored_file, ArchiveMark, NotFoundReason, RestoreCommand, RestoreFailure,
     RestoreOutcome, RestoredFile,
 };
 use walrep::states::WalSegSize;
 
-const DEADLINE: Duration = Duration::from_secs(30);
 const SEG_BYTES: u64 = 1 << 20;
 const SEG: &str = "000000010000000000000003";
 const HISTORY: &str = "00000002.history";
 const HISTORY_TEXT: &str = "1\t0/3000100\tno recovery target specified\n";
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// A standby data directory and an archive holding one segment and one
 /// history file; both paths contain spaces.
@@ -249,20 +241,6 @@ fn killed_by_a_signal_is_a_failure() {
         .runner("sh -c 'kill -TERM $$'; exit $?")
         .restore(SEG, None, None);
     assert_eq!(failure(&outcome), &RestoreFailure::ShellError { code: 143 });
-}
-
-/// Whether a process is gone (or a zombie waiting for init to reap it).
-fn process_gone(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
-}
-
-fn read_pid(path: &Path) -> Option<u32> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[test]

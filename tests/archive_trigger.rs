@@ -1,17 +1,17 @@
 //! The trigger watcher thread: promote_trigger_file and the `walrep promote`
 //! request file are seen, removed and reported; shutdown stops the thread.
 
+mod support;
+
 use std::fs;
 use std::thread;
-use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
+use support::DEADLINE;
 use walrep::standby::trigger::{
     request_promotion, spawn_trigger_watcher, spawn_trigger_watcher_with_sender, TriggerConfig,
     TriggerEvent, TriggerWatcherHandle, PROMOTE_SIGNAL_FILE, STANDBY_SIGNAL_FILE,
 };
-
-const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Join a watcher after shutdown, within [`DEADLINE`].
 fn join_within_deadline(handle: TriggerWatcherHandle) {

@@ -5,7 +5,7 @@
 //! archive members) leave nothing behind; PostgreSQL 15's pg_basebackup
 //! (-Ft and -Fp, -X fetch/stream) takes a backup pg_verifybackup accepts.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use support::node::{init_datadir, walrep, TestNode};
+use support::tools::tool;
+use support::{file_names, wait_for};
 use walrep::backup::client::{run, BasebackupOptions, NoProgress};
 use walrep::backup::verify::{verify, Expected};
 
@@ -197,7 +199,7 @@ fn the_cli_takes_a_backup_with_progress_lines() {
 }
 
 fn pg_basebackup(node: &TestNode, dir: &Path, args: &[&str]) -> Option<std::process::Output> {
-    let bin = pg_tool("pg_basebackup")?;
+    let bin = tool("pg_basebackup")?;
     Some(
         Command::new(bin)
             .args(["-h", "127.0.0.1", "-p", &node.replication_port.to_string()])
@@ -211,7 +213,7 @@ fn pg_basebackup(node: &TestNode, dir: &Path, args: &[&str]) -> Option<std::proc
 }
 
 fn pg_verifybackup(dir: &Path) -> Option<std::process::Output> {
-    let bin = pg_tool("pg_verifybackup")?;
+    let bin = tool("pg_verifybackup")?;
     Some(
         Command::new(bin)
             .arg("-n")

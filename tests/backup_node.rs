@@ -5,17 +5,18 @@
 //! `walrep basebackup` and nothing is written outside (or left in) the
 //! target.
 
-mod repl_support;
+mod support;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use repl_support::*;
+use support::node::InProcessNode;
+use support::wal::{seg, SYSTEM_ID};
+use support::DEADLINE;
 use walrep::backup::client::{run, BasebackupError, BasebackupOptions, NoProgress};
 use walrep::node::checkpoint::CheckpointCause;
-use walrep::node::{RunningNode, StartOptions};
 use walrep::replication::client::{ConnInfo, ReplicationClient};
 use walrep::replication::command::BaseBackupOptions;
 use walrep::replication::fake::FakeSource;
@@ -26,42 +27,18 @@ use walrep::replication::source::{BackupOutput, FlushPoint, ReplicationSource, S
 use walrep::replication::sqlstate::PgError;
 use walrep::{Lsn, TimelineId, WalSegSize};
 
-/// A node running in this process, stopped when dropped.
-struct NodeGuard(Option<RunningNode>);
-
-impl NodeGuard {
-    fn start(dir: &Path) -> NodeGuard {
-        walrep::node::init::init(dir, WalSegSize::new(1 << 20).unwrap()).unwrap();
-        let opts = StartOptions {
-            overrides: vec![
-                "port=0".into(),
-                "replication_port=0".into(),
-                "min_wal_size=0".into(),
-                "checkpoint_timeout=1h".into(),
-            ],
-        };
-        NodeGuard(Some(RunningNode::start(dir, &opts).unwrap()))
-    }
-
-    fn node(&self) -> &RunningNode {
-        self.0.as_ref().unwrap()
-    }
-}
-
-impl Drop for NodeGuard {
-    fn drop(&mut self) {
-        if let Some(n) = self.0.take() {
-            let _ = n.stop();
-        }
-    }
+/// A node running in this process that keeps no spare segments and
+/// checkpoints only when asked.
+fn start_node(dir: &Path) -> InProcessNode {
+    InProcessNode::start(dir, &["min_wal_size=0", "checkpoint_timeout=1h"])
 }
 
 #[test]
 fn a_pin_keeps_its_snapshot_and_wal_through_checkpoints_until_dropped() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("n");
-    let guard = NodeGuard::start(&dir);
-    let node = &guard.node().node;
+    let guard = start_node(&dir);
+    let node = guard.node();
     let wal = node.wal().unwrap();
     let seg = wal.seg_size();
     node.checkpoint(CheckpointCause::Requested).unwrap();
@@ -91,8 +68,8 @@ fn a_pin_keeps_its_snapshot_and_wal_through_checkpoints_until_dropped() {
 #[test]
 fn options_the_node_cannot_honour_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let guard = NodeGuard::start(&tmp.path().join("n"));
-    let port = guard.node().node.ports.lock().unwrap().replication;
+    let guard = start_node(&tmp.path().join("n"));
+    let port = guard.replication_port();
     let info = ConnInfo::parse(&format!("host=127.0.0.1 port={port} user=walrep")).unwrap();
     let mut c = ReplicationClient::connect(&info, DEADLINE).unwrap();
     for (cmd, code, text) in [
@@ -111,7 +88,7 @@ fn options_the_node_cannot_honour_are_refused() {
     }
     // The connection is still usable, and the node has no pin left.
     c.identify_system().unwrap();
-    assert_eq!(guard.node().node.backup_pins.count(), 0);
+    assert_eq!(guard.node().backup_pins.count(), 0);
 }
 
 /// A source whose backup archive tries to write outside the target.

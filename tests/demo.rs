@@ -2,13 +2,13 @@
 //! archive, synchronous standby from a base backup, load, kill -9, promotion)
 //! and verifies every acknowledged write; this keeps it working.
 
-mod common;
+mod support;
 
 #[test]
 fn walrep_demo_runs_the_failover_and_verifies_every_write() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let (ok, out, err) = common::walrep(&[
+    let (ok, out, err) = support::node::walrep(&[
         "demo",
         "--dir",
         dir.to_str().unwrap(),

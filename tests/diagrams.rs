@@ -2,10 +2,13 @@
 //! code draws today, and `walrep viz` draws and renders what it says.
 //! `UPDATE_DIAGRAMS=1 cargo test --test diagrams` rewrites them.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use support::node::walrep_bin;
 use walrep::states::recovery::explore::{explore_standby, Graph};
 use walrep::states::recovery::{Event, Recovery, RecoveryConfig};
 use walrep::states::{Lsn, Millis, TimelineId};
@@ -74,7 +77,7 @@ fn the_diagrams_show_every_state_and_the_superstate() {
 }
 
 fn walrep() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_walrep"))
+    Command::new(walrep_bin())
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! promoted, and every write a client was told "OK" for is on the promoted
 //! node — whatever state its recovery machine was in when promoted.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::fs;
@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::*;
-use common::*;
+use support::cluster::*;
+use support::node::{init_datadir, walrep, TestNode};
+use support::wait_for;
 
 /// A primary whose commits wait for standby `s1`, and `s1` streaming.
 struct Pair {

@@ -2,13 +2,14 @@
 //! completed segments (and retries) until it succeeds; then the archive holds
 //! byte-identical copies and the checkpointer may remove them.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use support::node::{init_datadir, TestNode};
+use support::wait_for;
 
 fn ready_segments(datadir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(datadir.join("wal/archive_status"))

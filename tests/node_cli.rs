@@ -1,12 +1,12 @@
 //! The `walrep` command line and start-up: clear errors for bad input, a
 //! locked data directory, clean shutdown, group commit at the node.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::time::Duration;
 
-use common::*;
+use support::node::{init_datadir, walrep, TestNode};
 
 #[test]
 fn init_refuses_non_empty_directory_and_bad_sizes() {

@@ -1,14 +1,15 @@
 //! A durable primary: 32 concurrent clients, SIGKILL mid-load, restart; every
 //! acknowledged write is there and no value that was never written appears.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::node::{init_datadir, TestNode};
+use support::wait_for;
 
 const CLIENTS: usize = 32;
 const KEYS_PER_CLIENT: u64 = 20;

@@ -4,7 +4,7 @@
 //! stopped and it resumes without a gap; --synchronous flush positions show
 //! in INFO replication; psql runs IDENTIFY_SYSTEM.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,12 +12,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use support::node::{init_datadir, TestNode};
+use support::process::ChildGuard;
+use support::tools::tool;
+use support::wal::segment_file_names;
+use support::{file_names, wait_for};
 
 const SEG: u64 = 1 << 20;
 
 fn receivewal(node: &TestNode, dir: &Path, extra: &[&str]) -> Option<Command> {
-    let bin = pg_tool("pg_receivewal")?;
+    let bin = tool("pg_receivewal")?;
     let mut c = Command::new(bin);
     c.args([
         "-h",
@@ -70,13 +74,6 @@ fn write_bytes(node: &TestNode, bytes: usize) {
     }
 }
 
-fn completed_segments(dir: &Path) -> Vec<String> {
-    file_names(dir)
-        .into_iter()
-        .filter(|f| f.len() == 24 && f.bytes().all(|b| b.is_ascii_hexdigit()))
-        .collect()
-}
-
 fn assert_identical(node_wal: &Path, received: &Path, segs: &[String]) {
     for s in segs {
         let ours = std::fs::read(node_wal.join(s)).unwrap_or_else(|e| panic!("primary's {s}: {e}"));
@@ -110,7 +107,7 @@ fn pg_receivewal_receives_byte_identical_segments_under_load() {
         "pg_receivewal to complete 3 segments",
         Duration::from_secs(60),
         || {
-            let segs = completed_segments(&out);
+            let segs = segment_file_names(&out);
             (segs.len() >= 3).then_some(segs)
         },
     );
@@ -152,10 +149,10 @@ fn a_slot_holds_wal_while_pg_receivewal_is_stopped_and_it_resumes_without_gap() 
     wait_for(
         "pg_receivewal to complete a segment",
         Duration::from_secs(60),
-        || (!completed_segments(&out).is_empty()).then_some(()),
+        || (!segment_file_names(&out).is_empty()).then_some(()),
     );
     assert!(child.interrupt().success());
-    let resume_from = completed_segments(&out).last().cloned().unwrap();
+    let resume_from = segment_file_names(&out).last().cloned().unwrap();
     // While it is away: several segments and checkpoints.
     write_bytes(&node, 4 << 20);
     let ckpt = node.info_field("persistence", "last_checkpoint_lsn");
@@ -166,7 +163,7 @@ fn a_slot_holds_wal_while_pg_receivewal_is_stopped_and_it_resumes_without_gap() 
     wait_for("another checkpoint", Duration::from_secs(30), || {
         (node.info_field("persistence", "last_checkpoint_lsn") != ckpt).then_some(())
     });
-    let kept: Vec<String> = completed_segments(&datadir.join("wal"));
+    let kept: Vec<String> = segment_file_names(&datadir.join("wal"));
     let next = format!(
         "{}{:08X}",
         &resume_from[..16],
@@ -188,13 +185,13 @@ fn a_slot_holds_wal_while_pg_receivewal_is_stopped_and_it_resumes_without_gap() 
         .unwrap();
     let target = flushed.0 / SEG - 1;
     wait_for("pg_receivewal to catch up", Duration::from_secs(60), || {
-        completed_segments(&out)
+        segment_file_names(&out)
             .iter()
             .any(|s| segno(s) >= target)
             .then_some(())
     });
     assert!(child.interrupt().success());
-    let got = completed_segments(&out);
+    let got = segment_file_names(&out);
     let (first, last) = (segno(&got[0]), segno(got.last().unwrap()));
     assert_eq!(
         (last - first + 1) as usize,
@@ -250,7 +247,7 @@ fn psql_runs_identify_system_against_the_node() {
     let tmp = tempfile::tempdir().unwrap();
     let datadir = init_datadir(tmp.path(), "primary", &[]);
     let node = TestNode::start(&datadir, &[]);
-    let Some(psql) = pg_tool("psql") else { return };
+    let Some(psql) = tool("psql") else { return };
     let conninfo = format!(
         "host=127.0.0.1 port={} user=walrep replication=true",
         node.replication_port

@@ -1,23 +1,25 @@
 //! Real Redis clients no one here wrote: redis-cli and redis-benchmark
 //! (Debian's redis-tools) against a walrep node.
 
-mod common;
+mod support;
 
 use std::process::Command;
 
-use common::*;
+use support::node::{init_datadir, TestNode};
+use support::tools::tool;
 
 #[test]
 fn redis_cli_and_redis_benchmark_work() {
-    if !require_tool("redis-cli") || !require_tool("redis-benchmark") {
+    let (Some(redis_cli), Some(redis_benchmark)) = (tool("redis-cli"), tool("redis-benchmark"))
+    else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let datadir = init_datadir(tmp.path(), "primary", &[]);
     let mut node = TestNode::start(&datadir, &[]);
     let port = node.port.to_string();
     let cli = |args: &[&str]| {
-        let out = Command::new("redis-cli")
+        let out = Command::new(&redis_cli)
             .args(["-h", "127.0.0.1", "-p", &port])
             .args(args)
             .output()
@@ -42,7 +44,7 @@ fn redis_cli_and_redis_benchmark_work() {
     assert!(cli(&["CONFIG", "GET", "port"]).contains(&port));
     assert!(cli(&["NOSUCHCOMMAND"]).contains("unknown command"));
 
-    let bench = Command::new("redis-benchmark")
+    let bench = Command::new(&redis_benchmark)
         .args([
             "-h",
             "127.0.0.1",

@@ -1,22 +1,15 @@
 //! Observability of a running pair: `walrep status`, the HTTP `/status`
 //! (JSON) and `/metrics` (Prometheus) endpoints on `status_port`.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::cluster::*;
-use common::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::cluster::*;
+use support::free_port;
+use support::node::{init_datadir, walrep, TestNode};
 
 fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

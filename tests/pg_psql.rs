@@ -2,11 +2,13 @@
 //! IDENTIFY_SYSTEM, TIMELINE_HISTORY, SHOW, errors, and authentication
 //! (SCRAM with the right and a wrong password, refused addresses/users).
 
-mod repl_support;
+mod support;
 
 use std::process::{Command, Output};
 
-use repl_support::*;
+use support::fake::{scram_options, FakeServer};
+use support::tools::tool;
+use support::wal::SYSTEM_ID;
 use walrep::replication::server::ServerOptions;
 
 fn psql(conninfo: &str, sql: &str, password: Option<&str>) -> Option<Output> {

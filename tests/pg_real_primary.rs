@@ -3,7 +3,7 @@
 //! writes in pg_receivewal's layout are byte-identical to what the real
 //! pg_receivewal wrote from the same server over the same range.
 
-mod repl_support;
+mod support;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use repl_support::*;
+use support::process::ChildGuard;
+use support::tools::tool;
+use support::wal::segment_file_names;
+use support::{free_port, wait_until, DEADLINE};
 use walrep::replication::client::{ConnInfo, ReplicationClient, StartOutcome, StreamEvent};
 use walrep::{Lsn, TimelineId, WalSegSize};
 
@@ -28,14 +31,6 @@ fn as_postgres(bin: &Path) -> Command {
     c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
         .arg(bin);
     c
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Postgres {
@@ -132,11 +127,10 @@ impl Postgres {
 }
 
 impl Drop for Postgres {
+    /// Fast shutdown (SIGINT), bounded; the guard kills a server that
+    /// does not stop in time.
     fn drop(&mut self) {
-        if let Some(c) = self.child.0.as_ref() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-            let _ = self.child.try_wait_exit();
-        }
+        let _ = self.child.signal_and_wait(libc::SIGINT);
     }
 }
 
@@ -203,13 +197,6 @@ impl SegmentWriter {
         let from = self.dir.join(format!("{}.partial", self.name(segno)));
         fs::rename(from, self.dir.join(self.name(segno))).unwrap();
     }
-}
-
-fn complete_segments(dir: &Path) -> Vec<String> {
-    file_names(dir)
-        .into_iter()
-        .filter(|f| f.len() == 24)
-        .collect()
 }
 
 #[test]
@@ -297,14 +284,14 @@ fn our_client_streams_the_same_bytes_as_pg_receivewal() {
     c.stop_streaming().unwrap();
     c.close();
 
-    let want: Vec<String> = complete_segments(ours.path());
+    let want: Vec<String> = segment_file_names(ours.path());
     assert!(
         want.len() >= 3,
         "expected at least 3 completed segments, got {want:?}"
     );
     wait_until("pg_receivewal to complete the same segments", || {
         want.iter()
-            .all(|w| complete_segments(theirs.path()).contains(w))
+            .all(|w| segment_file_names(theirs.path()).contains(w))
     });
     assert!(receiver.interrupt().success());
     for name in &want {

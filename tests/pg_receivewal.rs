@@ -4,12 +4,16 @@
 //! restart resumes without a gap; --synchronous flush positions reach the
 //! walsender registry.
 
-mod repl_support;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use repl_support::*;
+use support::fake::FakeServer;
+use support::process::ChildGuard;
+use support::tools::tool;
+use support::wal::{seg, segment_name};
+use support::{file_names, wait_until};
 use walrep::replication::server::ServerOptions;
 use walrep::{Lsn, SegNo, TimelineId};
 
@@ -36,19 +40,15 @@ fn receivewal(s: &FakeServer, dir: &Path, extra: &[&str]) -> Option<Command> {
     Some(c)
 }
 
-fn seg_name(segno: u64) -> String {
-    SegNo(segno).file_name(TimelineId(1), seg())
-}
-
 /// Every complete segment in `dir` equals the source's bytes.
 fn assert_segments_equal(s: &FakeServer, dir: &Path, segnos: std::ops::Range<u64>) {
     for n in segnos {
         let got =
-            std::fs::read(dir.join(seg_name(n))).unwrap_or_else(|e| panic!("segment {n}: {e}"));
+            std::fs::read(dir.join(segment_name(n))).unwrap_or_else(|e| panic!("segment {n}: {e}"));
         assert!(
             got == s.source.segment_bytes(TimelineId(1), SegNo(n)),
             "segment {} differs from the source",
-            seg_name(n)
+            segment_name(n)
         );
     }
 }
@@ -90,8 +90,8 @@ fn streams_segments_byte_identical_and_partial_current() {
     let end = write_load(&s, 3 << 20);
     let last = end.segno(seg()).0;
     wait_until("pg_receivewal to complete segments", || {
-        file_names(out.path()).contains(&seg_name(last - 1))
-            && file_names(out.path()).contains(&format!("{}.partial", seg_name(last)))
+        file_names(out.path()).contains(&segment_name(last - 1))
+            && file_names(out.path()).contains(&format!("{}.partial", segment_name(last)))
     });
     wait_until("pg_receivewal to report what it wrote", || {
         s.registry
@@ -100,7 +100,8 @@ fn streams_segments_byte_identical_and_partial_current() {
             .is_some_and(|w| w.write_lsn == end)
     });
     assert_segments_equal(&s, out.path(), 1..last);
-    let partial = std::fs::read(out.path().join(format!("{}.partial", seg_name(last)))).unwrap();
+    let partial =
+        std::fs::read(out.path().join(format!("{}.partial", segment_name(last)))).unwrap();
     let off = end.segment_offset(seg()) as usize;
     assert_eq!(
         partial.len(),
@@ -113,7 +114,7 @@ fn streams_segments_byte_identical_and_partial_current() {
         "pg_receivewal did not exit cleanly"
     );
     assert!(
-        !file_names(out.path()).contains(&seg_name(0)),
+        !file_names(out.path()).contains(&segment_name(0)),
         "started at the server's segment"
     );
 }
@@ -165,13 +166,13 @@ fn slot_holds_position_and_restart_resumes_without_gap() {
     wait_until("pg_receivewal to start at the slot", || {
         file_names(fresh.path())
             .iter()
-            .any(|f| f.starts_with(&seg_name(slot_seg)))
+            .any(|f| f.starts_with(&segment_name(slot_seg)))
     });
     assert!(child.interrupt().success());
     assert!(
         file_names(fresh.path())
             .iter()
-            .all(|f| f >= &seg_name(slot_seg)),
+            .all(|f| f >= &segment_name(slot_seg)),
         "{:?}",
         file_names(fresh.path())
     );
@@ -206,14 +207,14 @@ fn removed_wal_is_reported_and_pg_receivewal_gives_up_with_no_loop() {
     let out = tempfile::tempdir().unwrap();
     // The directory says "continue at segment 2", which the server removed
     // (pg_receivewal never counts segment 0 as found).
-    std::fs::write(out.path().join(seg_name(1)), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(out.path().join(segment_name(1)), vec![0u8; 1 << 20]).unwrap();
     let Some(mut cmd) = receivewal(&s, out.path(), &[]) else {
         return;
     };
     let log = out.path().join("stderr.log");
     cmd.stderr(std::fs::File::create(&log).unwrap());
     let mut child = ChildGuard::spawn(&mut cmd);
-    let status = child.try_wait_exit();
+    let status = child.wait_exit();
     let stderr = std::fs::read_to_string(&log).unwrap();
     let status = status.unwrap_or_else(|| panic!("pg_receivewal -n did not exit: {stderr}"));
     assert!(!status.success(), "{stderr}");
@@ -258,7 +259,7 @@ fn pg_receivewal_follows_a_promotion_to_the_next_timeline() {
     let names = file_names(out.path());
     assert!(names.contains(&"00000002.history".to_string()), "{names:?}");
     assert!(
-        names.contains(&format!("{}.partial", seg_name(seg2))),
+        names.contains(&format!("{}.partial", segment_name(seg2))),
         "the old timeline's last segment stays .partial: {names:?}"
     );
     let got = std::fs::read(out.path().join(&name2)).unwrap();

@@ -2,7 +2,7 @@
 //! options parsed and its output framed as PostgreSQL 15 does (result
 //! sets, one COPY OUT with `n`/`d`/`p`/`m` messages, then the tag).
 
-mod repl_support;
+mod support;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use repl_support::*;
+use support::wal::{seg, SYSTEM_ID};
+use support::DEADLINE;
 use walrep::replication::command::BaseBackupOptions;
 use walrep::replication::fake::FakeSource;
 use walrep::replication::pgwire::{BackendMessage, FrontendMessage, MessageReader, StartupPacket};

@@ -2,14 +2,16 @@
 //! in-memory source: commands, streaming, timelines, slots, errors,
 //! authentication, limits, garbage input and shutdown.
 
-mod repl_support;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use repl_support::*;
+use support::fake::{scram_options, FakeServer};
+use support::wal::{seg, SYSTEM_ID};
+use support::{wait_until, DEADLINE};
 use walrep::replication::client::{
     ConnInfo, ReplicationClient, SlotPosition, StartOutcome, StreamEvent,
 };

@@ -3,15 +3,17 @@
 //! restartpoint, outlives a hanging restore_command, and promotes to a new
 //! timeline with every write acknowledged before the primary died.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::cluster::{check_keys, restore_setting, write_keys};
-use common::*;
+use support::cluster::{check_keys, restore_setting, write_keys};
+use support::node::{init_datadir, walrep, TestNode};
+use support::process::processes_running;
+use support::wait_for;
 
 /// A primary archiving into `archive`, with archive_timeout so that every
 /// acknowledged write reaches the archive within a second.
@@ -287,15 +289,10 @@ fn a_hanging_restore_command_is_timed_out_and_recovery_goes_on() {
     );
     check_keys(&standby, "k", 2000);
     // Every timed-out command was killed with its whole process group.
-    let out = Command::new("pgrep")
-        .arg("-f")
-        .arg(format!("sleep {HANG}"))
-        .output()
-        .unwrap();
+    let left = processes_running(&format!("sleep {HANG}"));
     assert!(
-        out.stdout.is_empty(),
-        "timed-out restore commands are still running: {}",
-        String::from_utf8_lossy(&out.stdout)
+        left.is_empty(),
+        "timed-out restore commands are still running: {left:?}"
     );
 }
 

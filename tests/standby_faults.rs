@@ -4,14 +4,14 @@
 //! converges to the primary's data, having never applied anything twice or
 //! out of order (the values are checked key by key).
 
-mod common;
+mod support;
 
 use std::fs;
 use std::time::Duration;
 
-use common::cluster::*;
-use common::proxy::{Fault, FaultProxy};
-use common::*;
+use support::cluster::*;
+use support::node::{init_datadir, TestNode};
+use support::proxy::{Fault, FaultProxy};
 
 #[test]
 fn the_standby_converges_through_cuts_delays_and_black_holes() {

@@ -7,7 +7,7 @@
 //! silent upstream times out after a ping; an fsync failure ends the
 //! session for good.
 
-mod repl_support;
+mod support;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver};
-use repl_support::*;
-use walrep::node::{RunningNode, StartOptions};
+use support::fake::FakeServer;
+use support::node::InProcessNode;
+use support::wal::{seg, segment_file_names, SYSTEM_ID};
+use support::{wait_until, DEADLINE};
 use walrep::replication::pgwire::{
     BackendMessage, FieldDescription, FrontendMessage, MessageReader, StandbyMessage,
     TransactionStatus,
@@ -27,38 +29,27 @@ use walrep::standby::receiver::{
     start, ReceiverConfig, ReceiverError, ReceiverEvent, ReceiverShared, ReceiverState,
 };
 use walrep::wal::{FaultyIo, SegmentDir, StdIo, WalIo};
-use walrep::{Lsn, SegNo, TimelineId, WalSegSize};
+use walrep::{Lsn, SegNo, TimelineId};
 
+/// The bytes of a segment of [`seg`].
 const SEG: u64 = 1 << 20;
 
-fn seg_size() -> WalSegSize {
-    WalSegSize::new(SEG).unwrap()
-}
-
-/// A primary running in this process, stopped when dropped.
-struct Primary(Option<RunningNode>);
+/// A primary running in this process, checkpointing only when asked.
+struct Primary(InProcessNode);
 
 impl Primary {
     fn start(dir: &Path) -> Primary {
-        walrep::node::init::init(dir, seg_size()).unwrap();
-        let opts = StartOptions {
-            overrides: vec![
-                "port=0".into(),
-                "replication_port=0".into(),
-                "checkpoint_timeout=1h".into(),
-            ],
-        };
-        Primary(Some(RunningNode::start(dir, &opts).unwrap()))
+        Primary(InProcessNode::start(dir, &["checkpoint_timeout=1h"]))
     }
     fn node(&self) -> &Arc<walrep::node::Node> {
-        &self.0.as_ref().unwrap().node
+        self.0.node()
     }
     fn conninfo(&self, app: &str) -> String {
-        let port = self.node().ports.lock().unwrap().replication;
+        let port = self.0.replication_port();
         format!("host=127.0.0.1 port={port} user=walrep application_name={app}")
     }
     fn write(&self, bytes: usize) {
-        let addr = self.0.as_ref().unwrap().redis_addr().unwrap();
+        let addr = self.0.running().redis_addr().unwrap();
         let mut c = redis::Client::open(format!("redis://{addr}/"))
             .unwrap()
             .get_connection_with_timeout(DEADLINE)
@@ -74,17 +65,9 @@ impl Primary {
     }
 }
 
-impl Drop for Primary {
-    fn drop(&mut self) {
-        if let Some(n) = self.0.take() {
-            let _ = n.stop();
-        }
-    }
-}
-
 fn standby_segdir(dir: &Path, io: Arc<dyn WalIo>) -> Arc<SegmentDir> {
     std::fs::create_dir_all(dir).unwrap();
-    Arc::new(SegmentDir::open(dir, seg_size(), io).unwrap())
+    Arc::new(SegmentDir::open(dir, seg(), io).unwrap())
 }
 
 fn config(conninfo: String, segdir: Arc<SegmentDir>, start: Lsn, system_id: u64) -> ReceiverConfig {
@@ -124,13 +107,6 @@ fn expect(
             panic!("stream lost while waiting for {what}: {reason}");
         }
     }
-}
-
-fn segment_files(dir: &Path) -> Vec<String> {
-    file_names(dir)
-        .into_iter()
-        .filter(|f| f.len() == 24)
-        .collect()
 }
 
 #[test]
@@ -177,20 +153,20 @@ fn streams_byte_identical_segments_and_reports_flush_and_apply() {
     assert!(flushed >= target);
     // Byte for byte, up to what was flushed; completed segments are .done.
     let primary_wal = tmp.path().join("primary/wal");
-    let first = redo.segno(seg_size()).0;
-    let last = flushed.segno(seg_size()).0;
+    let first = redo.segno(seg()).0;
+    let last = flushed.segno(seg()).0;
     assert!(
         last >= first + 3,
         "expected several segments, got {first}..={last}"
     );
     for s in first..=last {
-        let name = SegNo(s).file_name(TimelineId(1), seg_size());
+        let name = SegNo(s).file_name(TimelineId(1), seg());
         let ours = std::fs::read(standby_wal.join(&name)).unwrap();
         let theirs = std::fs::read(primary_wal.join(&name)).unwrap();
         let n = if s < last {
             SEG as usize
         } else {
-            flushed.segment_offset(seg_size()) as usize
+            flushed.segment_offset(seg()) as usize
         };
         assert!(
             ours[..n] == theirs[..n],
@@ -275,8 +251,11 @@ fn another_system_and_the_node_itself_are_refused_with_no_wal_written() {
             _ => "database system identifier differs between the primary and standby",
         };
         assert!(reason.contains(want), "{case}: {reason}");
-        assert!(segment_files(&wal).is_empty(), "{case}: WAL was written");
-        assert_eq!(h.stop(), redo.segment_start(seg_size()));
+        assert!(
+            segment_file_names(&wal).is_empty(),
+            "{case}: WAL was written"
+        );
+        assert_eq!(h.stop(), redo.segment_start(seg()));
         expect(&rx, "WalReceiverStopped", |e| {
             matches!(e, ReceiverEvent::WalReceiverStopped { session: 7, .. })
         });
@@ -355,19 +334,19 @@ fn a_timeline_switch_is_reported_and_followed_on_the_same_connection() {
         |e| matches!(e, ReceiverEvent::WalFlushed { session: 2, tli, upto } if *tli == tli2 && *upto == end),
     );
     // Files: tli 1's up to the switch, tli 2's from its segment on.
-    let s1 = switch.segno(seg_size());
-    let ours = std::fs::read(wal.join(s1.file_name(TimelineId(1), seg_size()))).unwrap();
+    let s1 = switch.segno(seg());
+    let ours = std::fs::read(wal.join(s1.file_name(TimelineId(1), seg()))).unwrap();
     let want = fake.segment_bytes(TimelineId(1), s1);
-    let off = switch.segment_offset(seg_size()) as usize;
+    let off = switch.segment_offset(seg()) as usize;
     assert!(ours[..off] == want[..off], "tli 1 bytes differ");
-    for s in s1.0..=end.segno(seg_size()).0 {
-        let name = SegNo(s).file_name(tli2, seg_size());
+    for s in s1.0..=end.segno(seg()).0 {
+        let name = SegNo(s).file_name(tli2, seg());
         let ours = std::fs::read(wal.join(&name)).unwrap();
         let want = fake.segment_bytes(tli2, SegNo(s));
-        let n = if s < end.segno(seg_size()).0 {
+        let n = if s < end.segno(seg()).0 {
             SEG
         } else {
-            end.segment_offset(seg_size())
+            end.segment_offset(seg())
         } as usize;
         assert!(ours[..n] == want[..n], "{name} differs");
     }
@@ -394,7 +373,7 @@ fn an_upstream_behind_our_timeline_is_refused() {
         reason,
         "highest timeline 1 of the primary is behind recovery timeline 2"
     );
-    assert!(segment_files(&tmp.path().join("wal")).is_empty());
+    assert!(segment_file_names(&tmp.path().join("wal")).is_empty());
 }
 
 #[test]

@@ -3,13 +3,16 @@
 //! removed WAL from the archive, refusing a corrupt archive segment in favour
 //! of the stream, refusing a wrong upstream, following a new timeline.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::time::Duration;
 
-use common::cluster::*;
-use common::*;
+use support::cluster::*;
+use support::node::{init_datadir, walrep, TestNode};
+use support::tools::tool;
+use support::wait_for;
+use support::wal::{segment_name, wal_file_names};
 
 fn primary(tmp: &std::path::Path, archive: &std::path::Path, extra: &[&str]) -> TestNode {
     let dir = init_datadir(tmp, "primary", &["--wal-segment-size", SEG_1MB]);
@@ -33,13 +36,6 @@ fn archive_dir(tmp: &std::path::Path) -> std::path::PathBuf {
     let a = tmp.join("archive");
     fs::create_dir_all(&a).unwrap();
     a
-}
-
-fn segment_name(n: u64) -> String {
-    walrep::SegNo(n).file_name(
-        walrep::TimelineId(1),
-        walrep::WalSegSize::new(1 << 20).unwrap(),
-    )
 }
 
 #[test]
@@ -259,7 +255,7 @@ fn after_promotion_a_second_standby_follows_timeline_2() {
     check_keys(&s2, "tl2", 500);
     assert!(s2.datadir.join("wal/00000002.history").exists());
     // psql sees the new timeline's history on s1, as from PostgreSQL.
-    if let Some(psql) = pg_tool("psql") {
+    if let Some(psql) = tool("psql") {
         let conninfo = format!(
             "host=127.0.0.1 port={} user=walrep replication=true",
             s1.replication_port

@@ -4,14 +4,15 @@
 //! when its client gives up; remote_apply makes the write readable on the
 //! standby at once; a bounded wait degrades loudly; WAIT counts standbys.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::cluster::*;
-use common::*;
+use support::cluster::*;
+use support::node::{init_datadir, walrep, TestNode};
+use support::wait_for;
 
 struct Cluster {
     tmp: tempfile::TempDir,

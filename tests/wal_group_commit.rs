@@ -1,12 +1,12 @@
 //! Group commit: with many concurrent committers one fdatasync covers many
 //! commits; every acknowledged commit is durable and readable.
 
-mod wal_common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use wal_common::*;
+use support::wal::*;
 use walrep::wal::{FaultyIo, WalIo, RM_KV};
 
 const THREADS: u64 = 32;

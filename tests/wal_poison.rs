@@ -2,13 +2,13 @@
 //! and every later call gets a clear error naming the failure; nothing
 //! retries an fsync; what was durable before stays readable.
 
-mod wal_common;
+mod support;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wal_common::*;
+use support::wal::*;
 use walrep::wal::{find_end_of_wal, initial_lsn, FaultyIo, WalError, WalEvent, WalIo, RM_KV};
 
 fn faulty(dir: &std::path::Path, io: &Arc<FaultyIo>) -> walrep::wal::Wal {

@@ -3,12 +3,12 @@
 //! byte-identical completed segments, and a reader limited to the receiver's
 //! flush position reads every record as it becomes durable.
 
-mod wal_common;
+mod support;
 
 use std::fs;
 use std::sync::Arc;
 
-use wal_common::*;
+use support::wal::*;
 use walrep::wal::segdir::SegmentDir;
 use walrep::wal::{
     initial_lsn, CompletedMark, FaultyIo, RawReader, ReadErrorKind, SegmentWriter, StdIo, WalIo,

@@ -2,12 +2,12 @@
 //! segments whose stale contents are never replayed, `.ready` segments are
 //! never removed, and a walsender's raw read notices a recycled segment.
 
-mod wal_common;
+mod support;
 
 use std::fs;
 use std::sync::Arc;
 
-use wal_common::*;
+use support::wal::*;
 use walrep::wal::{
     find_end_of_wal, initial_lsn, HeaderProblem, InsertedRecord, RawReader, ReadErrorKind,
     SegmentError, SegmentHeader, Wal, WalConfig, WalReader, RM_KV,

@@ -1,10 +1,10 @@
 //! Records written by the WAL writer read back identical, in order, with
 //! their prev-links, across segment boundaries (property test).
 
-mod wal_common;
+mod support;
 
 use proptest::prelude::*;
-use wal_common::*;
+use support::wal::*;
 use walrep::wal::{Checkpoint, EndOfRecovery, XlogRecord, RM_KV, RM_XLOG};
 use walrep::{Lsn, TimelineId};
 

@@ -2,13 +2,13 @@
 //! segments from another system / timeline / position rejected, missing
 //! and short files, the reader's limit, raw reads, flush notifications.
 
-mod wal_common;
+mod support;
 
 use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wal_common::*;
+use support::wal::*;
 use walrep::wal::segment::FLAG_FIRST_IS_CONTRECORD;
 use walrep::wal::{
     initial_lsn, HeaderProblem, RawReader, ReadErrorKind, ReaderConfig, SegmentHeader, Wal,

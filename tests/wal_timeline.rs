@@ -3,12 +3,12 @@
 //! follow the history, choosing each segment's file by timeline, and never
 //! read the old timeline's WAL past the switch point.
 
-mod wal_common;
+mod support;
 
 use std::fs;
 use std::sync::Arc;
 
-use wal_common::*;
+use support::wal::*;
 use walrep::wal::segdir::SegmentDir;
 use walrep::wal::{
     find_end_of_wal, init_new_timeline_segment, initial_lsn, read_history,

@@ -4,14 +4,14 @@
 //! last intact record; and a restart never revives records from before the
 //! crash that lie past the end of valid WAL.
 
-mod wal_common;
+mod support;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use proptest::prelude::*;
-use wal_common::*;
+use support::wal::*;
 use walrep::wal::segment::data_end;
 use walrep::wal::{find_end_of_wal, initial_lsn, InsertedRecord, Wal, WalConfig, RM_KV};
 use walrep::{Lsn, TimelineId};

@@ -4,15 +4,16 @@
 //! flush waiters are woken by every flush, and bad bytes anywhere never
 //! make the reader panic or invent a record.
 
-mod wal_common;
+mod support;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
-use wal_common::*;
+use support::wait_until;
+use support::wal::*;
 use walrep::wal::{initial_lsn, Wal, WalConfig, WalEvent, RM_KV};
 use walrep::{Lsn, SegNo, TimelineId};
 
@@ -27,15 +28,6 @@ fn config(dir: &std::path::Path) -> WalConfig {
     )
 }
 
-/// Poll until `cond` holds; fail after 30 s.
-fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 #[test]
 fn asynchronous_commits_are_flushed_by_the_wal_writer() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,13 +36,13 @@ fn asynchronous_commits_are_flushed_by_the_wal_writer() {
     let wal = Wal::start(cfg).unwrap();
     let events = wal.subscribe();
     let end = wal.insert(RM_KV, 0, b"nobody waits for me").unwrap();
-    eventually("the WAL writer's flush", || wal.flushed() >= end);
+    wait_until("the WAL writer's flush", || wal.flushed() >= end);
     assert!(wal.stats().writer_flushes >= 1);
     assert_eq!(wal.stats().session_flushes, 0);
     assert!(events.try_iter().any(|e| e == WalEvent::Flushed(end)));
     // The next segment is pre-allocated ahead of need.
     let next = dir.path().join(SegNo(2).file_name(TimelineId(1), seg()));
-    eventually("pre-allocation of segment 2", || next.exists());
+    wait_until("pre-allocation of segment 2", || next.exists());
 }
 
 #[test]

@@ -1,20 +1,46 @@
-//! Helpers shared by the WAL integration tests: a small system (1 MiB
-//! segments), starting a writer and reading everything back.
-#![allow(dead_code)]
+//! WAL for the tests: a small test system (1 MiB segments), a writer for
+//! it and reading everything back; the WAL files found in a directory.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use walrep::wal::{initial_lsn, ReadError, ReaderConfig, Record, Wal, WalConfig, WalIo, WalReader};
-use walrep::{Lsn, TimelineId, WalSegSize};
+use walrep::{Lsn, SegNo, TimelineId, WalSegSize};
 use walrep_states::TimelineHistory;
 
-/// The system identifier of every test system.
-pub const SYSTEM_ID: u64 = 0x5EED_0000_CAFE_F00D;
+use super::file_names;
 
-/// The smallest segment size, so that tests cross segments cheaply.
+/// The system identifier of every test system (the in-memory source's too).
+pub const SYSTEM_ID: u64 = 7_301_234_567_890_123_456;
+
+/// The smallest segment size, so that tests cross segments cheaply (and
+/// pg_receivewal's files stay small).
 pub fn seg() -> WalSegSize {
     WalSegSize::new(1 << 20).unwrap()
+}
+
+/// The file name of segment `segno` of timeline 1 with [`seg`] segments.
+pub fn segment_name(segno: u64) -> String {
+    SegNo(segno).file_name(TimelineId(1), seg())
+}
+
+/// The complete segments in `dir`: files named like one (24 hex digits),
+/// without `.partial` ones, temporaries or history files; sorted.
+pub fn segment_file_names(dir: &Path) -> Vec<String> {
+    file_names(dir)
+        .into_iter()
+        .filter(|f| f.len() == 24 && f.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect()
+}
+
+/// The WAL files of a `wal/` directory: [`file_names`] without the
+/// `xlogtemp.` temporaries (segments being pre-allocated, a standby's spare
+/// segments for promotion), which hold no WAL.
+pub fn wal_file_names(dir: &Path) -> Vec<String> {
+    file_names(dir)
+        .into_iter()
+        .filter(|n| !n.starts_with("xlogtemp."))
+        .collect()
 }
 
 /// A writer for a new system on timeline 1 in `dir`.

@@ -14,12 +14,12 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use walrep::states::history::TimelineHistory;
-use walrep::states::recovery::{
+use walrep_states::history::TimelineHistory;
+use walrep_states::recovery::{
     Action, Event, PromoteTrigger, RecordCheck, Recovery, RecoveryConfig, SessionId, StateKind,
     TargetTimeline, WalFile,
 };
-use walrep::states::{Lsn, Millis, SegNo, TimelineId, WalSegSize};
+use walrep_states::{Lsn, Millis, SegNo, TimelineId, WalSegSize};
 
 const SEG: u64 = 1 << 20;
 /// A seed's run stops after this many steps (a bound, not an expectation).
@@ -362,6 +362,9 @@ impl World {
         self.at(self.now.after_ms(delay_ms), worker, item);
     }
 
+    /// With `SIM_SEED`, the trace goes to stderr as it happens. (The crate
+    /// forbids printing; its tests may.)
+    #[allow(clippy::disallowed_macros)]
     fn log(&mut self, line: String) {
         if self.trace {
             eprintln!("{line}");
@@ -547,7 +550,7 @@ impl World {
             }
             Action::AcceptWrites { tli } => self.writes_at = Some(tli),
             Action::Report { report } => {
-                use walrep::states::recovery::Report as R;
+                use walrep_states::recovery::Report as R;
                 match report {
                     R::TimelineProbeGaveUp { .. } => self.probe_failed = true,
                     R::InvalidRecord { .. } => self.counts.0 += 1,
@@ -1111,11 +1114,15 @@ fn run_seed(seed: u64, trace: bool, stats: &mut Stats) -> SimResult {
     })
 }
 
+/// A number from the environment. (The crate forbids reading the
+/// environment; its tests may.)
+#[allow(clippy::disallowed_methods)]
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 #[test]
+#[allow(clippy::disallowed_macros)] // the statistics of the run, on stderr
 fn simulation() {
     let mut stats = Stats::default();
     if let Some(seed) = env_u64("SIM_SEED") {

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::*;
+use super::node::{walrep, TestNode};
 
 pub const SEG_1MB: &str = "1MB";
 
@@ -102,7 +102,7 @@ pub fn wait_state(node: &TestNode, state: &str) {
 /// Poll `check` (done?, what it saw) for up to 90 s. On a timeout the panic
 /// carries what was last seen, the tail of the node's log and of its
 /// transitions trace: what recovery was doing instead.
-pub fn wait_on_node(node: &TestNode, what: &str, mut check: impl FnMut() -> (bool, String)) {
+fn wait_on_node(node: &TestNode, what: &str, mut check: impl FnMut() -> (bool, String)) {
     let deadline = Duration::from_secs(90);
     let end = std::time::Instant::now() + deadline;
     loop {

@@ -1,0 +1,81 @@
+//! The support of walrep's integration tests, one module for all of them:
+//! every test file has `mod support;` and takes what it needs from
+//!
+//! - [`node`]: `walrep` processes on loopback (and nodes run in the test's
+//!   own process), the CLI, all stopped by the test;
+//! - [`process`]: child processes killed and reaped when dropped, bounded
+//!   waits for an exit, processes the tests did not start themselves;
+//! - [`tools`]: the external tools (PostgreSQL's, Redis's) and the one rule
+//!   for a missing one (WALREP_SKIP_EXTERNAL);
+//! - [`wal`]: a small test system's WAL, and the WAL files of a directory;
+//! - [`fake`]: a replication server over the in-memory source;
+//! - [`cluster`]: primaries and standbys built as an operator builds them;
+//! - [`proxy`]: a fault proxy between a walreceiver and a walsender;
+//!
+//! and here, waiting for a condition, listing a directory and a free port.
+
+// Each test binary compiles this module on its own and uses part of it.
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod fake;
+pub mod node;
+pub mod process;
+pub mod proxy;
+pub mod tools;
+pub mod wal;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Generous bound on a wait whose caller names no other.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// How often a condition is polled: cheap enough for a condition that costs
+/// a connection (INFO), quick enough not to slow a test down.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Poll `f` until it returns `Some`, or fail with `what` after `deadline`.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Poll `cond` until it holds, or fail with `what` after [`DEADLINE`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    wait_for(what, DEADLINE, || cond().then_some(()));
+}
+
+/// Names of the files in `dir`, sorted (none when it cannot be read).
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A loopback port free right now, for a server that must be told its port
+/// before it starts (it may be taken again before it is used: tests that can
+/// let the server pick with port 0 do).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
