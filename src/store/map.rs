@@ -272,7 +272,8 @@ impl Store {
         let map = self.read();
         let mut range = map.range::<[u8], _>((from, Bound::Unbounded));
         let mut last = None;
-        for (k, e) in range.by_ref().take(limit) {
+        // At least one entry, so every step makes progress.
+        for (k, e) in range.by_ref().take(limit.max(1)) {
             last = Some(k);
             let value = e.versions.iter().rev().find(|v| self.vis.visible(v));
             if let Some(value) = value.and_then(|v| v.value.as_deref()) {
