@@ -164,21 +164,8 @@ impl Conn {
                     stats
                         .total_commands_processed
                         .fetch_add(1, Ordering::Relaxed);
-                    let flow = match parsed {
-                        Ok(cmd) => command::execute(&mut self.session, cmd),
-                        Err(e) => {
-                            command::exec::reply_error(&mut self.session, &e);
-                            Flow::Continue
-                        }
-                    };
-                    match flow {
-                        Flow::Continue => {}
-                        Flow::Close => self.closing = true,
-                        Flow::Wait(w) => {
-                            self.wait_job = Some(w);
-                            self.hold = Hold::Waiting;
-                        }
-                    }
+                    let flow = command::exec::respond(&mut self.session, parsed);
+                    self.follow(flow);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -191,6 +178,18 @@ impl Conn {
             }
         }
         self.compact_input();
+    }
+
+    /// Do what the command asked of the connection.
+    fn follow(&mut self, flow: Flow) {
+        match flow {
+            Flow::Continue => {}
+            Flow::Close => self.closing = true,
+            Flow::Wait(w) => {
+                self.wait_job = Some(w);
+                self.hold = Hold::Waiting;
+            }
+        }
     }
 
     fn compact_input(&mut self) {

@@ -45,6 +45,17 @@ pub fn execute(s: &mut Session, cmd: Command<'_>) -> Flow {
     }
 }
 
+/// Execute a parsed request, or reply with why the parser refused it.
+pub fn respond(s: &mut Session, parsed: Result<Command<'_>, CommandError>) -> Flow {
+    match parsed {
+        Ok(cmd) => execute(s, cmd),
+        Err(e) => {
+            reply_error(s, &e);
+            Flow::Continue
+        }
+    }
+}
+
 /// Append `e` as an error reply.
 pub fn reply_error(s: &mut Session, e: &CommandError) {
     reply::error(&mut s.out, &e.to_string());

@@ -105,10 +105,12 @@ pub const NAMES: &[&str] = &[
 ];
 
 impl<'a> Command<'a> {
-    /// Parse a request (`args[0]` is the name; `args` is never empty).
+    /// Parse a request: `args[0]` is the name. (The connection skips an
+    /// empty request, as Redis does; here it is a syntax error.)
     pub fn from_frame(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+        let first = args.first().ok_or(CommandError::Syntax)?;
         let mut buf = [0u8; parse::MAX_NAME_LEN];
-        let Some(name) = parse::lower_name(args[0], &mut buf) else {
+        let Some(name) = parse::lower_name(first, &mut buf) else {
             return Err(parse::unknown_command(args));
         };
         let a = |n: &'static str, arity: i32| parse::arity(args, n, arity);

@@ -119,6 +119,12 @@ fn every_known_name_parses_to_a_command() {
 }
 
 #[test]
+fn an_empty_request_is_an_error_not_a_panic() {
+    assert_eq!(Command::from_frame(&[]), Err(CommandError::Syntax));
+    assert!(err("\u{0}").starts_with("ERR unknown command"));
+}
+
+#[test]
 fn names_ignore_case() {
     assert_eq!(ok("gEt k"), Command::Get(b"k"));
     assert_eq!(ok("PING"), Command::Ping(None));
@@ -399,4 +405,35 @@ fn commands_know_what_they_are() {
     assert_eq!(keys("INCRBY n 2"), [&b"n"[..]]);
     assert!(keys("KEYS *").is_empty());
     assert!(keys("PING").is_empty());
+}
+
+fn arg() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    prop_oneof![
+        proptest::sample::select(NAMES).prop_map(|n| n.as_bytes().to_vec()),
+        proptest::sample::select(
+            &[
+                "nx", "xx", "get", "ex", "px", "exat", "pxat", "keepttl", "match", "count", "type",
+                "auth", "setname", "0", "1", "-1", "2", "3", "*", "string", "hash",
+            ][..]
+        )
+        .prop_map(|w| w.as_bytes().to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..6),
+    ]
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_request_parses_or_is_refused_without_panicking(
+        args in proptest::collection::vec(arg(), 0..7)
+    ) {
+        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        if let Ok(cmd) = Command::from_frame(&args) {
+            let _ = (cmd.is_write(), cmd.reads_data());
+            // Every key a command names is one of its arguments.
+            for k in cmd.keys() {
+                proptest::prop_assert!(args[1..].contains(&k));
+            }
+        }
+    }
 }
