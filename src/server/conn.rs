@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use mio::net::TcpStream;
 
-use super::commands::{self, Flow, WaitRequest};
+use super::command::{self, Command, Flow, WaitRequest};
 use super::protocol::{self, reply, Limits};
 use super::session::{Session, SessionContext};
 
@@ -141,11 +141,16 @@ impl Conn {
                         .iter()
                         .map(|r| &self.inbuf[base + r.start..base + r.end])
                         .collect();
-                    let Some(arg0) = args.first() else {
+                    if args.is_empty() {
                         self.start += req.consumed;
                         continue;
-                    };
-                    if self.session.has_pending() && commands::needs_settled(arg0) {
+                    }
+                    let parsed = Command::from_frame(&args);
+                    // A command that reads or reports anything first waits
+                    // for this connection's earlier writes; a refused one
+                    // reads nothing and its error queues behind their replies.
+                    let settles = matches!(&parsed, Ok(cmd) if !cmd.is_write());
+                    if settles && self.session.has_pending() {
                         self.hold = Hold::Stalled;
                         break;
                     }
@@ -154,19 +159,8 @@ impl Conn {
                     stats
                         .total_commands_processed
                         .fetch_add(1, Ordering::Relaxed);
-                    if commands::is_wait(arg0) {
-                        match commands::wait_request(&self.session, &args) {
-                            Ok(w) => {
-                                self.wait_job = Some(w);
-                                self.hold = Hold::Waiting;
-                            }
-                            Err(text) => reply::error(&mut self.session.out, &text),
-                        }
-                        continue;
-                    }
-                    if let Flow::Close = commands::execute(&mut self.session, &args) {
-                        self.closing = true;
-                    }
+                    let flow = command::exec::respond(&mut self.session, parsed);
+                    self.follow(flow);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -179,6 +173,18 @@ impl Conn {
             }
         }
         self.compact_input();
+    }
+
+    /// Do what the command asked of the connection.
+    fn follow(&mut self, flow: Flow) {
+        match flow {
+            Flow::Continue => {}
+            Flow::Close => self.closing = true,
+            Flow::Wait(w) => {
+                self.wait_job = Some(w);
+                self.hold = Hold::Waiting;
+            }
+        }
     }
 
     fn compact_input(&mut self) {

@@ -7,13 +7,13 @@
 //! - [`conn`]: one connection on a worker: reads, request execution, replies.
 //! - [`session`]: a connection's state as the commands see it, and its
 //!   writes waiting for their durability level.
-//! - [`commands`]: the command table.
+//! - [`command`]: requests parsed into typed commands, then executed.
 //!
 //! The server does not know whether it runs on a primary or a standby, nor
 //! how WAL is written: it talks to the node through [`Backend`], so it can be
 //! tested against a fake and so promotion changes its behaviour at runtime.
 
-pub mod commands;
+pub mod command;
 pub mod conn;
 pub mod protocol;
 pub mod session;
@@ -152,6 +152,7 @@ impl Server {
             backend,
             settings: settings.clone(),
             stats: stats.clone(),
+            scans: Arc::new(command::scan::ScanCursors::new()),
         };
         let mut handles = Vec::new();
         let gate = Arc::new(worker::FlushGate::default());

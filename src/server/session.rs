@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use super::command::scan::ScanCursors;
 use super::{Backend, ServerSettings, ServerStats, WriteError};
 use crate::config::SynchronousCommit;
 use crate::store::Level;
@@ -23,6 +24,9 @@ pub struct SessionContext {
     pub backend: Arc<dyn Backend>,
     pub settings: ServerSettings,
     pub stats: Arc<ServerStats>,
+    /// Where SCANs resume: shared, since a client may continue a scan on
+    /// another connection.
+    pub scans: Arc<ScanCursors>,
 }
 
 impl Clone for SessionContext {
@@ -31,6 +35,7 @@ impl Clone for SessionContext {
             backend: self.backend.clone(),
             settings: self.settings.clone(),
             stats: self.stats.clone(),
+            scans: self.scans.clone(),
         }
     }
 }

@@ -383,3 +383,156 @@ fn raw_closed(addr: std::net::SocketAddr) -> bool {
     let mut b = [0u8; 16];
     !matches!(s.read(&mut b), Ok(n) if n > 0)
 }
+
+fn query<T: redis::FromRedisValue>(c: &mut redis::Connection, line: &str) -> redis::RedisResult<T> {
+    let mut cmd = redis::Cmd::new();
+    for w in line.split(' ') {
+        cmd.arg(w);
+    }
+    cmd.query(c)
+}
+
+#[test]
+fn keys_type_strlen_and_hello_behave_like_redis() {
+    let node = FakeNode::new();
+    let server = start(&node, 100);
+    let mut c = client(&server);
+    let _: () = query(&mut c, "MSET user:1 alice user:2 bob user:10 carol other x").unwrap();
+    let mut keys: Vec<String> = query(&mut c, "KEYS user:?").unwrap();
+    keys.sort();
+    assert_eq!(keys, ["user:1", "user:2"]);
+    let keys: Vec<String> = query(&mut c, "KEYS *").unwrap();
+    assert_eq!(keys, ["other", "user:1", "user:10", "user:2"], "key order");
+    let keys: Vec<String> = query(&mut c, "KEYS other").unwrap();
+    assert_eq!(keys, ["other"]);
+    let keys: Vec<String> = query(&mut c, "KEYS nope").unwrap();
+    assert!(keys.is_empty());
+    let t: String = query(&mut c, "TYPE user:1").unwrap();
+    assert_eq!(t, "string");
+    let t: String = query(&mut c, "TYPE nope").unwrap();
+    assert_eq!(t, "none");
+    assert_eq!(query::<i64>(&mut c, "STRLEN user:10").unwrap(), 5);
+    assert_eq!(query::<i64>(&mut c, "STRLEN nope").unwrap(), 0);
+    let hello: Vec<redis::Value> = query(&mut c, "HELLO 2 SETNAME app").unwrap();
+    let fields: Vec<String> = hello
+        .iter()
+        .step_by(2)
+        .map(|v| redis::from_redis_value(v).unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["server", "version", "proto", "id", "mode", "role", "modules"]
+    );
+    assert_eq!(hello[5], redis::Value::Int(2));
+    assert_eq!(query::<String>(&mut c, "CLIENT GETNAME").unwrap(), "app");
+    let e = query::<String>(&mut c, "HELLO 3").unwrap_err();
+    assert_eq!(e.code(), Some("NOPROTO"), "{e}");
+    let e = query::<String>(&mut c, "HELLO 2 AUTH bob pw").unwrap_err();
+    assert_eq!(e.code(), Some("WRONGPASS"), "{e}");
+}
+
+/// Scan with `count` from cursor 0 to the end, running `between` after
+/// each call; returns every key returned, duplicates included.
+fn scan_all(c: &mut redis::Connection, args: &str, mut between: impl FnMut()) -> Vec<String> {
+    let mut cursor = 0u64;
+    let mut keys = Vec::new();
+    let mut calls = 0;
+    loop {
+        let (next, page): (u64, Vec<String>) = query(c, &format!("SCAN {cursor} {args}")).unwrap();
+        keys.extend(page);
+        calls += 1;
+        assert!(calls < 100_000, "the scan does not end");
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+        between();
+    }
+}
+
+#[test]
+fn scan_returns_every_key_present_throughout_while_others_come_and_go() {
+    let node = FakeNode::new();
+    let server = start(&node, 100);
+    let mut c = client(&server);
+    let mut other = client(&server);
+    // Stable keys, interleaved in key order with keys that change.
+    for chunk in (0..3000).collect::<Vec<_>>().chunks(500) {
+        let mut cmd = redis::cmd("MSET");
+        for i in chunk {
+            cmd.arg(format!("k{i:05}"))
+                .arg("v")
+                .arg(format!("k{i:05}-gone"))
+                .arg("v");
+        }
+        let _: () = cmd.query(&mut c).unwrap();
+    }
+    let mut step = 0;
+    let seen = scan_all(&mut c, "COUNT 37", || {
+        // Delete keys ahead of and behind the scan, add new ones anywhere.
+        step += 1;
+        let del = format!(
+            "DEL k{:05}-gone k{:05}-gone",
+            step * 7 % 3000,
+            2999 - step % 3000
+        );
+        let _: i64 = query(&mut other, &del).unwrap();
+        let _: () = query(&mut other, &format!("SET k{:05}-new v", step * 13 % 3000)).unwrap();
+    });
+    let mut unique: Vec<&String> = seen.iter().collect();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "a key came twice without a retry");
+    for i in 0..3000 {
+        let k = format!("k{i:05}");
+        assert!(
+            unique.binary_search(&&k).is_ok(),
+            "{k} was present throughout and not returned"
+        );
+    }
+    let matched = scan_all(&mut c, "MATCH k0012* COUNT 3", || {});
+    assert!(
+        matched.iter().all(|k| k.starts_with("k0012")),
+        "{matched:?}"
+    );
+    assert!(
+        (0..10).all(|i| matched.contains(&format!("k0012{i}"))),
+        "{matched:?}"
+    );
+    assert!(scan_all(&mut c, "TYPE hash", || {}).is_empty());
+    // Without changes, a scan returns exactly the keys KEYS lists.
+    let mut all = scan_all(&mut c, "TYPE string COUNT 10000", || {});
+    all.sort();
+    let keys: Vec<String> = query(&mut c, "KEYS *").unwrap();
+    assert_eq!(all, keys);
+}
+
+#[test]
+fn an_unknown_scan_cursor_is_an_error_not_a_restart() {
+    let node = FakeNode::new();
+    let server = start(&node, 100);
+    let mut c = client(&server);
+    let e = query::<(u64, Vec<String>)>(&mut c, "SCAN 12345").unwrap_err();
+    assert!(e.to_string().contains("unknown SCAN cursor 12345"), "{e}");
+    let e = query::<(u64, Vec<String>)>(&mut c, "SCAN abc").unwrap_err();
+    assert!(e.to_string().contains("invalid cursor"), "{e}");
+}
+
+#[test]
+fn reads_are_loading_while_recovering() {
+    let node = FakeNode::new();
+    *node.role.lock().unwrap() = Role::Recovering;
+    let server = start(&node, 100);
+    let mut c = client(&server);
+    for line in ["GET k", "KEYS *", "SCAN 0", "TYPE k", "STRLEN k", "DBSIZE"] {
+        let e = query::<redis::Value>(&mut c, line).unwrap_err();
+        assert_eq!(e.code(), Some("LOADING"), "{line}: {e}");
+    }
+    let pong: String = query(&mut c, "PING").unwrap();
+    assert_eq!(pong, "PONG");
+    let hello: Vec<redis::Value> = query(&mut c, "HELLO 2").unwrap();
+    assert_eq!(hello[11], redis::Value::BulkString(b"replica".to_vec()));
+    // Arity is checked first, as in Redis.
+    let e = query::<redis::Value>(&mut c, "GET").unwrap_err();
+    assert!(e.to_string().contains("wrong number of arguments"), "{e}");
+}

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::commands::WaitRequest;
+use super::command::WaitRequest;
 use super::conn::{Conn, Hold};
 use super::protocol::reply;
 use super::session::SessionContext;

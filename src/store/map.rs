@@ -256,6 +256,37 @@ impl Store {
         (out, last)
     }
 
+    /// Walk the keys that have a visible value, in key order from `from`,
+    /// calling `visit` with each key and that value until it returns
+    /// `Break` or `limit` entries were examined (entries without a visible
+    /// value count too, so the work per call is bounded). Returns the last
+    /// examined key when the limit cut the walk short and more entries
+    /// follow; `None` when the walk is over. The read lock is held for this
+    /// call only: one step of a client's KEYS or SCAN.
+    pub fn walk_visible(
+        &self,
+        from: Bound<&[u8]>,
+        limit: usize,
+        mut visit: impl FnMut(&[u8], &[u8]) -> std::ops::ControlFlow<()>,
+    ) -> Option<Vec<u8>> {
+        let map = self.read();
+        let mut range = map.range::<[u8], _>((from, Bound::Unbounded));
+        let mut last = None;
+        // At least one entry, so every step makes progress.
+        for (k, e) in range.by_ref().take(limit.max(1)) {
+            last = Some(k);
+            let value = e.versions.iter().rev().find(|v| self.vis.visible(v));
+            if let Some(value) = value.and_then(|v| v.value.as_deref()) {
+                if visit(k, value).is_break() {
+                    return None;
+                }
+            }
+        }
+        // Peek at what follows so a walk that just reached the end says so.
+        range.next()?;
+        last.cloned()
+    }
+
     /// Load a snapshot entry at start-up (before any WAL is replayed).
     pub fn load_base(&self, key: Vec<u8>, value: Vec<u8>) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
@@ -444,6 +475,43 @@ mod tests {
         }
         assert_eq!(seen, 24);
         assert_eq!(s.len(), 24);
+    }
+
+    #[test]
+    fn walk_visible_skips_invisible_versions_and_resumes() {
+        use std::ops::ControlFlow;
+        let s = Store::new();
+        for k in ["a", "b", "c", "d"] {
+            s.load_base(k.as_bytes().to_vec(), b"v".to_vec());
+        }
+        // A pending new key and a pending delete: readers see neither change.
+        s.write()
+            .apply(Lsn(10), Level::LocalFlush, b"bb", Some(b"new"));
+        s.write().apply(Lsn(11), Level::LocalFlush, b"c", None);
+        let mut seen = Vec::new();
+        let resume = s.walk_visible(Bound::Unbounded, 3, |k, _| {
+            seen.push(k.to_vec());
+            ControlFlow::Continue(())
+        });
+        assert_eq!(seen, [b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(resume.as_deref(), Some(&b"bb"[..]));
+        let resume = s.walk_visible(Bound::Excluded(b"bb"), 3, |k, _| {
+            seen.push(k.to_vec());
+            ControlFlow::Continue(())
+        });
+        assert_eq!(resume, None, "the walk reached the end");
+        // The pending delete of "c" is not visible yet: readers still see it.
+        assert_eq!(seen[2..], [b"c".to_vec(), b"d".to_vec()]);
+        // Exactly `limit` entries left: the walk ends without an empty step.
+        assert_eq!(
+            s.walk_visible(Bound::Excluded(b"b"), 3, |_, _| ControlFlow::Continue(())),
+            None
+        );
+        // A visitor that stops ends the walk.
+        assert_eq!(
+            s.walk_visible(Bound::Unbounded, 9, |_, _| ControlFlow::Break(())),
+            None
+        );
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! Server commands: INFO, CONFIG, WAIT and COMMAND, their parsers and
+//! executors.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::connection::help;
+use super::exec::Done;
+use super::glob::Glob;
+use super::parse::{arity, canonical_i64, int, is, unknown_subcommand};
+use super::{Args, Command, CommandError};
+use crate::config::SynchronousCommit;
+use crate::server::protocol::reply;
+use crate::server::session::Session;
+
+/// What `CONFIG SET` may change: per connection, like PostgreSQL's `SET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigChange {
+    SynchronousCommit(SynchronousCommit),
+}
+
+/// `WAIT numreplicas timeout`, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// A negative count asks for none (Redis answers at once).
+    pub numreplicas: usize,
+    pub timeout: Duration,
+}
+
+/// A WAIT to run off the worker thread: how many standbys, for WAL up to
+/// where, how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitRequest {
+    pub wanted: usize,
+    pub upto: crate::Lsn,
+    pub timeout: Duration,
+}
+
+/// `WAIT 0` blocks forever in Redis; walrep bounds every wait.
+pub const WAIT_FOREVER_BOUND: Duration = Duration::from_secs(3600);
+
+pub fn parse_config<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+    let sub = args[1];
+    if is(sub, "get") {
+        Ok(Command::ConfigGet(&arity(args, "config|get", -3)?[2..]))
+    } else if is(sub, "set") {
+        parse_config_set(arity(args, "config|set", -4)?)
+    } else if is(sub, "help") {
+        arity(args, "config|help", 2).map(|_| Command::ConfigHelp)
+    } else {
+        Err(unknown_subcommand("CONFIG", sub))
+    }
+}
+
+/// `CONFIG SET parameter value [parameter value ...]`: every pair is
+/// checked before any applies; the last value of a parameter wins.
+fn parse_config_set<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+    if args.len() % 2 != 0 {
+        return Err(CommandError::Syntax);
+    }
+    let mut change = None;
+    for pair in args[2..].chunks(2) {
+        let param = String::from_utf8_lossy(pair[0]).to_ascii_lowercase();
+        if param != "synchronous_commit" {
+            return Err(CommandError::ConfigSetUnsupported(param));
+        }
+        let value = String::from_utf8_lossy(pair[1]);
+        let sc = value.parse().map_err(CommandError::Config)?;
+        change = Some(ConfigChange::SynchronousCommit(sc));
+    }
+    change.map(Command::ConfigSet).ok_or(CommandError::Syntax)
+}
+
+/// WAIT, checked in Redis's order: the count, then the timeout.
+pub fn parse_wait(args: Args<'_>) -> Result<Wait, CommandError> {
+    let numreplicas = int(args[1])?;
+    let timeout_ms = canonical_i64(args[2]).ok_or(CommandError::TimeoutNotInteger)?;
+    if timeout_ms < 0 {
+        return Err(CommandError::TimeoutNegative);
+    }
+    Ok(Wait {
+        numreplicas: usize::try_from(numreplicas).unwrap_or(0),
+        timeout: match timeout_ms {
+            0 => WAIT_FOREVER_BOUND,
+            ms => Duration::from_millis(ms as u64),
+        },
+    })
+}
+
+/// `COMMAND COUNT`; every other form gets an empty list.
+pub fn parse_command<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+    match args.get(1) {
+        Some(sub) if is(sub, "count") => {
+            arity(args, "command|count", 2).map(|_| Command::CommandCount)
+        }
+        _ => Ok(Command::CommandDocs),
+    }
+}
+
+/// The WAIT for this connection's writes so far.
+pub fn wait_request(s: &Session, w: Wait) -> WaitRequest {
+    WaitRequest {
+        wanted: w.numreplicas,
+        upto: s.last_write_end,
+        timeout: w.timeout,
+    }
+}
+
+const INFO_SECTIONS: [&str; 6] = [
+    "server",
+    "clients",
+    "persistence",
+    "stats",
+    "replication",
+    "keyspace",
+];
+
+pub fn info(s: &mut Session, sections: Args<'_>) {
+    let wanted = |name: &str| {
+        sections.is_empty()
+            || sections.iter().any(|w| {
+                ["all", "everything", "default", name]
+                    .iter()
+                    .any(|n| is(w, n))
+            })
+    };
+    let mut text = String::new();
+    for section in INFO_SECTIONS.into_iter().filter(|n| wanted(n)) {
+        let body = match section {
+            "clients" => Some(clients_section(s)),
+            "stats" => Some(stats_section(s)),
+            "keyspace" => Some(keyspace_section(s)),
+            other => s.ctx.backend.info_section(other),
+        };
+        if let Some(body) = body {
+            if !text.is_empty() {
+                text.push_str("\r\n");
+            }
+            let mut title = section.to_string();
+            title[..1].make_ascii_uppercase();
+            text.push_str(&format!("# {title}\r\n{body}"));
+        }
+    }
+    reply::bulk(&mut s.out, text.as_bytes());
+}
+
+fn clients_section(s: &Session) -> String {
+    format!(
+        "connected_clients:{}\r\nmaxclients:{}\r\n",
+        s.ctx.stats.connected_clients.load(Ordering::Relaxed),
+        s.ctx.settings.max_connections
+    )
+}
+
+fn stats_section(s: &Session) -> String {
+    let st = &s.ctx.stats;
+    format!(
+        "total_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\nprotocol_errors:{}\r\n",
+        st.total_connections_received.load(Ordering::Relaxed),
+        st.total_commands_processed.load(Ordering::Relaxed),
+        st.rejected_connections.load(Ordering::Relaxed),
+        st.protocol_errors.load(Ordering::Relaxed),
+    )
+}
+
+fn keyspace_section(s: &Session) -> String {
+    match s.ctx.backend.store().len() {
+        0 => String::new(),
+        keys => format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"),
+    }
+}
+
+/// CONFIG GET: every parameter of walrep.toml matching a pattern (names
+/// match without regard to case, as in Redis), each once.
+pub fn config_get(s: &mut Session, patterns: Args<'_>) -> Done {
+    let config = s.ctx.backend.config();
+    let table = toml::Table::try_from(&*config).map_err(|e| CommandError::Config(e.to_string()))?;
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    for pattern in patterns {
+        let glob = Glob::new(&pattern.to_ascii_lowercase());
+        for (k, v) in &table {
+            if glob.matches(k.as_bytes()) && !pairs.iter().any(|(n, _)| n == k) {
+                let value = match k.as_str() {
+                    "synchronous_commit" => s.synchronous_commit.to_string(),
+                    _ => toml_text(v),
+                };
+                pairs.push((k, value));
+            }
+        }
+    }
+    reply::array_header(&mut s.out, pairs.len() * 2);
+    for (k, v) in pairs {
+        reply::bulk(&mut s.out, k.as_bytes());
+        reply::bulk(&mut s.out, v.as_bytes());
+    }
+    Ok(())
+}
+
+/// A TOML value as CONFIG GET shows it: strings bare, tables as TOML text.
+fn toml_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn config_set(s: &mut Session, change: ConfigChange) {
+    match change {
+        ConfigChange::SynchronousCommit(sc) => s.synchronous_commit = sc,
+    }
+    reply::ok(&mut s.out);
+}
+
+pub fn config_help(s: &mut Session) {
+    help(
+        s,
+        &[
+            "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GET <pattern>",
+            "    Return parameters matching the glob-like <pattern> and their values.",
+            "SET synchronous_commit <level>",
+            "    Set this connection's synchronous_commit; other parameters are set in",
+            "    walrep.toml or with -c, and need a restart.",
+            "HELP",
+            "    Print this help.",
+        ],
+    );
+}

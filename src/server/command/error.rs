@@ -1,0 +1,66 @@
+//! The errors commands reply with, worded as Redis words them: the first
+//! word is the code clients act on (`ERR`, `NOPROTO`, `WRONGPASS`,
+//! `READONLY`, `LOADING`), and tests and users compare the rest.
+
+use crate::server::WriteError;
+
+/// Why a command was refused or failed; its text is the error reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// Redis's arity rule; the name is the command's (`get`) or the
+    /// subcommand's (`config|get`).
+    #[error("ERR wrong number of arguments for '{0}' command")]
+    Arity(&'static str),
+    #[error("ERR syntax error")]
+    Syntax,
+    #[error("ERR value is not an integer or out of range")]
+    NotInteger,
+    #[error("ERR unknown command '{name}', with args beginning with: {args}")]
+    UnknownCommand { name: String, args: String },
+    #[error("ERR unknown subcommand '{sub}'. Try {command} HELP.")]
+    UnknownSubcommand { command: &'static str, sub: String },
+    #[error("ERR invalid expire time in '{0}' command")]
+    InvalidExpireTime(&'static str),
+    #[error("ERR walrep does not support key expiry (EX, PX, EXAT, PXAT, KEEPTTL)")]
+    ExpiryUnsupported,
+    #[error("ERR increment or decrement would overflow")]
+    IncrementOverflow,
+    #[error("ERR decrement would overflow")]
+    DecrementOverflow,
+    #[error("ERR DB index is out of range")]
+    DbIndexOutOfRange,
+    #[error("ERR timeout is not an integer or out of range")]
+    TimeoutNotInteger,
+    #[error("ERR timeout is negative")]
+    TimeoutNegative,
+    /// A SCAN cursor that is not a number.
+    #[error("ERR invalid cursor")]
+    InvalidCursor,
+    /// A SCAN cursor this node does not know (see `scan.rs`).
+    #[error("ERR unknown SCAN cursor {0}: it expired, or was issued before a restart or by another node; start a new scan with cursor 0")]
+    UnknownCursor(u64),
+    #[error("ERR unknown type name '{0}'")]
+    UnknownType(String),
+    #[error("ERR Protocol version is not an integer or out of range")]
+    ProtocolVersionNotInteger,
+    #[error("NOPROTO unsupported protocol version")]
+    NoProto,
+    #[error("ERR Syntax error in HELLO option '{0}'")]
+    HelloOption(String),
+    #[error("WRONGPASS invalid username-password pair or user is disabled.")]
+    WrongPass,
+    #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
+    BadClientName,
+    #[error("ERR Unrecognized option '{0}'")]
+    UnknownClientInfo(String),
+    #[error("ERR CONFIG SET is only supported for synchronous_commit (per connection); set '{0}' in walrep.toml or with -c and restart")]
+    ConfigSetUnsupported(String),
+    /// A parameter's value that does not parse, or a configuration that
+    /// cannot be shown; the text says which.
+    #[error("ERR {0}")]
+    Config(String),
+    /// The node refused or failed the command (READONLY, LOADING, a WAL
+    /// failure): its text is already a Redis error.
+    #[error(transparent)]
+    Node(#[from] WriteError),
+}

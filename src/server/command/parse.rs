@@ -1,0 +1,82 @@
+//! Parsing helpers the command families share: the command name looked up
+//! without allocating, Redis's arity rule, and numbers read the way Redis
+//! reads them.
+
+use super::{Args, CommandError};
+
+/// Longest command name looked up; a longer one is unknown anyway.
+pub const MAX_NAME_LEN: usize = 16;
+
+/// `arg0` lower-cased into `buf`, so the name is matched without an
+/// allocation per request; `None` if no command has such a name.
+pub fn lower_name<'b>(arg0: &[u8], buf: &'b mut [u8; MAX_NAME_LEN]) -> Option<&'b str> {
+    let name = buf.get_mut(..arg0.len())?;
+    name.copy_from_slice(arg0);
+    name.make_ascii_lowercase();
+    std::str::from_utf8(name).ok()
+}
+
+/// Redis's arity rule: `arity` > 0 is the exact number of arguments, the
+/// name included; `arity` < 0 is the least number.
+pub fn arity<'a>(args: Args<'a>, name: &'static str, arity: i32) -> Result<Args<'a>, CommandError> {
+    let n = args.len() as i64;
+    let ok = if arity >= 0 {
+        n == i64::from(arity)
+    } else {
+        n >= -i64::from(arity)
+    };
+    ok.then_some(args).ok_or(CommandError::Arity(name))
+}
+
+/// Whether `arg` is `word`, ignoring ASCII case (`word` is lower-case).
+pub fn is(arg: &[u8], word: &str) -> bool {
+    arg.eq_ignore_ascii_case(word.as_bytes())
+}
+
+/// A signed 64-bit integer as Redis reads one (`string2ll`): canonical
+/// decimal only, so no `+`, no leading zeros, no `-0`.
+pub fn canonical_i64(b: &[u8]) -> Option<i64> {
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => digits.len() == b.len(),
+        [first, ..] => first.is_ascii_digit() && *first != b'0',
+    };
+    if !canonical || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// [`canonical_i64`] or Redis's error for it.
+pub fn int(b: &[u8]) -> Result<i64, CommandError> {
+    canonical_i64(b).ok_or(CommandError::NotInteger)
+}
+
+/// Redis's reply to an unknown command: the name and the first arguments,
+/// each cut to 128 bytes as Redis cuts them.
+pub fn unknown_command(args: Args<'_>) -> CommandError {
+    const MAX: usize = 128;
+    let name = &args[0][..args[0].len().min(MAX)];
+    let mut list = Vec::new();
+    for a in &args[1..] {
+        if list.len() >= MAX {
+            break;
+        }
+        list.push(b'\'');
+        list.extend_from_slice(&a[..a.len().min(MAX - (list.len() - 1))]);
+        list.extend_from_slice(b"' ");
+    }
+    CommandError::UnknownCommand {
+        name: String::from_utf8_lossy(name).into_owned(),
+        args: String::from_utf8_lossy(&list).into_owned(),
+    }
+}
+
+/// Redis's reply to an unknown subcommand of `command` (upper-case).
+pub fn unknown_subcommand(command: &'static str, sub: &[u8]) -> CommandError {
+    CommandError::UnknownSubcommand {
+        command,
+        sub: String::from_utf8_lossy(&sub[..sub.len().min(128)]).into_owned(),
+    }
+}
