@@ -1,13 +1,14 @@
 //! KEYS, SCAN, TYPE, STRLEN and HELLO against a real node, through tools
 //! no one here wrote: redis-cli (its `--scan` loop) and the redis crate.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::*;
 use redis::Commands;
+use support::node::{init_datadir, TestNode};
+use support::tools::tool;
 
 /// Keys written: `user:0000`..`user:3999` and `order:0`..`order:999`.
 const USERS: usize = 4000;
@@ -43,16 +44,16 @@ fn unique_lines(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn redis_cli_scans_lists_and_inspects_keys() {
-    if !require_tool("redis-cli") {
+    let Some(redis_cli) = tool("redis-cli") else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let datadir = init_datadir(tmp.path(), "primary", &[]);
     let mut node = TestNode::start(&datadir, &[]);
     let all = populate(&mut node.client());
     let port = node.port.to_string();
     let cli = |args: &[&str]| {
-        let out = Command::new("redis-cli")
+        let out = Command::new(&redis_cli)
             .args(["-h", "127.0.0.1", "-p", &port])
             .args(args)
             .output()

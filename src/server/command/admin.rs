@@ -91,9 +91,9 @@ pub fn parse_wait(args: Args<'_>) -> Result<Wait, CommandError> {
 pub fn parse_command<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
     match args.get(1) {
         Some(sub) if is(sub, "count") => {
-            arity(args, "command|count", 2).map(|_| Command::CommandCount)
+            arity(args, "command|count", 2).map(|_| Command::CountCommands)
         }
-        _ => Ok(Command::CommandDocs),
+        _ => Ok(Command::DescribeCommands),
     }
 }
 

@@ -136,12 +136,9 @@ impl ScanCursors {
     }
 
     /// Positions remembered now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

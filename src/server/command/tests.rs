@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::keyspace::KeyType;
+use super::strings::{Condition, Expiry};
 use super::*;
 use crate::config::SynchronousCommit;
 
@@ -324,9 +326,9 @@ fn connection_and_server_commands_parse() {
         Command::Client(ClientCommand::SetInfo)
     );
     assert_eq!(err("CLIENT SETINFO foo x"), "ERR Unrecognized option 'foo'");
-    assert_eq!(ok("COMMAND COUNT"), Command::CommandCount);
-    assert_eq!(ok("COMMAND DOCS"), Command::CommandDocs);
-    assert_eq!(ok("COMMAND"), Command::CommandDocs);
+    assert_eq!(ok("COMMAND COUNT"), Command::CountCommands);
+    assert_eq!(ok("COMMAND DOCS"), Command::DescribeCommands);
+    assert_eq!(ok("COMMAND"), Command::DescribeCommands);
     assert_eq!(ok("CONFIG HELP"), Command::ConfigHelp);
     assert_eq!(
         ok("CONFIG SET synchronous_commit off SYNCHRONOUS_COMMIT local"),
