@@ -32,10 +32,11 @@ use crate::replication::server::{ServerHandle as ReplicationServerHandle, Server
 use crate::replication::slots::SlotManager;
 use crate::server::{Backend, Role, Server, ServerSettings, WriteError};
 use crate::standby::{StandbyRuntime, StandbyState};
+use crate::storage::StdStorage;
 use crate::store::{ClusterState, ControlFile, Level, Store};
 use crate::syncrep::{self, SyncRep};
 use crate::wal::writer::FlushHook;
-use crate::wal::{SegmentDir, StdIo, Wal, WalConfig, WalError, WalEvent};
+use crate::wal::{SegmentDir, Wal, WalConfig, WalError, WalEvent};
 use crate::Lsn;
 use checkpoint::{CheckpointCause, CheckpointDone, Checkpointer};
 
@@ -357,7 +358,7 @@ impl RunningNode {
         let segdir = Arc::new(SegmentDir::open(
             &dir.wal(),
             control.wal_segment_size,
-            Arc::new(StdIo),
+            Arc::new(StdStorage),
         )?);
         let store = Store::new();
         let snapshot = crate::store::checkpoint::load_snapshot(
