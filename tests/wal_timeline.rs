@@ -51,6 +51,7 @@ fn promote_with_spares(dir: &std::path::Path, fill: usize, spares: usize) -> Pro
     wal.shutdown().unwrap();
 
     let history = write_new_timeline_history(
+        &StdStorage,
         dir,
         TimelineId(1),
         TimelineId(2),
@@ -232,8 +233,15 @@ fn switch_at_a_segment_boundary_starts_an_empty_segment() {
     let switch = wal.switch_segment().unwrap();
     wal.shutdown().unwrap();
     assert_eq!(switch.segment_offset(seg()), 0);
-    write_new_timeline_history(dir.path(), TimelineId(1), TimelineId(2), switch, "promoted")
-        .unwrap();
+    write_new_timeline_history(
+        &StdStorage,
+        dir.path(),
+        TimelineId(1),
+        TimelineId(2),
+        switch,
+        "promoted",
+    )
+    .unwrap();
     let segdir = Arc::new(SegmentDir::open(dir.path(), seg(), Arc::new(StdStorage)).unwrap());
     init_new_timeline_segment(&segdir, SYSTEM_ID, TimelineId(1), TimelineId(2), switch).unwrap();
     let new = fs::read(

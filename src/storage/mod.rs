@@ -256,6 +256,14 @@ impl StorageError {
         move |source| StorageError::Io { op, path, source }
     }
 
+    /// Whether the failed step was an fsync of any kind (after which
+    /// nothing may be retried).
+    pub fn is_sync(&self) -> bool {
+        match self {
+            StorageError::Io { op, .. } => matches!(*op, "fsync" | "fdatasync" | "fsync directory"),
+        }
+    }
+
     /// The file the failed step acted on.
     pub fn path(&self) -> &Path {
         match self {

@@ -229,7 +229,10 @@ impl InProcessNode {
         walrep::node::init::init(dir, seg()).unwrap();
         let mut overrides = vec!["port=0".to_string(), "replication_port=0".to_string()];
         overrides.extend(settings.iter().map(|s| s.to_string()));
-        let opts = StartOptions { overrides };
+        let opts = StartOptions {
+            overrides,
+            ..Default::default()
+        };
         InProcessNode(Some(RunningNode::start(dir, &opts).unwrap()))
     }
 
