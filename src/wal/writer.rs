@@ -511,6 +511,7 @@ impl Wal {
                 sh.publish(WalEvent::ShutDown);
             }
         }
+        sh.close_subscribers();
         sh.stopped.store(true, Ordering::Release);
         sh.queue.release_all();
         sh.signal_flush();
