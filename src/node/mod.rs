@@ -59,7 +59,7 @@ pub struct Node {
     pub dir: DataDir,
     pub config: Arc<Config>,
     /// Every durable write of the node goes through it; the first failed
-    /// fsync poisons it and stops the node (see [`node_storage`]).
+    /// fsync poisons it and stops the node ([`PoisonOnSyncFailure`]).
     pub storage: Arc<dyn Storage>,
     control: Mutex<ControlFile>,
     pub store: Store,
