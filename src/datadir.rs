@@ -3,9 +3,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use crate::storage::{durable_create_dir, Storage};
 
 /// Names inside a data directory.
 pub const CONFIG_FILE: &str = "walrep.toml";
@@ -82,7 +84,7 @@ impl DataDir {
     /// Create the directory tree of a new data directory. `root` must not
     /// exist or be empty. Directories are created with mode 0700, as
     /// PostgreSQL requires of its data directory.
-    pub fn create_layout(&self) -> Result<(), DataDirError> {
+    pub fn create_layout(&self, storage: &dyn Storage) -> Result<(), DataDirError> {
         if self.root.exists() {
             let mut entries =
                 fs::read_dir(&self.root).map_err(io_err("could not read directory", &self.root))?;
@@ -98,11 +100,11 @@ impl DataDir {
             self.slots(),
             self.log(),
         ] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(io_err("could not create directory", &dir))?;
+            durable_create_dir(storage, &dir).map_err(|e| DataDirError::Io {
+                what: "could not create directory",
+                path: dir.display().to_string(),
+                source: e.into_io(),
+            })?;
         }
         Ok(())
     }
@@ -231,7 +233,9 @@ mod tests {
     fn refuses_non_empty_directory() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("x"), b"").unwrap();
-        let e = DataDir::new(d.path()).create_layout().unwrap_err();
+        let e = DataDir::new(d.path())
+            .create_layout(&crate::storage::StdStorage)
+            .unwrap_err();
         assert!(e.to_string().contains("not empty"), "{e}");
     }
 
@@ -239,7 +243,7 @@ mod tests {
     fn second_lock_is_refused_with_the_holder() {
         let d = tempfile::tempdir().unwrap();
         let dir = DataDir::new(d.path().join("data"));
-        dir.create_layout().unwrap();
+        dir.create_layout(&crate::storage::StdStorage).unwrap();
         let lock = DataDirLock::acquire(&dir, &[("port", 6380)]).unwrap();
         let e = DataDirLock::acquire(&dir, &[]).err().unwrap();
         assert!(

@@ -10,8 +10,10 @@
 //! # Layout (the public surface)
 //!
 //! - [`wal`]: segment files, the record format, the group-commit WAL writer,
-//!   the validating reader, timeline history files, and the one IO seam
-//!   every durable write goes through.
+//!   the validating reader, timeline history files.
+//! - [`storage`]: the one IO seam every durable write goes through (create,
+//!   write, fsync, rename, remove), its fault-injecting implementation for
+//!   tests and the wrapper that stops all writing at the first failed fsync.
 //! - [`store`]: the ordered key-value map the WAL is applied to, its
 //!   visibility rules, checkpoints into `base/` and the control file.
 //! - [`replication`]: PostgreSQL's replication protocol: codec, commands,
@@ -41,6 +43,7 @@ pub mod replication;
 pub(crate) mod server;
 pub mod standby;
 pub(crate) mod status;
+pub mod storage;
 pub mod store;
 pub(crate) mod syncrep;
 pub(crate) mod util;

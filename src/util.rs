@@ -1,33 +1,7 @@
-//! Small helpers shared by every module: durable file replacement, directory
-//! fsync and address ranges.
+//! Small helpers shared by every module: address ranges. (Durable file
+//! writes are the `storage` module's.)
 
-use std::fs::{self, File};
-use std::io::{self, Write};
 use std::net::IpAddr;
-use std::path::Path;
-
-/// fsync a directory so that entries created, renamed or removed in it survive a crash.
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Replace `path` with `bytes` atomically and durably: write a temporary file
-/// beside it, fsync it, rename it over `path`, fsync the directory. A crash at
-/// any point leaves either the old or the new contents, never a mix.
-pub fn durable_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!("{}.tmp", file_name.to_string_lossy()));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    fsync_dir(dir)
-}
 
 /// An address range in CIDR notation (`127.0.0.0/8`, `::1/128`); a bare
 /// address is a single host.
@@ -101,15 +75,5 @@ mod tests {
             .contains("10.0.0.1".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_none());
         assert!(Cidr::parse("nonsense").is_none());
-    }
-
-    #[test]
-    fn durable_replace_replaces() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("control");
-        durable_replace(&p, b"one").unwrap();
-        durable_replace(&p, b"two").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert!(!d.path().join("control.tmp").exists());
     }
 }

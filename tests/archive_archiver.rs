@@ -19,6 +19,7 @@ use walrep::archive::{
     ArchiverStats,
 };
 use walrep::config::ArchiveMode;
+use walrep::storage::StdStorage;
 
 const SEG_BYTES: usize = 1 << 20;
 
@@ -94,7 +95,7 @@ impl Fixture {
             .map(|i| (seed.wrapping_add(i as u32).wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect();
         fs::write(self.datadir.join("wal").join(name), &bytes).unwrap();
-        mark_ready(&self.datadir, name).unwrap();
+        mark_ready(&StdStorage, &self.datadir, name).unwrap();
         bytes
     }
 
@@ -219,7 +220,7 @@ fn failing_archive_command_keeps_the_segment_until_it_succeeds() {
     assert!(fx.status(seg, ".ready").exists());
     assert!(!fx.status(seg, ".done").exists());
     assert!(fx.datadir.join("wal").join(seg).exists());
-    assert!(!segment_removable(&fx.datadir, seg, ArchiveMode::On, false).unwrap());
+    assert!(!segment_removable(&StdStorage, &fx.datadir, seg, ArchiveMode::On, false).unwrap());
     assert!(!fx.archive.join(seg).exists());
 
     fs::remove_file(&gate).unwrap();
@@ -232,7 +233,7 @@ fn failing_archive_command_keeps_the_segment_until_it_succeeds() {
         bytes,
         "archive copy differs"
     );
-    assert!(segment_removable(&fx.datadir, seg, ArchiveMode::On, false).unwrap());
+    assert!(segment_removable(&StdStorage, &fx.datadir, seg, ArchiveMode::On, false).unwrap());
     wait_until("stats to show the success", || {
         archiver.stats().archived_count == 1
     });
@@ -261,7 +262,7 @@ fn history_files_go_first_then_segments_oldest_first() {
                 b"1\t0/4000000\tno recovery target specified\n",
             )
             .unwrap();
-            mark_ready(&fx.datadir, n).unwrap();
+            mark_ready(&StdStorage, &fx.datadir, n).unwrap();
         } else {
             fx.complete_segment(n);
         }
@@ -369,7 +370,7 @@ fn a_notification_wakes_the_archiver() {
 fn an_orphan_ready_file_is_removed_and_archiving_goes_on() {
     let fx = Fixture::new();
     let orphan = "000000010000000000000001";
-    mark_ready(&fx.datadir, orphan).unwrap();
+    mark_ready(&StdStorage, &fx.datadir, orphan).unwrap();
     let seg = "000000010000000000000002";
     fx.complete_segment(seg);
     let _archiver = Running::start(fx.config(fx.copy_command()));

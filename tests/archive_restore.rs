@@ -17,6 +17,7 @@ use walrep::archive::{
     RestoreOutcome, RestoredFile,
 };
 use walrep::states::WalSegSize;
+use walrep::storage::StdStorage;
 
 const SEG_BYTES: u64 = 1 << 20;
 const SEG: &str = "000000010000000000000003";
@@ -98,7 +99,7 @@ fn a_segment_is_restored_checked_and_installed_durably() {
         !fx.wal(SEG).exists(),
         "the real name is the caller's decision"
     );
-    let path = keep_restored_file(&fx.datadir, &restored, ArchiveMark::Done).unwrap();
+    let path = keep_restored_file(&StdStorage, &fx.datadir, &restored, ArchiveMark::Done).unwrap();
     assert_eq!(path, fx.wal(SEG));
     assert_eq!(fs::read(&path).unwrap(), fx.segment);
     assert!(!fx.wal("RECOVERYXLOG").exists());
@@ -119,7 +120,7 @@ fn a_prefetch_restores_beside_the_file_replay_reads_and_installs_the_same() {
     };
     assert_eq!(restored.temp_path, "wal/RECOVERYXLOG.prefetch");
     assert_eq!(fs::read(fx.wal("RECOVERYXLOG")).unwrap(), b"being read");
-    let path = keep_restored_file(&fx.datadir, &restored, ArchiveMark::Done).unwrap();
+    let path = keep_restored_file(&StdStorage, &fx.datadir, &restored, ArchiveMark::Done).unwrap();
     assert_eq!(fs::read(&path).unwrap(), fx.segment);
     assert!(!fx.wal("RECOVERYXLOG.prefetch").exists());
     // Only segments are prefetched; a missing one is simply not there.
@@ -143,7 +144,7 @@ fn a_history_file_of_any_size_is_restored_and_can_be_queued_for_archiving() {
     };
     assert_eq!(restored.temp_path, "wal/RECOVERYHISTORY");
     assert_eq!(restored.size_bytes, HISTORY_TEXT.len() as u64);
-    keep_restored_file(&fx.datadir, &restored, ArchiveMark::Ready).unwrap();
+    keep_restored_file(&StdStorage, &fx.datadir, &restored, ArchiveMark::Ready).unwrap();
     assert_eq!(fs::read_to_string(fx.wal(HISTORY)).unwrap(), HISTORY_TEXT);
     assert!(fx
         .datadir

@@ -12,6 +12,7 @@ use walrep::standby::trigger::{
     request_promotion, spawn_trigger_watcher, spawn_trigger_watcher_with_sender, TriggerConfig,
     TriggerEvent, TriggerWatcherHandle, PROMOTE_SIGNAL_FILE, STANDBY_SIGNAL_FILE,
 };
+use walrep::storage::StdStorage;
 
 /// Join a watcher after shutdown, within [`DEADLINE`].
 fn join_within_deadline(handle: TriggerWatcherHandle) {
@@ -54,7 +55,7 @@ fn trigger_file_and_promote_request_are_reported_and_removed() {
     );
     assert!(!trigger.exists(), "the trigger file was not removed");
 
-    let request = request_promotion(&datadir).unwrap();
+    let request = request_promotion(&StdStorage, &datadir).unwrap();
     assert_eq!(request, datadir.join(PROMOTE_SIGNAL_FILE));
     assert_eq!(next_event(&events_rx), TriggerEvent::PromoteRequested);
     assert!(
@@ -78,7 +79,7 @@ fn the_watcher_ends_when_its_consumer_is_gone() {
         false
     })
     .unwrap();
-    request_promotion(tmp.path()).unwrap();
+    request_promotion(&StdStorage, tmp.path()).unwrap();
     assert_eq!(
         seen_rx.recv_timeout(DEADLINE).expect("no event"),
         TriggerEvent::PromoteRequested

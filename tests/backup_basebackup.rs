@@ -31,6 +31,7 @@ fn options(node: &TestNode, datadir: &Path) -> BasebackupOptions {
         label: "test backup".into(),
         max_rate_kbps: 0,
         timeout: Duration::from_secs(30),
+        storage: std::sync::Arc::new(walrep::storage::StdStorage),
     }
 }
 
@@ -267,7 +268,10 @@ fn pg_basebackup_plain_and_tar_backups_verify_and_the_plain_copy_starts() {
     let extracted = tmp.path().join("extracted");
     std::fs::create_dir(&extracted).unwrap();
     let f = std::fs::File::open(tar_dir.join("base.tar")).unwrap();
-    let mut x = walrep::backup::extract::Extractor::new(&extracted);
+    let mut x = walrep::backup::extract::Extractor::new(
+        std::sync::Arc::new(walrep::storage::StdStorage),
+        &extracted,
+    );
     x.extract(f).unwrap();
     x.finish().unwrap();
     for name in [

@@ -163,7 +163,13 @@ fn an_archive_member_escaping_the_target_is_refused_and_the_target_removed() {
         src_dir.path().to_path_buf(),
         Lsn(0x2000028),
     )));
-    let slots = SlotManager::open(src_dir.path(), 4, None).unwrap();
+    let slots = SlotManager::open(
+        Arc::new(walrep::storage::StdStorage),
+        src_dir.path(),
+        4,
+        None,
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let _server = server::spawn(
@@ -188,6 +194,7 @@ fn an_archive_member_escaping_the_target_is_refused_and_the_target_removed() {
         label: "x".into(),
         max_rate_kbps: 0,
         timeout: DEADLINE,
+        storage: Arc::new(walrep::storage::StdStorage),
     };
     let e = run(&opts, &mut NoProgress).unwrap_err();
     assert!(matches!(e, BasebackupError::Extract(_)), "{e}");

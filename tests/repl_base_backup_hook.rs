@@ -87,7 +87,8 @@ fn base_backup_output_is_framed_like_postgres() {
         dir.path().to_path_buf(),
         Lsn(0),
     )));
-    let slots = SlotManager::open(dir.path(), 4, None).unwrap();
+    let slots =
+        SlotManager::open(Arc::new(walrep::storage::StdStorage), dir.path(), 4, None).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let _server = server::spawn(

@@ -28,7 +28,8 @@ use walrep::replication::source::ReplicationSource;
 use walrep::standby::receiver::{
     start, ReceiverConfig, ReceiverError, ReceiverEvent, ReceiverShared, ReceiverState,
 };
-use walrep::wal::{FaultyIo, SegmentDir, StdIo, WalIo};
+use walrep::storage::{FaultyStorage, StdStorage, Storage};
+use walrep::wal::SegmentDir;
 use walrep::{Lsn, SegNo, TimelineId};
 
 /// The bytes of a segment of [`seg`].
@@ -65,7 +66,7 @@ impl Primary {
     }
 }
 
-fn standby_segdir(dir: &Path, io: Arc<dyn WalIo>) -> Arc<SegmentDir> {
+fn standby_segdir(dir: &Path, io: Arc<dyn Storage>) -> Arc<SegmentDir> {
     std::fs::create_dir_all(dir).unwrap();
     Arc::new(SegmentDir::open(dir, seg(), io).unwrap())
 }
@@ -120,7 +121,7 @@ fn streams_byte_identical_segments_and_reports_flush_and_apply() {
     };
     primary.write(1 << 20);
     let standby_wal = tmp.path().join("standby_wal");
-    let segdir = standby_segdir(&standby_wal, Arc::new(StdIo));
+    let segdir = standby_segdir(&standby_wal, Arc::new(StdStorage));
     let shared = ReceiverShared::new();
     let (tx, rx) = bounded(64);
     let mut h = start(
@@ -230,7 +231,7 @@ fn another_system_and_the_node_itself_are_refused_with_no_wal_written() {
         ("itself", system_id, node.instance_id),
     ] {
         let wal = tmp.path().join(case.replace(' ', "_"));
-        let segdir = standby_segdir(&wal, Arc::new(StdIo));
+        let segdir = standby_segdir(&wal, Arc::new(StdStorage));
         let cfg = ReceiverConfig {
             instance_id: instance,
             ..config(
@@ -269,7 +270,7 @@ fn a_timeline_switch_is_reported_and_followed_on_the_same_connection() {
     fake.advance(SEG * 2 + 5000);
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
-    let segdir = standby_segdir(&wal, Arc::new(StdIo));
+    let segdir = standby_segdir(&wal, Arc::new(StdStorage));
     let shared = ReceiverShared::new();
     let (tx, rx) = bounded(64);
     let cfg = config(
@@ -358,7 +359,7 @@ fn an_upstream_behind_our_timeline_is_refused() {
     let server = FakeServer::start(ServerOptions::default());
     server.source.advance(SEG);
     let tmp = tempfile::tempdir().unwrap();
-    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdIo));
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdStorage));
     let cfg = ReceiverConfig {
         tli: TimelineId(2),
         ..config(server.conninfo(""), segdir, Lsn(0), SYSTEM_ID)
@@ -381,7 +382,7 @@ fn an_fsync_failure_ends_the_session_and_no_new_one_starts() {
     let server = FakeServer::start(ServerOptions::default());
     server.source.advance(SEG / 4);
     let tmp = tempfile::tempdir().unwrap();
-    let io = Arc::new(FaultyIo::new());
+    let io = Arc::new(FaultyStorage::new());
     io.fail_sync_data_after(1);
     let segdir = standby_segdir(&tmp.path().join("wal"), io);
     let shared = ReceiverShared::new();
@@ -472,7 +473,7 @@ fn a_silent_upstream_is_pinged_then_times_out() {
     let port = listener.local_addr().unwrap().port();
     let upstream = std::thread::spawn(move || silent_upstream(listener));
     let tmp = tempfile::tempdir().unwrap();
-    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdIo));
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdStorage));
     let cfg = ReceiverConfig {
         timeout: Some(Duration::from_millis(600)),
         ..config(
@@ -512,7 +513,7 @@ fn a_slot_and_hot_standby_feedback_reach_the_upstream() {
     c.create_physical_slot("standby_slot", false, true).unwrap();
     c.close();
     let tmp = tempfile::tempdir().unwrap();
-    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdIo));
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdStorage));
     let cfg = ReceiverConfig {
         slot_name: Some("standby_slot".into()),
         hot_standby_feedback: true,
@@ -555,7 +556,7 @@ fn sessions_reuse_a_waiting_session_and_answer_stops() {
     let fake = &server.source;
     fake.advance(SEG + 100);
     let tmp = tempfile::tempdir().unwrap();
-    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdIo));
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdStorage));
     let conninfo = server.conninfo("application_name=s4");
     let (tx, rx) = bounded::<walrep::states::recovery::Event>(64);
     let mut sessions = Sessions::new(

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::wal::*;
-use walrep::wal::{FaultyIo, WalIo, RM_KV};
+use walrep::storage::{FaultyStorage, Op, Storage};
+use walrep::wal::RM_KV;
 
 const THREADS: u64 = 32;
 const COMMITS_PER_THREAD: u64 = 40;
@@ -17,9 +18,9 @@ fn thirty_two_writers_share_fdatasyncs() {
     let dir = tempfile::tempdir().unwrap();
     // A slow disk (2 ms per fdatasync) so the test does not depend on how
     // fast this machine's disk is; it counts calls, it does not time them.
-    let io = Arc::new(FaultyIo::with_sync_delay(Duration::from_millis(2)));
-    let wal = Arc::new(new_wal(dir.path(), Some(io.clone() as Arc<dyn WalIo>)));
-    let syncs_before = io.sync_data_calls.load(std::sync::atomic::Ordering::SeqCst);
+    let io = Arc::new(FaultyStorage::with_sync_delay(Duration::from_millis(2)));
+    let wal = Arc::new(new_wal(dir.path(), Some(io.clone() as Arc<dyn Storage>)));
+    let syncs_before = io.count(Op::SyncData);
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             let wal = wal.clone();
@@ -36,7 +37,7 @@ fn thirty_two_writers_share_fdatasyncs() {
         t.join().unwrap();
     }
     let commits = THREADS * COMMITS_PER_THREAD;
-    let syncs = io.sync_data_calls.load(std::sync::atomic::Ordering::SeqCst) - syncs_before;
+    let syncs = io.count(Op::SyncData) - syncs_before;
     let stats = wal.stats();
     eprintln!(
         "{commits} commits, {syncs} fdatasyncs, mean batch {:.1}, max batch {}",
@@ -94,8 +95,8 @@ fn a_single_committer_flushes_itself() {
 #[test]
 fn a_bounded_wait_times_out_behind_a_stuck_flush() {
     let dir = tempfile::tempdir().unwrap();
-    let io = Arc::new(FaultyIo::new());
-    let wal = Arc::new(new_wal(dir.path(), Some(io.clone() as Arc<dyn WalIo>)));
+    let io = Arc::new(FaultyStorage::new());
+    let wal = Arc::new(new_wal(dir.path(), Some(io.clone() as Arc<dyn Storage>)));
     // A disk in trouble: fdatasync does not return until the test lets it.
     io.hold_syncs(true);
     let first = wal.insert(RM_KV, 0, b"stuck").unwrap();
@@ -104,7 +105,7 @@ fn a_bounded_wait_times_out_behind_a_stuck_flush() {
         std::thread::spawn(move || wal.wait_flushed(first))
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while io.sync_data_calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+    while io.count(Op::SyncData) == 0 {
         assert!(std::time::Instant::now() < deadline, "flush never started");
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -4,21 +4,21 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use support::wal::*;
-use walrep::wal::{find_end_of_wal, initial_lsn, FaultyIo, WalError, WalEvent, WalIo, RM_KV};
+use walrep::storage::{FaultyStorage, Op, Storage};
+use walrep::wal::{find_end_of_wal, initial_lsn, WalError, WalEvent, RM_KV};
 
-fn faulty(dir: &std::path::Path, io: &Arc<FaultyIo>) -> walrep::wal::Wal {
-    new_wal(dir, Some(io.clone() as Arc<dyn WalIo>))
+fn faulty(dir: &std::path::Path, io: &Arc<FaultyStorage>) -> walrep::wal::Wal {
+    new_wal(dir, Some(io.clone() as Arc<dyn Storage>))
 }
 
 #[test]
 fn fsync_failure_poisons_and_later_calls_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let io = Arc::new(FaultyIo::new());
+    let io = Arc::new(FaultyStorage::new());
     let wal = faulty(dir.path(), &io);
     let events = wal.subscribe();
     let a = wal.insert(RM_KV, 0, b"durable").unwrap();
@@ -33,7 +33,7 @@ fn fsync_failure_poisons_and_later_calls_fail_clearly() {
         msg.contains("fdatasync") && msg.contains("injected"),
         "{msg}"
     );
-    let syncs = io.sync_data_calls.load(Ordering::SeqCst);
+    let syncs = io.count(Op::SyncData);
 
     // Later calls fail with the same cause; nothing retries the fsync.
     let e2 = wal.insert(RM_KV, 0, b"more").unwrap_err();
@@ -47,11 +47,7 @@ fn fsync_failure_poisons_and_later_calls_fail_clearly() {
         wal.wait_flush_beyond(a, Duration::from_secs(5)),
         Err(WalError::Poisoned { .. })
     ));
-    assert_eq!(
-        io.sync_data_calls.load(Ordering::SeqCst),
-        syncs,
-        "an fsync was retried"
-    );
+    assert_eq!(io.count(Op::SyncData), syncs, "an fsync was retried");
     // What was durable before stays acknowledged.
     assert_eq!(wal.flushed(), a);
     wal.wait_flushed(a).unwrap();
@@ -64,7 +60,7 @@ fn fsync_failure_poisons_and_later_calls_fail_clearly() {
 #[test]
 fn every_concurrent_waiter_gets_the_error() {
     let dir = tempfile::tempdir().unwrap();
-    let io = Arc::new(FaultyIo::with_sync_delay(Duration::from_millis(20)));
+    let io = Arc::new(FaultyStorage::with_sync_delay(Duration::from_millis(20)));
     let wal = Arc::new(faulty(dir.path(), &io));
     io.fail_sync_data_after(1);
     let threads: Vec<_> = (0..16)
@@ -85,7 +81,7 @@ fn every_concurrent_waiter_gets_the_error() {
 #[test]
 fn torn_write_poisons_and_recovery_ends_before_the_torn_record() {
     let dir = tempfile::tempdir().unwrap();
-    let io = Arc::new(FaultyIo::new());
+    let io = Arc::new(FaultyStorage::new());
     let wal = faulty(dir.path(), &io);
     let mut durable = Vec::new();
     for i in 0..3 {

@@ -9,10 +9,10 @@ use std::fs;
 use std::sync::Arc;
 
 use support::wal::*;
+use walrep::storage::{FaultyStorage, Op, StdStorage, Storage};
 use walrep::wal::segdir::SegmentDir;
 use walrep::wal::{
-    initial_lsn, CompletedMark, FaultyIo, RawReader, ReadErrorKind, SegmentWriter, StdIo, WalIo,
-    WalReader, RM_KV,
+    initial_lsn, CompletedMark, RawReader, ReadErrorKind, SegmentWriter, WalReader, RM_KV,
 };
 use walrep::{Lsn, SegNo, TimelineId};
 
@@ -36,7 +36,7 @@ fn received_segments_are_byte_identical_and_readable_up_to_the_flush() {
     let end = wal.flush().unwrap();
 
     let mut raw = RawReader::new(Arc::clone(wal.segment_dir()));
-    let sd = Arc::new(SegmentDir::open(standby.path(), seg(), Arc::new(StdIo)).unwrap());
+    let sd = Arc::new(SegmentDir::open(standby.path(), seg(), Arc::new(StdStorage)).unwrap());
     let mut recv = SegmentWriter::new(sd, TimelineId(1), initial_lsn(seg()), CompletedMark::Done);
     let mut reader = WalReader::new(reader_cfg(standby.path()), initial_lsn(seg()));
     let mut read = Vec::new();
@@ -83,23 +83,19 @@ fn received_segments_are_byte_identical_and_readable_up_to_the_flush() {
 #[test]
 fn a_receiver_fsync_failure_is_final() {
     let standby = tempfile::tempdir().unwrap();
-    let io = Arc::new(FaultyIo::new());
+    let io = Arc::new(FaultyStorage::new());
     let sd =
-        Arc::new(SegmentDir::open(standby.path(), seg(), io.clone() as Arc<dyn WalIo>).unwrap());
+        Arc::new(SegmentDir::open(standby.path(), seg(), io.clone() as Arc<dyn Storage>).unwrap());
     let mut recv = SegmentWriter::new(sd, TimelineId(1), initial_lsn(seg()), CompletedMark::Done);
     recv.write(initial_lsn(seg()), &[1u8; 100]).unwrap();
     io.fail_sync_data_after(1);
     assert!(recv.flush().is_err());
-    let calls = io.sync_data_calls.load(std::sync::atomic::Ordering::SeqCst);
+    let calls = io.count(Op::SyncData);
     let e = recv.flush().unwrap_err();
     assert!(e.to_string().contains("injected fdatasync failure"), "{e}");
     assert!(recv
         .write(Lsn(initial_lsn(seg()).0 + 100), &[2u8; 10])
         .is_err());
-    assert_eq!(
-        io.sync_data_calls.load(std::sync::atomic::Ordering::SeqCst),
-        calls,
-        "no retry"
-    );
+    assert_eq!(io.count(Op::SyncData), calls, "no retry");
     assert_eq!(recv.flushed(), initial_lsn(seg()));
 }

@@ -9,12 +9,13 @@ use std::fs;
 use std::sync::Arc;
 
 use support::wal::*;
+use walrep::storage::StdStorage;
 use walrep::wal::segdir::SegmentDir;
 use walrep::wal::{
     find_end_of_wal, init_new_timeline_segment, initial_lsn, read_history,
     rename_old_timeline_segment_partial, write_new_timeline_history, EndOfRecovery, InsertedRecord,
-    RawReader, ReadErrorKind, ReaderConfig, SegmentHeader, StdIo, Wal, WalConfig, WalReader,
-    XlogRecord, RM_KV,
+    RawReader, ReadErrorKind, ReaderConfig, SegmentHeader, Wal, WalConfig, WalReader, XlogRecord,
+    RM_KV,
 };
 use walrep::{Lsn, SegNo, TimelineId};
 use walrep_states::TimelineHistory;
@@ -50,6 +51,7 @@ fn promote_with_spares(dir: &std::path::Path, fill: usize, spares: usize) -> Pro
     wal.shutdown().unwrap();
 
     let history = write_new_timeline_history(
+        &StdStorage,
         dir,
         TimelineId(1),
         TimelineId(2),
@@ -58,7 +60,7 @@ fn promote_with_spares(dir: &std::path::Path, fill: usize, spares: usize) -> Pro
     )
     .unwrap();
     assert_eq!(history.timeline_of(Lsn(switch.0 - 1)), TimelineId(1));
-    let segdir = Arc::new(SegmentDir::open(dir, seg(), Arc::new(StdIo)).unwrap());
+    let segdir = Arc::new(SegmentDir::open(dir, seg(), Arc::new(StdStorage)).unwrap());
     assert_eq!(segdir.make_spares(spares).unwrap(), spares);
     init_new_timeline_segment(&segdir, SYSTEM_ID, TimelineId(1), TimelineId(2), switch).unwrap();
     // The first segment and the one after it took a spare each.
@@ -157,7 +159,7 @@ fn new_timeline_segment_is_a_restamped_copy_of_the_prefix() {
     );
     // A walsender streaming timeline 1's history from timeline 2's point of
     // view reads the switch segment from timeline 2's file.
-    let segdir = Arc::new(SegmentDir::open(dir.path(), seg(), Arc::new(StdIo)).unwrap());
+    let segdir = Arc::new(SegmentDir::open(dir.path(), seg(), Arc::new(StdStorage)).unwrap());
     let mut buf = vec![0u8; 64];
     let history = read_history(dir.path(), TimelineId(2)).unwrap();
     RawReader::new(segdir)
@@ -201,7 +203,7 @@ fn promotion_with_spare_segments_writes_the_same_files() {
             .count()
     };
     assert_eq!(temp(spared.path()), 1);
-    SegmentDir::open(spared.path(), seg(), Arc::new(StdIo)).unwrap();
+    SegmentDir::open(spared.path(), seg(), Arc::new(StdStorage)).unwrap();
     assert_eq!(temp(spared.path()), 0);
 }
 
@@ -231,9 +233,16 @@ fn switch_at_a_segment_boundary_starts_an_empty_segment() {
     let switch = wal.switch_segment().unwrap();
     wal.shutdown().unwrap();
     assert_eq!(switch.segment_offset(seg()), 0);
-    write_new_timeline_history(dir.path(), TimelineId(1), TimelineId(2), switch, "promoted")
-        .unwrap();
-    let segdir = Arc::new(SegmentDir::open(dir.path(), seg(), Arc::new(StdIo)).unwrap());
+    write_new_timeline_history(
+        &StdStorage,
+        dir.path(),
+        TimelineId(1),
+        TimelineId(2),
+        switch,
+        "promoted",
+    )
+    .unwrap();
+    let segdir = Arc::new(SegmentDir::open(dir.path(), seg(), Arc::new(StdStorage)).unwrap());
     init_new_timeline_segment(&segdir, SYSTEM_ID, TimelineId(1), TimelineId(2), switch).unwrap();
     let new = fs::read(
         dir.path()
@@ -274,7 +283,7 @@ fn a_new_timeline_needs_its_first_segment() {
     let cfg = WalConfig::new(dir.path(), SYSTEM_ID, TimelineId(2), seg(), a.end, a.start);
     let e = Wal::start(cfg).unwrap_err();
     assert!(e.to_string().contains("init_new_timeline_segment"), "{e}");
-    let segdir = SegmentDir::open(dir.path(), seg(), Arc::new(StdIo)).unwrap();
+    let segdir = SegmentDir::open(dir.path(), seg(), Arc::new(StdStorage)).unwrap();
     let e = init_new_timeline_segment(&segdir, SYSTEM_ID + 1, TimelineId(1), TimelineId(2), a.end)
         .unwrap_err();
     assert!(e.to_string().contains("different database system"), "{e}");
@@ -288,7 +297,7 @@ fn a_new_timeline_needs_its_first_segment() {
 fn the_old_timelines_last_segment_becomes_partial() {
     let dir = tempfile::tempdir().unwrap();
     let p = promote(dir.path(), (1 << 20) - 100);
-    let segdir = SegmentDir::open(dir.path(), seg(), Arc::new(StdIo)).unwrap();
+    let segdir = SegmentDir::open(dir.path(), seg(), Arc::new(StdStorage)).unwrap();
     let to = rename_old_timeline_segment_partial(&segdir, TimelineId(1), p.switch, true).unwrap();
     let name = "000000010000000000000002.partial";
     assert_eq!(to, Some(dir.path().join(name)));

@@ -197,14 +197,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Start { datadir, overrides } => {
             let level = peek_log_level(&datadir, &overrides);
             crate::app::logging::init(&level);
-            let node = RunningNode::start(&datadir, &StartOptions { overrides })?;
+            let opts = StartOptions {
+                overrides,
+                ..Default::default()
+            };
+            let node = RunningNode::start(&datadir, &opts)?;
             let why = node.wait_for_exit()?;
             tracing::info!(reason = ?why, "shutdown requested");
             node.stop()?;
             match why {
                 walrep::node::ExitRequest::Signal(_) => Ok(ExitCode::SUCCESS),
                 walrep::node::ExitRequest::Fatal(message) => {
-                    anyhow::bail!("recovery failed: {message}")
+                    anyhow::bail!("fatal: {message}")
                 }
             }
         }
@@ -264,6 +268,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 write_standby_config,
                 label,
                 max_rate_kbps: max_rate_kbps.unwrap_or(0),
+                storage: std::sync::Arc::new(walrep::storage::StdStorage),
                 timeout: std::time::Duration::from_secs(timeout.max(1)),
             };
             basebackup(&opts, progress)
@@ -361,7 +366,7 @@ fn promote(datadir: &std::path::Path, wait_seconds: u64) -> anyhow::Result<()> {
     walrep::node::DataDirLock::read_holder(&dir)
         .filter(|h| !h.ports.is_empty())
         .ok_or_else(|| anyhow::anyhow!("no walrep is running in {}", datadir.display()))?;
-    walrep::standby::trigger::request_promotion(datadir)?;
+    walrep::standby::trigger::request_promotion(&walrep::storage::StdStorage, datadir)?;
     if wait_seconds == 0 {
         println!("server promoting");
         return Ok(());

@@ -25,6 +25,7 @@ use super::command::{run_shell, substitute, ShellCommand, ShellRun, Termination}
 use super::status::{mark_done, ready_files, WAL_DIR};
 use super::ArchiveError;
 use crate::config::{ArchiveMode, Config};
+use crate::storage::{StdStorage, Storage};
 
 /// Files taken from one directory scan (PostgreSQL's
 /// `NUM_FILES_PER_DIRECTORY_SCAN`): bounds the queue however large the
@@ -32,7 +33,7 @@ use crate::config::{ArchiveMode, Config};
 pub const FILES_PER_DIRECTORY_SCAN: usize = 64;
 
 /// Settings of the archiver thread.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ArchiverConfig {
     /// The data directory: the command's working directory, so `%p` is
     /// relative (`wal/000000010000000000000003`) as in PostgreSQL.
@@ -53,6 +54,8 @@ pub struct ArchiverConfig {
     /// On shutdown, how long a running `archive_command` may still finish
     /// before its process group is killed (its `.ready` then stays).
     pub shutdown_grace: Duration,
+    /// Where `.ready` files become `.done`: the node's storage.
+    pub storage: Arc<dyn Storage>,
 }
 
 impl ArchiverConfig {
@@ -65,12 +68,17 @@ impl ArchiverConfig {
             retry_delay_min: Duration::from_secs(1),
             retry_delay_max: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            storage: Arc::new(StdStorage),
         }
     }
 
-    /// The node's archiver settings from its configuration.
-    pub fn from_config(datadir: &Path, config: &Config) -> Self {
-        ArchiverConfig::new(datadir, config.archive_command.clone())
+    /// The node's archiver settings from its configuration, writing
+    /// through the node's storage.
+    pub fn from_config(datadir: &Path, config: &Config, storage: Arc<dyn Storage>) -> Self {
+        ArchiverConfig {
+            storage,
+            ..ArchiverConfig::new(datadir, config.archive_command.clone())
+        }
     }
 }
 
@@ -429,15 +437,17 @@ impl Archiver {
                 );
                 return Ok(Step::Stop);
             }
-            t if t.success() => match mark_done(&self.config.datadir, name) {
-                Ok(()) => self.record_success(name, run.elapsed),
-                Err(e @ ArchiveError::Fsync { .. }) => return Err(e),
-                Err(e) => {
-                    let reason = format!("archived, but could not mark it done: {e}");
-                    self.record_failure(name, &reason, "", failures_before, command_line);
-                    return Ok(if stop_after { Step::Stop } else { Step::Failed });
+            t if t.success() => {
+                match mark_done(&*self.config.storage, &self.config.datadir, name) {
+                    Ok(()) => self.record_success(name, run.elapsed),
+                    Err(ArchiveError::Storage(e)) if e.is_sync() => return Err(e.into()),
+                    Err(e) => {
+                        let reason = format!("archived, but could not mark it done: {e}");
+                        self.record_failure(name, &reason, "", failures_before, command_line);
+                        return Ok(if stop_after { Step::Stop } else { Step::Failed });
+                    }
                 }
-            },
+            }
             t => {
                 let reason = archive_failure_reason(t);
                 self.record_failure(name, &reason, &run.stderr, failures_before, command_line);
@@ -451,7 +461,7 @@ impl Archiver {
     /// file and go on (PostgreSQL: "removed orphan archive status file").
     fn remove_orphan(&mut self, name: &str) -> Step {
         let ready = super::status::status_dir(&self.config.datadir).join(format!("{name}.ready"));
-        match std::fs::remove_file(&ready) {
+        match self.config.storage.remove_file(&ready) {
             Ok(()) => {
                 warn!(
                     file = name,

@@ -7,7 +7,7 @@
 //! - [`command`]: placeholder substitution (`%p`, `%f`, `%r`, `%%`) and running
 //!   one shell command in its own process group with bounded waits.
 //! - [`status`]: `wal/archive_status/<file>.ready|.done`: which files still
-//!   need archiving, durable renames, whether a segment may be removed.
+//!   need archiving, whether a segment may be removed.
 //! - [`archiver`]: the archiver thread (PostgreSQL's pgarch), its back-off and
 //!   its `pg_stat_archiver`-style statistics.
 //! - [`restore`]: `restore_command` with a timeout and PostgreSQL's
@@ -33,8 +33,7 @@ pub use restore::{
     RestoreOutcome, RestoredFile, RECOVERYHISTORY, RECOVERYXLOG, RECOVERYXLOG_PREFETCH,
 };
 pub use status::{
-    archive_cleanup, durable_rename, is_archived, mark_done, mark_ready, ready_files,
-    segment_removable,
+    archive_cleanup, is_archived, mark_done, mark_ready, ready_files, segment_removable,
 };
 
 /// Errors of the archive module. Outcomes of the commands themselves (a
@@ -49,10 +48,11 @@ pub enum ArchiveError {
         path: PathBuf,
         source: io::Error,
     },
-    /// fsync failed. After an fsync error the kernel may have dropped the
-    /// dirty data, so nothing retries it: the caller stops.
-    #[error("could not fsync \"{path}\": {source}")]
-    Fsync { path: PathBuf, source: io::Error },
+    /// A durable write of a status or WAL file failed. When it was an
+    /// fsync ([`crate::storage::StorageError::is_sync`]) the kernel may have
+    /// dropped the dirty data, so nothing retries it: the caller stops.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     /// The shell could not be started at all (no `/bin/sh`, no processes left).
     #[error("could not start \"/bin/sh -c {command}\": {source}")]
     Spawn { command: String, source: io::Error },

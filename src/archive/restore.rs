@@ -19,12 +19,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::command::{run_shell, substitute, ShellCommand, ShellRun, Termination};
-use super::status::{
-    durable_rename, is_archivable_name, is_history_file_name, mark_done, mark_ready, WAL_DIR,
-};
+use super::status::{is_archivable_name, is_history_file_name, mark_done, mark_ready, WAL_DIR};
 use super::ArchiveError;
 use crate::config::{ArchiveMode, Config};
 use crate::states::{SegNo, WalSegSize};
+use crate::storage::{durable_rename, Storage};
 
 /// Temporary name a segment is restored to (PostgreSQL's `RECOVERYXLOG`).
 pub const RECOVERYXLOG: &str = "RECOVERYXLOG";
@@ -489,6 +488,7 @@ impl ArchiveMark {
 /// mark it `.done` or `.ready`. Returns the final path. Cascading walsenders
 /// reading the old file should be told to reopen it by the caller.
 pub fn keep_restored_file(
+    storage: &dyn Storage,
     datadir: &Path,
     restored: &RestoredFile,
     mark: ArchiveMark,
@@ -508,10 +508,10 @@ pub fn keep_restored_file(
     }
     let from = datadir.join(&restored.temp_path);
     let to = datadir.join(WAL_DIR).join(&restored.file_name);
-    durable_rename(&from, &to)?;
+    durable_rename(storage, &from, &to)?;
     match mark {
-        ArchiveMark::Done => mark_done(datadir, &restored.file_name)?,
-        ArchiveMark::Ready => mark_ready(datadir, &restored.file_name)?,
+        ArchiveMark::Done => mark_done(storage, datadir, &restored.file_name)?,
+        ArchiveMark::Ready => mark_ready(storage, datadir, &restored.file_name)?,
     }
     Ok(to)
 }
@@ -519,6 +519,7 @@ pub fn keep_restored_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StdStorage;
 
     #[test]
     fn outcome_serializes_with_a_tag() {
@@ -570,13 +571,13 @@ mod tests {
             temp_path: "wal/RECOVERYXLOG".into(),
             size_bytes: 0,
         };
-        let e = keep_restored_file(d.path(), &bad, ArchiveMark::Done).unwrap_err();
+        let e = keep_restored_file(&StdStorage, d.path(), &bad, ArchiveMark::Done).unwrap_err();
         assert!(matches!(e, ArchiveError::BadFileName { .. }), "{e}");
         let bad = RestoredFile {
             file_name: "000000010000000000000003".into(),
             temp_path: "base/x".into(),
             size_bytes: 0,
         };
-        assert!(keep_restored_file(d.path(), &bad, ArchiveMark::Done).is_err());
+        assert!(keep_restored_file(&StdStorage, d.path(), &bad, ArchiveMark::Done).is_err());
     }
 }

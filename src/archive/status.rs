@@ -4,15 +4,17 @@
 //!
 //! A `.ready` file means "complete, not yet archived": the segment must be
 //! kept. The archiver renames it to `.done` once `archive_command` succeeded.
-//! Both are empty files; their names are the whole state.
+//! Both are empty files; their names are the whole state. Every change to
+//! them goes through the node's [`Storage`].
 
 use std::collections::BinaryHeap;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::ArchiveError;
 use crate::config::ArchiveMode;
+use crate::storage::{durable_create, durable_create_dir, durable_rename, Storage, StorageError};
 
 /// Directory of the WAL files, relative to the data directory.
 pub const WAL_DIR: &str = "wal";
@@ -82,79 +84,39 @@ pub fn ready_files(datadir: &Path, max: usize) -> Result<Vec<String>, ArchiveErr
     Ok(best.into_sorted_vec().into_iter().map(|(_, n)| n).collect())
 }
 
-/// fsync a file or directory by path.
-fn fsync_path(path: &Path) -> Result<(), ArchiveError> {
-    let f = File::open(path).map_err(|e| ArchiveError::io("open for fsync", path, e))?;
-    f.sync_all().map_err(|source| ArchiveError::Fsync {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Rename `from` to `to` so that it survives a crash: fsync the file, rename,
-/// fsync the directory (PostgreSQL's `durable_rename`). An fsync failure is
-/// returned as [`ArchiveError::Fsync`] and must not be retried.
-pub fn durable_rename(from: &Path, to: &Path) -> Result<(), ArchiveError> {
-    fsync_path(from)?;
-    fs::rename(from, to).map_err(|e| ArchiveError::io("rename", from, e))?;
-    let dir = to.parent().unwrap_or(Path::new("."));
-    fsync_path(dir)?;
-    match from.parent() {
-        Some(from_dir) if from_dir != dir => fsync_path(from_dir),
-        _ => Ok(()),
-    }
-}
-
-/// Create an empty file durably (file and directory entry fsynced).
-fn create_empty_durably(path: &Path) -> Result<(), ArchiveError> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| ArchiveError::io("create", path, e))?;
-    f.sync_all().map_err(|source| ArchiveError::Fsync {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    fsync_path(path.parent().unwrap_or(Path::new(".")))
-}
-
 /// Make sure `wal/archive_status/` exists (durably), for nodes whose WAL
 /// directory predates archiving.
-fn ensure_status_dir(datadir: &Path) -> Result<(), ArchiveError> {
-    let dir = status_dir(datadir);
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::create_dir_all(&dir).map_err(|e| ArchiveError::io("create directory", &dir, e))?;
-    fsync_path(&datadir.join(WAL_DIR))
+fn ensure_status_dir(storage: &dyn Storage, datadir: &Path) -> Result<(), StorageError> {
+    durable_create_dir(storage, &status_dir(datadir)).map(|_| ())
 }
 
 /// Mark `name` (a file in `wal/`) as complete and waiting for archiving:
 /// durably create `archive_status/<name>.ready` (PostgreSQL's
 /// `XLogArchiveNotify`). Call it only once the file itself is fsynced; then
 /// wake the archiver through its [`super::ArchiveNotifier`].
-pub fn mark_ready(datadir: &Path, name: &str) -> Result<(), ArchiveError> {
-    ensure_status_dir(datadir)?;
-    create_empty_durably(&status_path(datadir, name, ".ready"))
+pub fn mark_ready(storage: &dyn Storage, datadir: &Path, name: &str) -> Result<(), ArchiveError> {
+    ensure_status_dir(storage, datadir)?;
+    durable_create(storage, &status_path(datadir, name, ".ready"), &[])?;
+    Ok(())
 }
 
 /// Mark `name` as archived (PostgreSQL's `XLogArchiveForceDone`): rename its
 /// `.ready` to `.done`, or create `.done` if there was no `.ready`. Used by
 /// the archiver after success and for files restored from the archive
 /// (which need not be archived again).
-pub fn mark_done(datadir: &Path, name: &str) -> Result<(), ArchiveError> {
+pub fn mark_done(storage: &dyn Storage, datadir: &Path, name: &str) -> Result<(), ArchiveError> {
     let ready = status_path(datadir, name, ".ready");
     let done = status_path(datadir, name, ".done");
     if ready.exists() {
-        return durable_rename(&ready, &done);
+        durable_rename(storage, &ready, &done)?;
+        return Ok(());
     }
     if done.exists() {
         return Ok(());
     }
-    ensure_status_dir(datadir)?;
-    create_empty_durably(&done)
+    ensure_status_dir(storage, datadir)?;
+    durable_create(storage, &done, &[])?;
+    Ok(())
 }
 
 /// Whether `name` has been archived (`.done` exists).
@@ -169,6 +131,7 @@ pub fn is_archived(datadir: &Path, name: &str) -> bool {
 /// lost the status file) the file is queued again with a new `.ready` and
 /// kept, so a segment is never removed unarchived.
 pub fn segment_removable(
+    storage: &dyn Storage,
     datadir: &Path,
     name: &str,
     archive_mode: ArchiveMode,
@@ -189,16 +152,20 @@ pub fn segment_removable(
     if is_archived(datadir, name) {
         return Ok(true);
     }
-    mark_ready(datadir, name)?;
+    mark_ready(storage, datadir, name)?;
     Ok(false)
 }
 
 /// Forget the archive status of a removed WAL file (PostgreSQL's
 /// `XLogArchiveCleanup`): remove its `.done` and `.ready`, if any.
-pub fn archive_cleanup(datadir: &Path, name: &str) -> Result<(), ArchiveError> {
+pub fn archive_cleanup(
+    storage: &dyn Storage,
+    datadir: &Path,
+    name: &str,
+) -> Result<(), ArchiveError> {
     for suffix in [".done", ".ready"] {
         let p = status_path(datadir, name, suffix);
-        match fs::remove_file(&p) {
+        match storage.remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(ArchiveError::io("remove", p, e)),
@@ -210,9 +177,10 @@ pub fn archive_cleanup(datadir: &Path, name: &str) -> Result<(), ArchiveError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StdStorage;
 
     fn touch_ready(datadir: &Path, name: &str) {
-        mark_ready(datadir, name).unwrap();
+        mark_ready(&StdStorage, datadir, name).unwrap();
     }
 
     #[test]
@@ -243,7 +211,7 @@ mod tests {
             touch_ready(d.path(), n);
         }
         fs::write(status_dir(d.path()).join("junk.ready"), b"").unwrap();
-        mark_done(d.path(), "000000010000000000000002").unwrap();
+        mark_done(&StdStorage, d.path(), "000000010000000000000002").unwrap();
         assert_eq!(
             ready_files(d.path(), 64).unwrap(),
             vec![
@@ -271,18 +239,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let seg = "000000010000000000000003";
         touch_ready(d.path(), seg);
-        assert!(!segment_removable(d.path(), seg, ArchiveMode::On, false).unwrap());
-        assert!(segment_removable(d.path(), seg, ArchiveMode::Off, false).unwrap());
-        assert!(segment_removable(d.path(), seg, ArchiveMode::On, true).unwrap());
-        assert!(!segment_removable(d.path(), seg, ArchiveMode::Always, true).unwrap());
-        mark_done(d.path(), seg).unwrap();
+        assert!(!segment_removable(&StdStorage, d.path(), seg, ArchiveMode::On, false).unwrap());
+        assert!(segment_removable(&StdStorage, d.path(), seg, ArchiveMode::Off, false).unwrap());
+        assert!(segment_removable(&StdStorage, d.path(), seg, ArchiveMode::On, true).unwrap());
+        assert!(!segment_removable(&StdStorage, d.path(), seg, ArchiveMode::Always, true).unwrap());
+        mark_done(&StdStorage, d.path(), seg).unwrap();
         assert!(!status_path(d.path(), seg, ".ready").exists());
         assert!(is_archived(d.path(), seg));
-        assert!(segment_removable(d.path(), seg, ArchiveMode::On, false).unwrap());
-        archive_cleanup(d.path(), seg).unwrap();
+        assert!(segment_removable(&StdStorage, d.path(), seg, ArchiveMode::On, false).unwrap());
+        archive_cleanup(&StdStorage, d.path(), seg).unwrap();
         assert!(!is_archived(d.path(), seg));
         // Lost status: queued again, kept.
-        assert!(!segment_removable(d.path(), seg, ArchiveMode::On, false).unwrap());
+        assert!(!segment_removable(&StdStorage, d.path(), seg, ArchiveMode::On, false).unwrap());
         assert_eq!(ready_files(d.path(), 64).unwrap(), vec![seg]);
     }
 }

@@ -6,6 +6,7 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::extract::{self, ExtractError, ExtractStats, Extractor};
@@ -14,6 +15,7 @@ use super::verify::{self, Expected, VerifyError};
 use crate::replication::client::{
     BackupMessage, BaseBackupRequest, ClientError, ConnInfo, ReplicationClient,
 };
+use crate::storage::Storage;
 use crate::{Lsn, TimelineId};
 
 /// Most bytes accepted after the end of the tar archive (its padding).
@@ -41,6 +43,8 @@ pub struct BasebackupOptions {
     pub max_rate_kbps: u64,
     /// Bound on connecting and on every wait for the server.
     pub timeout: Duration,
+    /// Where the copy is written (`StdStorage` outside tests).
+    pub storage: Arc<dyn Storage>,
 }
 
 /// What a successful backup produced.
@@ -109,7 +113,7 @@ pub fn run(
 ) -> Result<BasebackupSummary, BasebackupError> {
     let existed = extract::check_target(&opts.datadir).map_err(BasebackupError::Target)?;
     if !existed {
-        extract::create_target(&opts.datadir).map_err(BasebackupError::Target)?;
+        extract::create_target(&*opts.storage, &opts.datadir).map_err(BasebackupError::Target)?;
     }
     let result = take(opts, progress);
     if result.is_err() {
@@ -185,7 +189,7 @@ fn take(
     )?;
     let primary_conninfo = if opts.write_standby_config {
         let ci = standby_conninfo(opts);
-        standby_config::write(&opts.datadir, &ci)?;
+        standby_config::write(&*opts.storage, &opts.datadir, &ci)?;
         Some(ci)
     } else {
         None
@@ -210,7 +214,7 @@ fn receive_archive(
     opts: &BasebackupOptions,
     progress: &mut dyn Progress,
 ) -> Result<(ExtractStats, u64), BasebackupError> {
-    let mut extractor = Extractor::new(&opts.datadir);
+    let mut extractor = Extractor::new(opts.storage.clone(), &opts.datadir);
     let mut stream = ArchiveStream::new(client, progress);
     let extracted = extractor
         .extract(&mut stream)

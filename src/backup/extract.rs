@@ -2,15 +2,16 @@
 //! anything that could write outside it: absolute paths, `..`, links,
 //! devices, names that are not UTF-8, a member written twice. Files are
 //! created new (0600) and fsynced as they are written; every directory is
-//! fsynced at the end, so a finished extraction survives a crash.
+//! fsynced at the end, so a finished extraction survives a crash. All of it
+//! (`backup_label`, the snapshot, the WAL) goes through a [`Storage`].
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
-use crate::util::fsync_dir;
+use crate::storage::{durable_create_dir, OpenFor, SeqWriter, Storage, StorageError};
 
 /// Deepest member path accepted (walrep's layout is 3 levels deep).
 const MAX_DEPTH: usize = 8;
@@ -28,6 +29,8 @@ pub enum ExtractError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 fn write_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ExtractError {
@@ -77,6 +80,8 @@ pub fn safe_member_path(name: &str) -> Result<PathBuf, String> {
 
 /// Extracts members into `dest` (which exists and is empty).
 pub struct Extractor {
+    /// Every file and directory is written through it.
+    storage: Arc<dyn Storage>,
     /// The target directory.
     dest: PathBuf,
     /// Every directory written into (fsynced at the end).
@@ -86,10 +91,11 @@ pub struct Extractor {
 }
 
 impl Extractor {
-    pub fn new(dest: &Path) -> Extractor {
+    pub fn new(storage: Arc<dyn Storage>, dest: &Path) -> Extractor {
         let mut dirs = BTreeSet::new();
         dirs.insert(dest.to_path_buf());
         Extractor {
+            storage,
             dest: dest.to_path_buf(),
             dirs,
             stats: ExtractStats::default(),
@@ -147,9 +153,8 @@ impl Extractor {
                 reason: "a file of that name was already extracted".into(),
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(path)
+                self.storage
+                    .create_dir(path)
                     .map_err(write_err("create directory", path))?;
                 self.stats.directories += 1;
                 if let Some(parent) = path.parent() {
@@ -169,20 +174,18 @@ impl Extractor {
 
     fn file(&mut self, rel: &Path, data: &mut impl Read) -> Result<(), ExtractError> {
         let path = self.parents(rel)?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => ExtractError::Unsafe {
-                    name: rel.display().to_string(),
-                    reason: "member appears twice in the archive".into(),
-                },
-                _ => write_err("create file", &path)(e),
+        let mut f =
+            SeqWriter::open(&*self.storage, &path, OpenFor::CreateNew).map_err(|e| {
+                match e.io_error().kind() {
+                    io::ErrorKind::AlreadyExists => ExtractError::Unsafe {
+                        name: rel.display().to_string(),
+                        reason: "member appears twice in the archive".into(),
+                    },
+                    _ => ExtractError::Storage(e),
+                }
             })?;
-        let n = copy(data, &mut f, &path)?;
-        f.sync_all().map_err(write_err("fsync file", &path))?;
+        copy(data, &mut f)?;
+        let n = f.finish()?;
         self.stats.files += 1;
         self.stats.bytes += n;
         if let Some(parent) = path.parent() {
@@ -195,7 +198,7 @@ impl Extractor {
     pub fn finish(self) -> Result<ExtractStats, ExtractError> {
         // Deepest first, so each entry is durable before its parent's.
         for d in self.dirs.iter().rev() {
-            fsync_dir(d).map_err(write_err("fsync directory", d))?;
+            crate::storage::sync_dir(&*self.storage, d)?;
         }
         Ok(self.stats)
     }
@@ -216,16 +219,9 @@ pub fn check_target(dir: &Path) -> Result<bool, ExtractError> {
     }
 }
 
-/// Create the target directory (mode 0700, parents as needed).
-pub fn create_target(dir: &Path) -> Result<(), ExtractError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(write_err("create directory", dir))?;
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fsync_dir(parent).map_err(write_err("fsync directory", parent))?;
-    }
+/// Create the target directory (mode 0700, parents as needed), durably.
+pub fn create_target(storage: &dyn Storage, dir: &Path) -> Result<(), ExtractError> {
+    durable_create_dir(storage, dir)?;
     Ok(())
 }
 
@@ -268,19 +264,16 @@ pub fn drain(mut input: impl Read, limit: u64) -> Result<u64, ExtractError> {
 }
 
 /// Copy a member's data, telling stream errors from disk errors.
-fn copy(data: &mut impl Read, f: &mut File, path: &Path) -> Result<u64, ExtractError> {
+fn copy(data: &mut impl Read, f: &mut SeqWriter<'_>) -> Result<(), ExtractError> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
     loop {
         let n = match data.read(&mut buf) {
-            Ok(0) => return Ok(total),
+            Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ExtractError::Read(e)),
         };
-        f.write_all(&buf[..n])
-            .map_err(write_err("write file", path))?;
-        total += n as u64;
+        f.put(&buf[..n])?;
     }
 }
 
@@ -328,7 +321,7 @@ mod tests {
             ("base/1/chunk", tar::EntryType::Regular, b"hello"),
             ("control", tar::EntryType::Regular, b"c"),
         ]);
-        let mut x = Extractor::new(d.path());
+        let mut x = Extractor::new(Arc::new(crate::storage::StdStorage), d.path());
         x.extract(&t[..]).unwrap();
         let stats = x.finish().unwrap();
         assert_eq!((stats.files, stats.bytes), (2, 6));
@@ -366,7 +359,7 @@ mod tests {
             ),
         ] {
             let d = tempfile::tempdir_in(outside.path()).unwrap();
-            let mut x = Extractor::new(d.path());
+            let mut x = Extractor::new(Arc::new(crate::storage::StdStorage), d.path());
             let e = x.extract(&tar_of(&members)[..]).unwrap_err();
             assert!(e.to_string().contains(what), "{what}: {e}");
         }

@@ -2,14 +2,13 @@
 //! `primary_conninfo` in the copy's `walrep.toml`, so the copy starts as a
 //! standby of the node it was taken from.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::config::Config;
 use crate::datadir::{CONFIG_FILE, STANDBY_SIGNAL};
-use crate::util::{durable_replace, fsync_dir};
+use crate::storage::{durable_create, durable_replace, Storage};
 
 /// The parameter set.
 const PARAMETER: &str = "primary_conninfo";
@@ -25,6 +24,8 @@ pub enum StandbyConfigError {
     },
     #[error("the edited {CONFIG_FILE} does not read back as expected: {0}")]
     Edit(String),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StandbyConfigError {
@@ -106,8 +107,13 @@ pub fn set_primary_conninfo(text: &str, conninfo: &str) -> String {
     s
 }
 
-/// Write `standby.signal` and set `primary_conninfo` in `datadir`, durably.
-pub fn write(datadir: &Path, conninfo: &str) -> Result<(), StandbyConfigError> {
+/// Write `standby.signal` and set `primary_conninfo` in `datadir`, durably,
+/// through `storage`.
+pub fn write(
+    storage: &dyn Storage,
+    datadir: &Path,
+    conninfo: &str,
+) -> Result<(), StandbyConfigError> {
     let config = datadir.join(CONFIG_FILE);
     let text = fs::read_to_string(&config).map_err(io_err("read", &config))?;
     let edited = set_primary_conninfo(&text, conninfo);
@@ -119,17 +125,9 @@ pub fn write(datadir: &Path, conninfo: &str) -> Result<(), StandbyConfigError> {
             parsed.primary_conninfo
         )));
     }
-    durable_replace(&config, edited.as_bytes()).map_err(io_err("write", &config))?;
-    let signal = datadir.join(STANDBY_SIGNAL);
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&signal)
-        .map_err(io_err("create", &signal))?;
-    f.sync_all().map_err(io_err("fsync", &signal))?;
-    fsync_dir(datadir).map_err(io_err("fsync directory", datadir))
+    durable_replace(storage, &config, edited.as_bytes())?;
+    durable_create(storage, &datadir.join(STANDBY_SIGNAL), &[])?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -172,7 +170,7 @@ mod tests {
     fn write_creates_the_signal_and_sets_the_parameter() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join(CONFIG_FILE), Config::template()).unwrap();
-        write(d.path(), "host=h port=1").unwrap();
+        write(&crate::storage::StdStorage, d.path(), "host=h port=1").unwrap();
         assert!(d.path().join(STANDBY_SIGNAL).exists());
         let c = Config::load(&d.path().join(CONFIG_FILE), &[]).unwrap();
         assert_eq!(c.primary_conninfo, "host=h port=1");

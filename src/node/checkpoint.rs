@@ -69,7 +69,7 @@ pub enum CheckpointError {
     #[error(transparent)]
     Control(#[from] crate::store::control::ControlError),
     #[error("could not remove old snapshots: {0}")]
-    Cleanup(std::io::Error),
+    Cleanup(crate::storage::StorageError),
 }
 
 impl Node {
@@ -93,7 +93,7 @@ impl Node {
             let c = self.control();
             (c.checkpoint_id + 1, self.config.checkpoint_chunks)
         };
-        let snap = write_snapshot(&self.dir.root, id, chunks, &self.store)?;
+        let snap = write_snapshot(&*self.storage, &self.dir.root, id, chunks, &self.store)?;
         let shutdown = cause == CheckpointCause::Shutdown;
         let tli = wal.timeline();
         let rec = wal.log_xlog(&XlogRecord::Checkpoint(Checkpoint {
@@ -119,12 +119,13 @@ impl Node {
             } else {
                 ClusterState::InProduction
             };
-            c.write(&self.dir.root)?;
+            c.write(&*self.storage, &self.dir.root)?;
         }
         // Snapshots a running base backup copies stay until it ends.
         let mut keep = self.backup_pins.pinned_snapshots();
         keep.push(id);
-        remove_snapshots_except(&self.dir.root, &keep).map_err(CheckpointError::Cleanup)?;
+        remove_snapshots_except(&*self.storage, &self.dir.root, &keep)
+            .map_err(CheckpointError::Cleanup)?;
         let report = self.remove_old_wal(&wal, redo)?;
         let done = self.record_done(
             cause,
@@ -303,7 +304,7 @@ impl Node {
             return Ok(None);
         }
         tracing::info!(cause = cause.as_str(), %redo, "restartpoint starting");
-        let snap = write_snapshot(&self.dir.root, id, chunks, &self.store)?;
+        let snap = write_snapshot(&*self.storage, &self.dir.root, id, chunks, &self.store)?;
         // The snapshot may hold changes replayed while it was written: a
         // restart must replay at least that far before it is consistent.
         let min_recovery_point = old_min.max(self.standby.replay_lsn());
@@ -323,11 +324,12 @@ impl Node {
             } else {
                 ClusterState::InArchiveRecovery
             };
-            c.write(&self.dir.root)?;
+            c.write(&*self.storage, &self.dir.root)?;
         }
         let mut pinned = self.backup_pins.pinned_snapshots();
         pinned.push(id);
-        remove_snapshots_except(&self.dir.root, &pinned).map_err(CheckpointError::Cleanup)?;
+        remove_snapshots_except(&*self.storage, &self.dir.root, &pinned)
+            .map_err(CheckpointError::Cleanup)?;
         let seg = self.segdir.seg_size();
         let keep = self.config.wal_keep_size.bytes().unwrap_or(0);
         let mut horizon = redo

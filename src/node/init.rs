@@ -11,23 +11,31 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::datadir::DataDir;
+use crate::storage::{durable_create, sync_dir, StdStorage};
 use crate::store::checkpoint::write_snapshot;
 use crate::store::control::{generate_system_identifier, now_ms};
 use crate::store::{ClusterState, ControlFile, Store};
 use crate::wal::{initial_lsn, Checkpoint, Wal, WalConfig, XlogRecord};
 use crate::{Lsn, TimelineId, WalSegSize};
 
-/// Create a data directory at `path`.
+/// Create a data directory at `path` (with the real storage: no node runs
+/// on it yet).
 pub fn init(path: &Path, seg_size: WalSegSize) -> anyhow::Result<ControlFile> {
+    let storage = StdStorage;
     let dir = DataDir::new(path);
-    dir.create_layout()?;
+    dir.create_layout(&storage)?;
     let template = Config::template();
-    std::fs::write(dir.config_file(), &template)
-        .with_context(|| format!("could not write {}", dir.config_file().display()))?;
+    durable_create(&storage, &dir.config_file(), template.as_bytes())?;
     let defaults = Config::default();
     let system_identifier = generate_system_identifier();
     let snapshot_id = 1;
-    write_snapshot(path, snapshot_id, defaults.checkpoint_chunks, &Store::new())?;
+    write_snapshot(
+        &storage,
+        path,
+        snapshot_id,
+        defaults.checkpoint_chunks,
+        &Store::new(),
+    )?;
     let wal = Wal::start(WalConfig::new(
         dir.wal(),
         system_identifier,
@@ -54,7 +62,7 @@ pub fn init(path: &Path, seg_size: WalSegSize) -> anyhow::Result<ControlFile> {
     control.redo_lsn = redo;
     control.checkpoint_id = snapshot_id;
     control.state = ClusterState::ShutDown;
-    control.write(path)?;
-    crate::util::fsync_dir(path)?;
+    control.write(&storage, path)?;
+    sync_dir(&storage, path)?;
     Ok(control)
 }

@@ -32,10 +32,11 @@ use crate::replication::server::{ServerHandle as ReplicationServerHandle, Server
 use crate::replication::slots::SlotManager;
 use crate::server::{Backend, Role, Server, ServerSettings, WriteError};
 use crate::standby::{StandbyRuntime, StandbyState};
+use crate::storage::{PoisonOnSyncFailure, StdStorage, Storage};
 use crate::store::{ClusterState, ControlFile, Level, Store};
 use crate::syncrep::{self, SyncRep};
 use crate::wal::writer::FlushHook;
-use crate::wal::{SegmentDir, StdIo, Wal, WalConfig, WalError, WalEvent};
+use crate::wal::{SegmentDir, Wal, WalConfig, WalError, WalEvent};
 use crate::Lsn;
 use checkpoint::{CheckpointCause, CheckpointDone, Checkpointer};
 
@@ -48,7 +49,8 @@ const ROLE_RECOVERING: u8 = 2;
 pub enum ExitRequest {
     /// SIGINT or SIGTERM.
     Signal(i32),
-    /// Recovery cannot go on (PostgreSQL's FATAL in the startup process).
+    /// The node cannot go on: recovery failed (PostgreSQL's FATAL in the
+    /// startup process), or an fsync failed (its PANIC).
     Fatal(String),
 }
 
@@ -56,6 +58,9 @@ pub enum ExitRequest {
 pub struct Node {
     pub dir: DataDir,
     pub config: Arc<Config>,
+    /// Every durable write of the node goes through it; the first failed
+    /// fsync poisons it and stops the node ([`PoisonOnSyncFailure`]).
+    pub storage: Arc<dyn Storage>,
     control: Mutex<ControlFile>,
     pub store: Store,
     /// The WAL writer; `None` on a standby until it is promoted.
@@ -218,7 +223,7 @@ impl Node {
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
         let handle = archive::spawn_archiver(
-            ArchiverConfig::from_config(&self.dir.root, &self.config),
+            ArchiverConfig::from_config(&self.dir.root, &self.config, self.storage.clone()),
             rx,
         )?;
         let notifier = handle.notifier();
@@ -329,6 +334,22 @@ pub struct RunningNode {
 pub struct StartOptions {
     /// `-c name=value` overrides.
     pub overrides: Vec<String>,
+    /// The storage under the node's (a test's `FaultyStorage`);
+    /// `StdStorage` when `None`.
+    pub storage: Option<Arc<dyn Storage>>,
+}
+
+/// The node's storage: the given one or the real one, wrapped so that the
+/// first failed fsync refuses every later write and asks the node to stop
+/// with a fatal error naming the file and the OS error.
+fn node_storage(opts: &StartOptions, exit_tx: Sender<ExitRequest>) -> Arc<dyn Storage> {
+    let inner = opts.storage.clone().unwrap_or_else(|| Arc::new(StdStorage));
+    Arc::new(PoisonOnSyncFailure::new(inner, move |failure| {
+        let _ = exit_tx.try_send(ExitRequest::Fatal(format!(
+            "{failure}; stopping: after a failed fsync the data may be lost, \
+             and an fsync is never retried (restart to recover from the WAL)"
+        )));
+    }))
 }
 
 impl RunningNode {
@@ -349,7 +370,10 @@ impl RunningNode {
                 ("replication_port", config.replication_port),
             ],
         )?;
-        if let Err(e) = crate::standby::trigger::remove_stale_promote_request(&dir.root) {
+        let (exit_tx, exit_rx) = crossbeam_channel::bounded(8);
+        let storage = node_storage(opts, exit_tx.clone());
+        if let Err(e) = crate::standby::trigger::remove_stale_promote_request(&*storage, &dir.root)
+        {
             tracing::warn!(error = %e, "could not remove a stale promote request");
         }
         let control = ControlFile::read(&dir.root)?;
@@ -357,7 +381,7 @@ impl RunningNode {
         let segdir = Arc::new(SegmentDir::open(
             &dir.wal(),
             control.wal_segment_size,
-            Arc::new(StdIo),
+            storage.clone(),
         )?);
         let store = Store::new();
         let snapshot = crate::store::checkpoint::load_snapshot(
@@ -368,6 +392,7 @@ impl RunningNode {
         )?;
         tracing::info!(checkpoint = %control.checkpoint_lsn, redo = %control.redo_lsn, keys = snapshot.keys, state = %control.state, "loaded the last checkpoint");
         let slots = SlotManager::open(
+            storage.clone(),
             &dir.root,
             config.max_replication_slots as usize,
             config.max_slot_wal_keep_size.bytes(),
@@ -377,7 +402,6 @@ impl RunningNode {
             store.visibility().clone(),
             config.synchronous_standby_timeout.get(),
         ));
-        let (exit_tx, exit_rx) = crossbeam_channel::bounded(8);
         let flush = replication::FlushPoint {
             tli: control.timeline,
             lsn: control.min_recovery_point.max(control.redo_lsn),
@@ -386,6 +410,7 @@ impl RunningNode {
         let node = Arc::new(Node {
             dir,
             config: config.clone(),
+            storage,
             control: Mutex::new(control),
             store,
             wal: RwLock::new(None),
@@ -588,7 +613,7 @@ fn start_primary(node: &Arc<Node>) -> anyhow::Result<()> {
     {
         let mut c = node.control_mut();
         c.state = ClusterState::InProduction;
-        c.write(&node.dir.root)?;
+        c.write(&*node.storage, &node.dir.root)?;
     }
     node.attach_wal(wal)?;
     if control.state != ClusterState::ShutDown {

@@ -150,6 +150,7 @@ impl Fetcher {
         let name = segno.file_name(tli, self.seg_size);
         let restartpoint = self.restartpoint_file();
         let datadir = self.node.dir.root.clone();
+        let storage = self.node.storage.clone();
         let thread = std::thread::Builder::new()
             .name("archive-prefetch".into())
             .spawn(move || {
@@ -163,9 +164,9 @@ impl Fetcher {
                 // that fails, the file is not used (the segment is restored
                 // again on request, into a new file).
                 let path = datadir.join(&r.temp_path);
-                if let Err(e) = File::open(&path).and_then(|f| f.sync_all()) {
+                if let Err(e) = crate::storage::sync_file(&*storage, &path) {
                     tracing::warn!(file = %name, error = %e, "could not fsync a prefetched segment; not using it");
-                    let _ = std::fs::remove_file(&path);
+                    let _ = storage.remove_file(&path);
                     return None;
                 }
                 Some(r)
@@ -210,7 +211,8 @@ impl Fetcher {
         });
         match outcome {
             RestoreOutcome::Restored(r) => {
-                match keep_restored_file(&self.node.dir.root, &r, self.mark()) {
+                match keep_restored_file(&*self.node.storage, &self.node.dir.root, &r, self.mark())
+                {
                     Ok(_) => {
                         tracing::info!(file = %name, how, "restored log file from archive");
                         if self.mark() == ArchiveMark::Ready {
@@ -245,7 +247,12 @@ impl Fetcher {
                     .map_err(|e| e.to_string())
                     .and_then(|t| TimelineHistory::parse(tli, &t).map_err(|e| e.to_string()));
                 match parsed {
-                    Ok(history) => match keep_restored_file(&self.node.dir.root, &r, self.mark()) {
+                    Ok(history) => match keep_restored_file(
+                        &*self.node.storage,
+                        &self.node.dir.root,
+                        &r,
+                        self.mark(),
+                    ) {
                         Ok(_) => {
                             tracing::info!(file = %name, "restored history file from archive");
                             Event::HistoryRestored { tli, history }

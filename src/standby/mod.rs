@@ -105,7 +105,7 @@ impl StandbyRuntime {
         if control.state != ClusterState::InArchiveRecovery {
             let mut c = node.control();
             c.state = ClusterState::InArchiveRecovery;
-            c.write(&node.dir.root)?;
+            c.write(&*node.storage, &node.dir.root)?;
         }
         let (events_tx, events_rx) = bounded(EVENT_QUEUE);
         let (fetch_tx, fetch_rx) = bounded(4);

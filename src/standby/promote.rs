@@ -27,7 +27,7 @@ use crate::{Lsn, TimelineId};
 /// committed the unlink with them on a journaling file system, instead of
 /// one more journal commit of its own.
 pub fn remove_standby_signal(node: &Node) -> std::io::Result<bool> {
-    match std::fs::remove_file(node.dir.standby_signal()) {
+    match node.storage.remove_file(&node.dir.standby_signal()) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
@@ -46,18 +46,22 @@ pub fn write_history_file(
     sync_datadir: bool,
 ) -> Result<(), String> {
     let t0 = Instant::now();
-    crate::wal::write_new_timeline_history(&node.dir.wal(), parent, tli, switch_point, reason)
-        .map_err(|e| e.to_string())?;
+    let storage = &*node.storage;
+    crate::wal::write_new_timeline_history(
+        storage,
+        &node.dir.wal(),
+        parent,
+        tli,
+        switch_point,
+        reason,
+    )
+    .map_err(|e| e.to_string())?;
     if sync_datadir {
-        crate::util::fsync_dir(&node.dir.root).map_err(|e| {
-            format!(
-                "could not fsync \"{}\" after removing standby.signal: {e}",
-                node.dir.root.display()
-            )
-        })?;
+        crate::storage::sync_dir(storage, &node.dir.root)
+            .map_err(|e| format!("after removing standby.signal: {e}"))?;
     }
     if node.config.archive_mode != ArchiveMode::Off {
-        crate::archive::mark_ready(&node.dir.root, &tli.history_file_name())
+        crate::archive::mark_ready(storage, &node.dir.root, &tli.history_file_name())
             .map_err(|e| e.to_string())?;
     }
     tracing::info!(tli = tli.0, %switch_point, elapsed_us = t0.elapsed().as_micros() as u64, "wrote timeline history file {}", tli.history_file_name());
@@ -115,7 +119,8 @@ pub fn write_end_of_recovery(
         c.timeline = tli;
         c.state = ClusterState::InProduction;
         c.min_recovery_point = Lsn::INVALID;
-        c.write(&node.dir.root).map_err(|e| e.to_string())?;
+        c.write(&*node.storage, &node.dir.root)
+            .map_err(|e| e.to_string())?;
     }
     let t_control = t0.elapsed();
     node.attach_wal(wal).map_err(|e| e.to_string())?;

@@ -11,7 +11,7 @@
 //! a file system without events). Shutdown is noticed within one poll interval.
 
 use std::ffi::CString;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, info_span, warn};
 
 use crate::config::Config;
+use crate::storage::{durable_remove, OpenFor, Storage};
 
 /// `DATADIR/promote`: the promote request file (PostgreSQL's `PROMOTE_SIGNAL_FILE`).
 pub const PROMOTE_SIGNAL_FILE: &str = "promote";
@@ -319,14 +320,15 @@ impl DirWatch {
 }
 
 /// Ask the standby running on `datadir` to promote: create `DATADIR/promote`
-/// and return its path (what `pg_ctl promote` does, without the signal: the
-/// trigger watcher notices the file at once through inotify). Not fsynced,
+/// through `storage` and return its path (what `pg_ctl promote` does,
+/// without the signal: the trigger watcher notices the file at once through
+/// inotify). Not fsynced,
 /// as pg_ctl does not: a request is for the running server only (a restart
 /// removes a leftover one), and flushes here would only compete for the
 /// disk with the promotion they start. Refuses a data directory
 /// that is not a standby's (no `standby.signal`), as pg_ctl refuses a server
 /// not in standby mode.
-pub fn request_promotion(datadir: &Path) -> Result<PathBuf, TriggerError> {
+pub fn request_promotion(storage: &dyn Storage, datadir: &Path) -> Result<PathBuf, TriggerError> {
     if !datadir.is_dir() {
         return Err(TriggerError::NoDataDirectory(datadir.to_path_buf()));
     }
@@ -343,11 +345,8 @@ pub fn request_promotion(datadir: &Path) -> Result<PathBuf, TriggerError> {
             source,
         }
     };
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
+    storage
+        .open(&path, OpenFor::Replace)
         .map_err(io_err("create", &path))?;
     Ok(path)
 }
@@ -356,22 +355,22 @@ pub fn request_promotion(datadir: &Path) -> Result<PathBuf, TriggerError> {
 /// request does not promote the node as soon as it starts (PostgreSQL's
 /// postmaster removes the promote signal file at start-up). Returns whether
 /// one was there.
-pub fn remove_stale_promote_request(datadir: &Path) -> Result<bool, TriggerError> {
+pub fn remove_stale_promote_request(
+    storage: &dyn Storage,
+    datadir: &Path,
+) -> Result<bool, TriggerError> {
     let path = datadir.join(PROMOTE_SIGNAL_FILE);
-    match fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(TriggerError::Io {
-            action: "remove",
-            path,
-            source,
-        }),
-    }
+    durable_remove(storage, &path).map_err(|e| TriggerError::Io {
+        action: "remove",
+        path,
+        source: e.into_io(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StdStorage;
 
     #[test]
     fn check_reports_and_removes_each_file_once() {
@@ -416,16 +415,16 @@ mod tests {
     #[test]
     fn request_promotion_needs_a_standby() {
         let d = tempfile::tempdir().unwrap();
-        let e = request_promotion(d.path()).unwrap_err();
+        let e = request_promotion(&StdStorage, d.path()).unwrap_err();
         assert!(matches!(e, TriggerError::NotInStandby(_)), "{e}");
         assert!(!d.path().join(PROMOTE_SIGNAL_FILE).exists());
-        let e = request_promotion(&d.path().join("missing")).unwrap_err();
+        let e = request_promotion(&StdStorage, &d.path().join("missing")).unwrap_err();
         assert!(matches!(e, TriggerError::NoDataDirectory(_)), "{e}");
         fs::write(d.path().join(STANDBY_SIGNAL_FILE), b"").unwrap();
-        let p = request_promotion(d.path()).unwrap();
+        let p = request_promotion(&StdStorage, d.path()).unwrap();
         assert_eq!(p, d.path().join(PROMOTE_SIGNAL_FILE));
         assert!(p.exists());
-        assert!(remove_stale_promote_request(d.path()).unwrap());
-        assert!(!remove_stale_promote_request(d.path()).unwrap());
+        assert!(remove_stale_promote_request(&StdStorage, d.path()).unwrap());
+        assert!(!remove_stale_promote_request(&StdStorage, d.path()).unwrap());
     }
 }

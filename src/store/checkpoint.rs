@@ -22,12 +22,14 @@
 //! | 8 | number of entries |
 //! | 4 | CRC32 of every byte before it |
 
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::storage::{
+    durable_create_dir, durable_remove_dir, sync_dir, OpenFor, SeqWriter, Storage, StorageError,
+};
 use crate::store::map::Store;
-use crate::util::fsync_dir;
 use crate::Lsn;
 
 const MAGIC: &[u8; 8] = b"WRSNAP01";
@@ -40,7 +42,7 @@ const SCAN_STEP: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("could not write snapshot {path}: {source}")]
-    Write { path: String, source: io::Error },
+    Write { path: String, source: StorageError },
     #[error("could not read snapshot {path}: {source}")]
     Read { path: String, source: io::Error },
     #[error("snapshot file {path} is corrupt: {reason}")]
@@ -74,17 +76,23 @@ fn chunk_of(key: &[u8], chunks: u32) -> usize {
 }
 
 /// A chunk file being written, with its running CRC.
-struct ChunkWriter {
-    out: BufWriter<File>,
+struct ChunkWriter<'a> {
+    out: SeqWriter<'a>,
     crc: crc32fast::Hasher,
     entries: u64,
     bytes: u64,
 }
 
-impl ChunkWriter {
-    fn create(path: &Path, index: u32, chunks: u32, id: u64) -> io::Result<ChunkWriter> {
+impl<'a> ChunkWriter<'a> {
+    fn create(
+        storage: &'a dyn Storage,
+        path: &Path,
+        index: u32,
+        chunks: u32,
+        id: u64,
+    ) -> Result<ChunkWriter<'a>, StorageError> {
         let mut w = ChunkWriter {
-            out: BufWriter::with_capacity(256 << 10, File::create(path)?),
+            out: SeqWriter::open(storage, path, OpenFor::CreateNew)?,
             crc: crc32fast::Hasher::new(),
             entries: 0,
             bytes: 0,
@@ -98,13 +106,13 @@ impl ChunkWriter {
         Ok(w)
     }
 
-    fn put(&mut self, b: &[u8]) -> io::Result<()> {
+    fn put(&mut self, b: &[u8]) -> Result<(), StorageError> {
         self.crc.update(b);
         self.bytes += b.len() as u64;
-        self.out.write_all(b)
+        self.out.put(b)
     }
 
-    fn entry(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+    fn entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         self.put(&(key.len() as u32).to_le_bytes())?;
         self.put(key)?;
         self.put(&(value.len() as u32).to_le_bytes())?;
@@ -113,14 +121,13 @@ impl ChunkWriter {
         Ok(())
     }
 
-    fn finish(mut self) -> io::Result<u64> {
+    /// Write the trailer and fsync; returns the file's length.
+    fn finish(mut self) -> Result<u64, StorageError> {
         let count = self.entries.to_le_bytes();
         self.put(&count)?;
         let crc = self.crc.clone().finalize();
-        self.out.write_all(&crc.to_le_bytes())?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        Ok(self.bytes + 4)
+        self.out.put(&crc.to_le_bytes())?;
+        self.out.finish()
     }
 }
 
@@ -128,6 +135,7 @@ impl ChunkWriter {
 /// keep going; replay from a redo point taken before the scan repairs any
 /// difference, because every KV record is a blind write).
 pub fn write_snapshot(
+    storage: &dyn Storage,
     datadir: &Path,
     id: u64,
     chunks: u32,
@@ -139,13 +147,11 @@ pub fn write_snapshot(
         let path = path.display().to_string();
         move |source| SnapshotError::Write { path, source }
     };
-    if tmp_dir.exists() {
-        fs::remove_dir_all(&tmp_dir).map_err(err(&tmp_dir))?;
-    }
-    fs::create_dir_all(&tmp_dir).map_err(err(&tmp_dir))?;
+    durable_remove_dir(storage, &tmp_dir).map_err(err(&tmp_dir))?;
+    durable_create_dir(storage, &tmp_dir).map_err(err(&tmp_dir))?;
     let mut writers = (0..chunks)
-        .map(|i| ChunkWriter::create(&tmp_dir.join(chunk_name(i)), i, chunks, id))
-        .collect::<io::Result<Vec<_>>>()
+        .map(|i| ChunkWriter::create(storage, &tmp_dir.join(chunk_name(i)), i, chunks, id))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(err(&tmp_dir))?;
     let mut stats = SnapshotStats::default();
     let mut after: Option<Vec<u8>> = None;
@@ -166,12 +172,12 @@ pub fn write_snapshot(
     for w in writers {
         stats.bytes += w.finish().map_err(err(&tmp_dir))?;
     }
-    fsync_dir(&tmp_dir).map_err(err(&tmp_dir))?;
-    if final_dir.exists() {
-        fs::remove_dir_all(&final_dir).map_err(err(&final_dir))?;
-    }
-    fs::rename(&tmp_dir, &final_dir).map_err(err(&final_dir))?;
-    fsync_dir(&base_dir(datadir)).map_err(err(&final_dir))?;
+    sync_dir(storage, &tmp_dir).map_err(err(&tmp_dir))?;
+    durable_remove_dir(storage, &final_dir).map_err(err(&final_dir))?;
+    storage
+        .rename(&tmp_dir, &final_dir)
+        .map_err(|e| err(&final_dir)(StorageError::at("rename", &tmp_dir)(e)))?;
+    sync_dir(storage, &base_dir(datadir)).map_err(err(&final_dir))?;
     Ok(stats)
 }
 
@@ -269,28 +275,42 @@ pub fn parse_chunk(
 
 /// Remove every snapshot directory except `keep` (after the control file
 /// points at `keep`), including leftovers of interrupted writes.
-pub fn remove_other_snapshots(datadir: &Path, keep: u64) -> io::Result<()> {
-    remove_snapshots_except(datadir, &[keep])
+pub fn remove_other_snapshots(
+    storage: &dyn Storage,
+    datadir: &Path,
+    keep: u64,
+) -> Result<(), StorageError> {
+    remove_snapshots_except(storage, datadir, &[keep])
 }
 
 /// Remove every snapshot directory not named in `keep` (the last
-/// checkpoint's, and those a running base backup has pinned).
-pub fn remove_snapshots_except(datadir: &Path, keep: &[u64]) -> io::Result<()> {
+/// checkpoint's, and those a running base backup has pinned); one fsync of
+/// `base/` covers them all.
+pub fn remove_snapshots_except(
+    storage: &dyn Storage,
+    datadir: &Path,
+    keep: &[u64],
+) -> Result<(), StorageError> {
     let keep_names: Vec<String> = keep.iter().map(|id| format!("{id:016X}")).collect();
     let base = base_dir(datadir);
-    for e in fs::read_dir(&base)? {
-        let e = e?;
+    let list = StorageError::at("list", &base);
+    for e in fs::read_dir(&base).map_err(list)? {
+        let e = e.map_err(StorageError::at("list", &base))?;
         let name = e.file_name().to_string_lossy().into_owned();
         if !keep_names.contains(&name) {
-            fs::remove_dir_all(e.path())?;
+            let p = e.path();
+            storage
+                .remove_dir_all(&p)
+                .map_err(StorageError::at("remove directory", &p))?;
         }
     }
-    fsync_dir(&base)
+    sync_dir(storage, &base)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StdStorage;
     use crate::store::map::Level;
 
     fn filled() -> Store {
@@ -310,7 +330,7 @@ mod tests {
     fn snapshot_round_trips() {
         let d = tempfile::tempdir().unwrap();
         let s = filled();
-        let stats = write_snapshot(d.path(), 7, 5, &s).unwrap();
+        let stats = write_snapshot(&StdStorage, d.path(), 7, 5, &s).unwrap();
         assert_eq!(stats.keys, 3000);
         assert_eq!(stats.max_lsn, Lsn(3000));
         let back = Store::new();
@@ -322,7 +342,7 @@ mod tests {
     #[test]
     fn corruption_is_detected_before_loading() {
         let d = tempfile::tempdir().unwrap();
-        write_snapshot(d.path(), 1, 2, &filled()).unwrap();
+        write_snapshot(&StdStorage, d.path(), 1, 2, &filled()).unwrap();
         let p = snapshot_dir(d.path(), 1).join(chunk_name(1));
         let mut b = fs::read(&p).unwrap();
         let mid = b.len() / 2;
@@ -337,10 +357,10 @@ mod tests {
     fn old_snapshots_are_removed() {
         let d = tempfile::tempdir().unwrap();
         let s = filled();
-        write_snapshot(d.path(), 1, 2, &s).unwrap();
-        write_snapshot(d.path(), 2, 2, &s).unwrap();
+        write_snapshot(&StdStorage, d.path(), 1, 2, &s).unwrap();
+        write_snapshot(&StdStorage, d.path(), 2, 2, &s).unwrap();
         fs::create_dir_all(base_dir(d.path()).join("0000000000000003.tmp")).unwrap();
-        remove_other_snapshots(d.path(), 2).unwrap();
+        remove_other_snapshots(&StdStorage, d.path(), 2).unwrap();
         let names: Vec<_> = fs::read_dir(base_dir(d.path()))
             .unwrap()
             .map(|e| e.unwrap().file_name())

@@ -11,6 +11,7 @@ use std::io;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::storage::{durable_replace, Storage};
 use crate::{Lsn, TimelineId, WalSegSize};
 
 /// File name inside the data directory.
@@ -112,7 +113,10 @@ pub enum ControlError {
     #[error("could not read control file {path}: {source}")]
     Read { path: String, source: io::Error },
     #[error("could not write control file {path}: {source}")]
-    Write { path: String, source: io::Error },
+    Write {
+        path: String,
+        source: crate::storage::StorageError,
+    },
     #[error("control file {path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
 }
@@ -250,11 +254,12 @@ impl ControlFile {
         ControlFile::decode(&bytes, &path.display().to_string())
     }
 
-    /// Replace `DATADIR/control` atomically and durably.
-    pub fn write(&mut self, datadir: &Path) -> Result<(), ControlError> {
+    /// Replace `DATADIR/control` atomically and durably through `storage`
+    /// (a failure leaves the old file in place).
+    pub fn write(&mut self, storage: &dyn Storage, datadir: &Path) -> Result<(), ControlError> {
         self.time_ms = now_ms();
         let path = datadir.join(CONTROL_FILE);
-        crate::util::durable_replace(&path, &self.encode()).map_err(|source| ControlError::Write {
+        durable_replace(storage, &path, &self.encode()).map_err(|source| ControlError::Write {
             path: path.display().to_string(),
             source,
         })
@@ -306,7 +311,7 @@ mod tests {
     fn round_trips_through_the_file() {
         let d = tempfile::tempdir().unwrap();
         let mut c = sample();
-        c.write(d.path()).unwrap();
+        c.write(&crate::storage::StdStorage, d.path()).unwrap();
         assert_eq!(ControlFile::read(d.path()).unwrap(), c);
     }
 

@@ -20,13 +20,13 @@
 //! - [`receive`]: [`SegmentWriter`], a walreceiver writing received bytes
 //!   into segment files.
 //! - [`timeline`]: history files and the first segment of a new timeline.
-//! - [`io`]: the injectable IO backend of the writer.
+//!
+//! Every byte goes to disk through the node's [`crate::storage::Storage`].
 //!
 //! A typical primary: recovery calls [`find_end_of_wal`] from the last
 //! checkpoint's redo point, then [`Wal::start`] at its `end` with its
 //! `prev_record`; sessions call [`Wal::insert`] then [`Wal::wait_flushed`].
 
-pub mod io;
 mod map;
 pub mod raw;
 pub mod reader;
@@ -38,7 +38,6 @@ pub mod timeline;
 pub mod writer;
 pub mod xlog;
 
-pub use io::{FaultyIo, StdIo, TornWrite, WalIo};
 pub use raw::RawReader;
 pub use reader::{
     find_end_of_wal, EndOfWal, ReadError, ReadErrorKind, ReaderConfig, Record, WalReader,

@@ -8,6 +8,7 @@
 //! remembers it and every later call fails with it; nothing retries.
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::segdir::{SegmentDir, SegmentError};
@@ -29,7 +30,7 @@ pub struct SegmentWriter {
     tli: TimelineId,
     mark: CompletedMark,
     /// The segment being written.
-    current: Option<(SegNo, File)>,
+    current: Option<(SegNo, File, PathBuf)>,
     /// End of the bytes written so far.
     written: Lsn,
     /// End of the bytes made durable.
@@ -118,17 +119,17 @@ impl SegmentWriter {
     }
 
     fn write_at(&mut self, segno: SegNo, off: u64, data: &[u8]) -> Result<(), SegmentError> {
-        if self.current.as_ref().is_none_or(|(s, _)| *s != segno) {
+        if self.current.as_ref().is_none_or(|(s, _, _)| *s != segno) {
             let f = self.segdir.open_for_receive(self.tli, segno)?;
-            self.current = Some((segno, f));
+            let path = self.segdir.segment_path(self.tli, segno);
+            self.current = Some((segno, f, path));
         }
-        let path = self.segdir.segment_path(self.tli, segno);
         match &self.current {
-            Some((_, f)) => self
+            Some((_, f, path)) => self
                 .segdir
-                .io()
-                .write_at(f, off, data)
-                .map_err(SegmentError::io("write", &path)),
+                .storage()
+                .write_at(f, path, off, data)
+                .map_err(SegmentError::io("write", path)),
             None => Ok(()),
         }
     }
@@ -146,12 +147,11 @@ impl SegmentWriter {
     }
 
     fn sync_current(&self) -> Result<(), SegmentError> {
-        if let Some((segno, f)) = &self.current {
-            let path = self.segdir.segment_path(self.tli, *segno);
+        if let Some((_, f, path)) = &self.current {
             self.segdir
-                .io()
-                .sync_data(f)
-                .map_err(SegmentError::io("fdatasync", &path))?;
+                .storage()
+                .sync_data(f, path)
+                .map_err(SegmentError::io("fdatasync", path))?;
         }
         Ok(())
     }

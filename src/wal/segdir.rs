@@ -8,7 +8,7 @@
 //! recycling and remembers the newest removed segment so a walsender can tell
 //! that a file it read was recycled under it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
-use super::io::WalIo;
+use crate::storage::{OpenFor, Storage};
 use crate::{SegNo, TimelineId, WalSegSize};
 
 /// Subdirectory of the WAL directory holding `<name>.ready` / `<name>.done`.
@@ -51,6 +51,8 @@ pub enum SegmentError {
     },
     #[error("requested WAL segment {name} has already been removed")]
     Removed { name: String },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 impl SegmentError {
@@ -170,7 +172,8 @@ pub(crate) struct DirCounters {
 pub struct SegmentDir {
     dir: PathBuf,
     seg_size: WalSegSize,
-    io: Arc<dyn WalIo>,
+    /// Every write, fsync, rename and removal goes through it.
+    storage: Arc<dyn Storage>,
     /// Serialises installing, recycling and removing files, so that two of
     /// them never pick the same name.
     lock: Mutex<()>,
@@ -195,14 +198,14 @@ impl SegmentDir {
     pub fn open(
         dir: &Path,
         seg_size: WalSegSize,
-        io: Arc<dyn WalIo>,
+        storage: Arc<dyn Storage>,
     ) -> Result<SegmentDir, SegmentError> {
         let status = dir.join(ARCHIVE_STATUS_DIR);
-        fs::create_dir_all(&status).map_err(SegmentError::io("create directory", &status))?;
+        crate::storage::durable_create_dir(&*storage, &status).map_err(SegmentError::from)?;
         let sd = SegmentDir {
             dir: dir.to_path_buf(),
             seg_size,
-            io,
+            storage,
             lock: Mutex::new(()),
             removed_below: AtomicU64::new(0),
             temp_seq: AtomicU64::new(0),
@@ -222,8 +225,9 @@ impl SegmentDir {
         self.seg_size
     }
 
-    pub(crate) fn io(&self) -> &Arc<dyn WalIo> {
-        &self.io
+    /// The storage every file of this directory is written through.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
     }
 
     /// Path of segment `segno` of timeline `tli`.
@@ -289,10 +293,9 @@ impl SegmentDir {
         if !path.exists() {
             self.preallocate_with(tli, segno, reserve_only)?;
         }
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
+        let f = self
+            .storage
+            .open(&path, OpenFor::Existing)
             .map_err(SegmentError::io("open", &path))?;
         self.check_size(&f, &path)?;
         Ok(f)
@@ -322,11 +325,13 @@ impl SegmentDir {
         };
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if path.exists() {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.storage.remove_file(&tmp);
             return Ok(false);
         }
-        fs::rename(&tmp, &path).map_err(SegmentError::io("rename", &tmp))?;
-        self.io
+        self.storage
+            .rename(&tmp, &path)
+            .map_err(SegmentError::io("rename", &tmp))?;
+        self.storage
             .sync_dir(&self.dir)
             .map_err(SegmentError::io("fsync directory", &self.dir))?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
@@ -352,7 +357,9 @@ impl SegmentDir {
             None => self.create_temp(prefix)?,
         };
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        fs::rename(&tmp, &path).map_err(SegmentError::io("rename", &tmp))?;
+        self.storage
+            .rename(&tmp, &path)
+            .map_err(SegmentError::io("rename", &tmp))?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         self.note_fresh(tli, segno, prefix.len() as u64);
         Ok(())
@@ -393,7 +400,9 @@ impl SegmentDir {
             self.lock_spares().push(spare);
             return Ok(false);
         }
-        fs::rename(&spare, &path).map_err(SegmentError::io("rename", &spare))?;
+        self.storage
+            .rename(&spare, &path)
+            .map_err(SegmentError::io("rename", &spare))?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         self.note_fresh(tli, segno, 0);
         Ok(true)
@@ -435,20 +444,20 @@ impl SegmentDir {
     /// is already zero and allocated, so only the prefix's pages go out).
     fn fill_spare(&self, spare: PathBuf, prefix: &[u8]) -> Result<PathBuf, SegmentError> {
         let prefix = &prefix[..prefix.len().min(self.seg_size.bytes() as usize)];
-        let r = OpenOptions::new()
-            .write(true)
-            .open(&spare)
+        let r = self
+            .storage
+            .open(&spare, OpenFor::Existing)
             .map_err(SegmentError::io("open", &spare))
             .and_then(|f| {
-                self.io
-                    .write_at(&f, 0, prefix)
+                self.storage
+                    .write_at(&f, &spare, 0, prefix)
                     .map_err(SegmentError::io("write", &spare))?;
-                self.io
-                    .sync_data(&f)
+                self.storage
+                    .sync_data(&f, &spare)
                     .map_err(SegmentError::io("fsync", &spare))
             });
         if let Err(e) = r {
-            let _ = fs::remove_file(&spare);
+            let _ = self.storage.remove_file(&spare);
             return Err(e);
         }
         Ok(spare)
@@ -461,10 +470,9 @@ impl SegmentDir {
         let tmp = self
             .dir
             .join(format!("{TEMP_PREFIX}{}.{n}", std::process::id()));
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
+        let f = self
+            .storage
+            .open(&tmp, OpenFor::CreateNew)
             .map_err(SegmentError::io("create", &tmp))?;
         Ok((tmp, f))
     }
@@ -473,22 +481,22 @@ impl SegmentDir {
     /// not written, fsynced; zero-filled where fallocate is unsupported.
     fn create_reserved_temp(&self) -> Result<PathBuf, SegmentError> {
         let (tmp, f) = self.new_temp_file()?;
-        let r = match self.io.allocate(&f, self.seg_size.bytes()) {
+        let r = match self.storage.allocate(&f, &tmp, self.seg_size.bytes()) {
             Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
                 drop(f);
-                let _ = fs::remove_file(&tmp);
+                let _ = self.storage.remove_file(&tmp);
                 return self.create_temp(&[]);
             }
             r => r
                 .map_err(SegmentError::io("fallocate", &tmp))
                 .and_then(|()| {
-                    self.io
-                        .sync_all(&f)
+                    self.storage
+                        .sync_all(&f, &tmp)
                         .map_err(SegmentError::io("fsync", &tmp))
                 }),
         };
         if let Err(e) = r {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.storage.remove_file(&tmp);
             return Err(e);
         }
         Ok(tmp)
@@ -500,19 +508,19 @@ impl SegmentDir {
         let seg = self.seg_size.bytes();
         let prefix = &prefix[..prefix.len().min(seg as usize)];
         let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(seg as usize)];
-        let mut r = self.io.write_at(&f, 0, prefix);
+        let mut r = self.storage.write_at(&f, &tmp, 0, prefix);
         let mut off = prefix.len() as u64;
         while r.is_ok() && off < seg {
             let n = zeros.len().min((seg - off) as usize);
-            r = self.io.write_at(&f, off, &zeros[..n]);
+            r = self.storage.write_at(&f, &tmp, off, &zeros[..n]);
             off += n as u64;
         }
         if let Err(e) = r {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.storage.remove_file(&tmp);
             return Err(SegmentError::io("write", &tmp)(e));
         }
-        if let Err(e) = self.io.sync_all(&f) {
-            let _ = fs::remove_file(&tmp);
+        if let Err(e) = self.storage.sync_all(&f, &tmp) {
+            let _ = self.storage.remove_file(&tmp);
             return Err(SegmentError::io("fsync", &tmp)(e));
         }
         Ok(tmp)
@@ -535,7 +543,9 @@ impl SegmentDir {
         for entry in rd.flatten() {
             if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
                 let p = entry.path();
-                fs::remove_file(&p).map_err(SegmentError::io("remove", &p))?;
+                self.storage
+                    .remove_file(&p)
+                    .map_err(SegmentError::io("remove", &p))?;
             }
         }
         Ok(())
@@ -546,7 +556,9 @@ impl SegmentDir {
     pub(crate) fn remove_segment(&self, tli: TimelineId, segno: SegNo) -> Result<(), SegmentError> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.segment_path(tli, segno);
-        fs::remove_file(&path).map_err(SegmentError::io("remove", &path))?;
+        self.storage
+            .remove_file(&path)
+            .map_err(SegmentError::io("remove", &path))?;
         self.remove_status(&segno.file_name(tli, self.seg_size), "ready")?;
         self.counters.removed.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -589,16 +601,12 @@ impl SegmentDir {
 
     fn create_status(&self, name: &str, suffix: &str) -> Result<(), SegmentError> {
         let p = self.status_path(name, suffix);
-        File::create(&p).map_err(SegmentError::io("create", &p))?;
-        let dir = self.dir.join(ARCHIVE_STATUS_DIR);
-        self.io
-            .sync_dir(&dir)
-            .map_err(SegmentError::io("fsync directory", &dir))
+        crate::storage::durable_create(&*self.storage, &p, &[]).map_err(SegmentError::from)
     }
 
     fn remove_status(&self, name: &str, suffix: &str) -> Result<(), SegmentError> {
         let p = self.status_path(name, suffix);
-        match fs::remove_file(&p) {
+        match self.storage.remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(SegmentError::io("remove", &p)(e)),
@@ -625,11 +633,15 @@ impl SegmentDir {
             let path = self.dir.join(&f.name);
             match self.recycle_target(req.recycle, &mut next_target) {
                 Some(target) => {
-                    fs::rename(&path, &target).map_err(SegmentError::io("rename", &path))?;
+                    self.storage
+                        .rename(&path, &target)
+                        .map_err(SegmentError::io("rename", &path))?;
                     report.recycled += 1;
                 }
                 None => {
-                    fs::remove_file(&path).map_err(SegmentError::io("remove", &path))?;
+                    self.storage
+                        .remove_file(&path)
+                        .map_err(SegmentError::io("remove", &path))?;
                     report.removed += 1;
                 }
             }
@@ -637,7 +649,7 @@ impl SegmentDir {
             self.removed_below.fetch_max(segno.0 + 1, Ordering::AcqRel);
         }
         if report.removed + report.recycled > 0 {
-            self.io
+            self.storage
                 .sync_dir(&self.dir)
                 .map_err(SegmentError::io("fsync directory", &self.dir))?;
         }
@@ -686,14 +698,14 @@ impl SegmentDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::io::StdIo;
+    use crate::storage::{FaultyStorage, Op, StdStorage};
 
     fn dir() -> (tempfile::TempDir, SegmentDir) {
         let t = tempfile::tempdir().unwrap();
         let sd = SegmentDir::open(
             t.path(),
             WalSegSize::MIN.try_into().unwrap(),
-            Arc::new(StdIo),
+            Arc::new(StdStorage),
         )
         .unwrap();
         (t, sd)
@@ -702,13 +714,13 @@ mod tests {
     #[test]
     fn a_received_segment_is_reserved_not_zero_filled() {
         let t = tempfile::tempdir().unwrap();
-        let io = Arc::new(crate::wal::io::FaultyIo::new());
+        let io = Arc::new(FaultyStorage::new());
         let seg = WalSegSize::MIN.try_into().unwrap();
         let sd = SegmentDir::open(t.path(), seg, io.clone()).unwrap();
-        let before = io.writes.load(Ordering::SeqCst);
+        let before = io.count(Op::Write);
         let f = sd.open_for_receive(TimelineId(1), SegNo(3)).unwrap();
         assert_eq!(
-            io.writes.load(Ordering::SeqCst),
+            io.count(Op::Write),
             before,
             "the receiver's segment was written before any WAL arrived"
         );
@@ -721,7 +733,7 @@ mod tests {
         );
         // The WAL writer's own segments are still zero-filled.
         sd.open_for_write(TimelineId(1), SegNo(4)).unwrap();
-        assert!(io.writes.load(Ordering::SeqCst) > before);
+        assert!(io.count(Op::Write) > before);
     }
 
     #[test]
@@ -800,7 +812,7 @@ mod tests {
         let sd = SegmentDir::open(
             t.path(),
             WalSegSize::MIN.try_into().unwrap(),
-            Arc::new(StdIo),
+            Arc::new(StdStorage),
         )
         .unwrap();
         let temp = fs::read_dir(t.path())

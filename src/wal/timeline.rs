@@ -13,7 +13,7 @@ use walrep_states::{HistoryError, TimelineHistory};
 use super::map::{MapError, MappedSegment};
 use super::segdir::{SegmentDir, SegmentError};
 use super::segment::{HeaderProblem, SegmentHeader, SEG_HEADER_SIZE};
-use crate::util::durable_replace;
+use crate::storage::{durable_replace, sync_dir, Storage, StorageError};
 use crate::{Lsn, SegNo, TimelineId, WalSegSize};
 
 /// An error reading or writing timeline files.
@@ -45,6 +45,8 @@ pub enum TimelineError {
     },
     #[error(transparent)]
     Segment(#[from] SegmentError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TimelineError {
@@ -82,8 +84,10 @@ pub fn read_history(wal_dir: &Path, tli: TimelineId) -> Result<TimelineHistory, 
 
 /// Store a history file received from elsewhere (archive, upstream's
 /// TIMELINE_HISTORY) after checking it parses. An existing identical file
-/// is left alone; a different one is never overwritten.
+/// is left alone; a different one is never overwritten. Written through
+/// `storage` under a temporary name, then renamed into place.
 pub fn write_history_text(
+    storage: &dyn Storage,
     wal_dir: &Path,
     tli: TimelineId,
     text: &str,
@@ -98,7 +102,7 @@ pub fn write_history_text(
         Some(_) => return Err(TimelineError::Conflict { path }),
         None => {}
     }
-    durable_replace(&path, text.as_bytes()).map_err(io_err("write", &path))?;
+    durable_replace(storage, &path, text.as_bytes())?;
     Ok(history)
 }
 
@@ -106,6 +110,7 @@ pub fn write_history_text(
 /// `switch_point` (PostgreSQL's writeTimeLineHistory): the parent's file
 /// verbatim, a blank line if there was one, then `parent<TAB>switch<TAB>reason`.
 pub fn write_new_timeline_history(
+    storage: &dyn Storage,
     wal_dir: &Path,
     parent: TimelineId,
     new: TimelineId,
@@ -125,7 +130,7 @@ pub fn write_new_timeline_history(
     }
     let reason = reason.replace(['\n', '\t'], " ");
     text.push_str(&format!("{}\t{}\t{}\n", parent.0, switch_point, reason));
-    write_history_text(wal_dir, new, &text)
+    write_history_text(storage, wal_dir, new, &text)
 }
 
 /// The highest timeline with a history file, probing upward from `from`
@@ -228,8 +233,11 @@ pub fn rename_old_timeline_segment_partial(
     }
     let name = format!("{}.partial", segno.file_name(old, seg_size));
     let to = segdir.path().join(&name);
-    fs::rename(&from, &to).map_err(io_err("rename", &from))?;
-    crate::util::fsync_dir(segdir.path()).map_err(io_err("fsync directory", segdir.path()))?;
+    let storage = segdir.storage();
+    storage
+        .rename(&from, &to)
+        .map_err(io_err("rename", &from))?;
+    sync_dir(&**storage, segdir.path())?;
     if archive_mode {
         segdir.mark_ready(&name)?;
     }
@@ -289,11 +297,13 @@ fn old_segment_prefix(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StdStorage;
 
     #[test]
     fn new_history_appends_to_parent_verbatim() {
         let d = tempfile::tempdir().unwrap();
         let h2 = write_new_timeline_history(
+            &StdStorage,
             d.path(),
             TimelineId(1),
             TimelineId(2),
@@ -303,6 +313,7 @@ mod tests {
         .unwrap();
         assert_eq!(h2.timeline(), TimelineId(2));
         let h3 = write_new_timeline_history(
+            &StdStorage,
             d.path(),
             TimelineId(2),
             TimelineId(3),
@@ -322,15 +333,22 @@ mod tests {
             TimelineHistory::root(TimelineId(1))
         );
         assert!(matches!(
-            write_new_timeline_history(d.path(), TimelineId(3), TimelineId(3), Lsn(1), "x"),
+            write_new_timeline_history(
+                &StdStorage,
+                d.path(),
+                TimelineId(3),
+                TimelineId(3),
+                Lsn(1),
+                "x"
+            ),
             Err(TimelineError::NotNewer { .. })
         ));
         assert!(matches!(
-            write_history_text(d.path(), TimelineId(2), "1\t0/5\tother\n"),
+            write_history_text(&StdStorage, d.path(), TimelineId(2), "1\t0/5\tother\n"),
             Err(TimelineError::Conflict { .. })
         ));
         assert!(matches!(
-            write_history_text(d.path(), TimelineId(4), "garbage\n"),
+            write_history_text(&StdStorage, d.path(), TimelineId(4), "garbage\n"),
             Err(TimelineError::Parse { .. })
         ));
     }

@@ -49,10 +49,10 @@ use queue::{WaitQueue, Wake};
 use shared::{FlushBy, Limits, Shared};
 use stats::Counters;
 
-use super::io::{StdIo, WalIo};
 use super::record::RecordError;
 use super::segdir::{RecycleTarget, RemovalReport, RemovalRequest, SegmentDir, SegmentError};
 use super::xlog::XlogRecord;
+use crate::storage::{StdStorage, Storage};
 use crate::{Lsn, SegNo, TimelineId, WalSegSize};
 
 /// Bound of one park of a waiting session; a safety net against a lost
@@ -95,10 +95,11 @@ pub struct WalConfig {
     pub wal_writer_flush_after_bytes: usize,
     /// Bound of the insert buffer; an inserter that finds it full flushes it.
     pub wal_buffers_bytes: usize,
-    /// The IO backend; `StdIo` unless a test injects faults.
-    pub io: Arc<dyn WalIo>,
+    /// Where segments are written: the node's storage, `StdStorage` by
+    /// default, a `FaultyStorage` in tests.
+    pub storage: Arc<dyn Storage>,
     /// The directory handle to share with walsenders and removal; created
-    /// if `None` (must use the same `io` otherwise).
+    /// if `None` (must use the same `storage` otherwise).
     pub segdir: Option<Arc<SegmentDir>>,
 }
 
@@ -123,7 +124,7 @@ impl WalConfig {
             wal_writer_delay: Duration::from_millis(200),
             wal_writer_flush_after_bytes: 8 << 10,
             wal_buffers_bytes: 16 << 20,
-            io: Arc::new(StdIo),
+            storage: Arc::new(StdStorage),
             segdir: None,
         }
     }
@@ -195,7 +196,11 @@ impl Wal {
                 })
             }
             Some(s) => s,
-            None => Arc::new(SegmentDir::open(&cfg.dir, cfg.seg_size, cfg.io.clone())?),
+            None => Arc::new(SegmentDir::open(
+                &cfg.dir,
+                cfg.seg_size,
+                cfg.storage.clone(),
+            )?),
         };
         let ctx = SegCtx {
             tli: cfg.tli,
@@ -506,6 +511,7 @@ impl Wal {
                 sh.publish(WalEvent::ShutDown);
             }
         }
+        sh.close_subscribers();
         sh.stopped.store(true, Ordering::Release);
         sh.queue.release_all();
         sh.signal_flush();

@@ -32,7 +32,8 @@ impl FakeServer {
             dir.path().to_path_buf(),
             Lsn(0),
         ));
-        let slots = SlotManager::open(dir.path(), 8, None).unwrap();
+        let slots =
+            SlotManager::open(Arc::new(walrep::storage::StdStorage), dir.path(), 8, None).unwrap();
         let registry = WalSenderRegistry::new(options.max_wal_senders);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();

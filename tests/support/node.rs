@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use walrep::node::{Node, RunningNode, StartOptions};
+use walrep::storage::Storage;
 
 use super::process::{ChildGuard, PROCESS_DEADLINE};
 use super::wait_for;
@@ -227,10 +228,27 @@ impl InProcessNode {
     /// with `settings` (`name=value`).
     pub fn start(dir: &Path, settings: &[&str]) -> InProcessNode {
         walrep::node::init::init(dir, seg()).unwrap();
+        InProcessNode::start_existing(dir, settings, None)
+    }
+
+    /// Start the node already in `dir` (initialised, perhaps made a
+    /// standby), its storage built on `storage` (a test's `FaultyStorage`)
+    /// when given.
+    pub fn start_existing(
+        dir: &Path,
+        settings: &[&str],
+        storage: Option<Arc<dyn Storage>>,
+    ) -> InProcessNode {
         let mut overrides = vec!["port=0".to_string(), "replication_port=0".to_string()];
         overrides.extend(settings.iter().map(|s| s.to_string()));
-        let opts = StartOptions { overrides };
+        let opts = StartOptions { overrides, storage };
         InProcessNode(Some(RunningNode::start(dir, &opts).unwrap()))
+    }
+
+    /// The address of its Redis port.
+    pub fn redis_url(&self) -> String {
+        let port = self.node().ports.lock().unwrap().redis;
+        format!("redis://127.0.0.1:{port}/")
     }
 
     pub fn running(&self) -> &RunningNode {

@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use walrep::wal::{initial_lsn, ReadError, ReaderConfig, Record, Wal, WalConfig, WalIo, WalReader};
+use walrep::storage::Storage;
+use walrep::wal::{initial_lsn, ReadError, ReaderConfig, Record, Wal, WalConfig, WalReader};
 use walrep::{Lsn, SegNo, TimelineId, WalSegSize};
 use walrep_states::TimelineHistory;
 
@@ -44,7 +45,7 @@ pub fn wal_file_names(dir: &Path) -> Vec<String> {
 }
 
 /// A writer for a new system on timeline 1 in `dir`.
-pub fn new_wal(dir: &Path, io: Option<Arc<dyn WalIo>>) -> Wal {
+pub fn new_wal(dir: &Path, storage: Option<Arc<dyn Storage>>) -> Wal {
     let mut cfg = WalConfig::new(
         dir,
         SYSTEM_ID,
@@ -53,8 +54,8 @@ pub fn new_wal(dir: &Path, io: Option<Arc<dyn WalIo>>) -> Wal {
         initial_lsn(seg()),
         Lsn::INVALID,
     );
-    if let Some(io) = io {
-        cfg.io = io;
+    if let Some(storage) = storage {
+        cfg.storage = storage;
     }
     Wal::start(cfg).expect("start WAL writer")
 }

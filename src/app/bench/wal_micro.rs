@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use walrep::states::TimelineHistory;
-use walrep::wal::{initial_lsn, ReaderConfig, Wal, WalConfig, WalError, WalIo, WalReader, RM_KV};
+use walrep::storage::{OpenFor, StdStorage, Storage};
+use walrep::wal::{initial_lsn, ReaderConfig, Wal, WalConfig, WalError, WalReader, RM_KV};
 use walrep::{Lsn, TimelineId, WalSegSize};
 
 use super::{BenchArgs, BenchError};
@@ -286,22 +287,40 @@ fn wal_commits(base: &Path, threads: usize, dur: Duration) -> Result<CommitResul
     })
 }
 
-/// A backend that writes but never syncs: isolates the WAL's own cost.
+/// Storage that writes but never fdatasyncs: isolates the WAL's own cost.
 #[derive(Debug)]
-struct NoSyncIo;
+struct NoSyncStorage;
 
-impl WalIo for NoSyncIo {
-    fn write_at(&self, file: &File, offset: u64, buf: &[u8]) -> std::io::Result<()> {
-        file.write_all_at(buf, offset)
+impl Storage for NoSyncStorage {
+    fn open(&self, path: &Path, how: OpenFor) -> std::io::Result<File> {
+        StdStorage.open(path, how)
     }
-    fn sync_data(&self, _: &File) -> std::io::Result<()> {
+    fn write_at(&self, file: &File, path: &Path, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        StdStorage.write_at(file, path, offset, buf)
+    }
+    fn allocate(&self, file: &File, path: &Path, len: u64) -> std::io::Result<()> {
+        StdStorage.allocate(file, path, len)
+    }
+    fn sync_data(&self, _: &File, _: &Path) -> std::io::Result<()> {
         Ok(())
     }
-    fn sync_all(&self, f: &File) -> std::io::Result<()> {
-        f.sync_all()
+    fn sync_all(&self, file: &File, path: &Path) -> std::io::Result<()> {
+        StdStorage.sync_all(file, path)
     }
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        File::open(dir)?.sync_all()
+        StdStorage.sync_dir(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdStorage.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        StdStorage.remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        StdStorage.remove_dir_all(path)
+    }
+    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdStorage.create_dir(path)
     }
 }
 
@@ -317,7 +336,7 @@ fn commit_overhead(base: &Path, dur: Duration) -> Result<f64> {
         initial_lsn(seg),
         Lsn::INVALID,
     );
-    cfg.io = Arc::new(NoSyncIo);
+    cfg.storage = Arc::new(NoSyncStorage);
     let wal = Wal::start(cfg).map_err(wal_err("start the WAL"))?;
     commit_loop(&wal, 0, Instant::now() + Duration::from_millis(200))?;
     let t0 = Instant::now();

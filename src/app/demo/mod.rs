@@ -162,6 +162,7 @@ fn start_standby(dirs: &Dirs, primary: &NodeProcess) -> anyhow::Result<NodeProce
             label: "walrep demo".into(),
             max_rate_kbps: 0,
             timeout: Duration::from_secs(60),
+            storage: std::sync::Arc::new(walrep::storage::StdStorage),
         },
         &mut walrep::backup::client::NoProgress,
     )

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use walrep_states::{Lsn, WalSegSize};
 
 use super::sqlstate::{self as code, PgError};
-use crate::util::{durable_replace, fsync_dir};
+use crate::storage::{durable_create_dir, durable_replace, sync_dir, Storage, StorageError};
 
 /// "walrep slot" file magic.
 const MAGIC: u32 = 0x57A1_5107;
@@ -46,6 +46,8 @@ pub enum SlotError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("could not write replication slot: {0}")]
+    Storage(#[from] StorageError),
     #[error("replication slots are read-only after a failed write or fsync; restart the node")]
     Poisoned,
     #[error("replication slot file \"{path}\" is corrupt: {reason}")]
@@ -69,7 +71,9 @@ impl SlotError {
                 .with_hint("Free one or increase max_replication_slots."),
             SlotError::Invalidated(_) => PgError::error(code::OBJECT_NOT_IN_PREREQUISITE_STATE, msg)
                 .with_detail("This slot has been invalidated because it exceeded the maximum reserved size."),
-            SlotError::Io { .. } | SlotError::Poisoned => PgError::error(code::IO_ERROR, msg),
+            SlotError::Io { .. } | SlotError::Storage(_) | SlotError::Poisoned => {
+                PgError::error(code::IO_ERROR, msg)
+            }
             SlotError::Corrupt { .. } => PgError::error(code::INTERNAL_ERROR, msg),
         }
     }
@@ -119,6 +123,8 @@ struct Slot {
 pub struct SlotManager {
     /// `DATADIR/slots`.
     dir: PathBuf,
+    /// Every slot file is written through it (the node's storage).
+    storage: Arc<dyn Storage>,
     /// PostgreSQL's max_replication_slots.
     max_slots: usize,
     /// `max_slot_wal_keep_size` in bytes; `None` = unlimited.
@@ -133,8 +139,10 @@ pub struct SlotManager {
 
 impl SlotManager {
     /// Load the slots of `data_dir` (creating `slots/`), removing leftovers
-    /// of interrupted creations and drops (`*.tmp`).
+    /// of interrupted creations and drops (`*.tmp`); slot files are written
+    /// through `storage`.
     pub fn open(
+        storage: Arc<dyn Storage>,
         data_dir: &Path,
         max_slots: usize,
         max_keep_bytes: Option<u64>,
@@ -144,7 +152,7 @@ impl SlotManager {
             let path = path.to_path_buf();
             move |source| SlotError::Io { path, source }
         };
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        durable_create_dir(&*storage, &dir)?;
         let mut slots = BTreeMap::new();
         for entry in fs::read_dir(&dir).map_err(io(&dir))? {
             let path = entry.map_err(io(&dir))?.path();
@@ -154,15 +162,18 @@ impl SlotManager {
                 .to_string_lossy()
                 .to_string();
             if name.ends_with(".tmp") {
-                fs::remove_dir_all(&path).map_err(io(&path))?;
+                storage
+                    .remove_dir_all(&path)
+                    .map_err(StorageError::at("remove directory", &path))?;
                 continue;
             }
             let info = read_state(&path.join("state"))?;
             slots.insert(info.name.clone(), Slot { info, dirty: false });
         }
-        fsync_dir(&dir).map_err(io(&dir))?;
+        sync_dir(&*storage, &dir)?;
         Ok(Arc::new(SlotManager {
             dir,
+            storage,
             max_slots,
             max_keep_bytes,
             slots: Mutex::new(slots),
@@ -233,19 +244,20 @@ impl SlotManager {
     }
 
     fn create_files(&self, info: &SlotInfo) -> Result<(), SlotError> {
+        let st = &*self.storage;
         let tmp = self.dir.join(format!("{}.tmp", info.name));
         let fin = self.dir.join(&info.name);
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SlotError::Io { path, source }
-        };
         if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+            st.remove_dir_all(&tmp)
+                .map_err(StorageError::at("remove directory", &tmp))?;
         }
-        fs::create_dir(&tmp).map_err(io(&tmp))?;
-        durable_replace(&tmp.join("state"), &encode_state(info)).map_err(io(&tmp))?;
-        fs::rename(&tmp, &fin).map_err(io(&fin))?;
-        fsync_dir(&self.dir).map_err(io(&self.dir))
+        st.create_dir(&tmp)
+            .map_err(StorageError::at("create directory", &tmp))?;
+        durable_replace(st, &tmp.join("state"), &encode_state(info))?;
+        st.rename(&tmp, &fin)
+            .map_err(StorageError::at("rename", &tmp))?;
+        sync_dir(st, &self.dir)?;
+        Ok(())
     }
 
     /// DROP_REPLICATION_SLOT by connection `requester`. A slot active for
@@ -296,15 +308,15 @@ impl SlotManager {
     }
 
     fn remove_files(&self, name: &str) -> Result<(), SlotError> {
+        let st = &*self.storage;
         let dir = self.dir.join(name);
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SlotError::Io { path, source }
-        };
-        fs::rename(&dir, &tmp).map_err(io(&dir))?;
-        fsync_dir(&self.dir).map_err(io(&self.dir))?;
-        fs::remove_dir_all(&tmp).map_err(io(&tmp))
+        st.rename(&dir, &tmp)
+            .map_err(StorageError::at("rename", &dir))?;
+        sync_dir(st, &self.dir)?;
+        st.remove_dir_all(&tmp)
+            .map_err(StorageError::at("remove directory", &tmp))?;
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<SlotInfo> {
@@ -398,12 +410,7 @@ impl SlotManager {
     /// Replace `slots/<name>/state` durably.
     fn save(&self, name: &str, info: &SlotInfo) -> Result<(), SlotError> {
         let path = self.dir.join(name).join("state");
-        self.write(|| {
-            durable_replace(&path, &encode_state(info)).map_err(|source| SlotError::Io {
-                path: path.clone(),
-                source,
-            })
-        })
+        self.write(|| Ok(durable_replace(&*self.storage, &path, &encode_state(info))?))
     }
 
     /// The oldest WAL any valid slot holds (WAL before it may be removed).

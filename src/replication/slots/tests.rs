@@ -2,6 +2,7 @@
 //! temporary slots, retention and invalidation.
 
 use super::*;
+use crate::storage::StdStorage;
 
 fn seg() -> WalSegSize {
     WalSegSize::new(1 << 20).unwrap()
@@ -10,7 +11,7 @@ fn seg() -> WalSegSize {
 #[test]
 fn persistent_slots_survive_reopen_and_temporary_do_not() {
     let d = tempfile::tempdir().unwrap();
-    let m = SlotManager::open(d.path(), 10, None).unwrap();
+    let m = SlotManager::open(Arc::new(StdStorage), d.path(), 10, None).unwrap();
     m.create("keep", false, 1, Lsn::INVALID).unwrap();
     m.create("temp", true, 1, Lsn(42)).unwrap();
     {
@@ -22,7 +23,7 @@ fn persistent_slots_survive_reopen_and_temporary_do_not() {
     m.drop_temporary_of(1);
     assert_eq!(m.min_restart_lsn(), Some(Lsn(0x300_0000)));
     drop(m);
-    let m = SlotManager::open(d.path(), 10, None).unwrap();
+    let m = SlotManager::open(Arc::new(StdStorage), d.path(), 10, None).unwrap();
     let names: Vec<_> = m
         .list()
         .into_iter()
@@ -34,12 +35,12 @@ fn persistent_slots_survive_reopen_and_temporary_do_not() {
 #[test]
 fn crash_leftovers_are_cleaned_and_corruption_is_reported() {
     let d = tempfile::tempdir().unwrap();
-    let m = SlotManager::open(d.path(), 10, None).unwrap();
+    let m = SlotManager::open(Arc::new(StdStorage), d.path(), 10, None).unwrap();
     m.create("a", false, 1, Lsn(5)).unwrap();
     drop(m);
     // A creation interrupted before its rename leaves a .tmp directory.
     fs::create_dir(d.path().join("slots/b.tmp")).unwrap();
-    let m = SlotManager::open(d.path(), 10, None).unwrap();
+    let m = SlotManager::open(Arc::new(StdStorage), d.path(), 10, None).unwrap();
     assert_eq!(m.list().len(), 1);
     assert!(!d.path().join("slots/b.tmp").exists());
     drop(m);
@@ -48,7 +49,9 @@ fn crash_leftovers_are_cleaned_and_corruption_is_reported() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xFF;
     fs::write(&state, &bytes).unwrap();
-    let err = SlotManager::open(d.path(), 10, None).err().unwrap();
+    let err = SlotManager::open(Arc::new(StdStorage), d.path(), 10, None)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
 }
 
@@ -68,7 +71,7 @@ fn names_follow_postgres_rules() {
 #[test]
 fn active_slots_refuse_others_and_drop_waits() {
     let d = tempfile::tempdir().unwrap();
-    let m = SlotManager::open(d.path(), 2, None).unwrap();
+    let m = SlotManager::open(Arc::new(StdStorage), d.path(), 2, None).unwrap();
     m.create("s", false, 1, Lsn::INVALID).unwrap();
     assert_eq!(
         m.create("s", false, 1, Lsn::INVALID)
@@ -101,7 +104,7 @@ fn active_slots_refuse_others_and_drop_waits() {
 #[test]
 fn slots_past_max_slot_wal_keep_size_are_lost() {
     let d = tempfile::tempdir().unwrap();
-    let m = SlotManager::open(d.path(), 10, Some(2 << 20)).unwrap();
+    let m = SlotManager::open(Arc::new(StdStorage), d.path(), 10, Some(2 << 20)).unwrap();
     m.create("old", false, 1, Lsn(1 << 20)).unwrap();
     m.create("new", false, 1, Lsn(9 << 20)).unwrap();
     let lost = m.invalidate_obsolete(Lsn(10 << 20), seg()).unwrap();
@@ -111,20 +114,20 @@ fn slots_past_max_slot_wal_keep_size_are_lost() {
     assert_eq!(e.code, "55000");
     assert!(e.message.contains("can no longer get changes"));
     drop(m);
-    let m = SlotManager::open(d.path(), 10, Some(2 << 20)).unwrap();
+    let m = SlotManager::open(Arc::new(StdStorage), d.path(), 10, Some(2 << 20)).unwrap();
     assert!(m.get("old").unwrap().invalidated);
 }
 
 #[test]
 fn a_failed_write_poisons_and_is_never_retried() {
     let d = tempfile::tempdir().unwrap();
-    let m = SlotManager::open(d.path(), 10, None).unwrap();
+    let m = SlotManager::open(Arc::new(StdStorage), d.path(), 10, None).unwrap();
     m.create("s", false, 1, Lsn::INVALID).unwrap();
     m.confirm_flush("s", Lsn(0x100));
     // Make the slot's directory unusable so the save fails.
     fs::remove_dir_all(d.path().join("slots/s")).unwrap();
     fs::write(d.path().join("slots/s"), b"not a directory").unwrap();
-    assert!(matches!(m.checkpoint(), Err(SlotError::Io { .. })));
+    assert!(matches!(m.checkpoint(), Err(SlotError::Storage(_))));
     fs::remove_file(d.path().join("slots/s")).unwrap();
     fs::create_dir(d.path().join("slots/s")).unwrap();
     // The next attempt is refused, not retried.

@@ -264,7 +264,8 @@ impl Session {
             })?;
             let text = String::from_utf8(content)
                 .map_err(|_| lost(format!("timeline history file {name} is not UTF-8")))?;
-            let history = write_history_text(&wal_dir, tli, &text)
+            let storage = self.cfg.segdir.storage();
+            let history = write_history_text(&**storage, &wal_dir, tli, &text)
                 .map_err(|e| lost(format!("could not store timeline history file {name}: {e}")))?;
             let marked = if self.cfg.archive_always {
                 self.cfg.segdir.mark_ready(&name)

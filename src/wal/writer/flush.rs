@@ -3,6 +3,7 @@
 //! for each completed segment. Runs under the flush lock.
 
 use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use super::buffer::{Batch, Piece};
 use super::stats::Counters;
@@ -23,8 +24,9 @@ pub(crate) struct FlushCtx<'a> {
 /// State owned by whoever holds the flush lock.
 #[derive(Debug, Default)]
 pub(crate) struct FlushState {
-    /// The segment file being written.
-    current: Option<(SegNo, File)>,
+    /// The segment file being written, and its path (kept from its
+    /// opening: the storage names the file of every call).
+    current: Option<(SegNo, File, PathBuf)>,
     /// Allocation of the last batch, reused for the next one.
     pub spare: Vec<u8>,
 }
@@ -57,8 +59,8 @@ impl FlushState {
                 }
             }
         }
-        if let Some((segno, f)) = &self.current {
-            sync(cx, *segno, f)?;
+        if let Some((segno, f, path)) = &self.current {
+            sync(cx, *segno, f, path)?;
         }
         Ok(completed)
     }
@@ -77,10 +79,10 @@ impl FlushState {
             let segno = lsn.segno(seg_size);
             let off = lsn.segment_offset(seg_size);
             let n = data.len().min((seg_size.bytes() - off) as usize);
-            let file = self.file_for(cx, segno)?;
+            let (file, path) = self.file_for(cx, segno)?;
             cx.segdir
-                .io()
-                .write_at(file, off, &data[..n])
+                .storage()
+                .write_at(file, path, off, &data[..n])
                 .map_err(|e| {
                     format!(
                         "could not write to WAL file {} at offset {off}, length {n}: {e}",
@@ -97,16 +99,20 @@ impl FlushState {
         Ok(())
     }
 
-    fn file_for(&mut self, cx: &FlushCtx<'_>, segno: SegNo) -> Result<&File, FlushFailure> {
-        if self.current.as_ref().is_none_or(|(s, _)| *s != segno) {
+    fn file_for(
+        &mut self,
+        cx: &FlushCtx<'_>,
+        segno: SegNo,
+    ) -> Result<(&File, &PathBuf), FlushFailure> {
+        if self.current.as_ref().is_none_or(|(s, _, _)| *s != segno) {
             let f = cx
                 .segdir
                 .open_for_write(cx.tli, segno)
                 .map_err(|e| e.to_string())?;
-            self.current = Some((segno, f));
+            self.current = Some((segno, f, cx.segdir.segment_path(cx.tli, segno)));
         }
         match &self.current {
-            Some((_, f)) => Ok(f),
+            Some((_, f, path)) => Ok((f, path)),
             None => Err("no current WAL segment".into()),
         }
     }
@@ -115,8 +121,8 @@ impl FlushState {
     /// archiver. A failure to create `.ready` is not fatal: removal later
     /// recreates a missing status file (PostgreSQL's XLogArchiveCheckDone).
     fn complete(&mut self, cx: &FlushCtx<'_>, segno: SegNo) -> Result<(), FlushFailure> {
-        if let Some((s, f)) = self.current.take() {
-            sync(cx, s, &f)?;
+        if let Some((s, f, path)) = self.current.take() {
+            sync(cx, s, &f, &path)?;
         }
         Counters::add(&cx.counters.segments_completed, 1);
         if cx.archive_mode {
@@ -129,9 +135,9 @@ impl FlushState {
     }
 }
 
-fn sync(cx: &FlushCtx<'_>, segno: SegNo, f: &File) -> Result<(), FlushFailure> {
+fn sync(cx: &FlushCtx<'_>, segno: SegNo, f: &File, path: &Path) -> Result<(), FlushFailure> {
     Counters::add(&cx.counters.fsyncs, 1);
-    cx.segdir.io().sync_data(f).map_err(|e| {
+    cx.segdir.storage().sync_data(f, path).map_err(|e| {
         format!(
             "could not fdatasync WAL file {}: {e}",
             segno.file_name(cx.tli, cx.segdir.seg_size())

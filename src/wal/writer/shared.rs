@@ -322,6 +322,15 @@ impl Shared {
         });
     }
 
+    /// Drop every subscriber's sender: the writer has stopped and will
+    /// send nothing more, so each subscriber's receiver ends (even one that
+    /// lost the last event to a full channel, or that waits for a
+    /// `ShutDown` a poisoned writer never sends).
+    pub fn close_subscribers(&self) {
+        relock(&self.subscribers).clear();
+        self.flush_subscribers.store(0, Ordering::Release);
+    }
+
     /// Create the segment after the one being inserted into, ahead of need.
     pub fn preallocate_ahead(&self) {
         let next = self.inserted().segno(self.ctx.seg_size).next();

@@ -10,7 +10,7 @@
 //! the rest of the current segment is zeroed and later segments of this
 //! timeline are removed before anything new is written.
 
-use std::fs::OpenOptions;
+use crate::storage::OpenFor;
 
 use super::buffer::SegCtx;
 use super::WalError;
@@ -52,7 +52,7 @@ pub(crate) fn prepare(segdir: &SegmentDir, ctx: &SegCtx, start: Lsn) -> Result<(
     }
     let dir = segdir.path();
     segdir
-        .io()
+        .storage()
         .sync_dir(dir)
         .map_err(|e| WalError::from(SegmentError::io("fsync directory", dir)(e)))
 }
@@ -101,14 +101,14 @@ fn zero_tail(
         return Ok(());
     };
     let last = tail.iter().rposition(|&b| b != 0).unwrap_or(first);
-    let file = OpenOptions::new()
-        .write(true)
-        .open(&path)
+    let storage = segdir.storage();
+    let file = storage
+        .open(&path, OpenFor::Existing)
         .map_err(|e| format!("could not open segment {name}: {e}"))?;
     let zeroes = vec![0u8; last + 1 - first];
-    let io = segdir.io();
     tracing::info!(segment = %name, from = off + first, bytes = zeroes.len(), "zeroing stale bytes past the end of valid WAL");
-    io.write_at(&file, (off + first) as u64, &zeroes)
-        .and_then(|()| io.sync_data(&file))
+    storage
+        .write_at(&file, &path, (off + first) as u64, &zeroes)
+        .and_then(|()| storage.sync_data(&file, &path))
         .map_err(|e| format!("could not zero the tail of segment {name}: {e}"))
 }
