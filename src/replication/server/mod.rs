@@ -229,10 +229,10 @@ fn accept_loop<S: ReplicationSource>(
                 continue;
             }
         };
-        let open = ctx.connections.fetch_add(1, Ordering::SeqCst) + 1;
         let bound =
             ctx.options.max_wal_senders + ctx.options.max_startup_connections + THREAD_MARGIN;
-        if open > bound {
+        let open = ctx.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        if open > bound && !threads_drain(&ctx.connections, bound) {
             session::refuse_too_many(stream);
             ctx.connections.fetch_sub(1, Ordering::SeqCst);
             continue;
@@ -245,6 +245,24 @@ fn accept_loop<S: ReplicationSource>(
         spawn_session(&ctx, stream, startup_id, &sessions, done_tx.clone());
     }
 }
+
+/// Over the thread bound, the sessions just closed by the startup pool are
+/// usually on their way out: wait for that (at most [`DRAIN_WAIT`])
+/// before refusing a newcomer. True if room was made.
+fn threads_drain(connections: &AtomicUsize, bound: usize) -> bool {
+    let deadline = Instant::now() + DRAIN_WAIT;
+    while Instant::now() < deadline {
+        // `connections` includes the newcomer.
+        if connections.load(Ordering::SeqCst) <= bound {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// See [`threads_drain`].
+const DRAIN_WAIT: Duration = Duration::from_millis(500);
 
 /// One thread per connection; it gives back its connection count and its
 /// `done` sender when it ends.
