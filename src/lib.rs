@@ -38,6 +38,9 @@ pub mod archive;
 pub mod backup;
 pub mod config;
 pub(crate) mod datadir;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod node;
 pub mod replication;
 pub mod security;

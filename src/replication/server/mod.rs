@@ -14,6 +14,8 @@ mod session;
 mod startup;
 mod walsender;
 
+#[cfg_attr(not(feature = "fuzzing"), allow(unused_imports))]
+pub(crate) use startup::hba_lookup;
 pub use startup::{format_instance_id, INSTANCE_ID_PARAMETER};
 
 use std::io;
