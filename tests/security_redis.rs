@@ -407,3 +407,41 @@ fn limits_on_idle_clients_appends_and_replies() {
         redis::cmd("PING").query::<String>(&mut c).is_ok()
     });
 }
+
+#[test]
+fn walrep_passwd_makes_a_verifier_and_never_prints_the_password() {
+    use std::process::Stdio;
+    let run = |args: &[&str], input: &str| {
+        let mut child = Command::new(support::node::walrep_bin())
+            .arg("passwd")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&["--verifier-only"], "s3cret pass\n");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("s3cret"));
+    let v = ScramVerifier::parse(text.trim()).unwrap();
+    assert!(v.check(b"s3cret pass") && !v.check(b"s3cret"));
+    // The default output is a walrep.toml line that a node accepts.
+    let out = run(&["--role", "app"], "pw2\n");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let cfg = walrep::config::Config::from_toml_with_overrides(&text, "passwd", &[]).unwrap();
+    assert_eq!(cfg.roles[0].name, "app");
+    assert!(ScramVerifier::parse(&cfg.roles[0].password)
+        .unwrap()
+        .check(b"pw2"));
+    let out = run(&[], "\n");
+    assert!(!out.status.success(), "an empty password is refused");
+}
