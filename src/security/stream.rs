@@ -203,7 +203,7 @@ impl TlsShared {
         if buf.is_empty() {
             return Ok(0);
         }
-        let mut raw = vec![0u8; RAW_READ];
+        let mut raw = [0u8; RAW_READ];
         loop {
             {
                 let mut st = lock(&self.state);
