@@ -311,6 +311,25 @@ fn a_certificate_that_does_not_load_stops_the_start() {
         err.contains("could not load ssl_cert_file \"/nonexistent/server.crt\""),
         "{err}"
     );
+    // A key file others can read is refused, as PostgreSQL refuses it.
+    let ca = TestCa::new(&tmp.path().join("ca"));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ca.server_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut args = vec![
+        "start",
+        datadir.to_str().unwrap(),
+        "-c",
+        "port=0",
+        "-c",
+        "replication_port=0",
+    ];
+    let settings = ca.node_settings(0);
+    for s in &settings[..3] {
+        args.extend(["-c", s.as_str()]);
+    }
+    let (ok, _, err) = support::node::walrep(&args);
+    assert!(!ok);
+    assert!(err.contains("group or world access"), "{err}");
     // A clear password where a verifier belongs is refused, not echoed.
     let (ok, _, err) = support::node::walrep(&[
         "start",

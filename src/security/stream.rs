@@ -323,6 +323,8 @@ mod tests {
         std::fs::write(&paths.0, ca.pem()).unwrap();
         std::fs::write(&paths.1, cert.pem()).unwrap();
         std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&paths.2, std::fs::Permissions::from_mode(0o600)).unwrap();
         paths
     }
 

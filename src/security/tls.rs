@@ -72,8 +72,20 @@ pub fn load_certs(
     Ok(certs)
 }
 
-/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1). As PostgreSQL,
+/// a key file that others can read is refused.
 pub fn load_key(param: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    match super::secret_file::readable_by_others(path) {
+        Ok(true) => {
+            return Err(load_error(
+                param,
+                path,
+                "the private key file has group or world access; permissions should be u=rw (0600) or less",
+            ))
+        }
+        Ok(false) => {}
+        Err(e) => return Err(load_error(param, path, e)),
+    }
     PrivateKeyDer::from_pem_file(path).map_err(|e| load_error(param, path, e))
 }
 

@@ -109,6 +109,9 @@ fn make_certificate(dir: &Path) -> Result<(PathBuf, PathBuf), BenchError> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| BenchError::io("chmod the key", e))?;
     Ok((cert, key))
 }
 
