@@ -6,7 +6,6 @@
 //! [`PARAMETERS`] is the single list the generated `walrep.toml` template and
 //! `docs/configuration.md` are checked against.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -402,12 +401,30 @@ pub enum HbaMethod {
     Reject,
 }
 
+/// The connection type of an `[[hba]]` line (`pg_hba.conf`'s first column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum HbaConnection {
+    /// TLS or not.
+    #[default]
+    #[serde(rename = "host")]
+    Host,
+    /// TLS only.
+    #[serde(rename = "hostssl")]
+    HostSsl,
+    /// Without TLS only.
+    #[serde(rename = "hostnossl")]
+    HostNoSsl,
+}
+
 /// One line of the replication connection allow-list, like a `pg_hba.conf`
-/// line for the `replication` database: the first line whose address range
-/// and user match decides.
+/// line for the `replication` database: the first line whose connection
+/// type, address range and user match decides.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HbaEntry {
+    /// `host` (the default), `hostssl` or `hostnossl`.
+    #[serde(rename = "type", default, skip_serializing_if = "is_host")]
+    pub connection: HbaConnection,
     /// An address range in CIDR notation (`127.0.0.1/32`, `10.0.0.0/8`, `::1/128`).
     pub address: String,
     /// `trust`, `scram-sha-256` or `reject`.
@@ -415,11 +432,70 @@ pub struct HbaEntry {
     /// The user this line applies to; `all` matches every user.
     #[serde(default = "all_users")]
     pub user: String,
+    /// PostgreSQL's `clientcert=verify-ca`: the client must also present a
+    /// certificate that chains to `ssl_ca_file` (TLS lines only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clientcert: bool,
+}
+
+fn is_host(c: &HbaConnection) -> bool {
+    *c == HbaConnection::Host
+}
+
+/// What a role may do on the Redis port (its ACL category).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub enum RedisAccess {
+    /// Cannot log in on the Redis port.
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// Reads, INFO and connection commands.
+    #[serde(rename = "readonly")]
+    ReadOnly,
+    /// Also writes and WAIT.
+    #[serde(rename = "readwrite")]
+    ReadWrite,
+    /// Everything: also CONFIG.
+    #[serde(rename = "admin")]
+    Admin,
+}
+
+impl RedisAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisAccess::None => "none",
+            RedisAccess::ReadOnly => "readonly",
+            RedisAccess::ReadWrite => "readwrite",
+            RedisAccess::Admin => "admin",
+        }
+    }
+}
+
+/// A role (user) of both ports, as PostgreSQL's `CREATE ROLE ... LOGIN
+/// PASSWORD ... REPLICATION` and a Redis ACL user in one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleEntry {
+    pub name: String,
+    /// A SCRAM-SHA-256 verifier (`walrep passwd`), never a clear password;
+    /// empty: no password (only `trust` hba lines let it in).
+    #[serde(default)]
+    pub password: String,
+    /// PostgreSQL's REPLICATION attribute: may stream WAL and take base
+    /// backups on the replication port.
+    #[serde(default)]
+    pub replication: bool,
+    /// What it may do on the Redis port.
+    #[serde(default)]
+    pub redis: RedisAccess,
 }
 
 fn all_users() -> String {
     "all".to_string()
 }
+
+/// Shown in place of a secret.
+pub const REDACTED: &str = "********";
 
 /// Every parameter of a node. Field names are the parameter names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -434,7 +510,6 @@ pub struct Config {
     pub max_wal_senders: u32,
     pub max_replication_slots: u32,
     pub hba: Vec<HbaEntry>,
-    pub passwords: BTreeMap<String, String>,
 
     // -- Write-ahead log
     pub synchronous_commit: SynchronousCommit,
@@ -469,6 +544,24 @@ pub struct Config {
     pub hot_standby: Bool,
     pub hot_standby_feedback: Bool,
 
+    // -- Security (docs/security.md)
+    pub roles: Vec<RoleEntry>,
+    pub requirepass: String,
+    pub protected_mode: Bool,
+    pub authentication_timeout: Time<1000>,
+    pub max_startup_connections: u32,
+    pub ssl: Bool,
+    pub ssl_cert_file: String,
+    pub ssl_key_file: String,
+    pub ssl_ca_file: String,
+    pub tls_port: u16,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    pub timeout: Time<1000>,
+    pub client_query_buffer_limit: Size,
+    pub client_output_buffer_limit: Size,
+    pub maxmemory_clients: Size,
+
     // -- Observability
     pub log_level: String,
     pub log_connections: Bool,
@@ -488,17 +581,20 @@ impl Default for Config {
             max_replication_slots: 10,
             hba: vec![
                 HbaEntry {
+                    connection: HbaConnection::Host,
                     address: "127.0.0.0/8".into(),
                     method: HbaMethod::Trust,
                     user: all_users(),
+                    clientcert: false,
                 },
                 HbaEntry {
+                    connection: HbaConnection::Host,
                     address: "::1/128".into(),
                     method: HbaMethod::Trust,
                     user: all_users(),
+                    clientcert: false,
                 },
             ],
-            passwords: BTreeMap::new(),
             synchronous_commit: SynchronousCommit::On,
             wal_writer_delay: Time::ms(200),
             checkpoint_timeout: Time::ms(300_000),
@@ -524,6 +620,22 @@ impl Default for Config {
             wal_receiver_timeout: Time::ms(60_000),
             hot_standby: Bool(true),
             hot_standby_feedback: Bool(false),
+            roles: Vec::new(),
+            requirepass: String::new(),
+            protected_mode: Bool(true),
+            authentication_timeout: Time::ms(60_000),
+            max_startup_connections: 16,
+            ssl: Bool(false),
+            ssl_cert_file: "server.crt".into(),
+            ssl_key_file: "server.key".into(),
+            ssl_ca_file: String::new(),
+            tls_port: 0,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            timeout: Time::ms(0),
+            client_query_buffer_limit: Size::mb(1024),
+            client_output_buffer_limit: Size::mb(512),
+            maxmemory_clients: Size::mb(2048),
             log_level: "info".into(),
             log_connections: Bool(false),
             log_disconnections: Bool(false),
@@ -549,8 +661,7 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "proto_max_bulk_len", section: "Connections", help: "Largest single bulk string (key or value) a client may send; larger requests are refused and the connection closed." },
     ParamDoc { name: "max_wal_senders", section: "Connections", help: "Most concurrent replication connections (walsenders)." },
     ParamDoc { name: "max_replication_slots", section: "Connections", help: "Most replication slots (slots/) this node keeps." },
-    ParamDoc { name: "hba", section: "Connections", help: "Replication connection allow-list: [[hba]] lines with address (CIDR), method (trust, scram-sha-256, reject) and user (default all). The first matching line decides; no match is refused." },
-    ParamDoc { name: "passwords", section: "Connections", help: "[passwords] table: user = \"password\" for scram-sha-256 authentication." },
+    ParamDoc { name: "hba", section: "Connections", help: "Replication connection allow-list: [[hba]] lines with type (host, hostssl, hostnossl; default host), address (CIDR), method (trust, scram-sha-256, reject), user (default all) and clientcert (true: a client certificate chained to ssl_ca_file is also required). The first matching line decides; no match is refused." },
     ParamDoc { name: "synchronous_commit", section: "Write-ahead log", help: "What a write waits for before it is acknowledged: off, local, remote_write, on (remote flush) or remote_apply. Without synchronous_standby_names the remote levels mean local." },
     ParamDoc { name: "wal_writer_delay", section: "Write-ahead log", help: "How often the WAL writer flushes WAL written with synchronous_commit = off." },
     ParamDoc { name: "checkpoint_timeout", section: "Write-ahead log", help: "Longest time between automatic checkpoints." },
@@ -576,6 +687,22 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "wal_receiver_timeout", section: "Replication (standby)", help: "Give up on an upstream silent for this long." },
     ParamDoc { name: "hot_standby", section: "Replication (standby)", help: "Answer reads on a standby." },
     ParamDoc { name: "hot_standby_feedback", section: "Replication (standby)", help: "Send hot standby feedback ('h') messages upstream." },
+    ParamDoc { name: "roles", section: "Security", help: "[[roles]] of both ports: name, password (a SCRAM-SHA-256 verifier made by `walrep passwd`, never a clear password), replication (may stream WAL and take base backups; a role not listed may only through a trust line) and redis (none, readonly, readwrite or admin: its Redis ACL)." },
+    ParamDoc { name: "requirepass", section: "Security", help: "SCRAM-SHA-256 verifier of the Redis port's default user (AUTH <password>); empty: the default user needs no password (and protected_mode applies). A role named default overrides it." },
+    ParamDoc { name: "protected_mode", section: "Security", help: "While the default user has no password, serve only loopback clients (127.0.0.1, ::1) on the Redis port; others get Redis's DENIED error." },
+    ParamDoc { name: "authentication_timeout", section: "Security", help: "Longest time a replication connection may take to send its startup packet, finish TLS and authenticate." },
+    ParamDoc { name: "max_startup_connections", section: "Security", help: "Replication connections still authenticating at once, counted apart from max_wal_senders; when full, the oldest one is closed for the newcomer, so idle sockets cannot lock standbys out." },
+    ParamDoc { name: "ssl", section: "Security", help: "Serve TLS on the replication port (answer SSLRequest with S)." },
+    ParamDoc { name: "ssl_cert_file", section: "Security", help: "PEM certificate chain of the replication port (relative paths are in the data directory)." },
+    ParamDoc { name: "ssl_key_file", section: "Security", help: "PEM private key of ssl_cert_file; should be mode 0600." },
+    ParamDoc { name: "ssl_ca_file", section: "Security", help: "PEM certificates of the CAs client certificates must chain to (empty: no client certificates are asked for)." },
+    ParamDoc { name: "tls_port", section: "Security", help: "TCP port of the Redis protocol over TLS (0 = off), as Redis's tls-port." },
+    ParamDoc { name: "tls_cert_file", section: "Security", help: "PEM certificate chain of tls_port (empty: ssl_cert_file)." },
+    ParamDoc { name: "tls_key_file", section: "Security", help: "PEM private key of tls_cert_file (empty: ssl_key_file)." },
+    ParamDoc { name: "timeout", section: "Security", help: "Close a Redis client idle for this long (0 = never), as Redis's timeout; a bare number is seconds." },
+    ParamDoc { name: "client_query_buffer_limit", section: "Security", help: "Most request bytes buffered for one Redis client (a partial request included); past it the client is closed." },
+    ParamDoc { name: "client_output_buffer_limit", section: "Security", help: "Most reply bytes held for one Redis client: a command whose reply would grow past it gets an error instead, and a client that does not read is closed." },
+    ParamDoc { name: "maxmemory_clients", section: "Security", help: "Most bytes all Redis clients may hold in query and reply buffers together; past it the largest clients are closed, as Redis's maxmemory-clients." },
     ParamDoc { name: "log_level", section: "Observability", help: "Log filter when RUST_LOG is not set (error, warn, info, debug, trace, or tracing directives)." },
     ParamDoc { name: "log_connections", section: "Observability", help: "Log each client connection (key-value port) at info, with its id and peer address, as PostgreSQL's log_connections." },
     ParamDoc { name: "log_disconnections", section: "Observability", help: "Log each client disconnection at info, with the session's duration, as PostgreSQL's log_disconnections." },
@@ -683,6 +810,7 @@ impl Config {
         {
             return bad("checkpoint_timeout", "must be at least 1s".into());
         }
+        self.validate_security()?;
         for h in &self.hba {
             if crate::util::Cidr::parse(&h.address).is_none() {
                 return bad(
@@ -692,6 +820,95 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Secrets are verifiers, roles are unique, limits are sane. A clear
+    /// password where a verifier belongs is refused without repeating it.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        use crate::security::ScramVerifier;
+        let bad = |name: &str, message: String| ConfigError::BadValue {
+            name: name.into(),
+            message,
+        };
+        let verifier = |name: &str, what: String, text: &str| {
+            if text.is_empty() {
+                return Ok(());
+            }
+            ScramVerifier::parse(text)
+                .map(|_| ())
+                .map_err(|e| bad(name, format!("{what}: {e}")))
+        };
+        verifier("requirepass", "requirepass".into(), &self.requirepass)?;
+        let mut names = std::collections::BTreeSet::new();
+        for r in &self.roles {
+            if r.name.is_empty() || r.name.len() > 63 || r.name.chars().any(char::is_control) {
+                return Err(bad(
+                    "roles",
+                    "a role name must be 1 to 63 printable characters".into(),
+                ));
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err(bad("roles", format!("role \"{}\" is listed twice", r.name)));
+            }
+            verifier(
+                "roles",
+                format!("password of role \"{}\"", r.name),
+                &r.password,
+            )?;
+        }
+        if self.max_startup_connections == 0 {
+            return Err(bad("max_startup_connections", "must be at least 1".into()));
+        }
+        if self
+            .authentication_timeout
+            .get()
+            .is_none_or(|d| d < Duration::from_secs(1) || d > Duration::from_secs(600))
+        {
+            return Err(bad(
+                "authentication_timeout",
+                "must be between 1s and 10min".into(),
+            ));
+        }
+        if self.tls_port != 0 && self.tls_port == self.port {
+            return Err(bad("tls_port", "must differ from port".into()));
+        }
+        for (name, size) in [
+            ("client_query_buffer_limit", self.client_query_buffer_limit),
+            (
+                "client_output_buffer_limit",
+                self.client_output_buffer_limit,
+            ),
+            ("maxmemory_clients", self.maxmemory_clients),
+        ] {
+            if size.bytes().is_none_or(|b| b < 1 << 20) {
+                return Err(bad(name, "must be at least 1MB".into()));
+            }
+        }
+        let query = self.client_query_buffer_limit.bytes().unwrap_or(0);
+        if query < self.proto_max_bulk_len.bytes().unwrap_or(0) {
+            return Err(bad(
+                "client_query_buffer_limit",
+                "must be at least proto_max_bulk_len".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// This configuration with every secret masked: what CONFIG GET shows
+    /// and what may be logged. Verifiers are masked too: whoever holds one
+    /// can guess passwords offline.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        if !c.requirepass.is_empty() {
+            c.requirepass = REDACTED.into();
+        }
+        for r in &mut c.roles {
+            if !r.password.is_empty() {
+                r.password = REDACTED.into();
+            }
+        }
+        c.primary_conninfo = crate::replication::client::redact_conninfo(&c.primary_conninfo);
+        c
     }
 
     /// The `walrep.toml` written by `walrep init`: every parameter with its

@@ -24,6 +24,8 @@
 //!   and stops its threads.
 //! - [`archive`]: `archive_command` (the archiver) and `restore_command`.
 //! - [`backup`]: base backups: BASE_BACKUP on a node, `walrep basebackup`.
+//! - [`security`]: SCRAM verifiers, secret files, password files, TLS
+//!   configurations and the TLS-capable stream both ports use.
 //! - [`config`]: `walrep.toml`, its PostgreSQL-named parameters and `-c`
 //!   overrides.
 //! - [`viz`]: diagrams of the state machines, explored from the code, and
@@ -38,8 +40,12 @@ pub mod archive;
 pub mod backup;
 pub mod config;
 pub(crate) mod datadir;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod node;
 pub mod replication;
+pub mod security;
 pub(crate) mod server;
 pub mod standby;
 pub(crate) mod status;

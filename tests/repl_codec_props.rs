@@ -89,7 +89,7 @@ proptest! {
         let text = String::from_utf8_lossy(&bytes);
         let _ = command::parse(&text);
         let _ = ConnInfo::parse(&text);
-        let _ = ScramServer::new(Some("pw")).client_first(&bytes);
+        let _ = ScramServer::with_password("pw").client_first(&bytes);
         let _ = ScramClient::new("pw").server_first(&bytes);
     }
 

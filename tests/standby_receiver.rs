@@ -411,7 +411,10 @@ fn silent_upstream(listener: TcpListener) -> bool {
     sock.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut w = sock.try_clone().unwrap();
     let mut r = MessageReader::new(sock, 1 << 20);
-    r.read_startup().unwrap();
+    // libpq's sslmode=prefer asks for TLS first; this server has none.
+    while let walrep::replication::pgwire::StartupPacket::SslRequest = r.read_startup().unwrap() {
+        std::io::Write::write_all(&mut w, b"N").unwrap();
+    }
     let send = |w: &mut TcpStream, msgs: &[BackendMessage]| {
         let mut out = Vec::new();
         for m in msgs {

@@ -117,6 +117,18 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Make a SCRAM-SHA-256 verifier for a password, in PostgreSQL's format,
+    /// for `password` of a [[roles]] entry or `requirepass`. The password
+    /// is read from the terminal without echo (twice), or as the first line
+    /// of standard input when that is not a terminal; it is never printed.
+    Passwd {
+        /// Only print the verifier (default: a walrep.toml line for it).
+        #[arg(long)]
+        verifier_only: bool,
+        /// Name the role in the printed [[roles]] entry.
+        #[arg(long, value_name = "NAME")]
+        role: Option<String>,
+    },
     /// Print the default walrep.toml (every parameter with its default and a comment).
     DefaultConfig {
         /// Print the configuration reference (docs/configuration.md) instead.
@@ -273,6 +285,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             basebackup(&opts, progress)
         }
+        Command::Passwd {
+            verifier_only,
+            role,
+        } => passwd(verifier_only, role.as_deref()),
         Command::DefaultConfig { markdown } => {
             if markdown {
                 print!("{}", walrep::config::reference_markdown());
@@ -459,13 +475,31 @@ fn basebackup(
     );
     match &s.primary_conninfo {
         Some(ci) => println!(
-            "walrep: standby.signal written; primary_conninfo = '{ci}'. Start the standby with: walrep start {}",
+            "walrep: standby.signal written; primary_conninfo = '{}'. Start the standby with: walrep start {}",
+            walrep::replication::client::redact_conninfo(ci),
             opts.datadir.display()
         ),
         None => println!(
             "walrep: start the copy with: walrep start {} (use -c port=... -c replication_port=... if it runs beside the source)",
             opts.datadir.display()
         ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `walrep passwd`: read a password, print its verifier.
+fn passwd(verifier_only: bool, role: Option<&str>) -> anyhow::Result<ExitCode> {
+    let password = crate::app::password::read_new_password()?;
+    let v = walrep::security::ScramVerifier::make(&password).to_string();
+    if verifier_only {
+        println!("{v}");
+    } else if let Some(name) = role {
+        println!(
+            "[[roles]]\nname = {}\npassword = \"{v}\"",
+            toml::Value::String(name.to_string())
+        );
+    } else {
+        println!("requirepass = \"{v}\"");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -137,20 +137,61 @@ fn conninfo(opts: &BasebackupOptions) -> ConnInfo {
     }
 }
 
-/// `primary_conninfo` for the copy: host, port, user, application_name
-/// (and the password when one was used, as pg_basebackup -R does).
-fn standby_conninfo(opts: &BasebackupOptions) -> String {
+/// The password file `-R` writes into the copy (mode 0600), so the
+/// password never sits in walrep.toml.
+pub const STANDBY_PASSFILE: &str = "replication.pgpass";
+
+/// `primary_conninfo` for the copy: host, port, user, application_name,
+/// the TLS mode and root certificate it connected with; a password (as
+/// pg_basebackup -R keeps it) goes to a password file only its owner can
+/// read, which the conninfo names with `passfile=`.
+fn standby_conninfo(opts: &BasebackupOptions) -> Result<String, StandbyConfigError> {
     let port = opts.port.to_string();
-    conninfo_string(&[
+    let info = conninfo(opts);
+    let sslmode = match info.sslmode {
+        crate::security::tls::SslMode::Prefer => String::new(),
+        m => m.as_str().to_string(),
+    };
+    let rootcert = info
+        .sslrootcert
+        .as_ref()
+        .and_then(|p| std::path::absolute(p).ok())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let passfile = match &opts.password {
+        Some(pw) => {
+            let path = std::path::absolute(opts.datadir.join(STANDBY_PASSFILE))
+                .unwrap_or_else(|_| opts.datadir.join(STANDBY_PASSFILE));
+            let line = crate::security::passfile::line(
+                crate::security::passfile::PassQuery {
+                    host: &opts.host,
+                    port: opts.port,
+                    database: "replication",
+                    user: &opts.user,
+                },
+                pw,
+            );
+            crate::security::secret_file::write_secret_file(
+                &*opts.storage,
+                &path,
+                line.as_bytes(),
+            )?;
+            path.display().to_string()
+        }
+        None => String::new(),
+    };
+    Ok(conninfo_string(&[
         ("host", opts.host.as_str()),
         ("port", port.as_str()),
         ("user", opts.user.as_str()),
-        ("password", opts.password.as_deref().unwrap_or("")),
+        ("passfile", passfile.as_str()),
+        ("sslmode", sslmode.as_str()),
+        ("sslrootcert", rootcert.as_str()),
         (
             "application_name",
             opts.application_name.as_deref().unwrap_or(""),
         ),
-    ])
+    ]))
 }
 
 fn take(
@@ -188,7 +229,7 @@ fn take(
         },
     )?;
     let primary_conninfo = if opts.write_standby_config {
-        let ci = standby_conninfo(opts);
+        let ci = standby_conninfo(opts)?;
         standby_config::write(&*opts.storage, &opts.datadir, &ci)?;
         Some(ci)
     } else {

@@ -160,10 +160,10 @@ mod tests {
         assert_eq!(c.primary_conninfo, ci);
         assert_eq!(edited.lines().filter(|l| assigns_parameter(l)).count(), 1);
         // A file without the parameter and with a table gets it before the table.
-        let edited = set_primary_conninfo("port = 1\n[passwords]\nwalrep = \"x\"\n", ci);
+        let edited = set_primary_conninfo("port = 1\n[[roles]]\nname = \"walrep\"\n", ci);
         let c = Config::from_toml_with_overrides(&edited, "t", &[]).unwrap();
         assert_eq!(c.primary_conninfo, ci);
-        assert_eq!(c.passwords.get("walrep").map(String::as_str), Some("x"));
+        assert_eq!(c.roles[0].name, "walrep");
     }
 
     #[test]

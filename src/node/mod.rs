@@ -462,18 +462,9 @@ impl RunningNode {
         let node = self.node.clone();
         let config = &node.config;
         let addr = listen_addr(&config.listen_addresses, config.port)?;
-        let server = Server::start(
-            addr,
-            node.clone(),
-            ServerSettings {
-                max_connections: config.max_connections,
-                log_connections: config.log_connections.0,
-                log_disconnections: config.log_disconnections.0,
-                max_bulk_len: config.proto_max_bulk_len.bytes().unwrap_or(64 << 20),
-                default_synchronous_commit: config.synchronous_commit,
-            },
-        )
-        .with_context(|| format!("could not listen on {addr} (port)"))?;
+        let settings = ServerSettings::from_config(config, &node.dir.root)?;
+        let server = Server::start(addr, node.clone(), settings)
+            .with_context(|| format!("could not listen on {addr} (port)"))?;
         self.replication = Some(start_replication(&node)?);
         if config.status_port != 0 {
             let addr = listen_addr(&config.listen_addresses, config.status_port)?;
@@ -496,7 +487,7 @@ impl RunningNode {
         } else {
             "standby is running; it accepts read-only connections once consistent"
         };
-        tracing::info!(addr = %server.local_addr(), replication_port = ports.replication, "{what}");
+        tracing::info!(addr = %server.local_addr(), tls_addr = ?server.tls_addr(), replication_port = ports.replication, "{what}");
         self.server = Some(server);
         Ok(())
     }
@@ -652,7 +643,7 @@ fn start_replication(node: &Arc<Node>) -> anyhow::Result<ReplicationServerHandle
     *node.registry.lock().unwrap_or_else(|e| e.into_inner()) = Some(registry.clone());
     let options = ServerOptions {
         instance_id: node.instance_id,
-        ..ServerOptions::from_config(config)
+        ..ServerOptions::from_config(config, &node.dir.root)?
     };
     let handle = crate::replication::server::spawn(
         listener,

@@ -48,7 +48,7 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// The keys derived from a password: what PostgreSQL stores in pg_authid.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ScramKeys {
     pub salt: Vec<u8>,
     pub iterations: u32,
@@ -72,6 +72,18 @@ fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
     let mut out = [0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut out);
     out
+}
+
+/// The salt shown for a user without keys: the same on every try (a real
+/// user's salt does not change either), different per process and user.
+fn mock_salt(user: &str) -> Vec<u8> {
+    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let secret = SECRET.get_or_init(|| {
+        let mut s = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut s);
+        s
+    });
+    hmac(secret, user.as_bytes())[..16].to_vec()
 }
 
 fn nonce() -> String {
@@ -107,7 +119,7 @@ fn utf8(bytes: &[u8]) -> Result<&str, ScramError> {
 
 /// Server side of one exchange.
 pub struct ScramServer {
-    /// `None` for a user without a password: the exchange runs (so the
+    /// `None` for a user without a verifier: the exchange runs (so the
     /// client learns nothing) and always fails, as PostgreSQL's mock does.
     keys: Option<ScramKeys>,
     /// Salt and iterations announced (the mock's too).
@@ -126,17 +138,29 @@ struct ServerState {
 }
 
 impl ScramServer {
-    /// Start an exchange for a user whose password is `password`.
-    pub fn new(password: Option<&str>) -> ScramServer {
-        let mut salt = vec![0u8; 16];
-        rand::thread_rng().fill_bytes(&mut salt);
-        let keys = password.map(|p| ScramKeys::derive(p, &salt, ITERATIONS));
+    /// Start an exchange with a user's stored keys (a verifier), or with
+    /// none: then the exchange runs to its end and fails, and the salt
+    /// announced is a stable one derived from the user name, so a client
+    /// cannot tell an unknown user from a wrong password.
+    pub fn new(keys: Option<ScramKeys>, user: &str) -> ScramServer {
+        let (salt, iterations) = match &keys {
+            Some(k) => (k.salt.clone(), k.iterations),
+            None => (mock_salt(user), ITERATIONS),
+        };
         ScramServer {
             keys,
             salt,
-            iterations: ITERATIONS,
+            iterations,
             state: None,
         }
+    }
+
+    /// An exchange for a clear password (tests, and servers that keep
+    /// none): the keys are derived with a fresh salt.
+    pub fn with_password(password: &str) -> ScramServer {
+        let mut salt = vec![0u8; 16];
+        rand::thread_rng().fill_bytes(&mut salt);
+        ScramServer::new(Some(ScramKeys::derive(password, &salt, ITERATIONS)), "")
     }
 
     /// Answer the client-first-message with the server-first-message.
@@ -311,7 +335,10 @@ mod tests {
     use super::*;
 
     fn exchange(server_pw: Option<&str>, client_pw: &str) -> Result<(), ScramError> {
-        let mut s = ScramServer::new(server_pw);
+        let mut s = match server_pw {
+            Some(pw) => ScramServer::with_password(pw),
+            None => ScramServer::new(None, "nobody"),
+        };
         let mut c = ScramClient::new(client_pw);
         let sf = s.client_first(&c.client_first())?;
         let cf = c.server_first(&sf)?;
@@ -352,7 +379,7 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_never_a_panic() {
-        let mut s = ScramServer::new(Some("x"));
+        let mut s = ScramServer::with_password("x");
         for m in [
             &b""[..],
             b"n",

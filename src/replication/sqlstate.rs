@@ -14,6 +14,7 @@ pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const PROTOCOL_VIOLATION: &str = "08P01";
 pub const INVALID_AUTHORIZATION: &str = "28000";
 pub const INVALID_PASSWORD: &str = "28P01";
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
 pub const UNDEFINED_FILE: &str = "58P01";

@@ -8,10 +8,11 @@
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use mio::net::TcpStream;
 
-use super::command::{self, Command, Flow, WaitRequest};
+use super::command::{self, auth, Command, Flow, WaitRequest};
 use super::protocol::{self, reply, Limits};
 use super::session::{Session, SessionContext};
 
@@ -22,6 +23,9 @@ pub const MAX_HELD_OUTPUT: usize = 1 << 20;
 /// Consumed request bytes kept at the front of the buffer before it is
 /// compacted.
 const COMPACT_AFTER: usize = 64 << 10;
+/// An empty buffer larger than this is given back to the allocator, so a
+/// client that once sent or read a large value does not keep its memory.
+const SHRINK_ABOVE: usize = 1 << 20;
 
 /// Why a connection does not execute its next request now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +41,8 @@ pub enum Hold {
 /// A client connection served by a worker loop.
 pub struct Conn {
     pub stream: TcpStream,
+    /// The TLS session of a `tls_port` client (`None`: plain).
+    tls: Option<Box<rustls::ServerConnection>>,
     pub session: Session,
     /// Bytes received; requests before `start` are consumed.
     inbuf: Vec<u8>,
@@ -63,27 +69,46 @@ pub struct Conn {
     pub span: tracing::Span,
     /// When it was accepted (`log_disconnections` reports the duration).
     pub since: std::time::Instant,
+    /// When it last completed a request: the idle `timeout` clock. Bytes
+    /// of an unfinished request do not reset it, so a client trickling a
+    /// request byte by byte is idle too.
+    pub last_request: Instant,
+    /// Bytes this connection counts in `client_buffer_bytes`.
+    pub accounted: u64,
 }
 
 impl Conn {
-    pub fn new(id: u64, stream: TcpStream, ctx: SessionContext) -> Conn {
+    pub fn new(
+        id: u64,
+        stream: TcpStream,
+        tls: Option<Box<rustls::ServerConnection>>,
+        ctx: SessionContext,
+    ) -> Conn {
         let _ = stream.set_nodelay(true);
-        let peer = stream
-            .peer_addr()
-            .map_or_else(|_| "?".to_string(), |a| a.to_string());
-        let span = tracing::info_span!("client", id, %peer);
+        let peer_addr = stream.peer_addr().ok();
+        let peer = peer_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+        let span = tracing::info_span!("client", id, %peer, tls = tls.is_some());
         if ctx.settings.log_connections {
             span.in_scope(|| tracing::info!("connection received"));
         }
+        let mut session = Session::new(id, ctx);
+        let denied = auth::protected_mode_refuses(&session, peer_addr.map(|a| a.ip()));
+        if denied {
+            span.in_scope(|| {
+                tracing::info!("protected mode: refusing a client that is not local while the default user has no password")
+            });
+            reply::error(&mut session.out, auth::DENIED);
+        }
         Conn {
             stream,
-            session: Session::new(id, ctx),
+            tls,
+            session,
             inbuf: Vec::new(),
             start: 0,
             readable: true,
             writable: true,
             eof: false,
-            closing: false,
+            closing: denied,
             hold: Hold::None,
             handed_off: false,
             wait_job: None,
@@ -91,6 +116,8 @@ impl Conn {
             last_commit: None,
             span,
             since: std::time::Instant::now(),
+            last_request: Instant::now(),
+            accounted: 0,
         }
     }
 
@@ -109,21 +136,93 @@ impl Conn {
             {
                 return Ok(());
             }
-            match self.stream.read(scratch) {
-                Ok(0) => self.eof = true,
+            if self.tls.is_some() {
+                self.read_tls(scratch)?;
+            } else {
+                self.read_plain(scratch)?;
+            }
+            self.check_query_buffer();
+        }
+    }
+
+    fn read_plain(&mut self, scratch: &mut [u8]) -> io::Result<()> {
+        match self.stream.read(scratch) {
+            Ok(0) => self.eof = true,
+            Ok(n) => {
+                self.inbuf.extend_from_slice(&scratch[..n]);
+                // A short read emptied the socket: edge-triggered
+                // polling reports the next arrival, so skip the read
+                // that would only say EAGAIN (one syscall per request).
+                if n < scratch.len() {
+                    self.readable = false;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Read decrypted bytes: plaintext rustls holds first, else ciphertext
+    /// from the socket (which may also move the handshake on; what rustls
+    /// must answer goes out with the next send).
+    fn read_tls(&mut self, scratch: &mut [u8]) -> io::Result<()> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            match tls.reader().read(scratch) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(());
+                }
                 Ok(n) => {
                     self.inbuf.extend_from_slice(&scratch[..n]);
-                    // A short read emptied the socket: edge-triggered
-                    // polling reports the next arrival, so skip the read
-                    // that would only say EAGAIN (one syscall per request).
-                    if n < scratch.len() {
-                        self.readable = false;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Closed without close_notify: an end like any other.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.eof = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+            match tls.read_tls(&mut self.stream) {
+                Ok(_) => {
+                    if let Err(e) = tls.process_new_packets() {
+                        // Send the alert rustls queued, then give up.
+                        let _ = tls.write_tls(&mut self.stream);
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return Ok(());
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// `client_query_buffer_limit`: a client that buffers more request
+    /// bytes than this (one huge request or a pipeline it does not read
+    /// replies for) is told and closed, as Redis closes it.
+    fn check_query_buffer(&mut self) {
+        let buffered = self.inbuf.len() - self.start;
+        if buffered > self.session.ctx.settings.max_query_buffer && !self.closing {
+            tracing::warn!(buffered, "closing a client past client_query_buffer_limit");
+            let stats = &self.session.ctx.stats;
+            stats.evicted_clients.fetch_add(1, Ordering::Relaxed);
+            reply::error(
+                &mut self.session.out,
+                "ERR Protocol error: the client's query buffer exceeds client_query_buffer_limit",
+            );
+            self.inbuf.clear();
+            self.start = 0;
+            self.closing = true;
         }
     }
 
@@ -155,11 +254,19 @@ impl Conn {
                         break;
                     }
                     self.start += req.consumed;
+                    self.last_request = Instant::now();
                     let stats = &self.session.ctx.stats;
                     stats
                         .total_commands_processed
                         .fetch_add(1, Ordering::Relaxed);
-                    let flow = command::exec::respond(&mut self.session, parsed);
+                    let allowed = match &parsed {
+                        Ok(cmd) => auth::check(&self.session, cmd, args[0]),
+                        Err(_) => Ok(()),
+                    };
+                    let flow = match allowed {
+                        Ok(()) => command::exec::respond(&mut self.session, parsed),
+                        Err(e) => command::exec::respond(&mut self.session, Err(e)),
+                    };
                     self.follow(flow);
                 }
                 Ok(None) => break,
@@ -191,6 +298,9 @@ impl Conn {
         if self.start == self.inbuf.len() {
             self.inbuf.clear();
             self.start = 0;
+            if self.inbuf.capacity() > SHRINK_ABOVE {
+                self.inbuf = Vec::new();
+            }
         } else if self.start > COMPACT_AFTER {
             self.inbuf.drain(..self.start);
             self.start = 0;
@@ -202,6 +312,18 @@ impl Conn {
     /// the peer is gone.
     pub fn send(&mut self) -> io::Result<bool> {
         let was_full = self.session.out.len() > MAX_HELD_OUTPUT;
+        if self.tls.is_some() {
+            self.send_tls()?;
+        } else {
+            self.send_plain()?;
+        }
+        if self.session.out.is_empty() && self.session.out.capacity() > SHRINK_ABOVE {
+            self.session.out = Vec::new();
+        }
+        Ok(was_full && self.session.out.len() <= MAX_HELD_OUTPUT)
+    }
+
+    fn send_plain(&mut self) -> io::Result<()> {
         while self.writable {
             let n = self.session.sendable();
             if n == 0 {
@@ -215,7 +337,49 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        Ok(was_full && self.session.out.len() <= MAX_HELD_OUTPUT)
+        Ok(())
+    }
+
+    /// Seal what may be sent into TLS records (rustls holds a bounded
+    /// amount) and write the records, handshake messages included.
+    fn send_tls(&mut self) -> io::Result<()> {
+        let Conn {
+            tls: Some(tls),
+            stream,
+            session,
+            writable,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        while *writable {
+            if tls.wants_write() {
+                match tls.write_tls(stream) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => *writable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            let n = session.sendable();
+            if n == 0 {
+                break;
+            }
+            match tls.writer().write(&session.out[..n])? {
+                0 => break,
+                k => session.consume_out(k),
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes held in this connection's buffers (what `maxmemory_clients`
+    /// counts).
+    pub fn buffered_bytes(&self) -> u64 {
+        (self.inbuf.capacity() + self.session.out.capacity()) as u64
     }
 
     /// Nothing left to do for it: close it now.
@@ -223,7 +387,8 @@ impl Conn {
         let idle = !self.session.has_pending()
             && !self.handed_off
             && self.hold != Hold::Waiting
-            && self.session.out.is_empty();
+            && self.session.out.is_empty()
+            && self.tls.as_ref().is_none_or(|t| !t.wants_write());
         idle && (self.closing || (self.eof && !self.has_complete_request()))
     }
 

@@ -27,6 +27,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::{Config, SynchronousCommit};
+use crate::security::roles::Roles;
+use crate::security::tls::{self, TlsError};
 use crate::store::{Level, Store};
 use crate::Lsn;
 
@@ -96,6 +98,13 @@ pub struct ServerStats {
     pub rejected_connections: AtomicU64,
     pub total_commands_processed: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Bytes held in every client's query and reply buffers
+    /// (`maxmemory_clients` bounds it).
+    pub client_buffer_bytes: AtomicU64,
+    /// Clients closed for a limit: idle `timeout`, query buffer, memory.
+    pub evicted_clients: AtomicU64,
+    /// WAIT commands running (each on a thread of its own).
+    pub waits_in_progress: AtomicU64,
 }
 
 /// Connection-independent settings of the front end.
@@ -108,6 +117,76 @@ pub struct ServerSettings {
     pub log_disconnections: bool,
     pub max_bulk_len: u64,
     pub default_synchronous_commit: SynchronousCommit,
+    /// Who may log in, and to do what.
+    pub roles: Arc<Roles>,
+    /// `protected_mode`: no password for the default user => loopback only.
+    pub protected_mode: bool,
+    /// `tls_port` and its configuration (`None`: no TLS listener).
+    pub tls: Option<(u16, Arc<rustls::ServerConfig>)>,
+    /// `timeout`: close a client that completed no request for this long.
+    pub idle_timeout: Option<Duration>,
+    /// `client_query_buffer_limit`.
+    pub max_query_buffer: usize,
+    /// `client_output_buffer_limit`: most bytes one reply may take.
+    pub max_reply_bytes: usize,
+    /// `maxmemory_clients`.
+    pub maxmemory_clients: u64,
+}
+
+impl ServerSettings {
+    /// The front end's settings from a node's configuration; TLS files are
+    /// relative to `datadir`, and a certificate or key that does not load
+    /// is an error.
+    pub fn from_config(c: &Config, datadir: &std::path::Path) -> Result<ServerSettings, TlsError> {
+        let or = |tls_file: &str, ssl_file: &str| {
+            datadir.join(if tls_file.is_empty() {
+                ssl_file
+            } else {
+                tls_file
+            })
+        };
+        let tls = match c.tls_port {
+            0 => None,
+            port => Some((
+                port,
+                tls::server_config(tls::ServerFiles {
+                    cert_param: "tls_cert_file",
+                    cert: &or(&c.tls_cert_file, &c.ssl_cert_file),
+                    key_param: "tls_key_file",
+                    key: &or(&c.tls_key_file, &c.ssl_key_file),
+                    client_ca: None,
+                })?,
+            )),
+        };
+        let bytes = |s: crate::config::Size, default: u64| s.bytes().unwrap_or(default);
+        Ok(ServerSettings {
+            max_connections: c.max_connections,
+            log_connections: c.log_connections.0,
+            log_disconnections: c.log_disconnections.0,
+            max_bulk_len: bytes(c.proto_max_bulk_len, 64 << 20),
+            default_synchronous_commit: c.synchronous_commit,
+            roles: Arc::new(Roles::from_config(c)),
+            protected_mode: c.protected_mode.0,
+            tls,
+            idle_timeout: c.timeout.get().filter(|d| !d.is_zero()),
+            max_query_buffer: bytes(c.client_query_buffer_limit, 1 << 30) as usize,
+            max_reply_bytes: bytes(c.client_output_buffer_limit, 512 << 20) as usize,
+            maxmemory_clients: bytes(c.maxmemory_clients, 2 << 30),
+        })
+    }
+
+    /// Settings for tests of the front end: the defaults of an empty
+    /// configuration with these few chosen.
+    #[cfg(test)]
+    pub fn for_tests(max_connections: u32, max_bulk_len: u64) -> ServerSettings {
+        let mut s = ServerSettings::from_config(&Config::default(), std::path::Path::new("."))
+            .expect("no TLS files to load");
+        s.max_connections = max_connections;
+        s.max_bulk_len = max_bulk_len;
+        s.log_connections = true;
+        s.log_disconnections = true;
+        s
+    }
 }
 
 /// Worker loops of a server: one per two cores (at most 4). Measured on
@@ -129,8 +208,11 @@ fn worker_count() -> usize {
 /// A running front end: its accept thread and its worker loops.
 pub struct Server {
     local_addr: SocketAddr,
+    /// The TLS listener's address (`tls_port`).
+    tls_addr: Option<SocketAddr>,
     shutting_down: Arc<AtomicBool>,
     accept_thread: Option<JoinHandle<()>>,
+    tls_accept_thread: Option<JoinHandle<()>>,
     workers: Arc<Vec<Mutex<worker::WorkerHandle>>>,
     /// The counters its sessions keep (read by the tests).
     #[cfg_attr(not(test), allow(dead_code))]
@@ -142,10 +224,16 @@ impl Server {
     pub fn start(
         addr: SocketAddr,
         backend: Arc<dyn Backend>,
-        settings: ServerSettings,
+        mut settings: ServerSettings,
     ) -> io::Result<Server> {
+        settings.max_connections = fit_descriptors(settings.max_connections);
         let listener = TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
+        let tls_listener = match &settings.tls {
+            Some((port, _)) => Some(TcpListener::bind(SocketAddr::new(addr.ip(), *port))?),
+            None => None,
+        };
+        let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let shutting_down = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ServerStats::default());
         let ctx = session::SessionContext {
@@ -176,20 +264,37 @@ impl Server {
             .wakers
             .set(handles.iter().map(|h| lock(h).waker()).collect());
         let workers = Arc::new(handles);
-        let acceptor = Acceptor {
+        let next_id = Arc::new(AtomicU64::new(0));
+        let acceptor = |listener, tls| Acceptor {
             listener,
-            settings,
+            tls,
+            settings: settings.clone(),
             shutting_down: shutting_down.clone(),
             workers: workers.clone(),
             stats: stats.clone(),
+            next_id: next_id.clone(),
         };
+        let plain = acceptor(listener, false);
         let accept_thread = std::thread::Builder::new()
             .name("redis-listener".into())
-            .spawn(move || acceptor.run())?;
+            .spawn(move || plain.run())?;
+        let tls_accept_thread = match tls_listener {
+            Some(l) => {
+                let tls = acceptor(l, true);
+                Some(
+                    std::thread::Builder::new()
+                        .name("redis-tls-listener".into())
+                        .spawn(move || tls.run())?,
+                )
+            }
+            None => None,
+        };
         Ok(Server {
             local_addr,
+            tls_addr,
             shutting_down,
             accept_thread: Some(accept_thread),
+            tls_accept_thread,
             workers,
             stats,
         })
@@ -199,15 +304,30 @@ impl Server {
         self.local_addr
     }
 
+    /// The TLS listener's address, when `tls_port` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
     /// Stop accepting, let every connection finish the requests it has
     /// received (their commits complete or fail, their replies are sent,
     /// within a bound for clients that do not read), then close them.
     pub fn shutdown(&mut self) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        // Wake the accept loop with a connection of our own.
-        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_millis(500));
-        if let Some(t) = self.accept_thread.take() {
-            let _ = t.join();
+        // Wake the accept loops with a connection of our own.
+        for (addr, thread) in [
+            (Some(self.local_addr), self.accept_thread.take()),
+            (self.tls_addr, self.tls_accept_thread.take()),
+        ] {
+            let (Some(addr), Some(thread)) = (addr, thread) else {
+                continue;
+            };
+            let mut wake = addr;
+            if wake.ip().is_unspecified() {
+                wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(500));
+            let _ = thread.join();
         }
         for w in self.workers.iter() {
             lock(w).wake();
@@ -230,19 +350,62 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Descriptors kept for everything but clients (WAL segments, the
+/// replication port, archive commands), as Redis keeps 32 + a margin.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Raise the open-file limit as far as allowed, and lower
+/// `max_connections` if the limit cannot hold it plus the reserve (Redis
+/// does both): clients must never take the descriptors the WAL needs.
+fn fit_descriptors(max_connections: u32) -> u32 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read or write one rlimit through valid pointers.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return max_connections;
+        }
+        let wanted = u64::from(max_connections) + RESERVED_DESCRIPTORS;
+        if lim.rlim_cur < wanted {
+            let raised = libc::rlimit {
+                rlim_cur: (wanted as libc::rlim_t).min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = raised.rlim_cur;
+            }
+        }
+    }
+    let room = lim.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS).max(1);
+    if room < u64::from(max_connections) {
+        tracing::warn!(
+            max_connections,
+            open_files_limit = lim.rlim_cur,
+            "max_connections lowered to {room}: the open-file limit cannot hold more clients and the node's own files"
+        );
+        return room as u32;
+    }
+    max_connections
+}
+
 struct Acceptor {
     listener: TcpListener,
+    /// Connections of this listener speak TLS (`tls_port`).
+    tls: bool,
     settings: ServerSettings,
     shutting_down: Arc<AtomicBool>,
     /// Connections are handed to the workers in turn.
     workers: Arc<Vec<Mutex<worker::WorkerHandle>>>,
     stats: Arc<ServerStats>,
+    /// Connection ids, shared by both listeners.
+    next_id: Arc<AtomicU64>,
 }
 
 impl Acceptor {
     fn run(self) {
         let _span = tracing::info_span!("redis-listener", addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default()).entered();
-        let mut next_id = 0u64;
         for conn in self.listener.incoming() {
             if self.shutting_down.load(Ordering::SeqCst) {
                 break;
@@ -256,8 +419,8 @@ impl Acceptor {
                     continue;
                 }
             };
-            next_id += 1;
-            self.admit(next_id, stream);
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            self.admit(id, stream);
         }
     }
 
@@ -276,7 +439,7 @@ impl Acceptor {
         }
         self.stats.connected_clients.fetch_add(1, Ordering::SeqCst);
         let worker = &self.workers[(id as usize) % self.workers.len()];
-        if let Err(s) = lock(worker).accept(id, stream) {
+        if let Err(s) = lock(worker).accept(id, stream, self.tls) {
             tracing::warn!("a worker loop is gone; refusing the connection");
             let _ = s.shutdown(Shutdown::Both);
             self.stats.connected_clients.fetch_sub(1, Ordering::SeqCst);

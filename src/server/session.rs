@@ -40,6 +40,13 @@ impl Clone for SessionContext {
     }
 }
 
+/// Who a connection is logged in as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthUser {
+    pub name: String,
+    pub access: crate::config::RedisAccess,
+}
+
 /// Writes inserted but not yet confirmed at their level.
 #[derive(Debug, Default)]
 struct Pending {
@@ -64,13 +71,22 @@ pub struct Session {
     pub client_name: Option<String>,
     /// End of this connection's last write (WAIT waits for it).
     pub last_write_end: Lsn,
+    /// `None` until AUTH (or HELLO AUTH) succeeds; a passwordless default
+    /// user logs every connection in at once, as in Redis.
+    pub user: Option<AuthUser>,
     pending: Pending,
 }
 
 impl Session {
     pub fn new(id: u64, ctx: SessionContext) -> Session {
         let sc = ctx.settings.default_synchronous_commit;
+        let roles = &ctx.settings.roles;
+        let user = roles.default_needs_no_password().then(|| AuthUser {
+            name: crate::security::roles::DEFAULT_USER.into(),
+            access: roles.default_access(),
+        });
         Session {
+            user,
             id,
             ctx,
             out: Vec::with_capacity(256),
@@ -95,6 +111,22 @@ impl Session {
         self.pending.level = Some(self.pending.level.map_or(level, |l| l.max(level)));
         self.pending.compact.extend(compact);
         self.last_write_end = self.last_write_end.max(end);
+    }
+
+    /// Most bytes one reply may take (`client_output_buffer_limit`).
+    pub fn reply_limit(&self) -> usize {
+        self.ctx.settings.max_reply_bytes
+    }
+
+    /// A reply started at `start` of `out` grew past the limit: drop it
+    /// (the caller replies with the error instead).
+    pub fn check_reply_size(&mut self, start: usize) -> Result<(), super::command::CommandError> {
+        let limit = self.reply_limit();
+        if self.out.len().saturating_sub(start) > limit {
+            self.out.truncate(start);
+            return Err(super::command::CommandError::ReplyTooLarge(limit));
+        }
+        Ok(())
     }
 
     pub fn has_pending(&self) -> bool {

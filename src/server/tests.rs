@@ -92,13 +92,7 @@ fn start(node: &Arc<FakeNode>, max_connections: u32) -> Server {
     Server::start(
         "127.0.0.1:0".parse().unwrap(),
         node.clone(),
-        ServerSettings {
-            max_connections,
-            log_connections: true,
-            log_disconnections: true,
-            max_bulk_len: 1 << 20,
-            default_synchronous_commit: SynchronousCommit::On,
-        },
+        ServerSettings::for_tests(max_connections, 1 << 20),
     )
     .unwrap()
 }

@@ -56,6 +56,16 @@ const MAX_GATHER_BUSY: Duration = Duration::from_millis(5);
 const SIBLING_WINDOW: Duration = Duration::from_millis(2);
 /// Events taken per poll.
 const EVENTS_CAPACITY: usize = 1024;
+/// How often clients past the idle `timeout` are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// WAIT commands running at once on the whole server (each holds a
+/// thread for up to its timeout).
+const MAX_WAITS: u64 = 256;
+/// A worker over `maxmemory_clients` closes only clients holding at least
+/// this much: a small client is never the one that used the memory up.
+const EVICT_FLOOR: u64 = 256 << 10;
+/// Clients closed for memory per pass at most (the next pass goes on).
+const EVICT_PER_PASS: usize = 16;
 
 /// How the workers of one server keep the disk busy together: a worker
 /// about to flush while another one is flushing keeps reading instead (its
@@ -83,8 +93,8 @@ impl FlushGate {
 
 /// What a worker is sent from outside its loop.
 enum Msg {
-    /// A connection accepted for this worker.
-    Accepted(u64, std::net::TcpStream),
+    /// A connection accepted for this worker; true if it speaks TLS.
+    Accepted(u64, std::net::TcpStream, bool),
 }
 
 /// A blocking wait run off the loop.
@@ -164,11 +174,16 @@ impl WorkerHandle {
     }
 
     /// Hand over an accepted connection. Fails only if the worker is gone.
-    pub fn accept(&self, id: u64, stream: std::net::TcpStream) -> Result<(), std::net::TcpStream> {
-        let r = self.inbox.send(Msg::Accepted(id, stream));
+    pub fn accept(
+        &self,
+        id: u64,
+        stream: std::net::TcpStream,
+        tls: bool,
+    ) -> Result<(), std::net::TcpStream> {
+        let r = self.inbox.send(Msg::Accepted(id, stream, tls));
         let _ = self.waker.wake();
         r.map_err(|e| match e.into_inner() {
-            Msg::Accepted(_, s) => s,
+            Msg::Accepted(_, s, _) => s,
         })
     }
 
@@ -237,6 +252,7 @@ impl Worker {
         let _span = tracing::info_span!("redis-worker", index).entered();
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut drain_deadline: Option<Instant> = None;
+        let mut last_sweep = Instant::now();
         loop {
             let stopping = self.shutting_down.load(Ordering::SeqCst);
             if stopping {
@@ -256,6 +272,10 @@ impl Worker {
                 break;
             }
             self.pass(&mut events, !stopping);
+            if last_sweep.elapsed() >= SWEEP_INTERVAL {
+                last_sweep = Instant::now();
+                self.sweep_idle();
+            }
         }
         self.close_all();
     }
@@ -304,8 +324,87 @@ impl Worker {
         self.settle();
         for token in touched {
             self.send_or_close(token);
+            self.account(token);
         }
+        self.evict_for_memory();
         self.compact();
+    }
+
+    /// Update the server-wide count of buffered client bytes.
+    fn account(&mut self, token: Token) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let now = c.buffered_bytes();
+        let total = &self.ctx.stats.client_buffer_bytes;
+        if now > c.accounted {
+            total.fetch_add(now - c.accounted, Ordering::Relaxed);
+        } else {
+            total.fetch_sub(c.accounted - now, Ordering::Relaxed);
+        }
+        c.accounted = now;
+    }
+
+    /// `maxmemory_clients`: while every client together holds more, close
+    /// this worker's largest (Redis's client eviction).
+    fn evict_for_memory(&mut self) {
+        let limit = self.ctx.settings.maxmemory_clients;
+        for _ in 0..EVICT_PER_PASS {
+            if self.ctx.stats.client_buffer_bytes.load(Ordering::Relaxed) <= limit {
+                return;
+            }
+            let largest = self
+                .conns
+                .iter()
+                .map(|(t, c)| (*t, c.accounted))
+                .max_by_key(|(_, bytes)| *bytes);
+            let Some((token, bytes)) = largest.filter(|(_, b)| *b >= EVICT_FLOOR) else {
+                return;
+            };
+            if let Some(c) = self.conns.get(&token) {
+                c.span.in_scope(|| {
+                    tracing::warn!(
+                        bytes,
+                        "closing the client with the largest buffers: maxmemory_clients reached"
+                    )
+                });
+            }
+            self.ctx
+                .stats
+                .evicted_clients
+                .fetch_add(1, Ordering::Relaxed);
+            self.close(token);
+        }
+    }
+
+    /// Close clients that completed no request within `timeout` (not those
+    /// waiting on the node: a commit or a WAIT in progress).
+    fn sweep_idle(&mut self) {
+        let Some(timeout) = self.ctx.settings.idle_timeout else {
+            return;
+        };
+        let idle: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.last_request.elapsed() > timeout
+                    && c.hold != Hold::Waiting
+                    && !c.handed_off
+                    && !c.session.has_pending()
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for token in idle {
+            if let Some(c) = self.conns.get(&token) {
+                c.span
+                    .in_scope(|| tracing::debug!("closing an idle client (timeout)"));
+            }
+            self.ctx
+                .stats
+                .evicted_clients
+                .fetch_add(1, Ordering::Relaxed);
+            self.close(token);
+        }
     }
 
     /// Drop the versions that confirmed writes superseded, under one lock,
@@ -508,29 +607,45 @@ impl Worker {
         let backend = self.ctx.backend.clone();
         let done = self.done_tx.clone();
         let waker = self.waker.clone();
+        let stats = self.ctx.stats.clone();
+        let refuse = |conns: &mut HashMap<Token, Conn>, text: &str| {
+            if let Some(c) = conns.get_mut(&token) {
+                reply::error(&mut c.session.out, text);
+                c.hold = Hold::None;
+            }
+        };
+        if stats.waits_in_progress.fetch_add(1, Ordering::SeqCst) >= MAX_WAITS {
+            stats.waits_in_progress.fetch_sub(1, Ordering::SeqCst);
+            let e = super::command::CommandError::TooManyWaits(MAX_WAITS as usize);
+            refuse(&mut self.conns, &e.to_string());
+            self.enqueue(token);
+            return;
+        }
+        let thread_stats = stats.clone();
         let spawned = std::thread::Builder::new()
             .name("redis-wait".into())
             .spawn(move || {
                 let acked = backend.wait_replicas(w.upto, w.wanted, w.timeout);
+                thread_stats
+                    .waits_in_progress
+                    .fetch_sub(1, Ordering::SeqCst);
                 let _ = done.send(Done::Waited { token, acked });
                 let _ = waker.wake();
             });
         if let Err(e) = spawned {
+            stats.waits_in_progress.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!(error = %e, "could not start a WAIT thread");
-            if let Some(c) = self.conns.get_mut(&token) {
-                reply::error(&mut c.session.out, "ERR could not start the WAIT");
-                c.hold = Hold::None;
-            }
+            refuse(&mut self.conns, "ERR could not start the WAIT");
         }
     }
 
     fn take_inbox(&mut self) {
-        while let Ok(Msg::Accepted(id, stream)) = self.inbox.try_recv() {
-            self.register(id, stream);
+        while let Ok(Msg::Accepted(id, stream, tls)) = self.inbox.try_recv() {
+            self.register(id, stream, tls);
         }
     }
 
-    fn register(&mut self, id: u64, stream: std::net::TcpStream) {
+    fn register(&mut self, id: u64, stream: std::net::TcpStream, tls: bool) {
         let stats = self.ctx.stats.clone();
         if stream.set_nonblocking(true).is_err() {
             stats.connected_clients.fetch_sub(1, Ordering::SeqCst);
@@ -544,8 +659,19 @@ impl Worker {
             stats.connected_clients.fetch_sub(1, Ordering::SeqCst);
             return;
         }
+        let tls = match (tls, &self.ctx.settings.tls) {
+            (true, Some((_, config))) => match rustls::ServerConnection::new(config.clone()) {
+                Ok(c) => Some(Box::new(c)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not start a TLS session");
+                    stats.connected_clients.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+            },
+            _ => None,
+        };
         self.conns
-            .insert(token, Conn::new(id, stream, self.ctx.clone()));
+            .insert(token, Conn::new(id, stream, tls, self.ctx.clone()));
         self.enqueue(token);
     }
 
@@ -583,10 +709,11 @@ impl Worker {
                     .in_scope(|| tracing::info!(session_ms = ms, "disconnection"));
             }
             let _ = self.poll.registry().deregister(&mut c.stream);
-            self.ctx
-                .stats
-                .connected_clients
-                .fetch_sub(1, Ordering::SeqCst);
+            let stats = &self.ctx.stats;
+            stats.connected_clients.fetch_sub(1, Ordering::SeqCst);
+            stats
+                .client_buffer_bytes
+                .fetch_sub(c.accounted, Ordering::Relaxed);
         }
     }
 

@@ -4,11 +4,13 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use walrep::config::{HbaEntry, HbaMethod};
+use walrep::config::{HbaConnection, HbaEntry, HbaMethod, RedisAccess, RoleEntry};
 use walrep::replication::fake::FakeSource;
 use walrep::replication::registry::WalSenderRegistry;
 use walrep::replication::server::{self, ServerHandle, ServerOptions};
 use walrep::replication::slots::SlotManager;
+use walrep::security::roles::Roles;
+use walrep::security::ScramVerifier;
 use walrep::Lsn;
 
 use super::wal::{seg, SYSTEM_ID};
@@ -66,21 +68,31 @@ impl FakeServer {
     }
 }
 
-/// Options with a password user and an hba that needs SCRAM for it.
+/// Options with a password user (a replication role whose verifier is
+/// made from "sekrit pw") and an hba that needs SCRAM for it.
 pub fn scram_options() -> ServerOptions {
-    let mut o = ServerOptions::default();
-    o.passwords.insert("walrep".into(), "sekrit pw".into());
-    o.hba = vec![
-        HbaEntry {
-            address: "127.0.0.1/32".into(),
-            method: HbaMethod::Reject,
-            user: "rejected".into(),
-        },
-        HbaEntry {
-            address: "127.0.0.1/32".into(),
-            method: HbaMethod::ScramSha256,
-            user: "walrep".into(),
-        },
-    ];
-    o
+    let roles = Arc::new(Roles::new(
+        &[RoleEntry {
+            name: "walrep".into(),
+            password: ScramVerifier::make("sekrit pw").to_string(),
+            replication: true,
+            redis: RedisAccess::None,
+        }],
+        "",
+    ));
+    let line = |method, user: &str| HbaEntry {
+        connection: HbaConnection::Host,
+        address: "127.0.0.1/32".into(),
+        method,
+        user: user.into(),
+        clientcert: false,
+    };
+    ServerOptions {
+        roles,
+        hba: vec![
+            line(HbaMethod::Reject, "rejected"),
+            line(HbaMethod::ScramSha256, "walrep"),
+        ],
+        ..ServerOptions::default()
+    }
 }

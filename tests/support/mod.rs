@@ -11,6 +11,7 @@
 //! - [`fake`]: a replication server over the in-memory source;
 //! - [`cluster`]: primaries and standbys built as an operator builds them;
 //! - [`proxy`]: a fault proxy between a walreceiver and a walsender;
+//! - [`tls`]: a test CA and server certificate made inside the test;
 //!
 //! and here, waiting for a condition, listing a directory and a free port.
 
@@ -22,6 +23,7 @@ pub mod fake;
 pub mod node;
 pub mod process;
 pub mod proxy;
+pub mod tls;
 pub mod tools;
 pub mod wal;
 

@@ -88,7 +88,12 @@ impl TestNode {
         self.replication_port = rport;
         wait_for("the node to answer PING", PROCESS_DEADLINE, || {
             let mut c = self.try_client()?;
-            redis::cmd("PING").query::<String>(&mut c).ok()
+            match redis::cmd("PING").query::<String>(&mut c) {
+                Ok(_) => Some(()),
+                // A node with requirepass answers too, with NOAUTH.
+                Err(e) if e.code() == Some("NOAUTH") => Some(()),
+                Err(_) => None,
+            }
         });
     }
 

@@ -39,12 +39,22 @@ const MAX_REQUESTS: u64 = 20_000_000;
 
 /// Calibrate, then run for about `duration`.
 pub fn run_for(load: &Load, duration: Duration, dir: &Path) -> Result<LoadResult, BenchError> {
+    run_for_with(load, duration, dir, &[])
+}
+
+/// [`run_for`] with extra redis-benchmark arguments (`--tls ...`).
+pub fn run_for_with(
+    load: &Load,
+    duration: Duration,
+    dir: &Path,
+    extra: &[&str],
+) -> Result<LoadResult, BenchError> {
     let calib_requests = (200 * load.clients as u64).clamp(1000, 20_000);
-    let calib = run(load, calib_requests, Duration::from_secs(60), dir)?;
+    let calib = run_with(load, calib_requests, Duration::from_secs(60), dir, extra)?;
     let requests = ((calib.rps * duration.as_secs_f64()) as u64).clamp(MIN_REQUESTS, MAX_REQUESTS);
     // Allow for a disk that slows down 5x during the run, then give up.
     let limit = duration * 5 + Duration::from_secs(30);
-    run(load, requests, limit, dir)
+    run_with(load, requests, limit, dir, extra)
 }
 
 /// One redis-benchmark run of `requests` SETs, killed after `limit`.
@@ -53,6 +63,16 @@ pub fn run(
     requests: u64,
     limit: Duration,
     dir: &Path,
+) -> Result<LoadResult, BenchError> {
+    run_with(load, requests, limit, dir, &[])
+}
+
+fn run_with(
+    load: &Load,
+    requests: u64,
+    limit: Duration,
+    dir: &Path,
+    extra: &[&str],
 ) -> Result<LoadResult, BenchError> {
     let out_path = dir.join(format!("redis-benchmark.c{}.csv", load.clients));
     let out = std::fs::File::create(&out_path)
@@ -64,6 +84,7 @@ pub fn run(
         .args(["-n", &requests.to_string()])
         .args(["-r", &load.keyspace.to_string()])
         .args(["-d", &load.value_bytes.to_string()])
+        .args(extra)
         .stdout(out)
         .stderr(Stdio::null());
     let mut child = Child::spawn("redis-benchmark", &mut cmd)?;

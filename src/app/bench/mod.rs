@@ -15,7 +15,9 @@
 //!   synchronous standby, and the one-client floor;
 //! - `replication`: all of the above but `commit`;
 //! - `wal`: the WAL writer alone (no node, no network), beside the raw
-//!   fdatasync rate.
+//!   fdatasync rate;
+//! - `tls`: what TLS costs (commits/s at each `--clients`, WAL MB/s to
+//!   pg_receivewal), beside what it costs PostgreSQL 15 with `--anchors`.
 //!
 //! # Layout
 //! - [`fsync`]: the fdatasync probe (pg_test_fsync's 8 kB write + fdatasync)
@@ -48,6 +50,7 @@ pub mod promote;
 pub mod report;
 pub mod scenario;
 pub mod sync;
+pub mod tls;
 pub mod wal_micro;
 
 use std::path::{Path, PathBuf};
@@ -141,6 +144,8 @@ pub enum Scenario {
     Replication,
     /// The WAL writer alone, beside the raw fdatasync rate.
     Wal,
+    /// TLS cost on both ports, beside PostgreSQL's.
+    Tls,
 }
 
 impl Scenario {
@@ -155,6 +160,7 @@ impl Scenario {
             Scenario::Sync => "sync",
             Scenario::Replication => "replication",
             Scenario::Wal => "wal",
+            Scenario::Tls => "tls",
         }
     }
 
@@ -198,7 +204,7 @@ impl Scenario {
 pub struct BenchArgs {
     /// What to measure, comma-separated: commit, stream, catchup,
     /// archive-replay, lag, promote, sync, replication (all the replication
-    /// scenarios) or wal (the WAL writer alone).
+    /// scenarios), wal (the WAL writer alone) or tls (TLS cost).
     #[arg(long = "scenario", value_delimiter = ',', default_value = "commit")]
     pub scenarios: Vec<Scenario>,
     /// Client counts (redis-benchmark -c), comma-separated.
@@ -324,6 +330,8 @@ pub struct RunReport {
     pub commit: Option<BenchReport>,
     /// The replication scenarios.
     pub replication: Option<scenario::ScenarioReport>,
+    /// The `tls` scenario.
+    pub tls: Option<tls::TlsReport>,
 }
 
 /// Run the chosen scenarios and print their reports.
@@ -338,9 +346,14 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     if scenarios.contains(&Scenario::Wal) {
         wal_micro::run(args)?;
     }
+    let tls = if scenarios.contains(&Scenario::Tls) {
+        Some(tls::run(args)?)
+    } else {
+        None
+    };
     let others: Vec<Scenario> = scenarios
         .into_iter()
-        .filter(|s| !matches!(s, Scenario::Commit | Scenario::Wal))
+        .filter(|s| !matches!(s, Scenario::Commit | Scenario::Wal | Scenario::Tls))
         .collect();
     let replication = if others.is_empty() {
         None
@@ -350,6 +363,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     Ok(RunReport {
         commit,
         replication,
+        tls,
     })
 }
 

@@ -116,7 +116,7 @@ impl PgAnchor {
     }
 
     /// Run SQL statements, one `-c` each; returns psql's output.
-    fn psql(&self, sql: &[&str]) -> Result<String, BenchError> {
+    pub fn psql(&self, sql: &[&str]) -> Result<String, BenchError> {
         let mut c = self.cmd("psql");
         c.args(["-X", "-q", "-At", "-U", PG_USER, "-d", "postgres", "-h"])
             .arg(&self.sock)
@@ -166,6 +166,86 @@ impl PgAnchor {
             .arg(&self.sock)
             .args(["-p", &self.port.to_string()])
             .args(["-c", &clients.to_string(), "-j", &jobs.to_string()])
+            .args(["-T", &seconds.to_string(), "-l", "--log-prefix=tx", "-f"])
+            .arg(&self.script)
+            .arg("postgres")
+            .output();
+        let out = check("pgbench", out)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut lat_us = read_latencies(&logs)?;
+        let _ = std::fs::remove_dir_all(&logs);
+        parse_pgbench(&stdout, &mut lat_us)
+    }
+}
+
+/// PostgreSQL with TLS, for the `tls` scenario: `ssl = on` with a given
+/// certificate, and the clients that reach it over TCP with a `sslmode`.
+impl PgAnchor {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Copy `cert` and `key` into the data directory, `ssl = on`, reload,
+    /// and check it took.
+    pub fn enable_ssl(&self, cert: &Path, key: &Path) -> Result<(), BenchError> {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |what: &str, e| BenchError::io(format!("PostgreSQL anchor: {what}"), e);
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = self.data.join(name);
+            std::fs::copy(from, &to).map_err(|e| io(&format!("copy {name}"), e))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io(&format!("chmod {name}"), e))?;
+            if self.as_root {
+                check(
+                    "chown",
+                    Command::new("chown")
+                        .arg(format!("{PG_USER}:"))
+                        .arg(&to)
+                        .output(),
+                )?;
+            }
+        }
+        self.psql(&["ALTER SYSTEM SET ssl = on", "SELECT pg_reload_conf()"])?;
+        std::thread::sleep(Duration::from_millis(500));
+        match self.psql(&["SHOW ssl"])?.as_str() {
+            "on" => Ok(()),
+            other => Err(BenchError::Anchor(format!(
+                "PostgreSQL: ssl is {other:?} after turning it on"
+            ))),
+        }
+    }
+
+    /// pgbench over TCP to 127.0.0.1 with `sslmode` (disable or require).
+    pub fn pgbench_tcp(
+        &self,
+        clients: u32,
+        seconds: u64,
+        sslmode: &str,
+    ) -> Result<LoadResult, BenchError> {
+        self.psql(&["CHECKPOINT"])?;
+        let logs = self.dir.join(format!("pgbench_tcp_{sslmode}_c{clients}"));
+        std::fs::create_dir_all(&logs).map_err(|e| BenchError::io("create pgbench logs", e))?;
+        if self.as_root {
+            check(
+                "chown",
+                Command::new("chown")
+                    .arg(format!("{PG_USER}:"))
+                    .arg(&logs)
+                    .output(),
+            )?;
+        }
+        let out = self
+            .cmd("pgbench")
+            .current_dir(&logs)
+            .env("PGSSLMODE", sslmode)
+            .args(["-n", "-M", "prepared", "-U", PG_USER, "-h", "127.0.0.1"])
+            .args(["-p", &self.port.to_string()])
+            .args([
+                "-c",
+                &clients.to_string(),
+                "-j",
+                &clients.min(2).to_string(),
+            ])
             .args(["-T", &seconds.to_string(), "-l", "--log-prefix=tx", "-f"])
             .arg(&self.script)
             .arg("postgres")

@@ -3,7 +3,11 @@
 //! value` pairs separated by whitespace, values optionally in single
 //! quotes, backslash escapes the next character.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::security::passfile::{self, PassQuery, PassfileError};
+use crate::security::tls::SslMode;
 
 /// Why a connection string was refused (libpq's messages).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,8 +24,8 @@ pub enum ConnInfoError {
     Uri,
 }
 
-/// Options libpq knows that we accept and ignore (TLS is not used; sslmode
-/// values that require it are refused at connect time).
+/// Options libpq knows that we accept and ignore (client certificates are
+/// not offered; a server that requires one refuses the connection).
 const IGNORED: &[&str] = &[
     "hostaddr",
     "options",
@@ -31,10 +35,8 @@ const IGNORED: &[&str] = &[
     "keepalives_interval",
     "keepalives_count",
     "tcp_user_timeout",
-    "sslmode",
     "sslcert",
     "sslkey",
-    "sslrootcert",
     "sslcrl",
     "sslcompression",
     "sslpassword",
@@ -44,7 +46,6 @@ const IGNORED: &[&str] = &[
     "gsslib",
     "channel_binding",
     "target_session_attrs",
-    "passfile",
     "service",
     "client_encoding",
     "replication",
@@ -65,12 +66,20 @@ pub struct ConnInfo {
     pub application_name: Option<String>,
     /// libpq's connect_timeout (seconds in the string).
     pub connect_timeout: Option<Duration>,
-    /// `sslmode`, checked at connect time.
-    pub sslmode: Option<String>,
+    /// `sslmode` (libpq's default: prefer).
+    pub sslmode: SslMode,
+    /// `sslrootcert`: the CAs a verify-ca / verify-full server must chain to.
+    pub sslrootcert: Option<PathBuf>,
+    /// `passfile`: where the password comes from when none is given
+    /// (libpq's default: `PGPASSFILE`, else `~/.pgpass`).
+    pub passfile: Option<PathBuf>,
 }
 
+/// libpq's defaults, environment variables included (`PGSSLMODE`,
+/// `PGSSLROOTCERT`, `PGPASSFILE`; the user from `USER`).
 impl Default for ConnInfo {
     fn default() -> Self {
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
         ConnInfo {
             host: "localhost".into(),
             port: 5432,
@@ -79,7 +88,11 @@ impl Default for ConnInfo {
             dbname: None,
             application_name: None,
             connect_timeout: None,
-            sslmode: None,
+            sslmode: env("PGSSLMODE")
+                .and_then(|m| SslMode::parse(&m.to_string_lossy()).ok())
+                .unwrap_or(SslMode::Prefer),
+            sslrootcert: env("PGSSLROOTCERT").map(PathBuf::from),
+            passfile: env("PGPASSFILE").map(PathBuf::from),
         }
     }
 }
@@ -114,12 +127,64 @@ impl ConnInfo {
                 let secs: u64 = value.trim().parse().map_err(|_| bad(&value))?;
                 self.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs.max(2)));
             }
-            "sslmode" => self.sslmode = Some(value),
+            "sslmode" => self.sslmode = SslMode::parse(&value).map_err(|_| bad(&value))?,
+            "sslrootcert" => self.sslrootcert = Some(PathBuf::from(value)),
+            "passfile" => self.passfile = Some(PathBuf::from(value)),
             k if IGNORED.contains(&k) => {}
             k => return Err(ConnInfoError::UnknownOption(k.to_string())),
         }
         Ok(())
     }
+}
+
+impl ConnInfo {
+    /// The password to use: `password=` if given, else the first matching
+    /// line of the password file (libpq's order: `passfile=`, then
+    /// `PGPASSFILE`, then `~/.pgpass`).
+    pub fn resolve_password(&self) -> Result<Option<String>, PassfileError> {
+        if self.password.is_some() {
+            return Ok(self.password.clone());
+        }
+        let path = self
+            .passfile
+            .clone()
+            .or_else(|| std::env::var_os("PGPASSFILE").map(PathBuf::from))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")));
+        let Some(path) = path else { return Ok(None) };
+        let database = self.dbname.as_deref().unwrap_or("replication");
+        passfile::lookup(
+            &path,
+            PassQuery {
+                host: &self.host,
+                port: self.port,
+                database,
+                user: &self.user,
+            },
+        )
+    }
+}
+
+/// `conninfo` with the password's value masked, for CONFIG GET and logs;
+/// a string that does not parse is masked whole (its password cannot be
+/// told apart).
+pub fn redact_conninfo(conninfo: &str) -> String {
+    let Ok(pairs) = pairs(conninfo) else {
+        return crate::config::REDACTED.to_string();
+    };
+    if !pairs.iter().any(|(k, _)| k == "password") {
+        return conninfo.to_string();
+    }
+    pairs
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "password" => format!("password={}", crate::config::REDACTED),
+            _ if v.is_empty() || v.contains([' ', '\'', '\\']) => {
+                format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+            }
+            _ => format!("{k}={v}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// libpq's conninfo_parse tokenizer.
@@ -171,6 +236,17 @@ fn value(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_masks_the_password_only() {
+        let r = redact_conninfo("host=h port=1 password='it\\'s secret' application_name=s1");
+        assert!(!r.contains("secret"), "{r}");
+        let back = ConnInfo::parse(&r).unwrap();
+        assert_eq!(back.password.as_deref(), Some(crate::config::REDACTED));
+        assert_eq!(back.application_name.as_deref(), Some("s1"));
+        assert_eq!(redact_conninfo("host=h"), "host=h");
+        assert_eq!(redact_conninfo("password='open"), crate::config::REDACTED);
+    }
 
     #[test]
     fn parses_like_libpq() {

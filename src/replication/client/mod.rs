@@ -9,7 +9,7 @@ mod conninfo;
 mod stream;
 
 pub use backup::{BackupMessage, BackupStart, BaseBackupRequest, Tablespace};
-pub use conninfo::{ConnInfo, ConnInfoError};
+pub use conninfo::{redact_conninfo, ConnInfo, ConnInfoError};
 pub use stream::{StartOutcome, StatusSender, StreamEvent};
 
 use std::collections::BTreeMap;
@@ -18,6 +18,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use walrep_states::{Lsn, TimelineId};
 
@@ -27,6 +28,9 @@ use super::pgwire::{
     SaslInitialResponse, StartupPacket, DEFAULT_MAX_MESSAGE_LEN,
 };
 use super::scram::{ScramClient, ScramError, MECHANISM};
+use crate::security::passfile::PassfileError;
+use crate::security::tls::{self, TlsError};
+use crate::security::NetStream;
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,14 @@ pub enum ClientError {
     Wire(#[from] WireError),
     #[error("could not send data to server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("SSL error: {0}")]
+    Handshake(String),
+    #[error("server does not support SSL, but SSL was required")]
+    SslRequired,
+    #[error(transparent)]
+    Passfile(#[from] PassfileError),
 }
 
 impl ClientError {
@@ -105,9 +117,9 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One replication connection.
 pub struct ReplicationClient {
-    reader: MessageReader<TcpStream>,
+    reader: MessageReader<NetStream>,
     /// Write half, shared with [`StatusSender`]s.
-    writer: Arc<Mutex<TcpStream>>,
+    writer: Arc<Mutex<NetStream>>,
     /// ParameterStatus values from the server.
     params: BTreeMap<String, String>,
     /// Bound on waiting for a command's answer.
@@ -122,19 +134,13 @@ impl ReplicationClient {
     /// Connect and authenticate; `timeout` bounds the TCP connect and every
     /// later wait for an answer (connect_timeout in the string wins).
     pub fn connect(info: &ConnInfo, timeout: Duration) -> Result<ReplicationClient, ClientError> {
-        if matches!(
-            info.sslmode.as_deref(),
-            Some("require" | "verify-ca" | "verify-full")
-        ) {
-            return Err(protocol(
-                "sslmode requires TLS, which this client does not support",
-            ));
-        }
         let timeout = info.connect_timeout.unwrap_or(timeout);
+        let password = info.resolve_password()?;
         let stream = tcp_connect(info, timeout)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
+        let stream = negotiate_tls(info, stream, Instant::now() + timeout)?;
         let writer = Arc::new(Mutex::new(stream.try_clone()?));
         let mut c = ReplicationClient {
             reader: MessageReader::new(stream, DEFAULT_MAX_MESSAGE_LEN),
@@ -144,8 +150,13 @@ impl ReplicationClient {
             streaming: false,
             copy_out: false,
         };
-        c.startup(info)?;
+        c.startup(info, password.as_deref())?;
         Ok(c)
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.reader.get_ref().is_tls()
     }
 
     /// A server parameter reported at startup (`server_version`, ...).
@@ -169,7 +180,7 @@ impl ReplicationClient {
     /// or the socket has unread bytes. A walreceiver drains the socket
     /// while this holds, then fsyncs once.
     pub fn has_pending(&self) -> bool {
-        if self.reader.has_complete_message() {
+        if self.reader.has_complete_message() || self.reader.get_ref().has_buffered_input() {
             return true;
         }
         let mut n: libc::c_int = 0;
@@ -194,7 +205,7 @@ impl ReplicationClient {
     /// Another handle on the socket: `shutdown` on it unblocks a thread
     /// stuck reading or writing this connection.
     pub fn socket_handle(&self) -> std::io::Result<TcpStream> {
-        self.reader.get_ref().try_clone()
+        self.reader.get_ref().socket().try_clone()
     }
 
     fn send(&self, msg: &FrontendMessage) -> Result<(), ClientError> {
@@ -216,7 +227,7 @@ impl ReplicationClient {
         Ok(self.reader.read_backend()?)
     }
 
-    fn startup(&mut self, info: &ConnInfo) -> Result<(), ClientError> {
+    fn startup(&mut self, info: &ConnInfo, password: Option<&str>) -> Result<(), ClientError> {
         let mut params = vec![
             ("user".to_string(), info.user.clone()),
             (
@@ -229,7 +240,7 @@ impl ReplicationClient {
             params.push(("application_name".into(), a.clone()));
         }
         self.write_raw(&StartupPacket::startup(params).encode())?;
-        self.authenticate(info.password.as_deref())?;
+        self.authenticate(password)?;
         loop {
             match self.read(self.io_timeout)? {
                 BackendMessage::ParameterStatus { name, value } => {
@@ -438,6 +449,36 @@ impl ReplicationClient {
 /// Quote an identifier for a replication command (`"a""b"`).
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// libpq's SSL negotiation: an SSLRequest unless `sslmode` is disable or
+/// allow; `S` starts the TLS handshake, `N` goes on in clear unless TLS is
+/// required.
+fn negotiate_tls(
+    info: &ConnInfo,
+    mut sock: TcpStream,
+    deadline: Instant,
+) -> Result<NetStream, ClientError> {
+    if !info.sslmode.tries_tls() {
+        return Ok(NetStream::Plain(sock));
+    }
+    let config = tls::client_config(info.sslmode, info.sslrootcert.as_deref())?;
+    sock.write_all(&StartupPacket::SslRequest.encode())?;
+    let mut answer = [0u8; 1];
+    std::io::Read::read_exact(&mut sock, &mut answer)?;
+    match answer[0] {
+        b'S' => {
+            let name = tls::server_name(&info.host)?;
+            NetStream::connect_tls(sock, config, name, deadline)
+                .map_err(|e| ClientError::Handshake(e.to_string()))
+        }
+        b'N' if info.sslmode.requires_tls() => Err(ClientError::SslRequired),
+        b'N' => Ok(NetStream::Plain(sock)),
+        other => Err(protocol(format!(
+            "received invalid response to SSL negotiation: {:?}",
+            other as char
+        ))),
+    }
 }
 
 fn tcp_connect(info: &ConnInfo, timeout: Duration) -> Result<TcpStream, ClientError> {

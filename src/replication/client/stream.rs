@@ -3,7 +3,6 @@
 //! client, at a timeline end, or at server shutdown).
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,7 +58,7 @@ pub enum StreamEvent {
 /// Sends status updates from another thread while one thread receives.
 #[derive(Clone)]
 pub struct StatusSender {
-    writer: Arc<Mutex<TcpStream>>,
+    writer: Arc<Mutex<crate::security::NetStream>>,
 }
 
 impl StatusSender {

@@ -4,7 +4,7 @@
 //! shutdown at once).
 
 use std::io::{self, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver};
@@ -14,6 +14,7 @@ use crate::replication::pgwire::{
     BackendMessage, FrontendMessage, MessageReader, TransactionStatus,
 };
 use crate::replication::sqlstate::PgError;
+use crate::security::NetStream;
 
 /// Frontend messages queued between the reader thread and the session: a
 /// handful is enough, a full queue pushes back on the client via TCP.
@@ -30,13 +31,13 @@ pub(super) enum ClientEvent {
 
 /// The write side of a connection.
 pub(super) struct Conn {
-    stream: TcpStream,
+    stream: NetStream,
     /// Messages encoded but not yet written.
     out: Vec<u8>,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
+    pub fn new(stream: NetStream) -> Conn {
         Conn {
             stream,
             out: Vec::with_capacity(8192),
@@ -88,7 +89,7 @@ impl Conn {
 /// Start the reader thread; it ends when the socket closes or the
 /// receiver is dropped.
 pub(super) fn spawn_reader(
-    mut reader: MessageReader<TcpStream>,
+    mut reader: MessageReader<NetStream>,
     id: u64,
 ) -> io::Result<(Receiver<ClientEvent>, JoinHandle<()>)> {
     reader.get_ref().set_read_timeout(None)?;

@@ -1,21 +1,26 @@
 //! The replication listener: accepts connections on `replication_port`,
 //! runs one session thread per connection (bounded by `max_wal_senders`
-//! after authentication, and by a small margin more before it), and stops
+//! after authentication, and apart from them by `max_startup_connections`
+//! while authenticating: a full startup pool closes its oldest member for
+//! a newcomer, so sockets held open cannot lock a standby out), and stops
 //! them all on shutdown.
 //!
 //! Entry point: [`spawn`] with a [`ReplicationSource`] the node implements.
 
 mod conn;
 mod exec;
+mod pool;
 mod session;
 mod startup;
 mod walsender;
 
+#[cfg_attr(not(feature = "fuzzing"), allow(unused_imports))]
+pub(crate) use startup::hba_lookup;
 pub use startup::{format_instance_id, INSTANCE_ID_PARAMETER};
 
-use std::collections::BTreeMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,6 +33,8 @@ use super::registry::WalSenderRegistry;
 use super::slots::SlotManager;
 use super::source::ReplicationSource;
 use crate::config::{Config, HbaEntry};
+use crate::security::roles::Roles;
+use crate::security::tls::{self, TlsError};
 
 /// What the replication server needs from the configuration.
 #[derive(Debug, Clone)]
@@ -36,8 +43,12 @@ pub struct ServerOptions {
     pub max_wal_senders: usize,
     /// Allow-list, first match decides (`hba`).
     pub hba: Vec<HbaEntry>,
-    /// Passwords for scram-sha-256 (`passwords`).
-    pub passwords: BTreeMap<String, String>,
+    /// Roles: verifiers for scram-sha-256 and the replication attribute.
+    pub roles: Arc<Roles>,
+    /// TLS (`ssl`): SSLRequest is answered `S` and the handshake follows.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections still authenticating at once (`max_startup_connections`).
+    pub max_startup_connections: usize,
     /// Silence after which a walsender gives up; `None` = never.
     pub wal_sender_timeout: Option<Duration>,
     /// Time allowed for the startup packet and authentication
@@ -58,14 +69,35 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
-    pub fn from_config(c: &Config) -> ServerOptions {
-        ServerOptions {
+    /// The options of a node's configuration; certificate paths are
+    /// relative to `datadir`. A certificate or key that does not load is
+    /// an error (the node refuses to start).
+    pub fn from_config(c: &Config, datadir: &Path) -> Result<ServerOptions, TlsError> {
+        let tls = match c.ssl.0 {
+            false => None,
+            true => Some(tls::server_config(tls::ServerFiles {
+                cert_param: "ssl_cert_file",
+                cert: &datadir.join(&c.ssl_cert_file),
+                key_param: "ssl_key_file",
+                key: &datadir.join(&c.ssl_key_file),
+                client_ca: (!c.ssl_ca_file.is_empty())
+                    .then(|| datadir.join(&c.ssl_ca_file))
+                    .as_deref(),
+            })?),
+        };
+        Ok(ServerOptions {
             max_wal_senders: c.max_wal_senders as usize,
             hba: c.hba.clone(),
-            passwords: c.passwords.clone(),
+            roles: Arc::new(Roles::from_config(c)),
+            tls,
+            max_startup_connections: c.max_startup_connections as usize,
             wal_sender_timeout: c.wal_sender_timeout.get().filter(|d| !d.is_zero()),
+            authentication_timeout: c
+                .authentication_timeout
+                .get()
+                .unwrap_or(Duration::from_secs(60)),
             ..ServerOptions::default()
-        }
+        })
     }
 }
 
@@ -75,9 +107,14 @@ impl Default for ServerOptions {
         ServerOptions {
             max_wal_senders: c.max_wal_senders as usize,
             hba: c.hba,
-            passwords: c.passwords,
+            roles: Arc::new(Roles::from_config(&Config::default())),
+            tls: None,
+            max_startup_connections: c.max_startup_connections as usize,
             wal_sender_timeout: c.wal_sender_timeout.get(),
-            authentication_timeout: Duration::from_secs(60),
+            authentication_timeout: c
+                .authentication_timeout
+                .get()
+                .unwrap_or(Duration::from_secs(60)),
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             server_version: format!("15.0 (walrep {})", env!("CARGO_PKG_VERSION")),
             shutdown_timeout: Duration::from_secs(10),
@@ -96,13 +133,15 @@ pub(crate) struct Ctx<S> {
     /// "disconnected" at once.
     shutdown_rx: Receiver<()>,
     stopping: AtomicBool,
-    /// Connections open (authenticated or not), for the pre-auth bound.
+    /// Connections open (authenticated or not): a safety bound on threads.
     connections: AtomicUsize,
+    /// Connections still authenticating, oldest first.
+    startup: pool::StartupPool,
 }
 
-/// Connections beyond `max_wal_senders` that may be in startup at once
-/// (PostgreSQL also counts unauthenticated backends against its limits).
-const STARTUP_MARGIN: usize = 8;
+/// Session threads beyond `max_wal_senders + max_startup_connections`
+/// tolerated at once (evicted or refused ones on their way out).
+const THREAD_MARGIN: usize = 8;
 
 /// A running replication server.
 pub struct ServerHandle {
@@ -129,6 +168,7 @@ pub fn spawn<S: ReplicationSource>(
     let addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(0);
     let shutdown_timeout = options.shutdown_timeout;
+    let startup = pool::StartupPool::new(options.max_startup_connections);
     let ctx = Arc::new(Ctx {
         source,
         options,
@@ -137,6 +177,7 @@ pub fn spawn<S: ReplicationSource>(
         shutdown_rx,
         stopping: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
+        startup,
     });
     let sessions = Arc::new(Mutex::new(Vec::new()));
     let (done_tx, done_rx) = crossbeam_channel::bounded(0);
@@ -190,21 +231,47 @@ fn accept_loop<S: ReplicationSource>(
                 continue;
             }
         };
+        let bound =
+            ctx.options.max_wal_senders + ctx.options.max_startup_connections + THREAD_MARGIN;
         let open = ctx.connections.fetch_add(1, Ordering::SeqCst) + 1;
-        if open > ctx.options.max_wal_senders + STARTUP_MARGIN {
+        if open > bound && !threads_drain(&ctx.connections, bound) {
             session::refuse_too_many(stream);
             ctx.connections.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
-        spawn_session(&ctx, stream, &sessions, done_tx.clone());
+        let Ok(handle) = stream.try_clone() else {
+            ctx.connections.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        };
+        let startup_id = ctx.startup.enter(handle);
+        spawn_session(&ctx, stream, startup_id, &sessions, done_tx.clone());
     }
 }
+
+/// Over the thread bound, the sessions just closed by the startup pool are
+/// usually on their way out: wait for that (at most [`DRAIN_WAIT`])
+/// before refusing a newcomer. True if room was made.
+fn threads_drain(connections: &AtomicUsize, bound: usize) -> bool {
+    let deadline = Instant::now() + DRAIN_WAIT;
+    while Instant::now() < deadline {
+        // `connections` includes the newcomer.
+        if connections.load(Ordering::SeqCst) <= bound {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// See [`threads_drain`].
+const DRAIN_WAIT: Duration = Duration::from_millis(500);
 
 /// One thread per connection; it gives back its connection count and its
 /// `done` sender when it ends.
 fn spawn_session<S: ReplicationSource>(
     ctx: &Arc<Ctx<S>>,
     stream: TcpStream,
+    startup_id: u64,
     sessions: &Mutex<Vec<JoinHandle<()>>>,
     done: Sender<()>,
 ) {
@@ -212,7 +279,7 @@ fn spawn_session<S: ReplicationSource>(
     let spawned = std::thread::Builder::new()
         .name("walsender".into())
         .spawn(move || {
-            session::run(&ctx_thread, stream);
+            session::run(&ctx_thread, stream, startup_id);
             ctx_thread.connections.fetch_sub(1, Ordering::SeqCst);
             drop(done);
         });
@@ -224,6 +291,7 @@ fn spawn_session<S: ReplicationSource>(
         }
         Err(e) => {
             ctx.connections.fetch_sub(1, Ordering::SeqCst);
+            ctx.startup.leave(startup_id);
             tracing::error!("could not start a walsender thread: {e}");
         }
     }

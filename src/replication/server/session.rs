@@ -16,6 +16,7 @@ use crate::replication::pgwire::{BackendMessage, FrontendMessage, MessageReader}
 use crate::replication::registry::WalSenderHandle;
 use crate::replication::source::ReplicationSource;
 use crate::replication::sqlstate::{self as code, PgError};
+use crate::security::NetStream;
 
 /// Why a command did not complete normally.
 pub(super) enum Failure {
@@ -50,7 +51,7 @@ pub(super) struct Session<S> {
 /// FATAL 53300 for a connection over the startup bound, without a thread.
 pub(super) fn refuse_too_many(stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
-    let mut conn = Conn::new(stream);
+    let mut conn = Conn::new(NetStream::Plain(stream));
     let _ = conn.error(&PgError::fatal(
         code::TOO_MANY_CONNECTIONS,
         "sorry, too many clients already",
@@ -59,8 +60,13 @@ pub(super) fn refuse_too_many(stream: TcpStream) {
 }
 
 /// Serve one connection to its end.
-pub(super) fn run<S: ReplicationSource>(ctx: &Arc<Ctx<S>>, stream: TcpStream) {
-    let Ok(peer) = stream.peer_addr() else { return };
+/// Serve one connection to its end; `startup_id` is its place in the
+/// startup pool, left once authentication ends either way.
+pub(super) fn run<S: ReplicationSource>(ctx: &Arc<Ctx<S>>, stream: TcpStream, startup_id: u64) {
+    let Ok(peer) = stream.peer_addr() else {
+        ctx.startup.leave(startup_id);
+        return;
+    };
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(
         ctx.options
@@ -68,11 +74,14 @@ pub(super) fn run<S: ReplicationSource>(ctx: &Arc<Ctx<S>>, stream: TcpStream) {
             .or(Some(ctx.options.authentication_timeout)),
     );
     let Ok(write_half) = stream.try_clone() else {
+        ctx.startup.leave(startup_id);
         return;
     };
-    let mut conn = Conn::new(write_half);
-    let mut reader = MessageReader::new(stream, ctx.options.max_message_len);
-    let client = match startup::negotiate(ctx, &mut reader, &mut conn, peer) {
+    let mut conn = Conn::new(NetStream::Plain(write_half));
+    let mut reader = MessageReader::new(NetStream::Plain(stream), ctx.options.max_message_len);
+    let negotiated = startup::negotiate(ctx, &mut reader, &mut conn, peer);
+    ctx.startup.leave(startup_id);
+    let client = match negotiated {
         Ok(c) => c,
         Err(StartupEnd::Fatal(e)) => {
             tracing::info!(%peer, "replication connection refused: {e}");
@@ -109,13 +118,12 @@ pub(super) fn run<S: ReplicationSource>(ctx: &Arc<Ctx<S>>, stream: TcpStream) {
 fn serve<S: ReplicationSource>(
     ctx: Arc<Ctx<S>>,
     mut conn: Conn,
-    reader: MessageReader<TcpStream>,
+    reader: MessageReader<NetStream>,
     handle: WalSenderHandle,
     client: Client,
 ) {
     let id = handle.id();
-    let span =
-        tracing::info_span!("walsender", id, peer = %client.peer, app = %client.application_name);
+    let span = tracing::info_span!("walsender", id, peer = %client.peer, app = %client.application_name, tls = client.tls);
     let _enter = span.enter();
     conn.send(&BackendMessage::BackendKeyData {
         pid: id as i32,

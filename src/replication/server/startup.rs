@@ -1,22 +1,25 @@
-//! Connection start: SSLRequest/GSSENCRequest answered `N`, the
+//! Connection start: SSLRequest answered `S` and the TLS handshake run
+//! (with `ssl = on`; `N` otherwise, and to GSSENCRequest), the
 //! StartupMessage checked, the client authenticated by the hba list
-//! (trust, scram-sha-256, reject) with PostgreSQL's FATAL errors, and the
+//! (host/hostssl/hostnossl; trust, scram-sha-256, reject) with
+//! PostgreSQL's FATAL errors, the replication attribute checked, and the
 //! ParameterStatus set a PostgreSQL 15 client needs.
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::conn::Conn;
 use super::Ctx;
-use crate::config::{HbaEntry, HbaMethod};
+use crate::config::{HbaConnection, HbaEntry, HbaMethod};
 use crate::replication::pgwire::io::WireError;
 use crate::replication::pgwire::{
     Authentication, BackendMessage, FrontendMessage, MessageReader, SaslInitialResponse,
     StartupPacket, PROTOCOL_V3,
 };
-use crate::replication::scram::{self, ScramError, ScramServer};
+use crate::replication::scram::{self, ScramError, ScramKeys, ScramServer};
 use crate::replication::source::ReplicationSource;
 use crate::replication::sqlstate::{self as code, PgError};
+use crate::security::NetStream;
 use crate::util::Cidr;
 
 /// Who connected, once authenticated.
@@ -24,6 +27,8 @@ pub(super) struct Client {
     pub user: String,
     pub application_name: String,
     pub peer: SocketAddr,
+    /// The connection is encrypted.
+    pub tls: bool,
 }
 
 /// How startup ended without a session.
@@ -46,7 +51,7 @@ impl From<std::io::Error> for StartupEnd {
     }
 }
 
-type Reader = MessageReader<TcpStream>;
+type Reader = MessageReader<NetStream>;
 
 /// Run the startup phase up to (not including) BackendKeyData.
 pub(super) fn negotiate<S: ReplicationSource>(
@@ -56,7 +61,8 @@ pub(super) fn negotiate<S: ReplicationSource>(
     peer: SocketAddr,
 ) -> Result<Client, StartupEnd> {
     let deadline = Instant::now() + ctx.options.authentication_timeout;
-    let params = startup_params(reader, conn, deadline)?;
+    let params = startup_params(ctx, reader, conn, deadline)?;
+    let tls = reader.get_ref().is_tls();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let user = get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
         fatal(
@@ -65,7 +71,8 @@ pub(super) fn negotiate<S: ReplicationSource>(
         )
     })?;
     check_replication_param(get("replication"), &user, get("database"), peer.ip())?;
-    authenticate(ctx, reader, conn, &user, peer.ip(), deadline)?;
+    let method = authenticate(ctx, reader, conn, &user, peer.ip(), deadline)?;
+    check_replication_role(ctx, &user, method)?;
     conn.send(&BackendMessage::Authentication(Authentication::Ok));
     let application_name = get("application_name").unwrap_or_default();
     for (name, value) in parameter_status(ctx, &user, &application_name) {
@@ -75,6 +82,7 @@ pub(super) fn negotiate<S: ReplicationSource>(
         user,
         application_name,
         peer,
+        tls,
     })
 }
 
@@ -92,7 +100,8 @@ fn set_deadline(reader: &Reader, deadline: Instant) -> Result<(), StartupEnd> {
 }
 
 /// Read packets until the StartupMessage, answering encryption requests.
-fn startup_params(
+fn startup_params<S: ReplicationSource>(
+    ctx: &Ctx<S>,
     reader: &mut Reader,
     conn: &mut Conn,
     deadline: Instant,
@@ -101,6 +110,9 @@ fn startup_params(
     for _ in 0..3 {
         set_deadline(reader, deadline)?;
         match reader.read_startup()? {
+            StartupPacket::SslRequest if !reader.get_ref().is_tls() => {
+                start_tls(ctx, reader, conn, deadline)?;
+            }
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 conn.send_raw(b"N");
                 conn.flush()?;
@@ -124,6 +136,58 @@ fn startup_params(
         }
     }
     Err(StartupEnd::Close("too many encryption requests".into()))
+}
+
+/// Answer an SSLRequest: `N` without `ssl`, else `S` and the handshake,
+/// after which the reader and writer speak through TLS.
+fn start_tls<S: ReplicationSource>(
+    ctx: &Ctx<S>,
+    reader: &mut Reader,
+    conn: &mut Conn,
+    deadline: Instant,
+) -> Result<(), StartupEnd> {
+    let Some(config) = ctx.options.tls.clone() else {
+        conn.send_raw(b"N");
+        conn.flush()?;
+        return Ok(());
+    };
+    // Bytes sent after the SSLRequest but before the handshake would be
+    // taken as if encrypted (CVE-2021-23214): refuse them.
+    if !reader.buffered().is_empty() {
+        return Err(fatal(
+            code::PROTOCOL_VIOLATION,
+            "received unencrypted data after SSL request",
+        ));
+    }
+    conn.send_raw(b"S");
+    conn.flush()?;
+    let sock = reader.get_ref().socket().try_clone()?;
+    let stream = NetStream::accept_tls(sock, config, deadline)
+        .map_err(|e| StartupEnd::Close(format!("could not accept SSL connection: {e}")))?;
+    *conn = Conn::new(stream.try_clone()?);
+    *reader = MessageReader::new(stream, ctx.options.max_message_len);
+    Ok(())
+}
+
+/// PostgreSQL lets only superusers and roles with the REPLICATION
+/// attribute start a walsender. A role not listed in `[[roles]]` has it
+/// only when a `trust` line let it in (the address is its credential).
+fn check_replication_role<S: ReplicationSource>(
+    ctx: &Ctx<S>,
+    user: &str,
+    method: HbaMethod,
+) -> Result<(), StartupEnd> {
+    let allowed = match ctx.options.roles.get(user) {
+        Some(role) => role.replication,
+        None => method == HbaMethod::Trust,
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(fatal(
+        code::INSUFFICIENT_PRIVILEGE,
+        "must be superuser or replication role to start walsender",
+    ))
 }
 
 /// Only physical replication connections are served: a plain database
@@ -151,16 +215,27 @@ fn check_replication_param(
     }
 }
 
-/// The first hba line whose address range holds `ip` and whose user list
-/// names `user` (or `all`).
-pub(crate) fn hba_lookup<'a>(hba: &'a [HbaEntry], ip: IpAddr, user: &str) -> Option<&'a HbaEntry> {
+/// The first hba line whose connection type fits (`hostssl` wants TLS,
+/// `hostnossl` wants none), whose address range holds `ip` and whose user
+/// list names `user` (or `all`).
+pub(crate) fn hba_lookup<'a>(
+    hba: &'a [HbaEntry],
+    ip: IpAddr,
+    user: &str,
+    tls: bool,
+) -> Option<&'a HbaEntry> {
     hba.iter().find(|h| {
+        let type_ok = match h.connection {
+            HbaConnection::Host => true,
+            HbaConnection::HostSsl => tls,
+            HbaConnection::HostNoSsl => !tls,
+        };
         let user_ok = h
             .user
             .split(',')
             .map(str::trim)
             .any(|u| u == "all" || u == user);
-        user_ok && Cidr::parse(&h.address).is_some_and(|c| c.contains(ip))
+        type_ok && user_ok && Cidr::parse(&h.address).is_some_and(|c| c.contains(ip))
     })
 }
 
@@ -171,24 +246,44 @@ fn authenticate<S: ReplicationSource>(
     user: &str,
     ip: IpAddr,
     deadline: Instant,
-) -> Result<(), StartupEnd> {
-    let Some(line) = hba_lookup(&ctx.options.hba, ip, user) else {
+) -> Result<HbaMethod, StartupEnd> {
+    let tls = reader.get_ref().is_tls();
+    let encryption = if tls {
+        "SSL encryption"
+    } else {
+        "no encryption"
+    };
+    let Some(line) = hba_lookup(&ctx.options.hba, ip, user, tls) else {
         return Err(fatal(
             code::INVALID_AUTHORIZATION,
-            format!("no pg_hba.conf entry for replication connection from host \"{ip}\", user \"{user}\", no encryption"),
+            format!("no pg_hba.conf entry for replication connection from host \"{ip}\", user \"{user}\", {encryption}"),
         ));
     };
-    match line.method {
-        HbaMethod::Trust => Ok(()),
-        HbaMethod::Reject => Err(fatal(
+    if line.clientcert && !reader.get_ref().peer_has_certificate() {
+        return Err(fatal(
             code::INVALID_AUTHORIZATION,
-            format!("pg_hba.conf rejects replication connection for host \"{ip}\", user \"{user}\", no encryption"),
-        )),
+            "connection requires a valid client certificate",
+        ));
+    }
+    match line.method {
+        HbaMethod::Trust => {}
+        HbaMethod::Reject => {
+            return Err(fatal(
+                code::INVALID_AUTHORIZATION,
+                format!("pg_hba.conf rejects replication connection for host \"{ip}\", user \"{user}\", {encryption}"),
+            ))
+        }
         HbaMethod::ScramSha256 => {
-            let password = ctx.options.passwords.get(user).map(String::as_str);
-            scram_exchange(reader, conn, user, password, deadline)
+            let keys = ctx
+                .options
+                .roles
+                .get(user)
+                .and_then(|r| r.verifier.as_ref())
+                .map(|v| v.keys.clone());
+            scram_exchange(reader, conn, user, keys, deadline)?;
         }
     }
+    Ok(line.method)
 }
 
 fn read_auth_response(reader: &mut Reader, deadline: Instant) -> Result<Vec<u8>, StartupEnd> {
@@ -206,7 +301,7 @@ fn scram_exchange(
     reader: &mut Reader,
     conn: &mut Conn,
     user: &str,
-    password: Option<&str>,
+    keys: Option<ScramKeys>,
     deadline: Instant,
 ) -> Result<(), StartupEnd> {
     conn.send(&BackendMessage::Authentication(Authentication::Sasl(vec![
@@ -221,7 +316,7 @@ fn scram_exchange(
             "client selected an invalid SASL authentication mechanism",
         ));
     }
-    let mut server = ScramServer::new(password);
+    let mut server = ScramServer::new(keys, user);
     let first = initial.data.unwrap_or_default();
     let challenge = server
         .client_first(&first)

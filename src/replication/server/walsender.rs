@@ -441,7 +441,29 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         }
     }
 
-    fn on_status(&mut self, r: StandbyStatusUpdate) -> Result<(), Failure> {
+    fn on_status(&mut self, mut r: StandbyStatusUpdate) -> Result<(), Failure> {
+        // A client cannot have written or flushed WAL it was not sent; a
+        // report that says so could release synchronous commits that no
+        // standby holds. Apply may lead after a reconnect (it is the replay
+        // position), but never past what this node has.
+        let beyond = |lsn: Lsn, bound: Lsn| lsn.is_valid() && lsn > bound;
+        let apply_bound = self.sent.max(self.src.flush_point().lsn);
+        if beyond(r.write, self.sent) || beyond(r.flush, self.sent) || beyond(r.apply, apply_bound)
+        {
+            tracing::warn!(
+                write = %r.write, flush = %r.flush, apply = %r.apply, sent = %self.sent,
+                "standby reported a position beyond the WAL sent to it; closing the connection"
+            );
+            return Err(protocol_violation(&format!(
+                "standby reported a position beyond the WAL sent to it ({})",
+                self.sent
+            )));
+        }
+        // What was applied before this connection counts only up to what
+        // it was sent.
+        if beyond(r.apply, self.sent) {
+            r.apply = self.sent;
+        }
         self.reported = r;
         self.s.handle.record_reply(&r, Instant::now());
         if let Some(slot) = &self.slot {

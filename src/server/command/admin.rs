@@ -36,7 +36,8 @@ pub struct WaitRequest {
     pub timeout: Duration,
 }
 
-/// `WAIT 0` blocks forever in Redis; walrep bounds every wait.
+/// `WAIT 0` blocks forever in Redis; walrep bounds every wait, and a
+/// longer timeout is cut to this too.
 pub const WAIT_FOREVER_BOUND: Duration = Duration::from_secs(3600);
 
 pub fn parse_config<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
@@ -82,7 +83,7 @@ pub fn parse_wait(args: Args<'_>) -> Result<Wait, CommandError> {
         numreplicas: usize::try_from(numreplicas).unwrap_or(0),
         timeout: match timeout_ms {
             0 => WAIT_FOREVER_BOUND,
-            ms => Duration::from_millis(ms as u64),
+            ms => Duration::from_millis(ms as u64).min(WAIT_FOREVER_BOUND),
         },
     })
 }
@@ -173,8 +174,9 @@ fn keyspace_section(s: &Session) -> String {
 /// CONFIG GET: every parameter of walrep.toml matching a pattern (names
 /// match without regard to case, as in Redis), each once.
 pub fn config_get(s: &mut Session, patterns: Args<'_>) -> Done {
-    let config = s.ctx.backend.config();
-    let table = toml::Table::try_from(&*config).map_err(|e| CommandError::Config(e.to_string()))?;
+    // Never a secret: verifiers and conninfo passwords are masked.
+    let config = s.ctx.backend.config().redacted();
+    let table = toml::Table::try_from(&config).map_err(|e| CommandError::Config(e.to_string()))?;
     let mut pairs: Vec<(&str, String)> = Vec::new();
     for pattern in patterns {
         let glob = Glob::new(&pattern.to_ascii_lowercase());

@@ -112,15 +112,12 @@ pub fn ping(s: &mut Session, msg: Option<&[u8]>) {
     }
 }
 
-/// HELLO: authenticate, name the connection, then describe the server as
-/// Redis 7 does (a flat list of field, value pairs in RESP2). The Redis
-/// port has no passwords, as a Redis without `requirepass`: the `default`
-/// user accepts any password, and no other user exists.
+/// HELLO: authenticate (as AUTH does), name the connection, then
+/// describe the server as Redis 7 does (a flat list of field, value pairs
+/// in RESP2).
 pub fn hello(s: &mut Session, hello: Hello<'_>) -> Done {
-    if let Some((user, _password)) = hello.auth {
-        if user != b"default" {
-            return Err(CommandError::WrongPass);
-        }
+    if let Some((user, password)) = hello.auth {
+        super::auth::login(s, user, password)?;
     }
     if let Some(name) = hello.setname {
         set_name(s, name)?;

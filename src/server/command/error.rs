@@ -49,6 +49,22 @@ pub enum CommandError {
     HelloOption(String),
     #[error("WRONGPASS invalid username-password pair or user is disabled.")]
     WrongPass,
+    #[error("NOAUTH Authentication required.")]
+    NoAuth,
+    #[error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")]
+    HelloNoAuth,
+    #[error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")]
+    AuthWithoutPassword,
+    /// The command's name (lower-case).
+    #[error("NOPERM this user has no permissions to run the '{0}' command")]
+    NoPerm(String),
+    #[error("ERR string exceeds maximum allowed size (proto-max-bulk-len)")]
+    StringTooLong,
+    /// The limit, in bytes.
+    #[error("ERR the reply would exceed client_output_buffer_limit ({0} bytes); ask for less at a time (SCAN, fewer keys)")]
+    ReplyTooLarge(usize),
+    #[error("ERR too many WAIT commands in progress ({0}); retry later")]
+    TooManyWaits(usize),
     #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
     BadClientName,
     #[error("ERR Unrecognized option '{0}'")]

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{admin, connection, keyspace, strings, Command, CommandError, WaitRequest};
+use super::{admin, auth, connection, keyspace, strings, Command, CommandError, WaitRequest};
 use crate::server::protocol::reply;
 use crate::server::session::Session;
 use crate::server::{Role, WriteError};
@@ -81,7 +81,7 @@ fn run(s: &mut Session, cmd: Command<'_>) -> Result<Flow, CommandError> {
         C::CountCommands => reply::integer(&mut s.out, super::NAMES.len() as i64),
         C::DescribeCommands => reply::array_header(&mut s.out, 0),
         C::Get(key) => strings::get(s, key),
-        C::MGet(keys) => strings::mget(s, keys),
+        C::MGet(keys) => strings::mget(s, keys)?,
         C::Set(set) => strings::set(s, set)?,
         C::SetNx { key, value } => strings::setnx(s, key, value)?,
         C::MSet(pairs) => strings::mset(s, pairs)?,
@@ -92,8 +92,10 @@ fn run(s: &mut Session, cmd: Command<'_>) -> Result<Flow, CommandError> {
         C::Del(keys) | C::Unlink(keys) => keyspace::del(s, keys)?,
         C::DbSize => keyspace::dbsize(s),
         C::Type(key) => keyspace::key_type(s, key),
-        C::Keys(pattern) => keyspace::keys(s, pattern),
+        C::Keys(pattern) => keyspace::keys(s, pattern)?,
         C::Scan(scan) => keyspace::scan(s, scan)?,
+        C::Auth { user, password } => auth::auth(s, user, password)?,
+        C::Acl(c) => auth::acl(s, c),
     }
     Ok(Flow::Continue)
 }

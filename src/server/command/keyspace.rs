@@ -158,8 +158,10 @@ pub fn key_type(s: &mut Session, key: &[u8]) {
 /// KEYS: every key matching, in key order. Unlike Redis's, it is not one
 /// atomic snapshot: it walks in steps, and (as SCAN) returns every key
 /// present for the whole call.
-pub fn keys(s: &mut Session, pattern: &[u8]) {
+pub fn keys(s: &mut Session, pattern: &[u8]) -> Done {
     let glob = Glob::new(pattern);
+    let limit = s.reply_limit();
+    let mut too_large = false;
     let store = s.ctx.backend.store();
     let mut body = Vec::new();
     let mut count = 0;
@@ -172,6 +174,10 @@ pub fn keys(s: &mut Session, pattern: &[u8]) {
         let mut from = seek(None, glob.literal_prefix());
         loop {
             let resume = store.walk_visible(bound(&from), KEYS_STEP, |k, _| {
+                if body.len() > limit {
+                    too_large = true;
+                    return ControlFlow::Break(());
+                }
                 visit(&glob, k, |k| {
                     reply::bulk(&mut body, k);
                     count += 1;
@@ -183,8 +189,12 @@ pub fn keys(s: &mut Session, pattern: &[u8]) {
             }
         }
     }
+    if too_large {
+        return Err(CommandError::ReplyTooLarge(limit));
+    }
     reply::array_header(&mut s.out, count);
     s.out.extend_from_slice(&body);
+    Ok(())
 }
 
 /// SCAN: examine up to `count` keys from where the cursor left off, reply
@@ -200,6 +210,8 @@ pub fn scan(s: &mut Session, scan: Scan<'_>) -> Done {
         ),
     };
     let glob = Glob::new(scan.pattern.unwrap_or(b"*"));
+    let limit = s.reply_limit();
+    let mut found_bytes = 0usize;
     let mut found: Vec<Vec<u8>> = Vec::new();
     let mut next = 0;
     // Only strings exist: a scan for another type is over at once.
@@ -207,8 +219,17 @@ pub fn scan(s: &mut Session, scan: Scan<'_>) -> Done {
         let from = seek(resume, glob.literal_prefix());
         let store = s.ctx.backend.store();
         let last = store.walk_visible(bound(&from), scan.count, |k, _| {
-            visit(&glob, k, |k| found.push(k.to_vec()))
+            if found_bytes > limit {
+                return ControlFlow::Break(());
+            }
+            visit(&glob, k, |k| {
+                found_bytes += k.len();
+                found.push(k.to_vec())
+            })
         });
+        if found_bytes > limit {
+            return Err(CommandError::ReplyTooLarge(limit));
+        }
         if let Some(last) = last {
             next = s.ctx.scans.issue(last);
         }

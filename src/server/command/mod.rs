@@ -11,7 +11,8 @@
 //! - [`exec`]: [`execute`]: rules around every command (LOADING while a
 //!   standby recovers) and the write path (READONLY on a standby).
 //! - one file per family, with its parsers and executors: [`strings`],
-//!   [`keyspace`], [`connection`], [`admin`].
+//!   [`keyspace`], [`connection`], [`admin`], [`auth`] (AUTH, ACL, and
+//!   who may run what).
 //! - [`glob`]: Redis's glob patterns; [`scan`]: SCAN's cursor table.
 //!
 //! Adding a command: a variant here (and its arm in `is_write`,
@@ -20,6 +21,7 @@
 //! docs/redis-commands.md.
 
 pub mod admin;
+pub mod auth;
 pub mod connection;
 pub mod error;
 pub mod exec;
@@ -30,6 +32,7 @@ pub mod scan;
 pub mod strings;
 
 pub use admin::{ConfigChange, Wait, WaitRequest};
+pub use auth::AclCommand;
 pub use connection::{ClientCommand, Hello};
 pub use error::CommandError;
 pub use exec::Flow;
@@ -95,13 +98,20 @@ pub enum Command<'a> {
     /// `KEYS pattern`.
     Keys(&'a [u8]),
     Scan(Scan<'a>),
+    // Authentication.
+    /// `AUTH [username] password`.
+    Auth {
+        user: Option<&'a [u8]>,
+        password: &'a [u8],
+    },
+    Acl(AclCommand),
 }
 
 /// Every command name walrep knows (COMMAND COUNT, tests, docs).
 pub const NAMES: &[&str] = &[
     "ping", "echo", "quit", "select", "hello", "client", "info", "config", "wait", "command",
     "get", "mget", "set", "setnx", "mset", "incr", "decr", "incrby", "decrby", "append", "strlen",
-    "exists", "del", "unlink", "dbsize", "type", "keys", "scan",
+    "exists", "del", "unlink", "dbsize", "type", "keys", "scan", "auth", "acl",
 ];
 
 impl<'a> Command<'a> {
@@ -155,6 +165,8 @@ impl<'a> Command<'a> {
             "config" => admin::parse_config(a("config", -2)?)?,
             "wait" => Command::Wait(admin::parse_wait(a("wait", 3)?)?),
             "command" => admin::parse_command(args)?,
+            "auth" => auth::parse_auth(args)?,
+            "acl" => auth::parse_acl(a("acl", -2)?)?,
             _ => return Err(parse::unknown_command(args)),
         })
     }

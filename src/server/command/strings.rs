@@ -135,11 +135,16 @@ pub fn get(s: &mut Session, key: &[u8]) {
     }
 }
 
-pub fn mget(s: &mut Session, keys: Args<'_>) {
+/// MGET: the reply is bounded by `client_output_buffer_limit` (one large
+/// value named many times could otherwise build a reply of any size).
+pub fn mget(s: &mut Session, keys: Args<'_>) -> Done {
+    let start = s.out.len();
     reply::array_header(&mut s.out, keys.len());
     for k in keys {
         get(s, k);
+        s.check_reply_size(start)?;
     }
+    Ok(())
 }
 
 pub fn strlen(s: &mut Session, key: &[u8]) {
@@ -216,9 +221,17 @@ pub fn incr_by(s: &mut Session, key: &[u8], by: i64) -> Done {
     Ok(())
 }
 
+/// APPEND: a value never grows past `proto_max_bulk_len` (Redis's rule),
+/// so repeated APPENDs cannot build a value of any size.
 pub fn append(s: &mut Session, key: &[u8], value: &[u8]) -> Done {
+    let max = s.ctx.settings.max_bulk_len;
     let len = write(s, KvCommand::Set, |txn| {
-        let mut v = txn.latest(key).map(|v| v.to_vec()).unwrap_or_default();
+        let current = txn.latest(key);
+        let old_len = current.as_ref().map_or(0, |v| v.len());
+        if (old_len as u64).saturating_add(value.len() as u64) > max {
+            return Err(CommandError::StringTooLong);
+        }
+        let mut v = current.map(|v| v.to_vec()).unwrap_or_default();
         v.extend_from_slice(value);
         let len = v.len();
         Ok((vec![(key, Some(Cow::Owned(v)))], len))
