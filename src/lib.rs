@@ -24,6 +24,8 @@
 //! - [`backup`]: base backups: BASE_BACKUP on a node, `walrep basebackup`.
 //! - [`config`]: `walrep.toml`, its PostgreSQL-named parameters and `-c`
 //!   overrides.
+//! - [`watch`]: the one way a position that moved wakes the threads
+//!   waiting for it (a value plus coalesced tokens on a channel).
 //! - [`viz`]: diagrams of the state machines, explored from the code, and
 //!   renderings of transition traces.
 //! - [`states`]: the `walrep-states` crate.
@@ -46,6 +48,7 @@ pub(crate) mod syncrep;
 pub(crate) mod util;
 pub mod viz;
 pub mod wal;
+pub mod watch;
 
 pub use walrep_states as states;
 pub use walrep_states::{Lsn, SegNo, TimelineHistory, TimelineId, WalSegSize};
