@@ -36,6 +36,7 @@ use crate::store::{ClusterState, ControlFile, Level, Store};
 use crate::syncrep::{self, SyncRep};
 use crate::wal::writer::FlushHook;
 use crate::wal::{SegmentDir, StdIo, Wal, WalConfig, WalError, WalEvent};
+use crate::watch::Watch;
 use crate::Lsn;
 use checkpoint::{CheckpointCause, CheckpointDone, Checkpointer};
 
@@ -73,12 +74,12 @@ pub struct Node {
     /// Replication slots (`slots/`).
     pub slots: Arc<SlotManager>,
     registry: Mutex<Option<Arc<WalSenderRegistry>>>,
-    /// A standby's flush point (walreceiver / restored WAL); unused on a primary.
-    standby_flush: Mutex<replication::FlushPoint>,
-    /// Notified when `standby_flush` or the timeline changes.
-    pub flush_changed: replication::FlushSignal,
-    /// Notified on every standby reply (WAIT).
-    replies: replication::FlushSignal,
+    /// A standby's flush point (walreceiver / restored WAL), published
+    /// when it or the timeline changes; unused on a primary.
+    standby_flush: Watch<replication::FlushPoint>,
+    /// Directly connected standbys' positions, published on every reply
+    /// (WAIT).
+    replies: Watch<Vec<crate::syncrep::StandbyPosition>>,
     /// Replay and receive positions, recovery state and last transition.
     pub standby: StandbyState,
     /// Threads that follow the WAL writer (started with it, also at promotion).
@@ -169,15 +170,13 @@ impl Node {
 
     /// Set a standby's flush point (what cascading walsenders may send).
     pub fn set_standby_flush(&self, point: replication::FlushPoint) {
-        let changed = {
-            let mut f = self.standby_flush.lock().unwrap_or_else(|e| e.into_inner());
-            let changed = *f != point;
-            *f = point;
-            changed
-        };
-        if changed {
-            self.flush_changed.notify();
-        }
+        self.standby_flush
+            .update(|f| std::mem::replace(f, point) != point);
+    }
+
+    /// Wake walsenders to look at the flush point again (a timeline changed).
+    pub fn wake_walsenders(&self) {
+        self.standby_flush.update(|_| true);
     }
 
     /// Make `wal` the node's WAL writer and start what follows it (the WAL
@@ -197,14 +196,14 @@ impl Node {
         let notifier = self.ensure_archiver(false)?;
         let listener = start_wal_listener(&wal, notifier)?;
         self.wal_threads().listener = Some(listener);
-        self.flush_changed.notify();
+        self.wake_walsenders();
         Ok(())
     }
 
     /// Become a primary: writes are accepted from now on.
     pub fn accept_writes(&self) {
         self.role.store(ROLE_PRIMARY, Ordering::SeqCst);
-        self.flush_changed.notify();
+        self.wake_walsenders();
     }
 
     /// Start the archiver if `archive_mode` asks for one in this role.
@@ -403,9 +402,8 @@ impl RunningNode {
             segdir,
             slots,
             registry: Mutex::new(None),
-            standby_flush: Mutex::new(flush),
-            flush_changed: replication::FlushSignal::default(),
-            replies: replication::FlushSignal::default(),
+            standby_flush: Watch::new(flush),
+            replies: Watch::default(),
             standby: StandbyState::default(),
             wal_threads: Mutex::new(WalThreads::default()),
             exit_tx,

@@ -3,8 +3,8 @@
 //! (synchronous replication releases, WAIT, replication slots).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use super::Node;
 use crate::replication::registry::{
@@ -14,6 +14,7 @@ pub use crate::replication::source::FlushPoint;
 use crate::replication::source::{ReplicationSource, SourceError};
 use crate::syncrep::StandbyPosition;
 use crate::wal::RawReader;
+use crate::watch::{Subscription, Watch};
 use crate::{Lsn, TimelineId, WalSegSize};
 
 /// Most idle raw readers kept for reuse (one per concurrently reading walsender).
@@ -64,21 +65,16 @@ impl ReplicationSource for NodeSource {
         }
     }
 
-    fn wait_for_flush(&self, seen: FlushPoint, timeout: Duration) -> FlushPoint {
-        let Some(node) = self.node() else {
-            std::thread::sleep(timeout.min(Duration::from_millis(100)));
-            return self.flush_point();
-        };
-        if let Some(wal) = node.wal() {
-            // The WAL writer wakes us directly on every flush: the shortest
-            // path from a commit's fdatasync to the standby.
-            if wal.timeline() == seen.tli {
-                let _ = wal.wait_flush_beyond(seen.lsn, timeout);
+    fn subscribe_flush(&self) -> Subscription {
+        match self.node() {
+            Some(node) => node.subscribe_flush(),
+            None => {
+                // Shutting down: one token, then nothing will move again.
+                let gone = Watch::new(());
+                gone.close();
+                gone.subscribe()
             }
-            return node.flush_point();
         }
-        node.flush_changed
-            .wait(seen, timeout, || node.flush_point())
     }
 
     fn read_wal(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> Result<(), SourceError> {
@@ -166,64 +162,6 @@ impl ReplicationSource for NodeSource {
     }
 }
 
-/// A flush point that waiters can block on (a standby's walreceiver and redo
-/// advance it; promotion changes its timeline).
-#[derive(Debug, Default)]
-pub struct FlushSignal {
-    version: Mutex<u64>,
-    cv: Condvar,
-}
-
-impl FlushSignal {
-    /// Something changed: wake every waiter.
-    pub fn notify(&self) {
-        *self.version.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.cv.notify_all();
-    }
-
-    /// The number of notifications so far (take it before checking a
-    /// condition, then `wait_past` it, so no notification is missed).
-    pub fn version(&self) -> u64 {
-        *self.version.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Wait for a notification after `version`, at most `timeout`.
-    pub fn wait_past(&self, version: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut v = self.version.lock().unwrap_or_else(|e| e.into_inner());
-        while *v == version {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            v = self
-                .cv
-                .wait_timeout(v, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    /// Wait until `current()` differs from `seen` or `timeout` passes.
-    pub fn wait(
-        &self,
-        seen: FlushPoint,
-        timeout: Duration,
-        current: impl Fn() -> FlushPoint,
-    ) -> FlushPoint {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let version = self.version();
-            let now = current();
-            let left = deadline.saturating_duration_since(Instant::now());
-            if now != seen || left.is_zero() {
-                return now;
-            }
-            self.wait_past(version, left);
-        }
-    }
-}
-
 /// Standby replies reach synchronous replication and WAIT through this.
 pub struct ReplyObserver {
     pub node: Weak<Node>,
@@ -240,7 +178,7 @@ impl ReplicationObserver for ReplyObserver {
         ) {
             let positions = node.standby_positions();
             node.syncrep.on_standby_reply(&positions);
-            node.replies.notify();
+            node.replies.publish(positions);
         }
     }
 }
@@ -253,8 +191,23 @@ impl Node {
                 tli: wal.timeline(),
                 lsn: wal.flushed(),
             },
-            None => *self.standby_flush.lock().unwrap_or_else(|e| e.into_inner()),
+            None => self.standby_flush.get(),
         }
+    }
+
+    /// Woken whenever [`Node::flush_point`] may have moved: every WAL flush
+    /// once a WAL writer runs, a standby's flush point and promotion before.
+    /// A walsender subscribed on a standby that then promotes is woken by
+    /// the promotion, sees its timeline end and finishes its COPY, so it
+    /// never needs the new WAL writer's flushes.
+    pub fn subscribe_flush(&self) -> Subscription {
+        let sub = self.standby_flush.subscribe();
+        if let Some(wal) = self.wal() {
+            // The WAL writer wakes us directly on every flush: the shortest
+            // path from a commit's fdatasync to the standby.
+            sub.also(wal.flush_watch());
+        }
+        sub
     }
 
     /// Every directly connected (non-cascading) standby's reported positions.
@@ -279,22 +232,10 @@ impl Node {
     /// WAIT: standbys whose flush position is at or past `upto`, waiting up
     /// to `timeout` for `wanted` of them.
     pub fn count_acked(&self, upto: Lsn, wanted: usize, timeout: Duration) -> usize {
-        let count = |n: &Node| {
-            n.standby_positions()
-                .iter()
-                .filter(|s| s.flush >= upto)
-                .count()
-        };
-        let deadline = Instant::now() + timeout;
-        loop {
-            let version = self.replies.version();
-            let acked = count(self);
-            let left = deadline.saturating_duration_since(Instant::now());
-            if acked >= wanted || left.is_zero() {
-                return acked;
-            }
-            // Woken by every standby reply.
-            self.replies.wait_past(version, left);
+        let count = |p: &Vec<StandbyPosition>| p.iter().filter(|s| s.flush >= upto).count();
+        // Woken by every standby reply.
+        match self.replies.wait_until(|p| count(p) >= wanted, timeout) {
+            Ok(p) | Err(p) => count(&p),
         }
     }
 }

@@ -229,7 +229,7 @@ impl Startup {
                     }),
                 }
             }
-            Action::EndCascadingTimeline { .. } => self.node.flush_changed.notify(),
+            Action::EndCascadingTimeline { .. } => self.node.wake_walsenders(),
             Action::AcceptWrites { .. } => promote::accept_writes(&self.node, self.partial.take()),
             Action::Report { report } => match report.severity() {
                 Severity::Info => tracing::info!("{report}"),
