@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::node::recovery::apply_record;
 use crate::node::replication::FlushPoint;
 use crate::node::Node;
 use crate::states::recovery::{Event, RecordCheck};
@@ -86,7 +85,7 @@ impl Redo {
             }
             match self.reader.read_record() {
                 Ok(rec) => {
-                    if let Err(e) = apply_record(&self.node.store, &rec) {
+                    if let Err(e) = self.node.store.apply_record(&rec) {
                         // The CRC held, so this is a bug or a version
                         // mismatch: stop here rather than skip the record.
                         tracing::error!(error = %e, "could not apply a WAL record");
