@@ -106,8 +106,7 @@ impl Node {
         }))?;
         // Also makes every version in the snapshot durable (all are older).
         wal.wait_flushed(rec.end)?;
-        {
-            let mut c = self.control_mut();
+        self.control_file.update(|c| {
             c.checkpoint_lsn = rec.start;
             c.redo_lsn = redo;
             c.checkpoint_id = id;
@@ -119,8 +118,7 @@ impl Node {
             } else {
                 ClusterState::InProduction
             };
-            c.write(&self.dir.root)?;
-        }
+        })?;
         // Snapshots a running base backup copies stay until it ends.
         let mut keep = self.backup_pins.pinned_snapshots();
         keep.push(id);
@@ -307,15 +305,15 @@ impl Node {
         // The snapshot may hold changes replayed while it was written: a
         // restart must replay at least that far before it is consistent.
         let min_recovery_point = old_min.max(self.standby.replay_lsn());
-        {
-            let mut c = self.control_mut();
+        let target_tli = self.standby.status().target_tli;
+        self.control_file.update(|c| {
             c.checkpoint_lsn = redo;
             c.redo_lsn = redo;
             c.checkpoint_id = id;
             c.checkpoint_timeline = redo_tli;
             c.checkpoint_chunks = chunks;
             c.min_recovery_point = min_recovery_point;
-            if let Some(target) = self.standby.status().target_tli {
+            if let Some(target) = target_tli {
                 c.timeline = target;
             }
             c.state = if cause == CheckpointCause::Shutdown {
@@ -323,8 +321,7 @@ impl Node {
             } else {
                 ClusterState::InArchiveRecovery
             };
-            c.write(&self.dir.root)?;
-        }
+        })?;
         let mut pinned = self.backup_pins.pinned_snapshots();
         pinned.push(id);
         remove_snapshots_except(&self.dir.root, &pinned).map_err(CheckpointError::Cleanup)?;

@@ -32,7 +32,7 @@ use crate::replication::server::{ServerHandle as ReplicationServerHandle, Server
 use crate::replication::slots::SlotManager;
 use crate::server::{Backend, Role, Server, ServerSettings, WriteError};
 use crate::standby::{StandbyRuntime, StandbyState};
-use crate::store::{ClusterState, ControlFile, Level, Store};
+use crate::store::{ClusterState, ControlFile, ControlFileOwner, Level, Store};
 use crate::syncrep::{self, SyncRep};
 use crate::wal::writer::FlushHook;
 use crate::wal::{SegmentDir, StdIo, Wal, WalConfig, WalError, WalEvent};
@@ -57,7 +57,8 @@ pub enum ExitRequest {
 pub struct Node {
     pub dir: DataDir,
     pub config: Arc<Config>,
-    control: Mutex<ControlFile>,
+    /// The control file; every update goes through it.
+    pub control_file: Arc<ControlFileOwner>,
     pub store: Store,
     /// The WAL writer; `None` on a standby until it is promoted.
     wal: RwLock<Option<Arc<Wal>>>,
@@ -110,12 +111,9 @@ pub struct Ports {
 }
 
 impl Node {
-    pub fn control(&self) -> MutexGuard<'_, ControlFile> {
-        self.control.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn control_mut(&self) -> MutexGuard<'_, ControlFile> {
-        self.control()
+    /// A copy of the control file as last written.
+    pub fn control(&self) -> ControlFile {
+        self.control_file.get()
     }
 
     pub fn wal(&self) -> Option<Arc<Wal>> {
@@ -382,10 +380,11 @@ impl RunningNode {
             lsn: control.min_recovery_point.max(control.redo_lsn),
         };
         let config = Arc::new(config);
+        let control_file = Arc::new(ControlFileOwner::new(dir.root.clone(), control));
         let node = Arc::new(Node {
             dir,
             config: config.clone(),
-            control: Mutex::new(control),
+            control_file,
             store,
             wal: RwLock::new(None),
             role: AtomicU8::new(if standby {
@@ -583,11 +582,8 @@ fn start_primary(node: &Arc<Node>) -> anyhow::Result<()> {
         .get()
         .unwrap_or(Duration::from_millis(200));
     let wal = Arc::new(Wal::start(wal_cfg).context("could not start the WAL writer")?);
-    {
-        let mut c = node.control_mut();
-        c.state = ClusterState::InProduction;
-        c.write(&node.dir.root)?;
-    }
+    node.control_file
+        .update(|c| c.state = ClusterState::InProduction)?;
     node.attach_wal(wal)?;
     if control.state != ClusterState::ShutDown {
         // PostgreSQL ends crash recovery with a checkpoint so the WAL just

@@ -103,9 +103,8 @@ impl StandbyRuntime {
                 .store(history.timeline_of(control.redo_lsn).0, Ordering::Release);
         }
         if control.state != ClusterState::InArchiveRecovery {
-            let mut c = node.control();
-            c.state = ClusterState::InArchiveRecovery;
-            c.write(&node.dir.root)?;
+            node.control_file
+                .update(|c| c.state = ClusterState::InArchiveRecovery)?;
         }
         let (events_tx, events_rx) = bounded(EVENT_QUEUE);
         let (fetch_tx, fetch_rx) = bounded(4);

@@ -110,13 +110,13 @@ pub fn write_end_of_recovery(
         .map_err(|e| e.to_string())?;
     wal.wait_flushed(rec.end).map_err(|e| e.to_string())?;
     let t_record = t0.elapsed();
-    {
-        let mut c = node.control();
-        c.timeline = tli;
-        c.state = ClusterState::InProduction;
-        c.min_recovery_point = Lsn::INVALID;
-        c.write(&node.dir.root).map_err(|e| e.to_string())?;
-    }
+    node.control_file
+        .update(|c| {
+            c.timeline = tli;
+            c.state = ClusterState::InProduction;
+            c.min_recovery_point = Lsn::INVALID;
+        })
+        .map_err(|e| e.to_string())?;
     let t_control = t0.elapsed();
     node.attach_wal(wal).map_err(|e| e.to_string())?;
     let us = |d: Duration| d.as_micros() as u64;
