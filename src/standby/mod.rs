@@ -12,6 +12,7 @@
 //! - [`tracelog`]: the transition trace in `log/transitions.jsonl`.
 
 pub mod fetcher;
+pub mod progress;
 pub mod promote;
 pub mod receiver;
 pub mod redo;
@@ -126,8 +127,8 @@ impl StandbyRuntime {
             .name("archive-fetcher".into())
             .spawn(move || fetcher.run(fetch_rx))?;
 
-        let receiver_shared = receiver::ReceiverShared::new();
-        let applied = receiver_shared.clone();
+        let replayed = Arc::new(crate::watch::Watch::new(progress::Replayed::default()));
+        let receiver_shared = receiver::ReceiverShared::new(replayed.clone());
         let redo = Redo {
             node: node.clone(),
             reader: Redo::reader_for(&node, history.clone()),
@@ -135,8 +136,10 @@ impl StandbyRuntime {
             stop: redo_stop.clone(),
             // Standby replies carry the apply position at once (remote_apply).
             on_applied: Box::new(move |lsn| {
-                applied.set_apply(lsn);
-                applied.request_reply();
+                replayed.update(|r| {
+                    r.end = lsn;
+                    true
+                })
             }),
         };
         let redo = std::thread::Builder::new()

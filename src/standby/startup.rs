@@ -92,7 +92,7 @@ impl Startup {
             // A failed fsync of received WAL is PostgreSQL's PANIC: never retried.
             tracing::error!("walreceiver could not make received WAL durable: {failure}");
             self.node.request_exit(ExitRequest::Fatal(format!(
-                "walreceiver IO failure: {failure}"
+                "walreceiver IO failure: could not write received WAL: {failure}"
             )));
         }
         let now = self.now();
