@@ -22,6 +22,8 @@
 //!   and stops its threads.
 //! - [`archive`]: `archive_command` (the archiver) and `restore_command`.
 //! - [`backup`]: base backups: BASE_BACKUP on a node, `walrep basebackup`.
+//! - [`status`]: HTTP `/status` and `/metrics` of a node's [`status::Snapshot`],
+//!   with the table of every metric.
 //! - [`config`]: `walrep.toml`, its PostgreSQL-named parameters and `-c`
 //!   overrides.
 //! - [`watch`]: the one way a position that moved wakes the threads
@@ -31,8 +33,7 @@
 //! - [`states`]: the `walrep-states` crate.
 //!
 //! Internal modules: `datadir` (layout and lock file), `server` (the Redis
-//! front end), `syncrep` (synchronous replication's wait queues), `status`
-//! (HTTP `/status` and `/metrics`), `util`.
+//! front end), `syncrep` (synchronous replication's wait queues), `util`.
 
 pub mod archive;
 pub mod backup;
@@ -42,7 +43,7 @@ pub mod node;
 pub mod replication;
 pub(crate) mod server;
 pub mod standby;
-pub(crate) mod status;
+pub mod status;
 pub mod store;
 pub(crate) mod syncrep;
 pub(crate) mod util;

@@ -31,7 +31,7 @@ use crate::replication::registry::WalSenderRegistry;
 use crate::replication::server::{ServerHandle as ReplicationServerHandle, ServerOptions};
 use crate::replication::slots::SlotManager;
 use crate::server::{Backend, Role, Server, ServerSettings, WriteError};
-use crate::standby::{StandbyRuntime, StandbyState};
+use crate::standby::{NodeHooks, StandbyError, StandbyHandles, StandbyProgress, StandbyRuntime};
 use crate::store::{ClusterState, ControlFile, ControlFileOwner, Level, Store};
 use crate::syncrep::{self, SyncRep};
 use crate::wal::writer::FlushHook;
@@ -45,12 +45,12 @@ const ROLE_STANDBY: u8 = 1;
 const ROLE_RECOVERING: u8 = 2;
 
 /// Why a running node should stop.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum ExitRequest {
     /// SIGINT or SIGTERM.
     Signal(i32),
     /// Recovery cannot go on (PostgreSQL's FATAL in the startup process).
-    Fatal(String),
+    Fatal(StandbyError),
 }
 
 /// Shared state of one node; every thread holds an `Arc<Node>`.
@@ -59,13 +59,16 @@ pub struct Node {
     pub config: Arc<Config>,
     /// The control file; every update goes through it.
     pub control_file: Arc<ControlFileOwner>,
-    pub store: Store,
+    pub store: Arc<Store>,
     /// The WAL writer; `None` on a standby until it is promoted.
     wal: RwLock<Option<Arc<Wal>>>,
     role: AtomicU8,
     pub syncrep: Arc<SyncRep>,
     checkpoint_lock: Mutex<()>,
     last_checkpoint: Mutex<Option<(CheckpointDone, u64)>>,
+    /// Requests to the checkpointer thread (bounded; a full queue already
+    /// holds a request that serves this one too).
+    checkpoint_requests: Sender<CheckpointCause>,
     pub started_at: Instant,
     pub ports: Mutex<Ports>,
     shutting_down: AtomicBool,
@@ -75,14 +78,12 @@ pub struct Node {
     /// Replication slots (`slots/`).
     pub slots: Arc<SlotManager>,
     registry: Mutex<Option<Arc<WalSenderRegistry>>>,
-    /// A standby's flush point (walreceiver / restored WAL), published
-    /// when it or the timeline changes; unused on a primary.
-    standby_flush: Watch<replication::FlushPoint>,
     /// Directly connected standbys' positions, published on every reply
     /// (WAIT).
     replies: Watch<Vec<crate::syncrep::StandbyPosition>>,
-    /// Replay and receive positions, recovery state and last transition.
-    pub standby: StandbyState,
+    /// A standby's progress, as its runtime publishes it (kept after a
+    /// promotion, for INFO); `None` on a node started as a primary.
+    pub standby: Option<StandbyProgress>,
     /// Threads that follow the WAL writer (started with it, also at promotion).
     wal_threads: Mutex<WalThreads>,
     /// Where a fatal recovery error or a signal asks the node to stop.
@@ -125,7 +126,7 @@ impl Node {
     }
 
     /// A standby replayed up to its consistency point: reads are served.
-    pub fn set_consistent(&self) {
+    fn set_consistent(&self) {
         let _ = self.role.compare_exchange(
             ROLE_RECOVERING,
             ROLE_STANDBY,
@@ -166,21 +167,20 @@ impl Node {
         let _ = self.exit_tx.try_send(why);
     }
 
-    /// Set a standby's flush point (what cascading walsenders may send).
-    pub fn set_standby_flush(&self, point: replication::FlushPoint) {
-        self.standby_flush
-            .update(|f| std::mem::replace(f, point) != point);
-    }
-
-    /// Wake walsenders to look at the flush point again (a timeline changed).
-    pub fn wake_walsenders(&self) {
-        self.standby_flush.update(|_| true);
+    /// End of the last record in the store: the WAL writer's insert
+    /// position on a primary, the replay position on a standby.
+    pub fn replay_end(&self) -> Lsn {
+        match (self.wal(), &self.standby) {
+            (Some(wal), _) => wal.inserted(),
+            (None, Some(p)) => p.replayed.read(|r| r.end),
+            (None, None) => Lsn::INVALID,
+        }
     }
 
     /// Make `wal` the node's WAL writer and start what follows it (the WAL
     /// event listener; the archiver where `archive_mode` wants one on a
     /// primary). Used at start-up of a primary and at promotion.
-    pub fn attach_wal(self: &Arc<Self>, wal: Arc<Wal>) -> anyhow::Result<()> {
+    pub fn attach_wal(&self, wal: Arc<Wal>) -> std::io::Result<()> {
         *self.wal.write().unwrap_or_else(|e| e.into_inner()) = Some(wal.clone());
         wal.set_flush_hook(flush_hook(
             self.store.visibility().clone(),
@@ -194,18 +194,22 @@ impl Node {
         let notifier = self.ensure_archiver(false)?;
         let listener = start_wal_listener(&wal, notifier)?;
         self.wal_threads().listener = Some(listener);
-        self.wake_walsenders();
         Ok(())
     }
 
     /// Become a primary: writes are accepted from now on.
     pub fn accept_writes(&self) {
         self.role.store(ROLE_PRIMARY, Ordering::SeqCst);
-        self.wake_walsenders();
+    }
+
+    /// Ask the checkpointer for a checkpoint soon (does not wait).
+    pub fn request_checkpoint(&self, cause: CheckpointCause) {
+        let _ = self.checkpoint_requests.try_send(cause);
     }
 
     /// Start the archiver if `archive_mode` asks for one in this role.
-    fn ensure_archiver(&self, in_recovery: bool) -> anyhow::Result<Option<ArchiveNotifier>> {
+    /// Fails only if its thread cannot be started.
+    fn ensure_archiver(&self, in_recovery: bool) -> std::io::Result<Option<ArchiveNotifier>> {
         let mut t = self.wal_threads();
         if let Some((h, _)) = &t.archiver {
             return Ok(Some(h.notifier()));
@@ -217,7 +221,11 @@ impl Node {
         let handle = archive::spawn_archiver(
             ArchiverConfig::from_config(&self.dir.root, &self.config),
             rx,
-        )?;
+        )
+        .map_err(|e| match e {
+            archive::ArchiveError::Thread(e) => e,
+            other => std::io::Error::other(other),
+        })?;
         let notifier = handle.notifier();
         t.archiver_stats = Some(handle.stats_handle());
         t.archiver = Some((handle, tx));
@@ -309,6 +317,33 @@ impl Backend for Node {
     }
 }
 
+/// What the standby runtime asks of the node.
+impl NodeHooks for Node {
+    fn reached_consistency(&self, _at: Lsn) {
+        self.set_consistent();
+    }
+
+    fn wake_archiver(&self) {
+        self.notify_archiver();
+    }
+
+    fn attach_wal(&self, wal: Arc<Wal>) -> std::io::Result<()> {
+        Node::attach_wal(self, wal)
+    }
+
+    fn accept_writes(&self) {
+        Node::accept_writes(self);
+    }
+
+    fn request_checkpoint(&self) {
+        Node::request_checkpoint(self, CheckpointCause::EndOfRecovery);
+    }
+
+    fn fatal(&self, error: StandbyError) {
+        self.request_exit(ExitRequest::Fatal(error));
+    }
+}
+
 /// A node with its threads running.
 pub struct RunningNode {
     pub node: Arc<Node>,
@@ -356,7 +391,7 @@ impl RunningNode {
             control.wal_segment_size,
             Arc::new(StdIo),
         )?);
-        let store = Store::new();
+        let store = Arc::new(Store::new());
         let snapshot = crate::store::checkpoint::load_snapshot(
             &dir.root,
             control.checkpoint_id,
@@ -375,10 +410,7 @@ impl RunningNode {
             config.synchronous_standby_timeout.get(),
         ));
         let (exit_tx, exit_rx) = crossbeam_channel::bounded(8);
-        let flush = replication::FlushPoint {
-            tli: control.timeline,
-            lsn: control.min_recovery_point.max(control.redo_lsn),
-        };
+        let (checkpoint_requests, checkpoint_rx) = crossbeam_channel::bounded(4);
         let config = Arc::new(config);
         let control_file = Arc::new(ControlFileOwner::new(dir.root.clone(), control));
         let node = Arc::new(Node {
@@ -395,15 +427,15 @@ impl RunningNode {
             syncrep,
             checkpoint_lock: Mutex::new(()),
             last_checkpoint: Mutex::new(None),
+            checkpoint_requests,
             started_at: Instant::now(),
             ports: Mutex::new(Ports::default()),
             shutting_down: AtomicBool::new(false),
             segdir,
             slots,
             registry: Mutex::new(None),
-            standby_flush: Watch::new(flush),
             replies: Watch::default(),
-            standby: StandbyState::default(),
+            standby: standby.then(StandbyProgress::new),
             wal_threads: Mutex::new(WalThreads::default()),
             exit_tx,
             backup_pins: crate::backup::pin::BackupPins::new(),
@@ -419,13 +451,13 @@ impl RunningNode {
             exit_rx,
             lock,
         };
-        if standby {
+        if let Some(progress) = node.standby.clone() {
             node.ensure_archiver(true)?;
-            running.standby = Some(StandbyRuntime::start(node.clone())?);
+            running.standby = Some(StandbyRuntime::start(standby_handles(&node, progress))?);
         } else {
             start_primary(&node)?;
         }
-        running.checkpointer = Some(Checkpointer::start(node.clone())?);
+        running.checkpointer = Some(Checkpointer::start(node.clone(), checkpoint_rx)?);
         running.start_listeners()?;
         Ok(running)
     }
@@ -549,6 +581,21 @@ impl RunningNode {
         }
         tracing::info!("database system is shut down");
         result
+    }
+}
+
+/// What the standby runtime works on: the node's own handles, and the
+/// node itself only as [`NodeHooks`].
+fn standby_handles(node: &Arc<Node>, progress: StandbyProgress) -> StandbyHandles {
+    StandbyHandles {
+        datadir: node.dir.root.clone(),
+        config: node.config.clone(),
+        control: node.control_file.clone(),
+        segdir: node.segdir.clone(),
+        store: node.store.clone(),
+        progress,
+        instance_id: node.instance_id,
+        hooks: node.clone(),
     }
 }
 

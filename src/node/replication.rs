@@ -191,21 +191,33 @@ impl Node {
                 tli: wal.timeline(),
                 lsn: wal.flushed(),
             },
-            None => self.standby_flush.get(),
+            None => match &self.standby {
+                Some(p) => p.flush_point(),
+                None => FlushPoint {
+                    tli: TimelineId::FIRST,
+                    lsn: Lsn::INVALID,
+                },
+            },
         }
     }
 
     /// Woken whenever [`Node::flush_point`] may have moved: every WAL flush
-    /// once a WAL writer runs, a standby's flush point and promotion before.
-    /// A walsender subscribed on a standby that then promotes is woken by
-    /// the promotion, sees its timeline end and finishes its COPY, so it
-    /// never needs the new WAL writer's flushes.
+    /// once a WAL writer runs; before, a standby's replay and receive
+    /// positions and its status (promotion). A walsender subscribed on a
+    /// standby that then promotes is woken by the promotion, sees its
+    /// timeline end and finishes its COPY, so it never needs the new WAL
+    /// writer's flushes.
     pub fn subscribe_flush(&self) -> Subscription {
-        let sub = self.standby_flush.subscribe();
-        if let Some(wal) = self.wal() {
+        let wal = self.wal();
+        let sub = match (&self.standby, &wal) {
+            (Some(p), _) => p.subscribe(),
+            (None, Some(w)) => w.flush_watch().subscribe(),
+            (None, None) => Watch::new(()).subscribe(),
+        };
+        if let (Some(_), Some(w)) = (&self.standby, &wal) {
             // The WAL writer wakes us directly on every flush: the shortest
             // path from a commit's fdatasync to the standby.
-            sub.also(wal.flush_watch());
+            sub.also(w.flush_watch());
         }
         sub
     }

@@ -14,19 +14,21 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::NodeHooks;
 use crate::archive::{
     keep_restored_file, ArchiveMark, RestoreCommand, RestoreOutcome, RestoredFile,
     RECOVERYXLOG_PREFETCH,
 };
 use crate::config::ArchiveMode;
-use crate::node::Node;
+use crate::datadir::WAL_DIR;
 use crate::states::recovery::{Event, WalFile};
+use crate::store::ControlFileOwner;
 use crate::wal::{SegmentHeader, SEG_HEADER_SIZE};
 use crate::{SegNo, TimelineHistory, TimelineId, WalSegSize};
 
@@ -41,7 +43,12 @@ pub enum FetchRequest {
 
 /// Runs requests one at a time until the request channel closes.
 pub struct Fetcher {
-    pub node: Arc<Node>,
+    /// The data directory restored files go into (`wal/`).
+    pub datadir: PathBuf,
+    /// For `%r`: the restartpoint's segment.
+    pub control: Arc<ControlFileOwner>,
+    /// Wakes the archiver for files marked `.ready`.
+    pub hooks: Arc<dyn NodeHooks>,
     pub restore: RestoreCommand,
     pub system_id: u64,
     pub seg_size: WalSegSize,
@@ -65,10 +72,10 @@ struct Prefetch {
 impl Prefetch {
     /// Kill the command if it still runs, wait for the thread and remove
     /// whatever it left under the prefetch name.
-    fn discard(self, datadir: &std::path::Path) {
+    fn discard(self, datadir: &Path) {
         drop(self.cancel);
         let _ = self.thread.join();
-        let _ = std::fs::remove_file(datadir.join("wal").join(RECOVERYXLOG_PREFETCH));
+        let _ = std::fs::remove_file(datadir.join(WAL_DIR).join(RECOVERYXLOG_PREFETCH));
     }
 }
 
@@ -83,12 +90,12 @@ impl Fetcher {
             }
         }
         if let Some(p) = prefetch {
-            p.discard(&self.node.dir.root);
+            p.discard(&self.datadir);
         }
     }
 
     fn wal_dir(&self) -> PathBuf {
-        self.node.dir.wal()
+        self.datadir.join(WAL_DIR)
     }
 
     fn execute(&self, req: FetchRequest, prefetch: &mut Option<Prefetch>) -> Event {
@@ -129,10 +136,11 @@ impl Fetcher {
 
     /// The restartpoint's segment for `%r` (files before it are not needed).
     fn restartpoint_file(&self) -> String {
-        let c = self.node.control();
-        c.redo_lsn
-            .segno(self.seg_size)
-            .file_name(c.checkpoint_timeline, self.seg_size)
+        self.control.read(|c| {
+            c.redo_lsn
+                .segno(self.seg_size)
+                .file_name(c.checkpoint_timeline, self.seg_size)
+        })
     }
 
     fn mark(&self) -> ArchiveMark {
@@ -149,7 +157,7 @@ impl Fetcher {
         let restore = self.restore.clone();
         let name = segno.file_name(tli, self.seg_size);
         let restartpoint = self.restartpoint_file();
-        let datadir = self.node.dir.root.clone();
+        let datadir = self.datadir.clone();
         let thread = std::thread::Builder::new()
             .name("archive-prefetch".into())
             .spawn(move || {
@@ -189,7 +197,7 @@ impl Fetcher {
     ) -> Option<RestoreOutcome> {
         let p = prefetch?;
         if (p.tli, p.segno) != (tli, segno) {
-            p.discard(&self.node.dir.root);
+            p.discard(&self.datadir);
             return None;
         }
         p.thread.join().ok().flatten().map(RestoreOutcome::Restored)
@@ -210,11 +218,11 @@ impl Fetcher {
         });
         match outcome {
             RestoreOutcome::Restored(r) => {
-                match keep_restored_file(&self.node.dir.root, &r, self.mark()) {
+                match keep_restored_file(&self.datadir, &r, self.mark()) {
                     Ok(_) => {
                         tracing::info!(file = %name, how, "restored log file from archive");
                         if self.mark() == ArchiveMark::Ready {
-                            self.node.notify_archiver();
+                            self.hooks.wake_archiver();
                         }
                         Event::SegmentRestored { tli, segno }
                     }
@@ -240,12 +248,12 @@ impl Fetcher {
             .restore(&name, Some(&self.restartpoint_file()), Some(&self.cancel))
         {
             RestoreOutcome::Restored(r) => {
-                let text = std::fs::read_to_string(self.node.dir.root.join(&r.temp_path));
+                let text = std::fs::read_to_string(self.datadir.join(&r.temp_path));
                 let parsed = text
                     .map_err(|e| e.to_string())
                     .and_then(|t| TimelineHistory::parse(tli, &t).map_err(|e| e.to_string()));
                 match parsed {
-                    Ok(history) => match keep_restored_file(&self.node.dir.root, &r, self.mark()) {
+                    Ok(history) => match keep_restored_file(&self.datadir, &r, self.mark()) {
                         Ok(_) => {
                             tracing::info!(file = %name, "restored history file from archive");
                             Event::HistoryRestored { tli, history }

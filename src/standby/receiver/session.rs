@@ -141,6 +141,9 @@ struct Session {
     pinged: bool,
     /// The flush position last reported in WalFlushed.
     reported_flush: Lsn,
+    /// The flush position last published to [`ReceiverShared`]: only WAL
+    /// actually received counts (not the segment start streaming began at).
+    published_flush: Lsn,
     /// A WalFlushed the full event queue did not take yet.
     pending_flush: Option<(TimelineId, Lsn)>,
 }
@@ -179,6 +182,7 @@ impl Session {
             last_recv: Instant::now(),
             pinged: false,
             reported_flush: start,
+            published_flush: start,
             pending_flush: None,
         }
     }
@@ -500,13 +504,21 @@ impl Session {
     fn flush_and_report(&mut self) -> Result<(), End> {
         let flushed = self.writer.flush().map_err(|e| self.io_failure(e))?;
         let tli = self.writer.timeline();
-        self.shared.publish_flushed(tli, flushed);
+        self.publish_flushed(tli, flushed);
         if flushed > self.reported_flush {
             self.reported_flush = flushed;
             self.pending_flush = Some((tli, flushed));
             self.deliver_pending_flush()?;
         }
         self.send_status(false, false)
+    }
+
+    /// Publish the flush position if WAL was received past the last one.
+    fn publish_flushed(&mut self, tli: TimelineId, flushed: Lsn) {
+        if flushed > self.published_flush {
+            self.published_flush = flushed;
+            self.shared.publish_flushed(tli, flushed);
+        }
     }
 
     /// Queue the latest WalFlushed if the queue has room (it is replaced by
@@ -646,6 +658,7 @@ impl Session {
         self.shared.publish_written(from);
         // Flush reports start over on the new timeline's files.
         self.reported_flush = from;
+        self.published_flush = from;
         self.pending_flush = None;
         self.tli = order.tli;
         self.start = from;
@@ -697,7 +710,7 @@ impl Session {
                 self.writer.flushed()
             }
         };
-        self.shared.publish_flushed(self.writer.timeline(), flushed);
+        self.publish_flushed(self.writer.timeline(), flushed);
         if matches!(end, End::Lost(_)) && flushed > self.reported_flush {
             self.reported_flush = flushed;
             self.pending_flush = Some((self.writer.timeline(), flushed));
