@@ -158,7 +158,46 @@ impl ReplicationSource for NodeSource {
                 "the node is shutting down",
             )
         })?;
-        crate::backup::server::serve(&node, options, out).map(|_| ())
+        crate::backup::server::serve(&*node, options, out).map(|_| ())
+    }
+}
+
+/// The node as the source of a base backup.
+impl crate::backup::server::BackupSource for Node {
+    type CheckpointError = super::checkpoint::CheckpointError;
+
+    fn datadir(&self) -> &std::path::Path {
+        &self.dir.root
+    }
+
+    fn is_primary(&self) -> bool {
+        Node::is_primary(self)
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        Node::is_shutting_down(self)
+    }
+
+    fn archive_mode(&self) -> crate::config::ArchiveMode {
+        self.config.archive_mode
+    }
+
+    fn checkpoint(&self) -> Result<(), Self::CheckpointError> {
+        Node::checkpoint(self, super::checkpoint::CheckpointCause::Requested).map(|_| ())
+    }
+
+    fn pin_last_checkpoint(
+        &self,
+    ) -> Option<(crate::backup::pin::BackupPin, crate::store::ControlFile)> {
+        Node::pin_last_checkpoint(self)
+    }
+
+    fn wal_position(&self) -> Option<(TimelineId, Lsn)> {
+        self.wal().map(|w| (w.timeline(), w.inserted()))
+    }
+
+    fn log_backup_end(&self, start: Lsn) -> Result<Option<Lsn>, crate::wal::WalError> {
+        Node::log_backup_end(self, start)
     }
 }
 
