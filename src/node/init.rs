@@ -5,25 +5,41 @@
 //! control file pointing at them: a node started on it finds a cleanly shut
 //! down system on timeline 1.
 
-use std::path::Path;
-
-use anyhow::Context as _;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::datadir::DataDir;
-use crate::store::checkpoint::write_snapshot;
-use crate::store::control::{generate_system_identifier, now_ms};
+use crate::datadir::{DataDir, DataDirError};
+use crate::store::checkpoint::{write_snapshot, SnapshotError};
+use crate::store::control::{generate_system_identifier, now_ms, ControlError};
 use crate::store::{ClusterState, ControlFile, Store};
-use crate::wal::{initial_lsn, Checkpoint, Wal, WalConfig, XlogRecord};
+use crate::wal::{initial_lsn, Checkpoint, Wal, WalConfig, WalError, XlogRecord};
 use crate::{Lsn, TimelineId, WalSegSize};
 
+/// Why `walrep init` failed; what it wrote so far is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("could not write \"{}\": {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("could not write the first WAL segment: {0}")]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("could not fsync directory \"{}\": {source}", path.display())]
+    SyncDir { path: PathBuf, source: io::Error },
+}
+
 /// Create a data directory at `path`.
-pub fn init(path: &Path, seg_size: WalSegSize) -> anyhow::Result<ControlFile> {
+pub fn init(path: &Path, seg_size: WalSegSize) -> Result<ControlFile, InitError> {
     let dir = DataDir::new(path);
     dir.create_layout()?;
     let template = Config::template();
-    std::fs::write(dir.config_file(), &template)
-        .with_context(|| format!("could not write {}", dir.config_file().display()))?;
+    let write = |path: PathBuf| move |source| InitError::Write { path, source };
+    std::fs::write(dir.config_file(), &template).map_err(write(dir.config_file()))?;
     let defaults = Config::default();
     let system_identifier = generate_system_identifier();
     let snapshot_id = 1;
@@ -35,8 +51,7 @@ pub fn init(path: &Path, seg_size: WalSegSize) -> anyhow::Result<ControlFile> {
         seg_size,
         initial_lsn(seg_size),
         Lsn::INVALID,
-    ))
-    .context("could not write the first WAL segment")?;
+    ))?;
     let redo = wal.inserted();
     let rec = wal.log_xlog(&XlogRecord::Checkpoint(Checkpoint {
         redo,
@@ -55,6 +70,9 @@ pub fn init(path: &Path, seg_size: WalSegSize) -> anyhow::Result<ControlFile> {
     control.checkpoint_id = snapshot_id;
     control.state = ClusterState::ShutDown;
     control.write(path)?;
-    crate::util::fsync_dir(path)?;
+    crate::util::fsync_dir(path).map_err(|source| InitError::SyncDir {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(control)
 }

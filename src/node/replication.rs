@@ -13,7 +13,7 @@ use crate::replication::registry::{
 pub use crate::replication::source::FlushPoint;
 use crate::replication::source::{ReplicationSource, SourceError};
 use crate::syncrep::StandbyPosition;
-use crate::wal::RawReader;
+use crate::wal::{RawReader, SegmentError};
 use crate::watch::{Subscription, Watch};
 use crate::{Lsn, TimelineId, WalSegSize};
 
@@ -95,19 +95,15 @@ impl ReplicationSource for NodeSource {
                 pool.push(reader);
             }
         }
-        result.map_err(|e| {
-            let text = e.to_string();
-            if text.contains("has already been removed") {
-                SourceError::SegmentRemoved {
-                    file_name: start.segno(self.seg_size).file_name(tli, self.seg_size),
-                }
-            } else {
-                SourceError::Read {
-                    tli,
-                    lsn: start,
-                    reason: text,
-                }
-            }
+        result.map_err(|e| match e {
+            SegmentError::Removed { .. } => SourceError::SegmentRemoved {
+                file_name: start.segno(self.seg_size).file_name(tli, self.seg_size),
+            },
+            other => SourceError::Read {
+                tli,
+                lsn: start,
+                reason: other.to_string(),
+            },
         })
     }
 
