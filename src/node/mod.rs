@@ -3,7 +3,7 @@
 //! a standby the recovery runtime) and stops them in PostgreSQL's order.
 //!
 //! # Layout
-//! - [`running`]: [`RunningNode`], start-up and fast shutdown.
+//! - `running`: [`RunningNode`], start-up and fast shutdown.
 //! - [`init`]: `walrep init`, a new data directory with its first checkpoint.
 //! - [`recovery`]: crash recovery (snapshot + redo to the end of WAL).
 //! - [`checkpoint`]: the checkpointer, restartpoints and WAL removal.
@@ -56,7 +56,13 @@ pub enum ExitRequest {
     Fatal(StandbyError),
 }
 
-/// Shared state of one node; every thread holds an `Arc<Node>`.
+/// Shared state of one node, owned by [`RunningNode`]. The node's own
+/// threads (checkpointer, WAL event listener) hold it; everything else sees
+/// it through a narrow interface: the Redis front end as [`Backend`],
+/// walsenders as [`replication::NodeSource`], base backups as
+/// [`BackupSource`](crate::backup::server::BackupSource), the status server
+/// as [`SnapshotProvider`](crate::status::SnapshotProvider) and the standby
+/// runtime as [`NodeHooks`] beside its own handles.
 pub struct Node {
     pub dir: DataDir,
     pub config: Arc<Config>,

@@ -29,7 +29,7 @@ use crate::config::ArchiveMode;
 use crate::datadir::WAL_DIR;
 use crate::states::recovery::{Event, WalFile};
 use crate::store::ControlFileOwner;
-use crate::wal::{SegmentHeader, SEG_HEADER_SIZE};
+use crate::wal::{HeaderProblem, SegmentHeader, SEG_HEADER_SIZE};
 use crate::{SegNo, TimelineHistory, TimelineId, WalSegSize};
 
 /// A file request from the machine.
@@ -279,24 +279,46 @@ impl Fetcher {
 
     /// A local segment counts when it is full size and its header says it
     /// is this system's segment `segno` of timeline `tli`.
-    fn check_local_segment(&self, tli: TimelineId, segno: SegNo) -> Result<(), String> {
+    fn check_local_segment(&self, tli: TimelineId, segno: SegNo) -> Result<(), LocalSegment> {
         let path = self.wal_dir().join(segno.file_name(tli, self.seg_size));
-        let mut f = File::open(&path).map_err(|e| e.to_string())?;
-        let len = f.metadata().map_err(|e| e.to_string())?.len();
+        let mut f = File::open(&path)?;
+        let len = f.metadata()?.len();
         if len != self.seg_size.bytes() {
-            return Err(format!("{} bytes, expected {}", len, self.seg_size.bytes()));
+            return Err(LocalSegment::Size {
+                found: len,
+                expected: self.seg_size.bytes(),
+            });
         }
         let mut buf = vec![0u8; SEG_HEADER_SIZE as usize];
-        f.read_exact(&mut buf).map_err(|e| e.to_string())?;
-        let h = SegmentHeader::decode(&buf).map_err(|e| e.to_string())?;
+        f.read_exact(&mut buf)?;
+        let h = SegmentHeader::decode(&buf)?;
         if h.system_id != self.system_id {
-            return Err(format!("system identifier {} differs", h.system_id));
+            return Err(LocalSegment::System(h.system_id));
         }
         if h.tli != tli || h.pageaddr != segno.start_lsn(self.seg_size) {
-            return Err(format!("header says timeline {} at {}", h.tli, h.pageaddr));
+            return Err(LocalSegment::Position {
+                tli: h.tli,
+                at: h.pageaddr,
+            });
         }
         Ok(())
     }
+}
+
+/// Why a file in local `wal/` is not the segment asked for (logged; the
+/// machine only hears "not found locally").
+#[derive(Debug, thiserror::Error)]
+enum LocalSegment {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{found} bytes, expected {expected}")]
+    Size { found: u64, expected: u64 },
+    #[error(transparent)]
+    Header(#[from] HeaderProblem),
+    #[error("system identifier {0} differs")]
+    System(u64),
+    #[error("header says timeline {tli} at {at}")]
+    Position { tli: TimelineId, at: crate::Lsn },
 }
 
 fn with_stderr(reason: String, stderr: &str) -> String {

@@ -2,8 +2,7 @@
 //! that publishes it on a [`Watch`]:
 //!
 //! - the redo thread owns how far replay got ([`Replayed`]);
-//! - the walreceiver owns what it flushed (in its
-//!   [`ReceiverShared`](super::receiver::ReceiverShared));
+//! - the walreceiver owns what it flushed (in its [`ReceiverShared`]);
 //! - the startup process owns the machine's status, published once per
 //!   drain with the last notable transition ([`StandbyStatus`]).
 //!
