@@ -58,7 +58,7 @@ pub enum ExitRequest {
 
 /// Shared state of one node, owned by [`RunningNode`]. The node's own
 /// threads (checkpointer, WAL event listener) hold it; everything else sees
-/// it through a narrow interface: the Redis front end as [`Backend`],
+/// it through a narrow interface: the Redis front end as `Backend`,
 /// walsenders as [`replication::NodeSource`], base backups as
 /// [`BackupSource`](crate::backup::server::BackupSource), the status server
 /// as [`SnapshotProvider`](crate::status::SnapshotProvider) and the standby
