@@ -246,10 +246,11 @@ impl Node {
         let wal = self.wal();
         let sub = match (&self.standby, &wal) {
             (Some(p), _) => p.subscribe(),
-            (None, Some(w)) => w.flush_watch().subscribe(),
-            (None, None) => Watch::new(()).subscribe(),
+            (None, Some(w)) => return w.flush_watch().subscribe(),
+            // Not started yet: nothing to send, nothing will wake.
+            (None, None) => return Watch::new(()).subscribe(),
         };
-        if let (Some(_), Some(w)) = (&self.standby, &wal) {
+        if let Some(w) = &wal {
             // The WAL writer wakes us directly on every flush: the shortest
             // path from a commit's fdatasync to the standby.
             sub.also(w.flush_watch());
