@@ -26,15 +26,18 @@
 //! - [`backup`]: base backups: BASE_BACKUP on a node, `walrep basebackup`.
 //! - [`security`]: SCRAM verifiers, secret files, password files, TLS
 //!   configurations and the TLS-capable stream both ports use.
+//! - [`status`]: HTTP `/status` and `/metrics` of a node's [`status::Snapshot`],
+//!   with the table of every metric.
 //! - [`config`]: `walrep.toml`, its PostgreSQL-named parameters and `-c`
 //!   overrides.
+//! - [`watch`]: the one way a position that moved wakes the threads
+//!   waiting for it (a value plus coalesced tokens on a channel).
 //! - [`viz`]: diagrams of the state machines, explored from the code, and
 //!   renderings of transition traces.
 //! - [`states`]: the `walrep-states` crate.
 //!
 //! Internal modules: `datadir` (layout and lock file), `server` (the Redis
-//! front end), `syncrep` (synchronous replication's wait queues), `status`
-//! (HTTP `/status` and `/metrics`), `util`.
+//! front end), `syncrep` (synchronous replication's wait queues), `util`.
 
 pub mod archive;
 pub mod backup;
@@ -48,13 +51,14 @@ pub mod replication;
 pub mod security;
 pub(crate) mod server;
 pub mod standby;
-pub(crate) mod status;
+pub mod status;
 pub mod storage;
 pub mod store;
 pub(crate) mod syncrep;
 pub(crate) mod util;
 pub mod viz;
 pub mod wal;
+pub mod watch;
 
 pub use walrep_states as states;
 pub use walrep_states::{Lsn, SegNo, TimelineHistory, TimelineId, WalSegSize};

@@ -10,7 +10,6 @@ mod support;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use support::node::InProcessNode;
 use support::wal::{seg, SYSTEM_ID};
@@ -25,6 +24,7 @@ use walrep::replication::server::{self, ServerOptions};
 use walrep::replication::slots::SlotManager;
 use walrep::replication::source::{BackupOutput, FlushPoint, ReplicationSource, SourceError};
 use walrep::replication::sqlstate::PgError;
+use walrep::watch::Subscription;
 use walrep::{Lsn, TimelineId, WalSegSize};
 
 /// A node running in this process that keeps no spare segments and
@@ -104,8 +104,8 @@ impl ReplicationSource for Evil {
     fn flush_point(&self) -> FlushPoint {
         self.0.flush_point()
     }
-    fn wait_for_flush(&self, seen: FlushPoint, t: Duration) -> FlushPoint {
-        self.0.wait_for_flush(seen, t)
+    fn subscribe_flush(&self) -> Subscription {
+        self.0.subscribe_flush()
     }
     fn read_wal(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> Result<(), SourceError> {
         self.0.read_wal(tli, start, buf)

@@ -8,7 +8,6 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use support::wal::{seg, SYSTEM_ID};
 use support::DEADLINE;
@@ -20,6 +19,7 @@ use walrep::replication::server::{self, ServerOptions};
 use walrep::replication::slots::SlotManager;
 use walrep::replication::source::{BackupOutput, FlushPoint, ReplicationSource, SourceError};
 use walrep::replication::sqlstate::PgError;
+use walrep::watch::Subscription;
 use walrep::{Lsn, TimelineId, WalSegSize};
 
 /// The fake source plus a tiny base backup.
@@ -35,8 +35,8 @@ impl ReplicationSource for WithBackup {
     fn flush_point(&self) -> FlushPoint {
         self.0.flush_point()
     }
-    fn wait_for_flush(&self, seen: FlushPoint, t: Duration) -> FlushPoint {
-        self.0.wait_for_flush(seen, t)
+    fn subscribe_flush(&self) -> Subscription {
+        self.0.subscribe_flush()
     }
     fn read_wal(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> Result<(), SourceError> {
         self.0.read_wal(tli, start, buf)

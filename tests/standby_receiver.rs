@@ -25,11 +25,13 @@ use walrep::replication::pgwire::{
 };
 use walrep::replication::server::ServerOptions;
 use walrep::replication::source::ReplicationSource;
+use walrep::standby::progress::Replayed;
 use walrep::standby::receiver::{
     start, ReceiverConfig, ReceiverError, ReceiverEvent, ReceiverShared, ReceiverState,
 };
 use walrep::storage::{FaultyStorage, StdStorage, Storage};
 use walrep::wal::SegmentDir;
+use walrep::watch::Watch;
 use walrep::{Lsn, SegNo, TimelineId};
 
 /// The bytes of a segment of [`seg`].
@@ -122,7 +124,8 @@ fn streams_byte_identical_segments_and_reports_flush_and_apply() {
     primary.write(1 << 20);
     let standby_wal = tmp.path().join("standby_wal");
     let segdir = standby_segdir(&standby_wal, Arc::new(StdStorage));
-    let shared = ReceiverShared::new();
+    let replayed: Arc<Watch<Replayed>> = Arc::default();
+    let shared = ReceiverShared::new(replayed.clone());
     let (tx, rx) = bounded(64);
     let mut h = start(
         1,
@@ -194,8 +197,11 @@ fn streams_byte_identical_segments_and_reports_flush_and_apply() {
         reported(&|s| s.flush_lsn >= target)
     });
     let apply = Lsn(target.0 - 100);
-    shared.set_apply(apply);
-    shared.request_reply();
+    // What the redo loop publishes; the session replies with it at once.
+    replayed.publish(Replayed {
+        end: apply,
+        ..Replayed::default()
+    });
     wait_until("the primary to see our apply position", || {
         reported(&|s| s.apply_lsn == apply)
     });
@@ -242,7 +248,7 @@ fn another_system_and_the_node_itself_are_refused_with_no_wal_written() {
             )
         };
         let (tx, rx) = bounded(16);
-        let mut h = start(7, cfg, tx, ReceiverShared::new()).unwrap();
+        let mut h = start(7, cfg, tx, ReceiverShared::new(Default::default())).unwrap();
         let ev = rx.recv_timeout(DEADLINE).expect("an event");
         let ReceiverEvent::StreamLost { session: 7, reason } = ev else {
             panic!("{case}: expected StreamLost, got {ev:?}");
@@ -271,7 +277,7 @@ fn a_timeline_switch_is_reported_and_followed_on_the_same_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
     let segdir = standby_segdir(&wal, Arc::new(StdStorage));
-    let shared = ReceiverShared::new();
+    let shared = ReceiverShared::new(Default::default());
     let (tx, rx) = bounded(64);
     let cfg = config(
         server.conninfo("application_name=s2"),
@@ -365,7 +371,7 @@ fn an_upstream_behind_our_timeline_is_refused() {
         ..config(server.conninfo(""), segdir, Lsn(0), SYSTEM_ID)
     };
     let (tx, rx) = bounded(16);
-    let _h = start(3, cfg, tx, ReceiverShared::new()).unwrap();
+    let _h = start(3, cfg, tx, ReceiverShared::new(Default::default())).unwrap();
     let ev = rx.recv_timeout(DEADLINE).unwrap();
     let ReceiverEvent::StreamLost { reason, .. } = ev else {
         panic!("{ev:?}")
@@ -385,7 +391,7 @@ fn an_fsync_failure_ends_the_session_and_no_new_one_starts() {
     let io = Arc::new(FaultyStorage::new());
     io.fail_sync_data_after(1);
     let segdir = standby_segdir(&tmp.path().join("wal"), io);
-    let shared = ReceiverShared::new();
+    let shared = ReceiverShared::new(Default::default());
     let (tx, rx) = bounded(16);
     let cfg = config(server.conninfo(""), segdir.clone(), Lsn(0), SYSTEM_ID);
     let _h = start(1, cfg.clone(), tx.clone(), shared.clone()).unwrap();
@@ -487,7 +493,7 @@ fn a_silent_upstream_is_pinged_then_times_out() {
         )
     };
     let (tx, rx) = bounded(16);
-    let mut h = start(1, cfg, tx, ReceiverShared::new()).unwrap();
+    let mut h = start(1, cfg, tx, ReceiverShared::new(Default::default())).unwrap();
     expect(&rx, "StreamConnected", |e| {
         matches!(e, ReceiverEvent::StreamConnected { .. })
     });
@@ -527,7 +533,7 @@ fn a_slot_and_hot_standby_feedback_reach_the_upstream() {
             SYSTEM_ID,
         )
     };
-    let shared = ReceiverShared::new();
+    let shared = ReceiverShared::new(Default::default());
     shared.set_feedback_xmin(77);
     let (tx, rx) = bounded(64);
     let mut h = start(1, cfg, tx, shared).unwrap();
@@ -564,7 +570,7 @@ fn sessions_reuse_a_waiting_session_and_answer_stops() {
     let (tx, rx) = bounded::<walrep::states::recovery::Event>(64);
     let mut sessions = Sessions::new(
         tx,
-        ReceiverShared::new(),
+        ReceiverShared::new(Default::default()),
         Box::new(move |from, tli| ReceiverConfig {
             tli,
             ..config(conninfo.clone(), segdir.clone(), from, SYSTEM_ID)

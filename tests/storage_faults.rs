@@ -39,7 +39,7 @@ fn start_faulty(dir: &Path) -> (InProcessNode, Arc<FaultyStorage>) {
 fn fatal_exit(node: &InProcessNode, faulty: &FaultyStorage) -> String {
     wait_until("the injected fsync failure", || faulty.injected() > 0);
     match node.running().wait_for_exit().unwrap() {
-        ExitRequest::Fatal(message) => message,
+        ExitRequest::Fatal(error) => error.to_string(),
         other => panic!("the node stopped for {other:?}, not a fatal error"),
     }
 }

@@ -14,26 +14,30 @@
 //!    to the end, each marked `.done` in `wal/archive_status/`.
 //! 4. With WAIT and archiving on, wait (bounded) until the last segment is
 //!    archived; then the end position result set.
+//!
+//! The node is seen only through [`BackupSource`]: what a backup needs of
+//! it (checkpoint, pin, backup-end record), nothing else.
 
 use std::fs::{self, File};
 use std::io;
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::label::{BackupLabel, BACKUP_LABEL_FILE, MAX_LABEL_LEN};
 use super::manifest::{ChecksumKind, HashingReader, Manifest};
+use super::pin::BackupPin;
 use super::tarstream::{header, CopyWriter, ExactReader, Member};
 use crate::config::ArchiveMode;
-use crate::datadir::{ARCHIVE_STATUS_DIR, BASE_DIR, CONFIG_FILE, LOG_DIR, SLOTS_DIR, WAL_DIR};
-use crate::node::checkpoint::CheckpointCause;
-use crate::node::Node;
+use crate::datadir::{
+    DataDir, ARCHIVE_STATUS_DIR, BASE_DIR, CONFIG_FILE, LOG_DIR, SLOTS_DIR, WAL_DIR,
+};
 use crate::replication::command::BaseBackupOptions;
 use crate::replication::source::BackupOutput;
 use crate::replication::sqlstate::{self as code, PgError};
 use crate::store::checkpoint::chunk_name;
 use crate::store::control::{now_ms, CONTROL_FILE};
 use crate::store::{ClusterState, ControlFile};
-use crate::wal::{WalFile, WalFileKind};
+use crate::wal::{WalError, WalFile, WalFileKind};
 use crate::{Lsn, SegNo, TimelineId};
 
 /// Type OIDs of the result set columns.
@@ -61,9 +65,45 @@ pub struct BackupDone {
     pub wal_segments: u64,
 }
 
+/// What a base backup needs of the node it copies.
+pub trait BackupSource {
+    /// Why a checkpoint failed.
+    type CheckpointError: std::fmt::Display;
+
+    /// The data directory copied.
+    fn datadir(&self) -> &Path;
+
+    /// Accepting writes (backups from a standby are not supported yet).
+    fn is_primary(&self) -> bool;
+
+    /// Shutdown has begun: no new backup starts.
+    fn is_shutting_down(&self) -> bool;
+
+    /// `archive_mode` (WAIT waits for the archiver only when it runs).
+    fn archive_mode(&self) -> ArchiveMode;
+
+    /// Run an immediate checkpoint now (PostgreSQL's `CHECKPOINT_FORCE |
+    /// CHECKPOINT_WAIT` at backup start).
+    fn checkpoint(&self) -> Result<(), Self::CheckpointError>;
+
+    /// Pin the last checkpoint's snapshot and the WAL from its redo point
+    /// until the pin is dropped; returns the control file naming it.
+    /// `None` once shutdown has begun.
+    fn pin_last_checkpoint(&self) -> Option<(BackupPin, ControlFile)>;
+
+    /// The WAL writer's timeline and insert position, if one runs.
+    fn wal_position(&self) -> Option<(TimelineId, Lsn)>;
+
+    /// do_pg_backup_stop: log XLOG_BACKUP_END for the backup that started
+    /// at `start`, flush it and switch segments; returns the record's end.
+    /// `None` once shutdown has begun (it never follows the shutdown
+    /// checkpoint) or without a WAL writer.
+    fn log_backup_end(&self, start: Lsn) -> Result<Option<Lsn>, WalError>;
+}
+
 /// Run BASE_BACKUP for `node`, writing PostgreSQL 15's answer to `out`.
-pub fn serve(
-    node: &Arc<Node>,
+pub fn serve<S: BackupSource>(
+    node: &S,
     options: &BaseBackupOptions,
     out: &mut dyn BackupOutput,
 ) -> Result<BackupDone, PgError> {
@@ -78,7 +118,7 @@ pub fn serve(
     if node.is_shutting_down() {
         return Err(shutting_down());
     }
-    node.checkpoint(CheckpointCause::Requested).map_err(|e| {
+    node.checkpoint().map_err(|e| {
         PgError::error(
             code::INTERNAL_ERROR,
             format!("could not checkpoint for the base backup: {e}"),
@@ -157,8 +197,8 @@ fn io_error(e: io::Error) -> PgError {
 const PG_COMPAT_DIRS: [&str; 2] = ["pg_wal", "pg_tblspc"];
 
 /// One running backup.
-struct Backup<'n> {
-    node: &'n Arc<Node>,
+struct Backup<'n, S: BackupSource> {
+    node: &'n S,
     options: &'n BaseBackupOptions,
     /// The control file naming the pinned checkpoint.
     control: ControlFile,
@@ -203,9 +243,13 @@ fn mtime(meta: &fs::Metadata) -> u64 {
         .unwrap_or(0)
 }
 
-impl Backup<'_> {
+impl<S: BackupSource> Backup<'_, S> {
     fn tli(&self) -> TimelineId {
         self.control.checkpoint_timeline
+    }
+
+    fn dir(&self) -> DataDir {
+        DataDir::new(self.node.datadir())
     }
 
     fn run(&mut self, out: &mut dyn BackupOutput) -> Result<BackupDone, PgError> {
@@ -271,7 +315,7 @@ impl Backup<'_> {
     /// The pinned snapshot's chunk files.
     fn snapshot_files(&self) -> Result<Vec<SourceFile>, PgError> {
         let id = self.control.checkpoint_id;
-        let dir = crate::store::checkpoint::snapshot_dir(&self.node.dir.root, id);
+        let dir = crate::store::checkpoint::snapshot_dir(self.node.datadir(), id);
         (0..self.control.checkpoint_chunks)
             .map(|i| {
                 let name = format!("{BASE_DIR}/{id:016X}/{}", chunk_name(i));
@@ -287,9 +331,8 @@ impl Backup<'_> {
         let wal = if self.options.wal {
             let now = self
                 .node
-                .wal()
-                .map(|w| w.inserted())
-                .unwrap_or(self.control.redo_lsn);
+                .wal_position()
+                .map_or(self.control.redo_lsn, |(_, inserted)| inserted);
             (now.segno(seg).0 + 1).saturating_sub(self.control.redo_lsn.segno(seg).0) * seg.bytes()
         } else {
             0
@@ -313,7 +356,7 @@ impl Backup<'_> {
         };
         let text = label.to_text(self.control.wal_segment_size);
         self.append_bytes(tar, BACKUP_LABEL_FILE, text.as_bytes(), now)?;
-        let config = fs::read(self.node.dir.config_file()).map_err(|e| {
+        let config = fs::read(self.dir().config_file()).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("could not read file \"{CONFIG_FILE}\": {e}"),
@@ -348,7 +391,7 @@ impl Backup<'_> {
     /// segment switch so the last segment of the backup is complete.
     /// Returns the end of the backup-end record.
     fn stop_backup(&self) -> io::Result<Lsn> {
-        let tli = self.node.wal().map(|w| w.timeline());
+        let tli = self.node.wal_position().map(|(tli, _)| tli);
         if tli.is_some_and(|t| t != self.tli()) {
             return Err(io::Error::other(format!(
                 "the timeline changed from {} during the base backup",
@@ -381,7 +424,7 @@ impl Backup<'_> {
     /// holding `end`, each with a `.done` status (the primary archives them).
     fn append_wal(&mut self, tar: &mut tar::Builder<CopyWriter<'_>>, end: Lsn) -> io::Result<u64> {
         let seg = self.control.wal_segment_size;
-        let wal_dir = self.node.dir.wal();
+        let wal_dir = self.dir().wal();
         let mut names = Vec::new();
         for e in fs::read_dir(&wal_dir)? {
             let name = e?.file_name().to_string_lossy().into_owned();
@@ -407,12 +450,12 @@ impl Backup<'_> {
 
     /// WAIT: the last segment of the backup archived (`.done`), bounded.
     fn wait_for_archive(&self, end: Lsn) -> Result<(), PgError> {
-        if !self.options.wait || self.node.config.archive_mode == ArchiveMode::Off {
+        if !self.options.wait || self.node.archive_mode() == ArchiveMode::Off {
             return Ok(());
         }
         let seg = self.control.wal_segment_size;
         let name = last_segment(end, seg).file_name(self.tli(), seg);
-        let done = self.node.dir.archive_status().join(format!("{name}.done"));
+        let done = self.dir().archive_status().join(format!("{name}.done"));
         let deadline = Instant::now() + ARCHIVE_WAIT;
         while !done.exists() {
             if Instant::now() >= deadline {
@@ -428,7 +471,7 @@ impl Backup<'_> {
     }
 }
 
-impl Backup<'_> {
+impl<S: BackupSource> Backup<'_, S> {
     fn append_bytes(
         &mut self,
         tar: &mut tar::Builder<CopyWriter<'_>>,

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, select, Receiver, Sender};
 
 use super::Node;
 use crate::backup::pin::BackupPin;
@@ -106,8 +106,7 @@ impl Node {
         }))?;
         // Also makes every version in the snapshot durable (all are older).
         wal.wait_flushed(rec.end)?;
-        {
-            let mut c = self.control_mut();
+        self.control_file.update(|c| {
             c.checkpoint_lsn = rec.start;
             c.redo_lsn = redo;
             c.checkpoint_id = id;
@@ -119,8 +118,7 @@ impl Node {
             } else {
                 ClusterState::InProduction
             };
-            c.write(&*self.storage, &self.dir.root)?;
-        }
+        })?;
         // Snapshots a running base backup copies stay until it ends.
         let mut keep = self.backup_pins.pinned_snapshots();
         keep.push(id);
@@ -287,10 +285,14 @@ impl Node {
             drop(_guard);
             return self.checkpoint(cause).map(Some);
         }
+        let Some(progress) = &self.standby else {
+            // Never in recovery: nothing was replayed.
+            return Ok(None);
+        };
         let started = Instant::now();
         // Every record ending at or before `redo` is in the map already.
-        let redo = self.standby.replay_lsn();
-        let redo_tli = self.standby.replay_tli();
+        let replayed = progress.replayed.get();
+        let (redo, redo_tli) = (replayed.end, replayed.tli);
         let (id, chunks, old_redo, old_min) = {
             let c = self.control();
             (
@@ -307,16 +309,18 @@ impl Node {
         let snap = write_snapshot(&*self.storage, &self.dir.root, id, chunks, &self.store)?;
         // The snapshot may hold changes replayed while it was written: a
         // restart must replay at least that far before it is consistent.
-        let min_recovery_point = old_min.max(self.standby.replay_lsn());
-        {
-            let mut c = self.control_mut();
+        let min_recovery_point = old_min.max(progress.replayed.read(|r| r.end));
+        let target_tli = progress
+            .status
+            .read(|s| s.machine.as_ref().map(|m| m.target_tli));
+        self.control_file.update(|c| {
             c.checkpoint_lsn = redo;
             c.redo_lsn = redo;
             c.checkpoint_id = id;
             c.checkpoint_timeline = redo_tli;
             c.checkpoint_chunks = chunks;
             c.min_recovery_point = min_recovery_point;
-            if let Some(target) = self.standby.status().target_tli {
+            if let Some(target) = target_tli {
                 c.timeline = target;
             }
             c.state = if cause == CheckpointCause::Shutdown {
@@ -324,18 +328,18 @@ impl Node {
             } else {
                 ClusterState::InArchiveRecovery
             };
-            c.write(&*self.storage, &self.dir.root)?;
-        }
+        })?;
         let mut pinned = self.backup_pins.pinned_snapshots();
         pinned.push(id);
         remove_snapshots_except(&*self.storage, &self.dir.root, &pinned)
             .map_err(CheckpointError::Cleanup)?;
         let seg = self.segdir.seg_size();
         let keep = self.config.wal_keep_size.bytes().unwrap_or(0);
+        let received = progress.received.flushed_point().lsn;
         let mut horizon = redo
             .segno(seg)
-            .min(Lsn(self.standby.receive_lsn().0.saturating_sub(keep)).segno(seg));
-        if keep > 0 && self.standby.receive_lsn() == Lsn::INVALID {
+            .min(Lsn(received.0.saturating_sub(keep)).segno(seg));
+        if keep > 0 && received == Lsn::INVALID {
             horizon = SegNo(0);
         }
         if let Some(slot_min) = self.slots_min_restart_lsn() {
@@ -367,40 +371,41 @@ impl Node {
     }
 }
 
-/// Handle of the checkpointer thread.
+/// Handle of the checkpointer thread. Requests reach it through
+/// [`Node::request_checkpoint`].
 pub struct Checkpointer {
-    requests: Sender<CheckpointCause>,
+    /// Dropped to stop the thread.
+    stop: Option<Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
-    pub fn start(node: Arc<Node>) -> std::io::Result<Checkpointer> {
-        let (tx, rx) = bounded(4);
+    /// Start the thread serving `requests` (the receiving end of the
+    /// node's request channel) and its own triggers.
+    pub fn start(
+        node: Arc<Node>,
+        requests: Receiver<CheckpointCause>,
+    ) -> std::io::Result<Checkpointer> {
+        let (stop, stopped) = bounded(0);
         let thread = std::thread::Builder::new()
             .name("checkpointer".into())
-            .spawn(move || run(node, rx))?;
+            .spawn(move || run(node, requests, stopped))?;
         Ok(Checkpointer {
-            requests: tx,
+            stop: Some(stop),
             thread: Some(thread),
         })
     }
 
-    /// Ask for a checkpoint soon (does not wait). A full queue means one is
-    /// already pending, which serves this request too.
-    pub fn request(&self, cause: CheckpointCause) {
-        let _ = self.requests.try_send(cause);
-    }
-
     /// Stop the thread (the shutdown checkpoint is run by the caller).
     pub fn stop(mut self) {
-        drop(std::mem::replace(&mut self.requests, bounded(1).0));
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>) {
+fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>, stopped: Receiver<()>) {
     let _span = tracing::info_span!("checkpointer").entered();
     let timeout = node
         .config
@@ -415,20 +420,18 @@ fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>) {
         let wait = timeout
             .saturating_sub(last.elapsed())
             .min(VOLUME_CHECK_INTERVAL);
-        let cause = match requests.recv_timeout(wait) {
-            Ok(cause) => Some(cause),
-            Err(RecvTimeoutError::Disconnected) => return,
-            Err(RecvTimeoutError::Timeout) if last.elapsed() >= timeout => {
+        let cause = select! {
+            recv(requests) -> cause => match cause {
+                Ok(cause) => Some(cause),
+                Err(_) => return,
+            },
+            recv(stopped) -> _ => return,
+            default(wait) => if last.elapsed() >= timeout {
                 Some(CheckpointCause::Time)
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                let written = match node.wal() {
-                    Some(w) => w.inserted(),
-                    None => node.standby.replay_lsn(),
-                };
-                let since_redo = written.saturating_sub(node.control().redo_lsn);
+            } else {
+                let since_redo = node.replay_end().saturating_sub(node.control().redo_lsn);
                 (since_redo >= wal_trigger).then_some(CheckpointCause::Wal)
-            }
+            },
         };
         let Some(cause) = cause else { continue };
         let result = match node.wal() {

@@ -1,9 +1,70 @@
 //! The node's INFO sections (server, persistence, replication), in Redis's
-//! `field:value` format with walrep's own fields beside Redis's.
+//! `field:value` format with walrep's own fields beside Redis's, and the
+//! [`Snapshot`] the status server renders as `/status` and `/metrics`.
 
 use std::fmt::Write as _;
 
 use super::Node;
+use crate::status::{RecoverySnapshot, Snapshot, SnapshotProvider, SyncSnapshot, WalSnapshot};
+
+impl Node {
+    /// A standby's recovery: the status its startup process last
+    /// published and the positions redo and the walreceiver own. `None`
+    /// on a node started as a primary.
+    pub fn recovery_snapshot(&self) -> Option<RecoverySnapshot> {
+        let p = self.standby.as_ref()?;
+        let status = p.status.get();
+        let replayed = p.replayed.get();
+        let received = p.received.flushed_point();
+        let last = status.last_transition.as_deref();
+        Some(RecoverySnapshot {
+            state: status.machine.as_ref().map(|m| m.state),
+            wal_source: status.source,
+            receive_lsn: received.lsn,
+            receive_tli: received.tli,
+            replay_lsn: replayed.end,
+            replay_tli: replayed.tli,
+            records_replayed: replayed.records,
+            last_commit_us: replayed.last_commit_us,
+            target_tli: status.machine.as_ref().map(|m| m.target_tli),
+            consistent: status.consistent_at.is_some(),
+            last_transition: last.map(|t| t.summary.clone()),
+            last_transition_cause: last.and_then(|t| t.cause.clone()),
+            last_transition_at_ms: last.map_or(0, |t| t.at_ms),
+            transitions: status.transitions,
+        })
+    }
+}
+
+impl SnapshotProvider for Node {
+    fn snapshot(&self) -> Snapshot {
+        let c = self.control();
+        let (waiters, oldest) = self.syncrep.waiters();
+        Snapshot {
+            primary: self.is_primary(),
+            system_identifier: c.system_identifier,
+            cluster_state: c.state,
+            timeline: c.timeline,
+            checkpoint_lsn: c.checkpoint_lsn,
+            redo_lsn: c.redo_lsn,
+            wal: self.wal().map(|w| WalSnapshot {
+                timeline: w.timeline(),
+                insert_lsn: w.inserted(),
+                flush_lsn: w.flushed(),
+                stats: w.stats(),
+            }),
+            archiver: self.archiver_stats().map(|a| a.snapshot()),
+            recovery: self.recovery_snapshot(),
+            walsenders: self.registry().map(|r| r.snapshot()).unwrap_or_default(),
+            sync: SyncSnapshot {
+                standby_names: self.syncrep.config().map(|c| c.to_string()),
+                waiters,
+                oldest_wait_ms: oldest.map(|d| d.as_millis() as u64),
+                degraded: self.syncrep.is_degraded(),
+            },
+        }
+    }
+}
 
 pub fn section(node: &Node, name: &str) -> Option<String> {
     match name {
@@ -92,8 +153,11 @@ fn replication(node: &Node) -> String {
     let positions = node.standby_positions();
     let sync_states = node.syncrep.sync_states(&positions);
     let _ = write!(s, "role:{role}\r\n");
-    if !node.is_primary() || node.standby.status().state.is_some() {
-        standby_fields(node, &mut s);
+    if let Some(r) = node
+        .recovery_snapshot()
+        .filter(|r| !node.is_primary() || r.state.is_some())
+    {
+        standby_fields(node, &r, &mut s);
     }
     let _ = write!(s, "connected_slaves:{}\r\n", standbys.len());
     let mut direct = 0;
@@ -155,9 +219,7 @@ fn replication(node: &Node) -> String {
 
 /// A standby's view: its recovery state, where WAL comes from, how far it
 /// has received and replayed, and the last transition with its cause.
-fn standby_fields(node: &Node, s: &mut String) {
-    let st = &node.standby;
-    let status = st.status();
+fn standby_fields(node: &Node, r: &RecoverySnapshot, s: &mut String) {
     let conninfo = Some(node.config.primary_conninfo.trim())
         .filter(|c| !c.is_empty())
         .and_then(|c| crate::replication::client::ConnInfo::parse(c).ok());
@@ -165,33 +227,29 @@ fn standby_fields(node: &Node, s: &mut String) {
         .as_ref()
         .map(|c| (c.host.clone(), c.port))
         .unwrap_or_default();
-    let receive = st.receive_lsn();
-    let replay = st.replay_lsn();
-    let streaming = status.source == Some(crate::states::recovery::WalSource::Stream);
-    let commit_us = st
-        .last_replayed_commit_us
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let (receive, replay) = (r.receive_lsn, r.replay_lsn);
+    let streaming = r.wal_source == Some(crate::states::recovery::WalSource::Stream);
     let now_us = crate::store::control::now_ms() * 1000;
-    let replay_lag_ms = if commit_us == 0 || receive <= replay {
+    let replay_lag_ms = if r.last_commit_us == 0 || receive <= replay {
         0
     } else {
-        now_us.saturating_sub(commit_us) / 1000
+        now_us.saturating_sub(r.last_commit_us) / 1000
     };
     let _ = write!(
         s,
         "master_host:{host}\r\nmaster_port:{port}\r\nmaster_link_status:{}\r\nrecovery_state:{}\r\nwal_source:{}\r\nreceive_lsn:{receive}\r\nreceive_tli:{}\r\nreplay_lsn:{replay}\r\nreplay_tli:{}\r\nreplay_lag_bytes:{}\r\nreplay_lag_ms:{replay_lag_ms}\r\nrecords_replayed:{}\r\ntarget_timeline:{}\r\nconsistent:{}\r\nlast_transition:{}\r\nlast_transition_cause:{}\r\nlast_transition_time_ms:{}\r\ntransitions:{}\r\n",
         if streaming { "up" } else { "down" },
-        status.state.map(|k| k.to_string()).unwrap_or_else(|| "Starting".into()),
-        status.source.map(|k| k.to_string()).unwrap_or_default(),
-        st.receive_tli.load(std::sync::atomic::Ordering::Relaxed),
-        st.replay_tli().0,
+        r.state.map(|k| k.to_string()).unwrap_or_else(|| "Starting".into()),
+        r.wal_source.map(|k| k.to_string()).unwrap_or_default(),
+        r.receive_tli.0,
+        r.replay_tli.0,
         receive.saturating_sub(replay),
-        st.records_replayed.load(std::sync::atomic::Ordering::Relaxed),
-        status.target_tli.map(|t| t.0).unwrap_or(0),
-        status.consistent_at.is_some() as u8,
-        status.last_transition.unwrap_or_default(),
-        status.last_transition_cause.unwrap_or_default(),
-        status.last_transition_at_ms,
-        status.transitions,
+        r.records_replayed,
+        r.target_tli.map(|t| t.0).unwrap_or(0),
+        r.consistent as u8,
+        r.last_transition.as_deref().unwrap_or_default(),
+        r.last_transition_cause.as_deref().unwrap_or_default(),
+        r.last_transition_at_ms,
+        r.transitions,
     );
 }

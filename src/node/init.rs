@@ -7,20 +7,33 @@
 
 use std::path::Path;
 
-use anyhow::Context as _;
-
 use crate::config::Config;
-use crate::datadir::DataDir;
-use crate::storage::{durable_create, sync_dir, StdStorage};
-use crate::store::checkpoint::write_snapshot;
-use crate::store::control::{generate_system_identifier, now_ms};
+use crate::datadir::{DataDir, DataDirError};
+use crate::storage::{durable_create, sync_dir, StdStorage, StorageError};
+use crate::store::checkpoint::{write_snapshot, SnapshotError};
+use crate::store::control::{generate_system_identifier, now_ms, ControlError};
 use crate::store::{ClusterState, ControlFile, Store};
-use crate::wal::{initial_lsn, Checkpoint, Wal, WalConfig, XlogRecord};
+use crate::wal::{initial_lsn, Checkpoint, Wal, WalConfig, WalError, XlogRecord};
 use crate::{Lsn, TimelineId, WalSegSize};
+
+/// Why `walrep init` failed; what it wrote so far is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("could not write the first WAL segment: {0}")]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
 
 /// Create a data directory at `path` (with the real storage: no node runs
 /// on it yet).
-pub fn init(path: &Path, seg_size: WalSegSize) -> anyhow::Result<ControlFile> {
+pub fn init(path: &Path, seg_size: WalSegSize) -> Result<ControlFile, InitError> {
     let storage = StdStorage;
     let dir = DataDir::new(path);
     dir.create_layout(&storage)?;
@@ -43,8 +56,7 @@ pub fn init(path: &Path, seg_size: WalSegSize) -> anyhow::Result<ControlFile> {
         seg_size,
         initial_lsn(seg_size),
         Lsn::INVALID,
-    ))
-    .context("could not write the first WAL segment")?;
+    ))?;
     let redo = wal.inserted();
     let rec = wal.log_xlog(&XlogRecord::Checkpoint(Checkpoint {
         redo,

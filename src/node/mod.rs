@@ -3,72 +3,101 @@
 //! a standby the recovery runtime) and stops them in PostgreSQL's order.
 //!
 //! # Layout
+//! - `running`: [`RunningNode`], start-up and fast shutdown.
 //! - [`init`]: `walrep init`, a new data directory with its first checkpoint.
 //! - [`recovery`]: crash recovery (snapshot + redo to the end of WAL).
 //! - [`checkpoint`]: the checkpointer, restartpoints and WAL removal.
-//! - [`info`]: the node's INFO sections.
+//! - [`info`]: the node's INFO sections and its status snapshot.
 //! - [`replication`]: the node as a replication source; standby replies.
 
 pub mod checkpoint;
+mod error;
 pub mod info;
 pub mod init;
 pub mod recovery;
 pub mod replication;
+mod running;
 
-use std::net::{IpAddr, SocketAddr};
+pub use error::NodeError;
+pub use running::{RunningNode, StartOptions};
+
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use crate::archive::{self, ArchiveNotifier, ArchiverConfig, ArchiverHandle};
-use crate::config::{ArchiveMode, Config};
+use crate::config::Config;
 pub use crate::datadir::{DataDir, DataDirLock};
 use crate::replication::registry::WalSenderRegistry;
-use crate::replication::server::{ServerHandle as ReplicationServerHandle, ServerOptions};
 use crate::replication::slots::SlotManager;
-use crate::server::{Backend, Role, Server, ServerSettings, WriteError};
-use crate::standby::{StandbyRuntime, StandbyState};
-use crate::storage::{PoisonOnSyncFailure, StdStorage, Storage};
-use crate::store::{ClusterState, ControlFile, Level, Store};
-use crate::syncrep::{self, SyncRep};
+use crate::server::{Backend, Role, WriteError};
+use crate::standby::{NodeHooks, StandbyError, StandbyProgress};
+use crate::storage::{Storage, SyncFailure};
+use crate::store::{ControlFile, ControlFileOwner, Level, Store};
+use crate::syncrep::SyncRep;
 use crate::wal::writer::FlushHook;
-use crate::wal::{SegmentDir, Wal, WalConfig, WalError, WalEvent};
+use crate::wal::{SegmentDir, Wal, WalError, WalEvent};
+use crate::watch::Watch;
 use crate::Lsn;
-use checkpoint::{CheckpointCause, CheckpointDone, Checkpointer};
+use checkpoint::{CheckpointCause, CheckpointDone};
 
 const ROLE_PRIMARY: u8 = 0;
 const ROLE_STANDBY: u8 = 1;
 const ROLE_RECOVERING: u8 = 2;
 
 /// Why a running node should stop.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum ExitRequest {
     /// SIGINT or SIGTERM.
     Signal(i32),
-    /// The node cannot go on: recovery failed (PostgreSQL's FATAL in the
-    /// startup process), or an fsync failed (its PANIC).
-    Fatal(String),
+    /// The node cannot go on.
+    Fatal(FatalError),
 }
 
-/// Shared state of one node; every thread holds an `Arc<Node>`.
+/// Why a node cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum FatalError {
+    /// Recovery cannot go on (PostgreSQL's FATAL in the startup process).
+    #[error(transparent)]
+    Recovery(#[from] StandbyError),
+    /// An fsync failed (PostgreSQL's PANIC): what was written may be lost,
+    /// and an fsync is never retried.
+    #[error(
+        "{0}; stopping: after a failed fsync the data may be lost, and an fsync \
+         is never retried (restart to recover from the WAL)"
+    )]
+    SyncFailed(SyncFailure),
+}
+
+/// Shared state of one node, owned by [`RunningNode`]. The node's own
+/// threads (checkpointer, WAL event listener) hold it; everything else sees
+/// it through a narrow interface: the Redis front end as `Backend`,
+/// walsenders as [`replication::NodeSource`], base backups as
+/// [`BackupSource`](crate::backup::server::BackupSource), the status server
+/// as [`SnapshotProvider`](crate::status::SnapshotProvider) and the standby
+/// runtime as [`NodeHooks`] beside its own handles.
 pub struct Node {
     pub dir: DataDir,
     pub config: Arc<Config>,
     /// Every durable write of the node goes through it; the first failed
-    /// fsync poisons it and stops the node ([`PoisonOnSyncFailure`]).
+    /// fsync poisons it and stops the node
+    /// ([`crate::storage::PoisonOnSyncFailure`]).
     pub storage: Arc<dyn Storage>,
-    control: Mutex<ControlFile>,
-    pub store: Store,
+    /// The control file; every update goes through it.
+    pub control_file: Arc<ControlFileOwner>,
+    pub store: Arc<Store>,
     /// The WAL writer; `None` on a standby until it is promoted.
     wal: RwLock<Option<Arc<Wal>>>,
     role: AtomicU8,
     pub syncrep: Arc<SyncRep>,
     checkpoint_lock: Mutex<()>,
     last_checkpoint: Mutex<Option<(CheckpointDone, u64)>>,
+    /// Requests to the checkpointer thread (bounded; a full queue already
+    /// holds a request that serves this one too).
+    checkpoint_requests: Sender<CheckpointCause>,
     pub started_at: Instant,
     pub ports: Mutex<Ports>,
     shutting_down: AtomicBool,
@@ -78,14 +107,12 @@ pub struct Node {
     /// Replication slots (`slots/`).
     pub slots: Arc<SlotManager>,
     registry: Mutex<Option<Arc<WalSenderRegistry>>>,
-    /// A standby's flush point (walreceiver / restored WAL); unused on a primary.
-    standby_flush: Mutex<replication::FlushPoint>,
-    /// Notified when `standby_flush` or the timeline changes.
-    pub flush_changed: replication::FlushSignal,
-    /// Notified on every standby reply (WAIT).
-    replies: replication::FlushSignal,
-    /// Replay and receive positions, recovery state and last transition.
-    pub standby: StandbyState,
+    /// Directly connected standbys' positions, published on every reply
+    /// (WAIT).
+    replies: Watch<Vec<crate::syncrep::StandbyPosition>>,
+    /// A standby's progress, as its runtime publishes it (kept after a
+    /// promotion, for INFO); `None` on a node started as a primary.
+    pub standby: Option<StandbyProgress>,
     /// Threads that follow the WAL writer (started with it, also at promotion).
     wal_threads: Mutex<WalThreads>,
     /// Where a fatal recovery error or a signal asks the node to stop.
@@ -114,12 +141,9 @@ pub struct Ports {
 }
 
 impl Node {
-    pub fn control(&self) -> MutexGuard<'_, ControlFile> {
-        self.control.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn control_mut(&self) -> MutexGuard<'_, ControlFile> {
-        self.control()
+    /// A copy of the control file as last written.
+    pub fn control(&self) -> ControlFile {
+        self.control_file.get()
     }
 
     pub fn wal(&self) -> Option<Arc<Wal>> {
@@ -131,7 +155,7 @@ impl Node {
     }
 
     /// A standby replayed up to its consistency point: reads are served.
-    pub fn set_consistent(&self) {
+    fn set_consistent(&self) {
         let _ = self.role.compare_exchange(
             ROLE_RECOVERING,
             ROLE_STANDBY,
@@ -172,23 +196,20 @@ impl Node {
         let _ = self.exit_tx.try_send(why);
     }
 
-    /// Set a standby's flush point (what cascading walsenders may send).
-    pub fn set_standby_flush(&self, point: replication::FlushPoint) {
-        let changed = {
-            let mut f = self.standby_flush.lock().unwrap_or_else(|e| e.into_inner());
-            let changed = *f != point;
-            *f = point;
-            changed
-        };
-        if changed {
-            self.flush_changed.notify();
+    /// End of the last record in the store: the WAL writer's insert
+    /// position on a primary, the replay position on a standby.
+    pub fn replay_end(&self) -> Lsn {
+        match (self.wal(), &self.standby) {
+            (Some(wal), _) => wal.inserted(),
+            (None, Some(p)) => p.replayed.read(|r| r.end),
+            (None, None) => Lsn::INVALID,
         }
     }
 
     /// Make `wal` the node's WAL writer and start what follows it (the WAL
     /// event listener; the archiver where `archive_mode` wants one on a
     /// primary). Used at start-up of a primary and at promotion.
-    pub fn attach_wal(self: &Arc<Self>, wal: Arc<Wal>) -> anyhow::Result<()> {
+    pub fn attach_wal(&self, wal: Arc<Wal>) -> std::io::Result<()> {
         *self.wal.write().unwrap_or_else(|e| e.into_inner()) = Some(wal.clone());
         wal.set_flush_hook(flush_hook(
             self.store.visibility().clone(),
@@ -202,18 +223,22 @@ impl Node {
         let notifier = self.ensure_archiver(false)?;
         let listener = start_wal_listener(&wal, notifier)?;
         self.wal_threads().listener = Some(listener);
-        self.flush_changed.notify();
         Ok(())
     }
 
     /// Become a primary: writes are accepted from now on.
     pub fn accept_writes(&self) {
         self.role.store(ROLE_PRIMARY, Ordering::SeqCst);
-        self.flush_changed.notify();
+    }
+
+    /// Ask the checkpointer for a checkpoint soon (does not wait).
+    pub fn request_checkpoint(&self, cause: CheckpointCause) {
+        let _ = self.checkpoint_requests.try_send(cause);
     }
 
     /// Start the archiver if `archive_mode` asks for one in this role.
-    fn ensure_archiver(&self, in_recovery: bool) -> anyhow::Result<Option<ArchiveNotifier>> {
+    /// Fails only if its thread cannot be started.
+    fn ensure_archiver(&self, in_recovery: bool) -> std::io::Result<Option<ArchiveNotifier>> {
         let mut t = self.wal_threads();
         if let Some((h, _)) = &t.archiver {
             return Ok(Some(h.notifier()));
@@ -225,7 +250,11 @@ impl Node {
         let handle = archive::spawn_archiver(
             ArchiverConfig::from_config(&self.dir.root, &self.config, self.storage.clone()),
             rx,
-        )?;
+        )
+        .map_err(|e| match e {
+            archive::ArchiveError::Thread(e) => e,
+            other => std::io::Error::other(other),
+        })?;
         let notifier = handle.notifier();
         t.archiver_stats = Some(handle.stats_handle());
         t.archiver = Some((handle, tx));
@@ -243,7 +272,7 @@ impl Node {
 fn wal_error(e: WalError) -> WriteError {
     match e {
         WalError::ShutDown => WriteError::ShuttingDown,
-        other => WriteError::WalFailed(other.to_string()),
+        other => WriteError::WalFailed(other),
     }
 }
 
@@ -317,362 +346,31 @@ impl Backend for Node {
     }
 }
 
-/// A node with its threads running.
-pub struct RunningNode {
-    pub node: Arc<Node>,
-    server: Option<Server>,
-    replication: Option<ReplicationServerHandle>,
-    checkpointer: Option<Checkpointer>,
-    standby: Option<StandbyRuntime>,
-    status: Option<crate::status::StatusServer>,
-    exit_rx: Receiver<ExitRequest>,
-    lock: DataDirLock,
-}
-
-/// Options of `walrep start`.
-#[derive(Debug, Clone, Default)]
-pub struct StartOptions {
-    /// `-c name=value` overrides.
-    pub overrides: Vec<String>,
-    /// The storage under the node's (a test's `FaultyStorage`);
-    /// `StdStorage` when `None`.
-    pub storage: Option<Arc<dyn Storage>>,
-}
-
-/// The node's storage: the given one or the real one, wrapped so that the
-/// first failed fsync refuses every later write and asks the node to stop
-/// with a fatal error naming the file and the OS error.
-fn node_storage(opts: &StartOptions, exit_tx: Sender<ExitRequest>) -> Arc<dyn Storage> {
-    let inner = opts.storage.clone().unwrap_or_else(|| Arc::new(StdStorage));
-    Arc::new(PoisonOnSyncFailure::new(inner, move |failure| {
-        let _ = exit_tx.try_send(ExitRequest::Fatal(format!(
-            "{failure}; stopping: after a failed fsync the data may be lost, \
-             and an fsync is never retried (restart to recover from the WAL)"
-        )));
-    }))
-}
-
-impl RunningNode {
-    /// Start the node in `datadir`: a primary recovers and serves; with
-    /// `standby.signal` a standby starts its recovery runtime.
-    pub fn start(
-        datadir: impl Into<std::path::PathBuf>,
-        opts: &StartOptions,
-    ) -> anyhow::Result<RunningNode> {
-        let dir = DataDir::new(datadir);
-        dir.check()?;
-        let config = Config::load(&dir.config_file(), &opts.overrides)?;
-        let sync_config = syncrep::standby_names::parse(&config.synchronous_standby_names)?;
-        let lock = DataDirLock::acquire(
-            &dir,
-            &[
-                ("port", config.port),
-                ("replication_port", config.replication_port),
-            ],
-        )?;
-        let (exit_tx, exit_rx) = crossbeam_channel::bounded(8);
-        let storage = node_storage(opts, exit_tx.clone());
-        if let Err(e) = crate::standby::trigger::remove_stale_promote_request(&*storage, &dir.root)
-        {
-            tracing::warn!(error = %e, "could not remove a stale promote request");
-        }
-        let control = ControlFile::read(&dir.root)?;
-        let standby = dir.is_standby();
-        let segdir = Arc::new(SegmentDir::open(
-            &dir.wal(),
-            control.wal_segment_size,
-            storage.clone(),
-        )?);
-        let store = Store::new();
-        let snapshot = crate::store::checkpoint::load_snapshot(
-            &dir.root,
-            control.checkpoint_id,
-            control.checkpoint_chunks,
-            &store,
-        )?;
-        tracing::info!(checkpoint = %control.checkpoint_lsn, redo = %control.redo_lsn, keys = snapshot.keys, state = %control.state, "loaded the last checkpoint");
-        let slots = SlotManager::open(
-            storage.clone(),
-            &dir.root,
-            config.max_replication_slots as usize,
-            config.max_slot_wal_keep_size.bytes(),
-        )?;
-        let syncrep = Arc::new(SyncRep::new(
-            sync_config,
-            store.visibility().clone(),
-            config.synchronous_standby_timeout.get(),
-        ));
-        let flush = replication::FlushPoint {
-            tli: control.timeline,
-            lsn: control.min_recovery_point.max(control.redo_lsn),
-        };
-        let config = Arc::new(config);
-        let node = Arc::new(Node {
-            dir,
-            config: config.clone(),
-            storage,
-            control: Mutex::new(control),
-            store,
-            wal: RwLock::new(None),
-            role: AtomicU8::new(if standby {
-                ROLE_RECOVERING
-            } else {
-                ROLE_PRIMARY
-            }),
-            syncrep,
-            checkpoint_lock: Mutex::new(()),
-            last_checkpoint: Mutex::new(None),
-            started_at: Instant::now(),
-            ports: Mutex::new(Ports::default()),
-            shutting_down: AtomicBool::new(false),
-            segdir,
-            slots,
-            registry: Mutex::new(None),
-            standby_flush: Mutex::new(flush),
-            flush_changed: replication::FlushSignal::default(),
-            replies: replication::FlushSignal::default(),
-            standby: StandbyState::default(),
-            wal_threads: Mutex::new(WalThreads::default()),
-            exit_tx,
-            backup_pins: crate::backup::pin::BackupPins::new(),
-            instance_id: rand::random(),
-        });
-        let mut running = RunningNode {
-            node: node.clone(),
-            server: None,
-            replication: None,
-            checkpointer: None,
-            standby: None,
-            status: None,
-            exit_rx,
-            lock,
-        };
-        if standby {
-            node.ensure_archiver(true)?;
-            running.standby = Some(StandbyRuntime::start(node.clone())?);
-        } else {
-            start_primary(&node)?;
-        }
-        running.checkpointer = Some(Checkpointer::start(node.clone())?);
-        running.start_listeners()?;
-        Ok(running)
+/// What the standby runtime asks of the node.
+impl NodeHooks for Node {
+    fn reached_consistency(&self, _at: Lsn) {
+        self.set_consistent();
     }
 
-    fn start_listeners(&mut self) -> anyhow::Result<()> {
-        let node = self.node.clone();
-        let config = &node.config;
-        let addr = listen_addr(&config.listen_addresses, config.port)?;
-        let settings = ServerSettings::from_config(config, &node.dir.root)?;
-        let server = Server::start(addr, node.clone(), settings)
-            .with_context(|| format!("could not listen on {addr} (port)"))?;
-        self.replication = Some(start_replication(&node)?);
-        if config.status_port != 0 {
-            let addr = listen_addr(&config.listen_addresses, config.status_port)?;
-            let status = crate::status::StatusServer::start(addr, node.clone())
-                .with_context(|| format!("could not listen on {addr} (status_port)"))?;
-            tracing::info!(addr = %status.local_addr(), "status endpoint ready: /status, /metrics");
-            self.status = Some(status);
-        }
-        let ports = {
-            let mut p = node.ports.lock().unwrap_or_else(|e| e.into_inner());
-            p.redis = server.local_addr().port();
-            *p
-        };
-        self.lock.record_ports(&[
-            ("port", ports.redis),
-            ("replication_port", ports.replication),
-        ])?;
-        let what = if node.is_primary() {
-            "database system is ready to accept connections"
-        } else {
-            "standby is running; it accepts read-only connections once consistent"
-        };
-        tracing::info!(addr = %server.local_addr(), tls_addr = ?server.tls_addr(), replication_port = ports.replication, "{what}");
-        self.server = Some(server);
-        Ok(())
+    fn wake_archiver(&self) {
+        self.notify_archiver();
     }
 
-    /// The address clients connect to.
-    pub fn redis_addr(&self) -> Option<SocketAddr> {
-        self.server.as_ref().map(|s| s.local_addr())
+    fn attach_wal(&self, wal: Arc<Wal>) -> std::io::Result<()> {
+        Node::attach_wal(self, wal)
     }
 
-    /// Block until SIGINT or SIGTERM, or until recovery fails fatally.
-    pub fn wait_for_exit(&self) -> anyhow::Result<ExitRequest> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-        let handle = signals.handle();
-        let tx = self.node.exit_tx.clone();
-        let forwarder = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    let _ = tx.send(ExitRequest::Signal(sig));
-                }
-            })?;
-        let why = self
-            .exit_rx
-            .recv()
-            .unwrap_or(ExitRequest::Signal(signal_hook::consts::SIGTERM));
-        handle.close();
-        let _ = forwarder.join();
-        Ok(why)
+    fn accept_writes(&self) {
+        Node::accept_writes(self);
     }
 
-    /// PostgreSQL's fast shutdown: stop accepting, let in-flight commits
-    /// finish (those still waiting for a standby after a grace period get an
-    /// error, never "OK"), stop recovery, write a shutdown checkpoint (or a
-    /// restartpoint on a standby), stop the WAL writer.
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        let node = self.node.clone();
-        tracing::info!("received shutdown request; shutting down");
-        if let Some(server) = self.server.take() {
-            stop_server(&node, server);
-        }
-        if let Some(c) = self.checkpointer.take() {
-            c.stop();
-        }
-        if let Some(s) = self.status.take() {
-            s.stop();
-        }
-        if let Some(s) = self.standby.take() {
-            s.stop();
-        }
-        node.shutting_down.store(true, Ordering::SeqCst);
-        let result = if node.wal().is_some_and(|w| w.poisoned().is_none()) {
-            node.checkpoint(CheckpointCause::Shutdown)
-                .map(|_| ())
-                .map_err(anyhow::Error::from)
-        } else if node.wal().is_none() {
-            node.restartpoint(CheckpointCause::Shutdown)
-                .map(|_| ())
-                .map_err(anyhow::Error::from)
-        } else {
-            Ok(())
-        };
-        // Walsenders send everything up to the shutdown checkpoint, wait
-        // (bounded) for their standbys to confirm it, then end with COPY 0.
-        if let Some(r) = self.replication.take() {
-            r.shutdown();
-        }
-        if let Some(wal) = node.wal() {
-            let _ = wal.shutdown();
-        }
-        let threads = std::mem::take(&mut *node.wal_threads());
-        if let Some(t) = threads.listener {
-            let _ = t.join();
-        }
-        if let Some((handle, tx)) = threads.archiver {
-            let _ = tx.send(());
-            let _ = handle.join();
-        }
-        tracing::info!("database system is shut down");
-        result
+    fn request_checkpoint(&self) {
+        Node::request_checkpoint(self, CheckpointCause::EndOfRecovery);
     }
-}
 
-/// Recover a primary from its WAL and start its WAL writer.
-fn start_primary(node: &Arc<Node>) -> anyhow::Result<()> {
-    let control = node.control().clone();
-    if control.state != ClusterState::ShutDown {
-        tracing::warn!(state = %control.state, "database system was not properly shut down; automatic recovery in progress");
+    fn fatal(&self, error: StandbyError) {
+        self.request_exit(ExitRequest::Fatal(FatalError::Recovery(error)));
     }
-    let history = crate::wal::read_history(&node.dir.wal(), control.timeline).map_err(|e| {
-        anyhow::anyhow!(
-            "could not read the history of timeline {}: {e}",
-            control.timeline
-        )
-    })?;
-    let rec = recovery::replay_to_end(&node.dir.root, &control, history, &node.store)?;
-    tracing::info!(records = rec.records_replayed, end = %rec.end, elapsed_ms = rec.elapsed_ms, "recovery complete");
-    let mut wal_cfg = WalConfig::new(
-        node.dir.wal(),
-        control.system_identifier,
-        control.timeline,
-        control.wal_segment_size,
-        rec.end,
-        rec.prev_record,
-    );
-    wal_cfg.segdir = Some(node.segdir.clone());
-    wal_cfg.archive_mode = node.config.archive_mode != ArchiveMode::Off;
-    wal_cfg.wal_writer_delay = node
-        .config
-        .wal_writer_delay
-        .get()
-        .unwrap_or(Duration::from_millis(200));
-    let wal = Arc::new(Wal::start(wal_cfg).context("could not start the WAL writer")?);
-    {
-        let mut c = node.control_mut();
-        c.state = ClusterState::InProduction;
-        c.write(&*node.storage, &node.dir.root)?;
-    }
-    node.attach_wal(wal)?;
-    if control.state != ClusterState::ShutDown {
-        // PostgreSQL ends crash recovery with a checkpoint so the WAL just
-        // replayed is not needed again.
-        node.checkpoint(CheckpointCause::EndOfRecovery)?;
-    }
-    Ok(())
-}
-
-/// Stop the front end: sessions finish their in-flight commits; those still
-/// waiting for a synchronous standby after the grace period are failed.
-fn stop_server(node: &Arc<Node>, mut server: Server) {
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
-    let stopper = std::thread::spawn(move || {
-        server.shutdown();
-        let _ = done_tx.send(());
-    });
-    if done_rx.recv_timeout(SYNC_WAIT_GRACE).is_err() {
-        tracing::warn!("commits still waiting for synchronous standbys after {SYNC_WAIT_GRACE:?}: failing them");
-        node.syncrep.shutdown();
-    }
-    let _ = stopper.join();
-}
-
-/// Bind the replication port and start the walsender listener.
-fn start_replication(node: &Arc<Node>) -> anyhow::Result<ReplicationServerHandle> {
-    let config = &node.config;
-    let addr = listen_addr(&config.listen_addresses, config.replication_port)?;
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("could not listen on {addr} (replication_port)"))?;
-    let registry = WalSenderRegistry::new(config.max_wal_senders as usize);
-    registry.set_observer(Arc::new(replication::ReplyObserver {
-        node: Arc::downgrade(node),
-    }));
-    *node.registry.lock().unwrap_or_else(|e| e.into_inner()) = Some(registry.clone());
-    let options = ServerOptions {
-        instance_id: node.instance_id,
-        ..ServerOptions::from_config(config, &node.dir.root)?
-    };
-    let handle = crate::replication::server::spawn(
-        listener,
-        Arc::new(replication::NodeSource::new(node)),
-        node.slots.clone(),
-        registry,
-        options,
-    )?;
-    node.ports
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .replication = handle.local_addr().port();
-    Ok(handle)
-}
-
-/// How long fast shutdown lets commits wait for synchronous standbys.
-const SYNC_WAIT_GRACE: Duration = Duration::from_secs(5);
-
-fn listen_addr(listen: &str, port: u16) -> anyhow::Result<SocketAddr> {
-    let host = listen.split(',').next().unwrap_or("127.0.0.1").trim();
-    let host = if host == "*" || host.is_empty() {
-        "0.0.0.0"
-    } else {
-        host
-    };
-    let ip: IpAddr = host
-        .parse()
-        .with_context(|| format!("invalid listen_addresses {listen:?}: expected an IP address"))?;
-    Ok(SocketAddr::new(ip, port))
 }
 
 /// What every WAL flush does inline, before its waiters are released: make

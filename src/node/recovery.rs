@@ -5,9 +5,8 @@
 use std::time::Instant;
 
 use crate::store::checkpoint::{load_snapshot, SnapshotError};
-use crate::store::record::{self, RM_KV};
-use crate::store::{ControlFile, Store};
-use crate::wal::{ReadError, ReaderConfig, Record, WalReader};
+use crate::store::{ApplyError, ControlFile, Store};
+use crate::wal::{ReadError, ReaderConfig, WalReader};
 use crate::{Lsn, TimelineHistory};
 
 /// What recovery found.
@@ -31,23 +30,8 @@ pub enum RecoveryError {
     Snapshot(#[from] SnapshotError),
     #[error("could not read WAL during recovery: {0}")]
     Read(ReadError),
-    #[error("WAL record at {lsn} does not decode: {reason}")]
-    BadPayload { lsn: Lsn, reason: String },
-    #[error("could not read timeline history: {0}")]
-    History(String),
-}
-
-/// Apply one replayed record to the store. XLOG records carry nothing the
-/// store needs; key-value records are blind writes.
-pub fn apply_record(store: &Store, rec: &Record) -> Result<(), RecoveryError> {
-    if rec.rmid == RM_KV {
-        let kv = record::decode(&rec.payload).map_err(|e| RecoveryError::BadPayload {
-            lsn: rec.lsn,
-            reason: e.to_string(),
-        })?;
-        store.apply_replayed(rec.end, &kv.ops);
-    }
-    Ok(())
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
 }
 
 /// Load the snapshot named by `control` into `store` and replay the WAL of
@@ -92,7 +76,7 @@ pub fn replay_to_end(
     let stop = loop {
         match reader.read_record() {
             Ok(rec) => {
-                apply_record(store, &rec)?;
+                store.apply_record(&rec)?;
                 prev_record = rec.lsn;
                 records += 1;
             }

@@ -3,8 +3,8 @@
 //! (synchronous replication releases, WAIT, replication slots).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use super::Node;
 use crate::replication::registry::{
@@ -13,7 +13,8 @@ use crate::replication::registry::{
 pub use crate::replication::source::FlushPoint;
 use crate::replication::source::{ReplicationSource, SourceError};
 use crate::syncrep::StandbyPosition;
-use crate::wal::RawReader;
+use crate::wal::{RawReader, SegmentError};
+use crate::watch::{Subscription, Watch};
 use crate::{Lsn, TimelineId, WalSegSize};
 
 /// Most idle raw readers kept for reuse (one per concurrently reading walsender).
@@ -64,21 +65,16 @@ impl ReplicationSource for NodeSource {
         }
     }
 
-    fn wait_for_flush(&self, seen: FlushPoint, timeout: Duration) -> FlushPoint {
-        let Some(node) = self.node() else {
-            std::thread::sleep(timeout.min(Duration::from_millis(100)));
-            return self.flush_point();
-        };
-        if let Some(wal) = node.wal() {
-            // The WAL writer wakes us directly on every flush: the shortest
-            // path from a commit's fdatasync to the standby.
-            if wal.timeline() == seen.tli {
-                let _ = wal.wait_flush_beyond(seen.lsn, timeout);
+    fn subscribe_flush(&self) -> Subscription {
+        match self.node() {
+            Some(node) => node.subscribe_flush(),
+            None => {
+                // Shutting down: one token, then nothing will move again.
+                let gone = Watch::new(());
+                gone.close();
+                gone.subscribe()
             }
-            return node.flush_point();
         }
-        node.flush_changed
-            .wait(seen, timeout, || node.flush_point())
     }
 
     fn read_wal(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> Result<(), SourceError> {
@@ -99,19 +95,15 @@ impl ReplicationSource for NodeSource {
                 pool.push(reader);
             }
         }
-        result.map_err(|e| {
-            let text = e.to_string();
-            if text.contains("has already been removed") {
-                SourceError::SegmentRemoved {
-                    file_name: start.segno(self.seg_size).file_name(tli, self.seg_size),
-                }
-            } else {
-                SourceError::Read {
-                    tli,
-                    lsn: start,
-                    reason: text,
-                }
-            }
+        result.map_err(|e| match e {
+            SegmentError::Removed { .. } => SourceError::SegmentRemoved {
+                file_name: start.segno(self.seg_size).file_name(tli, self.seg_size),
+            },
+            other => SourceError::Read {
+                tli,
+                lsn: start,
+                reason: other.to_string(),
+            },
         })
     }
 
@@ -162,65 +154,46 @@ impl ReplicationSource for NodeSource {
                 "the node is shutting down",
             )
         })?;
-        crate::backup::server::serve(&node, options, out).map(|_| ())
+        crate::backup::server::serve(&*node, options, out).map(|_| ())
     }
 }
 
-/// A flush point that waiters can block on (a standby's walreceiver and redo
-/// advance it; promotion changes its timeline).
-#[derive(Debug, Default)]
-pub struct FlushSignal {
-    version: Mutex<u64>,
-    cv: Condvar,
-}
+/// The node as the source of a base backup.
+impl crate::backup::server::BackupSource for Node {
+    type CheckpointError = super::checkpoint::CheckpointError;
 
-impl FlushSignal {
-    /// Something changed: wake every waiter.
-    pub fn notify(&self) {
-        *self.version.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.cv.notify_all();
+    fn datadir(&self) -> &std::path::Path {
+        &self.dir.root
     }
 
-    /// The number of notifications so far (take it before checking a
-    /// condition, then `wait_past` it, so no notification is missed).
-    pub fn version(&self) -> u64 {
-        *self.version.lock().unwrap_or_else(|e| e.into_inner())
+    fn is_primary(&self) -> bool {
+        Node::is_primary(self)
     }
 
-    /// Wait for a notification after `version`, at most `timeout`.
-    pub fn wait_past(&self, version: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut v = self.version.lock().unwrap_or_else(|e| e.into_inner());
-        while *v == version {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            v = self
-                .cv
-                .wait_timeout(v, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+    fn is_shutting_down(&self) -> bool {
+        Node::is_shutting_down(self)
     }
 
-    /// Wait until `current()` differs from `seen` or `timeout` passes.
-    pub fn wait(
+    fn archive_mode(&self) -> crate::config::ArchiveMode {
+        self.config.archive_mode
+    }
+
+    fn checkpoint(&self) -> Result<(), Self::CheckpointError> {
+        Node::checkpoint(self, super::checkpoint::CheckpointCause::Requested).map(|_| ())
+    }
+
+    fn pin_last_checkpoint(
         &self,
-        seen: FlushPoint,
-        timeout: Duration,
-        current: impl Fn() -> FlushPoint,
-    ) -> FlushPoint {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let version = self.version();
-            let now = current();
-            let left = deadline.saturating_duration_since(Instant::now());
-            if now != seen || left.is_zero() {
-                return now;
-            }
-            self.wait_past(version, left);
-        }
+    ) -> Option<(crate::backup::pin::BackupPin, crate::store::ControlFile)> {
+        Node::pin_last_checkpoint(self)
+    }
+
+    fn wal_position(&self) -> Option<(TimelineId, Lsn)> {
+        self.wal().map(|w| (w.timeline(), w.inserted()))
+    }
+
+    fn log_backup_end(&self, start: Lsn) -> Result<Option<Lsn>, crate::wal::WalError> {
+        Node::log_backup_end(self, start)
     }
 }
 
@@ -240,7 +213,7 @@ impl ReplicationObserver for ReplyObserver {
         ) {
             let positions = node.standby_positions();
             node.syncrep.on_standby_reply(&positions);
-            node.replies.notify();
+            node.replies.publish(positions);
         }
     }
 }
@@ -253,8 +226,36 @@ impl Node {
                 tli: wal.timeline(),
                 lsn: wal.flushed(),
             },
-            None => *self.standby_flush.lock().unwrap_or_else(|e| e.into_inner()),
+            None => match &self.standby {
+                Some(p) => p.flush_point(),
+                None => FlushPoint {
+                    tli: TimelineId::FIRST,
+                    lsn: Lsn::INVALID,
+                },
+            },
         }
+    }
+
+    /// Woken whenever [`Node::flush_point`] may have moved: every WAL flush
+    /// once a WAL writer runs; before, a standby's replay and receive
+    /// positions and its status (promotion). A walsender subscribed on a
+    /// standby that then promotes is woken by the promotion, sees its
+    /// timeline end and finishes its COPY, so it never needs the new WAL
+    /// writer's flushes.
+    pub fn subscribe_flush(&self) -> Subscription {
+        let wal = self.wal();
+        let sub = match (&self.standby, &wal) {
+            (Some(p), _) => p.subscribe(),
+            (None, Some(w)) => return w.flush_watch().subscribe(),
+            // Not started yet: nothing to send, nothing will wake.
+            (None, None) => return Watch::new(()).subscribe(),
+        };
+        if let Some(w) = &wal {
+            // The WAL writer wakes us directly on every flush: the shortest
+            // path from a commit's fdatasync to the standby.
+            sub.also(w.flush_watch());
+        }
+        sub
     }
 
     /// Every directly connected (non-cascading) standby's reported positions.
@@ -279,22 +280,10 @@ impl Node {
     /// WAIT: standbys whose flush position is at or past `upto`, waiting up
     /// to `timeout` for `wanted` of them.
     pub fn count_acked(&self, upto: Lsn, wanted: usize, timeout: Duration) -> usize {
-        let count = |n: &Node| {
-            n.standby_positions()
-                .iter()
-                .filter(|s| s.flush >= upto)
-                .count()
-        };
-        let deadline = Instant::now() + timeout;
-        loop {
-            let version = self.replies.version();
-            let acked = count(self);
-            let left = deadline.saturating_duration_since(Instant::now());
-            if acked >= wanted || left.is_zero() {
-                return acked;
-            }
-            // Woken by every standby reply.
-            self.replies.wait_past(version, left);
+        let count = |p: &Vec<StandbyPosition>| p.iter().filter(|s| s.flush >= upto).count();
+        // Woken by every standby reply.
+        match self.replies.wait_until(|p| count(p) >= wanted, timeout) {
+            Ok(p) | Err(p) => count(&p),
         }
     }
 }

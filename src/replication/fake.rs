@@ -5,17 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard};
 
 use walrep_states::{Lsn, SegNo, TimelineHistory, TimelineId, WalSegSize};
 
 use super::source::{FlushPoint, ReplicationSource, SourceError};
+use crate::watch::{Subscription, Watch};
 
 /// The fake's mutable state.
 struct FakeState {
-    /// Current timeline and flush position.
-    flush: FlushPoint,
     /// History of every timeline that exists (for the writer of each byte).
     histories: BTreeMap<TimelineId, TimelineHistory>,
     /// Text of every `.history` file.
@@ -34,8 +32,9 @@ pub struct FakeSource {
     seg_size: WalSegSize,
     data_dir: PathBuf,
     state: Mutex<FakeState>,
-    /// Notified on every flush advance and promotion.
-    flushed: Condvar,
+    /// Current timeline and flush position; published on every advance
+    /// and promotion (taken after `state` when both are).
+    flush: Watch<FlushPoint>,
 }
 
 impl FakeSource {
@@ -47,14 +46,13 @@ impl FakeSource {
             seg_size,
             data_dir,
             state: Mutex::new(FakeState {
-                flush: FlushPoint { tli, lsn: start },
                 histories: BTreeMap::from([(tli, TimelineHistory::root(tli))]),
                 history_files: BTreeMap::new(),
                 oldest: Lsn(0),
                 redo: start,
                 reads: 0,
             }),
-            flushed: Condvar::new(),
+            flush: Watch::new(FlushPoint { tli, lsn: start }),
         }
     }
 
@@ -64,10 +62,13 @@ impl FakeSource {
 
     /// "Flush" `bytes` more WAL and wake the walsenders; returns the new end.
     pub fn advance(&self, bytes: u64) -> Lsn {
-        let mut st = self.lock();
-        st.flush.lsn = Lsn(st.flush.lsn.0 + bytes);
-        self.flushed.notify_all();
-        st.flush.lsn
+        let mut end = Lsn::INVALID;
+        self.flush.update(|f| {
+            f.lsn = Lsn(f.lsn.0 + bytes);
+            end = f.lsn;
+            true
+        });
+        end
     }
 
     /// Pretend segments before the one holding `lsn` were removed.
@@ -88,14 +89,13 @@ impl FakeSource {
     /// writes its history file; returns the new timeline.
     pub fn promote(&self) -> TimelineId {
         let mut st = self.lock();
-        let old = st.flush.tli;
-        let new = old.next();
-        let history = st.histories[&old].fork(new, st.flush.lsn);
+        let flush = self.flush.get();
+        let new = flush.tli.next();
+        let history = st.histories[&flush.tli].fork(new, flush.lsn);
         st.history_files
             .insert(new, history.to_text(&[]).into_bytes());
         st.histories.insert(new, history);
-        st.flush.tli = new;
-        self.flushed.notify_all();
+        self.flush.publish(FlushPoint { tli: new, ..flush });
         new
     }
 
@@ -153,24 +153,11 @@ impl ReplicationSource for FakeSource {
     }
 
     fn flush_point(&self) -> FlushPoint {
-        self.lock().flush
+        self.flush.get()
     }
 
-    fn wait_for_flush(&self, seen: FlushPoint, timeout: Duration) -> FlushPoint {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.lock();
-        while st.flush == seen {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            st = self
-                .flushed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        st.flush
+    fn subscribe_flush(&self) -> Subscription {
+        self.flush.subscribe()
     }
 
     fn read_wal(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> Result<(), SourceError> {
@@ -183,11 +170,12 @@ impl ReplicationSource for FakeSource {
         }
         let end = start.0 + buf.len() as u64;
         let crosses = start.segno(self.seg_size) != Lsn(end.saturating_sub(1)).segno(self.seg_size);
-        if end > st.flush.lsn.0 || crosses || !st.histories.contains_key(&tli) {
+        let flushed = self.flush.read(|f| f.lsn);
+        if end > flushed.0 || crosses || !st.histories.contains_key(&tli) {
             return Err(SourceError::Read {
                 tli,
                 lsn: start,
-                reason: format!("bad read of {} bytes (flush {})", buf.len(), st.flush.lsn),
+                reason: format!("bad read of {} bytes (flush {flushed})", buf.len()),
             });
         }
         let history = st.histories[&tli].clone();
@@ -224,9 +212,10 @@ mod tests {
         f.advance(3 << 20);
         let switch = Lsn((1 << 20) + 4096);
         f.advance(0);
-        {
-            f.lock().flush.lsn = switch;
-        }
+        f.flush.update(|p| {
+            p.lsn = switch;
+            true
+        });
         let t2 = f.promote();
         f.advance(2 << 20);
         let a = f.segment_bytes(TimelineId(1), SegNo(1));

@@ -5,12 +5,12 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use walrep_states::{Lsn, TimelineHistory, TimelineId, WalSegSize};
 
 use super::command::BaseBackupOptions;
 use super::sqlstate::{PgError, FEATURE_NOT_SUPPORTED};
+use crate::watch::Subscription;
 
 /// The position up to which WAL may be sent, and its timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +53,13 @@ pub trait ReplicationSource: Send + Sync + 'static {
     /// so a promotion is never seen half-done.
     fn flush_point(&self) -> FlushPoint;
 
-    /// Block until the flush point differs from `seen` (more WAL flushed,
-    /// or a new timeline), or `timeout` has passed; return the flush point
-    /// then. Must be woken by the WAL writer (or walreceiver), not by
-    /// polling. Comparing with `seen` (not with the point at call time)
-    /// means a change between two calls is never missed.
-    fn wait_for_flush(&self, seen: FlushPoint, timeout: Duration) -> FlushPoint;
+    /// A subscription that gets a token whenever the flush point may have
+    /// moved (more WAL flushed, or a new timeline); the walsender
+    /// `select!`s on it beside its client and its timers. Tokens must come
+    /// from whoever moves the point (WAL writer, walreceiver, redo), not
+    /// from polling. Taken before the walsender reads the flush point, so
+    /// a change in between still leaves a token.
+    fn subscribe_flush(&self) -> Subscription;
 
     /// Fill `buf` with the WAL bytes at `start` from the segment file of
     /// timeline `tli`. The walsender never asks across a segment boundary

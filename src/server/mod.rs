@@ -43,14 +43,14 @@ pub enum Role {
 }
 
 /// Why a write was not accepted or not confirmed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
     #[error("READONLY You can't write against a read only replica.")]
     ReadOnly,
     /// The WAL cannot be made durable (fsync failed): the node refuses writes
     /// until it is restarted; nothing retries an fsync.
     #[error("ERR WAL write failed, the node refuses writes until it is restarted: {0}")]
-    WalFailed(String),
+    WalFailed(crate::wal::WalError),
     #[error("ERR the node is shutting down")]
     ShuttingDown,
     #[error("LOADING walrep is replaying WAL; reads are served once recovery is consistent")]

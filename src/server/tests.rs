@@ -40,6 +40,13 @@ impl FakeNode {
     }
 }
 
+/// What a poisoned WAL writer answers.
+fn fsync_failed() -> crate::wal::WalError {
+    crate::wal::WalError::Poisoned {
+        cause: "fdatasync: Input/output error".into(),
+    }
+}
+
 impl Backend for FakeNode {
     fn store(&self) -> &Store {
         &self.store
@@ -49,9 +56,7 @@ impl Backend for FakeNode {
     }
     fn insert(&self, _info: u8, payload: &[u8]) -> Result<Lsn, WriteError> {
         if self.fail.load(Ordering::SeqCst) {
-            return Err(WriteError::WalFailed(
-                "fdatasync: Input/output error".into(),
-            ));
+            return Err(WriteError::WalFailed(fsync_failed()));
         }
         Ok(Lsn(self
             .lsn
@@ -63,9 +68,7 @@ impl Backend for FakeNode {
         let mut d = self.durable.lock().unwrap();
         while !*d {
             if self.fail.load(Ordering::SeqCst) {
-                return Err(WriteError::WalFailed(
-                    "fdatasync: Input/output error".into(),
-                ));
+                return Err(WriteError::WalFailed(fsync_failed()));
             }
             let (g, _) = self.cv.wait_timeout(d, Duration::from_millis(20)).unwrap();
             d = g;

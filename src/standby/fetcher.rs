@@ -14,20 +14,23 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::NodeHooks;
 use crate::archive::{
     keep_restored_file, ArchiveMark, RestoreCommand, RestoreOutcome, RestoredFile,
     RECOVERYXLOG_PREFETCH,
 };
 use crate::config::ArchiveMode;
-use crate::node::Node;
+use crate::datadir::WAL_DIR;
 use crate::states::recovery::{Event, WalFile};
-use crate::wal::{SegmentHeader, SEG_HEADER_SIZE};
+use crate::storage::Storage;
+use crate::store::ControlFileOwner;
+use crate::wal::{HeaderProblem, SegmentHeader, SEG_HEADER_SIZE};
 use crate::{SegNo, TimelineHistory, TimelineId, WalSegSize};
 
 /// A file request from the machine.
@@ -41,7 +44,14 @@ pub enum FetchRequest {
 
 /// Runs requests one at a time until the request channel closes.
 pub struct Fetcher {
-    pub node: Arc<Node>,
+    /// The data directory restored files go into (`wal/`).
+    pub datadir: PathBuf,
+    /// Where restored files are made durable.
+    pub storage: Arc<dyn Storage>,
+    /// For `%r`: the restartpoint's segment.
+    pub control: Arc<ControlFileOwner>,
+    /// Wakes the archiver for files marked `.ready`.
+    pub hooks: Arc<dyn NodeHooks>,
     pub restore: RestoreCommand,
     pub system_id: u64,
     pub seg_size: WalSegSize,
@@ -65,10 +75,10 @@ struct Prefetch {
 impl Prefetch {
     /// Kill the command if it still runs, wait for the thread and remove
     /// whatever it left under the prefetch name.
-    fn discard(self, datadir: &std::path::Path) {
+    fn discard(self, datadir: &Path) {
         drop(self.cancel);
         let _ = self.thread.join();
-        let _ = std::fs::remove_file(datadir.join("wal").join(RECOVERYXLOG_PREFETCH));
+        let _ = std::fs::remove_file(datadir.join(WAL_DIR).join(RECOVERYXLOG_PREFETCH));
     }
 }
 
@@ -83,12 +93,12 @@ impl Fetcher {
             }
         }
         if let Some(p) = prefetch {
-            p.discard(&self.node.dir.root);
+            p.discard(&self.datadir);
         }
     }
 
     fn wal_dir(&self) -> PathBuf {
-        self.node.dir.wal()
+        self.datadir.join(WAL_DIR)
     }
 
     fn execute(&self, req: FetchRequest, prefetch: &mut Option<Prefetch>) -> Event {
@@ -129,10 +139,11 @@ impl Fetcher {
 
     /// The restartpoint's segment for `%r` (files before it are not needed).
     fn restartpoint_file(&self) -> String {
-        let c = self.node.control();
-        c.redo_lsn
-            .segno(self.seg_size)
-            .file_name(c.checkpoint_timeline, self.seg_size)
+        self.control.read(|c| {
+            c.redo_lsn
+                .segno(self.seg_size)
+                .file_name(c.checkpoint_timeline, self.seg_size)
+        })
     }
 
     fn mark(&self) -> ArchiveMark {
@@ -149,8 +160,8 @@ impl Fetcher {
         let restore = self.restore.clone();
         let name = segno.file_name(tli, self.seg_size);
         let restartpoint = self.restartpoint_file();
-        let datadir = self.node.dir.root.clone();
-        let storage = self.node.storage.clone();
+        let datadir = self.datadir.clone();
+        let storage = self.storage.clone();
         let thread = std::thread::Builder::new()
             .name("archive-prefetch".into())
             .spawn(move || {
@@ -190,7 +201,7 @@ impl Fetcher {
     ) -> Option<RestoreOutcome> {
         let p = prefetch?;
         if (p.tli, p.segno) != (tli, segno) {
-            p.discard(&self.node.dir.root);
+            p.discard(&self.datadir);
             return None;
         }
         p.thread.join().ok().flatten().map(RestoreOutcome::Restored)
@@ -211,12 +222,11 @@ impl Fetcher {
         });
         match outcome {
             RestoreOutcome::Restored(r) => {
-                match keep_restored_file(&*self.node.storage, &self.node.dir.root, &r, self.mark())
-                {
+                match keep_restored_file(&*self.storage, &self.datadir, &r, self.mark()) {
                     Ok(_) => {
                         tracing::info!(file = %name, how, "restored log file from archive");
                         if self.mark() == ArchiveMark::Ready {
-                            self.node.notify_archiver();
+                            self.hooks.wake_archiver();
                         }
                         Event::SegmentRestored { tli, segno }
                     }
@@ -242,26 +252,23 @@ impl Fetcher {
             .restore(&name, Some(&self.restartpoint_file()), Some(&self.cancel))
         {
             RestoreOutcome::Restored(r) => {
-                let text = std::fs::read_to_string(self.node.dir.root.join(&r.temp_path));
+                let text = std::fs::read_to_string(self.datadir.join(&r.temp_path));
                 let parsed = text
                     .map_err(|e| e.to_string())
                     .and_then(|t| TimelineHistory::parse(tli, &t).map_err(|e| e.to_string()));
                 match parsed {
-                    Ok(history) => match keep_restored_file(
-                        &*self.node.storage,
-                        &self.node.dir.root,
-                        &r,
-                        self.mark(),
-                    ) {
-                        Ok(_) => {
-                            tracing::info!(file = %name, "restored history file from archive");
-                            Event::HistoryRestored { tli, history }
+                    Ok(history) => {
+                        match keep_restored_file(&*self.storage, &self.datadir, &r, self.mark()) {
+                            Ok(_) => {
+                                tracing::info!(file = %name, "restored history file from archive");
+                                Event::HistoryRestored { tli, history }
+                            }
+                            Err(e) => Event::RestoreCommandFailed {
+                                file,
+                                reason: format!("could not install restored file: {e}"),
+                            },
                         }
-                        Err(e) => Event::RestoreCommandFailed {
-                            file,
-                            reason: format!("could not install restored file: {e}"),
-                        },
-                    },
+                    }
                     Err(e) => Event::RestoreCommandFailed {
                         file,
                         reason: format!("restored history file {name} is invalid: {e}"),
@@ -278,24 +285,46 @@ impl Fetcher {
 
     /// A local segment counts when it is full size and its header says it
     /// is this system's segment `segno` of timeline `tli`.
-    fn check_local_segment(&self, tli: TimelineId, segno: SegNo) -> Result<(), String> {
+    fn check_local_segment(&self, tli: TimelineId, segno: SegNo) -> Result<(), LocalSegment> {
         let path = self.wal_dir().join(segno.file_name(tli, self.seg_size));
-        let mut f = File::open(&path).map_err(|e| e.to_string())?;
-        let len = f.metadata().map_err(|e| e.to_string())?.len();
+        let mut f = File::open(&path)?;
+        let len = f.metadata()?.len();
         if len != self.seg_size.bytes() {
-            return Err(format!("{} bytes, expected {}", len, self.seg_size.bytes()));
+            return Err(LocalSegment::Size {
+                found: len,
+                expected: self.seg_size.bytes(),
+            });
         }
         let mut buf = vec![0u8; SEG_HEADER_SIZE as usize];
-        f.read_exact(&mut buf).map_err(|e| e.to_string())?;
-        let h = SegmentHeader::decode(&buf).map_err(|e| e.to_string())?;
+        f.read_exact(&mut buf)?;
+        let h = SegmentHeader::decode(&buf)?;
         if h.system_id != self.system_id {
-            return Err(format!("system identifier {} differs", h.system_id));
+            return Err(LocalSegment::System(h.system_id));
         }
         if h.tli != tli || h.pageaddr != segno.start_lsn(self.seg_size) {
-            return Err(format!("header says timeline {} at {}", h.tli, h.pageaddr));
+            return Err(LocalSegment::Position {
+                tli: h.tli,
+                at: h.pageaddr,
+            });
         }
         Ok(())
     }
+}
+
+/// Why a file in local `wal/` is not the segment asked for (logged; the
+/// machine only hears "not found locally").
+#[derive(Debug, thiserror::Error)]
+enum LocalSegment {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{found} bytes, expected {expected}")]
+    Size { found: u64, expected: u64 },
+    #[error(transparent)]
+    Header(#[from] HeaderProblem),
+    #[error("system identifier {0} differs")]
+    System(u64),
+    #[error("header says timeline {tli} at {at}")]
+    Position { tli: TimelineId, at: crate::Lsn },
 }
 
 fn with_stderr(reason: String, stderr: &str) -> String {

@@ -1,6 +1,14 @@
 //! The standby runtime: drives the recovery machine of `walrep-states` with
 //! events from its watchers and executes its actions.
 //!
+//! It runs on the handles it is given ([`StandbyHandles`]): the control
+//! file's owner, the WAL directory, the store, the configuration, the
+//! watches it publishes its progress on, and [`NodeHooks`] for the few
+//! things only the node can do (serve reads, take over the WAL writer at
+//! promotion, accept writes, checkpoint, wake the archiver, stop). It knows
+//! nothing else of the node, so it runs alone in a test with a double of
+//! the hooks.
+//!
 //! # Layout
 //! - [`startup`]: the startup process (owns the core; the event loop).
 //! - [`fetcher`]: restore_command and local `wal/` lookups.
@@ -8,43 +16,138 @@
 //! - [`receiver`]: the walreceiver (streams WAL from the upstream).
 //! - [`promote`]: the promotion steps.
 //! - [`trigger`]: promote_trigger_file and `walrep promote`.
-//! - [`state`]: positions and status shared with INFO and walsenders.
+//! - [`progress`]: replay and receive positions and the published status.
 //! - [`tracelog`]: the transition trace in `log/transitions.jsonl`.
 
 pub mod fetcher;
+pub mod progress;
 pub mod promote;
 pub mod receiver;
 pub mod redo;
 pub mod startup;
-pub mod state;
 pub mod tracelog;
 pub mod trigger;
 
-pub use state::StandbyState;
+pub use progress::{Replayed, StandbyProgress, StandbyStatus};
 
+use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
 
-use anyhow::Context as _;
 use crossbeam_channel::{bounded, Sender};
 
 use crate::archive::RestoreCommand;
 use crate::config::{Config, RecoveryTargetTimeline};
-use crate::node::Node;
-use crate::states::recovery::{Event, PromoteTrigger, Recovery, RecoveryConfig, TargetTimeline};
-use crate::store::ClusterState;
+use crate::datadir::DataDir;
+use crate::states::recovery::{
+    ConfigError, Event, PromoteTrigger, Recovery, RecoveryConfig, TargetTimeline,
+};
+use crate::storage::Storage;
+use crate::store::control::ControlError;
+use crate::store::{ClusterState, ControlFile, ControlFileOwner, Store};
+use crate::wal::{SegmentDir, SegmentError, TimelineError, Wal};
+use crate::{Lsn, TimelineId};
 use fetcher::Fetcher;
 use redo::Redo;
 use startup::Startup;
-use trigger::{spawn_trigger_watcher, TriggerConfig, TriggerEvent};
+use trigger::{spawn_trigger_watcher, TriggerConfig, TriggerError, TriggerEvent};
 
 /// Capacity of the startup process's event queue. Producers are the fetcher
 /// and redo (one outstanding request each), one walreceiver session and the
 /// trigger watcher, so it never fills in practice; a full queue blocks the
 /// producer rather than growing.
 const EVENT_QUEUE: usize = 4096;
+
+/// What the standby runtime works on. Everything here is shared with the
+/// node (which keeps serving reads, walsenders and checkpoints beside it).
+#[derive(Clone)]
+pub struct StandbyHandles {
+    /// The data directory (`wal/`, `log/`, `standby.signal`, `promote`).
+    pub datadir: PathBuf,
+    /// The node's one IO seam: restored files, history files, archive
+    /// status and `standby.signal` go through it.
+    pub storage: Arc<dyn Storage>,
+    /// The node's configuration (restore_command, primary_conninfo, ...).
+    pub config: Arc<Config>,
+    /// The control file: recovery starts from its checkpoint, marks it in
+    /// archive recovery, and promotion moves it to the new timeline.
+    pub control: Arc<ControlFileOwner>,
+    /// The WAL directory, shared with walsenders, WAL removal and the WAL
+    /// writer promotion starts.
+    pub segdir: Arc<SegmentDir>,
+    /// The store WAL is replayed into (holding the checkpoint's snapshot).
+    pub store: Arc<Store>,
+    /// Where the runtime publishes its progress (the node reads it).
+    pub progress: StandbyProgress,
+    /// This node's instance identifier: the walreceiver refuses to stream
+    /// from a server that has it (itself).
+    pub instance_id: u64,
+    /// What only the node can do.
+    pub hooks: Arc<dyn NodeHooks>,
+}
+
+/// What only the node can do, asked by the standby runtime. The node
+/// implements it; a test double records what was asked.
+pub trait NodeHooks: Send + Sync + 'static {
+    /// Replay reached the minimum recovery point at `at`: serve reads.
+    fn reached_consistency(&self, at: Lsn);
+
+    /// A restored or received file was marked `.ready`
+    /// (`archive_mode = always`): wake the archiver.
+    fn wake_archiver(&self);
+
+    /// Promotion: `wal` writes the new timeline and its end-of-recovery
+    /// record is durable. Make it the node's WAL writer (its flush hook,
+    /// the archiver, walsenders following the new timeline); writes are
+    /// not accepted yet. Fails only if a thread cannot be started.
+    fn attach_wal(&self, wal: Arc<Wal>) -> io::Result<()>;
+
+    /// Promotion is complete: accept writes.
+    fn accept_writes(&self);
+
+    /// Ask for a checkpoint soon (PostgreSQL requests one right after
+    /// promotion); does not wait for it.
+    fn request_checkpoint(&self);
+
+    /// Recovery cannot go on (PostgreSQL's FATAL in the startup process):
+    /// stop the node.
+    fn fatal(&self, error: StandbyError);
+}
+
+/// Errors of the standby runtime: it could not start, or recovery cannot
+/// go on (handed to [`NodeHooks::fatal`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StandbyError {
+    #[error("invalid recovery settings: {0}")]
+    Settings(#[from] ConfigError),
+    #[error("could not read the history of timeline {tli}: {source}")]
+    History {
+        tli: TimelineId,
+        source: TimelineError,
+    },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("could not start the {thread} thread: {source}")]
+    Spawn {
+        thread: &'static str,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Trigger(#[from] TriggerError),
+    /// The machine stopped recovery (its reason is text: `walrep-states`
+    /// knows no runtime types).
+    #[error("{message}")]
+    Recovery { message: String },
+    /// A write or fsync of received WAL failed: never retried.
+    #[error("walreceiver IO failure: could not write received WAL: {0}")]
+    ReceivedWal(Arc<SegmentError>),
+}
+
+fn spawn_error(thread: &'static str) -> impl FnOnce(io::Error) -> StandbyError {
+    move |source| StandbyError::Spawn { thread, source }
+}
 
 /// The threads of a running standby.
 pub struct StandbyRuntime {
@@ -81,31 +184,29 @@ pub fn recovery_config(config: &Config, seg_size: crate::WalSegSize) -> Recovery
 }
 
 impl StandbyRuntime {
-    /// Start recovery on `node` (its store already holds the snapshot of
-    /// the control file's checkpoint).
-    pub fn start(node: Arc<Node>) -> anyhow::Result<StandbyRuntime> {
-        let control = node.control().clone();
+    /// Start recovery on `h` (its store already holds the snapshot of the
+    /// control file's checkpoint).
+    pub fn start(h: StandbyHandles) -> Result<StandbyRuntime, StandbyError> {
+        let dir = DataDir::new(&h.datadir);
+        let control = h.control.get();
         let seg_size = control.wal_segment_size;
-        let core = Recovery::new(recovery_config(&node.config, seg_size))
-            .map_err(|e| anyhow::anyhow!("invalid recovery settings: {e:?}"))?;
-        let history = crate::wal::read_history(&node.dir.wal(), control.timeline).map_err(|e| {
-            anyhow::anyhow!(
-                "could not read the history of timeline {}: {e}",
-                control.timeline
-            )
+        let core = Recovery::new(recovery_config(&h.config, seg_size))?;
+        let history = crate::wal::read_history(&dir.wal(), control.timeline).map_err(|source| {
+            StandbyError::History {
+                tli: control.timeline,
+                source,
+            }
         })?;
-        {
-            let st = &node.standby;
-            st.replay_lsn.store(control.redo_lsn.0, Ordering::Release);
-            st.last_record_lsn
-                .store(control.checkpoint_lsn.0, Ordering::Release);
-            st.replay_tli
-                .store(history.timeline_of(control.redo_lsn).0, Ordering::Release);
-        }
+        // Redo's position until it replays: the checkpoint's.
+        h.progress.replayed.publish(Replayed {
+            end: control.redo_lsn,
+            last_record: control.checkpoint_lsn,
+            tli: history.timeline_of(control.redo_lsn),
+            ..Replayed::default()
+        });
         if control.state != ClusterState::InArchiveRecovery {
-            let mut c = node.control();
-            c.state = ClusterState::InArchiveRecovery;
-            c.write(&*node.storage, &node.dir.root)?;
+            h.control
+                .update(|c| c.state = ClusterState::InArchiveRecovery)?;
         }
         let (events_tx, events_rx) = bounded(EVENT_QUEUE);
         let (fetch_tx, fetch_rx) = bounded(4);
@@ -115,37 +216,36 @@ impl StandbyRuntime {
         let redo_stop = Arc::new(AtomicBool::new(false));
 
         let fetcher = Fetcher {
-            node: node.clone(),
-            restore: RestoreCommand::from_config(&node.dir.root, &node.config, seg_size),
+            datadir: h.datadir.clone(),
+            storage: h.storage.clone(),
+            control: h.control.clone(),
+            hooks: h.hooks.clone(),
+            restore: RestoreCommand::from_config(&h.datadir, &h.config, seg_size),
             system_id: control.system_identifier,
             seg_size,
-            archive_mode: node.config.archive_mode,
+            archive_mode: h.config.archive_mode,
             events: events_tx.clone(),
             cancel: cancel_rx,
         };
         let fetcher = std::thread::Builder::new()
             .name("archive-fetcher".into())
-            .spawn(move || fetcher.run(fetch_rx))?;
+            .spawn(move || fetcher.run(fetch_rx))
+            .map_err(spawn_error("archive-fetcher"))?;
 
-        let receiver_shared = receiver::ReceiverShared::new();
-        let applied = receiver_shared.clone();
         let redo = Redo {
-            node: node.clone(),
-            reader: Redo::reader_for(&node, history.clone()),
+            store: h.store.clone(),
+            reader: Redo::reader_for(&dir, &control, history.clone()),
+            replayed: h.progress.replayed.clone(),
             events: events_tx.clone(),
             stop: redo_stop.clone(),
-            // Standby replies carry the apply position at once (remote_apply).
-            on_applied: Box::new(move |lsn| {
-                applied.set_apply(lsn);
-                applied.request_reply();
-            }),
         };
         let redo = std::thread::Builder::new()
             .name("redo".into())
-            .spawn(move || redo.run(redo_rx))?;
+            .spawn(move || redo.run(redo_rx))
+            .map_err(spawn_error("redo"))?;
 
-        let trigger = start_trigger_watcher(&node, events_tx.clone())?;
-        make_promotion_spares(&node);
+        let trigger = start_trigger_watcher(&h, events_tx.clone())?;
+        make_promotion_spares(&h.segdir);
 
         let first = Event::RecoveryStarted {
             redo_lsn: control.redo_lsn,
@@ -154,31 +254,29 @@ impl StandbyRuntime {
             min_recovery_point: control.min_recovery_point,
             crash_recovery_first: control.state == ClusterState::InProduction,
         };
-        let startup = Startup {
-            core,
-            node: node.clone(),
-            events: events_rx,
-            events_tx: events_tx.clone(),
-            fetch: fetch_tx,
-            redo: redo_tx,
-            receivers: receiver_sessions(&node, receiver_shared.clone(), events_tx),
-            receiver_shared,
-            shutdown: shutdown_rx,
-            trace: tracelog::TraceLog::open(&node.dir.log()),
-            epoch: Instant::now(),
-            partial: None,
-            standby_signal_unsynced: false,
-        };
         tracing::info!(
             redo = %control.redo_lsn,
             timeline = control.timeline.0,
             min_recovery_point = %control.min_recovery_point,
             "entering standby mode"
         );
+        let startup = Startup::new(
+            core,
+            receiver_sessions(&h, &control, events_tx.clone()),
+            startup::Channels {
+                events: events_rx,
+                events_tx,
+                fetch: fetch_tx,
+                redo: redo_tx,
+                shutdown: shutdown_rx,
+            },
+            tracelog::TraceLog::open(&dir.log()),
+            h,
+        );
         let startup = std::thread::Builder::new()
             .name("startup".into())
             .spawn(move || startup.run(first))
-            .context("start the startup process")?;
+            .map_err(spawn_error("startup"))?;
         Ok(StandbyRuntime {
             shutdown: Some(shutdown_tx),
             redo_stop,
@@ -223,8 +321,8 @@ impl StandbyRuntime {
 /// the background, so promoting writes only the new timeline's copy of the
 /// switch segment's prefix instead of 32 MB of zeroes. The thread ends once
 /// they exist; a failure only costs promotion the zero-filling.
-fn make_promotion_spares(node: &Arc<Node>) {
-    let segdir = node.segdir.clone();
+fn make_promotion_spares(segdir: &Arc<SegmentDir>) {
+    let segdir = segdir.clone();
     let spawned = std::thread::Builder::new()
         .name("wal-spares".into())
         .spawn(move || {
@@ -238,16 +336,16 @@ fn make_promotion_spares(node: &Arc<Node>) {
 }
 
 fn start_trigger_watcher(
-    node: &Node,
+    h: &StandbyHandles,
     events: Sender<Event>,
-) -> anyhow::Result<(trigger::TriggerWatcherHandle, Sender<()>)> {
-    let mut cfg = TriggerConfig::new(&node.dir.root);
-    if !node.config.promote_trigger_file.trim().is_empty() {
-        let p = std::path::PathBuf::from(node.config.promote_trigger_file.trim());
+) -> Result<(trigger::TriggerWatcherHandle, Sender<()>), StandbyError> {
+    let mut cfg = TriggerConfig::new(&h.datadir);
+    if !h.config.promote_trigger_file.trim().is_empty() {
+        let p = PathBuf::from(h.config.promote_trigger_file.trim());
         cfg.promote_trigger_file = Some(if p.is_absolute() {
             p
         } else {
-            node.dir.root.join(p)
+            h.datadir.join(p)
         });
     }
     let (tx, rx) = bounded(1);
@@ -262,19 +360,19 @@ fn start_trigger_watcher(
     Ok((handle, tx))
 }
 
-/// Walreceiver sessions configured from the node's `primary_conninfo` and friends.
+/// Walreceiver sessions configured from `primary_conninfo` and friends.
 fn receiver_sessions(
-    node: &Arc<Node>,
-    shared: Arc<receiver::ReceiverShared>,
+    h: &StandbyHandles,
+    control: &ControlFile,
     events: Sender<Event>,
 ) -> receiver::Sessions<Event> {
-    let config = node.config.clone();
-    let segdir = node.segdir.clone();
-    let system_id = node.control().system_identifier;
-    let instance_id = node.instance_id;
+    let config = h.config.clone();
+    let segdir = h.segdir.clone();
+    let system_id = control.system_identifier;
+    let instance_id = h.instance_id;
     receiver::Sessions::new(
         events,
-        shared,
+        h.progress.received.clone(),
         Box::new(move |from, tli| {
             receiver::ReceiverConfig::from_config(
                 &config,

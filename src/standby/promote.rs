@@ -2,22 +2,45 @@
 //! write the new timeline's history file, then start the WAL on the new
 //! timeline with an end-of-recovery record (PostgreSQL's
 //! `XLogInitNewTimeline`, `writeTimeLineHistory` and
-//! `XLOG_END_OF_RECOVERY`).
+//! `XLOG_END_OF_RECOVERY`), and hand the WAL writer to the node.
 
-use std::sync::atomic::Ordering;
+use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::StandbyHandles;
+use crate::archive::ArchiveError;
 use crate::config::ArchiveMode;
-use crate::node::checkpoint::CheckpointCause;
-use crate::node::Node;
-use crate::store::control::now_ms;
+use crate::datadir::DataDir;
+use crate::storage::{Storage, StorageError};
+use crate::store::control::{now_ms, ControlError};
 use crate::store::ClusterState;
 use crate::wal::{
-    init_new_timeline_segment, rename_old_timeline_segment_partial, EndOfRecovery, Wal, WalConfig,
-    XlogRecord,
+    init_new_timeline_segment, rename_old_timeline_segment_partial, EndOfRecovery, TimelineError,
+    Wal, WalConfig, WalError, XlogRecord,
 };
 use crate::{Lsn, TimelineId};
+
+/// Why a promotion step failed. The machine hears it as
+/// `PromotionStepFailed { reason }` (text: it knows no runtime types).
+#[derive(Debug, thiserror::Error)]
+pub enum PromotionError {
+    #[error(transparent)]
+    Timeline(#[from] TimelineError),
+    #[error("after removing standby.signal: {0}")]
+    SyncDataDir(StorageError),
+    #[error("could not mark {file} for archiving: {source}")]
+    MarkReady { file: String, source: ArchiveError },
+    #[error("could not start the WAL writer on timeline {tli}: {source}")]
+    StartWal { tli: TimelineId, source: WalError },
+    #[error("could not write the end-of-recovery record on timeline {tli}: {source}")]
+    EndOfRecovery { tli: TimelineId, source: WalError },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("the node could not take over the WAL writer of timeline {tli}: {source}")]
+    AttachWal { tli: TimelineId, source: io::Error },
+}
 
 /// Remove `standby.signal`, so a crash once the end-of-recovery record is
 /// written restarts as a primary on the new timeline rather than a standby
@@ -26,10 +49,10 @@ use crate::{Lsn, TimelineId};
 /// end-of-recovery record), after the history file's own fsyncs have
 /// committed the unlink with them on a journaling file system, instead of
 /// one more journal commit of its own.
-pub fn remove_standby_signal(node: &Node) -> std::io::Result<bool> {
-    match node.storage.remove_file(&node.dir.standby_signal()) {
+pub fn remove_standby_signal(storage: &dyn Storage, datadir: &Path) -> io::Result<bool> {
+    match storage.remove_file(&DataDir::new(datadir).standby_signal()) {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -38,92 +61,81 @@ pub fn remove_standby_signal(node: &Node) -> std::io::Result<bool> {
 /// and mark it for archiving; with `sync_datadir`, then fsync the data
 /// directory (making the removal of `standby.signal` durable).
 pub fn write_history_file(
-    node: &Node,
+    h: &StandbyHandles,
     tli: TimelineId,
     parent: TimelineId,
     switch_point: Lsn,
     reason: &str,
     sync_datadir: bool,
-) -> Result<(), String> {
+) -> Result<(), PromotionError> {
     let t0 = Instant::now();
-    let storage = &*node.storage;
-    crate::wal::write_new_timeline_history(
-        storage,
-        &node.dir.wal(),
-        parent,
-        tli,
-        switch_point,
-        reason,
-    )
-    .map_err(|e| e.to_string())?;
+    let dir = DataDir::new(&h.datadir);
+    let storage = &*h.storage;
+    crate::wal::write_new_timeline_history(storage, &dir.wal(), parent, tli, switch_point, reason)?;
     if sync_datadir {
-        crate::storage::sync_dir(storage, &node.dir.root)
-            .map_err(|e| format!("after removing standby.signal: {e}"))?;
+        crate::storage::sync_dir(storage, &dir.root).map_err(PromotionError::SyncDataDir)?;
     }
-    if node.config.archive_mode != ArchiveMode::Off {
-        crate::archive::mark_ready(storage, &node.dir.root, &tli.history_file_name())
-            .map_err(|e| e.to_string())?;
+    if h.config.archive_mode != ArchiveMode::Off {
+        let file = tli.history_file_name();
+        crate::archive::mark_ready(storage, &dir.root, &file)
+            .map_err(|source| PromotionError::MarkReady { file, source })?;
     }
     tracing::info!(tli = tli.0, %switch_point, elapsed_us = t0.elapsed().as_micros() as u64, "wrote timeline history file {}", tli.history_file_name());
     Ok(())
 }
 
-/// Start the WAL on `tli` at `at` and log the end-of-recovery record.
-/// Returns the end of WAL after it.
+/// Start the WAL on `tli` at `at`, log the end-of-recovery record, point
+/// the control file at the new timeline and hand the WAL writer to the
+/// node. Returns the end of WAL after the record.
 pub fn write_end_of_recovery(
-    node: &Arc<Node>,
+    h: &StandbyHandles,
     tli: TimelineId,
     prev_tli: TimelineId,
     at: Lsn,
-) -> Result<Lsn, String> {
+) -> Result<Lsn, PromotionError> {
     let t0 = Instant::now();
-    let (system_id, seg_size) = {
-        let c = node.control();
-        (c.system_identifier, c.wal_segment_size)
-    };
-    init_new_timeline_segment(&node.segdir, system_id, prev_tli, tli, at)
-        .map_err(|e| e.to_string())?;
+    let (system_id, seg_size) = h
+        .control
+        .read(|c| (c.system_identifier, c.wal_segment_size));
+    init_new_timeline_segment(&h.segdir, system_id, prev_tli, tli, at)?;
     let t_segment = t0.elapsed();
-    let archive_mode = node.config.archive_mode != ArchiveMode::Off;
     let mut cfg = WalConfig::new(
-        node.dir.wal(),
+        h.segdir.path(),
         system_id,
         tli,
         seg_size,
         at,
-        Lsn(node.standby.last_record_lsn.load(Ordering::Acquire)),
+        // The prev-link of the first record on the new timeline.
+        h.progress.replayed.read(|r| r.last_record),
     );
-    cfg.segdir = Some(node.segdir.clone());
-    cfg.archive_mode = archive_mode;
-    cfg.wal_writer_delay = node
+    cfg.segdir = Some(h.segdir.clone());
+    cfg.archive_mode = h.config.archive_mode != ArchiveMode::Off;
+    cfg.wal_writer_delay = h
         .config
         .wal_writer_delay
         .get()
         .unwrap_or(Duration::from_millis(200));
-    let wal = Arc::new(
-        Wal::start(cfg)
-            .map_err(|e| format!("could not start the WAL writer on timeline {tli}: {e}"))?,
-    );
+    let wal = Arc::new(Wal::start(cfg).map_err(|source| PromotionError::StartWal { tli, source })?);
     let t_wal = t0.elapsed();
+    let eor = |source| PromotionError::EndOfRecovery { tli, source };
     let rec = wal
         .log_xlog(&XlogRecord::EndOfRecovery(EndOfRecovery {
             new_tli: tli,
             prev_tli,
             time_unix_us: now_ms() * 1000,
         }))
-        .map_err(|e| e.to_string())?;
-    wal.wait_flushed(rec.end).map_err(|e| e.to_string())?;
+        .map_err(eor)?;
+    wal.wait_flushed(rec.end).map_err(eor)?;
     let t_record = t0.elapsed();
-    {
-        let mut c = node.control();
+    h.control.update(|c| {
         c.timeline = tli;
         c.state = ClusterState::InProduction;
         c.min_recovery_point = Lsn::INVALID;
-        c.write(&*node.storage, &node.dir.root)
-            .map_err(|e| e.to_string())?;
-    }
+    })?;
     let t_control = t0.elapsed();
-    node.attach_wal(wal).map_err(|e| e.to_string())?;
+    h.hooks
+        .attach_wal(wal)
+        .map_err(|source| PromotionError::AttachWal { tli, source })?;
     let us = |d: Duration| d.as_micros() as u64;
     tracing::info!(
         tli = tli.0,
@@ -148,33 +160,25 @@ pub struct PartialSegment {
     pub at: Lsn,
 }
 
-/// Open for writes, then in the background rename the old timeline's last
-/// segment to `.partial` and checkpoint, as PostgreSQL requests a
-/// checkpoint right after promotion.
+/// After the node accepts writes: rename the old timeline's last segment
+/// to `.partial`, then request a checkpoint (PostgreSQL requests one right
+/// after promotion).
 ///
 /// The rename (PostgreSQL does it just before opening for writes) is off
 /// the path to the first write: nothing reads that file by its old name
 /// once the new timeline's copy of its prefix and the end-of-recovery
 /// record are durable, and a crash before the rename only leaves it under
 /// its old name (not archived as `.partial`), as a crash in PostgreSQL
-/// between its end-of-recovery record and the rename does.
-pub fn accept_writes(node: &Arc<Node>, partial: Option<PartialSegment>) {
-    node.accept_writes();
-    tracing::info!("database system is ready to accept connections (promoted)");
-    let n = node.clone();
-    let _ = std::thread::Builder::new()
-        .name("promotion-checkpoint".into())
-        .spawn(move || {
-            if let Some(p) = partial {
-                let archive_mode = n.config.archive_mode != ArchiveMode::Off;
-                if let Err(e) =
-                    rename_old_timeline_segment_partial(&n.segdir, p.prev_tli, p.at, archive_mode)
-                {
-                    tracing::warn!(error = %e, "could not rename the old timeline's last segment to .partial");
-                }
-            }
-            if let Err(e) = n.checkpoint(CheckpointCause::EndOfRecovery) {
-                tracing::warn!(error = %e, "checkpoint after promotion failed");
-            }
-        });
+/// between its end-of-recovery record and the rename does. It comes before
+/// the checkpoint, whose WAL removal could otherwise take the file first.
+pub fn finish(h: &StandbyHandles, partial: Option<PartialSegment>) {
+    if let Some(p) = partial {
+        let archive_mode = h.config.archive_mode != ArchiveMode::Off;
+        if let Err(e) =
+            rename_old_timeline_segment_partial(&h.segdir, p.prev_tli, p.at, archive_mode)
+        {
+            tracing::warn!(error = %e, "could not rename the old timeline's last segment to .partial");
+        }
+    }
+    h.hooks.request_checkpoint();
 }

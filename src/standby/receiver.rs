@@ -13,13 +13,19 @@
 //! waits after a timeline end). Directly:
 //!
 //! ```text
-//! let shared = ReceiverShared::new();                 // once per node
+//! let shared = ReceiverShared::new(replayed);         // once per node
 //! let h = start(session, config, events_tx, shared.clone())?;
-//! // the redo loop: shared.set_apply(lsn); shared.request_reply() for remote_apply
+//! // the redo loop publishes `replayed`: each publication wakes the
+//! // session, which replies with the new apply position (remote_apply)
 //! // the WAL reader's limit: shared.flushed()
 //! h.restart(next_session, from, tli)?;   // after TimelineEnded, same connection
 //! let flushed = h.stop();                // bounded; WalReceiverStopped follows
 //! ```
+//!
+//! While streaming, a reader thread turns the upstream's messages into
+//! channel messages and the session thread `select!`s over them, its
+//! control wake-ups, the replay position's [`Watch`] and its timers (see
+//! `upstream`).
 //!
 //! # Events (each tagged with the session), in order
 //!
@@ -50,7 +56,7 @@
 
 mod session;
 mod sessions;
-mod wake;
+mod upstream;
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -60,11 +66,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use super::progress::Replayed;
 use crate::config::{ArchiveMode, Config};
-use crate::wal::SegmentDir;
+use crate::replication::source::FlushPoint;
+use crate::wal::{SegmentDir, SegmentError};
+use crate::watch::Watch;
 use crate::{Lsn, TimelineHistory, TimelineId};
 pub use sessions::{ConfigFn, Sessions};
-pub use wake::{Latch, Ready};
 
 /// How long `stop()` waits for the session to flush and leave before it
 /// shuts the socket down (then waits as long again).
@@ -262,41 +270,63 @@ impl ReceiverState {
     }
 }
 
-/// Positions shared between the walreceiver, the redo loop and INFO; one
-/// per node, reused by every session.
-#[derive(Debug, Default)]
+/// What the walreceiver shares with the rest of the standby; one per node,
+/// reused by every session. It owns the flush position (published on a
+/// [`Watch`] after every fsync: redo's limit, cascading walsenders, INFO)
+/// and reads the replay position redo owns for its replies.
+#[derive(Debug)]
 pub struct ReceiverShared {
     /// End of WAL written by the current session (maybe not durable).
     written: AtomicU64,
-    /// End of WAL fsynced: what redo may read.
-    flushed: AtomicU64,
-    /// Timeline of the files `flushed` is in.
-    flushed_tli: AtomicU32,
-    /// Set by the redo loop: the apply position reported upstream.
-    apply: AtomicU64,
+    /// WAL fsynced, and the timeline of its files: what redo may read.
+    flushed: Watch<FlushPoint>,
+    /// Owned by the redo loop: its `end` is the apply position replies
+    /// carry, and each publication wakes the session to send one.
+    replayed: Arc<Watch<Replayed>>,
     /// Hot standby feedback's xmin (0 = none).
     feedback_xmin: AtomicU32,
     /// The upstream's flush position as last reported (walEnd).
     upstream_flush: AtomicU64,
     /// [`ReceiverState`] code, for INFO.
     state: AtomicU8,
-    /// The running session's control (to force a reply).
+    /// The running session's control.
     current: Mutex<Option<Arc<Control>>>,
     /// A write or fsync failure ended a session: no session may start.
-    io_failure: Mutex<Option<String>>,
+    io_failure: Mutex<Option<Arc<SegmentError>>>,
 }
 
 impl ReceiverShared {
-    pub fn new() -> Arc<ReceiverShared> {
-        Arc::new(ReceiverShared::default())
+    /// Replies carry `replayed`'s end as the apply position.
+    pub fn new(replayed: Arc<Watch<Replayed>>) -> Arc<ReceiverShared> {
+        Arc::new(ReceiverShared {
+            written: AtomicU64::new(0),
+            flushed: Watch::new(FlushPoint {
+                tli: TimelineId(0),
+                lsn: Lsn::INVALID,
+            }),
+            replayed,
+            feedback_xmin: AtomicU32::new(0),
+            upstream_flush: AtomicU64::new(0),
+            state: AtomicU8::new(ReceiverState::Stopped.code()),
+            current: Mutex::new(None),
+            io_failure: Mutex::new(None),
+        })
     }
 
     /// WAL written and fsynced: the timeline of the files and the end.
     pub fn flushed(&self) -> (TimelineId, Lsn) {
-        (
-            TimelineId(self.flushed_tli.load(Ordering::Acquire)),
-            Lsn(self.flushed.load(Ordering::Acquire)),
-        )
+        let p = self.flushed.get();
+        (p.tli, p.lsn)
+    }
+
+    /// [`flushed`](Self::flushed) as a flush point.
+    pub fn flushed_point(&self) -> FlushPoint {
+        self.flushed.get()
+    }
+
+    /// The flush position, published after every fsync that moved it.
+    pub fn flushed_watch(&self) -> &Watch<FlushPoint> {
+        &self.flushed
     }
 
     /// WAL written (maybe not yet durable).
@@ -304,22 +334,9 @@ impl ReceiverShared {
         Lsn(self.written.load(Ordering::Acquire))
     }
 
-    /// The redo loop applied everything before `lsn`.
-    pub fn set_apply(&self, lsn: Lsn) {
-        self.apply.fetch_max(lsn.0, Ordering::AcqRel);
-    }
-
+    /// The apply position replies carry (redo's).
     pub fn apply(&self) -> Lsn {
-        Lsn(self.apply.load(Ordering::Acquire))
-    }
-
-    /// Send a status update upstream now (remote_apply waits for it after
-    /// apply advances), like PostgreSQL's WalRcvForceReply.
-    pub fn request_reply(&self) {
-        if let Some(c) = self.lock_current().as_ref() {
-            c.reply.store(true, Ordering::Release);
-            c.latch.set();
-        }
+        self.replayed.read(|r| r.end)
     }
 
     /// The xmin sent in hot standby feedback (0 = none).
@@ -337,11 +354,15 @@ impl ReceiverShared {
     }
 
     /// The write or fsync failure that stopped the walreceiver for good.
-    pub fn io_failure(&self) -> Option<String> {
+    pub fn io_failure(&self) -> Option<Arc<SegmentError>> {
         self.io_failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn set_io_failure(&self, e: Arc<SegmentError>) {
+        *self.io_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
     }
 
     fn lock_current(&self) -> MutexGuard<'_, Option<Arc<Control>>> {
@@ -357,8 +378,9 @@ impl ReceiverShared {
     }
 
     fn publish_flushed(&self, tli: TimelineId, lsn: Lsn) {
-        self.flushed_tli.store(tli.0, Ordering::Release);
-        self.flushed.store(lsn.0, Ordering::Release);
+        let point = FlushPoint { tli, lsn };
+        self.flushed
+            .update(|f| std::mem::replace(f, point) != point);
     }
 }
 
@@ -383,17 +405,16 @@ struct RestartSlot {
     order: Option<RestartOrder>,
 }
 
-/// Flags between the handle (and `ReceiverShared`) and the session thread.
+/// Flags between the handle and the session thread.
 #[derive(Debug)]
 struct Control {
-    /// Wakes the session thread (stop, restart, forced reply).
-    latch: Latch,
+    /// Wakes the session thread (stop, restart): a token, coalesced.
+    wake_tx: Sender<()>,
+    wake_rx: Receiver<()>,
     /// `stop()` was called.
     stop: AtomicBool,
     /// The handle was dropped: end without reporting.
     dropped: AtomicBool,
-    /// Send a status update at once (remote_apply).
-    reply: AtomicBool,
     restart: Mutex<RestartSlot>,
     /// The session's current id (changes on restart).
     session: AtomicU64,
@@ -402,6 +423,10 @@ struct Control {
 }
 
 impl Control {
+    fn wake(&self) {
+        let _ = self.wake_tx.try_send(());
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }
@@ -426,7 +451,7 @@ impl Control {
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {
     #[error("walreceiver stopped after an IO failure (restart the node): {0}")]
-    Poisoned(String),
+    Poisoned(Arc<SegmentError>),
     #[error("could not start the walreceiver thread: {0}")]
     Spawn(std::io::Error),
     #[error("the walreceiver session is not waiting for a new start (state {0})")]
@@ -461,17 +486,19 @@ where
     if let Some(f) = shared.io_failure() {
         return Err(ReceiverError::Poisoned(f));
     }
+    let (wake_tx, wake_rx) = bounded(1);
     let control = Arc::new(Control {
-        latch: Latch::new().map_err(ReceiverError::Spawn)?,
+        wake_tx,
+        wake_rx,
         stop: AtomicBool::new(false),
         dropped: AtomicBool::new(false),
-        reply: AtomicBool::new(false),
         restart: Mutex::new(RestartSlot::default()),
         session: AtomicU64::new(session),
         socket: Mutex::new(None),
     });
     let emit: Emit = Arc::new(move |ev, control, wait| send_event(&events, ev, control, wait));
     let (done_tx, done_rx) = bounded(1);
+    let (exited_tx, exited_rx) = bounded::<()>(0);
     *shared.lock_current() = Some(Arc::clone(&control));
     shared.set_state(ReceiverState::Starting);
     let thread = {
@@ -479,7 +506,11 @@ where
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name(format!("walreceiver-{session}"))
-            .spawn(move || session::run(config, control, shared, emit, done_tx))
+            .spawn(move || {
+                // Dropped when the thread ends: the handle's signal.
+                let _exited = exited_tx;
+                session::run(config, control, shared, emit, done_tx)
+            })
             .map_err(ReceiverError::Spawn)?
     };
     Ok(ReceiverHandle {
@@ -487,6 +518,7 @@ where
         shared,
         thread: Some(thread),
         done_rx,
+        exited_rx,
         stopped: None,
     })
 }
@@ -538,6 +570,8 @@ pub struct ReceiverHandle {
     thread: Option<JoinHandle<()>>,
     /// The thread reports the flushed position when it has left the upstream.
     done_rx: Receiver<Lsn>,
+    /// Disconnected when the thread ends.
+    exited_rx: Receiver<()>,
     /// What `stop()` returned (it is idempotent).
     stopped: Option<Lsn>,
 }
@@ -570,7 +604,7 @@ impl ReceiverHandle {
         slot.order = Some(RestartOrder { session, from, tli });
         slot.waiting = false;
         drop(slot);
-        self.control.latch.set();
+        self.control.wake();
         Ok(())
     }
 
@@ -583,7 +617,7 @@ impl ReceiverHandle {
             return f;
         }
         self.control.stop.store(true, Ordering::Release);
-        self.control.latch.set();
+        self.control.wake();
         let flushed = match self.done_rx.recv_timeout(STOP_BOUND) {
             Ok(f) => f,
             Err(_) => {
@@ -607,18 +641,17 @@ impl Drop for ReceiverHandle {
             // Not stopped: end without the final report.
             self.control.dropped.store(true, Ordering::Release);
             self.control.stop.store(true, Ordering::Release);
-            self.control.latch.set();
+            self.control.wake();
             if self.done_rx.recv_timeout(STOP_BOUND).is_err() {
                 self.control.shutdown_socket();
             }
         }
-        self.control.latch.set();
+        self.control.wake();
         if let Some(t) = self.thread.take() {
-            let deadline = Instant::now() + STOP_BOUND;
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if t.is_finished() {
+            // Nothing is ever sent: this returns when the thread ends.
+            let ended = self.exited_rx.recv_timeout(STOP_BOUND)
+                == Err(crossbeam_channel::RecvTimeoutError::Disconnected);
+            if ended {
                 let _ = t.join();
             } else {
                 tracing::warn!("walreceiver thread still running after {STOP_BOUND:?}; detached");

@@ -1,6 +1,10 @@
 //! The redo loop: executes the machine's `Replay` requests — apply every
 //! valid record that ends at or before the limit — and reports progress, the
 //! end of available WAL, or the invalid record it stopped at (never applied).
+//!
+//! It owns the replay position ([`Replayed`]): updated after every record,
+//! published (subscribers woken: the walreceiver's replies, cascading
+//! walsenders) with every progress report and at the end of each request.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::node::recovery::apply_record;
-use crate::node::replication::FlushPoint;
-use crate::node::Node;
+use super::progress::Replayed;
+use crate::datadir::DataDir;
 use crate::states::recovery::{Event, RecordCheck};
 use crate::store::record::RM_KV;
-use crate::wal::{HeaderProblem, ReadErrorKind, ReaderConfig, WalReader};
-use crate::{Lsn, TimelineHistory, TimelineId};
+use crate::store::{ControlFile, Store};
+use crate::wal::{HeaderProblem, ReadErrorKind, ReaderConfig, Record, WalReader};
+use crate::watch::Watch;
+use crate::{Lsn, TimelineHistory};
 
 /// Progress is reported at least this often while a long replay runs...
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -32,21 +37,21 @@ pub enum RedoRequest {
 
 /// The redo thread's state.
 pub struct Redo {
-    pub node: Arc<Node>,
+    /// Where records are applied.
+    pub store: Arc<Store>,
     pub reader: WalReader,
+    /// The replay position, owned here.
+    pub replayed: Arc<Watch<Replayed>>,
     pub events: Sender<Event>,
     /// Set at shutdown: a long replay stops between records.
     pub stop: Arc<AtomicBool>,
-    /// Called after replay advanced (the walreceiver's apply reply).
-    pub on_applied: Box<dyn Fn(Lsn) + Send>,
 }
 
 impl Redo {
-    /// A reader at the redo point of `node`'s control file.
-    pub fn reader_for(node: &Node, history: TimelineHistory) -> WalReader {
-        let c = node.control();
+    /// A reader of `dir`'s WAL at the redo point of `c`.
+    pub fn reader_for(dir: &DataDir, c: &ControlFile, history: TimelineHistory) -> WalReader {
         let cfg = ReaderConfig {
-            dir: node.dir.wal(),
+            dir: dir.wal(),
             system_id: c.system_identifier,
             seg_size: c.wal_segment_size,
             history,
@@ -86,7 +91,7 @@ impl Redo {
             }
             match self.reader.read_record() {
                 Ok(rec) => {
-                    if let Err(e) = apply_record(&self.node.store, &rec) {
+                    if let Err(e) = self.store.apply_record(&rec) {
                         // The CRC held, so this is a bug or a version
                         // mismatch: stop here rather than skip the record.
                         tracing::error!(error = %e, "could not apply a WAL record");
@@ -100,7 +105,7 @@ impl Redo {
                     if end.saturating_sub(reported) >= PROGRESS_BYTES
                         || last_report.elapsed() >= PROGRESS_INTERVAL
                     {
-                        self.publish(end);
+                        self.publish();
                         let _ = self.events.send(Event::WalReplayed { upto: end });
                         reported = end;
                         last_report = Instant::now();
@@ -108,7 +113,7 @@ impl Redo {
                 }
                 Err(e) => {
                     let at = self.reader.next_lsn();
-                    self.publish(at);
+                    self.publish();
                     return match classify(&e.kind) {
                         None => Event::EndOfWalReached { at },
                         Some(check) => {
@@ -124,38 +129,31 @@ impl Redo {
         }
     }
 
-    /// Bookkeeping after one applied record.
-    fn advanced(&self, rec: &crate::wal::Record) {
-        let st = &self.node.standby;
-        st.last_record_lsn.store(rec.lsn.0, Ordering::Release);
-        st.replay_lsn.store(rec.end.0, Ordering::Release);
+    /// Bookkeeping after one applied record: the position moves without
+    /// waking anyone (see [`publish`](Self::publish)).
+    fn advanced(&self, rec: &Record) {
         let tli = self.reader.history().timeline_of(rec.lsn);
-        st.replay_tli.store(tli.0, Ordering::Release);
-        st.records_replayed.fetch_add(1, Ordering::Relaxed);
-        if rec.rmid == RM_KV && rec.payload.len() >= 8 {
+        let commit_us = (rec.rmid == RM_KV && rec.payload.len() >= 8).then(|| {
             let mut t = [0u8; 8];
             t.copy_from_slice(&rec.payload[..8]);
-            st.last_replayed_commit_us
-                .store(u64::from_le_bytes(t), Ordering::Relaxed);
-        }
+            u64::from_le_bytes(t)
+        });
+        self.replayed.update(|r| {
+            r.end = rec.end;
+            r.last_record = rec.lsn;
+            r.tli = tli;
+            r.records += 1;
+            if let Some(us) = commit_us {
+                r.last_commit_us = us;
+            }
+            false
+        });
     }
 
-    /// Tell cascading walsenders and the walreceiver's replies where replay is.
-    fn publish(&self, replay: Lsn) {
-        let st = &self.node.standby;
-        let replay_tli = TimelineId(st.replay_tli.load(Ordering::Acquire));
-        let receive_tli = TimelineId(st.receive_tli.load(Ordering::Acquire));
-        let mut lsn = replay;
-        if receive_tli == replay_tli {
-            lsn = lsn.max(st.receive_lsn());
-        }
-        if replay_tli.0 != 0 {
-            self.node.set_standby_flush(FlushPoint {
-                tli: replay_tli,
-                lsn,
-            });
-        }
-        (self.on_applied)(replay);
+    /// Wake those who follow replay: the walreceiver replies with the new
+    /// apply position, cascading walsenders may send further.
+    fn publish(&self) {
+        self.replayed.update(|_| true);
     }
 }
 

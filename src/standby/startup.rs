@@ -3,21 +3,25 @@
 //! its one timer and shutdown, and executes the actions it returns.
 //!
 //! The loop is the quinn-proto shape of STYLE.md: handle an event, drain the
-//! actions and the trace, re-arm one timer at `poll_timeout()`.
+//! actions and the trace, re-arm one timer at `poll_timeout()`. After each
+//! drain it publishes the machine's status (the node reads it for INFO,
+//! `/status` and `/metrics`).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::fetcher::FetchRequest;
+use super::progress::{LastTransition, StandbyStatus};
 use super::promote;
-use super::receiver::{ReceiverShared, Sessions};
+use super::receiver::Sessions;
 use super::redo::RedoRequest;
 use super::tracelog::TraceLog;
-use crate::node::{ExitRequest, Node};
-use crate::states::recovery::{Action, Event, ExitReason, PromotionStep, Recovery, Severity};
+use super::{StandbyError, StandbyHandles};
+use crate::states::recovery::{
+    Action, Event, ExitReason, PromotionStep, Recovery, Severity, StateKind, Transition,
+};
 use crate::states::time::Millis;
 use crate::store::control::now_ms;
 
@@ -25,31 +29,57 @@ use crate::store::control::now_ms;
 /// not a poll: every event wakes it at once).
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
-/// The startup thread's state.
-pub struct Startup {
-    pub core: Recovery,
-    pub node: Arc<Node>,
+/// The channels between the startup process and its workers.
+pub struct Channels {
+    /// Events from every worker.
     pub events: Receiver<Event>,
     /// For the executor's own answers (promotion steps).
     pub events_tx: Sender<Event>,
     pub fetch: Sender<FetchRequest>,
     pub redo: Sender<RedoRequest>,
-    pub receivers: Sessions<Event>,
-    /// Positions the walreceiver shares (its fsync failures too).
-    pub receiver_shared: Arc<ReceiverShared>,
     pub shutdown: Receiver<()>,
-    pub trace: TraceLog,
-    pub epoch: Instant,
+}
+
+/// The startup thread's state.
+pub struct Startup {
+    core: Recovery,
+    h: StandbyHandles,
+    ch: Channels,
+    receivers: Sessions<Event>,
+    trace: TraceLog,
+    epoch: Instant,
+    /// What is published after each drain besides the machine's status.
+    status: StandbyStatus,
     /// Set once the end-of-recovery record is written: the old timeline's
     /// segment to rename to `.partial` after opening for writes.
-    pub partial: Option<promote::PartialSegment>,
+    partial: Option<promote::PartialSegment>,
     /// `standby.signal` was removed and the data directory not fsynced
     /// since: the history file step does it (see
     /// [`promote::remove_standby_signal`]).
-    pub standby_signal_unsynced: bool,
+    standby_signal_unsynced: bool,
 }
 
 impl Startup {
+    pub fn new(
+        core: Recovery,
+        receivers: Sessions<Event>,
+        ch: Channels,
+        trace: TraceLog,
+        h: StandbyHandles,
+    ) -> Startup {
+        Startup {
+            core,
+            h,
+            ch,
+            receivers,
+            trace,
+            epoch: Instant::now(),
+            status: StandbyStatus::default(),
+            partial: None,
+            standby_signal_unsynced: false,
+        }
+    }
+
     fn now(&self) -> Millis {
         Millis(self.epoch.elapsed().as_millis() as u64)
     }
@@ -58,7 +88,7 @@ impl Startup {
     pub fn run(mut self, first: Event) {
         let _span = tracing::info_span!("startup").entered();
         self.handle(first);
-        let mut shutdown = self.shutdown.clone();
+        let mut shutdown = self.ch.shutdown.clone();
         loop {
             self.drain();
             if self.core.state().is_final() {
@@ -70,7 +100,7 @@ impl Startup {
                 .map(|t| Duration::from_millis(t.since_ms(self.now())))
                 .unwrap_or(IDLE_WAIT);
             select! {
-                recv(self.events) -> ev => match ev {
+                recv(self.ch.events) -> ev => match ev {
                     Ok(ev) => self.handle(ev),
                     Err(_) => break,
                 },
@@ -82,40 +112,25 @@ impl Startup {
             }
         }
         self.receivers.stop_all();
+        if self.core.state() == StateKind::Promoted {
+            promote::finish(&self.h, self.partial.take());
+        }
         tracing::info!(state = %self.core.state(), "startup process ends");
     }
 
     fn handle(&mut self, ev: Event) {
-        self.note_positions(&ev);
-        if let (Event::StreamLost { .. }, Some(failure)) = (&ev, self.receiver_shared.io_failure())
-        {
-            // A failed fsync of received WAL is PostgreSQL's PANIC: never retried.
-            tracing::error!("walreceiver could not make received WAL durable: {failure}");
-            self.node.request_exit(ExitRequest::Fatal(format!(
-                "walreceiver IO failure: {failure}"
-            )));
+        if let Event::StreamLost { .. } = &ev {
+            if let Some(failure) = self.h.progress.received.io_failure() {
+                // A failed fsync of received WAL is PostgreSQL's PANIC: never retried.
+                tracing::error!("walreceiver could not make received WAL durable: {failure}");
+                self.h.hooks.fatal(StandbyError::ReceivedWal(failure));
+            }
         }
         let now = self.now();
         self.core.handle(now, ev);
         if cfg!(debug_assertions) {
             if let Err(v) = self.core.check_invariants() {
                 tracing::error!(violation = ?v, "recovery invariant broken");
-            }
-        }
-    }
-
-    /// Keep the receive position current for INFO, cascading and replies.
-    fn note_positions(&self, ev: &Event) {
-        if let Event::WalFlushed { tli, upto, .. } = ev {
-            let st = &self.node.standby;
-            st.receive_lsn.store(upto.0, Ordering::Release);
-            st.receive_tli.store(tli.0, Ordering::Release);
-            if *tli == st.replay_tli() || st.replay_tli().0 == 0 {
-                self.node
-                    .set_standby_flush(crate::node::replication::FlushPoint {
-                        tli: *tli,
-                        lsn: (*upto).max(st.replay_lsn()),
-                    });
             }
         }
     }
@@ -138,22 +153,31 @@ impl Startup {
             pending.push((t, at));
         }
         for (t, at) in pending.into_iter().filter(|(t, _)| t.is_notable()) {
-            tracing::info!(
-                from = %t.from,
-                to = %t.to,
-                event = %t.event.kind(),
-                replay = %t.replay_lsn,
-                receive = %t.receive_lsn,
-                cause = t.cause.as_deref().unwrap_or(""),
-                "recovery transition"
-            );
-            self.node.standby.note_transition(&t, at);
-            self.trace.append(&t, at);
+            self.record(&t, at);
         }
+        self.status.machine = Some(self.core.status());
+        self.h.progress.status.publish(self.status.clone());
+    }
+
+    /// Log a notable transition, append it to the trace, keep it for the
+    /// next publication.
+    fn record(&mut self, t: &Transition, at: u64) {
+        tracing::info!(
+            from = %t.from,
+            to = %t.to,
+            event = %t.event.kind(),
+            replay = %t.replay_lsn,
+            receive = %t.receive_lsn,
+            cause = t.cause.as_deref().unwrap_or(""),
+            "recovery transition"
+        );
+        self.status.last_transition = Some(Arc::new(LastTransition::of(t, at)));
+        self.status.transitions += 1;
+        self.trace.append(t, at);
     }
 
     fn answer(&self, ev: Event) {
-        let _ = self.events_tx.send(ev);
+        let _ = self.ch.events_tx.send(ev);
     }
 
     fn execute(&mut self, action: Action) {
@@ -169,8 +193,8 @@ impl Startup {
                 self.fetch(FetchRequest::FindLocalHistory { tli })
             }
             Action::Replay { source, upto, .. } => {
-                self.node.standby.update(|s| s.source = Some(source));
-                let _ = self.redo.send(RedoRequest::Replay { upto });
+                self.status.source = Some(source);
+                let _ = self.ch.redo.send(RedoRequest::Replay { upto });
             }
             Action::StartWalReceiver { session, from, tli } => {
                 self.receivers.start(session.0, from, tli)
@@ -182,18 +206,19 @@ impl Startup {
             Action::ArmRetry { .. } => {}
             Action::SetTargetTimeline { tli, history } => {
                 tracing::info!(tli = tli.0, "recovery follows timeline {}", tli.0);
-                self.node.standby.update(|s| s.target_tli = Some(tli));
-                let _ = self.redo.send(RedoRequest::SetHistory(history));
+                let _ = self.ch.redo.send(RedoRequest::SetHistory(history));
             }
             Action::ReachedConsistency { at } => {
                 tracing::info!(%at, "consistent recovery state reached; read-only connections are served");
-                self.node.standby.update(|s| s.consistent_at = Some(at));
-                self.node.set_consistent();
+                self.status.consistent_at = Some(at);
+                self.h.hooks.reached_consistency(at);
             }
-            Action::RemoveStandbySignal => match promote::remove_standby_signal(&self.node) {
-                Ok(removed) => self.standby_signal_unsynced |= removed,
-                Err(e) => tracing::error!(error = %e, "could not remove standby.signal"),
-            },
+            Action::RemoveStandbySignal => {
+                match promote::remove_standby_signal(&*self.h.storage, &self.h.datadir) {
+                    Ok(removed) => self.standby_signal_unsynced |= removed,
+                    Err(e) => tracing::error!(error = %e, "could not remove standby.signal"),
+                }
+            }
             Action::WriteHistoryFile {
                 tli,
                 parent,
@@ -203,7 +228,7 @@ impl Startup {
             } => {
                 let sync_datadir = std::mem::take(&mut self.standby_signal_unsynced);
                 match promote::write_history_file(
-                    &self.node,
+                    &self.h,
                     tli,
                     parent,
                     switch_point,
@@ -211,34 +236,39 @@ impl Startup {
                     sync_datadir,
                 ) {
                     Ok(()) => self.answer(Event::HistoryFileWritten { tli }),
-                    Err(reason) => self.answer(Event::PromotionStepFailed {
+                    Err(e) => self.answer(Event::PromotionStepFailed {
                         step: PromotionStep::WriteHistoryFile,
-                        reason,
+                        reason: e.to_string(),
                     }),
                 }
             }
             Action::WriteEndOfRecovery { tli, prev_tli, at } => {
-                match promote::write_end_of_recovery(&self.node, tli, prev_tli, at) {
+                match promote::write_end_of_recovery(&self.h, tli, prev_tli, at) {
                     Ok(end) => {
                         self.partial = Some(promote::PartialSegment { prev_tli, at });
                         self.answer(Event::EndOfRecoveryWritten { tli, end })
                     }
-                    Err(reason) => self.answer(Event::PromotionStepFailed {
+                    Err(e) => self.answer(Event::PromotionStepFailed {
                         step: PromotionStep::WriteEndOfRecovery,
-                        reason,
+                        reason: e.to_string(),
                     }),
                 }
             }
-            Action::EndCascadingTimeline { .. } => self.node.flush_changed.notify(),
-            Action::AcceptWrites { .. } => promote::accept_writes(&self.node, self.partial.take()),
+            // Cascading walsenders subscribe to the status this drain
+            // publishes: they wake, see their timeline end and finish.
+            Action::EndCascadingTimeline { .. } => {}
+            Action::AcceptWrites { .. } => {
+                self.h.hooks.accept_writes();
+                tracing::info!("database system is ready to accept connections (promoted)");
+            }
             Action::Report { report } => match report.severity() {
                 Severity::Info => tracing::info!("{report}"),
                 Severity::Warning => tracing::warn!("{report}"),
             },
             Action::Exit { reason } => {
-                if let ExitReason::Fatal { message } = &reason {
+                if let ExitReason::Fatal { message } = reason {
                     tracing::error!("FATAL: {message}");
-                    self.node.request_exit(ExitRequest::Fatal(message.clone()));
+                    self.h.hooks.fatal(StandbyError::Recovery { message });
                 }
             }
         }
@@ -247,6 +277,6 @@ impl Startup {
     fn fetch(&self, req: FetchRequest) {
         // Bounded channel; the fetcher takes one request at a time and the
         // machine never has more than one outstanding.
-        let _ = self.fetch.send(req);
+        let _ = self.ch.fetch.send(req);
     }
 }

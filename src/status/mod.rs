@@ -1,71 +1,143 @@
 //! HTTP status of a node on `status_port`: `/status` (JSON) and `/metrics`
-//! (Prometheus text format), built from the node's state at request time.
-//! Off unless `status_port` is set.
+//! (Prometheus text format). The node builds a [`Snapshot`] of its figures
+//! for each request (it implements [`SnapshotProvider`]); this module only
+//! renders and serves it. Off unless `status_port` is set.
+//!
+//! # Layout
+//! - [`metrics`]: the table of metric definitions `/metrics` walks.
 
-use std::fmt::Write as _;
+pub mod metrics;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
-
-use crate::node::Node;
+use crate::archive::ArchiverStats;
+use crate::replication::registry::WalSenderStatus;
+use crate::states::recovery::{StateKind, WalSource};
 use crate::store::control::now_ms;
+use crate::store::ClusterState;
+use crate::wal::WalStats;
+use crate::{Lsn, TimelineId};
 
-/// How often the server looks at its stop flag between requests.
-const POLL: Duration = Duration::from_millis(200);
+pub use metrics::{metrics_text, Metric, MetricKind, METRICS};
+
+/// The node's figures at one moment: what `/status` and `/metrics` show.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Accepting writes.
+    pub primary: bool,
+    pub system_identifier: u64,
+    pub cluster_state: ClusterState,
+    /// The control file's timeline.
+    pub timeline: TimelineId,
+    pub checkpoint_lsn: Lsn,
+    pub redo_lsn: Lsn,
+    /// The WAL writer, once one runs (a primary, or a promoted standby).
+    pub wal: Option<WalSnapshot>,
+    /// The archiver's counters, when one runs.
+    pub archiver: Option<ArchiverStats>,
+    /// A standby's recovery (kept after a promotion).
+    pub recovery: Option<RecoverySnapshot>,
+    /// Every connected walsender.
+    pub walsenders: Vec<WalSenderStatus>,
+    /// Synchronous replication.
+    pub sync: SyncSnapshot,
+}
+
+/// The WAL writer's positions and counters.
+#[derive(Debug, Clone)]
+pub struct WalSnapshot {
+    pub timeline: TimelineId,
+    pub insert_lsn: Lsn,
+    pub flush_lsn: Lsn,
+    pub stats: WalStats,
+}
+
+/// A standby's recovery: the machine's state as last published, and the
+/// positions redo and the walreceiver own.
+#[derive(Debug, Clone)]
+pub struct RecoverySnapshot {
+    /// The machine's state; `None` before it handled its first event.
+    pub state: Option<StateKind>,
+    /// Where the WAL being replayed comes from.
+    pub wal_source: Option<WalSource>,
+    /// The walreceiver's flush position and its timeline.
+    pub receive_lsn: Lsn,
+    pub receive_tli: TimelineId,
+    /// End of the last record replayed and its timeline.
+    pub replay_lsn: Lsn,
+    pub replay_tli: TimelineId,
+    /// Records replayed since start.
+    pub records_replayed: u64,
+    /// Commit time of the last key-value record replayed (µs since the
+    /// epoch; 0 before the first).
+    pub last_commit_us: u64,
+    /// The timeline recovery follows.
+    pub target_tli: Option<TimelineId>,
+    /// Replay reached the minimum recovery point.
+    pub consistent: bool,
+    /// The last notable transition ("from -> to on Event"), its cause and
+    /// when (ms since the epoch).
+    pub last_transition: Option<String>,
+    pub last_transition_cause: Option<String>,
+    pub last_transition_at_ms: u64,
+    /// Notable transitions since start.
+    pub transitions: u64,
+}
+
+/// Synchronous replication's configuration and waiters.
+#[derive(Debug, Clone, Default)]
+pub struct SyncSnapshot {
+    /// `synchronous_standby_names`, normalised; `None` when empty.
+    pub standby_names: Option<String>,
+    /// Commits waiting for synchronous standbys.
+    pub waiters: usize,
+    /// How long the oldest has waited (ms).
+    pub oldest_wait_ms: Option<u64>,
+    /// Commits degrade to local (no synchronous standby within the timeout).
+    pub degraded: bool,
+}
+
+/// Whoever can describe the node: the node itself, or a test double.
+pub trait SnapshotProvider: Send + Sync + 'static {
+    /// The figures now.
+    fn snapshot(&self) -> Snapshot;
+}
 
 /// A running status server.
 pub struct StatusServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    server: Arc<tiny_http::Server>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl StatusServer {
-    pub fn start(addr: SocketAddr, node: Arc<Node>) -> std::io::Result<StatusServer> {
-        let server =
-            tiny_http::Server::http(addr).map_err(|e| std::io::Error::other(e.to_string()))?;
+    /// Serve `provider`'s snapshots on `addr`.
+    pub fn start(
+        addr: SocketAddr,
+        provider: Arc<dyn SnapshotProvider>,
+    ) -> std::io::Result<StatusServer> {
+        let server = Arc::new(
+            tiny_http::Server::http(addr).map_err(|e| std::io::Error::other(e.to_string()))?,
+        );
         let addr = server
             .server_addr()
             .to_ip()
             .ok_or_else(|| std::io::Error::other("status server is not on an IP address"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let serving = server.clone();
         let thread = std::thread::Builder::new()
             .name("status-http".into())
             .spawn(move || {
                 let _span = tracing::info_span!("status-http").entered();
-                while !flag.load(Ordering::Relaxed) {
-                    let Ok(Some(req)) = server.recv_timeout(POLL) else {
-                        continue;
-                    };
-                    let (body, kind, code) = match req.url() {
-                        "/status" => (status_json(&node), "application/json", 200),
-                        "/metrics" => (metrics_text(&node), "text/plain; version=0.0.4", 200),
-                        _ => (
-                            "not found: try /status or /metrics\n".to_string(),
-                            "text/plain",
-                            404,
-                        ),
-                    };
-                    let header =
-                        tiny_http::Header::from_bytes(&b"Content-Type"[..], kind.as_bytes())
-                            .expect("static header");
-                    let _ = req.respond(
-                        tiny_http::Response::from_string(body)
-                            .with_status_code(code)
-                            .with_header(header),
-                    );
+                // Ends when `stop` unblocks the server.
+                while let Ok(req) = serving.recv() {
+                    respond(req, &*provider);
                 }
             })?;
         Ok(StatusServer {
             addr,
-            stop,
+            server,
             thread: Some(thread),
         })
     }
@@ -75,34 +147,51 @@ impl StatusServer {
     }
 
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.server.unblock();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
+fn respond(req: tiny_http::Request, provider: &dyn SnapshotProvider) {
+    let (body, kind, code) = match req.url() {
+        "/status" => (status_json(&provider.snapshot()), "application/json", 200),
+        "/metrics" => (
+            metrics_text(&provider.snapshot()),
+            "text/plain; version=0.0.4",
+            200,
+        ),
+        _ => (
+            "not found: try /status or /metrics\n".to_string(),
+            "text/plain",
+            404,
+        ),
+    };
+    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], kind.as_bytes())
+        .expect("static header");
+    let _ = req.respond(
+        tiny_http::Response::from_string(body)
+            .with_status_code(code)
+            .with_header(header),
+    );
+}
+
 /// `/status`: what `INFO replication` and `INFO persistence` say, as JSON.
-pub fn status_json(node: &Node) -> String {
-    let c = node.control().clone();
-    let st = &node.standby;
-    let view = st.status();
-    let wal = node.wal().map(|w| {
-        let s = w.stats();
+pub fn status_json(s: &Snapshot) -> String {
+    let wal = s.wal.as_ref().map(|w| {
         serde_json::json!({
-            "timeline": w.timeline().0,
-            "insert_lsn": w.inserted().to_string(),
-            "flush_lsn": w.flushed().to_string(),
-            "records": s.records,
-            "bytes": s.bytes,
-            "fsyncs": s.fsyncs,
+            "timeline": w.timeline.0,
+            "insert_lsn": w.insert_lsn.to_string(),
+            "flush_lsn": w.flush_lsn.to_string(),
+            "records": w.stats.records,
+            "bytes": w.stats.bytes,
+            "fsyncs": w.stats.fsyncs,
         })
     });
-    let standbys: Vec<serde_json::Value> = node
-        .registry()
-        .map(|r| r.snapshot())
-        .unwrap_or_default()
-        .into_iter()
+    let standbys: Vec<serde_json::Value> = s
+        .walsenders
+        .iter()
         .map(|w| {
             serde_json::json!({
                 "application_name": w.application_name,
@@ -116,200 +205,38 @@ pub fn status_json(node: &Node) -> String {
             })
         })
         .collect();
-    let (waiters, oldest) = node.syncrep.waiters();
+    let recovery = s.recovery.as_ref().and_then(|r| {
+        let state = r.state?;
+        Some(serde_json::json!({
+            "state": state.to_string(),
+            "wal_source": r.wal_source.map(|s| s.to_string()),
+            "receive_lsn": r.receive_lsn.to_string(),
+            "replay_lsn": r.replay_lsn.to_string(),
+            "replay_tli": r.replay_tli.0,
+            "target_timeline": r.target_tli.map(|t| t.0),
+            "consistent": r.consistent,
+            "last_transition": r.last_transition,
+            "last_transition_cause": r.last_transition_cause,
+            "last_transition_age_ms": now_ms().saturating_sub(r.last_transition_at_ms),
+            "transitions": r.transitions,
+        }))
+    });
     serde_json::json!({
-        "role": if node.is_primary() { "primary" } else { "standby" },
-        "system_identifier": c.system_identifier.to_string(),
-        "cluster_state": c.state.describe(),
-        "timeline": c.timeline.0,
-        "checkpoint_lsn": c.checkpoint_lsn.to_string(),
-        "redo_lsn": c.redo_lsn.to_string(),
+        "role": if s.primary { "primary" } else { "standby" },
+        "system_identifier": s.system_identifier.to_string(),
+        "cluster_state": s.cluster_state.describe(),
+        "timeline": s.timeline.0,
+        "checkpoint_lsn": s.checkpoint_lsn.to_string(),
+        "redo_lsn": s.redo_lsn.to_string(),
         "wal": wal,
-        "recovery": view.state.map(|s| serde_json::json!({
-            "state": s.to_string(),
-            "wal_source": view.source.map(|s| s.to_string()),
-            "receive_lsn": st.receive_lsn().to_string(),
-            "replay_lsn": st.replay_lsn().to_string(),
-            "replay_tli": st.replay_tli().0,
-            "target_timeline": view.target_tli.map(|t| t.0),
-            "consistent": view.consistent_at.is_some(),
-            "last_transition": view.last_transition,
-            "last_transition_cause": view.last_transition_cause,
-            "last_transition_age_ms": now_ms().saturating_sub(view.last_transition_at_ms),
-            "transitions": view.transitions,
-        })),
+        "recovery": recovery,
         "standbys": standbys,
         "synchronous": {
-            "standby_names": node.syncrep.config().map(|c| c.to_string()),
-            "waiters": waiters,
-            "oldest_wait_ms": oldest.map(|d| d.as_millis() as u64),
-            "degraded": node.syncrep.is_degraded(),
+            "standby_names": s.sync.standby_names,
+            "waiters": s.sync.waiters,
+            "oldest_wait_ms": s.sync.oldest_wait_ms,
+            "degraded": s.sync.degraded,
         },
     })
     .to_string()
-}
-
-fn gauge(r: &mut Registry, name: &str, help: &str, v: i64) {
-    r.register(name, help, ConstGauge::new(v));
-}
-
-fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
-    r.register(name, help, ConstCounter::new(v));
-}
-
-/// `/metrics`: the node's figures in Prometheus's text format.
-pub fn metrics_text(node: &Node) -> String {
-    let mut r = Registry::with_prefix("walrep");
-    gauge(
-        &mut r,
-        "primary",
-        "1 on a primary, 0 on a standby",
-        node.is_primary() as i64,
-    );
-    gauge(
-        &mut r,
-        "timeline",
-        "The node's timeline",
-        node.control().timeline.0 as i64,
-    );
-    if let Some(w) = node.wal() {
-        let s = w.stats();
-        gauge(
-            &mut r,
-            "wal_insert_lsn_bytes",
-            "WAL insert position",
-            w.inserted().0 as i64,
-        );
-        gauge(
-            &mut r,
-            "wal_flush_lsn_bytes",
-            "WAL flushed position",
-            w.flushed().0 as i64,
-        );
-        counter(&mut r, "wal_records", "WAL records inserted", s.records);
-        counter(&mut r, "wal_write_bytes", "WAL bytes inserted", s.bytes);
-        counter(
-            &mut r,
-            "wal_fsyncs",
-            "fdatasync calls on WAL segments",
-            s.fsyncs,
-        );
-        counter(
-            &mut r,
-            "wal_segments_completed",
-            "WAL segments completed",
-            s.segments_completed,
-        );
-    }
-    if let Some(a) = node.archiver_stats() {
-        let a = a.snapshot();
-        counter(
-            &mut r,
-            "archiver_archived",
-            "Files archive_command archived",
-            a.archived_count,
-        );
-        counter(
-            &mut r,
-            "archiver_failed",
-            "archive_command failures",
-            a.failed_count,
-        );
-    }
-    let st = &node.standby;
-    if let Some(state) = st.status().state {
-        gauge(
-            &mut r,
-            "standby_receive_lsn_bytes",
-            "WAL received by the walreceiver",
-            st.receive_lsn().0 as i64,
-        );
-        gauge(
-            &mut r,
-            "standby_replay_lsn_bytes",
-            "WAL replayed",
-            st.replay_lsn().0 as i64,
-        );
-        gauge(
-            &mut r,
-            "standby_replay_lag_bytes",
-            "WAL received but not replayed",
-            st.receive_lsn().saturating_sub(st.replay_lsn()) as i64,
-        );
-        counter(
-            &mut r,
-            "recovery_transitions",
-            "Notable recovery transitions",
-            st.status().transitions,
-        );
-        counter(
-            &mut r,
-            "recovery_records_replayed",
-            "Records replayed since start",
-            st.records_replayed.load(Ordering::Relaxed),
-        );
-        let state_name = state.to_string();
-        for s in [
-            "ArchiveRecovery",
-            "RetryingArchive",
-            "Streaming",
-            "Promoting",
-            "Promoted",
-        ] {
-            gauge(
-                &mut r,
-                &format!("recovery_state_{}", snake(s)),
-                "1 when the recovery machine is in this state",
-                (s == state_name) as i64,
-            );
-        }
-    }
-    let standbys = node.registry().map(|r| r.snapshot()).unwrap_or_default();
-    gauge(
-        &mut r,
-        "walsenders",
-        "Connected walsenders",
-        standbys.len() as i64,
-    );
-    let flush = node.wal().map(|w| w.flushed()).unwrap_or(st.replay_lsn());
-    let worst = standbys
-        .iter()
-        .map(|w| flush.saturating_sub(w.flush_lsn))
-        .max()
-        .unwrap_or(0);
-    gauge(
-        &mut r,
-        "standby_max_flush_lag_bytes",
-        "Largest flush lag of a connected standby",
-        worst as i64,
-    );
-    let (waiters, _) = node.syncrep.waiters();
-    gauge(
-        &mut r,
-        "sync_waiters",
-        "Commits waiting for synchronous standbys",
-        waiters as i64,
-    );
-    gauge(
-        &mut r,
-        "sync_degraded",
-        "1 while commits degrade to local",
-        node.syncrep.is_degraded() as i64,
-    );
-    let mut out = String::new();
-    if prometheus_client::encoding::text::encode(&mut out, &r).is_err() {
-        let _ = writeln!(out, "# encoding failed");
-    }
-    out
-}
-
-fn snake(s: &str) -> String {
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if ch.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(ch.to_ascii_lowercase());
-    }
-    out
 }

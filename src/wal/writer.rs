@@ -16,9 +16,9 @@
 //! - A WAL-writer thread flushes asynchronous commits (`wal_writer_delay`,
 //!   `wal_writer_flush_after`) and pre-allocates the next segment.
 //! - Whoever completes a flush runs the `FlushHook` (if installed) before
-//!   publishing the new flush position, then wakes walsenders in
-//!   `wait_flush_beyond` only if any are there: a commit costs no wake-up
-//!   of another thread.
+//!   publishing the new flush position, then publishes it on the flush
+//!   [`Watch`] (walsenders subscribe to it): with nobody subscribed, a
+//!   commit costs no wake-up of another thread.
 //! - Any write or fdatasync failure poisons the writer: it stops, every
 //!   waiter and every later call gets `WalError::Poisoned` naming the
 //!   original error, and nothing retries an fsync.
@@ -33,7 +33,7 @@ mod walwriter;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,7 @@ use super::record::RecordError;
 use super::segdir::{RecycleTarget, RemovalReport, RemovalRequest, SegmentDir, SegmentError};
 use super::xlog::XlogRecord;
 use crate::storage::{StdStorage, Storage};
+use crate::watch::Watch;
 use crate::{Lsn, SegNo, TimelineId, WalSegSize};
 
 /// Bound of one park of a waiting session; a safety net against a lost
@@ -225,8 +226,7 @@ impl Wal {
             poison: OnceLock::new(),
             stopping: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
-            flush_signal: (Mutex::new(()), Condvar::new()),
-            flush_waiters: AtomicUsize::new(0),
+            flush_watch: Watch::new(cfg.start_lsn),
             flush_hook: shared::HookSlot::default(),
             kick,
             subscribers: Mutex::new(Vec::new()),
@@ -368,36 +368,27 @@ impl Wal {
     }
 
     /// Wait (without polling) until `flushed() > lsn` or `timeout` passes;
-    /// returns `flushed()` either way. For walsenders: woken on every flush.
+    /// returns `flushed()` either way. Built on [`Wal::flush_watch`].
     /// Errors once the writer is poisoned, or shut down with nothing beyond `lsn`.
     pub fn wait_flush_beyond(&self, lsn: Lsn, timeout: Duration) -> Result<Lsn, WalError> {
         let sh = &*self.shared;
-        if sh.flushed() > lsn {
-            return Ok(sh.flushed());
+        match sh.flush_watch.wait_until(|f| *f > lsn, timeout) {
+            Ok(flushed) => Ok(flushed),
+            Err(flushed) => {
+                sh.check_poison()?;
+                if sh.stopped.load(Ordering::Acquire) {
+                    return Err(WalError::ShutDown);
+                }
+                Ok(flushed)
+            }
         }
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &sh.flush_signal;
-        let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
-        let _waiting = FlushWaiter::enter(&sh.flush_waiters);
-        loop {
-            // SeqCst: see `Shared::flush_locked`.
-            let flushed = Lsn(sh.flushed.load(Ordering::SeqCst));
-            if flushed > lsn {
-                return Ok(flushed);
-            }
-            sh.check_poison()?;
-            if sh.stopped.load(Ordering::Acquire) {
-                return Err(WalError::ShutDown);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(flushed);
-            }
-            g = cv
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+    }
+
+    /// The flush position as a [`Watch`]: published after every flush
+    /// (after the `FlushHook`), closed when the writer is poisoned or shut
+    /// down. Subscribe to be woken when WAL becomes durable.
+    pub fn flush_watch(&self) -> &Watch<Lsn> {
+        &self.shared.flush_watch
     }
 
     /// A channel of every `WalEvent` (bounded; see `WalEvent`). A
@@ -514,24 +505,8 @@ impl Wal {
         sh.close_subscribers();
         sh.stopped.store(true, Ordering::Release);
         sh.queue.release_all();
-        sh.signal_flush();
+        sh.flush_watch.close();
         flushed.map(|()| sh.flushed())
-    }
-}
-
-/// Counts a thread in `Wal::wait_flush_beyond` for as long as it is there.
-struct FlushWaiter<'a>(&'a AtomicUsize);
-
-impl<'a> FlushWaiter<'a> {
-    fn enter(n: &'a AtomicUsize) -> FlushWaiter<'a> {
-        n.fetch_add(1, Ordering::SeqCst);
-        FlushWaiter(n)
-    }
-}
-
-impl Drop for FlushWaiter<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -15,7 +15,6 @@ pub use stream::{StartOutcome, StatusSender, StreamEvent};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
@@ -174,32 +173,6 @@ impl ReplicationClient {
     /// The bound on waiting for an answer, as given at connect.
     pub fn io_timeout(&self) -> Duration {
         self.io_timeout
-    }
-
-    /// Something can be read without waiting: a whole message is buffered
-    /// or the socket has unread bytes. A walreceiver drains the socket
-    /// while this holds, then fsyncs once.
-    pub fn has_pending(&self) -> bool {
-        if self.reader.has_complete_message() || self.reader.get_ref().has_buffered_input() {
-            return true;
-        }
-        let mut n: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one c_int through a valid pointer on a
-        // socket descriptor this client owns.
-        let rc = unsafe {
-            libc::ioctl(
-                self.reader.get_ref().as_raw_fd(),
-                libc::FIONREAD as _,
-                &mut n as *mut libc::c_int,
-            )
-        };
-        rc == 0 && n > 0
-    }
-
-    /// The socket's descriptor, to wait for it to become readable
-    /// (together with other wake-ups) before calling `recv`.
-    pub fn socket_fd(&self) -> std::os::unix::io::RawFd {
-        self.reader.get_ref().as_raw_fd()
     }
 
     /// Another handle on the socket: `shutdown` on it unblocks a thread

@@ -1,17 +1,17 @@
 //! START_REPLICATION: the walsender proper. Streams WAL in XLogData
 //! messages of at most 128 kB (ends rounded down to an 8 kB page, as
 //! PostgreSQL does) and only up to the source's flush point; wakes when the
-//! source flushes more (a watcher thread blocked in `wait_for_flush`),
-//! when the client sends something, or when a keepalive or timeout is due.
+//! source flushes more (a token of its flush subscription), when the
+//! client sends something, or when a keepalive or timeout is due.
 //! Ends the COPY at the switch point of a historic timeline and answers
 //! with the next timeline; at server shutdown sends what is left, waits for
 //! the client to confirm it and ends with `COPY 0`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{bounded, never, select, Receiver, TrySendError};
+use crossbeam_channel::{never, select};
 use walrep_states::{Lsn, TimelineHistory, TimelineId};
 
 use super::conn::ClientEvent;
@@ -22,16 +22,14 @@ use crate::replication::pgwire::{
     ReplicationMessage, StandbyMessage, StandbyStatusUpdate, XLogDataHeader, XLOGDATA_HEADER_LEN,
 };
 use crate::replication::registry::WalSenderState;
-use crate::replication::source::{FlushPoint, ReplicationSource};
+use crate::replication::source::ReplicationSource;
 use crate::replication::sqlstate::{self as code, PgError};
+use crate::watch::Subscription;
 
 /// PostgreSQL's XLOG_BLCKSZ: a message cut by the size limit ends on a page.
 pub const XLOG_BLCKSZ: u64 = 8192;
 /// PostgreSQL's MAX_SEND_SIZE: 16 pages.
 pub const MAX_SEND_SIZE: u64 = XLOG_BLCKSZ * 16;
-/// How long the flush watcher blocks at most before checking whether its
-/// walsender is gone (it is woken at once by new WAL).
-const WATCH_SLICE: Duration = Duration::from_secs(1);
 /// Longest idle wait when no keepalive is due (wal_sender_timeout off).
 const IDLE_WAIT: Duration = Duration::from_secs(10);
 
@@ -70,7 +68,7 @@ pub(super) fn start_replication<S: ReplicationSource>(
         });
         s.conn.flush()?;
         check_start(&*src, fp.lsn, start, plan.tli)?;
-        let mut st = Streamer::new(s, src, plan, start, slot.map(str::to_string), fp);
+        let mut st = Streamer::new(s, src, plan, start, slot.map(str::to_string));
         let outcome = st.run();
         plan = st.plan;
         st.s.handle.set_state(WalSenderState::Startup);
@@ -167,39 +165,6 @@ fn check_start<S: ReplicationSource>(
     Ok(())
 }
 
-/// Wakes the walsender whenever the source's flush point moves: a token
-/// in a one-slot channel (coalesced), from a thread blocked in
-/// `wait_for_flush`. It exits within [`WATCH_SLICE`] once `stop` is set.
-fn spawn_flush_watcher<S: ReplicationSource>(
-    src: Arc<S>,
-    seen: FlushPoint,
-    stop: Arc<AtomicBool>,
-) -> Receiver<()> {
-    let (tx, rx) = bounded(1);
-    let spawned = std::thread::Builder::new()
-        .name("walsender-flush".into())
-        .spawn(move || {
-            // Start from what the walsender saw, so a change before this
-            // thread runs still wakes it.
-            let mut last = seen;
-            while !stop.load(Ordering::SeqCst) {
-                let now = src.wait_for_flush(last, WATCH_SLICE);
-                if now != last {
-                    last = now;
-                    if let Err(TrySendError::Disconnected(_)) = tx.try_send(()) {
-                        return;
-                    }
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        // Without the watcher the walsender still wakes on its keepalive
-        // schedule; say why it is slow.
-        tracing::error!("could not start the flush watcher: {e}");
-    }
-    rx
-}
-
 /// The state of one COPY (PostgreSQL's WalSndLoop variables).
 struct Streamer<'a, S: ReplicationSource> {
     s: &'a mut Session<S>,
@@ -219,14 +184,8 @@ struct Streamer<'a, S: ReplicationSource> {
     reported: StandbyStatusUpdate,
     /// One CopyData(XLogData) frame, reused.
     frame: Vec<u8>,
-    flush_rx: Receiver<()>,
-    watcher_stop: Arc<AtomicBool>,
-}
-
-impl<S: ReplicationSource> Drop for Streamer<'_, S> {
-    fn drop(&mut self) {
-        self.watcher_stop.store(true, Ordering::SeqCst);
-    }
+    /// A token whenever the source's flush point may have moved.
+    flushed: Subscription,
 }
 
 impl<'a, S: ReplicationSource> Streamer<'a, S> {
@@ -236,10 +195,9 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         plan: Plan,
         start: Lsn,
         slot: Option<String>,
-        seen: FlushPoint,
     ) -> Self {
-        let watcher_stop = Arc::new(AtomicBool::new(false));
-        let flush_rx = spawn_flush_watcher(Arc::clone(&src), seen, Arc::clone(&watcher_stop));
+        // Before the first look at the flush point (in `send_some`).
+        let flushed = src.subscribe_flush();
         s.handle.set_state(WalSenderState::Catchup);
         Streamer {
             s,
@@ -261,8 +219,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
                 reply_requested: false,
             },
             frame: Vec::with_capacity(5 + XLOGDATA_HEADER_LEN + MAX_SEND_SIZE as usize),
-            flush_rx,
-            watcher_stop,
+            flushed,
         }
     }
 
@@ -531,7 +488,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         let flushed = if self.done_sending {
             never()
         } else {
-            self.flush_rx.clone()
+            self.flushed.receiver().clone()
         };
         select! {
             recv(self.s.rx) -> ev => match ev {

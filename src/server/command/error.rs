@@ -5,7 +5,7 @@
 use crate::server::WriteError;
 
 /// Why a command was refused or failed; its text is the error reply.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CommandError {
     /// Redis's arity rule; the name is the command's (`get`) or the
     /// subcommand's (`config|get`).

@@ -6,17 +6,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{select, Sender};
 
+use super::upstream::{Incoming, Reader};
 use super::{
     Control, Emit, ReceiverConfig, ReceiverEvent, ReceiverShared, ReceiverState, RestartOrder,
 };
 use crate::replication::client::{
-    ClientError, ConnInfo, IdentifySystem, ReplicationClient, StartOutcome, StreamEvent,
+    ClientError, ConnInfo, IdentifySystem, ReplicationClient, StartOutcome, StatusSender,
+    StreamEvent,
 };
 use crate::replication::server::format_instance_id;
 use crate::wal::timeline::history_path;
 use crate::wal::{write_history_text, CompletedMark, SegmentError, SegmentWriter};
+use crate::watch::Subscription;
 use crate::{Lsn, TimelineId};
 
 /// Most bytes received before an fsync, even if the socket still has data.
@@ -26,8 +29,8 @@ const MAX_BATCH_BYTES: u64 = 16 << 20;
 /// rarely drains the socket) a byte bound alone let a batch gather for
 /// seconds at ~10 MB/s: this bounds the replay lag the batching adds.
 const MAX_BATCH_TIME: Duration = Duration::from_millis(2);
-/// Longest single wait; the latch wakes the thread for stop, restart and
-/// forced replies, this only bounds the timers.
+/// Longest single wait; tokens wake the thread for stop, restart and
+/// replay progress, this only bounds the timers.
 const MAX_NAP: Duration = Duration::from_secs(1);
 
 /// How a session ended.
@@ -95,7 +98,7 @@ pub(super) fn run(
     let _ = done_tx.try_send(flushed);
     // Wait for the handle: stop() wants the final report, drop does not.
     while !s.control.stopping() && !dropped() {
-        let _ = s.control.latch.wait(None, MAX_NAP);
+        let _ = s.control.wake_rx.recv_timeout(MAX_NAP);
     }
     if !dropped() {
         s.emit_now(ReceiverEvent::WalReceiverStopped {
@@ -119,8 +122,14 @@ struct Session {
     tli: TimelineId,
     /// Writes received bytes into segment files of `tli`.
     writer: SegmentWriter,
-    /// The upstream connection (kept across a timeline end).
+    /// The upstream connection in command mode (kept across a timeline
+    /// end); while streaming, the reader thread has it.
     client: Option<ReplicationClient>,
+    /// Sends replies while streaming (the reader thread owns the client).
+    status: Option<StatusSender>,
+    /// Woken when redo publishes its position (the apply position of
+    /// replies, for remote_apply).
+    replayed: Subscription,
     /// Status last sent (write, flush, apply) and when.
     last_sent: (Lsn, Lsn, Lsn),
     last_status: Option<Instant>,
@@ -132,6 +141,9 @@ struct Session {
     pinged: bool,
     /// The flush position last reported in WalFlushed.
     reported_flush: Lsn,
+    /// The flush position last published to [`ReceiverShared`]: only WAL
+    /// actually received counts (not the segment start streaming began at).
+    published_flush: Lsn,
     /// A WalFlushed the full event queue did not take yet.
     pending_flush: Option<(TimelineId, Lsn)>,
 }
@@ -151,6 +163,7 @@ impl Session {
             CompletedMark::Done
         };
         let writer = SegmentWriter::new(Arc::clone(&cfg.segdir), cfg.tli, start, mark);
+        let replayed = shared.replayed.subscribe();
         Session {
             session: control.session.load(Ordering::Acquire),
             tli: cfg.tli,
@@ -161,12 +174,15 @@ impl Session {
             shared,
             emit,
             client: None,
+            status: None,
+            replayed,
             last_sent: (Lsn::INVALID, Lsn::INVALID, Lsn::INVALID),
             last_status: None,
             last_feedback: None,
             last_recv: Instant::now(),
             pinged: false,
             reported_flush: start,
+            published_flush: start,
             pending_flush: None,
         }
     }
@@ -197,6 +213,15 @@ impl Session {
 
     fn client(&mut self) -> Result<&mut ReplicationClient, End> {
         self.client.as_mut().ok_or_else(|| lost("not connected"))
+    }
+
+    /// Where replies go: the reader thread's connection while streaming.
+    fn status_sender(&self) -> Result<StatusSender, End> {
+        match (&self.status, &self.client) {
+            (Some(s), _) => Ok(s.clone()),
+            (None, Some(c)) => Ok(c.status_sender()),
+            (None, None) => Err(lost("not connected")),
+        }
     }
 
     fn connect(&mut self) -> Result<(), End> {
@@ -318,57 +343,81 @@ impl Session {
         }
     }
 
-    /// The receive loop of one START_REPLICATION.
+    /// One START_REPLICATION: the reader thread takes the connection and
+    /// gives it back at a timeline end.
     fn stream(&mut self) -> Result<StreamEnd, End> {
+        let client = self.client.take().ok_or_else(|| lost("not connected"))?;
+        self.status = Some(client.status_sender());
+        let read_bound = self.cfg.timeout.unwrap_or(self.cfg.connect_timeout);
+        let reader = Reader::spawn(client, read_bound, self.session)
+            .map_err(|e| lost(format!("could not start the WAL stream reader: {e}")))?;
+        let result = self.receive_loop(&reader);
+        self.status = None;
+        self.client = match result {
+            Ok(StreamEnd::TimelineEnded { .. }) => reader.finish(),
+            _ => reader.abort(),
+        };
+        result
+    }
+
+    /// The receive loop: wait for WAL, wake-ups and timers; write, fsync
+    /// and report each drained batch.
+    fn receive_loop(&mut self, reader: &Reader) -> Result<StreamEnd, End> {
         self.shared.set_state(ReceiverState::Streaming);
         self.last_recv = Instant::now();
         self.pinged = false;
         self.send_status(true, false)?;
         self.send_feedback(true)?;
+        let replayed = self.replayed.receiver().clone();
+        let wake = self.control.wake_rx.clone();
         loop {
             if self.control.stopping() {
                 return Ok(StreamEnd::Stop);
             }
-            if self.control.reply.swap(false, Ordering::AcqRel) {
-                self.send_status(true, false)?;
-            }
             self.deliver_pending_flush()?;
-            if !self.client()?.has_pending() {
-                let fd = self.client()?.socket_fd();
-                let wait = self.next_wakeup();
-                let ready = self
-                    .control
-                    .latch
-                    .wait(Some(fd), wait)
-                    .map_err(|e| lost(format!("could not wait for the WAL stream: {e}")))?;
-                if !ready.socket {
-                    self.on_tick()?;
-                    continue;
+            let wait = self.next_wakeup();
+            select! {
+                recv(reader.incoming()) -> msg => {
+                    let msg = msg.map_err(|_| lost("the WAL stream reader stopped"))?;
+                    let (end, reply_requested) = self.receive_batch(msg, reader)?;
+                    self.flush_and_report()?;
+                    if reply_requested {
+                        self.send_status(true, false)?;
+                    }
+                    if let Some(end) = end {
+                        return Ok(end);
+                    }
                 }
-            }
-            let (end, reply_requested) = self.receive_batch()?;
-            self.flush_and_report()?;
-            if reply_requested {
-                self.send_status(true, false)?;
-            }
-            if let Some(end) = end {
-                return Ok(end);
+                recv(replayed) -> _ => {
+                    // Replay moved: tell the upstream at once (remote_apply).
+                    let moved = self.shared.apply() != self.last_sent.2;
+                    self.send_status(moved, false)?;
+                }
+                recv(wake) -> _ => {}
+                default(wait) => self.on_tick()?,
             }
         }
     }
 
-    /// Receive and write messages while the socket has data (bounded);
-    /// returns a timeline end and whether the upstream asked for a reply.
-    fn receive_batch(&mut self) -> Result<(Option<StreamEnd>, bool), End> {
-        let recv_timeout = self.cfg.timeout.unwrap_or(self.cfg.connect_timeout);
+    /// Write `first` and whatever else is already queued (bounded in bytes
+    /// and time); returns a timeline end and whether the upstream asked
+    /// for a reply.
+    fn receive_batch(
+        &mut self,
+        first: Incoming,
+        reader: &Reader,
+    ) -> Result<(Option<StreamEnd>, bool), End> {
         let mut bytes = 0u64;
         let mut reply_requested = false;
         let started = Instant::now();
+        let mut msg = first;
         loop {
-            let ev = self
-                .client()?
-                .recv(recv_timeout)
-                .map_err(|e| lost(format!("could not receive data from WAL stream: {e}")))?;
+            let ev = match msg {
+                Incoming::Event(ev) => ev,
+                Incoming::Failed(e) => {
+                    return Err(lost(format!("could not receive data from WAL stream: {e}")))
+                }
+            };
             match ev {
                 StreamEvent::XLogData {
                     start,
@@ -405,15 +454,17 @@ impl Session {
                         self.writer.written()
                     )))
                 }
+                // The reader's read bound passed: nothing arrived.
                 StreamEvent::Timeout => return Ok((None, reply_requested)),
             }
             self.last_recv = Instant::now();
             self.pinged = false;
-            if bytes >= MAX_BATCH_BYTES
-                || started.elapsed() >= MAX_BATCH_TIME
-                || !self.client()?.has_pending()
-            {
+            if bytes >= MAX_BATCH_BYTES || started.elapsed() >= MAX_BATCH_TIME {
                 return Ok((None, reply_requested));
+            }
+            match reader.incoming().try_recv() {
+                Ok(next) => msg = next,
+                Err(_) => return Ok((None, reply_requested)),
             }
         }
     }
@@ -445,11 +496,7 @@ impl Session {
     /// starts (nothing retries an fsync).
     fn io_failure(&self, e: SegmentError) -> End {
         let msg = format!("could not write received WAL: {e}");
-        *self
-            .shared
-            .io_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
+        self.shared.set_io_failure(Arc::new(e));
         tracing::error!("{msg}");
         End::Lost(msg)
     }
@@ -458,13 +505,21 @@ impl Session {
     fn flush_and_report(&mut self) -> Result<(), End> {
         let flushed = self.writer.flush().map_err(|e| self.io_failure(e))?;
         let tli = self.writer.timeline();
-        self.shared.publish_flushed(tli, flushed);
+        self.publish_flushed(tli, flushed);
         if flushed > self.reported_flush {
             self.reported_flush = flushed;
             self.pending_flush = Some((tli, flushed));
             self.deliver_pending_flush()?;
         }
         self.send_status(false, false)
+    }
+
+    /// Publish the flush position if WAL was received past the last one.
+    fn publish_flushed(&mut self, tli: TimelineId, flushed: Lsn) {
+        if flushed > self.published_flush {
+            self.published_flush = flushed;
+            self.shared.publish_flushed(tli, flushed);
+        }
     }
 
     /// Queue the latest WalFlushed if the queue has room (it is replaced by
@@ -516,7 +571,7 @@ impl Session {
                 return Ok(());
             }
         }
-        self.client()?
+        self.status_sender()?
             .send_status(now.0, now.1, now.2, reply_requested)
             .map_err(|e| lost(format!("could not send data to WAL stream: {e}")))?;
         self.last_sent = now;
@@ -542,8 +597,7 @@ impl Session {
         } else {
             return Ok(());
         };
-        self.client()?
-            .status_sender()
+        self.status_sender()?
             .send_feedback(xmin, 0, 0, 0)
             .map_err(|e: ClientError| lost(format!("could not send data to WAL stream: {e}")))?;
         self.last_feedback = Some(Instant::now());
@@ -605,6 +659,7 @@ impl Session {
         self.shared.publish_written(from);
         // Flush reports start over on the new timeline's files.
         self.reported_flush = from;
+        self.published_flush = from;
         self.pending_flush = None;
         self.tli = order.tli;
         self.start = from;
@@ -612,13 +667,14 @@ impl Session {
         Ok(())
     }
 
-    /// PostgreSQL's WAITING: connected, until `restart`, `stop`, the
-    /// upstream closing, or `restart_wait`.
+    /// PostgreSQL's WAITING: connected, until `restart`, `stop` or
+    /// `restart_wait`. As in PostgreSQL (WalRcvWaitForStartPosition waits
+    /// on its latch only), the connection is not watched meanwhile: if the
+    /// upstream closed it, the next command fails and the session ends.
     fn wait_for_restart(&mut self) -> Result<RestartOrder, End> {
         self.control.lock_restart().waiting = true;
         self.shared.set_state(ReceiverState::Waiting);
         let deadline = Instant::now() + self.cfg.restart_wait;
-        let fd = self.client()?.socket_fd();
         loop {
             {
                 let mut slot = self.control.lock_restart();
@@ -639,18 +695,7 @@ impl Session {
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let ready = self
-                .control
-                .latch
-                .wait(Some(fd), left.min(MAX_NAP))
-                .map_err(|e| lost(format!("could not wait for a new start: {e}")))?;
-            if ready.socket {
-                self.control.lock_restart().waiting = false;
-                return Err(lost(format!(
-                    "the primary closed the connection after the end of timeline {}",
-                    self.tli.0
-                )));
-            }
+            let _ = self.control.wake_rx.recv_timeout(left.min(MAX_NAP));
         }
     }
 
@@ -666,7 +711,7 @@ impl Session {
                 self.writer.flushed()
             }
         };
-        self.shared.publish_flushed(self.writer.timeline(), flushed);
+        self.publish_flushed(self.writer.timeline(), flushed);
         if matches!(end, End::Lost(_)) && flushed > self.reported_flush {
             self.reported_flush = flushed;
             self.pending_flush = Some((self.writer.timeline(), flushed));

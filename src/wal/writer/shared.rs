@@ -4,10 +4,10 @@
 //! Locks, always taken in this order: flush lock -> insert lock; flush
 //! lock -> subscribers lock; flush lock -> whatever the flush hook takes
 //! (leaf locks of its owner, see `FlushHook`). The wait queue lock and the
-//! flush-signal lock are leaves: nothing is taken while holding them.
+//! flush watch's lock are leaves: nothing is taken while holding them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 use crossbeam_channel::{Sender, TrySendError};
 
@@ -20,6 +20,7 @@ use crate::wal::record::{payload_crc, RecordHeader, RM_XLOG};
 use crate::wal::segdir::SegmentDir;
 use crate::wal::segment::SEG_HEADER_SIZE;
 use crate::wal::xlog::XLOG_SWITCH;
+use crate::watch::Watch;
 use crate::Lsn;
 
 /// Who flushed (for stats).
@@ -66,12 +67,11 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// Shutdown completed: no WAL will ever be added.
     pub stopped: AtomicBool,
-    /// Notified after every flush that someone waits for (`flush_waiters`),
-    /// every poisoning and the shutdown (walsenders wait here).
-    pub flush_signal: (Mutex<()>, Condvar),
-    /// Threads inside `Wal::wait_flush_beyond`: a flush with nobody waiting
-    /// skips the notification (a futex syscall per commit otherwise).
-    pub flush_waiters: AtomicUsize,
+    /// The flush position for those who wait for it to move (walsenders):
+    /// published after every flush, closed when the writer stops (poisoned
+    /// or shut down). `flushed` stays the group commit's own, lock-free
+    /// copy; this one only wakes.
+    pub flush_watch: Watch<Lsn>,
     /// Runs inline after every fdatasync, before the new position is
     /// published and before any waiter is released (the node advances
     /// read visibility here, so no thread hop sits between a flush and
@@ -242,9 +242,8 @@ impl Shared {
         if let Some(hook) = self.flush_hook.0.get() {
             hook(batch.end);
         }
-        // SeqCst pairs with `flush_waiters` in `Wal::wait_flush_beyond`:
-        // either the waiter sees the new position or we see the waiter.
-        self.flushed.store(batch.end.0, Ordering::SeqCst);
+        self.flushed.store(batch.end.0, Ordering::Release);
+        self.flush_watch.publish(batch.end);
         self.count_flush(by, batch.records);
         for segno in completed {
             self.publish(WalEvent::SegmentCompleted {
@@ -254,9 +253,6 @@ impl Shared {
         }
         if self.flush_subscribers.load(Ordering::Acquire) > 0 {
             self.publish(WalEvent::Flushed(batch.end));
-        }
-        if self.flush_waiters.load(Ordering::SeqCst) > 0 {
-            self.signal_flush();
         }
         let mut bytes = batch.bytes;
         if bytes.capacity() > 2 * self.limits.buffer_bytes {
@@ -282,18 +278,12 @@ impl Shared {
         let _ = self.poison.set(Arc::from(cause));
         self.publish(WalEvent::Poisoned);
         self.queue.release_all();
-        self.signal_flush();
+        self.flush_watch.close();
         self.kick();
         match self.check_poison() {
             Err(e) => e,
             Ok(()) => WalError::ShutDown,
         }
-    }
-
-    pub fn signal_flush(&self) {
-        let (m, cv) = &self.flush_signal;
-        let _g = relock(m);
-        cv.notify_all();
     }
 
     /// Send an event to every subscriber that wants it without blocking; a

@@ -1,0 +1,409 @@
+//! [`RunningNode`]: a node with its threads running. Start-up opens the
+//! data directory, loads the last checkpoint, recovers (a primary) or
+//! starts the recovery runtime (a standby), then the checkpointer and the
+//! listeners; `stop` is PostgreSQL's fast shutdown.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::checkpoint::{CheckpointCause, Checkpointer};
+use super::{
+    recovery, replication, DataDir, DataDirLock, ExitRequest, FatalError, Node, NodeError, Ports,
+    WalThreads, ROLE_PRIMARY, ROLE_RECOVERING,
+};
+use crate::config::{ArchiveMode, Config};
+use crate::replication::registry::WalSenderRegistry;
+use crate::replication::server::{ServerHandle as ReplicationServerHandle, ServerOptions};
+use crate::replication::slots::SlotManager;
+use crate::server::{Server, ServerSettings};
+use crate::standby::{StandbyHandles, StandbyProgress, StandbyRuntime};
+use crate::storage::{PoisonOnSyncFailure, StdStorage, Storage};
+use crate::store::{ClusterState, ControlFile, ControlFileOwner, Store};
+use crate::syncrep::{self, SyncRep};
+use crate::wal::{SegmentDir, Wal, WalConfig};
+use crate::watch::Watch;
+
+/// A node with its threads running.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    server: Option<Server>,
+    replication: Option<ReplicationServerHandle>,
+    checkpointer: Option<Checkpointer>,
+    standby: Option<StandbyRuntime>,
+    status: Option<crate::status::StatusServer>,
+    exit_rx: Receiver<ExitRequest>,
+    lock: DataDirLock,
+}
+
+/// Options of `walrep start`.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// `-c name=value` overrides.
+    pub overrides: Vec<String>,
+    /// The storage under the node's (a test's `FaultyStorage`);
+    /// `StdStorage` when `None`.
+    pub storage: Option<Arc<dyn Storage>>,
+}
+
+/// The node's storage: the given one or the real one, wrapped so that the
+/// first failed fsync refuses every later write and asks the node to stop
+/// with a fatal error naming the file and the OS error.
+fn node_storage(opts: &StartOptions, exit_tx: Sender<ExitRequest>) -> Arc<dyn Storage> {
+    let inner = opts.storage.clone().unwrap_or_else(|| Arc::new(StdStorage));
+    Arc::new(PoisonOnSyncFailure::new(inner, move |failure| {
+        let _ = exit_tx.try_send(ExitRequest::Fatal(FatalError::SyncFailed(failure.clone())));
+    }))
+}
+
+impl RunningNode {
+    /// Start the node in `datadir`: a primary recovers and serves; with
+    /// `standby.signal` a standby starts its recovery runtime.
+    pub fn start(
+        datadir: impl Into<std::path::PathBuf>,
+        opts: &StartOptions,
+    ) -> Result<RunningNode, NodeError> {
+        let dir = DataDir::new(datadir);
+        dir.check()?;
+        let config = Config::load(&dir.config_file(), &opts.overrides)?;
+        let sync_config = syncrep::standby_names::parse(&config.synchronous_standby_names)?;
+        let lock = DataDirLock::acquire(
+            &dir,
+            &[
+                ("port", config.port),
+                ("replication_port", config.replication_port),
+            ],
+        )?;
+        let (exit_tx, exit_rx) = crossbeam_channel::bounded(8);
+        let storage = node_storage(opts, exit_tx.clone());
+        if let Err(e) = crate::standby::trigger::remove_stale_promote_request(&*storage, &dir.root)
+        {
+            tracing::warn!(error = %e, "could not remove a stale promote request");
+        }
+        let control = ControlFile::read(&dir.root)?;
+        let standby = dir.is_standby();
+        let segdir = Arc::new(SegmentDir::open(
+            &dir.wal(),
+            control.wal_segment_size,
+            storage.clone(),
+        )?);
+        let store = Arc::new(Store::new());
+        let snapshot = crate::store::checkpoint::load_snapshot(
+            &dir.root,
+            control.checkpoint_id,
+            control.checkpoint_chunks,
+            &store,
+        )?;
+        tracing::info!(checkpoint = %control.checkpoint_lsn, redo = %control.redo_lsn, keys = snapshot.keys, state = %control.state, "loaded the last checkpoint");
+        let slots = SlotManager::open(
+            storage.clone(),
+            &dir.root,
+            config.max_replication_slots as usize,
+            config.max_slot_wal_keep_size.bytes(),
+        )?;
+        let syncrep = Arc::new(SyncRep::new(
+            sync_config,
+            store.visibility().clone(),
+            config.synchronous_standby_timeout.get(),
+        ));
+        let (checkpoint_requests, checkpoint_rx) = crossbeam_channel::bounded(4);
+        let config = Arc::new(config);
+        let control_file = Arc::new(ControlFileOwner::new(
+            storage.clone(),
+            dir.root.clone(),
+            control,
+        ));
+        let node = Arc::new(Node {
+            dir,
+            config: config.clone(),
+            storage,
+            control_file,
+            store,
+            wal: RwLock::new(None),
+            role: AtomicU8::new(if standby {
+                ROLE_RECOVERING
+            } else {
+                ROLE_PRIMARY
+            }),
+            syncrep,
+            checkpoint_lock: Mutex::new(()),
+            last_checkpoint: Mutex::new(None),
+            checkpoint_requests,
+            started_at: Instant::now(),
+            ports: Mutex::new(Ports::default()),
+            shutting_down: AtomicBool::new(false),
+            segdir,
+            slots,
+            registry: Mutex::new(None),
+            replies: Watch::default(),
+            standby: standby.then(StandbyProgress::new),
+            wal_threads: Mutex::new(WalThreads::default()),
+            exit_tx,
+            backup_pins: crate::backup::pin::BackupPins::new(),
+            instance_id: rand::random(),
+        });
+        let mut running = RunningNode {
+            node: node.clone(),
+            server: None,
+            replication: None,
+            checkpointer: None,
+            standby: None,
+            status: None,
+            exit_rx,
+            lock,
+        };
+        if let Some(progress) = node.standby.clone() {
+            node.ensure_archiver(true).map_err(spawn("archiver"))?;
+            running.standby = Some(StandbyRuntime::start(standby_handles(&node, progress))?);
+        } else {
+            start_primary(&node)?;
+        }
+        running.checkpointer =
+            Some(Checkpointer::start(node.clone(), checkpoint_rx).map_err(spawn("checkpointer"))?);
+        running.start_listeners()?;
+        Ok(running)
+    }
+
+    fn start_listeners(&mut self) -> Result<(), NodeError> {
+        let node = self.node.clone();
+        let config = &node.config;
+        let addr = listen_addr(&config.listen_addresses, config.port)?;
+        let settings = ServerSettings::from_config(config, &node.dir.root)?;
+        let server = Server::start(addr, node.clone(), settings).map_err(listen(addr, "port"))?;
+        self.replication = Some(start_replication(&node)?);
+        if config.status_port != 0 {
+            let addr = listen_addr(&config.listen_addresses, config.status_port)?;
+            let status = crate::status::StatusServer::start(addr, node.clone())
+                .map_err(listen(addr, "status_port"))?;
+            tracing::info!(addr = %status.local_addr(), "status endpoint ready: /status, /metrics");
+            self.status = Some(status);
+        }
+        let ports = {
+            let mut p = node.ports.lock().unwrap_or_else(|e| e.into_inner());
+            p.redis = server.local_addr().port();
+            *p
+        };
+        self.lock.record_ports(&[
+            ("port", ports.redis),
+            ("replication_port", ports.replication),
+        ])?;
+        let what = if node.is_primary() {
+            "database system is ready to accept connections"
+        } else {
+            "standby is running; it accepts read-only connections once consistent"
+        };
+        tracing::info!(addr = %server.local_addr(), tls_addr = ?server.tls_addr(), replication_port = ports.replication, "{what}");
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// The address clients connect to.
+    pub fn redis_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().map(|s| s.local_addr())
+    }
+
+    /// Block until SIGINT or SIGTERM, or until recovery fails fatally.
+    pub fn wait_for_exit(&self) -> Result<ExitRequest, NodeError> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+            .map_err(spawn("signal handler"))?;
+        let handle = signals.handle();
+        let tx = self.node.exit_tx.clone();
+        let forwarder = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    let _ = tx.send(ExitRequest::Signal(sig));
+                }
+            })
+            .map_err(spawn("signals thread"))?;
+        let why = self
+            .exit_rx
+            .recv()
+            .unwrap_or(ExitRequest::Signal(signal_hook::consts::SIGTERM));
+        handle.close();
+        let _ = forwarder.join();
+        Ok(why)
+    }
+
+    /// PostgreSQL's fast shutdown: stop accepting, let in-flight commits
+    /// finish (those still waiting for a standby after a grace period get an
+    /// error, never "OK"), stop recovery, write a shutdown checkpoint (or a
+    /// restartpoint on a standby), stop the WAL writer.
+    pub fn stop(mut self) -> Result<(), NodeError> {
+        let node = self.node.clone();
+        tracing::info!("received shutdown request; shutting down");
+        if let Some(server) = self.server.take() {
+            stop_server(&node, server);
+        }
+        if let Some(c) = self.checkpointer.take() {
+            c.stop();
+        }
+        if let Some(s) = self.status.take() {
+            s.stop();
+        }
+        if let Some(s) = self.standby.take() {
+            s.stop();
+        }
+        node.shutting_down.store(true, Ordering::SeqCst);
+        let result = if node.wal().is_some_and(|w| w.poisoned().is_none()) {
+            node.checkpoint(CheckpointCause::Shutdown).map(|_| ())
+        } else if node.wal().is_none() {
+            node.restartpoint(CheckpointCause::Shutdown).map(|_| ())
+        } else {
+            Ok(())
+        };
+        // Walsenders send everything up to the shutdown checkpoint, wait
+        // (bounded) for their standbys to confirm it, then end with COPY 0.
+        if let Some(r) = self.replication.take() {
+            r.shutdown();
+        }
+        if let Some(wal) = node.wal() {
+            let _ = wal.shutdown();
+        }
+        let threads = std::mem::take(&mut *node.wal_threads());
+        if let Some(t) = threads.listener {
+            let _ = t.join();
+        }
+        if let Some((handle, tx)) = threads.archiver {
+            let _ = tx.send(());
+            let _ = handle.join();
+        }
+        tracing::info!("database system is shut down");
+        Ok(result?)
+    }
+}
+
+/// What the standby runtime works on: the node's own handles, and the
+/// node itself only as [`NodeHooks`].
+fn standby_handles(node: &Arc<Node>, progress: StandbyProgress) -> StandbyHandles {
+    StandbyHandles {
+        datadir: node.dir.root.clone(),
+        storage: node.storage.clone(),
+        config: node.config.clone(),
+        control: node.control_file.clone(),
+        segdir: node.segdir.clone(),
+        store: node.store.clone(),
+        progress,
+        instance_id: node.instance_id,
+        hooks: node.clone(),
+    }
+}
+
+/// Recover a primary from its WAL and start its WAL writer.
+fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
+    let control = node.control();
+    if control.state != ClusterState::ShutDown {
+        tracing::warn!(state = %control.state, "database system was not properly shut down; automatic recovery in progress");
+    }
+    let history =
+        crate::wal::read_history(&node.dir.wal(), control.timeline).map_err(|source| {
+            NodeError::History {
+                tli: control.timeline,
+                source,
+            }
+        })?;
+    let rec = recovery::replay_to_end(&node.dir.root, &control, history, &node.store)?;
+    tracing::info!(records = rec.records_replayed, end = %rec.end, elapsed_ms = rec.elapsed_ms, "recovery complete");
+    let mut wal_cfg = WalConfig::new(
+        node.dir.wal(),
+        control.system_identifier,
+        control.timeline,
+        control.wal_segment_size,
+        rec.end,
+        rec.prev_record,
+    );
+    wal_cfg.segdir = Some(node.segdir.clone());
+    wal_cfg.archive_mode = node.config.archive_mode != ArchiveMode::Off;
+    wal_cfg.wal_writer_delay = node
+        .config
+        .wal_writer_delay
+        .get()
+        .unwrap_or(Duration::from_millis(200));
+    let wal = Arc::new(Wal::start(wal_cfg).map_err(NodeError::StartWal)?);
+    node.control_file
+        .update(|c| c.state = ClusterState::InProduction)?;
+    node.attach_wal(wal)
+        .map_err(spawn("WAL writer's threads"))?;
+    if control.state != ClusterState::ShutDown {
+        // PostgreSQL ends crash recovery with a checkpoint so the WAL just
+        // replayed is not needed again.
+        node.checkpoint(CheckpointCause::EndOfRecovery)?;
+    }
+    Ok(())
+}
+
+/// Stop the front end: sessions finish their in-flight commits; those still
+/// waiting for a synchronous standby after the grace period are failed.
+fn stop_server(node: &Arc<Node>, mut server: Server) {
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let stopper = std::thread::spawn(move || {
+        server.shutdown();
+        let _ = done_tx.send(());
+    });
+    if done_rx.recv_timeout(SYNC_WAIT_GRACE).is_err() {
+        tracing::warn!("commits still waiting for synchronous standbys after {SYNC_WAIT_GRACE:?}: failing them");
+        node.syncrep.shutdown();
+    }
+    let _ = stopper.join();
+}
+
+/// Bind the replication port and start the walsender listener.
+fn start_replication(node: &Arc<Node>) -> Result<ReplicationServerHandle, NodeError> {
+    let config = &node.config;
+    let addr = listen_addr(&config.listen_addresses, config.replication_port)?;
+    let listener = std::net::TcpListener::bind(addr).map_err(listen(addr, "replication_port"))?;
+    let registry = WalSenderRegistry::new(config.max_wal_senders as usize);
+    registry.set_observer(Arc::new(replication::ReplyObserver {
+        node: Arc::downgrade(node),
+    }));
+    *node.registry.lock().unwrap_or_else(|e| e.into_inner()) = Some(registry.clone());
+    let options = ServerOptions {
+        instance_id: node.instance_id,
+        ..ServerOptions::from_config(config, &node.dir.root)?
+    };
+    let handle = crate::replication::server::spawn(
+        listener,
+        Arc::new(replication::NodeSource::new(node)),
+        node.slots.clone(),
+        registry,
+        options,
+    )
+    .map_err(spawn("replication server"))?;
+    node.ports
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replication = handle.local_addr().port();
+    Ok(handle)
+}
+
+/// How long fast shutdown lets commits wait for synchronous standbys.
+const SYNC_WAIT_GRACE: Duration = Duration::from_secs(5);
+
+fn listen_addr(listen: &str, port: u16) -> Result<SocketAddr, NodeError> {
+    let host = listen.split(',').next().unwrap_or("127.0.0.1").trim();
+    let host = if host == "*" || host.is_empty() {
+        "0.0.0.0"
+    } else {
+        host
+    };
+    let ip: IpAddr = host.parse().map_err(|_| NodeError::ListenAddresses {
+        value: listen.to_string(),
+    })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn listen(addr: SocketAddr, parameter: &'static str) -> impl FnOnce(std::io::Error) -> NodeError {
+    move |source| NodeError::Listen {
+        addr,
+        parameter,
+        source,
+    }
+}
+
+fn spawn(what: &'static str) -> impl FnOnce(std::io::Error) -> NodeError {
+    move |source| NodeError::Spawn { what, source }
+}

@@ -1,0 +1,149 @@
+//! What a standby shows of its recovery, each datum with exactly one owner
+//! that publishes it on a [`Watch`]:
+//!
+//! - the redo thread owns how far replay got ([`Replayed`]);
+//! - the walreceiver owns what it flushed (in its [`ReceiverShared`]);
+//! - the startup process owns the machine's status, published once per
+//!   drain with the last notable transition ([`StandbyStatus`]).
+//!
+//! INFO replication, `/status`, `/metrics`, the walreceiver's replies, the
+//! restartpoints and cascading walsenders all read these; nothing keeps a
+//! second copy of a position.
+
+use std::sync::Arc;
+
+use super::receiver::ReceiverShared;
+use crate::replication::source::FlushPoint;
+use crate::states::recovery::{Status, Transition, WalSource};
+use crate::watch::{Subscription, Watch};
+use crate::{Lsn, TimelineId};
+
+/// How far replay got. Owned by the redo thread: updated after every
+/// record applied, published (subscribers woken) at every progress report
+/// and at the end of every replay request, so a subscriber is woken about
+/// as often as the machine hears of progress, not once per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    /// End of the last record replayed (= start of the next one): the
+    /// store holds everything before it.
+    pub end: Lsn,
+    /// Start of the last record replayed: the prev-link of the first record
+    /// a promoted node writes.
+    pub last_record: Lsn,
+    /// Timeline of the last record replayed.
+    pub tli: TimelineId,
+    /// Records replayed since start.
+    pub records: u64,
+    /// Commit time of the last key-value record replayed (µs since the
+    /// epoch): replay lag in time. 0 before the first.
+    pub last_commit_us: u64,
+}
+
+impl Default for Replayed {
+    /// Nothing replayed (timeline 0: none yet).
+    fn default() -> Self {
+        Replayed {
+            end: Lsn::INVALID,
+            last_record: Lsn::INVALID,
+            tli: TimelineId(0),
+            records: 0,
+            last_commit_us: 0,
+        }
+    }
+}
+
+/// The last notable transition, for INFO and `/status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastTransition {
+    /// "from -> to on Event".
+    pub summary: String,
+    /// Why the machine did it.
+    pub cause: Option<String>,
+    /// Wall-clock time the event was handled (ms since the epoch).
+    pub at_ms: u64,
+}
+
+impl LastTransition {
+    /// The summary of `t`, handled at `at_ms`.
+    pub fn of(t: &Transition, at_ms: u64) -> LastTransition {
+        LastTransition {
+            summary: format!("{} -> {} on {}", t.from, t.to, t.event.kind()),
+            cause: t.cause.clone(),
+            at_ms,
+        }
+    }
+}
+
+/// What the startup process publishes after each drain (the machine's
+/// actions executed, its transitions logged).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StandbyStatus {
+    /// The machine's own status; `None` until it handled its first event.
+    pub machine: Option<Status>,
+    /// Where the WAL being replayed comes from (the last `Replay`'s source).
+    pub source: Option<WalSource>,
+    /// The replay position at which recovery became consistent.
+    pub consistent_at: Option<Lsn>,
+    /// The last notable transition (shared: the status is copied often).
+    pub last_transition: Option<Arc<LastTransition>>,
+    /// Notable transitions since start.
+    pub transitions: u64,
+}
+
+/// A standby's progress: the watches its runtime publishes and the node
+/// reads. Cheap to clone (three `Arc`s).
+#[derive(Debug, Clone)]
+pub struct StandbyProgress {
+    /// Published by the startup process after each drain.
+    pub status: Arc<Watch<StandbyStatus>>,
+    /// Owned by the redo thread.
+    pub replayed: Arc<Watch<Replayed>>,
+    /// Owned by the walreceiver: what it flushed, its state; it reads
+    /// `replayed` for the apply position of its replies.
+    pub received: Arc<ReceiverShared>,
+}
+
+impl Default for StandbyProgress {
+    fn default() -> Self {
+        StandbyProgress::new()
+    }
+}
+
+impl StandbyProgress {
+    /// Nothing replayed, received or handled yet.
+    pub fn new() -> StandbyProgress {
+        let replayed = Arc::new(Watch::default());
+        StandbyProgress {
+            status: Arc::new(Watch::default()),
+            received: ReceiverShared::new(replayed.clone()),
+            replayed,
+        }
+    }
+
+    /// What cascading walsenders may send: the replay position, or the
+    /// walreceiver's flush position when it is further on the same
+    /// timeline (PostgreSQL's GetStandbyFlushRecPtr).
+    pub fn flush_point(&self) -> FlushPoint {
+        let replayed = self.replayed.get();
+        let received = self.received.flushed_point();
+        let lsn = if received.tli == replayed.tli {
+            replayed.end.max(received.lsn)
+        } else {
+            replayed.end
+        };
+        FlushPoint {
+            tli: replayed.tli,
+            lsn,
+        }
+    }
+
+    /// Woken when [`flush_point`](Self::flush_point) may have moved, and
+    /// after every drain of the startup process (a promotion ends the
+    /// timeline cascading walsenders stream).
+    pub fn subscribe(&self) -> Subscription {
+        let sub = self.replayed.subscribe();
+        sub.also(self.received.flushed_watch());
+        sub.also(&self.status);
+        sub
+    }
+}

@@ -1,0 +1,328 @@
+//! Every metric `/metrics` exposes, as one table of definitions (name,
+//! help, type, unit, how to read it from a [`Snapshot`]), so the endpoint
+//! and a generated reference page walk the same list and cannot drift.
+
+use std::fmt::Write as _;
+
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::{RecoverySnapshot, Snapshot};
+use crate::states::recovery::StateKind;
+
+/// Every name is exposed with this prefix (`walrep_primary`).
+pub const PREFIX: &str = "walrep";
+
+/// Prometheus's metric types used here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// A value that goes up and down.
+    Gauge,
+    /// A total since start (exposed with `_total`).
+    Counter,
+}
+
+impl MetricKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Gauge => "gauge",
+            MetricKind::Counter => "counter",
+        }
+    }
+}
+
+/// One metric: what it is called and means, and how to read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// The name after [`PREFIX`] (counters get `_total` on the wire).
+    pub name: &'static str,
+    /// One line for `# HELP`.
+    pub help: &'static str,
+    pub kind: MetricKind,
+    /// The unit, for people and the reference page ("bytes", "1" for a
+    /// count or a flag); the name already says it where it matters.
+    pub unit: &'static str,
+    /// The value, or `None` when it does not apply to this node (no WAL
+    /// writer on a standby, no recovery on a primary...): then it is left
+    /// out.
+    pub read: fn(&Snapshot) -> Option<i64>,
+}
+
+/// The recovery figures, for a node whose machine has a state.
+fn recovery(s: &Snapshot) -> Option<&RecoverySnapshot> {
+    s.recovery.as_ref().filter(|r| r.state.is_some())
+}
+
+fn in_state(s: &Snapshot, state: StateKind) -> Option<i64> {
+    recovery(s).map(|r| (r.state == Some(state)) as i64)
+}
+
+/// Largest distance between this node's durable WAL (its replay position
+/// on a standby) and a connected standby's flush position.
+fn max_flush_lag(s: &Snapshot) -> i64 {
+    let flush = match (&s.wal, &s.recovery) {
+        (Some(w), _) => w.flush_lsn,
+        (None, Some(r)) => r.replay_lsn,
+        (None, None) => crate::Lsn::INVALID,
+    };
+    s.walsenders
+        .iter()
+        .map(|w| flush.saturating_sub(w.flush_lsn))
+        .max()
+        .unwrap_or(0) as i64
+}
+
+/// Every metric, in the order `/metrics` lists them.
+pub static METRICS: &[Metric] = &[
+    Metric {
+        name: "primary",
+        help: "1 on a primary, 0 on a standby",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| Some(s.primary as i64),
+    },
+    Metric {
+        name: "timeline",
+        help: "The node's timeline",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| Some(s.timeline.0 as i64),
+    },
+    Metric {
+        name: "wal_insert_lsn_bytes",
+        help: "WAL insert position",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| s.wal.as_ref().map(|w| w.insert_lsn.0 as i64),
+    },
+    Metric {
+        name: "wal_flush_lsn_bytes",
+        help: "WAL flushed position",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| s.wal.as_ref().map(|w| w.flush_lsn.0 as i64),
+    },
+    Metric {
+        name: "wal_records",
+        help: "WAL records inserted",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| s.wal.as_ref().map(|w| w.stats.records as i64),
+    },
+    Metric {
+        name: "wal_write_bytes",
+        help: "WAL bytes inserted",
+        kind: MetricKind::Counter,
+        unit: "bytes",
+        read: |s| s.wal.as_ref().map(|w| w.stats.bytes as i64),
+    },
+    Metric {
+        name: "wal_fsyncs",
+        help: "fdatasync calls on WAL segments",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| s.wal.as_ref().map(|w| w.stats.fsyncs as i64),
+    },
+    Metric {
+        name: "wal_segments_completed",
+        help: "WAL segments completed",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| s.wal.as_ref().map(|w| w.stats.segments_completed as i64),
+    },
+    Metric {
+        name: "archiver_archived",
+        help: "Files archive_command archived",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| s.archiver.as_ref().map(|a| a.archived_count as i64),
+    },
+    Metric {
+        name: "archiver_failed",
+        help: "archive_command failures",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| s.archiver.as_ref().map(|a| a.failed_count as i64),
+    },
+    Metric {
+        name: "standby_receive_lsn_bytes",
+        help: "WAL received by the walreceiver",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| recovery(s).map(|r| r.receive_lsn.0 as i64),
+    },
+    Metric {
+        name: "standby_replay_lsn_bytes",
+        help: "WAL replayed",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| recovery(s).map(|r| r.replay_lsn.0 as i64),
+    },
+    Metric {
+        name: "standby_replay_lag_bytes",
+        help: "WAL received but not replayed",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| recovery(s).map(|r| r.receive_lsn.saturating_sub(r.replay_lsn) as i64),
+    },
+    Metric {
+        name: "recovery_transitions",
+        help: "Notable recovery transitions",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| recovery(s).map(|r| r.transitions as i64),
+    },
+    Metric {
+        name: "recovery_records_replayed",
+        help: "Records replayed since start",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| recovery(s).map(|r| r.records_replayed as i64),
+    },
+    Metric {
+        name: "recovery_state_archive_recovery",
+        help: "1 when the recovery machine is in this state",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| in_state(s, StateKind::ArchiveRecovery),
+    },
+    Metric {
+        name: "recovery_state_retrying_archive",
+        help: "1 when the recovery machine is in this state",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| in_state(s, StateKind::RetryingArchive),
+    },
+    Metric {
+        name: "recovery_state_streaming",
+        help: "1 when the recovery machine is in this state",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| in_state(s, StateKind::Streaming),
+    },
+    Metric {
+        name: "recovery_state_promoting",
+        help: "1 when the recovery machine is in this state",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| in_state(s, StateKind::Promoting),
+    },
+    Metric {
+        name: "recovery_state_promoted",
+        help: "1 when the recovery machine is in this state",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| in_state(s, StateKind::Promoted),
+    },
+    Metric {
+        name: "walsenders",
+        help: "Connected walsenders",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| Some(s.walsenders.len() as i64),
+    },
+    Metric {
+        name: "standby_max_flush_lag_bytes",
+        help: "Largest flush lag of a connected standby",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| Some(max_flush_lag(s)),
+    },
+    Metric {
+        name: "sync_waiters",
+        help: "Commits waiting for synchronous standbys",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| Some(s.sync.waiters as i64),
+    },
+    Metric {
+        name: "sync_degraded",
+        help: "1 while commits degrade to local",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| Some(s.sync.degraded as i64),
+    },
+];
+
+/// `/metrics`: every metric of [`METRICS`] that applies to `s`, in
+/// Prometheus's text format.
+pub fn metrics_text(s: &Snapshot) -> String {
+    let mut r = Registry::with_prefix(PREFIX);
+    for m in METRICS {
+        let Some(v) = (m.read)(s) else { continue };
+        match m.kind {
+            MetricKind::Gauge => r.register(m.name, m.help, ConstGauge::new(v)),
+            MetricKind::Counter => r.register(m.name, m.help, ConstCounter::new(v.max(0) as u64)),
+        }
+    }
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &r).is_err() {
+        let _ = writeln!(out, "# encoding failed");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{RecoverySnapshot, SyncSnapshot};
+    use crate::store::ClusterState;
+    use crate::{Lsn, TimelineId};
+
+    fn standby() -> Snapshot {
+        Snapshot {
+            primary: false,
+            system_identifier: 7,
+            cluster_state: ClusterState::InArchiveRecovery,
+            timeline: TimelineId(1),
+            checkpoint_lsn: Lsn(0x100060),
+            redo_lsn: Lsn(0x100060),
+            wal: None,
+            archiver: None,
+            recovery: Some(RecoverySnapshot {
+                state: Some(StateKind::Streaming),
+                wal_source: None,
+                receive_lsn: Lsn(2_099_992),
+                receive_tli: TimelineId(1),
+                replay_lsn: Lsn(2_099_000),
+                replay_tli: TimelineId(1),
+                records_replayed: 53,
+                last_commit_us: 0,
+                target_tli: Some(TimelineId(1)),
+                consistent: true,
+                last_transition: None,
+                last_transition_cause: None,
+                last_transition_at_ms: 0,
+                transitions: 6,
+            }),
+            walsenders: Vec::new(),
+            sync: SyncSnapshot::default(),
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_a_standby_shows_its_recovery() {
+        let mut names: Vec<_> = METRICS.iter().map(|m| m.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), METRICS.len());
+        let text = metrics_text(&standby());
+        for line in [
+            "# HELP walrep_primary 1 on a primary, 0 on a standby.",
+            "# TYPE walrep_primary gauge",
+            "walrep_primary 0",
+            "walrep_standby_receive_lsn_bytes 2099992",
+            "walrep_standby_replay_lag_bytes 992",
+            "# TYPE walrep_recovery_transitions counter",
+            "walrep_recovery_transitions_total 6",
+            "walrep_recovery_records_replayed_total 53",
+            "walrep_recovery_state_streaming 1",
+            "walrep_recovery_state_promoted 0",
+            "walrep_standby_max_flush_lag_bytes 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
+        assert!(!text.contains("walrep_wal_records"), "{text}");
+    }
+}
