@@ -39,6 +39,8 @@
 //! Internal modules: `datadir` (layout and lock file), `server` (the Redis
 //! front end), `syncrep` (synchronous replication's wait queues), `util`.
 
+#![warn(missing_docs)]
+
 pub mod archive;
 pub mod backup;
 pub mod config;

@@ -15,6 +15,9 @@
 //!
 //! See `docs/archiving.md` for the operator's view.
 
+// Being documented item by item; remove once `missing_docs` is clean here.
+#![allow(missing_docs)]
+
 pub mod archiver;
 pub mod command;
 pub mod restore;

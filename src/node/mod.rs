@@ -10,6 +10,9 @@
 //! - [`info`]: the node's INFO sections and its status snapshot.
 //! - [`replication`]: the node as a replication source; standby replies.
 
+// Being documented item by item; remove once `missing_docs` is clean here.
+#![allow(missing_docs)]
+
 pub mod checkpoint;
 mod error;
 pub mod info;
