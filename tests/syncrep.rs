@@ -93,24 +93,31 @@ fn first_1_waits_for_its_standby_and_completes_when_it_returns() {
         .unwrap();
     assert!(s1.stop().success());
     let pending = set_in_background(&c.primary, "k", "v2");
-    std::thread::sleep(Duration::from_millis(700));
+    let waiters = || -> Option<u64> {
+        c.primary
+            .info_field("replication", "sync_waiters")?
+            .parse()
+            .ok()
+    };
+    wait_for(
+        "INFO to show the commit waiting",
+        Duration::from_secs(30),
+        || waiters().filter(|w| *w >= 1),
+    );
     assert!(
         !pending.is_finished(),
         "a synchronous commit completed with its standby stopped"
     );
     // Not readable either: another client still sees the confirmed value.
     assert_eq!(get(&c.primary, "k").as_deref(), Some("v1"));
-    let waiters: u64 = c
-        .primary
-        .info_field("replication", "sync_waiters")
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(waiters >= 1, "INFO shows no waiter");
     s1.restart();
     assert_eq!(pending.join().unwrap().unwrap(), "OK");
     assert_eq!(get(&c.primary, "k").as_deref(), Some("v2"));
-    assert_eq!(get(&s1, "k").as_deref(), Some("v2"));
+    // `on` waits for the standby's flush, not its replay: the value is
+    // readable there once replay follows.
+    wait_for("s1 to replay v2", Duration::from_secs(30), || {
+        (get(&s1, "k").as_deref() == Some("v2")).then_some(())
+    });
 }
 
 #[test]
@@ -204,9 +211,15 @@ fn a_client_that_gives_up_never_exposes_an_unreplicated_write() {
         let mut raw = std::net::TcpStream::connect(("127.0.0.1", c.primary.port)).unwrap();
         raw.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nnew\r\n")
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        wait_for("the write to wait for s1", Duration::from_secs(30), || {
+            let w: u64 = c
+                .primary
+                .info_field("replication", "sync_waiters")?
+                .parse()
+                .ok()?;
+            (w >= 1).then_some(())
+        });
     }
-    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         get(&c.primary, "k").as_deref(),
         Some("old"),

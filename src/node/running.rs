@@ -37,6 +37,10 @@ pub struct RunningNode {
     status: Option<crate::status::StatusServer>,
     exit_rx: Receiver<ExitRequest>,
     lock: DataDirLock,
+    /// SIGINT and SIGTERM, caught from before the listeners open: a signal
+    /// sent as soon as the node answers is a shutdown request, never the
+    /// default action that kills it without its shutdown checkpoint.
+    signals: Mutex<Option<signal_hook::iterator::Signals>>,
 }
 
 /// Options of `walrep start`.
@@ -154,6 +158,7 @@ impl RunningNode {
             status: None,
             exit_rx,
             lock,
+            signals: Mutex::new(None),
         };
         if let Some(progress) = node.standby.clone() {
             node.ensure_archiver(true).map_err(spawn("archiver"))?;
@@ -168,6 +173,10 @@ impl RunningNode {
     }
 
     fn start_listeners(&mut self) -> Result<(), NodeError> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+            .map_err(spawn("signal handler"))?;
+        *self.signals.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(signals);
         let node = self.node.clone();
         let config = &node.config;
         let addr = listen_addr(&config.listen_addresses, config.port)?;
@@ -208,8 +217,16 @@ impl RunningNode {
     /// Block until SIGINT or SIGTERM, or until recovery fails fatally.
     pub fn wait_for_exit(&self) -> Result<ExitRequest, NodeError> {
         use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-            .map_err(spawn("signal handler"))?;
+        let taken = self
+            .signals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut signals = match taken {
+            Some(s) => s,
+            None => signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+                .map_err(spawn("signal handler"))?,
+        };
         let handle = signals.handle();
         let tx = self.node.exit_tx.clone();
         let forwarder = std::thread::Builder::new()
