@@ -320,6 +320,7 @@ pub struct RunningNode {
     checkpointer: Option<Checkpointer>,
     standby: Option<StandbyRuntime>,
     status: Option<crate::status::StatusServer>,
+    expire: Option<crate::server::expire::ExpireCycle>,
     exit_rx: Receiver<ExitRequest>,
     lock: DataDirLock,
 }
@@ -419,6 +420,7 @@ impl RunningNode {
             checkpointer: None,
             standby: None,
             status: None,
+            expire: None,
             exit_rx,
             lock,
         };
@@ -430,6 +432,7 @@ impl RunningNode {
         }
         running.checkpointer = Some(Checkpointer::start(node.clone())?);
         running.start_listeners()?;
+        running.expire = Some(crate::server::expire::ExpireCycle::start(node.clone())?);
         Ok(running)
     }
 
@@ -512,6 +515,9 @@ impl RunningNode {
         tracing::info!("received shutdown request; shutting down");
         if let Some(server) = self.server.take() {
             stop_server(&node, server);
+        }
+        if let Some(e) = self.expire.take() {
+            e.stop();
         }
         if let Some(c) = self.checkpointer.take() {
             c.stop();

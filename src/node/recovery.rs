@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use crate::store::checkpoint::{load_snapshot, SnapshotError};
-use crate::store::record::{self, RM_KV};
 use crate::store::{ControlFile, Store};
 use crate::wal::{ReadError, ReaderConfig, Record, WalReader};
 use crate::{Lsn, TimelineHistory};
@@ -37,17 +36,15 @@ pub enum RecoveryError {
     History(String),
 }
 
-/// Apply one replayed record to the store. XLOG records carry nothing the
-/// store needs; key-value records are blind writes.
+/// Apply one replayed record to the store (which owns what each record
+/// type means).
 pub fn apply_record(store: &Store, rec: &Record) -> Result<(), RecoveryError> {
-    if rec.rmid == RM_KV {
-        let kv = record::decode(&rec.payload).map_err(|e| RecoveryError::BadPayload {
-            lsn: rec.lsn,
-            reason: e.to_string(),
-        })?;
-        store.apply_replayed(rec.end, &kv.ops);
-    }
-    Ok(())
+    store
+        .apply_record(rec)
+        .map_err(|e| RecoveryError::BadPayload {
+            lsn: e.lsn,
+            reason: e.reason,
+        })
 }
 
 /// Load the snapshot named by `control` into `store` and replay the WAL of

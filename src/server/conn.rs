@@ -11,6 +11,9 @@ use std::sync::atomic::Ordering;
 
 use mio::net::TcpStream;
 
+use std::sync::Arc;
+
+use super::clients::{ClientInfo, KillSignal};
 use super::command::{self, Command, Flow, WaitRequest};
 use super::protocol::{self, reply, Limits};
 use super::session::{Session, SessionContext};
@@ -66,18 +69,23 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: u64, stream: TcpStream, ctx: SessionContext) -> Conn {
+    pub fn new(id: u64, stream: TcpStream, ctx: SessionContext, kills: Arc<KillSignal>) -> Conn {
         let _ = stream.set_nodelay(true);
         let peer = stream
             .peer_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        let local = stream
+            .local_addr()
             .map_or_else(|_| "?".to_string(), |a| a.to_string());
         let span = tracing::info_span!("client", id, %peer);
         if ctx.settings.log_connections {
             span.in_scope(|| tracing::info!("connection received"));
         }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let client = Arc::new(ClientInfo::new(id, peer, local, fd, kills));
         Conn {
             stream,
-            session: Session::new(id, ctx),
+            session: Session::new(client, ctx),
             inbuf: Vec::new(),
             start: 0,
             readable: true,
@@ -149,7 +157,8 @@ impl Conn {
                     // A command that reads or reports anything first waits
                     // for this connection's earlier writes; a refused one
                     // reads nothing and its error queues behind their replies.
-                    let settles = matches!(&parsed, Ok(cmd) if !cmd.is_write());
+                    let settles =
+                        matches!(&parsed, Ok(cmd) if self.session.must_settle_before(cmd));
                     if settles && self.session.has_pending() {
                         self.hold = Hold::Stalled;
                         break;
@@ -159,7 +168,7 @@ impl Conn {
                     stats
                         .total_commands_processed
                         .fetch_add(1, Ordering::Relaxed);
-                    let flow = command::exec::respond(&mut self.session, parsed);
+                    let flow = command::exec::respond(&mut self.session, &args, parsed);
                     self.follow(flow);
                 }
                 Ok(None) => break,

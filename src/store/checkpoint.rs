@@ -14,23 +14,29 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 8 | magic `WRSNAP01` |
+//! | 8 | magic `WRSNAP02` |
 //! | 4 | chunk index |
 //! | 4 | chunk count |
 //! | 8 | checkpoint id |
-//! | n × | entry: 4 bytes key length, key, 4 bytes value length, value |
+//! | n × | entry: 4 bytes key length, key, 8 bytes key LSN, 8 bytes expiry (Unix ms, 0 = none), value (type byte and body, as in a WAL record's `Put`; docs/wal-format.md) |
 //! | 8 | number of entries |
 //! | 4 | CRC32 of every byte before it |
+//!
+//! The key LSN (the end of the last record that changed the key before the
+//! scan reached it) is what lets replay skip the records a fuzzy snapshot
+//! already holds (`replay.rs`).
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::store::map::Store;
+use crate::store::codec::{put_bytes, put_u64, Reader};
+use crate::store::map::{ScannedKey, Store};
+use crate::store::value::{self, Slot};
 use crate::util::fsync_dir;
 use crate::Lsn;
 
-const MAGIC: &[u8; 8] = b"WRSNAP01";
+const MAGIC: &[u8; 8] = b"WRSNAP02";
 const HEADER_LEN: usize = 8 + 4 + 4 + 8;
 const TRAILER_LEN: usize = 8 + 4;
 /// Keys scanned per lock acquisition: small enough that writers barely notice.
@@ -104,11 +110,14 @@ impl ChunkWriter {
         self.out.write_all(b)
     }
 
-    fn entry(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
-        self.put(&(key.len() as u32).to_le_bytes())?;
-        self.put(key)?;
-        self.put(&(value.len() as u32).to_le_bytes())?;
-        self.put(value)?;
+    /// One key: encoded into `scratch`, then written.
+    fn entry(&mut self, k: &ScannedKey, scratch: &mut Vec<u8>) -> io::Result<()> {
+        scratch.clear();
+        put_bytes(scratch, &k.key);
+        put_u64(scratch, k.lsn.0);
+        put_u64(scratch, k.slot.expire_ms);
+        value::encode(&k.slot.value, scratch);
+        self.put(scratch)?;
         self.entries += 1;
         Ok(())
     }
@@ -149,11 +158,12 @@ pub fn write_snapshot(
         .map_err(err(&tmp_dir))?;
     let mut stats = SnapshotStats::default();
     let mut after: Option<Vec<u8>> = None;
+    let mut scratch = Vec::new();
     loop {
         let (keys, last) = store.scan(after.as_deref(), SCAN_STEP);
         for k in keys {
             writers[chunk_of(&k.key, chunks)]
-                .entry(&k.key, &k.value)
+                .entry(&k, &mut scratch)
                 .map_err(err(&tmp_dir))?;
             stats.keys += 1;
             stats.max_lsn = stats.max_lsn.max(k.lsn);
@@ -197,16 +207,21 @@ pub fn load_snapshot(
                 reason,
             })?;
         stats.bytes += bytes.len() as u64;
-        for (k, v) in entries {
-            store.load_base(k.to_vec(), v.to_vec());
+        for e in entries {
+            store.load_base(e.key.to_vec(), e.lsn, e.slot);
             stats.keys += 1;
         }
     }
     Ok(stats)
 }
 
-/// A key and its value inside a chunk file.
-pub type ChunkEntry<'a> = (&'a [u8], &'a [u8]);
+/// A key of a chunk file: its state and the LSN that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkEntry<'a> {
+    pub key: &'a [u8],
+    pub lsn: Lsn,
+    pub slot: Slot,
+}
 
 /// Validate a chunk file and return its entries.
 pub fn parse_chunk(
@@ -227,7 +242,7 @@ pub fn parse_chunk(
         ));
     }
     if &b[..8] != MAGIC {
-        return Err("bad magic number".into());
+        return Err("bad magic number (not a snapshot chunk of this format)".into());
     }
     let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
@@ -240,26 +255,23 @@ pub fn parse_chunk(
         ));
     }
     let count = u64_at(body_end - 8);
-    let mut at = HEADER_LEN;
-    let end = body_end - 8;
+    let mut r = Reader::new(&b[HEADER_LEN..body_end - 8]);
     let mut out = Vec::new();
-    let field = |at: &mut usize| -> Result<&[u8], String> {
-        if *at + 4 > end {
-            return Err(format!("entry length truncated at byte {at}"));
-        }
-        let n = u32_at(*at) as usize;
-        *at += 4;
-        if n > end - *at {
-            return Err(format!("entry of {n} bytes overruns the file at byte {at}"));
-        }
-        let s = &b[*at..*at + n];
-        *at += n;
-        Ok(s)
-    };
-    while at < end {
-        let k = field(&mut at)?;
-        let v = field(&mut at)?;
-        out.push((k, v));
+    while r.remaining() > 0 {
+        let at = HEADER_LEN + r.position();
+        let entry = (|| {
+            let key = r.bytes()?;
+            let lsn = Lsn(r.u64()?);
+            let expire_ms = r.u64()?;
+            let value = value::decode(&mut r)?;
+            Ok::<_, crate::store::codec::DecodeError>(ChunkEntry {
+                key,
+                lsn,
+                slot: Slot { value, expire_ms },
+            })
+        })()
+        .map_err(|e| format!("entry at byte {at}: {e}"))?;
+        out.push(entry);
     }
     if out.len() as u64 != count {
         return Err(format!("{} entries, trailer says {count}", out.len()));
@@ -291,16 +303,19 @@ pub fn remove_snapshots_except(datadir: &Path, keep: &[u64]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::map::Level;
+    use crate::store::record::Op;
 
     fn filled() -> Store {
         let s = Store::new();
         for i in 0..3000u32 {
-            s.write().apply(
+            let key = format!("key:{i}").into_bytes();
+            let value = i.to_le_bytes().to_vec();
+            s.apply_replayed(
                 Lsn(i as u64 + 1),
-                Level::Immediate,
-                format!("key:{i}").as_bytes(),
-                Some(&i.to_le_bytes()),
+                &[Op::Set {
+                    key: key.into(),
+                    value: value.into(),
+                }],
             );
         }
         s
