@@ -247,16 +247,27 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
         stamp_of(self.ks.map.get(key), self.now_ms)
     }
 
-    /// Apply `op` now, provisionally, and keep it for the record.
+    /// Apply `op` now, provisionally, and keep it for the record. An
+    /// operation that empties a collection (so the key is gone) is
+    /// followed by an explicit `Del` in the record: a key is only ever
+    /// absent after an absolute operation, which is what makes replay over
+    /// a fuzzy snapshot exact (docs/wal-format.md).
     pub fn apply(&mut self, op: Op<'a>) {
-        match op.key() {
-            Some(key) => self.apply_to(key, &op),
-            None => self.flush_all(),
-        }
+        let Some(key) = op.key() else {
+            self.flush_all();
+            self.ops.push(op);
+            return;
+        };
+        let emptied = self.apply_to(key, &op) && !matches!(op, Op::Del { .. });
+        let del = emptied.then(|| Op::Del {
+            key: Cow::Owned(key.to_vec()),
+        });
         self.ops.push(op);
+        self.ops.extend(del);
     }
 
-    fn apply_to(&mut self, key: &[u8], op: &Op<'_>) {
+    /// Apply `op` to `key`; true if it removed the key (it was there).
+    fn apply_to(&mut self, key: &[u8], op: &Op<'_>) -> bool {
         if let Some(e) = self.ks.map.get_mut(key) {
             if e.newest().lsn == PROVISIONAL {
                 // A second change in this transaction: change the state in
@@ -269,14 +280,17 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
                 let after = (v.slot.is_some(), expiry_of(&v.slot));
                 self.store.count_live(before.0, after.0);
                 self.ks.reindex(self.store, key, before.1, after.1);
-                return;
+                return before.0 && !after.0;
             }
         }
         let current = self.ks.map.get(key).and_then(|e| e.newest().slot.clone());
+        let existed = current.is_some();
         let next = value::apply(current, op);
+        let removed = existed && next.is_none();
         self.ks
             .install(self.store, key, PROVISIONAL, Level::LocalFlush as u8, next);
         self.touched.push(key.to_vec());
+        removed
     }
 
     /// FLUSHALL: a provisional deletion of every key.
