@@ -15,7 +15,10 @@
 //!   synchronous standby, and the one-client floor;
 //! - `replication`: all of the above but `commit`;
 //! - `wal`: the WAL writer alone (no node, no network), beside the raw
-//!   fdatasync rate.
+//!   fdatasync rate;
+//! - `redis`: redis-benchmark's own test set (strings, lists, sets,
+//!   hashes) against walrep `local` and Redis 7 `appendfsync always` in
+//!   the same run.
 //!
 //! # Layout
 //! - [`fsync`]: the fdatasync probe (pg_test_fsync's 8 kB write + fdatasync)
@@ -29,7 +32,7 @@
 //! - [`anchors`]: the anchor scripts themselves, run and parsed.
 //! - [`scenario`], [`bulk`], [`lag`], [`promote`], [`sync`]: the scenarios.
 //! - [`figures`]: their figures, ratios, targets and probe tables.
-//! - [`wal_micro`]: the `wal` scenario.
+//! - [`wal_micro`]: the `wal` scenario; [`suite`]: the `redis` scenario.
 //!
 //! Noise: the machine is shared, so the fdatasync rate is probed right
 //! before and after every run and each run's ratio uses the mean of its
@@ -47,6 +50,7 @@ pub mod procs;
 pub mod promote;
 pub mod report;
 pub mod scenario;
+pub mod suite;
 pub mod sync;
 pub mod wal_micro;
 
@@ -141,6 +145,8 @@ pub enum Scenario {
     Replication,
     /// The WAL writer alone, beside the raw fdatasync rate.
     Wal,
+    /// redis-benchmark's test set against walrep and Redis 7.
+    Redis,
 }
 
 impl Scenario {
@@ -155,6 +161,7 @@ impl Scenario {
             Scenario::Sync => "sync",
             Scenario::Replication => "replication",
             Scenario::Wal => "wal",
+            Scenario::Redis => "redis",
         }
     }
 
@@ -198,7 +205,8 @@ impl Scenario {
 pub struct BenchArgs {
     /// What to measure, comma-separated: commit, stream, catchup,
     /// archive-replay, lag, promote, sync, replication (all the replication
-    /// scenarios) or wal (the WAL writer alone).
+    /// scenarios), wal (the WAL writer alone) or redis (redis-benchmark's
+    /// test set against walrep and Redis 7).
     #[arg(long = "scenario", value_delimiter = ',', default_value = "commit")]
     pub scenarios: Vec<Scenario>,
     /// Client counts (redis-benchmark -c), comma-separated.
@@ -324,6 +332,8 @@ pub struct RunReport {
     pub commit: Option<BenchReport>,
     /// The replication scenarios.
     pub replication: Option<scenario::ScenarioReport>,
+    /// The `redis` scenario.
+    pub redis: Option<suite::SuiteReport>,
 }
 
 /// Run the chosen scenarios and print their reports.
@@ -338,9 +348,13 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     if scenarios.contains(&Scenario::Wal) {
         wal_micro::run(args)?;
     }
+    let redis = match scenarios.contains(&Scenario::Redis) {
+        true => Some(suite::run(args)?),
+        false => None,
+    };
     let others: Vec<Scenario> = scenarios
         .into_iter()
-        .filter(|s| !matches!(s, Scenario::Commit | Scenario::Wal))
+        .filter(|s| !matches!(s, Scenario::Commit | Scenario::Wal | Scenario::Redis))
         .collect();
     let replication = if others.is_empty() {
         None
@@ -350,6 +364,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     Ok(RunReport {
         commit,
         replication,
+        redis,
     })
 }
 
@@ -390,7 +405,7 @@ fn run_commit(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     Ok(report)
 }
 
-fn require_tool(tool: &str) -> Result<(), BenchError> {
+pub(crate) fn require_tool(tool: &str) -> Result<(), BenchError> {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         .unwrap_or(false);
