@@ -37,6 +37,9 @@ use crate::util::fsync_dir;
 use crate::Lsn;
 
 const MAGIC: &[u8; 8] = b"WRSNAP02";
+/// The first format: strings only, no key LSN or expiry (still read, so a
+/// data directory from before hashes, lists and sets starts).
+const MAGIC_V1: &[u8; 8] = b"WRSNAP01";
 const HEADER_LEN: usize = 8 + 4 + 4 + 8;
 const TRAILER_LEN: usize = 8 + 4;
 /// Keys scanned per lock acquisition: small enough that writers barely notice.
@@ -241,8 +244,9 @@ pub fn parse_chunk(
             "incorrect checksum (stored {stored:08X}, computed {computed:08X})"
         ));
     }
-    if &b[..8] != MAGIC {
-        return Err("bad magic number (not a snapshot chunk of this format)".into());
+    let v1 = &b[..8] == MAGIC_V1;
+    if &b[..8] != MAGIC && !v1 {
+        return Err("bad magic number".into());
     }
     let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
@@ -261,6 +265,17 @@ pub fn parse_chunk(
         let at = HEADER_LEN + r.position();
         let entry = (|| {
             let key = r.bytes()?;
+            if v1 {
+                // A string; LSN 0 makes replay apply every record after
+                // the redo point to it, as the first format's blind writes
+                // needed.
+                let value = crate::store::value::Value::string(r.bytes()?);
+                return Ok(ChunkEntry {
+                    key,
+                    lsn: Lsn(0),
+                    slot: Slot::new(value),
+                });
+            }
             let lsn = Lsn(r.u64()?);
             let expire_ms = r.u64()?;
             let value = value::decode(&mut r)?;
@@ -361,6 +376,63 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("0000000000000002")]);
+    }
+
+    #[test]
+    fn every_type_and_expiry_round_trip_and_the_first_format_still_loads() {
+        use std::borrow::Cow;
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new();
+        let b = |x: &'static [u8]| Cow::Borrowed(x);
+        let ops = [
+            Op::HSet {
+                key: b(b"h"),
+                pairs: vec![(b(b"f"), b(b"v"))],
+            },
+            Op::Push {
+                key: b(b"l"),
+                front: false,
+                elems: vec![b(b"a"), b(b"b")],
+            },
+            Op::SAdd {
+                key: b(b"s"),
+                members: vec![b(b"m")],
+            },
+            Op::Expire {
+                key: b(b"s"),
+                at_ms: 123,
+            },
+        ];
+        s.apply_replayed(Lsn(40), &ops);
+        write_snapshot(d.path(), 3, 2, &s).unwrap();
+        let back = Store::new();
+        load_snapshot(d.path(), 3, 2, &back).unwrap();
+        assert_eq!(back.dump_visible(), s.dump_visible());
+        assert_eq!(back.expiring(), 1);
+        let lsns: Vec<Lsn> = back.scan(None, 10).0.iter().map(|k| k.lsn).collect();
+        assert_eq!(lsns, [Lsn(40); 3], "key LSNs survive");
+
+        // A chunk of the first format, written by hand.
+        let mut body = Vec::new();
+        body.extend_from_slice(MAGIC_V1);
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(&9u64.to_le_bytes());
+        for (k, v) in [(&b"k1"[..], &b"v1"[..]), (b"k2", b"v2")] {
+            body.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            body.extend_from_slice(k);
+            body.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            body.extend_from_slice(v);
+        }
+        body.extend_from_slice(&2u64.to_le_bytes());
+        let crc = crc32fast::hash(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        let entries = parse_chunk(&body, 0, 1, 9).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            entries[1].slot,
+            Slot::new(crate::store::value::Value::string(b"v2"))
+        );
     }
 
     proptest::proptest! {

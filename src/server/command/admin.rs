@@ -302,10 +302,11 @@ pub fn config_get(s: &mut Session, patterns: Args<'_>) -> Done {
             }
         }
     }
-    reply::array_header(&mut s.out, pairs.len() * 2);
+    let mut r = s.reply();
+    r.map(pairs.len());
     for (k, v) in pairs {
-        reply::bulk(&mut s.out, k.as_bytes());
-        reply::bulk(&mut s.out, v.as_bytes());
+        r.bulk(k.as_bytes());
+        r.bulk(v.as_bytes());
     }
     Ok(())
 }
