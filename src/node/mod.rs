@@ -431,8 +431,8 @@ impl RunningNode {
             start_primary(&node)?;
         }
         running.checkpointer = Some(Checkpointer::start(node.clone())?);
-        running.start_listeners()?;
         running.expire = Some(crate::server::expire::ExpireCycle::start(node.clone())?);
+        running.start_listeners()?;
         Ok(running)
     }
 
