@@ -283,8 +283,13 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
                 return before.0 && !after.0;
             }
         }
-        let current = self.ks.map.get(key).and_then(|e| e.newest().slot.clone());
-        let existed = current.is_some();
+        let newest = self.ks.map.get(key).and_then(|e| e.newest().slot.as_ref());
+        let existed = newest.is_some();
+        // A replacement does not need the current state (no clone).
+        let current = match op {
+            Op::Set { .. } | Op::Put { .. } | Op::Del { .. } => None,
+            _ => newest.cloned(),
+        };
         let next = value::apply(current, op);
         let removed = existed && next.is_none();
         self.ks
