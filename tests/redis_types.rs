@@ -245,6 +245,72 @@ fn atomic_pipelines_and_watch_behave_as_in_redis() {
     assert!(node.stop().success());
 }
 
+/// CLIENT LIST / INFO / KILL, INFO keyspace and COMMAND, as clients and
+/// tools call them.
+#[test]
+fn clients_keyspace_and_commands_are_described() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start(&init_datadir(tmp.path(), "primary", &[]), &[]);
+    let mut c = node.client();
+    let mut other = node.client();
+    let _: () = cmd(&mut other, "CLIENT SETNAME victim");
+    let _: () = cmd(&mut other, "CLIENT SETINFO LIB-NAME mylib");
+    let list: String = cmd(&mut c, "CLIENT LIST");
+    let line = list
+        .lines()
+        .find(|l| l.contains("name=victim"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        line.contains("lib-name=mylib") && line.contains("cmd=client"),
+        "{line}"
+    );
+    let id: u64 = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("id="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let me: String = cmd(&mut c, "CLIENT INFO");
+    assert!(
+        me.starts_with(&format!("id={} ", cmd::<u64>(&mut c, "CLIENT ID"))),
+        "{me}"
+    );
+    assert_eq!(cmd::<i64>(&mut c, &format!("CLIENT KILL ID {id}")), 1);
+    wait_for(
+        "the killed connection to close",
+        Duration::from_secs(10),
+        || {
+            redis::cmd("PING")
+                .query::<String>(&mut other)
+                .is_err()
+                .then_some(())
+        },
+    );
+    assert!(!cmd::<String>(&mut c, "CLIENT LIST").contains("name=victim"));
+    assert_eq!(err(&mut c, "CLIENT KILL 1.2.3.4:5"), "ERR No such client");
+
+    let _: () = cmd(&mut c, "SET a 1 EX 100");
+    let _: () = cmd(&mut c, "SET b 1");
+    let ks = node.info_field("keyspace", "db0").unwrap();
+    assert_eq!(ks, "keys=2,expires=1,avg_ttl=0");
+    assert_eq!(
+        cmd::<Vec<String>>(&mut c, "COMMAND GETKEYS MSET x 1 y 2"),
+        ["x", "y"]
+    );
+    let count: usize = cmd(&mut c, "COMMAND COUNT");
+    let names: Vec<String> = cmd(&mut c, "COMMAND LIST");
+    assert_eq!(names.len(), count);
+    let info: redis::Value = cmd(&mut c, "COMMAND INFO get nosuch");
+    let redis::Value::Array(info) = info else {
+        panic!()
+    };
+    assert_eq!(info[1], redis::Value::Nil);
+    let docs: redis::Value = cmd(&mut c, "COMMAND DOCS set");
+    let text = format!("{docs:?}");
+    assert!(text.contains("keepttl") && text.contains("oneof"), "{text}");
+    assert!(node.stop().success());
+}
+
 #[test]
 fn bad_input_gets_redis_errors_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
