@@ -205,6 +205,9 @@ fn run_queued(
     let backend = s.ctx.backend.clone();
     let store = backend.store();
     let result = match cmd {
+        Ok(c) if is_data_read(&c) && backend.role() == Role::Recovering => {
+            Err(WriteError::NotConsistent.into())
+        }
         Ok(c) if is_data_read(&c) => {
             let now = now.unwrap_or_else(now_ms);
             exec::read(r, &mut data(s, store, now), c)
