@@ -4,10 +4,12 @@
 //! both started by this run and measured in the same minutes.
 //!
 //! Both servers run side by side; for each client count and each test,
-//! a short calibration run on walrep sizes the measured run to last about
-//! `--seconds`, and both servers get the same calibration run (as warm-up)
-//! and the same measured run, in the same order, so their keyspaces (the
-//! list LPOP drains, the set SPOP empties) evolve alike. Ratios are
+//! a short calibration run on walrep sizes the measured runs to last about
+//! `--seconds` in all, and both servers get the same calibration run (as
+//! warm-up) and the same measured runs, so their keyspaces (the list LPOP
+//! drains, the set SPOP empties) evolve alike. The measured runs alternate
+//! between the servers in four slices, so a change of the disk's speed
+//! (frequent on these machines) hits both alike. Ratios are
 //! walrep / Redis; the targets: every write at 64 clients ≥ 1.0, reads
 //! ≥ 0.8.
 
@@ -137,8 +139,14 @@ pub fn run(args: &BenchArgs) -> Result<SuiteReport, BenchError> {
     })
 }
 
+/// Alternations of walrep and Redis per measured test: the disk of these
+/// machines changes speed within seconds, and short alternating slices
+/// (walrep first in odd rounds, Redis first in even ones) give both
+/// servers the same disk.
+const ROUNDS: u64 = 4;
+
 /// One test at one client count: calibrate on walrep, then the same runs
-/// on both servers.
+/// on both servers, in alternating slices.
 fn measure(
     args: &BenchArgs,
     dir: &std::path::Path,
@@ -162,10 +170,23 @@ fn measure(
     loadgen::run_test(&load(wport), test, calib_n, calib_limit, dir)?;
     let per_request_s = t0.elapsed().as_secs_f64() / calib_n as f64;
     loadgen::run_test(&load(rport), test, calib_n, calib_limit, dir)?;
-    let n = ((args.seconds as f64 / per_request_s) as u64).clamp(1000, 20_000_000);
+    let n = ((args.seconds as f64 / per_request_s / ROUNDS as f64) as u64).clamp(500, 5_000_000);
     let limit = Duration::from_secs(args.seconds * 5 + 60);
-    let walrep = loadgen::run_test(&load(wport), test, n, limit, dir)?;
-    let redis = loadgen::run_test(&load(rport), test, n, limit, dir)?;
+    let (mut walrep, mut redis) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let one = |port, out: &mut Vec<LoadResult>| -> Result<(), BenchError> {
+            out.push(loadgen::run_test(&load(port), test, n, limit, dir)?);
+            Ok(())
+        };
+        if round % 2 == 0 {
+            one(wport, &mut walrep)?;
+            one(rport, &mut redis)?;
+        } else {
+            one(rport, &mut redis)?;
+            one(wport, &mut walrep)?;
+        }
+    }
+    let (walrep, redis) = (combine(&walrep), combine(&redis));
     Ok(SuiteCell {
         test,
         write,
@@ -175,6 +196,22 @@ fn measure(
         walrep,
         redis,
     })
+}
+
+/// Runs of equal size as one: requests over total time, the median of
+/// the latencies.
+fn combine(runs: &[LoadResult]) -> LoadResult {
+    let requests: u64 = runs.iter().map(|r| r.requests).sum();
+    let secs: f64 = runs.iter().map(|r| r.requests as f64 / r.rps).sum();
+    let med = |f: fn(&LoadResult) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+    LoadResult {
+        rps: requests as f64 / secs,
+        mean_ms: med(|r| r.mean_ms),
+        p50_ms: med(|r| r.p50_ms),
+        p99_ms: med(|r| r.p99_ms),
+        max_ms: runs.iter().map(|r| r.max_ms).fold(0.0, f64::max),
+        requests,
+    }
 }
 
 /// Medians over the repetitions, with the targets at 64 clients.
@@ -245,6 +282,17 @@ mod tests {
             max_ms: 3.0,
             requests: 10,
         }
+    }
+
+    #[test]
+    fn rounds_combine_into_requests_over_time() {
+        let mut a = result(100.0);
+        a.requests = 100;
+        let mut b = result(50.0);
+        b.requests = 100;
+        let c = combine(&[a, b]);
+        assert_eq!(c.requests, 200);
+        assert!((c.rps - 200.0 / 3.0).abs() < 1e-9, "{}", c.rps);
     }
 
     #[test]
