@@ -166,31 +166,30 @@ impl<V: Clone> HashedMap<V> {
         self.get(member).is_some()
     }
 
-    /// Insert or replace; true if `member` is new.
+    /// Insert or replace; true if `member` is new. One descent of the
+    /// tree when the hash is new (almost always); colliding members are
+    /// merged into one bucket.
     pub fn insert(&mut self, member: &[u8], value: V) -> bool {
         let h = member_hash(member);
-        let fresh = match self.buckets.get(&h) {
+        let pair = (Elem::from(member), value);
+        let Some(old) = self.buckets.insert(h, Bucket::One(pair.clone())) else {
+            self.len += 1;
+            return true;
+        };
+        let mut entries = old.entries().to_vec();
+        let fresh = match entries.iter_mut().find(|(m, _)| &**m == member) {
+            Some(e) => {
+                e.1 = pair.1;
+                false
+            }
             None => {
-                self.buckets
-                    .insert(h, Bucket::One((Elem::from(member), value)));
+                entries.push(pair);
                 true
             }
-            Some(b) => {
-                let mut entries = b.entries().to_vec();
-                let fresh = match entries.iter_mut().find(|(m, _)| &**m == member) {
-                    Some(e) => {
-                        e.1 = value;
-                        false
-                    }
-                    None => {
-                        entries.push((Elem::from(member), value));
-                        true
-                    }
-                };
-                self.buckets.insert(h, bucket_of(entries));
-                fresh
-            }
         };
+        if entries.len() > 1 {
+            self.buckets.insert(h, bucket_of(entries));
+        }
         self.len += usize::from(fresh);
         fresh
     }
@@ -198,21 +197,19 @@ impl<V: Clone> HashedMap<V> {
     /// Remove `member`; true if it was there.
     pub fn remove(&mut self, member: &[u8]) -> bool {
         let h = member_hash(member);
-        let Some(b) = self.buckets.get(&h) else {
+        let Some(old) = self.buckets.remove(&h) else {
             return false;
         };
-        let mut entries = b.entries().to_vec();
-        let Some(i) = entries.iter().position(|(m, _)| &**m == member) else {
-            return false;
-        };
-        entries.remove(i);
-        if entries.is_empty() {
-            self.buckets.remove(&h);
-        } else {
+        let mut entries = old.entries().to_vec();
+        let found = entries.iter().position(|(m, _)| &**m == member);
+        if let Some(i) = found {
+            entries.remove(i);
+            self.len -= 1;
+        }
+        if !entries.is_empty() {
             self.buckets.insert(h, bucket_of(entries));
         }
-        self.len -= 1;
-        true
+        found.is_some()
     }
 
     /// Every member, in hash order.
@@ -515,4 +512,37 @@ pub fn decode(r: &mut Reader<'_>) -> Result<Value, DecodeError> {
         }
         t => return Err(DecodeError(format!("unknown value type {t}"))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_keep_colliding_members_apart() {
+        // Two members in one bucket, as a hash collision would put them.
+        let mut s = Set::default();
+        s.insert(b"a", ());
+        let h = member_hash(b"a");
+        let (k, _) = s.buckets.get(&h).unwrap().entries()[0].clone();
+        s.buckets
+            .insert(h, bucket_of(vec![(k, ()), (Elem::from(&b"b"[..]), ())]));
+        s.len = 2;
+        assert!(
+            s.contains(b"a") && s.get(b"b").is_none(),
+            "b lives under a's hash here"
+        );
+        assert!(!s.insert(b"a", ()), "a is there");
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.buckets.get(&h).unwrap().entries().len(), 2);
+        assert!(s.remove(b"a"));
+        assert_eq!(s.len(), 1);
+        assert!(!s.remove(b"a"));
+        assert_eq!(s.buckets.get(&h).unwrap().entries().len(), 1);
+        let mut m = Hash::default();
+        assert!(m.insert(b"f", Elem::from(&b"1"[..])));
+        assert!(!m.insert(b"f", Elem::from(&b"2"[..])));
+        assert_eq!(m.get(b"f").map(|v| v.to_vec()), Some(b"2".to_vec()));
+        assert_eq!(m.len(), 1);
+    }
 }
