@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::server::clients::{ClientInfo, ClientRegistry, KillSignal};
 use crate::server::command::{self, auth, scan::ScanCursors, Command};
 use crate::server::protocol::{self, Limits};
 use crate::server::session::{Session, SessionContext};
@@ -79,8 +80,14 @@ fn session() -> Session {
         settings,
         stats: Arc::new(ServerStats::default()),
         scans: Arc::new(ScanCursors::new()),
+        clients: Arc::new(ClientRegistry::default()),
     };
-    Session::new(1, ctx)
+    // CLIENT KILL wakes the worker loop: a loop of its own, never polled.
+    let poll = mio::Poll::new().expect("an epoll instance");
+    let waker = mio::Waker::new(poll.registry(), mio::Token(0)).expect("an eventfd");
+    let kills = KillSignal::new(Arc::new(waker));
+    let client = ClientInfo::new(1, "fuzz:1".into(), "fuzz:0".into(), -1, kills);
+    Session::new(Arc::new(client), ctx)
 }
 
 /// RESP framing, command parsing, access checks and execution of every
@@ -113,7 +120,7 @@ pub fn redis_requests(data: &[u8]) {
             Err(e) => Err(e),
         };
         // WAIT's reply comes from another thread in the server: skip it.
-        let _ = command::exec::respond(&mut s, parsed);
+        let _ = command::exec::respond(&mut s, &args, parsed);
         assert!(
             s.out.len() <= MAX_REPLY + 2 * MAX_BULK as usize + 4096,
             "a reply outgrew its limit: {} bytes",
@@ -227,8 +234,13 @@ fn valid_segment() -> &'static (Vec<u8>, String) {
         for i in 0..200u32 {
             let key = format!("k{i}");
             let value = vec![i as u8; (i as usize % 40) * 37];
-            let payload =
-                crate::store::record::encode(u64::from(i), &[(key.as_bytes(), Some(&value[..]))]);
+            let payload = crate::store::record::encode(
+                u64::from(i),
+                &[crate::store::record::Op::Set {
+                    key: key.as_bytes().into(),
+                    value: value[..].into(),
+                }],
+            );
             end = wal
                 .insert(crate::store::record::RM_KV, 0, &payload)
                 .expect("insert");

@@ -108,7 +108,9 @@ fn redis_cli_scans_lists_and_inspects_keys() {
     assert_eq!(&hello[1..=1], ["redis"]);
     assert_eq!(&hello[5..=5], ["2"]);
     assert_eq!(&hello[11..=11], ["master"]);
-    assert!(cli(&["HELLO", "3"]).contains("NOPROTO unsupported protocol version"));
+    assert!(cli(&["HELLO", "4"]).contains("NOPROTO unsupported protocol version"));
+    let hello3 = cli(&["HELLO", "3"]);
+    assert!(hello3.contains("proto") && hello3.contains('3'), "{hello3}");
     assert!(cli(&["SCAN", "999"]).contains("unknown SCAN cursor"));
     assert!(node.stop().success());
 }
@@ -156,10 +158,15 @@ fn the_redis_crate_scans_lists_and_inspects_keys() {
     let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c).unwrap();
     assert_eq!(hello[7], redis::Value::Int(id));
     let e = redis::cmd("HELLO")
-        .arg(3)
+        .arg(4)
         .query::<redis::Value>(&mut c)
         .unwrap_err();
     assert_eq!(e.code(), Some("NOPROTO"), "{e}");
+    let hello3: redis::Value = redis::cmd("HELLO")
+        .arg(3)
+        .query(&mut node.client())
+        .unwrap();
+    assert!(matches!(hello3, redis::Value::Map(_)), "{hello3:?}");
 
     // A cursor stays valid across connections, as in Redis.
     let (cursor, first): (u64, Vec<String>) = redis::cmd("SCAN")

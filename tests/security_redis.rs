@@ -172,6 +172,73 @@ fn passwords_and_roles_through_redis_cli_and_the_redis_crate() {
     );
 }
 
+#[test]
+fn a_readonly_role_reads_every_type_and_writes_none_over_resp3_too() {
+    let Some(redis_cli) = tool("redis-cli") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = secured_node(tmp.path(), &[]);
+    let p = node.port;
+    let run = |args: &[&str]| cli(&redis_cli, p, args);
+    let as_user = |user: &str, pw: &str, args: &[&str]| {
+        let mut a = vec!["--user", user, "--pass", pw];
+        a.extend_from_slice(args);
+        run(&a)
+    };
+    let writer = |args: &[&str]| as_user("writer", WRITER_PW, args);
+    let reader = |args: &[&str]| as_user("reader", READER_PW, args);
+    assert_eq!(writer(&["HSET", "h", "f", "1"]), "1");
+    assert_eq!(writer(&["RPUSH", "l", "a", "b"]), "2");
+    assert_eq!(writer(&["SADD", "s", "m"]), "1");
+    assert_eq!(writer(&["SET", "t", "v", "EX", "1000"]), "OK");
+    assert!(writer(&["CLIENT", "LIST"]).contains("NOPERM"));
+
+    // Reads of every type are allowed...
+    assert_eq!(reader(&["HGET", "h", "f"]), "1");
+    assert_eq!(reader(&["LRANGE", "l", "0", "-1"]), "a\nb");
+    assert_eq!(reader(&["SISMEMBER", "s", "m"]), "1");
+    assert!(reader(&["TTL", "t"]).parse::<u32>().unwrap() > 900);
+    // ...and every write is refused, by its own name.
+    for (args, name) in [
+        (&["HSET", "h", "f", "2"][..], "hset"),
+        (&["HDEL", "h", "f"][..], "hdel"),
+        (&["LPUSH", "l", "c"][..], "lpush"),
+        (&["RPOP", "l"][..], "rpop"),
+        (&["SADD", "s", "n"][..], "sadd"),
+        (&["SPOP", "s"][..], "spop"),
+        (&["EXPIRE", "t", "5"][..], "expire"),
+        (&["PERSIST", "t"][..], "persist"),
+    ] {
+        assert_eq!(
+            reader(args),
+            format!("NOPERM this user has no permissions to run the '{name}' command"),
+            "{args:?}"
+        );
+    }
+    // A write queued in MULTI is refused when queued, and EXEC aborts.
+    let mut c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut ask = |req: &str| -> String {
+        c.write_all(req.as_bytes()).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = c.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // HELLO 3 with AUTH logs in and switches to RESP3 in one step.
+    let hello = ask(&format!("HELLO 3 AUTH reader {READER_PW}\r\n"));
+    assert!(hello.starts_with("%7\r\n"), "{hello}");
+    assert!(hello.contains("proto\r\n:3\r\n"), "{hello}");
+    assert_eq!(ask("ACL WHOAMI\r\n"), "$6\r\nreader\r\n");
+    assert_eq!(ask("HGETALL h\r\n"), "%1\r\n$1\r\nf\r\n$1\r\n1\r\n");
+    assert_eq!(ask("GET missing\r\n"), "_\r\n");
+    assert_eq!(ask("MULTI\r\n"), "+OK\r\n");
+    assert!(ask("SADD s x\r\n").starts_with("-NOPERM"));
+    assert!(ask("EXEC\r\n").starts_with("-EXECABORT"));
+    assert_eq!(writer(&["SMEMBERS", "s"]), "m");
+    node.stop();
+}
+
 /// A TCP connection to `port` on 127.0.0.1 from the source address
 /// 127.0.0.2: a client that is not "local" for Redis's protected mode.
 fn connect_from_127_0_0_2(port: u16) -> TcpStream {

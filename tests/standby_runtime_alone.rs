@@ -17,8 +17,8 @@ use walrep::standby::{
 };
 use walrep::states::recovery::StateKind;
 use walrep::storage::{StdStorage, Storage};
-use walrep::store::record::{encode, KvCommand, RM_KV};
-use walrep::store::{ClusterState, ControlFileOwner, Store};
+use walrep::store::record::{encode, KvCommand, Op, RM_KV};
+use walrep::store::{ClusterState, ControlFileOwner, Reader, Store, Value};
 use walrep::wal::{ReaderConfig, SegmentDir, Wal, WalConfig, WalReader};
 use walrep::{Lsn, TimelineHistory, TimelineId};
 
@@ -125,10 +125,16 @@ fn write_primary_wal(datadir: &Path, owner: &ControlFileOwner) -> Lsn {
     let mut end = start;
     for i in 0..KEYS {
         let (k, v) = (key(i), value(i));
-        let set = encode(i as u64, &[(&k, Some(&v))]);
+        let set = encode(
+            i as u64,
+            &[Op::Set {
+                key: k[..].into(),
+                value: v[..].into(),
+            }],
+        );
         end = wal.insert(RM_KV, KvCommand::Set as u8, &set).unwrap();
         if i % 10 == 0 {
-            let del = encode(i as u64, &[(&k, None)]);
+            let del = encode(i as u64, &[Op::Del { key: k[..].into() }]);
             end = wal.insert(RM_KV, KvCommand::Del as u8, &del).unwrap();
         }
     }
@@ -264,14 +270,19 @@ fn archive_recovery_to_consistency_then_promotion_without_a_node() {
         KEYS + KEYS / 10 + 2,
         "{replayed:?}"
     );
+    let mut view = store.read_view(u64::MAX / 2);
     for i in 0..KEYS {
-        let got = store.get(&key(i));
+        let got = view.slot(&key(i)).map(|slot| match slot.value {
+            Value::Str(s) => s.to_vec(),
+            other => panic!("key {i} holds {other:?}, not a string"),
+        });
         if i % 10 == 0 {
             assert_eq!(got, None, "key {i} was deleted");
         } else {
             assert_eq!(got.as_deref(), Some(&value(i)[..]), "key {i}");
         }
     }
+    drop(view);
     assert_eq!(store.len() as usize, KEYS - KEYS / 10);
     for name in &archived {
         assert!(datadir.join("wal").join(name).exists(), "{name} restored");

@@ -1,7 +1,7 @@
 //! [`RunningNode`]: a node with its threads running. Start-up opens the
 //! data directory, loads the last checkpoint, recovers (a primary) or
-//! starts the recovery runtime (a standby), then the checkpointer and the
-//! listeners; `stop` is PostgreSQL's fast shutdown.
+//! starts the recovery runtime (a standby), then the checkpointer, the
+//! expiry cycle and the listeners; `stop` is PostgreSQL's fast shutdown.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -35,6 +35,7 @@ pub struct RunningNode {
     checkpointer: Option<Checkpointer>,
     standby: Option<StandbyRuntime>,
     status: Option<crate::status::StatusServer>,
+    expire: Option<crate::server::expire::ExpireCycle>,
     exit_rx: Receiver<ExitRequest>,
     lock: DataDirLock,
     /// SIGINT and SIGTERM, caught from before the listeners open: a signal
@@ -156,6 +157,7 @@ impl RunningNode {
             checkpointer: None,
             standby: None,
             status: None,
+            expire: None,
             exit_rx,
             lock,
             signals: Mutex::new(None),
@@ -168,6 +170,12 @@ impl RunningNode {
         }
         running.checkpointer =
             Some(Checkpointer::start(node.clone(), checkpoint_rx).map_err(spawn("checkpointer"))?);
+        // Before the listeners, so a node that answers PING has nothing
+        // more to start.
+        running.expire = Some(
+            crate::server::expire::ExpireCycle::start(node.clone())
+                .map_err(spawn("expiry cycle"))?,
+        );
         running.start_listeners()?;
         Ok(running)
     }
@@ -255,6 +263,9 @@ impl RunningNode {
         tracing::info!("received shutdown request; shutting down");
         if let Some(server) = self.server.take() {
             stop_server(&node, server);
+        }
+        if let Some(e) = self.expire.take() {
+            e.stop();
         }
         if let Some(c) = self.checkpointer.take() {
             c.stop();

@@ -12,6 +12,9 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use std::sync::Arc;
+
+use super::clients::{ClientInfo, KillSignal};
 use super::command::{self, auth, Command, Flow, WaitRequest};
 use super::protocol::{self, reply, Limits};
 use super::session::{Session, SessionContext};
@@ -83,15 +86,21 @@ impl Conn {
         stream: TcpStream,
         tls: Option<Box<rustls::ServerConnection>>,
         ctx: SessionContext,
+        kills: Arc<KillSignal>,
     ) -> Conn {
         let _ = stream.set_nodelay(true);
         let peer_addr = stream.peer_addr().ok();
         let peer = peer_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+        let local = stream
+            .local_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
         let span = tracing::info_span!("client", id, %peer, tls = tls.is_some());
         if ctx.settings.log_connections {
             span.in_scope(|| tracing::info!("connection received"));
         }
-        let mut session = Session::new(id, ctx);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let client = Arc::new(ClientInfo::new(id, peer, local, fd, kills));
+        let mut session = Session::new(client, ctx);
         let denied = auth::protected_mode_refuses(&session, peer_addr.map(|a| a.ip()));
         if denied {
             span.in_scope(|| {
@@ -248,7 +257,8 @@ impl Conn {
                     // A command that reads or reports anything first waits
                     // for this connection's earlier writes; a refused one
                     // reads nothing and its error queues behind their replies.
-                    let settles = matches!(&parsed, Ok(cmd) if !cmd.is_write());
+                    let settles =
+                        matches!(&parsed, Ok(cmd) if self.session.must_settle_before(cmd));
                     if settles && self.session.has_pending() {
                         self.hold = Hold::Stalled;
                         break;
@@ -259,14 +269,12 @@ impl Conn {
                     stats
                         .total_commands_processed
                         .fetch_add(1, Ordering::Relaxed);
-                    let allowed = match &parsed {
-                        Ok(cmd) => auth::check(&self.session, cmd, args[0]),
-                        Err(_) => Ok(()),
-                    };
-                    let flow = match allowed {
-                        Ok(()) => command::exec::respond(&mut self.session, parsed),
-                        Err(e) => command::exec::respond(&mut self.session, Err(e)),
-                    };
+                    // Who may run what is checked before anything runs,
+                    // and before MULTI queues it (a refused command marks
+                    // the transaction, as in Redis).
+                    let parsed = parsed
+                        .and_then(|cmd| auth::check(&self.session, &cmd, args[0]).map(|()| cmd));
+                    let flow = command::exec::respond(&mut self.session, &args, parsed);
                     self.follow(flow);
                 }
                 Ok(None) => break,

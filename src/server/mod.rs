@@ -1,4 +1,5 @@
-//! The Redis-protocol (RESP2) front end: listener, sessions, commands.
+//! The Redis-protocol (RESP2 and RESP3) front end: listener, sessions,
+//! commands.
 //!
 //! # Layout
 //! - [`protocol`]: request framing (with limits) and reply encoding.
@@ -8,13 +9,18 @@
 //! - [`session`]: a connection's state as the commands see it, and its
 //!   writes waiting for their durability level.
 //! - [`command`]: requests parsed into typed commands, then executed.
+//! - [`clients`]: the open connections, for CLIENT LIST and CLIENT KILL.
+//! - [`expire`]: the primary's deletion of expired keys (on access and in
+//!   a bounded background cycle).
 //!
 //! The server does not know whether it runs on a primary or a standby, nor
 //! how WAL is written: it talks to the node through [`Backend`], so it can be
 //! tested against a fake and so promotion changes its behaviour at runtime.
 
+pub mod clients;
 pub mod command;
 pub mod conn;
+pub mod expire;
 pub mod protocol;
 pub mod session;
 pub mod worker;
@@ -241,6 +247,7 @@ impl Server {
             settings: settings.clone(),
             stats: stats.clone(),
             scans: Arc::new(command::scan::ScanCursors::new()),
+            clients: Arc::new(clients::ClientRegistry::default()),
         };
         let mut handles = Vec::new();
         let gate = Arc::new(worker::FlushGate::default());

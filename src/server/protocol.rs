@@ -1,4 +1,5 @@
-//! RESP2 request framing and reply encoding.
+//! RESP request framing and reply encoding (RESP2, and RESP3 after
+//! `HELLO 3`).
 //!
 //! Requests are decoded with the `redis-protocol` crate (zero-copy ranges
 //! into the connection's buffer). Before that, the array and bulk-string
@@ -173,7 +174,9 @@ fn next_inline(buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
     }))
 }
 
-/// Reply encoding, appended to a connection's output buffer.
+/// Reply encoding, appended to a connection's output buffer. The free
+/// functions write what both protocols spell alike; [`reply::Reply`] also
+/// knows the connection's protocol for what RESP3 spells differently.
 pub mod reply {
     pub fn ok(out: &mut Vec<u8>) {
         out.extend_from_slice(b"+OK\r\n");
@@ -197,27 +200,92 @@ pub mod reply {
     }
 
     pub fn integer(out: &mut Vec<u8>, n: i64) {
-        out.push(b':');
-        out.extend_from_slice(n.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        header(out, b':', n);
     }
 
     pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
-        out.push(b'$');
-        out.extend_from_slice(b.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        header(out, b'$', b.len() as i64);
         out.extend_from_slice(b);
         out.extend_from_slice(b"\r\n");
     }
 
-    pub fn null(out: &mut Vec<u8>) {
-        out.extend_from_slice(b"$-1\r\n");
+    pub fn array_header(out: &mut Vec<u8>, n: usize) {
+        header(out, b'*', n as i64);
     }
 
-    pub fn array_header(out: &mut Vec<u8>, n: usize) {
-        out.push(b'*');
-        out.extend_from_slice(n.to_string().as_bytes());
+    /// `<prefix><n>\r\n`, without a heap-allocated number.
+    fn header(out: &mut Vec<u8>, prefix: u8, n: i64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut m = n.unsigned_abs();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (m % 10) as u8;
+            m /= 10;
+            if m == 0 {
+                break;
+            }
+        }
+        out.push(prefix);
+        if n < 0 {
+            out.push(b'-');
+        }
+        out.extend_from_slice(&digits[i..]);
         out.extend_from_slice(b"\r\n");
+    }
+
+    /// Replies to one connection, in its protocol.
+    pub struct Reply<'a> {
+        pub out: &'a mut Vec<u8>,
+        /// RESP3 (`HELLO 3`): maps, sets and one null type.
+        pub resp3: bool,
+    }
+
+    impl Reply<'_> {
+        pub fn ok(&mut self) {
+            ok(self.out)
+        }
+        pub fn simple(&mut self, s: &str) {
+            simple(self.out, s)
+        }
+        pub fn int(&mut self, n: i64) {
+            integer(self.out, n)
+        }
+        pub fn bulk(&mut self, b: &[u8]) {
+            bulk(self.out, b)
+        }
+        pub fn array(&mut self, n: usize) {
+            array_header(self.out, n)
+        }
+        /// A missing value: `$-1` in RESP2, `_` in RESP3.
+        pub fn null(&mut self) {
+            self.out.extend_from_slice(match self.resp3 {
+                false => b"$-1\r\n",
+                true => b"_\r\n",
+            });
+        }
+        /// A missing array (EXEC aborted by WATCH, LPOP of a missing key
+        /// with a count): `*-1` in RESP2, `_` in RESP3.
+        pub fn null_array(&mut self) {
+            self.out.extend_from_slice(match self.resp3 {
+                false => b"*-1\r\n",
+                true => b"_\r\n",
+            });
+        }
+        /// A map of `n` pairs: `%n` in RESP3, a flat array of `2n` in RESP2.
+        pub fn map(&mut self, n: usize) {
+            match self.resp3 {
+                true => header(self.out, b'%', n as i64),
+                false => array_header(self.out, 2 * n),
+            }
+        }
+        /// A set of `n` members: `~n` in RESP3, an array in RESP2.
+        pub fn set(&mut self, n: usize) {
+            match self.resp3 {
+                true => header(self.out, b'~', n as i64),
+                false => array_header(self.out, n),
+            }
+        }
     }
 }
 
@@ -277,6 +345,28 @@ mod tests {
         assert!(next_request(b"*1\r\n:5\r\n", L).is_err());
         assert!(next_request(b"*1\r\n$-5\r\n", L).is_err());
         assert!(next_request(b"*1\r\n$1\r\nabc\r\n", L).is_err());
+    }
+
+    #[test]
+    fn replies_follow_the_protocol() {
+        let mut out = Vec::new();
+        for resp3 in [false, true] {
+            let mut r = reply::Reply {
+                out: &mut out,
+                resp3,
+            };
+            r.null();
+            r.null_array();
+            r.map(2);
+            r.set(3);
+            r.int(-42);
+            r.int(i64::MIN);
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "$-1\r\n*-1\r\n*4\r\n*3\r\n:-42\r\n:-9223372036854775808\r\n\
+             _\r\n_\r\n%2\r\n~3\r\n:-42\r\n:-9223372036854775808\r\n"
+        );
     }
 
     proptest! {

@@ -13,10 +13,13 @@
 
 use std::sync::Arc;
 
+use super::clients::{ClientInfo, ClientRegistry};
+use super::command::multi::Multi;
 use super::command::scan::ScanCursors;
+use super::protocol::reply::Reply;
 use super::{Backend, ServerSettings, ServerStats, WriteError};
 use crate::config::SynchronousCommit;
-use crate::store::Level;
+use crate::store::{Level, Stamp};
 use crate::Lsn;
 
 /// What every session of one server shares.
@@ -27,6 +30,8 @@ pub struct SessionContext {
     /// Where SCANs resume: shared, since a client may continue a scan on
     /// another connection.
     pub scans: Arc<ScanCursors>,
+    /// Every open connection (CLIENT LIST, CLIENT KILL).
+    pub clients: Arc<ClientRegistry>,
 }
 
 impl Clone for SessionContext {
@@ -36,6 +41,7 @@ impl Clone for SessionContext {
             settings: self.settings.clone(),
             stats: self.stats.clone(),
             scans: self.scans.clone(),
+            clients: self.clients.clone(),
         }
     }
 }
@@ -68,7 +74,14 @@ pub struct Session {
     pub out: Vec<u8>,
     /// `CONFIG SET synchronous_commit` changes it for this connection only.
     pub synchronous_commit: SynchronousCommit,
-    pub client_name: Option<String>,
+    /// `HELLO 3` switched the connection to RESP3.
+    pub resp3: bool,
+    /// This connection in CLIENT LIST (its name lives there).
+    pub client: Arc<ClientInfo>,
+    /// A MULTI in progress: its queue.
+    pub multi: Option<Multi>,
+    /// WATCHed keys and what they were then.
+    pub watched: Vec<(Vec<u8>, Stamp)>,
     /// End of this connection's last write (WAIT waits for it).
     pub last_write_end: Lsn,
     /// `None` until AUTH (or HELLO AUTH) succeeds; a passwordless default
@@ -78,55 +91,72 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(id: u64, ctx: SessionContext) -> Session {
+    /// A session for the connection `client`, registered in the server's
+    /// client list until it is dropped.
+    pub fn new(client: Arc<ClientInfo>, ctx: SessionContext) -> Session {
         let sc = ctx.settings.default_synchronous_commit;
         let roles = &ctx.settings.roles;
         let user = roles.default_needs_no_password().then(|| AuthUser {
             name: crate::security::roles::DEFAULT_USER.into(),
             access: roles.default_access(),
         });
+        ctx.clients.add(client.clone());
         Session {
             user,
-            id,
+            id: client.id,
             ctx,
             out: Vec::with_capacity(256),
             synchronous_commit: sc,
-            client_name: None,
+            resp3: false,
+            client,
+            multi: None,
+            watched: Vec::new(),
             last_write_end: Lsn::INVALID,
             pending: Pending::default(),
         }
     }
 
-    /// Note a write inserted at `end` whose reply is about to be appended.
+    /// Replies in this connection's protocol.
+    pub fn reply(&mut self) -> Reply<'_> {
+        Reply {
+            out: &mut self.out,
+            resp3: self.resp3,
+        }
+    }
+
+    pub fn in_multi(&self) -> bool {
+        self.multi.is_some()
+    }
+
+    /// Whether `cmd` must wait for this connection's pending writes before
+    /// it runs: everything but a write, and but what MULTI only queues (an
+    /// EXEC of writes sees the newest state anyway, and queues its reply
+    /// behind theirs).
+    pub fn must_settle_before(&self, cmd: &super::command::Command<'_>) -> bool {
+        use super::command::{multi, Command};
+        match &self.multi {
+            Some(_) if !multi::runs_at_once(cmd) => false,
+            Some(m) if matches!(cmd, Command::Exec) => !m.has_write(),
+            _ => !cmd.is_write(),
+        }
+    }
+
+    /// Note a write inserted at `end` whose reply starts at `mark` in
+    /// `out` (it may already be appended).
     pub fn note_write(
         &mut self,
+        mark: usize,
         end: Lsn,
         level: Level,
         compact: impl IntoIterator<Item = Vec<u8>>,
     ) {
         if self.pending.level.is_none() {
-            self.pending.reply_mark = self.out.len();
+            self.pending.reply_mark = mark.min(self.out.len());
         }
         self.pending.end = self.pending.end.max(end);
         self.pending.level = Some(self.pending.level.map_or(level, |l| l.max(level)));
         self.pending.compact.extend(compact);
         self.last_write_end = self.last_write_end.max(end);
-    }
-
-    /// Most bytes one reply may take (`client_output_buffer_limit`).
-    pub fn reply_limit(&self) -> usize {
-        self.ctx.settings.max_reply_bytes
-    }
-
-    /// A reply started at `start` of `out` grew past the limit: drop it
-    /// (the caller replies with the error instead).
-    pub fn check_reply_size(&mut self, start: usize) -> Result<(), super::command::CommandError> {
-        let limit = self.reply_limit();
-        if self.out.len().saturating_sub(start) > limit {
-            self.out.truncate(start);
-            return Err(super::command::CommandError::ReplyTooLarge(limit));
-        }
-        Ok(())
     }
 
     pub fn has_pending(&self) -> bool {
@@ -180,5 +210,11 @@ impl Session {
                 true
             }
         }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ctx.clients.remove(self.id);
     }
 }

@@ -422,8 +422,19 @@ fn keys_type_strlen_and_hello_behave_like_redis() {
     );
     assert_eq!(hello[5], redis::Value::Int(2));
     assert_eq!(query::<String>(&mut c, "CLIENT GETNAME").unwrap(), "app");
-    let e = query::<String>(&mut c, "HELLO 3").unwrap_err();
+    let e = query::<String>(&mut c, "HELLO 4").unwrap_err();
     assert_eq!(e.code(), Some("NOPROTO"), "{e}");
+    let hello: redis::Value = query(&mut c, "HELLO 3").unwrap();
+    let redis::Value::Map(pairs) = hello else {
+        panic!("HELLO 3 answers a RESP3 map: {hello:?}")
+    };
+    assert_eq!(
+        pairs[2],
+        (
+            redis::Value::BulkString(b"proto".to_vec()),
+            redis::Value::Int(3)
+        )
+    );
     let e = query::<String>(&mut c, "HELLO 2 AUTH bob pw").unwrap_err();
     assert_eq!(e.code(), Some("WRONGPASS"), "{e}");
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::clients::KillSignal;
 use super::command::WaitRequest;
 use super::conn::{Conn, Hold};
 use super::protocol::reply;
@@ -148,6 +149,7 @@ impl WorkerHandle {
         };
         let worker = Worker {
             poll,
+            kills: KillSignal::new(waker.clone()),
             waker: waker.clone(),
             conns: HashMap::new(),
             inbox,
@@ -226,6 +228,8 @@ fn run_committer(
 struct Worker {
     poll: Poll,
     waker: Arc<Waker>,
+    /// Set when CLIENT KILL marked one of this loop's connections.
+    kills: Arc<KillSignal>,
     conns: HashMap<Token, Conn>,
     inbox: Receiver<Msg>,
     /// To the committer; `None` once shut down.
@@ -291,6 +295,9 @@ impl Worker {
         }
         for ev in events.iter() {
             if ev.token() == WAKER {
+                if self.kills.take() {
+                    self.close_killed();
+                }
                 continue;
             }
             if let Some(c) = self.conns.get_mut(&ev.token()) {
@@ -670,9 +677,26 @@ impl Worker {
             },
             _ => None,
         };
-        self.conns
-            .insert(token, Conn::new(id, stream, tls, self.ctx.clone()));
+        let conn = Conn::new(id, stream, tls, self.ctx.clone(), self.kills.clone());
+        self.conns.insert(token, conn);
         self.enqueue(token);
+    }
+
+    /// Close the connections CLIENT KILL marked: at once if nothing of
+    /// theirs is in flight, else after (their commits are not abandoned).
+    fn close_killed(&mut self) {
+        let killed: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.client.killed())
+            .map(|(t, _)| *t)
+            .collect();
+        for t in killed {
+            if let Some(c) = self.conns.get_mut(&t) {
+                c.closing = true;
+            }
+            self.enqueue(t);
+        }
     }
 
     fn take_done(&mut self) {

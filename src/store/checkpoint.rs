@@ -14,13 +14,17 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 8 | magic `WRSNAP01` |
+//! | 8 | magic `WRSNAP02` |
 //! | 4 | chunk index |
 //! | 4 | chunk count |
 //! | 8 | checkpoint id |
-//! | n × | entry: 4 bytes key length, key, 4 bytes value length, value |
+//! | n × | entry: 4 bytes key length, key, 8 bytes key LSN, 8 bytes expiry (Unix ms, 0 = none), value (type byte and body, as in a WAL record's `Put`; docs/wal-format.md) |
 //! | 8 | number of entries |
 //! | 4 | CRC32 of every byte before it |
+//!
+//! The key LSN (the end of the last record that changed the key before the
+//! scan reached it) is what lets replay skip the records a fuzzy snapshot
+//! already holds (`replay.rs`).
 
 use std::fs;
 use std::io;
@@ -29,10 +33,15 @@ use std::path::{Path, PathBuf};
 use crate::storage::{
     durable_create_dir, durable_remove_dir, sync_dir, OpenFor, SeqWriter, Storage, StorageError,
 };
-use crate::store::map::Store;
+use crate::store::codec::{put_bytes, put_u64, Reader};
+use crate::store::map::{ScannedKey, Store};
+use crate::store::value::{self, Slot};
 use crate::Lsn;
 
-const MAGIC: &[u8; 8] = b"WRSNAP01";
+const MAGIC: &[u8; 8] = b"WRSNAP02";
+/// The first format: strings only, no key LSN or expiry (still read, so a
+/// data directory from before hashes, lists and sets starts).
+const MAGIC_V1: &[u8; 8] = b"WRSNAP01";
 const HEADER_LEN: usize = 8 + 4 + 4 + 8;
 const TRAILER_LEN: usize = 8 + 4;
 /// Keys scanned per lock acquisition: small enough that writers barely notice.
@@ -112,11 +121,14 @@ impl<'a> ChunkWriter<'a> {
         self.out.put(b)
     }
 
-    fn entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.put(&(key.len() as u32).to_le_bytes())?;
-        self.put(key)?;
-        self.put(&(value.len() as u32).to_le_bytes())?;
-        self.put(value)?;
+    /// One key: encoded into `scratch`, then written.
+    fn entry(&mut self, k: &ScannedKey, scratch: &mut Vec<u8>) -> Result<(), StorageError> {
+        scratch.clear();
+        put_bytes(scratch, &k.key);
+        put_u64(scratch, k.lsn.0);
+        put_u64(scratch, k.slot.expire_ms);
+        value::encode(&k.slot.value, scratch);
+        self.put(scratch)?;
         self.entries += 1;
         Ok(())
     }
@@ -133,7 +145,8 @@ impl<'a> ChunkWriter<'a> {
 
 /// Write the store's current contents as snapshot `id` (a fuzzy scan: writers
 /// keep going; replay from a redo point taken before the scan repairs any
-/// difference, because every KV record is a blind write).
+/// difference, skipping for each key the records its LSN says the snapshot
+/// already holds, `replay.rs`). Every byte goes through `storage`.
 pub fn write_snapshot(
     storage: &dyn Storage,
     datadir: &Path,
@@ -155,11 +168,12 @@ pub fn write_snapshot(
         .map_err(err(&tmp_dir))?;
     let mut stats = SnapshotStats::default();
     let mut after: Option<Vec<u8>> = None;
+    let mut scratch = Vec::new();
     loop {
         let (keys, last) = store.scan(after.as_deref(), SCAN_STEP);
         for k in keys {
             writers[chunk_of(&k.key, chunks)]
-                .entry(&k.key, &k.value)
+                .entry(&k, &mut scratch)
                 .map_err(err(&tmp_dir))?;
             stats.keys += 1;
             stats.max_lsn = stats.max_lsn.max(k.lsn);
@@ -203,16 +217,21 @@ pub fn load_snapshot(
                 reason,
             })?;
         stats.bytes += bytes.len() as u64;
-        for (k, v) in entries {
-            store.load_base(k.to_vec(), v.to_vec());
+        for e in entries {
+            store.load_base(e.key.to_vec(), e.lsn, e.slot);
             stats.keys += 1;
         }
     }
     Ok(stats)
 }
 
-/// A key and its value inside a chunk file.
-pub type ChunkEntry<'a> = (&'a [u8], &'a [u8]);
+/// A key of a chunk file: its state and the LSN that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkEntry<'a> {
+    pub key: &'a [u8],
+    pub lsn: Lsn,
+    pub slot: Slot,
+}
 
 /// Validate a chunk file and return its entries.
 pub fn parse_chunk(
@@ -232,7 +251,8 @@ pub fn parse_chunk(
             "incorrect checksum (stored {stored:08X}, computed {computed:08X})"
         ));
     }
-    if &b[..8] != MAGIC {
+    let v1 = &b[..8] == MAGIC_V1;
+    if &b[..8] != MAGIC && !v1 {
         return Err("bad magic number".into());
     }
     let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
@@ -246,26 +266,34 @@ pub fn parse_chunk(
         ));
     }
     let count = u64_at(body_end - 8);
-    let mut at = HEADER_LEN;
-    let end = body_end - 8;
+    let mut r = Reader::new(&b[HEADER_LEN..body_end - 8]);
     let mut out = Vec::new();
-    let field = |at: &mut usize| -> Result<&[u8], String> {
-        if *at + 4 > end {
-            return Err(format!("entry length truncated at byte {at}"));
-        }
-        let n = u32_at(*at) as usize;
-        *at += 4;
-        if n > end - *at {
-            return Err(format!("entry of {n} bytes overruns the file at byte {at}"));
-        }
-        let s = &b[*at..*at + n];
-        *at += n;
-        Ok(s)
-    };
-    while at < end {
-        let k = field(&mut at)?;
-        let v = field(&mut at)?;
-        out.push((k, v));
+    while r.remaining() > 0 {
+        let at = HEADER_LEN + r.position();
+        let entry = (|| {
+            let key = r.bytes()?;
+            if v1 {
+                // A string; LSN 0 makes replay apply every record after
+                // the redo point to it, as the first format's blind writes
+                // needed.
+                let value = crate::store::value::Value::string(r.bytes()?);
+                return Ok(ChunkEntry {
+                    key,
+                    lsn: Lsn(0),
+                    slot: Slot::new(value),
+                });
+            }
+            let lsn = Lsn(r.u64()?);
+            let expire_ms = r.u64()?;
+            let value = value::decode(&mut r)?;
+            Ok::<_, crate::store::codec::DecodeError>(ChunkEntry {
+                key,
+                lsn,
+                slot: Slot { value, expire_ms },
+            })
+        })()
+        .map_err(|e| format!("entry at byte {at}: {e}"))?;
+        out.push(entry);
     }
     if out.len() as u64 != count {
         return Err(format!("{} entries, trailer says {count}", out.len()));
@@ -311,16 +339,19 @@ pub fn remove_snapshots_except(
 mod tests {
     use super::*;
     use crate::storage::StdStorage;
-    use crate::store::map::Level;
+    use crate::store::record::Op;
 
     fn filled() -> Store {
         let s = Store::new();
         for i in 0..3000u32 {
-            s.write().apply(
+            let key = format!("key:{i}").into_bytes();
+            let value = i.to_le_bytes().to_vec();
+            s.apply_replayed(
                 Lsn(i as u64 + 1),
-                Level::Immediate,
-                format!("key:{i}").as_bytes(),
-                Some(&i.to_le_bytes()),
+                &[Op::Set {
+                    key: key.into(),
+                    value: value.into(),
+                }],
             );
         }
         s
@@ -366,6 +397,63 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("0000000000000002")]);
+    }
+
+    #[test]
+    fn every_type_and_expiry_round_trip_and_the_first_format_still_loads() {
+        use std::borrow::Cow;
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new();
+        let b = |x: &'static [u8]| Cow::Borrowed(x);
+        let ops = [
+            Op::HSet {
+                key: b(b"h"),
+                pairs: vec![(b(b"f"), b(b"v"))],
+            },
+            Op::Push {
+                key: b(b"l"),
+                front: false,
+                elems: vec![b(b"a"), b(b"b")],
+            },
+            Op::SAdd {
+                key: b(b"s"),
+                members: vec![b(b"m")],
+            },
+            Op::Expire {
+                key: b(b"s"),
+                at_ms: 123,
+            },
+        ];
+        s.apply_replayed(Lsn(40), &ops);
+        write_snapshot(&StdStorage, d.path(), 3, 2, &s).unwrap();
+        let back = Store::new();
+        load_snapshot(d.path(), 3, 2, &back).unwrap();
+        assert_eq!(back.dump_visible(), s.dump_visible());
+        assert_eq!(back.expiring(), 1);
+        let lsns: Vec<Lsn> = back.scan(None, 10).0.iter().map(|k| k.lsn).collect();
+        assert_eq!(lsns, [Lsn(40); 3], "key LSNs survive");
+
+        // A chunk of the first format, written by hand.
+        let mut body = Vec::new();
+        body.extend_from_slice(MAGIC_V1);
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(&9u64.to_le_bytes());
+        for (k, v) in [(&b"k1"[..], &b"v1"[..]), (b"k2", b"v2")] {
+            body.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            body.extend_from_slice(k);
+            body.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            body.extend_from_slice(v);
+        }
+        body.extend_from_slice(&2u64.to_le_bytes());
+        let crc = crc32fast::hash(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        let entries = parse_chunk(&body, 0, 1, 9).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            entries[1].slot,
+            Slot::new(crate::store::value::Value::string(b"v2"))
+        );
     }
 
     proptest::proptest! {

@@ -1,5 +1,8 @@
 //! The ordered in-memory map the WAL is applied to, with commit visibility.
 //!
+//! (Reading and writing it: [`super::txn`]; replaying WAL into it:
+//! [`super::replay`].)
+//!
 //! A write is applied to the map at once (so the next writer of the same key
 //! sees it, in WAL order), but readers see it only when it is *released* at
 //! the durability level its writer asked for: locally flushed for `local`,
@@ -9,13 +12,13 @@
 //! its level is met. Each key keeps the versions it needs for that: the
 //! newest released one and any newer pending ones, oldest first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::value::Slot;
 use crate::config::SynchronousCommit;
-use crate::store::record::KvOp;
 use crate::Lsn;
 
 /// The durability a version waits for before readers may see it.
@@ -56,7 +59,7 @@ impl Level {
         }
     }
 
-    fn index(self) -> usize {
+    pub(super) fn index(self) -> usize {
         self as usize
     }
 }
@@ -100,35 +103,47 @@ impl Visibility {
         }
     }
 
-    fn visible(&self, v: &Version) -> bool {
+    pub(super) fn visible(&self, v: &Version) -> bool {
         v.lsn <= self.released[v.level as usize].load(Ordering::Acquire)
     }
 }
 
-/// One value of a key (or its deletion) as written at `lsn`.
+/// The LSN of a version a writer applied before its record is in the WAL:
+/// never visible (no level is released that far); the writer replaces it
+/// with its record's end, or removes it, before it lets go of the lock.
+pub(super) const PROVISIONAL: u64 = u64::MAX;
+
+/// One state of a key (or its deletion) as written by the record ending at
+/// `lsn`.
 #[derive(Debug, Clone)]
-struct Version {
-    /// End LSN of the record that wrote it; 0 for values loaded from a snapshot.
-    lsn: u64,
-    level: u8,
+pub(super) struct Version {
+    /// End LSN of the record that wrote it (for a snapshot's key: the end of
+    /// the last record that changed it before the snapshot).
+    pub lsn: u64,
+    pub level: u8,
     /// `None` = deleted.
-    value: Option<Arc<[u8]>>,
+    pub slot: Option<Slot>,
 }
 
 /// A key's versions, oldest first. Almost always exactly one.
 #[derive(Debug, Clone)]
-struct Entry {
-    versions: Vec<Version>,
+pub(super) struct Entry {
+    pub versions: Vec<Version>,
 }
 
 impl Entry {
-    fn newest(&self) -> &Version {
+    pub fn newest(&self) -> &Version {
         self.versions.last().expect("entries are never empty")
+    }
+
+    /// The newest version readers may see.
+    pub fn visible(&self, vis: &Visibility) -> Option<&Version> {
+        self.versions.iter().rev().find(|v| vis.visible(v))
     }
 
     /// Drop versions older than the newest visible one; true if the entry
     /// is now only a visible deletion (the key can go).
-    fn prune(&mut self, vis: &Visibility) -> bool {
+    pub fn prune(&mut self, vis: &Visibility) -> bool {
         match self.versions.iter().rposition(|v| vis.visible(v)) {
             Some(0) | None => {}
             Some(i) => {
@@ -136,32 +151,38 @@ impl Entry {
             }
         }
         self.versions.len() == 1
-            && self.versions[0].value.is_none()
+            && self.versions[0].slot.is_none()
             && vis.visible(&self.versions[0])
     }
+}
+
+/// What the store's lock protects: the keys, and an index of the keys
+/// whose newest version expires (for the primary's expiry cycle).
+#[derive(Debug, Default)]
+pub(super) struct Keyspace {
+    pub map: BTreeMap<Vec<u8>, Entry>,
+    /// `(expire_ms, key)` of every key whose newest version has an expiry.
+    pub expires: BTreeSet<(u64, Vec<u8>)>,
 }
 
 /// The store's map. Shared between sessions (readers, writers), the redo
 /// loop and the checkpointer.
 #[derive(Debug, Default)]
 pub struct Store {
-    map: RwLock<BTreeMap<Vec<u8>, Entry>>,
-    vis: Arc<Visibility>,
+    pub(super) ks: RwLock<Keyspace>,
+    pub(super) vis: Arc<Visibility>,
     /// Keys whose newest version is a value (pending ones included): DBSIZE.
-    live_keys: AtomicU64,
+    pub(super) live_keys: AtomicU64,
+    /// Keys whose newest version expires: INFO keyspace's `expires`.
+    pub(super) expiring_keys: AtomicU64,
+    /// Keys the primary deleted because their time passed (INFO stats).
+    expired_total: AtomicU64,
 }
 
-/// Exclusive access for a writer: hold it across "read current values,
-/// insert the WAL record, apply" so WAL order equals apply order.
-pub struct WriteTxn<'a> {
-    map: RwLockWriteGuard<'a, BTreeMap<Vec<u8>, Entry>>,
-    store: &'a Store,
-}
-
-/// One key of a checkpoint scan: its newest value and the LSN that wrote it.
+/// One key of a checkpoint scan: its newest state and the LSN that wrote it.
 pub struct ScannedKey {
     pub key: Vec<u8>,
-    pub value: Arc<[u8]>,
+    pub slot: Slot,
     pub lsn: Lsn,
 }
 
@@ -174,25 +195,19 @@ impl Store {
         &self.vis
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<Vec<u8>, Entry>> {
+    pub(super) fn read_lock(&self) -> RwLockReadGuard<'_, Keyspace> {
         // A panic while holding the lock cannot leave the map half-updated
         // (apply mutates one entry at a time), so a poisoned lock is usable.
-        self.map.read().unwrap_or_else(|e| e.into_inner())
+        self.ks.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The newest visible value of `key`.
-    pub fn get(&self, key: &[u8]) -> Option<Arc<[u8]>> {
-        let map = self.read();
-        let entry = map.get(key)?;
-        entry
-            .versions
-            .iter()
-            .rev()
-            .find(|v| self.vis.visible(v))
-            .and_then(|v| v.value.clone())
+    pub(super) fn write_lock(&self) -> RwLockWriteGuard<'_, Keyspace> {
+        self.ks.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Number of keys (counting writes still waiting for their level).
+    /// Number of keys (counting writes still waiting for their level, and
+    /// keys whose expiry passed but that are not deleted yet, as Redis's
+    /// DBSIZE does).
     pub fn len(&self) -> u64 {
         self.live_keys.load(Ordering::Relaxed)
     }
@@ -201,31 +216,41 @@ impl Store {
         self.len() == 0
     }
 
-    pub fn write(&self) -> WriteTxn<'_> {
-        WriteTxn {
-            map: self.map.write().unwrap_or_else(|e| e.into_inner()),
-            store: self,
-        }
+    /// Number of keys with an expiry time.
+    pub fn expiring(&self) -> u64 {
+        self.expiring_keys.load(Ordering::Relaxed)
     }
 
-    /// Apply replayed WAL (recovery, standby): visible at once.
-    pub fn apply_replayed(&self, lsn: Lsn, ops: &[KvOp]) {
-        let mut txn = self.write();
-        for op in ops {
-            match op {
-                KvOp::Set { key, value } => txn.apply(lsn, Level::Immediate, key, Some(value)),
-                KvOp::Del { key } => txn.apply(lsn, Level::Immediate, key, None),
-            };
-        }
+    /// Count keys deleted by expiry.
+    pub fn count_expired(&self, n: u64) {
+        self.expired_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Keys deleted by expiry since start.
+    pub fn expired_total(&self) -> u64 {
+        self.expired_total.load(Ordering::Relaxed)
+    }
+
+    /// Up to `limit` keys whose expiry time is at or before `now_ms`, soonest
+    /// first: candidates for the primary's expiry cycle (which checks each
+    /// again under the write lock).
+    pub fn expired_keys(&self, now_ms: u64, limit: usize) -> Vec<Vec<u8>> {
+        let ks = self.read_lock();
+        ks.expires
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(limit)
+            .map(|(_, k)| k.clone())
+            .collect()
     }
 
     /// After a write's level was met: drop the versions it superseded.
     pub fn compact(&self, keys: &[&[u8]]) {
-        let mut txn = self.write();
+        let mut ks = self.write_lock();
         for k in keys {
-            if let Some(e) = txn.map.get_mut(*k) {
+            if let Some(e) = ks.map.get_mut(*k) {
                 if e.prune(&self.vis) {
-                    txn.map.remove(*k);
+                    ks.map.remove(*k);
                 }
             }
         }
@@ -235,20 +260,24 @@ impl Store {
     /// newest version each, deletions skipped: one step of a checkpoint's
     /// fuzzy scan. The lock is held only for the step.
     pub fn scan(&self, after: Option<&[u8]>, limit: usize) -> (Vec<ScannedKey>, Option<Vec<u8>>) {
-        let map = self.read();
+        let ks = self.read_lock();
         let lower = match after {
             Some(k) => Bound::Excluded(k),
             None => Bound::Unbounded,
         };
-        let mut out = Vec::with_capacity(limit.min(map.len()));
+        let mut out = Vec::with_capacity(limit.min(ks.map.len()));
         let mut last = None;
-        for (k, e) in map.range::<[u8], _>((lower, Bound::Unbounded)).take(limit) {
+        for (k, e) in ks
+            .map
+            .range::<[u8], _>((lower, Bound::Unbounded))
+            .take(limit)
+        {
             last = Some(k.clone());
             let v = e.newest();
-            if let Some(value) = &v.value {
+            if let Some(slot) = &v.slot {
                 out.push(ScannedKey {
                     key: k.clone(),
-                    value: value.clone(),
+                    slot: slot.clone(),
                     lsn: Lsn(v.lsn),
                 });
             }
@@ -256,108 +285,124 @@ impl Store {
         (out, last)
     }
 
-    /// Walk the keys that have a visible value, in key order from `from`,
-    /// calling `visit` with each key and that value until it returns
-    /// `Break` or `limit` entries were examined (entries without a visible
-    /// value count too, so the work per call is bounded). Returns the last
-    /// examined key when the limit cut the walk short and more entries
-    /// follow; `None` when the walk is over. The read lock is held for this
-    /// call only: one step of a client's KEYS or SCAN.
+    /// Walk the keys that have a visible, unexpired value at `now_ms`, in
+    /// key order from `from`, calling `visit` with each key and its state
+    /// until it returns `Break` or `limit` entries were examined (entries
+    /// without a visible value count too, so the work per call is bounded).
+    /// Returns the last examined key when the limit cut the walk short and
+    /// more entries follow; `None` when the walk is over. The read lock is
+    /// held for this call only: one step of a client's KEYS or SCAN.
     pub fn walk_visible(
         &self,
         from: Bound<&[u8]>,
         limit: usize,
-        mut visit: impl FnMut(&[u8], &[u8]) -> std::ops::ControlFlow<()>,
+        now_ms: u64,
+        visit: &mut dyn FnMut(&[u8], &Slot) -> std::ops::ControlFlow<()>,
     ) -> Option<Vec<u8>> {
-        let map = self.read();
-        let mut range = map.range::<[u8], _>((from, Bound::Unbounded));
-        let mut last = None;
-        // At least one entry, so every step makes progress.
-        for (k, e) in range.by_ref().take(limit.max(1)) {
-            last = Some(k);
-            let value = e.versions.iter().rev().find(|v| self.vis.visible(v));
-            if let Some(value) = value.and_then(|v| v.value.as_deref()) {
-                if visit(k, value).is_break() {
-                    return None;
-                }
+        let ks = self.read_lock();
+        walk(&ks, from, limit, visit, |e| {
+            e.visible(&self.vis)
+                .and_then(|v| v.slot.as_ref())
+                .filter(|s| !s.expired(now_ms))
+        })
+    }
+
+    /// Load a snapshot entry at start-up (before any WAL is replayed):
+    /// the key's state and the LSN that wrote it.
+    pub fn load_base(&self, key: Vec<u8>, lsn: Lsn, slot: Slot) {
+        let mut ks = self.write_lock();
+        let expire_ms = slot.expire_ms;
+        let old = ks.map.insert(
+            key.clone(),
+            Entry {
+                versions: vec![Version {
+                    lsn: lsn.0,
+                    level: Level::Immediate as u8,
+                    slot: Some(slot),
+                }],
+            },
+        );
+        if old.is_none() {
+            self.live_keys.fetch_add(1, Ordering::Relaxed);
+            if expire_ms != 0 {
+                ks.expires.insert((expire_ms, key));
+                self.expiring_keys.fetch_add(1, Ordering::Relaxed);
             }
         }
-        // Peek at what follows so a walk that just reached the end says so.
-        range.next()?;
-        last.cloned()
     }
 
-    /// Load a snapshot entry at start-up (before any WAL is replayed).
-    pub fn load_base(&self, key: Vec<u8>, value: Vec<u8>) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let fresh = map
-            .insert(
-                key,
-                Entry {
-                    versions: vec![Version {
-                        lsn: 0,
-                        level: Level::Immediate as u8,
-                        value: Some(value.into()),
-                    }],
-                },
-            )
-            .is_none();
-        if fresh {
-            self.live_keys.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Every key with its visible value, in key order (tests, comparisons).
-    pub fn dump_visible(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let map = self.read();
-        map.iter()
+    /// Every key with its visible state (expired keys included), in key
+    /// order (tests, comparisons).
+    pub fn dump_visible(&self) -> Vec<(Vec<u8>, Slot)> {
+        let ks = self.read_lock();
+        ks.map
+            .iter()
             .filter_map(|(k, e)| {
-                e.versions
-                    .iter()
-                    .rev()
-                    .find(|v| self.vis.visible(v))
-                    .and_then(|v| v.value.as_ref())
-                    .map(|v| (k.clone(), v.to_vec()))
+                e.visible(&self.vis)
+                    .and_then(|v| v.slot.clone())
+                    .map(|s| (k.clone(), s))
             })
             .collect()
     }
 }
 
-impl WriteTxn<'_> {
-    /// The newest value of `key`, pending writes included: what the next
-    /// write of this key builds on (INCR).
-    pub fn latest(&self, key: &[u8]) -> Option<&[u8]> {
-        self.map.get(key).and_then(|e| e.newest().value.as_deref())
+/// A bounded walk over `ks` from `from` (see [`Store::walk_visible`]);
+/// `pick` chooses the state a key shows (or none).
+pub(super) fn walk<'k>(
+    ks: &'k Keyspace,
+    from: Bound<&[u8]>,
+    limit: usize,
+    visit: &mut dyn FnMut(&[u8], &Slot) -> std::ops::ControlFlow<()>,
+    pick: impl Fn(&'k Entry) -> Option<&'k Slot>,
+) -> Option<Vec<u8>> {
+    let mut range = ks.map.range::<[u8], _>((from, Bound::Unbounded));
+    let mut last = None;
+    // At least one entry, so every step makes progress.
+    for (k, e) in range.by_ref().take(limit.max(1)) {
+        last = Some(k);
+        if let Some(slot) = pick(e) {
+            if visit(k, slot).is_break() {
+                return None;
+            }
+        }
     }
+    // Peek at what follows so a walk that just reached the end says so.
+    range.next()?;
+    last.cloned()
+}
 
-    /// Record a new version of `key` written by the record ending at `lsn`.
-    /// Returns true when the key keeps older versions that a later
-    /// [`Store::compact`] should drop.
-    pub fn apply(&mut self, lsn: Lsn, level: Level, key: &[u8], value: Option<&[u8]>) -> bool {
-        let vis = &self.store.vis;
-        let version = Version {
-            lsn: lsn.0,
-            level: level as u8,
-            value: value.map(Arc::from),
-        };
-        let live_after = version.value.is_some();
-        let (live_before, needs_compaction) = match self.map.get_mut(key) {
+impl Keyspace {
+    /// Make `slot` the newest state of `key`, written at (`lsn`, `level`):
+    /// a new version, or the newest one replaced when it has the same LSN
+    /// (a record that changes a key twice). Keeps the live-key count and
+    /// the expiry index in step.
+    pub fn install(&mut self, store: &Store, key: &[u8], lsn: u64, level: u8, slot: Option<Slot>) {
+        let vis = &*store.vis;
+        let new_live = slot.is_some();
+        let new_exp = slot.as_ref().map_or(0, |s| s.expire_ms);
+        let version = Version { lsn, level, slot };
+        let (old_live, old_exp) = match self.map.get_mut(key) {
             Some(e) => {
-                let before = e.newest().value.is_some();
-                e.prune(vis);
-                e.versions.push(version);
-                let gone = e.prune(vis);
-                let more = !gone && (e.versions.len() > 1 || !live_after);
-                if gone {
+                let old = e.newest();
+                let before = (
+                    old.slot.is_some(),
+                    old.slot.as_ref().map_or(0, |s| s.expire_ms),
+                );
+                if old.lsn == lsn && old.level == level {
+                    *e.versions.last_mut().expect("not empty") = version;
+                } else {
+                    e.prune(vis);
+                    e.versions.push(version);
+                }
+                if e.prune(vis) {
                     self.map.remove(key);
                 }
-                (before, more)
+                before
             }
             None => {
-                let invisible_delete = !live_after;
-                if invisible_delete && vis.visible(&version) {
+                if !new_live {
                     // Deleting a key that does not exist: nothing to keep.
-                    return false;
+                    return;
                 }
                 self.map.insert(
                     key.to_vec(),
@@ -365,104 +410,202 @@ impl WriteTxn<'_> {
                         versions: vec![version],
                     },
                 );
-                (false, invisible_delete)
+                (false, 0)
             }
         };
-        match (live_before, live_after) {
-            (false, true) => {
-                self.store.live_keys.fetch_add(1, Ordering::Relaxed);
-            }
-            (true, false) => {
-                self.store.live_keys.fetch_sub(1, Ordering::Relaxed);
-            }
-            _ => {}
+        store.count_live(old_live, new_live);
+        self.reindex(store, key, old_exp, new_exp);
+    }
+
+    /// Move `key` in the expiry index from `old` to `new` (0 = none).
+    pub fn reindex(&mut self, store: &Store, key: &[u8], old: u64, new: u64) {
+        if old == new {
+            return;
         }
-        needs_compaction
+        if old != 0 && self.expires.remove(&(old, key.to_vec())) {
+            store.expiring_keys.fetch_sub(1, Ordering::Relaxed);
+        }
+        if new != 0 && self.expires.insert((new, key.to_vec())) {
+            store.expiring_keys.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
+impl Store {
+    pub(super) fn count_live(&self, before: bool, after: bool) {
+        match (before, after) {
+            (false, true) => {
+                self.live_keys.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.live_keys.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+    use std::ops::ControlFlow;
+
     use super::*;
+    use crate::store::record::Op;
+    use crate::store::value::Value;
+
+    fn set<'a>(k: &'a [u8], v: &'a [u8]) -> Op<'a> {
+        Op::Set {
+            key: Cow::Borrowed(k),
+            value: Cow::Borrowed(v),
+        }
+    }
+
+    fn del(k: &[u8]) -> Op<'_> {
+        Op::Del {
+            key: Cow::Borrowed(k),
+        }
+    }
+
+    /// One write at (`end`, `level`), as a session does it.
+    fn write(s: &Store, end: u64, level: Level, op: Op<'_>) -> Vec<Vec<u8>> {
+        let mut t = s.write_at(0);
+        t.apply(op);
+        t.commit(Lsn(end), level)
+    }
+
+    fn get(s: &Store, k: &[u8]) -> Option<Vec<u8>> {
+        use crate::store::txn::Reader;
+        match s.read_view(0).slot(k)?.value {
+            Value::Str(v) => Some(v.to_vec()),
+            other => panic!("not a string: {other:?}"),
+        }
+    }
 
     #[test]
     fn pending_writes_are_invisible_until_released() {
         let s = Store::new();
         {
-            let mut t = s.write();
-            t.apply(Lsn(100), Level::LocalFlush, b"k", Some(b"v1"));
-            assert_eq!(t.latest(b"k"), Some(&b"v1"[..]));
+            let mut t = s.write_at(0);
+            t.apply(set(b"k", b"v1"));
+            assert!(t.get(b"k").is_some(), "a writer sees its own write");
+            t.commit(Lsn(100), Level::LocalFlush);
         }
-        assert_eq!(s.get(b"k"), None, "unflushed write visible");
+        assert_eq!(get(&s, b"k"), None, "unflushed write visible");
         assert_eq!(s.len(), 1);
         s.visibility().advance(Level::LocalFlush, Lsn(100));
-        assert_eq!(s.get(b"k").as_deref(), Some(&b"v1"[..]));
+        assert_eq!(get(&s, b"k").as_deref(), Some(&b"v1"[..]));
     }
 
     #[test]
     fn readers_keep_seeing_the_released_value_while_a_newer_one_waits() {
         let s = Store::new();
-        s.write()
-            .apply(Lsn(10), Level::LocalFlush, b"k", Some(b"old"));
+        write(&s, 10, Level::LocalFlush, set(b"k", b"old"));
         s.visibility().advance(Level::LocalFlush, Lsn(10));
-        let more = s
-            .write()
-            .apply(Lsn(20), Level::RemoteFlush, b"k", Some(b"new"));
-        assert!(more);
+        let more = write(&s, 20, Level::RemoteFlush, set(b"k", b"new"));
+        assert_eq!(more, vec![b"k".to_vec()]);
         s.visibility().advance(Level::LocalFlush, Lsn(20));
         assert_eq!(
-            s.get(b"k").as_deref(),
+            get(&s, b"k").as_deref(),
             Some(&b"old"[..]),
             "remote write exposed before the standby confirmed"
         );
         s.visibility().advance(Level::RemoteFlush, Lsn(20));
-        assert_eq!(s.get(b"k").as_deref(), Some(&b"new"[..]));
+        assert_eq!(get(&s, b"k").as_deref(), Some(&b"new"[..]));
         s.compact(&[b"k"]);
-        assert_eq!(s.read().get(&b"k"[..]).unwrap().versions.len(), 1);
+        assert_eq!(s.read_lock().map.get(&b"k"[..]).unwrap().versions.len(), 1);
     }
 
     #[test]
     fn deletes_become_visible_then_disappear() {
         let s = Store::new();
-        s.apply_replayed(
-            Lsn(5),
-            &[KvOp::Set {
-                key: b"a".to_vec(),
-                value: b"1".to_vec(),
-            }],
-        );
+        s.apply_replayed(Lsn(5), &[set(b"a", b"1")]);
         assert_eq!(s.len(), 1);
-        s.write().apply(Lsn(10), Level::LocalFlush, b"a", None);
+        write(&s, 10, Level::LocalFlush, del(b"a"));
         assert_eq!(s.len(), 0);
-        assert_eq!(s.get(b"a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(get(&s, b"a").as_deref(), Some(&b"1"[..]));
         s.visibility().advance(Level::LocalFlush, Lsn(10));
-        assert_eq!(s.get(b"a"), None);
+        assert_eq!(get(&s, b"a"), None);
         s.compact(&[b"a"]);
-        assert!(s.read().is_empty());
+        assert!(s.read_lock().map.is_empty());
         // Deleting a missing key at once leaves nothing behind.
-        s.apply_replayed(
-            Lsn(11),
-            &[KvOp::Del {
-                key: b"zz".to_vec(),
-            }],
-        );
-        assert!(s.read().is_empty());
+        s.apply_replayed(Lsn(11), &[del(b"zz")]);
+        assert!(s.read_lock().map.is_empty());
     }
 
     #[test]
     fn immediate_level_is_visible_at_once() {
         let s = Store::new();
-        s.write().apply(Lsn(7), Level::Immediate, b"k", Some(b"v"));
-        assert_eq!(s.get(b"k").as_deref(), Some(&b"v"[..]));
+        write(&s, 7, Level::Immediate, set(b"k", b"v"));
+        assert_eq!(get(&s, b"k").as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn an_uncommitted_transaction_leaves_nothing() {
+        let s = Store::new();
+        write(&s, 5, Level::Immediate, set(b"a", b"1"));
+        {
+            let mut t = s.write_at(0);
+            t.apply(set(b"a", b"2"));
+            t.apply(set(b"b", b"x"));
+            t.apply(Op::Expire {
+                key: Cow::Borrowed(b"b"),
+                at_ms: 99,
+            });
+            t.apply(del(b"a"));
+            assert_eq!(s.len(), 1, "counts follow provisional writes");
+            // Dropped: the WAL refused the record.
+        }
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.expiring(), 0);
+        assert_eq!(get(&s, b"a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(s.read_lock().map.len(), 1);
+    }
+
+    #[test]
+    fn a_transaction_that_changes_a_key_twice_counts_it_once() {
+        let s = Store::new();
+        let mut t = s.write_at(0);
+        t.apply(set(b"x", b"1"));
+        t.apply(set(b"x", b"2"));
+        t.apply(Op::Push {
+            key: Cow::Borrowed(b"l"),
+            front: true,
+            elems: vec![Cow::Borrowed(b"a")],
+        });
+        t.apply(Op::Pop {
+            key: Cow::Borrowed(b"l"),
+            front: true,
+            count: 1,
+        });
+        t.apply(Op::Expire {
+            key: Cow::Borrowed(b"x"),
+            at_ms: 5,
+        });
+        assert_eq!((s.len(), s.expiring()), (1, 1));
+        t.commit(Lsn(9), Level::LocalFlush);
+        assert_eq!((s.len(), s.expiring()), (1, 1));
+        s.visibility().advance(Level::LocalFlush, Lsn(9));
+        s.compact(&[b"x", b"l"]);
+        assert_eq!(s.read_lock().map.len(), 1, "the emptied list is gone");
+        let mut t = s.write_at(0);
+        t.apply(Op::Flush);
+        t.apply(set(b"y", b"1"));
+        t.commit(Lsn(10), Level::Immediate);
+        assert_eq!((s.len(), s.expiring()), (1, 0));
+        assert_eq!(get(&s, b"y").as_deref(), Some(&b"1"[..]));
     }
 
     #[test]
     fn scan_walks_all_keys_in_steps() {
         let s = Store::new();
         for i in 0..25u32 {
-            s.load_base(format!("k{i:03}").into_bytes(), i.to_le_bytes().to_vec());
+            s.load_base(
+                format!("k{i:03}").into_bytes(),
+                Lsn(1),
+                Slot::new(Value::string(&i.to_le_bytes())),
+            );
         }
-        s.write().apply(Lsn(9), Level::Immediate, b"k005", None);
+        write(&s, 9, Level::Immediate, del(b"k005"));
         let mut after = None;
         let mut seen = 0;
         loop {
@@ -478,40 +621,111 @@ mod tests {
     }
 
     #[test]
-    fn walk_visible_skips_invisible_versions_and_resumes() {
-        use std::ops::ControlFlow;
+    fn walk_visible_skips_invisible_and_expired_versions_and_resumes() {
         let s = Store::new();
         for k in ["a", "b", "c", "d"] {
-            s.load_base(k.as_bytes().to_vec(), b"v".to_vec());
+            s.load_base(
+                k.as_bytes().to_vec(),
+                Lsn(1),
+                Slot::new(Value::string(b"v")),
+            );
         }
-        // A pending new key and a pending delete: readers see neither change.
-        s.write()
-            .apply(Lsn(10), Level::LocalFlush, b"bb", Some(b"new"));
-        s.write().apply(Lsn(11), Level::LocalFlush, b"c", None);
-        let mut seen = Vec::new();
-        let resume = s.walk_visible(Bound::Unbounded, 3, |k, _| {
-            seen.push(k.to_vec());
-            ControlFlow::Continue(())
-        });
-        assert_eq!(seen, [b"a".to_vec(), b"b".to_vec()]);
-        assert_eq!(resume.as_deref(), Some(&b"bb"[..]));
-        let resume = s.walk_visible(Bound::Excluded(b"bb"), 3, |k, _| {
-            seen.push(k.to_vec());
-            ControlFlow::Continue(())
-        });
-        assert_eq!(resume, None, "the walk reached the end");
-        // The pending delete of "c" is not visible yet: readers still see it.
-        assert_eq!(seen[2..], [b"c".to_vec(), b"d".to_vec()]);
-        // Exactly `limit` entries left: the walk ends without an empty step.
-        assert_eq!(
-            s.walk_visible(Bound::Excluded(b"b"), 3, |_, _| ControlFlow::Continue(())),
-            None
+        s.load_base(
+            b"ab".to_vec(),
+            Lsn(1),
+            Slot {
+                value: Value::string(b"v"),
+                expire_ms: 50,
+            },
         );
+        // A pending new key and a pending delete: readers see neither change.
+        write(&s, 10, Level::LocalFlush, set(b"bb", b"new"));
+        write(&s, 11, Level::LocalFlush, del(b"c"));
+        let mut seen = Vec::new();
+        let mut visit = |k: &[u8], _: &Slot| {
+            seen.push(k.to_vec());
+            ControlFlow::Continue(())
+        };
+        let resume = s.walk_visible(Bound::Unbounded, 4, 60, &mut visit);
+        assert_eq!(resume.as_deref(), Some(&b"bb"[..]));
+        let resume = s.walk_visible(Bound::Excluded(b"bb"), 3, 60, &mut visit);
+        assert_eq!(resume, None, "the walk reached the end");
+        // The expired "ab" is hidden; the pending delete of "c" is not
+        // visible yet, so readers still see it.
+        assert_eq!(seen, [&b"a"[..], b"b", b"c", b"d"]);
+        // Before its expiry time "ab" shows.
+        let mut n = 0;
+        s.walk_visible(Bound::Unbounded, 100, 49, &mut |_, _| {
+            n += 1;
+            ControlFlow::Continue(())
+        });
+        assert_eq!(n, 5);
         // A visitor that stops ends the walk.
         assert_eq!(
-            s.walk_visible(Bound::Unbounded, 9, |_, _| ControlFlow::Break(())),
+            s.walk_visible(Bound::Unbounded, 9, 0, &mut |_, _| ControlFlow::Break(())),
             None
         );
+    }
+
+    #[test]
+    fn the_expiry_index_follows_the_newest_version() {
+        let s = Store::new();
+        let put = |k: &'static [u8], at: u64| Op::Put {
+            key: Cow::Borrowed(k),
+            value: Value::string(b"v"),
+            expire_ms: at,
+        };
+        write(&s, 1, Level::Immediate, put(b"a", 100));
+        write(&s, 2, Level::Immediate, put(b"b", 50));
+        write(&s, 3, Level::Immediate, put(b"c", 0));
+        assert_eq!(s.expiring(), 2);
+        assert_eq!(s.expired_keys(100, 10), [b"b".to_vec(), b"a".to_vec()]);
+        assert_eq!(s.expired_keys(60, 10), [b"b".to_vec()]);
+        write(&s, 4, Level::Immediate, set(b"b", b"again"));
+        assert_eq!(s.expiring(), 1, "SET clears the expiry");
+        write(&s, 5, Level::Immediate, del(b"a"));
+        assert_eq!(s.expiring(), 0);
+        assert!(s.expired_keys(u64::MAX, 10).is_empty());
+    }
+
+    #[test]
+    fn a_write_of_an_expired_key_deletes_it_first() {
+        let s = Store::new();
+        write(
+            &s,
+            1,
+            Level::Immediate,
+            Op::Push {
+                key: Cow::Borrowed(b"l"),
+                front: true,
+                elems: vec![Cow::Borrowed(b"old")],
+            },
+        );
+        write(
+            &s,
+            2,
+            Level::Immediate,
+            Op::Expire {
+                key: Cow::Borrowed(b"l"),
+                at_ms: 10,
+            },
+        );
+        let mut t = s.write_at(10);
+        assert_eq!(t.get(b"l"), None, "expired at 10");
+        t.apply(Op::Push {
+            key: Cow::Borrowed(b"l"),
+            front: true,
+            elems: vec![Cow::Borrowed(b"new")],
+        });
+        let ops: Vec<String> = t.ops().iter().map(|o| o.to_string()).collect();
+        assert_eq!(ops, ["DEL l", "LPUSH l (1 items)"]);
+        t.commit(Lsn(3), Level::Immediate);
+        let dump = s.dump_visible();
+        let Value::List(l) = &dump[0].1.value else {
+            panic!("{dump:?}")
+        };
+        assert_eq!(l.len(), 1);
+        assert_eq!(dump[0].1.expire_ms, 0);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`wal`]: a small test system's WAL, and the WAL files of a directory;
 //! - [`fake`]: a replication server over the in-memory source;
 //! - [`cluster`]: primaries and standbys built as an operator builds them;
+//! - [`keyspace`]: keys of every Redis type written, and a node's keyspace
+//!   dumped, to compare nodes;
 //! - [`proxy`]: a fault proxy between a walreceiver and a walsender;
 //! - [`tls`]: a test CA and server certificate made inside the test;
 //!
@@ -20,6 +22,7 @@
 
 pub mod cluster;
 pub mod fake;
+pub mod keyspace;
 pub mod node;
 pub mod process;
 pub mod proxy;

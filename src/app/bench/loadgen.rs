@@ -1,5 +1,6 @@
 //! The load generator: redis-benchmark (Debian's redis-tools), SET of
-//! 16-byte values on random keys, its `--csv` summary parsed.
+//! 16-byte values on random keys (or any of its tests, for the `redis`
+//! scenario), its `--csv` summary parsed.
 //!
 //! redis-benchmark has no duration option, so each run is sized from a
 //! short calibration run (which also warms the server up) to last about
@@ -67,6 +68,7 @@ pub fn run(
     run_with(load, requests, limit, dir, &[])
 }
 
+/// [`run`] with extra redis-benchmark arguments (`--tls ...`).
 fn run_with(
     load: &Load,
     requests: u64,
@@ -74,12 +76,36 @@ fn run_with(
     dir: &Path,
     extra: &[&str],
 ) -> Result<LoadResult, BenchError> {
-    let out_path = dir.join(format!("redis-benchmark.c{}.csv", load.clients));
+    run_test_with(load, "set", requests, limit, dir, extra)
+}
+
+/// One redis-benchmark run of its test `test` (`-t`, e.g. `lpush`,
+/// `lrange_100`), `requests` requests, killed after `limit`.
+pub fn run_test(
+    load: &Load,
+    test: &str,
+    requests: u64,
+    limit: Duration,
+    dir: &Path,
+) -> Result<LoadResult, BenchError> {
+    run_test_with(load, test, requests, limit, dir, &[])
+}
+
+/// [`run_test`] with extra redis-benchmark arguments.
+fn run_test_with(
+    load: &Load,
+    test: &str,
+    requests: u64,
+    limit: Duration,
+    dir: &Path,
+    extra: &[&str],
+) -> Result<LoadResult, BenchError> {
+    let out_path = dir.join(format!("redis-benchmark.{test}.c{}.csv", load.clients));
     let out = std::fs::File::create(&out_path)
         .map_err(|e| BenchError::io(format!("create {}", out_path.display()), e))?;
     let mut cmd = Command::new("redis-benchmark");
     cmd.args(["-h", "127.0.0.1", "-p", &load.port.to_string()])
-        .args(["-t", "set", "--csv"])
+        .args(["-t", test, "--csv"])
         .args(["-c", &load.clients.to_string()])
         .args(["-n", &requests.to_string()])
         .args(["-r", &load.keyspace.to_string()])
@@ -101,14 +127,22 @@ fn run_with(
     }
     let text = std::fs::read_to_string(&out_path)
         .map_err(|e| BenchError::io(format!("read {}", out_path.display()), e))?;
-    let mut r = parse_csv(&text)?;
+    let mut r = parse_test_csv(&text, &test.to_ascii_uppercase())?;
     r.requests = requests;
     Ok(r)
 }
 
 /// Parse redis-benchmark's `--csv` output: a header line, then
 /// `"SET","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"`.
+#[cfg(test)]
 pub fn parse_csv(text: &str) -> Result<LoadResult, BenchError> {
+    parse_test_csv(text, "SET")
+}
+
+/// The row of test `title` (`LRANGE_100` matches `"LRANGE_100 (first 100
+/// elements)"`; the `LPUSH (needed to benchmark LRANGE)` row before it
+/// does not match `LPUSH`'s own test, which runs alone).
+pub fn parse_test_csv(text: &str, title: &str) -> Result<LoadResult, BenchError> {
     let bad = |why: &str| BenchError::Load(format!("redis-benchmark output: {why}: {text:?}"));
     let header = text
         .lines()
@@ -117,8 +151,12 @@ pub fn parse_csv(text: &str) -> Result<LoadResult, BenchError> {
     let names: Vec<String> = fields(header);
     let row = text
         .lines()
-        .find(|l| l.starts_with("\"SET\""))
-        .ok_or_else(|| bad("no SET line"))?;
+        .find(|l| {
+            let name = l.trim_start_matches('"');
+            name.strip_prefix(title)
+                .is_some_and(|rest| rest.starts_with('"') || rest.starts_with(" (first"))
+        })
+        .ok_or_else(|| bad(&format!("no {title} line")))?;
     let values = fields(row);
     let get = |name: &str| -> Result<f64, BenchError> {
         let i = names

@@ -17,7 +17,10 @@
 //! - `wal`: the WAL writer alone (no node, no network), beside the raw
 //!   fdatasync rate;
 //! - `tls`: what TLS costs (commits/s at each `--clients`, WAL MB/s to
-//!   pg_receivewal), beside what it costs PostgreSQL 15 with `--anchors`.
+//!   pg_receivewal), beside what it costs PostgreSQL 15 with `--anchors`;
+//! - `redis`: redis-benchmark's own test set (strings, lists, sets,
+//!   hashes) against walrep `local` and Redis 7 `appendfsync always` in
+//!   the same run.
 //!
 //! # Layout
 //! - [`fsync`]: the fdatasync probe (pg_test_fsync's 8 kB write + fdatasync)
@@ -31,7 +34,7 @@
 //! - [`anchors`]: the anchor scripts themselves, run and parsed.
 //! - [`scenario`], [`bulk`], [`lag`], [`promote`], [`sync`]: the scenarios.
 //! - [`figures`]: their figures, ratios, targets and probe tables.
-//! - [`wal_micro`]: the `wal` scenario.
+//! - [`wal_micro`]: the `wal` scenario; [`suite`]: the `redis` scenario.
 //!
 //! Noise: the machine is shared, so the fdatasync rate is probed right
 //! before and after every run and each run's ratio uses the mean of its
@@ -49,6 +52,7 @@ pub mod procs;
 pub mod promote;
 pub mod report;
 pub mod scenario;
+pub mod suite;
 pub mod sync;
 pub mod tls;
 pub mod wal_micro;
@@ -146,6 +150,8 @@ pub enum Scenario {
     Wal,
     /// TLS cost on both ports, beside PostgreSQL's.
     Tls,
+    /// redis-benchmark's test set against walrep and Redis 7.
+    Redis,
 }
 
 impl Scenario {
@@ -161,6 +167,7 @@ impl Scenario {
             Scenario::Replication => "replication",
             Scenario::Wal => "wal",
             Scenario::Tls => "tls",
+            Scenario::Redis => "redis",
         }
     }
 
@@ -204,7 +211,8 @@ impl Scenario {
 pub struct BenchArgs {
     /// What to measure, comma-separated: commit, stream, catchup,
     /// archive-replay, lag, promote, sync, replication (all the replication
-    /// scenarios), wal (the WAL writer alone) or tls (TLS cost).
+    /// scenarios), wal (the WAL writer alone), tls (TLS cost) or redis
+    /// (redis-benchmark's test set against walrep and Redis 7).
     #[arg(long = "scenario", value_delimiter = ',', default_value = "commit")]
     pub scenarios: Vec<Scenario>,
     /// Client counts (redis-benchmark -c), comma-separated.
@@ -332,6 +340,8 @@ pub struct RunReport {
     pub replication: Option<scenario::ScenarioReport>,
     /// The `tls` scenario.
     pub tls: Option<tls::TlsReport>,
+    /// The `redis` scenario.
+    pub redis: Option<suite::SuiteReport>,
 }
 
 /// Run the chosen scenarios and print their reports.
@@ -351,9 +361,19 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     } else {
         None
     };
+    let redis = if scenarios.contains(&Scenario::Redis) {
+        Some(suite::run(args)?)
+    } else {
+        None
+    };
     let others: Vec<Scenario> = scenarios
         .into_iter()
-        .filter(|s| !matches!(s, Scenario::Commit | Scenario::Wal | Scenario::Tls))
+        .filter(|s| {
+            !matches!(
+                s,
+                Scenario::Commit | Scenario::Wal | Scenario::Tls | Scenario::Redis
+            )
+        })
         .collect();
     let replication = if others.is_empty() {
         None
@@ -364,6 +384,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
         commit,
         replication,
         tls,
+        redis,
     })
 }
 
@@ -404,7 +425,7 @@ fn run_commit(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     Ok(report)
 }
 
-fn require_tool(tool: &str) -> Result<(), BenchError> {
+pub(crate) fn require_tool(tool: &str) -> Result<(), BenchError> {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         .unwrap_or(false);

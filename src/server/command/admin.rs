@@ -1,5 +1,5 @@
-//! Server commands: INFO, CONFIG, WAIT and COMMAND, their parsers and
-//! executors.
+//! Server commands: INFO, CONFIG, WAIT, COMMAND and TIME, their parsers
+//! and executors.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use super::connection::help;
 use super::exec::Done;
 use super::glob::Glob;
 use super::parse::{arity, canonical_i64, int, is, unknown_subcommand};
-use super::{Args, Command, CommandError};
+use super::{table, Args, Command, CommandError};
 use crate::config::SynchronousCommit;
 use crate::server::protocol::reply;
 use crate::server::session::Session;
@@ -88,14 +88,126 @@ pub fn parse_wait(args: Args<'_>) -> Result<Wait, CommandError> {
     })
 }
 
-/// `COMMAND COUNT`; every other form gets an empty list.
+/// COMMAND and its subcommands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandQuery<'a> {
+    /// `COMMAND`: every command's INFO.
+    All,
+    Count,
+    List,
+    /// `COMMAND INFO [name...]` (none: all).
+    Info(Args<'a>),
+    /// `COMMAND DOCS [name...]` (none: all).
+    Docs(Args<'a>),
+    /// `COMMAND GETKEYS command arg...`.
+    GetKeys(Args<'a>),
+    Help,
+}
+
 pub fn parse_command<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
-    match args.get(1) {
-        Some(sub) if is(sub, "count") => {
-            arity(args, "command|count", 2).map(|_| Command::CountCommands)
+    let Some(sub) = args.get(1) else {
+        return Ok(Command::Commands(CommandQuery::All));
+    };
+    let q = match () {
+        _ if is(sub, "count") => arity(args, "command|count", 2).map(|_| CommandQuery::Count)?,
+        _ if is(sub, "list") => CommandQuery::List,
+        _ if is(sub, "info") => CommandQuery::Info(&args[2..]),
+        _ if is(sub, "docs") => CommandQuery::Docs(&args[2..]),
+        _ if is(sub, "getkeys") => CommandQuery::GetKeys(&arity(args, "command|getkeys", -3)?[2..]),
+        _ if is(sub, "help") => CommandQuery::Help,
+        _ => return Err(unknown_subcommand("COMMAND", sub)),
+    };
+    Ok(Command::Commands(q))
+}
+
+/// COMMAND: from the command table.
+pub fn command(s: &mut Session, q: CommandQuery<'_>) -> Done {
+    let lookup = |name: &[u8]| {
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        table::find(&name)
+    };
+    match q {
+        CommandQuery::Count => reply::integer(&mut s.out, table::TABLE.len() as i64),
+        CommandQuery::List => {
+            reply::array_header(&mut s.out, table::TABLE.len());
+            for spec in table::TABLE {
+                reply::bulk(&mut s.out, spec.name.as_bytes());
+            }
         }
-        _ => Ok(Command::DescribeCommands),
+        CommandQuery::All | CommandQuery::Info(&[]) => {
+            let mut r = s.reply();
+            r.array(table::TABLE.len());
+            for spec in table::TABLE {
+                table::info(&mut r, spec);
+            }
+        }
+        CommandQuery::Info(names) => {
+            let mut r = s.reply();
+            r.array(names.len());
+            for n in names {
+                match lookup(n) {
+                    Some(spec) => table::info(&mut r, spec),
+                    None => r.null_array(),
+                }
+            }
+        }
+        CommandQuery::Docs(names) => {
+            let specs: Vec<&table::Spec> = match names {
+                [] => table::TABLE.iter().collect(),
+                names => names.iter().filter_map(|n| lookup(n)).collect(),
+            };
+            let mut r = s.reply();
+            r.map(specs.len());
+            for spec in specs {
+                r.bulk(spec.name.as_bytes());
+                table::docs(&mut r, spec);
+            }
+        }
+        CommandQuery::GetKeys(request) => {
+            let cmd = Command::from_frame(request).map_err(|_| {
+                CommandError::Config("Invalid arguments specified for command".into())
+            })?;
+            let keys: Vec<&[u8]> = cmd.keys().collect();
+            if keys.is_empty() {
+                return Err(CommandError::Config(
+                    "The command has no key arguments".into(),
+                ));
+            }
+            reply::array_header(&mut s.out, keys.len());
+            for k in keys {
+                reply::bulk(&mut s.out, k);
+            }
+        }
+        CommandQuery::Help => help(
+            s,
+            &[
+                "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "(no subcommand)",
+                "    Return details about all commands.",
+                "COUNT",
+                "    Return the total number of commands.",
+                "DOCS [<command-name> ...]",
+                "    Return documentation details about multiple commands.",
+                "GETKEYS <full-command>",
+                "    Return the keys from a full command.",
+                "INFO [<command-name> ...]",
+                "    Return details about multiple commands.",
+                "LIST",
+                "    Return a list of all commands.",
+                "HELP",
+                "    Print this help.",
+            ],
+        ),
     }
+    Ok(())
+}
+
+/// TIME: seconds and microseconds of the node's clock.
+pub fn time(s: &mut Session) {
+    let us = super::exec::now_us();
+    reply::array_header(&mut s.out, 2);
+    reply::bulk(&mut s.out, (us / 1_000_000).to_string().as_bytes());
+    reply::bulk(&mut s.out, (us % 1_000_000).to_string().as_bytes());
 }
 
 /// The WAIT for this connection's writes so far.
@@ -156,18 +268,20 @@ fn clients_section(s: &Session) -> String {
 fn stats_section(s: &Session) -> String {
     let st = &s.ctx.stats;
     format!(
-        "total_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\nprotocol_errors:{}\r\n",
+        "total_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\nprotocol_errors:{}\r\nexpired_keys:{}\r\n",
         st.total_connections_received.load(Ordering::Relaxed),
         st.total_commands_processed.load(Ordering::Relaxed),
         st.rejected_connections.load(Ordering::Relaxed),
         st.protocol_errors.load(Ordering::Relaxed),
+        s.ctx.backend.store().expired_total(),
     )
 }
 
 fn keyspace_section(s: &Session) -> String {
-    match s.ctx.backend.store().len() {
+    let store = s.ctx.backend.store();
+    match store.len() {
         0 => String::new(),
-        keys => format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"),
+        keys => format!("db0:keys={keys},expires={},avg_ttl=0\r\n", store.expiring()),
     }
 }
 
@@ -190,10 +304,11 @@ pub fn config_get(s: &mut Session, patterns: Args<'_>) -> Done {
             }
         }
     }
-    reply::array_header(&mut s.out, pairs.len() * 2);
+    let mut r = s.reply();
+    r.map(pairs.len());
     for (k, v) in pairs {
-        reply::bulk(&mut s.out, k.as_bytes());
-        reply::bulk(&mut s.out, v.as_bytes());
+        r.bulk(k.as_bytes());
+        r.bulk(v.as_bytes());
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use super::exec::Done;
 use super::parse::{arity, is, unknown_subcommand};
-use super::{Args, Command, CommandError};
+use super::{Args, ClientCommand, Command, CommandError};
 use crate::config::RedisAccess;
 use crate::server::protocol::reply;
 use crate::server::session::{AuthUser, Session};
@@ -63,7 +63,9 @@ pub fn parse_auth<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
             user: Some(user),
             password,
         }),
-        _ => Err(CommandError::Arity("auth")),
+        // Arity (at least two) is the table's; more than three is Redis's
+        // syntax error.
+        _ => Err(CommandError::Syntax),
     }
 }
 
@@ -114,7 +116,11 @@ pub fn acl(s: &mut Session, c: AclCommand) {
     match c {
         AclCommand::WhoAmI => match &s.user {
             Some(u) => reply::bulk(&mut s.out, u.name.as_bytes()),
-            None => reply::null(&mut s.out),
+            None => reply::Reply {
+                out: &mut s.out,
+                resp3: s.resp3,
+            }
+            .null(),
         },
         AclCommand::Help => super::connection::help(
             s,
@@ -134,6 +140,8 @@ pub fn required_access(cmd: &Command<'_>) -> RedisAccess {
     use Command as C;
     match cmd {
         C::ConfigGet(_) | C::ConfigSet(_) | C::ConfigHelp => RedisAccess::Admin,
+        // Redis's @admin: other users' connections.
+        C::Client(ClientCommand::List(_) | ClientCommand::Kill(_)) => RedisAccess::Admin,
         C::Wait(_) => RedisAccess::ReadWrite,
         c if c.is_write() => RedisAccess::ReadWrite,
         c if c.reads_data() => RedisAccess::ReadOnly,

@@ -21,8 +21,45 @@ pub enum CommandError {
     UnknownSubcommand { command: &'static str, sub: String },
     #[error("ERR invalid expire time in '{0}' command")]
     InvalidExpireTime(&'static str),
-    #[error("ERR walrep does not support key expiry (EX, PX, EXAT, PXAT, KEEPTTL)")]
-    ExpiryUnsupported,
+    #[error("WRONGTYPE Operation against a key holding the wrong kind of value")]
+    WrongType,
+    #[error("ERR hash value is not an integer")]
+    HashNotInteger,
+    #[error("ERR value is out of range, must be positive")]
+    NotPositive,
+    #[error("ERR value is out of range")]
+    OutOfRange,
+    #[error("ERR no such key")]
+    NoSuchKey,
+    #[error("ERR index out of range")]
+    IndexOutOfRange,
+    #[error("ERR NX and XX, GT or LT options at the same time are not compatible")]
+    ExpireNxWithOthers,
+    #[error("ERR GT and LT options at the same time are not compatible")]
+    ExpireGtAndLt,
+    #[error("ERR MULTI calls can not be nested")]
+    NestedMulti,
+    #[error("ERR EXEC without MULTI")]
+    ExecWithoutMulti,
+    #[error("ERR DISCARD without MULTI")]
+    DiscardWithoutMulti,
+    #[error("ERR WATCH inside MULTI is not allowed")]
+    WatchInMulti,
+    #[error("ERR Command not allowed inside a transaction")]
+    NotInMulti,
+    #[error("EXECABORT Transaction discarded because of previous errors.")]
+    ExecAbort,
+    /// EXEC refused as a whole (the node became a standby, the WAL failed):
+    /// Redis's EXECABORT with the reason's own error.
+    #[error("EXECABORT Transaction discarded because of: {0}")]
+    ExecAbortBecause(String),
+    #[error("ERR transaction too large: at most {0} queued commands and 256 MB of arguments")]
+    MultiTooLarge(usize),
+    /// A command family walrep does not have; the text names what it has.
+    #[error("ERR walrep does not support {family} ('{name}'); it supports strings, hashes, lists, sets, key expiry and MULTI/EXEC transactions (see docs/redis-commands.md)")]
+    Unsupported { family: &'static str, name: String },
+    #[error("ERR No such client")]
+    NoSuchClient,
     #[error("ERR increment or decrement would overflow")]
     IncrementOverflow,
     #[error("ERR decrement would overflow")]

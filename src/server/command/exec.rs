@@ -1,21 +1,32 @@
 //! Executing a parsed [`Command`]: the rules that hold around every
-//! command, the dispatch to the families' executors, and the write path
-//! they share.
+//! command, the dispatch to the families' executors, and the read and
+//! write paths they share.
+//!
+//! - A read runs against a [`ReadView`]: released states, one read lock.
+//! - A write runs against a [`WriteTxn`]: the newest states under the
+//!   write lock; its operations become one WAL record, inserted and
+//!   applied under that lock (WAL order is apply order), and its reply is
+//!   held back until the record meets the connection's level.
+//! - MULTI queues, EXEC runs the queue in one transaction ([`super::multi`]).
 //!
 //! The connection settles its pending writes before any command that is
 //! not a write ([`Command::is_write`]) and runs WAIT off its worker thread
 //! ([`Flow::Wait`]), so nothing here blocks on the WAL.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{admin, auth, connection, keyspace, strings, Command, CommandError, WaitRequest};
-use crate::server::protocol::reply;
+use super::{
+    admin, auth, connection, hashes, keyspace, lists, multi, sets, strings, Args, Command,
+    CommandError, WaitRequest,
+};
+use crate::server::command::scan::ScanCursors;
+use crate::server::protocol::reply::{self, Reply};
 use crate::server::session::Session;
-use crate::server::{Role, WriteError};
-use crate::store::map::WriteTxn;
+use crate::server::{Backend, Role, WriteError};
 use crate::store::record::{self, KvCommand};
-use crate::store::Level;
+use crate::store::value::{Elem, Hash, List, Set};
+use crate::store::{Level, ReadView, Reader, Slot, Stepping, Store, Value, WriteTxn};
 
 /// What the connection does after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +40,120 @@ pub enum Flow {
 
 /// An executor's result: `Err` becomes the error reply.
 pub type Done = Result<(), CommandError>;
+
+/// What a data command's executor works with besides the store.
+pub struct Data<'x> {
+    pub reply: Reply<'x>,
+    /// The clock its expiry decisions use (Unix ms).
+    pub now_ms: u64,
+    pub store: &'x Store,
+    pub scans: &'x ScanCursors,
+    /// `client_output_buffer_limit`: most bytes one reply may take.
+    pub reply_limit: usize,
+    /// Length of the output past which the reply being built (this
+    /// command's, or the whole EXEC's) is too large.
+    pub reply_end: usize,
+    /// `proto_max_bulk_len`: no string grows past it (APPEND).
+    pub max_bulk_len: u64,
+}
+
+impl Data<'_> {
+    /// ReplyTooLarge once the reply grew past the limit: an executor
+    /// building a reply of many elements asks after each, so memory stays
+    /// bounded by the limit plus one element. Its caller drops the part
+    /// already written.
+    pub fn check_size(&self) -> Done {
+        self.fits(0)
+    }
+
+    /// Whether `extra` more reply bytes fit: a write asks before its
+    /// first operation, so a refused reply leaves nothing behind.
+    pub fn fits(&self, extra: usize) -> Done {
+        match self.reply.out.len().saturating_add(extra) > self.reply_end {
+            true => Err(CommandError::ReplyTooLarge(self.reply_limit)),
+            false => Ok(()),
+        }
+    }
+}
+
+/// Bytes the bulk reply of `b` takes at most (its header and CRLFs
+/// included), for a write that checks its reply fits before it applies.
+pub fn reply_bytes(b: &[u8]) -> usize {
+    b.len() + 16
+}
+
+/// A [`Data`] over a session's output, for one command's reply.
+pub fn data<'x>(s: &'x mut Session, store: &'x Store, now_ms: u64) -> Data<'x> {
+    let start = s.out.len();
+    data_within(s, store, now_ms, start)
+}
+
+/// A [`Data`] for a reply that started at `start` of the output (EXEC's
+/// array: its commands share one limit).
+pub fn data_within<'x>(
+    s: &'x mut Session,
+    store: &'x Store,
+    now_ms: u64,
+    start: usize,
+) -> Data<'x> {
+    let reply_limit = s.ctx.settings.max_reply_bytes;
+    let max_bulk_len = s.ctx.settings.max_bulk_len;
+    Data {
+        reply: Reply {
+            out: &mut s.out,
+            resp3: s.resp3,
+        },
+        now_ms,
+        store,
+        scans: &s.ctx.scans,
+        reply_limit,
+        reply_end: start.saturating_add(reply_limit),
+        max_bulk_len,
+    }
+}
+
+/// A reply that started at `mark` ended (`result`): past the limit it is
+/// refused; refused or failed, what it wrote is dropped (so the error
+/// reply stands alone).
+pub fn bounded(s: &mut Session, mark: usize, result: Done) -> Done {
+    let limit = s.ctx.settings.max_reply_bytes;
+    let result = result.and_then(|()| match s.out.len().saturating_sub(mark) > limit {
+        true => Err(CommandError::ReplyTooLarge(limit)),
+        false => Ok(()),
+    });
+    if result.is_err() {
+        s.out.truncate(mark);
+    }
+    result
+}
+
+/// Execute a parsed request, or reply with why the parser refused it. In
+/// a MULTI, commands are queued instead (`args` is the request).
+pub fn respond(s: &mut Session, args: Args<'_>, parsed: Result<Command<'_>, CommandError>) -> Flow {
+    s.client
+        .note_command(args.first().copied().unwrap_or_default());
+    if s.in_multi() {
+        match parsed {
+            Ok(cmd) if !multi::runs_at_once(&cmd) => {
+                multi::queue(s, args, &cmd);
+                return Flow::Continue;
+            }
+            Err(e) => {
+                multi::abort(s);
+                reply_error(s, &e);
+                return Flow::Continue;
+            }
+            Ok(_) => {}
+        }
+    }
+    match parsed {
+        Ok(cmd) => execute(s, cmd),
+        Err(e) => {
+            reply_error(s, &e);
+            Flow::Continue
+        }
+    }
+}
 
 /// Execute `cmd`, appending its reply to the session's output.
 pub fn execute(s: &mut Session, cmd: Command<'_>) -> Flow {
@@ -45,23 +170,33 @@ pub fn execute(s: &mut Session, cmd: Command<'_>) -> Flow {
     }
 }
 
-/// Execute a parsed request, or reply with why the parser refused it.
-pub fn respond(s: &mut Session, parsed: Result<Command<'_>, CommandError>) -> Flow {
-    match parsed {
-        Ok(cmd) => execute(s, cmd),
-        Err(e) => {
-            reply_error(s, &e);
-            Flow::Continue
-        }
-    }
-}
-
 /// Append `e` as an error reply.
 pub fn reply_error(s: &mut Session, e: &CommandError) {
     reply::error(&mut s.out, &e.to_string());
 }
 
 fn run(s: &mut Session, cmd: Command<'_>) -> Result<Flow, CommandError> {
+    use Command as C;
+    match cmd {
+        C::Multi => multi::multi(s)?,
+        C::Exec => multi::exec(s)?,
+        C::Discard => multi::discard(s)?,
+        C::Watch(keys) => multi::watch(s, keys)?,
+        C::Unwatch => multi::unwatch(s),
+        cmd if cmd.is_write() => write_one(s, cmd)?,
+        cmd if is_data_read(&cmd) => read_one(s, cmd)?,
+        cmd => return run_session(s, cmd),
+    }
+    Ok(Flow::Continue)
+}
+
+/// Whether `cmd` reads the keyspace (and so runs against a reader).
+pub fn is_data_read(cmd: &Command<'_>) -> bool {
+    cmd.reads_data() && !matches!(cmd, Command::Watch(_))
+}
+
+/// Commands about the connection or the server, not the data.
+pub fn run_session(s: &mut Session, cmd: Command<'_>) -> Result<Flow, CommandError> {
     use Command as C;
     match cmd {
         C::Quit => {
@@ -73,72 +208,254 @@ fn run(s: &mut Session, cmd: Command<'_>) -> Result<Flow, CommandError> {
         C::Echo(msg) => reply::bulk(&mut s.out, msg),
         C::Select => reply::ok(&mut s.out),
         C::Hello(h) => connection::hello(s, h)?,
-        C::Client(c) => connection::client(s, c)?,
+        C::Client(c) => return connection::client(s, c),
         C::Info(sections) => admin::info(s, sections),
         C::ConfigGet(patterns) => admin::config_get(s, patterns)?,
         C::ConfigSet(change) => admin::config_set(s, change),
         C::ConfigHelp => admin::config_help(s),
-        C::CountCommands => reply::integer(&mut s.out, super::NAMES.len() as i64),
-        C::DescribeCommands => reply::array_header(&mut s.out, 0),
-        C::Get(key) => strings::get(s, key),
-        C::MGet(keys) => strings::mget(s, keys)?,
-        C::Set(set) => strings::set(s, set)?,
-        C::SetNx { key, value } => strings::setnx(s, key, value)?,
-        C::MSet(pairs) => strings::mset(s, pairs)?,
-        C::IncrBy { key, by } => strings::incr_by(s, key, by)?,
-        C::Append { key, value } => strings::append(s, key, value)?,
-        C::Strlen(key) => strings::strlen(s, key),
-        C::Exists(keys) => keyspace::exists(s, keys),
-        C::Del(keys) | C::Unlink(keys) => keyspace::del(s, keys)?,
-        C::DbSize => keyspace::dbsize(s),
-        C::Type(key) => keyspace::key_type(s, key),
-        C::Keys(pattern) => keyspace::keys(s, pattern)?,
-        C::Scan(scan) => keyspace::scan(s, scan)?,
+        C::Commands(q) => admin::command(s, q)?,
+        C::Time => admin::time(s),
         C::Auth { user, password } => auth::auth(s, user, password)?,
         C::Acl(c) => auth::acl(s, c),
+        other => {
+            // Every data command is dispatched before this.
+            debug_assert!(false, "not a session command: {other:?}");
+            return Err(CommandError::Syntax);
+        }
     }
     Ok(Flow::Continue)
 }
 
-/// The new value (or deletion) of each key a write plans.
-pub type Ops<'a> = Vec<(&'a [u8], Option<Cow<'a, [u8]>>)>;
+/// A read: one read lock (KEYS and SCAN: one per step), then, on a
+/// primary, the deletion of expired keys it met.
+fn read_one(s: &mut Session, cmd: Command<'_>) -> Done {
+    let backend = s.ctx.backend.clone();
+    let store = backend.store();
+    let now = now_ms();
+    let mark = s.out.len();
+    if matches!(cmd, Command::Keys(_) | Command::Scan(_)) {
+        let mut r = Stepping { store, now_ms: now };
+        let result = read(&mut r, &mut data(s, store, now), cmd);
+        return bounded(s, mark, result);
+    }
+    let mut view = store.read_view(now);
+    let result = read(&mut view, &mut data(s, store, now), cmd);
+    let expired = view.into_expired();
+    if !expired.is_empty() {
+        expire_on_access(&*backend, &expired);
+    }
+    bounded(s, mark, result)
+}
 
-/// The write path: under the store's write lock, plan the blind writes from
-/// the current (newest) values, insert one WAL record, apply it; then note
-/// it as pending so its reply waits for its durability level. A plan with
-/// no writes inserts nothing.
-pub fn write<'a, R>(
-    s: &mut Session,
-    command: KvCommand,
-    plan: impl FnOnce(&WriteTxn<'_>) -> Result<(Ops<'a>, R), CommandError>,
-) -> Result<R, CommandError> {
+/// The primary deletes keys a read found expired (Redis's expiry on
+/// access); errors are left to the next access or the expiry cycle.
+fn expire_on_access(backend: &dyn Backend, keys: &[Vec<u8>]) {
+    if let Err(e) = crate::server::expire::delete_expired(backend, keys) {
+        tracing::debug!(error = %e, "could not delete expired keys on access");
+    }
+}
+
+/// A single write command: one transaction, one record.
+fn write_one(s: &mut Session, cmd: Command<'_>) -> Done {
     let backend = s.ctx.backend.clone();
     if backend.role() != Role::Primary {
         return Err(WriteError::ReadOnly.into());
     }
-    let level = Level::for_commit(s.synchronous_commit, backend.sync_standbys_defined());
+    let info = info_of(&cmd);
     let store = backend.store();
-    let mut txn = store.write();
-    let (ops, result) = plan(&txn)?;
-    if ops.is_empty() {
-        return Ok(result);
+    let now = now_ms();
+    let mark = s.out.len();
+    let mut t = store.write_at(now);
+    let result = write(&mut t, &mut data(s, store, now), cmd);
+    // A reply too large refuses the write: nothing is logged.
+    if let Err(e) = bounded(s, mark, result) {
+        drop(t);
+        return Err(e);
     }
-    let borrowed: Vec<(&[u8], Option<&[u8]>)> =
-        ops.iter().map(|(k, v)| (*k, v.as_deref())).collect();
-    let payload = record::encode(now_us(), &borrowed);
-    let end = backend.insert(command as u8, &payload)?;
-    let mut compact = Vec::new();
-    for (k, v) in &borrowed {
-        if txn.apply(end, level, k, *v) {
-            compact.push(k.to_vec());
-        }
-    }
-    drop(txn);
-    s.note_write(end, level, compact);
-    Ok(result)
+    finish(s, &*backend, t, info, mark)
 }
 
-fn now_us() -> u64 {
+/// Log a transaction's operations as one record and apply them at its
+/// level, holding its replies (from `mark` on) until the level is met.
+/// A transaction that read a state still waiting for its level waits for
+/// that too. Nothing to log and nothing pending read: replies go at once.
+pub fn finish(
+    s: &mut Session,
+    backend: &dyn Backend,
+    t: WriteTxn<'_, '_>,
+    info: KvCommand,
+    mark: usize,
+) -> Done {
+    let own = Level::for_commit(s.synchronous_commit, backend.sync_standbys_defined());
+    let read = t.read_pending();
+    let level = read.map_or(own, |(_, l)| own.max(l));
+    if t.ops().is_empty() {
+        drop(t);
+        if let Some((lsn, _)) = read {
+            s.note_write(mark, lsn, level, Vec::new());
+        }
+        return Ok(());
+    }
+    let payload = record::encode(now_us(), t.ops());
+    match backend.insert(info as u8, &payload) {
+        Ok(end) => {
+            let compact = t.commit(end, level);
+            s.note_write(mark, end, level, compact);
+            Ok(())
+        }
+        Err(e) => {
+            drop(t);
+            s.out.truncate(mark);
+            Err(e.into())
+        }
+    }
+}
+
+/// The `info` byte of a write's record (for waldump and traces).
+pub fn info_of(cmd: &Command<'_>) -> KvCommand {
+    use Command as C;
+    match cmd {
+        C::Set(_) | C::SetNx { .. } | C::Append { .. } | C::GetSet { .. } => KvCommand::Set,
+        C::MSet(_) => KvCommand::MSet,
+        C::IncrBy { .. } => KvCommand::Incr,
+        C::Del(_) | C::Unlink(_) | C::GetDel(_) => KvCommand::Del,
+        C::GetEx(_) | C::Expire(_) | C::Persist(_) => KvCommand::Expire,
+        C::Rename { .. } => KvCommand::Rename,
+        C::Flush => KvCommand::Flush,
+        C::HSet { .. } | C::HSetNx { .. } | C::HDel { .. } | C::HIncrBy { .. } => {
+            KvCommand::HashWrite
+        }
+        C::SAdd { .. } | C::SRem { .. } | C::SPop { .. } => KvCommand::SetWrite,
+        _ => KvCommand::ListWrite,
+    }
+}
+
+/// Run a read command against `r`.
+pub fn read(r: &mut dyn Reader, d: &mut Data<'_>, cmd: Command<'_>) -> Done {
+    use Command as C;
+    match cmd {
+        C::Get(key) => strings::get(r, d, key),
+        C::MGet(keys) => strings::mget(r, d, keys),
+        C::Strlen(key) => strings::strlen(r, d, key),
+        C::Exists(keys) => keyspace::exists(r, d, keys),
+        C::DbSize => keyspace::dbsize(d),
+        C::Type(key) => keyspace::key_type(r, d, key),
+        C::Keys(pattern) => keyspace::keys(r, d, pattern),
+        C::Scan(scan) => keyspace::scan(r, d, scan),
+        C::Ttl(q) => keyspace::ttl(r, d, q),
+        C::HGet { key, field } => hashes::hget(r, d, key, field),
+        C::HMGet { key, fields } => hashes::hmget(r, d, key, fields),
+        C::HGetAll(key) => hashes::hgetall(r, d, key),
+        C::HKeys(key) => hashes::hkeys(r, d, key),
+        C::HVals(key) => hashes::hvals(r, d, key),
+        C::HLen(key) => hashes::hlen(r, d, key),
+        C::HExists { key, field } => hashes::hexists(r, d, key, field),
+        C::HStrlen { key, field } => hashes::hstrlen(r, d, key, field),
+        C::HScan(scan) => hashes::hscan(r, d, scan),
+        C::LRange { key, start, stop } => lists::lrange(r, d, key, start, stop),
+        C::LLen(key) => lists::llen(r, d, key),
+        C::LIndex { key, index } => lists::lindex(r, d, key, index),
+        C::SMembers(key) => sets::smembers(r, d, key),
+        C::SIsMember { key, member } => sets::sismember(r, d, key, member),
+        C::SMIsMember { key, members } => sets::smismember(r, d, key, members),
+        C::SCard(key) => sets::scard(r, d, key),
+        C::SRandMember { key, count } => sets::srandmember(r, d, key, count),
+        C::SScan(scan) => sets::sscan(r, d, scan),
+        other => {
+            debug_assert!(false, "not a read: {other:?}");
+            Err(CommandError::Syntax)
+        }
+    }
+}
+
+/// Run a write command in `t`. An executor checks everything that can
+/// fail before its first operation, so an error leaves nothing behind.
+pub fn write<'a>(t: &mut WriteTxn<'_, 'a>, d: &mut Data<'_>, cmd: Command<'a>) -> Done {
+    use Command as C;
+    match cmd {
+        C::Set(set) => strings::set(t, d, set),
+        C::SetNx { key, value } => strings::setnx(t, d, key, value),
+        C::MSet(pairs) => strings::mset(t, d, pairs),
+        C::IncrBy { key, by } => strings::incr_by(t, d, key, by),
+        C::Append { key, value } => strings::append(t, d, key, value),
+        C::GetSet { key, value } => strings::getset(t, d, key, value),
+        C::GetDel(key) => strings::getdel(t, d, key),
+        C::GetEx(g) => strings::getex(t, d, g),
+        C::Del(keys) | C::Unlink(keys) => keyspace::del(t, d, keys),
+        C::Rename { from, to, nx } => keyspace::rename(t, d, from, to, nx),
+        C::Flush => keyspace::flush(t, d),
+        C::Expire(e) => keyspace::expire(t, d, e),
+        C::Persist(key) => keyspace::persist(t, d, key),
+        C::HSet { key, pairs, ok } => hashes::hset(t, d, key, pairs, ok),
+        C::HSetNx { key, field, value } => hashes::hsetnx(t, d, key, field, value),
+        C::HDel { key, fields } => hashes::hdel(t, d, key, fields),
+        C::HIncrBy { key, field, by } => hashes::hincrby(t, d, key, field, by),
+        C::Push {
+            key,
+            elems,
+            front,
+            only_existing,
+        } => lists::push(t, d, key, elems, front, only_existing),
+        C::Pop { key, count, front } => lists::pop(t, d, key, count, front),
+        C::LSet { key, index, elem } => lists::lset(t, d, key, index, elem),
+        C::LRem { key, count, elem } => lists::lrem(t, d, key, count, elem),
+        C::LTrim { key, start, stop } => lists::ltrim(t, d, key, start, stop),
+        C::SAdd { key, members } => sets::sadd(t, d, key, members),
+        C::SRem { key, members } => sets::srem(t, d, key, members),
+        C::SPop { key, count } => sets::spop(t, d, key, count),
+        other => {
+            debug_assert!(false, "not a write: {other:?}");
+            Err(CommandError::Syntax)
+        }
+    }
+}
+
+/// A string value, WRONGTYPE for another type.
+pub fn string_of(slot: Option<Slot>) -> Result<Option<Elem>, CommandError> {
+    match slot.map(|s| s.value) {
+        None => Ok(None),
+        Some(Value::Str(v)) => Ok(Some(v)),
+        Some(_) => Err(CommandError::WrongType),
+    }
+}
+
+/// A hash, WRONGTYPE for another type.
+pub fn hash_of(slot: Option<Slot>) -> Result<Option<Arc<Hash>>, CommandError> {
+    match slot.map(|s| s.value) {
+        None => Ok(None),
+        Some(Value::Hash(h)) => Ok(Some(h)),
+        Some(_) => Err(CommandError::WrongType),
+    }
+}
+
+/// A list, WRONGTYPE for another type.
+pub fn list_of(slot: Option<Slot>) -> Result<Option<Arc<List>>, CommandError> {
+    match slot.map(|s| s.value) {
+        None => Ok(None),
+        Some(Value::List(l)) => Ok(Some(l)),
+        Some(_) => Err(CommandError::WrongType),
+    }
+}
+
+/// A set, WRONGTYPE for another type.
+pub fn set_of(slot: Option<Slot>) -> Result<Option<Arc<Set>>, CommandError> {
+    match slot.map(|s| s.value) {
+        None => Ok(None),
+        Some(Value::Set(v)) => Ok(Some(v)),
+        Some(_) => Err(CommandError::WrongType),
+    }
+}
+
+/// A read-only EXEC's view, with its read lock.
+pub fn read_view(store: &Store) -> ReadView<'_> {
+    store.read_view(now_ms())
+}
+
+pub fn now_ms() -> u64 {
+    crate::store::control::now_ms()
+}
+
+pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

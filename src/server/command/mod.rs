@@ -6,18 +6,23 @@
 //! - this file: [`Command`], [`Command::from_frame`] (name to parser), and
 //!   what the connection and executor ask of a command: is it a write,
 //!   does it read data, which keys does it touch.
+//! - [`table`]: every command's name, arity, parser and documentation
+//!   (COMMAND DOCS, COMMAND INFO), and the families walrep refuses.
 //! - [`parse`]: shared helpers (name lookup on the stack, arity, integers).
 //! - [`error`]: [`CommandError`], Redis's error texts.
-//! - [`exec`]: [`execute`]: rules around every command (LOADING while a
-//!   standby recovers) and the write path (READONLY on a standby).
+//! - [`exec`]: [`exec::respond`]: rules around every command (LOADING while
+//!   a standby recovers, MULTI's queue), the read path and the write path
+//!   (one WAL record per command or EXEC; READONLY on a standby).
+//! - [`multi`]: MULTI, EXEC, DISCARD, WATCH.
 //! - one file per family, with its parsers and executors: [`strings`],
-//!   [`keyspace`], [`connection`], [`admin`], [`auth`] (AUTH, ACL, and
-//!   who may run what).
+//!   [`keyspace`] (and expiry), [`hashes`], [`lists`], [`sets`],
+//!   [`connection`], [`admin`], [`auth`] (AUTH, ACL, and who may run
+//!   what).
 //! - [`glob`]: Redis's glob patterns; [`scan`]: SCAN's cursor table.
 //!
 //! Adding a command: a variant here (and its arm in `is_write`,
-//! `reads_data`, `keys`), a name in [`Command::from_frame`] and [`NAMES`],
-//! a parser and an executor in its family, a line in
+//! `reads_data`, `keys`), a row in [`table`] with its parser, an executor
+//! in its family and its arm in [`exec`], a line in
 //! docs/redis-commands.md.
 
 pub mod admin;
@@ -26,18 +31,24 @@ pub mod connection;
 pub mod error;
 pub mod exec;
 pub mod glob;
+pub mod hashes;
 pub mod keyspace;
+pub mod lists;
+pub mod multi;
 pub mod parse;
 pub mod scan;
+pub mod sets;
 pub mod strings;
+pub mod table;
 
-pub use admin::{ConfigChange, Wait, WaitRequest};
+pub use admin::{CommandQuery, ConfigChange, Wait, WaitRequest};
 pub use auth::AclCommand;
 pub use connection::{ClientCommand, Hello};
 pub use error::CommandError;
 pub use exec::Flow;
-pub use keyspace::Scan;
-pub use strings::Set;
+pub use keyspace::{ExpireCmd, Scan, TtlQuery};
+pub use parse::CollScan;
+pub use strings::{GetEx, Set};
 
 /// A request's arguments, the command name first, borrowed from the
 /// connection's input buffer.
@@ -54,6 +65,11 @@ pub enum Command<'a> {
     /// `SELECT 0`: the only database.
     Select,
     Hello(Hello<'a>),
+    /// `AUTH [username] password`.
+    Auth {
+        user: Option<&'a [u8]>,
+        password: &'a [u8],
+    },
     Client(ClientCommand<'a>),
     // Server.
     /// `INFO [section...]`.
@@ -63,11 +79,16 @@ pub enum Command<'a> {
     ConfigSet(ConfigChange),
     ConfigHelp,
     Wait(Wait),
-    /// `COMMAND COUNT`.
-    CountCommands,
-    /// Any other form of `COMMAND` (redis-cli asks for `COMMAND DOCS` at
-    /// start-up): answered with an empty list, so clients go without hints.
-    DescribeCommands,
+    /// COMMAND and its subcommands.
+    Commands(CommandQuery<'a>),
+    Time,
+    // Transactions.
+    Multi,
+    Exec,
+    Discard,
+    /// `WATCH key...`.
+    Watch(Args<'a>),
+    Unwatch,
     // Strings.
     Get(&'a [u8]),
     /// `MGET key...`: the keys.
@@ -89,6 +110,12 @@ pub enum Command<'a> {
         value: &'a [u8],
     },
     Strlen(&'a [u8]),
+    GetSet {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    GetDel(&'a [u8]),
+    GetEx(GetEx<'a>),
     // Keyspace.
     Exists(Args<'a>),
     Del(Args<'a>),
@@ -98,21 +125,133 @@ pub enum Command<'a> {
     /// `KEYS pattern`.
     Keys(&'a [u8]),
     Scan(Scan<'a>),
-    // Authentication.
-    /// `AUTH [username] password`.
-    Auth {
-        user: Option<&'a [u8]>,
-        password: &'a [u8],
+    /// RENAME (`nx`: RENAMENX).
+    Rename {
+        from: &'a [u8],
+        to: &'a [u8],
+        nx: bool,
     },
+    /// FLUSHDB, FLUSHALL.
+    Flush,
+    /// EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT; SETEX's and PSETEX's time
+    /// is in [`Set`].
+    Expire(ExpireCmd<'a>),
+    /// TTL, PTTL, EXPIRETIME, PEXPIRETIME.
+    Ttl(TtlQuery<'a>),
+    Persist(&'a [u8]),
+    // Hashes.
+    /// HSET, HMSET (`ok`: reply +OK).
+    HSet {
+        key: &'a [u8],
+        pairs: Args<'a>,
+        ok: bool,
+    },
+    HSetNx {
+        key: &'a [u8],
+        field: &'a [u8],
+        value: &'a [u8],
+    },
+    HGet {
+        key: &'a [u8],
+        field: &'a [u8],
+    },
+    HMGet {
+        key: &'a [u8],
+        fields: Args<'a>,
+    },
+    HDel {
+        key: &'a [u8],
+        fields: Args<'a>,
+    },
+    HGetAll(&'a [u8]),
+    HKeys(&'a [u8]),
+    HVals(&'a [u8]),
+    HLen(&'a [u8]),
+    HExists {
+        key: &'a [u8],
+        field: &'a [u8],
+    },
+    HIncrBy {
+        key: &'a [u8],
+        field: &'a [u8],
+        by: i64,
+    },
+    HStrlen {
+        key: &'a [u8],
+        field: &'a [u8],
+    },
+    HScan(CollScan<'a>),
+    // Lists.
+    /// LPUSH, RPUSH, LPUSHX, RPUSHX.
+    Push {
+        key: &'a [u8],
+        elems: Args<'a>,
+        front: bool,
+        only_existing: bool,
+    },
+    /// LPOP, RPOP, with or without a count.
+    Pop {
+        key: &'a [u8],
+        count: Option<u64>,
+        front: bool,
+    },
+    LRange {
+        key: &'a [u8],
+        start: i64,
+        stop: i64,
+    },
+    LLen(&'a [u8]),
+    LIndex {
+        key: &'a [u8],
+        index: i64,
+    },
+    LSet {
+        key: &'a [u8],
+        index: i64,
+        elem: &'a [u8],
+    },
+    LRem {
+        key: &'a [u8],
+        count: i64,
+        elem: &'a [u8],
+    },
+    LTrim {
+        key: &'a [u8],
+        start: i64,
+        stop: i64,
+    },
+    // Sets.
+    SAdd {
+        key: &'a [u8],
+        members: Args<'a>,
+    },
+    SRem {
+        key: &'a [u8],
+        members: Args<'a>,
+    },
+    SMembers(&'a [u8]),
+    SIsMember {
+        key: &'a [u8],
+        member: &'a [u8],
+    },
+    SMIsMember {
+        key: &'a [u8],
+        members: Args<'a>,
+    },
+    SCard(&'a [u8]),
+    SPop {
+        key: &'a [u8],
+        count: Option<u64>,
+    },
+    SRandMember {
+        key: &'a [u8],
+        count: Option<i64>,
+    },
+    SScan(CollScan<'a>),
+    // Access control.
+    /// `ACL WHOAMI`, `ACL HELP`.
     Acl(AclCommand),
 }
-
-/// Every command name walrep knows (COMMAND COUNT, tests, docs).
-pub const NAMES: &[&str] = &[
-    "ping", "echo", "quit", "select", "hello", "client", "info", "config", "wait", "command",
-    "get", "mget", "set", "setnx", "mset", "incr", "decr", "incrby", "decrby", "append", "strlen",
-    "exists", "del", "unlink", "dbsize", "type", "keys", "scan", "auth", "acl",
-];
 
 impl<'a> Command<'a> {
     /// Parse a request: `args[0]` is the name. (The connection skips an
@@ -123,52 +262,9 @@ impl<'a> Command<'a> {
         let Some(name) = parse::lower_name(first, &mut buf) else {
             return Err(parse::unknown_command(args));
         };
-        let a = |n: &'static str, arity: i32| parse::arity(args, n, arity);
-        Ok(match name {
-            "get" => Command::Get(a("get", 2)?[1]),
-            "set" => Command::Set(strings::parse_set(a("set", -3)?)?),
-            "mget" => Command::MGet(&a("mget", -2)?[1..]),
-            "mset" => Command::MSet(strings::parse_pairs(a("mset", -3)?)?),
-            "setnx" => {
-                let a = a("setnx", 3)?;
-                Command::SetNx {
-                    key: a[1],
-                    value: a[2],
-                }
-            }
-            "incr" => strings::parse_incr(a("incr", 2)?, 1),
-            "decr" => strings::parse_incr(a("decr", 2)?, -1),
-            "incrby" => strings::parse_incr_by(a("incrby", 3)?, false)?,
-            "decrby" => strings::parse_incr_by(a("decrby", 3)?, true)?,
-            "append" => {
-                let a = a("append", 3)?;
-                Command::Append {
-                    key: a[1],
-                    value: a[2],
-                }
-            }
-            "strlen" => Command::Strlen(a("strlen", 2)?[1]),
-            "exists" => Command::Exists(&a("exists", -2)?[1..]),
-            "del" => Command::Del(&a("del", -2)?[1..]),
-            "unlink" => Command::Unlink(&a("unlink", -2)?[1..]),
-            "dbsize" => a("dbsize", 1).map(|_| Command::DbSize)?,
-            "type" => Command::Type(a("type", 2)?[1]),
-            "keys" => Command::Keys(a("keys", 2)?[1]),
-            "scan" => Command::Scan(keyspace::parse_scan(a("scan", -2)?)?),
-            "ping" => connection::parse_ping(args)?,
-            "echo" => Command::Echo(a("echo", 2)?[1]),
-            "quit" => Command::Quit,
-            "select" => connection::parse_select(a("select", 2)?)?,
-            "hello" => Command::Hello(connection::parse_hello(args)?),
-            "client" => Command::Client(connection::parse_client(a("client", -2)?)?),
-            "info" => Command::Info(&args[1..]),
-            "config" => admin::parse_config(a("config", -2)?)?,
-            "wait" => Command::Wait(admin::parse_wait(a("wait", 3)?)?),
-            "command" => admin::parse_command(args)?,
-            "auth" => auth::parse_auth(args)?,
-            "acl" => auth::parse_acl(a("acl", -2)?)?,
-            _ => return Err(parse::unknown_command(args)),
-        })
+        let spec = table::find(name).ok_or_else(|| table::refuse(name, args))?;
+        let args = parse::arity(args, spec.arity_name(), spec.arity)?;
+        (spec.parse)(args)
     }
 
     /// Whether it writes: it inserts WAL, is refused on a standby, and does
@@ -179,7 +275,32 @@ impl<'a> Command<'a> {
         use Command::*;
         matches!(
             self,
-            Set(_) | SetNx { .. } | MSet(_) | IncrBy { .. } | Append { .. } | Del(_) | Unlink(_)
+            Set(_)
+                | SetNx { .. }
+                | MSet(_)
+                | IncrBy { .. }
+                | Append { .. }
+                | GetSet { .. }
+                | GetDel(_)
+                | GetEx(_)
+                | Del(_)
+                | Unlink(_)
+                | Rename { .. }
+                | Flush
+                | Expire(_)
+                | Persist(_)
+                | HSet { .. }
+                | HSetNx { .. }
+                | HDel { .. }
+                | HIncrBy { .. }
+                | Push { .. }
+                | Pop { .. }
+                | LSet { .. }
+                | LRem { .. }
+                | LTrim { .. }
+                | SAdd { .. }
+                | SRem { .. }
+                | SPop { .. }
         )
     }
 
@@ -189,23 +310,89 @@ impl<'a> Command<'a> {
         use Command::*;
         matches!(
             self,
-            Get(_) | MGet(_) | Exists(_) | DbSize | Strlen(_) | Type(_) | Keys(_) | Scan(_)
+            Get(_)
+                | MGet(_)
+                | Strlen(_)
+                | Exists(_)
+                | DbSize
+                | Type(_)
+                | Keys(_)
+                | Scan(_)
+                | Ttl(_)
+                | HGet { .. }
+                | HMGet { .. }
+                | HGetAll(_)
+                | HKeys(_)
+                | HVals(_)
+                | HLen(_)
+                | HExists { .. }
+                | HStrlen { .. }
+                | HScan(_)
+                | LRange { .. }
+                | LLen(_)
+                | LIndex { .. }
+                | SMembers(_)
+                | SIsMember { .. }
+                | SMIsMember { .. }
+                | SCard(_)
+                | SRandMember { .. }
+                | SScan(_)
+                | Watch(_)
         )
     }
 
-    /// The keys it names (what WATCH, MULTI and key-based routing look
-    /// at). KEYS and SCAN name patterns, not keys. Transactions are its
-    /// first user outside the tests.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The keys it names (WATCH, `COMMAND GETKEYS`). KEYS and SCAN name
+    /// patterns, not keys.
     pub fn keys(&self) -> KeyArgs<'a> {
         use Command::*;
         match *self {
             Get(k)
             | Set(strings::Set { key: k, .. })
             | SetNx { key: k, .. }
-            | IncrBy { key: k, .. } => KeyArgs::one(k),
-            Append { key: k, .. } | Strlen(k) | Type(k) => KeyArgs::one(k),
-            MGet(keys) | Exists(keys) | Del(keys) | Unlink(keys) => KeyArgs::every(keys, 1),
+            | IncrBy { key: k, .. }
+            | Append { key: k, .. }
+            | Strlen(k)
+            | Type(k)
+            | GetSet { key: k, .. }
+            | GetDel(k)
+            | GetEx(strings::GetEx { key: k, .. })
+            | Expire(keyspace::ExpireCmd { key: k, .. })
+            | Ttl(keyspace::TtlQuery { key: k, .. })
+            | Persist(k) => KeyArgs::one(k),
+            HSet { key: k, .. }
+            | HSetNx { key: k, .. }
+            | HGet { key: k, .. }
+            | HMGet { key: k, .. }
+            | HDel { key: k, .. }
+            | HGetAll(k)
+            | HKeys(k)
+            | HVals(k)
+            | HLen(k)
+            | HExists { key: k, .. }
+            | HIncrBy { key: k, .. }
+            | HStrlen { key: k, .. }
+            | HScan(parse::CollScan { key: k, .. }) => KeyArgs::one(k),
+            Push { key: k, .. }
+            | Pop { key: k, .. }
+            | LRange { key: k, .. }
+            | LLen(k)
+            | LIndex { key: k, .. }
+            | LSet { key: k, .. }
+            | LRem { key: k, .. }
+            | LTrim { key: k, .. } => KeyArgs::one(k),
+            SAdd { key: k, .. }
+            | SRem { key: k, .. }
+            | SMembers(k)
+            | SIsMember { key: k, .. }
+            | SMIsMember { key: k, .. }
+            | SCard(k)
+            | SPop { key: k, .. }
+            | SRandMember { key: k, .. }
+            | SScan(parse::CollScan { key: k, .. }) => KeyArgs::one(k),
+            Rename { from, to, .. } => KeyArgs::two(from, to),
+            MGet(keys) | Exists(keys) | Del(keys) | Unlink(keys) | Watch(keys) => {
+                KeyArgs::every(keys, 1)
+            }
             MSet(pairs) => KeyArgs::every(pairs, 2),
             _ => KeyArgs::every(&[], 1),
         }
@@ -215,26 +402,34 @@ impl<'a> Command<'a> {
 /// The keys of a command, in argument order (an iterator, so no list is
 /// built to answer the question).
 #[derive(Debug, Clone)]
-#[cfg_attr(not(test), allow(dead_code))]
 pub struct KeyArgs<'a> {
     one: Option<&'a [u8]>,
+    two: Option<&'a [u8]>,
     rest: Args<'a>,
     step: usize,
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 impl<'a> KeyArgs<'a> {
     fn one(key: &'a [u8]) -> KeyArgs<'a> {
         KeyArgs {
             one: Some(key),
+            two: None,
             rest: &[],
             step: 1,
+        }
+    }
+
+    fn two(a: &'a [u8], b: &'a [u8]) -> KeyArgs<'a> {
+        KeyArgs {
+            two: Some(b),
+            ..KeyArgs::one(a)
         }
     }
 
     fn every(args: Args<'a>, step: usize) -> KeyArgs<'a> {
         KeyArgs {
             one: None,
+            two: None,
             rest: args,
             step,
         }
@@ -245,7 +440,7 @@ impl<'a> Iterator for KeyArgs<'a> {
     type Item = &'a [u8];
 
     fn next(&mut self) -> Option<&'a [u8]> {
-        if let Some(k) = self.one.take() {
+        if let Some(k) = self.one.take().or_else(|| self.two.take()) {
             return Some(k);
         }
         let (first, _) = self.rest.split_first()?;

@@ -80,3 +80,62 @@ pub fn unknown_subcommand(command: &'static str, sub: &[u8]) -> CommandError {
         sub: String::from_utf8_lossy(&sub[..sub.len().min(128)]).into_owned(),
     }
 }
+
+/// A non-negative integer, or Redis's "must be positive" error.
+pub fn count(b: &[u8]) -> Result<u64, CommandError> {
+    let n = int(b)?;
+    u64::try_from(n).map_err(|_| CommandError::NotPositive)
+}
+
+/// `HSCAN` / `SSCAN key cursor [MATCH pattern] [COUNT n] [NOVALUES]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollScan<'a> {
+    pub key: &'a [u8],
+    /// A position in the collection's hash order (0 = the start).
+    pub cursor: u64,
+    pub pattern: Option<&'a [u8]>,
+    pub count: usize,
+    /// HSCAN's NOVALUES: fields only.
+    pub novalues: bool,
+}
+
+/// Most members one HSCAN/SSCAN call examines, whatever COUNT asks.
+pub const COLL_SCAN_COUNT_MAX: usize = 10_000;
+
+pub fn coll_scan<'a>(args: Args<'a>, hash: bool) -> Result<CollScan<'a>, CommandError> {
+    let digits = !args[2].is_empty() && args[2].iter().all(u8::is_ascii_digit);
+    let cursor = digits
+        .then(|| std::str::from_utf8(args[2]).ok()?.parse().ok())
+        .flatten()
+        .ok_or(CommandError::InvalidCursor)?;
+    let mut scan = CollScan {
+        key: args[1],
+        cursor,
+        pattern: None,
+        count: 10,
+        novalues: false,
+    };
+    let mut i = 3;
+    while i < args.len() {
+        let more = args.get(i + 1);
+        match more {
+            Some(v) if is(args[i], "match") => scan.pattern = Some(v),
+            Some(v) if is(args[i], "count") => {
+                let n = int(v)?;
+                if n < 1 {
+                    return Err(CommandError::Syntax);
+                }
+                scan.count =
+                    usize::try_from(n).map_or(COLL_SCAN_COUNT_MAX, |n| n.min(COLL_SCAN_COUNT_MAX));
+            }
+            _ if hash && is(args[i], "novalues") => {
+                scan.novalues = true;
+                i += 1;
+                continue;
+            }
+            _ => return Err(CommandError::Syntax),
+        }
+        i += 2;
+    }
+    Ok(scan)
+}

@@ -1,0 +1,548 @@
+//! What a key holds: a string, a hash, a list or a set, with its expiry
+//! time; how each WAL operation changes it; and its byte encoding (shared
+//! by the `Put` operation of WAL records and by snapshot chunks).
+//!
+//! Collections are persistent structures (`imbl`): a new version of a key
+//! shares all but the changed path with the version readers still see, so
+//! keeping the released version beside a pending one costs O(log n), and
+//! an LPUSH onto a list of millions stays cheap.
+
+use std::hash::Hasher;
+use std::sync::Arc;
+
+use super::codec::{put_bytes, put_count, DecodeError, Reader};
+use super::record::Op;
+
+/// A string, field, list element or member.
+pub type Elem = Arc<[u8]>;
+
+/// A list: a persistent deque (RRB vector).
+pub type List = imbl::Vector<Elem>;
+/// A hash: field to value.
+pub type Hash = HashedMap<Elem>;
+/// A set of members.
+pub type Set = HashedMap<()>;
+
+/// A key's value. Cloning is O(1) (reference counts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Str(Elem),
+    Hash(Arc<Hash>),
+    List(Arc<List>),
+    Set(Arc<Set>),
+}
+
+/// Redis's value types, as TYPE names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    String = 0,
+    Hash = 1,
+    List = 2,
+    Set = 3,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::String => "string",
+            Kind::Hash => "hash",
+            Kind::List => "list",
+            Kind::Set => "set",
+        }
+    }
+}
+
+impl Value {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Value::Str(_) => Kind::String,
+            Value::Hash(_) => Kind::Hash,
+            Value::List(_) => Kind::List,
+            Value::Set(_) => Kind::Set,
+        }
+    }
+
+    pub fn string(b: &[u8]) -> Value {
+        Value::Str(Arc::from(b))
+    }
+}
+
+/// A key's state: its value and when it expires (Unix time in ms, 0 =
+/// never).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub value: Value,
+    pub expire_ms: u64,
+}
+
+impl Slot {
+    pub fn new(value: Value) -> Slot {
+        Slot {
+            value,
+            expire_ms: 0,
+        }
+    }
+
+    /// Whether its time has passed at `now_ms`: readers treat it as gone.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expire_ms != 0 && self.expire_ms <= now_ms
+    }
+}
+
+/// The 64-bit hash that orders a hash's fields and a set's members. Fixed
+/// (std's SipHash-1-3 with zero keys), so every node and every run orders
+/// them alike: HSCAN and SSCAN cursors are positions in this order.
+pub fn member_hash(b: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(b);
+    h.finish()
+}
+
+/// A persistent map from byte strings, ordered by [`member_hash`]: the
+/// hash and set types. Ordering by hash (a B-tree keyed by it, with the
+/// rare colliding members in one bucket) makes three things cheap that a
+/// hash table would not give a persistent structure: a scan cursor that
+/// is just a hash value, a random member (the first at or after a random
+/// hash), and versions that share structure.
+#[derive(Debug, Clone)]
+pub struct HashedMap<V: Clone> {
+    buckets: imbl::OrdMap<u64, Bucket<V>>,
+    len: usize,
+}
+
+/// The members of one hash value: almost always one.
+#[derive(Debug, Clone)]
+enum Bucket<V> {
+    One((Elem, V)),
+    Many(Arc<Vec<(Elem, V)>>),
+}
+
+impl<V: Clone> Bucket<V> {
+    fn entries(&self) -> &[(Elem, V)] {
+        match self {
+            Bucket::One(pair) => std::slice::from_ref(pair),
+            Bucket::Many(v) => v,
+        }
+    }
+}
+
+impl<V: Clone> Default for HashedMap<V> {
+    fn default() -> Self {
+        HashedMap {
+            buckets: imbl::OrdMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<V: Clone + PartialEq> PartialEq for HashedMap<V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+impl<V: Clone + Eq> Eq for HashedMap<V> {}
+
+impl<V: Clone> HashedMap<V> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, member: &[u8]) -> Option<&V> {
+        let bucket = self.buckets.get(&member_hash(member))?;
+        bucket
+            .entries()
+            .iter()
+            .find(|(m, _)| &**m == member)
+            .map(|(_, v)| v)
+    }
+
+    pub fn contains(&self, member: &[u8]) -> bool {
+        self.get(member).is_some()
+    }
+
+    /// Insert or replace; true if `member` is new. One descent of the
+    /// tree when the hash is new (almost always); colliding members are
+    /// merged into one bucket.
+    pub fn insert(&mut self, member: &[u8], value: V) -> bool {
+        let h = member_hash(member);
+        let pair = (Elem::from(member), value);
+        let Some(old) = self.buckets.insert(h, Bucket::One(pair.clone())) else {
+            self.len += 1;
+            return true;
+        };
+        let mut entries = old.entries().to_vec();
+        let fresh = match entries.iter_mut().find(|(m, _)| &**m == member) {
+            Some(e) => {
+                e.1 = pair.1;
+                false
+            }
+            None => {
+                entries.push(pair);
+                true
+            }
+        };
+        if entries.len() > 1 {
+            self.buckets.insert(h, bucket_of(entries));
+        }
+        self.len += usize::from(fresh);
+        fresh
+    }
+
+    /// Remove `member`; true if it was there.
+    pub fn remove(&mut self, member: &[u8]) -> bool {
+        let h = member_hash(member);
+        let Some(old) = self.buckets.remove(&h) else {
+            return false;
+        };
+        let mut entries = old.entries().to_vec();
+        let found = entries.iter().position(|(m, _)| &**m == member);
+        if let Some(i) = found {
+            entries.remove(i);
+            self.len -= 1;
+        }
+        if !entries.is_empty() {
+            self.buckets.insert(h, bucket_of(entries));
+        }
+        found.is_some()
+    }
+
+    /// Every member, in hash order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Elem, &V)> + '_ {
+        self.buckets
+            .values()
+            .flat_map(|b| b.entries().iter().map(|(m, v)| (m, v)))
+    }
+
+    /// Members from hash position `from` on (a scan step): up to `limit`
+    /// buckets, and the position after the last one (`None` at the end).
+    /// A bucket is never split, so a resumed scan repeats nothing.
+    pub fn scan_from(&self, from: u64, limit: usize) -> (Vec<(&Elem, &V)>, Option<u64>) {
+        let mut out = Vec::new();
+        let mut range = self.buckets.range(from..);
+        for (_, b) in range.by_ref().take(limit.max(1)) {
+            out.extend(b.entries().iter().map(|(m, v)| (m, v)));
+        }
+        (out, range.next().map(|(h, _)| *h))
+    }
+
+    /// A member chosen by `r` (a random number): the first at or after hash
+    /// `r`, wrapping around. Each member's chance is the width of the hash
+    /// gap before it: random, not exactly uniform (as Redis's is not).
+    pub fn pick(&self, r: u64) -> Option<(&Elem, &V)> {
+        let (_, b) = self
+            .buckets
+            .range(r..)
+            .next()
+            .or_else(|| self.buckets.iter().next())?;
+        let entries = b.entries();
+        let (m, v) = &entries[(r as usize) % entries.len()];
+        Some((m, v))
+    }
+}
+
+fn bucket_of<V: Clone>(mut entries: Vec<(Elem, V)>) -> Bucket<V> {
+    match entries.len() {
+        1 => Bucket::One(entries.pop().expect("one entry")),
+        _ => Bucket::Many(Arc::new(entries)),
+    }
+}
+
+/// Apply one WAL operation to a key's state (`None` = absent): the state
+/// after it. Total and deterministic, with no clock: the primary and every
+/// replay compute the same state from the same operations. An operation
+/// that does not fit the state (a list operation on a hash, LSET past the
+/// end) changes nothing: the primary never logs one, and on replay over a
+/// fuzzy snapshot it can only meet a state that a later record replaces
+/// (docs/wal-format.md, "Replay over a fuzzy snapshot"). A collection left
+/// empty is deleted, as in Redis.
+pub fn apply(slot: Option<Slot>, op: &Op<'_>) -> Option<Slot> {
+    match op {
+        Op::Del { .. } => None,
+        Op::Set { value, .. } => Some(Slot::new(Value::string(value))),
+        Op::Put {
+            value, expire_ms, ..
+        } => Some(Slot {
+            value: value.clone(),
+            expire_ms: *expire_ms,
+        }),
+        Op::Expire { at_ms, .. } => slot.map(|s| Slot {
+            expire_ms: *at_ms,
+            ..s
+        }),
+        Op::Flush => None,
+        _ => apply_collection(slot, op),
+    }
+}
+
+fn apply_collection(slot: Option<Slot>, op: &Op<'_>) -> Option<Slot> {
+    let (value, expire_ms) = match slot {
+        Some(s) => (Some(s.value), s.expire_ms),
+        None => (None, 0),
+    };
+    let value = match (value.or_else(|| empty_for(op)), op) {
+        (Some(Value::Hash(mut h)), Op::HSet { .. } | Op::HDel { .. }) => {
+            hash_op(Arc::make_mut(&mut h), op);
+            (!h.is_empty()).then_some(Value::Hash(h))
+        }
+        (Some(Value::Set(mut s)), Op::SAdd { .. } | Op::SRem { .. }) => {
+            set_op(Arc::make_mut(&mut s), op);
+            (!s.is_empty()).then_some(Value::Set(s))
+        }
+        (
+            Some(Value::List(mut l)),
+            Op::Push { .. } | Op::Pop { .. } | Op::LSet { .. } | Op::LRem { .. } | Op::LTrim { .. },
+        ) => {
+            list_op(Arc::make_mut(&mut l), op);
+            (!l.is_empty()).then_some(Value::List(l))
+        }
+        // A type that does not fit: unchanged.
+        (other, _) => other,
+    };
+    value.map(|value| Slot { value, expire_ms })
+}
+
+/// The empty collection an operation on an absent key starts from.
+fn empty_for(op: &Op<'_>) -> Option<Value> {
+    match op {
+        Op::HSet { .. } | Op::HDel { .. } => Some(Value::Hash(Arc::default())),
+        Op::SAdd { .. } | Op::SRem { .. } => Some(Value::Set(Arc::default())),
+        Op::Push { .. } | Op::Pop { .. } | Op::LSet { .. } | Op::LRem { .. } | Op::LTrim { .. } => {
+            Some(Value::List(Arc::default()))
+        }
+        _ => None,
+    }
+}
+
+fn hash_op(h: &mut Hash, op: &Op<'_>) {
+    match op {
+        Op::HSet { pairs, .. } => {
+            for (f, v) in pairs {
+                h.insert(f, Elem::from(&**v));
+            }
+        }
+        Op::HDel { fields, .. } => {
+            for f in fields {
+                h.remove(f);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn set_op(s: &mut Set, op: &Op<'_>) {
+    match op {
+        Op::SAdd { members, .. } => {
+            for m in members {
+                s.insert(m, ());
+            }
+        }
+        Op::SRem { members, .. } => {
+            for m in members {
+                s.remove(m);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn list_op(l: &mut List, op: &Op<'_>) {
+    match op {
+        Op::Push { front, elems, .. } => {
+            for e in elems {
+                let e = Elem::from(&**e);
+                match front {
+                    true => l.push_front(e),
+                    false => l.push_back(e),
+                }
+            }
+        }
+        Op::Pop { front, count, .. } => {
+            let n = usize::try_from(*count).unwrap_or(usize::MAX).min(l.len());
+            match front {
+                true => *l = l.skip(n),
+                false => l.truncate(l.len() - n),
+            }
+        }
+        Op::LSet { index, elem, .. } => {
+            if let Some(i) = usize::try_from(*index).ok().filter(|&i| i < l.len()) {
+                l.set(i, Elem::from(&**elem));
+            }
+        }
+        Op::LRem { count, elem, .. } => list_remove(l, *count, elem),
+        Op::LTrim { start, end, .. } => {
+            let len = l.len() as u64;
+            let end = (*end).min(len) as usize;
+            let start = (*start).min(end as u64) as usize;
+            l.truncate(end);
+            *l = l.skip(start);
+        }
+        _ => {}
+    }
+}
+
+/// LREM: remove the first `count` elements equal to `elem` (from the tail
+/// when negative; all when 0).
+pub fn list_remove(l: &mut List, count: i64, elem: &[u8]) {
+    let limit = match count {
+        0 => usize::MAX,
+        c => usize::try_from(c.unsigned_abs()).unwrap_or(usize::MAX),
+    };
+    let matches = |e: &Elem| &**e == elem;
+    let mut hits: Vec<usize> = if count >= 0 {
+        l.iter()
+            .enumerate()
+            .filter(|(_, e)| matches(e))
+            .map(|(i, _)| i)
+            .take(limit)
+            .collect()
+    } else {
+        l.iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, e)| matches(e))
+            .map(|(i, _)| i)
+            .take(limit)
+            .collect()
+    };
+    // Remove from the back so earlier indexes stay valid.
+    hits.sort_unstable_by(|a, b| b.cmp(a));
+    for i in hits {
+        l.remove(i);
+    }
+}
+
+/// How many elements LREM removes (the same rule as [`list_remove`]).
+pub fn list_remove_count(l: &List, count: i64, elem: &[u8]) -> usize {
+    let limit = match count {
+        0 => usize::MAX,
+        c => usize::try_from(c.unsigned_abs()).unwrap_or(usize::MAX),
+    };
+    l.iter().filter(|e| &***e == elem).count().min(limit)
+}
+
+const TAG_STRING: u8 = Kind::String as u8;
+const TAG_HASH: u8 = Kind::Hash as u8;
+const TAG_LIST: u8 = Kind::List as u8;
+const TAG_SET: u8 = Kind::Set as u8;
+
+/// Encode a value: a type byte, then a string's bytes or a collection's
+/// count and items (docs/wal-format.md, "Values").
+pub fn encode(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Str(s) => {
+            out.push(TAG_STRING);
+            put_bytes(out, s);
+        }
+        Value::Hash(h) => {
+            out.push(TAG_HASH);
+            put_count(out, h.len());
+            for (f, v) in h.iter() {
+                put_bytes(out, f);
+                put_bytes(out, v);
+            }
+        }
+        Value::List(l) => {
+            out.push(TAG_LIST);
+            put_count(out, l.len());
+            for e in l.iter() {
+                put_bytes(out, e);
+            }
+        }
+        Value::Set(s) => {
+            out.push(TAG_SET);
+            put_count(out, s.len());
+            for (m, _) in s.iter() {
+                put_bytes(out, m);
+            }
+        }
+    }
+}
+
+/// The encoded size of a value, to size buffers.
+pub fn encoded_len(v: &Value) -> usize {
+    1 + match v {
+        Value::Str(s) => 4 + s.len(),
+        Value::Hash(h) => 4 + h.iter().map(|(f, v)| 8 + f.len() + v.len()).sum::<usize>(),
+        Value::List(l) => 4 + l.iter().map(|e| 4 + e.len()).sum::<usize>(),
+        Value::Set(s) => 4 + s.iter().map(|(m, _)| 4 + m.len()).sum::<usize>(),
+    }
+}
+
+/// Decode a value written by [`encode`]. An empty collection is refused:
+/// the store never holds one (the key is deleted instead).
+pub fn decode(r: &mut Reader<'_>) -> Result<Value, DecodeError> {
+    let tag = r.u8()?;
+    if tag == TAG_STRING {
+        return Ok(Value::string(r.bytes()?));
+    }
+    let at = r.position();
+    let n = r.count(4)?;
+    if n == 0 {
+        return Err(DecodeError(format!("empty collection at byte {at}")));
+    }
+    Ok(match tag {
+        TAG_HASH => {
+            let mut h = Hash::default();
+            for _ in 0..n {
+                let f = r.bytes()?;
+                let v = r.bytes()?;
+                h.insert(f, Elem::from(v));
+            }
+            Value::Hash(Arc::new(h))
+        }
+        TAG_LIST => {
+            let mut l = List::new();
+            for _ in 0..n {
+                l.push_back(Elem::from(r.bytes()?));
+            }
+            Value::List(Arc::new(l))
+        }
+        TAG_SET => {
+            let mut s = Set::default();
+            for _ in 0..n {
+                s.insert(r.bytes()?, ());
+            }
+            Value::Set(Arc::new(s))
+        }
+        t => return Err(DecodeError(format!("unknown value type {t}"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_keep_colliding_members_apart() {
+        // Two members in one bucket, as a hash collision would put them.
+        let mut s = Set::default();
+        s.insert(b"a", ());
+        let h = member_hash(b"a");
+        let (k, _) = s.buckets.get(&h).unwrap().entries()[0].clone();
+        s.buckets
+            .insert(h, bucket_of(vec![(k, ()), (Elem::from(&b"b"[..]), ())]));
+        s.len = 2;
+        assert!(
+            s.contains(b"a") && s.get(b"b").is_none(),
+            "b lives under a's hash here"
+        );
+        assert!(!s.insert(b"a", ()), "a is there");
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.buckets.get(&h).unwrap().entries().len(), 2);
+        assert!(s.remove(b"a"));
+        assert_eq!(s.len(), 1);
+        assert!(!s.remove(b"a"));
+        assert_eq!(s.buckets.get(&h).unwrap().entries().len(), 1);
+        let mut m = Hash::default();
+        assert!(m.insert(b"f", Elem::from(&b"1"[..])));
+        assert!(!m.insert(b"f", Elem::from(&b"2"[..])));
+        assert_eq!(m.get(b"f").map(|v| v.to_vec()), Some(b"2".to_vec()));
+        assert_eq!(m.len(), 1);
+    }
+}
