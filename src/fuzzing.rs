@@ -169,7 +169,7 @@ pub fn pg_frontend(data: &[u8]) {
             }
             Ok(FrontendMessage::AuthResponse(body)) => {
                 let _ = SaslInitialResponse::parse(&body);
-                let mut server = crate::replication::scram::ScramServer::new(None, "fuzz");
+                let mut server = crate::security::scram::ScramServer::new(None, "fuzz");
                 let _ = server.client_first(&body);
                 let _ = server.client_final(&body);
             }
@@ -321,7 +321,7 @@ pub fn config_text(data: &[u8]) {
             let _ = crate::replication::server::hba_lookup(&c.hba, ip, "walrep", false);
             let _ = crate::replication::server::hba_lookup(&c.hba, ip, "walrep", true);
         }
-        let _ = crate::security::roles::Roles::from_config(&c);
+        let _ = crate::security::roles::Roles::new(&c.roles, &c.requirepass);
         let _ = c.redacted();
     }
 }

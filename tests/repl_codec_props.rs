@@ -9,7 +9,7 @@ use walrep::replication::client::ConnInfo;
 use walrep::replication::command;
 use walrep::replication::pgwire::io::WireError;
 use walrep::replication::pgwire::*;
-use walrep::replication::scram::{ScramClient, ScramServer};
+use walrep::security::scram::{ScramClient, ScramServer};
 use walrep::Lsn;
 
 const MAX: usize = 4096;

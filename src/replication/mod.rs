@@ -24,7 +24,6 @@ pub mod command;
 pub mod fake;
 pub mod pgwire;
 pub mod registry;
-pub mod scram;
 pub mod server;
 pub mod slots;
 pub mod source;

@@ -20,10 +20,14 @@
 
 pub mod passfile;
 pub mod roles;
+pub mod scram;
 pub mod secret_file;
 pub mod stream;
 pub mod tls;
 pub mod verifier;
 
 pub use stream::NetStream;
+
+/// Shown in place of a secret.
+pub const REDACTED: &str = "********";
 pub use verifier::{ScramVerifier, VerifierError};

@@ -4,11 +4,60 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use super::ScramVerifier;
-use crate::config::{Config, RedisAccess, RoleEntry};
 
 /// The Redis port's built-in user, as Redis names it.
 pub const DEFAULT_USER: &str = "default";
+
+/// What a role may do on the Redis port (its ACL category).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub enum RedisAccess {
+    /// Cannot log in on the Redis port.
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// Reads, INFO and connection commands.
+    #[serde(rename = "readonly")]
+    ReadOnly,
+    /// Also writes and WAIT.
+    #[serde(rename = "readwrite")]
+    ReadWrite,
+    /// Everything: also CONFIG.
+    #[serde(rename = "admin")]
+    Admin,
+}
+
+impl RedisAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisAccess::None => "none",
+            RedisAccess::ReadOnly => "readonly",
+            RedisAccess::ReadWrite => "readwrite",
+            RedisAccess::Admin => "admin",
+        }
+    }
+}
+
+/// A role (user) of both ports, as PostgreSQL's `CREATE ROLE ... LOGIN
+/// PASSWORD ... REPLICATION` and a Redis ACL user in one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleEntry {
+    pub name: String,
+    /// A SCRAM-SHA-256 verifier (`walrep passwd`), never a clear password;
+    /// empty: no password (only `trust` hba lines let it in).
+    #[serde(default)]
+    pub password: String,
+    /// PostgreSQL's REPLICATION attribute: may stream WAL and take base
+    /// backups on the replication port.
+    #[serde(default)]
+    pub replication: bool,
+    /// What it may do on the Redis port.
+    #[serde(default)]
+    pub redis: RedisAccess,
+}
 
 /// One role, ready to authenticate.
 #[derive(Debug, Clone)]
@@ -31,13 +80,10 @@ pub struct Roles {
 }
 
 impl Roles {
-    /// Parse the roles of a validated configuration (invalid verifiers were
-    /// refused by `Config::validate`; any left are treated as no password
-    /// matching, never as a clear password).
-    pub fn from_config(c: &Config) -> Roles {
-        Roles::new(&c.roles, &c.requirepass)
-    }
-
+    /// Parse the roles of a validated configuration: its `[[roles]]` and
+    /// `requirepass` (invalid verifiers were refused by `Config::validate`;
+    /// any left are treated as no password matching, never as a clear
+    /// password).
     pub fn new(entries: &[RoleEntry], requirepass: &str) -> Roles {
         let by_name: BTreeMap<String, Role> = entries
             .iter()

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rand::RngCore;
 
-use crate::replication::scram::{ScramKeys, ITERATIONS};
+use super::scram::{ScramKeys, ITERATIONS};
 
 /// The scheme prefix of a verifier.
 pub const SCHEME: &str = "SCRAM-SHA-256";

@@ -171,7 +171,7 @@ impl ServerSettings {
             log_disconnections: c.log_disconnections.0,
             max_bulk_len: bytes(c.proto_max_bulk_len, 64 << 20),
             default_synchronous_commit: c.synchronous_commit,
-            roles: Arc::new(Roles::from_config(c)),
+            roles: Arc::new(Roles::new(&c.roles, &c.requirepass)),
             protected_mode: c.protected_mode.0,
             tls,
             idle_timeout: c.timeout.get().filter(|d| !d.is_zero()),

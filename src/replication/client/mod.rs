@@ -5,11 +5,10 @@
 //! (from the same thread or, through a [`StatusSender`], another one).
 
 mod backup;
-mod conninfo;
 mod stream;
 
+pub use crate::config::conninfo::{redact_conninfo, ConnInfo, ConnInfoError};
 pub use backup::{BackupMessage, BackupStart, BaseBackupRequest, Tablespace};
-pub use conninfo::{redact_conninfo, ConnInfo, ConnInfoError};
 pub use stream::{StartOutcome, StatusSender, StreamEvent};
 
 use std::collections::BTreeMap;
@@ -26,8 +25,8 @@ use super::pgwire::{
     Authentication, BackendMessage, ErrorFields, FieldDescription, FrontendMessage, MessageReader,
     SaslInitialResponse, StartupPacket, DEFAULT_MAX_MESSAGE_LEN,
 };
-use super::scram::{ScramClient, ScramError, MECHANISM};
 use crate::security::passfile::PassfileError;
+use crate::security::scram::{ScramClient, ScramError, MECHANISM};
 use crate::security::tls::{self, TlsError};
 use crate::security::NetStream;
 

@@ -88,7 +88,7 @@ impl ServerOptions {
         Ok(ServerOptions {
             max_wal_senders: c.max_wal_senders as usize,
             hba: c.hba.clone(),
-            roles: Arc::new(Roles::from_config(c)),
+            roles: Arc::new(Roles::new(&c.roles, &c.requirepass)),
             tls,
             max_startup_connections: c.max_startup_connections as usize,
             wal_sender_timeout: c.wal_sender_timeout.get().filter(|d| !d.is_zero()),
@@ -107,7 +107,7 @@ impl Default for ServerOptions {
         ServerOptions {
             max_wal_senders: c.max_wal_senders as usize,
             hba: c.hba,
-            roles: Arc::new(Roles::from_config(&Config::default())),
+            roles: Arc::new(Roles::new(&[], "")),
             tls: None,
             max_startup_connections: c.max_startup_connections as usize,
             wal_sender_timeout: c.wal_sender_timeout.get(),

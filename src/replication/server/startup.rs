@@ -16,9 +16,9 @@ use crate::replication::pgwire::{
     Authentication, BackendMessage, FrontendMessage, MessageReader, SaslInitialResponse,
     StartupPacket, PROTOCOL_V3,
 };
-use crate::replication::scram::{self, ScramError, ScramKeys, ScramServer};
 use crate::replication::source::ReplicationSource;
 use crate::replication::sqlstate::{self as code, PgError};
+use crate::security::scram::{self, ScramError, ScramKeys, ScramServer};
 use crate::security::NetStream;
 use crate::util::Cidr;
 

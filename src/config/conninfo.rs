@@ -169,7 +169,7 @@ impl ConnInfo {
 /// told apart).
 pub fn redact_conninfo(conninfo: &str) -> String {
     let Ok(pairs) = pairs(conninfo) else {
-        return crate::config::REDACTED.to_string();
+        return crate::security::REDACTED.to_string();
     };
     if !pairs.iter().any(|(k, _)| k == "password") {
         return conninfo.to_string();
@@ -177,7 +177,7 @@ pub fn redact_conninfo(conninfo: &str) -> String {
     pairs
         .into_iter()
         .map(|(k, v)| match k.as_str() {
-            "password" => format!("password={}", crate::config::REDACTED),
+            "password" => format!("password={}", crate::security::REDACTED),
             _ if v.is_empty() || v.contains([' ', '\'', '\\']) => {
                 format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
             }
@@ -242,10 +242,10 @@ mod tests {
         let r = redact_conninfo("host=h port=1 password='it\\'s secret' application_name=s1");
         assert!(!r.contains("secret"), "{r}");
         let back = ConnInfo::parse(&r).unwrap();
-        assert_eq!(back.password.as_deref(), Some(crate::config::REDACTED));
+        assert_eq!(back.password.as_deref(), Some(crate::security::REDACTED));
         assert_eq!(back.application_name.as_deref(), Some("s1"));
         assert_eq!(redact_conninfo("host=h"), "host=h");
-        assert_eq!(redact_conninfo("password='open"), crate::config::REDACTED);
+        assert_eq!(redact_conninfo("password='open"), crate::security::REDACTED);
     }
 
     #[test]

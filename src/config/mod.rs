@@ -17,6 +17,11 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
+pub mod conninfo;
+
+pub use crate::security::roles::{RedisAccess, RoleEntry};
+pub use crate::security::REDACTED;
+
 /// Errors reading or validating configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -445,60 +450,9 @@ fn is_host(c: &HbaConnection) -> bool {
     *c == HbaConnection::Host
 }
 
-/// What a role may do on the Redis port (its ACL category).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
-pub enum RedisAccess {
-    /// Cannot log in on the Redis port.
-    #[default]
-    #[serde(rename = "none")]
-    None,
-    /// Reads, INFO and connection commands.
-    #[serde(rename = "readonly")]
-    ReadOnly,
-    /// Also writes and WAIT.
-    #[serde(rename = "readwrite")]
-    ReadWrite,
-    /// Everything: also CONFIG.
-    #[serde(rename = "admin")]
-    Admin,
-}
-
-impl RedisAccess {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RedisAccess::None => "none",
-            RedisAccess::ReadOnly => "readonly",
-            RedisAccess::ReadWrite => "readwrite",
-            RedisAccess::Admin => "admin",
-        }
-    }
-}
-
-/// A role (user) of both ports, as PostgreSQL's `CREATE ROLE ... LOGIN
-/// PASSWORD ... REPLICATION` and a Redis ACL user in one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RoleEntry {
-    pub name: String,
-    /// A SCRAM-SHA-256 verifier (`walrep passwd`), never a clear password;
-    /// empty: no password (only `trust` hba lines let it in).
-    #[serde(default)]
-    pub password: String,
-    /// PostgreSQL's REPLICATION attribute: may stream WAL and take base
-    /// backups on the replication port.
-    #[serde(default)]
-    pub replication: bool,
-    /// What it may do on the Redis port.
-    #[serde(default)]
-    pub redis: RedisAccess,
-}
-
 fn all_users() -> String {
     "all".to_string()
 }
-
-/// Shown in place of a secret.
-pub const REDACTED: &str = "********";
 
 /// Every parameter of a node. Field names are the parameter names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -910,7 +864,7 @@ impl Config {
                 r.password = REDACTED.into();
             }
         }
-        c.primary_conninfo = crate::replication::client::redact_conninfo(&c.primary_conninfo);
+        c.primary_conninfo = conninfo::redact_conninfo(&c.primary_conninfo);
         c
     }
 
@@ -1085,7 +1039,7 @@ pub fn reference_markdown() -> String {
     let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
     let mut out = String::from(
         "# Configuration reference\n\n\
-         <!-- Generated from src/config.rs (PARAMETERS); regenerate with\n     \
+         <!-- Generated from src/config/mod.rs (PARAMETERS); regenerate with\n     \
          `cargo run -- default-config --markdown > docs/configuration.md`. -->\n\n\
          Every node reads `DATADIR/walrep.toml`, written by `walrep init` with every\n\
          parameter at its default. Names follow PostgreSQL's wherever PostgreSQL has\n\
