@@ -1,6 +1,6 @@
 //! The `walrep` command line: one binary for every role.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -69,6 +69,15 @@ pub enum Command {
         /// Seconds to wait for the promotion to complete (0 = do not wait).
         #[arg(long, default_value_t = 60)]
         wait_seconds: u64,
+    },
+    /// Accept the loss of the WAL after a damaged record, when no good copy
+    /// of the damaged segment exists: that WAL and a report of the keys it
+    /// wrote go into DATADIR/quarantine/; the node then starts from the WAL
+    /// before the damage. Only when the node refused to start because of
+    /// damage in the middle of its WAL; the node must be stopped.
+    Resetwal {
+        /// The data directory of the stopped node.
+        datadir: PathBuf,
     },
     /// The main job: a primary with archiving under a write load, crashed
     /// with kill -9 and recovered, every acknowledged write verified.
@@ -233,6 +242,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait_seconds,
         } => {
             promote(&datadir, wait_seconds)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resetwal { datadir } => {
+            resetwal(&datadir)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
@@ -502,4 +515,24 @@ fn passwd(verifier_only: bool, role: Option<&str>) -> anyhow::Result<ExitCode> {
         println!("requirepass = \"{v}\"");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `walrep resetwal`: set the WAL after a damaged record aside and say
+/// what was lost.
+fn resetwal(datadir: &Path) -> anyhow::Result<()> {
+    use walrep::node::resetwal::{reset_wal, ResetWalOutcome};
+    match reset_wal(datadir, &walrep::storage::StdStorage)? {
+        ResetWalOutcome::NothingToReset { end } => {
+            println!("the WAL ends cleanly at {end}: nothing was changed");
+        }
+        ResetWalOutcome::Reset(r) => {
+            println!(
+                "WAL after the damaged record at {} ({}) was set aside: {} valid records from {} to {}, {} keys, {} files, {} bytes",
+                r.at, r.reason, r.after.records, r.after.from, r.after.to, r.keys, r.files.len(), r.bytes
+            );
+            println!("report and files: {}", r.quarantine.display());
+            println!("the node now starts from the WAL before {}", r.at);
+        }
+    }
+    Ok(())
 }

@@ -131,6 +131,15 @@ fn persistence(node: &Node) -> String {
             done.checkpoint_lsn, at_ms, done.keys, done.bytes, done.elapsed_ms
         );
     }
+    let repairs = node.wal_repairs();
+    let _ = write!(s, "wal_repaired_segments:{}\r\n", repairs.len());
+    if let Some(r) = repairs.last() {
+        let _ = write!(
+            s,
+            "wal_last_repair:{} at {} from {}\r\n",
+            r.file, r.at, r.source
+        );
+    }
     let _ = write!(s, "archive_mode:{}\r\n", node.config.archive_mode.as_str());
     if let Some(stats) = node.archiver_stats() {
         let a = stats.snapshot();

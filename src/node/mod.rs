@@ -19,6 +19,7 @@ pub mod info;
 pub mod init;
 pub mod recovery;
 pub mod replication;
+pub mod resetwal;
 mod running;
 
 pub use error::NodeError;
@@ -125,6 +126,8 @@ pub struct Node {
     /// Random per start: sent to replication clients (`walrep_instance_id`)
     /// so a walreceiver pointed at its own node refuses to stream.
     pub instance_id: u64,
+    /// Damaged WAL segments crash recovery replaced at this start (INFO).
+    wal_repairs: Mutex<Vec<recovery::RepairedSegment>>,
 }
 
 /// The archiver and the WAL event listener, owned by the node because
@@ -174,6 +177,19 @@ impl Node {
 
     pub fn registry(&self) -> Option<Arc<WalSenderRegistry>> {
         self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Crash recovery replaced these damaged segments.
+    pub fn note_wal_repairs(&self, repaired: Vec<recovery::RepairedSegment>) {
+        *self.wal_repairs.lock().unwrap_or_else(|e| e.into_inner()) = repaired;
+    }
+
+    /// The damaged segments crash recovery replaced at this start.
+    pub fn wal_repairs(&self) -> Vec<recovery::RepairedSegment> {
+        self.wal_repairs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

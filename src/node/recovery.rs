@@ -1,13 +1,28 @@
 //! Crash recovery: load the last checkpoint's snapshot, then replay WAL from
-//! its redo point to the first invalid record (the end of WAL), exactly as
-//! PostgreSQL's startup process does after a crash.
+//! its redo point to the first invalid record (the end of WAL), as
+//! PostgreSQL's startup process does after a crash — with one difference.
+//!
+//! PostgreSQL cannot tell a torn tail (the normal end of WAL after a crash)
+//! from damage in the middle, and starts writing over the good WAL that
+//! follows the damage. Here an invalid record followed by valid WAL in a
+//! later segment is corruption ([`wal::valid_wal_after`]): the damaged
+//! segment is fetched again from the archive when one is configured (the
+//! damaged copy goes to `quarantine/`), and otherwise the node refuses to
+//! start with [`CorruptWal`], which names the ways out.
 
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::archive::{keep_restored_file, ArchiveMark, RestoreCommand, RestoreOutcome};
+use crate::storage::{durable_create_dir, durable_rename, Storage, StorageError};
 use crate::store::checkpoint::{load_snapshot, SnapshotError};
 use crate::store::{ApplyError, ControlFile, Store};
-use crate::wal::{ReadError, ReaderConfig, WalReader};
+use crate::wal::{self, ReadError, ReaderConfig, WalAfter, WalReader};
 use crate::{Lsn, TimelineHistory};
+
+/// Where damaged or discarded WAL is kept instead of deleted, one
+/// directory per event (`quarantine/<unix seconds>-<what>/`).
+pub const QUARANTINE_DIR: &str = "quarantine";
 
 /// What recovery found.
 #[derive(Debug, Clone)]
@@ -21,6 +36,60 @@ pub struct RecoveryResult {
     /// Why replay stopped (the invalid record at `end`), for the log.
     pub stop: Option<String>,
     pub elapsed_ms: u64,
+    /// Damaged segments replaced by a good copy on the way.
+    pub repaired: Vec<RepairedSegment>,
+}
+
+/// A damaged WAL segment that recovery replaced with a good copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairedSegment {
+    /// The segment's file name.
+    pub file: String,
+    /// Where replay had stopped in it.
+    pub at: Lsn,
+    /// Where the good copy came from (`archive`).
+    pub source: &'static str,
+    /// Where the damaged copy was kept.
+    pub quarantined: PathBuf,
+}
+
+/// Damage in the middle of the WAL with no good copy to heal it from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptWal {
+    /// Where replay stopped.
+    pub at: Lsn,
+    /// The segment file holding `at`.
+    pub file: String,
+    /// Why the record at `at` is invalid.
+    pub reason: String,
+    /// The valid WAL found after it.
+    pub after: WalAfter,
+    /// What was tried to heal it, for the message.
+    pub tried: String,
+}
+
+impl std::fmt::Display for CorruptWal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WAL is damaged at {} in file {} ({}), and this is not the end of WAL: \
+             {} valid records ({} bytes) follow from {} to {}. Refusing to start, \
+             which would write over them ({}). Ways out: put a good copy of {} into wal/ \
+             (or set restore_command to an archive that has it) and start again; promote \
+             a standby that has this WAL; or accept the loss with `walrep resetwal DATADIR`, \
+             which moves the WAL after {} into quarantine/",
+            self.at,
+            self.file,
+            self.reason,
+            self.after.records,
+            self.after.to.0 - self.after.from.0,
+            self.after.from,
+            self.after.to,
+            self.tried,
+            self.file,
+            self.at,
+        )
+    }
 }
 
 /// Errors that stop start-up (as opposed to the end of WAL).
@@ -32,6 +101,18 @@ pub enum RecoveryError {
     Read(ReadError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error("{0}")]
+    Corrupt(Box<CorruptWal>),
+    #[error("could not repair WAL segment {file}: {message}")]
+    Repair { file: String, message: String },
+}
+
+/// Where a damaged segment may be fetched again from.
+pub struct WalRepair<'a> {
+    /// Every durable rename of the repair goes through it.
+    pub storage: &'a dyn Storage,
+    /// The archive (`restore_command`), when one is configured.
+    pub restore: Option<RestoreCommand>,
 }
 
 /// Load the snapshot named by `control` into `store` and replay the WAL of
@@ -41,6 +122,7 @@ pub fn crash_recover(
     control: &ControlFile,
     history: TimelineHistory,
     store: &Store,
+    repair: &WalRepair<'_>,
 ) -> Result<RecoveryResult, RecoveryError> {
     let snapshot = load_snapshot(
         datadir,
@@ -48,18 +130,21 @@ pub fn crash_recover(
         control.checkpoint_chunks,
         store,
     )?;
-    let mut result = replay_to_end(datadir, control, history, store)?;
+    let mut result = replay_to_end(datadir, control, history, store, repair)?;
     result.snapshot_keys = snapshot.keys;
     Ok(result)
 }
 
 /// Replay the WAL of `history` from the control file's redo point to the
-/// first invalid record, into a store that already holds the snapshot.
+/// first invalid record, into a store that already holds the snapshot. An
+/// invalid record with valid WAL after it is repaired from `repair` or
+/// refused ([`RecoveryError::Corrupt`]).
 pub fn replay_to_end(
-    datadir: &std::path::Path,
+    datadir: &Path,
     control: &ControlFile,
     history: TimelineHistory,
     store: &Store,
+    repair: &WalRepair<'_>,
 ) -> Result<RecoveryResult, RecoveryError> {
     let started = Instant::now();
     let cfg = ReaderConfig {
@@ -68,23 +153,50 @@ pub fn replay_to_end(
         seg_size: control.wal_segment_size,
         history,
     };
-    let mut reader = WalReader::new(cfg, control.redo_lsn);
-    reader.seek(control.redo_lsn, None);
+    let mut next = control.redo_lsn;
     let mut prev_record = Lsn::INVALID;
     let mut records = 0u64;
+    let mut repaired = Vec::new();
     tracing::info!(redo = %control.redo_lsn, "redo starts");
-    let stop = loop {
-        match reader.read_record() {
-            Ok(rec) => {
-                store.apply_record(&rec)?;
-                prev_record = rec.lsn;
-                records += 1;
+    let (end, stop) = loop {
+        let mut reader = WalReader::new(cfg.clone(), next);
+        reader.seek(next, prev_record.is_valid().then_some(prev_record));
+        let stop = loop {
+            match reader.read_record() {
+                Ok(rec) => {
+                    store.apply_record(&rec)?;
+                    prev_record = rec.lsn;
+                    records += 1;
+                }
+                Err(e) if e.kind.is_io() => return Err(RecoveryError::Read(e)),
+                Err(e) => break e,
             }
-            Err(e) if e.kind.is_io() => return Err(RecoveryError::Read(e)),
-            Err(e) => break e,
+        };
+        next = reader.next_lsn();
+        let after = wal::valid_wal_after(cfg.clone(), next).map_err(RecoveryError::Read)?;
+        let Some(after) = after else {
+            break (next, stop);
+        };
+        let file = next
+            .segno(cfg.seg_size)
+            .file_name(cfg.history.timeline_of(next), cfg.seg_size);
+        tracing::error!(at = %next, file, reason = %stop, valid_from = %after.from, valid_to = %after.to, "invalid record in the middle of the WAL: valid WAL follows it");
+        match fetch_good_copy(datadir, &file, repair)? {
+            Ok(r) => {
+                tracing::warn!(file = %r.file, at = %next, source = r.source, quarantined = %r.quarantined.display(), "repaired a damaged WAL segment; replay goes on");
+                repaired.push(RepairedSegment { at: next, ..r });
+            }
+            Err(tried) => {
+                return Err(RecoveryError::Corrupt(Box::new(CorruptWal {
+                    at: next,
+                    file,
+                    reason: stop.to_string(),
+                    after,
+                    tried,
+                })))
+            }
         }
     };
-    let end = reader.next_lsn();
     if !stop.kind.is_zeroes() {
         tracing::info!(at = %end, reason = %stop, "invalid record marks the end of WAL");
     }
@@ -101,5 +213,65 @@ pub fn replay_to_end(
         snapshot_keys: 0,
         stop: Some(stop.to_string()),
         elapsed_ms: started.elapsed().as_millis() as u64,
+        repaired,
     })
+}
+
+/// Fetch `file` again from the archive and install it in place of the
+/// damaged copy, which is kept in `quarantine/`. `Err(what was tried)`
+/// when there is no good copy; a failed rename or fsync is an error.
+fn fetch_good_copy(
+    datadir: &Path,
+    file: &str,
+    repair: &WalRepair<'_>,
+) -> Result<Result<RepairedSegment, String>, RecoveryError> {
+    let Some(restore) = &repair.restore else {
+        return Ok(Err("no restore_command is set".into()));
+    };
+    let restored = match restore.restore(file, None, None) {
+        RestoreOutcome::Restored(r) => r,
+        RestoreOutcome::NotInArchive { .. } => {
+            return Ok(Err(format!("restore_command does not have {file}")))
+        }
+        RestoreOutcome::Failed { reason, .. } => {
+            return Ok(Err(format!("restore_command failed for {file}: {reason}")))
+        }
+    };
+    let failed = |e: StorageError| RecoveryError::Repair {
+        file: file.to_string(),
+        message: e.to_string(),
+    };
+    let quarantined = quarantine_dir(datadir, "damaged-wal");
+    durable_create_dir(repair.storage, &quarantined).map_err(failed)?;
+    let wal_dir = datadir.join(crate::datadir::WAL_DIR);
+    let kept = quarantined.join(file);
+    durable_rename(repair.storage, &wal_dir.join(file), &kept).map_err(failed)?;
+    keep_restored_file(repair.storage, datadir, &restored, ArchiveMark::Done).map_err(|e| {
+        RecoveryError::Repair {
+            file: file.to_string(),
+            message: e.to_string(),
+        }
+    })?;
+    Ok(Ok(RepairedSegment {
+        file: file.to_string(),
+        at: Lsn::INVALID,
+        source: "archive",
+        quarantined: kept,
+    }))
+}
+
+/// A new directory under `quarantine/` for one event, named by the time
+/// (and `what`), so nothing kept earlier is ever overwritten.
+pub fn quarantine_dir(datadir: &Path, what: &str) -> PathBuf {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let base = datadir.join(QUARANTINE_DIR);
+    let mut dir = base.join(format!("{secs}-{what}"));
+    let mut n = 1;
+    while dir.exists() {
+        n += 1;
+        dir = base.join(format!("{secs}-{what}-{n}"));
+    }
+    dir
 }

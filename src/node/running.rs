@@ -149,6 +149,7 @@ impl RunningNode {
             exit_tx,
             backup_pins: crate::backup::pin::BackupPins::new(),
             instance_id: rand::random(),
+            wal_repairs: Default::default(),
         });
         let mut running = RunningNode {
             node: node.clone(),
@@ -334,7 +335,18 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
                 source,
             }
         })?;
-    let rec = recovery::replay_to_end(&node.dir.root, &control, history, &node.store)?;
+    let repair = recovery::WalRepair {
+        storage: &*node.storage,
+        restore: (!node.config.restore_command.is_empty()).then(|| {
+            crate::archive::RestoreCommand::from_config(
+                &node.dir.root,
+                &node.config,
+                control.wal_segment_size,
+            )
+        }),
+    };
+    let rec = recovery::replay_to_end(&node.dir.root, &control, history, &node.store, &repair)?;
+    node.note_wal_repairs(rec.repaired.clone());
     tracing::info!(records = rec.records_replayed, end = %rec.end, elapsed_ms = rec.elapsed_ms, "recovery complete");
     let mut wal_cfg = WalConfig::new(
         node.dir.wal(),

@@ -449,6 +449,90 @@ fn next_record_position(end: Lsn, h: &RecordHeader, seg_size: WalSegSize) -> Opt
     Some(next)
 }
 
+/// Valid WAL found past the point where reading stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalAfter {
+    /// The first record of the first later segment that reads back.
+    pub from: Lsn,
+    /// Where the valid WAL from `from` ends.
+    pub to: Lsn,
+    /// Valid records between the two.
+    pub records: u64,
+}
+
+/// Whether valid WAL of this system and history follows `stop` in a later
+/// segment: then `stop` is damage in the middle of the WAL, not its end.
+///
+/// A segment is written only after the one before it was completed and
+/// fsynced (by the WAL writer and the walreceiver alike), so a later
+/// segment that reads back proves every byte before it was once durable.
+/// Within the stop's own segment nothing is concluded: bytes past a torn
+/// tail may have reached the disk out of order before a crash, which is
+/// the normal end of WAL. Pre-allocated (zero) and recycled (wrong
+/// `pageaddr`) segments never count. An unreadable file is an error.
+pub fn valid_wal_after(cfg: ReaderConfig, stop: Lsn) -> Result<Option<WalAfter>, ReadError> {
+    let seg_size = cfg.seg_size;
+    let last = last_segment_on_disk(&cfg, stop)?;
+    let first = SegNo(stop.segno(seg_size).0 + 1);
+    let mut reader = WalReader::new(cfg, stop);
+    for segno in first.0..=last.0 {
+        let start = SegNo(segno).start_lsn(seg_size);
+        let header = match reader.map_segment(start, start) {
+            Ok((_, header)) => header,
+            Err(e) if e.kind.is_io() => return Err(e),
+            Err(_) => continue,
+        };
+        let Some(record) = data_end(start, u64::from(header.rem_len), seg_size)
+            .and_then(align_up)
+            .filter(|r| r.segno(seg_size).0 == segno)
+        else {
+            continue;
+        };
+        reader.seek(record, None);
+        let mut records = 0;
+        let to = loop {
+            match reader.read_record() {
+                Ok(_) => records += 1,
+                Err(e) if e.kind.is_io() => return Err(e),
+                Err(_) => break reader.next_lsn(),
+            }
+        };
+        if records > 0 {
+            return Ok(Some(WalAfter {
+                from: record,
+                to,
+                records,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// The highest segment number among the WAL files in the directory (at
+/// least `stop`'s own).
+fn last_segment_on_disk(cfg: &ReaderConfig, stop: Lsn) -> Result<SegNo, ReadError> {
+    let io = |message: String| ReadError {
+        record: stop,
+        at: stop,
+        kind: ReadErrorKind::Io {
+            file: cfg.dir.display().to_string(),
+            message,
+        },
+    };
+    let mut last = stop.segno(cfg.seg_size);
+    for entry in std::fs::read_dir(&cfg.dir).map_err(|e| io(e.to_string()))? {
+        let name = entry.map_err(|e| io(e.to_string()))?.file_name();
+        let segno = name
+            .to_str()
+            .and_then(|n| SegNo::parse_file_name(n, cfg.seg_size))
+            .map(|(_, segno)| segno);
+        if let Some(s) = segno.filter(|s| s.0 > last.0) {
+            last = s;
+        }
+    }
+    Ok(last)
+}
+
 /// The end of valid WAL, as crash recovery needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndOfWal {

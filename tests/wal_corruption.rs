@@ -1,0 +1,228 @@
+//! Damage in the middle of the WAL is not the end of the WAL: a primary
+//! with 5,000 acknowledged writes over several 1 MB segments is killed, 16
+//! bytes in the middle of an early segment are flipped, and it is started
+//! again. Without a good copy it refuses to start and writes nothing;
+//! `walrep resetwal` accepts the loss into quarantine/; with the segment in
+//! the archive it heals itself and serves every key.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::node::{init_datadir, walrep, TestNode};
+use support::wait_for;
+
+const KEYS: usize = 5_000;
+const SEG: u64 = 1 << 20;
+
+fn key(i: usize) -> String {
+    format!("key:{i:05}")
+}
+
+/// 5,000 acknowledged writes of ~600 bytes (about three segments), no
+/// checkpoint after the first; `before_crash` runs, then kill -9.
+fn write_and_crash(datadir: &Path, settings: &[&str], before_crash: impl FnOnce()) -> TestNode {
+    let mut all = vec!["checkpoint_timeout=1h", "max_wal_size=1GB"];
+    all.extend_from_slice(settings);
+    let mut node = TestNode::start(datadir, &all);
+    let mut c = node.client();
+    let value = vec![b'v'; 600];
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(100) {
+        let mut p = redis::pipe();
+        for &i in chunk {
+            p.cmd("SET").arg(key(i)).arg(&value).ignore();
+        }
+        let _: () = p.query(&mut c).unwrap();
+    }
+    before_crash();
+    node.kill9();
+    node
+}
+
+/// The first segment with WAL in it.
+fn first_written(datadir: &Path) -> PathBuf {
+    segments(datadir)
+        .into_iter()
+        .find(|p| fs::read(p).unwrap()[..4] == *b"WALR")
+        .unwrap()
+}
+
+/// The WAL segment files of the data directory, oldest first.
+fn segments(datadir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(datadir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.len() == 24
+                && n.bytes().all(|b| b.is_ascii_hexdigit())
+                && fs::metadata(p).unwrap().len() == SEG
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Flip 16 bytes in the middle of the first segment, which two or more
+/// written segments follow. Returns its path.
+fn damage_first_segment(datadir: &Path) -> PathBuf {
+    let segs = segments(datadir);
+    let written: Vec<&PathBuf> = segs
+        .iter()
+        .filter(|p| fs::read(p).unwrap()[..4] == *b"WALR")
+        .collect();
+    assert!(
+        written.len() >= 3,
+        "the writes should span three segments: {segs:?}"
+    );
+    let first = written[0].clone();
+    let mut bytes = fs::read(&first).unwrap();
+    for b in &mut bytes[(SEG / 2) as usize..(SEG / 2) as usize + 16] {
+        *b ^= 0xA5;
+    }
+    fs::write(&first, bytes).unwrap();
+    first
+}
+
+fn wal_snapshot(datadir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    segments(datadir)
+        .into_iter()
+        .map(|p| {
+            let b = fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
+fn start_args(datadir: &str) -> Vec<&str> {
+    vec!["start", datadir, "-c", "port=0", "-c", "replication_port=0"]
+}
+
+fn present_keys(node: &TestNode) -> BTreeSet<String> {
+    let mut c = node.client();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("key:*").query(&mut c).unwrap();
+    keys.into_iter().collect()
+}
+
+#[test]
+fn damage_without_a_copy_refuses_to_start_until_resetwal_accepts_the_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let datadir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
+    let node = write_and_crash(&datadir, &[], || {});
+    let damaged = damage_first_segment(&datadir);
+    let before = wal_snapshot(&datadir);
+
+    // It refuses, names the damage and the ways out, and writes nothing.
+    let dir = datadir.to_str().unwrap();
+    let (ok, _, stderr) = walrep(&start_args(dir));
+    assert!(!ok, "a node with damaged WAL must not start:\n{stderr}");
+    let log = format!("{stderr}{}", node.log_text());
+    let name = damaged.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(log.contains("WAL is damaged at"), "{log}");
+    assert!(log.contains(&name), "the damaged file is named:\n{log}");
+    assert!(
+        log.contains("walrep resetwal"),
+        "the way out is named:\n{log}"
+    );
+    assert!(
+        !log.contains("invalid record marks the end of WAL"),
+        "{log}"
+    );
+    assert_eq!(
+        wal_snapshot(&datadir),
+        before,
+        "the refused start wrote WAL"
+    );
+
+    // resetwal sets the WAL after the damage aside, with a report.
+    let (ok, stdout, stderr) = walrep(&["resetwal", dir]);
+    assert!(ok, "resetwal failed: {stderr}");
+    assert!(stdout.contains("set aside"), "{stdout}");
+    let quarantine: Vec<PathBuf> = fs::read_dir(datadir.join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(quarantine.len(), 1, "{quarantine:?}");
+    let report = fs::read_to_string(quarantine[0].join("report.txt")).unwrap();
+    assert!(
+        quarantine[0].join(&name).exists(),
+        "the damaged segment is kept"
+    );
+    let lost: BTreeSet<String> = report
+        .lines()
+        .filter_map(|l| l.strip_prefix("key: "))
+        .map(str::to_string)
+        .collect();
+    assert!(!lost.is_empty(), "{report}");
+
+    // It starts from the WAL before the damage and takes writes again.
+    let node = TestNode::start(&datadir, &[]);
+    let present = present_keys(&node);
+    assert!(present.len() < KEYS, "{} keys", present.len());
+    assert!(present.is_disjoint(&lost), "a key reported lost is present");
+    // Keys were written in order: what is present is a prefix.
+    for i in 0..present.len() {
+        assert!(
+            present.contains(&key(i)),
+            "{} missing from the prefix",
+            key(i)
+        );
+    }
+    let mut c = node.client();
+    let _: () = redis::cmd("SET")
+        .arg("after")
+        .arg("1")
+        .query(&mut c)
+        .unwrap();
+    let (ok, stdout, _) = walrep(&["resetwal", dir]);
+    assert!(!ok, "resetwal on a running node must refuse: {stdout}");
+}
+
+#[test]
+fn damage_with_the_segment_in_the_archive_heals_and_keeps_every_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    fs::create_dir(&archive).unwrap();
+    let datadir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
+    let archive_command = format!("archive_command=cp %p {}/%f", archive.display());
+    let restore_command = format!("restore_command=cp {}/%f %p", archive.display());
+    let settings = ["archive_mode=on", &archive_command, &restore_command];
+    let first = first_written(&datadir);
+    let name = first.file_name().unwrap().to_string_lossy().into_owned();
+    let mut node = write_and_crash(&datadir, &settings, || {
+        wait_for(
+            "the first segment archived",
+            Duration::from_secs(30),
+            || archive.join(&name).exists().then_some(()),
+        );
+    });
+    let damaged = damage_first_segment(&datadir);
+    assert_eq!(damaged, first);
+
+    node.restart();
+    let present = present_keys(&node);
+    assert_eq!(present.len(), KEYS, "every acknowledged key is served");
+    assert_eq!(
+        node.info_field("persistence", "wal_repaired_segments")
+            .as_deref(),
+        Some("1")
+    );
+    let last = node.info_field("persistence", "wal_last_repair").unwrap();
+    assert!(
+        last.starts_with(&name) && last.ends_with("from archive"),
+        "{last}"
+    );
+    assert!(
+        node.log_text().contains("repaired a damaged WAL segment"),
+        "{}",
+        node.log_text()
+    );
+    let kept: Vec<PathBuf> = fs::read_dir(datadir.join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join(&name))
+        .collect();
+    assert!(kept.iter().any(|p| p.exists()), "the damaged copy is kept");
+}
