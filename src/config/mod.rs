@@ -4,7 +4,8 @@
 //! The file is read with serde and unknown keys are rejected with the key's
 //! name; `-c name=value` overrides any parameter, as with `postgres -c`.
 //! [`PARAMETERS`] is the single list the generated `walrep.toml` template and
-//! `docs/configuration.md` are checked against.
+//! `docs/configuration.md` are checked against. [`conninfo`] parses libpq
+//! connection strings (`primary_conninfo`) with libpq's rules.
 
 // Being documented item by item; remove once `missing_docs` is clean here.
 #![allow(missing_docs)]

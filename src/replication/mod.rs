@@ -6,7 +6,9 @@
 //!
 //! - [`pgwire`]: protocol v3 messages as typed enums, incremental framing.
 //! - [`sqlstate`]: the errors we send, with PostgreSQL's SQLSTATEs.
-//! - [`scram`]: SCRAM-SHA-256 (server and client), PostgreSQL's flavour.
+//! - SCRAM-SHA-256 (server and client, PostgreSQL's flavour) is
+//!   [`crate::security::scram`]; connection strings are
+//!   [`crate::config::conninfo`].
 //! - [`command`]: the replication command grammar, parsed into an enum.
 //! - [`source`]: [`source::ReplicationSource`], what a node must provide to
 //!   serve WAL; `fake` (feature `test-util`) is an in-memory one for tests.

@@ -5,6 +5,8 @@
 //! stream a reader thread and a writer can share).
 //!
 //! # Layout
+//! - [`scram`]: SCRAM-SHA-256 as PostgreSQL speaks it (server and client),
+//!   for the replication port's authentication.
 //! - [`verifier`]: `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`: make one,
 //!   parse one, check a clear password against one (Redis's AUTH).
 //! - [`secret_file`]: write a file only its owner can read.
