@@ -80,6 +80,7 @@ fn run(s: &mut Session, cmd: Command<'_>) -> Result<Flow, CommandError> {
         C::ConfigHelp => admin::config_help(s),
         C::CountCommands => reply::integer(&mut s.out, super::NAMES.len() as i64),
         C::DescribeCommands => reply::array_header(&mut s.out, 0),
+        C::DebugDigest => super::debug::digest(s),
         C::Get(key) => strings::get(s, key),
         C::MGet(keys) => strings::mget(s, keys)?,
         C::Set(set) => strings::set(s, set)?,

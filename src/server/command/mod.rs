@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod auth;
 pub mod connection;
+pub mod debug;
 pub mod error;
 pub mod exec;
 pub mod glob;
@@ -68,6 +69,8 @@ pub enum Command<'a> {
     /// Any other form of `COMMAND` (redis-cli asks for `COMMAND DOCS` at
     /// start-up): answered with an empty list, so clients go without hints.
     DescribeCommands,
+    /// `DEBUG DIGEST`: a digest of the visible data set.
+    DebugDigest,
     // Strings.
     Get(&'a [u8]),
     /// `MGET key...`: the keys.
@@ -111,7 +114,7 @@ pub enum Command<'a> {
 pub const NAMES: &[&str] = &[
     "ping", "echo", "quit", "select", "hello", "client", "info", "config", "wait", "command",
     "get", "mget", "set", "setnx", "mset", "incr", "decr", "incrby", "decrby", "append", "strlen",
-    "exists", "del", "unlink", "dbsize", "type", "keys", "scan", "auth", "acl",
+    "exists", "del", "unlink", "dbsize", "type", "keys", "scan", "auth", "acl", "debug",
 ];
 
 impl<'a> Command<'a> {
@@ -167,6 +170,7 @@ impl<'a> Command<'a> {
             "command" => admin::parse_command(args)?,
             "auth" => auth::parse_auth(args)?,
             "acl" => auth::parse_acl(a("acl", -2)?)?,
+            "debug" => debug::parse_debug(a("debug", -2)?)?,
             _ => return Err(parse::unknown_command(args)),
         })
     }
@@ -189,7 +193,15 @@ impl<'a> Command<'a> {
         use Command::*;
         matches!(
             self,
-            Get(_) | MGet(_) | Exists(_) | DbSize | Strlen(_) | Type(_) | Keys(_) | Scan(_)
+            Get(_)
+                | MGet(_)
+                | Exists(_)
+                | DbSize
+                | Strlen(_)
+                | Type(_)
+                | Keys(_)
+                | Scan(_)
+                | DebugDigest
         )
     }
 
