@@ -17,7 +17,10 @@
 //! - `wal`: the WAL writer alone (no node, no network), beside the raw
 //!   fdatasync rate;
 //! - `tls`: what TLS costs (commits/s at each `--clients`, WAL MB/s to
-//!   pg_receivewal), beside what it costs PostgreSQL 15 with `--anchors`.
+//!   pg_receivewal), beside what it costs PostgreSQL 15 with `--anchors`;
+//! - `failover`: a soak, not a speed: `--rounds` times SIGKILL of a
+//!   synchronous primary under load, promotion, the history checker on the
+//!   promoted node, the old primary rebuilt as its standby.
 //!
 //! # Layout
 //! - [`fsync`]: the fdatasync probe (pg_test_fsync's 8 kB write + fdatasync)
@@ -32,6 +35,7 @@
 //! - [`scenario`], [`bulk`], [`lag`], [`promote`], [`sync`]: the scenarios.
 //! - [`figures`]: their figures, ratios, targets and probe tables.
 //! - [`wal_micro`]: the `wal` scenario.
+//! - [`failover`]: the `failover` soak.
 //!
 //! Noise: the machine is shared, so the fdatasync rate is probed right
 //! before and after every run and each run's ratio uses the mean of its
@@ -40,6 +44,7 @@
 pub mod anchors;
 pub mod bulk;
 pub mod cluster;
+pub mod failover;
 pub mod figures;
 pub mod fsync;
 pub mod lag;
@@ -146,6 +151,9 @@ pub enum Scenario {
     Wal,
     /// TLS cost on both ports, beside PostgreSQL's.
     Tls,
+    /// A soak: SIGKILL the primary under load, promote, check every
+    /// acknowledged write, bring the old primary back; `--rounds` times.
+    Failover,
 }
 
 impl Scenario {
@@ -161,6 +169,7 @@ impl Scenario {
             Scenario::Replication => "replication",
             Scenario::Wal => "wal",
             Scenario::Tls => "tls",
+            Scenario::Failover => "failover",
         }
     }
 
@@ -260,6 +269,16 @@ pub struct BenchArgs {
     /// Promote scenario: promotions per method (04_promote.sh's REPS).
     #[arg(long, default_value_t = 5)]
     pub promote_reps: u32,
+    /// Failover scenario: rounds of SIGKILL, promote and rebuild.
+    #[arg(long, default_value_t = 10)]
+    pub rounds: u32,
+    /// Failover scenario: clients writing during each round.
+    #[arg(long, default_value_t = 16)]
+    pub failover_clients: u32,
+    /// Failover scenario: the seed of the fault moments (printed by every
+    /// run, to replay one).
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 /// Upper bounds of the options, so a run stays bounded in time.
@@ -268,6 +287,8 @@ const MAX_REPS: u32 = 20;
 const MAX_CLIENTS: u32 = 1000;
 /// Most WAL a bulk scenario generates (it is stored three times).
 const MAX_WAL_MB: u64 = 8192;
+/// Most failover rounds in one run (each takes a few seconds).
+const MAX_ROUNDS: u32 = 100_000;
 
 impl BenchArgs {
     fn check(&self) -> Result<(), BenchError> {
@@ -302,6 +323,12 @@ impl BenchArgs {
         if self.promote_reps == 0 || self.promote_reps > MAX_REPS {
             return bad(format!("--promote-reps must be 1..={MAX_REPS}"));
         }
+        if self.rounds == 0 || self.rounds > MAX_ROUNDS {
+            return bad(format!("--rounds must be 1..={MAX_ROUNDS}"));
+        }
+        if self.failover_clients == 0 || self.failover_clients > MAX_CLIENTS {
+            return bad(format!("--failover-clients must be 1..={MAX_CLIENTS}"));
+        }
         if self.scenarios.is_empty() {
             return bad("--scenario needs at least one scenario".into());
         }
@@ -332,6 +359,8 @@ pub struct RunReport {
     pub replication: Option<scenario::ScenarioReport>,
     /// The `tls` scenario.
     pub tls: Option<tls::TlsReport>,
+    /// The `failover` soak.
+    pub failover: Option<failover::FailoverReport>,
 }
 
 /// Run the chosen scenarios and print their reports.
@@ -351,9 +380,19 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     } else {
         None
     };
+    let failover = if scenarios.contains(&Scenario::Failover) {
+        Some(failover::run(args)?)
+    } else {
+        None
+    };
     let others: Vec<Scenario> = scenarios
         .into_iter()
-        .filter(|s| !matches!(s, Scenario::Commit | Scenario::Wal | Scenario::Tls))
+        .filter(|s| {
+            !matches!(
+                s,
+                Scenario::Commit | Scenario::Wal | Scenario::Tls | Scenario::Failover
+            )
+        })
         .collect();
     let replication = if others.is_empty() {
         None
@@ -364,6 +403,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
         commit,
         replication,
         tls,
+        failover,
     })
 }
 
