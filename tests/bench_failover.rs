@@ -1,7 +1,9 @@
 //! The failover soak as CI runs it: a few rounds of `walrep bench
 //! --scenario failover` (SIGKILL of a synchronous primary under load,
 //! promotion, the history checker, the old primary rebuilt as a standby),
-//! through the real binary. Users run more rounds with `--rounds`.
+//! through the real binary; as root, every other round partitions the
+//! primary from its standby instead of killing it. Users run more rounds
+//! with `--rounds`.
 
 mod support;
 
@@ -38,4 +40,8 @@ fn a_few_failover_rounds_lose_no_acknowledged_write() {
     assert_eq!(figure(&out, "lost acknowledged writes:"), 0, "{out}");
     assert_eq!(figure(&out, "violations:"), 0, "{out}");
     assert_eq!(figure(&out, "rejoins:"), 3, "{out}");
+    // As root with ip and nft (CI), round 1 is a partition.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(out.contains("round 1: partition"), "{out}");
+    }
 }

@@ -2,7 +2,11 @@
 //! on loopback, a primary whose commits wait for its synchronous standby
 //! (`synchronous_commit = on`, `FIRST 1`); per round, clients write unique
 //! values and record every operation; at a seeded random moment the
-//! primary is killed with SIGKILL, the standby is promoted, the history is
+//! primary is killed with SIGKILL or, every other round where the soak can
+//! (root, `ip` and `nft`: it moves itself into a private network namespace
+//! at start, so its rules touch nothing else), cut off from its standby
+//! with nftables, the standby promoted while the old primary still runs
+//! and then fenced (SIGKILL, as an HA tool fences); the history is
 //! checked against the promoted node (walrep's history checker: every write
 //! acknowledged at `on` must be there with its final value), and the old
 //! primary comes back as the new primary's standby, rebuilt with `walrep
@@ -50,7 +54,11 @@ pub struct FailoverReport {
     pub indeterminate: usize,
     /// Of those, how many were on the promoted node.
     pub indeterminate_present: usize,
+    /// Rounds whose fault was SIGKILL of the primary.
     pub kills: u32,
+    /// Rounds whose fault was a partition between primary and standby
+    /// (0 where partitions are unavailable).
+    pub partitions: u32,
     /// Old primaries brought back as standbys.
     pub rejoins: u32,
     /// Of those, rebuilt from a fresh base backup.
@@ -80,7 +88,13 @@ pub fn run(args: &BenchArgs) -> Result<FailoverReport, BenchError> {
         args.failover_clients,
         run_dir.path().display()
     );
+    let net = PrivateNet::enter();
+    match &net {
+        Ok(_) => println!("partitions: on every other round (a private network namespace)"),
+        Err(why) => println!("partitions: unavailable ({why}); SIGKILL only"),
+    }
     let mut soak = Soak::new(&exe, run_dir.path(), args.failover_clients, seed)?;
+    soak.net = net.ok();
     for round in 0..args.rounds {
         soak.round(round)
             .map_err(|e| BenchError::Server(format!("round {round} (seed {seed}): {e}")))?;
@@ -131,6 +145,8 @@ struct Soak<'a> {
     nodes: [Option<Node>; 2],
     primary: usize,
     report: FailoverReport,
+    /// Where partitions can be made.
+    net: Option<PrivateNet>,
 }
 
 /// Every node's settings: commits wait for the other node, whichever is
@@ -163,6 +179,7 @@ impl<'a> Soak<'a> {
                 clients,
                 ..FailoverReport::default()
             },
+            net: None,
         };
         soak.rebuild_standby(1)?;
         Ok(soak)
@@ -207,23 +224,76 @@ impl<'a> Soak<'a> {
         let old = self.primary;
         let new = 1 - old;
         let after_ms = FAULT_AFTER_MS + splitmix64(&mut self.rng) % FAULT_SPREAD_MS;
+        let partition = self.net.is_some() && round % 2 == 1;
         let load = Load::start(self.node(old)?.port, self.clients, round);
         // The fault schedule: a seeded moment, not a condition.
         std::thread::sleep(Duration::from_millis(after_ms));
+        let history = if partition {
+            self.partition_and_promote(old, new, load)?
+        } else {
+            self.kill_and_promote(old, new, load)?
+        };
+        self.primary = new;
+        let report = history.check(&final_state(self.node(new)?.port, &history)?);
+        self.account(round, after_ms, partition, &report);
+        self.rebuild_standby(old)?;
+        self.report.rejoins += 1;
+        self.report.rebuilt_with_basebackup += 1;
+        self.report.rounds += 1;
+        Ok(())
+    }
+
+    fn kill_and_promote(
+        &mut self,
+        old: usize,
+        new: usize,
+        load: Load,
+    ) -> Result<History, BenchError> {
         if let Some(mut n) = self.nodes[old].take() {
             n.child.kill();
         }
         self.report.kills += 1;
         let history = load.finish();
         self.promote(new)?;
-        self.primary = new;
-        let report = history.check(&final_state(self.node(new)?.port, &history)?);
-        self.account(round, after_ms, &report);
-        self.rebuild_standby(old)?;
-        self.report.rejoins += 1;
-        self.report.rebuilt_with_basebackup += 1;
-        self.report.rounds += 1;
-        Ok(())
+        Ok(history)
+    }
+
+    /// Cut the primary's replication port off (both ways), wait until its
+    /// commits wait, promote the standby while the old primary still runs,
+    /// then fence the old primary and heal.
+    fn partition_and_promote(
+        &mut self,
+        old: usize,
+        new: usize,
+        load: Load,
+    ) -> Result<History, BenchError> {
+        let net = self
+            .net
+            .as_ref()
+            .ok_or_else(|| BenchError::Server("no network namespace".into()))?;
+        let (repl_port, port) = (self.node(old)?.repl_port, self.node(old)?.port);
+        net.cut_port(repl_port)?;
+        let mut c = cluster::Resp::connect(port)?;
+        cluster::wait_for(
+            "the partitioned primary's commits to wait",
+            STATE_LIMIT,
+            Duration::from_millis(10),
+            || {
+                let waiters = c
+                    .info("replication")?
+                    .get("sync_waiters")
+                    .and_then(|w| w.parse::<u64>().ok());
+                Ok(waiters.filter(|w| *w > 0))
+            },
+        )?;
+        self.promote(new)?;
+        let history = load.finish();
+        if let Some(mut n) = self.nodes[old].take() {
+            n.child.kill();
+        }
+        net.heal()?;
+        self.report.partitions += 1;
+        Ok(history)
     }
 
     fn promote(&self, i: usize) -> Result<(), BenchError> {
@@ -254,7 +324,7 @@ impl<'a> Soak<'a> {
         )
     }
 
-    fn account(&mut self, round: u32, after_ms: u64, r: &Report) {
+    fn account(&mut self, round: u32, after_ms: u64, partition: bool, r: &Report) {
         let t = &mut self.report;
         t.acknowledged += r.acknowledged;
         t.lost += r.lost.len();
@@ -264,7 +334,8 @@ impl<'a> Soak<'a> {
             t.violations.push(format!("round {round}: {v}"));
         }
         println!(
-            "  round {round}: SIGKILL after {after_ms} ms, {} acknowledged, {} lost, {} indeterminate ({} present){}",
+            "  round {round}: {} after {after_ms} ms, {} acknowledged, {} lost, {} indeterminate ({} present){}",
+            if partition { "partition" } else { "SIGKILL" },
             r.acknowledged,
             r.lost.len(),
             r.indeterminate,
@@ -276,7 +347,7 @@ impl<'a> Soak<'a> {
 
 fn print_report(r: &FailoverReport) {
     println!(
-        "\nfailover soak: {} rounds ({} SIGKILLs), seed {}\n\
+        "\nfailover soak: {} rounds ({} SIGKILLs, {} partitions), seed {}\n\
          acknowledged writes (on): {}\n\
          lost acknowledged writes: {}\n\
          indeterminate writes:     {} ({} of them on the promoted node)\n\
@@ -286,6 +357,7 @@ fn print_report(r: &FailoverReport) {
          elapsed {:.0} s",
         r.rounds,
         r.kills,
+        r.partitions,
         r.seed,
         r.acknowledged,
         r.lost,
@@ -462,5 +534,93 @@ fn set(w: &mut TcpStream, r: &mut BufReader<TcpStream>, key: &str, value: &str) 
         // Another error (a failed WAL flush, shutting down): the write may
         // be in the WAL already.
         Ok(_) => Outcome::Unknown(line.trim().into()),
+    }
+}
+
+/// The soak's own network namespace: entered once at start (the soak's
+/// threads and nodes inherit it), so its nftables rules touch nothing
+/// outside; it goes when the process exits.
+struct PrivateNet;
+
+const NFT_TABLE: &str = "walrep_bench_faults";
+
+impl PrivateNet {
+    /// Move this thread into a new network namespace with loopback up and
+    /// an empty rule table, or say why partitions are unavailable.
+    fn enter() -> Result<PrivateNet, String> {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        for tool in ["ip", "nft"] {
+            if !tool_in_path(tool) {
+                return Err(format!("{tool} not found (Debian: iproute2, nftables)"));
+            }
+        }
+        // SAFETY: unshare(2) of the network namespace affects only this
+        // thread (and what it starts from now on).
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+        }
+        let net = PrivateNet;
+        let setup = || -> Result<(), BenchError> {
+            run_tool("ip", &["link", "set", "lo", "up"])?;
+            run_tool("nft", &["add", "table", "inet", NFT_TABLE])?;
+            run_tool(
+                "nft",
+                &[
+                    "add",
+                    "chain",
+                    "inet",
+                    NFT_TABLE,
+                    "input",
+                    "{ type filter hook input priority 0; policy accept; }",
+                ],
+            )
+        };
+        setup().map_err(|e| e.to_string())?;
+        Ok(net)
+    }
+
+    /// Drop every packet to or from `port` (a replication port: the
+    /// walsender's connections, both ways).
+    fn cut_port(&self, port: u16) -> Result<(), BenchError> {
+        let p = port.to_string();
+        for dir in ["dport", "sport"] {
+            run_tool(
+                "nft",
+                &[
+                    "add", "rule", "inet", NFT_TABLE, "input", "tcp", dir, &p, "drop",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn heal(&self) -> Result<(), BenchError> {
+        run_tool("nft", &["flush", "chain", "inet", NFT_TABLE, "input"])
+    }
+}
+
+fn tool_in_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+fn run_tool(tool: &str, args: &[&str]) -> Result<(), BenchError> {
+    let out = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BenchError::io(format!("run {tool}"), e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BenchError::Server(format!(
+            "{tool} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
