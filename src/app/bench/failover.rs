@@ -147,6 +147,8 @@ struct Soak<'a> {
     report: FailoverReport,
     /// Where partitions can be made.
     net: Option<PrivateNet>,
+    /// Which node accepted writes on each timeline, over all rounds.
+    histories: std::collections::BTreeMap<u32, String>,
 }
 
 /// Every node's settings: commits wait for the other node, whichever is
@@ -180,6 +182,7 @@ impl<'a> Soak<'a> {
                 ..FailoverReport::default()
             },
             net: None,
+            histories: Default::default(),
         };
         soak.rebuild_standby(1)?;
         Ok(soak)
@@ -225,7 +228,13 @@ impl<'a> Soak<'a> {
         let new = 1 - old;
         let after_ms = FAULT_AFTER_MS + splitmix64(&mut self.rng) % FAULT_SPREAD_MS;
         let partition = self.net.is_some() && round % 2 == 1;
-        let load = Load::start(self.node(old)?.port, self.clients, round);
+        let port = self.node(old)?.port;
+        let timeline = cluster::Resp::connect(port)?
+            .info("persistence")?
+            .get("timeline")
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| BenchError::Server("INFO persistence has no timeline".into()))?;
+        let load = Load::start(port, (format!("n{old}"), timeline), self.clients, round);
         // The fault schedule: a seeded moment, not a condition.
         std::thread::sleep(Duration::from_millis(after_ms));
         let history = if partition {
@@ -333,6 +342,15 @@ impl<'a> Soak<'a> {
         for v in r.lost.iter().chain(&r.violations) {
             t.violations.push(format!("round {round}: {v}"));
         }
+        // Across rounds too: one node per timeline.
+        for (tli, node) in &r.histories {
+            match self.histories.insert(*tli, node.clone()) {
+                Some(other) if other != *node => t.violations.push(format!(
+                    "round {round}: timeline {tli} accepted writes on {other} and on {node}"
+                )),
+                _ => {}
+            }
+        }
         println!(
             "  round {round}: {} after {after_ms} ms, {} acknowledged, {} lost, {} indeterminate ({} present){}",
             if partition { "partition" } else { "SIGKILL" },
@@ -400,7 +418,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(port: u16, clients: u32, round: u32) -> Load {
+    fn start(port: u16, node: (String, u32), clients: u32, round: u32) -> Load {
         let load = Load {
             stop: Arc::new(AtomicBool::new(false)),
             history: Arc::new(Mutex::new(History::new())),
@@ -412,9 +430,11 @@ impl Load {
             .map(|c| {
                 let (stop, history, conns) =
                     (load.stop.clone(), load.history.clone(), load.conns.clone());
+                let node = node.clone();
                 std::thread::spawn(move || {
                     let w = Writer {
                         port,
+                        node,
                         client: c,
                         round,
                         started,
@@ -450,6 +470,8 @@ impl Load {
 /// (the dead primary is not reconnected to).
 struct Writer {
     port: u16,
+    /// The node's name and its timeline when the round began.
+    node: (String, u32),
     client: usize,
     round: u32,
     started: Instant,
@@ -494,8 +516,8 @@ impl Writer {
             .unwrap_or_else(|e| e.into_inner())
             .invoke(HistoryWrite {
                 client: self.client,
-                node: "primary".into(),
-                timeline: 0,
+                node: self.node.0.clone(),
+                timeline: self.node.1,
                 key: key.into(),
                 seq,
                 value: value.into(),
