@@ -7,7 +7,8 @@
 //! never written, `remote_apply` reads see their writes, no two nodes
 //! accept writes on one timeline, and once healed every node's DEBUG
 //! DIGEST is the same. Runs as root; without root the tests fail saying
-//! so. `NET_SEED=n` replays the random partitions of the last test.
+//! so. `NET_SEED=n` replays the random partitions of the last test,
+//! `NET_ROUNDS=n` runs more of them (default 8).
 
 mod support;
 
@@ -166,6 +167,23 @@ fn holds_for(what: &str, window: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Every client waits on node 0 and, for a while, nothing is
+/// acknowledged: the fault stopped synchronous commits.
+fn assert_commits_stall(c: &Cluster, load: &Workload, fault: &str) {
+    let clients = 8;
+    wait_for(
+        &format!("every client to wait ({fault})"),
+        FAULT_DEADLINE,
+        || (load.pending() == clients && c.sync_waiters(0) >= 1).then_some(()),
+    );
+    let acked = load.acknowledged();
+    holds_for(
+        &format!("no write acknowledged ({fault})"),
+        Duration::from_millis(500),
+        || load.acknowledged() == acked,
+    );
+}
+
 fn sync_primary(names: &str) -> Vec<String> {
     vec![
         format!("synchronous_standby_names={names}"),
@@ -181,15 +199,7 @@ fn partitioned_from_its_sync_standby_a_primary_waits_then_completes_on_heal() {
     let load = Workload::start(&c.net, c.target(0), spec(8, "on"));
     load.wait_acknowledged(200, FAULT_DEADLINE);
     c.net.partition(0, 1);
-    wait_for("every client to wait for n1", FAULT_DEADLINE, || {
-        (load.pending() == 8 && c.sync_waiters(0) >= 1).then_some(())
-    });
-    let acked = load.acknowledged();
-    holds_for(
-        "no write acknowledged while partitioned",
-        Duration::from_secs(1),
-        || load.acknowledged() == acked,
-    );
+    assert_commits_stall(&c, &load, "partitioned from n1");
     c.net.heal();
     load.wait_acknowledged(200, FAULT_DEADLINE);
     let history = load.finish();
@@ -261,21 +271,13 @@ fn one_way_partitions_make_commits_wait_and_promotion_keeps_every_acknowledged_w
     load.wait_acknowledged(200, FAULT_DEADLINE);
     // WAL no longer reaches n1; n1's replies still reach the primary.
     c.net.cut_one_way(Peer::Node(0), 1);
-    wait_for(
-        "commits to wait (primary to n1 cut)",
-        FAULT_DEADLINE,
-        || (c.sync_waiters(0) >= 1).then_some(()),
-    );
+    assert_commits_stall(&c, &load, "primary to n1 cut");
     c.net.heal();
     load.wait_acknowledged(200, FAULT_DEADLINE);
     // n1 receives WAL but its replies are lost: commits wait again, with
     // their WAL on n1; then n1 is promoted.
     c.net.cut_one_way(Peer::Node(1), 0);
-    wait_for(
-        "commits to wait (n1 to primary cut)",
-        FAULT_DEADLINE,
-        || (load.pending() == 8).then_some(()),
-    );
+    assert_commits_stall(&c, &load, "n1 to primary cut");
     c.promote(1);
     load.retarget(c.target(1));
     load.wait_acknowledged(200, FAULT_DEADLINE);
@@ -349,7 +351,11 @@ fn random_partitions_then_heal_and_every_node_converges() {
     let load = Workload::start(&c.net, c.target(0), spec(8, "on"));
     load.wait_acknowledged(100, FAULT_DEADLINE);
     let mut rng = seed;
-    for round in 0..4 {
+    let rounds: u32 = std::env::var("NET_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    for round in 0..rounds {
         rng = splitmix64(rng);
         let fault = (rng >> 33) % 5;
         match fault {
@@ -368,12 +374,11 @@ fn random_partitions_then_heal_and_every_node_converges() {
         }
         // One standby still reachable both ways keeps commits going; with
         // none, they wait.
-        let before = load.acknowledged();
-        wait_for(
-            &format!("round {round} (fault {fault}) to bite"),
-            FAULT_DEADLINE,
-            || (load.acknowledged() >= before + 100 || c.sync_waiters(0) >= 1).then_some(()),
-        );
+        if fault == 4 {
+            assert_commits_stall(&c, &load, &format!("round {round}: both standbys cut"));
+        } else {
+            load.wait_acknowledged(100, FAULT_DEADLINE);
+        }
         c.net.heal();
         load.wait_acknowledged(50, FAULT_DEADLINE);
         eprintln!(

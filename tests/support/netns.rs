@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use super::node::walrep_bin;
 use super::process::{ChildGuard, PROCESS_DEADLINE};
@@ -451,6 +450,3 @@ impl NetNode {
         self.launch(net);
     }
 }
-
-/// A bound on waiting for namespaces' processes to see a change.
-pub const NET_DEADLINE: Duration = Duration::from_secs(60);
