@@ -176,14 +176,15 @@ fn client(c: usize, shared: &Shared, spec: &Spec) {
     let (mut generation, mut seq) = (0u64, 0u64);
     let mut conn: Option<Conn> = None;
     let mut reader: Option<Resp> = None;
-    let mut reconnects = 0u64;
+    // Failed connects and refused writes in a row: counted, each backing
+    // off a little more (the target may be restarting or not promoted yet).
+    let mut retries = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         let Some(cn) = conn.as_mut() else {
             conn = connect(shared, spec);
             if conn.is_none() {
-                // Counted, backing off: the target may be restarting.
-                reconnects += 1;
-                std::thread::sleep(Duration::from_millis(20 * reconnects.min(10)));
+                retries += 1;
+                std::thread::sleep(Duration::from_millis(20 * retries.min(10)));
             }
             continue;
         };
@@ -219,8 +220,11 @@ fn client(c: usize, shared: &Shared, spec: &Spec) {
             if let Some(t) = &spec.read_back_on {
                 read_back(shared, t, &mut reader, id, &key);
             }
+            retries = 0;
         } else {
             conn = None;
+            retries += 1;
+            std::thread::sleep(Duration::from_millis(20 * retries.min(10)));
         }
         if definite {
             seq += 1;
