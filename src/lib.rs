@@ -34,6 +34,8 @@
 //!   waiting for it (a value plus coalesced tokens on a channel).
 //! - [`viz`]: diagrams of the state machines, explored from the code, and
 //!   renderings of transition traces.
+//! - [`history`] (feature `history`): the failure suite's operation
+//!   histories and the checker that reads them after a fault run.
 //! - [`states`]: the `walrep-states` crate.
 //!
 //! Internal modules: `datadir` (layout and lock file), `server` (the Redis
@@ -48,6 +50,8 @@ pub(crate) mod datadir;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "history")]
+pub mod history;
 pub mod node;
 pub mod replication;
 pub mod security;

@@ -14,6 +14,10 @@
 //!   dumped, to compare nodes;
 //! - [`proxy`]: a fault proxy between a walreceiver and a walsender;
 //! - [`tls`]: a test CA and server certificate made inside the test;
+//! - [`netns`]: network namespaces with veth pairs and nftables faults,
+//!   nodes inside them; [`delay`]: a delaying relay (no `tc netem` here);
+//! - [`resp`]: a minimal RESP client that tells refusals from no answer;
+//! - [`workload`]: clients recording a history for walrep's checker;
 //!
 //! and here, waiting for a condition, listing a directory and a free port.
 
@@ -21,14 +25,18 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod delay;
 pub mod fake;
 pub mod keyspace;
+pub mod netns;
 pub mod node;
 pub mod process;
 pub mod proxy;
+pub mod resp;
 pub mod tls;
 pub mod tools;
 pub mod wal;
+pub mod workload;
 
 use std::net::TcpListener;
 use std::path::Path;

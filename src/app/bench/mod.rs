@@ -21,6 +21,9 @@
 //! - `redis`: redis-benchmark's own test set (strings, lists, sets,
 //!   hashes) against walrep `local` and Redis 7 `appendfsync always` in
 //!   the same run.
+//! - `failover`: a soak, not a speed: `--rounds` times SIGKILL of a
+//!   synchronous primary under load, promotion, the history checker on the
+//!   promoted node, the old primary rebuilt as its standby.
 //!
 //! # Layout
 //! - [`fsync`]: the fdatasync probe (pg_test_fsync's 8 kB write + fdatasync)
@@ -35,6 +38,7 @@
 //! - [`scenario`], [`bulk`], [`lag`], [`promote`], [`sync`]: the scenarios.
 //! - [`figures`]: their figures, ratios, targets and probe tables.
 //! - [`wal_micro`]: the `wal` scenario; [`suite`]: the `redis` scenario.
+//! - [`failover`]: the `failover` soak.
 //!
 //! Noise: the machine is shared, so the fdatasync rate is probed right
 //! before and after every run and each run's ratio uses the mean of its
@@ -43,6 +47,7 @@
 pub mod anchors;
 pub mod bulk;
 pub mod cluster;
+pub mod failover;
 pub mod figures;
 pub mod fsync;
 pub mod lag;
@@ -152,6 +157,9 @@ pub enum Scenario {
     Tls,
     /// redis-benchmark's test set against walrep and Redis 7.
     Redis,
+    /// A soak: SIGKILL the primary under load, promote, check every
+    /// acknowledged write, bring the old primary back; `--rounds` times.
+    Failover,
 }
 
 impl Scenario {
@@ -168,6 +176,7 @@ impl Scenario {
             Scenario::Wal => "wal",
             Scenario::Tls => "tls",
             Scenario::Redis => "redis",
+            Scenario::Failover => "failover",
         }
     }
 
@@ -268,6 +277,16 @@ pub struct BenchArgs {
     /// Promote scenario: promotions per method (04_promote.sh's REPS).
     #[arg(long, default_value_t = 5)]
     pub promote_reps: u32,
+    /// Failover scenario: rounds of SIGKILL, promote and rebuild.
+    #[arg(long, default_value_t = 10)]
+    pub rounds: u32,
+    /// Failover scenario: clients writing during each round.
+    #[arg(long, default_value_t = 16)]
+    pub failover_clients: u32,
+    /// Failover scenario: the seed of the fault moments (printed by every
+    /// run, to replay one).
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 /// Upper bounds of the options, so a run stays bounded in time.
@@ -276,6 +295,8 @@ const MAX_REPS: u32 = 20;
 const MAX_CLIENTS: u32 = 1000;
 /// Most WAL a bulk scenario generates (it is stored three times).
 const MAX_WAL_MB: u64 = 8192;
+/// Most failover rounds in one run (each takes a few seconds).
+const MAX_ROUNDS: u32 = 100_000;
 
 impl BenchArgs {
     fn check(&self) -> Result<(), BenchError> {
@@ -310,6 +331,12 @@ impl BenchArgs {
         if self.promote_reps == 0 || self.promote_reps > MAX_REPS {
             return bad(format!("--promote-reps must be 1..={MAX_REPS}"));
         }
+        if self.rounds == 0 || self.rounds > MAX_ROUNDS {
+            return bad(format!("--rounds must be 1..={MAX_ROUNDS}"));
+        }
+        if self.failover_clients == 0 || self.failover_clients > MAX_CLIENTS {
+            return bad(format!("--failover-clients must be 1..={MAX_CLIENTS}"));
+        }
         if self.scenarios.is_empty() {
             return bad("--scenario needs at least one scenario".into());
         }
@@ -342,6 +369,8 @@ pub struct RunReport {
     pub tls: Option<tls::TlsReport>,
     /// The `redis` scenario.
     pub redis: Option<suite::SuiteReport>,
+    /// The `failover` soak.
+    pub failover: Option<failover::FailoverReport>,
 }
 
 /// Run the chosen scenarios and print their reports.
@@ -366,12 +395,21 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     } else {
         None
     };
+    let failover = if scenarios.contains(&Scenario::Failover) {
+        Some(failover::run(args)?)
+    } else {
+        None
+    };
     let others: Vec<Scenario> = scenarios
         .into_iter()
         .filter(|s| {
             !matches!(
                 s,
-                Scenario::Commit | Scenario::Wal | Scenario::Tls | Scenario::Redis
+                Scenario::Commit
+                    | Scenario::Wal
+                    | Scenario::Tls
+                    | Scenario::Redis
+                    | Scenario::Failover
             )
         })
         .collect();
@@ -385,6 +423,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
         replication,
         tls,
         redis,
+        failover,
     })
 }
 

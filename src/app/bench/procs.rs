@@ -61,6 +61,12 @@ impl Child {
         let _ = self.child.wait();
     }
 
+    /// SIGKILL, as a crash, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Whether the process has exited (reaping it).
     pub fn exited(&mut self) -> Result<bool, BenchError> {
         self.child

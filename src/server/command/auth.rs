@@ -145,7 +145,7 @@ pub fn required_access(cmd: &Command<'_>) -> RedisAccess {
         C::Wait(_) => RedisAccess::ReadWrite,
         c if c.is_write() => RedisAccess::ReadWrite,
         c if c.reads_data() => RedisAccess::ReadOnly,
-        C::Info(_) => RedisAccess::ReadOnly,
+        C::Info(_) | C::DebugDigest => RedisAccess::ReadOnly,
         _ => RedisAccess::None,
     }
 }

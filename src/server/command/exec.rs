@@ -217,6 +217,7 @@ pub fn run_session(s: &mut Session, cmd: Command<'_>) -> Result<Flow, CommandErr
         C::Time => admin::time(s),
         C::Auth { user, password } => auth::auth(s, user, password)?,
         C::Acl(c) => auth::acl(s, c),
+        C::DebugDigest => super::debug::digest(s)?,
         other => {
             // Every data command is dispatched before this.
             debug_assert!(false, "not a session command: {other:?}");

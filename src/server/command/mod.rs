@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod auth;
 pub mod connection;
+pub mod debug;
 pub mod error;
 pub mod exec;
 pub mod glob;
@@ -251,6 +252,9 @@ pub enum Command<'a> {
     // Access control.
     /// `ACL WHOAMI`, `ACL HELP`.
     Acl(AclCommand),
+    // Introspection.
+    /// `DEBUG DIGEST`: a digest of the visible data set.
+    DebugDigest,
 }
 
 impl<'a> Command<'a> {

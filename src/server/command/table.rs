@@ -5,7 +5,7 @@
 
 use super::keyspace::TtlQuery;
 use super::parse::{self, unknown_command};
-use super::{admin, auth, connection, hashes, keyspace, lists, sets, strings};
+use super::{admin, auth, connection, debug, hashes, keyspace, lists, sets, strings};
 use super::{Args, Command, CommandError};
 use crate::server::protocol::reply::Reply;
 
@@ -114,6 +114,17 @@ pub static TABLE: &[Spec] = &[
         summary: "Returns the number of keys in the database.",
         syntax: "",
         parse: |_| Ok(Command::DbSize),
+    },
+    Spec {
+        name: "debug",
+        arity: -2,
+        flags: "admin noscript loading stale",
+        keys: (0, 0, 0),
+        group: "server",
+        since: "1.0.0",
+        summary: "A container for debugging commands (walrep: DIGEST only).",
+        syntax: "subcommand [arg ...]",
+        parse: debug::parse_debug,
     },
     Spec {
         name: "decr",

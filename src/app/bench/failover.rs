@@ -1,0 +1,648 @@
+//! `walrep bench --scenario failover`: a soak any user can run. Two nodes
+//! on loopback, a primary whose commits wait for its synchronous standby
+//! (`synchronous_commit = on`, `FIRST 1`); per round, clients write unique
+//! values and record every operation; at a seeded random moment the
+//! primary is killed with SIGKILL or, every other round where the soak can
+//! (root, `ip` and `nft`: it moves itself into a private network namespace
+//! at start, so its rules touch nothing else), cut off from its standby
+//! with nftables, the standby promoted while the old primary still runs
+//! and then fenced (SIGKILL, as an HA tool fences); the history is
+//! checked against the promoted node (walrep's history checker: every write
+//! acknowledged at `on` must be there with its final value), and the old
+//! primary comes back as the new primary's standby, rebuilt with `walrep
+//! basebackup` (nothing of its own is kept, so nothing is quarantined).
+//! The roles swap every round. The report counts acknowledged, lost and
+//! indeterminate writes, rebuilds and quarantined bytes; any lost write or
+//! violation makes the run fail, with the round and seed to replay it.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use walrep::history::{History, Outcome, Report, Write as HistoryWrite};
+
+use super::cluster::{self, Node, Reply};
+use super::{BenchArgs, BenchError};
+
+/// Bound on a node reaching a state (streaming, synchronous, promoted).
+const STATE_LIMIT: Duration = Duration::from_secs(60);
+/// A write unanswered for this long is indeterminate.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keys each client cycles through.
+const KEYS_PER_CLIENT: u64 = 20;
+/// The fault comes this long after the load starts, plus a seeded share of
+/// [`FAULT_SPREAD_MS`].
+const FAULT_AFTER_MS: u64 = 100;
+const FAULT_SPREAD_MS: u64 = 1400;
+
+/// What the soak measured.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct FailoverReport {
+    pub seed: u64,
+    pub rounds: u32,
+    pub clients: u32,
+    /// Writes acknowledged at `on` (all must survive).
+    pub acknowledged: usize,
+    /// Acknowledged writes missing or older on the promoted node.
+    pub lost: usize,
+    /// Writes whose connection died with the primary.
+    pub indeterminate: usize,
+    /// Of those, how many were on the promoted node.
+    pub indeterminate_present: usize,
+    /// Rounds whose fault was SIGKILL of the primary.
+    pub kills: u32,
+    /// Rounds whose fault was a partition between primary and standby
+    /// (0 where partitions are unavailable).
+    pub partitions: u32,
+    /// Old primaries brought back as standbys.
+    pub rejoins: u32,
+    /// Of those, rebuilt from a fresh base backup.
+    pub rebuilt_with_basebackup: u32,
+    /// WAL the old primaries had past the fork, kept aside (a rebuild keeps
+    /// nothing, so this counts only rejoins that rewind).
+    pub quarantined_bytes: u64,
+    /// Anything the checker refused, with its round.
+    pub violations: Vec<String>,
+    pub elapsed_s: f64,
+}
+
+/// Run the soak.
+pub fn run(args: &BenchArgs) -> Result<FailoverReport, BenchError> {
+    let started = Instant::now();
+    let seed = args.seed.unwrap_or_else(clock_seed);
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let run_dir = tempfile::Builder::new()
+        .prefix("walrep-bench-failover-")
+        .tempdir_in(&base)
+        .map_err(|e| BenchError::io(format!("create a directory in {}", base.display()), e))?;
+    let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
+    println!(
+        "walrep bench --scenario failover: {} rounds, {} clients at synchronous_commit=on, seed {seed} \
+         (replay with --seed {seed}); data in {}",
+        args.rounds,
+        args.failover_clients,
+        run_dir.path().display()
+    );
+    let net = PrivateNet::enter();
+    match &net {
+        Ok(_) => println!("partitions: on every other round (a private network namespace)"),
+        Err(why) => println!("partitions: unavailable ({why}); SIGKILL only"),
+    }
+    let mut soak = Soak::new(&exe, run_dir.path(), args.failover_clients, seed)?;
+    soak.net = net.ok();
+    for round in 0..args.rounds {
+        soak.round(round)
+            .map_err(|e| BenchError::Server(format!("round {round} (seed {seed}): {e}")))?;
+    }
+    let mut report = std::mem::take(&mut soak.report);
+    // The nodes stop before their directories go.
+    drop(soak);
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    print_report(&report);
+    if args.keep {
+        let kept = run_dir.keep();
+        println!("data directories and logs kept in {}", kept.display());
+    }
+    if report.lost > 0 || !report.violations.is_empty() {
+        return Err(BenchError::Server(format!(
+            "the history checker failed ({} lost, {} violations; seed {seed})",
+            report.lost,
+            report.violations.len()
+        )));
+    }
+    Ok(report)
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id())
+}
+
+/// SplitMix64: the next seeded random number.
+fn splitmix64(x: &mut u64) -> u64 {
+    *x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The two nodes, which is primary, and the running totals.
+struct Soak<'a> {
+    exe: &'a Path,
+    dir: &'a Path,
+    clients: u32,
+    rng: u64,
+    /// `nodes[primary]` is the primary, the other its standby.
+    nodes: [Option<Node>; 2],
+    primary: usize,
+    report: FailoverReport,
+    /// Where partitions can be made.
+    net: Option<PrivateNet>,
+    /// Which node accepted writes on each timeline, over all rounds.
+    histories: std::collections::BTreeMap<u32, String>,
+}
+
+/// Every node's settings: commits wait for the other node, whichever is
+/// the standby.
+fn settings() -> Vec<String> {
+    vec![
+        "synchronous_standby_names=FIRST 1 (n0, n1)".into(),
+        "synchronous_commit=on".into(),
+        "wal_retrieve_retry_interval=200ms".into(),
+    ]
+}
+
+fn datadir(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("n{i}"))
+}
+
+impl<'a> Soak<'a> {
+    fn new(exe: &'a Path, dir: &'a Path, clients: u32, seed: u64) -> Result<Soak<'a>, BenchError> {
+        cluster::init(exe, &datadir(dir, 0))?;
+        let primary = Node::start(exe, &datadir(dir, 0), &settings())?;
+        let mut soak = Soak {
+            exe,
+            dir,
+            clients,
+            rng: seed,
+            nodes: [Some(primary), None],
+            primary: 0,
+            report: FailoverReport {
+                seed,
+                clients,
+                ..FailoverReport::default()
+            },
+            net: None,
+            histories: Default::default(),
+        };
+        soak.rebuild_standby(1)?;
+        Ok(soak)
+    }
+
+    fn node(&self, i: usize) -> Result<&Node, BenchError> {
+        self.nodes[i]
+            .as_ref()
+            .ok_or_else(|| BenchError::Server(format!("n{i} is not running")))
+    }
+
+    /// Make node `i` a fresh standby of the primary (a new base backup)
+    /// and wait until it is the synchronous standby.
+    fn rebuild_standby(&mut self, i: usize) -> Result<(), BenchError> {
+        let dir = datadir(self.dir, i);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| BenchError::io(format!("remove {}", dir.display()), e))?;
+        }
+        let repl_port = self.node(self.primary)?.repl_port;
+        cluster::basebackup(self.exe, repl_port, &dir, &format!("n{i}"))?;
+        self.nodes[i] = Some(Node::start(self.exe, &dir, &settings())?);
+        let mut p = self.node(self.primary)?.connect()?;
+        let name = format!("application_name=n{i},");
+        cluster::wait_for(
+            &format!("n{i} to be the synchronous standby"),
+            STATE_LIMIT,
+            Duration::from_millis(20),
+            || {
+                let info = p.info("replication")?;
+                Ok(info
+                    .values()
+                    .any(|v| v.contains(&name) && v.contains("sync_state=sync"))
+                    .then_some(()))
+            },
+        )
+    }
+
+    /// Load, SIGKILL the primary, promote, check, bring the old primary
+    /// back.
+    fn round(&mut self, round: u32) -> Result<(), BenchError> {
+        let old = self.primary;
+        let new = 1 - old;
+        let after_ms = FAULT_AFTER_MS + splitmix64(&mut self.rng) % FAULT_SPREAD_MS;
+        let partition = self.net.is_some() && round % 2 == 1;
+        let port = self.node(old)?.port;
+        let timeline = cluster::Resp::connect(port)?
+            .info("persistence")?
+            .get("timeline")
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| BenchError::Server("INFO persistence has no timeline".into()))?;
+        let load = Load::start(port, (format!("n{old}"), timeline), self.clients, round);
+        // The fault schedule: a seeded moment, not a condition.
+        std::thread::sleep(Duration::from_millis(after_ms));
+        let history = if partition {
+            self.partition_and_promote(old, new, load)?
+        } else {
+            self.kill_and_promote(old, new, load)?
+        };
+        self.primary = new;
+        let report = history.check(&final_state(self.node(new)?.port, &history)?);
+        self.account(round, after_ms, partition, &report);
+        self.rebuild_standby(old)?;
+        self.report.rejoins += 1;
+        self.report.rebuilt_with_basebackup += 1;
+        self.report.rounds += 1;
+        Ok(())
+    }
+
+    fn kill_and_promote(
+        &mut self,
+        old: usize,
+        new: usize,
+        load: Load,
+    ) -> Result<History, BenchError> {
+        if let Some(mut n) = self.nodes[old].take() {
+            n.child.kill();
+        }
+        self.report.kills += 1;
+        let history = load.finish();
+        self.promote(new)?;
+        Ok(history)
+    }
+
+    /// Cut the primary's replication port off (both ways), wait until its
+    /// commits wait, promote the standby while the old primary still runs,
+    /// then fence the old primary and heal.
+    fn partition_and_promote(
+        &mut self,
+        old: usize,
+        new: usize,
+        load: Load,
+    ) -> Result<History, BenchError> {
+        let net = self
+            .net
+            .as_ref()
+            .ok_or_else(|| BenchError::Server("no network namespace".into()))?;
+        let (repl_port, port) = (self.node(old)?.repl_port, self.node(old)?.port);
+        net.cut_port(repl_port)?;
+        let mut c = cluster::Resp::connect(port)?;
+        cluster::wait_for(
+            "the partitioned primary's commits to wait",
+            STATE_LIMIT,
+            Duration::from_millis(10),
+            || {
+                let waiters = c
+                    .info("replication")?
+                    .get("sync_waiters")
+                    .and_then(|w| w.parse::<u64>().ok());
+                Ok(waiters.filter(|w| *w > 0))
+            },
+        )?;
+        self.promote(new)?;
+        let history = load.finish();
+        if let Some(mut n) = self.nodes[old].take() {
+            n.child.kill();
+        }
+        net.heal()?;
+        self.report.partitions += 1;
+        Ok(history)
+    }
+
+    fn promote(&self, i: usize) -> Result<(), BenchError> {
+        let node = self.node(i)?;
+        let out = Command::new(self.exe)
+            .args(["promote", "--wait-seconds", "60"])
+            .arg(&node.datadir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| BenchError::io("walrep promote", e))?;
+        if !out.status.success() {
+            return Err(BenchError::Server(format!(
+                "walrep promote n{i}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let mut c = node.connect()?;
+        cluster::wait_for(
+            &format!("n{i} to accept writes"),
+            STATE_LIMIT,
+            Duration::from_millis(10),
+            || {
+                Ok(
+                    (c.info("replication")?.get("role").map(String::as_str) == Some("master"))
+                        .then_some(()),
+                )
+            },
+        )
+    }
+
+    fn account(&mut self, round: u32, after_ms: u64, partition: bool, r: &Report) {
+        let t = &mut self.report;
+        t.acknowledged += r.acknowledged;
+        t.lost += r.lost.len();
+        t.indeterminate += r.indeterminate;
+        t.indeterminate_present += r.indeterminate_present;
+        for v in r.lost.iter().chain(&r.violations) {
+            t.violations.push(format!("round {round}: {v}"));
+        }
+        // Across rounds too: one node per timeline.
+        for (tli, node) in &r.histories {
+            match self.histories.insert(*tli, node.clone()) {
+                Some(other) if other != *node => t.violations.push(format!(
+                    "round {round}: timeline {tli} accepted writes on {other} and on {node}"
+                )),
+                _ => {}
+            }
+        }
+        println!(
+            "  round {round}: {} after {after_ms} ms, {} acknowledged, {} lost, {} indeterminate ({} present){}",
+            if partition { "partition" } else { "SIGKILL" },
+            r.acknowledged,
+            r.lost.len(),
+            r.indeterminate,
+            r.indeterminate_present,
+            if r.is_valid() { String::new() } else { format!("\n{}", r.explain()) }
+        );
+    }
+}
+
+fn print_report(r: &FailoverReport) {
+    println!(
+        "\nfailover soak: {} rounds ({} SIGKILLs, {} partitions), seed {}\n\
+         acknowledged writes (on): {}\n\
+         lost acknowledged writes: {}\n\
+         indeterminate writes:     {} ({} of them on the promoted node)\n\
+         rejoins:                  {} ({} rebuilt with walrep basebackup)\n\
+         quarantined bytes:        {}\n\
+         violations:               {}\n\
+         elapsed {:.0} s",
+        r.rounds,
+        r.kills,
+        r.partitions,
+        r.seed,
+        r.acknowledged,
+        r.lost,
+        r.indeterminate,
+        r.indeterminate_present,
+        r.rejoins,
+        r.rebuilt_with_basebackup,
+        r.quarantined_bytes,
+        r.violations.len(),
+        r.elapsed_s
+    );
+    for v in r.violations.iter().take(20) {
+        println!("  {v}");
+    }
+}
+
+/// Each key's value on the node at `port`.
+fn final_state(
+    port: u16,
+    history: &History,
+) -> Result<HashMap<String, Option<String>>, BenchError> {
+    let mut c = cluster::Resp::connect(port)?;
+    let mut state = HashMap::new();
+    for key in history.keys() {
+        let v = match c.call(&[b"GET", key.as_bytes()])? {
+            Reply::Bulk(b) => b.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            other => return Err(BenchError::Server(format!("GET {key}: {other:?}"))),
+        };
+        state.insert(key.to_string(), v);
+    }
+    Ok(state)
+}
+
+/// Clients writing to one node and recording a history.
+struct Load {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<History>>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16, node: (String, u32), clients: u32, round: u32) -> Load {
+        let load = Load {
+            stop: Arc::new(AtomicBool::new(false)),
+            history: Arc::new(Mutex::new(History::new())),
+            conns: Arc::default(),
+            handles: Vec::new(),
+        };
+        let started = Instant::now();
+        let handles = (0..clients as usize)
+            .map(|c| {
+                let (stop, history, conns) =
+                    (load.stop.clone(), load.history.clone(), load.conns.clone());
+                let node = node.clone();
+                std::thread::spawn(move || {
+                    let w = Writer {
+                        port,
+                        node,
+                        client: c,
+                        round,
+                        started,
+                        history,
+                    };
+                    w.run(&stop, &conns);
+                })
+            })
+            .collect();
+        Load { handles, ..load }
+    }
+
+    /// Stop the clients (requests in flight end as indeterminate).
+    fn finish(self) -> History {
+        self.stop.store(true, Ordering::SeqCst);
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        for h in self.handles {
+            let _ = h.join();
+        }
+        let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        h.clone()
+    }
+}
+
+/// One client: its own keys, unique values, one connection until it breaks
+/// (the dead primary is not reconnected to).
+struct Writer {
+    port: u16,
+    /// The node's name and its timeline when the round began.
+    node: (String, u32),
+    client: usize,
+    round: u32,
+    started: Instant,
+    history: Arc<Mutex<History>>,
+}
+
+impl Writer {
+    fn run(&self, stop: &AtomicBool, conns: &Mutex<Vec<TcpStream>>) {
+        let Ok(stream) = connect(self.port) else {
+            return;
+        };
+        if let Ok(s) = stream.try_clone() {
+            conns.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+        }
+        let Ok(read_half) = stream.try_clone() else {
+            return;
+        };
+        let mut reader = BufReader::new(read_half);
+        let mut writer = stream;
+        let mut seq = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let key = format!("r{}c{}k{}", self.round, self.client, seq % KEYS_PER_CLIENT);
+            let value = format!("r{}c{}s{seq}", self.round, self.client);
+            let id = self.invoke(&key, &value, seq / KEYS_PER_CLIENT);
+            let outcome = set(&mut writer, &mut reader, &key, &value);
+            let done = outcome == Outcome::Ok;
+            let definite = !matches!(outcome, Outcome::Unknown(_));
+            self.history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .complete(id, outcome, self.started.elapsed());
+            if !done || !definite {
+                return;
+            }
+            seq += 1;
+        }
+    }
+
+    fn invoke(&self, key: &str, value: &str, seq: u64) -> usize {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .invoke(HistoryWrite {
+                client: self.client,
+                node: self.node.0.clone(),
+                timeline: self.node.1,
+                key: key.into(),
+                seq,
+                value: value.into(),
+                level: "on".into(),
+                invoked: self.started.elapsed(),
+                completed: None,
+                outcome: Outcome::Pending,
+            })
+    }
+}
+
+fn connect(port: u16) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    s.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    Ok(s)
+}
+
+/// `SET key value`: OK, refused (an error reply: it did not happen), or
+/// unknown (no answer).
+fn set(w: &mut TcpStream, r: &mut BufReader<TcpStream>, key: &str, value: &str) -> Outcome {
+    let req = cluster::encode(&[b"SET", key.as_bytes(), value.as_bytes()]);
+    if let Err(e) = w.write_all(&req) {
+        return Outcome::Unknown(e.to_string());
+    }
+    let mut line = String::new();
+    match r.read_line(&mut line) {
+        Ok(0) => Outcome::Unknown("connection closed".into()),
+        Err(e) => Outcome::Unknown(e.to_string()),
+        Ok(_) if line.starts_with("+OK") => Outcome::Ok,
+        Ok(_) if line.starts_with("-READONLY") => Outcome::Fail(line.trim().into()),
+        // Another error (a failed WAL flush, shutting down): the write may
+        // be in the WAL already.
+        Ok(_) => Outcome::Unknown(line.trim().into()),
+    }
+}
+
+/// The soak's own network namespace: entered once at start (the soak's
+/// threads and nodes inherit it), so its nftables rules touch nothing
+/// outside; it goes when the process exits.
+struct PrivateNet;
+
+const NFT_TABLE: &str = "walrep_bench_faults";
+
+impl PrivateNet {
+    /// Move this thread into a new network namespace with loopback up and
+    /// an empty rule table, or say why partitions are unavailable.
+    fn enter() -> Result<PrivateNet, String> {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        for tool in ["ip", "nft"] {
+            if !tool_in_path(tool) {
+                return Err(format!("{tool} not found (Debian: iproute2, nftables)"));
+            }
+        }
+        // SAFETY: unshare(2) of the network namespace affects only this
+        // thread (and what it starts from now on).
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+        }
+        let net = PrivateNet;
+        let setup = || -> Result<(), BenchError> {
+            run_tool("ip", &["link", "set", "lo", "up"])?;
+            run_tool("nft", &["add", "table", "inet", NFT_TABLE])?;
+            run_tool(
+                "nft",
+                &[
+                    "add",
+                    "chain",
+                    "inet",
+                    NFT_TABLE,
+                    "input",
+                    "{ type filter hook input priority 0; policy accept; }",
+                ],
+            )
+        };
+        setup().map_err(|e| e.to_string())?;
+        Ok(net)
+    }
+
+    /// Drop every packet to or from `port` (a replication port: the
+    /// walsender's connections, both ways).
+    fn cut_port(&self, port: u16) -> Result<(), BenchError> {
+        let p = port.to_string();
+        for dir in ["dport", "sport"] {
+            run_tool(
+                "nft",
+                &[
+                    "add", "rule", "inet", NFT_TABLE, "input", "tcp", dir, &p, "drop",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn heal(&self) -> Result<(), BenchError> {
+        run_tool("nft", &["flush", "chain", "inet", NFT_TABLE, "input"])
+    }
+}
+
+fn tool_in_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+fn run_tool(tool: &str, args: &[&str]) -> Result<(), BenchError> {
+    let out = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BenchError::io(format!("run {tool}"), e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BenchError::Server(format!(
+            "{tool} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}

@@ -1,0 +1,47 @@
+//! The failover soak as CI runs it: a few rounds of `walrep bench
+//! --scenario failover` (SIGKILL of a synchronous primary under load,
+//! promotion, the history checker, the old primary rebuilt as a standby),
+//! through the real binary; as root, every other round partitions the
+//! primary from its standby instead of killing it. Users run more rounds
+//! with `--rounds`.
+
+mod support;
+
+use support::node::walrep;
+
+/// The number after `label` in the soak's summary.
+fn figure(out: &str, label: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in the report:\n{out}"))
+}
+
+#[test]
+fn a_few_failover_rounds_lose_no_acknowledged_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, out, err) = walrep(&[
+        "bench",
+        "--scenario",
+        "failover",
+        "--rounds",
+        "3",
+        "--failover-clients",
+        "8",
+        "--seed",
+        "13",
+        "--dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "the soak failed:\n{out}\n{err}");
+    assert!(out.contains("seed 13"), "the seed is not printed:\n{out}");
+    assert!(figure(&out, "acknowledged writes (on):") > 0, "{out}");
+    assert_eq!(figure(&out, "lost acknowledged writes:"), 0, "{out}");
+    assert_eq!(figure(&out, "violations:"), 0, "{out}");
+    assert_eq!(figure(&out, "rejoins:"), 3, "{out}");
+    // As root with ip and nft (CI), round 1 is a partition.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(out.contains("round 1: partition"), "{out}");
+    }
+}
