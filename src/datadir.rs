@@ -1,9 +1,6 @@
 //! The data directory: its layout, creation by `walrep init`, and the lock
 //! that keeps a second node off it (PostgreSQL's postmaster.pid).
 
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
-
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -51,35 +48,51 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DataDirE
     move |source| DataDirError::Io { what, path, source }
 }
 
-/// Paths of one data directory.
+/// Paths of one data directory (PostgreSQL's `PGDATA`). Only names: it
+/// opens nothing, so it is cheap to build and to clone; [`DataDirLock`]
+/// is what keeps a second node off the directory.
 #[derive(Debug, Clone)]
 pub struct DataDir {
+    /// The data directory itself, as given (`-D`); every other path is
+    /// under it.
     pub root: PathBuf,
 }
 
 impl DataDir {
+    /// The data directory at `root`; nothing is checked until
+    /// [`DataDir::check`] or [`DataDir::create_layout`].
     pub fn new(root: impl Into<PathBuf>) -> DataDir {
         DataDir { root: root.into() }
     }
 
+    /// `walrep.toml`, the node's configuration (PostgreSQL's
+    /// `postgresql.conf`); its presence is what makes a directory a data
+    /// directory.
     pub fn config_file(&self) -> PathBuf {
         self.root.join(CONFIG_FILE)
     }
+    /// `wal/`, the WAL segments and timeline history files (`pg_wal`).
     pub fn wal(&self) -> PathBuf {
         self.root.join(WAL_DIR)
     }
-    pub fn archive_status(&self) -> PathBuf {
+    /// `wal/archive_status/`: the `.ready`/`.done` files of the archiver.
+    pub(crate) fn archive_status(&self) -> PathBuf {
         self.root.join(ARCHIVE_STATUS_DIR)
     }
+    /// `slots/`, one file per replication slot (`pg_replslot`).
     pub fn slots(&self) -> PathBuf {
         self.root.join(SLOTS_DIR)
     }
+    /// `log/`, where the node writes its log files (`log_directory`).
     pub fn log(&self) -> PathBuf {
         self.root.join(LOG_DIR)
     }
-    pub fn standby_signal(&self) -> PathBuf {
+    /// `standby.signal`: while it exists the node starts as a standby.
+    pub(crate) fn standby_signal(&self) -> PathBuf {
         self.root.join(STANDBY_SIGNAL)
     }
+    /// `promote`: the file `walrep promote` (like `pg_ctl promote`)
+    /// creates to ask a running standby to promote.
     pub fn promote_file(&self) -> PathBuf {
         self.root.join(PROMOTE_FILE)
     }
@@ -121,7 +134,8 @@ impl DataDir {
         }
     }
 
-    pub fn is_standby(&self) -> bool {
+    /// Whether the node will start as a standby (`standby.signal` exists).
+    pub(crate) fn is_standby(&self) -> bool {
         self.standby_signal().exists()
     }
 }

@@ -110,9 +110,15 @@ pub enum Termination {
     /// The shell exited with this status. The shell reports a command it
     /// could not execute as 126, one it could not find as 127, and a child
     /// killed by signal N as 128+N.
-    Exited { code: i32 },
+    Exited {
+        /// The shell's exit status (0 to 255).
+        code: i32,
+    },
     /// The shell itself was killed by this signal.
-    Signaled { signal: i32 },
+    Signaled {
+        /// The signal number (`SIGKILL` = 9, ...).
+        signal: i32,
+    },
     /// Killed by us after `timeout`.
     TimedOut,
     /// Killed by us after `cancel` fired and `cancel_grace` passed.

@@ -15,9 +15,6 @@
 //!
 //! See `docs/archiving.md` for the operator's view.
 
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
-
 pub mod archiver;
 pub mod command;
 pub mod restore;
@@ -47,8 +44,12 @@ pub enum ArchiveError {
     /// A file operation failed; `action` says which and why it mattered.
     #[error("could not {action} \"{path}\": {source}")]
     Io {
+        /// The operation, as a verb phrase for the message ("read
+        /// directory", "remove").
         action: &'static str,
+        /// The file or directory it acted on.
         path: PathBuf,
+        /// The OS error.
         source: io::Error,
     },
     /// A durable write of a status or WAL file failed. When it was an
@@ -58,18 +59,34 @@ pub enum ArchiveError {
     Storage(#[from] crate::storage::StorageError),
     /// The shell could not be started at all (no `/bin/sh`, no processes left).
     #[error("could not start \"/bin/sh -c {command}\": {source}")]
-    Spawn { command: String, source: io::Error },
+    Spawn {
+        /// The command line after substitution.
+        command: String,
+        /// Why fork/exec of the shell failed.
+        source: io::Error,
+    },
     /// A value to substitute for a placeholder is not a plain file name or
     /// relative path; substituting it unquoted into a shell command would be unsafe.
     #[error("refusing to substitute {value:?} for %{placeholder}: only letters, digits, '.', '_', '-' and '/' are allowed")]
-    UnsafeValue { placeholder: char, value: String },
+    UnsafeValue {
+        /// The placeholder letter (`p`, `f` or `r`).
+        placeholder: char,
+        /// The value refused.
+        value: String,
+    },
     /// The command uses a placeholder whose value the caller does not have
     /// (PostgreSQL: "could not build restore command").
     #[error("the command uses %{placeholder} but no value is available for it")]
-    MissingValue { placeholder: char },
+    MissingValue {
+        /// The placeholder letter (`r` when there is no restartpoint yet).
+        placeholder: char,
+    },
     /// A file name that is not a WAL segment or timeline history file name.
     #[error("\"{name}\" is not a WAL segment or timeline history file name")]
-    BadFileName { name: String },
+    BadFileName {
+        /// The name refused.
+        name: String,
+    },
     /// A thread (the archiver, or the helper that waits for a command)
     /// could not be started.
     #[error("could not start a thread: {0}")]

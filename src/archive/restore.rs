@@ -70,7 +70,10 @@ pub struct RestoredFile {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NotFoundReason {
     /// The command exited with a status from 1 to 125.
-    NonZeroExit { code: i32 },
+    NonZeroExit {
+        /// The exit status, 1 to 125.
+        code: i32,
+    },
     /// Exit status 0, but no file at `%p` (PostgreSQL: "restore_command
     /// returned a zero exit status, but stat() failed").
     NoFileAfterSuccess,
@@ -83,26 +86,43 @@ pub enum NotFoundReason {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RestoreFailure {
     /// The shell was killed by a signal.
-    Signaled { signal: i32 },
+    Signaled {
+        /// The signal number.
+        signal: i32,
+    },
     /// Exit status above 125: 126 cannot execute, 127 command not found,
     /// 128+N a command killed by signal N. PostgreSQL treats these as fatal
     /// configuration errors, never as "not in archive".
-    ShellError { code: i32 },
+    ShellError {
+        /// The exit status, 126 to 255.
+        code: i32,
+    },
     /// Ran longer than `restore_command_timeout`; its process group was killed.
-    TimedOut { timeout_ms: u64 },
+    TimedOut {
+        /// The `restore_command_timeout` that ran out, in milliseconds.
+        timeout_ms: u64,
+    },
     /// Cancelled by shutdown; its process group was killed.
     Cancelled,
     /// Exit 0 but a segment of the wrong size: a partial or corrupt copy,
     /// never handed on as restored.
     WrongSize {
+        /// Size of the file the command left at `%p`.
         size_bytes: u64,
+        /// The WAL segment size (`wal_segment_size`).
         expected_bytes: u64,
     },
     /// The request cannot be turned into a command (bad file name, `%r`
     /// used without a restartpoint, unsafe value).
-    InvalidRequest { message: String },
+    InvalidRequest {
+        /// What is wrong with it, for the log.
+        message: String,
+    },
     /// A local file operation or starting the shell failed.
-    Io { message: String },
+    Io {
+        /// The OS error with the operation and the path.
+        message: String,
+    },
 }
 
 impl fmt::Display for RestoreFailure {
@@ -145,14 +165,18 @@ pub enum RestoreOutcome {
     Restored(RestoredFile),
     /// The archive does not have the file (as far as we can tell).
     NotInArchive {
+        /// The WAL or history file name asked for (`%f`).
         file_name: String,
+        /// Why it is taken to be missing.
         reason: NotFoundReason,
         /// Tail of the command's stderr.
         stderr: String,
     },
     /// The command failed in a way that is not "not found".
     Failed {
+        /// The WAL or history file name asked for (`%f`).
         file_name: String,
+        /// What went wrong.
         reason: RestoreFailure,
         /// Tail of the command's stderr.
         stderr: String,

@@ -12,14 +12,25 @@ use crate::security::tls::SslMode;
 /// Why a connection string was refused (libpq's messages).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnInfoError {
+    /// A keyword not followed by `=`; holds the keyword (libpq's message).
     #[error("missing \"=\" after \"{0}\" in connection info string")]
     MissingEquals(String),
+    /// A single-quoted value without its closing quote.
     #[error("unterminated quoted string in connection info string")]
     Unterminated,
+    /// A keyword neither used here nor one of libpq's that are accepted
+    /// and ignored; holds it.
     #[error("invalid connection option \"{0}\"")]
     UnknownOption(String),
+    /// A known keyword with a value it cannot take (`port=abc`).
     #[error("invalid {key} value: \"{value}\"")]
-    BadValue { key: String, value: String },
+    BadValue {
+        /// The keyword.
+        key: String,
+        /// The value given.
+        value: String,
+    },
+    /// A `postgresql://` URI: only the `key=value` form is supported.
     #[error("URI connection strings are not supported; use key=value pairs")]
     Uri,
 }
@@ -58,11 +69,19 @@ const IGNORED: &[&str] = &[
 /// A parsed connection string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnInfo {
+    /// `host`: name or address of the upstream (default `localhost`).
     pub host: String,
+    /// `port`: its replication port (libpq's default 5432).
     pub port: u16,
+    /// `user`: the role to connect as (default: `$USER`).
     pub user: String,
+    /// `password`, if given in the string; otherwise the password file
+    /// ([`ConnInfo::passfile`]) is asked.
     pub password: Option<String>,
+    /// `dbname`; a physical replication connection does not use it.
     pub dbname: Option<String>,
+    /// `application_name`: the name this standby reports, which
+    /// `synchronous_standby_names` and `pg_stat_replication` use.
     pub application_name: Option<String>,
     /// libpq's connect_timeout (seconds in the string).
     pub connect_timeout: Option<Duration>,

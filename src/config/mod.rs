@@ -7,9 +7,6 @@
 //! `docs/configuration.md` are checked against. [`conninfo`] parses libpq
 //! connection strings (`primary_conninfo`) with libpq's rules.
 
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
-
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -26,19 +23,40 @@ pub use crate::security::REDACTED;
 /// Errors reading or validating configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `walrep.toml` could not be read.
     #[error("could not read configuration file {path}: {source}")]
     Read {
+        /// The configuration file.
         path: String,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// The text is not valid TOML, or a value is wrong in a way no single
+    /// parameter can be blamed for.
     #[error("invalid configuration in {origin}: {message}")]
-    Invalid { origin: String, message: String },
+    Invalid {
+        /// Where the text came from: the file's path, or `-c` options.
+        origin: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key that is no parameter (PostgreSQL's "unrecognized
+    /// configuration parameter"); holds the key, so a typo is found at
+    /// start-up rather than silently ignored.
     #[error("unrecognized configuration parameter \"{0}\"")]
     UnknownParameter(String),
+    /// A `-c` option without `=`; holds the option as given.
     #[error("invalid -c option {0:?}: expected name=value")]
     BadOverride(String),
+    /// A parameter's value has the wrong type or is out of range, alone
+    /// or together with others ([`Config::validate`]).
     #[error("invalid value for parameter \"{name}\": {message}")]
-    BadValue { name: String, message: String },
+    BadValue {
+        /// The parameter.
+        name: String,
+        /// What is wrong with its value.
+        message: String,
+    },
 }
 
 /// `synchronous_commit`: what a write waits for before its client is told "OK".
@@ -59,8 +77,10 @@ pub enum SynchronousCommit {
 }
 
 impl SynchronousCommit {
-    pub const NAMES: &'static str = "off, local, remote_write, on, remote_apply";
+    /// The values, for the message of a bad one.
+    pub(crate) const NAMES: &'static str = "off, local, remote_write, on, remote_apply";
 
+    /// PostgreSQL's spelling (`remote_apply`), as SHOW prints it.
     pub fn as_str(self) -> &'static str {
         match self {
             SynchronousCommit::Off => "off",
@@ -99,6 +119,7 @@ impl fmt::Display for SynchronousCommit {
 /// `archive_mode`: whether completed segments are handed to `archive_command`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveMode {
+    /// No archiving; `.ready` files are not made.
     Off,
     /// Archive on a primary; a standby archives only after promotion.
     On,
@@ -119,6 +140,7 @@ impl FromStr for ArchiveMode {
 }
 
 impl ArchiveMode {
+    /// PostgreSQL's spelling (`off`, `on`, `always`).
     pub fn as_str(self) -> &'static str {
         match self {
             ArchiveMode::Off => "off",
@@ -247,9 +269,12 @@ impl Serialize for Bool {
 pub struct Time<const BASE_MS: u64>(pub Option<Duration>);
 
 impl<const BASE_MS: u64> Time<BASE_MS> {
+    /// A time of `ms` milliseconds, whatever the base unit (the base unit
+    /// only says how a bare number in the file is read).
     pub const fn ms(ms: u64) -> Self {
         Time(Some(Duration::from_millis(ms)))
     }
+    /// -1: the feature the parameter bounds is off (or waits forever).
     pub const DISABLED: Self = Time(None);
 
     /// The duration, or `None` when the parameter is -1 (disabled).
@@ -332,10 +357,13 @@ impl<const B: u64> fmt::Display for Time<B> {
 pub struct Size(pub Option<u64>);
 
 impl Size {
+    /// A size of `mb` mebibytes.
     pub const fn mb(mb: u64) -> Size {
         Size(Some(mb << 20))
     }
+    /// -1: no limit.
     pub const UNLIMITED: Size = Size(None);
+    /// The size in bytes, or `None` when unlimited (-1).
     pub fn bytes(self) -> Option<u64> {
         self.0
     }
@@ -369,7 +397,9 @@ pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
         .ok_or_else(|| format!("\"{text}\" is out of range"))
 }
 
-pub fn format_size(bytes: Option<u64>) -> String {
+/// A size as the file would say it: the largest unit that divides it
+/// (`16MB`, `512kB`), `-1` for unlimited; [`parse_size`] reads it back.
+pub(crate) fn format_size(bytes: Option<u64>) -> String {
     match bytes {
         None => "-1".into(),
         Some(0) => "0".into(),
@@ -402,10 +432,15 @@ impl fmt::Display for Size {
 /// Authentication method of an `[[hba]]` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HbaMethod {
+    /// Let the connection in without a password (for loopback and
+    /// trusted networks only).
     #[serde(rename = "trust")]
     Trust,
+    /// SCRAM-SHA-256 against the role's verifier; a role without one is
+    /// refused.
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// Refuse the connection.
     #[serde(rename = "reject")]
     Reject,
 }
@@ -460,70 +495,170 @@ fn all_users() -> String {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     // -- Connections
+    /// Address the Redis-protocol and replication listeners bind to.
     pub listen_addresses: String,
+    /// TCP port of the Redis-protocol (RESP2) front end.
     pub port: u16,
+    /// TCP port of the PostgreSQL replication protocol (walsenders, base
+    /// backups).
     pub replication_port: u16,
+    /// Most concurrent client connections; more are refused with "-ERR max
+    /// number of clients reached".
     pub max_connections: u32,
+    /// Largest single bulk string (key or value) a client may send; larger
+    /// requests are refused and the connection closed.
     pub proto_max_bulk_len: Size,
+    /// Most concurrent replication connections (walsenders).
     pub max_wal_senders: u32,
+    /// Most replication slots (slots/) this node keeps.
     pub max_replication_slots: u32,
+    /// Replication connection allow-list: `[[hba]]` lines with type (host,
+    /// hostssl, hostnossl; default host), address (CIDR), method (trust, scram-
+    /// sha-256, reject), user (default all) and clientcert (true: a client
+    /// certificate chained to ssl_ca_file is also required). The first matching
+    /// line decides; no match is refused.
     pub hba: Vec<HbaEntry>,
 
     // -- Write-ahead log
+    /// What a write waits for before it is acknowledged: off, local,
+    /// remote_write, on (remote flush) or remote_apply. Without
+    /// synchronous_standby_names the remote levels mean local.
     pub synchronous_commit: SynchronousCommit,
+    /// How often the WAL writer flushes WAL written with synchronous_commit =
+    /// off. A bare number is milliseconds.
     pub wal_writer_delay: Time<1>,
+    /// Longest time between automatic checkpoints. A bare number is seconds.
     pub checkpoint_timeout: Time<1000>,
+    /// WAL written since the last checkpoint that triggers a new checkpoint.
     pub max_wal_size: Size,
+    /// WAL kept for recycling as future segments instead of being removed.
     pub min_wal_size: Size,
+    /// Number of chunk files a checkpoint of the store is split into under
+    /// base/ (so base backups can copy them in parallel).
     pub checkpoint_chunks: u32,
+    /// WAL kept behind the current position for standbys, whatever slots and
+    /// checkpoints say.
     pub wal_keep_size: Size,
+    /// Most WAL a replication slot may hold back; a slot past it is
+    /// invalidated. -1 = unlimited.
     pub max_slot_wal_keep_size: Size,
 
     // -- Archiving
+    /// off, on (archive completed segments on a primary) or always (on standbys
+    /// too).
     pub archive_mode: ArchiveMode,
+    /// Shell command run for each completed segment; %p = path of the file, %f
+    /// = its name. Exit status 0 = archived.
     pub archive_command: String,
+    /// Force a segment switch after this long with unarchived WAL (0 = never).
+    /// A bare number is seconds.
     pub archive_timeout: Time<1000>,
 
     // -- Replication: primary side
+    /// Standbys that acknowledge synchronous writes: 'FIRST n (a, b)', 'ANY n
+    /// (a, b)', 'n (a, b)', 'a, b' or '*', matched against application_name.
     pub synchronous_standby_names: String,
+    /// How long a write waits for synchronous standbys before the node degrades
+    /// to local commits (-1 = wait forever, as PostgreSQL). A bare number is
+    /// milliseconds.
     pub synchronous_standby_timeout: Time<1>,
+    /// Close a replication connection silent for this long. A bare number is
+    /// milliseconds.
     pub wal_sender_timeout: Time<1>,
 
     // -- Replication: standby side
+    /// libpq-style connection string of the upstream: host=... port=...
+    /// user=... application_name=... password=...
     pub primary_conninfo: String,
+    /// Replication slot to use on the upstream.
     pub primary_slot_name: String,
+    /// Shell command that fetches an archived file; %f = file name, %p =
+    /// destination path. Non-zero exit = not in the archive; killed by a signal
+    /// or timed out = failure.
     pub restore_command: String,
+    /// A restore_command running longer than this is killed and counted as a
+    /// failure. A bare number is seconds.
     pub restore_command_timeout: Time<1000>,
+    /// latest (follow new timelines), current, or a timeline id.
     pub recovery_target_timeline: RecoveryTargetTimeline,
+    /// A file whose appearance promotes the standby.
     pub promote_trigger_file: String,
+    /// How long to wait before retrying to get WAL after every source failed. A
+    /// bare number is milliseconds.
     pub wal_retrieve_retry_interval: Time<1>,
+    /// Longest time between standby status updates sent upstream. A bare number
+    /// is seconds.
     pub wal_receiver_status_interval: Time<1000>,
+    /// Give up on an upstream silent for this long. A bare number is
+    /// milliseconds.
     pub wal_receiver_timeout: Time<1>,
+    /// Answer reads on a standby.
     pub hot_standby: Bool,
+    /// Send hot standby feedback ('h') messages upstream.
     pub hot_standby_feedback: Bool,
 
     // -- Security (docs/security.md)
+    /// `[[roles]]` of both ports: name, password (a SCRAM-SHA-256 verifier made
+    /// by `walrep passwd`, never a clear password), replication (may stream WAL
+    /// and take base backups; a role not listed may only through a trust line)
+    /// and redis (none, readonly, readwrite or admin: its Redis ACL).
     pub roles: Vec<RoleEntry>,
+    /// SCRAM-SHA-256 verifier of the Redis port's default user (`AUTH
+    /// <password>`); empty: the default user needs no password (and
+    /// protected_mode applies). A role named default overrides it.
     pub requirepass: String,
+    /// While the default user has no password, serve only loopback clients
+    /// (127.0.0.1, ::1) on the Redis port; others get Redis's DENIED error.
     pub protected_mode: Bool,
+    /// Longest time a replication connection may take to send its startup
+    /// packet, finish TLS and authenticate. A bare number is seconds.
     pub authentication_timeout: Time<1000>,
+    /// Replication connections still authenticating at once, counted apart from
+    /// max_wal_senders; when full, the oldest one is closed for the newcomer,
+    /// so idle sockets cannot lock standbys out.
     pub max_startup_connections: u32,
+    /// Serve TLS on the replication port (answer SSLRequest with S).
     pub ssl: Bool,
+    /// PEM certificate chain of the replication port (relative paths are in the
+    /// data directory).
     pub ssl_cert_file: String,
+    /// PEM private key of ssl_cert_file; should be mode 0600.
     pub ssl_key_file: String,
+    /// PEM certificates of the CAs client certificates must chain to (empty: no
+    /// client certificates are asked for).
     pub ssl_ca_file: String,
+    /// TCP port of the Redis protocol over TLS (0 = off), as Redis's tls-port.
     pub tls_port: u16,
+    /// PEM certificate chain of tls_port (empty: ssl_cert_file).
     pub tls_cert_file: String,
+    /// PEM private key of tls_cert_file (empty: ssl_key_file).
     pub tls_key_file: String,
+    /// Close a Redis client idle for this long (0 = never), as Redis's timeout;
+    /// a bare number is seconds. A bare number is seconds.
     pub timeout: Time<1000>,
+    /// Most request bytes buffered for one Redis client (a partial request
+    /// included); past it the client is closed.
     pub client_query_buffer_limit: Size,
+    /// Most reply bytes held for one Redis client: a command whose reply would
+    /// grow past it gets an error instead, and a client that does not read is
+    /// closed.
     pub client_output_buffer_limit: Size,
+    /// Most bytes all Redis clients may hold in query and reply buffers
+    /// together; past it the largest clients are closed, as Redis's maxmemory-
+    /// clients.
     pub maxmemory_clients: Size,
 
     // -- Observability
+    /// Log filter when RUST_LOG is not set (error, warn, info, debug, trace, or
+    /// tracing directives).
     pub log_level: String,
+    /// Log each client connection (key-value port) at info, with its id and
+    /// peer address, as PostgreSQL's log_connections.
     pub log_connections: Bool,
+    /// Log each client disconnection at info, with the session's duration, as
+    /// PostgreSQL's log_disconnections.
     pub log_disconnections: Bool,
+    /// TCP port of the HTTP /status and /metrics endpoint (0 = off).
     pub status_port: u16,
 }
 
@@ -605,8 +740,13 @@ impl Default for Config {
 /// Documentation of one parameter: the template, `--help`-style listings and
 /// `docs/configuration.md` are all checked against this list.
 pub struct ParamDoc {
+    /// The parameter's name, as in the file, in `-c` and in SHOW.
     pub name: &'static str,
+    /// The heading it is listed under in the template and the docs
+    /// ("Write-ahead log", "Security", ...).
     pub section: &'static str,
+    /// One paragraph for operators: what it does, its unit and special
+    /// values.
     pub help: &'static str,
 }
 

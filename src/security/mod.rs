@@ -17,9 +17,6 @@
 //! - [`stream`]: [`stream::NetStream`], a TCP connection with or without
 //!   TLS, cloneable so one thread reads while another writes.
 
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
-
 pub mod passfile;
 pub mod roles;
 pub mod scram;

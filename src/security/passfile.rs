@@ -12,9 +12,15 @@ use super::secret_file::readable_by_others;
 /// What a connection is about to use, to match the file's lines against.
 #[derive(Debug, Clone, Copy)]
 pub struct PassQuery<'a> {
+    /// The host as written in the connection string (`host=`), matched
+    /// textually: no name resolution, as libpq.
     pub host: &'a str,
+    /// The server's port (`port=`).
     pub port: u16,
+    /// `dbname=`; `replication` for a physical replication connection,
+    /// which is how libpq matches those too.
     pub database: &'a str,
+    /// The role connecting (`user=`).
     pub user: &'a str,
 }
 
@@ -22,11 +28,16 @@ pub struct PassQuery<'a> {
 /// the connection goes on without a password, as libpq's does).
 #[derive(Debug, thiserror::Error)]
 pub enum PassfileError {
+    /// Others can read the file (mode wider than 0600): its passwords
+    /// are not used. Holds the file's path.
     #[error("password file \"{0}\" has group or world access; permissions should be u=rw (0600) or less")]
     TooOpen(String),
+    /// The file exists but could not be read.
     #[error("could not read password file \"{path}\": {source}")]
     Read {
+        /// The password file's path.
         path: String,
+        /// The OS error.
         source: std::io::Error,
     },
 }

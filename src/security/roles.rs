@@ -30,6 +30,8 @@ pub enum RedisAccess {
 }
 
 impl RedisAccess {
+    /// The name used in `walrep.toml` (`redis = "readonly"`) and in
+    /// messages.
     pub fn as_str(self) -> &'static str {
         match self {
             RedisAccess::None => "none",
@@ -45,6 +47,8 @@ impl RedisAccess {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleEntry {
+    /// The role name: `user=` on the replication port, the AUTH user name
+    /// on the Redis port.
     pub name: String,
     /// A SCRAM-SHA-256 verifier (`walrep passwd`), never a clear password;
     /// empty: no password (only `trust` hba lines let it in).
@@ -62,11 +66,14 @@ pub struct RoleEntry {
 /// One role, ready to authenticate.
 #[derive(Debug, Clone)]
 pub struct Role {
+    /// The role name, unique among a node's roles.
     pub name: String,
     /// `None`: no password; only a `trust` hba line (replication port) or
     /// a passwordless default user (Redis port) lets it in.
     pub verifier: Option<ScramVerifier>,
+    /// PostgreSQL's REPLICATION attribute ([`RoleEntry::replication`]).
     pub replication: bool,
+    /// What it may do on the Redis port.
     pub redis: RedisAccess,
 }
 

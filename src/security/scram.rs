@@ -21,14 +21,25 @@ const MAX_CLIENT_ITERATIONS: u32 = 1_000_000;
 /// Why a SCRAM exchange failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScramError {
+    /// A message does not follow RFC 5802's grammar; says which part.
     #[error("malformed SCRAM message: {0}")]
     Malformed(String),
+    /// The client asked for channel binding (`p=` in its GS2 header),
+    /// which needs TLS (SCRAM-SHA-256-PLUS); we offer only SCRAM-SHA-256.
     #[error("SCRAM channel binding is not supported (no TLS)")]
     ChannelBinding,
+    /// Server side: the client's proof does not match the verifier (a
+    /// wrong password). The same message as PostgreSQL, whatever the
+    /// reason, so a client learns nothing about which roles exist.
     #[error("password authentication failed")]
     BadPassword,
+    /// Client side: the server's signature does not match the password,
+    /// so the server is not the one that holds our verifier; the client
+    /// stops before sending anything more.
     #[error("invalid SCRAM server signature: the server does not know the password")]
     BadServerSignature,
+    /// A message arrived in a step that does not expect it (a bug or a
+    /// hostile peer).
     #[error("SCRAM exchange out of order")]
     OutOfOrder,
 }
@@ -50,13 +61,22 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 /// The keys derived from a password: what PostgreSQL stores in pg_authid.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScramKeys {
+    /// The random salt the password was salted with (16 bytes when we
+    /// make one, as PostgreSQL).
     pub salt: Vec<u8>,
+    /// PBKDF2 iterations ([`ITERATIONS`] = 4096 when we make a verifier, as
+    /// PostgreSQL's default `scram_iterations`).
     pub iterations: u32,
+    /// `H(HMAC(SaltedPassword, "Client Key"))`: checks a client's proof.
     pub stored_key: [u8; 32],
+    /// `HMAC(SaltedPassword, "Server Key")`: signs the server's final
+    /// message, proving to the client that the server knows the password.
     pub server_key: [u8; 32],
 }
 
 impl ScramKeys {
+    /// Derive the keys of `password` (RFC 5802's `Hi()`, PBKDF2 with
+    /// HMAC-SHA-256): deliberately slow, `iterations` HMACs.
     pub fn derive(password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
         let salted = salted_password(password, salt, iterations);
         ScramKeys {
@@ -267,6 +287,8 @@ pub struct ScramClient {
 }
 
 impl ScramClient {
+    /// A client that will prove knowledge of `password`, with a fresh
+    /// random nonce.
     pub fn new(password: &str) -> ScramClient {
         let client_nonce = nonce();
         ScramClient {

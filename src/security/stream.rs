@@ -27,7 +27,9 @@ const RAW_READ: usize = 18 * 1024;
 
 /// A connection, plain or TLS.
 pub enum NetStream {
+    /// A plain TCP connection (`sslmode=disable`, or no TLS configured).
     Plain(TcpStream),
+    /// TLS over TCP, the session shared by every clone of the stream.
     Tls(Arc<TlsShared>),
 }
 
@@ -121,6 +123,7 @@ impl NetStream {
         })
     }
 
+    /// Whether the connection is encrypted (PostgreSQL's `pg_stat_ssl.ssl`).
     pub fn is_tls(&self) -> bool {
         matches!(self, NetStream::Tls(_))
     }
@@ -134,18 +137,26 @@ impl NetStream {
         }
     }
 
+    /// Bound every read on the socket (`None`: block). Shared by all
+    /// clones, as on a `TcpStream`.
     pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
         self.socket().set_read_timeout(d)
     }
 
+    /// Bound every write on the socket (`None`: block), so a peer that
+    /// stops reading cannot hold a writer forever.
     pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
         self.socket().set_write_timeout(d)
     }
 
+    /// The address of the other end, for `pg_stat_replication.client_addr`
+    /// and log lines.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.socket().peer_addr()
     }
 
+    /// Shut the TCP socket down (without a TLS close_notify): wakes a
+    /// thread blocked reading on a clone.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.socket().shutdown(how)
     }

@@ -21,19 +21,31 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate, key or CA file could not be read or parsed.
     #[error("could not load {param} \"{path}\": {reason}")]
     Load {
+        /// The parameter that names the file (`ssl_cert_file`,
+        /// `sslrootcert`, ...), so the operator knows what to fix.
         param: &'static str,
+        /// The file's path.
         path: String,
+        /// What is wrong with it.
         reason: String,
     },
+    /// A parameter that the configuration needs is not set.
     #[error("{param} is required when {when}")]
     Missing {
+        /// The missing parameter.
         param: &'static str,
+        /// The setting that needs it ("sslmode is verify-ca or
+        /// verify-full").
         when: &'static str,
     },
+    /// rustls refused the configuration (no usable protocol version or
+    /// cipher suite).
     #[error("invalid TLS configuration: {0}")]
     Config(String),
+    /// An `sslmode` that is not one of libpq's six; holds the value given.
     #[error(
         "invalid sslmode value: \"{0}\" (disable, allow, prefer, require, verify-ca, verify-full)"
     )]
@@ -100,9 +112,15 @@ fn roots(param: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
 /// Where a server's certificate and key come from.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerFiles<'a> {
+    /// The parameter naming the certificate file, for error messages
+    /// (`ssl_cert_file`, `tls_cert_file`).
     pub cert_param: &'static str,
+    /// The certificate chain (PEM), the server's own certificate first.
     pub cert: &'a Path,
+    /// The parameter naming the key file, for error messages.
     pub key_param: &'static str,
+    /// The private key (PEM) of the certificate; refused when others can
+    /// read it, as PostgreSQL refuses an `ssl_key_file` wider than 0600.
     pub key: &'a Path,
     /// Client certificates are asked for (not required) and must chain to
     /// these roots when given (`ssl_ca_file`).
@@ -143,6 +161,7 @@ pub fn server_config(files: ServerFiles<'_>) -> Result<Arc<rustls::ServerConfig>
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
+    /// Never TLS.
     Disable,
     /// Plain first; walrep's client tries TLS only when told to, so
     /// `allow` behaves as `disable` unless the server insists.
@@ -158,6 +177,7 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    /// Parse libpq's spelling (`verify-full`, ...).
     pub fn parse(s: &str) -> Result<SslMode, TlsError> {
         Ok(match s {
             "disable" => SslMode::Disable,
@@ -170,6 +190,7 @@ impl SslMode {
         })
     }
 
+    /// libpq's spelling, for connection strings and messages.
     pub fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",

@@ -29,10 +29,16 @@ pub const MAX_ITERATIONS: u32 = 10_000_000;
 /// itself: it may be a clear password put where a verifier belongs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifierError {
+    /// The text does not have the verifier's shape at all (often a clear
+    /// password where a verifier belongs).
     #[error("not a SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>; make one with `walrep passwd`)")]
     NotAVerifier,
+    /// The iteration count is 0, not a number, or above
+    /// [`MAX_ITERATIONS`].
     #[error("SCRAM-SHA-256 verifier has an invalid iteration count (1 to {MAX_ITERATIONS})")]
     Iterations,
+    /// The salt or a key is not valid base64 or not of the right length;
+    /// holds which ("salt", "StoredKey", "ServerKey").
     #[error("SCRAM-SHA-256 verifier has an invalid {0} (base64 of the right length expected)")]
     Field(&'static str),
 }
@@ -40,6 +46,7 @@ pub enum VerifierError {
 /// A parsed verifier: salt, iterations and the two keys.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScramVerifier {
+    /// The salt, iteration count and keys, decoded.
     pub keys: ScramKeys,
 }
 

@@ -81,6 +81,8 @@ pub struct FaultyStorage {
 const GATE_BOUND: Duration = Duration::from_secs(30);
 
 impl FaultyStorage {
+    /// Storage with no fault armed and every counter at zero: it behaves
+    /// like [`StdStorage`] until a test arms a fault.
     pub fn new() -> FaultyStorage {
         FaultyStorage::default()
     }

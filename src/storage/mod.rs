@@ -34,9 +34,6 @@
 //! given an open file: fault injection targets files by path ("the control
 //! file", "anything under `slots/`"), and error messages name the file.
 
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
-
 mod faulty;
 mod poison;
 #[cfg(test)]
@@ -71,15 +68,26 @@ pub enum OpenFor {
 /// One kind of call on a [`Storage`], for counters and fault targeting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
+    /// [`Storage::open`]: creating, truncating or reopening a file.
     Open,
+    /// [`Storage::write_at`]: bytes written at an offset.
     Write,
+    /// [`Storage::allocate`]: fallocate(2), reserving a segment's space.
     Allocate,
+    /// [`Storage::sync_data`]: fdatasync, the WAL writer's flush.
     SyncData,
+    /// [`Storage::sync_all`]: fsync of a file's data and metadata.
     SyncAll,
+    /// [`Storage::sync_dir`]: fsync of a directory, making its entries
+    /// durable.
     SyncDir,
+    /// [`Storage::rename`]: rename(2).
     Rename,
+    /// [`Storage::remove_file`]: unlink(2).
     RemoveFile,
+    /// [`Storage::remove_dir_all`]: a directory and everything in it.
     RemoveDir,
+    /// [`Storage::create_dir`]: mkdir(2) of one directory.
     CreateDir,
 }
 
@@ -243,10 +251,17 @@ pub(crate) fn fallocate(file: &File, len: u64) -> io::Result<()> {
 /// A durable write that failed: which step, on which file.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// One step failed; the message reads like PostgreSQL's ("could not
+    /// fsync file \"...\": ...").
     #[error("could not {op} \"{}\": {source}", path.display())]
     Io {
+        /// The step that failed, as a verb for the message: "create",
+        /// "write", "fsync", "fdatasync", "fsync directory", "rename",
+        /// "remove", ... [`StorageError::is_sync`] matches on it.
         op: &'static str,
+        /// The file or directory the step acted on.
         path: PathBuf,
+        /// What the OS (or an injected fault) returned.
         #[source]
         source: io::Error,
     },

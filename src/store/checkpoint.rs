@@ -50,33 +50,59 @@ const SCAN_STEP: usize = 1024;
 /// Errors writing or loading a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// Writing a chunk file or renaming the snapshot into place failed;
+    /// the control file keeps pointing at the previous snapshot.
     #[error("could not write snapshot {path}: {source}")]
-    Write { path: String, source: StorageError },
+    Write {
+        /// The chunk file or snapshot directory.
+        path: String,
+        /// The failed step (after a failed fsync nothing retries).
+        source: StorageError,
+    },
+    /// A chunk file of the snapshot being loaded could not be read.
     #[error("could not read snapshot {path}: {source}")]
-    Read { path: String, source: io::Error },
+    Read {
+        /// The chunk file.
+        path: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A chunk file fails its checks (CRC, header, entry encoding): the
+    /// node refuses to start from it rather than load part of a snapshot.
     #[error("snapshot file {path} is corrupt: {reason}")]
-    Corrupt { path: String, reason: String },
+    Corrupt {
+        /// The chunk file.
+        path: String,
+        /// Which check failed.
+        reason: String,
+    },
 }
 
 /// What a snapshot write produced.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotStats {
+    /// Keys written: one entry per key, its newest state.
     pub keys: u64,
+    /// Bytes written across all chunk files.
     pub bytes: u64,
     /// Highest LSN among the versions written: the WAL must be flushed up to
     /// here before the control file may point at this snapshot.
     pub max_lsn: Lsn,
 }
 
-pub fn base_dir(datadir: &Path) -> PathBuf {
+/// `DATADIR/base`, where the snapshots live (PostgreSQL's `base/`).
+pub(crate) fn base_dir(datadir: &Path) -> PathBuf {
     datadir.join("base")
 }
 
+/// The directory of snapshot `id` (the control file's `checkpoint_id`):
+/// `base/` and the id as 16 hex digits, so names sort by age.
 pub fn snapshot_dir(datadir: &Path, id: u64) -> PathBuf {
     base_dir(datadir).join(format!("{id:016X}"))
 }
 
-pub fn chunk_name(index: u32) -> String {
+/// The file name of chunk `index` of a snapshot (`chunk_0000`, ...).
+pub(crate) fn chunk_name(index: u32) -> String {
     format!("chunk_{index:04}")
 }
 
@@ -228,8 +254,11 @@ pub fn load_snapshot(
 /// A key of a chunk file: its state and the LSN that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkEntry<'a> {
+    /// The key, borrowed from the chunk's bytes.
     pub key: &'a [u8],
+    /// The LSN of the record that wrote this state.
     pub lsn: Lsn,
+    /// The key's value and expiry.
     pub slot: Slot,
 }
 

@@ -86,9 +86,13 @@ pub struct ControlFile {
     /// Unique per `walrep init`; every segment header and every replication
     /// handshake carries it, so WAL of another system is never replayed.
     pub system_identifier: u64,
+    /// Whether the node was shut down cleanly, is in production or in
+    /// recovery (`pg_controldata`'s "Database cluster state").
     pub state: ClusterState,
     /// The timeline new WAL is written on (or that recovery last replayed).
     pub timeline: TimelineId,
+    /// The WAL segment size, fixed at `walrep init` (PostgreSQL's
+    /// `initdb --wal-segsize`).
     pub wal_segment_size: WalSegSize,
     /// LSN of the last checkpoint record.
     pub checkpoint_lsn: Lsn,
@@ -110,15 +114,34 @@ pub struct ControlFile {
 /// Errors reading or writing the control file.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// The control file could not be read (missing: not a data directory,
+    /// or `walrep init` did not finish).
     #[error("could not read control file {path}: {source}")]
-    Read { path: String, source: io::Error },
+    Read {
+        /// The control file.
+        path: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Replacing the control file failed; the old one is still in place.
+    /// After a failed fsync the node stops (nothing retries).
     #[error("could not write control file {path}: {source}")]
     Write {
+        /// The control file.
         path: String,
+        /// The failed step.
         source: crate::storage::StorageError,
     },
+    /// Wrong length, magic, CRC, version or field value: the node refuses
+    /// to start rather than guess (PostgreSQL: "incorrect checksum in control
+    /// file").
     #[error("control file {path} is corrupt: {reason}")]
-    Corrupt { path: String, reason: String },
+    Corrupt {
+        /// The control file.
+        path: String,
+        /// Which check failed.
+        reason: String,
+    },
 }
 
 /// PostgreSQL's recipe for a system identifier: seconds since the epoch in
@@ -133,7 +156,9 @@ pub fn generate_system_identifier() -> u64 {
         | (std::process::id() as u64 & 0xFFF)
 }
 
-pub fn now_ms() -> u64 {
+/// The wall clock as Unix time in milliseconds (0 if the clock is before
+/// 1970): the time base of expiry and of the control file's `time_ms`.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -163,7 +188,8 @@ impl ControlFile {
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    /// The file's bytes: magic, fields, CRC.
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(FILE_LEN);
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&VERSION.to_le_bytes());
@@ -185,7 +211,8 @@ impl ControlFile {
         b
     }
 
-    pub fn decode(bytes: &[u8], path: &str) -> Result<ControlFile, ControlError> {
+    /// Parse and check the file's bytes; `path` is for the error message.
+    pub(crate) fn decode(bytes: &[u8], path: &str) -> Result<ControlFile, ControlError> {
         let corrupt = |reason: String| ControlError::Corrupt {
             path: path.to_string(),
             reason,

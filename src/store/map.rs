@@ -38,6 +38,7 @@ pub enum Level {
 }
 
 impl Level {
+    /// Every level, weakest first (`level as usize` indexes it).
     pub const ALL: [Level; 5] = [
         Level::Immediate,
         Level::LocalFlush,
@@ -86,6 +87,8 @@ impl Default for Visibility {
 }
 
 impl Visibility {
+    /// How far WAL is released at `level`: versions written at or below
+    /// this LSN are visible to readers at that level.
     pub fn released(&self, level: Level) -> Lsn {
         Lsn(self.released[level.index()].load(Ordering::Acquire))
     }
@@ -180,17 +183,23 @@ pub struct Store {
 }
 
 /// One key of a checkpoint scan: its newest state and the LSN that wrote it.
-pub struct ScannedKey {
+pub(crate) struct ScannedKey {
+    /// The key.
     pub key: Vec<u8>,
+    /// Its newest state.
     pub slot: Slot,
+    /// The LSN of the record that wrote that state.
     pub lsn: Lsn,
 }
 
 impl Store {
+    /// An empty store, nothing released yet at any level.
     pub fn new() -> Store {
         Store::default()
     }
 
+    /// The release positions per level, shared with whoever advances
+    /// them (the WAL writer's flush, synchronous replication's acks).
     pub fn visibility(&self) -> &Arc<Visibility> {
         &self.vis
     }
@@ -212,6 +221,7 @@ impl Store {
         self.live_keys.load(Ordering::Relaxed)
     }
 
+    /// Whether [`Store::len`] is 0.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -259,7 +269,11 @@ impl Store {
     /// Up to `limit` keys after `after` (all keys from the start if `None`),
     /// newest version each, deletions skipped: one step of a checkpoint's
     /// fuzzy scan. The lock is held only for the step.
-    pub fn scan(&self, after: Option<&[u8]>, limit: usize) -> (Vec<ScannedKey>, Option<Vec<u8>>) {
+    pub(crate) fn scan(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> (Vec<ScannedKey>, Option<Vec<u8>>) {
         let ks = self.read_lock();
         let lower = match after {
             Some(k) => Bound::Excluded(k),

@@ -12,13 +12,10 @@
 //! - [`replay`]: applying replayed WAL, exactly once over a fuzzy snapshot.
 //! - [`checkpoint`]: snapshots under `base/`; [`control`]: the control file,
 //!   serialised by its one owner in a running node (`ControlFileOwner`).
-//! - [`codec`]: the byte codec records and snapshots share.
-
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
+//! - `codec` (internal): the byte codec records and snapshots share.
 
 pub mod checkpoint;
-pub mod codec;
+pub(crate) mod codec;
 pub mod control;
 mod control_owner;
 pub mod map;

@@ -25,9 +25,13 @@ pub const RM_KV: u8 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum KvCommand {
+    /// SET and its variants (SETNX, GETSET), APPEND.
     Set = 1,
+    /// DEL, UNLINK, GETDEL.
     Del = 2,
+    /// MSET.
     MSet = 3,
+    /// INCR, DECR, INCRBY, DECRBY.
     Incr = 4,
     /// HSET, HDEL, HINCRBY, ...
     HashWrite = 5,
@@ -48,6 +52,8 @@ pub enum KvCommand {
 }
 
 impl KvCommand {
+    /// The command of a record's `info` byte; `None` for a byte no
+    /// version wrote (a waldump prints it as a number).
     pub fn from_info(info: u8) -> Option<KvCommand> {
         use KvCommand::*;
         Some(match info {
@@ -76,61 +82,106 @@ pub type Bytes<'a> = Cow<'a, [u8]>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op<'a> {
     /// The key is gone (DEL, an expiry, the source of a RENAME).
-    Del { key: Bytes<'a> },
+    Del {
+        /// The key removed.
+        key: Bytes<'a>,
+    },
     /// The key is this string, without expiry.
-    Set { key: Bytes<'a>, value: Bytes<'a> },
+    Set {
+        /// The key written.
+        key: Bytes<'a>,
+        /// Its new string value.
+        value: Bytes<'a>,
+    },
     /// The key is this value, expiring at `expire_ms` (Unix ms, 0 = never).
     Put {
+        /// The key written.
         key: Bytes<'a>,
+        /// Its whole new value, of any type.
         value: Value,
+        /// Its expiry, Unix time in milliseconds; 0 = never.
         expire_ms: u64,
     },
     /// The key (if present) expires at `at_ms` (0 = never: PERSIST).
-    Expire { key: Bytes<'a>, at_ms: u64 },
-    HSet {
+    Expire {
+        /// The key whose expiry changes.
         key: Bytes<'a>,
+        /// The new expiry, Unix time in milliseconds; 0 = never.
+        at_ms: u64,
+    },
+    /// HSET: set these fields of the hash (creating it if absent).
+    HSet {
+        /// The hash's key.
+        key: Bytes<'a>,
+        /// `(field, value)` pairs in argument order.
         pairs: Vec<(Bytes<'a>, Bytes<'a>)>,
     },
+    /// HDEL: remove these fields (the key goes with the last one).
     HDel {
+        /// The hash's key.
         key: Bytes<'a>,
+        /// The fields removed.
         fields: Vec<Bytes<'a>>,
     },
     /// LPUSH (`front`) or RPUSH, elements in argument order.
     Push {
+        /// The list's key.
         key: Bytes<'a>,
+        /// Push at the head (LPUSH) rather than the tail.
         front: bool,
+        /// The elements pushed, in argument order.
         elems: Vec<Bytes<'a>>,
     },
     /// LPOP (`front`) or RPOP of up to `count` elements.
     Pop {
+        /// The list's key.
         key: Bytes<'a>,
+        /// Pop from the head (LPOP) rather than the tail.
         front: bool,
+        /// How many elements at most.
         count: u64,
     },
     /// LSET at a resolved (non-negative) index.
     LSet {
+        /// The list's key.
         key: Bytes<'a>,
+        /// Index from the head, already resolved from a negative one.
         index: u64,
+        /// The new element.
         elem: Bytes<'a>,
     },
     /// LREM with Redis's count rule.
     LRem {
+        /// The list's key.
         key: Bytes<'a>,
+        /// Positive: first `count` matches from the head; negative: from
+        /// the tail; 0: all.
         count: i64,
+        /// The element removed.
         elem: Bytes<'a>,
     },
     /// LTRIM, resolved: keep the elements at `start..end`.
     LTrim {
+        /// The list's key.
         key: Bytes<'a>,
+        /// First index kept.
         start: u64,
+        /// One past the last index kept.
         end: u64,
     },
+    /// SADD: add these members (creating the set if absent).
     SAdd {
+        /// The set's key.
         key: Bytes<'a>,
+        /// The members added.
         members: Vec<Bytes<'a>>,
     },
+    /// SREM (and SPOP, with the members it picked): remove these members
+    /// (the key goes with the last one).
     SRem {
+        /// The set's key.
         key: Bytes<'a>,
+        /// The members removed.
         members: Vec<Bytes<'a>>,
     },
     /// FLUSHALL: every key is gone.
@@ -353,7 +404,11 @@ impl<'a> Op<'a> {
 /// A decoded key-value record, borrowing the payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvRecord<'a> {
+    /// Commit time on the primary's clock, microseconds since the Unix
+    /// epoch.
     pub time_us: u64,
+    /// The operations, applied in order and all at once at the record's
+    /// LSN.
     pub ops: Vec<Op<'a>>,
 }
 
@@ -383,6 +438,8 @@ pub fn encode(time_us: u64, ops: &[Op<'_>]) -> Vec<u8> {
     b
 }
 
+/// Decode a record's payload (the inverse of [`encode`]); never panics
+/// on bad input.
 pub fn decode(payload: &[u8]) -> Result<KvRecord<'_>, KvDecodeError> {
     let mut r = Reader::new(payload);
     let time_us = r.u64()?;

@@ -27,6 +27,7 @@ use crate::Lsn;
 pub struct ApplyError {
     /// Start of the record.
     pub lsn: Lsn,
+    /// What is wrong with its payload.
     #[source]
     pub source: KvDecodeError,
 }

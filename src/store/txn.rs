@@ -63,7 +63,10 @@ pub const MAX_EXPIRED_SEEN: usize = 16;
 
 /// Released, unexpired states, the lock taken per call.
 pub struct Stepping<'s> {
+    /// The store read.
     pub store: &'s Store,
+    /// "Now" for expiry, Unix time in milliseconds: a key whose expiry
+    /// is at or before it reads as absent.
     pub now_ms: u64,
 }
 
@@ -72,7 +75,9 @@ pub struct Stepping<'s> {
 /// and whether its expiry had passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
+    /// LSN of the key's newest version; 0 when the key is absent.
     pub lsn: u64,
+    /// Whether that version's expiry had passed.
     pub expired: bool,
 }
 
@@ -198,6 +203,7 @@ pub struct WriteTxn<'s, 'a> {
 }
 
 impl<'s, 'a> WriteTxn<'s, 'a> {
+    /// The transaction's "now" for expiry, Unix time in milliseconds.
     pub fn now_ms(&self) -> u64 {
         self.now_ms
     }

@@ -26,9 +26,13 @@ pub type Set = HashedMap<()>;
 /// A key's value. Cloning is O(1) (reference counts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
+    /// A string (Redis's strings are binary-safe bytes; INCR parses them).
     Str(Elem),
+    /// A hash of fields to values (HSET, HGET, ...).
     Hash(Arc<Hash>),
+    /// A list (LPUSH, LRANGE, ...), persistent so a clone shares it.
     List(Arc<List>),
+    /// A set of members (SADD, SMEMBERS, ...).
     Set(Arc<Set>),
 }
 
@@ -36,13 +40,19 @@ pub enum Value {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
+    /// [`Value::Str`]. The discriminants are the type bytes of the
+    /// checkpoint and WAL encodings: never renumber them.
     String = 0,
+    /// [`Value::Hash`].
     Hash = 1,
+    /// [`Value::List`].
     List = 2,
+    /// [`Value::Set`].
     Set = 3,
 }
 
 impl Kind {
+    /// The name TYPE replies with (`"string"`, `"hash"`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Kind::String => "string",
@@ -54,6 +64,7 @@ impl Kind {
 }
 
 impl Value {
+    /// Which of Redis's types this is (TYPE, WRONGTYPE checks).
     pub fn kind(&self) -> Kind {
         match self {
             Value::Str(_) => Kind::String,
@@ -63,6 +74,7 @@ impl Value {
         }
     }
 
+    /// A string value holding a copy of `b`.
     pub fn string(b: &[u8]) -> Value {
         Value::Str(Arc::from(b))
     }
@@ -72,11 +84,15 @@ impl Value {
 /// never).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
+    /// What the key holds.
     pub value: Value,
+    /// When the key expires, Unix time in milliseconds; 0 = never
+    /// (Redis's PEXPIREAT time, as PEXPIRETIME reports it).
     pub expire_ms: u64,
 }
 
 impl Slot {
+    /// A slot holding `value` with no expiry.
     pub fn new(value: Value) -> Slot {
         Slot {
             value,
@@ -145,14 +161,18 @@ impl<V: Clone + PartialEq> PartialEq for HashedMap<V> {
 impl<V: Clone + Eq> Eq for HashedMap<V> {}
 
 impl<V: Clone> HashedMap<V> {
+    /// Number of members (HLEN, SCARD).
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether there are no members; an empty hash or set is removed
+    /// with its key, as Redis does.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// The value of `member` (a hash's field), if present.
     pub fn get(&self, member: &[u8]) -> Option<&V> {
         let bucket = self.buckets.get(&member_hash(member))?;
         bucket
@@ -162,6 +182,7 @@ impl<V: Clone> HashedMap<V> {
             .map(|(_, v)| v)
     }
 
+    /// Whether `member` is present (SISMEMBER, HEXISTS).
     pub fn contains(&self, member: &[u8]) -> bool {
         self.get(member).is_some()
     }
@@ -433,7 +454,7 @@ const TAG_SET: u8 = Kind::Set as u8;
 
 /// Encode a value: a type byte, then a string's bytes or a collection's
 /// count and items (docs/wal-format.md, "Values").
-pub fn encode(v: &Value, out: &mut Vec<u8>) {
+pub(crate) fn encode(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Str(s) => {
             out.push(TAG_STRING);
@@ -465,7 +486,7 @@ pub fn encode(v: &Value, out: &mut Vec<u8>) {
 }
 
 /// The encoded size of a value, to size buffers.
-pub fn encoded_len(v: &Value) -> usize {
+pub(crate) fn encoded_len(v: &Value) -> usize {
     1 + match v {
         Value::Str(s) => 4 + s.len(),
         Value::Hash(h) => 4 + h.iter().map(|(f, v)| 8 + f.len() + v.len()).sum::<usize>(),
@@ -476,7 +497,7 @@ pub fn encoded_len(v: &Value) -> usize {
 
 /// Decode a value written by [`encode`]. An empty collection is refused:
 /// the store never holds one (the key is deleted instead).
-pub fn decode(r: &mut Reader<'_>) -> Result<Value, DecodeError> {
+pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Value, DecodeError> {
     let tag = r.u8()?;
     if tag == TAG_STRING {
         return Ok(Value::string(r.bytes()?));

@@ -27,9 +27,6 @@
 //! checkpoint's redo point, then [`Wal::start`] at its `end` with its
 //! `prev_record`; sessions call [`Wal::insert`] then [`Wal::wait_flushed`].
 
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
-
 mod map;
 pub mod raw;
 pub mod reader;

@@ -19,6 +19,8 @@ pub struct RawReader {
 }
 
 impl RawReader {
+    /// A reader of the segments in `segdir`; it maps one segment at a
+    /// time, on the first read from it.
     pub fn new(segdir: Arc<SegmentDir>) -> RawReader {
         RawReader { segdir, seg: None }
     }

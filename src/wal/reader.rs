@@ -61,33 +61,86 @@ impl Record {
 /// Which check failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ReadErrorKind {
+    /// The length field is zero: pre-allocated, never written bytes. This
+    /// is how a clean end of WAL looks (PostgreSQL: "invalid record length
+    /// at X: expected at least 24, got 0").
     #[error("zero-length record (the clean end of WAL)")]
     ZeroRecord,
+    /// The length field is out of range: a torn or garbage header.
     #[error("invalid record length {tot_len}")]
-    BadLength { tot_len: u32 },
+    BadLength {
+        /// The record's total length as stored (header plus payload, in
+        /// bytes).
+        tot_len: u32,
+    },
+    /// The header fails a check of its own (size limit, reserved bytes).
     #[error("invalid record header: {0}")]
     BadHeader(RecordError),
+    /// The CRC32 over payload, LSN and header does not match: a torn
+    /// write, or bytes from an older use of the segment.
     #[error("incorrect record checksum: computed {computed:08X}, stored {stored:08X}")]
-    Crc { computed: u32, stored: u32 },
+    Crc {
+        /// CRC32 of the bytes read.
+        computed: u32,
+        /// CRC32 in the record header.
+        stored: u32,
+    },
+    /// The record does not point back at the record before it
+    /// (PostgreSQL's `xl_prev` check): a stale record of a recycled
+    /// segment, or WAL of another history.
     #[error("record with incorrect prev-link {found} (expected {expected})")]
-    PrevLink { expected: Lsn, found: Lsn },
+    PrevLink {
+        /// Start of the record read before this one.
+        expected: Lsn,
+        /// The prev-link the record carries.
+        found: Lsn,
+    },
+    /// A segment the record lies in has a bad header.
     #[error("invalid segment header in WAL file {file}: {problem}")]
     SegmentHeader {
+        /// The segment's file name (`000000010000000000000003`).
         file: String,
+        /// Which check failed.
         problem: HeaderProblem,
     },
+    /// No file holds the segment on any timeline of the history that
+    /// covers it.
     #[error("WAL segment {segno} not found (tried {})", names(.tried))]
-    MissingSegment { segno: SegNo, tried: Vec<String> },
+    MissingSegment {
+        /// The segment wanted.
+        segno: SegNo,
+        /// The file names looked for, newest timeline first.
+        tried: Vec<String>,
+    },
+    /// A segment file is not exactly `wal_segment_size` bytes long.
     #[error("WAL file {file} is {found} bytes long, expected {expected}")]
     SegmentSize {
+        /// The segment's file name.
         file: String,
+        /// Its length in bytes.
         found: u64,
+        /// The WAL segment size in bytes.
         expected: u64,
     },
+    /// Opening or mapping a segment failed.
     #[error("could not read WAL file {file}: {message}")]
-    Io { file: String, message: String },
+    Io {
+        /// The segment's file name.
+        file: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The record would end past [`ReaderConfig`]'s limit (on a standby,
+    /// what the walreceiver has flushed): not corruption, just not there
+    /// yet.
     #[error("record extends beyond the read limit {limit}")]
-    LimitReached { limit: Lsn },
+    LimitReached {
+        /// The limit in force.
+        limit: Lsn,
+    },
+    /// The position asked for cannot start a record (invalid, not 8-byte
+    /// aligned, or inside a segment header), or no segment is mapped at
+    /// it.
     #[error("not a valid record position")]
     NotRecordPosition,
 }
@@ -187,6 +240,8 @@ impl WalReader {
         self.seg = None;
     }
 
+    /// The timeline history the reader follows to pick the segment file
+    /// of each position (set by [`WalReader::set_history`]).
     pub fn history(&self) -> &TimelineHistory {
         &self.cfg.history
     }

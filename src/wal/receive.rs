@@ -58,6 +58,8 @@ impl SegmentWriter {
         }
     }
 
+    /// The timeline whose segments this writer fills (the one the
+    /// walreceiver is streaming).
     pub fn timeline(&self) -> TimelineId {
         self.tli
     }

@@ -39,10 +39,23 @@ pub struct RecordHeader {
 /// Why a record header or payload is unacceptable.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RecordError {
+    /// A payload to insert is larger than a record may carry.
     #[error("record payload of {len} bytes exceeds the maximum of {max} bytes")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The payload's length in bytes.
+        len: usize,
+        /// [`MAX_PAYLOAD_LEN`].
+        max: usize,
+    },
+    /// A header's total length is shorter than a header or longer than
+    /// [`MAX_RECORD_LEN`].
     #[error("invalid record length {tot_len}: expected at least {RECORD_HEADER_SIZE} and at most {MAX_RECORD_LEN}")]
-    BadLength { tot_len: u32 },
+    BadLength {
+        /// The total length as stored, in bytes.
+        tot_len: u32,
+    },
+    /// The reserved header bytes are not zero: not a header this format
+    /// writes.
     #[error("non-zero reserved bytes in record header")]
     Reserved,
 }

@@ -36,21 +36,39 @@ const MAX_FRESH: usize = 8;
 /// An error managing WAL files.
 #[derive(Debug, Error)]
 pub enum SegmentError {
+    /// A file operation on the WAL directory failed.
     #[error("could not {op} WAL file \"{}\": {source}", path.display())]
     Io {
+        /// The operation, as a verb for the message ("open",
+        /// "list", "rename").
         op: &'static str,
+        /// The file or directory.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
+    /// A segment file is not exactly the segment size: never recycled or
+    /// served, since its tail would be missing.
     #[error("WAL file \"{}\" has {found} bytes, expected the segment size {expected}", path.display())]
     BadSize {
+        /// The segment file.
         path: PathBuf,
+        /// Its length in bytes.
         found: u64,
+        /// `wal_segment_size` in bytes.
         expected: u64,
     },
+    /// The segment was removed or recycled (below the horizon); the same
+    /// message PostgreSQL's walsender sends a standby that fell too far
+    /// behind.
     #[error("requested WAL segment {name} has already been removed")]
-    Removed { name: String },
+    Removed {
+        /// The segment's file name.
+        name: String,
+    },
+    /// A durable write (create, fsync, rename) failed; after a failed
+    /// fsync nothing retries.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
 }
@@ -217,10 +235,12 @@ impl SegmentDir {
         Ok(sd)
     }
 
+    /// The WAL directory (`DATADIR/wal`, PostgreSQL's `pg_wal`).
     pub fn path(&self) -> &Path {
         &self.dir
     }
 
+    /// The size of every segment file in the directory.
     pub fn seg_size(&self) -> WalSegSize {
         self.seg_size
     }

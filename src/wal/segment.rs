@@ -47,32 +47,98 @@ pub struct SegmentHeader {
 /// What is wrong with a segment header, in the order the checks run.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum HeaderProblem {
+    /// All zero bytes: a pre-allocated segment nothing was written to yet.
     #[error("segment header is all zeroes (pre-allocated, never written)")]
     Zero,
+    /// Fewer bytes than a header ([`SEG_HEADER_SIZE`]).
     #[error("segment is shorter than its header ({len} bytes)")]
-    Truncated { len: usize },
+    Truncated {
+        /// The bytes there are.
+        len: usize,
+    },
+    /// Not a walrep segment (PostgreSQL's `xlp_magic` check).
     #[error("invalid magic number {found:02X?} (expected {SEG_MAGIC:02X?})")]
-    Magic { found: [u8; 4] },
+    Magic {
+        /// The first four bytes.
+        found: [u8; 4],
+    },
+    /// A walrep segment of a format version this build does not read.
     #[error("unsupported WAL format version {found} (this build reads {SEG_VERSION})")]
-    Version { found: u16 },
+    Version {
+        /// The version in the header.
+        found: u16,
+    },
+    /// The header's own CRC32 does not match its bytes.
     #[error("incorrect segment header checksum: computed {computed:08X}, stored {stored:08X}")]
-    Crc { computed: u32, stored: u32 },
+    Crc {
+        /// CRC32 of the header bytes read.
+        computed: u32,
+        /// CRC32 stored in the header.
+        stored: u32,
+    },
+    /// Flag bits this format does not define are set.
     #[error("invalid segment header flags {found:04X}")]
-    Flags { found: u16 },
+    Flags {
+        /// The flags field.
+        found: u16,
+    },
+    /// The segment size field is not a power of two from 1 MiB to 1 GiB.
     #[error("WAL segment size {found} in the header is not a valid size")]
-    BadSegSize { found: u32 },
+    BadSegSize {
+        /// The size field, in bytes.
+        found: u32,
+    },
+    /// `rem_len` is non-zero without the continuation flag, or zero with
+    /// it.
     #[error("rem_len {rem_len} does not agree with the continuation flag")]
-    RemLen { rem_len: u32 },
+    RemLen {
+        /// Bytes of a record continued from the previous segment, as
+        /// stored (PostgreSQL's `xlp_rem_len`).
+        rem_len: u32,
+    },
+    /// The segment belongs to another system (another `walrep init`).
     #[error("WAL file is from a different database system: WAL file system identifier is {found}, expected {expected}")]
-    SystemId { expected: u64, found: u64 },
+    SystemId {
+        /// This system's identifier, from the control file.
+        expected: u64,
+        /// The identifier in the segment header.
+        found: u64,
+    },
+    /// The header's segment size is not this system's.
     #[error("WAL segment size {found} differs from the system's {expected}")]
-    SegSize { expected: u64, found: u64 },
+    SegSize {
+        /// This system's `wal_segment_size`, in bytes.
+        expected: u64,
+        /// The header's, in bytes.
+        found: u64,
+    },
+    /// The header names another timeline than the file name does.
     #[error("unexpected timeline ID {found} in segment header (expected {expected})")]
-    Timeline { expected: u32, found: u32 },
+    Timeline {
+        /// The timeline of the file name.
+        expected: u32,
+        /// The timeline in the header.
+        found: u32,
+    },
+    /// The header's start LSN is not the segment's: a recycled file not
+    /// rewritten yet, or a file renamed by hand (PostgreSQL's
+    /// `xlp_pageaddr` check).
     #[error("unexpected pageaddr {found} in segment header (expected {expected}): a recycled or misplaced file")]
-    PageAddr { expected: Lsn, found: Lsn },
+    PageAddr {
+        /// The start LSN of the segment the file name says.
+        expected: Lsn,
+        /// The start LSN in the header.
+        found: Lsn,
+    },
+    /// The segment continues a different amount of the previous segment's
+    /// last record than that record has left.
     #[error("segment continues {found} bytes of a record, expected {expected}")]
-    Continuation { expected: u32, found: u32 },
+    Continuation {
+        /// Bytes of the record still to come, from the previous segment.
+        expected: u32,
+        /// The header's `rem_len`.
+        found: u32,
+    },
 }
 
 /// What a reader expects of the header of the segment it enters.

@@ -19,32 +19,61 @@ use crate::{Lsn, SegNo, TimelineId, WalSegSize};
 /// An error reading or writing timeline files.
 #[derive(Debug, Error)]
 pub enum TimelineError {
+    /// Reading a history file or a segment failed.
     #[error("could not {op} \"{}\": {source}", path.display())]
     Io {
+        /// The operation, as a verb for the message ("read", "rename").
         op: &'static str,
+        /// The file.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
+    /// A `.history` file that does not parse (PostgreSQL: "syntax error in
+    /// history file").
     #[error("invalid timeline history file \"{}\": {source}", path.display())]
     Parse {
+        /// The history file.
         path: PathBuf,
+        /// What is wrong with its text.
         #[source]
         source: HistoryError,
     },
+    /// A history file for the new timeline already exists and says
+    /// something else: another node promoted to the same timeline ID, so
+    /// writing ours would fork history silently.
     #[error("timeline history file \"{}\" already exists with different contents", path.display())]
-    Conflict { path: PathBuf },
+    Conflict {
+        /// The existing history file.
+        path: PathBuf,
+    },
+    /// A new timeline must have a higher ID than the one it branches off.
     #[error("new timeline {new} is not higher than timeline {parent}")]
-    NotNewer { parent: u32, new: u32 },
+    NotNewer {
+        /// The timeline branched off.
+        parent: u32,
+        /// The timeline asked for.
+        new: u32,
+    },
+    /// The old timeline's segment at the switch point, which the first
+    /// segment of the new timeline copies up to the switch, is missing or
+    /// bad.
     #[error("cannot start timeline {new}: segment {name} of timeline {old} is {problem}")]
     OldSegment {
+        /// The timeline being started.
         new: u32,
+        /// The timeline branched off.
         old: u32,
+        /// The old segment's file name.
         name: String,
+        /// What is wrong with it ("missing", a header problem, ...).
         problem: String,
     },
+    /// Managing the WAL directory failed.
     #[error(transparent)]
     Segment(#[from] SegmentError),
+    /// A durable write failed; after a failed fsync nothing retries.
     #[error(transparent)]
     Storage(#[from] StorageError),
 }

@@ -134,20 +134,52 @@ impl WalConfig {
 /// Errors of the WAL writer.
 #[derive(Debug, Clone, Error)]
 pub enum WalError {
+    /// A write or fsync failed earlier: the writer stopped for good, since
+    /// the kernel may have dropped the data (PostgreSQL PANICs here). Every
+    /// later call gets this; only a restart with recovery goes on.
     #[error("WAL writer stopped after an IO failure ({cause}); no further WAL can be written until the node is restarted and recovers")]
-    Poisoned { cause: Arc<str> },
+    Poisoned {
+        /// The first failure, as its message.
+        cause: Arc<str>,
+    },
+    /// [`Wal::shutdown`] ran; nothing more is inserted.
     #[error("WAL writer is shut down")]
     ShutDown,
+    /// The record to insert is not acceptable (too large).
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// A wait for a flush position that no inserted record reaches: it
+    /// would never return.
     #[error("cannot wait for WAL up to {requested}: WAL is only inserted up to {inserted}")]
-    FlushBeyondInsert { requested: Lsn, inserted: Lsn },
+    FlushBeyondInsert {
+        /// The position waited for.
+        requested: Lsn,
+        /// The end of the WAL inserted so far.
+        inserted: Lsn,
+    },
+    /// The flush did not reach the position within the wait's bound; the
+    /// WAL is inserted and may still become durable.
     #[error("WAL up to {requested} was not flushed in time (flushed up to {flushed}); the flush may still complete")]
-    FlushTimeout { requested: Lsn, flushed: Lsn },
+    FlushTimeout {
+        /// The position waited for.
+        requested: Lsn,
+        /// How far WAL was durable when the wait gave up.
+        flushed: Lsn,
+    },
+    /// [`Wal::start`] was given a position or configuration it cannot
+    /// write from.
     #[error("cannot start writing WAL at {lsn}: {reason}")]
-    BadStart { lsn: Lsn, reason: String },
+    BadStart {
+        /// The start position given.
+        lsn: Lsn,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Creating, opening or recycling a segment failed (shared, since
+    /// every waiter gets the same error).
     #[error(transparent)]
     Segment(Arc<SegmentError>),
+    /// The WAL writer thread could not be started; holds the OS error.
     #[error("could not start the WAL writer thread: {0}")]
     Spawn(String),
 }
@@ -167,7 +199,12 @@ pub enum WalEvent {
     Flushed(Lsn),
     /// A segment was completely written and fsynced (and marked `.ready`
     /// when archiving).
-    SegmentCompleted { tli: TimelineId, segno: SegNo },
+    SegmentCompleted {
+        /// The timeline of the segment.
+        tli: TimelineId,
+        /// The segment completed.
+        segno: SegNo,
+    },
     /// The writer stopped on an IO failure.
     Poisoned,
     /// The writer was shut down cleanly.
@@ -440,14 +477,18 @@ impl Wal {
         &self.shared.segdir
     }
 
+    /// The timeline this writer writes (from [`WalConfig`], fixed for
+    /// the writer's life).
     pub fn timeline(&self) -> TimelineId {
         self.shared.ctx.tli
     }
 
+    /// The system identifier stamped into every segment header.
     pub fn system_id(&self) -> u64 {
         self.shared.ctx.system_id
     }
 
+    /// The size of the segments written (`wal_segment_size`).
     pub fn seg_size(&self) -> WalSegSize {
         self.shared.ctx.seg_size
     }

@@ -54,27 +54,43 @@ pub struct EndOfRecovery {
 /// A decoded `RM_XLOG` record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XlogRecord {
+    /// A checkpoint completed (PostgreSQL's `XLOG_CHECKPOINT_ONLINE`; a
+    /// shutdown checkpoint is the same record with
+    /// [`Checkpoint::shutdown`] set).
     Checkpoint(Checkpoint),
     /// The rest of the segment is unused; the next record starts after the
     /// next segment's header.
     Switch,
+    /// Promotion: the first record of a new timeline
+    /// (`XLOG_END_OF_RECOVERY`).
     EndOfRecovery(EndOfRecovery),
     /// A base backup that started at `start` is consistent from here on.
     BackupEnd {
+        /// The LSN the backup started at: its WAL from there to this
+        /// record must be replayed before the copy is consistent.
         start: Lsn,
     },
+    /// A record that changes nothing (`XLOG_NOOP`).
     Noop,
 }
 
 /// An `RM_XLOG` record that cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum XlogError {
+    /// The record's `info` byte names no XLOG record kind.
     #[error("unknown XLOG record info {info:#04X}")]
-    UnknownInfo { info: u8 },
+    UnknownInfo {
+        /// The record header's `info` byte.
+        info: u8,
+    },
+    /// The payload is not the size that kind of record has.
     #[error("XLOG record info {info:#04X} has a payload of {found} bytes, expected {expected}")]
     BadLength {
+        /// The record header's `info` byte.
         info: u8,
+        /// The size of that kind's payload, in bytes.
         expected: usize,
+        /// The payload's size, in bytes.
         found: usize,
     },
 }
