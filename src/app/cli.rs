@@ -70,6 +70,13 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         wait_seconds: u64,
     },
+    /// Make a running node re-read walrep.toml (PostgreSQL's pg_ctl
+    /// reload): the file is checked first, and a file with an error is
+    /// refused here and by the node, which keeps its running values.
+    Reload {
+        /// The data directory of the running node.
+        datadir: PathBuf,
+    },
     /// The main job: a primary with archiving under a write load, crashed
     /// with kill -9 and recovered, every acknowledged write verified.
     Demo {
@@ -214,9 +221,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             };
             let node = RunningNode::start(&datadir, &opts)?;
+            let log_follower = follow_log_level(&node.node)?;
             let why = node.wait_for_exit()?;
             tracing::info!(reason = ?why, "shutdown requested");
             node.stop()?;
+            drop(log_follower);
             match why {
                 walrep::node::ExitRequest::Signal(_) => Ok(ExitCode::SUCCESS),
                 walrep::node::ExitRequest::Fatal(message) => {
@@ -233,6 +242,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait_seconds,
         } => {
             promote(&datadir, wait_seconds)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { datadir } => {
+            reload(&datadir)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
@@ -402,6 +415,52 @@ fn promote(datadir: &std::path::Path, wait_seconds: u64) -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// `walrep reload`: check the file, then send SIGHUP to the node holding
+/// the data directory's lock.
+fn reload(datadir: &std::path::Path) -> anyhow::Result<()> {
+    let dir = walrep::node::DataDir::new(datadir);
+    dir.check()?;
+    let holder = walrep::node::DataDirLock::read_holder(&dir)
+        .filter(|h| !h.ports.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("no walrep is running in {}", datadir.display()))?;
+    walrep::config::Config::load(&dir.config_file(), &[]).map_err(|e| {
+        anyhow::anyhow!("{e}\nconfiguration not reloaded: the node keeps its running values")
+    })?;
+    let pid = libc::pid_t::try_from(holder.pid)?;
+    // SAFETY: kill(2) with a pid read from the lock file and a valid signal.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!("could not send reload signal (PID: {pid}): {e}");
+    }
+    println!("server signaled");
+    Ok(())
+}
+
+/// Follow reloads of `log_level` until the returned sender is dropped.
+fn follow_log_level(
+    node: &std::sync::Arc<walrep::node::Node>,
+) -> anyhow::Result<crossbeam_channel::Sender<()>> {
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let config = node.config.clone();
+    let changes = config.subscribe();
+    let mut level = config.get().log_level.clone();
+    std::thread::Builder::new()
+        .name("log-level".into())
+        .spawn(move || loop {
+            crossbeam_channel::select! {
+                recv(changes.receiver()) -> _ => {
+                    let now = config.get().log_level.clone();
+                    if now != level {
+                        crate::app::logging::set_level(&now);
+                        level = now;
+                    }
+                }
+                recv(stop_rx) -> _ => return,
+            }
+        })?;
+    Ok(stop_tx)
 }
 
 /// The log level before the configuration is fully validated (errors in it

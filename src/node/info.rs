@@ -131,7 +131,11 @@ fn persistence(node: &Node) -> String {
             done.checkpoint_lsn, at_ms, done.keys, done.bytes, done.elapsed_ms
         );
     }
-    let _ = write!(s, "archive_mode:{}\r\n", node.config.archive_mode.as_str());
+    let _ = write!(
+        s,
+        "archive_mode:{}\r\n",
+        node.settings().archive_mode.as_str()
+    );
     if let Some(stats) = node.archiver_stats() {
         let a = stats.snapshot();
         let _ = write!(
@@ -220,7 +224,7 @@ fn replication(node: &Node) -> String {
 /// A standby's view: its recovery state, where WAL comes from, how far it
 /// has received and replayed, and the last transition with its cause.
 fn standby_fields(node: &Node, r: &RecoverySnapshot, s: &mut String) {
-    let conninfo = Some(node.config.primary_conninfo.trim())
+    let conninfo = Some(node.settings().primary_conninfo.trim())
         .filter(|c| !c.is_empty())
         .and_then(|c| crate::replication::client::ConnInfo::parse(c).ok());
     let (host, port) = conninfo

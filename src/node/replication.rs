@@ -175,7 +175,7 @@ impl crate::backup::server::BackupSource for Node {
     }
 
     fn archive_mode(&self) -> crate::config::ArchiveMode {
-        self.config.archive_mode
+        self.settings().archive_mode
     }
 
     fn checkpoint(&self) -> Result<(), Self::CheckpointError> {

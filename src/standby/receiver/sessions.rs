@@ -85,6 +85,26 @@ impl<E: From<ReceiverEvent> + Send + 'static> Sessions<E> {
         }
     }
 
+    /// `primary_conninfo` or `primary_slot_name` was reloaded: end the
+    /// current session and report it lost, so the recovery machine goes
+    /// through its usual transitions and its next `StartWalReceiver`
+    /// connects with the new settings. Nothing runs: nothing to do (the
+    /// next start reads the new settings anyway).
+    pub fn upstream_changed(&mut self) {
+        if let Some(h) = self.current.take() {
+            let session = h.session();
+            drop(h);
+            tracing::info!(
+                session,
+                "upstream settings changed by a reload: walreceiver reconnects"
+            );
+            self.report(ReceiverEvent::StreamLost {
+                session,
+                reason: "primary_conninfo or primary_slot_name changed by a reload".into(),
+            });
+        }
+    }
+
     /// End whatever runs (end of recovery, shutdown), without reports.
     pub fn stop_all(&mut self) {
         drop(self.current.take());

@@ -1,0 +1,195 @@
+//! Cascading replication with real processes: standbys streaming from
+//! standbys (chains and fan-outs), `pg_receivewal` on a standby, re-pointing
+//! a standby with `walrep reload`, and refused reloads.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::cluster::*;
+use support::node::{init_datadir, walrep, TestNode};
+use support::wait_for;
+
+/// The line `primary_conninfo = "..."` of `dir`'s walrep.toml, pointing at
+/// `port` as `app` (the rest of the file untouched).
+fn set_upstream(dir: &Path, port: u16, app: &str) {
+    let conninfo = format!(
+        "primary_conninfo = \"host=127.0.0.1 port={port} user=walrep application_name={app}\""
+    );
+    set_line(dir, "primary_conninfo", &conninfo);
+}
+
+/// Replace (or append) the line setting `name` in `dir`'s walrep.toml.
+fn set_line(dir: &Path, name: &str, line: &str) {
+    let path = dir.join("walrep.toml");
+    let text = fs::read_to_string(&path).unwrap();
+    let mut found = false;
+    let mut out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with(&format!("{name} =")) {
+                found = true;
+                line.to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        out.push(line.to_string());
+    }
+    fs::write(&path, out.join("\n") + "\n").unwrap();
+}
+
+/// A parameter as the node runs with it (CONFIG GET).
+fn config_get(node: &TestNode, name: &str) -> String {
+    let v: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query(&mut node.client())
+        .unwrap();
+    v.get(1).cloned().unwrap_or_default()
+}
+
+/// A primary with an archive, under `tmp`.
+fn primary(tmp: &Path, extra: &[&str]) -> (TestNode, PathBuf) {
+    let archive = tmp.join("archive");
+    fs::create_dir_all(&archive).unwrap();
+    let dir = init_datadir(tmp, "primary", &["--wal-segment-size", SEG_1MB]);
+    let mut settings = archive_settings(&archive);
+    settings.push("wal_keep_size=64MB".into());
+    settings.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = settings.iter().map(String::as_str).collect();
+    (TestNode::start(&dir, &refs), archive)
+}
+
+/// A standby copied from `primary` as `app`, streaming from `upstream`
+/// (set in its walrep.toml, so a reload can change it).
+fn standby(primary: &TestNode, upstream: &TestNode, tmp: &Path, app: &str) -> TestNode {
+    let dir = basebackup(primary, tmp, app, app);
+    set_upstream(&dir, upstream.replication_port, app);
+    TestNode::start(
+        &dir,
+        &["wal_retrieve_retry_interval=200ms", "wal_keep_size=64MB"],
+    )
+}
+
+/// Whether `node`'s INFO replication lists a downstream named `app`.
+fn serves(node: &TestNode, app: &str) -> bool {
+    node.info("replication")
+        .contains(&format!("application_name={app},"))
+}
+
+#[test]
+fn reload_repoints_a_standby_to_another_upstream_without_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary, _archive) = primary(tmp.path(), &[]);
+    let s1 = standby(&primary, &primary, tmp.path(), "s1");
+    let s2 = standby(&primary, &s1, tmp.path(), "s2");
+    write_keys(&primary, "a", 500, 32);
+    wait_caught_up(&primary, &s2);
+    check_keys(&s2, "a", 500);
+    assert!(serves(&s1, "s2"), "{}", s1.info("replication"));
+    assert_eq!(
+        s2.info_field("replication", "master_port").as_deref(),
+        Some(s1.replication_port.to_string().as_str())
+    );
+
+    let pid = s2.pid();
+    set_upstream(&s2.datadir, primary.replication_port, "s2");
+    let (ok, out, err) = walrep(&["reload", s2.datadir.to_str().unwrap()]);
+    assert!(ok, "walrep reload failed: {out}{err}");
+    assert!(out.contains("server signaled"), "{out}");
+    wait_for(
+        "s2 to stream from the primary",
+        Duration::from_secs(60),
+        || serves(&primary, "s2").then_some(()),
+    );
+    assert_eq!(
+        s2.info_field("replication", "master_port").as_deref(),
+        Some(primary.replication_port.to_string().as_str())
+    );
+    assert_eq!(s2.pid(), pid, "no restart");
+    wait_for("s1 to lose s2", Duration::from_secs(30), || {
+        (!serves(&s1, "s2")).then_some(())
+    });
+    write_keys(&primary, "b", 500, 32);
+    wait_caught_up(&primary, &s2);
+    check_keys(&s2, "a", 500);
+    check_keys(&s2, "b", 500);
+    let trace = trace(&s2);
+    assert!(
+        trace.contains("changed by a reload"),
+        "the reconnect is a traced transition:\n{trace}"
+    );
+}
+
+#[test]
+fn a_bad_reload_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init_datadir(tmp.path(), "node", &[]);
+    let primary = TestNode::start(&dir, &[]);
+    let good = fs::read_to_string(dir.join("walrep.toml")).unwrap();
+    assert_eq!(config_get(&primary, "wal_keep_size"), "0");
+
+    // A reloadable parameter takes effect; a restart-only one is named.
+    set_line(&dir, "wal_keep_size", "wal_keep_size = \"32MB\"");
+    set_line(&dir, "max_connections", "max_connections = 7");
+    let (ok, out, err) = walrep(&["reload", dir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    wait_for("wal_keep_size to be 32MB", Duration::from_secs(30), || {
+        (config_get(&primary, "wal_keep_size") == "32MB").then_some(())
+    });
+    assert_eq!(config_get(&primary, "max_connections"), "1000");
+    wait_for("the restart-only warning", Duration::from_secs(30), || {
+        primary
+            .log_text()
+            .contains("parameter \"max_connections\" cannot be changed without restarting")
+            .then_some(())
+    });
+
+    // A malformed value and an unknown parameter: refused by the command
+    // and, signalled directly, by the node; nothing changes.
+    for (bad, named) in [
+        ("wal_keep_size = \"lots\"", "wal_keep_size"),
+        ("wal_keep_sizes = \"64MB\"", "wal_keep_sizes"),
+    ] {
+        fs::write(dir.join("walrep.toml"), format!("{good}\n{bad}\n")).unwrap();
+        let (ok, out, err) = walrep(&["reload", dir.to_str().unwrap()]);
+        assert!(!ok, "a bad file must be refused: {out}");
+        assert!(err.contains(named), "the error names {named}: {err}");
+        assert!(err.contains("not reloaded"), "{err}");
+        let before = primary
+            .log_text()
+            .matches("no changes were applied")
+            .count();
+        unsafe_sighup(primary.pid());
+        wait_for(
+            "the node to refuse the file",
+            Duration::from_secs(30),
+            || {
+                (primary
+                    .log_text()
+                    .matches("no changes were applied")
+                    .count()
+                    > before)
+                    .then_some(())
+            },
+        );
+        assert_eq!(config_get(&primary, "wal_keep_size"), "32MB");
+    }
+    // Still serving writes with the running values.
+    write_keys(&primary, "k", 10, 8);
+}
+
+/// SIGHUP to `pid`, as `kill -HUP` would.
+fn unsafe_sighup(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -HUP {pid}");
+}
