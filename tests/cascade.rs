@@ -6,11 +6,116 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::cluster::*;
 use support::node::{init_datadir, walrep, TestNode};
+use support::process::ChildGuard;
+use support::tools::tool;
 use support::wait_for;
+use support::wal::segment_file_names;
+
+/// `pg_receivewal` streaming from `node` into `dir`; `None` if the tool is
+/// missing and the run skips external tools.
+fn receivewal(node: &TestNode, dir: &Path) -> Option<ChildGuard> {
+    let bin = tool("pg_receivewal")?;
+    fs::create_dir_all(dir).unwrap();
+    let mut c = Command::new(bin);
+    c.args(["-h", "127.0.0.1", "-p"])
+        .arg(node.replication_port.to_string())
+        .args(["-U", "walrep", "-w", "-n", "-s", "1", "-D"])
+        .arg(dir)
+        .env_remove("PGPASSWORD")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Some(ChildGuard::spawn(&mut c))
+}
+
+/// Writes 2 kB values to keys `load:0..KEYS` from `clients` clients until
+/// stopped (bounded); returns the writes acknowledged.
+fn start_load(
+    node: &TestNode,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<u64>> {
+    (0..clients)
+        .map(|c| {
+            let mut conn = node.client();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && n < 50_000 {
+                    let key = format!("load:{}", (n as usize * clients + c) % LOAD_KEYS);
+                    let value = format!("{n}:{}", "v".repeat(2048));
+                    let _: () = redis::cmd("SET")
+                        .arg(key)
+                        .arg(value)
+                        .query(&mut conn)
+                        .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect()
+}
+
+const LOAD_KEYS: usize = 2000;
+
+/// Let the load run until the primary wrote `bytes` of WAL, then stop it.
+fn run_load(primary: &TestNode, clients: usize, bytes: u64) -> u64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = wal_flush(primary);
+    let load = start_load(primary, clients, stop.clone());
+    wait_for(
+        "the load to write its WAL",
+        Duration::from_secs(120),
+        || (wal_flush(primary) >= start + bytes).then_some(()),
+    );
+    stop.store(true, Ordering::Relaxed);
+    load.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
+fn wal_flush(node: &TestNode) -> u64 {
+    node.info_field("persistence", "wal_flush_lsn")
+        .unwrap()
+        .parse::<walrep::Lsn>()
+        .unwrap()
+        .0
+}
+
+/// Every standby holds exactly the primary's data.
+fn assert_same_data(primary: &TestNode, standbys: &[&TestNode]) {
+    let want = dump(primary, "load", LOAD_KEYS);
+    let written = want.iter().filter(|v| v.is_some()).count();
+    assert!(written > 100, "the load wrote only {written} keys");
+    for s in standbys {
+        wait_caught_up(primary, s);
+        assert!(
+            dump(s, "load", LOAD_KEYS) == want,
+            "{} differs from the primary",
+            s.datadir.display()
+        );
+    }
+}
+
+/// The completed segments in `received` equal the primary's.
+fn assert_segments_identical(primary: &TestNode, received: &Path) -> usize {
+    let segs = segment_file_names(received);
+    for s in &segs {
+        let ours = fs::read(primary.datadir.join("wal").join(s))
+            .unwrap_or_else(|e| panic!("primary's {s}: {e}"));
+        let theirs = fs::read(received.join(s)).unwrap();
+        assert!(
+            ours == theirs,
+            "segment {s} from the cascade differs from the primary's"
+        );
+    }
+    segs.len()
+}
 
 /// The line `primary_conninfo = "..."` of `dir`'s walrep.toml, pointing at
 /// `port` as `app` (the rest of the file untouched).
@@ -80,6 +185,61 @@ fn standby(primary: &TestNode, upstream: &TestNode, tmp: &Path, app: &str) -> Te
 fn serves(node: &TestNode, app: &str) -> bool {
     node.info("replication")
         .contains(&format!("application_name={app},"))
+}
+
+#[test]
+fn a_chain_of_three_standbys_under_load_with_pg_receivewal_on_the_second() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary, _archive) = primary(tmp.path(), &[]);
+    let s1 = standby(&primary, &primary, tmp.path(), "s1");
+    let s2 = standby(&primary, &s1, tmp.path(), "s2");
+    let s3 = standby(&primary, &s2, tmp.path(), "s3");
+    for (up, down) in [(&primary, "s1"), (&s1, "s2"), (&s2, "s3")] {
+        wait_for(
+            &format!("{down} to stream"),
+            Duration::from_secs(60),
+            || serves(up, down).then_some(()),
+        );
+    }
+    let received = tmp.path().join("received");
+    let Some(mut receiver) = receivewal(&s2, &received) else {
+        return;
+    };
+    let writes = run_load(&primary, 8, 6 << 20);
+    assert!(writes > 0);
+    assert_same_data(&primary, &[&s1, &s2, &s3]);
+    let segs = wait_for(
+        "pg_receivewal on s2 to complete segments",
+        Duration::from_secs(60),
+        || {
+            let n = segment_file_names(&received).len();
+            (n >= 4).then_some(n)
+        },
+    );
+    assert!(
+        receiver.interrupt().success(),
+        "pg_receivewal exits cleanly"
+    );
+    assert!(assert_segments_identical(&primary, &received) >= segs);
+}
+
+#[test]
+fn a_fan_out_under_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary, _archive) = primary(tmp.path(), &[]);
+    let s1 = standby(&primary, &primary, tmp.path(), "s1");
+    let s2 = standby(&primary, &primary, tmp.path(), "s2");
+    let s3 = standby(&primary, &s1, tmp.path(), "s3");
+    let s4 = standby(&primary, &s1, tmp.path(), "s4");
+    for (up, down) in [(&primary, "s1"), (&primary, "s2"), (&s1, "s3"), (&s1, "s4")] {
+        wait_for(
+            &format!("{down} to stream"),
+            Duration::from_secs(60),
+            || serves(up, down).then_some(()),
+        );
+    }
+    run_load(&primary, 8, 4 << 20);
+    assert_same_data(&primary, &[&s1, &s2, &s3, &s4]);
 }
 
 #[test]
