@@ -242,6 +242,93 @@ fn a_fan_out_under_load() {
     assert_same_data(&primary, &[&s1, &s2, &s3, &s4]);
 }
 
+/// Re-point `node` at `upstream` with `walrep reload` and wait until its
+/// log refuses the loop; returns the refusal line.
+fn refused_loop(node: &TestNode, upstream: &TestNode, app: &str) -> String {
+    let received_before = node.info_field("replication", "receive_lsn");
+    set_upstream(&node.datadir, upstream.replication_port, app);
+    let (ok, out, err) = walrep(&["reload", node.datadir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let line = wait_for("the loop to be refused", Duration::from_secs(60), || {
+        node.log_text()
+            .lines()
+            .find(|l| l.contains("replication loop"))
+            .map(str::to_string)
+    });
+    assert!(
+        !serves(upstream, app),
+        "{app} must not stream from its downstream"
+    );
+    assert_eq!(
+        node.info_field("replication", "receive_lsn"),
+        received_before,
+        "no WAL received through the loop"
+    );
+    line
+}
+
+fn instance_id(node: &TestNode) -> String {
+    node.info_field("replication", "instance_id").unwrap()
+}
+
+#[test]
+fn loops_of_two_and_three_nodes_are_refused_naming_the_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary, _archive) = primary(tmp.path(), &[]);
+    let s1 = standby(&primary, &primary, tmp.path(), "s1");
+    let s2 = standby(&primary, &s1, tmp.path(), "s2");
+    let s3 = standby(&primary, &s2, tmp.path(), "s3");
+    write_keys(&primary, "a", 100, 8);
+    wait_caught_up(&primary, &s3);
+    assert_eq!(
+        s3.info_field("replication", "upstream_chain").unwrap(),
+        format!(
+            "{},{},{}",
+            instance_id(&s2),
+            instance_id(&s1),
+            instance_id(&primary)
+        )
+    );
+    // primary is no longer written: nothing can arrive through any path.
+    let (i1, i2, i3) = (instance_id(&s1), instance_id(&s2), instance_id(&s3));
+
+    // s1 -> s3 -> s2 -> s1: three nodes.
+    let line = refused_loop(&s1, &s3, "s1");
+    assert!(
+        line.contains(&format!("{i1} (this node) -> {i3} -> {i2} -> {i1}")),
+        "{line}"
+    );
+    // s1 -> s2 -> s1: two nodes.
+    let before = s1.log_text().matches("replication loop").count();
+    let line = wait_for("the two-node loop refused", Duration::from_secs(60), || {
+        set_upstream(&s1.datadir, s2.replication_port, "s1");
+        let (ok, _, _) = walrep(&["reload", s1.datadir.to_str().unwrap()]);
+        assert!(ok);
+        s1.log_text()
+            .lines()
+            .filter(|l| l.contains("replication loop"))
+            .nth(before)
+            .map(str::to_string)
+    });
+    assert!(
+        line.contains(&format!("{i1} (this node) -> {i2} -> {i1}")),
+        "{line}"
+    );
+    // Refusals back off: a bounded number over a few seconds.
+    let n0 = s1.log_text().matches("replication loop").count();
+    std::thread::sleep(Duration::from_secs(3));
+    let n1 = s1.log_text().matches("replication loop").count();
+    assert!(n1 - n0 <= 20, "{} refusals in 3 s: an error loop", n1 - n0);
+
+    // Back to the primary: streaming resumes, nothing lost.
+    set_upstream(&s1.datadir, primary.replication_port, "s1");
+    let (ok, out, err) = walrep(&["reload", s1.datadir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    write_keys(&primary, "b", 100, 8);
+    wait_caught_up(&primary, &s3);
+    check_keys(&s3, "b", 100);
+}
+
 #[test]
 fn reload_repoints_a_standby_to_another_upstream_without_restart() {
     let tmp = tempfile::tempdir().unwrap();

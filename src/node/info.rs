@@ -157,6 +157,11 @@ fn replication(node: &Node) -> String {
     let positions = node.standby_positions();
     let sync_states = node.syncrep.sync_states(&positions);
     let _ = write!(s, "role:{role}\r\n");
+    let _ = write!(
+        s,
+        "instance_id:{}\r\n",
+        crate::replication::server::format_instance_id(node.instance_id)
+    );
     if let Some(r) = node
         .recovery_snapshot()
         .filter(|r| !node.is_primary() || r.state.is_some())
@@ -231,6 +236,10 @@ fn standby_fields(node: &Node, r: &RecoverySnapshot, s: &mut String) {
         .as_ref()
         .map(|c| (c.host.clone(), c.port))
         .unwrap_or_default();
+    let configured_app = conninfo
+        .as_ref()
+        .and_then(|c| c.application_name.clone())
+        .unwrap_or_default();
     let (receive, replay) = (r.receive_lsn, r.replay_lsn);
     let streaming = r.wal_source == Some(crate::states::recovery::WalSource::Stream);
     let now_us = crate::store::control::now_ms() * 1000;
@@ -255,5 +264,33 @@ fn standby_fields(node: &Node, r: &RecoverySnapshot, s: &mut String) {
         r.last_transition_cause.as_deref().unwrap_or_default(),
         r.last_transition_at_ms,
         r.transitions,
+    );
+    upstream_fields(node, (&host, port, &configured_app), s);
+}
+
+/// Who a standby streams from: the upstream of the last connection when it
+/// is the configured one (its instance and the chain above it), else the
+/// configured upstream alone (not connected yet, or just re-pointed).
+fn upstream_fields(node: &Node, configured: (&str, u16, &str), s: &mut String) {
+    let Some(progress) = &node.standby else {
+        return;
+    };
+    let (host, port, app) = configured;
+    let connected = progress
+        .received
+        .upstream()
+        .filter(|u| u.host == host && u.port == port);
+    let id = connected
+        .as_ref()
+        .and_then(|u| u.instance_id)
+        .map(crate::replication::server::format_instance_id)
+        .unwrap_or_default();
+    let chain = match connected {
+        Some(_) => crate::replication::server::format_chain(&progress.received.upstream_chain()),
+        None => String::new(),
+    };
+    let _ = write!(
+        s,
+        "master_application_name:{app}\r\nmaster_instance_id:{id}\r\nupstream_chain:{chain}\r\n"
     );
 }
