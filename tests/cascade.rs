@@ -329,6 +329,126 @@ fn loops_of_two_and_three_nodes_are_refused_naming_the_chain() {
     check_keys(&s3, "b", 100);
 }
 
+/// Writes `SET ack:<c>:<n>` from `clients` clients until the node dies;
+/// returns the keys each client was told "OK" for.
+fn acked_writes(node: &TestNode, clients: usize) -> Vec<std::thread::JoinHandle<Vec<String>>> {
+    (0..clients)
+        .map(|c| {
+            let mut conn = node.client();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for n in 0..100_000 {
+                    let key = format!("ack:{c}:{n}");
+                    match redis::cmd("SET").arg(&key).arg(n).query::<()>(&mut conn) {
+                        Ok(()) => acked.push(key),
+                        Err(_) => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn promotion_in_the_middle_of_a_chain_is_followed_without_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut primary, _archive) = primary(
+        tmp.path(),
+        &[
+            "synchronous_standby_names=FIRST 1 (s1)",
+            "synchronous_commit=on",
+        ],
+    );
+    let s1 = standby(&primary, &primary, tmp.path(), "s1");
+    let s2 = standby(&primary, &s1, tmp.path(), "s2");
+    let s3 = standby(&primary, &s2, tmp.path(), "s3");
+    wait_for("s1 to be synchronous", Duration::from_secs(60), || {
+        primary
+            .info("replication")
+            .contains("sync_state=sync")
+            .then_some(())
+    });
+    for (up, down) in [(&s1, "s2"), (&s2, "s3")] {
+        wait_for(
+            &format!("{down} to stream"),
+            Duration::from_secs(60),
+            || serves(up, down).then_some(()),
+        );
+    }
+    let received = tmp.path().join("received");
+    let Some(mut receiver) = receivewal(&s2, &received) else {
+        return;
+    };
+    let (p2, p3) = (s2.pid(), s3.pid());
+    let before = wal_flush(&primary);
+    let writers = acked_writes(&primary, 4);
+    wait_for("writes to flow", Duration::from_secs(60), || {
+        (wal_flush(&primary) > before + (512 << 10)).then_some(())
+    });
+    primary.kill9();
+    let acked: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(!acked.is_empty());
+
+    let (ok, out, err) = walrep(&["promote", s1.datadir.to_str().unwrap()]);
+    assert!(ok, "promote failed: {out}{err}");
+    assert!(out.contains("timeline 2"), "{out}");
+    wait_for("s1 to accept writes", Duration::from_secs(30), || {
+        (s1.info_field("replication", "role").as_deref() == Some("master")).then_some(())
+    });
+    write_keys(&s1, "after", 200, 16);
+    for s in [&s2, &s3] {
+        wait_for(
+            &format!("{} to follow timeline 2", s.datadir.display()),
+            Duration::from_secs(60),
+            || (s.info_field("replication", "receive_tli").as_deref() == Some("2")).then_some(()),
+        );
+        wait_caught_up(&s1, s);
+        check_keys(s, "after", 200);
+    }
+    assert_eq!((s2.pid(), s3.pid()), (p2, p3), "no restart");
+    // s1's walsender ended timeline 1 with CopyDone and the next
+    // timeline: s2 went on over the same connection.
+    assert!(
+        s2.log_text()
+            .contains("walreceiver restarting on the same connection"),
+        "s2 followed timeline 2 on its connection:\n{}",
+        s2.log_text()
+    );
+    // Every acknowledged write survived, on the promoted node and below it.
+    for s in [&s1, &s2, &s3] {
+        let mut c = s.client();
+        for chunk in acked.chunks(500) {
+            let n: usize = redis::cmd("EXISTS").arg(chunk).query(&mut c).unwrap();
+            assert_eq!(
+                n,
+                chunk.len(),
+                "an acknowledged write is missing on {}",
+                s.datadir.display()
+            );
+        }
+    }
+    // pg_receivewal on s2 followed too: the timeline 2 history file and
+    // timeline 2 WAL arrive without restarting it.
+    wait_for(
+        "pg_receivewal to follow timeline 2",
+        Duration::from_secs(60),
+        || {
+            let names = support::file_names(&received);
+            (names.iter().any(|n| n == "00000002.history")
+                && names
+                    .iter()
+                    .any(|n| n.starts_with("00000002") && !n.ends_with(".history")))
+            .then_some(())
+        },
+    );
+    assert!(receiver.exited().is_none(), "pg_receivewal kept running");
+    assert!(receiver.interrupt().success());
+}
+
 #[test]
 fn reload_repoints_a_standby_to_another_upstream_without_restart() {
     let tmp = tempfile::tempdir().unwrap();
