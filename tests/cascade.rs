@@ -449,6 +449,96 @@ fn promotion_in_the_middle_of_a_chain_is_followed_without_restart() {
     assert!(receiver.interrupt().success());
 }
 
+/// Replay position of `node`.
+fn replayed(node: &TestNode) -> walrep::Lsn {
+    node.info_field("replication", "replay_lsn")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(walrep::Lsn(0))
+}
+
+/// Wait until `down` has replayed at least what `up` has.
+fn wait_replayed_as_far(up: &TestNode, down: &TestNode) {
+    let target = replayed(up);
+    wait_for(
+        &format!("{} to replay up to {target}", down.datadir.display()),
+        Duration::from_secs(90),
+        || (replayed(down) >= target).then_some(()),
+    );
+}
+
+#[test]
+fn a_standby_streams_from_an_archive_only_upstream_through_its_restarts_and_crashes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary, archive) = primary(tmp.path(), &[]);
+    // s1: restore_command only.
+    let s1dir = basebackup(&primary, tmp.path(), "s1", "s1");
+    set_line(&s1dir, "primary_conninfo", "primary_conninfo = \"\"");
+    let mut s1 = TestNode::start(
+        &s1dir,
+        &[
+            &restore_setting(&archive),
+            "wal_retrieve_retry_interval=100ms",
+            "wal_keep_size=64MB",
+        ],
+    );
+    let s2 = standby(&primary, &s1, tmp.path(), "s2");
+    wait_for("s2 to stream from s1", Duration::from_secs(60), || {
+        serves(&s1, "s2").then_some(())
+    });
+    let p2 = s2.pid();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&primary, 4, stop.clone());
+    let mut rounds = 0;
+    for crash in [false, true, false] {
+        let mark = wal_flush(&primary);
+        wait_for("segments to be archived", Duration::from_secs(60), || {
+            (wal_flush(&primary) > mark + (3 << 20)).then_some(())
+        });
+        wait_replayed_as_far(&s1, &s2);
+        if crash {
+            s1.kill9();
+        } else {
+            s1.stop();
+        }
+        s1.restart();
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes: u64 = load.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(writes > 0 && rounds == 3);
+    // Fill past the load's last segment so the archive holds all of it.
+    let mark = wal_flush(&primary);
+    write_keys(&primary, "filler", 400, 8192);
+    assert!(wal_flush(&primary) > mark + (2 << 20));
+    let want = dump(&primary, "load", LOAD_KEYS);
+    wait_for("s1 to restore the load", Duration::from_secs(90), || {
+        (dump(&s1, "load", LOAD_KEYS) == want).then_some(())
+    });
+    wait_replayed_as_far(&s1, &s2);
+    assert!(
+        dump(&s2, "load", LOAD_KEYS) == want,
+        "s2 holds the primary's data"
+    );
+    assert_eq!(s2.pid(), p2, "s2 was never restarted");
+    // s2 waited for its upstream; it did not loop on errors.
+    let log = s2.log_text();
+    let errors = log.matches(" WARN ").count() + log.matches(" ERROR ").count();
+    eprintln!(
+        "s2 through 3 restarts of its upstream: {errors} warnings/errors; {}",
+        log.lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .map(|l| l.get(l.len().saturating_sub(160)..).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        errors <= 60,
+        "{errors} warnings and errors in s2's log:\n{log}"
+    );
+    assert!(!log.contains("FATAL"), "{log}");
+}
+
 #[test]
 fn reload_repoints_a_standby_to_another_upstream_without_restart() {
     let tmp = tempfile::tempdir().unwrap();
