@@ -201,6 +201,18 @@ fn a_chain_of_three_standbys_under_load_with_pg_receivewal_on_the_second() {
             || serves(up, down).then_some(()),
         );
     }
+    // Every node shows its upstream and its downstreams.
+    let (ok, out, err) = walrep(&["status", s2.datadir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let upstream = format!(
+        "upstream:  127.0.0.1:{} as s2 (instance {}, chain {} -> {})",
+        s1.replication_port,
+        instance_id(&s1),
+        instance_id(&s1),
+        instance_id(&primary)
+    );
+    assert!(out.contains(&upstream), "{out}");
+    assert!(out.contains("standby:   s3 streaming"), "{out}");
     let received = tmp.path().join("received");
     let Some(mut receiver) = receivewal(&s2, &received) else {
         return;

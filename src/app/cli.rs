@@ -355,6 +355,21 @@ fn status(datadir: &std::path::Path) -> anyhow::Result<String> {
             field("wal_flush_lsn")
         ));
     }
+    if !field("master_port").is_empty() && field("master_port") != "0" {
+        out.push_str(&format!(
+            "upstream:  {}:{} as {} (instance {}{})\n",
+            field("master_host"),
+            field("master_port"),
+            field("master_application_name"),
+            Some(field("master_instance_id"))
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| "not connected".into()),
+            Some(field("upstream_chain"))
+                .filter(|c| c.contains(','))
+                .map(|c| format!(", chain {}", c.replace(',', " -> ")))
+                .unwrap_or_default(),
+        ));
+    }
     if !field("recovery_state").is_empty() {
         out.push_str(&format!(
             "recovery:  {} from {} (receive {} replay {}, lag {} bytes / {} ms)\nlast:      {} {}\n",
