@@ -88,6 +88,7 @@ fn config(conninfo: String, segdir: Arc<SegmentDir>, start: Lsn, system_id: u64)
         hot_standby_feedback: false,
         connect_timeout: DEADLINE,
         restart_wait: DEADLINE,
+        connect_delay: Duration::ZERO,
     }
 }
 

@@ -182,7 +182,7 @@ fn handles(datadir: &Path, archive: &Path) -> (StandbyHandles, Arc<Recorder>) {
     let h = StandbyHandles {
         datadir: datadir.to_path_buf(),
         storage,
-        config: Arc::new(config),
+        config: Arc::new(walrep::watch::Watch::new(Arc::new(config))),
         control,
         segdir,
         store,

@@ -79,6 +79,13 @@ pub enum Command {
         /// The data directory of the stopped node.
         datadir: PathBuf,
     },
+    /// Make a running node re-read walrep.toml (PostgreSQL's pg_ctl
+    /// reload): the file is checked first, and a file with an error is
+    /// refused here and by the node, which keeps its running values.
+    Reload {
+        /// The data directory of the running node.
+        datadir: PathBuf,
+    },
     /// The main job: a primary with archiving under a write load, crashed
     /// with kill -9 and recovered, every acknowledged write verified.
     Demo {
@@ -223,9 +230,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             };
             let node = RunningNode::start(&datadir, &opts)?;
+            let log_follower = follow_log_level(&node.node)?;
             let why = node.wait_for_exit()?;
             tracing::info!(reason = ?why, "shutdown requested");
             node.stop()?;
+            drop(log_follower);
             match why {
                 walrep::node::ExitRequest::Signal(_) => Ok(ExitCode::SUCCESS),
                 walrep::node::ExitRequest::Fatal(message) => {
@@ -246,6 +255,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Resetwal { datadir } => {
             resetwal(&datadir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { datadir } => {
+            reload(&datadir)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
@@ -355,6 +368,21 @@ fn status(datadir: &std::path::Path) -> anyhow::Result<String> {
             field("wal_flush_lsn")
         ));
     }
+    if !field("master_port").is_empty() && field("master_port") != "0" {
+        out.push_str(&format!(
+            "upstream:  {}:{} as {} (instance {}{})\n",
+            field("master_host"),
+            field("master_port"),
+            field("master_application_name"),
+            Some(field("master_instance_id"))
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| "not connected".into()),
+            Some(field("upstream_chain"))
+                .filter(|c| c.contains(','))
+                .map(|c| format!(", chain {}", c.replace(',', " -> ")))
+                .unwrap_or_default(),
+        ));
+    }
     if !field("recovery_state").is_empty() {
         out.push_str(&format!(
             "recovery:  {} from {} (receive {} replay {}, lag {} bytes / {} ms)\nlast:      {} {}\n",
@@ -415,6 +443,52 @@ fn promote(datadir: &std::path::Path, wait_seconds: u64) -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// `walrep reload`: check the file, then send SIGHUP to the node holding
+/// the data directory's lock.
+fn reload(datadir: &std::path::Path) -> anyhow::Result<()> {
+    let dir = walrep::node::DataDir::new(datadir);
+    dir.check()?;
+    let holder = walrep::node::DataDirLock::read_holder(&dir)
+        .filter(|h| !h.ports.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("no walrep is running in {}", datadir.display()))?;
+    walrep::config::Config::load(&dir.config_file(), &[]).map_err(|e| {
+        anyhow::anyhow!("{e}\nconfiguration not reloaded: the node keeps its running values")
+    })?;
+    let pid = libc::pid_t::try_from(holder.pid)?;
+    // SAFETY: kill(2) with a pid read from the lock file and a valid signal.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!("could not send reload signal (PID: {pid}): {e}");
+    }
+    println!("server signaled");
+    Ok(())
+}
+
+/// Follow reloads of `log_level` until the returned sender is dropped.
+fn follow_log_level(
+    node: &std::sync::Arc<walrep::node::Node>,
+) -> anyhow::Result<crossbeam_channel::Sender<()>> {
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let config = node.config.clone();
+    let changes = config.subscribe();
+    let mut level = config.get().log_level.clone();
+    std::thread::Builder::new()
+        .name("log-level".into())
+        .spawn(move || loop {
+            crossbeam_channel::select! {
+                recv(changes.receiver()) -> _ => {
+                    let now = config.get().log_level.clone();
+                    if now != level {
+                        crate::app::logging::set_level(&now);
+                        level = now;
+                    }
+                }
+                recv(stop_rx) -> _ => return,
+            }
+        })?;
+    Ok(stop_tx)
 }
 
 /// The log level before the configuration is fully validated (errors in it

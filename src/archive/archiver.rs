@@ -186,6 +186,8 @@ impl ArchiveNotifier {
 #[derive(Debug)]
 pub struct ArchiverHandle {
     notifier: ArchiveNotifier,
+    /// A reloaded `archive_command`, taken by the thread before its next file.
+    command: Arc<Mutex<String>>,
     stats: ArchiverStatsHandle,
     thread: JoinHandle<Result<(), ArchiveError>>,
 }
@@ -194,6 +196,13 @@ impl ArchiverHandle {
     /// The notifier to give to the WAL writer (and to whoever writes history files).
     pub fn notifier(&self) -> ArchiveNotifier {
         self.notifier.clone()
+    }
+
+    /// Use `archive_command` from the next file on (a configuration
+    /// reload); a command already running finishes first.
+    pub fn set_archive_command(&self, archive_command: &str) {
+        *self.command.lock().unwrap_or_else(|e| e.into_inner()) = archive_command.to_string();
+        self.notifier.segment_completed();
     }
 
     /// A copy of the current statistics.
@@ -233,8 +242,10 @@ pub fn spawn_archiver(
         stats_reset: Some(SystemTime::now()),
         ..ArchiverStats::default()
     })));
+    let command = Arc::new(Mutex::new(config.archive_command.clone()));
     let archiver = Archiver {
         config,
+        command: command.clone(),
         wake,
         force_scan: force_scan.clone(),
         shutdown,
@@ -248,6 +259,7 @@ pub fn spawn_archiver(
         .map_err(ArchiveError::Thread)?;
     Ok(ArchiverHandle {
         notifier: ArchiveNotifier { tx, force_scan },
+        command,
         stats,
         thread,
     })
@@ -266,6 +278,8 @@ enum Step {
 /// The archiver thread's state.
 struct Archiver {
     config: ArchiverConfig,
+    /// `archive_command` as last set by [`ArchiverHandle::set_archive_command`].
+    command: Arc<Mutex<String>>,
     /// Wake-ups from [`ArchiveNotifier`].
     wake: Receiver<()>,
     /// Set when a history file arrived: rescan before the next file.
@@ -301,6 +315,15 @@ impl Archiver {
         // belongs to a file, and starts over when another file comes first.
         let mut streak: Option<(String, u32)> = None;
         while !self.shutdown_requested() {
+            let command = self
+                .command
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if command != self.config.archive_command {
+                info!("archive_command changed by a reload: using the new command");
+                self.config.archive_command = command;
+            }
             if self.config.archive_command.trim().is_empty() {
                 self.warn_unconfigured();
                 if !self.idle_wait() {

@@ -807,6 +807,91 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "status_port", section: "Observability", help: "TCP port of the HTTP /status and /metrics endpoint (0 = off)." },
 ];
 
+/// Parameters a running node re-reads on `walrep reload` or SIGHUP
+/// (PostgreSQL's `sighup` context); every other parameter takes effect only
+/// at the next start (`postmaster` context).
+pub const RELOADABLE: &[&str] = &[
+    "synchronous_commit",
+    "wal_keep_size",
+    "max_slot_wal_keep_size",
+    "archive_command",
+    "synchronous_standby_names",
+    "primary_conninfo",
+    "primary_slot_name",
+    "restore_command",
+    "log_level",
+];
+
+/// The configuration a running node works with: replaced whole by a
+/// reload, read fresh by whoever needs a reloadable parameter, and watched
+/// (`subscribe`) by the threads that act on a change (the walreceiver's
+/// upstream, the log filter).
+pub type LiveConfig = std::sync::Arc<crate::watch::Watch<std::sync::Arc<Config>>>;
+
+/// Whether `name` takes effect on reload (else only at the next start).
+pub fn is_reloadable(name: &str) -> bool {
+    RELOADABLE.contains(&name)
+}
+
+/// What a reload of `walrep.toml` does to the running configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reload {
+    /// The configuration to run with from now on: the running one with
+    /// every reloadable parameter taken from the new file.
+    pub config: Config,
+    /// Reloadable parameters whose value changed (now in effect).
+    pub changed: Vec<&'static str>,
+    /// Restart-only parameters the file changes: ignored until the next
+    /// start, as PostgreSQL's "cannot be changed without restarting the
+    /// server".
+    pub pending_restart: Vec<&'static str>,
+}
+
+impl Config {
+    /// Apply `new` (a whole, valid file) to this running configuration:
+    /// the reloadable parameters that differ change, the restart-only ones
+    /// keep their running value and are listed.
+    pub fn reload(&self, new: &Config) -> Result<Reload, ConfigError> {
+        let table = |c: &Config| {
+            toml::Table::try_from(c).map_err(|e| ConfigError::Invalid {
+                origin: "reload".into(),
+                message: e.to_string(),
+            })
+        };
+        let (mut merged, fresh) = (table(self)?, table(new)?);
+        let mut changed = Vec::new();
+        let mut pending_restart = Vec::new();
+        for p in PARAMETERS {
+            let (old, now) = (merged.get(p.name), fresh.get(p.name));
+            if old == now {
+                continue;
+            }
+            if !is_reloadable(p.name) {
+                pending_restart.push(p.name);
+                continue;
+            }
+            changed.push(p.name);
+            match now {
+                Some(v) => merged.insert(p.name.to_string(), v.clone()),
+                None => merged.remove(p.name),
+            };
+        }
+        let config: Config =
+            merged
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: "reload".into(),
+                    message: e.message().to_string(),
+                })?;
+        config.validate()?;
+        Ok(Reload {
+            config,
+            changed,
+            pending_restart,
+        })
+    }
+}
+
 impl Config {
     /// Read `walrep.toml` at `path`, then apply `-c name=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
@@ -1151,6 +1236,34 @@ mod tests {
     }
 
     #[test]
+    fn reload_takes_reloadable_parameters_and_names_the_others() {
+        let running = Config::from_toml_with_overrides("port = 7000\n", "x", &[]).unwrap();
+        let file = Config::from_toml_with_overrides(
+            "port = 7001\nprimary_conninfo = \"host=a port=5\"\nwal_keep_size = \"64MB\"\n",
+            "x",
+            &[],
+        )
+        .unwrap();
+        let r = running.reload(&file).unwrap();
+        assert_eq!(r.changed, vec!["wal_keep_size", "primary_conninfo"]);
+        assert_eq!(r.pending_restart, vec!["port"]);
+        assert_eq!(
+            r.config.port, 7000,
+            "a restart-only parameter keeps its running value"
+        );
+        assert_eq!(r.config.primary_conninfo, "host=a port=5");
+        assert_eq!(r.config.wal_keep_size.bytes(), Some(64 << 20));
+        let same = running.reload(&running).unwrap();
+        assert!(same.changed.is_empty() && same.pending_restart.is_empty());
+        for p in RELOADABLE {
+            assert!(
+                PARAMETERS.iter().any(|d| d.name == *p),
+                "{p} is not a parameter"
+            );
+        }
+    }
+
+    #[test]
     fn units_parse_like_postgres() {
         assert_eq!(
             parse_time("200ms", 1).unwrap(),
@@ -1192,14 +1305,19 @@ pub fn reference_markdown() -> String {
          times take `ms`, `s`, `min`, `h`, `d` (a bare number is in PostgreSQL's base unit:\n\
          seconds for `checkpoint_timeout`, `archive_timeout`, `restore_command_timeout` and\n\
          `wal_receiver_status_interval`, milliseconds for the other times). `-1` means disabled / unlimited where allowed. Booleans take\n\
-         `on`/`off`, `true`/`false`, `yes`/`no`.\n",
+         `on`/`off`, `true`/`false`, `yes`/`no`.\n\n\
+         A running node re-reads `walrep.toml` on `walrep reload DATADIR` or SIGHUP\n\
+         (PostgreSQL's `pg_ctl reload`): parameters marked *reload* take effect at once;\n\
+         those marked *restart* keep their running value until the next start (the log\n\
+         names them). A file with an error is rejected whole and nothing changes.\n\
+         `-c` overrides given at start still win over the file after a reload.\n",
     );
     let mut section = "";
     for p in PARAMETERS {
         if p.section != section {
             section = p.section;
             out.push_str(&format!(
-                "\n## {section}\n\n| parameter | default | meaning |\n|---|---|---|\n"
+                "\n## {section}\n\n| parameter | default | change takes effect | meaning |\n|---|---|---|---|\n"
             ));
         }
         let default = match &defaults[p.name] {
@@ -1223,10 +1341,16 @@ pub fn reference_markdown() -> String {
             toml::Value::Table(t) if t.is_empty() => "(none)".to_string(),
             v => v.to_string(),
         };
+        let context = if is_reloadable(p.name) {
+            "reload"
+        } else {
+            "restart"
+        };
         out.push_str(&format!(
-            "| `{}` | `{}` | {} |\n",
+            "| `{}` | `{}` | {} | {} |\n",
             p.name,
             default,
+            context,
             p.help.replace('|', "\\|")
         ));
     }

@@ -91,7 +91,7 @@ impl Node {
         };
         let (id, chunks) = {
             let c = self.control();
-            (c.checkpoint_id + 1, self.config.checkpoint_chunks)
+            (c.checkpoint_id + 1, self.settings().checkpoint_chunks)
         };
         let snap = write_snapshot(&*self.storage, &self.dir.root, id, chunks, &self.store)?;
         let shutdown = cause == CheckpointCause::Shutdown;
@@ -253,7 +253,7 @@ impl Node {
             return Ok(crate::wal::RemovalReport::default());
         }
         let mut horizon = redo.segno(seg);
-        let keep = self.config.wal_keep_size.bytes().unwrap_or(0);
+        let keep = self.settings().wal_keep_size.bytes().unwrap_or(0);
         let flushed = wal.flushed();
         horizon = horizon.min(Lsn(flushed.0.saturating_sub(keep)).segno(seg));
         if let Some(slot_min) = self.slots_min_restart_lsn() {
@@ -263,7 +263,7 @@ impl Node {
             horizon = horizon.min(backup_redo.segno(seg));
         }
         // Keep min_wal_size worth of files for reuse as future segments.
-        let max_future = self.config.min_wal_size.bytes().unwrap_or(0) / seg.bytes();
+        let max_future = self.settings().min_wal_size.bytes().unwrap_or(0) / seg.bytes();
         Ok(wal.remove_old_segments(SegNo(horizon.0), max_future)?)
     }
 }
@@ -297,7 +297,7 @@ impl Node {
             let c = self.control();
             (
                 c.checkpoint_id + 1,
-                self.config.checkpoint_chunks,
+                self.settings().checkpoint_chunks,
                 c.redo_lsn,
                 c.min_recovery_point,
             )
@@ -334,7 +334,7 @@ impl Node {
         remove_snapshots_except(&*self.storage, &self.dir.root, &pinned)
             .map_err(CheckpointError::Cleanup)?;
         let seg = self.segdir.seg_size();
-        let keep = self.config.wal_keep_size.bytes().unwrap_or(0);
+        let keep = self.settings().wal_keep_size.bytes().unwrap_or(0);
         let received = progress.received.flushed_point().lsn;
         let mut horizon = redo
             .segno(seg)
@@ -352,7 +352,7 @@ impl Node {
             .segdir
             .remove_old(&crate::wal::RemovalRequest {
                 horizon,
-                archive_mode: self.config.archive_mode == crate::config::ArchiveMode::Always,
+                archive_mode: self.settings().archive_mode == crate::config::ArchiveMode::Always,
                 recycle: None,
             })
             .map_err(|e| CheckpointError::Wal(e.into()))?;
@@ -408,11 +408,11 @@ impl Checkpointer {
 fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>, stopped: Receiver<()>) {
     let _span = tracing::info_span!("checkpointer").entered();
     let timeout = node
-        .config
+        .settings()
         .checkpoint_timeout
         .get()
         .unwrap_or(Duration::from_secs(300));
-    let wal_trigger = node.config.max_wal_size.bytes().unwrap_or(1 << 30) / 2;
+    let wal_trigger = node.settings().max_wal_size.bytes().unwrap_or(1 << 30) / 2;
     let mut last = Instant::now();
     let mut switch = ArchiveTimeout::new(&node);
     loop {
@@ -463,10 +463,10 @@ struct ArchiveTimeout {
 
 impl ArchiveTimeout {
     fn new(node: &Node) -> ArchiveTimeout {
-        let on = node.config.archive_mode != crate::config::ArchiveMode::Off;
+        let on = node.settings().archive_mode != crate::config::ArchiveMode::Off;
         ArchiveTimeout {
             timeout: node
-                .config
+                .settings()
                 .archive_timeout
                 .get()
                 .filter(|d| on && !d.is_zero()),

@@ -140,7 +140,11 @@ fn persistence(node: &Node) -> String {
             r.file, r.at, r.source
         );
     }
-    let _ = write!(s, "archive_mode:{}\r\n", node.config.archive_mode.as_str());
+    let _ = write!(
+        s,
+        "archive_mode:{}\r\n",
+        node.settings().archive_mode.as_str()
+    );
     if let Some(stats) = node.archiver_stats() {
         let a = stats.snapshot();
         let _ = write!(
@@ -162,6 +166,11 @@ fn replication(node: &Node) -> String {
     let positions = node.standby_positions();
     let sync_states = node.syncrep.sync_states(&positions);
     let _ = write!(s, "role:{role}\r\n");
+    let _ = write!(
+        s,
+        "instance_id:{}\r\n",
+        crate::replication::server::format_instance_id(node.instance_id)
+    );
     if let Some(r) = node
         .recovery_snapshot()
         .filter(|r| !node.is_primary() || r.state.is_some())
@@ -229,12 +238,16 @@ fn replication(node: &Node) -> String {
 /// A standby's view: its recovery state, where WAL comes from, how far it
 /// has received and replayed, and the last transition with its cause.
 fn standby_fields(node: &Node, r: &RecoverySnapshot, s: &mut String) {
-    let conninfo = Some(node.config.primary_conninfo.trim())
+    let conninfo = Some(node.settings().primary_conninfo.trim())
         .filter(|c| !c.is_empty())
         .and_then(|c| crate::replication::client::ConnInfo::parse(c).ok());
     let (host, port) = conninfo
         .as_ref()
         .map(|c| (c.host.clone(), c.port))
+        .unwrap_or_default();
+    let configured_app = conninfo
+        .as_ref()
+        .and_then(|c| c.application_name.clone())
         .unwrap_or_default();
     let (receive, replay) = (r.receive_lsn, r.replay_lsn);
     let streaming = r.wal_source == Some(crate::states::recovery::WalSource::Stream);
@@ -260,5 +273,33 @@ fn standby_fields(node: &Node, r: &RecoverySnapshot, s: &mut String) {
         r.last_transition_cause.as_deref().unwrap_or_default(),
         r.last_transition_at_ms,
         r.transitions,
+    );
+    upstream_fields(node, (&host, port, &configured_app), s);
+}
+
+/// Who a standby streams from: the upstream of the last connection when it
+/// is the configured one (its instance and the chain above it), else the
+/// configured upstream alone (not connected yet, or just re-pointed).
+fn upstream_fields(node: &Node, configured: (&str, u16, &str), s: &mut String) {
+    let Some(progress) = &node.standby else {
+        return;
+    };
+    let (host, port, app) = configured;
+    let connected = progress
+        .received
+        .upstream()
+        .filter(|u| u.host == host && u.port == port);
+    let id = connected
+        .as_ref()
+        .and_then(|u| u.instance_id)
+        .map(crate::replication::server::format_instance_id)
+        .unwrap_or_default();
+    let chain = match connected {
+        Some(_) => crate::replication::server::format_chain(&progress.received.upstream_chain()),
+        None => String::new(),
+    };
+    let _ = write!(
+        s,
+        "master_application_name:{app}\r\nmaster_instance_id:{id}\r\nupstream_chain:{chain}\r\n"
     );
 }

@@ -9,6 +9,7 @@
 //! - [`checkpoint`]: the checkpointer, restartpoints and WAL removal.
 //! - [`info`]: the node's INFO sections and its status snapshot.
 //! - [`replication`]: the node as a replication source; standby replies.
+//! - `reload`: re-reading `walrep.toml` on SIGHUP or `walrep reload`.
 
 // Being documented item by item; remove once `missing_docs` is clean here.
 #![allow(missing_docs)]
@@ -18,6 +19,7 @@ mod error;
 pub mod info;
 pub mod init;
 pub mod recovery;
+mod reload;
 pub mod replication;
 pub mod resetwal;
 mod running;
@@ -85,7 +87,12 @@ pub enum FatalError {
 /// runtime as [`NodeHooks`] beside its own handles.
 pub struct Node {
     pub dir: DataDir,
-    pub config: Arc<Config>,
+    /// The running configuration; a reload replaces it
+    /// ([`Node::reload_config`]).
+    pub config: crate::config::LiveConfig,
+    /// `-c` overrides of `walrep start`: they win over the file at every
+    /// reload too, as PostgreSQL's command-line options do.
+    overrides: Vec<String>,
     /// Every durable write of the node goes through it; the first failed
     /// fsync poisons it and stops the node
     /// ([`crate::storage::PoisonOnSyncFailure`]).
@@ -147,6 +154,11 @@ pub struct Ports {
 }
 
 impl Node {
+    /// The running configuration (as last reloaded).
+    pub fn settings(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
     /// A copy of the control file as last written.
     pub fn control(&self) -> ControlFile {
         self.control_file.get()
@@ -262,12 +274,12 @@ impl Node {
         if let Some((h, _)) = &t.archiver {
             return Ok(Some(h.notifier()));
         }
-        if !archive::archiver_should_run(self.config.archive_mode, in_recovery) {
+        if !archive::archiver_should_run(self.settings().archive_mode, in_recovery) {
             return Ok(None);
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
         let handle = archive::spawn_archiver(
-            ArchiverConfig::from_config(&self.dir.root, &self.config, self.storage.clone()),
+            ArchiverConfig::from_config(&self.dir.root, &self.settings(), self.storage.clone()),
             rx,
         )
         .map_err(|e| match e {
@@ -350,7 +362,7 @@ impl Backend for Node {
     /// bound (port 0 in the file picks a free port).
     fn config(&self) -> Arc<Config> {
         let ports = *self.ports.lock().unwrap_or_else(|e| e.into_inner());
-        let mut c = (*self.config).clone();
+        let mut c = (*self.settings()).clone();
         c.port = ports.redis;
         c.replication_port = ports.replication;
         Arc::new(c)

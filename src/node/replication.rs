@@ -143,6 +143,17 @@ impl ReplicationSource for NodeSource {
         self.node().is_some_and(|n| !n.is_primary())
     }
 
+    fn upstream_chain(&self) -> Vec<u64> {
+        match self.node() {
+            Some(n) if !n.is_primary() => n
+                .standby
+                .as_ref()
+                .map(|p| p.received.upstream_chain())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     fn base_backup(
         &self,
         options: &crate::replication::command::BaseBackupOptions,
@@ -175,7 +186,7 @@ impl crate::backup::server::BackupSource for Node {
     }
 
     fn archive_mode(&self) -> crate::config::ArchiveMode {
-        self.config.archive_mode
+        self.settings().archive_mode
     }
 
     fn checkpoint(&self) -> Result<(), Self::CheckpointError> {

@@ -115,7 +115,7 @@ impl RunningNode {
             config.synchronous_standby_timeout.get(),
         ));
         let (checkpoint_requests, checkpoint_rx) = crossbeam_channel::bounded(4);
-        let config = Arc::new(config);
+        let config = Arc::new(Watch::new(Arc::new(config)));
         let control_file = Arc::new(ControlFileOwner::new(
             storage.clone(),
             dir.root.clone(),
@@ -123,7 +123,8 @@ impl RunningNode {
         ));
         let node = Arc::new(Node {
             dir,
-            config: config.clone(),
+            config,
+            overrides: opts.overrides.clone(),
             storage,
             control_file,
             store,
@@ -182,12 +183,12 @@ impl RunningNode {
     }
 
     fn start_listeners(&mut self) -> Result<(), NodeError> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
             .map_err(spawn("signal handler"))?;
         *self.signals.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(signals);
         let node = self.node.clone();
-        let config = &node.config;
+        let config = &node.settings();
         let addr = listen_addr(&config.listen_addresses, config.port)?;
         let settings = ServerSettings::from_config(config, &node.dir.root)?;
         let server = Server::start(addr, node.clone(), settings).map_err(listen(addr, "port"))?;
@@ -223,9 +224,10 @@ impl RunningNode {
         self.server.as_ref().map(|s| s.local_addr())
     }
 
-    /// Block until SIGINT or SIGTERM, or until recovery fails fatally.
+    /// Block until SIGINT or SIGTERM, or until recovery fails fatally;
+    /// SIGHUP meanwhile reloads the configuration.
     pub fn wait_for_exit(&self) -> Result<ExitRequest, NodeError> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let taken = self
             .signals
             .lock()
@@ -233,16 +235,24 @@ impl RunningNode {
             .take();
         let mut signals = match taken {
             Some(s) => s,
-            None => signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+            None => signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
                 .map_err(spawn("signal handler"))?,
         };
         let handle = signals.handle();
         let tx = self.node.exit_tx.clone();
+        let node = Arc::downgrade(&self.node);
         let forwarder = std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    let _ = tx.send(ExitRequest::Signal(sig));
+                for sig in signals.forever() {
+                    if sig != SIGHUP {
+                        let _ = tx.send(ExitRequest::Signal(sig));
+                        break;
+                    }
+                    // The error is logged; the running values stay.
+                    if let Some(node) = node.upgrade() {
+                        let _ = node.reload_config();
+                    }
                 }
             })
             .map_err(spawn("signals thread"))?;
@@ -335,12 +345,13 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
                 source,
             }
         })?;
+    let settings = node.settings();
     let repair = recovery::WalRepair {
         storage: &*node.storage,
-        restore: (!node.config.restore_command.is_empty()).then(|| {
+        restore: (!settings.restore_command.is_empty()).then(|| {
             crate::archive::RestoreCommand::from_config(
                 &node.dir.root,
-                &node.config,
+                &settings,
                 control.wal_segment_size,
             )
         }),
@@ -357,9 +368,9 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
         rec.prev_record,
     );
     wal_cfg.segdir = Some(node.segdir.clone());
-    wal_cfg.archive_mode = node.config.archive_mode != ArchiveMode::Off;
+    wal_cfg.archive_mode = node.settings().archive_mode != ArchiveMode::Off;
     wal_cfg.wal_writer_delay = node
-        .config
+        .settings()
         .wal_writer_delay
         .get()
         .unwrap_or(Duration::from_millis(200));
@@ -393,7 +404,7 @@ fn stop_server(node: &Arc<Node>, mut server: Server) {
 
 /// Bind the replication port and start the walsender listener.
 fn start_replication(node: &Arc<Node>) -> Result<ReplicationServerHandle, NodeError> {
-    let config = &node.config;
+    let config = &node.settings();
     let addr = listen_addr(&config.listen_addresses, config.replication_port)?;
     let listener = std::net::TcpListener::bind(addr).map_err(listen(addr, "replication_port"))?;
     let registry = WalSenderRegistry::new(config.max_wal_senders as usize);

@@ -103,6 +103,14 @@ pub trait ReplicationSource: Send + Sync + 'static {
         false
     }
 
+    /// The instance identifiers this node streams from, nearest first (its
+    /// upstream, that one's upstream, ...); empty on a primary. Sent as
+    /// `walrep_upstream_chain` so a walreceiver refuses an upstream whose
+    /// chain leads back to itself, however long the loop.
+    fn upstream_chain(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
     /// Run BASE_BACKUP, writing PostgreSQL 15's answer to `out` (result
     /// sets, then one COPY OUT with archives, progress and manifest, then
     /// the end position). The server sends the final

@@ -53,6 +53,9 @@ pub struct Fetcher {
     /// Wakes the archiver for files marked `.ready`.
     pub hooks: Arc<dyn NodeHooks>,
     pub restore: RestoreCommand,
+    /// The running configuration: a reloaded restore_command is picked up
+    /// before the next request.
+    pub config: crate::config::LiveConfig,
     pub system_id: u64,
     pub seg_size: WalSegSize,
     pub archive_mode: ArchiveMode,
@@ -83,10 +86,15 @@ impl Prefetch {
 }
 
 impl Fetcher {
-    pub fn run(self, requests: Receiver<FetchRequest>) {
+    pub fn run(mut self, requests: Receiver<FetchRequest>) {
         let _span = tracing::info_span!("archive-fetcher").entered();
         let mut prefetch = None;
+        let mut version = self.config.version();
         for req in requests.iter() {
+            if self.config.version() != version {
+                version = self.config.version();
+                self.reload_restore_command(&mut prefetch);
+            }
             let ev = self.execute(req, &mut prefetch);
             if self.events.send(ev).is_err() {
                 break;
@@ -95,6 +103,19 @@ impl Fetcher {
         if let Some(p) = prefetch {
             p.discard(&self.datadir);
         }
+    }
+
+    /// Take restore_command and its timeout from a reloaded configuration;
+    /// a prefetch by the old command is discarded.
+    fn reload_restore_command(&mut self, prefetch: &mut Option<Prefetch>) {
+        let fresh = RestoreCommand::from_config(&self.datadir, &self.config.get(), self.seg_size);
+        if fresh.restore_command != self.restore.restore_command {
+            tracing::info!("restore_command changed by a reload: using the new command");
+            if let Some(p) = prefetch.take() {
+                p.discard(&self.datadir);
+            }
+        }
+        self.restore = fresh;
     }
 
     fn wal_dir(&self) -> PathBuf {

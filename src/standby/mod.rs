@@ -72,8 +72,10 @@ pub struct StandbyHandles {
     /// The node's one IO seam: restored files, history files, archive
     /// status and `standby.signal` go through it.
     pub storage: Arc<dyn Storage>,
-    /// The node's configuration (restore_command, primary_conninfo, ...).
-    pub config: Arc<Config>,
+    /// The node's running configuration (restore_command,
+    /// primary_conninfo, ...): a reload replaces it, and the runtime
+    /// follows (a new upstream, a new restore_command).
+    pub config: crate::config::LiveConfig,
     /// The control file: recovery starts from its checkpoint, marks it in
     /// archive recovery, and promotion moves it to the new timeline.
     pub control: Arc<ControlFileOwner>,
@@ -193,7 +195,8 @@ impl StandbyRuntime {
         let dir = DataDir::new(&h.datadir);
         let control = h.control.get();
         let seg_size = control.wal_segment_size;
-        let core = Recovery::new(recovery_config(&h.config, seg_size))?;
+        let config = h.config.get();
+        let core = Recovery::new(recovery_config(&config, seg_size))?;
         let history = crate::wal::read_history(&dir.wal(), control.timeline).map_err(|source| {
             StandbyError::History {
                 tli: control.timeline,
@@ -223,10 +226,11 @@ impl StandbyRuntime {
             storage: h.storage.clone(),
             control: h.control.clone(),
             hooks: h.hooks.clone(),
-            restore: RestoreCommand::from_config(&h.datadir, &h.config, seg_size),
+            restore: RestoreCommand::from_config(&h.datadir, &config, seg_size),
+            config: h.config.clone(),
             system_id: control.system_identifier,
             seg_size,
-            archive_mode: h.config.archive_mode,
+            archive_mode: config.archive_mode,
             events: events_tx.clone(),
             cancel: cancel_rx,
         };
@@ -343,8 +347,9 @@ fn start_trigger_watcher(
     events: Sender<Event>,
 ) -> Result<(trigger::TriggerWatcherHandle, Sender<()>), StandbyError> {
     let mut cfg = TriggerConfig::new(&h.datadir);
-    if !h.config.promote_trigger_file.trim().is_empty() {
-        let p = PathBuf::from(h.config.promote_trigger_file.trim());
+    let config = h.config.get();
+    if !config.promote_trigger_file.trim().is_empty() {
+        let p = PathBuf::from(config.promote_trigger_file.trim());
         cfg.promote_trigger_file = Some(if p.is_absolute() {
             p
         } else {
@@ -376,9 +381,11 @@ fn receiver_sessions(
     receiver::Sessions::new(
         events,
         h.progress.received.clone(),
+        // Read at every start: a reloaded primary_conninfo is used by the
+        // next session.
         Box::new(move |from, tli| {
             receiver::ReceiverConfig::from_config(
-                &config,
+                &config.get(),
                 segdir.clone(),
                 from,
                 tli,

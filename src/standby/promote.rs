@@ -75,7 +75,7 @@ pub fn write_history_file(
     if sync_datadir {
         crate::storage::sync_dir(storage, &dir.root).map_err(PromotionError::SyncDataDir)?;
     }
-    if h.config.archive_mode != ArchiveMode::Off {
+    if h.config.get().archive_mode != ArchiveMode::Off {
         let file = tli.history_file_name();
         crate::archive::mark_ready(storage, &dir.root, &file)
             .map_err(|source| PromotionError::MarkReady { file, source })?;
@@ -109,9 +109,10 @@ pub fn write_end_of_recovery(
         h.progress.replayed.read(|r| r.last_record),
     );
     cfg.segdir = Some(h.segdir.clone());
-    cfg.archive_mode = h.config.archive_mode != ArchiveMode::Off;
+    cfg.archive_mode = h.config.get().archive_mode != ArchiveMode::Off;
     cfg.wal_writer_delay = h
         .config
+        .get()
         .wal_writer_delay
         .get()
         .unwrap_or(Duration::from_millis(200));
@@ -173,7 +174,7 @@ pub struct PartialSegment {
 /// the checkpoint, whose WAL removal could otherwise take the file first.
 pub fn finish(h: &StandbyHandles, partial: Option<PartialSegment>) {
     if let Some(p) = partial {
-        let archive_mode = h.config.archive_mode != ArchiveMode::Off;
+        let archive_mode = h.config.get().archive_mode != ArchiveMode::Off;
         if let Err(e) =
             rename_old_timeline_segment_partial(&h.segdir, p.prev_tli, p.at, archive_mode)
         {

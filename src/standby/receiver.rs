@@ -198,6 +198,10 @@ pub struct ReceiverConfig {
     /// How long a session waits, connected, for a new start after a
     /// timeline end before it ends.
     pub restart_wait: Duration,
+    /// Wait this long before connecting: the back-off after sessions that
+    /// failed before streaming (a refused or unreachable upstream), so a
+    /// standby never hammers its upstream with attempts.
+    pub connect_delay: Duration,
 }
 
 impl ReceiverConfig {
@@ -226,6 +230,7 @@ impl ReceiverConfig {
             hot_standby_feedback: c.hot_standby_feedback.0,
             connect_timeout: Duration::from_secs(30),
             restart_wait: timeout.unwrap_or(Duration::from_secs(60)),
+            connect_delay: Duration::ZERO,
         }
     }
 }
@@ -293,6 +298,25 @@ pub struct ReceiverShared {
     current: Mutex<Option<Arc<Control>>>,
     /// A write or fsync failure ended a session: no session may start.
     io_failure: Mutex<Option<Arc<SegmentError>>>,
+    /// The upstream's instance and the instances it streams from, nearest
+    /// first, as of the last connection (what this node's own walsenders
+    /// report downstream, so a loop of any length is refused).
+    upstream_chain: Mutex<Vec<u64>>,
+    /// The upstream last connected to: host, port, application_name.
+    upstream: Mutex<Option<Upstream>>,
+    /// Sessions that reached streaming, ever (a session that did not
+    /// counts as a failed attempt for the connect back-off).
+    streamed_sessions: AtomicU64,
+}
+
+/// The upstream a session connected to, for INFO and /status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub application_name: String,
+    /// `None` from a server that does not say (PostgreSQL).
+    pub instance_id: Option<u64>,
 }
 
 impl ReceiverShared {
@@ -310,7 +334,40 @@ impl ReceiverShared {
             state: AtomicU8::new(ReceiverState::Stopped.code()),
             current: Mutex::new(None),
             io_failure: Mutex::new(None),
+            upstream_chain: Mutex::new(Vec::new()),
+            upstream: Mutex::new(None),
+            streamed_sessions: AtomicU64::new(0),
         })
+    }
+
+    /// How many sessions reached streaming so far.
+    pub fn streamed_sessions(&self) -> u64 {
+        self.streamed_sessions.load(Ordering::Acquire)
+    }
+
+    /// See [`ReceiverShared::upstream_chain`]'s field.
+    pub fn upstream_chain(&self) -> Vec<u64> {
+        self.upstream_chain
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The upstream last connected to (kept while reconnecting).
+    pub fn upstream(&self) -> Option<Upstream> {
+        self.upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A session connected to `upstream`, whose chain is `chain`.
+    pub(crate) fn set_upstream(&self, upstream: Option<Upstream>, chain: Vec<u64>) {
+        *self.upstream.lock().unwrap_or_else(|e| e.into_inner()) = upstream;
+        *self
+            .upstream_chain
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = chain;
     }
 
     /// WAL written and fsynced: the timeline of the files and the end.

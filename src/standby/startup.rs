@@ -40,6 +40,12 @@ pub struct Channels {
     pub shutdown: Receiver<()>,
 }
 
+/// What a walreceiver session connects with: a reload changing either
+/// reconnects it.
+fn upstream_settings(c: &crate::config::Config) -> (String, String) {
+    (c.primary_conninfo.clone(), c.primary_slot_name.clone())
+}
+
 /// The startup thread's state.
 pub struct Startup {
     core: Recovery,
@@ -89,6 +95,8 @@ impl Startup {
         let _span = tracing::info_span!("startup").entered();
         self.handle(first);
         let mut shutdown = self.ch.shutdown.clone();
+        let reloads = self.h.config.subscribe();
+        let mut upstream = upstream_settings(&self.h.config.get());
         loop {
             self.drain();
             if self.core.state().is_final() {
@@ -107,6 +115,13 @@ impl Startup {
                 recv(shutdown) -> _ => {
                     self.handle(Event::ShutdownRequested);
                     shutdown = crossbeam_channel::never();
+                }
+                recv(reloads.receiver()) -> _ => {
+                    let now = upstream_settings(&self.h.config.get());
+                    if now != upstream {
+                        upstream = now;
+                        self.receivers.upstream_changed();
+                    }
                 }
                 default(timeout) => self.handle(Event::TimerFired),
             }

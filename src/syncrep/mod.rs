@@ -19,7 +19,7 @@ pub mod standby_names;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -105,7 +105,8 @@ pub struct SyncRepStats {
 
 /// The synchronous-replication wait queues and release logic of a primary.
 pub struct SyncRep {
-    config: Option<SyncStandbyConfig>,
+    /// `synchronous_standby_names`, replaced by a reload.
+    config: RwLock<Option<Arc<SyncStandbyConfig>>>,
     vis: Arc<Visibility>,
     queues: Mutex<Queues>,
     /// When a waiter started that has not been released yet (for INFO).
@@ -125,7 +126,7 @@ impl SyncRep {
         degrade_after: Option<Duration>,
     ) -> SyncRep {
         SyncRep {
-            config,
+            config: RwLock::new(config.map(Arc::new)),
             vis,
             queues: Mutex::new(Queues::default()),
             oldest_wait_since: Mutex::new(None),
@@ -139,11 +140,25 @@ impl SyncRep {
 
     /// Whether any synchronous standby is configured.
     pub fn defined(&self) -> bool {
-        self.config.is_some()
+        self.config().is_some()
     }
 
-    pub fn config(&self) -> Option<&SyncStandbyConfig> {
-        self.config.as_ref()
+    pub fn config(&self) -> Option<Arc<SyncStandbyConfig>> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A reloaded `synchronous_standby_names`: from now on commits wait for
+    /// the new set. Waiters are re-examined against `standbys` at once, and
+    /// all released when no synchronous standby is named any more (as
+    /// PostgreSQL's SyncRepUpdateSyncStandbysDefined).
+    pub fn set_config(&self, config: Option<SyncStandbyConfig>, standbys: &[StandbyPosition]) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config.map(Arc::new);
+        self.on_standby_reply(standbys);
+        let local = Lsn(self.local_flushed.load(Ordering::SeqCst));
+        self.on_local_flush(local);
     }
 
     pub fn is_degraded(&self) -> bool {
@@ -218,8 +233,8 @@ impl SyncRep {
 
     /// A standby replied: recompute the confirmed positions and release.
     pub fn on_standby_reply(&self, standbys: &[StandbyPosition]) {
-        let Some(config) = &self.config else { return };
-        let Some((write, flush, apply)) = confirmed_positions(config, standbys) else {
+        let Some(config) = self.config() else { return };
+        let Some((write, flush, apply)) = confirmed_positions(&config, standbys) else {
             return;
         };
         if self.is_degraded() && flush >= Lsn(self.local_flushed.load(Ordering::SeqCst)) {
@@ -236,7 +251,7 @@ impl SyncRep {
     /// which nobody holds while inserting WAL or waiting for it).
     pub fn on_local_flush(&self, lsn: Lsn) {
         self.local_flushed.fetch_max(lsn.0, Ordering::SeqCst);
-        if self.is_degraded() || self.config.is_none() {
+        if self.is_degraded() || !self.defined() {
             for level in [Level::RemoteWrite, Level::RemoteFlush, Level::RemoteApply] {
                 self.release(level, lsn);
             }
@@ -302,10 +317,10 @@ impl SyncRep {
 
     /// The sync_state of each standby, in the order given.
     pub fn sync_states(&self, standbys: &[StandbyPosition]) -> Vec<SyncState> {
-        let Some(config) = &self.config else {
+        let Some(config) = self.config() else {
             return vec![SyncState::Async; standbys.len()];
         };
-        let sync = sync_set(config, standbys);
+        let sync = sync_set(&config, standbys);
         standbys
             .iter()
             .enumerate()

@@ -169,6 +169,16 @@ impl ReplicationClient {
         u64::from_str_radix(v, 16).ok()
     }
 
+    /// The instances the serving walrep node streams from, nearest first
+    /// (`walrep_upstream_chain`); empty from a primary or from PostgreSQL.
+    pub fn upstream_chain(&self) -> Vec<u64> {
+        self.parameter(crate::replication::server::UPSTREAM_CHAIN_PARAMETER)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|id| u64::from_str_radix(id.trim(), 16).ok())
+            .collect()
+    }
+
     /// The bound on waiting for an answer, as given at connect.
     pub fn io_timeout(&self) -> Duration {
         self.io_timeout

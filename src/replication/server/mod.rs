@@ -16,7 +16,9 @@ mod walsender;
 
 #[cfg_attr(not(feature = "fuzzing"), allow(unused_imports))]
 pub(crate) use startup::hba_lookup;
-pub use startup::{format_instance_id, INSTANCE_ID_PARAMETER};
+pub use startup::{
+    format_chain, format_instance_id, INSTANCE_ID_PARAMETER, UPSTREAM_CHAIN_PARAMETER,
+};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

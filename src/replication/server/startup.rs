@@ -361,6 +361,7 @@ fn parameter_status<S: ReplicationSource>(
     let on_off = |b: bool| if b { "on" } else { "off" };
     let in_recovery = ctx.source.in_recovery();
     let instance_id = format_instance_id(ctx.options.instance_id);
+    let chain = format_chain(&ctx.source.upstream_chain());
     [
         ("application_name", application_name),
         ("client_encoding", "UTF8"),
@@ -376,6 +377,7 @@ fn parameter_status<S: ReplicationSource>(
         ("standard_conforming_strings", "on"),
         ("TimeZone", "UTC"),
         (INSTANCE_ID_PARAMETER, instance_id.as_str()),
+        (UPSTREAM_CHAIN_PARAMETER, chain.as_str()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -384,6 +386,19 @@ fn parameter_status<S: ReplicationSource>(
 
 /// The ParameterStatus naming the serving node's instance (walrep only).
 pub const INSTANCE_ID_PARAMETER: &str = "walrep_instance_id";
+
+/// The ParameterStatus listing the instances the serving node streams
+/// from, nearest first, comma-separated (walrep only; empty on a primary).
+pub const UPSTREAM_CHAIN_PARAMETER: &str = "walrep_upstream_chain";
+
+/// An upstream chain as sent.
+pub fn format_chain(chain: &[u64]) -> String {
+    chain
+        .iter()
+        .map(|id| format_instance_id(*id))
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 /// An instance identifier as sent: 16 hex digits.
 pub fn format_instance_id(id: u64) -> String {

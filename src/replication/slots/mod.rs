@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -119,6 +119,9 @@ struct Slot {
     dirty: bool,
 }
 
+/// `max_slot_wal_keep_size = -1` in [`SlotManager`]'s atomic.
+const UNLIMITED: u64 = u64::MAX;
+
 /// All slots of one node.
 pub struct SlotManager {
     /// `DATADIR/slots`.
@@ -127,8 +130,9 @@ pub struct SlotManager {
     storage: Arc<dyn Storage>,
     /// PostgreSQL's max_replication_slots.
     max_slots: usize,
-    /// `max_slot_wal_keep_size` in bytes; `None` = unlimited.
-    max_keep_bytes: Option<u64>,
+    /// `max_slot_wal_keep_size` in bytes; [`UNLIMITED`] = -1. Changed by a
+    /// reload of the configuration.
+    max_keep_bytes: AtomicU64,
     slots: Mutex<BTreeMap<String, Slot>>,
     /// Notified when a slot is released (DROP_REPLICATION_SLOT ... WAIT).
     released: Condvar,
@@ -175,11 +179,18 @@ impl SlotManager {
             dir,
             storage,
             max_slots,
-            max_keep_bytes,
+            max_keep_bytes: AtomicU64::new(max_keep_bytes.unwrap_or(UNLIMITED)),
             slots: Mutex::new(slots),
             released: Condvar::new(),
             poisoned: AtomicBool::new(false),
         }))
+    }
+
+    /// A reloaded `max_slot_wal_keep_size` (`None` = unlimited): the next
+    /// checkpoint or restartpoint applies it.
+    pub fn set_max_keep_bytes(&self, max_keep_bytes: Option<u64>) {
+        self.max_keep_bytes
+            .store(max_keep_bytes.unwrap_or(UNLIMITED), Ordering::SeqCst);
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Slot>> {
@@ -431,9 +442,10 @@ impl SlotManager {
         current: Lsn,
         seg_size: WalSegSize,
     ) -> Result<Vec<String>, SlotError> {
-        let Some(max) = self.max_keep_bytes else {
+        let max = self.max_keep_bytes.load(Ordering::SeqCst);
+        if max == UNLIMITED {
             return Ok(Vec::new());
-        };
+        }
         let keep_segs = max / seg_size.bytes();
         let cutoff = current.segno(seg_size).0.saturating_sub(keep_segs);
         let mut slots = self.lock();

@@ -225,6 +225,10 @@ impl Session {
     }
 
     fn connect(&mut self) -> Result<(), End> {
+        self.back_off();
+        if self.control.stopping() {
+            return Err(End::Stopped);
+        }
         let info = ConnInfo::parse(&self.cfg.conninfo)
             .map_err(|e| lost(format!("invalid primary_conninfo: {e}")))?;
         let client = ReplicationClient::connect(&info, self.cfg.connect_timeout)
@@ -240,11 +244,40 @@ impl Session {
                 format_instance_id(self.cfg.instance_id)
             )));
         }
+        let chain: Vec<u64> = client
+            .instance_id()
+            .into_iter()
+            .chain(client.upstream_chain())
+            .collect();
+        if let Some(at) = chain.iter().position(|id| *id == self.cfg.instance_id) {
+            return Err(lost(loop_message(self.cfg.instance_id, &chain[..at])));
+        }
         if self.control.stopping() {
             return Err(End::Stopped);
         }
+        self.shared.set_upstream(
+            Some(super::Upstream {
+                host: info.host.clone(),
+                port: info.port,
+                application_name: info.application_name.clone().unwrap_or_default(),
+                instance_id: client.instance_id(),
+            }),
+            chain,
+        );
         self.client = Some(client);
         Ok(())
+    }
+
+    /// Wait out the connect back-off; a stop or drop ends it early.
+    fn back_off(&self) {
+        let until = Instant::now() + self.cfg.connect_delay;
+        while !self.control.stopping() && !self.control.dropped.load(Ordering::Acquire) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let _ = self.control.wake_rx.recv_timeout(left);
+        }
     }
 
     /// IDENTIFY_SYSTEM: same system, timeline not behind ours.
@@ -364,6 +397,7 @@ impl Session {
     /// and report each drained batch.
     fn receive_loop(&mut self, reader: &Reader) -> Result<StreamEnd, End> {
         self.shared.set_state(ReceiverState::Streaming);
+        self.shared.streamed_sessions.fetch_add(1, Ordering::AcqRel);
         self.last_recv = Instant::now();
         self.pinged = false;
         self.send_status(true, false)?;
@@ -726,4 +760,20 @@ impl Session {
             .unwrap_or_else(|e| e.into_inner()) = None;
         flushed
     }
+}
+
+/// The refusal of an upstream whose chain leads back to this node:
+/// `loop_chain` is the upstream and its upstreams up to (not including)
+/// this node again.
+fn loop_message(me: u64, loop_chain: &[u64]) -> String {
+    let me = format_instance_id(me);
+    let path: Vec<String> = loop_chain
+        .iter()
+        .map(|id| format_instance_id(*id))
+        .collect();
+    format!(
+        "replication loop: primary_conninfo leads back to this node through its upstreams: \
+         {me} (this node) -> {} -> {me}; a standby cannot stream from its own downstream",
+        path.join(" -> ")
+    )
 }

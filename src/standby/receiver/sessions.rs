@@ -4,6 +4,7 @@
 //! reused for the next start (PostgreSQL's RESTARTING: same connection).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
@@ -20,7 +21,25 @@ pub struct Sessions<E> {
     config: ConfigFn,
     /// The running (or waiting, or ended-but-not-stopped) session.
     current: Option<ReceiverHandle>,
+    /// Sessions in a row that ended before streaming, and the streamed
+    /// count when the last one started: the connect back-off.
+    failures: u32,
+    streamed_at_start: u64,
 }
+
+/// The connect back-off: none after a session that streamed, then 100 ms
+/// doubling per failed attempt, at most [`MAX_CONNECT_DELAY`].
+fn connect_delay(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => (Duration::from_millis(100) * 2u32.saturating_pow(n - 2).min(1 << 10))
+            .min(MAX_CONNECT_DELAY),
+    }
+}
+
+/// Below the recovery machine's connect timeout (10 s), so a backed-off
+/// session is not taken for a hung one.
+const MAX_CONNECT_DELAY: Duration = Duration::from_secs(5);
 
 impl<E: From<ReceiverEvent> + Send + 'static> Sessions<E> {
     pub fn new(events: Sender<E>, shared: Arc<ReceiverShared>, config: ConfigFn) -> Sessions<E> {
@@ -29,6 +48,8 @@ impl<E: From<ReceiverEvent> + Send + 'static> Sessions<E> {
             shared,
             config,
             current: None,
+            failures: 0,
+            streamed_at_start: 0,
         }
     }
 
@@ -48,12 +69,23 @@ impl<E: From<ReceiverEvent> + Send + 'static> Sessions<E> {
             }
         }
         drop(self.current.take());
-        match start(
-            session,
-            (self.config)(from, tli),
-            self.events.clone(),
-            Arc::clone(&self.shared),
-        ) {
+        let streamed = self.shared.streamed_sessions();
+        self.failures = match streamed == self.streamed_at_start {
+            true => self.failures.saturating_add(1),
+            false => 0,
+        };
+        self.streamed_at_start = streamed;
+        let mut cfg = (self.config)(from, tli);
+        cfg.connect_delay = connect_delay(self.failures);
+        if !cfg.connect_delay.is_zero() {
+            tracing::info!(
+                session,
+                failed_attempts = self.failures - 1,
+                delay_ms = cfg.connect_delay.as_millis() as u64,
+                "walreceiver backs off before connecting again"
+            );
+        }
+        match start(session, cfg, self.events.clone(), Arc::clone(&self.shared)) {
             Ok(h) => self.current = Some(h),
             Err(e) => {
                 tracing::error!(session, "could not start the walreceiver: {e}");
@@ -82,6 +114,28 @@ impl<E: From<ReceiverEvent> + Send + 'static> Sessions<E> {
                 self.report(ReceiverEvent::WalReceiverStopped { session, flushed });
                 flushed
             }
+        }
+    }
+
+    /// `primary_conninfo` or `primary_slot_name` was reloaded: end the
+    /// current session and report it lost, so the recovery machine goes
+    /// through its usual transitions and its next `StartWalReceiver`
+    /// connects with the new settings. Nothing runs: nothing to do (the
+    /// next start reads the new settings anyway).
+    pub fn upstream_changed(&mut self) {
+        self.shared.set_upstream(None, Vec::new());
+        self.failures = 0;
+        if let Some(h) = self.current.take() {
+            let session = h.session();
+            drop(h);
+            tracing::info!(
+                session,
+                "upstream settings changed by a reload: walreceiver reconnects"
+            );
+            self.report(ReceiverEvent::StreamLost {
+                session,
+                reason: "primary_conninfo or primary_slot_name changed by a reload".into(),
+            });
         }
     }
 
