@@ -97,6 +97,15 @@ pub enum Command {
         /// primary_conninfo in its walrep.toml (pg_basebackup -R).
         #[arg(short = 'R', long)]
         write_standby_config: bool,
+        /// With -R: the replication slot made on the node before the copy
+        /// starts and written as primary_slot_name (default: from
+        /// --application-name, else a unique walrep_standby_... name).
+        #[arg(short = 'S', long, value_name = "NAME", conflicts_with = "no_slot")]
+        slot: Option<String>,
+        /// With -R: make no slot (the node may then remove WAL the new
+        /// standby still needs before it first connects).
+        #[arg(long)]
+        no_slot: bool,
         /// Replication user (default: the login name, as libpq). The
         /// password is taken from PGPASSWORD.
         #[arg(short = 'U', long = "username")]
@@ -261,6 +270,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             from,
             datadir,
             write_standby_config,
+            slot,
+            no_slot,
             user,
             application_name,
             progress,
@@ -270,6 +281,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             crate::app::logging::init("warn");
             let (host, port) = parse_host_port(&from)?;
+            if slot.is_some() && !write_standby_config {
+                anyhow::bail!(
+                    "--slot needs --write-standby-config (-R): the slot is for the new standby"
+                );
+            }
+            let slot = (write_standby_config && !no_slot).then(|| {
+                slot.unwrap_or_else(|| {
+                    walrep::backup::client::default_slot_name(application_name.as_deref())
+                })
+            });
             let opts = walrep::backup::client::BasebackupOptions {
                 host,
                 port,
@@ -282,6 +303,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_rate_kbps: max_rate_kbps.unwrap_or(0),
                 storage: std::sync::Arc::new(walrep::storage::StdStorage),
                 timeout: std::time::Duration::from_secs(timeout.max(1)),
+                slot,
             };
             basebackup(&opts, progress)
         }
@@ -473,6 +495,9 @@ fn basebackup(
         s.wal_records,
         s.elapsed.as_secs_f64()
     );
+    if let Some(slot) = &s.slot {
+        println!("walrep: replication slot \"{slot}\" made on the node for this standby (primary_slot_name); drop it with DROP_REPLICATION_SLOT if the standby is retired");
+    }
     match &s.primary_conninfo {
         Some(ci) => println!(
             "walrep: standby.signal written; primary_conninfo = '{}'. Start the standby with: walrep start {}",

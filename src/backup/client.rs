@@ -45,6 +45,12 @@ pub struct BasebackupOptions {
     pub timeout: Duration,
     /// Where the copy is written (`StdStorage` outside tests).
     pub storage: Arc<dyn Storage>,
+    /// A physical replication slot made on the upstream (RESERVE_WAL)
+    /// before the copy starts and named in the copy's `primary_slot_name`
+    /// with `-R`, so the upstream keeps every segment the new standby has
+    /// not received yet (pg_basebackup's `-C -S`). Dropped again when the
+    /// backup fails.
+    pub slot: Option<String>,
 }
 
 /// What a successful backup produced.
@@ -68,6 +74,8 @@ pub struct BasebackupSummary {
     pub elapsed: Duration,
     /// The connection string written with `--write-standby-config`.
     pub primary_conninfo: Option<String>,
+    /// The slot made for the copy on the upstream.
+    pub slot: Option<String>,
 }
 
 /// Why the backup failed.
@@ -85,6 +93,8 @@ pub enum BasebackupError {
     StandbyConfig(#[from] StandbyConfigError),
     #[error("{0}")]
     Protocol(String),
+    #[error("could not create replication slot \"{name}\" on the upstream: {source} (name another with --slot, or copy without one with --no-slot)")]
+    Slot { name: String, source: ClientError },
 }
 
 /// Progress of the transfer.
@@ -115,11 +125,64 @@ pub fn run(
     if !existed {
         extract::create_target(&*opts.storage, &opts.datadir).map_err(BasebackupError::Target)?;
     }
-    let result = take(opts, progress);
+    let mut slot_made = false;
+    let result = take(opts, progress, &mut slot_made);
     if result.is_err() {
         extract::clean_target(&opts.datadir, !existed);
+        if let Some(name) = opts.slot.as_deref().filter(|_| slot_made) {
+            drop_slot_after_failure(opts, name);
+        }
     }
     result
+}
+
+/// A slot made for a copy that failed holds WAL for nothing: drop it
+/// (best effort; a slot that was never made is not found, which is fine).
+fn drop_slot_after_failure(opts: &BasebackupOptions, name: &str) {
+    let dropped = ReplicationClient::connect(&conninfo(opts), opts.timeout)
+        .and_then(|mut c| c.drop_slot(name, false).map(|()| c.close()));
+    if let Err(e) = dropped {
+        if e.sqlstate() != Some(crate::replication::sqlstate::UNDEFINED_OBJECT) {
+            tracing::warn!(slot = name, error = %e, "could not drop the slot made for the failed backup");
+        }
+    }
+}
+
+/// The slot name `-R` uses when none is given: from the application name
+/// when it makes a valid slot name, else from the process and the time, so
+/// that backups taken one after another never collide.
+pub fn default_slot_name(application_name: Option<&str>) -> String {
+    let from_app: String = application_name
+        .unwrap_or("")
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_') => c,
+            _ => '_',
+        })
+        .take(40)
+        .collect();
+    if !from_app.trim_matches('_').is_empty() {
+        return format!("walrep_{from_app}");
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("walrep_standby_{}_{secs}", std::process::id())
+}
+
+/// CREATE_REPLICATION_SLOT ... PHYSICAL (RESERVE_WAL) before BASE_BACKUP:
+/// the slot's restart point is at or before the backup's redo point, so
+/// nothing the standby needs is removed before it first connects.
+fn create_slot(client: &mut ReplicationClient, name: &str) -> Result<(), BasebackupError> {
+    crate::replication::slots::validate_name(name)
+        .map_err(|e| BasebackupError::Protocol(format!("invalid slot name \"{name}\": {e}")))?;
+    client
+        .create_physical_slot(name, false, true)
+        .map_err(|source| BasebackupError::Slot {
+            name: name.to_string(),
+            source,
+        })
 }
 
 fn conninfo(opts: &BasebackupOptions) -> ConnInfo {
@@ -194,13 +257,20 @@ fn standby_conninfo(opts: &BasebackupOptions) -> Result<String, StandbyConfigErr
     ]))
 }
 
+/// The backup itself; `slot_made` is set once the slot exists, so that a
+/// failure drops only a slot this backup made.
 fn take(
     opts: &BasebackupOptions,
     progress: &mut dyn Progress,
+    slot_made: &mut bool,
 ) -> Result<BasebackupSummary, BasebackupError> {
     let started = Instant::now();
     let mut client = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
     let id = client.identify_system()?;
+    if let Some(name) = &opts.slot {
+        create_slot(&mut client, name)?;
+        *slot_made = true;
+    }
     let request = BaseBackupRequest {
         label: opts.label.clone(),
         progress: true,
@@ -230,7 +300,7 @@ fn take(
     )?;
     let primary_conninfo = if opts.write_standby_config {
         let ci = standby_conninfo(opts)?;
-        standby_config::write(&*opts.storage, &opts.datadir, &ci)?;
+        standby_config::write(&*opts.storage, &opts.datadir, &ci, opts.slot.as_deref())?;
         Some(ci)
     } else {
         None
@@ -245,6 +315,7 @@ fn take(
         wal_records: verified.wal_records,
         elapsed: started.elapsed(),
         primary_conninfo,
+        slot: opts.slot.clone(),
     })
 }
 
