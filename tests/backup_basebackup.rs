@@ -33,6 +33,7 @@ fn options(node: &TestNode, datadir: &Path) -> BasebackupOptions {
         timeout: Duration::from_secs(30),
         storage: std::sync::Arc::new(walrep::storage::StdStorage),
         slot: None,
+        jobs: 1,
     }
 }
 

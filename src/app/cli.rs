@@ -125,6 +125,10 @@ pub enum Command {
         /// Seconds to wait for the server at connect and at every step.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Copy the snapshot over this many connections at once (1 to 64;
+        /// 1 is a single stream, as pg_basebackup).
+        #[arg(short = 'j', long, default_value_t = 1)]
+        jobs: u32,
     },
     /// Make a SCRAM-SHA-256 verifier for a password, in PostgreSQL's format,
     /// for `password` of a [[roles]] entry or `requirepass`. The password
@@ -278,6 +282,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             label,
             max_rate_kbps,
             timeout,
+            jobs,
         } => {
             crate::app::logging::init("warn");
             let (host, port) = parse_host_port(&from)?;
@@ -304,6 +309,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 storage: std::sync::Arc::new(walrep::storage::StdStorage),
                 timeout: std::time::Duration::from_secs(timeout.max(1)),
                 slot,
+                jobs,
             };
             basebackup(&opts, progress)
         }

@@ -6,6 +6,7 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,13 +14,16 @@ use super::extract::{self, ExtractError, ExtractStats, Extractor};
 use super::standby_config::{self, conninfo_string, StandbyConfigError};
 use super::verify::{self, Expected, VerifyError};
 use crate::replication::client::{
-    BackupMessage, BaseBackupRequest, ClientError, ConnInfo, ReplicationClient,
+    BackupMessage, BackupStart, BaseBackupRequest, ClientError, ConnInfo, ReplicationClient,
 };
 use crate::storage::Storage;
 use crate::{Lsn, TimelineId};
 
 /// Most bytes accepted after the end of the tar archive (its padding).
 const TRAILER_LIMIT: u64 = 1 << 20;
+/// Most jobs of one backup (each is a connection and a walsender slot on
+/// the server; the server's own bound is the same).
+pub const MAX_JOBS: u32 = crate::replication::command::MAX_PARALLEL as u32;
 /// What `walrep basebackup` was asked to do.
 #[derive(Debug, Clone)]
 pub struct BasebackupOptions {
@@ -51,6 +55,9 @@ pub struct BasebackupOptions {
     /// not received yet (pg_basebackup's `-C -S`). Dropped again when the
     /// backup fails.
     pub slot: Option<String>,
+    /// Connections copying the snapshot at once (1 = one stream, as
+    /// pg_basebackup; more use walrep's PARALLEL/JOIN extension).
+    pub jobs: u32,
 }
 
 /// What a successful backup produced.
@@ -121,6 +128,12 @@ pub fn run(
     opts: &BasebackupOptions,
     progress: &mut dyn Progress,
 ) -> Result<BasebackupSummary, BasebackupError> {
+    if !(1..=MAX_JOBS).contains(&opts.jobs) {
+        return Err(BasebackupError::Protocol(format!(
+            "invalid number of jobs {}: it must be between 1 and {MAX_JOBS}",
+            opts.jobs
+        )));
+    }
     let existed = extract::check_target(&opts.datadir).map_err(BasebackupError::Target)?;
     if !existed {
         extract::create_target(&*opts.storage, &opts.datadir).map_err(BasebackupError::Target)?;
@@ -275,18 +288,48 @@ fn take(
         label: opts.label.clone(),
         progress: true,
         max_rate_kbps: opts.max_rate_kbps,
+        parallel: opts.jobs,
         ..BaseBackupRequest::default()
     };
     let start = client.base_backup(&request)?;
-    if start.tablespaces.len() != 1 {
-        return Err(BasebackupError::Protocol(format!(
-            "the server sent {} tablespaces; walrep has exactly one data directory",
-            start.tablespaces.len()
-        )));
-    }
+    one_tablespace(&start)?;
     progress.begin(start.tablespaces[0].size_kb.map(|k| k * 1024));
-    let (extracted, received) = receive_archive(&mut client, opts, progress)?;
-    let (end, tli) = client.backup_end()?;
+    let parts_received = AtomicU64::new(0);
+    let (extracted, received, end, tli) = std::thread::scope(|scope| {
+        let jobs = match (&start.backup_id, opts.jobs) {
+            (_, 1) => Vec::new(),
+            (Some(id), n) => (1..n)
+                .map(|k| {
+                    let counter = &parts_received;
+                    scope.spawn(move || copy_part(opts, id, k, counter))
+                })
+                .collect(),
+            (None, _) => {
+                return Err(BasebackupError::Protocol(
+                    "the server did not return a backup id for PARALLEL: it is not walrep".into(),
+                ))
+            }
+        };
+        let mut shared = SharedProgress {
+            inner: &mut *progress,
+            others: &parts_received,
+        };
+        let leader = receive_archive(&mut client, opts, &mut shared).and_then(|(x, r)| {
+            client
+                .backup_end()
+                .map(|(e, t)| (x, r, e, t))
+                .map_err(Into::into)
+        });
+        let mut total = leader?;
+        for job in jobs {
+            let (x, r) = job
+                .join()
+                .map_err(|_| BasebackupError::Protocol("a backup job panicked".into()))??;
+            total.0.add(&x);
+            total.1 += r;
+        }
+        Ok(total)
+    })?;
     client.close();
     progress.end(received);
     let verified = verify::verify(
@@ -317,6 +360,79 @@ fn take(
         primary_conninfo,
         slot: opts.slot.clone(),
     })
+}
+
+fn one_tablespace(start: &BackupStart) -> Result<(), BasebackupError> {
+    if start.tablespaces.len() != 1 {
+        return Err(BasebackupError::Protocol(format!(
+            "the server sent {} tablespaces; walrep has exactly one data directory",
+            start.tablespaces.len()
+        )));
+    }
+    Ok(())
+}
+
+/// One job of a parallel backup: its own connection joins backup `id`
+/// and extracts part `part` into the same directory; returns what it wrote
+/// and the archive bytes it received (also added to `received` as they
+/// arrive, for the progress of the whole backup).
+fn copy_part(
+    opts: &BasebackupOptions,
+    id: &str,
+    part: u32,
+    received: &AtomicU64,
+) -> Result<(ExtractStats, u64), BasebackupError> {
+    let mut client = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
+    let request = BaseBackupRequest {
+        progress: true,
+        max_rate_kbps: opts.max_rate_kbps,
+        join: Some((id.to_string(), part)),
+        ..BaseBackupRequest::default()
+    };
+    let start = client.base_backup(&request)?;
+    one_tablespace(&start)?;
+    let mut counter = CountingProgress { received, last: 0 };
+    let (stats, bytes) = receive_archive(&mut client, opts, &mut counter)?;
+    client.backup_end()?;
+    client.close();
+    Ok((stats, bytes))
+}
+
+/// A job's progress: its bytes added to the shared total.
+struct CountingProgress<'a> {
+    received: &'a AtomicU64,
+    last: u64,
+}
+
+impl Progress for CountingProgress<'_> {
+    fn begin(&mut self, _: Option<u64>) {}
+    fn advance(&mut self, done: u64) {
+        self.received
+            .fetch_add(done.saturating_sub(self.last), Ordering::Relaxed);
+        self.last = done;
+    }
+    fn end(&mut self, done: u64) {
+        self.advance(done);
+    }
+}
+
+/// The leader's progress with the other jobs' bytes added.
+struct SharedProgress<'a> {
+    inner: &'a mut dyn Progress,
+    others: &'a AtomicU64,
+}
+
+impl Progress for SharedProgress<'_> {
+    fn begin(&mut self, total: Option<u64>) {
+        self.inner.begin(total);
+    }
+    fn advance(&mut self, done: u64) {
+        self.inner
+            .advance(done + self.others.load(Ordering::Relaxed));
+    }
+    fn end(&mut self, done: u64) {
+        self.advance(done);
+    }
 }
 
 /// Extract the archive stream into the target; returns what was written

@@ -164,6 +164,7 @@ fn start_standby(dirs: &Dirs, primary: &NodeProcess) -> anyhow::Result<NodeProce
             timeout: Duration::from_secs(60),
             storage: std::sync::Arc::new(walrep::storage::StdStorage),
             slot: None,
+            jobs: 1,
         },
         &mut walrep::backup::client::NoProgress,
     )

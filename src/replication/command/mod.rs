@@ -8,7 +8,7 @@ mod lexer;
 mod options;
 
 pub use lexer::{tokenize, Token};
-pub use options::{BaseBackupOptions, CheckpointMode, OptValue};
+pub use options::{BaseBackupOptions, CheckpointMode, OptValue, MAX_PARALLEL};
 
 use walrep_states::{Lsn, TimelineId};
 
