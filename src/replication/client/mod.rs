@@ -7,6 +7,7 @@
 mod backup;
 mod conninfo;
 mod stream;
+mod walrange;
 
 pub use backup::{BackupMessage, BackupStart, BaseBackupRequest, Tablespace};
 pub use conninfo::{redact_conninfo, ConnInfo, ConnInfoError};
