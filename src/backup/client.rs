@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::extract::{self, ExtractError, ExtractStats, Extractor};
 use super::standby_config::{self, conninfo_string, StandbyConfigError};
 use super::verify::{self, Expected, VerifyError};
+use super::walfetch::WalFetch;
 use crate::replication::client::{
     BackupMessage, BackupStart, BaseBackupRequest, ClientError, ConnInfo, ReplicationClient,
 };
@@ -289,13 +290,37 @@ fn take(
         progress: true,
         max_rate_kbps: opts.max_rate_kbps,
         parallel: opts.jobs,
+        // With jobs, the WAL comes by WAL_RANGE on a connection of its own.
+        wal: opts.jobs == 1,
         ..BaseBackupRequest::default()
     };
+    let seg = segment_size(&mut client)?;
     let start = client.base_backup(&request)?;
     one_tablespace(&start)?;
     progress.begin(start.tablespaces[0].size_kb.map(|k| k * 1024));
     let parts_received = AtomicU64::new(0);
+    let end_lsn = AtomicU64::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let (extracted, received, end, tli) = std::thread::scope(|scope| {
+        let wal_job = (opts.jobs > 1).then(|| {
+            let fetch = WalFetch {
+                storage: &*opts.storage,
+                datadir: &opts.datadir,
+                start: start.start,
+                tli: start.tli,
+                seg,
+                end: &end_lsn,
+                failed: &failed,
+                timeout: opts.timeout,
+                received: &parts_received,
+            };
+            scope.spawn(move || {
+                let mut c = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
+                let n = fetch.run(&mut c);
+                c.close();
+                n
+            })
+        });
         let jobs = match (&start.backup_id, opts.jobs) {
             (_, 1) => Vec::new(),
             (Some(id), n) => (1..n)
@@ -320,7 +345,15 @@ fn take(
                 .map(|(e, t)| (x, r, e, t))
                 .map_err(Into::into)
         });
+        match &leader {
+            Ok((_, _, end, _)) => end_lsn.store(end.0.max(1), Ordering::Release),
+            Err(_) => failed.store(true, Ordering::Relaxed),
+        }
         let mut total = leader?;
+        if let Some(wal) = wal_job {
+            wal.join()
+                .map_err(|_| BasebackupError::Protocol("the WAL job panicked".into()))??;
+        }
         for job in jobs {
             let (x, r) = job
                 .join()
@@ -360,6 +393,18 @@ fn take(
         primary_conninfo,
         slot: opts.slot.clone(),
     })
+}
+
+/// The server's `wal_segment_size` (the WAL job names its segments).
+fn segment_size(client: &mut ReplicationClient) -> Result<crate::WalSegSize, BasebackupError> {
+    let text = client.show("wal_segment_size")?;
+    crate::config::parse_size(&text)
+        .ok()
+        .flatten()
+        .and_then(|b| crate::WalSegSize::new(b).ok())
+        .ok_or_else(|| {
+            BasebackupError::Protocol(format!("the server's wal_segment_size {text:?} is invalid"))
+        })
 }
 
 fn one_tablespace(start: &BackupStart) -> Result<(), BasebackupError> {
