@@ -99,6 +99,17 @@ fn four_jobs_copy_a_primary_under_load_into_a_standby_with_every_write() {
         err.lines().any(|l| l.contains("kB")),
         "no progress lines: {err}"
     );
+    let log = primary.log_text();
+    assert_eq!(
+        log.matches("parallel base backup part sent").count(),
+        3,
+        "three jobs besides the leader: {log}"
+    );
+    // The last line has every job's bytes: the leader, three parts, the WAL.
+    let last = err.lines().rev().find(|l| l.contains("MB/s")).unwrap_or("");
+    for job in ["leader", "part 1", "part 2", "part 3", "wal"] {
+        assert!(last.contains(&format!("{job} ")), "no {job} in {last:?}");
+    }
     let standby = TestNode::start(&dest, &[]);
     wait_state(&standby, "Streaming");
     wait_caught_up(&primary, &standby);

@@ -20,6 +20,9 @@ use crate::replication::client::{
 use crate::storage::Storage;
 use crate::{Lsn, TimelineId};
 
+/// How often a parallel backup's progress is refreshed once the leader's
+/// own stream is over and other jobs still run.
+const PROGRESS_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// Most bytes accepted after the end of the tar archive (its padding).
 const TRAILER_LIMIT: u64 = 1 << 20;
 /// Most jobs of one backup (each is a connection and a walsender slot on
@@ -113,6 +116,9 @@ pub trait Progress {
     fn advance(&mut self, done: u64);
     /// The transfer is over.
     fn end(&mut self, done: u64);
+    /// Bytes received so far by each job of a parallel backup: the leader
+    /// first, then each joined part, then the WAL connection.
+    fn jobs(&mut self, _done_per_job: &[u64]) {}
 }
 
 /// No progress output.
@@ -298,7 +304,8 @@ fn take(
     let start = client.base_backup(&request)?;
     one_tablespace(&start)?;
     progress.begin(start.tablespaces[0].size_kb.map(|k| k * 1024));
-    let parts_received = AtomicU64::new(0);
+    // Bytes per job: the leader, the joined parts, the WAL connection.
+    let per_job: Vec<AtomicU64> = (0..=opts.jobs).map(|_| AtomicU64::new(0)).collect();
     let end_lsn = AtomicU64::new(0);
     let failed = std::sync::atomic::AtomicBool::new(false);
     let (extracted, received, end, tli) = std::thread::scope(|scope| {
@@ -312,7 +319,7 @@ fn take(
                 end: &end_lsn,
                 failed: &failed,
                 timeout: opts.timeout,
-                received: &parts_received,
+                received: &per_job[opts.jobs as usize],
             };
             scope.spawn(move || {
                 let mut c = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
@@ -325,7 +332,7 @@ fn take(
             (_, 1) => Vec::new(),
             (Some(id), n) => (1..n)
                 .map(|k| {
-                    let counter = &parts_received;
+                    let counter = &per_job[k as usize];
                     scope.spawn(move || copy_part(opts, id, k, counter))
                 })
                 .collect(),
@@ -337,7 +344,7 @@ fn take(
         };
         let mut shared = SharedProgress {
             inner: &mut *progress,
-            others: &parts_received,
+            per_job: &per_job,
         };
         let leader = receive_archive(&mut client, opts, &mut shared).and_then(|(x, r)| {
             client
@@ -348,6 +355,13 @@ fn take(
         match &leader {
             Ok((_, _, end, _)) => end_lsn.store(end.0.max(1), Ordering::Release),
             Err(_) => failed.store(true, Ordering::Relaxed),
+        }
+        // The other jobs may still run: keep their progress moving.
+        while jobs.iter().any(|j| !j.is_finished())
+            || wal_job.as_ref().is_some_and(|j| !j.is_finished())
+        {
+            shared.refresh();
+            std::thread::sleep(PROGRESS_POLL);
         }
         let mut total = leader?;
         if let Some(wal) = wal_job {
@@ -364,7 +378,13 @@ fn take(
         Ok(total)
     })?;
     client.close();
-    progress.end(received);
+    progress.end(
+        per_job
+            .iter()
+            .map(|j| j.load(Ordering::Relaxed))
+            .sum::<u64>()
+            .max(received),
+    );
     let verified = verify::verify(
         &opts.datadir,
         &Expected {
@@ -464,7 +484,23 @@ impl Progress for CountingProgress<'_> {
 /// The leader's progress with the other jobs' bytes added.
 struct SharedProgress<'a> {
     inner: &'a mut dyn Progress,
-    others: &'a AtomicU64,
+    /// Bytes per job; the leader's is `[0]`, kept up to date here.
+    per_job: &'a [AtomicU64],
+}
+
+impl SharedProgress<'_> {
+    /// Report every job's bytes and their sum.
+    fn refresh(&mut self) {
+        let now: Vec<u64> = self
+            .per_job
+            .iter()
+            .map(|j| j.load(Ordering::Relaxed))
+            .collect();
+        self.inner.advance(now.iter().sum());
+        if now.len() > 2 {
+            self.inner.jobs(&now);
+        }
+    }
 }
 
 impl Progress for SharedProgress<'_> {
@@ -472,8 +508,8 @@ impl Progress for SharedProgress<'_> {
         self.inner.begin(total);
     }
     fn advance(&mut self, done: u64) {
-        self.inner
-            .advance(done + self.others.load(Ordering::Relaxed));
+        self.per_job[0].store(done, Ordering::Relaxed);
+        self.refresh();
     }
     fn end(&mut self, done: u64) {
         self.advance(done);
