@@ -32,6 +32,8 @@ fn options(node: &TestNode, datadir: &Path) -> BasebackupOptions {
         max_rate_kbps: 0,
         timeout: Duration::from_secs(30),
         storage: std::sync::Arc::new(walrep::storage::StdStorage),
+        slot: None,
+        jobs: 1,
     }
 }
 

@@ -195,6 +195,8 @@ fn an_archive_member_escaping_the_target_is_refused_and_the_target_removed() {
         max_rate_kbps: 0,
         timeout: DEADLINE,
         storage: Arc::new(walrep::storage::StdStorage),
+        slot: None,
+        jobs: 1,
     };
     let e = run(&opts, &mut NoProgress).unwrap_err();
     assert!(matches!(e, BasebackupError::Extract(_)), "{e}");

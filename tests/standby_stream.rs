@@ -109,7 +109,8 @@ fn wal_the_primary_removed_comes_from_the_archive() {
         &archive,
         &["checkpoint_timeout=1s", "min_wal_size=0"],
     );
-    let sdir = basebackup(&primary, tmp.path(), "standby", "s1");
+    // Without a slot: nothing holds the WAL the standby has not received.
+    let sdir = basebackup_with(&primary, tmp.path(), "standby", "s1", &["--no-slot"]);
     write_keys(&primary, "k", 6000, 1000);
     // Wait until the primary removed the first segments after the backup.
     let first_after_backup = segment_name(3);
@@ -230,7 +231,9 @@ fn after_promotion_a_second_standby_follows_timeline_2() {
     let archive = archive_dir(tmp.path());
     let mut primary = primary(tmp.path(), &archive, &[]);
     let s1dir = basebackup(&primary, tmp.path(), "s1", "s1");
-    let s2dir = basebackup(&primary, tmp.path(), "s2", "s2");
+    // s2 is re-pointed at s1 below; a slot on the old primary would not
+    // exist on s1 (slots are not copied), so s2 streams without one.
+    let s2dir = basebackup_with(&primary, tmp.path(), "s2", "s2", &["--no-slot"]);
     let s1 = standby(&s1dir, &archive, &[]);
     let mut s2 = standby(&s2dir, &archive, &[]);
     write_keys(&primary, "tl1", 1000, 100);

@@ -113,6 +113,15 @@ pub enum Command {
         /// primary_conninfo in its walrep.toml (pg_basebackup -R).
         #[arg(short = 'R', long)]
         write_standby_config: bool,
+        /// With -R: the replication slot made on the node before the copy
+        /// starts and written as primary_slot_name (default: from
+        /// --application-name, else a unique walrep_standby_... name).
+        #[arg(short = 'S', long, value_name = "NAME", conflicts_with = "no_slot")]
+        slot: Option<String>,
+        /// With -R: make no slot (the node may then remove WAL the new
+        /// standby still needs before it first connects).
+        #[arg(long)]
+        no_slot: bool,
         /// Replication user (default: the login name, as libpq). The
         /// password is taken from PGPASSWORD.
         #[arg(short = 'U', long = "username")]
@@ -132,6 +141,10 @@ pub enum Command {
         /// Seconds to wait for the server at connect and at every step.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Copy the snapshot over this many connections at once (1 to 64;
+        /// 1 is a single stream, as pg_basebackup).
+        #[arg(short = 'j', long, default_value_t = 1)]
+        jobs: u32,
     },
     /// Make a SCRAM-SHA-256 verifier for a password, in PostgreSQL's format,
     /// for `password` of a [[roles]] entry or `requirepass`. The password
@@ -287,15 +300,28 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             from,
             datadir,
             write_standby_config,
+            slot,
+            no_slot,
             user,
             application_name,
             progress,
             label,
             max_rate_kbps,
             timeout,
+            jobs,
         } => {
             crate::app::logging::init("warn");
             let (host, port) = parse_host_port(&from)?;
+            if slot.is_some() && !write_standby_config {
+                anyhow::bail!(
+                    "--slot needs --write-standby-config (-R): the slot is for the new standby"
+                );
+            }
+            let slot = (write_standby_config && !no_slot).then(|| {
+                slot.unwrap_or_else(|| {
+                    walrep::backup::client::default_slot_name(application_name.as_deref())
+                })
+            });
             let opts = walrep::backup::client::BasebackupOptions {
                 host,
                 port,
@@ -308,6 +334,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_rate_kbps: max_rate_kbps.unwrap_or(0),
                 storage: std::sync::Arc::new(walrep::storage::StdStorage),
                 timeout: std::time::Duration::from_secs(timeout.max(1)),
+                slot,
+                jobs,
             };
             basebackup(&opts, progress)
         }
@@ -560,6 +588,9 @@ fn basebackup(
         s.wal_records,
         s.elapsed.as_secs_f64()
     );
+    if let Some(slot) = &s.slot {
+        println!("walrep: replication slot \"{slot}\" made on the node for this standby (primary_slot_name); drop it with DROP_REPLICATION_SLOT if the standby is retired");
+    }
     match &s.primary_conninfo {
         Some(ci) => println!(
             "walrep: standby.signal written; primary_conninfo = '{}'. Start the standby with: walrep start {}",

@@ -9,22 +9,56 @@ use walrep::backup::client::{NoProgress, Progress};
 /// Least time between two plain progress lines.
 const LINE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// A progress bar on a terminal.
-struct BarProgress(indicatif::ProgressBar);
+/// A progress bar on a terminal, and one line per job of a parallel
+/// backup under it.
+struct BarProgress {
+    multi: indicatif::MultiProgress,
+    total: indicatif::ProgressBar,
+    jobs: Vec<indicatif::ProgressBar>,
+}
 
 impl Progress for BarProgress {
     fn begin(&mut self, total: Option<u64>) {
-        self.0.set_length(total.unwrap_or(0));
+        self.total.set_length(total.unwrap_or(0));
     }
     fn advance(&mut self, done: u64) {
-        if self.0.length().is_some_and(|l| done > l) {
-            self.0.set_length(done);
+        if self.total.length().is_some_and(|l| done > l) {
+            self.total.set_length(done);
         }
-        self.0.set_position(done);
+        self.total.set_position(done);
     }
     fn end(&mut self, done: u64) {
         self.advance(done);
-        self.0.finish();
+        self.total.finish();
+        for j in &self.jobs {
+            j.finish();
+        }
+    }
+    fn jobs(&mut self, done_per_job: &[u64]) {
+        while self.jobs.len() < done_per_job.len() {
+            let n = self.jobs.len();
+            let name = job_name(n, done_per_job.len());
+            let bar = self.multi.add(indicatif::ProgressBar::new_spinner());
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("  {prefix:>8} {bytes} {bytes_per_sec}")
+            {
+                bar.set_style(style);
+            }
+            bar.set_prefix(name);
+            self.jobs.push(bar);
+        }
+        for (bar, done) in self.jobs.iter().zip(done_per_job) {
+            bar.set_position(*done);
+        }
+    }
+}
+
+/// The name of job `n` of `count`: the leader, the parts, the WAL.
+fn job_name(n: usize, count: usize) -> String {
+    match n {
+        0 => "leader".into(),
+        n if n + 1 == count => "wal".into(),
+        n => format!("part {n}"),
     }
 }
 
@@ -32,19 +66,44 @@ impl Progress for BarProgress {
 struct LineProgress {
     total: Option<u64>,
     last: Option<Instant>,
+    /// When the transfer began (for the rate and the ETA).
+    started: Option<Instant>,
+    /// The last bytes per job of a parallel backup.
+    jobs: Vec<u64>,
 }
 
 impl LineProgress {
     fn line(&self, done: u64) {
-        match self.total.filter(|t| *t > 0) {
-            Some(t) => eprintln!(
-                "{}/{} kB ({}%)",
-                done / 1024,
-                t.max(done) / 1024,
-                done * 100 / t.max(done)
-            ),
-            None => eprintln!("{} kB", done / 1024),
+        let secs = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+        let mut line = match self.total.filter(|t| *t > 0) {
+            Some(t) => {
+                let t = t.max(done);
+                let eta = if rate > 0.0 {
+                    format!(", ETA {:.0}s", (t - done) as f64 / rate)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{}/{} kB ({}%), {:.1} MB/s{eta}",
+                    done / 1024,
+                    t / 1024,
+                    done * 100 / t,
+                    rate / 1e6
+                )
+            }
+            None => format!("{} kB, {:.1} MB/s", done / 1024, rate / 1e6),
+        };
+        if !self.jobs.is_empty() {
+            let per_job: Vec<String> = self
+                .jobs
+                .iter()
+                .enumerate()
+                .map(|(n, d)| format!("{} {} kB", job_name(n, self.jobs.len()), d / 1024))
+                .collect();
+            line.push_str(&format!(" [{}]", per_job.join(", ")));
         }
+        eprintln!("{line}");
     }
 }
 
@@ -52,6 +111,10 @@ impl Progress for LineProgress {
     fn begin(&mut self, total: Option<u64>) {
         self.total = total;
         self.last = Some(Instant::now());
+        self.started = Some(Instant::now());
+    }
+    fn jobs(&mut self, done_per_job: &[u64]) {
+        self.jobs = done_per_job.to_vec();
     }
     fn advance(&mut self, done: u64) {
         if self.last.is_none_or(|l| l.elapsed() >= LINE_INTERVAL) {
@@ -76,11 +139,19 @@ pub fn progress_reporter(enabled: bool) -> Box<dyn Progress> {
         ) {
             bar.set_style(style);
         }
-        Box::new(BarProgress(bar))
+        let multi = indicatif::MultiProgress::new();
+        let total = multi.add(bar);
+        Box::new(BarProgress {
+            multi,
+            total,
+            jobs: Vec::new(),
+        })
     } else {
         Box::new(LineProgress {
             total: None,
             last: None,
+            started: None,
+            jobs: Vec::new(),
         })
     }
 }

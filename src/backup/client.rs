@@ -6,20 +6,28 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::extract::{self, ExtractError, ExtractStats, Extractor};
 use super::standby_config::{self, conninfo_string, StandbyConfigError};
 use super::verify::{self, Expected, VerifyError};
+use super::walfetch::WalFetch;
 use crate::replication::client::{
-    BackupMessage, BaseBackupRequest, ClientError, ConnInfo, ReplicationClient,
+    BackupMessage, BackupStart, BaseBackupRequest, ClientError, ConnInfo, ReplicationClient,
 };
 use crate::storage::Storage;
 use crate::{Lsn, TimelineId};
 
+/// How often a parallel backup's progress is refreshed once the leader's
+/// own stream is over and other jobs still run.
+const PROGRESS_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// Most bytes accepted after the end of the tar archive (its padding).
 const TRAILER_LIMIT: u64 = 1 << 20;
+/// Most jobs of one backup (each is a connection and a walsender slot on
+/// the server; the server's own bound is the same).
+pub const MAX_JOBS: u32 = crate::replication::command::MAX_PARALLEL as u32;
 /// What `walrep basebackup` was asked to do.
 #[derive(Debug, Clone)]
 pub struct BasebackupOptions {
@@ -45,6 +53,15 @@ pub struct BasebackupOptions {
     pub timeout: Duration,
     /// Where the copy is written (`StdStorage` outside tests).
     pub storage: Arc<dyn Storage>,
+    /// A physical replication slot made on the upstream (RESERVE_WAL)
+    /// before the copy starts and named in the copy's `primary_slot_name`
+    /// with `-R`, so the upstream keeps every segment the new standby has
+    /// not received yet (pg_basebackup's `-C -S`). Dropped again when the
+    /// backup fails.
+    pub slot: Option<String>,
+    /// Connections copying the snapshot at once (1 = one stream, as
+    /// pg_basebackup; more use walrep's PARALLEL/JOIN extension).
+    pub jobs: u32,
 }
 
 /// What a successful backup produced.
@@ -68,6 +85,8 @@ pub struct BasebackupSummary {
     pub elapsed: Duration,
     /// The connection string written with `--write-standby-config`.
     pub primary_conninfo: Option<String>,
+    /// The slot made for the copy on the upstream.
+    pub slot: Option<String>,
 }
 
 /// Why the backup failed.
@@ -85,6 +104,8 @@ pub enum BasebackupError {
     StandbyConfig(#[from] StandbyConfigError),
     #[error("{0}")]
     Protocol(String),
+    #[error("could not create replication slot \"{name}\" on the upstream: {source} (name another with --slot, or copy without one with --no-slot)")]
+    Slot { name: String, source: ClientError },
 }
 
 /// Progress of the transfer.
@@ -95,6 +116,9 @@ pub trait Progress {
     fn advance(&mut self, done: u64);
     /// The transfer is over.
     fn end(&mut self, done: u64);
+    /// Bytes received so far by each job of a parallel backup: the leader
+    /// first, then each joined part, then the WAL connection.
+    fn jobs(&mut self, _done_per_job: &[u64]) {}
 }
 
 /// No progress output.
@@ -111,15 +135,74 @@ pub fn run(
     opts: &BasebackupOptions,
     progress: &mut dyn Progress,
 ) -> Result<BasebackupSummary, BasebackupError> {
+    if !(1..=MAX_JOBS).contains(&opts.jobs) {
+        return Err(BasebackupError::Protocol(format!(
+            "invalid number of jobs {}: it must be between 1 and {MAX_JOBS}",
+            opts.jobs
+        )));
+    }
     let existed = extract::check_target(&opts.datadir).map_err(BasebackupError::Target)?;
     if !existed {
         extract::create_target(&*opts.storage, &opts.datadir).map_err(BasebackupError::Target)?;
     }
-    let result = take(opts, progress);
+    let mut slot_made = false;
+    let result = take(opts, progress, &mut slot_made);
     if result.is_err() {
         extract::clean_target(&opts.datadir, !existed);
+        if let Some(name) = opts.slot.as_deref().filter(|_| slot_made) {
+            drop_slot_after_failure(opts, name);
+        }
     }
     result
+}
+
+/// A slot made for a copy that failed holds WAL for nothing: drop it
+/// (best effort; a slot that was never made is not found, which is fine).
+fn drop_slot_after_failure(opts: &BasebackupOptions, name: &str) {
+    let dropped = ReplicationClient::connect(&conninfo(opts), opts.timeout)
+        .and_then(|mut c| c.drop_slot(name, false).map(|()| c.close()));
+    if let Err(e) = dropped {
+        if e.sqlstate() != Some(crate::replication::sqlstate::UNDEFINED_OBJECT) {
+            tracing::warn!(slot = name, error = %e, "could not drop the slot made for the failed backup");
+        }
+    }
+}
+
+/// The slot name `-R` uses when none is given: from the application name
+/// when it makes a valid slot name, else from the process and the time, so
+/// that backups taken one after another never collide.
+pub fn default_slot_name(application_name: Option<&str>) -> String {
+    let from_app: String = application_name
+        .unwrap_or("")
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_') => c,
+            _ => '_',
+        })
+        .take(40)
+        .collect();
+    if !from_app.trim_matches('_').is_empty() {
+        return format!("walrep_{from_app}");
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("walrep_standby_{}_{secs}", std::process::id())
+}
+
+/// CREATE_REPLICATION_SLOT ... PHYSICAL (RESERVE_WAL) before BASE_BACKUP:
+/// the slot's restart point is at or before the backup's redo point, so
+/// nothing the standby needs is removed before it first connects.
+fn create_slot(client: &mut ReplicationClient, name: &str) -> Result<(), BasebackupError> {
+    crate::replication::slots::validate_name(name)
+        .map_err(|e| BasebackupError::Protocol(format!("invalid slot name \"{name}\": {e}")))?;
+    client
+        .create_physical_slot(name, false, true)
+        .map_err(|source| BasebackupError::Slot {
+            name: name.to_string(),
+            source,
+        })
 }
 
 fn conninfo(opts: &BasebackupOptions) -> ConnInfo {
@@ -194,31 +277,114 @@ fn standby_conninfo(opts: &BasebackupOptions) -> Result<String, StandbyConfigErr
     ]))
 }
 
+/// The backup itself; `slot_made` is set once the slot exists, so that a
+/// failure drops only a slot this backup made.
 fn take(
     opts: &BasebackupOptions,
     progress: &mut dyn Progress,
+    slot_made: &mut bool,
 ) -> Result<BasebackupSummary, BasebackupError> {
     let started = Instant::now();
     let mut client = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
     let id = client.identify_system()?;
+    if let Some(name) = &opts.slot {
+        create_slot(&mut client, name)?;
+        *slot_made = true;
+    }
     let request = BaseBackupRequest {
         label: opts.label.clone(),
         progress: true,
         max_rate_kbps: opts.max_rate_kbps,
+        parallel: opts.jobs,
+        // With jobs, the WAL comes by WAL_RANGE on a connection of its own.
+        wal: opts.jobs == 1,
         ..BaseBackupRequest::default()
     };
+    let seg = segment_size(&mut client)?;
     let start = client.base_backup(&request)?;
-    if start.tablespaces.len() != 1 {
-        return Err(BasebackupError::Protocol(format!(
-            "the server sent {} tablespaces; walrep has exactly one data directory",
-            start.tablespaces.len()
-        )));
-    }
+    one_tablespace(&start)?;
     progress.begin(start.tablespaces[0].size_kb.map(|k| k * 1024));
-    let (extracted, received) = receive_archive(&mut client, opts, progress)?;
-    let (end, tli) = client.backup_end()?;
+    // Bytes per job: the leader, the joined parts, the WAL connection.
+    let per_job: Vec<AtomicU64> = (0..=opts.jobs).map(|_| AtomicU64::new(0)).collect();
+    let end_lsn = AtomicU64::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let (extracted, received, end, tli) = std::thread::scope(|scope| {
+        let wal_job = (opts.jobs > 1).then(|| {
+            let fetch = WalFetch {
+                storage: &*opts.storage,
+                datadir: &opts.datadir,
+                start: start.start,
+                tli: start.tli,
+                seg,
+                end: &end_lsn,
+                failed: &failed,
+                timeout: opts.timeout,
+                received: &per_job[opts.jobs as usize],
+            };
+            scope.spawn(move || {
+                let mut c = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
+                let n = fetch.run(&mut c);
+                c.close();
+                n
+            })
+        });
+        let jobs = match (&start.backup_id, opts.jobs) {
+            (_, 1) => Vec::new(),
+            (Some(id), n) => (1..n)
+                .map(|k| {
+                    let counter = &per_job[k as usize];
+                    scope.spawn(move || copy_part(opts, id, k, counter))
+                })
+                .collect(),
+            (None, _) => {
+                return Err(BasebackupError::Protocol(
+                    "the server did not return a backup id for PARALLEL: it is not walrep".into(),
+                ))
+            }
+        };
+        let mut shared = SharedProgress {
+            inner: &mut *progress,
+            per_job: &per_job,
+        };
+        let leader = receive_archive(&mut client, opts, &mut shared).and_then(|(x, r)| {
+            client
+                .backup_end()
+                .map(|(e, t)| (x, r, e, t))
+                .map_err(Into::into)
+        });
+        match &leader {
+            Ok((_, _, end, _)) => end_lsn.store(end.0.max(1), Ordering::Release),
+            Err(_) => failed.store(true, Ordering::Relaxed),
+        }
+        // The other jobs may still run: keep their progress moving.
+        while jobs.iter().any(|j| !j.is_finished())
+            || wal_job.as_ref().is_some_and(|j| !j.is_finished())
+        {
+            shared.refresh();
+            std::thread::sleep(PROGRESS_POLL);
+        }
+        let mut total = leader?;
+        if let Some(wal) = wal_job {
+            wal.join()
+                .map_err(|_| BasebackupError::Protocol("the WAL job panicked".into()))??;
+        }
+        for job in jobs {
+            let (x, r) = job
+                .join()
+                .map_err(|_| BasebackupError::Protocol("a backup job panicked".into()))??;
+            total.0.add(&x);
+            total.1 += r;
+        }
+        Ok(total)
+    })?;
     client.close();
-    progress.end(received);
+    progress.end(
+        per_job
+            .iter()
+            .map(|j| j.load(Ordering::Relaxed))
+            .sum::<u64>()
+            .max(received),
+    );
     let verified = verify::verify(
         &opts.datadir,
         &Expected {
@@ -230,7 +396,7 @@ fn take(
     )?;
     let primary_conninfo = if opts.write_standby_config {
         let ci = standby_conninfo(opts)?;
-        standby_config::write(&*opts.storage, &opts.datadir, &ci)?;
+        standby_config::write(&*opts.storage, &opts.datadir, &ci, opts.slot.as_deref())?;
         Some(ci)
     } else {
         None
@@ -245,7 +411,109 @@ fn take(
         wal_records: verified.wal_records,
         elapsed: started.elapsed(),
         primary_conninfo,
+        slot: opts.slot.clone(),
     })
+}
+
+/// The server's `wal_segment_size` (the WAL job names its segments).
+fn segment_size(client: &mut ReplicationClient) -> Result<crate::WalSegSize, BasebackupError> {
+    let text = client.show("wal_segment_size")?;
+    crate::config::parse_size(&text)
+        .ok()
+        .flatten()
+        .and_then(|b| crate::WalSegSize::new(b).ok())
+        .ok_or_else(|| {
+            BasebackupError::Protocol(format!("the server's wal_segment_size {text:?} is invalid"))
+        })
+}
+
+fn one_tablespace(start: &BackupStart) -> Result<(), BasebackupError> {
+    if start.tablespaces.len() != 1 {
+        return Err(BasebackupError::Protocol(format!(
+            "the server sent {} tablespaces; walrep has exactly one data directory",
+            start.tablespaces.len()
+        )));
+    }
+    Ok(())
+}
+
+/// One job of a parallel backup: its own connection joins backup `id`
+/// and extracts part `part` into the same directory; returns what it wrote
+/// and the archive bytes it received (also added to `received` as they
+/// arrive, for the progress of the whole backup).
+fn copy_part(
+    opts: &BasebackupOptions,
+    id: &str,
+    part: u32,
+    received: &AtomicU64,
+) -> Result<(ExtractStats, u64), BasebackupError> {
+    let mut client = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
+    let request = BaseBackupRequest {
+        progress: true,
+        max_rate_kbps: opts.max_rate_kbps,
+        join: Some((id.to_string(), part)),
+        ..BaseBackupRequest::default()
+    };
+    let start = client.base_backup(&request)?;
+    one_tablespace(&start)?;
+    let mut counter = CountingProgress { received, last: 0 };
+    let (stats, bytes) = receive_archive(&mut client, opts, &mut counter)?;
+    client.backup_end()?;
+    client.close();
+    Ok((stats, bytes))
+}
+
+/// A job's progress: its bytes added to the shared total.
+struct CountingProgress<'a> {
+    received: &'a AtomicU64,
+    last: u64,
+}
+
+impl Progress for CountingProgress<'_> {
+    fn begin(&mut self, _: Option<u64>) {}
+    fn advance(&mut self, done: u64) {
+        self.received
+            .fetch_add(done.saturating_sub(self.last), Ordering::Relaxed);
+        self.last = done;
+    }
+    fn end(&mut self, done: u64) {
+        self.advance(done);
+    }
+}
+
+/// The leader's progress with the other jobs' bytes added.
+struct SharedProgress<'a> {
+    inner: &'a mut dyn Progress,
+    /// Bytes per job; the leader's is `[0]`, kept up to date here.
+    per_job: &'a [AtomicU64],
+}
+
+impl SharedProgress<'_> {
+    /// Report every job's bytes and their sum.
+    fn refresh(&mut self) {
+        let now: Vec<u64> = self
+            .per_job
+            .iter()
+            .map(|j| j.load(Ordering::Relaxed))
+            .collect();
+        self.inner.advance(now.iter().sum());
+        if now.len() > 2 {
+            self.inner.jobs(&now);
+        }
+    }
+}
+
+impl Progress for SharedProgress<'_> {
+    fn begin(&mut self, total: Option<u64>) {
+        self.inner.begin(total);
+    }
+    fn advance(&mut self, done: u64) {
+        self.per_job[0].store(done, Ordering::Relaxed);
+        self.refresh();
+    }
+    fn end(&mut self, done: u64) {
+        self.advance(done);
+    }
 }
 
 /// Extract the archive stream into the target; returns what was written

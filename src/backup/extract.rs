@@ -49,6 +49,15 @@ pub struct ExtractStats {
     pub bytes: u64,
 }
 
+impl ExtractStats {
+    /// Add what another extraction into the same directory wrote.
+    pub fn add(&mut self, other: &ExtractStats) {
+        self.files += other.files;
+        self.directories += other.directories;
+        self.bytes += other.bytes;
+    }
+}
+
 /// The relative path a member may be written to, or why not.
 pub fn safe_member_path(name: &str) -> Result<PathBuf, String> {
     let trimmed = name.trim_end_matches('/');
@@ -153,9 +162,15 @@ impl Extractor {
                 reason: "a file of that name was already extracted".into(),
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.storage
-                    .create_dir(path)
-                    .map_err(write_err("create directory", path))?;
+                match self.storage.create_dir(path) {
+                    Ok(()) => {}
+                    // Another job of a parallel backup made it meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {
+                        self.dirs.insert(path.to_path_buf());
+                        return Ok(());
+                    }
+                    Err(e) => return Err(write_err("create directory", path)(e)),
+                }
                 self.stats.directories += 1;
                 if let Some(parent) = path.parent() {
                     self.dirs.insert(parent.to_path_buf());

@@ -12,6 +12,7 @@
 //! - [`extract`]: safe extraction of the archive stream into a directory.
 //! - [`verify`]: checks of a copied data directory.
 //! - [`standby_config`]: `standby.signal` and `primary_conninfo` (`-R`).
+//! - [`walfetch`]: a parallel backup's WAL, by WAL_RANGE during the copy.
 //! - [`client`]: `walrep basebackup`.
 
 // Being documented item by item; remove once `missing_docs` is clean here.
@@ -26,3 +27,4 @@ pub mod server;
 pub mod standby_config;
 pub mod tarstream;
 pub mod verify;
+pub mod walfetch;

@@ -15,6 +15,14 @@
 //! 4. With WAIT and archiving on, wait (bounded) until the last segment is
 //!    archived; then the end position result set.
 //!
+//! With walrep's `PARALLEL n` the snapshot's chunks are split in `n` parts
+//! of about equal size: this connection sends part 0 with everything else
+//! above, and its first result set carries a `backup_id` column; `n - 1`
+//! other connections each send one part with `BASE_BACKUP (JOIN 'id',
+//! PART k)` (an archive `base.part<k>.tar` of chunk files only, start and
+//! end result sets both at the start position). The leader ends the backup
+//! only once every part is claimed; each claim pins the snapshot itself.
+//!
 //! The node is seen only through [`BackupSource`]: what a backup needs of
 //! it (checkpoint, pin, backup-end record), nothing else.
 
@@ -25,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::label::{BackupLabel, BACKUP_LABEL_FILE, MAX_LABEL_LEN};
 use super::manifest::{ChecksumKind, HashingReader, Manifest};
-use super::pin::BackupPin;
+use super::pin::{BackupPin, BackupPins, ClaimedPart};
 use super::tarstream::{header, CopyWriter, ExactReader, Member};
 use crate::config::ArchiveMode;
 use crate::datadir::{
@@ -49,6 +57,11 @@ const OID: i32 = 26;
 const ARCHIVE_WAIT: Duration = Duration::from_secs(300);
 /// Poll interval of that wait (the archiver leaves no other signal).
 const ARCHIVE_POLL: Duration = Duration::from_millis(100);
+/// Longest wait of a parallel backup's leader for every part to be
+/// claimed (the client connects its jobs as soon as it has the id).
+const JOIN_WAIT: Duration = Duration::from_secs(30);
+/// Poll interval of that wait.
+const JOIN_POLL: Duration = Duration::from_millis(5);
 
 /// What one base backup produced (logged).
 #[derive(Debug, Clone)]
@@ -99,6 +112,9 @@ pub trait BackupSource {
     /// `None` once shutdown has begun (it never follows the shutdown
     /// checkpoint) or without a WAL writer.
     fn log_backup_end(&self, start: Lsn) -> Result<Option<Lsn>, WalError>;
+
+    /// The node's backup pins (where parallel backups are joined).
+    fn backup_pins(&self) -> std::sync::Arc<BackupPins>;
 }
 
 /// Run BASE_BACKUP for `node`, writing PostgreSQL 15's answer to `out`.
@@ -108,6 +124,9 @@ pub fn serve<S: BackupSource>(
     out: &mut dyn BackupOutput,
 ) -> Result<BackupDone, PgError> {
     check_options(options)?;
+    if let Some(token) = &options.join {
+        return serve_part(node, token, options, out);
+    }
     if !node.is_primary() {
         return Err(PgError::error(
             code::OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -138,6 +157,8 @@ pub fn serve<S: BackupSource>(
             .unwrap_or(0),
         manifest: (options.manifest != "no")
             .then(|| Manifest::new(kind, options.manifest == "force-encode")),
+        pins: node.backup_pins(),
+        pin: &pin,
     };
     let result = b.run(out);
     drop(pin);
@@ -169,6 +190,12 @@ fn check_options(o: &BaseBackupOptions) -> Result<(), PgError> {
             format!("server-side compression \"{c}\" is not supported by walrep; compress on the client"),
         ));
     }
+    if o.parallel > 1 && o.manifest != "no" {
+        return Err(PgError::error(
+            code::FEATURE_NOT_SUPPORTED,
+            "a parallel base backup sends no manifest: the client writes one for all the parts",
+        ));
+    }
     if ChecksumKind::parse(&o.manifest_checksums).is_none() {
         return Err(PgError::error(
             code::INVALID_PARAMETER_VALUE,
@@ -187,6 +214,124 @@ fn check_options(o: &BaseBackupOptions) -> Result<(), PgError> {
     Ok(())
 }
 
+fn lost(e: io::Error) -> PgError {
+    PgError::fatal(
+        code::PROTOCOL_VIOLATION,
+        format!("could not send data to client: {e}"),
+    )
+}
+
+/// Split the chunks in `n` parts of about equal size (largest first, each
+/// to the lightest part); returns each part's chunk numbers, in order.
+fn split_parts(chunks: &[SourceFile], n: usize) -> Vec<Vec<u32>> {
+    let mut order: Vec<usize> = (0..chunks.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(chunks[i].size));
+    let mut parts = vec![(0u64, Vec::new()); n.max(1)];
+    for i in order {
+        let lightest = (0..parts.len()).min_by_key(|&p| parts[p].0).unwrap_or(0);
+        parts[lightest].0 += chunks[i].size;
+        parts[lightest].1.push(i as u32);
+    }
+    parts
+        .into_iter()
+        .map(|(_, mut p)| {
+            p.sort_unstable();
+            p
+        })
+        .collect()
+}
+
+/// `JOIN 'token', PART k`: one part of a running parallel backup.
+fn serve_part<S: BackupSource>(
+    node: &S,
+    token: &str,
+    options: &BaseBackupOptions,
+    out: &mut dyn BackupOutput,
+) -> Result<BackupDone, PgError> {
+    let (pin, part) = node
+        .backup_pins()
+        .claim(token, options.part as usize)
+        .map_err(|e| PgError::error(code::OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string()))?;
+    let files = part_files(node.datadir(), &part)?;
+    let position = vec![Some(part.redo.to_string()), Some(part.tli.to_string())];
+    out.result_set(
+        &[("recptr", TEXT), ("tli", INT8)],
+        std::slice::from_ref(&position),
+    )
+    .map_err(lost)?;
+    let size_kb = files.iter().map(|f| f.size).sum::<u64>() / 1024 + 1;
+    out.result_set(
+        &[("spcoid", OID), ("spclocation", TEXT), ("size", INT8)],
+        &[vec![
+            None,
+            None,
+            options.progress.then(|| size_kb.to_string()),
+        ]],
+    )
+    .map_err(lost)?;
+    out.begin_copy().map_err(lost)?;
+    out.new_archive(&format!("base.part{}.tar", options.part), "")
+        .map_err(lost)?;
+    let mut tar = tar::Builder::new(CopyWriter::new(out, options.max_rate_kbps));
+    let dir = format!("{BASE_DIR}/{:016X}", part.snapshot_id);
+    let written = header(&dir, Member::Directory, 0)
+        .and_then(|h| tar.append(&h, io::empty()))
+        .and_then(|()| files.iter().try_for_each(|f| append_plain(&mut tar, f)));
+    if let Err(e) = written {
+        return Err(if tar.get_ref().client_failed {
+            lost(e)
+        } else {
+            io_error(e)
+        });
+    }
+    let bytes = tar.into_inner().map_err(lost)?.finish().map_err(lost)?;
+    out.end_copy().map_err(lost)?;
+    out.result_set(&[("recptr", TEXT), ("tli", INT8)], &[position])
+        .map_err(lost)?;
+    drop(pin);
+    tracing::info!(
+        part = options.part,
+        files = files.len(),
+        bytes,
+        "parallel base backup part sent"
+    );
+    Ok(BackupDone {
+        start: part.redo,
+        end: part.redo,
+        tli: TimelineId(part.tli),
+        bytes,
+        wal_segments: 0,
+    })
+}
+
+/// The chunk files of a claimed part.
+fn part_files(datadir: &Path, part: &ClaimedPart) -> Result<Vec<SourceFile>, PgError> {
+    let id = part.snapshot_id;
+    let dir = crate::store::checkpoint::snapshot_dir(datadir, id);
+    part.chunks
+        .iter()
+        .map(|&i| {
+            let name = format!("{BASE_DIR}/{id:016X}/{}", chunk_name(i));
+            source_file(name, dir.join(chunk_name(i)))
+        })
+        .collect()
+}
+
+/// A file member without a manifest entry (a part's chunks).
+fn append_plain(tar: &mut tar::Builder<CopyWriter<'_>>, f: &SourceFile) -> io::Result<()> {
+    let file = File::open(&f.path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("could not open file \"{}\": {e}", f.path.display()),
+        )
+    })?;
+    let data = ExactReader::new(file, f.size, f.path.display().to_string());
+    tar.append(
+        &header(&f.name, Member::File { size: f.size }, f.mtime)?,
+        data,
+    )
+}
+
 fn io_error(e: io::Error) -> PgError {
     PgError::error(code::IO_ERROR, e.to_string())
 }
@@ -199,6 +344,10 @@ const PG_COMPAT_DIRS: [&str; 2] = ["pg_wal", "pg_tblspc"];
 /// One running backup.
 struct Backup<'n, S: BackupSource> {
     node: &'n S,
+    /// Where a parallel backup's session is opened.
+    pins: std::sync::Arc<BackupPins>,
+    /// This backup's pin (a session is opened over it).
+    pin: &'n BackupPin,
     options: &'n BaseBackupOptions,
     /// The control file naming the pinned checkpoint.
     control: ControlFile,
@@ -209,6 +358,7 @@ struct Backup<'n, S: BackupSource> {
 }
 
 /// A file of the archive: its name in the tar and where to read it.
+#[derive(Clone)]
 struct SourceFile {
     /// Member name in the tar.
     name: String,
@@ -255,22 +405,30 @@ impl<S: BackupSource> Backup<'_, S> {
     fn run(&mut self, out: &mut dyn BackupOutput) -> Result<BackupDone, PgError> {
         let start = self.control.redo_lsn;
         let tli = self.tli();
-        let chunks = self.snapshot_files()?;
-        let lost = |e: io::Error| {
-            PgError::fatal(
-                code::PROTOCOL_VIOLATION,
-                format!("could not send data to client: {e}"),
-            )
-        };
-        out.result_set(
-            &[("recptr", TEXT), ("tli", INT8)],
-            &[vec![Some(start.to_string()), Some(tli.0.to_string())]],
-        )
-        .map_err(lost)?;
+        let all_chunks = self.snapshot_files()?;
+        let parts = split_parts(&all_chunks, self.options.parallel.max(1) as usize);
+        let session = (parts.len() > 1).then(|| {
+            let token = format!("{:032x}", rand::random::<u128>());
+            let guard = self
+                .pins
+                .open_session(self.pin, &token, tli.0, parts.clone());
+            (token, guard)
+        });
+        let chunks: Vec<SourceFile> = parts[0]
+            .iter()
+            .map(|&i| all_chunks[i as usize].clone())
+            .collect();
+        let mut columns = vec![("recptr", TEXT), ("tli", INT8)];
+        let mut row = vec![Some(start.to_string()), Some(tli.0.to_string())];
+        if let Some((token, _)) = &session {
+            columns.push(("backup_id", TEXT));
+            row.push(Some(token.clone()));
+        }
+        out.result_set(&columns, &[row]).map_err(lost)?;
         let size_kb = self
             .options
             .progress
-            .then(|| self.estimate_bytes(&chunks) / 1024);
+            .then(|| self.estimate_bytes(&all_chunks) / 1024);
         out.result_set(
             &[("spcoid", OID), ("spclocation", TEXT), ("size", INT8)],
             &[vec![None, None, size_kb.map(|s| s.to_string())]],
@@ -279,7 +437,9 @@ impl<S: BackupSource> Backup<'_, S> {
         out.begin_copy().map_err(lost)?;
         out.new_archive("base.tar", "").map_err(lost)?;
         let mut tar = tar::Builder::new(CopyWriter::new(out, self.options.max_rate_kbps));
-        let result = self.write_archive(&mut tar, &chunks);
+        let token = session.as_ref().map(|(t, _)| t.as_str());
+        let result = self.write_archive(&mut tar, &chunks, token);
+        drop(session);
         let (end, wal_segments) = match result {
             Ok(v) => v,
             Err(e) if tar.get_ref().client_failed => return Err(lost(e)),
@@ -344,6 +504,7 @@ impl<S: BackupSource> Backup<'_, S> {
         &mut self,
         tar: &mut tar::Builder<CopyWriter<'_>>,
         chunks: &[SourceFile],
+        parallel: Option<&str>,
     ) -> io::Result<(Lsn, u64)> {
         let now = self.started_unix;
         let label = BackupLabel {
@@ -371,6 +532,9 @@ impl<S: BackupSource> Backup<'_, S> {
         for c in chunks {
             self.append_file(tar, c)?;
         }
+        if let Some(token) = parallel {
+            self.wait_for_parts(token)?;
+        }
         let end = self.stop_backup()?;
         let control = self.copy_control(end);
         self.append_bytes(tar, CONTROL_FILE, &control.encode(), now)?;
@@ -385,6 +549,26 @@ impl<S: BackupSource> Backup<'_, S> {
             0
         };
         Ok((end, segments))
+    }
+
+    /// A parallel backup ends only once every part is claimed: each
+    /// claim holds its own pin, so the parts still being copied outlive
+    /// this backup's pin. Bounded by [`JOIN_WAIT`].
+    fn wait_for_parts(&self, token: &str) -> io::Result<()> {
+        let deadline = Instant::now() + JOIN_WAIT;
+        loop {
+            let left = self.pins.unclaimed(token);
+            if left == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::other(format!(
+                    "{left} part(s) of the parallel base backup were not joined within {}s",
+                    JOIN_WAIT.as_secs()
+                )));
+            }
+            std::thread::sleep(JOIN_POLL);
+        }
     }
 
     /// do_pg_backup_stop on a primary: XLOG_BACKUP_END, flushed, then a

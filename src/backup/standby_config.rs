@@ -1,6 +1,7 @@
 //! `--write-standby-config` (pg_basebackup's `-R`): `standby.signal` and
 //! `primary_conninfo` in the copy's `walrep.toml`, so the copy starts as a
-//! standby of the node it was taken from.
+//! standby of the node it was taken from, with `primary_slot_name` when a
+//! slot was made for it (pg_basebackup's `-C -S`).
 
 use std::fs;
 use std::io;
@@ -10,8 +11,10 @@ use crate::config::Config;
 use crate::datadir::{CONFIG_FILE, STANDBY_SIGNAL};
 use crate::storage::{durable_create, durable_replace, Storage};
 
-/// The parameter set.
+/// The connection parameter set.
 const PARAMETER: &str = "primary_conninfo";
+/// The slot parameter set when a slot was made for the standby.
+const SLOT_PARAMETER: &str = "primary_slot_name";
 
 /// Why the standby configuration could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -63,18 +66,31 @@ pub fn conninfo_string(pairs: &[(&str, &str)]) -> String {
         .join(" ")
 }
 
-/// Is this line a top-level `primary_conninfo = ...` assignment?
-fn assigns_parameter(line: &str) -> bool {
+/// Is this line a top-level `name = ...` assignment?
+fn assigns(line: &str, name: &str) -> bool {
     line.trim_start()
-        .strip_prefix(PARAMETER)
+        .strip_prefix(name)
         .is_some_and(|rest| rest.trim_start().starts_with('='))
+}
+
+/// Is this line a top-level `primary_conninfo = ...` assignment?
+#[cfg(test)]
+fn assigns_parameter(line: &str) -> bool {
+    assigns(line, PARAMETER)
 }
 
 /// `text` with `primary_conninfo` set to `conninfo`: the existing top-level
 /// assignment is replaced, else one is added before the first table.
 pub fn set_primary_conninfo(text: &str, conninfo: &str) -> String {
-    let value = toml::Value::String(conninfo.to_string());
-    let line = format!("{PARAMETER} = {value}");
+    set_parameter(text, PARAMETER, conninfo)
+}
+
+/// `text` with the top-level string parameter `name` set to `value`: the
+/// existing assignment is replaced, else one is added before the first
+/// table.
+pub fn set_parameter(text: &str, name: &str, value: &str) -> String {
+    let value = toml::Value::String(value.to_string());
+    let line = format!("{name} = {value}");
     let mut out = Vec::new();
     let mut placed = false;
     let mut in_table = false;
@@ -89,7 +105,7 @@ pub fn set_primary_conninfo(text: &str, conninfo: &str) -> String {
                 placed = true;
             }
         }
-        if !in_table && assigns_parameter(l) {
+        if !in_table && assigns(l, name) {
             if !placed {
                 out.push(line.clone());
                 placed = true;
@@ -107,22 +123,33 @@ pub fn set_primary_conninfo(text: &str, conninfo: &str) -> String {
     s
 }
 
-/// Write `standby.signal` and set `primary_conninfo` in `datadir`, durably,
+/// Write `standby.signal` and set `primary_conninfo` (and
+/// `primary_slot_name` when `slot` is given) in `datadir`, durably,
 /// through `storage`.
 pub fn write(
     storage: &dyn Storage,
     datadir: &Path,
     conninfo: &str,
+    slot: Option<&str>,
 ) -> Result<(), StandbyConfigError> {
     let config = datadir.join(CONFIG_FILE);
     let text = fs::read_to_string(&config).map_err(io_err("read", &config))?;
-    let edited = set_primary_conninfo(&text, conninfo);
+    let mut edited = set_primary_conninfo(&text, conninfo);
+    if let Some(slot) = slot {
+        edited = set_parameter(&edited, SLOT_PARAMETER, slot);
+    }
     let parsed = Config::from_toml_with_overrides(&edited, CONFIG_FILE, &[])
         .map_err(|e| StandbyConfigError::Edit(e.to_string()))?;
     if parsed.primary_conninfo != conninfo {
         return Err(StandbyConfigError::Edit(format!(
             "{PARAMETER} reads back as {:?}",
             parsed.primary_conninfo
+        )));
+    }
+    if parsed.primary_slot_name != slot.unwrap_or("") {
+        return Err(StandbyConfigError::Edit(format!(
+            "{SLOT_PARAMETER} reads back as {:?}",
+            parsed.primary_slot_name
         )));
     }
     durable_replace(storage, &config, edited.as_bytes())?;
@@ -170,9 +197,20 @@ mod tests {
     fn write_creates_the_signal_and_sets_the_parameter() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join(CONFIG_FILE), Config::template()).unwrap();
-        write(&crate::storage::StdStorage, d.path(), "host=h port=1").unwrap();
+        write(&crate::storage::StdStorage, d.path(), "host=h port=1", None).unwrap();
         assert!(d.path().join(STANDBY_SIGNAL).exists());
         let c = Config::load(&d.path().join(CONFIG_FILE), &[]).unwrap();
         assert_eq!(c.primary_conninfo, "host=h port=1");
+        assert_eq!(c.primary_slot_name, "");
+        write(
+            &crate::storage::StdStorage,
+            d.path(),
+            "host=h port=2",
+            Some("s_1"),
+        )
+        .unwrap();
+        let c = Config::load(&d.path().join(CONFIG_FILE), &[]).unwrap();
+        assert_eq!(c.primary_conninfo, "host=h port=2");
+        assert_eq!(c.primary_slot_name, "s_1");
     }
 }

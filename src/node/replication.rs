@@ -206,6 +206,10 @@ impl crate::backup::server::BackupSource for Node {
     fn log_backup_end(&self, start: Lsn) -> Result<Option<Lsn>, crate::wal::WalError> {
         Node::log_backup_end(self, start)
     }
+
+    fn backup_pins(&self) -> Arc<crate::backup::pin::BackupPins> {
+        Arc::clone(&self.backup_pins)
+    }
 }
 
 /// Standby replies reach synchronous replication and WAIT through this.

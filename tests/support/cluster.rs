@@ -21,20 +21,37 @@ pub fn restore_setting(archive: &Path) -> String {
     format!("restore_command=cp {}/%f %p", archive.display())
 }
 
-/// `walrep basebackup -R` of `primary` into `tmp/name`, as standby `app`.
+/// `walrep basebackup -R` of `primary` into `tmp/name`, as standby `app`
+/// (with a slot named after it, the default).
 pub fn basebackup(primary: &TestNode, tmp: &Path, name: &str, app: &str) -> PathBuf {
+    basebackup_with(primary, tmp, name, app, &[])
+}
+
+/// [`basebackup`] with more arguments (`--no-slot`, `--jobs 4`, ...).
+pub fn basebackup_with(
+    primary: &TestNode,
+    tmp: &Path,
+    name: &str,
+    app: &str,
+    extra: &[&str],
+) -> PathBuf {
     let dest = tmp.join(name);
     let from = format!("127.0.0.1:{}", primary.replication_port);
-    let (ok, out, err) = walrep(&[
-        "basebackup",
-        "--from",
-        &from,
-        "-D",
-        dest.to_str().unwrap(),
-        "--write-standby-config",
-        "--application-name",
-        app,
-    ]);
+    let (ok, out, err) = walrep(
+        &[
+            "basebackup",
+            "--from",
+            &from,
+            "-D",
+            dest.to_str().unwrap(),
+            "--write-standby-config",
+            "--application-name",
+            app,
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
+    );
     assert!(ok, "walrep basebackup failed: {out}{err}");
     dest
 }

@@ -163,6 +163,8 @@ fn start_standby(dirs: &Dirs, primary: &NodeProcess) -> anyhow::Result<NodeProce
             max_rate_kbps: 0,
             timeout: Duration::from_secs(60),
             storage: std::sync::Arc::new(walrep::storage::StdStorage),
+            slot: None,
+            jobs: 1,
         },
         &mut walrep::backup::client::NoProgress,
     )

@@ -25,6 +25,11 @@ pub struct BaseBackupRequest {
     pub max_rate_kbps: u64,
     /// Ask for a backup manifest.
     pub manifest: bool,
+    /// walrep's PARALLEL: split the snapshot in this many parts (0 or 1:
+    /// one stream, PostgreSQL's BASE_BACKUP).
+    pub parallel: u32,
+    /// walrep's JOIN/PART: send part `.1` of parallel backup `.0`.
+    pub join: Option<(String, u32)>,
 }
 
 impl Default for BaseBackupRequest {
@@ -37,6 +42,8 @@ impl Default for BaseBackupRequest {
             wait: false,
             max_rate_kbps: 0,
             manifest: false,
+            parallel: 0,
+            join: None,
         }
     }
 }
@@ -49,7 +56,13 @@ fn literal(s: &str) -> String {
 impl BaseBackupRequest {
     /// `BASE_BACKUP ( LABEL '...', PROGRESS, ... )` as pg_basebackup 15 sends it.
     pub fn to_command(&self) -> String {
+        if let Some((token, part)) = &self.join {
+            return self.join_command(token, *part);
+        }
         let mut opts = vec![format!("LABEL {}", literal(&self.label))];
+        if self.parallel > 1 {
+            opts.push(format!("PARALLEL {}", self.parallel));
+        }
         if self.progress {
             opts.push("PROGRESS".into());
         }
@@ -70,6 +83,19 @@ impl BaseBackupRequest {
             literal(if self.manifest { "yes" } else { "no" })
         ));
         opts.push("TARGET 'client'".into());
+        format!("BASE_BACKUP ( {} )", opts.join(", "))
+    }
+
+    /// `BASE_BACKUP ( JOIN '...', PART k, ... )`: one part of a parallel
+    /// backup (no checkpoint, no WAL, no manifest of its own).
+    fn join_command(&self, token: &str, part: u32) -> String {
+        let mut opts = vec![format!("JOIN {}", literal(token)), format!("PART {part}")];
+        if self.progress {
+            opts.push("PROGRESS".into());
+        }
+        if self.max_rate_kbps > 0 {
+            opts.push(format!("MAX_RATE {}", self.max_rate_kbps));
+        }
         format!("BASE_BACKUP ( {} )", opts.join(", "))
     }
 }
@@ -94,6 +120,8 @@ pub struct BackupStart {
     pub tli: TimelineId,
     /// One row per archive to come (one for walrep).
     pub tablespaces: Vec<Tablespace>,
+    /// With PARALLEL: the id the other parts join with.
+    pub backup_id: Option<String>,
 }
 
 /// One message of the archive stream.
@@ -184,6 +212,7 @@ impl ReplicationClient {
         }
         self.send(&FrontendMessage::Query(request.to_command()))?;
         let start = self.read_result_set("could not initiate base backup")?;
+        let backup_id = start.text(0, 2);
         let (start, tli) = parse_position(&start, "could not initiate base backup")?;
         let ts = self.read_result_set("could not get backup header")?;
         let tablespaces = (0..ts.rows.len())
@@ -207,6 +236,7 @@ impl ReplicationClient {
             start,
             tli,
             tablespaces,
+            backup_id,
         })
     }
 
@@ -295,6 +325,42 @@ mod tests {
         assert_eq!(o.max_rate_kbps, 64);
         assert_eq!(o.manifest, "no");
         assert_eq!(o.target.as_deref(), Some("client"));
+        assert_eq!(o.parallel, 1);
+    }
+
+    #[test]
+    fn parallel_and_join_parse_on_our_server() {
+        let req = BaseBackupRequest {
+            parallel: 4,
+            ..BaseBackupRequest::default()
+        };
+        let ReplicationCommand::BaseBackup(o) = parse(&req.to_command()).unwrap() else {
+            panic!("not a base backup");
+        };
+        assert_eq!((o.parallel, o.join.as_deref(), o.part), (4, None, 0));
+        let req = BaseBackupRequest {
+            join: Some(("ab'c".into(), 3)),
+            max_rate_kbps: 64,
+            ..BaseBackupRequest::default()
+        };
+        let ReplicationCommand::BaseBackup(o) = parse(&req.to_command()).unwrap() else {
+            panic!("not a base backup");
+        };
+        assert_eq!(
+            (o.parallel, o.join.as_deref(), o.part),
+            (1, Some("ab'c"), 3)
+        );
+        assert_eq!(o.max_rate_kbps, 64);
+        for bad in [
+            "BASE_BACKUP (PARALLEL 0)",
+            "BASE_BACKUP (PARALLEL 65)",
+            "BASE_BACKUP (JOIN 'x')",
+            "BASE_BACKUP (PART 1)",
+            "BASE_BACKUP (JOIN 'x', PART 1, PARALLEL 2)",
+            "BASE_BACKUP (JOIN 'x', PART 0)",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod backup;
 mod stream;
+mod walrange;
 
 pub use crate::config::conninfo::{redact_conninfo, ConnInfo, ConnInfoError};
 pub use backup::{BackupMessage, BackupStart, BaseBackupRequest, Tablespace};
@@ -41,7 +42,7 @@ pub enum ClientError {
         port: u16,
         reason: String,
     },
-    #[error("{}: {} (SQLSTATE {})", .0.severity, .0.message, .0.code)]
+    #[error("{}", server_text(.0))]
     Server(Box<ErrorFields>),
     #[error("authentication failed: {0}")]
     Auth(String),
@@ -71,6 +72,19 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// A server error on one line, as psql shows it: severity, message and
+/// SQLSTATE, then the detail and hint when the server sent them.
+fn server_text(e: &ErrorFields) -> String {
+    let mut s = format!("{}: {} (SQLSTATE {})", e.severity, e.message, e.code);
+    if let Some(d) = &e.detail {
+        s.push_str(&format!(" DETAIL: {d}"));
+    }
+    if let Some(h) = &e.hint {
+        s.push_str(&format!(" HINT: {h}"));
+    }
+    s
 }
 
 fn protocol(msg: impl Into<String>) -> ClientError {

@@ -1,6 +1,7 @@
 //! Replication commands (PostgreSQL's `repl_gram.y`), parsed into an enum
 //! before anything is executed: IDENTIFY_SYSTEM, SHOW, TIMELINE_HISTORY,
-//! START_REPLICATION, CREATE/DROP/READ_REPLICATION_SLOT and BASE_BACKUP.
+//! START_REPLICATION, CREATE/DROP/READ_REPLICATION_SLOT and BASE_BACKUP,
+//! and walrep's WAL_RANGE (a bounded range of WAL, then the command ends).
 //! Errors carry PostgreSQL's SQLSTATE (42601 for syntax errors, 0A000 for
 //! SQL or logical replication in a physical walsender).
 
@@ -8,7 +9,7 @@ mod lexer;
 mod options;
 
 pub use lexer::{tokenize, Token};
-pub use options::{BaseBackupOptions, CheckpointMode, OptValue};
+pub use options::{BaseBackupOptions, CheckpointMode, OptValue, MAX_PARALLEL};
 
 use walrep_states::{Lsn, TimelineId};
 
@@ -38,6 +39,14 @@ pub enum ReplicationCommand {
     },
     ReadReplicationSlot(String),
     BaseBackup(BaseBackupOptions),
+    /// walrep's `WAL_RANGE X/X X/X [TIMELINE n]`: exactly the WAL bytes
+    /// `[begin, end)` of one timeline, then the command completes.
+    WalRange {
+        begin: Lsn,
+        end: Lsn,
+        /// `None` = the server's current timeline.
+        timeline: Option<TimelineId>,
+    },
 }
 
 /// The words that start a replication command. Anything else is SQL, which
@@ -51,12 +60,14 @@ const COMMAND_KEYWORDS: &[&str] = &[
     "DROP_REPLICATION_SLOT",
     "READ_REPLICATION_SLOT",
     "BASE_BACKUP",
+    "WAL_RANGE",
 ];
 
 /// Every keyword of the grammar: an unquoted word equal to one of these is
 /// not an identifier (quote it to use it as a slot name).
 const KEYWORDS: &[&str] = &[
     "BASE_BACKUP",
+    "WAL_RANGE",
     "IDENTIFY_SYSTEM",
     "READ_REPLICATION_SLOT",
     "SHOW",
@@ -196,6 +207,7 @@ impl Parser {
                 Ok(ReplicationCommand::DropReplicationSlot { name, wait })
             }
             "BASE_BACKUP" => self.base_backup(),
+            "WAL_RANGE" => self.wal_range(),
             _ => Err(syntax_error()),
         }
     }
@@ -232,6 +244,26 @@ impl Parser {
         Ok(ReplicationCommand::StartReplication {
             slot,
             start,
+            timeline,
+        })
+    }
+
+    /// `RECPTR RECPTR [TIMELINE n]`
+    fn wal_range(&mut self) -> Result<ReplicationCommand, PgError> {
+        let mut recptr = || match self.next() {
+            Some(Token::RecPtr(l)) => Ok(l),
+            _ => Err(syntax_error()),
+        };
+        let begin = recptr()?;
+        let end = recptr()?;
+        let timeline = if self.eat_kw("TIMELINE") {
+            Some(self.timeline()?)
+        } else {
+            None
+        };
+        Ok(ReplicationCommand::WalRange {
+            begin,
+            end,
             timeline,
         })
     }

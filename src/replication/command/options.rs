@@ -103,7 +103,17 @@ pub struct BaseBackupOptions {
     pub target_detail: Option<String>,
     pub compression: Option<String>,
     pub compression_detail: Option<String>,
+    /// walrep's `PARALLEL n`: the snapshot is split in `n` parts; this
+    /// connection sends part 0 and the others join with `JOIN`/`PART`.
+    pub parallel: u32,
+    /// walrep's `JOIN 'token'`: send one part of a running parallel backup.
+    pub join: Option<String>,
+    /// walrep's `PART k` with `JOIN`: which part (1 to n-1).
+    pub part: u32,
 }
+
+/// Most parts of a parallel backup (each is a connection).
+pub const MAX_PARALLEL: u64 = 64;
 
 impl Default for BaseBackupOptions {
     fn default() -> Self {
@@ -122,6 +132,9 @@ impl Default for BaseBackupOptions {
             target_detail: None,
             compression: None,
             compression_detail: None,
+            parallel: 1,
+            join: None,
+            part: 0,
         }
     }
 }
@@ -134,6 +147,12 @@ impl BaseBackupOptions {
         for (name, v) in opts {
             check_duplicate(&mut seen, name, "duplicate option \"%s\"")?;
             o.set(name, v)?;
+        }
+        if o.join.is_some() != (o.part > 0) || (o.join.is_some() && o.parallel > 1) {
+            return Err(PgError::error(
+                SYNTAX_ERROR,
+                "JOIN and PART go together, and not with PARALLEL",
+            ));
         }
         Ok(o)
     }
@@ -154,6 +173,9 @@ impl BaseBackupOptions {
             "target_detail" => self.target_detail = Some(string(name, v)?),
             "compression" => self.compression = Some(string(name, v)?),
             "compression_detail" => self.compression_detail = Some(string(name, v)?),
+            "parallel" => self.parallel = ranged(name, v, 1, MAX_PARALLEL)?,
+            "join" => self.join = Some(string(name, v)?),
+            "part" => self.part = ranged(name, v, 1, MAX_PARALLEL - 1)?,
             _ => {
                 return Err(PgError::error(
                     SYNTAX_ERROR,
@@ -187,6 +209,23 @@ fn manifest(s: &str) -> Result<String, PgError> {
             format!("unrecognized manifest option: \"{s}\""),
         )),
     }
+}
+
+/// A numeric option within `min ..= max`.
+fn ranged(name: &str, v: &Option<OptValue>, min: u64, max: u64) -> Result<u32, PgError> {
+    let Some(OptValue::Num(n)) = v else {
+        return Err(PgError::error(
+            SYNTAX_ERROR,
+            format!("{name} requires a numeric value"),
+        ));
+    };
+    if !(min..=max).contains(n) {
+        return Err(PgError::error(
+            "22003",
+            format!("{n} is outside the valid range for parameter \"{name}\" ({min} .. {max})"),
+        ));
+    }
+    Ok(*n as u32)
 }
 
 /// MAX_RATE in kB/s: PostgreSQL's range 32 .. 1048576.

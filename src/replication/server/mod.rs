@@ -12,6 +12,7 @@ mod exec;
 mod pool;
 mod session;
 mod startup;
+mod walrange;
 mod walsender;
 
 #[cfg_attr(not(feature = "fuzzing"), allow(unused_imports))]

@@ -10,7 +10,7 @@ use rand::Rng;
 
 use super::conn::{spawn_reader, ClientEvent, Conn};
 use super::startup::{self, Client, StartupEnd};
-use super::{exec, walsender, Ctx};
+use super::{exec, walrange, walsender, Ctx};
 use crate::replication::command::{self, ReplicationCommand};
 use crate::replication::pgwire::{BackendMessage, FrontendMessage, MessageReader};
 use crate::replication::registry::WalSenderHandle;
@@ -244,6 +244,11 @@ impl<S: ReplicationSource> Session<S> {
                 timeline,
             } => walsender::start_replication(self, slot.as_deref(), start, timeline),
             ReplicationCommand::BaseBackup(options) => exec::base_backup(self, &options),
+            ReplicationCommand::WalRange {
+                begin,
+                end,
+                timeline,
+            } => walrange::wal_range(self, begin, end, timeline),
         }
     }
 }
@@ -259,5 +264,6 @@ fn command_tag(cmd: &ReplicationCommand) -> &'static str {
         ReplicationCommand::DropReplicationSlot { .. } => "DROP_REPLICATION_SLOT",
         ReplicationCommand::ReadReplicationSlot(_) => "READ_REPLICATION_SLOT",
         ReplicationCommand::BaseBackup(_) => "BASE_BACKUP",
+        ReplicationCommand::WalRange { .. } => "WAL_RANGE",
     }
 }

@@ -155,14 +155,32 @@ fn check_start<S: ReplicationSource>(
         ));
     }
     let seg = src.wal_segment_size();
-    if start < src.oldest_lsn() {
-        let name = start.segno(seg).file_name(tli, seg);
-        return Err(PgError::error(
-            code::UNDEFINED_FILE,
-            format!("requested WAL segment {name} has already been removed"),
-        ));
+    let oldest = src.oldest_lsn();
+    if start < oldest {
+        return Err(removed_error(start, oldest, tli, seg));
     }
     Ok(())
+}
+
+/// PostgreSQL's "requested WAL segment ... has already been removed", with
+/// the oldest position this server still has in the detail, so the
+/// operator knows at once how far back the archive must reach.
+pub fn removed_error(start: Lsn, oldest: Lsn, tli: TimelineId, seg: crate::WalSegSize) -> PgError {
+    let name = start.segno(seg).file_name(tli, seg);
+    let detail = if oldest == Lsn::INVALID {
+        "This server has no WAL segment left.".to_string()
+    } else {
+        format!(
+            "The oldest WAL this server still has starts at {oldest} (segment {}).",
+            oldest.segno(seg).file_name(tli, seg)
+        )
+    };
+    PgError::error(
+        code::UNDEFINED_FILE,
+        format!("requested WAL segment {name} has already been removed"),
+    )
+    .with_detail(detail)
+    .with_hint("Fetch the missing WAL from the archive (restore_command), or take a new base backup; a replication slot (primary_slot_name) keeps the WAL a standby still needs.")
 }
 
 /// The state of one COPY (PostgreSQL's WalSndLoop variables).
