@@ -1,6 +1,7 @@
 //! The one IO seam every durable write goes through: the [`Storage`] trait
 //! (the idea of redb's `StorageBackend`), its real implementation
 //! [`StdStorage`], the fault-injecting [`FaultyStorage`] for tests, the
+//! recording [`CrashStorage`] that rebuilds what a power loss leaves, the
 //! poisoning wrapper [`PoisonOnSyncFailure`], and the few helpers that are
 //! the only way a durable file is written.
 //!
@@ -37,6 +38,7 @@
 // Being documented item by item; remove once `missing_docs` is clean here.
 #![allow(missing_docs)]
 
+mod crash;
 mod faulty;
 mod poison;
 #[cfg(test)]
@@ -48,6 +50,9 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+pub use crash::{
+    image_rng, CrashLog, CrashModel, CrashStorage, Event as CrashEvent, Generator, ImageChoice,
+};
 pub use faulty::{FaultyStorage, TornWrite};
 pub use poison::{PoisonOnSyncFailure, SyncFailure};
 
