@@ -69,10 +69,14 @@ fn redis_conn(url: &str) -> redis::Connection {
 /// The primary workload: writers over Redis, checkpoints requested
 /// between them (small WAL settings make them remove and recycle
 /// segments), then a clean stop (its shutdown checkpoint is recorded too).
-fn primary_workload(parent: &Path) -> Run {
+fn primary_workload(parent: &Path, forget_wal_syncs: bool) -> Run {
     let dir = parent.join("n");
     walrep::node::init::init(&dir, seg()).unwrap();
-    let storage = Arc::new(CrashStorage::new(parent).unwrap());
+    let mut storage = CrashStorage::new(parent).unwrap();
+    if forget_wal_syncs {
+        storage = storage.forgetting_syncs_of(|p| p.to_string_lossy().contains("/wal/0"));
+    }
+    let storage = Arc::new(storage);
     let node = InProcessNode::start_existing(
         &dir,
         &[
@@ -343,7 +347,7 @@ fn power_loss_images_of_a_primary_under_writes_and_checkpoints_recover_every_ack
     for round in 0..rounds {
         let seed = seed.wrapping_add(round);
         let tmp = scratch();
-        let run = primary_workload(tmp.path());
+        let run = primary_workload(tmp.path(), false);
         eprintln!(
             "CRASH_SEED={seed}: {} events recorded ({}), checking {images} images",
             run.log.events.len(),
@@ -364,4 +368,22 @@ fn power_loss_images_of_a_primary_under_writes_and_checkpoints_recover_every_ack
         );
     }
     assert!(violations.is_empty(), "{} violations", violations.len());
+}
+
+/// The harness itself: with the WAL's fdatasyncs left out of the record
+/// (as if the writer acknowledged commits without them), the images must
+/// show acknowledged writes lost.
+#[test]
+fn the_harness_finds_the_lost_writes_of_a_missing_wal_fsync() {
+    let tmp = scratch();
+    let run = primary_workload(tmp.path(), true);
+    let violations = check_run(&run, 1, 40);
+    assert!(
+        violations.iter().any(|v| v
+            .message
+            .contains("acknowledged before the crash and is missing")),
+        "no lost acknowledged write found in {} violations: {:?}",
+        violations.len(),
+        violations.first()
+    );
 }

@@ -121,6 +121,15 @@ impl Event {
     }
 }
 
+/// Which files' syncs [`CrashStorage::forgetting_syncs_of`] leaves out.
+struct ForgetSyncs(Box<dyn Fn(&Path) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for ForgetSyncs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ForgetSyncs")
+    }
+}
+
 #[derive(Debug, Default)]
 struct Recorder {
     events: Vec<Event>,
@@ -137,6 +146,9 @@ pub struct CrashStorage {
     base: Vec<(PathBuf, Option<Arc<[u8]>>)>,
     base_inodes: Vec<Option<InodeId>>,
     rec: Mutex<Recorder>,
+    /// File syncs that are made but not recorded, as if the code had
+    /// forgotten them (to prove a harness catches a missing fsync).
+    forget: Option<ForgetSyncs>,
     /// Events recorded so far (readable without the lock: an ack is
     /// stamped with it).
     count: AtomicU64,
@@ -167,8 +179,20 @@ impl CrashStorage {
             base,
             base_inodes,
             rec: Mutex::new(rec),
+            forget: None,
             count: AtomicU64::new(0),
         })
+    }
+
+    /// Leave the fsyncs of files `forget` picks out of the record: the
+    /// images then show what the code would leave if it never made them.
+    /// For a test of a harness, which must find the writes this loses.
+    pub fn forgetting_syncs_of(
+        mut self,
+        forget: impl Fn(&Path) -> bool + Send + Sync + 'static,
+    ) -> CrashStorage {
+        self.forget = Some(ForgetSyncs(Box::new(forget)));
+        self
     }
 
     /// How many events were recorded so far: a crash point at or after it
@@ -382,6 +406,9 @@ impl CrashStorage {
             StdStorage.sync_all(file, path)?;
         } else {
             StdStorage.sync_data(file, path)?;
+        }
+        if self.forget.as_ref().is_some_and(|f| (f.0)(path)) {
+            return Ok(());
         }
         self.push(&mut rec, Event::Sync { inode });
         Ok(())
@@ -770,4 +797,100 @@ fn image_bytes(node: &Inode, generator: Generator, rng: &mut StdRng) -> Vec<u8> 
 /// A seeded random source for image choices.
 pub fn image_rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{durable_replace, OpenFor};
+
+    /// Every image of `st`'s log at its end, one per generator, as the
+    /// bytes of `name` (`None` when the name did not survive).
+    fn images_of(st: &CrashStorage, name: &str, tries: u64) -> Vec<Option<Vec<u8>>> {
+        let log = st.log();
+        let mut model = CrashModel::new(&log);
+        for e in &log.events {
+            model.apply(e);
+        }
+        let mut out = Vec::new();
+        for seed in 0..tries {
+            for g in Generator::ALL {
+                let d = tempfile::tempdir().unwrap();
+                model
+                    .build_image(d.path(), g, &mut image_rng(seed))
+                    .unwrap();
+                out.push(fs::read(d.path().join(name)).ok());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_rename_before_the_file_is_synced_can_leave_the_name_without_the_data() {
+        let d = tempfile::tempdir().unwrap();
+        let st = CrashStorage::new(d.path()).unwrap();
+        let tmp = d.path().join("f.tmp");
+        let f = st.open(&tmp, OpenFor::CreateNew).unwrap();
+        st.write_at(&f, &tmp, 0, b"new").unwrap();
+        st.rename(&tmp, &d.path().join("f")).unwrap();
+        st.sync_dir(d.path()).unwrap();
+        let images = images_of(&st, "f", 4);
+        assert!(images.contains(&Some(Vec::new())), "{images:?}");
+        assert!(images.contains(&Some(b"new".to_vec())), "{images:?}");
+    }
+
+    #[test]
+    fn durable_replace_leaves_the_old_or_the_new_file_never_a_mix() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("c"), b"old contents").unwrap();
+        let st = CrashStorage::new(d.path()).unwrap();
+        durable_replace(&st, &d.path().join("c"), b"new contents").unwrap();
+        let log = st.log();
+        let mut model = CrashModel::new(&log);
+        let mut seen = Vec::new();
+        for e in &log.events {
+            model.apply(e);
+            for g in Generator::ALL {
+                let img = tempfile::tempdir().unwrap();
+                model.build_image(img.path(), g, &mut image_rng(7)).unwrap();
+                let b = fs::read(img.path().join("c")).unwrap();
+                assert!(b == b"old contents" || b == b"new contents", "{b:?}");
+                seen.push(b);
+            }
+        }
+        assert!(seen.contains(&b"old contents".to_vec()));
+        assert!(seen.contains(&b"new contents".to_vec()));
+    }
+
+    #[test]
+    fn an_unsynced_append_may_be_torn_at_a_sector_or_read_as_zeros() {
+        let d = tempfile::tempdir().unwrap();
+        let st = CrashStorage::new(d.path()).unwrap();
+        let p = d.path().join("w");
+        let f = st.open(&p, OpenFor::CreateNew).unwrap();
+        st.sync_dir(d.path()).unwrap();
+        st.write_at(&f, &p, 0, &[7u8; 2048]).unwrap();
+        let images: Vec<Vec<u8>> = images_of(&st, "w", 16).into_iter().flatten().collect();
+        // Lost entirely, written entirely, torn after a whole sector, or
+        // the new length with (some) zeros.
+        assert!(images.contains(&Vec::new()));
+        assert!(images.contains(&vec![7u8; 2048]));
+        assert!(images
+            .iter()
+            .any(|b| !b.is_empty() && b.len() < 2048 && b.len() % 512 == 0));
+        assert!(images.iter().any(|b| b.len() == 2048 && b.contains(&0)));
+        for b in &images {
+            assert!(b.iter().all(|&x| x == 0 || x == 7), "garbage in an image");
+        }
+    }
+
+    #[test]
+    fn a_synced_directory_keeps_its_new_name_and_a_synced_file_its_data() {
+        let d = tempfile::tempdir().unwrap();
+        let st = CrashStorage::new(d.path()).unwrap();
+        crate::storage::durable_create(&st, &d.path().join("s"), b"slot").unwrap();
+        for img in images_of(&st, "s", 4) {
+            assert_eq!(img.as_deref(), Some(&b"slot"[..]));
+        }
+    }
 }
