@@ -401,10 +401,21 @@ mod tests {
             "no recovery target specified",
         )
         .unwrap();
-        // Exactly what PostgreSQL 15 wrote for its timeline 3.
+        // Exactly what PostgreSQL 15 wrote for its timeline 3, plus the
+        // history id comment lines (which its reader skips).
+        let text = read_history_text(d.path(), TimelineId(3)).unwrap().unwrap();
+        let without_ids: String = text
+            .split_inclusive('\n')
+            .filter(|l| !l.starts_with(HISTORY_ID_TAG))
+            .collect();
         assert_eq!(
-            read_history_text(d.path(), TimelineId(3)).unwrap().unwrap(),
+            without_ids,
             "1\t0/4006B10\tno recovery target specified\n\n2\t0/6000000\tno recovery target specified\n"
+        );
+        let ids = history_ids(&text);
+        assert_eq!(
+            ids.keys().copied().collect::<Vec<_>>(),
+            [TimelineId(2), TimelineId(3)]
         );
         assert_eq!(read_history(d.path(), TimelineId(3)).unwrap(), h3);
         assert_eq!(newest_timeline(d.path(), TimelineId(1)), TimelineId(3));
