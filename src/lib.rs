@@ -49,6 +49,7 @@ pub(crate) mod datadir;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod node;
+pub mod rejoin;
 pub mod replication;
 pub mod security;
 pub(crate) mod server;
