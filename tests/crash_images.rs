@@ -36,6 +36,9 @@ const WRITES_PER_WRITER: u64 = 1500;
 /// Every this many writes a writer also overwrites its counter key.
 const COUNTER_EVERY: u64 = 7;
 
+/// One image in this many is also crashed during its own recovery.
+const RECOVERY_CRASH_EVERY: usize = 8;
+
 /// What a writer asked for and what it was told.
 #[derive(Debug, Default, Clone)]
 struct WriterHistory {
@@ -151,7 +154,14 @@ struct Violation {
 }
 
 /// Start a node on the image and check it; `Err` names what is wrong.
-fn check_image(run: &Run, image_root: &Path, point: usize) -> Result<(), String> {
+/// With `storage`, the restarted node's own writes (its recovery, its
+/// end-of-recovery checkpoint) go through it.
+fn check_image(
+    run: &Run,
+    image_root: &Path,
+    point: usize,
+    storage: Option<Arc<dyn Storage>>,
+) -> Result<(), String> {
     let dir = image_root.join(&run.datadir_name);
     let opts = walrep::node::StartOptions {
         overrides: vec![
@@ -159,7 +169,7 @@ fn check_image(run: &Run, image_root: &Path, point: usize) -> Result<(), String>
             "replication_port=0".into(),
             "checkpoint_timeout=1h".into(),
         ],
-        storage: None,
+        storage,
     };
     let node = walrep::node::RunningNode::start(&dir, &opts)
         .map_err(|e| format!("the node did not start on the image: {e}"))?;
@@ -168,6 +178,41 @@ fn check_image(run: &Run, image_root: &Path, point: usize) -> Result<(), String>
     node.stop()
         .map_err(|e| format!("the node did not stop: {e}"))?;
     result
+}
+
+/// A crash during recovery: restart on the image with its writes
+/// recorded, then crash that run at one of its own fsyncs (or just before
+/// one) and recover again; the same acknowledged writes must be there.
+fn check_image_twice(
+    run: &Run,
+    image_root: &Path,
+    point: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<(), String> {
+    let storage = Arc::new(CrashStorage::new(image_root).unwrap());
+    check_image(
+        run,
+        image_root,
+        point,
+        Some(storage.clone() as Arc<dyn Storage>),
+    )?;
+    let log = storage.log();
+    let syncs: Vec<usize> = (0..log.events.len())
+        .filter(|&i| log.events[i].is_sync())
+        .collect();
+    let Some(&at) = syncs.get(rng.gen_range(0..syncs.len().max(1))) else {
+        return Ok(());
+    };
+    let at = at + rng.gen_range(0..2);
+    let mut model = CrashModel::new(&log);
+    for e in &log.events[..at] {
+        model.apply(e);
+    }
+    let generator = Generator::ALL[rng.gen_range(0..Generator::ALL.len())];
+    let second = scratch();
+    let choice = model.build_image(second.path(), generator, rng).unwrap();
+    check_image(run, second.path(), point, None)
+        .map_err(|e| format!("after a crash at event {at} of recovery ({choice:?}): {e}"))
 }
 
 fn check_contents(run: &Run, url: &str, point: usize) -> Result<(), String> {
@@ -201,7 +246,9 @@ fn check_contents(run: &Run, url: &str, point: usize) -> Result<(), String> {
                 return Err(format!("counter {k} holds {n}, never written"));
             }
             counters[t] = Some(n);
-        } else {
+        } else if k != "after-crash" {
+            // ("after-crash" is the probe write of an earlier recovery,
+            // when the image is a crash during recovery.)
             return Err(format!("key {k} was never written"));
         }
     }
@@ -320,7 +367,12 @@ fn check_run(run: &Run, seed: u64, images: usize) -> Vec<Violation> {
         let choice = model
             .build_image(image.path(), generator, &mut rng)
             .unwrap();
-        if let Err(message) = check_image(run, image.path(), point) {
+        let checked = if k % RECOVERY_CRASH_EVERY == 1 {
+            check_image_twice(run, image.path(), point, &mut rng)
+        } else {
+            check_image(run, image.path(), point, None)
+        };
+        if let Err(message) = checked {
             violations.push(Violation {
                 seed,
                 point,
@@ -356,8 +408,13 @@ fn power_loss_images_of_a_primary_under_writes_and_checkpoints_recover_every_ack
         violations.extend(check_run(&run, seed, images));
         checked += images;
     }
+    let recovery_crashes = (0..images)
+        .filter(|k| k % RECOVERY_CRASH_EVERY == 1)
+        .count() as u64
+        * rounds;
     eprintln!(
-        "{checked} crash images checked in {:.1?}, {} violations",
+        "{checked} crash images checked (and {recovery_crashes} of them crashed again during \
+         their recovery) in {:.1?}, {} violations",
         started.elapsed(),
         violations.len()
     );
