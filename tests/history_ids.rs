@@ -9,6 +9,8 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use walrep::replication::client::{ConnInfo, ReplicationClient};
+use walrep::replication::server::HISTORY_ID_PARAMETER;
 use walrep::wal::timeline::{format_history_id, history_ids};
 use walrep::TimelineId;
 
@@ -81,6 +83,20 @@ fn a_standby_refuses_an_upstream_whose_timeline_2_came_from_another_promotion() 
         let lines = walrep_states::history::parse_lines(h).unwrap();
         assert_eq!(lines.len(), 1, "{h}");
         assert_eq!(lines[0].parent, TimelineId(1));
+    }
+
+    // Each announces its timeline and id at connection.
+    for (node, id) in [(&b, ib2), (&d, id2)] {
+        let info = ConnInfo::parse(&format!(
+            "host=127.0.0.1 port={} user=walrep",
+            node.replication_port
+        ))
+        .unwrap();
+        let client = ReplicationClient::connect(&info, Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            client.parameter(HISTORY_ID_PARAMETER),
+            Some(format!("2/{}", format_history_id(id)).as_str())
+        );
     }
 
     // C follows B onto B's timeline 2.

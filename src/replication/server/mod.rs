@@ -16,7 +16,9 @@ mod walsender;
 
 #[cfg_attr(not(feature = "fuzzing"), allow(unused_imports))]
 pub(crate) use startup::hba_lookup;
-pub use startup::{format_instance_id, INSTANCE_ID_PARAMETER};
+pub use startup::{
+    format_instance_id, parse_history_id_parameter, HISTORY_ID_PARAMETER, INSTANCE_ID_PARAMETER,
+};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -16,7 +16,9 @@ use crate::replication::client::{
     ClientError, ConnInfo, IdentifySystem, ReplicationClient, StartOutcome, StatusSender,
     StreamEvent,
 };
-use crate::replication::server::format_instance_id;
+use crate::replication::server::{
+    format_instance_id, parse_history_id_parameter, HISTORY_ID_PARAMETER,
+};
 use crate::wal::timeline::{
     compare_history_ids, format_history_id, history_ids, history_path, newest_timeline,
     read_history_text,
@@ -290,8 +292,20 @@ impl Session {
         let Ok(Some(local)) = read_history_text(&wal_dir, known) else {
             return Ok(());
         };
-        if upstream.0 < 2 || history_ids(&local).is_empty() {
+        let ours = history_ids(&local);
+        if upstream.0 < 2 || ours.is_empty() {
             return Ok(());
+        }
+        // The id announced at connection: the same id for the upstream's
+        // timeline means the same history file, ancestors included.
+        let announced = self
+            .client()?
+            .parameter(HISTORY_ID_PARAMETER)
+            .and_then(parse_history_id_parameter);
+        if let Some((tli, id)) = announced {
+            if tli == upstream && ours.get(&tli) == Some(&id) {
+                return Ok(());
+            }
         }
         let (_, content) = self.client()?.timeline_history(upstream).map_err(|e| {
             lost(format!(
