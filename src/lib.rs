@@ -53,6 +53,7 @@ pub mod fuzzing;
 #[cfg(feature = "history")]
 pub mod history;
 pub mod node;
+pub mod rejoin;
 pub mod replication;
 pub mod security;
 pub(crate) mod server;

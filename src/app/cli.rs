@@ -99,6 +99,25 @@ pub enum Command {
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
     },
+    /// Bring an old primary back as a standby of the node that replaced it
+    /// (PostgreSQL's pg_rewind): find where its timeline forks from the new
+    /// primary's history, move the WAL it wrote past the fork into
+    /// DATADIR/quarantine/<time>/ with a report, cut its WAL at the fork
+    /// and write the standby configuration. The node must be stopped.
+    Rejoin {
+        /// The old primary's data directory.
+        datadir: PathBuf,
+        /// The new primary's replication address (its replication_port).
+        #[arg(long, value_name = "HOST:PORT")]
+        from: String,
+        /// Replication user (default: the login name, as libpq). The
+        /// password is taken from PGPASSWORD.
+        #[arg(short = 'U', long = "username")]
+        user: Option<String>,
+        /// application_name of the rejoined standby.
+        #[arg(long)]
+        application_name: Option<String>,
+    },
     /// Take a base backup of a running node over the replication protocol
     /// (PostgreSQL's pg_basebackup -X fetch): a consistent copy with the WAL
     /// it needs, extracted into DATADIR and verified.
@@ -295,6 +314,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 load_seconds: seconds,
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Rejoin {
+            datadir,
+            from,
+            user,
+            application_name,
+        } => {
+            crate::app::logging::init("warn");
+            let (host, port) = parse_host_port(&from)?;
+            let mut conninfo = walrep::replication::client::ConnInfo {
+                host,
+                port,
+                application_name,
+                password: std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
+                ..Default::default()
+            };
+            if let Some(u) = user {
+                conninfo.user = u;
+            }
+            rejoin(walrep::rejoin::RejoinOptions {
+                datadir,
+                conninfo,
+                timeout: std::time::Duration::from_secs(30),
+                storage: std::sync::Arc::new(walrep::storage::StdStorage),
+            })
         }
         Command::Basebackup {
             from,
@@ -567,6 +611,34 @@ fn parse_host_port(s: &str) -> anyhow::Result<(String, u16)> {
         .parse()
         .map_err(|_| anyhow::anyhow!("--from {s:?}: invalid port {port:?}"))?;
     Ok((host.to_string(), port))
+}
+
+fn rejoin(opts: walrep::rejoin::RejoinOptions) -> anyhow::Result<ExitCode> {
+    let r = walrep::rejoin::rejoin(&opts)?;
+    println!(
+        "walrep: {} forks from timeline {} of the new primary at {} (now on timeline {})",
+        opts.datadir.display(),
+        r.local_tli.0,
+        r.fork,
+        r.upstream_tli.0
+    );
+    match &r.quarantine {
+        Some(q) => println!(
+            "walrep: {} records ({} bytes, {} keys) written past the fork moved to {} (see {})",
+            r.records,
+            r.bytes(),
+            r.keys.len(),
+            q.display(),
+            walrep::rejoin::REPORT_FILE
+        ),
+        None => println!("walrep: nothing was written past the fork"),
+    }
+    println!(
+        "walrep: standby.signal written; primary_conninfo = '{}'. Start it with: walrep start {}",
+        walrep::replication::client::redact_conninfo(&r.conninfo),
+        opts.datadir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn basebackup(

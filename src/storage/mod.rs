@@ -1,6 +1,7 @@
 //! The one IO seam every durable write goes through: the [`Storage`] trait
 //! (the idea of redb's `StorageBackend`), its real implementation
 //! [`StdStorage`], the fault-injecting [`FaultyStorage`] for tests, the
+//! recording [`CrashStorage`] that rebuilds what a power loss leaves, the
 //! poisoning wrapper [`PoisonOnSyncFailure`], and the few helpers that are
 //! the only way a durable file is written.
 //!
@@ -34,6 +35,7 @@
 //! given an open file: fault injection targets files by path ("the control
 //! file", "anything under `slots/`"), and error messages name the file.
 
+mod crash;
 mod faulty;
 mod poison;
 #[cfg(test)]
@@ -45,6 +47,9 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+pub use crash::{
+    image_rng, CrashLog, CrashModel, CrashStorage, Event as CrashEvent, Generator, ImageChoice,
+};
 pub use faulty::{FaultyStorage, TornWrite};
 pub use poison::{PoisonOnSyncFailure, SyncFailure};
 

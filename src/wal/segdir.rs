@@ -313,6 +313,13 @@ impl SegmentDir {
         if !path.exists() {
             self.preallocate_with(tli, segno, reserve_only)?;
         }
+        // The name may have just been renamed into place by another thread
+        // (look-ahead pre-allocation, recycling) whose directory fsync has
+        // not returned yet: WAL written and acknowledged in it now would be
+        // lost with the name in a power cut. Renames into place hold the
+        // lock until their directory fsync is done, so taking it waits for
+        // that fsync.
+        drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()));
         let f = self
             .storage
             .open(&path, OpenFor::Existing)
@@ -719,6 +726,7 @@ impl SegmentDir {
 mod tests {
     use super::*;
     use crate::storage::{FaultyStorage, Op, StdStorage};
+    use std::time::Duration;
 
     fn dir() -> (tempfile::TempDir, SegmentDir) {
         let t = tempfile::tempdir().unwrap();
@@ -729,6 +737,93 @@ mod tests {
         )
         .unwrap();
         (t, sd)
+    }
+
+    /// Storage whose directory fsyncs, once armed, wait (bounded) for the
+    /// test to say a segment was opened, and note whether it was.
+    #[derive(Debug)]
+    struct SlowDirSync {
+        armed: std::sync::atomic::AtomicBool,
+        in_sync: Mutex<crossbeam_channel::Sender<()>>,
+        opened: Mutex<crossbeam_channel::Receiver<()>>,
+        opened_during_sync: std::sync::atomic::AtomicBool,
+    }
+
+    impl Storage for SlowDirSync {
+        fn open(&self, path: &Path, how: OpenFor) -> io::Result<File> {
+            StdStorage.open(path, how)
+        }
+        fn write_at(&self, file: &File, path: &Path, offset: u64, buf: &[u8]) -> io::Result<()> {
+            StdStorage.write_at(file, path, offset, buf)
+        }
+        fn allocate(&self, file: &File, path: &Path, len: u64) -> io::Result<()> {
+            StdStorage.allocate(file, path, len)
+        }
+        fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
+            StdStorage.sync_data(file, path)
+        }
+        fn sync_all(&self, file: &File, path: &Path) -> io::Result<()> {
+            StdStorage.sync_all(file, path)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            if self.armed.swap(false, Ordering::SeqCst) {
+                self.in_sync.lock().unwrap().send(()).unwrap();
+                let opened = self.opened.lock().unwrap();
+                if opened.recv_timeout(Duration::from_millis(300)).is_ok() {
+                    self.opened_during_sync.store(true, Ordering::SeqCst);
+                }
+            }
+            StdStorage.sync_dir(dir)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            StdStorage.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            StdStorage.remove_file(path)
+        }
+        fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+            StdStorage.remove_dir_all(path)
+        }
+        fn create_dir(&self, path: &Path) -> io::Result<()> {
+            StdStorage.create_dir(path)
+        }
+    }
+
+    /// Found by the power-loss crash images: the WAL writer opened a
+    /// segment the look-ahead pre-allocation had just renamed into place,
+    /// wrote and acknowledged commits in it, all before that rename's
+    /// directory fsync; an image without the rename lost them.
+    #[test]
+    fn a_segment_renamed_into_place_is_not_written_before_its_directory_fsync() {
+        let t = tempfile::tempdir().unwrap();
+        let (in_tx, in_rx) = crossbeam_channel::bounded(1);
+        let (opened_tx, opened_rx) = crossbeam_channel::bounded(1);
+        let io = Arc::new(SlowDirSync {
+            armed: false.into(),
+            in_sync: Mutex::new(in_tx),
+            opened: Mutex::new(opened_rx),
+            opened_during_sync: false.into(),
+        });
+        let seg = WalSegSize::MIN.try_into().unwrap();
+        let sd = Arc::new(SegmentDir::open(t.path(), seg, io.clone()).unwrap());
+        io.armed.store(true, Ordering::SeqCst);
+        let background = {
+            let sd = sd.clone();
+            std::thread::spawn(move || sd.preallocate(TimelineId(1), SegNo(5)).unwrap())
+        };
+        // The rename is done and its directory fsync has begun.
+        in_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert!(t
+            .path()
+            .join(SegNo(5).file_name(TimelineId(1), seg))
+            .exists());
+        sd.open_for_write(TimelineId(1), SegNo(5)).unwrap();
+        let _ = opened_tx.try_send(());
+        assert!(background.join().unwrap());
+        assert!(
+            !io.opened_during_sync.load(Ordering::SeqCst),
+            "the segment was opened for writing before its name was durable"
+        );
     }
 
     #[test]

@@ -159,7 +159,89 @@ pub fn write_new_timeline_history(
     }
     let reason = reason.replace(['\n', '\t'], " ");
     text.push_str(&format!("{}\t{}\t{}\n", parent.0, switch_point, reason));
+    text.push_str(&history_id_line(new, rand::random()));
     write_history_text(storage, wal_dir, new, &text)
+}
+
+/// What starts the comment line that carries a timeline's history id.
+/// PostgreSQL's reader (and walrep's) skips `#` lines, so its tools read
+/// the file as before; a child's file copies its parent's lines, so the
+/// newest file holds the id of every timeline on its history.
+pub const HISTORY_ID_TAG: &str = "# walrep history_id";
+
+/// The comment line naming `tli`'s history id.
+pub fn history_id_line(tli: TimelineId, id: u64) -> String {
+    format!("{HISTORY_ID_TAG} {} {}\n", tli.0, format_history_id(id))
+}
+
+/// A history id as written and printed: 16 hex digits.
+pub fn format_history_id(id: u64) -> String {
+    format!("{id:016X}")
+}
+
+/// The history ids a history file's text names, by timeline. Two nodes
+/// that reached timeline N by different promotions have different ids for
+/// N even when the switch points are the same (the same timeline number
+/// with different histories is what HA tools have let happen).
+pub fn history_ids(text: &str) -> std::collections::BTreeMap<TimelineId, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.trim().strip_prefix(HISTORY_ID_TAG)?.split_whitespace();
+            let tli = parts.next()?.parse().ok()?;
+            let id = u64::from_str_radix(parts.next()?, 16).ok()?;
+            Some((TimelineId(tli), id))
+        })
+        .collect()
+}
+
+/// Why a history from upstream cannot be followed: a timeline both know
+/// has a different id on each side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryMismatch {
+    /// The first timeline whose ids differ.
+    pub tli: TimelineId,
+    /// Its history id in this node's history file.
+    pub local_id: u64,
+    /// Its history id in the upstream's.
+    pub upstream_id: u64,
+    /// Where the histories fork: the lower of the two switch points into
+    /// `tli` (the WAL below it is common to both).
+    pub fork: Lsn,
+}
+
+/// Compare the history ids of two history files' texts (`local` and
+/// `upstream`, of any timelines): `Err` at the first timeline both name
+/// with different ids. Timelines only one side names are not compared
+/// (a file written before ids existed names none).
+pub fn compare_history_ids(local: &str, upstream: &str) -> Result<(), HistoryMismatch> {
+    let (a, b) = (history_ids(local), history_ids(upstream));
+    for (tli, local_id) in &a {
+        let Some(upstream_id) = b.get(tli) else {
+            continue;
+        };
+        if local_id != upstream_id {
+            let switch_into = |text: &str| {
+                walrep_states::history::parse_lines(text)
+                    .ok()
+                    .and_then(|lines| {
+                        lines
+                            .iter()
+                            .take_while(|l| l.parent < *tli)
+                            .last()
+                            .map(|l| l.switch_point)
+                    })
+                    .unwrap_or(Lsn::INVALID)
+            };
+            let fork = switch_into(local).min(switch_into(upstream));
+            return Err(HistoryMismatch {
+                tli: *tli,
+                local_id: *local_id,
+                upstream_id: *upstream_id,
+                fork,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The highest timeline with a history file, probing upward from `from`
@@ -350,10 +432,21 @@ mod tests {
             "no recovery target specified",
         )
         .unwrap();
-        // Exactly what PostgreSQL 15 wrote for its timeline 3.
+        // Exactly what PostgreSQL 15 wrote for its timeline 3, plus the
+        // history id comment lines (which its reader skips).
+        let text = read_history_text(d.path(), TimelineId(3)).unwrap().unwrap();
+        let without_ids: String = text
+            .split_inclusive('\n')
+            .filter(|l| !l.starts_with(HISTORY_ID_TAG))
+            .collect();
         assert_eq!(
-            read_history_text(d.path(), TimelineId(3)).unwrap().unwrap(),
+            without_ids,
             "1\t0/4006B10\tno recovery target specified\n\n2\t0/6000000\tno recovery target specified\n"
+        );
+        let ids = history_ids(&text);
+        assert_eq!(
+            ids.keys().copied().collect::<Vec<_>>(),
+            [TimelineId(2), TimelineId(3)]
         );
         assert_eq!(read_history(d.path(), TimelineId(3)).unwrap(), h3);
         assert_eq!(newest_timeline(d.path(), TimelineId(1)), TimelineId(3));
@@ -393,5 +486,51 @@ mod tests {
         // From the switch point on: only the new timeline.
         assert_eq!(c(0x300_0100), vec![TimelineId(2)]);
         assert_eq!(c(0x500_0000), vec![TimelineId(2)]);
+    }
+}
+
+#[cfg(test)]
+mod history_id_tests {
+    use super::*;
+
+    fn file(lines: &[(u32, &str)], ids: &[(u32, u64)]) -> String {
+        let mut t = String::new();
+        for (p, lsn) in lines {
+            t.push_str(&format!("{p}\t{lsn}\tno recovery target specified\n"));
+        }
+        for (tli, id) in ids {
+            t.push_str(&history_id_line(TimelineId(*tli), *id));
+        }
+        t
+    }
+
+    #[test]
+    fn postgres_reads_a_file_with_ids_as_before() {
+        let t = file(&[(1, "0/3000000")], &[(2, 0xAB)]);
+        let h = TimelineHistory::parse(TimelineId(2), &t).unwrap();
+        assert_eq!(h.spans().len(), 2);
+        assert_eq!(history_ids(&t)[&TimelineId(2)], 0xAB);
+    }
+
+    #[test]
+    fn the_same_timeline_with_different_ids_forks_at_the_lower_switch_point() {
+        let here = file(&[(1, "0/3000100")], &[(2, 1)]);
+        let there = file(&[(1, "0/3000080")], &[(2, 2)]);
+        let m = compare_history_ids(&here, &there).unwrap_err();
+        assert_eq!(m.tli, TimelineId(2));
+        assert_eq!((m.local_id, m.upstream_id), (1, 2));
+        assert_eq!(m.fork, "0/3000080".parse().unwrap());
+    }
+
+    #[test]
+    fn a_descendant_of_the_same_history_matches() {
+        let here = file(&[(1, "0/3000100")], &[(2, 7)]);
+        let there = file(&[(1, "0/3000100"), (2, "0/5000000")], &[(2, 7), (3, 9)]);
+        assert_eq!(compare_history_ids(&here, &there), Ok(()));
+        // A file written before ids existed names none: nothing to compare.
+        assert_eq!(
+            compare_history_ids(&file(&[(1, "0/1")], &[]), &there),
+            Ok(())
+        );
     }
 }

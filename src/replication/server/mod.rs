@@ -18,7 +18,8 @@ mod walsender;
 #[cfg_attr(not(feature = "fuzzing"), allow(unused_imports))]
 pub(crate) use startup::hba_lookup;
 pub use startup::{
-    format_chain, format_instance_id, INSTANCE_ID_PARAMETER, UPSTREAM_CHAIN_PARAMETER,
+    format_chain, format_instance_id, parse_history_id_parameter, HISTORY_ID_PARAMETER,
+    INSTANCE_ID_PARAMETER, UPSTREAM_CHAIN_PARAMETER,
 };
 
 use std::io;

@@ -381,7 +381,34 @@ fn parameter_status<S: ReplicationSource>(
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain(announced_history_id(&*ctx.source).map(|h| (HISTORY_ID_PARAMETER.to_string(), h)))
     .collect()
+}
+
+/// The ParameterStatus naming the serving node's timeline and its history
+/// id, `TLI/HEX` (walrep only; not sent on timeline 1, which has no id).
+pub const HISTORY_ID_PARAMETER: &str = "walrep_history_id";
+
+/// `TLI/HEX` of the source's current timeline, from its history file.
+fn announced_history_id<S: ReplicationSource>(source: &S) -> Option<String> {
+    let tli = source.flush_point().tli;
+    let text = source.history_file(tli).ok()??;
+    let ids = crate::wal::timeline::history_ids(&String::from_utf8_lossy(&text));
+    let id = ids.get(&tli)?;
+    Some(format!(
+        "{}/{}",
+        tli.0,
+        crate::wal::timeline::format_history_id(*id)
+    ))
+}
+
+/// Parse a [`HISTORY_ID_PARAMETER`] value.
+pub fn parse_history_id_parameter(v: &str) -> Option<(crate::TimelineId, u64)> {
+    let (tli, id) = v.split_once('/')?;
+    Some((
+        crate::TimelineId(tli.parse().ok()?),
+        u64::from_str_radix(id, 16).ok()?,
+    ))
 }
 
 /// The ParameterStatus naming the serving node's instance (walrep only).

@@ -16,8 +16,13 @@ use crate::replication::client::{
     ClientError, ConnInfo, IdentifySystem, ReplicationClient, StartOutcome, StatusSender,
     StreamEvent,
 };
-use crate::replication::server::format_instance_id;
-use crate::wal::timeline::history_path;
+use crate::replication::server::{
+    format_instance_id, parse_history_id_parameter, HISTORY_ID_PARAMETER,
+};
+use crate::wal::timeline::{
+    compare_history_ids, format_history_id, history_ids, history_path, newest_timeline,
+    read_history_text,
+};
 use crate::wal::{write_history_text, CompletedMark, SegmentError, SegmentWriter};
 use crate::watch::Subscription;
 use crate::{Lsn, TimelineId};
@@ -38,6 +43,14 @@ enum End {
     /// Asked to stop (or the runtime is gone).
     Stopped,
     Lost(String),
+}
+
+/// A history file's text indented for an error message.
+fn indent(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("    {}\n", l.replace('\t', "  ")))
+        .collect()
 }
 
 fn lost(reason: impl Into<String>) -> End {
@@ -193,6 +206,7 @@ impl Session {
         }
         loop {
             let outcome = self.identify().and_then(|id| {
+                self.check_history_ids(id.timeline)?;
                 self.fetch_histories(id.timeline)?;
                 self.start_streaming(&id)
             });
@@ -300,6 +314,52 @@ impl Session {
             )));
         }
         Ok(id)
+    }
+
+    /// Refuse an upstream whose history names a timeline we know with a
+    /// different history id: it reached that timeline number by another
+    /// promotion, and its WAL past the fork is not ours to follow.
+    fn check_history_ids(&mut self, upstream: TimelineId) -> Result<(), End> {
+        let wal_dir = self.cfg.segdir.path().to_path_buf();
+        let known = newest_timeline(&wal_dir, self.tli);
+        let Ok(Some(local)) = read_history_text(&wal_dir, known) else {
+            return Ok(());
+        };
+        let ours = history_ids(&local);
+        if upstream.0 < 2 || ours.is_empty() {
+            return Ok(());
+        }
+        // The id announced at connection: the same id for the upstream's
+        // timeline means the same history file, ancestors included.
+        let announced = self
+            .client()?
+            .parameter(HISTORY_ID_PARAMETER)
+            .and_then(parse_history_id_parameter);
+        if let Some((tli, id)) = announced {
+            if tli == upstream && ours.get(&tli) == Some(&id) {
+                return Ok(());
+            }
+        }
+        let (_, content) = self.client()?.timeline_history(upstream).map_err(|e| {
+            lost(format!(
+                "could not fetch timeline history file for timeline {} from the primary server: {e}",
+                upstream.0
+            ))
+        })?;
+        let theirs = String::from_utf8_lossy(&content);
+        compare_history_ids(&local, &theirs).map_err(|m| {
+            lost(format!(
+                "the primary server's timeline {} is not the one this standby knows: history id {} here, {} on the primary; the histories fork at {}\n  this standby's history (timeline {}):\n{}  the primary's history (timeline {}):\n{}",
+                m.tli.0,
+                format_history_id(m.local_id),
+                format_history_id(m.upstream_id),
+                m.fork,
+                known.0,
+                indent(&local),
+                upstream.0,
+                indent(&theirs),
+            ))
+        })
     }
 
     /// TIMELINE_HISTORY for every timeline from ours to the upstream's
