@@ -10,6 +10,10 @@
 // Being documented item by item; remove once `missing_docs` is clean here.
 #![allow(missing_docs)]
 
+pub mod html;
+pub mod swimlane;
+pub mod xml;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
