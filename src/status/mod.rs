@@ -1,19 +1,26 @@
-//! HTTP status of a node on `status_port`: `/status` (JSON) and `/metrics`
-//! (Prometheus text format). The node builds a [`Snapshot`] of its figures
-//! for each request (it implements [`SnapshotProvider`]); this module only
-//! renders and serves it. Off unless `status_port` is set.
+//! HTTP status of a node on `status_port`: the live page (`/`, its
+//! changing part at `/live`), `/status` (JSON), `/metrics` (Prometheus
+//! text format) and the machine's diagram (`/machine.svg`). The node
+//! builds a [`Snapshot`] of its figures for each request (it implements
+//! [`SnapshotProvider`]); this module only renders and serves it. Off
+//! unless `status_port` is set.
 //!
 //! # Layout
 //! - [`metrics`]: the table of metric definitions `/metrics` walks.
+//! - [`http`]: the bounded HTTP server (fixed workers, timeouts).
+//! - [`history`]: the ring of samples the charts draw.
+//! - [`page`]: the live page.
 
 // Being documented item by item; remove once `missing_docs` is clean here.
 #![allow(missing_docs)]
 
+pub mod history;
+pub mod http;
 pub mod metrics;
+pub mod page;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use crate::archive::ArchiverStats;
 use crate::replication::registry::WalSenderStatus;
@@ -44,8 +51,50 @@ pub struct Snapshot {
     pub recovery: Option<RecoverySnapshot>,
     /// Every connected walsender.
     pub walsenders: Vec<WalSenderStatus>,
+    /// `pg_stat_replication.sync_state` of each walsender, in the same
+    /// order (`async`, `potential`, `sync`, `quorum`).
+    pub sync_states: Vec<&'static str>,
     /// Synchronous replication.
     pub sync: SyncSnapshot,
+    /// The node's name on its pages: its data directory's name.
+    pub node_name: String,
+    /// The ports it listens on (0 = off).
+    pub ports: PortsSnapshot,
+    /// A standby's walreceiver and whom it streams from
+    /// (`pg_stat_wal_receiver`); `None` on a node with no upstream.
+    pub upstream: Option<UpstreamSnapshot>,
+}
+
+/// The ports a node listens on, so its pages can name its addresses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PortsSnapshot {
+    /// Redis protocol.
+    pub redis: u16,
+    /// Replication protocol.
+    pub replication: u16,
+    /// HTTP status (these pages).
+    pub status: u16,
+}
+
+/// The walreceiver, as `pg_stat_wal_receiver` shows it.
+#[derive(Debug, Clone)]
+pub struct UpstreamSnapshot {
+    /// `status`: stopped, starting, streaming, waiting, restarting, stopping.
+    pub status: &'static str,
+    /// `sender_host` / `sender_port` from primary_conninfo.
+    pub sender_host: String,
+    pub sender_port: u16,
+    /// primary_conninfo with the password replaced.
+    pub conninfo: String,
+    /// `slot_name` (primary_slot_name), if set.
+    pub slot_name: Option<String>,
+    /// WAL written to disk, maybe not flushed.
+    pub written_lsn: Lsn,
+    /// WAL flushed, and the timeline of its files (`received_tli`).
+    pub flushed_lsn: Lsn,
+    pub received_tli: TimelineId,
+    /// The upstream's flush position as it last said (`latest_end_lsn`).
+    pub latest_end_lsn: Lsn,
 }
 
 /// The WAL writer's positions and counters.
@@ -106,14 +155,23 @@ pub struct SyncSnapshot {
 pub trait SnapshotProvider: Send + Sync + 'static {
     /// The figures now.
     fn snapshot(&self) -> Snapshot;
+
+    /// Up to `max` of the recovery machine's latest notable transitions,
+    /// oldest first; read only when a page asks.
+    fn recent_transitions(&self, max: usize) -> Vec<crate::viz::swimlane::TraceRecord> {
+        let _ = max;
+        Vec::new()
+    }
 }
 
-/// A running status server.
+/// A running status server: the HTTP server and the chart sampler.
 pub struct StatusServer {
-    addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
+    http: http::HttpServer,
+    _sampler: history::Sampler,
 }
+
+/// Transitions the page reads from the node per request.
+const PAGE_TRACE_RECORDS: usize = 200;
 
 impl StatusServer {
     /// Serve `provider`'s snapshots on `addr`.
@@ -121,63 +179,69 @@ impl StatusServer {
         addr: SocketAddr,
         provider: Arc<dyn SnapshotProvider>,
     ) -> std::io::Result<StatusServer> {
-        let server = Arc::new(
-            tiny_http::Server::http(addr).map_err(|e| std::io::Error::other(e.to_string()))?,
-        );
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| std::io::Error::other("status server is not on an IP address"))?;
-        let serving = server.clone();
-        let thread = std::thread::Builder::new()
-            .name("status-http".into())
-            .spawn(move || {
-                let _span = tracing::info_span!("status-http").entered();
-                // Ends when `stop` unblocks the server.
-                while let Ok(req) = serving.recv() {
-                    respond(req, &*provider);
-                }
-            })?;
+        let history = Arc::new(history::History::default());
+        let sampler = history::Sampler::start(provider.clone(), history.clone())?;
+        let handler = move |path: &str| respond(path, &*provider, &history);
+        let http = http::HttpServer::start(addr, Arc::new(handler))?;
         Ok(StatusServer {
-            addr,
-            server,
-            thread: Some(thread),
+            http,
+            _sampler: sampler,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.http.local_addr()
     }
 
-    pub fn stop(mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    /// The HTTP server's counters.
+    pub fn http_stats(&self) -> &http::HttpStats {
+        self.http.stats()
+    }
+
+    pub fn stop(self) {
+        self.http.stop();
     }
 }
 
-fn respond(req: tiny_http::Request, provider: &dyn SnapshotProvider) {
-    let (body, kind, code) = match req.url() {
-        "/status" => (status_json(&provider.snapshot()), "application/json", 200),
-        "/metrics" => (
-            metrics_text(&provider.snapshot()),
-            "text/plain; version=0.0.4",
-            200,
-        ),
-        _ => (
-            "not found: try /status or /metrics\n".to_string(),
-            "text/plain",
-            404,
-        ),
+fn respond(
+    path: &str,
+    provider: &dyn SnapshotProvider,
+    history: &history::History,
+) -> http::Response {
+    const HTML: &str = "text/html; charset=utf-8";
+    let path = path.split('?').next().unwrap_or(path);
+    let page = || {
+        let snapshot = provider.snapshot();
+        let transitions = provider.recent_transitions(PAGE_TRACE_RECORDS);
+        let samples = history.samples();
+        (snapshot, transitions, samples)
     };
-    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], kind.as_bytes())
-        .expect("static header");
-    let _ = req.respond(
-        tiny_http::Response::from_string(body)
-            .with_status_code(code)
-            .with_header(header),
-    );
+    match path {
+        "/" | "/live" => {
+            let (snapshot, transitions, samples) = page();
+            let data = page::PageData {
+                snapshot: &snapshot,
+                transitions: &transitions,
+                samples: &samples,
+            };
+            let body = if path == "/" {
+                page::node_page(&data)
+            } else {
+                page::live_fragment(&data)
+            };
+            http::Response::ok(HTML, body)
+        }
+        "/status" => http::Response::ok("application/json", status_json(&provider.snapshot())),
+        "/metrics" => http::Response::ok(
+            "text/plain; version=0.0.4",
+            metrics_text(&provider.snapshot()),
+        ),
+        "/machine.svg" => http::Response::ok(
+            "image/svg+xml",
+            crate::viz::standby_diagram(crate::viz::Format::Svg),
+        ),
+        _ => http::Response::text(404, "not found: try /, /status, /metrics or /machine.svg\n"),
+    }
 }
 
 /// `/status`: what `INFO replication` and `INFO persistence` say, as JSON.

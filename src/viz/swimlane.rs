@@ -58,6 +58,39 @@ pub fn parse_trace(jsonl: &str) -> Result<Vec<TraceRecord>, VizError> {
     Ok(records)
 }
 
+/// Bytes read from the end of a trace file for a page: enough for
+/// hundreds of transitions, bounded whatever the file's size.
+pub const TAIL_BYTES: u64 = 256 * 1024;
+
+/// The last `max` records of the trace file at `path` (oldest first),
+/// reading at most [`TAIL_BYTES`] from its end. A missing file is no
+/// records; a line cut by the read or being written is skipped.
+pub fn read_trace_tail(path: &std::path::Path, max: usize) -> Vec<TraceRecord> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(TAIL_BYTES);
+    if f.seek(SeekFrom::Start(from)).is_err() {
+        return Vec::new();
+    }
+    let mut bytes = Vec::new();
+    if f.take(TAIL_BYTES).read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if from > 0 && !lines.is_empty() {
+        lines.remove(0);
+    }
+    let start = lines.len().saturating_sub(max);
+    lines[start..]
+        .iter()
+        .filter_map(|l| parse_trace(l).ok()?.pop())
+        .collect()
+}
+
 /// The fill of a state's band; dark states get white text.
 pub fn state_color(s: StateKind) -> (&'static str, &'static str) {
     match s {
