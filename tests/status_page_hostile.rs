@@ -110,7 +110,7 @@ fn hostile_page_clients_neither_block_the_page_for_long_nor_slow_commits() {
     for s in &mut idle {
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         let mut buf = [0u8; 64];
-        if matches!(s.read(&mut buf), Ok(_)) {
+        if s.read(&mut buf).is_ok() {
             closed += 1;
         }
     }
