@@ -52,6 +52,7 @@ impl Node {
             status: progress.received.state().as_str(),
             sender_host: parsed.host,
             sender_port: parsed.port,
+            application_name: parsed.application_name,
             conninfo: redact_conninfo(conninfo),
             slot_name: Some(self.config.primary_slot_name.clone()).filter(|s| !s.is_empty()),
             written_lsn: progress.received.written(),

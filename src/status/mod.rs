@@ -10,10 +10,12 @@
 //! - [`http`]: the bounded HTTP server (fixed workers, timeouts).
 //! - [`history`]: the ring of samples the charts draw.
 //! - [`page`]: the live page.
+//! - [`cluster`]: the topology around the node.
 
 // Being documented item by item; remove once `missing_docs` is clean here.
 #![allow(missing_docs)]
 
+pub mod cluster;
 pub mod history;
 pub mod http;
 pub mod metrics;
@@ -86,6 +88,9 @@ pub struct UpstreamSnapshot {
     pub sender_port: u16,
     /// primary_conninfo with the password replaced.
     pub conninfo: String,
+    /// primary_conninfo's application_name: what the upstream's
+    /// `pg_stat_replication` calls this node.
+    pub application_name: Option<String>,
     /// `slot_name` (primary_slot_name), if set.
     pub slot_name: Option<String>,
     /// WAL written to disk, maybe not flushed.
@@ -209,7 +214,7 @@ fn respond(
     history: &history::History,
 ) -> http::Response {
     const HTML: &str = "text/html; charset=utf-8";
-    let path = path.split('?').next().unwrap_or(path);
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let page = || {
         let snapshot = provider.snapshot();
         let transitions = provider.recent_transitions(PAGE_TRACE_RECORDS);
@@ -232,6 +237,11 @@ fn respond(
             http::Response::ok(HTML, body)
         }
         "/status" => http::Response::ok("application/json", status_json(&provider.snapshot())),
+        "/cluster" => {
+            let own = serde_json::from_str(&status_json(&provider.snapshot()))
+                .unwrap_or(serde_json::Value::Null);
+            http::Response::ok(HTML, cluster::cluster_page(own, &cluster::peers_of(query)))
+        }
         "/metrics" => http::Response::ok(
             "text/plain; version=0.0.4",
             metrics_text(&provider.snapshot()),
@@ -240,8 +250,41 @@ fn respond(
             "image/svg+xml",
             crate::viz::standby_diagram(crate::viz::Format::Svg),
         ),
-        _ => http::Response::text(404, "not found: try /, /status, /metrics or /machine.svg\n"),
+        _ => http::Response::text(
+            404,
+            "not found: try /, /cluster, /status, /metrics or /machine.svg\n",
+        ),
     }
+}
+
+/// One walsender as `/status` shows it: `pg_stat_replication`'s columns.
+fn walsender_json(w: &WalSenderStatus, sync_state: &str) -> serde_json::Value {
+    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
+    let unix_ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    };
+    serde_json::json!({
+        "pid": w.id,
+        "usename": w.user,
+        "application_name": w.application_name,
+        "client_addr": w.client_addr.map(|a| a.ip().to_string()),
+        "client_port": w.client_addr.map(|a| a.port()),
+        "backend_start_unix_ms": unix_ms(w.backend_start),
+        "state": w.state.as_str(),
+        "cascading": w.cascading,
+        "slot_name": w.slot,
+        "sent_lsn": w.sent_lsn.to_string(),
+        "write_lsn": w.write_lsn.to_string(),
+        "flush_lsn": w.flush_lsn.to_string(),
+        "replay_lsn": w.apply_lsn.to_string(),
+        "write_lag_ms": ms(w.write_lag),
+        "flush_lag_ms": ms(w.flush_lag),
+        "replay_lag_ms": ms(w.apply_lag),
+        "sync_state": sync_state,
+        "reply_time_unix_ms": w.reply_time.map(unix_ms),
+    })
 }
 
 /// `/status`: what `INFO replication` and `INFO persistence` say, as JSON.
@@ -259,19 +302,23 @@ pub fn status_json(s: &Snapshot) -> String {
     let standbys: Vec<serde_json::Value> = s
         .walsenders
         .iter()
-        .map(|w| {
-            serde_json::json!({
-                "application_name": w.application_name,
-                "state": w.state.as_str(),
-                "sent_lsn": w.sent_lsn.to_string(),
-                "write_lsn": w.write_lsn.to_string(),
-                "flush_lsn": w.flush_lsn.to_string(),
-                "replay_lsn": w.apply_lsn.to_string(),
-                "flush_lag_ms": w.flush_lag.map(|d| d.as_millis() as u64),
-                "replay_lag_ms": w.apply_lag.map(|d| d.as_millis() as u64),
-            })
-        })
+        .enumerate()
+        .map(|(i, w)| walsender_json(w, s.sync_states.get(i).copied().unwrap_or("async")))
         .collect();
+    let upstream = s.upstream.as_ref().map(|u| {
+        serde_json::json!({
+            "status": u.status,
+            "sender_host": u.sender_host,
+            "sender_port": u.sender_port,
+            "application_name": u.application_name,
+            "conninfo": u.conninfo,
+            "slot_name": u.slot_name,
+            "written_lsn": u.written_lsn.to_string(),
+            "flushed_lsn": u.flushed_lsn.to_string(),
+            "received_tli": u.received_tli.0,
+            "latest_end_lsn": u.latest_end_lsn.to_string(),
+        })
+    });
     let recovery = s.recovery.as_ref().and_then(|r| {
         let state = r.state?;
         Some(serde_json::json!({
@@ -298,6 +345,13 @@ pub fn status_json(s: &Snapshot) -> String {
         "wal": wal,
         "recovery": recovery,
         "standbys": standbys,
+        "node": s.node_name,
+        "ports": {
+            "port": s.ports.redis,
+            "replication_port": s.ports.replication,
+            "status_port": s.ports.status,
+        },
+        "upstream": upstream,
         "synchronous": {
             "standby_names": s.sync.standby_names,
             "waiters": s.sync.waiters,
