@@ -73,7 +73,8 @@ pub enum Command {
     /// The main job: a primary with archiving under a write load, crashed
     /// with kill -9 and recovered, every acknowledged write verified.
     Demo {
-        /// Keep the data directories here instead of a temporary directory.
+        /// Keep the data directories here instead of a temporary
+        /// directory, and write DIR/report.html (the failover as pictures).
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Concurrent writing clients.
@@ -82,6 +83,10 @@ pub enum Command {
         /// Seconds of load before the crash.
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
+        /// Keep the promoted node up this many seconds at the end, to look
+        /// at its live page.
+        #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+        linger: u64,
     },
     /// Take a base backup of a running node over the replication protocol
     /// (PostgreSQL's pg_basebackup -X fetch): a consistent copy with the WAL
@@ -267,12 +272,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             clients,
             seconds,
+            linger,
         } => {
             crate::app::logging::init("warn");
             crate::app::demo::run(&crate::app::demo::DemoOptions {
                 dir,
                 clients: clients.clamp(1, 256),
                 load_seconds: seconds,
+                linger_seconds: linger.min(24 * 3600),
             })?;
             Ok(ExitCode::SUCCESS)
         }
