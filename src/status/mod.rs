@@ -11,6 +11,7 @@
 //! - [`history`]: the ring of samples the charts draw.
 //! - [`page`]: the live page.
 //! - [`cluster`]: the topology around the node.
+//! - [`reference`]: docs/observability.md, generated.
 
 // Being documented item by item; remove once `missing_docs` is clean here.
 #![allow(missing_docs)]
@@ -20,6 +21,7 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod page;
+pub mod reference;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -360,4 +362,119 @@ pub fn status_json(s: &Snapshot) -> String {
         },
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::registry::WalSenderState;
+    use crate::states::recovery::StateKind;
+
+    /// A snapshot with every optional part present, so `/status` prints
+    /// every field it can.
+    fn full() -> Snapshot {
+        let w = WalSenderStatus {
+            id: 1,
+            application_name: "s1".into(),
+            user: "walrep".into(),
+            client_addr: Some("127.0.0.1:5000".parse().unwrap()),
+            state: WalSenderState::Streaming,
+            slot: Some("s1".into()),
+            cascading: false,
+            sent_lsn: Lsn(10),
+            write_lsn: Lsn(10),
+            flush_lsn: Lsn(10),
+            apply_lsn: Lsn(10),
+            write_lag: Some(std::time::Duration::from_millis(1)),
+            flush_lag: Some(std::time::Duration::from_millis(2)),
+            apply_lag: Some(std::time::Duration::from_millis(3)),
+            reply_time: Some(std::time::SystemTime::now()),
+            feedback: None,
+            backend_start: std::time::SystemTime::now(),
+        };
+        Snapshot {
+            primary: false,
+            system_identifier: 7,
+            cluster_state: ClusterState::InArchiveRecovery,
+            timeline: TimelineId(1),
+            checkpoint_lsn: Lsn(1),
+            redo_lsn: Lsn(1),
+            wal: Some(WalSnapshot {
+                timeline: TimelineId(1),
+                insert_lsn: Lsn(2),
+                flush_lsn: Lsn(2),
+                stats: WalStats::default(),
+            }),
+            archiver: None,
+            recovery: Some(RecoverySnapshot {
+                state: Some(StateKind::Streaming),
+                wal_source: None,
+                receive_lsn: Lsn(3),
+                receive_tli: TimelineId(1),
+                replay_lsn: Lsn(3),
+                replay_tli: TimelineId(1),
+                records_replayed: 1,
+                last_commit_us: 0,
+                target_tli: Some(TimelineId(1)),
+                consistent: true,
+                last_transition: None,
+                last_transition_cause: None,
+                last_transition_at_ms: 0,
+                transitions: 1,
+            }),
+            walsenders: vec![w],
+            sync_states: vec!["sync"],
+            sync: SyncSnapshot::default(),
+            node_name: "n".into(),
+            ports: PortsSnapshot::default(),
+            upstream: Some(UpstreamSnapshot {
+                status: "streaming",
+                sender_host: "h".into(),
+                sender_port: 1,
+                application_name: Some("n".into()),
+                conninfo: "host=h".into(),
+                slot_name: None,
+                written_lsn: Lsn(3),
+                flushed_lsn: Lsn(3),
+                received_tli: TimelineId(1),
+                latest_end_lsn: Lsn(3),
+            }),
+        }
+    }
+
+    fn paths(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    out.push(path.clone());
+                    paths(&path, child, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                if let Some(first) = items.first() {
+                    paths(&format!("{prefix}[]"), first, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_status_field_is_documented_and_every_documented_field_exists() {
+        let v: serde_json::Value = serde_json::from_str(&status_json(&full())).unwrap();
+        let mut printed = Vec::new();
+        paths("", &v, &mut printed);
+        printed.sort();
+        let mut documented: Vec<String> = reference::STATUS_FIELDS
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        documented.sort();
+        assert_eq!(printed, documented);
+    }
 }
