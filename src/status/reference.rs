@@ -1,6 +1,6 @@
 //! `docs/observability.md`, generated: the status port's endpoints, every
 //! `/status` field ([`STATUS_FIELDS`]) and every metric
-//! ([`METRICS`](super::METRICS)). A test keeps the committed page equal to
+//! ([`METRICS`]). A test keeps the committed page equal to
 //! this and every field `/status` prints documented here.
 
 use std::fmt::Write as _;
