@@ -11,7 +11,7 @@
 //! - [`history`]: the ring of samples the charts draw.
 //! - [`page`]: the live page.
 //! - [`cluster`]: the topology around the node.
-//! - [`reference`]: docs/observability.md, generated.
+//! - [`mod@reference`]: docs/observability.md, generated.
 
 // Being documented item by item; remove once `missing_docs` is clean here.
 #![allow(missing_docs)]
