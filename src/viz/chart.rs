@@ -44,8 +44,9 @@ pub fn line_chart(title: &str, series: &[Series], label: fn(f64) -> String) -> S
     };
     let lo = points().map(|p| p.1).fold(f64::INFINITY, f64::min);
     let hi = points().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-    let (lo, hi) = if hi - lo < 1.0 {
-        (lo, lo + 1.0)
+    // A flat line still gets a readable scale (three whole steps).
+    let (lo, hi) = if hi - lo < 3.0 {
+        (lo, lo + 3.0)
     } else {
         (lo, hi)
     };
