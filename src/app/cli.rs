@@ -89,7 +89,8 @@ pub enum Command {
     /// The main job: a primary with archiving under a write load, crashed
     /// with kill -9 and recovered, every acknowledged write verified.
     Demo {
-        /// Keep the data directories here instead of a temporary directory.
+        /// Keep the data directories here instead of a temporary
+        /// directory, and write DIR/report.html (the failover as pictures).
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Concurrent writing clients.
@@ -98,6 +99,10 @@ pub enum Command {
         /// Seconds of load before the crash.
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
+        /// Keep the promoted node up this many seconds at the end, to look
+        /// at its live page.
+        #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+        linger: u64,
     },
     /// Bring an old primary back as a standby of the node that replaced it
     /// (PostgreSQL's pg_rewind): find where its timeline forks from the new
@@ -202,11 +207,30 @@ pub enum VizCommand {
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
     },
-    /// Render a transitions.jsonl (DATADIR/log/transitions.jsonl) as a timeline.
+    /// Render transitions.jsonl files (DATADIR/log/transitions.jsonl) as a
+    /// timeline: text, or a swimlane with one lane per file (SVG, HTML).
     Trace {
-        /// The JSON-lines trace file.
-        file: PathBuf,
+        /// The JSON-lines trace files, one per node.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: TraceFormat,
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
     },
+}
+
+/// Formats of `walrep viz trace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceFormat {
+    /// One block per event and the time spent in each state, per file.
+    Text,
+    /// A swimlane timeline, one lane per file.
+    Svg,
+    /// The swimlane and a table of every event, as one self-contained page.
+    Html,
 }
 
 /// Diagram formats of `walrep viz states`.
@@ -306,12 +330,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             clients,
             seconds,
+            linger,
         } => {
             crate::app::logging::init("warn");
             crate::app::demo::run(&crate::app::demo::DemoOptions {
                 dir,
                 clients: clients.clamp(1, 256),
                 load_seconds: seconds,
+                linger_seconds: linger.min(24 * 3600),
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -574,7 +600,7 @@ fn peek_log_level(datadir: &std::path::Path, overrides: &[String]) -> String {
 
 /// `walrep viz`: diagrams to a file or stdout; traces to stdout.
 fn run_viz(what: VizCommand) -> anyhow::Result<ExitCode> {
-    use walrep::viz::{render_trace, standby_diagram, Format};
+    use walrep::viz::{standby_diagram, Format};
     match what {
         VizCommand::States { format, output } => {
             let format = match format {
@@ -589,13 +615,63 @@ fn run_viz(what: VizCommand) -> anyhow::Result<ExitCode> {
                 None => print!("{text}"),
             }
         }
-        VizCommand::Trace { file } => {
-            let jsonl = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            print!("{}", render_trace(&jsonl)?);
+        VizCommand::Trace {
+            files,
+            format,
+            output,
+        } => {
+            let text = trace_output(&files, format)?;
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `walrep viz trace`'s output for `files` in `format`.
+fn trace_output(files: &[PathBuf], format: TraceFormat) -> anyhow::Result<String> {
+    use walrep::viz::swimlane::{parse_trace, swimlane_html, swimlane_svg, Lane};
+    let mut lanes = Vec::new();
+    let mut text = String::new();
+    for file in files {
+        let jsonl =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let name = lane_name(file);
+        if format == TraceFormat::Text {
+            if files.len() > 1 {
+                text.push_str(&format!("== {name}\n"));
+            }
+            text.push_str(
+                &walrep::viz::render_trace(&jsonl)
+                    .with_context(|| format!("in {}", file.display()))?,
+            );
+            continue;
+        }
+        let records = parse_trace(&jsonl).with_context(|| format!("in {}", file.display()))?;
+        lanes.push(Lane { name, records });
+    }
+    Ok(match format {
+        TraceFormat::Text => text,
+        TraceFormat::Svg => swimlane_svg(&lanes),
+        TraceFormat::Html => swimlane_html("walrep recovery timeline", &lanes),
+    })
+}
+
+/// A lane's name: the node's data directory for DATADIR/log/transitions.jsonl,
+/// else the file's name.
+fn lane_name(file: &std::path::Path) -> String {
+    let parent = file.parent();
+    let datadir = parent
+        .filter(|p| p.file_name().is_some_and(|n| n == "log"))
+        .and_then(|p| p.parent())
+        .and_then(|d| d.file_name());
+    datadir
+        .or_else(|| file.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.display().to_string())
 }
 
 /// `HOST:PORT` (`[v6]:PORT` for IPv6 addresses).

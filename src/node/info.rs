@@ -5,7 +5,10 @@
 use std::fmt::Write as _;
 
 use super::Node;
-use crate::status::{RecoverySnapshot, Snapshot, SnapshotProvider, SyncSnapshot, WalSnapshot};
+use crate::status::{
+    PortsSnapshot, RecoverySnapshot, Snapshot, SnapshotProvider, SyncSnapshot, UpstreamSnapshot,
+    WalSnapshot,
+};
 
 impl Node {
     /// A standby's recovery: the status its startup process last
@@ -36,10 +39,62 @@ impl Node {
     }
 }
 
+impl Node {
+    /// `pg_stat_wal_receiver`: `None` on a node that has no walreceiver
+    /// (a primary, or a standby without primary_conninfo).
+    pub fn upstream_snapshot(&self) -> Option<UpstreamSnapshot> {
+        use crate::replication::client::{redact_conninfo, ConnInfo};
+        let progress = self.standby.as_ref()?;
+        let settings = self.settings();
+        let conninfo = settings.primary_conninfo.trim();
+        let parsed = ConnInfo::parse(conninfo).ok()?;
+        let received = progress.received.flushed_point();
+        Some(UpstreamSnapshot {
+            status: progress.received.state().as_str(),
+            sender_host: parsed.host,
+            sender_port: parsed.port,
+            application_name: parsed.application_name,
+            conninfo: redact_conninfo(conninfo),
+            slot_name: Some(settings.primary_slot_name.clone()).filter(|s| !s.is_empty()),
+            written_lsn: progress.received.written(),
+            flushed_lsn: received.lsn,
+            received_tli: received.tli,
+            latest_end_lsn: progress.received.upstream_flush(),
+        })
+    }
+
+    /// `pg_stat_replication.sync_state` of each walsender of `standbys`
+    /// (cascading walsenders are never synchronous).
+    pub fn walsender_sync_states(
+        &self,
+        standbys: &[crate::replication::registry::WalSenderStatus],
+    ) -> Vec<&'static str> {
+        let sync_states = self.syncrep.sync_states(&self.standby_positions());
+        let mut direct = sync_states.iter();
+        standbys
+            .iter()
+            .map(|w| {
+                if w.cascading {
+                    "async"
+                } else {
+                    direct.next().map_or("async", |s| s.as_str())
+                }
+            })
+            .collect()
+    }
+}
+
 impl SnapshotProvider for Node {
+    fn recent_transitions(&self, max: usize) -> Vec<crate::viz::swimlane::TraceRecord> {
+        let path = self.dir.log().join(crate::standby::tracelog::TRACE_FILE);
+        crate::viz::swimlane::read_trace_tail(&path, max)
+    }
+
     fn snapshot(&self) -> Snapshot {
         let c = self.control();
         let (waiters, oldest) = self.syncrep.waiters();
+        let walsenders = self.registry().map(|r| r.snapshot()).unwrap_or_default();
+        let ports = *self.ports.lock().unwrap_or_else(|e| e.into_inner());
         Snapshot {
             primary: self.is_primary(),
             system_identifier: c.system_identifier,
@@ -55,7 +110,20 @@ impl SnapshotProvider for Node {
             }),
             archiver: self.archiver_stats().map(|a| a.snapshot()),
             recovery: self.recovery_snapshot(),
-            walsenders: self.registry().map(|r| r.snapshot()).unwrap_or_default(),
+            sync_states: self.walsender_sync_states(&walsenders),
+            walsenders,
+            node_name: self
+                .dir
+                .root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            ports: PortsSnapshot {
+                redis: ports.redis,
+                replication: ports.replication,
+                status: self.settings().status_port,
+            },
+            upstream: self.upstream_snapshot(),
             sync: SyncSnapshot {
                 standby_names: self.syncrep.config().map(|c| c.to_string()),
                 waiters,

@@ -297,7 +297,11 @@ mod tests {
                 transitions: 6,
             }),
             walsenders: Vec::new(),
+            sync_states: Vec::new(),
             sync: SyncSnapshot::default(),
+            node_name: "standby1".into(),
+            ports: Default::default(),
+            upstream: None,
         }
     }
 

@@ -10,6 +10,11 @@
 // Being documented item by item; remove once `missing_docs` is clean here.
 #![allow(missing_docs)]
 
+pub mod chart;
+pub mod html;
+pub mod swimlane;
+pub mod xml;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
@@ -132,6 +137,56 @@ pub fn to_mermaid(graph: &Graph) -> String {
 /// SVG laid out with layout-rs. Every state is a box; each arrow carries
 /// the events that take it, one per line.
 pub fn to_svg(graph: &Graph) -> String {
+    svg_with_labels(graph, true)
+}
+
+/// The machine as the live page draws it: explored from the code once
+/// (on the first request, never before anyone looks), arrows without
+/// their event labels so it fits beside the figures, and each state's box
+/// marked `class="st-NAME"` so a page can highlight the current one.
+pub fn page_machine_svg() -> &'static str {
+    static SVG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SVG.get_or_init(|| {
+        let graph = explore_standby();
+        let mut svg = svg_with_labels(&graph, false);
+        for s in &graph.states {
+            svg = mark_state_box(&svg, &s.to_string());
+        }
+        // Inline in a page: no XML declaration.
+        let svg = match (svg.starts_with("<?xml"), svg.find("?>")) {
+            (true, Some(end)) => &svg[end + 2..],
+            _ => &svg[..],
+        };
+        svg.replacen("<svg ", "<svg class=\"machine\" ", 1)
+    })
+}
+
+/// The machine of [`page_machine_svg`] with `current`'s box highlighted.
+pub fn machine_svg_highlighting(current: Option<StateKind>) -> String {
+    let svg = page_machine_svg();
+    match current {
+        Some(s) => svg.replacen(
+            &format!("class=\"st-{s}\""),
+            &format!("class=\"st-{s} current\" style=\"fill: #ffd166; stroke: #d00000; stroke-width: 5px\""),
+            1,
+        ),
+        None => svg.to_string(),
+    }
+}
+
+/// Add `class="st-NAME"` to the `<rect` drawn just before the text `NAME`.
+fn mark_state_box(svg: &str, name: &str) -> String {
+    let Some(text_at) = svg.find(&format!(">{name}</tspan>")) else {
+        return svg.to_string();
+    };
+    let Some(rect_at) = svg[..text_at].rfind("<rect ") else {
+        return svg.to_string();
+    };
+    let at = rect_at + "<rect ".len();
+    format!("{}class=\"st-{name}\" {}", &svg[..at], &svg[at..])
+}
+
+fn svg_with_labels(graph: &Graph, labels: bool) -> String {
     let mut vg = VisualGraph::new(Orientation::TopToBottom);
     let mut handles = BTreeMap::new();
     for s in &graph.states {
@@ -149,11 +204,16 @@ pub fn to_svg(graph: &Graph) -> String {
     }
     for ((from, to), events) in arrows(graph) {
         let look = StyleAttr::new(Color::fast("black"), 1, None, 0, 14);
+        let text = if labels {
+            label(&events, "\n")
+        } else {
+            String::new()
+        };
         let arrow = Arrow::new(
             LineEndKind::None,
             LineEndKind::Arrow,
             LineStyleKind::Normal,
-            &label(&events, "\n"),
+            &text,
             &look,
             &None,
             &None,

@@ -10,9 +10,11 @@
 //! # Layout
 //! - [`client`]: a small blocking RESP client.
 //! - [`process`]: `walrep start` child processes.
+//! - `report`: `DIR/report.html`, the run as pictures.
 
 pub mod client;
 pub mod process;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +35,19 @@ pub struct DemoOptions {
     pub clients: usize,
     /// How long the load runs before the crash.
     pub load_seconds: f64,
+    /// Keep the surviving node up this long at the end, for looking at
+    /// its live page.
+    pub linger_seconds: u64,
+}
+
+/// One point of the load's progress, for the report's charts.
+#[derive(Debug, Clone, Copy)]
+struct LoadPoint {
+    /// Milliseconds since the load began.
+    at_ms: u64,
+    writes_per_s: f64,
+    /// The standby's replay lag in bytes.
+    lag_bytes: f64,
 }
 
 /// What one writer did.
@@ -79,7 +94,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
 
     let mut primary = start_primary(&dirs)?;
     let mut standby = start_standby(&dirs, &primary)?;
-    let results = drive_load(&primary, &standby, opts)?;
+    let (results, load) = drive_load(&primary, &standby, opts)?;
     let acked: usize = results.iter().map(|r| r.acked.len()).sum();
     say(
         "crash",
@@ -102,11 +117,45 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         format!("all {checked} writes acknowledged before the crash are on the new primary"),
     );
     let info = info(&standby, "persistence")?;
+    if opts.dir.is_some() {
+        let report = report::write(
+            &dirs,
+            acked,
+            checked,
+            promote_ms,
+            &field(&info, "timeline"),
+            &load,
+        )?;
+        say("report", format!("{}", report.display()));
+    }
+    if opts.linger_seconds > 0 {
+        say(
+            "linger",
+            format!(
+                "the new primary stays up for {}s: {}",
+                opts.linger_seconds,
+                page_url(&standby)
+            ),
+        );
+        std::thread::sleep(Duration::from_secs(opts.linger_seconds));
+    }
     standby.stop()?;
     summary(
         &dirs, opts, started, acked, promote_ms, &info, &primary, &standby,
     )?;
     Ok(())
+}
+
+/// The node's live page.
+fn page_url(node: &NodeProcess) -> String {
+    format!("http://127.0.0.1:{}/", node.status_port)
+}
+
+/// A port free now on loopback, for a node's status page.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn start_primary(dirs: &Dirs) -> anyhow::Result<NodeProcess> {
@@ -127,8 +176,13 @@ fn start_primary(dirs: &Dirs) -> anyhow::Result<NodeProcess> {
         "synchronous_standby_names=FIRST 1 (standby1)".to_string(),
         "synchronous_commit=on".to_string(),
         "checkpoint_timeout=5s".to_string(),
+        format!("status_port={}", free_port()?),
     ];
     let primary = NodeProcess::start("primary", &dirs.primary, &settings)?;
+    say(
+        "live",
+        format!("the primary's page: {}", page_url(&primary)),
+    );
     say(
         "primary",
         format!(
@@ -180,8 +234,18 @@ fn start_standby(dirs: &Dirs, primary: &NodeProcess) -> anyhow::Result<NodeProce
         format!("restore_command=cp {}/%f %p", dirs.archive.display()),
         format!("promote_trigger_file={}", dirs.trigger.display()),
         "wal_retrieve_retry_interval=500ms".to_string(),
+        format!("status_port={}", free_port()?),
     ];
     let standby = NodeProcess::start("standby", &dirs.standby, &settings)?;
+    say(
+        "live",
+        format!(
+            "the standby's page: {} (the cluster: {}cluster?peers=127.0.0.1:{})",
+            page_url(&standby),
+            page_url(&standby),
+            primary.status_port
+        ),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let state = field(&info(&standby, "replication")?, "recovery_state");
@@ -213,7 +277,7 @@ fn drive_load(
     primary: &NodeProcess,
     standby: &NodeProcess,
     opts: &DemoOptions,
-) -> anyhow::Result<Vec<WriterResult>> {
+) -> anyhow::Result<(Vec<WriterResult>, Vec<LoadPoint>)> {
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
     let addr = primary.addr();
@@ -232,11 +296,17 @@ fn drive_load(
     );
     let t0 = Instant::now();
     let mut last = 0;
+    let mut points = Vec::new();
     let load = Duration::from_secs_f64(opts.load_seconds.clamp(0.5, 300.0));
     while t0.elapsed() < load {
         std::thread::sleep(Duration::from_millis(500).min(load.saturating_sub(t0.elapsed())));
         let now = total.load(Ordering::Relaxed);
         let s = info(standby, "replication").unwrap_or_default();
+        points.push(LoadPoint {
+            at_ms: t0.elapsed().as_millis() as u64,
+            writes_per_s: (now - last) as f64 * 2.0,
+            lag_bytes: field(&s, "replay_lag_bytes").parse().unwrap_or(0.0),
+        });
         say(
             "load",
             format!(
@@ -253,10 +323,11 @@ fn drive_load(
     // The crash comes while the writers are still running: collect what
     // they were told "OK" for up to the moment the primary dies.
     stop.store(true, Ordering::Relaxed);
-    Ok(handles
+    let results = handles
         .into_iter()
         .map(|h| h.join().unwrap_or_default())
-        .collect())
+        .collect();
+    Ok((results, points))
 }
 
 fn writer(

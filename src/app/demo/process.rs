@@ -23,6 +23,8 @@ pub struct NodeProcess {
     child: Option<Child>,
     pub port: u16,
     pub replication_port: u16,
+    /// The live page's port (`status_port` among the settings; 0 = off).
+    pub status_port: u16,
 }
 
 impl NodeProcess {
@@ -36,6 +38,10 @@ impl NodeProcess {
             child: None,
             port: 0,
             replication_port: 0,
+            status_port: settings
+                .iter()
+                .find_map(|s| s.strip_prefix("status_port=")?.parse().ok())
+                .unwrap_or(0),
         };
         p.launch()?;
         Ok(p)

@@ -1,0 +1,320 @@
+//! `/cluster`: the topology around a node, drawn as SVG. The node asked
+//! knows its own upstream (primary_conninfo) and its downstreams
+//! (walsenders); other walrep nodes join the picture when their status
+//! addresses are given (`/cluster?peers=HOST:PORT,...`, as `walrep demo`
+//! prints them): their `/status` is read (bounded: at most [`MAX_PEERS`],
+//! each with a timeout) and every standby is tied to the walsender that
+//! feeds it. A walsender no known node matches is a client such as
+//! pg_receivewal, drawn as a leaf. Each edge carries its lag; each node
+//! its state and a link to its own page.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::viz::html;
+use crate::viz::xml::escape;
+
+/// Peers read per request, at most.
+pub const MAX_PEERS: usize = 16;
+/// Connect, read and write timeout for each peer.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest `/status` answer read from a peer.
+const MAX_PEER_BYTES: u64 = 1 << 20;
+
+/// A node in the picture.
+struct Member {
+    /// Its `/status`, or `None` for a client known only by a walsender.
+    status: Option<Value>,
+    name: String,
+    /// Its page's address, when known.
+    page: Option<String>,
+}
+
+/// The `peers` of a query string (`peers=h:p,h:p`), percent-decoded.
+pub fn peers_of(query: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("peers="))
+        .flat_map(|v| {
+            percent_decode(v)
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|p| !p.is_empty())
+        .take(MAX_PEERS)
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = || u8::from_str_radix(std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?, 16).ok();
+        match (b[i], hex()) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A peer's `/status`, or why not.
+pub fn fetch_status(addr: &str) -> Result<Value, String> {
+    let sock = addr
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let mut s = TcpStream::connect_timeout(&sock, PEER_TIMEOUT).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(PEER_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(PEER_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET /status HTTP/1.1\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.take(MAX_PEER_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or("no body")?;
+    serde_json::from_str(body).map_err(|e| e.to_string())
+}
+
+/// The cluster page: `own` is this node's `/status`, `peers` the other
+/// status addresses to read.
+pub fn cluster_page(own: Value, peers: &[String]) -> String {
+    let mut members = vec![member(own, Some("/".into()))];
+    let mut unreachable = Vec::new();
+    for p in peers.iter().take(MAX_PEERS) {
+        match fetch_status(p) {
+            Ok(v) if !members.iter().any(|m| same_node(m, &v)) => {
+                members.push(member(v, Some(format!("http://{p}/"))))
+            }
+            Ok(_) => {}
+            Err(e) => unreachable.push(format!("{p}: {e}")),
+        }
+    }
+    let edges = edges(&mut members);
+    let mut body = String::from("<h1>walrep cluster</h1>\n<p class=\"muted\">the topology as seen from this node; give other nodes' status addresses as <code>/cluster?peers=HOST:PORT,HOST:PORT</code> to draw them too · <a href=\"/\">this node</a></p>\n");
+    body.push_str(&svg(&members, &edges));
+    for u in unreachable {
+        let _ = writeln!(body, "<p>unreachable: {}</p>", escape(&u));
+    }
+    html::document("walrep cluster", "", &body)
+}
+
+fn member(status: Value, page: Option<String>) -> Member {
+    Member {
+        name: status["node"].as_str().unwrap_or("?").to_string(),
+        page,
+        status: Some(status),
+    }
+}
+
+fn same_node(m: &Member, v: &Value) -> bool {
+    m.status.as_ref().is_some_and(|s| {
+        s["system_identifier"] == v["system_identifier"]
+            && s["ports"]["replication_port"] == v["ports"]["replication_port"]
+    })
+}
+
+/// An arrow from upstream to downstream with what the walsender says.
+struct Edge {
+    from: usize,
+    to: usize,
+    label: String,
+}
+
+/// Tie each walsender to the node it feeds (its upstream names this
+/// node's replication port and its application_name matches), else add
+/// the client as a leaf.
+fn edges(members: &mut Vec<Member>) -> Vec<Edge> {
+    let mut out = Vec::new();
+    let known = members.len();
+    for from in 0..known {
+        let Some(status) = members[from].status.clone() else {
+            continue;
+        };
+        let port = status["ports"]["replication_port"].clone();
+        let senders = status["standbys"].as_array().cloned().unwrap_or_default();
+        for w in senders {
+            let app = w["application_name"].as_str().unwrap_or("");
+            let to = (0..known).find(|&i| {
+                members[i].status.as_ref().is_some_and(|s| {
+                    s["upstream"]["sender_port"] == port
+                        && s["upstream"]["application_name"].as_str() == Some(app)
+                })
+            });
+            let to = to.unwrap_or_else(|| {
+                members.push(Member {
+                    status: None,
+                    name: format!("{app} (client)"),
+                    page: None,
+                });
+                members.len() - 1
+            });
+            out.push(Edge {
+                from,
+                to,
+                label: edge_label(&status, &w),
+            });
+        }
+    }
+    out
+}
+
+fn edge_label(upstream: &Value, w: &Value) -> String {
+    let lsn = |v: &Value| v.as_str().and_then(|s| s.parse::<crate::Lsn>().ok());
+    let own = lsn(&upstream["wal"]["flush_lsn"]).or(lsn(&upstream["recovery"]["replay_lsn"]));
+    let lag = match (own, lsn(&w["flush_lsn"])) {
+        (Some(o), Some(f)) => crate::viz::chart::bytes(o.saturating_sub(f) as f64),
+        _ => "?".into(),
+    };
+    let mut s = format!(
+        "{} {}, flush lag {lag}",
+        w["state"].as_str().unwrap_or("?"),
+        w["sync_state"].as_str().unwrap_or("")
+    );
+    if let Some(ms) = w["replay_lag_ms"].as_u64() {
+        let _ = write!(s, ", replay lag {ms}ms");
+    }
+    if let Some(slot) = w["slot_name"].as_str() {
+        let _ = write!(s, ", slot {slot}");
+    }
+    s
+}
+
+/// Depth of each member: roots (no known upstream) at 0.
+fn depths(n: usize, edges: &[Edge]) -> Vec<usize> {
+    let mut depth = vec![0; n];
+    // Bounded: a depth never exceeds the number of members.
+    for _ in 0..n {
+        for e in edges {
+            if depth[e.to] < depth[e.from] + 1 && depth[e.from] < n {
+                depth[e.to] = depth[e.from] + 1;
+            }
+        }
+    }
+    depth
+}
+
+fn svg(members: &[Member], edges: &[Edge]) -> String {
+    const BOX_W: f64 = 230.0;
+    const BOX_H: f64 = 64.0;
+    const ROW: f64 = 150.0;
+    let depth = depths(members.len(), edges);
+    let mut col = vec![0usize; members.len() + 1];
+    let mut pos = Vec::with_capacity(members.len());
+    for d in &depth {
+        pos.push((
+            30.0 + col[*d] as f64 * (BOX_W + 60.0),
+            30.0 + *d as f64 * ROW,
+        ));
+        col[*d] += 1;
+    }
+    let width = 60.0 + col.iter().max().copied().unwrap_or(1) as f64 * (BOX_W + 60.0);
+    let height = 60.0 + (depth.iter().max().copied().unwrap_or(0) + 1) as f64 * ROW;
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"cluster\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n<defs><marker id=\"arrow\" markerWidth=\"10\" markerHeight=\"7\" refX=\"10\" refY=\"3.5\" orient=\"auto\"><polygon points=\"0 0, 10 3.5, 0 7\"/></marker></defs>\n"
+    );
+    for e in edges {
+        let (a, b) = (pos[e.from], pos[e.to]);
+        let (x1, y1, x2, y2) = (a.0 + BOX_W / 2.0, a.1 + BOX_H, b.0 + BOX_W / 2.0, b.1);
+        let _ = writeln!(
+            out,
+            "<g class=\"edge\"><line x1=\"{x1}\" y1=\"{y1}\" x2=\"{x2}\" y2=\"{y2}\" stroke=\"#333\" stroke-width=\"2\" marker-end=\"url(#arrow)\"/><text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" fill=\"#444\">{}</text></g>",
+            (x1 + x2) / 2.0 + 6.0,
+            (y1 + y2) / 2.0,
+            escape(&e.label)
+        );
+    }
+    for (m, (x, y)) in members.iter().zip(&pos) {
+        out.push_str(&node_box(m, *x, *y, BOX_W, BOX_H));
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+fn node_box(m: &Member, x: f64, y: f64, w: f64, h: f64) -> String {
+    let (state, tli) = match &m.status {
+        Some(s) => (
+            s["recovery"]["state"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    if s["role"] == "primary" {
+                        "Primary".into()
+                    } else {
+                        "Starting".into()
+                    }
+                }),
+            s["wal"]["timeline"]
+                .as_u64()
+                .or(s["timeline"].as_u64())
+                .unwrap_or(0),
+        ),
+        None => ("client".to_string(), 0),
+    };
+    let fill = crate::states::recovery::StateKind::ALL
+        .into_iter()
+        .find(|k| k.to_string() == state)
+        .map(crate::viz::swimlane::state_color)
+        .unwrap_or(if m.status.is_some() {
+            ("#264653", "#fff")
+        } else {
+            ("#eee", "#000")
+        });
+    let mut out = String::new();
+    if let Some(p) = &m.page {
+        let _ = write!(out, "<a href=\"{}\">", escape(p));
+    }
+    let _ = write!(
+        out,
+        "<g class=\"member\" data-node=\"{}\" data-state=\"{}\"><rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{h}\" rx=\"8\" fill=\"{}\" stroke=\"#000\"/><text x=\"{}\" y=\"{}\" fill=\"{}\" font-weight=\"bold\">{}</text><text x=\"{}\" y=\"{}\" fill=\"{}\">{}</text></g>",
+        escape(&m.name),
+        escape(&state),
+        fill.0,
+        x + 10.0,
+        y + 24.0,
+        fill.1,
+        escape(&m.name),
+        x + 10.0,
+        y + 46.0,
+        fill.1,
+        escape(&if tli > 0 { format!("{state}, timeline {tli}") } else { state.clone() }),
+    );
+    if m.page.is_some() {
+        out.push_str("</a>");
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_decoded_and_bounded() {
+        assert_eq!(
+            peers_of("x=1&peers=127.0.0.1%3A9101%2C127.0.0.1:9102"),
+            ["127.0.0.1:9101", "127.0.0.1:9102"]
+        );
+        let many = format!("peers={}", vec!["h:1"; 40].join(","));
+        assert_eq!(peers_of(&many).len(), MAX_PEERS);
+    }
+}

@@ -1,0 +1,371 @@
+//! The live page of a standby in a real headless Chromium (driven over
+//! the DevTools protocol on a pipe): it names the state and the upstream,
+//! and after `walrep promote` shows `Promoted` and timeline 2 without a
+//! reload. Screenshots of each step are saved in the test's temporary
+//! directory (and copied to `$WALREP_SCREENSHOTS` when set).
+//! Also: the page without JavaScript, and every page well-formed.
+
+mod support;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::cluster::*;
+use support::free_port;
+use support::node::{init_datadir, walrep, TestNode};
+
+/// Longest any browser step may take.
+const STEP: Duration = Duration::from_secs(30);
+
+/// Headless Chromium, spoken to over `--remote-debugging-pipe` (fd 3
+/// carries commands in, fd 4 replies out, each message NUL-terminated).
+struct Browser {
+    child: Child,
+    commands: File,
+    replies: Receiver<Value>,
+    next_id: u64,
+    session: Option<String>,
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-int array; O_CLOEXEC keeps them out of
+    // the browser except as dup2'ed below.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: pipe2 just returned these open descriptors, owned by us.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+impl Browser {
+    fn launch(profile: &Path) -> Browser {
+        use std::os::fd::AsRawFd;
+        let (cmd_read, cmd_write) = pipe();
+        let (reply_read, reply_write) = pipe();
+        let (cr, rw) = (cmd_read.as_raw_fd(), reply_write.as_raw_fd());
+        let mut cmd = Command::new("chromium");
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1400,1800",
+            "--remote-debugging-pipe",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        // SAFETY: only async-signal-safe fcntl/dup2 between fork and exec.
+        // The pipe ends are first moved above 3 and 4 (they may be 3 or 4
+        // themselves), then put on 3 and 4 without close-on-exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let high_cr = libc::fcntl(cr, libc::F_DUPFD_CLOEXEC, 10);
+                let high_rw = libc::fcntl(rw, libc::F_DUPFD_CLOEXEC, 10);
+                if high_cr < 0
+                    || high_rw < 0
+                    || libc::dup2(high_cr, 3) < 0
+                    || libc::dup2(high_rw, 4) < 0
+                    || libc::fcntl(3, libc::F_SETFD, 0) < 0
+                    || libc::fcntl(4, libc::F_SETFD, 0) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .expect("start chromium (Debian package chromium)");
+        drop((cmd_read, reply_write));
+        let (tx, rx) = channel();
+        let mut from = BufReader::new(File::from(reply_read));
+        std::thread::spawn(move || loop {
+            let mut msg = Vec::new();
+            match from.read_until(0, &mut msg) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    msg.pop();
+                    if let Ok(v) = serde_json::from_slice::<Value>(&msg) {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Browser {
+            child,
+            commands: File::from(cmd_write),
+            replies: rx,
+            next_id: 0,
+            session: None,
+        }
+    }
+
+    /// Send a command, wait (bounded) for its reply's `result`.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = &self.session {
+            msg["sessionId"] = json!(s);
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.commands.write_all(&bytes).expect("write to chromium");
+        let deadline = Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self
+                .replies
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("chromium did not answer {method} within {STEP:?}"));
+            if v["id"] == json!(id) {
+                assert!(v.get("error").is_none(), "{method} failed: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Open `url` in a new tab and attach to it.
+    fn open(&mut self, url: &str) {
+        let target = self.call("Target.createTarget", json!({ "url": url }));
+        let attached = self.call(
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+        );
+        self.session = attached["sessionId"].as_str().map(String::from);
+        assert!(self.session.is_some(), "no session: {attached}");
+    }
+
+    fn eval(&mut self, expression: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true}),
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Poll `expression` until it is `true`, or fail with what the page
+    /// says.
+    fn wait_for(&mut self, what: &str, expression: &str) {
+        let deadline = Instant::now() + STEP;
+        while self.eval(expression) != json!(true) {
+            if Instant::now() > deadline {
+                let text = self.eval("document.body ? document.body.innerText : ''");
+                panic!("the page never showed {what}; it says:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn screenshot(&mut self, path: &Path) {
+        use base64::Engine as _;
+        let shot = self.call(
+            "Page.captureScreenshot",
+            json!({"format": "png", "captureBeyondViewport": true}),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("screenshot data"))
+            .expect("base64 screenshot");
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(path, png).unwrap();
+        if let Some(dir) = std::env::var_os("WALREP_SCREENSHOTS") {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(path, Path::new(&dir).join(path.file_name().unwrap()));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        self.session = None;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Parses as XML, or fails the test with the parser's message.
+fn well_formed(what: &str, text: &str) {
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    if let Err(e) = roxmltree::Document::parse_with_options(text, opts) {
+        panic!("{what} is not well-formed: {e}\n{text}");
+    }
+}
+
+struct Pair {
+    _tmp: tempfile::TempDir,
+    tmp: PathBuf,
+    primary: TestNode,
+    standby: TestNode,
+    sdir: PathBuf,
+    pport: u16,
+    sport: u16,
+}
+
+fn pair() -> Pair {
+    let tmp = tempfile::tempdir().unwrap();
+    let pdir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", SEG_1MB]);
+    let pport = free_port();
+    let primary = TestNode::start(&pdir, &[&format!("status_port={pport}")]);
+    let sdir = basebackup(&primary, tmp.path(), "standby1", "standby1");
+    let sport = free_port();
+    let standby = TestNode::start(
+        &sdir,
+        &[
+            &format!("status_port={sport}"),
+            "wal_retrieve_retry_interval=200ms",
+        ],
+    );
+    write_keys(&primary, "k", 300, 10);
+    wait_state(&standby, "Streaming");
+    wait_caught_up(&primary, &standby);
+    Pair {
+        tmp: tmp.path().to_path_buf(),
+        _tmp: tmp,
+        primary,
+        standby,
+        sdir,
+        pport,
+        sport,
+    }
+}
+
+#[test]
+fn a_standby_page_shows_its_promotion_live_in_chromium() {
+    let p = pair();
+    let upstream = format!("127.0.0.1:{}", p.primary.replication_port);
+    let mut browser = Browser::launch(&p.tmp.join("chromium-profile"));
+    browser.open(&format!("http://127.0.0.1:{}/", p.sport));
+    browser.wait_for(
+        "the state Streaming",
+        "document.getElementById('state') !== null && document.getElementById('state').textContent === 'Streaming'",
+    );
+    browser.wait_for(
+        "the upstream",
+        &format!("document.getElementById('upstream').textContent.indexOf('{upstream}') >= 0"),
+    );
+    browser.wait_for(
+        "the live script running",
+        "document.getElementById('conn').textContent.indexOf('live') === 0",
+    );
+    let shot1 = p.tmp.join("1-standby-streaming.png");
+    browser.screenshot(&shot1);
+
+    // A reload would lose this.
+    browser.eval("window.walrepNotReloaded = 42; true");
+    let (ok, out, err) = walrep(&["promote", p.sdir.to_str().unwrap()]);
+    assert!(ok, "walrep promote: {out}{err}");
+    browser.wait_for(
+        "Promoted on timeline 2",
+        "document.getElementById('state').textContent === 'Promoted' && document.getElementById('timeline').textContent === 'timeline 2'",
+    );
+    assert_eq!(
+        browser.eval("window.walrepNotReloaded"),
+        json!(42),
+        "the page was reloaded"
+    );
+    browser.wait_for(
+        "the promotion among the transitions",
+        "document.body.innerText.indexOf('Promoting \u{2192} Promoted') >= 0",
+    );
+    let shot2 = p.tmp.join("2-standby-promoted.png");
+    browser.screenshot(&shot2);
+    for shot in [&shot1, &shot2] {
+        assert!(
+            std::fs::metadata(shot).unwrap().len() > 10_000,
+            "{shot:?} is empty"
+        );
+    }
+    drop(p.standby);
+    drop(p.primary);
+}
+
+#[test]
+fn the_page_reads_without_javascript_and_every_page_is_well_formed() {
+    let p = pair();
+    let (code, page) = http_get(p.sport, "/");
+    assert_eq!(code, 200);
+    well_formed("/", &page);
+    // The server-rendered snapshot names the state, timeline and upstream.
+    assert!(page.contains("id=\"state\""), "{page}");
+    assert!(page.contains(">Streaming</span>"), "{page}");
+    assert!(page.contains("timeline 1"), "{page}");
+    let upstream = format!("127.0.0.1:{}", p.primary.replication_port);
+    assert!(page.contains(&upstream), "{page}");
+    // pg_stat_wal_receiver's columns all have their place.
+    for column in [
+        "written_lsn",
+        "flushed_lsn",
+        "latest_end_lsn",
+        "sender_port",
+        "conninfo",
+    ] {
+        assert!(page.contains(&format!("<th>{column}</th>")), "{column}");
+    }
+    assert!(!page.contains("password="), "secrets stay out of the page");
+    for external in ["src=\"http", "href=\"http", "<link", "@import"] {
+        assert!(
+            !page.contains(external),
+            "{external}: the page must be self-contained"
+        );
+    }
+    let (code, live) = http_get(p.sport, "/live");
+    assert_eq!(code, 200);
+    well_formed("/live", &format!("<div>{live}</div>"));
+    let (code, machine) = http_get(p.sport, "/machine.svg");
+    assert_eq!(code, 200);
+    well_formed("/machine.svg", &machine);
+
+    // The primary's page lists the standby with every pg_stat_replication
+    // column.
+    let pport = p.pport;
+    let (_, primary_page) = http_get(pport, "/");
+    well_formed("the primary's /", &primary_page);
+    assert!(primary_page.contains(">Primary</span>"), "{primary_page}");
+    assert!(primary_page.contains("<td>standby1</td>"), "{primary_page}");
+    for column in [
+        "application_name",
+        "sent_lsn",
+        "flush_lag",
+        "sync_state",
+        "reply_time",
+    ] {
+        assert!(
+            primary_page.contains(&format!("<th>{column}</th>")),
+            "{column}"
+        );
+    }
+}
