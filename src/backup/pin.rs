@@ -5,7 +5,7 @@
 //! backup is still reading (PostgreSQL holds WAL for a running backup the
 //! same way, through its backup start point).
 //!
-//! A parallel backup (`PARALLEL n`) also opens a [`Session`] here: the
+//! A parallel backup (`PARALLEL n`) also opens a session here ([`SessionGuard`]): the
 //! snapshot's chunks split in parts that other connections claim with
 //! `JOIN`; each claim takes its own pin under the same lock, so a part
 //! is never copied from a snapshot a checkpoint could remove.
