@@ -171,9 +171,11 @@ fn primary(tmp: &Path, extra: &[&str]) -> (TestNode, PathBuf) {
 }
 
 /// A standby copied from `primary` as `app`, streaming from `upstream`
-/// (set in its walrep.toml, so a reload can change it).
+/// (set in its walrep.toml, so a reload can change it). Without a slot:
+/// a slot made on the primary would not exist on another upstream, and
+/// `wal_keep_size` keeps the WAL these tests need.
 fn standby(primary: &TestNode, upstream: &TestNode, tmp: &Path, app: &str) -> TestNode {
-    let dir = basebackup(primary, tmp, app, app);
+    let dir = basebackup_with(primary, tmp, app, app, &["--no-slot"]);
     set_upstream(&dir, upstream.replication_port, app);
     TestNode::start(
         &dir,
@@ -483,7 +485,7 @@ fn a_standby_streams_from_an_archive_only_upstream_through_its_restarts_and_cras
     let tmp = tempfile::tempdir().unwrap();
     let (primary, archive) = primary(tmp.path(), &[]);
     // s1: restore_command only.
-    let s1dir = basebackup(&primary, tmp.path(), "s1", "s1");
+    let s1dir = basebackup_with(&primary, tmp.path(), "s1", "s1", &["--no-slot"]);
     set_line(&s1dir, "primary_conninfo", "primary_conninfo = \"\"");
     let mut s1 = TestNode::start(
         &s1dir,
