@@ -14,7 +14,7 @@ use walrep::replication::server::HISTORY_ID_PARAMETER;
 use walrep::wal::timeline::{format_history_id, history_ids};
 use walrep::TimelineId;
 
-use support::cluster::{basebackup, wait_caught_up, wait_state, write_keys, SEG_1MB};
+use support::cluster::{basebackup_with, wait_caught_up, wait_state, write_keys, SEG_1MB};
 use support::node::{init_datadir, walrep, TestNode};
 use support::wait_for;
 
@@ -56,7 +56,9 @@ fn a_standby_refuses_an_upstream_whose_timeline_2_came_from_another_promotion() 
     let mut a = TestNode::start(&dir, &[]);
     write_keys(&a, "k", 100, 20);
     let standby = |name: &str| {
-        let d = basebackup(&a, tmp.path(), name, name);
+        // No slot: these standbys are re-pointed at a promoted node, which
+        // never had the slot a copy from `a` would make on `a`.
+        let d = basebackup_with(&a, tmp.path(), name, name, &["--no-slot"]);
         let n = TestNode::start(&d, &[]);
         wait_state(&n, "Streaming");
         n

@@ -71,7 +71,10 @@ impl Cluster {
             .arg(format!("{}:{REPLICATION_PORT}", self.net.addr(from)))
             .arg("-D")
             .arg(&dir)
-            .args(["--write-standby-config", "--application-name", &name]);
+            .args(["--write-standby-config", "--application-name", &name])
+            // Standbys here follow promoted nodes, which never had a slot
+            // made on the node they were copied from.
+            .arg("--no-slot");
         let out = cmd.output().expect("run walrep basebackup");
         assert!(
             out.status.success(),
