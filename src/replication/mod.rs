@@ -17,16 +17,18 @@
 //! - [`server`]: the replication listener, sessions and walsenders.
 //! - [`client`]: conninfo parsing and a replication client for walreceivers.
 
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
-
+#[allow(missing_docs)] // TEMP: being documented
 pub mod client;
+#[allow(missing_docs)] // TEMP: being documented
 pub mod command;
 #[cfg(any(test, feature = "test-util"))]
+#[allow(missing_docs)] // TEMP: being documented
 pub mod fake;
 pub mod pgwire;
 pub mod registry;
+#[allow(missing_docs)] // TEMP: being documented
 pub mod server;
+#[allow(missing_docs)] // TEMP: being documented
 pub mod slots;
 pub mod source;
 pub mod sqlstate;

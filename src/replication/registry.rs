@@ -30,6 +30,7 @@ pub enum WalSenderState {
 }
 
 impl WalSenderState {
+    /// The name `pg_stat_replication.state` shows (`"streaming"`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             WalSenderState::Startup => "startup",
@@ -49,8 +50,12 @@ pub struct WalSenderStatus {
     /// `application_name` from the startup packet (what
     /// synchronous_standby_names matches).
     pub application_name: String,
+    /// The role that authenticated (`usename`).
     pub user: String,
+    /// The standby's address (`client_addr`/`client_port`); `None` when
+    /// the connection had no peer address to report.
     pub client_addr: Option<SocketAddr>,
+    /// Where the walsender is in its life (`state`).
     pub state: WalSenderState,
     /// Slot streamed from, if any.
     pub slot: Option<String>,
@@ -59,36 +64,51 @@ pub struct WalSenderStatus {
     pub cascading: bool,
     /// Last WAL position sent.
     pub sent_lsn: Lsn,
-    /// Positions the standby reported (0/0 = not reported).
+    /// Written to disk by the standby, as it last reported (0/0 = not
+    /// reported yet).
     pub write_lsn: Lsn,
+    /// Flushed to durable storage by the standby: what synchronous commit
+    /// (`remote_write` aside) waits for.
     pub flush_lsn: Lsn,
+    /// Replayed (applied) by the standby: visible to its readers.
     pub apply_lsn: Lsn,
-    /// Time from sending WAL to the standby reporting it written / flushed
-    /// / applied (last measured).
+    /// Time from sending WAL to the standby reporting it written (last
+    /// measured; `None` until one report covers a sent position).
     pub write_lag: Option<Duration>,
+    /// Time from sending WAL to the standby reporting it flushed.
     pub flush_lag: Option<Duration>,
+    /// Time from sending WAL to the standby reporting it applied.
     pub apply_lag: Option<Duration>,
     /// When the last status update arrived.
     pub reply_time: Option<SystemTime>,
     /// Last hot standby feedback.
     #[serde(skip)]
     pub feedback: Option<HotStandbyFeedback>,
+    /// When the connection was accepted (`backend_start`).
     pub backend_start: SystemTime,
 }
 
 /// What changed, for the observer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WalSenderChange {
+    /// A walsender took a `max_wal_senders` place.
     Connected,
+    /// Its state or slot changed (e.g. catchup to streaming, which makes
+    /// it eligible as a synchronous standby).
     StateChanged,
     /// A standby status update was recorded.
     Reply,
+    /// Hot standby feedback was recorded.
     Feedback,
+    /// The walsender ended; its place is free again.
     Disconnected,
 }
 
 /// Told about every change, after the registry lock is released.
 pub trait ReplicationObserver: Send + Sync {
+    /// `status` is the walsender's entry after the change (for
+    /// `Disconnected`, its last state). Called on the walsender's thread:
+    /// keep it short and never call back into the registry's writers.
     fn walsender_changed(&self, change: WalSenderChange, status: &WalSenderStatus);
 }
 
@@ -106,6 +126,7 @@ struct Inner {
 }
 
 impl WalSenderRegistry {
+    /// An empty registry admitting at most `max_wal_senders` walsenders.
     pub fn new(max_wal_senders: usize) -> Arc<WalSenderRegistry> {
         Arc::new(WalSenderRegistry {
             max: max_wal_senders,
@@ -122,6 +143,7 @@ impl WalSenderRegistry {
         *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
     }
 
+    /// The admission limit given to [`WalSenderRegistry::new`].
     pub fn max_wal_senders(&self) -> usize {
         self.max
     }
@@ -131,7 +153,7 @@ impl WalSenderRegistry {
     }
 
     /// Take a walsender slot; `None` when `max_wal_senders` are in use.
-    pub fn register(
+    pub(crate) fn register(
         self: &Arc<Self>,
         application_name: &str,
         user: &str,
@@ -180,14 +202,17 @@ impl WalSenderRegistry {
         self.lock().senders.values().cloned().collect()
     }
 
+    /// Walsender `id` ([`WalSenderStatus::id`]), if still connected.
     pub fn get(&self, id: u64) -> Option<WalSenderStatus> {
         self.lock().senders.get(&id).cloned()
     }
 
+    /// Walsenders connected now.
     pub fn len(&self) -> usize {
         self.lock().senders.len()
     }
 
+    /// No walsender is connected.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -218,7 +243,7 @@ impl WalSenderRegistry {
 }
 
 /// A walsender's own entry; dropping it frees the slot.
-pub struct WalSenderHandle {
+pub(crate) struct WalSenderHandle {
     registry: Arc<WalSenderRegistry>,
     id: u64,
     lag: LagTracker,

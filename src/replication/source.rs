@@ -28,16 +28,28 @@ pub struct FlushPoint {
 pub enum SourceError {
     /// The segment holding the WAL was recycled or removed.
     #[error("requested WAL segment {file_name} has already been removed")]
-    SegmentRemoved { file_name: String },
+    SegmentRemoved {
+        /// The segment's file name, e.g. `000000010000000000000003`.
+        file_name: String,
+    },
     /// Any other read failure (IO error, position past what is flushed).
     #[error("could not read WAL at {lsn} on timeline {tli}: {reason}")]
     Read {
+        /// Timeline of the segment file being read.
         tli: TimelineId,
+        /// Where the read started.
         lsn: Lsn,
+        /// What went wrong, for the client's error message.
         reason: String,
     },
+    /// A timeline history file could not be read or does not parse.
     #[error("could not read timeline history file {file_name}: {reason}")]
-    History { file_name: String, reason: String },
+    History {
+        /// e.g. `00000002.history`.
+        file_name: String,
+        /// What went wrong, for the client's error message.
+        reason: String,
+    },
 }
 
 /// A node's WAL, as the walsenders see it. Implementations must be cheap to

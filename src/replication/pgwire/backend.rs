@@ -24,8 +24,11 @@ pub enum Authentication {
 /// ReadyForQuery's transaction status; a walsender is always idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransactionStatus {
+    /// `I`: not in a transaction block (always, on a walsender).
     Idle,
+    /// `T`: inside a transaction block.
     InTransaction,
+    /// `E`: inside a failed transaction block.
     Failed,
 }
 
@@ -42,12 +45,17 @@ impl TransactionStatus {
 /// One column of a RowDescription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldDescription {
+    /// Column name, e.g. `systemid` in IDENTIFY_SYSTEM's answer.
     pub name: String,
+    /// OID of the table the column comes from; 0 for a walsender's results.
     pub table_oid: i32,
+    /// Attribute number in that table; 0 when not a table column.
     pub column: i16,
     /// Type OID: text 25, int4 23, int8 20.
     pub type_oid: i32,
+    /// `pg_type.typlen`: 8 for int8, 4 for int4, -1 for variable length.
     pub type_size: i16,
+    /// `pg_attribute.atttypmod`; -1 = none.
     pub type_modifier: i32,
     /// 0 = text.
     pub format: i16,
@@ -138,34 +146,54 @@ impl ErrorFields {
 /// A typed message from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendMessage {
+    /// `R`: an authentication request or its outcome.
     Authentication(Authentication),
+    /// `S`: a run-time parameter the client should know (`server_version`,
+    /// walrep's instance and upstream chain ids, ...).
     ParameterStatus {
+        /// Parameter name.
         name: String,
+        /// Its current value.
         value: String,
     },
+    /// `K`: what a CancelRequest must quote to cancel this session.
     BackendKeyData {
+        /// The backend's process id (walrep: the walsender id).
         pid: i32,
+        /// Secret key proving the canceller saw this message.
         key: i32,
     },
+    /// `Z`: the server waits for the next command.
     ReadyForQuery(TransactionStatus),
+    /// `T`: the columns of the rows that follow.
     RowDescription(Vec<FieldDescription>),
     /// One row; `None` is SQL NULL.
     DataRow(Vec<Option<Vec<u8>>>),
+    /// `C`: a command finished; the tag, e.g. `START_REPLICATION`.
     CommandComplete(String),
+    /// `I`: the query string was empty.
     EmptyQueryResponse,
+    /// `E`: the command (or, if FATAL, the session) failed.
     ErrorResponse(ErrorFields),
+    /// `N`: a warning or notice; the command goes on.
     NoticeResponse(ErrorFields),
     /// `W`: overall format and per-column formats (empty for replication).
     CopyBothResponse {
+        /// 0 = text, 1 = binary.
         format: u8,
+        /// Format of each column.
         columns: Vec<i16>,
     },
     /// `H`: as CopyBothResponse, for BASE_BACKUP.
     CopyOutResponse {
+        /// 0 = text, 1 = binary.
         format: u8,
+        /// Format of each column.
         columns: Vec<i16>,
     },
+    /// `d`: payload of the copy stream (XLogData, keepalives, archives).
     CopyData(Vec<u8>),
+    /// `c`: the server's side of the copy stream ended.
     CopyDone,
 }
 

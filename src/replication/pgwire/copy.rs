@@ -50,6 +50,7 @@ impl XLogDataHeader {
 pub struct PrimaryKeepalive {
     /// Position the server has sent up to.
     pub wal_end: Lsn,
+    /// Server clock when sent (µs since 2000-01-01, [`pg_epoch_micros`]).
     pub send_time: i64,
     /// The client must answer with a status update at once.
     pub reply_requested: bool,
@@ -58,10 +59,16 @@ pub struct PrimaryKeepalive {
 /// A message from the server inside CopyData.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicationMessage {
+    /// XLogData `w`, as PostgreSQL's walsender sends it: WAL bytes from
+    /// `header.wal_start` on.
     XLogData {
+        /// Positions and send time.
         header: XLogDataHeader,
+        /// The WAL bytes, never across a segment boundary.
         data: Vec<u8>,
     },
+    /// Primary keepalive `k`: the walsender is alive, maybe asking for a
+    /// status update.
     Keepalive(PrimaryKeepalive),
 }
 
@@ -124,9 +131,14 @@ impl ReplicationMessage {
 /// applied (0/0 = not reported).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StandbyStatusUpdate {
+    /// End of WAL written to disk (not necessarily flushed).
     pub write: Lsn,
+    /// End of WAL flushed to durable storage: what synchronous commit and
+    /// slots advance on.
     pub flush: Lsn,
+    /// End of WAL replayed (applied).
     pub apply: Lsn,
+    /// Client clock when sent (µs since 2000-01-01).
     pub client_time: i64,
     /// The server must answer with a keepalive at once.
     pub reply_requested: bool,
@@ -135,17 +147,25 @@ pub struct StandbyStatusUpdate {
 /// Hot standby feedback `h`: the standby's oldest transaction ids in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HotStandbyFeedback {
+    /// Client clock when sent (µs since 2000-01-01).
     pub client_time: i64,
+    /// Oldest transaction id still needed by the standby's queries (0 =
+    /// none); the walsender records it for the status page.
     pub xmin: u32,
+    /// Epoch of `xmin`.
     pub xmin_epoch: u32,
+    /// Oldest catalog xid needed (logical decoding; 0 on walrep).
     pub catalog_xmin: u32,
+    /// Epoch of `catalog_xmin`.
     pub catalog_xmin_epoch: u32,
 }
 
 /// A message from the client inside CopyData.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StandbyMessage {
+    /// Standby status update `r`.
     Status(StandbyStatusUpdate),
+    /// Hot standby feedback `h`.
     Feedback(HotStandbyFeedback),
 }
 

@@ -10,15 +10,25 @@ use super::{CodecError, CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, PROTOCOL_V3, S
 pub enum StartupPacket {
     /// StartupMessage: protocol version and `name=value` parameters in order.
     Startup {
+        /// Requested protocol version (major << 16 | minor); only major 3
+        /// ([`PROTOCOL_V3`]) is served.
         version: i32,
+        /// `user`, `database`, `replication`, `application_name`, ... in
+        /// the order sent.
         params: Vec<(String, String)>,
     },
-    /// Asks for TLS; answered with a single `N` (not supported).
+    /// Asks for TLS; answered `S` and a handshake when `ssl` is on, else
+    /// with a single `N`.
     SslRequest,
     /// Asks for GSSAPI encryption; answered with a single `N`.
     GssEncRequest,
     /// Asks to cancel the query of the backend `pid` that holds `key`.
-    Cancel { pid: i32, key: i32 },
+    Cancel {
+        /// The process id from BackendKeyData.
+        pid: i32,
+        /// The secret key from BackendKeyData.
+        key: i32,
+    },
 }
 
 impl StartupPacket {
@@ -163,11 +173,15 @@ impl FrontendMessage {
 /// first message (`None` when the client sent length -1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaslInitialResponse {
+    /// The mechanism chosen from the server's list, e.g. `SCRAM-SHA-256`.
     pub mechanism: String,
+    /// The client-first-message.
     pub data: Option<Vec<u8>>,
 }
 
 impl SaslInitialResponse {
+    /// Parse the body of the `p` message that starts SASL (the server knows
+    /// from its state that this `p` is not a password or SASLResponse).
     pub fn parse(body: &[u8]) -> Result<SaslInitialResponse, CodecError> {
         let mut c = Cursor::new(body, "SASLInitialResponse");
         let mechanism = c.cstr()?;

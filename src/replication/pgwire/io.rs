@@ -12,14 +12,20 @@ use super::{
 /// Why no message could be read.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
+    /// End of stream between messages: an orderly close.
     #[error("connection closed by peer")]
     Closed,
+    /// End of stream inside a message: the peer died or was cut off.
     #[error("connection closed in the middle of a message")]
     ClosedMidMessage,
+    /// The socket's read timeout passed; the partial message is kept and
+    /// the next read continues it.
     #[error("timed out waiting for a message")]
     TimedOut,
+    /// Any other socket error.
     #[error("socket error: {0}")]
     Io(#[from] io::Error),
+    /// The bytes are not a valid message (the connection cannot go on).
     #[error(transparent)]
     Codec(#[from] CodecError),
 }
@@ -42,6 +48,8 @@ pub struct MessageReader<R> {
 const INITIAL_BUF: usize = 160 * 1024;
 
 impl<R: Read> MessageReader<R> {
+    /// A reader over `inner` refusing typed messages longer than `max_len`
+    /// ([`super::DEFAULT_MAX_MESSAGE_LEN`] unless a caller needs more).
     pub fn new(inner: R, max_len: usize) -> MessageReader<R> {
         MessageReader {
             inner,
@@ -52,6 +60,7 @@ impl<R: Read> MessageReader<R> {
         }
     }
 
+    /// The byte source, e.g. to set its read timeout or ask if it is TLS.
     pub fn get_ref(&self) -> &R {
         &self.inner
     }

@@ -17,7 +17,6 @@ pub mod io;
 pub use backend::{
     Authentication, BackendMessage, ErrorFields, FieldDescription, TransactionStatus,
 };
-pub use buf::Cursor;
 pub use copy::{
     pg_epoch_micros, HotStandbyFeedback, PrimaryKeepalive, ReplicationMessage, StandbyMessage,
     StandbyStatusUpdate, XLogDataHeader, XLOGDATA_HEADER_LEN,
@@ -43,24 +42,60 @@ pub const DEFAULT_MAX_MESSAGE_LEN: usize = 1 << 20;
 /// Why bytes are not a valid protocol message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
+    /// The length field counts less than itself (4 bytes).
     #[error("invalid message length {len} (must be at least 4)")]
-    BadLength { len: i64 },
+    BadLength {
+        /// The length field as sent.
+        len: i64,
+    },
+    /// The length field exceeds the reader's maximum; refused from the
+    /// header alone, before anything is allocated.
     #[error("message of {len} bytes exceeds the maximum of {max} bytes")]
-    Oversized { len: usize, max: usize },
+    Oversized {
+        /// The length field as sent.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A field runs past the end of the body (a lying count or length).
     #[error("{what} message is truncated: needed {need} more bytes, {have} left")]
     Truncated {
+        /// Which message was being decoded.
         what: &'static str,
+        /// Bytes the next field needs.
         need: usize,
+        /// Bytes left in the body.
         have: usize,
     },
+    /// A C string has no terminating NUL before the body ends.
     #[error("{what} message has a string without its terminating NUL")]
-    MissingNul { what: &'static str },
+    MissingNul {
+        /// Which message was being decoded.
+        what: &'static str,
+    },
+    /// A string is not UTF-8 (walrep speaks `client_encoding` UTF8 only).
     #[error("{what} message has a string that is not valid UTF-8")]
-    NotUtf8 { what: &'static str },
+    NotUtf8 {
+        /// Which message was being decoded.
+        what: &'static str,
+    },
+    /// Well framed, but a value is out of range or trailing bytes remain.
     #[error("invalid {what} message: {reason}")]
-    Invalid { what: &'static str, reason: String },
+    Invalid {
+        /// Which message was being decoded.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A type byte this side of the protocol does not know.
     #[error("unexpected message type 0x{tag:02X} ({side})")]
-    UnknownType { tag: u8, side: &'static str },
+    UnknownType {
+        /// The type byte.
+        tag: u8,
+        /// Which stream it came in: `frontend`, `backend`, `replication
+        /// stream` (walsender's CopyData) or `standby reply`.
+        side: &'static str,
+    },
 }
 
 /// One complete typed message split from the front of a buffer.
