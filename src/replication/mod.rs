@@ -19,7 +19,6 @@
 
 #[allow(missing_docs)] // TEMP: being documented
 pub mod client;
-#[allow(missing_docs)] // TEMP: being documented
 pub mod command;
 #[cfg(any(test, feature = "test-util"))]
 #[allow(missing_docs)] // TEMP: being documented
@@ -28,7 +27,6 @@ pub mod pgwire;
 pub mod registry;
 #[allow(missing_docs)] // TEMP: being documented
 pub mod server;
-#[allow(missing_docs)] // TEMP: being documented
 pub mod slots;
 pub mod source;
 pub mod sqlstate;

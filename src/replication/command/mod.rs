@@ -8,8 +8,9 @@
 mod lexer;
 mod options;
 
-pub use lexer::{tokenize, Token};
-pub use options::{BaseBackupOptions, CheckpointMode, OptValue, MAX_PARALLEL};
+use lexer::{tokenize, Token};
+pub(crate) use options::OptValue;
+pub use options::{BaseBackupOptions, CheckpointMode, MAX_PARALLEL};
 
 use walrep_states::{Lsn, TimelineId};
 
@@ -18,31 +19,51 @@ use crate::replication::sqlstate::{PgError, FEATURE_NOT_SUPPORTED, SYNTAX_ERROR}
 /// A parsed replication command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicationCommand {
+    /// `IDENTIFY_SYSTEM`: system id, timeline, flush position (what a
+    /// standby checks before it streams).
     IdentifySystem,
     /// `SHOW name` (a dotted name is joined with `.`).
     Show(String),
+    /// `TIMELINE_HISTORY n`: the `.history` file of timeline `n`.
     TimelineHistory(TimelineId),
+    /// `START_REPLICATION [SLOT s] [PHYSICAL] X/X [TIMELINE n]`: stream
+    /// WAL in CopyBoth mode.
     StartReplication {
+        /// Slot whose `restart_lsn` the standby's flush reports advance.
         slot: Option<String>,
+        /// First WAL position to send; must not be past the flush position.
         start: Lsn,
         /// `None` = the server's current timeline.
         timeline: Option<TimelineId>,
     },
+    /// `CREATE_REPLICATION_SLOT name [TEMPORARY] PHYSICAL [RESERVE_WAL]`
+    /// (or the parenthesised option list).
     CreateReplicationSlot {
+        /// Slot name, `[a-z0-9_]{1,63}`.
         name: String,
+        /// Dropped when this connection ends.
         temporary: bool,
+        /// Hold WAL from the last checkpoint's redo pointer at once, not
+        /// only after the first standby connects.
         reserve_wal: bool,
     },
+    /// `DROP_REPLICATION_SLOT name [WAIT]`.
     DropReplicationSlot {
+        /// Slot name.
         name: String,
+        /// Wait for an active slot to be released instead of failing.
         wait: bool,
     },
+    /// `READ_REPLICATION_SLOT name`: its type, `restart_lsn` and timeline.
     ReadReplicationSlot(String),
+    /// `BASE_BACKUP [( options )]`: a tar stream of the data directory.
     BaseBackup(BaseBackupOptions),
     /// walrep's `WAL_RANGE X/X X/X [TIMELINE n]`: exactly the WAL bytes
     /// `[begin, end)` of one timeline, then the command completes.
     WalRange {
+        /// First byte sent.
         begin: Lsn,
+        /// End of the range (exclusive); not past the flush position.
         end: Lsn,
         /// `None` = the server's current timeline.
         timeline: Option<TimelineId>,

@@ -77,7 +77,9 @@ pub fn physical_slot_options(opts: &Opts) -> Result<bool, PgError> {
 /// `CHECKPOINT 'fast' | 'spread'`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CheckpointMode {
+    /// Checkpoint at once, at full IO speed (`pg_basebackup -c fast`).
     Fast,
+    /// Let the checkpoint spread its writes (PostgreSQL's default).
     #[default]
     Spread,
 }
@@ -85,8 +87,11 @@ pub enum CheckpointMode {
 /// BASE_BACKUP's options (PostgreSQL 15 names and defaults).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseBackupOptions {
+    /// `LABEL`: written into `backup_label`.
     pub label: String,
+    /// `PROGRESS`: estimate the total size first and send `p` messages.
     pub progress: bool,
+    /// `CHECKPOINT`: how the backup's starting checkpoint runs.
     pub checkpoint: CheckpointMode,
     /// Wait for the WAL of the backup to be archived.
     pub wait: bool,
@@ -94,14 +99,25 @@ pub struct BaseBackupOptions {
     pub wal: bool,
     /// kB/s, 0 = unlimited.
     pub max_rate_kbps: u64,
+    /// `TABLESPACE_MAP`: send a `tablespace_map` file (walrep has no
+    /// tablespaces, so it is always empty).
     pub tablespace_map: bool,
+    /// `VERIFY_CHECKSUMS`: verify page checksums while reading; walrep's
+    /// files carry their own CRCs, so this changes nothing.
     pub verify_checksums: bool,
     /// `yes`, `no` or `force-encode`.
     pub manifest: String,
+    /// `MANIFEST_CHECKSUMS`: the manifest's per-file checksum algorithm
+    /// (`CRC32C` by default, `NONE`, `SHA256`, ...).
     pub manifest_checksums: String,
+    /// `TARGET`: where the server puts the backup; only `client` is
+    /// supported.
     pub target: Option<String>,
+    /// `TARGET_DETAIL`: e.g. the server directory of `TARGET 'server'`.
     pub target_detail: Option<String>,
+    /// `COMPRESSION`: server-side compression; refused unless `none`.
     pub compression: Option<String>,
+    /// `COMPRESSION_DETAIL`: level and options of that compression.
     pub compression_detail: Option<String>,
     /// walrep's `PARALLEL n`: the snapshot is split in `n` parts; this
     /// connection sends part 0 and the others join with `JOIN`/`PART`.
@@ -141,7 +157,7 @@ impl Default for BaseBackupOptions {
 
 impl BaseBackupOptions {
     /// Check and collect the options, with PostgreSQL's errors.
-    pub fn from_options(opts: &Opts) -> Result<BaseBackupOptions, PgError> {
+    pub(crate) fn from_options(opts: &Opts) -> Result<BaseBackupOptions, PgError> {
         let mut o = BaseBackupOptions::default();
         let mut seen = Vec::new();
         for (name, v) in opts {

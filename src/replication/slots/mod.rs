@@ -25,33 +25,62 @@ pub const MAX_SLOT_NAME_LEN: usize = 63;
 /// Slot errors, each with PostgreSQL's message and SQLSTATE ([`SlotError::to_pg`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
+    /// CREATE_REPLICATION_SLOT of a name already taken (42710).
     #[error("replication slot \"{0}\" already exists")]
     AlreadyExists(String),
+    /// No slot of that name (42704).
     #[error("replication slot \"{0}\" does not exist")]
     DoesNotExist(String),
+    /// Another walsender holds the slot (55006); DROP ... WAIT waits instead.
     #[error("replication slot \"{name}\" is active for PID {pid}")]
-    Active { name: String, pid: u64 },
+    Active {
+        /// The slot.
+        name: String,
+        /// The walsender holding it ([`SlotInfo::active_pid`]).
+        pid: u64,
+    },
+    /// An empty name (42602).
     #[error("replication slot name \"{0}\" is too short")]
     NameTooShort(String),
+    /// A name over [`MAX_SLOT_NAME_LEN`] bytes (42622).
     #[error("replication slot name \"{0}\" is too long")]
     NameTooLong(String),
+    /// A name with a character outside `[a-z0-9_]` (42602): names become
+    /// directory names.
     #[error("replication slot name \"{0}\" contains invalid character")]
     NameInvalid(String),
+    /// `max_replication_slots` slots exist already (53400).
     #[error("all replication slots are in use")]
     TooMany,
+    /// The slot fell behind `max_slot_wal_keep_size` and lost its WAL
+    /// (55000); only dropping it helps.
     #[error("can no longer get changes from replication slot \"{0}\"")]
     Invalidated(String),
+    /// Listing or reading the slot files when the node opens them failed.
     #[error("could not write or read replication slot file \"{path}\": {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// Writing, fsyncing or renaming a slot file through the node's
+    /// storage failed; the manager is poisoned from then on.
     #[error("could not write replication slot: {0}")]
     Storage(#[from] StorageError),
+    /// An earlier write or fsync failed: nothing retries an fsync, so
+    /// slots refuse every change until the node restarts and reads them
+    /// back from disk.
     #[error("replication slots are read-only after a failed write or fsync; restart the node")]
     Poisoned,
+    /// A slot file with a bad magic, version, length or CRC.
     #[error("replication slot file \"{path}\" is corrupt: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The `state` file.
+        path: PathBuf,
+        /// What check failed.
+        reason: String,
+    },
 }
 
 impl SlotError {
@@ -99,7 +128,9 @@ pub fn validate_name(name: &str) -> Result<(), SlotError> {
 /// A slot as seen from outside (`pg_replication_slots`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SlotInfo {
+    /// `slot_name`.
     pub name: String,
+    /// Lives only as long as the connection that created it, never on disk.
     pub temporary: bool,
     /// Oldest WAL the slot holds; invalid until WAL is reserved or the
     /// standby reports a flush position.
@@ -110,6 +141,7 @@ pub struct SlotInfo {
     pub invalidated: bool,
     /// Hot standby feedback xmin (recorded, not used by a key-value store).
     pub xmin: u32,
+    /// Hot standby feedback catalog xmin (recorded, as `xmin`).
     pub catalog_xmin: u32,
 }
 
@@ -330,10 +362,12 @@ impl SlotManager {
         Ok(())
     }
 
+    /// The slot called `name`, if it exists.
     pub fn get(&self, name: &str) -> Option<SlotInfo> {
         self.lock().get(name).map(|s| s.info.clone())
     }
 
+    /// Every slot, ordered by name (`pg_replication_slots`).
     pub fn list(&self) -> Vec<SlotInfo> {
         self.lock().values().map(|s| s.info.clone()).collect()
     }
@@ -467,7 +501,7 @@ impl SlotManager {
         Ok(lost)
     }
 
-    pub fn is_invalidated(&self, name: &str) -> bool {
+    pub(crate) fn is_invalidated(&self, name: &str) -> bool {
         self.lock().get(name).is_some_and(|s| s.info.invalidated)
     }
 }
@@ -481,9 +515,12 @@ pub struct SlotGuard {
 }
 
 impl SlotGuard {
+    /// The slot held.
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// A temporary slot stays held by its connection after the guard is
+    /// dropped, and goes away with that connection.
     pub fn is_temporary(&self) -> bool {
         self.temporary
     }
