@@ -17,7 +17,6 @@
 //! - [`server`]: the replication listener, sessions and walsenders.
 //! - [`client`]: conninfo parsing and a replication client for walreceivers.
 
-#[allow(missing_docs)] // TEMP: being documented
 pub mod client;
 pub mod command;
 #[cfg(any(test, feature = "test-util"))]

@@ -128,7 +128,12 @@ pub struct BackupStart {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackupMessage {
     /// `n`: a new archive for a tablespace (`location` empty for the main one).
-    NewArchive { name: String, location: String },
+    NewArchive {
+        /// Archive file name, e.g. `base.tar`.
+        name: String,
+        /// The tablespace's path on the server.
+        location: String,
+    },
     /// `d`: archive (or manifest) bytes.
     Data(Vec<u8>),
     /// `p`: bytes the server has sent so far.

@@ -34,32 +34,51 @@ use crate::security::NetStream;
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The connection string does not parse.
     #[error(transparent)]
     ConnInfo(#[from] ConnInfoError),
+    /// No address of the host accepted a TCP connection in time.
     #[error("could not connect to server at \"{host}\" port {port}: {reason}")]
     Connect {
+        /// `host` of the connection string.
         host: String,
+        /// `port` of the connection string.
         port: u16,
+        /// The last address's error.
         reason: String,
     },
+    /// The server sent an ErrorResponse ([`ClientError::sqlstate`] tells
+    /// which); boxed to keep the error small.
     #[error("{}", server_text(.0))]
     Server(Box<ErrorFields>),
+    /// Authentication could not proceed on our side: no password, md5
+    /// asked (not supported), or no SASL mechanism in common.
     #[error("authentication failed: {0}")]
     Auth(String),
+    /// The SCRAM exchange failed, e.g. the server's signature is wrong
+    /// (it does not know the password: maybe not the server we meant).
     #[error(transparent)]
     Scram(#[from] ScramError),
+    /// The server sent something the protocol does not allow here.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Reading a message failed (closed, timed out, malformed).
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// Writing to the socket failed.
     #[error("could not send data to server: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS configuration (`sslrootcert`, host name) is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The TLS handshake failed (e.g. certificate not trusted).
     #[error("SSL error: {0}")]
     Handshake(String),
+    /// `sslmode=require` (or stricter) and the server answered `N`.
     #[error("server does not support SSL, but SSL was required")]
     SslRequired,
+    /// The password file (`passfile`, `~/.pgpass`) could not be used:
+    /// unreadable, or readable by others.
     #[error(transparent)]
     Passfile(#[from] PassfileError),
 }
@@ -94,9 +113,13 @@ fn protocol(msg: impl Into<String>) -> ClientError {
 /// IDENTIFY_SYSTEM's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentifySystem {
+    /// `systemid`: a standby refuses an upstream of another system.
     pub system_id: u64,
+    /// `timeline`: the server's current timeline.
     pub timeline: TimelineId,
+    /// `xlogpos`: the server's current flush position.
     pub xlogpos: Lsn,
+    /// `dbname`: NULL for physical replication.
     pub dbname: Option<String>,
 }
 
@@ -104,15 +127,20 @@ pub struct IdentifySystem {
 /// slot holds WAL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotPosition {
+    /// Oldest WAL the slot holds (where streaming can resume).
     pub restart_lsn: Option<Lsn>,
+    /// The timeline `restart_lsn` is on.
     pub restart_tli: Option<TimelineId>,
 }
 
 /// A simple query's result: columns, rows and CommandComplete tags.
 #[derive(Debug, Clone, Default)]
 pub struct QueryResult {
+    /// The last RowDescription.
     pub columns: Vec<FieldDescription>,
+    /// Every DataRow, raw text cells; `None` is NULL.
     pub rows: Vec<Vec<Option<Vec<u8>>>>,
+    /// Every CommandComplete tag, in order.
     pub tags: Vec<String>,
 }
 
@@ -348,6 +376,7 @@ impl ReplicationClient {
         }
     }
 
+    /// `IDENTIFY_SYSTEM`: what a walreceiver checks before streaming.
     pub fn identify_system(&mut self) -> Result<IdentifySystem, ClientError> {
         let r = self.simple_query("IDENTIFY_SYSTEM")?;
         if r.rows.len() != 1 || r.columns.len() < 3 {
@@ -375,6 +404,7 @@ impl ReplicationClient {
         })
     }
 
+    /// `SHOW name`: one setting as text (e.g. `wal_segment_size`).
     pub fn show(&mut self, name: &str) -> Result<String, ClientError> {
         let r = self.simple_query(&format!("SHOW {name}"))?;
         r.text(0, 0)
@@ -396,6 +426,8 @@ impl ReplicationClient {
         Ok((name, content))
     }
 
+    /// `CREATE_REPLICATION_SLOT name [TEMPORARY] PHYSICAL [(RESERVE_WAL)]`;
+    /// the name is quoted, so any valid slot name works.
     pub fn create_physical_slot(
         &mut self,
         name: &str,
@@ -411,6 +443,8 @@ impl ReplicationClient {
         Ok(())
     }
 
+    /// `DROP_REPLICATION_SLOT name [WAIT]`: with `wait`, the server waits
+    /// for an active slot to be released instead of failing.
     pub fn drop_slot(&mut self, name: &str, wait: bool) -> Result<(), ClientError> {
         let wait = if wait { " WAIT" } else { "" };
         self.simple_query(&format!(

@@ -23,7 +23,9 @@ pub enum StartOutcome {
     /// The server has nothing on that (historic) timeline past the start:
     /// it answered with the next timeline right away.
     TimelineEnded {
+        /// The timeline that follows the requested one.
         next_tli: TimelineId,
+        /// Where the requested timeline ended: start the next one here.
         next_start: Lsn,
     },
 }
@@ -33,20 +35,31 @@ pub enum StartOutcome {
 pub enum StreamEvent {
     /// WAL bytes starting at `start`; `wal_end` is the server's flush point.
     XLogData {
+        /// LSN of `data[0]`.
         start: Lsn,
+        /// The server's flush position when it sent this.
         wal_end: Lsn,
+        /// Server clock (µs since 2000-01-01), for apply lag.
         server_time: i64,
+        /// The WAL bytes.
         data: Vec<u8>,
     },
+    /// A primary keepalive `k`.
     Keepalive {
+        /// The server's flush position.
         wal_end: Lsn,
+        /// Server clock (µs since 2000-01-01).
         server_time: i64,
+        /// Answer with a status update now, or the server's
+        /// `wal_sender_timeout` may end the connection.
         reply_requested: bool,
     },
     /// The server finished the timeline (CopyDone, next-timeline result);
     /// the connection is back in command mode.
     EndOfTimeline {
+        /// The timeline to follow next.
         next_tli: TimelineId,
+        /// Where the finished timeline ended and the next one branches off.
         next_start: Lsn,
     },
     /// The server is shutting down (`COPY 0`); the connection is closing.
@@ -168,6 +181,8 @@ impl ReplicationClient {
         }
     }
 
+    /// Send a standby status update `r` (write, flush, apply) from the
+    /// receiving thread; [`StatusSender::send_status`] from any other.
     pub fn send_status(
         &self,
         write: Lsn,
