@@ -76,6 +76,8 @@ impl FakeSource {
         self.lock().oldest = lsn.segment_start(self.seg_size);
     }
 
+    /// Where a RESERVE_WAL slot starts holding WAL from now on (the last
+    /// checkpoint's redo pointer, on a real node).
     pub fn set_redo(&self, lsn: Lsn) {
         self.lock().redo = lsn;
     }

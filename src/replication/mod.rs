@@ -20,11 +20,9 @@
 pub mod client;
 pub mod command;
 #[cfg(any(test, feature = "test-util"))]
-#[allow(missing_docs)] // TEMP: being documented
 pub mod fake;
 pub mod pgwire;
 pub mod registry;
-#[allow(missing_docs)] // TEMP: being documented
 pub mod server;
 pub mod slots;
 pub mod source;

@@ -302,10 +302,13 @@ fn spawn_session<S: ReplicationSource>(
 }
 
 impl ServerHandle {
+    /// The listener's address (for a listener bound to port 0, the port
+    /// the OS chose).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// The walsenders of this server (`pg_stat_replication`).
     pub fn registry(&self) -> &Arc<WalSenderRegistry> {
         &self.registry
     }
