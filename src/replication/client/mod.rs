@@ -477,7 +477,7 @@ impl ReplicationClient {
 }
 
 /// Quote an identifier for a replication command (`"a""b"`).
-pub fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

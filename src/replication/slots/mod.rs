@@ -109,7 +109,7 @@ impl SlotError {
 }
 
 /// PostgreSQL's ReplicationSlotValidateName.
-pub fn validate_name(name: &str) -> Result<(), SlotError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), SlotError> {
     if name.is_empty() {
         return Err(SlotError::NameTooShort(name.into()));
     }
