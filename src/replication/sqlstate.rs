@@ -123,7 +123,7 @@ impl PgError {
     }
 
     /// The fields of the ErrorResponse.
-    pub fn to_fields(&self) -> ErrorFields {
+    pub(crate) fn to_fields(&self) -> ErrorFields {
         ErrorFields {
             severity: self.severity_text().to_string(),
             code: self.code.to_string(),

@@ -55,7 +55,7 @@ fn literal(s: &str) -> String {
 
 impl BaseBackupRequest {
     /// `BASE_BACKUP ( LABEL '...', PROGRESS, ... )` as pg_basebackup 15 sends it.
-    pub fn to_command(&self) -> String {
+    pub(crate) fn to_command(&self) -> String {
         if let Some((token, part)) = &self.join {
             return self.join_command(token, *part);
         }

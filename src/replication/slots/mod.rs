@@ -416,14 +416,14 @@ impl SlotManager {
     }
 
     /// Drop every temporary slot `owner` created (its connection ended).
-    pub fn drop_temporary_of(&self, owner: u64) {
+    pub(crate) fn drop_temporary_of(&self, owner: u64) {
         let mut slots = self.lock();
         slots.retain(|_, s| !(s.info.temporary && s.info.active_pid == Some(owner)));
         self.released.notify_all();
     }
 
     /// The standby flushed up to `flush`: the slot holds WAL from there on.
-    pub fn confirm_flush(&self, name: &str, flush: Lsn) {
+    pub(crate) fn confirm_flush(&self, name: &str, flush: Lsn) {
         let mut slots = self.lock();
         if let Some(slot) = slots.get_mut(name) {
             if flush.is_valid() && flush > slot.info.restart_lsn && !slot.info.invalidated {
@@ -434,7 +434,7 @@ impl SlotManager {
     }
 
     /// Hot standby feedback for the slot.
-    pub fn set_xmin(&self, name: &str, xmin: u32, catalog_xmin: u32) {
+    pub(crate) fn set_xmin(&self, name: &str, xmin: u32, catalog_xmin: u32) {
         if let Some(slot) = self.lock().get_mut(name) {
             slot.info.xmin = xmin;
             slot.info.catalog_xmin = catalog_xmin;
