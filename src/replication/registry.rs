@@ -52,8 +52,8 @@ pub struct WalSenderStatus {
     pub application_name: String,
     /// The role that authenticated (`usename`).
     pub user: String,
-    /// The standby's address (`client_addr`/`client_port`); `None` when
-    /// the connection had no peer address to report.
+    /// The standby's address (`client_addr`/`client_port`); always set by
+    /// the server, `None` only for entries registered without a socket.
     pub client_addr: Option<SocketAddr>,
     /// Where the walsender is in its life (`state`).
     pub state: WalSenderState,
@@ -67,8 +67,8 @@ pub struct WalSenderStatus {
     /// Written to disk by the standby, as it last reported (0/0 = not
     /// reported yet).
     pub write_lsn: Lsn,
-    /// Flushed to durable storage by the standby: what synchronous commit
-    /// (`remote_write` aside) waits for.
+    /// Flushed to durable storage by the standby: what
+    /// `synchronous_commit = on` waits for.
     pub flush_lsn: Lsn,
     /// Replayed (applied) by the standby: visible to its readers.
     pub apply_lsn: Lsn,
@@ -84,7 +84,8 @@ pub struct WalSenderStatus {
     /// Last hot standby feedback.
     #[serde(skip)]
     pub feedback: Option<HotStandbyFeedback>,
-    /// When the connection was accepted (`backend_start`).
+    /// When the walsender took its place, after authentication
+    /// (`backend_start`).
     pub backend_start: SystemTime,
 }
 
@@ -107,8 +108,8 @@ pub enum WalSenderChange {
 /// Told about every change, after the registry lock is released.
 pub trait ReplicationObserver: Send + Sync {
     /// `status` is the walsender's entry after the change (for
-    /// `Disconnected`, its last state). Called on the walsender's thread:
-    /// keep it short and never call back into the registry's writers.
+    /// `Disconnected`, its last state). Called on the thread that made the
+    /// change (the walsender's): keep it short, it delays that walsender.
     fn walsender_changed(&self, change: WalSenderChange, status: &WalSenderStatus);
 }
 

@@ -1,10 +1,10 @@
 //! The errors a replication connection reports to its client, with
 //! PostgreSQL's severities and SQLSTATE codes, ready to become an
-//! ErrorResponse.
+//! ErrorResponse, and the SQLSTATEs walrep sends, named after
+//! PostgreSQL's conditions (errcodes.txt).
 
 use super::pgwire::ErrorFields;
 
-/// successful_completion is never sent; the codes we do send:
 /// `42601` syntax_error: a replication command that does not parse.
 pub const SYNTAX_ERROR: &str = "42601";
 /// `42704` undefined_object: a replication slot that does not exist.
@@ -43,8 +43,9 @@ pub const OBJECT_IN_USE: &str = "55006";
 pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 /// `57P01` admin_shutdown: the server is shutting down.
 pub const ADMIN_SHUTDOWN: &str = "57P01";
-/// `XX000` internal_error: a corrupt slot file or an invariant that did not
-/// hold; never the client's fault.
+/// `XX000` internal_error: PostgreSQL's code for errors raised without one
+/// (a start point ahead of the flush position, an unknown slot option), and
+/// corrupt slot files.
 pub const INTERNAL_ERROR: &str = "XX000";
 /// `58030` io_error: reading or writing a file (slot, backup) failed.
 pub const IO_ERROR: &str = "58030";

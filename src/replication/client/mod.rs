@@ -37,7 +37,8 @@ pub enum ClientError {
     /// The connection string does not parse.
     #[error(transparent)]
     ConnInfo(#[from] ConnInfoError),
-    /// No address of the host accepted a TCP connection in time.
+    /// The host did not resolve, or none of its addresses accepted a TCP
+    /// connection in time.
     #[error("could not connect to server at \"{host}\" port {port}: {reason}")]
     Connect {
         /// `host` of the connection string.

@@ -39,7 +39,7 @@ pub enum ReplicationCommand {
     /// `CREATE_REPLICATION_SLOT name [TEMPORARY] PHYSICAL [RESERVE_WAL]`
     /// (or the parenthesised option list).
     CreateReplicationSlot {
-        /// Slot name, `[a-z0-9_]{1,63}`.
+        /// Slot name (the slot manager accepts `[a-z0-9_]`, 1 to 63 bytes).
         name: String,
         /// Dropped when this connection ends.
         temporary: bool,

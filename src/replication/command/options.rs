@@ -91,7 +91,8 @@ pub struct BaseBackupOptions {
     pub label: String,
     /// `PROGRESS`: estimate the total size first and send `p` messages.
     pub progress: bool,
-    /// `CHECKPOINT`: how the backup's starting checkpoint runs.
+    /// `CHECKPOINT`: PostgreSQL's fast or spread starting checkpoint;
+    /// accepted for pg_basebackup, walrep checkpoints the same way for both.
     pub checkpoint: CheckpointMode,
     /// Wait for the WAL of the backup to be archived.
     pub wait: bool,
@@ -99,11 +100,12 @@ pub struct BaseBackupOptions {
     pub wal: bool,
     /// kB/s, 0 = unlimited.
     pub max_rate_kbps: u64,
-    /// `TABLESPACE_MAP`: send a `tablespace_map` file (walrep has no
-    /// tablespaces, so it is always empty).
+    /// `TABLESPACE_MAP`: include a `tablespace_map` file; accepted and
+    /// ignored (walrep has no tablespaces).
     pub tablespace_map: bool,
-    /// `VERIFY_CHECKSUMS`: verify page checksums while reading; walrep's
-    /// files carry their own CRCs, so this changes nothing.
+    /// `VERIFY_CHECKSUMS`: verify data page checksums while reading;
+    /// accepted and ignored (walrep has no PostgreSQL pages; its files
+    /// carry their own CRCs).
     pub verify_checksums: bool,
     /// `yes`, `no` or `force-encode`.
     pub manifest: String,

@@ -64,7 +64,8 @@ pub enum ReplicationMessage {
     XLogData {
         /// Positions and send time.
         header: XLogDataHeader,
-        /// The WAL bytes, never across a segment boundary.
+        /// The WAL bytes (walrep's walsender never crosses a segment
+        /// boundary within one message).
         data: Vec<u8>,
     },
     /// Primary keepalive `k`: the walsender is alive, maybe asking for a

@@ -73,7 +73,7 @@ pub enum CodecError {
         /// Which message was being decoded.
         what: &'static str,
     },
-    /// A string is not UTF-8 (walrep speaks `client_encoding` UTF8 only).
+    /// A string is not valid UTF-8.
     #[error("{what} message has a string that is not valid UTF-8")]
     NotUtf8 {
         /// Which message was being decoded.
