@@ -92,20 +92,32 @@ pub struct BasebackupSummary {
 /// Why the backup failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BasebackupError {
+    /// The target directory is not empty, or cannot be created (as pg_basebackup refuses).
     #[error("{0}")]
     Target(ExtractError),
+    /// Connecting to the upstream or a replication command failed.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// A tar member could not be written into the target.
     #[error("could not extract the backup: {0}")]
     Extract(ExtractError),
+    /// The finished copy does not match what the server said it sent.
     #[error("the copy failed verification: {0}")]
     Verify(#[from] VerifyError),
+    /// `-R`: `standby.signal` or the upstream settings could not be written.
     #[error("could not write the standby configuration: {0}")]
     StandbyConfig(#[from] StandbyConfigError),
+    /// Invalid options, or the server's answers are not what BASE_BACKUP promises.
     #[error("{0}")]
     Protocol(String),
+    /// CREATE_REPLICATION_SLOT for the copy's WAL failed (most often: the name is taken).
     #[error("could not create replication slot \"{name}\" on the upstream: {source} (name another with --slot, or copy without one with --no-slot)")]
-    Slot { name: String, source: ClientError },
+    Slot {
+        /// The slot name asked for.
+        name: String,
+        /// The upstream's refusal.
+        source: ClientError,
+    },
 }
 
 /// Progress of the transfer.

@@ -19,16 +19,29 @@ const MAX_DEPTH: usize = 8;
 /// Why the archive was refused or could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
+    /// The archive stream broke off or could not be read.
     #[error("could not read the archive stream: {0}")]
     Read(io::Error),
+    /// Refused: a member outside the target (absolute path, `..`), not a file
+    /// or directory, or seen twice; or a target that is not empty.
     #[error("refusing tar member {name:?}: {reason}")]
-    Unsafe { name: String, reason: String },
+    Unsafe {
+        /// The member's name as the archive gives it.
+        name: String,
+        /// What makes it unsafe.
+        reason: String,
+    },
+    /// Creating or writing a file or directory of the target failed.
     #[error("could not {op} \"{}\": {source}", path.display())]
     Write {
+        /// What was attempted.
         op: &'static str,
+        /// The file or directory.
         path: PathBuf,
+        /// The IO error.
         source: io::Error,
     },
+    /// Writing, fsyncing or renaming through the IO seam failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -100,6 +113,7 @@ pub struct Extractor {
 }
 
 impl Extractor {
+    /// An extractor into `dest` (which must exist), writing through `storage`.
     pub fn new(storage: Arc<dyn Storage>, dest: &Path) -> Extractor {
         let mut dirs = BTreeSet::new();
         dirs.insert(dest.to_path_buf());

@@ -4,27 +4,24 @@
 //!
 //! # Layout
 //!
-//! - [`pin`]: what a running backup pins (snapshot, WAL from its redo point).
-//! - [`label`]: `backup_label`, PostgreSQL's fields.
-//! - [`manifest`]: `backup_manifest` (PostgreSQL's format) for pg_verifybackup.
+//! - `pin`: what a running backup pins (snapshot, WAL from its redo point).
+//! - `label`: `backup_label`, PostgreSQL's fields.
+//! - `manifest`: `backup_manifest` (PostgreSQL's format) for pg_verifybackup.
 //! - [`tarstream`]: tar members into CopyData messages (progress, MAX_RATE).
 //! - [`server`]: the node's BASE_BACKUP.
 //! - [`extract`]: safe extraction of the archive stream into a directory.
 //! - [`verify`]: checks of a copied data directory.
 //! - [`standby_config`]: `standby.signal` and `primary_conninfo` (`-R`).
-//! - [`walfetch`]: a parallel backup's WAL, by WAL_RANGE during the copy.
+//! - `walfetch`: a parallel backup's WAL, by WAL_RANGE during the copy.
 //! - [`client`]: `walrep basebackup`.
-
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
 
 pub mod client;
 pub mod extract;
-pub mod label;
-pub mod manifest;
-pub mod pin;
+pub(crate) mod label;
+pub(crate) mod manifest;
+pub(crate) mod pin;
 pub mod server;
 pub mod standby_config;
 pub mod tarstream;
 pub mod verify;
-pub mod walfetch;
+pub(crate) mod walfetch;

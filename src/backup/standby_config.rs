@@ -19,14 +19,20 @@ const SLOT_PARAMETER: &str = "primary_slot_name";
 /// Why the standby configuration could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum StandbyConfigError {
+    /// A configuration file could not be read or written.
     #[error("could not {op} \"{path}\": {source}")]
     Io {
+        /// What was attempted.
         op: &'static str,
+        /// The file.
         path: String,
+        /// The IO error.
         source: io::Error,
     },
+    /// The edited configuration file does not parse back to the settings written.
     #[error("the edited {CONFIG_FILE} does not read back as expected: {0}")]
     Edit(String),
+    /// Writing or fsyncing through the IO seam failed.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
 }

@@ -121,7 +121,12 @@ impl Write for CopyWriter<'_> {
 /// What a tar member is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Member {
-    File { size: u64 },
+    /// A regular file.
+    File {
+        /// The bytes the header announces.
+        size: u64,
+    },
+    /// A directory (no content).
     Directory,
 }
 
@@ -174,6 +179,7 @@ pub struct ExactReader<R> {
 }
 
 impl<R: Read> ExactReader<R> {
+    /// Yield exactly `len` bytes of `inner`; `what` names the file in errors.
     pub fn new(inner: R, len: u64, what: impl Into<String>) -> ExactReader<R> {
         ExactReader {
             inner,

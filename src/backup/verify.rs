@@ -43,18 +43,36 @@ pub struct Verified {
 /// Why a copy is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// The copied control file is unreadable.
     #[error("control file: {0}")]
     Control(#[from] crate::store::control::ControlError),
+    /// A value in the copy differs from what the server said it sent.
     #[error("{what} in the copy does not match the server: {found} (expected {expected})")]
     Mismatch {
+        /// What differs (system identifier, checkpoint, timeline, ...).
         what: &'static str,
+        /// The value in the copy.
         found: String,
+        /// The server's value.
         expected: String,
     },
+    /// A file the copy needs could not be read.
     #[error("could not read \"{file}\": {reason}")]
-    File { file: String, reason: String },
+    File {
+        /// The file.
+        file: String,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// A snapshot chunk of the copy fails its checks.
     #[error("snapshot chunk \"{file}\" is corrupt: {reason}")]
-    Chunk { file: String, reason: String },
+    Chunk {
+        /// The chunk file.
+        file: String,
+        /// What check failed (checksum, length, format).
+        reason: String,
+    },
+    /// WAL from the backup's redo point to its end is missing or unreadable.
     #[error("WAL of the backup is incomplete: {0}")]
     Wal(String),
 }

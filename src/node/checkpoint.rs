@@ -25,15 +25,22 @@ const VOLUME_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Why a checkpoint runs (logged, as PostgreSQL's "checkpoint starting: time").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckpointCause {
+    /// `checkpoint_timeout` passed since the last one.
     Time,
+    /// The WAL since the last redo point reached half of `max_wal_size`, so the
+    /// WAL kept stays under it.
     Wal,
+    /// The node is stopping: the shutdown checkpoint, after which no WAL needs replay.
     Shutdown,
+    /// A promotion ended recovery: the first checkpoint on the new timeline.
     EndOfRecovery,
+    /// Asked for explicitly (a base backup's start, [`Node::checkpoint`]);
+    /// PostgreSQL's "immediate".
     Requested,
 }
 
 impl CheckpointCause {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CheckpointCause::Time => "time",
             CheckpointCause::Wal => "wal",
@@ -47,27 +54,33 @@ impl CheckpointCause {
 /// What a finished checkpoint wrote.
 #[derive(Debug, Clone)]
 pub struct CheckpointDone {
-    pub checkpoint_lsn: Lsn,
-    pub redo: Lsn,
+    pub(crate) checkpoint_lsn: Lsn,
+    pub(crate) redo: Lsn,
+    /// The snapshot's number: its directory under `base/` and the control file's `checkpoint_id`.
     pub id: u64,
-    pub keys: u64,
-    pub bytes: u64,
-    pub segments_removed: u64,
-    pub segments_recycled: u64,
-    pub elapsed_ms: u64,
+    pub(crate) keys: u64,
+    pub(crate) bytes: u64,
+    pub(crate) segments_removed: u64,
+    pub(crate) segments_recycled: u64,
+    pub(crate) elapsed_ms: u64,
 }
 
 /// Errors of a checkpoint. Any of them leaves the previous checkpoint valid.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// Only a node that writes WAL checkpoints; a standby's restartpoints are the runtime's.
     #[error("node has no WAL writer (still in recovery)")]
     NoWal,
+    /// Writing or flushing the checkpoint record failed.
     #[error(transparent)]
     Wal(#[from] crate::wal::WalError),
+    /// Writing the snapshot of the store failed.
     #[error(transparent)]
     Snapshot(#[from] crate::store::checkpoint::SnapshotError),
+    /// Updating the control file failed.
     #[error(transparent)]
     Control(#[from] crate::store::control::ControlError),
+    /// The new checkpoint is durable, but older snapshots could not be removed.
     #[error("could not remove old snapshots: {0}")]
     Cleanup(crate::storage::StorageError),
 }

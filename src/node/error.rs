@@ -18,46 +18,72 @@ use crate::TimelineId;
 /// Errors of starting, running and stopping a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The data directory is missing, locked by another node or malformed.
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    /// `walrep.toml` or a `-c` override is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `synchronous_standby_names` does not parse.
     #[error(transparent)]
     StandbyNames(#[from] StandbyNamesError),
+    /// The control file could not be read or written.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The WAL directory could not be opened.
     #[error(transparent)]
     Segments(#[from] SegmentError),
+    /// The last checkpoint's snapshot could not be loaded.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// The replication slots under `slots/` could not be loaded.
     #[error(transparent)]
     Slots(#[from] SlotError),
+    /// A timeline history file the node needs is missing or malformed.
     #[error("could not read the history of timeline {tli}: {source}")]
     History {
+        /// The timeline whose history was read.
         tli: TimelineId,
+        /// Why it could not be read.
         source: TimelineError,
     },
+    /// Crash recovery stopped on something other than the end of WAL.
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
+    /// The WAL writer could not open its segment after recovery.
     #[error("could not start the WAL writer: {0}")]
     StartWal(WalError),
+    /// The standby runtime could not start.
     #[error(transparent)]
     Standby(#[from] StandbyError),
+    /// A checkpoint (the end-of-recovery or shutdown one) failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// `listen_addresses` holds something other than IP addresses.
     #[error("invalid listen_addresses {value:?}: expected an IP address")]
-    ListenAddresses { value: String },
+    ListenAddresses {
+        /// The entry that is not an IP address.
+        value: String,
+    },
+    /// A listening socket could not be bound.
     #[error("could not listen on {addr} ({parameter}): {source}")]
     Listen {
+        /// The address that could not be bound.
         addr: SocketAddr,
+        /// The parameter it came from (`port`, `replication_port`, `status_port`).
         parameter: &'static str,
+        /// The bind error (in use, permission).
         source: io::Error,
     },
+    /// The TLS certificate or key files are unusable.
     #[error(transparent)]
     Tls(#[from] crate::security::tls::TlsError),
+    /// The operating system refused a thread.
     #[error("could not start the {what}: {source}")]
     Spawn {
+        /// The thread that could not be started.
         what: &'static str,
+        /// The spawn error.
         source: io::Error,
     },
 }

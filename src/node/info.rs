@@ -134,7 +134,7 @@ impl SnapshotProvider for Node {
     }
 }
 
-pub fn section(node: &Node, name: &str) -> Option<String> {
+pub(crate) fn section(node: &Node, name: &str) -> Option<String> {
     match name {
         "server" => Some(server(node)),
         "persistence" => Some(persistence(node)),

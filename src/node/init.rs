@@ -19,14 +19,19 @@ use crate::{Lsn, TimelineId, WalSegSize};
 /// Why `walrep init` failed; what it wrote so far is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
+    /// The directory exists and is not empty, or cannot be created.
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    /// Creating a file or directory failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The empty first snapshot could not be written.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// The first WAL segment could not be written.
     #[error("could not write the first WAL segment: {0}")]
     Wal(#[from] WalError),
+    /// The control file could not be written.
     #[error(transparent)]
     Control(#[from] ControlError),
 }

@@ -11,9 +11,6 @@
 //! - [`replication`]: the node as a replication source; standby replies.
 //! - `reload`: re-reading `walrep.toml` on SIGHUP or `walrep reload`.
 
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
-
 pub mod checkpoint;
 mod error;
 pub mod info;
@@ -86,7 +83,7 @@ pub enum FatalError {
 /// as [`SnapshotProvider`](crate::status::SnapshotProvider) and the standby
 /// runtime as [`NodeHooks`] beside its own handles.
 pub struct Node {
-    pub dir: DataDir,
+    pub(crate) dir: DataDir,
     /// The running configuration; a reload replaces it
     /// ([`Node::reload_config`]).
     pub config: crate::config::LiveConfig,
@@ -99,17 +96,18 @@ pub struct Node {
     pub storage: Arc<dyn Storage>,
     /// The control file; every update goes through it.
     pub control_file: Arc<ControlFileOwner>,
-    pub store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
     /// The WAL writer; `None` on a standby until it is promoted.
     wal: RwLock<Option<Arc<Wal>>>,
     role: AtomicU8,
-    pub syncrep: Arc<SyncRep>,
+    pub(crate) syncrep: Arc<SyncRep>,
     checkpoint_lock: Mutex<()>,
     last_checkpoint: Mutex<Option<(CheckpointDone, u64)>>,
     /// Requests to the checkpointer thread (bounded; a full queue already
     /// holds a request that serves this one too).
     checkpoint_requests: Sender<CheckpointCause>,
-    pub started_at: Instant,
+    pub(crate) started_at: Instant,
+    /// Ports the listeners are bound to, known once they are (a test asks for port 0).
     pub ports: Mutex<Ports>,
     shutting_down: AtomicBool,
     /// The WAL directory handle shared by the writer, walsenders and
@@ -149,7 +147,9 @@ struct WalThreads {
 /// Where the node's listeners ended up (port 0 in tests picks a free one).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ports {
+    /// The Redis port (`port`).
     pub redis: u16,
+    /// The replication port (`replication_port`).
     pub replication: u16,
 }
 
@@ -164,10 +164,12 @@ impl Node {
         self.control_file.get()
     }
 
+    /// The WAL writer; `None` while the node is a standby.
     pub fn wal(&self) -> Option<Arc<Wal>> {
         self.wal.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether the node writes WAL (started as a primary, or promoted).
     pub fn is_primary(&self) -> bool {
         self.role.load(Ordering::SeqCst) == ROLE_PRIMARY
     }
@@ -187,6 +189,7 @@ impl Node {
         self.slots.min_restart_lsn()
     }
 
+    /// The walsenders connected to this node (`pg_stat_replication`); `None` before the replication port is up.
     pub fn registry(&self) -> Option<Arc<WalSenderRegistry>> {
         self.registry
             .lock()
@@ -207,14 +210,14 @@ impl Node {
             .clone()
     }
 
-    pub fn last_checkpoint(&self) -> Option<(CheckpointDone, u64)> {
+    pub(crate) fn last_checkpoint(&self) -> Option<(CheckpointDone, u64)> {
         self.last_checkpoint
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    pub fn archiver_stats(&self) -> Option<archive::ArchiverStatsHandle> {
+    pub(crate) fn archiver_stats(&self) -> Option<archive::ArchiverStatsHandle> {
         self.wal_threads().archiver_stats.clone()
     }
 

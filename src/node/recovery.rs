@@ -31,11 +31,11 @@ pub struct RecoveryResult {
     pub end: Lsn,
     /// The last valid record (the next record's prev-link).
     pub prev_record: Lsn,
-    pub records_replayed: u64,
-    pub snapshot_keys: u64,
+    pub(crate) records_replayed: u64,
+    pub(crate) snapshot_keys: u64,
     /// Why replay stopped (the invalid record at `end`), for the log.
     pub stop: Option<String>,
-    pub elapsed_ms: u64,
+    pub(crate) elapsed_ms: u64,
     /// Damaged segments replaced by a good copy on the way.
     pub repaired: Vec<RepairedSegment>,
 }
@@ -95,16 +95,26 @@ impl std::fmt::Display for CorruptWal {
 /// Errors that stop start-up (as opposed to the end of WAL).
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
+    /// The last checkpoint's snapshot could not be loaded.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// Reading WAL failed with an IO error (not an invalid record, which ends the WAL).
     #[error("could not read WAL during recovery: {0}")]
     Read(ReadError),
+    /// A valid record could not be applied to the store.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// A damaged record before the end of WAL that no copy could repair.
     #[error("{0}")]
     Corrupt(Box<CorruptWal>),
+    /// A damaged segment could not be replaced by its good copy.
     #[error("could not repair WAL segment {file}: {message}")]
-    Repair { file: String, message: String },
+    Repair {
+        /// The damaged segment file.
+        file: String,
+        /// Why the good copy could not replace it.
+        message: String,
+    },
 }
 
 /// Where a damaged segment may be fetched again from.

@@ -30,7 +30,7 @@ pub struct NodeSource {
 }
 
 impl NodeSource {
-    pub fn new(node: &Arc<Node>) -> NodeSource {
+    pub(crate) fn new(node: &Arc<Node>) -> NodeSource {
         let c = node.control();
         NodeSource {
             node: Arc::downgrade(node),
@@ -214,7 +214,7 @@ impl crate::backup::server::BackupSource for Node {
 
 /// Standby replies reach synchronous replication and WAIT through this.
 pub struct ReplyObserver {
-    pub node: Weak<Node>,
+    pub(crate) node: Weak<Node>,
 }
 
 impl ReplicationObserver for ReplyObserver {

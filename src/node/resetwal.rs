@@ -31,17 +31,24 @@ const MAX_KEYS_LISTED: usize = 10_000;
 /// Why `walrep resetwal` refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ResetWalError {
+    /// The data directory is missing, or locked by a running node.
     #[error("{0}")]
     DataDir(String),
+    /// The control file is unreadable: resetwal needs its checkpoint.
     #[error("could not read the control file: {0}")]
     Control(String),
+    /// The WAL could not be read to find its end.
     #[error("could not read WAL: {0}")]
     Read(String),
+    /// Moving WAL into `quarantine/` failed.
     #[error("could not quarantine WAL: {0}")]
     Storage(#[from] crate::storage::StorageError),
+    /// A directory could not be listed.
     #[error("could not list {}: {source}", dir.display())]
     List {
+        /// The directory.
         dir: PathBuf,
+        /// The listing error.
         #[source]
         source: std::io::Error,
     },
@@ -51,7 +58,10 @@ pub enum ResetWalError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResetWalOutcome {
     /// The WAL ends cleanly at `end`: nothing to accept, nothing moved.
-    NothingToReset { end: Lsn },
+    NothingToReset {
+        /// Where the last valid record ends.
+        end: Lsn,
+    },
     /// The WAL after `at` was moved into `quarantine`.
     Reset(ResetReport),
 }

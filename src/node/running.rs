@@ -29,6 +29,7 @@ use crate::watch::Watch;
 
 /// A node with its threads running.
 pub struct RunningNode {
+    /// The node's shared state, for what runs beside its threads (tests, the status page).
     pub node: Arc<Node>,
     server: Option<Server>,
     replication: Option<ReplicationServerHandle>,

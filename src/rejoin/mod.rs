@@ -15,9 +15,6 @@
 //! 4. Write the standby configuration: the next `walrep start` follows the
 //!    new primary's timeline from the fork.
 
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
-
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -46,46 +43,89 @@ pub const REPORT_FILE: &str = "report.txt";
 /// says so).
 #[derive(Debug, thiserror::Error)]
 pub enum RejoinError {
+    /// This data directory is missing, or a node is running on it.
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    /// The local control file could not be read or updated.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The new primary could not be reached or refused a command.
     #[error("could not talk to the new primary: {0}")]
     Client(#[from] ClientError),
     #[error(
         "the new primary belongs to another system (identifier {upstream}, this node's is {local})"
     )]
-    OtherSystem { upstream: u64, local: u64 },
+    /// IDENTIFY_SYSTEM gave another system identifier: not this cluster.
+    OtherSystem {
+        /// The new primary's system identifier.
+        upstream: u64,
+        /// This node's.
+        local: u64,
+    },
+    /// The new primary is not on a later timeline: it was never promoted past this node.
     #[error("the new primary is on timeline {upstream}, not past this node's timeline {local}: there is no fork to rejoin at")]
-    NotAhead { upstream: u32, local: u32 },
+    NotAhead {
+        /// The new primary's timeline.
+        upstream: u32,
+        /// This node's timeline.
+        local: u32,
+    },
+    /// The new primary sent a history file that does not parse.
     #[error("the new primary's history file of timeline {tli} is invalid: {source}")]
     History {
+        /// The timeline of the history file.
         tli: u32,
+        /// The parse error.
         #[source]
         source: HistoryError,
     },
+    /// This node's timeline is not an ancestor of the new primary's: the WAL is unrelated.
     #[error("this node's timeline {local} is not on the new primary's history (timeline {upstream}): its WAL is unrelated; take a new base backup with walrep basebackup")]
-    NotOnHistory { local: u32, upstream: u32 },
+    NotOnHistory {
+        /// This node's timeline.
+        local: u32,
+        /// The new primary's timeline.
+        upstream: u32,
+    },
+    /// The same timeline number comes from two promotions (history ids differ).
     #[error("timeline {tli} has history id {local} here and {upstream} on the new primary: they come from different promotions (fork at {fork}); take a new base backup with walrep basebackup")]
     OtherPromotion {
+        /// The timeline with two histories.
         tli: u32,
+        /// Its history id here.
         local: String,
+        /// Its history id on the new primary.
         upstream: String,
+        /// Where this node's timeline forks on the new primary's history.
         fork: Lsn,
     },
+    /// The last checkpoint is past the fork, so the store cannot be rebuilt at it (pg_rewind copies
+    /// blocks instead; this store needs a new base backup).
     #[error("no local checkpoint is old enough: the last checkpoint is at {checkpoint}, past the fork at {fork}; take a new base backup with walrep basebackup")]
-    CheckpointPastFork { checkpoint: Lsn, fork: Lsn },
+    CheckpointPastFork {
+        /// The last local checkpoint.
+        checkpoint: Lsn,
+        /// Where the timelines fork.
+        fork: Lsn,
+    },
+    /// A local history file could not be read or written.
     #[error(transparent)]
     Timeline(#[from] TimelineError),
+    /// Writing, fsyncing or moving a file failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A file or directory could not be read, listed or written.
     #[error("could not {op} \"{}\": {source}", path.display())]
     Io {
+        /// What was attempted.
         op: &'static str,
+        /// The file or directory.
         path: PathBuf,
+        /// The IO error.
         #[source]
         source: io::Error,
     },
+    /// `standby.signal` or the upstream settings could not be written.
     #[error("could not write the standby configuration: {0}")]
     StandbyConfig(String),
 }
@@ -98,17 +138,22 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RejoinErro
 /// What `walrep rejoin` is asked to do.
 #[derive(Debug)]
 pub struct RejoinOptions {
+    /// The data directory of the old primary (not running).
     pub datadir: PathBuf,
     /// The new primary's replication address and user.
     pub conninfo: ConnInfo,
+    /// Bound on connecting to the new primary and on each of its replies.
     pub timeout: Duration,
+    /// The IO seam every file rejoin writes, moves or removes goes through.
     pub storage: std::sync::Arc<dyn Storage>,
 }
 
 /// What a rejoin did.
 #[derive(Debug, Clone)]
 pub struct RejoinReport {
+    /// This node's timeline before the rejoin.
     pub local_tli: TimelineId,
+    /// The new primary's timeline, which the next start follows.
     pub upstream_tli: TimelineId,
     /// Where this node's timeline ends on the new primary's history.
     pub fork: Lsn,

@@ -10,24 +10,21 @@
 //! the hooks.
 //!
 //! # Layout
-//! - [`startup`]: the startup process (owns the core; the event loop).
-//! - [`fetcher`]: restore_command and local `wal/` lookups.
-//! - [`redo`]: applies WAL records up to the limit the machine gives.
+//! - `startup`: the startup process (owns the core; the event loop).
+//! - `fetcher`: restore_command and local `wal/` lookups.
+//! - `redo`: applies WAL records up to the limit the machine gives.
 //! - [`receiver`]: the walreceiver (streams WAL from the upstream).
-//! - [`promote`]: the promotion steps.
+//! - `promote`: the promotion steps.
 //! - [`trigger`]: promote_trigger_file and `walrep promote`.
 //! - [`progress`]: replay and receive positions and the published status.
 //! - [`tracelog`]: the transition trace in `log/transitions.jsonl`.
 
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
-
-pub mod fetcher;
+pub(crate) mod fetcher;
 pub mod progress;
-pub mod promote;
+pub(crate) mod promote;
 pub mod receiver;
-pub mod redo;
-pub mod startup;
+pub(crate) mod redo;
+pub(crate) mod startup;
 pub mod tracelog;
 pub mod trigger;
 
@@ -125,26 +122,38 @@ pub trait NodeHooks: Send + Sync + 'static {
 /// go on (handed to [`NodeHooks::fatal`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StandbyError {
+    /// The recovery settings (targets, timeouts) are inconsistent.
     #[error("invalid recovery settings: {0}")]
     Settings(#[from] ConfigError),
+    /// The control file's timeline has no readable history file.
     #[error("could not read the history of timeline {tli}: {source}")]
     History {
+        /// The control file's timeline.
         tli: TimelineId,
+        /// Why its history could not be read.
         source: TimelineError,
     },
+    /// The control file could not be read or updated.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The operating system refused one of the runtime's threads.
     #[error("could not start the {thread} thread: {source}")]
     Spawn {
+        /// Which thread (`startup`, `fetcher`, `redo`, ...).
         thread: &'static str,
+        /// The spawn error.
         source: io::Error,
     },
+    /// The promotion trigger watcher could not start.
     #[error(transparent)]
     Trigger(#[from] TriggerError),
     /// The machine stopped recovery (its reason is text: `walrep-states`
     /// knows no runtime types).
     #[error("{message}")]
-    Recovery { message: String },
+    Recovery {
+        /// The machine's reason, as it logs it.
+        message: String,
+    },
     /// A write or fsync of received WAL failed: never retried.
     #[error("walreceiver IO failure: could not write received WAL: {0}")]
     ReceivedWal(Arc<SegmentError>),

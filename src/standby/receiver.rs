@@ -86,33 +86,56 @@ pub const EVENT_SEND_BOUND: Duration = Duration::from_secs(10);
 /// [`crate::states::recovery::Event`] (or any event type implementing it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiverEvent {
+    /// The session passed IDENTIFY_SYSTEM and START_REPLICATION.
     StreamConnected {
+        /// The session's number.
         session: u64,
+        /// The upstream's current timeline.
         upstream_tli: TimelineId,
+        /// The upstream's flush position when streaming started.
         upstream_flush: Lsn,
     },
+    /// WAL of `tli` was written and fsynced up to `upto` (PostgreSQL's flushedUpto).
     WalFlushed {
+        /// The session's number.
         session: u64,
+        /// The timeline the WAL belongs to.
         tli: TimelineId,
+        /// The end of what is durable.
         upto: Lsn,
     },
+    /// The upstream ended streaming of `tli` (CopyDone and the next-timeline result set).
     TimelineEnded {
+        /// The session's number.
         session: u64,
+        /// The timeline that ended.
         tli: TimelineId,
+        /// The timeline the upstream continues on.
         next_tli: TimelineId,
+        /// Where `tli` ends and `next_tli` begins.
         switch_point: Lsn,
     },
+    /// TIMELINE_HISTORY returned `tli`'s history file, now written to `wal/`.
     HistoryReceived {
+        /// The session's number.
         session: u64,
+        /// The timeline whose history this is.
         tli: TimelineId,
+        /// Its parsed contents.
         history: TimelineHistory,
     },
+    /// The session ended on its own (refused, lost, wal_receiver_timeout, upstream error).
     StreamLost {
+        /// The session's number.
         session: u64,
+        /// Why, for the log and `last_transition_cause`.
         reason: String,
     },
+    /// The session stopped as asked; everything it received is flushed.
     WalReceiverStopped {
+        /// The session's number.
         session: u64,
+        /// The end of what it flushed.
         flushed: Lsn,
     },
 }
@@ -238,17 +261,22 @@ impl ReceiverConfig {
 /// PostgreSQL's WalRcvState.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReceiverState {
+    /// No session runs.
     Stopped,
+    /// A session is connecting and starting replication.
     Starting,
+    /// WAL is arriving.
     Streaming,
     /// The timeline ended; waiting for a new start on the same connection.
     Waiting,
+    /// A new start on the same connection was ordered, not yet running.
     Restarting,
+    /// The session was asked to stop and is closing.
     Stopping,
 }
 
 impl ReceiverState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ReceiverState::Stopped => "stopped",
             ReceiverState::Starting => "starting",
@@ -312,9 +340,12 @@ pub struct ReceiverShared {
 /// The upstream a session connected to, for INFO and /status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Upstream {
-    pub host: String,
-    pub port: u16,
-    pub application_name: String,
+    /// The upstream's host (`primary_conninfo`'s host).
+    pub(crate) host: String,
+    /// The upstream's replication port.
+    pub(crate) port: u16,
+    /// The name this standby connected as (`application_name`).
+    pub(crate) application_name: String,
     /// `None` from a server that does not say (PostgreSQL).
     pub instance_id: Option<u64>,
 }
@@ -406,6 +437,7 @@ impl ReceiverShared {
         Lsn(self.upstream_flush.load(Ordering::Acquire))
     }
 
+    /// The session's state now (`pg_stat_wal_receiver.status`).
     pub fn state(&self) -> ReceiverState {
         ReceiverState::from_code(self.state.load(Ordering::Acquire))
     }
@@ -507,10 +539,13 @@ impl Control {
 /// Why a session could not start or restart.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {
+    /// An earlier write or fsync of received WAL failed: no session starts again (never retried).
     #[error("walreceiver stopped after an IO failure (restart the node): {0}")]
     Poisoned(Arc<SegmentError>),
+    /// The session's thread could not be started.
     #[error("could not start the walreceiver thread: {0}")]
     Spawn(std::io::Error),
+    /// A restart was ordered while the session was not waiting; holds its state's name.
     #[error("the walreceiver session is not waiting for a new start (state {0})")]
     NotWaiting(&'static str),
 }

@@ -34,7 +34,9 @@ pub struct TraceLog {
 }
 
 impl TraceLog {
-    pub fn open(log_dir: &Path) -> TraceLog {
+    /// Open (creating `log_dir` if needed) the trace in `log_dir`; a file that cannot
+    /// be opened leaves a log that drops transitions: the trace never stops recovery.
+    pub(crate) fn open(log_dir: &Path) -> TraceLog {
         let path = log_dir.join(TRACE_FILE);
         let _ = fs::create_dir_all(log_dir);
         let written = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -49,6 +51,7 @@ impl TraceLog {
         }
     }
 
+    /// The trace file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -41,18 +41,26 @@ pub const REPORT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Errors of the trigger watcher and of [`request_promotion`].
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerError {
+    /// The data directory to signal does not exist.
     #[error("directory \"{0}\" does not exist or is not a directory")]
     NoDataDirectory(PathBuf),
+    /// There is no `standby.signal`: a primary cannot be promoted (as `pg_ctl promote`).
     #[error("cannot promote server; server is not in standby mode (no \"{0}\")")]
     NotInStandby(PathBuf),
+    /// A trigger or signal file could not be created, read or removed.
     #[error("could not {action} \"{path}\": {source}")]
     Io {
+        /// What was attempted (`create`, `remove`, ...).
         action: &'static str,
+        /// The file.
         path: PathBuf,
+        /// The IO error.
         source: io::Error,
     },
+    /// The watcher thread could not be started.
     #[error("could not start the trigger watcher thread: {0}")]
     Thread(io::Error),
+    /// The watcher thread panicked (a bug).
     #[error("the trigger watcher thread panicked")]
     ThreadPanicked,
 }
@@ -63,7 +71,10 @@ pub enum TriggerError {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TriggerEvent {
     /// `promote_trigger_file` appeared (PostgreSQL: "promote trigger file found").
-    PromoteTriggerFileFound { path: String },
+    PromoteTriggerFileFound {
+        /// The trigger file that was found (and removed).
+        path: String,
+    },
     /// `walrep promote` asked (PostgreSQL: "received promote request").
     PromoteRequested,
 }
@@ -112,7 +123,8 @@ pub struct TriggerWatcher {
 }
 
 impl TriggerWatcher {
-    pub fn new(config: TriggerConfig) -> Self {
+    /// A watcher of `config`'s files; it checks only when asked ([`TriggerWatcher::check`]).
+    pub(crate) fn new(config: TriggerConfig) -> Self {
         TriggerWatcher {
             config,
             stuck: Vec::new(),

@@ -30,9 +30,9 @@ pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// What a handler answers.
 #[derive(Debug, Clone)]
 pub struct Response {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
+    pub(crate) status: u16,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Response {
@@ -121,11 +121,11 @@ impl HttpServer {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    pub fn stats(&self) -> &HttpStats {
+    pub(crate) fn stats(&self) -> &HttpStats {
         &self.stats
     }
 

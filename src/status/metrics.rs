@@ -24,7 +24,7 @@ pub enum MetricKind {
 }
 
 impl MetricKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             MetricKind::Gauge => "gauge",
             MetricKind::Counter => "counter",
@@ -39,6 +39,7 @@ pub struct Metric {
     pub name: &'static str,
     /// One line for `# HELP`.
     pub help: &'static str,
+    /// Gauge or counter: the `# TYPE` line, and whether the name gets `_total`.
     pub kind: MetricKind,
     /// The unit, for people and the reference page ("bytes", "1" for a
     /// count or a flag); the name already says it where it matters.

@@ -8,19 +8,16 @@
 //! # Layout
 //! - [`metrics`]: the table of metric definitions `/metrics` walks.
 //! - [`http`]: the bounded HTTP server (fixed workers, timeouts).
-//! - [`history`]: the ring of samples the charts draw.
-//! - [`page`]: the live page.
+//! - `history`: the ring of samples the charts draw.
+//! - `page`: the live page.
 //! - [`cluster`]: the topology around the node.
 //! - [`mod@reference`]: docs/observability.md, generated.
 
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
-
 pub mod cluster;
-pub mod history;
+pub(crate) mod history;
 pub mod http;
 pub mod metrics;
-pub mod page;
+pub(crate) mod page;
 pub mod reference;
 
 use std::net::SocketAddr;
@@ -41,11 +38,15 @@ pub use metrics::{metrics_text, Metric, MetricKind, METRICS};
 pub struct Snapshot {
     /// Accepting writes.
     pub primary: bool,
+    /// The control file's system identifier (`pg_control_system()`).
     pub system_identifier: u64,
+    /// The control file's state (`in production`, `in archive recovery`, ...).
     pub cluster_state: ClusterState,
     /// The control file's timeline.
     pub timeline: TimelineId,
+    /// The last checkpoint record's position.
     pub checkpoint_lsn: Lsn,
+    /// Its redo point: where replay after a crash would start.
     pub redo_lsn: Lsn,
     /// The WAL writer, once one runs (a primary, or a promoted standby).
     pub wal: Option<WalSnapshot>,
@@ -85,8 +86,9 @@ pub struct PortsSnapshot {
 pub struct UpstreamSnapshot {
     /// `status`: stopped, starting, streaming, waiting, restarting, stopping.
     pub status: &'static str,
-    /// `sender_host` / `sender_port` from primary_conninfo.
+    /// `sender_host`: the upstream's host from primary_conninfo.
     pub sender_host: String,
+    /// `sender_port`: the upstream's replication port.
     pub sender_port: u16,
     /// primary_conninfo with the password replaced.
     pub conninfo: String,
@@ -97,8 +99,9 @@ pub struct UpstreamSnapshot {
     pub slot_name: Option<String>,
     /// WAL written to disk, maybe not flushed.
     pub written_lsn: Lsn,
-    /// WAL flushed, and the timeline of its files (`received_tli`).
+    /// WAL flushed (`flushed_lsn`).
     pub flushed_lsn: Lsn,
+    /// The timeline of the flushed WAL's files (`received_tli`).
     pub received_tli: TimelineId,
     /// The upstream's flush position as it last said (`latest_end_lsn`).
     pub latest_end_lsn: Lsn,
@@ -107,9 +110,13 @@ pub struct UpstreamSnapshot {
 /// The WAL writer's positions and counters.
 #[derive(Debug, Clone)]
 pub struct WalSnapshot {
+    /// The timeline the writer writes.
     pub timeline: TimelineId,
+    /// Where the next record goes (`pg_current_wal_insert_lsn()`).
     pub insert_lsn: Lsn,
+    /// What is fsynced (`pg_current_wal_flush_lsn()`).
     pub flush_lsn: Lsn,
+    /// Records, bytes and fsyncs since start (`pg_stat_wal`).
     pub stats: WalStats,
 }
 
@@ -121,11 +128,13 @@ pub struct RecoverySnapshot {
     pub state: Option<StateKind>,
     /// Where the WAL being replayed comes from.
     pub wal_source: Option<WalSource>,
-    /// The walreceiver's flush position and its timeline.
+    /// The walreceiver's flush position (`pg_last_wal_receive_lsn()`).
     pub receive_lsn: Lsn,
+    /// The timeline of `receive_lsn`.
     pub receive_tli: TimelineId,
-    /// End of the last record replayed and its timeline.
+    /// End of the last record replayed (`pg_last_wal_replay_lsn()`).
     pub replay_lsn: Lsn,
+    /// The timeline of `replay_lsn`.
     pub replay_tli: TimelineId,
     /// Records replayed since start.
     pub records_replayed: u64,
@@ -136,10 +145,11 @@ pub struct RecoverySnapshot {
     pub target_tli: Option<TimelineId>,
     /// Replay reached the minimum recovery point.
     pub consistent: bool,
-    /// The last notable transition ("from -> to on Event"), its cause and
-    /// when (ms since the epoch).
+    /// The last notable transition ("from -> to on Event").
     pub last_transition: Option<String>,
+    /// Why the machine took it (the trace's `cause`).
     pub last_transition_cause: Option<String>,
+    /// When it happened (ms since the epoch; 0 before the first).
     pub last_transition_at_ms: u64,
     /// Notable transitions since start.
     pub transitions: u64,
@@ -196,6 +206,7 @@ impl StatusServer {
         })
     }
 
+    /// The address the server is bound to (the real port when asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.http.local_addr()
     }
@@ -205,6 +216,7 @@ impl StatusServer {
         self.http.stats()
     }
 
+    /// Stop serving and join the server's threads.
     pub fn stop(self) {
         self.http.stop();
     }

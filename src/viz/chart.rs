@@ -9,6 +9,7 @@ use super::xml::{duration, escape};
 /// One line of a chart.
 #[derive(Debug, Clone)]
 pub struct Series {
+    /// The legend's label.
     pub name: String,
     /// A CSS colour.
     pub color: &'static str,

@@ -7,9 +7,6 @@
 //! diagram cannot drift from the code. SVG is laid out in-process with
 //! layout-rs (no Graphviz needed).
 
-// Being documented item by item; remove once `missing_docs` is clean here.
-#![allow(missing_docs)]
-
 pub mod chart;
 pub mod html;
 pub mod swimlane;
@@ -36,7 +33,9 @@ pub enum VizError {
     /// A line of a transitions.jsonl file is not a transition record.
     #[error("line {line} of the trace is not a transition record: {source}")]
     Trace {
+        /// The 1-based line number in the file.
         line: usize,
+        /// Why it does not parse.
         #[source]
         source: serde_json::Error,
     },

@@ -42,6 +42,8 @@ fn connect_delay(failures: u32) -> Duration {
 const MAX_CONNECT_DELAY: Duration = Duration::from_secs(5);
 
 impl<E: From<ReceiverEvent> + Send + 'static> Sessions<E> {
+    /// Sessions that send their events to `events`, publish on `shared` and take
+    /// each session's settings from `config` (called at every start).
     pub fn new(events: Sender<E>, shared: Arc<ReceiverShared>, config: ConfigFn) -> Sessions<E> {
         Sessions {
             events,

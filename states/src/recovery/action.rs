@@ -398,24 +398,40 @@ pub enum Action {
 
 /// The kinds of [`Action`], without their data (exploration, diagrams).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[allow(missing_docs)]
 pub enum ActionKind {
+    /// [`Action::RestoreSegment`].
     RestoreSegment,
+    /// [`Action::FindLocalSegment`].
     FindLocalSegment,
+    /// [`Action::RestoreHistoryFile`].
     RestoreHistoryFile,
+    /// [`Action::FindLocalHistoryFile`].
     FindLocalHistoryFile,
+    /// [`Action::Replay`].
     Replay,
+    /// [`Action::StartWalReceiver`].
     StartWalReceiver,
+    /// [`Action::StopWalReceiver`].
     StopWalReceiver,
+    /// [`Action::ArmRetry`].
     ArmRetry,
+    /// [`Action::SetTargetTimeline`].
     SetTargetTimeline,
+    /// [`Action::ReachedConsistency`].
     ReachedConsistency,
+    /// [`Action::RemoveStandbySignal`].
     RemoveStandbySignal,
+    /// [`Action::WriteHistoryFile`].
     WriteHistoryFile,
+    /// [`Action::WriteEndOfRecovery`].
     WriteEndOfRecovery,
+    /// [`Action::EndCascadingTimeline`].
     EndCascadingTimeline,
+    /// [`Action::AcceptWrites`].
     AcceptWrites,
+    /// [`Action::Report`].
     Report,
+    /// [`Action::Exit`].
     Exit,
 }
 

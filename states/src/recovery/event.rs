@@ -308,32 +308,56 @@ pub enum Event {
 
 /// The kinds of [`Event`], without their data (exploration, diagrams).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[allow(missing_docs)]
 pub enum EventKind {
+    /// [`Event::RecoveryStarted`].
     RecoveryStarted,
+    /// [`Event::SegmentRestored`].
     SegmentRestored,
+    /// [`Event::SegmentNotInArchive`].
     SegmentNotInArchive,
+    /// [`Event::RestoreCommandFailed`].
     RestoreCommandFailed,
+    /// [`Event::SegmentFoundLocally`].
     SegmentFoundLocally,
+    /// [`Event::SegmentNotFoundLocally`].
     SegmentNotFoundLocally,
+    /// [`Event::HistoryRestored`].
     HistoryRestored,
+    /// [`Event::HistoryNotInArchive`].
     HistoryNotInArchive,
+    /// [`Event::HistoryFoundLocally`].
     HistoryFoundLocally,
+    /// [`Event::HistoryNotFoundLocally`].
     HistoryNotFoundLocally,
+    /// [`Event::StreamConnected`].
     StreamConnected,
+    /// [`Event::WalFlushed`].
     WalFlushed,
+    /// [`Event::TimelineEnded`].
     TimelineEnded,
+    /// [`Event::HistoryReceived`].
     HistoryReceived,
+    /// [`Event::StreamLost`].
     StreamLost,
+    /// [`Event::WalReceiverStopped`].
     WalReceiverStopped,
+    /// [`Event::WalReplayed`].
     WalReplayed,
+    /// [`Event::EndOfWalReached`].
     EndOfWalReached,
+    /// [`Event::InvalidRecord`].
     InvalidRecord,
+    /// [`Event::PromoteRequested`].
     PromoteRequested,
+    /// [`Event::TimerFired`].
     TimerFired,
+    /// [`Event::ShutdownRequested`].
     ShutdownRequested,
+    /// [`Event::HistoryFileWritten`].
     HistoryFileWritten,
+    /// [`Event::EndOfRecoveryWritten`].
     EndOfRecoveryWritten,
+    /// [`Event::PromotionStepFailed`].
     PromotionStepFailed,
 }
 
