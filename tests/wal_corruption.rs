@@ -318,3 +318,70 @@ fn damage_with_the_segment_on_a_streaming_standby_heals_from_it() {
         .unwrap();
     wait_caught_up(&primary, &standby);
 }
+
+/// A standby whose own WAL is damaged in the middle, with no other source
+/// for it (its primary is gone), is promoted: the promotion goes on, as
+/// the operator asked, but says in the log that recovery ended at damage
+/// with valid WAL after it, and keeps that WAL and the keys it wrote in
+/// quarantine/.
+#[test]
+fn promoting_a_standby_past_damage_in_its_wal_says_so_and_keeps_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let datadir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
+    let mut primary = TestNode::start(&datadir, &["checkpoint_timeout=1h", "max_wal_size=1GB"]);
+    let standby_dir = basebackup(&primary, tmp.path(), "standby", "standby1");
+    let mut standby = TestNode::start(&standby_dir, &[]);
+    write_all(&primary);
+    wait_caught_up(&primary, &standby);
+    primary.kill9();
+    standby.kill9();
+    let damaged = damage_first_full_segment(&standby_dir);
+    let name = damaged.file_name().unwrap().to_string_lossy().into_owned();
+
+    standby.restart();
+    let (ok, out, err) = walrep(&["promote", standby_dir.to_str().unwrap()]);
+    assert!(
+        ok,
+        "walrep promote failed: {out}{err}\n{}",
+        standby.log_text()
+    );
+    wait_for(
+        "the promoted node to take writes",
+        Duration::from_secs(60),
+        || {
+            let mut c = standby.try_client()?;
+            redis::cmd("SET")
+                .arg("promoted")
+                .arg("1")
+                .query::<String>(&mut c)
+                .ok()
+        },
+    );
+    let log = standby.log_text();
+    assert!(log.contains("promoting past damaged WAL"), "{log}");
+    let present = present_keys(&standby);
+    assert!(present.len() < KEYS, "{} keys", present.len());
+
+    // What the promotion left behind is kept, with the keys it wrote.
+    let kept: Vec<PathBuf> = fs::read_dir(standby_dir.join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("promoted-past-damage"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].join(&name).exists(), "the damaged segment is kept");
+    let report = fs::read_to_string(kept[0].join("report.txt")).unwrap();
+    let lost: BTreeSet<String> = report
+        .lines()
+        .filter_map(|l| l.strip_prefix("key: "))
+        .map(str::to_string)
+        .collect();
+    assert!(!lost.is_empty(), "{report}");
+    assert!(present.is_disjoint(&lost), "a key reported lost is present");
+    // The writes after the damaged segment are all listed (those in its
+    // damaged rest cannot be told apart from garbage).
+    assert!(lost.contains(&key(KEYS - 1)), "{report}");
+    for i in 0..present.len() {
+        assert!(present.contains(&key(i)), "{} missing", key(i));
+    }
+}
