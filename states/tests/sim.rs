@@ -326,7 +326,7 @@ impl World {
             restarts: 0,
             counts: (0, 0, 0),
             rot: {
-                let mut rng = Rng(seed ^ 0x5EED_0F_B17_B07);
+                let mut rng = Rng(seed ^ 0x5EED_0FB1_7B07);
                 let chance = rng.fault(0.3);
                 Rot {
                     rng,
