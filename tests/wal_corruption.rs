@@ -271,13 +271,20 @@ fn damage_with_the_segment_on_a_streaming_standby_heals_from_it() {
     let damaged = damage_first_full_segment(&datadir);
     let name = damaged.file_name().unwrap().to_string_lossy().into_owned();
 
-    // Named in wal_repair_sources (with a password the log must not show),
-    // the standby gives the segment back.
+    // The archive, asked first, holds only a damaged copy: it is checked
+    // and dropped. Named in wal_repair_sources (with a password the log
+    // must not show), the standby gives the good segment back.
+    let archive = tmp.path().join("archive");
+    fs::create_dir(&archive).unwrap();
+    fs::copy(&damaged, archive.join(&name)).unwrap();
     let source = format!(
         "wal_repair_sources=host=127.0.0.1 port={} password=hunter2",
         standby.replication_port
     );
     primary.args.push(source);
+    primary
+        .args
+        .push(format!("restore_command=cp {}/%f %p", archive.display()));
     primary.restart();
     let present = present_keys(&primary);
     assert_eq!(present.len(), KEYS, "every acknowledged key is served");
@@ -294,6 +301,10 @@ fn damage_with_the_segment_on_a_streaming_standby_heals_from_it() {
     assert!(last.starts_with(&name) && last.ends_with(&from), "{last}");
     let log = primary.log_text();
     assert!(log.contains("repaired a damaged WAL segment"), "{log}");
+    assert!(
+        log.contains("the copy from archive does not read back across the damage"),
+        "the archive's bad copy is checked and dropped:\n{log}"
+    );
     assert!(!log.contains("hunter2"), "the password is logged:\n{log}");
     let shown: Vec<String> = redis::cmd("CONFIG")
         .arg("GET")
