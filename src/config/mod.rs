@@ -490,6 +490,30 @@ fn all_users() -> String {
     "all".to_string()
 }
 
+/// A list parameter given as a list, or as one string (`-c name=value`).
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) if s.trim().is_empty() => Vec::new(),
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// A list parameter as TOML: an empty one as `""`, so that `walrep.toml`
+/// lists it among the plain parameters and not as a table.
+fn empty_as_text<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        [] => s.serialize_str(""),
+        v => v.serialize(s),
+    }
+}
+
 /// Every parameter of a node. Field names are the parameter names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -596,6 +620,12 @@ pub struct Config {
     pub hot_standby: Bool,
     /// Send hot standby feedback ('h') messages upstream.
     pub hot_standby_feedback: Bool,
+    /// Nodes a damaged WAL segment may be fetched again from at start-up
+    /// (libpq connection strings, asked with WAL_RANGE): a primary has no
+    /// standby connected then, so it must be told where they are. A standby
+    /// also asks its primary_conninfo.
+    #[serde(deserialize_with = "one_or_many", serialize_with = "empty_as_text")]
+    pub wal_repair_sources: Vec<String>,
 
     // -- Security (docs/security.md)
     /// `[[roles]]` of both ports: name, password (a SCRAM-SHA-256 verifier made
@@ -713,6 +743,7 @@ impl Default for Config {
             wal_receiver_timeout: Time::ms(60_000),
             hot_standby: Bool(true),
             hot_standby_feedback: Bool(false),
+            wal_repair_sources: Vec::new(),
             roles: Vec::new(),
             requirepass: String::new(),
             protected_mode: Bool(true),
@@ -785,6 +816,7 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "wal_receiver_timeout", section: "Replication (standby)", help: "Give up on an upstream silent for this long." },
     ParamDoc { name: "hot_standby", section: "Replication (standby)", help: "Answer reads on a standby." },
     ParamDoc { name: "hot_standby_feedback", section: "Replication (standby)", help: "Send hot standby feedback ('h') messages upstream." },
+    ParamDoc { name: "wal_repair_sources", section: "Replication (standby)", help: "Connection strings of nodes (standbys, an upstream) a damaged WAL segment may be fetched again from at start-up with WAL_RANGE, after restore_command: a list, or one string. A standby also asks its primary_conninfo." },
     ParamDoc { name: "roles", section: "Security", help: "[[roles]] of both ports: name, password (a SCRAM-SHA-256 verifier made by `walrep passwd`, never a clear password), replication (may stream WAL and take base backups; a role not listed may only through a trust line) and redis (none, readonly, readwrite or admin: its Redis ACL)." },
     ParamDoc { name: "requirepass", section: "Security", help: "SCRAM-SHA-256 verifier of the Redis port's default user (AUTH <password>); empty: the default user needs no password (and protected_mode applies). A role named default overrides it." },
     ParamDoc { name: "protected_mode", section: "Security", help: "While the default user has no password, serve only loopback clients (127.0.0.1, ::1) on the Redis port; others get Redis's DENIED error." },
@@ -994,6 +1026,12 @@ impl Config {
             return bad("checkpoint_timeout", "must be at least 1s".into());
         }
         self.validate_security()?;
+        for s in &self.wal_repair_sources {
+            if let Err(e) = conninfo::ConnInfo::parse(s) {
+                let shown = conninfo::redact_conninfo(s);
+                return bad("wal_repair_sources", format!("\"{shown}\": {e}"));
+            }
+        }
         for h in &self.hba {
             if crate::util::Cidr::parse(&h.address).is_none() {
                 return bad(
@@ -1091,6 +1129,9 @@ impl Config {
             }
         }
         c.primary_conninfo = conninfo::redact_conninfo(&c.primary_conninfo);
+        for s in &mut c.wal_repair_sources {
+            *s = conninfo::redact_conninfo(s);
+        }
         c
     }
 

@@ -20,6 +20,7 @@ mod reload;
 pub mod replication;
 pub mod resetwal;
 mod running;
+mod walrepair;
 
 pub use error::NodeError;
 pub use running::{RunningNode, StartOptions};

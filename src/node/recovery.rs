@@ -6,15 +6,15 @@
 //! from damage in the middle, and starts writing over the good WAL that
 //! follows the damage. Here an invalid record followed by valid WAL in a
 //! later segment is corruption ([`wal::valid_wal_after`]): the damaged
-//! segment is fetched again from the archive when one is configured (the
-//! damaged copy goes to `quarantine/`), and otherwise the node refuses to
-//! start with [`CorruptWal`], which names the ways out.
+//! segment is fetched again from the archive or from a node that has it
+//! (`walrepair.rs`; the damaged copy goes to `quarantine/`), and otherwise
+//! the node refuses to start with [`CorruptWal`], which names the ways out.
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::archive::{keep_restored_file, ArchiveMark, RestoreCommand, RestoreOutcome};
-use crate::storage::{durable_create_dir, durable_rename, Storage, StorageError};
+use super::walrepair::{repair_segment, Damage};
+pub use super::walrepair::{RepairError, RepairedSegment, WalRepair};
 use crate::store::checkpoint::{load_snapshot, SnapshotError};
 use crate::store::{ApplyError, ControlFile, Store};
 use crate::wal::{self, ReadError, ReaderConfig, WalAfter, WalReader};
@@ -40,19 +40,6 @@ pub struct RecoveryResult {
     pub repaired: Vec<RepairedSegment>,
 }
 
-/// A damaged WAL segment that recovery replaced with a good copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepairedSegment {
-    /// The segment's file name.
-    pub file: String,
-    /// Where replay had stopped in it.
-    pub at: Lsn,
-    /// Where the good copy came from (`archive`).
-    pub source: &'static str,
-    /// Where the damaged copy was kept.
-    pub quarantined: PathBuf,
-}
-
 /// Damage in the middle of the WAL with no good copy to heal it from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorruptWal {
@@ -75,7 +62,7 @@ impl std::fmt::Display for CorruptWal {
             "WAL is damaged at {} in file {} ({}), and this is not the end of WAL: \
              {} valid records ({} bytes) follow from {} to {}. Refusing to start, \
              which would write over them ({}). Ways out: put a good copy of {} into wal/ \
-             (or set restore_command to an archive that has it) and start again; promote \
+             (or set restore_command to an archive, or wal_repair_sources to a standby, that has it) and start again; promote \
              a standby that has this WAL; or accept the loss with `walrep resetwal DATADIR`, \
              which moves the WAL after {} into quarantine/",
             self.at,
@@ -107,22 +94,9 @@ pub enum RecoveryError {
     /// A damaged record before the end of WAL that no copy could repair.
     #[error("{0}")]
     Corrupt(Box<CorruptWal>),
-    /// A damaged segment could not be replaced by its good copy.
-    #[error("could not repair WAL segment {file}: {message}")]
-    Repair {
-        /// The damaged segment file.
-        file: String,
-        /// Why the good copy could not replace it.
-        message: String,
-    },
-}
-
-/// Where a damaged segment may be fetched again from.
-pub struct WalRepair<'a> {
-    /// Every durable rename of the repair goes through it.
-    pub storage: &'a dyn Storage,
-    /// The archive (`restore_command`), when one is configured.
-    pub restore: Option<RestoreCommand>,
+    /// A damaged segment could not be replaced by a good copy.
+    #[error(transparent)]
+    Repair(#[from] RepairError),
 }
 
 /// Load the snapshot named by `control` into `store` and replay the WAL of
@@ -191,10 +165,22 @@ pub fn replay_to_end(
             .segno(cfg.seg_size)
             .file_name(cfg.history.timeline_of(next), cfg.seg_size);
         tracing::error!(at = %next, file, reason = %stop, valid_from = %after.from, valid_to = %after.to, "invalid record in the middle of the WAL: valid WAL follows it");
-        match fetch_good_copy(datadir, &file, repair)? {
+        let damage = Damage {
+            cfg: &cfg,
+            file: file.clone(),
+            at: next,
+            prev_record,
+        };
+        let healed = match repaired.iter().any(|r: &RepairedSegment| r.at == next) {
+            // A verified copy reads past `next`: stopping there again
+            // means the copy did not stay in place.
+            true => Err(format!("the copy installed for {file} stops at {next} too")),
+            false => repair_segment(datadir, &damage, repair)?,
+        };
+        match healed {
             Ok(r) => {
-                tracing::warn!(file = %r.file, at = %next, source = r.source, quarantined = %r.quarantined.display(), "repaired a damaged WAL segment; replay goes on");
-                repaired.push(RepairedSegment { at: next, ..r });
+                tracing::warn!(file = %r.file, at = %next, source = %r.source, quarantined = %r.quarantined.display(), "repaired a damaged WAL segment; replay goes on");
+                repaired.push(r);
             }
             Err(tried) => {
                 return Err(RecoveryError::Corrupt(Box::new(CorruptWal {
@@ -225,49 +211,6 @@ pub fn replay_to_end(
         elapsed_ms: started.elapsed().as_millis() as u64,
         repaired,
     })
-}
-
-/// Fetch `file` again from the archive and install it in place of the
-/// damaged copy, which is kept in `quarantine/`. `Err(what was tried)`
-/// when there is no good copy; a failed rename or fsync is an error.
-fn fetch_good_copy(
-    datadir: &Path,
-    file: &str,
-    repair: &WalRepair<'_>,
-) -> Result<Result<RepairedSegment, String>, RecoveryError> {
-    let Some(restore) = &repair.restore else {
-        return Ok(Err("no restore_command is set".into()));
-    };
-    let restored = match restore.restore(file, None, None) {
-        RestoreOutcome::Restored(r) => r,
-        RestoreOutcome::NotInArchive { .. } => {
-            return Ok(Err(format!("restore_command does not have {file}")))
-        }
-        RestoreOutcome::Failed { reason, .. } => {
-            return Ok(Err(format!("restore_command failed for {file}: {reason}")))
-        }
-    };
-    let failed = |e: StorageError| RecoveryError::Repair {
-        file: file.to_string(),
-        message: e.to_string(),
-    };
-    let quarantined = quarantine_dir(datadir, "damaged-wal");
-    durable_create_dir(repair.storage, &quarantined).map_err(failed)?;
-    let wal_dir = datadir.join(crate::datadir::WAL_DIR);
-    let kept = quarantined.join(file);
-    durable_rename(repair.storage, &wal_dir.join(file), &kept).map_err(failed)?;
-    keep_restored_file(repair.storage, datadir, &restored, ArchiveMark::Done).map_err(|e| {
-        RecoveryError::Repair {
-            file: file.to_string(),
-            message: e.to_string(),
-        }
-    })?;
-    Ok(Ok(RepairedSegment {
-        file: file.to_string(),
-        at: Lsn::INVALID,
-        source: "archive",
-        quarantined: kept,
-    }))
 }
 
 /// A new directory under `quarantine/` for one event, named by the time

@@ -107,34 +107,88 @@ pub fn reset_wal(datadir: &Path, storage: &dyn Storage) -> Result<ResetWalOutcom
     let Some(after) = after else {
         return Ok(ResetWalOutcome::NothingToReset { end: end.end });
     };
-    let keys = lost_keys(&cfg, &after);
-    let quarantine = quarantine_dir(datadir, "resetwal");
+    let report = keep_wal_after_damage(
+        storage,
+        datadir,
+        &cfg,
+        &Damaged {
+            at: end.end,
+            reason: end.stop.to_string(),
+            after,
+        },
+        KeepHow::MoveLater,
+    )?;
+    Ok(ResetWalOutcome::Reset(report))
+}
+
+/// The damage whose following WAL is set aside.
+pub struct Damaged {
+    /// The invalid record.
+    pub at: Lsn,
+    /// Why it is invalid.
+    pub reason: String,
+    /// The valid WAL after it.
+    pub after: WalAfter,
+}
+
+/// What happens to the segments after the damaged one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepHow {
+    /// Moved out of `wal/` (`walrep resetwal`: recovery must stop there).
+    MoveLater,
+    /// Copied (a promotion: the running node's WAL is left alone).
+    CopyAll,
+}
+
+/// Keep the segments from the damaged one on in a new
+/// `quarantine/<time>-<what>/` with `report.txt` (position, reason, the
+/// valid WAL kept and every key it wrote).
+pub fn keep_wal_after_damage(
+    storage: &dyn Storage,
+    datadir: &Path,
+    cfg: &ReaderConfig,
+    damaged: &Damaged,
+    how: KeepHow,
+) -> Result<ResetReport, ResetWalError> {
+    let keys = lost_keys(cfg, &damaged.after);
+    let what = match how {
+        KeepHow::MoveLater => "resetwal",
+        KeepHow::CopyAll => "promoted-past-damage",
+    };
+    let quarantine = quarantine_dir(datadir, what);
     durable_create_dir(storage, &quarantine)?;
-    let (files, bytes) = set_aside(storage, &cfg, end.end, &quarantine)?;
+    let (files, bytes) = set_aside(storage, cfg, damaged.at, &quarantine, how)?;
     let report = ResetReport {
-        at: end.end,
-        reason: end.stop.to_string(),
-        after,
+        at: damaged.at,
+        reason: damaged.reason.clone(),
+        after: damaged.after.clone(),
         quarantine: quarantine.clone(),
         files,
         bytes,
         keys: keys.len() as u64,
     };
+    let heading = match how {
+        KeepHow::MoveLater => "walrep resetwal: the WAL after a damaged record was set aside",
+        KeepHow::CopyAll => {
+            "walrep promote: recovery ended at a damaged record; the WAL after it was not replayed"
+        }
+    };
     durable_create(
         storage,
         &quarantine.join("report.txt"),
-        report_text(&report, &keys).as_bytes(),
+        report_text(heading, &report, &keys).as_bytes(),
     )?;
-    Ok(ResetWalOutcome::Reset(report))
+    Ok(report)
 }
 
-/// Copy the damaged segment and move every later one (with its archive
-/// status files) into `quarantine`.
+/// Copy the damaged segment and move (or copy) every later one, with
+/// their archive status files when moved, into `quarantine`.
 fn set_aside(
     storage: &dyn Storage,
     cfg: &ReaderConfig,
     at: Lsn,
     quarantine: &Path,
+    how: KeepHow,
 ) -> Result<(Vec<String>, u64), ResetWalError> {
     let damaged = at.segno(cfg.seg_size);
     let list = |dir: &Path| -> Result<Vec<String>, ResetWalError> {
@@ -160,7 +214,8 @@ fn set_aside(
         let from = cfg.dir.join(&name);
         let to = quarantine.join(&name);
         bytes += std::fs::metadata(&from).map_or(0, |m| m.len());
-        if segno.0 == damaged.0 {
+        let copied = segno.0 == damaged.0 || (how == KeepHow::CopyAll && segno.0 > damaged.0);
+        if copied {
             let copy = std::fs::read(&from).map_err(|source| ResetWalError::List {
                 dir: from.clone(),
                 source,
@@ -174,7 +229,7 @@ fn set_aside(
         files.push(name);
     }
     let status = cfg.dir.join("archive_status");
-    if status.is_dir() {
+    if how == KeepHow::MoveLater && status.is_dir() {
         for name in list(&status)? {
             let seg = name.split('.').next().unwrap_or_default();
             if segno_of(seg).is_some_and(|s| s.0 > damaged.0) {
@@ -204,12 +259,9 @@ fn lost_keys(cfg: &ReaderConfig, after: &WalAfter) -> BTreeSet<Vec<u8>> {
     keys
 }
 
-fn report_text(r: &ResetReport, keys: &BTreeSet<Vec<u8>>) -> String {
+fn report_text(heading: &str, r: &ResetReport, keys: &BTreeSet<Vec<u8>>) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "walrep resetwal: the WAL after a damaged record was set aside"
-    );
+    let _ = writeln!(s, "{heading}");
     let _ = writeln!(s, "damaged record at: {}", r.at);
     let _ = writeln!(s, "reason: {}", r.reason);
     let _ = writeln!(

@@ -347,16 +347,13 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
             }
         })?;
     let settings = node.settings();
-    let repair = recovery::WalRepair {
-        storage: &*node.storage,
-        restore: (!settings.restore_command.is_empty()).then(|| {
-            crate::archive::RestoreCommand::from_config(
-                &node.dir.root,
-                &settings,
-                control.wal_segment_size,
-            )
-        }),
-    };
+    let repair = recovery::WalRepair::from_settings(
+        &*node.storage,
+        &node.dir.root,
+        &settings,
+        control.wal_segment_size,
+        false,
+    );
     let rec = recovery::replay_to_end(&node.dir.root, &control, history, &node.store, &repair)?;
     node.note_wal_repairs(rec.repaired.clone());
     tracing::info!(records = rec.records_replayed, end = %rec.end, elapsed_ms = rec.elapsed_ms, "recovery complete");

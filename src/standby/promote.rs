@@ -13,6 +13,7 @@ use super::StandbyHandles;
 use crate::archive::ArchiveError;
 use crate::config::ArchiveMode;
 use crate::datadir::DataDir;
+use crate::node::resetwal::{keep_wal_after_damage, Damaged, KeepHow, ResetReport};
 use crate::storage::{Storage, StorageError};
 use crate::store::control::{now_ms, ControlError};
 use crate::store::ClusterState;
@@ -20,6 +21,7 @@ use crate::wal::{
     init_new_timeline_segment, rename_old_timeline_segment_partial, EndOfRecovery, TimelineError,
     Wal, WalConfig, WalError, XlogRecord,
 };
+use crate::wal::{valid_wal_after, ReaderConfig, WalReader};
 use crate::{Lsn, TimelineId};
 
 /// Why a promotion step failed. The machine hears it as
@@ -82,6 +84,71 @@ pub fn write_history_file(
     }
     tracing::info!(tli = tli.0, %switch_point, elapsed_us = t0.elapsed().as_micros() as u64, "wrote timeline history file {}", tli.history_file_name());
     Ok(())
+}
+
+/// Before promotion leaves timeline `parent` at `switch_point`: if the
+/// record there is invalid and valid WAL of the timeline follows in a later
+/// segment, recovery ended at damage in the middle of the WAL, not at its
+/// end. The promotion goes on (the operator asked for it, and the old
+/// timeline's files are never written over), but it says so: an error in
+/// the log, and copies of the WAL left behind, with the keys it wrote, in
+/// `quarantine/<time>-promoted-past-damage/`.
+pub fn keep_wal_past_damage(h: &StandbyHandles, parent: TimelineId, switch_point: Lsn) {
+    match wal_past_damage(h, parent, switch_point) {
+        Ok(None) => {}
+        Ok(Some(r)) => tracing::error!(
+            at = %r.at,
+            reason = %r.reason,
+            valid_from = %r.after.from,
+            valid_to = %r.after.to,
+            records = r.after.records,
+            keys = r.keys,
+            kept = %r.quarantine.display(),
+            "promoting past damaged WAL: recovery ended at an invalid record in the middle of the WAL; the {} valid records after it (keys they wrote: {}) are not replayed on the new timeline; copies and report.txt are in {}",
+            r.after.records,
+            r.keys,
+            r.quarantine.display()
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, %switch_point, "promoting without knowing whether valid WAL follows the end of recovery")
+        }
+    }
+}
+
+fn wal_past_damage(
+    h: &StandbyHandles,
+    parent: TimelineId,
+    switch_point: Lsn,
+) -> Result<Option<ResetReport>, String> {
+    let dir = DataDir::new(&h.datadir);
+    let (system_id, seg_size) = h
+        .control
+        .read(|c| (c.system_identifier, c.wal_segment_size));
+    let history = crate::wal::read_history(&dir.wal(), parent).map_err(|e| e.to_string())?;
+    let cfg = ReaderConfig {
+        dir: dir.wal(),
+        system_id,
+        seg_size,
+        history,
+    };
+    let mut reader = WalReader::new(cfg.clone(), switch_point);
+    reader.seek(switch_point, None);
+    let reason = match reader.read_record() {
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind.is_io() => return Err(e.to_string()),
+        Err(e) => e.to_string(),
+    };
+    let Some(after) = valid_wal_after(cfg.clone(), switch_point).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let damaged = Damaged {
+        at: switch_point,
+        reason,
+        after,
+    };
+    keep_wal_after_damage(&*h.storage, &h.datadir, &cfg, &damaged, KeepHow::CopyAll)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Start the WAL on `tli` at `at`, log the end-of-recovery record, point

@@ -241,6 +241,7 @@ impl Startup {
                 reason,
                 ..
             } => {
+                promote::keep_wal_past_damage(&self.h, parent, switch_point);
                 let sync_datadir = std::mem::take(&mut self.standby_signal_unsynced);
                 match promote::write_history_file(
                     &self.h,

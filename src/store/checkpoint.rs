@@ -69,7 +69,11 @@ pub enum SnapshotError {
     },
     /// A chunk file fails its checks (CRC, header, entry encoding): the
     /// node refuses to start from it rather than load part of a snapshot.
-    #[error("snapshot file {path} is corrupt: {reason}")]
+    #[error(
+        "snapshot file {path} is corrupt: {reason}. The node does not start from part of a \
+         checkpoint. Ways out: promote a standby and rebuild this node from it (`walrep \
+         basebackup`), or restore this node from a base backup"
+    )]
     Corrupt {
         /// The chunk file.
         path: String,

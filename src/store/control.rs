@@ -135,7 +135,12 @@ pub enum ControlError {
     /// Wrong length, magic, CRC, version or field value: the node refuses
     /// to start rather than guess (PostgreSQL: "incorrect checksum in control
     /// file").
-    #[error("control file {path} is corrupt: {reason}")]
+    #[error(
+        "control file {path} is corrupt: {reason}. Without it the node cannot know where \
+         recovery starts, so it refuses to start and changes nothing. Ways out: promote a \
+         standby and rebuild this node from it (`walrep basebackup`), or restore this node \
+         from a base backup; the damaged file stays in place for inspection"
+    )]
     Corrupt {
         /// The control file.
         path: String,

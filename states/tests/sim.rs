@@ -1,7 +1,9 @@
 //! Deterministic simulation of the standby's recovery machine (TigerBeetle
 //! VOPR / neon style): a seeded world — an upstream that writes WAL and
 //! switches timelines, an archive that is slow, fails, loses and corrupts,
-//! a walreceiver link that drops, delays and corrupts, a redo loop, a
+//! a walreceiver link that drops, delays and corrupts, a `wal/` whose
+//! complete segments rot in the middle (a damaged middle, with valid WAL
+//! after it), a redo loop, a
 //! promotion trigger and a restart at random times — drives the real core
 //! on virtual time. Fault probabilities are chosen per seed (swarm
 //! testing). Invariants are checked after every step; then the world heals
@@ -120,6 +122,22 @@ struct Copy {
     corrupt_at: Option<Lsn>,
 }
 
+/// Bit rot in `wal/`: a record in the middle of a complete local segment,
+/// with a later local segment holding WAL, is damaged. Its own random
+/// stream, so the other faults of every seed stay as they were.
+struct Rot {
+    rng: Rng,
+    /// Chance per upstream write (off for half the seeds).
+    chance: f64,
+    /// Damaged-middle positions the core was told about (reported
+    /// invalid) before promotion ended there.
+    reported: BTreeSet<Lsn>,
+    /// Segments damaged.
+    rotted: u64,
+    /// Promotions that ended at a damaged middle (having said so).
+    promoted_past: u64,
+}
+
 /// A walreceiver session.
 #[derive(Debug, Clone)]
 struct Session {
@@ -197,6 +215,7 @@ struct World {
     restarts: u32,
     /// Invalid records, ping-pong reports and restore_command failures seen.
     counts: (u64, u64, u64),
+    rot: Rot,
 }
 
 type SimResult = Result<(), String>;
@@ -216,6 +235,10 @@ struct Stats {
     ping_pongs: u64,
     restore_failures: u64,
     steps: u64,
+    /// Segments of `wal/` damaged in the middle.
+    rotted: u64,
+    /// Promotions that ended at a damaged middle, having reported it.
+    promoted_past_damage: u64,
 }
 
 impl Stats {
@@ -237,6 +260,8 @@ impl Stats {
         self.ping_pongs += w.counts.1;
         self.restore_failures += w.counts.2;
         self.steps += w.steps as u64;
+        self.rotted += w.rot.rotted;
+        self.promoted_past_damage += w.rot.promoted_past;
     }
 }
 
@@ -300,6 +325,17 @@ impl World {
             lines: Vec::new(),
             restarts: 0,
             counts: (0, 0, 0),
+            rot: {
+                let mut rng = Rng(seed ^ 0x5EED_0FB1_7B07);
+                let chance = rng.fault(0.3);
+                Rot {
+                    rng,
+                    chance,
+                    reported: BTreeSet::new(),
+                    rotted: 0,
+                    promoted_past: 0,
+                }
+            },
         };
         w.plan();
         w
@@ -423,6 +459,7 @@ impl World {
         for _ in 0..self.rng.range(1, 4) {
             self.write_record();
         }
+        self.rot_local();
         let next = self.rng.range(20, 400);
         self.after(next, "upstream", Item::UpstreamWrite);
     }
@@ -444,6 +481,65 @@ impl World {
             "   world: upstream switched to timeline {} at {}",
             new.0, self.upstream_flush
         ));
+    }
+
+    /// Maybe damage a record in the middle of a complete local segment
+    /// that a later local segment with WAL follows.
+    fn rot_local(&mut self) {
+        if !self.rot.rng.chance(self.rot.chance) {
+            return;
+        }
+        let seg_end = |segno: SegNo| Lsn((segno.0 + 1) * SEG);
+        let candidates: Vec<(TimelineId, SegNo)> = self
+            .local
+            .iter()
+            .filter(|(&(tli, segno), c)| {
+                c.corrupt_at.is_none()
+                    && c.valid_to >= seg_end(segno)
+                    && self.local.iter().any(|(&(t, s), later)| {
+                        t == tli && s > segno && later.valid_to > Lsn(s.0 * SEG)
+                    })
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let (tli, segno) = candidates[self.rot.rng.below(candidates.len() as u64) as usize];
+        let starts: Vec<Lsn> = self
+            .records
+            .range(Lsn(segno.0 * SEG)..seg_end(segno))
+            .map(|r| *r.0)
+            .collect();
+        if starts.is_empty() {
+            return;
+        }
+        let at = starts[self.rot.rng.below(starts.len() as u64) as usize];
+        if let Some(c) = self.local.get_mut(&(tli, segno)) {
+            c.corrupt_at = Some(at);
+        }
+        self.rot.rotted += 1;
+        self.log(format!(
+            "   world: wal/ segment {} of timeline {} damaged at {at}",
+            segno.0, tli.0
+        ));
+    }
+
+    /// Whether the record at `at` is a damaged middle of the `wal/` copy
+    /// redo reads it from: its CRC fails there, and a later segment of the
+    /// same timeline in `wal/` holds WAL.
+    fn damaged_middle(&self, at: Lsn) -> bool {
+        let segno = at.segno(walseg());
+        let Some(&tli) = self.seg_file.get(&segno) else {
+            return false;
+        };
+        self.local
+            .get(&(tli, segno))
+            .is_some_and(|c| c.corrupt_at == Some(at))
+            && self
+                .local
+                .iter()
+                .any(|(&(t, s), later)| t == tli && s > segno && later.valid_to > Lsn(s.0 * SEG))
     }
 
     /// Heal: faults off, a final segment switch, everything archived.
@@ -536,6 +632,17 @@ impl World {
             }
             Action::WriteHistoryFile { tli, .. } => self.write_history(tli)?,
             Action::WriteEndOfRecovery { tli, at, .. } => {
+                // A torn tail may end recovery; a damaged middle ends a
+                // promotion only once the core has said so (the runtime
+                // then logs it and keeps the WAL after it).
+                if self.damaged_middle(at) {
+                    if !self.rot.reported.contains(&at) {
+                        return Err(format!(
+                            "promotion ends at the damaged middle {at} without reporting it"
+                        ));
+                    }
+                    self.rot.promoted_past += 1;
+                }
                 if self.history_written != Some(tli) {
                     return Err(format!(
                         "end-of-recovery on {} before its history file",
@@ -553,7 +660,10 @@ impl World {
                 use walrep_states::recovery::Report as R;
                 match report {
                     R::TimelineProbeGaveUp { .. } => self.probe_failed = true,
-                    R::InvalidRecord { .. } => self.counts.0 += 1,
+                    R::InvalidRecord { at, .. } => {
+                        self.counts.0 += 1;
+                        self.rot.reported.insert(at);
+                    }
                     R::PingPong { .. } => self.counts.1 += 1,
                     R::RestoreCommandFailing { .. } => self.counts.2 += 1,
                     _ => {}
@@ -1150,6 +1260,10 @@ fn simulation() {
         assert!(stats.promoted > 0 && stats.caught_up > 0 && stats.restarts > 0);
         assert!(stats.followed_timeline > 0 && stats.invalid_records > 0);
         assert!(stats.ping_pongs > 0 && stats.restore_failures > 0);
+        assert!(
+            stats.rotted > 0,
+            "no wal/ segment was damaged in the middle"
+        );
     }
 }
 
