@@ -106,7 +106,11 @@ fn fetch_status_at(addr: &str, path: &str, deadline: Instant) -> Result<Value, S
     loop {
         s.set_read_timeout(Some(left()?))
             .map_err(|e| e.to_string())?;
-        match s.read(&mut buf).map_err(|e| e.to_string())? {
+        let read = s.read(&mut buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timed out".into(),
+            _ => e.to_string(),
+        });
+        match read? {
             0 => break,
             n if text.len() + n > MAX_PEER_BYTES => return Err("answer too large".into()),
             n => text.extend_from_slice(&buf[..n]),
@@ -399,8 +403,10 @@ fn svg(members: &[Member], edges: &[Edge]) -> String {
         let _ = writeln!(
             out,
             "<g class=\"edge\"><line x1=\"{x1}\" y1=\"{y1}\" x2=\"{x2}\" y2=\"{y2}\" stroke=\"#333\" stroke-width=\"2\" marker-end=\"url(#arrow)\"/><text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" fill=\"#444\">{}</text></g>",
-            (x1 + x2) / 2.0 + 6.0,
-            (y1 + y2) / 2.0,
+            // Three quarters down the edge, near its own target: edges
+            // leaving one node part there, so their labels do not collide.
+            x1 + (x2 - x1) * 0.75 + 6.0,
+            y1 + (y2 - y1) * 0.75,
             escape(&e.label)
         );
     }
@@ -478,5 +484,28 @@ mod tests {
         );
         let many = format!("peers={}", vec!["h:1"; 40].join(","));
         assert_eq!(peers_of(&many).len(), MAX_PEERS);
+    }
+
+    /// A peer that trickles its answer a byte at a time is cut off at the
+    /// deadline, not kept reading for as long as it keeps sending.
+    #[test]
+    fn a_trickling_peer_is_cut_off_at_the_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n{");
+            for _ in 0..40 {
+                if s.write_all(b" ").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let started = Instant::now();
+        let r = fetch_status_at(&addr, "/status", started + Duration::from_millis(500));
+        assert_eq!(r.unwrap_err(), "timed out");
+        assert!(started.elapsed() < Duration::from_millis(1500));
+        peer.join().unwrap();
     }
 }
