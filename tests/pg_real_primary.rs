@@ -1,7 +1,9 @@
 //! Our replication client against a real PostgreSQL 15 primary (SCRAM
 //! authentication, IDENTIFY_SYSTEM, SHOW, streaming): the segments it
 //! writes in pg_receivewal's layout are byte-identical to what the real
-//! pg_receivewal wrote from the same server over the same range.
+//! pg_receivewal wrote from the same server over the same range. A walrep
+//! standby's status address, sent as a dotted startup parameter, does not
+//! stop PostgreSQL from serving it.
 
 mod support;
 
@@ -299,4 +301,32 @@ fn our_client_streams_the_same_bytes_as_pg_receivewal() {
         let b = fs::read(theirs.path().join(name)).unwrap();
         assert!(a == b, "segment {name} differs from pg_receivewal's");
     }
+}
+
+#[test]
+fn a_real_primary_accepts_a_standbys_status_address_and_sends_none() {
+    use walrep::status::links::{STATUS_URL_PARAMETER, STATUS_URL_STARTUP_PARAMETER};
+    let Some(pg) = Postgres::start() else { return };
+    let param = |name: &str| vec![(name.to_string(), "http://127.0.0.1:9187/".to_string())];
+    // What a walrep standby sends: a dotted (custom) setting, accepted.
+    let mut c = ReplicationClient::connect_with(
+        &pg.conninfo("pg pw"),
+        DEADLINE,
+        &param(STATUS_URL_STARTUP_PARAMETER),
+    )
+    .unwrap();
+    assert!(c.identify_system().is_ok());
+    assert_eq!(c.parameter(STATUS_URL_PARAMETER), None);
+    assert_eq!(c.status_url(), None);
+    assert_eq!(c.instance_id(), None);
+    // Why the name has a dot: PostgreSQL refuses an undotted name it does
+    // not know (42704, unrecognized configuration parameter).
+    let e = ReplicationClient::connect_with(
+        &pg.conninfo("pg pw"),
+        DEADLINE,
+        &param("walrep_status_url"),
+    )
+    .err()
+    .expect("an unknown undotted startup parameter is refused");
+    assert_eq!(e.sqlstate(), Some("42704"), "{e}");
 }

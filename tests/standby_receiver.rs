@@ -81,6 +81,7 @@ fn config(conninfo: String, segdir: Arc<SegmentDir>, start: Lsn, system_id: u64)
         tli: TimelineId(1),
         system_id,
         instance_id: 0x1234,
+        status_url: None,
         segdir,
         archive_always: false,
         status_interval: Some(Duration::from_millis(200)),

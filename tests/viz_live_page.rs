@@ -3,7 +3,10 @@
 //! and after `walrep promote` shows `Promoted` and timeline 2 without a
 //! reload. Screenshots of each step are saved in the test's temporary
 //! directory (and copied to `$WALREP_SCREENSHOTS` when set).
-//! Also: the page without JavaScript, and every page well-formed.
+//! Also: the page without JavaScript, and every page well-formed; and a
+//! chain primary -> s1 -> s2 (with pg_receivewal on the primary) whose
+//! pages link to each other and whose `/cluster`, asked of s2, follows
+//! the links to the whole topology.
 
 mod support;
 
@@ -19,7 +22,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::cluster::*;
 use support::node::{init_datadir, walrep, TestNode};
-use support::{free_port, http_get};
+use support::process::ChildGuard;
+use support::tools::tool;
+use support::{free_port, http_get, wait_for};
 
 /// Longest any browser step may take.
 const STEP: Duration = Duration::from_secs(30);
@@ -317,12 +322,23 @@ fn the_page_reads_without_javascript_and_every_page_is_well_formed() {
         assert!(page.contains(&format!("<th>{column}</th>")), "{column}");
     }
     assert!(!page.contains("password="), "secrets stay out of the page");
-    for external in ["src=\"http", "href=\"http", "<link", "@import"] {
+    for external in ["src=\"http", "<link", "@import"] {
         assert!(
             !page.contains(external),
             "{external}: the page must be self-contained"
         );
     }
+    // The only absolute links lead to other nodes' pages.
+    assert_eq!(
+        page.matches("href=\"http").count(),
+        page.matches("class=\"node-link").count(),
+        "{page}"
+    );
+    let primary_link = format!(
+        "<a class=\"node-link upstream-link\" href=\"http://127.0.0.1:{}/\">",
+        p.pport
+    );
+    assert!(page.contains(&primary_link), "{page}");
     let (code, live) = http_get(p.sport, "/live");
     assert_eq!(code, 200);
     well_formed("/live", &format!("<div>{live}</div>"));
@@ -336,7 +352,11 @@ fn the_page_reads_without_javascript_and_every_page_is_well_formed() {
     let (_, primary_page) = http_get(pport, "/");
     well_formed("the primary's /", &primary_page);
     assert!(primary_page.contains(">Primary</span>"), "{primary_page}");
-    assert!(primary_page.contains("<td>standby1</td>"), "{primary_page}");
+    let standby_link = format!(
+        "<td><a class=\"node-link downstream-link\" href=\"http://127.0.0.1:{}/\">standby1</a></td>",
+        p.sport
+    );
+    assert!(primary_page.contains(&standby_link), "{primary_page}");
     for column in [
         "application_name",
         "sent_lsn",
@@ -349,4 +369,183 @@ fn the_page_reads_without_javascript_and_every_page_is_well_formed() {
             "{column}"
         );
     }
+}
+
+/// A chain primary -> s1 -> s2 with status pages, and pg_receivewal
+/// streaming from the primary.
+struct Chain {
+    _tmp: tempfile::TempDir,
+    tmp: PathBuf,
+    primary: TestNode,
+    s1: TestNode,
+    s2: TestNode,
+    ports: [u16; 3],
+    _receivewal: ChildGuard,
+}
+
+/// `s2`'s walrep.toml streams from `upstream` as `app`.
+fn stream_from(dir: &Path, upstream: &TestNode, app: &str) {
+    let path = dir.join("walrep.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = format!(
+        "primary_conninfo = \"host=127.0.0.1 port={} user=walrep application_name={app}\"",
+        upstream.replication_port
+    );
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("primary_conninfo =") {
+                line.clone()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&path, out.join("\n") + "\n").unwrap();
+}
+
+fn chain() -> Option<Chain> {
+    let receivewal = tool("pg_receivewal")?;
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let status = |i: usize| format!("status_port={}", ports[i]);
+    let pdir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", SEG_1MB]);
+    let primary = TestNode::start(&pdir, &[&status(0), "wal_keep_size=64MB"]);
+    let retry = "wal_retrieve_retry_interval=200ms";
+    let d1 = basebackup_with(&primary, tmp.path(), "s1", "s1", &["--no-slot"]);
+    let s1 = TestNode::start(&d1, &[&status(1), retry]);
+    let d2 = basebackup_with(&primary, tmp.path(), "s2", "s2", &["--no-slot"]);
+    stream_from(&d2, &s1, "s2");
+    let s2 = TestNode::start(&d2, &[&status(2), retry]);
+    let received = tmp.path().join("received");
+    std::fs::create_dir_all(&received).unwrap();
+    let receivewal = ChildGuard::spawn(
+        Command::new(receivewal)
+            .args(["-h", "127.0.0.1", "-p"])
+            .arg(primary.replication_port.to_string())
+            .args(["-U", "walrep", "-w", "-n", "-s", "1", "-D"])
+            .arg(&received)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    write_keys(&primary, "k", 100, 10);
+    wait_state(&s2, "Streaming");
+    wait_caught_up(&primary, &s1);
+    wait_caught_up(&primary, &s2);
+    Some(Chain {
+        tmp: tmp.path().to_path_buf(),
+        _tmp: tmp,
+        primary,
+        s1,
+        s2,
+        ports,
+        _receivewal: receivewal,
+    })
+}
+
+fn status_of(port: u16) -> Value {
+    let (code, body) = http_get(port, "/status");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The standby entry named `app` in `status`, once it is there.
+fn standby_named(port: u16, app: &str) -> Value {
+    wait_for(
+        &format!("{app} among the walsenders of :{port}"),
+        STEP,
+        || {
+            status_of(port)["standbys"]
+                .as_array()?
+                .iter()
+                .find(|w| w["application_name"] == json!(app))
+                .cloned()
+        },
+    )
+}
+
+#[test]
+fn the_pages_link_nodes_and_the_cluster_view_follows_them() {
+    let Some(c) = chain() else { return };
+    let url = |i: usize| format!("http://127.0.0.1:{}/", c.ports[i]);
+    // /status names each neighbour's page; pg_receivewal advertises none.
+    assert_eq!(
+        status_of(c.ports[2])["upstream"]["status_url"],
+        json!(url(1))
+    );
+    assert_eq!(
+        status_of(c.ports[1])["upstream"]["status_url"],
+        json!(url(0))
+    );
+    assert_eq!(standby_named(c.ports[1], "s2")["status_url"], json!(url(2)));
+    assert_eq!(standby_named(c.ports[0], "s1")["status_url"], json!(url(1)));
+    assert_eq!(
+        standby_named(c.ports[0], "pg_receivewal")["status_url"],
+        Value::Null
+    );
+
+    // The pages link them with JavaScript off.
+    let (_, s2_page) = http_get(c.ports[2], "/");
+    well_formed("s2's /", &s2_page);
+    let up = format!("<a class=\"node-link upstream-link\" href=\"{}\">", url(1));
+    assert!(s2_page.contains(&up), "{s2_page}");
+    let (_, p_page) = http_get(c.ports[0], "/");
+    well_formed("the primary's /", &p_page);
+    let down = format!(
+        "<a class=\"node-link downstream-link\" href=\"{}\">s1</a>",
+        url(1)
+    );
+    assert!(p_page.contains(&down), "{p_page}");
+    assert!(p_page.contains("<td>pg_receivewal</td>"), "{p_page}");
+
+    // /cluster asked of the end of the chain draws all of it.
+    let (code, cluster) = http_get(c.ports[2], "/cluster");
+    assert_eq!(code, 200);
+    well_formed("/cluster", &cluster);
+    for node in ["primary", "s1", "s2", "pg_receivewal (client)"] {
+        assert!(
+            cluster.contains(&format!("data-node=\"{node}\"")),
+            "{node} missing from /cluster:\n{cluster}"
+        );
+    }
+    assert!(!cluster.contains("unreachable"), "{cluster}");
+    for i in [0, 1] {
+        assert!(
+            cluster.contains(&format!("href=\"{}\"", url(i))),
+            "{cluster}"
+        );
+    }
+    assert_eq!(cluster.matches("class=\"edge\"").count(), 3, "{cluster}");
+
+    // In a browser: follow s2's upstream link to s1's page, then its
+    // upstream link to the primary's, and look at the cluster.
+    let mut browser = Browser::launch(&c.tmp.join("chromium-profile"));
+    browser.open(&url(2));
+    browser.wait_for("s2's page", "document.title === 'walrep s2'");
+    browser.eval("document.querySelector('a.upstream-link').click(); true");
+    browser.wait_for("s1's page", "document.title === 'walrep s1'");
+    browser.wait_for(
+        "s1's downstream s2 linked",
+        &format!("document.querySelector('a.downstream-link') !== null && document.querySelector('a.downstream-link').href === '{}'", url(2)),
+    );
+    let shot1 = c.tmp.join("3-s1-reached-from-s2.png");
+    browser.screenshot(&shot1);
+    browser.eval("document.querySelector('a.upstream-link').click(); true");
+    browser.wait_for("the primary's page", "document.title === 'walrep primary'");
+    browser.open(&format!("{}cluster", url(2)));
+    browser.wait_for(
+        "the cluster drawn",
+        "document.querySelectorAll('g.member').length === 4",
+    );
+    let shot2 = c.tmp.join("4-cluster-from-s2.png");
+    browser.screenshot(&shot2);
+    for shot in [&shot1, &shot2] {
+        assert!(
+            std::fs::metadata(shot).unwrap().len() > 10_000,
+            "{shot:?} is empty"
+        );
+    }
+    drop(c.s2);
+    drop(c.s1);
+    drop(c.primary);
 }

@@ -690,6 +690,11 @@ pub struct Config {
     pub log_disconnections: Bool,
     /// TCP port of the HTTP /status and /metrics endpoint (0 = off).
     pub status_port: u16,
+    /// Address of this node's status pages as other nodes and people should
+    /// use it, told to its upstream and downstreams so their pages link
+    /// here (empty = http://LISTEN:status_port/; an address that names no
+    /// host, such as 0.0.0.0, is replaced by the host the other side sees).
+    pub status_advertise_url: String,
 }
 
 impl Default for Config {
@@ -764,6 +769,7 @@ impl Default for Config {
             log_connections: Bool(false),
             log_disconnections: Bool(false),
             status_port: 0,
+            status_advertise_url: String::new(),
         }
     }
 }
@@ -837,6 +843,7 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "log_connections", section: "Observability", help: "Log each client connection (key-value port) at info, with its id and peer address, as PostgreSQL's log_connections." },
     ParamDoc { name: "log_disconnections", section: "Observability", help: "Log each client disconnection at info, with the session's duration, as PostgreSQL's log_disconnections." },
     ParamDoc { name: "status_port", section: "Observability", help: "TCP port of the HTTP /status and /metrics endpoint (0 = off)." },
+    ParamDoc { name: "status_advertise_url", section: "Observability", help: "Address of this node's status pages as other nodes and people should use it, told to its upstream and downstreams so their pages link here (empty = http://LISTEN:status_port/; an address that names no host, such as 0.0.0.0, is replaced by the host the other side sees)." },
 ];
 
 /// Parameters a running node re-reads on `walrep reload` or SIGHUP
@@ -1024,6 +1031,9 @@ impl Config {
             .is_none_or(|d| d < Duration::from_secs(1))
         {
             return bad("checkpoint_timeout", "must be at least 1s".into());
+        }
+        if let Some(problem) = crate::status::links::config_problem(&self.status_advertise_url) {
+            return bad("status_advertise_url", problem);
         }
         self.validate_security()?;
         for s in &self.wal_repair_sources {

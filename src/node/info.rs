@@ -49,6 +49,14 @@ impl Node {
         let conninfo = settings.primary_conninfo.trim();
         let parsed = ConnInfo::parse(conninfo).ok()?;
         let received = progress.received.flushed_point();
+        // The address the last session heard, while it is still the
+        // upstream primary_conninfo names.
+        let heard = progress
+            .received
+            .upstream()
+            .filter(|u| u.host == parsed.host && u.port == parsed.port);
+        let instance_id = heard.as_ref().and_then(|u| u.instance_id);
+        let status_url = heard.and_then(|u| u.status_url);
         Some(UpstreamSnapshot {
             status: progress.received.state().as_str(),
             sender_host: parsed.host,
@@ -60,6 +68,8 @@ impl Node {
             flushed_lsn: received.lsn,
             received_tli: received.tli,
             latest_end_lsn: progress.received.upstream_flush(),
+            status_url,
+            instance_id,
         })
     }
 
@@ -98,6 +108,7 @@ impl SnapshotProvider for Node {
         Snapshot {
             primary: self.is_primary(),
             system_identifier: c.system_identifier,
+            instance_id: self.instance_id,
             cluster_state: c.state,
             timeline: c.timeline,
             checkpoint_lsn: c.checkpoint_lsn,

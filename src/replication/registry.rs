@@ -87,6 +87,9 @@ pub struct WalSenderStatus {
     /// When the walsender took its place, after authentication
     /// (`backend_start`).
     pub backend_start: SystemTime,
+    /// The standby's status address, when it is a walrep node that said
+    /// (its page, linked from this node's).
+    pub status_url: Option<String>,
 }
 
 /// What changed, for the observer.
@@ -186,6 +189,7 @@ impl WalSenderRegistry {
                 reply_time: None,
                 feedback: None,
                 backend_start: SystemTime::now(),
+                status_url: None,
             };
             inner.senders.insert(id, status.clone());
             status
@@ -270,6 +274,14 @@ impl WalSenderHandle {
     pub fn set_slot(&self, slot: Option<String>) {
         self.registry
             .update(self.id, WalSenderChange::StateChanged, |s| s.slot = slot);
+    }
+
+    /// The standby's status address, told once at startup. No observer
+    /// cares (it changes nothing about replication), so none is told.
+    pub fn set_status_url(&self, url: Option<String>) {
+        if let Some(s) = self.registry.lock().senders.get_mut(&self.id) {
+            s.status_url = url;
+        }
     }
 
     /// WAL up to `lsn` was sent at `now` (recorded for lag and `sent_lsn`).

@@ -205,6 +205,9 @@ pub struct ReceiverConfig {
     pub system_id: u64,
     /// This node's instance identifier: the upstream's must differ.
     pub instance_id: u64,
+    /// This node's status address, told to the upstream at connection so
+    /// its page can link here.
+    pub status_url: Option<String>,
     /// The WAL directory received WAL is written into.
     pub segdir: Arc<SegmentDir>,
     /// `archive_mode = always`: completed segments get `.ready`, else `.done`.
@@ -246,6 +249,7 @@ impl ReceiverConfig {
             tli,
             system_id,
             instance_id,
+            status_url: crate::status::links::own_status_url(c),
             segdir,
             archive_always: c.archive_mode == ArchiveMode::Always,
             status_interval: nonzero(c.wal_receiver_status_interval.get()),
@@ -348,6 +352,9 @@ pub struct Upstream {
     pub(crate) application_name: String,
     /// `None` from a server that does not say (PostgreSQL).
     pub instance_id: Option<u64>,
+    /// Its status address (`walrep_status_url`), with an unspecified host
+    /// replaced by `host`; `None` from PostgreSQL.
+    pub status_url: Option<String>,
 }
 
 impl ReceiverShared {

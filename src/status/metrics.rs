@@ -275,6 +275,7 @@ mod tests {
         Snapshot {
             primary: false,
             system_identifier: 7,
+            instance_id: 1,
             cluster_state: ClusterState::InArchiveRecovery,
             timeline: TimelineId(1),
             checkpoint_lsn: Lsn(0x100060),

@@ -11,11 +11,13 @@
 //! - `history`: the ring of samples the charts draw.
 //! - `page`: the live page.
 //! - [`cluster`]: the topology around the node.
+//! - [`links`]: the status addresses nodes tell each other.
 //! - [`mod@reference`]: docs/observability.md, generated.
 
 pub mod cluster;
 pub(crate) mod history;
 pub mod http;
+pub mod links;
 pub mod metrics;
 pub(crate) mod page;
 pub mod reference;
@@ -40,6 +42,9 @@ pub struct Snapshot {
     pub primary: bool,
     /// The control file's system identifier (`pg_control_system()`).
     pub system_identifier: u64,
+    /// Random per start (`walrep_instance_id`): tells nodes apart where
+    /// names and ports repeat, so `/cluster` draws each once.
+    pub instance_id: u64,
     /// The control file's state (`in production`, `in archive recovery`, ...).
     pub cluster_state: ClusterState,
     /// The control file's timeline.
@@ -105,6 +110,12 @@ pub struct UpstreamSnapshot {
     pub received_tli: TimelineId,
     /// The upstream's flush position as it last said (`latest_end_lsn`).
     pub latest_end_lsn: Lsn,
+    /// The upstream's status address, when it is a walrep node that said
+    /// ([`links`]): its page, linked from this one.
+    pub status_url: Option<String>,
+    /// The upstream's instance (`walrep_instance_id`); `None` from
+    /// PostgreSQL.
+    pub instance_id: Option<u64>,
 }
 
 /// The WAL writer's positions and counters.
@@ -298,6 +309,7 @@ fn walsender_json(w: &WalSenderStatus, sync_state: &str) -> serde_json::Value {
         "replay_lag_ms": ms(w.apply_lag),
         "sync_state": sync_state,
         "reply_time_unix_ms": w.reply_time.map(unix_ms),
+        "status_url": w.status_url,
     })
 }
 
@@ -331,6 +343,8 @@ pub fn status_json(s: &Snapshot) -> String {
             "flushed_lsn": u.flushed_lsn.to_string(),
             "received_tli": u.received_tli.0,
             "latest_end_lsn": u.latest_end_lsn.to_string(),
+            "status_url": u.status_url,
+            "instance_id": u.instance_id.map(crate::replication::server::format_instance_id),
         })
     });
     let recovery = s.recovery.as_ref().and_then(|r| {
@@ -352,6 +366,7 @@ pub fn status_json(s: &Snapshot) -> String {
     serde_json::json!({
         "role": if s.primary { "primary" } else { "standby" },
         "system_identifier": s.system_identifier.to_string(),
+        "instance_id": crate::replication::server::format_instance_id(s.instance_id),
         "cluster_state": s.cluster_state.describe(),
         "timeline": s.timeline.0,
         "checkpoint_lsn": s.checkpoint_lsn.to_string(),
@@ -403,10 +418,12 @@ mod tests {
             reply_time: Some(std::time::SystemTime::now()),
             feedback: None,
             backend_start: std::time::SystemTime::now(),
+            status_url: Some("http://127.0.0.1:9188/".into()),
         };
         Snapshot {
             primary: false,
             system_identifier: 7,
+            instance_id: 1,
             cluster_state: ClusterState::InArchiveRecovery,
             timeline: TimelineId(1),
             checkpoint_lsn: Lsn(1),
@@ -450,6 +467,8 @@ mod tests {
                 flushed_lsn: Lsn(3),
                 received_tli: TimelineId(1),
                 latest_end_lsn: Lsn(3),
+                status_url: Some("http://h:9187/".into()),
+                instance_id: Some(2),
             }),
         }
     }

@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 
 use super::history::Sample;
+use super::links;
 use super::Snapshot;
 use crate::replication::registry::WalSenderStatus;
 use crate::states::recovery::Action;
@@ -310,11 +311,12 @@ fn upstream(s: &Snapshot) -> String {
         ("sender_port", u.sender_port.to_string()),
         ("conninfo", format!("<code>{}</code>", escape(&u.conninfo))),
     ];
+    let name = format!("<b>{}:{}</b>", escape(&u.sender_host), u.sender_port);
     let mut out = format!(
-        "<h2>Upstream</h2>\n<p id=\"upstream\">streams from <b>{}:{}</b> ({})</p>\n<table class=\"wal-receiver\">\n<tr>",
-        escape(&u.sender_host),
-        u.sender_port,
-        escape(u.status)
+        "<h2>Upstream</h2>\n<p id=\"upstream\">streams from {} ({}){}</p>\n<table class=\"wal-receiver\">\n<tr>",
+        links::link_to_page(u.status_url.as_deref(), "node-link upstream-link", &name),
+        escape(u.status),
+        if u.status_url.is_some() { "" } else { " \u{b7} <span class=\"muted\">it advertises no status page</span>" }
     );
     for (k, _) in &rows {
         let _ = write!(out, "<th>{k}</th>");
@@ -384,7 +386,11 @@ fn walsender_row(w: &WalSenderStatus, sync_state: &str) -> String {
         w.id.to_string(),
         UNTRACKED.into(),
         escape(&w.user),
-        escape(&w.application_name),
+        links::link_to_page(
+            w.status_url.as_deref(),
+            "node-link downstream-link",
+            &escape(&w.application_name),
+        ),
         w.client_addr
             .map(|a| a.ip().to_string())
             .unwrap_or_default(),

@@ -13,6 +13,7 @@ use super::metrics::{MetricKind, METRICS, PREFIX};
 pub static STATUS_FIELDS: &[(&str, &str)] = &[
     ("role", "`primary` (accepts writes) or `standby`"),
     ("system_identifier", "The cluster's system identifier (a string: it exceeds JSON's safe integers)"),
+    ("instance_id", "Random per start (16 hex digits), as walrep_instance_id and INFO's instance_id: tells nodes apart"),
     ("cluster_state", "The control file's state, as pg_controldata prints it"),
     ("timeline", "The control file's timeline"),
     ("checkpoint_lsn", "Last checkpoint (or restartpoint) location"),
@@ -52,6 +53,8 @@ pub static STATUS_FIELDS: &[(&str, &str)] = &[
     ("upstream.flushed_lsn", "WAL flushed"),
     ("upstream.received_tli", "Timeline of the flushed WAL"),
     ("upstream.latest_end_lsn", "The upstream's flush position as it last said"),
+    ("upstream.status_url", "The upstream's status page, as it advertised it (status_advertise_url); null from PostgreSQL"),
+    ("upstream.instance_id", "The upstream's instance_id, as it said at connection; null from PostgreSQL"),
     ("standbys", "Every connected walsender, as pg_stat_replication"),
     ("standbys[].pid", "The walsender's id (unique per server run)"),
     ("standbys[].usename", "Replication user"),
@@ -71,6 +74,7 @@ pub static STATUS_FIELDS: &[(&str, &str)] = &[
     ("standbys[].replay_lag_ms", "... replayed"),
     ("standbys[].sync_state", "async, potential, sync or quorum"),
     ("standbys[].reply_time_unix_ms", "When the last status update arrived"),
+    ("standbys[].status_url", "The downstream's status page, as a walrep standby told it; null for other clients (pg_receivewal)"),
     ("synchronous", "Synchronous replication"),
     ("synchronous.standby_names", "synchronous_standby_names, normalised; null when empty"),
     ("synchronous.waiters", "Commits waiting for synchronous standbys"),
@@ -85,9 +89,9 @@ pub fn reference_markdown() -> String {
          regenerate with `UPDATE_DOCS=1 cargo test --test observability_docs`. -->\n\n\
          Every node serves HTTP on `status_port` (off when 0):\n\n\
          | path | what |\n| --- | --- |\n\
-         | `/` | The live page: the recovery machine drawn from the code with the current state highlighted, the last transitions with their causes, LSN and lag charts over the last minutes, the upstream (every pg_stat_wal_receiver column) and the downstreams (every pg_stat_replication column). It updates every second without a reload and reads the same with JavaScript off. |\n\
+         | `/` | The live page: the recovery machine drawn from the code with the current state highlighted, the last transitions with their causes, LSN and lag charts over the last minutes, the upstream (every pg_stat_wal_receiver column) and the downstreams (every pg_stat_replication column), each a link to that node's own page. It updates every second without a reload and reads the same with JavaScript off. |\n\
          | `/live` | The changing part of `/`, which the page fetches. |\n\
-         | `/cluster` | The topology around the node, with lag on each edge; `/cluster?peers=HOST:PORT,...` reads other nodes' `/status` to draw them too. |\n\
+         | `/cluster` | The whole topology, from any node: it follows each node's upstream and downstreams by the status addresses they advertise and draws every node with its state, every walsender's client (pg_receivewal too) and the lag on each edge; `/cluster?peers=HOST:PORT,...` reads more nodes. |\n\
          | `/status` | The fields below, as JSON. |\n\
          | `/metrics` | The metrics below, in Prometheus's text format. |\n\
          | `/machine.svg` | The recovery machine with the events on each arrow. |\n\n\
@@ -103,6 +107,22 @@ pub fn reference_markdown() -> String {
          worker for a bounded time and never a thread of the node.\n\n",
         IO_TIMEOUT.as_secs(),
         REQUEST_DEADLINE.as_secs()
+    );
+    let _ = write!(
+        out,
+        "## Links between nodes\n\nA node's status address is `status_advertise_url` when set, else `http://LISTEN:status_port/` \
+         (the first of `listen_addresses`). The upstream sends it on every replication connection as the ParameterStatus \
+         `{}` (PostgreSQL clients ignore parameters they do not know); a walrep standby sends its own in the startup packet as \
+         `{}` (a dotted name, which a PostgreSQL primary accepts as a custom setting). An address whose host names no \
+         machine (`0.0.0.0`, `::`) is completed with the host the other side sees; set `status_advertise_url` where that is \
+         not the right one (NAT, a proxy). Addresses longer than {} characters, or not http(s), are ignored. `/cluster` reads \
+         at most {} nodes, each within {} s, all within {} s.\n\n",
+        super::links::STATUS_URL_PARAMETER,
+        super::links::STATUS_URL_STARTUP_PARAMETER,
+        super::links::MAX_STATUS_URL_LEN,
+        super::cluster::MAX_PEERS,
+        super::cluster::PEER_TIMEOUT.as_secs(),
+        super::cluster::WALK_DEADLINE.as_secs()
     );
     out.push_str("## `/status` fields\n\n| field | meaning |\n| --- | --- |\n");
     for (path, meaning) in STATUS_FIELDS {

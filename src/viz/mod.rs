@@ -9,6 +9,7 @@
 
 pub mod chart;
 pub mod html;
+pub mod plot;
 pub mod swimlane;
 pub mod xml;
 

@@ -175,6 +175,18 @@ impl ReplicationClient {
     /// Connect and authenticate; `timeout` bounds the TCP connect and every
     /// later wait for an answer (connect_timeout in the string wins).
     pub fn connect(info: &ConnInfo, timeout: Duration) -> Result<ReplicationClient, ClientError> {
+        Self::connect_with(info, timeout, &[])
+    }
+
+    /// [`connect`](Self::connect), sending `extra` startup parameters too
+    /// (a walrep standby's status address). A PostgreSQL server refuses a
+    /// parameter it does not know unless its name has a dot (a custom
+    /// setting), so only dotted names belong here.
+    pub fn connect_with(
+        info: &ConnInfo,
+        timeout: Duration,
+        extra: &[(String, String)],
+    ) -> Result<ReplicationClient, ClientError> {
         let timeout = info.connect_timeout.unwrap_or(timeout);
         let password = info.resolve_password()?;
         let stream = tcp_connect(info, timeout)?;
@@ -191,7 +203,7 @@ impl ReplicationClient {
             streaming: false,
             copy_out: false,
         };
-        c.startup(info, password.as_deref())?;
+        c.startup(info, password.as_deref(), extra)?;
         Ok(c)
     }
 
@@ -220,6 +232,12 @@ impl ReplicationClient {
             .split(',')
             .filter_map(|id| u64::from_str_radix(id.trim(), 16).ok())
             .collect()
+    }
+
+    /// The serving walrep node's status address (`walrep_status_url`), if
+    /// it sent a usable one.
+    pub fn status_url(&self) -> Option<String> {
+        crate::status::links::accept(self.parameter(crate::status::links::STATUS_URL_PARAMETER)?)
     }
 
     /// The bound on waiting for an answer, as given at connect.
@@ -252,7 +270,12 @@ impl ReplicationClient {
         Ok(self.reader.read_backend()?)
     }
 
-    fn startup(&mut self, info: &ConnInfo, password: Option<&str>) -> Result<(), ClientError> {
+    fn startup(
+        &mut self,
+        info: &ConnInfo,
+        password: Option<&str>,
+        extra: &[(String, String)],
+    ) -> Result<(), ClientError> {
         let mut params = vec![
             ("user".to_string(), info.user.clone()),
             (
@@ -264,6 +287,7 @@ impl ReplicationClient {
         if let Some(a) = &info.application_name {
             params.push(("application_name".into(), a.clone()));
         }
+        params.extend(extra.iter().cloned());
         self.write_raw(&StartupPacket::startup(params).encode())?;
         self.authenticate(password)?;
         loop {

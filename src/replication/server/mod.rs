@@ -68,6 +68,9 @@ pub struct ServerOptions {
     /// ParameterStatus (PostgreSQL clients ignore unknown parameters) so a
     /// walreceiver can tell it is connected to its own node.
     pub instance_id: u64,
+    /// This node's status address, sent as the `walrep_status_url`
+    /// ParameterStatus so a downstream's page can link to this node's.
+    pub status_url: Option<String>,
 }
 
 impl ServerOptions {
@@ -98,6 +101,7 @@ impl ServerOptions {
                 .authentication_timeout
                 .get()
                 .unwrap_or(Duration::from_secs(60)),
+            status_url: crate::status::links::own_status_url(c),
             ..ServerOptions::default()
         })
     }
@@ -121,6 +125,7 @@ impl Default for ServerOptions {
             server_version: format!("15.0 (walrep {})", env!("CARGO_PKG_VERSION")),
             shutdown_timeout: Duration::from_secs(10),
             instance_id: rand::random(),
+            status_url: None,
         }
     }
 }

@@ -112,6 +112,7 @@ pub(super) fn run<S: ReplicationSource>(ctx: &Arc<Ctx<S>>, stream: TcpStream, st
         conn.close();
         return;
     };
+    handle.set_status_url(client.status_url.clone());
     serve(Arc::clone(ctx), conn, reader, handle, client);
 }
 

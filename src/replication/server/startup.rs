@@ -20,6 +20,7 @@ use crate::replication::source::ReplicationSource;
 use crate::replication::sqlstate::{self as code, PgError};
 use crate::security::scram::{self, ScramError, ScramKeys, ScramServer};
 use crate::security::NetStream;
+use crate::status::links;
 use crate::util::Cidr;
 
 /// Who connected, once authenticated.
@@ -29,6 +30,9 @@ pub(super) struct Client {
     pub peer: SocketAddr,
     /// The connection is encrypted.
     pub tls: bool,
+    /// A walrep standby's status address (its `walrep.status_url` startup
+    /// parameter), with an unspecified host replaced by the peer's.
+    pub status_url: Option<String>,
 }
 
 /// How startup ended without a session.
@@ -78,11 +82,15 @@ pub(super) fn negotiate<S: ReplicationSource>(
     for (name, value) in parameter_status(ctx, &user, &application_name) {
         conn.send(&BackendMessage::ParameterStatus { name, value });
     }
+    let status_url = get(links::STATUS_URL_STARTUP_PARAMETER)
+        .and_then(|u| links::accept(&u))
+        .map(|u| links::resolve(&u, &peer.ip().to_string()));
     Ok(Client {
         user,
         application_name,
         peer,
         tls,
+        status_url,
     })
 }
 
@@ -382,6 +390,12 @@ fn parameter_status<S: ReplicationSource>(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .chain(announced_history_id(&*ctx.source).map(|h| (HISTORY_ID_PARAMETER.to_string(), h)))
+    .chain(
+        ctx.options
+            .status_url
+            .clone()
+            .map(|u| (links::STATUS_URL_PARAMETER.to_string(), u)),
+    )
     .collect()
 }
 

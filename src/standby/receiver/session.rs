@@ -19,6 +19,7 @@ use crate::replication::client::{
 use crate::replication::server::{
     format_instance_id, parse_history_id_parameter, HISTORY_ID_PARAMETER,
 };
+use crate::status::links::{resolve, STATUS_URL_STARTUP_PARAMETER};
 use crate::wal::timeline::{
     compare_history_ids, format_history_id, history_ids, history_path, newest_timeline,
     read_history_text,
@@ -245,7 +246,13 @@ impl Session {
         }
         let info = ConnInfo::parse(&self.cfg.conninfo)
             .map_err(|e| lost(format!("invalid primary_conninfo: {e}")))?;
-        let client = ReplicationClient::connect(&info, self.cfg.connect_timeout)
+        let extra: Vec<(String, String)> = self
+            .cfg
+            .status_url
+            .iter()
+            .map(|u| (STATUS_URL_STARTUP_PARAMETER.to_string(), u.clone()))
+            .collect();
+        let client = ReplicationClient::connect_with(&info, self.cfg.connect_timeout, &extra)
             .map_err(|e| lost(format!("could not connect to the primary server: {e}")))?;
         *self
             .control
@@ -275,6 +282,7 @@ impl Session {
                 port: info.port,
                 application_name: info.application_name.clone().unwrap_or_default(),
                 instance_id: client.instance_id(),
+                status_url: client.status_url().map(|u| resolve(&u, &info.host)),
             }),
             chain,
         );
