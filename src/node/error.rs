@@ -13,7 +13,7 @@ use crate::store::checkpoint::SnapshotError;
 use crate::store::control::ControlError;
 use crate::syncrep::standby_names::StandbyNamesError;
 use crate::wal::{SegmentError, TimelineError, WalError};
-use crate::TimelineId;
+use crate::{Lsn, TimelineId};
 
 /// Errors of starting, running and stopping a node.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,12 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
+    #[error(
+        "WAL ends at {end}, before the minimum recovery point {min_recovery_point}: this data \
+         directory is an incomplete copy (a base backup cut short) or lost WAL it needs; take a \
+         new base backup with walrep basebackup, or put the missing WAL in wal/"
+    )]
+    BeforeConsistency { end: Lsn, min_recovery_point: Lsn },
     #[error("could not start the WAL writer: {0}")]
     StartWal(WalError),
     #[error(transparent)]

@@ -358,6 +358,15 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
     };
     let rec = recovery::replay_to_end(&node.dir.root, &control, history, &node.store, &repair)?;
     node.note_wal_repairs(rec.repaired.clone());
+    if control.min_recovery_point.is_valid() && rec.end < control.min_recovery_point {
+        // A base backup cut short by a crash (or a standby that lost WAL
+        // it had replayed): serving it would present an older state as
+        // the copy. PostgreSQL: "WAL ends before end of online backup".
+        return Err(NodeError::BeforeConsistency {
+            end: rec.end,
+            min_recovery_point: control.min_recovery_point,
+        });
+    }
     tracing::info!(records = rec.records_replayed, end = %rec.end, elapsed_ms = rec.elapsed_ms, "recovery complete");
     let mut wal_cfg = WalConfig::new(
         node.dir.wal(),
@@ -375,8 +384,11 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
         .get()
         .unwrap_or(Duration::from_millis(200));
     let wal = Arc::new(Wal::start(wal_cfg).map_err(NodeError::StartWal)?);
-    node.control_file
-        .update(|c| c.state = ClusterState::InProduction)?;
+    node.control_file.update(|c| {
+        c.state = ClusterState::InProduction;
+        // Consistent now; a later crash recovery needs no minimum.
+        c.min_recovery_point = crate::Lsn::INVALID;
+    })?;
     node.attach_wal(wal)
         .map_err(spawn("WAL writer's threads"))?;
     if control.state != ClusterState::ShutDown {
