@@ -382,7 +382,15 @@ fn promote(node: &RunningNode, dir: &Path) -> Result<(), String> {
     if poll(|| node.node.is_primary()) {
         Ok(())
     } else {
-        Err("the image's standby did not finish its promotion".into())
+        let c = node.node.control();
+        Err(format!(
+            "the image's standby did not finish its promotion within {DEADLINE:?} (replayed to \
+             {}, control file: timeline {}, {}, minimum recovery point {})",
+            node.node.replay_end(),
+            c.timeline.0,
+            c.state,
+            c.min_recovery_point
+        ))
     }
 }
 

@@ -37,6 +37,22 @@ pub enum NodeError {
         tli: TimelineId,
         source: TimelineError,
     },
+    #[error(
+        "the control file says timeline {tli} has history id {control}, but the history file \
+         of timeline {tli} names {file}: it is another promotion's timeline {tli}; restore this \
+         node's own history file, or take a new base backup with walrep basebackup"
+    )]
+    HistoryIdMismatch {
+        tli: TimelineId,
+        control: String,
+        file: String,
+    },
+    #[error(
+        "the control file says timeline {tli} has history id {control}, but the history file \
+         of timeline {tli} is missing or names no id; restore it (from the archive), or take a \
+         new base backup with walrep basebackup"
+    )]
+    HistoryIdMissing { tli: TimelineId, control: String },
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
     #[error(

@@ -88,7 +88,7 @@ impl RunningNode {
         {
             tracing::warn!(error = %e, "could not remove a stale promote request");
         }
-        let control = ControlFile::read(&dir.root)?;
+        let control = check_history_id(&dir, ControlFile::read(&dir.root)?)?;
         let standby = dir.is_standby();
         let segdir = Arc::new(SegmentDir::open(
             &dir.wal(),
@@ -333,6 +333,34 @@ fn standby_handles(node: &Arc<Node>, progress: StandbyProgress) -> StandbyHandle
 }
 
 /// Recover a primary from its WAL and start its WAL writer.
+/// The control file's history id and the one its timeline's history file
+/// names must agree: a history file that another promotion's copy replaced
+/// (the same timeline number, another history) is refused, not followed.
+/// A control file without an id (timeline 1, or written by an older walrep)
+/// takes the file's, kept at its next update.
+fn check_history_id(dir: &DataDir, mut control: ControlFile) -> Result<ControlFile, NodeError> {
+    let tli = control.timeline;
+    let file = crate::store::history_id_of(&dir.root, tli);
+    match (control.history_id, file) {
+        (0, found) => control.history_id = found.unwrap_or(0),
+        (ours, Some(theirs)) if ours != theirs => {
+            return Err(NodeError::HistoryIdMismatch {
+                tli,
+                control: crate::wal::timeline::format_history_id(ours),
+                file: crate::wal::timeline::format_history_id(theirs),
+            })
+        }
+        (ours, None) => {
+            return Err(NodeError::HistoryIdMissing {
+                tli,
+                control: crate::wal::timeline::format_history_id(ours),
+            })
+        }
+        _ => {}
+    }
+    Ok(control)
+}
+
 fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
     let control = node.control();
     if control.state != ClusterState::ShutDown {
