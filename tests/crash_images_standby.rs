@@ -970,3 +970,32 @@ fn power_loss_images_of_a_parallel_base_backup_never_start_unless_complete() {
         check_backup_image,
     );
 }
+
+/// What the basebackup workload found, named: a copy whose last WAL
+/// segment did not survive (its control file and first segment did)
+/// refuses to start, saying where its WAL ends and where it had to reach,
+/// and changes nothing.
+#[test]
+fn a_copy_whose_wal_ends_before_the_backup_end_refuses_to_start() {
+    let tmp = scratch();
+    let (_, run) = backup_workload(tmp.path(), 1);
+    let copy = tmp.path().join("b").join("copy");
+    let seg = support::wal::seg();
+    let redo = walrep::store::ControlFile::read(&copy)
+        .unwrap()
+        .redo_lsn
+        .segno(seg);
+    let last = Lsn(run.end.0 - 1).segno(seg);
+    assert!(last > redo, "the backup's WAL fits in one segment");
+    let file = copy
+        .join("wal")
+        .join(last.file_name(walrep::TimelineId(1), seg));
+    std::fs::remove_file(&file).unwrap();
+    let control = std::fs::read(copy.join("control")).unwrap();
+    let e = start_image(&copy, &[]).err().expect("the copy started");
+    assert!(
+        e.contains("before the minimum recovery point") && e.contains(&run.end.to_string()),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(copy.join("control")).unwrap(), control);
+}
