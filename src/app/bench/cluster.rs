@@ -76,6 +76,37 @@ pub fn basebackup(
     Ok(())
 }
 
+/// `walrep rejoin DATADIR --from 127.0.0.1:REPL_PORT` as standby
+/// `application_name`: `Ok(Ok(bytes quarantined))` when it rewound the
+/// data directory, `Ok(Err(why))` when it refused (no checkpoint old
+/// enough: the caller copies afresh).
+pub fn rejoin(
+    exe: &Path,
+    repl_port: u16,
+    dir: &Path,
+    application_name: &str,
+) -> Result<Result<u64, String>, BenchError> {
+    let out = Command::new(exe)
+        .arg("rejoin")
+        .arg(dir)
+        .args(["--from", &format!("127.0.0.1:{repl_port}")])
+        .args(["-U", "walrep", "--application-name", application_name])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BenchError::io("walrep rejoin", e))?;
+    if !out.status.success() {
+        return Ok(Err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    // "walrep: N records (B bytes, K keys) written past the fork moved to ..."
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes = text
+        .split_once(" records (")
+        .and_then(|(_, rest)| rest.split_once(" bytes"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0);
+    Ok(Ok(bytes))
+}
+
 impl Node {
     /// `walrep start DATADIR` on free loopback ports with `overrides`
     /// (`name=value`), logs in `DATADIR.log`; returns once it answers PING
