@@ -76,6 +76,23 @@ pub fn basebackup(
     Ok(())
 }
 
+/// Drop replication slot `name` on the node at `repl_port`, if it has one.
+pub fn drop_slot(repl_port: u16, name: &str) -> Result<(), BenchError> {
+    use walrep::replication::client::{ConnInfo, ReplicationClient};
+    let info = ConnInfo::parse(&format!("host=127.0.0.1 port={repl_port} user=walrep"))
+        .map_err(|e| BenchError::Server(e.to_string()))?;
+    let mut c = ReplicationClient::connect(&info, Duration::from_secs(10))
+        .map_err(|e| BenchError::Server(format!("connect to drop slot {name}: {e}")))?;
+    let dropped = c.drop_slot(name, false);
+    c.close();
+    match dropped {
+        Err(e) if e.sqlstate() != Some(walrep::replication::sqlstate::UNDEFINED_OBJECT) => Err(
+            BenchError::Server(format!("could not drop slot {name}: {e}")),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// `walrep rejoin DATADIR --from 127.0.0.1:REPL_PORT` as standby
 /// `application_name`: `Ok(Ok(bytes quarantined))` when it rewound the
 /// data directory, `Ok(Err(why))` when it refused (no checkpoint old

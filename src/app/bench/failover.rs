@@ -221,6 +221,9 @@ impl<'a> Soak<'a> {
             Err(why) => {
                 eprintln!("n{i}: walrep rejoin refused ({why}); copying it afresh");
                 self.report.rebuilt_with_basebackup += 1;
+                // The copy makes its slot anew; the one the primary kept
+                // for this node from an earlier round is dropped first.
+                cluster::drop_slot(repl_port, &format!("walrep_n{i}"))?;
                 return self.rebuild_standby(i);
             }
         }
