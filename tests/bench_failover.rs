@@ -41,8 +41,9 @@ fn a_few_failover_rounds_lose_no_acknowledged_write() {
     assert_eq!(figure(&out, "lost acknowledged writes:"), 0, "{out}");
     assert_eq!(figure(&out, "violations:"), 0, "{out}");
     assert_eq!(figure(&out, "rejoins:"), 3, "{out}");
-    // Every old primary comes back with walrep rejoin: a short soak takes
-    // no timed checkpoint, so each has one from before its fork.
+    // Old primaries come back with walrep rejoin; a fresh copy only when
+    // one checkpointed past its fork (a request left from its promotion
+    // can land there), which a few rounds rarely see.
     let rebuilt = out
         .lines()
         .find_map(|l| l.strip_prefix("rejoins:"))
@@ -55,7 +56,7 @@ fn a_few_failover_rounds_lose_no_acknowledged_write() {
                 .ok()
         })
         .unwrap_or_else(|| panic!("no rebuilt count in the report:\n{out}"));
-    assert_eq!(rebuilt, 0, "{out}");
+    assert!(rebuilt < 3, "no old primary came back with rejoin:\n{out}");
     // As root with ip and nft (CI), round 1 is a partition.
     if unsafe { libc::geteuid() } == 0 {
         assert!(out.contains("round 1: partition"), "{out}");
