@@ -600,6 +600,9 @@ impl<S: BackupSource> Backup<'_, S> {
         c.state = ClusterState::InArchiveRecovery;
         c.min_recovery_point = end;
         c.timeline = self.tli();
+        if c.timeline != self.control.timeline {
+            c.history_id = crate::store::history_id_of(&self.dir().root, c.timeline).unwrap_or(0);
+        }
         c.time_ms = now_ms();
         c
     }

@@ -13,7 +13,7 @@ use crate::store::checkpoint::SnapshotError;
 use crate::store::control::ControlError;
 use crate::syncrep::standby_names::StandbyNamesError;
 use crate::wal::{SegmentError, TimelineError, WalError};
-use crate::TimelineId;
+use crate::{Lsn, TimelineId};
 
 /// Errors of starting, running and stopping a node.
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +47,48 @@ pub enum NodeError {
         /// Why it could not be read.
         source: TimelineError,
     },
+    /// The control file's history id is not the one in the timeline's history file.
+    #[error(
+        "the control file says timeline {tli} has history id {control}, but the history file \
+         of timeline {tli} names {file}: it is another promotion's timeline {tli}; restore this \
+         node's own history file, or take a new base backup with walrep basebackup"
+    )]
+    HistoryIdMismatch {
+        /// The control file's timeline.
+        tli: TimelineId,
+        /// The id the control file holds.
+        control: String,
+        /// The id the history file names.
+        file: String,
+    },
+    /// The control file names a history id but the history file is missing or names none.
+    #[error(
+        "the control file says timeline {tli} has history id {control}, but the history file \
+         of timeline {tli} is missing or names no id; restore it (from the archive), or take a \
+         new base backup with walrep basebackup"
+    )]
+    HistoryIdMissing {
+        /// The control file's timeline.
+        tli: TimelineId,
+        /// The id the control file holds.
+        control: String,
+    },
     /// Crash recovery stopped on something other than the end of WAL.
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
+    /// WAL ended before the minimum recovery point: an incomplete copy
+    /// (PostgreSQL's "WAL ends before end of online backup").
+    #[error(
+        "WAL ends at {end}, before the minimum recovery point {min_recovery_point}: this data \
+         directory is an incomplete copy (a base backup cut short) or lost WAL it needs; take a \
+         new base backup with walrep basebackup, or put the missing WAL in wal/"
+    )]
+    BeforeConsistency {
+        /// Where the valid WAL ends.
+        end: Lsn,
+        /// The position the copy must reach to be consistent.
+        min_recovery_point: Lsn,
+    },
     /// The WAL writer could not open its segment after recovery.
     #[error("could not start the WAL writer: {0}")]
     StartWal(WalError),

@@ -89,7 +89,7 @@ impl RunningNode {
         {
             tracing::warn!(error = %e, "could not remove a stale promote request");
         }
-        let control = ControlFile::read(&dir.root)?;
+        let control = check_history_id(&dir, ControlFile::read(&dir.root)?)?;
         let standby = dir.is_standby();
         let segdir = Arc::new(SegmentDir::open(
             &dir.wal(),
@@ -334,6 +334,34 @@ fn standby_handles(node: &Arc<Node>, progress: StandbyProgress) -> StandbyHandle
 }
 
 /// Recover a primary from its WAL and start its WAL writer.
+/// The control file's history id and the one its timeline's history file
+/// names must agree: a history file that another promotion's copy replaced
+/// (the same timeline number, another history) is refused, not followed.
+/// A control file without an id (timeline 1, or written by an older walrep)
+/// takes the file's, kept at its next update.
+fn check_history_id(dir: &DataDir, mut control: ControlFile) -> Result<ControlFile, NodeError> {
+    let tli = control.timeline;
+    let file = crate::store::history_id_of(&dir.root, tli);
+    match (control.history_id, file) {
+        (0, found) => control.history_id = found.unwrap_or(0),
+        (ours, Some(theirs)) if ours != theirs => {
+            return Err(NodeError::HistoryIdMismatch {
+                tli,
+                control: crate::wal::timeline::format_history_id(ours),
+                file: crate::wal::timeline::format_history_id(theirs),
+            })
+        }
+        (ours, None) => {
+            return Err(NodeError::HistoryIdMissing {
+                tli,
+                control: crate::wal::timeline::format_history_id(ours),
+            })
+        }
+        _ => {}
+    }
+    Ok(control)
+}
+
 fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
     let control = node.control();
     if control.state != ClusterState::ShutDown {
@@ -356,6 +384,15 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
     );
     let rec = recovery::replay_to_end(&node.dir.root, &control, history, &node.store, &repair)?;
     node.note_wal_repairs(rec.repaired.clone());
+    if control.min_recovery_point.is_valid() && rec.end < control.min_recovery_point {
+        // A base backup cut short by a crash (or a standby that lost WAL
+        // it had replayed): serving it would present an older state as
+        // the copy. PostgreSQL: "WAL ends before end of online backup".
+        return Err(NodeError::BeforeConsistency {
+            end: rec.end,
+            min_recovery_point: control.min_recovery_point,
+        });
+    }
     tracing::info!(records = rec.records_replayed, end = %rec.end, elapsed_ms = rec.elapsed_ms, "recovery complete");
     let mut wal_cfg = WalConfig::new(
         node.dir.wal(),
@@ -373,8 +410,11 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
         .get()
         .unwrap_or(Duration::from_millis(200));
     let wal = Arc::new(Wal::start(wal_cfg).map_err(NodeError::StartWal)?);
-    node.control_file
-        .update(|c| c.state = ClusterState::InProduction)?;
+    node.control_file.update(|c| {
+        c.state = ClusterState::InProduction;
+        // Consistent now; a later crash recovery needs no minimum.
+        c.min_recovery_point = crate::Lsn::INVALID;
+    })?;
     node.attach_wal(wal)
         .map_err(spawn("WAL writer's threads"))?;
     if control.state != ClusterState::ShutDown {

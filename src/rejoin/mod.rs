@@ -229,6 +229,13 @@ pub fn rejoin(opts: &RejoinOptions) -> Result<RejoinReport, RejoinError> {
     };
     let past = scan_past(cfg, fork);
     let st = &*opts.storage;
+    // A slot the node already names stays named (pg_rewind leaves
+    // primary_slot_name alone); read before anything is changed, so a
+    // configuration that cannot be read changes nothing.
+    let slot = crate::config::Config::load(&dir.config_file(), &[])
+        .map_err(|e| RejoinError::StandbyConfig(e.to_string()))?
+        .primary_slot_name;
+    let slot = Some(slot.as_str()).filter(|s| !s.is_empty());
     let quarantine = if past.records > 0 {
         let q = quarantine(st, &dir, &control, local_tli, fork, &past)?;
         cut_wal(st, &dir, &control, local_tli, fork, past.end)?;
@@ -237,7 +244,7 @@ pub fn rejoin(opts: &RejoinOptions) -> Result<RejoinReport, RejoinError> {
         None
     };
     let conninfo = standby_conninfo(&opts.conninfo);
-    crate::backup::standby_config::write(st, &dir.root, &conninfo, None)
+    crate::backup::standby_config::write(st, &dir.root, &conninfo, slot)
         .map_err(|e| RejoinError::StandbyConfig(e.to_string()))?;
     Ok(RejoinReport {
         local_tli,

@@ -172,7 +172,30 @@ struct Recorder {
     events: Vec<Event>,
     /// Kernel inode number -> model inode, for calls given an open `File`.
     inodes: HashMap<u64, InodeId>,
+    /// The live names of files, as the recorded calls left them: a file
+    /// synced under a name the record does not give it was written by
+    /// another process (a restore_command's `cp`) and is adopted.
+    names: HashMap<PathBuf, InodeId>,
     next_inode: InodeId,
+}
+
+impl Recorder {
+    /// Move the names at or under `from` to `to` (a rename of a file or
+    /// of a directory).
+    fn rename(&mut self, from: &Path, to: &Path) {
+        let moved: Vec<(PathBuf, InodeId)> = self
+            .names
+            .iter()
+            .filter(|(p, _)| p.starts_with(from))
+            .map(|(p, &id)| (p.clone(), id))
+            .collect();
+        self.names.retain(|p, _| !p.starts_with(to));
+        for (p, id) in moved {
+            self.names.remove(&p);
+            let rest = p.strip_prefix(from).expect("filtered on the prefix");
+            self.names.insert(to.join(rest), id);
+        }
+    }
 }
 
 /// Storage that makes the real calls and records each one (see the module
@@ -206,6 +229,7 @@ impl CrashStorage {
                 let id = rec.next_inode;
                 rec.next_inode += 1;
                 rec.inodes.insert(ino, id);
+                rec.names.insert(rel.clone(), id);
                 base_inodes.push(Some(id));
             } else {
                 base_inodes.push(None);
@@ -325,6 +349,7 @@ impl Storage for CrashStorage {
             let id = rec.next_inode;
             rec.next_inode += 1;
             rec.inodes.insert(ino, id);
+            rec.names.insert(rel.clone(), id);
             self.push(
                 &mut rec,
                 Event::Create {
@@ -393,6 +418,7 @@ impl Storage for CrashStorage {
         };
         let mut rec = self.lock();
         StdStorage.rename(from, to)?;
+        rec.rename(&f, &t);
         self.push(&mut rec, Event::Rename { from: f, to: t });
         Ok(())
     }
@@ -403,6 +429,7 @@ impl Storage for CrashStorage {
         };
         let mut rec = self.lock();
         StdStorage.remove_file(path)?;
+        rec.names.remove(&rel);
         self.push(&mut rec, Event::Remove { path: rel });
         Ok(())
     }
@@ -413,6 +440,7 @@ impl Storage for CrashStorage {
         };
         let mut rec = self.lock();
         StdStorage.remove_dir_all(path)?;
+        rec.names.retain(|p, _| !p.starts_with(&rel));
         self.push(&mut rec, Event::RemoveTree { path: rel });
         Ok(())
     }
@@ -429,6 +457,42 @@ impl Storage for CrashStorage {
 }
 
 impl CrashStorage {
+    /// The model inode of `file`, synced under `path`. A file the record
+    /// does not name so (another process wrote it, as a restore_command's
+    /// `cp` does) is adopted first: created under that name with what it
+    /// holds now, both pending until synced like any other.
+    fn adopt_or_inode(&self, rec: &mut Recorder, file: &File, path: &Path) -> io::Result<InodeId> {
+        let (Some(rel), ino) = (self.rel(path), file.metadata()?.ino()) else {
+            return Self::inode_of(rec, file);
+        };
+        if let Some(known) = rec.inodes.get(&ino).copied() {
+            if rec.names.get(&rel) == Some(&known) {
+                return Ok(known);
+            }
+        }
+        let id = rec.next_inode;
+        rec.next_inode += 1;
+        rec.inodes.insert(ino, id);
+        rec.names.insert(rel.clone(), id);
+        let bytes: Arc<[u8]> = fs::read(path)?.into();
+        self.push(
+            rec,
+            Event::Create {
+                path: rel,
+                inode: id,
+            },
+        );
+        self.push(
+            rec,
+            Event::Write {
+                inode: id,
+                offset: 0,
+                bytes,
+            },
+        );
+        Ok(id)
+    }
+
     fn sync_file(&self, file: &File, path: &Path, all: bool) -> io::Result<()> {
         if self.rel(path).is_none() {
             return if all {
@@ -438,7 +502,7 @@ impl CrashStorage {
             };
         }
         let mut rec = self.lock();
-        let inode = Self::inode_of(&mut rec, file)?;
+        let inode = self.adopt_or_inode(&mut rec, file, path)?;
         if all {
             StdStorage.sync_all(file, path)?;
         } else {
@@ -877,6 +941,23 @@ mod tests {
         let images = images_of(&st, "f", 4);
         assert!(images.contains(&Some(Vec::new())), "{images:?}");
         assert!(images.contains(&Some(b"new".to_vec())), "{images:?}");
+    }
+
+    #[test]
+    fn a_file_another_process_wrote_is_adopted_when_synced_then_renamed_durably() {
+        let d = tempfile::tempdir().unwrap();
+        let st = CrashStorage::new(d.path()).unwrap();
+        // As a restore_command's `cp` leaves it, unknown to the record.
+        fs::write(d.path().join("RECOVERYXLOG"), b"restored").unwrap();
+        crate::storage::durable_rename(&st, &d.path().join("RECOVERYXLOG"), &d.path().join("seg"))
+            .unwrap();
+        let images = images_of(&st, "seg", 4);
+        assert!(
+            images
+                .iter()
+                .all(|i| i.as_deref() == Some(&b"restored"[..])),
+            "{images:?}"
+        );
     }
 
     #[test]

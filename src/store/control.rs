@@ -5,6 +5,10 @@
 //! and the cluster state. It is magic + version + fixed little-endian body +
 //! CRC32, and is replaced atomically (temporary file, fsync, rename, fsync
 //! directory), so a crash leaves either the old or the new one.
+//!
+//! Version 2 keeps the current timeline's history id (the random id its
+//! history file names) where version 1 had a reserved zero; version 1
+//! files are still read, with no id.
 
 use std::fmt;
 use std::io;
@@ -18,7 +22,9 @@ use crate::{Lsn, TimelineId, WalSegSize};
 pub const CONTROL_FILE: &str = "control";
 
 const MAGIC: &[u8; 8] = b"WALREPCF";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The oldest version still read (its history id field was reserved, 0).
+const OLDEST_VERSION: u32 = 1;
 /// Bytes of the body between the header (magic + version) and the CRC.
 const BODY_LEN: usize = 8 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 4 + 8 + 8 + 4;
 const FILE_LEN: usize = MAGIC.len() + 4 + BODY_LEN + 4;
@@ -109,6 +115,10 @@ pub struct ControlFile {
     pub time_ms: u64,
     /// Number of checkpoint chunk files in the snapshot.
     pub checkpoint_chunks: u32,
+    /// The history id of `timeline`, as its history file names it, so a
+    /// history file replaced by another promotion's is noticed at start.
+    /// 0: timeline 1 (no history file), or a version 1 control file.
+    pub history_id: u64,
 }
 
 /// Errors reading or writing the control file.
@@ -190,6 +200,7 @@ impl ControlFile {
             min_recovery_point: Lsn::INVALID,
             time_ms: now_ms(),
             checkpoint_chunks,
+            history_id: 0,
         }
     }
 
@@ -208,7 +219,7 @@ impl ControlFile {
         b.extend_from_slice(&self.min_recovery_point.0.to_le_bytes());
         b.extend_from_slice(&self.checkpoint_timeline.0.to_le_bytes());
         b.extend_from_slice(&self.time_ms.to_le_bytes());
-        b.extend_from_slice(&0u64.to_le_bytes()); // reserved
+        b.extend_from_slice(&self.history_id.to_le_bytes());
         b.extend_from_slice(&self.checkpoint_chunks.to_le_bytes());
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_le_bytes());
@@ -242,9 +253,9 @@ impl ControlFile {
         }
         let mut r = Cursor { b: bytes, at: 8 };
         let version = r.u32();
-        if version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(corrupt(format!(
-                "version {version}, this walrep reads version {VERSION}"
+                "version {version}, this walrep reads versions {OLDEST_VERSION} to {VERSION}"
             )));
         }
         let system_identifier = r.u64();
@@ -259,7 +270,9 @@ impl ControlFile {
         let min_recovery_point = Lsn(r.u64());
         let checkpoint_timeline = TimelineId(r.u32());
         let time_ms = r.u64();
-        let _reserved = r.u64();
+        let history_id = r.u64();
+        // Version 1 kept zero here, which reads as "no id".
+        let history_id = if version >= 2 { history_id } else { 0 };
         let checkpoint_chunks = r.u32();
         Ok(ControlFile {
             system_identifier,
@@ -273,6 +286,7 @@ impl ControlFile {
             min_recovery_point,
             time_ms,
             checkpoint_chunks,
+            history_id,
         })
     }
 
@@ -359,6 +373,42 @@ mod tests {
             );
         }
         assert!(ControlFile::decode(&bytes[..10], "x").is_err());
+    }
+
+    /// `bytes` with another version number and a CRC that matches again.
+    fn with_version(mut bytes: Vec<u8>, version: u32) -> Vec<u8> {
+        bytes[8..12].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..FILE_LEN - 4]);
+        bytes[FILE_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn the_history_id_round_trips_and_a_version_1_file_reads_without_one() {
+        let mut c = sample();
+        c.history_id = 0x5F0C_2A9B_1D7E_4436;
+        assert_eq!(ControlFile::decode(&c.encode(), "x").unwrap(), c);
+        let old = ControlFile::decode(&with_version(c.encode(), 1), "x").unwrap();
+        assert_eq!(old.history_id, 0, "a version 1 file has no history id");
+        assert_eq!(
+            ControlFile {
+                history_id: c.history_id,
+                ..old
+            },
+            c
+        );
+    }
+
+    #[test]
+    fn a_newer_or_unknown_version_is_refused_with_its_number() {
+        for v in [0, 3, 0xFFFF_FFFF] {
+            let e = ControlFile::decode(&with_version(sample().encode(), v), "x").unwrap_err();
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("version {v}")) && text.contains("versions 1 to 2"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -63,14 +63,27 @@ impl ControlFileOwner {
 
     /// Change the control file and replace it on disk atomically and
     /// durably. If the write fails, nothing changes (on disk or here).
+    /// A change of timeline takes the new timeline's history id from its
+    /// history file, which is durable before any control file names it.
     pub fn update(&self, f: impl FnOnce(&mut ControlFile)) -> Result<(), ControlError> {
         let mut current = self.lock();
         let mut next = current.clone();
         f(&mut next);
+        if next.timeline != current.timeline {
+            next.history_id = history_id_of(&self.datadir, next.timeline).unwrap_or(0);
+        }
         next.write(&*self.storage, &self.datadir)?;
         *current = next;
         Ok(())
     }
+}
+
+/// The history id `DATADIR/wal/<tli>.history` names for `tli`, if the
+/// file is there and names one.
+pub fn history_id_of(datadir: &Path, tli: crate::TimelineId) -> Option<u64> {
+    let wal = datadir.join(crate::datadir::WAL_DIR);
+    let text = crate::wal::timeline::read_history_text(&wal, tli).ok()??;
+    crate::wal::timeline::history_ids(&text).get(&tli).copied()
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub mod txn;
 pub mod value;
 
 pub use control::{ClusterState, ControlFile};
-pub use control_owner::ControlFileOwner;
+pub use control_owner::{history_id_of, ControlFileOwner};
 pub use map::{Level, Store, Visibility};
 pub use replay::ApplyError;
 pub use txn::{ReadView, Reader, Stamp, Stepping, WriteTxn};

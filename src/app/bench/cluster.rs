@@ -76,6 +76,54 @@ pub fn basebackup(
     Ok(())
 }
 
+/// Drop replication slot `name` on the node at `repl_port`, if it has one.
+pub fn drop_slot(repl_port: u16, name: &str) -> Result<(), BenchError> {
+    use walrep::replication::client::{ConnInfo, ReplicationClient};
+    let info = ConnInfo::parse(&format!("host=127.0.0.1 port={repl_port} user=walrep"))
+        .map_err(|e| BenchError::Server(e.to_string()))?;
+    let mut c = ReplicationClient::connect(&info, Duration::from_secs(10))
+        .map_err(|e| BenchError::Server(format!("connect to drop slot {name}: {e}")))?;
+    let dropped = c.drop_slot(name, false);
+    c.close();
+    match dropped {
+        Err(e) if e.sqlstate() != Some(walrep::replication::sqlstate::UNDEFINED_OBJECT) => Err(
+            BenchError::Server(format!("could not drop slot {name}: {e}")),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// `walrep rejoin DATADIR --from 127.0.0.1:REPL_PORT` as standby
+/// `application_name`: `Ok(Ok(bytes quarantined))` when it rewound the
+/// data directory, `Ok(Err(why))` when it refused (no checkpoint old
+/// enough: the caller copies afresh).
+pub fn rejoin(
+    exe: &Path,
+    repl_port: u16,
+    dir: &Path,
+    application_name: &str,
+) -> Result<Result<u64, String>, BenchError> {
+    let out = Command::new(exe)
+        .arg("rejoin")
+        .arg(dir)
+        .args(["--from", &format!("127.0.0.1:{repl_port}")])
+        .args(["-U", "walrep", "--application-name", application_name])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BenchError::io("walrep rejoin", e))?;
+    if !out.status.success() {
+        return Ok(Err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    // "walrep: N records (B bytes, K keys) written past the fork moved to ..."
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes = text
+        .split_once(" records (")
+        .and_then(|(_, rest)| rest.split_once(" bytes"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0);
+    Ok(Ok(bytes))
+}
+
 impl Node {
     /// `walrep start DATADIR` on free loopback ports with `overrides`
     /// (`name=value`), logs in `DATADIR.log`; returns once it answers PING

@@ -9,8 +9,10 @@
 //! and then fenced (SIGKILL, as an HA tool fences); the history is
 //! checked against the promoted node (walrep's history checker: every write
 //! acknowledged at `on` must be there with its final value), and the old
-//! primary comes back as the new primary's standby, rebuilt with `walrep
-//! basebackup` (nothing of its own is kept, so nothing is quarantined).
+//! primary comes back as the new primary's standby with `walrep rejoin`
+//! (its writes past the fork quarantined), or, when rejoin refuses (no
+//! local checkpoint before the fork), copied afresh with `walrep
+//! basebackup`, which the report counts.
 //! The roles swap every round. The report counts acknowledged, lost and
 //! indeterminate writes, rebuilds and quarantined bytes; any lost write or
 //! violation makes the run fail, with the round and seed to replay it.
@@ -205,6 +207,32 @@ impl<'a> Soak<'a> {
         let repl_port = self.node(self.primary)?.repl_port;
         cluster::basebackup(self.exe, repl_port, &dir, &format!("n{i}"))?;
         self.nodes[i] = Some(Node::start(self.exe, &dir, &settings())?);
+        self.wait_sync_standby(i)
+    }
+
+    /// Bring the old primary `i` back as the new primary's standby with
+    /// `walrep rejoin`; only when rejoin refuses (no local checkpoint
+    /// before the fork) copy it afresh with `walrep basebackup`.
+    fn rejoin_or_rebuild(&mut self, i: usize) -> Result<(), BenchError> {
+        let dir = datadir(self.dir, i);
+        let repl_port = self.node(self.primary)?.repl_port;
+        match cluster::rejoin(self.exe, repl_port, &dir, &format!("n{i}"))? {
+            Ok(bytes) => self.report.quarantined_bytes += bytes,
+            Err(why) => {
+                eprintln!("n{i}: walrep rejoin refused ({why}); copying it afresh");
+                self.report.rebuilt_with_basebackup += 1;
+                // The copy makes its slot anew; the one the primary kept
+                // for this node from an earlier round is dropped first.
+                cluster::drop_slot(repl_port, &format!("walrep_n{i}"))?;
+                return self.rebuild_standby(i);
+            }
+        }
+        self.nodes[i] = Some(Node::start(self.exe, &dir, &settings())?);
+        self.wait_sync_standby(i)
+    }
+
+    /// Wait until node `i` is the primary's synchronous standby.
+    fn wait_sync_standby(&mut self, i: usize) -> Result<(), BenchError> {
         let mut p = self.node(self.primary)?.connect()?;
         let name = format!("application_name=n{i},");
         cluster::wait_for(
@@ -245,9 +273,8 @@ impl<'a> Soak<'a> {
         self.primary = new;
         let report = history.check(&final_state(self.node(new)?.port, &history)?);
         self.account(round, after_ms, partition, &report);
-        self.rebuild_standby(old)?;
+        self.rejoin_or_rebuild(old)?;
         self.report.rejoins += 1;
-        self.report.rebuilt_with_basebackup += 1;
         self.report.rounds += 1;
         Ok(())
     }

@@ -423,7 +423,7 @@ impl SlotManager {
     }
 
     /// The standby flushed up to `flush`: the slot holds WAL from there on.
-    pub(crate) fn confirm_flush(&self, name: &str, flush: Lsn) {
+    pub fn confirm_flush(&self, name: &str, flush: Lsn) {
         let mut slots = self.lock();
         if let Some(slot) = slots.get_mut(name) {
             if flush.is_valid() && flush > slot.info.restart_lsn && !slot.info.invalidated {

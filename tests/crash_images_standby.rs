@@ -1,0 +1,1001 @@
+//! Power-loss crash images (failure suite, level 2) of the workloads
+//! beyond a primary's own writes: a standby receiving and replaying the
+//! stream and then promoted, an archive-only standby replaying
+//! restore_command's segments and then promoted, replication slots created,
+//! advanced and dropped under checkpoints that remove WAL, and a base
+//! backup written into its target. Each workload runs once on a
+//! [`CrashStorage`]; then images a power loss could have left are rebuilt
+//! at sync points and random points between ([`CrashModel`]), a node is
+//! started on each and the workload's rules are checked.
+//!
+//! `CRASH_SEED=n` replays one seed; `CRASH_IMAGES=n` sets the images per
+//! workload (default: each workload's CI count); `CRASH_ROUNDS=n` repeats
+//! each workload with seeds `n` apart. A failure prints the seed, the
+//! crash point and how the image was chosen.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use walrep::backup::client::{run as basebackup, BasebackupOptions, NoProgress};
+use walrep::node::checkpoint::CheckpointCause;
+use walrep::node::{RunningNode, StartOptions};
+use walrep::replication::client::{ConnInfo, ReplicationClient};
+use walrep::storage::{
+    image_rng, CrashLog, CrashModel, CrashStorage, Generator, StdStorage, Storage,
+};
+use walrep::Lsn;
+
+use support::node::InProcessNode;
+use support::DEADLINE;
+
+/// Images per workload in CI (four workloads: 550 in all).
+const CI_IMAGES_STANDBY: usize = 150;
+const CI_IMAGES_ARCHIVE: usize = 100;
+const CI_IMAGES_SLOTS: usize = 150;
+const CI_IMAGES_BACKUP: usize = 150;
+
+/// The value of write `n` of writer `prefix`: unique, and long enough that
+/// a few hundred writes span several WAL pages.
+fn value(prefix: &str, n: u64) -> String {
+    format!("{prefix}:{n}:{}", "x".repeat(100 + (n as usize * 37) % 200))
+}
+
+fn redis_conn(url: &str) -> redis::Connection {
+    let c = redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(DEADLINE)
+        .unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    c
+}
+
+fn url_of(node: &RunningNode) -> String {
+    let port = node.node.ports.lock().unwrap().redis;
+    format!("redis://127.0.0.1:{port}/")
+}
+
+/// One client writing `{prefix}:{n}` for n in 0..count, in order; each
+/// acknowledgement stamped with the recording's position when it arrived
+/// (`None` for writes whose ack no crash image is bound by).
+#[derive(Debug, Clone, Default)]
+struct Writer {
+    prefix: String,
+    count: u64,
+    acked_at: Vec<u64>,
+}
+
+/// Run one writer per prefix against `url`, `count` writes each.
+/// `stamp` is the recording whose images must hold the acknowledged
+/// writes (`None`: no image is bound by these acks).
+fn write_all(
+    url: &str,
+    prefixes: &[String],
+    count: u64,
+    stamp: Option<&Arc<CrashStorage>>,
+) -> Vec<Writer> {
+    let handles: Vec<_> = prefixes
+        .iter()
+        .map(|prefix| {
+            let (url, prefix, stamp) = (url.to_string(), prefix.clone(), stamp.cloned());
+            std::thread::spawn(move || {
+                let mut c = redis_conn(&url);
+                let mut w = Writer {
+                    prefix: prefix.clone(),
+                    count,
+                    acked_at: Vec::new(),
+                };
+                for n in 0..count {
+                    let _: String = redis::cmd("SET")
+                        .arg(format!("{prefix}:{n}"))
+                        .arg(value(&prefix, n))
+                        .query(&mut c)
+                        .unwrap();
+                    if let Some(s) = &stamp {
+                        w.acked_at.push(s.position());
+                    }
+                }
+                w
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Every key on the node at `url`, with its value.
+fn dump(url: &str) -> Result<Vec<(String, String)>, String> {
+    let mut c = redis_conn(url);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut c)
+        .map_err(|e| e.to_string())?;
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query(&mut c)
+        .map_err(|e| e.to_string())?;
+    keys.into_iter()
+        .zip(values)
+        .map(|(k, v)| {
+            v.map(|v| (k.clone(), v))
+                .ok_or(format!("key {k} listed without a value"))
+        })
+        .collect()
+}
+
+/// The writers' rules on a dump: nothing never written; each writer's
+/// surviving writes a prefix (no hole in the WAL); every write acked at or
+/// before `point` there; and at least `at_least[i]` of writer i's.
+fn check_writers(
+    data: &[(String, String)],
+    writers: &[Writer],
+    point: usize,
+    at_least: &[u64],
+    other_key: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    let mut present = vec![Vec::new(); writers.len()];
+    for (k, v) in data {
+        let found = writers.iter().enumerate().find_map(|(i, w)| {
+            let n = k
+                .strip_prefix(&w.prefix)?
+                .strip_prefix(':')?
+                .parse::<u64>()
+                .ok()?;
+            Some((i, n))
+        });
+        match found {
+            Some((i, n)) => {
+                let w = &writers[i];
+                if n >= w.count || *v != value(&w.prefix, n) {
+                    return Err(format!("key {k} holds a value never written to it"));
+                }
+                present[i].push(n);
+            }
+            None if other_key(k) => {}
+            None => return Err(format!("key {k} was never written")),
+        }
+    }
+    for (i, w) in writers.iter().enumerate() {
+        let mut ns = std::mem::take(&mut present[i]);
+        ns.sort_unstable();
+        let count = ns.len() as u64;
+        if ns.last().is_some_and(|&last| last + 1 != count) {
+            return Err(format!(
+                "writer {}: {count} writes survive but the last is {}:{}: a hole in the WAL",
+                w.prefix,
+                w.prefix,
+                ns.last().unwrap()
+            ));
+        }
+        let acked = w
+            .acked_at
+            .iter()
+            .filter(|&&at| at as usize <= point)
+            .count() as u64;
+        let need = acked.max(at_least.get(i).copied().unwrap_or(0));
+        if count < need {
+            return Err(format!(
+                "writer {}: {}:{count} is missing ({need} must be there: {acked} acknowledged \
+                 before the crash; {count} present)",
+                w.prefix, w.prefix
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A scratch directory, in memory when the machine has `/dev/shm`.
+fn scratch() -> tempfile::TempDir {
+    match tempfile::tempdir_in("/dev/shm") {
+        Ok(d) => d,
+        Err(_) => tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Crash points: before and after each sync, and (one in four) random
+/// points between, `images` of them, in increasing order.
+fn crash_points(log: &CrashLog, images: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let mut points = Vec::new();
+    for (i, e) in log.events.iter().enumerate() {
+        if e.is_sync() {
+            points.push(i);
+            points.push(i + 1);
+        }
+    }
+    let total = log.events.len();
+    let mut chosen: Vec<usize> = (0..images)
+        .map(|k| {
+            if k % 4 == 3 || points.is_empty() {
+                rng.gen_range(0..=total)
+            } else {
+                points[rng.gen_range(0..points.len())]
+            }
+        })
+        .collect();
+    chosen.sort_unstable();
+    chosen
+}
+
+// Images whose node started, and those that refused to (with a clear
+// error; a rule says when that is allowed), for the run's report; per test
+// thread, as the workloads run in parallel.
+thread_local! {
+    static STARTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static REFUSED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One image that broke a rule.
+#[derive(Debug)]
+struct Violation {
+    seed: u64,
+    point: usize,
+    choice: String,
+    message: String,
+}
+
+/// Build `images` images of `log` chosen by `seed` and run `check` on each
+/// (the image's root, the crash point).
+fn check_images(
+    log: &CrashLog,
+    seed: u64,
+    images: usize,
+    mut check: impl FnMut(&Path, usize) -> Result<(), String>,
+) -> Vec<Violation> {
+    let mut rng = image_rng(seed);
+    let points = crash_points(log, images, &mut rng);
+    let mut model = CrashModel::new(log);
+    let mut violations = Vec::new();
+    for (k, &point) in points.iter().enumerate() {
+        while model.position < point {
+            model.apply(&log.events[model.position]);
+        }
+        let generator = if k % 7 == 0 {
+            Generator::Lost
+        } else {
+            Generator::ALL[rng.gen_range(0..Generator::ALL.len())]
+        };
+        let image = scratch();
+        let choice = model
+            .build_image(image.path(), generator, &mut rng)
+            .unwrap();
+        if let Err(message) = check(image.path(), point) {
+            violations.push(Violation {
+                seed,
+                point,
+                choice: format!("{choice:?}"),
+                message,
+            });
+        }
+    }
+    violations
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Run `workload` `CRASH_ROUNDS` times and check `CRASH_IMAGES` (default
+/// `ci_images`) images of each; fail on any violation.
+fn run_workload<R>(
+    name: &str,
+    ci_images: usize,
+    workload: impl Fn(&Path) -> (CrashLog, R),
+    check: impl Fn(&R, &Path, usize) -> Result<(), String>,
+) {
+    let seed = env_u64("CRASH_SEED").unwrap_or_else(|| StdRng::from_entropy().gen());
+    let images = env_u64("CRASH_IMAGES").map_or(ci_images, |n| n as usize);
+    let rounds = env_u64("CRASH_ROUNDS").unwrap_or(1);
+    let started = Instant::now();
+    STARTED.set(0);
+    REFUSED.take();
+    let mut violations = Vec::new();
+    for round in 0..rounds {
+        let seed = seed.wrapping_add(round);
+        let tmp = scratch();
+        let (log, run) = workload(tmp.path());
+        eprintln!(
+            "{name}: CRASH_SEED={seed}: {} events recorded ({}), checking {images} images",
+            log.events.len(),
+            log.summary()
+        );
+        violations.extend(check_images(&log, seed, images, |root, point| {
+            check(&run, root, point)
+        }));
+    }
+    let refused = REFUSED.take();
+    eprintln!(
+        "{name}: {} crash images checked in {:.1?} ({} started, {} refused), {} violations",
+        images as u64 * rounds,
+        started.elapsed(),
+        STARTED.get(),
+        refused.len(),
+        violations.len()
+    );
+    let mut reasons: Vec<&String> = refused.iter().collect();
+    reasons.sort();
+    reasons.dedup();
+    for r in reasons.iter().take(5) {
+        eprintln!("{name}: refused: {r}");
+    }
+    for v in violations.iter().take(10) {
+        eprintln!(
+            "VIOLATION {name} CRASH_SEED={} point {} {}: {}",
+            v.seed, v.point, v.choice, v.message
+        );
+    }
+    assert!(
+        violations.is_empty(),
+        "{name}: {} violations",
+        violations.len()
+    );
+}
+
+/// Start a node on the image's data directory `dir` with `settings`.
+fn start_image(dir: &Path, settings: &[String]) -> Result<RunningNode, String> {
+    let mut overrides = vec![
+        "port=0".to_string(),
+        "replication_port=0".to_string(),
+        "checkpoint_timeout=1h".to_string(),
+    ];
+    overrides.extend(settings.iter().cloned());
+    let opts = StartOptions {
+        overrides,
+        storage: None,
+    };
+    match RunningNode::start(dir, &opts) {
+        Ok(node) => {
+            STARTED.set(STARTED.get() + 1);
+            Ok(node)
+        }
+        Err(e) => {
+            let e = format!("the node did not start on the image: {e}");
+            let root = dir.parent().unwrap_or(dir).display().to_string();
+            REFUSED.with_borrow_mut(|r| r.push(e.replace(&root, "<image>")));
+            Err(e)
+        }
+    }
+}
+
+/// Poll `f` until it holds or `DEADLINE` passes.
+fn poll(mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + DEADLINE;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// Ask the standby on `dir` to promote and wait until it is a primary.
+fn promote(node: &RunningNode, dir: &Path) -> Result<(), String> {
+    walrep::standby::trigger::request_promotion(&StdStorage, dir)
+        .map_err(|e| format!("could not request promotion: {e}"))?;
+    if poll(|| node.node.is_primary()) {
+        Ok(())
+    } else {
+        let c = node.node.control();
+        Err(format!(
+            "the image's standby did not finish its promotion within {DEADLINE:?} (replayed to \
+             {}, control file: timeline {}, {}, minimum recovery point {})",
+            node.node.replay_end(),
+            c.timeline.0,
+            c.state,
+            c.min_recovery_point
+        ))
+    }
+}
+
+/// A thread asking `node` for a restartpoint (or, once promoted, a
+/// checkpoint) every 30 ms until `stop`.
+fn restartpoints(
+    node: Arc<walrep::node::Node>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            node.restartpoint(CheckpointCause::Requested).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    })
+}
+
+fn copy_of(
+    primary: &InProcessNode,
+    datadir: &Path,
+    app: &str,
+    storage: Arc<dyn Storage>,
+) -> BasebackupOptions {
+    BasebackupOptions {
+        host: "127.0.0.1".into(),
+        port: primary.replication_port(),
+        datadir: datadir.to_path_buf(),
+        user: "walrep".into(),
+        password: None,
+        application_name: Some(app.into()),
+        write_standby_config: true,
+        label: "crash images".into(),
+        max_rate_kbps: 0,
+        timeout: DEADLINE,
+        storage,
+        slot: None,
+        jobs: 1,
+    }
+}
+
+// ---------------------------------------------------------------------
+// A standby receiving, replaying, then promoted.
+
+/// Writes per writer before and after the promotion.
+const STANDBY_WRITES: u64 = 300;
+const STANDBY_WRITERS: usize = 2;
+
+struct StandbyRun {
+    /// Writes to the primary (acknowledged once the standby flushed them)
+    /// then to the promoted standby.
+    writers: Vec<Writer>,
+    /// Position at which the promotion was seen done (the node writes).
+    promoted_at: u64,
+    /// The standby's data directory, relative to the recording's root.
+    datadir: PathBuf,
+    /// Settings the image starts with (the archive of the archive workload).
+    settings: Vec<String>,
+    /// How many writes of each writer every image must hold once its
+    /// recovery reaches the end of what it can reach (the archive workload:
+    /// everything archived).
+    at_least: Vec<u64>,
+    /// The end of the archived history (the archive workload): a standby
+    /// image must replay to it before it is promoted.
+    archive_end: Option<Lsn>,
+}
+
+/// A primary with `synchronous_standby_names = '*'` and a standby copied
+/// from it on a recording storage; writers on the primary (each ack means
+/// the standby flushed the write), restartpoints every 30 ms; the primary
+/// stops, the standby is promoted, writers go on on it; a clean stop.
+fn standby_workload(parent: &Path) -> (CrashLog, StandbyRun) {
+    let primary = InProcessNode::start(
+        &parent.join("p"),
+        &["checkpoint_timeout=1h", "synchronous_standby_names=*"],
+    );
+    let copy = parent.join("s").join("n");
+    basebackup(
+        &copy_of(&primary, &copy, "s1", Arc::new(StdStorage)),
+        &mut NoProgress,
+    )
+    .unwrap();
+    let storage = Arc::new(CrashStorage::new(&parent.join("s")).unwrap());
+    let standby = InProcessNode::start_existing(
+        &copy,
+        &[
+            "checkpoint_timeout=1h",
+            "max_wal_size=2MB",
+            "min_wal_size=2MB",
+        ],
+        Some(storage.clone() as Arc<dyn Storage>),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let rp = restartpoints(standby.node().clone(), stop.clone());
+    let before: Vec<String> = (0..STANDBY_WRITERS).map(|t| format!("a{t}")).collect();
+    let mut writers = write_all(
+        &primary.redis_url(),
+        &before,
+        STANDBY_WRITES,
+        Some(&storage),
+    );
+    drop(primary);
+    walrep::standby::trigger::request_promotion(&StdStorage, &copy).unwrap();
+    assert!(
+        poll(|| standby.node().is_primary()),
+        "the standby did not promote"
+    );
+    let promoted_at = storage.position();
+    let after: Vec<String> = (0..STANDBY_WRITERS).map(|t| format!("b{t}")).collect();
+    writers.extend(write_all(
+        &standby.redis_url(),
+        &after,
+        STANDBY_WRITES,
+        Some(&storage),
+    ));
+    stop.store(true, Ordering::SeqCst);
+    rp.join().unwrap();
+    drop(standby);
+    let run = StandbyRun {
+        writers,
+        promoted_at,
+        datadir: "n".into(),
+        settings: vec!["primary_conninfo=".into()],
+        at_least: Vec::new(),
+        archive_end: None,
+    };
+    (storage.log(), run)
+}
+
+/// Start the image: a node that came back as a standby (its upstream gone)
+/// is promoted, unless its promotion was already announced (then coming
+/// back as a standby of the old history is a violation); then every rule
+/// of the writers, and a new write.
+fn check_standby_image(run: &StandbyRun, root: &Path, point: usize) -> Result<(), String> {
+    let dir = root.join(&run.datadir);
+    let node = start_image(&dir, &run.settings)?;
+    let result = check_started_standby(run, &node, &dir, point);
+    node.stop()
+        .map_err(|e| format!("the node did not stop: {e}"))?;
+    result
+}
+
+fn check_started_standby(
+    run: &StandbyRun,
+    node: &RunningNode,
+    dir: &Path,
+    point: usize,
+) -> Result<(), String> {
+    if !node.node.is_primary() {
+        if run.promoted_at as usize <= point {
+            return Err(
+                "the promotion was announced before the crash, yet the node came \
+                        back as a standby"
+                    .into(),
+            );
+        }
+        if let Some(end) = run.archive_end {
+            // The archive holds the whole old history: recovery reaches it.
+            if !poll(|| node.node.replay_end() >= end) {
+                return Err(format!(
+                    "recovery from the archive stopped at {} before {end}",
+                    node.node.replay_end()
+                ));
+            }
+        }
+        promote(node, dir)?;
+    }
+    let url = url_of(node);
+    let data = dump(&url)?;
+    check_writers(&data, &run.writers, point, &run.at_least, |k| {
+        k == "after-crash"
+    })?;
+    let mut c = redis_conn(&url);
+    let _: String = redis::cmd("SET")
+        .arg("after-crash")
+        .arg("1")
+        .query(&mut c)
+        .map_err(|e| format!("the recovered node refused a write: {e}"))?;
+    Ok(())
+}
+
+#[test]
+fn power_loss_images_of_a_streaming_standby_and_its_promotion_keep_every_flushed_write() {
+    run_workload(
+        "standby",
+        CI_IMAGES_STANDBY,
+        standby_workload,
+        check_standby_image,
+    );
+}
+
+// ---------------------------------------------------------------------
+// Archive recovery: a standby replaying restore_command's segments, then
+// promoted.
+
+/// A primary archiving with `cp`, a copy of it taken first; writers on
+/// the primary, the last segment switched out and archived, the primary
+/// stopped. Then the copy runs as an archive-only standby on a recording
+/// storage (restartpoints every 30 ms) until it has replayed the whole
+/// archive, is promoted, and takes writes of its own; a clean stop.
+fn archive_workload(parent: &Path) -> (CrashLog, StandbyRun) {
+    let archive = parent.join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let archive_command = format!("archive_command=cp %p {}/%f", archive.display());
+    let primary = InProcessNode::start(
+        &parent.join("p"),
+        &["checkpoint_timeout=1h", "archive_mode=on", &archive_command],
+    );
+    let copy = parent.join("s").join("n");
+    let mut opts = copy_of(&primary, &copy, "s1", Arc::new(StdStorage));
+    opts.write_standby_config = false;
+    basebackup(&opts, &mut NoProgress).unwrap();
+    std::fs::write(copy.join("standby.signal"), b"").unwrap();
+    let before: Vec<String> = (0..STANDBY_WRITERS).map(|t| format!("a{t}")).collect();
+    let mut writers = write_all(&primary.redis_url(), &before, STANDBY_WRITES, None);
+    let wal = primary.node().wal().unwrap();
+    let end = wal.inserted();
+    wal.switch_segment().unwrap();
+    let last = end
+        .segno(wal.seg_size())
+        .file_name(walrep::TimelineId(1), wal.seg_size());
+    assert!(
+        poll(|| archive.join(&last).is_file()),
+        "segment {last} was not archived"
+    );
+    drop(primary);
+    let restore = format!("restore_command=cp {}/%f %p", archive.display());
+    let storage = Arc::new(CrashStorage::new(&parent.join("s")).unwrap());
+    let standby = InProcessNode::start_existing(
+        &copy,
+        &["checkpoint_timeout=1h", &restore],
+        Some(storage.clone() as Arc<dyn Storage>),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let rp = restartpoints(standby.node().clone(), stop.clone());
+    assert!(
+        poll(|| standby.node().replay_end() >= end),
+        "the standby did not replay the archive"
+    );
+    walrep::standby::trigger::request_promotion(&StdStorage, &copy).unwrap();
+    assert!(
+        poll(|| standby.node().is_primary()),
+        "the standby did not promote"
+    );
+    let promoted_at = storage.position();
+    let after: Vec<String> = (0..STANDBY_WRITERS).map(|t| format!("b{t}")).collect();
+    writers.extend(write_all(
+        &standby.redis_url(),
+        &after,
+        STANDBY_WRITES,
+        Some(&storage),
+    ));
+    stop.store(true, Ordering::SeqCst);
+    rp.join().unwrap();
+    drop(standby);
+    let mut at_least = vec![STANDBY_WRITES; STANDBY_WRITERS];
+    at_least.extend([0; STANDBY_WRITERS]);
+    let run = StandbyRun {
+        writers,
+        promoted_at,
+        datadir: "n".into(),
+        settings: vec![restore],
+        at_least,
+        archive_end: Some(end),
+    };
+    (storage.log(), run)
+}
+
+#[test]
+fn power_loss_images_of_archive_recovery_and_its_promotion_replay_the_whole_archive() {
+    run_workload(
+        "archive",
+        CI_IMAGES_ARCHIVE,
+        archive_workload,
+        check_standby_image,
+    );
+}
+
+// ---------------------------------------------------------------------
+// Replication slots.
+
+/// Slots created one after another.
+const SLOTS: usize = 12;
+/// Writes per writer of the slot workload.
+const SLOT_WRITES: u64 = 1200;
+
+/// What happened to one slot, each step stamped with the recording's
+/// position (before the call for a step whose effect a later sync may
+/// carry, after it for an acknowledgement).
+#[derive(Debug, Clone, Default)]
+struct SlotHistory {
+    name: String,
+    create_started: u64,
+    created: u64,
+    /// Restart position the slot got at creation (RESERVE_WAL).
+    reserved: Lsn,
+    /// (position confirmed, recording position before the call).
+    confirms: Vec<(Lsn, u64)>,
+    drop_started: Option<u64>,
+    dropped: Option<u64>,
+}
+
+struct SlotRun {
+    writers: Vec<Writer>,
+    slots: Vec<SlotHistory>,
+}
+
+/// A primary on a recording storage with small WAL settings, writers,
+/// checkpoints every 40 ms (which save slots and remove WAL), and a client
+/// that creates slots with RESERVE_WAL, advances them as a standby's
+/// flush reports would, and drops every other one; a clean stop.
+fn slot_workload(parent: &Path) -> (CrashLog, SlotRun) {
+    let dir = parent.join("n");
+    walrep::node::init::init(&dir, support::wal::seg()).unwrap();
+    let storage = Arc::new(CrashStorage::new(parent).unwrap());
+    let node = InProcessNode::start_existing(
+        &dir,
+        &[
+            "checkpoint_timeout=1h",
+            "max_wal_size=2MB",
+            "min_wal_size=2MB",
+        ],
+        Some(storage.clone() as Arc<dyn Storage>),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let checkpointer = {
+        let (node, stop) = (node.node().clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                node.checkpoint(CheckpointCause::Requested).unwrap();
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        })
+    };
+    let slots = {
+        let (node, storage) = (node.node().clone(), storage.clone());
+        let port = node.ports.lock().unwrap().replication;
+        std::thread::spawn(move || slot_client(&node, port, &storage))
+    };
+    let prefixes: Vec<String> = (0..2).map(|t| format!("w{t}")).collect();
+    let writers = write_all(&node.redis_url(), &prefixes, SLOT_WRITES, Some(&storage));
+    let slots = slots.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    checkpointer.join().unwrap();
+    drop(node);
+    (storage.log(), SlotRun { writers, slots })
+}
+
+fn slot_client(node: &walrep::node::Node, port: u16, storage: &CrashStorage) -> Vec<SlotHistory> {
+    let info = ConnInfo::parse(&format!("host=127.0.0.1 port={port} user=walrep")).unwrap();
+    let mut c = ReplicationClient::connect(&info, DEADLINE).unwrap();
+    let mut slots: Vec<SlotHistory> = Vec::new();
+    for k in 0..SLOTS {
+        let name = format!("s{k}");
+        let create_started = storage.position();
+        c.create_physical_slot(&name, false, true).unwrap();
+        let created = storage.position();
+        let reserved = node.slots.get(&name).unwrap().restart_lsn;
+        let mut h = SlotHistory {
+            name: name.clone(),
+            create_started,
+            created,
+            reserved,
+            ..Default::default()
+        };
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(25));
+            let lsn = node.wal().unwrap().flushed();
+            h.confirms.push((lsn, storage.position()));
+            node.slots.confirm_flush(&name, lsn);
+        }
+        slots.push(h);
+        if k >= 2 && k % 2 == 0 {
+            let old = &mut slots[k - 2];
+            old.drop_started = Some(storage.position());
+            c.drop_slot(&old.name, false).unwrap();
+            old.dropped = Some(storage.position());
+        }
+    }
+    c.close();
+    slots
+}
+
+fn check_slot_image(run: &SlotRun, root: &Path, point: usize) -> Result<(), String> {
+    let dir = root.join("n");
+    let node = start_image(&dir, &[])?;
+    let result = check_started_slots(run, &node, &dir, point);
+    node.stop()
+        .map_err(|e| format!("the node did not stop: {e}"))?;
+    result
+}
+
+fn check_started_slots(
+    run: &SlotRun,
+    node: &RunningNode,
+    dir: &Path,
+    point: usize,
+) -> Result<(), String> {
+    let data = dump(&url_of(node))?;
+    check_writers(&data, &run.writers, point, &[], |_| false)?;
+    let found = node.node.slots.list();
+    for f in &found {
+        if !run.slots.iter().any(|h| h.name == f.name) {
+            return Err(format!("slot {} was never created", f.name));
+        }
+    }
+    let wal = node
+        .node
+        .wal()
+        .ok_or("the recovered primary has no WAL writer")?;
+    let seg = wal.seg_size();
+    let end = wal.inserted().segno(seg);
+    for h in &run.slots {
+        let at = |p: u64| p as usize <= point;
+        let slot = found.iter().find(|f| f.name == h.name);
+        let must_exist = at(h.created) && !h.drop_started.is_some_and(at);
+        let must_not = h.dropped.is_some_and(at) || !at(h.create_started);
+        match slot {
+            None if must_exist => {
+                return Err(format!("slot {} was created before the crash and is gone", h.name))
+            }
+            Some(_) if must_not => {
+                return Err(format!("slot {} exists, but its drop was acknowledged or it was never created before the crash", h.name))
+            }
+            None => continue,
+            Some(s) => {
+                let known = s.restart_lsn == h.reserved
+                    || h.confirms.iter().any(|&(l, p)| l == s.restart_lsn && at(p));
+                if !known {
+                    return Err(format!(
+                        "slot {} restarts at {}, a position it never held before the crash",
+                        h.name, s.restart_lsn
+                    ));
+                }
+                if !s.restart_lsn.is_valid() {
+                    continue;
+                }
+                for segno in s.restart_lsn.segno(seg).0..=end.0 {
+                    let file = walrep::SegNo(segno).file_name(walrep::TimelineId(1), seg);
+                    if !dir.join("wal").join(&file).is_file() {
+                        return Err(format!(
+                            "slot {} restarts at {}, but WAL segment {file} is gone",
+                            h.name, s.restart_lsn
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn power_loss_images_of_slots_created_advanced_and_dropped_keep_each_slot_and_its_wal() {
+    run_workload("slots", CI_IMAGES_SLOTS, slot_workload, check_slot_image);
+}
+
+// ---------------------------------------------------------------------
+// Base backup extraction.
+
+/// Keys on the primary before the backup.
+const BACKUP_KEYS: u64 = 2000;
+
+struct BackupRun {
+    /// The keys written before the backup (all in every copy that starts)
+    /// and the writer that kept writing during it.
+    writers: Vec<Writer>,
+    /// Position once `walrep basebackup` returned success.
+    finished_at: u64,
+    /// End of the backup: a copy is consistent only from there.
+    end: Lsn,
+}
+
+/// A primary holding [`BACKUP_KEYS`] keys and a writer going on during the
+/// backup; `walrep basebackup` (with `jobs` connections) writes the copy
+/// through a recording storage.
+fn backup_workload(parent: &Path, jobs: u32) -> (CrashLog, BackupRun) {
+    let primary = InProcessNode::start(&parent.join("p"), &["checkpoint_timeout=1h"]);
+    let url = primary.redis_url();
+    let mut writers = write_all(&url, &["k".to_string()], BACKUP_KEYS, None);
+    std::fs::create_dir(parent.join("b")).unwrap();
+    let storage = Arc::new(CrashStorage::new(&parent.join("b")).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(Mutex::new(0u64));
+    let during = {
+        let (url, stop, written) = (url.clone(), stop.clone(), written.clone());
+        std::thread::spawn(move || {
+            let mut c = redis_conn(&url);
+            for n in 0..u64::MAX {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let _: String = redis::cmd("SET")
+                    .arg(format!("d:{n}"))
+                    .arg(value("d", n))
+                    .query(&mut c)
+                    .unwrap();
+                *written.lock().unwrap() = n + 1;
+            }
+        })
+    };
+    let mut opts = copy_of(
+        &primary,
+        &parent.join("b").join("copy"),
+        "copy",
+        storage.clone(),
+    );
+    opts.write_standby_config = false;
+    opts.jobs = jobs;
+    // Slow enough that the writes made during the copy fill more than one
+    // WAL segment of the backup.
+    opts.max_rate_kbps = 1000;
+    let summary = basebackup(&opts, &mut NoProgress).unwrap();
+    let finished_at = storage.position();
+    stop.store(true, Ordering::SeqCst);
+    during.join().unwrap();
+    drop(primary);
+    writers.push(Writer {
+        prefix: "d".into(),
+        count: *written.lock().unwrap(),
+        acked_at: Vec::new(),
+    });
+    let run = BackupRun {
+        writers,
+        finished_at,
+        end: summary.end,
+    };
+    (storage.log(), run)
+}
+
+/// A copy that starts must be the whole backup: consistent (its WAL
+/// reaches the backup's end), every key of before the backup there, the
+/// writes made during it a prefix. One that does not start is fine unless
+/// the backup had finished.
+fn check_backup_image(run: &BackupRun, root: &Path, point: usize) -> Result<(), String> {
+    let dir = root.join("copy");
+    let node = match start_image(&dir, &[]) {
+        Ok(node) => node,
+        Err(e) if (run.finished_at as usize) <= point => {
+            return Err(format!("the backup had finished: {e}"))
+        }
+        Err(_) => return Ok(()),
+    };
+    let result = check_started_copy(run, &node);
+    node.stop()
+        .map_err(|e| format!("the node did not stop: {e}"))?;
+    result
+}
+
+fn check_started_copy(run: &BackupRun, node: &RunningNode) -> Result<(), String> {
+    let end = node.node.replay_end();
+    if end < run.end {
+        return Err(format!(
+            "the copy started, but its WAL ends at {end}, before the end of the backup {}",
+            run.end
+        ));
+    }
+    let data = dump(&url_of(node))?;
+    check_writers(&data, &run.writers, 0, &[BACKUP_KEYS], |_| false)
+}
+
+#[test]
+fn power_loss_images_of_a_base_backup_never_start_unless_complete() {
+    run_workload(
+        "basebackup",
+        CI_IMAGES_BACKUP / 2,
+        |p| backup_workload(p, 1),
+        check_backup_image,
+    );
+}
+
+#[test]
+fn power_loss_images_of_a_parallel_base_backup_never_start_unless_complete() {
+    run_workload(
+        "basebackup --jobs 2",
+        CI_IMAGES_BACKUP / 2,
+        |p| backup_workload(p, 2),
+        check_backup_image,
+    );
+}
+
+/// What the basebackup workload found, named: a copy whose last WAL
+/// segment did not survive (its control file and first segment did)
+/// refuses to start, saying where its WAL ends and where it had to reach,
+/// and changes nothing.
+#[test]
+fn a_copy_whose_wal_ends_before_the_backup_end_refuses_to_start() {
+    let tmp = scratch();
+    let (_, run) = backup_workload(tmp.path(), 1);
+    let copy = tmp.path().join("b").join("copy");
+    let seg = support::wal::seg();
+    let redo = walrep::store::ControlFile::read(&copy)
+        .unwrap()
+        .redo_lsn
+        .segno(seg);
+    let last = Lsn(run.end.0 - 1).segno(seg);
+    assert!(last > redo, "the backup's WAL fits in one segment");
+    let file = copy
+        .join("wal")
+        .join(last.file_name(walrep::TimelineId(1), seg));
+    std::fs::remove_file(&file).unwrap();
+    let control = std::fs::read(copy.join("control")).unwrap();
+    let e = start_image(&copy, &[]).err().expect("the copy started");
+    assert!(
+        e.contains("before the minimum recovery point") && e.contains(&run.end.to_string()),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(copy.join("control")).unwrap(), control);
+}
