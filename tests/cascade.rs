@@ -813,3 +813,62 @@ fn a_downstream_asking_for_an_unknown_timeline_gets_postgresqls_error() {
     wait_caught_up(&primary, &s1);
     check_keys(&s1, "b", 50);
 }
+
+#[test]
+fn reload_gives_an_archive_only_standby_an_upstream_and_takes_it_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary, archive) = primary(tmp.path(), &[]);
+    let dir = basebackup_with(&primary, tmp.path(), "s1", "s1", &["--no-slot"]);
+    set_line(&dir, "primary_conninfo", "primary_conninfo = \"\"");
+    let s1 = TestNode::start(
+        &dir,
+        &[
+            &restore_setting(&archive),
+            "wal_retrieve_retry_interval=200ms",
+        ],
+    );
+    let pid = s1.pid();
+    // Only the archive: a key written now is not there before its
+    // segment is archived (the primary does not switch segments).
+    write_keys(&primary, "a", 50, 8);
+    wait_for(
+        "s1 to wait for the archive",
+        Duration::from_secs(60),
+        || {
+            (s1.info_field("replication", "recovery_state").as_deref() == Some("RetryingArchive"))
+                .then_some(())
+        },
+    );
+    assert!(!serves(&primary, "s1"));
+
+    set_upstream(&dir, primary.replication_port, "s1");
+    let (ok, out, err) = walrep(&["reload", dir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    wait_for("s1 to stream", Duration::from_secs(60), || {
+        serves(&primary, "s1").then_some(())
+    });
+    wait_caught_up(&primary, &s1);
+    check_keys(&s1, "a", 50);
+    assert!(
+        trace(&s1).contains("primary_conninfo changed by a reload"),
+        "a traced transition:\n{}",
+        trace(&s1)
+    );
+
+    set_line(&dir, "primary_conninfo", "primary_conninfo = \"\"");
+    let (ok, out, err) = walrep(&["reload", dir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    wait_for("the primary to lose s1", Duration::from_secs(60), || {
+        (!serves(&primary, "s1")).then_some(())
+    });
+    assert!(trace(&s1).contains("primary_conninfo removed by a reload"));
+    // Back to the archive alone: what is archived still arrives.
+    write_keys(&primary, "b", 400, 8192);
+    wait_for(
+        "s1 to restore b from the archive",
+        Duration::from_secs(90),
+        || (dump(&s1, "b", 400).iter().filter(|v| v.is_some()).count() > 100).then_some(()),
+    );
+    assert!(!serves(&primary, "s1"), "the stream stays off");
+    assert_eq!(s1.pid(), pid, "no restart");
+}
