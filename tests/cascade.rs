@@ -558,10 +558,28 @@ fn reload_repoints_a_standby_to_another_upstream_without_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let (primary, _archive) = primary(tmp.path(), &[]);
     let s1 = standby(&primary, &primary, tmp.path(), "s1");
-    let s2 = standby(&primary, &s1, tmp.path(), "s2");
+    let dir = basebackup_with(&primary, tmp.path(), "s2", "s2", &["--no-slot"]);
+    set_upstream(&dir, s1.replication_port, "s2");
+    let status_port = support::free_port();
+    let s2 = TestNode::start(
+        &dir,
+        &[
+            "wal_retrieve_retry_interval=200ms",
+            "wal_keep_size=64MB",
+            &format!("status_port={status_port}"),
+        ],
+    );
     write_keys(&primary, "a", 500, 32);
     wait_caught_up(&primary, &s2);
     check_keys(&s2, "a", 500);
+    let upstream = status_upstream(status_port);
+    assert_eq!(upstream["sender_port"], s1.replication_port);
+    assert_eq!(upstream["application_name"], "s2");
+    assert_eq!(upstream["instance_id"], instance_id(&s1));
+    assert_eq!(
+        upstream["upstream_chain"],
+        format!("{},{}", instance_id(&s1), instance_id(&primary))
+    );
     assert!(serves(&s1, "s2"), "{}", s1.info("replication"));
     assert_eq!(
         s2.info_field("replication", "master_port").as_deref(),
@@ -586,6 +604,16 @@ fn reload_repoints_a_standby_to_another_upstream_without_restart() {
     wait_for("s1 to lose s2", Duration::from_secs(30), || {
         (!serves(&s1, "s2")).then_some(())
     });
+    wait_for(
+        "/status to name the primary",
+        Duration::from_secs(30),
+        || {
+            let u = status_upstream(status_port);
+            (u["instance_id"] == instance_id(&primary)
+                && u["sender_port"] == primary.replication_port)
+                .then_some(())
+        },
+    );
     write_keys(&primary, "b", 500, 32);
     wait_caught_up(&primary, &s2);
     check_keys(&s2, "a", 500);
@@ -595,6 +623,14 @@ fn reload_repoints_a_standby_to_another_upstream_without_restart() {
         trace.contains("changed by a reload"),
         "the reconnect is a traced transition:\n{trace}"
     );
+}
+
+/// The `upstream` object of a node's `/status`.
+fn status_upstream(status_port: u16) -> serde_json::Value {
+    let (code, body) = support::http_get(status_port, "/status");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["upstream"].clone()
 }
 
 #[test]

@@ -102,6 +102,12 @@ pub struct UpstreamSnapshot {
     pub received_tli: TimelineId,
     /// The upstream's flush position as it last said (`latest_end_lsn`).
     pub latest_end_lsn: Lsn,
+    /// The upstream's `walrep_instance_id` (hex), once connected to the
+    /// configured upstream: which node it is, whatever its address.
+    pub instance_id: Option<String>,
+    /// The instances above this node, nearest first (`a,b,...`; empty
+    /// before the first connection): a cascade's shape from any node.
+    pub upstream_chain: String,
 }
 
 /// The WAL writer's positions and counters.
@@ -319,6 +325,8 @@ pub fn status_json(s: &Snapshot) -> String {
             "flushed_lsn": u.flushed_lsn.to_string(),
             "received_tli": u.received_tli.0,
             "latest_end_lsn": u.latest_end_lsn.to_string(),
+            "instance_id": u.instance_id,
+            "upstream_chain": u.upstream_chain,
         })
     });
     let recovery = s.recovery.as_ref().and_then(|r| {
@@ -438,6 +446,8 @@ mod tests {
                 flushed_lsn: Lsn(3),
                 received_tli: TimelineId(1),
                 latest_end_lsn: Lsn(3),
+                instance_id: Some("00000000000000AB".into()),
+                upstream_chain: "00000000000000AB".into(),
             }),
         }
     }

@@ -293,7 +293,7 @@ fn upstream(s: &Snapshot) -> String {
             .into();
     };
     let lsn = |l: crate::Lsn| format!("<code>{l}</code>");
-    let rows: [(&str, String); 15] = [
+    let rows: [(&str, String); 17] = [
         ("pid", UNTRACKED.into()),
         ("status", escape(u.status)),
         ("receive_start_lsn", UNTRACKED.into()),
@@ -309,6 +309,11 @@ fn upstream(s: &Snapshot) -> String {
         ("sender_host", escape(&u.sender_host)),
         ("sender_port", u.sender_port.to_string()),
         ("conninfo", format!("<code>{}</code>", escape(&u.conninfo))),
+        (
+            "instance_id",
+            escape(u.instance_id.as_deref().unwrap_or("")),
+        ),
+        ("upstream_chain", escape(&u.upstream_chain)),
     ];
     let mut out = format!(
         "<h2>Upstream</h2>\n<p id=\"upstream\">streams from <b>{}:{}</b> ({})</p>\n<table class=\"wal-receiver\">\n<tr>",

@@ -52,6 +52,8 @@ pub static STATUS_FIELDS: &[(&str, &str)] = &[
     ("upstream.flushed_lsn", "WAL flushed"),
     ("upstream.received_tli", "Timeline of the flushed WAL"),
     ("upstream.latest_end_lsn", "The upstream's flush position as it last said"),
+    ("upstream.instance_id", "The upstream's instance id once connected to it, or null"),
+    ("upstream.upstream_chain", "The instances above this node, nearest first, comma-separated"),
     ("standbys", "Every connected walsender, as pg_stat_replication"),
     ("standbys[].pid", "The walsender's id (unique per server run)"),
     ("standbys[].usename", "Replication user"),
