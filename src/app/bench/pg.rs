@@ -328,25 +328,6 @@ pub fn parse_pgbench(stdout: &str, lat_us: &mut [u64]) -> Result<LoadResult, Ben
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_pgbench_summary_and_logs() {
-        let out = "transaction type: kv_upsert.sql\nscaling factor: 1\nnumber of clients: 1\nlatency average = 0.186 ms\ninitial connection time = 3.1 ms\ntps = 5389.123456 (without initial connection time)\n";
-        let mut lat: Vec<u64> = (1..=100).rev().collect();
-        let r = parse_pgbench(out, &mut lat).unwrap();
-        assert_eq!(r.rps, 5389.123456);
-        assert_eq!(r.mean_ms, 0.186);
-        assert_eq!(r.p50_ms, 0.051);
-        assert_eq!(r.p99_ms, 0.100);
-        assert_eq!(r.requests, 100);
-        assert!(parse_pgbench("pgbench: error: connection refused", &mut lat).is_err());
-        assert!(parse_pgbench(out, &mut []).is_err());
-    }
-}
-
 /// Cascading standbys for the `chain` scenario: each copied with
 /// pg_basebackup from its upstream (a standby for every hop after the
 /// first, as PostgreSQL allows) and streaming from it.
@@ -412,5 +393,24 @@ impl PgAnchor {
             .arg(&file);
         let out = check("psql", c.output())?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pgbench_summary_and_logs() {
+        let out = "transaction type: kv_upsert.sql\nscaling factor: 1\nnumber of clients: 1\nlatency average = 0.186 ms\ninitial connection time = 3.1 ms\ntps = 5389.123456 (without initial connection time)\n";
+        let mut lat: Vec<u64> = (1..=100).rev().collect();
+        let r = parse_pgbench(out, &mut lat).unwrap();
+        assert_eq!(r.rps, 5389.123456);
+        assert_eq!(r.mean_ms, 0.186);
+        assert_eq!(r.p50_ms, 0.051);
+        assert_eq!(r.p99_ms, 0.100);
+        assert_eq!(r.requests, 100);
+        assert!(parse_pgbench("pgbench: error: connection refused", &mut lat).is_err());
+        assert!(parse_pgbench(out, &mut []).is_err());
     }
 }
