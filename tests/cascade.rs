@@ -558,10 +558,28 @@ fn reload_repoints_a_standby_to_another_upstream_without_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let (primary, _archive) = primary(tmp.path(), &[]);
     let s1 = standby(&primary, &primary, tmp.path(), "s1");
-    let s2 = standby(&primary, &s1, tmp.path(), "s2");
+    let dir = basebackup_with(&primary, tmp.path(), "s2", "s2", &["--no-slot"]);
+    set_upstream(&dir, s1.replication_port, "s2");
+    let status_port = support::free_port();
+    let s2 = TestNode::start(
+        &dir,
+        &[
+            "wal_retrieve_retry_interval=200ms",
+            "wal_keep_size=64MB",
+            &format!("status_port={status_port}"),
+        ],
+    );
     write_keys(&primary, "a", 500, 32);
     wait_caught_up(&primary, &s2);
     check_keys(&s2, "a", 500);
+    let upstream = status_upstream(status_port);
+    assert_eq!(upstream["sender_port"], s1.replication_port);
+    assert_eq!(upstream["application_name"], "s2");
+    assert_eq!(upstream["instance_id"], instance_id(&s1));
+    assert_eq!(
+        upstream["upstream_chain"],
+        format!("{},{}", instance_id(&s1), instance_id(&primary))
+    );
     assert!(serves(&s1, "s2"), "{}", s1.info("replication"));
     assert_eq!(
         s2.info_field("replication", "master_port").as_deref(),
@@ -586,6 +604,16 @@ fn reload_repoints_a_standby_to_another_upstream_without_restart() {
     wait_for("s1 to lose s2", Duration::from_secs(30), || {
         (!serves(&s1, "s2")).then_some(())
     });
+    wait_for(
+        "/status to name the primary",
+        Duration::from_secs(30),
+        || {
+            let u = status_upstream(status_port);
+            (u["instance_id"] == instance_id(&primary)
+                && u["sender_port"] == primary.replication_port)
+                .then_some(())
+        },
+    );
     write_keys(&primary, "b", 500, 32);
     wait_caught_up(&primary, &s2);
     check_keys(&s2, "a", 500);
@@ -595,6 +623,14 @@ fn reload_repoints_a_standby_to_another_upstream_without_restart() {
         trace.contains("changed by a reload"),
         "the reconnect is a traced transition:\n{trace}"
     );
+}
+
+/// The `upstream` object of a node's `/status`.
+fn status_upstream(status_port: u16) -> serde_json::Value {
+    let (code, body) = support::http_get(status_port, "/status");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["upstream"].clone()
 }
 
 #[test]
@@ -663,4 +699,212 @@ fn unsafe_sighup(pid: u32) {
         .unwrap()
         .success();
     assert!(ok, "kill -HUP {pid}");
+}
+
+/// `backup_label`'s field `name` in `dir`.
+fn label_field(dir: &Path, name: &str) -> String {
+    let text = fs::read_to_string(dir.join("backup_label")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in backup_label:\n{text}"))
+        .to_string()
+}
+
+/// Remove from `dir`'s wal/ every segment after the one holding `lsn`.
+fn remove_segments_after(dir: &Path, lsn: walrep::Lsn) -> usize {
+    let wal = dir.join("wal");
+    let keep = lsn.0 >> 20; // 1 MB segments
+    let mut removed = 0;
+    for name in segment_file_names(&wal) {
+        // 4096 segments of 1 MB per 4 GB "log" number.
+        let segno = u64::from_str_radix(&name[8..16], 16).unwrap() * 4096
+            + u64::from_str_radix(&name[16..24], 16).unwrap();
+        if segno > keep {
+            fs::remove_file(wal.join(&name)).unwrap();
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[test]
+fn a_base_backup_from_a_standby_is_consistent_only_after_its_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary, _archive) = primary(tmp.path(), &[]);
+    let mut s1 = standby(&primary, &primary, tmp.path(), "s1");
+    write_keys(&primary, "pre", 300, 64);
+    wait_caught_up(&primary, &s1);
+
+    // Copy s1 while the primary writes, slowly enough that s1 replays
+    // past several segments during the copy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&primary, 4, stop.clone());
+    let mark = wal_flush(&primary);
+    wait_for("the load to start", Duration::from_secs(60), || {
+        (wal_flush(&primary) > mark + (1 << 20)).then_some(())
+    });
+    let dest = basebackup_with(&s1, tmp.path(), "s5", "s5", &["--max-rate", "1024"]);
+    stop.store(true, Ordering::Relaxed);
+    assert!(load.into_iter().map(|t| t.join().unwrap()).sum::<u64>() > 0);
+
+    assert_eq!(label_field(&dest, "BACKUP FROM"), "standby");
+    let start: walrep::Lsn = label_field(&dest, "START WAL LOCATION")
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let control = walrep::store::ControlFile::read(&dest).unwrap();
+    let end = control.min_recovery_point;
+    assert!(
+        end.0 >> 20 > start.0 >> 20,
+        "the backup ends ({end}) segments after it starts ({start})"
+    );
+    assert!(end <= replayed(&s1), "the end is a position s1 replayed");
+    // No backup-end record from a standby: only WAL s1 received.
+    // Without s1 and without the WAL past the start segment, s5 cannot
+    // reach the end: it must refuse reads.
+    s1.stop();
+    assert!(remove_segments_after(&dest, start) > 0);
+    let s5 = TestNode::start(&dest, &["wal_retrieve_retry_interval=200ms"]);
+    // Every local segment replayed: it waits for a source.
+    wait_state(&s5, "RetryingArchive");
+    assert!(replayed(&s5) < end, "{}", s5.info("replication"));
+    assert_eq!(
+        s5.info_field("replication", "consistent").as_deref(),
+        Some("0")
+    );
+    let refused = redis::cmd("GET")
+        .arg("pre:1")
+        .query::<Option<String>>(&mut s5.client())
+        .unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        redis::ErrorKind::BusyLoadingError,
+        "reads refused before the backup's end (LOADING): {refused}"
+    );
+
+    // s1 back: s5 streams from it, becomes consistent past the end and
+    // holds the primary's data.
+    s1.restart();
+    wait_for("s5 to be consistent", Duration::from_secs(90), || {
+        (s5.info_field("replication", "consistent").as_deref() == Some("1")).then_some(())
+    });
+    assert!(replayed(&s5) >= end);
+    assert!(serves(&s1, "s5"), "{}", s1.info("replication"));
+    write_keys(&primary, "post", 100, 16);
+    assert_same_data(&primary, &[&s1, &s5]);
+    check_keys(&s5, "pre", 300);
+    check_keys(&s5, "post", 100);
+}
+
+/// `psql` on `node`'s replication port running `command`; `None` if psql
+/// is missing and the run skips external tools.
+fn psql_replication(node: &TestNode, command: &str) -> Option<std::process::Output> {
+    let psql = tool("psql")?;
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=walrep replication=true",
+        node.replication_port
+    );
+    let out = Command::new(psql)
+        .args([
+            "-X",
+            "-w",
+            "-v",
+            "VERBOSITY=verbose",
+            "-d",
+            &conninfo,
+            "-c",
+            command,
+        ])
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Some(out)
+}
+
+#[test]
+fn a_downstream_asking_for_an_unknown_timeline_gets_postgresqls_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary, _archive) = primary(tmp.path(), &[]);
+    let s1 = standby(&primary, &primary, tmp.path(), "s1");
+    write_keys(&primary, "a", 50, 8);
+    wait_caught_up(&primary, &s1);
+    let at = replayed(&s1);
+    for node in [&primary, &s1] {
+        let Some(out) = psql_replication(node, &format!("START_REPLICATION {at} TIMELINE 7"))
+        else {
+            return;
+        };
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("ERROR:  XX000: requested timeline 7 is not in this server's history"),
+            "{err}"
+        );
+    }
+    // The upstream still serves its downstream.
+    write_keys(&primary, "b", 50, 8);
+    wait_caught_up(&primary, &s1);
+    check_keys(&s1, "b", 50);
+}
+
+#[test]
+fn reload_gives_an_archive_only_standby_an_upstream_and_takes_it_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary, archive) = primary(tmp.path(), &[]);
+    let dir = basebackup_with(&primary, tmp.path(), "s1", "s1", &["--no-slot"]);
+    set_line(&dir, "primary_conninfo", "primary_conninfo = \"\"");
+    let s1 = TestNode::start(
+        &dir,
+        &[
+            &restore_setting(&archive),
+            "wal_retrieve_retry_interval=200ms",
+        ],
+    );
+    let pid = s1.pid();
+    // Only the archive: a key written now is not there before its
+    // segment is archived (the primary does not switch segments).
+    write_keys(&primary, "a", 50, 8);
+    wait_for(
+        "s1 to wait for the archive",
+        Duration::from_secs(60),
+        || {
+            (s1.info_field("replication", "recovery_state").as_deref() == Some("RetryingArchive"))
+                .then_some(())
+        },
+    );
+    assert!(!serves(&primary, "s1"));
+
+    set_upstream(&dir, primary.replication_port, "s1");
+    let (ok, out, err) = walrep(&["reload", dir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    wait_for("s1 to stream", Duration::from_secs(60), || {
+        serves(&primary, "s1").then_some(())
+    });
+    wait_caught_up(&primary, &s1);
+    check_keys(&s1, "a", 50);
+    assert!(
+        trace(&s1).contains("primary_conninfo changed by a reload"),
+        "a traced transition:\n{}",
+        trace(&s1)
+    );
+
+    set_line(&dir, "primary_conninfo", "primary_conninfo = \"\"");
+    let (ok, out, err) = walrep(&["reload", dir.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    wait_for("the primary to lose s1", Duration::from_secs(60), || {
+        (!serves(&primary, "s1")).then_some(())
+    });
+    assert!(trace(&s1).contains("primary_conninfo removed by a reload"));
+    // Back to the archive alone: what is archived still arrives.
+    write_keys(&primary, "b", 400, 8192);
+    wait_for(
+        "s1 to restore b from the archive",
+        Duration::from_secs(90),
+        || (dump(&s1, "b", 400).iter().filter(|v| v.is_some()).count() > 100).then_some(()),
+    );
+    assert!(!serves(&primary, "s1"), "the stream stays off");
+    assert_eq!(s1.pid(), pid, "no restart");
 }

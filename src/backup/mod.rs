@@ -1,4 +1,4 @@
-//! Base backups: BASE_BACKUP served by a running primary, and
+//! Base backups: BASE_BACKUP served by a running primary or standby, and
 //! `walrep basebackup`, the client that turns the stream into a data
 //! directory a standby (or a copy) starts from.
 //!
@@ -9,6 +9,7 @@
 //! - `manifest`: `backup_manifest` (PostgreSQL's format) for pg_verifybackup.
 //! - [`tarstream`]: tar members into CopyData messages (progress, MAX_RATE).
 //! - [`server`]: the node's BASE_BACKUP.
+//! - [`standby_backup`]: the end of a backup taken from a standby.
 //! - [`extract`]: safe extraction of the archive stream into a directory.
 //! - [`verify`]: checks of a copied data directory.
 //! - [`standby_config`]: `standby.signal` and `primary_conninfo` (`-R`).
@@ -21,6 +22,7 @@ pub(crate) mod label;
 pub(crate) mod manifest;
 pub(crate) mod pin;
 pub mod server;
+pub mod standby_backup;
 pub mod standby_config;
 pub mod tarstream;
 pub mod verify;

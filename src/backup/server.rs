@@ -1,5 +1,5 @@
-//! BASE_BACKUP on a running primary (PostgreSQL 15's perform_base_backup
-//! for walrep's data directory).
+//! BASE_BACKUP on a running primary or standby (PostgreSQL 15's
+//! perform_base_backup for walrep's data directory).
 //!
 //! 1. An immediate checkpoint, then its snapshot `base/<id>/` and the WAL
 //!    from its redo point are pinned (a concurrent checkpoint or WAL
@@ -14,6 +14,11 @@
 //!    to the end, each marked `.done` in `wal/archive_status/`.
 //! 4. With WAIT and archiving on, wait (bounded) until the last segment is
 //!    archived; then the end position result set.
+//!
+//! On a standby step 1 is a restartpoint, and step 3 logs nothing: the end
+//! is the standby's replay position when the copy is done
+//! ([`super::standby_backup`]), and `backup_label` says `BACKUP FROM:
+//! standby`.
 //!
 //! With walrep's `PARALLEL n` the snapshot's chunks are split in `n` parts
 //! of about equal size: this connection sends part 0 with everything else
@@ -86,8 +91,12 @@ pub trait BackupSource {
     /// The data directory copied.
     fn datadir(&self) -> &Path;
 
-    /// Accepting writes (backups from a standby are not supported yet).
+    /// Accepting writes (a backup started otherwise is a standby's).
     fn is_primary(&self) -> bool;
+
+    /// A standby's replay position: the timeline and end of the last
+    /// record replayed. `None` on a node that never was in recovery.
+    fn replay_position(&self) -> Option<(TimelineId, Lsn)>;
 
     /// Shutdown has begun: no new backup starts.
     fn is_shutting_down(&self) -> bool;
@@ -96,7 +105,7 @@ pub trait BackupSource {
     fn archive_mode(&self) -> ArchiveMode;
 
     /// Run an immediate checkpoint now (PostgreSQL's `CHECKPOINT_FORCE |
-    /// CHECKPOINT_WAIT` at backup start).
+    /// CHECKPOINT_WAIT` at backup start); a restartpoint on a standby.
     fn checkpoint(&self) -> Result<(), Self::CheckpointError>;
 
     /// Pin the last checkpoint's snapshot and the WAL from its redo point
@@ -127,13 +136,7 @@ pub fn serve<S: BackupSource>(
     if let Some(token) = &options.join {
         return serve_part(node, token, options, out);
     }
-    if !node.is_primary() {
-        return Err(PgError::error(
-            code::OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "base backups from a standby are not supported by walrep yet",
-        )
-        .with_hint("Take the base backup from the primary."));
-    }
+    let from_standby = !node.is_primary();
     if node.is_shutting_down() {
         return Err(shutting_down());
     }
@@ -145,12 +148,13 @@ pub fn serve<S: BackupSource>(
     })?;
     let (pin, control) = node.pin_last_checkpoint().ok_or_else(shutting_down)?;
     let started = SystemTime::now();
-    tracing::info!(label = %options.label, redo = %control.redo_lsn, checkpoint = %control.checkpoint_lsn, "base backup starting");
+    tracing::info!(label = %options.label, redo = %control.redo_lsn, checkpoint = %control.checkpoint_lsn, from_standby, "base backup starting");
     let kind = ChecksumKind::parse(&options.manifest_checksums).unwrap_or(ChecksumKind::Crc32c);
     let mut b = Backup {
         node,
         options,
         control,
+        from_standby,
         started_unix: started
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -351,6 +355,9 @@ struct Backup<'n, S: BackupSource> {
     options: &'n BaseBackupOptions,
     /// The control file naming the pinned checkpoint.
     control: ControlFile,
+    /// Started on a standby: no backup-end record, the end is its replay
+    /// position ([`super::standby_backup`]).
+    from_standby: bool,
     /// Backup start, seconds since the epoch (backup_label's START TIME).
     started_unix: u64,
     /// The manifest being built, when the client asked for one.
@@ -511,7 +518,7 @@ impl<S: BackupSource> Backup<'_, S> {
             start: self.control.redo_lsn,
             checkpoint: self.control.checkpoint_lsn,
             start_tli: self.tli(),
-            from_standby: false,
+            from_standby: self.from_standby,
             start_time_unix: now,
             label: self.options.label.clone(),
         };
@@ -575,6 +582,9 @@ impl<S: BackupSource> Backup<'_, S> {
     /// segment switch so the last segment of the backup is complete.
     /// Returns the end of the backup-end record.
     fn stop_backup(&self) -> io::Result<Lsn> {
+        if self.from_standby {
+            return super::standby_backup::stop_backup(self.node, self.tli(), &self.control);
+        }
         let tli = self.node.wal_position().map(|(tli, _)| tli);
         if tli.is_some_and(|t| t != self.tli()) {
             return Err(io::Error::other(format!(
@@ -637,7 +647,13 @@ impl<S: BackupSource> Backup<'_, S> {
 
     /// WAIT: the last segment of the backup archived (`.done`), bounded.
     fn wait_for_archive(&self, end: Lsn) -> Result<(), PgError> {
-        if !self.options.wait || self.node.archive_mode() == ArchiveMode::Off {
+        let mode = self.node.archive_mode();
+        let archives = if self.from_standby {
+            super::standby_backup::waits_for_archive(mode)
+        } else {
+            mode != ArchiveMode::Off
+        };
+        if !self.options.wait || !archives {
             return Ok(());
         }
         let seg = self.control.wal_segment_size;

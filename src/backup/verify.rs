@@ -3,7 +3,10 @@
 //! server reported), `backup_label`, `walrep.toml`, every snapshot chunk
 //! (CRC and header via [`parse_chunk`]), and every WAL record from the redo
 //! point to the end of the backup (read and validated, including the
-//! checkpoint record and XLOG_BACKUP_END).
+//! checkpoint record and XLOG_BACKUP_END). A copy of a standby (`BACKUP
+//! FROM: standby`) has no backup-end record and may start at a
+//! restartpoint, which has no checkpoint record: its WAL must read without
+//! a gap from the redo point to the end, the standby's replay position.
 
 use std::fs;
 use std::path::Path;
@@ -116,14 +119,14 @@ pub fn verify(datadir: &Path, want: &Expected) -> Result<Verified, VerifyError> 
         control.checkpoint_timeline.0,
         want.tli.0,
     )?;
-    check_label(datadir, &control)?;
+    let label = check_label(datadir, &control)?;
     let config = datadir.join(CONFIG_FILE);
     Config::load(&config, &[]).map_err(|e| VerifyError::File {
         file: CONFIG_FILE.into(),
         reason: e.to_string(),
     })?;
     let snapshot_keys = check_snapshot(datadir, &control)?;
-    let wal_records = check_wal(datadir, &control, want.end)?;
+    let wal_records = check_wal(datadir, &control, want.end, label.from_standby)?;
     Ok(Verified {
         control,
         snapshot_keys,
@@ -131,7 +134,7 @@ pub fn verify(datadir: &Path, want: &Expected) -> Result<Verified, VerifyError> 
     })
 }
 
-fn check_label(datadir: &Path, control: &ControlFile) -> Result<(), VerifyError> {
+fn check_label(datadir: &Path, control: &ControlFile) -> Result<BackupLabel, VerifyError> {
     let text =
         fs::read_to_string(datadir.join(BACKUP_LABEL_FILE)).map_err(|e| VerifyError::File {
             file: BACKUP_LABEL_FILE.into(),
@@ -155,7 +158,8 @@ fn check_label(datadir: &Path, control: &ControlFile) -> Result<(), VerifyError>
         "backup_label START TIMELINE",
         label.start_tli.0,
         control.checkpoint_timeline.0,
-    )
+    )?;
+    Ok(label)
 }
 
 /// Every chunk of the checkpoint's snapshot parses; returns the key count.
@@ -177,8 +181,15 @@ fn check_snapshot(datadir: &Path, control: &ControlFile) -> Result<u64, VerifyEr
 }
 
 /// Read every record from the redo point to `end`: the checkpoint record
-/// and XLOG_BACKUP_END must be among them.
-fn check_wal(datadir: &Path, control: &ControlFile, end: Lsn) -> Result<u64, VerifyError> {
+/// and XLOG_BACKUP_END must be among them; from a standby, only the
+/// checkpoint record, unless the copy starts at a restartpoint (checkpoint
+/// location = redo point, no record), and `end` must be a record's end.
+fn check_wal(
+    datadir: &Path,
+    control: &ControlFile,
+    end: Lsn,
+    from_standby: bool,
+) -> Result<u64, VerifyError> {
     let wal_dir = datadir.join(WAL_DIR);
     let history = read_history(&wal_dir, control.checkpoint_timeline)
         .map_err(|e| VerifyError::Wal(format!("timeline history: {e}")))?;
@@ -191,8 +202,9 @@ fn check_wal(datadir: &Path, control: &ControlFile, end: Lsn) -> Result<u64, Ver
     let mut reader = WalReader::new(cfg, control.redo_lsn);
     reader.seek(control.redo_lsn, None);
     let mut records = 0u64;
-    let mut saw_checkpoint = false;
-    let mut saw_backup_end = false;
+    let mut saw_checkpoint = from_standby && control.checkpoint_lsn == control.redo_lsn;
+    let mut saw_backup_end = from_standby;
+    let mut last_end = control.redo_lsn;
     while reader.next_lsn() < end {
         let rec = reader.read_record().map_err(|e| {
             VerifyError::Wal(format!(
@@ -201,6 +213,7 @@ fn check_wal(datadir: &Path, control: &ControlFile, end: Lsn) -> Result<u64, Ver
             ))
         })?;
         records += 1;
+        last_end = rec.end;
         match rec.xlog() {
             Some(Ok(XlogRecord::Checkpoint(c))) if rec.lsn == control.checkpoint_lsn => {
                 check(
@@ -222,6 +235,11 @@ fn check_wal(datadir: &Path, control: &ControlFile, end: Lsn) -> Result<u64, Ver
         return Err(VerifyError::Wal(format!(
             "no checkpoint record at {}",
             control.checkpoint_lsn
+        )));
+    }
+    if from_standby && last_end != end {
+        return Err(VerifyError::Wal(format!(
+            "the standby's replay position {end} is not the end of a record (the last one read ends at {last_end})"
         )));
     }
     if !saw_backup_end {

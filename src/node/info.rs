@@ -57,6 +57,7 @@ impl Node {
             .filter(|u| u.host == parsed.host && u.port == parsed.port);
         let instance_id = heard.as_ref().and_then(|u| u.instance_id);
         let status_url = heard.and_then(|u| u.status_url);
+        let upstream_chain = connected_upstream(self, &parsed.host, parsed.port).1;
         Some(UpstreamSnapshot {
             status: progress.received.state().as_str(),
             sender_host: parsed.host,
@@ -70,6 +71,7 @@ impl Node {
             latest_end_lsn: progress.received.upstream_flush(),
             status_url,
             instance_id,
+            upstream_chain,
         })
     }
 
@@ -356,27 +358,36 @@ fn standby_fields(node: &Node, r: &RecoverySnapshot, s: &mut String) {
     upstream_fields(node, (&host, port, &configured_app), s);
 }
 
+/// The instance id and chain of the upstream last connected to, when it
+/// is the configured one (`host`:`port`); empty strings otherwise.
+fn connected_upstream(node: &Node, host: &str, port: u16) -> (String, String) {
+    let Some(progress) = &node.standby else {
+        return Default::default();
+    };
+    let Some(connected) = progress
+        .received
+        .upstream()
+        .filter(|u| u.host == host && u.port == port)
+    else {
+        return Default::default();
+    };
+    let id = connected
+        .instance_id
+        .map(crate::replication::server::format_instance_id)
+        .unwrap_or_default();
+    let chain = crate::replication::server::format_chain(&progress.received.upstream_chain());
+    (id, chain)
+}
+
 /// Who a standby streams from: the upstream of the last connection when it
 /// is the configured one (its instance and the chain above it), else the
 /// configured upstream alone (not connected yet, or just re-pointed).
 fn upstream_fields(node: &Node, configured: (&str, u16, &str), s: &mut String) {
-    let Some(progress) = &node.standby else {
+    if node.standby.is_none() {
         return;
-    };
+    }
     let (host, port, app) = configured;
-    let connected = progress
-        .received
-        .upstream()
-        .filter(|u| u.host == host && u.port == port);
-    let id = connected
-        .as_ref()
-        .and_then(|u| u.instance_id)
-        .map(crate::replication::server::format_instance_id)
-        .unwrap_or_default();
-    let chain = match connected {
-        Some(_) => crate::replication::server::format_chain(&progress.received.upstream_chain()),
-        None => String::new(),
-    };
+    let (id, chain) = connected_upstream(node, host, port);
     let _ = write!(
         s,
         "master_application_name:{app}\r\nmaster_instance_id:{id}\r\nupstream_chain:{chain}\r\n"

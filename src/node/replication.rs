@@ -189,8 +189,15 @@ impl crate::backup::server::BackupSource for Node {
         self.settings().archive_mode
     }
 
+    fn replay_position(&self) -> Option<(TimelineId, Lsn)> {
+        let p = self.standby.as_ref()?;
+        Some(p.replayed.read(|r| (r.tli, r.end)))
+    }
+
+    /// A checkpoint on a primary, a restartpoint on a standby (none when
+    /// nothing was replayed since the last one: that one is copied).
     fn checkpoint(&self) -> Result<(), Self::CheckpointError> {
-        Node::checkpoint(self, super::checkpoint::CheckpointCause::Requested).map(|_| ())
+        Node::restartpoint(self, super::checkpoint::CheckpointCause::Requested).map(|_| ())
     }
 
     fn pin_last_checkpoint(

@@ -119,8 +119,10 @@ impl Startup {
                 recv(reloads.receiver()) -> _ => {
                     let now = upstream_settings(&self.h.config.get());
                     if now != upstream {
+                        let stream_configured = !now.0.trim().is_empty();
                         upstream = now;
                         self.receivers.upstream_changed();
+                        self.handle(Event::UpstreamReloaded { stream_configured });
                     }
                 }
                 default(timeout) => self.handle(Event::TimerFired),

@@ -116,6 +116,9 @@ pub struct UpstreamSnapshot {
     /// The upstream's instance (`walrep_instance_id`); `None` from
     /// PostgreSQL.
     pub instance_id: Option<u64>,
+    /// The instances above this node, nearest first (`a,b,...`; empty
+    /// before the first connection): a cascade's shape from any node.
+    pub upstream_chain: String,
 }
 
 /// The WAL writer's positions and counters.
@@ -345,6 +348,7 @@ pub fn status_json(s: &Snapshot) -> String {
             "latest_end_lsn": u.latest_end_lsn.to_string(),
             "status_url": u.status_url,
             "instance_id": u.instance_id.map(crate::replication::server::format_instance_id),
+            "upstream_chain": u.upstream_chain,
         })
     });
     let recovery = s.recovery.as_ref().and_then(|r| {
@@ -469,6 +473,7 @@ mod tests {
                 latest_end_lsn: Lsn(3),
                 status_url: Some("http://h:9187/".into()),
                 instance_id: Some(2),
+                upstream_chain: "00000000000000AB".into(),
             }),
         }
     }

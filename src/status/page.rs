@@ -294,7 +294,7 @@ fn upstream(s: &Snapshot) -> String {
             .into();
     };
     let lsn = |l: crate::Lsn| format!("<code>{l}</code>");
-    let rows: [(&str, String); 15] = [
+    let rows: [(&str, String); 17] = [
         ("pid", UNTRACKED.into()),
         ("status", escape(u.status)),
         ("receive_start_lsn", UNTRACKED.into()),
@@ -310,6 +310,13 @@ fn upstream(s: &Snapshot) -> String {
         ("sender_host", escape(&u.sender_host)),
         ("sender_port", u.sender_port.to_string()),
         ("conninfo", format!("<code>{}</code>", escape(&u.conninfo))),
+        (
+            "instance_id",
+            u.instance_id
+                .map(crate::replication::server::format_instance_id)
+                .unwrap_or_default(),
+        ),
+        ("upstream_chain", escape(&u.upstream_chain)),
     ];
     let name = format!("<b>{}:{}</b>", escape(&u.sender_host), u.sender_port);
     let mut out = format!(

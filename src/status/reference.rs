@@ -55,6 +55,7 @@ pub static STATUS_FIELDS: &[(&str, &str)] = &[
     ("upstream.latest_end_lsn", "The upstream's flush position as it last said"),
     ("upstream.status_url", "The upstream's status page, as it advertised it (status_advertise_url); null from PostgreSQL"),
     ("upstream.instance_id", "The upstream's instance_id, as it said at connection; null from PostgreSQL"),
+    ("upstream.upstream_chain", "The instances above this node, nearest first, comma-separated"),
     ("standbys", "Every connected walsender, as pg_stat_replication"),
     ("standbys[].pid", "The walsender's id (unique per server run)"),
     ("standbys[].usename", "Replication user"),

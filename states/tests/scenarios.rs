@@ -60,6 +60,75 @@ pub mod play {
         s
     }
 
+    /// An archive-only standby waiting for the archive is given an
+    /// upstream by a reload: the walreceiver starts at once, no restart;
+    /// a second reload takes the upstream away again.
+    pub fn reload_gives_an_archive_only_standby_an_upstream() -> Scenario {
+        let mut s = standby_started(archive_only());
+        s.ev(restored(1, 2)).ev(eow(seg(3)));
+        s.ev(not_in_archive(1, 3)).ev(not_local(1, 3));
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        assert!(s.core.shared().receiver.is_none(), "no stream configured");
+        s.ev(Event::UpstreamReloaded {
+            stream_configured: true,
+        });
+        assert!(
+            s.emitted(|a| matches!(a, Action::StartWalReceiver { from, .. } if *from == seg(3)))
+        );
+        let sid = s.session();
+        s.ev(connected(sid, 1, at(4, 0x2000)));
+        s.ev(flushed(sid, 1, at(3, 0x8000))).ev(eow(at(3, 0x8000)));
+        assert_eq!(s.state(), StateKind::Streaming);
+        assert_eq!(s.core.status().replay_lsn, at(3, 0x8000));
+        // Taken away: the walreceiver stops and no round starts another.
+        s.ev(Event::UpstreamReloaded {
+            stream_configured: false,
+        });
+        assert!(s.emitted(|a| matches!(a, Action::StopWalReceiver { session } if *session == sid)));
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        s.wait(5000).timer();
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s.ev(not_in_archive(1, 3)).ev(local(1, 3));
+        s.ev(eow(at(3, 0x8000)));
+        s.ev(not_in_archive(1, 4)).ev(not_local(1, 4));
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        assert!(
+            !s.emitted(|a| matches!(a, Action::StartWalReceiver { .. })),
+            "no upstream any more"
+        );
+        s
+    }
+
+    /// A reload changing the upstream while streaming: the walreceiver is
+    /// stopped, what it received is replayed, and the next round connects
+    /// with the new settings (a new session; the old one's news is stale).
+    pub fn reload_repoints_a_streaming_standby() -> Scenario {
+        let mut s = streaming(both());
+        let first = s.session();
+        s.ev(flushed(first, 1, at(2, 0x9000)));
+        s.ev(Event::UpstreamReloaded {
+            stream_configured: true,
+        });
+        assert_eq!(s.state(), StateKind::RetryingArchive);
+        assert!(
+            s.emitted(|a| matches!(a, Action::StopWalReceiver { session } if *session == first))
+        );
+        s.ev(eow(at(2, 0x9000)));
+        s.wait(5000).timer();
+        s.ev(no_history(2)).ev(no_local_history(2));
+        s.ev(not_in_archive(1, 2)).ev(local(1, 2));
+        s.ev(invalid(at(2, 0x9000), RecordCheck::Zeroes));
+        let second = s.session();
+        assert_ne!(first, second);
+        s.ev(flushed(first, 1, at(2, 0xA000)));
+        assert!(s.actions.is_empty(), "the old upstream's WAL is stale");
+        s.ev(connected(second, 1, at(3, 0)));
+        s.ev(flushed(second, 1, at(2, 0xB000)))
+            .ev(eow(at(2, 0xB000)));
+        assert_eq!(s.core.status().replay_lsn, at(2, 0xB000));
+        s
+    }
+
     pub fn archive_gap_then_streaming() -> Scenario {
         let mut s = standby_started(both());
         s.ev(restored(1, 2)).ev(eow(seg(3)));
@@ -850,6 +919,8 @@ macro_rules! scenarios {
 scenarios!(
     archive_only_to_end,
     archive_gap_then_streaming,
+    reload_gives_an_archive_only_standby_an_upstream,
+    reload_repoints_a_streaming_standby,
     stream_lost_and_regained,
     upstream_timeline_switch_followed,
     timeline_forked_before_replay_is_not_followed,

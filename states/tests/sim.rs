@@ -165,6 +165,9 @@ enum Item {
     Heal,
     /// The standby restarts (crash or shutdown) from its restartpoint.
     Restart { clean: bool, crash_first: bool },
+    /// A reload changes `primary_conninfo`: re-points the stream, gives
+    /// an archive-only standby one, or takes it away.
+    Reload,
 }
 
 struct World {
@@ -216,6 +219,13 @@ struct World {
     /// Invalid records, ping-pong reports and restore_command failures seen.
     counts: (u64, u64, u64),
     rot: Rot,
+    /// Reloads draw from their own generator, so the seeds of the other
+    /// faults play as they did before reloads were simulated.
+    reload_rng: Rng,
+    /// `primary_conninfo` is set now (a reload changes it; a restart
+    /// reads it; the heal restores the seed's configuration).
+    stream_now: bool,
+    reloads: u32,
 }
 
 type SimResult = Result<(), String>;
@@ -230,6 +240,7 @@ struct Stats {
     /// The first seeds that ended in a (legitimate) fatal stop.
     fatal_seeds: Vec<u64>,
     restarts: u64,
+    reloads: u64,
     followed_timeline: u64,
     invalid_records: u64,
     ping_pongs: u64,
@@ -255,6 +266,7 @@ impl Stats {
             _ => self.caught_up += 1,
         }
         self.restarts += u64::from(w.restarts);
+        self.reloads += u64::from(w.reloads);
         self.followed_timeline += u64::from(w.core.status().target_tli > TimelineId::FIRST);
         self.invalid_records += w.counts.0;
         self.ping_pongs += w.counts.1;
@@ -336,6 +348,9 @@ impl World {
                     promoted_past: 0,
                 }
             },
+            reload_rng: Rng(seed ^ 0x7e10_ad00_5eed_0000),
+            stream_now: stream,
+            reloads: 0,
         };
         w.plan();
         w
@@ -363,6 +378,12 @@ impl World {
             let clean = self.rng.chance(0.5);
             let crash_first = self.rng.chance(0.3);
             self.at(t, "restart", Item::Restart { clean, crash_first });
+        }
+        if self.reload_rng.chance(0.3) {
+            for _ in 0..self.reload_rng.range(1, 4) {
+                let t = Millis(self.reload_rng.range(0, fault_ms));
+                self.at(t, "reload", Item::Reload);
+            }
         }
         self.at(Millis(fault_ms), "heal", Item::Heal);
         let started = self.started(Lsn(2 * SEG + 0x28), false);
@@ -562,6 +583,13 @@ impl World {
             *t = (*t).min(self.now);
         }
         self.archive_corrupt.clear();
+        if self.stream_now != self.config.stream_configured {
+            self.stream_now = self.config.stream_configured;
+            let ev = Event::UpstreamReloaded {
+                stream_configured: self.stream_now,
+            };
+            self.at(self.now, "reload", Item::Deliver(ev));
+        }
         self.log(format!(
             "   world: healed; upstream ends at {}",
             self.upstream_flush
@@ -1044,7 +1072,11 @@ impl World {
         self.job = None;
         self.redo_in_flight = false;
         self.seg_file.clear();
-        self.core = Recovery::new(self.config.clone()).expect("valid config");
+        let config = RecoveryConfig {
+            stream_configured: self.stream_now,
+            ..self.config.clone()
+        };
+        self.core = Recovery::new(config).expect("valid config");
         let started = self.started(self.restartpoint, crash_first);
         self.min_point = self.applied.max(self.restartpoint);
         self.applied = self.restartpoint;
@@ -1083,8 +1115,26 @@ impl World {
             Item::RedoDone => self.finish_replay(),
             Item::Heal => self.heal(),
             Item::Restart { clean, crash_first } => self.restart(clean, crash_first),
+            Item::Reload => self.reload()?,
         }
         Ok(())
+    }
+
+    /// A reload: the stream switched on or off, or re-pointed (on stays on).
+    fn reload(&mut self) -> SimResult {
+        if self.healed {
+            return Ok(());
+        }
+        let next = self.reload_rng.chance(0.5) != self.stream_now;
+        if !next && !self.stream_now {
+            return Ok(());
+        }
+        self.stream_now = next;
+        self.reloads += 1;
+        self.log(format!("   world: reload, primary_conninfo set: {next}"));
+        self.handle(Event::UpstreamReloaded {
+            stream_configured: next,
+        })
     }
 
     fn handle(&mut self, ev: Event) -> SimResult {
@@ -1257,7 +1307,9 @@ fn simulation() {
     // The world really exercises the machine (swarm testing must not turn
     // every fault off).
     if seeds >= 1_000 {
-        assert!(stats.promoted > 0 && stats.caught_up > 0 && stats.restarts > 0);
+        assert!(
+            stats.promoted > 0 && stats.caught_up > 0 && stats.restarts > 0 && stats.reloads > 0
+        );
         assert!(stats.followed_timeline > 0 && stats.invalid_records > 0);
         assert!(stats.ping_pongs > 0 && stats.restore_failures > 0);
         assert!(

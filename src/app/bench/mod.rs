@@ -10,6 +10,8 @@
 //! - `catchup`, `archive-replay`: a standby replaying ~1 GB of WAL from the
 //!   stream or from the archive (these three share one WAL load);
 //! - `lag`: replication lag under 64 asynchronous clients;
+//! - `chain`: replay lag added per hop of primary -> s1 -> s2 -> s3 under
+//!   16 clients, beside the same PostgreSQL chain with `--anchors`;
 //! - `promote`: promotion request to the first accepted write;
 //! - `sync`: commits/s and latency per `synchronous_commit` level with one
 //!   synchronous standby, and the one-client floor;
@@ -46,6 +48,7 @@
 
 pub mod anchors;
 pub mod bulk;
+pub mod chain;
 pub mod cluster;
 pub mod failover;
 pub mod figures;
@@ -145,6 +148,8 @@ pub enum Scenario {
     ArchiveReplay,
     /// Lag of an async standby under 64 clients.
     Lag,
+    /// Replay lag per hop of a chain of three standbys.
+    Chain,
     /// Promotion to the first accepted write.
     Promote,
     /// Every synchronous_commit level with a sync standby.
@@ -170,6 +175,7 @@ impl Scenario {
             Scenario::Catchup => "catchup",
             Scenario::ArchiveReplay => "archive-replay",
             Scenario::Lag => "lag",
+            Scenario::Chain => "chain",
             Scenario::Promote => "promote",
             Scenario::Sync => "sync",
             Scenario::Replication => "replication",
@@ -219,7 +225,7 @@ impl Scenario {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// What to measure, comma-separated: commit, stream, catchup,
-    /// archive-replay, lag, promote, sync, replication (all the replication
+    /// archive-replay, lag, chain (replay lag per hop of a cascade), promote, sync, replication (all the replication
     /// scenarios), wal (the WAL writer alone), tls (TLS cost) or redis
     /// (redis-benchmark's test set against walrep and Redis 7).
     #[arg(long = "scenario", value_delimiter = ',', default_value = "commit")]

@@ -328,6 +328,74 @@ pub fn parse_pgbench(stdout: &str, lat_us: &mut [u64]) -> Result<LoadResult, Ben
     })
 }
 
+/// Cascading standbys for the `chain` scenario: each copied with
+/// pg_basebackup from its upstream (a standby for every hop after the
+/// first, as PostgreSQL allows) and streaming from it.
+impl PgAnchor {
+    /// A standby of the server on `upstream_port`, in `dir` (created):
+    /// pg_basebackup -R -X stream, its own port and socket, started.
+    pub fn standby_of(&self, upstream_port: u16, dir: &Path) -> Result<PgAnchor, BenchError> {
+        let io = |what: &str, e| BenchError::io(format!("PostgreSQL standby: {what}"), e);
+        std::fs::create_dir_all(dir.join("sock")).map_err(|e| io("create its directory", e))?;
+        let mut pg = PgAnchor {
+            dir: dir.to_path_buf(),
+            data: dir.join("data"),
+            sock: dir.join("sock"),
+            port: free_port()?,
+            script: self.script.clone(),
+            as_root: self.as_root,
+            started: false,
+        };
+        if pg.as_root {
+            check(
+                "chown",
+                Command::new("chown")
+                    .args(["-R", &format!("{PG_USER}:")])
+                    .arg(dir)
+                    .output(),
+            )?;
+        }
+        let out = pg
+            .cmd("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &upstream_port.to_string()])
+            .args(["-U", PG_USER, "-R", "-X", "stream", "-c", "fast", "-D"])
+            .arg(&pg.data)
+            .output();
+        check("pg_basebackup", out)?;
+        let conf = format!(
+            "\n# walrep bench standby\nport = {}\nunix_socket_directories = '{}'\n",
+            pg.port,
+            pg.sock.display()
+        );
+        let path = pg.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&path).map_err(|e| io("read postgresql.conf", e))?;
+        text.push_str(&conf);
+        std::fs::write(&path, text).map_err(|e| io("write postgresql.conf", e))?;
+        pg.pg_ctl_start()?;
+        Ok(pg)
+    }
+
+    /// Run `sql` `times` times with `pause_s` between runs in one psql
+    /// session (a script file, so no process per sample); returns psql's
+    /// output, one line per row.
+    pub fn sample(&self, sql: &str, times: usize, pause_s: f64) -> Result<String, BenchError> {
+        let file = self.dir.join("sample.sql");
+        let mut text = String::new();
+        for _ in 0..times {
+            text.push_str(sql);
+            text.push_str(&format!(";\nSELECT pg_sleep({pause_s});\n"));
+        }
+        std::fs::write(&file, text).map_err(|e| BenchError::io("write sample.sql", e))?;
+        let mut c = self.cmd("psql");
+        c.args(["-X", "-q", "-At", "-U", PG_USER, "-d", "postgres", "-h"])
+            .arg(&self.sock)
+            .args(["-p", &self.port.to_string(), "-f"])
+            .arg(&file);
+        let out = check("psql", c.output())?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

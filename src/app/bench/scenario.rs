@@ -145,6 +145,9 @@ pub fn run(args: &BenchArgs, scenarios: &[Scenario]) -> Result<ScenarioReport, B
     if scenarios.contains(&Scenario::Lag) {
         super::lag::run(&mut ctx)?;
     }
+    if scenarios.contains(&Scenario::Chain) {
+        super::chain::run(&mut ctx)?;
+    }
     if scenarios.contains(&Scenario::Promote) {
         super::promote::run(&mut ctx)?;
     }

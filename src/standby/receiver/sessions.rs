@@ -119,26 +119,18 @@ impl<E: From<ReceiverEvent> + Send + 'static> Sessions<E> {
         }
     }
 
-    /// `primary_conninfo` or `primary_slot_name` was reloaded: end the
-    /// current session and report it lost, so the recovery machine goes
-    /// through its usual transitions and its next `StartWalReceiver`
-    /// connects with the new settings. Nothing runs: nothing to do (the
-    /// next start reads the new settings anyway).
+    /// `primary_conninfo` or `primary_slot_name` was reloaded: forget the
+    /// old upstream and its failures. The recovery machine, told with
+    /// `UpstreamReloaded`, stops the running session itself and starts
+    /// the next one (which reads the new settings) through its usual
+    /// transitions.
     pub fn upstream_changed(&mut self) {
         self.shared.set_upstream(None, Vec::new());
         self.failures = 0;
-        if let Some(h) = self.current.take() {
-            let session = h.session();
-            drop(h);
-            tracing::info!(
-                session,
-                "upstream settings changed by a reload: walreceiver reconnects"
-            );
-            self.report(ReceiverEvent::StreamLost {
-                session,
-                reason: "primary_conninfo or primary_slot_name changed by a reload".into(),
-            });
-        }
+        tracing::info!(
+            session = self.current(),
+            "upstream settings changed by a reload: walreceiver reconnects"
+        );
     }
 
     /// End whatever runs (end of recovery, shutdown), without reports.

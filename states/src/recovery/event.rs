@@ -12,7 +12,8 @@
 //! - the redo loop (answers `Replay`): `WalReplayed` (progress), then exactly
 //!   one of `EndOfWalReached` or `InvalidRecord`;
 //! - the trigger watcher: `PromoteRequested`; the timer: `TimerFired`;
-//!   the node: `ShutdownRequested`;
+//!   the node: `ShutdownRequested`, and `UpstreamReloaded` after a reload
+//!   changed `primary_conninfo` or `primary_slot_name`;
 //! - the promotion executor: `HistoryFileWritten`, `EndOfRecoveryWritten`,
 //!   `PromotionStepFailed`.
 
@@ -284,6 +285,15 @@ pub enum Event {
     TimerFired,
     /// The node is shutting down.
     ShutdownRequested,
+    /// A reload changed `primary_conninfo` or `primary_slot_name`: the
+    /// running walreceiver's settings are stale, and the stream is a WAL
+    /// source from now on if and only if `stream_configured` (an
+    /// archive-only standby given an upstream, or one whose upstream was
+    /// taken away, without a restart).
+    UpstreamReloaded {
+        /// `primary_conninfo` is set after the reload.
+        stream_configured: bool,
+    },
     /// The new timeline's history file is durable in `wal/`.
     HistoryFileWritten {
         /// The new timeline.
@@ -353,6 +363,8 @@ pub enum EventKind {
     TimerFired,
     /// [`Event::ShutdownRequested`].
     ShutdownRequested,
+    /// [`Event::UpstreamReloaded`].
+    UpstreamReloaded,
     /// [`Event::HistoryFileWritten`].
     HistoryFileWritten,
     /// [`Event::EndOfRecoveryWritten`].
@@ -363,7 +375,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every event kind, in declaration order.
-    pub const ALL: [EventKind; 25] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::RecoveryStarted,
         EventKind::SegmentRestored,
         EventKind::SegmentNotInArchive,
@@ -386,6 +398,7 @@ impl EventKind {
         EventKind::PromoteRequested,
         EventKind::TimerFired,
         EventKind::ShutdownRequested,
+        EventKind::UpstreamReloaded,
         EventKind::HistoryFileWritten,
         EventKind::EndOfRecoveryWritten,
         EventKind::PromotionStepFailed,
@@ -424,6 +437,7 @@ impl Event {
             Event::PromoteRequested { .. } => EventKind::PromoteRequested,
             Event::TimerFired => EventKind::TimerFired,
             Event::ShutdownRequested => EventKind::ShutdownRequested,
+            Event::UpstreamReloaded { .. } => EventKind::UpstreamReloaded,
             Event::HistoryFileWritten { .. } => EventKind::HistoryFileWritten,
             Event::EndOfRecoveryWritten { .. } => EventKind::EndOfRecoveryWritten,
             Event::PromotionStepFailed { .. } => EventKind::PromotionStepFailed,
@@ -507,6 +521,14 @@ impl fmt::Display for Event {
             Event::InvalidRecord { at, check } => write!(f, "{k}({at}: {check})"),
             Event::PromoteRequested { trigger } => write!(f, "{k}({trigger:?})"),
             Event::TimerFired | Event::ShutdownRequested => write!(f, "{k}"),
+            Event::UpstreamReloaded { stream_configured } => {
+                let what = if *stream_configured {
+                    "stream"
+                } else {
+                    "no stream"
+                };
+                write!(f, "{k}({what})")
+            }
             Event::HistoryFileWritten { tli } => write!(f, "{k}({})", tli.0),
             Event::EndOfRecoveryWritten { tli, end } => write!(f, "{k}(tli {} end {end})", tli.0),
             Event::PromotionStepFailed { step, reason } => write!(f, "{k}({step:?}: {reason})"),

@@ -206,7 +206,9 @@ fn drain(core: &mut Recovery) -> Option<super::Transition> {
 
 /// What distinguishes machines for exploration: state, phase, outstanding
 /// requests, walreceiver status, flags and counters (capped), but not the
-/// LSN values themselves.
+/// LSN values themselves, nor whether a reload made the stream a source
+/// (that doubles the space past [`MAX_EXPANDED`]; the walreceiver's status
+/// tells the reloaded machines apart where it matters).
 pub fn abstract_key(core: &Recovery) -> String {
     if core.state().is_final() {
         return format!("{:?}", core.state());
@@ -294,6 +296,10 @@ pub fn sample_events_split(core: &Recovery) -> (Vec<TimedEvent>, Vec<TimedEvent>
         trigger: PromoteTrigger::Command,
     });
     out.push(Event::ShutdownRequested);
+    // A reload giving the standby an upstream, changing it, or taking it away.
+    out.extend(
+        [true, false].map(|stream_configured| Event::UpstreamReloaded { stream_configured }),
+    );
     let mut timed: Vec<TimedEvent> = out.into_iter().map(|e| (now, e)).collect();
     timed.push((
         core.poll_timeout().unwrap_or(now).max(now),

@@ -141,6 +141,9 @@ impl Machine {
     ///   `ArchiveRecovery`;
     /// - `PromoteRequested` → `Promoting` (from `Recovering`), also while
     ///   backing off;
+    /// - `UpstreamReloaded`: stays; the walreceiver stops, and starts now
+    ///   with the new settings if there is an upstream and redo is idle
+    ///   (else at the next round);
     /// - `ShutdownRequested` → `Stopped` (from `Running`).
     #[state(superstate = "recovering")]
     fn retrying_archive(
@@ -174,6 +177,15 @@ impl Machine {
                 }
                 self.stream_news(ctx, false)
             }
+            Event::UpstreamReloaded { stream_configured } => {
+                self.upstream_reloaded(ctx, *stream_configured);
+                self.stop_receiver(ctx);
+                // Received WAL still being replayed: the next round starts it.
+                if *stream_configured && self.replay_req.is_none() {
+                    self.start_receiver(ctx, None);
+                }
+                Handled
+            }
             Event::TimerFired => {
                 if ctx.now < self.retry_deadline(retry) {
                     ctx.because("timer not due");
@@ -206,6 +218,8 @@ impl Machine {
     ///
     /// Exits:
     /// - `StreamLost` → `RetryingArchive` (walreceiver gone);
+    /// - `UpstreamReloaded` → `RetryingArchive`, the walreceiver stopped (the
+    ///   next round connects to the new upstream, if there is one);
     /// - an invalid record from the stream → `RetryingArchive` (walreceiver
     ///   stopped, as after a disconnect);
     /// - replay reached the end of a timeline the upstream ended, and a
@@ -248,6 +262,13 @@ impl Machine {
                 ctx.because("already streaming");
                 Handled
             }
+            Event::UpstreamReloaded { stream_configured } => {
+                self.upstream_reloaded(ctx, *stream_configured);
+                self.stop_receiver(ctx);
+                // As after a lost stream: what was received is replayed,
+                // then the next round connects to the new upstream.
+                self.wait_for_retry(ctx, None)
+            }
             Event::EndOfWalReached { .. } | Event::InvalidRecord { .. } => {
                 match self.finish_replay(ctx, event) {
                     None => Handled,
@@ -266,11 +287,18 @@ impl Machine {
     /// The states that are still recovering WAL. Handles promotion requests
     /// and the bookkeeping of events its states do not handle themselves.
     ///
-    /// Exits: `PromoteRequested` → `Promoting`.
+    /// Exits: `PromoteRequested` → `Promoting`. `UpstreamReloaded` stops
+    /// a walreceiver running with stale settings (the next round starts
+    /// one if there is an upstream).
     #[superstate(superstate = "running")]
     fn recovering(&mut self, ctx: &mut Ctx, event: &Event) -> Outcome<State> {
         match event {
             Event::PromoteRequested { .. } => self.promote(ctx),
+            Event::UpstreamReloaded { stream_configured } => {
+                self.upstream_reloaded(ctx, *stream_configured);
+                self.stop_receiver(ctx);
+                Handled
+            }
             Event::WalFlushed { session, tli, upto } => {
                 if !self.stale(ctx, *session) {
                     self.note_flush(ctx, *session, *tli, *upto);
@@ -408,7 +436,8 @@ impl Machine {
     }
 
     /// Every state but `Stopped`: handles shutdown; ignores what no state
-    /// below handled.
+    /// below handled. `UpstreamReloaded` only records whether the stream is
+    /// a source (`Starting`; `Promoting` stops the walreceiver itself).
     ///
     /// Exits: `ShutdownRequested` → `Stopped` (walreceiver stopped).
     #[superstate]
@@ -420,6 +449,10 @@ impl Machine {
             }
             Event::HistoryReceived { tli, history, .. } => {
                 self.note_history(ctx, *tli, history);
+                Handled
+            }
+            Event::UpstreamReloaded { stream_configured } => {
+                self.upstream_reloaded(ctx, *stream_configured);
                 Handled
             }
             _ => {
@@ -614,6 +647,17 @@ impl Machine {
         }
         ctx.because("upstream timeline ended with no timeline to follow");
         self.wait_for_retry(ctx, None)
+    }
+
+    /// A reload changed the upstream settings: the stream is a WAL source
+    /// from now on if and only if `stream_configured`.
+    fn upstream_reloaded(&mut self, ctx: &mut Ctx, stream_configured: bool) {
+        self.config.stream_configured = stream_configured;
+        ctx.because(if stream_configured {
+            "primary_conninfo changed by a reload: streaming from the new upstream"
+        } else {
+            "primary_conninfo removed by a reload: no longer streaming"
+        });
     }
 
     /// Enter `Promoting` (or go further at once).
