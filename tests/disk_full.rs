@@ -350,3 +350,158 @@ fn a_failing_archive_command_is_warned_about_before_the_disk_fills_and_named_as_
     node.stop();
     assert!(started.elapsed() < PROCESS_DEADLINE);
 }
+
+/// Names (as `/proc` shows them, 15 bytes at most) of the threads a node
+/// starts.
+const NODE_THREADS: &[&str] = &[
+    "walwriter",
+    "wal-events",
+    "wal-spares",
+    "checkpointer",
+    "archiver",
+    "archive-",
+    "cmd-",
+    "disk-monitor",
+    "expire-cycle",
+    "redis-",
+    "repl-listener",
+    "signals",
+    "startup",
+    "redo",
+    "status-",
+    "trigger-watcher",
+    "walsender",
+    "walreceiver",
+];
+
+/// Threads of this process that a node started.
+fn node_threads() -> Vec<String> {
+    let mut names = Vec::new();
+    for task in fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if NODE_THREADS.iter().any(|p| comm.starts_with(p)) {
+            names.push(comm.to_string());
+        }
+    }
+    names
+}
+
+/// A node run in this process on `storage`.
+fn start_in_process(
+    dir: &Path,
+    settings: &[&str],
+    storage: Arc<walrep::storage::FaultyStorage>,
+) -> walrep::node::RunningNode {
+    let mut overrides = vec!["port=0".to_string(), "replication_port=0".to_string()];
+    overrides.extend(settings.iter().map(|s| s.to_string()));
+    let opts = walrep::node::StartOptions {
+        overrides,
+        storage: Some(storage),
+    };
+    walrep::node::RunningNode::start(dir, &opts).unwrap()
+}
+
+/// SIGTERM's request (what the signal thread sends), then the node's own
+/// shutdown: both within a bound, whatever failed before. Returns why the
+/// node stopped.
+fn stop_within_bound(node: walrep::node::RunningNode) -> String {
+    node.node
+        .request_exit(walrep::node::ExitRequest::Signal(libc::SIGTERM));
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let why = node.wait_for_exit().map(|w| format!("{w:?}"));
+        let stopped = node.stop();
+        let _ = tx.send((why, stopped.err().map(|e| e.to_string())));
+    });
+    let (why, _stop_error) = rx
+        .recv_timeout(PROCESS_DEADLINE)
+        .expect("the node did not stop within the bound after an IO failure");
+    why.unwrap()
+}
+
+fn set(url: &str, key: &str) -> redis::RedisResult<String> {
+    let mut c = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(5))?;
+    c.set_read_timeout(Some(Duration::from_secs(20)))?;
+    redis::cmd("SET").arg(key).arg("v").query(&mut c)
+}
+
+fn url(node: &walrep::node::RunningNode) -> String {
+    format!(
+        "redis://127.0.0.1:{}/",
+        node.node.ports.lock().unwrap().redis
+    )
+}
+
+/// After an IO failure of each component in turn, the node stops within a
+/// bound and every thread it started ends. One test, so the threads of
+/// this process are those of the node under test.
+#[test]
+fn after_an_io_failure_of_any_component_the_node_stops_and_every_thread_ends() {
+    use walrep::node::checkpoint::CheckpointCause;
+    use walrep::storage::{FaultyStorage, Op};
+    let tmp = tempfile::tempdir().unwrap();
+    let seg = support::wal::seg();
+    let inject = |name: &str,
+                  settings: &[&str],
+                  arm: &dyn Fn(&Path, &FaultyStorage),
+                  trigger: &dyn Fn(&walrep::node::RunningNode)| {
+        let dir = tmp.path().join(name);
+        walrep::node::init::init(&dir, seg).unwrap();
+        let faulty = Arc::new(FaultyStorage::new());
+        let node = start_in_process(&dir, settings, faulty.clone());
+        assert_eq!(set(&url(&node), "before").unwrap(), "OK");
+        arm(&dir, &faulty);
+        trigger(&node);
+        wait_for(
+            &format!("the injected {name} failure"),
+            PROCESS_DEADLINE,
+            || (faulty.injected() > 0).then_some(()),
+        );
+        let why = stop_within_bound(node);
+        wait_for(
+            &format!("every thread to end after the {name} failure ({why})"),
+            PROCESS_DEADLINE,
+            || node_threads().is_empty().then_some(()),
+        );
+    };
+
+    inject(
+        "walwriter",
+        &[],
+        &|dir, f| {
+            let wal = dir.join("wal");
+            f.fail_writes_of(move |p| p.starts_with(&wal));
+        },
+        &|n| assert!(set(&url(n), "lost").is_err()),
+    );
+    inject(
+        "checkpointer",
+        &["checkpoint_timeout=1h"],
+        &|dir, f| {
+            let base = dir.join("base");
+            f.fail_syncs_of(move |p| p.starts_with(&base));
+        },
+        &|n| n.node.request_checkpoint(CheckpointCause::Requested),
+    );
+    inject(
+        "archiver",
+        &["archive_mode=on", "archive_command=exit 0"],
+        &|_, f| f.fail_where(&[Op::Rename], |p| p.to_string_lossy().ends_with(".ready")),
+        &|n| {
+            n.node.wal().unwrap().switch_segment().unwrap();
+        },
+    );
+    inject(
+        "control",
+        &["checkpoint_timeout=1h"],
+        &|dir, f| {
+            let control =
+                walrep::storage::replace_temp_path(&dir.join(walrep::store::control::CONTROL_FILE));
+            f.fail_syncs_of(move |p| p == control);
+        },
+        &|n| {
+            let _ = n.node.checkpoint(CheckpointCause::Requested);
+        },
+    );
+}
