@@ -6,7 +6,8 @@
 //! archive_command is warned about before the disk fills and named as
 //! what holds WAL. And, with the fault-injecting storage, the node stops
 //! within a bound with every thread ended after an IO failure of the WAL
-//! writer, the checkpointer, the archiver and a control-file write.
+//! writer, the checkpointer, the archiver, a control-file write and a
+//! standby's walreceiver.
 
 mod support;
 
@@ -433,8 +434,10 @@ fn url(node: &walrep::node::RunningNode) -> String {
     )
 }
 
-/// After an IO failure of each component in turn, the node stops within a
-/// bound and every thread it started ends. One test, so the threads of
+/// After an IO failure of each component in turn (the WAL writer, the
+/// checkpointer, the archiver, a control-file write, a standby's
+/// walreceiver), the node stops within a bound and every thread it started
+/// ends. One test, so the threads of
 /// this process are those of the node under test.
 #[test]
 fn after_an_io_failure_of_any_component_the_node_stops_and_every_thread_ends() {
@@ -503,5 +506,47 @@ fn after_an_io_failure_of_any_component_the_node_stops_and_every_thread_ends() {
         &|n| {
             let _ = n.node.checkpoint(CheckpointCause::Requested);
         },
+    );
+    walreceiver_failure_stops_the_standby(tmp.path());
+}
+
+/// A standby whose walreceiver cannot fdatasync received WAL stops within
+/// a bound, and every thread of both nodes ends.
+fn walreceiver_failure_stops_the_standby(tmp: &Path) {
+    let pdir = tmp.join("upstream");
+    walrep::node::init::init(&pdir, support::wal::seg()).unwrap();
+    let primary = start_in_process(&pdir, &[], Arc::new(walrep::storage::FaultyStorage::new()));
+    let sdir = tmp.join("standby");
+    let from = format!(
+        "127.0.0.1:{}",
+        primary.node.ports.lock().unwrap().replication
+    );
+    let (ok, out, err) = support::node::walrep(&[
+        "basebackup",
+        "--from",
+        &from,
+        "-D",
+        sdir.to_str().unwrap(),
+        "--write-standby-config",
+        "--application-name",
+        "s1",
+    ]);
+    assert!(ok, "{out}{err}");
+    let faulty = Arc::new(walrep::storage::FaultyStorage::new());
+    faulty.fail_sync_data_after(1);
+    let standby = start_in_process(&sdir, &[], faulty.clone());
+    for i in 0..100 {
+        assert_eq!(set(&url(&primary), &format!("k{i}")).unwrap(), "OK");
+    }
+    wait_for("the injected walreceiver failure", PROCESS_DEADLINE, || {
+        (faulty.injected() > 0).then_some(())
+    });
+    let why = stop_within_bound(standby);
+    assert!(why.contains("Fatal"), "{why}");
+    stop_within_bound(primary);
+    wait_for(
+        &format!("every thread to end after the walreceiver failure ({why})"),
+        PROCESS_DEADLINE,
+        || node_threads().is_empty().then_some(()),
     );
 }
