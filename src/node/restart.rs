@@ -18,9 +18,9 @@ use super::{ExitRequest, NodeError, RunningNode, StartOptions};
 
 /// First wait before retrying a start that failed on a full disk.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
-/// Longest wait between two attempts (PostgreSQL's postmaster retries its
-/// startup process every few seconds too).
-const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Longest wait between two attempts: an operator who freed space waits
+/// at most this long for the node to notice.
+const RETRY_MAX: Duration = Duration::from_secs(15);
 /// How often a back-off wait looks for a shutdown request.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
