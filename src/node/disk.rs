@@ -62,6 +62,9 @@ pub enum HoldReason {
         name: String,
         /// A walsender uses it (an inactive slot is the usual culprit).
         active: bool,
+        /// The `application_name` of the standby streaming from it: a
+        /// lagging standby holds WAL through its slot.
+        standby: Option<String>,
     },
     /// Completed segments whose `archive_command` has not succeeded yet.
     ArchiveBacklog { segments: u64 },
@@ -87,9 +90,17 @@ impl HoldReason {
     /// What an operator can do about it.
     fn remedy(&self) -> String {
         match self {
-            HoldReason::Slot { name, active } => format!(
+            HoldReason::Slot {
+                name,
+                active,
+                standby,
+            } => format!(
                 "replication slot \"{name}\"{} (drop it with DROP_REPLICATION_SLOT if its standby is gone, or lower max_slot_wal_keep_size)",
-                if *active { "" } else { ", inactive" }
+                match (active, standby) {
+                    (_, Some(app)) => format!(" of lagging standby \"{app}\""),
+                    (true, None) => String::new(),
+                    (false, None) => ", inactive".into(),
+                }
             ),
             HoldReason::ArchiveBacklog { segments } => format!(
                 "{segments} segment(s) waiting for archive_command (fix the command or its destination; see failed_count in INFO persistence)"
@@ -116,6 +127,8 @@ pub struct HoldInputs {
     pub ready_segments: u64,
     /// `wal_keep_size` in bytes.
     pub wal_keep_bytes: u64,
+    /// Connected standbys as (slot, application_name).
+    pub standbys: Vec<(String, String)>,
 }
 
 /// Every reason WAL is kept, with the bytes behind `end` it keeps, largest
@@ -136,6 +149,11 @@ pub fn holds(i: &HoldInputs) -> Vec<WalHold> {
             reason: HoldReason::Slot {
                 name: s.name.clone(),
                 active: s.active_pid.is_some(),
+                standby: i
+                    .standbys
+                    .iter()
+                    .find(|(slot, _)| *slot == s.name)
+                    .map(|(_, app)| app.clone()),
             },
             bytes: behind(s.restart_lsn),
         })
@@ -233,6 +251,13 @@ impl Node {
             slots: self.slots.list(),
             ready_segments: ready_segments(&self.dir.root),
             wal_keep_bytes: settings.wal_keep_size.bytes().unwrap_or(0),
+            standbys: self
+                .registry()
+                .map(|r| r.snapshot())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|w| Some((w.slot?, w.application_name)))
+                .collect(),
         };
         measure(&self.dir.root, &inputs)
     }
@@ -413,6 +438,7 @@ mod tests {
             slots: vec![slot("gone", 10 << 20, false), slot("unset", 0, true)],
             ready_segments: 30,
             wal_keep_bytes: 0,
+            standbys: Vec::new(),
         };
         let h = holds(&i);
         let keys: Vec<String> = h.iter().map(|h| h.reason.key()).collect();
@@ -420,6 +446,34 @@ mod tests {
         assert_eq!(h[0].bytes, 90 << 20);
         assert_eq!(h[1].bytes, 30 << 20);
         assert_eq!(h[2].bytes, 1 << 20);
+        let text = DiskUsage {
+            holds: h,
+            ..Default::default()
+        }
+        .describe(Path::new("/d"));
+        assert!(text.contains("\"gone\", inactive"), "{text}");
+    }
+
+    #[test]
+    fn a_slot_names_the_lagging_standby_streaming_from_it() {
+        let i = HoldInputs {
+            end: Lsn(9 << 20),
+            slots: vec![slot("s1", 1 << 20, true)],
+            standbys: vec![("s1".into(), "replica-east".into())],
+            seg_size_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let text = DiskUsage {
+            holds: holds(&i),
+            ..Default::default()
+        }
+        .describe(Path::new("/d"));
+        assert!(
+            text.contains(
+                "8.0MB held by replication slot \"s1\" of lagging standby \"replica-east\""
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -184,6 +184,7 @@ pub fn offline_usage(datadir: &Path, overrides: &[String]) -> disk::DiskUsage {
             .as_ref()
             .and_then(|c| c.wal_keep_size.bytes())
             .unwrap_or(0),
+        standbys: Vec::new(),
     };
     disk::measure(datadir, &inputs)
 }
