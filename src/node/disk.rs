@@ -298,8 +298,11 @@ impl DiskUsage {
         );
         let holders: Vec<String> = self.holds.iter().map(|h| h.reason.key()).collect();
         let _ = write!(s, "wal_held_by:{}\r\n", holders.join(","));
+        // `slot:NAME` becomes `slot_NAME` in a field name: INFO parsers
+        // split a line at its first colon.
         for h in &self.holds {
-            let _ = write!(s, "wal_held_bytes_{}:{}\r\n", h.reason.key(), h.bytes);
+            let field = h.reason.key().replace(':', "_");
+            let _ = write!(s, "wal_held_bytes_{field}:{}\r\n", h.bytes);
         }
     }
 
