@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use walrep::node::{RunningNode, StartOptions};
+use walrep::node::StartOptions;
 use walrep::WalSegSize;
 
 /// walrep: PostgreSQL's physical streaming replication for a key-value database.
@@ -255,10 +255,45 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("walrep: error: {e:#}");
+            eprintln!("walrep: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes joined with ": ", leaving out each cause whose
+/// text the message already carries (library errors embed their source in
+/// their own message, so `{:#}` would print it twice).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// A start that failed on a full disk: say what is full and what holds
+/// WAL, so the operator knows what to free.
+fn disk_full_hint(
+    datadir: &std::path::Path,
+    overrides: &[String],
+    e: walrep::node::NodeError,
+) -> anyhow::Error {
+    if !walrep::node::disk::is_disk_full(&e) {
+        return e.into();
+    }
+    let usage = walrep::node::restart::offline_usage(datadir, overrides);
+    anyhow::anyhow!(
+        "{e}\nHINT: the disk is full: {}. Free space on that filesystem (see \"When the disk fills\" in docs/operations.md) and start the node again",
+        usage.describe(datadir)
+    )
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -285,12 +320,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 overrides,
                 ..Default::default()
             };
-            let node = RunningNode::start(&datadir, &opts)?;
-            let log_follower = follow_log_level(&node.node)?;
-            let why = node.wait_for_exit()?;
-            tracing::info!(reason = ?why, "shutdown requested");
-            node.stop()?;
-            drop(log_follower);
+            let why = walrep::node::restart::run(&datadir, &opts, |node| {
+                follow_log_level(&node.node)
+                    .map_err(|e| tracing::warn!(error = %e, "log_level will not follow reloads"))
+                    .ok()
+            })
+            .map_err(|e| disk_full_hint(&datadir, &opts.overrides, e))?;
             match why {
                 walrep::node::ExitRequest::Signal(_) => Ok(ExitCode::SUCCESS),
                 walrep::node::ExitRequest::Fatal(message) => {

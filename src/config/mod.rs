@@ -695,6 +695,15 @@ pub struct Config {
     /// here (empty = http://LISTEN:status_port/; an address that names no
     /// host, such as 0.0.0.0, is replaced by the host the other side sees).
     pub status_advertise_url: String,
+    /// Log a warning (and repeat it every minute) while the data
+    /// directory's filesystem has less free space than this; -1 = never.
+    pub disk_free_warning_size: Size,
+
+    // -- Error handling
+    /// After a failure that stops the WAL writer (a failed write or fsync,
+    /// a full disk), close client sessions, rerun crash recovery in the
+    /// same process and serve again (PostgreSQL's restart_after_crash).
+    pub restart_after_crash: Bool,
 }
 
 impl Default for Config {
@@ -770,6 +779,8 @@ impl Default for Config {
             log_disconnections: Bool(false),
             status_port: 0,
             status_advertise_url: String::new(),
+            disk_free_warning_size: Size::mb(1024),
+            restart_after_crash: Bool(true),
         }
     }
 }
@@ -844,6 +855,8 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "log_disconnections", section: "Observability", help: "Log each client disconnection at info, with the session's duration, as PostgreSQL's log_disconnections." },
     ParamDoc { name: "status_port", section: "Observability", help: "TCP port of the HTTP /status and /metrics endpoint (0 = off)." },
     ParamDoc { name: "status_advertise_url", section: "Observability", help: "Address of this node's status pages as other nodes and people should use it, told to its upstream and downstreams so their pages link here (empty = http://LISTEN:status_port/; an address that names no host, such as 0.0.0.0, is replaced by the host the other side sees)." },
+    ParamDoc { name: "disk_free_warning_size", section: "Observability", help: "Log a warning, repeated every minute, while the data directory's filesystem has less free space than this, naming what holds WAL (each slot, the archive backlog, wal_keep_size, the WAL since the last checkpoint); -1 = never." },
+    ParamDoc { name: "restart_after_crash", section: "Error handling", help: "After a failure that stops the WAL writer (a failed write or fsync, a full disk), close client sessions, rerun crash recovery in the same process and serve again, as PostgreSQL's restart_after_crash; while the disk is still full, retry with back-off, saying what is full and what holds WAL. off: the node stops instead." },
 ];
 
 /// Parameters a running node re-reads on `walrep reload` or SIGHUP
@@ -859,6 +872,7 @@ pub const RELOADABLE: &[&str] = &[
     "primary_slot_name",
     "restore_command",
     "log_level",
+    "disk_free_warning_size",
 ];
 
 /// The configuration a running node works with: replaced whole by a

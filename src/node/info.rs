@@ -137,6 +137,7 @@ impl SnapshotProvider for Node {
                 status: self.settings().status_port,
             },
             upstream: self.upstream_snapshot(),
+            disk: Some(self.disk_usage()),
             sync: SyncSnapshot {
                 standby_names: self.syncrep.config().map(|c| c.to_string()),
                 waiters,
@@ -221,6 +222,7 @@ fn persistence(node: &Node) -> String {
             r.file, r.at, r.source
         );
     }
+    node.disk_usage().info_fields(&mut s);
     let _ = write!(
         s,
         "archive_mode:{}\r\n",

@@ -12,6 +12,7 @@
 //! - `reload`: re-reading `walrep.toml` on SIGHUP or `walrep reload`.
 
 pub mod checkpoint;
+pub mod disk;
 mod error;
 pub mod info;
 pub mod init;
@@ -19,6 +20,7 @@ pub mod recovery;
 mod reload;
 pub mod replication;
 pub mod resetwal;
+pub mod restart;
 mod running;
 mod walrepair;
 
@@ -74,6 +76,34 @@ pub enum FatalError {
          is never retried (restart to recover from the WAL)"
     )]
     SyncFailed(SyncFailure),
+    /// A WAL write failed (a full disk, an IO error): the writer stopped
+    /// for good and nothing more can be committed until crash recovery
+    /// runs again from what is on disk.
+    #[error("{0}")]
+    WalWriterFailed(WalError),
+}
+
+impl FatalError {
+    /// Whether `restart_after_crash` restarts the node after this failure:
+    /// an IO failure is cured by crash recovery from what is on disk (once
+    /// the disk has room); a recovery that cannot go on is not.
+    pub fn restartable(&self) -> bool {
+        matches!(
+            self,
+            FatalError::SyncFailed(_) | FatalError::WalWriterFailed(_)
+        )
+    }
+
+    /// Whether the failure was a full disk (ENOSPC or EDQUOT).
+    pub fn disk_full(&self) -> bool {
+        match self {
+            FatalError::SyncFailed(f) => {
+                disk::is_disk_full(&std::io::Error::other(f.error.clone()))
+            }
+            FatalError::WalWriterFailed(e) => disk::is_disk_full(e),
+            FatalError::Recovery(e) => disk::is_disk_full(e),
+        }
+    }
 }
 
 /// Shared state of one node, owned by [`RunningNode`]. The node's own
@@ -111,6 +141,10 @@ pub struct Node {
     /// Ports the listeners are bound to, known once they are (a test asks for port 0).
     pub ports: Mutex<Ports>,
     shutting_down: AtomicBool,
+    /// A fatal error asked the node to stop: fast shutdown then writes no
+    /// shutdown checkpoint (what is in memory may be ahead of what is
+    /// durable), and the next start runs crash recovery.
+    crashed: AtomicBool,
     /// The WAL directory handle shared by the writer, walsenders and
     /// removal (so a walsender knows what was removed).
     pub segdir: Arc<SegmentDir>,
@@ -228,6 +262,9 @@ impl Node {
 
     /// Ask the node to stop (the main thread is waiting for this).
     pub fn request_exit(&self, why: ExitRequest) {
+        if matches!(&why, ExitRequest::Fatal(e) if e.restartable()) {
+            self.crashed.store(true, Ordering::SeqCst);
+        }
         let _ = self.exit_tx.try_send(why);
     }
 
@@ -256,7 +293,8 @@ impl Node {
         self.store.visibility().advance_all(flushed);
         self.syncrep.on_local_flush(flushed);
         let notifier = self.ensure_archiver(false)?;
-        let listener = start_wal_listener(&wal, notifier)?;
+        let failed = self.exit_tx.clone();
+        let listener = start_wal_listener(&wal, notifier, failed)?;
         self.wal_threads().listener = Some(listener);
         Ok(())
     }
@@ -422,13 +460,17 @@ fn flush_hook(vis: Arc<crate::store::Visibility>, syncrep: Arc<SyncRep>) -> Flus
     })
 }
 
-/// Follows the WAL writer's events: a completed segment wakes the archiver.
-/// (Flushes are followed inline by [`flush_hook`].)
+/// Follows the WAL writer's events: a completed segment wakes the archiver;
+/// a failure that stopped the writer asks the node to stop (and, with
+/// `restart_after_crash`, to recover and serve again). (Flushes are
+/// followed inline by [`flush_hook`].)
 fn start_wal_listener(
-    wal: &Wal,
+    wal: &Arc<Wal>,
     archiver: Option<ArchiveNotifier>,
+    exit_tx: Sender<ExitRequest>,
 ) -> std::io::Result<JoinHandle<()>> {
     let events = wal.subscribe_segments();
+    let writer = Arc::downgrade(wal);
     std::thread::Builder::new().name("wal-events".into()).spawn(move || {
         for ev in events.iter() {
             match ev {
@@ -439,7 +481,11 @@ fn start_wal_listener(
                     }
                 }
                 WalEvent::Poisoned => {
-                    tracing::error!("WAL writer stopped after an IO failure: the node refuses writes until it is restarted");
+                    let Some(cause) = writer.upgrade().and_then(|w| w.poisoned()) else {
+                        continue;
+                    };
+                    tracing::error!("WAL writer stopped after an IO failure: the node stops serving and recovers from what is on disk");
+                    let _ = exit_tx.try_send(ExitRequest::Fatal(FatalError::WalWriterFailed(cause)));
                 }
                 WalEvent::ShutDown => break,
             }

@@ -37,6 +37,7 @@ pub struct RunningNode {
     standby: Option<StandbyRuntime>,
     status: Option<crate::status::StatusServer>,
     expire: Option<crate::server::expire::ExpireCycle>,
+    disk_monitor: Option<super::disk::DiskMonitor>,
     exit_rx: Receiver<ExitRequest>,
     lock: DataDirLock,
     /// SIGINT and SIGTERM, caught from before the listeners open: a signal
@@ -142,6 +143,7 @@ impl RunningNode {
             started_at: Instant::now(),
             ports: Mutex::new(Ports::default()),
             shutting_down: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
             segdir,
             slots,
             registry: Mutex::new(None),
@@ -161,6 +163,7 @@ impl RunningNode {
             standby: None,
             status: None,
             expire: None,
+            disk_monitor: None,
             exit_rx,
             lock,
             signals: Mutex::new(None),
@@ -179,6 +182,8 @@ impl RunningNode {
             crate::server::expire::ExpireCycle::start(node.clone())
                 .map_err(spawn("expiry cycle"))?,
         );
+        running.disk_monitor =
+            Some(super::disk::DiskMonitor::start(node.clone()).map_err(spawn("disk monitor"))?);
         running.start_listeners()?;
         Ok(running)
     }
@@ -263,6 +268,9 @@ impl RunningNode {
             .unwrap_or(ExitRequest::Signal(signal_hook::consts::SIGTERM));
         handle.close();
         let _ = forwarder.join();
+        if matches!(&why, ExitRequest::Fatal(e) if e.restartable()) {
+            self.node.crashed.store(true, Ordering::SeqCst);
+        }
         Ok(why)
     }
 
@@ -288,8 +296,15 @@ impl RunningNode {
         if let Some(s) = self.standby.take() {
             s.stop();
         }
+        if let Some(m) = self.disk_monitor.take() {
+            m.stop();
+        }
         node.shutting_down.store(true, Ordering::SeqCst);
-        let result = if node.wal().is_some_and(|w| w.poisoned().is_none()) {
+        let result = if node.crashed.load(Ordering::SeqCst) {
+            // PostgreSQL's shutdown after a crash: no checkpoint from
+            // memory that may be ahead of the disk; crash recovery next.
+            Ok(())
+        } else if node.wal().is_some_and(|w| w.poisoned().is_none()) {
             node.checkpoint(CheckpointCause::Shutdown).map(|_| ())
         } else if node.wal().is_none() {
             node.restartpoint(CheckpointCause::Shutdown).map(|_| ())

@@ -55,7 +55,7 @@ pub enum WriteError {
     ReadOnly,
     /// The WAL cannot be made durable (fsync failed): the node refuses writes
     /// until it is restarted; nothing retries an fsync.
-    #[error("ERR WAL write failed, the node refuses writes until it is restarted: {0}")]
+    #[error("ERR WAL write failed; the node refuses writes, then recovers from its WAL and serves again (restart_after_crash): {0}")]
     WalFailed(crate::wal::WalError),
     #[error("ERR the node is shutting down")]
     ShuttingDown,

@@ -231,6 +231,67 @@ pub static METRICS: &[Metric] = &[
         read: |s| Some(max_flush_lag(s)),
     },
     Metric {
+        name: "disk_free_bytes",
+        help: "Free space of the data directory's filesystem",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| s.disk.as_ref().map(|d| d.free_bytes as i64),
+    },
+    Metric {
+        name: "disk_total_bytes",
+        help: "Size of the data directory's filesystem",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| s.disk.as_ref().map(|d| d.total_bytes as i64),
+    },
+    Metric {
+        name: "wal_directory_bytes",
+        help: "Bytes of the files in wal/",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| s.disk.as_ref().map(|d| d.wal_bytes as i64),
+    },
+    Metric {
+        name: "wal_held_by_slots_bytes",
+        help: "WAL behind the end kept by replication slots (the oldest slot's share)",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| s.disk.as_ref().map(|d| d.max_held_bytes("slot:") as i64),
+    },
+    Metric {
+        name: "wal_held_by_archive_backlog_bytes",
+        help: "WAL waiting for archive_command",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| {
+            s.disk
+                .as_ref()
+                .map(|d| d.max_held_bytes("archive_backlog") as i64)
+        },
+    },
+    Metric {
+        name: "wal_held_by_wal_keep_size_bytes",
+        help: "WAL kept by wal_keep_size",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| {
+            s.disk
+                .as_ref()
+                .map(|d| d.max_held_bytes("wal_keep_size") as i64)
+        },
+    },
+    Metric {
+        name: "wal_held_by_checkpoint_bytes",
+        help: "WAL since the last checkpoint's redo point",
+        kind: MetricKind::Gauge,
+        unit: "bytes",
+        read: |s| {
+            s.disk
+                .as_ref()
+                .map(|d| d.max_held_bytes("checkpoint") as i64)
+        },
+    },
+    Metric {
         name: "sync_waiters",
         help: "Commits waiting for synchronous standbys",
         kind: MetricKind::Gauge,
@@ -304,6 +365,7 @@ mod tests {
             node_name: "standby1".into(),
             ports: Default::default(),
             upstream: None,
+            disk: None,
         }
     }
 

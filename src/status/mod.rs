@@ -73,6 +73,9 @@ pub struct Snapshot {
     /// A standby's walreceiver and whom it streams from
     /// (`pg_stat_wal_receiver`); `None` on a node with no upstream.
     pub upstream: Option<UpstreamSnapshot>,
+    /// Free space of the data directory's filesystem and what holds WAL
+    /// on it; `None` where it could not be measured.
+    pub disk: Option<crate::node::disk::DiskUsage>,
 }
 
 /// The ports a node listens on, so its pages can name its addresses.
@@ -367,6 +370,19 @@ pub fn status_json(s: &Snapshot) -> String {
             "transitions": r.transitions,
         }))
     });
+    let disk = s.disk.as_ref().map(|d| {
+        let held: Vec<serde_json::Value> = d
+            .holds
+            .iter()
+            .map(|h| serde_json::json!({ "reason": h.reason.key(), "bytes": h.bytes }))
+            .collect();
+        serde_json::json!({
+            "free_bytes": d.free_bytes,
+            "total_bytes": d.total_bytes,
+            "wal_bytes": d.wal_bytes,
+            "wal_held": held,
+        })
+    });
     serde_json::json!({
         "role": if s.primary { "primary" } else { "standby" },
         "system_identifier": s.system_identifier.to_string(),
@@ -391,6 +407,7 @@ pub fn status_json(s: &Snapshot) -> String {
             "oldest_wait_ms": s.sync.oldest_wait_ms,
             "degraded": s.sync.degraded,
         },
+        "disk": disk,
     })
     .to_string()
 }
@@ -474,6 +491,15 @@ mod tests {
                 status_url: Some("http://h:9187/".into()),
                 instance_id: Some(2),
                 upstream_chain: "00000000000000AB".into(),
+            }),
+            disk: Some(crate::node::disk::DiskUsage {
+                free_bytes: 10,
+                total_bytes: 20,
+                wal_bytes: 5,
+                holds: vec![crate::node::disk::WalHold {
+                    reason: crate::node::disk::HoldReason::WalKeepSize,
+                    bytes: 4,
+                }],
             }),
         }
     }

@@ -81,6 +81,13 @@ pub static STATUS_FIELDS: &[(&str, &str)] = &[
     ("synchronous.waiters", "Commits waiting for synchronous standbys"),
     ("synchronous.oldest_wait_ms", "How long the oldest has waited"),
     ("synchronous.degraded", "Commits degrade to local (no synchronous standby within the timeout)"),
+    ("disk", "The data directory's filesystem and what holds WAL on it"),
+    ("disk.free_bytes", "Free space (what an unprivileged writer may still use)"),
+    ("disk.total_bytes", "Size of the filesystem"),
+    ("disk.wal_bytes", "Bytes of the files in wal/"),
+    ("disk.wal_held", "Every reason WAL is kept, largest first"),
+    ("disk.wal_held[].reason", "`slot:<name>`, `archive_backlog`, `wal_keep_size` or `checkpoint` (WAL since the last checkpoint's redo point)"),
+    ("disk.wal_held[].bytes", "WAL behind the current position it keeps"),
 ];
 
 /// The page, as committed in `docs/observability.md`.

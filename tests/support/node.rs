@@ -51,12 +51,18 @@ pub struct TestNode {
 impl TestNode {
     /// Start a node on `datadir` with free ports and extra `-c` settings.
     pub fn start(datadir: &Path, settings: &[&str]) -> TestNode {
+        TestNode::start_logging_to(datadir, settings, &datadir.with_extension("log"))
+    }
+
+    /// [`TestNode::start`] with its log in `log` (elsewhere than beside a
+    /// data directory on a filesystem a test fills).
+    pub fn start_logging_to(datadir: &Path, settings: &[&str], log: &Path) -> TestNode {
         let mut node = TestNode {
             datadir: datadir.to_path_buf(),
             child: None,
             port: 0,
             replication_port: 0,
-            log: datadir.with_extension("log"),
+            log: log.to_path_buf(),
             args: settings.iter().map(|s| s.to_string()).collect(),
         };
         node.launch();

@@ -594,12 +594,19 @@ impl Session {
         Ok(())
     }
 
-    /// A write or fsync failure is final: recorded so that no new session
-    /// starts (nothing retries an fsync).
+    /// An fsync failure is final: recorded so that no new session starts
+    /// (nothing retries an fsync). Any other write failure (a full disk)
+    /// ends this session only: nothing past the last fsync was reported,
+    /// so the next session rewrites from there, from files reopened from
+    /// disk, once the recovery machine retries.
     fn io_failure(&self, e: SegmentError) -> End {
         let msg = format!("could not write received WAL: {e}");
-        self.shared.set_io_failure(Arc::new(e));
-        tracing::error!("{msg}");
+        if sync_failed(&e) {
+            self.shared.set_io_failure(Arc::new(e));
+            tracing::error!("{msg}");
+        } else {
+            tracing::error!("{msg}; streaming stops and resumes from the last flushed position when WAL can be written again (reads go on)");
+        }
         End::Lost(msg)
     }
 
@@ -844,4 +851,10 @@ fn loop_message(me: u64, loop_chain: &[u64]) -> String {
          {me} (this node) -> {} -> {me}; a standby cannot stream from its own downstream",
         path.join(" -> ")
     )
+}
+
+/// Whether a received-WAL failure was an fsync of any kind (after which
+/// the kernel may have dropped what was written).
+fn sync_failed(e: &SegmentError) -> bool {
+    matches!(e, SegmentError::Io { op, .. } if op.contains("fsync") || op.contains("fdatasync"))
 }
