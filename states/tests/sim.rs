@@ -147,6 +147,8 @@ enum Item {
     Heal,
     /// The standby restarts (crash or shutdown) from its restartpoint.
     Restart { clean: bool, crash_first: bool },
+    /// A two-phase base backup's bulk copy is complete: recovery starts.
+    CopyComplete,
 }
 
 struct World {
@@ -186,6 +188,11 @@ struct World {
     session: Option<Session>,
     healed: bool,
     promote_requested: bool,
+    /// A two-phase base backup whose copy completes at this time: until
+    /// then the standby waits (`BaseBackupPending`) and replays nothing.
+    copy_done_at: Option<Millis>,
+    /// This seed began with a two-phase base backup's wait.
+    two_phase: bool,
     writes_at: Option<TimelineId>,
     history_written: Option<TimelineId>,
     probe_failed: bool,
@@ -215,6 +222,8 @@ struct Stats {
     invalid_records: u64,
     ping_pongs: u64,
     restore_failures: u64,
+    /// Seeds that began with a two-phase base backup's wait and got past it.
+    two_phase_completed: u64,
     steps: u64,
 }
 
@@ -232,6 +241,7 @@ impl Stats {
             _ => self.caught_up += 1,
         }
         self.restarts += u64::from(w.restarts);
+        self.two_phase_completed += u64::from(w.two_phase && w.copy_done_at.is_none());
         self.followed_timeline += u64::from(w.core.status().target_tli > TimelineId::FIRST);
         self.invalid_records += w.counts.0;
         self.ping_pongs += w.counts.1;
@@ -292,6 +302,8 @@ impl World {
             session: None,
             healed: false,
             promote_requested: false,
+            copy_done_at: None,
+            two_phase: false,
             writes_at: None,
             history_written: None,
             probe_failed: false,
@@ -329,8 +341,34 @@ impl World {
             self.at(t, "restart", Item::Restart { clean, crash_first });
         }
         self.at(Millis(fault_ms), "heal", Item::Heal);
-        let started = self.started(Lsn(2 * SEG + 0x28), false);
+        let start = Lsn(2 * SEG + 0x28);
+        if self.rng.chance(0.3) {
+            let done = Millis(self.rng.range(50, fault_ms));
+            self.copy_done_at = Some(done);
+            self.two_phase = true;
+            self.at(done, "copy", Item::CopyComplete);
+            let pending = self.pending(start);
+            self.at(Millis::ZERO, "startup", Item::Deliver(pending));
+            return;
+        }
+        let started = self.started(start, false);
         self.at(Millis::ZERO, "startup", Item::Deliver(started));
+    }
+
+    fn pending(&self, start: Lsn) -> Event {
+        Event::BaseBackupPending {
+            start,
+            tli: self.upstream_history.timeline_of(start),
+        }
+    }
+
+    /// The copy is complete: a standby waiting for it starts recovery.
+    fn copy_complete(&mut self) {
+        self.copy_done_at = None;
+        if self.core.state() == StateKind::AwaitingBaseBackup {
+            let started = self.started(self.restartpoint, false);
+            self.at(self.now, "startup", Item::Deliver(started));
+        }
     }
 
     fn started(&self, redo: Lsn, crash_first: bool) -> Event {
@@ -935,7 +973,10 @@ impl World {
         self.redo_in_flight = false;
         self.seg_file.clear();
         self.core = Recovery::new(self.config.clone()).expect("valid config");
-        let started = self.started(self.restartpoint, crash_first);
+        let started = match self.copy_done_at {
+            Some(_) => self.pending(self.restartpoint),
+            None => self.started(self.restartpoint, crash_first),
+        };
         self.min_point = self.applied.max(self.restartpoint);
         self.applied = self.restartpoint;
         self.at(self.now, "startup", Item::Deliver(started));
@@ -973,6 +1014,7 @@ impl World {
             Item::RedoDone => self.finish_replay(),
             Item::Heal => self.heal(),
             Item::Restart { clean, crash_first } => self.restart(clean, crash_first),
+            Item::CopyComplete => self.copy_complete(),
         }
         Ok(())
     }
@@ -995,6 +1037,10 @@ impl World {
             self.execute(a)?;
         }
         self.core.check_invariants().map_err(|v| v.to_string())?;
+        if self.core.state() == StateKind::AwaitingBaseBackup {
+            // Refused while the copy is incomplete: nothing to wait for.
+            self.promote_requested = false;
+        }
         let after = self.core.status().replay_lsn;
         if after < before {
             return Err(format!("replay went back from {before} to {after}"));
@@ -1150,6 +1196,7 @@ fn simulation() {
         assert!(stats.promoted > 0 && stats.caught_up > 0 && stats.restarts > 0);
         assert!(stats.followed_timeline > 0 && stats.invalid_records > 0);
         assert!(stats.ping_pongs > 0 && stats.restore_failures > 0);
+        assert!(stats.two_phase_completed > 0);
     }
 }
 
