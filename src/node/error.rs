@@ -55,6 +55,12 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Tls(#[from] crate::security::tls::TlsError),
+    #[error(transparent)]
+    Pending(#[from] crate::standby::pending::PendingError),
+    /// The copy in this directory was interrupted (or is a two-phase copy
+    /// started without standby.signal): never started as if complete.
+    #[error("base backup not complete: \"{datadir}\" still has backup_in_progress (the copy was interrupted); finish it with `walrep basebackup --resume -D {datadir}` or take a new one")]
+    BackupIncomplete { datadir: String },
     #[error("could not start the {what}: {source}")]
     Spawn {
         what: &'static str,
