@@ -205,3 +205,91 @@ fn two_phase_needs_a_standby_configuration() {
     );
     assert!(!dest.exists());
 }
+
+/// Start `walrep basebackup` into `dest` with `extra`, slowed down.
+fn spawn_backup(primary: &TestNode, dest: &Path, extra: &[&str]) -> ChildGuard {
+    let from = format!("127.0.0.1:{}", primary.replication_port);
+    ChildGuard::spawn(
+        std::process::Command::new(walrep_bin())
+            .args(["basebackup", "--from", &from, "-D"])
+            .arg(dest)
+            .args(["--max-rate", "512"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+}
+
+fn receive_lsn(standby: &TestNode) -> Option<Lsn> {
+    standby
+        .info_field("replication", "receive_lsn")?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_copy_killed_with_sigkill_never_starts_redo_promotion_or_a_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
+    let primary = TestNode::start(&dir, &[]);
+    write_keys(&primary, "bulk", 256, BULK_VALUE);
+    // Phase 2 killed: the standby keeps streaming and waiting.
+    let dest = tmp.path().join("copy");
+    let mut backup = spawn_backup(
+        &primary,
+        &dest,
+        &["-R", "--application-name", "k", "--two-phase"],
+    );
+    let marker = wait_for("phase 1", Duration::from_secs(60), || {
+        PendingBackup::read(&dest).ok()?.filter(|m| m.two_phase)
+    });
+    let mut standby = TestNode::start(&dest, &[]);
+    wait_state(&standby, "AwaitingBaseBackup");
+    backup.kill();
+    let before = wait_for("WAL received", Duration::from_secs(30), || {
+        receive_lsn(&standby).filter(|r| *r > marker.start)
+    });
+    write_keys(&primary, "after", 50, 1024);
+    wait_for("more WAL received", Duration::from_secs(30), || {
+        receive_lsn(&standby).filter(|r| *r > before)
+    });
+    let (ok, _, err) = walrep(&["promote", dest.to_str().unwrap()]);
+    assert!(!ok && err.contains("base backup not complete"), "{err}");
+    let e = redis::cmd("GET")
+        .arg("bulk:0")
+        .query::<Option<String>>(&mut standby.client())
+        .unwrap_err();
+    assert_eq!(e.code(), Some("LOADING"), "{e}");
+    assert_eq!(
+        standby.info_field("replication", "replay_lsn").unwrap(),
+        marker.start.to_string(),
+        "redo started on a partial copy"
+    );
+    // A clean restart changes nothing: still waiting for the copy.
+    assert!(standby.stop().success(), "{}", standby.log_text());
+    standby.restart();
+    wait_state(&standby, "AwaitingBaseBackup");
+    standby.stop();
+
+    // A one-phase copy killed mid-copy refuses to start at all.
+    let plain = tmp.path().join("plain");
+    let mut backup = spawn_backup(&primary, &plain, &["-R", "--no-slot"]);
+    wait_for("the copy to start writing", Duration::from_secs(60), || {
+        plain.join("base").exists().then_some(())
+    });
+    backup.kill();
+    assert!(PendingBackup::read(&plain).unwrap().is_some());
+    let log = tmp.path().join("plain-start.log");
+    let mut start = ChildGuard::spawn(
+        std::process::Command::new(walrep_bin())
+            .arg("start")
+            .arg(&plain)
+            .args(["-c", "port=0", "-c", "replication_port=0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let status = start.wait_exit().expect("walrep start kept running");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("base backup not complete"), "{text}");
+}
