@@ -117,11 +117,17 @@ fn two_phase_standby_streams_and_commits_sync_writes_before_the_copy_ends() {
             .arg(&dest)
             .args(["-R", "--application-name", "tp", "--two-phase"])
             .args(["--jobs", "2", "--max-rate", &rate])
-            .stdout(std::process::Stdio::null())
+            .stdout(std::fs::File::create(tmp.path().join("backup.out")).unwrap())
             .stderr(std::process::Stdio::null()),
     );
     let marker = wait_for("phase 1", Duration::from_secs(60), || {
         PendingBackup::read(&dest).ok()?.filter(|m| m.two_phase)
+    });
+    // The operator is told too (the line follows the marker).
+    wait_for("the phase 1 line", Duration::from_secs(30), || {
+        std::fs::read_to_string(tmp.path().join("backup.out"))
+            .ok()
+            .filter(|s| s.contains("phase 1 complete: start the standby now"))
     });
     let standby = TestNode::start(&dest, &[]);
     wait_state(&standby, "AwaitingBaseBackup");

@@ -606,6 +606,9 @@ impl Progress for SharedProgress<'_> {
     fn begin(&mut self, total: Option<u64>) {
         self.inner.begin(total);
     }
+    fn phase_one_complete(&mut self, datadir: &std::path::Path) {
+        self.inner.phase_one_complete(datadir);
+    }
     fn advance(&mut self, done: u64) {
         self.per_job[0].store(done, Ordering::Relaxed);
         self.refresh();
