@@ -180,6 +180,12 @@ fn two_phase_standby_streams_and_commits_sync_writes_before_the_copy_ends() {
     let written = acked.load(Ordering::Relaxed) as usize;
     wait_state(&standby, "Streaming");
     wait_caught_up(&primary, &standby);
+    // Reads open once the machine saw the consistent point (a drain after
+    // the replay position the wait above looked at).
+    wait_for("reads to open", Duration::from_secs(60), || {
+        let c = standby.info_field("replication", "consistent")?;
+        (c == "1" || c == "true" || c == "yes").then_some(())
+    });
     check_keys(&standby, "bulk", bulk);
     check_keys(&standby, "w", written);
     let v: Option<String> = redis::cmd("GET")
