@@ -34,6 +34,7 @@ fn options(node: &TestNode, datadir: &Path) -> BasebackupOptions {
         storage: std::sync::Arc::new(walrep::storage::StdStorage),
         slot: None,
         jobs: 1,
+        two_phase: false,
     }
 }
 

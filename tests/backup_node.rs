@@ -197,6 +197,7 @@ fn an_archive_member_escaping_the_target_is_refused_and_the_target_removed() {
         storage: Arc::new(walrep::storage::StdStorage),
         slot: None,
         jobs: 1,
+        two_phase: false,
     };
     let e = run(&opts, &mut NoProgress).unwrap_err();
     assert!(matches!(e, BasebackupError::Extract(_)), "{e}");

@@ -428,6 +428,7 @@ fn copy_of(
         storage,
         slot: None,
         jobs: 1,
+        two_phase: false,
     }
 }
 

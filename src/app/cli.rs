@@ -169,6 +169,12 @@ pub enum Command {
         /// 1 is a single stream, as pg_basebackup).
         #[arg(short = 'j', long, default_value_t = 1)]
         jobs: u32,
+        /// With -R: two phases. The standby may start as soon as the
+        /// first files are written; it streams WAL (and may serve as a
+        /// synchronous standby for remote_write and on) while the bulk is
+        /// copied, and starts redo once the copy is complete.
+        #[arg(long)]
+        two_phase: bool,
     },
     /// Make a SCRAM-SHA-256 verifier for a password, in PostgreSQL's format,
     /// for `password` of a [[roles]] entry or `requirepass`. The password
@@ -414,6 +420,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_rate_kbps,
             timeout,
             jobs,
+            two_phase,
         } => {
             crate::app::logging::init("warn");
             let (host, port) = parse_host_port(&from)?;
@@ -441,6 +448,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 timeout: std::time::Duration::from_secs(timeout.max(1)),
                 slot,
                 jobs,
+                two_phase,
             };
             basebackup(&opts, progress)
         }
@@ -556,6 +564,13 @@ fn promote(datadir: &std::path::Path, wait_seconds: u64) -> anyhow::Result<()> {
     walrep::node::DataDirLock::read_holder(&dir)
         .filter(|h| !h.ports.is_empty())
         .ok_or_else(|| anyhow::anyhow!("no walrep is running in {}", datadir.display()))?;
+    if walrep::standby::pending::in_progress(datadir) {
+        anyhow::bail!(
+            "cannot promote: base backup not complete (the copy into {} is still running or was interrupted; \
+             wait for it to finish, or take a new base backup)",
+            datadir.display()
+        );
+    }
     walrep::standby::trigger::request_promotion(&walrep::storage::StdStorage, datadir)?;
     if wait_seconds == 0 {
         println!("server promoting");
@@ -756,8 +771,9 @@ fn basebackup(
     opts: &walrep::backup::client::BasebackupOptions,
     progress: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut reporter = crate::app::progress::progress_reporter(progress);
-    let s = walrep::backup::client::run(opts, reporter.as_mut())?;
+    let mut reporter =
+        crate::app::progress::WithPhaseNotice(crate::app::progress::progress_reporter(progress));
+    let s = walrep::backup::client::run(opts, &mut reporter)?;
     println!(
         "walrep: base backup of system {} written to {}: WAL {} to {} on timeline {}, {} files, {} MB, {} keys in the snapshot, {} WAL records checked, {:.1}s",
         s.system_id,

@@ -127,6 +127,35 @@ impl Progress for LineProgress {
     }
 }
 
+/// Any progress, plus the line saying a two-phase backup's standby may
+/// start now (printed with or without `--progress`: it is what the
+/// operator waits for).
+pub struct WithPhaseNotice(pub Box<dyn Progress>);
+
+impl Progress for WithPhaseNotice {
+    fn begin(&mut self, total: Option<u64>) {
+        self.0.begin(total);
+    }
+    fn advance(&mut self, done: u64) {
+        self.0.advance(done);
+    }
+    fn end(&mut self, done: u64) {
+        self.0.end(done);
+    }
+    fn jobs(&mut self, done_per_job: &[u64]) {
+        self.0.jobs(done_per_job);
+    }
+    fn phase_one_complete(&mut self, datadir: &std::path::Path) {
+        use std::io::Write;
+        println!(
+            "walrep: phase 1 complete: start the standby now with: walrep start {} \
+             (it streams WAL and waits for the copy, which goes on)",
+            datadir.display()
+        );
+        let _ = io::stdout().flush();
+    }
+}
+
 /// Progress for `--progress`: a bar on a terminal, plain lines otherwise.
 pub fn progress_reporter(enabled: bool) -> Box<dyn Progress> {
     if !enabled {

@@ -6,7 +6,7 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use super::walfetch::WalFetch;
 use crate::replication::client::{
     BackupMessage, BackupStart, BaseBackupRequest, ClientError, ConnInfo, ReplicationClient,
 };
+use crate::standby::pending::PendingBackup;
 use crate::storage::Storage;
 use crate::{Lsn, TimelineId};
 
@@ -62,6 +63,12 @@ pub struct BasebackupOptions {
     /// Connections copying the snapshot at once (1 = one stream, as
     /// pg_basebackup; more use walrep's PARALLEL/JOIN extension).
     pub jobs: u32,
+    /// Two phases (with `-R`): as soon as `backup_label` and `walrep.toml`
+    /// are written, the standby configuration and the marker saying a
+    /// standby may start are written, so the new standby streams WAL while
+    /// the bulk is still copied; it starts redo once the copy is complete.
+    /// The client fetches no WAL: the standby streams it.
+    pub two_phase: bool,
 }
 
 /// What a successful backup produced.
@@ -118,6 +125,19 @@ pub enum BasebackupError {
         /// The upstream's refusal.
         source: ClientError,
     },
+    /// `backup_in_progress` (the marker that keeps an incomplete copy from
+    /// starting as if complete) could not be written or removed.
+    #[error("could not write the backup's progress marker: {0}")]
+    Marker(#[from] crate::standby::pending::PendingError),
+    /// A two-phase copy failed after its standby may have started: the
+    /// directory is kept (its marker keeps the standby waiting).
+    #[error("{source}\nthe copy in \"{datadir}\" is incomplete and kept (a standby started on it waits and refuses promotion); remove it and take a new base backup")]
+    Interrupted {
+        /// The target directory.
+        datadir: String,
+        /// What stopped the copy.
+        source: Box<BasebackupError>,
+    },
 }
 
 /// Progress of the transfer.
@@ -131,6 +151,8 @@ pub trait Progress {
     /// Bytes received so far by each job of a parallel backup: the leader
     /// first, then each joined part, then the WAL connection.
     fn jobs(&mut self, _done_per_job: &[u64]) {}
+    /// A two-phase backup's first phase is done: the standby may start.
+    fn phase_one_complete(&mut self, _datadir: &std::path::Path) {}
 }
 
 /// No progress output.
@@ -153,17 +175,30 @@ pub fn run(
             opts.jobs
         )));
     }
+    if opts.two_phase && !opts.write_standby_config {
+        return Err(BasebackupError::Protocol(
+            "--two-phase needs --write-standby-config (-R): the standby it starts streams from the node".into(),
+        ));
+    }
     let existed = extract::check_target(&opts.datadir).map_err(BasebackupError::Target)?;
     if !existed {
         extract::create_target(&*opts.storage, &opts.datadir).map_err(BasebackupError::Target)?;
     }
     let mut slot_made = false;
-    let result = take(opts, progress, &mut slot_made);
-    if result.is_err() {
+    let phase_one = AtomicBool::new(false);
+    let result = take(opts, progress, &mut slot_made, &phase_one);
+    if let Err(e) = result {
+        if phase_one.load(Ordering::SeqCst) {
+            return Err(BasebackupError::Interrupted {
+                datadir: opts.datadir.display().to_string(),
+                source: Box::new(e),
+            });
+        }
         extract::clean_target(&opts.datadir, !existed);
         if let Some(name) = opts.slot.as_deref().filter(|_| slot_made) {
             drop_slot_after_failure(opts, name);
         }
+        return Err(e);
     }
     result
 }
@@ -295,6 +330,7 @@ fn take(
     opts: &BasebackupOptions,
     progress: &mut dyn Progress,
     slot_made: &mut bool,
+    phase_one: &AtomicBool,
 ) -> Result<BasebackupSummary, BasebackupError> {
     let started = Instant::now();
     let mut client = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
@@ -308,20 +344,41 @@ fn take(
         progress: true,
         max_rate_kbps: opts.max_rate_kbps,
         parallel: opts.jobs,
-        // With jobs, the WAL comes by WAL_RANGE on a connection of its own.
-        wal: opts.jobs == 1,
+        // With jobs, the WAL comes by WAL_RANGE on a connection of its
+        // own; with two phases the standby streams it.
+        wal: opts.jobs == 1 && !opts.two_phase,
         ..BaseBackupRequest::default()
     };
     let seg = segment_size(&mut client)?;
     let start = client.base_backup(&request)?;
     one_tablespace(&start)?;
+    // First, before any file of the copy: until it is removed (last), the
+    // directory is never recovered as if complete.
+    let mut marker = PendingBackup {
+        system_id: id.system_id,
+        start: start.start,
+        tli: start.tli,
+        wal_segment_size: seg,
+        two_phase: false,
+    };
+    marker.write(&*opts.storage, &opts.datadir)?;
+    let mut standby_conninfo_written = None;
+    let mut after_file = |rel: &std::path::Path| -> Result<(), String> {
+        if !opts.two_phase || rel != std::path::Path::new(crate::datadir::CONFIG_FILE) {
+            return Ok(());
+        }
+        let ci = finish_phase_one(opts, &mut marker).map_err(|e| e.to_string())?;
+        standby_conninfo_written = Some(ci);
+        phase_one.store(true, Ordering::SeqCst);
+        Ok(())
+    };
     progress.begin(start.tablespaces[0].size_kb.map(|k| k * 1024));
     // Bytes per job: the leader, the joined parts, the WAL connection.
     let per_job: Vec<AtomicU64> = (0..=opts.jobs).map(|_| AtomicU64::new(0)).collect();
     let end_lsn = AtomicU64::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
+    let failed = AtomicBool::new(false);
     let (extracted, received, end, tli) = std::thread::scope(|scope| {
-        let wal_job = (opts.jobs > 1).then(|| {
+        let wal_job = (opts.jobs > 1 && !opts.two_phase).then(|| {
             let fetch = WalFetch {
                 storage: &*opts.storage,
                 datadir: &opts.datadir,
@@ -358,7 +415,14 @@ fn take(
             inner: &mut *progress,
             per_job: &per_job,
         };
-        let leader = receive_archive(&mut client, opts, &mut shared).and_then(|(x, r)| {
+        let leader = receive_archive_with(
+            &mut client,
+            opts,
+            &mut shared,
+            &mut after_file,
+            Some(phase_one),
+        )
+        .and_then(|(x, r)| {
             client
                 .backup_end()
                 .map(|(e, t)| (x, r, e, t))
@@ -397,22 +461,27 @@ fn take(
             .sum::<u64>()
             .max(received),
     );
-    let verified = verify::verify(
-        &opts.datadir,
-        &Expected {
-            system_id: id.system_id,
-            start: start.start,
-            end,
-            tli,
-        },
-    )?;
-    let primary_conninfo = if opts.write_standby_config {
-        let ci = standby_conninfo(opts)?;
-        standby_config::write(&*opts.storage, &opts.datadir, &ci, opts.slot.as_deref())?;
-        Some(ci)
-    } else {
-        None
+    let expected = Expected {
+        system_id: id.system_id,
+        start: start.start,
+        end,
+        tli,
     };
+    let verified = match opts.two_phase {
+        true => verify::verify_files(&opts.datadir, &expected)?,
+        false => verify::verify(&opts.datadir, &expected)?,
+    };
+    let primary_conninfo = match standby_conninfo_written {
+        Some(ci) => Some(ci),
+        None if opts.write_standby_config => {
+            let ci = standby_conninfo(opts)?;
+            standby_config::write(&*opts.storage, &opts.datadir, &ci, opts.slot.as_deref())?;
+            Some(ci)
+        }
+        None => None,
+    };
+    // Last: the copy is complete (a waiting standby starts redo now).
+    crate::standby::pending::mark_complete(&*opts.storage, &opts.datadir)?;
     Ok(BasebackupSummary {
         system_id: id.system_id,
         start: start.start,
@@ -425,6 +494,40 @@ fn take(
         primary_conninfo,
         slot: opts.slot.clone(),
     })
+}
+
+/// The end of a two-phase backup's first phase (`walrep.toml` is
+/// written): the timeline history files, `wal/`, the standby
+/// configuration, then the marker saying a standby may start. Returns the
+/// `primary_conninfo` written.
+fn finish_phase_one(
+    opts: &BasebackupOptions,
+    marker: &mut PendingBackup,
+) -> Result<String, BasebackupError> {
+    let storage = &*opts.storage;
+    let wal = opts.datadir.join(crate::datadir::WAL_DIR);
+    let status = opts.datadir.join(crate::datadir::ARCHIVE_STATUS_DIR);
+    let slots = opts.datadir.join(crate::datadir::SLOTS_DIR);
+    let log = opts.datadir.join(crate::datadir::LOG_DIR);
+    // What a starting node opens (the archive brings them later too).
+    for dir in [&wal, &status, &slots, &log] {
+        crate::storage::durable_create_dir(storage, dir)
+            .map_err(|e| BasebackupError::Protocol(format!("could not create {dir:?}: {e}")))?;
+    }
+    if marker.tli > TimelineId::FIRST {
+        let mut c = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
+        for t in 2..=marker.tli.0 {
+            let (name, bytes) = c.timeline_history(TimelineId(t))?;
+            crate::storage::durable_replace(storage, &wal.join(&name), &bytes)
+                .map_err(|e| BasebackupError::Protocol(format!("could not write {name}: {e}")))?;
+        }
+        c.close();
+    }
+    let ci = standby_conninfo(opts)?;
+    standby_config::write(storage, &opts.datadir, &ci, opts.slot.as_deref())?;
+    marker.two_phase = true;
+    marker.write(storage, &opts.datadir)?;
+    Ok(ci)
 }
 
 /// The server's `wal_segment_size` (the WAL job names its segments).
@@ -519,6 +622,9 @@ impl Progress for SharedProgress<'_> {
     fn begin(&mut self, total: Option<u64>) {
         self.inner.begin(total);
     }
+    fn phase_one_complete(&mut self, datadir: &std::path::Path) {
+        self.inner.phase_one_complete(datadir);
+    }
     fn advance(&mut self, done: u64) {
         self.per_job[0].store(done, Ordering::Relaxed);
         self.refresh();
@@ -535,10 +641,24 @@ fn receive_archive(
     opts: &BasebackupOptions,
     progress: &mut dyn Progress,
 ) -> Result<(ExtractStats, u64), BasebackupError> {
+    receive_archive_with(client, opts, progress, &mut |_| Ok(()), None)
+}
+
+/// [`receive_archive`] calling `after_file` after each file; the
+/// progress hears of the first phase's end once `phase_one` is set.
+fn receive_archive_with(
+    client: &mut ReplicationClient,
+    opts: &BasebackupOptions,
+    progress: &mut dyn Progress,
+    after_file: &mut dyn FnMut(&std::path::Path) -> Result<(), String>,
+    phase_one: Option<&AtomicBool>,
+) -> Result<(ExtractStats, u64), BasebackupError> {
     let mut extractor = Extractor::new(opts.storage.clone(), &opts.datadir);
     let mut stream = ArchiveStream::new(client, progress);
+    stream.phase_one = phase_one.map(|p| (p, false));
+    stream.datadir = opts.datadir.clone();
     let extracted = extractor
-        .extract(&mut stream)
+        .extract_with(&mut stream, after_file)
         .and_then(|()| extract::drain(&mut stream, TRAILER_LIMIT).map(|_| ()));
     if let Err(e) = extracted {
         return Err(stream
@@ -573,6 +693,11 @@ struct ArchiveStream<'c> {
     ended: bool,
     /// The client error behind an `io::Error` returned to the tar reader.
     error: Option<ClientError>,
+    /// A two-phase backup's first-phase flag, and whether the progress
+    /// was told.
+    phase_one: Option<(&'c AtomicBool, bool)>,
+    /// The target (for the first phase's message).
+    datadir: PathBuf,
 }
 
 impl<'c> ArchiveStream<'c> {
@@ -587,6 +712,8 @@ impl<'c> ArchiveStream<'c> {
             in_manifest: false,
             ended: false,
             error: None,
+            phase_one: None,
+            datadir: PathBuf::new(),
         }
     }
 
@@ -602,6 +729,12 @@ impl<'c> ArchiveStream<'c> {
 
     /// Read messages until archive bytes are buffered or the stream ends.
     fn refill(&mut self) -> io::Result<()> {
+        if let Some((flag, told)) = &mut self.phase_one {
+            if !*told && flag.load(Ordering::SeqCst) {
+                *told = true;
+                self.progress.phase_one_complete(&self.datadir);
+            }
+        }
         while self.pos >= self.buf.len() && !self.ended {
             let msg = match self.client.backup_message() {
                 Ok(m) => m,

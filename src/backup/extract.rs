@@ -22,6 +22,9 @@ pub enum ExtractError {
     /// The archive stream broke off or could not be read.
     #[error("could not read the archive stream: {0}")]
     Read(io::Error),
+    /// A step of preparing the target (its marker, its directories) failed.
+    #[error("{0}")]
+    Step(String),
     /// Refused: a member outside the target (absolute path, `..`), not a file
     /// or directory, or seen twice; or a target that is not empty.
     #[error("refusing tar member {name:?}: {reason}")]
@@ -128,6 +131,17 @@ impl Extractor {
     /// Read a whole tar archive from `input` (stops at its end-of-archive
     /// blocks; bytes after them stay in `input`).
     pub fn extract<R: Read>(&mut self, input: R) -> Result<(), ExtractError> {
+        self.extract_with(input, &mut |_| Ok(()))
+    }
+
+    /// [`extract`](Self::extract), calling `after_file` with each file's
+    /// path inside the target once it is written and fsynced (a two-phase
+    /// backup finishes its first phase when `walrep.toml` is there).
+    pub fn extract_with<R: Read>(
+        &mut self,
+        input: R,
+        after_file: &mut dyn FnMut(&Path) -> Result<(), String>,
+    ) -> Result<(), ExtractError> {
         let mut archive = tar::Archive::new(input);
         for entry in archive.entries().map_err(ExtractError::Read)? {
             let mut entry = entry.map_err(ExtractError::Read)?;
@@ -144,7 +158,8 @@ impl Extractor {
             match entry.header().entry_type() {
                 tar::EntryType::Directory => self.directory(&rel)?,
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    self.file(&rel, &mut entry)?
+                    self.file(&rel, &mut entry)?;
+                    after_file(&rel).map_err(ExtractError::Step)?;
                 }
                 other => {
                     return Err(ExtractError::Unsafe {

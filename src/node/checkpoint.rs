@@ -302,6 +302,13 @@ impl Node {
             // Never in recovery: nothing was replayed.
             return Ok(None);
         };
+        if progress
+            .base_pending
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // The copy's snapshot is not loaded: there is nothing to save.
+            return Ok(None);
+        }
         let started = Instant::now();
         // Every record ending at or before `redo` is in the map already.
         let replayed = progress.replayed.get();

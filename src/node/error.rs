@@ -117,6 +117,16 @@ pub enum NodeError {
     /// The TLS certificate or key files are unusable.
     #[error(transparent)]
     Tls(#[from] crate::security::tls::TlsError),
+    /// `backup_in_progress` could not be read.
+    #[error(transparent)]
+    Pending(#[from] crate::standby::pending::PendingError),
+    /// The copy in this directory was interrupted (or is a two-phase copy
+    /// started without standby.signal): never started as if complete.
+    #[error("base backup not complete: \"{datadir}\" still has backup_in_progress (the copy was interrupted); remove it and take a new base backup")]
+    BackupIncomplete {
+        /// The data directory.
+        datadir: String,
+    },
     /// The operating system refused a thread.
     #[error("could not start the {what}: {source}")]
     Spawn {

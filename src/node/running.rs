@@ -90,21 +90,34 @@ impl RunningNode {
         {
             tracing::warn!(error = %e, "could not remove a stale promote request");
         }
-        let control = check_history_id(&dir, ControlFile::read(&dir.root)?)?;
         let standby = dir.is_standby();
+        let pending = crate::standby::pending::PendingBackup::read(&dir.root)?;
+        let control = match &pending {
+            Some(p) if standby && p.two_phase => provisional_control(&dir.root, p),
+            Some(_) => {
+                return Err(NodeError::BackupIncomplete {
+                    datadir: dir.root.display().to_string(),
+                })
+            }
+            None => check_history_id(&dir, ControlFile::read(&dir.root)?)?,
+        };
         let segdir = Arc::new(SegmentDir::open(
             &dir.wal(),
             control.wal_segment_size,
             storage.clone(),
         )?);
         let store = Arc::new(Store::new());
-        let snapshot = crate::store::checkpoint::load_snapshot(
-            &dir.root,
-            control.checkpoint_id,
-            control.checkpoint_chunks,
-            &store,
-        )?;
-        tracing::info!(checkpoint = %control.checkpoint_lsn, redo = %control.redo_lsn, keys = snapshot.keys, state = %control.state, "loaded the last checkpoint");
+        if let Some(p) = &pending {
+            tracing::info!(start = %p.start, timeline = p.tli.0, "base backup still being copied: streaming WAL, redo waits for the copy");
+        } else {
+            let snapshot = crate::store::checkpoint::load_snapshot(
+                &dir.root,
+                control.checkpoint_id,
+                control.checkpoint_chunks,
+                &store,
+            )?;
+            tracing::info!(checkpoint = %control.checkpoint_lsn, redo = %control.redo_lsn, keys = snapshot.keys, state = %control.state, "loaded the last checkpoint");
+        }
         let slots = SlotManager::open(
             storage.clone(),
             &dir.root,
@@ -148,7 +161,13 @@ impl RunningNode {
             slots,
             registry: Mutex::new(None),
             replies: Watch::default(),
-            standby: standby.then(StandbyProgress::new),
+            standby: standby.then(|| {
+                let progress = StandbyProgress::new();
+                progress
+                    .base_pending
+                    .store(pending.is_some(), std::sync::atomic::Ordering::SeqCst);
+                progress
+            }),
             wal_threads: Mutex::new(WalThreads::default()),
             exit_tx,
             backup_pins: crate::backup::pin::BackupPins::new(),
@@ -329,6 +348,30 @@ impl RunningNode {
         }
         tracing::info!("database system is shut down");
         Ok(result?)
+    }
+}
+
+/// The control data a standby streams with while its copy's bulk (and
+/// its real control file) is still arriving: held in memory only, never
+/// written (the copy writes the real one; restartpoints wait for it).
+fn provisional_control(
+    root: &std::path::Path,
+    p: &crate::standby::pending::PendingBackup,
+) -> ControlFile {
+    ControlFile {
+        system_identifier: p.system_id,
+        state: crate::store::ClusterState::InArchiveRecovery,
+        timeline: p.tli,
+        wal_segment_size: p.wal_segment_size,
+        checkpoint_lsn: p.start,
+        redo_lsn: p.start,
+        checkpoint_id: 0,
+        checkpoint_timeline: p.tli,
+        min_recovery_point: crate::Lsn::INVALID,
+        time_ms: crate::store::control::now_ms(),
+        checkpoint_chunks: 0,
+        // Phase 1 fetched the history files: the timeline's id is there.
+        history_id: crate::store::history_id_of(root, p.tli).unwrap_or(0),
     }
 }
 

@@ -12,6 +12,7 @@
 //! # Layout
 //! - `startup`: the startup process (owns the core; the event loop).
 //! - `fetcher`: restore_command and local `wal/` lookups.
+//! - [`pending`]: `backup_in_progress`, the marker of a copy still arriving.
 //! - `redo`: applies WAL records up to the limit the machine gives.
 //! - [`receiver`]: the walreceiver (streams WAL from the upstream).
 //! - `promote`: the promotion steps.
@@ -20,6 +21,7 @@
 //! - [`tracelog`]: the transition trace in `log/transitions.jsonl`.
 
 pub(crate) mod fetcher;
+pub mod pending;
 pub mod progress;
 pub(crate) mod promote;
 pub mod receiver;
@@ -157,6 +159,9 @@ pub enum StandbyError {
     /// A write or fsync of received WAL failed: never retried.
     #[error("walreceiver IO failure: could not write received WAL: {0}")]
     ReceivedWal(Arc<SegmentError>),
+    /// The completed base backup could not be loaded.
+    #[error("the completed base backup cannot be used: {0}")]
+    CompletedBackup(String),
 }
 
 fn spawn_error(thread: &'static str) -> impl FnOnce(io::Error) -> StandbyError {
@@ -172,6 +177,8 @@ pub struct StandbyRuntime {
     redo: Option<JoinHandle<()>>,
     trigger: Option<(trigger::TriggerWatcherHandle, Sender<()>)>,
     cancel_restore: Option<Sender<()>>,
+    /// Waits for a two-phase base backup's copy to complete.
+    backup_wait: Option<JoinHandle<()>>,
 }
 
 /// The machine's parameters from `walrep.toml`.
@@ -206,12 +213,16 @@ impl StandbyRuntime {
         let seg_size = control.wal_segment_size;
         let config = h.config.get();
         let core = Recovery::new(recovery_config(&config, seg_size))?;
-        let history = crate::wal::read_history(&dir.wal(), control.timeline).map_err(|source| {
-            StandbyError::History {
+        let history = match crate::wal::read_history(&dir.wal(), control.timeline) {
+            // A copy still arriving may not have its history file yet.
+            Err(_) if h.progress.base_pending.load(Ordering::SeqCst) => {
+                crate::TimelineHistory::root(control.timeline)
+            }
+            other => other.map_err(|source| StandbyError::History {
                 tli: control.timeline,
                 source,
-            }
-        })?;
+            })?,
+        };
         // Redo's position until it replays: the checkpoint's.
         h.progress.replayed.publish(Replayed {
             end: control.redo_lsn,
@@ -219,7 +230,8 @@ impl StandbyRuntime {
             tli: history.timeline_of(control.redo_lsn),
             ..Replayed::default()
         });
-        if control.state != ClusterState::InArchiveRecovery {
+        let pending = h.progress.base_pending.load(Ordering::SeqCst);
+        if control.state != ClusterState::InArchiveRecovery && !pending {
             h.control
                 .update(|c| c.state = ClusterState::InArchiveRecovery)?;
         }
@@ -263,12 +275,27 @@ impl StandbyRuntime {
         let trigger = start_trigger_watcher(&h, events_tx.clone())?;
         make_promotion_spares(&h.segdir);
 
-        let first = Event::RecoveryStarted {
-            redo_lsn: control.redo_lsn,
-            tli: control.timeline,
-            history,
-            min_recovery_point: control.min_recovery_point,
-            crash_recovery_first: control.state == ClusterState::InProduction,
+        let backup_wait = match pending {
+            true => Some(pending::spawn_waiter(
+                h.clone(),
+                events_tx.clone(),
+                redo_stop.clone(),
+            )?),
+            false => None,
+        };
+        let first = if pending {
+            Event::BaseBackupPending {
+                start: control.redo_lsn,
+                tli: control.timeline,
+            }
+        } else {
+            Event::RecoveryStarted {
+                redo_lsn: control.redo_lsn,
+                tli: control.timeline,
+                history,
+                min_recovery_point: control.min_recovery_point,
+                crash_recovery_first: control.state == ClusterState::InProduction,
+            }
         };
         tracing::info!(
             redo = %control.redo_lsn,
@@ -301,6 +328,7 @@ impl StandbyRuntime {
             redo: Some(redo),
             trigger: Some(trigger),
             cancel_restore: Some(cancel_tx),
+            backup_wait,
         })
     }
 
@@ -324,9 +352,13 @@ impl StandbyRuntime {
             let _ = tx.send(());
             let _ = handle.join();
         }
-        for t in [self.fetcher.take(), self.redo.take()]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.fetcher.take(),
+            self.redo.take(),
+            self.backup_wait.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = t.join();
         }

@@ -101,6 +101,10 @@ pub struct StandbyProgress {
     /// Owned by the walreceiver: what it flushed, its state; it reads
     /// `replayed` for the apply position of its replies.
     pub received: Arc<ReceiverShared>,
+    /// Set while a base backup is still being copied into the data
+    /// directory (until its snapshot is loaded): the store is empty and
+    /// the control file not yet the copy's, so no restartpoint may run.
+    pub base_pending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for StandbyProgress {
@@ -117,6 +121,7 @@ impl StandbyProgress {
             status: Arc::new(Watch::default()),
             received: ReceiverShared::new(replayed.clone()),
             replayed,
+            base_pending: Arc::default(),
         }
     }
 

@@ -95,6 +95,7 @@ pub fn read_trace_tail(path: &std::path::Path, max: usize) -> Vec<TraceRecord> {
 pub fn state_color(s: StateKind) -> (&'static str, &'static str) {
     match s {
         StateKind::Starting => ("#d9d9d9", "#000"),
+        StateKind::AwaitingBaseBackup => ("#a8dadc", "#000"),
         StateKind::CrashRecovery => ("#f4a261", "#000"),
         StateKind::ArchiveRecovery => ("#e9c46a", "#000"),
         StateKind::RetryingArchive => ("#e76f51", "#fff"),

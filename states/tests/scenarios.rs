@@ -38,6 +38,67 @@ pub mod play {
         s
     }
 
+    /// A two-phase base backup's standby: the bulk is still being copied.
+    pub fn awaiting_base_backup(config: RecoveryConfig) -> Scenario {
+        let mut s = Scenario::new(config);
+        s.ev(Event::BaseBackupPending {
+            start: at(2, 0x28),
+            tli: TimelineId(1),
+        });
+        s
+    }
+
+    /// WAL streams and is flushed while the copy runs; nothing is replayed
+    /// and promotion is refused; a lost session is started again from what
+    /// was flushed; completion starts redo on the stream at once.
+    pub fn two_phase_backup_streams_before_redo() -> Scenario {
+        let mut s = awaiting_base_backup(both());
+        assert_eq!(s.state(), StateKind::AwaitingBaseBackup);
+        assert!(
+            s.emitted(|a| matches!(a, Action::StartWalReceiver { from, .. } if *from == seg(2)))
+        );
+        let sid = s.session();
+        s.ev(connected(sid, 1, at(4, 0x100)));
+        s.ev(flushed(sid, 1, at(3, 0x8000)));
+        assert!(
+            s.actions.is_empty(),
+            "nothing is replayed before the copy is complete"
+        );
+        assert_eq!(s.core.status().receive_lsn, at(3, 0x8000));
+        s.ev(promote());
+        assert_eq!(s.state(), StateKind::AwaitingBaseBackup);
+        assert!(s.emitted(|a| matches!(
+            a,
+            Action::Report { report: Report::PromotionRefused { why } } if why == "base backup not complete"
+        )));
+        s.ev(lost(sid));
+        assert_eq!(s.state(), StateKind::AwaitingBaseBackup);
+        s.timer();
+        assert!(
+            s.emitted(|a| matches!(a, Action::StartWalReceiver { from, .. } if *from == seg(3))),
+            "streams again from the segment holding what was flushed"
+        );
+        let sid = s.session();
+        s.ev(connected(sid, 1, at(4, 0x100)));
+        s.ev(flushed(sid, 1, at(3, 0x9000)));
+        s.ev(started(at(2, 0x28), 1, at(3, 0x100), false));
+        assert_eq!(s.state(), StateKind::Streaming);
+        assert!(s.emitted(|a| matches!(a, Action::Replay { upto, .. } if *upto == at(3, 0x9000))));
+        s.ev(eow(at(3, 0x9000)));
+        assert!(s.core.status().consistent);
+        s
+    }
+
+    /// A standby whose copy completes while its session is still
+    /// connecting starts redo with a round over archive and `wal/`.
+    pub fn two_phase_backup_completes_before_the_stream_connects() -> Scenario {
+        let mut s = awaiting_base_backup(both());
+        s.ev(started(at(2, 0x28), 1, at(2, 0x28), false));
+        assert_eq!(s.state(), StateKind::ArchiveRecovery);
+        assert!(s.emitted(|a| matches!(a, Action::StopWalReceiver { .. })));
+        s
+    }
+
     pub fn archive_only_to_end() -> Scenario {
         let mut s = standby_started(archive_only());
         s.ev(restored(1, 2)).ev(eow(seg(3)));
@@ -852,7 +913,10 @@ fn shutdown_in_each_state() {
         s.ev(Event::ShutdownRequested);
         assert_eq!(s.state(), StateKind::Stopped, "from {target}");
         let stops_receiver = s.emitted(|a| matches!(a, Action::StopWalReceiver { .. }));
-        if matches!(target, StateKind::Streaming | StateKind::RetryingArchive) {
+        if matches!(
+            target,
+            StateKind::Streaming | StateKind::RetryingArchive | StateKind::AwaitingBaseBackup
+        ) {
             assert!(stops_receiver, "{target} stops its walreceiver");
         }
         reached.push(target);
@@ -860,7 +924,7 @@ fn shutdown_in_each_state() {
         all.push_str(&s.trace.last().map(|t| t.to_string()).unwrap_or_default());
         all.push('\n');
     }
-    assert_eq!(reached.len(), 8);
+    assert_eq!(reached.len(), 9);
     insta::assert_snapshot!("shutdown_in_each_state", all);
 }
 
@@ -868,6 +932,7 @@ fn shutdown_in_each_state() {
 fn machine_in(state: StateKind) -> Scenario {
     match state {
         StateKind::Starting => Scenario::new(play::both()),
+        StateKind::AwaitingBaseBackup => play::awaiting_base_backup(play::both()),
         StateKind::CrashRecovery => {
             let mut s = Scenario::new(play::both());
             s.ev(started(at(2, 0x28), 1, at(2, 0x28), true));
@@ -949,6 +1014,8 @@ scenarios!(
     upstream_behind_our_timeline_is_refused,
     walreceiver_that_never_connects_is_stopped,
     record_spanning_into_a_segment_only_the_upstream_has,
+    two_phase_backup_streams_before_redo,
+    two_phase_backup_completes_before_the_stream_connects,
 );
 
 /// The explored graph contains every state and every edge the scenarios

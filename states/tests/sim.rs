@@ -168,6 +168,8 @@ enum Item {
     /// A reload changes `primary_conninfo`: re-points the stream, gives
     /// an archive-only standby one, or takes it away.
     Reload,
+    /// A two-phase base backup's bulk copy is complete: recovery starts.
+    CopyComplete,
 }
 
 struct World {
@@ -207,6 +209,11 @@ struct World {
     session: Option<Session>,
     healed: bool,
     promote_requested: bool,
+    /// A two-phase base backup whose copy completes at this time: until
+    /// then the standby waits (`BaseBackupPending`) and replays nothing.
+    copy_done_at: Option<Millis>,
+    /// This seed began with a two-phase base backup's wait.
+    two_phase: bool,
     writes_at: Option<TimelineId>,
     history_written: Option<TimelineId>,
     probe_failed: bool,
@@ -245,6 +252,8 @@ struct Stats {
     invalid_records: u64,
     ping_pongs: u64,
     restore_failures: u64,
+    /// Seeds that began with a two-phase base backup's wait and got past it.
+    two_phase_completed: u64,
     steps: u64,
     /// Segments of `wal/` damaged in the middle.
     rotted: u64,
@@ -267,6 +276,7 @@ impl Stats {
         }
         self.restarts += u64::from(w.restarts);
         self.reloads += u64::from(w.reloads);
+        self.two_phase_completed += u64::from(w.two_phase && w.copy_done_at.is_none());
         self.followed_timeline += u64::from(w.core.status().target_tli > TimelineId::FIRST);
         self.invalid_records += w.counts.0;
         self.ping_pongs += w.counts.1;
@@ -329,6 +339,8 @@ impl World {
             session: None,
             healed: false,
             promote_requested: false,
+            copy_done_at: None,
+            two_phase: false,
             writes_at: None,
             history_written: None,
             probe_failed: false,
@@ -386,8 +398,34 @@ impl World {
             }
         }
         self.at(Millis(fault_ms), "heal", Item::Heal);
-        let started = self.started(Lsn(2 * SEG + 0x28), false);
+        let start = Lsn(2 * SEG + 0x28);
+        if self.rng.chance(0.3) {
+            let done = Millis(self.rng.range(50, fault_ms));
+            self.copy_done_at = Some(done);
+            self.two_phase = true;
+            self.at(done, "copy", Item::CopyComplete);
+            let pending = self.pending(start);
+            self.at(Millis::ZERO, "startup", Item::Deliver(pending));
+            return;
+        }
+        let started = self.started(start, false);
         self.at(Millis::ZERO, "startup", Item::Deliver(started));
+    }
+
+    fn pending(&self, start: Lsn) -> Event {
+        Event::BaseBackupPending {
+            start,
+            tli: self.upstream_history.timeline_of(start),
+        }
+    }
+
+    /// The copy is complete: a standby waiting for it starts recovery.
+    fn copy_complete(&mut self) {
+        self.copy_done_at = None;
+        if self.core.state() == StateKind::AwaitingBaseBackup {
+            let started = self.started(self.restartpoint, false);
+            self.at(self.now, "startup", Item::Deliver(started));
+        }
     }
 
     fn started(&self, redo: Lsn, crash_first: bool) -> Event {
@@ -1077,7 +1115,10 @@ impl World {
             ..self.config.clone()
         };
         self.core = Recovery::new(config).expect("valid config");
-        let started = self.started(self.restartpoint, crash_first);
+        let started = match self.copy_done_at {
+            Some(_) => self.pending(self.restartpoint),
+            None => self.started(self.restartpoint, crash_first),
+        };
         self.min_point = self.applied.max(self.restartpoint);
         self.applied = self.restartpoint;
         self.at(self.now, "startup", Item::Deliver(started));
@@ -1116,6 +1157,7 @@ impl World {
             Item::Heal => self.heal(),
             Item::Restart { clean, crash_first } => self.restart(clean, crash_first),
             Item::Reload => self.reload()?,
+            Item::CopyComplete => self.copy_complete(),
         }
         Ok(())
     }
@@ -1155,6 +1197,10 @@ impl World {
             self.execute(a)?;
         }
         self.core.check_invariants().map_err(|v| v.to_string())?;
+        if self.core.state() == StateKind::AwaitingBaseBackup {
+            // Refused while the copy is incomplete: nothing to wait for.
+            self.promote_requested = false;
+        }
         let after = self.core.status().replay_lsn;
         if after < before {
             return Err(format!("replay went back from {before} to {after}"));
@@ -1316,6 +1362,7 @@ fn simulation() {
             stats.rotted > 0,
             "no wal/ segment was damaged in the middle"
         );
+        assert!(stats.two_phase_completed > 0);
     }
 }
 

@@ -23,6 +23,8 @@
 //! - `redis`: redis-benchmark's own test set (strings, lists, sets,
 //!   hashes) against walrep `local` and Redis 7 `appendfsync always` in
 //!   the same run.
+//! - `backup`: `walrep basebackup` MB/s with `--jobs` 1, 2, 4, and a
+//!   two-phase copy's time to the new standby's first flush report;
 //! - `failover`: a soak, not a speed: `--rounds` times SIGKILL of a
 //!   synchronous primary under load, promotion, the history checker on the
 //!   promoted node, the old primary rebuilt as its standby.
@@ -47,6 +49,7 @@
 //! two probes; repetitions (`--reps`) give medians and ranges.
 
 pub mod anchors;
+pub mod backup;
 pub mod bulk;
 pub mod chain;
 pub mod cluster;
@@ -165,6 +168,8 @@ pub enum Scenario {
     /// A soak: SIGKILL the primary under load, promote, check every
     /// acknowledged write, bring the old primary back; `--rounds` times.
     Failover,
+    /// Base backups: MB/s per `--jobs`, two-phase time to the first flush.
+    Backup,
 }
 
 impl Scenario {
@@ -183,6 +188,7 @@ impl Scenario {
             Scenario::Tls => "tls",
             Scenario::Redis => "redis",
             Scenario::Failover => "failover",
+            Scenario::Backup => "backup",
         }
     }
 
@@ -283,6 +289,10 @@ pub struct BenchArgs {
     /// Promote scenario: promotions per method (04_promote.sh's REPS).
     #[arg(long, default_value_t = 5)]
     pub promote_reps: u32,
+    /// Backup scenario: MB of data copied with --jobs 1, 2, 4 and by the
+    /// large two-phase copy (the small one is 100 MB).
+    #[arg(long, default_value_t = 2048)]
+    pub backup_mb: u64,
     /// Failover scenario: rounds of SIGKILL, promote and rebuild.
     #[arg(long, default_value_t = 10)]
     pub rounds: u32,
@@ -324,6 +334,9 @@ impl BenchArgs {
         }
         if self.levels.is_empty() {
             return bad("--synchronous-commit needs at least one level".into());
+        }
+        if self.backup_mb < 100 || self.backup_mb > MAX_WAL_MB {
+            return bad(format!("--backup-mb must be 100..={MAX_WAL_MB}"));
         }
         if self.wal_mb == 0 || self.wal_mb > MAX_WAL_MB {
             return bad(format!("--wal-mb must be 1..={MAX_WAL_MB}"));

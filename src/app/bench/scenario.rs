@@ -154,6 +154,9 @@ pub fn run(args: &BenchArgs, scenarios: &[Scenario]) -> Result<ScenarioReport, B
     if scenarios.contains(&Scenario::Sync) {
         super::sync::run(&mut ctx)?;
     }
+    if scenarios.contains(&Scenario::Backup) {
+        super::backup::run(&mut ctx)?;
+    }
     let report = finish(ctx, scenarios, started.elapsed());
     if args.keep {
         let kept = run_dir.keep();

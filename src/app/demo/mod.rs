@@ -219,6 +219,7 @@ fn start_standby(dirs: &Dirs, primary: &NodeProcess) -> anyhow::Result<NodeProce
             storage: std::sync::Arc::new(walrep::storage::StdStorage),
             slot: None,
             jobs: 1,
+            two_phase: false,
         },
         &mut walrep::backup::client::NoProgress,
     )

@@ -180,6 +180,11 @@ pub enum Report {
         /// End of WAL replayed.
         end: Lsn,
     },
+    /// A promotion request was refused: recovery cannot end yet.
+    PromotionRefused {
+        /// Why (e.g. "base backup not complete").
+        why: String,
+    },
 }
 
 impl Report {
@@ -254,6 +259,9 @@ impl fmt::Display for Report {
             Report::SelectedNewTimeline { tli } => write!(f, "selected new timeline ID: {}", tli.0),
             Report::ArchiveRecoveryComplete { end } => {
                 write!(f, "archive recovery complete at {end}")
+            }
+            Report::PromotionRefused { why } => {
+                write!(f, "promotion refused: {why}; the standby keeps waiting")
             }
         }
     }

@@ -2,7 +2,9 @@
 //! past-tense statement with its data (`SegmentRestored { tli, segno }`).
 //!
 //! Who sends what:
-//! - the startup code: [`Event::RecoveryStarted`] once, first;
+//! - the startup code: [`Event::RecoveryStarted`] once, first; or first
+//!   [`Event::BaseBackupPending`], then `RecoveryStarted` once the copy is
+//!   complete;
 //! - the archive fetcher (answers `RestoreSegment`, `FindLocalSegment`,
 //!   `RestoreHistoryFile`, `FindLocalHistoryFile`): `Segment*`, `History*`
 //!   and [`Event::RestoreCommandFailed`];
@@ -136,6 +138,16 @@ pub enum Event {
         /// The control file says the node crashed outside recovery: replay
         /// local `wal/` alone first, as PostgreSQL's crash recovery does.
         crash_recovery_first: bool,
+    },
+    /// The startup code found a base backup whose bulk is still being
+    /// copied (two-phase, or interrupted): stream WAL from `start` on
+    /// `tli`, replay nothing. `RecoveryStarted` follows once the copy is
+    /// complete and loaded.
+    BaseBackupPending {
+        /// The copy's start position (its redo point).
+        start: Lsn,
+        /// The copy's timeline.
+        tli: TimelineId,
     },
     /// restore_command copied the segment into `wal/` under its real name.
     SegmentRestored {
@@ -321,6 +333,8 @@ pub enum Event {
 pub enum EventKind {
     /// [`Event::RecoveryStarted`].
     RecoveryStarted,
+    /// [`Event::BaseBackupPending`].
+    BaseBackupPending,
     /// [`Event::SegmentRestored`].
     SegmentRestored,
     /// [`Event::SegmentNotInArchive`].
@@ -375,8 +389,9 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every event kind, in declaration order.
-    pub const ALL: [EventKind; 26] = [
+    pub const ALL: [EventKind; 27] = [
         EventKind::RecoveryStarted,
+        EventKind::BaseBackupPending,
         EventKind::SegmentRestored,
         EventKind::SegmentNotInArchive,
         EventKind::RestoreCommandFailed,
@@ -416,6 +431,7 @@ impl Event {
     pub fn kind(&self) -> EventKind {
         match self {
             Event::RecoveryStarted { .. } => EventKind::RecoveryStarted,
+            Event::BaseBackupPending { .. } => EventKind::BaseBackupPending,
             Event::SegmentRestored { .. } => EventKind::SegmentRestored,
             Event::SegmentNotInArchive { .. } => EventKind::SegmentNotInArchive,
             Event::RestoreCommandFailed { .. } => EventKind::RestoreCommandFailed,
@@ -476,6 +492,9 @@ impl fmt::Display for Event {
                     "{k}(redo {redo_lsn} tli {}, min {min_recovery_point}{crash})",
                     tli.0
                 )
+            }
+            Event::BaseBackupPending { start, tli } => {
+                write!(f, "{k}(start {start} tli {})", tli.0)
             }
             Event::SegmentRestored { tli, segno }
             | Event::SegmentNotInArchive { tli, segno }

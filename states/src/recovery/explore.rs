@@ -232,6 +232,7 @@ pub fn abstract_key(core: &Recovery) -> String {
             Phase::WritingHistory { .. } => "history".into(),
             Phase::WritingEndOfRecovery { .. } => "eor".into(),
         },
+        State::AwaitingBaseBackup { wait } => format!("retry-{}", wait.retry_at.is_some()),
         _ => String::new(),
     };
     let received = m.received.as_ref().map(|r| {
@@ -288,6 +289,9 @@ pub fn sample_events_split(core: &Recovery) -> (Vec<TimedEvent>, Vec<TimedEvent>
     if core.state() == StateKind::Starting {
         out.extend(start_events(m));
     }
+    if core.state() == StateKind::AwaitingBaseBackup {
+        out.extend(backup_complete_events(m));
+    }
     out.extend(fetch_answers(m));
     out.extend(receiver_news(core, m));
     out.extend(redo_results(m));
@@ -333,7 +337,26 @@ fn start_events(m: &Machine) -> Vec<Event> {
         min_recovery_point: min,
         crash_recovery_first: crash,
     };
-    vec![started(false, redo), started(true, plus(redo, s))]
+    vec![
+        started(false, redo),
+        started(true, plus(redo, s)),
+        Event::BaseBackupPending {
+            start: redo,
+            tli: TimelineId::FIRST,
+        },
+    ]
+}
+
+/// The copy of a two-phase base backup completed: recovery starts at the
+/// copy's start, consistent at its end (a segment later).
+fn backup_complete_events(m: &Machine) -> Vec<Event> {
+    vec![Event::RecoveryStarted {
+        redo_lsn: m.replay_lsn,
+        tli: m.timelines.target,
+        history: m.timelines.expected.clone(),
+        min_recovery_point: plus(m.replay_lsn, seg_bytes(m)),
+        crash_recovery_first: false,
+    }]
 }
 
 /// A history of `tli` descending from the target, forked at `fork`.
@@ -518,6 +541,7 @@ fn unsolicited(m: &Machine) -> Vec<Event> {
             min_recovery_point: at,
             crash_recovery_first: false,
         },
+        Event::BaseBackupPending { start: at, tli },
         Event::SegmentRestored { tli, segno },
         Event::SegmentNotInArchive { tli, segno },
         Event::RestoreCommandFailed {

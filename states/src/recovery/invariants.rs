@@ -134,6 +134,11 @@ fn check_shape(m: &Machine, state: &State) -> Result<(), InvariantViolation> {
                 return bad("round waits for nothing");
             }
         }
+        StateKind::AwaitingBaseBackup
+            if m.round.is_some() || m.replay_req.is_some() || m.fetch_req.is_some() =>
+        {
+            return bad("reads or replays WAL before the copy is complete")
+        }
         StateKind::RetryingArchive if m.round.is_some() => return bad("round still running"),
         StateKind::Streaming if m.receiver.is_none() => return bad("no walreceiver"),
         StateKind::Promoted | StateKind::Stopped if live_receiver => {

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 pub enum StateKind {
     /// Built, waiting for `RecoveryStarted`.
     Starting,
+    /// A base backup's bulk is still being copied: WAL is received, made
+    /// durable and reported upstream, nothing is replayed, promotion is
+    /// refused (seed 001's two-phase backup).
+    AwaitingBaseBackup,
     /// Replaying local `wal/` only (PostgreSQL's crash recovery before
     /// archive recovery).
     CrashRecovery,
@@ -31,8 +35,9 @@ pub enum StateKind {
 
 impl StateKind {
     /// Every state, in the order of the diagrams.
-    pub const ALL: [StateKind; 8] = [
+    pub const ALL: [StateKind; 9] = [
         StateKind::Starting,
+        StateKind::AwaitingBaseBackup,
         StateKind::CrashRecovery,
         StateKind::ArchiveRecovery,
         StateKind::RetryingArchive,

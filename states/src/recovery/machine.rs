@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! Running ─┬─ Starting
+//!          ├─ AwaitingBaseBackup (WAL received, redo waits for the copy)
 //!          ├─ Recovering ─┬─ CrashRecovery    (wal/ only)
 //!          │              ├─ ArchiveRecovery  (archive, then wal/)
 //!          │              ├─ RetryingArchive  (walreceiver connecting, archive waits)
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use statig::prelude::*;
 
 use super::action::{Action, ExitReason, Report};
+use super::backup_wait::{BackupWait, NOT_COMPLETE};
 use super::event::Event;
 use super::kind::StateKind;
 use super::promotion::{Next, Promotion};
@@ -81,9 +83,109 @@ impl Machine {
                 }
                 self.archive_round(ctx)
             }
+            Event::BaseBackupPending { start, tli } => {
+                let wait = self.await_base_backup(ctx, *start, *tli);
+                Transition(State::awaiting_base_backup(wait))
+            }
             Event::PromoteRequested { .. } => {
                 self.promote_pending = true;
                 ctx.because("promotion starts once recovery has started");
+                Handled
+            }
+            _ => Super,
+        }
+    }
+
+    /// The bulk of a base backup is still being copied (two-phase): the
+    /// walreceiver streams from the copy's start and reports its flush
+    /// position upstream; nothing is replayed (see [`super::backup_wait`]).
+    ///
+    /// Exits:
+    /// - `RecoveryStarted` (the copy is complete and loaded) → `Streaming`
+    ///   if the session streams, else `ArchiveRecovery` (or
+    ///   `RetryingArchive`), as from `Starting`;
+    /// - `PromoteRequested`: refused ("base backup not complete"), stays;
+    /// - `StreamLost` / `TimerFired`: the session is started again after
+    ///   wal_retrieve_retry_interval, stays;
+    /// - `ShutdownRequested` → `Stopped` (from `Running`).
+    #[state(superstate = "running")]
+    fn awaiting_base_backup(
+        &mut self,
+        ctx: &mut Ctx,
+        wait: &mut BackupWait,
+        event: &Event,
+    ) -> Outcome<State> {
+        match event {
+            Event::RecoveryStarted {
+                redo_lsn,
+                tli,
+                history,
+                min_recovery_point,
+                crash_recovery_first,
+            } => {
+                if *redo_lsn != wait.start || *tli != self.timelines.target {
+                    let message = format!(
+                        "the completed copy starts at {redo_lsn} on timeline {}, but the base \
+                         backup being waited for starts at {} on timeline {}",
+                        tli.0, wait.start, self.timelines.target.0
+                    );
+                    let reason = self.exit(ctx, ExitReason::Fatal { message });
+                    return Transition(State::stopped(reason));
+                }
+                let streaming =
+                    self.base_backup_complete(ctx, *redo_lsn, history, *min_recovery_point);
+                if *crash_recovery_first {
+                    self.stop_receiver(ctx);
+                    return self.crash_round(ctx);
+                }
+                if streaming {
+                    return self.stream_news(ctx, false);
+                }
+                self.stop_receiver(ctx);
+                self.archive_round(ctx)
+            }
+            Event::StreamConnected {
+                session,
+                upstream_tli,
+                ..
+            } => {
+                self.backup_wait_connected(ctx, wait, *session, *upstream_tli);
+                Handled
+            }
+            Event::WalFlushed { session, tli, upto } => {
+                if !self.stale(ctx, *session) {
+                    self.note_flush(ctx, *session, *tli, *upto);
+                }
+                Handled
+            }
+            Event::TimelineEnded {
+                session,
+                tli,
+                next_tli,
+                switch_point,
+            } => {
+                if !self.stale(ctx, *session) {
+                    self.note_timeline_end(ctx, *session, *tli, *next_tli, *switch_point);
+                    ctx.because("the new timeline is followed once redo starts");
+                }
+                Handled
+            }
+            Event::StreamLost { session, .. } | Event::WalReceiverStopped { session, .. } => {
+                if !self.stale(ctx, *session) {
+                    ctx.because(format!("{} while the copy is incomplete", event.kind()));
+                    self.backup_wait_retry(ctx, wait);
+                }
+                Handled
+            }
+            Event::TimerFired => {
+                self.backup_wait_timer(ctx, wait);
+                Handled
+            }
+            Event::PromoteRequested { .. } => {
+                ctx.report(Report::PromotionRefused {
+                    why: NOT_COMPLETE.into(),
+                });
+                ctx.because(NOT_COMPLETE);
                 Handled
             }
             _ => Super,
@@ -687,6 +789,7 @@ impl State {
     pub fn kind(&self) -> StateKind {
         match self {
             State::Starting {} => StateKind::Starting,
+            State::AwaitingBaseBackup { .. } => StateKind::AwaitingBaseBackup,
             State::CrashRecovery {} => StateKind::CrashRecovery,
             State::ArchiveRecovery {} => StateKind::ArchiveRecovery,
             State::RetryingArchive { .. } => StateKind::RetryingArchive,

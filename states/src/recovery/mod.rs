@@ -36,6 +36,7 @@
 //! - [`machine`]: the statig machine, one handler per state.
 //! - [`round`]: one round over archive and `wal/` (ARCHIVE and PG_WAL).
 //! - [`promotion`]: the steps of promotion.
+//! - [`backup_wait`]: waiting for a two-phase base backup's bulk.
 //! - [`timelines`]: the target timeline, rescan rules, candidates.
 //! - [`shared`]: the machine's shared storage and bookkeeping.
 //! - [`event`], [`action`], [`trace`], [`kind`], [`config`]: the vocabulary.
@@ -43,6 +44,7 @@
 //! - [`invariants`]: what must hold after every step.
 
 pub mod action;
+pub mod backup_wait;
 pub mod config;
 pub mod event;
 pub mod explore;
@@ -219,6 +221,7 @@ impl Recovery {
                 Some(m.retry_deadline(retry))
             }
             State::Promoting { promotion } => Machine::promotion_deadline(promotion),
+            State::AwaitingBaseBackup { wait } => wait.retry_at,
             _ => None,
         }
     }
@@ -389,6 +392,7 @@ impl Recovery {
         Some(match self.machine.state() {
             State::Promoted { .. } | State::Stopped { .. } => "nothing (final)",
             State::Starting {} => "RecoveryStarted",
+            State::AwaitingBaseBackup { .. } => "the base backup to complete",
             _ if m.replay_req.is_some() => "redo",
             _ if m.fetch_req.is_some() => "the archive fetcher",
             State::Promoting { promotion } => match promotion.phase {

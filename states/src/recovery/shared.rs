@@ -293,9 +293,15 @@ impl Machine {
     /// removed that one (it was archived), so asking for it would fail
     /// for ever.
     pub(crate) fn start_receiver(&mut self, ctx: &mut Ctx, missing: Option<SegNo>) {
+        let from = self.stream_start(missing);
+        self.start_receiver_at(ctx, from);
+    }
+
+    /// Start a walreceiver session streaming from `from` on the replay
+    /// position's timeline.
+    pub(crate) fn start_receiver_at(&mut self, ctx: &mut Ctx, from: Lsn) {
         let session = SessionId(self.next_session);
         self.next_session += 1;
-        let from = self.stream_start(missing);
         let tli = self.timelines.timeline_of(self.replay_lsn);
         self.receiver = Some(Receiver {
             session,

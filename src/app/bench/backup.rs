@@ -1,0 +1,179 @@
+//! The `backup` scenario: `walrep basebackup` MB/s with `--jobs` 1, 2 and
+//! 4 of one primary's data, and a two-phase copy's time from the start of
+//! `walrep basebackup --two-phase` to the new standby's first flush report
+//! upstream, for 100 MB and for `--backup-mb` of data (PostgreSQL's
+//! standby can report nothing before its whole copy is done).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::cluster::{self, Node, Reply, Resp};
+use super::figures::{Better, Figure};
+use super::scenario::Ctx;
+use super::BenchError;
+
+/// Value size of the data written before the copies.
+const VALUE_BYTES: usize = 256 * 1024;
+/// Longest wait for phase 1, and for the first flush report.
+const PHASE_LIMIT: Duration = Duration::from_secs(300);
+/// The two-phase target (ms): under a second whatever the data size.
+const TARGET_FIRST_FLUSH_MS: f64 = 1000.0;
+
+pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
+    let big_mb = ctx.args.backup_mb;
+    println!("\n== backup: --jobs 1, 2, 4 of {big_mb} MB; two-phase first flush at 100 MB and {big_mb} MB");
+    let dir = ctx.subdir("backup")?;
+    let mut jobs_f: Vec<Figure> = [1u32, 2, 4]
+        .iter()
+        .map(|j| {
+            Figure::new(
+                "backup",
+                &format!("walrep basebackup --jobs {j} of {big_mb} MB"),
+                "MB/s",
+                Better::Higher,
+            )
+        })
+        .collect();
+    let mut flush_f: Vec<Figure> = Vec::new();
+    for mb in [100, big_mb] {
+        let pdir = dir.join(format!("primary-{mb}"));
+        cluster::init(&ctx.exe, &pdir)?;
+        let primary = Node::start(&ctx.exe, &pdir, &[])?;
+        fill(&primary, mb)?;
+        if mb == big_mb {
+            for (j, fig) in [1u32, 2, 4].into_iter().zip(jobs_f.iter_mut()) {
+                ctx.probe(&format!("before --jobs {j}"), true)?;
+                let secs = timed_copy(ctx, &primary, &dir.join(format!("copy-j{j}")), j)?;
+                let rate = mb as f64 / secs;
+                println!("  --jobs {j}: {mb} MB in {secs:.2} s = {rate:.0} MB/s");
+                fig.walrep.push(rate);
+            }
+        }
+        ctx.probe(&format!("before two-phase {mb} MB"), false)?;
+        let (phase1_ms, flush_ms) = two_phase_first_flush(ctx, &primary, &dir, mb)?;
+        println!("  two-phase {mb} MB: phase 1 in {phase1_ms:.0} ms, first flush report upstream after {flush_ms:.0} ms");
+        let mut f = Figure::new(
+            "backup",
+            &format!("two-phase {mb} MB: start to the standby's first flush report"),
+            "ms",
+            Better::Lower,
+        )
+        .goal("< 1000 ms", Some(TARGET_FIRST_FLUSH_MS));
+        f.walrep.push(flush_ms);
+        flush_f.push(f);
+        primary.stop();
+        let _ = std::fs::remove_dir_all(&pdir);
+    }
+    ctx.figures.extend(jobs_f);
+    ctx.figures.extend(flush_f);
+    Ok(())
+}
+
+/// Write about `mb` MB of values.
+fn fill(primary: &Node, mb: u64) -> Result<(), BenchError> {
+    let mut c = primary.connect()?;
+    let value = vec![b'v'; VALUE_BYTES];
+    let n = mb * 1024 * 1024 / VALUE_BYTES as u64;
+    for i in 0..n {
+        let key = format!("bulk:{i}");
+        if let Reply::Error(e) = c.call(&[b"SET", key.as_bytes(), &value])? {
+            return Err(BenchError::Server(format!("SET {key}: {e}")));
+        }
+    }
+    Ok(())
+}
+
+/// One `walrep basebackup --jobs N` into `dest` (removed after): seconds.
+fn timed_copy(ctx: &Ctx<'_>, primary: &Node, dest: &Path, jobs: u32) -> Result<f64, BenchError> {
+    let t0 = Instant::now();
+    let out = Command::new(&ctx.exe)
+        .arg("basebackup")
+        .args(["--from", &format!("127.0.0.1:{}", primary.repl_port), "-D"])
+        .arg(dest)
+        .args(["--jobs", &jobs.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BenchError::io("walrep basebackup", e))?;
+    let secs = t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(dest);
+    if !out.status.success() {
+        return Err(BenchError::Server(format!(
+            "walrep basebackup --jobs {jobs} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(secs)
+}
+
+/// Start `walrep basebackup --two-phase --jobs 4`, start the standby as
+/// soon as phase 1 is printed, and time the first flush report the
+/// primary gets from it: (phase 1 ms, first flush ms), both from the start.
+fn two_phase_first_flush(
+    ctx: &Ctx<'_>,
+    primary: &Node,
+    dir: &Path,
+    mb: u64,
+) -> Result<(f64, f64), BenchError> {
+    let dest = dir.join(format!("two-phase-{mb}"));
+    let app = format!("tp{mb}");
+    let t0 = Instant::now();
+    let mut child = Command::new(&ctx.exe)
+        .arg("basebackup")
+        .args(["--from", &format!("127.0.0.1:{}", primary.repl_port), "-D"])
+        .arg(&dest)
+        .args(["-R", "--no-slot", "--application-name", &app])
+        .args(["--two-phase", "--jobs", "4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| BenchError::io("walrep basebackup --two-phase", e))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let phase1 = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("phase 1 complete") => break t0.elapsed(),
+            Some(Ok(_)) => {}
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BenchError::Server(
+                    "two-phase basebackup ended before phase 1".into(),
+                ));
+            }
+        }
+    };
+    let standby = Node::start(&ctx.exe, &dest, &[])?;
+    let mut c = primary.connect()?;
+    let every = Duration::from_millis(5);
+    let flushed = cluster::wait_for("the first flush report", PHASE_LIMIT, every, || {
+        Ok(streaming_flush(&mut c, &app)?.map(|_| t0.elapsed()))
+    });
+    // Drain the rest of the output, then the exit.
+    for _ in lines {}
+    let status = child
+        .wait()
+        .map_err(|e| BenchError::io("wait for basebackup", e))?;
+    standby.stop();
+    let _ = std::fs::remove_dir_all(&dest);
+    let flushed = flushed?;
+    if !status.success() {
+        return Err(BenchError::Server(format!(
+            "two-phase basebackup failed ({status})"
+        )));
+    }
+    Ok((phase1.as_secs_f64() * 1e3, flushed.as_secs_f64() * 1e3))
+}
+
+/// The flush position the primary has from the streaming standby `app`.
+fn streaming_flush(c: &mut Resp, app: &str) -> Result<Option<String>, BenchError> {
+    let info = c.info("replication")?;
+    Ok(info.values().find_map(|v| {
+        let f = cluster::parse_slave_line(v);
+        let ours = f.get("application_name").is_some_and(|a| a == app)
+            && f.get("walsender_state").is_some_and(|s| s == "streaming");
+        f.get("flush_lsn").filter(|l| ours && *l != "0/0").cloned()
+    }))
+}
