@@ -5,8 +5,8 @@
 //! Seed 001's "mechanism for telling the startup process to sleep because
 //! we are doing a two-phase backup and another mechanism for waking it when
 //! the whole backup is complete": the runtime reports
-//! [`Event::BaseBackupPending`] instead of starting recovery, and
-//! [`Event::RecoveryStarted`] once the copy's durable completion marker is
+//! [`Event::BaseBackupPending`](super::Event::BaseBackupPending) instead of starting recovery, and
+//! [`Event::RecoveryStarted`](super::Event::RecoveryStarted) once the copy's durable completion marker is
 //! there and its snapshot is loaded.
 //!
 //! Why the walreceiver runs from the start: the upstream's slot then holds
