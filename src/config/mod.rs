@@ -981,7 +981,7 @@ impl Config {
             if !PARAMETERS.iter().any(|p| p.name == name) {
                 return Err(ConfigError::UnknownParameter(name.to_string()));
             }
-            table.insert(name.to_string(), override_value(value.trim()));
+            table.insert(name.to_string(), override_value(name, value.trim()));
         }
         let config: Config = table.clone().try_into().map_err(|e: toml::de::Error| {
             // toml does not say which key of a table failed: find it by
@@ -1202,20 +1202,43 @@ impl Config {
 
 /// A `-c` value: TOML if it parses as a TOML scalar (`5433`, `true`,
 /// `"quoted"`), otherwise the raw text (`off`, `16MB`, `FIRST 1 (s1)`).
-fn override_value(raw: &str) -> toml::Value {
-    if let Ok(t) = format!("v = {raw}").parse::<toml::Table>() {
-        if let Some(v) = t.get("v") {
-            if !v.is_table() {
-                return v.clone();
-            }
-        }
+fn override_value(name: &str, raw: &str) -> toml::Value {
+    let raw_string = toml::Value::String(raw.to_string());
+    let Ok(t) = format!("v = {raw}").parse::<toml::Table>() else {
+        return raw_string;
+    };
+    match t.get("v") {
+        // `-c archive_command=true` means the command `true`, as with
+        // `postgres -c`: a value TOML reads as another type stays text
+        // when the parameter takes text.
+        Some(v) if !v.is_table() && (v.is_str() || accepts(name, v)) => v.clone(),
+        _ => raw_string,
     }
-    toml::Value::String(raw.to_string())
+}
+
+/// Whether parameter `name` deserializes from `value` alone.
+fn accepts(name: &str, value: &toml::Value) -> bool {
+    let mut one = toml::Table::new();
+    one.insert(name.to_string(), value.clone());
+    one.try_into::<Config>().is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_override_that_looks_like_another_type_stays_text_for_a_text_parameter() {
+        let c = Config::from_toml_with_overrides(
+            "",
+            "x",
+            &["archive_command=true".into(), "archive_mode=true".into()],
+        )
+        .unwrap();
+        assert_eq!(c.archive_command, "true");
+        let e = Config::from_toml_with_overrides("", "x", &["port=true".into()]).unwrap_err();
+        assert!(e.to_string().contains("port"), "{e}");
+    }
 
     #[test]
     fn template_parses_to_the_defaults() {
