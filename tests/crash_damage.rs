@@ -20,6 +20,7 @@ use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 use walrep::storage::{image_rng, CrashLog, CrashModel, CrashStorage, Generator, Storage};
 
+use support::crash::scratch;
 use support::node::InProcessNode;
 use support::wal::seg;
 use support::DEADLINE;
@@ -61,13 +62,6 @@ fn workload(parent: &Path) -> (CrashLog, Vec<u64>) {
     let log = storage.log();
     drop(node);
     (log, acked_at)
-}
-
-fn scratch() -> tempfile::TempDir {
-    match tempfile::tempdir_in("/dev/shm") {
-        Ok(d) => d,
-        Err(_) => tempfile::tempdir().unwrap(),
-    }
 }
 
 /// The image's WAL segment files that were written (not pre-allocated),

@@ -23,6 +23,7 @@ use rand::{Rng, SeedableRng};
 use walrep::node::checkpoint::CheckpointCause;
 use walrep::storage::{image_rng, CrashLog, CrashModel, CrashStorage, Generator, Storage};
 
+use support::crash::{crash_points, env_u64, scratch};
 use support::node::InProcessNode;
 use support::wal::seg;
 use support::DEADLINE;
@@ -313,41 +314,6 @@ fn parse_key(k: &str, prefix: char) -> Option<(usize, u64)> {
     Some((t.parse().ok()?, n.parse().ok()?))
 }
 
-/// The crash points to test: before and after each sync, and random
-/// points between, `images` of them in all (with repeats when there are
-/// fewer points than images), in increasing order.
-fn crash_points(log: &CrashLog, images: usize, rng: &mut impl Rng) -> Vec<usize> {
-    let mut points = Vec::new();
-    for (i, e) in log.events.iter().enumerate() {
-        if e.is_sync() {
-            points.push(i);
-            points.push(i + 1);
-        }
-    }
-    let total = log.events.len();
-    let mut chosen: Vec<usize> = (0..images)
-        .map(|k| {
-            if k % 4 == 3 || points.is_empty() {
-                rng.gen_range(0..=total)
-            } else {
-                points[rng.gen_range(0..points.len())]
-            }
-        })
-        .collect();
-    chosen.sort_unstable();
-    chosen
-}
-
-/// A scratch directory, in memory when the machine has `/dev/shm` (an
-/// image's fsyncs cost nothing there, and nothing in them is meant to
-/// survive: the images are built, not crashed).
-fn scratch() -> tempfile::TempDir {
-    match tempfile::tempdir_in("/dev/shm") {
-        Ok(d) => d,
-        Err(_) => tempfile::tempdir().unwrap(),
-    }
-}
-
 /// Build and check `images` images of `run` chosen by `seed`.
 fn check_run(run: &Run, seed: u64, images: usize) -> Vec<Violation> {
     let mut rng = image_rng(seed);
@@ -382,10 +348,6 @@ fn check_run(run: &Run, seed: u64, images: usize) -> Vec<Violation> {
         }
     }
     violations
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 #[test]

@@ -31,6 +31,7 @@ use walrep::storage::{
 };
 use walrep::Lsn;
 
+use support::crash::{crash_points, env_u64, scratch};
 use support::node::InProcessNode;
 use support::DEADLINE;
 
@@ -195,38 +196,6 @@ fn check_writers(
     Ok(())
 }
 
-/// A scratch directory, in memory when the machine has `/dev/shm`.
-fn scratch() -> tempfile::TempDir {
-    match tempfile::tempdir_in("/dev/shm") {
-        Ok(d) => d,
-        Err(_) => tempfile::tempdir().unwrap(),
-    }
-}
-
-/// Crash points: before and after each sync, and (one in four) random
-/// points between, `images` of them, in increasing order.
-fn crash_points(log: &CrashLog, images: usize, rng: &mut impl Rng) -> Vec<usize> {
-    let mut points = Vec::new();
-    for (i, e) in log.events.iter().enumerate() {
-        if e.is_sync() {
-            points.push(i);
-            points.push(i + 1);
-        }
-    }
-    let total = log.events.len();
-    let mut chosen: Vec<usize> = (0..images)
-        .map(|k| {
-            if k % 4 == 3 || points.is_empty() {
-                rng.gen_range(0..=total)
-            } else {
-                points[rng.gen_range(0..points.len())]
-            }
-        })
-        .collect();
-    chosen.sort_unstable();
-    chosen
-}
-
 // Images whose node started, and those that refused to (with a clear
 // error; a rule says when that is allowed), for the run's report; per test
 // thread, as the workloads run in parallel.
@@ -279,10 +248,6 @@ fn check_images(
         }
     }
     violations
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// Run `workload` `CRASH_ROUNDS` times and check `CRASH_IMAGES` (default

@@ -18,6 +18,8 @@
 //!   nodes inside them; [`delay`]: a delaying relay (no `tc netem` here);
 //! - [`resp`]: a minimal RESP client that tells refusals from no answer;
 //! - [`workload`]: clients recording a history for walrep's checker;
+//! - [`crash`]: what the power-loss image tests share (crash points,
+//!   scratch directories, the `CRASH_*` knobs);
 //!
 //! and here, waiting for a condition, listing a directory and a free port.
 
@@ -25,6 +27,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod crash;
 pub mod delay;
 pub mod fake;
 pub mod keyspace;
