@@ -23,10 +23,9 @@ use rand::{Rng, SeedableRng};
 use walrep::node::checkpoint::CheckpointCause;
 use walrep::storage::{image_rng, CrashLog, CrashModel, CrashStorage, Generator, Storage};
 
-use support::crash::{crash_points, env_u64, scratch};
+use support::crash::{crash_points, env_u64, redis_conn, scratch};
 use support::node::InProcessNode;
 use support::wal::seg;
-use support::DEADLINE;
 
 /// Images per run in CI.
 const CI_IMAGES: usize = 500;
@@ -59,15 +58,6 @@ struct Run {
 
 fn value(t: usize, n: u64) -> String {
     format!("v{t}:{n}:{}", "x".repeat(150 + (n as usize * 37) % 300))
-}
-
-fn redis_conn(url: &str) -> redis::Connection {
-    let c = redis::Client::open(url)
-        .unwrap()
-        .get_connection_with_timeout(DEADLINE)
-        .unwrap();
-    c.set_read_timeout(Some(DEADLINE)).unwrap();
-    c
 }
 
 /// The primary workload: writers over Redis, checkpoints requested

@@ -31,7 +31,7 @@ use walrep::storage::{
 };
 use walrep::Lsn;
 
-use support::crash::{crash_points, env_u64, scratch};
+use support::crash::{crash_points, env_u64, redis_conn, scratch};
 use support::node::InProcessNode;
 use support::DEADLINE;
 
@@ -49,15 +49,6 @@ const CI_IMAGES_BACKUP: usize = 150;
 /// a few hundred writes span several WAL pages.
 fn value(prefix: &str, n: u64) -> String {
     format!("{prefix}:{n}:{}", "x".repeat(100 + (n as usize * 37) % 200))
-}
-
-fn redis_conn(url: &str) -> redis::Connection {
-    let c = redis::Client::open(url)
-        .unwrap()
-        .get_connection_with_timeout(DEADLINE)
-        .unwrap();
-    c.set_read_timeout(Some(DEADLINE)).unwrap();
-    c
 }
 
 fn url_of(node: &RunningNode) -> String {

@@ -4,6 +4,8 @@
 use rand::Rng;
 use walrep::storage::CrashLog;
 
+use super::DEADLINE;
+
 /// A scratch directory, in memory when the machine has `/dev/shm` (an
 /// image's fsyncs cost nothing there, and nothing in them is meant to
 /// survive: the images are built, not crashed).
@@ -43,4 +45,15 @@ pub fn crash_points(log: &CrashLog, images: usize, rng: &mut impl Rng) -> Vec<us
 /// `CRASH_ROUNDS`), when it is set and parses.
 pub fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// A Redis connection to an image's node, every wait bounded by
+/// [`DEADLINE`].
+pub fn redis_conn(url: &str) -> redis::Connection {
+    let c = redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(DEADLINE)
+        .unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    c
 }
