@@ -151,6 +151,28 @@ fn wal_past_damage(
         .map_err(|e| e.to_string())
 }
 
+/// The timeline whose segment file holds the WAL just before `at`
+/// (PostgreSQL's EndOfLogTLI): `prev_tli` unless that timeline has no file
+/// for the segment — a promotion interrupted by a crash leaves the next
+/// timeline's history file, which recovery then follows, while the WAL it
+/// replayed is still in the ancestor's files.
+fn switch_segment_timeline(h: &StandbyHandles, prev_tli: TimelineId, at: Lsn) -> TimelineId {
+    let seg_size = h.segdir.seg_size();
+    if at.segment_offset(seg_size) == 0
+        || h.segdir.segment_path(prev_tli, at.segno(seg_size)).exists()
+    {
+        return prev_tli;
+    }
+    let Ok(history) = crate::wal::read_history(h.segdir.path(), prev_tli) else {
+        return prev_tli;
+    };
+    let before = Lsn(at.0 - 1);
+    crate::wal::timeline::candidate_timelines(&history, before, seg_size)
+        .into_iter()
+        .find(|tli| h.segdir.segment_path(*tli, before.segno(seg_size)).exists())
+        .unwrap_or(prev_tli)
+}
+
 /// Start the WAL on `tli` at `at`, log the end-of-recovery record, point
 /// the control file at the new timeline and hand the WAL writer to the
 /// node. Returns the end of WAL after the record.
@@ -164,7 +186,8 @@ pub fn write_end_of_recovery(
     let (system_id, seg_size) = h
         .control
         .read(|c| (c.system_identifier, c.wal_segment_size));
-    init_new_timeline_segment(&h.segdir, system_id, prev_tli, tli, at)?;
+    let source_tli = switch_segment_timeline(h, prev_tli, at);
+    init_new_timeline_segment(&h.segdir, system_id, source_tli, tli, at)?;
     let t_segment = t0.elapsed();
     let mut cfg = WalConfig::new(
         h.segdir.path(),
