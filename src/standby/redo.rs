@@ -97,6 +97,11 @@ impl Redo {
     }
 
     fn replay(&mut self, upto: Lsn) -> Event {
+        // The one place that decides how far redo may apply: the machine's
+        // limit (the standby's flush position, a segment's or a timeline's
+        // end). The reader checks it before reading any byte, from the
+        // walreceiver's buffer or from files alike; any further cap (such
+        // as a primary's flush position) belongs here too.
         self.reader.set_limit(Some(upto));
         let mut last_report = Instant::now();
         let mut last_publish = last_report;
