@@ -4,7 +4,8 @@
 //! ours), fetches the history files it lacks, runs START_REPLICATION and
 //! writes the WAL it receives into `wal/` under the real segment names,
 //! fsyncing after each drained batch and reporting write/flush/apply
-//! upstream.
+//! upstream. Every byte written also goes into the received-WAL buffer
+//! ([`WalBuffer`]) that redo reads before the files.
 //!
 //! # Use
 //!
