@@ -262,7 +262,7 @@ impl StandbyRuntime {
 
         let redo = Redo {
             store: h.store.clone(),
-            reader: Redo::reader_for(&dir, &control, history.clone()),
+            reader: Redo::reader_for(&dir, &control, history.clone(), &h.progress.received),
             replayed: h.progress.replayed.clone(),
             events: events_tx.clone(),
             stop: redo_stop.clone(),

@@ -4,7 +4,8 @@
 //! ours), fetches the history files it lacks, runs START_REPLICATION and
 //! writes the WAL it receives into `wal/` under the real segment names,
 //! fsyncing after each drained batch and reporting write/flush/apply
-//! upstream.
+//! upstream. Every byte written also goes into the received-WAL buffer
+//! ([`WalBuffer`]) that redo reads before the files.
 //!
 //! # Use
 //!
@@ -54,6 +55,7 @@
 //! is shut down), event sends ([`EVENT_SEND_BOUND`]); no message is
 //! buffered beyond the protocol's largest message.
 
+mod buffer;
 mod session;
 mod sessions;
 mod upstream;
@@ -72,6 +74,7 @@ use crate::replication::source::FlushPoint;
 use crate::wal::{SegmentDir, SegmentError};
 use crate::watch::Watch;
 use crate::{Lsn, TimelineHistory, TimelineId};
+pub use buffer::{WalBuffer, WAL_BUFFER_BYTES};
 pub use sessions::{ConfigFn, Sessions};
 
 /// How long `stop()` waits for the session to flush and leave before it
@@ -339,6 +342,8 @@ pub struct ReceiverShared {
     /// Sessions that reached streaming, ever (a session that did not
     /// counts as a failed attempt for the connect back-off).
     streamed_sessions: AtomicU64,
+    /// Every byte written, for redo to read without the files.
+    buffer: Arc<WalBuffer>,
 }
 
 /// The upstream a session connected to, for INFO and /status.
@@ -375,7 +380,13 @@ impl ReceiverShared {
             upstream_chain: Mutex::new(Vec::new()),
             upstream: Mutex::new(None),
             streamed_sessions: AtomicU64::new(0),
+            buffer: Arc::new(WalBuffer::default()),
         })
+    }
+
+    /// The received WAL redo reads before the files (see [`WalBuffer`]).
+    pub fn wal_buffer(&self) -> &Arc<WalBuffer> {
+        &self.buffer
     }
 
     /// How many sessions reached streaming so far.

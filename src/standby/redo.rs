@@ -13,18 +13,27 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::progress::Replayed;
+use super::receiver::ReceiverShared;
 use crate::datadir::DataDir;
 use crate::states::recovery::{Event, RecordCheck};
 use crate::store::record::RM_KV;
 use crate::store::{ControlFile, Store};
-use crate::wal::{HeaderProblem, ReadErrorKind, ReaderConfig, Record, WalReader};
+use crate::wal::{HeaderProblem, ReadErrorKind, ReaderConfig, Record, WalMemory, WalReader};
 use crate::watch::Watch;
 use crate::{Lsn, TimelineHistory};
 
-/// Progress is reported at least this often while a long replay runs...
+/// Progress is reported to the machine at least this often while a long
+/// replay runs...
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// ...or after this many bytes, whichever comes first.
 const PROGRESS_BYTES: u64 = 16 << 20;
+/// The apply position is published (the walreceiver replies with it) at
+/// least this often during a long replay: behind by a burst, redo used to
+/// publish only every [`PROGRESS_INTERVAL`], and the upstream's
+/// `replay_lag` then grew in 100 ms steps although records were applied
+/// (and visible) all along. A publication costs one wake-up and one
+/// status message.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(1);
 
 /// What the redo thread is asked to do.
 #[derive(Debug, Clone)]
@@ -48,8 +57,14 @@ pub struct Redo {
 }
 
 impl Redo {
-    /// A reader of `dir`'s WAL at the redo point of `c`.
-    pub fn reader_for(dir: &DataDir, c: &ControlFile, history: TimelineHistory) -> WalReader {
+    /// A reader of `dir`'s WAL at the redo point of `c`, taking what the
+    /// walreceiver still holds in memory before the files.
+    pub fn reader_for(
+        dir: &DataDir,
+        c: &ControlFile,
+        history: TimelineHistory,
+        received: &ReceiverShared,
+    ) -> WalReader {
         let cfg = ReaderConfig {
             dir: dir.wal(),
             system_id: c.system_identifier,
@@ -58,6 +73,8 @@ impl Redo {
         };
         let mut r = WalReader::new(cfg, c.redo_lsn);
         r.seek(c.redo_lsn, None);
+        let memory: Arc<dyn WalMemory> = received.wal_buffer().clone();
+        r.set_memory(Some(memory));
         r
     }
 
@@ -80,8 +97,14 @@ impl Redo {
     }
 
     fn replay(&mut self, upto: Lsn) -> Event {
+        // The one place that decides how far redo may apply: the machine's
+        // limit (the standby's flush position, a segment's or a timeline's
+        // end). The reader checks it before reading any byte, from the
+        // walreceiver's buffer or from files alike; any further cap (such
+        // as a primary's flush position) belongs here too.
         self.reader.set_limit(Some(upto));
         let mut last_report = Instant::now();
+        let mut last_publish = last_report;
         let mut reported = self.reader.next_lsn();
         loop {
             if self.stop.load(Ordering::Relaxed) {
@@ -102,13 +125,18 @@ impl Redo {
                     }
                     self.advanced(&rec);
                     let end = rec.end;
+                    let now = Instant::now();
                     if end.saturating_sub(reported) >= PROGRESS_BYTES
-                        || last_report.elapsed() >= PROGRESS_INTERVAL
+                        || now.duration_since(last_report) >= PROGRESS_INTERVAL
                     {
                         self.publish();
                         let _ = self.events.send(Event::WalReplayed { upto: end });
                         reported = end;
-                        last_report = Instant::now();
+                        last_report = now;
+                        last_publish = now;
+                    } else if now.duration_since(last_publish) >= PUBLISH_INTERVAL {
+                        self.publish();
+                        last_publish = now;
                     }
                 }
                 Err(e) => {

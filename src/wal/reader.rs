@@ -3,9 +3,14 @@
 //! limit (what a standby's walreceiver has flushed). It stops at the first
 //! invalid record and says which check failed and where, as PostgreSQL's
 //! xlogreader does; that point is the end of valid WAL.
+//!
+//! A reader may be given a [`WalMemory`] (a standby's received-WAL buffer):
+//! bytes it holds are taken from there instead of the files, with the same
+//! checks, so both sources yield the same records.
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use thiserror::Error;
 use walrep_states::TimelineHistory;
@@ -196,6 +201,15 @@ impl fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
+/// WAL bytes held in memory that a reader takes before the files: the
+/// bytes of timeline `tli`'s segment files, by position.
+pub trait WalMemory: Send + Sync + fmt::Debug {
+    /// Append the `len` bytes of timeline `tli` at `at` to `out` and
+    /// return `true` if all of them are held; otherwise leave `out` alone
+    /// and return `false` (the reader reads the file).
+    fn copy_to(&self, tli: TimelineId, at: Lsn, len: usize, out: &mut Vec<u8>) -> bool;
+}
+
 /// Reads validated records one after another.
 #[derive(Debug)]
 pub struct WalReader {
@@ -209,6 +223,11 @@ pub struct WalReader {
     prev: Option<Lsn>,
     /// The segment currently mapped and its validated header.
     seg: Option<(MappedSegment, SegmentHeader)>,
+    /// Bytes in memory, taken before the files when they hold a range.
+    memory: Option<Arc<dyn WalMemory>>,
+    /// The segment (and timeline) whose header was validated for bytes
+    /// taken from memory; kept across read errors (unlike `seg`).
+    memory_header: Option<(TimelineId, SegNo)>,
 }
 
 impl WalReader {
@@ -220,7 +239,15 @@ impl WalReader {
             next: start,
             prev: None,
             seg: None,
+            memory: None,
+            memory_header: None,
         }
+    }
+
+    /// Take bytes from `memory` when it holds them (see [`WalMemory`]).
+    pub fn set_memory(&mut self, memory: Option<Arc<dyn WalMemory>>) {
+        self.memory = memory;
+        self.memory_header = None;
     }
 
     /// Read from `start` next; `prev` is the LSN its prev-link must name, if known.
@@ -238,6 +265,7 @@ impl WalReader {
     pub fn set_history(&mut self, history: TimelineHistory) {
         self.cfg.history = history;
         self.seg = None;
+        self.memory_header = None;
     }
 
     /// The timeline history the reader follows to pick the segment file
@@ -373,10 +401,12 @@ impl WalReader {
                 self.enter_segment(rec, pos, rem as u32)?;
                 pos = Lsn(pos.0 + SEG_HEADER_SIZE);
             }
-            let (seg, _) = self.mapped(rec, pos)?;
             let off = pos.segment_offset(seg_size) as usize;
             let take = left.min(seg_bytes as usize - off);
-            out.extend_from_slice(&seg.map[off..off + take]);
+            if !self.take_from_memory(rec, pos, take, out)? {
+                let (seg, _) = self.mapped(rec, pos)?;
+                out.extend_from_slice(&seg.map[off..off + take]);
+            }
             pos = Lsn(pos.0 + take as u64);
             left -= take;
             remaining = remaining.saturating_sub(take as u64);
@@ -387,12 +417,20 @@ impl WalReader {
     /// Map the segment of `pos` (at its start) and check that its header
     /// continues exactly `rem_len` bytes of the current record.
     fn enter_segment(&mut self, rec: Lsn, pos: Lsn, rem_len: u32) -> Result<(), ReadError> {
-        let (seg, header) = self.mapped(rec, pos)?;
+        let (tli, header) = match self.header_from_memory(rec, pos)? {
+            Some(found) => found,
+            None => {
+                let (seg, header) = self.mapped(rec, pos)?;
+                (seg.tli, header)
+            }
+        };
         if header.rem_len == rem_len {
             return Ok(());
         }
         let kind = ReadErrorKind::SegmentHeader {
-            file: seg.segno.file_name(seg.tli, self.cfg.seg_size),
+            file: pos
+                .segno(self.cfg.seg_size)
+                .file_name(tli, self.cfg.seg_size),
             problem: HeaderProblem::Continuation {
                 expected: rem_len,
                 found: header.rem_len,
@@ -403,6 +441,73 @@ impl WalReader {
             at: pos,
             kind,
         })
+    }
+
+    /// The timeline whose file the bytes at `pos` are read from: the
+    /// newest that may hold it (the file a receiver writes; a buffer of
+    /// another timeline's bytes is not used for it).
+    fn memory_timeline(&self, pos: Lsn) -> Option<TimelineId> {
+        let seg_size = self.cfg.seg_size;
+        let spans = self.cfg.history.spans();
+        spans
+            .iter()
+            .rev()
+            .find(|s| timeline_covers(&self.cfg.history, s.tli, pos, seg_size))
+            .map(|s| s.tli)
+    }
+
+    /// Append `n` bytes at `pos` from memory if it holds them all. The
+    /// header of their segment is validated first, once per segment, from
+    /// memory ([`enter_segment`](Self::enter_segment)) or from the file, as
+    /// reading the file would.
+    fn take_from_memory(
+        &mut self,
+        rec: Lsn,
+        pos: Lsn,
+        n: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, ReadError> {
+        let (Some(memory), Some(tli)) = (self.memory.clone(), self.memory_timeline(pos)) else {
+            return Ok(false);
+        };
+        let segno = pos.segno(self.cfg.seg_size);
+        if self.memory_header != Some((tli, segno)) {
+            let (seg, _) = self.mapped(rec, pos)?;
+            if seg.tli != tli {
+                return Ok(false);
+            }
+            self.memory_header = Some((tli, segno));
+        }
+        Ok(memory.copy_to(tli, pos, n, out))
+    }
+
+    /// The header of the segment starting at `pos`, validated as a file's
+    /// is, if memory holds it; `None` sends the reader to the file.
+    fn header_from_memory(
+        &mut self,
+        rec: Lsn,
+        pos: Lsn,
+    ) -> Result<Option<(TimelineId, SegmentHeader)>, ReadError> {
+        let (Some(memory), Some(tli)) = (self.memory.clone(), self.memory_timeline(pos)) else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::with_capacity(SEG_HEADER_SIZE as usize);
+        if !memory.copy_to(tli, pos, SEG_HEADER_SIZE as usize, &mut bytes) {
+            return Ok(None);
+        }
+        let segno = pos.segno(self.cfg.seg_size);
+        let header = self
+            .check_header(&bytes, tli, segno)
+            .map_err(|problem| ReadError {
+                record: rec,
+                at: pos,
+                kind: ReadErrorKind::SegmentHeader {
+                    file: segno.file_name(tli, self.cfg.seg_size),
+                    problem,
+                },
+            })?;
+        self.memory_header = Some((tli, segno));
+        Ok(Some((tli, header)))
     }
 
     /// The mapped segment holding `pos`, mapping (and validating the
@@ -458,7 +563,7 @@ impl WalReader {
                     return Err(fail(ReadErrorKind::Io { file, message }));
                 }
             };
-            let header = self.check_header(&seg, tli, segno).map_err(|problem| {
+            let header = self.check_header(&seg.map, tli, segno).map_err(|problem| {
                 fail(ReadErrorKind::SegmentHeader {
                     file: file.clone(),
                     problem,
@@ -473,11 +578,11 @@ impl WalReader {
     /// which depends on where the reader enters.
     fn check_header(
         &self,
-        seg: &MappedSegment,
+        bytes: &[u8],
         tli: TimelineId,
         segno: SegNo,
     ) -> Result<SegmentHeader, HeaderProblem> {
-        let h = SegmentHeader::decode(&seg.map)?;
+        let h = SegmentHeader::decode(bytes)?;
         h.check(&ExpectedHeader {
             system_id: self.cfg.system_id,
             seg_size: self.cfg.seg_size,

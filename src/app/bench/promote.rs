@@ -29,6 +29,10 @@ pub const TARGET_PROMOTE_MS: f64 = 5.0;
 const IDLE: Duration = Duration::from_secs(2);
 /// Longest the retrying client waits for a promotion.
 const PROMOTE_LIMIT: Duration = Duration::from_secs(60);
+/// Every repetition's standby connects under this application name...
+const STANDBY_NAME: &str = "standby1";
+/// ...and `walrep basebackup` names its slot after it.
+const SLOT: &str = "walrep_standby1";
 /// The trigger file's name inside the standby's data directory.
 const TRIGGER: &str = "promote.trigger";
 
@@ -124,7 +128,7 @@ fn promote_once(
     rep: u32,
 ) -> Result<(f64, String), BenchError> {
     let sdir = dir.join(format!("standby-{how:?}-{rep}"));
-    cluster::basebackup(&ctx.exe, primary.repl_port, &sdir, "standby1")?;
+    cluster::basebackup(&ctx.exe, primary.repl_port, &sdir, STANDBY_NAME)?;
     let standby = Node::start(
         &ctx.exe,
         &sdir,
@@ -164,6 +168,9 @@ fn promote_once(
     let steps = format!("{}; {}", promotion_steps(&sdir), step_times(&sdir));
     standby.stop();
     let _ = std::fs::remove_dir_all(&sdir);
+    // `walrep basebackup` made a slot for this standby on the primary: the
+    // next repetition's copy makes it again.
+    cluster::drop_slot(primary.repl_port, SLOT)?;
     Ok((result?, steps))
 }
 

@@ -30,10 +30,15 @@ use crate::{Lsn, TimelineId};
 
 /// Most bytes received before an fsync, even if the socket still has data.
 const MAX_BATCH_BYTES: u64 = 16 << 20;
-/// Longest a batch gathers before its fsync, even if the socket still has
-/// data. Replay only applies flushed WAL, so under a steady stream (which
-/// rarely drains the socket) a byte bound alone let a batch gather for
-/// seconds at ~10 MB/s: this bounds the replay lag the batching adds.
+/// Longest a batch gathers *new* messages before its fsync, even if the
+/// socket still has data. Replay only applies flushed WAL, so under a
+/// steady stream (which rarely drains the socket) a byte bound alone let a
+/// batch gather for seconds at ~10 MB/s: this bounds the replay lag the
+/// batching adds. What was already queued when the batch began (what
+/// arrived during the last fsync) is always written in it, however long
+/// that takes: cutting it by time made one slow fsync (tens of ms on a
+/// busy disk) cost several more, each adding its own wait, and replay
+/// fell behind in bursts.
 const MAX_BATCH_TIME: Duration = Duration::from_millis(2);
 /// Longest single wait; tokens wake the thread for stop, restart and
 /// replay progress, this only bounds the timers.
@@ -178,6 +183,8 @@ impl Session {
         };
         let writer = SegmentWriter::new(Arc::clone(&cfg.segdir), cfg.tli, start, mark);
         let replayed = shared.replayed.subscribe();
+        // This session's stream starts over: nothing older may be mixed in.
+        shared.buffer.clear();
         Session {
             session: control.session.load(Ordering::Acquire),
             tli: cfg.tli,
@@ -512,6 +519,8 @@ impl Session {
         let mut bytes = 0u64;
         let mut reply_requested = false;
         let started = Instant::now();
+        // Messages already waiting behind `first`: all go into this batch.
+        let mut queued = reader.incoming().len();
         let mut msg = first;
         loop {
             let ev = match msg {
@@ -561,9 +570,10 @@ impl Session {
             }
             self.last_recv = Instant::now();
             self.pinged = false;
-            if bytes >= MAX_BATCH_BYTES || started.elapsed() >= MAX_BATCH_TIME {
+            if bytes >= MAX_BATCH_BYTES || (queued == 0 && started.elapsed() >= MAX_BATCH_TIME) {
                 return Ok((None, reply_requested));
             }
+            queued = queued.saturating_sub(1);
             match reader.incoming().try_recv() {
                 Ok(next) => msg = next,
                 Err(_) => return Ok((None, reply_requested)),
@@ -590,6 +600,10 @@ impl Session {
         self.writer
             .write(start, data)
             .map_err(|e| self.io_failure(e))?;
+        // Redo reads it from here; how far is still the flush position.
+        self.shared
+            .buffer
+            .append(self.writer.timeline(), start, data);
         self.shared.publish_written(self.writer.written());
         Ok(())
     }
@@ -765,6 +779,7 @@ impl Session {
         self.writer
             .switch_timeline(order.tli, from)
             .map_err(|e| self.io_failure(e))?;
+        self.shared.buffer.clear();
         self.shared.publish_written(from);
         // Flush reports start over on the new timeline's files.
         self.reported_flush = from;
