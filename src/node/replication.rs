@@ -77,6 +77,20 @@ impl ReplicationSource for NodeSource {
         }
     }
 
+    fn written_lsn(&self) -> Lsn {
+        match self.node() {
+            Some(node) => node.written_lsn(),
+            None => Lsn::INVALID,
+        }
+    }
+
+    fn subscribe_written(&self) -> Subscription {
+        match self.node() {
+            Some(node) => node.subscribe_written(),
+            None => self.subscribe_flush(),
+        }
+    }
+
     fn read_wal(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> Result<(), SourceError> {
         let node = self.node().ok_or_else(|| SourceError::Read {
             tli,
@@ -276,6 +290,27 @@ impl Node {
             // The WAL writer wakes us directly on every flush: the shortest
             // path from a commit's fdatasync to the standby.
             sub.also(w.flush_watch());
+        }
+        sub
+    }
+
+    /// End of the WAL written by this node's WAL writer, durable or not;
+    /// the flush point where no WAL writer runs (a standby sends only
+    /// what it flushed, and only what its upstream flushed).
+    pub fn written_lsn(&self) -> Lsn {
+        match self.wal() {
+            Some(wal) => wal.written().max(wal.flushed()),
+            None => self.flush_point().lsn,
+        }
+    }
+
+    /// Woken whenever [`Node::written_lsn`] or [`Node::flush_point`] may
+    /// have moved: the WAL writer's written and flush positions once it
+    /// runs, the standby's otherwise.
+    pub fn subscribe_written(&self) -> Subscription {
+        let sub = self.subscribe_flush();
+        if let Some(w) = self.wal() {
+            sub.also(w.written_watch());
         }
         sub
     }

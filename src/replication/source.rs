@@ -73,9 +73,24 @@ pub trait ReplicationSource: Send + Sync + 'static {
     /// a change in between still leaves a token.
     fn subscribe_flush(&self) -> Subscription;
 
+    /// End of the WAL written on the current timeline, durable or not
+    /// (never behind the flush point). A walsender sends WAL up to here to
+    /// a walrep standby while this node makes it durable: such a standby
+    /// is told the flush point with it and exposes nothing past that. By
+    /// default (and on a standby) the flush point: nothing is sent early.
+    fn written_lsn(&self) -> Lsn {
+        self.flush_point().lsn
+    }
+
+    /// Like [`ReplicationSource::subscribe_flush`], and also woken when
+    /// [`ReplicationSource::written_lsn`] moves.
+    fn subscribe_written(&self) -> Subscription {
+        self.subscribe_flush()
+    }
+
     /// Fill `buf` with the WAL bytes at `start` from the segment file of
     /// timeline `tli`. The walsender never asks across a segment boundary
-    /// nor beyond the flush point. A removed segment is
+    /// nor beyond the written position. A removed segment is
     /// [`SourceError::SegmentRemoved`].
     fn read_wal(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> Result<(), SourceError>;
 

@@ -141,6 +141,40 @@ pub enum ReceiverEvent {
         /// The end of what it flushed.
         flushed: Lsn,
     },
+    /// The session ended holding WAL of `tli` in `[from, to)` past the
+    /// upstream's last told flush position (see [`HeldWal`]).
+    UnconfirmedWalHeld {
+        /// The session's number.
+        session: u64,
+        /// The timeline of the files.
+        tli: TimelineId,
+        /// The upstream's last told flush position.
+        from: Lsn,
+        /// The end of the WAL held.
+        to: Lsn,
+    },
+    /// A restarted upstream has less WAL than was held: zeroed from `from`.
+    UnconfirmedWalTruncated {
+        /// The session's number.
+        session: u64,
+        /// The timeline of the files.
+        tli: TimelineId,
+        /// Nothing is held from here on.
+        from: Lsn,
+    },
+}
+
+/// WAL in `wal/` past the last flush position the upstream told (a walrep
+/// upstream streams WAL while it flushes it): not exposed, not replayed
+/// from files outside promotion, zeroed if a restarted upstream lacks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldWal {
+    /// The timeline of the files.
+    pub tli: TimelineId,
+    /// The upstream's last told flush position.
+    pub from: Lsn,
+    /// The end of the WAL held.
+    pub to: Lsn,
 }
 
 impl From<ReceiverEvent> for crate::states::recovery::Event {
@@ -189,6 +223,24 @@ impl From<ReceiverEvent> for crate::states::recovery::Event {
                 session: SessionId(session),
                 flushed,
             },
+            ReceiverEvent::UnconfirmedWalHeld {
+                session,
+                tli,
+                from,
+                to,
+            } => Event::UnconfirmedWalHeld {
+                session: SessionId(session),
+                tli,
+                from,
+                to,
+            },
+            ReceiverEvent::UnconfirmedWalTruncated { session, tli, from } => {
+                Event::UnconfirmedWalTruncated {
+                    session: SessionId(session),
+                    tli,
+                    from,
+                }
+            }
         }
     }
 }
@@ -325,8 +377,12 @@ pub struct ReceiverShared {
     replayed: Arc<Watch<Replayed>>,
     /// Hot standby feedback's xmin (0 = none).
     feedback_xmin: AtomicU32,
-    /// The upstream's flush position as last reported (walEnd).
+    /// The upstream's flush position as last reported (walEnd): the
+    /// primary flush position. WAL past it is neither exposed (published
+    /// as flushed, replayed) nor reported as applied.
     upstream_flush: AtomicU64,
+    /// WAL an ended session left past the upstream's told flush position.
+    held: Mutex<Option<HeldWal>>,
     /// [`ReceiverState`] code, for INFO.
     state: AtomicU8,
     /// The running session's control.
@@ -374,6 +430,7 @@ impl ReceiverShared {
             replayed,
             feedback_xmin: AtomicU32::new(0),
             upstream_flush: AtomicU64::new(0),
+            held: Mutex::new(None),
             state: AtomicU8::new(ReceiverState::Stopped.code()),
             current: Mutex::new(None),
             io_failure: Mutex::new(None),
@@ -453,6 +510,15 @@ impl ReceiverShared {
     /// The upstream's flush position, as it last said.
     pub fn upstream_flush(&self) -> Lsn {
         Lsn(self.upstream_flush.load(Ordering::Acquire))
+    }
+
+    /// WAL held past the upstream's told flush position, if any.
+    pub fn held(&self) -> Option<HeldWal> {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_held(&self, held: Option<HeldWal>) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = held;
     }
 
     /// The session's state now (`pg_stat_wal_receiver.status`).

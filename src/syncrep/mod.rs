@@ -10,6 +10,13 @@
 //! releases every waiter at or below them in one pass: one wake-up per
 //! released committer, no storms.
 //!
+//! WAL reaches walrep standbys while it is still being flushed here, so a
+//! standby may confirm a position before this node has flushed it: a
+//! level is released only up to the lower of what the synchronous
+//! standbys confirm and the local flush position, and re-examined on each
+//! local flush, so a write is acknowledged (and visible) only once it is
+//! durable on both sides.
+//!
 //! With no synchronous standby connected, commits wait, as in PostgreSQL.
 //! `synchronous_standby_timeout` bounds that wait: after it the node
 //! *degrades* to local commits (logged at warn, shown in INFO) until the
@@ -32,6 +39,17 @@ use crate::Lsn;
 /// How long a waiter sleeps between checks of shutdown and degradation when
 /// nothing wakes it (a bound, not a poll interval: releases wake it at once).
 const RECHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The levels that wait for standbys, in `remote_confirmed` order.
+const REMOTE_LEVELS: [Level; 3] = [Level::RemoteWrite, Level::RemoteFlush, Level::RemoteApply];
+
+fn remote_index(level: Level) -> usize {
+    match level {
+        Level::RemoteWrite => 0,
+        Level::RemoteFlush => 1,
+        _ => 2,
+    }
+}
 
 /// What the release computation needs to know of one connected standby.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,8 +131,12 @@ pub struct SyncRep {
     oldest_wait_since: Mutex<Option<Instant>>,
     degrade_after: Option<Duration>,
     degraded: AtomicBool,
-    /// Local flush position, followed by the remote levels while degraded.
+    /// Local flush position, followed by the remote levels while degraded,
+    /// and the bound of every remote release.
     local_flushed: AtomicU64,
+    /// The (write, flush, apply) positions the synchronous standbys last
+    /// confirmed, kept to release them once the local flush catches up.
+    remote_confirmed: [AtomicU64; 3],
     shutting_down: AtomicBool,
     pub stats: SyncRepStats,
 }
@@ -133,6 +155,7 @@ impl SyncRep {
             degrade_after,
             degraded: AtomicBool::new(false),
             local_flushed: AtomicU64::new(0),
+            remote_confirmed: Default::default(),
             shutting_down: AtomicBool::new(false),
             stats: SyncRepStats::default(),
         }
@@ -241,9 +264,21 @@ impl SyncRep {
             self.degraded.store(false, Ordering::SeqCst);
             tracing::warn!(%flush, "synchronous standbys caught up: leaving degraded mode, commits wait for them again");
         }
-        self.release(Level::RemoteWrite, write);
-        self.release(Level::RemoteFlush, flush);
-        self.release(Level::RemoteApply, apply);
+        for (level, lsn) in REMOTE_LEVELS.into_iter().zip([write, flush, apply]) {
+            self.remote_confirmed[remote_index(level)].store(lsn.0, Ordering::SeqCst);
+        }
+        self.release_confirmed();
+    }
+
+    /// Release each remote level up to what the standbys confirmed, but
+    /// never past the local flush: a standby may hold (and confirm) WAL
+    /// this node has not made durable yet.
+    fn release_confirmed(&self) {
+        let local = self.local_flushed.load(Ordering::SeqCst);
+        for level in REMOTE_LEVELS {
+            let confirmed = self.remote_confirmed[remote_index(level)].load(Ordering::SeqCst);
+            self.release(level, Lsn(confirmed.min(local)));
+        }
     }
 
     /// The WAL is flushed locally up to `lsn` (called by the WAL flush hook,
@@ -252,9 +287,11 @@ impl SyncRep {
     pub fn on_local_flush(&self, lsn: Lsn) {
         self.local_flushed.fetch_max(lsn.0, Ordering::SeqCst);
         if self.is_degraded() || !self.defined() {
-            for level in [Level::RemoteWrite, Level::RemoteFlush, Level::RemoteApply] {
+            for level in REMOTE_LEVELS {
                 self.release(level, lsn);
             }
+        } else {
+            self.release_confirmed();
         }
     }
 
@@ -440,6 +477,8 @@ mod tests {
         let vis = Arc::new(Visibility::default());
         let c = standby_names::parse("s1").unwrap();
         let rep = Arc::new(SyncRep::new(c, vis.clone(), None));
+        // Flushed here already: the standby's replies decide.
+        rep.on_local_flush(Lsn(1000));
         let mut handles = Vec::new();
         for lsn in [300u64, 100, 200] {
             let rep = rep.clone();
@@ -467,6 +506,38 @@ mod tests {
         let mut done: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         done.sort();
         assert_eq!(done, vec![100, 200, 300]);
+    }
+
+    #[test]
+    fn a_standby_ahead_of_the_local_flush_releases_only_what_is_flushed_here() {
+        let vis = Arc::new(Visibility::default());
+        let rep = Arc::new(SyncRep::new(
+            standby_names::parse("s1").unwrap(),
+            vis.clone(),
+            None,
+        ));
+        rep.on_local_flush(Lsn(100));
+        // The standby received and flushed WAL sent before it was flushed here.
+        rep.on_standby_reply(&[sb("s1", 300, 300, 300)]);
+        for level in REMOTE_LEVELS {
+            assert_eq!(vis.released(level), Lsn(100), "{level:?}");
+        }
+        let waiter = {
+            let rep = rep.clone();
+            std::thread::spawn(move || rep.wait(Lsn(250), Level::RemoteFlush))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rep.waiters().0 < 1 {
+            assert!(Instant::now() < deadline, "waiter never queued");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The local flush completes: both sides hold 250, the waiter goes.
+        rep.on_local_flush(Lsn(250));
+        waiter.join().unwrap().unwrap();
+        assert_eq!(vis.released(Level::RemoteFlush), Lsn(250));
+        assert_eq!(vis.released(Level::RemoteApply), Lsn(250));
+        rep.on_local_flush(Lsn(400));
+        assert_eq!(vis.released(Level::RemoteFlush), Lsn(300));
     }
 
     #[test]

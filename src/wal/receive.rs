@@ -169,6 +169,40 @@ impl SegmentWriter {
         Ok(self.flushed)
     }
 
+    /// Overwrite `[from, to)` of this timeline's segments with zeroes and
+    /// make that durable; the write position is unchanged. WAL held there
+    /// that the upstream does not have (it restarted with less) must never
+    /// be read as records later.
+    pub fn zero_range(&mut self, from: Lsn, to: Lsn) -> Result<(), SegmentError> {
+        static ZEROES: [u8; 64 * 1024] = [0; 64 * 1024];
+        self.check()?;
+        self.current = None;
+        let seg_size = self.segdir.seg_size();
+        let mut at = from;
+        while at < to {
+            let segno = at.segno(seg_size);
+            let seg_end = segno.next().start_lsn(seg_size).min(to);
+            let f = self.segdir.open_for_receive(self.tli, segno)?;
+            let path = self.segdir.segment_path(self.tli, segno);
+            while at < seg_end {
+                let n = ((seg_end.0 - at.0) as usize).min(ZEROES.len());
+                let off = at.segment_offset(seg_size);
+                self.segdir
+                    .storage()
+                    .write_at(&f, &path, off, &ZEROES[..n])
+                    .map_err(SegmentError::io("write", &path))
+                    .map_err(|e| self.fail(e))?;
+                at = Lsn(at.0 + n as u64);
+            }
+            self.segdir
+                .storage()
+                .sync_data(&f, &path)
+                .map_err(SegmentError::io("fdatasync", &path))
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
     /// Continue on another timeline from `start` (the upstream switched
     /// timelines): flush and close the current segment first.
     pub fn switch_timeline(&mut self, tli: TimelineId, start: Lsn) -> Result<(), SegmentError> {

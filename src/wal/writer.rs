@@ -15,6 +15,10 @@
 //!   commit that arrived during the previous one.
 //! - A WAL-writer thread flushes asynchronous commits (`wal_writer_delay`,
 //!   `wal_writer_flush_after`) and pre-allocates the next segment.
+//! - Each batch is written to the segment files first; the written
+//!   position is published on its own [`Watch`] before the fdatasync, so
+//!   walsenders of walrep standbys send the WAL while it is made durable
+//!   here (seed 003's "local write and transmit together").
 //! - Whoever completes a flush runs the `FlushHook` (if installed) before
 //!   publishing the new flush position, then publishes it on the flush
 //!   [`Watch`] (walsenders subscribe to it): with nobody subscribed, a
@@ -260,6 +264,8 @@ impl Wal {
             queue: WaitQueue::default(),
             flushed: AtomicU64::new(cfg.start_lsn.0),
             inserted: AtomicU64::new(cfg.start_lsn.0),
+            written: AtomicU64::new(cfg.start_lsn.0),
+            written_watch: Watch::new(cfg.start_lsn),
             poison: OnceLock::new(),
             stopping: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -402,6 +408,20 @@ impl Wal {
     /// a checkpoint's redo point).
     pub fn inserted(&self) -> Lsn {
         self.shared.inserted()
+    }
+
+    /// End of the WAL written to the segment files, durable or not (never
+    /// behind `flushed()`): WAL up to here can be read from the files and
+    /// sent to standbys that wait for the flush position before they
+    /// expose it, in parallel with the fdatasync that makes it durable.
+    pub fn written(&self) -> Lsn {
+        self.shared.written()
+    }
+
+    /// The written position as a [`Watch`]: published after a batch is
+    /// written, before its fdatasync; closed with [`Wal::flush_watch`].
+    pub fn written_watch(&self) -> &Watch<Lsn> {
+        &self.shared.written_watch
     }
 
     /// Wait (without polling) until `flushed() > lsn` or `timeout` passes;
@@ -547,6 +567,7 @@ impl Wal {
         sh.stopped.store(true, Ordering::Release);
         sh.queue.release_all();
         sh.flush_watch.close();
+        sh.written_watch.close();
         flushed.map(|()| sh.flushed())
     }
 }

@@ -189,6 +189,10 @@ struct World {
     records: BTreeMap<Lsn, Lsn>,
     upstream_history: TimelineHistory,
     upstream_flush: Lsn,
+    /// WAL the walreceiver holds past what the upstream told flushed (sent
+    /// early): announced when a session drops, truncated when a later
+    /// session finds the upstream with less.
+    held: Option<(TimelineId, Lsn, Lsn)>,
     /// Archive: when each segment copy / history file becomes available.
     archived_at: BTreeMap<(TimelineId, SegNo), Millis>,
     archive_corrupt: BTreeMap<(TimelineId, SegNo), Lsn>,
@@ -325,6 +329,7 @@ impl World {
             records: BTreeMap::from([(Lsn(2 * SEG), start)]),
             upstream_history: TimelineHistory::root(TimelineId::FIRST),
             upstream_flush: start,
+            held: None,
             archived_at: BTreeMap::new(),
             archive_corrupt: BTreeMap::new(),
             history_at: BTreeMap::new(),
@@ -862,6 +867,7 @@ impl World {
             }
             s.connected = true;
             self.session = Some(s.clone());
+            self.truncate_held(id, s.tli);
             self.deliver_receiver(Event::StreamConnected {
                 session: id,
                 upstream_tli: self.upstream_history.timeline(),
@@ -869,6 +875,7 @@ impl World {
             });
         } else if self.rng.chance(self.faults.stream_drop) {
             self.session = None;
+            self.hold_early_tail(&s);
             self.deliver_receiver(Event::StreamLost {
                 session: id,
                 reason: "connection reset by peer".into(),
@@ -879,6 +886,44 @@ impl World {
         }
         let d = self.rng.range(10, self.faults.stream_delay_max_ms.max(10));
         self.after(d, "receiver", Item::ReceiverTick(id));
+    }
+
+    /// Half the drops (by position, so no randomness is drawn) leave WAL
+    /// the upstream sent before flushing it: held, never valid records here.
+    fn hold_early_tail(&mut self, s: &Session) {
+        if (s.pos.0 >> 12) % 2 == 1 {
+            return;
+        }
+        let to = Lsn(s.pos.0 + 12 * 1024);
+        let (from, to) = match self.held {
+            Some((tli, from, old_to)) if tli == s.tli => (from.min(s.pos), old_to.max(to)),
+            _ => (s.pos, to),
+        };
+        self.held = Some((s.tli, from, to));
+        self.deliver_receiver(Event::UnconfirmedWalHeld {
+            session: s.id,
+            tli: s.tli,
+            from,
+            to,
+        });
+    }
+
+    /// A new session connects to an upstream that has less than was held
+    /// (it restarted): the held WAL past its flush position is zeroed.
+    fn truncate_held(&mut self, id: SessionId, tli: TimelineId) {
+        let Some((htli, from, to)) = self.held else {
+            return;
+        };
+        if htli != tli || self.upstream_flush >= to {
+            return;
+        }
+        let cut = self.upstream_flush.max(from);
+        self.held = (cut > from).then_some((htli, from, cut));
+        self.deliver_receiver(Event::UnconfirmedWalTruncated {
+            session: id,
+            tli,
+            from: cut,
+        });
     }
 
     /// Send WAL of the session's timeline up to the upstream's flush (or the
@@ -905,6 +950,12 @@ impl World {
         if upto > s.pos {
             self.write_stream(s.tli, s.pos, upto);
             s.pos = upto;
+            if self
+                .held
+                .is_some_and(|(tli, _, to)| tli == s.tli && upto >= to)
+            {
+                self.held = None;
+            }
             self.deliver_receiver(Event::WalFlushed {
                 session: s.id,
                 tli: s.tli,

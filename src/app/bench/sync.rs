@@ -8,10 +8,12 @@
 //! SET (16-byte values, random keys over 100k), calibrated to last
 //! `--seconds`, with the fdatasync probe right before and after.
 //!
-//! The floor of one client's remote-flush commit: two fdatasyncs (the
-//! primary's and the standby's) plus one loopback round trip (primary to
-//! standby and back), both measured in this run: the fdatasync probes
-//! around the 1-client `on` run and a TCP ping-pong on 127.0.0.1.
+//! The floor of one client's remote-flush commit: one fdatasync plus one
+//! loopback round trip (primary to standby and back), both measured in
+//! this run: the fdatasync probes around the 1-client `on` run and a TCP
+//! ping-pong on 127.0.0.1. WAL goes to the standby while the primary
+//! flushes it, so the primary's and the standby's fdatasyncs overlap; the
+//! serial floor (two fdatasyncs + the round trip) is reported beside it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -25,7 +27,7 @@ use super::scenario::Ctx;
 use super::BenchError;
 
 /// The targets.
-pub const TARGET_ONE_CLIENT_FLOOR_RATIO: f64 = 0.90;
+pub const TARGET_ONE_CLIENT_FLOOR_RATIO: f64 = 0.80;
 pub const TARGET_64_CLIENTS_ON: f64 = 48_000.0;
 /// The levels, in walrep's names, with PostgreSQL's configuration in
 /// 02_pgbench.sh (`a_lone` off and `b_lone` on have no standby there).
@@ -257,17 +259,25 @@ pub fn loopback_rtt_us() -> Result<f64, BenchError> {
 /// (~100 µs or ~3 ms per fdatasync): a floor from such a pair means nothing.
 const MAX_PROBE_SPREAD: f64 = 2.0;
 
-/// One client with `on` against its floor: 2 fdatasyncs + a round trip.
+/// One client with `on` against its floor: one fdatasync + a round trip
+/// (the standby's fdatasync runs during the primary's), and against the
+/// serial floor of two fdatasyncs + a round trip.
 /// `inputs`: fdatasync µs before and after the run, round trip µs, commits/s.
 fn floor_figure(ctx: &mut Ctx<'_>, inputs: &[(f64, f64, f64, f64)]) {
     let mut f = Figure::new(
         "sync",
-        "1 client, synchronous_commit=on, share of the floor (2 fdatasyncs + loopback round trip)",
+        "1 client, synchronous_commit=on, share of the floor (1 fdatasync + loopback round trip)",
         "ratio",
         Better::Higher,
     )
-    .anchor(0.58)
-    .goal(">= 0.90", Some(TARGET_ONE_CLIENT_FLOOR_RATIO));
+    .goal(">= 0.80", Some(TARGET_ONE_CLIENT_FLOOR_RATIO));
+    let mut serial = Figure::new(
+        "sync",
+        "1 client, synchronous_commit=on, share of the serial floor (2 fdatasyncs + loopback round trip)",
+        "ratio",
+        Better::Higher,
+    )
+    .anchor(0.58);
     for &(f0, f1, rtt_us, rps) in inputs {
         if f0.max(f1) > MAX_PROBE_SPREAD * f0.min(f1) {
             ctx.note(format!(
@@ -276,15 +286,19 @@ fn floor_figure(ctx: &mut Ctx<'_>, inputs: &[(f64, f64, f64, f64)]) {
             continue;
         }
         let fsync_us = (f0 + f1) / 2.0;
-        let floor_us = 2.0 * fsync_us + rtt_us;
+        let floor_us = fsync_us + rtt_us;
         let floor_rate = 1e6 / floor_us;
+        let serial_rate = 1e6 / (2.0 * fsync_us + rtt_us);
         ctx.note(format!(
-            "1 client, on: floor = 2 x {fsync_us:.0} us fdatasync + {rtt_us:.0} us loopback round trip = {floor_us:.0} us = {floor_rate:.0} commits/s; measured {rps:.0}/s = {:.2} of the floor",
-            rps / floor_rate
+            "1 client, on: floor = {fsync_us:.0} us fdatasync + {rtt_us:.0} us loopback round trip = {floor_us:.0} us = {floor_rate:.0} commits/s; measured {rps:.0}/s = {:.2} of the floor ({:.2} of the serial floor, {serial_rate:.0}/s)",
+            rps / floor_rate,
+            rps / serial_rate
         ));
         f.walrep.push(rps / floor_rate);
+        serial.walrep.push(rps / serial_rate);
     }
     ctx.figures.push(f);
+    ctx.figures.push(serial);
 }
 
 /// PostgreSQL 15 through 02_pgbench.sh with the same clients, seconds, reps.

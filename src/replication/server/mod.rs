@@ -18,7 +18,10 @@ mod walsender;
 #[cfg_attr(not(feature = "fuzzing"), allow(unused_imports))]
 pub(crate) use startup::hba_lookup;
 pub(crate) use startup::{format_chain, format_instance_id, parse_history_id_parameter};
-pub use startup::{HISTORY_ID_PARAMETER, INSTANCE_ID_PARAMETER, UPSTREAM_CHAIN_PARAMETER};
+pub use startup::{
+    HISTORY_ID_PARAMETER, INSTANCE_ID_PARAMETER, RECEIVE_UNFLUSHED_PARAMETER,
+    UPSTREAM_CHAIN_PARAMETER,
+};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -46,6 +46,9 @@ pub(super) struct Session<S> {
     pub rx: Receiver<ClientEvent>,
     /// This connection's walsender entry (its id is our "pid").
     pub handle: WalSenderHandle,
+    /// A walrep standby that honours the flush position it is told: it is
+    /// sent WAL as soon as it is written (see `Client::receive_unflushed`).
+    pub receive_unflushed: bool,
 }
 
 /// FATAL 53300 for a connection over the startup bound, without a thread.
@@ -142,6 +145,7 @@ fn serve<S: ReplicationSource>(
         conn,
         rx,
         handle,
+        receive_unflushed: client.receive_unflushed,
     };
     let why = session.command_loop();
     tracing::debug!("replication connection ended: {why}");

@@ -33,7 +33,19 @@ pub(super) struct Client {
     /// A walrep standby's status address (its `walrep.status_url` startup
     /// parameter), with an unspecified host replaced by the peer's.
     pub status_url: Option<String>,
+    /// The client said (startup parameter [`RECEIVE_UNFLUSHED_PARAMETER`])
+    /// that it exposes no WAL past the flush position it is told: it may
+    /// be sent WAL as soon as it is written here. Any other client gets
+    /// only flushed WAL, as PostgreSQL sends.
+    pub receive_unflushed: bool,
 }
+
+/// The startup parameter a walrep standby sends (`on`) to be streamed WAL
+/// before it is durable here: it promises to expose and report as
+/// applied nothing past the flush position each message carries (`walEnd`
+/// of XLogData and keepalives), and to drop what it holds past it when the
+/// stream ends. A PostgreSQL server takes it as a harmless custom setting.
+pub const RECEIVE_UNFLUSHED_PARAMETER: &str = "walrep.receive_unflushed";
 
 /// How startup ended without a session.
 pub(super) enum StartupEnd {
@@ -85,12 +97,14 @@ pub(super) fn negotiate<S: ReplicationSource>(
     let status_url = get(links::STATUS_URL_STARTUP_PARAMETER)
         .and_then(|u| links::accept(&u))
         .map(|u| links::resolve(&u, &peer.ip().to_string()));
+    let receive_unflushed = get(RECEIVE_UNFLUSHED_PARAMETER).as_deref() == Some("on");
     Ok(Client {
         user,
         application_name,
         peer,
         tls,
         status_url,
+        receive_unflushed,
     })
 }
 

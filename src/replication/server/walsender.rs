@@ -3,6 +3,11 @@
 //! PostgreSQL does) and only up to the source's flush point; wakes when the
 //! source flushes more (a token of its flush subscription), when the
 //! client sends something, or when a keepalive or timeout is due.
+//! A walrep standby that asked for it (`walrep.receive_unflushed`) is sent
+//! WAL up to the source's written position instead, in parallel with the
+//! source's fdatasync: every message carries the flush position as
+//! `walEnd`, and a keepalive tells the new one as soon as it passes what
+//! that standby was told, so it can expose (and apply) the WAL.
 //! Ends the COPY at the switch point of a historic timeline and answers
 //! with the next timeline; at server shutdown sends what is left, waits for
 //! the client to confirm it and ends with `COPY 0`.
@@ -202,8 +207,15 @@ struct Streamer<'a, S: ReplicationSource> {
     reported: StandbyStatusUpdate,
     /// One CopyData(XLogData) frame, reused.
     frame: Vec<u8>,
-    /// A token whenever the source's flush point may have moved.
+    /// A token whenever the source's flush point (and, for a walrep
+    /// standby, its written position) may have moved.
     flushed: Subscription,
+    /// Send WAL up to the written position, not the flush point (the
+    /// session's `receive_unflushed`).
+    early: bool,
+    /// The flush position last told the client (`walEnd`): a walrep
+    /// standby exposes nothing past it.
+    told_flush: Lsn,
 }
 
 impl<'a, S: ReplicationSource> Streamer<'a, S> {
@@ -215,7 +227,12 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         slot: Option<String>,
     ) -> Self {
         // Before the first look at the flush point (in `send_some`).
-        let flushed = src.subscribe_flush();
+        let early = s.receive_unflushed;
+        let flushed = if early {
+            src.subscribe_written()
+        } else {
+            src.subscribe_flush()
+        };
         s.handle.set_state(WalSenderState::Catchup);
         Streamer {
             s,
@@ -238,6 +255,8 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             },
             frame: Vec::with_capacity(5 + XLOGDATA_HEADER_LEN + MAX_SEND_SIZE as usize),
             flushed,
+            early,
+            told_flush: Lsn::INVALID,
         }
     }
 
@@ -294,16 +313,27 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
 
     /// Send one XLogData message if there is WAL to send (XLogSendPhysical).
     fn send_some(&mut self) -> Result<(), Failure> {
-        let limit = self
-            .plan
-            .valid_upto
-            .unwrap_or_else(|| self.src.flush_point().lsn);
+        // The flush position is read before the written one: `walEnd`
+        // never claims more than is durable.
+        let (limit, wal_end) = match self.plan.valid_upto {
+            Some(end) => (end, end),
+            None if self.early => {
+                let flush = self.src.flush_point().lsn;
+                (self.src.written_lsn().max(flush), flush)
+            }
+            None => {
+                let flush = self.src.flush_point().lsn;
+                (flush, flush)
+            }
+        };
         if self.sent >= limit {
             self.caught_up = true;
             if self.plan.valid_upto.is_some() {
                 self.s.conn.send(&BackendMessage::CopyDone);
                 self.s.conn.flush()?;
                 self.done_sending = true;
+            } else {
+                self.tell_flush(wal_end)?;
             }
             return Ok(());
         }
@@ -315,8 +345,9 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             end -= end % XLOG_BLCKSZ;
             self.caught_up = false;
         }
-        self.build_frame(Lsn(end), limit)?;
+        self.build_frame(Lsn(end), wal_end)?;
         self.s.conn.write_now(&self.frame)?;
+        self.told_flush = wal_end;
         self.sent = Lsn(end);
         self.s.handle.record_sent(self.sent, Instant::now());
         Ok(())
@@ -365,9 +396,26 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         }
     }
 
+    /// A walrep standby holds WAL past the flush position it was told and
+    /// the flush moved: tell it at once (a keepalive), so it exposes and
+    /// applies what is durable here (`remote_apply` commits wait on this).
+    fn tell_flush(&mut self, flush: Lsn) -> Result<(), Failure> {
+        if self.early && self.told_flush < self.sent && flush > self.told_flush {
+            self.keepalive(false)?;
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL's keepalive says `sentPtr`; a walrep standby sent WAL
+    /// early is told the flush position instead (its exposure limit).
     fn keepalive(&mut self, reply_requested: bool) -> Result<(), Failure> {
+        let wal_end = match self.plan.valid_upto {
+            None if self.early => self.src.flush_point().lsn,
+            _ => self.sent,
+        };
+        self.told_flush = wal_end;
         let k = PrimaryKeepalive {
-            wal_end: self.sent,
+            wal_end,
             send_time: pg_epoch_micros(SystemTime::now()),
             reply_requested,
         };

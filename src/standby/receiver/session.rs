@@ -10,7 +10,8 @@ use crossbeam_channel::{select, Sender};
 
 use super::upstream::{Incoming, Reader};
 use super::{
-    Control, Emit, ReceiverConfig, ReceiverEvent, ReceiverShared, ReceiverState, RestartOrder,
+    Control, Emit, HeldWal, ReceiverConfig, ReceiverEvent, ReceiverShared, ReceiverState,
+    RestartOrder,
 };
 use crate::replication::client::{
     ClientError, ConnInfo, IdentifySystem, ReplicationClient, StartOutcome, StatusSender,
@@ -18,6 +19,7 @@ use crate::replication::client::{
 };
 use crate::replication::server::{
     format_instance_id, parse_history_id_parameter, HISTORY_ID_PARAMETER,
+    RECEIVE_UNFLUSHED_PARAMETER,
 };
 use crate::status::links::{resolve, STATUS_URL_STARTUP_PARAMETER};
 use crate::wal::timeline::{
@@ -253,11 +255,14 @@ impl Session {
         }
         let info = ConnInfo::parse(&self.cfg.conninfo)
             .map_err(|e| lost(format!("invalid primary_conninfo: {e}")))?;
+        // We honour the flush position the upstream tells (`walEnd`): a
+        // walrep upstream may send WAL before it flushes it.
         let extra: Vec<(String, String)> = self
             .cfg
             .status_url
             .iter()
             .map(|u| (STATUS_URL_STARTUP_PARAMETER.to_string(), u.clone()))
+            .chain([(RECEIVE_UNFLUSHED_PARAMETER.to_string(), "on".to_string())])
             .collect();
         let client = ReplicationClient::connect_with(&info, self.cfg.connect_timeout, &extra)
             .map_err(|e| lost(format!("could not connect to the primary server: {e}")))?;
@@ -441,6 +446,12 @@ impl Session {
                     "started streaming WAL from primary at {start} on timeline {}",
                     tli.0
                 );
+                self.shared
+                    .upstream_flush
+                    .store(id.xlogpos.0, Ordering::Release);
+                if id.timeline == tli {
+                    self.truncate_held(id.xlogpos)?;
+                }
                 self.emit_now(ReceiverEvent::StreamConnected {
                     session: self.session,
                     upstream_tli: id.timeline,
@@ -624,15 +635,61 @@ impl Session {
         End::Lost(msg)
     }
 
+    /// A restarted upstream flushed only up to `upstream` on our timeline
+    /// and an earlier session left WAL here past that: zero it before
+    /// anything is streamed (nobody was acknowledged a write there, since
+    /// acknowledgements wait for the upstream's own flush), so it is never
+    /// read as records. What the upstream has is rewritten by the stream.
+    fn truncate_held(&mut self, upstream: Lsn) -> Result<(), End> {
+        let Some(held) = self.shared.held().filter(|h| h.tli == self.tli) else {
+            return Ok(());
+        };
+        if upstream >= held.to {
+            return Ok(());
+        }
+        let from = upstream.max(held.from);
+        tracing::warn!(
+            "the primary has WAL only up to {upstream} on timeline {}; truncating the WAL received past it ({from} to {}), which the primary never confirmed flushed",
+            self.tli.0, held.to
+        );
+        self.writer
+            .zero_range(from, held.to)
+            .map_err(|e| self.io_failure(e))?;
+        let rest = HeldWal { to: from, ..held };
+        self.shared.set_held((rest.to > rest.from).then_some(rest));
+        self.emit_now(ReceiverEvent::UnconfirmedWalTruncated {
+            session: self.session,
+            tli: self.tli,
+            from,
+        });
+        Ok(())
+    }
+
+    /// The flush position that may be exposed: what is durable here and
+    /// was told flushed upstream (the primary flush position).
+    fn exposable(&self, flushed: Lsn) -> Lsn {
+        flushed.min(self.shared.upstream_flush())
+    }
+
     /// fsync what was written, publish and report it, reply upstream.
+    /// Redo and cascading walsenders get only what the upstream told it
+    /// flushed; the status update carries the real flush position.
     fn flush_and_report(&mut self) -> Result<(), End> {
         let flushed = self.writer.flush().map_err(|e| self.io_failure(e))?;
         let tli = self.writer.timeline();
-        self.publish_flushed(tli, flushed);
-        if flushed > self.reported_flush {
-            self.reported_flush = flushed;
-            self.pending_flush = Some((tli, flushed));
+        let exposed = self.exposable(flushed);
+        self.publish_flushed(tli, exposed);
+        if exposed > self.reported_flush {
+            self.reported_flush = exposed;
+            self.pending_flush = Some((tli, exposed));
             self.deliver_pending_flush()?;
+            if self
+                .shared
+                .held()
+                .is_some_and(|h| h.tli == tli && exposed >= h.to)
+            {
+                self.shared.set_held(None);
+            }
         }
         self.send_status(false, false)
     }
@@ -680,10 +737,12 @@ impl Session {
     /// Standby status update `r`. Unforced ones go when a position moved or
     /// the interval passed, and never with `wal_receiver_status_interval` 0.
     fn send_status(&mut self, force: bool, reply_requested: bool) -> Result<(), End> {
+        // Apply never passes flush (after a reconnect the stream restarts
+        // below what was replayed).
         let now = (
             self.writer.written(),
             self.writer.flushed(),
-            self.shared.apply(),
+            self.shared.apply().min(self.writer.flushed()),
         );
         if !force {
             let Some(interval) = self.cfg.status_interval else {
@@ -835,10 +894,15 @@ impl Session {
                 self.writer.flushed()
             }
         };
-        self.publish_flushed(self.writer.timeline(), flushed);
-        if matches!(end, End::Lost(_)) && flushed > self.reported_flush {
-            self.reported_flush = flushed;
-            self.pending_flush = Some((self.writer.timeline(), flushed));
+        let tli = self.writer.timeline();
+        let exposed = self.exposable(flushed);
+        self.publish_flushed(tli, exposed);
+        if matches!(end, End::Lost(_)) && exposed > self.reported_flush {
+            self.reported_flush = exposed;
+            self.pending_flush = Some((tli, exposed));
+        }
+        if flushed > exposed.max(self.start) {
+            self.hold_unconfirmed(tli, exposed.max(self.start), flushed);
         }
         if let Some(c) = self.client.take() {
             c.close();
@@ -848,7 +912,35 @@ impl Session {
             .socket
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
-        flushed
+        exposed.max(self.start)
+    }
+
+    /// The session ends with WAL in `[from, to)` the upstream never told
+    /// flushed: keep it (promotion replays it: the upstream may have
+    /// acknowledged some before its flush position reached us) but record
+    /// it, merged with what earlier sessions left, and tell the machine.
+    fn hold_unconfirmed(&mut self, tli: TimelineId, from: Lsn, to: Lsn) {
+        let held = match self.shared.held().filter(|h| h.tli == tli) {
+            Some(h) => HeldWal {
+                tli,
+                from: h.from.min(from),
+                to: h.to.max(to),
+            },
+            None => HeldWal { tli, from, to },
+        };
+        self.shared.set_held(Some(held));
+        tracing::info!(
+            "WAL received from {from} to {to} on timeline {} was not confirmed flushed by the primary; it is kept but not replayed unless this standby is promoted",
+            tli.0
+        );
+        if !self.control.dropped.load(Ordering::Acquire) {
+            self.emit_now(ReceiverEvent::UnconfirmedWalHeld {
+                session: self.session,
+                tli,
+                from: held.from,
+                to: held.to,
+            });
+        }
     }
 }
 

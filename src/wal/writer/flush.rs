@@ -35,12 +35,16 @@ pub(crate) struct FlushState {
 pub(crate) type FlushFailure = String;
 
 impl FlushState {
-    /// Write `batch` and fdatasync it. Returns the segments it completed
-    /// (each fsynced, and marked `.ready` when archiving).
+    /// Write `batch` and fdatasync it; `written` runs once every byte is
+    /// written (in the page cache, readable by walsenders) and before the
+    /// last fdatasync, so WAL can be sent while it is made durable.
+    /// Returns the segments it completed (each fsynced, and marked
+    /// `.ready` when archiving).
     pub fn write_batch(
         &mut self,
         cx: &FlushCtx<'_>,
         batch: &Batch,
+        written: impl FnOnce(),
     ) -> Result<Vec<SegNo>, FlushFailure> {
         let mut completed = Vec::new();
         let mut lsn = batch.start;
@@ -59,6 +63,7 @@ impl FlushState {
                 }
             }
         }
+        written();
         if let Some((segno, f, path)) = &self.current {
             sync(cx, *segno, f, path)?;
         }

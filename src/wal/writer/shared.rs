@@ -61,6 +61,14 @@ pub(crate) struct Shared {
     pub flushed: AtomicU64,
     /// End of the WAL inserted so far.
     pub inserted: AtomicU64,
+    /// End of the WAL written to the segment files (in the page cache,
+    /// maybe not durable yet): what walrep standbys may be sent while the
+    /// fdatasync runs. Never behind `flushed`.
+    pub written: AtomicU64,
+    /// `written` for those who wait for it to move (walsenders of walrep
+    /// standbys): published after a batch's writes, before its fdatasync;
+    /// closed with `flush_watch`.
+    pub written_watch: Watch<Lsn>,
     /// The first IO failure: once set, nothing is written any more.
     pub poison: OnceLock<Arc<str>>,
     /// The WAL-writer thread should finish.
@@ -115,6 +123,10 @@ impl Shared {
 
     pub fn inserted(&self) -> Lsn {
         Lsn(self.inserted.load(Ordering::Acquire))
+    }
+
+    pub fn written(&self) -> Lsn {
+        Lsn(self.written.load(Ordering::Acquire))
     }
 
     pub fn check_poison(&self) -> Result<(), WalError> {
@@ -235,7 +247,11 @@ impl Shared {
             archive_mode: self.archive_mode,
             counters: &self.counters,
         };
-        let completed = match fs.write_batch(&cx, &batch) {
+        let publish_written = || {
+            self.written.store(batch.end.0, Ordering::Release);
+            self.written_watch.publish(batch.end);
+        };
+        let completed = match fs.write_batch(&cx, &batch, publish_written) {
             Ok(c) => c,
             Err(cause) => return Err(self.poison_with(cause)),
         };
@@ -279,6 +295,7 @@ impl Shared {
         self.publish(WalEvent::Poisoned);
         self.queue.release_all();
         self.flush_watch.close();
+        self.written_watch.close();
         self.kick();
         match self.check_poison() {
             Err(e) => e,

@@ -10,7 +10,8 @@
 //!   and [`Event::RestoreCommandFailed`];
 //! - the walreceiver (runs one session per `StartWalReceiver`):
 //!   `StreamConnected`, `WalFlushed`, `TimelineEnded`, `HistoryReceived`,
-//!   `StreamLost`, `WalReceiverStopped`, each tagged with its session;
+//!   `StreamLost`, `WalReceiverStopped`, `UnconfirmedWalHeld`,
+//!   `UnconfirmedWalTruncated`, each tagged with its session;
 //! - the redo loop (answers `Replay`): `WalReplayed` (progress), then exactly
 //!   one of `EndOfWalReached` or `InvalidRecord`;
 //! - the trigger watcher: `PromoteRequested`; the timer: `TimerFired`;
@@ -268,6 +269,34 @@ pub enum Event {
         /// Everything received is flushed up to here.
         flushed: Lsn,
     },
+    /// A walreceiver session ended holding WAL of `tli` in `[from, to)`
+    /// that its upstream had not said was flushed (a walrep upstream sends
+    /// WAL while it flushes it, with its flush position): it may not exist
+    /// upstream after a crash there, so it is neither replayed nor exposed
+    /// until a stream confirms it; promotion replays it (it may hold
+    /// writes the upstream acknowledged after telling its flush position).
+    UnconfirmedWalHeld {
+        /// The walreceiver session.
+        session: SessionId,
+        /// The timeline of the files.
+        tli: TimelineId,
+        /// The last flush position the upstream told.
+        from: Lsn,
+        /// The end of the WAL held.
+        to: Lsn,
+    },
+    /// A session found its upstream (restarted after a crash) with less
+    /// WAL than this standby held unconfirmed: the walreceiver zeroed the
+    /// held WAL of `tli` from `from` (the upstream's flush position) on,
+    /// before streaming. No one was ever acknowledged a write there.
+    UnconfirmedWalTruncated {
+        /// The walreceiver session.
+        session: SessionId,
+        /// The timeline of the files.
+        tli: TimelineId,
+        /// Nothing is held from here on.
+        from: Lsn,
+    },
     /// Redo applied every record ending at or before `upto` (progress;
     /// the request is still running).
     WalReplayed {
@@ -365,6 +394,10 @@ pub enum EventKind {
     StreamLost,
     /// [`Event::WalReceiverStopped`].
     WalReceiverStopped,
+    /// [`Event::UnconfirmedWalHeld`].
+    UnconfirmedWalHeld,
+    /// [`Event::UnconfirmedWalTruncated`].
+    UnconfirmedWalTruncated,
     /// [`Event::WalReplayed`].
     WalReplayed,
     /// [`Event::EndOfWalReached`].
@@ -389,7 +422,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every event kind, in declaration order.
-    pub const ALL: [EventKind; 27] = [
+    pub const ALL: [EventKind; 29] = [
         EventKind::RecoveryStarted,
         EventKind::BaseBackupPending,
         EventKind::SegmentRestored,
@@ -407,6 +440,8 @@ impl EventKind {
         EventKind::HistoryReceived,
         EventKind::StreamLost,
         EventKind::WalReceiverStopped,
+        EventKind::UnconfirmedWalHeld,
+        EventKind::UnconfirmedWalTruncated,
         EventKind::WalReplayed,
         EventKind::EndOfWalReached,
         EventKind::InvalidRecord,
@@ -447,6 +482,8 @@ impl Event {
             Event::HistoryReceived { .. } => EventKind::HistoryReceived,
             Event::StreamLost { .. } => EventKind::StreamLost,
             Event::WalReceiverStopped { .. } => EventKind::WalReceiverStopped,
+            Event::UnconfirmedWalHeld { .. } => EventKind::UnconfirmedWalHeld,
+            Event::UnconfirmedWalTruncated { .. } => EventKind::UnconfirmedWalTruncated,
             Event::WalReplayed { .. } => EventKind::WalReplayed,
             Event::EndOfWalReached { .. } => EventKind::EndOfWalReached,
             Event::InvalidRecord { .. } => EventKind::InvalidRecord,
@@ -468,7 +505,9 @@ impl Event {
             | Event::TimelineEnded { session, .. }
             | Event::HistoryReceived { session, .. }
             | Event::StreamLost { session, .. }
-            | Event::WalReceiverStopped { session, .. } => Some(*session),
+            | Event::WalReceiverStopped { session, .. }
+            | Event::UnconfirmedWalHeld { session, .. }
+            | Event::UnconfirmedWalTruncated { session, .. } => Some(*session),
             _ => None,
         }
     }
@@ -535,6 +574,12 @@ impl fmt::Display for Event {
             }
             Event::StreamLost { reason, .. } => write!(f, "{k}({reason})"),
             Event::WalReceiverStopped { flushed, .. } => write!(f, "{k}({flushed})"),
+            Event::UnconfirmedWalHeld { tli, from, to, .. } => {
+                write!(f, "{k}({from}..{to} tli {})", tli.0)
+            }
+            Event::UnconfirmedWalTruncated { tli, from, .. } => {
+                write!(f, "{k}({from} tli {})", tli.0)
+            }
             Event::WalReplayed { upto } => write!(f, "{k}({upto})"),
             Event::EndOfWalReached { at } => write!(f, "{k}({at})"),
             Event::InvalidRecord { at, check } => write!(f, "{k}({at}: {check})"),

@@ -434,6 +434,13 @@ fn receiver_news(core: &Recovery, m: &Machine) -> Vec<Event> {
             session,
             flushed: plus(flushed, seg_bytes(m) / 4),
         });
+        // The stopped session held WAL its upstream had not confirmed.
+        out.push(Event::UnconfirmedWalHeld {
+            session,
+            tli: received.map_or(m.timelines.target, |x| x.tli),
+            from: flushed,
+            to: plus(flushed, seg_bytes(m) / 3),
+        });
     }
     let Some(r) = &m.receiver else {
         return out;
@@ -477,6 +484,27 @@ fn receiver_news(core: &Recovery, m: &Machine) -> Vec<Event> {
         session: s,
         reason: "connection reset by peer".into(),
     });
+    // The session ends holding WAL sent before its upstream flushed it
+    // (announced just before its end), and a new session may find the
+    // restarted upstream with less WAL than was held.
+    out.push(Event::UnconfirmedWalHeld {
+        session: s,
+        tli,
+        from: flushed,
+        to: plus(flushed, seg_bytes(m) / 3),
+    });
+    if let (Some(u), super::shared::ReceiverStatus::Connecting) = (m.unconfirmed, r.status) {
+        out.push(Event::UnconfirmedWalTruncated {
+            session: s,
+            tli: u.tli,
+            from: plus(u.from, u.to.saturating_sub(u.from) / 2),
+        });
+        out.push(Event::UnconfirmedWalTruncated {
+            session: s,
+            tli: u.tli,
+            from: u.from,
+        });
+    }
     out
 }
 
@@ -588,6 +616,17 @@ fn unsolicited(m: &Machine) -> Vec<Event> {
         Event::WalReceiverStopped {
             session: stale,
             flushed: at,
+        },
+        Event::UnconfirmedWalHeld {
+            session: stale,
+            tli,
+            from: at,
+            to: plus(at, 1),
+        },
+        Event::UnconfirmedWalTruncated {
+            session: stale,
+            tli,
+            from: at,
         },
         Event::WalReplayed { upto: at },
         Event::EndOfWalReached { at },

@@ -537,8 +537,8 @@ impl Machine {
         });
     }
 
-    /// Every state but `Stopped`: handles shutdown; ignores what no state
-    /// below handled. `UpstreamReloaded` only records whether the stream is
+    /// Every state but `Stopped`: handles shutdown and records WAL held
+    /// unconfirmed (or truncated); ignores what no state below handled. `UpstreamReloaded` only records whether the stream is
     /// a source (`Starting`; `Promoting` stops the walreceiver itself).
     ///
     /// Exits: `ShutdownRequested` → `Stopped` (walreceiver stopped).
@@ -555,6 +555,14 @@ impl Machine {
             }
             Event::UpstreamReloaded { stream_configured } => {
                 self.upstream_reloaded(ctx, *stream_configured);
+                Handled
+            }
+            Event::UnconfirmedWalHeld { tli, from, to, .. } => {
+                self.note_unconfirmed_held(ctx, *tli, *from, *to);
+                Handled
+            }
+            Event::UnconfirmedWalTruncated { tli, from, .. } => {
+                self.note_unconfirmed_truncated(ctx, *tli, *from);
                 Handled
             }
             _ => {

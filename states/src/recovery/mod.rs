@@ -280,6 +280,7 @@ impl Recovery {
             ));
         }
         for a in &t.actions {
+            broken.extend(self.check_unconfirmed_replay(t, a));
             match a {
                 Action::AcceptWrites { tli } if t.to != StateKind::Promoted => {
                     broken.push(violation(
@@ -319,6 +320,25 @@ impl Recovery {
         if self.broken.is_none() {
             self.broken = broken.into_iter().next();
         }
+    }
+
+    /// WAL held unconfirmed (sent before the upstream flushed it) is read
+    /// from `wal/` only by promotion.
+    fn check_unconfirmed_replay(&self, t: &Transition, a: &Action) -> Option<InvariantViolation> {
+        let Action::Replay { source, tli, upto } = a else {
+            return None;
+        };
+        let u = self.shared().unconfirmed?;
+        let read_held = *source == WalSource::Local && u.tli == *tli && *upto > u.from;
+        (read_held && t.to != StateKind::Promoting).then(|| {
+            violation(
+                "unconfirmed-wal-not-replayed",
+                format!(
+                    "{a} in {} reads WAL held unconfirmed from {} on",
+                    t.to, u.from
+                ),
+            )
+        })
     }
 
     /// At the moment promotion picks its timeline.

@@ -388,10 +388,17 @@ impl Machine {
             return RoundOutcome::Waiting;
         };
         let seg_end = segment_end(segno, self.config.wal_segment_size);
-        let limit = self
+        let mut limit = self
             .timelines
             .end_of(tli)
             .map_or(seg_end, |e| e.min(seg_end));
+        if let Some(cap) = self.round_cap(tli).filter(|_| at == Location::Local) {
+            let seg_start = segno.start_lsn(self.config.wal_segment_size);
+            if cap <= self.replay_lsn.max(seg_start) {
+                return self.stop_at_unconfirmed(ctx, cap);
+            }
+            limit = limit.min(cap);
+        }
         let source = match at {
             Location::Archive => WalSource::Archive,
             Location::Local => WalSource::Local,
@@ -444,6 +451,12 @@ impl Machine {
             return self.after_invalid_copy(ctx, source, tli);
         }
         let seg_size = self.config.wal_segment_size;
+        let local = source == WalSource::Local;
+        if let Some(cap) = self.round_cap(tli).filter(|c| local && *c == limit) {
+            if self.replay_lsn >= cap {
+                return self.stop_at_unconfirmed(ctx, cap);
+            }
+        }
         let next = if limit >= segment_end(round.segno, seg_size) {
             // The segment was readable to its end. After the last one of
             // the LSN space (whose end saturates at FFFFFFFF/FFFFFFFF) there
@@ -469,6 +482,30 @@ impl Machine {
             r.segno = next;
         }
         self.fetch_after(ctx, None)
+    }
+}
+
+impl Machine {
+    /// The unconfirmed-WAL cap for this round's replays of `tli` from
+    /// `wal/` (an archived segment is one the upstream completed: flushed).
+    fn round_cap(&self, tli: TimelineId) -> Option<Lsn> {
+        let promoting = self
+            .round
+            .as_ref()
+            .is_some_and(|r| r.mode == RoundMode::Promotion);
+        self.unconfirmed_cap(tli, promoting)
+    }
+
+    /// The round reached WAL held unconfirmed: it ends there, as at the
+    /// end of local WAL (the stream is asked next).
+    fn stop_at_unconfirmed(&mut self, ctx: &mut Ctx, cap: Lsn) -> RoundOutcome {
+        self.round = None;
+        ctx.because(format!(
+            "WAL past {cap} is held unconfirmed: the round ends there"
+        ));
+        RoundOutcome::Exhausted(Exhaustion::EndedEarly {
+            at: self.replay_lsn,
+        })
     }
 }
 

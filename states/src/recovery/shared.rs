@@ -94,6 +94,21 @@ pub struct Received {
     pub drained_to: Lsn,
 }
 
+/// WAL a walreceiver session left in `wal/` past the last flush position
+/// its upstream told ([`Event::UnconfirmedWalHeld`]): replayed only by
+/// promotion, or once a stream rewrote and confirmed it.
+///
+/// [`Event::UnconfirmedWalHeld`]: super::event::Event::UnconfirmedWalHeld
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unconfirmed {
+    /// The timeline of the files.
+    pub tli: TimelineId,
+    /// The upstream's last told flush position: confirmed WAL ends here.
+    pub from: Lsn,
+    /// The end of the WAL held.
+    pub to: Lsn,
+}
+
 /// The outstanding `Replay` request (at most one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayRequest {
@@ -234,6 +249,9 @@ pub struct Machine {
     pub timeline_resolved: bool,
     /// The timeline promotion chose, once chosen.
     pub promoted_tli: Option<TimelineId>,
+    /// WAL held in `wal/` that the upstream had not confirmed flushed.
+    #[serde(default)]
+    pub unconfirmed: Option<Unconfirmed>,
 }
 
 impl Machine {
@@ -258,6 +276,7 @@ impl Machine {
             promote_pending: false,
             timeline_resolved: false,
             promoted_tli: None,
+            unconfirmed: None,
         }
     }
 
@@ -386,6 +405,7 @@ impl Machine {
             return false;
         }
         rec.upto = upto;
+        self.confirm_held(ctx, tli, upto);
         if let Some(r) = self.receiver.as_mut().filter(|r| r.session == session) {
             if r.status == ReceiverStatus::Connecting {
                 r.status = ReceiverStatus::Streaming;
@@ -402,6 +422,69 @@ impl Machine {
             ));
         }
         true
+    }
+
+    /// A stream flushed (and its upstream confirmed) WAL up to `upto` on
+    /// `tli`: held WAL below it was rewritten by the stream.
+    fn confirm_held(&mut self, ctx: &mut Ctx, tli: TimelineId, upto: Lsn) {
+        // Past the end of `tli` nothing is replayed from its files anyway.
+        let end = self.timelines.end_of(tli).unwrap_or(Lsn(u64::MAX));
+        if self
+            .unconfirmed
+            .is_some_and(|u| u.tli == tli && upto >= u.to.min(end))
+        {
+            self.unconfirmed = None;
+            ctx.because(format!("the stream confirmed the WAL held up to {upto}"));
+        }
+    }
+
+    /// [`Event::UnconfirmedWalHeld`]: from now on rounds outside
+    /// promotion stop at `from` on `tli`.
+    ///
+    /// [`Event::UnconfirmedWalHeld`]: super::event::Event::UnconfirmedWalHeld
+    pub(crate) fn note_unconfirmed_held(
+        &mut self,
+        ctx: &mut Ctx,
+        tli: TimelineId,
+        from: Lsn,
+        to: Lsn,
+    ) {
+        if to <= from {
+            return;
+        }
+        // An older hold on the same timeline starts no later than this one.
+        let from = match self.unconfirmed {
+            Some(u) if u.tli == tli => u.from.min(from),
+            _ => from,
+        };
+        self.unconfirmed = Some(Unconfirmed { tli, from, to });
+        ctx.because(format!(
+            "WAL {from}..{to} is not confirmed flushed upstream: not replayed before promotion or a stream confirms it"
+        ));
+    }
+
+    /// [`Event::UnconfirmedWalTruncated`]: nothing is held past `from`.
+    ///
+    /// [`Event::UnconfirmedWalTruncated`]: super::event::Event::UnconfirmedWalTruncated
+    pub(crate) fn note_unconfirmed_truncated(&mut self, ctx: &mut Ctx, tli: TimelineId, from: Lsn) {
+        let Some(u) = self.unconfirmed.as_mut().filter(|u| u.tli == tli) else {
+            return;
+        };
+        u.to = u.to.min(from);
+        ctx.because(format!(
+            "the upstream has WAL only up to {from}: the WAL held past it was truncated"
+        ));
+        if u.to <= u.from {
+            self.unconfirmed = None;
+        }
+    }
+
+    /// Where a round replaying `tli` must stop, outside promotion: the
+    /// start of WAL held unconfirmed.
+    pub(crate) fn unconfirmed_cap(&self, tli: TimelineId, promoting: bool) -> Option<Lsn> {
+        self.unconfirmed
+            .filter(|u| !promoting && u.tli == tli)
+            .map(|u| u.from)
     }
 
     /// `TimelineEnded` from the current session. Returns whether it was

@@ -1,0 +1,493 @@
+//! WAL sent to walrep standbys while the primary flushes it: a write is
+//! acknowledged (and readable) only once it is durable on both sides; a
+//! standby neither exposes nor reports as applied WAL past the flush
+//! position the primary told it; clients that are not walrep standbys get
+//! only flushed WAL; and a primary killed and restarted with less WAL than
+//! a standby held leaves that standby serving nothing the primary lacks.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use support::cluster::{wait_state, SEG_1MB};
+use support::node::{init_datadir, walrep, InProcessNode, TestNode};
+use support::wait_for;
+use support::wal::seg;
+use walrep::replication::client::{ConnInfo, ReplicationClient, StreamEvent};
+use walrep::storage::{FaultyStorage, Storage};
+use walrep::{Lsn, TimelineId};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+/// What a standby logs when its stream ends holding unconfirmed WAL.
+const HELD: &str = "was not confirmed flushed by the primary";
+/// What it logs when a restarted primary has less than it held.
+const TRUNCATED: &str = "truncating the WAL received past it";
+
+fn lsn(s: &str) -> Lsn {
+    s.parse().unwrap_or_else(|_| panic!("not an LSN: {s}"))
+}
+
+/// `walrep basebackup -R` of the node on `replication_port`, as `app`.
+fn basebackup(replication_port: u16, parent: &Path, app: &str) -> std::path::PathBuf {
+    let dest = parent.join(app);
+    let from = format!("127.0.0.1:{replication_port}");
+    let (ok, out, err) = walrep(&[
+        "basebackup",
+        "--from",
+        &from,
+        "-D",
+        dest.to_str().unwrap(),
+        "--write-standby-config",
+        "--application-name",
+        app,
+    ]);
+    assert!(ok, "walrep basebackup failed: {out}{err}");
+    dest
+}
+
+fn redis_conn(url: &str) -> redis::Connection {
+    let c = redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    c
+}
+
+fn get(url: &str, key: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(key)
+        .query(&mut redis_conn(url))
+        .unwrap()
+}
+
+fn info_field(url: &str, section: &str, field: &str) -> Option<String> {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query(&mut redis_conn(url))
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_string))
+}
+
+/// `field=value` of the primary's INFO line of standby `slave0`.
+fn slave_field(url: &str, field: &str) -> Option<Lsn> {
+    let line = info_field(url, "replication", "slave0")?;
+    line.split(',')
+        .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+/// An in-process primary whose fdatasyncs the test can hold, and a real
+/// walrep standby `s1` streaming from it.
+struct HeldPrimary {
+    io: Arc<FaultyStorage>,
+    primary: InProcessNode,
+    standby: TestNode,
+    _tmp: tempfile::TempDir,
+}
+
+fn held_primary(settings: &[&str]) -> HeldPrimary {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("primary");
+    walrep::node::init::init(&dir, seg()).unwrap();
+    let io = Arc::new(FaultyStorage::new());
+    let storage: Arc<dyn Storage> = io.clone();
+    let primary = InProcessNode::start_existing(&dir, settings, Some(storage));
+    let sdir = basebackup(primary.replication_port(), tmp.path(), "s1");
+    let standby = TestNode::start(&sdir, &["wal_retrieve_retry_interval=200ms"]);
+    wait_state(&standby, "Streaming");
+    HeldPrimary {
+        io,
+        primary,
+        standby,
+        _tmp: tmp,
+    }
+}
+
+impl HeldPrimary {
+    fn url(&self) -> String {
+        self.primary.redis_url()
+    }
+
+    fn flushed(&self) -> Lsn {
+        self.primary.node().wal().unwrap().flushed()
+    }
+
+    /// SET on its own connection, in the background.
+    fn set_in_background(&self, key: &str, value: &str) -> JoinHandle<redis::RedisResult<String>> {
+        let mut c = redis_conn(&self.url());
+        let (k, v) = (key.to_string(), value.to_string());
+        std::thread::spawn(move || redis::cmd("SET").arg(k).arg(v).query::<String>(&mut c))
+    }
+
+    /// Hold the primary's fdatasyncs, SET `key` in the background and wait
+    /// until the standby reports it flushed WAL the primary has not.
+    fn write_while_held(&self, key: &str) -> (JoinHandle<redis::RedisResult<String>>, Lsn) {
+        self.io.hold_syncs(true);
+        let before = self.flushed();
+        let set = self.set_in_background(key, "v");
+        let ahead = wait_for(
+            "the standby to flush WAL the primary has not flushed yet",
+            DEADLINE,
+            || {
+                let f = slave_field(&self.url(), "flush_lsn")?;
+                (f > self.flushed()).then_some(f)
+            },
+        );
+        assert_eq!(self.flushed(), before, "the primary flushed while held");
+        (set, ahead)
+    }
+}
+
+#[test]
+fn wal_reaches_the_standby_during_the_primarys_flush_and_is_acknowledged_and_exposed_only_after_both(
+) {
+    let c = held_primary(&["synchronous_standby_names=s1"]);
+    let _: () = redis::cmd("SET")
+        .arg("before")
+        .arg("1")
+        .query(&mut redis_conn(&c.url()))
+        .unwrap();
+    wait_for("the first write on the standby", DEADLINE, || {
+        get(&c.standby.url(), "before")
+    });
+    let (set, standby_flush) = c.write_while_held("during");
+    let primary_flush = c.flushed();
+    // Durable on the standby only: not acknowledged, readable nowhere.
+    assert!(
+        !set.is_finished(),
+        "acknowledged before the primary's flush"
+    );
+    assert_eq!(get(&c.url(), "during"), None, "readable on the primary");
+    assert_eq!(
+        get(&c.standby.url(), "during"),
+        None,
+        "exposed on the standby"
+    );
+    let replay = lsn(&c.standby.info_field("replication", "replay_lsn").unwrap());
+    assert!(
+        replay <= primary_flush,
+        "standby replayed {replay} past the primary's flush {primary_flush}"
+    );
+    let reported_apply = slave_field(&c.url(), "replay_lsn").unwrap();
+    assert!(
+        reported_apply <= primary_flush && reported_apply <= standby_flush,
+        "standby reported apply {reported_apply}: primary flush {primary_flush}, its flush {standby_flush}"
+    );
+    c.io.hold_syncs(false);
+    assert_eq!(set.join().unwrap().unwrap(), "OK");
+    assert_eq!(get(&c.url(), "during").as_deref(), Some("v"));
+    wait_for("the write on the standby", DEADLINE, || {
+        get(&c.standby.url(), "during")
+    });
+}
+
+#[test]
+fn remote_apply_and_remote_write_wait_for_the_primarys_own_flush_too() {
+    for level in ["remote_write", "remote_apply"] {
+        let c = held_primary(&[
+            "synchronous_standby_names=s1",
+            &format!("synchronous_commit={level}"),
+        ]);
+        let (set, _) = c.write_while_held("k");
+        // The standby holds it; only the primary's flush is missing.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !set.is_finished(),
+            "{level}: acknowledged before the primary's flush"
+        );
+        assert_eq!(
+            get(&c.standby.url(), "k"),
+            None,
+            "{level}: exposed on the standby"
+        );
+        c.io.hold_syncs(false);
+        assert_eq!(set.join().unwrap().unwrap(), "OK", "{level}");
+        if level == "remote_apply" {
+            assert_eq!(get(&c.standby.url(), "k").as_deref(), Some("v"));
+        }
+    }
+}
+
+#[test]
+fn a_client_that_is_not_a_walrep_standby_gets_only_flushed_wal() {
+    let c = held_primary(&["synchronous_standby_names=s1"]);
+    let port = c.primary.replication_port();
+    let info = ConnInfo::parse(&format!("host=127.0.0.1 port={port} user=postgres")).unwrap();
+    let mut client = ReplicationClient::connect(&info, Duration::from_secs(5)).unwrap();
+    let start = c.flushed();
+    client
+        .start_replication(None, start.segment_start(seg()), Some(TimelineId(1)))
+        .unwrap();
+    // Drain what is flushed already.
+    let mut received = start.segment_start(seg());
+    let mut take = |client: &mut ReplicationClient, bound: Duration| {
+        let end = Instant::now() + bound;
+        while Instant::now() < end {
+            match client.recv(Duration::from_millis(100)) {
+                Ok(StreamEvent::XLogData { start, data, .. }) => {
+                    received = Lsn(start.0 + data.len() as u64)
+                }
+                Ok(_) => {}
+                Err(e) => panic!("stream failed: {e}"),
+            }
+        }
+        received
+    };
+    take(&mut client, Duration::from_millis(500));
+    let (set, standby_flush) = c.write_while_held("k");
+    let primary_flush = c.flushed();
+    let got = take(&mut client, Duration::from_millis(500));
+    assert!(
+        got <= primary_flush,
+        "a plain replication client got WAL up to {got}, past the primary's flush {primary_flush}"
+    );
+    assert!(
+        standby_flush > primary_flush,
+        "the walrep standby got it early"
+    );
+    c.io.hold_syncs(false);
+    assert_eq!(set.join().unwrap().unwrap(), "OK");
+    let flushed = c.flushed();
+    let got = take(&mut client, Duration::from_millis(1000));
+    assert!(
+        got >= flushed,
+        "the flushed WAL reached the client ({got} < {flushed})"
+    );
+}
+
+/// Writers with unique keys at `remote_apply` (acknowledged writes are
+/// therefore within what the standby was told flushed); every
+/// acknowledged key is recorded.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn start_load(url: &str, round: usize, writers: usize) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let threads = (0..writers)
+        .map(|_| {
+            let (stop, acked, next, url) =
+                (stop.clone(), acked.clone(), next.clone(), url.to_string());
+            std::thread::spawn(move || {
+                let Ok(client) = redis::Client::open(url) else {
+                    return;
+                };
+                let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+                    return;
+                };
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let pad = "p".repeat(2000);
+                while !stop.load(Ordering::Acquire) {
+                    let i = next.fetch_add(1, Ordering::AcqRel);
+                    let key = format!("r{round}:{i}");
+                    let r: redis::RedisResult<String> = redis::cmd("SET")
+                        .arg(&key)
+                        .arg(format!("{key}:{pad}"))
+                        .query(&mut c);
+                    match r {
+                        Ok(_) => acked.lock().unwrap().push(key),
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    Load {
+        stop,
+        acked,
+        threads,
+    }
+}
+
+impl Load {
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Zero the primary's WAL from `cut` on (as a power loss that dropped
+/// what the standby was never told flushed) and remove later segments.
+fn cut_wal(datadir: &Path, cut: Lsn) {
+    let wal = datadir.join("wal");
+    let segno = cut.segno(seg());
+    for entry in fs::read_dir(&wal).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        if name.len() != 24 || !name.starts_with("00000001") {
+            continue;
+        }
+        let Ok(n) = u64::from_str_radix(&name[16..], 16) else {
+            continue;
+        };
+        let this = n + (u64::from_str_radix(&name[8..16], 16).unwrap() << 32) / (1 << 20);
+        let path = wal.join(&name);
+        if this > segno.0 {
+            fs::remove_file(&path).unwrap();
+        } else if this == segno.0 {
+            let mut bytes = fs::read(&path).unwrap();
+            let off = cut.segment_offset(seg()) as usize;
+            bytes[off..].iter_mut().for_each(|b| *b = 0);
+            fs::write(&path, bytes).unwrap();
+        }
+    }
+}
+
+/// Read every key of the round from the standby, and record what it served.
+fn start_reader(
+    url: &str,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<BTreeMap<String, String>>>,
+    round: usize,
+) -> JoinHandle<()> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let mut i = 0usize;
+        while !stop.load(Ordering::Acquire) {
+            let Ok(client) = redis::Client::open(url.as_str()) else {
+                return;
+            };
+            let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            while !stop.load(Ordering::Acquire) {
+                let keys: Vec<String> = (i..i + 200).map(|k| format!("r{round}:{k}")).collect();
+                let Ok(values) = redis::cmd("MGET")
+                    .arg(&keys)
+                    .query::<Vec<Option<String>>>(&mut c)
+                else {
+                    break;
+                };
+                let mut s = seen.lock().unwrap();
+                let mut found = 0;
+                for (k, v) in keys.into_iter().zip(values) {
+                    if let Some(v) = v {
+                        found += 1;
+                        s.insert(k, v);
+                    }
+                }
+                i = if found == 200 {
+                    i + 200
+                } else {
+                    i.saturating_sub(200)
+                };
+            }
+        }
+    })
+}
+
+#[test]
+fn a_primary_killed_and_restarted_with_less_wal_leaves_the_standby_serving_nothing_it_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", SEG_1MB]);
+    let settings = [
+        "synchronous_standby_names=s1",
+        "synchronous_commit=remote_apply",
+        "checkpoint_timeout=3600s",
+    ];
+    let mut primary = TestNode::start(&dir, &settings);
+    let sdir = basebackup(primary.replication_port, tmp.path(), "s1");
+    let standby = TestNode::start(&sdir, &["wal_retrieve_retry_interval=100ms"]);
+    wait_state(&standby, "Streaming");
+    let mut held_rounds = 0;
+    let mut acked_all = Vec::new();
+    for round in 0..4 {
+        let stop_reader = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let reader = start_reader(&standby.url(), stop_reader.clone(), seen.clone(), round);
+        let load = start_load(&primary.url(), round, 8);
+        wait_for("writes acknowledged", DEADLINE, || {
+            (load.acked.lock().unwrap().len() > 300).then_some(())
+        });
+        let count = |what: &str| standby.log_text().matches(what).count();
+        let held_before = count(HELD);
+        let ended_before = count("walreceiver ended");
+        primary.kill9();
+        let acked = load.finish();
+        wait_for("the standby to notice the lost primary", DEADLINE, || {
+            (count("walreceiver ended") > ended_before).then_some(())
+        });
+        if count(HELD) > held_before {
+            held_rounds += 1;
+        }
+        // What the standby may expose; acknowledged writes are within it.
+        let exposed = lsn(&standby.info_field("replication", "receive_lsn").unwrap());
+        cut_wal(&dir, exposed);
+        primary.restart();
+        wait_for(
+            "the standby to stream from the restarted primary",
+            DEADLINE,
+            || {
+                (standby
+                    .info_field("replication", "recovery_state")
+                    .as_deref()
+                    == Some("Streaming")
+                    && standby
+                        .info_field("replication", "master_link_status")
+                        .as_deref()
+                        == Some("up"))
+                .then_some(())
+            },
+        );
+        // New writes reach it: it follows the restarted primary.
+        let _: () = redis::cmd("SET")
+            .arg(format!("after{round}"))
+            .arg("x")
+            .query(&mut primary.client())
+            .unwrap();
+        wait_for("the standby to follow", DEADLINE, || {
+            standby.try_client().and_then(|mut c| {
+                redis::cmd("GET")
+                    .arg(format!("after{round}"))
+                    .query::<Option<String>>(&mut c)
+                    .ok()
+                    .flatten()
+            })
+        });
+        stop_reader.store(true, Ordering::Release);
+        reader.join().unwrap();
+        let mut p = primary.client();
+        for (k, v) in seen.lock().unwrap().iter() {
+            let there: Option<String> = redis::cmd("GET").arg(k).query(&mut p).unwrap();
+            assert_eq!(
+                there.as_ref(),
+                Some(v),
+                "round {round}: the standby served {k} that the restarted primary does not have"
+            );
+        }
+        acked_all.extend(acked);
+    }
+    support::cluster::wait_caught_up(&primary, &standby);
+    let mut p = primary.client();
+    let mut s = standby.client();
+    for k in &acked_all {
+        let on_p: Option<String> = redis::cmd("GET").arg(k).query(&mut p).unwrap();
+        let on_s: Option<String> = redis::cmd("GET").arg(k).query(&mut s).unwrap();
+        assert!(
+            on_p.is_some() && on_s.is_some(),
+            "acknowledged {k} lost: primary {on_p:?}, standby {on_s:?}"
+        );
+    }
+    let truncated = standby.log_text().matches(TRUNCATED).count();
+    assert!(
+        held_rounds > 0,
+        "no round left the standby with WAL the primary had not confirmed ({truncated} truncations); the test proved nothing:\n{}",
+        standby.log_text()
+    );
+}
