@@ -607,6 +607,8 @@ impl<S: BackupSource> Backup<'_, S> {
     /// before `end`, in archive recovery.
     fn copy_control(&self, end: Lsn) -> ControlFile {
         let mut c = self.control.clone();
+        // The copy holds the pinned checkpoint's snapshot only.
+        c.prev_checkpoint = None;
         c.state = ClusterState::InArchiveRecovery;
         c.min_recovery_point = end;
         c.timeline = self.tli();

@@ -14,7 +14,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use super::Node;
 use crate::backup::pin::BackupPin;
 use crate::store::checkpoint::{remove_snapshots_except, write_snapshot};
-use crate::store::control::now_ms;
+use crate::store::control::{now_ms, CheckpointLocation};
 use crate::store::{ClusterState, ControlFile};
 use crate::wal::{Checkpoint, XlogRecord};
 use crate::{Lsn, SegNo};
@@ -120,11 +120,13 @@ impl Node {
         // Also makes every version in the snapshot durable (all are older).
         wal.wait_flushed(rec.end)?;
         self.control_file.update(|c| {
-            c.checkpoint_lsn = rec.start;
-            c.redo_lsn = redo;
-            c.checkpoint_id = id;
-            c.checkpoint_timeline = tli;
-            c.checkpoint_chunks = chunks;
+            c.advance_checkpoint(CheckpointLocation {
+                lsn: rec.start,
+                redo_lsn: redo,
+                id,
+                timeline: tli,
+                chunks,
+            });
             c.timeline = tli;
             c.state = if shutdown {
                 ClusterState::ShutDown
@@ -132,12 +134,9 @@ impl Node {
                 ClusterState::InProduction
             };
         })?;
-        // Snapshots a running base backup copies stay until it ends.
-        let mut keep = self.backup_pins.pinned_snapshots();
-        keep.push(id);
-        remove_snapshots_except(&*self.storage, &self.dir.root, &keep)
+        remove_snapshots_except(&*self.storage, &self.dir.root, &self.snapshots_kept())
             .map_err(CheckpointError::Cleanup)?;
-        let report = self.remove_old_wal(&wal, redo)?;
+        let report = self.remove_old_wal(&wal, self.control().oldest_redo_lsn())?;
         let done = self.record_done(
             cause,
             "checkpoint",
@@ -149,6 +148,18 @@ impl Node {
             started,
         );
         Ok(done)
+    }
+
+    /// The snapshots a checkpoint leaves in `base/`: the last checkpoint's,
+    /// the previous one's (start-up falls back to it when the last one is
+    /// damaged; its WAL is kept too, [`ControlFile::oldest_redo_lsn`]), and
+    /// those a running base backup copies, until it ends.
+    fn snapshots_kept(&self) -> Vec<u64> {
+        let c = self.control();
+        let mut keep = self.backup_pins.pinned_snapshots();
+        keep.push(c.checkpoint_id);
+        keep.extend(c.prev_checkpoint.map(|p| p.id));
+        keep
     }
 
     /// Shutdown has begun (no new base backup starts).
@@ -240,7 +251,7 @@ impl Node {
     }
 
     /// Remove or recycle segments below the oldest position anything needs:
-    /// the redo point, `wal_keep_size` behind the flush position, every
+    /// the previous checkpoint's redo point, `wal_keep_size` behind the flush position, every
     /// replication slot's restart point and every running base backup's
     /// start. Segments the archiver has not
     /// finished with are kept by the WAL directory itself.
@@ -334,11 +345,13 @@ impl Node {
             .status
             .read(|s| s.machine.as_ref().map(|m| m.target_tli));
         self.control_file.update(|c| {
-            c.checkpoint_lsn = redo;
-            c.redo_lsn = redo;
-            c.checkpoint_id = id;
-            c.checkpoint_timeline = redo_tli;
-            c.checkpoint_chunks = chunks;
+            c.advance_checkpoint(CheckpointLocation {
+                lsn: redo,
+                redo_lsn: redo,
+                id,
+                timeline: redo_tli,
+                chunks,
+            });
             c.min_recovery_point = min_recovery_point;
             if let Some(target) = target_tli {
                 c.timeline = target;
@@ -349,14 +362,14 @@ impl Node {
                 ClusterState::InArchiveRecovery
             };
         })?;
-        let mut pinned = self.backup_pins.pinned_snapshots();
-        pinned.push(id);
-        remove_snapshots_except(&*self.storage, &self.dir.root, &pinned)
+        remove_snapshots_except(&*self.storage, &self.dir.root, &self.snapshots_kept())
             .map_err(CheckpointError::Cleanup)?;
         let seg = self.segdir.seg_size();
         let keep = self.settings().wal_keep_size.bytes().unwrap_or(0);
         let received = progress.received.flushed_point().lsn;
-        let mut horizon = redo
+        let mut horizon = self
+            .control()
+            .oldest_redo_lsn()
             .segno(seg)
             .min(Lsn(received.0.saturating_sub(keep)).segno(seg));
         if keep > 0 && received == Lsn::INVALID {

@@ -1,6 +1,6 @@
 //! The data directory's disk: how much of its filesystem is free, what
 //! keeps WAL on it (each replication slot, the archive backlog,
-//! `wal_keep_size`, the WAL since the last checkpoint), the warning logged
+//! `wal_keep_size`, the WAL the checkpoints need), the warning logged
 //! when free space runs low, and the hint given when the disk is full.
 //!
 //! A full disk is the usual way a database stops, and its cause is almost
@@ -76,8 +76,10 @@ pub enum HoldReason {
     },
     /// `wal_keep_size`.
     WalKeepSize,
-    /// WAL since the last checkpoint's redo point: needed by crash
-    /// recovery until the next checkpoint (`max_wal_size` bounds it).
+    /// WAL since the previous checkpoint's redo point: crash recovery
+    /// needs it from the last checkpoint's, and from the previous one's
+    /// when the last checkpoint's snapshot is damaged, until the next
+    /// checkpoint (`max_wal_size` bounds it).
     Checkpoint,
 }
 
@@ -113,7 +115,7 @@ impl HoldReason {
             ),
             HoldReason::WalKeepSize => "wal_keep_size (lower it and reload)".into(),
             HoldReason::Checkpoint => {
-                "WAL since the last checkpoint (lower max_wal_size or checkpoint_timeout)".into()
+                "WAL since the previous checkpoint, which recovery falls back to (lower max_wal_size or checkpoint_timeout)".into()
             }
         }
     }
@@ -125,7 +127,8 @@ impl HoldReason {
 pub struct HoldInputs {
     /// The end of WAL (insert, replay or receive position).
     pub end: Lsn,
-    /// The last checkpoint's redo point.
+    /// The oldest redo point a checkpoint the control file names starts
+    /// from (the previous checkpoint's, when there is one).
     pub redo: Lsn,
     /// `wal_segment_size` in bytes.
     pub seg_size_bytes: u64,
@@ -254,7 +257,7 @@ impl Node {
         let settings = self.settings();
         let inputs = HoldInputs {
             end: self.replay_end().max(c.checkpoint_lsn),
-            redo: c.redo_lsn,
+            redo: c.oldest_redo_lsn(),
             seg_size_bytes: c.wal_segment_size.bytes(),
             slots: self.slots.list(),
             ready_segments: ready_segments(&self.dir.root),

@@ -73,6 +73,10 @@ pub enum NodeError {
         /// The id the control file holds.
         control: String,
     },
+    /// The last checkpoint's snapshot is damaged and the previous one
+    /// cannot replace it, or falling back to it failed.
+    #[error(transparent)]
+    StartPoint(#[from] super::startpoint::StartPointError),
     /// Crash recovery stopped on something other than the end of WAL.
     #[error(transparent)]
     Recovery(#[from] RecoveryError),

@@ -22,6 +22,7 @@ pub mod replication;
 pub mod resetwal;
 pub mod restart;
 mod running;
+pub mod startpoint;
 mod walrepair;
 
 pub use error::NodeError;

@@ -176,7 +176,10 @@ pub fn offline_usage(datadir: &Path, overrides: &[String]) -> disk::DiskUsage {
         .unwrap_or_default();
     let inputs = disk::HoldInputs {
         end,
-        redo: control.as_ref().map(|c| c.redo_lsn).unwrap_or_default(),
+        redo: control
+            .as_ref()
+            .map(|c| c.oldest_redo_lsn())
+            .unwrap_or_default(),
         seg_size_bytes: seg_size.map_or(0, |s| s.bytes()),
         slots,
         ready_segments: disk::ready_segments(datadir),

@@ -106,18 +106,15 @@ impl RunningNode {
             control.wal_segment_size,
             storage.clone(),
         )?);
-        let store = Arc::new(Store::new());
-        if let Some(p) = &pending {
+        let (store, control) = if let Some(p) = &pending {
             tracing::info!(start = %p.start, timeline = p.tli.0, "base backup still being copied: streaming WAL, redo waits for the copy");
+            (Arc::new(Store::new()), control)
         } else {
-            let snapshot = crate::store::checkpoint::load_snapshot(
-                &dir.root,
-                control.checkpoint_id,
-                control.checkpoint_chunks,
-                &store,
-            )?;
-            tracing::info!(checkpoint = %control.checkpoint_lsn, redo = %control.redo_lsn, keys = snapshot.keys, state = %control.state, "loaded the last checkpoint");
-        }
+            let start = super::startpoint::load_start_checkpoint(&*storage, &dir.root, control)?;
+            let control = start.control;
+            tracing::info!(checkpoint = %control.checkpoint_lsn, redo = %control.redo_lsn, keys = start.keys, state = %control.state, "loaded the checkpoint recovery starts from");
+            (Arc::new(start.store), control)
+        };
         let slots = SlotManager::open(
             storage.clone(),
             &dir.root,
@@ -372,6 +369,7 @@ fn provisional_control(
         checkpoint_chunks: 0,
         // Phase 1 fetched the history files: the timeline's id is there.
         history_id: crate::store::history_id_of(root, p.tli).unwrap_or(0),
+        prev_checkpoint: None,
     }
 }
 

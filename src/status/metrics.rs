@@ -282,7 +282,7 @@ pub static METRICS: &[Metric] = &[
     },
     Metric {
         name: "wal_held_by_checkpoint_bytes",
-        help: "WAL since the last checkpoint's redo point",
+        help: "WAL since the previous checkpoint's redo point",
         kind: MetricKind::Gauge,
         unit: "bytes",
         read: |s| {

@@ -86,7 +86,7 @@ pub static STATUS_FIELDS: &[(&str, &str)] = &[
     ("disk.total_bytes", "Size of the filesystem"),
     ("disk.wal_bytes", "Bytes of the files in wal/"),
     ("disk.wal_held", "Every reason WAL is kept, largest first"),
-    ("disk.wal_held[].reason", "`slot:<name>`, `archive_backlog`, `wal_keep_size` or `checkpoint` (WAL since the last checkpoint's redo point)"),
+    ("disk.wal_held[].reason", "`slot:<name>`, `archive_backlog`, `wal_keep_size` or `checkpoint` (WAL since the previous checkpoint's redo point, kept for recovery's fallback)"),
     ("disk.wal_held[].bytes", "WAL behind the current position it keeps"),
 ];
 

@@ -8,7 +8,10 @@
 //!
 //! Version 2 keeps the current timeline's history id (the random id its
 //! history file names) where version 1 had a reserved zero; version 1
-//! files are still read, with no id.
+//! files are still read, with no id. Version 3 appends the previous
+//! checkpoint (PostgreSQL's old `prevCheckPoint`, with the snapshot that
+//! goes with it), which start-up falls back to when the last checkpoint's
+//! snapshot is damaged; versions 1 and 2 read as "no previous checkpoint".
 
 use std::fmt;
 use std::io;
@@ -22,12 +25,27 @@ use crate::{Lsn, TimelineId, WalSegSize};
 pub const CONTROL_FILE: &str = "control";
 
 const MAGIC: &[u8; 8] = b"WALREPCF";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// The oldest version still read (its history id field was reserved, 0).
 const OLDEST_VERSION: u32 = 1;
-/// Bytes of the body between the header (magic + version) and the CRC.
-const BODY_LEN: usize = 8 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 4 + 8 + 8 + 4;
-const FILE_LEN: usize = MAGIC.len() + 4 + BODY_LEN + 4;
+/// Bytes of the body between the header (magic + version) and the CRC,
+/// in versions 1 and 2.
+const BODY_LEN_V2: usize = 8 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 4 + 8 + 8 + 4;
+/// What version 3 appends: the previous checkpoint (a presence flag, its
+/// record, redo point, snapshot id, timeline and chunk count).
+const PREV_LEN: usize = 4 + 8 + 8 + 8 + 4 + 4;
+const HEADER_LEN: usize = MAGIC.len() + 4;
+const FILE_LEN_V2: usize = HEADER_LEN + BODY_LEN_V2 + 4;
+const FILE_LEN: usize = FILE_LEN_V2 + PREV_LEN;
+
+/// The file length of `version`, `None` for a version this walrep does not read.
+fn file_len(version: u32) -> Option<usize> {
+    match version {
+        1 | 2 => Some(FILE_LEN_V2),
+        VERSION => Some(FILE_LEN),
+        _ => None,
+    }
+}
 
 /// What the node was doing when the control file was last written
 /// (PostgreSQL's DBState).
@@ -86,6 +104,22 @@ impl fmt::Display for ClusterState {
     }
 }
 
+/// A checkpoint the control file names: where its record is, where redo
+/// from it starts, and the snapshot under `base/` that goes with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointLocation {
+    /// LSN of the checkpoint record (the redo point for a restartpoint).
+    pub lsn: Lsn,
+    /// Where redo starts: every change before it is in the snapshot.
+    pub redo_lsn: Lsn,
+    /// The snapshot's number (its directory under `base/`).
+    pub id: u64,
+    /// Timeline of the checkpoint record.
+    pub timeline: TimelineId,
+    /// Number of chunk files in the snapshot.
+    pub chunks: u32,
+}
+
 /// The contents of the control file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ControlFile {
@@ -119,6 +153,12 @@ pub struct ControlFile {
     /// history file replaced by another promotion's is noticed at start.
     /// 0: timeline 1 (no history file), or a version 1 control file.
     pub history_id: u64,
+    /// The checkpoint before the last one, whose snapshot and WAL from its
+    /// redo point are kept until the next checkpoint, so start-up can fall
+    /// back to it when the last one's snapshot is damaged. `None`: the
+    /// first checkpoint, a base backup's copy, or a control file older
+    /// than version 3.
+    pub prev_checkpoint: Option<CheckpointLocation>,
 }
 
 /// Errors reading or writing the control file.
@@ -201,6 +241,43 @@ impl ControlFile {
             time_ms: now_ms(),
             checkpoint_chunks,
             history_id: 0,
+            prev_checkpoint: None,
+        }
+    }
+
+    /// The last checkpoint, as one value.
+    pub fn last_checkpoint(&self) -> CheckpointLocation {
+        CheckpointLocation {
+            lsn: self.checkpoint_lsn,
+            redo_lsn: self.redo_lsn,
+            id: self.checkpoint_id,
+            timeline: self.checkpoint_timeline,
+            chunks: self.checkpoint_chunks,
+        }
+    }
+
+    /// Make `next` the last checkpoint; the one it replaces becomes the
+    /// previous checkpoint (the one before that is no longer named).
+    pub fn advance_checkpoint(&mut self, next: CheckpointLocation) {
+        self.prev_checkpoint = Some(self.last_checkpoint());
+        self.set_last_checkpoint(next);
+    }
+
+    /// Name `at` as the last checkpoint, leaving the previous one as it is.
+    pub fn set_last_checkpoint(&mut self, at: CheckpointLocation) {
+        self.checkpoint_lsn = at.lsn;
+        self.redo_lsn = at.redo_lsn;
+        self.checkpoint_id = at.id;
+        self.checkpoint_timeline = at.timeline;
+        self.checkpoint_chunks = at.chunks;
+    }
+
+    /// The oldest redo point a checkpoint named here starts from: WAL
+    /// removal keeps everything from it.
+    pub fn oldest_redo_lsn(&self) -> Lsn {
+        match self.prev_checkpoint {
+            Some(p) => p.redo_lsn.min(self.redo_lsn),
+            None => self.redo_lsn,
         }
     }
 
@@ -221,6 +298,20 @@ impl ControlFile {
         b.extend_from_slice(&self.time_ms.to_le_bytes());
         b.extend_from_slice(&self.history_id.to_le_bytes());
         b.extend_from_slice(&self.checkpoint_chunks.to_le_bytes());
+        let prev = self.prev_checkpoint;
+        let p = prev.unwrap_or(CheckpointLocation {
+            lsn: Lsn::INVALID,
+            redo_lsn: Lsn::INVALID,
+            id: 0,
+            timeline: TimelineId(0),
+            chunks: 0,
+        });
+        b.extend_from_slice(&u32::from(prev.is_some()).to_le_bytes());
+        b.extend_from_slice(&p.lsn.0.to_le_bytes());
+        b.extend_from_slice(&p.redo_lsn.0.to_le_bytes());
+        b.extend_from_slice(&p.id.to_le_bytes());
+        b.extend_from_slice(&p.timeline.0.to_le_bytes());
+        b.extend_from_slice(&p.chunks.to_le_bytes());
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(b.len(), FILE_LEN);
@@ -233,29 +324,32 @@ impl ControlFile {
             path: path.to_string(),
             reason,
         };
-        if bytes.len() != FILE_LEN {
-            return Err(corrupt(format!(
-                "{} bytes, expected {FILE_LEN}",
-                bytes.len()
-            )));
+        if bytes.len() < HEADER_LEN {
+            return Err(corrupt(format!("{} bytes, too short", bytes.len())));
         }
         if &bytes[..8] != MAGIC {
             return Err(corrupt(
                 "bad magic number: not a walrep control file".into(),
             ));
         }
-        let stored = u32::from_le_bytes(bytes[FILE_LEN - 4..].try_into().expect("4 bytes"));
-        let computed = crc32fast::hash(&bytes[..FILE_LEN - 4]);
+        let mut r = Cursor { b: bytes, at: 8 };
+        let version = r.u32();
+        let Some(len) = file_len(version) else {
+            return Err(corrupt(format!(
+                "version {version}, this walrep reads versions {OLDEST_VERSION} to {VERSION}"
+            )));
+        };
+        if bytes.len() != len {
+            return Err(corrupt(format!(
+                "{} bytes, expected {len} for version {version}",
+                bytes.len()
+            )));
+        }
+        let stored = u32::from_le_bytes(bytes[len - 4..].try_into().expect("4 bytes"));
+        let computed = crc32fast::hash(&bytes[..len - 4]);
         if stored != computed {
             return Err(corrupt(format!(
                 "incorrect checksum (stored {stored:08X}, computed {computed:08X})"
-            )));
-        }
-        let mut r = Cursor { b: bytes, at: 8 };
-        let version = r.u32();
-        if !(OLDEST_VERSION..=VERSION).contains(&version) {
-            return Err(corrupt(format!(
-                "version {version}, this walrep reads versions {OLDEST_VERSION} to {VERSION}"
             )));
         }
         let system_identifier = r.u64();
@@ -274,6 +368,11 @@ impl ControlFile {
         // Version 1 kept zero here, which reads as "no id".
         let history_id = if version >= 2 { history_id } else { 0 };
         let checkpoint_chunks = r.u32();
+        let prev_checkpoint = if version >= 3 {
+            r.prev_checkpoint().map_err(corrupt)?
+        } else {
+            None
+        };
         Ok(ControlFile {
             system_identifier,
             state,
@@ -287,6 +386,7 @@ impl ControlFile {
             time_ms,
             checkpoint_chunks,
             history_id,
+            prev_checkpoint,
         })
     }
 
@@ -319,6 +419,22 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
+    /// Version 3's previous checkpoint: a presence flag, then its fields.
+    fn prev_checkpoint(&mut self) -> Result<Option<CheckpointLocation>, String> {
+        let present = self.u32();
+        let at = CheckpointLocation {
+            lsn: Lsn(self.u64()),
+            redo_lsn: Lsn(self.u64()),
+            id: self.u64(),
+            timeline: TimelineId(self.u32()),
+            chunks: self.u32(),
+        };
+        match present {
+            0 => Ok(None),
+            1 => Ok(Some(at)),
+            n => Err(format!("previous checkpoint flag is {n}, expected 0 or 1")),
+        }
+    }
     fn u32(&mut self) -> u32 {
         let v = u32::from_le_bytes(
             self.b[self.at..self.at + 4]
@@ -378,9 +494,17 @@ mod tests {
     /// `bytes` with another version number and a CRC that matches again.
     fn with_version(mut bytes: Vec<u8>, version: u32) -> Vec<u8> {
         bytes[8..12].copy_from_slice(&version.to_le_bytes());
-        let crc = crc32fast::hash(&bytes[..FILE_LEN - 4]);
-        bytes[FILE_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+        let len = bytes.len();
+        let crc = crc32fast::hash(&bytes[..len - 4]);
+        bytes[len - 4..].copy_from_slice(&crc.to_le_bytes());
         bytes
+    }
+
+    /// `c` as a file of `version` 1 or 2 writes: no previous checkpoint.
+    fn old_format(c: &ControlFile, version: u32) -> Vec<u8> {
+        let mut bytes = c.encode();
+        bytes.drain(FILE_LEN_V2 - 4..FILE_LEN - 4);
+        with_version(bytes, version)
     }
 
     #[test]
@@ -388,7 +512,7 @@ mod tests {
         let mut c = sample();
         c.history_id = 0x5F0C_2A9B_1D7E_4436;
         assert_eq!(ControlFile::decode(&c.encode(), "x").unwrap(), c);
-        let old = ControlFile::decode(&with_version(c.encode(), 1), "x").unwrap();
+        let old = ControlFile::decode(&old_format(&c, 1), "x").unwrap();
         assert_eq!(old.history_id, 0, "a version 1 file has no history id");
         assert_eq!(
             ControlFile {
@@ -397,15 +521,53 @@ mod tests {
             },
             c
         );
+        let v2 = ControlFile::decode(&old_format(&c, 2), "x").unwrap();
+        assert_eq!(v2, c, "a version 2 file keeps its history id");
+    }
+
+    #[test]
+    fn the_previous_checkpoint_round_trips_and_an_older_file_has_none() {
+        let mut c = sample();
+        let first = c.last_checkpoint();
+        c.advance_checkpoint(CheckpointLocation {
+            lsn: Lsn(0x2_0000_0028),
+            redo_lsn: Lsn(0x1_8000_0000),
+            id: 8,
+            timeline: TimelineId(3),
+            chunks: 16,
+        });
+        assert_eq!(c.prev_checkpoint, Some(first));
+        assert_eq!(c.checkpoint_id, 8);
+        assert_eq!(c.oldest_redo_lsn(), first.redo_lsn);
+        let back = ControlFile::decode(&c.encode(), "x").unwrap();
+        assert_eq!(back, c);
+        let old = ControlFile::decode(&old_format(&c, 2), "x").unwrap();
+        assert_eq!(old.prev_checkpoint, None, "version 2 names no previous");
+        assert_eq!(old.oldest_redo_lsn(), c.redo_lsn);
+        assert_eq!(
+            ControlFile {
+                prev_checkpoint: c.prev_checkpoint,
+                ..old
+            },
+            c
+        );
+        // A version 2 file of version 3's length (or the reverse) is refused.
+        let e = ControlFile::decode(&with_version(c.encode(), 2), "x").unwrap_err();
+        assert!(e.to_string().contains("expected"), "{e}");
+        // A presence flag other than 0 or 1 is refused, CRC or not.
+        let mut b = c.encode();
+        b[FILE_LEN_V2 - 4] = 7;
+        let e = ControlFile::decode(&with_version(b, 3), "x").unwrap_err();
+        assert!(e.to_string().contains("previous checkpoint flag"), "{e}");
     }
 
     #[test]
     fn a_newer_or_unknown_version_is_refused_with_its_number() {
-        for v in [0, 3, 0xFFFF_FFFF] {
+        for v in [0, 4, 0xFFFF_FFFF] {
             let e = ControlFile::decode(&with_version(sample().encode(), v), "x").unwrap_err();
             let text = e.to_string();
             assert!(
-                text.contains(&format!("version {v}")) && text.contains("versions 1 to 2"),
+                text.contains(&format!("version {v}")) && text.contains("versions 1 to 3"),
                 "{text}"
             );
         }
