@@ -72,7 +72,7 @@ impl Store {
             };
             let current = ks.map.get(key).and_then(|e| e.newest().slot.clone());
             let next = value::apply(current, op);
-            ks.install(self, key, end.0, Level::Immediate as u8, next);
+            ks.install(self, key, end.0, Level::Immediate, next);
             applied.insert(key);
         }
     }
@@ -86,12 +86,12 @@ impl Store {
             .iter()
             .filter(|(k, e)| {
                 let lsn = e.newest().lsn;
-                lsn < end.0 || (lsn == end.0 && applied.contains(k.as_slice()))
+                lsn < end.0 || (lsn == end.0 && applied.contains(k.as_bytes()))
             })
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_vec())
             .collect();
         for k in doomed {
-            ks.install(self, &k, end.0, Level::Immediate as u8, None);
+            ks.install(self, &k, end.0, Level::Immediate, None);
         }
     }
 }
