@@ -849,6 +849,190 @@ mod tests {
         assert_eq!(get(&s, b"k").as_deref(), Some(&b"new"[..]));
     }
 
+    /// The visibility rules on a plain model: every version a key ever
+    /// had, oldest first, nothing pruned.
+    /// One version of the model: LSN, level, state.
+    type ModelVersion = (u64, Level, Option<Slot>);
+
+    #[derive(Default)]
+    struct Model {
+        keys: BTreeMap<Vec<u8>, Vec<ModelVersion>>,
+        released: [u64; 5],
+    }
+
+    impl Model {
+        fn visible(&self, lsn: u64, level: Level) -> bool {
+            level == Level::Immediate || lsn <= self.released[level.index()]
+        }
+
+        fn newest(&self, k: &[u8]) -> Option<&Slot> {
+            self.keys.get(k)?.last()?.2.as_ref()
+        }
+
+        fn read(&self, k: &[u8], now_ms: u64) -> Option<&Slot> {
+            let vs = self.keys.get(k)?;
+            let (_, _, slot) = vs.iter().rev().find(|(l, lv, _)| self.visible(*l, *lv))?;
+            slot.as_ref().filter(|s| !s.expired(now_ms))
+        }
+
+        fn write(&mut self, k: &[u8], lsn: u64, level: Level, op: &Op<'_>) {
+            let next = crate::store::value::apply(self.newest(k).cloned(), op);
+            if next.is_none() && !self.keys.contains_key(k) {
+                // A deletion of a key never written: nothing to keep.
+                return;
+            }
+            self.keys
+                .entry(k.to_vec())
+                .or_default()
+                .push((lsn, level, next));
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Write {
+            key: u8,
+            level: Level,
+            op: u8,
+            val: u8,
+        },
+        Rollback {
+            key: u8,
+        },
+        Release {
+            level: Level,
+            upto: u8,
+        },
+        Compact,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        let level = prop_oneof![
+            Just(Level::Immediate),
+            Just(Level::LocalFlush),
+            Just(Level::RemoteWrite),
+            Just(Level::RemoteFlush),
+        ];
+        prop_oneof![
+            4 => (0u8..4, level.clone(), 0u8..4, any::<u8>())
+                .prop_map(|(key, level, op, val)| Step::Write { key, level, op, val }),
+            1 => (0u8..4).prop_map(|key| Step::Rollback { key }),
+            2 => (level, any::<u8>()).prop_map(|(level, upto)| Step::Release { level, upto }),
+            1 => Just(Step::Compact),
+        ]
+    }
+
+    /// A set (short or long value), a delete or an expiry.
+    fn model_op(key: &[u8], op: u8, val: u8) -> Op<'static> {
+        let key = Cow::Owned(key.to_vec());
+        match op {
+            0 => Op::Set {
+                key,
+                value: Cow::Owned(vec![val; 1 + usize::from(val) % 40]),
+            },
+            1 => Op::Del { key },
+            2 => Op::Expire {
+                key,
+                at_ms: u64::from(val % 4),
+            },
+            _ => Op::Put {
+                key,
+                value: Value::string(&[val]),
+                expire_ms: u64::from(val % 3),
+            },
+        }
+    }
+
+    fn check(
+        s: &Store,
+        m: &Model,
+        now_ms: u64,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        use crate::store::txn::Reader;
+        use proptest::prelude::*;
+        for k in 0..4u8 {
+            let key = [b'k', k];
+            prop_assert_eq!(
+                s.read_view(now_ms).slot(&key),
+                m.read(&key, now_ms).cloned(),
+                "read of {:?}",
+                key
+            );
+            let ks = s.read_lock();
+            let newest = ks.map.get(&key[..]).and_then(|e| e.newest().slot.clone());
+            prop_assert_eq!(newest.as_ref(), m.newest(&key));
+            if let Some(Entry::Many(vs)) = ks.map.get(&key[..]) {
+                prop_assert!(vs.len() >= 2, "a Many entry of {} versions", vs.len());
+            }
+        }
+        let live = m
+            .keys
+            .values()
+            .filter(|vs| vs.last().is_some_and(|v| v.2.is_some()));
+        prop_assert_eq!(s.len(), live.clone().count() as u64);
+        let expiring = live.filter(|vs| {
+            vs.last()
+                .and_then(|v| v.2.as_ref())
+                .is_some_and(|s| s.expire_ms != 0)
+        });
+        prop_assert_eq!(s.expiring(), expiring.count() as u64);
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// The compact layout (one inline version, a vector only while a
+        /// write waits for its level) against the model: the same reads at
+        /// every step, and compaction back to one version once released.
+        #[test]
+        fn the_compact_layout_reads_as_the_model(
+            steps in proptest::collection::vec(step(), 1..60),
+            now_ms in 0u64..4,
+        ) {
+            let s = Store::new();
+            let mut m = Model::default();
+            let mut lsn = 0;
+            for st in steps {
+                match st {
+                    Step::Write { key, level, op, val } => {
+                        lsn += 8;
+                        let k = [b'k', key];
+                        let op = model_op(&k, op, val);
+                        m.write(&k, lsn, level, &op);
+                        let mut t = s.write_at(0);
+                        t.apply(op);
+                        t.commit(Lsn(lsn), level);
+                    }
+                    Step::Rollback { key } => {
+                        let k = [b'k', key];
+                        let mut t = s.write_at(0);
+                        t.apply(set(&k, b"never"));
+                    }
+                    Step::Release { level, upto } => {
+                        let at = lsn.saturating_sub(u64::from(upto % 4) * 8);
+                        m.released[level.index()] = m.released[level.index()].max(at);
+                        s.visibility().advance(level, Lsn(at));
+                    }
+                    Step::Compact => {
+                        let keys: Vec<[u8; 2]> = (0..4).map(|k| [b'k', k]).collect();
+                        let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+                        s.compact(&refs);
+                        // Only the newest visible version and newer ones stay.
+                        for k in &keys {
+                            let kept = s.read_lock().map.get(&k[..]).map_or(0, |e| e.versions().len());
+                            let vs = m.keys.get(&k[..]).map_or(&[][..], |v| v.as_slice());
+                            let from = vs.iter().rposition(|(l, lv, _)| m.visible(*l, *lv)).unwrap_or(0);
+                            proptest::prop_assert!(kept <= vs.len() - from.min(vs.len()), "{kept} versions kept");
+                        }
+                    }
+                }
+                check(&s, &m, now_ms)?;
+            }
+        }
+    }
+
     #[test]
     fn levels_follow_postgres_without_sync_standbys() {
         use SynchronousCommit::*;
