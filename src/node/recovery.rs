@@ -99,6 +99,9 @@ pub enum RecoveryError {
     Repair(#[from] RepairError),
 }
 
+/// Records crash recovery applies per batch.
+const REDO_BATCH: usize = 256;
+
 /// Load the snapshot named by `control` into `store` and replay the WAL of
 /// `history` from the redo point to its end.
 pub fn crash_recover(
@@ -145,17 +148,25 @@ pub fn replay_to_end(
     let (end, stop) = loop {
         let mut reader = WalReader::new(cfg.clone(), next);
         reader.seek(next, prev_record.is_valid().then_some(prev_record));
+        // Records are applied in batches: one hold of the store's lock and
+        // one decoding pass per batch (Store::apply_records).
+        let mut batch = Vec::with_capacity(REDO_BATCH);
         let stop = loop {
             match reader.read_record() {
                 Ok(rec) => {
-                    store.apply_record(&rec)?;
                     prev_record = rec.lsn;
                     records += 1;
+                    batch.push(rec);
+                    if batch.len() == REDO_BATCH {
+                        store.apply_records(&batch)?;
+                        batch.clear();
+                    }
                 }
                 Err(e) if e.kind.is_io() => return Err(RecoveryError::Read(e)),
                 Err(e) => break e,
             }
         };
+        store.apply_records(&batch)?;
         next = reader.next_lsn();
         let after = wal::valid_wal_after(cfg.clone(), next).map_err(RecoveryError::Read)?;
         let Some(after) = after else {

@@ -17,7 +17,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::value::Slot;
+use super::value::{Slot, Str};
 use crate::config::SynchronousCommit;
 use crate::Lsn;
 
@@ -107,7 +107,7 @@ impl Visibility {
     }
 
     pub(super) fn visible(&self, v: &Version) -> bool {
-        v.lsn <= self.released[v.level as usize].load(Ordering::Acquire)
+        v.lsn <= self.released[v.level.index()].load(Ordering::Acquire)
     }
 }
 
@@ -117,45 +117,113 @@ impl Visibility {
 pub(super) const PROVISIONAL: u64 = u64::MAX;
 
 /// One state of a key (or its deletion) as written by the record ending at
-/// `lsn`.
+/// `lsn`. 48 bytes: a short string value is inline in the slot.
 #[derive(Debug, Clone)]
 pub(super) struct Version {
     /// End LSN of the record that wrote it (for a snapshot's key: the end of
     /// the last record that changed it before the snapshot).
     pub lsn: u64,
-    pub level: u8,
+    /// The level it waits for (an enum, so [`Entry`] can use its spare
+    /// values as its own tag).
+    pub level: Level,
     /// `None` = deleted.
     pub slot: Option<Slot>,
 }
 
-/// A key's versions, oldest first. Almost always exactly one.
+/// A key's versions, oldest first. Almost always exactly one released
+/// version: held inline, with no allocation of its own; a key with a
+/// pending version beside its released one (a write waiting for its level)
+/// keeps them in a vector until the older one is pruned.
 #[derive(Debug, Clone)]
-pub(super) struct Entry {
-    pub versions: Vec<Version>,
+pub(super) enum Entry {
+    /// The common case: one version.
+    One(Version),
+    /// Two or more versions, oldest first (never fewer than two).
+    Many(Vec<Version>),
 }
 
 impl Entry {
+    /// An entry of one version.
+    pub fn new(v: Version) -> Entry {
+        Entry::One(v)
+    }
+
+    /// The versions, oldest first.
+    pub fn versions(&self) -> &[Version] {
+        match self {
+            Entry::One(v) => std::slice::from_ref(v),
+            Entry::Many(vs) => vs,
+        }
+    }
+
     pub fn newest(&self) -> &Version {
-        self.versions.last().expect("entries are never empty")
+        match self {
+            Entry::One(v) => v,
+            Entry::Many(vs) => vs.last().expect("two or more versions"),
+        }
+    }
+
+    pub fn newest_mut(&mut self) -> &mut Version {
+        match self {
+            Entry::One(v) => v,
+            Entry::Many(vs) => vs.last_mut().expect("two or more versions"),
+        }
     }
 
     /// The newest version readers may see.
     pub fn visible(&self, vis: &Visibility) -> Option<&Version> {
-        self.versions.iter().rev().find(|v| vis.visible(v))
+        self.versions().iter().rev().find(|v| vis.visible(v))
+    }
+
+    /// Add `v` as the newest version.
+    pub fn push(&mut self, v: Version) {
+        match self {
+            Entry::Many(vs) => vs.push(v),
+            Entry::One(_) => {
+                let Entry::One(old) = std::mem::replace(self, Entry::Many(Vec::with_capacity(2)))
+                else {
+                    unreachable!("matched One")
+                };
+                if let Entry::Many(vs) = self {
+                    vs.extend([old, v]);
+                }
+            }
+        }
+    }
+
+    /// Remove the newest version; `None` when it was the only one (the
+    /// caller removes the entry).
+    pub fn pop(&mut self) -> Option<Version> {
+        let Entry::Many(vs) = self else {
+            return None;
+        };
+        let v = vs.pop().expect("two or more versions");
+        self.shrink();
+        Some(v)
+    }
+
+    /// Back to the inline form once one version is left.
+    fn shrink(&mut self) {
+        if let Entry::Many(vs) = self {
+            if vs.len() == 1 {
+                *self = Entry::One(vs.pop().expect("one version"));
+            }
+        }
     }
 
     /// Drop versions older than the newest visible one; true if the entry
     /// is now only a visible deletion (the key can go).
     pub fn prune(&mut self, vis: &Visibility) -> bool {
-        match self.versions.iter().rposition(|v| vis.visible(v)) {
-            Some(0) | None => {}
-            Some(i) => {
-                self.versions.drain(..i);
+        if let Entry::Many(vs) = self {
+            if let Some(i) = vs.iter().rposition(|v| vis.visible(v)).filter(|&i| i > 0) {
+                vs.drain(..i);
+                self.shrink();
             }
         }
-        self.versions.len() == 1
-            && self.versions[0].slot.is_none()
-            && vis.visible(&self.versions[0])
+        match self {
+            Entry::One(v) => v.slot.is_none() && vis.visible(v),
+            Entry::Many(_) => false,
+        }
     }
 }
 
@@ -163,9 +231,9 @@ impl Entry {
 /// whose newest version expires (for the primary's expiry cycle).
 #[derive(Debug, Default)]
 pub(super) struct Keyspace {
-    pub map: BTreeMap<Vec<u8>, Entry>,
+    pub map: BTreeMap<Str, Entry>,
     /// `(expire_ms, key)` of every key whose newest version has an expiry.
-    pub expires: BTreeSet<(u64, Vec<u8>)>,
+    pub expires: BTreeSet<(u64, Str)>,
 }
 
 /// The store's map. Shared between sessions (readers, writers), the redo
@@ -250,7 +318,7 @@ impl Store {
             .iter()
             .take_while(|(at, _)| *at <= now_ms)
             .take(limit)
-            .map(|(_, k)| k.clone())
+            .map(|(_, k)| k.to_vec())
             .collect()
     }
 
@@ -286,11 +354,11 @@ impl Store {
             .range::<[u8], _>((lower, Bound::Unbounded))
             .take(limit)
         {
-            last = Some(k.clone());
+            last = Some(k.to_vec());
             let v = e.newest();
             if let Some(slot) = &v.slot {
                 out.push(ScannedKey {
-                    key: k.clone(),
+                    key: k.to_vec(),
                     slot: slot.clone(),
                     lsn: Lsn(v.lsn),
                 });
@@ -326,15 +394,14 @@ impl Store {
     pub fn load_base(&self, key: Vec<u8>, lsn: Lsn, slot: Slot) {
         let mut ks = self.write_lock();
         let expire_ms = slot.expire_ms;
+        let key = Str::new(&key);
         let old = ks.map.insert(
             key.clone(),
-            Entry {
-                versions: vec![Version {
-                    lsn: lsn.0,
-                    level: Level::Immediate as u8,
-                    slot: Some(slot),
-                }],
-            },
+            Entry::new(Version {
+                lsn: lsn.0,
+                level: Level::Immediate,
+                slot: Some(slot),
+            }),
         );
         if old.is_none() {
             self.live_keys.fetch_add(1, Ordering::Relaxed);
@@ -354,7 +421,7 @@ impl Store {
             .filter_map(|(k, e)| {
                 e.visible(&self.vis)
                     .and_then(|v| v.slot.clone())
-                    .map(|s| (k.clone(), s))
+                    .map(|s| (k.to_vec(), s))
             })
             .collect()
     }
@@ -382,7 +449,7 @@ pub(super) fn walk<'k>(
     }
     // Peek at what follows so a walk that just reached the end says so.
     range.next()?;
-    last.cloned()
+    last.map(|k| k.to_vec())
 }
 
 impl Keyspace {
@@ -390,7 +457,14 @@ impl Keyspace {
     /// a new version, or the newest one replaced when it has the same LSN
     /// (a record that changes a key twice). Keeps the live-key count and
     /// the expiry index in step.
-    pub fn install(&mut self, store: &Store, key: &[u8], lsn: u64, level: u8, slot: Option<Slot>) {
+    pub fn install(
+        &mut self,
+        store: &Store,
+        key: &[u8],
+        lsn: u64,
+        level: Level,
+        slot: Option<Slot>,
+    ) {
         let vis = &*store.vis;
         let new_live = slot.is_some();
         let new_exp = slot.as_ref().map_or(0, |s| s.expire_ms);
@@ -403,10 +477,10 @@ impl Keyspace {
                     old.slot.as_ref().map_or(0, |s| s.expire_ms),
                 );
                 if old.lsn == lsn && old.level == level {
-                    *e.versions.last_mut().expect("not empty") = version;
+                    *e.newest_mut() = version;
                 } else {
                     e.prune(vis);
-                    e.versions.push(version);
+                    e.push(version);
                 }
                 if e.prune(vis) {
                     self.map.remove(key);
@@ -418,12 +492,7 @@ impl Keyspace {
                     // Deleting a key that does not exist: nothing to keep.
                     return;
                 }
-                self.map.insert(
-                    key.to_vec(),
-                    Entry {
-                        versions: vec![version],
-                    },
-                );
+                self.map.insert(Str::new(key), Entry::new(version));
                 (false, 0)
             }
         };
@@ -436,10 +505,10 @@ impl Keyspace {
         if old == new {
             return;
         }
-        if old != 0 && self.expires.remove(&(old, key.to_vec())) {
+        if old != 0 && self.expires.remove(&(old, Str::new(key))) {
             store.expiring_keys.fetch_sub(1, Ordering::Relaxed);
         }
-        if new != 0 && self.expires.insert((new, key.to_vec())) {
+        if new != 0 && self.expires.insert((new, Str::new(key))) {
             store.expiring_keys.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -526,7 +595,10 @@ mod tests {
         s.visibility().advance(Level::RemoteFlush, Lsn(20));
         assert_eq!(get(&s, b"k").as_deref(), Some(&b"new"[..]));
         s.compact(&[b"k"]);
-        assert_eq!(s.read_lock().map.get(&b"k"[..]).unwrap().versions.len(), 1);
+        assert_eq!(
+            s.read_lock().map.get(&b"k"[..]).unwrap().versions().len(),
+            1
+        );
     }
 
     #[test]
@@ -740,6 +812,225 @@ mod tests {
         };
         assert_eq!(l.len(), 1);
         assert_eq!(dump[0].1.expire_ms, 0);
+    }
+
+    #[test]
+    fn a_key_costs_a_map_slot_and_nothing_else_when_short() {
+        // The per-key budget docs/architecture.md's table is built on: a
+        // 24-byte key and a 48-byte entry in the B-tree's node, a short
+        // string value inline in the entry.
+        assert_eq!(std::mem::size_of::<Str>(), 24);
+        assert_eq!(std::mem::size_of::<Value>(), 24);
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 32);
+        assert_eq!(std::mem::size_of::<Version>(), 48);
+        assert_eq!(std::mem::size_of::<Entry>(), 48);
+        let s = Str::new(&[7; 22]);
+        assert_eq!((s.heap_len(), &*s), (0, &[7; 22][..]));
+        assert_eq!(Str::new(&[7; 23]).heap_len(), 16 + 23);
+        assert!(Str::new(b"ab") < Str::new(b"abc") && Str::new(b"b") > Str::new(&[b'a'; 30]));
+    }
+
+    #[test]
+    fn a_pending_version_leaves_the_inline_form_and_returns_to_it() {
+        let s = Store::new();
+        write(&s, 10, Level::Immediate, set(b"k", b"old"));
+        assert!(matches!(
+            s.read_lock().map.get(&b"k"[..]),
+            Some(Entry::One(_))
+        ));
+        write(&s, 20, Level::LocalFlush, set(b"k", b"new"));
+        assert!(matches!(s.read_lock().map.get(&b"k"[..]), Some(Entry::Many(v)) if v.len() == 2));
+        s.visibility().advance(Level::LocalFlush, Lsn(20));
+        s.compact(&[b"k"]);
+        assert!(matches!(
+            s.read_lock().map.get(&b"k"[..]),
+            Some(Entry::One(_))
+        ));
+        assert_eq!(get(&s, b"k").as_deref(), Some(&b"new"[..]));
+    }
+
+    /// The visibility rules on a plain model: every version a key ever
+    /// had, oldest first, nothing pruned.
+    /// One version of the model: LSN, level, state.
+    type ModelVersion = (u64, Level, Option<Slot>);
+
+    #[derive(Default)]
+    struct Model {
+        keys: BTreeMap<Vec<u8>, Vec<ModelVersion>>,
+        released: [u64; 5],
+    }
+
+    impl Model {
+        fn visible(&self, lsn: u64, level: Level) -> bool {
+            level == Level::Immediate || lsn <= self.released[level.index()]
+        }
+
+        fn newest(&self, k: &[u8]) -> Option<&Slot> {
+            self.keys.get(k)?.last()?.2.as_ref()
+        }
+
+        fn read(&self, k: &[u8], now_ms: u64) -> Option<&Slot> {
+            let vs = self.keys.get(k)?;
+            let (_, _, slot) = vs.iter().rev().find(|(l, lv, _)| self.visible(*l, *lv))?;
+            slot.as_ref().filter(|s| !s.expired(now_ms))
+        }
+
+        fn write(&mut self, k: &[u8], lsn: u64, level: Level, op: &Op<'_>) {
+            let next = crate::store::value::apply(self.newest(k).cloned(), op);
+            if next.is_none() && !self.keys.contains_key(k) {
+                // A deletion of a key never written: nothing to keep.
+                return;
+            }
+            self.keys
+                .entry(k.to_vec())
+                .or_default()
+                .push((lsn, level, next));
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Write {
+            key: u8,
+            level: Level,
+            op: u8,
+            val: u8,
+        },
+        Rollback {
+            key: u8,
+        },
+        Release {
+            level: Level,
+            upto: u8,
+        },
+        Compact,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        let level = prop_oneof![
+            Just(Level::Immediate),
+            Just(Level::LocalFlush),
+            Just(Level::RemoteWrite),
+            Just(Level::RemoteFlush),
+        ];
+        prop_oneof![
+            4 => (0u8..4, level.clone(), 0u8..4, any::<u8>())
+                .prop_map(|(key, level, op, val)| Step::Write { key, level, op, val }),
+            1 => (0u8..4).prop_map(|key| Step::Rollback { key }),
+            2 => (level, any::<u8>()).prop_map(|(level, upto)| Step::Release { level, upto }),
+            1 => Just(Step::Compact),
+        ]
+    }
+
+    /// A set (short or long value), a delete or an expiry.
+    fn model_op(key: &[u8], op: u8, val: u8) -> Op<'static> {
+        let key = Cow::Owned(key.to_vec());
+        match op {
+            0 => Op::Set {
+                key,
+                value: Cow::Owned(vec![val; 1 + usize::from(val) % 40]),
+            },
+            1 => Op::Del { key },
+            2 => Op::Expire {
+                key,
+                at_ms: u64::from(val % 4),
+            },
+            _ => Op::Put {
+                key,
+                value: Value::string(&[val]),
+                expire_ms: u64::from(val % 3),
+            },
+        }
+    }
+
+    fn check(
+        s: &Store,
+        m: &Model,
+        now_ms: u64,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        use crate::store::txn::Reader;
+        use proptest::prelude::*;
+        for k in 0..4u8 {
+            let key = [b'k', k];
+            prop_assert_eq!(
+                s.read_view(now_ms).slot(&key),
+                m.read(&key, now_ms).cloned(),
+                "read of {:?}",
+                key
+            );
+            let ks = s.read_lock();
+            let newest = ks.map.get(&key[..]).and_then(|e| e.newest().slot.clone());
+            prop_assert_eq!(newest.as_ref(), m.newest(&key));
+            if let Some(Entry::Many(vs)) = ks.map.get(&key[..]) {
+                prop_assert!(vs.len() >= 2, "a Many entry of {} versions", vs.len());
+            }
+        }
+        let live = m
+            .keys
+            .values()
+            .filter(|vs| vs.last().is_some_and(|v| v.2.is_some()));
+        prop_assert_eq!(s.len(), live.clone().count() as u64);
+        let expiring = live.filter(|vs| {
+            vs.last()
+                .and_then(|v| v.2.as_ref())
+                .is_some_and(|s| s.expire_ms != 0)
+        });
+        prop_assert_eq!(s.expiring(), expiring.count() as u64);
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// The compact layout (one inline version, a vector only while a
+        /// write waits for its level) against the model: the same reads at
+        /// every step, and compaction back to one version once released.
+        #[test]
+        fn the_compact_layout_reads_as_the_model(
+            steps in proptest::collection::vec(step(), 1..60),
+            now_ms in 0u64..4,
+        ) {
+            let s = Store::new();
+            let mut m = Model::default();
+            let mut lsn = 0;
+            for st in steps {
+                match st {
+                    Step::Write { key, level, op, val } => {
+                        lsn += 8;
+                        let k = [b'k', key];
+                        let op = model_op(&k, op, val);
+                        m.write(&k, lsn, level, &op);
+                        let mut t = s.write_at(0);
+                        t.apply(op);
+                        t.commit(Lsn(lsn), level);
+                    }
+                    Step::Rollback { key } => {
+                        let k = [b'k', key];
+                        let mut t = s.write_at(0);
+                        t.apply(set(&k, b"never"));
+                    }
+                    Step::Release { level, upto } => {
+                        let at = lsn.saturating_sub(u64::from(upto % 4) * 8);
+                        m.released[level.index()] = m.released[level.index()].max(at);
+                        s.visibility().advance(level, Lsn(at));
+                    }
+                    Step::Compact => {
+                        let keys: Vec<[u8; 2]> = (0..4).map(|k| [b'k', k]).collect();
+                        let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+                        s.compact(&refs);
+                        // Only the newest visible version and newer ones stay.
+                        for k in &keys {
+                            let kept = s.read_lock().map.get(&k[..]).map_or(0, |e| e.versions().len());
+                            let vs = m.keys.get(&k[..]).map_or(&[][..], |v| v.as_slice());
+                            let from = vs.iter().rposition(|(l, lv, _)| m.visible(*l, *lv)).unwrap_or(0);
+                            proptest::prop_assert!(kept <= vs.len() - from.min(vs.len()), "{kept} versions kept");
+                        }
+                    }
+                }
+                check(&s, &m, now_ms)?;
+            }
+        }
     }
 
     #[test]

@@ -454,6 +454,31 @@ pub fn decode(payload: &[u8]) -> Result<KvRecord<'_>, KvDecodeError> {
     Ok(KvRecord { time_us, ops })
 }
 
+/// Decode a record's operations onto the end of `ops` (redo decodes a
+/// whole batch into one vector: no allocation per record). Returns the
+/// commit time; on error `ops` is left as it was.
+pub fn decode_into<'a>(payload: &'a [u8], ops: &mut Vec<Op<'a>>) -> Result<u64, KvDecodeError> {
+    let start = ops.len();
+    let result = decode_ops(payload, ops);
+    if result.is_err() {
+        ops.truncate(start);
+    }
+    result
+}
+
+fn decode_ops<'a>(payload: &'a [u8], ops: &mut Vec<Op<'a>>) -> Result<u64, KvDecodeError> {
+    let mut r = Reader::new(payload);
+    let time_us = r.u64()?;
+    let n = r.count(1)?;
+    for _ in 0..n {
+        ops.push(Op::decode(&mut r)?);
+    }
+    if r.remaining() != 0 {
+        return Err(KvDecodeError(format!("{} trailing bytes", r.remaining())));
+    }
+    Ok(time_us)
+}
+
 impl fmt::Display for KvRecord<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, op) in self.ops.iter().enumerate() {

@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 
-use super::map::{Level, Store};
+use super::map::{Keyspace, Level, Store};
 use super::record::{self, KvDecodeError, Op, RM_KV};
 use super::value;
 use crate::wal::Record;
@@ -37,61 +37,97 @@ impl Store {
     /// key-value records change the store, visible at once; XLOG records
     /// carry nothing it needs.
     pub fn apply_record(&self, rec: &Record) -> Result<(), ApplyError> {
-        if rec.rmid != RM_KV {
-            return Ok(());
+        self.apply_records(std::slice::from_ref(rec))
+    }
+
+    /// Apply a batch of replayed WAL records, in order: every payload is
+    /// decoded first, into one vector of operations borrowing the payloads
+    /// (no allocation per record, no lock held while decoding), then all
+    /// are applied under one hold of the write lock. A record that does
+    /// not decode stops the batch there: the records before it are
+    /// applied, it and those after are not.
+    pub fn apply_records(&self, recs: &[Record]) -> Result<(), ApplyError> {
+        let mut ops = Vec::with_capacity(recs.len());
+        let mut bounds = Vec::with_capacity(recs.len());
+        let mut failed = None;
+        for rec in recs.iter().filter(|r| r.rmid == RM_KV) {
+            let start = ops.len();
+            if let Err(source) = record::decode_into(&rec.payload, &mut ops) {
+                failed = Some(ApplyError {
+                    lsn: rec.lsn,
+                    source,
+                });
+                break;
+            }
+            bounds.push((rec.end, start..ops.len()));
         }
-        let kv = record::decode(&rec.payload).map_err(|source| ApplyError {
-            lsn: rec.lsn,
-            source,
-        })?;
-        self.apply_replayed(rec.end, &kv.ops);
-        Ok(())
+        if !bounds.is_empty() {
+            let mut ks = self.write_lock();
+            let mut skip = Vec::new();
+            for (end, range) in bounds {
+                self.apply_locked(&mut ks, end, &ops[range], &mut skip);
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Apply the operations of the record ending at `end`, visible at once.
     pub fn apply_replayed(&self, end: Lsn, ops: &[Op<'_>]) {
         let mut ks = self.write_lock();
+        self.apply_locked(&mut ks, end, ops, &mut Vec::new());
+    }
+
+    /// One record's operations under the write lock; `skip` is scratch
+    /// space the caller keeps across a batch.
+    fn apply_locked(&self, ks: &mut Keyspace, end: Lsn, ops: &[Op<'_>], skip: &mut Vec<bool>) {
         // Decided before anything is applied: afterwards a key this record
         // changed has the record's own LSN.
-        let skip: Vec<bool> = ops
-            .iter()
-            .map(|op| {
-                op.key()
-                    .and_then(|k| ks.map.get(k))
-                    .is_some_and(|e| e.newest().lsn >= end.0)
-            })
-            .collect();
-        let mut applied: HashSet<&[u8]> = HashSet::new();
-        for (op, skip) in ops.iter().zip(skip) {
-            if skip {
+        skip.clear();
+        skip.extend(ops.iter().map(|op| {
+            op.key()
+                .and_then(|k| ks.map.get(k))
+                .is_some_and(|e| e.newest().lsn >= end.0)
+        }));
+        for (i, op) in ops.iter().enumerate() {
+            if skip[i] {
                 continue;
             }
             let Some(key) = op.key() else {
-                self.flush_replayed(&mut ks, end, &applied);
+                // FLUSHALL (rare): the keys this record applied before it.
+                let applied: HashSet<&[u8]> = ops[..i]
+                    .iter()
+                    .zip(skip.iter())
+                    .filter(|(_, s)| !**s)
+                    .filter_map(|(o, _)| o.key())
+                    .collect();
+                self.flush_replayed(ks, end, &applied);
                 continue;
             };
-            let current = ks.map.get(key).and_then(|e| e.newest().slot.clone());
+            // A replacement does not need the current state (no clone).
+            let current = match op {
+                Op::Set { .. } | Op::Put { .. } | Op::Del { .. } => None,
+                _ => ks.map.get(key).and_then(|e| e.newest().slot.clone()),
+            };
             let next = value::apply(current, op);
-            ks.install(self, key, end.0, Level::Immediate as u8, next);
-            applied.insert(key);
+            ks.install(self, key, end.0, Level::Immediate, next);
         }
     }
 
     /// FLUSHALL replayed: every key goes but those a snapshot took after
     /// this record (LSN past `end`, or at `end` without this record having
     /// touched them before the flush).
-    fn flush_replayed(&self, ks: &mut super::map::Keyspace, end: Lsn, applied: &HashSet<&[u8]>) {
+    fn flush_replayed(&self, ks: &mut Keyspace, end: Lsn, applied: &HashSet<&[u8]>) {
         let doomed: Vec<Vec<u8>> = ks
             .map
             .iter()
             .filter(|(k, e)| {
                 let lsn = e.newest().lsn;
-                lsn < end.0 || (lsn == end.0 && applied.contains(k.as_slice()))
+                lsn < end.0 || (lsn == end.0 && applied.contains(k.as_bytes()))
             })
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_vec())
             .collect();
         for k in doomed {
-            ks.install(self, &k, end.0, Level::Immediate as u8, None);
+            ks.install(self, &k, end.0, Level::Immediate, None);
         }
     }
 }
@@ -228,6 +264,21 @@ mod tests {
                 fresh.apply_replayed(*end, ops);
             }
             prop_assert_eq!(fresh.dump_visible(), primary.dump_visible());
+            // The same WAL as records, applied in batches, ends alike.
+            let batched = Store::new();
+            let recs: Vec<Record> = log.iter().map(|(end, ops)| Record {
+                lsn: Lsn(end.0 - 8),
+                end: *end,
+                prev: Lsn::INVALID,
+                rmid: RM_KV,
+                info: 0,
+                payload: record::encode(0, ops),
+            }).collect();
+            for batch in recs.chunks(3) {
+                batched.apply_records(batch).unwrap();
+            }
+            prop_assert_eq!(batched.dump_visible(), primary.dump_visible());
+            prop_assert_eq!(batched.len(), primary.len());
             // Replaying a record twice changes nothing.
             for (end, ops) in &log {
                 fresh.apply_replayed(*end, ops);
@@ -279,6 +330,41 @@ mod tests {
             }
             prop_assert_eq!(recovered.dump_visible(), primary.dump_visible());
         }
+    }
+
+    #[test]
+    fn a_batch_stops_at_a_record_that_does_not_decode() {
+        let rec = |end: u64, payload: Vec<u8>| Record {
+            lsn: Lsn(end - 8),
+            end: Lsn(end),
+            prev: Lsn::INVALID,
+            rmid: RM_KV,
+            info: 0,
+            payload,
+        };
+        let set = |k: &'static [u8]| {
+            record::encode(
+                0,
+                &[Op::Set {
+                    key: Cow::Borrowed(k),
+                    value: Cow::Borrowed(b"v"),
+                }],
+            )
+        };
+        let s = Store::new();
+        let recs = [
+            rec(8, set(b"a")),
+            rec(16, vec![1, 2, 3]),
+            rec(24, set(b"c")),
+        ];
+        let err = s.apply_records(&recs).unwrap_err();
+        assert_eq!(err.lsn, Lsn(8));
+        let keys: Vec<Vec<u8>> = s.dump_visible().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [b"a".to_vec()],
+            "the record before applied, none after"
+        );
     }
 
     #[test]

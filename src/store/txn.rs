@@ -221,7 +221,7 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
             return None;
         }
         if v.lsn != PROVISIONAL && !self.store.vis.visible(v) {
-            let seen = (Lsn(v.lsn), level_of(v.level));
+            let seen = (Lsn(v.lsn), v.level);
             self.read_pending = Some(match self.read_pending {
                 Some((l, lv)) => (l.max(seen.0), lv.max(seen.1)),
                 None => seen,
@@ -279,7 +279,7 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
                 // A second change in this transaction: change the state in
                 // its provisional version, in place (a collection is not
                 // copied).
-                let v = e.versions.last_mut().expect("not empty");
+                let v = e.newest_mut();
                 let current = v.slot.take();
                 let before = (current.is_some(), expiry_of(&current));
                 v.slot = value::apply(current, op);
@@ -299,7 +299,7 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
         let next = value::apply(current, op);
         let removed = existed && next.is_none();
         self.ks
-            .install(self.store, key, PROVISIONAL, Level::LocalFlush as u8, next);
+            .install(self.store, key, PROVISIONAL, Level::LocalFlush, next);
         self.touched.push(key.to_vec());
         removed
     }
@@ -311,11 +311,11 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
             .map
             .iter()
             .filter(|(_, e)| e.newest().slot.is_some())
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_vec())
             .collect();
         for k in keys {
             self.ks
-                .install(self.store, &k, PROVISIONAL, Level::LocalFlush as u8, None);
+                .install(self.store, &k, PROVISIONAL, Level::LocalFlush, None);
             self.touched.push(k);
         }
     }
@@ -338,18 +338,18 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
         let vis = &*self.store.vis;
         let mut compact = Vec::new();
         for key in touched {
-            let Some(e) = self.ks.map.get_mut(&key) else {
+            let Some(e) = self.ks.map.get_mut(key.as_slice()) else {
                 continue;
             };
-            let v = e.versions.last_mut().expect("not empty");
+            let v = e.newest_mut();
             if v.lsn != PROVISIONAL {
                 continue; // a key touched twice
             }
             v.lsn = end.0;
-            v.level = level as u8;
+            v.level = level;
             if e.prune(vis) {
-                self.ks.map.remove(&key);
-            } else if e.versions.len() > 1 || e.newest().slot.is_none() {
+                self.ks.map.remove(key.as_slice());
+            } else if e.versions().len() > 1 || e.newest().slot.is_none() {
                 compact.push(key);
             }
         }
@@ -360,20 +360,25 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
     /// Remove the provisional versions (the record was not logged).
     fn rollback(&mut self) {
         for key in std::mem::take(&mut self.touched) {
-            let Some(e) = self.ks.map.get_mut(&key) else {
+            let Some(e) = self.ks.map.get_mut(key.as_slice()) else {
                 continue;
             };
             if e.newest().lsn != PROVISIONAL {
                 continue;
             }
-            let undone = e.versions.pop().expect("not empty");
-            let (live, exp) = match e.versions.last() {
-                Some(v) => (v.slot.is_some(), v.slot.as_ref().map_or(0, |s| s.expire_ms)),
-                None => (false, 0),
+            let (undone, live, exp) = match e.pop() {
+                Some(undone) => {
+                    let v = e.newest();
+                    let exp = v.slot.as_ref().map_or(0, |s| s.expire_ms);
+                    (undone, v.slot.is_some(), exp)
+                }
+                None => {
+                    let Some(Entry::One(undone)) = self.ks.map.remove(key.as_slice()) else {
+                        unreachable!("an entry without a second version holds one")
+                    };
+                    (undone, false, 0)
+                }
             };
-            if e.versions.is_empty() {
-                self.ks.map.remove(&key);
-            }
             let undone_exp = undone.slot.as_ref().map_or(0, |s| s.expire_ms);
             self.store.count_live(undone.slot.is_some(), live);
             self.ks.reindex(self.store, &key, undone_exp, exp);
@@ -420,11 +425,4 @@ impl Reader for WriteTxn<'_, '_> {
 
 fn expiry_of(slot: &Option<Slot>) -> u64 {
     slot.as_ref().map_or(0, |s| s.expire_ms)
-}
-
-fn level_of(l: u8) -> Level {
-    Level::ALL
-        .get(l as usize)
-        .copied()
-        .unwrap_or(Level::RemoteApply)
 }

@@ -23,11 +23,118 @@ pub type Hash = HashedMap<Elem>;
 /// A set of members.
 pub type Set = HashedMap<()>;
 
-/// A key's value. Cloning is O(1) (reference counts).
+/// Bytes kept inline up to this length: a [`Str`] of at most this many
+/// bytes needs no heap allocation (the common short key and short value).
+pub const INLINE_LEN: usize = 22;
+
+/// A byte string stored inline when short (no allocation, no pointer to
+/// follow) and shared behind a reference count otherwise (so a clone of a
+/// large value is O(1)). 24 bytes either way: the store's keys and string
+/// values, where the per-key cost is what matters.
+#[derive(Clone)]
+pub struct Str(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, buf: [u8; INLINE_LEN] },
+    Shared(Arc<[u8]>),
+}
+
+impl Str {
+    /// A copy of `b`: inline when it fits.
+    pub fn new(b: &[u8]) -> Str {
+        if b.len() <= INLINE_LEN {
+            let mut buf = [0; INLINE_LEN];
+            buf[..b.len()].copy_from_slice(b);
+            return Str(Repr::Inline {
+                len: b.len() as u8,
+                buf,
+            });
+        }
+        Str(Repr::Shared(Arc::from(b)))
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, buf } => &buf[..usize::from(*len)],
+            Repr::Shared(b) => b,
+        }
+    }
+
+    /// Heap bytes this string owns beyond its 24 (0 when inline; shared
+    /// bytes counted in full), for memory accounting.
+    pub fn heap_len(&self) -> usize {
+        match &self.0 {
+            Repr::Inline { .. } => 0,
+            Repr::Shared(b) => 16 + b.len(),
+        }
+    }
+}
+
+impl std::ops::Deref for Str {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsRef<[u8]> for Str {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Str {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl From<&[u8]> for Str {
+    fn from(b: &[u8]) -> Str {
+        Str::new(b)
+    }
+}
+
+impl PartialEq for Str {
+    fn eq(&self, other: &Str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Str {}
+
+impl PartialOrd for Str {
+    fn partial_cmp(&self, other: &Str) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Byte order, as `[u8]`'s: a map keyed by `Str` is looked up by `&[u8]`.
+impl Ord for Str {
+    fn cmp(&self, other: &Str) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl std::hash::Hash for Str {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.as_bytes().hash(h)
+    }
+}
+
+impl std::fmt::Debug for Str {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// A key's value. Cloning is O(1) (reference counts, or 24 inline bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     /// A string (Redis's strings are binary-safe bytes; INCR parses them).
-    Str(Elem),
+    Str(Str),
     /// A hash of fields to values (HSET, HGET, ...).
     Hash(Arc<Hash>),
     /// A list (LPUSH, LRANGE, ...), persistent so a clone shares it.
@@ -76,7 +183,7 @@ impl Value {
 
     /// A string value holding a copy of `b`.
     pub fn string(b: &[u8]) -> Value {
-        Value::Str(Arc::from(b))
+        Value::Str(Str::new(b))
     }
 }
 

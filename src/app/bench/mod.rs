@@ -25,6 +25,8 @@
 //!   the same run.
 //! - `backup`: `walrep basebackup` MB/s with `--jobs` 1, 2, 4, and a
 //!   two-phase copy's time to the new standby's first flush report;
+//! - `memory`: RSS per key of walrep and Redis 7 loaded with the same
+//!   keys, per `--memory-keys` x `--memory-value-bytes`;
 //! - `failover`: a soak, not a speed: `--rounds` times SIGKILL of a
 //!   synchronous primary under load, promotion, the history checker on the
 //!   promoted node, the old primary rebuilt as its standby.
@@ -42,7 +44,7 @@
 //! - [`scenario`], [`bulk`], [`lag`], [`promote`], [`sync`]: the scenarios.
 //! - [`figures`]: their figures, ratios, targets and probe tables.
 //! - [`wal_micro`]: the `wal` scenario; [`suite`]: the `redis` scenario.
-//! - [`failover`]: the `failover` soak.
+//! - [`failover`]: the `failover` soak; [`memory`]: the `memory` scenario.
 //!
 //! Noise: the machine is shared, so the fdatasync rate is probed right
 //! before and after every run and each run's ratio uses the mean of its
@@ -58,6 +60,7 @@ pub mod figures;
 pub mod fsync;
 pub mod lag;
 pub mod loadgen;
+pub mod memory;
 pub mod pg;
 pub mod procs;
 pub mod promote;
@@ -170,6 +173,8 @@ pub enum Scenario {
     Failover,
     /// Base backups: MB/s per `--jobs`, two-phase time to the first flush.
     Backup,
+    /// RSS per key beside Redis 7 loaded with the same keys.
+    Memory,
 }
 
 impl Scenario {
@@ -189,6 +194,7 @@ impl Scenario {
             Scenario::Redis => "redis",
             Scenario::Failover => "failover",
             Scenario::Backup => "backup",
+            Scenario::Memory => "memory",
         }
     }
 
@@ -303,6 +309,16 @@ pub struct BenchArgs {
     /// run, to replay one).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Memory scenario: key counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+    pub memory_keys: Vec<u64>,
+    /// Memory scenario: value sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "16,1024")]
+    pub memory_value_bytes: Vec<u32>,
+    /// Memory scenario: sizes whose keys and values exceed this many GB
+    /// are skipped (each server holds them in RAM).
+    #[arg(long, default_value_t = 4.0)]
+    pub memory_max_gb: f64,
 }
 
 /// Upper bounds of the options, so a run stays bounded in time.
@@ -356,6 +372,14 @@ impl BenchArgs {
         if self.failover_clients == 0 || self.failover_clients > MAX_CLIENTS {
             return bad(format!("--failover-clients must be 1..={MAX_CLIENTS}"));
         }
+        if self.memory_keys.iter().any(|&k| k == 0 || k > 1 << 30)
+            || self
+                .memory_value_bytes
+                .iter()
+                .any(|&b| b == 0 || b > 1 << 20)
+        {
+            return bad("--memory-keys must be 1..=2^30, --memory-value-bytes 1..=1048576".into());
+        }
         if self.scenarios.is_empty() {
             return bad("--scenario needs at least one scenario".into());
         }
@@ -390,6 +414,8 @@ pub struct RunReport {
     pub redis: Option<suite::SuiteReport>,
     /// The `failover` soak.
     pub failover: Option<failover::FailoverReport>,
+    /// The `memory` scenario.
+    pub memory: Option<memory::MemoryReport>,
 }
 
 /// Run the chosen scenarios and print their reports.
@@ -419,6 +445,11 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     } else {
         None
     };
+    let memory = if scenarios.contains(&Scenario::Memory) {
+        Some(memory::run(args)?)
+    } else {
+        None
+    };
     let others: Vec<Scenario> = scenarios
         .into_iter()
         .filter(|s| {
@@ -429,6 +460,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
                     | Scenario::Tls
                     | Scenario::Redis
                     | Scenario::Failover
+                    | Scenario::Memory
             )
         })
         .collect();
@@ -443,6 +475,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
         tls,
         redis,
         failover,
+        memory,
     })
 }
 

@@ -76,7 +76,7 @@ impl Child {
     }
 
     /// Fail if the process already exited.
-    fn check_alive(&mut self) -> Result<(), BenchError> {
+    pub fn check_alive(&mut self) -> Result<(), BenchError> {
         match self.child.try_wait() {
             Ok(Some(status)) => Err(BenchError::Server(format!(
                 "{} exited early ({status})",

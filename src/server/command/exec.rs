@@ -25,7 +25,7 @@ use crate::server::protocol::reply::{self, Reply};
 use crate::server::session::Session;
 use crate::server::{Backend, Role, WriteError};
 use crate::store::record::{self, KvCommand};
-use crate::store::value::{Elem, Hash, List, Set};
+use crate::store::value::{Hash, List, Set, Str};
 use crate::store::{Level, ReadView, Reader, Slot, Stepping, Store, Value, WriteTxn};
 
 /// What the connection does after a command.
@@ -412,7 +412,7 @@ pub fn write<'a>(t: &mut WriteTxn<'_, 'a>, d: &mut Data<'_>, cmd: Command<'a>) -
 }
 
 /// A string value, WRONGTYPE for another type.
-pub fn string_of(slot: Option<Slot>) -> Result<Option<Elem>, CommandError> {
+pub fn string_of(slot: Option<Slot>) -> Result<Option<Str>, CommandError> {
     match slot.map(|s| s.value) {
         None => Ok(None),
         Some(Value::Str(v)) => Ok(Some(v)),
