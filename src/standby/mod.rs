@@ -20,6 +20,7 @@
 //! - [`progress`]: replay and receive positions and the published status.
 //! - [`tracelog`]: the transition trace in `log/transitions.jsonl`.
 
+pub(crate) mod confirmed;
 pub(crate) mod fetcher;
 pub mod pending;
 pub mod progress;
@@ -283,6 +284,22 @@ impl StandbyRuntime {
             )?),
             false => None,
         };
+        // WAL a previous run received past the upstream's confirmed flush
+        // position is held again before anything replays it.
+        let held = confirmed::held_at_start(&h.segdir);
+        if let Some(held) = held {
+            tracing::info!(
+                "WAL from {} to {} on timeline {} was received before the upstream confirmed it flushed: it is not replayed until a stream confirms it or this standby is promoted",
+                held.from, held.to, held.tli.0
+            );
+            h.progress.received.set_held(Some(held));
+        }
+        let prelude = held.map(|held| Event::UnconfirmedWalHeld {
+            session: crate::states::recovery::SessionId(0),
+            tli: held.tli,
+            from: held.from,
+            to: held.to,
+        });
         let first = if pending {
             Event::BaseBackupPending {
                 start: control.redo_lsn,
@@ -318,7 +335,7 @@ impl StandbyRuntime {
         );
         let startup = std::thread::Builder::new()
             .name("startup".into())
-            .spawn(move || startup.run(first))
+            .spawn(move || startup.run(prelude.into_iter().chain([first])))
             .map_err(spawn_error("startup"))?;
         Ok(StandbyRuntime {
             shutdown: Some(shutdown_tx),

@@ -517,7 +517,7 @@ impl ReceiverShared {
         *self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_held(&self, held: Option<HeldWal>) {
+    pub(crate) fn set_held(&self, held: Option<HeldWal>) {
         *self.held.lock().unwrap_or_else(|e| e.into_inner()) = held;
     }
 

@@ -91,9 +91,11 @@ impl Startup {
     }
 
     /// Run until the machine reaches a final state.
-    pub fn run(mut self, first: Event) {
+    pub fn run(mut self, first: impl IntoIterator<Item = Event>) {
         let _span = tracing::info_span!("startup").entered();
-        self.handle(first);
+        for ev in first {
+            self.handle(ev);
+        }
         let mut shutdown = self.ch.shutdown.clone();
         let reloads = self.h.config.subscribe();
         let mut upstream = upstream_settings(&self.h.config.get());

@@ -21,6 +21,7 @@ use crate::replication::server::{
     format_instance_id, parse_history_id_parameter, HISTORY_ID_PARAMETER,
     RECEIVE_UNFLUSHED_PARAMETER,
 };
+use crate::standby::confirmed::ConfirmedFlush;
 use crate::status::links::{resolve, STATUS_URL_STARTUP_PARAMETER};
 use crate::wal::timeline::{
     compare_history_ids, format_history_id, history_ids, history_path, newest_timeline,
@@ -167,6 +168,10 @@ struct Session {
     published_flush: Lsn,
     /// A WalFlushed the full event queue did not take yet.
     pending_flush: Option<(TimelineId, Lsn)>,
+    /// Where the upstream's confirmed flush position is kept on disk;
+    /// `None` (it could not be written) asks the upstream for flushed WAL
+    /// only, as PostgreSQL's walreceiver does.
+    confirmed: Option<ConfirmedFlush>,
 }
 
 impl Session {
@@ -187,7 +192,15 @@ impl Session {
         let replayed = shared.replayed.subscribe();
         // This session's stream starts over: nothing older may be mixed in.
         shared.buffer.clear();
+        let confirmed = match ConfirmedFlush::open(&cfg.segdir, cfg.tli, start) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("could not keep the upstream's flush position on disk ({e}); streaming only WAL the upstream has flushed");
+                None
+            }
+        };
         Session {
+            confirmed,
             session: control.session.load(Ordering::Acquire),
             tli: cfg.tli,
             start,
@@ -262,7 +275,11 @@ impl Session {
             .status_url
             .iter()
             .map(|u| (STATUS_URL_STARTUP_PARAMETER.to_string(), u.clone()))
-            .chain([(RECEIVE_UNFLUSHED_PARAMETER.to_string(), "on".to_string())])
+            .chain(
+                self.confirmed
+                    .is_some()
+                    .then(|| (RECEIVE_UNFLUSHED_PARAMETER.to_string(), "on".to_string())),
+            )
             .collect();
         let client = ReplicationClient::connect_with(&info, self.cfg.connect_timeout, &extra)
             .map_err(|e| lost(format!("could not connect to the primary server: {e}")))?;
@@ -678,6 +695,7 @@ impl Session {
         let flushed = self.writer.flush().map_err(|e| self.io_failure(e))?;
         let tli = self.writer.timeline();
         let exposed = self.exposable(flushed);
+        self.record_confirmed(tli, exposed);
         self.publish_flushed(tli, exposed);
         if exposed > self.reported_flush {
             self.reported_flush = exposed;
@@ -692,6 +710,20 @@ impl Session {
             }
         }
         self.send_status(false, false)
+    }
+
+    /// Keep `exposed` (flushed here and confirmed upstream) on disk, for a
+    /// restart to hold what lies past it. A failed write leaves an older,
+    /// still true value: the session goes on.
+    fn record_confirmed(&mut self, tli: TimelineId, exposed: Lsn) {
+        if exposed < self.start {
+            return;
+        }
+        if let Some(c) = self.confirmed.as_mut() {
+            if let Err(e) = c.record(tli, exposed) {
+                tracing::warn!("could not record the upstream's flush position: {e}");
+            }
+        }
     }
 
     /// Publish the flush position if WAL was received past the last one.
@@ -896,6 +928,7 @@ impl Session {
         };
         let tli = self.writer.timeline();
         let exposed = self.exposable(flushed);
+        self.record_confirmed(tli, exposed);
         self.publish_flushed(tli, exposed);
         if matches!(end, End::Lost(_)) && exposed > self.reported_flush {
             self.reported_flush = exposed;
