@@ -113,8 +113,16 @@ fn walrep_restart(ctx: &Ctx<'_>, datadir: &Path, records: u64) -> Result<(f64, R
     let mut node = Node::start(&ctx.exe, datadir, &overrides)?;
     load(node.port, records, datadir.parent().unwrap_or(datadir))?;
     set_marker(node.port)?;
-    // synchronous_commit = off: the WAL writer flushes within
-    // wal_writer_delay; a process crash keeps what it wrote anyway.
+    // synchronous_commit = off: the marker is acknowledged before the WAL
+    // writer wrote it; wait for the flush (within wal_writer_delay).
+    let mut c = node.connect()?;
+    let inserted = cluster::insert_lsn(&mut c)?;
+    cluster::wait_for(
+        "the marker's WAL to be flushed",
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+        || Ok((cluster::flush_lsn(&mut c)? >= inserted).then_some(())),
+    )?;
     node.child.kill();
     let log = datadir.with_extension("log");
     let before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
