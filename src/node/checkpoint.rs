@@ -286,12 +286,7 @@ impl Node {
             elapsed_ms = done.elapsed_ms,
             write_ms = done.write_ms,
             sync_ms = done.sync_ms,
-            "{what} complete: wrote {} keys, {} bytes; write={:.3} s, sync={:.3} s, total={:.3} s",
-            done.keys,
-            done.bytes,
-            done.write_ms as f64 / 1e3,
-            done.sync_ms as f64 / 1e3,
-            done.elapsed_ms as f64 / 1e3,
+            "{what} complete"
         );
         *self
             .last_checkpoint

@@ -210,7 +210,7 @@ fn log_len(path: &Path) -> u64 {
 }
 
 /// The "checkpoint complete" lines the primary logged after byte `from`,
-/// shortened to their figures.
+/// shortened to their figures (keys, write, sync and total time).
 fn checkpoints_logged(path: &Path, from: u64) -> Vec<String> {
     let Ok(bytes) = std::fs::read(path) else {
         return Vec::new();
@@ -218,7 +218,21 @@ fn checkpoints_logged(path: &Path, from: u64) -> Vec<String> {
     let start = (from as usize).min(bytes.len());
     String::from_utf8_lossy(&bytes[start..])
         .lines()
-        .filter_map(|l| l.split_once("checkpoint complete: ").map(|(_, r)| r))
-        .map(|r| r.split(" cause=").next().unwrap_or(r).to_string())
+        .filter(|l| l.contains("checkpoint complete"))
+        .map(|l| {
+            let field = |name: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            format!(
+                "checkpoint of {} keys: write {} ms, sync {} ms, total {} ms",
+                field("keys="),
+                field("write_ms="),
+                field("sync_ms="),
+                field("elapsed_ms=")
+            )
+        })
         .collect()
 }
