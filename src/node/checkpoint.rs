@@ -10,7 +10,7 @@
 //! under its read lock (`store/checkpoint.rs`), the chunk files' writeback
 //! starts as they grow, and a checkpoint of the timer or of the WAL volume
 //! is spread, as PostgreSQL's, over `checkpoint_completion_target` of the
-//! time and WAL until the next one is due ([`Pacer`]). Shutdown,
+//! time and WAL until the next one is due (`Pacer`). Shutdown,
 //! end-of-recovery and requested checkpoints run at full speed, and a
 //! spread one still running when one of those is asked for finishes at
 //! full speed too.

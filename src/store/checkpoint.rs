@@ -205,9 +205,9 @@ impl<'a> ChunkWriter<'a> {
 /// difference, skipping for each key the records its LSN says the snapshot
 /// already holds, `replay.rs`). Every byte goes through `storage`.
 ///
-/// The store's lock is held only while a step of [`SCAN_STEP`] keys is
+/// The store's lock is held only while a step of `SCAN_STEP` keys is
 /// copied out; encoding, CRCs and writes happen outside it. Written bytes
-/// are handed to the kernel's writeback every [`WRITEBACK_AFTER_BYTES`]
+/// are handed to the kernel's writeback every `WRITEBACK_AFTER_BYTES`
 /// per file, so the final fsyncs find little left to write, and `pace` is
 /// called after each step with the progress so far: it may sleep to
 /// spread the checkpoint (`checkpoint_completion_target`).
