@@ -87,3 +87,34 @@ fn a_requested_checkpoint_hurries_a_spread_one() {
     );
     assert!(requested.id > spread.id, "both completed, in order");
 }
+
+#[test]
+fn shutdown_does_not_wait_for_a_spread_checkpoint_to_keep_its_pace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = InProcessNode::start(
+        tmp.path(),
+        &["checkpoint_timeout=1h", "checkpoint_completion_target=0.9"],
+    );
+    fill(&node);
+    // The checkpointer's own kind of checkpoint: spread over 0.9 h.
+    node.node().request_checkpoint(CheckpointCause::Time);
+    let base = tmp.path().join("base");
+    support::wait_for(
+        "the spread checkpoint to start writing",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_dir(&base)
+                .ok()?
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                .then_some(())
+        },
+    );
+    let started = Instant::now();
+    drop(node);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "shutdown waited {:?} for the spread checkpoint",
+        started.elapsed()
+    );
+}

@@ -538,6 +538,8 @@ pub struct Checkpointer {
     /// Dropped to stop the thread.
     stop: Option<Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Told to hurry a spread checkpoint under way when stopping.
+    node: Arc<Node>,
 }
 
 impl Checkpointer {
@@ -548,21 +550,28 @@ impl Checkpointer {
         requests: Receiver<CheckpointCause>,
     ) -> std::io::Result<Checkpointer> {
         let (stop, stopped) = bounded(0);
+        let for_thread = node.clone();
         let thread = std::thread::Builder::new()
             .name("checkpointer".into())
-            .spawn(move || run(node, requests, stopped))?;
+            .spawn(move || run(for_thread, requests, stopped))?;
         Ok(Checkpointer {
             stop: Some(stop),
             thread: Some(thread),
+            node,
         })
     }
 
-    /// Stop the thread (the shutdown checkpoint is run by the caller).
+    /// Stop the thread (the shutdown checkpoint is run by the caller). A
+    /// spread checkpoint under way finishes at full speed first: the
+    /// shutdown checkpoint is waiting for it.
     pub fn stop(mut self) {
+        use std::sync::atomic::Ordering;
         drop(self.stop.take());
+        self.node.checkpoint_waiters.fetch_add(1, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.node.checkpoint_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
