@@ -555,6 +555,10 @@ pub struct Config {
     pub checkpoint_timeout: Time<1000>,
     /// WAL written since the last checkpoint that triggers a new checkpoint.
     pub max_wal_size: Size,
+    /// Fraction of the time between checkpoints (and of the WAL that
+    /// triggers one) over which an automatic checkpoint spreads its writes,
+    /// so it never competes with commits for the disk all at once.
+    pub checkpoint_completion_target: f64,
     /// WAL kept for recycling as future segments instead of being removed.
     pub min_wal_size: Size,
     /// Number of chunk files a checkpoint of the store is split into under
@@ -736,6 +740,7 @@ impl Default for Config {
             wal_writer_delay: Time::ms(200),
             checkpoint_timeout: Time::ms(300_000),
             max_wal_size: Size::mb(1024),
+            checkpoint_completion_target: 0.9,
             min_wal_size: Size::mb(80),
             checkpoint_chunks: 16,
             wal_keep_size: Size::mb(0),
@@ -812,6 +817,7 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "wal_writer_delay", section: "Write-ahead log", help: "How often the WAL writer flushes WAL written with synchronous_commit = off." },
     ParamDoc { name: "checkpoint_timeout", section: "Write-ahead log", help: "Longest time between automatic checkpoints." },
     ParamDoc { name: "max_wal_size", section: "Write-ahead log", help: "WAL written since the last checkpoint that triggers a new checkpoint." },
+    ParamDoc { name: "checkpoint_completion_target", section: "Write-ahead log", help: "Fraction of checkpoint_timeout (and of the WAL that triggers a checkpoint) over which an automatic checkpoint spreads its writes; shutdown, end-of-recovery and requested checkpoints run at full speed." },
     ParamDoc { name: "min_wal_size", section: "Write-ahead log", help: "WAL kept for recycling as future segments instead of being removed." },
     ParamDoc { name: "checkpoint_chunks", section: "Write-ahead log", help: "Number of chunk files a checkpoint of the store is split into under base/ (so base backups can copy them in parallel)." },
     ParamDoc { name: "wal_keep_size", section: "Write-ahead log", help: "WAL kept behind the current position for standbys, whatever slots and checkpoints say." },
@@ -1020,6 +1026,15 @@ impl Config {
                 format!(
                     "{} is outside the valid range 1..4096",
                     self.checkpoint_chunks
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.checkpoint_completion_target) {
+            return bad(
+                "checkpoint_completion_target",
+                format!(
+                    "{} is outside the valid range 0..1",
+                    self.checkpoint_completion_target
                 ),
             );
         }

@@ -5,6 +5,15 @@
 //! written since the last redo point beyond half of `max_wal_size` (a
 //! checkpoint takes time; starting at half keeps the total near the
 //! target), and explicit requests (shutdown, end of recovery, base backup).
+//!
+//! Writing one never stalls commits: the store is scanned a step at a time
+//! under its read lock (`store/checkpoint.rs`), the chunk files' writeback
+//! starts as they grow, and a checkpoint of the timer or of the WAL volume
+//! is spread, as PostgreSQL's, over `checkpoint_completion_target` of the
+//! time and WAL until the next one is due (`Pacer`). Shutdown,
+//! end-of-recovery and requested checkpoints run at full speed, and a
+//! spread one still running when one of those is asked for finishes at
+//! full speed too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +30,9 @@ use crate::{Lsn, SegNo};
 
 /// How often the checkpointer looks at the WAL volume when nothing wakes it.
 const VOLUME_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest pause of a spread checkpoint between two steps of its scan (it
+/// looks again whether it is behind schedule, or asked to hurry, after it).
+const PACE_SLEEP: Duration = Duration::from_millis(10);
 
 /// Why a checkpoint runs (logged, as PostgreSQL's "checkpoint starting: time").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +52,13 @@ pub enum CheckpointCause {
 }
 
 impl CheckpointCause {
+    /// Whether this checkpoint runs at full speed (PostgreSQL's
+    /// `CHECKPOINT_IMMEDIATE`): someone waits for it. Only the timer's and
+    /// the WAL volume's are spread.
+    pub fn is_immediate(self) -> bool {
+        !matches!(self, CheckpointCause::Time | CheckpointCause::Wal)
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             CheckpointCause::Time => "time",
@@ -63,6 +82,10 @@ pub struct CheckpointDone {
     pub(crate) segments_removed: u64,
     pub(crate) segments_recycled: u64,
     pub(crate) elapsed_ms: u64,
+    /// Of `elapsed_ms`: scanning and writing the snapshot (pauses included).
+    pub(crate) write_ms: u64,
+    /// Of `elapsed_ms`: the snapshot's fsyncs and rename.
+    pub(crate) sync_ms: u64,
 }
 
 /// Errors of a checkpoint. Any of them leaves the previous checkpoint valid.
@@ -88,10 +111,7 @@ pub enum CheckpointError {
 impl Node {
     /// Run one checkpoint now (serialised with any other).
     pub fn checkpoint(&self, cause: CheckpointCause) -> Result<CheckpointDone, CheckpointError> {
-        let _guard = self
-            .checkpoint_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _guard = self.lock_for_checkpoint(cause);
         let started = Instant::now();
         let wal = self.wal().ok_or(CheckpointError::NoWal)?;
         tracing::info!(cause = cause.as_str(), "checkpoint starting");
@@ -106,7 +126,15 @@ impl Node {
             let c = self.control();
             (c.checkpoint_id + 1, self.settings().checkpoint_chunks)
         };
-        let snap = write_snapshot(&*self.storage, &self.dir.root, id, chunks, &self.store)?;
+        let mut pacer = Pacer::new(self, cause, redo);
+        let snap = write_snapshot(
+            &*self.storage,
+            &self.dir.root,
+            id,
+            chunks,
+            &self.store,
+            &mut |p| pacer.pace(p),
+        )?;
         let shutdown = cause == CheckpointCause::Shutdown;
         let tli = wal.timeline();
         let rec = wal.log_xlog(&XlogRecord::Checkpoint(Checkpoint {
@@ -162,6 +190,36 @@ impl Node {
         keep
     }
 
+    /// Take the checkpoint lock. A caller that must not wait (an
+    /// immediate cause) is counted while it waits, so a spread checkpoint
+    /// holding the lock hurries.
+    fn lock_for_checkpoint(&self, cause: CheckpointCause) -> std::sync::MutexGuard<'_, ()> {
+        use std::sync::atomic::Ordering;
+        if !cause.is_immediate() {
+            return self
+                .checkpoint_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        self.checkpoint_waiters.fetch_add(1, Ordering::SeqCst);
+        let guard = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.checkpoint_waiters.fetch_sub(1, Ordering::SeqCst);
+        guard
+    }
+
+    /// Whether a running spread checkpoint should finish at full speed:
+    /// the node is stopping, or someone waits for a checkpoint of their own.
+    fn checkpoint_should_hurry(&self) -> bool {
+        self.is_shutting_down()
+            || self
+                .checkpoint_waiters
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > 0
+    }
+
     /// Shutdown has begun (no new base backup starts).
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
@@ -173,10 +231,7 @@ impl Node {
     /// the snapshot that exists; returns it with the pin. `None` once the
     /// node is shutting down.
     pub fn pin_last_checkpoint(&self) -> Option<(BackupPin, ControlFile)> {
-        let _guard = self
-            .checkpoint_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _guard = self.lock_for_checkpoint(CheckpointCause::Requested);
         if self.is_shutting_down() {
             return None;
         }
@@ -193,10 +248,7 @@ impl Node {
     /// begun, so it never follows the shutdown checkpoint. Returns the end
     /// of the backup-end record.
     pub fn log_backup_end(&self, start: Lsn) -> Result<Option<Lsn>, crate::wal::WalError> {
-        let _guard = self
-            .checkpoint_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _guard = self.lock_for_checkpoint(CheckpointCause::Requested);
         if self.is_shutting_down() {
             return Ok(None);
         }
@@ -231,6 +283,8 @@ impl Node {
             segments_removed: report.removed,
             segments_recycled: report.recycled,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            write_ms: snap.write_ms,
+            sync_ms: snap.sync_ms,
         };
         tracing::info!(
             cause = cause.as_str(),
@@ -241,6 +295,8 @@ impl Node {
             removed = done.segments_removed,
             recycled = done.segments_recycled,
             elapsed_ms = done.elapsed_ms,
+            write_ms = done.write_ms,
+            sync_ms = done.sync_ms,
             "{what} complete"
         );
         *self
@@ -301,10 +357,7 @@ impl Node {
         &self,
         cause: CheckpointCause,
     ) -> Result<Option<CheckpointDone>, CheckpointError> {
-        let _guard = self
-            .checkpoint_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _guard = self.lock_for_checkpoint(cause);
         if self.wal().is_some() {
             drop(_guard);
             return self.checkpoint(cause).map(Some);
@@ -337,7 +390,15 @@ impl Node {
             return Ok(None);
         }
         tracing::info!(cause = cause.as_str(), %redo, "restartpoint starting");
-        let snap = write_snapshot(&*self.storage, &self.dir.root, id, chunks, &self.store)?;
+        let mut pacer = Pacer::new(self, cause, redo);
+        let snap = write_snapshot(
+            &*self.storage,
+            &self.dir.root,
+            id,
+            chunks,
+            &self.store,
+            &mut |p| pacer.pace(p),
+        )?;
         // The snapshot may hold changes replayed while it was written: a
         // restart must replay at least that far before it is consistent.
         let min_recovery_point = old_min.max(progress.replayed.read(|r| r.end));
@@ -404,12 +465,94 @@ impl Node {
     }
 }
 
+/// Spreads a checkpoint's writes as PostgreSQL's `IsCheckpointOnSchedule`
+/// does: after each step of the scan, the share of keys written, scaled
+/// by `checkpoint_completion_target`, is compared with the share of
+/// `checkpoint_timeout` elapsed and the share of the WAL trigger (half of
+/// `max_wal_size`) written since the redo point; ahead of both, it pauses.
+/// So a checkpoint ends near the target share of the interval whether
+/// time or WAL volume drives the next one, and commits never meet its
+/// whole write at once.
+struct Pacer<'a> {
+    node: &'a Node,
+    /// `None`: full speed.
+    target: Option<f64>,
+    started: Instant,
+    timeout: Duration,
+    wal_trigger_bytes: u64,
+    redo: Lsn,
+    /// Keys in the store when the checkpoint began (the scan's total, near enough).
+    keys_total: u64,
+    paused: Duration,
+}
+
+impl<'a> Pacer<'a> {
+    fn new(node: &'a Node, cause: CheckpointCause, redo: Lsn) -> Pacer<'a> {
+        let settings = node.settings();
+        let target = settings.checkpoint_completion_target;
+        Pacer {
+            node,
+            target: (!cause.is_immediate() && target > 0.0).then_some(target),
+            started: Instant::now(),
+            timeout: settings
+                .checkpoint_timeout
+                .get()
+                .unwrap_or(Duration::from_secs(300)),
+            wal_trigger_bytes: wal_trigger_bytes(&settings),
+            redo,
+            keys_total: node.store.len().max(1),
+            paused: Duration::ZERO,
+        }
+    }
+
+    /// Called after each step: sleep while ahead of schedule.
+    fn pace(&mut self, p: crate::store::checkpoint::SnapshotProgress) {
+        let Some(target) = self.target else { return };
+        if p.keys >= self.keys_total {
+            // Nothing (or only keys added since the start) left to spread.
+            return;
+        }
+        let done = (p.keys as f64 / self.keys_total as f64).min(1.0) * target;
+        while !self.node.checkpoint_should_hurry() && done > self.schedule() {
+            std::thread::sleep(PACE_SLEEP);
+            self.paused += PACE_SLEEP;
+        }
+    }
+
+    /// How far along the interval to the next checkpoint is (0..1, either
+    /// measure, whichever is further).
+    fn schedule(&self) -> f64 {
+        let time = self.started.elapsed().as_secs_f64() / self.timeout.as_secs_f64();
+        let wal = self.node.replay_end().saturating_sub(self.redo) as f64
+            / self.wal_trigger_bytes.max(1) as f64;
+        time.max(wal)
+    }
+}
+
+impl Drop for Pacer<'_> {
+    fn drop(&mut self) {
+        if !self.paused.is_zero() {
+            tracing::debug!(
+                paused_ms = self.paused.as_millis() as u64,
+                "checkpoint spread by checkpoint_completion_target"
+            );
+        }
+    }
+}
+
+/// The WAL written since the last redo point that starts a checkpoint.
+fn wal_trigger_bytes(settings: &crate::config::Config) -> u64 {
+    settings.max_wal_size.bytes().unwrap_or(1 << 30) / 2
+}
+
 /// Handle of the checkpointer thread. Requests reach it through
 /// [`Node::request_checkpoint`].
 pub struct Checkpointer {
     /// Dropped to stop the thread.
     stop: Option<Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Told to hurry a spread checkpoint under way when stopping.
+    node: Arc<Node>,
 }
 
 impl Checkpointer {
@@ -420,21 +563,28 @@ impl Checkpointer {
         requests: Receiver<CheckpointCause>,
     ) -> std::io::Result<Checkpointer> {
         let (stop, stopped) = bounded(0);
+        let for_thread = node.clone();
         let thread = std::thread::Builder::new()
             .name("checkpointer".into())
-            .spawn(move || run(node, requests, stopped))?;
+            .spawn(move || run(for_thread, requests, stopped))?;
         Ok(Checkpointer {
             stop: Some(stop),
             thread: Some(thread),
+            node,
         })
     }
 
-    /// Stop the thread (the shutdown checkpoint is run by the caller).
+    /// Stop the thread (the shutdown checkpoint is run by the caller). A
+    /// spread checkpoint under way finishes at full speed first: the
+    /// shutdown checkpoint is waiting for it.
     pub fn stop(mut self) {
+        use std::sync::atomic::Ordering;
         drop(self.stop.take());
+        self.node.checkpoint_waiters.fetch_add(1, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.node.checkpoint_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -445,7 +595,7 @@ fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>, stopped: Receiver<(
         .checkpoint_timeout
         .get()
         .unwrap_or(Duration::from_secs(300));
-    let wal_trigger = node.settings().max_wal_size.bytes().unwrap_or(1 << 30) / 2;
+    let wal_trigger = wal_trigger_bytes(&node.settings());
     let mut last = Instant::now();
     let mut switch = ArchiveTimeout::new(&node);
     loop {

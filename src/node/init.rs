@@ -53,6 +53,7 @@ pub fn init(path: &Path, seg_size: WalSegSize) -> Result<ControlFile, InitError>
         snapshot_id,
         defaults.checkpoint_chunks,
         &Store::new(),
+        &mut |_| {},
     )?;
     let wal = Wal::start(WalConfig::new(
         dir.wal(),

@@ -134,6 +134,10 @@ pub struct Node {
     role: AtomicU8,
     pub(crate) syncrep: Arc<SyncRep>,
     checkpoint_lock: Mutex<()>,
+    /// Callers waiting for `checkpoint_lock` with a checkpoint that must
+    /// not wait (shutdown, a base backup's start): a spread checkpoint
+    /// running meanwhile finishes at full speed, as PostgreSQL's does.
+    pub(crate) checkpoint_waiters: std::sync::atomic::AtomicUsize,
     last_checkpoint: Mutex<Option<(CheckpointDone, u64)>>,
     /// Requests to the checkpointer thread (bounded; a full queue already
     /// holds a request that serves this one too).

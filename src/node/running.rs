@@ -73,6 +73,7 @@ impl RunningNode {
         datadir: impl Into<std::path::PathBuf>,
         opts: &StartOptions,
     ) -> Result<RunningNode, NodeError> {
+        let began = Instant::now();
         let dir = DataDir::new(datadir);
         dir.check()?;
         let config = Config::load(&dir.config_file(), &opts.overrides)?;
@@ -148,6 +149,7 @@ impl RunningNode {
             }),
             syncrep,
             checkpoint_lock: Mutex::new(()),
+            checkpoint_waiters: Default::default(),
             last_checkpoint: Mutex::new(None),
             checkpoint_requests,
             started_at: Instant::now(),
@@ -200,11 +202,13 @@ impl RunningNode {
         );
         running.disk_monitor =
             Some(super::disk::DiskMonitor::start(node.clone()).map_err(spawn("disk monitor"))?);
-        running.start_listeners()?;
+        running.start_listeners(began)?;
         Ok(running)
     }
 
-    fn start_listeners(&mut self) -> Result<(), NodeError> {
+    /// Open the ports; `began` is when start-up began (the log says how
+    /// long the node took to serve: snapshot load, redo, start-up).
+    fn start_listeners(&mut self, began: Instant) -> Result<(), NodeError> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
             .map_err(spawn("signal handler"))?;
@@ -236,7 +240,8 @@ impl RunningNode {
         } else {
             "standby is running; it accepts read-only connections once consistent"
         };
-        tracing::info!(addr = %server.local_addr(), tls_addr = ?server.tls_addr(), replication_port = ports.replication, "{what}");
+        let startup_ms = began.elapsed().as_millis() as u64;
+        tracing::info!(addr = %server.local_addr(), tls_addr = ?server.tls_addr(), replication_port = ports.replication, startup_ms, "{what}");
         self.server = Some(server);
         Ok(())
     }
@@ -449,6 +454,11 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
             min_recovery_point: control.min_recovery_point,
         });
     }
+    let crashed = control.state != ClusterState::ShutDown;
+    if crashed {
+        let synced = recovery::sync_replayed_wal(&node.segdir, control.redo_lsn, rec.end)?;
+        tracing::debug!(segments = synced, "replayed WAL is durable");
+    }
     tracing::info!(records = rec.records_replayed, end = %rec.end, elapsed_ms = rec.elapsed_ms, "recovery complete");
     let mut wal_cfg = WalConfig::new(
         node.dir.wal(),
@@ -473,10 +483,13 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
     })?;
     node.attach_wal(wal)
         .map_err(spawn("WAL writer's threads"))?;
-    if control.state != ClusterState::ShutDown {
-        // PostgreSQL ends crash recovery with a checkpoint so the WAL just
-        // replayed is not needed again.
-        node.checkpoint(CheckpointCause::EndOfRecovery)?;
+    if crashed {
+        // As PostgreSQL, crash recovery ends with a checkpoint so the WAL
+        // just replayed is not needed again; unlike it, the node serves
+        // meanwhile (the replayed WAL is durable and the last checkpoint
+        // stays valid until this one completes: docs/architecture.md,
+        // "What bounds restart time").
+        node.request_checkpoint(CheckpointCause::EndOfRecovery);
     }
     Ok(())
 }

@@ -470,6 +470,8 @@ pub struct SeqWriter<'a> {
     path: PathBuf,
     offset: u64,
     buf: Vec<u8>,
+    /// Where the last [`SeqWriter::start_writeback`] ended.
+    writeback_from: u64,
 }
 
 impl<'a> SeqWriter<'a> {
@@ -484,7 +486,33 @@ impl<'a> SeqWriter<'a> {
             path: path.to_path_buf(),
             offset: 0,
             buf: Vec::with_capacity(SEQ_BUFFER_BYTES),
+            writeback_from: 0,
         })
+    }
+
+    /// Bytes handed to the kernel so far (the buffer not included).
+    pub fn written(&self) -> u64 {
+        self.offset
+    }
+
+    /// Ask the kernel to start writing what was written so far to disk
+    /// (sync_file_range with `SYNC_FILE_RANGE_WRITE`), without waiting
+    /// and without any durability promise: PostgreSQL's
+    /// `checkpoint_flush_after`. A large file written this way never
+    /// leaves a flood of dirty pages for its final fsync (or for the
+    /// journal commit of another file's fdatasync) to push out at once.
+    /// Where the system has no such call this does nothing; an IO error
+    /// is returned like a failed write's.
+    pub fn start_writeback(&mut self) -> Result<(), StorageError> {
+        self.write_buffer()?;
+        let len = self.offset - self.writeback_from;
+        if len == 0 {
+            return Ok(());
+        }
+        start_writeback(&self.file, self.writeback_from, len)
+            .map_err(StorageError::at("start writeback of", &self.path))?;
+        self.writeback_from = self.offset;
+        Ok(())
     }
 
     /// The path being written.
@@ -532,6 +560,32 @@ impl<'a> SeqWriter<'a> {
             .map_err(StorageError::at("fsync", &self.path))?;
         Ok(self.offset)
     }
+}
+
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Ok(());
+    };
+    // SAFETY: a plain system call on a descriptor `file` keeps open.
+    let r = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Not supported by this filesystem: only a hint was lost.
+        Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &File, _: u64, _: u64) -> io::Result<()> {
+    Ok(())
 }
 
 impl io::Write for SeqWriter<'_> {

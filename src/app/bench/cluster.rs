@@ -129,6 +129,14 @@ impl Node {
     /// (`name=value`), logs in `DATADIR.log`; returns once it answers PING
     /// (a standby answers PING while it recovers).
     pub fn start(exe: &Path, datadir: &Path, overrides: &[String]) -> Result<Node, BenchError> {
+        let mut node = Node::spawn(exe, datadir, overrides)?;
+        wait_ready(&mut node.child, node.port)?;
+        Ok(node)
+    }
+
+    /// [`Node::start`] without waiting for it to answer (the restart
+    /// scenario times that itself).
+    pub fn spawn(exe: &Path, datadir: &Path, overrides: &[String]) -> Result<Node, BenchError> {
         let port = free_port()?;
         let repl_port = free_port()?;
         let log_path = datadir.with_extension("log");
@@ -149,8 +157,7 @@ impl Node {
         }
         cmd.stdout(Stdio::null()).stderr(log);
         let spawned_at = Instant::now();
-        let mut child = Child::spawn("walrep start", &mut cmd)?;
-        wait_ready(&mut child, port)?;
+        let child = Child::spawn("walrep start", &mut cmd)?;
         Ok(Node {
             child,
             datadir: datadir.to_path_buf(),

@@ -68,6 +68,19 @@ pub fn run(
     run_with(load, requests, limit, dir, &[])
 }
 
+/// [`run`] with `pipeline` requests in flight per client (`-P`): a bulk
+/// load, not a latency figure.
+pub fn run_pipelined(
+    load: &Load,
+    requests: u64,
+    pipeline: u32,
+    limit: Duration,
+    dir: &Path,
+) -> Result<LoadResult, BenchError> {
+    let p = pipeline.to_string();
+    run_with(load, requests, limit, dir, &["-P", &p])
+}
+
 /// [`run`] with extra redis-benchmark arguments (`--tls ...`).
 fn run_with(
     load: &Load,

@@ -27,6 +27,10 @@
 //!   two-phase copy's time to the new standby's first flush report;
 //! - `memory`: RSS per key of walrep and Redis 7 loaded with the same
 //!   keys, per `--memory-keys` x `--memory-value-bytes`;
+//! - `checkpoint`: commit p99 of 64 clients with checkpoints running
+//!   (spread, and at full speed) against none, `local` and `on`;
+//! - `restart`: `kill -9` with `--restart-records` of WAL since the last
+//!   checkpoint to the first served read, beside Redis 7 with AOF;
 //! - `failover`: a soak, not a speed: `--rounds` times SIGKILL of a
 //!   synchronous primary under load, promotion, the history checker on the
 //!   promoted node, the old primary rebuilt as its standby.
@@ -54,6 +58,7 @@ pub mod anchors;
 pub mod backup;
 pub mod bulk;
 pub mod chain;
+pub mod checkpoint;
 pub mod cluster;
 pub mod failover;
 pub mod figures;
@@ -65,6 +70,7 @@ pub mod pg;
 pub mod procs;
 pub mod promote;
 pub mod report;
+pub mod restart;
 pub mod scenario;
 pub mod suite;
 pub mod sync;
@@ -175,6 +181,10 @@ pub enum Scenario {
     Backup,
     /// RSS per key beside Redis 7 loaded with the same keys.
     Memory,
+    /// Commit p99 with checkpoints running against none.
+    Checkpoint,
+    /// kill -9 to the first served read, beside Redis with AOF.
+    Restart,
 }
 
 impl Scenario {
@@ -195,6 +205,8 @@ impl Scenario {
             Scenario::Failover => "failover",
             Scenario::Backup => "backup",
             Scenario::Memory => "memory",
+            Scenario::Checkpoint => "checkpoint",
+            Scenario::Restart => "restart",
         }
     }
 
@@ -238,8 +250,10 @@ impl Scenario {
 pub struct BenchArgs {
     /// What to measure, comma-separated: commit, stream, catchup,
     /// archive-replay, lag, chain (replay lag per hop of a cascade), promote, sync, replication (all the replication
-    /// scenarios), wal (the WAL writer alone), tls (TLS cost) or redis
-    /// (redis-benchmark's test set against walrep and Redis 7).
+    /// scenarios), wal (the WAL writer alone), tls (TLS cost), redis
+    /// (redis-benchmark's test set against walrep and Redis 7), checkpoint
+    /// (commit p99 during checkpoints) or restart (kill -9 to the first
+    /// read, beside Redis 7 with AOF).
     #[arg(long = "scenario", value_delimiter = ',', default_value = "commit")]
     pub scenarios: Vec<Scenario>,
     /// Client counts (redis-benchmark -c), comma-separated.
@@ -299,6 +313,13 @@ pub struct BenchArgs {
     /// large two-phase copy (the small one is 100 MB).
     #[arg(long, default_value_t = 2048)]
     pub backup_mb: u64,
+    /// Checkpoint scenario: keys in the store a checkpoint writes.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub checkpoint_keys: u64,
+    /// Restart scenario: SETs written since the last checkpoint before
+    /// the kill -9.
+    #[arg(long, default_value_t = 3_000_000)]
+    pub restart_records: u64,
     /// Failover scenario: rounds of SIGKILL, promote and rebuild.
     #[arg(long, default_value_t = 10)]
     pub rounds: u32,
@@ -327,6 +348,9 @@ const MAX_REPS: u32 = 20;
 const MAX_CLIENTS: u32 = 1000;
 /// Most WAL a bulk scenario generates (it is stored three times).
 const MAX_WAL_MB: u64 = 8192;
+/// Most keys or records a bulk load of the checkpoint and restart
+/// scenarios writes.
+const MAX_BULK_KEYS: u64 = 100_000_000;
 /// Most failover rounds in one run (each takes a few seconds).
 const MAX_ROUNDS: u32 = 100_000;
 
@@ -379,6 +403,13 @@ impl BenchArgs {
                 .any(|&b| b == 0 || b > 1 << 20)
         {
             return bad("--memory-keys must be 1..=2^30, --memory-value-bytes 1..=1048576".into());
+        }
+        if !(1000..=MAX_BULK_KEYS).contains(&self.checkpoint_keys)
+            || !(1000..=MAX_BULK_KEYS).contains(&self.restart_records)
+        {
+            return bad(format!(
+                "--checkpoint-keys and --restart-records must be 1000..={MAX_BULK_KEYS}"
+            ));
         }
         if self.scenarios.is_empty() {
             return bad("--scenario needs at least one scenario".into());

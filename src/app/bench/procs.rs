@@ -186,20 +186,36 @@ pub fn start_walrep(
 
 /// A Redis server with AOF (`appendfsync` = always | no) in `dir`.
 pub fn start_redis(dir: &Path, appendfsync: &str) -> Result<(Child, u16), BenchError> {
-    std::fs::create_dir_all(dir).map_err(|e| BenchError::io("create the Redis dir", e))?;
     let port = free_port()?;
-    let log = log_file(&dir.join("redis.log"))?;
+    let mut child = spawn_redis(dir, appendfsync, port, &[])?;
+    wait_ready(&mut child, port)?;
+    Ok((child, port))
+}
+
+/// `redis-server` with AOF in `dir` on `port` and `extra` arguments,
+/// not waited for (the restart scenario times its loading itself).
+pub fn spawn_redis(
+    dir: &Path,
+    appendfsync: &str,
+    port: u16,
+    extra: &[&str],
+) -> Result<Child, BenchError> {
+    std::fs::create_dir_all(dir).map_err(|e| BenchError::io("create the Redis dir", e))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("redis.log"))
+        .map_err(|e| BenchError::io("open the Redis log", e))?;
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--appendonly", "yes", "--appendfsync", appendfsync])
         .args(["--save", "", "--daemonize", "no"])
+        .args(extra)
         .arg("--dir")
         .arg(dir)
         .stdout(log)
         .stderr(Stdio::null());
-    let mut child = Child::spawn("redis-server", &mut cmd)?;
-    wait_ready(&mut child, port)?;
-    Ok((child, port))
+    Child::spawn("redis-server", &mut cmd)
 }
 
 fn log_file(path: &Path) -> Result<std::fs::File, BenchError> {

@@ -157,6 +157,12 @@ pub fn run(args: &BenchArgs, scenarios: &[Scenario]) -> Result<ScenarioReport, B
     if scenarios.contains(&Scenario::Backup) {
         super::backup::run(&mut ctx)?;
     }
+    if scenarios.contains(&Scenario::Checkpoint) {
+        super::checkpoint::run(&mut ctx)?;
+    }
+    if scenarios.contains(&Scenario::Restart) {
+        super::restart::run(&mut ctx)?;
+    }
     let report = finish(ctx, scenarios, started.elapsed());
     if args.keep {
         let kept = run_dir.keep();

@@ -182,7 +182,7 @@ fn start_standby(
 }
 
 /// Wait until the primary lists the standby as streaming and `sync`.
-fn wait_sync(primary: &Node) -> Result<(), BenchError> {
+pub(crate) fn wait_sync(primary: &Node) -> Result<(), BenchError> {
     let mut c = primary.connect()?;
     cluster::wait_for(
         "the standby to be synchronous",
