@@ -25,6 +25,11 @@
 //!   the same run.
 //! - `backup`: `walrep basebackup` MB/s with `--jobs` 1, 2, 4, and a
 //!   two-phase copy's time to the new standby's first flush report;
+//! - `scaling`: how cost grows with work: commits/s and CPU per commit
+//!   with 0, 1, 2 and 4 standbys (async, `ANY 1`, `FIRST 2`), walsender
+//!   CPU per standby, RSS per million keys and under 64 clients, and
+//!   checkpoint, crash-recovery and base-backup times at 100 MB and 1 GB
+//!   (4 GB with `WALREP_BENCH_SCALING_4GB=1`); not part of `replication`;
 //! - `failover`: a soak, not a speed: `--rounds` times SIGKILL of a
 //!   synchronous primary under load, promotion, the history checker on the
 //!   promoted node, the old primary rebuilt as its standby.
@@ -42,7 +47,7 @@
 //! - [`scenario`], [`bulk`], [`lag`], [`promote`], [`sync`]: the scenarios.
 //! - [`figures`]: their figures, ratios, targets and probe tables.
 //! - [`wal_micro`]: the `wal` scenario; [`suite`]: the `redis` scenario.
-//! - [`failover`]: the `failover` soak.
+//! - [`failover`]: the `failover` soak; [`scaling`]: the `scaling` scenario.
 //!
 //! Noise: the machine is shared, so the fdatasync rate is probed right
 //! before and after every run and each run's ratio uses the mean of its
@@ -62,6 +67,7 @@ pub mod pg;
 pub mod procs;
 pub mod promote;
 pub mod report;
+pub mod scaling;
 pub mod scenario;
 pub mod suite;
 pub mod sync;
@@ -170,6 +176,8 @@ pub enum Scenario {
     Failover,
     /// Base backups: MB/s per `--jobs`, two-phase time to the first flush.
     Backup,
+    /// How cost grows with standbys, keys and data size.
+    Scaling,
 }
 
 impl Scenario {
@@ -189,6 +197,7 @@ impl Scenario {
             Scenario::Redis => "redis",
             Scenario::Failover => "failover",
             Scenario::Backup => "backup",
+            Scenario::Scaling => "scaling",
         }
     }
 
@@ -232,8 +241,9 @@ impl Scenario {
 pub struct BenchArgs {
     /// What to measure, comma-separated: commit, stream, catchup,
     /// archive-replay, lag, chain (replay lag per hop of a cascade), promote, sync, replication (all the replication
-    /// scenarios), wal (the WAL writer alone), tls (TLS cost) or redis
-    /// (redis-benchmark's test set against walrep and Redis 7).
+    /// scenarios), wal (the WAL writer alone), tls (TLS cost), redis
+    /// (redis-benchmark's test set against walrep and Redis 7), backup,
+    /// failover or scaling (how cost grows with standbys, keys and data).
     #[arg(long = "scenario", value_delimiter = ',', default_value = "commit")]
     pub scenarios: Vec<Scenario>,
     /// Client counts (redis-benchmark -c), comma-separated.
