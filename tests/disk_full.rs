@@ -268,6 +268,126 @@ fn a_primary_filled_under_16_writers_loses_nothing_recovers_by_itself_and_stops_
     );
 }
 
+/// A raw connection, to read what the node sends unasked.
+fn raw(port: u16) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(BACK_DEADLINE)).unwrap();
+    s
+}
+
+/// Send one command (RESP) on `s`.
+fn send(s: &mut std::net::TcpStream, args: &[&str]) {
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    std::io::Write::write_all(s, req.as_bytes()).unwrap();
+}
+
+/// Everything `s` receives until the node closes it.
+fn read_to_close(s: &mut std::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(s, &mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Read one line (a simple reply) from `s`.
+fn read_line(s: &mut std::net::TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        assert_eq!(std::io::Read::read(s, &mut b).unwrap(), 1, "closed early");
+        line.push(b[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// pg_receivewal streaming from `node` until the node ends its session
+/// (`-n`: it does not reconnect); its stderr goes to `err`.
+fn receivewal(node: &TestNode, dir: &Path, err: &Path) -> Option<support::process::ChildGuard> {
+    let bin = support::tools::tool("pg_receivewal")?;
+    fs::create_dir_all(dir).unwrap();
+    let mut c = Command::new(bin);
+    c.args(["-h", "127.0.0.1", "-p", &node.replication_port.to_string()])
+        .args(["-U", "walrep", "-w", "-n", "-s", "1", "-D"])
+        .arg(dir)
+        .env_remove("PGPASSWORD")
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(err).unwrap());
+    Some(support::process::ChildGuard::spawn(&mut c))
+}
+
+/// After the WAL writer fails, every session is told why before it is
+/// closed: an idle client reads the error, a client waiting for its `on`
+/// commit gets it as that write's reply (never "OK", never just a closed
+/// connection), pg_receivewal PostgreSQL's FATAL after a crash; then the
+/// node serves again by itself.
+#[test]
+fn a_wal_write_failure_tells_every_session_why_before_closing_it_and_the_node_serves_again() {
+    let logs = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount();
+    let dir = init_datadir(fs.path(), "primary", &["--wal-segment-size", "1MB"]);
+    let node = TestNode::start_logging_to(
+        &dir,
+        &["synchronous_standby_names=s1", "synchronous_commit=local"],
+        &logs.path().join("primary.log"),
+    );
+    let pid = node.pid();
+    let mut idle = raw(node.port);
+    send(&mut idle, &["PING"]);
+    assert_eq!(read_line(&mut idle), "+PONG\r\n");
+    let mut waiting = raw(node.port);
+    send(&mut waiting, &["CONFIG", "SET", "synchronous_commit", "on"]);
+    assert_eq!(read_line(&mut waiting), "+OK\r\n");
+    send(&mut waiting, &["SET", "waiting", "1"]);
+    wait_for("the SET to wait for standby s1", BACK_DEADLINE, || {
+        (node.info_field("replication", "sync_waiters")? == "1").then_some(())
+    });
+    let receivewal_err = logs.path().join("pg_receivewal.err");
+    let mut receiver = receivewal(&node, &logs.path().join("received"), &receivewal_err);
+    if receiver.is_some() {
+        wait_for("pg_receivewal to stream", BACK_DEADLINE, || {
+            node.info("replication")
+                .contains("application_name=pg_receivewal")
+                .then_some(())
+        });
+    }
+
+    let ballast = fs.fill_leaving(4 << 20);
+    let writers = Writers::start(node.port, 4, 200, Duration::ZERO);
+    let told = read_to_close(&mut idle);
+    let answered = read_to_close(&mut waiting);
+    let _ = writers.finish();
+    let why = "-ERR server is restarting after a WAL write failure: ";
+    assert!(told.starts_with(why), "the idle client read {told:?}");
+    assert!(told.contains("No space left on device"), "{told:?}");
+    assert!(told.ends_with("; reconnect in a moment\r\n"), "{told:?}");
+    assert!(
+        answered.starts_with(why),
+        "the waiting SET got {answered:?}"
+    );
+    assert!(
+        answered.contains("the write was not confirmed"),
+        "{answered:?}"
+    );
+    assert!(!answered.contains("+OK"), "{answered:?}");
+    if let Some(r) = receiver.as_mut() {
+        assert!(r.wait_exit().is_some(), "pg_receivewal did not end");
+        let err = fs::read_to_string(&receivewal_err).unwrap();
+        assert!(
+            err.contains("terminating connection because of crash of another server process"),
+            "{err}"
+        );
+        assert!(err.contains("No space left on device"), "{err}");
+    }
+
+    fs::remove_file(&ballast).unwrap();
+    wait_for("the node to accept writes again", BACK_DEADLINE, || {
+        accepts_writes(node.port).then_some(())
+    });
+    assert_eq!(node.pid(), pid, "the test restarted nothing");
+}
+
 #[test]
 fn a_standby_filled_while_streaming_resumes_when_space_is_freed_and_equals_the_primary() {
     let tmp = tempfile::tempdir().unwrap();

@@ -26,7 +26,7 @@ pub mod startpoint;
 mod walrepair;
 
 pub use error::NodeError;
-pub use running::{RunningNode, StartOptions};
+pub use running::{RunningNode, StartOptions, Termination};
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -93,6 +93,16 @@ impl FatalError {
             self,
             FatalError::SyncFailed(_) | FatalError::WalWriterFailed(_)
         )
+    }
+
+    /// What stopped the WAL writer, in the words clients are given:
+    /// "a WAL write failure" and its cause.
+    pub fn what_and_cause(&self) -> (&'static str, String) {
+        match self {
+            FatalError::SyncFailed(f) => ("a failed fsync", f.to_string()),
+            FatalError::WalWriterFailed(e) => ("a WAL write failure", e.to_string()),
+            FatalError::Recovery(e) => ("a recovery failure", e.to_string()),
+        }
     }
 
     /// Whether the failure was a full disk (ENOSPC or EDQUOT).

@@ -1,12 +1,15 @@
 //! `restart_after_crash`: a node run the way PostgreSQL's postmaster runs
 //! its processes. After a failure that stops the WAL writer (a failed write
-//! or fsync, a full disk) the node stops serving — client sessions are
-//! closed, no shutdown checkpoint is written — and starts again in this
-//! process, so crash recovery reads what is really on disk: a file whose
-//! fsync failed is reopened from disk, never fsynced again. While a start
-//! fails because the disk is full, it is retried with a counted back-off,
-//! each attempt saying what is full and what holds WAL. SIGINT and SIGTERM
-//! end the loop at any point, within one back-off step.
+//! or fsync, a full disk) the node stops serving — every session is ended
+//! at once and told why (a Redis client reads an `ERR`, a write waiting
+//! for its level gets that error as its reply, a replication session gets
+//! PostgreSQL's FATAL 57P02), no shutdown checkpoint is written — and
+//! starts again in this process, so crash recovery reads what is really
+//! on disk: a file whose fsync failed is reopened from disk, never fsynced
+//! again. While a start fails because the disk is full, it is retried
+//! with a counted back-off, each attempt saying what is full and what
+//! holds WAL. SIGINT and SIGTERM end the loop at any point, within one
+//! back-off step.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::disk;
-use super::{ExitRequest, NodeError, RunningNode, StartOptions};
+use super::{ExitRequest, FatalError, NodeError, RunningNode, StartOptions, Termination};
+use crate::replication::sqlstate::{self, PgError};
 
 /// First wait before retrying a start that failed on a full disk.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -45,22 +49,26 @@ pub fn run<T>(
             return Ok(ExitRequest::Signal(signal_hook::consts::SIGTERM));
         }
         let why = node.wait_for_exit()?;
-        let restart = match &why {
-            ExitRequest::Fatal(e) => e.restartable() && node.node.settings().restart_after_crash.0,
-            ExitRequest::Signal(_) => false,
+        let crash = match &why {
+            ExitRequest::Fatal(e) if e.restartable() => Some(e),
+            _ => None,
         };
+        let restart = crash.is_some() && node.node.settings().restart_after_crash.0;
         if !restart {
             tracing::info!(reason = ?why, "shutdown requested");
-            node.stop()?;
+            match crash {
+                Some(e) => node.terminate(termination(e, false))?,
+                None => node.stop()?,
+            }
             drop(held);
             return Ok(why);
         }
-        if let ExitRequest::Fatal(e) = &why {
+        if let Some(e) = crash {
             tracing::error!("{e}");
             tracing::error!("terminating client sessions because the WAL writer stopped; all server threads will stop and crash recovery will run again (restart_after_crash)");
-        }
-        if let Err(e) = node.stop() {
-            tracing::warn!(error = %e, "stopping after the failure reported an error");
+            if let Err(e) = node.terminate(termination(e, true)) {
+                tracing::warn!(error = %e, "stopping after the failure reported an error");
+            }
         }
         drop(held);
         restarts += 1;
@@ -68,6 +76,47 @@ pub fn run<T>(
             Some(n) => node = n,
             None => return Ok(ExitRequest::Signal(signal_hook::consts::SIGTERM)),
         }
+    }
+}
+
+/// What every session is told when the node ends them after `failure`:
+/// Redis clients an `ERR` naming the failure and what to do, replication
+/// sessions PostgreSQL's FATAL after a crash (57P02, its wording).
+pub fn termination(failure: &FatalError, restarting: bool) -> Termination {
+    let (what, cause) = failure.what_and_cause();
+    let (verb, hint, next) = if restarting {
+        (
+            "restarting",
+            "reconnect in a moment",
+            "the server runs crash recovery and serves again (restart_after_crash)",
+        )
+    } else {
+        (
+            "shutting down",
+            "the server stays down until it is started again (restart_after_crash is off)",
+            "the server shuts down (restart_after_crash is off)",
+        )
+    };
+    let replication = PgError::fatal(
+        sqlstate::CRASH_SHUTDOWN,
+        "terminating connection because of crash of another server process",
+    )
+    .with_detail(format!(
+        "The WAL writer stopped after {what}: {cause}; {next}."
+    ));
+    let replication = if restarting {
+        replication.with_hint(
+            "In a moment you should be able to reconnect to the database and repeat your command.",
+        )
+    } else {
+        replication
+    };
+    Termination {
+        redis: crate::server::Termination {
+            reason: format!("server is {verb} after {what}: {cause}"),
+            hint: hint.into(),
+        },
+        replication,
     }
 }
 

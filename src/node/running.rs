@@ -299,11 +299,32 @@ impl RunningNode {
     /// finish (those still waiting for a standby after a grace period get an
     /// error, never "OK"), stop recovery, write a shutdown checkpoint (or a
     /// restartpoint on a standby), stop the WAL writer.
-    pub fn stop(mut self) -> Result<(), NodeError> {
+    pub fn stop(self) -> Result<(), NodeError> {
+        self.stop_with(None)
+    }
+
+    /// Stop after a failure that stopped the WAL writer, as PostgreSQL's
+    /// postmaster ends every backend after a crash: each Redis client gets
+    /// `sessions.redis` as an error (a write waiting for its level gets it
+    /// as its reply) and each replication session the FATAL
+    /// `sessions.replication`, at once, before the rest stops as in
+    /// [`RunningNode::stop`] (without the shutdown checkpoint).
+    pub fn terminate(self, sessions: Termination) -> Result<(), NodeError> {
+        self.stop_with(Some(sessions))
+    }
+
+    fn stop_with(mut self, termination: Option<Termination>) -> Result<(), NodeError> {
         let node = self.node.clone();
         tracing::info!("received shutdown request; shutting down");
-        if let Some(server) = self.server.take() {
-            stop_server(&node, server);
+        match (self.server.take(), termination) {
+            (Some(server), Some(t)) => {
+                terminate_server(&node, server, t.redis);
+                if let Some(r) = self.replication.take() {
+                    r.terminate(t.replication);
+                }
+            }
+            (Some(server), None) => stop_server(&node, server),
+            (None, _) => {}
         }
         if let Some(e) = self.expire.take() {
             e.stop();
@@ -507,6 +528,24 @@ fn stop_server(node: &Arc<Node>, mut server: Server) {
         node.syncrep.shutdown();
     }
     let _ = stopper.join();
+}
+
+/// End every session at once: the sessions are told first, then what
+/// their writes wait for (synchronous standbys) is released, so no waiting
+/// client hears anything but the termination.
+fn terminate_server(node: &Arc<Node>, mut server: Server, why: crate::server::Termination) {
+    server.begin_termination(why);
+    node.syncrep.shutdown();
+    server.shutdown();
+}
+
+/// What the sessions are told when the node ends them after a crash.
+#[derive(Debug, Clone)]
+pub struct Termination {
+    /// The error each Redis client reads.
+    pub redis: crate::server::Termination,
+    /// The FATAL each replication session receives.
+    pub replication: crate::replication::sqlstate::PgError,
 }
 
 /// Bind the replication port and start the walsender listener.

@@ -43,6 +43,9 @@ pub const OBJECT_IN_USE: &str = "55006";
 pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 /// `57P01` admin_shutdown: the server is shutting down.
 pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// `57P02` crash_shutdown: the server ends every session after a failure
+/// that stopped its WAL writer (then restarts, or stops).
+pub const CRASH_SHUTDOWN: &str = "57P02";
 /// `XX000` internal_error: PostgreSQL's code for errors raised without one
 /// (a start point ahead of the flush position, an unknown slot option), and
 /// corrupt slot files.

@@ -18,6 +18,7 @@ use super::clients::{ClientInfo, KillSignal};
 use super::command::{self, auth, Command, Flow, WaitRequest};
 use super::protocol::{self, reply, Limits};
 use super::session::{Session, SessionContext};
+use super::{Termination, WriteError};
 
 /// Output held back (unsent, or waiting for a write's confirmation) beyond
 /// which the connection stops executing requests until it shrinks, so a
@@ -78,6 +79,9 @@ pub struct Conn {
     pub last_request: Instant,
     /// Bytes this connection counts in `client_buffer_bytes`.
     pub accounted: u64,
+    /// The server ended the session ([`Conn::terminate`]): nothing more
+    /// is run or answered, only the error is sent.
+    pub terminated: bool,
 }
 
 impl Conn {
@@ -127,6 +131,7 @@ impl Conn {
             since: std::time::Instant::now(),
             last_request: Instant::now(),
             accounted: 0,
+            terminated: false,
         }
     }
 
@@ -382,6 +387,25 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// End the session with `why`: a pending write gets it as its reply
+    /// (never "OK": it was not confirmed), a WAIT in progress too, an idle
+    /// client reads it before the connection closes. Requests not yet run
+    /// never are.
+    pub fn terminate(&mut self, why: &Arc<Termination>) {
+        self.terminated = true;
+        self.handed_off = false;
+        self.wait_job = None;
+        if self.session.has_pending() {
+            let failed = Err(WriteError::Terminated(why.clone()));
+            self.session.confirm(&failed, &mut Vec::new());
+        } else if self.hold == Hold::Waiting || !self.closing {
+            reply::error(&mut self.session.out, &why.error_text());
+        }
+        // A WAIT's thread ends by its own timeout; its count is not sent.
+        self.hold = Hold::None;
+        self.closing = true;
     }
 
     /// Bytes held in this connection's buffers (what `maxmemory_clients`

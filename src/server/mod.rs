@@ -28,7 +28,7 @@ pub mod worker;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -59,8 +59,32 @@ pub enum WriteError {
     WalFailed(crate::wal::WalError),
     #[error("ERR the node is shutting down")]
     ShuttingDown,
+    /// The server ended every session before this write was confirmed
+    /// (after a failure that stopped the WAL writer): whether the write
+    /// survives depends on what crash recovery finds in the WAL.
+    #[error("ERR {}; the write was not confirmed: it survives only if crash recovery finds it in the WAL; {}", .0.reason, .0.hint)]
+    Terminated(Arc<Termination>),
     #[error("LOADING walrep is replaying WAL; reads are served once recovery is consistent")]
     NotConsistent,
+}
+
+/// Why the server ends every session at once instead of letting them
+/// finish (PostgreSQL's termination of every backend after a crash): each
+/// client reads it as an error before its connection is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Termination {
+    /// What happened: "server is restarting after a WAL write failure: ...".
+    pub reason: String,
+    /// What the client can do: "reconnect in a moment".
+    pub hint: String,
+}
+
+impl Termination {
+    /// The error a client with no write in flight reads (as the reply to
+    /// its command in progress, or before its next one), Redis style.
+    pub fn error_text(&self) -> String {
+        format!("ERR {}; {}", self.reason, self.hint)
+    }
 }
 
 /// What the front end needs from the node.
@@ -217,6 +241,9 @@ pub struct Server {
     /// The TLS listener's address (`tls_port`).
     tls_addr: Option<SocketAddr>,
     shutting_down: Arc<AtomicBool>,
+    /// Set by [`Server::begin_termination`]: the workers answer every
+    /// session with this error and close it.
+    terminating: Arc<OnceLock<Arc<Termination>>>,
     accept_thread: Option<JoinHandle<()>>,
     tls_accept_thread: Option<JoinHandle<()>>,
     workers: Arc<Vec<Mutex<worker::WorkerHandle>>>,
@@ -241,6 +268,7 @@ impl Server {
         };
         let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let shutting_down = Arc::new(AtomicBool::new(false));
+        let terminating = Arc::new(OnceLock::new());
         let stats = Arc::new(ServerStats::default());
         let ctx = session::SessionContext {
             backend,
@@ -252,8 +280,11 @@ impl Server {
         let mut handles = Vec::new();
         let gate = Arc::new(worker::FlushGate::default());
         for i in 0..worker_count() {
-            let h =
-                worker::WorkerHandle::start(i, ctx.clone(), shutting_down.clone(), gate.clone());
+            let flags = worker::StopFlags {
+                shutting_down: shutting_down.clone(),
+                terminating: terminating.clone(),
+            };
+            let h = worker::WorkerHandle::start(i, ctx.clone(), flags, gate.clone());
             match h {
                 Ok(h) => handles.push(Mutex::new(h)),
                 Err(e) => {
@@ -300,6 +331,7 @@ impl Server {
             local_addr,
             tls_addr,
             shutting_down,
+            terminating,
             accept_thread: Some(accept_thread),
             tls_accept_thread,
             workers,
@@ -314,6 +346,18 @@ impl Server {
     /// The TLS listener's address, when `tls_port` is set.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// End every session at once with `why` (PostgreSQL's termination of
+    /// backends after a crash): a client waiting for a write gets it as
+    /// that write's reply, any other client as an error before its
+    /// connection is closed. Unread requests are not run. The caller then
+    /// releases what the writes wait for and calls [`Server::shutdown`].
+    pub fn begin_termination(&self, why: Termination) {
+        let _ = self.terminating.set(Arc::new(why));
+        for w in self.workers.iter() {
+            lock(w).wake();
+        }
     }
 
     /// Stop accepting, let every connection finish the requests it has

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use super::command::WaitRequest;
 use super::conn::{Conn, Hold};
 use super::protocol::reply;
 use super::session::SessionContext;
-use super::WriteError;
+use super::{Termination, WriteError};
 use crate::store::Level;
 use crate::Lsn;
 
@@ -92,6 +92,14 @@ impl FlushGate {
     }
 }
 
+/// How the server tells its workers to stop.
+pub struct StopFlags {
+    /// Stop reading requests, finish those in flight, then end.
+    pub shutting_down: Arc<AtomicBool>,
+    /// End every session at once with this error (after a crash).
+    pub terminating: Arc<OnceLock<Arc<Termination>>>,
+}
+
 /// What a worker is sent from outside its loop.
 enum Msg {
     /// A connection accepted for this worker; true if it speaks TLS.
@@ -131,7 +139,7 @@ impl WorkerHandle {
     pub fn start(
         index: usize,
         ctx: SessionContext,
-        shutting_down: Arc<AtomicBool>,
+        flags: StopFlags,
         gate: Arc<FlushGate>,
     ) -> io::Result<WorkerHandle> {
         let poll = Poll::new()?;
@@ -157,7 +165,8 @@ impl WorkerHandle {
             done,
             done_tx,
             ctx,
-            shutting_down,
+            shutting_down: flags.shutting_down,
+            terminating: flags.terminating,
             gate,
             ready: Vec::new(),
             scratch: vec![0; READ_CHUNK],
@@ -239,6 +248,9 @@ struct Worker {
     done_tx: Sender<Done>,
     ctx: SessionContext,
     shutting_down: Arc<AtomicBool>,
+    /// Set when the server ends every session at once (see
+    /// [`Worker::terminate_sessions`]).
+    terminating: Arc<OnceLock<Arc<Termination>>>,
     /// Shared by the workers of a server: who is flushing, who waits.
     gate: Arc<FlushGate>,
     /// Connections to drive in this pass (deduplicated by `Conn::queued`).
@@ -258,6 +270,7 @@ impl Worker {
         let mut drain_deadline: Option<Instant> = None;
         let mut last_sweep = Instant::now();
         loop {
+            self.terminate_sessions();
             let stopping = self.shutting_down.load(Ordering::SeqCst);
             if stopping {
                 let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_LIMIT);
@@ -585,7 +598,7 @@ impl Worker {
     fn confirm(&mut self, tokens: &[Token], result: Result<(), WriteError>) {
         let mut compact = Vec::new();
         for t in tokens {
-            let Some(c) = self.conns.get_mut(t) else {
+            let Some(c) = self.conns.get_mut(t).filter(|c| !c.terminated) else {
                 continue;
             };
             c.handed_off = false;
@@ -699,12 +712,36 @@ impl Worker {
         }
     }
 
+    /// After a crash: every session not yet told gets the termination
+    /// error (as its pending write's reply, or its WAIT's, or unasked) and
+    /// is closed once that is sent. Runs before any result of the
+    /// committer is applied, so a wait the node aborts to end the sessions
+    /// is answered with the termination, not with "shutting down".
+    fn terminate_sessions(&mut self) {
+        let Some(why) = self.terminating.get().cloned() else {
+            return;
+        };
+        let tokens: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.terminated)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            if let Some(c) = self.conns.get_mut(&token) {
+                c.terminate(&why);
+            }
+            self.enqueue(token);
+        }
+    }
+
     fn take_done(&mut self) {
+        self.terminate_sessions();
         while let Ok(d) = self.done.try_recv() {
             match d {
                 Done::Settled { tokens, result } => self.confirm(&tokens, result),
                 Done::Waited { token, acked } => {
-                    if let Some(c) = self.conns.get_mut(&token) {
+                    if let Some(c) = self.conns.get_mut(&token).filter(|c| !c.terminated) {
                         reply::integer(&mut c.session.out, acked as i64);
                         c.hold = Hold::None;
                     }

@@ -31,6 +31,11 @@
 //!   (spread, and at full speed) against none, `local` and `on`;
 //! - `restart`: `kill -9` with `--restart-records` of WAL since the last
 //!   checkpoint to the first served read, beside Redis 7 with AOF;
+//! - `scaling`: how cost grows with work: commits/s and CPU per commit
+//!   with 0, 1, 2 and 4 standbys (async, `ANY 1`, `FIRST 2`), walsender
+//!   CPU per standby, RSS per million keys and under 64 clients, and
+//!   checkpoint, crash-recovery and base-backup times at 100 MB and 1 GB
+//!   (4 GB with `WALREP_BENCH_SCALING_4GB=1`); not part of `replication`;
 //! - `failover`: a soak, not a speed: `--rounds` times SIGKILL of a
 //!   synchronous primary under load, promotion, the history checker on the
 //!   promoted node, the old primary rebuilt as its standby.
@@ -49,6 +54,7 @@
 //! - [`figures`]: their figures, ratios, targets and probe tables.
 //! - [`wal_micro`]: the `wal` scenario; [`suite`]: the `redis` scenario.
 //! - [`failover`]: the `failover` soak; [`memory`]: the `memory` scenario.
+//! - [`failover`]: the `failover` soak; [`scaling`]: the `scaling` scenario.
 //!
 //! Noise: the machine is shared, so the fdatasync rate is probed right
 //! before and after every run and each run's ratio uses the mean of its
@@ -71,6 +77,7 @@ pub mod procs;
 pub mod promote;
 pub mod report;
 pub mod restart;
+pub mod scaling;
 pub mod scenario;
 pub mod suite;
 pub mod sync;
@@ -185,6 +192,8 @@ pub enum Scenario {
     Checkpoint,
     /// kill -9 to the first served read, beside Redis with AOF.
     Restart,
+    /// How cost grows with standbys, keys and data size.
+    Scaling,
 }
 
 impl Scenario {
@@ -207,6 +216,7 @@ impl Scenario {
             Scenario::Memory => "memory",
             Scenario::Checkpoint => "checkpoint",
             Scenario::Restart => "restart",
+            Scenario::Scaling => "scaling",
         }
     }
 
@@ -251,9 +261,11 @@ pub struct BenchArgs {
     /// What to measure, comma-separated: commit, stream, catchup,
     /// archive-replay, lag, chain (replay lag per hop of a cascade), promote, sync, replication (all the replication
     /// scenarios), wal (the WAL writer alone), tls (TLS cost), redis
-    /// (redis-benchmark's test set against walrep and Redis 7), checkpoint
-    /// (commit p99 during checkpoints) or restart (kill -9 to the first
-    /// read, beside Redis 7 with AOF).
+    /// (redis-benchmark's test set against walrep and Redis 7), backup,
+    /// failover, memory (RSS per key beside Redis 7), checkpoint (commit
+    /// p99 during checkpoints), restart (kill -9 to the first read, beside
+    /// Redis 7 with AOF) or scaling (how cost grows with standbys, keys and
+    /// data).
     #[arg(long = "scenario", value_delimiter = ',', default_value = "commit")]
     pub scenarios: Vec<Scenario>,
     /// Client counts (redis-benchmark -c), comma-separated.

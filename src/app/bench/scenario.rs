@@ -163,6 +163,9 @@ pub fn run(args: &BenchArgs, scenarios: &[Scenario]) -> Result<ScenarioReport, B
     if scenarios.contains(&Scenario::Restart) {
         super::restart::run(&mut ctx)?;
     }
+    if scenarios.contains(&Scenario::Scaling) {
+        super::scaling::run(&mut ctx)?;
+    }
     let report = finish(ctx, scenarios, started.elapsed());
     if args.keep {
         let kept = run_dir.keep();

@@ -27,7 +27,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use super::pgwire::DEFAULT_MAX_MESSAGE_LEN;
 use super::registry::WalSenderRegistry;
 use super::slots::SlotManager;
 use super::source::ReplicationSource;
+use super::sqlstate::PgError;
 use crate::config::{Config, HbaEntry};
 use crate::security::roles::Roles;
 use crate::security::tls::{self, TlsError};
@@ -143,6 +144,9 @@ pub(crate) struct Ctx<S> {
     /// "disconnected" at once.
     shutdown_rx: Receiver<()>,
     stopping: AtomicBool,
+    /// Set by [`ServerHandle::terminate`]: every session ends at once with
+    /// this FATAL instead of the shutdown handshake.
+    terminated: OnceLock<PgError>,
     /// Connections open (authenticated or not): a safety bound on threads.
     connections: AtomicUsize,
     /// Connections still authenticating, oldest first.
@@ -159,6 +163,8 @@ pub struct ServerHandle {
     registry: Arc<WalSenderRegistry>,
     shutdown_tx: Option<Sender<()>>,
     ctx_stopping: Arc<dyn Fn() + Send + Sync>,
+    /// Sets the sessions' termination error (see [`ServerHandle::terminate`]).
+    ctx_terminate: Arc<dyn Fn(PgError) + Send + Sync>,
     accept: Option<JoinHandle<()>>,
     sessions: Arc<Mutex<Vec<JoinHandle<()>>>>,
     /// Disconnected once the listener and every session thread are gone
@@ -186,6 +192,7 @@ pub fn spawn<S: ReplicationSource>(
         slots,
         shutdown_rx,
         stopping: AtomicBool::new(false),
+        terminated: OnceLock::new(),
         connections: AtomicUsize::new(0),
         startup,
     });
@@ -199,11 +206,15 @@ pub fn spawn<S: ReplicationSource>(
             .spawn(move || accept_loop(listener, ctx, sessions, done_tx))?
     };
     let stop_ctx = Arc::clone(&ctx);
+    let terminate_ctx = Arc::clone(&ctx);
     Ok(ServerHandle {
         addr,
         registry,
         shutdown_tx: Some(shutdown_tx),
         ctx_stopping: Arc::new(move || stop_ctx.stopping.store(true, Ordering::SeqCst)),
+        ctx_terminate: Arc::new(move |e| {
+            let _ = terminate_ctx.terminated.set(e);
+        }),
         accept: Some(accept),
         sessions,
         done_rx,
@@ -323,6 +334,14 @@ impl ServerHandle {
     /// (streaming clients get the rest of the WAL and `COPY 0`), and wait
     /// for them, at most `shutdown_timeout` plus a second.
     pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    /// End every session at once with `error` (a FATAL, PostgreSQL's
+    /// 57P02 after a crash): no shutdown handshake, no more WAL sent; then
+    /// wait for the sessions as [`ServerHandle::shutdown`] does.
+    pub fn terminate(mut self, error: PgError) {
+        (self.ctx_terminate)(error);
         self.stop();
     }
 

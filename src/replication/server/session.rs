@@ -161,8 +161,11 @@ impl<S: ReplicationSource> Session<S> {
             let ev = select! {
                 recv(self.rx) -> ev => ev,
                 recv(self.ctx.shutdown_rx) -> _ => {
-                    let _ = self.conn.error(&PgError::fatal(code::ADMIN_SHUTDOWN, "terminating connection due to administrator command"));
-                    return "server shutdown".into();
+                    let e = self.ctx.terminated.get().cloned().unwrap_or_else(|| {
+                        PgError::fatal(code::ADMIN_SHUTDOWN, "terminating connection due to administrator command")
+                    });
+                    let _ = self.conn.error(&e);
+                    return format!("server shutdown: {}", e.message);
                 }
             };
             let msg = match ev {

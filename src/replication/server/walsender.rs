@@ -265,6 +265,10 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             while let Ok(ev) = self.s.rx.try_recv() {
                 self.on_event(ev)?;
             }
+            if let Some(e) = self.s.ctx.terminated.get() {
+                // After a crash: no shutdown handshake, the FATAL at once.
+                return Err(Failure::Error(e.clone()));
+            }
             if self.stopping.is_none() && self.s.ctx.stopping.load(Ordering::SeqCst) {
                 self.stopping = Some(Instant::now() + self.s.ctx.options.shutdown_timeout);
                 self.s.handle.set_state(WalSenderState::Stopping);
