@@ -729,6 +729,20 @@ fn remove_segments_after(dir: &Path, lsn: walrep::Lsn) -> usize {
 
 #[test]
 fn a_base_backup_from_a_standby_is_consistent_only_after_its_end() {
+    backup_from_a_standby(&[]);
+}
+
+#[test]
+fn a_parallel_base_backup_from_a_standby_is_consistent_only_after_its_end() {
+    backup_from_a_standby(&["--jobs", "2"]);
+}
+
+/// `walrep basebackup --from s1` (a standby) with `extra` options, under
+/// load: the copy says `BACKUP FROM: standby`, ends at a position s1
+/// replayed, holds the WAL up to that end, is not consistent (reads
+/// refused) before it has replayed that far, then streams from s1 and
+/// holds the primary's data.
+fn backup_from_a_standby(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let (primary, _archive) = primary(tmp.path(), &[]);
     let mut s1 = standby(&primary, &primary, tmp.path(), "s1");
@@ -743,7 +757,9 @@ fn a_base_backup_from_a_standby_is_consistent_only_after_its_end() {
     wait_for("the load to start", Duration::from_secs(60), || {
         (wal_flush(&primary) > mark + (1 << 20)).then_some(())
     });
-    let dest = basebackup_with(&s1, tmp.path(), "s5", "s5", &["--max-rate", "1024"]);
+    let mut args = vec!["--max-rate", "1024"];
+    args.extend_from_slice(extra);
+    let dest = basebackup_with(&s1, tmp.path(), "s5", "s5", &args);
     stop.store(true, Ordering::Relaxed);
     assert!(load.into_iter().map(|t| t.join().unwrap()).sum::<u64>() > 0);
 
@@ -761,6 +777,16 @@ fn a_base_backup_from_a_standby_is_consistent_only_after_its_end() {
         "the backup ends ({end}) segments after it starts ({start})"
     );
     assert!(end <= replayed(&s1), "the end is a position s1 replayed");
+    // The copy holds the WAL from its start to its end (fetched with the
+    // archive or, with jobs, by WAL_RANGE from s1).
+    let segs = segment_file_names(&dest.join("wal"));
+    for segno in (start.0 >> 20)..=((end.0 - 1) >> 20) {
+        let name = format!("00000001{:08X}{:08X}", segno >> 12, segno & 0xFFF);
+        assert!(
+            segs.contains(&name),
+            "{name} missing from the copy: {segs:?}"
+        );
+    }
     // No backup-end record from a standby: only WAL s1 received.
     // Without s1 and without the WAL past the start segment, s5 cannot
     // reach the end: it must refuse reads.
