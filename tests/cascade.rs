@@ -934,3 +934,78 @@ fn reload_gives_an_archive_only_standby_an_upstream_and_takes_it_away() {
     assert!(!serves(&primary, "s1"), "the stream stays off");
     assert_eq!(s1.pid(), pid, "no restart");
 }
+
+/// The segment numbers in `node`'s wal/ (1 MB segments).
+fn segnos(node: &TestNode) -> Vec<u64> {
+    segment_file_names(&node.datadir.join("wal"))
+        .iter()
+        .map(|n| {
+            u64::from_str_radix(&n[8..16], 16).unwrap() * 4096
+                + u64::from_str_radix(&n[16..24], 16).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_standbys_restartpoints_cap_its_slots_and_let_restored_wal_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary, archive) = primary(tmp.path(), &[]);
+    // s1 streams, with a slot for a downstream that never comes, capped
+    // at 2 MB; s2 is fed by the archive alone and keeps no WAL.
+    let s1dir = basebackup_with(&primary, tmp.path(), "s1", "s1", &["--no-slot"]);
+    set_upstream(&s1dir, primary.replication_port, "s1");
+    let s1 = TestNode::start(
+        &s1dir,
+        &["checkpoint_timeout=1s", "max_slot_wal_keep_size=2MB"],
+    );
+    let s2dir = basebackup_with(&primary, tmp.path(), "s2", "s2", &["--no-slot"]);
+    set_line(&s2dir, "primary_conninfo", "primary_conninfo = \"\"");
+    let s2 = TestNode::start(
+        &s2dir,
+        &[
+            &restore_setting(&archive),
+            "wal_retrieve_retry_interval=100ms",
+            "checkpoint_timeout=1s",
+        ],
+    );
+    wait_caught_up(&primary, &s1);
+    let Some(out) = psql_replication(&s1, "CREATE_REPLICATION_SLOT lost PHYSICAL RESERVE_WAL")
+    else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reserved = replayed(&s1).0 >> 20;
+
+    write_keys(&primary, "k", 800, 10_000);
+    assert!(wal_flush(&primary) >> 20 > reserved + 4);
+    wait_for("s1 to invalidate the slot", Duration::from_secs(90), || {
+        s1.log_text()
+            .contains("invalidating slot \"lost\"")
+            .then_some(())
+    });
+    wait_for(
+        "s1's restartpoints to remove the WAL the slot held",
+        Duration::from_secs(90),
+        || (segnos(&s1).into_iter().min()? > reserved).then_some(()),
+    );
+    // s2 restored every segment it replayed; its restartpoints remove them.
+    // Filler past the keys' last segment, so the archive holds all of them.
+    let mark = wal_flush(&primary);
+    write_keys(&primary, "filler", 400, 8192);
+    assert!(wal_flush(&primary) > mark + (2 << 20));
+    let want = dump(&primary, "k", 800);
+    wait_for("s2 to restore the keys", Duration::from_secs(90), || {
+        (dump(&s2, "k", 800) == want).then_some(())
+    });
+    let last = replayed(&s2).0 >> 20;
+    wait_for(
+        "s2's restartpoints to remove restored segments",
+        Duration::from_secs(90),
+        || (segnos(&s2).into_iter().min()? + 2 >= last).then_some(()),
+    );
+    check_keys(&s1, "k", 800);
+}
