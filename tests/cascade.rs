@@ -587,6 +587,9 @@ fn reload_repoints_a_standby_to_another_upstream_without_restart() {
     );
 
     let pid = s2.pid();
+    // Writes go on through the switch: none may be missing on s2 (no gap).
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&primary, 4, stop.clone());
     set_upstream(&s2.datadir, primary.replication_port, "s2");
     let (ok, out, err) = walrep(&["reload", s2.datadir.to_str().unwrap()]);
     assert!(ok, "walrep reload failed: {out}{err}");
@@ -596,6 +599,13 @@ fn reload_repoints_a_standby_to_another_upstream_without_restart() {
         Duration::from_secs(60),
         || serves(&primary, "s2").then_some(()),
     );
+    let mark = wal_flush(&primary);
+    wait_for("writes after the switch", Duration::from_secs(60), || {
+        (wal_flush(&primary) > mark + (1 << 20)).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    assert!(load.into_iter().map(|t| t.join().unwrap()).sum::<u64>() > 0);
+    assert_same_data(&primary, &[&s2]);
     assert_eq!(
         s2.info_field("replication", "master_port").as_deref(),
         Some(primary.replication_port.to_string().as_str())
@@ -1008,4 +1018,31 @@ fn a_standbys_restartpoints_cap_its_slots_and_let_restored_wal_go() {
         || (segnos(&s2).into_iter().min()? + 2 >= last).then_some(()),
     );
     check_keys(&s1, "k", 800);
+}
+
+#[test]
+fn the_parameters_changed_in_a_hurry_are_reloadable_and_documented_so() {
+    let doc = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    for p in [
+        "primary_conninfo",
+        "primary_slot_name",
+        "restore_command",
+        "archive_command",
+        "synchronous_standby_names",
+        "synchronous_commit",
+        "wal_keep_size",
+        "log_level",
+    ] {
+        assert!(walrep::config::is_reloadable(p), "{p} is restart-only");
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{p}` |")))
+            .unwrap_or_else(|| panic!("{p} missing from docs/configuration.md"));
+        assert!(row.contains("| reload |"), "{row}");
+    }
+    assert!(!walrep::config::is_reloadable("port"));
 }
