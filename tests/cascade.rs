@@ -587,6 +587,9 @@ fn reload_repoints_a_standby_to_another_upstream_without_restart() {
     );
 
     let pid = s2.pid();
+    // Writes go on through the switch: none may be missing on s2 (no gap).
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&primary, 4, stop.clone());
     set_upstream(&s2.datadir, primary.replication_port, "s2");
     let (ok, out, err) = walrep(&["reload", s2.datadir.to_str().unwrap()]);
     assert!(ok, "walrep reload failed: {out}{err}");
@@ -596,6 +599,13 @@ fn reload_repoints_a_standby_to_another_upstream_without_restart() {
         Duration::from_secs(60),
         || serves(&primary, "s2").then_some(()),
     );
+    let mark = wal_flush(&primary);
+    wait_for("writes after the switch", Duration::from_secs(60), || {
+        (wal_flush(&primary) > mark + (1 << 20)).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    assert!(load.into_iter().map(|t| t.join().unwrap()).sum::<u64>() > 0);
+    assert_same_data(&primary, &[&s2]);
     assert_eq!(
         s2.info_field("replication", "master_port").as_deref(),
         Some(primary.replication_port.to_string().as_str())
@@ -729,6 +739,20 @@ fn remove_segments_after(dir: &Path, lsn: walrep::Lsn) -> usize {
 
 #[test]
 fn a_base_backup_from_a_standby_is_consistent_only_after_its_end() {
+    backup_from_a_standby(&[]);
+}
+
+#[test]
+fn a_parallel_base_backup_from_a_standby_is_consistent_only_after_its_end() {
+    backup_from_a_standby(&["--jobs", "2"]);
+}
+
+/// `walrep basebackup --from s1` (a standby) with `extra` options, under
+/// load: the copy says `BACKUP FROM: standby`, ends at a position s1
+/// replayed, holds the WAL up to that end, is not consistent (reads
+/// refused) before it has replayed that far, then streams from s1 and
+/// holds the primary's data.
+fn backup_from_a_standby(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let (primary, _archive) = primary(tmp.path(), &[]);
     let mut s1 = standby(&primary, &primary, tmp.path(), "s1");
@@ -743,7 +767,9 @@ fn a_base_backup_from_a_standby_is_consistent_only_after_its_end() {
     wait_for("the load to start", Duration::from_secs(60), || {
         (wal_flush(&primary) > mark + (1 << 20)).then_some(())
     });
-    let dest = basebackup_with(&s1, tmp.path(), "s5", "s5", &["--max-rate", "1024"]);
+    let mut args = vec!["--max-rate", "1024"];
+    args.extend_from_slice(extra);
+    let dest = basebackup_with(&s1, tmp.path(), "s5", "s5", &args);
     stop.store(true, Ordering::Relaxed);
     assert!(load.into_iter().map(|t| t.join().unwrap()).sum::<u64>() > 0);
 
@@ -761,6 +787,16 @@ fn a_base_backup_from_a_standby_is_consistent_only_after_its_end() {
         "the backup ends ({end}) segments after it starts ({start})"
     );
     assert!(end <= replayed(&s1), "the end is a position s1 replayed");
+    // The copy holds the WAL from its start to its end (fetched with the
+    // archive or, with jobs, by WAL_RANGE from s1).
+    let segs = segment_file_names(&dest.join("wal"));
+    for segno in (start.0 >> 20)..=((end.0 - 1) >> 20) {
+        let name = format!("00000001{:08X}{:08X}", segno >> 12, segno & 0xFFF);
+        assert!(
+            segs.contains(&name),
+            "{name} missing from the copy: {segs:?}"
+        );
+    }
     // No backup-end record from a standby: only WAL s1 received.
     // Without s1 and without the WAL past the start segment, s5 cannot
     // reach the end: it must refuse reads.
@@ -907,4 +943,106 @@ fn reload_gives_an_archive_only_standby_an_upstream_and_takes_it_away() {
     );
     assert!(!serves(&primary, "s1"), "the stream stays off");
     assert_eq!(s1.pid(), pid, "no restart");
+}
+
+/// The segment numbers in `node`'s wal/ (1 MB segments).
+fn segnos(node: &TestNode) -> Vec<u64> {
+    segment_file_names(&node.datadir.join("wal"))
+        .iter()
+        .map(|n| {
+            u64::from_str_radix(&n[8..16], 16).unwrap() * 4096
+                + u64::from_str_radix(&n[16..24], 16).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_standbys_restartpoints_cap_its_slots_and_let_restored_wal_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (primary, archive) = primary(tmp.path(), &[]);
+    // s1 streams, with a slot for a downstream that never comes, capped
+    // at 2 MB; s2 is fed by the archive alone and keeps no WAL.
+    let s1dir = basebackup_with(&primary, tmp.path(), "s1", "s1", &["--no-slot"]);
+    set_upstream(&s1dir, primary.replication_port, "s1");
+    let s1 = TestNode::start(
+        &s1dir,
+        &["checkpoint_timeout=1s", "max_slot_wal_keep_size=2MB"],
+    );
+    let s2dir = basebackup_with(&primary, tmp.path(), "s2", "s2", &["--no-slot"]);
+    set_line(&s2dir, "primary_conninfo", "primary_conninfo = \"\"");
+    let s2 = TestNode::start(
+        &s2dir,
+        &[
+            &restore_setting(&archive),
+            "wal_retrieve_retry_interval=100ms",
+            "checkpoint_timeout=1s",
+        ],
+    );
+    wait_caught_up(&primary, &s1);
+    let Some(out) = psql_replication(&s1, "CREATE_REPLICATION_SLOT lost PHYSICAL RESERVE_WAL")
+    else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reserved = replayed(&s1).0 >> 20;
+
+    write_keys(&primary, "k", 800, 10_000);
+    assert!(wal_flush(&primary) >> 20 > reserved + 4);
+    wait_for("s1 to invalidate the slot", Duration::from_secs(90), || {
+        s1.log_text()
+            .contains("invalidating slot \"lost\"")
+            .then_some(())
+    });
+    wait_for(
+        "s1's restartpoints to remove the WAL the slot held",
+        Duration::from_secs(90),
+        || (segnos(&s1).into_iter().min()? > reserved).then_some(()),
+    );
+    // s2 restored every segment it replayed; its restartpoints remove them.
+    // Filler past the keys' last segment, so the archive holds all of them.
+    let mark = wal_flush(&primary);
+    write_keys(&primary, "filler", 400, 8192);
+    assert!(wal_flush(&primary) > mark + (2 << 20));
+    let want = dump(&primary, "k", 800);
+    wait_for("s2 to restore the keys", Duration::from_secs(90), || {
+        (dump(&s2, "k", 800) == want).then_some(())
+    });
+    let last = replayed(&s2).0 >> 20;
+    wait_for(
+        "s2's restartpoints to remove restored segments",
+        Duration::from_secs(90),
+        || (segnos(&s2).into_iter().min()? + 2 >= last).then_some(()),
+    );
+    check_keys(&s1, "k", 800);
+}
+
+#[test]
+fn the_parameters_changed_in_a_hurry_are_reloadable_and_documented_so() {
+    let doc = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    for p in [
+        "primary_conninfo",
+        "primary_slot_name",
+        "restore_command",
+        "archive_command",
+        "synchronous_standby_names",
+        "synchronous_commit",
+        "wal_keep_size",
+        "log_level",
+    ] {
+        assert!(walrep::config::is_reloadable(p), "{p} is restart-only");
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{p}` |")))
+            .unwrap_or_else(|| panic!("{p} missing from docs/configuration.md"));
+        assert!(row.contains("| reload |"), "{row}");
+    }
+    assert!(!walrep::config::is_reloadable("port"));
 }

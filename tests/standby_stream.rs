@@ -180,7 +180,13 @@ fn a_standby_refuses_itself_and_another_system_as_upstream() {
         "primary_conninfo=host=127.0.0.1 port={} user=walrep application_name=s1",
         other.replication_port
     );
-    let mut s = TestNode::start(&sdir, &[&conninfo, "wal_retrieve_retry_interval=200ms"]);
+    // wal_keep_size: the restartpoints (one at each stop) remove nothing,
+    // so any change to wal/ below is WAL written from a refused upstream.
+    let keep = "wal_keep_size=64MB";
+    let mut s = TestNode::start(
+        &sdir,
+        &[&conninfo, "wal_retrieve_retry_interval=200ms", keep],
+    );
     wait_for(
         "the other system to be refused",
         Duration::from_secs(30),
@@ -208,7 +214,10 @@ fn a_standby_refuses_itself_and_another_system_as_upstream() {
     };
     let me = format!("primary_conninfo=host=127.0.0.1 port={port} user=walrep application_name=s1");
     let rport = format!("replication_port={port}");
-    let s = TestNode::start(&sdir, &[&me, &rport, "wal_retrieve_retry_interval=200ms"]);
+    let s = TestNode::start(
+        &sdir,
+        &[&me, &rport, "wal_retrieve_retry_interval=200ms", keep],
+    );
     wait_for("the node to refuse itself", Duration::from_secs(30), || {
         s.log_text()
             .contains("points at this node itself")

@@ -317,19 +317,7 @@ impl Node {
         redo: Lsn,
     ) -> Result<crate::wal::RemovalReport, CheckpointError> {
         let seg = wal.seg_size();
-        // Slots past max_slot_wal_keep_size stop holding WAL; the others'
-        // positions are made durable before the WAL they protect can go.
-        match self.slots.invalidate_obsolete(wal.inserted(), seg) {
-            Ok(lost) if !lost.is_empty() => {
-                tracing::warn!(slots = ?lost, "replication slots invalidated: they needed more WAL than max_slot_wal_keep_size");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "could not invalidate obsolete replication slots")
-            }
-        }
-        if let Err(e) = self.slots.checkpoint() {
-            tracing::error!(error = %e, "could not save replication slots; keeping WAL");
+        if !self.save_slots(wal.inserted(), seg) {
             return Ok(crate::wal::RemovalReport::default());
         }
         let mut horizon = redo.segno(seg);
@@ -345,6 +333,27 @@ impl Node {
         // Keep min_wal_size worth of files for reuse as future segments.
         let max_future = self.settings().min_wal_size.bytes().unwrap_or(0) / seg.bytes();
         Ok(wal.remove_old_segments(SegNo(horizon.0), max_future)?)
+    }
+
+    /// Before a checkpoint or restartpoint removes WAL: slots more than
+    /// `max_slot_wal_keep_size` behind `current` stop holding WAL, the
+    /// others' positions are made durable before the WAL they protect can
+    /// go. `false` when they could not be saved: then keep all WAL.
+    fn save_slots(&self, current: Lsn, seg: crate::WalSegSize) -> bool {
+        match self.slots.invalidate_obsolete(current, seg) {
+            Ok(lost) if !lost.is_empty() => {
+                tracing::warn!(slots = ?lost, "replication slots invalidated: they needed more WAL than max_slot_wal_keep_size");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not invalidate obsolete replication slots")
+            }
+        }
+        if let Err(e) = self.slots.checkpoint() {
+            tracing::error!(error = %e, "could not save replication slots; keeping WAL");
+            return false;
+        }
+        true
     }
 }
 
@@ -426,14 +435,22 @@ impl Node {
         remove_snapshots_except(&*self.storage, &self.dir.root, &self.snapshots_kept())
             .map_err(CheckpointError::Cleanup)?;
         let seg = self.segdir.seg_size();
+        // PostgreSQL's CreateRestartPoint: WAL is kept behind the larger of
+        // what was received and what was replayed (a standby fed by the
+        // archive alone receives nothing, and must still let restored
+        // segments go).
+        let end = progress
+            .received
+            .flushed_point()
+            .lsn
+            .max(progress.replayed.read(|r| r.end));
         let keep = self.settings().wal_keep_size.bytes().unwrap_or(0);
-        let received = progress.received.flushed_point().lsn;
         let mut horizon = self
             .control()
             .oldest_redo_lsn()
             .segno(seg)
-            .min(Lsn(received.0.saturating_sub(keep)).segno(seg));
-        if keep > 0 && received == Lsn::INVALID {
+            .min(Lsn(end.0.saturating_sub(keep)).segno(seg));
+        if !self.save_slots(end, seg) {
             horizon = SegNo(0);
         }
         if let Some(slot_min) = self.slots_min_restart_lsn() {

@@ -274,7 +274,7 @@ impl Node {
 
     /// Woken whenever [`Node::flush_point`] may have moved: every WAL flush
     /// once a WAL writer runs; before, a standby's replay and receive
-    /// positions and its status (promotion). A walsender subscribed on a
+    /// positions and its state changes (promotion). A walsender subscribed on a
     /// standby that then promotes is woken by the promotion, sees its
     /// timeline end and finishes its COPY, so it never needs the new WAL
     /// writer's flushes.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::receiver::ReceiverShared;
 use crate::replication::source::FlushPoint;
-use crate::states::recovery::{Status, Transition, WalSource};
+use crate::states::recovery::{StateKind, Status, Transition, WalSource};
 use crate::watch::{Subscription, Watch};
 use crate::{Lsn, TimelineId};
 
@@ -90,12 +90,41 @@ pub struct StandbyStatus {
     pub transitions: u64,
 }
 
+/// What cascading walsenders must hear of besides new WAL: the machine's
+/// state and timelines (a promotion ends the timeline they stream). It
+/// changes a few times in a standby's life, where the status changes after
+/// every event: waking the walsenders on the status woke them two or three
+/// times per WAL flush for nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CascadeSignal {
+    /// The machine's state; `None` before its first event.
+    pub state: Option<StateKind>,
+    /// The recovery target timeline.
+    pub target_tli: Option<TimelineId>,
+    /// The timeline chosen by promotion.
+    pub promoted_tli: Option<TimelineId>,
+}
+
+impl CascadeSignal {
+    /// The signal in the machine's `status`.
+    pub fn of(status: Option<&Status>) -> CascadeSignal {
+        CascadeSignal {
+            state: status.map(|s| s.state),
+            target_tli: status.map(|s| s.target_tli),
+            promoted_tli: status.and_then(|s| s.promoted_tli),
+        }
+    }
+}
+
 /// A standby's progress: the watches its runtime publishes and the node
-/// reads. Cheap to clone (three `Arc`s).
+/// reads. Cheap to clone (a few `Arc`s).
 #[derive(Debug, Clone)]
 pub struct StandbyProgress {
     /// Published by the startup process after each drain.
     pub status: Arc<Watch<StandbyStatus>>,
+    /// Published by the startup process when it changes (see
+    /// [`CascadeSignal`]): what cascading walsenders wait on besides WAL.
+    pub cascade: Arc<Watch<CascadeSignal>>,
     /// Owned by the redo thread.
     pub replayed: Arc<Watch<Replayed>>,
     /// Owned by the walreceiver: what it flushed, its state; it reads
@@ -119,6 +148,7 @@ impl StandbyProgress {
         let replayed = Arc::new(Watch::default());
         StandbyProgress {
             status: Arc::new(Watch::default()),
+            cascade: Arc::new(Watch::default()),
             received: ReceiverShared::new(replayed.clone()),
             replayed,
             base_pending: Arc::default(),
@@ -143,12 +173,12 @@ impl StandbyProgress {
     }
 
     /// Woken when [`flush_point`](Self::flush_point) may have moved, and
-    /// after every drain of the startup process (a promotion ends the
+    /// when the machine's state or timelines change (a promotion ends the
     /// timeline cascading walsenders stream).
     pub fn subscribe(&self) -> Subscription {
         let sub = self.replayed.subscribe();
         sub.also(self.received.flushed_watch());
-        sub.also(&self.status);
+        sub.also(&self.cascade);
         sub
     }
 }

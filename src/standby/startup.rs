@@ -176,6 +176,14 @@ impl Startup {
         }
         self.status.machine = Some(self.core.status());
         self.h.progress.status.publish(self.status.clone());
+        // After the actions: a promoted node's WAL writer runs by now, so
+        // a woken walsender sees its timeline end.
+        let signal = super::progress::CascadeSignal::of(self.status.machine.as_ref());
+        self.h.progress.cascade.update(|s| {
+            let changed = *s != signal;
+            *s = signal;
+            changed
+        });
     }
 
     /// Log a notable transition, append it to the trace, keep it for the
@@ -274,8 +282,9 @@ impl Startup {
                     }),
                 }
             }
-            // Cascading walsenders subscribe to the status this drain
-            // publishes: they wake, see their timeline end and finish.
+            // Cascading walsenders subscribe to the cascade signal this
+            // drain publishes (the state becomes Promoted): they wake, see
+            // their timeline end and finish.
             Action::EndCascadingTimeline { .. } => {}
             Action::AcceptWrites { .. } => {
                 self.h.hooks.accept_writes();

@@ -20,6 +20,8 @@
 //! - [`workload`]: clients recording a history for walrep's checker;
 //! - [`crash`]: what the power-loss image tests share (crash points,
 //!   scratch directories, the `CRASH_*` knobs);
+//! - [`ports`]: loopback ports reserved outside the ephemeral range, so a
+//!   node restarted on its ports gets them back;
 //!
 //! and here, waiting for a condition, listing a directory and a free port.
 
@@ -33,6 +35,7 @@ pub mod fake;
 pub mod keyspace;
 pub mod netns;
 pub mod node;
+pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod resp;
@@ -41,7 +44,6 @@ pub mod tools;
 pub mod wal;
 pub mod workload;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -85,15 +87,11 @@ pub fn file_names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// A loopback port free right now, for a server that must be told its port
-/// before it starts (it may be taken again before it is used: tests that can
-/// let the server pick with port 0 do).
+/// A loopback port for a server that must be told its port before it
+/// starts: reserved for this test process, outside the ephemeral range, so
+/// only an explicit bind elsewhere can take it before it is used.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ports::reserve_port()
 }
 
 /// GET `path` from an HTTP server on 127.0.0.1:`port` (the status port):

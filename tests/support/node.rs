@@ -57,13 +57,21 @@ impl TestNode {
     /// [`TestNode::start`] with its log in `log` (elsewhere than beside a
     /// data directory on a filesystem a test fills).
     pub fn start_logging_to(datadir: &Path, settings: &[&str], log: &Path) -> TestNode {
+        let mut args: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+        // Reserved ports, not port 0: a restart asks for the same ports and
+        // must get them (see `ports`).
+        for name in ["port", "replication_port"] {
+            if !args.iter().any(|a| a.starts_with(&format!("{name}="))) {
+                args.push(format!("{name}={}", super::ports::reserve_port()));
+            }
+        }
         let mut node = TestNode {
             datadir: datadir.to_path_buf(),
             child: None,
             port: 0,
             replication_port: 0,
             log: log.to_path_buf(),
-            args: settings.iter().map(|s| s.to_string()).collect(),
+            args,
         };
         node.launch();
         node
