@@ -79,11 +79,19 @@ fn written_segments(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+fn is_temp(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("xlogtemp."))
+}
+
 fn wal_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(dir.join("wal"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
+        // A crash can leave a half-made temporary file; start-up removes
+        // it before anything else, as PostgreSQL's RemoveTempXlogFiles.
+        .filter(|p| p.is_file() && !is_temp(p))
         .map(|p| {
             let b = fs::read(&p).unwrap();
             (p, b)
