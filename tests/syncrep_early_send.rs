@@ -491,3 +491,50 @@ fn a_primary_killed_and_restarted_with_less_wal_leaves_the_standby_serving_nothi
         standby.log_text()
     );
 }
+
+/// The hold on WAL past the primary's flush position survives a crash of
+/// the standby: restarted (SIGKILL) while holding such a tail, it does not
+/// replay it from its own `wal/` at start-up, but waits for a stream to
+/// confirm it — here once the primary's flush completes.
+#[test]
+fn a_standby_restarted_while_holding_wal_its_primary_has_not_flushed_does_not_replay_it() {
+    let mut c = held_primary(&["synchronous_standby_names=s1"]);
+    let _: () = redis::cmd("SET")
+        .arg("before")
+        .arg("1")
+        .query(&mut redis_conn(&c.url()))
+        .unwrap();
+    wait_for("the first write on the standby", DEADLINE, || {
+        get(&c.standby.url(), "before")
+    });
+    let (set, _) = c.write_while_held("during");
+    c.standby.kill9();
+    c.standby.restart();
+    wait_for("the restarted standby to serve reads", DEADLINE, || {
+        get(&c.standby.url(), "before")
+    });
+    wait_state(&c.standby, "Streaming");
+    assert!(
+        c.standby
+            .log_text()
+            .contains("was received before the upstream confirmed it flushed"),
+        "the restarted standby did not hold the tail:\n{}",
+        c.standby.log_text()
+    );
+    assert_eq!(
+        get(&c.standby.url(), "during"),
+        None,
+        "the restarted standby replayed WAL its primary has not flushed"
+    );
+    assert!(
+        !set.is_finished(),
+        "acknowledged before the primary's flush"
+    );
+    c.io.hold_syncs(false);
+    assert_eq!(set.join().unwrap().unwrap(), "OK");
+    wait_for(
+        "the write on the standby once the primary flushed it",
+        DEADLINE,
+        || get(&c.standby.url(), "during"),
+    );
+}
