@@ -142,7 +142,7 @@ pub fn serve<S: BackupSource>(
         return Err(shutting_down());
     }
     let (pin, control, started_unix, id) = match &options.resume {
-        Some(id) => resume_pin(node, id)?,
+        Some(r) => resume_pin(node, &r.id)?,
         None => {
             let (pin, control) = start_pin(node, options)?;
             let started = SystemTime::now()
@@ -159,7 +159,7 @@ pub fn serve<S: BackupSource>(
         .as_deref()
         .filter(|_| options.resumable || options.resume.is_some())
         .map(|id| pins.running(id));
-    tracing::info!(label = %options.label, redo = %control.redo_lsn, checkpoint = %control.checkpoint_lsn, from_standby, resumed = options.resume.is_some(), skipped_chunks = options.skip_chunks.len(), "base backup starting");
+    tracing::info!(label = %options.label, redo = %control.redo_lsn, checkpoint = %control.checkpoint_lsn, from_standby, resumed = options.resume.is_some(), skipped_chunks = skip_chunks(options).len(), "base backup starting");
     let kind = ChecksumKind::parse(&options.manifest_checksums).unwrap_or(ChecksumKind::Crc32c);
     let mut b = Backup {
         node,
@@ -251,6 +251,11 @@ fn resume_pin<S: BackupSource>(
             }
         }
     }
+}
+
+/// The chunks a resumed backup does not send.
+fn skip_chunks(options: &BaseBackupOptions) -> &[u32] {
+    options.resume.as_ref().map_or(&[], |r| &r.skip_chunks)
 }
 
 fn shutting_down() -> PgError {
@@ -569,7 +574,8 @@ impl<S: BackupSource> Backup<'_, S> {
     fn chunks_to_send(&self) -> Result<(Vec<u32>, Vec<SourceFile>), PgError> {
         let id = self.control.checkpoint_id;
         let count = self.control.checkpoint_chunks;
-        if let Some(bad) = self.options.skip_chunks.iter().find(|c| **c >= count) {
+        let skip = skip_chunks(self.options);
+        if let Some(bad) = skip.iter().find(|c| **c >= count) {
             return Err(PgError::error(
                 code::INVALID_PARAMETER_VALUE,
                 format!(
@@ -579,7 +585,7 @@ impl<S: BackupSource> Backup<'_, S> {
         }
         let dir = crate::store::checkpoint::snapshot_dir(self.node.datadir(), id);
         let numbers: Vec<u32> = (0..count)
-            .filter(|i| self.options.skip_chunks.binary_search(i).is_err())
+            .filter(|i| skip.binary_search(i).is_err())
             .collect();
         let files = numbers
             .iter()

@@ -11,7 +11,8 @@ mod options;
 use lexer::{tokenize, Token};
 pub(crate) use options::OptValue;
 pub use options::{
-    chunk_list, chunk_list_text, BaseBackupOptions, CheckpointMode, MAX_PARALLEL, MAX_SKIP_CHUNKS,
+    chunk_list, chunk_list_text, BaseBackupOptions, CheckpointMode, ResumeRequest, MAX_PARALLEL,
+    MAX_SKIP_CHUNKS,
 };
 
 use walrep_states::{Lsn, TimelineId};

@@ -136,11 +136,17 @@ pub struct BaseBackupOptions {
     /// and if the backup fails its pinned checkpoint is kept for a while
     /// under that id so `RESUME` can finish it.
     pub resumable: bool,
-    /// walrep's `RESUME 'id'`: finish the interrupted backup `id` from
-    /// the same pinned checkpoint (no new checkpoint).
-    pub resume: Option<String>,
-    /// walrep's `SKIP_CHUNKS '0-3,7'` with `RESUME`: snapshot chunks the
-    /// client already holds intact, not sent again.
+    /// walrep's `RESUME 'id'` (and `SKIP_CHUNKS`): finish an interrupted
+    /// backup from the same pinned checkpoint (no new checkpoint).
+    pub resume: Option<Box<ResumeRequest>>,
+}
+
+/// `RESUME 'id', SKIP_CHUNKS '0-3,7'`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumeRequest {
+    /// The interrupted backup's `backup_id`.
+    pub id: String,
+    /// Snapshot chunks the client already holds intact, not sent again.
     pub skip_chunks: Vec<u32>,
 }
 
@@ -169,7 +175,6 @@ impl Default for BaseBackupOptions {
             part: 0,
             resumable: false,
             resume: None,
-            skip_chunks: Vec::new(),
         }
     }
 }
@@ -195,10 +200,10 @@ impl BaseBackupOptions {
                 "JOIN does not go with RESUME or RESUMABLE (the leader's backup is resumed)",
             ));
         }
-        if !o.skip_chunks.is_empty() && o.resume.is_none() {
+        if o.resume.as_ref().is_some_and(|r| r.id.is_empty()) {
             return Err(PgError::error(
                 SYNTAX_ERROR,
-                "SKIP_CHUNKS needs RESUME: only a resumed backup has chunks already copied",
+                "SKIP_CHUNKS needs RESUME 'backup_id': only a resumed backup has chunks already copied",
             ));
         }
         Ok(o)
@@ -224,8 +229,10 @@ impl BaseBackupOptions {
             "join" => self.join = Some(string(name, v)?),
             "part" => self.part = ranged(name, v, 1, MAX_PARALLEL - 1)?,
             "resumable" => self.resumable = boolean(name, v)?,
-            "resume" => self.resume = Some(string(name, v)?),
-            "skip_chunks" => self.skip_chunks = chunk_list(&string(name, v)?)?,
+            "resume" => self.resume.get_or_insert_default().id = string(name, v)?,
+            "skip_chunks" => {
+                self.resume.get_or_insert_default().skip_chunks = chunk_list(&string(name, v)?)?
+            }
             _ => {
                 return Err(PgError::error(
                     SYNTAX_ERROR,

@@ -132,11 +132,12 @@ fn resumable_backup_options() {
     else {
         panic!("not a base backup")
     };
-    assert_eq!(o.resume.as_deref(), Some("ab"));
-    assert_eq!(o.skip_chunks, vec![0, 1, 2, 3, 7, 9, 10]);
+    let r = o.resume.as_deref().unwrap();
+    assert_eq!(r.id, "ab");
+    assert_eq!(r.skip_chunks, vec![0, 1, 2, 3, 7, 9, 10]);
     assert_eq!(o.checkpoint, CheckpointMode::Last);
     assert_eq!(
-        super::chunk_list_text(&o.skip_chunks),
+        super::chunk_list_text(&r.skip_chunks),
         "0-3,7,9-10".to_string()
     );
     let ReplicationCommand::BaseBackup(o) = ok("BASE_BACKUP (RESUMABLE)") else {
