@@ -390,7 +390,7 @@ mod tests {
         assert_eq!(pins.pinned_snapshots(), vec![9]);
         assert_eq!(pins.oldest_redo(), Some(Lsn(0x900)));
         let (pin, backup) = pins.resume("b").unwrap();
-        assert_eq!(backup, kept(9));
+        assert_eq!((backup.control.checkpoint_id, backup.started_unix), (9, 1));
         assert_eq!(pins.kept_count(), 0);
         assert_eq!(pins.pinned_snapshots(), vec![9]);
         assert_eq!(pins.resume("b").unwrap_err(), ResumeError::Gone("b".into()));
