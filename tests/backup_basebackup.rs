@@ -35,6 +35,7 @@ fn options(node: &TestNode, datadir: &Path) -> BasebackupOptions {
         slot: None,
         jobs: 1,
         two_phase: false,
+        resume: false,
     }
 }
 

@@ -198,6 +198,7 @@ fn an_archive_member_escaping_the_target_is_refused_and_the_target_removed() {
         slot: None,
         jobs: 1,
         two_phase: false,
+        resume: false,
     };
     let e = run(&opts, &mut NoProgress).unwrap_err();
     assert!(matches!(e, BasebackupError::Extract(_)), "{e}");

@@ -93,6 +93,17 @@ fn start_load(
     })
 }
 
+/// A checkpoint of everything written so far (a one-phase copy takes
+/// one): a two-phase copy is of the last checkpoint, so its phase 2 then
+/// has the data to copy.
+fn checkpoint(primary: &TestNode, tmp: &Path) {
+    let from = format!("127.0.0.1:{}", primary.replication_port);
+    let dest = tmp.join("checkpointed");
+    let (ok, out, err) = walrep(&["basebackup", "--from", &from, "-D", dest.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    std::fs::remove_dir_all(&dest).unwrap();
+}
+
 #[test]
 fn two_phase_standby_streams_and_commits_sync_writes_before_the_copy_ends() {
     let tmp = tempfile::tempdir().unwrap();
@@ -104,6 +115,7 @@ fn two_phase_standby_streams_and_commits_sync_writes_before_the_copy_ends() {
     );
     let bulk = data_mb() * 1024 * 1024 / BULK_VALUE;
     write_keys(&primary, "bulk", bulk, BULK_VALUE);
+    checkpoint(&primary, tmp.path());
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let load = start_load(&primary, stop.clone(), acked.clone());
@@ -245,6 +257,7 @@ fn a_copy_killed_with_sigkill_never_starts_redo_promotion_or_a_node() {
     let dir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
     let primary = TestNode::start(&dir, &[]);
     write_keys(&primary, "bulk", 256, BULK_VALUE);
+    checkpoint(&primary, tmp.path());
     // Phase 2 killed: the standby keeps streaming and waiting.
     let dest = tmp.path().join("copy");
     let mut backup = spawn_backup(

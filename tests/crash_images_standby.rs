@@ -409,6 +409,7 @@ fn copy_of(
         slot: None,
         jobs: 1,
         two_phase: false,
+        resume: false,
     }
 }
 

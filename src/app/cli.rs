@@ -175,6 +175,12 @@ pub enum Command {
         /// copied, and starts redo once the copy is complete.
         #[arg(long)]
         two_phase: bool,
+        /// Finish an interrupted copy in DATADIR (one- or two-phase) from
+        /// the checkpoint the node keeps for it (30 minutes after it was
+        /// interrupted): intact files stay, the rest is copied again. The
+        /// slot and the two phases are the first attempt's.
+        #[arg(long)]
+        resume: bool,
     },
     /// Make a SCRAM-SHA-256 verifier for a password, in PostgreSQL's format,
     /// for `password` of a [[roles]] entry or `requirepass`. The password
@@ -421,6 +427,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             jobs,
             two_phase,
+            resume,
         } => {
             crate::app::logging::init("warn");
             let (host, port) = parse_host_port(&from)?;
@@ -449,6 +456,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 slot,
                 jobs,
                 two_phase,
+                resume,
             };
             basebackup(&opts, progress)
         }
@@ -787,6 +795,13 @@ fn basebackup(
         s.wal_records,
         s.elapsed.as_secs_f64()
     );
+    println!("walrep: {} bytes received from the node", s.received_bytes);
+    if let Some(kept) = s.resumed_chunks {
+        println!(
+            "walrep: resumed: {kept} snapshot chunk files ({} bytes) of the interrupted copy were intact and not copied again",
+            s.resumed_bytes
+        );
+    }
     if let Some(slot) = &s.slot {
         println!("walrep: replication slot \"{slot}\" made on the node for this standby (primary_slot_name); drop it with DROP_REPLICATION_SLOT if the standby is retired");
     }

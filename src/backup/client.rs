@@ -67,8 +67,13 @@ pub struct BasebackupOptions {
     /// are written, the standby configuration and the marker saying a
     /// standby may start are written, so the new standby streams WAL while
     /// the bulk is still copied; it starts redo once the copy is complete.
-    /// The client fetches no WAL: the standby streams it.
+    /// The client fetches no WAL: the standby streams it. The copy is
+    /// of the node's last checkpoint (no new one), so phase 1 is written
+    /// at once whatever the data size.
     pub two_phase: bool,
+    /// Finish the interrupted copy in `datadir` (one- or two-phase) from
+    /// the same checkpoint: only what is missing or damaged is copied.
+    pub resume: bool,
 }
 
 /// What a successful backup produced.
@@ -94,6 +99,13 @@ pub struct BasebackupSummary {
     pub primary_conninfo: Option<String>,
     /// The slot made for the copy on the upstream.
     pub slot: Option<String>,
+    /// Archive and WAL bytes received from the upstream (the progress
+    /// total).
+    pub received_bytes: u64,
+    /// With `--resume`: chunk files the interrupted copy already held.
+    pub resumed_chunks: Option<u64>,
+    /// With `--resume`: their bytes, not copied again.
+    pub resumed_bytes: u64,
 }
 
 /// Why the backup failed.
@@ -129,9 +141,12 @@ pub enum BasebackupError {
     /// starting as if complete) could not be written or removed.
     #[error("could not write the backup's progress marker: {0}")]
     Marker(#[from] crate::standby::pending::PendingError),
+    /// `--resume`: the interrupted copy could not be examined.
+    #[error("could not resume the base backup: {0}")]
+    Resume(#[from] super::resume::ResumeError),
     /// A two-phase copy failed after its standby may have started: the
     /// directory is kept (its marker keeps the standby waiting).
-    #[error("{source}\nthe copy in \"{datadir}\" is incomplete and kept (a standby started on it waits and refuses promotion); remove it and take a new base backup")]
+    #[error("{source}\nthe copy in \"{datadir}\" is incomplete and kept (a standby started on it waits and refuses promotion); finish it with the same walrep basebackup command and --resume, or remove it and take a new base backup")]
     Interrupted {
         /// The target directory.
         datadir: String,
@@ -175,10 +190,15 @@ pub fn run(
             opts.jobs
         )));
     }
-    if opts.two_phase && !opts.write_standby_config {
-        return Err(BasebackupError::Protocol(
-            "--two-phase needs --write-standby-config (-R): the standby it starts streams from the node".into(),
-        ));
+    if opts.resume {
+        return run_resume(opts, progress);
+    }
+    check_two_phase(opts)?;
+    if crate::standby::pending::in_progress(&opts.datadir) {
+        return Err(BasebackupError::Protocol(format!(
+            "directory \"{}\" holds an interrupted base backup (backup_in_progress): finish it with --resume, or remove it and take a new one",
+            opts.datadir.display()
+        )));
     }
     let existed = extract::check_target(&opts.datadir).map_err(BasebackupError::Target)?;
     if !existed {
@@ -186,7 +206,7 @@ pub fn run(
     }
     let mut slot_made = false;
     let phase_one = AtomicBool::new(false);
-    let result = take(opts, progress, &mut slot_made, &phase_one);
+    let result = take(opts, progress, &mut slot_made, &phase_one, None);
     if let Err(e) = result {
         if phase_one.load(Ordering::SeqCst) {
             return Err(BasebackupError::Interrupted {
@@ -201,6 +221,43 @@ pub fn run(
         return Err(e);
     }
     result
+}
+
+fn check_two_phase(opts: &BasebackupOptions) -> Result<(), BasebackupError> {
+    if opts.two_phase && !opts.write_standby_config {
+        return Err(BasebackupError::Protocol(
+            "--two-phase needs --write-standby-config (-R): the standby it starts streams from the node".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `--resume`: finish the interrupted copy in `opts.datadir` from the
+/// checkpoint the server kept for it. The slot and the two phases are the
+/// first attempt's (from its marker); whatever happens, the directory is
+/// kept, its marker still in place.
+fn run_resume(
+    opts: &BasebackupOptions,
+    progress: &mut dyn Progress,
+) -> Result<BasebackupSummary, BasebackupError> {
+    let plan = super::resume::prepare(&opts.datadir)?;
+    let mut o = opts.clone();
+    o.slot = plan.marker.slot.clone();
+    if plan.phase_one_done {
+        // Its standby configuration is written; a standby may be running.
+        o.two_phase = true;
+        o.write_standby_config = true;
+    }
+    check_two_phase(&o)?;
+    tracing::info!(backup_id = %plan.backup_id, kept_chunks = plan.kept_chunks.len(), kept_bytes = plan.kept_bytes, removed = plan.removed, "resuming the base backup");
+    let phase_one = AtomicBool::new(plan.phase_one_done);
+    let mut slot_made = false;
+    take(&o, progress, &mut slot_made, &phase_one, Some(&plan)).map_err(|e| {
+        BasebackupError::Interrupted {
+            datadir: opts.datadir.display().to_string(),
+            source: Box::new(e),
+        }
+    })
 }
 
 /// A slot made for a copy that failed holds WAL for nothing: drop it
@@ -331,14 +388,16 @@ fn take(
     progress: &mut dyn Progress,
     slot_made: &mut bool,
     phase_one: &AtomicBool,
+    plan: Option<&super::resume::ResumePlan>,
 ) -> Result<BasebackupSummary, BasebackupError> {
     let started = Instant::now();
     let mut client = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
     let id = client.identify_system()?;
-    if let Some(name) = &opts.slot {
+    if let Some(name) = opts.slot.as_ref().filter(|_| plan.is_none()) {
         create_slot(&mut client, name)?;
         *slot_made = true;
     }
+    let phase_one_done = plan.is_some_and(|p| p.phase_one_done);
     let request = BaseBackupRequest {
         label: opts.label.clone(),
         progress: true,
@@ -347,11 +406,23 @@ fn take(
         // With jobs, the WAL comes by WAL_RANGE on a connection of its
         // own; with two phases the standby streams it.
         wal: opts.jobs == 1 && !opts.two_phase,
+        // Two phases start from the last checkpoint: the standby streams
+        // at once, however much a new checkpoint would have to write.
+        last_checkpoint: opts.two_phase,
+        resumable: plan.is_none(),
+        resume: plan.map(|p| p.backup_id.clone()),
+        skip_chunks: plan.map(|p| p.kept_chunks.clone()).unwrap_or_default(),
         ..BaseBackupRequest::default()
     };
     let seg = segment_size(&mut client)?;
     let start = client.base_backup(&request)?;
     one_tablespace(&start)?;
+    if let Some(p) = plan.filter(|p| (p.marker.start, p.marker.tli) != (start.start, start.tli)) {
+        return Err(BasebackupError::Protocol(format!(
+            "the resumed backup starts at {} on timeline {}, the interrupted copy at {} on timeline {}",
+            start.start, start.tli.0, p.marker.start, p.marker.tli.0
+        )));
+    }
     // First, before any file of the copy: until it is removed (last), the
     // directory is never recovered as if complete.
     let mut marker = PendingBackup {
@@ -359,12 +430,17 @@ fn take(
         start: start.start,
         tli: start.tli,
         wal_segment_size: seg,
-        two_phase: false,
+        two_phase: phase_one_done,
+        backup_id: start.backup_id.clone(),
+        slot: opts.slot.clone(),
     };
     marker.write(&*opts.storage, &opts.datadir)?;
     let mut standby_conninfo_written = None;
     let mut after_file = |rel: &std::path::Path| -> Result<(), String> {
-        if !opts.two_phase || rel != std::path::Path::new(crate::datadir::CONFIG_FILE) {
+        if !opts.two_phase
+            || phase_one_done
+            || rel != std::path::Path::new(crate::datadir::CONFIG_FILE)
+        {
             return Ok(());
         }
         let ci = finish_phase_one(opts, &mut marker).map_err(|e| e.to_string())?;
@@ -415,12 +491,17 @@ fn take(
             inner: &mut *progress,
             per_job: &per_job,
         };
+        let keep: &[&str] = match phase_one_done {
+            true => &[super::label::BACKUP_LABEL_FILE, crate::datadir::CONFIG_FILE],
+            false => &[],
+        };
         let leader = receive_archive_with(
             &mut client,
             opts,
             &mut shared,
             &mut after_file,
             Some(phase_one),
+            keep,
         )
         .and_then(|(x, r)| {
             client
@@ -454,13 +535,12 @@ fn take(
         Ok(total)
     })?;
     client.close();
-    progress.end(
-        per_job
-            .iter()
-            .map(|j| j.load(Ordering::Relaxed))
-            .sum::<u64>()
-            .max(received),
-    );
+    let received_bytes = per_job
+        .iter()
+        .map(|j| j.load(Ordering::Relaxed))
+        .sum::<u64>()
+        .max(received);
+    progress.end(received_bytes);
     let expected = Expected {
         system_id: id.system_id,
         start: start.start,
@@ -473,7 +553,7 @@ fn take(
     };
     let primary_conninfo = match standby_conninfo_written {
         Some(ci) => Some(ci),
-        None if opts.write_standby_config => {
+        None if opts.write_standby_config && !phase_one_done => {
             let ci = standby_conninfo(opts)?;
             standby_config::write(&*opts.storage, &opts.datadir, &ci, opts.slot.as_deref())?;
             Some(ci)
@@ -493,6 +573,9 @@ fn take(
         elapsed: started.elapsed(),
         primary_conninfo,
         slot: opts.slot.clone(),
+        received_bytes,
+        resumed_chunks: plan.map(|p| p.kept_chunks.len() as u64),
+        resumed_bytes: plan.map_or(0, |p| p.kept_bytes),
     })
 }
 
@@ -641,7 +724,7 @@ fn receive_archive(
     opts: &BasebackupOptions,
     progress: &mut dyn Progress,
 ) -> Result<(ExtractStats, u64), BasebackupError> {
-    receive_archive_with(client, opts, progress, &mut |_| Ok(()), None)
+    receive_archive_with(client, opts, progress, &mut |_| Ok(()), None, &[])
 }
 
 /// [`receive_archive`] calling `after_file` after each file; the
@@ -652,8 +735,12 @@ fn receive_archive_with(
     progress: &mut dyn Progress,
     after_file: &mut dyn FnMut(&std::path::Path) -> Result<(), String>,
     phase_one: Option<&AtomicBool>,
+    keep: &[&str],
 ) -> Result<(ExtractStats, u64), BasebackupError> {
     let mut extractor = Extractor::new(opts.storage.clone(), &opts.datadir);
+    for k in keep {
+        extractor.keep_existing(std::path::Path::new(k));
+    }
     let mut stream = ArchiveStream::new(client, progress);
     stream.phase_one = phase_one.map(|p| (p, false));
     stream.datadir = opts.datadir.clone();

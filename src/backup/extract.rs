@@ -113,6 +113,9 @@ pub struct Extractor {
     dirs: BTreeSet<PathBuf>,
     /// What was written so far.
     stats: ExtractStats,
+    /// Members read through, not written, when the file is already there
+    /// (a resumed two-phase copy's first-phase files).
+    keep: BTreeSet<PathBuf>,
 }
 
 impl Extractor {
@@ -125,7 +128,15 @@ impl Extractor {
             dest: dest.to_path_buf(),
             dirs,
             stats: ExtractStats::default(),
+            keep: BTreeSet::new(),
         }
+    }
+
+    /// Leave member `rel` as it is if the target already has it (the
+    /// archive's copy is read and dropped): what a resumed two-phase copy
+    /// keeps of its first phase, which a running standby uses.
+    pub fn keep_existing(&mut self, rel: &Path) {
+        self.keep.insert(rel.to_path_buf());
     }
 
     /// Read a whole tar archive from `input` (stops at its end-of-archive
@@ -218,6 +229,10 @@ impl Extractor {
 
     fn file(&mut self, rel: &Path, data: &mut impl Read) -> Result<(), ExtractError> {
         let path = self.parents(rel)?;
+        if self.keep.contains(rel) && path.is_file() {
+            io::copy(data, &mut io::sink()).map_err(ExtractError::Read)?;
+            return Ok(());
+        }
         let mut f =
             SeqWriter::open(&*self.storage, &path, OpenFor::CreateNew).map_err(|e| {
                 match e.io_error().kind() {

@@ -14,6 +14,7 @@
 //! - [`verify`]: checks of a copied data directory.
 //! - [`standby_config`]: `standby.signal` and `primary_conninfo` (`-R`).
 //! - `walfetch`: a parallel backup's WAL, by WAL_RANGE during the copy.
+//! - [`resume`]: what an interrupted copy keeps when it is resumed.
 //! - [`client`]: `walrep basebackup`.
 
 pub mod client;
@@ -21,6 +22,7 @@ pub mod extract;
 pub(crate) mod label;
 pub(crate) mod manifest;
 pub(crate) mod pin;
+pub mod resume;
 pub mod server;
 pub mod standby_backup;
 pub mod standby_config;

@@ -10,10 +10,18 @@
 //! `JOIN`; each claim takes its own pin under the same lock, so a part
 //! is never copied from a snapshot a checkpoint could remove.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use crate::store::ControlFile;
 use crate::Lsn;
+
+/// How long the checkpoint of a failed resumable backup stays pinned,
+/// waiting for `RESUME`: long enough to restart a killed client, short
+/// enough that an abandoned copy does not hold a snapshot (and the WAL
+/// from its redo point) for ever.
+pub const RESUME_WINDOW: Duration = Duration::from_secs(30 * 60);
 
 /// What one pin holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +46,40 @@ struct PinsInner {
     pins: BTreeMap<u64, Pinned>,
     /// Open parallel backups by their token.
     sessions: BTreeMap<String, Session>,
+    /// Failed resumable backups by their id, pinned until their window ends.
+    kept: BTreeMap<String, Kept>,
+    /// Ids of resumable backups still running.
+    active: BTreeSet<String>,
+}
+
+/// A failed resumable backup waiting for `RESUME`.
+#[derive(Debug, Clone)]
+struct Kept {
+    pinned: Pinned,
+    backup: KeptBackup,
+    /// The pin is released after this.
+    until: Instant,
+}
+
+/// What a resumed backup needs of the one it finishes: the checkpoint it
+/// copied and when it started (so `backup_label` is the same).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptBackup {
+    /// The control file naming the pinned checkpoint.
+    pub control: ControlFile,
+    /// When the first attempt started (backup_label's START TIME).
+    pub started_unix: u64,
+}
+
+/// Why an interrupted backup cannot be resumed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    #[error("no interrupted base backup \"{0}\" can be resumed: it completed, its checkpoint was released (a failed backup keeps it {window} minutes), or the server restarted since; take a new base backup", window = RESUME_WINDOW.as_secs() / 60)]
+    Gone(String),
+    #[error(
+        "base backup \"{0}\" is still running on the server (its connection has not ended yet)"
+    )]
+    StillRunning(String),
 }
 
 /// A parallel backup other connections may join.
@@ -101,12 +143,77 @@ impl BackupPins {
 
     /// Snapshot ids no checkpoint may remove.
     pub fn pinned_snapshots(&self) -> Vec<u64> {
-        self.lock().pins.values().map(|p| p.snapshot_id).collect()
+        let mut g = self.lock();
+        g.expire(Instant::now());
+        let kept = g.kept.values().map(|k| k.pinned.snapshot_id);
+        g.pins.values().map(|p| p.snapshot_id).chain(kept).collect()
     }
 
-    /// The oldest WAL position a backup still copies.
+    /// The oldest WAL position a backup still copies (or may resume).
     pub fn oldest_redo(&self) -> Option<Lsn> {
-        self.lock().pins.values().map(|p| p.redo).min()
+        let mut g = self.lock();
+        g.expire(Instant::now());
+        let kept = g.kept.values().map(|k| k.pinned.redo);
+        g.pins.values().map(|p| p.redo).chain(kept).min()
+    }
+
+    /// Backup `id` is running and resumable: [`keep`](Self::keep) it if it
+    /// fails. Marked until the guard is dropped.
+    pub fn running(self: &Arc<Self>, id: &str) -> RunningGuard {
+        self.lock().active.insert(id.to_string());
+        RunningGuard {
+            pins: Arc::clone(self),
+            id: id.to_string(),
+        }
+    }
+
+    /// Backup `id` failed: its checkpoint stays pinned for
+    /// [`RESUME_WINDOW`] (or `window`) so that `RESUME` finishes it.
+    pub fn keep(&self, pin: BackupPin, id: &str, backup: KeptBackup, window: Duration) {
+        let mut g = self.lock();
+        let Some(pinned) = g.pins.get(&pin.id).copied() else {
+            return;
+        };
+        let until = Instant::now() + window;
+        g.kept.insert(
+            id.to_string(),
+            Kept {
+                pinned,
+                backup,
+                until,
+            },
+        );
+        drop(g);
+        drop(pin);
+    }
+
+    /// Take over the kept checkpoint of failed backup `id`: a pin of its
+    /// own (the kept entry is gone; the resumed backup keeps it again if
+    /// it fails too).
+    pub fn resume(self: &Arc<Self>, id: &str) -> Result<(BackupPin, KeptBackup), ResumeError> {
+        let mut g = self.lock();
+        g.expire(Instant::now());
+        let Some(kept) = g.kept.remove(id) else {
+            return Err(match g.active.contains(id) {
+                true => ResumeError::StillRunning(id.to_string()),
+                false => ResumeError::Gone(id.to_string()),
+            });
+        };
+        let n = g.next;
+        g.next += 1;
+        g.pins.insert(n, kept.pinned);
+        let pin = BackupPin {
+            pins: Arc::clone(self),
+            id: n,
+        };
+        Ok((pin, kept.backup))
+    }
+
+    /// Failed backups waiting for `RESUME` (for INFO and tests).
+    pub fn kept_count(&self) -> usize {
+        let mut g = self.lock();
+        g.expire(Instant::now());
+        g.kept.len()
     }
 
     /// Open a parallel backup `token` over the snapshot and redo point of
@@ -184,6 +291,32 @@ impl BackupPins {
     }
 }
 
+impl PinsInner {
+    /// Release kept backups whose window has ended.
+    fn expire(&mut self, now: Instant) {
+        self.kept.retain(|id, k| {
+            let keep = k.until > now;
+            if !keep {
+                tracing::info!(backup_id = %id, "released the checkpoint of an interrupted base backup: its resume window ended");
+            }
+            keep
+        });
+    }
+}
+
+/// A running resumable backup; dropping it unmarks it.
+#[derive(Debug)]
+pub struct RunningGuard {
+    pins: Arc<BackupPins>,
+    id: String,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.pins.lock().active.remove(&self.id);
+    }
+}
+
 /// A held pin; dropping it releases the snapshot and the WAL.
 #[derive(Debug)]
 pub struct BackupPin {
@@ -229,6 +362,43 @@ mod tests {
         assert_eq!(pins.count(), 1);
         drop(a);
         assert!(pins.pinned_snapshots().is_empty());
+    }
+
+    fn kept(control_id: u64) -> KeptBackup {
+        KeptBackup {
+            control: ControlFile {
+                checkpoint_id: control_id,
+                ..ControlFile::new_system(1, crate::WalSegSize::new(1 << 20).unwrap(), 4)
+            },
+            started_unix: 1,
+        }
+    }
+
+    #[test]
+    fn a_failed_backup_is_kept_until_resumed_or_its_window_ends() {
+        let pins = BackupPins::new();
+        let running = pins.running("b");
+        assert_eq!(
+            pins.resume("b").unwrap_err(),
+            ResumeError::StillRunning("b".into())
+        );
+        let pin = pins.pin(9, Lsn(0x900));
+        pins.keep(pin, "b", kept(9), RESUME_WINDOW);
+        drop(running);
+        // Kept: still pinned with no pin held.
+        assert_eq!(pins.count(), 0);
+        assert_eq!(pins.pinned_snapshots(), vec![9]);
+        assert_eq!(pins.oldest_redo(), Some(Lsn(0x900)));
+        let (pin, backup) = pins.resume("b").unwrap();
+        assert_eq!((backup.control.checkpoint_id, backup.started_unix), (9, 1));
+        assert_eq!(pins.kept_count(), 0);
+        assert_eq!(pins.pinned_snapshots(), vec![9]);
+        assert_eq!(pins.resume("b").unwrap_err(), ResumeError::Gone("b".into()));
+        // Failed again, with a window that has passed: released.
+        pins.keep(pin, "b", kept(9), Duration::ZERO);
+        assert!(pins.pinned_snapshots().is_empty());
+        assert_eq!(pins.oldest_redo(), None);
+        assert!(matches!(pins.resume("b"), Err(ResumeError::Gone(_))));
     }
 
     #[test]

@@ -34,17 +34,18 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::label::{BackupLabel, BACKUP_LABEL_FILE, MAX_LABEL_LEN};
 use super::manifest::{ChecksumKind, HashingReader, Manifest};
-use super::pin::{BackupPin, BackupPins, ClaimedPart};
+use super::pin::{BackupPin, BackupPins, ClaimedPart, KeptBackup, ResumeError, RESUME_WINDOW};
 use super::tarstream::{header, CopyWriter, ExactReader, Member};
 use crate::config::ArchiveMode;
 use crate::datadir::{
     DataDir, ARCHIVE_STATUS_DIR, BASE_DIR, CONFIG_FILE, LOG_DIR, SLOTS_DIR, WAL_DIR,
 };
-use crate::replication::command::BaseBackupOptions;
+use crate::replication::command::{BaseBackupOptions, CheckpointMode};
 use crate::replication::source::BackupOutput;
 use crate::replication::sqlstate::{self as code, PgError};
 use crate::store::checkpoint::chunk_name;
@@ -140,32 +141,60 @@ pub fn serve<S: BackupSource>(
     if node.is_shutting_down() {
         return Err(shutting_down());
     }
-    node.checkpoint().map_err(|e| {
-        PgError::error(
-            code::INTERNAL_ERROR,
-            format!("could not checkpoint for the base backup: {e}"),
-        )
-    })?;
-    let (pin, control) = node.pin_last_checkpoint().ok_or_else(shutting_down)?;
-    let started = SystemTime::now();
-    tracing::info!(label = %options.label, redo = %control.redo_lsn, checkpoint = %control.checkpoint_lsn, from_standby, "base backup starting");
+    let (pin, control, started_unix, id) = match &options.resume {
+        Some(r) => resume_pin(node, &r.id)?,
+        None => {
+            let (pin, control) = start_pin(node, options)?;
+            let started = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let id = (options.resumable || options.parallel > 1)
+                .then(|| format!("{:032x}", rand::random::<u128>()));
+            (pin, control, started, id)
+        }
+    };
+    let pins = node.backup_pins();
+    let running = id
+        .as_deref()
+        .filter(|_| options.resumable || options.resume.is_some())
+        .map(|id| pins.running(id));
+    tracing::info!(label = %options.label, redo = %control.redo_lsn, checkpoint = %control.checkpoint_lsn, from_standby, resumed = options.resume.is_some(), skipped_chunks = skip_chunks(options).len(), "base backup starting");
     let kind = ChecksumKind::parse(&options.manifest_checksums).unwrap_or(ChecksumKind::Crc32c);
     let mut b = Backup {
         node,
         options,
-        control,
+        control: control.clone(),
         from_standby,
-        started_unix: started
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        started_unix,
         manifest: (options.manifest != "no")
             .then(|| Manifest::new(kind, options.manifest == "force-encode")),
-        pins: node.backup_pins(),
+        pins: Arc::clone(&pins),
         pin: &pin,
+        id: id.clone(),
     };
     let result = b.run(out);
-    drop(pin);
+    match (&result, &running) {
+        (Err(_), Some(_)) => {
+            let id = id.as_deref().unwrap_or_default();
+            tracing::warn!(
+                backup_id = id,
+                minutes = RESUME_WINDOW.as_secs() / 60,
+                "base backup interrupted: its checkpoint stays pinned for RESUME"
+            );
+            pins.keep(
+                pin,
+                id,
+                KeptBackup {
+                    control,
+                    started_unix,
+                },
+                RESUME_WINDOW,
+            );
+        }
+        _ => drop(pin),
+    }
+    drop(running);
     match &result {
         Ok(d) => {
             tracing::info!(start = %d.start, end = %d.end, bytes = d.bytes, wal_segments = d.wal_segments, "base backup completed")
@@ -173,6 +202,60 @@ pub fn serve<S: BackupSource>(
         Err(e) => tracing::warn!(error = %e.message, "base backup failed"),
     }
     result
+}
+
+/// The checkpoint a new backup copies, pinned: a fresh one (PostgreSQL's
+/// backup-start checkpoint), or with `CHECKPOINT 'last'` the last one the
+/// node completed, so the backup starts at once whatever the data size (a
+/// fresh one only when the node has none yet).
+fn start_pin<S: BackupSource>(
+    node: &S,
+    options: &BaseBackupOptions,
+) -> Result<(BackupPin, ControlFile), PgError> {
+    if options.checkpoint == CheckpointMode::Last {
+        let (pin, control) = node.pin_last_checkpoint().ok_or_else(shutting_down)?;
+        if control.checkpoint_lsn != Lsn::INVALID {
+            return Ok((pin, control));
+        }
+    }
+    node.checkpoint().map_err(|e| {
+        PgError::error(
+            code::INTERNAL_ERROR,
+            format!("could not checkpoint for the base backup: {e}"),
+        )
+    })?;
+    node.pin_last_checkpoint().ok_or_else(shutting_down)
+}
+
+/// `RESUME 'id'`: the kept checkpoint of interrupted backup `id`. A
+/// client that was killed may come back before the server noticed its
+/// connection is gone: wait (bounded) for that backup to end.
+fn resume_pin<S: BackupSource>(
+    node: &S,
+    id: &str,
+) -> Result<(BackupPin, ControlFile, u64, Option<String>), PgError> {
+    let deadline = Instant::now() + JOIN_WAIT;
+    loop {
+        match node.backup_pins().resume(id) {
+            Ok((pin, kept)) => {
+                return Ok((pin, kept.control, kept.started_unix, Some(id.to_string())))
+            }
+            Err(ResumeError::StillRunning(_)) if Instant::now() < deadline => {
+                std::thread::sleep(JOIN_POLL)
+            }
+            Err(e) => {
+                return Err(PgError::error(
+                    code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    e.to_string(),
+                ))
+            }
+        }
+    }
+}
+
+/// The chunks a resumed backup does not send.
+fn skip_chunks(options: &BaseBackupOptions) -> &[u32] {
+    options.resume.as_ref().map_or(&[], |r| &r.skip_chunks)
 }
 
 fn shutting_down() -> PgError {
@@ -352,6 +435,9 @@ struct Backup<'n, S: BackupSource> {
     pins: std::sync::Arc<BackupPins>,
     /// This backup's pin (a session is opened over it).
     pin: &'n BackupPin,
+    /// Its id (the `backup_id` column): with PARALLEL, what other
+    /// connections join; with RESUMABLE, what `RESUME` names.
+    id: Option<String>,
     options: &'n BaseBackupOptions,
     /// The control file naming the pinned checkpoint.
     control: ControlFile,
@@ -412,10 +498,13 @@ impl<S: BackupSource> Backup<'_, S> {
     fn run(&mut self, out: &mut dyn BackupOutput) -> Result<BackupDone, PgError> {
         let start = self.control.redo_lsn;
         let tli = self.tli();
-        let all_chunks = self.snapshot_files()?;
-        let parts = split_parts(&all_chunks, self.options.parallel.max(1) as usize);
+        let (numbers, all_chunks) = self.chunks_to_send()?;
+        let parts: Vec<Vec<u32>> = split_parts(&all_chunks, self.options.parallel.max(1) as usize)
+            .into_iter()
+            .map(|p| p.into_iter().map(|i| numbers[i as usize]).collect())
+            .collect();
         let session = (parts.len() > 1).then(|| {
-            let token = format!("{:032x}", rand::random::<u128>());
+            let token = self.id.clone().unwrap_or_default();
             let guard = self
                 .pins
                 .open_session(self.pin, &token, tli.0, parts.clone());
@@ -423,13 +512,14 @@ impl<S: BackupSource> Backup<'_, S> {
         });
         let chunks: Vec<SourceFile> = parts[0]
             .iter()
-            .map(|&i| all_chunks[i as usize].clone())
+            .filter_map(|n| numbers.iter().position(|m| m == n))
+            .map(|i| all_chunks[i].clone())
             .collect();
         let mut columns = vec![("recptr", TEXT), ("tli", INT8)];
         let mut row = vec![Some(start.to_string()), Some(tli.0.to_string())];
-        if let Some((token, _)) = &session {
+        if let Some(id) = &self.id {
             columns.push(("backup_id", TEXT));
-            row.push(Some(token.clone()));
+            row.push(Some(id.clone()));
         }
         out.result_set(&columns, &[row]).map_err(lost)?;
         let size_kb = self
@@ -479,16 +569,32 @@ impl<S: BackupSource> Backup<'_, S> {
         })
     }
 
-    /// The pinned snapshot's chunk files.
-    fn snapshot_files(&self) -> Result<Vec<SourceFile>, PgError> {
+    /// The pinned snapshot's chunk files to send (all but SKIP_CHUNKS's),
+    /// with their chunk numbers.
+    fn chunks_to_send(&self) -> Result<(Vec<u32>, Vec<SourceFile>), PgError> {
         let id = self.control.checkpoint_id;
+        let count = self.control.checkpoint_chunks;
+        let skip = skip_chunks(self.options);
+        if let Some(bad) = skip.iter().find(|c| **c >= count) {
+            return Err(PgError::error(
+                code::INVALID_PARAMETER_VALUE,
+                format!(
+                    "SKIP_CHUNKS names chunk {bad}, but the backup's snapshot has {count} chunks"
+                ),
+            ));
+        }
         let dir = crate::store::checkpoint::snapshot_dir(self.node.datadir(), id);
-        (0..self.control.checkpoint_chunks)
-            .map(|i| {
+        let numbers: Vec<u32> = (0..count)
+            .filter(|i| skip.binary_search(i).is_err())
+            .collect();
+        let files = numbers
+            .iter()
+            .map(|&i| {
                 let name = format!("{BASE_DIR}/{id:016X}/{}", chunk_name(i));
                 source_file(name, dir.join(chunk_name(i)))
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((numbers, files))
     }
 
     /// PROGRESS's total: snapshot, small files and the WAL so far.

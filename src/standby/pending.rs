@@ -41,6 +41,11 @@ pub struct PendingBackup {
     pub wal_segment_size: WalSegSize,
     /// Phase 1 of a two-phase copy is done: a standby may start now.
     pub two_phase: bool,
+    /// The server's id of the backup, which `walrep basebackup --resume`
+    /// names to finish it from the same checkpoint.
+    pub backup_id: Option<String>,
+    /// The replication slot made on the upstream for this copy.
+    pub slot: Option<String>,
 }
 
 /// Why the marker could not be read or written.
@@ -70,7 +75,7 @@ pub enum PendingError {
 impl PendingBackup {
     /// The marker's text (PostgreSQL backup_label style: `KEY: value`).
     pub fn to_text(&self) -> String {
-        format!(
+        let mut text = format!(
             "SYSTEM IDENTIFIER: {}\nSTART WAL LOCATION: {}\nSTART TIMELINE: {}\n\
              WAL SEGMENT SIZE: {}\nTWO PHASE: {}\n",
             self.system_id,
@@ -78,7 +83,14 @@ impl PendingBackup {
             self.tli.0,
             self.wal_segment_size.bytes(),
             if self.two_phase { "yes" } else { "no" },
-        )
+        );
+        if let Some(id) = &self.backup_id {
+            text.push_str(&format!("BACKUP ID: {id}\n"));
+        }
+        if let Some(slot) = &self.slot {
+            text.push_str(&format!("SLOT NAME: {slot}\n"));
+        }
+        text
     }
 
     /// Parse the marker's text.
@@ -105,6 +117,8 @@ impl PendingBackup {
             wal_segment_size: WalSegSize::new(num("WAL SEGMENT SIZE")?)
                 .map_err(|e| format!("WAL SEGMENT SIZE: {e}"))?,
             two_phase: field("TWO PHASE")? == "yes",
+            backup_id: field("BACKUP ID").ok().map(str::to_string),
+            slot: field("SLOT NAME").ok().map(str::to_string),
         })
     }
 
@@ -258,8 +272,16 @@ mod tests {
             tli: TimelineId(3),
             wal_segment_size: WalSegSize::new(1 << 20).unwrap(),
             two_phase: true,
+            backup_id: Some("0af3".into()),
+            slot: Some("walrep_s".into()),
         };
         assert_eq!(PendingBackup::parse(&p.to_text()).unwrap(), p);
+        let old = PendingBackup {
+            backup_id: None,
+            slot: None,
+            ..p.clone()
+        };
+        assert_eq!(PendingBackup::parse(&old.to_text()).unwrap(), old);
         for bad in [
             "",
             "SYSTEM IDENTIFIER: x\n",

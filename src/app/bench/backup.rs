@@ -2,7 +2,9 @@
 //! 4 of one primary's data, and a two-phase copy's time from the start of
 //! `walrep basebackup --two-phase` to the new standby's first flush report
 //! upstream, for 100 MB and for `--backup-mb` of data (PostgreSQL's
-//! standby can report nothing before its whole copy is done).
+//! standby can report nothing before its whole copy is done). With
+//! `--anchors`, pg_basebackup of a PostgreSQL 15 database of the same size
+//! in the same run is the reference of the `--jobs` figures.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -20,20 +22,43 @@ const VALUE_BYTES: usize = 256 * 1024;
 const PHASE_LIMIT: Duration = Duration::from_secs(300);
 /// The two-phase target (ms): under a second whatever the data size.
 const TARGET_FIRST_FLUSH_MS: f64 = 1000.0;
+/// pg_basebackup's single stream on this kind of machine (anchors, MB/s).
+const PG_BASEBACKUP_ANCHOR_MBPS: f64 = 652.0;
+/// The parallel target: 1.5 times pg_basebackup's same-run rate.
+const TARGET_PARALLEL_RATIO: f64 = 1.5;
 
 pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
     let big_mb = ctx.args.backup_mb;
     println!("\n== backup: --jobs 1, 2, 4 of {big_mb} MB; two-phase first flush at 100 MB and {big_mb} MB");
     let dir = ctx.subdir("backup")?;
+    let pg_rate = match ctx.args.anchors.clone() {
+        Some(anchors_dir) => {
+            ctx.probe("before pg_basebackup", true)?;
+            let rate = pg_basebackup_rate(&dir.join("postgres"), &anchors_dir, big_mb)?;
+            println!("  pg_basebackup -X fetch: {big_mb} MB at {rate:.0} MB/s");
+            Some(rate)
+        }
+        None => None,
+    };
+    let reference = pg_rate.unwrap_or(PG_BASEBACKUP_ANCHOR_MBPS);
     let mut jobs_f: Vec<Figure> = [1u32, 2, 4]
         .iter()
-        .map(|j| {
-            Figure::new(
+        .map(|&j| {
+            let mut f = Figure::new(
                 "backup",
                 &format!("walrep basebackup --jobs {j} of {big_mb} MB"),
                 "MB/s",
                 Better::Higher,
             )
+            .anchor(PG_BASEBACKUP_ANCHOR_MBPS);
+            f.pg_same_run.extend(pg_rate);
+            if j == 4 {
+                f = f.goal(
+                    &format!("≥ {TARGET_PARALLEL_RATIO}× pg_basebackup"),
+                    Some(TARGET_PARALLEL_RATIO * reference),
+                );
+            }
+            f
         })
         .collect();
     let mut flush_f: Vec<Figure> = Vec::new();
@@ -69,6 +94,17 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
     ctx.figures.extend(jobs_f);
     ctx.figures.extend(flush_f);
     Ok(())
+}
+
+/// pg_basebackup of a PostgreSQL 15 database of `mb` MB: MB/s (of the
+/// data written, as the walrep figures).
+fn pg_basebackup_rate(dir: &Path, anchors_dir: &Path, mb: u64) -> Result<f64, BenchError> {
+    let pg = super::pg::PgAnchor::start(dir, anchors_dir)?;
+    pg.fill_bulk(mb)?;
+    let secs = pg.basebackup_secs()?;
+    drop(pg);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(mb as f64 / secs)
 }
 
 /// Write about `mb` MB of values.

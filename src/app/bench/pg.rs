@@ -328,6 +328,42 @@ pub fn parse_pgbench(stdout: &str, lat_us: &mut [u64]) -> Result<LoadResult, Ben
     })
 }
 
+/// The `backup` scenario's PostgreSQL side: the same amount of data,
+/// copied by one pg_basebackup.
+impl PgAnchor {
+    /// About `mb` MB in a table whose 256 kB values are stored out of line
+    /// uncompressed (EXTERNAL), as walrep's values are, then a checkpoint.
+    pub fn fill_bulk(&self, mb: u64) -> Result<(), BenchError> {
+        self.psql(&[
+            "CREATE TABLE bulk (k int PRIMARY KEY, v text)",
+            "ALTER TABLE bulk ALTER COLUMN v SET STORAGE EXTERNAL",
+            &format!(
+                "INSERT INTO bulk SELECT g, repeat(md5(g::text), 8192) FROM generate_series(1, {}) g",
+                mb * 4
+            ),
+            "CHECKPOINT",
+        ])?;
+        Ok(())
+    }
+
+    /// Seconds of `pg_basebackup -X fetch -c fast` of this server into a
+    /// new directory beside it (removed after).
+    pub fn basebackup_secs(&self) -> Result<f64, BenchError> {
+        let dest = self.dir.join("basebackup");
+        let t0 = std::time::Instant::now();
+        let out = self
+            .cmd("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", PG_USER, "-X", "fetch", "-c", "fast", "-D"])
+            .arg(&dest)
+            .output();
+        let secs = t0.elapsed().as_secs_f64();
+        let _ = std::fs::remove_dir_all(&dest);
+        check("pg_basebackup", out)?;
+        Ok(secs)
+    }
+}
+
 /// Cascading standbys for the `chain` scenario: each copied with
 /// pg_basebackup from its upstream (a standby for every hop after the
 /// first, as PostgreSQL allows) and streaming from it.

@@ -220,6 +220,7 @@ fn start_standby(dirs: &Dirs, primary: &NodeProcess) -> anyhow::Result<NodeProce
             slot: None,
             jobs: 1,
             two_phase: false,
+            resume: false,
         },
         &mut walrep::backup::client::NoProgress,
     )

@@ -30,6 +30,16 @@ pub struct BaseBackupRequest {
     pub parallel: u32,
     /// walrep's JOIN/PART: send part `.1` of parallel backup `.0`.
     pub join: Option<(String, u32)>,
+    /// walrep's `CHECKPOINT 'last'`: copy the last completed checkpoint,
+    /// take no new one (overrides `fast_checkpoint`).
+    pub last_checkpoint: bool,
+    /// walrep's RESUMABLE: a `backup_id` comes back, and a failed backup
+    /// can be finished with `resume`.
+    pub resumable: bool,
+    /// walrep's RESUME: finish interrupted backup `id`.
+    pub resume: Option<String>,
+    /// walrep's SKIP_CHUNKS with `resume`: chunks already held intact.
+    pub skip_chunks: Vec<u32>,
 }
 
 impl Default for BaseBackupRequest {
@@ -44,6 +54,10 @@ impl Default for BaseBackupRequest {
             manifest: false,
             parallel: 0,
             join: None,
+            last_checkpoint: false,
+            resumable: false,
+            resume: None,
+            skip_chunks: Vec::new(),
         }
     }
 }
@@ -66,8 +80,20 @@ impl BaseBackupRequest {
         if self.progress {
             opts.push("PROGRESS".into());
         }
-        if self.fast_checkpoint {
+        if self.last_checkpoint {
+            opts.push("CHECKPOINT 'last'".into());
+        } else if self.fast_checkpoint {
             opts.push("CHECKPOINT 'fast'".into());
+        }
+        if self.resumable {
+            opts.push("RESUMABLE".into());
+        }
+        if let Some(id) = &self.resume {
+            opts.push(format!("RESUME {}", literal(id)));
+            if !self.skip_chunks.is_empty() {
+                let list = crate::replication::command::chunk_list_text(&self.skip_chunks);
+                opts.push(format!("SKIP_CHUNKS {}", literal(&list)));
+            }
         }
         if self.wal {
             opts.push("WAL".into());

@@ -10,7 +10,10 @@ mod options;
 
 use lexer::{tokenize, Token};
 pub(crate) use options::OptValue;
-pub use options::{BaseBackupOptions, CheckpointMode, MAX_PARALLEL};
+pub use options::{
+    chunk_list, chunk_list_text, BaseBackupOptions, CheckpointMode, ResumeRequest, MAX_PARALLEL,
+    MAX_SKIP_CHUNKS,
+};
 
 use walrep_states::{Lsn, TimelineId};
 

@@ -74,7 +74,7 @@ pub fn physical_slot_options(opts: &Opts) -> Result<bool, PgError> {
     Ok(reserve)
 }
 
-/// `CHECKPOINT 'fast' | 'spread'`.
+/// `CHECKPOINT 'fast' | 'spread' | 'last'`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CheckpointMode {
     /// Checkpoint at once, at full IO speed (`pg_basebackup -c fast`).
@@ -82,6 +82,10 @@ pub enum CheckpointMode {
     /// Let the checkpoint spread its writes (PostgreSQL's default).
     #[default]
     Spread,
+    /// walrep's `'last'`: no new checkpoint; copy the last completed one
+    /// (pinned for the backup), so the backup starts at once whatever the
+    /// data size. A fresh one only when the node has none yet.
+    Last,
 }
 
 /// BASE_BACKUP's options (PostgreSQL 15 names and defaults).
@@ -128,6 +132,22 @@ pub struct BaseBackupOptions {
     pub join: Option<String>,
     /// walrep's `PART k` with `JOIN`: which part (1 to n-1).
     pub part: u32,
+    /// walrep's `RESUMABLE`: the first result set carries a `backup_id`,
+    /// and if the backup fails its pinned checkpoint is kept for a while
+    /// under that id so `RESUME` can finish it.
+    pub resumable: bool,
+    /// walrep's `RESUME 'id'` (and `SKIP_CHUNKS`): finish an interrupted
+    /// backup from the same pinned checkpoint (no new checkpoint).
+    pub resume: Option<Box<ResumeRequest>>,
+}
+
+/// `RESUME 'id', SKIP_CHUNKS '0-3,7'`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumeRequest {
+    /// The interrupted backup's `backup_id`.
+    pub id: String,
+    /// Snapshot chunks the client already holds intact, not sent again.
+    pub skip_chunks: Vec<u32>,
 }
 
 /// Most parts of a parallel backup (each is a connection).
@@ -153,6 +173,8 @@ impl Default for BaseBackupOptions {
             parallel: 1,
             join: None,
             part: 0,
+            resumable: false,
+            resume: None,
         }
     }
 }
@@ -170,6 +192,18 @@ impl BaseBackupOptions {
             return Err(PgError::error(
                 SYNTAX_ERROR,
                 "JOIN and PART go together, and not with PARALLEL",
+            ));
+        }
+        if o.join.is_some() && (o.resume.is_some() || o.resumable) {
+            return Err(PgError::error(
+                SYNTAX_ERROR,
+                "JOIN does not go with RESUME or RESUMABLE (the leader's backup is resumed)",
+            ));
+        }
+        if o.resume.as_ref().is_some_and(|r| r.id.is_empty()) {
+            return Err(PgError::error(
+                SYNTAX_ERROR,
+                "SKIP_CHUNKS needs RESUME 'backup_id': only a resumed backup has chunks already copied",
             ));
         }
         Ok(o)
@@ -194,6 +228,11 @@ impl BaseBackupOptions {
             "parallel" => self.parallel = ranged(name, v, 1, MAX_PARALLEL)?,
             "join" => self.join = Some(string(name, v)?),
             "part" => self.part = ranged(name, v, 1, MAX_PARALLEL - 1)?,
+            "resumable" => self.resumable = boolean(name, v)?,
+            "resume" => self.resume.get_or_insert_default().id = string(name, v)?,
+            "skip_chunks" => {
+                self.resume.get_or_insert_default().skip_chunks = chunk_list(&string(name, v)?)?
+            }
             _ => {
                 return Err(PgError::error(
                     SYNTAX_ERROR,
@@ -209,11 +248,65 @@ fn checkpoint(s: &str) -> Result<CheckpointMode, PgError> {
     match s.to_ascii_lowercase().as_str() {
         "fast" => Ok(CheckpointMode::Fast),
         "spread" => Ok(CheckpointMode::Spread),
+        "last" => Ok(CheckpointMode::Last),
         _ => Err(PgError::error(
             INVALID_PARAMETER_VALUE,
             format!("unrecognized checkpoint type: \"{s}\""),
         )),
     }
+}
+
+/// Most chunk numbers one `SKIP_CHUNKS` may name (a snapshot has at most
+/// as many chunks as `checkpoint_chunks` allows).
+pub const MAX_SKIP_CHUNKS: usize = 1 << 16;
+
+/// `SKIP_CHUNKS`: comma-separated chunk numbers and inclusive ranges
+/// (`0-3,7`), ascending; `""` is none.
+pub fn chunk_list(s: &str) -> Result<Vec<u32>, PgError> {
+    let bad = |why: String| {
+        PgError::error(
+            INVALID_PARAMETER_VALUE,
+            format!(
+                "invalid SKIP_CHUNKS \"{}\": {why}",
+                s.chars().take(64).collect::<String>()
+            ),
+        )
+    };
+    let mut out: Vec<u32> = Vec::new();
+    for item in s.split(',').filter(|i| !i.is_empty()) {
+        let (a, b) = item.split_once('-').unwrap_or((item, item));
+        let num = |t: &str| {
+            t.parse::<u32>()
+                .map_err(|_| bad(format!("\"{t}\" is not a chunk number")))
+        };
+        let (a, b) = (num(a)?, num(b)?);
+        if b < a || out.last().is_some_and(|l| *l >= a) {
+            return Err(bad("chunk numbers must ascend".into()));
+        }
+        if out.len() + (b - a) as usize >= MAX_SKIP_CHUNKS {
+            return Err(bad(format!("more than {MAX_SKIP_CHUNKS} chunks")));
+        }
+        out.extend(a..=b);
+    }
+    Ok(out)
+}
+
+/// The text of [`chunk_list`] for ascending `chunks`.
+pub fn chunk_list_text(chunks: &[u32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < chunks.len() {
+        let mut j = i;
+        while j + 1 < chunks.len() && chunks[j + 1] == chunks[j] + 1 {
+            j += 1;
+        }
+        parts.push(match i == j {
+            true => chunks[i].to_string(),
+            false => format!("{}-{}", chunks[i], chunks[j]),
+        });
+        i = j + 1;
+    }
+    parts.join(",")
 }
 
 fn manifest(s: &str) -> Result<String, PgError> {
