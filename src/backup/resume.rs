@@ -231,7 +231,8 @@ mod tests {
         let store = crate::store::map::Store::new();
         fs::create_dir(d.path().join(BASE_DIR)).unwrap();
         let snap = crate::store::checkpoint::snapshot_dir(d.path(), 5);
-        crate::store::checkpoint::write_snapshot(&storage, d.path(), 5, 3, &store).unwrap();
+        crate::store::checkpoint::write_snapshot(&storage, d.path(), 5, 3, &store, &mut |_| {})
+            .unwrap();
         let torn = snap.join(chunk_name(2));
         let len = fs::metadata(&torn).unwrap().len();
         fs::OpenOptions::new()
