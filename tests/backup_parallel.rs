@@ -13,47 +13,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::backup::{data_mb, start_load, BULK_VALUE};
 use support::cluster::*;
 use support::node::{init_datadir, walrep, walrep_bin, TestNode};
 use support::process::ChildGuard;
 use support::wait_for;
 use walrep::replication::client::{BaseBackupRequest, ConnInfo, ReplicationClient};
 
-/// Megabytes of data in the primary before the copy.
-fn data_mb() -> usize {
-    std::env::var("WALREP_BACKUP_TEST_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32)
-}
-
-/// Value size of the bulk keys.
-const BULK_VALUE: usize = 64 * 1024;
-
 fn primary(tmp: &std::path::Path, extra: &[&str]) -> TestNode {
     let dir = init_datadir(tmp, "primary", &["--wal-segment-size", "16MB"]);
     TestNode::start(&dir, extra)
-}
-
-/// Unique keys `w:{n}` written until stopped; the count acknowledged.
-fn start_load(
-    node: &TestNode,
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<()> {
-    let mut c = node.client();
-    std::thread::spawn(move || {
-        let pad = "y".repeat(512);
-        while !stop.load(Ordering::Relaxed) && acked.load(Ordering::Relaxed) < 1_000_000 {
-            let n = acked.load(Ordering::Relaxed);
-            let _: () = redis::cmd("SET")
-                .arg(format!("w:{n}"))
-                .arg(format!("{n}:{pad}"))
-                .query(&mut c)
-                .unwrap();
-            acked.fetch_add(1, Ordering::Relaxed);
-        }
-    })
 }
 
 fn cli_backup(node: &TestNode, dest: &std::path::Path, extra: &[&str]) -> (bool, String, String) {

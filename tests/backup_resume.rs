@@ -16,55 +16,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::backup::{bytes_under, data_mb, start_load, BULK_VALUE};
 use support::cluster::*;
 use support::node::{init_datadir, walrep, walrep_bin, TestNode};
 use support::process::ChildGuard;
 use support::wait_for;
 use walrep::standby::pending::PendingBackup;
-
-fn data_mb() -> usize {
-    std::env::var("WALREP_BACKUP_TEST_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32)
-}
-
-const BULK_VALUE: usize = 64 * 1024;
-
-/// Bytes of the files under `dir`.
-fn bytes_under(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => bytes_under(&e.path()),
-            _ => e.metadata().map_or(0, |m| m.len()),
-        })
-        .sum()
-}
-
-/// Unique keys `w:{n}` written until stopped; the count acknowledged.
-fn start_load(
-    node: &TestNode,
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<()> {
-    let mut c = node.client();
-    std::thread::spawn(move || {
-        let pad = "y".repeat(512);
-        while !stop.load(Ordering::Relaxed) && acked.load(Ordering::Relaxed) < 1_000_000 {
-            let n = acked.load(Ordering::Relaxed);
-            let _: () = redis::cmd("SET")
-                .arg(format!("w:{n}"))
-                .arg(format!("{n}:{pad}"))
-                .query(&mut c)
-                .unwrap();
-            acked.fetch_add(1, Ordering::Relaxed);
-        }
-    })
-}
 
 /// `walrep basebackup --from <primary> -D dest <extra>` in the background.
 fn spawn_backup(primary: &TestNode, dest: &Path, extra: &[&str]) -> ChildGuard {

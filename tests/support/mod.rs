@@ -20,6 +20,8 @@
 //! - [`workload`]: clients recording a history for walrep's checker;
 //! - [`crash`]: what the power-loss image tests share (crash points,
 //!   scratch directories, the `CRASH_*` knobs);
+//! - [`backup`]: what the base-backup tests share (data size, a load
+//!   during the copy);
 //! - [`ports`]: loopback ports reserved outside the ephemeral range, so a
 //!   node restarted on its ports gets them back;
 //!
@@ -28,6 +30,7 @@
 // Each test binary compiles this module on its own and uses part of it.
 #![allow(dead_code)]
 
+pub mod backup;
 pub mod cluster;
 pub mod crash;
 pub mod delay;
