@@ -997,10 +997,24 @@ fn a_standbys_restartpoints_cap_its_slots_and_let_restored_wal_go() {
             .contains("invalidating slot \"lost\"")
             .then_some(())
     });
+    // A restartpoint keeps the WAL from the previous one's redo point (the
+    // fallback when the last snapshot is damaged): a trickle of writes lets
+    // restartpoints go on until the horizon passes the slot's WAL.
+    let mut nudge = primary.client();
+    let pad = "n".repeat(16 * 1024);
+    let mut n = 0;
     wait_for(
         "s1's restartpoints to remove the WAL the slot held",
         Duration::from_secs(90),
-        || (segnos(&s1).into_iter().min()? > reserved).then_some(()),
+        || {
+            n += 1;
+            let _: () = redis::cmd("SET")
+                .arg("nudge")
+                .arg(n)
+                .query(&mut nudge)
+                .unwrap();
+            (segnos(&s1).into_iter().min()? > reserved).then_some(())
+        },
     );
     // s2 restored every segment it replayed; its restartpoints remove them.
     // Filler past the keys' last segment, so the archive holds all of them.
@@ -1015,7 +1029,15 @@ fn a_standbys_restartpoints_cap_its_slots_and_let_restored_wal_go() {
     wait_for(
         "s2's restartpoints to remove restored segments",
         Duration::from_secs(90),
-        || (segnos(&s2).into_iter().min()? + 2 >= last).then_some(()),
+        || {
+            n += 1;
+            let _: () = redis::cmd("SET")
+                .arg("nudge")
+                .arg(n)
+                .query(&mut nudge)
+                .unwrap();
+            (segnos(&s2).into_iter().min()? + 2 >= last).then_some(())
+        },
     );
     check_keys(&s1, "k", 800);
 }
