@@ -1001,7 +1001,6 @@ fn a_standbys_restartpoints_cap_its_slots_and_let_restored_wal_go() {
     // fallback when the last snapshot is damaged): a trickle of writes lets
     // restartpoints go on until the horizon passes the slot's WAL.
     let mut nudge = primary.client();
-    let pad = "n".repeat(16 * 1024);
     let mut n = 0;
     wait_for(
         "s1's restartpoints to remove the WAL the slot held",
