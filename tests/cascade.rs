@@ -1000,18 +1000,21 @@ fn a_standbys_restartpoints_cap_its_slots_and_let_restored_wal_go() {
     // A restartpoint keeps the WAL from the previous one's redo point (the
     // fallback when the last snapshot is damaged): a trickle of writes lets
     // restartpoints go on until the horizon passes the slot's WAL.
-    let mut nudge = primary.client();
+    let mut client = primary.client();
     let mut n = 0;
+    let mut nudge = move || {
+        n += 1;
+        let _: () = redis::cmd("SET")
+            .arg("nudge")
+            .arg(n)
+            .query(&mut client)
+            .unwrap();
+    };
     wait_for(
         "s1's restartpoints to remove the WAL the slot held",
         Duration::from_secs(90),
         || {
-            n += 1;
-            let _: () = redis::cmd("SET")
-                .arg("nudge")
-                .arg(n)
-                .query(&mut nudge)
-                .unwrap();
+            nudge();
             (segnos(&s1).into_iter().min()? > reserved).then_some(())
         },
     );
@@ -1029,12 +1032,7 @@ fn a_standbys_restartpoints_cap_its_slots_and_let_restored_wal_go() {
         "s2's restartpoints to remove restored segments",
         Duration::from_secs(90),
         || {
-            n += 1;
-            let _: () = redis::cmd("SET")
-                .arg("nudge")
-                .arg(n)
-                .query(&mut nudge)
-                .unwrap();
+            nudge();
             (segnos(&s2).into_iter().min()? + 2 >= last).then_some(())
         },
     );
