@@ -61,11 +61,25 @@ pub fn write_keys(node: &TestNode, prefix: &str, n: usize, value_len: usize) -> 
     let mut c = node.client();
     let pad = "x".repeat(value_len);
     for i in 0..n {
-        let _: () = redis::cmd("SET")
-            .arg(format!("{prefix}:{i}"))
-            .arg(format!("{i}:{pad}"))
-            .query(&mut c)
-            .unwrap();
+        let set = |c: &mut redis::Connection| {
+            redis::cmd("SET")
+                .arg(format!("{prefix}:{i}"))
+                .arg(format!("{i}:{pad}"))
+                .query::<()>(c)
+        };
+        match set(&mut c) {
+            // A signal for the test process (a child exiting) can break off
+            // a socket call with EINTR: the connection's state is unknown,
+            // so the same SET goes again on a new one.
+            Err(e)
+                if e.kind() == redis::ErrorKind::IoError
+                    && e.to_string().contains("Interrupted system call") =>
+            {
+                c = node.client();
+                set(&mut c).unwrap();
+            }
+            r => r.unwrap(),
+        }
     }
     n
 }
