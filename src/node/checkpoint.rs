@@ -126,15 +126,7 @@ impl Node {
             let c = self.control();
             (c.checkpoint_id + 1, self.settings().checkpoint_chunks)
         };
-        let mut pacer = Pacer::new(self, cause, redo);
-        let snap = write_snapshot(
-            &*self.storage,
-            &self.dir.root,
-            id,
-            chunks,
-            &self.store,
-            &mut |p| pacer.pace(p),
-        )?;
+        let snap = self.write_paced_snapshot(cause, redo, id, chunks)?;
         let shutdown = cause == CheckpointCause::Shutdown;
         let tli = wal.timeline();
         let rec = wal.log_xlog(&XlogRecord::Checkpoint(Checkpoint {
@@ -188,6 +180,26 @@ impl Node {
         keep.push(c.checkpoint_id);
         keep.extend(c.prev_checkpoint.map(|p| p.id));
         keep
+    }
+
+    /// Write snapshot `id` of the store, paced by `cause`
+    /// (`checkpoint_completion_target` for a timed or WAL-triggered one).
+    fn write_paced_snapshot(
+        &self,
+        cause: CheckpointCause,
+        redo: Lsn,
+        id: u64,
+        chunks: u32,
+    ) -> Result<crate::store::checkpoint::SnapshotStats, CheckpointError> {
+        let mut pacer = Pacer::new(self, cause, redo);
+        Ok(write_snapshot(
+            &*self.storage,
+            &self.dir.root,
+            id,
+            chunks,
+            &self.store,
+            &mut |p| pacer.pace(p),
+        )?)
     }
 
     /// Take the checkpoint lock. A caller that must not wait (an
@@ -399,15 +411,7 @@ impl Node {
             return Ok(None);
         }
         tracing::info!(cause = cause.as_str(), %redo, "restartpoint starting");
-        let mut pacer = Pacer::new(self, cause, redo);
-        let snap = write_snapshot(
-            &*self.storage,
-            &self.dir.root,
-            id,
-            chunks,
-            &self.store,
-            &mut |p| pacer.pace(p),
-        )?;
+        let snap = self.write_paced_snapshot(cause, redo, id, chunks)?;
         // The snapshot may hold changes replayed while it was written: a
         // restart must replay at least that far before it is consistent.
         let min_recovery_point = old_min.max(progress.replayed.read(|r| r.end));
