@@ -32,6 +32,8 @@
 //!   overrides.
 //! - [`watch`]: the one way a position that moved wakes the threads
 //!   waiting for it (a value plus coalesced tokens on a channel).
+//! - [`ha`]: automatic failover on etcd: the consensus-store trait, its etcd
+//!   client, the HA loop.
 //! - [`viz`]: diagrams of the state machines, explored from the code, and
 //!   renderings of transition traces.
 //! - [`history`] (feature `history`): the failure suite's operation
@@ -50,6 +52,7 @@ pub(crate) mod datadir;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod ha;
 #[cfg(feature = "history")]
 pub mod history;
 pub mod node;

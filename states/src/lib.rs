@@ -15,6 +15,8 @@
 //!
 //! - [`lsn`]: WAL positions (`Lsn`, printed `X/X` as PostgreSQL does),
 //!   timeline ids, segment numbers and PostgreSQL-style WAL file names.
+//! - [`ha`]: automatic failover decisions (leader key, sync key, who may
+//!   promote), pure.
 //! - [`history`]: timeline history (`TTTTTTTT.history` text) as data.
 //! - [`time`]: [`Millis`], time as a value.
 //! - [`recovery`]: the standby's recovery machine ([`Recovery`]): events in,
@@ -22,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ha;
 pub mod history;
 pub mod lsn;
 pub mod recovery;

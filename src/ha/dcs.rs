@@ -1,0 +1,1 @@
+//! The consensus store the HA loop uses, as a trait.

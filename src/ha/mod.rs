@@ -1,0 +1,15 @@
+//! Automatic failover on etcd, as Patroni does it for PostgreSQL: a leader
+//! key held under a lease by the primary, member keys, and a key naming the
+//! synchronous standbys the primary waits for, so that only a standby that
+//! holds every acknowledged synchronous write may take over.
+//!
+//! # Layout
+//! - [`dcs`]: what the HA loop needs from a consensus store (the
+//!   distributed configuration store, in Patroni's words), as a trait.
+//! - [`etcd`]: that trait on etcd 3.4+ through its JSON gateway, over a
+//!   blocking HTTP client.
+//!
+//! The decisions themselves are pure and live in `walrep_states::ha`.
+
+pub mod dcs;
+pub mod etcd;
