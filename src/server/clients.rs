@@ -83,8 +83,10 @@ impl ClientInfo {
     }
 
     /// A command named `name` arrived.
-    pub fn note_command(&self, name: &[u8]) {
-        let ms = self.created.elapsed().as_millis() as u64;
+    /// `name` ran at `at` (the caller reads the clock once per batch of
+    /// pipelined requests, not once per request).
+    pub fn note_command(&self, name: &[u8], at: std::time::Instant) {
+        let ms = at.saturating_duration_since(self.created).as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
         if let Ok(mut c) = self.last_cmd.try_lock() {
             let n = name.len().min(c.len());

@@ -15,10 +15,11 @@ use mio::net::TcpStream;
 use std::sync::Arc;
 
 use super::clients::{ClientInfo, KillSignal};
+use super::command::batch::{self, Run};
 use super::command::{self, auth, Command, Flow, WaitRequest};
 use super::protocol::{self, reply, Limits};
 use super::session::{Session, SessionContext};
-use super::{Termination, WriteError};
+use super::{Backend, Termination, WriteError};
 
 /// Output held back (unsent, or waiting for a write's confirmation) beyond
 /// which the connection stops executing requests until it shrinks, so a
@@ -40,6 +41,51 @@ pub enum Hold {
     Stalled,
     /// A WAIT runs off the loop; its reply will come back.
     Waiting,
+}
+
+/// Requests framed ahead of running them at most (one run of writes).
+const FRAME_AHEAD: usize = batch::MAX_RUN;
+
+/// A request framed ahead: its arguments' ranges in the input buffer.
+struct Frame {
+    args: Vec<std::ops::Range<usize>>,
+    consumed: usize,
+}
+
+/// Frame the complete requests in `inbuf` from `start` (at most
+/// [`FRAME_AHEAD`], and none past the first that cannot join a run of
+/// writes), and the protocol error that ends them, if one does.
+fn frame_ahead(
+    inbuf: &[u8],
+    start: usize,
+    limits: Limits,
+) -> (Vec<Frame>, Option<protocol::ProtocolError>) {
+    let mut frames = Vec::new();
+    let mut at = start;
+    while frames.len() < FRAME_AHEAD {
+        match protocol::next_request(&inbuf[at..], limits) {
+            Ok(Some(mut req)) => {
+                for r in &mut req.args {
+                    *r = at + r.start..at + r.end;
+                }
+                let joins = req
+                    .args
+                    .first()
+                    .is_some_and(|r| batch::may_join(&inbuf[r.clone()]));
+                frames.push(Frame {
+                    args: req.args,
+                    consumed: req.consumed,
+                });
+                at += req.consumed;
+                if !joins {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return (frames, Some(e)),
+        }
+    }
+    (frames, None)
 }
 
 /// A client connection served by a worker loop.
@@ -240,59 +286,113 @@ impl Conn {
         }
     }
 
+    /// Whether the next request may run now.
+    fn may_run(&self) -> bool {
+        self.hold == Hold::None && !self.closing && self.session.out.len() <= MAX_HELD_OUTPUT
+    }
+
     fn run_requests(&mut self) {
         let limits = Limits {
             max_bulk_len: self.session.ctx.settings.max_bulk_len,
         };
-        while self.hold == Hold::None && !self.closing && self.session.out.len() <= MAX_HELD_OUTPUT
-        {
-            match protocol::next_request(&self.inbuf[self.start..], limits) {
-                Ok(Some(req)) => {
-                    let base = self.start;
-                    let args: Vec<&[u8]> = req
-                        .args
-                        .iter()
-                        .map(|r| &self.inbuf[base + r.start..base + r.end])
-                        .collect();
-                    if args.is_empty() {
-                        self.start += req.consumed;
-                        continue;
-                    }
-                    let parsed = Command::from_frame(&args);
-                    // A command that reads or reports anything first waits
-                    // for this connection's earlier writes; a refused one
-                    // reads nothing and its error queues behind their replies.
-                    let settles =
-                        matches!(&parsed, Ok(cmd) if self.session.must_settle_before(cmd));
-                    if settles && self.session.has_pending() {
-                        self.hold = Hold::Stalled;
-                        break;
-                    }
-                    self.start += req.consumed;
-                    self.last_request = Instant::now();
-                    let stats = &self.session.ctx.stats;
-                    stats
-                        .total_commands_processed
-                        .fetch_add(1, Ordering::Relaxed);
-                    // Who may run what is checked before anything runs,
-                    // and before MULTI queues it (a refused command marks
-                    // the transaction, as in Redis).
-                    let parsed = parsed
-                        .and_then(|cmd| auth::check(&self.session, &cmd, args[0]).map(|()| cmd));
-                    let flow = command::exec::respond(&mut self.session, &args, parsed);
-                    self.follow(flow);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let stats = &self.session.ctx.stats;
-                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "protocol error, closing connection");
-                    reply::error(&mut self.session.out, &format!("ERR {e}"));
-                    self.closing = true;
+        // One clock read for the requests run now (a pipeline's are all
+        // "now" for the idle timeout and CLIENT LIST).
+        let mut now: Option<Instant> = None;
+        // Out of `self` while requests borrow it (put back below).
+        let inbuf = std::mem::take(&mut self.inbuf);
+        let backend = self.session.ctx.backend.clone();
+        while self.may_run() {
+            // The complete requests present are framed first, so their
+            // arguments live as long as a run of writes that logs them
+            // together (see `command::batch`).
+            let (frames, error) = frame_ahead(&inbuf, self.start, limits);
+            if frames.is_empty() && error.is_none() {
+                break;
+            }
+            let all: Vec<&[u8]> = frames
+                .iter()
+                .flat_map(|f| f.args.iter().map(|r| &inbuf[r.clone()]))
+                .collect();
+            let mut run = Run::default();
+            let (mut first, mut ran_all) = (0, true);
+            for f in &frames {
+                let args = &all[first..first + f.args.len()];
+                first += f.args.len();
+                if !self.may_run() || !self.run_one(args, f.consumed, &mut run, &*backend, &mut now)
+                {
+                    ran_all = false;
+                    break;
                 }
             }
+            run.finish(&mut self.session, &*backend);
+            match error {
+                Some(e) if ran_all && self.may_run() => self.protocol_error(&e),
+                _ => {}
+            }
         }
+        self.inbuf = inbuf;
         self.compact_input();
+    }
+
+    /// Run one framed request (`consumed` bytes of the input). False when
+    /// it must wait for the connection's pending writes (it did not run).
+    fn run_one<'s, 'a>(
+        &mut self,
+        args: &'a [&'a [u8]],
+        consumed: usize,
+        run: &mut Run<'s, 'a>,
+        backend: &'s dyn Backend,
+        now: &mut Option<Instant>,
+    ) -> bool {
+        if args.is_empty() {
+            self.start += consumed;
+            return true;
+        }
+        let parsed = Command::from_frame(args);
+        let joins = matches!(&parsed, Ok(cmd) if run.admits(&self.session, backend, cmd));
+        if !joins {
+            run.finish(&mut self.session, backend);
+        }
+        // A command that reads or reports anything first waits
+        // for this connection's earlier writes; a refused one
+        // reads nothing and its error queues behind their replies.
+        let settles = matches!(&parsed, Ok(cmd) if self.session.must_settle_before(cmd));
+        if settles && self.session.has_pending() {
+            self.hold = Hold::Stalled;
+            return false;
+        }
+        self.start += consumed;
+        let at = *now.get_or_insert_with(Instant::now);
+        self.last_request = at;
+        self.session.client.note_command(args[0], at);
+        let stats = &self.session.ctx.stats;
+        stats
+            .total_commands_processed
+            .fetch_add(1, Ordering::Relaxed);
+        // Who may run what is checked before anything runs,
+        // and before MULTI queues it (a refused command marks
+        // the transaction, as in Redis).
+        let parsed = parsed.and_then(|cmd| auth::check(&self.session, &cmd, args[0]).map(|()| cmd));
+        match parsed {
+            Ok(cmd) if joins => {
+                let bytes = args.iter().map(|a| a.len()).sum();
+                run.execute(&mut self.session, backend, cmd, bytes);
+            }
+            parsed => {
+                run.finish(&mut self.session, backend);
+                let flow = command::exec::respond(&mut self.session, args, parsed);
+                self.follow(flow);
+            }
+        }
+        true
+    }
+
+    fn protocol_error(&mut self, e: &protocol::ProtocolError) {
+        let stats = &self.session.ctx.stats;
+        stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error = %e, "protocol error, closing connection");
+        reply::error(&mut self.session.out, &format!("ERR {e}"));
+        self.closing = true;
     }
 
     /// Do what the command asked of the connection.

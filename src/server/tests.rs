@@ -19,6 +19,8 @@ struct FakeNode {
     cv: Condvar,
     fail: AtomicBool,
     config: Arc<Config>,
+    /// Records inserted.
+    records: AtomicU64,
 }
 
 impl FakeNode {
@@ -31,6 +33,7 @@ impl FakeNode {
             cv: Condvar::new(),
             fail: AtomicBool::new(false),
             config: Arc::new(Config::default()),
+            records: AtomicU64::new(0),
         })
     }
 
@@ -58,6 +61,7 @@ impl Backend for FakeNode {
         if self.fail.load(Ordering::SeqCst) {
             return Err(WriteError::WalFailed(fsync_failed()));
         }
+        self.records.fetch_add(1, Ordering::SeqCst);
         Ok(Lsn(self
             .lsn
             .fetch_add(payload.len() as u64, Ordering::SeqCst)
@@ -114,6 +118,89 @@ fn raw(server: &Server, bytes: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `commands` in RESP, one after another (a pipeline), then QUIT.
+fn pipeline(commands: &[&[&str]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for args in commands.iter().chain([&["QUIT"][..]].iter()) {
+        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in *args {
+            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+    }
+    out
+}
+
+#[test]
+fn pipelined_writes_share_a_record_and_keep_their_replies() {
+    let node = FakeNode::new();
+    let server = start(&node, 10);
+    let keys: Vec<String> = (0..32).map(|i| format!("k{i}")).collect();
+    let sets: Vec<[&str; 3]> = keys.iter().map(|k| ["SET", k.as_str(), "v"]).collect();
+    let sets: Vec<&[&str]> = sets.iter().map(|c| &c[..]).collect();
+    let out = raw(&server, &pipeline(&sets));
+    assert_eq!(out, "+OK\r\n".repeat(33));
+    // One write of 1 kB arrives in one read: one run, one record (two if
+    // the kernel split it).
+    let records = node.records.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&records), "{records} records for 32 SETs");
+    let mut c = client(&server);
+    let v: Vec<String> = redis::cmd("MGET").arg(&keys).query(&mut c).unwrap();
+    assert_eq!(v, vec!["v".to_string(); 32]);
+}
+
+#[test]
+fn a_refused_write_in_a_run_fails_alone_and_a_read_sees_the_run() {
+    let node = FakeNode::new();
+    let server = start(&node, 10);
+    let out = raw(
+        &server,
+        &pipeline(&[
+            &["SET", "a", "1"],
+            &["SET", "s", "abc"],
+            &["INCR", "s"],
+            &["INCR", "a"],
+            &["SET", "b", "2"],
+            &["SET", "b", "3", "NX"],
+            &["GET", "b"],
+        ]),
+    );
+    assert_eq!(
+        out,
+        "+OK\r\n+OK\r\n-ERR value is not an integer or out of range\r\n:2\r\n\
+         +OK\r\n$-1\r\n$1\r\n2\r\n+OK\r\n"
+    );
+    // Runs of one record type: SET SET | INCR INCR | SET SET, then GET.
+    assert_eq!(node.records.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_run_the_wal_refuses_fails_every_write_that_logged() {
+    let node = FakeNode::new();
+    let server = start(&node, 10);
+    let mut c = client(&server);
+    let _: () = redis::cmd("SET").arg("x").arg("1").query(&mut c).unwrap();
+    node.fail.store(true, Ordering::SeqCst);
+    let out = raw(
+        &server,
+        &pipeline(&[
+            &["SET", "a", "1"],
+            &["SET", "x", "2", "NX"],
+            &["SET", "c", "3"],
+        ]),
+    );
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert!(lines[0].starts_with("-ERR WAL write failed"), "{out}");
+    assert_eq!(lines[1], "$-1", "{out}");
+    assert!(lines[2].starts_with("-ERR WAL write failed"), "{out}");
+    assert_eq!(lines[3], "+OK", "{out}");
+    node.fail.store(false, Ordering::SeqCst);
+    let v: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&["a", "x", "c"])
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(v, vec![None, Some("1".to_string()), None]);
 }
 
 #[test]

@@ -191,6 +191,23 @@ impl Entry {
         }
     }
 
+    /// Make `version` the newest: it replaces the newest one written at the
+    /// same LSN and level (a record that changes a key twice), else it is
+    /// added after older versions nobody can read any more are dropped.
+    /// Returns the replaced newest state's (live, expiry) and whether the
+    /// entry is now only a visible deletion (the key can go).
+    pub fn install(&mut self, vis: &Visibility, version: Version) -> ((bool, u64), bool) {
+        let old = self.newest();
+        let before = (old.slot.is_some(), expiry(&old.slot));
+        if old.lsn == version.lsn && old.level == version.level {
+            *self.newest_mut() = version;
+        } else {
+            self.prune(vis);
+            self.push(version);
+        }
+        (before, self.prune(vis))
+    }
+
     /// Remove the newest version; `None` when it was the only one (the
     /// caller removes the entry).
     pub fn pop(&mut self) -> Option<Version> {
@@ -471,18 +488,8 @@ impl Keyspace {
         let version = Version { lsn, level, slot };
         let (old_live, old_exp) = match self.map.get_mut(key) {
             Some(e) => {
-                let old = e.newest();
-                let before = (
-                    old.slot.is_some(),
-                    old.slot.as_ref().map_or(0, |s| s.expire_ms),
-                );
-                if old.lsn == lsn && old.level == level {
-                    *e.newest_mut() = version;
-                } else {
-                    e.prune(vis);
-                    e.push(version);
-                }
-                if e.prune(vis) {
+                let (before, gone) = e.install(vis, version);
+                if gone {
                     self.map.remove(key);
                 }
                 before
@@ -500,18 +507,45 @@ impl Keyspace {
         self.reindex(store, key, old_exp, new_exp);
     }
 
+    /// [`Keyspace::install`] for a key whose entry the caller already
+    /// found (`e`, looked up once): returns whether the entry is to be
+    /// removed from the map, which the caller does.
+    pub fn install_found(
+        store: &Store,
+        expires: &mut BTreeSet<(u64, Str)>,
+        key: &[u8],
+        e: &mut Entry,
+        version: Version,
+    ) -> bool {
+        let (new_live, new_exp) = (version.slot.is_some(), expiry(&version.slot));
+        let ((old_live, old_exp), gone) = e.install(&store.vis, version);
+        store.count_live(old_live, new_live);
+        reindex(store, expires, key, old_exp, new_exp);
+        gone
+    }
+
     /// Move `key` in the expiry index from `old` to `new` (0 = none).
     pub fn reindex(&mut self, store: &Store, key: &[u8], old: u64, new: u64) {
-        if old == new {
-            return;
-        }
-        if old != 0 && self.expires.remove(&(old, Str::new(key))) {
-            store.expiring_keys.fetch_sub(1, Ordering::Relaxed);
-        }
-        if new != 0 && self.expires.insert((new, Str::new(key))) {
-            store.expiring_keys.fetch_add(1, Ordering::Relaxed);
-        }
+        reindex(store, &mut self.expires, key, old, new);
     }
+}
+
+/// [`Keyspace::reindex`] on the expiry index alone (so a caller holding
+/// an entry of the map can use it).
+fn reindex(store: &Store, expires: &mut BTreeSet<(u64, Str)>, key: &[u8], old: u64, new: u64) {
+    if old == new {
+        return;
+    }
+    if old != 0 && expires.remove(&(old, Str::new(key))) {
+        store.expiring_keys.fetch_sub(1, Ordering::Relaxed);
+    }
+    if new != 0 && expires.insert((new, Str::new(key))) {
+        store.expiring_keys.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn expiry(slot: &Option<Slot>) -> u64 {
+    slot.as_ref().map_or(0, |s| s.expire_ms)
 }
 
 impl Store {

@@ -1,5 +1,6 @@
 //! The key-value WAL record (resource manager 1): the operations of one
-//! command, or of one MULTI/EXEC, applied together.
+//! command, of one MULTI/EXEC, or of a run of one connection's pipelined
+//! writes, applied together.
 //!
 //! An operation either replaces a key's state (`Del`, `Set`, `Put`: blind
 //! writes; INCR is logged as the SET of its result) or changes a hash,

@@ -21,7 +21,7 @@ use std::ops::{Bound, ControlFlow};
 use std::sync::RwLockReadGuard;
 use std::sync::RwLockWriteGuard;
 
-use super::map::{walk, Entry, Keyspace, Level, Store, PROVISIONAL};
+use super::map::{walk, Entry, Keyspace, Level, Store, Version, PROVISIONAL};
 use super::record::Op;
 use super::value::{self, Slot};
 use crate::Lsn;
@@ -274,32 +274,36 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
 
     /// Apply `op` to `key`; true if it removed the key (it was there).
     fn apply_to(&mut self, key: &[u8], op: &Op<'_>) -> bool {
-        if let Some(e) = self.ks.map.get_mut(key) {
-            if e.newest().lsn == PROVISIONAL {
-                // A second change in this transaction: change the state in
-                // its provisional version, in place (a collection is not
-                // copied).
-                let v = e.newest_mut();
-                let current = v.slot.take();
-                let before = (current.is_some(), expiry_of(&current));
-                v.slot = value::apply(current, op);
-                let after = (v.slot.is_some(), expiry_of(&v.slot));
-                self.store.count_live(before.0, after.0);
-                self.ks.reindex(self.store, key, before.1, after.1);
-                return before.0 && !after.0;
-            }
-        }
-        let newest = self.ks.map.get(key).and_then(|e| e.newest().slot.as_ref());
-        let existed = newest.is_some();
-        // A replacement does not need the current state (no clone).
-        let current = match op {
-            Op::Set { .. } | Op::Put { .. } | Op::Del { .. } => None,
-            _ => newest.cloned(),
+        let (store, ks) = (self.store, &mut *self.ks);
+        // One lookup of the key for the whole change.
+        let Some(e) = ks.map.get_mut(key) else {
+            // Absent: a new key (or nothing, for a change to a missing one).
+            let next = value::apply(current_for(op, None), op);
+            ks.install(store, key, PROVISIONAL, Level::LocalFlush, next);
+            self.touched.push(key.to_vec());
+            return false;
         };
-        let next = value::apply(current, op);
+        if e.newest().lsn == PROVISIONAL {
+            // A second change in this transaction: change the state in
+            // its provisional version, in place (a collection is not
+            // copied).
+            let v = e.newest_mut();
+            let current = v.slot.take();
+            let before = (current.is_some(), expiry_of(&current));
+            v.slot = value::apply(current, op);
+            let after = (v.slot.is_some(), expiry_of(&v.slot));
+            store.count_live(before.0, after.0);
+            ks.reindex(store, key, before.1, after.1);
+            return before.0 && !after.0;
+        }
+        // A new provisional version on top of the committed ones.
+        let newest = e.newest().slot.as_ref();
+        let existed = newest.is_some();
+        let next = value::apply(current_for(op, newest), op);
         let removed = existed && next.is_none();
-        self.ks
-            .install(self.store, key, PROVISIONAL, Level::LocalFlush, next);
+        if Keyspace::install_found(store, &mut ks.expires, key, e, provisional(next)) {
+            ks.map.remove(key);
+        }
         self.touched.push(key.to_vec());
         removed
     }
@@ -420,6 +424,24 @@ impl Reader for WriteTxn<'_, '_> {
         visit: &mut dyn FnMut(&[u8], &Slot) -> ControlFlow<()>,
     ) -> Option<Vec<u8>> {
         self.newest_walk(from, limit, visit)
+    }
+}
+
+/// The state `op` builds on: a replacement does not need the current one
+/// (no clone).
+fn current_for(op: &Op<'_>, newest: Option<&Slot>) -> Option<Slot> {
+    match op {
+        Op::Set { .. } | Op::Put { .. } | Op::Del { .. } => None,
+        _ => newest.cloned(),
+    }
+}
+
+/// A provisional version of `slot` (see [`WriteTxn::commit`]).
+fn provisional(slot: Option<Slot>) -> Version {
+    Version {
+        lsn: PROVISIONAL,
+        level: Level::LocalFlush,
+        slot,
     }
 }
 

@@ -20,6 +20,7 @@ use super::{
     admin, auth, connection, hashes, keyspace, lists, multi, sets, strings, Args, Command,
     CommandError, WaitRequest,
 };
+use crate::config::SynchronousCommit;
 use crate::server::command::scan::ScanCursors;
 use crate::server::protocol::reply::{self, Reply};
 use crate::server::session::Session;
@@ -130,8 +131,6 @@ pub fn bounded(s: &mut Session, mark: usize, result: Done) -> Done {
 /// Execute a parsed request, or reply with why the parser refused it. In
 /// a MULTI, commands are queued instead (`args` is the request).
 pub fn respond(s: &mut Session, args: Args<'_>, parsed: Result<Command<'_>, CommandError>) -> Flow {
-    s.client
-        .note_command(args.first().copied().unwrap_or_default());
     if s.in_multi() {
         match parsed {
             Ok(cmd) if !multi::runs_at_once(&cmd) => {
@@ -264,7 +263,9 @@ fn write_one(s: &mut Session, cmd: Command<'_>) -> Done {
     }
     let info = info_of(&cmd);
     let store = backend.store();
-    let now = now_ms();
+    // One clock read: the command's "now" and its record's timestamp.
+    let now_us = now_us();
+    let now = now_us / 1000;
     let mark = s.out.len();
     let mut t = store.write_at(now);
     let result = write(&mut t, &mut data(s, store, now), cmd);
@@ -273,7 +274,7 @@ fn write_one(s: &mut Session, cmd: Command<'_>) -> Done {
         drop(t);
         return Err(e);
     }
-    finish(s, &*backend, t, info, mark)
+    finish_at(s, &*backend, t, info, mark, now_us)
 }
 
 /// Log a transaction's operations as one record and apply them at its
@@ -287,7 +288,19 @@ pub fn finish(
     info: KvCommand,
     mark: usize,
 ) -> Done {
-    let own = Level::for_commit(s.synchronous_commit, backend.sync_standbys_defined());
+    finish_at(s, backend, t, info, mark, now_us())
+}
+
+/// [`finish`] with the record's timestamp (Unix µs) already read.
+fn finish_at(
+    s: &mut Session,
+    backend: &dyn Backend,
+    t: WriteTxn<'_, '_>,
+    info: KvCommand,
+    mark: usize,
+    now_us: u64,
+) -> Done {
+    let own = commit_level(s.synchronous_commit, backend);
     let read = t.read_pending();
     let level = read.map_or(own, |(_, l)| own.max(l));
     if t.ops().is_empty() {
@@ -297,7 +310,7 @@ pub fn finish(
         }
         return Ok(());
     }
-    let payload = record::encode(now_us(), t.ops());
+    let payload = record::encode(now_us, t.ops());
     match backend.insert(info as u8, &payload) {
         Ok(end) => {
             let compact = t.commit(end, level);
@@ -309,6 +322,17 @@ pub fn finish(
             s.out.truncate(mark);
             Err(e.into())
         }
+    }
+}
+
+/// The level a commit at `sc` waits for. `off` and `local` do not depend
+/// on the synchronous standbys, so only the remote levels ask whether any
+/// is configured (a shared lock the hot path of `off` need not take).
+pub fn commit_level(sc: SynchronousCommit, backend: &dyn Backend) -> Level {
+    match sc {
+        SynchronousCommit::Off => Level::Immediate,
+        SynchronousCommit::Local => Level::LocalFlush,
+        remote => Level::for_commit(remote, backend.sync_standbys_defined()),
     }
 }
 

@@ -27,6 +27,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod batch;
 pub mod connection;
 pub mod debug;
 pub mod error;

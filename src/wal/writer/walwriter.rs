@@ -1,28 +1,53 @@
 //! The WAL-writer thread (PostgreSQL's walwriter): flushes WAL that nobody
-//! waits for (asynchronous commits) every `wal_writer_delay`, or as soon as
-//! `wal_writer_flush_after` bytes are pending, and pre-allocates the next
-//! segment ahead of need so that crossing into it costs no file creation.
+//! waits for (asynchronous commits) every `wal_writer_delay`, or soon
+//! after `wal_writer_flush_after` bytes are pending, and pre-allocates the
+//! next segment ahead of need so that crossing into it costs no file
+//! creation.
+//!
+//! # How often it flushes under load
+//! Woken by every `wal_writer_flush_after` bytes of asynchronous WAL, it
+//! would flush as often as the disk allows: one fdatasync per ~100 records
+//! on a fast disk, many times more flushes (and wake-ups of everyone who
+//! follows the flush position) than the same load needs on a slow one.
+//! So its own flushes start at least [`MIN_FLUSH_SPACING`] apart, unless
+//! [`FLUSH_AT_ONCE_BYTES`] are pending: asynchronous WAL becomes durable
+//! (and visible to standbys that wait for the flush) at most that much
+//! later, and under a steady load each flush covers hundreds of records
+//! whatever the disk's speed. Sessions that wait for a flush
+//! (`synchronous_commit` above `off`) flush themselves and never wait for
+//! this thread.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
 use super::shared::{FlushBy, Shared};
 
+/// Shortest time between the starts of two of this thread's flushes.
+pub(crate) const MIN_FLUSH_SPACING: Duration = Duration::from_millis(5);
+/// Pending bytes that are flushed without waiting out the spacing
+/// (PostgreSQL's default `wal_writer_flush_after`).
+pub(crate) const FLUSH_AT_ONCE_BYTES: u64 = 1 << 20;
+
 /// Run until shutdown or poisoning.
 pub(crate) fn run(shared: Arc<Shared>, kicks: Receiver<()>, delay: Duration) {
     let _span = tracing::info_span!("walwriter", tli = shared.ctx.tli.0).entered();
     shared.preallocate_ahead();
+    let mut last_flush: Option<Instant> = None;
     loop {
         // A timeout and a kick mean the same: look for work.
         let _ = kicks.recv_timeout(delay);
+        if let Some(at) = last_flush {
+            space_out(&shared, &kicks, at + MIN_FLUSH_SPACING.min(delay));
+        }
         if shared.poison.get().is_some() {
             break;
         }
         let stopping = shared.stopping.load(Ordering::Acquire);
         if shared.inserted() > shared.flushed() {
+            last_flush = Some(Instant::now());
             let g = shared.lock_flush();
             if shared.flush_and_release(g, FlushBy::Writer).is_err() {
                 break;
@@ -34,4 +59,24 @@ pub(crate) fn run(shared: Arc<Shared>, kicks: Receiver<()>, delay: Duration) {
         shared.preallocate_ahead();
     }
     tracing::debug!("WAL writer exiting");
+}
+
+/// Wait until `until` before the next flush, ending early when the
+/// writer stops, is poisoned, or [`FLUSH_AT_ONCE_BYTES`] are pending.
+/// Bounded by `until` (at most [`MIN_FLUSH_SPACING`] away).
+fn space_out(shared: &Shared, kicks: &Receiver<()>, until: Instant) {
+    loop {
+        let now = Instant::now();
+        let pending = shared.inserted().0.saturating_sub(shared.flushed().0);
+        if now >= until
+            || pending >= FLUSH_AT_ONCE_BYTES
+            || shared.stopping.load(Ordering::Acquire)
+            || shared.poison.get().is_some()
+        {
+            return;
+        }
+        // Kicks (a new segment entered, shutdown, poisoning) end the wait
+        // early so the conditions above are looked at again.
+        let _ = kicks.recv_timeout(until - now);
+    }
 }
