@@ -981,3 +981,115 @@ fn a_copy_whose_wal_ends_before_the_backup_end_refuses_to_start() {
     );
     assert_eq!(std::fs::read(copy.join("control")).unwrap(), control);
 }
+
+// ---------------------------------------------------------------------
+// The promotion's own syncs, in the order durability needs them.
+
+/// Which inode each name refers to after `events[..upto]`, starting from
+/// the log's base.
+fn names_at(log: &CrashLog, upto: usize) -> std::collections::HashMap<PathBuf, usize> {
+    use walrep::storage::CrashEvent as E;
+    let mut names: std::collections::HashMap<PathBuf, usize> = log
+        .base
+        .iter()
+        .zip(&log.base_inodes)
+        .filter_map(|((p, _), id)| id.map(|id| (p.clone(), id)))
+        .collect();
+    for e in &log.events[..upto] {
+        match e {
+            E::Create { path, inode } => {
+                names.insert(path.clone(), *inode);
+            }
+            E::Rename { from, to } => {
+                if let Some(id) = names.remove(from) {
+                    names.insert(to.clone(), id);
+                }
+            }
+            E::Remove { path } => {
+                names.remove(path);
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
+/// A standby's promotion makes its history file's contents durable before
+/// the name, then fsyncs `wal/` once (the history file's and the new
+/// segments' names together) before the end-of-recovery record, and
+/// overwrites the control file in place (fdatasync, no temporary file, no
+/// rename, no fsync of the data directory for it): each directory fsync
+/// or new file's fsync is a journal commit, which on a busy machine waits
+/// for other processes' writeback.
+#[test]
+fn a_promotion_fsyncs_wal_once_and_overwrites_the_control_file_in_place() {
+    use walrep::storage::CrashEvent as E;
+    let root = scratch();
+    let dir = root.path().join("n");
+    walrep::node::init::init(&dir, support::wal::seg()).unwrap();
+    std::fs::write(dir.join("standby.signal"), b"").unwrap();
+    let storage = Arc::new(CrashStorage::new(root.path()).unwrap());
+    let node = InProcessNode::start_existing(
+        &dir,
+        &["checkpoint_timeout=1h"],
+        Some(storage.clone() as Arc<dyn Storage>),
+    );
+    walrep::standby::trigger::request_promotion(&StdStorage, &dir).unwrap();
+    assert!(
+        poll(|| node.node().is_primary()),
+        "the standby did not promote"
+    );
+    let log = storage.log();
+    drop(node);
+
+    let rel = |p: &str| PathBuf::from("n").join(p);
+    let history = rel("wal/00000002.history");
+    let renamed = log
+        .events
+        .iter()
+        .position(|e| matches!(e, E::Rename { to, .. } if *to == history))
+        .expect("the history file was renamed into place");
+    // Its contents were synced under the temporary name first.
+    let tmp = names_at(&log, renamed)[&rel("wal/00000002.history.tmp")];
+    assert!(
+        log.events[..renamed]
+            .iter()
+            .any(|e| matches!(e, E::Sync { inode } if *inode == tmp)),
+        "the history file was renamed before its contents were durable"
+    );
+    // The promotion's control file update: the first write to the file
+    // named `control` after the rename, in place.
+    let (updated, control) = (renamed..log.events.len())
+        .find_map(|i| match &log.events[i] {
+            E::Write {
+                inode, offset: 0, ..
+            } if names_at(&log, i).get(&rel("control")) == Some(inode) => Some((i, *inode)),
+            _ => None,
+        })
+        .expect("the control file was overwritten in place");
+    let window = &log.events[renamed..updated];
+    let dir_syncs = |d: &str| {
+        window
+            .iter()
+            .filter(|e| matches!(e, E::SyncDir { path } if path.as_path() == Path::new(d)))
+            .count()
+    };
+    // Once, and before the control file names the new timeline.
+    assert_eq!(dir_syncs("n/wal"), 1, "wal/ fsynced once: {window:#?}");
+    assert!(
+        dir_syncs("n") <= 1,
+        "the data directory fsynced twice: {window:#?}"
+    );
+    assert!(
+        !window
+            .iter()
+            .any(|e| matches!(e, E::Rename { to, .. } if *to == rel("control"))),
+        "the control file was replaced, not overwritten: {window:#?}"
+    );
+    assert!(
+        log.events[updated..]
+            .iter()
+            .any(|e| matches!(e, E::Sync { inode } if *inode == control)),
+        "the overwritten control file was never synced"
+    );
+}

@@ -133,6 +133,23 @@ impl ConfirmedFlush {
     }
 }
 
+/// At promotion, once the end-of-recovery record and the control file
+/// naming the new timeline are durable: remove the file. It bounds what a
+/// *standby* replays of its upstream's WAL; a primary holds nothing back
+/// and never reads it, and left behind it would outlive its meaning (a base
+/// backup of the promoted node, or the node rejoined as a standby of
+/// another, would hold WAL by a position of a stream long gone). No fsync:
+/// a crash that brings it back also finds the node a primary (or, had the
+/// promotion not been durable, still the standby the file belongs to).
+pub(crate) fn forget(storage: &dyn Storage, datadir: &Path) {
+    let path = datadir.join(FILE_NAME);
+    match storage.remove_file(&path) {
+        Ok(()) => tracing::info!("removed {FILE_NAME}: a primary holds no WAL back"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, "could not remove {}", path.display()),
+    }
+}
+
 /// At start-up: the WAL in `wal/` past the recorded position on its
 /// timeline, which must be held again (see the module docs). `None` when
 /// there is no file (no session ever received WAL unconfirmed here) or

@@ -18,8 +18,8 @@ use crate::storage::{Storage, StorageError};
 use crate::store::control::{now_ms, ControlError};
 use crate::store::ClusterState;
 use crate::wal::{
-    init_new_timeline_segment, rename_old_timeline_segment_partial, EndOfRecovery, TimelineError,
-    Wal, WalConfig, WalError, XlogRecord,
+    init_new_timeline_segment, rename_old_timeline_segment_partial, EndOfRecovery, NameSync,
+    TimelineError, Wal, WalConfig, WalError, XlogRecord,
 };
 use crate::wal::{valid_wal_after, ReaderConfig, WalReader};
 use crate::{Lsn, TimelineId};
@@ -47,10 +47,10 @@ pub enum PromotionError {
 /// Remove `standby.signal`, so a crash once the end-of-recovery record is
 /// written restarts as a primary on the new timeline rather than a standby
 /// of the old one. Returns whether it was there: then the data directory
-/// still needs an fsync, which [`write_history_file`] does (before the
-/// end-of-recovery record), after the history file's own fsyncs have
+/// still needs an fsync, which [`write_end_of_recovery`] does before the
+/// record, after the history file's and the WAL writer's fsyncs have
 /// committed the unlink with them on a journaling file system, instead of
-/// one more journal commit of its own.
+/// a journal commit of its own.
 pub fn remove_standby_signal(storage: &dyn Storage, datadir: &Path) -> io::Result<bool> {
     match storage.remove_file(&DataDir::new(datadir).standby_signal()) {
         Ok(()) => Ok(true),
@@ -59,31 +59,49 @@ pub fn remove_standby_signal(storage: &dyn Storage, datadir: &Path) -> io::Resul
     }
 }
 
-/// Write `TTTTTTTT.history` for `tli` (the parent's lines plus the new one),
-/// and mark it for archiving; with `sync_datadir`, then fsync the data
-/// directory (making the removal of `standby.signal` durable).
+/// Write `TTTTTTTT.history` for `tli` (the parent's lines plus the new one):
+/// its contents fsynced under a temporary name, then renamed into place.
+/// The name is made durable by the one fsync of `wal/` in
+/// [`write_end_of_recovery`] (the new WAL writer's start-up), together
+/// with the new timeline's segments and before any WAL of the timeline is
+/// flushed or the control file names it: one directory fsync, each of
+/// which is a journal commit that waits for other processes' writeback.
+/// The rename comes before the segments' renames, and a journaling file
+/// system commits the operations of one directory in order, so a crash
+/// never keeps a segment of the new timeline without its history file;
+/// where a file system would reorder them, such a segment is harmless:
+/// nothing names the timeline, and the next promotion replaces it.
 pub fn write_history_file(
     h: &StandbyHandles,
     tli: TimelineId,
     parent: TimelineId,
     switch_point: Lsn,
     reason: &str,
-    sync_datadir: bool,
 ) -> Result<(), PromotionError> {
     let t0 = Instant::now();
     let dir = DataDir::new(&h.datadir);
-    let storage = &*h.storage;
-    crate::wal::write_new_timeline_history(storage, &dir.wal(), parent, tli, switch_point, reason)?;
-    if sync_datadir {
-        crate::storage::sync_dir(storage, &dir.root).map_err(PromotionError::SyncDataDir)?;
-    }
-    if h.config.get().archive_mode != ArchiveMode::Off {
-        let file = tli.history_file_name();
-        crate::archive::mark_ready(storage, &dir.root, &file)
-            .map_err(|source| PromotionError::MarkReady { file, source })?;
-    }
+    crate::wal::write_new_timeline_history_with(
+        &*h.storage,
+        &dir.wal(),
+        (parent, tli),
+        switch_point,
+        reason,
+        NameSync::ByCaller,
+    )?;
     tracing::info!(tli = tli.0, %switch_point, elapsed_us = t0.elapsed().as_micros() as u64, "wrote timeline history file {}", tli.history_file_name());
     Ok(())
+}
+
+/// With archiving on, mark the new timeline's history file `.ready`; only
+/// once the file is durable, so the archiver never finds a `.ready` whose
+/// file a crash took.
+fn mark_history_ready(h: &StandbyHandles, tli: TimelineId) -> Result<(), PromotionError> {
+    if h.config.get().archive_mode == ArchiveMode::Off {
+        return Ok(());
+    }
+    let file = tli.history_file_name();
+    crate::archive::mark_ready(&*h.storage, &h.datadir, &file)
+        .map_err(|source| PromotionError::MarkReady { file, source })
 }
 
 /// Before promotion leaves timeline `parent` at `switch_point`: if the
@@ -175,12 +193,22 @@ fn switch_segment_timeline(h: &StandbyHandles, prev_tli: TimelineId, at: Lsn) ->
 
 /// Start the WAL on `tli` at `at`, log the end-of-recovery record, point
 /// the control file at the new timeline and hand the WAL writer to the
-/// node. Returns the end of WAL after the record.
+/// node. Returns the end of WAL after the record. `sync_datadir`: the
+/// removal of `standby.signal` is not durable yet.
+///
+/// The fsyncs, each once, in the order durability needs: the copied
+/// segment's contents; `wal/` (the WAL writer's start-up: the history
+/// file's and the segments' names); the data directory when
+/// `standby.signal` was removed; the `.ready` of the history file with
+/// archiving on; the record (fdatasync); the control file, overwritten in
+/// place (fdatasync). Only the first two commit the file system's
+/// journal; the data directory's unlink went out with them.
 pub fn write_end_of_recovery(
     h: &StandbyHandles,
     tli: TimelineId,
     prev_tli: TimelineId,
     at: Lsn,
+    sync_datadir: bool,
 ) -> Result<Lsn, PromotionError> {
     let t0 = Instant::now();
     let (system_id, seg_size) = h
@@ -189,6 +217,57 @@ pub fn write_end_of_recovery(
     let source_tli = switch_segment_timeline(h, prev_tli, at);
     init_new_timeline_segment(&h.segdir, system_id, source_tli, tli, at)?;
     let t_segment = t0.elapsed();
+    let wal = Arc::new(start_wal(h, tli, at, system_id, seg_size)?);
+    let t_wal = t0.elapsed();
+    if sync_datadir {
+        crate::storage::sync_dir(&*h.storage, &h.datadir).map_err(PromotionError::SyncDataDir)?;
+    }
+    mark_history_ready(h, tli)?;
+    let t_datadir = t0.elapsed();
+    let eor = |source| PromotionError::EndOfRecovery { tli, source };
+    let rec = wal
+        .log_xlog(&XlogRecord::EndOfRecovery(EndOfRecovery {
+            new_tli: tli,
+            prev_tli,
+            time_unix_us: now_ms() * 1000,
+        }))
+        .map_err(eor)?;
+    wal.wait_flushed(rec.end).map_err(eor)?;
+    let t_record = t0.elapsed();
+    h.control.update_in_place(|c| {
+        c.timeline = tli;
+        c.state = ClusterState::InProduction;
+        c.min_recovery_point = Lsn::INVALID;
+    })?;
+    let t_control = t0.elapsed();
+    super::confirmed::forget(&*h.storage, &h.datadir);
+    h.hooks
+        .attach_wal(wal)
+        .map_err(|source| PromotionError::AttachWal { tli, source })?;
+    let us = |d: Duration| d.as_micros() as u64;
+    tracing::info!(
+        tli = tli.0,
+        end = %rec.end,
+        segment_us = us(t_segment),
+        wal_start_us = us(t_wal - t_segment),
+        datadir_us = us(t_datadir - t_wal),
+        record_us = us(t_record - t_datadir),
+        control_us = us(t_control - t_record),
+        total_us = us(t0.elapsed()),
+        "archive recovery complete; end-of-recovery record written"
+    );
+    Ok(rec.end)
+}
+
+/// The WAL writer of the new timeline, starting at `at`; its start-up
+/// fsyncs `wal/`.
+fn start_wal(
+    h: &StandbyHandles,
+    tli: TimelineId,
+    at: Lsn,
+    system_id: u64,
+    seg_size: crate::WalSegSize,
+) -> Result<Wal, PromotionError> {
     let mut cfg = WalConfig::new(
         h.segdir.path(),
         system_id,
@@ -206,39 +285,7 @@ pub fn write_end_of_recovery(
         .wal_writer_delay
         .get()
         .unwrap_or(Duration::from_millis(200));
-    let wal = Arc::new(Wal::start(cfg).map_err(|source| PromotionError::StartWal { tli, source })?);
-    let t_wal = t0.elapsed();
-    let eor = |source| PromotionError::EndOfRecovery { tli, source };
-    let rec = wal
-        .log_xlog(&XlogRecord::EndOfRecovery(EndOfRecovery {
-            new_tli: tli,
-            prev_tli,
-            time_unix_us: now_ms() * 1000,
-        }))
-        .map_err(eor)?;
-    wal.wait_flushed(rec.end).map_err(eor)?;
-    let t_record = t0.elapsed();
-    h.control.update(|c| {
-        c.timeline = tli;
-        c.state = ClusterState::InProduction;
-        c.min_recovery_point = Lsn::INVALID;
-    })?;
-    let t_control = t0.elapsed();
-    h.hooks
-        .attach_wal(wal)
-        .map_err(|source| PromotionError::AttachWal { tli, source })?;
-    let us = |d: Duration| d.as_micros() as u64;
-    tracing::info!(
-        tli = tli.0,
-        end = %rec.end,
-        segment_us = us(t_segment),
-        wal_start_us = us(t_wal - t_segment),
-        record_us = us(t_record - t_wal),
-        control_us = us(t_control - t_record),
-        total_us = us(t0.elapsed()),
-        "archive recovery complete; end-of-recovery record written"
-    );
-    Ok(rec.end)
+    Wal::start(cfg).map_err(|source| PromotionError::StartWal { tli, source })
 }
 
 /// The old timeline's segment holding the switch point, to be renamed to

@@ -60,7 +60,7 @@ pub struct Startup {
     /// segment to rename to `.partial` after opening for writes.
     partial: Option<promote::PartialSegment>,
     /// `standby.signal` was removed and the data directory not fsynced
-    /// since: the history file step does it (see
+    /// since: the end-of-recovery step does it (see
     /// [`promote::remove_standby_signal`]).
     standby_signal_unsynced: bool,
 }
@@ -254,15 +254,7 @@ impl Startup {
                 ..
             } => {
                 promote::keep_wal_past_damage(&self.h, parent, switch_point);
-                let sync_datadir = std::mem::take(&mut self.standby_signal_unsynced);
-                match promote::write_history_file(
-                    &self.h,
-                    tli,
-                    parent,
-                    switch_point,
-                    &reason,
-                    sync_datadir,
-                ) {
+                match promote::write_history_file(&self.h, tli, parent, switch_point, &reason) {
                     Ok(()) => self.answer(Event::HistoryFileWritten { tli }),
                     Err(e) => self.answer(Event::PromotionStepFailed {
                         step: PromotionStep::WriteHistoryFile,
@@ -271,7 +263,8 @@ impl Startup {
                 }
             }
             Action::WriteEndOfRecovery { tli, prev_tli, at } => {
-                match promote::write_end_of_recovery(&self.h, tli, prev_tli, at) {
+                let sync_datadir = std::mem::take(&mut self.standby_signal_unsynced);
+                match promote::write_end_of_recovery(&self.h, tli, prev_tli, at, sync_datadir) {
                     Ok(end) => {
                         self.partial = Some(promote::PartialSegment { prev_tli, at });
                         self.answer(Event::EndOfRecoveryWritten { tli, end })

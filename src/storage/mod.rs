@@ -22,6 +22,8 @@
 //!
 //! - [`durable_replace`]: temporary file, write, fsync, rename over the
 //!   target, fsync the directory: a crash leaves the old or the new file.
+//! - [`replace_synced_file`]: the same without the directory fsync, which
+//!   the caller owes (one fsync for several names in one directory).
 //! - [`durable_create`]: a file with its contents, fsynced, its directory
 //!   entry fsynced.
 //! - [`durable_rename`]: PostgreSQL's `durable_rename`: fsync the file,
@@ -330,6 +332,23 @@ pub fn replace_temp_path(path: &Path) -> PathBuf {
 /// directory. A crash at any point leaves either the old or the new
 /// contents, never a mix; a failure leaves the old file in place.
 pub fn durable_replace(st: &dyn Storage, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    replace_synced_file(st, path, bytes)?;
+    sync_dir(st, parent_of(path))
+}
+
+/// [`durable_replace`] without its directory fsync: write
+/// [`replace_temp_path`], fsync it, rename it over `path`. The contents
+/// are durable before the name says so; the rename becomes durable with
+/// the caller's next fsync of the directory, which it owes before
+/// anything durable refers to the file. For a step that makes several
+/// names in one directory durable with one fsync (a promotion's history
+/// file and new segments): each directory fsync is a journal commit,
+/// which on a busy machine waits for other processes' writeback.
+pub fn replace_synced_file(
+    st: &dyn Storage,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), StorageError> {
     if path.file_name().is_none() {
         return Err(StorageError::at("replace", path)(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -339,8 +358,7 @@ pub fn durable_replace(st: &dyn Storage, path: &Path, bytes: &[u8]) -> Result<()
     let tmp = replace_temp_path(path);
     write_synced(st, &tmp, OpenFor::Replace, bytes)?;
     st.rename(&tmp, path)
-        .map_err(StorageError::at("rename", &tmp))?;
-    sync_dir(st, parent_of(path))
+        .map_err(StorageError::at("rename", &tmp))
 }
 
 /// Create `path` holding `bytes` (truncating a file of that name), fsync

@@ -4,7 +4,9 @@
 //! redo point recovery starts from), the minimum recovery point of a standby
 //! and the cluster state. It is magic + version + fixed little-endian body +
 //! CRC32, and is replaced atomically (temporary file, fsync, rename, fsync
-//! directory), so a crash leaves either the old or the new one.
+//! directory), so a crash leaves either the old or the new one; or, on the
+//! promotion path, overwritten in place (it fits in one disk sector) and
+//! fdatasynced, as PostgreSQL writes pg_control.
 //!
 //! Version 2 keeps the current timeline's history id (the random id its
 //! history file names) where version 1 had a reserved zero; version 1
@@ -18,7 +20,7 @@ use std::io;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::storage::{durable_replace, Storage};
+use crate::storage::{durable_replace, OpenFor, Storage, StorageError};
 use crate::{Lsn, TimelineId, WalSegSize};
 
 /// File name inside the data directory.
@@ -37,6 +39,11 @@ const PREV_LEN: usize = 4 + 8 + 8 + 8 + 4 + 4;
 const HEADER_LEN: usize = MAGIC.len() + 4;
 const FILE_LEN_V2: usize = HEADER_LEN + BODY_LEN_V2 + 4;
 const FILE_LEN: usize = FILE_LEN_V2 + PREV_LEN;
+/// The longest file [`ControlFile::write_in_place`] overwrites: one disk
+/// sector, whose overwrite lands whole or not at all (PostgreSQL's
+/// `PG_CONTROL_MAX_SAFE_SIZE`).
+const MAX_SAFE_LEN: usize = 512;
+const _: () = assert!(FILE_LEN <= MAX_SAFE_LEN);
 
 /// The file length of `version`, `None` for a version this walrep does not read.
 fn file_len(version: u32) -> Option<usize> {
@@ -410,6 +417,45 @@ impl ControlFile {
             source,
         })
     }
+
+    /// Overwrite `DATADIR/control` in place and fdatasync it, as
+    /// PostgreSQL's `UpdateControlFile` does: the file is one sector, so a
+    /// crash leaves the old or the new bytes, and its name and size are
+    /// already durable, so neither a rename nor a directory fsync (a
+    /// journal commit, which waits for other processes' writeback) is
+    /// needed. A file of another length (an older version) is replaced
+    /// with [`ControlFile::write`] instead.
+    ///
+    /// Unlike [`ControlFile::write`], a failed fdatasync leaves the new
+    /// bytes in the page cache and either version on disk; each names only
+    /// what was durable before it, and the node stops at the failure.
+    pub fn write_in_place(
+        &mut self,
+        storage: &dyn Storage,
+        datadir: &Path,
+    ) -> Result<(), ControlError> {
+        let path = datadir.join(CONTROL_FILE);
+        if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(FILE_LEN as u64) {
+            return self.write(storage, datadir);
+        }
+        self.time_ms = now_ms();
+        let failed = |source| ControlError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let f = storage
+            .open(&path, OpenFor::Existing)
+            .map_err(StorageError::at("open", &path))
+            .map_err(failed)?;
+        storage
+            .write_at(&f, &path, 0, &self.encode())
+            .map_err(StorageError::at("write", &path))
+            .map_err(failed)?;
+        storage
+            .sync_data(&f, &path)
+            .map_err(StorageError::at("fdatasync", &path))
+            .map_err(failed)
+    }
 }
 
 /// A little-endian reader over a buffer whose length was checked up front.
@@ -475,6 +521,27 @@ mod tests {
         let mut c = sample();
         c.write(&crate::storage::StdStorage, d.path()).unwrap();
         assert_eq!(ControlFile::read(d.path()).unwrap(), c);
+    }
+
+    #[test]
+    fn an_in_place_overwrite_round_trips_and_an_older_length_is_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let st = crate::storage::FaultyStorage::new();
+        let mut c = sample();
+        c.write(&st, d.path()).unwrap();
+        let renames = st.count(crate::storage::Op::Rename);
+        c.timeline = TimelineId(4);
+        c.write_in_place(&st, d.path()).unwrap();
+        assert_eq!(ControlFile::read(d.path()).unwrap(), c);
+        assert_eq!(st.count(crate::storage::Op::Rename), renames, "no rename");
+        assert_eq!(st.count(crate::storage::Op::SyncDir), 1, "only write's");
+        assert_eq!(st.count(crate::storage::Op::SyncData), 1);
+        // A version 2 file is shorter: it is replaced, never overwritten.
+        std::fs::write(d.path().join(CONTROL_FILE), old_format(&c, 2)).unwrap();
+        c.timeline = TimelineId(5);
+        c.write_in_place(&st, d.path()).unwrap();
+        assert_eq!(ControlFile::read(d.path()).unwrap(), c);
+        assert_eq!(st.count(crate::storage::Op::Rename), renames + 1);
     }
 
     #[test]

@@ -66,13 +66,30 @@ impl ControlFileOwner {
     /// A change of timeline takes the new timeline's history id from its
     /// history file, which is durable before any control file names it.
     pub fn update(&self, f: impl FnOnce(&mut ControlFile)) -> Result<(), ControlError> {
+        self.update_with(f, ControlFile::write)
+    }
+
+    /// [`ControlFileOwner::update`] with the file overwritten in place and
+    /// fdatasynced ([`ControlFile::write_in_place`]): no rename, no
+    /// directory fsync. Promotion uses it: its change must be durable
+    /// before the first write is accepted, and a directory fsync there
+    /// waits for the whole file system's journal.
+    pub fn update_in_place(&self, f: impl FnOnce(&mut ControlFile)) -> Result<(), ControlError> {
+        self.update_with(f, ControlFile::write_in_place)
+    }
+
+    fn update_with(
+        &self,
+        f: impl FnOnce(&mut ControlFile),
+        write: impl FnOnce(&mut ControlFile, &dyn Storage, &Path) -> Result<(), ControlError>,
+    ) -> Result<(), ControlError> {
         let mut current = self.lock();
         let mut next = current.clone();
         f(&mut next);
         if next.timeline != current.timeline {
             next.history_id = history_id_of(&self.datadir, next.timeline).unwrap_or(0);
         }
-        next.write(&*self.storage, &self.datadir)?;
+        write(&mut next, &*self.storage, &self.datadir)?;
         *current = next;
         Ok(())
     }

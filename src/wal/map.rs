@@ -1,5 +1,5 @@
-//! Read-only memory maps of segment files, shared by the validating reader
-//! and the raw reader of walsenders.
+//! Read-only memory maps of segment files, for the validating reader (the
+//! raw reader of walsenders reads with `pread`, see [`super::raw`]).
 
 use std::fs::File;
 use std::io;

@@ -52,7 +52,7 @@ pub use segment::{HeaderProblem, SegmentHeader, SEG_HEADER_SIZE};
 pub use timeline::{
     init_new_timeline_segment, read_history, read_history_text,
     rename_old_timeline_segment_partial, write_history_text, write_new_timeline_history,
-    TimelineError,
+    write_new_timeline_history_with, NameSync, TimelineError,
 };
 pub use writer::{InsertedRecord, Wal, WalConfig, WalError, WalEvent, WalStats};
 pub use xlog::{Checkpoint, EndOfRecovery, XlogError, XlogRecord};

@@ -1,25 +1,40 @@
 //! Raw reads of the WAL byte stream for walsenders: the bytes of the segment
 //! files, verbatim, so that what a standby or pg_receivewal stores is
 //! byte-identical to ours. No validation: the receiver's reader validates.
+//!
+//! Reads are `pread`s into the caller's buffer (the walsender's outgoing
+//! message), as PostgreSQL's `WALRead`: one copy out of the page cache. A
+//! memory map would cost page faults while copying and an unmap (a TLB
+//! flush) per segment, for bytes that are read once.
 
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use walrep_states::TimelineHistory;
 
-use super::map::{MapError, MappedSegment};
 use super::segdir::{SegmentDir, SegmentError};
 use super::timeline::candidate_timelines;
 use crate::{Lsn, SegNo, TimelineId};
 
-/// Copies WAL bytes out of segment files, keeping the current one mapped.
+/// One segment file open for reading.
+#[derive(Debug)]
+struct OpenSegment {
+    tli: TimelineId,
+    segno: SegNo,
+    file: File,
+}
+
+/// Copies WAL bytes out of segment files, keeping the current one open.
 #[derive(Debug)]
 pub struct RawReader {
     segdir: Arc<SegmentDir>,
-    seg: Option<MappedSegment>,
+    seg: Option<OpenSegment>,
 }
 
 impl RawReader {
-    /// A reader of the segments in `segdir`; it maps one segment at a
+    /// A reader of the segments in `segdir`; it opens one segment at a
     /// time, on the first read from it.
     pub fn new(segdir: Arc<SegmentDir>) -> RawReader {
         RawReader { segdir, seg: None }
@@ -58,11 +73,15 @@ impl RawReader {
         let mut done = 0;
         while done < buf.len() {
             let segno = lsn.segno(seg_size);
-            let seg = self.map(segno, &candidates(lsn, segno))?;
-            let off = lsn.segment_offset(seg_size) as usize;
-            let n = (buf.len() - done).min(seg.map.len() - off);
-            buf[done..done + n].copy_from_slice(&seg.map[off..off + n]);
+            let seg = self.open(segno, &candidates(lsn, segno))?;
+            let off = lsn.segment_offset(seg_size);
+            let n = (buf.len() - done).min((seg_size.bytes() - off) as usize);
             let tli = seg.tli;
+            if let Err(e) = seg.file.read_exact_at(&mut buf[done..done + n], off) {
+                let path = self.segdir.segment_path(tli, segno);
+                self.seg = None;
+                return Err(SegmentError::io("read", &path)(e));
+            }
             // The file may have been recycled while we copied (PostgreSQL's
             // CheckXLogRemoved after XLogRead).
             self.segdir.check_not_removed(tli, segno)?;
@@ -72,7 +91,7 @@ impl RawReader {
         Ok(())
     }
 
-    fn map(&mut self, segno: SegNo, tlis: &[TimelineId]) -> Result<&MappedSegment, SegmentError> {
+    fn open(&mut self, segno: SegNo, tlis: &[TimelineId]) -> Result<&OpenSegment, SegmentError> {
         let hit = self
             .seg
             .as_ref()
@@ -86,23 +105,28 @@ impl RawReader {
         })
     }
 
-    fn open_first(&self, segno: SegNo, tlis: &[TimelineId]) -> Result<MappedSegment, SegmentError> {
+    fn open_first(&self, segno: SegNo, tlis: &[TimelineId]) -> Result<OpenSegment, SegmentError> {
         let seg_size = self.segdir.seg_size();
         for &tli in tlis {
             self.segdir.check_not_removed(tli, segno)?;
             let path = self.segdir.segment_path(tli, segno);
-            match MappedSegment::open(&path, tli, segno, seg_size) {
-                Ok(m) => return Ok(m),
-                Err(MapError::Missing) => continue,
-                Err(MapError::BadSize { found }) => {
-                    return Err(SegmentError::BadSize {
-                        path,
-                        found,
-                        expected: seg_size.bytes(),
-                    })
-                }
-                Err(MapError::Io(e)) => return Err(SegmentError::io("read", &path)(e)),
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(SegmentError::io("open", &path)(e)),
+            };
+            let found = file
+                .metadata()
+                .map_err(SegmentError::io("stat", &path))?
+                .len();
+            if found != seg_size.bytes() {
+                return Err(SegmentError::BadSize {
+                    path,
+                    found,
+                    expected: seg_size.bytes(),
+                });
             }
+            return Ok(OpenSegment { tli, segno, file });
         }
         let tli = tlis.first().copied().unwrap_or(TimelineId::FIRST);
         Err(SegmentError::Removed {

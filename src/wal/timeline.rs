@@ -13,7 +13,7 @@ use walrep_states::{HistoryError, TimelineHistory};
 use super::map::{MapError, MappedSegment};
 use super::segdir::{SegmentDir, SegmentError};
 use super::segment::{HeaderProblem, SegmentHeader, SEG_HEADER_SIZE};
-use crate::storage::{durable_replace, sync_dir, Storage, StorageError};
+use crate::storage::{durable_replace, replace_synced_file, sync_dir, Storage, StorageError};
 use crate::{Lsn, SegNo, TimelineId, WalSegSize};
 
 /// An error reading or writing timeline files.
@@ -121,6 +121,28 @@ pub fn write_history_text(
     tli: TimelineId,
     text: &str,
 ) -> Result<TimelineHistory, TimelineError> {
+    write_history_text_with(storage, wal_dir, tli, text, NameSync::Now)
+}
+
+/// When a history file's new name is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameSync {
+    /// Before the write returns (an fsync of `wal/`).
+    Now,
+    /// By the caller's next fsync of `wal/`, which it owes before any WAL
+    /// of the timeline is flushed or the control file names it (a
+    /// promotion: the new WAL writer's start-up fsyncs `wal/` after the
+    /// new timeline's segments are placed, one fsync for all the names).
+    ByCaller,
+}
+
+fn write_history_text_with(
+    storage: &dyn Storage,
+    wal_dir: &Path,
+    tli: TimelineId,
+    text: &str,
+    sync: NameSync,
+) -> Result<TimelineHistory, TimelineError> {
     let path = history_path(wal_dir, tli);
     let history = TimelineHistory::parse(tli, text).map_err(|source| TimelineError::Parse {
         path: path.clone(),
@@ -131,7 +153,10 @@ pub fn write_history_text(
         Some(_) => return Err(TimelineError::Conflict { path }),
         None => {}
     }
-    durable_replace(storage, &path, text.as_bytes())?;
+    match sync {
+        NameSync::Now => durable_replace(storage, &path, text.as_bytes())?,
+        NameSync::ByCaller => replace_synced_file(storage, &path, text.as_bytes())?,
+    }
     Ok(history)
 }
 
@@ -145,6 +170,26 @@ pub fn write_new_timeline_history(
     new: TimelineId,
     switch_point: Lsn,
     reason: &str,
+) -> Result<TimelineHistory, TimelineError> {
+    write_new_timeline_history_with(
+        storage,
+        wal_dir,
+        (parent, new),
+        switch_point,
+        reason,
+        NameSync::Now,
+    )
+}
+
+/// [`write_new_timeline_history`] with the new name made durable when
+/// `sync` says.
+pub fn write_new_timeline_history_with(
+    storage: &dyn Storage,
+    wal_dir: &Path,
+    (parent, new): (TimelineId, TimelineId),
+    switch_point: Lsn,
+    reason: &str,
+    sync: NameSync,
 ) -> Result<TimelineHistory, TimelineError> {
     if new <= parent {
         return Err(TimelineError::NotNewer {
@@ -160,7 +205,7 @@ pub fn write_new_timeline_history(
     let reason = reason.replace(['\n', '\t'], " ");
     text.push_str(&format!("{}\t{}\t{}\n", parent.0, switch_point, reason));
     text.push_str(&history_id_line(new, rand::random()));
-    write_history_text(storage, wal_dir, new, &text)
+    write_history_text_with(storage, wal_dir, new, &text, sync)
 }
 
 /// What starts the comment line that carries a timeline's history id.

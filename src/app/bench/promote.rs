@@ -255,6 +255,7 @@ fn step_times(sdir: &Path) -> String {
         "elapsed_us",
         "segment_us",
         "wal_start_us",
+        "datadir_us",
         "record_us",
         "control_us",
         "total_us",

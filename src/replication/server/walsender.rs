@@ -362,7 +362,8 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
     fn build_frame(&mut self, end: Lsn, wal_end: Lsn) -> Result<(), PgError> {
         let n = (end.0 - self.sent.0) as usize;
         let payload = XLOGDATA_HEADER_LEN + n;
-        self.frame.clear();
+        // Every byte is written below: only a frame longer than any before
+        // is zero-filled (its new part), not 128 kB per message.
         self.frame.resize(5 + payload, 0);
         self.frame[0] = b'd';
         self.frame[1..5].copy_from_slice(&((4 + payload) as u32).to_be_bytes());
