@@ -474,6 +474,14 @@ impl HaState {
         let clear = HaAction::ClearFailover {
             expected_mod_revision: failover.mod_revision,
         };
+        let starting = self.handover.is_none();
+        let too_old =
+            input.wall_clock_ms > request.requested_at_ms.saturating_add(self.config.ttl_ms);
+        if starting && too_old {
+            plan.push(clear);
+            plan.warn("clearing a failover request older than ha_ttl: not starting it now");
+            return false;
+        }
         if request.leader.as_deref().is_some_and(|l| l != me)
             || request.candidate.as_deref() == Some(me)
         {
@@ -638,7 +646,7 @@ impl HaState {
                 return Ok(Race::Forced);
             }
             if let Some(other) = request.candidate.as_deref().filter(|c| *c != me) {
-                if view.member(other).is_some_and(|m| m.value.healthy) {
+                if self.defers_to(input, view, request, other) {
                     return Err(format!("{other} is the requested candidate"));
                 }
             }
@@ -667,6 +675,28 @@ impl HaState {
         }
         self.healthiest(input, view, race)?;
         Ok(race)
+    }
+
+    /// Whether a `failover` request for `other` keeps this node out of the
+    /// race: only while `other` is alive, healthy and could take the key
+    /// itself (listed in `sync`, or a forced failover), and the request is
+    /// not older than three TTLs (a leader starts a hand-over only within one
+    /// TTL of the request and gives up after another, so the candidate has at
+    /// least one more TTL to take the key).
+    fn defers_to(
+        &self,
+        input: &HaInput,
+        view: &ClusterView,
+        request: &FailoverRecord,
+        other: &str,
+    ) -> bool {
+        let fresh = input.wall_clock_ms
+            <= request
+                .requested_at_ms
+                .saturating_add(self.config.ttl_ms.saturating_mul(3));
+        let could_race = request.kind == FailoverKind::Failover
+            || view.sync.as_ref().is_some_and(|s| s.value.allows(other));
+        fresh && could_race && view.member(other).is_some_and(|m| m.value.healthy)
     }
 
     /// Rule 5's sync membership: listed in `sync` (or its leader), or the
