@@ -64,6 +64,7 @@ struct Etcd {
     failover: Option<Versioned<FailoverRecord>>,
     history: Option<Versioned<Vec<walrep_states::ha::HistoryEntry>>>,
     initialize: Option<Versioned<u64>>,
+    config: Option<Versioned<walrep_states::ha::ClusterConfigRecord>>,
 }
 
 impl Etcd {
@@ -105,7 +106,7 @@ impl Etcd {
             members: self.members.clone(),
             sync: self.sync.clone(),
             failover: self.failover.clone(),
-            config: None,
+            config: self.config.clone(),
             history: self.history.clone(),
             initialize: self.initialize.clone(),
             unparsed: Vec::new(),
@@ -180,6 +181,9 @@ struct Params {
     link_cut_pm: u64,
     stall_pm: u64,
     switchover_pm: u64,
+    pause_pm: u64,
+    /// `FIRST k` of synchronous_standby_names.
+    sync_count: usize,
     write_pm: u64,
     /// Longest HA-loop stall.
     max_stall_ms: u64,
@@ -199,6 +203,8 @@ impl Params {
             link_cut_pm: rng.range(0, 600),
             stall_pm: rng.range(0, 400),
             switchover_pm: rng.range(0, 200),
+            pause_pm: rng.range(0, 100),
+            sync_count: 1 + rng.below(2) as usize,
             write_pm: rng.range(50_000, 400_000),
             max_stall_ms: rng.range(500, 25_000),
         }
@@ -219,6 +225,8 @@ struct Sim {
     /// (real time, node) of every promotion and acquisition by a standby.
     promotions: Vec<(u64, usize)>,
     acquisitions: Vec<(u64, usize)>,
+    /// (real time, node) of every gate opening.
+    gate_openings: Vec<(u64, usize)>,
 }
 
 fn config(name: &str, p: &Params) -> HaConfig {
@@ -277,6 +285,7 @@ impl Sim {
             violations: Vec::new(),
             promotions: Vec::new(),
             acquisitions: Vec::new(),
+            gate_openings: Vec::new(),
         }
     }
 
@@ -321,7 +330,7 @@ impl Sim {
     }
 
     fn replicas(&self, p: usize) -> Vec<ReplicaProgress> {
-        let k = 1;
+        let k = self.p.sync_count;
         self.streaming_from(p)
             .into_iter()
             .enumerate()
@@ -362,7 +371,7 @@ impl Sim {
             } else {
                 Vec::new()
             },
-            sync_count: 1,
+            sync_count: self.p.sync_count,
             sync_any: false,
             sync_allowed: n.sync_allowed.clone(),
             gate_open: n.gate_open(self.t),
@@ -428,6 +437,10 @@ impl Sim {
         if self.rng.chance(self.p.switchover_pm) {
             self.request_switchover();
         }
+        if self.rng.chance(self.p.pause_pm) {
+            let paused = !self.etcd.config.as_ref().is_some_and(|c| c.value.paused);
+            self.set_paused(paused);
+        }
     }
 
     fn request_switchover(&mut self) {
@@ -487,8 +500,15 @@ impl Sim {
         }
     }
 
+    fn set_paused(&mut self, paused: bool) {
+        self.note(format!("operator: paused = {paused}"));
+        let record = walrep_states::ha::ClusterConfigRecord { paused };
+        self.etcd.config = Some(self.etcd.bump(record, 0));
+    }
+
     fn heal(&mut self) {
         self.note("heal: every node up, every link and etcd reachable".into());
+        self.set_paused(false);
         for i in 0..N {
             self.nodes[i].etcd_cut_until = 0;
             self.nodes[i].stall_next_ms = 0;
@@ -672,6 +692,9 @@ impl Sim {
             HaAction::SetSyncAllowed(names) => self.nodes[i].sync_allowed = names.clone(),
             HaAction::OpenGate { until } => {
                 if self.nodes[i].role == LocalRole::Primary && self.nodes[i].busy.is_none() {
+                    if !self.nodes[i].gate_open(t) {
+                        self.gate_openings.push((t, i));
+                    }
                     self.nodes[i].gate_until = Some(until.0);
                 }
             }
@@ -902,7 +925,7 @@ impl Sim {
                 })
                 .map(|r| r.flush_lsn.0 as usize)
                 .collect();
-            let k = 1;
+            let k = self.p.sync_count;
             let mut confirmed = counted;
             confirmed.sort_unstable_by(|a, b| b.cmp(a));
             let Some(&upto) = confirmed.get(k - 1) else {
@@ -1097,6 +1120,7 @@ fn a_crashed_primary_is_replaced_within_ttl_plus_loop_wait() {
                 link_cut_pm: 0,
                 stall_pm: 0,
                 switchover_pm: 0,
+                pause_pm: 0,
                 ..Params::swarm(&mut Rng(seed))
             },
         );
@@ -1106,7 +1130,11 @@ fn a_crashed_primary_is_replaced_within_ttl_plus_loop_wait() {
         let leader = sim.etcd.leader.as_ref().map(|l| l.value.clone());
         let listed = sim.etcd.sync.as_ref().map(|s| s.value.sync_standbys.len());
         assert_eq!(leader.as_deref(), Some("n1"), "seed {seed}: n1 leads");
-        assert_eq!(listed, Some(1), "seed {seed}: a confirmed sync standby");
+        assert_eq!(
+            listed,
+            Some(sim.p.sync_count),
+            "seed {seed}: confirmed sync standbys"
+        );
         let crash_at = sim.t;
         sim.crash(0, 1_000_000);
         sim.p.faulty_ms = sim.t + 40_000;
@@ -1121,6 +1149,17 @@ fn a_crashed_primary_is_replaced_within_ttl_plus_loop_wait() {
             took - crash_at <= bound,
             "seed {seed}: key taken {}ms after the crash (bound {bound})",
             took - crash_at
+        );
+        // Then promotion (at most 300 ms in the model) and one cycle.
+        let (opened, _) = *sim
+            .gate_openings
+            .iter()
+            .find(|(t, i)| *t > crash_at && *i != 0)
+            .unwrap_or_else(|| panic!("seed {seed}: no new primary opened its gate"));
+        assert!(
+            opened - crash_at <= bound + 300 + 2 * TICK_MS,
+            "seed {seed}: new primary serves {}ms after the crash",
+            opened - crash_at
         );
         assert!(
             sim.nodes[1..].iter().any(|n| n.gate_open(sim.t)),
