@@ -610,6 +610,42 @@ fn a_standby_leaves_syncrep_before_it_leaves_sync() {
 }
 
 #[test]
+fn a_listed_standby_outranked_by_a_newcomer_stays_listed() {
+    let mut m = machine("n2");
+    let mut inp = leading(
+        vec![
+            replica("n1", ReplicaSyncState::Sync, 1_000),
+            replica("n3", ReplicaSyncState::Potential, 1_000),
+        ],
+        &["n3"],
+        &["n3"],
+    );
+    inp.view = Ok({
+        let mut vw = leader_view("n2", LEASE);
+        vw.sync = sync("n2", &["n3"]);
+        vw
+    });
+    let d = m.decide(&inp);
+    assert_eq!(without_gate(&d), vec![], "{}", d.why);
+}
+
+#[test]
+fn a_stranger_key_is_an_error_and_blocks_promotion() {
+    let mut m = machine("n2");
+    let mut vw = view();
+    vw.unparsed
+        .push(("leader".into(), "value is not UTF-8".into()));
+    let d = m.decide(&input(1_000, vw, local(LocalRole::Standby, 100)));
+    assert_eq!(acts(&d), vec![]);
+    assert_eq!(d.severity, Severity::Error);
+    assert!(
+        d.why.contains("key leader under our prefix is not ours"),
+        "{}",
+        d.why
+    );
+}
+
+#[test]
 fn no_standby_is_added_while_no_slot_is_free() {
     let mut m = machine("n1");
     let d = m.decide(&leading(
