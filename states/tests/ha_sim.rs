@@ -1229,3 +1229,57 @@ fn trace_of_failover_rejoin_and_switchover() {
         .collect();
     insta::assert_snapshot!(story.join("\n"));
 }
+
+/// A switchover in a healthy cluster (a named listed standby, or none)
+/// moves leadership within ttl + two loop waits, and nothing is lost.
+#[test]
+fn a_switchover_completes_in_a_healthy_cluster() {
+    for seed in 0..seeds().min(40) {
+        let mut p = Params::swarm(&mut Rng(seed));
+        (p.crash_pm, p.etcd_cut_pm, p.link_cut_pm, p.stall_pm) = (0, 0, 0, 0);
+        (p.switchover_pm, p.pause_pm) = (0, 0);
+        let mut sim = Sim::new(seed, p);
+        sim.run_until(30_000);
+        let leader = sim.etcd.leader.as_ref().map(|l| l.value.clone());
+        let listed = sim
+            .etcd
+            .sync
+            .as_ref()
+            .map(|s| s.value.sync_standbys.clone())
+            .unwrap_or_default();
+        assert_eq!(leader.as_deref(), Some("n1"), "seed {seed}");
+        let candidate = (seed % 2 == 0).then(|| listed[0].clone());
+        let record = FailoverRecord {
+            leader: leader.clone(),
+            candidate: candidate.clone(),
+            kind: FailoverKind::Switchover,
+            requested_at_ms: 1_700_000_000_000 + sim.t,
+        };
+        sim.etcd.failover = Some(sim.etcd.bump(record, 0));
+        let asked = sim.t;
+        let deadline = asked + 10_000 + 2 * 1_100;
+        while sim.t < deadline
+            && !(1..N).any(|i| sim.nodes[i].gate_open(sim.t))
+            && sim.violations.is_empty()
+        {
+            sim.run_until(sim.t + TICK_MS);
+        }
+        let new = (1..N).find(|&i| sim.nodes[i].gate_open(sim.t));
+        assert!(
+            new.is_some(),
+            "seed {seed}: no new leader {}ms after the switchover request:\n{}",
+            sim.t - asked,
+            sim.trace[sim.trace.len().saturating_sub(30)..].join("\n")
+        );
+        if let Some(c) = candidate {
+            assert_eq!(sim.nodes[new.unwrap_or(0)].name, c, "seed {seed}");
+        }
+        sim.run_until(sim.t + 5_000);
+        assert!(
+            sim.violations.is_empty(),
+            "seed {seed}: {:?}",
+            sim.violations
+        );
+        assert!(sim.etcd.failover.is_none(), "seed {seed}: request cleared");
+    }
+}
