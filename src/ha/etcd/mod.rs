@@ -8,6 +8,7 @@
 //! - [`EtcdClient`] (client.rs): range, put, delete, txn (with nested txns),
 //!   lease grant / keepalive / revoke / time-to-live; every call bounded by
 //!   one deadline, endpoints tried in turn with counted, backed-off retries.
+//! - [`EtcdDcs`] (dcs.rs): the HA loop's [`crate::ha::dcs::Dcs`] on etcd.
 //! - [`leader`]: the leader key's acquire / update / release txns.
 //! - wire.rs: the gateway's JSON (base64 bytes, int64 as strings, absent
 //!   fields as zero), read without ever panicking on what comes back.
@@ -15,12 +16,14 @@
 //!   message (not the HTTP status, which differs between gateway versions).
 
 mod client;
+mod dcs;
 pub mod leader;
 mod wire;
 
 use std::time::Duration;
 
 pub use client::EtcdClient;
+pub use dcs::{monotonic_now, EtcdDcs};
 pub use wire::{
     prefix_range_end, Compare, CompareResult, CompareTarget, KeyValue, Lease, LeaseTimeToLive,
     RangeResponse, ResponseHeader, Txn, TxnOp, TxnOpResponse, TxnResponse,
