@@ -200,6 +200,9 @@ pub enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Automatic failover on etcd, as patronictl: list the members, request
+    /// a switchover or a forced failover, pause or resume.
+    Ha(crate::app::ha_cli::HaArgs),
     /// Draw the state machines (explored from the code) or render a trace.
     Viz {
         #[command(subcommand)]
@@ -344,6 +347,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("fatal: {message}")
                 }
             }
+        }
+        Command::Ha(args) => {
+            crate::app::logging::init("warn");
+            crate::app::ha_cli::run(&args)
         }
         Command::Status { datadir } => {
             print!("{}", status(&datadir)?);
