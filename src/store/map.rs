@@ -211,6 +211,26 @@ impl Entry {
         }
     }
 
+    /// Make `version` the newest: it replaces the newest one when that has
+    /// the same LSN and level (a record that changes a key twice), and is
+    /// added otherwise. Returns whether the newest version was a value
+    /// before and its expiry (0: none), and whether the entry is now only
+    /// a visible deletion (the key can go).
+    pub fn replace_newest(&mut self, vis: &Visibility, version: Version) -> ((bool, u64), bool) {
+        let old = self.newest();
+        let before = (
+            old.slot.is_some(),
+            old.slot.as_ref().map_or(0, |s| s.expire_ms),
+        );
+        if old.lsn == version.lsn && old.level == version.level {
+            *self.newest_mut() = version;
+        } else {
+            self.prune(vis);
+            self.push(version);
+        }
+        (before, self.prune(vis))
+    }
+
     /// Drop versions older than the newest visible one; true if the entry
     /// is now only a visible deletion (the key can go).
     pub fn prune(&mut self, vis: &Visibility) -> bool {
@@ -465,24 +485,13 @@ impl Keyspace {
         level: Level,
         slot: Option<Slot>,
     ) {
-        let vis = &*store.vis;
         let new_live = slot.is_some();
         let new_exp = slot.as_ref().map_or(0, |s| s.expire_ms);
         let version = Version { lsn, level, slot };
         let (old_live, old_exp) = match self.map.get_mut(key) {
             Some(e) => {
-                let old = e.newest();
-                let before = (
-                    old.slot.is_some(),
-                    old.slot.as_ref().map_or(0, |s| s.expire_ms),
-                );
-                if old.lsn == lsn && old.level == level {
-                    *e.newest_mut() = version;
-                } else {
-                    e.prune(vis);
-                    e.push(version);
-                }
-                if e.prune(vis) {
+                let (before, gone) = e.replace_newest(&store.vis, version);
+                if gone {
                     self.map.remove(key);
                 }
                 before
