@@ -11,11 +11,13 @@
 //! the node refuses to start with [`CorruptWal`], which names the ways out.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::walrepair::{repair_segment, Damage};
 pub use super::walrepair::{RepairError, RepairedSegment, WalRepair};
 use crate::store::checkpoint::{load_snapshot, SnapshotError};
+use crate::store::replay::{redo_read_ahead, RedoStop};
 use crate::store::{ApplyError, ControlFile, Store};
 use crate::wal::{self, ReadError, ReaderConfig, WalAfter, WalReader};
 use crate::{Lsn, TimelineHistory};
@@ -99,8 +101,8 @@ pub enum RecoveryError {
     Repair(#[from] RepairError),
 }
 
-/// Records crash recovery applies per batch.
-const REDO_BATCH: usize = 256;
+/// Crash recovery runs to the end of WAL: nothing stops it half-way.
+static NEVER: AtomicBool = AtomicBool::new(false);
 
 /// Load the snapshot named by `control` into `store` and replay the WAL of
 /// `history` from the redo point to its end.
@@ -148,25 +150,25 @@ pub fn replay_to_end(
     let (end, stop) = loop {
         let mut reader = WalReader::new(cfg.clone(), next);
         reader.seek(next, prev_record.is_valid().then_some(prev_record));
-        // Records are applied in batches: one hold of the store's lock and
-        // one decoding pass per batch (Store::apply_records).
-        let mut batch = Vec::with_capacity(REDO_BATCH);
+        // One thread reads and validates batches of records ahead, this
+        // one applies them (one hold of the store's lock per batch).
         let stop = loop {
-            match reader.read_record() {
-                Ok(rec) => {
-                    prev_record = rec.lsn;
-                    records += 1;
-                    batch.push(rec);
-                    if batch.len() == REDO_BATCH {
-                        store.apply_records(&batch)?;
-                        batch.clear();
-                    }
+            let ran = redo_read_ahead(store, &mut reader, &NEVER, |batch| {
+                records += batch.len() as u64;
+                if let Some(last) = batch.last() {
+                    prev_record = last.lsn;
                 }
-                Err(e) if e.kind.is_io() => return Err(RecoveryError::Read(e)),
-                Err(e) => break e,
+            });
+            match ran {
+                RedoStop { apply: Some(e), .. } => return Err(e.into()),
+                RedoStop { read: Some(e), .. } if e.kind.is_io() => {
+                    return Err(RecoveryError::Read(e))
+                }
+                RedoStop { read: Some(e), .. } => break e,
+                // Only a stop flag ends a run otherwise; go on.
+                RedoStop { read: None, .. } => continue,
             }
         };
-        store.apply_records(&batch)?;
         next = reader.next_lsn();
         let after = wal::valid_wal_after(cfg.clone(), next).map_err(RecoveryError::Read)?;
         let Some(after) = after else {

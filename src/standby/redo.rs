@@ -2,9 +2,14 @@
 //! valid record that ends at or before the limit — and reports progress, the
 //! end of available WAL, or the invalid record it stopped at (never applied).
 //!
-//! It owns the replay position ([`Replayed`]): updated after every record,
-//! published (subscribers woken: the walreceiver's replies, cascading
-//! walsenders) with every progress report and at the end of each request.
+//! Records are read and applied in batches (`store::replay`): a request far
+//! ahead of the reader (catch-up, promotion) is read ahead on a second
+//! thread while this one applies. It owns the replay position
+//! ([`Replayed`]): updated after every applied batch (a record is never
+//! counted before it is visible), published (subscribers woken: the
+//! walreceiver's replies, cascading walsenders) at least every millisecond
+//! of a long replay, with every progress report and at the end of each
+//! request.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,8 +22,9 @@ use super::receiver::ReceiverShared;
 use crate::datadir::DataDir;
 use crate::states::recovery::{Event, RecordCheck};
 use crate::store::record::RM_KV;
+use crate::store::replay::{redo_inline, redo_read_ahead};
 use crate::store::{ControlFile, Store};
-use crate::wal::{HeaderProblem, ReadErrorKind, ReaderConfig, Record, WalMemory, WalReader};
+use crate::wal::{HeaderProblem, ReadErrorKind, ReaderConfig, RecordBatch, WalMemory, WalReader};
 use crate::watch::Watch;
 use crate::{Lsn, TimelineHistory};
 
@@ -34,6 +40,10 @@ const PROGRESS_BYTES: u64 = 16 << 20;
 /// (and visible) all along. A publication costs one wake-up and one
 /// status message.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(1);
+/// A replay request this far ahead of the reader is read ahead on a second
+/// thread ([`redo_read_ahead`]); a shorter one is applied on this thread,
+/// where starting a thread would cost more than it saves.
+const READ_AHEAD_MIN_BYTES: u64 = 4 << 20;
 
 /// What the redo thread is asked to do.
 #[derive(Debug, Clone)]
@@ -103,85 +113,120 @@ impl Redo {
         // walreceiver's buffer or from files alike; any further cap (such
         // as a primary's flush position) belongs here too.
         self.reader.set_limit(Some(upto));
-        let mut last_report = Instant::now();
-        let mut last_publish = last_report;
-        let mut reported = self.reader.next_lsn();
-        loop {
-            if self.stop.load(Ordering::Relaxed) {
-                return Event::EndOfWalReached {
-                    at: self.reader.next_lsn(),
-                };
-            }
-            match self.reader.read_record() {
-                Ok(rec) => {
-                    if let Err(e) = self.store.apply_record(&rec) {
-                        // The CRC held, so this is a bug or a version
-                        // mismatch: stop here rather than skip the record.
-                        tracing::error!(error = %e, "could not apply a WAL record");
-                        return Event::InvalidRecord {
-                            at: rec.lsn,
-                            check: RecordCheck::Length,
-                        };
-                    }
-                    self.advanced(&rec);
-                    let end = rec.end;
-                    let now = Instant::now();
-                    if end.saturating_sub(reported) >= PROGRESS_BYTES
-                        || now.duration_since(last_report) >= PROGRESS_INTERVAL
-                    {
-                        self.publish();
-                        let _ = self.events.send(Event::WalReplayed { upto: end });
-                        reported = end;
-                        last_report = now;
-                        last_publish = now;
-                    } else if now.duration_since(last_publish) >= PUBLISH_INTERVAL {
-                        self.publish();
-                        last_publish = now;
-                    }
-                }
-                Err(e) => {
-                    let at = self.reader.next_lsn();
-                    self.publish();
-                    return match classify(&e.kind) {
-                        None => Event::EndOfWalReached { at },
-                        Some(check) => {
-                            tracing::info!(at = %e.record, reason = %e, "invalid record: not applied");
-                            Event::InvalidRecord {
-                                at: e.record,
-                                check,
-                            }
-                        }
-                    };
+        let history = self.reader.history().clone();
+        let mut progress = Progress::new(self.reader.next_lsn());
+        // Far behind (catch-up, promotion, a restart): read ahead on a
+        // second thread. Keeping up: a few records, on this thread.
+        let behind = upto.saturating_sub(self.reader.next_lsn());
+        let (store, replayed, events) = (&*self.store, &*self.replayed, &self.events);
+        let applied = |batch: &RecordBatch| {
+            advanced(replayed, &history, batch);
+            progress.applied(replayed, events, batch);
+        };
+        let ran = if behind >= READ_AHEAD_MIN_BYTES {
+            redo_read_ahead(store, &mut self.reader, &self.stop, applied)
+        } else {
+            redo_inline(store, &mut self.reader, &self.stop, applied)
+        };
+        let at = self.reader.next_lsn();
+        self.publish();
+        if let Some(e) = ran.apply {
+            // The CRC held, so this is a bug or a version mismatch: stop
+            // here rather than skip the record.
+            tracing::error!(error = %e, "could not apply a WAL record");
+            return Event::InvalidRecord {
+                at: e.lsn,
+                check: RecordCheck::Length,
+            };
+        }
+        let Some(e) = ran.read else {
+            // Stopped for shutdown.
+            return Event::EndOfWalReached { at };
+        };
+        match classify(&e.kind) {
+            None => Event::EndOfWalReached { at },
+            Some(check) => {
+                tracing::info!(at = %e.record, reason = %e, "invalid record: not applied");
+                Event::InvalidRecord {
+                    at: e.record,
+                    check,
                 }
             }
         }
-    }
-
-    /// Bookkeeping after one applied record: the position moves without
-    /// waking anyone (see [`publish`](Self::publish)).
-    fn advanced(&self, rec: &Record) {
-        let tli = self.reader.history().timeline_of(rec.lsn);
-        let commit_us = (rec.rmid == RM_KV && rec.payload.len() >= 8).then(|| {
-            let mut t = [0u8; 8];
-            t.copy_from_slice(&rec.payload[..8]);
-            u64::from_le_bytes(t)
-        });
-        self.replayed.update(|r| {
-            r.end = rec.end;
-            r.last_record = rec.lsn;
-            r.tli = tli;
-            r.records += 1;
-            if let Some(us) = commit_us {
-                r.last_commit_us = us;
-            }
-            false
-        });
     }
 
     /// Wake those who follow replay: the walreceiver replies with the new
     /// apply position, cascading walsenders may send further.
     fn publish(&self) {
         self.replayed.update(|_| true);
+    }
+}
+
+/// Bookkeeping after a batch of applied records: the position moves
+/// without waking anyone (see [`Redo::publish`]).
+fn advanced(replayed: &Watch<Replayed>, history: &TimelineHistory, batch: &RecordBatch) {
+    let Some(last) = batch.last() else {
+        return;
+    };
+    let tli = history.timeline_of(last.lsn);
+    let commit_us = batch
+        .iter()
+        .rev()
+        .find(|r| r.rmid == RM_KV && r.payload.len() >= 8)
+        .map(|r| {
+            let mut t = [0u8; 8];
+            t.copy_from_slice(&r.payload[..8]);
+            u64::from_le_bytes(t)
+        });
+    replayed.update(|r| {
+        r.end = last.end;
+        r.last_record = last.lsn;
+        r.tli = tli;
+        r.records += batch.len() as u64;
+        if let Some(us) = commit_us {
+            r.last_commit_us = us;
+        }
+        false
+    });
+}
+
+/// When redo last reported progress to the machine and last published the
+/// replay position.
+struct Progress {
+    last_report: Instant,
+    last_publish: Instant,
+    reported: Lsn,
+}
+
+impl Progress {
+    fn new(at: Lsn) -> Progress {
+        let now = Instant::now();
+        Progress {
+            last_report: now,
+            last_publish: now,
+            reported: at,
+        }
+    }
+
+    /// After a batch: report to the machine every [`PROGRESS_BYTES`] or
+    /// [`PROGRESS_INTERVAL`], publish every [`PUBLISH_INTERVAL`].
+    fn applied(&mut self, replayed: &Watch<Replayed>, events: &Sender<Event>, batch: &RecordBatch) {
+        let Some(end) = batch.last().map(|r| r.end) else {
+            return;
+        };
+        let now = Instant::now();
+        if end.saturating_sub(self.reported) >= PROGRESS_BYTES
+            || now.duration_since(self.last_report) >= PROGRESS_INTERVAL
+        {
+            replayed.update(|_| true);
+            let _ = events.send(Event::WalReplayed { upto: end });
+            self.reported = end;
+            self.last_report = now;
+            self.last_publish = now;
+        } else if now.duration_since(self.last_publish) >= PUBLISH_INTERVAL {
+            replayed.update(|_| true);
+            self.last_publish = now;
+        }
     }
 }
 

@@ -482,13 +482,12 @@ impl Keyspace {
         level: Level,
         slot: Option<Slot>,
     ) {
-        let vis = &*store.vis;
         let new_live = slot.is_some();
         let new_exp = slot.as_ref().map_or(0, |s| s.expire_ms);
         let version = Version { lsn, level, slot };
         let (old_live, old_exp) = match self.map.get_mut(key) {
             Some(e) => {
-                let (before, gone) = e.install(vis, version);
+                let (before, gone) = e.install(&store.vis, version);
                 if gone {
                     self.map.remove(key);
                 }

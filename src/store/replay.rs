@@ -12,12 +12,14 @@
 //! docs/wal-format.md, "Replay over a fuzzy snapshot"), so relative
 //! operations (LPUSH, HSET, SREM) are applied exactly once.
 
+use std::collections::btree_map;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::map::{Keyspace, Level, Store};
+use super::map::{Entry, Keyspace, Level, Store, Version};
 use super::record::{self, KvDecodeError, Op, RM_KV};
-use super::value;
-use crate::wal::Record;
+use super::value::{self, Str, INLINE_LEN};
+use crate::wal::{ReadError, Record, RecordBatch, RecordRef, WalReader};
 use crate::Lsn;
 
 /// A record whose CRC held but whose payload the store cannot apply: a bug
@@ -32,12 +34,170 @@ pub struct ApplyError {
     pub source: KvDecodeError,
 }
 
+/// Records redo reads and applies per batch: one hold of the store's lock
+/// and one hand-over between the reading and the applying thread each.
+pub const REDO_BATCH_RECORDS: usize = 256;
+/// ...and at most this many payload bytes per batch (large records).
+pub const REDO_BATCH_BYTES: usize = 1 << 20;
+/// Batches the reading thread may be ahead of the applying one: enough to
+/// ride over a scheduling hiccup of either, little memory (at most this
+/// many times [`REDO_BATCH_BYTES`] plus two batches).
+const READ_AHEAD_BATCHES: usize = 4;
+
+/// Why a redo run ([`redo_read_ahead`], [`redo_inline`]) stopped. The
+/// reader is left after the last applied record either way.
+#[derive(Debug, Default)]
+pub struct RedoStop {
+    /// The record that could not be read (the end of available or valid
+    /// WAL, or a read error); `None` when stopped by the flag or by `apply`.
+    pub read: Option<ReadError>,
+    /// The record that could not be applied (not applied, nor anything
+    /// after it).
+    pub apply: Option<ApplyError>,
+}
+
+/// Redo from `reader` until a record cannot be read or applied or `stop`
+/// is set, reading ahead: a second thread reads and validates batches of
+/// records (the WAL's framing, CRC and copy, about a quarter of redo's
+/// work) up to a few batches ahead, while this one decodes and applies
+/// them, so both cores work on redo. `applied` is called after each batch
+/// is applied, with the batch (the place to publish the replay position).
+/// Batches go back to the reading thread for reuse: no allocation per
+/// record or per batch once warm.
+pub fn redo_read_ahead(
+    store: &Store,
+    reader: &mut WalReader,
+    stop: &AtomicBool,
+    mut applied: impl FnMut(&RecordBatch),
+) -> RedoStop {
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<RecordBatch>(READ_AHEAD_BATCHES);
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<RecordBatch>(READ_AHEAD_BATCHES + 2);
+    let (read, apply) = std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("redo-read".into())
+            .spawn_scoped(scope, || {
+                redo_read_ahead_reader(reader, full_tx, free_rx, stop)
+            });
+        let thread = match thread {
+            Ok(t) => t,
+            // No second thread to be had: read and apply on this one.
+            Err(_) => return (None, None),
+        };
+        let mut apply = None;
+        for mut batch in full_rx.iter() {
+            if let Err(e) = apply_then_report(store, &mut batch, &mut applied) {
+                apply = Some(e);
+                break;
+            }
+            // Full when the reader allocated more: then this one goes.
+            let _ = free_tx.try_send(batch);
+        }
+        // The reading thread's next send fails: it stops.
+        drop(full_rx);
+        let read = thread
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (Some(read), apply)
+    });
+    match (read, apply) {
+        (None, _) => redo_inline(store, reader, stop, applied),
+        (Some(read), None) => RedoStop { read, apply: None },
+        (Some(_), Some(e)) => {
+            reader.seek(e.0.lsn, Some(e.1));
+            RedoStop {
+                read: None,
+                apply: Some(e.0),
+            }
+        }
+    }
+}
+
+/// The reading thread of [`redo_read_ahead`]: batches of records until
+/// one cannot be read (returned), `stop` is set or the applier hangs up.
+fn redo_read_ahead_reader(
+    reader: &mut WalReader,
+    full: crossbeam_channel::Sender<RecordBatch>,
+    free: crossbeam_channel::Receiver<RecordBatch>,
+    stop: &AtomicBool,
+) -> Option<ReadError> {
+    while !stop.load(Ordering::Relaxed) {
+        let mut batch = free.try_recv().unwrap_or_default();
+        batch.clear();
+        let err = reader.read_batch(&mut batch, REDO_BATCH_RECORDS, REDO_BATCH_BYTES);
+        if !batch.is_empty() && full.send(batch).is_err() {
+            return None;
+        }
+        if err.is_some() {
+            return err;
+        }
+    }
+    None
+}
+
+/// Redo as [`redo_read_ahead`] does, on this thread alone: for short runs
+/// (a standby keeping up), where starting a thread costs more than it saves.
+pub fn redo_inline(
+    store: &Store,
+    reader: &mut WalReader,
+    stop: &AtomicBool,
+    mut applied: impl FnMut(&RecordBatch),
+) -> RedoStop {
+    let mut batch = RecordBatch::new();
+    while !stop.load(Ordering::Relaxed) {
+        batch.clear();
+        let read = reader.read_batch(&mut batch, REDO_BATCH_RECORDS, REDO_BATCH_BYTES);
+        if let Err((e, prev)) = apply_then_report(store, &mut batch, &mut applied) {
+            reader.seek(e.lsn, Some(prev));
+            return RedoStop {
+                read: None,
+                apply: Some(e),
+            };
+        }
+        if read.is_some() {
+            return RedoStop { read, apply: None };
+        }
+    }
+    RedoStop::default()
+}
+
+/// Apply `batch` and report what was applied: all of it, or the records
+/// before one that does not decode (then the batch is cut there, and the
+/// error returned with that record's prev-link, to read it again).
+fn apply_then_report(
+    store: &Store,
+    batch: &mut RecordBatch,
+    applied: &mut impl FnMut(&RecordBatch),
+) -> Result<(), (ApplyError, Lsn)> {
+    let result = store.apply_batch(batch);
+    let failed = result.as_ref().err().and_then(|e| {
+        let i = batch.iter().position(|r| r.lsn == e.lsn)?;
+        Some((i, batch.get(i)?.prev))
+    });
+    if let Some((i, _)) = failed {
+        batch.truncate(i);
+    }
+    if !batch.is_empty() {
+        applied(batch);
+    }
+    match (result, failed) {
+        (Err(e), Some((_, prev))) => Err((e, prev)),
+        (Err(e), None) => Err((e, Lsn::INVALID)),
+        (Ok(()), _) => Ok(()),
+    }
+}
+
 impl Store {
     /// Apply one replayed WAL record (crash recovery, a standby's redo):
     /// key-value records change the store, visible at once; XLOG records
     /// carry nothing it needs.
     pub fn apply_record(&self, rec: &Record) -> Result<(), ApplyError> {
-        self.apply_records(std::slice::from_ref(rec))
+        self.apply_refs(std::iter::once(rec.as_ref()))
+    }
+
+    /// Apply a batch of replayed WAL records, in order (see
+    /// [`apply_batch`](Self::apply_batch)).
+    pub fn apply_records(&self, recs: &[Record]) -> Result<(), ApplyError> {
+        self.apply_refs(recs.iter().map(Record::as_ref))
     }
 
     /// Apply a batch of replayed WAL records, in order: every payload is
@@ -46,13 +206,20 @@ impl Store {
     /// are applied under one hold of the write lock. A record that does
     /// not decode stops the batch there: the records before it are
     /// applied, it and those after are not.
-    pub fn apply_records(&self, recs: &[Record]) -> Result<(), ApplyError> {
+    pub fn apply_batch(&self, batch: &RecordBatch) -> Result<(), ApplyError> {
+        self.apply_refs(batch.iter())
+    }
+
+    fn apply_refs<'a>(
+        &self,
+        recs: impl ExactSizeIterator<Item = RecordRef<'a>>,
+    ) -> Result<(), ApplyError> {
         let mut ops = Vec::with_capacity(recs.len());
         let mut bounds = Vec::with_capacity(recs.len());
         let mut failed = None;
-        for rec in recs.iter().filter(|r| r.rmid == RM_KV) {
+        for rec in recs.filter(|r| r.rmid == RM_KV) {
             let start = ops.len();
-            if let Err(source) = record::decode_into(&rec.payload, &mut ops) {
+            if let Err(source) = record::decode_into(rec.payload, &mut ops) {
                 failed = Some(ApplyError {
                     lsn: rec.lsn,
                     source,
@@ -65,10 +232,54 @@ impl Store {
             let mut ks = self.write_lock();
             let mut skip = Vec::new();
             for (end, range) in bounds {
-                self.apply_locked(&mut ks, end, &ops[range], &mut skip);
+                match &ops[range] {
+                    [op] => self.apply_one(&mut ks, end, op, &mut skip),
+                    ops => self.apply_locked(&mut ks, end, ops, &mut skip),
+                }
             }
         }
         failed.map_or(Ok(()), Err)
+    }
+
+    /// A record of one operation on a key (almost every record: one SET,
+    /// one DEL): the skip rule and the change in one lookup of the key,
+    /// where [`apply_locked`](Self::apply_locked) needs up to three.
+    fn apply_one(&self, ks: &mut Keyspace, end: Lsn, op: &Op<'_>, skip: &mut Vec<bool>) {
+        // Long keys would need an allocation to look up by `Str`.
+        let Some(key) = op.key().filter(|k| k.len() <= INLINE_LEN) else {
+            return self.apply_locked(ks, end, std::slice::from_ref(op), skip);
+        };
+        let version = |slot| Version {
+            lsn: end.0,
+            level: Level::Immediate,
+            slot,
+        };
+        let (before, next_live, next_exp) = match ks.map.entry(Str::new(key)) {
+            btree_map::Entry::Occupied(mut o) => {
+                let newest = o.get().newest();
+                if newest.lsn >= end.0 {
+                    return; // the snapshot holds this record's effect
+                }
+                let next = value::apply(current_for(op, &newest.slot), op);
+                let (live, exp) = (next.is_some(), next.as_ref().map_or(0, |s| s.expire_ms));
+                let (before, gone) = o.get_mut().install(&self.vis, version(next));
+                if gone {
+                    o.remove();
+                }
+                (before, live, exp)
+            }
+            btree_map::Entry::Vacant(v) => {
+                // Deleting a key that does not exist: nothing to keep.
+                let Some(slot) = value::apply(None, op) else {
+                    return;
+                };
+                let exp = slot.expire_ms;
+                v.insert(Entry::new(version(Some(slot))));
+                ((false, 0), true, exp)
+            }
+        };
+        self.count_live(before.0, next_live);
+        ks.reindex(self, key, before.1, next_exp);
     }
 
     /// Apply the operations of the record ending at `end`, visible at once.
@@ -129,6 +340,14 @@ impl Store {
         for k in doomed {
             ks.install(self, &k, end.0, Level::Immediate, None);
         }
+    }
+}
+
+/// The state `op` is applied to: none for a replacement (no clone).
+fn current_for(op: &Op<'_>, newest: &Option<value::Slot>) -> Option<value::Slot> {
+    match op {
+        Op::Set { .. } | Op::Put { .. } | Op::Del { .. } => None,
+        _ => newest.clone(),
     }
 }
 
@@ -250,8 +469,8 @@ mod tests {
         ) {
             let (primary, log, redo, snapshot) = run_primary(&records, redo_at, &between);
             let recovered = Store::new();
-            for k in snapshot {
-                recovered.load_base(k.key, k.lsn, k.slot);
+            for k in &snapshot {
+                recovered.load_base(k.key.clone(), k.lsn, k.slot.clone());
             }
             for (end, ops) in log.iter().filter(|(end, _)| *end > redo) {
                 recovered.apply_replayed(*end, ops);
@@ -279,6 +498,18 @@ mod tests {
             }
             prop_assert_eq!(batched.dump_visible(), primary.dump_visible());
             prop_assert_eq!(batched.len(), primary.len());
+            // And in batches over the snapshot (the skip rule of records
+            // of one operation, looked up once).
+            let over = Store::new();
+            for k in &snapshot {
+                over.load_base(k.key.clone(), k.lsn, k.slot.clone());
+            }
+            let after: Vec<Record> = recs.iter().filter(|r| r.end > redo).cloned().collect();
+            for batch in after.chunks(2) {
+                over.apply_records(batch).unwrap();
+            }
+            prop_assert_eq!(over.dump_visible(), primary.dump_visible());
+            prop_assert_eq!(over.expiring(), primary.expiring());
             // Replaying a record twice changes nothing.
             for (end, ops) in &log {
                 fresh.apply_replayed(*end, ops);
@@ -365,6 +596,114 @@ mod tests {
             [b"a".to_vec()],
             "the record before applied, none after"
         );
+    }
+
+    /// A real WAL of `n` SETs (1 MB segments, so it spans several), one
+    /// key-value record that does not decode, then one more SET. Returns
+    /// the reader's configuration, the start of the WAL and of the bad
+    /// record.
+    fn wal_with_a_bad_record(
+        dir: &std::path::Path,
+        n: u64,
+    ) -> (crate::wal::ReaderConfig, Lsn, Lsn) {
+        use crate::wal::{initial_lsn, Wal, WalConfig};
+        use crate::{TimelineHistory, TimelineId, WalSegSize};
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        let start = initial_lsn(seg);
+        let wal = Wal::start(WalConfig::new(
+            dir,
+            7,
+            TimelineId(1),
+            seg,
+            start,
+            Lsn::INVALID,
+        ))
+        .unwrap();
+        let set = |i: u64| {
+            let key = format!("key:{:012}", i % 1000);
+            record::encode(
+                i,
+                &[Op::Set {
+                    key: Cow::Owned(key.into_bytes()),
+                    value: Cow::Borrowed(b"vvvvvvvvvvvvvvvv"),
+                }],
+            )
+        };
+        for i in 0..n {
+            wal.insert(RM_KV, 0, &set(i)).unwrap();
+        }
+        let bad = wal.insert_record(RM_KV, 0, &[1, 2, 3]).unwrap().start;
+        wal.insert(RM_KV, 0, &set(n)).unwrap();
+        wal.shutdown().unwrap();
+        let cfg = crate::wal::ReaderConfig {
+            dir: dir.to_path_buf(),
+            system_id: 7,
+            seg_size: seg,
+            history: TimelineHistory::root(TimelineId(1)),
+        };
+        (cfg, start, bad)
+    }
+
+    /// Both redo runs apply every record before one that does not decode,
+    /// report each applied record once, in order, and leave the reader at
+    /// that record (so it is read, and refused, again; never skipped).
+    #[test]
+    fn redo_stops_at_a_record_that_does_not_apply_and_stays_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 30_000;
+        let (cfg, start, bad) = wal_with_a_bad_record(dir.path(), n);
+        for read_ahead in [false, true] {
+            let store = Store::new();
+            let mut reader = WalReader::new(cfg.clone(), start);
+            let never = AtomicBool::new(false);
+            let mut seen = Vec::new();
+            let report = |b: &RecordBatch| seen.extend(b.iter().map(|r| r.lsn));
+            let ran = match read_ahead {
+                true => redo_read_ahead(&store, &mut reader, &never, report),
+                false => redo_inline(&store, &mut reader, &never, report),
+            };
+            assert_eq!(
+                ran.apply.map(|e| e.lsn),
+                Some(bad),
+                "read ahead: {read_ahead}"
+            );
+            assert!(ran.read.is_none());
+            assert_eq!(seen.len() as u64, n);
+            assert!(seen.windows(2).all(|w| w[0] < w[1]));
+            assert!(seen.last().is_some_and(|l| *l < bad));
+            assert_eq!(reader.next_lsn(), bad);
+            assert_eq!(store.len(), 1000);
+            // Again: the same record refused, nothing more applied.
+            let again = redo_inline(&store, &mut reader, &never, |_| panic!("applied past it"));
+            assert_eq!(again.apply.map(|e| e.lsn), Some(bad));
+        }
+    }
+
+    /// Read ahead over a WAL that ends cleanly: everything applied, the
+    /// reader at the end, the end-of-WAL error returned; a stop flag set
+    /// beforehand applies nothing.
+    #[test]
+    fn redo_read_ahead_runs_to_the_end_of_wal_or_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, start, bad) = wal_with_a_bad_record(dir.path(), 5000);
+        let store = Store::new();
+        let mut reader = WalReader::new(cfg.clone(), start);
+        // The limit stands in for the end of WAL: the bad record is past it.
+        reader.set_limit(Some(bad));
+        let never = AtomicBool::new(false);
+        let mut records = 0;
+        let ran = redo_read_ahead(&store, &mut reader, &never, |b| records += b.len());
+        assert!(ran.apply.is_none());
+        assert!(matches!(
+            ran.read.map(|e| e.kind),
+            Some(crate::wal::ReadErrorKind::LimitReached { .. })
+        ));
+        assert_eq!((records, reader.next_lsn()), (5000, bad));
+        let stop = AtomicBool::new(true);
+        let mut reader = WalReader::new(cfg, start);
+        let ran = redo_read_ahead(&Store::new(), &mut reader, &stop, |_| panic!("applied"));
+        assert!(ran.read.is_none() && ran.apply.is_none());
+        assert_eq!(reader.next_lsn(), start);
     }
 
     #[test]

@@ -112,10 +112,44 @@ impl PartialOrd for Str {
 }
 
 /// Byte order, as `[u8]`'s: a map keyed by `Str` is looked up by `&[u8]`.
+///
+/// Two inline strings compare as big-endian words, first to last, and
+/// then their lengths, without a call to `memcmp`: the comparisons of a key
+/// lookup in the store's B-tree (redo's and the writers') were a quarter of
+/// redo's instructions. Same order as the bytes': the buffers are
+/// zero-padded, so where one string is a prefix of the other the padded
+/// buffers compare equal or the shorter lower, and the length then puts
+/// the shorter first.
 impl Ord for Str {
     fn cmp(&self, other: &Str) -> std::cmp::Ordering {
-        self.as_bytes().cmp(other.as_bytes())
+        match (&self.0, &other.0) {
+            (Repr::Inline { len: a, buf: x }, Repr::Inline { len: b, buf: y }) => {
+                cmp_inline(x, y).then(a.cmp(b))
+            }
+            _ => self.as_bytes().cmp(other.as_bytes()),
+        }
     }
+}
+
+/// Two inline buffers in byte order, a word at a time (most keys differ
+/// in the first or second word). The last word overlaps the one before:
+/// its first bytes are equal by then, so they do not change the order.
+#[inline]
+fn cmp_inline(x: &[u8; INLINE_LEN], y: &[u8; INLINE_LEN]) -> std::cmp::Ordering {
+    const LAST: usize = INLINE_LEN - 8;
+    const _: () = assert!(INLINE_LEN > 16 && INLINE_LEN <= 24);
+    let word = |b: &[u8; INLINE_LEN], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[at..at + 8]);
+        u64::from_be_bytes(w)
+    };
+    for at in [0, 8, LAST] {
+        let (p, q) = (word(x, at), word(y, at));
+        if p != q {
+            return p.cmp(&q);
+        }
+    }
+    std::cmp::Ordering::Equal
 }
 
 impl std::hash::Hash for Str {
@@ -644,7 +678,27 @@ pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Value, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Bytes around the inline limit, rich in zeroes and shared prefixes,
+    /// where padded comparison could go wrong.
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(255u8)], 0..30)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// `Str`'s order is its bytes' (the store's map is looked up by
+        /// `&[u8]` and by `Str` alike).
+        #[test]
+        fn str_orders_as_its_bytes(a in bytes(), b in bytes()) {
+            prop_assert_eq!(Str::new(&a).cmp(&Str::new(&b)), a.cmp(&b));
+            prop_assert_eq!(Str::new(&a) == Str::new(&b), a == b);
+        }
+    }
 
     #[test]
     fn buckets_keep_colliding_members_apart() {

@@ -41,7 +41,7 @@ pub mod xlog;
 pub use raw::RawReader;
 pub use reader::{
     find_end_of_wal, valid_wal_after, EndOfWal, ReadError, ReadErrorKind, ReaderConfig, Record,
-    WalAfter, WalMemory, WalReader,
+    RecordBatch, RecordRef, WalAfter, WalMemory, WalReader,
 };
 pub use receive::{CompletedMark, SegmentWriter};
 pub use record::{MAX_PAYLOAD_LEN, MAX_RECORD_LEN, RM_KV, RM_XLOG};

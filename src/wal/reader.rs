@@ -61,6 +61,119 @@ impl Record {
     pub fn xlog(&self) -> Option<Result<XlogRecord, XlogError>> {
         (self.rmid == RM_XLOG).then(|| XlogRecord::decode(self.info, &self.payload))
     }
+
+    /// The record as a [`RecordRef`] borrowing its payload.
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            lsn: self.lsn,
+            end: self.end,
+            prev: self.prev,
+            rmid: self.rmid,
+            info: self.info,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// A validated record whose payload is borrowed (from a [`RecordBatch`]
+/// or a [`Record`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Where the record starts.
+    pub lsn: Lsn,
+    /// Where the next record starts.
+    pub end: Lsn,
+    /// The previous record's LSN, as stored.
+    pub prev: Lsn,
+    /// Resource manager: who interprets the payload.
+    pub rmid: u8,
+    /// Record type within the resource manager.
+    pub info: u8,
+    /// The payload, validated by the record CRC.
+    pub payload: &'a [u8],
+}
+
+/// Where one record of a [`RecordBatch`] is.
+#[derive(Debug, Clone)]
+struct BatchEntry {
+    lsn: Lsn,
+    end: Lsn,
+    prev: Lsn,
+    rmid: u8,
+    info: u8,
+    payload: std::ops::Range<usize>,
+}
+
+/// Consecutive validated records with their payloads in one buffer: what
+/// redo reads ahead and applies in one go. Cleared and refilled, a batch
+/// keeps its buffers, so reading records into it allocates nothing once
+/// it has grown to its working size.
+#[derive(Debug, Default)]
+pub struct RecordBatch {
+    data: Vec<u8>,
+    entries: Vec<BatchEntry>,
+}
+
+impl RecordBatch {
+    /// An empty batch.
+    pub fn new() -> RecordBatch {
+        RecordBatch::default()
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Payload bytes in the batch.
+    pub fn payload_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Empty the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.entries.clear();
+    }
+
+    /// The `i`-th record.
+    pub fn get(&self, i: usize) -> Option<RecordRef<'_>> {
+        self.entries.get(i).map(|e| self.to_ref(e))
+    }
+
+    /// The last record.
+    pub fn last(&self) -> Option<RecordRef<'_>> {
+        self.entries.last().map(|e| self.to_ref(e))
+    }
+
+    /// The records, in WAL order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = RecordRef<'_>> + ExactSizeIterator + '_ {
+        self.entries.iter().map(|e| self.to_ref(e))
+    }
+
+    /// Keep only the first `n` records.
+    pub fn truncate(&mut self, n: usize) {
+        if let Some(e) = self.entries.get(n) {
+            self.data.truncate(e.payload.start);
+        }
+        self.entries.truncate(n);
+    }
+
+    fn to_ref(&self, e: &BatchEntry) -> RecordRef<'_> {
+        RecordRef {
+            lsn: e.lsn,
+            end: e.end,
+            prev: e.prev,
+            rmid: e.rmid,
+            info: e.info,
+            payload: &self.data[e.payload.clone()],
+        }
+    }
 }
 
 /// Which check failed.
@@ -228,6 +341,8 @@ pub struct WalReader {
     /// The segment (and timeline) whose header was validated for bytes
     /// taken from memory; kept across read errors (unlike `seg`).
     memory_header: Option<(TimelineId, SegNo)>,
+    /// Scratch space for record headers, kept so reading allocates nothing.
+    head: Vec<u8>,
 }
 
 impl WalReader {
@@ -241,6 +356,7 @@ impl WalReader {
             seg: None,
             memory: None,
             memory_header: None,
+            head: Vec::with_capacity(RECORD_HEADER_SIZE),
         }
     }
 
@@ -283,14 +399,61 @@ impl WalReader {
     /// same record is tried again next time (after the limit was raised or
     /// a missing segment arrived).
     pub fn read_record(&mut self) -> Result<Record, ReadError> {
+        let mut payload = Vec::new();
+        let (lsn, end, header) = self.read_next(&mut payload)?;
+        Ok(Record {
+            lsn,
+            end,
+            prev: header.prev,
+            rmid: header.rmid,
+            info: header.info,
+            payload,
+        })
+    }
+
+    /// Read records onto the end of `batch` until it holds `max_records`
+    /// or `max_bytes` of payload, or a record cannot be read: then that
+    /// error is returned and the records before it stay in the batch (the
+    /// position is after them, as with [`read_record`](Self::read_record)).
+    pub fn read_batch(
+        &mut self,
+        batch: &mut RecordBatch,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Option<ReadError> {
+        while batch.len() < max_records && batch.data.len() < max_bytes {
+            let from = batch.data.len();
+            match self.read_next(&mut batch.data) {
+                Ok((lsn, end, h)) => batch.entries.push(BatchEntry {
+                    lsn,
+                    end,
+                    prev: h.prev,
+                    rmid: h.rmid,
+                    info: h.info,
+                    payload: from..batch.data.len(),
+                }),
+                Err(e) => {
+                    batch.data.truncate(from);
+                    return Some(e);
+                }
+            }
+        }
+        None
+    }
+
+    /// The next record, its payload appended to `payload` (left as it was
+    /// on error): its start, the next record's start and its header.
+    fn read_next(&mut self, payload: &mut Vec<u8>) -> Result<(Lsn, Lsn, RecordHeader), ReadError> {
         let start = self.next;
-        match self.read_at(start) {
-            Ok(rec) => {
+        let from = payload.len();
+        match self.read_at(start, payload) {
+            Ok((end, header)) => {
                 self.prev = Some(start);
-                self.next = rec.end;
-                Ok(rec)
+                self.next = end;
+                Ok((start, end, header))
             }
             Err(e) => {
+                payload.truncate(from);
                 // Re-open files next time: one may be replaced meanwhile.
                 self.seg = None;
                 Err(e)
@@ -298,13 +461,14 @@ impl WalReader {
         }
     }
 
-    fn read_at(&mut self, start: Lsn) -> Result<Record, ReadError> {
+    fn read_at(&mut self, start: Lsn, out: &mut Vec<u8>) -> Result<(Lsn, RecordHeader), ReadError> {
         let (header, at, pos, end) = self.read_header(start)?;
         // Grown as bytes arrive: a garbage length must not reserve 1 GiB up front.
-        let mut payload = Vec::with_capacity(header.payload_len().min(1 << 20));
+        out.reserve(header.payload_len().min(1 << 20));
+        let from = out.len();
         let left = header.payload_len() as u64;
-        self.gather(start, pos, header.payload_len(), left, &mut payload)?;
-        let computed = header.compute_crc(start, &payload);
+        self.gather(start, pos, header.payload_len(), left, out)?;
+        let computed = header.compute_crc(start, &out[from..]);
         if computed != header.crc {
             let kind = ReadErrorKind::Crc {
                 computed,
@@ -321,14 +485,7 @@ impl WalReader {
                 },
             )
         })?;
-        Ok(Record {
-            lsn: start,
-            end: next,
-            prev: header.prev,
-            rmid: header.rmid,
-            info: header.info,
-            payload,
-        })
+        Ok((next, header))
     }
 
     /// Read and check the header of the record at `start`: its length
@@ -342,8 +499,22 @@ impl WalReader {
         }
         let bad_len = |tot_len| fail(start, start, ReadErrorKind::BadLength { tot_len });
         self.check_limit(start, data_end(start, 8, seg_size).ok_or(bad_len(0))?)?;
-        let mut head = Vec::with_capacity(RECORD_HEADER_SIZE);
-        let pos = self.gather(start, start, 8, 0, &mut head)?;
+        let mut head = std::mem::take(&mut self.head);
+        head.clear();
+        let result = self.read_header_into(start, &mut head);
+        self.head = head;
+        result
+    }
+
+    /// [`read_header`](Self::read_header) with its scratch space.
+    fn read_header_into(
+        &mut self,
+        start: Lsn,
+        head: &mut Vec<u8>,
+    ) -> Result<(RecordHeader, Lsn, Lsn, Lsn), ReadError> {
+        let seg_size = self.cfg.seg_size;
+        let bad_len = |tot_len| fail(start, start, ReadErrorKind::BadLength { tot_len });
+        let pos = self.gather(start, start, 8, 0, head)?;
         let tot_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let at = Lsn(pos.0 - 8);
         if tot_len == 0 {
@@ -354,9 +525,9 @@ impl WalReader {
         let end = data_end(start, u64::from(tot_len), seg_size).ok_or(bad_len(tot_len))?;
         self.check_limit(start, end)?;
         let rest = u64::from(tot_len) - 8;
-        let pos = self.gather(start, pos, RECORD_HEADER_SIZE - 8, rest, &mut head)?;
+        let pos = self.gather(start, pos, RECORD_HEADER_SIZE - 8, rest, head)?;
         let mut hb = [0u8; RECORD_HEADER_SIZE];
-        hb.copy_from_slice(&head);
+        hb.copy_from_slice(head);
         let header =
             RecordHeader::decode(&hb).map_err(|e| fail(start, at, ReadErrorKind::BadHeader(e)))?;
         if let Some(expected) = self.prev.filter(|p| *p != header.prev) {

@@ -31,6 +31,8 @@
 //!   (spread, and at full speed) against none, `local` and `on`;
 //! - `restart`: `kill -9` with `--restart-records` of WAL since the last
 //!   checkpoint to the first served read, beside Redis 7 with AOF;
+//! - `redo`: crash recovery's redo alone, in this process, over
+//!   `--restart-records` SETs to keys in order and to random keys;
 //! - `scaling`: how cost grows with work: commits/s and CPU per commit
 //!   with 0, 1, 2 and 4 standbys (async, `ANY 1`, `FIRST 2`), walsender
 //!   CPU per standby, RSS per million keys and under 64 clients, and
@@ -75,6 +77,7 @@ pub mod memory;
 pub mod pg;
 pub mod procs;
 pub mod promote;
+pub mod redo;
 pub mod report;
 pub mod restart;
 pub mod scaling;
@@ -192,6 +195,8 @@ pub enum Scenario {
     Checkpoint,
     /// kill -9 to the first served read, beside Redis with AOF.
     Restart,
+    /// Crash recovery's redo alone, in this process.
+    Redo,
     /// How cost grows with standbys, keys and data size.
     Scaling,
 }
@@ -216,6 +221,7 @@ impl Scenario {
             Scenario::Memory => "memory",
             Scenario::Checkpoint => "checkpoint",
             Scenario::Restart => "restart",
+            Scenario::Redo => "redo",
             Scenario::Scaling => "scaling",
         }
     }
@@ -473,6 +479,9 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     if scenarios.contains(&Scenario::Wal) {
         wal_micro::run(args)?;
     }
+    if scenarios.contains(&Scenario::Redo) {
+        redo::run(args)?;
+    }
     let tls = if scenarios.contains(&Scenario::Tls) {
         Some(tls::run(args)?)
     } else {
@@ -500,6 +509,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
                 s,
                 Scenario::Commit
                     | Scenario::Wal
+                    | Scenario::Redo
                     | Scenario::Tls
                     | Scenario::Redis
                     | Scenario::Failover
