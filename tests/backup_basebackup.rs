@@ -302,3 +302,47 @@ fn pg_basebackup_plain_and_tar_backups_verify_and_the_plain_copy_starts() {
         "no streamed segment in pg_wal"
     );
 }
+
+#[test]
+fn backups_of_an_idle_primary_copy_its_last_checkpoint_and_a_write_takes_a_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
+    let node = TestNode::start(&dir, &[]);
+    let mut c = node.client();
+    let _: () = redis::cmd("SET").arg("k").arg("v1").query(&mut c).unwrap();
+    let backup = |name: &str| {
+        let dest = tmp.path().join(name);
+        let s = run(&options(&node, &dest), &mut NoProgress).unwrap();
+        (dest, s)
+    };
+    // The first backup checkpoints the write; the next two log only their
+    // backup-end records, so they copy that checkpoint again (same start)
+    // and each verifies against its own backup-end record.
+    let (_, first) = backup("first");
+    let (_, second) = backup("second");
+    let (third_dir, third) = backup("third");
+    assert_eq!(second.start, first.start);
+    assert_eq!(third.start, first.start);
+    assert!(third.end > second.end && second.end > first.end);
+    assert_eq!(
+        node.log_text()
+            .matches("nothing changed since the last checkpoint")
+            .count(),
+        2
+    );
+    let copy = TestNode::start(&third_dir, &[]);
+    wait_for("the copy to read k", Duration::from_secs(60), || {
+        let v: Option<String> = redis::cmd("GET").arg("k").query(&mut copy.client()).ok()?;
+        v.filter(|v| v == "v1")
+    });
+    drop(copy);
+    // A write since: the next backup checkpoints it.
+    let _: () = redis::cmd("SET").arg("k").arg("v2").query(&mut c).unwrap();
+    let (_, fourth) = backup("fourth");
+    assert!(
+        fourth.start > third.end,
+        "{} after {}",
+        fourth.start,
+        third.end
+    );
+}
