@@ -236,9 +236,22 @@ fn start_pin<S: BackupSource>(
 /// checkpoint (a few backup-end and switch records; more means writes).
 const UNCHANGED_SCAN_RECORDS: usize = 64;
 
+/// A reused checkpoint's WAL may be at most this fraction of its snapshot.
+const REUSE_WAL_FRACTION: u64 = 8;
+
+/// Bytes of the snapshot `control` names (0 when unreadable).
+fn snapshot_bytes(datadir: &Path, control: &ControlFile) -> u64 {
+    let dir = crate::store::checkpoint::snapshot_dir(datadir, control.checkpoint_id);
+    (0..control.checkpoint_chunks)
+        .filter_map(|i| fs::metadata(dir.join(chunk_name(i))).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Whether a new checkpoint of a primary would write exactly the snapshot
 /// of `control`'s: every record after that checkpoint's is a checkpoint,
-/// segment switch, backup end or no-op (what earlier backups log). Then
+/// segment switch, backup end or no-op (what earlier backups log), and
+/// that WAL is small beside the snapshot. Then
 /// the backup copies the last checkpoint, as PostgreSQL's immediate
 /// checkpoint with no dirty buffer writes nothing: walrep's checkpoint
 /// writes the whole store, which would double the disk traffic of a
@@ -249,6 +262,14 @@ fn unchanged_since<S: BackupSource>(node: &S, control: &ControlFile) -> bool {
         return false;
     };
     if tli != control.checkpoint_timeline || inserted < control.checkpoint_lsn {
+        return false;
+    }
+    // Each backup logs a segment switch, so the WAL a reused checkpoint's
+    // copy carries grows by a segment per backup: beyond an eighth of the
+    // snapshot, a new checkpoint is the cheaper copy.
+    let span = inserted.0.saturating_sub(control.redo_lsn.0);
+    let seg = control.wal_segment_size.bytes();
+    if span > seg.max(snapshot_bytes(node.datadir(), control) / REUSE_WAL_FRACTION) {
         return false;
     }
     let wal_dir = DataDir::new(node.datadir()).wal();
