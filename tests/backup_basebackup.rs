@@ -302,3 +302,58 @@ fn pg_basebackup_plain_and_tar_backups_verify_and_the_plain_copy_starts() {
         "no streamed segment in pg_wal"
     );
 }
+
+#[test]
+fn backups_of_an_idle_primary_copy_its_last_checkpoint_until_its_wal_grows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
+    let node = TestNode::start(&dir, &[]);
+    let mut c = node.client();
+    let _: () = redis::cmd("SET").arg("k").arg("v1").query(&mut c).unwrap();
+    let backup = |name: &str| {
+        let dest = tmp.path().join(name);
+        let s = run(&options(&node, &dest), &mut NoProgress).unwrap();
+        (dest, s)
+    };
+    let reused = || {
+        node.log_text()
+            .matches("nothing changed since the last checkpoint")
+            .count()
+    };
+    // The first backup checkpoints the write; the second finds only the
+    // first's backup-end and switch records after that checkpoint, so it
+    // copies it again (same start) and verifies against its own
+    // backup-end record.
+    let (_, first) = backup("first");
+    let (second_dir, second) = backup("second");
+    assert_eq!(second.start, first.start);
+    assert!(second.end > first.end);
+    assert_eq!(reused(), 1);
+    let copy = TestNode::start(&second_dir, &[]);
+    wait_for("the copy to read k", Duration::from_secs(60), || {
+        let v: Option<String> = redis::cmd("GET").arg("k").query(&mut copy.client()).ok()?;
+        v.filter(|v| v == "v1")
+    });
+    drop(copy);
+    // Two switches later the WAL from that redo point is over a segment
+    // (more than an eighth of this tiny snapshot): a new checkpoint.
+    let (_, third) = backup("third");
+    assert!(
+        third.start > second.end,
+        "{} after {}",
+        third.start,
+        second.end
+    );
+    // A write since the last checkpoint: a new one too.
+    let (_, fourth) = backup("fourth");
+    assert_eq!(fourth.start, third.start, "idle again: reused");
+    let _: () = redis::cmd("SET").arg("k").arg("v2").query(&mut c).unwrap();
+    let (_, fifth) = backup("fifth");
+    assert!(
+        fifth.start > fourth.end,
+        "{} after {}",
+        fifth.start,
+        fourth.end
+    );
+    assert_eq!(reused(), 2);
+}

@@ -304,3 +304,49 @@ fn resume_is_refused_without_an_interrupted_copy_and_an_unknown_backup_id() {
     );
     assert!(PendingBackup::read(&dest).unwrap().is_some());
 }
+
+#[test]
+fn a_copy_interrupted_before_the_server_restarts_is_resumed_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
+    let mut primary = TestNode::start(&dir, &[]);
+    let bulk = data_mb() * 1024 * 1024 / BULK_VALUE;
+    write_keys(&primary, "bulk", bulk, BULK_VALUE);
+    let total = (bulk * BULK_VALUE) as u64;
+    let dest = tmp.path().join("copy");
+    let rate = (data_mb() * 1024 / 16).max(512).to_string();
+    let args = [
+        "-R",
+        "--application-name",
+        "restarted",
+        "--jobs",
+        "2",
+        "--max-rate",
+        &rate,
+    ];
+    let mut backup = spawn_backup(&primary, &dest, &args);
+    kill_mid_copy(&mut backup, &dest, total);
+    // The server sees the copy's connections end and records the kept
+    // checkpoint in the data directory.
+    let kept = dir.join("backup_resumable");
+    wait_for(
+        "the kept checkpoint's record",
+        Duration::from_secs(60),
+        || kept.exists().then_some(()),
+    );
+    primary.stop();
+    primary.restart();
+    write_keys(&primary, "after", 50, 100);
+    let resumed_args: Vec<&str> = args.iter().copied().chain(["--resume"]).collect();
+    let out = run_backup(&primary, &dest, &resumed_args);
+    assert!(resumed_chunks(&out) > 0, "{out}");
+    assert!(
+        !kept.exists(),
+        "the resumed backup completed: nothing is kept"
+    );
+    let standby = TestNode::start(&dest, &[]);
+    wait_state(&standby, "Streaming");
+    wait_caught_up(&primary, &standby);
+    check_keys(&standby, "bulk", bulk);
+    check_keys(&standby, "after", 50);
+}

@@ -1,17 +1,28 @@
 //! Extracting a base backup's tar stream into a data directory, refusing
 //! anything that could write outside it: absolute paths, `..`, links,
 //! devices, names that are not UTF-8, a member written twice. Files are
-//! created new (0600) and fsynced as they are written; every directory is
-//! fsynced at the end, so a finished extraction survives a crash. All of it
+//! created new (0600); small ones are fsynced as they are written, large
+//! ones (the snapshot's chunks, WAL segments) have their writeback started
+//! as they are written and are fsynced at the end, then every directory,
+//! so a finished extraction survives a crash. All of it
 //! (`backup_label`, the snapshot, the WAL) goes through a [`Storage`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use crate::storage::{durable_create_dir, OpenFor, SeqWriter, Storage, StorageError};
+
+/// Files at least this large are fsynced at the end of the extraction
+/// (their writeback started as they are written), not one by one as they
+/// finish: the network copy goes on while the disk writes.
+const DEFER_SYNC_BYTES: u64 = 1 << 20;
+/// Most files waiting for that fsync (each holds a descriptor).
+const MAX_UNSYNCED: usize = 64;
+/// Bytes written between two writeback requests of a large file.
+const WRITEBACK_EVERY_BYTES: u64 = 8 << 20;
 
 /// Deepest member path accepted (walrep's layout is 3 levels deep).
 const MAX_DEPTH: usize = 8;
@@ -116,6 +127,9 @@ pub struct Extractor {
     /// Members read through, not written, when the file is already there
     /// (a resumed two-phase copy's first-phase files).
     keep: BTreeSet<PathBuf>,
+    /// Large files written and not fsynced yet, oldest first (at most
+    /// [`MAX_UNSYNCED`]); [`Extractor::finish`] fsyncs them.
+    unsynced: VecDeque<(fs::File, PathBuf)>,
 }
 
 impl Extractor {
@@ -129,6 +143,7 @@ impl Extractor {
             dirs,
             stats: ExtractStats::default(),
             keep: BTreeSet::new(),
+            unsynced: VecDeque::new(),
         }
     }
 
@@ -146,7 +161,7 @@ impl Extractor {
     }
 
     /// [`extract`](Self::extract), calling `after_file` with each file's
-    /// path inside the target once it is written and fsynced (a two-phase
+    /// path inside the target once it is written (and fsynced if small: a two-phase
     /// backup finishes its first phase when `walrep.toml` is there).
     pub fn extract_with<R: Read>(
         &mut self,
@@ -244,7 +259,13 @@ impl Extractor {
                 }
             })?;
         copy(data, &mut f)?;
-        let n = f.finish()?;
+        let n = if f.written() >= DEFER_SYNC_BYTES {
+            let (file, n) = f.finish_unsynced()?;
+            self.defer_sync(file, path.clone())?;
+            n
+        } else {
+            f.finish()?
+        };
         self.stats.files += 1;
         self.stats.bytes += n;
         if let Some(parent) = path.parent() {
@@ -253,8 +274,31 @@ impl Extractor {
         Ok(())
     }
 
-    /// fsync every directory written into; returns what was extracted.
-    pub fn finish(self) -> Result<ExtractStats, ExtractError> {
+    /// Keep `file` open to fsync it in [`finish`](Self::finish); the
+    /// oldest is fsynced now when [`MAX_UNSYNCED`] are waiting.
+    fn defer_sync(&mut self, file: fs::File, path: PathBuf) -> Result<(), ExtractError> {
+        if self.unsynced.len() >= MAX_UNSYNCED {
+            self.sync_oldest()?;
+        }
+        self.unsynced.push_back((file, path));
+        Ok(())
+    }
+
+    fn sync_oldest(&mut self) -> Result<(), ExtractError> {
+        if let Some((file, path)) = self.unsynced.pop_front() {
+            self.storage
+                .sync_all(&file, &path)
+                .map_err(|e| StorageError::at("fsync", &path)(e))?;
+        }
+        Ok(())
+    }
+
+    /// fsync every file not synced yet, then every directory written
+    /// into; returns what was extracted.
+    pub fn finish(mut self) -> Result<ExtractStats, ExtractError> {
+        while !self.unsynced.is_empty() {
+            self.sync_oldest()?;
+        }
         // Deepest first, so each entry is durable before its parent's.
         for d in self.dirs.iter().rev() {
             crate::storage::sync_dir(&*self.storage, d)?;
@@ -325,7 +369,12 @@ pub fn drain(mut input: impl Read, limit: u64) -> Result<u64, ExtractError> {
 /// Copy a member's data, telling stream errors from disk errors.
 fn copy(data: &mut impl Read, f: &mut SeqWriter<'_>) -> Result<(), ExtractError> {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut writeback_at = WRITEBACK_EVERY_BYTES;
     loop {
+        if f.written() >= writeback_at {
+            f.start_writeback()?;
+            writeback_at = f.written() + WRITEBACK_EVERY_BYTES;
+        }
         let n = match data.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,

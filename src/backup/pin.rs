@@ -9,13 +9,30 @@
 //! snapshot's chunks split in parts that other connections claim with
 //! `JOIN`; each claim takes its own pin under the same lock, so a part
 //! is never copied from a snapshot a checkpoint could remove.
+//!
+//! The checkpoint of an interrupted resumable backup stays pinned for
+//! [`RESUME_WINDOW`]; a node opened with [`BackupPins::open`] also keeps
+//! those pins in [`RESUMABLE_FILE`] in its data directory (written
+//! durably, read at start-up, expiring by wall-clock time), so `RESUME`
+//! works after the server restarts too. PostgreSQL has no resumable base
+//! backup: this file is walrep's extension.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::storage::Storage;
+use crate::store::control::now_ms;
 use crate::store::ControlFile;
 use crate::Lsn;
+
+/// The file in the data directory holding the kept checkpoints of
+/// interrupted resumable backups (one line each), so a restarted server
+/// still resumes them.
+pub const RESUMABLE_FILE: &str = "backup_resumable";
+/// Its first line (the format's version).
+const RESUMABLE_HEADER: &str = "walrep resumable base backups 1";
 
 /// How long the checkpoint of a failed resumable backup stays pinned,
 /// waiting for `RESUME`: long enough to restart a killed client, short
@@ -36,6 +53,8 @@ struct Pinned {
 #[derive(Debug, Default)]
 pub struct BackupPins {
     inner: Mutex<PinsInner>,
+    /// Where kept backups are persisted (none in tests of the pins alone).
+    file: Option<(Arc<dyn Storage>, PathBuf)>,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +78,8 @@ struct Kept {
     backup: KeptBackup,
     /// The pin is released after this.
     until: Instant,
+    /// The same, milliseconds since the epoch (what survives a restart).
+    until_unix_ms: u64,
 }
 
 /// What a resumed backup needs of the one it finishes: the checkpoint it
@@ -74,7 +95,7 @@ pub struct KeptBackup {
 /// Why an interrupted backup cannot be resumed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResumeError {
-    #[error("no interrupted base backup \"{0}\" can be resumed: it completed, its checkpoint was released (a failed backup keeps it {window} minutes), or the server restarted since; take a new base backup", window = RESUME_WINDOW.as_secs() / 60)]
+    #[error("no interrupted base backup \"{0}\" can be resumed: it completed, or its checkpoint was released (a failed backup keeps it {window} minutes); take a new base backup", window = RESUME_WINDOW.as_secs() / 60)]
     Gone(String),
     #[error(
         "base backup \"{0}\" is still running on the server (its connection has not ended yet)"
@@ -122,8 +143,72 @@ impl BackupPins {
         Arc::new(BackupPins::default())
     }
 
+    /// The pins of the node in `datadir`: the kept backups of
+    /// [`RESUMABLE_FILE`] whose window has not ended are pinned again
+    /// (those whose snapshot is gone are dropped). A file that cannot be
+    /// read or parsed costs only the resumes it held: it is logged and
+    /// ignored, never a reason not to start.
+    pub fn open(storage: Arc<dyn Storage>, datadir: &Path) -> Arc<BackupPins> {
+        let path = datadir.join(RESUMABLE_FILE);
+        let mut inner = PinsInner::default();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                for (id, kept) in parse_kept(&text, now_ms()) {
+                    let snapshot =
+                        crate::store::checkpoint::snapshot_dir(datadir, kept.pinned.snapshot_id);
+                    if snapshot.is_dir() {
+                        tracing::info!(backup_id = %id, redo = %kept.pinned.redo, "the checkpoint of an interrupted base backup stays pinned for RESUME");
+                        inner.kept.insert(id, kept);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "could not read the interrupted base backups: none can be resumed")
+            }
+        }
+        let pins = BackupPins {
+            inner: Mutex::new(inner),
+            file: Some((storage, path)),
+        };
+        let g = pins.lock();
+        pins.persist(&g);
+        drop(g);
+        Arc::new(pins)
+    }
+
+    /// Write the kept backups to [`RESUMABLE_FILE`] (durably; removed when
+    /// there are none). A failure is logged: the pins still hold in
+    /// memory, only a restart would lose them.
+    fn persist(&self, g: &PinsInner) {
+        let Some((storage, path)) = &self.file else {
+            return;
+        };
+        let result = if g.kept.is_empty() {
+            crate::storage::durable_remove(&**storage, path)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        } else {
+            crate::storage::durable_replace(&**storage, path, format_kept(&g.kept).as_bytes())
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = result {
+            tracing::warn!(file = %path.display(), error = %e, "could not record the interrupted base backups: a restart will not resume them");
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, PinsInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lock, with kept backups whose window ended released (and the
+    /// file rewritten if any was).
+    fn expired_locked(&self) -> MutexGuard<'_, PinsInner> {
+        let mut g = self.lock();
+        if g.expire(Instant::now()) {
+            self.persist(&g);
+        }
+        g
     }
 
     /// Pin snapshot `snapshot_id` and the WAL from `redo` until the
@@ -143,16 +228,14 @@ impl BackupPins {
 
     /// Snapshot ids no checkpoint may remove.
     pub fn pinned_snapshots(&self) -> Vec<u64> {
-        let mut g = self.lock();
-        g.expire(Instant::now());
+        let g = self.expired_locked();
         let kept = g.kept.values().map(|k| k.pinned.snapshot_id);
         g.pins.values().map(|p| p.snapshot_id).chain(kept).collect()
     }
 
     /// The oldest WAL position a backup still copies (or may resume).
     pub fn oldest_redo(&self) -> Option<Lsn> {
-        let mut g = self.lock();
-        g.expire(Instant::now());
+        let g = self.expired_locked();
         let kept = g.kept.values().map(|k| k.pinned.redo);
         g.pins.values().map(|p| p.redo).chain(kept).min()
     }
@@ -175,14 +258,17 @@ impl BackupPins {
             return;
         };
         let until = Instant::now() + window;
+        let until_unix_ms = now_ms().saturating_add(window.as_millis() as u64);
         g.kept.insert(
             id.to_string(),
             Kept {
                 pinned,
                 backup,
                 until,
+                until_unix_ms,
             },
         );
+        self.persist(&g);
         drop(g);
         drop(pin);
     }
@@ -191,14 +277,14 @@ impl BackupPins {
     /// own (the kept entry is gone; the resumed backup keeps it again if
     /// it fails too).
     pub fn resume(self: &Arc<Self>, id: &str) -> Result<(BackupPin, KeptBackup), ResumeError> {
-        let mut g = self.lock();
-        g.expire(Instant::now());
+        let mut g = self.expired_locked();
         let Some(kept) = g.kept.remove(id) else {
             return Err(match g.active.contains(id) {
                 true => ResumeError::StillRunning(id.to_string()),
                 false => ResumeError::Gone(id.to_string()),
             });
         };
+        self.persist(&g);
         let n = g.next;
         g.next += 1;
         g.pins.insert(n, kept.pinned);
@@ -211,8 +297,7 @@ impl BackupPins {
 
     /// Failed backups waiting for `RESUME` (for INFO and tests).
     pub fn kept_count(&self) -> usize {
-        let mut g = self.lock();
-        g.expire(Instant::now());
+        let g = self.expired_locked();
         g.kept.len()
     }
 
@@ -292,8 +377,9 @@ impl BackupPins {
 }
 
 impl PinsInner {
-    /// Release kept backups whose window has ended.
-    fn expire(&mut self, now: Instant) {
+    /// Release kept backups whose window has ended; whether any was.
+    fn expire(&mut self, now: Instant) -> bool {
+        let before = self.kept.len();
         self.kept.retain(|id, k| {
             let keep = k.until > now;
             if !keep {
@@ -301,7 +387,91 @@ impl PinsInner {
             }
             keep
         });
+        self.kept.len() != before
     }
+}
+
+/// [`RESUMABLE_FILE`]'s text: the header, then per kept backup its id,
+/// snapshot, redo point, start time, end of window (ms since the epoch)
+/// and the control file naming its checkpoint, in hex.
+fn format_kept(kept: &BTreeMap<String, Kept>) -> String {
+    let mut out = format!("{RESUMABLE_HEADER}\n");
+    for (id, k) in kept {
+        let control: String = k
+            .backup
+            .control
+            .encode()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        out.push_str(&format!(
+            "{id} {} {} {} {} {control}\n",
+            k.pinned.snapshot_id, k.pinned.redo.0, k.backup.started_unix, k.until_unix_ms
+        ));
+    }
+    out
+}
+
+/// The kept backups of [`RESUMABLE_FILE`]'s `text` whose window has not
+/// ended at `now_unix_ms`; lines that do not parse are logged and skipped.
+fn parse_kept(text: &str, now_unix_ms: u64) -> Vec<(String, Kept)> {
+    let mut lines = text.lines();
+    if lines.next() != Some(RESUMABLE_HEADER) {
+        tracing::warn!(
+            "{RESUMABLE_FILE} has an unknown format: no interrupted base backup can be resumed"
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for line in lines {
+        match parse_kept_line(line) {
+            Some((id, k)) if k.until_unix_ms > now_unix_ms => {
+                let left = Duration::from_millis(k.until_unix_ms - now_unix_ms);
+                out.push((
+                    id,
+                    Kept {
+                        until: Instant::now() + left.min(RESUME_WINDOW),
+                        ..k
+                    },
+                ));
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                line,
+                "{RESUMABLE_FILE}: a line that does not parse is skipped"
+            ),
+        }
+    }
+    out
+}
+
+fn parse_kept_line(line: &str) -> Option<(String, Kept)> {
+    let f: Vec<&str> = line.split(' ').collect();
+    let [id, snapshot, redo, started, until, control] = f[..] else {
+        return None;
+    };
+    let valid_id = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid_id || control.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = (0..control.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(control.get(i..i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let control = ControlFile::decode(&bytes, RESUMABLE_FILE).ok()?;
+    let kept = Kept {
+        pinned: Pinned {
+            snapshot_id: snapshot.parse().ok()?,
+            redo: Lsn(redo.parse().ok()?),
+        },
+        backup: KeptBackup {
+            control,
+            started_unix: started.parse().ok()?,
+        },
+        until: Instant::now(),
+        until_unix_ms: until.parse().ok()?,
+    };
+    Some((id.to_string(), kept))
 }
 
 /// A running resumable backup; dropping it unmarks it.
@@ -399,6 +569,60 @@ mod tests {
         assert!(pins.pinned_snapshots().is_empty());
         assert_eq!(pins.oldest_redo(), None);
         assert!(matches!(pins.resume("b"), Err(ResumeError::Gone(_))));
+    }
+
+    #[test]
+    fn kept_backups_survive_a_reopen_until_their_window_ends() {
+        let d = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::StdStorage);
+        std::fs::create_dir_all(crate::store::checkpoint::snapshot_dir(d.path(), 9)).unwrap();
+        let pins = BackupPins::open(storage.clone(), d.path());
+        let backup_ab = kept(9);
+        let pin = pins.pin(9, Lsn(0x900));
+        pins.keep(pin, "ab12", backup_ab.clone(), RESUME_WINDOW);
+        let pin = pins.pin(9, Lsn(0x900));
+        pins.keep(pin, "cd34", kept(9), RESUME_WINDOW);
+        assert!(d.path().join(RESUMABLE_FILE).exists());
+        drop(pins);
+        // As after a restart: both pinned again, resumable once.
+        let pins = BackupPins::open(storage.clone(), d.path());
+        assert_eq!(pins.kept_count(), 2);
+        assert_eq!(pins.pinned_snapshots(), vec![9, 9]);
+        assert_eq!(pins.oldest_redo(), Some(Lsn(0x900)));
+        let (pin, backup) = pins.resume("ab12").unwrap();
+        assert_eq!(backup, backup_ab);
+        drop(pin);
+        drop(pins);
+        let pins = BackupPins::open(storage.clone(), d.path());
+        assert!(matches!(pins.resume("ab12"), Err(ResumeError::Gone(_))));
+        let (pin, _) = pins.resume("cd34").unwrap();
+        // None left: the file is gone.
+        assert!(!d.path().join(RESUMABLE_FILE).exists());
+        drop(pin);
+        // A window that ended (by the wall clock) is not pinned again.
+        let mut one = BTreeMap::new();
+        one.insert(
+            "ef56".to_string(),
+            Kept {
+                pinned: Pinned {
+                    snapshot_id: 9,
+                    redo: Lsn(0x900),
+                },
+                backup: kept(9),
+                until: Instant::now(),
+                until_unix_ms: 1_000,
+            },
+        );
+        let text = format_kept(&one);
+        assert_eq!(parse_kept(&text, 999).len(), 1);
+        assert!(parse_kept(&text, 1_000).is_empty());
+        // Garbage is ignored, not a reason not to start.
+        std::fs::write(d.path().join(RESUMABLE_FILE), "x\ny z").unwrap();
+        assert_eq!(BackupPins::open(storage.clone(), d.path()).kept_count(), 0);
+        let mut text = format!("{RESUMABLE_HEADER}\nnot-hex 9 1 1 {} 00\n", u64::MAX);
+        text.push_str("ef56 9 2304 1 bad 00\n");
+        std::fs::write(d.path().join(RESUMABLE_FILE), text).unwrap();
+        assert_eq!(BackupPins::open(storage, d.path()).kept_count(), 0);
     }
 
     #[test]

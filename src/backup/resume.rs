@@ -136,6 +136,11 @@ fn check_chunks(datadir: &Path) -> Result<(Vec<u32>, u64, u64), ResumeError> {
             .flatten();
         match intact {
             Some(n) => {
+                // The interrupted copy fsyncs its chunks at its end, which
+                // it may not have reached: a kept chunk is made durable now.
+                fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_err("fsync", &path))?;
                 kept.push(n);
                 bytes += e.metadata().map_err(io_err("stat", &path))?.len();
             }

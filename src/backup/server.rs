@@ -51,7 +51,7 @@ use crate::replication::sqlstate::{self as code, PgError};
 use crate::store::checkpoint::chunk_name;
 use crate::store::control::{now_ms, CONTROL_FILE};
 use crate::store::{ClusterState, ControlFile};
-use crate::wal::{WalError, WalFile, WalFileKind};
+use crate::wal::{WalError, WalFile, WalFileKind, XlogRecord};
 use crate::{Lsn, SegNo, TimelineId};
 
 /// Type OIDs of the result set columns.
@@ -169,6 +169,7 @@ pub fn serve<S: BackupSource>(
         started_unix,
         manifest: (options.manifest != "no")
             .then(|| Manifest::new(kind, options.manifest == "force-encode")),
+        read_buf: vec![0u8; READ_CHUNK],
         pins: Arc::clone(&pins),
         pin: &pin,
         id: id.clone(),
@@ -212,9 +213,13 @@ fn start_pin<S: BackupSource>(
     node: &S,
     options: &BaseBackupOptions,
 ) -> Result<(BackupPin, ControlFile), PgError> {
-    if options.checkpoint == CheckpointMode::Last {
+    if options.checkpoint == CheckpointMode::Last || node.is_primary() {
         let (pin, control) = node.pin_last_checkpoint().ok_or_else(shutting_down)?;
-        if control.checkpoint_lsn != Lsn::INVALID {
+        let last = options.checkpoint == CheckpointMode::Last;
+        if control.checkpoint_lsn != Lsn::INVALID && (last || unchanged_since(node, &control)) {
+            if !last {
+                tracing::info!(checkpoint = %control.checkpoint_lsn, "nothing changed since the last checkpoint: the base backup copies it");
+            }
             return Ok((pin, control));
         }
     }
@@ -225,6 +230,83 @@ fn start_pin<S: BackupSource>(
         )
     })?;
     node.pin_last_checkpoint().ok_or_else(shutting_down)
+}
+
+/// Most WAL records read to decide that nothing changed since the last
+/// checkpoint (a few backup-end and switch records; more means writes).
+const UNCHANGED_SCAN_RECORDS: usize = 64;
+
+/// A reused checkpoint's WAL may be at most this fraction of its snapshot.
+const REUSE_WAL_FRACTION: u64 = 8;
+
+/// Bytes of the snapshot `control` names (0 when unreadable).
+fn snapshot_bytes(datadir: &Path, control: &ControlFile) -> u64 {
+    let dir = crate::store::checkpoint::snapshot_dir(datadir, control.checkpoint_id);
+    (0..control.checkpoint_chunks)
+        .filter_map(|i| fs::metadata(dir.join(chunk_name(i))).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Whether a new checkpoint of a primary would write exactly the snapshot
+/// of `control`'s: every record after that checkpoint's is a checkpoint,
+/// segment switch, backup end or no-op (what earlier backups log), and
+/// that WAL is small beside the snapshot. Then
+/// the backup copies the last checkpoint, as PostgreSQL's immediate
+/// checkpoint with no dirty buffer writes nothing: walrep's checkpoint
+/// writes the whole store, which would double the disk traffic of a
+/// backup of an idle node. Any doubt (a read error, a timeline change, a
+/// long tail) means "changed", and a checkpoint is taken.
+fn unchanged_since<S: BackupSource>(node: &S, control: &ControlFile) -> bool {
+    let Some((tli, inserted)) = node.wal_position() else {
+        return false;
+    };
+    if tli != control.checkpoint_timeline || inserted < control.checkpoint_lsn {
+        return false;
+    }
+    // Each backup logs a segment switch, so the WAL a reused checkpoint's
+    // copy carries grows by a segment per backup: beyond an eighth of the
+    // snapshot, a new checkpoint is the cheaper copy.
+    let span = inserted.0.saturating_sub(control.redo_lsn.0);
+    let seg = control.wal_segment_size.bytes();
+    if span > seg.max(snapshot_bytes(node.datadir(), control) / REUSE_WAL_FRACTION) {
+        return false;
+    }
+    let wal_dir = DataDir::new(node.datadir()).wal();
+    let Ok(history) = crate::wal::read_history(&wal_dir, tli) else {
+        return false;
+    };
+    let cfg = crate::wal::ReaderConfig {
+        dir: wal_dir,
+        system_id: control.system_identifier,
+        seg_size: control.wal_segment_size,
+        history,
+    };
+    let mut reader = crate::wal::WalReader::new(cfg, control.checkpoint_lsn);
+    reader.set_limit(Some(inserted));
+    for _ in 0..UNCHANGED_SCAN_RECORDS {
+        let Ok(rec) = reader.read_record() else {
+            return false;
+        };
+        let harmless = matches!(
+            rec.xlog(),
+            Some(Ok(XlogRecord::Checkpoint(_)
+                | XlogRecord::Switch
+                | XlogRecord::BackupEnd { .. }
+                | XlogRecord::Noop))
+        );
+        if !harmless {
+            return false;
+        }
+        // After a switch the insert position is past the next segment's
+        // header, where no record starts yet.
+        let past_header = rec.end.segment_offset(control.wal_segment_size) == 0
+            && inserted.0 <= rec.end.0 + crate::wal::SEG_HEADER_SIZE;
+        if rec.end >= inserted || past_header {
+            return true;
+        }
+    }
+    false
 }
 
 /// `RESUME 'id'`: the kept checkpoint of interrupted backup `id`. A
@@ -363,7 +445,12 @@ fn serve_part<S: BackupSource>(
     let dir = format!("{BASE_DIR}/{:016X}", part.snapshot_id);
     let written = header(&dir, Member::Directory, 0)
         .and_then(|h| tar.append(&h, io::empty()))
-        .and_then(|()| files.iter().try_for_each(|f| append_plain(&mut tar, f)));
+        .and_then(|()| {
+            let mut buf = vec![0u8; READ_CHUNK];
+            files
+                .iter()
+                .try_for_each(|f| append_plain(&mut tar, f, &mut buf))
+        });
     if let Err(e) = written {
         return Err(if tar.get_ref().client_failed {
             lost(e)
@@ -405,18 +492,20 @@ fn part_files(datadir: &Path, part: &ClaimedPart) -> Result<Vec<SourceFile>, PgE
 }
 
 /// A file member without a manifest entry (a part's chunks).
-fn append_plain(tar: &mut tar::Builder<CopyWriter<'_>>, f: &SourceFile) -> io::Result<()> {
+fn append_plain(
+    tar: &mut tar::Builder<CopyWriter<'_>>,
+    f: &SourceFile,
+    buf: &mut [u8],
+) -> io::Result<()> {
     let file = File::open(&f.path).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("could not open file \"{}\": {e}", f.path.display()),
         )
     })?;
-    let data = ExactReader::new(file, f.size, f.path.display().to_string());
-    tar.append(
-        &header(&f.name, Member::File { size: f.size }, f.mtime)?,
-        data,
-    )
+    let mut data = ExactReader::new(file, f.size, f.path.display().to_string());
+    let h = header(&f.name, Member::File { size: f.size }, f.mtime)?;
+    copy_member(tar.get_mut(), &h, &mut data, buf)
 }
 
 fn io_error(e: io::Error) -> PgError {
@@ -448,6 +537,8 @@ struct Backup<'n, S: BackupSource> {
     started_unix: u64,
     /// The manifest being built, when the client asked for one.
     manifest: Option<Manifest>,
+    /// Where file contents are read into ([`READ_CHUNK`] bytes).
+    read_buf: Vec<u8>,
 }
 
 /// A file of the archive: its name in the tar and where to read it.
@@ -824,12 +915,44 @@ impl<S: BackupSource> Backup<'_, S> {
             .as_ref()
             .map_or(ChecksumKind::None, Manifest::kind);
         let mut reader = HashingReader::new(data, kind);
-        tar.append(&h, &mut reader)?;
+        copy_member(tar.get_mut(), &h, &mut reader, &mut self.read_buf)?;
         if let Some(m) = &mut self.manifest {
             m.add_file(name, size, mtime, reader.hasher.finish());
         }
         Ok(())
     }
+}
+
+/// Bytes read from a file at a time: the tar crate's own copy reads 8 kB
+/// at a time, which is 32 times the read calls (and checksum calls).
+const READ_CHUNK: usize = 256 * 1024;
+/// A tar block: members are padded to a multiple of it.
+const TAR_BLOCK: u64 = 512;
+
+/// One tar member: `header`, the bytes of `data` read `buf.len()` at a
+/// time, zero padding to the next block (what `tar::Builder::append`
+/// writes, with fewer, larger reads).
+fn copy_member(
+    out: &mut CopyWriter<'_>,
+    header: &tar::Header,
+    data: &mut impl io::Read,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    use io::Write;
+    out.write_all(header.as_bytes())?;
+    let mut len = 0u64;
+    loop {
+        let n = match data.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
+        len += n as u64;
+    }
+    let pad = (TAR_BLOCK - len % TAR_BLOCK) % TAR_BLOCK;
+    out.write_all(&[0u8; TAR_BLOCK as usize][..pad as usize])
 }
 
 /// The segment holding the last byte of WAL before `end` (a record that

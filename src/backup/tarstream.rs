@@ -70,8 +70,14 @@ impl<'a> CopyWriter<'a> {
         }
         let r = self.out.data(&self.buf);
         self.client(r)?;
-        self.done += self.buf.len() as u64;
+        let n = self.buf.len();
         self.buf.clear();
+        self.sent(n)
+    }
+
+    /// `n` more bytes went to the client: progress and throttling.
+    fn sent(&mut self, n: usize) -> io::Result<()> {
+        self.done += n as u64;
         if self.last_progress.elapsed() >= PROGRESS_INTERVAL {
             self.last_progress = Instant::now();
             let r = self.out.progress(self.done);
@@ -104,6 +110,13 @@ impl<'a> CopyWriter<'a> {
 
 impl Write for CopyWriter<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.is_empty() && data.len() >= COPY_CHUNK {
+            // A whole message's worth: sent as it is, not copied first.
+            let r = self.out.data(&data[..COPY_CHUNK]);
+            self.client(r)?;
+            self.sent(COPY_CHUNK)?;
+            return Ok(COPY_CHUNK);
+        }
         let room = COPY_CHUNK - self.buf.len();
         let n = data.len().min(room);
         self.buf.extend_from_slice(&data[..n]);

@@ -237,8 +237,12 @@ fn check_wal(
                 check("checkpoint record's redo point", c.redo, control.redo_lsn)?;
                 saw_checkpoint = true;
             }
-            Some(Ok(XlogRecord::BackupEnd { start })) if start == control.redo_lsn => {
-                check("end of the backup-end record", rec.end, end)?;
+            // Earlier backups of an idle node copied the same checkpoint
+            // and logged backup-end records of the same start: this
+            // backup's is the one that ends where the server said.
+            Some(Ok(XlogRecord::BackupEnd { start }))
+                if start == control.redo_lsn && rec.end == end =>
+            {
                 saw_backup_end = true;
             }
             _ => {}
@@ -257,7 +261,7 @@ fn check_wal(
     }
     if !saw_backup_end {
         return Err(VerifyError::Wal(format!(
-            "no backup-end record for the backup started at {}",
+            "no backup-end record for the backup started at {} ending at {end}",
             control.redo_lsn
         )));
     }

@@ -134,6 +134,8 @@ impl RunningNode {
             dir.root.clone(),
             control,
         ));
+        // Before any checkpoint: what interrupted backups kept stays kept.
+        let backup_pins = crate::backup::pin::BackupPins::open(storage.clone(), &dir.root);
         let node = Arc::new(Node {
             dir,
             config,
@@ -169,7 +171,7 @@ impl RunningNode {
             }),
             wal_threads: Mutex::new(WalThreads::default()),
             exit_tx,
-            backup_pins: crate::backup::pin::BackupPins::new(),
+            backup_pins,
             instance_id: rand::random(),
             wal_repairs: Default::default(),
         });

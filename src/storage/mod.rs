@@ -570,6 +570,16 @@ impl<'a> SeqWriter<'a> {
         r
     }
 
+    /// Write what is buffered and start its writeback, without waiting
+    /// for it: the open file and its length, for a caller that fsyncs it
+    /// later through [`Storage::sync_all`] (many files written one after
+    /// another are then synced together at the end, as pg_basebackup
+    /// does, instead of each waiting for the disk in turn).
+    pub fn finish_unsynced(mut self) -> Result<(File, u64), StorageError> {
+        self.start_writeback()?;
+        Ok((self.file, self.offset))
+    }
+
     /// Write what is buffered and fsync the file; returns its length.
     pub fn finish(mut self) -> Result<u64, StorageError> {
         self.write_buffer()?;

@@ -67,6 +67,12 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
         cluster::init(&ctx.exe, &pdir)?;
         let primary = Node::start(&ctx.exe, &pdir, &[])?;
         fill(&primary, mb)?;
+        // The anchor's fill ends with CHECKPOINT, so pg_basebackup's
+        // backup-start checkpoint has nothing to write; a shutdown
+        // checkpoint does the same here (a backup of a node with nothing
+        // new since its last checkpoint copies that one).
+        primary.stop();
+        let primary = Node::start(&ctx.exe, &pdir, &[])?;
         if mb == big_mb {
             for (j, fig) in [1u32, 2, 4].into_iter().zip(jobs_f.iter_mut()) {
                 ctx.probe(&format!("before --jobs {j}"), true)?;
