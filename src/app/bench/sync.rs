@@ -1,10 +1,15 @@
 //! Commits per second and latency for each `synchronous_commit` level with
 //! one synchronous standby on this machine, beside PostgreSQL
-//! 15 measured by `shared/anchors/02_pgbench.sh` in the same run.
+//! 15 measured by `shared/anchors/02_pgbench.sh` (one repetition) right
+//! after each walrep repetition: interleaved, so that both see the same
+//! phase of a shared machine's disk and CPU.
 //!
 //! A primary with `synchronous_standby_names = standby1` and a standby
-//! from `walrep basebackup -R`; the primary is restarted with each level
-//! (the standby reconnects). Per level and client count: redis-benchmark
+//! from `walrep basebackup -R`; both are restarted for each level. `on`
+//! runs twice: with the standby asking for WAL while the primary flushes
+//! it (the default) and with `wal_receiver_unflushed = off` (flushed WAL
+//! only, as PostgreSQL), beside the same PostgreSQL cell. Per level and
+//! client count: redis-benchmark
 //! SET (16-byte values, random keys over 100k), calibrated to last
 //! `--seconds`, with the fdatasync probe right before and after.
 //!
