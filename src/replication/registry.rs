@@ -112,7 +112,8 @@ pub enum WalSenderChange {
 pub trait ReplicationObserver: Send + Sync {
     /// `status` is the walsender's entry after the change (for
     /// `Disconnected`, its last state). Called on the thread that made the
-    /// change (the walsender's): keep it short, it delays that walsender.
+    /// change (the walsender's, or for `Reply` its connection's reader
+    /// thread): keep it short, it delays that thread.
     fn walsender_changed(&self, change: WalSenderChange, status: &WalSenderStatus);
 }
 
