@@ -87,6 +87,7 @@ fn config(conninfo: String, segdir: Arc<SegmentDir>, start: Lsn, system_id: u64)
         status_interval: Some(Duration::from_millis(200)),
         timeout: Some(Duration::from_secs(30)),
         hot_standby_feedback: false,
+        receive_unflushed: true,
         connect_timeout: DEADLINE,
         restart_wait: DEADLINE,
         connect_delay: Duration::ZERO,
@@ -528,6 +529,7 @@ fn a_slot_and_hot_standby_feedback_reach_the_upstream() {
     let cfg = ReceiverConfig {
         slot_name: Some("standby_slot".into()),
         hot_standby_feedback: true,
+        receive_unflushed: true,
         ..config(
             server.conninfo("application_name=s3"),
             segdir,

@@ -624,6 +624,11 @@ pub struct Config {
     pub hot_standby: Bool,
     /// Send hot standby feedback ('h') messages upstream.
     pub hot_standby_feedback: Bool,
+    /// Ask a walrep upstream for WAL while it is still flushing it (its
+    /// flush position comes along; nothing past it is exposed or applied
+    /// here before the upstream confirms it). Off: only flushed WAL, as
+    /// PostgreSQL's walreceiver gets.
+    pub wal_receiver_unflushed: Bool,
     /// Nodes a damaged WAL segment may be fetched again from at start-up
     /// (libpq connection strings, asked with WAL_RANGE): a primary has no
     /// standby connected then, so it must be told where they are. A standby
@@ -762,6 +767,7 @@ impl Default for Config {
             wal_receiver_timeout: Time::ms(60_000),
             hot_standby: Bool(true),
             hot_standby_feedback: Bool(false),
+            wal_receiver_unflushed: Bool(true),
             wal_repair_sources: Vec::new(),
             roles: Vec::new(),
             requirepass: String::new(),
@@ -839,6 +845,7 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "wal_receiver_timeout", section: "Replication (standby)", help: "Give up on an upstream silent for this long." },
     ParamDoc { name: "hot_standby", section: "Replication (standby)", help: "Answer reads on a standby." },
     ParamDoc { name: "hot_standby_feedback", section: "Replication (standby)", help: "Send hot standby feedback ('h') messages upstream." },
+    ParamDoc { name: "wal_receiver_unflushed", section: "Replication (standby)", help: "Ask a walrep upstream for WAL while it is still flushing it (a commit at `on` then costs one fdatasync plus a round trip, not two fdatasyncs); nothing past the upstream's flush position is exposed or applied. Off: only flushed WAL, as PostgreSQL." },
     ParamDoc { name: "wal_repair_sources", section: "Replication (standby)", help: "Connection strings of nodes (standbys, an upstream) a damaged WAL segment may be fetched again from at start-up with WAL_RANGE, after restore_command: a list, or one string. A standby also asks its primary_conninfo." },
     ParamDoc { name: "roles", section: "Security", help: "[[roles]] of both ports: name, password (a SCRAM-SHA-256 verifier made by `walrep passwd`, never a clear password), replication (may stream WAL and take base backups; a role not listed may only through a trust line) and redis (none, readonly, readwrite or admin: its Redis ACL)." },
     ParamDoc { name: "requirepass", section: "Security", help: "SCRAM-SHA-256 verifier of the Redis port's default user (AUTH <password>); empty: the default user needs no password (and protected_mode applies). A role named default overrides it." },

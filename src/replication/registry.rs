@@ -112,7 +112,8 @@ pub enum WalSenderChange {
 pub trait ReplicationObserver: Send + Sync {
     /// `status` is the walsender's entry after the change (for
     /// `Disconnected`, its last state). Called on the thread that made the
-    /// change (the walsender's): keep it short, it delays that walsender.
+    /// change (the walsender's, or for `Reply` its connection's reader
+    /// thread): keep it short, it delays that thread.
     fn walsender_changed(&self, change: WalSenderChange, status: &WalSenderStatus);
 }
 
@@ -293,22 +294,44 @@ impl WalSenderHandle {
         }
     }
 
-    /// A standby status update arrived at `now`.
-    pub fn record_reply(&mut self, r: &StandbyStatusUpdate, now: Instant) {
+    /// The stream starts at `lsn`: a standby may report positions up to
+    /// here before anything is sent (what [`ReplyRecorder`] checks).
+    pub fn set_sent(&self, lsn: Lsn) {
+        if let Some(s) = self.registry.lock().senders.get_mut(&self.id) {
+            s.sent_lsn = lsn;
+        }
+    }
+
+    /// Records this walsender's standby replies from another thread.
+    pub fn recorder(&self) -> ReplyRecorder {
+        ReplyRecorder {
+            registry: Arc::clone(&self.registry),
+            id: self.id,
+        }
+    }
+
+    /// The lags of a status update that arrived at `now`, whose positions
+    /// [`ReplyRecorder::record`] already recorded. Nobody is told: lags
+    /// release no one.
+    pub fn record_lags(&mut self, r: &StandbyStatusUpdate, now: Instant) {
         let lags = [
             self.lag.read(0, r.write, now),
             self.lag.read(1, r.flush, now),
             self.lag.read(2, r.apply, now),
         ];
-        self.registry.update(self.id, WalSenderChange::Reply, |s| {
-            s.write_lsn = r.write;
-            s.flush_lsn = r.flush;
-            s.apply_lsn = r.apply;
+        if let Some(s) = self.registry.lock().senders.get_mut(&self.id) {
             s.write_lag = lags[0].or(s.write_lag);
             s.flush_lag = lags[1].or(s.flush_lag);
             s.apply_lag = lags[2].or(s.apply_lag);
-            s.reply_time = Some(SystemTime::now());
-        });
+        }
+    }
+
+    /// A standby status update arrived at `now`: its positions (the
+    /// observer is told) and its lags.
+    #[cfg(test)]
+    pub fn record_reply(&mut self, r: &StandbyStatusUpdate, now: Instant) {
+        self.recorder().record(r);
+        self.record_lags(r, now);
     }
 
     pub fn record_feedback(&self, h: &HotStandbyFeedback) {
@@ -316,6 +339,45 @@ impl WalSenderHandle {
             .update(self.id, WalSenderChange::Feedback, |s| {
                 s.feedback = Some(*h)
             });
+    }
+}
+
+/// Records a walsender's standby status updates on the thread that reads
+/// them off the socket, so that synchronous commits are released (by the
+/// observer) without waiting for the walsender thread to wake: the reply
+/// is on every synchronous commit's path. The walsender handles the rest
+/// of the update (lags, slot, shutdown handshake) when it gets to it.
+#[derive(Clone)]
+pub(crate) struct ReplyRecorder {
+    registry: Arc<WalSenderRegistry>,
+    id: u64,
+}
+
+impl ReplyRecorder {
+    /// Record `r`'s positions and tell the observer; `false`, recording
+    /// nothing, when it claims WAL written or flushed beyond what was sent
+    /// (such a report could release commits no standby holds). Apply is
+    /// cut at what was sent (after a reconnect it may lead). The sent
+    /// position is recorded before each send, so a true report is never
+    /// beyond it.
+    pub fn record(&self, r: &StandbyStatusUpdate) -> bool {
+        let status = {
+            let mut inner = self.registry.lock();
+            let Some(s) = inner.senders.get_mut(&self.id) else {
+                return true;
+            };
+            let beyond = |lsn: Lsn| lsn.is_valid() && lsn > s.sent_lsn;
+            if beyond(r.write) || beyond(r.flush) {
+                return false;
+            }
+            s.apply_lsn = if beyond(r.apply) { s.sent_lsn } else { r.apply };
+            s.write_lsn = r.write;
+            s.flush_lsn = r.flush;
+            s.reply_time = Some(SystemTime::now());
+            s.clone()
+        };
+        self.registry.notify(WalSenderChange::Reply, &status);
+        true
     }
 }
 
@@ -415,5 +477,41 @@ mod tests {
             ]
         );
         assert!(r.register("s2", "walrep", None, false).is_some());
+    }
+
+    #[test]
+    fn the_reader_records_only_replies_within_what_was_sent() {
+        let r = WalSenderRegistry::new(1);
+        let seen = Arc::new(Count(Mutex::new(Vec::new())));
+        r.set_observer(seen.clone());
+        let mut a = r.register("s1", "walrep", None, false).unwrap();
+        a.set_sent(Lsn(50));
+        let rec = a.recorder();
+        let reply = |write, flush, apply| StandbyStatusUpdate {
+            write: Lsn(write),
+            flush: Lsn(flush),
+            apply: Lsn(apply),
+            client_time: 0,
+            reply_requested: false,
+        };
+        // Positions up to the stream's start count before anything is sent.
+        assert!(rec.record(&reply(50, 50, 0)));
+        assert!(!rec.record(&reply(60, 50, 0)), "write beyond sent");
+        assert!(!rec.record(&reply(50, 60, 0)), "flush beyond sent");
+        assert_eq!(a.status().unwrap().flush_lsn, Lsn(50));
+        a.record_sent(Lsn(100), Instant::now());
+        // Apply may lead after a reconnect: cut at what was sent.
+        assert!(rec.record(&reply(100, 100, 500)));
+        let s = a.status().unwrap();
+        assert_eq!((s.flush_lsn, s.apply_lsn), (Lsn(100), Lsn(100)));
+        let log = seen.0.lock().unwrap().clone();
+        assert_eq!(
+            log,
+            vec![
+                (WalSenderChange::Connected, Lsn(0)),
+                (WalSenderChange::Reply, Lsn(50)),
+                (WalSenderChange::Reply, Lsn(100)),
+            ]
+        );
     }
 }

@@ -274,6 +274,9 @@ pub struct ReceiverConfig {
     pub timeout: Option<Duration>,
     /// `hot_standby_feedback`.
     pub hot_standby_feedback: bool,
+    /// `wal_receiver_unflushed`: ask a walrep upstream for WAL it has not
+    /// flushed yet.
+    pub receive_unflushed: bool,
     /// Bound on connecting and on each command's answer.
     pub connect_timeout: Duration,
     /// How long a session waits, connected, for a new start after a
@@ -310,6 +313,7 @@ impl ReceiverConfig {
             status_interval: nonzero(c.wal_receiver_status_interval.get()),
             timeout,
             hot_standby_feedback: c.hot_standby_feedback.0,
+            receive_unflushed: c.wal_receiver_unflushed.0,
             connect_timeout: Duration::from_secs(30),
             restart_wait: timeout.unwrap_or(Duration::from_secs(60)),
             connect_delay: Duration::ZERO,

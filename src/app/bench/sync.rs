@@ -1,10 +1,15 @@
 //! Commits per second and latency for each `synchronous_commit` level with
 //! one synchronous standby on this machine, beside PostgreSQL
-//! 15 measured by `shared/anchors/02_pgbench.sh` in the same run.
+//! 15 measured by `shared/anchors/02_pgbench.sh` (one repetition) right
+//! after each walrep repetition: interleaved, so that both see the same
+//! phase of a shared machine's disk and CPU.
 //!
 //! A primary with `synchronous_standby_names = standby1` and a standby
-//! from `walrep basebackup -R`; the primary is restarted with each level
-//! (the standby reconnects). Per level and client count: redis-benchmark
+//! from `walrep basebackup -R`; both are restarted for each level. `on`
+//! runs twice: with the standby asking for WAL while the primary flushes
+//! it (the default) and with `wal_receiver_unflushed = off` (flushed WAL
+//! only, as PostgreSQL), beside the same PostgreSQL cell. Per level and
+//! client count: redis-benchmark
 //! SET (16-byte values, random keys over 100k), calibrated to last
 //! `--seconds`, with the fdatasync probe right before and after.
 //!
@@ -29,14 +34,38 @@ use super::BenchError;
 /// The targets.
 pub const TARGET_ONE_CLIENT_FLOOR_RATIO: f64 = 0.80;
 pub const TARGET_64_CLIENTS_ON: f64 = 48_000.0;
-/// The levels, in walrep's names, with PostgreSQL's configuration in
-/// 02_pgbench.sh (`a_lone` off and `b_lone` on have no standby there).
-const LEVELS: [(&str, &str, &str); 5] = [
-    ("off", "a_lone", "off"),
-    ("local", "b_lone", "on"),
-    ("remote_write", "c_sync", "remote_write"),
-    ("on", "d_sync", "on"),
-    ("remote_apply", "e_sync", "remote_apply"),
+/// What one walrep run varies: the level, in walrep's names, with
+/// PostgreSQL's configuration in 02_pgbench.sh (`a_lone` off and `b_lone`
+/// on have no standby there), and whether the standby asks for WAL while
+/// the primary flushes it (`wal_receiver_unflushed`, walrep's default).
+/// `on` is run both ways: what transmit-while-flushing buys, beside the
+/// same PostgreSQL cell.
+struct Variant {
+    level: &'static str,
+    pg_config: &'static str,
+    pg_level: &'static str,
+    unflushed: bool,
+}
+
+const fn v(level: &'static str, pg_config: &'static str, pg_level: &'static str) -> Variant {
+    Variant {
+        level,
+        pg_config,
+        pg_level,
+        unflushed: true,
+    }
+}
+
+const VARIANTS: [Variant; 6] = [
+    v("off", "a_lone", "off"),
+    v("local", "b_lone", "on"),
+    v("remote_write", "c_sync", "remote_write"),
+    v("on", "d_sync", "on"),
+    Variant {
+        unflushed: false,
+        ..v("on", "d_sync", "on")
+    },
+    v("remote_apply", "e_sync", "remote_apply"),
 ];
 /// anchors.md: (walrep level, clients, PostgreSQL tps, p99 ms if given).
 const PG_ANCHORS: &[(&str, u32, f64, Option<f64>)] = &[
@@ -59,9 +88,9 @@ const PG_ANCHORS: &[(&str, u32, f64, Option<f64>)] = &[
 /// How long the loopback ping-pong runs.
 const RTT_PROBE: Duration = Duration::from_millis(500);
 
-/// The figures of one (level, clients) cell.
+/// The figures of one (variant, clients) cell.
 struct Cell {
-    level: &'static str,
+    variant: &'static Variant,
     clients: u32,
     rps: Figure,
     mean: Figure,
@@ -70,7 +99,7 @@ struct Cell {
 
 pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
     println!(
-        "\n== sync: primary + 1 synchronous standby, levels off/local/remote_write/on/remote_apply, clients {:?}, {} s per run",
+        "\n== sync: primary + 1 synchronous standby, levels off/local/remote_write/on/remote_apply (and on without wal_receiver_unflushed), clients {:?}, {} s per run, PostgreSQL after each rep",
         ctx.args.clients, ctx.args.seconds
     );
     let dir = ctx.subdir("sync")?;
@@ -79,41 +108,11 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
     let mut cells = cells(&ctx.args.clients);
     let mut floor_inputs = Vec::new();
     for rep in 1..=ctx.args.reps {
-        let mut primary = start_primary(ctx, &pdir, "on")?;
-        let sdir = dir.join("standby");
-        if !sdir.exists() {
-            cluster::basebackup(&ctx.exe, primary.repl_port, &sdir, "standby1")?;
+        walrep_rep(ctx, &dir, rep, &mut cells, &mut floor_inputs)?;
+        // Interleaved, so that both see the same phase of a shared machine.
+        if let Some(anchors_dir) = ctx.args.anchors.clone() {
+            postgres(ctx, &anchors_dir, rep, &mut cells)?;
         }
-        let mut standby = start_standby(ctx, &sdir, &primary)?;
-        for (level, _, _) in LEVELS {
-            primary.stop();
-            primary = start_primary(ctx, &pdir, level)?;
-            // The standby's upstream port changed: point it at the new one.
-            standby.stop();
-            standby = start_standby(ctx, &sdir, &primary)?;
-            wait_sync(&primary)?;
-            for c in cells.iter_mut().filter(|c| c.level == level) {
-                let label = format!("{level} {} clients rep {rep}", c.clients);
-                let f0 = ctx.probe(&format!("before {label}"), false)?;
-                let r = run_load(&dir, &primary, c.clients, ctx.args.seconds)?;
-                let f1 = ctx.probe(&format!("after {label}"), false)?;
-                println!(
-                    "  {label}: {:.0}/s mean {:.3} ms p99 {:.3} ms (WAL {:.1} records/flush)",
-                    r.0.rps, r.0.mean_ms, r.0.p99_ms, r.1
-                );
-                c.rps.walrep.push(r.0.rps);
-                c.mean.walrep.push(r.0.mean_ms);
-                c.p99.walrep.push(r.0.p99_ms);
-                if level == "on" && c.clients == 1 {
-                    floor_inputs.push((f0, f1, loopback_rtt_us()?, r.0.rps));
-                }
-            }
-        }
-        standby.stop();
-        primary.stop();
-    }
-    if let Some(anchors_dir) = ctx.args.anchors.clone() {
-        postgres(ctx, &anchors_dir, &mut cells)?;
     }
     floor_figure(ctx, &floor_inputs);
     for c in cells {
@@ -122,20 +121,76 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// One repetition of every variant and client count on walrep.
+fn walrep_rep(
+    ctx: &mut Ctx<'_>,
+    dir: &std::path::Path,
+    rep: u32,
+    cells: &mut [Cell],
+    floor_inputs: &mut Vec<(f64, f64, f64, f64)>,
+) -> Result<(), BenchError> {
+    let pdir = dir.join("primary");
+    let sdir = dir.join("standby");
+    let mut primary = start_primary(ctx, &pdir, "on")?;
+    if !sdir.exists() {
+        cluster::basebackup(&ctx.exe, primary.repl_port, &sdir, "standby1")?;
+    }
+    for variant in &VARIANTS {
+        primary.stop();
+        primary = start_primary(ctx, &pdir, variant.level)?;
+        // Each run gets a standby pointed at the new primary's port.
+        let standby = start_standby(ctx, &sdir, &primary, variant.unflushed)?;
+        wait_sync(&primary)?;
+        for c in cells
+            .iter_mut()
+            .filter(|c| std::ptr::eq(c.variant, variant))
+        {
+            let label = format!("{} {} clients rep {rep}", label(variant), c.clients);
+            let f0 = ctx.probe(&format!("before {label}"), false)?;
+            let r = run_load(dir, &primary, c.clients, ctx.args.seconds)?;
+            let f1 = ctx.probe(&format!("after {label}"), false)?;
+            println!(
+                "  {label}: {:.0}/s mean {:.3} ms p99 {:.3} ms (WAL {:.1} records/flush)",
+                r.0.rps, r.0.mean_ms, r.0.p99_ms, r.1
+            );
+            c.rps.walrep.push(r.0.rps);
+            c.mean.walrep.push(r.0.mean_ms);
+            c.p99.walrep.push(r.0.p99_ms);
+            if variant.level == "on" && variant.unflushed && c.clients == 1 {
+                floor_inputs.push((f0, f1, loopback_rtt_us()?, r.0.rps));
+            }
+        }
+        standby.stop();
+    }
+    primary.stop();
+    Ok(())
+}
+
+/// How a variant is named in figures and progress lines.
+fn label(v: &Variant) -> String {
+    if v.unflushed {
+        v.level.to_string()
+    } else {
+        format!("{} (wal_receiver_unflushed=off)", v.level)
+    }
+}
+
 fn cells(clients: &[u32]) -> Vec<Cell> {
     let mut out = Vec::new();
-    for (level, _, _) in LEVELS {
+    for variant in &VARIANTS {
+        let level = variant.level;
         for &n in clients {
             let anchor = PG_ANCHORS
                 .iter()
                 .find(|a| a.0 == level && a.1 == n)
                 .copied();
-            let name = |what: &str| format!("{what}, synchronous_commit={level}, {n} clients");
+            let l = label(variant);
+            let name = |what: &str| format!("{what}, synchronous_commit={l}, {n} clients");
             let mut rps = Figure::new("sync", &name("commits/s"), "commits/s", Better::Higher);
             if let Some(a) = anchor {
                 rps = rps.anchor(a.2);
             }
-            if level == "on" && n == 64 {
+            if level == "on" && variant.unflushed && n == 64 {
                 rps = rps.goal(">= 48,000/s", Some(TARGET_64_CLIENTS_ON));
             }
             let mean = Figure::new("sync", &name("mean latency"), "ms", Better::Lower);
@@ -144,7 +199,7 @@ fn cells(clients: &[u32]) -> Vec<Cell> {
                 p99 = p99.anchor(p);
             }
             out.push(Cell {
-                level,
+                variant,
                 clients: n,
                 rps,
                 mean,
@@ -170,6 +225,7 @@ fn start_standby(
     ctx: &Ctx<'_>,
     sdir: &std::path::Path,
     primary: &Node,
+    unflushed: bool,
 ) -> Result<Node, BenchError> {
     Node::start(
         &ctx.exe,
@@ -177,6 +233,10 @@ fn start_standby(
         &[
             format!("primary_conninfo={}", primary.conninfo("standby1")),
             "wal_retrieve_retry_interval=100ms".into(),
+            format!(
+                "wal_receiver_unflushed={}",
+                if unflushed { "on" } else { "off" }
+            ),
         ],
     )
 }
@@ -301,21 +361,23 @@ fn floor_figure(ctx: &mut Ctx<'_>, inputs: &[(f64, f64, f64, f64)]) {
     ctx.figures.push(serial);
 }
 
-/// PostgreSQL 15 through 02_pgbench.sh with the same clients, seconds, reps.
+/// PostgreSQL 15 through 02_pgbench.sh: one repetition (REPS=1) of the
+/// same clients and seconds, right after walrep's repetition `rep`.
 fn postgres(
     ctx: &mut Ctx<'_>,
     anchors_dir: &std::path::Path,
+    rep: u32,
     cells: &mut [Cell],
 ) -> Result<(), BenchError> {
-    let base = ctx.anchors_base("pg-sync")?;
-    ctx.probe("before PostgreSQL 02_pgbench.sh", false)?;
+    let base = ctx.anchors_base(&format!("pg-sync-{rep}"))?;
+    ctx.probe(&format!("before PostgreSQL 02_pgbench.sh rep {rep}"), false)?;
     let clients: Vec<String> = ctx.args.clients.iter().map(u32::to_string).collect();
     let env = [
         ("CLIENTS", clients.join(" ")),
         ("DUR", ctx.args.seconds.to_string()),
-        ("REPS", ctx.args.reps.to_string()),
+        ("REPS", "1".to_string()),
     ];
-    let cells_n = 5 * ctx.args.clients.len() as u64 * u64::from(ctx.args.reps);
+    let cells_n = 5 * ctx.args.clients.len() as u64;
     let run = anchors::run_script(
         anchors_dir,
         "02_pgbench.sh",
@@ -324,15 +386,21 @@ fn postgres(
         &env,
         Duration::from_secs(cells_n * (ctx.args.seconds + 30) + 600),
     )?;
-    ctx.probe("after PostgreSQL 02_pgbench.sh", false)?;
+    ctx.probe(&format!("after PostgreSQL 02_pgbench.sh rep {rep}"), false)?;
     let pg = anchors::pg_commits(&run.results)?;
     for c in cells.iter_mut() {
-        let Some((_, config, sc)) = LEVELS.iter().find(|l| l.0 == c.level) else {
-            continue;
-        };
+        let v = c.variant;
         for r in pg.rows.iter().filter(|r| {
-            &r.config == config && &r.synchronous_commit == sc && r.clients == c.clients
+            r.config == v.pg_config && r.synchronous_commit == v.pg_level && r.clients == c.clients
         }) {
+            println!(
+                "  PostgreSQL {} {} clients rep {rep}: {:.0}/s mean {:.3} ms p99 {:.3} ms",
+                label(v),
+                c.clients,
+                r.tps,
+                r.mean_ms,
+                r.p99_ms
+            );
             c.rps.pg_same_run.push(r.tps);
             c.mean.pg_same_run.push(r.mean_ms);
             c.p99.pg_same_run.push(r.p99_ms);

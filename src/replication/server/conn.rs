@@ -1,18 +1,23 @@
 //! One connection's socket: a buffered writer for backend messages and the
 //! reader thread that turns incoming bytes into frontend messages on a
 //! bounded channel (so the session can wait on the client, new WAL and
-//! shutdown at once).
+//! shutdown at once). The reader records standby status updates itself
+//! (see [`ReplyRecorder`]): a synchronous commit is released on the
+//! thread that read its confirmation, one thread wake-up sooner.
 
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver};
 
 use crate::replication::pgwire::io::WireError;
 use crate::replication::pgwire::{
-    BackendMessage, FrontendMessage, MessageReader, TransactionStatus,
+    BackendMessage, FrontendMessage, MessageReader, StandbyMessage, StandbyStatusUpdate,
+    TransactionStatus,
 };
+use crate::replication::registry::ReplyRecorder;
 use crate::replication::sqlstate::PgError;
 use crate::security::NetStream;
 
@@ -24,6 +29,14 @@ const CLIENT_QUEUE: usize = 64;
 #[derive(Debug)]
 pub(super) enum ClientEvent {
     Message(FrontendMessage),
+    /// A standby status update (CopyData 'r'), read at `at`; `recorded`
+    /// says whether the reader recorded its positions (false: it claimed
+    /// WAL beyond what was sent, a protocol violation).
+    Status {
+        update: StandbyStatusUpdate,
+        at: Instant,
+        recorded: bool,
+    },
     /// The client closed the connection or sent bytes that are not a
     /// message; the reader has stopped.
     Gone(String),
@@ -87,10 +100,12 @@ impl Conn {
 }
 
 /// Start the reader thread; it ends when the socket closes or the
-/// receiver is dropped.
+/// receiver is dropped. Standby status updates are recorded through
+/// `replies` as they are read.
 pub(super) fn spawn_reader(
     mut reader: MessageReader<NetStream>,
     id: u64,
+    replies: ReplyRecorder,
 ) -> io::Result<(Receiver<ClientEvent>, JoinHandle<()>)> {
     reader.get_ref().set_read_timeout(None)?;
     let (tx, rx) = bounded(CLIENT_QUEUE);
@@ -98,7 +113,7 @@ pub(super) fn spawn_reader(
         .name(format!("walsender-rd-{id}"))
         .spawn(move || loop {
             let ev = match reader.read_frontend() {
-                Ok(m) => ClientEvent::Message(m),
+                Ok(m) => status_event(m, &replies),
                 Err(WireError::Closed) => ClientEvent::Gone("connection closed".into()),
                 Err(e) => ClientEvent::Gone(e.to_string()),
             };
@@ -108,4 +123,23 @@ pub(super) fn spawn_reader(
             }
         })?;
     Ok((rx, join))
+}
+
+/// A standby status update is recorded here and now; any other message
+/// goes to the session as it is.
+fn status_event(m: FrontendMessage, replies: &ReplyRecorder) -> ClientEvent {
+    let update = match &m {
+        FrontendMessage::CopyData(p) if p.first() == Some(&b'r') => match StandbyMessage::decode(p)
+        {
+            Ok(StandbyMessage::Status(r)) => r,
+            _ => return ClientEvent::Message(m),
+        },
+        _ => return ClientEvent::Message(m),
+    };
+    let at = Instant::now();
+    ClientEvent::Status {
+        recorded: replies.record(&update),
+        update,
+        at,
+    }
 }

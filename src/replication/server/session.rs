@@ -133,7 +133,7 @@ fn serve<S: ReplicationSource>(
         pid: id as i32,
         key: rand::thread_rng().gen(),
     });
-    let Ok((rx, reader_join)) = spawn_reader(reader, id) else {
+    let Ok((rx, reader_join)) = spawn_reader(reader, id, handle.recorder()) else {
         return;
     };
     if conn.ready().is_err() {
@@ -170,6 +170,8 @@ impl<S: ReplicationSource> Session<S> {
             };
             let msg = match ev {
                 Ok(ClientEvent::Message(m)) => m,
+                // A status update outside COPY: ignored, as any CopyData.
+                Ok(ClientEvent::Status { .. }) => continue,
                 Ok(ClientEvent::Gone(why)) => return why,
                 Err(_) => return "reader stopped".into(),
             };

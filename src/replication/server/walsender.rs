@@ -234,6 +234,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             src.subscribe_flush()
         };
         s.handle.set_state(WalSenderState::Catchup);
+        s.handle.set_sent(start);
         Streamer {
             s,
             src,
@@ -350,10 +351,13 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             self.caught_up = false;
         }
         self.build_frame(Lsn(end), wal_end)?;
+        // Recorded before the write: the reader thread checks replies
+        // against it, and the standby may answer before this thread runs
+        // again.
+        self.s.handle.record_sent(Lsn(end), Instant::now());
         self.s.conn.write_now(&self.frame)?;
         self.told_flush = wal_end;
         self.sent = Lsn(end);
-        self.s.handle.record_sent(self.sent, Instant::now());
         Ok(())
     }
 
@@ -432,18 +436,31 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
     }
 
     fn on_event(&mut self, ev: ClientEvent) -> Result<(), Failure> {
-        let msg = match ev {
-            ClientEvent::Gone(why) => return Err(Failure::Gone(why)),
-            ClientEvent::Message(m) => m,
-        };
         self.last_reply = Instant::now();
         self.waiting_for_ping = false;
+        let msg = match ev {
+            ClientEvent::Gone(why) => return Err(Failure::Gone(why)),
+            ClientEvent::Status { .. } if self.done_receiving => {
+                return Err(protocol_violation("unexpected CopyData after CopyDone"))
+            }
+            ClientEvent::Status {
+                update,
+                at,
+                recorded,
+            } => return self.on_status(update, at, recorded),
+            ClientEvent::Message(m) => m,
+        };
         match msg {
             FrontendMessage::CopyData(_) if self.done_receiving => {
                 Err(protocol_violation("unexpected CopyData after CopyDone"))
             }
             FrontendMessage::CopyData(p) => match StandbyMessage::decode(&p) {
-                Ok(StandbyMessage::Status(r)) => self.on_status(r),
+                // The reader thread records status updates; this one
+                // came some other way: record it here.
+                Ok(StandbyMessage::Status(r)) => {
+                    let recorded = self.s.handle.recorder().record(&r);
+                    self.on_status(r, Instant::now(), recorded)
+                }
                 Ok(StandbyMessage::Feedback(h)) => {
                     self.s.handle.record_feedback(&h);
                     if let Some(slot) = &self.slot {
@@ -469,14 +486,25 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         }
     }
 
-    fn on_status(&mut self, mut r: StandbyStatusUpdate) -> Result<(), Failure> {
+    /// A status update read at `at`, whose positions the reader thread
+    /// already recorded (released commits) unless `recorded` is false.
+    fn on_status(
+        &mut self,
+        mut r: StandbyStatusUpdate,
+        at: Instant,
+        recorded: bool,
+    ) -> Result<(), Failure> {
         // A client cannot have written or flushed WAL it was not sent; a
         // report that says so could release synchronous commits that no
-        // standby holds. Apply may lead after a reconnect (it is the replay
-        // position), but never past what this node has.
+        // standby holds (the reader thread refused to record it). Apply
+        // may lead after a reconnect (it is the replay position), but
+        // never past what this node has.
         let beyond = |lsn: Lsn, bound: Lsn| lsn.is_valid() && lsn > bound;
         let apply_bound = self.sent.max(self.src.flush_point().lsn);
-        if beyond(r.write, self.sent) || beyond(r.flush, self.sent) || beyond(r.apply, apply_bound)
+        if !recorded
+            || beyond(r.write, self.sent)
+            || beyond(r.flush, self.sent)
+            || beyond(r.apply, apply_bound)
         {
             tracing::warn!(
                 write = %r.write, flush = %r.flush, apply = %r.apply, sent = %self.sent,
@@ -493,7 +521,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             r.apply = self.sent;
         }
         self.reported = r;
-        self.s.handle.record_reply(&r, Instant::now());
+        self.s.handle.record_lags(&r, at);
         if let Some(slot) = &self.slot {
             self.s.ctx.slots.confirm_flush(slot, r.flush);
         }

@@ -276,8 +276,7 @@ impl Session {
             .iter()
             .map(|u| (STATUS_URL_STARTUP_PARAMETER.to_string(), u.clone()))
             .chain(
-                self.confirmed
-                    .is_some()
+                (self.cfg.receive_unflushed && self.confirmed.is_some())
                     .then(|| (RECEIVE_UNFLUSHED_PARAMETER.to_string(), "on".to_string())),
             )
             .collect();
