@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::action::{HaAction, HaDecision, Severity};
 use super::input::{DcsReadError, HaConfig, HaConfigError, HaInput, LocalRole, ReplicaSyncState};
 use super::records::{FailoverKind, FailoverRecord, MemberRecord, MemberRole, SyncRecord};
-use super::view::{ClusterView, Versioned};
+use super::view::{keys, ClusterView, Versioned};
 use crate::{Lsn, Millis};
 
 /// What one node's HA loop remembers between cycles. Everything else is read
@@ -298,7 +298,8 @@ impl HaState {
         }
         let me = self.config.name.clone();
         let sync_mine = view.sync.as_ref().is_some_and(|s| s.value.leader == me);
-        if view.initialize.is_none() {
+        let init_unparsed = view.unparsed.iter().any(|(k, _)| k == keys::INITIALIZE);
+        if view.initialize.is_none() && !init_unparsed {
             plan.push(HaAction::Initialize {
                 system_identifier: input.local.system_identifier,
             });

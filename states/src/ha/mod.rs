@@ -31,7 +31,11 @@
 //!   then syncrep counts it. Removing goes the other way round: syncrep stops
 //!   counting, then `sync` is rewritten. `sync` never lists more standbys than
 //!   `FIRST n`, so each acknowledgement needed every listed standby: every
-//!   standby in `sync` holds every acknowledged write.
+//!   standby in `sync` holds every acknowledged write. This needs syncrep to
+//!   pick its `FIRST n` among the allowed standbys only (commits wait while
+//!   fewer are allowed) and never to degrade to local commits under HA.
+//!   A listed standby outranked by a newly connected one stays listed while
+//!   it streams; a standby that stops streaming is removed.
 //!
 //! # Who may take a free leader key
 //!
@@ -73,12 +77,18 @@
 //!
 //! # Switchover and forced failover
 //!
-//! An operator writes `failover` `{leader, candidate, kind}`. The leader
-//! fences itself, waits until the candidate has flushed the leader's last
-//! LSN (at most `ha_ttl`, else it clears the request and reopens), then
-//! releases the key; other members leave the race to a live candidate. A
-//! forced failover (`kind: failover`) lets the named candidate take a free
-//! key even if it is not in `sync`: writes may be lost.
+//! An operator writes `failover` `{leader, candidate, kind}`. A leader
+//! starts only on a request younger than `ha_ttl` (older ones are cleared).
+//! It picks the healthiest listed standby when none is named, refuses an
+//! unlisted or unhealthy candidate, fences itself, waits until the candidate
+//! has flushed the leader's last LSN (at most `ha_ttl`, else it clears the
+//! request and reopens), then releases the key and stays fenced for up to
+//! two TTLs while the candidate takes it; once someone leads it demotes.
+//! Other members leave the race to a live, listed candidate for three TTLs
+//! after the request, and the leader handing over leaves the healthiest
+//! comparison. A forced failover (`kind: failover`) lets the named
+//! candidate take a free key even if it is not in `sync`: writes may be
+//! lost. Request ages use `requested_at_ms` against the node's wall clock.
 //!
 //! # Pause
 //!
