@@ -339,7 +339,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .map_err(|e| disk_full_hint(&datadir, &opts.overrides, e))?;
             match why {
-                walrep::node::ExitRequest::Signal(_) => Ok(ExitCode::SUCCESS),
+                walrep::node::ExitRequest::Signal(_) | walrep::node::ExitRequest::Demote { .. } => {
+                    Ok(ExitCode::SUCCESS)
+                }
                 walrep::node::ExitRequest::Fatal(message) => {
                     anyhow::bail!("fatal: {message}")
                 }
