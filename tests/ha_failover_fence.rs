@@ -41,6 +41,23 @@ fn a_primary_started_under_ha_without_the_leader_key_refuses_writes() {
     // Reads are still served (Patroni's read split brain, documented).
     let got: Option<String> = redis::cmd("GET").arg("k").query(&mut c).unwrap();
     assert_eq!(got, None);
+    // INFO (and so `walrep status`) says why.
+    assert_eq!(
+        node.info_field("replication", "ha_enabled").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        node.info_field("replication", "ha_gate").as_deref(),
+        Some("closed")
+    );
+    assert_eq!(
+        node.info_field("replication", "ha_role").as_deref(),
+        Some("fenced")
+    );
+    assert_eq!(
+        node.info_field("replication", "ha_member").as_deref(),
+        Some("n1")
+    );
 }
 
 #[test]

@@ -563,6 +563,19 @@ fn status(datadir: &std::path::Path) -> anyhow::Result<String> {
             kv("replay_lsn"),
         ));
     }
+    if field("ha_enabled") == "1" {
+        out.push_str(&format!(
+            "ha:        member {} {}, leader {}, write gate {} ({} ms left)\nha cycle:  {}\n",
+            field("ha_member"),
+            field("ha_role"),
+            Some(field("ha_leader"))
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| "(none)".into()),
+            field("ha_gate"),
+            field("ha_gate_remaining_ms"),
+            field("ha_last_cycle"),
+        ));
+    }
     Ok(out)
 }
 

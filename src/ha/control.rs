@@ -42,22 +42,30 @@ pub struct NodeSlot {
     demoting: AtomicBool,
     /// The member the node follows (set by Follow and Demote).
     following: Mutex<Option<String>>,
-    /// The origin of the HA loop's monotonic [`Millis`] clock.
-    origin: Instant,
+    /// The HA loop's monotonic clock: the one the store stamps lease
+    /// renewals with, so fence deadlines compare with it.
+    clock: fn() -> Millis,
     /// What the last cycle found (INFO, `walrep status`).
     status: Mutex<super::status::HaStatus>,
 }
 
-impl Default for NodeSlot {
-    fn default() -> Self {
+impl NodeSlot {
+    /// An empty slot whose HA loop reads time from `clock`.
+    pub fn new(clock: fn() -> Millis) -> NodeSlot {
         NodeSlot {
             node: Mutex::new(None),
             demoting: AtomicBool::new(false),
             following: Mutex::new(None),
-            origin: Instant::now(),
+            clock,
             status: Mutex::default(),
         }
     }
+}
+
+/// A monotonic clock as [`Millis`] since its first use in this process.
+pub fn process_clock() -> Millis {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    Millis(START.get_or_init(Instant::now).elapsed().as_millis() as u64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,12 +101,7 @@ impl NodeSlot {
 
     /// Now on the HA loop's monotonic clock.
     pub fn now(&self) -> Millis {
-        Millis(self.origin.elapsed().as_millis() as u64)
-    }
-
-    /// `at` as milliseconds of the HA loop's monotonic clock.
-    pub fn millis(&self, at: Instant) -> Millis {
-        Millis(at.saturating_duration_since(self.origin).as_millis() as u64)
+        (self.clock)()
     }
 
     /// What the last cycle found.
@@ -116,7 +119,13 @@ impl NodeSlot {
 
     /// `at` on the monotonic clock as an [`Instant`].
     pub fn instant(&self, at: Millis) -> Instant {
-        self.origin + Duration::from_millis(at.0)
+        let (now, now_ms) = (Instant::now(), self.now().0);
+        if at.0 >= now_ms {
+            now + Duration::from_millis(at.0 - now_ms)
+        } else {
+            now.checked_sub(Duration::from_millis(now_ms - at.0))
+                .unwrap_or(now)
+        }
     }
 
     /// The node's state for this cycle.

@@ -15,57 +15,52 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use walrep_states::ha::{
-    ClusterView, DcsReadError, HaAction, HaConfig, HaInput, HaState, HistoryEntry, Lease,
-    MemberRecord, Severity, SyncRecord,
+    ClusterView, DcsReadError, FailoverRecord, HaAction, HaConfig, HaInput, HaState, HistoryEntry,
+    Lease, MemberRecord, Severity, SyncRecord,
 };
 
 use super::control::NodeSlot;
 use super::status::HaStatus;
 
-/// A lease renewal that succeeded.
-#[derive(Debug, Clone, Copy)]
-pub struct Renewal {
-    /// The lease id.
-    pub id: i64,
-    /// When the renewal request was sent (etcd extended the lease no
-    /// earlier than this).
-    pub sent_at: Instant,
-    /// The TTL etcd granted.
-    pub ttl: Duration,
-}
-
 /// What the HA loop needs from the consensus store: the operations of the
 /// shared design, each bounded by `ha_retry_timeout`. A lost
 /// compare-and-swap is `Ok(false)`, not an error.
 pub trait HaStore: Send {
-    /// Renew the node's lease (grant a new one when it is gone).
-    fn keepalive(&mut self) -> Result<Renewal, String>;
+    /// Why a call failed.
+    type Error: std::fmt::Display;
     /// Read the whole cluster linearizably.
-    fn load(&mut self) -> Result<ClusterView, String>;
-    /// `members/{name}` under the lease.
-    fn publish_member(&mut self, record: &MemberRecord) -> Result<(), String>;
-    /// `initialize` if absent.
-    fn initialize(&mut self, system_identifier: u64) -> Result<bool, String>;
+    fn load(&mut self) -> Result<ClusterView, Self::Error>;
+    /// Renew the node's lease (grant a new one when it is gone); `sent_at`
+    /// on the HA loop's clock.
+    fn keepalive(&mut self) -> Result<Lease, Self::Error>;
     /// Take the free leader key.
-    fn acquire_leader(&mut self) -> Result<bool, String>;
+    fn acquire_leader(&mut self) -> Result<bool, Self::Error>;
     /// Keep the leader key on the current lease.
-    fn update_leader(&mut self) -> Result<bool, String>;
+    fn update_leader(&mut self) -> Result<bool, Self::Error>;
     /// Give the leader key up.
-    fn release_leader(&mut self) -> Result<bool, String>;
+    fn release_leader(&mut self) -> Result<bool, Self::Error>;
+    /// `members/{name}` under the lease.
+    fn publish_member(&mut self, record: &MemberRecord) -> Result<(), Self::Error>;
     /// CAS-write `sync`.
     fn write_sync(
         &mut self,
         record: &SyncRecord,
         expected_mod_revision: i64,
-    ) -> Result<bool, String>;
+    ) -> Result<bool, Self::Error>;
+    /// CAS-write (or with `None` delete) `failover`.
+    fn write_failover(
+        &mut self,
+        record: Option<&FailoverRecord>,
+        expected_mod_revision: i64,
+    ) -> Result<bool, Self::Error>;
     /// CAS-append to `history`.
     fn append_history(
         &mut self,
         entry: &HistoryEntry,
         expected_mod_revision: i64,
-    ) -> Result<bool, String>;
-    /// CAS-delete `failover`.
-    fn clear_failover(&mut self, expected_mod_revision: i64) -> Result<bool, String>;
+    ) -> Result<bool, Self::Error>;
+    /// `initialize` if absent.
+    fn initialize(&mut self, system_identifier: u64) -> Result<bool, Self::Error>;
 }
 
 /// The HA settings of this node, from its configuration.
@@ -109,9 +104,9 @@ pub fn ha_config(c: &crate::config::Config, ports: (u16, u16)) -> HaConfig {
 /// Run HA cycles until `stop`; on the way out, a leader whose node has
 /// stopped gives the key up so another member takes over at once instead
 /// of after `ha_ttl`.
-pub fn run(
+pub fn run<S: HaStore>(
     mut state: HaState,
-    mut store: Box<dyn HaStore>,
+    mut store: S,
     slot: Arc<NodeSlot>,
     stop: Arc<AtomicBool>,
 ) {
@@ -122,7 +117,7 @@ pub fn run(
     let mut failed_cycles = 0u64;
     while !stop.load(Ordering::SeqCst) {
         cycles += 1;
-        let (next, ok) = cycle(&mut state, &mut *store, &slot, &mut lease, &mut last_why);
+        let (next, ok) = cycle(&mut state, &mut store, &slot, &mut lease, &mut last_why);
         if !ok {
             failed_cycles += 1;
             tracing::debug!(cycles, failed_cycles, "HA cycle stopped at a failed action");
@@ -150,24 +145,20 @@ pub fn run(
 
 /// One cycle; returns when to run the next one and whether every action
 /// succeeded.
-fn cycle(
+fn cycle<S: HaStore>(
     state: &mut HaState,
-    store: &mut dyn HaStore,
+    store: &mut S,
     slot: &NodeSlot,
     lease: &mut Option<Lease>,
     last_why: &mut String,
 ) -> (Duration, bool) {
     match store.keepalive() {
-        Ok(r) => {
-            *lease = Some(Lease {
-                id: r.id,
-                sent_at: slot.millis(r.sent_at),
-                ttl_ms: r.ttl.as_millis() as u64,
-            })
-        }
+        Ok(l) => *lease = Some(l),
         Err(e) => tracing::warn!("lease renewal failed: {e}"),
     }
-    let view = store.load().map_err(|message| DcsReadError { message });
+    let view = store.load().map_err(|e| DcsReadError {
+        message: e.to_string(),
+    });
     let leader = view
         .as_ref()
         .ok()
@@ -209,14 +200,16 @@ fn cycle(
 
 /// Run one action; a lost compare-and-swap is a failure too (the cycle
 /// stops there).
-fn execute(action: &HaAction, store: &mut dyn HaStore, slot: &NodeSlot) -> Result<(), String> {
-    let cas = |r: Result<bool, String>, what: &str| match r {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(format!("{what}: compare-and-swap lost")),
-        Err(e) => Err(e),
-    };
+fn execute<S: HaStore>(action: &HaAction, store: &mut S, slot: &NodeSlot) -> Result<(), String> {
+    fn cas<E: std::fmt::Display>(r: Result<bool, E>, what: &str) -> Result<(), String> {
+        match r {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{what}: compare-and-swap lost")),
+            Err(e) => Err(format!("{what}: {e}")),
+        }
+    }
     match action {
-        HaAction::PublishMember(m) => store.publish_member(m),
+        HaAction::PublishMember(m) => store.publish_member(m).map_err(|e| e.to_string()),
         HaAction::Initialize { system_identifier } => {
             cas(store.initialize(*system_identifier), "initialize")
         }
@@ -261,7 +254,7 @@ fn execute(action: &HaAction, store: &mut dyn HaStore, slot: &NodeSlot) -> Resul
         HaAction::ClearFailover {
             expected_mod_revision,
         } => cas(
-            store.clear_failover(*expected_mod_revision),
+            store.write_failover(None, *expected_mod_revision),
             "clear failover",
         ),
         HaAction::Halt { reason } => {

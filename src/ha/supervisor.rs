@@ -45,10 +45,12 @@ pub type HaLoop = Box<dyn FnOnce(Arc<NodeSlot>, Arc<AtomicBool>) + Send>;
 
 /// Run the node in `datadir` under HA until a signal or a failure that a
 /// restart does not cure; `ha_loop` runs on its own thread meanwhile.
-/// `on_start` runs after every (re)start, as in [`crate::node::restart::run`].
+/// `on_start` runs after every (re)start, as in [`crate::node::restart::run`];
+/// `clock` is the HA loop's monotonic clock (the store's).
 pub fn run<T>(
     datadir: &Path,
     opts: &StartOptions,
+    clock: fn() -> walrep_states::Millis,
     ha_loop: HaLoop,
     mut on_start: impl FnMut(&RunningNode) -> T,
 ) -> Result<ExitRequest, SupervisorError> {
@@ -56,7 +58,7 @@ pub fn run<T>(
     let mut opts = opts.clone();
     let node = RunningNode::start(datadir, &opts)?;
     pin_ports(&node, &mut opts);
-    let slot = Arc::new(NodeSlot::default());
+    let slot = Arc::new(NodeSlot::new(clock));
     let stop = Arc::new(AtomicBool::new(false));
     let ha = {
         let (slot, stop) = (slot.clone(), stop.clone());
