@@ -349,7 +349,7 @@ fn who_may_take_a_free_key() {
                         leader: None,
                         candidate: Some("n3".into()),
                         kind: FailoverKind::Failover,
-                        requested_at_ms: 0,
+                        requested_at_ms: 1_700_000_000_000,
                     },
                     8,
                     0,
@@ -367,7 +367,7 @@ fn who_may_take_a_free_key() {
                         leader: None,
                         candidate: Some("n2".into()),
                         kind: FailoverKind::Failover,
-                        requested_at_ms: 0,
+                        requested_at_ms: 1_700_000_000_000,
                     },
                     8,
                     0,
@@ -610,6 +610,42 @@ fn a_standby_leaves_syncrep_before_it_leaves_sync() {
 }
 
 #[test]
+fn a_listed_standby_outranked_by_a_newcomer_stays_listed() {
+    let mut m = machine("n2");
+    let mut inp = leading(
+        vec![
+            replica("n1", ReplicaSyncState::Sync, 1_000),
+            replica("n3", ReplicaSyncState::Potential, 1_000),
+        ],
+        &["n3"],
+        &["n3"],
+    );
+    inp.view = Ok({
+        let mut vw = leader_view("n2", LEASE);
+        vw.sync = sync("n2", &["n3"]);
+        vw
+    });
+    let d = m.decide(&inp);
+    assert_eq!(without_gate(&d), vec![], "{}", d.why);
+}
+
+#[test]
+fn a_stranger_key_is_an_error_and_blocks_promotion() {
+    let mut m = machine("n2");
+    let mut vw = view();
+    vw.unparsed
+        .push(("leader".into(), "value is not UTF-8".into()));
+    let d = m.decide(&input(1_000, vw, local(LocalRole::Standby, 100)));
+    assert_eq!(acts(&d), vec![]);
+    assert_eq!(d.severity, Severity::Error);
+    assert!(
+        d.why.contains("key leader under our prefix is not ours"),
+        "{}",
+        d.why
+    );
+}
+
+#[test]
 fn no_standby_is_added_while_no_slot_is_free() {
     let mut m = machine("n1");
     let d = m.decide(&leading(
@@ -638,7 +674,7 @@ fn switchover_fences_waits_for_the_candidate_then_releases() {
             leader: Some("n1".into()),
             candidate: Some("n2".into()),
             kind: FailoverKind::Switchover,
-            requested_at_ms: 0,
+            requested_at_ms: 1_700_000_000_000,
         },
         11,
         0,
@@ -695,7 +731,7 @@ fn switchover_to_an_unlisted_standby_is_refused() {
             leader: Some("n1".into()),
             candidate: Some("n3".into()),
             kind: FailoverKind::Switchover,
-            requested_at_ms: 0,
+            requested_at_ms: 1_700_000_000_000,
         },
         11,
         0,
@@ -721,7 +757,7 @@ fn the_new_leader_records_history_and_clears_the_request() {
             leader: Some("n1".into()),
             candidate: Some("n2".into()),
             kind: FailoverKind::Switchover,
-            requested_at_ms: 0,
+            requested_at_ms: 1_700_000_000_000,
         },
         11,
         0,

@@ -22,6 +22,7 @@
 //!   scratch directories, the `CRASH_*` knobs);
 //! - [`backup`]: what the base-backup tests share (data size, a load
 //!   during the copy);
+//! - [`etcd`]: a real etcd cluster on loopback for the HA tests;
 //! - [`ports`]: loopback ports reserved outside the ephemeral range, so a
 //!   node restarted on its ports gets them back;
 //!
@@ -34,6 +35,7 @@ pub mod backup;
 pub mod cluster;
 pub mod crash;
 pub mod delay;
+pub mod etcd;
 pub mod fake;
 pub mod keyspace;
 pub mod netns;

@@ -50,6 +50,8 @@ enum Race {
     Forced,
     /// `ha_allow_async_failover` and no synchronous member is alive.
     Async,
+    /// A running primary and no `sync` record yet: a new cluster.
+    Bootstrap,
 }
 
 /// One cycle's plan, built up by the rules.
@@ -145,6 +147,13 @@ impl HaState {
             plan.push(HaAction::Halt { reason });
             return self.finish(input, None, plan);
         }
+        if let Some((key, why)) = view.blocking_unparsed() {
+            plan.severity = Severity::Error;
+            plan.say(format!(
+                "key {key} under our prefix is not ours or is corrupt ({why}): \
+                 no promotion until an operator fixes it"
+            ));
+        }
         match input.local.role {
             LocalRole::Primary => self.as_primary(input, view, &mut plan),
             LocalRole::Standby => self.as_standby(input, view, &mut plan),
@@ -239,7 +248,17 @@ impl HaState {
                 ));
             }
             None => {
-                self.handover = None;
+                if let Some(h) = &self.handover {
+                    let waited_ms = input.now.since_ms(h.fenced_at);
+                    if waited_ms <= self.config.ttl_ms.saturating_mul(2) {
+                        plan.say(format!(
+                            "released the leader key to {}: fenced, waiting for it to take over",
+                            h.candidate
+                        ));
+                        return;
+                    }
+                    self.handover = None;
+                }
                 match self.may_race(input, view) {
                     Ok(race) => {
                         plan.push(HaAction::AcquireLeader);
@@ -341,15 +360,21 @@ impl HaState {
         if &allowed_listed != allowed {
             plan.push(HaAction::SetSyncAllowed(allowed_listed.clone()));
         }
-        let is_sync = |name: &str| {
-            input
-                .local
-                .replicas
-                .iter()
-                .any(|r| r.name == name && r.sync_state == ReplicaSyncState::Sync)
+        // A listed standby stays while it streams as a synchronous candidate
+        // (`sync`, or `potential` because a higher-priority one connected:
+        // syncrep ranks only the allowed ones, so it still confirms).
+        let streams = |name: &str| {
+            input.local.replicas.iter().any(|r| {
+                r.name == name
+                    && matches!(
+                        r.sync_state,
+                        ReplicaSyncState::Sync | ReplicaSyncState::Potential
+                    )
+            })
         };
-        // Remove: standbys no longer synchronous, or more than asked for.
-        let mut keep: Vec<String> = listed.iter().filter(|n| is_sync(n)).cloned().collect();
+        // Remove: standbys gone or no longer synchronous candidates, or more
+        // than asked for.
+        let mut keep: Vec<String> = listed.iter().filter(|n| streams(n)).cloned().collect();
         keep.truncate(wanted);
         if &keep != listed {
             let still: Vec<String> = allowed_listed
@@ -362,7 +387,7 @@ impl HaState {
             }
             let gone: Vec<&String> = listed.iter().filter(|n| !keep.contains(n)).collect();
             plan.say(format!(
-                "no longer counting {} as synchronous, then removing it from sync",
+                "{} no longer streams as a synchronous standby: no longer counting it, then removing it from sync",
                 join(&gone)
             ));
             plan.push(write_sync(&self.config.name, keep, sync.mod_revision));
@@ -474,6 +499,14 @@ impl HaState {
         let clear = HaAction::ClearFailover {
             expected_mod_revision: failover.mod_revision,
         };
+        let starting = self.handover.is_none();
+        let too_old =
+            input.wall_clock_ms > request.requested_at_ms.saturating_add(self.config.ttl_ms);
+        if starting && too_old {
+            plan.push(clear);
+            plan.warn("clearing a failover request older than ha_ttl: not starting it now");
+            return false;
+        }
         if request.leader.as_deref().is_some_and(|l| l != me)
             || request.candidate.as_deref() == Some(me)
         {
@@ -570,7 +603,7 @@ impl HaState {
                     plan.push(write_sync(&me, Vec::new(), rev(&view.sync)));
                     plan.push(HaAction::Promote);
                     let words = race_words(race);
-                    if race == Race::Sync || race == Race::Switchover {
+                    if race != Race::Async && race != Race::Forced {
                         plan.say(format!("no leader key and {words}: taking the key, naming myself in sync, promoting"));
                     } else {
                         plan.warn(format!("no leader key and {words}: taking the key, naming myself in sync, promoting; acknowledged writes may be lost"));
@@ -620,11 +653,8 @@ impl HaState {
         if view.paused() {
             return Err("the cluster is paused".into());
         }
-        if let Some((key, why)) = view.blocking_unparsed() {
-            return Err(format!(
-                "key {key} under our prefix is not ours or is corrupt ({why}): no promotion \
-                 while a stranger owns our keys"
-            ));
+        if let Some((key, _)) = view.blocking_unparsed() {
+            return Err(format!("key {key} is not ours: no promotion"));
         }
         if !local.healthy {
             return Err("this node is not healthy".into());
@@ -638,7 +668,7 @@ impl HaState {
                 return Ok(Race::Forced);
             }
             if let Some(other) = request.candidate.as_deref().filter(|c| *c != me) {
-                if view.member(other).is_some_and(|m| m.value.healthy) {
+                if self.defers_to(input, view, request, other) {
                     return Err(format!("{other} is the requested candidate"));
                 }
             }
@@ -669,13 +699,35 @@ impl HaState {
         Ok(race)
     }
 
+    /// Whether a `failover` request for `other` keeps this node out of the
+    /// race: only while `other` is alive, healthy and could take the key
+    /// itself (listed in `sync`, or a forced failover), and the request is
+    /// not older than three TTLs (a leader starts a hand-over only within one
+    /// TTL of the request and gives up after another, so the candidate has at
+    /// least one more TTL to take the key).
+    fn defers_to(
+        &self,
+        input: &HaInput,
+        view: &ClusterView,
+        request: &FailoverRecord,
+        other: &str,
+    ) -> bool {
+        let fresh = input.wall_clock_ms
+            <= request
+                .requested_at_ms
+                .saturating_add(self.config.ttl_ms.saturating_mul(3));
+        let could_race = request.kind == FailoverKind::Failover
+            || view.sync.as_ref().is_some_and(|s| s.value.allows(other));
+        fresh && could_race && view.member(other).is_some_and(|m| m.value.healthy)
+    }
+
     /// Rule 5's sync membership: listed in `sync` (or its leader), or the
     /// async fallback when allowed and no listed member is alive.
     fn sync_grounds(&self, input: &HaInput, view: &ClusterView) -> Result<Race, String> {
         let me = self.config.name.as_str();
         match view.sync.as_ref() {
             Some(sync) if sync.value.allows(me) => Ok(Race::Sync),
-            None if input.local.role == LocalRole::Primary => Ok(Race::Sync),
+            None if input.local.role == LocalRole::Primary => Ok(Race::Bootstrap),
             sync => {
                 let alive_listed = sync.is_some_and(|s| {
                     view.members.iter().any(|m| {
@@ -703,9 +755,15 @@ impl HaState {
         let mine = input.local.flush_lsn;
         let last = view.last_history_timeline();
         let sync = view.sync.as_ref().map(|s| &s.value);
+        // A leader handing over in a switchover has left the race.
+        let handing_over = view
+            .failover
+            .as_ref()
+            .and_then(|f| f.value.leader.as_deref());
         for m in &view.members {
             let m = &m.value;
             let eligible = m.name != me
+                && Some(m.name.as_str()) != handing_over
                 && m.healthy
                 && !m.nofailover
                 && view
@@ -846,6 +904,7 @@ fn race_words(race: Race) -> &'static str {
         Race::Switchover => "I am the switchover candidate",
         Race::Forced => "a forced failover names me",
         Race::Async => "no synchronous member is alive and ha_allow_async_failover is on",
+        Race::Bootstrap => "there is no sync record yet (a new cluster)",
     }
 }
 
