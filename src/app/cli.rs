@@ -332,12 +332,26 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 overrides,
                 ..Default::default()
             };
-            let why = walrep::node::restart::run(&datadir, &opts, |node| {
+            let follow = |node: &walrep::node::RunningNode| {
                 follow_log_level(&node.node)
                     .map_err(|e| tracing::warn!(error = %e, "log_level will not follow reloads"))
                     .ok()
-            })
-            .map_err(|e| disk_full_hint(&datadir, &opts.overrides, e))?;
+            };
+            let config_file = walrep::node::DataDir::new(&datadir).config_file();
+            let ha = walrep::config::Config::load(&config_file, &opts.overrides)
+                .is_ok_and(|c| c.ha_enabled.0);
+            let why = if ha {
+                walrep::ha::supervisor::run(
+                    &datadir,
+                    &opts,
+                    walrep::ha::start::clock,
+                    walrep::ha::start::ha_loop(),
+                    follow,
+                )?
+            } else {
+                walrep::node::restart::run(&datadir, &opts, follow)
+                    .map_err(|e| disk_full_hint(&datadir, &opts.overrides, e))?
+            };
             match why {
                 walrep::node::ExitRequest::Signal(_) | walrep::node::ExitRequest::Demote { .. } => {
                     Ok(ExitCode::SUCCESS)

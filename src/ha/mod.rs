@@ -11,6 +11,7 @@
 //! - [`control`]: the HA loop's hands on the local node (its state, the
 //!   write gate, promote, follow, demote).
 //! - [`run`]: the HA thread, one cycle per `ha_loop_wait`.
+//! - [`start`]: the loop `walrep start` runs, on etcd.
 //! - [`status`]: what the last cycle found, for INFO.
 //! - [`supervisor`]: `walrep start` under HA: the node and its HA thread
 //!   in one process; a demotion stops, rejoins and restarts the node.
@@ -21,5 +22,6 @@ pub mod control;
 pub mod dcs;
 pub mod etcd;
 pub mod run;
+pub mod start;
 pub mod status;
 pub mod supervisor;
