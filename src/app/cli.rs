@@ -335,14 +335,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 overrides,
                 ..Default::default()
             };
-            let why = walrep::node::restart::run(&datadir, &opts, |node| {
+            let follow = |node: &walrep::node::RunningNode| {
                 follow_log_level(&node.node)
                     .map_err(|e| tracing::warn!(error = %e, "log_level will not follow reloads"))
                     .ok()
-            })
-            .map_err(|e| disk_full_hint(&datadir, &opts.overrides, e))?;
+            };
+            let config_file = walrep::node::DataDir::new(&datadir).config_file();
+            let ha = walrep::config::Config::load(&config_file, &opts.overrides)
+                .is_ok_and(|c| c.ha_enabled.0);
+            let why = if ha {
+                walrep::ha::supervisor::run(
+                    &datadir,
+                    &opts,
+                    walrep::ha::start::clock,
+                    walrep::ha::start::ha_loop(),
+                    follow,
+                )?
+            } else {
+                walrep::node::restart::run(&datadir, &opts, follow)
+                    .map_err(|e| disk_full_hint(&datadir, &opts.overrides, e))?
+            };
             match why {
-                walrep::node::ExitRequest::Signal(_) => Ok(ExitCode::SUCCESS),
+                walrep::node::ExitRequest::Signal(_) | walrep::node::ExitRequest::Demote { .. } => {
+                    Ok(ExitCode::SUCCESS)
+                }
                 walrep::node::ExitRequest::Fatal(message) => {
                     anyhow::bail!("fatal: {message}")
                 }
@@ -566,6 +582,19 @@ fn status(datadir: &std::path::Path) -> anyhow::Result<String> {
             kv("sync_state"),
             kv("flush_lsn"),
             kv("replay_lsn"),
+        ));
+    }
+    if field("ha_enabled") == "1" {
+        out.push_str(&format!(
+            "ha:        member {} {}, leader {}, write gate {} ({} ms left)\nha cycle:  {}\n",
+            field("ha_member"),
+            field("ha_role"),
+            Some(field("ha_leader"))
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| "(none)".into()),
+            field("ha_gate"),
+            field("ha_gate_remaining_ms"),
+            field("ha_last_cycle"),
         ));
     }
     Ok(out)

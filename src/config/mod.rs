@@ -713,6 +713,42 @@ pub struct Config {
     /// a full disk), close client sessions, rerun crash recovery in the
     /// same process and serve again (PostgreSQL's restart_after_crash).
     pub restart_after_crash: Bool,
+
+    // -- High availability (docs/ha.md)
+    /// Automatic failover on etcd: this node takes part in the leader race
+    /// and fences itself when it cannot renew its lease.
+    pub ha_enabled: Bool,
+    /// etcd client URLs, comma separated (http://host:port), tried in turn.
+    pub ha_endpoints: String,
+    /// Prefix of every key in etcd (Patroni's namespace).
+    pub ha_namespace: String,
+    /// Name of the cluster under ha_namespace (Patroni's scope).
+    pub ha_cluster_name: String,
+    /// This member's name in etcd; also the application_name it streams
+    /// with, so synchronous_standby_names can name it (empty: the
+    /// application_name of primary_conninfo).
+    pub ha_name: String,
+    /// Lease time to live: how long after its last renewal another node may
+    /// take over. A bare number is seconds.
+    pub ha_ttl: Time<1000>,
+    /// Time between two HA cycles. A bare number is seconds.
+    pub ha_loop_wait: Time<1000>,
+    /// Bound of each etcd request. A bare number is seconds.
+    pub ha_retry_timeout: Time<1000>,
+    /// How long before the lease can expire the primary stops admitting
+    /// and acknowledging writes. A bare number is seconds.
+    pub ha_fence_margin: Time<1000>,
+    /// Let an asynchronous standby promote when no synchronous standby is
+    /// alive (may lose acknowledged writes).
+    pub ha_allow_async_failover: Bool,
+    /// Never promote this node automatically.
+    pub ha_nofailover: Bool,
+    /// host:port other members stream from (empty: listen_addresses and
+    /// replication_port, when listen_addresses names one host).
+    pub ha_repl_address: String,
+    /// host:port clients reach this node's Redis port at (empty: derived
+    /// like ha_repl_address).
+    pub ha_client_address: String,
 }
 
 impl Default for Config {
@@ -792,6 +828,19 @@ impl Default for Config {
             status_advertise_url: String::new(),
             disk_free_warning_size: Size::mb(1024),
             restart_after_crash: Bool(true),
+            ha_enabled: Bool(false),
+            ha_endpoints: String::new(),
+            ha_namespace: "/walrep".into(),
+            ha_cluster_name: "main".into(),
+            ha_name: String::new(),
+            ha_ttl: Time::ms(10_000),
+            ha_loop_wait: Time::ms(1_000),
+            ha_retry_timeout: Time::ms(3_000),
+            ha_fence_margin: Time::ms(2_000),
+            ha_allow_async_failover: Bool(false),
+            ha_nofailover: Bool(false),
+            ha_repl_address: String::new(),
+            ha_client_address: String::new(),
         }
     }
 }
@@ -870,6 +919,19 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "status_advertise_url", section: "Observability", help: "Address of this node's status pages as other nodes and people should use it, told to its upstream and downstreams so their pages link here (empty = http://LISTEN:status_port/; an address that names no host, such as 0.0.0.0, is replaced by the host the other side sees)." },
     ParamDoc { name: "disk_free_warning_size", section: "Observability", help: "Log a warning, repeated every minute, while the data directory's filesystem has less free space than this, naming what holds WAL (each slot, the archive backlog, wal_keep_size, the WAL since the last checkpoint); -1 = never." },
     ParamDoc { name: "restart_after_crash", section: "Error handling", help: "After a failure that stops the WAL writer (a failed write or fsync, a full disk), close client sessions, rerun crash recovery in the same process and serve again, as PostgreSQL's restart_after_crash; while the disk is still full, retry with back-off, saying what is full and what holds WAL. off: the node stops instead." },
+    ParamDoc { name: "ha_enabled", section: "High availability", help: "Automatic failover on etcd (docs/ha.md): the node takes part in the leader race, holds the leader key under a lease while primary, and fences itself (refuses and stops acknowledging writes) when it cannot renew the lease in time. A primary started with it on admits no write until it holds the leader key." },
+    ParamDoc { name: "ha_endpoints", section: "High availability", help: "etcd client URLs (http://host:port), comma separated, tried in turn; required with ha_enabled." },
+    ParamDoc { name: "ha_namespace", section: "High availability", help: "Prefix of every key in etcd; keys live under ha_namespace/ha_cluster_name/ (Patroni's namespace)." },
+    ParamDoc { name: "ha_cluster_name", section: "High availability", help: "Name of the cluster under ha_namespace (Patroni's scope); every member of one cluster uses the same." },
+    ParamDoc { name: "ha_name", section: "High availability", help: "This member's name in etcd, unique in the cluster; a standby streams with it as application_name, so synchronous_standby_names names members by it. Empty: the application_name of primary_conninfo." },
+    ParamDoc { name: "ha_ttl", section: "High availability", help: "Time to live of the node's etcd lease (at least 2s, etcd's minimum): a primary that cannot renew it loses the leader key this long after its last renewal, and then a standby may take over. Must be at least ha_loop_wait + 2 * ha_retry_timeout." },
+    ParamDoc { name: "ha_loop_wait", section: "High availability", help: "Time between two HA cycles (read the cluster from etcd, decide, act, renew the lease)." },
+    ParamDoc { name: "ha_retry_timeout", section: "High availability", help: "Bound of each etcd request; a write that times out is settled by a read." },
+    ParamDoc { name: "ha_fence_margin", section: "High availability", help: "The primary stops admitting and acknowledging writes at (send time of its last successful lease renewal) + ha_ttl - ha_fence_margin, on the monotonic clock, whether or not its HA thread runs: the margin covers clock-rate error and a stalled process. Must leave ha_ttl - ha_fence_margin > ha_loop_wait + ha_retry_timeout." },
+    ParamDoc { name: "ha_allow_async_failover", section: "High availability", help: "Let an asynchronous standby promote when no synchronous standby is alive. Writes acknowledged by the old primary may then be lost: off by default, and a warning is logged when on." },
+    ParamDoc { name: "ha_nofailover", section: "High availability", help: "Never promote this node automatically (Patroni's nofailover tag); it still follows the leader." },
+    ParamDoc { name: "ha_repl_address", section: "High availability", help: "host:port other members stream WAL from, published in this member's key (empty: listen_addresses:replication_port, when listen_addresses names one concrete host)." },
+    ParamDoc { name: "ha_client_address", section: "High availability", help: "host:port clients reach this node's Redis port at, published in this member's key (empty: listen_addresses:port, when listen_addresses names one concrete host)." },
 ];
 
 /// Parameters a running node re-reads on `walrep reload` or SIGHUP
@@ -1078,6 +1140,7 @@ impl Config {
                 return bad("wal_repair_sources", format!("\"{shown}\": {e}"));
             }
         }
+        self.validate_ha()?;
         for h in &self.hba {
             if crate::util::Cidr::parse(&h.address).is_none() {
                 return bad(
@@ -1087,6 +1150,143 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The HA parameters, checked only with `ha_enabled`: the timing rule
+    /// that keeps the fence ahead of the lease (Patroni's `loop_wait + 2 *
+    /// retry_timeout <= ttl`, plus the margin), endpoints that parse, a
+    /// member name, and no setting that would acknowledge a write no
+    /// failover candidate holds.
+    fn validate_ha(&self) -> Result<(), ConfigError> {
+        if !self.ha_enabled.0 {
+            return Ok(());
+        }
+        let bad = |name: &str, message: String| {
+            Err(ConfigError::BadValue {
+                name: name.into(),
+                message,
+            })
+        };
+        if let Err(e) = self.ha_endpoint_list() {
+            return bad("ha_endpoints", e);
+        }
+        let secs = |t: Time<1000>| t.get().unwrap_or(Duration::ZERO);
+        let (ttl, loop_wait) = (secs(self.ha_ttl), secs(self.ha_loop_wait));
+        let (retry, margin) = (secs(self.ha_retry_timeout), secs(self.ha_fence_margin));
+        if ttl < Duration::from_secs(2) {
+            return bad(
+                "ha_ttl",
+                format!(
+                    "{} is below etcd's minimum lease time to live of 2s",
+                    self.ha_ttl
+                ),
+            );
+        }
+        if loop_wait.is_zero() || retry.is_zero() {
+            return bad(
+                "ha_loop_wait",
+                "ha_loop_wait and ha_retry_timeout must be positive".into(),
+            );
+        }
+        if loop_wait + 2 * retry > ttl {
+            return bad(
+                "ha_ttl",
+                format!(
+                    "ha_loop_wait ({}) + 2 * ha_retry_timeout ({}) must not exceed ha_ttl ({}): the primary must be able to renew its lease before it expires",
+                    self.ha_loop_wait, self.ha_retry_timeout, self.ha_ttl
+                ),
+            );
+        }
+        if margin >= ttl || ttl - margin <= loop_wait + retry {
+            return bad(
+                "ha_fence_margin",
+                format!(
+                    "ha_ttl ({}) - ha_fence_margin ({}) must exceed ha_loop_wait ({}) + ha_retry_timeout ({}), or the primary fences itself between two renewals",
+                    self.ha_ttl, self.ha_fence_margin, self.ha_loop_wait, self.ha_retry_timeout
+                ),
+            );
+        }
+        if self.ha_member_name().is_none() {
+            return bad(
+                "ha_name",
+                "set ha_name (or application_name in primary_conninfo): every member needs a name unique in its cluster".into(),
+            );
+        }
+        if !self.ha_namespace.starts_with('/') {
+            return bad(
+                "ha_namespace",
+                format!("\"{}\" must start with /", self.ha_namespace),
+            );
+        }
+        if self.ha_cluster_name.is_empty() || self.ha_cluster_name.contains('/') {
+            return bad(
+                "ha_cluster_name",
+                "must be a non-empty name without /".into(),
+            );
+        }
+        for (name, value) in [
+            ("ha_repl_address", &self.ha_repl_address),
+            ("ha_client_address", &self.ha_client_address),
+        ] {
+            if !value.is_empty() && parse_host_port(value).is_none() {
+                return bad(name, format!("\"{value}\" is not host:port"));
+            }
+        }
+        if self.synchronous_standby_timeout.get().is_some() {
+            return bad(
+                "synchronous_standby_timeout",
+                "must be -1 with ha_enabled: degrading to local commits would acknowledge writes no failover candidate holds".into(),
+            );
+        }
+        if self
+            .synchronous_standby_names
+            .trim_start()
+            .to_ascii_uppercase()
+            .starts_with("ANY")
+        {
+            return bad(
+                "synchronous_standby_names",
+                "ANY (quorum commit) is not supported with ha_enabled yet: use FIRST n (...)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// `ha_endpoints` as a list of `http://host:port` URLs, or why not.
+    pub fn ha_endpoint_list(&self) -> Result<Vec<String>, String> {
+        let list: Vec<String> = self
+            .ha_endpoints
+            .split(',')
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if list.is_empty() {
+            return Err(
+                "at least one etcd endpoint (http://host:port) is required with ha_enabled".into(),
+            );
+        }
+        for e in &list {
+            let rest = e
+                .strip_prefix("http://")
+                .ok_or_else(|| format!("\"{e}\": only http://host:port endpoints are supported"))?;
+            if parse_host_port(rest).is_none() {
+                return Err(format!("\"{e}\" is not http://host:port"));
+            }
+        }
+        Ok(list)
+    }
+
+    /// This member's name: `ha_name`, else the application_name of
+    /// `primary_conninfo`.
+    pub fn ha_member_name(&self) -> Option<String> {
+        if !self.ha_name.is_empty() {
+            return Some(self.ha_name.clone());
+        }
+        conninfo::ConnInfo::parse(&self.primary_conninfo)
+            .ok()
+            .and_then(|c| c.application_name)
+            .filter(|n| !n.is_empty())
     }
 
     /// Secrets are verifiers, roles are unique, limits are sane. A clear
@@ -1245,6 +1445,14 @@ fn accepts(name: &str, value: &toml::Value) -> bool {
     one.try_into::<Config>().is_ok()
 }
 
+/// `host:port` (a bracketed IPv6 host allowed) with a port above 0.
+pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty() && !host.contains('/')).then(|| (host.to_string(), port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1260,6 +1468,54 @@ mod tests {
         assert_eq!(c.archive_command, "true");
         let e = Config::from_toml_with_overrides("", "x", &["port=true".into()]).unwrap_err();
         assert!(e.to_string().contains("port"), "{e}");
+    }
+
+    #[test]
+    fn ha_parameters_are_checked_only_with_ha_on() {
+        let ha = |extra: &[&str]| {
+            let mut o: Vec<String> = vec![
+                "ha_enabled=on".into(),
+                "ha_endpoints=http://127.0.0.1:2379, http://127.0.0.1:22379".into(),
+                "ha_name=n1".into(),
+            ];
+            o.extend(extra.iter().map(|s| s.to_string()));
+            Config::from_toml_with_overrides("", "x", &o)
+        };
+        let c = ha(&[]).unwrap();
+        assert_eq!(c.ha_endpoint_list().unwrap().len(), 2);
+        assert_eq!(c.ha_ttl.get(), Some(Duration::from_secs(10)));
+        let err = |extra: &[&str], name: &str| {
+            let e = ha(extra).unwrap_err().to_string();
+            assert!(e.contains(name), "{extra:?}: {e}");
+            e
+        };
+        err(&["ha_ttl=1"], "ha_ttl");
+        let e = err(&["ha_ttl=6", "ha_retry_timeout=3"], "ha_ttl");
+        assert!(e.contains("2 * ha_retry_timeout"), "{e}");
+        err(&["ha_fence_margin=6"], "ha_fence_margin");
+        err(&["ha_endpoints=127.0.0.1:2379"], "ha_endpoints");
+        err(&["ha_endpoints=http://127.0.0.1:x"], "ha_endpoints");
+        err(&["ha_endpoints="], "ha_endpoints");
+        err(&["ha_name="], "ha_name");
+        err(&["ha_namespace=walrep"], "ha_namespace");
+        err(
+            &["synchronous_standby_timeout=5s"],
+            "synchronous_standby_timeout",
+        );
+        err(
+            &["synchronous_standby_names=ANY 1 (a, b)"],
+            "synchronous_standby_names",
+        );
+        err(&["ha_repl_address=nohost"], "ha_repl_address");
+        // The member name may come from primary_conninfo.
+        let c = ha(&[
+            "ha_name=",
+            "primary_conninfo=host=h port=1 application_name=n2",
+        ])
+        .unwrap();
+        assert_eq!(c.ha_member_name().as_deref(), Some("n2"));
+        // HA off: nothing is checked.
+        Config::from_toml_with_overrides("", "x", &["ha_ttl=1".into()]).unwrap();
     }
 
     #[test]

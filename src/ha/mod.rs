@@ -8,8 +8,20 @@
 //!   distributed configuration store, in Patroni's words), as a trait.
 //! - [`etcd`]: that trait on etcd 3.4+ through its JSON gateway, over a
 //!   blocking HTTP client.
+//! - [`control`]: the HA loop's hands on the local node (its state, the
+//!   write gate, promote, follow, demote).
+//! - [`run`]: the HA thread, one cycle per `ha_loop_wait`.
+//! - [`start`]: the loop `walrep start` runs, on etcd.
+//! - [`status`]: what the last cycle found, for INFO.
+//! - [`supervisor`]: `walrep start` under HA: the node and its HA thread
+//!   in one process; a demotion stops, rejoins and restarts the node.
 //!
 //! The decisions themselves are pure and live in `walrep_states::ha`.
 
+pub mod control;
 pub mod dcs;
 pub mod etcd;
+pub mod run;
+pub mod start;
+pub mod status;
+pub mod supervisor;

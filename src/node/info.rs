@@ -315,7 +315,38 @@ fn replication(node: &Node) -> String {
         age.map(|a| a.as_millis()).unwrap_or(0),
         node.syncrep.is_degraded() as u8,
     );
+    ha_fields(node, &mut s);
     s
+}
+
+/// Under automatic failover: who leads, whether this node may write
+/// (its write gate) and for how long without another lease renewal, and
+/// what the HA loop's last cycle did.
+fn ha_fields(node: &Node, s: &mut String) {
+    let gate = node.write_gate();
+    if !gate.controlled() {
+        return;
+    }
+    let status = node.ha_status().unwrap_or_default();
+    let name = node.settings().ha_member_name().unwrap_or_default();
+    let open = gate.is_open();
+    let ha_role = match (&status.leader, node.is_primary(), open) {
+        (_, true, true) => "leader",
+        (_, true, false) => "fenced",
+        (Some(l), false, _) if *l == name => "promoting",
+        _ => "replica",
+    };
+    let one_line = |t: &str| t.replace(['\r', '\n'], " ");
+    let _ = write!(
+        s,
+        "ha_enabled:1\r\nha_member:{}\r\nha_role:{ha_role}\r\nha_leader:{}\r\nha_gate:{}\r\nha_gate_remaining_ms:{}\r\nha_last_cycle:{}\r\nha_halted:{}\r\n",
+        name,
+        status.leader.as_deref().unwrap_or(""),
+        if open { "open" } else { "closed" },
+        gate.remaining().unwrap_or_default().as_millis(),
+        one_line(&status.why),
+        one_line(status.halted.as_deref().unwrap_or("")),
+    );
 }
 
 /// A standby's view: its recovery state, where WAL comes from, how far it

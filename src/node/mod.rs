@@ -14,6 +14,7 @@
 pub mod checkpoint;
 pub mod disk;
 mod error;
+pub mod fence;
 pub mod info;
 pub mod init;
 pub mod recovery;
@@ -62,6 +63,13 @@ pub enum ExitRequest {
     Signal(i32),
     /// The node cannot go on.
     Fatal(FatalError),
+    /// The HA loop found another member holding the leader key while this
+    /// node runs as a primary: stop (fenced), rejoin against the leader,
+    /// start again as its standby.
+    Demote {
+        /// The leader's replication address and this member's name.
+        conninfo: String,
+    },
 }
 
 /// Why a node cannot go on.
@@ -130,8 +138,10 @@ pub struct Node {
     /// ([`Node::reload_config`]).
     pub config: crate::config::LiveConfig,
     /// `-c` overrides of `walrep start`: they win over the file at every
-    /// reload too, as PostgreSQL's command-line options do.
-    overrides: Vec<String>,
+    /// reload too, as PostgreSQL's command-line options do. The HA loop
+    /// appends its own (`primary_conninfo` of the leader it follows), which
+    /// win over both.
+    overrides: Mutex<Vec<String>>,
     /// Every durable write of the node goes through it; the first failed
     /// fsync poisons it and stops the node
     /// ([`crate::storage::PoisonOnSyncFailure`]).
@@ -142,6 +152,9 @@ pub struct Node {
     /// The WAL writer; `None` on a standby until it is promoted.
     wal: RwLock<Option<Arc<Wal>>>,
     role: AtomicU8,
+    /// The HA write gate: checked at every write's admission and before
+    /// every acknowledgement (always open with HA off).
+    gate: Arc<fence::WriteGate>,
     pub(crate) syncrep: Arc<SyncRep>,
     checkpoint_lock: Mutex<()>,
     /// Callers waiting for `checkpoint_lock` with a checkpoint that must
@@ -183,6 +196,8 @@ pub struct Node {
     pub instance_id: u64,
     /// Damaged WAL segments crash recovery replaced at this start (INFO).
     wal_repairs: Mutex<Vec<recovery::RepairedSegment>>,
+    /// What the HA loop last found (INFO); `None` with HA off.
+    ha_status: Mutex<Option<crate::ha::status::HaStatus>>,
 }
 
 /// The archiver and the WAL event listener, owned by the node because
@@ -217,6 +232,32 @@ impl Node {
     /// The WAL writer; `None` while the node is a standby.
     pub fn wal(&self) -> Option<Arc<Wal>> {
         self.wal.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The HA write gate (fence) of this node.
+    pub fn write_gate(&self) -> &Arc<fence::WriteGate> {
+        &self.gate
+    }
+
+    /// Record what the HA loop last found (INFO, `walrep status`).
+    pub fn set_ha_status(&self, status: crate::ha::status::HaStatus) {
+        *self.ha_status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+    }
+
+    /// What the HA loop last found; `None` with HA off or before its
+    /// first cycle.
+    pub fn ha_status(&self) -> Option<crate::ha::status::HaStatus> {
+        self.ha_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Under automatic failover: count only these standbys' confirmations
+    /// (those the `sync` key names); `None` counts every standby
+    /// `synchronous_standby_names` names.
+    pub fn set_sync_allowed(&self, names: Option<Vec<String>>) {
+        self.syncrep.set_allowed(names, &self.standby_positions());
     }
 
     /// Whether the node writes WAL (started as a primary, or promoted).
@@ -384,22 +425,30 @@ impl Backend for Node {
         if !self.is_primary() {
             return Err(WriteError::ReadOnly);
         }
+        if !self.gate.is_open() {
+            return Err(WriteError::Fenced);
+        }
         let wal = self.wal().ok_or(WriteError::ReadOnly)?;
         wal.insert(crate::store::record::RM_KV, info, payload)
             .map_err(wal_error)
     }
 
+    /// Every acknowledgement passes here last, so the write gate is
+    /// checked right before it: a node fenced while the write waited
+    /// answers an error, never "OK".
     fn wait(&self, end: Lsn, level: Level) -> Result<(), WriteError> {
-        if level == Level::Immediate {
-            return Ok(());
+        if level > Level::Immediate {
+            let wal = self.wal().ok_or(WriteError::ReadOnly)?;
+            wal.wait_flushed(end).map_err(wal_error)?;
+            // The flush hook made the write readable by everyone before the
+            // flush was published, so before its client hears "OK".
+            debug_assert!(self.store.visibility().released(Level::LocalFlush) >= end);
         }
-        let wal = self.wal().ok_or(WriteError::ReadOnly)?;
-        wal.wait_flushed(end).map_err(wal_error)?;
-        // The flush hook made the write readable by everyone before the
-        // flush was published, so before its client hears "OK".
-        debug_assert!(self.store.visibility().released(Level::LocalFlush) >= end);
         if level >= Level::RemoteWrite {
             self.syncrep.wait(end, level)?;
+        }
+        if !self.gate.is_open() {
+            return Err(WriteError::FencedUnconfirmed);
         }
         Ok(())
     }

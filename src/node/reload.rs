@@ -26,7 +26,12 @@ impl Node {
     pub fn reload_config(&self) -> Result<Reload, NodeError> {
         tracing::info!("received SIGHUP, reloading configuration files");
         let path = self.dir.config_file();
-        let reload = Config::load(&path, &self.overrides)
+        let overrides = self
+            .overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let reload = Config::load(&path, &overrides)
             .map_err(NodeError::from)
             .and_then(|new| self.check_reload(&new))
             .inspect_err(|e| {
@@ -50,6 +55,24 @@ impl Node {
         }
         self.apply_reload(&old, &reload.config);
         Ok(reload)
+    }
+
+    /// Set `name = value` on top of the file and the `-c` options (the HA
+    /// loop's `primary_conninfo` of the leader to follow), then reload: a
+    /// standby reconnects its walreceiver to the new upstream without a
+    /// restart. A value the reload rejects is taken back.
+    pub fn set_override(&self, name: &str, value: &str) -> Result<Reload, NodeError> {
+        let setting = format!("{name}={value}");
+        let previous = {
+            let mut o = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
+            let previous = o.clone();
+            o.retain(|s| s.split_once('=').is_none_or(|(n, _)| n.trim() != name));
+            o.push(setting);
+            previous
+        };
+        self.reload_config().inspect_err(|_| {
+            *self.overrides.lock().unwrap_or_else(|e| e.into_inner()) = previous;
+        })
     }
 
     /// The merged configuration, if every changed value is usable.

@@ -122,7 +122,7 @@ pub fn termination(failure: &FatalError, restarting: bool) -> Termination {
 
 /// A flag SIGINT and SIGTERM set, for the times no node is running to
 /// catch them (between a failure and a successful start).
-fn shutdown_flag() -> Result<Arc<AtomicBool>, NodeError> {
+pub(crate) fn shutdown_flag() -> Result<Arc<AtomicBool>, NodeError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
     for sig in [SIGINT, SIGTERM] {
@@ -136,7 +136,7 @@ fn shutdown_flag() -> Result<Arc<AtomicBool>, NodeError> {
 
 /// Restart on the ports the first start bound (port 0 in the file picks a
 /// free port once): clients reconnect where they were.
-fn pin_ports(node: &RunningNode, opts: &mut StartOptions) {
+pub(crate) fn pin_ports(node: &RunningNode, opts: &mut StartOptions) {
     let ports = *node.node.ports.lock().unwrap_or_else(|e| e.into_inner());
     opts.overrides.push(format!("port={}", ports.redis));
     if ports.replication != 0 {

@@ -127,6 +127,12 @@ impl RunningNode {
             store.visibility().clone(),
             config.synchronous_standby_timeout.get(),
         ));
+        let gate = Arc::new(if config.ha_enabled.0 {
+            super::fence::WriteGate::fenced()
+        } else {
+            super::fence::WriteGate::always_open()
+        });
+        syncrep.set_fence(gate.clone());
         let (checkpoint_requests, checkpoint_rx) = crossbeam_channel::bounded(4);
         let config = Arc::new(Watch::new(Arc::new(config)));
         let control_file = Arc::new(ControlFileOwner::new(
@@ -139,7 +145,7 @@ impl RunningNode {
         let node = Arc::new(Node {
             dir,
             config,
-            overrides: opts.overrides.clone(),
+            overrides: Mutex::new(opts.overrides.clone()),
             storage,
             control_file,
             store,
@@ -149,6 +155,7 @@ impl RunningNode {
             } else {
                 ROLE_PRIMARY
             }),
+            gate,
             syncrep,
             checkpoint_lock: Mutex::new(()),
             checkpoint_waiters: Default::default(),
@@ -174,6 +181,7 @@ impl RunningNode {
             backup_pins,
             instance_id: rand::random(),
             wal_repairs: Default::default(),
+            ha_status: Mutex::new(None),
         });
         let mut running = RunningNode {
             node: node.clone(),
@@ -313,6 +321,25 @@ impl RunningNode {
     /// [`RunningNode::stop`] (without the shutdown checkpoint).
     pub fn terminate(self, sessions: Termination) -> Result<(), NodeError> {
         self.stop_with(Some(sessions))
+    }
+
+    /// Stop a primary the HA loop demotes, as `pg_ctl stop -m immediate`:
+    /// every session is ended at once (a write waiting for its level gets
+    /// the error, never "OK") and no shutdown checkpoint is written, so the
+    /// last checkpoint stays before the fork and `walrep rejoin` can cut the
+    /// WAL this node wrote past it.
+    pub fn stop_for_demotion(self) -> Result<(), NodeError> {
+        self.node.crashed.store(true, Ordering::SeqCst);
+        self.node.gate.close();
+        let redis = crate::server::Termination {
+            reason: "this node was demoted: another member holds the HA leader key".into(),
+            hint: "reconnect to the current primary".into(),
+        };
+        let replication = crate::replication::sqlstate::PgError::fatal(
+            crate::replication::sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection: the primary is being demoted (another member holds the HA leader key)",
+        );
+        self.stop_with(Some(Termination { redis, replication }))
     }
 
     fn stop_with(mut self, termination: Option<Termination>) -> Result<(), NodeError> {
@@ -506,7 +533,10 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
     })?;
     node.attach_wal(wal)
         .map_err(spawn("WAL writer's threads"))?;
-    if crashed {
+    // Under HA the crashed primary may have lost the leader key and must
+    // then rejoin the new leader: a checkpoint past the fork would forbid
+    // that, so it waits for the next timed or WAL-triggered checkpoint.
+    if crashed && !node.gate.controlled() {
         // As PostgreSQL, crash recovery ends with a checkpoint so the WAL
         // just replayed is not needed again; unlike it, the node serves
         // meanwhile (the replayed WAL is durable and the last checkpoint

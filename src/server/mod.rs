@@ -66,6 +66,15 @@ pub enum WriteError {
     Terminated(Arc<Termination>),
     #[error("LOADING walrep is replaying WAL; reads are served once recovery is consistent")]
     NotConsistent,
+    /// Under automatic failover this node does not hold a live leader
+    /// lease (it is fenced): it admits no write, as a replica would not.
+    #[error("READONLY You can't write against a fenced node: it does not hold the HA leader lease (another node may be the primary now)")]
+    Fenced,
+    /// The node was fenced while this write waited for its level: it is
+    /// not acknowledged, and whether it survives depends on the next
+    /// primary (as a cancelled synchronous wait in PostgreSQL).
+    #[error("READONLY the node was fenced (it lost the HA leader lease) before this write was confirmed: it is not acknowledged and may or may not survive; retry against the current primary")]
+    FencedUnconfirmed,
 }
 
 /// Why the server ends every session at once instead of letting them

@@ -139,6 +139,14 @@ pub struct SyncRep {
     remote_confirmed: [AtomicU64; 3],
     shutting_down: AtomicBool,
     pub stats: SyncRepStats,
+    /// Under automatic failover, the standbys whose confirmations count:
+    /// those the last successfully written `sync` key names. `None` (HA
+    /// off): every standby `synchronous_standby_names` names.
+    allowed: RwLock<Option<Arc<Vec<String>>>>,
+    /// The node's HA write gate: while it is closed nothing is released
+    /// (no write becomes visible as acknowledged), waiters get an error
+    /// and the node never degrades to local commits.
+    fence: std::sync::OnceLock<Arc<crate::node::fence::WriteGate>>,
 }
 
 impl SyncRep {
@@ -158,7 +166,42 @@ impl SyncRep {
             remote_confirmed: Default::default(),
             shutting_down: AtomicBool::new(false),
             stats: SyncRepStats::default(),
+            allowed: RwLock::new(None),
+            fence: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Follow the node's HA write gate (set once, at start-up).
+    pub fn set_fence(&self, gate: Arc<crate::node::fence::WriteGate>) {
+        let _ = self.fence.set(gate);
+    }
+
+    fn fenced(&self) -> bool {
+        self.fence.get().is_some_and(|g| !g.is_open())
+    }
+
+    /// Count only these standbys' confirmations from now on (`None`: every
+    /// standby `synchronous_standby_names` names, as with HA off). The HA
+    /// loop narrows the set *before* writing a `sync` key without a
+    /// standby and widens it only *after* writing one that names it, so
+    /// a write is never acknowledged on a standby the key does not name.
+    pub fn set_allowed(&self, names: Option<Vec<String>>, standbys: &[StandbyPosition]) {
+        *self.allowed.write().unwrap_or_else(|e| e.into_inner()) = names.map(Arc::new);
+        // Confirmations kept for a local flush still to come may come from
+        // a standby no longer counted: forget what was not released yet.
+        for level in REMOTE_LEVELS {
+            self.remote_confirmed[remote_index(level)]
+                .fetch_min(self.vis.released(level).0, Ordering::SeqCst);
+        }
+        self.on_standby_reply(standbys);
+    }
+
+    /// The standbys whose confirmations count (`None`: all named).
+    pub fn allowed(&self) -> Option<Arc<Vec<String>>> {
+        self.allowed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether any synchronous standby is configured.
@@ -242,9 +285,13 @@ impl SyncRep {
                 _ if self.shutting_down.load(Ordering::SeqCst) => {
                     return Err(WriteError::ShuttingDown)
                 }
+                _ if self.fenced() => return Err(WriteError::FencedUnconfirmed),
                 _ => {}
             }
-            if let Some(after) = self.degrade_after {
+            if let Some(after) = self
+                .degrade_after
+                .filter(|_| self.fence.get().is_none_or(|g| !g.controlled()))
+            {
                 if started.elapsed() >= after {
                     self.degrade(after);
                     continue;
@@ -257,7 +304,22 @@ impl SyncRep {
     /// A standby replied: recompute the confirmed positions and release.
     pub fn on_standby_reply(&self, standbys: &[StandbyPosition]) {
         let Some(config) = self.config() else { return };
-        let Some((write, flush, apply)) = confirmed_positions(&config, standbys) else {
+        let confirmed = match self.allowed() {
+            None => confirmed_positions(&config, standbys),
+            Some(allowed) => {
+                let counted: Vec<StandbyPosition> = standbys
+                    .iter()
+                    .filter(|s| {
+                        allowed
+                            .iter()
+                            .any(|a| a.eq_ignore_ascii_case(&s.application_name))
+                    })
+                    .cloned()
+                    .collect();
+                confirmed_positions(&config, &counted)
+            }
+        };
+        let Some((write, flush, apply)) = confirmed else {
             return;
         };
         if self.is_degraded() && flush >= Lsn(self.local_flushed.load(Ordering::SeqCst)) {
@@ -311,7 +373,7 @@ impl SyncRep {
 
     /// Advance `level` to `lsn` (visibility first), then wake its waiters.
     fn release(&self, level: Level, lsn: Lsn) {
-        if lsn <= self.vis.released(level) {
+        if lsn <= self.vis.released(level) || self.fenced() {
             return;
         }
         self.vis.advance(level, lsn);
@@ -586,5 +648,93 @@ mod tests {
         }
         rep.shutdown();
         assert!(matches!(h.join().unwrap(), Err(WriteError::ShuttingDown)));
+    }
+
+    #[test]
+    fn only_allowed_standbys_confirm_under_ha() {
+        let vis = Arc::new(Visibility::default());
+        let rep = SyncRep::new(
+            standby_names::parse("FIRST 1 (n1, n2, n3)").unwrap(),
+            vis.clone(),
+            None,
+        );
+        rep.on_local_flush(Lsn(500));
+        rep.set_allowed(Some(vec!["n3".into()]), &[]);
+        // n1 is the highest-priority standby but the sync key does not name it.
+        rep.on_standby_reply(&[sb("n1", 400, 400, 400), sb("n3", 100, 100, 100)]);
+        assert_eq!(vis.released(Level::RemoteFlush), Lsn(100));
+        rep.on_standby_reply(&[sb("n1", 500, 500, 500)]);
+        assert_eq!(
+            vis.released(Level::RemoteFlush),
+            Lsn(100),
+            "a standby outside the allowed set confirms nothing"
+        );
+        // Widened after a sync key naming n1 was written: n1 counts (case as PostgreSQL: insensitive).
+        rep.set_allowed(Some(vec!["N1".into()]), &[sb("n1", 500, 500, 500)]);
+        assert_eq!(vis.released(Level::RemoteFlush), Lsn(500));
+        // HA off: everyone named counts again.
+        rep.set_allowed(None, &[]);
+        rep.on_local_flush(Lsn(600));
+        rep.on_standby_reply(&[sb("n2", 600, 600, 600)]);
+        assert_eq!(vis.released(Level::RemoteFlush), Lsn(600));
+    }
+
+    #[test]
+    fn narrowing_the_allowed_set_forgets_unreleased_confirmations() {
+        let vis = Arc::new(Visibility::default());
+        let rep = SyncRep::new(standby_names::parse("n1, n2").unwrap(), vis.clone(), None);
+        rep.set_allowed(Some(vec!["n1".into()]), &[]);
+        rep.on_local_flush(Lsn(100));
+        // n1 confirms past the local flush: kept for the next local flush.
+        rep.on_standby_reply(&[sb("n1", 300, 300, 300)]);
+        assert_eq!(vis.released(Level::RemoteFlush), Lsn(100));
+        rep.set_allowed(Some(vec![]), &[]);
+        rep.on_local_flush(Lsn(300));
+        assert_eq!(
+            vis.released(Level::RemoteFlush),
+            Lsn(100),
+            "n1's confirmation no longer counts once n1 is removed"
+        );
+    }
+
+    #[test]
+    fn a_closed_fence_releases_nothing_and_errors_waiters() {
+        use crate::node::fence::WriteGate;
+        let vis = Arc::new(Visibility::default());
+        let rep = Arc::new(SyncRep::new(
+            standby_names::parse("s1").unwrap(),
+            vis.clone(),
+            Some(Duration::from_millis(20)),
+        ));
+        let gate = Arc::new(WriteGate::fenced());
+        gate.open_until(Instant::now() + Duration::from_secs(60));
+        rep.set_fence(gate.clone());
+        rep.on_local_flush(Lsn(100));
+        rep.on_standby_reply(&[sb("s1", 50, 50, 50)]);
+        assert_eq!(vis.released(Level::RemoteFlush), Lsn(50));
+        let waiter = {
+            let rep = rep.clone();
+            std::thread::spawn(move || rep.wait(Lsn(100), Level::RemoteFlush))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rep.waiters().0 < 1 {
+            assert!(Instant::now() < deadline, "waiter never queued");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        gate.close();
+        assert!(matches!(
+            waiter.join().unwrap(),
+            Err(WriteError::FencedUnconfirmed)
+        ));
+        assert!(
+            !rep.is_degraded(),
+            "under HA a node never degrades to local commits"
+        );
+        rep.on_standby_reply(&[sb("s1", 100, 100, 100)]);
+        assert_eq!(
+            vis.released(Level::RemoteFlush),
+            Lsn(50),
+            "a fenced node makes no write visible as acknowledged"
+        );
     }
 }
