@@ -292,6 +292,55 @@ fn seed_7cc4a253_last_segment_of_the_lsn_space() {
     }
 }
 
+/// The case proptest found (seed 842c1d18 in
+/// `proptest-regressions/recovery.txt`), replayed as it was shrunk: while
+/// a base backup was awaited, the upstream ended session 1's timeline and
+/// then an out-of-order `StreamConnected` of session 1 marked the ended
+/// session streaming again; when the copy completed, the stream was
+/// exhausted at the timeline's end, recovery followed the new timeline
+/// into `ArchiveRecovery` and the "streaming" walreceiver stayed running
+/// beside the archive round.
+#[test]
+fn seed_842c1d18_connected_after_timeline_end_while_awaiting_backup() {
+    let config = RecoveryConfig {
+        archive_configured: false,
+        stream_configured: false,
+        target_timeline: TargetTimeline::Latest,
+        wal_retrieve_retry_interval_ms: 1,
+        retry_backoff_max_ms: 8,
+        ping_pong_threshold: 2,
+        ..RecoveryConfig::default()
+    };
+    let plausible = |pick, a| Step {
+        plausible: true,
+        pick,
+        a,
+        b: 0,
+        c: 0,
+        dt_ms: 0,
+    };
+    let steps = [
+        plausible(3573608724672664125, 56385718481),
+        plausible(12930203604848117221, 0),
+        plausible(8697410314444177144, 0),
+        plausible(2466019684046712573, 0),
+        Step {
+            plausible: false,
+            a: 10282165874133393785,
+            ..plausible(0, 0)
+        },
+        plausible(116936555207156130, 0),
+    ];
+    // The fifth step is the current session's StreamConnected.
+    assert!(matches!(
+        arbitrary(&steps[4]),
+        Event::StreamConnected { session, .. } if session == SessionId(1)
+    ));
+    if let Err(e) = run(config, &steps) {
+        panic!("{e}");
+    }
+}
+
 /// Every event kind at the end of its value range, in every state the
 /// standard exploration reaches first, does not panic.
 #[test]

@@ -97,7 +97,8 @@ impl Machine {
     }
 
     /// `StreamConnected` while waiting: an upstream behind our timeline is
-    /// refused (and retried later), any other starts streaming.
+    /// refused (and retried later), any other makes a connecting session
+    /// stream.
     pub(crate) fn backup_wait_connected(
         &mut self,
         ctx: &mut Ctx,
@@ -122,7 +123,17 @@ impl Machine {
             self.backup_wait_retry(ctx, wait);
             return;
         }
-        r.status = ReceiverStatus::Streaming;
+        // Only a connecting session starts streaming: one that already
+        // ended its timeline stays ended (it streams nothing more until a
+        // new session restarts it), as in `RetryingArchive`.
+        match r.status {
+            ReceiverStatus::Connecting => r.status = ReceiverStatus::Streaming,
+            ReceiverStatus::Streaming => ctx.because("already streaming"),
+            ReceiverStatus::Ended => ctx.because(format!(
+                "session {session} already ended timeline {}",
+                r.tli.0
+            )),
+        }
     }
 
     /// The session ended: start another after wal_retrieve_retry_interval.
