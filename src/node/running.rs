@@ -133,6 +133,12 @@ impl RunningNode {
             super::fence::WriteGate::always_open()
         });
         syncrep.set_fence(gate.clone());
+        if config.ha_enabled.0 {
+            // Under automatic failover a standby's confirmation counts only
+            // once the `sync` key names it: until the HA loop says which,
+            // nobody's does (the loop reads this set back as its own).
+            syncrep.set_allowed(Some(Vec::new()), &[]);
+        }
         let (checkpoint_requests, checkpoint_rx) = crossbeam_channel::bounded(4);
         let config = Arc::new(Watch::new(Arc::new(config)));
         let control_file = Arc::new(ControlFileOwner::new(
