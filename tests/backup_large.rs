@@ -88,7 +88,7 @@ fn jobs_backup(primary: &TestNode, dest: &Path) {
     assert!(out.contains("base backup of system"), "{out}");
 }
 
-/// `walrep basebackup --two-phase --jobs 2 -R` into `dest`; the standby
+/// `walrep basebackup --two-phase --jobs 4 -R` into `dest`; the standby
 /// is started as soon as phase 1 is written, as an operator would.
 fn two_phase_backup(primary: &TestNode, dest: &Path, tmp: &Path) -> TestNode {
     let out_path = tmp.join("two-phase.out");
@@ -97,7 +97,7 @@ fn two_phase_backup(primary: &TestNode, dest: &Path, tmp: &Path) -> TestNode {
             .args(["basebackup", "--from", &from(primary), "-D"])
             .arg(dest)
             .args(["-R", "--application-name", "large_tp", "--two-phase"])
-            .args(["--jobs", "2"])
+            .args(["--jobs", "4"])
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(std::fs::File::create(tmp.join("two-phase.err")).unwrap()),
     );

@@ -71,9 +71,13 @@ fn without_a_slot_the_wal_is_gone_and_the_error_names_the_oldest_position() {
     let primary = idle_primary(tmp.path());
     let first = three_copies(&primary, tmp.path(), &["--no-slot"]);
     // The primary keeps the WAL of its last two checkpoints (the previous
-    // one is recovery's fallback): a fourth copy's checkpoint moves both
-    // past the first copy's WAL.
-    basebackup_with(&primary, tmp.path(), "copy4", "copy4", &["--no-slot"]);
+    // one is recovery's fallback). A copy of an idle primary reuses its
+    // last checkpoint, so a write before each of two more copies makes
+    // each take a new one: both then lie past the first copy's WAL.
+    for copy in ["copy4", "copy5"] {
+        write_keys(&primary, copy, 1, 10);
+        basebackup_with(&primary, tmp.path(), copy, copy, &["--no-slot"]);
+    }
     let config = std::fs::read_to_string(first.join("walrep.toml")).unwrap();
     assert!(!config.contains("primary_slot_name = \"walrep"), "{config}");
     let mut c = client(&primary);
