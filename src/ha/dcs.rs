@@ -89,24 +89,39 @@ pub trait Dcs {
     fn release_leader(&mut self) -> Result<bool, DcsError>;
     /// Put `members/{name}` under the node's lease.
     fn publish_member(&mut self, record: &MemberRecord) -> Result<(), DcsError>;
+    /// Put the permanent key `relative` = `value` (`None`: delete it) if
+    /// its mod_revision is still `expected_mod_revision` (0: the key must
+    /// be absent); `false` when it changed since it was read.
+    fn write_if_unchanged(
+        &mut self,
+        relative: &str,
+        value: Option<Vec<u8>>,
+        expected_mod_revision: i64,
+    ) -> Result<bool, DcsError>;
     /// CAS-write `sync` (MOD == `expected_mod_revision`, 0: must be absent).
     fn write_sync(
         &mut self,
         record: &SyncRecord,
         expected_mod_revision: i64,
-    ) -> Result<bool, DcsError>;
+    ) -> Result<bool, DcsError> {
+        self.write_if_unchanged(keys::SYNC, Some(to_json(record)), expected_mod_revision)
+    }
     /// CAS-write `failover` (`None`: delete it) against its mod_revision.
     fn write_failover(
         &mut self,
         record: Option<&FailoverRecord>,
         expected_mod_revision: i64,
-    ) -> Result<bool, DcsError>;
+    ) -> Result<bool, DcsError> {
+        self.write_if_unchanged(keys::FAILOVER, record.map(to_json), expected_mod_revision)
+    }
     /// CAS-write `config` against its mod_revision.
     fn write_config(
         &mut self,
         record: &ClusterConfigRecord,
         expected_mod_revision: i64,
-    ) -> Result<bool, DcsError>;
+    ) -> Result<bool, DcsError> {
+        self.write_if_unchanged(keys::CONFIG, Some(to_json(record)), expected_mod_revision)
+    }
     /// Append `entry` to `history` if it is still at
     /// `expected_mod_revision` (0: absent).
     fn append_history(
@@ -485,24 +500,13 @@ impl Dcs for MemoryDcs {
         Ok(())
     }
 
-    fn write_sync(&mut self, record: &SyncRecord, expected: i64) -> Result<bool, DcsError> {
-        self.cas(keys::SYNC, Some(to_json(record)), expected)
-    }
-
-    fn write_failover(
+    fn write_if_unchanged(
         &mut self,
-        record: Option<&FailoverRecord>,
+        relative: &str,
+        value: Option<Vec<u8>>,
         expected: i64,
     ) -> Result<bool, DcsError> {
-        self.cas(keys::FAILOVER, record.map(to_json), expected)
-    }
-
-    fn write_config(
-        &mut self,
-        record: &ClusterConfigRecord,
-        expected: i64,
-    ) -> Result<bool, DcsError> {
-        self.cas(keys::CONFIG, Some(to_json(record)), expected)
+        self.cas(relative, value, expected)
     }
 
     fn append_history(&mut self, entry: &HistoryEntry, expected: i64) -> Result<bool, DcsError> {

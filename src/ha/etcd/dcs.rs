@@ -4,10 +4,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use walrep_states::ha::{
-    keys, ClusterConfigRecord, ClusterView, FailoverRecord, HistoryEntry, Lease, MemberRecord,
-    SyncRecord,
-};
+use walrep_states::ha::{keys, ClusterView, HistoryEntry, Lease, MemberRecord};
 use walrep_states::Millis;
 
 use super::{leader, Compare, CompareTarget, EtcdClient, EtcdError, Txn, TxnOp};
@@ -198,24 +195,13 @@ impl Dcs for EtcdDcs {
         Ok(())
     }
 
-    fn write_sync(&mut self, record: &SyncRecord, expected: i64) -> Result<bool, DcsError> {
-        self.cas(keys::SYNC, Some(to_json(record)), expected)
-    }
-
-    fn write_failover(
+    fn write_if_unchanged(
         &mut self,
-        record: Option<&FailoverRecord>,
+        relative: &str,
+        value: Option<Vec<u8>>,
         expected: i64,
     ) -> Result<bool, DcsError> {
-        self.cas(keys::FAILOVER, record.map(to_json), expected)
-    }
-
-    fn write_config(
-        &mut self,
-        record: &ClusterConfigRecord,
-        expected: i64,
-    ) -> Result<bool, DcsError> {
-        self.cas(keys::CONFIG, Some(to_json(record)), expected)
+        self.cas(relative, value, expected)
     }
 
     fn append_history(&mut self, entry: &HistoryEntry, expected: i64) -> Result<bool, DcsError> {
