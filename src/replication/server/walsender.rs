@@ -494,18 +494,12 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         at: Instant,
         recorded: bool,
     ) -> Result<(), Failure> {
-        // A client cannot have written or flushed WAL it was not sent; a
-        // report that says so could release synchronous commits that no
-        // standby holds (the reader thread refused to record it). Apply
-        // may lead after a reconnect (it is the replay position), but
-        // never past what this node has.
+        // A client cannot have written or flushed WAL this node does not
+        // have; a report that says so is a lie that could release
+        // synchronous commits no standby holds.
         let beyond = |lsn: Lsn, bound: Lsn| lsn.is_valid() && lsn > bound;
-        let apply_bound = self.sent.max(self.src.flush_point().lsn);
-        if !recorded
-            || beyond(r.write, self.sent)
-            || beyond(r.flush, self.sent)
-            || beyond(r.apply, apply_bound)
-        {
+        let have = self.sent.max(self.src.flush_point().lsn);
+        if beyond(r.write, have) || beyond(r.flush, have) || beyond(r.apply, have) {
             tracing::warn!(
                 write = %r.write, flush = %r.flush, apply = %r.apply, sent = %self.sent,
                 "standby reported a position beyond the WAL sent to it; closing the connection"
@@ -515,10 +509,17 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
                 self.sent
             )));
         }
-        // What was applied before this connection counts only up to what
-        // it was sent.
-        if beyond(r.apply, self.sent) {
-            r.apply = self.sent;
+        // Past what this stream sent but within this node's WAL: the client
+        // kept it from an earlier stream (pg_receivewal starts a new
+        // timeline at its segment's start, after receiving the old
+        // timeline up to the switch). It confirms nothing past what was
+        // sent here: the reader did not record it (`recorded` is false),
+        // and the slot and lags see it cut at `sent`.
+        let _ = recorded;
+        for lsn in [&mut r.write, &mut r.flush, &mut r.apply] {
+            if beyond(*lsn, self.sent) {
+                *lsn = self.sent;
+            }
         }
         self.reported = r;
         self.s.handle.record_lags(&r, at);
