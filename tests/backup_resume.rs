@@ -185,16 +185,8 @@ fn a_one_phase_parallel_copy_killed_mid_copy_is_resumed_into_a_working_standby()
     let acked = Arc::new(AtomicU64::new(0));
     let load = start_load(&primary, stop.clone(), acked.clone());
     let dest = tmp.path().join("copy");
-    let rate = (data_mb() * 1024 / 16).max(512).to_string();
-    let args = [
-        "-R",
-        "--application-name",
-        "one",
-        "--jobs",
-        "2",
-        "--max-rate",
-        &rate,
-    ];
+    let args = throttled_jobs_copy("one");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut backup = spawn_backup(&primary, &dest, &args);
     kill_mid_copy(&mut backup, &dest, total);
     // Not startable as it is.
@@ -225,7 +217,8 @@ fn a_one_phase_parallel_copy_killed_mid_copy_is_resumed_into_a_working_standby()
     let fresh = run_backup(
         &primary,
         &tmp.path().join("fresh"),
-        &["--jobs", "2", "--max-rate", &rate],
+        // The same copy without -R: `--jobs 2 --max-rate …`.
+        &args[3..],
     );
     assert!(
         received(&out) < received(&fresh),
@@ -314,16 +307,8 @@ fn a_copy_interrupted_before_the_server_restarts_is_resumed_after_it() {
     write_keys(&primary, "bulk", bulk, BULK_VALUE);
     let total = (bulk * BULK_VALUE) as u64;
     let dest = tmp.path().join("copy");
-    let rate = (data_mb() * 1024 / 16).max(512).to_string();
-    let args = [
-        "-R",
-        "--application-name",
-        "restarted",
-        "--jobs",
-        "2",
-        "--max-rate",
-        &rate,
-    ];
+    let args = throttled_jobs_copy("restarted");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut backup = spawn_backup(&primary, &dest, &args);
     kill_mid_copy(&mut backup, &dest, total);
     // The server sees the copy's connections end and records the kept
@@ -349,4 +334,21 @@ fn a_copy_interrupted_before_the_server_restarts_is_resumed_after_it() {
     wait_caught_up(&primary, &standby);
     check_keys(&standby, "bulk", bulk);
     check_keys(&standby, "after", 50);
+}
+
+/// The arguments of a `--jobs 2 -R` copy throttled so that it is still
+/// running when a test kills it mid-way.
+fn throttled_jobs_copy(application_name: &str) -> Vec<String> {
+    let rate = (data_mb() * 1024 / 16).max(512).to_string();
+    [
+        "-R",
+        "--application-name",
+        application_name,
+        "--jobs",
+        "2",
+        "--max-rate",
+        &rate,
+    ]
+    .map(String::from)
+    .to_vec()
 }
