@@ -145,6 +145,7 @@ pub fn replay_to_end(
     let mut next = control.redo_lsn;
     let mut prev_record = Lsn::INVALID;
     let mut records = 0u64;
+    let mut changes = 0u64;
     let mut repaired = Vec::new();
     tracing::info!(redo = %control.redo_lsn, "redo starts");
     let (end, stop) = loop {
@@ -153,8 +154,9 @@ pub fn replay_to_end(
         // One thread reads and validates batches of records ahead, this
         // one applies them (one hold of the store's lock per batch).
         let stop = loop {
-            let ran = redo_read_ahead(store, &mut reader, &NEVER, |batch| {
+            let ran = redo_read_ahead(store, &mut reader, &NEVER, |batch, ops| {
                 records += batch.len() as u64;
+                changes += ops;
                 if let Some(last) = batch.last() {
                     prev_record = last.lsn;
                 }
@@ -210,7 +212,7 @@ pub fn replay_to_end(
         tracing::info!(at = %end, reason = %stop, "invalid record marks the end of WAL");
     }
     let elapsed = started.elapsed();
-    log_redo_done(control.redo_lsn, end, records, elapsed);
+    log_redo_done(control.redo_lsn, end, records, changes, elapsed);
     // The checkpoint record itself is the last record when nothing followed
     // it; its LSN is the prev-link of the next record.
     if prev_record == Lsn::INVALID {
@@ -228,19 +230,22 @@ pub fn replay_to_end(
 }
 
 /// PostgreSQL's "redo done at X" line, with what bounds restart time: how
-/// much WAL there was and how fast it went (records/s, MB/s).
-fn log_redo_done(redo: Lsn, end: Lsn, records: u64, elapsed: std::time::Duration) {
+/// much WAL there was and how fast it went (records/s, MB/s), and how many
+/// key changes the records held (a pipelined run of writes is one record).
+fn log_redo_done(redo: Lsn, end: Lsn, records: u64, changes: u64, elapsed: std::time::Duration) {
     let bytes = end.0.saturating_sub(redo.0);
     let secs = elapsed.as_secs_f64();
     let per_s = |n: f64| if secs > 0.0 { n / secs } else { 0.0 };
     tracing::info!(
         end = %end,
         records,
+        changes,
         bytes,
         elapsed_ms = elapsed.as_millis() as u64,
-        "redo done at {end}; {records} records, {bytes} bytes in {secs:.3} s ({:.0} records/s, {:.1} MB/s)",
+        "redo done at {end}; {records} records, {bytes} bytes in {secs:.3} s ({:.0} records/s, {:.1} MB/s); {changes} key changes ({:.0}/s)",
         per_s(records as f64),
         per_s(bytes as f64) / 1e6,
+        per_s(changes as f64),
     );
 }
 

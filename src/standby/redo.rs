@@ -119,7 +119,7 @@ impl Redo {
         // second thread. Keeping up: a few records, on this thread.
         let behind = upto.saturating_sub(self.reader.next_lsn());
         let (store, replayed, events) = (&*self.store, &*self.replayed, &self.events);
-        let applied = |batch: &RecordBatch| {
+        let applied = |batch: &RecordBatch, _ops| {
             advanced(replayed, &history, batch);
             progress.applied(replayed, events, batch);
         };

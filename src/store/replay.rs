@@ -61,14 +61,15 @@ pub struct RedoStop {
 /// records (the WAL's framing, CRC and copy, about a quarter of redo's
 /// work) up to a few batches ahead, while this one decodes and applies
 /// them, so both cores work on redo. `applied` is called after each batch
-/// is applied, with the batch (the place to publish the replay position).
+/// is applied, with the batch and how many key operations its records held
+/// (the place to publish the replay position).
 /// Batches go back to the reading thread for reuse: no allocation per
 /// record or per batch once warm.
 pub fn redo_read_ahead(
     store: &Store,
     reader: &mut WalReader,
     stop: &AtomicBool,
-    mut applied: impl FnMut(&RecordBatch),
+    mut applied: impl FnMut(&RecordBatch, u64),
 ) -> RedoStop {
     let (full_tx, full_rx) = crossbeam_channel::bounded::<RecordBatch>(READ_AHEAD_BATCHES);
     let (free_tx, free_rx) = crossbeam_channel::bounded::<RecordBatch>(READ_AHEAD_BATCHES + 2);
@@ -140,7 +141,7 @@ pub fn redo_inline(
     store: &Store,
     reader: &mut WalReader,
     stop: &AtomicBool,
-    mut applied: impl FnMut(&RecordBatch),
+    mut applied: impl FnMut(&RecordBatch, u64),
 ) -> RedoStop {
     let mut batch = RecordBatch::new();
     while !stop.load(Ordering::Relaxed) {
@@ -166,9 +167,9 @@ pub fn redo_inline(
 fn apply_then_report(
     store: &Store,
     batch: &mut RecordBatch,
-    applied: &mut impl FnMut(&RecordBatch),
+    applied: &mut impl FnMut(&RecordBatch, u64),
 ) -> Result<(), (ApplyError, Lsn)> {
-    let result = store.apply_batch(batch);
+    let (ops, result) = store.apply_counted(batch.iter());
     let failed = result.as_ref().err().and_then(|e| {
         let i = batch.iter().position(|r| r.lsn == e.lsn)?;
         Some((i, batch.get(i)?.prev))
@@ -177,7 +178,7 @@ fn apply_then_report(
         batch.truncate(i);
     }
     if !batch.is_empty() {
-        applied(batch);
+        applied(batch, ops);
     }
     match (result, failed) {
         (Err(e), Some((_, prev))) => Err((e, prev)),
@@ -214,12 +215,22 @@ impl Store {
         &self,
         recs: impl ExactSizeIterator<Item = RecordRef<'a>>,
     ) -> Result<(), ApplyError> {
+        self.apply_counted(recs).1
+    }
+
+    /// As [`apply_batch`](Self::apply_batch), and how many key operations
+    /// were applied (a record of a pipelined run holds many).
+    fn apply_counted<'a>(
+        &self,
+        recs: impl ExactSizeIterator<Item = RecordRef<'a>>,
+    ) -> (u64, Result<(), ApplyError>) {
         let mut ops = Vec::with_capacity(recs.len());
         let mut bounds = Vec::with_capacity(recs.len());
         let mut failed = None;
         for rec in recs.filter(|r| r.rmid == RM_KV) {
             let start = ops.len();
             if let Err(source) = record::decode_into(rec.payload, &mut ops) {
+                ops.truncate(start);
                 failed = Some(ApplyError {
                     lsn: rec.lsn,
                     source,
@@ -238,7 +249,7 @@ impl Store {
                 }
             }
         }
-        failed.map_or(Ok(()), Err)
+        (ops.len() as u64, failed.map_or(Ok(()), Err))
     }
 
     /// A record of one operation on a key (almost every record: one SET,
@@ -657,7 +668,7 @@ mod tests {
             let mut reader = WalReader::new(cfg.clone(), start);
             let never = AtomicBool::new(false);
             let mut seen = Vec::new();
-            let report = |b: &RecordBatch| seen.extend(b.iter().map(|r| r.lsn));
+            let report = |b: &RecordBatch, _| seen.extend(b.iter().map(|r| r.lsn));
             let ran = match read_ahead {
                 true => redo_read_ahead(&store, &mut reader, &never, report),
                 false => redo_inline(&store, &mut reader, &never, report),
@@ -674,7 +685,9 @@ mod tests {
             assert_eq!(reader.next_lsn(), bad);
             assert_eq!(store.len(), 1000);
             // Again: the same record refused, nothing more applied.
-            let again = redo_inline(&store, &mut reader, &never, |_| panic!("applied past it"));
+            let again = redo_inline(&store, &mut reader, &never, |_, _| {
+                panic!("applied past it")
+            });
             assert_eq!(again.apply.map(|e| e.lsn), Some(bad));
         }
     }
@@ -692,7 +705,7 @@ mod tests {
         reader.set_limit(Some(bad));
         let never = AtomicBool::new(false);
         let mut records = 0;
-        let ran = redo_read_ahead(&store, &mut reader, &never, |b| records += b.len());
+        let ran = redo_read_ahead(&store, &mut reader, &never, |b, _| records += b.len());
         assert!(ran.apply.is_none());
         assert!(matches!(
             ran.read.map(|e| e.kind),
@@ -701,7 +714,7 @@ mod tests {
         assert_eq!((records, reader.next_lsn()), (5000, bad));
         let stop = AtomicBool::new(true);
         let mut reader = WalReader::new(cfg, start);
-        let ran = redo_read_ahead(&Store::new(), &mut reader, &stop, |_| panic!("applied"));
+        let ran = redo_read_ahead(&Store::new(), &mut reader, &stop, |_, _| panic!("applied"));
         assert!(ran.read.is_none() && ran.apply.is_none());
         assert_eq!(reader.next_lsn(), start);
     }

@@ -46,6 +46,8 @@ const MARKER: &str = "restart:marker";
 #[derive(Debug, Default, Clone, Copy)]
 struct Redo {
     records: u64,
+    /// Key changes the records held (a pipelined run of SETs is one record).
+    changes: u64,
     bytes: u64,
     seconds: f64,
 }
@@ -58,7 +60,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
     let dir = ctx.subdir("restart")?;
     let mut walrep_s = Figure::new(
         "restart",
-        &format!("walrep: kill -9 to first served read, {records} records of WAL"),
+        &format!("walrep: kill -9 to first served read, {records} SETs of WAL"),
         "s",
         Better::Lower,
     );
@@ -75,24 +77,32 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
         Better::Lower,
     )
     .goal("<= 2", Some(TARGET_RATIO_TO_REDIS));
-    let mut redo_rate = Figure::new("restart", "walrep redo rate", "records/s", Better::Higher)
-        .goal(">= 1,500,000/s", Some(TARGET_REDO_RECORDS_PER_S));
+    // One SET was one record before pipelined runs shared one: the rate of
+    // key changes is the figure that compares across both.
+    let mut redo_rate = Figure::new(
+        "restart",
+        "walrep redo rate (key changes)",
+        "changes/s",
+        Better::Higher,
+    )
+    .goal(">= 1,500,000/s", Some(TARGET_REDO_RECORDS_PER_S));
     for rep in 1..=ctx.args.reps {
         ctx.probe(&format!("before restart rep {rep}"), false)?;
         let (w, redo) = walrep_restart(ctx, &dir.join(format!("walrep-{rep}")), records)?;
         let r = redis_restart(&dir.join(format!("redis-{rep}")), records)?;
         println!(
-            "  rep {rep}: walrep {w:.3} s (redo {} records, {:.0} MB in {:.3} s = {:.0} records/s), Redis {r:.3} s",
+            "  rep {rep}: walrep {w:.3} s (redo {} records holding {} key changes, {:.0} MB in {:.3} s = {:.0} changes/s), Redis {r:.3} s",
             redo.records,
+            redo.changes,
             redo.bytes as f64 / 1e6,
             redo.seconds,
-            redo.records as f64 / redo.seconds.max(1e-9)
+            redo.changes as f64 / redo.seconds.max(1e-9)
         );
         walrep_s.walrep.push(w);
         redis_s.walrep.push(r);
         ratio.walrep.push(w / r);
         if redo.seconds > 0.0 {
-            redo_rate.walrep.push(redo.records as f64 / redo.seconds);
+            redo_rate.walrep.push(redo.changes as f64 / redo.seconds);
         }
     }
     ctx.figures.extend([walrep_s, redis_s, ratio, redo_rate]);
@@ -195,19 +205,22 @@ fn first_read(child: &mut Child, port: u16, spawned_at: Instant) -> Result<f64, 
     }
 }
 
-/// The figures of the "redo done at X; N records, M bytes in S s" line.
+/// The figures of the "redo done at X; N records, M bytes in S s (...);
+/// C key changes" line.
 fn parse_redo(log: &str) -> Option<Redo> {
     let line = log.lines().find(|l| l.contains("redo done at"))?;
-    let rest = line.split_once("; ")?.1;
-    let mut words = rest.split_whitespace();
+    let mut parts = line.split("; ").skip(1);
+    let mut words = parts.next()?.split_whitespace();
     let records = words.next()?.parse().ok()?;
     let _ = words.next(); // "records,"
     let bytes = words.next()?.parse().ok()?;
     let _ = words.next(); // "bytes"
     let _ = words.next(); // "in"
     let seconds = words.next()?.parse().ok()?;
+    let changes = parts.next()?.split_whitespace().next()?.parse().ok()?;
     Some(Redo {
         records,
+        changes,
         bytes,
         seconds,
     })
@@ -219,9 +232,10 @@ mod tests {
 
     #[test]
     fn reads_the_redo_line() {
-        let log = "2026-12-05T08:00:00Z  INFO walrep::node::recovery: redo done at 0/1F4A2B8; 3000000 records, 257000000 bytes in 1.875 s (1600000 records/s, 137.1 MB/s) end=0/1F4A2B8\n";
+        let log = "2026-12-05T08:00:00Z  INFO walrep::node::recovery: redo done at 0/1F4A2B8; 60000 records, 257000000 bytes in 1.875 s (32000 records/s, 137.1 MB/s); 3000000 key changes (1600000/s) end=0/1F4A2B8\n";
         let r = parse_redo(log).unwrap();
-        assert_eq!(r.records, 3_000_000);
+        assert_eq!(r.records, 60_000);
+        assert_eq!(r.changes, 3_000_000);
         assert_eq!(r.bytes, 257_000_000);
         assert_eq!(r.seconds, 1.875);
         assert!(parse_redo("redo starts").is_none());
