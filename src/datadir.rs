@@ -2,7 +2,7 @@
 //! that keeps a second node off it (PostgreSQL's postmaster.pid).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -186,14 +186,14 @@ impl DataDirLock {
         for (name, port) in ports {
             text.push_str(&format!("{name}={port}\n"));
         }
+        // Overwritten in place, then cut to length: a node refused the lock
+        // reads the file while this one holds it, and must never find it
+        // empty (the first line, this pid, is the same before and after).
+        use std::os::unix::fs::FileExt;
         let path = self.path.clone();
         self.file
-            .set_len(0)
-            .map_err(io_err("could not write lock file", &path))?;
-        std::io::Seek::rewind(&mut self.file)
-            .map_err(io_err("could not write lock file", &path))?;
-        self.file
-            .write_all(text.as_bytes())
+            .write_all_at(text.as_bytes(), 0)
+            .and_then(|_| self.file.set_len(text.len() as u64))
             .and_then(|_| self.file.sync_all())
             .map_err(io_err("could not write lock file", &path))
     }
