@@ -10,8 +10,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::cluster::*;
-use support::free_port;
 use support::node::{init_datadir, TestNode};
+use support::{free_port, wait_for};
 
 /// `walrep::status::http::WORKERS + QUEUE`: more than this many idle
 /// connections fill the server.
@@ -51,7 +51,10 @@ fn hostile_page_clients_neither_block_the_page_for_long_nor_slow_commits() {
     let dir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", SEG_1MB]);
     let port = free_port();
     let node = TestNode::start(&dir, &[&format!("status_port={port}")]);
-    assert_eq!(get(port, "/", Duration::from_secs(10)).unwrap().0, 200);
+    // The page's listener may come up a moment after the Redis port.
+    wait_for("the status page", Duration::from_secs(30), || {
+        matches!(get(port, "/", Duration::from_secs(10)), Ok((200, _))).then_some(())
+    });
     let quiet = time_writes(&node, "quiet:", 2000);
 
     // Fill every worker and the queue with clients that send nothing,
@@ -144,7 +147,9 @@ fn a_client_that_never_reads_its_answer_is_dropped() {
     let t0 = Instant::now();
     let mut c = node.client();
     let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut c).unwrap();
-    assert!(t0.elapsed() < Duration::from_secs(2));
+    // Bounded by the node, not by the page's stuck writers (generous: the
+    // machine is shared).
+    assert!(t0.elapsed() < Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok((200, _)) = get(port, "/status", Duration::from_secs(2)) {

@@ -16,7 +16,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{after, bounded, never, select, Receiver};
+use crossbeam_channel::{after, bounded, never, select, Receiver, TryRecvError};
 use serde::{Deserialize, Serialize};
 
 use super::ArchiveError;
@@ -254,7 +254,12 @@ fn wait_bounded(
     let deadline = cmd.timeout.map(after).unwrap_or_else(never);
     let cancel = cmd.cancel.cloned().unwrap_or_else(never);
     select! {
-        recv(exited) -> _ => Ok((reap(child), false)),
+        // Both may be ready at once (a quick command, a cancel already
+        // sent) and select picks either: a pending cancel is still one.
+        recv(exited) -> _ => {
+            let requested = !matches!(cancel.try_recv(), Err(TryRecvError::Empty));
+            Ok((reap(child), requested))
+        }
         recv(deadline) -> _ => Ok((kill_and_reap(child, &exited, Termination::TimedOut), false)),
         recv(cancel) -> _ => {
             let t = select! {
