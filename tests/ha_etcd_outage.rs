@@ -170,6 +170,20 @@ fn lose_quorum(c: &mut HaCluster, load: &Load, killed: [usize; 2]) -> QuorumLoss
         },
     );
     assert_eq!(field(c.node("n1"), "ha_gate").as_deref(), Some("closed"));
+    // The operator asking meanwhile gets a bounded, clear answer, and
+    // writes nothing.
+    for args in [&["list"][..], &["switchover", "--to", "n2"]] {
+        let asked = Instant::now();
+        let (ok, _, err) = ha_cli(&c.etcd.endpoint_list(), args);
+        assert!(!ok, "{args:?} succeeded without quorum");
+        assert!(
+            err.contains("the consensus store has no quorum")
+                || err.contains("the consensus store is unreachable")
+                || err.contains("did not confirm in time"),
+            "{args:?}: {err}"
+        );
+        assert!(asked.elapsed() < Duration::from_secs(10), "{args:?}");
+    }
     for name in ["n2", "n3"] {
         assert_eq!(field(c.node(name), "role").as_deref(), Some("slave"));
     }
@@ -236,6 +250,47 @@ fn losing_etcd_quorum_fences_the_primary_and_it_resumes_when_quorum_returns() {
     assert_unchanged(&c, &timelines, &key);
     let keys: Vec<String> = acks.into_iter().map(|a| a.key).collect();
     assert_eq!(missing_on(n1, &keys), Vec::<String>::new());
+}
+
+/// `walrep ha ARGS` against `endpoints` and the test cluster: success,
+/// stdout, stderr.
+fn ha_cli(endpoints: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(support::node::walrep_bin())
+        .arg("ha")
+        .args(args)
+        .args(["--endpoints", endpoints, "--cluster", support::ha::CLUSTER])
+        .output()
+        .expect("run walrep ha");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn walrep_ha_against_unreachable_endpoints_fails_fast_and_clearly() {
+    let dead = format!(
+        "http://127.0.0.1:{},http://127.0.0.1:{}",
+        support::free_port(),
+        support::free_port()
+    );
+    for args in [
+        &["list"][..],
+        &["switchover", "--to", "n2"],
+        &["failover", "--to", "n2", "--force"],
+        &["pause"],
+    ] {
+        let asked = Instant::now();
+        let (ok, out, err) = ha_cli(&dead, args);
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert!(
+            err.contains("the consensus store is unreachable: etcd is unreachable")
+                && err.contains("Connection refused"),
+            "{args:?}: {err}"
+        );
+        assert!(asked.elapsed() < Duration::from_secs(10), "{args:?}");
+    }
 }
 
 #[test]
