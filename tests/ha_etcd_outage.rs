@@ -358,3 +358,53 @@ fn a_stranger_leader_key_or_a_wrong_cluster_name_promotes_nothing() {
     assert_eq!(field(&n2, "ha_role").as_deref(), Some("replica"));
     assert_eq!(field(&n1, "ha_role").as_deref(), Some("leader"));
 }
+
+#[test]
+fn a_stranger_sync_key_fences_the_leader_and_no_standby_promotes() {
+    let Some(mut c) = HaCluster::start() else {
+        return;
+    };
+    let client = c.etcd_client();
+    let sync_key = format!("/walrep/{}/sync", support::ha::CLUSTER);
+    client.put(sync_key.as_bytes(), b"{\"leader\":", 0).unwrap();
+
+    // The leader cannot tell who holds its acknowledged writes any more:
+    // it fences itself and says why.
+    let said = "key sync under our prefix is not ours or is corrupt";
+    wait_for("n1 to fence itself", Duration::from_secs(30), || {
+        let n1 = c.node("n1");
+        (field(n1, "ha_gate")? == "closed" && field(n1, "ha_last_cycle")?.contains(said))
+            .then_some(())
+    });
+    let e = set(c.node("n1").port, "k", "v").unwrap_err();
+    assert_eq!(e.code(), Some("READONLY"), "{e}");
+
+    // Its lease runs out: the leader key goes, and still nobody promotes.
+    c.node_mut("n1").kill9();
+    wait_for(
+        "n1's leader key to expire",
+        Duration::from_secs(TTL_S + 10),
+        || c.leader_key().is_none().then_some(()),
+    );
+    for name in ["n2", "n3"] {
+        wait_for(
+            &format!("{name} to refuse to promote"),
+            Duration::from_secs(10),
+            || {
+                field(c.node(name), "ha_last_cycle")?
+                    .contains("key sync is not ours: no promotion")
+                    .then_some(())
+            },
+        );
+        assert_eq!(field(c.node(name), "role").as_deref(), Some("slave"));
+        assert!(
+            c.node(name).log_text().contains(said),
+            "{name} logged no error"
+        );
+    }
+    assert_eq!(c.leader_key(), None);
+    assert_eq!(
+        client.get(sync_key.as_bytes()).unwrap().unwrap().value,
+        b"{\"leader\":"
+    );
+}
