@@ -15,54 +15,9 @@ use std::time::{Duration, Instant};
 
 use support::cluster::basebackup_with;
 use support::etcd::EtcdCluster;
+use support::ha::{field, get, ha_settings, set, start, LOOP_WAIT_S, TTL_S};
 use support::node::{init_datadir, TestNode};
 use support::wait_for;
-
-const TTL_S: u64 = 6;
-const LOOP_WAIT_S: u64 = 1;
-
-fn ha_settings(etcd: &EtcdCluster, name: &str) -> Vec<String> {
-    vec![
-        "ha_enabled=on".into(),
-        format!("ha_endpoints={}", etcd.endpoint_list()),
-        "ha_cluster_name=failover".into(),
-        format!("ha_name={name}"),
-        format!("ha_ttl={TTL_S}s"),
-        format!("ha_loop_wait={LOOP_WAIT_S}s"),
-        "ha_retry_timeout=1s".into(),
-        "ha_fence_margin=2s".into(),
-        "synchronous_standby_names=FIRST 1 (n1, n2, n3)".into(),
-        "synchronous_commit=on".into(),
-        "wal_retrieve_retry_interval=200ms".into(),
-        "wal_receiver_timeout=5s".into(),
-    ]
-}
-
-fn start(dir: &std::path::Path, settings: &[String]) -> TestNode {
-    let refs: Vec<&str> = settings.iter().map(String::as_str).collect();
-    TestNode::start(dir, &refs)
-}
-
-/// SET on a fresh connection with a bound on the reply.
-fn set(node_port: u16, key: &str, value: &str) -> redis::RedisResult<String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{node_port}/"))?;
-    let mut c = client.get_connection_with_timeout(Duration::from_secs(2))?;
-    c.set_read_timeout(Some(Duration::from_secs(3)))?;
-    redis::cmd("SET").arg(key).arg(value).query(&mut c)
-}
-
-fn get(node_port: u16, key: &str) -> Option<String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{node_port}/")).ok()?;
-    let mut c = client
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .ok()?;
-    redis::cmd("GET").arg(key).query(&mut c).ok()?
-}
-
-fn field(node: &TestNode, name: &str) -> Option<String> {
-    node.try_client()?;
-    Some(node.info_field("replication", name).unwrap_or_default())
-}
 
 #[test]
 fn a_sync_standby_takes_over_from_a_killed_primary_and_the_old_primary_rejoins() {

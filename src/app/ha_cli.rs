@@ -258,11 +258,15 @@ fn switchover(s: &mut Session, to: &str, wait_seconds: u64) -> anyhow::Result<()
     if member.nofailover {
         bail!("'{to}' is marked nofailover: it never becomes the leader");
     }
+    no_pending(s)?;
+    // With synchronous standbys confirmed, only one of them holds every
+    // acknowledged write: the leader would refuse any other, so say it now.
     if let Some(sync) = &s.view.sync {
-        if !sync.value.sync_standbys.iter().any(|n| n == to) {
-            eprintln!(
-                "warning: '{to}' is not a confirmed synchronous standby (sync: {}); the leader hands over only once it is",
-                sync.value.sync_standbys.join(", ")
+        let listed = &sync.value.sync_standbys;
+        if !listed.is_empty() && !listed.iter().any(|n| n == to) {
+            bail!(
+                "'{to}' is not a confirmed synchronous standby (sync: {}): it may miss acknowledged writes; switch over to one of those, or `walrep ha failover --to {to} --force` (may lose writes)",
+                listed.join(", ")
             );
         }
     }
@@ -297,8 +301,8 @@ fn failover(s: &mut Session, to: &str, force: bool, wait_seconds: u64) -> anyhow
     wait_for_leader(s, to, wait_seconds)
 }
 
-/// Write the `failover` request if none is pending (CAS: absent).
-fn request(s: &mut Session, record: &FailoverRecord) -> anyhow::Result<()> {
+/// Refuse a request while another is pending.
+fn no_pending(s: &Session) -> anyhow::Result<()> {
     if let Some(pending) = &s.view.failover {
         bail!(
             "a {} request is already pending (to {}); it is cleared when it completes or expires",
@@ -306,6 +310,12 @@ fn request(s: &mut Session, record: &FailoverRecord) -> anyhow::Result<()> {
             pending.value.candidate.as_deref().unwrap_or("any member")
         );
     }
+    Ok(())
+}
+
+/// Write the `failover` request if none is pending (CAS: absent).
+fn request(s: &mut Session, record: &FailoverRecord) -> anyhow::Result<()> {
+    no_pending(s)?;
     if !s.dcs.write_failover(Some(record), 0)? {
         bail!("another switchover or failover request was written at the same time; run `walrep ha list` and try again");
     }

@@ -23,6 +23,8 @@
 //! - [`backup`]: what the base-backup tests share (data size, a load
 //!   during the copy);
 //! - [`etcd`]: a real etcd cluster on loopback for the HA tests;
+//! - [`ha`]: three `walrep start` nodes under HA on that etcd, and a write
+//!   load recording every acknowledgement (node, time);
 //! - [`ports`]: loopback ports reserved outside the ephemeral range, so a
 //!   node restarted on its ports gets them back;
 //!
@@ -37,6 +39,7 @@ pub mod crash;
 pub mod delay;
 pub mod etcd;
 pub mod fake;
+pub mod ha;
 pub mod keyspace;
 pub mod netns;
 pub mod node;
