@@ -1,4 +1,4 @@
-//! The committed diagrams (diagrams/standby.{dot,mmd,svg}) are what the
+//! The committed diagrams (diagrams/standby.{dot,mmd,svg,page.svg}) are what the
 //! code draws today, and `walrep viz` draws and renders what it says.
 //! `UPDATE_DIAGRAMS=1 cargo test --test diagrams` rewrites them.
 
@@ -12,7 +12,7 @@ use support::node::walrep_bin;
 use walrep::states::recovery::explore::{explore_standby, Graph};
 use walrep::states::recovery::{Event, Recovery, RecoveryConfig};
 use walrep::states::{Lsn, Millis, TimelineId};
-use walrep::viz::{to_dot, to_mermaid, to_svg, Format};
+use walrep::viz::{to_dot, to_mermaid, to_page_svg, to_svg, Format};
 
 /// Exploring takes seconds in a debug build: once for all tests.
 fn graph() -> &'static Graph {
@@ -35,6 +35,7 @@ fn committed_diagrams_are_current() {
         (Format::Dot, to_dot(graph)),
         (Format::Mermaid, to_mermaid(graph)),
         (Format::Svg, to_svg(graph)),
+        (Format::PageSvg, to_page_svg(graph)),
     ] {
         let path = diagram_path(format);
         if update {
@@ -51,7 +52,7 @@ fn committed_diagrams_are_current() {
         stale.is_empty(),
         "stale diagrams: {stale:?}\nthe recovery machine changed; regenerate them with\n  \
          UPDATE_DIAGRAMS=1 cargo test --test diagrams\nor one by one with\n  \
-         cargo run -- viz states --format dot|mermaid|svg -o diagrams/standby.dot|mmd|svg"
+         cargo run -- viz states --format dot|mermaid|svg|page-svg -o diagrams/standby.dot|mmd|svg|page.svg"
     );
 }
 

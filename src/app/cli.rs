@@ -257,6 +257,8 @@ pub enum VizFormat {
     Mermaid,
     /// SVG, laid out in-process (no Graphviz needed).
     Svg,
+    /// The status page's SVG: no event labels, states marked by class.
+    PageSvg,
 }
 
 fn parse_seg_size(s: &str) -> Result<WalSegSize, String> {
@@ -701,6 +703,7 @@ fn run_viz(what: VizCommand) -> anyhow::Result<ExitCode> {
                 VizFormat::Dot => Format::Dot,
                 VizFormat::Mermaid => Format::Mermaid,
                 VizFormat::Svg => Format::Svg,
+                VizFormat::PageSvg => Format::PageSvg,
             };
             let text = standby_diagram(format);
             match output {

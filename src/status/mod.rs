@@ -277,10 +277,7 @@ fn respond(
             "text/plain; version=0.0.4",
             metrics_text(&provider.snapshot()),
         ),
-        "/machine.svg" => http::Response::ok(
-            "image/svg+xml",
-            crate::viz::standby_diagram(crate::viz::Format::Svg),
-        ),
+        "/machine.svg" => http::Response::ok("image/svg+xml", crate::viz::STANDBY_SVG.to_string()),
         _ => http::Response::text(
             404,
             "not found: try /, /cluster, /status, /metrics or /machine.svg\n",

@@ -51,6 +51,9 @@ pub enum Format {
     Mermaid,
     /// SVG, laid out in-process.
     Svg,
+    /// The SVG the status page draws: no event labels, each state's box
+    /// marked with its class.
+    PageSvg,
 }
 
 impl Format {
@@ -60,6 +63,7 @@ impl Format {
             Format::Dot => "dot",
             Format::Mermaid => "mmd",
             Format::Svg => "svg",
+            Format::PageSvg => "page.svg",
         }
     }
 }
@@ -71,8 +75,19 @@ pub fn standby_diagram(format: Format) -> String {
         Format::Dot => to_dot(&graph),
         Format::Mermaid => to_mermaid(&graph),
         Format::Svg => to_svg(&graph),
+        Format::PageSvg => to_page_svg(&graph),
     }
 }
+
+/// The committed `diagrams/standby.svg`, built into the binary: the status
+/// server's `/machine.svg` serves it without exploring the machine (about
+/// 0.7 s of CPU) on every request. The diagrams test fails when it is not
+/// what the code draws today.
+pub const STANDBY_SVG: &str = include_str!("../../diagrams/standby.svg");
+
+/// The committed `diagrams/standby.page.svg` (see [`to_page_svg`]), built
+/// in for the same reason as [`STANDBY_SVG`].
+const STANDBY_PAGE_SVG: &str = include_str!("../../diagrams/standby.page.svg");
 
 /// Arrows of the diagram: (from, to) → the events that take it, leaving
 /// out what changes nothing visible.
@@ -140,25 +155,25 @@ pub fn to_svg(graph: &Graph) -> String {
     svg_with_labels(graph, true)
 }
 
-/// The machine as the live page draws it: explored from the code once
-/// (on the first request, never before anyone looks), arrows without
-/// their event labels so it fits beside the figures, and each state's box
-/// marked `class="st-NAME"` so a page can highlight the current one.
+/// The machine as the live page draws it: arrows without their event
+/// labels so it fits beside the figures, and each state's box marked
+/// `class="st-NAME"` so a page can highlight the current one.
+pub fn to_page_svg(graph: &Graph) -> String {
+    let mut svg = svg_with_labels(graph, false);
+    for s in &graph.states {
+        svg = mark_state_box(&svg, &s.to_string());
+    }
+    // Inline in a page: no XML declaration.
+    let svg = match (svg.starts_with("<?xml"), svg.find("?>")) {
+        (true, Some(end)) => &svg[end + 2..],
+        _ => &svg[..],
+    };
+    svg.replacen("<svg ", "<svg class=\"machine\" ", 1)
+}
+
+/// [`to_page_svg`] of the machine as committed (and built in).
 pub fn page_machine_svg() -> &'static str {
-    static SVG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SVG.get_or_init(|| {
-        let graph = explore_standby();
-        let mut svg = svg_with_labels(&graph, false);
-        for s in &graph.states {
-            svg = mark_state_box(&svg, &s.to_string());
-        }
-        // Inline in a page: no XML declaration.
-        let svg = match (svg.starts_with("<?xml"), svg.find("?>")) {
-            (true, Some(end)) => &svg[end + 2..],
-            _ => &svg[..],
-        };
-        svg.replacen("<svg ", "<svg class=\"machine\" ", 1)
-    })
+    STANDBY_PAGE_SVG
 }
 
 /// The machine of [`page_machine_svg`] with `current`'s box highlighted.
