@@ -584,6 +584,14 @@ impl HaState {
             Some(leader) => {
                 let owner = leader.value.clone();
                 if let (Some(m), Some(entry)) = (view.member(&owner), diverged(input, view)) {
+                    if view.paused() {
+                        plan.warn(format!(
+                            "paused: replayed past where timeline {} forked off mine, so I \
+                             cannot follow {owner}; not rejoining until resumed",
+                            entry.timeline.0
+                        ));
+                        return;
+                    }
                     plan.push(HaAction::Demote {
                         leader: Some(owner.clone()),
                         repl_addr: Some(m.value.repl_addr.clone()),
