@@ -243,6 +243,12 @@ pub fn rejoin(opts: &RejoinOptions) -> Result<RejoinReport, RejoinError> {
     } else {
         None
     };
+    // What is left of this timeline ends at or before the fork, so the
+    // new primary holds all of it (the same timeline, from the same
+    // primary): nothing needs holding back as unconfirmed. A standby's
+    // record of its old stream's confirmed flush would hold it and have
+    // it streamed again, switch segment included, on the old timeline.
+    crate::standby::confirmed::forget(st, &dir.root);
     let conninfo = standby_conninfo(&opts.conninfo);
     crate::backup::standby_config::write(st, &dir.root, &conninfo, slot)
         .map_err(|e| RejoinError::StandbyConfig(e.to_string()))?;

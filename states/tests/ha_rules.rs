@@ -494,6 +494,52 @@ fn standbys_follow_the_leader() {
     assert_eq!(acts(&m.decide(&input(1_000, vw, l))), vec![]);
 }
 
+#[test]
+fn a_standby_that_replayed_past_the_new_timelines_fork_rejoins() {
+    let mut m = machine("n3");
+    let mut vw = leader_view("n2", 77);
+    vw.members.push(member("n2", MemberRole::Primary, 300));
+    vw.history = Some(v(
+        vec![HistoryEntry {
+            timeline: TimelineId(2),
+            switch_lsn: Lsn(200),
+            leader: "n2".into(),
+            at_ms: 1_700_000_000_000,
+        }],
+        8,
+        0,
+    ));
+    // Replayed timeline 1 up to the fork: it can stream timeline 2.
+    let mut l = local(LocalRole::Standby, 200);
+    l.following = Some("n2".into());
+    assert_eq!(
+        acts(&m.decide(&input(1_000, vw.clone(), l.clone()))),
+        vec![]
+    );
+    // Received past the fork but replayed only up to it: no sign yet.
+    l.flush_lsn = Lsn(260);
+    assert_eq!(
+        acts(&m.decide(&input(1_000, vw.clone(), l.clone()))),
+        vec![]
+    );
+    // Replayed past it (WAL the old primary never had acknowledged): it
+    // cannot follow without a rejoin cutting that WAL.
+    l.replay_lsn = Lsn(250);
+    let d = m.decide(&input(1_000, vw.clone(), l.clone()));
+    assert_eq!(
+        acts(&d),
+        vec![HaAction::Demote {
+            leader: Some("n2".into()),
+            repl_addr: Some("n2:5433".into())
+        }]
+    );
+    assert_eq!(d.severity, Severity::Warn);
+    assert!(d.why.contains("rejoining n2's timeline"), "{}", d.why);
+    // Once on timeline 2, the same position is no divergence.
+    l.timeline = TimelineId(2);
+    assert_eq!(acts(&m.decide(&input(1_000, vw, l))), vec![]);
+}
+
 fn leading(replicas: Vec<ReplicaProgress>, listed: &[&str], allowed: &[&str]) -> HaInput {
     let mut vw = leader_view("n1", LEASE);
     vw.sync = sync("n1", listed);

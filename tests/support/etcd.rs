@@ -2,10 +2,13 @@
 //! of) `etcd` members, each a child process with its own data directory
 //! under one temporary directory, on ports reserved by [`super::ports`];
 //! members killed, stopped and restarted by the test; everything killed and
-//! removed when the cluster is dropped.
+//! removed when the cluster is dropped. For the partition tests, members
+//! run instead each in a network namespace of a [`Net`], on its address
+//! with etcd's usual ports, and are probed from the hub's namespace.
 //!
 //! etcd comes from Debian's `etcd-server` (3.4). A system etcd may be
-//! running on the default ports 2379/2380: the tests never use those.
+//! running on the default ports 2379/2380: the tests never use those on
+//! loopback (a namespace's ports are its own).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -14,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::netns::{command_in, spawn_in, Net};
 use super::ports::reserve_port;
 use super::process::ChildGuard;
 use super::wait_for;
@@ -48,6 +52,10 @@ pub fn etcd_binary() -> Option<PathBuf> {
 /// One member: its ports, directory and process (when running).
 struct Member {
     name: String,
+    /// The address it listens on: 127.0.0.1, or its namespace's.
+    host: String,
+    /// The network namespace it runs in (`None`: the test's own).
+    ns: Option<String>,
     client_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
@@ -61,6 +69,9 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     token: String,
+    /// The namespace the test's probes (/health, status) run in, when the
+    /// members are in namespaces.
+    probe_ns: Option<String>,
     // Last: removed after the members are killed.
     dir: tempfile::TempDir,
 }
@@ -69,16 +80,51 @@ impl EtcdCluster {
     /// Start `n` members and wait until every one reports healthy; `None`
     /// when etcd is missing and the test is to be skipped.
     pub fn start(n: usize) -> Option<EtcdCluster> {
+        let places = (0..n)
+            .map(|_| {
+                (
+                    "127.0.0.1".to_string(),
+                    None,
+                    reserve_port(),
+                    reserve_port(),
+                )
+            })
+            .collect();
+        EtcdCluster::start_at(places, None)
+    }
+
+    /// One member in each of `net`'s node namespaces `nodes`, listening on
+    /// that node's address with etcd's usual ports (2379, 2380: every
+    /// namespace has its own), probed from the hub; the faults of `net`
+    /// apply to them as to any node. Drop the cluster before the `Net`.
+    pub fn start_in(net: &Net, nodes: &[usize]) -> Option<EtcdCluster> {
+        let places = nodes
+            .iter()
+            .map(|&i| (net.addr(i), Some(net.ns(i)), 2379, 2380))
+            .collect();
+        EtcdCluster::start_at(places, Some(net.hub()))
+    }
+
+    /// Start one member per (host, namespace, client port, peer port) and
+    /// wait until every one reports healthy.
+    fn start_at(
+        places: Vec<(String, Option<String>, u16, u16)>,
+        probe_ns: Option<String>,
+    ) -> Option<EtcdCluster> {
         let binary = etcd_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("walrep-etcd-")
             .tempdir()
             .expect("temporary directory for etcd");
-        let members: Vec<Member> = (1..=n)
-            .map(|k| Member {
+        let members: Vec<Member> = places
+            .into_iter()
+            .zip(1..)
+            .map(|((host, ns, client_port, peer_port), k)| Member {
                 name: format!("e{k}"),
-                client_port: reserve_port(),
-                peer_port: reserve_port(),
+                host,
+                ns,
+                client_port,
+                peer_port,
                 data_dir: dir.path().join(format!("e{k}.etcd")),
                 log: dir.path().join(format!("e{k}.log")),
                 child: None,
@@ -86,7 +132,7 @@ impl EtcdCluster {
             .collect();
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://{}:{}", m.name, m.host, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("walrep-test-{}", std::process::id());
@@ -95,9 +141,10 @@ impl EtcdCluster {
             members,
             initial_cluster,
             token,
+            probe_ns,
             dir,
         };
-        for i in 0..n {
+        for i in 0..cluster.members.len() {
             cluster.launch(i);
         }
         cluster.wait_healthy();
@@ -121,7 +168,8 @@ impl EtcdCluster {
 
     /// Client URL of member `i`.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        let m = &self.members[i];
+        format!("http://{}:{}", m.host, m.client_port)
     }
 
     /// The directory of the members' data and logs.
@@ -137,27 +185,22 @@ impl EtcdCluster {
             .append(true)
             .open(&m.log)
             .expect("etcd log file");
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match &m.ns {
+            Some(ns) => command_in(ns, &self.binary),
+            None => Command::new(&self.binary),
+        };
+        let (client, peer) = (
+            format!("http://{}:{}", m.host, m.client_port),
+            format!("http://{}:{}", m.host, m.peer_port),
+        );
         cmd.arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&m.data_dir)
-            .arg(format!(
-                "--listen-client-urls=http://127.0.0.1:{}",
-                m.client_port
-            ))
-            .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{}",
-                m.client_port
-            ))
-            .arg(format!(
-                "--listen-peer-urls=http://127.0.0.1:{}",
-                m.peer_port
-            ))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{}",
-                m.peer_port
-            ))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster={}", self.initial_cluster))
             .arg("--initial-cluster-state=new")
             .arg(format!("--initial-cluster-token={}", self.token))
@@ -197,7 +240,7 @@ impl EtcdCluster {
 
     /// Whether member `i` answers /health with "true" now.
     pub fn healthy(&self, i: usize) -> bool {
-        get(self.members[i].client_port, "/health")
+        self.get(i, "/health")
             .is_some_and(|(code, body)| code == 200 && body.contains(r#""health":"true""#))
     }
 
@@ -220,7 +263,8 @@ impl EtcdCluster {
     pub fn leader(&self) -> Option<usize> {
         (0..self.members.len()).find(|&i| {
             self.members[i].child.is_some()
-                && post(self.members[i].client_port, "/v3/maintenance/status", "{}")
+                && self
+                    .post(i, "/v3/maintenance/status", "{}")
                     .is_some_and(|(code, body)| code == 200 && is_leader(&body))
         })
     }
@@ -248,6 +292,32 @@ impl EtcdCluster {
             self.members[i].name
         );
         self.launch(i);
+    }
+
+    /// GET from member `i` (from the probe namespace when there is one);
+    /// `None` when nothing answers (bounded: 2 s).
+    fn get(&self, i: usize, path: &str) -> Option<(u16, String)> {
+        self.exchange(i, format!("GET {path} HTTP/1.0\r\nHost: etcd\r\n\r\n"))
+    }
+
+    /// POST a JSON body to member `i`; `None` when nothing answers.
+    fn post(&self, i: usize, path: &str, body: &str) -> Option<(u16, String)> {
+        self.exchange(
+            i,
+            format!(
+                "POST {path} HTTP/1.0\r\nHost: etcd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    }
+
+    fn exchange(&self, i: usize, request: String) -> Option<(u16, String)> {
+        let m = &self.members[i];
+        let addr = std::net::SocketAddr::new(m.host.parse().ok()?, m.client_port);
+        match &self.probe_ns {
+            Some(ns) => spawn_in(ns, move || exchange(addr, &request)).join().ok()?,
+            None => exchange(addr, &request),
+        }
     }
 
     /// Whether member `i` is running (as far as the test knows).
@@ -292,28 +362,10 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// GET from 127.0.0.1:`port`; `None` when nothing answers (bounded: 2 s).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    exchange(
-        port,
-        &format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"),
-    )
-}
-
-/// POST a JSON body to 127.0.0.1:`port`; `None` when nothing answers.
-fn post(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
-    exchange(
-        port,
-        &format!(
-            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-}
-
-fn exchange(port: u16, request: &str) -> Option<(u16, String)> {
+/// One HTTP/1.0 exchange with `addr`; `None` when nothing answers
+/// (bounded: 2 s per step).
+fn exchange(addr: std::net::SocketAddr, request: &str) -> Option<(u16, String)> {
     let timeout = Duration::from_secs(2);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     s.set_write_timeout(Some(timeout)).ok()?;

@@ -235,28 +235,12 @@ impl Net {
         ns: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let file = open_ns(ns);
-        std::thread::spawn(move || {
-            enter(&file);
-            f()
-        })
+        spawn_in(ns, f)
     }
 
     /// A command that runs in namespace `ns`.
     pub fn command(&self, ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let file = open_ns(ns);
-        let mut cmd = Command::new(program);
-        // SAFETY: setns(2) is async-signal-safe; the file stays open in the
-        // parent until the command is spawned (the closure owns it).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd
+        command_in(ns, program)
     }
 
     /// A client connection from the hub to node `i`'s Redis port.
@@ -297,6 +281,36 @@ fn remove_leftovers() {
             let _ = quiet_ip(&["netns", "del", &name]);
         }
     }
+}
+
+/// Run `f` on a new thread inside namespace `ns` (for holders of a
+/// namespace's name without its [`Net`], as an etcd member in one).
+pub fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let file = open_ns(ns);
+    std::thread::spawn(move || {
+        enter(&file);
+        f()
+    })
+}
+
+/// A command that runs in namespace `ns`.
+pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let file = open_ns(ns);
+    let mut cmd = Command::new(program);
+    // SAFETY: setns(2) is async-signal-safe; the file stays open in the
+    // parent until the command is spawned (the closure owns it).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
 
 fn open_ns(ns: &str) -> File {

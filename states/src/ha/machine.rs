@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::action::{HaAction, HaDecision, Severity};
 use super::input::{DcsReadError, HaConfig, HaConfigError, HaInput, LocalRole, ReplicaSyncState};
-use super::records::{FailoverKind, FailoverRecord, MemberRecord, MemberRole, SyncRecord};
+use super::records::{
+    FailoverKind, FailoverRecord, HistoryEntry, MemberRecord, MemberRole, SyncRecord,
+};
 use super::view::{keys, ClusterView, Versioned};
 use crate::{Lsn, Millis};
 
@@ -581,6 +583,30 @@ impl HaState {
             Some(leader) if leader.value == me => self.holding_key_as_standby(input, view, plan),
             Some(leader) => {
                 let owner = leader.value.clone();
+                if let (Some(m), Some(entry)) = (view.member(&owner), diverged(input, view)) {
+                    if view.paused() {
+                        plan.warn(format!(
+                            "paused: replayed past where timeline {} forked off mine, so I \
+                             cannot follow {owner}; not rejoining until resumed",
+                            entry.timeline.0
+                        ));
+                        return;
+                    }
+                    plan.push(HaAction::Demote {
+                        leader: Some(owner.clone()),
+                        repl_addr: Some(m.value.repl_addr.clone()),
+                    });
+                    plan.warn(format!(
+                        "replayed timeline {} up to {}, past where timeline {} forked off it \
+                         ({}): this WAL was never acknowledged and {owner} cannot stream past \
+                         it; rejoining {owner}'s timeline",
+                        input.local.timeline.0,
+                        input.local.replay_lsn,
+                        entry.timeline.0,
+                        entry.switch_lsn
+                    ));
+                    return;
+                }
                 match view.member(&owner) {
                     Some(m) if input.local.following.as_deref() != Some(owner.as_str()) => {
                         plan.push(HaAction::Follow {
@@ -956,6 +982,27 @@ fn handover_target_ok(
 
 /// The WAL `name` has flushed: from the replication view if it streams from
 /// us, else from its member key.
+/// The `history` entry of the timeline that forked off this standby's
+/// timeline before the point it has replayed to, if one did: an
+/// asynchronous standby that received WAL the old primary wrote after its
+/// synchronous standby's last confirmation (never acknowledged) is ahead
+/// of the new leader's timeline and can follow it only after a rejoin
+/// cuts that WAL (PostgreSQL's "new timeline forked off current database
+/// system timeline before current recovery point", which needs
+/// pg_rewind). Replayed, not received, WAL is compared: WAL received on
+/// the new timeline while replay is still on the old one is no sign.
+fn diverged<'v>(input: &HaInput, view: &'v ClusterView) -> Option<&'v HistoryEntry> {
+    let local = &input.local;
+    let next = view
+        .history
+        .as_ref()?
+        .value
+        .iter()
+        .filter(|e| e.timeline > local.timeline)
+        .min_by_key(|e| e.timeline)?;
+    (next.switch_lsn.is_valid() && local.replay_lsn > next.switch_lsn).then_some(next)
+}
+
 fn replica_flush(input: &HaInput, view: &ClusterView, name: &str) -> Lsn {
     input
         .local
