@@ -6,7 +6,9 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use support::node::walrep_bin;
@@ -50,6 +52,16 @@ fn walrep(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A demo run killed (SIGKILL) and reaped if the test fails on the way.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The number right after `prefix` in `text`.
@@ -136,6 +148,66 @@ fn walrep_demo_ha_fails_over_by_itself_and_loses_no_acknowledged_write() {
     for name in ["n1.log", "n2.log", "n3.log", "etcd/e1.log"] {
         assert!(dir.join(name).is_file(), "{name} was not kept");
     }
+}
+
+#[test]
+fn walrep_demo_ha_interrupted_stops_everything_it_started() {
+    if support::etcd::etcd_binary().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo-ha");
+    let dir_text = dir.to_str().unwrap();
+    let mut demo = Demo(
+        Command::new(walrep_bin())
+            .args(["demo", "--ha", "--dir", dir_text, "--seconds", "120"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run walrep demo --ha"),
+    );
+    // Read its narration until the load runs on three nodes.
+    let (tx, rx) = mpsc::channel();
+    let stdout = BufReader::new(demo.0.stdout.take().expect("stdout"));
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let end = Instant::now() + DEMO_DEADLINE;
+    let mut seen = String::new();
+    while !seen.contains("acknowledged (") {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen += &format!("{line}\n"),
+            Err(e) => panic!("the load never started ({e}):\n{seen}"),
+        }
+    }
+    // Three etcd members and three nodes, all gone after SIGTERM.
+    let started: Vec<String> = processes_running(dir_text)
+        .into_iter()
+        .filter(|p| !p.contains(" demo --ha "))
+        .collect();
+    assert_eq!(started.len(), 6, "{started:?}\n{seen}");
+    // SAFETY: signalling our own child, not reaped yet.
+    unsafe {
+        libc::kill(demo.0.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = demo.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < end,
+            "the demo did not exit within 60s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "an interrupted demo reported success");
+    let left = processes_running(dir_text);
+    assert!(left.is_empty(), "still running after SIGTERM: {left:?}");
 }
 
 #[test]

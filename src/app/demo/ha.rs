@@ -519,7 +519,7 @@ fn progress(
         say(
             "load",
             format!(
-                "{:>5.1}s  {now:>7} acknowledged ({rate:>6.0}/s)  n1: gate {}, lease renewed {} ms ahead; sync standby {sync}",
+                "{:>5.1}s  {now:>7} acknowledged ({rate:>6.0}/s)  n1: write gate {} (closes in {} ms without a renewal); sync standby {sync}",
                 t0.elapsed().as_secs_f64(),
                 field(&gate, "ha_gate"),
                 field(&gate, "ha_gate_remaining_ms"),
