@@ -25,7 +25,8 @@ use walrep::WalSegSize;
         walrep promote /srv/standby\n\n\
         The Redis port (6380 by default) takes redis-cli; the replication port \
         (5433) takes pg_receivewal, pg_basebackup and psql.\n\
-        `walrep demo` runs all of this on loopback and checks every write."
+        `walrep demo` runs all of this on loopback and checks every write; \
+        `walrep demo --ha` adds automatic failover on etcd."
 )]
 pub struct Cli {
     #[command(subcommand)]

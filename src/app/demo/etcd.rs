@@ -69,15 +69,24 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             members: Vec::new(),
         };
+        // Every port held until all are chosen, so no two are the same.
+        let mut held = Vec::new();
+        let mut port = || -> anyhow::Result<u16> {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let p = l.local_addr()?.port();
+            held.push(l);
+            Ok(p)
+        };
         for k in 1..=n {
             cluster.members.push(Member {
                 name: format!("e{k}"),
-                client_port: super::free_port()?,
-                peer_port: super::free_port()?,
+                client_port: port()?,
+                peer_port: port()?,
                 log: dir.join(format!("e{k}.log")),
                 child: None,
             });
         }
+        drop(held);
         let initial = cluster
             .members
             .iter()

@@ -89,7 +89,7 @@ pub fn run(opts: &DemoOptions, etcd_binary: Option<&Path>) -> anyhow::Result<()>
     let failover = kill_and_fail_over(&mut nodes, &mut keys, &load)?;
     let leader = failover.new_leader;
     ha_list(&endpoints)?;
-    let rejoin_s = rejoin(&mut nodes, leader, &mut keys)?;
+    let rejoin_s = rejoin(&mut nodes, leader)?;
     ha_list(&endpoints)?;
 
     let results = load.stop();
@@ -247,7 +247,8 @@ fn start_cluster(
     let n1 = NodeProcess::start("n1", &d1, &ha_settings(endpoints, "n1")?)?;
     wait("n1 to hold the leader key", || {
         (keys.leader().as_deref() == Some("n1")).then_some(())
-    })?;
+    })
+    .with_context(|| format!("see {}", n1.log.display()))?;
     say(
         "leader",
         format!(
@@ -608,7 +609,7 @@ fn kill_and_fail_over(
 
 /// Start n1 again and wait until it streams from the new leader as a
 /// standby; returns the seconds that took.
-fn rejoin(nodes: &mut [NodeProcess], leader: usize, keys: &mut Keys) -> anyhow::Result<f64> {
+fn rejoin(nodes: &mut [NodeProcess], leader: usize) -> anyhow::Result<f64> {
     let name = NAMES[leader];
     let n1 = &mut nodes[0];
     // A new page port: the old one may have been taken meanwhile.
@@ -637,7 +638,8 @@ fn rejoin(nodes: &mut [NodeProcess], leader: usize, keys: &mut Keys) -> anyhow::
         c.cmd(&["SET", "demo:rejoin", &marker]).ok()?;
         let got = n1.client().ok()?.cmd(&["GET", "demo:rejoin"]).ok()?;
         (got.as_text().as_deref() == Some(marker.as_str())).then_some(())
-    })?;
+    })
+    .with_context(|| format!("see {}", n1.log.display()))?;
     let took = t0.elapsed().as_secs_f64();
     let repl = info(n1, "replication")?;
     let quarantine = n1.datadir.join(walrep::rejoin::QUARANTINE_DIR);
@@ -660,7 +662,6 @@ fn rejoin(nodes: &mut [NodeProcess], leader: usize, keys: &mut Keys) -> anyhow::
             }
         ),
     );
-    let _ = keys.view();
     let e = n1.client()?.cmd(&["SET", "demo:n1", "x"])?;
     if let Reply::Error(text) = &e {
         say("rejoin", format!("a write on n1 now: -{text}"));
