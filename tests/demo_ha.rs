@@ -148,6 +148,14 @@ fn walrep_demo_ha_fails_over_by_itself_and_loses_no_acknowledged_write() {
     for name in ["n1.log", "n2.log", "n3.log", "etcd/e1.log"] {
         assert!(dir.join(name).is_file(), "{name} was not kept");
     }
+    // The report: the winner's lane ends promoted, the load's chart is there.
+    let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(report.contains("0 lost"), "{report}");
+    assert!(report.contains("writes per second"));
+    for lane in ["n1 (", "n2 (", "n3 ("] {
+        assert!(report.contains(&format!("<h2>{lane}")), "no lane {lane}");
+    }
+    assert!(report.contains("data-state=\"Promoted\""));
 }
 
 #[test]

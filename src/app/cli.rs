@@ -92,7 +92,7 @@ pub enum Command {
     /// --ha: three nodes and a three-member etcd, the primary killed under
     /// load and replaced automatically, the old primary rejoining.
     Demo {
-        /// Keep the data directories here instead of a temporary
+        /// Keep the data directories and logs here instead of a temporary
         /// directory, and write DIR/report.html (the failover as pictures).
         #[arg(long)]
         dir: Option<PathBuf>,

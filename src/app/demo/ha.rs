@@ -27,7 +27,7 @@ use walrep_states::ha::ClusterView;
 use super::client::{Reply, RespClient};
 use super::etcd::{self, EtcdCluster};
 use super::process::{catch_interrupts, check_interrupted, NodeProcess};
-use super::{field, free_port, info, page_url, say, verify, DemoOptions, WriterResult};
+use super::{field, free_port, info, page_url, say, verify, DemoOptions, LoadPoint, WriterResult};
 
 /// The members' lease (`ha_ttl`): short, so the failover is quick to watch.
 const TTL_S: u64 = 6;
@@ -92,7 +92,7 @@ pub fn run(opts: &DemoOptions, etcd_binary: Option<&Path>) -> anyhow::Result<()>
     let rejoin_s = rejoin(&mut nodes, leader)?;
     ha_list(&endpoints)?;
 
-    let results = load.stop();
+    let (results, points) = load.stop();
     let acked: usize = results.iter().map(|r| r.acked.len()).sum();
     let by_node = load.acked_by_node();
     say(
@@ -127,6 +127,30 @@ pub fn run(opts: &DemoOptions, etcd_binary: Option<&Path>) -> anyhow::Result<()>
     }
     let timeline = field(&info(&nodes[leader], "persistence")?, "timeline");
     stop_all(&mut nodes, leader, &mut etcd)?;
+    if opts.dir.is_some() {
+        let report = super::report::write(&super::report::Report {
+            root: &root,
+            title: "walrep demo --ha: automatic failover report",
+            rows: vec![
+                (
+                    "outcome",
+                    format!("OK: all {checked} acknowledged writes are on the new primary {}, 0 lost", NAMES[leader]),
+                ),
+                ("writes acknowledged", format!("{acked} ({} by n1 before the kill, {} by {} after)", by_node[0], by_node[leader], NAMES[leader])),
+                ("primary", "n1, killed with SIGKILL under load".to_string()),
+                ("lease expired", format!("{:.1} s after the kill (ha_ttl {TTL_S} s)", failover.lease_gone_s)),
+                ("leader key taken", format!("by {}, {:.1} s after the kill", NAMES[leader], failover.took_key_s)),
+                ("first write acknowledged by the new primary", format!("{:.1} s after the kill", failover.first_ack_s)),
+                ("new timeline", timeline.clone()),
+                ("old primary", format!("rejoined as a standby of {} in {rejoin_s:.1} s", NAMES[leader])),
+            ],
+            lanes_heading: "The nodes' recovery: n2 and n3 as standbys, the winner promoting, n1 after it rejoined",
+            nodes: NAMES.iter().map(|n| (n.to_string(), root.join(n))).collect(),
+            load: &points,
+            lag: false,
+        })?;
+        say("report", format!("{}", report.display()));
+    }
     println!();
     println!(
         "walrep demo --ha: OK in {:.1}s",
@@ -345,6 +369,8 @@ struct Load {
     /// The first acknowledgement by another node after the kill.
     first_after_kill: Arc<OnceLock<(Instant, usize)>>,
     handles: Vec<JoinHandle<WriterResult>>,
+    /// Writes per second, every [`SAMPLE`], for the report.
+    sampler: Option<JoinHandle<Vec<LoadPoint>>>,
 }
 
 /// What a writer shares with the demo.
@@ -382,6 +408,8 @@ impl Load {
                 std::thread::spawn(move || ha_writer(w, &s))
             })
             .collect();
+        let s = shared.clone();
+        let sampler = Some(std::thread::spawn(move || sample(&s)));
         Load {
             stop: shared.stop,
             target: shared.target,
@@ -391,6 +419,7 @@ impl Load {
             killed: shared.killed,
             first_after_kill: shared.first_after_kill,
             handles,
+            sampler,
         }
     }
 
@@ -402,13 +431,20 @@ impl Load {
         [0, 1, 2].map(|i| self.acked[i].load(Ordering::Relaxed))
     }
 
-    /// Stop the writers and collect what each was told "OK" for.
-    fn stop(&mut self) -> Vec<WriterResult> {
+    /// Stop the writers; what each was told "OK" for, and the samples.
+    fn stop(&mut self) -> (Vec<WriterResult>, Vec<LoadPoint>) {
         self.stop.store(true, Ordering::Relaxed);
-        self.handles
+        let results = self
+            .handles
             .drain(..)
             .map(|h| h.join().unwrap_or_default())
-            .collect()
+            .collect();
+        let points = self
+            .sampler
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        (results, points)
     }
 }
 
@@ -418,7 +454,33 @@ impl Drop for Load {
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
+        if let Some(h) = self.sampler.take() {
+            let _ = h.join();
+        }
     }
+}
+
+/// How often the load's rate is sampled for the report.
+const SAMPLE: Duration = Duration::from_millis(250);
+/// At most this many samples (an hour and more at [`SAMPLE`]).
+const MAX_SAMPLES: usize = 16_384;
+
+/// Sample the acknowledgement rate until the load stops.
+fn sample(s: &Shared) -> Vec<LoadPoint> {
+    let t0 = Instant::now();
+    let mut points = Vec::new();
+    let mut last = 0;
+    while !s.stop.load(Ordering::Relaxed) && points.len() < MAX_SAMPLES {
+        std::thread::sleep(SAMPLE);
+        let now = s.acked_total.load(Ordering::Relaxed);
+        points.push(LoadPoint {
+            at_ms: t0.elapsed().as_millis() as u64,
+            writes_per_s: (now - last) as f64 / SAMPLE.as_secs_f64(),
+            lag_bytes: 0.0,
+        });
+        last = now;
+    }
+    points
 }
 
 /// One client: bounded to a million writes, backing off (10 ms doubling

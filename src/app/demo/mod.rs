@@ -122,14 +122,27 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     );
     let info = info(&standby, "persistence")?;
     if opts.dir.is_some() {
-        let report = report::write(
-            &dirs,
-            acked,
-            checked,
-            promote_ms,
-            &field(&info, "timeline"),
-            &load,
-        )?;
+        let report = report::write(&report::Report {
+            root: &dirs.root,
+            title: "walrep demo: failover report",
+            rows: vec![
+                (
+                    "outcome",
+                    format!("OK: all {checked} acknowledged writes are on the promoted standby"),
+                ),
+                ("writes acknowledged before the crash", acked.to_string()),
+                ("primary", "killed with SIGKILL under load".to_string()),
+                (
+                    "promotion",
+                    format!("trigger file to first accepted write in {promote_ms:.0} ms"),
+                ),
+                ("new timeline", field(&info, "timeline")),
+            ],
+            lanes_heading: "The standby's recovery through the failover",
+            nodes: vec![("standby".into(), dirs.standby.clone())],
+            load: &load,
+            lag: true,
+        })?;
         say("report", format!("{}", report.display()));
     }
     if opts.linger_seconds > 0 {
