@@ -79,7 +79,7 @@ pub fn run(opts: &DemoOptions, etcd_binary: Option<&Path>) -> anyhow::Result<()>
 
     let mut load = Load::start(opts.clients, &nodes[0], 0);
     progress(&load, &nodes, &mut keys, opts.load_seconds)?;
-    let before_kill = load.acked_total.load(Ordering::Relaxed);
+    let before_kill = load.shared.acked_total.load(Ordering::Relaxed);
     if before_kill == 0 {
         bail!(
             "no write was acknowledged before the crash; see {}",
@@ -102,7 +102,7 @@ pub fn run(opts: &DemoOptions, etcd_binary: Option<&Path>) -> anyhow::Result<()>
             by_node[0],
             by_node[leader],
             NAMES[leader],
-            load.refused.load(Ordering::Relaxed)
+            load.shared.refused.load(Ordering::Relaxed)
         ),
     );
     let checked = verify(&nodes[leader], &results)?;
@@ -356,46 +356,39 @@ fn ha_list(endpoints: &str) -> anyhow::Result<()> {
 /// (connection lost, `READONLY` from a standby or a fenced node) counts the
 /// write as not acknowledged and goes to the current leader.
 struct Load {
-    stop: Arc<AtomicBool>,
-    /// Where writes go: the leader's index and client address.
-    target: Arc<Mutex<(usize, SocketAddr)>>,
-    acked_total: Arc<AtomicU64>,
-    /// Acknowledgements by node index.
-    acked: Arc<[AtomicU64; 3]>,
-    /// Writes answered with an error or not answered.
-    refused: Arc<AtomicU64>,
-    /// The node killed (its index), once it is.
-    killed: Arc<AtomicUsize>,
-    /// The first acknowledgement by another node after the kill.
-    first_after_kill: Arc<OnceLock<(Instant, usize)>>,
+    shared: Arc<Shared>,
     handles: Vec<JoinHandle<WriterResult>>,
     /// Writes per second, every [`SAMPLE`], for the report.
     sampler: Option<JoinHandle<Vec<LoadPoint>>>,
 }
 
-/// What a writer shares with the demo.
-#[derive(Clone)]
+/// What the writers share with the demo.
 struct Shared {
-    stop: Arc<AtomicBool>,
-    target: Arc<Mutex<(usize, SocketAddr)>>,
-    acked_total: Arc<AtomicU64>,
-    acked: Arc<[AtomicU64; 3]>,
-    refused: Arc<AtomicU64>,
-    killed: Arc<AtomicUsize>,
-    first_after_kill: Arc<OnceLock<(Instant, usize)>>,
+    stop: AtomicBool,
+    /// Where writes go: the leader's index and client address.
+    target: Mutex<(usize, SocketAddr)>,
+    acked_total: AtomicU64,
+    /// Acknowledgements by node index.
+    acked: [AtomicU64; 3],
+    /// Writes answered with an error or not answered.
+    refused: AtomicU64,
+    /// The node killed (its index), once it is.
+    killed: AtomicUsize,
+    /// The first acknowledgement by another node after the kill.
+    first_after_kill: OnceLock<(Instant, usize)>,
 }
 
 impl Load {
     fn start(clients: usize, leader: &NodeProcess, index: usize) -> Load {
-        let shared = Shared {
-            stop: Arc::default(),
-            target: Arc::new(Mutex::new((index, leader.addr()))),
-            acked_total: Arc::default(),
-            acked: Arc::default(),
-            refused: Arc::default(),
-            killed: Arc::new(AtomicUsize::new(NONE)),
-            first_after_kill: Arc::default(),
-        };
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            target: Mutex::new((index, leader.addr())),
+            acked_total: AtomicU64::new(0),
+            acked: Default::default(),
+            refused: AtomicU64::new(0),
+            killed: AtomicUsize::new(NONE),
+            first_after_kill: OnceLock::new(),
+        });
         say(
             "load",
             format!(
@@ -411,29 +404,23 @@ impl Load {
         let s = shared.clone();
         let sampler = Some(std::thread::spawn(move || sample(&s)));
         Load {
-            stop: shared.stop,
-            target: shared.target,
-            acked_total: shared.acked_total,
-            acked: shared.acked,
-            refused: shared.refused,
-            killed: shared.killed,
-            first_after_kill: shared.first_after_kill,
+            shared,
             handles,
             sampler,
         }
     }
 
     fn point_at(&self, index: usize, node: &NodeProcess) {
-        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = (index, node.addr());
+        *self.shared.target.lock().unwrap_or_else(|e| e.into_inner()) = (index, node.addr());
     }
 
     fn acked_by_node(&self) -> [u64; 3] {
-        [0, 1, 2].map(|i| self.acked[i].load(Ordering::Relaxed))
+        [0, 1, 2].map(|i| self.shared.acked[i].load(Ordering::Relaxed))
     }
 
     /// Stop the writers; what each was told "OK" for, and the samples.
     fn stop(&mut self) -> (Vec<WriterResult>, Vec<LoadPoint>) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
         let results = self
             .handles
             .drain(..)
@@ -450,7 +437,7 @@ impl Load {
 
 impl Drop for Load {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
@@ -571,7 +558,7 @@ fn progress(
     let mut last_at = t0;
     while t0.elapsed() < duration {
         sleep_checked(Duration::from_secs(1).min(duration.saturating_sub(t0.elapsed())))?;
-        let now = load.acked_total.load(Ordering::Relaxed);
+        let now = load.shared.acked_total.load(Ordering::Relaxed);
         let rate = (now - last) as f64 / last_at.elapsed().as_secs_f64().max(0.001);
         let gate = info(&nodes[0], "replication").unwrap_or_default();
         let sync = keys
@@ -610,7 +597,7 @@ fn kill_and_fail_over(
     );
     let killed_at = Instant::now();
     nodes[0].kill9();
-    load.killed.store(0, Ordering::Relaxed);
+    load.shared.killed.store(0, Ordering::Relaxed);
     let secs = || killed_at.elapsed().as_secs_f64();
     let mut lease_gone_s = None;
     let mut took = None;
@@ -648,7 +635,7 @@ fn kill_and_fail_over(
                 }
             }
         }
-        load.first_after_kill.get().copied()
+        load.shared.first_after_kill.get().copied()
     })?;
     let (at, index) = first_ack;
     let first_ack_s = at.duration_since(killed_at).as_secs_f64();
