@@ -125,32 +125,102 @@ pub fn run(opts: &DemoOptions, etcd_binary: Option<&Path>) -> anyhow::Result<()>
         );
         sleep_checked(Duration::from_secs(opts.linger_seconds))?;
     }
-    let timeline = field(&info(&nodes[leader], "persistence")?, "timeline");
+    let outcome = Outcome {
+        acked,
+        checked,
+        by_node,
+        leader,
+        failover,
+        timeline: field(&info(&nodes[leader], "persistence")?, "timeline"),
+        rejoin_s,
+    };
     stop_all(&mut nodes, leader, &mut etcd)?;
     if opts.dir.is_some() {
-        let report = super::report::write(&super::report::Report {
-            root: &root,
-            title: "walrep demo --ha: automatic failover report",
-            rows: vec![
-                (
-                    "outcome",
-                    format!("OK: all {checked} acknowledged writes are on the new primary {}, 0 lost", NAMES[leader]),
-                ),
-                ("writes acknowledged", format!("{acked} ({} by n1 before the kill, {} by {} after)", by_node[0], by_node[leader], NAMES[leader])),
-                ("primary", "n1, killed with SIGKILL under load".to_string()),
-                ("lease expired", format!("{:.1} s after the kill (ha_ttl {TTL_S} s)", failover.lease_gone_s)),
-                ("leader key taken", format!("by {}, {:.1} s after the kill", NAMES[leader], failover.took_key_s)),
-                ("first write acknowledged by the new primary", format!("{:.1} s after the kill", failover.first_ack_s)),
-                ("new timeline", timeline.clone()),
-                ("old primary", format!("rejoined as a standby of {} in {rejoin_s:.1} s", NAMES[leader])),
-            ],
-            lanes_heading: "The nodes' recovery: n2 and n3 as standbys, the winner promoting, n1 after it rejoined",
-            nodes: NAMES.iter().map(|n| (n.to_string(), root.join(n))).collect(),
-            load: &points,
-            lag: false,
-        })?;
+        let report = write_report(&root, &outcome, &points)?;
         say("report", format!("{}", report.display()));
     }
+    summary(opts, started, &outcome);
+    Ok(())
+}
+
+/// What the run showed, for the summary and the report.
+struct Outcome {
+    acked: usize,
+    checked: usize,
+    by_node: [u64; 3],
+    leader: usize,
+    failover: Failover,
+    timeline: String,
+    rejoin_s: f64,
+}
+
+/// DIR/report.html: the outcome, the three nodes' lanes, the write rate.
+fn write_report(root: &Path, o: &Outcome, points: &[LoadPoint]) -> anyhow::Result<PathBuf> {
+    let (leader, failover, by_node) = (o.leader, &o.failover, &o.by_node);
+    let (acked, checked, rejoin_s) = (o.acked, o.checked, o.rejoin_s);
+    let timeline = &o.timeline;
+    super::report::write(&super::report::Report {
+        root,
+        title: "walrep demo --ha: automatic failover report",
+        rows: vec![
+            (
+                "outcome",
+                format!(
+                    "OK: all {checked} acknowledged writes are on the new primary {}, 0 lost",
+                    NAMES[leader]
+                ),
+            ),
+            (
+                "writes acknowledged",
+                format!(
+                    "{acked} ({} by n1 before the kill, {} by {} after)",
+                    by_node[0], by_node[leader], NAMES[leader]
+                ),
+            ),
+            ("primary", "n1, killed with SIGKILL under load".to_string()),
+            (
+                "lease expired",
+                format!(
+                    "{:.1} s after the kill (ha_ttl {TTL_S} s)",
+                    failover.lease_gone_s
+                ),
+            ),
+            (
+                "leader key taken",
+                format!(
+                    "by {}, {:.1} s after the kill",
+                    NAMES[leader], failover.took_key_s
+                ),
+            ),
+            (
+                "first write acknowledged by the new primary",
+                format!("{:.1} s after the kill", failover.first_ack_s),
+            ),
+            ("new timeline", timeline.clone()),
+            (
+                "old primary",
+                format!(
+                    "rejoined as a standby of {} in {rejoin_s:.1} s",
+                    NAMES[leader]
+                ),
+            ),
+        ],
+        lanes_heading:
+            "The nodes' recovery: n2 and n3 as standbys, the winner promoting, n1 after it rejoined",
+        nodes: NAMES
+            .iter()
+            .map(|n| (n.to_string(), root.join(n)))
+            .collect(),
+        load: points,
+        lag: false,
+    })
+}
+
+/// The verdict, printed last.
+fn summary(opts: &DemoOptions, started: Instant, o: &Outcome) {
+    let (leader, failover, by_node) = (o.leader, &o.failover, &o.by_node);
+    let (acked, checked, rejoin_s) = (o.acked, o.checked, o.rejoin_s);
+    let timeline = &o.timeline;
     println!();
     println!(
         "walrep demo --ha: OK in {:.1}s",
@@ -182,7 +252,6 @@ pub fn run(opts: &DemoOptions, etcd_binary: Option<&Path>) -> anyhow::Result<()>
         ),
         None => println!("  (everything was in a temporary directory, now removed; run with --dir DIR to keep the data and logs)"),
     }
-    Ok(())
 }
 
 fn start_etcd(binary: &Path, root: &Path) -> anyhow::Result<EtcdCluster> {
