@@ -25,7 +25,8 @@ use walrep::WalSegSize;
         walrep promote /srv/standby\n\n\
         The Redis port (6380 by default) takes redis-cli; the replication port \
         (5433) takes pg_receivewal, pg_basebackup and psql.\n\
-        `walrep demo` runs all of this on loopback and checks every write."
+        `walrep demo` runs all of this on loopback and checks every write; \
+        `walrep demo --ha` adds automatic failover on etcd."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -87,9 +88,11 @@ pub enum Command {
         datadir: PathBuf,
     },
     /// The main job: a primary with archiving under a write load, crashed
-    /// with kill -9 and recovered, every acknowledged write verified.
+    /// with kill -9 and recovered, every acknowledged write verified. With
+    /// --ha: three nodes and a three-member etcd, the primary killed under
+    /// load and replaced automatically, the old primary rejoining.
     Demo {
-        /// Keep the data directories here instead of a temporary
+        /// Keep the data directories and logs here instead of a temporary
         /// directory, and write DIR/report.html (the failover as pictures).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -103,6 +106,16 @@ pub enum Command {
         /// at its live page.
         #[arg(long, default_value_t = 0, value_name = "SECONDS")]
         linger: u64,
+        /// Automatic failover: start a three-member etcd and three nodes
+        /// with ha_enabled on loopback, kill -9 the primary under load, and
+        /// watch a synchronous standby take over and the old primary rejoin
+        /// (needs etcd: apt-get install etcd-server).
+        #[arg(long)]
+        ha: bool,
+        /// With --ha: the etcd binary (default: etcd on PATH, then
+        /// /usr/bin/etcd).
+        #[arg(long, value_name = "PATH", requires = "ha")]
+        etcd: Option<PathBuf>,
     },
     /// Bring an old primary back as a standby of the node that replaced it
     /// (PostgreSQL's pg_rewind): find where its timeline forks from the new
@@ -403,14 +416,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clients,
             seconds,
             linger,
+            ha,
+            etcd,
         } => {
             crate::app::logging::init("warn");
-            crate::app::demo::run(&crate::app::demo::DemoOptions {
+            let opts = crate::app::demo::DemoOptions {
                 dir,
                 clients: clients.clamp(1, 256),
                 load_seconds: seconds,
                 linger_seconds: linger.min(24 * 3600),
-            })?;
+            };
+            if ha {
+                crate::app::demo::ha::run(&opts, etcd.as_deref())?;
+            } else {
+                crate::app::demo::run(&opts)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Rejoin {

@@ -10,9 +10,13 @@
 //! # Layout
 //! - [`client`]: a small blocking RESP client.
 //! - [`process`]: `walrep start` child processes.
+//! - [`ha`]: `walrep demo --ha`, the same story with automatic failover on
+//!   a three-member etcd (`etcd`: its members).
 //! - `report`: `DIR/report.html`, the run as pictures.
 
 pub mod client;
+mod etcd;
+pub mod ha;
 pub mod process;
 mod report;
 
@@ -118,14 +122,27 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     );
     let info = info(&standby, "persistence")?;
     if opts.dir.is_some() {
-        let report = report::write(
-            &dirs,
-            acked,
-            checked,
-            promote_ms,
-            &field(&info, "timeline"),
-            &load,
-        )?;
+        let report = report::write(&report::Report {
+            root: &dirs.root,
+            title: "walrep demo: failover report",
+            rows: vec![
+                (
+                    "outcome",
+                    format!("OK: all {checked} acknowledged writes are on the promoted standby"),
+                ),
+                ("writes acknowledged before the crash", acked.to_string()),
+                ("primary", "killed with SIGKILL under load".to_string()),
+                (
+                    "promotion",
+                    format!("trigger file to first accepted write in {promote_ms:.0} ms"),
+                ),
+                ("new timeline", field(&info, "timeline")),
+            ],
+            lanes_heading: "The standby's recovery through the failover",
+            nodes: vec![("standby".into(), dirs.standby.clone())],
+            load: &load,
+            lag: true,
+        })?;
         say("report", format!("{}", report.display()));
     }
     if opts.linger_seconds > 0 {
@@ -196,42 +213,7 @@ fn start_primary(dirs: &Dirs) -> anyhow::Result<NodeProcess> {
 }
 
 fn start_standby(dirs: &Dirs, primary: &NodeProcess) -> anyhow::Result<NodeProcess> {
-    say(
-        "backup",
-        format!(
-            "walrep basebackup --from 127.0.0.1:{} -D {} -R --application-name standby1",
-            primary.replication_port,
-            dirs.standby.display()
-        ),
-    );
-    let summary = walrep::backup::client::run(
-        &walrep::backup::client::BasebackupOptions {
-            host: "127.0.0.1".into(),
-            port: primary.replication_port,
-            datadir: dirs.standby.clone(),
-            user: "walrep".into(),
-            password: None,
-            application_name: Some("standby1".into()),
-            write_standby_config: true,
-            label: "walrep demo".into(),
-            max_rate_kbps: 0,
-            timeout: Duration::from_secs(60),
-            storage: std::sync::Arc::new(walrep::storage::StdStorage),
-            slot: None,
-            jobs: 1,
-            two_phase: false,
-            resume: false,
-        },
-        &mut walrep::backup::client::NoProgress,
-    )
-    .context("base backup")?;
-    say(
-        "backup",
-        format!(
-            "consistent copy: WAL {} to {} on timeline {}",
-            summary.start, summary.end, summary.tli.0
-        ),
-    );
+    basebackup(primary, &dirs.standby, "standby1", "")?;
     let settings = vec![
         format!("restore_command=cp {}/%f %p", dirs.archive.display()),
         format!("promote_trigger_file={}", dirs.trigger.display()),
@@ -272,6 +254,53 @@ fn start_standby(dirs: &Dirs, primary: &NodeProcess) -> anyhow::Result<NodeProce
         ),
     );
     Ok(standby)
+}
+
+/// `walrep basebackup -R` of `primary` into `datadir` (no slot), narrated;
+/// `extra` is what the narration adds to the command line.
+fn basebackup(
+    primary: &NodeProcess,
+    datadir: &Path,
+    application_name: &str,
+    extra: &str,
+) -> anyhow::Result<()> {
+    say(
+        "backup",
+        format!(
+            "walrep basebackup --from 127.0.0.1:{} -D {} -R --application-name {application_name}{extra}",
+            primary.replication_port,
+            datadir.display()
+        ),
+    );
+    let summary = walrep::backup::client::run(
+        &walrep::backup::client::BasebackupOptions {
+            host: "127.0.0.1".into(),
+            port: primary.replication_port,
+            datadir: datadir.to_path_buf(),
+            user: "walrep".into(),
+            password: None,
+            application_name: Some(application_name.into()),
+            write_standby_config: true,
+            label: "walrep demo".into(),
+            max_rate_kbps: 0,
+            timeout: Duration::from_secs(60),
+            storage: std::sync::Arc::new(walrep::storage::StdStorage),
+            slot: None,
+            jobs: 1,
+            two_phase: false,
+            resume: false,
+        },
+        &mut walrep::backup::client::NoProgress,
+    )
+    .context("base backup")?;
+    say(
+        "backup",
+        format!(
+            "consistent copy: WAL {} to {} on timeline {}",
+            summary.start, summary.end, summary.tli.0
+        ),
+    );
+    Ok(())
 }
 
 /// Run the writers for `opts.load_seconds`, printing throughput and lag.

@@ -1,10 +1,15 @@
 //! Running `walrep start` as a child process (the demo kills nodes with -9,
-//! which only a separate process allows), with bounded waits.
+//! which only a separate process allows), with bounded waits; children die
+//! with the demo, and SIGINT/SIGTERM make the demo's waits give up so its
+//! guards stop everything it started.
 
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -68,6 +73,7 @@ impl NodeProcess {
             cmd.args(["-c", s]);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().context("start walrep")?;
         let pid = child.id();
         self.child = Some(child);
@@ -93,6 +99,7 @@ impl NodeProcess {
                     return Ok(());
                 }
             }
+            check_interrupted()?;
             if Instant::now() > deadline {
                 bail!(
                     "{} did not start within {NODE_DEADLINE:?}; see {}",
@@ -102,6 +109,20 @@ impl NodeProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Start the node again on its data directory with the same settings
+    /// (after [`Self::kill9`] or [`Self::stop`]).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("{} is still running", self.name);
+        }
+        self.status_port = self
+            .settings
+            .iter()
+            .find_map(|s| s.strip_prefix("status_port=")?.parse().ok())
+            .unwrap_or(0);
+        self.launch()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -154,4 +175,53 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Have the child killed (SIGKILL) when the demo's process dies, however it
+/// dies (kill -9 included), so no node or etcd member outlives it.
+pub(super) fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: prctl is async-signal-safe; the closure touches no memory of
+    // the parent. Children are spawned from the main thread, whose exit is
+    // the process's (PR_SET_PDEATHSIG follows the spawning thread).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Set by SIGINT or SIGTERM once [`catch_interrupts`] ran.
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Catch SIGINT and SIGTERM: the demo's waits then fail with
+/// "interrupted" and its guards stop every process it started and remove
+/// its temporary directory. A second signal ends the demo at once (its
+/// children die with it).
+pub(super) fn catch_interrupts() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = INTERRUPTED.get_or_init(Arc::default).clone();
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, flag.clone())?;
+        signal_hook::flag::register(sig, flag.clone())?;
+    }
+    Ok(())
+}
+
+/// An error once SIGINT or SIGTERM arrived (see [`catch_interrupts`]).
+pub(super) fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.get().is_some_and(|f| f.load(Ordering::Relaxed)) {
+        bail!("interrupted: stopping every process the demo started");
+    }
+    Ok(())
+}
+
+/// The last `lines` lines of a log file (for an error message).
+pub(super) fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
