@@ -596,6 +596,9 @@ fn take(
         }
         None => None,
     };
+    if phase_one_done {
+        record_kept_phase_one(opts, &written)?;
+    }
     let checked = write_manifest(opts, &written, tli, start.start, end)?;
     let verified = match opts.two_phase {
         true => verify::verify_files(&opts.datadir, &expected)?,
@@ -652,6 +655,27 @@ fn write_manifest(
     crate::storage::durable_remove(storage, &opts.datadir.join(PARTIAL_MANIFEST_FILE))
         .map_err(WrittenError::from)?;
     Ok(checked)
+}
+
+/// A resumed two-phase copy keeps its first phase's files as they are (a
+/// standby may run on them): any the interrupted copy's journal had lost
+/// is recorded as it is now.
+fn record_kept_phase_one(
+    opts: &BasebackupOptions,
+    written: &WrittenFiles,
+) -> Result<(), BasebackupError> {
+    let files = [
+        super::label::BACKUP_LABEL_FILE,
+        crate::datadir::CONFIG_FILE,
+        crate::datadir::STANDBY_SIGNAL,
+        STANDBY_PASSFILE,
+    ];
+    for rel in files {
+        if !written.contains(rel) && opts.datadir.join(rel).is_file() {
+            written.record_from_disk(&opts.datadir, rel)?;
+        }
+    }
+    Ok(())
 }
 
 /// `-R`'s files, as written: `walrep.toml` (edited), `standby.signal`,
