@@ -3,7 +3,7 @@
 //! empty directory, verify the copy, and optionally make it a standby
 //! (`--write-standby-config`). Every file written is checksummed as it is
 //! written and listed in the copy's `backup_manifest` (PostgreSQL's format,
-//! see [`super::written`] for why the client builds it), which is written
+//! see the `written` module for why the client builds it), which is written
 //! last, read back and checked against every file before the copy is
 //! marked complete: `pg_verifybackup -n` passes on a finished copy. On
 //! failure the directory is cleaned up as pg_basebackup does (removed if it
