@@ -860,7 +860,16 @@ fn basebackup(
             "walrep: resumed: {kept} snapshot chunk files ({} bytes) of the interrupted copy were intact and not copied again",
             s.resumed_bytes
         );
+        println!(
+            "walrep: resume kept {} files ({} bytes, {} WAL segments) that matched the interrupted copy's manifest; {} failed their checksum and were copied again",
+            s.resumed_files, s.resumed_file_bytes, s.resumed_wal_segments, s.resumed_mismatched
+        );
     }
+    println!(
+        "walrep: backup_manifest lists {} files, each read back and checked (pg_verifybackup -n {} checks it too)",
+        s.manifest_files,
+        opts.datadir.display()
+    );
     if let Some(slot) = &s.slot {
         println!("walrep: replication slot \"{slot}\" made on the node for this standby (primary_slot_name); drop it with DROP_REPLICATION_SLOT if the standby is retired");
     }

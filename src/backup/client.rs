@@ -1,8 +1,13 @@
 //! `walrep basebackup`: connect, BASE_BACKUP with the WAL included
 //! (pg_basebackup's `-X fetch`), extract the archive stream safely into an
 //! empty directory, verify the copy, and optionally make it a standby
-//! (`--write-standby-config`). On failure the directory is cleaned up as
-//! pg_basebackup does (removed if it created it, emptied otherwise).
+//! (`--write-standby-config`). Every file written is checksummed as it is
+//! written and listed in the copy's `backup_manifest` (PostgreSQL's format,
+//! see the `written` module for why the client builds it), which is written
+//! last, read back and checked against every file before the copy is
+//! marked complete: `pg_verifybackup -n` passes on a finished copy. On
+//! failure the directory is cleaned up as pg_basebackup does (removed if it
+//! created it, emptied otherwise).
 
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -11,9 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::extract::{self, ExtractError, ExtractStats, Extractor};
+use super::manifest::{ManifestError, MANIFEST_FILE};
 use super::standby_config::{self, conninfo_string, StandbyConfigError};
 use super::verify::{self, Expected, VerifyError};
 use super::walfetch::WalFetch;
+use super::written::{WrittenError, WrittenFiles, PARTIAL_MANIFEST_FILE};
 use crate::replication::client::{
     BackupMessage, BackupStart, BaseBackupRequest, ClientError, ConnInfo, ReplicationClient,
 };
@@ -106,6 +113,19 @@ pub struct BasebackupSummary {
     pub resumed_chunks: Option<u64>,
     /// With `--resume`: their bytes, not copied again.
     pub resumed_bytes: u64,
+    /// With `--resume`: every file the interrupted copy held that matched
+    /// its manifest entry and was kept (chunks, WAL, phase-one files).
+    pub resumed_files: u64,
+    /// Their bytes.
+    pub resumed_file_bytes: u64,
+    /// With `--resume`: WAL segments kept (one-phase: not fetched again).
+    pub resumed_wal_segments: u64,
+    /// With `--resume`: files whose size or checksum no longer matched
+    /// their manifest entry, copied again.
+    pub resumed_mismatched: u64,
+    /// Files listed in the copy's `backup_manifest`, each read back and
+    /// checked against it.
+    pub manifest_files: u64,
 }
 
 /// Why the backup failed.
@@ -123,6 +143,14 @@ pub enum BasebackupError {
     /// The finished copy does not match what the server said it sent.
     #[error("the copy failed verification: {0}")]
     Verify(#[from] VerifyError),
+    /// The copy's record of its files could not be kept, or `backup_manifest`
+    /// could not be written.
+    #[error("could not write the backup manifest: {0}")]
+    Manifest(#[from] WrittenError),
+    /// A file of the finished copy differs from what was written
+    /// (`backup_manifest`): the copy is not marked complete.
+    #[error("the copy does not match its {MANIFEST_FILE}: {0}")]
+    ManifestMismatch(#[from] ManifestError),
     /// `-R`: `standby.signal` or the upstream settings could not be written.
     #[error("could not write the standby configuration: {0}")]
     StandbyConfig(#[from] StandbyConfigError),
@@ -398,14 +426,17 @@ fn take(
         *slot_made = true;
     }
     let phase_one_done = plan.is_some_and(|p| p.phase_one_done);
+    // A resumed one-phase copy fetches only the segments it does not
+    // hold whole yet, which the archive stream cannot leave out.
+    let fetch_wal_apart = !opts.two_phase && (opts.jobs > 1 || plan.is_some());
     let request = BaseBackupRequest {
         label: opts.label.clone(),
         progress: true,
         max_rate_kbps: opts.max_rate_kbps,
         parallel: opts.jobs,
-        // With jobs, the WAL comes by WAL_RANGE on a connection of its
-        // own; with two phases the standby streams it.
-        wal: opts.jobs == 1 && !opts.two_phase,
+        // With jobs (or resumed), the WAL comes by WAL_RANGE on a
+        // connection of its own; with two phases the standby streams it.
+        wal: !opts.two_phase && !fetch_wal_apart,
         // Two phases start from the last checkpoint: the standby streams
         // at once, however much a new checkpoint would have to write.
         last_checkpoint: opts.two_phase,
@@ -435,6 +466,11 @@ fn take(
         slot: opts.slot.clone(),
     };
     marker.write(&*opts.storage, &opts.datadir)?;
+    let kept = plan.map(|p| p.kept_files.clone()).unwrap_or_default();
+    let written = Arc::new(
+        WrittenFiles::start(opts.storage.clone(), &opts.datadir, kept)
+            .map_err(WrittenError::from)?,
+    );
     let mut standby_conninfo_written = None;
     let mut after_file = |rel: &std::path::Path| -> Result<(), String> {
         if !opts.two_phase
@@ -443,7 +479,7 @@ fn take(
         {
             return Ok(());
         }
-        let ci = finish_phase_one(opts, &mut marker).map_err(|e| e.to_string())?;
+        let ci = finish_phase_one(opts, &mut marker, &written).map_err(|e| e.to_string())?;
         standby_conninfo_written = Some(ci);
         phase_one.store(true, Ordering::SeqCst);
         Ok(())
@@ -454,7 +490,7 @@ fn take(
     let end_lsn = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let (extracted, received, end, tli) = std::thread::scope(|scope| {
-        let wal_job = (opts.jobs > 1 && !opts.two_phase).then(|| {
+        let wal_job = fetch_wal_apart.then(|| {
             let fetch = WalFetch {
                 storage: &*opts.storage,
                 datadir: &opts.datadir,
@@ -465,6 +501,7 @@ fn take(
                 failed: &failed,
                 timeout: opts.timeout,
                 received: &per_job[opts.jobs as usize],
+                written: &written,
             };
             scope.spawn(move || {
                 let mut c = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
@@ -478,7 +515,8 @@ fn take(
             (Some(id), n) => (1..n)
                 .map(|k| {
                     let counter = &per_job[k as usize];
-                    scope.spawn(move || copy_part(opts, id, k, counter))
+                    let written = Arc::clone(&written);
+                    scope.spawn(move || copy_part(opts, id, k, counter, written))
                 })
                 .collect(),
             (None, _) => {
@@ -498,6 +536,7 @@ fn take(
         let leader = receive_archive_with(
             &mut client,
             opts,
+            &written,
             &mut shared,
             &mut after_file,
             Some(phase_one),
@@ -547,18 +586,23 @@ fn take(
         end,
         tli,
     };
-    let verified = match opts.two_phase {
-        true => verify::verify_files(&opts.datadir, &expected)?,
-        false => verify::verify(&opts.datadir, &expected)?,
-    };
     let primary_conninfo = match standby_conninfo_written {
         Some(ci) => Some(ci),
         None if opts.write_standby_config && !phase_one_done => {
             let ci = standby_conninfo(opts)?;
             standby_config::write(&*opts.storage, &opts.datadir, &ci, opts.slot.as_deref())?;
+            record_standby_files(opts, &written)?;
             Some(ci)
         }
         None => None,
+    };
+    if phase_one_done {
+        record_kept_phase_one(opts, &written)?;
+    }
+    let checked = write_manifest(opts, &written, tli, start.start, end)?;
+    let verified = match opts.two_phase {
+        true => verify::verify_files(&opts.datadir, &expected)?,
+        false => verify::verify(&opts.datadir, &expected)?,
     };
     // Last: the copy is complete (a waiting standby starts redo now).
     crate::standby::pending::mark_complete(&*opts.storage, &opts.datadir)?;
@@ -576,7 +620,81 @@ fn take(
         received_bytes,
         resumed_chunks: plan.map(|p| p.kept_chunks.len() as u64),
         resumed_bytes: plan.map_or(0, |p| p.kept_bytes),
+        resumed_files: plan.map_or(0, |p| p.kept_files.len() as u64),
+        resumed_file_bytes: plan.map_or(0, |p| p.kept_file_bytes()),
+        resumed_wal_segments: plan.map_or(0, |p| p.kept_wal_segments),
+        resumed_mismatched: plan.map_or(0, |p| p.mismatched),
+        manifest_files: checked.files,
     })
+}
+
+/// The copy's `backup_manifest`, once every file is written and durable
+/// (the extractions and the WAL job fsynced theirs): written durably, then
+/// read back and every file it lists checked against it (size and
+/// CRC-32C, what `pg_verifybackup` checks), so a file that changed after
+/// it was written fails the copy before it is marked complete. The
+/// journal of the unfinished copy goes last.
+fn write_manifest(
+    opts: &BasebackupOptions,
+    written: &WrittenFiles,
+    tli: TimelineId,
+    start: Lsn,
+    end: Lsn,
+) -> Result<super::manifest::CheckedFiles, BasebackupError> {
+    let storage = &*opts.storage;
+    let path = opts.datadir.join(MANIFEST_FILE);
+    crate::storage::durable_replace(storage, &path, &written.manifest(tli, start, end))
+        .map_err(WrittenError::from)?;
+    let bytes = std::fs::read(&path).map_err(|source| ManifestError::Io {
+        op: "read",
+        path: path.clone(),
+        source,
+    })?;
+    let manifest = super::manifest::parse(&bytes)?;
+    let checked = super::manifest::check_files(&opts.datadir, &manifest)?;
+    crate::storage::durable_remove(storage, &opts.datadir.join(PARTIAL_MANIFEST_FILE))
+        .map_err(WrittenError::from)?;
+    Ok(checked)
+}
+
+/// A resumed two-phase copy keeps its first phase's files as they are (a
+/// standby may run on them): any the interrupted copy's journal had lost
+/// is recorded as it is now.
+fn record_kept_phase_one(
+    opts: &BasebackupOptions,
+    written: &WrittenFiles,
+) -> Result<(), BasebackupError> {
+    let files = [
+        super::label::BACKUP_LABEL_FILE,
+        crate::datadir::CONFIG_FILE,
+        crate::datadir::STANDBY_SIGNAL,
+        STANDBY_PASSFILE,
+    ];
+    for rel in files {
+        if !written.contains(rel) && opts.datadir.join(rel).is_file() {
+            written.record_from_disk(&opts.datadir, rel)?;
+        }
+    }
+    Ok(())
+}
+
+/// `-R`'s files, as written: `walrep.toml` (edited), `standby.signal`,
+/// the password file.
+fn record_standby_files(
+    opts: &BasebackupOptions,
+    written: &WrittenFiles,
+) -> Result<(), BasebackupError> {
+    let files = [
+        crate::datadir::CONFIG_FILE,
+        crate::datadir::STANDBY_SIGNAL,
+        STANDBY_PASSFILE,
+    ];
+    for rel in files {
+        if rel != STANDBY_PASSFILE || opts.datadir.join(rel).is_file() {
+            written.record_from_disk(&opts.datadir, rel)?;
+        }
+    }
+    Ok(())
 }
 
 /// The end of a two-phase backup's first phase (`walrep.toml` is
@@ -586,6 +704,7 @@ fn take(
 fn finish_phase_one(
     opts: &BasebackupOptions,
     marker: &mut PendingBackup,
+    written: &WrittenFiles,
 ) -> Result<String, BasebackupError> {
     let storage = &*opts.storage;
     let wal = opts.datadir.join(crate::datadir::WAL_DIR);
@@ -603,11 +722,16 @@ fn finish_phase_one(
             let (name, bytes) = c.timeline_history(TimelineId(t))?;
             crate::storage::durable_replace(storage, &wal.join(&name), &bytes)
                 .map_err(|e| BasebackupError::Protocol(format!("could not write {name}: {e}")))?;
+            written.record_from_disk(
+                &opts.datadir,
+                &format!("{}/{name}", crate::datadir::WAL_DIR),
+            )?;
         }
         c.close();
     }
     let ci = standby_conninfo(opts)?;
     standby_config::write(storage, &opts.datadir, &ci, opts.slot.as_deref())?;
+    record_standby_files(opts, written)?;
     marker.two_phase = true;
     marker.write(storage, &opts.datadir)?;
     Ok(ci)
@@ -644,6 +768,7 @@ fn copy_part(
     id: &str,
     part: u32,
     received: &AtomicU64,
+    written: Arc<WrittenFiles>,
 ) -> Result<(ExtractStats, u64), BasebackupError> {
     let mut client = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
     let request = BaseBackupRequest {
@@ -655,7 +780,7 @@ fn copy_part(
     let start = client.base_backup(&request)?;
     one_tablespace(&start)?;
     let mut counter = CountingProgress { received, last: 0 };
-    let (stats, bytes) = receive_archive(&mut client, opts, &mut counter)?;
+    let (stats, bytes) = receive_archive(&mut client, opts, &written, &mut counter)?;
     client.backup_end()?;
     client.close();
     Ok((stats, bytes))
@@ -722,22 +847,26 @@ impl Progress for SharedProgress<'_> {
 fn receive_archive(
     client: &mut ReplicationClient,
     opts: &BasebackupOptions,
+    written: &Arc<WrittenFiles>,
     progress: &mut dyn Progress,
 ) -> Result<(ExtractStats, u64), BasebackupError> {
-    receive_archive_with(client, opts, progress, &mut |_| Ok(()), None, &[])
+    receive_archive_with(client, opts, written, progress, &mut |_| Ok(()), None, &[])
 }
 
 /// [`receive_archive`] calling `after_file` after each file; the
 /// progress hears of the first phase's end once `phase_one` is set.
+#[allow(clippy::too_many_arguments)]
 fn receive_archive_with(
     client: &mut ReplicationClient,
     opts: &BasebackupOptions,
+    written: &Arc<WrittenFiles>,
     progress: &mut dyn Progress,
     after_file: &mut dyn FnMut(&std::path::Path) -> Result<(), String>,
     phase_one: Option<&AtomicBool>,
     keep: &[&str],
 ) -> Result<(ExtractStats, u64), BasebackupError> {
     let mut extractor = Extractor::new(opts.storage.clone(), &opts.datadir);
+    extractor.record_into(Arc::clone(written));
     for k in keep {
         extractor.keep_existing(std::path::Path::new(k));
     }

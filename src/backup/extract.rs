@@ -13,6 +13,8 @@ use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use super::manifest::ChecksumKind;
+use super::written::{FileEntry, WrittenFiles};
 use crate::storage::{durable_create_dir, OpenFor, SeqWriter, Storage, StorageError};
 
 /// Files at least this large are fsynced at the end of the extraction
@@ -130,6 +132,9 @@ pub struct Extractor {
     /// Large files written and not fsynced yet, oldest first (at most
     /// [`MAX_UNSYNCED`]); [`Extractor::finish`] fsyncs them.
     unsynced: VecDeque<(fs::File, PathBuf)>,
+    /// Where each file written is recorded with its checksum (the copy's
+    /// manifest), when the caller keeps one.
+    written: Option<Arc<WrittenFiles>>,
 }
 
 impl Extractor {
@@ -144,7 +149,14 @@ impl Extractor {
             stats: ExtractStats::default(),
             keep: BTreeSet::new(),
             unsynced: VecDeque::new(),
+            written: None,
         }
+    }
+
+    /// Record every file written, with the CRC-32C of its bytes, in
+    /// `written` (the copy's manifest).
+    pub(crate) fn record_into(&mut self, written: Arc<WrittenFiles>) {
+        self.written = Some(written);
     }
 
     /// Leave member `rel` as it is if the target already has it (the
@@ -184,7 +196,8 @@ impl Extractor {
             match entry.header().entry_type() {
                 tar::EntryType::Directory => self.directory(&rel)?,
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    self.file(&rel, &mut entry)?;
+                    let mtime = entry.header().mtime().unwrap_or(0);
+                    self.file(&rel, &mut entry, mtime)?;
                     after_file(&rel).map_err(ExtractError::Step)?;
                 }
                 other => {
@@ -242,7 +255,7 @@ impl Extractor {
         self.make_dir(&path)
     }
 
-    fn file(&mut self, rel: &Path, data: &mut impl Read) -> Result<(), ExtractError> {
+    fn file(&mut self, rel: &Path, data: &mut impl Read, mtime: u64) -> Result<(), ExtractError> {
         let path = self.parents(rel)?;
         if self.keep.contains(rel) && path.is_file() {
             io::copy(data, &mut io::sink()).map_err(ExtractError::Read)?;
@@ -258,7 +271,12 @@ impl Extractor {
                     _ => ExtractError::Storage(e),
                 }
             })?;
-        copy(data, &mut f)?;
+        let kind = match self.written {
+            Some(_) => ChecksumKind::Crc32c,
+            None => ChecksumKind::None,
+        };
+        let mut hasher = kind.hasher();
+        copy(data, &mut f, &mut hasher)?;
         let n = if f.written() >= DEFER_SYNC_BYTES {
             let (file, n) = f.finish_unsynced()?;
             self.defer_sync(file, path.clone())?;
@@ -268,6 +286,15 @@ impl Extractor {
         };
         self.stats.files += 1;
         self.stats.bytes += n;
+        if let Some(w) = &self.written {
+            let sum = hasher.finish();
+            w.record(FileEntry {
+                path: rel.to_string_lossy().into_owned(),
+                size: n,
+                mtime,
+                crc32c: u32::from_ne_bytes(sum.try_into().unwrap_or_default()),
+            })?;
+        }
         if let Some(parent) = path.parent() {
             self.dirs.insert(parent.to_path_buf());
         }
@@ -367,7 +394,11 @@ pub fn drain(mut input: impl Read, limit: u64) -> Result<u64, ExtractError> {
 }
 
 /// Copy a member's data, telling stream errors from disk errors.
-fn copy(data: &mut impl Read, f: &mut SeqWriter<'_>) -> Result<(), ExtractError> {
+fn copy(
+    data: &mut impl Read,
+    f: &mut SeqWriter<'_>,
+    hasher: &mut super::manifest::Hasher,
+) -> Result<(), ExtractError> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut writeback_at = WRITEBACK_EVERY_BYTES;
     loop {
@@ -381,6 +412,7 @@ fn copy(data: &mut impl Read, f: &mut SeqWriter<'_>) -> Result<(), ExtractError>
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ExtractError::Read(e)),
         };
+        hasher.update(&buf[..n]);
         f.put(&buf[..n])?;
     }
 }

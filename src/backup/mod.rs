@@ -6,7 +6,11 @@
 //!
 //! - `pin`: what a running backup pins (snapshot, WAL from its redo point).
 //! - `label`: `backup_label`, PostgreSQL's fields.
-//! - `manifest`: `backup_manifest` (PostgreSQL's format) for pg_verifybackup.
+//! - `manifest`: `backup_manifest` (PostgreSQL's format) for pg_verifybackup:
+//!   built by the server for pg_basebackup and by `walrep basebackup` for
+//!   its copies, read back and checked against a copy.
+//! - `written`: the files `walrep basebackup` wrote, with their checksums
+//!   (the copy's manifest, journaled for `--resume`).
 //! - [`tarstream`]: tar members into CopyData messages (progress, MAX_RATE).
 //! - [`server`]: the node's BASE_BACKUP.
 //! - [`standby_backup`]: the end of a backup taken from a standby.
@@ -29,3 +33,4 @@ pub mod standby_config;
 pub mod tarstream;
 pub mod verify;
 pub(crate) mod walfetch;
+pub(crate) mod written;

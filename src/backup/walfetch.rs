@@ -4,14 +4,20 @@
 //! as the primary has flushed them, then, once the leader reports the
 //! backup's end, up to the segment holding it. Each segment is written new
 //! and fsynced, with its `.done` status (the primary archives it), as the
-//! archive stream's WAL would have been.
+//! archive stream's WAL would have been, and recorded with its checksum in
+//! the copy's manifest. A resumed copy fetches only the segments its
+//! interrupted copy did not leave whole (those `--resume` kept are
+//! recorded already): a one-phase copy's WAL is fetched this way when it
+//! is resumed, whatever `--jobs` says.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::client::BasebackupError;
+use super::manifest::ChecksumKind;
 use super::server::last_segment;
+use super::written::{entry_of, FileEntry, WrittenFiles};
 use crate::datadir::{ARCHIVE_STATUS_DIR, WAL_DIR};
 use crate::replication::client::ReplicationClient;
 use crate::storage::{durable_create, OpenFor, SeqWriter, Storage};
@@ -38,6 +44,9 @@ pub struct WalFetch<'a> {
     pub timeout: Duration,
     /// WAL bytes written so far (progress).
     pub received: &'a AtomicU64,
+    /// The copy's record of its files (segments kept by a resume are in
+    /// it and not fetched again).
+    pub written: &'a WrittenFiles,
 }
 
 impl WalFetch<'_> {
@@ -55,8 +64,13 @@ impl WalFetch<'_> {
         }
         if self.tli.0 > 1 {
             let (name, content) = client.timeline_history(self.tli)?;
-            let path = self.datadir.join(WAL_DIR).join(&name);
-            durable_create(self.storage, &path, &content).map_err(io)?;
+            let rel = format!("{WAL_DIR}/{name}");
+            if !self.written.contains(&rel) {
+                durable_create(self.storage, &self.datadir.join(&rel), &content).map_err(io)?;
+                self.written
+                    .record(entry_of(&rel, &content, now()))
+                    .map_err(io)?;
+            }
         }
         let first = self.start.segno(self.seg);
         let mut segno = first;
@@ -69,6 +83,10 @@ impl WalFetch<'_> {
             }
             if self.failed.load(Ordering::Relaxed) {
                 return Err(BasebackupError::Protocol("the backup failed".into()));
+            }
+            if self.kept(segno)? {
+                segno = SegNo(segno.0 + 1);
+                continue;
             }
             let seg_end = Lsn(SegNo(segno.0 + 1).start_lsn(self.seg).0);
             let id = client.identify_system()?;
@@ -94,6 +112,27 @@ impl WalFetch<'_> {
         }
     }
 
+    /// Is segment `segno` already in the copy (kept by `--resume`)? Its
+    /// `.done` status is made sure of.
+    fn kept(&self, segno: SegNo) -> Result<bool, BasebackupError> {
+        let name = segno.file_name(self.tli, self.seg);
+        if !self.written.contains(&format!("{WAL_DIR}/{name}")) {
+            return Ok(false);
+        }
+        self.mark_done(&name)?;
+        Ok(true)
+    }
+
+    /// `wal/archive_status/<name>.done`, recorded.
+    fn mark_done(&self, name: &str) -> Result<(), BasebackupError> {
+        let rel = format!("{ARCHIVE_STATUS_DIR}/{name}.done");
+        if self.written.contains(&rel) {
+            return Ok(());
+        }
+        durable_create(self.storage, &self.datadir.join(&rel), &[]).map_err(io)?;
+        self.written.record(entry_of(&rel, &[], now())).map_err(io)
+    }
+
     /// One whole segment into `wal/`, fsynced, marked `.done`.
     fn fetch_segment(
         &self,
@@ -106,18 +145,30 @@ impl WalFetch<'_> {
         let begin = segno.start_lsn(self.seg);
         let end = Lsn(begin.0 + self.seg.bytes());
         let received = self.received;
+        let mut hasher = ChecksumKind::Crc32c.hasher();
         client.wal_range(begin, end, Some(self.tli), &mut |b| {
             received.fetch_add(b.len() as u64, Ordering::Relaxed);
+            hasher.update(b);
             f.write_all(b)
         })?;
-        f.finish().map_err(io)?;
-        let done = self
-            .datadir
-            .join(ARCHIVE_STATUS_DIR)
-            .join(format!("{name}.done"));
-        durable_create(self.storage, &done, &[]).map_err(io)?;
-        Ok(())
+        let size = f.finish().map_err(io)?;
+        let sum = hasher.finish();
+        self.written
+            .record(FileEntry {
+                path: format!("{WAL_DIR}/{name}"),
+                size,
+                mtime: now(),
+                crc32c: u32::from_ne_bytes(sum.try_into().unwrap_or_default()),
+            })
+            .map_err(io)?;
+        self.mark_done(&name)
     }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn io(e: impl std::fmt::Display) -> BasebackupError {
