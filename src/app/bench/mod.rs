@@ -82,6 +82,7 @@ pub mod report;
 pub mod restart;
 pub mod scaling;
 pub mod scenario;
+pub mod soak;
 pub mod suite;
 pub mod sync;
 pub mod tls;
