@@ -75,6 +75,7 @@ pub struct FailoverReport {
 
 /// Run the soak.
 pub fn run(args: &BenchArgs) -> Result<FailoverReport, BenchError> {
+    let rounds = args.rounds.unwrap_or(10);
     let started = Instant::now();
     let seed = args.seed.unwrap_or_else(clock_seed);
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -86,7 +87,7 @@ pub fn run(args: &BenchArgs) -> Result<FailoverReport, BenchError> {
     println!(
         "walrep bench --scenario failover: {} rounds, {} clients at synchronous_commit=on, seed {seed} \
          (replay with --seed {seed}); data in {}",
-        args.rounds,
+        rounds,
         args.failover_clients,
         run_dir.path().display()
     );
@@ -97,7 +98,7 @@ pub fn run(args: &BenchArgs) -> Result<FailoverReport, BenchError> {
     }
     let mut soak = Soak::new(&exe, run_dir.path(), args.failover_clients, seed)?;
     soak.net = net.ok();
-    for round in 0..args.rounds {
+    for round in 0..rounds {
         soak.round(round)
             .map_err(|e| BenchError::Server(format!("round {round} (seed {seed}): {e}")))?;
     }

@@ -62,9 +62,10 @@ pub fn connect(port: u16, request_timeout: Duration) -> std::io::Result<TcpStrea
     Ok(s)
 }
 
-/// `SET key value`: OK, refused (`-READONLY`: it did not happen), or
-/// unknown (no answer, or another error after which the write may be in
-/// the WAL already).
+/// `SET key value`: OK, refused (`-READONLY` at admission: it did not
+/// happen), or unknown (no answer, or an error after which the write may
+/// be in the WAL already, such as a fenced node's answer to a write that
+/// was waiting for its synchronous standby).
 pub fn set(w: &mut TcpStream, r: &mut BufReader<TcpStream>, key: &str, value: &str) -> Outcome {
     let req = cluster::encode(&[b"SET", key.as_bytes(), value.as_bytes()]);
     if let Err(e) = w.write_all(&req) {
@@ -75,7 +76,11 @@ pub fn set(w: &mut TcpStream, r: &mut BufReader<TcpStream>, key: &str, value: &s
         Ok(0) => Outcome::Unknown("connection closed".into()),
         Err(e) => Outcome::Unknown(e.to_string()),
         Ok(_) if line.starts_with("+OK") => Outcome::Ok,
-        Ok(_) if line.starts_with("-READONLY") => Outcome::Fail(line.trim().into()),
+        // A write already in the WAL when its node was fenced is refused
+        // with READONLY too, but it "may or may not survive".
+        Ok(_) if line.starts_with("-READONLY") && !line.contains("may or may not survive") => {
+            Outcome::Fail(line.trim().into())
+        }
         Ok(_) => Outcome::Unknown(line.trim().into()),
     }
 }
