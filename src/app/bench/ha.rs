@@ -86,6 +86,8 @@ const ACKS_BEFORE_FAULT: usize = 50;
 const FAULT_SPREAD_MS: u64 = 1000;
 /// Acknowledgements by the new primary before a round's load stops.
 const ACKS_AFTER_FAILOVER: usize = 50;
+/// How long a stalled primary stays stopped: longer than its lease.
+const STALL: Duration = Duration::from_millis(TTL_S * 1000 + 2000);
 /// A switchover after every this many fault rounds.
 const SWITCHOVER_EVERY: u32 = 3;
 /// The failover-time target of the benchmark, seconds (p99).
@@ -160,6 +162,10 @@ pub struct HaReport {
     pub refused: usize,
     /// Rounds where two nodes acknowledged in overlapping time.
     pub overlaps: u32,
+    /// Standbys that had replayed past the new leader's fork and were
+    /// rejoined by the soak, as an operator would (the HA loop does not
+    /// rewind standbys yet).
+    pub standbys_rejoined_by_hand: u32,
     /// Everything the checks refused, with its round.
     pub violations: Vec<String>,
     pub figures: Vec<Figure>,
@@ -195,7 +201,44 @@ pub fn run(args: &BenchArgs) -> Result<HaReport, BenchError> {
     }
     let load_start = cluster::load_average();
     let etcd = Etcd::start(&etcd_bin, &run_dir.path().join("etcd"))?;
-    let mut soak = Soak::new(&exe, run_dir.path(), etcd, args.failover_clients)?;
+    let result = soak_rounds(args, &exe, run_dir.path(), etcd, net, seed, rounds);
+    let mut report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let kept = run_dir.keep();
+            eprintln!("data directories and logs kept in {}", kept.display());
+            return Err(e);
+        }
+    };
+    report.load_avg = (load_start, cluster::load_average());
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    report.figures = figures_of(&report);
+    print_report(&report);
+    if args.keep {
+        let kept = run_dir.keep();
+        println!("data directories and logs kept in {}", kept.display());
+    }
+    if report.lost > 0 || !report.violations.is_empty() {
+        return Err(BenchError::Server(format!(
+            "the HA soak failed ({} lost, {} violations; seed {seed})",
+            report.lost,
+            report.violations.len()
+        )));
+    }
+    Ok(report)
+}
+
+/// The rounds, on the cluster this builds.
+fn soak_rounds(
+    args: &BenchArgs,
+    exe: &Path,
+    dir: &Path,
+    etcd: Etcd,
+    net: Result<PrivateNet, String>,
+    seed: u64,
+    rounds: u32,
+) -> Result<HaReport, BenchError> {
+    let mut soak = Soak::new(exe, dir, etcd, args.failover_clients)?;
     soak.net = net.ok();
     soak.rng = seed;
     soak.report.seed = seed;
@@ -217,24 +260,7 @@ pub fn run(args: &BenchArgs) -> Result<HaReport, BenchError> {
                 })?;
         }
     }
-    let mut report = std::mem::take(&mut soak.report);
-    drop(soak);
-    report.load_avg = (load_start, cluster::load_average());
-    report.elapsed_s = started.elapsed().as_secs_f64();
-    report.figures = figures_of(&report);
-    print_report(&report);
-    if args.keep {
-        let kept = run_dir.keep();
-        println!("data directories and logs kept in {}", kept.display());
-    }
-    if report.lost > 0 || !report.violations.is_empty() {
-        return Err(BenchError::Server(format!(
-            "the HA soak failed ({} lost, {} violations; seed {seed})",
-            report.lost,
-            report.violations.len()
-        )));
-    }
-    Ok(report)
+    Ok(std::mem::take(&mut soak.report))
 }
 
 /// `etcd` from PATH or /usr/bin, or a clear error.
@@ -484,25 +510,126 @@ impl<'a> Soak<'a> {
     /// Wait until one node leads with its gate open, `sync` names it and
     /// one standby, and both others stream from it; returns the leader.
     fn wait_steady(&mut self) -> Result<usize, BenchError> {
-        cluster::wait_for(
+        let mut last = String::new();
+        let found = cluster::wait_for(
             "a leader with a synchronous standby and both standbys streaming from it",
             STATE_LIMIT,
             Duration::from_millis(50),
-            || Ok(self.steady()),
-        )
+            || {
+                Ok(match self.steady() {
+                    Ok(l) => Some(l),
+                    Err(why) => {
+                        last = why;
+                        self.repair_diverged()?;
+                        None
+                    }
+                })
+            },
+        );
+        found.map_err(|e| BenchError::Server(format!("{e}; last seen: {last}; {}", self.cycles())))
     }
 
-    fn steady(&mut self) -> Option<usize> {
-        let view = self.view()?;
-        let leader = view.leader_name()?.to_string();
-        let l = (0..NODES).find(|&i| name(i) == leader)?;
-        let sync = view.sync.as_ref()?;
+    /// Why the cluster is not steady yet, or its leader.
+    fn steady(&mut self) -> Result<usize, String> {
+        let view = self.view().ok_or("etcd did not answer")?;
+        let leader = view.leader_name().ok_or("no leader key")?.to_string();
+        let l = (0..NODES)
+            .find(|&i| name(i) == leader)
+            .ok_or_else(|| format!("unknown leader {leader}"))?;
+        let sync = view.sync.as_ref().ok_or("no sync key")?;
         if sync.value.leader != leader || sync.value.sync_standbys.len() != 1 {
-            return None;
+            return Err(format!("sync is {:?}", sync.value));
         }
-        let info = self.info(l, "replication").ok()?;
-        let streaming = info.get("connected_slaves").map(String::as_str) == Some("2");
-        (info.get("ha_role").map(String::as_str) == Some("leader") && streaming).then_some(l)
+        let info = self.info(l, "replication").map_err(|e| e.to_string())?;
+        let field = |f: &str| info.get(f).map_or("", String::as_str).to_string();
+        if field("ha_role") != "leader" || field("connected_slaves") != "2" {
+            return Err(format!(
+                "{leader}: ha_role {}, {} standbys connected",
+                field("ha_role"),
+                field("connected_slaves")
+            ));
+        }
+        Ok(l)
+    }
+
+    /// A standby that replayed past the fork of the leader's timeline (an
+    /// asynchronous standby can have received more than the synchronous
+    /// one that won) cannot follow the new leader, and the HA loop does
+    /// not rewind standbys yet: do what an operator does (stop it, `walrep
+    /// rejoin` against the leader, start it) and count it.
+    fn repair_diverged(&mut self) -> Result<(), BenchError> {
+        let Some(view) = self.view() else {
+            return Ok(());
+        };
+        let Some(l) = view
+            .leader_name()
+            .and_then(|leader| (0..NODES).find(|&i| name(i) == leader))
+        else {
+            return Ok(());
+        };
+        let history = view.history.map(|h| h.value).unwrap_or_default();
+        for i in (0..NODES).filter(|&i| i != l) {
+            let Ok(info) = self.info(i, "replication") else {
+                continue;
+            };
+            let tli: Option<u32> = info.get("replay_tli").and_then(|t| t.parse().ok());
+            let lsn: Option<walrep::Lsn> = info.get("replay_lsn").and_then(|v| v.parse().ok());
+            let (Some(tli), Some(lsn)) = (tli, lsn) else {
+                continue;
+            };
+            let fork = history
+                .iter()
+                .filter(|e| e.timeline.0 > tli)
+                .min_by_key(|e| e.timeline.0);
+            let Some(fork) = fork.filter(|f| lsn > f.switch_lsn) else {
+                continue;
+            };
+            println!(
+                "  note: {} replayed {lsn} on timeline {tli}, past {}'s fork at {}: it cannot \
+                 follow; rejoining it by hand",
+                name(i),
+                fork.leader,
+                fork.switch_lsn
+            );
+            self.rejoin_by_hand(i, l)?;
+            self.report.standbys_rejoined_by_hand += 1;
+        }
+        Ok(())
+    }
+
+    /// Stop node `i`, `walrep rejoin` it against `leader` (a fresh base
+    /// backup when rejoin refuses), start it again.
+    fn rejoin_by_hand(&mut self, i: usize, leader: usize) -> Result<(), BenchError> {
+        self.ports.lock().unwrap_or_else(|e| e.into_inner())[i] = None;
+        if let Some(n) = self.nodes[i].take() {
+            n.stop();
+        }
+        let repl_port = self.node(leader)?.repl_port;
+        let dir = self.datadir(i);
+        if let Err(why) = cluster::rejoin(self.exe, repl_port, &dir, &name(i))? {
+            println!(
+                "  note: walrep rejoin refused ({why}); copying {} afresh",
+                name(i)
+            );
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| BenchError::io(format!("remove {}", dir.display()), e))?;
+            cluster::basebackup_with(self.exe, repl_port, &dir, &name(i), &["--no-slot"])?;
+        }
+        self.start_node(i)
+    }
+
+    /// Each node's last HA cycle, for an error message.
+    fn cycles(&self) -> String {
+        (0..NODES)
+            .map(|i| {
+                let why = self
+                    .info(i, "replication")
+                    .ok()
+                    .and_then(|info| info.get("ha_last_cycle").cloned());
+                format!("{}: {}", name(i), why.as_deref().unwrap_or("(no answer)"))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// One round: load, the fault, the new primary's first
@@ -522,19 +649,14 @@ impl<'a> Soak<'a> {
             Fault::Stall => stalled = Some(Stall::stop(self.node(old)?.child.pid())?),
             Fault::Switchover => self.switchover(old)?,
         }
-        let new = load.first_ack_elsewhere(&name(old), fault_at)?;
         let mut resumed_at = None;
         if let Some(stall) = stalled.take() {
-            // Longer than the lease: the new primary acknowledged already,
-            // and the lease has run out by then; resume now.
-            let least = fault_at + Duration::from_secs(TTL_S);
-            let now = load.now();
-            if now < least {
-                std::thread::sleep(least - now);
-            }
+            // The fault itself: a pause longer than the lease.
+            std::thread::sleep(STALL);
             drop(stall);
             resumed_at = Some(load.now());
         }
+        let new = self.wait_new_primary(&load, old, fault_at)?;
         let healed_at = Instant::now();
         if fault == Fault::Partition {
             self.heal()?;
@@ -564,6 +686,33 @@ impl<'a> Soak<'a> {
         self.count(fault);
         self.report.per_round.push(line);
         Ok(())
+    }
+
+    /// Wait for the first acknowledgement by a node other than `old`;
+    /// meanwhile rejoin by hand a standby that cannot follow the new
+    /// leader (else no standby may confirm its writes).
+    fn wait_new_primary(
+        &mut self,
+        load: &Load,
+        old: usize,
+        since: Duration,
+    ) -> Result<String, BenchError> {
+        let mut checked = Instant::now();
+        cluster::wait_for(
+            &format!("a node other than {} to acknowledge a write", name(old)),
+            STATE_LIMIT,
+            Duration::from_millis(5),
+            || {
+                if let Some(new) = load.first_ack_elsewhere(&name(old), since) {
+                    return Ok(Some(new));
+                }
+                if checked.elapsed() > Duration::from_secs(1) {
+                    self.repair_diverged()?;
+                    checked = Instant::now();
+                }
+                Ok(None)
+            },
+        )
     }
 
     fn kill(&mut self, i: usize) {
@@ -906,22 +1055,15 @@ impl Load {
         )
     }
 
-    /// Wait for the first acknowledgement by a node other than `old` to a
-    /// write sent after `since`; returns that node.
-    fn first_ack_elsewhere(&self, old: &str, since: Duration) -> Result<String, BenchError> {
-        cluster::wait_for(
-            &format!("a node other than {old} to acknowledge a write"),
-            STATE_LIMIT,
-            Duration::from_millis(5),
-            || {
-                Ok(self.with(|h| {
-                    h.writes
-                        .iter()
-                        .find(|w| w.node != old && w.outcome == Outcome::Ok && w.invoked >= since)
-                        .map(|w| w.node.clone())
-                }))
-            },
-        )
+    /// The node other than `old` that first acknowledged a write sent
+    /// after `since`, if one did.
+    fn first_ack_elsewhere(&self, old: &str, since: Duration) -> Option<String> {
+        self.with(|h| {
+            h.writes
+                .iter()
+                .find(|w| w.node != old && w.outcome == Outcome::Ok && w.invoked >= since)
+                .map(|w| w.node.clone())
+        })
     }
 
     /// Wait until no write sent to `node` is still unanswered.
@@ -1148,6 +1290,7 @@ fn print_report(r: &HaReport) {
          indeterminate writes:     {}\n\
          refused writes:           {}\n\
          overlapping primaries:    {}\n\
+         standbys rejoined by hand: {} (ahead of the new leader's fork; the HA loop does not rewind standbys yet)\n\
          violations:               {}\n\
          load average:             {:.2} at the start, {:.2} at the end (2 cores shared)\n\
          elapsed {:.0} s",
@@ -1162,6 +1305,7 @@ fn print_report(r: &HaReport) {
         r.indeterminate,
         r.refused,
         r.overlaps,
+        r.standbys_rejoined_by_hand,
         r.violations.len(),
         r.load_avg.0,
         r.load_avg.1,
