@@ -272,6 +272,20 @@ impl WalSenderHandle {
             .update(self.id, WalSenderChange::StateChanged, |s| s.state = state);
     }
 
+    /// Whether this server is a standby for this stream. A walsender that
+    /// began while its server was a standby and goes on after the
+    /// promotion (the standby asks for the new timeline on the same
+    /// connection) is no longer cascading, and may now be synchronous.
+    pub fn set_cascading(&self, cascading: bool) {
+        if self.status().is_some_and(|s| s.cascading == cascading) {
+            return;
+        }
+        self.registry
+            .update(self.id, WalSenderChange::StateChanged, |s| {
+                s.cascading = cascading
+            });
+    }
+
     pub fn set_slot(&self, slot: Option<String>) {
         self.registry
             .update(self.id, WalSenderChange::StateChanged, |s| s.slot = slot);
@@ -477,6 +491,24 @@ mod tests {
             ]
         );
         assert!(r.register("s2", "walrep", None, false).is_some());
+    }
+
+    #[test]
+    fn a_walsender_begun_on_a_standby_stops_cascading_after_the_promotion() {
+        let r = WalSenderRegistry::new(1);
+        let seen = Arc::new(Count(Mutex::new(Vec::new())));
+        r.set_observer(seen.clone());
+        let a = r.register("s1", "walrep", None, true).unwrap();
+        assert!(a.status().unwrap().cascading);
+        a.set_cascading(false);
+        a.set_cascading(false);
+        assert!(!a.status().unwrap().cascading);
+        // Told once: syncrep may count it from now on.
+        let changes: Vec<_> = seen.0.lock().unwrap().iter().map(|c| c.0).collect();
+        assert_eq!(
+            changes,
+            vec![WalSenderChange::Connected, WalSenderChange::StateChanged]
+        );
     }
 
     #[test]

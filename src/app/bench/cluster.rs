@@ -57,11 +57,23 @@ pub fn basebackup(
     dir: &Path,
     application_name: &str,
 ) -> Result<(), BenchError> {
+    basebackup_with(exe, repl_port, dir, application_name, &[])
+}
+
+/// [`basebackup`] with more options (`--no-slot`).
+pub fn basebackup_with(
+    exe: &Path,
+    repl_port: u16,
+    dir: &Path,
+    application_name: &str,
+    extra: &[&str],
+) -> Result<(), BenchError> {
     let out = Command::new(exe)
         .arg("basebackup")
         .args(["--from", &format!("127.0.0.1:{repl_port}"), "-D"])
         .arg(dir)
         .args(["-R", "-U", "walrep", "--application-name", application_name])
+        .args(extra)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| BenchError::io("walrep basebackup", e))?;

@@ -17,9 +17,8 @@
 //! indeterminate writes, rebuilds and quarantined bytes; any lost write or
 //! violation makes the run fail, with the round and seed to replay it.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::BufReader;
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use walrep::history::{History, Outcome, Report, Write as HistoryWrite};
 
-use super::cluster::{self, Node, Reply};
+use super::cluster::{self, Node};
+use super::soak::{clock_seed, connect, final_state, set, splitmix64, PrivateNet};
 use super::{BenchArgs, BenchError};
 
 /// Bound on a node reaching a state (streaming, synchronous, promoted).
@@ -75,6 +75,7 @@ pub struct FailoverReport {
 
 /// Run the soak.
 pub fn run(args: &BenchArgs) -> Result<FailoverReport, BenchError> {
+    let rounds = args.rounds.unwrap_or(10);
     let started = Instant::now();
     let seed = args.seed.unwrap_or_else(clock_seed);
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -86,7 +87,7 @@ pub fn run(args: &BenchArgs) -> Result<FailoverReport, BenchError> {
     println!(
         "walrep bench --scenario failover: {} rounds, {} clients at synchronous_commit=on, seed {seed} \
          (replay with --seed {seed}); data in {}",
-        args.rounds,
+        rounds,
         args.failover_clients,
         run_dir.path().display()
     );
@@ -97,7 +98,7 @@ pub fn run(args: &BenchArgs) -> Result<FailoverReport, BenchError> {
     }
     let mut soak = Soak::new(&exe, run_dir.path(), args.failover_clients, seed)?;
     soak.net = net.ok();
-    for round in 0..args.rounds {
+    for round in 0..rounds {
         soak.round(round)
             .map_err(|e| BenchError::Server(format!("round {round} (seed {seed}): {e}")))?;
     }
@@ -118,23 +119,6 @@ pub fn run(args: &BenchArgs) -> Result<FailoverReport, BenchError> {
         )));
     }
     Ok(report)
-}
-
-fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-        ^ u64::from(std::process::id())
-}
-
-/// SplitMix64: the next seeded random number.
-fn splitmix64(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// The two nodes, which is primary, and the running totals.
@@ -308,7 +292,7 @@ impl<'a> Soak<'a> {
             .as_ref()
             .ok_or_else(|| BenchError::Server("no network namespace".into()))?;
         let (repl_port, port) = (self.node(old)?.repl_port, self.node(old)?.port);
-        net.cut_port(repl_port)?;
+        net.cut_ports(&[repl_port])?;
         let mut c = cluster::Resp::connect(port)?;
         cluster::wait_for(
             "the partitioned primary's commits to wait",
@@ -419,23 +403,6 @@ fn print_report(r: &FailoverReport) {
     }
 }
 
-/// Each key's value on the node at `port`.
-fn final_state(
-    port: u16,
-    history: &History,
-) -> Result<HashMap<String, Option<String>>, BenchError> {
-    let mut c = cluster::Resp::connect(port)?;
-    let mut state = HashMap::new();
-    for key in history.keys() {
-        let v = match c.call(&[b"GET", key.as_bytes()])? {
-            Reply::Bulk(b) => b.map(|b| String::from_utf8_lossy(&b).into_owned()),
-            other => return Err(BenchError::Server(format!("GET {key}: {other:?}"))),
-        };
-        state.insert(key.to_string(), v);
-    }
-    Ok(state)
-}
-
 /// Clients writing to one node and recording a history.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -507,7 +474,7 @@ struct Writer {
 
 impl Writer {
     fn run(&self, stop: &AtomicBool, conns: &Mutex<Vec<TcpStream>>) {
-        let Ok(stream) = connect(self.port) else {
+        let Ok(stream) = connect(self.port, REQUEST_TIMEOUT) else {
             return;
         };
         if let Ok(s) = stream.try_clone() {
@@ -553,123 +520,5 @@ impl Writer {
                 completed: None,
                 outcome: Outcome::Pending,
             })
-    }
-}
-
-fn connect(port: u16) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(2),
-    )?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    s.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-    Ok(s)
-}
-
-/// `SET key value`: OK, refused (an error reply: it did not happen), or
-/// unknown (no answer).
-fn set(w: &mut TcpStream, r: &mut BufReader<TcpStream>, key: &str, value: &str) -> Outcome {
-    let req = cluster::encode(&[b"SET", key.as_bytes(), value.as_bytes()]);
-    if let Err(e) = w.write_all(&req) {
-        return Outcome::Unknown(e.to_string());
-    }
-    let mut line = String::new();
-    match r.read_line(&mut line) {
-        Ok(0) => Outcome::Unknown("connection closed".into()),
-        Err(e) => Outcome::Unknown(e.to_string()),
-        Ok(_) if line.starts_with("+OK") => Outcome::Ok,
-        Ok(_) if line.starts_with("-READONLY") => Outcome::Fail(line.trim().into()),
-        // Another error (a failed WAL flush, shutting down): the write may
-        // be in the WAL already.
-        Ok(_) => Outcome::Unknown(line.trim().into()),
-    }
-}
-
-/// The soak's own network namespace: entered once at start (the soak's
-/// threads and nodes inherit it), so its nftables rules touch nothing
-/// outside; it goes when the process exits.
-struct PrivateNet;
-
-const NFT_TABLE: &str = "walrep_bench_faults";
-
-impl PrivateNet {
-    /// Move this thread into a new network namespace with loopback up and
-    /// an empty rule table, or say why partitions are unavailable.
-    fn enter() -> Result<PrivateNet, String> {
-        // SAFETY: geteuid(2) has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root".into());
-        }
-        for tool in ["ip", "nft"] {
-            if !tool_in_path(tool) {
-                return Err(format!("{tool} not found (Debian: iproute2, nftables)"));
-            }
-        }
-        // SAFETY: unshare(2) of the network namespace affects only this
-        // thread (and what it starts from now on).
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("unshare: {}", std::io::Error::last_os_error()));
-        }
-        let net = PrivateNet;
-        let setup = || -> Result<(), BenchError> {
-            run_tool("ip", &["link", "set", "lo", "up"])?;
-            run_tool("nft", &["add", "table", "inet", NFT_TABLE])?;
-            run_tool(
-                "nft",
-                &[
-                    "add",
-                    "chain",
-                    "inet",
-                    NFT_TABLE,
-                    "input",
-                    "{ type filter hook input priority 0; policy accept; }",
-                ],
-            )
-        };
-        setup().map_err(|e| e.to_string())?;
-        Ok(net)
-    }
-
-    /// Drop every packet to or from `port` (a replication port: the
-    /// walsender's connections, both ways).
-    fn cut_port(&self, port: u16) -> Result<(), BenchError> {
-        let p = port.to_string();
-        for dir in ["dport", "sport"] {
-            run_tool(
-                "nft",
-                &[
-                    "add", "rule", "inet", NFT_TABLE, "input", "tcp", dir, &p, "drop",
-                ],
-            )?;
-        }
-        Ok(())
-    }
-
-    fn heal(&self) -> Result<(), BenchError> {
-        run_tool("nft", &["flush", "chain", "inet", NFT_TABLE, "input"])
-    }
-}
-
-fn tool_in_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
-}
-
-fn run_tool(tool: &str, args: &[&str]) -> Result<(), BenchError> {
-    let out = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| BenchError::io(format!("run {tool}"), e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(BenchError::Server(format!(
-            "{tool} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
     }
 }

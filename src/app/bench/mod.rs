@@ -38,6 +38,10 @@
 //!   CPU per standby, RSS per million keys and under 64 clients, and
 //!   checkpoint, crash-recovery and base-backup times at 100 MB and 1 GB
 //!   (4 GB with `WALREP_BENCH_SCALING_4GB=1`); not part of `replication`;
+//! - `ha`: automatic failover on a three-member etcd this run starts:
+//!   `--rounds` (default 50) kill -9, partitions and stalls of the primary
+//!   under load and a planned switchover every third round; failover time
+//!   p50/p99 per fault, acknowledged writes lost (must be 0);
 //! - `failover`: a soak, not a speed: `--rounds` times SIGKILL of a
 //!   synchronous primary under load, promotion, the history checker on the
 //!   promoted node, the old primary rebuilt as its standby.
@@ -57,6 +61,7 @@
 //! - [`wal_micro`]: the `wal` scenario; [`suite`]: the `redis` scenario.
 //! - [`failover`]: the `failover` soak; [`memory`]: the `memory` scenario.
 //! - [`failover`]: the `failover` soak; [`scaling`]: the `scaling` scenario.
+//! - [`ha`]: the `ha` soak; [`soak`]: what it shares with `failover`.
 //!
 //! Noise: the machine is shared, so the fdatasync rate is probed right
 //! before and after every run and each run's ratio uses the mean of its
@@ -71,6 +76,7 @@ pub mod cluster;
 pub mod failover;
 pub mod figures;
 pub mod fsync;
+pub mod ha;
 pub mod lag;
 pub mod loadgen;
 pub mod memory;
@@ -82,6 +88,7 @@ pub mod report;
 pub mod restart;
 pub mod scaling;
 pub mod scenario;
+pub mod soak;
 pub mod suite;
 pub mod sync;
 pub mod tls;
@@ -197,6 +204,9 @@ pub enum Scenario {
     Restart,
     /// Crash recovery's redo alone, in this process.
     Redo,
+    /// Automatic failover on etcd: kill -9, partitions and stalls of the
+    /// primary under load, and planned switchovers; `--rounds` times.
+    Ha,
     /// How cost grows with standbys, keys and data size.
     Scaling,
 }
@@ -222,6 +232,7 @@ impl Scenario {
             Scenario::Checkpoint => "checkpoint",
             Scenario::Restart => "restart",
             Scenario::Redo => "redo",
+            Scenario::Ha => "ha",
             Scenario::Scaling => "scaling",
         }
     }
@@ -268,7 +279,7 @@ pub struct BenchArgs {
     /// archive-replay, lag, chain (replay lag per hop of a cascade), promote, sync, replication (all the replication
     /// scenarios), wal (the WAL writer alone), tls (TLS cost), redis
     /// (redis-benchmark's test set against walrep and Redis 7), backup,
-    /// failover, memory (RSS per key beside Redis 7), checkpoint (commit
+    /// failover, ha (automatic failover on etcd), memory (RSS per key beside Redis 7), checkpoint (commit
     /// p99 during checkpoints), restart (kill -9 to the first read, beside
     /// Redis 7 with AOF) or scaling (how cost grows with standbys, keys and
     /// data).
@@ -338,13 +349,14 @@ pub struct BenchArgs {
     /// the kill -9.
     #[arg(long, default_value_t = 3_000_000)]
     pub restart_records: u64,
-    /// Failover scenario: rounds of SIGKILL, promote and rebuild.
-    #[arg(long, default_value_t = 10)]
-    pub rounds: u32,
-    /// Failover scenario: clients writing during each round.
+    /// Failover and ha scenarios: rounds of faults (default 10 for
+    /// failover, 50 automatic failovers for ha).
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Failover and ha scenarios: clients writing during each round.
     #[arg(long, default_value_t = 16)]
     pub failover_clients: u32,
-    /// Failover scenario: the seed of the fault moments (printed by every
+    /// Failover and ha scenarios: the seed of the fault moments (printed by every
     /// run, to replay one).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -408,7 +420,7 @@ impl BenchArgs {
         if self.promote_reps == 0 || self.promote_reps > MAX_REPS {
             return bad(format!("--promote-reps must be 1..={MAX_REPS}"));
         }
-        if self.rounds == 0 || self.rounds > MAX_ROUNDS {
+        if self.rounds.is_some_and(|r| r == 0 || r > MAX_ROUNDS) {
             return bad(format!("--rounds must be 1..={MAX_ROUNDS}"));
         }
         if self.failover_clients == 0 || self.failover_clients > MAX_CLIENTS {
@@ -465,6 +477,8 @@ pub struct RunReport {
     pub failover: Option<failover::FailoverReport>,
     /// The `memory` scenario.
     pub memory: Option<memory::MemoryReport>,
+    /// The `ha` soak.
+    pub ha: Option<ha::HaReport>,
 }
 
 /// Run the chosen scenarios and print their reports.
@@ -502,6 +516,11 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     } else {
         None
     };
+    let ha = if scenarios.contains(&Scenario::Ha) {
+        Some(ha::run(args)?)
+    } else {
+        None
+    };
     let others: Vec<Scenario> = scenarios
         .into_iter()
         .filter(|s| {
@@ -514,6 +533,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
                     | Scenario::Redis
                     | Scenario::Failover
                     | Scenario::Memory
+                    | Scenario::Ha
             )
         })
         .collect();
@@ -529,6 +549,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
         redis,
         failover,
         memory,
+        ha,
     })
 }
 

@@ -234,6 +234,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             src.subscribe_flush()
         };
         s.handle.set_state(WalSenderState::Catchup);
+        s.handle.set_cascading(src.in_recovery());
         s.handle.set_sent(start);
         Streamer {
             s,
