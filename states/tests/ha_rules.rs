@@ -429,6 +429,27 @@ fn another_system_identifier_halts_for_good() {
 }
 
 #[test]
+fn an_identifier_not_known_yet_neither_halts_nor_takes_the_key() {
+    // A demoted node entering standby mode after rejoin reports 0 for a
+    // cycle: it must go on (and follow the leader later), not halt.
+    let mut m = machine("n2");
+    let mut inp = input(1_000, view(), local(LocalRole::Standby, 500));
+    inp.local.system_identifier = 0;
+    let d = m.decide(&inp);
+    assert!(m.halted().is_none(), "{}", d.why);
+    assert!(
+        !acts(&d)
+            .iter()
+            .any(|a| matches!(a, HaAction::AcquireLeader { .. } | HaAction::Promote)),
+        "{:?}",
+        d.actions
+    );
+    inp.local.system_identifier = SYSID;
+    m.decide(&inp);
+    assert!(m.halted().is_none());
+}
+
+#[test]
 fn a_standby_holding_the_key_promotes_only_if_sync_names_it() {
     let mut m = machine("n2");
     let mut vw = leader_view("n2", LEASE);

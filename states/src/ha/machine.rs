@@ -204,7 +204,11 @@ impl HaState {
     fn identity_mismatch(&self, input: &HaInput, view: &ClusterView) -> Option<String> {
         let init = view.initialize.as_ref()?;
         let ours = input.local.system_identifier;
-        (input.local.role != LocalRole::Starting && init.value != ours).then(|| {
+        // 0: not known yet (a node between rejoin and standby mode has no
+        // control file loaded for a cycle). Such a node takes no key either:
+        // racing for one needs the identifier to match.
+        let known = input.local.role != LocalRole::Starting && ours != 0;
+        (known && init.value != ours).then(|| {
             format!(
                 "system identifier {ours} of this node differs from the cluster's {} \
                  (key initialize): this data directory belongs to another cluster; \
