@@ -199,6 +199,15 @@ impl Entry {
     pub fn install(&mut self, vis: &Visibility, version: Version) -> ((bool, u64), bool) {
         let old = self.newest();
         let before = (old.slot.is_some(), expiry(&old.slot));
+        if vis.visible(&version) {
+            // Readers see it at once (replay, `synchronous_commit = off`):
+            // every older version is superseded, which is what pushing it
+            // and pruning would leave, without the vector that pushing
+            // onto one version allocates (and pruning frees again).
+            let gone = version.slot.is_none();
+            *self = Entry::One(version);
+            return (before, gone);
+        }
         if old.lsn == version.lsn && old.level == version.level {
             *self.newest_mut() = version;
         } else {
@@ -526,6 +535,18 @@ impl Keyspace {
     /// Move `key` in the expiry index from `old` to `new` (0 = none).
     pub fn reindex(&mut self, store: &Store, key: &[u8], old: u64, new: u64) {
         reindex(store, &mut self.expires, key, old, new);
+    }
+
+    /// [`Keyspace::reindex`] for a caller holding an entry of the map
+    /// (borrowing `expires` alone).
+    pub fn reindex_in(
+        store: &Store,
+        expires: &mut BTreeSet<(u64, Str)>,
+        key: &[u8],
+        old: u64,
+        new: u64,
+    ) {
+        reindex(store, expires, key, old, new);
     }
 }
 

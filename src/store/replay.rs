@@ -242,55 +242,131 @@ impl Store {
         if !bounds.is_empty() {
             let mut ks = self.write_lock();
             let mut skip = Vec::new();
+            let mut plan = Vec::with_capacity(ops.len());
             for (end, range) in bounds {
-                match &ops[range] {
-                    [op] => self.apply_one(&mut ks, end, op, &mut skip),
-                    ops => self.apply_locked(&mut ks, end, ops, &mut skip),
+                let rec = &ops[range];
+                if rec.iter().any(|op| op.key().is_none()) {
+                    // FLUSHALL (rare) touches every key: what came before
+                    // it is applied first, it in WAL order, then the rest.
+                    self.apply_sorted(&mut ks, &mut plan);
+                    self.apply_locked(&mut ks, end, rec, &mut skip);
+                    continue;
                 }
+                plan.extend(
+                    rec.iter()
+                        .filter_map(|op| Some(Planned::new(op.key()?, end.0, op))),
+                );
             }
+            self.apply_sorted(&mut ks, &mut plan);
         }
         (ops.len() as u64, failed.map_or(Ok(()), Err))
     }
 
-    /// A record of one operation on a key (almost every record: one SET,
-    /// one DEL): the skip rule and the change in one lookup of the key,
-    /// where [`apply_locked`](Self::apply_locked) needs up to three.
-    fn apply_one(&self, ks: &mut Keyspace, end: Lsn, op: &Op<'_>, skip: &mut Vec<bool>) {
-        // Long keys would need an allocation to look up by `Str`.
-        let Some(key) = op.key().filter(|k| k.len() <= INLINE_LEN) else {
-            return self.apply_locked(ks, end, std::slice::from_ref(op), skip);
+    /// Apply `plan` (operations of a batch on single keys, in WAL order)
+    /// sorted by key, and empty it. The sort is stable, so the operations
+    /// on one key keep their WAL order and leave that key as WAL order
+    /// does; keys do not interact (every operation here changes its one
+    /// key); and no reader sees the store between two operations of a
+    /// batch (they are applied under one hold of the write lock, and the
+    /// replay position moves after it is let go). So the store after the
+    /// batch is the store WAL order leaves, while consecutive operations
+    /// descend the B-tree along the same path (its upper levels, and the
+    /// leaf itself for neighbouring keys, stay in the cache) and a key's
+    /// operations in one batch cost one lookup.
+    fn apply_sorted(&self, ks: &mut Keyspace, plan: &mut Vec<Planned<'_, '_>>) {
+        plan.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.key.cmp(b.key)));
+        for run in plan.chunk_by(|a, b| a.order == b.order && a.key == b.key) {
+            self.apply_run(ks, run);
+        }
+        plan.clear();
+    }
+
+    /// Every operation of a batch on one key (`run`, in WAL order, not
+    /// empty), with one lookup of the key: the page-LSN skip rule per
+    /// record, the changes, and then the live count and the expiry index
+    /// moved once, from the key's state before the run to its state after.
+    fn apply_run(&self, ks: &mut Keyspace, run: &[Planned<'_, '_>]) {
+        let Some(key) = run.first().map(|p| p.key) else {
+            return;
         };
-        let version = |slot| Version {
-            lsn: end.0,
-            level: Level::Immediate,
-            slot,
-        };
-        let (before, next_live, next_exp) = match ks.map.entry(Str::new(key)) {
-            btree_map::Entry::Occupied(mut o) => {
-                let newest = o.get().newest();
-                if newest.lsn >= end.0 {
-                    return; // the snapshot holds this record's effect
+        let Keyspace { map, expires } = ks;
+        let (before, after) = if key.len() <= INLINE_LEN {
+            match map.entry(Str::new(key)) {
+                btree_map::Entry::Occupied(mut o) => {
+                    let (before, after, gone) = self.run_found(o.get_mut(), run, None);
+                    if gone {
+                        o.remove();
+                    }
+                    (before, after)
                 }
-                let next = value::apply(current_for(op, &newest.slot), op);
-                let (live, exp) = (next.is_some(), next.as_ref().map_or(0, |s| s.expire_ms));
-                let (before, gone) = o.get_mut().install(&self.vis, version(next));
-                if gone {
-                    o.remove();
+                btree_map::Entry::Vacant(v) => {
+                    let Some((first, rest, decided)) = first_live(run) else {
+                        return;
+                    };
+                    let (_, after, gone) = self.run_found(v.insert(first), rest, decided);
+                    if gone {
+                        map.remove(key);
+                    }
+                    ((false, 0), after)
                 }
-                (before, live, exp)
             }
-            btree_map::Entry::Vacant(v) => {
-                // Deleting a key that does not exist: nothing to keep.
-                let Some(slot) = value::apply(None, op) else {
-                    return;
-                };
-                let exp = slot.expire_ms;
-                v.insert(Entry::new(version(Some(slot))));
-                ((false, 0), true, exp)
+        } else if let Some(e) = map.get_mut(key) {
+            // A long key is looked up by its bytes: `Str::new` would
+            // allocate for it, which only a new key needs.
+            let (before, after, gone) = self.run_found(e, run, None);
+            if gone {
+                map.remove(key);
             }
+            (before, after)
+        } else {
+            let Some((first, rest, decided)) = first_live(run) else {
+                return;
+            };
+            let e = map.entry(Str::new(key)).or_insert(first);
+            let (_, after, gone) = self.run_found(e, rest, decided);
+            if gone {
+                map.remove(key);
+            }
+            ((false, 0), after)
         };
-        self.count_live(before.0, next_live);
-        ks.reindex(self, key, before.1, next_exp);
+        self.count_live(before.0, after.0);
+        Keyspace::reindex_in(self, expires, key, before.1, after.1);
+    }
+
+    /// Apply `run` to the key's entry `e`: each record's operations are
+    /// skipped when the key's LSN before that record is at or past its
+    /// end (`decided`: the record already decided for, and how). Returns
+    /// the key's (live, expiry) before and after, and whether the entry
+    /// is left a visible deletion (the caller removes it).
+    fn run_found(
+        &self,
+        e: &mut Entry,
+        run: &[Planned<'_, '_>],
+        mut decided: Option<(u64, bool)>,
+    ) -> ((bool, u64), (bool, u64), bool) {
+        let state = |e: &Entry| {
+            let slot = &e.newest().slot;
+            (slot.is_some(), slot.as_ref().map_or(0, |s| s.expire_ms))
+        };
+        let before = state(e);
+        let mut gone = false;
+        for p in run {
+            let skip = match decided {
+                Some((end, skip)) if end == p.end => skip,
+                _ => {
+                    // The snapshot holds this record's effect.
+                    let skip = e.newest().lsn >= p.end;
+                    decided = Some((p.end, skip));
+                    skip
+                }
+            };
+            if skip {
+                continue;
+            }
+            let slot = value::apply(current_for(p.op, &e.newest().slot), p.op);
+            gone = e.install(&self.vis, replayed(p.end, slot)).1;
+        }
+        (before, state(e), gone)
     }
 
     /// Apply the operations of the record ending at `end`, visible at once.
@@ -354,6 +430,64 @@ impl Store {
     }
 }
 
+/// One operation of a batch planned for [`Store::apply_sorted`]: its key,
+/// the end of its record, the operation.
+struct Planned<'o, 'p> {
+    /// The key's first 16 bytes (zero-padded) as two big-endian words:
+    /// most keys differ there, so the sort compares two integers instead
+    /// of calling `memcmp` (the bytes decide only a tie; zero padding and
+    /// then the bytes keep byte order, the map's).
+    order: [u64; 2],
+    key: &'o [u8],
+    end: u64,
+    op: &'o Op<'p>,
+}
+
+impl<'o, 'p> Planned<'o, 'p> {
+    fn new(key: &'o [u8], end: u64, op: &'o Op<'p>) -> Self {
+        let mut head = [0u8; 16];
+        let n = key.len().min(16);
+        head[..n].copy_from_slice(&key[..n]);
+        let (hi, lo) = head.split_at(8);
+        let word = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or_default());
+        Planned {
+            order: [word(hi), word(lo)],
+            key,
+            end,
+            op,
+        }
+    }
+}
+
+/// A version replay installs: written by the record ending at `end`,
+/// visible at once.
+fn replayed(end: u64, slot: Option<value::Slot>) -> Version {
+    Version {
+        lsn: end,
+        level: Level::Immediate,
+        slot,
+    }
+}
+
+/// For a key that is not in the map: its first version from `run` (the
+/// operations before it leave the key absent: deleting what does not
+/// exist keeps nothing), the operations after it, and the skip decision
+/// of its record (never skipped: the key was absent before it). `None`
+/// when no operation leaves a value.
+#[allow(clippy::type_complexity)]
+fn first_live<'r, 'o, 'p>(
+    run: &'r [Planned<'o, 'p>],
+) -> Option<(Entry, &'r [Planned<'o, 'p>], Option<(u64, bool)>)> {
+    run.iter().enumerate().find_map(|(i, p)| {
+        let slot = value::apply(None, p.op)?;
+        Some((
+            Entry::new(replayed(p.end, Some(slot))),
+            &run[i + 1..],
+            Some((p.end, false)),
+        ))
+    })
+}
+
 /// The state `op` is applied to: none for a replacement (no clone).
 fn current_for(op: &Op<'_>, newest: &Option<value::Slot>) -> Option<value::Slot> {
     match op {
@@ -370,7 +504,7 @@ mod tests {
 
     use super::*;
     use crate::store::map::ScannedKey;
-    use crate::store::value::Value;
+    use crate::store::value::{Slot, Value};
 
     /// Keys from a small set, so operations meet each other.
     fn key() -> impl Strategy<Value = Cow<'static, [u8]>> {
@@ -388,6 +522,25 @@ mod tests {
     /// Any operation on those keys, valid or not for the key's type: the
     /// rule must hold whatever the primary logged.
     fn op() -> impl Strategy<Value = Op<'static>> {
+        op_on(|| key().boxed())
+    }
+
+    /// More keys, one of them too long to be stored inline (looked up by
+    /// its bytes, allocated only when new).
+    fn wide_key() -> BoxedStrategy<Cow<'static, [u8]>> {
+        prop_oneof![
+            Just(&b"a"[..]),
+            Just(&b"b"[..]),
+            Just(&b"c"[..]),
+            Just(&b"d"[..]),
+            Just(&b"a key longer than twenty-two bytes"[..]),
+        ]
+        .prop_map(Cow::Borrowed)
+        .boxed()
+    }
+
+    /// Any operation on the keys `key` draws from.
+    fn op_on(key: fn() -> BoxedStrategy<Cow<'static, [u8]>>) -> impl Strategy<Value = Op<'static>> {
         prop_oneof![
             key().prop_map(|key| Op::Del { key }),
             (key(), item()).prop_map(|(key, value)| Op::Set { key, value }),
@@ -526,6 +679,69 @@ mod tests {
                 fresh.apply_replayed(*end, ops);
             }
             prop_assert_eq!(fresh.dump_visible(), primary.dump_visible());
+        }
+    }
+
+    /// `log` as the WAL records redo reads.
+    fn as_records(log: &Log) -> Vec<Record> {
+        log.iter()
+            .map(|(end, ops)| Record {
+                lsn: Lsn(end.0 - 8),
+                end: *end,
+                prev: Lsn::INVALID,
+                rmid: RM_KV,
+                info: 0,
+                payload: record::encode(0, ops),
+            })
+            .collect()
+    }
+
+    /// A store's keys and values, key count, expiry count and expiry index.
+    type Seen = (Vec<(Vec<u8>, Slot)>, u64, u64, Vec<Vec<u8>>);
+
+    fn seen(s: &Store) -> Seen {
+        (
+            s.dump_visible(),
+            s.len(),
+            s.expiring(),
+            s.expired_keys(u64::MAX, usize::MAX),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// A batch is applied sorted by key (one lookup per key, same-key
+        /// operations in WAL order); that ends where applying its records
+        /// one at a time, each operation in WAL order, does: from an empty
+        /// store and over a fuzzy snapshot (the skip rule per record and
+        /// key), with keys repeated within and across records, deletions,
+        /// expiries, hashes, lists, sets and FLUSHALL, in any batch size.
+        #[test]
+        fn a_batch_applied_in_key_order_ends_as_wal_order_does(
+            records in proptest::collection::vec(
+                proptest::collection::vec(op_on(wide_key), 1..5), 1..40),
+            redo_at in 0usize..40,
+            between in proptest::collection::vec(0usize..4, 0..8),
+            batch in 1usize..48,
+        ) {
+            let (_, log, redo, snapshot) = run_primary(&records, redo_at, &between);
+            let recs = as_records(&log);
+            for (from, snap) in [(Lsn(0), &[][..]), (redo, &snapshot[..])] {
+                let (wal_order, sorted) = (Store::new(), Store::new());
+                for k in snap {
+                    wal_order.load_base(k.key.clone(), k.lsn, k.slot.clone());
+                    sorted.load_base(k.key.clone(), k.lsn, k.slot.clone());
+                }
+                for (end, ops) in log.iter().filter(|(end, _)| *end > from) {
+                    wal_order.apply_replayed(*end, ops);
+                }
+                let after: Vec<Record> = recs.iter().filter(|r| r.end > from).cloned().collect();
+                for b in after.chunks(batch) {
+                    sorted.apply_records(b).unwrap();
+                }
+                prop_assert_eq!(seen(&sorted), seen(&wal_order));
+            }
         }
     }
 

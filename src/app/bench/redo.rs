@@ -4,14 +4,20 @@
 //! order (every SET a new key) and once with random keys over a third as
 //! many keys (most SETs replace a key, as the `restart` scenario's load
 //! does), then each replayed by `replay_to_end`, the function a restarting
-//! node runs, into an empty store. The figure is records/s of that replay.
+//! node runs, into an empty store; each WAL once with one SET per record
+//! and once with runs of [`PIPELINED_SETS`] SETs per record (what a
+//! pipelining client's writes become, as in the `restart` scenario). The
+//! figures are key changes (SETs) per second of that replay, by the wall
+//! clock and per second of the process's CPU time (both threads; steadier
+//! than wall time on a shared machine).
 //!
 //! Instruction counts per record are steadier than wall time on a shared
 //! machine: run it under callgrind and count only the replay, e.g.
 //! `valgrind --tool=callgrind --collect-atstart=no
 //! --toggle-collect='*replay_to_end*' --toggle-collect='*redo_read_ahead*'
 //! walrep bench --scenario redo --restart-records 300000`, with
-//! `WALREP_BENCH_REDO_KEYS=sequential` or `random` for one key order.
+//! `WALREP_BENCH_REDO_KEYS=sequential` or `random` for one key order and
+//! `WALREP_BENCH_REDO_SETS=1` or `32` for one record size.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -31,6 +37,9 @@ use super::{BenchArgs, BenchError};
 const VALUE_BYTES: usize = 16;
 /// The system identifier of the WAL this scenario writes.
 const SYSTEM_ID: u64 = 1;
+/// SETs per record of a pipelined run (the `restart` scenario's pipeline
+/// depth: the server logs a client's run of SETs as one record).
+const PIPELINED_SETS: u64 = 32;
 
 type Result<T> = std::result::Result<T, BenchError>;
 
@@ -53,33 +62,43 @@ fn wanted(keys: &Keys) -> bool {
     }
 }
 
-/// Write the WAL and replay it, for both key orders; print records/s.
+/// Whether `WALREP_BENCH_REDO_SETS` (`1` or `32`; unset: both) asks for
+/// records of `sets` SETs.
+fn wanted_sets(sets: u64) -> bool {
+    std::env::var("WALREP_BENCH_REDO_SETS").map_or(true, |only| only == sets.to_string())
+}
+
+/// Write the WAL and replay it, for both key orders and record sizes;
+/// print key changes/s.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let n = args.restart_records;
     println!(
-        "\n== redo: {n} SET records replayed by crash recovery into an empty store, in {}",
+        "\n== redo: {n} SETs replayed by crash recovery into an empty store, in {}",
         base.display()
     );
     for keys in [Keys::Sequential, Keys::Random].into_iter().filter(wanted) {
-        let dir = tempfile::tempdir_in(&base)
-            .map_err(|e| BenchError::io("create a data directory", e))?;
-        let end = write_wal(dir.path(), n, keys)?;
-        let (secs, store_keys) = replay(dir.path())?;
-        let bytes = end.0 - initial_lsn(WalSegSize::DEFAULT).0;
-        println!(
-            "  {keys:?} keys: {n} records ({:.0} MB) in {secs:.3} s = {:.0} records/s, {:.0} MB/s; {store_keys} keys",
-            bytes as f64 / 1e6,
-            n as f64 / secs,
-            bytes as f64 / 1e6 / secs,
-        );
+        for sets in [1, PIPELINED_SETS].into_iter().filter(|s| wanted_sets(*s)) {
+            let dir = tempfile::tempdir_in(&base)
+                .map_err(|e| BenchError::io("create a data directory", e))?;
+            let end = write_wal(dir.path(), n, keys, sets)?;
+            let (secs, cpu_secs, store_keys) = replay(dir.path())?;
+            let bytes = end.0 - initial_lsn(WalSegSize::DEFAULT).0;
+            println!(
+                "  {keys:?} keys, {sets} SET(s) per record: {n} changes ({:.0} MB) in {secs:.3} s = {:.0} changes/s, {:.0} MB/s; CPU {cpu_secs:.3} s = {:.0} changes per CPU-second; {store_keys} keys",
+                bytes as f64 / 1e6,
+                n as f64 / secs,
+                bytes as f64 / 1e6 / secs,
+                n as f64 / cpu_secs.max(1e-9),
+            );
+        }
     }
     Ok(())
 }
 
-/// `n` SET records into `datadir/wal`, as the server logs them; returns the
-/// end of WAL.
-fn write_wal(datadir: &Path, n: u64, keys: Keys) -> Result<Lsn> {
+/// `n` SETs into `datadir/wal`, `sets` per record, as the server logs
+/// them; returns the end of WAL.
+fn write_wal(datadir: &Path, n: u64, keys: Keys, sets: u64) -> Result<Lsn> {
     let seg = WalSegSize::DEFAULT;
     let wal_dir = datadir.join("wal");
     std::fs::create_dir_all(&wal_dir).map_err(|e| BenchError::io("create wal/", e))?;
@@ -97,18 +116,26 @@ fn write_wal(datadir: &Path, n: u64, keys: Keys) -> Result<Lsn> {
     let keyspace = (n / 3).max(1);
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let value = [b'x'; VALUE_BYTES];
+    let mut keys_of_record = Vec::with_capacity(sets as usize);
     for i in 0..n {
         let k = match keys {
             Keys::Sequential => i,
             Keys::Random => xorshift(&mut rng) % keyspace,
         };
-        let key = format!("key:{k:012}");
-        let op = Op::Set {
-            key: Cow::Borrowed(key.as_bytes()),
-            value: Cow::Borrowed(&value),
-        };
-        wal.insert(RM_KV, 0, &encode(i, &[op]))
+        keys_of_record.push(format!("key:{k:012}"));
+        if (keys_of_record.len() as u64) < sets && i + 1 < n {
+            continue;
+        }
+        let ops: Vec<Op<'_>> = keys_of_record
+            .iter()
+            .map(|key| Op::Set {
+                key: Cow::Borrowed(key.as_bytes()),
+                value: Cow::Borrowed(&value),
+            })
+            .collect();
+        wal.insert(RM_KV, 0, &encode(i, &ops))
             .map_err(err("insert a record"))?;
+        keys_of_record.clear();
     }
     wal.shutdown().map_err(err("shut the WAL down"))
 }
@@ -120,8 +147,9 @@ fn xorshift(s: &mut u64) -> u64 {
     *s
 }
 
-/// Replay all of `datadir`'s WAL into an empty store: seconds, keys.
-fn replay(datadir: &Path) -> Result<(f64, u64)> {
+/// Replay all of `datadir`'s WAL into an empty store: seconds, CPU
+/// seconds of the process (both redo threads), keys.
+fn replay(datadir: &Path) -> Result<(f64, f64, u64)> {
     let seg = WalSegSize::DEFAULT;
     let mut control = ControlFile::new_system(SYSTEM_ID, seg, 0);
     control.redo_lsn = initial_lsn(seg);
@@ -133,8 +161,21 @@ fn replay(datadir: &Path) -> Result<(f64, u64)> {
     };
     let store = Store::new();
     let history = TimelineHistory::root(TimelineId(1));
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), cpu_secs());
     replay_to_end(datadir, &control, history, &store, &repair)
         .map_err(|e| BenchError::Server(format!("replay: {e}")))?;
-    Ok((started.elapsed().as_secs_f64(), store.len()))
+    let secs = started.elapsed().as_secs_f64();
+    Ok((secs, cpu_secs() - cpu, store.len()))
+}
+
+/// User and system CPU time this process has used, in seconds.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage writes the struct it is given and nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
