@@ -30,6 +30,7 @@ fn ha_settings(etcd: &EtcdCluster, name: &str) -> Vec<String> {
         "ha_loop_wait=1s".into(),
         "ha_retry_timeout=1s".into(),
         "ha_fence_margin=2s".into(),
+        "ha_use_slots=on".into(),
         format!("ha_member_slots_ttl={SLOTS_TTL_S}s"),
         "synchronous_standby_names=FIRST 1 (n1, n2, n3)".into(),
         "synchronous_commit=on".into(),
