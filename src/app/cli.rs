@@ -606,9 +606,34 @@ fn status(datadir: &std::path::Path) -> anyhow::Result<String> {
             kv("replay_lsn"),
         ));
     }
+    for l in info.lines().filter(|l| l.starts_with("slot")) {
+        let kv = |k: &str| {
+            l.split(&format!("{k}="))
+                .nth(1)
+                .and_then(|v| v.split(',').next())
+                .unwrap_or("")
+        };
+        out.push_str(&format!(
+            "slot:      {} {} restart {}{}\n",
+            kv("name"),
+            if kv("active") == "1" {
+                "active"
+            } else {
+                "inactive"
+            },
+            Some(kv("restart_lsn"))
+                .filter(|r| !r.is_empty())
+                .unwrap_or("-"),
+            if kv("wal_status") == "lost" {
+                " (lost: past max_slot_wal_keep_size)"
+            } else {
+                ""
+            },
+        ));
+    }
     if field("ha_enabled") == "1" {
         out.push_str(&format!(
-            "ha:        member {} {}, leader {}, write gate {} ({} ms left)\nha cycle:  {}\n",
+            "ha:        member {} {}, leader {}, write gate {} ({} ms left){}\nha cycle:  {}\nha count:  {} cycles ({} failed), {} etcd errors, leader key taken {}, {} promotions, {} demotions\n",
             field("ha_member"),
             field("ha_role"),
             Some(field("ha_leader"))
@@ -616,7 +641,14 @@ fn status(datadir: &std::path::Path) -> anyhow::Result<String> {
                 .unwrap_or_else(|| "(none)".into()),
             field("ha_gate"),
             field("ha_gate_remaining_ms"),
+            if field("ha_paused") == "1" { ", cluster paused" } else { "" },
             field("ha_last_cycle"),
+            field("ha_cycles"),
+            field("ha_failed_cycles"),
+            field("ha_dcs_errors"),
+            field("ha_leader_acquired"),
+            field("ha_promotions"),
+            field("ha_demotions"),
         ));
     }
     Ok(out)

@@ -749,6 +749,13 @@ pub struct Config {
     /// host:port clients reach this node's Redis port at (empty: derived
     /// like ha_repl_address).
     pub ha_client_address: String,
+    /// The leader keeps a physical replication slot for every other member
+    /// and members stream on theirs (Patroni's use_slots).
+    pub ha_use_slots: Bool,
+    /// How long the leader keeps the slot of a member whose key is gone
+    /// (Patroni's member_slots_ttl); 0 drops it as soon as the key expires.
+    /// A bare number is seconds.
+    pub ha_member_slots_ttl: Time<1000>,
 }
 
 impl Default for Config {
@@ -841,6 +848,8 @@ impl Default for Config {
             ha_nofailover: Bool(false),
             ha_repl_address: String::new(),
             ha_client_address: String::new(),
+            ha_use_slots: Bool(false),
+            ha_member_slots_ttl: Time::ms(30 * 60 * 1000),
         }
     }
 }
@@ -932,6 +941,8 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "ha_nofailover", section: "High availability", help: "Never promote this node automatically (Patroni's nofailover tag); it still follows the leader." },
     ParamDoc { name: "ha_repl_address", section: "High availability", help: "host:port other members stream WAL from, published in this member's key (empty: listen_addresses:replication_port, when listen_addresses names one concrete host)." },
     ParamDoc { name: "ha_client_address", section: "High availability", help: "host:port clients reach this node's Redis port at, published in this member's key (empty: listen_addresses:port, when listen_addresses names one concrete host)." },
+    ParamDoc { name: "ha_use_slots", section: "High availability", help: "The leader keeps a physical replication slot for every other member (named after it: lower case, other characters than a-z, 0-9 and _ replaced), and each member streams from the leader on its own slot (primary_slot_name, set by the HA loop), so the leader keeps the WAL a member has not received yet; max_slot_wal_keep_size still bounds it (Patroni's use_slots). Every member of a cluster must use the same setting." },
+    ParamDoc { name: "ha_member_slots_ttl", section: "High availability", help: "How long the leader keeps the slot of a member whose key has gone from etcd (the member stopped, or lost etcd), so a member that is only briefly away finds its WAL kept; 0 drops the slot as soon as the key expires, -1 never drops it (Patroni's member_slots_ttl)." },
 ];
 
 /// Parameters a running node re-reads on `walrep reload` or SIGHUP

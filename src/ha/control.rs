@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use walrep_states::ha::{LocalRole, LocalState, ReplicaProgress, ReplicaSyncState};
 use walrep_states::{Millis, TimelineId};
 
+use super::slots::MemberSlots;
 use crate::node::{ExitRequest, Node};
 use crate::replication::client::ConnInfo;
 use crate::syncrep::{SyncMethod, SyncState};
@@ -47,6 +48,8 @@ pub struct NodeSlot {
     clock: fn() -> Millis,
     /// What the last cycle found (INFO, `walrep status`).
     status: Mutex<super::status::HaStatus>,
+    /// The member slots this node keeps (`None`: `ha_use_slots` off).
+    member_slots: Mutex<Option<MemberSlots>>,
 }
 
 impl NodeSlot {
@@ -58,7 +61,13 @@ impl NodeSlot {
             following: Mutex::new(None),
             clock,
             status: Mutex::default(),
+            member_slots: Mutex::new(None),
         }
+    }
+
+    /// Keep member slots with `slots` (`ha_use_slots`).
+    pub fn set_member_slots(&self, slots: MemberSlots) {
+        *lock(&self.member_slots) = Some(slots);
     }
 }
 
@@ -192,9 +201,23 @@ impl NodeSlot {
     pub fn follow(&self, leader: &str, repl_addr: &str) -> Result<(), ControlError> {
         let node = self.node().ok_or(ControlError::NotRunning)?;
         let conninfo = leader_conninfo(&node, repl_addr)?;
-        if node.settings().primary_conninfo != conninfo {
-            node.set_override("primary_conninfo", &conninfo)?;
-            tracing::info!(leader, repl_addr, "following the new leader");
+        let settings = node.settings();
+        let slot = member_slot_name(&settings);
+        let slot_changed = slot
+            .as_deref()
+            .is_some_and(|s| settings.primary_slot_name != s);
+        if settings.primary_conninfo != conninfo || slot_changed {
+            let mut set = vec![("primary_conninfo", conninfo.as_str())];
+            if let Some(s) = slot.as_deref() {
+                set.push(("primary_slot_name", s));
+            }
+            node.set_overrides(&set)?;
+            tracing::info!(
+                leader,
+                repl_addr,
+                slot = slot.as_deref().unwrap_or(""),
+                "following the new leader"
+            );
         }
         *lock(&self.following) = Some(leader.to_string());
         Ok(())
@@ -211,6 +234,18 @@ impl NodeSlot {
         node.request_exit(ExitRequest::Demote { conninfo });
         Ok(())
     }
+}
+
+/// The slot this member streams on under HA (`ha_use_slots`): its name
+/// sanitised as the leader names member slots; `None` with slots off (the
+/// configured `primary_slot_name` stays).
+pub fn member_slot_name(settings: &crate::config::Config) -> Option<String> {
+    if !settings.ha_use_slots.0 {
+        return None;
+    }
+    settings
+        .ha_member_name()
+        .map(|n| super::slots::slot_name(&n))
 }
 
 /// The `primary_conninfo` that streams from `repl_addr`: the user and
@@ -323,4 +358,108 @@ fn promote_requested(node: &Node) -> bool {
         .root
         .join(crate::standby::trigger::PROMOTE_SIGNAL_FILE)
         .exists()
+}
+
+impl super::run::NodeHands for NodeSlot {
+    fn now(&self) -> Millis {
+        NodeSlot::now(self)
+    }
+    fn instant(&self, at: Millis) -> Instant {
+        NodeSlot::instant(self, at)
+    }
+    fn local_state(&self) -> LocalState {
+        NodeSlot::local_state(self)
+    }
+    fn running(&self) -> bool {
+        self.node().is_some()
+    }
+    fn open_gate(&self, until: Millis) -> Result<(), String> {
+        NodeSlot::open_gate(self, until).map_err(|e| e.to_string())
+    }
+    fn close_gate(&self) {
+        NodeSlot::close_gate(self)
+    }
+    fn set_sync_allowed(&self, names: Vec<String>) -> Result<(), String> {
+        NodeSlot::set_sync_allowed(self, names).map_err(|e| e.to_string())
+    }
+    fn promote(&self) -> Result<(), String> {
+        NodeSlot::promote(self).map_err(|e| e.to_string())
+    }
+    fn demote(&self, leader: &str, repl_addr: &str) -> Result<(), String> {
+        NodeSlot::demote(self, leader, repl_addr).map_err(|e| e.to_string())
+    }
+    fn follow(&self, leader: &str, repl_addr: &str) -> Result<(), String> {
+        NodeSlot::follow(self, leader, repl_addr).map_err(|e| e.to_string())
+    }
+    fn member_slots(&self, leading: bool, members: &[String]) {
+        let Some(node) = self.node() else {
+            return;
+        };
+        let mut guard = lock(&self.member_slots);
+        let Some(slots) = guard.as_mut() else {
+            return;
+        };
+        keep_member_slots(&node, slots, leading, members, self.now());
+    }
+    fn status(&self) -> super::status::HaStatus {
+        NodeSlot::status(self)
+    }
+    fn set_status(&self, status: super::status::HaStatus) {
+        NodeSlot::set_status(self, status)
+    }
+}
+
+/// One cycle's slot step: a leader creates and drops member slots as
+/// [`MemberSlots::plan`] says (each change logged, the list of slots it
+/// made saved); a node that does not lead moves them with its replay
+/// position. Failures are logged; the next cycle tries again.
+fn keep_member_slots(
+    node: &Node,
+    slots: &mut MemberSlots,
+    leading: bool,
+    members: &[String],
+    now: Millis,
+) {
+    if !leading {
+        slots.step_down();
+        if let Some(r) = node.recovery_snapshot() {
+            super::slots::advance(node, slots, r.replay_lsn);
+        }
+        return;
+    }
+    let list = node.slots.list();
+    let existing = list.iter().map(|s| s.name.clone()).collect();
+    let active = list
+        .iter()
+        .filter(|s| s.active_pid.is_some())
+        .map(|s| s.name.clone())
+        .collect();
+    let names: Vec<&str> = members.iter().map(String::as_str).collect();
+    let before = slots.managed();
+    let plan = slots.plan(now, &names, &existing, &active);
+    let result = super::slots::apply(node, slots, &plan);
+    let (created, dropped) = match &result {
+        Ok((c, d)) => (c.clone(), d.clone()),
+        Err(_) => (Vec::new(), Vec::new()),
+    };
+    for name in &created {
+        tracing::info!(slot = %name, "created replication slot \"{name}\" for a member: the leader keeps its WAL until it streams");
+    }
+    for name in &dropped {
+        tracing::warn!(slot = %name, "dropped replication slot \"{name}\": its member has been gone longer than ha_member_slots_ttl");
+    }
+    if let Err(e) = &result {
+        tracing::warn!("could not keep the members' replication slots: {e}");
+    }
+    let after = slots.managed();
+    if after != before && !slots.save_failed {
+        if let Err(e) = super::slots::save_managed(node, &after) {
+            // Not retried (an fsync is never retried): the slots stay, and
+            // a restart forgets which of them the HA layer made.
+            slots.save_failed = true;
+            tracing::error!(
+                "{e}; the list of member slots is no longer saved until the node restarts"
+            );
+        }
+    }
 }

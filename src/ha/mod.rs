@@ -12,7 +12,8 @@
 //!   write gate, promote, follow, demote).
 //! - [`run`]: the HA thread, one cycle per `ha_loop_wait`.
 //! - [`start`]: the loop `walrep start` runs, on etcd.
-//! - [`status`]: what the last cycle found, for INFO.
+//! - [`slots`]: the leader's replication slots for the other members.
+//! - [`status`]: what the last cycle found, for INFO, /status and /metrics.
 //! - [`supervisor`]: `walrep start` under HA: the node and its HA thread
 //!   in one process; a demotion stops, rejoins and restarts the node.
 //!
@@ -22,6 +23,7 @@ pub mod control;
 pub mod dcs;
 pub mod etcd;
 pub mod run;
+pub mod slots;
 pub mod start;
 pub mod status;
 pub mod supervisor;

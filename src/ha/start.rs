@@ -39,6 +39,18 @@ pub fn ha_loop() -> HaLoop {
             std::thread::sleep(ATTACH_POLL);
         };
         let config = crate::server::Backend::config(&*node);
+        if config.ha_use_slots.0 {
+            let ttl_ms = config
+                .ha_member_slots_ttl
+                .get()
+                .map_or(u64::MAX, |d| d.as_millis() as u64);
+            let managed = super::slots::load_managed(&node.dir.root);
+            slot.set_member_slots(super::slots::MemberSlots::new(
+                &config.ha_member_name().unwrap_or_default(),
+                ttl_ms,
+                managed,
+            ));
+        }
         drop(node);
         let ha = super::run::ha_config(&config, (config.port, config.replication_port));
         let state = match HaState::new(ha) {

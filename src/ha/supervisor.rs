@@ -95,11 +95,15 @@ fn supervise<T>(
                     upstream = %crate::replication::client::redact_conninfo(&conninfo),
                     "demoting: another member holds the leader key; stopping without a shutdown checkpoint, rejoining it and starting as its standby"
                 );
+                let slot = super::control::member_slot_name(&node.node.settings());
                 node.stop_for_demotion()?;
                 if !rejoin_until_done(datadir, &conninfo, signalled) {
                     return Ok(ExitRequest::Signal(signal_hook::consts::SIGTERM));
                 }
                 set_override(&mut opts.overrides, "primary_conninfo", &conninfo);
+                if let Some(slot) = slot {
+                    set_override(&mut opts.overrides, "primary_slot_name", &slot);
+                }
                 RunningNode::start(datadir, opts)?
             }
             ExitRequest::Fatal(e) if e.restartable() && restart_after_crash => {

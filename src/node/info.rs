@@ -138,6 +138,8 @@ impl SnapshotProvider for Node {
             },
             upstream: self.upstream_snapshot(),
             disk: Some(self.disk_usage()),
+            slots: self.slots.list(),
+            ha: ha_snapshot(self),
             sync: SyncSnapshot {
                 standby_names: self.syncrep.config().map(|c| c.to_string()),
                 waiters,
@@ -315,38 +317,92 @@ fn replication(node: &Node) -> String {
         age.map(|a| a.as_millis()).unwrap_or(0),
         node.syncrep.is_degraded() as u8,
     );
+    slot_fields(node, &mut s);
     ha_fields(node, &mut s);
     s
 }
 
-/// Under automatic failover: who leads, whether this node may write
-/// (its write gate) and for how long without another lease renewal, and
-/// what the HA loop's last cycle did.
-fn ha_fields(node: &Node, s: &mut String) {
+/// Under automatic failover: this node's role as the HA loop sees it, who
+/// leads, its write gate and the loop's counters; `None` with HA off.
+pub(crate) fn ha_snapshot(node: &Node) -> Option<crate::status::HaSnapshot> {
     let gate = node.write_gate();
     if !gate.controlled() {
-        return;
+        return None;
     }
     let status = node.ha_status().unwrap_or_default();
-    let name = node.settings().ha_member_name().unwrap_or_default();
+    let member = node.settings().ha_member_name().unwrap_or_default();
     let open = gate.is_open();
-    let ha_role = match (&status.leader, node.is_primary(), open) {
+    let role = match (&status.leader, node.is_primary(), open) {
         (_, true, true) => "leader",
         (_, true, false) => "fenced",
-        (Some(l), false, _) if *l == name => "promoting",
+        (Some(l), false, _) if *l == member => "promoting",
         _ => "replica",
     };
+    Some(crate::status::HaSnapshot {
+        member,
+        role,
+        leader: status.leader,
+        gate_open: open,
+        gate_remaining_ms: gate.remaining().unwrap_or_default().as_millis() as u64,
+        paused: status.paused,
+        last_cycle: status.why,
+        halted: status.halted,
+        counters: status.counters,
+    })
+}
+
+/// Under automatic failover: who leads, whether this node may write
+/// (its write gate) and for how long without another lease renewal, what
+/// the HA loop's last cycle did, and its counters.
+fn ha_fields(node: &Node, s: &mut String) {
+    let Some(h) = ha_snapshot(node) else {
+        return;
+    };
     let one_line = |t: &str| t.replace(['\r', '\n'], " ");
+    let c = &h.counters;
     let _ = write!(
         s,
-        "ha_enabled:1\r\nha_member:{}\r\nha_role:{ha_role}\r\nha_leader:{}\r\nha_gate:{}\r\nha_gate_remaining_ms:{}\r\nha_last_cycle:{}\r\nha_halted:{}\r\n",
-        name,
-        status.leader.as_deref().unwrap_or(""),
-        if open { "open" } else { "closed" },
-        gate.remaining().unwrap_or_default().as_millis(),
-        one_line(&status.why),
-        one_line(status.halted.as_deref().unwrap_or("")),
+        "ha_enabled:1\r\nha_member:{}\r\nha_role:{}\r\nha_leader:{}\r\nha_gate:{}\r\nha_gate_remaining_ms:{}\r\nha_paused:{}\r\nha_last_cycle:{}\r\nha_halted:{}\r\n",
+        h.member,
+        h.role,
+        h.leader.as_deref().unwrap_or(""),
+        if h.gate_open { "open" } else { "closed" },
+        h.gate_remaining_ms,
+        h.paused as u8,
+        one_line(&h.last_cycle),
+        one_line(h.halted.as_deref().unwrap_or("")),
     );
+    let _ = write!(
+        s,
+        "ha_cycles:{}\r\nha_failed_cycles:{}\r\nha_dcs_errors:{}\r\nha_leader_acquired:{}\r\nha_promotions:{}\r\nha_demotions:{}\r\n",
+        c.cycles, c.failed_cycles, c.dcs_errors, c.leader_acquired, c.promotions, c.demotions,
+    );
+}
+
+/// Every replication slot, one line each as pg_replication_slots:
+/// `slot0:name=n2,type=physical,temporary=0,active=1,active_pid=3,restart_lsn=0/3000060,wal_status=reserved`.
+fn slot_fields(node: &Node, s: &mut String) {
+    for (i, slot) in node.slots.list().iter().enumerate() {
+        let wal_status = if slot.invalidated {
+            "lost"
+        } else if slot.restart_lsn.is_valid() {
+            "reserved"
+        } else {
+            ""
+        };
+        let _ = write!(
+            s,
+            "slot{i}:name={},type=physical,temporary={},active={},active_pid={},restart_lsn={},wal_status={wal_status}\r\n",
+            slot.name,
+            slot.temporary as u8,
+            slot.active_pid.is_some() as u8,
+            slot.active_pid.map(|p| p.to_string()).unwrap_or_default(),
+            Some(slot.restart_lsn)
+                .filter(|l| l.is_valid())
+                .map(|l| l.to_string())
+                .unwrap_or_default(),
+        );
+    }
 }
 
 /// A standby's view: its recovery state, where WAL comes from, how far it

@@ -62,12 +62,20 @@ impl Node {
     /// standby reconnects its walreceiver to the new upstream without a
     /// restart. A value the reload rejects is taken back.
     pub fn set_override(&self, name: &str, value: &str) -> Result<Reload, NodeError> {
-        let setting = format!("{name}={value}");
+        self.set_overrides(&[(name, value)])
+    }
+
+    /// [`Node::set_override`] of several parameters in one reload, so the
+    /// walreceiver sees them change together (an upstream and the slot to
+    /// stream on there).
+    pub fn set_overrides(&self, settings: &[(&str, &str)]) -> Result<Reload, NodeError> {
         let previous = {
             let mut o = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
             let previous = o.clone();
-            o.retain(|s| s.split_once('=').is_none_or(|(n, _)| n.trim() != name));
-            o.push(setting);
+            for (name, value) in settings {
+                o.retain(|s| s.split_once('=').is_none_or(|(n, _)| n.trim() != *name));
+                o.push(format!("{name}={value}"));
+            }
             previous
         };
         self.reload_config().inspect_err(|_| {

@@ -305,6 +305,90 @@ pub static METRICS: &[Metric] = &[
         unit: "1",
         read: |s| Some(s.sync.degraded as i64),
     },
+    Metric {
+        name: "replication_slots",
+        help: "Replication slots on this node",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| Some(s.slots.len() as i64),
+    },
+    Metric {
+        name: "replication_slots_active",
+        help: "Replication slots a walsender streams on now",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| Some(s.slots.iter().filter(|x| x.active_pid.is_some()).count() as i64),
+    },
+    Metric {
+        name: "ha_leader",
+        help: "1 while this node leads under automatic failover (primary, write gate open)",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| s.ha.as_ref().map(|h| (h.role == "leader") as i64),
+    },
+    Metric {
+        name: "ha_write_gate_open",
+        help: "1 while the write gate admits and acknowledges writes",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| s.ha.as_ref().map(|h| h.gate_open as i64),
+    },
+    Metric {
+        name: "ha_gate_remaining_milliseconds",
+        help: "How long the write gate stays open without another lease renewal",
+        kind: MetricKind::Gauge,
+        unit: "ms",
+        read: |s| s.ha.as_ref().map(|h| h.gate_remaining_ms as i64),
+    },
+    Metric {
+        name: "ha_paused",
+        help: "1 while the cluster is paused (no automatic promotion or demotion)",
+        kind: MetricKind::Gauge,
+        unit: "1",
+        read: |s| s.ha.as_ref().map(|h| h.paused as i64),
+    },
+    Metric {
+        name: "ha_cycles",
+        help: "HA cycles run",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| s.ha.as_ref().map(|h| h.counters.cycles as i64),
+    },
+    Metric {
+        name: "ha_failed_cycles",
+        help: "HA cycles stopped at a failed action",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| s.ha.as_ref().map(|h| h.counters.failed_cycles as i64),
+    },
+    Metric {
+        name: "ha_dcs_errors",
+        help: "etcd calls that failed (renewals, reads, writes)",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| s.ha.as_ref().map(|h| h.counters.dcs_errors as i64),
+    },
+    Metric {
+        name: "ha_leader_acquired",
+        help: "Times this node took the free leader key",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| s.ha.as_ref().map(|h| h.counters.leader_acquired as i64),
+    },
+    Metric {
+        name: "ha_promotions",
+        help: "Promotions this node started under automatic failover",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| s.ha.as_ref().map(|h| h.counters.promotions as i64),
+    },
+    Metric {
+        name: "ha_demotions",
+        help: "Demotions of this node (it ran as a primary while another member led)",
+        kind: MetricKind::Counter,
+        unit: "1",
+        read: |s| s.ha.as_ref().map(|h| h.counters.demotions as i64),
+    },
 ];
 
 /// `/metrics`: every metric of [`METRICS`] that applies to `s`, in
@@ -366,6 +450,8 @@ mod tests {
             ports: Default::default(),
             upstream: None,
             disk: None,
+            slots: Vec::new(),
+            ha: None,
         }
     }
 
@@ -392,5 +478,45 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
         }
         assert!(!text.contains("walrep_wal_records"), "{text}");
+    }
+
+    #[test]
+    fn ha_metrics_appear_only_under_automatic_failover() {
+        let mut s = standby();
+        assert!(!metrics_text(&s).contains("walrep_ha_"));
+        s.ha = Some(crate::status::HaSnapshot {
+            member: "n1".into(),
+            role: "leader",
+            leader: Some("n1".into()),
+            gate_open: true,
+            gate_remaining_ms: 4_200,
+            paused: false,
+            last_cycle: "holding the leader key".into(),
+            halted: None,
+            counters: crate::ha::status::HaCounters {
+                cycles: 9,
+                failed_cycles: 1,
+                dcs_errors: 2,
+                leader_acquired: 1,
+                promotions: 1,
+                demotions: 0,
+            },
+        });
+        let text = metrics_text(&s);
+        for line in [
+            "walrep_ha_leader 1",
+            "walrep_ha_write_gate_open 1",
+            "walrep_ha_gate_remaining_milliseconds 4200",
+            "walrep_ha_paused 0",
+            "walrep_ha_cycles_total 9",
+            "walrep_ha_failed_cycles_total 1",
+            "walrep_ha_dcs_errors_total 2",
+            "walrep_ha_leader_acquired_total 1",
+            "walrep_ha_promotions_total 1",
+            "walrep_ha_demotions_total 0",
+            "walrep_replication_slots 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
     }
 }

@@ -76,6 +76,35 @@ pub struct Snapshot {
     /// Free space of the data directory's filesystem and what holds WAL
     /// on it; `None` where it could not be measured.
     pub disk: Option<crate::node::disk::DiskUsage>,
+    /// Every replication slot (`pg_replication_slots`).
+    pub slots: Vec<crate::replication::slots::SlotInfo>,
+    /// Automatic failover, as the HA loop last found it; `None` with HA off.
+    pub ha: Option<HaSnapshot>,
+}
+
+/// A node under automatic failover ([`crate::ha`]): its role as the HA
+/// loop sees it, who leads, its write gate, and the loop's counters.
+#[derive(Debug, Clone, Default)]
+pub struct HaSnapshot {
+    /// This member's name (`ha_name`).
+    pub member: String,
+    /// `leader` (primary, gate open), `fenced` (primary, gate closed),
+    /// `promoting` or `replica`.
+    pub role: &'static str,
+    /// The member holding the leader key, as last read.
+    pub leader: Option<String>,
+    /// The write gate admits and acknowledges writes.
+    pub gate_open: bool,
+    /// How long the gate stays open without another lease renewal (ms).
+    pub gate_remaining_ms: u64,
+    /// The cluster is paused (`walrep ha pause`): no automatic action.
+    pub paused: bool,
+    /// What the last HA cycle did and why.
+    pub last_cycle: String,
+    /// Why the HA loop stopped for good, if it did.
+    pub halted: Option<String>,
+    /// The loop's counters since start.
+    pub counters: crate::ha::status::HaCounters,
 }
 
 /// The ports a node listens on, so its pages can name its addresses.
@@ -380,6 +409,26 @@ pub fn status_json(s: &Snapshot) -> String {
             "wal_held": held,
         })
     });
+    let slots: Vec<serde_json::Value> = s.slots.iter().map(slot_json).collect();
+    let ha = s.ha.as_ref().map(|h| {
+        let c = &h.counters;
+        serde_json::json!({
+            "member": h.member,
+            "role": h.role,
+            "leader": h.leader,
+            "gate": if h.gate_open { "open" } else { "closed" },
+            "gate_remaining_ms": h.gate_remaining_ms,
+            "paused": h.paused,
+            "last_cycle": h.last_cycle,
+            "halted": h.halted,
+            "cycles": c.cycles,
+            "failed_cycles": c.failed_cycles,
+            "dcs_errors": c.dcs_errors,
+            "leader_acquired": c.leader_acquired,
+            "promotions": c.promotions,
+            "demotions": c.demotions,
+        })
+    });
     serde_json::json!({
         "role": if s.primary { "primary" } else { "standby" },
         "system_identifier": s.system_identifier.to_string(),
@@ -405,8 +454,30 @@ pub fn status_json(s: &Snapshot) -> String {
             "degraded": s.sync.degraded,
         },
         "disk": disk,
+        "replication_slots": slots,
+        "ha": ha,
     })
     .to_string()
+}
+
+/// One slot as `pg_replication_slots` shows it.
+fn slot_json(slot: &crate::replication::slots::SlotInfo) -> serde_json::Value {
+    let wal_status = if slot.invalidated {
+        Some("lost")
+    } else if slot.restart_lsn.is_valid() {
+        Some("reserved")
+    } else {
+        None
+    };
+    serde_json::json!({
+        "slot_name": slot.name,
+        "slot_type": "physical",
+        "temporary": slot.temporary,
+        "active": slot.active_pid.is_some(),
+        "active_pid": slot.active_pid,
+        "restart_lsn": Some(slot.restart_lsn).filter(|l| l.is_valid()).map(|l| l.to_string()),
+        "wal_status": wal_status,
+    })
 }
 
 #[cfg(test)]
@@ -498,6 +569,26 @@ mod tests {
                     bytes: 4,
                 }],
             }),
+            slots: vec![crate::replication::slots::SlotInfo {
+                name: "s1".into(),
+                temporary: false,
+                restart_lsn: Lsn(10),
+                active_pid: Some(1),
+                invalidated: false,
+                xmin: 0,
+                catalog_xmin: 0,
+            }],
+            ha: Some(HaSnapshot {
+                member: "n".into(),
+                role: "replica",
+                leader: Some("n1".into()),
+                gate_open: false,
+                gate_remaining_ms: 0,
+                paused: false,
+                last_cycle: "following n1".into(),
+                halted: None,
+                counters: Default::default(),
+            }),
         }
     }
 
@@ -535,5 +626,32 @@ mod tests {
             .collect();
         documented.sort();
         assert_eq!(printed, documented);
+    }
+
+    #[test]
+    fn slots_and_ha_show_as_pg_replication_slots_and_the_ha_loop_say() {
+        let mut s = full();
+        s.slots.push(crate::replication::slots::SlotInfo {
+            name: "gone".into(),
+            temporary: false,
+            restart_lsn: Lsn::INVALID,
+            active_pid: None,
+            invalidated: true,
+            xmin: 0,
+            catalog_xmin: 0,
+        });
+        let v: serde_json::Value = serde_json::from_str(&status_json(&s)).unwrap();
+        let slots = v["replication_slots"].as_array().unwrap();
+        assert_eq!(slots[0]["slot_name"], "s1");
+        assert_eq!(slots[0]["active"], true);
+        assert_eq!(slots[0]["restart_lsn"], "0/A");
+        assert_eq!(slots[0]["wal_status"], "reserved");
+        assert_eq!(slots[1]["wal_status"], "lost");
+        assert_eq!(slots[1]["restart_lsn"], serde_json::Value::Null);
+        assert_eq!(v["ha"]["leader"], "n1");
+        assert_eq!(v["ha"]["gate"], "closed");
+        s.ha = None;
+        let v: serde_json::Value = serde_json::from_str(&status_json(&s)).unwrap();
+        assert_eq!(v["ha"], serde_json::Value::Null);
     }
 }
