@@ -390,6 +390,9 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             self.src
                 .read_wal(tli, pos, &mut self.frame[off..off + len])
                 .map_err(source_error)?;
+            if tli != self.plan.tli && pos.segment_offset(seg) == 0 {
+                restamp_header(&mut self.frame[off..off + len], self.plan.tli);
+            }
             off += len;
             pos = chunk_end;
         }
@@ -397,7 +400,8 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
     }
 
     /// The segment holding a historic timeline's switch point is read from
-    /// the next timeline's file (it has the same bytes up to there).
+    /// the next timeline's file (it has the same bytes up to there, but its
+    /// header names the next timeline: see [`restamp_header`]).
     fn file_timeline(&self, pos: Lsn) -> TimelineId {
         let seg = self.src.wal_segment_size();
         match (self.plan.valid_upto, self.plan.next_tli) {
@@ -618,4 +622,60 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
 
 fn protocol_violation(msg: &str) -> Failure {
     Failure::Error(PgError::fatal(code::PROTOCOL_VIOLATION, msg))
+}
+
+/// The switch segment of a historic timeline is read from the next
+/// timeline's file, whose header names the next timeline; a standby
+/// streaming the old timeline writes it into the old timeline's file and
+/// reads it back expecting that timeline (PostgreSQL's copied segment keeps
+/// the old timeline in its first page header, for the same reader). So the
+/// header sent says the timeline streamed, with its CRC made anew. A chunk
+/// too short to hold the whole header, or one that does not decode, is
+/// sent as read: the receiver's own checks then say what is wrong.
+fn restamp_header(chunk: &mut [u8], tli: TimelineId) {
+    let len = crate::wal::SEG_HEADER_SIZE as usize;
+    let Some(bytes) = chunk.get_mut(..len) else {
+        return;
+    };
+    if let Ok(mut header) = crate::wal::SegmentHeader::decode(bytes) {
+        header.tli = tli;
+        bytes.copy_from_slice(&header.encode());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{SegmentHeader, SEG_HEADER_SIZE};
+
+    #[test]
+    fn the_switch_segment_header_is_sent_with_the_streamed_timeline() {
+        let header = SegmentHeader {
+            flags: 0,
+            tli: TimelineId(2),
+            rem_len: 0,
+            pageaddr: Lsn(3 << 20),
+            system_id: 7,
+            seg_size: crate::WalSegSize::new(1 << 20).unwrap(),
+        };
+        let mut chunk = header.encode().to_vec();
+        chunk.extend_from_slice(b"records after the header");
+        restamp_header(&mut chunk, TimelineId(1));
+        let sent = SegmentHeader::decode(&chunk).expect("a valid header, CRC included");
+        assert_eq!(sent.tli, TimelineId(1));
+        assert_eq!(
+            SegmentHeader {
+                tli: TimelineId(2),
+                ..sent
+            },
+            header,
+            "only the timeline changes"
+        );
+        assert!(chunk.ends_with(b"records after the header"));
+        // Too short to hold a header: sent as read.
+        let mut short = header.encode()[..SEG_HEADER_SIZE as usize - 1].to_vec();
+        let before = short.clone();
+        restamp_header(&mut short, TimelineId(1));
+        assert_eq!(short, before);
+    }
 }

@@ -280,8 +280,7 @@ impl Session {
                     .then(|| (RECEIVE_UNFLUSHED_PARAMETER.to_string(), "on".to_string())),
             )
             .collect();
-        let client = ReplicationClient::connect_with(&info, self.cfg.connect_timeout, &extra)
-            .map_err(|e| lost(format!("could not connect to the primary server: {e}")))?;
+        let client = self.connect_interruptibly(info.clone(), extra)?;
         *self
             .control
             .socket
@@ -316,6 +315,54 @@ impl Session {
         );
         self.client = Some(client);
         Ok(())
+    }
+
+    /// Connect on a short-lived thread and wait for it here, so that a
+    /// stop is obeyed at once: a connect to an unreachable upstream (a
+    /// partition drops the SYN) blocks for `connect_timeout`, and a
+    /// promotion waiting on this session's stop would wait as long. On a
+    /// stop the thread is left to finish its bounded connect alone and its
+    /// connection is dropped.
+    fn connect_interruptibly(
+        &self,
+        info: ConnInfo,
+        extra: Vec<(String, String)>,
+    ) -> Result<ReplicationClient, End> {
+        let timeout = info.connect_timeout.unwrap_or(self.cfg.connect_timeout);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name("walreceiver-connect".into())
+            .spawn(move || {
+                // Capacity 1, one send: never blocks, even if nobody waits.
+                let _ = tx.try_send(ReplicationClient::connect_with(&info, timeout, &extra));
+            })
+            .map_err(|e| lost(format!("could not start a connect thread: {e}")))?;
+        // The connect's own bounds (TCP, TLS, startup) each stop at
+        // `timeout`; this one only guards against a thread that never ends.
+        let deadline = Instant::now() + timeout * 3 + Duration::from_secs(1);
+        let wake = self.control.wake_rx.clone();
+        loop {
+            if self.control.stopping() || self.control.dropped.load(Ordering::Acquire) {
+                return Err(End::Stopped);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(lost(
+                    "could not connect to the primary server: no answer in time",
+                ));
+            }
+            select! {
+                recv(rx) -> r => {
+                    return match r {
+                        Ok(Ok(client)) => Ok(client),
+                        Ok(Err(e)) => Err(lost(format!("could not connect to the primary server: {e}"))),
+                        Err(_) => Err(lost("could not connect to the primary server: the connect thread ended")),
+                    };
+                }
+                recv(wake) -> _ => {}
+                default(left) => {}
+            }
+        }
     }
 
     /// Wait out the connect back-off; a stop or drop ends it early.
