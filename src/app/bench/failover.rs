@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use walrep::history::{History, Outcome, Report, Write as HistoryWrite};
 
 use super::cluster::{self, Node};
-use super::soak::{clock_seed, connect, final_state, set, splitmix64, PrivateNet};
+use super::soak::{self, clock_seed, connect, final_state, set, splitmix64, PrivateNet};
 use super::{BenchArgs, BenchError};
 
 /// Bound on a node reaching a state (streaming, synchronous, promoted).
@@ -107,17 +107,15 @@ pub fn run(args: &BenchArgs) -> Result<FailoverReport, BenchError> {
     drop(soak);
     report.elapsed_s = started.elapsed().as_secs_f64();
     print_report(&report);
-    if args.keep {
-        let kept = run_dir.keep();
-        println!("data directories and logs kept in {}", kept.display());
-    }
-    if report.lost > 0 || !report.violations.is_empty() {
-        return Err(BenchError::Server(format!(
-            "the history checker failed ({} lost, {} violations; seed {seed})",
-            report.lost,
-            report.violations.len()
-        )));
-    }
+    let (lost, violations) = (report.lost, report.violations.len());
+    soak::verdict(
+        args.keep,
+        run_dir,
+        "the history checker",
+        lost,
+        violations,
+        seed,
+    )?;
     Ok(report)
 }
 

@@ -214,17 +214,8 @@ pub fn run(args: &BenchArgs) -> Result<HaReport, BenchError> {
     report.elapsed_s = started.elapsed().as_secs_f64();
     report.figures = figures_of(&report);
     print_report(&report);
-    if args.keep {
-        let kept = run_dir.keep();
-        println!("data directories and logs kept in {}", kept.display());
-    }
-    if report.lost > 0 || !report.violations.is_empty() {
-        return Err(BenchError::Server(format!(
-            "the HA soak failed ({} lost, {} violations; seed {seed})",
-            report.lost,
-            report.violations.len()
-        )));
-    }
+    let (lost, violations) = (report.lost, report.violations.len());
+    soak::verdict(args.keep, run_dir, "the HA soak", lost, violations, seed)?;
     Ok(report)
 }
 
@@ -1090,8 +1081,8 @@ impl Load {
             .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .flatten()
+            .iter_mut()
+            .filter_map(Option::take)
         {
             let _ = c.shutdown(Shutdown::Both);
         }
@@ -1180,7 +1171,16 @@ impl Writer {
         writer.set_read_timeout(Some(self.timeout)).ok()?;
         writer.set_write_timeout(Some(self.timeout)).ok()?;
         if let Ok(c) = writer.try_clone() {
-            self.conns.lock().unwrap_or_else(|e| e.into_inner())[self.client] = Some(c);
+            // A client still probing when the load stops: its slot stays
+            // (the stop shuts down only what it finds).
+            if let Some(slot) = self
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(self.client)
+            {
+                *slot = Some(c);
+            }
         }
         Some(Primary {
             node: name(i),
@@ -1331,6 +1331,9 @@ fn print_report(r: &HaReport) {
         "Patroni is not run here: with its defaults (ttl 30 s, loop_wait 10 s) the same sum \
          (lease left + one loop + promotion) gives 20-40 s."
     );
+    for v in &r.violations {
+        println!("  violation: {v}");
+    }
 }
 
 #[cfg(test)]

@@ -177,3 +177,25 @@ fn run_tool(tool: &str, args: &[&str]) -> Result<(), BenchError> {
         )))
     }
 }
+
+/// The end of a soak: keep its directory when asked (`--keep`), and fail
+/// the run when the history checker found a lost write or a violation.
+pub fn verdict(
+    keep: bool,
+    run_dir: tempfile::TempDir,
+    what: &str,
+    lost: usize,
+    violations: usize,
+    seed: u64,
+) -> Result<(), BenchError> {
+    if keep {
+        let kept = run_dir.keep();
+        println!("data directories and logs kept in {}", kept.display());
+    }
+    if lost > 0 || violations > 0 {
+        return Err(BenchError::Server(format!(
+            "{what} failed ({lost} lost, {violations} violations; seed {seed})"
+        )));
+    }
+    Ok(())
+}
