@@ -1290,7 +1290,7 @@ fn print_report(r: &HaReport) {
          indeterminate writes:     {}\n\
          refused writes:           {}\n\
          overlapping primaries:    {}\n\
-         standbys rejoined by hand: {} (ahead of the new leader's fork; the HA loop does not rewind standbys yet)\n\
+         standbys rejoined by hand: {} (ahead of the new leader's fork and not rejoined by the HA loop in time)\n\
          violations:               {}\n\
          load average:             {:.2} at the start, {:.2} at the end (2 cores shared)\n\
          elapsed {:.0} s",
