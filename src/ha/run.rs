@@ -101,7 +101,7 @@ pub fn ha_config(c: &crate::config::Config, ports: (u16, u16)) -> HaConfig {
 }
 
 /// The HA loop's hands on the local node: what a cycle reads there and
-/// the node-side actions. [`NodeSlot`] is the real one; the unit tests
+/// the node-side actions. [`NodeSlot`](super::control::NodeSlot) is the real one; the unit tests
 /// drive the same loop through a recording double.
 pub trait NodeHands {
     /// Now on the HA loop's monotonic clock (the store's).
