@@ -984,8 +984,6 @@ fn handover_target_ok(
     Ok(())
 }
 
-/// The WAL `name` has flushed: from the replication view if it streams from
-/// us, else from its member key.
 /// The `history` entry of the timeline that forked off this standby's
 /// timeline before the point it has replayed to, if one did: an
 /// asynchronous standby that received WAL the old primary wrote after its
@@ -1007,6 +1005,8 @@ fn diverged<'v>(input: &HaInput, view: &'v ClusterView) -> Option<&'v HistoryEnt
     (next.switch_lsn.is_valid() && local.replay_lsn > next.switch_lsn).then_some(next)
 }
 
+/// The WAL `name` has flushed: from the replication view if it streams from
+/// us, else from its member key.
 fn replica_flush(input: &HaInput, view: &ClusterView, name: &str) -> Lsn {
     input
         .local
