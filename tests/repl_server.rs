@@ -342,11 +342,13 @@ fn replies_reach_registry_and_observer_and_keepalives_ask_for_them() {
     };
     assert_eq!(asked, Lsn(100));
     c.send_status(Lsn(100), Lsn(100), Lsn(50), false).unwrap();
-    wait_until("reply in registry", || {
+    // The socket's reader records the positions at once; the walsender
+    // thread records the lags when it gets to the reply.
+    wait_until("reply and its lags in registry", || {
         s.registry
             .snapshot()
             .first()
-            .is_some_and(|w| w.flush_lsn == Lsn(100))
+            .is_some_and(|w| w.flush_lsn == Lsn(100) && w.flush_lag.is_some())
     });
     let w = s.registry.snapshot().remove(0);
     assert_eq!(
