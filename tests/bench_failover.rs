@@ -8,16 +8,9 @@
 
 mod support;
 
-use support::node::walrep;
+use support::report_figure as figure;
 
-/// The number after `label` in the soak's summary.
-fn figure(out: &str, label: &str) -> u64 {
-    out.lines()
-        .find_map(|l| l.strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {label:?} in the report:\n{out}"))
-}
+use support::node::walrep;
 
 #[test]
 fn a_few_failover_rounds_lose_no_acknowledged_write() {

@@ -9,6 +9,8 @@
 
 mod support;
 
+use support::report_figure as figure;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -45,15 +47,6 @@ fn walrep(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
     };
     let read = |p| std::fs::read_to_string(p).unwrap_or_default();
     (status.success(), read(&out_path), read(&err_path))
-}
-
-/// The number after `label` in the soak's summary.
-fn figure(out: &str, label: &str) -> u64 {
-    out.lines()
-        .find_map(|l| l.strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {label:?} in the report:\n{out}"))
 }
 
 #[test]
