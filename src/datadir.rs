@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::storage::{durable_create_dir, Storage};
 
@@ -19,6 +20,9 @@ pub const ARCHIVE_STATUS_DIR: &str = "wal/archive_status";
 pub const BASE_DIR: &str = "base";
 pub const SLOTS_DIR: &str = "slots";
 pub const LOG_DIR: &str = "log";
+/// Where damaged, discarded or cut-off WAL and files are kept instead of
+/// deleted, one directory per event (`quarantine/<unix seconds>-<what>/`).
+pub const QUARANTINE_DIR: &str = "quarantine";
 
 /// Errors about the data directory itself.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +244,22 @@ impl Drop for DataDirLock {
         // empty it so status tools do not report a node that stopped.
         let _ = self.file.set_len(0);
     }
+}
+
+/// A new directory under `quarantine/` for one event, named by the time
+/// (and `what`), so nothing kept earlier is ever overwritten.
+pub fn quarantine_dir(datadir: &Path, what: &str) -> PathBuf {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let base = datadir.join(QUARANTINE_DIR);
+    let mut dir = base.join(format!("{secs}-{what}"));
+    let mut n = 1;
+    while dir.exists() {
+        n += 1;
+        dir = base.join(format!("{secs}-{what}-{n}"));
+    }
+    dir
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
 pub mod conninfo;
+pub mod status_url;
 
 pub use crate::security::roles::{RedisAccess, RoleEntry};
 pub use crate::security::REDACTED;
@@ -1141,7 +1142,7 @@ impl Config {
         {
             return bad("checkpoint_timeout", "must be at least 1s".into());
         }
-        if let Some(problem) = crate::status::links::config_problem(&self.status_advertise_url) {
+        if let Some(problem) = status_url::config_problem(&self.status_advertise_url) {
             return bad("status_advertise_url", problem);
         }
         self.validate_security()?;

@@ -10,9 +10,9 @@
 //! (`walrepair.rs`; the damaged copy goes to `quarantine/`), and otherwise
 //! the node refuses to start with [`CorruptWal`], which names the ways out.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use super::walrepair::{repair_segment, Damage};
 pub use super::walrepair::{RepairError, RepairedSegment, WalRepair};
@@ -21,10 +21,6 @@ use crate::store::replay::{redo_read_ahead, RedoStop};
 use crate::store::{ApplyError, ControlFile, Store};
 use crate::wal::{self, ReadError, ReaderConfig, WalAfter, WalReader};
 use crate::{Lsn, TimelineHistory};
-
-/// Where damaged or discarded WAL is kept instead of deleted, one
-/// directory per event (`quarantine/<unix seconds>-<what>/`).
-pub const QUARANTINE_DIR: &str = "quarantine";
 
 /// What recovery found.
 #[derive(Debug, Clone)]
@@ -286,20 +282,4 @@ pub fn sync_replayed_wal(
         synced += 1;
     }
     Ok(synced)
-}
-
-/// A new directory under `quarantine/` for one event, named by the time
-/// (and `what`), so nothing kept earlier is ever overwritten.
-pub fn quarantine_dir(datadir: &Path, what: &str) -> PathBuf {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let base = datadir.join(QUARANTINE_DIR);
-    let mut dir = base.join(format!("{secs}-{what}"));
-    let mut n = 1;
-    while dir.exists() {
-        n += 1;
-        dir = base.join(format!("{secs}-{what}-{n}"));
-    }
-    dir
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::recovery::quarantine_dir;
+use crate::datadir::quarantine_dir;
 use crate::datadir::{DataDir, DataDirLock};
 use crate::storage::{durable_create, durable_create_dir, durable_rename, Storage};
 use crate::store::record::{self, RM_KV};

@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use super::recovery::quarantine_dir;
+use crate::datadir::quarantine_dir;
 use crate::datadir::WAL_DIR;
 use crate::storage::{durable_create_dir, sync_dir, Storage, StorageError};
 use crate::store::checkpoint::{base_dir, load_snapshot, snapshot_dir, SnapshotError};

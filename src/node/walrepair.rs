@@ -23,7 +23,7 @@ use crate::storage::{Storage, StorageError};
 use crate::wal::{ReaderConfig, WalReader};
 use crate::{Lsn, SegNo, WalSegSize};
 
-use super::recovery::quarantine_dir;
+use crate::datadir::quarantine_dir;
 
 /// Bound on connecting to a repair source and on each of its answers
 /// (a conninfo's connect_timeout wins for the connection).

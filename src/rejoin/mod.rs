@@ -35,7 +35,7 @@ use crate::wal::{ReaderConfig, WalReader, RM_KV};
 use crate::{Lsn, TimelineId};
 
 /// The directory under the data directory that keeps what rejoin cut off.
-pub const QUARANTINE_DIR: &str = "quarantine";
+pub use crate::datadir::QUARANTINE_DIR;
 /// The report inside each quarantine directory.
 pub const REPORT_FILE: &str = "report.txt";
 

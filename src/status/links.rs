@@ -15,6 +15,7 @@
 
 use std::net::IpAddr;
 
+pub use crate::config::status_url::{accept, config_problem, MAX_STATUS_URL_LEN};
 use crate::config::Config;
 
 /// ParameterStatus carrying the serving node's status address (walrep
@@ -24,10 +25,6 @@ pub const STATUS_URL_PARAMETER: &str = "walrep_status_url";
 /// Startup parameter carrying a walrep standby's status address to its
 /// upstream.
 pub const STATUS_URL_STARTUP_PARAMETER: &str = "walrep.status_url";
-
-/// Longest status address accepted from a peer: it is shown on pages and
-/// fetched by `/cluster`, so a hostile client cannot make it large.
-pub const MAX_STATUS_URL_LEN: usize = 256;
 
 /// The address this node advertises, `None` with the status port off.
 pub fn own_status_url(c: &Config) -> Option<String> {
@@ -43,30 +40,6 @@ pub fn own_status_url(c: &Config) -> Option<String> {
         h => h,
     };
     Some(format!("http://{}:{}/", bracket_v6(host), c.status_port))
-}
-
-/// Why a `status_advertise_url` is refused, `None` when it is usable.
-pub fn config_problem(url: &str) -> Option<String> {
-    if url.is_empty() || accept(url).is_some() {
-        return None;
-    }
-    Some(format!(
-        "\"{url}\" is not an http:// or https:// address of at most {MAX_STATUS_URL_LEN} characters without spaces or quotes"
-    ))
-}
-
-/// A status address received from a peer, if it is one worth showing:
-/// http(s), bounded, printable, nothing that could break out of an HTML
-/// attribute. Anything else is dropped (the page shows no link).
-pub fn accept(url: &str) -> Option<String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))?;
-    let printable = url
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && !b"\"'<>`\\".contains(&b));
-    let has_host = !rest.is_empty() && !rest.starts_with('/');
-    (url.len() <= MAX_STATUS_URL_LEN && printable && has_host).then(|| url.to_string())
 }
 
 /// `url` with a host that names no machine (`0.0.0.0`, `[::]`) replaced by
