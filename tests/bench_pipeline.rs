@@ -59,6 +59,8 @@ fn check_text(out: &str) {
                 "walrep",
                 "redis",
                 "us CPU/SET",
+                "redis-worker",
+                "walwriter",
                 "ratio",
                 "CPU ratio",
                 "load",
@@ -72,7 +74,13 @@ fn check_text(out: &str) {
             .unwrap_or_else(|| panic!("no table row for {pattern}:\n{out}"));
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!(cells[5].split(" / ").count(), 2, "a ratio per rep: {row}");
-        for i in [3, 4, 6, 7, 8, 9] {
+        assert!(
+            ["redis-worker", "redis-commit", "walwriter"]
+                .iter()
+                .all(|t| cells[8].contains(t)),
+            "walrep's CPU split by thread: {row}"
+        );
+        for i in [3, 4, 6, 7, 9, 10] {
             let n: f64 = cells[i]
                 .parse()
                 .unwrap_or_else(|_| panic!("column {i} of {row:?} is not a number"));
@@ -113,6 +121,18 @@ fn check_json(text: &str, out: &str) {
             );
             assert!(num(&s["cpu_per_set_us"]) > 0.0, "{c}");
         }
+        let threads = w["threads_cpu_per_set_us"].as_array().unwrap();
+        let names: Vec<&str> = threads.iter().map(|t| t[0].as_str().unwrap()).collect();
+        assert_eq!(names, ["redis-worker", "redis-commit", "walwriter"], "{c}");
+        assert!(
+            num(&threads[0][1]) > 0.0,
+            "the workers served the SETs: {c}"
+        );
+        assert!(threads.iter().all(|t| num(&t[1]) >= 0.0), "{c}");
+        assert_eq!(
+            r["threads_cpu_per_set_us"].as_array().map(Vec::len),
+            Some(0)
+        );
         let ratio = num(&w["load"]["rps"]) / num(&r["load"]["rps"]);
         assert!((num(&c["ratio"]) - ratio).abs() < 1e-9 * ratio, "{c}");
     }

@@ -45,6 +45,9 @@ const MIN_SLICE: u64 = 10_000;
 const MAX_SLICE: u64 = 100_000_000;
 /// Value size of the preloaded keys (the random patterns' `-d`).
 const PRELOAD_VALUE_BYTES: u32 = 16;
+/// walrep's threads whose CPU the report splits out, by name prefix: the
+/// connection loops, their commit waiters, the WAL writer.
+pub const WALREP_THREADS: [&str; 3] = ["redis-worker", "redis-commit", "walwriter"];
 
 /// The keys and values of one pattern's SETs.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -97,7 +100,7 @@ impl Pattern {
 }
 
 /// One server's measured slices of one pattern.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ServerRun {
     /// redis-benchmark's figures, the slices combined.
     pub load: LoadResult,
@@ -105,6 +108,17 @@ pub struct ServerRun {
     pub cpu_s: f64,
     /// `cpu_s` per request, in microseconds.
     pub cpu_per_set_us: f64,
+    /// walrep: CPU per request of each group of [`WALREP_THREADS`], in
+    /// microseconds (empty for Redis, one thread).
+    pub threads_cpu_per_set_us: Vec<(&'static str, f64)>,
+}
+
+/// CPU seconds a server used during one slice: the process, and walrep's
+/// thread groups.
+#[derive(Debug, Clone, Default)]
+struct CpuUsed {
+    process_s: f64,
+    threads_s: Vec<(&'static str, f64)>,
 }
 
 /// One pattern in one repetition, on both servers.
@@ -135,6 +149,8 @@ pub struct PipelineSummary {
     /// Their median.
     pub ratio: f64,
     pub walrep_cpu_per_set_us: f64,
+    /// Of which each of [`WALREP_THREADS`] (medians).
+    pub walrep_threads_cpu_per_set_us: Vec<(&'static str, f64)>,
     pub redis_cpu_per_set_us: f64,
     /// walrep / Redis CPU per SET, median over the repetitions.
     pub cpu_ratio: f64,
@@ -157,6 +173,8 @@ pub struct PipelineReport {
 struct Server {
     child: Child,
     port: u16,
+    /// Thread groups to split the CPU into ([`WALREP_THREADS`] or none).
+    threads: &'static [&'static str],
 }
 
 /// Run the scenario and print its table.
@@ -181,9 +199,17 @@ pub fn run(args: &BenchArgs) -> Result<PipelineReport, BenchError> {
     let mut cells = Vec::new();
     for rep in 1..=args.reps {
         let (child, port) = procs::start_walrep(&exe, &dir.join(format!("walrep-r{rep}")), "off")?;
-        let mut walrep = Server { child, port };
+        let mut walrep = Server {
+            child,
+            port,
+            threads: &WALREP_THREADS,
+        };
         let (child, port) = procs::start_redis(&dir.join(format!("redis-r{rep}")), "no")?;
-        let mut redis = Server { child, port };
+        let mut redis = Server {
+            child,
+            port,
+            threads: &[],
+        };
         let mut loaded = 0;
         for pattern in PATTERNS {
             if pattern.keyspace > loaded {
@@ -192,10 +218,11 @@ pub fn run(args: &BenchArgs) -> Result<PipelineReport, BenchError> {
             }
             let cell = measure(args, dir, (&mut walrep, &mut redis), pattern, rep)?;
             println!(
-                "  {:<12} rep {rep}: walrep {:>9.0}/s {:.3} us CPU/SET  redis {:>9.0}/s {:.3} us CPU/SET  ratio {:.2}  CPU ratio {:.2}  load {:.2}",
+                "  {:<12} rep {rep}: walrep {:>9.0}/s {:.3} us CPU/SET ({})  redis {:>9.0}/s {:.3} us CPU/SET  ratio {:.2}  CPU ratio {:.2}  load {:.2}",
                 pattern.name,
                 cell.walrep.load.rps,
                 cell.walrep.cpu_per_set_us,
+                split(&cell.walrep.threads_cpu_per_set_us),
                 cell.redis.load.rps,
                 cell.redis.cpu_per_set_us,
                 cell.ratio,
@@ -295,34 +322,73 @@ fn slice(
     requests: u64,
     limit: Duration,
     dir: &Path,
-) -> Result<(LoadResult, f64), BenchError> {
+) -> Result<(LoadResult, CpuUsed), BenchError> {
     let load = Load {
         port: server.port,
         clients: CLIENTS,
         keyspace: pattern.keyspace,
         value_bytes: pattern.value_bytes,
     };
-    let pid = server.child.pid();
-    let cpu = || {
-        cluster::process_cpu_s(pid)
-            .ok_or_else(|| BenchError::Server(format!("cannot read /proc/{pid}/stat")))
-    };
-    let before = cpu()?;
+    let before = cpu_used(server)?;
     let result = loadgen::run_pipelined(&load, requests, PIPELINE, limit, dir)?;
-    let after = cpu()?;
+    let after = cpu_used(server)?;
     server.child.check_alive()?;
-    Ok((result, after - before))
+    let used = CpuUsed {
+        process_s: after.process_s - before.process_s,
+        threads_s: after
+            .threads_s
+            .iter()
+            .zip(&before.threads_s)
+            .map(|(a, b)| (a.0, a.1 - b.1))
+            .collect(),
+    };
+    Ok((result, used))
+}
+
+/// CPU seconds the server has used so far, in all and per thread group.
+fn cpu_used(server: &Server) -> Result<CpuUsed, BenchError> {
+    let pid = server.child.pid();
+    let unreadable = || BenchError::Server(format!("cannot read /proc/{pid}/stat"));
+    let mut used = CpuUsed {
+        process_s: cluster::process_cpu_s(pid).ok_or_else(unreadable)?,
+        threads_s: Vec::new(),
+    };
+    for &prefix in server.threads {
+        let s = cluster::threads_cpu_s(pid, prefix).ok_or_else(unreadable)?;
+        used.threads_s.push((prefix, s));
+    }
+    Ok(used)
+}
+
+/// walrep's CPU split, as `redis-worker 0.40, walwriter 0.03`.
+fn split(threads: &[(&str, f64)]) -> String {
+    let parts: Vec<String> = threads
+        .iter()
+        .map(|(name, us)| format!("{name} {us:.3}"))
+        .collect();
+    parts.join(", ")
 }
 
 /// Slices of one server as one run.
-fn server_run(slices: &[(LoadResult, f64)]) -> ServerRun {
+fn server_run(slices: &[(LoadResult, CpuUsed)]) -> ServerRun {
     let loads: Vec<LoadResult> = slices.iter().map(|s| s.0).collect();
     let load = combine(&loads);
-    let cpu_s: f64 = slices.iter().map(|s| s.1).sum();
+    let per_set_us = |s: f64| s * 1e6 / load.requests as f64;
+    let cpu_s: f64 = slices.iter().map(|s| s.1.process_s).sum();
+    let groups = slices.first().map_or(&[][..], |s| &s.1.threads_s[..]);
+    let threads_cpu_per_set_us = groups
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let s: f64 = slices.iter().map(|x| x.1.threads_s[i].1).sum();
+            (*name, per_set_us(s))
+        })
+        .collect();
     ServerRun {
         load,
         cpu_s,
-        cpu_per_set_us: cpu_s * 1e6 / load.requests as f64,
+        cpu_per_set_us: per_set_us(cpu_s),
+        threads_cpu_per_set_us,
     }
 }
 
@@ -348,6 +414,10 @@ pub fn summarise(cells: &[PipelineCell]) -> Vec<PipelineSummary> {
             ratios: these.iter().map(|c| c.ratio).collect(),
             ratio,
             walrep_cpu_per_set_us: med(&|c| c.walrep.cpu_per_set_us),
+            walrep_threads_cpu_per_set_us: WALREP_THREADS
+                .iter()
+                .map(|&name| (name, med(&|c| thread_cpu(&c.walrep, name))))
+                .collect(),
             redis_cpu_per_set_us: med(&|c| c.redis.cpu_per_set_us),
             cpu_ratio: med(&|c| c.cpu_ratio),
             target,
@@ -357,10 +427,18 @@ pub fn summarise(cells: &[PipelineCell]) -> Vec<PipelineSummary> {
     out
 }
 
+/// CPU per SET of one of walrep's thread groups in a run (NaN if unread).
+fn thread_cpu(run: &ServerRun, name: &str) -> f64 {
+    run.threads_cpu_per_set_us
+        .iter()
+        .find(|t| t.0 == name)
+        .map_or(f64::NAN, |t| t.1)
+}
+
 /// The summaries as a Markdown table.
 pub fn table(summaries: &[PipelineSummary]) -> String {
     let mut t = String::from(
-        "| pattern | redis-benchmark | walrep req/s | Redis req/s | walrep / Redis per rep | median | walrep CPU µs/SET | Redis CPU µs/SET | CPU walrep / Redis | target |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| pattern | redis-benchmark | walrep req/s | Redis req/s | walrep / Redis per rep | median | walrep CPU µs/SET | of which | Redis CPU µs/SET | CPU walrep / Redis | target |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for s in summaries {
         let target = match (s.target, s.met) {
@@ -369,7 +447,7 @@ pub fn table(summaries: &[PipelineSummary]) -> String {
         };
         let per_rep: Vec<String> = s.ratios.iter().map(|r| format!("{r:.2}")).collect();
         t.push_str(&format!(
-            "| {} | `{}` | {:.0} | {:.0} | {} | {:.2} | {:.3} | {:.3} | {:.2} | {target} |\n",
+            "| {} | `{}` | {:.0} | {:.0} | {} | {:.2} | {:.3} | {} | {:.3} | {:.2} | {target} |\n",
             s.pattern,
             s.options,
             s.walrep_rps,
@@ -377,6 +455,7 @@ pub fn table(summaries: &[PipelineSummary]) -> String {
             per_rep.join(" / "),
             s.ratio,
             s.walrep_cpu_per_set_us,
+            split(&s.walrep_threads_cpu_per_set_us),
             s.redis_cpu_per_set_us,
             s.cpu_ratio
         ));
@@ -415,6 +494,7 @@ mod tests {
             },
             cpu_s: cpu_per_set_us * 1000.0 / 1e6,
             cpu_per_set_us,
+            threads_cpu_per_set_us: vec![("redis-worker", cpu_per_set_us / 2.0)],
         }
     }
 
@@ -447,7 +527,7 @@ mod tests {
         let t = table(&s);
         assert!(
             t.contains(
-                "| one-key | `-t set -P 32 -c 16 -d 3` | 110 | 100 | 0.90 / 1.20 / 1.10 | 1.10 |"
+                "| one-key | `-t set -P 32 -c 16 -d 3` | 110 | 100 | 0.90 / 1.20 / 1.10 | 1.10 | 0.500 | redis-worker 0.250, redis-commit NaN, walwriter NaN | 1.000 |"
             ),
             "{t}"
         );
@@ -466,7 +546,14 @@ mod tests {
             max_ms: 1.0,
             requests: 500_000,
         };
-        let run = server_run(&[(load(500_000.0), 0.4), (load(250_000.0), 0.6)]);
+        let used = |process_s, worker_s| CpuUsed {
+            process_s,
+            threads_s: vec![("redis-worker", worker_s), ("walwriter", 0.05)],
+        };
+        let run = server_run(&[
+            (load(500_000.0), used(0.4, 0.3)),
+            (load(250_000.0), used(0.6, 0.5)),
+        ]);
         assert_eq!(run.load.requests, 1_000_000);
         assert!((run.load.rps - 1_000_000.0 / 3.0).abs() < 1e-6);
         assert!(
@@ -474,5 +561,13 @@ mod tests {
             "{}",
             run.cpu_per_set_us
         );
+        let t = &run.threads_cpu_per_set_us;
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].0, "redis-worker");
+        assert!(
+            (t[0].1 - 0.8).abs() < 1e-9 && (t[1].1 - 0.1).abs() < 1e-9,
+            "{t:?}"
+        );
+        assert_eq!(split(t), "redis-worker 0.800, walwriter 0.100");
     }
 }
