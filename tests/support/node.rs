@@ -294,19 +294,25 @@ impl Drop for InProcessNode {
 /// Run the walrep binary with `args` (bounded: killed after
 /// [`PROCESS_DEADLINE`]); returns (success, stdout, stderr).
 pub fn walrep(args: &[&str]) -> (bool, String, String) {
+    walrep_within(args, PROCESS_DEADLINE)
+}
+
+/// [`walrep`] killed after `deadline` instead (a benchmark's short run);
+/// its output must fit the pipes (tens of kB).
+pub fn walrep_within(args: &[&str], deadline: Duration) -> (bool, String, String) {
     let mut child = Command::new(walrep_bin())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run walrep");
-    let end = Instant::now() + PROCESS_DEADLINE;
+    let end = Instant::now() + deadline;
     while child.try_wait().expect("wait").is_none() {
         if Instant::now() > end {
             let _ = child.kill();
             let out = child.wait_with_output().expect("collect output");
             panic!(
-                "walrep {args:?} did not finish within {PROCESS_DEADLINE:?}: {}",
+                "walrep {args:?} did not finish within {deadline:?}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }

@@ -403,6 +403,23 @@ pub fn thread_cpu_s(pid: u32, name: &str) -> Option<f64> {
     total
 }
 
+/// CPU seconds of the threads of process `pid` whose name starts with
+/// `prefix` (`redis-worker` for every `redis-worker-N`), from /proc; 0
+/// when none has that name.
+pub fn threads_cpu_s(pid: u32, prefix: &str) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0.0;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.starts_with(prefix) {
+            // A thread that exits meanwhile takes its CPU with it.
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            total += cpu_from_stat(&stat).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
 /// utime + stime of a `/proc/.../stat` line, in seconds (USER_HZ = 100).
 fn cpu_from_stat(stat: &str) -> Option<f64> {
     // The command name may contain spaces: fields are counted after ')'.

@@ -30,6 +30,8 @@ pub struct LoadResult {
 pub struct Load {
     pub port: u16,
     pub clients: u32,
+    /// Keys are random over this many (`-r`); 0 leaves `-r` out, so every
+    /// request goes to redis-benchmark's one key.
     pub keyspace: u64,
     pub value_bytes: u32,
 }
@@ -121,11 +123,13 @@ fn run_test_with(
         .args(["-t", test, "--csv"])
         .args(["-c", &load.clients.to_string()])
         .args(["-n", &requests.to_string()])
-        .args(["-r", &load.keyspace.to_string()])
         .args(["-d", &load.value_bytes.to_string()])
         .args(extra)
         .stdout(out)
         .stderr(Stdio::null());
+    if load.keyspace > 0 {
+        cmd.args(["-r", &load.keyspace.to_string()]);
+    }
     let mut child = Child::spawn("redis-benchmark", &mut cmd)?;
     let deadline = Instant::now() + limit;
     while !child.exited()? {

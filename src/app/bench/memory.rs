@@ -149,17 +149,7 @@ fn measure(
 ) -> Result<MemoryCell, BenchError> {
     let before = rss_kb(child.pid())?;
     let started = Instant::now();
-    std::thread::scope(|s| {
-        let loaders: Vec<_> = (0..LOADERS)
-            .map(|i| {
-                let (from, to) = (keys * i / LOADERS, keys * (i + 1) / LOADERS);
-                s.spawn(move || load(port, from..to, value_bytes as usize))
-            })
-            .collect();
-        loaders
-            .into_iter()
-            .try_for_each(|l| l.join().expect("a loader panicked"))
-    })?;
+    load_keys(port, 0..keys, value_bytes)?;
     let load_s = started.elapsed().as_secs_f64();
     let dbsize = procs::query(port, b"DBSIZE\r\n")?;
     if dbsize.trim() != format!(":{keys}") {
@@ -177,6 +167,28 @@ fn measure(
         rss_after_kb: after,
         bytes_per_key: after.saturating_sub(before) as f64 * 1024.0 / keys as f64,
         load_s,
+    })
+}
+
+/// SET `key:%012d` (redis-benchmark's `-r` keys) for every number of
+/// `keys` to a value of `value_bytes` bytes, over [`LOADERS`] pipelined
+/// connections, every reply checked: the same load for every server.
+pub(crate) fn load_keys(
+    port: u16,
+    keys: std::ops::Range<u64>,
+    value_bytes: u32,
+) -> Result<(), BenchError> {
+    let (start, n) = (keys.start, keys.end.saturating_sub(keys.start));
+    std::thread::scope(|s| {
+        let loaders: Vec<_> = (0..LOADERS)
+            .map(|i| {
+                let (from, to) = (start + n * i / LOADERS, start + n * (i + 1) / LOADERS);
+                s.spawn(move || load(port, from..to, value_bytes as usize))
+            })
+            .collect();
+        loaders
+            .into_iter()
+            .try_for_each(|l| l.join().expect("a loader panicked"))
     })
 }
 

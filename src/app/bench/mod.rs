@@ -23,6 +23,9 @@
 //! - `redis`: redis-benchmark's own test set (strings, lists, sets,
 //!   hashes) against walrep `local` and Redis 7 `appendfsync always` in
 //!   the same run.
+//! - `pipeline`: pipelined SET (`-P 32`, 16 clients) on one key and on
+//!   random keys against walrep `off` and Redis 7 `appendfsync no` in the
+//!   same run: requests/s, ratios and CPU per SET;
 //! - `backup`: `walrep basebackup` MB/s with `--jobs` 1, 2, 4, and a
 //!   two-phase copy's time to the new standby's first flush report;
 //! - `memory`: RSS per key of walrep and Redis 7 loaded with the same
@@ -60,6 +63,7 @@
 //! - [`figures`]: their figures, ratios, targets and probe tables.
 //! - [`wal_micro`]: the `wal` scenario; [`suite`]: the `redis` scenario.
 //! - [`failover`]: the `failover` soak; [`memory`]: the `memory` scenario.
+//! - [`pipeline`]: the `pipeline` scenario.
 //! - [`failover`]: the `failover` soak; [`scaling`]: the `scaling` scenario.
 //! - [`ha`]: the `ha` soak; [`soak`]: what it shares with `failover`.
 //!
@@ -81,6 +85,7 @@ pub mod lag;
 pub mod loadgen;
 pub mod memory;
 pub mod pg;
+pub mod pipeline;
 pub mod procs;
 pub mod promote;
 pub mod redo;
@@ -191,6 +196,9 @@ pub enum Scenario {
     Tls,
     /// redis-benchmark's test set against walrep and Redis 7.
     Redis,
+    /// Pipelined SET (`-P 32`, 16 clients) against walrep `off` and Redis 7
+    /// `appendfsync no`: requests/s and CPU per SET.
+    Pipeline,
     /// A soak: SIGKILL the primary under load, promote, check every
     /// acknowledged write, bring the old primary back; `--rounds` times.
     Failover,
@@ -226,6 +234,7 @@ impl Scenario {
             Scenario::Wal => "wal",
             Scenario::Tls => "tls",
             Scenario::Redis => "redis",
+            Scenario::Pipeline => "pipeline",
             Scenario::Failover => "failover",
             Scenario::Backup => "backup",
             Scenario::Memory => "memory",
@@ -278,7 +287,8 @@ pub struct BenchArgs {
     /// What to measure, comma-separated: commit, stream, catchup,
     /// archive-replay, lag, chain (replay lag per hop of a cascade), promote, sync, replication (all the replication
     /// scenarios), wal (the WAL writer alone), tls (TLS cost), redis
-    /// (redis-benchmark's test set against walrep and Redis 7), backup,
+    /// (redis-benchmark's test set against walrep and Redis 7), pipeline
+    /// (pipelined SET beside Redis 7 `appendfsync no`), backup,
     /// failover, ha (automatic failover on etcd), memory (RSS per key beside Redis 7), checkpoint (commit
     /// p99 during checkpoints), restart (kill -9 to the first read, beside
     /// Redis 7 with AOF) or scaling (how cost grows with standbys, keys and
@@ -477,6 +487,8 @@ pub struct RunReport {
     pub failover: Option<failover::FailoverReport>,
     /// The `memory` scenario.
     pub memory: Option<memory::MemoryReport>,
+    /// The `pipeline` scenario.
+    pub pipeline: Option<pipeline::PipelineReport>,
     /// The `ha` soak.
     pub ha: Option<ha::HaReport>,
 }
@@ -516,6 +528,11 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     } else {
         None
     };
+    let pipeline = if scenarios.contains(&Scenario::Pipeline) {
+        Some(pipeline::run(args)?)
+    } else {
+        None
+    };
     let ha = if scenarios.contains(&Scenario::Ha) {
         Some(ha::run(args)?)
     } else {
@@ -533,6 +550,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
                     | Scenario::Redis
                     | Scenario::Failover
                     | Scenario::Memory
+                    | Scenario::Pipeline
                     | Scenario::Ha
             )
         })
@@ -549,6 +567,7 @@ pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
         redis,
         failover,
         memory,
+        pipeline,
         ha,
     })
 }

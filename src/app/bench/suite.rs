@@ -143,7 +143,7 @@ pub fn run(args: &BenchArgs) -> Result<SuiteReport, BenchError> {
 /// machines changes speed within seconds, and short alternating slices
 /// (walrep first in odd rounds, Redis first in even ones) give both
 /// servers the same disk.
-const ROUNDS: u64 = 4;
+pub(crate) const ROUNDS: u64 = 4;
 
 /// One test at one client count: calibrate on walrep, then the same runs
 /// on both servers, in alternating slices.
@@ -200,7 +200,7 @@ fn measure(
 
 /// Runs of equal size as one: requests over total time, the median of
 /// the latencies.
-fn combine(runs: &[LoadResult]) -> LoadResult {
+pub(crate) fn combine(runs: &[LoadResult]) -> LoadResult {
     let requests: u64 = runs.iter().map(|r| r.requests).sum();
     let secs: f64 = runs.iter().map(|r| r.requests as f64 / r.rps).sum();
     let med = |f: fn(&LoadResult) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
