@@ -404,7 +404,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => {
             crate::app::logging::init("warn");
-            let report = crate::app::bench::run(&args)?;
+            let report = crate::app::bench::run(&args);
+            // Interrupted: the signal thread stops what the run started
+            // and exits with 128 + the signal; its error is no news.
+            crate::app::bench::interrupt::exit_if_interrupted();
+            let report = report?;
             if let Some(path) = &args.json {
                 crate::app::bench::write_json(&report, path)?;
                 println!("JSON written to {}", path.display());

@@ -75,11 +75,7 @@ pub fn run(args: &BenchArgs) -> Result<FailoverReport, BenchError> {
     let rounds = args.rounds.unwrap_or(10);
     let started = Instant::now();
     let seed = args.seed.unwrap_or_else(clock_seed);
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let run_dir = tempfile::Builder::new()
-        .prefix("walrep-bench-failover-")
-        .tempdir_in(&base)
-        .map_err(|e| BenchError::io(format!("create a directory in {}", base.display()), e))?;
+    let run_dir = super::RunDir::create(args, "walrep-bench-failover-")?;
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
     println!(
         "walrep bench --scenario failover: {} rounds, {} clients at synchronous_commit=on, seed {seed} \

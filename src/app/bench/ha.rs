@@ -177,11 +177,7 @@ pub fn run(args: &BenchArgs) -> Result<HaReport, BenchError> {
     let etcd_bin = etcd_binary()?;
     let rounds = args.rounds.unwrap_or(50);
     let seed = args.seed.unwrap_or_else(clock_seed);
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let run_dir = tempfile::Builder::new()
-        .prefix("walrep-bench-ha-")
-        .tempdir_in(&base)
-        .map_err(|e| BenchError::io(format!("create a directory in {}", base.display()), e))?;
+    let run_dir = super::RunDir::create(args, "walrep-bench-ha-")?;
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
     println!(
         "walrep bench --scenario ha: {rounds} automatic failovers and a switchover after every \

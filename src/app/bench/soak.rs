@@ -343,16 +343,13 @@ fn run_tool(tool: &str, args: &[&str]) -> Result<(), BenchError> {
 /// the run when the history checker found a lost write or a violation.
 pub fn verdict(
     keep: bool,
-    run_dir: tempfile::TempDir,
+    run_dir: super::RunDir,
     what: &str,
     lost: usize,
     violations: usize,
     seed: u64,
 ) -> Result<(), BenchError> {
-    if keep {
-        let kept = run_dir.keep();
-        println!("data directories and logs kept in {}", kept.display());
-    }
+    run_dir.finish(keep);
     if lost > 0 || violations > 0 {
         return Err(BenchError::Server(format!(
             "{what} failed ({lost} lost, {violations} violations; seed {seed})"
