@@ -29,24 +29,20 @@
 mod support;
 
 use std::fs;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::etcd::EtcdCluster;
-use support::netns::{spawn_in, Net, NetNode, REDIS_PORT, REPLICATION_PORT};
-use support::node::{walrep, walrep_bin};
+use support::ha::{member_settings, FENCE_MARGIN_S, LOOP_WAIT_S, TTL_S};
+use support::netns::{init_primary, spawn_in, Net, NetNode, REDIS_PORT};
 use support::resp::{CallError, Resp, Value};
 use support::wait_for;
-use support::workload::{converged, final_state};
+use support::workload::{converged, final_state, ClientWrites};
 use walrep::ha::dcs::{cluster_prefix, Dcs};
 use walrep::ha::etcd::{EtcdClient, EtcdConfig, EtcdDcs};
 use walrep::history::{History, Outcome, Write};
 
-const TTL_S: u64 = 6;
-const LOOP_WAIT_S: u64 = 1;
-const FENCE_MARGIN_S: u64 = 2;
 /// Walrep nodes n0..n2 are namespaces 0..2; etcd members e1..e3 are 3..5.
 const NODES: usize = 3;
 const ETCD: [usize; 3] = [3, 4, 5];
@@ -57,21 +53,9 @@ const FAULT_DEADLINE: Duration = Duration::from_secs(60);
 /// unknown) and tries the next node.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Member `name`'s settings, with the HA tests' timing ([`TTL_S`] …).
 fn ha_settings(etcd: &EtcdCluster, name: &str) -> Vec<String> {
-    vec![
-        "ha_enabled=on".into(),
-        format!("ha_endpoints={}", etcd.endpoint_list()),
-        format!("ha_cluster_name={CLUSTER}"),
-        format!("ha_name={name}"),
-        format!("ha_ttl={TTL_S}s"),
-        format!("ha_loop_wait={LOOP_WAIT_S}s"),
-        "ha_retry_timeout=1s".into(),
-        format!("ha_fence_margin={FENCE_MARGIN_S}s"),
-        "synchronous_standby_names=FIRST 1 (n0, n1, n2)".into(),
-        "synchronous_commit=on".into(),
-        "wal_retrieve_retry_interval=200ms".into(),
-        "wal_receiver_timeout=5s".into(),
-    ]
+    member_settings(etcd, CLUSTER, name, &["n0", "n1", "n2"])
 }
 
 /// Fields drop in order: nodes, then etcd, then the files, the network
@@ -91,9 +75,7 @@ fn cluster() -> Option<Cluster> {
     let etcd = EtcdCluster::start_in(&net, &ETCD)?;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("n0");
-    let (ok, out, err) = walrep(&["init", dir.to_str().unwrap(), "--wal-segment-size", "1MB"]);
-    assert!(ok, "walrep init: {out}{err}");
-    allow_test_network(&dir);
+    init_primary(&dir);
     let n0 = NetNode::start(&net, 0, "n0", &dir, &ha_settings(&etcd, "n0"));
     let mut c = Cluster {
         nodes: vec![n0],
@@ -117,40 +99,15 @@ fn cluster() -> Option<Cluster> {
     Some(c)
 }
 
-/// Replication connections from the test network are trusted (its
-/// addresses exist only inside the test's namespaces); standbys copy it.
-fn allow_test_network(dir: &Path) {
-    let conf = dir.join("walrep.toml");
-    let mut text = fs::read_to_string(&conf).unwrap();
-    text.push_str("\n[[hba]]\naddress = \"198.51.100.0/24\"\nmethod = \"trust\"\n");
-    fs::write(&conf, text).unwrap();
-}
-
 impl Cluster {
     /// Standby `n<i>` in namespace `i`, copied from `n0` over the test
     /// network, started under HA.
     fn standby(&mut self, i: usize) {
         let name = format!("n{i}");
         let dir = self.tmp.path().join(&name);
-        let out = self
-            .net
-            .command(&self.net.ns(i), walrep_bin())
-            .args(["basebackup", "--from"])
-            .arg(format!("{}:{REPLICATION_PORT}", self.net.addr(0)))
-            .arg("-D")
-            .arg(&dir)
-            .args(["--write-standby-config", "--application-name", &name])
-            // The leader changes; a slot made on n0 would not exist on the
-            // next one (the HA loop does not manage slots yet).
-            .arg("--no-slot")
-            .output()
-            .expect("run walrep basebackup");
-        assert!(
-            out.status.success(),
-            "walrep basebackup in {}: {}",
-            self.net.ns(i),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // The leader changes; a slot made on n0 would not exist on the
+        // next one (the HA loop does not manage slots yet).
+        self.net.basebackup(i, 0, &dir, &name);
         let settings = ha_settings(&self.etcd, &name);
         let node = NetNode::start(&self.net, i, &name, &dir, &settings);
         self.nodes.push(node);
@@ -327,57 +284,27 @@ const KEYS_PER_CLIENT: u64 = 20;
 
 impl Client {
     fn run(self) {
-        let (mut generation, mut seq, mut at) = (0u64, 0u64, 0usize);
+        let mut writes =
+            ClientWrites::new(self.id, &self.history, self.start, KEYS_PER_CLIENT, "on");
+        let mut at = 0usize;
         let mut conn: Option<(Resp, u32)> = None;
-        // Failures in a row: counted, each backing off a little more.
-        let mut retries = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
             let (node, addr) = &self.targets[at % self.targets.len()];
             let Some((resp, timeline)) = conn.as_mut() else {
                 conn = connect(addr);
                 if conn.is_none() {
                     at += 1;
-                    retries += 1;
-                    std::thread::sleep(Duration::from_millis(20 * retries.min(10)));
+                    writes.back_off();
                 }
                 continue;
             };
-            let key = format!("c{}g{generation}k{}", self.id, seq % KEYS_PER_CLIENT);
-            let value = format!("c{}g{generation}s{seq}", self.id);
-            let id = self.history.lock().unwrap().invoke(Write {
-                client: self.id,
-                node: node.clone(),
-                timeline: *timeline,
-                key: key.clone(),
-                seq: seq / KEYS_PER_CLIENT,
-                value: value.clone(),
-                level: "on".into(),
-                invoked: self.start.elapsed(),
-                completed: None,
-                outcome: Outcome::Pending,
+            let (_, _, outcome) = writes.write(node, *timeline, |key, value| {
+                classify(resp.call(&["SET", key, value]))
             });
-            let outcome = classify(resp.call(&["SET", &key, &value]));
-            let (ok, definite) = (
-                outcome == Outcome::Ok,
-                !matches!(outcome, Outcome::Unknown(_)),
-            );
-            self.history
-                .lock()
-                .unwrap()
-                .complete(id, outcome, self.start.elapsed());
-            if ok {
-                retries = 0;
-            } else {
+            if outcome != Outcome::Ok {
                 conn = None;
                 at += 1;
-                retries += 1;
-                std::thread::sleep(Duration::from_millis(20 * retries.min(10)));
-            }
-            if definite {
-                seq += 1;
-            } else {
-                generation += 1;
-                seq = 0;
+                writes.back_off();
             }
         }
     }

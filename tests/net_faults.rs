@@ -12,13 +12,12 @@
 
 mod support;
 
-use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::delay::DelayRelay;
-use support::netns::{Net, NetNode, Peer, REPLICATION_PORT};
-use support::node::{walrep, walrep_bin};
+use support::netns::{init_primary, Net, NetNode, Peer, REPLICATION_PORT};
+use support::node::walrep;
 use support::process::ChildGuard;
 use support::wait_for;
 use support::workload::{converged, final_state, Spec, Target, Workload};
@@ -39,24 +38,13 @@ fn cluster(nodes: usize, primary_settings: &[String]) -> Cluster {
     let net = Net::create(nodes);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("n0");
-    let (ok, out, err) = walrep(&["init", dir.to_str().unwrap(), "--wal-segment-size", "1MB"]);
-    assert!(ok, "walrep init: {out}{err}");
-    allow_test_network(&dir);
+    init_primary(&dir);
     let primary = NetNode::start(&net, 0, "n0", &dir, primary_settings);
     Cluster {
         net,
         tmp,
         nodes: vec![primary],
     }
-}
-
-/// Replication connections from the test network are trusted (its
-/// addresses exist only inside the test's namespaces).
-fn allow_test_network(dir: &Path) {
-    let conf = dir.join("walrep.toml");
-    let mut text = fs::read_to_string(&conf).unwrap();
-    text.push_str("\n[[hba]]\naddress = \"198.51.100.0/24\"\nmethod = \"trust\"\n");
-    fs::write(&conf, text).unwrap();
 }
 
 impl Cluster {
@@ -66,22 +54,7 @@ impl Cluster {
     fn standby(&mut self, i: usize, from: usize, settings: &[String]) {
         let name = format!("n{i}");
         let dir = self.tmp.path().join(&name);
-        let mut cmd = self.net.command(&self.net.ns(i), walrep_bin());
-        cmd.args(["basebackup", "--from"])
-            .arg(format!("{}:{REPLICATION_PORT}", self.net.addr(from)))
-            .arg("-D")
-            .arg(&dir)
-            .args(["--write-standby-config", "--application-name", &name])
-            // Standbys here follow promoted nodes, which never had a slot
-            // made on the node they were copied from.
-            .arg("--no-slot");
-        let out = cmd.output().expect("run walrep basebackup");
-        assert!(
-            out.status.success(),
-            "walrep basebackup in {}: {}",
-            self.net.ns(i),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.net.basebackup(i, from, &dir, &name);
         let mut s = vec!["wal_retrieve_retry_interval=200ms".to_string()];
         s.extend(settings.iter().cloned());
         let node = NetNode::start(&self.net, i, &name, &dir, &s);

@@ -404,7 +404,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => {
             crate::app::logging::init("warn");
-            let report = crate::app::bench::run(&args)?;
+            let report = crate::app::bench::run(&args);
+            // Interrupted: the signal thread stops what the run started
+            // and exits with 128 + the signal; its error is no news.
+            crate::app::bench::interrupt::exit_if_interrupted();
+            let report = report?;
             if let Some(path) = &args.json {
                 crate::app::bench::write_json(&report, path)?;
                 println!("JSON written to {}", path.display());
@@ -591,12 +595,7 @@ fn status(datadir: &std::path::Path) -> anyhow::Result<String> {
         ));
     }
     for l in info.lines().filter(|l| l.starts_with("slave")) {
-        let kv = |k: &str| {
-            l.split(&format!("{k}="))
-                .nth(1)
-                .and_then(|v| v.split(',').next())
-                .unwrap_or("")
-        };
+        let kv = |k: &str| list_field(l, k);
         out.push_str(&format!(
             "standby:   {} {} {} flush {} replay {}\n",
             kv("application_name"),
@@ -607,12 +606,7 @@ fn status(datadir: &std::path::Path) -> anyhow::Result<String> {
         ));
     }
     for l in info.lines().filter(|l| l.starts_with("slot")) {
-        let kv = |k: &str| {
-            l.split(&format!("{k}="))
-                .nth(1)
-                .and_then(|v| v.split(',').next())
-                .unwrap_or("")
-        };
+        let kv = |k: &str| list_field(l, k);
         out.push_str(&format!(
             "slot:      {} {} restart {}{}\n",
             kv("name"),
@@ -652,6 +646,16 @@ fn status(datadir: &std::path::Path) -> anyhow::Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// The value of `key` in an INFO list line such as `slave0:ip=…,state=…`
+/// (empty when absent): the standby and slot lines of `walrep status`.
+fn list_field<'a>(line: &'a str, key: &str) -> &'a str {
+    let pairs = line.split_once(':').map_or(line, |(_, pairs)| pairs);
+    pairs
+        .split(',')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or("")
 }
 
 /// `walrep promote`: write the request file the standby's trigger watcher
@@ -954,4 +958,23 @@ fn resetwal(datadir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::list_field;
+
+    #[test]
+    fn list_fields_are_found_whole_and_absent_ones_are_empty() {
+        let line = "slave0:application_name=s1,state=streaming,sync_state=sync";
+        assert_eq!(list_field(line, "application_name"), "s1");
+        assert_eq!(list_field(line, "state"), "streaming");
+        assert_eq!(list_field(line, "sync_state"), "sync");
+        // `name` is not the tail of `application_name`.
+        assert_eq!(list_field(line, "name"), "");
+        assert_eq!(
+            list_field("slot0:name=walrep_s1,active=1", "name"),
+            "walrep_s1"
+        );
+    }
 }

@@ -30,16 +30,28 @@ pub const CLUSTER: &str = "failover";
 
 /// The settings of member `name` of a test cluster on `etcd`.
 pub fn ha_settings(etcd: &EtcdCluster, name: &str) -> Vec<String> {
+    member_settings(etcd, CLUSTER, name, &["n1", "n2", "n3"])
+}
+
+/// The settings of member `name` of the HA cluster `cluster` on `etcd`
+/// whose members are `members` (any of them the synchronous standby), with
+/// the test clusters' timing.
+pub fn member_settings(
+    etcd: &EtcdCluster,
+    cluster: &str,
+    name: &str,
+    members: &[&str],
+) -> Vec<String> {
     vec![
         "ha_enabled=on".into(),
         format!("ha_endpoints={}", etcd.endpoint_list()),
-        format!("ha_cluster_name={CLUSTER}"),
+        format!("ha_cluster_name={cluster}"),
         format!("ha_name={name}"),
         format!("ha_ttl={TTL_S}s"),
         format!("ha_loop_wait={LOOP_WAIT_S}s"),
         "ha_retry_timeout=1s".into(),
         format!("ha_fence_margin={FENCE_MARGIN_S}s"),
-        "synchronous_standby_names=FIRST 1 (n1, n2, n3)".into(),
+        format!("synchronous_standby_names=FIRST 1 ({})", members.join(", ")),
         "synchronous_commit=on".into(),
         "wal_retrieve_retry_interval=200ms".into(),
         "wal_receiver_timeout=5s".into(),

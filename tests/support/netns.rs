@@ -243,6 +243,29 @@ impl Net {
         command_in(ns, program)
     }
 
+    /// `walrep basebackup -R --no-slot` of node `from` into `dir`, run in
+    /// node `i`'s namespace over the test network, as standby `name`. No
+    /// slot: standbys here follow promoted nodes, which never had a slot
+    /// made on the node they were copied from.
+    pub fn basebackup(&self, i: usize, from: usize, dir: &Path, name: &str) {
+        let out = self
+            .command(&self.ns(i), walrep_bin())
+            .args(["basebackup", "--from"])
+            .arg(format!("{}:{REPLICATION_PORT}", self.addr(from)))
+            .arg("-D")
+            .arg(dir)
+            .args(["--write-standby-config", "--application-name", name])
+            .arg("--no-slot")
+            .output()
+            .expect("run walrep basebackup");
+        assert!(
+            out.status.success(),
+            "walrep basebackup in {}: {}",
+            self.ns(i),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A client connection from the hub to node `i`'s Redis port.
     pub fn client(&self, i: usize) -> Resp {
         let addr = format!("{}:{REDIS_PORT}", self.addr(i));
@@ -361,6 +384,21 @@ fn nft(ns: &str, rule: &str) {
     let mut args = vec!["netns", "exec", ns, "nft"];
     args.extend(rule.split(' '));
     run("ip", &args);
+}
+
+/// `walrep init` of a first primary in `dir` (1 MB segments) whose
+/// replication connections from the test network are trusted (its
+/// addresses exist only inside the test's namespaces); standbys copy that.
+pub fn init_primary(dir: &Path) {
+    let (ok, out, err) =
+        super::node::walrep(&["init", dir.to_str().unwrap(), "--wal-segment-size", "1MB"]);
+    assert!(ok, "walrep init: {out}{err}");
+    let conf = dir.join("walrep.toml");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "\n[[hba]]\naddress = \"{SUBNET}.0/24\"\nmethod = \"trust\"\n"
+    ));
+    fs::write(&conf, text).unwrap();
 }
 
 /// A `walrep start` process in node `index`'s namespace, listening on its

@@ -109,20 +109,36 @@ pub fn read_pid(path: &Path) -> Option<u32> {
 /// The command lines of the running processes whose command line contains
 /// `needle` (as `pgrep -f`, without needing procps).
 pub fn processes_running(needle: &str) -> Vec<String> {
+    processes(needle)
+        .into_iter()
+        .map(|(_, line)| line)
+        .collect()
+}
+
+/// The pids of the running processes whose command line contains
+/// `needle` (as `pgrep -f`).
+pub fn pids_running(needle: &str) -> Vec<u32> {
+    processes(needle).into_iter().map(|(pid, _)| pid).collect()
+}
+
+/// (pid, command line) of the running processes whose command line
+/// contains `needle`.
+fn processes(needle: &str) -> Vec<(u32, String)> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
-        .map(|raw| {
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let raw = fs::read(e.path().join("cmdline")).ok()?;
             // Arguments are NUL-separated; a zombie's command line is empty.
-            String::from_utf8_lossy(&raw)
+            let line = String::from_utf8_lossy(&raw)
                 .split('\0')
                 .filter(|a| !a.is_empty())
                 .collect::<Vec<_>>()
-                .join(" ")
+                .join(" ");
+            Some((pid, line))
         })
-        .filter(|line| line.contains(needle))
+        .filter(|(_, line)| line.contains(needle))
         .collect()
 }

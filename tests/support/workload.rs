@@ -173,65 +173,128 @@ fn connect(shared: &Shared, spec: &Spec) -> Option<Conn> {
 /// key's writes are a sequence on one connection with at most one
 /// indeterminate write at its end.
 fn client(c: usize, shared: &Shared, spec: &Spec) {
-    let (mut generation, mut seq) = (0u64, 0u64);
+    let mut writes = ClientWrites::new(
+        c,
+        &shared.history,
+        shared.start,
+        spec.keys_per_client as u64,
+        spec.level,
+    );
     let mut conn: Option<Conn> = None;
     let mut reader: Option<Resp> = None;
-    // Failed connects and refused writes in a row: counted, each backing
-    // off a little more (the target may be restarting or not promoted yet).
-    let mut retries = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         let Some(cn) = conn.as_mut() else {
             conn = connect(shared, spec);
             if conn.is_none() {
-                retries += 1;
-                std::thread::sleep(Duration::from_millis(20 * retries.min(10)));
+                // The target may be restarting or not promoted yet.
+                writes.back_off();
             }
             continue;
         };
-        let key = format!("c{c}g{generation}k{}", seq % spec.keys_per_client as u64);
-        let value = format!("c{c}g{generation}s{seq}");
-        let id = shared.history.lock().unwrap().invoke(Write {
-            client: c,
-            node: cn.node.clone(),
-            timeline: cn.timeline,
-            key: key.clone(),
-            seq: seq / spec.keys_per_client as u64,
-            value: value.clone(),
-            level: spec.level.to_string(),
-            invoked: shared.start.elapsed(),
-            completed: None,
-            outcome: Outcome::Pending,
+        let (id, key, outcome) = writes.write(&cn.node, cn.timeline, |key, value| {
+            match cn.resp.call(&["SET", key, value]) {
+                Ok(Value::Status(s)) if s == "OK" => Outcome::Ok,
+                Ok(other) => Outcome::Unknown(format!("unexpected reply {other:?}")),
+                Err(CallError::Server(e)) if refused(&e) => Outcome::Fail(e),
+                Err(e) => Outcome::Unknown(e.to_string()),
+            }
         });
-        let reply = cn.resp.call(&["SET", &key, &value]);
-        let outcome = match reply {
-            Ok(Value::Status(s)) if s == "OK" => Outcome::Ok,
-            Ok(other) => Outcome::Unknown(format!("unexpected reply {other:?}")),
-            Err(CallError::Server(e)) if refused(&e) => Outcome::Fail(e),
-            Err(e) => Outcome::Unknown(e.to_string()),
-        };
-        let ok = outcome == Outcome::Ok;
-        let definite = !matches!(outcome, Outcome::Unknown(_));
-        shared
-            .history
-            .lock()
-            .unwrap()
-            .complete(id, outcome, shared.start.elapsed());
-        if ok {
+        if outcome == Outcome::Ok {
             if let Some(t) = &spec.read_back_on {
                 read_back(shared, t, &mut reader, id, &key);
             }
-            retries = 0;
         } else {
             conn = None;
-            retries += 1;
-            std::thread::sleep(Duration::from_millis(20 * retries.min(10)));
+            writes.back_off();
         }
-        if definite {
-            seq += 1;
+    }
+}
+
+/// One client's writes: keys `c<id>g<generation>k<i>`, values unique by
+/// sequence, each recorded in a history when sent and when answered. After
+/// an unknown outcome a new generation of keys begins, so each key's writes
+/// are a sequence with at most one indeterminate write at its end.
+pub struct ClientWrites<'a> {
+    id: usize,
+    history: &'a Mutex<History>,
+    start: Instant,
+    keys_per_client: u64,
+    level: &'a str,
+    generation: u64,
+    seq: u64,
+    /// Failed connects and writes in a row: counted, each backing off a
+    /// little more.
+    retries: u64,
+}
+
+impl<'a> ClientWrites<'a> {
+    /// Client `id`'s writes at `level` (`synchronous_commit`), cycling
+    /// through `keys_per_client` keys, recorded in `history` on the clock
+    /// that began at `start`.
+    pub fn new(
+        id: usize,
+        history: &'a Mutex<History>,
+        start: Instant,
+        keys_per_client: u64,
+        level: &'a str,
+    ) -> ClientWrites<'a> {
+        ClientWrites {
+            id,
+            history,
+            start,
+            keys_per_client,
+            level,
+            generation: 0,
+            seq: 0,
+            retries: 0,
+        }
+    }
+
+    /// The next write to `node` (on `timeline`), sent by `set(key, value)`
+    /// and recorded; (its id in the history, its key, its outcome).
+    pub fn write(
+        &mut self,
+        node: &str,
+        timeline: u32,
+        set: impl FnOnce(&str, &str) -> Outcome,
+    ) -> (usize, String, Outcome) {
+        let (c, g, seq) = (self.id, self.generation, self.seq);
+        let key = format!("c{c}g{g}k{}", seq % self.keys_per_client);
+        let value = format!("c{c}g{g}s{seq}");
+        let id = self.history.lock().unwrap().invoke(Write {
+            client: c,
+            node: node.to_string(),
+            timeline,
+            key: key.clone(),
+            seq: seq / self.keys_per_client,
+            value: value.clone(),
+            level: self.level.to_string(),
+            invoked: self.start.elapsed(),
+            completed: None,
+            outcome: Outcome::Pending,
+        });
+        let outcome = set(&key, &value);
+        self.history
+            .lock()
+            .unwrap()
+            .complete(id, outcome.clone(), self.start.elapsed());
+        if outcome == Outcome::Ok {
+            self.retries = 0;
+        }
+        if matches!(outcome, Outcome::Unknown(_)) {
+            self.generation += 1;
+            self.seq = 0;
         } else {
-            generation += 1;
-            seq = 0;
+            self.seq += 1;
         }
+        (id, key, outcome)
+    }
+
+    /// After a failed connect or write: wait a little longer for each
+    /// failure in a row (20 ms more each, at most 200 ms).
+    pub fn back_off(&mut self) {
+        self.retries += 1;
+        std::thread::sleep(Duration::from_millis(20 * self.retries.min(10)));
     }
 }
 

@@ -6,7 +6,9 @@
 //!
 //! A script runs in its own process group under a time bound; on timeout or
 //! error the group is killed and `pg_ctl stop -m immediate` is run on the
-//! script's clusters, so no PostgreSQL outlives the benchmark.
+//! script's clusters, so no PostgreSQL outlives the benchmark. The group is
+//! registered with [`interrupt`], which does the same when SIGINT or
+//! SIGTERM interrupts the run.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::interrupt;
 use super::procs::free_port;
 use super::BenchError;
 
@@ -65,14 +68,21 @@ pub fn run_script(
     for (k, v) in env {
         cmd.env(k, v);
     }
+    super::procs::die_with_bench(&mut cmd);
     let started = Instant::now();
-    let child = cmd
-        .spawn()
-        .map_err(|e| BenchError::io(format!("run {}", path.display()), e))?;
+    let (child, registered) = interrupt::start(
+        || {
+            cmd.spawn()
+                .map_err(|e| BenchError::io(format!("run {}", path.display()), e))
+        },
+        // process_group(0): the group's id is the script's pid.
+        |c| interrupt::Entry::Group(c.id() as libc::pid_t),
+    )?;
     let mut guard = GroupGuard {
         child,
         base: base.to_path_buf(),
         done: false,
+        _registered: registered,
     };
     let status = guard.wait(limit)?;
     guard.done = true;
@@ -94,6 +104,8 @@ struct GroupGuard {
     child: std::process::Child,
     base: PathBuf,
     done: bool,
+    /// The group in the interrupt registry while the guard lives.
+    _registered: interrupt::Registered,
 }
 
 impl GroupGuard {

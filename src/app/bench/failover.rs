@@ -18,25 +18,22 @@
 //! violation makes the run fail, with the round and seed to replay it.
 
 use std::io::BufReader;
-use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use walrep::history::{History, Outcome, Report, Write as HistoryWrite};
+use walrep::history::{History, Outcome, Report};
 
 use super::cluster::{self, Node};
-use super::soak::{self, clock_seed, connect, final_state, set, splitmix64, PrivateNet};
+use super::soak::{
+    self, clock_seed, connect, final_state, splitmix64, Client, Clients, PrivateNet,
+};
 use super::{BenchArgs, BenchError};
 
 /// Bound on a node reaching a state (streaming, synchronous, promoted).
 const STATE_LIMIT: Duration = Duration::from_secs(60);
 /// A write unanswered for this long is indeterminate.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Keys each client cycles through.
-const KEYS_PER_CLIENT: u64 = 20;
 /// The fault comes this long after the load starts, plus a seeded share of
 /// [`FAULT_SPREAD_MS`].
 const FAULT_AFTER_MS: u64 = 100;
@@ -78,11 +75,7 @@ pub fn run(args: &BenchArgs) -> Result<FailoverReport, BenchError> {
     let rounds = args.rounds.unwrap_or(10);
     let started = Instant::now();
     let seed = args.seed.unwrap_or_else(clock_seed);
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let run_dir = tempfile::Builder::new()
-        .prefix("walrep-bench-failover-")
-        .tempdir_in(&base)
-        .map_err(|e| BenchError::io(format!("create a directory in {}", base.display()), e))?;
+    let run_dir = super::RunDir::create(args, "walrep-bench-failover-")?;
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
     println!(
         "walrep bench --scenario failover: {} rounds, {} clients at synchronous_commit=on, seed {seed} \
@@ -244,7 +237,10 @@ impl<'a> Soak<'a> {
             .get("timeline")
             .and_then(|t| t.parse().ok())
             .ok_or_else(|| BenchError::Server("INFO persistence has no timeline".into()))?;
-        let load = Load::start(port, (format!("n{old}"), timeline), self.clients, round);
+        let node = format!("n{old}");
+        let load = Clients::start(self.clients, round, move |c| {
+            write_to(port, (node.as_str(), timeline), c)
+        });
         // The fault schedule: a seeded moment, not a condition.
         std::thread::sleep(Duration::from_millis(after_ms));
         let history = if partition {
@@ -265,7 +261,7 @@ impl<'a> Soak<'a> {
         &mut self,
         old: usize,
         new: usize,
-        load: Load,
+        load: Clients,
     ) -> Result<History, BenchError> {
         if let Some(mut n) = self.nodes[old].take() {
             n.child.kill();
@@ -283,7 +279,7 @@ impl<'a> Soak<'a> {
         &mut self,
         old: usize,
         new: usize,
-        load: Load,
+        load: Clients,
     ) -> Result<History, BenchError> {
         let net = self
             .net
@@ -401,122 +397,22 @@ fn print_report(r: &FailoverReport) {
     }
 }
 
-/// Clients writing to one node and recording a history.
-struct Load {
-    stop: Arc<AtomicBool>,
-    history: Arc<Mutex<History>>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    handles: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(port: u16, node: (String, u32), clients: u32, round: u32) -> Load {
-        let load = Load {
-            stop: Arc::new(AtomicBool::new(false)),
-            history: Arc::new(Mutex::new(History::new())),
-            conns: Arc::default(),
-            handles: Vec::new(),
-        };
-        let started = Instant::now();
-        let handles = (0..clients as usize)
-            .map(|c| {
-                let (stop, history, conns) =
-                    (load.stop.clone(), load.history.clone(), load.conns.clone());
-                let node = node.clone();
-                std::thread::spawn(move || {
-                    let w = Writer {
-                        port,
-                        node,
-                        client: c,
-                        round,
-                        started,
-                        history,
-                    };
-                    w.run(&stop, &conns);
-                })
-            })
-            .collect();
-        Load { handles, ..load }
-    }
-
-    /// Stop the clients (requests in flight end as indeterminate).
-    fn finish(self) -> History {
-        self.stop.store(true, Ordering::SeqCst);
-        for c in self
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-        for h in self.handles {
-            let _ = h.join();
-        }
-        let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
-        h.clone()
-    }
-}
-
-/// One client: its own keys, unique values, one connection until it breaks
-/// (the dead primary is not reconnected to).
-struct Writer {
-    port: u16,
-    /// The node's name and its timeline when the round began.
-    node: (String, u32),
-    client: usize,
-    round: u32,
-    started: Instant,
-    history: Arc<Mutex<History>>,
-}
-
-impl Writer {
-    fn run(&self, stop: &AtomicBool, conns: &Mutex<Vec<TcpStream>>) {
-        let Ok(stream) = connect(self.port, REQUEST_TIMEOUT) else {
+/// One client of a round: one connection until it breaks (the dead
+/// primary is not reconnected to), writing while each write is
+/// acknowledged.
+fn write_to(port: u16, (node, timeline): (&str, u32), c: &mut Client) {
+    let Ok(stream) = connect(port, REQUEST_TIMEOUT) else {
+        return;
+    };
+    c.track(&stream);
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut writer = stream;
+    while !c.stopped() {
+        if c.write_next(node, timeline, &mut writer, &mut reader) != Outcome::Ok {
             return;
-        };
-        if let Ok(s) = stream.try_clone() {
-            conns.lock().unwrap_or_else(|e| e.into_inner()).push(s);
         }
-        let Ok(read_half) = stream.try_clone() else {
-            return;
-        };
-        let mut reader = BufReader::new(read_half);
-        let mut writer = stream;
-        let mut seq = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let key = format!("r{}c{}k{}", self.round, self.client, seq % KEYS_PER_CLIENT);
-            let value = format!("r{}c{}s{seq}", self.round, self.client);
-            let id = self.invoke(&key, &value, seq / KEYS_PER_CLIENT);
-            let outcome = set(&mut writer, &mut reader, &key, &value);
-            let done = outcome == Outcome::Ok;
-            let definite = !matches!(outcome, Outcome::Unknown(_));
-            self.history
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .complete(id, outcome, self.started.elapsed());
-            if !done || !definite {
-                return;
-            }
-            seq += 1;
-        }
-    }
-
-    fn invoke(&self, key: &str, value: &str, seq: u64) -> usize {
-        self.history
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .invoke(HistoryWrite {
-                client: self.client,
-                node: self.node.0.clone(),
-                timeline: self.node.1,
-                key: key.into(),
-                seq,
-                value: value.into(),
-                level: "on".into(),
-                invoked: self.started.elapsed(),
-                completed: None,
-                outcome: Outcome::Pending,
-            })
     }
 }

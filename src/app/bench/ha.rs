@@ -32,10 +32,9 @@
 //! 30 s, `loop_wait` 10 s) give 20–40 s by the same sum.
 
 use std::io::{BufRead, BufReader, Read as _, Write as _};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,7 +46,7 @@ use walrep_states::ha::ClusterView;
 use super::cluster::{self, Node};
 use super::figures::{self, Better, Figure};
 use super::procs::{free_port, Child};
-use super::soak::{self, clock_seed, final_state, splitmix64, PrivateNet};
+use super::soak::{self, clock_seed, final_state, splitmix64, Client, Clients, PrivateNet};
 use super::{BenchArgs, BenchError};
 
 /// The lease: the failover time is mostly this (see the module docs).
@@ -78,8 +77,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// A client's pause before it looks for the primary again (every node
 /// asked at most 20 times a second by each client).
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
-/// Keys each client cycles through in a round.
-const KEYS_PER_CLIENT: u64 = 20;
 /// Acknowledgements by the primary before the fault may come.
 const ACKS_BEFORE_FAULT: usize = 50;
 /// The fault comes a seeded share of this after those.
@@ -180,11 +177,7 @@ pub fn run(args: &BenchArgs) -> Result<HaReport, BenchError> {
     let etcd_bin = etcd_binary()?;
     let rounds = args.rounds.unwrap_or(50);
     let seed = args.seed.unwrap_or_else(clock_seed);
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let run_dir = tempfile::Builder::new()
-        .prefix("walrep-bench-ha-")
-        .tempdir_in(&base)
-        .map_err(|e| BenchError::io(format!("create a directory in {}", base.display()), e))?;
+    let run_dir = super::RunDir::create(args, "walrep-bench-ha-")?;
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
     println!(
         "walrep bench --scenario ha: {rounds} automatic failovers and a switchover after every \
@@ -989,61 +982,36 @@ fn overlap(spans: &[Span]) -> Option<String> {
     None
 }
 
-/// Each client's current connection (one slot per client: a new one
-/// replaces, and so closes, the last).
-type Conns = Arc<Mutex<Vec<Option<TcpStream>>>>;
-
 /// Clients writing to whichever node is the primary, recording a history.
 struct Load {
-    stop: Arc<AtomicBool>,
-    history: Arc<Mutex<History>>,
-    conns: Conns,
-    handles: Vec<std::thread::JoinHandle<()>>,
-    started: Instant,
+    clients: Clients,
 }
 
 impl Load {
     fn start(ports: Arc<Mutex<[Option<u16>; NODES]>>, clients: u32, round: u32) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let history = Arc::new(Mutex::new(History::new()));
-        let conns: Conns = Arc::new(Mutex::new((0..clients).map(|_| None).collect()));
-        let started = Instant::now();
-        let handles = (0..clients as usize)
-            .map(|c| {
-                let w = Writer {
-                    ports: ports.clone(),
-                    client: c,
-                    round,
-                    started,
-                    history: history.clone(),
-                    conns: conns.clone(),
-                    // Odd clients wait on a stalled node to see its answer.
-                    timeout: if c % 2 == 1 {
-                        LONG_TIMEOUT
-                    } else {
-                        SHORT_TIMEOUT
-                    },
-                };
-                let stop = stop.clone();
-                std::thread::spawn(move || w.run(&stop))
-            })
-            .collect();
-        Load {
-            stop,
-            history,
-            conns,
-            handles,
-            started,
-        }
+        let clients = Clients::start(clients, round, move |c| {
+            // Odd clients wait on a stalled node to see its answer.
+            let timeout = if c.id % 2 == 1 {
+                LONG_TIMEOUT
+            } else {
+                SHORT_TIMEOUT
+            };
+            let w = Writer {
+                ports: ports.clone(),
+                timeout,
+            };
+            w.run(c)
+        });
+        Load { clients }
     }
 
     /// The history's clock now.
     fn now(&self) -> Duration {
-        self.started.elapsed()
+        self.clients.now()
     }
 
     fn with<T>(&self, f: impl FnOnce(&History) -> T) -> T {
-        f(&self.history.lock().unwrap_or_else(|e| e.into_inner()))
+        self.clients.with(f)
     }
 
     /// Wait until `node` acknowledged `n` writes sent after `since`.
@@ -1096,33 +1064,15 @@ impl Load {
 
     /// Stop the clients (requests in flight end as indeterminate).
     fn finish(self) -> History {
-        self.stop.store(true, Ordering::SeqCst);
-        for c in self
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter_mut()
-            .filter_map(Option::take)
-        {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-        for h in self.handles {
-            let _ = h.join();
-        }
-        let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
-        h.clone()
+        self.clients.finish()
     }
 }
 
-/// One client: its own keys, unique values; writes to the node it found
-/// to be the primary until a write is not acknowledged, then looks again.
+/// One client's way to the primary: writes to the node it found to be the
+/// primary until a write is not acknowledged, then looks again.
 struct Writer {
     ports: Arc<Mutex<[Option<u16>; NODES]>>,
-    client: usize,
-    round: u32,
-    started: Instant,
-    history: Arc<Mutex<History>>,
-    conns: Conns,
+    /// Each request's bound on this client's connections.
     timeout: Duration,
 }
 
@@ -1135,26 +1085,16 @@ struct Primary {
 }
 
 impl Writer {
-    fn run(&self, stop: &AtomicBool) {
-        let mut seq = 0u64;
-        let mut next = self.client % NODES;
-        while !stop.load(Ordering::Relaxed) {
-            let Some(mut p) = self.find_primary(&mut next) else {
+    fn run(&self, c: &mut Client) {
+        let mut next = c.id % NODES;
+        while !c.stopped() {
+            let Some(mut p) = self.find_primary(&mut next, c) else {
                 std::thread::sleep(RETRY_PAUSE);
                 continue;
             };
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("r{}c{}k{}", self.round, self.client, seq % KEYS_PER_CLIENT);
-                let value = format!("r{}c{}s{seq}", self.round, self.client);
-                let id = self.invoke(&p, &key, &value, seq / KEYS_PER_CLIENT);
-                let outcome = soak::set(&mut p.writer, &mut p.reader, &key, &value);
-                let ok = outcome == Outcome::Ok;
-                self.history
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .complete(id, outcome, self.started.elapsed());
-                seq += 1;
-                if !ok {
+            while !c.stopped() {
+                let outcome = c.write_next(&p.node, p.timeline, &mut p.writer, &mut p.reader);
+                if outcome != Outcome::Ok {
                     // A fenced or a dead primary: look again.
                     std::thread::sleep(RETRY_PAUSE);
                     break;
@@ -1164,13 +1104,13 @@ impl Writer {
     }
 
     /// The first node, from `next` on, that says it is a primary.
-    fn find_primary(&self, next: &mut usize) -> Option<Primary> {
+    fn find_primary(&self, next: &mut usize, c: &Client) -> Option<Primary> {
         let ports = *self.ports.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..NODES {
             let i = *next;
             *next = (*next + 1) % NODES;
             let Some(port) = ports[i] else { continue };
-            if let Some(p) = self.probe(i, port) {
+            if let Some(p) = self.probe(i, port, c) {
                 return Some(p);
             }
         }
@@ -1178,7 +1118,7 @@ impl Writer {
     }
 
     /// Ask node `i` whether it is a primary, and on what timeline.
-    fn probe(&self, i: usize, port: u16) -> Option<Primary> {
+    fn probe(&self, i: usize, port: u16, c: &Client) -> Option<Primary> {
         let s = soak::connect(port, PROBE_TIMEOUT).ok()?;
         let mut reader = BufReader::new(s.try_clone().ok()?);
         let mut writer = s;
@@ -1190,42 +1130,15 @@ impl Writer {
         let timeline = cluster::parse_info(&pers).get("timeline")?.parse().ok()?;
         writer.set_read_timeout(Some(self.timeout)).ok()?;
         writer.set_write_timeout(Some(self.timeout)).ok()?;
-        if let Ok(c) = writer.try_clone() {
-            // A client still probing when the load stops: its slot stays
-            // (the stop shuts down only what it finds).
-            if let Some(slot) = self
-                .conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_mut(self.client)
-            {
-                *slot = Some(c);
-            }
-        }
+        // A client still probing when the load stops is not shut down
+        // (the stop shuts down only the connections it finds).
+        c.track(&writer);
         Some(Primary {
             node: name(i),
             timeline,
             writer,
             reader,
         })
-    }
-
-    fn invoke(&self, p: &Primary, key: &str, value: &str, seq: u64) -> usize {
-        self.history
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .invoke(HistoryWrite {
-                client: self.client,
-                node: p.node.clone(),
-                timeline: p.timeline,
-                key: key.into(),
-                seq,
-                value: value.into(),
-                level: "on".into(),
-                invoked: self.started.elapsed(),
-                completed: None,
-                outcome: Outcome::Pending,
-            })
     }
 }
 

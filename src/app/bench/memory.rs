@@ -73,11 +73,7 @@ const REDO_RECORDS: u64 = 1_000_000;
 /// Run every size of `--memory-keys` × `--memory-value-bytes` on both.
 pub fn run(args: &BenchArgs) -> Result<MemoryReport, BenchError> {
     require_tool("redis-server")?;
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let run_dir = tempfile::Builder::new()
-        .prefix("walrep-bench-memory-")
-        .tempdir_in(&base)
-        .map_err(|e| BenchError::io(format!("create a directory in {}", base.display()), e))?;
+    let run_dir = super::RunDir::create(args, "walrep-bench-memory-")?;
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
     let (redo_per_record, redo_batched) = redo_rates(REDO_RECORDS);
     println!(
@@ -132,10 +128,7 @@ pub fn run(args: &BenchArgs) -> Result<MemoryReport, BenchError> {
             report.cells.extend([walrep, redis]);
         }
     }
-    if args.keep {
-        let kept = run_dir.keep();
-        println!("kept {}", kept.display());
-    }
+    run_dir.finish(args.keep);
     Ok(report)
 }
 

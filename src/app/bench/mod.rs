@@ -54,6 +54,8 @@
 //!   and a sequential-write probe.
 //! - [`procs`]: the servers it starts (walrep from this binary, Redis), each
 //!   stopped by a guard.
+//! - [`interrupt`]: what it started, stopped (and its directories removed)
+//!   when SIGINT or SIGTERM interrupts the run.
 //! - [`loadgen`]: redis-benchmark runs and its CSV output.
 //! - [`pg`]: PostgreSQL 15 with pgbench, as `shared/anchors/02_pgbench.sh`.
 //! - [`report`]: medians, tables beside anchors.md, targets, JSON.
@@ -81,6 +83,7 @@ pub mod failover;
 pub mod figures;
 pub mod fsync;
 pub mod ha;
+pub mod interrupt;
 pub mod lag;
 pub mod loadgen;
 pub mod memory;
@@ -122,6 +125,9 @@ pub enum BenchError {
     Anchor(String),
     #[error("invalid option: {0}")]
     Usage(String),
+    /// SIGINT or SIGTERM (the number) came: nothing more is started.
+    #[error("interrupted by signal {0}")]
+    Interrupted(i32),
 }
 
 impl BenchError {
@@ -496,6 +502,7 @@ pub struct RunReport {
 /// Run the chosen scenarios and print their reports.
 pub fn run(args: &BenchArgs) -> Result<RunReport, BenchError> {
     args.check()?;
+    interrupt::install(args.keep)?;
     let scenarios = Scenario::expand(&args.scenarios);
     let commit = if scenarios.contains(&Scenario::Commit) {
         Some(run_commit(args)?)
@@ -579,11 +586,7 @@ fn run_commit(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         require_tool("redis-server")?;
     }
     let started = Instant::now();
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let run_dir = tempfile::Builder::new()
-        .prefix("walrep-bench-")
-        .tempdir_in(&base)
-        .map_err(|e| BenchError::io(format!("create a directory in {}", base.display()), e))?;
+    let run_dir = RunDir::create(args, "walrep-bench-")?;
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
     let mut b = Bench {
         args,
@@ -602,18 +605,74 @@ fn run_commit(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         }
     }
     let report = b.finish(started.elapsed());
-    if args.keep {
-        let kept = run_dir.keep();
-        println!("data directories and logs kept in {}", kept.display());
-    }
+    run_dir.finish(args.keep);
     Ok(report)
 }
 
+/// A run's scratch directory in `--dir` (default: the system's temporary
+/// directory): removed when dropped, unless the run was interrupted: then
+/// the signal thread removes it once it has stopped every process using
+/// it, unless `--keep`.
+pub struct RunDir {
+    // Withdrawn before the directory goes (fields drop in order).
+    _registered: interrupt::Registered,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if interrupt::interrupted().is_some() {
+            self.dir.disable_cleanup(true);
+        }
+    }
+}
+
+impl RunDir {
+    /// A new directory named `prefix` and a random suffix.
+    pub fn create(args: &BenchArgs, prefix: &str) -> Result<RunDir, BenchError> {
+        let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+        let (dir, registered) = interrupt::start(
+            || {
+                tempfile::Builder::new()
+                    .prefix(prefix)
+                    .tempdir_in(&base)
+                    .map_err(|e| {
+                        BenchError::io(format!("create a directory in {}", base.display()), e)
+                    })
+            },
+            |dir| interrupt::Entry::Dir(dir.path().to_path_buf()),
+        )?;
+        Ok(RunDir {
+            _registered: registered,
+            dir,
+        })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Leave the directory in place; where it is.
+    pub fn keep(mut self) -> PathBuf {
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
+    }
+
+    /// The end of a run: with `--keep`, leave the directory and say where;
+    /// else remove it.
+    pub fn finish(self, keep: bool) {
+        if keep {
+            println!(
+                "data directories and logs kept in {}",
+                self.keep().display()
+            );
+        }
+    }
+}
+
 pub(crate) fn require_tool(tool: &str) -> Result<(), BenchError> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    if found {
+    if soak::tool_in_path(tool) {
         Ok(())
     } else {
         Err(BenchError::Usage(format!(

@@ -34,31 +34,15 @@ impl PgAnchor {
     /// initdb + start in `dir` (created), with the upsert script copied
     /// from `anchors_dir/kv_upsert.sql`.
     pub fn start(dir: &Path, anchors_dir: &Path) -> Result<PgAnchor, BenchError> {
-        let io = |what: &str, e| BenchError::io(format!("PostgreSQL anchor: {what}"), e);
-        std::fs::create_dir_all(dir.join("sock")).map_err(|e| io("create its directory", e))?;
         let script = dir.join("kv_upsert.sql");
-        std::fs::copy(anchors_dir.join("kv_upsert.sql"), &script)
-            .map_err(|e| io(&format!("copy {}/kv_upsert.sql", anchors_dir.display()), e))?;
         // SAFETY: geteuid has no preconditions.
         let as_root = unsafe { libc::geteuid() } == 0;
-        let mut pg = PgAnchor {
-            dir: dir.to_path_buf(),
-            data: dir.join("data"),
-            sock: dir.join("sock"),
-            port: free_port()?,
-            script,
-            as_root,
-            started: false,
-        };
-        if as_root {
-            check(
-                "chown",
-                Command::new("chown")
-                    .args(["-R", &format!("{PG_USER}:")])
-                    .arg(dir)
-                    .output(),
-            )?;
-        }
+        let mut pg = PgAnchor::prepare(dir, script.clone(), as_root)?;
+        std::fs::copy(anchors_dir.join("kv_upsert.sql"), &script).map_err(|e| {
+            let what = format!("copy {}/kv_upsert.sql", anchors_dir.display());
+            BenchError::io(format!("PostgreSQL anchor: {what}"), e)
+        })?;
+        pg.give_to_pg(dir, true)?;
         pg.init()?;
         pg.pg_ctl_start()?;
         pg.psql(&[
@@ -67,6 +51,32 @@ impl PgAnchor {
             "VACUUM ANALYZE kv",
         ])?;
         Ok(pg)
+    }
+
+    /// A server of this run in `dir` (created, with its socket directory),
+    /// not started: its data directory, a free port.
+    fn prepare(dir: &Path, script: PathBuf, as_root: bool) -> Result<PgAnchor, BenchError> {
+        std::fs::create_dir_all(dir.join("sock"))
+            .map_err(|e| BenchError::io(format!("PostgreSQL: create {}", dir.display()), e))?;
+        Ok(PgAnchor {
+            dir: dir.to_path_buf(),
+            data: dir.join("data"),
+            sock: dir.join("sock"),
+            port: free_port()?,
+            script,
+            as_root,
+            started: false,
+        })
+    }
+
+    /// Append `lines` to the data directory's postgresql.conf.
+    fn append_conf(&self, lines: &str) -> Result<(), BenchError> {
+        let path = self.data.join("postgresql.conf");
+        let io =
+            |what: &str, e| BenchError::io(format!("PostgreSQL: {what} {}", path.display()), e);
+        let mut text = std::fs::read_to_string(&path).map_err(|e| io("read", e))?;
+        text.push_str(lines);
+        std::fs::write(&path, text).map_err(|e| io("write", e))
     }
 
     fn cmd(&self, program: &str) -> Command {
@@ -88,16 +98,11 @@ impl PgAnchor {
             .args(["-A", "trust", "-U", PG_USER, "--no-instructions"])
             .output();
         check("initdb", out)?;
-        let conf = format!(
+        self.append_conf(&format!(
             "\n# walrep bench\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nlogging_collector = off\n",
             self.port,
             self.sock.display()
-        );
-        let path = self.data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&path)
-            .map_err(|e| BenchError::io("read postgresql.conf", e))?;
-        text.push_str(&conf);
-        std::fs::write(&path, text).map_err(|e| BenchError::io("write postgresql.conf", e))
+        ))
     }
 
     fn pg_ctl_start(&mut self) -> Result<(), BenchError> {
@@ -144,28 +149,43 @@ impl PgAnchor {
         Ok(())
     }
 
-    /// CHECKPOINT, then pgbench with `clients` for `seconds`.
+    /// CHECKPOINT, then pgbench with `clients` for `seconds` over the
+    /// Unix socket.
     pub fn pgbench(&self, clients: u32, seconds: u64) -> Result<LoadResult, BenchError> {
+        let logs = format!("pgbench_logs_c{clients}");
+        self.run_pgbench(&logs, self.sock.as_os_str(), None, clients, seconds)
+    }
+
+    /// CHECKPOINT, then pgbench with `clients` for `seconds` to `host`
+    /// (`PGSSLMODE=sslmode` if given), its per-transaction log in a fresh
+    /// directory `logs` (removed after): tps and latencies.
+    fn run_pgbench(
+        &self,
+        logs: &str,
+        host: &std::ffi::OsStr,
+        sslmode: Option<&str>,
+        clients: u32,
+        seconds: u64,
+    ) -> Result<LoadResult, BenchError> {
         self.psql(&["CHECKPOINT"])?;
-        let logs = self.dir.join(format!("pgbench_logs_c{clients}"));
+        let logs = self.dir.join(logs);
         std::fs::create_dir_all(&logs).map_err(|e| BenchError::io("create pgbench logs", e))?;
-        if self.as_root {
-            check(
-                "chown",
-                Command::new("chown")
-                    .args([&format!("{PG_USER}:")])
-                    .arg(&logs)
-                    .output(),
-            )?;
+        self.give_to_pg(&logs, false)?;
+        let mut cmd = self.cmd("pgbench");
+        if let Some(mode) = sslmode {
+            cmd.env("PGSSLMODE", mode);
         }
-        let jobs = clients.min(2);
-        let out = self
-            .cmd("pgbench")
+        let out = cmd
             .current_dir(&logs)
             .args(["-n", "-M", "prepared", "-U", PG_USER, "-h"])
-            .arg(&self.sock)
+            .arg(host)
             .args(["-p", &self.port.to_string()])
-            .args(["-c", &clients.to_string(), "-j", &jobs.to_string()])
+            .args([
+                "-c",
+                &clients.to_string(),
+                "-j",
+                &clients.min(2).to_string(),
+            ])
             .args(["-T", &seconds.to_string(), "-l", "--log-prefix=tx", "-f"])
             .arg(&self.script)
             .arg("postgres")
@@ -175,6 +195,20 @@ impl PgAnchor {
         let mut lat_us = read_latencies(&logs)?;
         let _ = std::fs::remove_dir_all(&logs);
         parse_pgbench(&stdout, &mut lat_us)
+    }
+
+    /// As root, hand `path` (with `tree`, everything under it) to
+    /// PostgreSQL's user, which must write there.
+    fn give_to_pg(&self, path: &Path, tree: bool) -> Result<(), BenchError> {
+        if !self.as_root {
+            return Ok(());
+        }
+        let mut cmd = Command::new("chown");
+        if tree {
+            cmd.arg("-R");
+        }
+        check("chown", cmd.arg(format!("{PG_USER}:")).arg(path).output())?;
+        Ok(())
     }
 }
 
@@ -195,15 +229,7 @@ impl PgAnchor {
             std::fs::copy(from, &to).map_err(|e| io(&format!("copy {name}"), e))?;
             std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| io(&format!("chmod {name}"), e))?;
-            if self.as_root {
-                check(
-                    "chown",
-                    Command::new("chown")
-                        .arg(format!("{PG_USER}:"))
-                        .arg(&to)
-                        .output(),
-                )?;
-            }
+            self.give_to_pg(&to, false)?;
         }
         self.psql(&["ALTER SYSTEM SET ssl = on", "SELECT pg_reload_conf()"])?;
         std::thread::sleep(Duration::from_millis(500));
@@ -222,39 +248,9 @@ impl PgAnchor {
         seconds: u64,
         sslmode: &str,
     ) -> Result<LoadResult, BenchError> {
-        self.psql(&["CHECKPOINT"])?;
-        let logs = self.dir.join(format!("pgbench_tcp_{sslmode}_c{clients}"));
-        std::fs::create_dir_all(&logs).map_err(|e| BenchError::io("create pgbench logs", e))?;
-        if self.as_root {
-            check(
-                "chown",
-                Command::new("chown")
-                    .arg(format!("{PG_USER}:"))
-                    .arg(&logs)
-                    .output(),
-            )?;
-        }
-        let out = self
-            .cmd("pgbench")
-            .current_dir(&logs)
-            .env("PGSSLMODE", sslmode)
-            .args(["-n", "-M", "prepared", "-U", PG_USER, "-h", "127.0.0.1"])
-            .args(["-p", &self.port.to_string()])
-            .args([
-                "-c",
-                &clients.to_string(),
-                "-j",
-                &clients.min(2).to_string(),
-            ])
-            .args(["-T", &seconds.to_string(), "-l", "--log-prefix=tx", "-f"])
-            .arg(&self.script)
-            .arg("postgres")
-            .output();
-        let out = check("pgbench", out)?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let mut lat_us = read_latencies(&logs)?;
-        let _ = std::fs::remove_dir_all(&logs);
-        parse_pgbench(&stdout, &mut lat_us)
+        let logs = format!("pgbench_tcp_{sslmode}_c{clients}");
+        let host = std::ffi::OsStr::new("127.0.0.1");
+        self.run_pgbench(&logs, host, Some(sslmode), clients, seconds)
     }
 }
 
@@ -371,26 +367,8 @@ impl PgAnchor {
     /// A standby of the server on `upstream_port`, in `dir` (created):
     /// pg_basebackup -R -X stream, its own port and socket, started.
     pub fn standby_of(&self, upstream_port: u16, dir: &Path) -> Result<PgAnchor, BenchError> {
-        let io = |what: &str, e| BenchError::io(format!("PostgreSQL standby: {what}"), e);
-        std::fs::create_dir_all(dir.join("sock")).map_err(|e| io("create its directory", e))?;
-        let mut pg = PgAnchor {
-            dir: dir.to_path_buf(),
-            data: dir.join("data"),
-            sock: dir.join("sock"),
-            port: free_port()?,
-            script: self.script.clone(),
-            as_root: self.as_root,
-            started: false,
-        };
-        if pg.as_root {
-            check(
-                "chown",
-                Command::new("chown")
-                    .args(["-R", &format!("{PG_USER}:")])
-                    .arg(dir)
-                    .output(),
-            )?;
-        }
+        let mut pg = PgAnchor::prepare(dir, self.script.clone(), self.as_root)?;
+        pg.give_to_pg(dir, true)?;
         let out = pg
             .cmd("pg_basebackup")
             .args(["-h", "127.0.0.1", "-p", &upstream_port.to_string()])
@@ -398,15 +376,11 @@ impl PgAnchor {
             .arg(&pg.data)
             .output();
         check("pg_basebackup", out)?;
-        let conf = format!(
+        pg.append_conf(&format!(
             "\n# walrep bench standby\nport = {}\nunix_socket_directories = '{}'\n",
             pg.port,
             pg.sock.display()
-        );
-        let path = pg.data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&path).map_err(|e| io("read postgresql.conf", e))?;
-        text.push_str(&conf);
-        std::fs::write(&path, text).map_err(|e| io("write postgresql.conf", e))?;
+        ))?;
         pg.pg_ctl_start()?;
         Ok(pg)
     }

@@ -1,14 +1,25 @@
 //! The servers a benchmark starts: a fresh walrep node from this very
 //! binary and a Redis server with AOF. Each is a [`Child`] guard that stops
-//! its process (SIGTERM, then SIGKILL after a bound) when dropped, so no
-//! server outlives the run whatever happens.
+//! its process (SIGTERM, then SIGKILL after a bound) when dropped, is
+//! registered with [`interrupt`] (stopped when SIGINT or SIGTERM interrupts
+//! the run), and, started from the main thread, is SIGKILLed by the kernel
+//! if the bench itself dies (see [`die_with_bench`]), so no server outlives
+//! the run whatever happens.
+//!
+//! PostgreSQL is the exception to the last point: `pg_ctl start` detaches
+//! the postmaster (it forks it, and `runuser` changes credentials, which
+//! clears the parent-death signal), so a bench killed by SIGKILL leaves it
+//! running; SIGINT and SIGTERM stop it (`interrupt` finds its
+//! `postmaster.pid` in the run directory).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::interrupt::{self, Registered};
 use super::BenchError;
 
 /// How long a server may take to accept connections.
@@ -20,17 +31,28 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Child {
     what: String,
     child: std::process::Child,
+    /// Its entry in the interrupt registry, withdrawn before it is reaped
+    /// (after which its pid may be reused).
+    registered: Option<Registered>,
 }
 
 impl Child {
+    /// Start `cmd` (stdin from /dev/null), registered to be stopped if the
+    /// run is interrupted; `what` names it in errors.
     pub fn spawn(what: &str, cmd: &mut Command) -> Result<Child, BenchError> {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| BenchError::io(format!("could not start {what}"), e))?;
+        cmd.stdin(Stdio::null());
+        die_with_bench(cmd);
+        let (child, registered) = interrupt::start(
+            || {
+                cmd.spawn()
+                    .map_err(|e| BenchError::io(format!("could not start {what}"), e))
+            },
+            |c| interrupt::Entry::Process(c.id() as libc::pid_t),
+        )?;
         Ok(Child {
             what: what.into(),
             child,
+            registered: Some(registered),
         })
     }
 
@@ -41,6 +63,7 @@ impl Child {
 
     /// SIGTERM, wait up to 30 s, then SIGKILL.
     pub fn stop(&mut self) {
+        drop(self.registered.take());
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
@@ -63,6 +86,7 @@ impl Child {
 
     /// SIGKILL, as a crash, and reap.
     pub fn kill(&mut self) {
+        drop(self.registered.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -90,6 +114,42 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Where cheap, make the process `cmd` starts die with the bench, even
+/// when the bench is SIGKILLed: the kernel sends it SIGKILL when its
+/// parent goes (PR_SET_PDEATHSIG). Caveats, why this is not everything:
+/// - the signal comes when the *thread* that forked the child ends, not
+///   the process, so it is set only for children the main thread starts
+///   (the main thread ends only with the process); children of the
+///   scenarios' worker threads (short load generators those threads wait
+///   for) rely on their guards and on [`interrupt`];
+/// - it is cleared when the child execs a set-user-ID program or changes
+///   credentials, and not inherited by the child's own children: PostgreSQL
+///   under `runuser` and `pg_ctl` is not covered (see the module docs);
+/// - `pre_exec` makes std fork instead of posix_spawn: a little slower,
+///   nothing more at the bench's spawn rates.
+pub fn die_with_bench(cmd: &mut Command) {
+    // SAFETY: gettid(2) and getpid(2) have no preconditions.
+    let (tid, parent) = unsafe { (libc::gettid(), libc::getpid()) };
+    if tid != parent {
+        return;
+    }
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (prctl, getppid), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The bench died between the fork and the prctl: do not run
+            // as an orphan.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
     }
 }
 

@@ -79,8 +79,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
     for keys in [Keys::Sequential, Keys::Random].into_iter().filter(wanted) {
         for sets in [1, PIPELINED_SETS].into_iter().filter(|s| wanted_sets(*s)) {
-            let dir = tempfile::tempdir_in(&base)
-                .map_err(|e| BenchError::io("create a data directory", e))?;
+            let dir = super::RunDir::create(args, "walrep-bench-redo-")?;
             let end = write_wal(dir.path(), n, keys, sets)?;
             let (secs, cpu_secs, store_keys) = replay(dir.path())?;
             let bytes = end.0 - initial_lsn(WalSegSize::DEFAULT).0;

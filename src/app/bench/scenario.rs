@@ -121,11 +121,7 @@ pub fn run(args: &BenchArgs, scenarios: &[Scenario]) -> Result<ScenarioReport, B
     for tool in ["redis-benchmark", "pg_receivewal"] {
         super::require_tool(tool)?;
     }
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let run_dir = tempfile::Builder::new()
-        .prefix("walrep-bench-")
-        .tempdir_in(&base)
-        .map_err(|e| BenchError::io(format!("create a directory in {}", base.display()), e))?;
+    let run_dir = super::RunDir::create(args, "walrep-bench-")?;
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
     let mut ctx = Ctx::new(args, exe, run_dir.path().to_path_buf())?;
     println!(
@@ -167,10 +163,7 @@ pub fn run(args: &BenchArgs, scenarios: &[Scenario]) -> Result<ScenarioReport, B
         super::scaling::run(&mut ctx)?;
     }
     let report = finish(ctx, scenarios, started.elapsed());
-    if args.keep {
-        let kept = run_dir.keep();
-        println!("data directories and logs kept in {}", kept.display());
-    }
+    run_dir.finish(args.keep);
     Ok(report)
 }
 

@@ -1,15 +1,19 @@
 //! What the two fault soaks (`failover` and `ha`) share: the seed and its
-//! random numbers, a client's `SET` with the three outcomes the history
-//! checker knows, each key's final value on the surviving node, and the
-//! private network namespace where partitions are cut with nftables.
+//! random numbers, the client threads of a round (each key's unique values,
+//! every `SET` recorded with the three outcomes the history checker knows),
+//! each key's final value on the surviving node, and the private network
+//! namespace where partitions are cut with nftables.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use walrep::history::{History, Outcome};
+use walrep::history::{History, Outcome, Write as HistoryWrite};
 
 use super::cluster::{self, Reply};
 use super::BenchError;
@@ -82,6 +86,163 @@ pub fn set(w: &mut TcpStream, r: &mut BufReader<TcpStream>, key: &str, value: &s
             Outcome::Fail(line.trim().into())
         }
         Ok(_) => Outcome::Unknown(line.trim().into()),
+    }
+}
+
+/// Keys each client cycles through in a round.
+const KEYS_PER_CLIENT: u64 = 20;
+
+/// The clients of one round: a thread each, writing and recording one
+/// history; [`Clients::finish`] stops them all and returns it.
+pub struct Clients {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<History>>,
+    /// Each client's current connection (one slot per client: a new one
+    /// replaces the last), shut down by `finish` to end waits at once.
+    conns: Arc<Mutex<Vec<Option<TcpStream>>>>,
+    handles: Vec<JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Clients {
+    /// Start `clients` threads of `round`, each running `body` with its
+    /// own [`Client`] until it returns or the round stops.
+    pub fn start(
+        clients: u32,
+        round: u32,
+        body: impl Fn(&mut Client) + Send + Sync + 'static,
+    ) -> Clients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let history = Arc::new(Mutex::new(History::new()));
+        let conns: Arc<Mutex<Vec<Option<TcpStream>>>> =
+            Arc::new(Mutex::new((0..clients).map(|_| None).collect()));
+        let started = Instant::now();
+        let body = Arc::new(body);
+        let handles = (0..clients as usize)
+            .map(|id| {
+                let mut client = Client {
+                    id,
+                    round,
+                    seq: 0,
+                    started,
+                    stop: stop.clone(),
+                    history: history.clone(),
+                    conns: Arc::clone(&conns),
+                };
+                let body = body.clone();
+                std::thread::spawn(move || body(&mut client))
+            })
+            .collect();
+        Clients {
+            stop,
+            history,
+            conns,
+            handles,
+            started,
+        }
+    }
+
+    /// The history's clock now.
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// `f` of the history so far.
+    pub fn with<T>(&self, f: impl FnOnce(&History) -> T) -> T {
+        f(&self.history.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Stop the clients (requests in flight end as indeterminate) and
+    /// return their history.
+    pub fn finish(self) -> History {
+        self.stop.store(true, Ordering::SeqCst);
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .filter_map(Option::take)
+        {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        for h in self.handles {
+            let _ = h.join();
+        }
+        let history = self
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        history
+    }
+}
+
+/// One client thread of a round: its own keys (`r<round>c<id>k<i>`),
+/// values unique by sequence, every write recorded in the round's history.
+pub struct Client {
+    /// Which client of the round (0-based).
+    pub id: usize,
+    round: u32,
+    seq: u64,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<History>>,
+    conns: Arc<Mutex<Vec<Option<TcpStream>>>>,
+}
+
+impl Client {
+    /// Whether the round is over.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Make `conn` the connection the round's end shuts down (so a client
+    /// waiting on a dead or stalled node ends at once).
+    pub fn track(&self, conn: &TcpStream) {
+        let Ok(c) = conn.try_clone() else { return };
+        if let Some(slot) = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(self.id)
+        {
+            *slot = Some(c);
+        }
+    }
+
+    /// The next `SET` of this client to `node` (on `timeline`) over `w` and
+    /// `r`, recorded when sent and when answered; its outcome.
+    pub fn write_next(
+        &mut self,
+        node: &str,
+        timeline: u32,
+        w: &mut TcpStream,
+        r: &mut BufReader<TcpStream>,
+    ) -> Outcome {
+        let (round, client, seq) = (self.round, self.id, self.seq);
+        let key = format!("r{round}c{client}k{}", seq % KEYS_PER_CLIENT);
+        let value = format!("r{round}c{client}s{seq}");
+        let id = self.lock().invoke(HistoryWrite {
+            client,
+            node: node.into(),
+            timeline,
+            key: key.clone(),
+            seq: seq / KEYS_PER_CLIENT,
+            value: value.clone(),
+            level: "on".into(),
+            invoked: self.started.elapsed(),
+            completed: None,
+            outcome: Outcome::Pending,
+        });
+        let outcome = set(w, r, &key, &value);
+        let completed = self.started.elapsed();
+        self.lock().complete(id, outcome.clone(), completed);
+        self.seq += 1;
+        outcome
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -182,16 +343,13 @@ fn run_tool(tool: &str, args: &[&str]) -> Result<(), BenchError> {
 /// the run when the history checker found a lost write or a violation.
 pub fn verdict(
     keep: bool,
-    run_dir: tempfile::TempDir,
+    run_dir: super::RunDir,
     what: &str,
     lost: usize,
     violations: usize,
     seed: u64,
 ) -> Result<(), BenchError> {
-    if keep {
-        let kept = run_dir.keep();
-        println!("data directories and logs kept in {}", kept.display());
-    }
+    run_dir.finish(keep);
     if lost > 0 || violations > 0 {
         return Err(BenchError::Server(format!(
             "{what} failed ({lost} lost, {violations} violations; seed {seed})"

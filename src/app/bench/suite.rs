@@ -86,11 +86,7 @@ pub fn run(args: &BenchArgs) -> Result<SuiteReport, BenchError> {
     require_tool("redis-benchmark")?;
     require_tool("redis-server")?;
     let started = Instant::now();
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let run_dir = tempfile::Builder::new()
-        .prefix("walrep-bench-redis-")
-        .tempdir_in(&base)
-        .map_err(|e| BenchError::io(format!("create a directory in {}", base.display()), e))?;
+    let run_dir = super::RunDir::create(args, "walrep-bench-redis-")?;
     let dir = run_dir.path().to_path_buf();
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
     let mut prober = FsyncProber::create(&dir)?;
@@ -127,10 +123,7 @@ pub fn run(args: &BenchArgs) -> Result<SuiteReport, BenchError> {
     println!("\nfdatasync {f0:.0}/s before, {f1:.0}/s after\n");
     print!("{}", table(&summaries));
     println!("elapsed {:.0} s", started.elapsed().as_secs_f64());
-    if args.keep {
-        let kept = run_dir.keep();
-        println!("data directories and logs kept in {}", kept.display());
-    }
+    run_dir.finish(args.keep);
     Ok(SuiteReport {
         cells,
         summaries,

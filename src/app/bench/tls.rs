@@ -59,11 +59,7 @@ pub fn run(args: &BenchArgs) -> Result<TlsReport, BenchError> {
     for tool in ["redis-benchmark", "pg_receivewal", "openssl"] {
         super::require_tool(tool)?;
     }
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let run_dir = tempfile::Builder::new()
-        .prefix("walrep-bench-tls-")
-        .tempdir_in(&base)
-        .map_err(|e| BenchError::io(format!("create a directory in {}", base.display()), e))?;
+    let run_dir = super::RunDir::create(args, "walrep-bench-tls-")?;
     let dir = run_dir.path();
     let (cert, key) = make_certificate(dir)?;
     let wal_mb = args.wal_mb.min(MAX_STREAM_MB);
@@ -78,10 +74,7 @@ pub fn run(args: &BenchArgs) -> Result<TlsReport, BenchError> {
         None => println!("  note: PostgreSQL not measured (give --anchors DIR)"),
     }
     print_table(&rows);
-    if args.keep {
-        let kept = run_dir.keep();
-        println!("data directories and logs kept in {}", kept.display());
-    }
+    run_dir.finish(args.keep);
     Ok(TlsReport {
         rows,
         wal_mb,

@@ -41,7 +41,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let secs = args.seconds;
     let dur = Duration::from_secs(secs);
-    let dir = tempfile::tempdir_in(&base).map_err(io_err("create the benchmark directory"))?;
+    let dir = super::RunDir::create(args, "walrep-bench-wal-")?;
     println!(
         "walrep WAL benchmark in {} ({secs} s per measurement)",
         base.display()
