@@ -6,7 +6,9 @@
 //! incomplete, its standby never starts redo); a one-phase copy killed
 //! mid-copy is resumed keeping the WAL segments it had fetched whole and
 //! every chunk it had finished, copying again only the chunk damaged
-//! meanwhile.
+//! meanwhile; a one-phase copy that fails its end check is kept, the
+//! server keeps its checkpoint until a copy is confirmed, and `--resume`
+//! finishes it.
 
 mod support;
 
@@ -14,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::backup::{bytes_under, data_mb, BULK_VALUE};
+use support::backup::{bulk_primary, bytes_under, data_mb, BulkPrimary, BULK_VALUE};
 use support::cluster::*;
 use support::node::{init_datadir, walrep, walrep_bin, TestNode};
 use support::process::ChildGuard;
@@ -249,11 +251,12 @@ fn a_file_altered_during_the_copy_fails_its_end_check_and_the_copy_stays_incompl
 #[test]
 fn a_one_phase_resume_keeps_the_whole_wal_segments_and_recopies_a_damaged_chunk() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
-    let primary = TestNode::start(&dir, &[]);
-    let bulk = data_mb() * 1024 * 1024 / BULK_VALUE;
-    write_keys(&primary, "bulk", bulk, BULK_VALUE);
-    let total = (bulk * BULK_VALUE) as u64;
+    let BulkPrimary {
+        node: primary,
+        keys: bulk,
+        bytes: total,
+        ..
+    } = bulk_primary(tmp.path());
     let dest = tmp.path().join("copy");
     let rate = (data_mb() * 1024 / 16).max(512).to_string();
     let args = ["--jobs", "2", "--max-rate", &rate];
@@ -310,4 +313,52 @@ fn a_one_phase_resume_keeps_the_whole_wal_segments_and_recopies_a_damaged_chunk(
     let copy = TestNode::start(&dest, &[]);
     check_keys(&copy, "bulk", bulk);
     check_keys(&copy, "during", during);
+}
+
+#[test]
+fn a_copy_that_fails_its_end_check_is_kept_and_resumed_from_the_checkpoint_the_server_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let BulkPrimary {
+        dir,
+        node: primary,
+        keys: bulk,
+        ..
+    } = bulk_primary(tmp.path());
+    let kept = dir.join("backup_resumable");
+    let dest = tmp.path().join("copy");
+    let rate = (data_mb() * 1024 / 16).max(512).to_string();
+    let args = ["--jobs", "2", "--max-rate", &rate];
+    let out_file = tmp.path().join("backup.out");
+    let mut copy = spawn_backup(&primary, &dest, &args, &out_file);
+    // A chunk finished and journaled is damaged before the copy ends:
+    // every byte arrives, the end check finds it.
+    let chunk = wait_for("a chunk written", Duration::from_secs(120), || {
+        journaled_chunks(&dest).into_iter().next()
+    });
+    flip_byte(&dest.join(&chunk));
+    let status = copy.wait_exit().expect("basebackup did not exit");
+    let err = std::fs::read_to_string(out_file.with_extension("err")).unwrap();
+    assert!(!status.success(), "the copy succeeded with {chunk} altered");
+    assert!(
+        err.contains("does not match its backup_manifest")
+            && err.contains("checksum mismatch")
+            && err.contains(&chunk)
+            && err.contains("--resume"),
+        "{err}"
+    );
+    // Kept for --resume (a one-phase copy that fails while it is received
+    // is removed), and the server still pins the backup's checkpoint: its
+    // stream had ended, but the copy was never confirmed.
+    assert!(PendingBackup::read(&dest).unwrap().is_some());
+    assert!(kept.exists(), "the server released the unconfirmed backup");
+
+    let resumed: Vec<&str> = args.iter().copied().chain(["--resume"]).collect();
+    let out = backup(&primary, &dest, &resumed);
+    let (_, _, failed) = resume_counts(&out);
+    assert_eq!(failed, 1, "only the damaged chunk is copied again: {out}");
+    assert_verified(&dest);
+    // Confirmed: nothing is kept for it any more.
+    assert!(!kept.exists(), "the confirmed backup is still kept");
+    let copy = TestNode::start(&dest, &[]);
+    check_keys(&copy, "bulk", bulk);
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::backup::{bytes_under, data_mb, start_load, BULK_VALUE};
+use support::backup::{bulk_primary, bytes_under, data_mb, start_load, BulkPrimary};
 use support::cluster::*;
 use support::node::{init_datadir, walrep, walrep_bin, TestNode};
 use support::process::ChildGuard;
@@ -88,11 +88,12 @@ fn kill_mid_copy(backup: &mut ChildGuard, dest: &Path, total: u64) {
 #[test]
 fn a_two_phase_copy_killed_in_phase_two_is_resumed_and_the_standby_catches_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
-    let primary = TestNode::start(&dir, &[]);
-    let bulk = data_mb() * 1024 * 1024 / BULK_VALUE;
-    write_keys(&primary, "bulk", bulk, BULK_VALUE);
-    let total = (bulk * BULK_VALUE) as u64;
+    let BulkPrimary {
+        node: primary,
+        keys: bulk,
+        bytes: total,
+        ..
+    } = bulk_primary(tmp.path());
     // A two-phase copy is of the last checkpoint: a one-phase copy takes
     // one, so the snapshot holds the bulk.
     run_backup(&primary, &tmp.path().join("first"), &[]);
@@ -176,11 +177,12 @@ fn a_two_phase_copy_killed_in_phase_two_is_resumed_and_the_standby_catches_up() 
 #[test]
 fn a_one_phase_parallel_copy_killed_mid_copy_is_resumed_into_a_working_standby() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
-    let primary = TestNode::start(&dir, &[]);
-    let bulk = data_mb() * 1024 * 1024 / BULK_VALUE;
-    write_keys(&primary, "bulk", bulk, BULK_VALUE);
-    let total = (bulk * BULK_VALUE) as u64;
+    let BulkPrimary {
+        node: primary,
+        keys: bulk,
+        bytes: total,
+        ..
+    } = bulk_primary(tmp.path());
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let load = start_load(&primary, stop.clone(), acked.clone());
@@ -301,11 +303,12 @@ fn resume_is_refused_without_an_interrupted_copy_and_an_unknown_backup_id() {
 #[test]
 fn a_copy_interrupted_before_the_server_restarts_is_resumed_after_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = init_datadir(tmp.path(), "primary", &["--wal-segment-size", "1MB"]);
-    let mut primary = TestNode::start(&dir, &[]);
-    let bulk = data_mb() * 1024 * 1024 / BULK_VALUE;
-    write_keys(&primary, "bulk", bulk, BULK_VALUE);
-    let total = (bulk * BULK_VALUE) as u64;
+    let BulkPrimary {
+        dir,
+        node: mut primary,
+        keys: bulk,
+        bytes: total,
+    } = bulk_primary(tmp.path());
     let dest = tmp.path().join("copy");
     let args = throttled_jobs_copy("restarted");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -891,6 +891,13 @@ fn basebackup(
         s.elapsed.as_secs_f64()
     );
     println!("walrep: {} bytes received from the node", s.received_bytes);
+    println!(
+        "walrep: phases: start {:.2} s (checkpoint and pin), copy {:.2} s (received, written, fsynced), end check {:.2} s (read back against backup_manifest), verify {:.2} s (control, label, WAL records)",
+        s.phases.start.as_secs_f64(),
+        s.phases.copy.as_secs_f64(),
+        s.phases.end_check.as_secs_f64(),
+        s.phases.verify.as_secs_f64()
+    );
     if let Some(kept) = s.resumed_chunks {
         println!(
             "walrep: resumed: {kept} snapshot chunk files ({} bytes) of the interrupted copy were intact and not copied again",

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::endcheck::{self, EndCheck, EndCheckError};
 use super::extract::{self, ExtractError, ExtractStats, Extractor};
 use super::manifest::{ManifestError, MANIFEST_FILE};
 use super::standby_config::{self, conninfo_string, StandbyConfigError};
@@ -102,6 +103,8 @@ pub struct BasebackupSummary {
     pub wal_records: u64,
     /// Wall time of the whole command.
     pub elapsed: Duration,
+    /// Where it went.
+    pub phases: Phases,
     /// The connection string written with `--write-standby-config`.
     pub primary_conninfo: Option<String>,
     /// The slot made for the copy on the upstream.
@@ -126,6 +129,22 @@ pub struct BasebackupSummary {
     /// Files listed in the copy's `backup_manifest`, each read back and
     /// checked against it.
     pub manifest_files: u64,
+}
+
+/// The wall time of a backup's steps, one after another.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// Connecting to the answer to BASE_BACKUP: the server's checkpoint
+    /// (if it takes one) and pin.
+    pub start: Duration,
+    /// Every job's stream received, written and fsynced, and the WAL.
+    pub copy: Duration,
+    /// `backup_manifest` written, and every file read back against it
+    /// (the snapshot's chunks checked as chunks in the same read).
+    pub end_check: Duration,
+    /// The control file, `backup_label`, `walrep.toml` and the WAL's
+    /// records checked.
+    pub verify: Duration,
 }
 
 /// Why the backup failed.
@@ -172,9 +191,11 @@ pub enum BasebackupError {
     /// `--resume`: the interrupted copy could not be examined.
     #[error("could not resume the base backup: {0}")]
     Resume(#[from] super::resume::ResumeError),
-    /// A two-phase copy failed after its standby may have started: the
-    /// directory is kept (its marker keeps the standby waiting).
-    #[error("{source}\nthe copy in \"{datadir}\" is incomplete and kept (a standby started on it waits and refuses promotion); finish it with the same walrep basebackup command and --resume, or remove it and take a new base backup")]
+    /// A two-phase copy failed after its standby may have started, or a
+    /// copy failed its end check (or a resumed copy failed): the directory
+    /// is kept, its marker keeping it from being used as it is (a standby
+    /// started on it waits).
+    #[error("{source}\nthe copy in \"{datadir}\" is incomplete and kept (its backup_in_progress marker keeps it from being used: a standby started on it waits and refuses promotion); finish it with the same walrep basebackup command and --resume, or remove it and take a new base backup")]
     Interrupted {
         /// The target directory.
         datadir: String,
@@ -233,10 +254,20 @@ pub fn run(
         extract::create_target(&*opts.storage, &opts.datadir).map_err(BasebackupError::Target)?;
     }
     let mut slot_made = false;
+    // Set once a standby may run on the copy (two phases), or once every
+    // file is written and the end check reads them back: a failure after
+    // either keeps the copy for --resume (a failed end check costs only
+    // the files that fail it; the server keeps the checkpoint until the
+    // copy is confirmed).
     let phase_one = AtomicBool::new(false);
-    let result = take(opts, progress, &mut slot_made, &phase_one, None);
+    let end_check = AtomicBool::new(false);
+    let flags = Flags {
+        phase_one: &phase_one,
+        end_check: &end_check,
+    };
+    let result = take(opts, progress, &mut slot_made, flags, None);
     if let Err(e) = result {
-        if phase_one.load(Ordering::SeqCst) {
+        if phase_one.load(Ordering::SeqCst) || end_check.load(Ordering::SeqCst) {
             return Err(BasebackupError::Interrupted {
                 datadir: opts.datadir.display().to_string(),
                 source: Box::new(e),
@@ -279,8 +310,13 @@ fn run_resume(
     check_two_phase(&o)?;
     tracing::info!(backup_id = %plan.backup_id, kept_chunks = plan.kept_chunks.len(), kept_bytes = plan.kept_bytes, removed = plan.removed, "resuming the base backup");
     let phase_one = AtomicBool::new(plan.phase_one_done);
+    let end_check = AtomicBool::new(false);
+    let flags = Flags {
+        phase_one: &phase_one,
+        end_check: &end_check,
+    };
     let mut slot_made = false;
-    take(&o, progress, &mut slot_made, &phase_one, Some(&plan)).map_err(|e| {
+    take(&o, progress, &mut slot_made, flags, Some(&plan)).map_err(|e| {
         BasebackupError::Interrupted {
             datadir: opts.datadir.display().to_string(),
             source: Box::new(e),
@@ -409,15 +445,25 @@ fn standby_conninfo(opts: &BasebackupOptions) -> Result<String, StandbyConfigErr
     ]))
 }
 
+/// How far a copy got, for what its failure leaves.
+#[derive(Clone, Copy)]
+struct Flags<'a> {
+    /// A two-phase copy's first phase is written: a standby may run on it.
+    phase_one: &'a AtomicBool,
+    /// Every file is written and durable; the end check reads them back.
+    end_check: &'a AtomicBool,
+}
+
 /// The backup itself; `slot_made` is set once the slot exists, so that a
 /// failure drops only a slot this backup made.
 fn take(
     opts: &BasebackupOptions,
     progress: &mut dyn Progress,
     slot_made: &mut bool,
-    phase_one: &AtomicBool,
+    flags: Flags<'_>,
     plan: Option<&super::resume::ResumePlan>,
 ) -> Result<BasebackupSummary, BasebackupError> {
+    let phase_one = flags.phase_one;
     let started = Instant::now();
     let mut client = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
     let id = client.identify_system()?;
@@ -447,6 +493,7 @@ fn take(
     };
     let seg = segment_size(&mut client)?;
     let start = client.base_backup(&request)?;
+    let started_copy = Instant::now();
     one_tablespace(&start)?;
     if let Some(p) = plan.filter(|p| (p.marker.start, p.marker.tli) != (start.start, start.tli)) {
         return Err(BasebackupError::Protocol(format!(
@@ -489,6 +536,8 @@ fn take(
     let per_job: Vec<AtomicU64> = (0..=opts.jobs).map(|_| AtomicU64::new(0)).collect();
     let end_lsn = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
+    // Each job says on it when it ends (returns, fails or panics).
+    let (ended_tx, ended_rx) = crossbeam_channel::bounded::<()>(MAX_JOBS as usize + 1);
     let (extracted, received, end, tli) = std::thread::scope(|scope| {
         let wal_job = fetch_wal_apart.then(|| {
             let fetch = WalFetch {
@@ -503,7 +552,9 @@ fn take(
                 received: &per_job[opts.jobs as usize],
                 written: &written,
             };
+            let ended = Ended(ended_tx.clone());
             scope.spawn(move || {
+                let _ended = ended;
                 let mut c = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
                 let n = fetch.run(&mut c);
                 c.close();
@@ -516,7 +567,11 @@ fn take(
                 .map(|k| {
                     let counter = &per_job[k as usize];
                     let written = Arc::clone(&written);
-                    scope.spawn(move || copy_part(opts, id, k, counter, written))
+                    let ended = Ended(ended_tx.clone());
+                    scope.spawn(move || {
+                        let _ended = ended;
+                        copy_part(opts, id, k, counter, written)
+                    })
                 })
                 .collect(),
             (None, _) => {
@@ -552,12 +607,17 @@ fn take(
             Ok((_, _, end, _)) => end_lsn.store(end.0.max(1), Ordering::Release),
             Err(_) => failed.store(true, Ordering::Relaxed),
         }
-        // The other jobs may still run: keep their progress moving.
-        while jobs.iter().any(|j| !j.is_finished())
-            || wal_job.as_ref().is_some_and(|j| !j.is_finished())
-        {
+        // The other jobs may still run: keep their progress moving until
+        // each has said it ended (not a sleep: the copy is over as soon
+        // as the last job is).
+        let mut running = jobs.len() + usize::from(wal_job.is_some());
+        while running > 0 {
             shared.refresh();
-            std::thread::sleep(PROGRESS_POLL);
+            match ended_rx.recv_timeout(PROGRESS_POLL) {
+                Ok(()) => running -= 1,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
         }
         let mut total = leader?;
         if let Some(wal) = wal_job {
@@ -573,13 +633,13 @@ fn take(
         }
         Ok(total)
     })?;
-    client.close();
     let received_bytes = per_job
         .iter()
         .map(|j| j.load(Ordering::Relaxed))
         .sum::<u64>()
         .max(received);
     progress.end(received_bytes);
+    let copied = Instant::now();
     let expected = Expected {
         system_id: id.system_id,
         start: start.start,
@@ -599,13 +659,21 @@ fn take(
     if phase_one_done {
         record_kept_phase_one(opts, &written)?;
     }
+    flags.end_check.store(true, Ordering::SeqCst);
     let checked = write_manifest(opts, &written, tli, start.start, end)?;
-    let verified = match opts.two_phase {
-        true => verify::verify_files(&opts.datadir, &expected)?,
-        false => verify::verify(&opts.datadir, &expected)?,
+    let end_checked = Instant::now();
+    let verified =
+        verify::verify_checked(&opts.datadir, &expected, !opts.two_phase, &checked.chunks)?;
+    let phases = Phases {
+        start: started_copy.duration_since(started),
+        copy: copied.duration_since(started_copy),
+        end_check: end_checked.duration_since(copied),
+        verify: end_checked.elapsed(),
     };
     // Last: the copy is complete (a waiting standby starts redo now).
     crate::standby::pending::mark_complete(&*opts.storage, &opts.datadir)?;
+    confirm_copy(&mut client, start.backup_id.as_deref());
+    client.close();
     Ok(BasebackupSummary {
         system_id: id.system_id,
         start: start.start,
@@ -615,6 +683,7 @@ fn take(
         snapshot_keys: verified.snapshot_keys,
         wal_records: verified.wal_records,
         elapsed: started.elapsed(),
+        phases,
         primary_conninfo,
         slot: opts.slot.clone(),
         received_bytes,
@@ -624,23 +693,24 @@ fn take(
         resumed_file_bytes: plan.map_or(0, |p| p.kept_file_bytes()),
         resumed_wal_segments: plan.map_or(0, |p| p.kept_wal_segments),
         resumed_mismatched: plan.map_or(0, |p| p.mismatched),
-        manifest_files: checked.files,
+        manifest_files: checked.files.files,
     })
 }
 
 /// The copy's `backup_manifest`, once every file is written and durable
 /// (the extractions and the WAL job fsynced theirs): written durably, then
 /// read back and every file it lists checked against it (size and
-/// CRC-32C, what `pg_verifybackup` checks), so a file that changed after
-/// it was written fails the copy before it is marked complete. The
-/// journal of the unfinished copy goes last.
+/// CRC-32C, what `pg_verifybackup` checks; the snapshot's chunks as
+/// chunks too, in the same read), so a file that changed after it was
+/// written fails the copy before it is marked complete. The journal of
+/// the unfinished copy goes last.
 fn write_manifest(
     opts: &BasebackupOptions,
     written: &WrittenFiles,
     tli: TimelineId,
     start: Lsn,
     end: Lsn,
-) -> Result<super::manifest::CheckedFiles, BasebackupError> {
+) -> Result<EndCheck, BasebackupError> {
     let storage = &*opts.storage;
     let path = opts.datadir.join(MANIFEST_FILE);
     crate::storage::durable_replace(storage, &path, &written.manifest(tli, start, end))
@@ -651,10 +721,28 @@ fn write_manifest(
         source,
     })?;
     let manifest = super::manifest::parse(&bytes)?;
-    let checked = super::manifest::check_files(&opts.datadir, &manifest)?;
+    // Its errors are the verification's to report, after the files'.
+    let control = crate::store::ControlFile::read(&opts.datadir).ok();
+    let checked =
+        endcheck::check(&opts.datadir, &manifest, control.as_ref()).map_err(|e| match e {
+            EndCheckError::Manifest(e) => BasebackupError::ManifestMismatch(e),
+            EndCheckError::Verify(e) => BasebackupError::Verify(e),
+        })?;
     crate::storage::durable_remove(storage, &opts.datadir.join(PARTIAL_MANIFEST_FILE))
         .map_err(WrittenError::from)?;
     Ok(checked)
+}
+
+/// The copy is complete: tell the server, which kept the backup's
+/// checkpoint pinned for a resume until now. A failure costs only that
+/// pin until its window ends on the server: logged, the copy stands.
+fn confirm_copy(client: &mut ReplicationClient, id: Option<&str>) {
+    let Some(id) = id else {
+        return;
+    };
+    if let Err(e) = client.confirm_base_backup(id) {
+        tracing::warn!(backup_id = id, error = %e, "could not confirm the finished copy to the server: it keeps the backup's checkpoint pinned until its resume window ends");
+    }
 }
 
 /// A resumed two-phase copy keeps its first phase's files as they are (a
@@ -784,6 +872,16 @@ fn copy_part(
     client.backup_end()?;
     client.close();
     Ok((stats, bytes))
+}
+
+/// Held by a job's thread: dropped when the job ends, however it ends,
+/// which tells the leader waiting for the jobs.
+struct Ended(crossbeam_channel::Sender<()>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+    }
 }
 
 /// A job's progress: its bytes added to the shared total.

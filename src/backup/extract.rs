@@ -25,6 +25,9 @@ const DEFER_SYNC_BYTES: u64 = 1 << 20;
 const MAX_UNSYNCED: usize = 64;
 /// Bytes written between two writeback requests of a large file.
 const WRITEBACK_EVERY_BYTES: u64 = 8 << 20;
+/// Bytes of a member written at a time (the storage writer's own buffer
+/// size, from which on it writes a piece without copying it).
+const COPY_BYTES: usize = 256 << 10;
 
 /// Deepest member path accepted (walrep's layout is 3 levels deep).
 const MAX_DEPTH: usize = 8;
@@ -135,6 +138,9 @@ pub struct Extractor {
     /// Where each file written is recorded with its checksum (the copy's
     /// manifest), when the caller keeps one.
     written: Option<Arc<WrittenFiles>>,
+    /// A member's bytes on their way to the file ([`COPY_BYTES`], reused
+    /// for every member).
+    copy_buf: Vec<u8>,
 }
 
 impl Extractor {
@@ -150,6 +156,7 @@ impl Extractor {
             keep: BTreeSet::new(),
             unsynced: VecDeque::new(),
             written: None,
+            copy_buf: Vec::new(),
         }
     }
 
@@ -276,7 +283,8 @@ impl Extractor {
             None => ChecksumKind::None,
         };
         let mut hasher = kind.hasher();
-        copy(data, &mut f, &mut hasher)?;
+        self.copy_buf.resize(COPY_BYTES, 0);
+        copy(data, &mut f, &mut hasher, &mut self.copy_buf)?;
         let n = if f.written() >= DEFER_SYNC_BYTES {
             let (file, n) = f.finish_unsynced()?;
             self.defer_sync(file, path.clone())?;
@@ -393,28 +401,46 @@ pub fn drain(mut input: impl Read, limit: u64) -> Result<u64, ExtractError> {
     }
 }
 
-/// Copy a member's data, telling stream errors from disk errors.
+/// Copy a member's data through `buf`, telling stream errors from disk
+/// errors. `buf` is filled before each write: a whole [`COPY_BYTES`]
+/// goes to the file straight from it (the writer copies only a smaller
+/// last piece into its own buffer), and is checksummed in one call.
 fn copy(
     data: &mut impl Read,
     f: &mut SeqWriter<'_>,
     hasher: &mut super::manifest::Hasher,
+    buf: &mut [u8],
 ) -> Result<(), ExtractError> {
-    let mut buf = vec![0u8; 64 * 1024];
     let mut writeback_at = WRITEBACK_EVERY_BYTES;
     loop {
+        let n = fill(data, buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+        f.put(&buf[..n])?;
         if f.written() >= writeback_at {
             f.start_writeback()?;
             writeback_at = f.written() + WRITEBACK_EVERY_BYTES;
         }
-        let n = match data.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ExtractError::Read(e)),
-        };
-        hasher.update(&buf[..n]);
-        f.put(&buf[..n])?;
+        if n < buf.len() {
+            return Ok(());
+        }
     }
+}
+
+/// Read from `data` until `buf` is full or the data ends; bytes read.
+fn fill(data: &mut impl Read, buf: &mut [u8]) -> Result<usize, ExtractError> {
+    let mut n = 0;
+    while n < buf.len() {
+        match data.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ExtractError::Read(e)),
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

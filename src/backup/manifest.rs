@@ -20,6 +20,7 @@ use std::io::{self, Read};
 
 use sha2::Digest;
 
+pub(crate) use super::crc32c::crc32c;
 use super::label::format_utc;
 use crate::{Lsn, TimelineId};
 
@@ -83,72 +84,11 @@ pub enum Hasher {
     Sha512(sha2::Sha512),
 }
 
-/// CRC-32C (Castagnoli, reflected 0x82F63B78) lookup tables for
-/// slicing-by-8: `[0]` is the classic byte table, `[k]` advances a byte
-/// through `k` more zero bytes. Eight bytes per step instead of one makes
-/// checksumming a copy (written, then read back by the end-of-copy check)
-/// several times faster than the byte-at-a-time loop, without `unsafe`.
-const CRC32C_TABLES: [[u32; 256]; 8] = {
-    let mut t = [[0u32; 256]; 8];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0x82F6_3B78
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        t[0][i] = c;
-        i += 1;
-    }
-    let mut s = 1;
-    while s < 8 {
-        let mut i = 0;
-        while i < 256 {
-            let prev = t[s - 1][i];
-            t[s][i] = (prev >> 8) ^ t[0][(prev & 0xFF) as usize];
-            i += 1;
-        }
-        s += 1;
-    }
-    t
-};
-
-/// Advance the (pre-inverted) CRC-32C register `crc` over `bytes`.
-fn crc32c_update(mut crc: u32, bytes: &[u8]) -> u32 {
-    let t = &CRC32C_TABLES;
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        let lo = crc ^ u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-        crc = t[7][(lo & 0xFF) as usize]
-            ^ t[6][((lo >> 8) & 0xFF) as usize]
-            ^ t[5][((lo >> 16) & 0xFF) as usize]
-            ^ t[4][(lo >> 24) as usize]
-            ^ t[3][w[4] as usize]
-            ^ t[2][w[5] as usize]
-            ^ t[1][w[6] as usize]
-            ^ t[0][w[7] as usize];
-    }
-    for &b in words.remainder() {
-        crc = t[0][((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
-    }
-    crc
-}
-
-/// CRC-32C of `bytes` (PostgreSQL's INIT, COMP and FIN_CRC32C).
-pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
-    !crc32c_update(!0, bytes)
-}
-
 impl Hasher {
     pub fn update(&mut self, b: &[u8]) {
         match self {
             Hasher::None => {}
-            Hasher::Crc32c(crc) => *crc = crc32c_update(*crc, b),
+            Hasher::Crc32c(crc) => *crc = super::crc32c::update(*crc, b),
             Hasher::Sha224(h) => h.update(b),
             Hasher::Sha256(h) => h.update(b),
             Hasher::Sha384(h) => h.update(b),
@@ -473,16 +413,24 @@ pub(crate) fn checksum_file(
     path: &std::path::Path,
     kind: ChecksumKind,
 ) -> Result<(u64, Vec<u8>), ManifestError> {
+    checksum_file_with(path, kind, &mut vec![0u8; 256 * 1024])
+}
+
+/// [`checksum_file`] reading `buf.len()` bytes at a time into `buf`.
+pub(crate) fn checksum_file_with(
+    path: &std::path::Path,
+    kind: ChecksumKind,
+    buf: &mut [u8],
+) -> Result<(u64, Vec<u8>), ManifestError> {
     let file = std::fs::File::open(path).map_err(|source| ManifestError::Io {
         op: "open",
         path: path.to_path_buf(),
         source,
     })?;
     let mut reader = HashingReader::new(file, kind);
-    let mut buf = vec![0u8; 256 * 1024];
     let mut len = 0u64;
     loop {
-        match reader.read(&mut buf) {
+        match reader.read(buf) {
             Ok(0) => break,
             Ok(n) => len += n as u64,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -498,7 +446,7 @@ pub(crate) fn checksum_file(
     Ok((len, reader.hasher.finish()))
 }
 
-/// What [`check_files`] read.
+/// What the end check of a copy read (`endcheck`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CheckedFiles {
     /// Files whose size and checksum matched.
@@ -507,61 +455,55 @@ pub struct CheckedFiles {
     pub bytes: u64,
 }
 
-/// pg_verifybackup's file checks on the copy in `dir`: every file the
-/// manifest lists is there, with its size and checksum. (Files in the
-/// copy the manifest does not list are not looked for: a standby started
-/// on a two-phase copy writes its own WAL into it.)
-pub fn check_files(
+/// The path of listed file `f` in the copy in `dir`, once it is there
+/// with the size the manifest says.
+pub(crate) fn stat_listed(
     dir: &std::path::Path,
-    manifest: &ParsedManifest,
-) -> Result<CheckedFiles, ManifestError> {
-    let mut checked = CheckedFiles::default();
-    for f in &manifest.files {
-        let path = dir.join(&f.path);
-        let found_size = match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => m.len(),
-            Ok(_) => {
-                return Err(ManifestError::Missing {
-                    path: f.path.clone(),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ManifestError::Missing {
-                    path: f.path.clone(),
-                })
-            }
-            Err(source) => {
-                return Err(ManifestError::Io {
-                    op: "stat",
-                    path,
-                    source,
-                })
-            }
-        };
-        let size_err = |found| ManifestError::Size {
+    f: &ListedFile,
+) -> Result<std::path::PathBuf, ManifestError> {
+    let path = dir.join(&f.path);
+    let missing = || ManifestError::Missing {
+        path: f.path.clone(),
+    };
+    let found_size = match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(_) => return Err(missing()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
+        Err(source) => {
+            return Err(ManifestError::Io {
+                op: "stat",
+                path,
+                source,
+            })
+        }
+    };
+    compare_size(f, found_size)?;
+    Ok(path)
+}
+
+fn compare_size(f: &ListedFile, found: u64) -> Result<(), ManifestError> {
+    if found != f.size {
+        return Err(ManifestError::Size {
             path: f.path.clone(),
             found,
             expected: f.size,
-        };
-        if found_size != f.size {
-            return Err(size_err(found_size));
-        }
-        let (len, sum) = checksum_file(&path, f.kind)?;
-        if len != f.size {
-            return Err(size_err(len));
-        }
-        if sum != f.checksum {
-            return Err(ManifestError::Checksum {
-                path: f.path.clone(),
-                algorithm: f.kind.name(),
-                found: hex(&sum),
-                expected: hex(&f.checksum),
-            });
-        }
-        checked.files += 1;
-        checked.bytes += len;
+        });
     }
-    Ok(checked)
+    Ok(())
+}
+
+/// Listed file `f` read back: `len` bytes whose checksum is `sum`.
+pub(crate) fn compare_listed(f: &ListedFile, len: u64, sum: &[u8]) -> Result<(), ManifestError> {
+    compare_size(f, len)?;
+    if sum != f.checksum {
+        return Err(ManifestError::Checksum {
+            path: f.path.clone(),
+            algorithm: f.kind.name(),
+            found: hex(sum),
+            expected: hex(&f.checksum),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -606,22 +548,6 @@ mod tests {
         assert_eq!(v["Manifest-Checksum"], want.as_str());
     }
 
-    #[test]
-    fn slicing_by_eight_matches_the_bytewise_crc() {
-        let data: Vec<u8> = (0..10_007u32).map(|i| (i * 31 % 251) as u8).collect();
-        let mut bytewise = !0u32;
-        for &b in &data {
-            bytewise = CRC32C_TABLES[0][((bytewise ^ b as u32) & 0xFF) as usize] ^ (bytewise >> 8);
-        }
-        assert_eq!(crc32c(&data), !bytewise);
-        // Any split of the input gives the same result.
-        let mut h = ChecksumKind::Crc32c.hasher();
-        for part in data.chunks(13) {
-            h.update(part);
-        }
-        assert_eq!(h.finish(), crc32c(&data).to_ne_bytes().to_vec());
-    }
-
     fn written_manifest() -> Vec<u8> {
         let mut m = Manifest::new(ChecksumKind::Crc32c, false);
         m.add_file("a", 3, 0, crc32c(b"abc").to_ne_bytes().to_vec());
@@ -644,6 +570,9 @@ mod tests {
         std::fs::write(d.path().join("a"), b"abc").unwrap();
         std::fs::create_dir(d.path().join("d")).unwrap();
         std::fs::write(d.path().join("d/b"), b"").unwrap();
+        let check_files = |d: &std::path::Path, m: &ParsedManifest| {
+            super::super::endcheck::check(d, m, None).map(|c| c.files)
+        };
         assert_eq!(
             check_files(d.path(), &m).unwrap(),
             CheckedFiles { files: 2, bytes: 3 }

@@ -6,6 +6,7 @@
 //!
 //! - `pin`: what a running backup pins (snapshot, WAL from its redo point).
 //! - `label`: `backup_label`, PostgreSQL's fields.
+//! - `crc32c`: the manifest's checksum, on the CPU's own instruction.
 //! - `manifest`: `backup_manifest` (PostgreSQL's format) for pg_verifybackup:
 //!   built by the server for pg_basebackup and by `walrep basebackup` for
 //!   its copies, read back and checked against a copy.
@@ -15,6 +16,8 @@
 //! - [`server`]: the node's BASE_BACKUP.
 //! - [`standby_backup`]: the end of a backup taken from a standby.
 //! - [`extract`]: safe extraction of the archive stream into a directory.
+//! - `endcheck`: the copy read back once against its manifest before it
+//!   is marked complete.
 //! - [`verify`]: checks of a copied data directory.
 //! - [`standby_config`]: `standby.signal` and `primary_conninfo` (`-R`).
 //! - `walfetch`: a parallel backup's WAL, by WAL_RANGE during the copy.
@@ -22,6 +25,8 @@
 //! - [`client`]: `walrep basebackup`.
 
 pub mod client;
+pub(crate) mod crc32c;
+pub(crate) mod endcheck;
 pub mod extract;
 pub(crate) mod label;
 pub(crate) mod manifest;

@@ -10,8 +10,10 @@
 //! `JOIN`; each claim takes its own pin under the same lock, so a part
 //! is never copied from a snapshot a checkpoint could remove.
 //!
-//! The checkpoint of an interrupted resumable backup stays pinned for
-//! [`RESUME_WINDOW`]; a node opened with [`BackupPins::open`] also keeps
+//! The checkpoint of a resumable backup stays pinned for [`RESUME_WINDOW`]
+//! once its stream ends, failed or sent, until its client confirms that
+//! its copy passed its end check ([`BackupPins::confirm`]) or `RESUME`
+//! takes it over; a node opened with [`BackupPins::open`] also keeps
 //! those pins in [`RESUMABLE_FILE`] in its data directory (written
 //! durably, read at start-up, expiring by wall-clock time), so `RESUME`
 //! works after the server restarts too. PostgreSQL has no resumable base
@@ -295,6 +297,17 @@ impl BackupPins {
         Ok((pin, kept.backup))
     }
 
+    /// The client of backup `id` checked its copy: the checkpoint kept
+    /// for it is released. Whether it was kept.
+    pub fn confirm(&self, id: &str) -> bool {
+        let mut g = self.expired_locked();
+        if g.kept.remove(id).is_none() {
+            return false;
+        }
+        self.persist(&g);
+        true
+    }
+
     /// Failed backups waiting for `RESUME` (for INFO and tests).
     pub fn kept_count(&self) -> usize {
         let g = self.expired_locked();
@@ -568,6 +581,22 @@ mod tests {
         pins.keep(pin, "b", kept(9), Duration::ZERO);
         assert!(pins.pinned_snapshots().is_empty());
         assert_eq!(pins.oldest_redo(), None);
+        assert!(matches!(pins.resume("b"), Err(ResumeError::Gone(_))));
+    }
+
+    #[test]
+    fn a_sent_backup_is_kept_until_its_client_confirms_it() {
+        let d = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::StdStorage);
+        let pins = BackupPins::open(storage, d.path());
+        assert!(!pins.confirm("b"));
+        let pin = pins.pin(9, Lsn(0x900));
+        pins.keep(pin, "b", kept(9), RESUME_WINDOW);
+        assert!(d.path().join(RESUMABLE_FILE).exists());
+        assert!(pins.confirm("b"));
+        assert!(pins.pinned_snapshots().is_empty());
+        assert!(!d.path().join(RESUMABLE_FILE).exists());
+        assert!(!pins.confirm("b"));
         assert!(matches!(pins.resume("b"), Err(ResumeError::Gone(_))));
     }
 

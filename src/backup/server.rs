@@ -176,6 +176,26 @@ pub fn serve<S: BackupSource>(
     };
     let result = b.run(out);
     match (&result, &running) {
+        // Sent is not checked: the client reads its copy back before it
+        // is complete, and a copy that fails that check is resumed like
+        // an interrupted one. So the checkpoint stays pinned until the
+        // client confirms (CONFIRM_BASE_BACKUP), or its window ends.
+        (Ok(_), Some(_)) => {
+            let id = id.as_deref().unwrap_or_default();
+            tracing::info!(
+                backup_id = id,
+                "base backup sent: its checkpoint stays pinned until the client confirms its copy"
+            );
+            pins.keep(
+                pin,
+                id,
+                KeptBackup {
+                    control,
+                    started_unix,
+                },
+                RESUME_WINDOW,
+            );
+        }
         (Err(_), Some(_)) => {
             let id = id.as_deref().unwrap_or_default();
             tracing::warn!(
@@ -203,6 +223,22 @@ pub fn serve<S: BackupSource>(
         Err(e) => tracing::warn!(error = %e.message, "base backup failed"),
     }
     result
+}
+
+/// CONFIRM_BASE_BACKUP: the client of resumable backup `id` checked its
+/// copy; the checkpoint kept for it since it was sent is released.
+pub fn confirm<S: BackupSource>(node: &S, id: &str) -> Result<(), PgError> {
+    if node.backup_pins().confirm(id) {
+        tracing::info!(
+            backup_id = id,
+            "base backup confirmed by its client: its checkpoint is released"
+        );
+        return Ok(());
+    }
+    Err(PgError::error(
+        code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("no base backup \"{id}\" awaits confirmation: it was confirmed or resumed already, or its checkpoint was released (a sent backup keeps it {} minutes)", RESUME_WINDOW.as_secs() / 60),
+    ))
 }
 
 /// The checkpoint a new backup copies, pinned: a fresh one (PostgreSQL's

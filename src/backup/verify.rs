@@ -8,6 +8,7 @@
 //! restartpoint, which has no checkpoint record: its WAL must read without
 //! a gap from the redo point to the end, the standby's replay position.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
@@ -102,16 +103,33 @@ fn check<T: PartialEq + ToString>(
 
 /// Verify the copy in `datadir` against what the server reported.
 pub fn verify(datadir: &Path, want: &Expected) -> Result<Verified, VerifyError> {
-    verify_parts(datadir, want, true)
+    verify_checked(datadir, want, true, &CheckedChunks::default())
 }
 
 /// [`verify`] without the WAL: a two-phase copy's WAL is streamed by the
 /// standby itself (and checked record by record as it is replayed).
 pub fn verify_files(datadir: &Path, want: &Expected) -> Result<Verified, VerifyError> {
-    verify_parts(datadir, want, false)
+    verify_checked(datadir, want, false, &CheckedChunks::default())
 }
 
-fn verify_parts(datadir: &Path, want: &Expected, wal: bool) -> Result<Verified, VerifyError> {
+/// Snapshot chunks already read and parsed (by the copy's end check).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CheckedChunks {
+    /// The checkpoint whose snapshot they are.
+    pub checkpoint_id: u64,
+    /// Keys of each chunk, by chunk number.
+    pub keys: BTreeMap<u32, u64>,
+}
+
+/// [`verify`] (without the WAL unless `wal`) of a copy whose snapshot
+/// chunks in `checked` were already read and parsed: only the others are
+/// read here.
+pub(crate) fn verify_checked(
+    datadir: &Path,
+    want: &Expected,
+    wal: bool,
+    checked: &CheckedChunks,
+) -> Result<Verified, VerifyError> {
     let control = ControlFile::read(datadir)?;
     check(
         "system identifier",
@@ -135,7 +153,7 @@ fn verify_parts(datadir: &Path, want: &Expected, wal: bool) -> Result<Verified, 
         file: CONFIG_FILE.into(),
         reason: e.to_string(),
     })?;
-    let snapshot_keys = check_snapshot(datadir, &control)?;
+    let snapshot_keys = check_snapshot(datadir, &control, checked)?;
     let wal_records = match wal {
         true => check_wal(datadir, &control, want.end, label.from_standby)?,
         false => 0,
@@ -175,11 +193,21 @@ fn check_label(datadir: &Path, control: &ControlFile) -> Result<BackupLabel, Ver
     Ok(label)
 }
 
-/// Every chunk of the checkpoint's snapshot parses; returns the key count.
-fn check_snapshot(datadir: &Path, control: &ControlFile) -> Result<u64, VerifyError> {
+/// Every chunk of the checkpoint's snapshot parses (those in `checked`
+/// did already); returns the key count.
+fn check_snapshot(
+    datadir: &Path,
+    control: &ControlFile,
+    checked: &CheckedChunks,
+) -> Result<u64, VerifyError> {
     let dir = snapshot_dir(datadir, control.checkpoint_id);
+    let same = checked.checkpoint_id == control.checkpoint_id;
     let mut keys = 0u64;
     for i in 0..control.checkpoint_chunks {
+        if let Some(k) = checked.keys.get(&i).filter(|_| same) {
+            keys += k;
+            continue;
+        }
         let path = dir.join(chunk_name(i));
         let file = path.display().to_string();
         let bytes = fs::read(&path).map_err(|e| VerifyError::File {

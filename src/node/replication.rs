@@ -181,6 +181,16 @@ impl ReplicationSource for NodeSource {
         })?;
         crate::backup::server::serve(&*node, options, out).map(|_| ())
     }
+
+    fn confirm_base_backup(&self, id: &str) -> Result<(), crate::replication::sqlstate::PgError> {
+        let node = self.node().ok_or_else(|| {
+            crate::replication::sqlstate::PgError::error(
+                crate::replication::sqlstate::ADMIN_SHUTDOWN,
+                "the node is shutting down",
+            )
+        })?;
+        crate::backup::server::confirm(&*node, id)
+    }
 }
 
 /// The node as the source of a base backup.

@@ -153,6 +153,17 @@ pub trait ReplicationSource: Send + Sync + 'static {
             "BASE_BACKUP is not supported by this walrep server yet",
         ))
     }
+
+    /// walrep's CONFIRM_BASE_BACKUP: the client checked its copy of the
+    /// resumable backup `id`; release the checkpoint kept for it. Not
+    /// implemented by default.
+    fn confirm_base_backup(&self, id: &str) -> Result<(), PgError> {
+        let _ = id;
+        Err(PgError::error(
+            FEATURE_NOT_SUPPORTED,
+            "CONFIRM_BASE_BACKUP is not supported by this walrep server",
+        ))
+    }
 }
 
 /// Where a base backup is written: the framing of PostgreSQL 15's

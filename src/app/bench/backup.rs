@@ -34,8 +34,14 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
     let pg_rate = match ctx.args.anchors.clone() {
         Some(anchors_dir) => {
             ctx.probe("before pg_basebackup", true)?;
-            let rate = pg_basebackup_rate(&dir.join("postgres"), &anchors_dir, big_mb)?;
+            let (rate, cpu_s, written) =
+                pg_basebackup_rate(&dir.join("postgres"), &anchors_dir, big_mb)?;
             println!("  pg_basebackup -X fetch: {big_mb} MB at {rate:.0} MB/s");
+            ctx.note(format!(
+                "pg_basebackup: client CPU {:.2} s/GB, client wrote {} MB",
+                cpu_s / (big_mb as f64 / 1024.0),
+                written >> 20
+            ));
             Some(rate)
         }
         None => None,
@@ -76,9 +82,17 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
         if mb == big_mb {
             for (j, fig) in [1u32, 2, 4].into_iter().zip(jobs_f.iter_mut()) {
                 ctx.probe(&format!("before --jobs {j}"), true)?;
-                let secs = timed_copy(ctx, &primary, &dir.join(format!("copy-j{j}")), j)?;
-                let rate = mb as f64 / secs;
-                println!("  --jobs {j}: {mb} MB in {secs:.2} s = {rate:.0} MB/s");
+                let c = timed_copy(ctx, &primary, &dir.join(format!("copy-j{j}")), j)?;
+                let rate = mb as f64 / c.secs;
+                println!("  --jobs {j}: {mb} MB in {:.2} s = {rate:.0} MB/s", c.secs);
+                let gb = mb as f64 / 1024.0;
+                ctx.note(format!(
+                    "--jobs {j}: client CPU {:.2} s/GB, server CPU {:.2} s/GB, client wrote {} MB; {}",
+                    c.client_cpu_s / gb,
+                    c.server_cpu_s / gb,
+                    c.written_bytes >> 20,
+                    c.phases
+                ));
                 fig.walrep.push(rate);
             }
         }
@@ -103,14 +117,25 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
 }
 
 /// pg_basebackup of a PostgreSQL 15 database of `mb` MB: MB/s (of the
-/// data written, as the walrep figures).
-fn pg_basebackup_rate(dir: &Path, anchors_dir: &Path, mb: u64) -> Result<f64, BenchError> {
+/// data written, as the walrep figures), its CPU seconds and the bytes it
+/// wrote.
+fn pg_basebackup_rate(
+    dir: &Path,
+    anchors_dir: &Path,
+    mb: u64,
+) -> Result<(f64, f64, u64), BenchError> {
     let pg = super::pg::PgAnchor::start(dir, anchors_dir)?;
     pg.fill_bulk(mb)?;
+    let before = children_usage();
     let secs = pg.basebackup_secs()?;
+    let after = children_usage();
     drop(pg);
     let _ = std::fs::remove_dir_all(dir);
-    Ok(mb as f64 / secs)
+    Ok((
+        mb as f64 / secs,
+        after.0 - before.0,
+        after.1.saturating_sub(before.1),
+    ))
 }
 
 /// Write about `mb` MB of values.
@@ -127,8 +152,24 @@ fn fill(primary: &Node, mb: u64) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// One `walrep basebackup --jobs N` into `dest` (removed after): seconds.
-fn timed_copy(ctx: &Ctx<'_>, primary: &Node, dest: &Path, jobs: u32) -> Result<f64, BenchError> {
+/// What one timed copy took.
+struct Copied {
+    /// Wall time of the command.
+    secs: f64,
+    /// CPU (user + system) of the `walrep basebackup` process.
+    client_cpu_s: f64,
+    /// CPU of the primary meanwhile.
+    server_cpu_s: f64,
+    /// Bytes the client wrote to the disk (its block output).
+    written_bytes: u64,
+    /// The client's own account of its phases (its `phases:` line).
+    phases: String,
+}
+
+/// One `walrep basebackup --jobs N` into `dest` (removed after).
+fn timed_copy(ctx: &Ctx<'_>, primary: &Node, dest: &Path, jobs: u32) -> Result<Copied, BenchError> {
+    let server_cpu = || cluster::process_cpu_s(primary.child.pid()).unwrap_or(0.0);
+    let (server0, children0) = (server_cpu(), children_usage());
     let t0 = Instant::now();
     let out = Command::new(&ctx.exe)
         .arg("basebackup")
@@ -139,6 +180,7 @@ fn timed_copy(ctx: &Ctx<'_>, primary: &Node, dest: &Path, jobs: u32) -> Result<f
         .output()
         .map_err(|e| BenchError::io("walrep basebackup", e))?;
     let secs = t0.elapsed().as_secs_f64();
+    let (server1, children1) = (server_cpu(), children_usage());
     let _ = std::fs::remove_dir_all(dest);
     if !out.status.success() {
         return Err(BenchError::Server(format!(
@@ -146,7 +188,35 @@ fn timed_copy(ctx: &Ctx<'_>, primary: &Node, dest: &Path, jobs: u32) -> Result<f
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(secs)
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let phases = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("walrep: "))
+        .find(|l| l.starts_with("phases: "))
+        .unwrap_or("no phases reported")
+        .to_string();
+    Ok(Copied {
+        secs,
+        client_cpu_s: children1.0 - children0.0,
+        server_cpu_s: server1 - server0,
+        written_bytes: children1.1.saturating_sub(children0.1),
+        phases,
+    })
+}
+
+/// CPU seconds and bytes written (block output) of this process's
+/// children that have ended and been waited for.
+fn children_usage() -> (f64, u64) {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_CHILDREN is valid and `usage` is writable.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return (0.0, 0);
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = secs(usage.ru_utime) + secs(usage.ru_stime);
+    // Blocks of 512 bytes.
+    (cpu, (usage.ru_oublock.max(0) as u64) * 512)
 }
 
 /// Start `walrep basebackup --two-phase --jobs 4`, start the standby as

@@ -316,6 +316,14 @@ impl ReplicationClient {
         }
     }
 
+    /// walrep's CONFIRM_BASE_BACKUP: the copy of resumable backup `id`
+    /// passed its end check, so the server may release the checkpoint it
+    /// kept for it (until then a copy that fails its check is resumable).
+    pub fn confirm_base_backup(&mut self, id: &str) -> Result<(), ClientError> {
+        self.simple_query(&format!("CONFIRM_BASE_BACKUP {}", literal(id)))?;
+        Ok(())
+    }
+
     /// After [`BackupMessage::End`]: the end position, then the command's
     /// completion.
     pub fn backup_end(&mut self) -> Result<(Lsn, TimelineId), ClientError> {

@@ -169,6 +169,9 @@ pub struct ReplicationClient {
     streaming: bool,
     /// In BASE_BACKUP's COPY OUT.
     copy_out: bool,
+    /// The socket's read timeout as last set: not set again (a system
+    /// call) for every message of a stream read with the same bound.
+    read_timeout: Option<Duration>,
 }
 
 impl ReplicationClient {
@@ -202,6 +205,7 @@ impl ReplicationClient {
             io_timeout: timeout,
             streaming: false,
             copy_out: false,
+            read_timeout: None,
         };
         c.startup(info, password.as_deref(), extra)?;
         Ok(c)
@@ -264,9 +268,13 @@ impl ReplicationClient {
     }
 
     fn read(&mut self, timeout: Duration) -> Result<BackendMessage, ClientError> {
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        let timeout = Some(timeout.max(Duration::from_millis(1)));
+        if self.read_timeout != timeout {
+            // Forgotten first: a failed call leaves the socket's unknown.
+            self.read_timeout = None;
+            self.reader.get_ref().set_read_timeout(timeout)?;
+            self.read_timeout = timeout;
+        }
         Ok(self.reader.read_backend()?)
     }
 

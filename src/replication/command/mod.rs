@@ -1,7 +1,9 @@
 //! Replication commands (PostgreSQL's `repl_gram.y`), parsed into an enum
 //! before anything is executed: IDENTIFY_SYSTEM, SHOW, TIMELINE_HISTORY,
 //! START_REPLICATION, CREATE/DROP/READ_REPLICATION_SLOT and BASE_BACKUP,
-//! and walrep's WAL_RANGE (a bounded range of WAL, then the command ends).
+//! and walrep's WAL_RANGE (a bounded range of WAL, then the command ends)
+//! and CONFIRM_BASE_BACKUP (a client's copy checked: its checkpoint is
+//! released).
 //! Errors carry PostgreSQL's SQLSTATE (42601 for syntax errors, 0A000 for
 //! SQL or logical replication in a physical walsender).
 
@@ -71,6 +73,10 @@ pub enum ReplicationCommand {
         /// `None` = the server's current timeline.
         timeline: Option<TimelineId>,
     },
+    /// walrep's `CONFIRM_BASE_BACKUP 'backup_id'`: the client checked its
+    /// copy of that (resumable) backup, whose checkpoint the server kept
+    /// pinned until now; it is released.
+    ConfirmBaseBackup(String),
 }
 
 /// The words that start a replication command. Anything else is SQL, which
@@ -85,6 +91,7 @@ const COMMAND_KEYWORDS: &[&str] = &[
     "READ_REPLICATION_SLOT",
     "BASE_BACKUP",
     "WAL_RANGE",
+    "CONFIRM_BASE_BACKUP",
 ];
 
 /// Every keyword of the grammar: an unquoted word equal to one of these is
@@ -92,6 +99,7 @@ const COMMAND_KEYWORDS: &[&str] = &[
 const KEYWORDS: &[&str] = &[
     "BASE_BACKUP",
     "WAL_RANGE",
+    "CONFIRM_BASE_BACKUP",
     "IDENTIFY_SYSTEM",
     "READ_REPLICATION_SLOT",
     "SHOW",
@@ -232,6 +240,10 @@ impl Parser {
             }
             "BASE_BACKUP" => self.base_backup(),
             "WAL_RANGE" => self.wal_range(),
+            "CONFIRM_BASE_BACKUP" => match self.next() {
+                Some(Token::Str(id)) => Ok(ReplicationCommand::ConfirmBaseBackup(id)),
+                _ => Err(syntax_error()),
+            },
             _ => Err(syntax_error()),
         }
     }

@@ -162,3 +162,22 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn confirm_base_backup_takes_one_quoted_id() {
+    assert_eq!(
+        ok("CONFIRM_BASE_BACKUP 'ab12'"),
+        ReplicationCommand::ConfirmBaseBackup("ab12".into())
+    );
+    assert_eq!(
+        ok("confirm_base_backup 'x';"),
+        ReplicationCommand::ConfirmBaseBackup("x".into())
+    );
+    for bad in [
+        "CONFIRM_BASE_BACKUP",
+        "CONFIRM_BASE_BACKUP ab12",
+        "CONFIRM_BASE_BACKUP 'a' 'b'",
+    ] {
+        assert_eq!(code(bad), SYNTAX_ERROR, "{bad}");
+    }
+}

@@ -274,3 +274,12 @@ pub(super) fn base_backup<S: ReplicationSource>(
     s.handle.set_state(WalSenderState::Startup);
     result.map_err(Failure::Error)
 }
+
+/// walrep's CONFIRM_BASE_BACKUP: the client's copy of backup `id` passed
+/// its end check; the checkpoint kept for it is released.
+pub(super) fn confirm_base_backup<S: ReplicationSource>(
+    s: &mut Session<S>,
+    id: &str,
+) -> Result<(), Failure> {
+    s.ctx.source.confirm_base_backup(id).map_err(Failure::Error)
+}

@@ -259,6 +259,7 @@ impl<S: ReplicationSource> Session<S> {
                 end,
                 timeline,
             } => walrange::wal_range(self, begin, end, timeline),
+            ReplicationCommand::ConfirmBaseBackup(id) => exec::confirm_base_backup(self, &id),
         }
     }
 }
@@ -275,5 +276,6 @@ fn command_tag(cmd: &ReplicationCommand) -> &'static str {
         ReplicationCommand::ReadReplicationSlot(_) => "READ_REPLICATION_SLOT",
         ReplicationCommand::BaseBackup(_) => "BASE_BACKUP",
         ReplicationCommand::WalRange { .. } => "WAL_RANGE",
+        ReplicationCommand::ConfirmBaseBackup(_) => "CONFIRM_BASE_BACKUP",
     }
 }
