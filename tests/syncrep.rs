@@ -195,6 +195,54 @@ fn remote_apply_makes_the_write_readable_on_the_standby_at_once() {
     assert_eq!(level[1], "local", "a bad CONFIG SET changed the setting");
 }
 
+/// The standby reports its replay only when the primary asks (a commit
+/// waits at `remote_apply`): with its periodic status an hour apart, every
+/// `remote_apply` commit still completes at once and is readable there,
+/// interleaved with `on` commits, which need no apply report.
+#[test]
+fn remote_apply_commits_get_the_apply_reports_they_wait_for_on_request() {
+    let c = cluster("s1", &[]);
+    let dir = basebackup(&c.primary, c.tmp.path(), "s1", "s1");
+    let s1 = TestNode::start(
+        &dir,
+        &[
+            &restore_setting(&c.archive),
+            "wal_retrieve_retry_interval=200ms",
+            "wal_receiver_status_interval=1h",
+        ],
+    );
+    wait_state(&s1, "Streaming");
+    wait_for("s1 sync", Duration::from_secs(30), || {
+        (sync_state_of(&c.primary, "s1")? == "sync").then_some(())
+    });
+    let bound = Some(Duration::from_secs(10));
+    let mut apply = c.primary.client();
+    apply.set_read_timeout(bound).unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("synchronous_commit")
+        .arg("remote_apply")
+        .query(&mut apply)
+        .unwrap();
+    let mut on = c.primary.client();
+    on.set_read_timeout(bound).unwrap();
+    let mut s = s1.client();
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg("on")
+            .arg(i)
+            .query(&mut on)
+            .expect("an `on` commit did not complete");
+        let _: () = redis::cmd("SET")
+            .arg("applied")
+            .arg(i)
+            .query(&mut apply)
+            .expect("a remote_apply commit waited for a report nobody asked for");
+        let v: Option<String> = redis::cmd("GET").arg("applied").query(&mut s).unwrap();
+        assert_eq!(v, Some(i.to_string()), "acknowledged before it was applied");
+    }
+}
+
 #[test]
 fn a_client_that_gives_up_never_exposes_an_unreplicated_write() {
     let c = cluster("FIRST 1 (s1)", &[]);

@@ -41,7 +41,7 @@ use crate::config::Config;
 pub use crate::datadir::{DataDir, DataDirLock};
 use crate::replication::registry::WalSenderRegistry;
 use crate::replication::slots::SlotManager;
-use crate::server::{Backend, Role, WriteError};
+use crate::server::{Backend, Notify, PendingWait, Role, StartedWait, WriteError};
 use crate::standby::{NodeHooks, StandbyError, StandbyProgress};
 use crate::storage::{Storage, SyncFailure};
 use crate::store::{ControlFile, ControlFileOwner, Level, Store};
@@ -398,6 +398,43 @@ impl Node {
     }
 }
 
+impl Node {
+    /// A `remote_apply` commit tells the walsenders before its flush, so
+    /// the keepalive that announces the flush asks the standbys to report
+    /// their replay at once (standbys that report apply on request).
+    fn announce_apply_wait(&self, end: Lsn, level: Level) {
+        if level == Level::RemoteApply && self.syncrep.defined() {
+            self.syncrep.want_apply(end);
+        }
+    }
+
+    /// The last check before an acknowledgement: a node fenced while the
+    /// write waited answers an error, never "OK".
+    fn gate_after_wait(&self) -> Result<(), WriteError> {
+        if !self.gate.is_open() {
+            return Err(WriteError::FencedUnconfirmed);
+        }
+        Ok(())
+    }
+}
+
+/// A write flushed here, waiting for the synchronous standbys on a Redis
+/// worker's loop ([`Backend::start_wait`]).
+struct RemoteWait {
+    wait: crate::syncrep::SyncWait,
+    gate: Arc<fence::WriteGate>,
+}
+
+impl PendingWait for RemoteWait {
+    fn poll(&self) -> Option<Result<(), WriteError>> {
+        let result = self.wait.poll()?;
+        if result.is_ok() && !self.gate.is_open() {
+            return Some(Err(WriteError::FencedUnconfirmed));
+        }
+        Some(result)
+    }
+}
+
 fn wal_error(e: WalError) -> WriteError {
     match e {
         WalError::ShutDown => WriteError::ShuttingDown,
@@ -439,6 +476,7 @@ impl Backend for Node {
     fn wait(&self, end: Lsn, level: Level) -> Result<(), WriteError> {
         if level > Level::Immediate {
             let wal = self.wal().ok_or(WriteError::ReadOnly)?;
+            self.announce_apply_wait(end, level);
             wal.wait_flushed(end).map_err(wal_error)?;
             // The flush hook made the write readable by everyone before the
             // flush was published, so before its client hears "OK".
@@ -447,10 +485,7 @@ impl Backend for Node {
         if level >= Level::RemoteWrite {
             self.syncrep.wait(end, level)?;
         }
-        if !self.gate.is_open() {
-            return Err(WriteError::FencedUnconfirmed);
-        }
-        Ok(())
+        self.gate_after_wait()
     }
 
     /// The local levels are met by the WAL alone: the caller flushes
@@ -458,6 +493,30 @@ impl Backend for Node {
     /// joins the one in progress. The remote levels wait for standbys.
     fn wait_local(&self, end: Lsn, level: Level) -> Option<Result<(), WriteError>> {
         (level <= Level::LocalFlush).then(|| self.wait(end, level))
+    }
+
+    /// The local flush inline (as [`Backend::wait_local`]), then the wait
+    /// for standbys without blocking: the reply that confirms it wakes the
+    /// caller's loop directly, with no committer thread between them.
+    fn start_wait(&self, end: Lsn, level: Level, notify: &Notify) -> Option<StartedWait> {
+        if level <= Level::LocalFlush {
+            return Some(StartedWait::Done(self.wait(end, level)));
+        }
+        let Some(wal) = self.wal() else {
+            return Some(StartedWait::Done(Err(WriteError::ReadOnly)));
+        };
+        self.announce_apply_wait(end, level);
+        if let Err(e) = wal.wait_flushed(end) {
+            return Some(StartedWait::Done(Err(wal_error(e))));
+        }
+        let pending = match self.syncrep.start_wait(end, level, notify.clone()) {
+            None => return Some(StartedWait::Done(self.gate_after_wait())),
+            Some(w) => w,
+        };
+        Some(StartedWait::Pending(Box::new(RemoteWait {
+            wait: pending,
+            gate: self.gate.clone(),
+        })))
     }
 
     fn sync_standbys_defined(&self) -> bool {

@@ -91,6 +91,32 @@ impl ReplicationSource for NodeSource {
         }
     }
 
+    /// A primary's candidate synchronous standbys: only their apply
+    /// position is ever waited for here.
+    fn apply_feedback_on_request(&self, application_name: &str) -> bool {
+        let Some(node) = self.node() else {
+            return false;
+        };
+        let candidate = node
+            .syncrep
+            .config()
+            .is_some_and(|c| c.priority(application_name) > 0);
+        node.wal().is_some() && candidate
+    }
+
+    fn apply_wanted(&self) -> Lsn {
+        match self.node() {
+            Some(node) => node.syncrep.apply_wanted(),
+            None => Lsn::INVALID,
+        }
+    }
+
+    fn also_apply_wanted(&self, sub: &Subscription) {
+        if let Some(node) = self.node() {
+            sub.also(node.syncrep.apply_wanted_watch());
+        }
+    }
+
     fn read_wal(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> Result<(), SourceError> {
         let node = self.node().ok_or_else(|| SourceError::Read {
             tli,

@@ -124,6 +124,34 @@ pub trait ReplicationSource: Send + Sync + 'static {
     /// The data directory (`SHOW data_directory_mode`, `slots/`).
     fn data_directory(&self) -> PathBuf;
 
+    /// Whether a walrep standby connecting as `application_name` may report
+    /// its apply position only when told a commit waits for it (see
+    /// `APPLY_FEEDBACK_PARAMETER`): a node whose commits may wait for
+    /// that standby's apply agrees, and must then tell it, through
+    /// [`ReplicationSource::apply_wanted`]. By default no: every replay
+    /// progress is reported (cascading standbys, async standbys: their
+    /// replay lag is followed as closely as before).
+    fn apply_feedback_on_request(&self, application_name: &str) -> bool {
+        let _ = application_name;
+        false
+    }
+
+    /// The highest WAL position a commit waiting for its synchronous
+    /// standbys' apply position (`remote_apply`) has asked for: walsenders
+    /// of standbys that report apply on request flag their keepalives
+    /// until they have told them up to here. Announced before the commit's
+    /// flush completes, or else with a token of
+    /// [`ReplicationSource::subscribe_written`].
+    fn apply_wanted(&self) -> Lsn {
+        Lsn::INVALID
+    }
+
+    /// Also wake `sub` when [`ReplicationSource::apply_wanted`] moves
+    /// after the WAL it names was flushed. Nothing by default.
+    fn also_apply_wanted(&self, sub: &Subscription) {
+        let _ = sub;
+    }
+
     /// True on a standby (reported as `in_hot_standby`; cascading
     /// walsenders never count as synchronous).
     fn in_recovery(&self) -> bool {

@@ -117,6 +117,16 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (end, level);
         None
     }
+    /// Like [`Backend::wait_local`], for every level: the local part is
+    /// met inline (the caller may flush), and a wait for standbys is
+    /// returned to the caller instead of blocking it
+    /// ([`StartedWait::Pending`]): whoever ends it calls `notify`, and the
+    /// caller then polls it. `None` if the implementation cannot wait that
+    /// way (the caller then uses [`Backend::wait`] on a thread of its own).
+    fn start_wait(&self, end: Lsn, level: Level, notify: &Notify) -> Option<StartedWait> {
+        let _ = (end, level, notify);
+        None
+    }
     /// Whether `synchronous_standby_names` names any standby.
     fn sync_standbys_defined(&self) -> bool;
     /// The node's current configuration (CONFIG GET, defaults of sessions).
@@ -127,6 +137,26 @@ pub trait Backend: Send + Sync + 'static {
     /// WAIT: how many standbys have acknowledged WAL up to `upto`, waiting
     /// up to `timeout` for `wanted` of them.
     fn wait_replicas(&self, upto: Lsn, wanted: usize, timeout: Duration) -> usize;
+}
+
+/// Called by whichever thread ends a [`PendingWait`] (a standby's reply
+/// read on the primary, a shutdown): wakes the thread that owns the wait.
+/// It must be quick and take no lock of the node.
+pub type Notify = Arc<dyn Fn() + Send + Sync>;
+
+/// What [`Backend::start_wait`] did.
+pub enum StartedWait {
+    /// The level was met (or failed) already.
+    Done(Result<(), WriteError>),
+    /// Flushed here; the standbys have yet to confirm.
+    Pending(Box<dyn PendingWait>),
+}
+
+/// A write waiting for its level without a thread of its own.
+pub trait PendingWait: Send {
+    /// `Some(result)` once the wait is over. Call it after each notify, and
+    /// at least every 100 ms while it goes on (timeouts are checked here).
+    fn poll(&self) -> Option<Result<(), WriteError>>;
 }
 
 /// Counters the front end keeps for INFO.

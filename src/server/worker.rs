@@ -10,10 +10,16 @@
 //! joins the flush in progress), so one client's commit costs the
 //! fdatasync plus its round trip and no thread hand-off. Anything that can
 //! take longer (a synchronous standby's confirmation, a backend that cannot
-//! tell) is handed to this worker's committer thread, which calls the
-//! blocking [`Backend::wait`](super::Backend::wait) and wakes the loop with the result; the loop
-//! keeps serving other connections meanwhile. WAIT runs on a thread of its
-//! own, bounded by its timeout.
+//! tell) is handed to this worker's committer thread, so the loop keeps
+//! serving other connections meanwhile. The committer flushes locally and
+//! registers the wait for standbys ([`Backend::start_wait`](super::Backend::start_wait)) in this
+//! worker's list of remote waits, then takes its next job: the thread
+//! that reads the standby's confirmation wakes this loop directly, which
+//! polls the list and sends the replies (no thread between the
+//! confirmation and the client). A backend that cannot wait that way is
+//! waited for with the blocking [`Backend::wait`](super::Backend::wait), and the committer wakes
+//! the loop with the result. WAIT runs on a thread of its own, bounded by
+//! its timeout.
 
 use std::collections::HashMap;
 use std::io;
@@ -30,7 +36,7 @@ use super::command::WaitRequest;
 use super::conn::{Conn, Hold};
 use super::protocol::reply;
 use super::session::SessionContext;
-use super::{Termination, WriteError};
+use super::{Notify, PendingWait, StartedWait, Termination, WriteError};
 use crate::store::Level;
 use crate::Lsn;
 
@@ -115,6 +121,11 @@ enum Job {
     },
 }
 
+/// Writes flushed here that wait for standbys, with their connections
+/// (marked `handed_off` meanwhile): filled by the committer, settled by
+/// the loop when a confirmation (or a shutdown) notifies it.
+type RemoteWaits = Arc<std::sync::Mutex<Vec<(Box<dyn PendingWait>, Vec<Token>)>>>;
+
 /// Its result, sent back to the loop.
 enum Done {
     Settled {
@@ -149,14 +160,21 @@ impl WorkerHandle {
         // Results never outnumber settle jobs plus one WAIT per connection.
         let cap = JOB_CAPACITY + ctx.settings.max_connections as usize + 1;
         let (done_tx, done) = crossbeam_channel::bounded(cap);
+        let remote = RemoteWaits::default();
         let committer = {
-            let (backend, waker, done_tx) = (ctx.backend.clone(), waker.clone(), done_tx.clone());
+            let out = CommitterOut {
+                done: done_tx.clone(),
+                waker: waker.clone(),
+                remote: remote.clone(),
+            };
+            let backend = ctx.backend.clone();
             std::thread::Builder::new()
                 .name(format!("redis-commit-{index}"))
-                .spawn(move || run_committer(backend, job_rx, done_tx, waker))?
+                .spawn(move || run_committer(backend, job_rx, out))?
         };
         let worker = Worker {
             poll,
+            remote,
             kills: KillSignal::new(waker.clone()),
             waker: waker.clone(),
             conns: HashMap::new(),
@@ -216,27 +234,64 @@ impl WorkerHandle {
     }
 }
 
-/// The committer: blocking waits, one after another (their LSNs only grow,
-/// so each is short once the one before it is met).
-fn run_committer(
-    backend: Arc<dyn super::Backend>,
-    jobs: Receiver<Job>,
+/// Where the committer's results go.
+struct CommitterOut {
     done: Sender<Done>,
     waker: Arc<Waker>,
-) {
+    remote: RemoteWaits,
+}
+
+/// The committer: local flushes, one after another, each followed by the
+/// wait for standbys left to the loop (or, for a backend that cannot
+/// leave it, a blocking wait: their LSNs only grow, so each is short once
+/// the one before it is met).
+fn run_committer(backend: Arc<dyn super::Backend>, jobs: Receiver<Job>, out: CommitterOut) {
+    let notify: Notify = {
+        let waker = out.waker.clone();
+        Arc::new(move || {
+            let _ = waker.wake();
+        })
+    };
     for job in jobs.iter() {
         let Job::Settle { end, level, tokens } = job;
-        let result = backend.wait(end, level);
-        if done.send(Done::Settled { tokens, result }).is_err() {
+        let result = match backend.start_wait(end, level, &notify) {
+            Some(StartedWait::Pending(wait)) => {
+                out.leave_remote(wait, tokens);
+                continue;
+            }
+            Some(StartedWait::Done(result)) => result,
+            None => backend.wait(end, level),
+        };
+        if out.done.send(Done::Settled { tokens, result }).is_err() {
             break;
         }
-        let _ = waker.wake();
+        let _ = out.waker.wake();
+    }
+}
+
+impl CommitterOut {
+    /// Hand a wait for standbys to the loop without waking it: the
+    /// confirmation will. Unless it came already (between the wait's
+    /// registration and now, when the loop may have found nothing):
+    /// then wake the loop here.
+    fn leave_remote(&self, wait: Box<dyn PendingWait>, tokens: Vec<Token>) {
+        let ended = {
+            let mut list = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+            let ended = wait.poll().is_some();
+            list.push((wait, tokens));
+            ended
+        };
+        if ended {
+            let _ = self.waker.wake();
+        }
     }
 }
 
 struct Worker {
     poll: Poll,
     waker: Arc<Waker>,
+    /// Writes waiting for standbys (see [`RemoteWaits`]).
+    remote: RemoteWaits,
     /// Set when CLIENT KILL marked one of this loop's connections.
     kills: Arc<KillSignal>,
     conns: HashMap<Token, Conn>,
@@ -321,7 +376,28 @@ impl Worker {
         }
         self.take_inbox();
         self.take_done();
+        self.take_remote();
         true
+    }
+
+    /// Settle the waits for standbys that ended. Runs after every poll:
+    /// a confirmation wakes the loop, and the idle tick (no longer than
+    /// the waits' recheck bound) covers their timeouts.
+    fn take_remote(&mut self) {
+        let mut ended = Vec::new();
+        {
+            let mut list = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+            let mut i = 0;
+            while i < list.len() {
+                match list[i].0.poll() {
+                    Some(result) => ended.push((list.swap_remove(i).1, result)),
+                    None => i += 1,
+                }
+            }
+        }
+        for (tokens, result) in ended {
+            self.confirm(&tokens, result);
+        }
     }
 
     fn enqueue(&mut self, token: Token) {
@@ -780,6 +856,11 @@ impl Worker {
 
     fn close_all(&mut self) {
         self.compact();
+        // Their connections are closed: abandon the waits.
+        self.remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let tokens: Vec<Token> = self.conns.keys().copied().collect();
         for t in tokens {
             self.close(t);

@@ -32,13 +32,14 @@ use std::time::{Duration, Instant};
 
 pub use standby_names::{SyncMethod, SyncStandbyConfig};
 
-use crate::server::WriteError;
+use crate::server::{Notify, WriteError};
 use crate::store::{Level, Visibility};
+use crate::watch::Watch;
 use crate::Lsn;
 
 /// How long a waiter sleeps between checks of shutdown and degradation when
 /// nothing wakes it (a bound, not a poll interval: releases wake it at once).
-const RECHECK_INTERVAL: Duration = Duration::from_millis(100);
+pub const RECHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The levels that wait for standbys, in `remote_confirmed` order.
 const REMOTE_LEVELS: [Level; 3] = [Level::RemoteWrite, Level::RemoteFlush, Level::RemoteApply];
@@ -86,10 +87,59 @@ const WAITING: u8 = 0;
 const RELEASED: u8 = 1;
 const ABORTED: u8 = 2;
 
+/// How a released (or aborted) waiter is told.
+enum WakeBy {
+    /// A committer thread parked in [`SyncRep::wait`].
+    Thread(Thread),
+    /// A thread that serves others meanwhile (a Redis worker's event
+    /// loop): it polls its [`SyncWait`] when woken.
+    Notify(Notify),
+}
+
 struct Waiter {
     lsn: Lsn,
-    thread: Thread,
+    wake: WakeBy,
     state: AtomicU8,
+}
+
+impl Waiter {
+    fn set(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+        match &self.wake {
+            WakeBy::Thread(t) => t.unpark(),
+            WakeBy::Notify(f) => f(),
+        }
+    }
+}
+
+/// A commit waiting for the synchronous standbys without a thread of its
+/// own ([`SyncRep::start_wait`]): whoever releases it calls its notify
+/// function, and its owner then [`polls`](SyncWait::poll) it. Dropped
+/// unfinished (its client went away), it leaves the queue.
+pub struct SyncWait {
+    rep: Arc<SyncRep>,
+    waiter: Arc<Waiter>,
+    level: Level,
+    started: Instant,
+}
+
+impl SyncWait {
+    /// `Some` once the wait is over: confirmed, or ended by a shutdown, a
+    /// closed write gate or degradation (the same rules as
+    /// [`SyncRep::wait`]); `None` while it goes on. Call it when notified
+    /// and at least every [`RECHECK_INTERVAL`] (the degradation timeout is
+    /// checked here, as nothing else wakes an unconfirmed wait).
+    pub fn poll(&self) -> Option<Result<(), WriteError>> {
+        self.rep.check(&self.waiter, self.started)
+    }
+}
+
+impl Drop for SyncWait {
+    fn drop(&mut self) {
+        if self.waiter.state.load(Ordering::Acquire) == WAITING {
+            self.rep.cancel(&self.waiter, self.level);
+        }
+    }
 }
 
 /// The three remote levels' queues, each in LSN order.
@@ -139,6 +189,10 @@ pub struct SyncRep {
     remote_confirmed: [AtomicU64; 3],
     shutting_down: AtomicBool,
     pub stats: SyncRepStats,
+    /// The highest position a `remote_apply` commit waits (or waited)
+    /// for: walsenders tell their standbys to report replay progress up
+    /// to here at once (see [`SyncRep::want_apply`]).
+    apply_wanted: Watch<Lsn>,
     /// Under automatic failover, the standbys whose confirmations count:
     /// those the last successfully written `sync` key names. `None` (HA
     /// off): every standby `synchronous_standby_names` names.
@@ -168,7 +222,39 @@ impl SyncRep {
             stats: SyncRepStats::default(),
             allowed: RwLock::new(None),
             fence: std::sync::OnceLock::new(),
+            apply_wanted: Watch::new(Lsn::INVALID),
         }
+    }
+
+    /// A commit is about to wait for the standbys' apply position up to
+    /// `lsn`: call before its flush completes, so the walsenders' keepalive
+    /// announcing that flush also asks for the apply report. If the WAL is
+    /// flushed here already (another session's flush covered it), the
+    /// walsenders are woken to ask. Decided under the queue lock, which the
+    /// local flush position also moves under: either the flush sees this
+    /// announcement before it is published, or this sees the flush.
+    pub fn want_apply(&self, lsn: Lsn) {
+        let flushed = {
+            let _q = self.lock();
+            self.apply_wanted.update(|w| {
+                *w = (*w).max(lsn);
+                false
+            });
+            Lsn(self.local_flushed.load(Ordering::SeqCst))
+        };
+        if flushed >= lsn {
+            self.apply_wanted.update(|_| true);
+        }
+    }
+
+    /// See [`SyncRep::want_apply`].
+    pub fn apply_wanted(&self) -> Lsn {
+        self.apply_wanted.get()
+    }
+
+    /// Moves of [`SyncRep::apply_wanted`] that must wake walsenders.
+    pub fn apply_wanted_watch(&self) -> &Watch<Lsn> {
+        &self.apply_wanted
     }
 
     /// Follow the node's HA write gate (set once, at start-up).
@@ -250,54 +336,106 @@ impl SyncRep {
     /// Block until `lsn` is confirmed at `level` (a remote level), the node
     /// degrades, or it shuts down.
     pub fn wait(&self, lsn: Lsn, level: Level) -> Result<(), WriteError> {
+        let started = Instant::now();
+        let Some(waiter) = self.enqueue(lsn, level, WakeBy::Thread(std::thread::current())) else {
+            return Ok(());
+        };
+        loop {
+            if let Some(result) = self.check(&waiter, started) {
+                return result;
+            }
+            std::thread::park_timeout(RECHECK_INTERVAL);
+        }
+    }
+
+    /// [`wait`](Self::wait) for a thread that does not block: `None` if
+    /// `lsn` is confirmed at `level` already, else a wait whose release
+    /// calls `notify` (on the releasing thread: it must be quick and must
+    /// not take this struct's locks).
+    pub fn start_wait(
+        self: &Arc<Self>,
+        lsn: Lsn,
+        level: Level,
+        notify: Notify,
+    ) -> Option<SyncWait> {
+        let started = Instant::now();
+        let waiter = self.enqueue(lsn, level, WakeBy::Notify(notify))?;
+        Some(SyncWait {
+            rep: Arc::clone(self),
+            waiter,
+            level,
+            started,
+        })
+    }
+
+    /// Queue a waiter for `lsn` at `level`, in LSN order; `None` if the
+    /// level is released that far already.
+    fn enqueue(&self, lsn: Lsn, level: Level, wake: WakeBy) -> Option<Arc<Waiter>> {
         debug_assert!(level >= Level::RemoteWrite);
         if self.vis.released(level) >= lsn {
-            return Ok(());
+            return None;
         }
         let started = Instant::now();
         let waiter = Arc::new(Waiter {
             lsn,
-            thread: std::thread::current(),
+            wake,
             state: AtomicU8::new(WAITING),
         });
-        {
-            let mut q = self.lock();
-            // Re-check under the lock: a release may have passed us meanwhile.
-            if self.vis.released(level) >= lsn {
-                return Ok(());
-            }
-            let queue = q.get(level);
-            let at = queue
-                .iter()
-                .rposition(|w| w.lsn <= lsn)
-                .map_or(0, |i| i + 1);
-            queue.insert(at, waiter.clone());
-            let mut oldest = self
-                .oldest_wait_since
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            oldest.get_or_insert(started);
+        let mut q = self.lock();
+        // Re-check under the lock: a release may have passed us meanwhile.
+        if self.vis.released(level) >= lsn {
+            return None;
         }
-        loop {
+        let queue = q.get(level);
+        let at = queue
+            .iter()
+            .rposition(|w| w.lsn <= lsn)
+            .map_or(0, |i| i + 1);
+        queue.insert(at, waiter.clone());
+        let mut oldest = self
+            .oldest_wait_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        oldest.get_or_insert(started);
+        Some(waiter)
+    }
+
+    /// Whether a queued wait is over, and how: released, aborted by a
+    /// shutdown or a closed write gate, or released by degrading once it
+    /// waited `synchronous_standby_timeout`.
+    fn check(&self, waiter: &Waiter, started: Instant) -> Option<Result<(), WriteError>> {
+        for _ in 0..2 {
             match waiter.state.load(Ordering::Acquire) {
-                RELEASED => return Ok(()),
-                ABORTED => return Err(WriteError::ShuttingDown),
+                RELEASED => return Some(Ok(())),
+                ABORTED => return Some(Err(WriteError::ShuttingDown)),
                 _ if self.shutting_down.load(Ordering::SeqCst) => {
-                    return Err(WriteError::ShuttingDown)
+                    return Some(Err(WriteError::ShuttingDown))
                 }
-                _ if self.fenced() => return Err(WriteError::FencedUnconfirmed),
+                _ if self.fenced() => return Some(Err(WriteError::FencedUnconfirmed)),
                 _ => {}
             }
-            if let Some(after) = self
+            let after = self
                 .degrade_after
-                .filter(|_| self.fence.get().is_none_or(|g| !g.controlled()))
-            {
-                if started.elapsed() >= after {
-                    self.degrade(after);
-                    continue;
-                }
+                .filter(|_| self.fence.get().is_none_or(|g| !g.controlled()))?;
+            if started.elapsed() < after {
+                return None;
             }
-            std::thread::park_timeout(RECHECK_INTERVAL);
+            // Releases everything flushed here, this waiter included:
+            // look at its state once more.
+            self.degrade(after);
+        }
+        None
+    }
+
+    /// An unfinished wait is abandoned: take it out of its queue.
+    fn cancel(&self, waiter: &Arc<Waiter>, level: Level) {
+        let mut q = self.lock();
+        q.get(level).retain(|w| !Arc::ptr_eq(w, waiter));
+        if q.len() == 0 {
+            *self
+                .oldest_wait_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 
@@ -347,7 +485,11 @@ impl SyncRep {
     /// under the WAL flush lock: it takes only this struct's own locks,
     /// which nobody holds while inserting WAL or waiting for it).
     pub fn on_local_flush(&self, lsn: Lsn) {
-        self.local_flushed.fetch_max(lsn.0, Ordering::SeqCst);
+        {
+            // Under the queue lock: see `want_apply`.
+            let _q = self.lock();
+            self.local_flushed.fetch_max(lsn.0, Ordering::SeqCst);
+        }
         if self.is_degraded() || !self.defined() {
             for level in REMOTE_LEVELS {
                 self.release(level, lsn);
@@ -395,8 +537,7 @@ impl SyncRep {
             .released_total
             .fetch_add(woken.len() as u64, Ordering::Relaxed);
         for w in woken {
-            w.state.store(RELEASED, Ordering::Release);
-            w.thread.unpark();
+            w.set(RELEASED);
         }
     }
 
@@ -408,8 +549,7 @@ impl SyncRep {
         let q = &mut *guard;
         for queue in [&mut q.write, &mut q.flush, &mut q.apply] {
             for w in queue.drain(..) {
-                w.state.store(ABORTED, Ordering::Release);
-                w.thread.unpark();
+                w.set(ABORTED);
             }
         }
     }
@@ -600,6 +740,77 @@ mod tests {
         assert_eq!(vis.released(Level::RemoteApply), Lsn(250));
         rep.on_local_flush(Lsn(400));
         assert_eq!(vis.released(Level::RemoteFlush), Lsn(300));
+    }
+
+    #[test]
+    fn a_wait_without_a_thread_is_notified_and_polled() {
+        use std::sync::atomic::AtomicUsize;
+        let vis = Arc::new(Visibility::default());
+        let rep = Arc::new(SyncRep::new(
+            standby_names::parse("s1").unwrap(),
+            vis.clone(),
+            None,
+        ));
+        rep.on_local_flush(Lsn(500));
+        let woken = Arc::new(AtomicUsize::new(0));
+        let notify: Notify = {
+            let woken = woken.clone();
+            Arc::new(move || {
+                woken.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let w = rep
+            .start_wait(Lsn(300), Level::RemoteFlush, notify.clone())
+            .expect("not confirmed yet");
+        assert!(w.poll().is_none());
+        rep.on_standby_reply(&[sb("s1", 300, 200, 0)]);
+        assert_eq!(woken.load(Ordering::SeqCst), 0, "200 does not cover 300");
+        assert!(w.poll().is_none());
+        rep.on_standby_reply(&[sb("s1", 300, 300, 0)]);
+        assert_eq!(woken.load(Ordering::SeqCst), 1, "the release notified it");
+        assert!(matches!(w.poll(), Some(Ok(()))));
+        assert_eq!(rep.waiters().0, 0);
+        assert!(
+            rep.start_wait(Lsn(300), Level::RemoteFlush, notify.clone())
+                .is_none(),
+            "confirmed already: nothing to wait for"
+        );
+        // Abandoned (its client went away): it leaves the queue.
+        let gone = rep.start_wait(Lsn(400), Level::RemoteApply, notify.clone());
+        assert_eq!(rep.waiters().0, 1);
+        drop(gone);
+        assert_eq!(rep.waiters(), (0, None));
+        // A shutdown ends it with an error, and notifies.
+        let w = rep
+            .start_wait(Lsn(450), Level::RemoteWrite, notify)
+            .expect("not confirmed yet");
+        rep.shutdown();
+        assert_eq!(woken.load(Ordering::SeqCst), 2);
+        assert!(matches!(w.poll(), Some(Err(WriteError::ShuttingDown))));
+    }
+
+    #[test]
+    fn a_polled_wait_degrades_after_the_timeout() {
+        let rep = Arc::new(SyncRep::new(
+            standby_names::parse("s1").unwrap(),
+            Arc::new(Visibility::default()),
+            Some(Duration::from_millis(30)),
+        ));
+        rep.on_local_flush(Lsn(100));
+        let w = rep
+            .start_wait(Lsn(100), Level::RemoteFlush, Arc::new(|| {}))
+            .expect("no standby confirmed");
+        assert!(w.poll().is_none());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let result = loop {
+            if let Some(r) = w.poll() {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "never degraded");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(result.is_ok());
+        assert!(rep.is_degraded());
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub enum StreamEvent {
         /// Answer with a status update now, or the server's
         /// `wal_sender_timeout` may end the connection.
         reply_requested: bool,
+        /// A walrep upstream that agreed to say so: a commit waits for
+        /// this standby's apply position, so replay progress up to
+        /// `wal_end` should be reported at once (see
+        /// [`PrimaryKeepalive::apply_feedback`](crate::replication::pgwire::PrimaryKeepalive::apply_feedback)).
+        apply_feedback: bool,
     },
     /// The server finished the timeline (CopyDone, next-timeline result);
     /// the connection is back in command mode.
@@ -216,6 +221,7 @@ impl ReplicationClient {
                         wal_end: k.wal_end,
                         server_time: k.send_time,
                         reply_requested: k.reply_requested,
+                        apply_feedback: k.apply_feedback,
                     }),
                 }
             }

@@ -54,7 +54,16 @@ pub struct PrimaryKeepalive {
     pub send_time: i64,
     /// The client must answer with a status update at once.
     pub reply_requested: bool,
+    /// walrep extension, sent only to a standby that asked for it (see
+    /// `APPLY_FEEDBACK_PARAMETER`): a commit here waits for this standby's
+    /// apply position (`remote_apply`), so it should reply as soon as its
+    /// replay moves, up to `wal_end`. Bit 1 of the byte whose bit 0 is
+    /// `reply_requested`.
+    pub apply_feedback: bool,
 }
+
+/// The keepalive byte's bit saying [`PrimaryKeepalive::apply_feedback`].
+const APPLY_FEEDBACK_BIT: u8 = 2;
 
 /// A message from the server inside CopyData.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,10 +99,16 @@ impl ReplicationMessage {
                 })
             }
             b'k' => {
+                let wal_end = Lsn(c.u64()?);
+                let send_time = c.i64()?;
+                let flags = c.u8()?;
                 let k = PrimaryKeepalive {
-                    wal_end: Lsn(c.u64()?),
-                    send_time: c.i64()?,
-                    reply_requested: c.u8()? != 0,
+                    wal_end,
+                    send_time,
+                    // PostgreSQL reads any non-zero byte as a request; only
+                    // a walrep standby that asked is sent the second bit.
+                    reply_requested: flags & !APPLY_FEEDBACK_BIT != 0,
+                    apply_feedback: flags & APPLY_FEEDBACK_BIT != 0,
                 };
                 c.finish()?;
                 Ok(ReplicationMessage::Keepalive(k))
@@ -121,7 +136,12 @@ impl ReplicationMessage {
                 out.push(b'k');
                 out.extend_from_slice(&k.wal_end.0.to_be_bytes());
                 out.extend_from_slice(&k.send_time.to_be_bytes());
-                out.push(k.reply_requested as u8);
+                let apply = if k.apply_feedback {
+                    APPLY_FEEDBACK_BIT
+                } else {
+                    0
+                };
+                out.push(k.reply_requested as u8 | apply);
                 out
             }
         }

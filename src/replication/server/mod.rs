@@ -19,8 +19,8 @@ mod walsender;
 pub(crate) use startup::hba_lookup;
 pub(crate) use startup::{format_chain, format_instance_id, parse_history_id_parameter};
 pub use startup::{
-    HISTORY_ID_PARAMETER, INSTANCE_ID_PARAMETER, RECEIVE_UNFLUSHED_PARAMETER,
-    UPSTREAM_CHAIN_PARAMETER,
+    APPLY_FEEDBACK_ON_REQUEST, APPLY_FEEDBACK_PARAMETER, HISTORY_ID_PARAMETER,
+    INSTANCE_ID_PARAMETER, RECEIVE_UNFLUSHED_PARAMETER, UPSTREAM_CHAIN_PARAMETER,
 };
 
 use std::io;

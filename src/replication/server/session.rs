@@ -49,6 +49,9 @@ pub(super) struct Session<S> {
     /// A walrep standby that honours the flush position it is told: it is
     /// sent WAL as soon as it is written (see `Client::receive_unflushed`).
     pub receive_unflushed: bool,
+    /// The standby reports its apply position at once only when told a
+    /// commit waits for it (see `Client::apply_feedback_on_request`).
+    pub apply_feedback_on_request: bool,
 }
 
 /// FATAL 53300 for a connection over the startup bound, without a thread.
@@ -146,6 +149,7 @@ fn serve<S: ReplicationSource>(
         rx,
         handle,
         receive_unflushed: client.receive_unflushed,
+        apply_feedback_on_request: client.apply_feedback_on_request,
     };
     let why = session.command_loop();
     tracing::debug!("replication connection ended: {why}");

@@ -38,7 +38,30 @@ pub(super) struct Client {
     /// be sent WAL as soon as it is written here. Any other client gets
     /// only flushed WAL, as PostgreSQL sends.
     pub receive_unflushed: bool,
+    /// The client asked ([`APPLY_FEEDBACK_PARAMETER`]) to be told when a
+    /// commit waits for its apply position, and this node agreed (it is
+    /// a candidate synchronous standby here): it then reports replay
+    /// progress at once only when told, as PostgreSQL's standby does for
+    /// commits that asked for apply feedback.
+    pub apply_feedback_on_request: bool,
 }
+
+/// The startup parameter (and, echoed, the ParameterStatus) of the walrep
+/// extension "apply feedback on request": a walrep standby asks with the
+/// value [`APPLY_FEEDBACK_ON_REQUEST`]; a walrep server that agrees echoes
+/// it as a ParameterStatus and from then on flags keepalives
+/// (`PrimaryKeepalive::apply_feedback`) whenever a commit waits for that
+/// standby's apply position (`remote_apply`). The standby then sends a
+/// status update for replay progress only when flagged (or at its status
+/// interval), instead of after every replayed batch: at `on`, half of its
+/// replies, and of the primary's wake-ups for them, carried nothing any
+/// commit waited for. A server that does not echo it (PostgreSQL, which
+/// takes it as a harmless custom setting) gets replies as before.
+pub const APPLY_FEEDBACK_PARAMETER: &str = "walrep.apply_feedback";
+
+/// The value of [`APPLY_FEEDBACK_PARAMETER`] asking for (and agreeing to)
+/// apply feedback on request.
+pub const APPLY_FEEDBACK_ON_REQUEST: &str = "on_request";
 
 /// The startup parameter a walrep standby sends (`on`) to be streamed WAL
 /// before it is durable here: it promises to expose and report as
@@ -94,6 +117,15 @@ pub(super) fn negotiate<S: ReplicationSource>(
     for (name, value) in parameter_status(ctx, &user, &application_name) {
         conn.send(&BackendMessage::ParameterStatus { name, value });
     }
+    let apply_feedback_on_request = get(APPLY_FEEDBACK_PARAMETER).as_deref()
+        == Some(APPLY_FEEDBACK_ON_REQUEST)
+        && ctx.source.apply_feedback_on_request(&application_name);
+    if apply_feedback_on_request {
+        conn.send(&BackendMessage::ParameterStatus {
+            name: APPLY_FEEDBACK_PARAMETER.into(),
+            value: APPLY_FEEDBACK_ON_REQUEST.into(),
+        });
+    }
     let status_url = get(links::STATUS_URL_STARTUP_PARAMETER)
         .and_then(|u| links::accept(&u))
         .map(|u| links::resolve(&u, &peer.ip().to_string()));
@@ -105,6 +137,7 @@ pub(super) fn negotiate<S: ReplicationSource>(
         tls,
         status_url,
         receive_unflushed,
+        apply_feedback_on_request,
     })
 }
 

@@ -8,6 +8,10 @@
 //! source's fdatasync: every message carries the flush position as
 //! `walEnd`, and a keepalive tells the new one as soon as it passes what
 //! that standby was told, so it can expose (and apply) the WAL.
+//! A walrep standby that reports its apply position on request
+//! (`walrep.apply_feedback`) is flagged a keepalive whenever a commit here
+//! waits for its apply position (`remote_apply`), up to the flush
+//! position that keepalive carries.
 //! Ends the COPY at the switch point of a historic timeline and answers
 //! with the next timeline; at server shutdown sends what is left, waits for
 //! the client to confirm it and ends with `COPY 0`.
@@ -216,6 +220,11 @@ struct Streamer<'a, S: ReplicationSource> {
     /// The flush position last told the client (`walEnd`): a walrep
     /// standby exposes nothing past it.
     told_flush: Lsn,
+    /// The client reports replay progress at once only when a keepalive
+    /// asks (`apply_feedback`).
+    apply_on_request: bool,
+    /// How far it was last asked to (the `walEnd` of that keepalive).
+    apply_asked: Lsn,
 }
 
 impl<'a, S: ReplicationSource> Streamer<'a, S> {
@@ -228,11 +237,15 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
     ) -> Self {
         // Before the first look at the flush point (in `send_some`).
         let early = s.receive_unflushed;
+        let apply_on_request = s.apply_feedback_on_request;
         let flushed = if early {
             src.subscribe_written()
         } else {
             src.subscribe_flush()
         };
+        if apply_on_request {
+            src.also_apply_wanted(&flushed);
+        }
         s.handle.set_state(WalSenderState::Catchup);
         s.handle.set_cascading(src.in_recovery());
         s.handle.set_sent(start);
@@ -259,6 +272,8 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             flushed,
             early,
             told_flush: Lsn::INVALID,
+            apply_on_request,
+            apply_asked: Lsn::INVALID,
         }
     }
 
@@ -279,6 +294,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
                 self.check_slot()?;
                 self.follow_timeline_switch()?;
                 self.send_some()?;
+                self.ask_for_apply()?;
             }
             if self.done_sending && self.done_receiving {
                 return Ok(());
@@ -420,18 +436,50 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         Ok(())
     }
 
-    /// PostgreSQL's keepalive says `sentPtr`; a walrep standby sent WAL
-    /// early is told the flush position instead (its exposure limit).
-    fn keepalive(&mut self, reply_requested: bool) -> Result<(), Failure> {
-        let wal_end = match self.plan.valid_upto {
+    /// A commit waits for this standby's apply position beyond what it
+    /// was last asked to report (and it has that WAL): ask, with a
+    /// keepalive, unless the one just sent asked already.
+    fn ask_for_apply(&mut self) -> Result<(), Failure> {
+        if self.apply_on_request && self.apply_wanted_upto(self.wal_end_now()) > self.apply_asked {
+            self.keepalive(false)?;
+        }
+        Ok(())
+    }
+
+    /// How far a keepalive carrying `wal_end` asks for apply reports
+    /// (`INVALID`: it does not ask).
+    fn apply_wanted_upto(&self, wal_end: Lsn) -> Lsn {
+        if !self.apply_on_request {
+            return Lsn::INVALID;
+        }
+        self.src.apply_wanted().min(wal_end).min(self.sent)
+    }
+
+    /// What a keepalive says now: PostgreSQL's `sentPtr`, or for a walrep
+    /// standby sent WAL early the flush position (its exposure limit).
+    fn wal_end_now(&self) -> Lsn {
+        match self.plan.valid_upto {
             None if self.early => self.src.flush_point().lsn,
             _ => self.sent,
-        };
+        }
+    }
+
+    /// PostgreSQL's keepalive says `sentPtr`; a walrep standby sent WAL
+    /// early is told the flush position instead (its exposure limit).
+    /// It asks for apply reports if a commit waits for them.
+    fn keepalive(&mut self, reply_requested: bool) -> Result<(), Failure> {
+        let wal_end = self.wal_end_now();
         self.told_flush = wal_end;
+        let asked = self.apply_wanted_upto(wal_end);
+        let apply_feedback = asked > self.apply_asked;
+        if apply_feedback {
+            self.apply_asked = asked;
+        }
         let k = PrimaryKeepalive {
             wal_end,
             send_time: pg_epoch_micros(SystemTime::now()),
             reply_requested,
+            apply_feedback,
         };
         self.s.conn.send(&BackendMessage::CopyData(
             ReplicationMessage::Keepalive(k).encode(),

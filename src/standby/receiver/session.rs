@@ -18,8 +18,8 @@ use crate::replication::client::{
     StreamEvent,
 };
 use crate::replication::server::{
-    format_instance_id, parse_history_id_parameter, HISTORY_ID_PARAMETER,
-    RECEIVE_UNFLUSHED_PARAMETER,
+    format_instance_id, parse_history_id_parameter, APPLY_FEEDBACK_ON_REQUEST,
+    APPLY_FEEDBACK_PARAMETER, HISTORY_ID_PARAMETER, RECEIVE_UNFLUSHED_PARAMETER,
 };
 use crate::standby::confirmed::ConfirmedFlush;
 use crate::status::links::{resolve, STATUS_URL_STARTUP_PARAMETER};
@@ -172,6 +172,13 @@ struct Session {
     /// `None` (it could not be written) asks the upstream for flushed WAL
     /// only, as PostgreSQL's walreceiver does.
     confirmed: Option<ConfirmedFlush>,
+    /// The upstream agreed to flag keepalives when a commit waits for our
+    /// apply position: replay progress is reported at once only then (and
+    /// with every flush report, and at the status interval).
+    apply_on_request: bool,
+    /// Replay progress up to here is reported at once (the `walEnd` of the
+    /// last keepalive that asked).
+    apply_report_upto: Lsn,
 }
 
 impl Session {
@@ -220,6 +227,8 @@ impl Session {
             reported_flush: start,
             published_flush: start,
             pending_flush: None,
+            apply_on_request: false,
+            apply_report_upto: Lsn::INVALID,
         }
     }
 
@@ -279,8 +288,16 @@ impl Session {
                 (self.cfg.receive_unflushed && self.confirmed.is_some())
                     .then(|| (RECEIVE_UNFLUSHED_PARAMETER.to_string(), "on".to_string())),
             )
+            .chain(std::iter::once((
+                APPLY_FEEDBACK_PARAMETER.to_string(),
+                APPLY_FEEDBACK_ON_REQUEST.to_string(),
+            )))
             .collect();
         let client = self.connect_interruptibly(info.clone(), extra)?;
+        // Only an upstream that echoes the parameter flags its keepalives;
+        // any other one (PostgreSQL) is told every replay progress.
+        self.apply_on_request =
+            client.parameter(APPLY_FEEDBACK_PARAMETER) == Some(APPLY_FEEDBACK_ON_REQUEST);
         *self
             .control
             .socket
@@ -559,6 +576,13 @@ impl Session {
             }
             self.deliver_pending_flush()?;
             let wait = self.next_wakeup();
+            // Replay progress nobody waits for does not wake this thread
+            // (a token left meanwhile is looked at once it is wanted).
+            let replay_tokens = if self.apply_report_wanted() {
+                replayed.clone()
+            } else {
+                crossbeam_channel::never()
+            };
             select! {
                 recv(reader.incoming()) -> msg => {
                     let msg = msg.map_err(|_| lost("the WAL stream reader stopped"))?;
@@ -571,7 +595,7 @@ impl Session {
                         return Ok(end);
                     }
                 }
-                recv(replayed) -> _ => {
+                recv(replay_tokens) -> _ => {
                     // Replay moved: tell the upstream at once (remote_apply).
                     let moved = self.shared.apply() != self.last_sent.2;
                     self.send_status(moved, false)?;
@@ -617,10 +641,14 @@ impl Session {
                 StreamEvent::Keepalive {
                     wal_end,
                     reply_requested: r,
+                    apply_feedback,
                     ..
                 } => {
                     self.note_upstream(wal_end);
                     reply_requested |= r;
+                    if apply_feedback {
+                        self.apply_report_upto = self.apply_report_upto.max(wal_end);
+                    }
                 }
                 StreamEvent::EndOfTimeline {
                     next_tli,
@@ -653,6 +681,13 @@ impl Session {
                 Err(_) => return Ok((None, reply_requested)),
             }
         }
+    }
+
+    /// Whether replay progress is reported as it happens: always to an
+    /// upstream that does not flag keepalives, else while the last report
+    /// is short of what a flagged keepalive asked for.
+    fn apply_report_wanted(&self) -> bool {
+        !self.apply_on_request || self.last_sent.2 < self.apply_report_upto
     }
 
     fn note_upstream(&self, wal_end: Lsn) {
@@ -827,7 +862,13 @@ impl Session {
                 return Ok(());
             };
             let fresh = self.last_status.is_some_and(|t| t.elapsed() < interval);
-            if now == self.last_sent && fresh {
+            // Replay progress alone is news only if a commit waits for it.
+            let moved = if self.apply_report_wanted() {
+                now != self.last_sent
+            } else {
+                (now.0, now.1) != (self.last_sent.0, self.last_sent.1)
+            };
+            if !moved && fresh {
                 return Ok(());
             }
         }
