@@ -17,7 +17,7 @@ use std::time::Instant;
 use super::walrepair::{repair_segment, Damage};
 pub use super::walrepair::{RepairError, RepairedSegment, WalRepair};
 use crate::store::checkpoint::{load_snapshot, SnapshotError};
-use crate::store::replay::{redo_read_ahead, RedoStop};
+use crate::store::replay::{redo_read_ahead, BatchSize, RedoStop};
 use crate::store::{ApplyError, ControlFile, Store};
 use crate::wal::{self, ReadError, ReaderConfig, WalAfter, WalReader};
 use crate::{Lsn, TimelineHistory};
@@ -147,16 +147,23 @@ pub fn replay_to_end(
     let (end, stop) = loop {
         let mut reader = WalReader::new(cfg.clone(), next);
         reader.seek(next, prev_record.is_valid().then_some(prev_record));
-        // One thread reads and validates batches of records ahead, this
-        // one applies them (one hold of the store's lock per batch).
+        // One thread reads, validates and plans batches of records ahead,
+        // this one applies them (one hold of the store's lock per batch:
+        // large ones, since nothing reads the store before redo is done).
         let stop = loop {
-            let ran = redo_read_ahead(store, &mut reader, &NEVER, |batch, ops| {
-                records += batch.len() as u64;
-                changes += ops;
-                if let Some(last) = batch.last() {
-                    prev_record = last.lsn;
-                }
-            });
+            let ran = redo_read_ahead(
+                store,
+                &mut reader,
+                &NEVER,
+                BatchSize::ALONE,
+                |batch, ops| {
+                    records += batch.len() as u64;
+                    changes += ops;
+                    if let Some(last) = batch.last() {
+                        prev_record = last.lsn;
+                    }
+                },
+            );
             match ran {
                 RedoStop { apply: Some(e), .. } => return Err(e.into()),
                 RedoStop { read: Some(e), .. } if e.kind.is_io() => {

@@ -22,7 +22,7 @@ use super::receiver::ReceiverShared;
 use crate::datadir::DataDir;
 use crate::states::recovery::{Event, RecordCheck};
 use crate::store::record::RM_KV;
-use crate::store::replay::{redo_inline, redo_read_ahead};
+use crate::store::replay::{redo_inline, redo_read_ahead, BatchSize};
 use crate::store::{ControlFile, Store};
 use crate::wal::{HeaderProblem, ReadErrorKind, ReaderConfig, RecordBatch, WalMemory, WalReader};
 use crate::watch::Watch;
@@ -124,9 +124,21 @@ impl Redo {
             progress.applied(replayed, events, batch);
         };
         let ran = if behind >= READ_AHEAD_MIN_BYTES {
-            redo_read_ahead(store, &mut self.reader, &self.stop, applied)
+            redo_read_ahead(
+                store,
+                &mut self.reader,
+                &self.stop,
+                BatchSize::SHARED,
+                applied,
+            )
         } else {
-            redo_inline(store, &mut self.reader, &self.stop, applied)
+            redo_inline(
+                store,
+                &mut self.reader,
+                &self.stop,
+                BatchSize::SHARED,
+                applied,
+            )
         };
         let at = self.reader.next_lsn();
         self.publish();

@@ -480,6 +480,49 @@ fn decode_ops<'a>(payload: &'a [u8], ops: &mut Vec<Op<'a>>) -> Result<u64, KvDec
     Ok(time_us)
 }
 
+/// Decode a record's operations one at a time, handing each to `each`
+/// with the offset of its first byte in the payload (where
+/// [`decode_op_at`] finds it again): redo plans a batch on one thread and
+/// applies it on another without keeping decoded operations that borrow
+/// the payload. Checks the whole payload as [`decode`] does; on an error
+/// `each` may have seen some of the record's operations already (the
+/// caller drops what it kept of this record).
+pub(crate) fn decode_each<'a>(
+    payload: &'a [u8],
+    mut each: impl FnMut(u32, Op<'a>),
+) -> Result<u64, KvDecodeError> {
+    let mut r = Reader::new(payload);
+    let time_us = r.u64()?;
+    let n = r.count(1)?;
+    for _ in 0..n {
+        let at = u32::try_from(r.position())
+            .map_err(|_| KvDecodeError(format!("operation at byte {}", r.position())))?;
+        each(at, Op::decode(&mut r)?);
+    }
+    if r.remaining() != 0 {
+        return Err(KvDecodeError(format!("{} trailing bytes", r.remaining())));
+    }
+    Ok(time_us)
+}
+
+/// The operation starting at byte `at` of a record's payload (an offset
+/// [`decode_each`] handed out).
+pub(crate) fn decode_op_at(payload: &[u8], at: usize) -> Result<Op<'_>, KvDecodeError> {
+    let mut r = Reader::new(payload.get(at..).unwrap_or_default());
+    Ok(Op::decode(&mut r)?)
+}
+
+/// The key of the operation starting at byte `at` of a record's payload
+/// (an offset [`decode_each`] handed out), without decoding the rest of
+/// it; `None` for FLUSHALL (or bytes that do not decode).
+pub(crate) fn key_at(payload: &[u8], at: usize) -> Option<&[u8]> {
+    let mut r = Reader::new(payload.get(at..)?);
+    if r.u8().ok()? == kind::FLUSH {
+        return None;
+    }
+    r.bytes().ok()
+}
+
 impl fmt::Display for KvRecord<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, op) in self.ops.iter().enumerate() {
