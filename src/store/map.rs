@@ -107,7 +107,7 @@ impl Visibility {
     }
 
     pub(super) fn visible(&self, v: &Version) -> bool {
-        v.lsn <= self.released[v.level.index()].load(Ordering::Acquire)
+        v.lsn() <= self.released[v.level().index()].load(Ordering::Acquire)
     }
 }
 
@@ -116,18 +116,74 @@ impl Visibility {
 /// with its record's end, or removes it, before it lets go of the lock.
 pub(super) const PROVISIONAL: u64 = u64::MAX;
 
+/// Bits of [`Version`]'s packed word that hold the LSN; the level is in
+/// the byte above them. 2^56 bytes is 64 PiB of WAL, far more than a
+/// node writes; an LSN beyond it is kept as the largest real one.
+const LSN_BITS: u32 = 56;
+const LSN_MASK: u64 = (1 << LSN_BITS) - 1;
+/// [`PROVISIONAL`] as stored in the packed word.
+const PROVISIONAL_PACKED: u64 = LSN_MASK;
+
 /// One state of a key (or its deletion) as written by the record ending at
-/// `lsn`. 48 bytes: a short string value is inline in the slot.
+/// an LSN, with the level it waits for. 40 bytes: the LSN and the level
+/// share one word (the LSN in the low 56 bits, the level in the top
+/// byte), and a short string value is inline in the slot. The B-tree's
+/// leaves hold one per key, so every byte here is a byte per key.
 #[derive(Debug, Clone)]
 pub(super) struct Version {
-    /// End LSN of the record that wrote it (for a snapshot's key: the end of
-    /// the last record that changed it before the snapshot).
-    pub lsn: u64,
-    /// The level it waits for (an enum, so [`Entry`] can use its spare
-    /// values as its own tag).
-    pub level: Level,
+    /// LSN (low 56 bits) and level (top byte); read through
+    /// [`Version::lsn`] and [`Version::level`].
+    packed: u64,
     /// `None` = deleted.
     pub slot: Option<Slot>,
+}
+
+const _: () = assert!(std::mem::size_of::<Version>() == 40);
+const _: () = assert!(std::mem::size_of::<Entry>() == 40);
+
+impl Version {
+    /// A version written at (`lsn`, `level`); `lsn` may be [`PROVISIONAL`].
+    pub fn new(lsn: u64, level: Level, slot: Option<Slot>) -> Version {
+        Version {
+            packed: pack(lsn, level),
+            slot,
+        }
+    }
+
+    /// End LSN of the record that wrote it (for a snapshot's key: the end
+    /// of the last record that changed it before the snapshot), or
+    /// [`PROVISIONAL`].
+    #[inline]
+    pub fn lsn(&self) -> u64 {
+        match self.packed & LSN_MASK {
+            PROVISIONAL_PACKED => PROVISIONAL,
+            lsn => lsn,
+        }
+    }
+
+    /// The level it waits for.
+    #[inline]
+    pub fn level(&self) -> Level {
+        // Only `pack` writes the top byte, always from a `Level`.
+        Level::ALL[usize::from((self.packed >> LSN_BITS) as u8).min(Level::ALL.len() - 1)]
+    }
+
+    /// Mark it written by the record ending at `lsn`, waiting for `level`
+    /// (a provisional version at its commit).
+    pub fn set_written(&mut self, lsn: u64, level: Level) {
+        self.packed = pack(lsn, level);
+    }
+}
+
+/// The packed word of (`lsn`, `level`).
+#[inline]
+fn pack(lsn: u64, level: Level) -> u64 {
+    let lsn = if lsn == PROVISIONAL {
+        PROVISIONAL_PACKED
+    } else {
+        lsn.min(PROVISIONAL_PACKED - 1)
+    };
+    lsn | (u64::from(level as u8) << LSN_BITS)
 }
 
 /// A key's versions, oldest first. Almost always exactly one released
@@ -208,7 +264,7 @@ impl Entry {
             *self = Entry::One(version);
             return (before, gone);
         }
-        if old.lsn == version.lsn && old.level == version.level {
+        if old.packed == version.packed {
             *self.newest_mut() = version;
         } else {
             self.prune(vis);
@@ -386,7 +442,7 @@ impl Store {
                 out.push(ScannedKey {
                     key: k.to_vec(),
                     slot: slot.clone(),
-                    lsn: Lsn(v.lsn),
+                    lsn: Lsn(v.lsn()),
                 });
             }
         }
@@ -423,11 +479,7 @@ impl Store {
         let key = Str::new(&key);
         let old = ks.map.insert(
             key.clone(),
-            Entry::new(Version {
-                lsn: lsn.0,
-                level: Level::Immediate,
-                slot: Some(slot),
-            }),
+            Entry::new(Version::new(lsn.0, Level::Immediate, Some(slot))),
         );
         if old.is_none() {
             self.live_keys.fetch_add(1, Ordering::Relaxed);
@@ -493,7 +545,7 @@ impl Keyspace {
     ) {
         let new_live = slot.is_some();
         let new_exp = slot.as_ref().map_or(0, |s| s.expire_ms);
-        let version = Version { lsn, level, slot };
+        let version = Version::new(lsn, level, slot);
         let (old_live, old_exp) = match self.map.get_mut(key) {
             Some(e) => {
                 let (before, gone) = e.install(&store.vis, version);
@@ -871,17 +923,43 @@ mod tests {
     #[test]
     fn a_key_costs_a_map_slot_and_nothing_else_when_short() {
         // The per-key budget docs/architecture.md's table is built on: a
-        // 24-byte key and a 48-byte entry in the B-tree's node, a short
+        // 24-byte key and a 40-byte entry in the B-tree's node, a short
         // string value inline in the entry.
         assert_eq!(std::mem::size_of::<Str>(), 24);
         assert_eq!(std::mem::size_of::<Value>(), 24);
         assert_eq!(std::mem::size_of::<Option<Slot>>(), 32);
-        assert_eq!(std::mem::size_of::<Version>(), 48);
-        assert_eq!(std::mem::size_of::<Entry>(), 48);
+        assert_eq!(std::mem::size_of::<Version>(), 40);
+        assert_eq!(std::mem::size_of::<Entry>(), 40);
         let s = Str::new(&[7; 22]);
         assert_eq!((s.heap_len(), &*s), (0, &[7; 22][..]));
         assert_eq!(Str::new(&[7; 23]).heap_len(), 16 + 23);
         assert!(Str::new(b"ab") < Str::new(b"abc") && Str::new(b"b") > Str::new(&[b'a'; 30]));
+    }
+
+    #[test]
+    fn a_version_packs_its_lsn_and_level_into_one_word() {
+        for level in Level::ALL {
+            for lsn in [0, 1, 0x1234_5678_9abc, LSN_MASK - 1] {
+                let v = Version::new(lsn, level, None);
+                assert_eq!((v.lsn(), v.level()), (lsn, level));
+            }
+            let mut v = Version::new(PROVISIONAL, level, None);
+            assert_eq!((v.lsn(), v.level()), (PROVISIONAL, level));
+            v.set_written(77, Level::RemoteApply);
+            assert_eq!((v.lsn(), v.level()), (77, Level::RemoteApply));
+        }
+        // Beyond 2^56 - 2 (64 PiB of WAL) an LSN is kept as the largest
+        // real one: never the provisional marker, never another level.
+        let v = Version::new(u64::MAX - 1, Level::RemoteWrite, None);
+        assert_eq!((v.lsn(), v.level()), (LSN_MASK - 1, Level::RemoteWrite));
+        // A provisional version (written at a waiting level) is never
+        // visible, however far the levels are released.
+        let vis = Visibility::default();
+        vis.advance_all(Lsn(u64::MAX - 1));
+        for level in &Level::ALL[1..] {
+            assert!(!vis.visible(&Version::new(PROVISIONAL, *level, None)));
+            assert!(vis.visible(&Version::new(LSN_MASK - 1, *level, None)));
+        }
     }
 
     #[test]
