@@ -33,6 +33,8 @@ const VOLUME_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest pause of a spread checkpoint between two steps of its scan (it
 /// looks again whether it is behind schedule, or asked to hurry, after it).
 const PACE_SLEEP: Duration = Duration::from_millis(10);
+/// Shortest pause: below this a pause is not worth a wake-up.
+const PACE_SLEEP_MIN: Duration = Duration::from_micros(100);
 
 /// Why a checkpoint runs (logged, as PostgreSQL's "checkpoint starting: time").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,10 @@ pub struct CheckpointDone {
     pub(crate) write_ms: u64,
     /// Of `elapsed_ms`: the snapshot's fsyncs and rename.
     pub(crate) sync_ms: u64,
+    /// The 99th percentile and the longest of the scan's holds of the
+    /// store's read lock, in microseconds (what writers waited behind it).
+    pub(crate) lock_hold_p99_us: u64,
+    pub(crate) lock_hold_max_us: u64,
 }
 
 /// Errors of a checkpoint. Any of them leaves the previous checkpoint valid.
@@ -297,6 +303,8 @@ impl Node {
             elapsed_ms: started.elapsed().as_millis() as u64,
             write_ms: snap.write_ms,
             sync_ms: snap.sync_ms,
+            lock_hold_p99_us: snap.lock_hold_p99_us,
+            lock_hold_max_us: snap.lock_hold_max_us,
         };
         tracing::info!(
             cause = cause.as_str(),
@@ -309,6 +317,8 @@ impl Node {
             elapsed_ms = done.elapsed_ms,
             write_ms = done.write_ms,
             sync_ms = done.sync_ms,
+            lock_hold_p99_us = done.lock_hold_p99_us,
+            lock_hold_max_us = done.lock_hold_max_us,
             "{what} complete"
         );
         *self
@@ -526,7 +536,11 @@ impl<'a> Pacer<'a> {
         }
     }
 
-    /// Called after each step: sleep while ahead of schedule.
+    /// Called after each step: sleep while ahead of schedule, for as long
+    /// as the step put it ahead. So the steps come evenly spaced, each
+    /// a small slice of copying and writing, rather than bursts of steps
+    /// at full speed between fixed pauses (a burst is what commits feel:
+    /// the scan's CPU and its writes all at once).
     fn pace(&mut self, p: crate::store::checkpoint::SnapshotProgress) {
         let Some(target) = self.target else { return };
         if p.keys >= self.keys_total {
@@ -534,9 +548,19 @@ impl<'a> Pacer<'a> {
             return;
         }
         let done = (p.keys as f64 / self.keys_total as f64).min(1.0) * target;
-        while !self.node.checkpoint_should_hurry() && done > self.schedule() {
-            std::thread::sleep(PACE_SLEEP);
-            self.paused += PACE_SLEEP;
+        while !self.node.checkpoint_should_hurry() {
+            let ahead = done - self.schedule();
+            if ahead <= 0.0 {
+                break;
+            }
+            // The time until the clock catches up with the step; when the
+            // WAL volume drives the schedule it may catch up sooner, which
+            // the cap bounds.
+            let pause = Duration::try_from_secs_f64(ahead * self.timeout.as_secs_f64())
+                .unwrap_or(PACE_SLEEP)
+                .clamp(PACE_SLEEP_MIN, PACE_SLEEP);
+            std::thread::sleep(pause);
+            self.paused += pause;
         }
     }
 

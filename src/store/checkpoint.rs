@@ -35,7 +35,7 @@ use crate::storage::{
 };
 use crate::store::codec::{put_bytes, put_u64, Reader};
 use crate::store::map::{ScannedKey, Store};
-use crate::store::value::{self, Slot};
+use crate::store::value::{self, Slot, Str};
 use crate::Lsn;
 
 const MAGIC: &[u8; 8] = b"WRSNAP02";
@@ -44,12 +44,19 @@ const MAGIC: &[u8; 8] = b"WRSNAP02";
 const MAGIC_V1: &[u8; 8] = b"WRSNAP01";
 const HEADER_LEN: usize = 8 + 4 + 4 + 8;
 const TRAILER_LEN: usize = 8 + 4;
-/// Keys scanned per lock acquisition: small enough that writers barely notice.
-const SCAN_STEP: usize = 1024;
+/// Keys copied per hold of the store's read lock. Every writer queues
+/// behind a hold (the lock lets no new reader in once a writer waits, and
+/// a commit's writer needs it exclusively), so a hold must stay far below
+/// a commit's latency, and below a scheduler slice: a checkpointer
+/// preempted while holding it stalls every writer. 256 keys is a few
+/// microseconds of copying; the per-step seek back into the tree is a
+/// small share of it.
+const SCAN_STEP: usize = 256;
 /// Bytes of a chunk file after which the kernel is asked to start writing
-/// them back (PostgreSQL's `checkpoint_flush_after` is 256 kB; a little
-/// more here, where a write is one sequential file).
-const WRITEBACK_AFTER_BYTES: u64 = 1 << 20;
+/// them back: PostgreSQL's `checkpoint_flush_after` (256 kB). Small
+/// requests interleave with the WAL's fdatasyncs on the device; a larger
+/// one is a burst each commit flushed behind it waits out.
+const WRITEBACK_AFTER_BYTES: u64 = 256 << 10;
 
 /// Errors writing or loading a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +108,14 @@ pub struct SnapshotStats {
     pub write_ms: u64,
     /// Time spent in the final fsyncs and renames ("sync=").
     pub sync_ms: u64,
+    /// Steps of the scan (holds of the store's read lock).
+    pub scan_steps: u64,
+    /// The 99th percentile of how long a step held the store's read lock,
+    /// in microseconds: what a writer queued behind one waits at most,
+    /// whatever the machine's load.
+    pub lock_hold_p99_us: u64,
+    /// The longest hold, in microseconds.
+    pub lock_hold_max_us: u64,
 }
 
 /// How far a snapshot write is, told to its pacer after every step of the
@@ -233,11 +248,14 @@ pub fn write_snapshot(
         .collect::<Result<Vec<_>, _>>()
         .map_err(err(&tmp_dir))?;
     let mut stats = SnapshotStats::default();
-    let mut after: Option<Vec<u8>> = None;
+    let mut after: Option<Str> = None;
     let mut scratch = Vec::new();
+    let mut keys = Vec::with_capacity(SCAN_STEP);
+    let mut holds_us = Vec::new();
     loop {
-        let (keys, last) = store.scan(after.as_deref(), SCAN_STEP);
-        for k in keys {
+        let (last, hold) = store.scan_into(after.as_deref(), SCAN_STEP, &mut keys);
+        holds_us.push(hold.as_micros().min(u128::from(u32::MAX)) as u32);
+        for k in keys.drain(..) {
             writers[chunk_of(&k.key, chunks)]
                 .entry(&k, &mut scratch)
                 .map_err(err(&tmp_dir))?;
@@ -253,6 +271,11 @@ pub fn write_snapshot(
             bytes: writers.iter().map(|w| w.bytes).sum(),
         });
     }
+    (
+        stats.scan_steps,
+        stats.lock_hold_p99_us,
+        stats.lock_hold_max_us,
+    ) = hold_figures(holds_us);
     stats.write_ms = started.elapsed().as_millis() as u64;
     for w in writers {
         stats.bytes += w.finish().map_err(err(&tmp_dir))?;
@@ -267,8 +290,24 @@ pub fn write_snapshot(
     Ok(stats)
 }
 
+/// (steps, p99, max) of the lock holds, in microseconds.
+fn hold_figures(mut holds_us: Vec<u32>) -> (u64, u64, u64) {
+    holds_us.sort_unstable();
+    let n = holds_us.len();
+    let at = |q: f64| {
+        u64::from(
+            holds_us
+                .get(((n as f64 * q) as usize).min(n.saturating_sub(1)))
+                .copied()
+                .unwrap_or(0),
+        )
+    };
+    (n as u64, at(0.99), at(1.0))
+}
+
 /// Load snapshot `id` into an empty store. Every chunk's CRC is verified
-/// before any of its entries is loaded.
+/// before any of its entries is taken; the store's map is built once,
+/// from all of them ([`Store::load_base_all`]: full B-tree nodes).
 pub fn load_snapshot(
     datadir: &Path,
     id: u64,
@@ -277,6 +316,7 @@ pub fn load_snapshot(
 ) -> Result<SnapshotStats, SnapshotError> {
     let dir = snapshot_dir(datadir, id);
     let mut stats = SnapshotStats::default();
+    let mut keys = Vec::new();
     for i in 0..chunks {
         let path = dir.join(chunk_name(i));
         let bytes = fs::read(&path).map_err(|source| SnapshotError::Read {
@@ -289,11 +329,15 @@ pub fn load_snapshot(
                 reason,
             })?;
         stats.bytes += bytes.len() as u64;
-        for e in entries {
-            store.load_base(e.key.to_vec(), e.lsn, e.slot);
-            stats.keys += 1;
-        }
+        stats.keys += entries.len() as u64;
+        keys.reserve(entries.len());
+        keys.extend(
+            entries
+                .into_iter()
+                .map(|e| (Str::new(e.key), e.lsn, e.slot)),
+        );
     }
+    store.load_base_all(keys);
     Ok(stats)
 }
 
@@ -439,6 +483,9 @@ mod tests {
         let stats = write_snapshot(&StdStorage, d.path(), 7, 5, &s, &mut |_| {}).unwrap();
         assert_eq!(stats.keys, 3000);
         assert_eq!(stats.max_lsn, Lsn(3000));
+        // Steps of SCAN_STEP keys, and the one that finds the end.
+        assert_eq!(stats.scan_steps, 3000u64.div_ceil(SCAN_STEP as u64) + 1);
+        assert!(stats.lock_hold_p99_us <= stats.lock_hold_max_us);
         let back = Store::new();
         load_snapshot(d.path(), 7, 5, &back).unwrap();
         assert_eq!(back.dump_visible(), s.dump_visible());

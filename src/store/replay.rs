@@ -486,7 +486,7 @@ impl Store {
                 Some((end, skip)) if end == p.end => skip,
                 _ => {
                     // The snapshot holds this record's effect.
-                    let skip = e.newest().lsn >= p.end;
+                    let skip = e.newest().lsn() >= p.end;
                     decided = Some((p.end, skip));
                     skip
                 }
@@ -515,7 +515,7 @@ impl Store {
         skip.extend(ops.iter().map(|op| {
             op.key()
                 .and_then(|k| ks.map.get(k))
-                .is_some_and(|e| e.newest().lsn >= end.0)
+                .is_some_and(|e| e.newest().lsn() >= end.0)
         }));
         for (i, op) in ops.iter().enumerate() {
             if skip[i] {
@@ -550,7 +550,7 @@ impl Store {
             .map
             .iter()
             .filter(|(k, e)| {
-                let lsn = e.newest().lsn;
+                let lsn = e.newest().lsn();
                 lsn < end.0 || (lsn == end.0 && applied.contains(k.as_bytes()))
             })
             .map(|(k, _)| k.to_vec())
@@ -833,11 +833,7 @@ struct Planned<'p> {
 /// A version replay installs: written by the record ending at `end`,
 /// visible at once.
 fn replayed(end: u64, slot: Option<value::Slot>) -> Version {
-    Version {
-        lsn: end,
-        level: Level::Immediate,
-        slot,
-    }
+    Version::new(end, Level::Immediate, slot)
 }
 
 /// For a key that is not in the map: its first version from `run` (the

@@ -119,7 +119,7 @@ impl Store {
 fn stamp_of(e: Option<&Entry>, now_ms: u64) -> Stamp {
     match e.map(Entry::newest) {
         Some(v) => Stamp {
-            lsn: v.lsn,
+            lsn: v.lsn(),
             expired: v.slot.as_ref().is_none_or(|s| s.expired(now_ms)),
         },
         None => Stamp {
@@ -220,8 +220,8 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
             });
             return None;
         }
-        if v.lsn != PROVISIONAL && !self.store.vis.visible(v) {
-            let seen = (Lsn(v.lsn), v.level);
+        if v.lsn() != PROVISIONAL && !self.store.vis.visible(v) {
+            let seen = (Lsn(v.lsn()), v.level());
             self.read_pending = Some(match self.read_pending {
                 Some((l, lv)) => (l.max(seen.0), lv.max(seen.1)),
                 None => seen,
@@ -283,7 +283,7 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
             self.touched.push(key.to_vec());
             return false;
         };
-        if e.newest().lsn == PROVISIONAL {
+        if e.newest().lsn() == PROVISIONAL {
             // A second change in this transaction: change the state in
             // its provisional version, in place (a collection is not
             // copied).
@@ -346,11 +346,10 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
                 continue;
             };
             let v = e.newest_mut();
-            if v.lsn != PROVISIONAL {
+            if v.lsn() != PROVISIONAL {
                 continue; // a key touched twice
             }
-            v.lsn = end.0;
-            v.level = level;
+            v.set_written(end.0, level);
             if e.prune(vis) {
                 self.ks.map.remove(key.as_slice());
             } else if e.versions().len() > 1 || e.newest().slot.is_none() {
@@ -367,7 +366,7 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
             let Some(e) = self.ks.map.get_mut(key.as_slice()) else {
                 continue;
             };
-            if e.newest().lsn != PROVISIONAL {
+            if e.newest().lsn() != PROVISIONAL {
                 continue;
             }
             let (undone, live, exp) = match e.pop() {
@@ -438,11 +437,7 @@ fn current_for(op: &Op<'_>, newest: Option<&Slot>) -> Option<Slot> {
 
 /// A provisional version of `slot` (see [`WriteTxn::commit`]).
 fn provisional(slot: Option<Slot>) -> Version {
-    Version {
-        lsn: PROVISIONAL,
-        level: Level::LocalFlush,
-        slot,
-    }
+    Version::new(PROVISIONAL, Level::LocalFlush, slot)
 }
 
 fn expiry_of(slot: &Option<Slot>) -> u64 {

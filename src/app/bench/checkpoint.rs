@@ -227,11 +227,13 @@ fn checkpoints_logged(path: &Path, from: u64) -> Vec<String> {
                     .to_string()
             };
             format!(
-                "checkpoint of {} keys: write {} ms, sync {} ms, total {} ms",
+                "checkpoint of {} keys: write {} ms, sync {} ms, total {} ms, lock hold p99 {} us, max {} us",
                 field("keys="),
                 field("write_ms="),
                 field("sync_ms="),
-                field("elapsed_ms=")
+                field("elapsed_ms="),
+                field("lock_hold_p99_us="),
+                field("lock_hold_max_us=")
             )
         })
         .collect()
