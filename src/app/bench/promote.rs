@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::anchors;
 use super::cluster::{self, Node, Reply};
@@ -157,21 +157,27 @@ fn promote_once(
         }
         std::thread::sleep(Duration::from_millis(300));
         let t0 = Instant::now();
+        let wall0 = SystemTime::now();
         let asked = request(ctx, &sdir, how);
         let accepted = writer
             .join()
             .map_err(|_| BenchError::Server("the retrying client panicked".into()))?;
         asked?;
         let t1 = accepted?;
-        Ok::<f64, BenchError>(t1.saturating_duration_since(t0).as_secs_f64() * 1000.0)
+        let ms = t1.saturating_duration_since(t0).as_secs_f64() * 1000.0;
+        Ok::<(f64, SystemTime), BenchError>((ms, wall0))
     });
-    let steps = format!("{}; {}", promotion_steps(&sdir), step_times(&sdir));
+    let parts = match &result {
+        Ok((ms, wall0)) => parts(&sdir, *wall0, *ms),
+        Err(_) => String::new(),
+    };
+    let steps = format!("{parts}; {}; {}", promotion_steps(&sdir), step_times(&sdir));
     standby.stop();
     let _ = std::fs::remove_dir_all(&sdir);
     // `walrep basebackup` made a slot for this standby on the primary: the
     // next repetition's copy makes it again.
     cluster::drop_slot(primary.repl_port, SLOT)?;
-    Ok((result?, steps))
+    Ok((result?.0, steps))
 }
 
 /// Retry `SET` until `+OK`; returns when it was accepted.
@@ -277,4 +283,48 @@ fn step_times(sdir: &Path) -> String {
         }
     }
     out.join(" ")
+}
+
+/// Where the time from the request (`wall0`) to the first accepted write
+/// (`total_ms` later) went, from the standby's log lines (their
+/// microsecond UTC timestamps): request noticed by the trigger watcher,
+/// the history file written, writes accepted; the rest up to `total_ms` is
+/// the retrying client's next round trip.
+fn parts(sdir: &Path, wall0: SystemTime, total_ms: f64) -> String {
+    let log = std::fs::read_to_string(sdir.with_extension("log")).unwrap_or_default();
+    let Ok(since_epoch) = wall0.duration_since(UNIX_EPOCH) else {
+        return String::new();
+    };
+    let t0 = (since_epoch.as_secs_f64()) % 86_400.0;
+    let marks = [
+        ("noticed", "received promote request"),
+        ("history", "wrote timeline history file"),
+        ("end_of_recovery", "end-of-recovery record written"),
+        ("accepting", "ready to accept connections (promoted)"),
+    ];
+    let mut out = Vec::new();
+    for (name, text) in marks {
+        let at = log
+            .lines()
+            .filter(|l| l.contains(text))
+            .filter_map(time_of_day)
+            .find(|t| *t >= t0 - 1.0);
+        if let Some(at) = at {
+            out.push(format!("{name} +{:.2}", (at - t0) * 1000.0));
+        }
+    }
+    out.push(format!("first write +{total_ms:.2}"));
+    format!("ms after the request: {}", out.join(", "))
+}
+
+/// Seconds since midnight UTC of a log line's leading RFC 3339 timestamp
+/// (`2026-12-05T17:31:22.123456Z ...`).
+fn time_of_day(line: &str) -> Option<f64> {
+    let stamp = line.split_whitespace().next()?;
+    let clock = stamp.split_once('T')?.1.trim_end_matches('Z');
+    let mut hms = clock.split(':');
+    let h: f64 = hms.next()?.parse().ok()?;
+    let m: f64 = hms.next()?.parse().ok()?;
+    let s: f64 = hms.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
 }
