@@ -307,7 +307,7 @@ fn hold_figures(mut holds_us: Vec<u32>) -> (u64, u64, u64) {
 
 /// Load snapshot `id` into an empty store. Every chunk's CRC is verified
 /// before any of its entries is taken; the store's map is built once,
-/// from all of them ([`Store::load_base_all`]: full B-tree nodes).
+/// from all of them (`Store::load_base_all`: full B-tree nodes).
 pub fn load_snapshot(
     datadir: &Path,
     id: u64,
