@@ -131,6 +131,33 @@ fn journaled_chunks(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Start `walrep basebackup` into `dest`, damage the first chunk it has
+/// finished and journaled before the copy ends, and return that chunk and
+/// the copy's error output, after checking that the end check refused it.
+fn damage_a_chunk_during_the_copy(
+    primary: &TestNode,
+    dest: &Path,
+    args: &[&str],
+    tmp: &Path,
+) -> (String, String) {
+    let out_file = tmp.join("backup.out");
+    let mut copy = spawn_backup(primary, dest, args, &out_file);
+    let chunk = wait_for("a chunk written", Duration::from_secs(120), || {
+        journaled_chunks(dest).into_iter().next()
+    });
+    flip_byte(&dest.join(&chunk));
+    let status = copy.wait_exit().expect("basebackup did not exit");
+    let err = std::fs::read_to_string(out_file.with_extension("err")).unwrap();
+    assert!(!status.success(), "the copy succeeded with {chunk} altered");
+    assert!(
+        err.contains("does not match its backup_manifest")
+            && err.contains("checksum mismatch")
+            && err.contains(&chunk),
+        "{err}"
+    );
+    (chunk, err)
+}
+
 /// The counts of the "resume kept ..." line: files, WAL segments, files
 /// that failed their checksum.
 fn resume_counts(out: &str) -> (u64, u64, u64) {
@@ -223,22 +250,7 @@ fn a_file_altered_during_the_copy_fails_its_end_check_and_the_copy_stays_incompl
         "--max-rate",
         "1024",
     ];
-    let out_file = tmp.path().join("backup.out");
-    let mut copy = spawn_backup(&primary, &dest, &args, &out_file);
-    // A chunk finished and journaled is damaged before the copy ends.
-    let chunk = wait_for("a chunk written", Duration::from_secs(120), || {
-        journaled_chunks(&dest).into_iter().next()
-    });
-    flip_byte(&dest.join(&chunk));
-    let status = copy.wait_exit().expect("basebackup did not exit");
-    let err = std::fs::read_to_string(out_file.with_extension("err")).unwrap();
-    assert!(!status.success(), "the copy succeeded with {chunk} altered");
-    assert!(
-        err.contains("does not match its backup_manifest")
-            && err.contains("checksum mismatch")
-            && err.contains(&chunk),
-        "{err}"
-    );
+    damage_a_chunk_during_the_copy(&primary, &dest, &args, tmp.path());
     // Not complete: the marker stays, so the copy never starts redo.
     assert!(PendingBackup::read(&dest).unwrap().is_some());
     let mut standby = TestNode::start(&dest, &[]);
@@ -328,24 +340,9 @@ fn a_copy_that_fails_its_end_check_is_kept_and_resumed_from_the_checkpoint_the_s
     let dest = tmp.path().join("copy");
     let rate = (data_mb() * 1024 / 16).max(512).to_string();
     let args = ["--jobs", "2", "--max-rate", &rate];
-    let out_file = tmp.path().join("backup.out");
-    let mut copy = spawn_backup(&primary, &dest, &args, &out_file);
-    // A chunk finished and journaled is damaged before the copy ends:
-    // every byte arrives, the end check finds it.
-    let chunk = wait_for("a chunk written", Duration::from_secs(120), || {
-        journaled_chunks(&dest).into_iter().next()
-    });
-    flip_byte(&dest.join(&chunk));
-    let status = copy.wait_exit().expect("basebackup did not exit");
-    let err = std::fs::read_to_string(out_file.with_extension("err")).unwrap();
-    assert!(!status.success(), "the copy succeeded with {chunk} altered");
-    assert!(
-        err.contains("does not match its backup_manifest")
-            && err.contains("checksum mismatch")
-            && err.contains(&chunk)
-            && err.contains("--resume"),
-        "{err}"
-    );
+    // Every byte arrives; the end check finds the damage.
+    let (_, err) = damage_a_chunk_during_the_copy(&primary, &dest, &args, tmp.path());
+    assert!(err.contains("--resume"), "{err}");
     // Kept for --resume (a one-phase copy that fails while it is received
     // is removed), and the server still pins the backup's checkpoint: its
     // stream had ended, but the copy was never confirmed.

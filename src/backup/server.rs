@@ -175,45 +175,31 @@ pub fn serve<S: BackupSource>(
         id: id.clone(),
     };
     let result = b.run(out);
-    match (&result, &running) {
+    if running.is_some() {
         // Sent is not checked: the client reads its copy back before it
         // is complete, and a copy that fails that check is resumed like
         // an interrupted one. So the checkpoint stays pinned until the
         // client confirms (CONFIRM_BASE_BACKUP), or its window ends.
-        (Ok(_), Some(_)) => {
-            let id = id.as_deref().unwrap_or_default();
+        let id = id.as_deref().unwrap_or_default();
+        if result.is_ok() {
             tracing::info!(
                 backup_id = id,
                 "base backup sent: its checkpoint stays pinned until the client confirms its copy"
             );
-            pins.keep(
-                pin,
-                id,
-                KeptBackup {
-                    control,
-                    started_unix,
-                },
-                RESUME_WINDOW,
-            );
-        }
-        (Err(_), Some(_)) => {
-            let id = id.as_deref().unwrap_or_default();
+        } else {
             tracing::warn!(
                 backup_id = id,
                 minutes = RESUME_WINDOW.as_secs() / 60,
                 "base backup interrupted: its checkpoint stays pinned for RESUME"
             );
-            pins.keep(
-                pin,
-                id,
-                KeptBackup {
-                    control,
-                    started_unix,
-                },
-                RESUME_WINDOW,
-            );
         }
-        _ => drop(pin),
+        let kept = KeptBackup {
+            control,
+            started_unix,
+        };
+        pins.keep(pin, id, kept, RESUME_WINDOW);
+    } else {
+        drop(pin);
     }
     drop(running);
     match &result {
