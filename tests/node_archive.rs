@@ -130,11 +130,15 @@ fn failing_archive_command_keeps_segments_until_it_succeeds() {
         );
     }
     // The archiver counts a segment after it marks it `.done`.
-    wait_for("archived_count to count them", Duration::from_secs(30), || {
-        let archived: u64 = node
-            .info_field("persistence", "archived_count")?
-            .parse()
-            .ok()?;
-        (archived >= originals.len() as u64).then_some(())
-    });
+    wait_for(
+        "archived_count to count them",
+        Duration::from_secs(30),
+        || {
+            let archived: u64 = node
+                .info_field("persistence", "archived_count")?
+                .parse()
+                .ok()?;
+            (archived >= originals.len() as u64).then_some(())
+        },
+    );
 }
