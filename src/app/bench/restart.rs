@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use super::cluster::{self, Node};
 use super::figures::{Better, Figure};
 use super::loadgen::{self, Load};
+use super::pipeline::{CLIENTS, PIPELINE};
 use super::procs::{self, Child};
 use super::scenario::Ctx;
 use super::BenchError;
@@ -30,11 +31,10 @@ use super::BenchError;
 /// Targets: restart within twice Redis's time; redo rate.
 pub const TARGET_RATIO_TO_REDIS: f64 = 2.0;
 pub const TARGET_REDO_RECORDS_PER_S: f64 = 1_500_000.0;
-/// The load: keys over this many, values of this size, clients, pipeline.
+/// The load: keys over this many, values of this size (clients and
+/// pipeline depth are the pipelined-SET scenario's: 16 clients, `-P 32`).
 const KEYSPACE: u64 = 1_000_000;
 const VALUE_BYTES: u32 = 16;
-const CLIENTS: u32 = 16;
-const PIPELINE: u32 = 32;
 /// Longest a load or a restart may take.
 const LOAD_LIMIT: Duration = Duration::from_secs(900);
 const RESTART_LIMIT: Duration = Duration::from_secs(300);
