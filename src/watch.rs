@@ -133,6 +133,15 @@ impl<T> Watch<T> {
         self.lock().closed
     }
 
+    /// Whether a live subscription is registered here (someone waits for
+    /// the value to move).
+    pub fn has_subscribers(&self) -> bool {
+        self.lock()
+            .subscribers
+            .iter()
+            .any(|w| w.alive.strong_count() > 0)
+    }
+
     /// Replace the value and wake every subscriber. No allocation.
     pub fn publish(&self, value: T) {
         let mut g = self.lock();
@@ -240,6 +249,22 @@ mod tests {
         assert!(sub.receiver().try_recv().is_err(), "tokens coalesce");
         assert_eq!(w.get(), 5);
         assert_eq!(w.version(), 5);
+    }
+
+    #[test]
+    fn has_subscribers_counts_only_live_subscriptions() {
+        let w = Watch::new(0u64);
+        assert!(!w.has_subscribers());
+        let sub = w.subscribe();
+        let other = Watch::new(());
+        sub.also(&other);
+        assert!(w.has_subscribers() && other.has_subscribers());
+        drop(sub);
+        assert!(
+            !w.has_subscribers(),
+            "a dropped subscription no longer counts"
+        );
+        assert!(!other.has_subscribers());
     }
 
     #[test]

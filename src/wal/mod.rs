@@ -27,6 +27,7 @@
 //! checkpoint's redo point, then [`Wal::start`] at its `end` with its
 //! `prev_record`; sessions call [`Wal::insert`] then [`Wal::wait_flushed`].
 
+mod lookahead;
 mod map;
 pub mod raw;
 pub mod reader;

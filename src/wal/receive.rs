@@ -11,6 +11,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::lookahead::Lookahead;
 use super::segdir::{SegmentDir, SegmentError};
 use crate::{Lsn, SegNo, TimelineId};
 
@@ -37,6 +38,8 @@ pub struct SegmentWriter {
     flushed: Lsn,
     /// The first failure; every later call returns it.
     failed: Option<String>,
+    /// Creates the next segment before the stream reaches it.
+    ahead: Lookahead,
 }
 
 impl SegmentWriter {
@@ -48,6 +51,7 @@ impl SegmentWriter {
         mark: CompletedMark,
     ) -> SegmentWriter {
         SegmentWriter {
+            ahead: Lookahead::start(Arc::clone(&segdir)),
             segdir,
             tli,
             mark,
@@ -125,6 +129,7 @@ impl SegmentWriter {
             let f = self.segdir.open_for_receive(self.tli, segno)?;
             let path = self.segdir.segment_path(self.tli, segno);
             self.current = Some((segno, f, path));
+            self.ahead.ask(self.tli, segno.next());
         }
         match &self.current {
             Some((_, f, path)) => self
@@ -143,7 +148,7 @@ impl SegmentWriter {
         self.flushed = self.written;
         let name = segno.file_name(self.tli, self.segdir.seg_size());
         match self.mark {
-            CompletedMark::Done => self.segdir.mark_done(&name),
+            CompletedMark::Done => self.segdir.mark_received_done(&name),
             CompletedMark::Ready => self.segdir.mark_ready(&name),
         }
     }

@@ -626,6 +626,23 @@ impl SegmentDir {
         self.create_status(name, "done")
     }
 
+    /// Create `archive_status/<name>.done` for a segment a walreceiver
+    /// completed, without fsyncing it (PostgreSQL's XLogArchiveForceDone
+    /// does not fsync either). Nothing depends on it surviving a crash:
+    /// unless `archive_mode = always` (which marks `.ready`, durably), a
+    /// standby may remove a segment with no status file at all. Its two
+    /// fsyncs (file and directory) are journal commits on ext4, which wait
+    /// for every other writer's data on the filesystem: on the walreceiver's
+    /// path they held replay back by tens of milliseconds at each segment
+    /// boundary (docs/benchmarks.md, "Replay lag of an async standby").
+    pub fn mark_received_done(&self, name: &str) -> Result<(), SegmentError> {
+        let p = self.status_path(name, "done");
+        self.storage
+            .open(&p, OpenFor::Replace)
+            .map(drop)
+            .map_err(SegmentError::io("create", &p))
+    }
+
     fn create_status(&self, name: &str, suffix: &str) -> Result<(), SegmentError> {
         let p = self.status_path(name, suffix);
         crate::storage::durable_create(&*self.storage, &p, &[]).map_err(SegmentError::from)

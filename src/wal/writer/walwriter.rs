@@ -11,11 +11,15 @@
 //! follows the flush position) than the same load needs on a slow one.
 //! So its own flushes start at least [`MIN_FLUSH_SPACING`] apart, unless
 //! [`FLUSH_AT_ONCE_BYTES`] are pending: asynchronous WAL becomes durable
-//! (and visible to standbys that wait for the flush) at most that much
-//! later, and under a steady load each flush covers hundreds of records
-//! whatever the disk's speed. Sessions that wait for a flush
-//! (`synchronous_commit` above `off`) flush themselves and never wait for
-//! this thread.
+//! at most that much later, and under a steady load each flush covers
+//! hundreds of records whatever the disk's speed. While a walrep standby
+//! streams (its walsender follows the written position), the spacing is
+//! [`STREAMING_FLUSH_SPACING`] instead: a standby applies only WAL the
+//! primary has flushed, so the spacing is also the longest an asynchronous
+//! write waits before it can reach a standby's readers; there the shorter
+//! wait is worth the smaller batches (docs/benchmarks.md, "Replay lag of an
+//! async standby"). Sessions that wait for a flush (`synchronous_commit`
+//! above `off`) flush themselves and never wait for this thread.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,6 +31,8 @@ use super::shared::{FlushBy, Shared};
 
 /// Shortest time between the starts of two of this thread's flushes.
 pub(crate) const MIN_FLUSH_SPACING: Duration = Duration::from_millis(5);
+/// [`MIN_FLUSH_SPACING`] while a walrep standby streams.
+pub(crate) const STREAMING_FLUSH_SPACING: Duration = Duration::from_millis(2);
 /// Pending bytes that are flushed without waiting out the spacing
 /// (PostgreSQL's default `wal_writer_flush_after`).
 pub(crate) const FLUSH_AT_ONCE_BYTES: u64 = 1 << 20;
@@ -40,7 +46,7 @@ pub(crate) fn run(shared: Arc<Shared>, kicks: Receiver<()>, delay: Duration) {
         // A timeout and a kick mean the same: look for work.
         let _ = kicks.recv_timeout(delay);
         if let Some(at) = last_flush {
-            space_out(&shared, &kicks, at + MIN_FLUSH_SPACING.min(delay));
+            space_out(&shared, &kicks, at + spacing(&shared).min(delay));
         }
         if shared.poison.get().is_some() {
             break;
@@ -59,6 +65,19 @@ pub(crate) fn run(shared: Arc<Shared>, kicks: Receiver<()>, delay: Duration) {
         shared.preallocate_ahead();
     }
     tracing::debug!("WAL writer exiting");
+}
+
+/// The spacing of the next flush: shorter while a walrep standby streams
+/// (its walsender follows the written position, see the module doc).
+/// Only walsenders subscribe to the written position; the flush position
+/// also has local waiters, which must not shorten the spacing of a
+/// primary that nobody streams from.
+fn spacing(shared: &Shared) -> Duration {
+    if shared.written_watch.has_subscribers() {
+        STREAMING_FLUSH_SPACING
+    } else {
+        MIN_FLUSH_SPACING
+    }
 }
 
 /// Wait until `until` before the next flush, ending early when the
