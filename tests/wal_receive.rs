@@ -99,3 +99,57 @@ fn a_receiver_fsync_failure_is_final() {
     assert_eq!(io.count(Op::SyncData), calls, "no retry");
     assert_eq!(recv.flushed(), initial_lsn(seg()));
 }
+
+#[test]
+fn the_next_received_segment_is_created_zero_filled_ahead_of_the_stream() {
+    let standby = tempfile::tempdir().unwrap();
+    let io = Arc::new(FaultyStorage::new());
+    let sd =
+        Arc::new(SegmentDir::open(standby.path(), seg(), io.clone() as Arc<dyn Storage>).unwrap());
+    let start = initial_lsn(seg());
+    let mut recv = SegmentWriter::new(Arc::clone(&sd), TimelineId(1), start, CompletedMark::Done);
+    recv.write(start, &[7u8; 100]).unwrap();
+    recv.flush().unwrap();
+    // The walreceiver reserved the segment it had to write into at once...
+    assert_eq!(io.count(Op::Allocate), 1);
+    let first = start.segno(seg());
+    let next = sd.segment_path(TimelineId(1), first.next());
+    support::wait_for(
+        "the next segment",
+        std::time::Duration::from_secs(30),
+        || next.exists().then_some(()),
+    );
+    // ...and the next one was written with zeroes, not reserved.
+    assert_eq!(io.count(Op::Allocate), 1);
+    assert!(fs::read(&next).unwrap().iter().all(|b| *b == 0));
+
+    // The stream crosses into it: written through, nothing reserved, the
+    // completed segment marked.
+    let seg_end = first.next().start_lsn(seg());
+    let fill = vec![9u8; (seg_end.0 - start.0 - 100) as usize + 500];
+    recv.write(Lsn(start.0 + 100), &fill).unwrap();
+    assert_eq!(recv.flush().unwrap(), Lsn(seg_end.0 + 500));
+    assert_eq!(io.count(Op::Allocate), 1);
+    let bytes = fs::read(&next).unwrap();
+    assert!(bytes[..500].iter().all(|b| *b == 9) && bytes[500..].iter().all(|b| *b == 0));
+    let done = first.file_name(TimelineId(1), seg());
+    assert!(standby
+        .path()
+        .join("archive_status")
+        .join(format!("{done}.done"))
+        .exists());
+    let after = sd.segment_path(TimelineId(1), first.next().next());
+    support::wait_for(
+        "the segment after it",
+        std::time::Duration::from_secs(30),
+        || after.exists().then_some(()),
+    );
+    drop(recv);
+    // The helper ended with its writer and left no temporary file.
+    let temps: Vec<_> = fs::read_dir(standby.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("xlogtemp."))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
+}
