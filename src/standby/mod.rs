@@ -265,6 +265,7 @@ impl StandbyRuntime {
             store: h.store.clone(),
             reader: Redo::reader_for(&dir, &control, history.clone(), &h.progress.received),
             replayed: h.progress.replayed.clone(),
+            received: h.progress.received.clone(),
             events: events_tx.clone(),
             stop: redo_stop.clone(),
         };
