@@ -171,7 +171,11 @@ fn spawn_error(thread: &'static str) -> impl FnOnce(io::Error) -> StandbyError {
 
 /// The threads of a running standby.
 pub struct StandbyRuntime {
+    /// The startup process's queue: shutdown is queued on it.
+    events: Option<Sender<Event>>,
+    /// Dropped at shutdown: ends the reload watcher.
     shutdown: Option<Sender<()>>,
+    reload_watcher: Option<JoinHandle<()>>,
     redo_stop: Arc<AtomicBool>,
     startup: Option<JoinHandle<()>>,
     fetcher: Option<JoinHandle<()>>,
@@ -265,6 +269,7 @@ impl StandbyRuntime {
             store: h.store.clone(),
             reader: Redo::reader_for(&dir, &control, history.clone(), &h.progress.received),
             replayed: h.progress.replayed.clone(),
+            received: h.progress.received.clone(),
             events: events_tx.clone(),
             stop: redo_stop.clone(),
         };
@@ -320,25 +325,30 @@ impl StandbyRuntime {
             min_recovery_point = %control.min_recovery_point,
             "entering standby mode"
         );
+        let h_config = h.config.clone();
         let startup = Startup::new(
             core,
             receiver_sessions(&h, &control, events_tx.clone()),
             startup::Channels {
                 events: events_rx,
-                events_tx,
+                events_tx: events_tx.clone(),
                 fetch: fetch_tx,
                 redo: redo_tx,
-                shutdown: shutdown_rx,
             },
             tracelog::TraceLog::open(&dir.log()),
             h,
         );
+        let reload_watcher =
+            startup::spawn_reload_watcher(h_config, events_tx.clone(), shutdown_rx)
+                .map_err(spawn_error("standby-reload"))?;
         let startup = std::thread::Builder::new()
             .name("startup".into())
             .spawn(move || startup.run(prelude.into_iter().chain([first])))
             .map_err(spawn_error("startup"))?;
         Ok(StandbyRuntime {
+            events: Some(events_tx),
             shutdown: Some(shutdown_tx),
+            reload_watcher: Some(reload_watcher),
             redo_stop,
             startup: Some(startup),
             fetcher: Some(fetcher),
@@ -357,9 +367,7 @@ impl StandbyRuntime {
     /// Shut recovery down: the machine stops the walreceiver and exits; a
     /// running restore_command is killed; redo stops between records.
     pub fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.try_send(());
-        }
+        self.request_shutdown();
         drop(self.cancel_restore.take());
         self.redo_stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.startup.take() {
@@ -370,6 +378,7 @@ impl StandbyRuntime {
             let _ = handle.join();
         }
         for t in [
+            self.reload_watcher.take(),
             self.fetcher.take(),
             self.redo.take(),
             self.backup_wait.take(),
@@ -379,6 +388,28 @@ impl StandbyRuntime {
         {
             let _ = t.join();
         }
+    }
+}
+
+impl StandbyRuntime {
+    /// Queue `ShutdownRequested` for the startup process (once) and end
+    /// the reload watcher.
+    fn request_shutdown(&mut self) {
+        if let Some(tx) = self.events.take() {
+            // Disconnected: recovery already ended (promoted or stopped).
+            let sent = tx.send_timeout(Event::ShutdownRequested, startup::EVENT_SEND_BOUND);
+            if let Err(crossbeam_channel::SendTimeoutError::Timeout(_)) = sent {
+                tracing::warn!("the startup process did not take the shutdown request");
+            }
+        }
+        drop(self.shutdown.take());
+    }
+}
+
+impl Drop for StandbyRuntime {
+    /// Dropped without `stop()`: recovery is still told to shut down.
+    fn drop(&mut self) {
+        self.request_shutdown();
     }
 }
 

@@ -16,17 +16,18 @@
 //! ```text
 //! let shared = ReceiverShared::new(replayed);         // once per node
 //! let h = start(session, config, events_tx, shared.clone())?;
-//! // the redo loop publishes `replayed`: each publication wakes the
-//! // session, which replies with the new apply position (remote_apply)
+//! // the redo loop publishes `replayed`, then calls
+//! // shared.replay_published(): the reply a remote_apply commit waits for
 //! // the WAL reader's limit: shared.flushed()
 //! h.restart(next_session, from, tli)?;   // after TimelineEnded, same connection
 //! let flushed = h.stop();                // bounded; WalReceiverStopped follows
 //! ```
 //!
-//! While streaming, a reader thread turns the upstream's messages into
-//! channel messages and the session thread `select!`s over them, its
-//! control wake-ups, the replay position's [`Watch`] and its timers (see
-//! `upstream`).
+//! While streaming, the session thread reads the upstream's socket itself
+//! (no reader thread: a message that must be written, fsynced and
+//! answered costs no thread hop), with its read bounded by its next timer;
+//! `stop()` shuts the socket's read side to wake it. Redo sends the apply
+//! position a commit waits for itself (see `replies`).
 //!
 //! # Events (each tagged with the session), in order
 //!
@@ -56,9 +57,9 @@
 //! buffered beyond the protocol's largest message.
 
 mod buffer;
+mod replies;
 mod session;
 mod sessions;
-mod upstream;
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -75,6 +76,7 @@ use crate::wal::{SegmentDir, SegmentError};
 use crate::watch::Watch;
 use crate::{Lsn, TimelineHistory, TimelineId};
 pub use buffer::{WalBuffer, WAL_BUFFER_BYTES};
+use replies::{Positions, Replies, ReplyError};
 pub use sessions::{ConfigFn, Sessions};
 
 /// How long `stop()` waits for the session to flush and leave before it
@@ -377,8 +379,15 @@ pub struct ReceiverShared {
     /// WAL fsynced, and the timeline of its files: what redo may read.
     flushed: Watch<FlushPoint>,
     /// Owned by the redo loop: its `end` is the apply position replies
-    /// carry, and each publication wakes the session to send one.
+    /// carry (redo sends the one a commit waits for itself, see
+    /// [`ReceiverShared::replay_published`]).
     replayed: Arc<Watch<Replayed>>,
+    /// WAL fsynced here by the current session: the flush position
+    /// replies carry (what is exposed is `flushed`, capped by the
+    /// upstream's told flush position).
+    durable: AtomicU64,
+    /// Replies of the connected session; `None` while not connected.
+    replies: Mutex<Option<Replies>>,
     /// Hot standby feedback's xmin (0 = none).
     feedback_xmin: AtomicU32,
     /// The upstream's flush position as last reported (walEnd): the
@@ -432,6 +441,8 @@ impl ReceiverShared {
                 lsn: Lsn::INVALID,
             }),
             replayed,
+            durable: AtomicU64::new(0),
+            replies: Mutex::new(None),
             feedback_xmin: AtomicU32::new(0),
             upstream_flush: AtomicU64::new(0),
             held: Mutex::new(None),
@@ -554,6 +565,54 @@ impl ReceiverShared {
         self.written.store(lsn.0, Ordering::Release);
     }
 
+    fn publish_durable(&self, lsn: Lsn) {
+        self.durable.store(lsn.0, Ordering::Release);
+    }
+
+    fn lock_replies(&self) -> MutexGuard<'_, Option<Replies>> {
+        self.replies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What a status update says now; read under the replies' lock, after
+    /// the session published its positions, so updates never go back.
+    fn positions(&self) -> Positions {
+        Positions {
+            write: self.written(),
+            flush: Lsn(self.durable.load(Ordering::Acquire)),
+            apply: self.apply(),
+        }
+    }
+
+    /// The connected session's replies, run under their lock.
+    fn with_replies<R>(
+        &self,
+        f: impl FnOnce(&mut Replies, Positions) -> Result<R, ReplyError>,
+    ) -> Result<R, ReplyError> {
+        let mut replies = self.lock_replies();
+        let r = replies.as_mut().ok_or(ReplyError::NotConnected)?;
+        f(r, self.positions())
+    }
+
+    /// A flagged keepalive asked for replay progress up to `wal_end`.
+    fn request_apply(&self, wal_end: Lsn) {
+        if let Some(r) = self.lock_replies().as_mut() {
+            r.request_apply(wal_end);
+        }
+    }
+
+    /// Redo published a new replay position: if a commit waits for it
+    /// (a flagged keepalive asked, or the upstream does not flag them),
+    /// report it upstream from the calling thread. A failed send is left
+    /// to the session, which finds the connection broken on its next read.
+    pub fn replay_published(&self) {
+        let mut replies = self.lock_replies();
+        if let Some(r) = replies.as_mut() {
+            if let Err(e) = r.report_apply(self.positions()) {
+                tracing::debug!("could not report the replay position: {e}");
+            }
+        }
+    }
+
     fn publish_flushed(&self, tli: TimelineId, lsn: Lsn) {
         let point = FlushPoint { tli, lsn };
         self.flushed
@@ -610,6 +669,20 @@ impl Control {
 
     fn lock_restart(&self) -> MutexGuard<'_, RestartSlot> {
         self.restart.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wake a session blocked reading its upstream: the read side is shut
+    /// (the write side stays open for the goodbye); the session then
+    /// finds `stop` set, flushes and leaves.
+    fn interrupt_read(&self) {
+        if let Some(s) = self
+            .socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = s.shutdown(std::net::Shutdown::Read);
+        }
     }
 
     fn shutdown_socket(&self) {
@@ -798,6 +871,7 @@ impl ReceiverHandle {
         }
         self.control.stop.store(true, Ordering::Release);
         self.control.wake();
+        self.control.interrupt_read();
         let flushed = match self.done_rx.recv_timeout(STOP_BOUND) {
             Ok(f) => f,
             Err(_) => {
@@ -822,6 +896,7 @@ impl Drop for ReceiverHandle {
             self.control.dropped.store(true, Ordering::Release);
             self.control.stop.store(true, Ordering::Release);
             self.control.wake();
+            self.control.interrupt_read();
             if self.done_rx.recv_timeout(STOP_BOUND).is_err() {
                 self.control.shutdown_socket();
             }

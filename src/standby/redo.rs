@@ -61,6 +61,9 @@ pub struct Redo {
     pub reader: WalReader,
     /// The replay position, owned here.
     pub replayed: Arc<Watch<Replayed>>,
+    /// The walreceiver: told after each publication, it sends the apply
+    /// position a `remote_apply` commit waits for from this thread.
+    pub received: Arc<ReceiverShared>,
     pub events: Sender<Event>,
     /// Set at shutdown: a long replay stops between records.
     pub stop: Arc<AtomicBool>,
@@ -119,9 +122,10 @@ impl Redo {
         // second thread. Keeping up: a few records, on this thread.
         let behind = upto.saturating_sub(self.reader.next_lsn());
         let (store, replayed, events) = (&*self.store, &*self.replayed, &self.events);
+        let received = &*self.received;
         let applied = |batch: &RecordBatch, _ops| {
             advanced(replayed, &history, batch);
-            progress.applied(replayed, events, batch);
+            progress.applied(replayed, received, events, batch);
         };
         let ran = if behind >= READ_AHEAD_MIN_BYTES {
             redo_read_ahead(
@@ -170,8 +174,15 @@ impl Redo {
     /// Wake those who follow replay: the walreceiver replies with the new
     /// apply position, cascading walsenders may send further.
     fn publish(&self) {
-        self.replayed.update(|_| true);
+        publish(&self.replayed, &self.received);
     }
+}
+
+/// Wake the replay position's subscribers, then let the walreceiver
+/// report it if a commit waits for it.
+fn publish(replayed: &Watch<Replayed>, received: &ReceiverShared) {
+    replayed.update(|_| true);
+    received.replay_published();
 }
 
 /// Bookkeeping after a batch of applied records: the position moves
@@ -222,7 +233,13 @@ impl Progress {
 
     /// After a batch: report to the machine every [`PROGRESS_BYTES`] or
     /// [`PROGRESS_INTERVAL`], publish every [`PUBLISH_INTERVAL`].
-    fn applied(&mut self, replayed: &Watch<Replayed>, events: &Sender<Event>, batch: &RecordBatch) {
+    fn applied(
+        &mut self,
+        replayed: &Watch<Replayed>,
+        received: &ReceiverShared,
+        events: &Sender<Event>,
+        batch: &RecordBatch,
+    ) {
         let Some(end) = batch.last().map(|r| r.end) else {
             return;
         };
@@ -230,13 +247,13 @@ impl Progress {
         if end.saturating_sub(self.reported) >= PROGRESS_BYTES
             || now.duration_since(self.last_report) >= PROGRESS_INTERVAL
         {
-            replayed.update(|_| true);
+            publish(replayed, received);
             let _ = events.send(Event::WalReplayed { upto: end });
             self.reported = end;
             self.last_report = now;
             self.last_publish = now;
         } else if now.duration_since(self.last_publish) >= PUBLISH_INTERVAL {
-            replayed.update(|_| true);
+            publish(replayed, received);
             self.last_publish = now;
         }
     }

@@ -3,14 +3,21 @@
 //! its one timer and shutdown, and executes the actions it returns.
 //!
 //! The loop is the quinn-proto shape of STYLE.md: handle an event, drain the
-//! actions and the trace, re-arm one timer at `poll_timeout()`. After each
+//! actions and the trace, re-arm one timer at `poll_timeout()`. It waits on
+//! its event queue alone: shutdown arrives as `ShutdownRequested` on it,
+//! and a reload that changes the upstream as `UpstreamReloaded` from the
+//! reload watcher ([`spawn_reload_watcher`]). A `select!` over several
+//! channels cost every event an extra sleep and wake-up: woken by a sender
+//! still holding the channel's waker lock, the thread slept again on that
+//! lock to unregister (one per synchronous commit, twice). After each
 //! drain it publishes the machine's status (the node reads it for INFO,
 //! `/status` and `/metrics`).
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 
 use super::fetcher::FetchRequest;
 use super::progress::{LastTransition, StandbyStatus};
@@ -37,7 +44,44 @@ pub struct Channels {
     pub events_tx: Sender<Event>,
     pub fetch: Sender<FetchRequest>,
     pub redo: Sender<RedoRequest>,
-    pub shutdown: Receiver<()>,
+}
+
+/// Longest wait to queue an event from outside the workers (shutdown, a
+/// reload): the queue is bounded.
+pub(crate) const EVENT_SEND_BOUND: Duration = Duration::from_secs(10);
+
+/// Follow reloads of the configuration on a thread of its own: a change of
+/// the upstream settings becomes `UpstreamReloaded` on the startup queue
+/// (whose handling reconnects the walreceiver). Ends when `stop` is
+/// dropped (or sent to).
+pub(crate) fn spawn_reload_watcher(
+    config: crate::config::LiveConfig,
+    events: Sender<Event>,
+    stop: Receiver<()>,
+) -> std::io::Result<JoinHandle<()>> {
+    // Subscribed before the settings are read: a reload in between still
+    // leaves a token.
+    let reloads = config.subscribe();
+    let mut upstream = upstream_settings(&config.get());
+    std::thread::Builder::new()
+        .name("standby-reload".into())
+        .spawn(move || loop {
+            select! {
+                recv(stop) -> _ => return,
+                recv(reloads.receiver()) -> _ => {
+                    let now = upstream_settings(&config.get());
+                    if now != upstream {
+                        let stream_configured = !now.0.trim().is_empty();
+                        upstream = now;
+                        let ev = Event::UpstreamReloaded { stream_configured };
+                        if events.send_timeout(ev, EVENT_SEND_BOUND).is_err() {
+                            tracing::warn!("the startup process did not take a reload of primary_conninfo");
+                        }
+                    }
+                }
+                default(IDLE_WAIT) => {}
+            }
+        })
 }
 
 /// What a walreceiver session connects with: a reload changing either
@@ -96,9 +140,6 @@ impl Startup {
         for ev in first {
             self.handle(ev);
         }
-        let mut shutdown = self.ch.shutdown.clone();
-        let reloads = self.h.config.subscribe();
-        let mut upstream = upstream_settings(&self.h.config.get());
         loop {
             self.drain();
             if self.core.state().is_final() {
@@ -109,25 +150,10 @@ impl Startup {
                 .poll_timeout()
                 .map(|t| Duration::from_millis(t.since_ms(self.now())))
                 .unwrap_or(IDLE_WAIT);
-            select! {
-                recv(self.ch.events) -> ev => match ev {
-                    Ok(ev) => self.handle(ev),
-                    Err(_) => break,
-                },
-                recv(shutdown) -> _ => {
-                    self.handle(Event::ShutdownRequested);
-                    shutdown = crossbeam_channel::never();
-                }
-                recv(reloads.receiver()) -> _ => {
-                    let now = upstream_settings(&self.h.config.get());
-                    if now != upstream {
-                        let stream_configured = !now.0.trim().is_empty();
-                        upstream = now;
-                        self.receivers.upstream_changed();
-                        self.handle(Event::UpstreamReloaded { stream_configured });
-                    }
-                }
-                default(timeout) => self.handle(Event::TimerFired),
+            match self.ch.events.recv_timeout(timeout) {
+                Ok(ev) => self.handle(ev),
+                Err(RecvTimeoutError::Timeout) => self.handle(Event::TimerFired),
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         self.receivers.stop_all();
@@ -138,6 +164,10 @@ impl Startup {
     }
 
     fn handle(&mut self, ev: Event) {
+        if let Event::UpstreamReloaded { .. } = &ev {
+            // The next session connects with the new settings.
+            self.receivers.upstream_changed();
+        }
         if let Event::StreamLost { .. } = &ev {
             if let Some(failure) = self.h.progress.received.io_failure() {
                 // A failed fsync of received WAL is PostgreSQL's PANIC: never retried.

@@ -199,6 +199,22 @@ impl ReplicationClient {
             .send_status(write, flush, apply, reply_requested)
     }
 
+    /// Bytes of the stream that can be read now without waiting: those
+    /// already buffered plus those the socket holds (for TLS, the
+    /// encrypted bytes). A receiver that reads the socket itself drains
+    /// this much into one batch before it fsyncs, so that what arrived
+    /// meanwhile does not cost an fsync per message.
+    pub fn readable_bytes(&self) -> usize {
+        use std::os::fd::AsRawFd;
+        let fd = self.reader.get_ref().socket().as_raw_fd();
+        let mut pending: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer, which
+        // points at a live local; the descriptor belongs to this client.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut pending) };
+        let socket = if rc == 0 { pending.max(0) as usize } else { 0 };
+        self.reader.buffered().len() + socket
+    }
+
     /// The next stream event, waiting at most `timeout`.
     pub fn recv(&mut self, timeout: Duration) -> Result<StreamEvent, ClientError> {
         if !self.streaming {

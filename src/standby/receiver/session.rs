@@ -8,14 +8,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Sender};
 
-use super::upstream::{Incoming, Reader};
+use super::replies::Replies;
 use super::{
     Control, Emit, HeldWal, ReceiverConfig, ReceiverEvent, ReceiverShared, ReceiverState,
     RestartOrder,
 };
 use crate::replication::client::{
-    ClientError, ConnInfo, IdentifySystem, ReplicationClient, StartOutcome, StatusSender,
-    StreamEvent,
+    ConnInfo, IdentifySystem, ReplicationClient, StartOutcome, StreamEvent,
 };
 use crate::replication::server::{
     format_instance_id, parse_history_id_parameter, APPLY_FEEDBACK_ON_REQUEST,
@@ -28,7 +27,6 @@ use crate::wal::timeline::{
     read_history_text,
 };
 use crate::wal::{write_history_text, CompletedMark, SegmentError, SegmentWriter};
-use crate::watch::Subscription;
 use crate::{Lsn, TimelineId};
 
 /// Most bytes received before an fsync, even if the socket still has data.
@@ -144,17 +142,8 @@ struct Session {
     tli: TimelineId,
     /// Writes received bytes into segment files of `tli`.
     writer: SegmentWriter,
-    /// The upstream connection in command mode (kept across a timeline
-    /// end); while streaming, the reader thread has it.
+    /// The upstream connection (kept across a timeline end).
     client: Option<ReplicationClient>,
-    /// Sends replies while streaming (the reader thread owns the client).
-    status: Option<StatusSender>,
-    /// Woken when redo publishes its position (the apply position of
-    /// replies, for remote_apply).
-    replayed: Subscription,
-    /// Status last sent (write, flush, apply) and when.
-    last_sent: (Lsn, Lsn, Lsn),
-    last_status: Option<Instant>,
     /// When hot standby feedback was last sent.
     last_feedback: Option<Instant>,
     /// Last time anything arrived; the wal_receiver_timeout clock.
@@ -172,13 +161,6 @@ struct Session {
     /// `None` (it could not be written) asks the upstream for flushed WAL
     /// only, as PostgreSQL's walreceiver does.
     confirmed: Option<ConfirmedFlush>,
-    /// The upstream agreed to flag keepalives when a commit waits for our
-    /// apply position: replay progress is reported at once only then (and
-    /// with every flush report, and at the status interval).
-    apply_on_request: bool,
-    /// Replay progress up to here is reported at once (the `walEnd` of the
-    /// last keepalive that asked).
-    apply_report_upto: Lsn,
 }
 
 impl Session {
@@ -196,7 +178,6 @@ impl Session {
             CompletedMark::Done
         };
         let writer = SegmentWriter::new(Arc::clone(&cfg.segdir), cfg.tli, start, mark);
-        let replayed = shared.replayed.subscribe();
         // This session's stream starts over: nothing older may be mixed in.
         shared.buffer.clear();
         let confirmed = match ConfirmedFlush::open(&cfg.segdir, cfg.tli, start) {
@@ -217,18 +198,12 @@ impl Session {
             shared,
             emit,
             client: None,
-            status: None,
-            replayed,
-            last_sent: (Lsn::INVALID, Lsn::INVALID, Lsn::INVALID),
-            last_status: None,
             last_feedback: None,
             last_recv: Instant::now(),
             pinged: false,
             reported_flush: start,
             published_flush: start,
             pending_flush: None,
-            apply_on_request: false,
-            apply_report_upto: Lsn::INVALID,
         }
     }
 
@@ -261,15 +236,6 @@ impl Session {
         self.client.as_mut().ok_or_else(|| lost("not connected"))
     }
 
-    /// Where replies go: the reader thread's connection while streaming.
-    fn status_sender(&self) -> Result<StatusSender, End> {
-        match (&self.status, &self.client) {
-            (Some(s), _) => Ok(s.clone()),
-            (None, Some(c)) => Ok(c.status_sender()),
-            (None, None) => Err(lost("not connected")),
-        }
-    }
-
     fn connect(&mut self) -> Result<(), End> {
         self.back_off();
         if self.control.stopping() {
@@ -296,8 +262,13 @@ impl Session {
         let client = self.connect_interruptibly(info.clone(), extra)?;
         // Only an upstream that echoes the parameter flags its keepalives;
         // any other one (PostgreSQL) is told every replay progress.
-        self.apply_on_request =
+        let apply_on_request =
             client.parameter(APPLY_FEEDBACK_PARAMETER) == Some(APPLY_FEEDBACK_ON_REQUEST);
+        *self.shared.lock_replies() = Some(Replies::new(
+            client.status_sender(),
+            self.cfg.status_interval,
+            apply_on_request,
+        ));
         *self
             .control
             .socket
@@ -542,91 +513,74 @@ impl Session {
         }
     }
 
-    /// One START_REPLICATION: the reader thread takes the connection and
-    /// gives it back at a timeline end.
+    /// One START_REPLICATION, read on this thread; the connection stays
+    /// here (in command mode again after a timeline end).
     fn stream(&mut self) -> Result<StreamEnd, End> {
-        let client = self.client.take().ok_or_else(|| lost("not connected"))?;
-        self.status = Some(client.status_sender());
-        let read_bound = self.cfg.timeout.unwrap_or(self.cfg.connect_timeout);
-        let reader = Reader::spawn(client, read_bound, self.session)
-            .map_err(|e| lost(format!("could not start the WAL stream reader: {e}")))?;
-        let result = self.receive_loop(&reader);
-        self.status = None;
-        self.client = match result {
-            Ok(StreamEnd::TimelineEnded { .. }) => reader.finish(),
-            _ => reader.abort(),
-        };
+        let mut client = self.client.take().ok_or_else(|| lost("not connected"))?;
+        let result = self.receive_loop(&mut client);
+        self.client = Some(client);
         result
     }
 
-    /// The receive loop: wait for WAL, wake-ups and timers; write, fsync
-    /// and report each drained batch.
-    fn receive_loop(&mut self, reader: &Reader) -> Result<StreamEnd, End> {
+    /// The receive loop: read the upstream with the wait bounded by the
+    /// next timer; write, fsync and report each drained batch.
+    fn receive_loop(&mut self, client: &mut ReplicationClient) -> Result<StreamEnd, End> {
         self.shared.set_state(ReceiverState::Streaming);
         self.shared.streamed_sessions.fetch_add(1, Ordering::AcqRel);
         self.last_recv = Instant::now();
         self.pinged = false;
         self.send_status(true, false)?;
         self.send_feedback(true)?;
-        let replayed = self.replayed.receiver().clone();
-        let wake = self.control.wake_rx.clone();
         loop {
             if self.control.stopping() {
                 return Ok(StreamEnd::Stop);
             }
             self.deliver_pending_flush()?;
-            let wait = self.next_wakeup();
-            // Replay progress nobody waits for does not wake this thread
-            // (a token left meanwhile is looked at once it is wanted).
-            let replay_tokens = if self.apply_report_wanted() {
-                replayed.clone()
-            } else {
-                crossbeam_channel::never()
+            let first = match client.recv(self.next_wakeup()) {
+                Ok(StreamEvent::Timeout) => {
+                    self.on_tick()?;
+                    continue;
+                }
+                Ok(ev) => ev,
+                // stop() shut the read side to wake this thread.
+                Err(_) if self.control.stopping() => return Ok(StreamEnd::Stop),
+                Err(e) => return Err(lost(format!("could not receive data from WAL stream: {e}"))),
             };
-            select! {
-                recv(reader.incoming()) -> msg => {
-                    let msg = msg.map_err(|_| lost("the WAL stream reader stopped"))?;
-                    let (end, reply_requested) = self.receive_batch(msg, reader)?;
-                    self.flush_and_report()?;
-                    if reply_requested {
-                        self.send_status(true, false)?;
-                    }
-                    if let Some(end) = end {
-                        return Ok(end);
-                    }
-                }
-                recv(replay_tokens) -> _ => {
-                    // Replay moved: tell the upstream at once (remote_apply).
-                    let moved = self.shared.apply() != self.last_sent.2;
-                    self.send_status(moved, false)?;
-                }
-                recv(wake) -> _ => {}
-                default(wait) => self.on_tick()?,
+            let (end, reply_requested) = self.receive_batch(first, client)?;
+            self.flush_and_report()?;
+            if reply_requested {
+                self.send_status(true, false)?;
+            }
+            // A flagged keepalive may ask for replay progress already made
+            // (redo reports only what it publishes afterwards).
+            self.report_apply()?;
+            if let Some(end) = end {
+                return Ok(end);
+            }
+            if self.next_wakeup() <= Duration::from_millis(1) {
+                // A steady stream never lets the read time out.
+                self.on_tick()?;
             }
         }
     }
 
-    /// Write `first` and whatever else is already queued (bounded in bytes
-    /// and time); returns a timeline end and whether the upstream asked
-    /// for a reply.
+    /// Write `first` and whatever else can be read without waiting
+    /// (bounded in bytes and time); returns a timeline end and whether the
+    /// upstream asked for a reply.
     fn receive_batch(
         &mut self,
-        first: Incoming,
-        reader: &Reader,
+        first: StreamEvent,
+        client: &mut ReplicationClient,
     ) -> Result<(Option<StreamEnd>, bool), End> {
         let mut bytes = 0u64;
         let mut reply_requested = false;
         let started = Instant::now();
-        // Messages already waiting behind `first`: all go into this batch.
-        let mut queued = reader.incoming().len();
-        let mut msg = first;
+        // What could be read when the batch began (what arrived during the
+        // last fsync): all of it goes into this batch.
+        let queued = client.readable_bytes() as u64;
+        let read_bound = self.cfg.timeout.unwrap_or(self.cfg.connect_timeout);
+        let mut ev = first;
         loop {
-            let ev = match msg {
-                Incoming::Event(ev) => ev,
-                Incoming::Failed(e) => {
-                    return Err(lost(format!("could not receive data from WAL stream: {e}")))
-                }
-            };
             match ev {
                 StreamEvent::XLogData {
                     start,
@@ -647,7 +601,7 @@ impl Session {
                     self.note_upstream(wal_end);
                     reply_requested |= r;
                     if apply_feedback {
-                        self.apply_report_upto = self.apply_report_upto.max(wal_end);
+                        self.shared.request_apply(wal_end);
                     }
                 }
                 StreamEvent::EndOfTimeline {
@@ -667,27 +621,21 @@ impl Session {
                         self.writer.written()
                     )))
                 }
-                // The reader's read bound passed: nothing arrived.
+                // The read bound passed inside a message: write what we have.
                 StreamEvent::Timeout => return Ok((None, reply_requested)),
             }
             self.last_recv = Instant::now();
             self.pinged = false;
-            if bytes >= MAX_BATCH_BYTES || (queued == 0 && started.elapsed() >= MAX_BATCH_TIME) {
+            if bytes >= MAX_BATCH_BYTES
+                || (bytes >= queued && started.elapsed() >= MAX_BATCH_TIME)
+                || client.readable_bytes() == 0
+            {
                 return Ok((None, reply_requested));
             }
-            queued = queued.saturating_sub(1);
-            match reader.incoming().try_recv() {
-                Ok(next) => msg = next,
-                Err(_) => return Ok((None, reply_requested)),
-            }
+            ev = client
+                .recv(read_bound)
+                .map_err(|e| lost(format!("could not receive data from WAL stream: {e}")))?;
         }
-    }
-
-    /// Whether replay progress is reported as it happens: always to an
-    /// upstream that does not flag keepalives, else while the last report
-    /// is short of what a flagged keepalive asked for.
-    fn apply_report_wanted(&self) -> bool {
-        !self.apply_on_request || self.last_sent.2 < self.apply_report_upto
     }
 
     fn note_upstream(&self, wal_end: Lsn) {
@@ -847,37 +795,22 @@ impl Session {
         (self.emit)(ev, &self.control, true);
     }
 
-    /// Standby status update `r`. Unforced ones go when a position moved or
-    /// the interval passed, and never with `wal_receiver_status_interval` 0.
+    /// Standby status update `r` (see `Replies::send_status`), with the
+    /// positions published first so that redo's replies, computed from
+    /// them under the same lock, never go back.
     fn send_status(&mut self, force: bool, reply_requested: bool) -> Result<(), End> {
-        // Apply never passes flush (after a reconnect the stream restarts
-        // below what was replayed).
-        let now = (
-            self.writer.written(),
-            self.writer.flushed(),
-            self.shared.apply().min(self.writer.flushed()),
-        );
-        if !force {
-            let Some(interval) = self.cfg.status_interval else {
-                return Ok(());
-            };
-            let fresh = self.last_status.is_some_and(|t| t.elapsed() < interval);
-            // Replay progress alone is news only if a commit waits for it.
-            let moved = if self.apply_report_wanted() {
-                now != self.last_sent
-            } else {
-                (now.0, now.1) != (self.last_sent.0, self.last_sent.1)
-            };
-            if !moved && fresh {
-                return Ok(());
-            }
-        }
-        self.status_sender()?
-            .send_status(now.0, now.1, now.2, reply_requested)
-            .map_err(|e| lost(format!("could not send data to WAL stream: {e}")))?;
-        self.last_sent = now;
-        self.last_status = Some(Instant::now());
-        Ok(())
+        self.shared.publish_written(self.writer.written());
+        self.shared.publish_durable(self.writer.flushed());
+        self.shared
+            .with_replies(|r, now| r.send_status(now, force, reply_requested))
+            .map_err(|e| lost(e.to_string()))
+    }
+
+    /// Replay progress a flagged keepalive asked for, if made already.
+    fn report_apply(&mut self) -> Result<(), End> {
+        self.shared
+            .with_replies(|r, now| r.report_apply(now))
+            .map_err(|e| lost(e.to_string()))
     }
 
     /// Hot standby feedback `h`: each status interval when enabled; once
@@ -898,9 +831,9 @@ impl Session {
         } else {
             return Ok(());
         };
-        self.status_sender()?
-            .send_feedback(xmin, 0, 0, 0)
-            .map_err(|e: ClientError| lost(format!("could not send data to WAL stream: {e}")))?;
+        self.shared
+            .with_replies(|r, _| r.send_feedback(xmin))
+            .map_err(|e| lost(e.to_string()))?;
         self.last_feedback = Some(Instant::now());
         Ok(())
     }
@@ -908,7 +841,8 @@ impl Session {
     /// When the next timer (status, feedback, ping, timeout) is due.
     fn next_wakeup(&self) -> Duration {
         let mut wait = MAX_NAP;
-        if let (Some(i), Some(t)) = (self.cfg.status_interval, self.last_status) {
+        let last_status = self.shared.with_replies(|r, _| Ok(r.last_status()));
+        if let (Some(i), Ok(Some(t))) = (self.cfg.status_interval, last_status) {
             wait = wait.min(i.saturating_sub(t.elapsed()));
         }
         if let Some(t) = self.cfg.timeout {
@@ -1024,6 +958,7 @@ impl Session {
         if flushed > exposed.max(self.start) {
             self.hold_unconfirmed(tli, exposed.max(self.start), flushed);
         }
+        *self.shared.lock_replies() = None;
         if let Some(c) = self.client.take() {
             c.close();
         }
