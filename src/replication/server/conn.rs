@@ -3,11 +3,13 @@
 //! bounded channel (so the session can wait on the client, new WAL and
 //! shutdown at once). The reader records standby status updates itself
 //! (see [`ReplyRecorder`]): a synchronous commit is released on the
-//! thread that read its confirmation, one thread wake-up sooner.
+//! thread that read its confirmation, one thread wake-up sooner. After
+//! each message it also unparks the session thread: a streaming
+//! walsender waits by parking, not in `select!` (see `crate::watch`).
 
 use std::io::{self, Write};
 use std::net::Shutdown;
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver};
@@ -101,11 +103,12 @@ impl Conn {
 
 /// Start the reader thread; it ends when the socket closes or the
 /// receiver is dropped. Standby status updates are recorded through
-/// `replies` as they are read.
+/// `replies` as they are read; `session` is unparked after each event.
 pub(super) fn spawn_reader(
     mut reader: MessageReader<NetStream>,
     id: u64,
     replies: ReplyRecorder,
+    session: Thread,
 ) -> io::Result<(Receiver<ClientEvent>, JoinHandle<()>)> {
     reader.get_ref().set_read_timeout(None)?;
     let (tx, rx) = bounded(CLIENT_QUEUE);
@@ -118,7 +121,9 @@ pub(super) fn spawn_reader(
                 Err(e) => ClientEvent::Gone(e.to_string()),
             };
             let last = matches!(ev, ClientEvent::Gone(_));
-            if tx.send(ev).is_err() || last {
+            let sent = tx.send(ev).is_ok();
+            session.unpark();
+            if !sent || last {
                 return;
             }
         })?;

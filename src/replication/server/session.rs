@@ -136,7 +136,8 @@ fn serve<S: ReplicationSource>(
         pid: id as i32,
         key: rand::thread_rng().gen(),
     });
-    let Ok((rx, reader_join)) = spawn_reader(reader, id, handle.recorder()) else {
+    let Ok((rx, reader_join)) = spawn_reader(reader, id, handle.recorder(), std::thread::current())
+    else {
         return;
     };
     if conn.ready().is_err() {
