@@ -4,11 +4,15 @@
 //! shutdown at once). The reader records standby status updates itself
 //! (see [`ReplyRecorder`]): a synchronous commit is released on the
 //! thread that read its confirmation, one thread wake-up sooner. After
-//! each message it also unparks the session thread: a streaming
-//! walsender waits by parking, not in `select!` (see `crate::watch`).
+//! each message it also unparks the session thread (a streaming
+//! walsender waits by parking, not in `select!`: see `crate::watch`),
+//! except after a status update the session has no use for at once
+//! (see [`StatusWake`]): those wait in the queue for its next wake-up.
 
 use std::io::{self, Write};
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
 use std::time::Instant;
 
@@ -42,6 +46,45 @@ pub(super) enum ClientEvent {
     /// The client closed the connection or sent bytes that are not a
     /// message; the reader has stopped.
     Gone(String),
+}
+
+/// Whether the session must be woken for every standby status update.
+/// A streaming walsender clears it: the reader has already recorded the
+/// positions (and released the commits they confirm), and what is left
+/// for the walsender (lags, the slot, the timeout clock) keeps until it
+/// wakes for new WAL, for its next keepalive or timeout, or for a
+/// half-full queue; an update asking for a reply, or one the reader
+/// refused to record, still wakes it. Set again for the shutdown
+/// handshake, which waits for the last confirmation.
+#[derive(Debug, Clone)]
+pub(super) struct StatusWake(Arc<AtomicBool>);
+
+impl StatusWake {
+    pub fn new() -> StatusWake {
+        StatusWake(Arc::new(AtomicBool::new(true)))
+    }
+
+    /// Wake the session for every status update (`true`) or only for
+    /// those it needs at once (`false`).
+    pub fn set_every(&self, every: bool) {
+        self.0.store(every, Ordering::Release);
+    }
+
+    /// Whether the event just queued (with `queued` events in the queue)
+    /// must wake the session.
+    fn wakes(&self, ev: &ClientEvent, queued: usize) -> bool {
+        match ev {
+            ClientEvent::Status {
+                update, recorded, ..
+            } => {
+                self.0.load(Ordering::Acquire)
+                    || update.reply_requested
+                    || !recorded
+                    || queued >= CLIENT_QUEUE / 2
+            }
+            _ => true,
+        }
+    }
 }
 
 /// The write side of a connection.
@@ -103,12 +146,14 @@ impl Conn {
 
 /// Start the reader thread; it ends when the socket closes or the
 /// receiver is dropped. Standby status updates are recorded through
-/// `replies` as they are read; `session` is unparked after each event.
+/// `replies` as they are read; `session` is unparked after each event
+/// that `wake` says it needs.
 pub(super) fn spawn_reader(
     mut reader: MessageReader<NetStream>,
     id: u64,
     replies: ReplyRecorder,
     session: Thread,
+    wake: StatusWake,
 ) -> io::Result<(Receiver<ClientEvent>, JoinHandle<()>)> {
     reader.get_ref().set_read_timeout(None)?;
     let (tx, rx) = bounded(CLIENT_QUEUE);
@@ -121,8 +166,11 @@ pub(super) fn spawn_reader(
                 Err(e) => ClientEvent::Gone(e.to_string()),
             };
             let last = matches!(ev, ClientEvent::Gone(_));
+            let wakes = wake.wakes(&ev, tx.len() + 1);
             let sent = tx.send(ev).is_ok();
-            session.unpark();
+            if wakes || !sent {
+                session.unpark();
+            }
             if !sent || last {
                 return;
             }

@@ -80,7 +80,11 @@ pub(super) fn start_replication<S: ReplicationSource>(
         s.conn.flush()?;
         check_start(&*src, fp.lsn, start, plan.tli)?;
         let mut st = Streamer::new(s, src, plan, start, slot.map(str::to_string));
+        // Status updates wait for this thread's next wake-up (see
+        // `StatusWake`), until the shutdown handshake.
+        st.s.status_wake.set_every(false);
         let outcome = st.run();
+        st.s.status_wake.set_every(true);
         plan = st.plan;
         st.s.handle.set_state(WalSenderState::Startup);
         st.s.handle.set_slot(None);
@@ -293,6 +297,8 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             if self.stopping.is_none() && self.s.ctx.stopping.load(Ordering::SeqCst) {
                 self.stopping = Some(Instant::now() + self.s.ctx.options.shutdown_timeout);
                 self.s.handle.set_state(WalSenderState::Stopping);
+                // The handshake waits for the client's last confirmation.
+                self.s.status_wake.set_every(true);
             }
             if !self.done_sending {
                 self.check_slot()?;
