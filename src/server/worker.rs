@@ -669,6 +669,9 @@ impl Worker {
             level,
             tokens: tokens.clone(),
         };
+        // Its WAL goes to the standbys before the committer wakes: their
+        // half of the commit is the longer one.
+        self.ctx.backend.write_ahead(end);
         // A full queue (the committer is behind) leaves them pending: the
         // next pass tries again.
         if jobs.try_send(job).is_ok() {

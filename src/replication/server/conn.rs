@@ -12,7 +12,7 @@
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
 use std::time::Instant;
 
@@ -24,6 +24,7 @@ use crate::replication::pgwire::{
     TransactionStatus,
 };
 use crate::replication::registry::ReplyRecorder;
+use crate::replication::slots::SlotManager;
 use crate::replication::sqlstate::PgError;
 use crate::security::NetStream;
 
@@ -50,24 +51,56 @@ pub(super) enum ClientEvent {
 
 /// Whether the session must be woken for every standby status update.
 /// A streaming walsender clears it: the reader has already recorded the
-/// positions (and released the commits they confirm), and what is left
-/// for the walsender (lags, the slot, the timeout clock) keeps until it
-/// wakes for new WAL, for its next keepalive or timeout, or for a
-/// half-full queue; an update asking for a reply, or one the reader
-/// refused to record, still wakes it. Set again for the shutdown
-/// handshake, which waits for the last confirmation.
-#[derive(Debug, Clone)]
-pub(super) struct StatusWake(Arc<AtomicBool>);
+/// positions (and released the commits they confirm) and moved the
+/// stream's slot, and what is left for the walsender (lags, the timeout
+/// clock) keeps until it wakes for new WAL, for its next keepalive or
+/// timeout, or for a half-full queue; an update asking for a reply, or
+/// one the reader refused to record, still wakes it. Set again for the
+/// shutdown handshake, which waits for the last confirmation.
+#[derive(Clone)]
+pub(super) struct StatusWake(Arc<WakeShared>);
+
+struct WakeShared {
+    every: AtomicBool,
+    /// The replication slot of the stream, moved by the reader.
+    slot: Mutex<Option<String>>,
+    slots: Arc<SlotManager>,
+}
 
 impl StatusWake {
-    pub fn new() -> StatusWake {
-        StatusWake(Arc::new(AtomicBool::new(true)))
+    pub fn new(slots: Arc<SlotManager>) -> StatusWake {
+        StatusWake(Arc::new(WakeShared {
+            every: AtomicBool::new(true),
+            slot: Mutex::new(None),
+            slots,
+        }))
     }
 
     /// Wake the session for every status update (`true`) or only for
     /// those it needs at once (`false`).
     pub fn set_every(&self, every: bool) {
-        self.0.store(every, Ordering::Release);
+        self.0.every.store(every, Ordering::Release);
+    }
+
+    /// The slot the stream confirms positions to (`None` when it ends).
+    pub fn set_slot(&self, slot: Option<&str>) {
+        *self.0.slot.lock().unwrap_or_else(|p| p.into_inner()) = slot.map(str::to_string);
+    }
+
+    /// A recorded status update moves the slot here, as the walsender
+    /// would: a slot's position never waits for the walsender to wake.
+    fn confirm_slot(&self, ev: &ClientEvent) {
+        if let ClientEvent::Status {
+            update,
+            recorded: true,
+            ..
+        } = ev
+        {
+            let slot = self.0.slot.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(name) = slot.as_deref() {
+                self.0.slots.confirm_flush(name, update.flush);
+            }
+        }
     }
 
     /// Whether the event just queued (with `queued` events in the queue)
@@ -77,7 +110,7 @@ impl StatusWake {
             ClientEvent::Status {
                 update, recorded, ..
             } => {
-                self.0.load(Ordering::Acquire)
+                self.0.every.load(Ordering::Acquire)
                     || update.reply_requested
                     || !recorded
                     || queued >= CLIENT_QUEUE / 2
@@ -166,6 +199,7 @@ pub(super) fn spawn_reader(
                 Err(e) => ClientEvent::Gone(e.to_string()),
             };
             let last = matches!(ev, ClientEvent::Gone(_));
+            wake.confirm_slot(&ev);
             let wakes = wake.wakes(&ev, tx.len() + 1);
             let sent = tx.send(ev).is_ok();
             if wakes || !sent {

@@ -138,7 +138,7 @@ fn serve<S: ReplicationSource>(
         pid: id as i32,
         key: rand::thread_rng().gen(),
     });
-    let status_wake = StatusWake::new();
+    let status_wake = StatusWake::new(Arc::clone(&ctx.slots));
     let reader = spawn_reader(
         reader,
         id,

@@ -82,9 +82,11 @@ pub(super) fn start_replication<S: ReplicationSource>(
         let mut st = Streamer::new(s, src, plan, start, slot.map(str::to_string));
         // Status updates wait for this thread's next wake-up (see
         // `StatusWake`), until the shutdown handshake.
+        st.s.status_wake.set_slot(slot);
         st.s.status_wake.set_every(false);
         let outcome = st.run();
         st.s.status_wake.set_every(true);
+        st.s.status_wake.set_slot(None);
         plan = st.plan;
         st.s.handle.set_state(WalSenderState::Startup);
         st.s.handle.set_slot(None);
