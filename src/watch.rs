@@ -12,11 +12,21 @@
 //!
 //! Publishing is cheap and allocation-free (a short lock, then a
 //! non-blocking send per live subscriber), so it can run inline on hot
-//! paths such as the end of every WAL flush. Subscriptions that were
+//! paths such as the end of every WAL flush.
+//!
+//! A thread on a commit's path (a walsender) waits with
+//! `thread::park_timeout` instead of `select!`: its subscription also
+//! unparks it ([`Subscription::unpark_on_change`]). A crossbeam receiver
+//! blocked in `select!` is woken by a sender that still holds the
+//! channel's waker lock; on two cores it runs at once, finds that lock
+//! held while unregistering and sleeps again: a second sleep and wake-up
+//! per hop. An unpark takes no lock, and a token sent to a channel nobody
+//! blocks on wakes nobody. Subscriptions that were
 //! dropped are pruned on every publish and subscribe: the subscriber list
 //! never holds more than the live subscriptions, which their owners bound.
 
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
@@ -43,17 +53,31 @@ struct Inner<T> {
 struct Waker {
     token: Sender<()>,
     /// Dead once the [`Subscription`] is dropped.
-    alive: Weak<()>,
+    alive: Weak<Alive>,
+}
+
+/// What a [`Subscription`] shares with the wakers it registered.
+#[derive(Debug, Default)]
+struct Alive {
+    /// Unparked after every token (see [`Subscription::unpark_on_change`]).
+    thread: OnceLock<Thread>,
 }
 
 impl Waker {
-    /// Hand a token over (a pending one already covers this change).
-    /// `false` when the subscription is gone.
+    /// Hand a token over (a pending one already covers this change), then
+    /// unpark the subscriber's thread if it waits by parking. `false`
+    /// when the subscription is gone.
     fn wake(&self) -> bool {
-        if self.alive.strong_count() == 0 {
+        let Some(alive) = self.alive.upgrade() else {
+            return false;
+        };
+        if matches!(self.token.try_send(()), Err(TrySendError::Disconnected(_))) {
             return false;
         }
-        !matches!(self.token.try_send(()), Err(TrySendError::Disconnected(_)))
+        if let Some(t) = alive.thread.get() {
+            t.unpark();
+        }
+        true
     }
 }
 
@@ -64,21 +88,35 @@ pub struct Subscription {
     tokens: Receiver<()>,
     waker: Waker,
     /// The wakers registered in watches hold a `Weak` of this.
-    _alive: Arc<()>,
+    alive: Arc<Alive>,
 }
 
 impl Subscription {
     fn new() -> Subscription {
         let (token, tokens) = bounded(1);
-        let alive = Arc::new(());
+        let alive = Arc::new(Alive::default());
         Subscription {
             tokens,
             waker: Waker {
                 token,
                 alive: Arc::downgrade(&alive),
             },
-            _alive: alive,
+            alive,
         }
+    }
+
+    /// From now on also unpark the calling thread after every token, for
+    /// a thread that waits with `thread::park_timeout` rather than
+    /// `select!` (see the module docs): it then checks [`Subscription::take`].
+    /// Only the first call's thread is kept.
+    pub fn unpark_on_change(&self) {
+        let _ = self.alive.thread.set(std::thread::current());
+    }
+
+    /// Take the waiting token, if any: `true` means some value may have
+    /// changed since the last one was taken.
+    pub fn take(&self) -> bool {
+        self.tokens.try_recv().is_ok()
     }
 
     /// The token channel, for `select!`. (It never disconnects: a closed
@@ -292,6 +330,32 @@ mod tests {
         a.publish(1);
         assert!(sub.wait(Duration::from_secs(5)));
         assert!(!sub.wait(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_parked_subscriber_is_unparked_by_a_publication() {
+        let w = Arc::new(Watch::new(0u64));
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let waiter = {
+            let w = w.clone();
+            thread::spawn(move || {
+                let sub = w.subscribe();
+                sub.unpark_on_change();
+                ready_tx.send(()).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                // A long park: only the publication's unpark ends it soon.
+                while !sub.take() {
+                    assert!(Instant::now() < deadline, "never unparked");
+                    thread::park_timeout(Duration::from_secs(30));
+                }
+                w.get()
+            })
+        };
+        ready_rx.recv().unwrap();
+        let t = Instant::now();
+        w.publish(7);
+        assert_eq!(waiter.join().unwrap(), 7);
+        assert!(t.elapsed() < Duration::from_secs(20), "woken by the unpark");
     }
 
     #[test]

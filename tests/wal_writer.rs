@@ -192,3 +192,41 @@ proptest! {
         }
     }
 }
+
+/// WAL written ahead of its flush (a Redis worker does this before it
+/// hands a synchronous commit to its committer) is announced to
+/// walsenders at once without waiting for the disk; the next flush makes
+/// it durable with one fdatasync, counts its records, and WAL inserted
+/// after it follows in the same file.
+#[test]
+fn wal_written_ahead_is_announced_before_the_flush_that_makes_it_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.wal_writer_delay = Duration::from_secs(3600);
+    cfg.wal_writer_flush_after_bytes = usize::MAX;
+    let wal = Wal::start(cfg).unwrap();
+    let written = wal.written_watch().subscribe();
+    let before = wal.stats();
+    let flushed = wal.flushed();
+    let first = wal.insert(RM_KV, 0, b"sent before its flush").unwrap();
+    wal.write_ahead().unwrap();
+    assert_eq!(wal.written(), first);
+    assert_eq!(wal.flushed(), flushed, "written, not flushed");
+    assert!(written.take(), "walsenders were told");
+    assert_eq!(wal.stats().fsyncs, before.fsyncs, "no wait for the disk");
+    wal.wait_flushed(first).unwrap();
+    let after = wal.stats();
+    assert_eq!(after.fsyncs, before.fsyncs + 1);
+    assert_eq!(after.flushed_records, before.flushed_records + 1);
+    // Written ahead, then more inserted: one flush covers both.
+    let second = wal.insert(RM_KV, 0, b"second, written ahead").unwrap();
+    wal.write_ahead().unwrap();
+    let third = wal.insert(RM_KV, 0, b"third, only flushed").unwrap();
+    wal.wait_flushed(third).unwrap();
+    assert!(wal.written() >= third && second < third);
+    assert_eq!(wal.stats().fsyncs, after.fsyncs + 1);
+    assert_eq!(wal.stats().flushed_records, after.flushed_records + 2);
+    wal.shutdown().unwrap();
+    let (recs, _) = read_all(reader_cfg(dir.path()));
+    assert_eq!(recs.len(), 3);
+}

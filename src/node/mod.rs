@@ -519,6 +519,13 @@ impl Backend for Node {
         })))
     }
 
+    fn write_ahead(&self, end: Lsn) {
+        let Some(wal) = self.wal() else { return };
+        if wal.written() < end {
+            let _ = wal.write_ahead();
+        }
+    }
+
     fn sync_standbys_defined(&self) -> bool {
         self.syncrep.defined()
     }

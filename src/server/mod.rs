@@ -127,6 +127,13 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (end, level, notify);
         None
     }
+    /// A commit up to `end` is about to be handed to another thread that
+    /// flushes it and waits for standbys: start sending its WAL to them
+    /// now if that costs no wait for the disk (see `Wal::write_ahead`).
+    /// Failures are left to that thread's flush, which reports them.
+    fn write_ahead(&self, end: Lsn) {
+        let _ = end;
+    }
     /// Whether `synchronous_standby_names` names any standby.
     fn sync_standbys_defined(&self) -> bool;
     /// The node's current configuration (CONFIG GET, defaults of sessions).

@@ -28,7 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::clients::KillSignal;
@@ -252,7 +252,17 @@ fn run_committer(backend: Arc<dyn super::Backend>, jobs: Receiver<Job>, out: Com
             let _ = waker.wake();
         })
     };
-    for job in jobs.iter() {
+    loop {
+        let job = match jobs.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                // The loop unparks this thread after queueing a job, and
+                // after dropping the queue at shutdown (see `hand_off`).
+                std::thread::park_timeout(IDLE_TICK);
+                continue;
+            }
+        };
         let Job::Settle { end, level, tokens } = job;
         let result = match backend.start_wait(end, level, &notify) {
             Some(StartedWait::Pending(wait)) => {
@@ -659,14 +669,28 @@ impl Worker {
             level,
             tokens: tokens.clone(),
         };
+        // Its WAL goes to the standbys before the committer wakes: their
+        // half of the commit is the longer one.
+        self.ctx.backend.write_ahead(end);
         // A full queue (the committer is behind) leaves them pending: the
         // next pass tries again.
         if jobs.try_send(job).is_ok() {
+            self.unpark_committer();
             for t in &tokens {
                 if let Some(c) = self.conns.get_mut(t) {
                     c.handed_off = true;
                 }
             }
+        }
+    }
+
+    /// The committer waits for jobs by parking, not in a channel's
+    /// `recv`: a crossbeam receiver is woken while the sender still holds
+    /// the channel's lock and, on two cores, sleeps again on it (see
+    /// `crate::watch`); an unpark takes no lock.
+    fn unpark_committer(&self) {
+        if let Some(c) = &self.committer {
+            c.thread().unpark();
         }
     }
 
@@ -872,6 +896,7 @@ impl Worker {
                 .fetch_sub(1, Ordering::SeqCst);
         }
         self.jobs = None;
+        self.unpark_committer();
         if let Some(t) = self.committer.take() {
             let _ = t.join();
         }

@@ -327,6 +327,17 @@ impl Wal {
         Ok(rec.end)
     }
 
+    /// Write the WAL inserted so far to its segment file without waiting
+    /// for the disk, so walsenders of walrep standbys send it before the
+    /// flush that makes it durable starts (called where that flush will
+    /// run on another thread). Skipped when a flush is in progress (it
+    /// writes it) or the WAL crosses a segment boundary (completing a
+    /// segment waits for the disk). An IO failure poisons the writer as
+    /// a flush's would.
+    pub fn write_ahead(&self) -> Result<(), WalError> {
+        self.shared.write_ahead()
+    }
+
     /// Wait until all WAL before `lsn` is durable. Group commit: see the
     /// module docs. `lsn` must not be beyond `inserted()`. Waits as long as
     /// the disk takes (PostgreSQL does too); see `wait_flushed_timeout`.

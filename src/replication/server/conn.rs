@@ -3,11 +3,17 @@
 //! bounded channel (so the session can wait on the client, new WAL and
 //! shutdown at once). The reader records standby status updates itself
 //! (see [`ReplyRecorder`]): a synchronous commit is released on the
-//! thread that read its confirmation, one thread wake-up sooner.
+//! thread that read its confirmation, one thread wake-up sooner. After
+//! each message it also unparks the session thread (a streaming
+//! walsender waits by parking, not in `select!`: see `crate::watch`),
+//! except after a status update the session has no use for at once
+//! (see [`StatusWake`]): those wait in the queue for its next wake-up.
 
 use std::io::{self, Write};
 use std::net::Shutdown;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, Thread};
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver};
@@ -18,6 +24,7 @@ use crate::replication::pgwire::{
     TransactionStatus,
 };
 use crate::replication::registry::ReplyRecorder;
+use crate::replication::slots::SlotManager;
 use crate::replication::sqlstate::PgError;
 use crate::security::NetStream;
 
@@ -40,6 +47,77 @@ pub(super) enum ClientEvent {
     /// The client closed the connection or sent bytes that are not a
     /// message; the reader has stopped.
     Gone(String),
+}
+
+/// Whether the session must be woken for every standby status update.
+/// A streaming walsender clears it: the reader has already recorded the
+/// positions (and released the commits they confirm) and moved the
+/// stream's slot, and what is left for the walsender (lags, the timeout
+/// clock) keeps until it wakes for new WAL, for its next keepalive or
+/// timeout, or for a half-full queue; an update asking for a reply, or
+/// one the reader refused to record, still wakes it. Set again for the
+/// shutdown handshake, which waits for the last confirmation.
+#[derive(Clone)]
+pub(super) struct StatusWake(Arc<WakeShared>);
+
+struct WakeShared {
+    every: AtomicBool,
+    /// The replication slot of the stream, moved by the reader.
+    slot: Mutex<Option<String>>,
+    slots: Arc<SlotManager>,
+}
+
+impl StatusWake {
+    pub fn new(slots: Arc<SlotManager>) -> StatusWake {
+        StatusWake(Arc::new(WakeShared {
+            every: AtomicBool::new(true),
+            slot: Mutex::new(None),
+            slots,
+        }))
+    }
+
+    /// Wake the session for every status update (`true`) or only for
+    /// those it needs at once (`false`).
+    pub fn set_every(&self, every: bool) {
+        self.0.every.store(every, Ordering::Release);
+    }
+
+    /// The slot the stream confirms positions to (`None` when it ends).
+    pub fn set_slot(&self, slot: Option<&str>) {
+        *self.0.slot.lock().unwrap_or_else(|p| p.into_inner()) = slot.map(str::to_string);
+    }
+
+    /// A recorded status update moves the slot here, as the walsender
+    /// would: a slot's position never waits for the walsender to wake.
+    fn confirm_slot(&self, ev: &ClientEvent) {
+        if let ClientEvent::Status {
+            update,
+            recorded: true,
+            ..
+        } = ev
+        {
+            let slot = self.0.slot.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(name) = slot.as_deref() {
+                self.0.slots.confirm_flush(name, update.flush);
+            }
+        }
+    }
+
+    /// Whether the event just queued (with `queued` events in the queue)
+    /// must wake the session.
+    fn wakes(&self, ev: &ClientEvent, queued: usize) -> bool {
+        match ev {
+            ClientEvent::Status {
+                update, recorded, ..
+            } => {
+                self.0.every.load(Ordering::Acquire)
+                    || update.reply_requested
+                    || !recorded
+                    || queued >= CLIENT_QUEUE / 2
+            }
+            _ => true,
+        }
+    }
 }
 
 /// The write side of a connection.
@@ -101,11 +179,14 @@ impl Conn {
 
 /// Start the reader thread; it ends when the socket closes or the
 /// receiver is dropped. Standby status updates are recorded through
-/// `replies` as they are read.
+/// `replies` as they are read; `session` is unparked after each event
+/// that `wake` says it needs.
 pub(super) fn spawn_reader(
     mut reader: MessageReader<NetStream>,
     id: u64,
     replies: ReplyRecorder,
+    session: Thread,
+    wake: StatusWake,
 ) -> io::Result<(Receiver<ClientEvent>, JoinHandle<()>)> {
     reader.get_ref().set_read_timeout(None)?;
     let (tx, rx) = bounded(CLIENT_QUEUE);
@@ -118,7 +199,13 @@ pub(super) fn spawn_reader(
                 Err(e) => ClientEvent::Gone(e.to_string()),
             };
             let last = matches!(ev, ClientEvent::Gone(_));
-            if tx.send(ev).is_err() || last {
+            wake.confirm_slot(&ev);
+            let wakes = wake.wakes(&ev, tx.len() + 1);
+            let sent = tx.send(ev).is_ok();
+            if wakes || !sent {
+                session.unpark();
+            }
+            if !sent || last {
                 return;
             }
         })?;

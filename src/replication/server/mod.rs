@@ -360,6 +360,15 @@ impl ServerHandle {
         if let Some(a) = self.accept.take() {
             let _ = a.join();
         }
+        // Streaming walsenders wait by parking: wake them to see `stopping`.
+        for h in self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            h.thread().unpark();
+        }
         // Every session thread drops its sender when it ends.
         let deadline = Instant::now() + self.shutdown_timeout + Duration::from_secs(1);
         let _ = self.done_rx.recv_deadline(deadline);

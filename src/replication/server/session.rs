@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crossbeam_channel::{select, Receiver};
 use rand::Rng;
 
-use super::conn::{spawn_reader, ClientEvent, Conn};
+use super::conn::{spawn_reader, ClientEvent, Conn, StatusWake};
 use super::startup::{self, Client, StartupEnd};
 use super::{exec, walrange, walsender, Ctx};
 use crate::replication::command::{self, ReplicationCommand};
@@ -44,6 +44,8 @@ pub(super) struct Session<S> {
     pub conn: Conn,
     /// Messages from the reader thread.
     pub rx: Receiver<ClientEvent>,
+    /// Which status updates the reader thread wakes this one for.
+    pub status_wake: StatusWake,
     /// This connection's walsender entry (its id is our "pid").
     pub handle: WalSenderHandle,
     /// A walrep standby that honours the flush position it is told: it is
@@ -136,7 +138,15 @@ fn serve<S: ReplicationSource>(
         pid: id as i32,
         key: rand::thread_rng().gen(),
     });
-    let Ok((rx, reader_join)) = spawn_reader(reader, id, handle.recorder()) else {
+    let status_wake = StatusWake::new(Arc::clone(&ctx.slots));
+    let reader = spawn_reader(
+        reader,
+        id,
+        handle.recorder(),
+        std::thread::current(),
+        status_wake.clone(),
+    );
+    let Ok((rx, reader_join)) = reader else {
         return;
     };
     if conn.ready().is_err() {
@@ -147,6 +157,7 @@ fn serve<S: ReplicationSource>(
         ctx: Arc::clone(&ctx),
         conn,
         rx,
+        status_wake,
         handle,
         receive_unflushed: client.receive_unflushed,
         apply_feedback_on_request: client.apply_feedback_on_request,

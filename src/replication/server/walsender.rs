@@ -15,12 +15,14 @@
 //! Ends the COPY at the switch point of a historic timeline and answers
 //! with the next timeline; at server shutdown sends what is left, waits for
 //! the client to confirm it and ends with `COPY 0`.
+//! It waits by parking, not in `select!` (see `crate::watch`): one
+//! sleep and one wake-up per event on a commit's path.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{never, select};
+use crossbeam_channel::TryRecvError;
 use walrep_states::{Lsn, TimelineHistory, TimelineId};
 
 use super::conn::ClientEvent;
@@ -78,7 +80,13 @@ pub(super) fn start_replication<S: ReplicationSource>(
         s.conn.flush()?;
         check_start(&*src, fp.lsn, start, plan.tli)?;
         let mut st = Streamer::new(s, src, plan, start, slot.map(str::to_string));
+        // Status updates wait for this thread's next wake-up (see
+        // `StatusWake`), until the shutdown handshake.
+        st.s.status_wake.set_slot(slot);
+        st.s.status_wake.set_every(false);
         let outcome = st.run();
+        st.s.status_wake.set_every(true);
+        st.s.status_wake.set_slot(None);
         plan = st.plan;
         st.s.handle.set_state(WalSenderState::Startup);
         st.s.handle.set_slot(None);
@@ -246,6 +254,8 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         if apply_on_request {
             src.also_apply_wanted(&flushed);
         }
+        // This thread waits by parking (see `Streamer::wait`).
+        flushed.unpark_on_change();
         s.handle.set_state(WalSenderState::Catchup);
         s.handle.set_cascading(src.in_recovery());
         s.handle.set_sent(start);
@@ -289,6 +299,8 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             if self.stopping.is_none() && self.s.ctx.stopping.load(Ordering::SeqCst) {
                 self.stopping = Some(Instant::now() + self.s.ctx.options.shutdown_timeout);
                 self.s.handle.set_state(WalSenderState::Stopping);
+                // The handshake waits for the client's last confirmation.
+                self.s.status_wake.set_every(true);
             }
             if !self.done_sending {
                 self.check_slot()?;
@@ -629,29 +641,25 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         Ok(false)
     }
 
-    /// Sleep until the client writes, WAL is flushed, shutdown begins or
-    /// the next keepalive/timeout is due.
+    /// Sleep until the client writes, WAL is written or flushed, shutdown
+    /// begins or the next keepalive/timeout is due. Parks rather than
+    /// `select!`s (see `crate::watch`): the reader thread, the WAL
+    /// positions' watches and the server's shutdown unpark this thread,
+    /// each after setting what it announces, so a wake-up between the
+    /// checks below and the park is not lost (the park returns at once).
     fn wait(&mut self) -> Result<(), Failure> {
         let timeout = self.next_wakeup();
-        let shutdown = if self.stopping.is_some() {
-            never()
-        } else {
-            self.s.ctx.shutdown_rx.clone()
-        };
-        let flushed = if self.done_sending {
-            never()
-        } else {
-            self.flushed.receiver().clone()
-        };
-        select! {
-            recv(self.s.rx) -> ev => match ev {
-                Ok(ev) => self.on_event(ev)?,
-                Err(_) => return Err(Failure::Gone("reader stopped".into())),
-            },
-            recv(flushed) -> _ => {}
-            recv(shutdown) -> _ => {}
-            default(timeout) => {}
+        match self.s.rx.try_recv() {
+            Ok(ev) => return self.on_event(ev),
+            Err(TryRecvError::Disconnected) => return Err(Failure::Gone("reader stopped".into())),
+            Err(TryRecvError::Empty) => {}
         }
+        let moved = self.flushed.take() && !self.done_sending;
+        let shutdown = self.stopping.is_none() && self.s.ctx.stopping.load(Ordering::SeqCst);
+        if moved || shutdown || self.s.ctx.terminated.get().is_some() {
+            return Ok(());
+        }
+        std::thread::park_timeout(timeout);
         Ok(())
     }
 

@@ -29,6 +29,9 @@ pub(crate) struct FlushState {
     current: Option<(SegNo, File, PathBuf)>,
     /// Allocation of the last batch, reused for the next one.
     pub spare: Vec<u8>,
+    /// Records written ahead of their flush (see `Shared::write_ahead`),
+    /// counted with the flush that makes them durable.
+    pub written_ahead_records: u64,
 }
 
 /// A failed write or fdatasync, with the context the poison message needs.
@@ -45,6 +48,21 @@ impl FlushState {
         cx: &FlushCtx<'_>,
         batch: &Batch,
         written: impl FnOnce(),
+    ) -> Result<Vec<SegNo>, FlushFailure> {
+        let completed = self.write_only(cx, batch)?;
+        written();
+        self.sync_current(cx)?;
+        Ok(completed)
+    }
+
+    /// Write `batch` without the final fdatasync (a segment completed on
+    /// the way is still fsynced): what is written stays in the current
+    /// segment file, which the next [`FlushState::sync_current`] makes
+    /// durable. Returns the segments it completed.
+    pub fn write_only(
+        &mut self,
+        cx: &FlushCtx<'_>,
+        batch: &Batch,
     ) -> Result<Vec<SegNo>, FlushFailure> {
         let mut completed = Vec::new();
         let mut lsn = batch.start;
@@ -63,11 +81,17 @@ impl FlushState {
                 }
             }
         }
-        written();
+        Ok(completed)
+    }
+
+    /// fdatasync the segment file being written: everything written
+    /// before is then durable (completed segments were synced as they
+    /// completed).
+    pub fn sync_current(&mut self, cx: &FlushCtx<'_>) -> Result<(), FlushFailure> {
         if let Some((segno, f, path)) = &self.current {
             sync(cx, *segno, f, path)?;
         }
-        Ok(completed)
+        Ok(())
     }
 
     /// Write `data` at `lsn`, splitting at segment boundaries; a segment

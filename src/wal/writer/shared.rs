@@ -228,7 +228,55 @@ impl Shared {
         }
     }
 
-    /// Take the pending batch, write and fdatasync it. `Ok(false)` if there
+    fn flush_ctx(&self) -> FlushCtx<'_> {
+        FlushCtx {
+            segdir: &self.segdir,
+            tli: self.ctx.tli,
+            archive_mode: self.archive_mode,
+            counters: &self.counters,
+        }
+    }
+
+    /// Write the pending WAL to its segment file without waiting for the
+    /// disk, and publish the written position: walsenders of walrep
+    /// standbys send it at once, while the flush that makes it durable
+    /// is still to start (a Redis worker calls this before it hands a
+    /// commit that waits for standbys to its committer thread, so the
+    /// standby's half of the commit no longer waits for that thread to
+    /// wake). Only when the flush lock is free (a flush in progress
+    /// writes it anyway) and the batch stays inside one segment with no
+    /// switch in it: completing a segment fsyncs it, and the caller must
+    /// not block on the disk. The flush that follows fdatasyncs it.
+    pub fn write_ahead(&self) -> Result<(), WalError> {
+        let Some(mut fs) = self.try_lock_flush() else {
+            return Ok(());
+        };
+        self.check_poison()?;
+        let seg_size = self.ctx.seg_size;
+        let batch = {
+            let mut st = relock(&self.insert);
+            let p = &st.pending;
+            let in_one_segment = p.start.segno(seg_size) == p.end.segno(seg_size)
+                && p.end.segment_offset(seg_size) != 0;
+            if p.is_empty() || !p.gaps.is_empty() || !in_one_segment {
+                return Ok(());
+            }
+            st.take(std::mem::take(&mut fs.spare))
+        };
+        let completed = match fs.write_only(&self.flush_ctx(), &batch) {
+            Ok(c) => c,
+            Err(cause) => return Err(self.poison_with(cause)),
+        };
+        debug_assert!(completed.is_empty(), "a batch inside one segment");
+        self.written.store(batch.end.0, Ordering::Release);
+        self.written_watch.publish(batch.end);
+        fs.written_ahead_records += batch.records;
+        fs.spare = batch.bytes;
+        Ok(())
+    }
+
+    /// Take the pending batch, write and fdatasync it (and whatever was
+    /// written ahead, see [`Shared::write_ahead`]). `Ok(false)` if there
     /// was nothing to flush.
     fn flush_locked(&self, fs: &mut FlushState, by: FlushBy) -> Result<bool, WalError> {
         self.check_poison()?;
@@ -237,16 +285,12 @@ impl Shared {
             let mut st = relock(&self.insert);
             if st.pending.is_empty() {
                 fs.spare = spare;
-                return Ok(false);
+                drop(st);
+                return self.sync_written_ahead(fs, by);
             }
             st.take(spare)
         };
-        let cx = FlushCtx {
-            segdir: &self.segdir,
-            tli: self.ctx.tli,
-            archive_mode: self.archive_mode,
-            counters: &self.counters,
-        };
+        let cx = self.flush_ctx();
         let publish_written = || {
             self.written.store(batch.end.0, Ordering::Release);
             self.written_watch.publish(batch.end);
@@ -255,12 +299,11 @@ impl Shared {
             Ok(c) => c,
             Err(cause) => return Err(self.poison_with(cause)),
         };
-        if let Some(hook) = self.flush_hook.0.get() {
-            hook(batch.end);
-        }
-        self.flushed.store(batch.end.0, Ordering::Release);
-        self.flush_watch.publish(batch.end);
-        self.count_flush(by, batch.records);
+        self.publish_flushed(batch.end);
+        self.count_flush(
+            by,
+            batch.records + std::mem::take(&mut fs.written_ahead_records),
+        );
         for segno in completed {
             self.publish(WalEvent::SegmentCompleted {
                 tli: self.ctx.tli,
@@ -276,6 +319,33 @@ impl Shared {
         }
         fs.spare = bytes;
         Ok(true)
+    }
+
+    /// Nothing pending, but WAL written ahead and not yet durable:
+    /// fdatasync it. `Ok(false)` if there is none.
+    fn sync_written_ahead(&self, fs: &mut FlushState, by: FlushBy) -> Result<bool, WalError> {
+        let written = self.written();
+        if written <= self.flushed() {
+            return Ok(false);
+        }
+        if let Err(cause) = fs.sync_current(&self.flush_ctx()) {
+            return Err(self.poison_with(cause));
+        }
+        self.publish_flushed(written);
+        self.count_flush(by, std::mem::take(&mut fs.written_ahead_records));
+        if self.flush_subscribers.load(Ordering::Acquire) > 0 {
+            self.publish(WalEvent::Flushed(written));
+        }
+        Ok(true)
+    }
+
+    /// WAL is durable up to `end`: the hook first, then the position.
+    fn publish_flushed(&self, end: Lsn) {
+        if let Some(hook) = self.flush_hook.0.get() {
+            hook(end);
+        }
+        self.flushed.store(end.0, Ordering::Release);
+        self.flush_watch.publish(end);
     }
 
     fn count_flush(&self, by: FlushBy, records: u64) {
