@@ -18,8 +18,8 @@ use crate::storage::{Storage, StorageError};
 use crate::store::control::{now_ms, ControlError};
 use crate::store::ClusterState;
 use crate::wal::{
-    init_new_timeline_segment, rename_old_timeline_segment_partial, EndOfRecovery, NameSync,
-    TimelineError, Wal, WalConfig, WalError, XlogRecord,
+    place_new_timeline_segment, prepare_new_timeline_segment, rename_old_timeline_segment_partial,
+    EndOfRecovery, NameSync, PreparedSegment, TimelineError, Wal, WalConfig, WalError, XlogRecord,
 };
 use crate::wal::{valid_wal_after, ReaderConfig, WalReader};
 use crate::{Lsn, TimelineId};
@@ -32,6 +32,8 @@ pub enum PromotionError {
     Timeline(#[from] TimelineError),
     #[error("after removing standby.signal: {0}")]
     SyncDataDir(StorageError),
+    #[error("could not make the new timeline's file names durable: {0}")]
+    SyncWalDir(StorageError),
     #[error("could not mark {file} for archiving: {source}")]
     MarkReady { file: String, source: ArchiveError },
     #[error("could not start the WAL writer on timeline {tli}: {source}")]
@@ -47,10 +49,9 @@ pub enum PromotionError {
 /// Remove `standby.signal`, so a crash once the end-of-recovery record is
 /// written restarts as a primary on the new timeline rather than a standby
 /// of the old one. Returns whether it was there: then the data directory
-/// still needs an fsync, which [`write_end_of_recovery`] does before the
-/// record, after the history file's and the WAL writer's fsyncs have
-/// committed the unlink with them on a journaling file system, instead of
-/// a journal commit of its own.
+/// still needs an fsync, which [`write_history_file`] runs beside the
+/// history file's fsync (on a journaling file system both are one journal
+/// commit), before anything of the new timeline is written.
 pub fn remove_standby_signal(storage: &dyn Storage, datadir: &Path) -> io::Result<bool> {
     match storage.remove_file(&DataDir::new(datadir).standby_signal()) {
         Ok(()) => Ok(true),
@@ -59,37 +60,113 @@ pub fn remove_standby_signal(storage: &dyn Storage, datadir: &Path) -> io::Resul
     }
 }
 
+/// What the history-file step prepared for the end-of-recovery step: the
+/// new timeline's first segment, written and durable beside the history
+/// file but not yet named.
+#[derive(Debug)]
+pub struct PreparedTimeline {
+    tli: TimelineId,
+    at: Lsn,
+    /// `None` at a segment boundary (nothing to copy).
+    segment: Option<PreparedSegment>,
+}
+
 /// Write `TTTTTTTT.history` for `tli` (the parent's lines plus the new one):
 /// its contents fsynced under a temporary name, then renamed into place.
-/// The name is made durable by the one fsync of `wal/` in
-/// [`write_end_of_recovery`] (the new WAL writer's start-up), together
-/// with the new timeline's segments and before any WAL of the timeline is
-/// flushed or the control file names it: one directory fsync, each of
-/// which is a journal commit that waits for other processes' writeback.
-/// The rename comes before the segments' renames, and a journaling file
-/// system commits the operations of one directory in order, so a crash
-/// never keeps a segment of the new timeline without its history file;
-/// where a file system would reorder them, such a segment is harmless:
-/// nothing names the timeline, and the next promotion replaces it.
+/// Beside it, on other threads, so that the fsyncs are waited for together
+/// rather than one after another: the copy of the switch point's segment
+/// for the new timeline (durable, not yet named: see [`PreparedTimeline`])
+/// and, when `sync_datadir`, the fsync of the data directory that makes
+/// the removal of `standby.signal` durable (PostgreSQL removes the signal
+/// files durably before it writes the history file).
+///
+/// The history file's name is made durable by the one fsync of `wal/` in
+/// [`write_end_of_recovery`], together with the new timeline's segments
+/// and before the control file names the timeline: one directory fsync,
+/// each of which is a journal commit that waits for other processes'
+/// writeback. The rename comes before the segments' renames (those are in
+/// [`write_end_of_recovery`]), and a journaling file system commits the
+/// operations of one directory in order, so a crash never keeps a segment
+/// of the new timeline without its history file; where a file system would
+/// reorder them, such a segment is harmless: nothing names the timeline,
+/// and the next promotion replaces it.
+///
+/// A failure to prepare the segment does not fail this step: the
+/// end-of-recovery step prepares it again and reports the error as its own.
 pub fn write_history_file(
     h: &StandbyHandles,
-    tli: TimelineId,
-    parent: TimelineId,
+    (tli, parent): (TimelineId, TimelineId),
     switch_point: Lsn,
     reason: &str,
-) -> Result<(), PromotionError> {
+    sync_datadir: bool,
+) -> Result<Option<PreparedTimeline>, PromotionError> {
     let t0 = Instant::now();
     let dir = DataDir::new(&h.datadir);
-    crate::wal::write_new_timeline_history_with(
-        &*h.storage,
-        &dir.wal(),
-        (parent, tli),
-        switch_point,
-        reason,
-        NameSync::ByCaller,
-    )?;
+    let (history, prepared, datadir) = std::thread::scope(|s| {
+        let datadir = sync_datadir.then(|| {
+            s.spawn(|| {
+                crate::storage::sync_dir(&*h.storage, &h.datadir)
+                    .map_err(PromotionError::SyncDataDir)
+            })
+        });
+        let segment = s.spawn(|| {
+            keep_wal_past_damage(h, parent, switch_point);
+            prepare_segment(h, tli, parent, switch_point)
+        });
+        let history = crate::wal::write_new_timeline_history_with(
+            &*h.storage,
+            &dir.wal(),
+            (parent, tli),
+            switch_point,
+            reason,
+            NameSync::ByCaller,
+        );
+        (history, joined(segment), datadir.map(joined))
+    });
+    let prepared = match prepared {
+        Ok(segment) => Some(PreparedTimeline {
+            tli,
+            at: switch_point,
+            segment,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not copy the switch point's segment beside the history file; the end-of-recovery step tries again");
+            None
+        }
+    };
+    let done = history
+        .map_err(PromotionError::from)
+        .and(datadir.unwrap_or(Ok(())));
+    if let Err(e) = done {
+        discard(h, prepared);
+        return Err(e);
+    }
     tracing::info!(tli = tli.0, %switch_point, elapsed_us = t0.elapsed().as_micros() as u64, "wrote timeline history file {}", tli.history_file_name());
-    Ok(())
+    Ok(prepared)
+}
+
+/// A scoped thread's result; a panic in it goes on in the caller.
+fn joined<T>(t: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// The copy of the switch point's segment for `tli`, durable, not named.
+fn prepare_segment(
+    h: &StandbyHandles,
+    tli: TimelineId,
+    prev_tli: TimelineId,
+    at: Lsn,
+) -> Result<Option<PreparedSegment>, TimelineError> {
+    let system_id = h.control.read(|c| c.system_identifier);
+    let source_tli = switch_segment_timeline(h, prev_tli, at);
+    prepare_new_timeline_segment(&h.segdir, system_id, source_tli, tli, at)
+}
+
+/// Remove a prepared copy that will not be used.
+fn discard(h: &StandbyHandles, prepared: Option<PreparedTimeline>) {
+    if let Some(segment) = prepared.and_then(|p| p.segment) {
+        h.segdir.discard_prepared(segment);
+    }
 }
 
 /// With archiving on, mark the new timeline's history file `.ready`; only
@@ -111,7 +188,7 @@ fn mark_history_ready(h: &StandbyHandles, tli: TimelineId) -> Result<(), Promoti
 /// timeline's files are never written over), but it says so: an error in
 /// the log, and copies of the WAL left behind, with the keys it wrote, in
 /// `quarantine/<time>-promoted-past-damage/`.
-pub fn keep_wal_past_damage(h: &StandbyHandles, parent: TimelineId, switch_point: Lsn) {
+fn keep_wal_past_damage(h: &StandbyHandles, parent: TimelineId, switch_point: Lsn) {
     match wal_past_damage(h, parent, switch_point) {
         Ok(None) => {}
         Ok(Some(r)) => tracing::error!(
@@ -193,37 +270,44 @@ fn switch_segment_timeline(h: &StandbyHandles, prev_tli: TimelineId, at: Lsn) ->
 
 /// Start the WAL on `tli` at `at`, log the end-of-recovery record, point
 /// the control file at the new timeline and hand the WAL writer to the
-/// node. Returns the end of WAL after the record. `sync_datadir`: the
-/// removal of `standby.signal` is not durable yet.
+/// node. Returns the end of WAL after the record. `prepared`: what
+/// [`write_history_file`] prepared (the copy is made here otherwise).
+/// `sync_datadir`: the removal of `standby.signal` is not durable yet.
 ///
-/// The fsyncs, each once, in the order durability needs: the copied
-/// segment's contents; `wal/` (the WAL writer's start-up: the history
-/// file's and the segments' names); the data directory when
-/// `standby.signal` was removed; the `.ready` of the history file with
-/// archiving on; the record (fdatasync); the control file, overwritten in
-/// place (fdatasync). Only the first two commit the file system's
-/// journal; the data directory's unlink went out with them.
+/// The syncs, in the order durability needs, those of one line waited
+/// for together: the history file's contents, the copied segment's
+/// contents and the data directory (all in [`write_history_file`]); then,
+/// after the renames, `wal/` (the history file's and the segments' names)
+/// and the end-of-recovery record (fdatasync); the `.ready` of the history
+/// file with archiving on; the control file, overwritten in place
+/// (fdatasync). The record may be durable before the names: a crash then
+/// leaves it in an `xlogtemp.` file, which start-up removes, and the
+/// control file still names the old timeline.
 pub fn write_end_of_recovery(
     h: &StandbyHandles,
-    tli: TimelineId,
-    prev_tli: TimelineId,
+    (tli, prev_tli): (TimelineId, TimelineId),
     at: Lsn,
+    prepared: Option<PreparedTimeline>,
     sync_datadir: bool,
 ) -> Result<Lsn, PromotionError> {
     let t0 = Instant::now();
     let (system_id, seg_size) = h
         .control
         .read(|c| (c.system_identifier, c.wal_segment_size));
-    let source_tli = switch_segment_timeline(h, prev_tli, at);
-    init_new_timeline_segment(&h.segdir, system_id, source_tli, tli, at)?;
+    let segment = match prepared {
+        Some(p) if p.tli == tli && p.at == at => p.segment,
+        other => {
+            discard(h, other);
+            prepare_segment(h, tli, prev_tli, at)?
+        }
+    };
+    place_new_timeline_segment(&h.segdir, tli, at, segment)?;
     let t_segment = t0.elapsed();
     let wal = Arc::new(start_wal(h, tli, at, system_id, seg_size)?);
-    let t_wal = t0.elapsed();
     if sync_datadir {
         crate::storage::sync_dir(&*h.storage, &h.datadir).map_err(PromotionError::SyncDataDir)?;
     }
-    mark_history_ready(h, tli)?;
-    let t_datadir = t0.elapsed();
+    let t_wal = t0.elapsed();
     let eor = |source| PromotionError::EndOfRecovery { tli, source };
     let rec = wal
         .log_xlog(&XlogRecord::EndOfRecovery(EndOfRecovery {
@@ -232,8 +316,15 @@ pub fn write_end_of_recovery(
             time_unix_us: now_ms() * 1000,
         }))
         .map_err(eor)?;
-    wal.wait_flushed(rec.end).map_err(eor)?;
+    let (names, flushed) = std::thread::scope(|s| {
+        let names = s.spawn(|| crate::storage::sync_dir(&*h.storage, h.segdir.path()));
+        let flushed = wal.wait_flushed(rec.end);
+        (joined(names), flushed)
+    });
+    names.map_err(PromotionError::SyncWalDir)?;
+    flushed.map_err(eor)?;
     let t_record = t0.elapsed();
+    mark_history_ready(h, tli)?;
     h.control.update_in_place(|c| {
         c.timeline = tli;
         c.state = ClusterState::InProduction;
@@ -250,8 +341,7 @@ pub fn write_end_of_recovery(
         end = %rec.end,
         segment_us = us(t_segment),
         wal_start_us = us(t_wal - t_segment),
-        datadir_us = us(t_datadir - t_wal),
-        record_us = us(t_record - t_datadir),
+        record_us = us(t_record - t_wal),
         control_us = us(t_control - t_record),
         total_us = us(t0.elapsed()),
         "archive recovery complete; end-of-recovery record written"
@@ -260,7 +350,7 @@ pub fn write_end_of_recovery(
 }
 
 /// The WAL writer of the new timeline, starting at `at`; its start-up
-/// fsyncs `wal/`.
+/// leaves the fsync of `wal/` to [`write_end_of_recovery`].
 fn start_wal(
     h: &StandbyHandles,
     tli: TimelineId,
@@ -278,6 +368,8 @@ fn start_wal(
         h.progress.replayed.read(|r| r.last_record),
     );
     cfg.segdir = Some(h.segdir.clone());
+    // `wal/` is fsynced beside the end-of-recovery record's flush.
+    cfg.dir_sync_by_caller = true;
     cfg.archive_mode = h.config.get().archive_mode != ArchiveMode::Off;
     cfg.wal_writer_delay = h
         .config

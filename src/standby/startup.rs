@@ -104,9 +104,11 @@ pub struct Startup {
     /// segment to rename to `.partial` after opening for writes.
     partial: Option<promote::PartialSegment>,
     /// `standby.signal` was removed and the data directory not fsynced
-    /// since: the end-of-recovery step does it (see
+    /// since: the next promotion step does it (see
     /// [`promote::remove_standby_signal`]).
     standby_signal_unsynced: bool,
+    /// What the history-file step prepared for the end-of-recovery step.
+    prepared: Option<promote::PreparedTimeline>,
 }
 
 impl Startup {
@@ -127,6 +129,7 @@ impl Startup {
             status: StandbyStatus::default(),
             partial: None,
             standby_signal_unsynced: false,
+            prepared: None,
         }
     }
 
@@ -283,9 +286,18 @@ impl Startup {
                 reason,
                 ..
             } => {
-                promote::keep_wal_past_damage(&self.h, parent, switch_point);
-                match promote::write_history_file(&self.h, tli, parent, switch_point, &reason) {
-                    Ok(()) => self.answer(Event::HistoryFileWritten { tli }),
+                let sync_datadir = std::mem::take(&mut self.standby_signal_unsynced);
+                match promote::write_history_file(
+                    &self.h,
+                    (tli, parent),
+                    switch_point,
+                    &reason,
+                    sync_datadir,
+                ) {
+                    Ok(prepared) => {
+                        self.prepared = prepared;
+                        self.answer(Event::HistoryFileWritten { tli })
+                    }
                     Err(e) => self.answer(Event::PromotionStepFailed {
                         step: PromotionStep::WriteHistoryFile,
                         reason: e.to_string(),
@@ -294,7 +306,14 @@ impl Startup {
             }
             Action::WriteEndOfRecovery { tli, prev_tli, at } => {
                 let sync_datadir = std::mem::take(&mut self.standby_signal_unsynced);
-                match promote::write_end_of_recovery(&self.h, tli, prev_tli, at, sync_datadir) {
+                let prepared = self.prepared.take();
+                match promote::write_end_of_recovery(
+                    &self.h,
+                    (tli, prev_tli),
+                    at,
+                    prepared,
+                    sync_datadir,
+                ) {
                     Ok(end) => {
                         self.partial = Some(promote::PartialSegment { prev_tli, at });
                         self.answer(Event::EndOfRecoveryWritten { tli, end })

@@ -47,13 +47,14 @@ pub use reader::{
 pub use receive::{CompletedMark, SegmentWriter};
 pub use record::{MAX_PAYLOAD_LEN, MAX_RECORD_LEN, RM_KV, RM_XLOG};
 pub use segdir::{
-    RemovalReport, RemovalRequest, SegmentDir, SegmentError, WalFile, WalFileKind, PROMOTION_SPARES,
+    PreparedSegment, RemovalReport, RemovalRequest, SegmentDir, SegmentError, WalFile, WalFileKind,
+    PROMOTION_SPARES,
 };
 pub use segment::{HeaderProblem, SegmentHeader, SEG_HEADER_SIZE};
 pub use timeline::{
-    init_new_timeline_segment, read_history, read_history_text,
-    rename_old_timeline_segment_partial, write_history_text, write_new_timeline_history,
-    write_new_timeline_history_with, NameSync, TimelineError,
+    init_new_timeline_segment, place_new_timeline_segment, prepare_new_timeline_segment,
+    read_history, read_history_text, rename_old_timeline_segment_partial, write_history_text,
+    write_new_timeline_history, write_new_timeline_history_with, NameSync, TimelineError,
 };
 pub use writer::{InsertedRecord, Wal, WalConfig, WalError, WalEvent, WalStats};
 pub use xlog::{Checkpoint, EndOfRecovery, XlogError, XlogRecord};

@@ -33,6 +33,15 @@ pub const PROMOTION_SPARES: usize = 2;
 /// Most segments remembered as known-zero (see [`SegmentDir::take_fresh`]).
 const MAX_FRESH: usize = 8;
 
+/// A segment's contents written and durable under a temporary
+/// `xlogtemp.` name, waiting for [`SegmentDir::install_prepared`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct PreparedSegment {
+    tmp: PathBuf,
+    /// From this offset on the file holds only zeroes.
+    zero_from: u64,
+}
+
 /// An error managing WAL files.
 #[derive(Debug, Error)]
 pub enum SegmentError {
@@ -378,18 +387,48 @@ impl SegmentDir {
         segno: SegNo,
         prefix: &[u8],
     ) -> Result<(), SegmentError> {
-        let path = self.segment_path(tli, segno);
+        let prepared = self.prepare_segment(prefix)?;
+        self.install_prepared(tli, segno, prepared)
+    }
+
+    /// The first half of [`SegmentDir::install_segment`]: a full-size
+    /// temporary file holding `prefix` followed by zeroes, durable, not
+    /// yet named. Promotion writes it while the history file is being
+    /// made durable, so that both fsyncs are waited for together.
+    pub fn prepare_segment(&self, prefix: &[u8]) -> Result<PreparedSegment, SegmentError> {
         let tmp = match self.take_spare() {
             Some(spare) => self.fill_spare(spare, prefix)?,
             None => self.create_temp(prefix)?,
         };
+        Ok(PreparedSegment {
+            tmp,
+            zero_from: prefix.len().min(self.seg_size.bytes() as usize) as u64,
+        })
+    }
+
+    /// The second half of [`SegmentDir::install_segment`]: rename a
+    /// prepared file to segment `(tli, segno)`, replacing any file of that
+    /// name. The rename is not fsynced here (see `install_segment`).
+    pub fn install_prepared(
+        &self,
+        tli: TimelineId,
+        segno: SegNo,
+        prepared: PreparedSegment,
+    ) -> Result<(), SegmentError> {
+        let path = self.segment_path(tli, segno);
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.storage
-            .rename(&tmp, &path)
-            .map_err(SegmentError::io("rename", &tmp))?;
+            .rename(&prepared.tmp, &path)
+            .map_err(SegmentError::io("rename", &prepared.tmp))?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
-        self.note_fresh(tli, segno, prefix.len() as u64);
+        self.note_fresh(tli, segno, prepared.zero_from);
         Ok(())
+    }
+
+    /// Remove a prepared file that will not be installed (a promotion step
+    /// failed); start-up would remove it too, as any `xlogtemp.` file.
+    pub fn discard_prepared(&self, prepared: PreparedSegment) {
+        let _ = self.storage.remove_file(&prepared.tmp);
     }
 
     /// Create spare segments until `n` are ready (a standby makes

@@ -11,7 +11,7 @@ use thiserror::Error;
 use walrep_states::{HistoryError, TimelineHistory};
 
 use super::map::{MapError, MappedSegment};
-use super::segdir::{SegmentDir, SegmentError};
+use super::segdir::{PreparedSegment, SegmentDir, SegmentError};
 use super::segment::{HeaderProblem, SegmentHeader, SEG_HEADER_SIZE};
 use crate::storage::{durable_replace, replace_synced_file, sync_dir, Storage, StorageError};
 use crate::{Lsn, SegNo, TimelineId, WalSegSize};
@@ -351,16 +351,50 @@ pub fn init_new_timeline_segment(
     new: TimelineId,
     switch_point: Lsn,
 ) -> Result<(), TimelineError> {
+    let prepared = prepare_new_timeline_segment(segdir, system_id, old, new, switch_point)?;
+    place_new_timeline_segment(segdir, new, switch_point, prepared)
+}
+
+/// The first half of [`init_new_timeline_segment`]: when `switch_point`
+/// is inside a segment, the copy of its prefix, durable under a temporary
+/// name (`None` at a segment boundary, where there is nothing to copy).
+/// Writes no name, so it may run while the history file is made durable.
+pub fn prepare_new_timeline_segment(
+    segdir: &SegmentDir,
+    system_id: u64,
+    old: TimelineId,
+    new: TimelineId,
+    switch_point: Lsn,
+) -> Result<Option<PreparedSegment>, TimelineError> {
     let seg_size = segdir.seg_size();
     let segno = switch_point.segno(seg_size);
     let offset = switch_point.segment_offset(seg_size);
     if offset == 0 {
-        if !segdir.place_spare(new, segno)? {
-            segdir.preallocate(new, segno)?;
+        return Ok(None);
+    }
+    let prefix = old_segment_prefix(segdir, system_id, old, new, segno, offset)?;
+    Ok(Some(segdir.prepare_segment(&prefix)?))
+}
+
+/// The second half of [`init_new_timeline_segment`]: name the new
+/// timeline's first segment (the `prepared` copy, or an empty one at a
+/// segment boundary) and give the segment after it a spare. Called after
+/// the history file's rename, so that a journaling file system never
+/// keeps a segment of the timeline without its history file.
+pub fn place_new_timeline_segment(
+    segdir: &SegmentDir,
+    new: TimelineId,
+    switch_point: Lsn,
+    prepared: Option<PreparedSegment>,
+) -> Result<(), TimelineError> {
+    let segno = switch_point.segno(segdir.seg_size());
+    match prepared {
+        Some(p) => segdir.install_prepared(new, segno, p)?,
+        None => {
+            if !segdir.place_spare(new, segno)? {
+                segdir.preallocate(new, segno)?;
+            }
         }
-    } else {
-        let prefix = old_segment_prefix(segdir, system_id, old, new, segno, offset)?;
-        segdir.install_segment(new, segno, &prefix)?;
     }
     segdir.place_spare(new, segno.next())?;
     Ok(())

@@ -106,6 +106,13 @@ pub struct WalConfig {
     /// The directory handle to share with walsenders and removal; created
     /// if `None` (must use the same `storage` otherwise).
     pub segdir: Option<Arc<SegmentDir>>,
+    /// Leave to the caller the fsync of `dir` that makes the names of the
+    /// segments placed for this start durable: it owes one before anything
+    /// durable names the timeline (a promotion runs it beside the flush of
+    /// its end-of-recovery record, so the two are waited for together).
+    /// Ignored when the start-up removed stale segments: their removal is
+    /// made durable before anything is written.
+    pub dir_sync_by_caller: bool,
 }
 
 impl WalConfig {
@@ -131,6 +138,7 @@ impl WalConfig {
             wal_buffers_bytes: 16 << 20,
             storage: Arc::new(StdStorage),
             segdir: None,
+            dir_sync_by_caller: false,
         }
     }
 }
@@ -249,7 +257,7 @@ impl Wal {
             system_id: cfg.system_id,
             seg_size: cfg.seg_size,
         };
-        startup::prepare(&segdir, &ctx, cfg.start_lsn)?;
+        startup::prepare(&segdir, &ctx, cfg.start_lsn, cfg.dir_sync_by_caller)?;
         let (kick, kicks) = crossbeam_channel::bounded(1);
         let shared = Arc::new(Shared {
             ctx,

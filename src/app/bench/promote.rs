@@ -261,7 +261,6 @@ fn step_times(sdir: &Path) -> String {
         "elapsed_us",
         "segment_us",
         "wal_start_us",
-        "datadir_us",
         "record_us",
         "control_us",
         "total_us",
@@ -288,8 +287,10 @@ fn step_times(sdir: &Path) -> String {
 /// Where the time from the request (`wall0`) to the first accepted write
 /// (`total_ms` later) went, from the standby's log lines (their
 /// microsecond UTC timestamps): request noticed by the trigger watcher,
-/// the history file written, writes accepted; the rest up to `total_ms` is
-/// the retrying client's next round trip.
+/// taken up by the recovery machine, the end of the WAL here replayed,
+/// the new timeline chosen, the history file written, the end-of-recovery
+/// record written, writes accepted; the rest up to `total_ms` is the
+/// retrying client's next round trip (with the first write's own flush).
 fn parts(sdir: &Path, wall0: SystemTime, total_ms: f64) -> String {
     let log = std::fs::read_to_string(sdir.with_extension("log")).unwrap_or_default();
     let Ok(since_epoch) = wall0.duration_since(UNIX_EPOCH) else {
@@ -298,6 +299,9 @@ fn parts(sdir: &Path, wall0: SystemTime, total_ms: f64) -> String {
     let t0 = (since_epoch.as_secs_f64()) % 86_400.0;
     let marks = [
         ("noticed", "received promote request"),
+        ("machine", "event=PromoteRequested"),
+        ("end_of_wal", "event=InvalidRecord"),
+        ("new_timeline", "selected new timeline ID"),
         ("history", "wrote timeline history file"),
         ("end_of_recovery", "end-of-recovery record written"),
         ("accepting", "ready to accept connections (promoted)"),

@@ -19,8 +19,15 @@ use crate::wal::segdir::{SegmentDir, SegmentError, WalFileKind};
 use crate::wal::segment::{is_record_position, ExpectedHeader, SegmentHeader};
 use crate::Lsn;
 
-/// Make `start` the end of the WAL on disk for timeline `ctx.tli`.
-pub(crate) fn prepare(segdir: &SegmentDir, ctx: &SegCtx, start: Lsn) -> Result<(), WalError> {
+/// Make `start` the end of the WAL on disk for timeline `ctx.tli`, then
+/// fsync the directory, unless `dir_sync_by_caller` and nothing was
+/// removed (see `WalConfig::dir_sync_by_caller`).
+pub(crate) fn prepare(
+    segdir: &SegmentDir,
+    ctx: &SegCtx,
+    start: Lsn,
+    dir_sync_by_caller: bool,
+) -> Result<(), WalError> {
     let bad = |reason: String| WalError::BadStart { lsn: start, reason };
     if !is_record_position(start, ctx.seg_size) {
         return Err(bad(
@@ -39,6 +46,7 @@ pub(crate) fn prepare(segdir: &SegmentDir, ctx: &SegCtx, start: Lsn) -> Result<(
         zero_tail(segdir, ctx, start, known_zero).map_err(bad)?;
     }
     let first_future = if in_segment { segno.next() } else { segno };
+    let mut removed = false;
     for f in segdir.list()? {
         let future = f.segno.is_some_and(|s| s >= first_future);
         // An all-zero segment holds no stale record: kept for the writer.
@@ -47,8 +55,12 @@ pub(crate) fn prepare(segdir: &SegmentDir, ctx: &SegCtx, start: Lsn) -> Result<(
             if let Some(s) = f.segno {
                 tracing::info!(file = %f.name, "removing WAL segment past the end of valid WAL");
                 segdir.remove_segment(ctx.tli, s)?;
+                removed = true;
             }
         }
+    }
+    if dir_sync_by_caller && !removed {
+        return Ok(());
     }
     let dir = segdir.path();
     segdir
