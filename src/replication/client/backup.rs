@@ -321,7 +321,9 @@ impl ReplicationClient {
         if self.copy_data_left == 0 {
             // A CopyData ('d', length) holding archive data ('d'): only
             // its header is taken here, the bytes are read into `out`.
-            let head = self.reader.peek(5)?;
+            // Five bytes make a message header; the sixth, the kind of a
+            // CopyData, usually comes in the same read.
+            let head = self.reader.peek_upto(5, 6)?;
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
             if head[0] != b'd' || len < 5 {
                 return Ok(BackupRead::Message(self.backup_message()?));
