@@ -23,7 +23,8 @@ use super::verify::{self, Expected, VerifyError};
 use super::walfetch::WalFetch;
 use super::written::{WrittenError, WrittenFiles, PARTIAL_MANIFEST_FILE};
 use crate::replication::client::{
-    BackupMessage, BackupStart, BaseBackupRequest, ClientError, ConnInfo, ReplicationClient,
+    BackupMessage, BackupRead, BackupStart, BaseBackupRequest, ClientError, ConnInfo,
+    ReplicationClient,
 };
 use crate::standby::pending::PendingBackup;
 use crate::storage::Storage;
@@ -990,13 +991,11 @@ fn receive_archive_with(
 }
 
 /// The archive stream as `io::Read`: `d` payloads of the one archive, in
-/// order; EOF at CopyDone. A manifest (not asked for) is skipped.
+/// order, read from the socket straight into the caller's buffer; EOF at
+/// CopyDone. A manifest (not asked for) is skipped.
 struct ArchiveStream<'c> {
     client: &'c mut ReplicationClient,
     progress: &'c mut dyn Progress,
-    /// The current `d` message's bytes; `buf[pos..]` not yet read.
-    buf: Vec<u8>,
-    pos: usize,
     /// Archive bytes received.
     received: u64,
     /// `n` messages seen (walrep sends one).
@@ -1019,8 +1018,6 @@ impl<'c> ArchiveStream<'c> {
         ArchiveStream {
             client,
             progress,
-            buf: Vec::new(),
-            pos: 0,
             received: 0,
             archives: 0,
             in_manifest: false,
@@ -1041,44 +1038,39 @@ impl<'c> ArchiveStream<'c> {
         err
     }
 
-    /// Read messages until archive bytes are buffered or the stream ends.
-    fn refill(&mut self) -> io::Result<()> {
+    /// Tell the progress once a two-phase backup's first phase is done.
+    fn check_phase_one(&mut self) {
         if let Some((flag, told)) = &mut self.phase_one {
             if !*told && flag.load(Ordering::SeqCst) {
                 *told = true;
                 self.progress.phase_one_complete(&self.datadir);
             }
         }
-        while self.pos >= self.buf.len() && !self.ended {
-            let msg = match self.client.backup_message() {
-                Ok(m) => m,
-                Err(e) => return Err(self.fail(e)),
-            };
-            match msg {
-                BackupMessage::NewArchive { name, .. } => {
-                    self.archives += 1;
-                    if self.archives > 1 {
-                        let e = ClientError::Protocol(format!(
-                            "a second archive \"{name}\": walrep backups have one archive"
-                        ));
-                        return Err(self.fail(e));
-                    }
+    }
+
+    /// A message of the stream other than data.
+    fn message(&mut self, msg: BackupMessage) -> io::Result<()> {
+        match msg {
+            BackupMessage::NewArchive { name, .. } => {
+                self.archives += 1;
+                if self.archives > 1 {
+                    let e = ClientError::Protocol(format!(
+                        "a second archive \"{name}\": walrep backups have one archive"
+                    ));
+                    return Err(self.fail(e));
                 }
-                BackupMessage::Data(d) if self.in_manifest => drop(d),
-                BackupMessage::Data(d) => {
-                    if self.archives == 0 {
-                        let e = ClientError::Protocol("archive data before any archive".into());
-                        return Err(self.fail(e));
-                    }
-                    self.received += d.len() as u64;
-                    self.progress.advance(self.received);
-                    self.buf = d;
-                    self.pos = 0;
-                }
-                BackupMessage::Progress(_) => {}
-                BackupMessage::Manifest => self.in_manifest = true,
-                BackupMessage::End => self.ended = true,
             }
+            // Only a server that frames data otherwise sends these.
+            BackupMessage::Data(d) => {
+                let e = ClientError::Protocol(format!(
+                    "archive data of {} bytes framed as no server frames it",
+                    d.len()
+                ));
+                return Err(self.fail(e));
+            }
+            BackupMessage::Progress(_) => {}
+            BackupMessage::Manifest => self.in_manifest = true,
+            BackupMessage::End => self.ended = true,
         }
         Ok(())
     }
@@ -1086,10 +1078,27 @@ impl<'c> ArchiveStream<'c> {
 
 impl Read for ArchiveStream<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        self.refill()?;
-        let n = out.len().min(self.buf.len().saturating_sub(self.pos));
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        self.check_phase_one();
+        while !self.ended && !out.is_empty() {
+            let got = match self.client.backup_read(out) {
+                Ok(g) => g,
+                Err(e) => return Err(self.fail(e)),
+            };
+            match got {
+                BackupRead::Message(m) => self.message(m)?,
+                BackupRead::Data(_) if self.in_manifest => {}
+                BackupRead::Data(0) => {}
+                BackupRead::Data(n) => {
+                    if self.archives == 0 {
+                        let e = ClientError::Protocol("archive data before any archive".into());
+                        return Err(self.fail(e));
+                    }
+                    self.received += n as u64;
+                    self.progress.advance(self.received);
+                    return Ok(n);
+                }
+            }
+        }
+        Ok(0)
     }
 }

@@ -4,7 +4,11 @@
 //! upstream, for 100 MB and for `--backup-mb` of data (PostgreSQL's
 //! standby can report nothing before its whole copy is done). With
 //! `--anchors`, pg_basebackup of a PostgreSQL 15 database of the same size
-//! in the same run is the reference of the `--jobs` figures.
+//! in the same run is the reference of the `--jobs` figures. Before each
+//! `--jobs N` copy, the copy floor ([`super::copyfloor`]) moves the same
+//! snapshot files over N plain loopback streams: each rate is also
+//! reported as a share of that floor, which says whether the target is
+//! within what the machine allows.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -67,6 +71,19 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
             f
         })
         .collect();
+    let mut floor_f: Vec<Figure> = [1u32, 2, 4]
+        .iter()
+        .map(|&j| {
+            Figure::new(
+                "backup",
+                &format!(
+                    "copy floor: read, loopback TCP, write, fsync; {j} stream(s), {big_mb} MB"
+                ),
+                "MB/s",
+                Better::Higher,
+            )
+        })
+        .collect();
     let mut flush_f: Vec<Figure> = Vec::new();
     for mb in [100, big_mb] {
         let pdir = dir.join(format!("primary-{mb}"));
@@ -80,8 +97,22 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
         primary.stop();
         let primary = Node::start(&ctx.exe, &pdir, &[])?;
         if mb == big_mb {
-            for (j, fig) in [1u32, 2, 4].into_iter().zip(jobs_f.iter_mut()) {
+            let files = super::copyfloor::snapshot_files(&pdir)?;
+            for ((j, fig), floor_fig) in [1u32, 2, 4]
+                .into_iter()
+                .zip(jobs_f.iter_mut())
+                .zip(floor_f.iter_mut())
+            {
                 ctx.probe(&format!("before --jobs {j}"), true)?;
+                let floor = super::copyfloor::measure(&files, &dir.join("floor"), j as usize)?;
+                println!(
+                    "  copy floor, {j} stream(s): {} MB in {:.2} s = {:.0} MB/s, CPU {:.2} s/GB",
+                    floor.bytes >> 20,
+                    floor.secs,
+                    floor.mbps(),
+                    floor.cpu_s_per_gb()
+                );
+                floor_fig.walrep.push(floor.mbps());
                 let c = timed_copy(ctx, &primary, &dir.join(format!("copy-j{j}")), j)?;
                 let rate = mb as f64 / c.secs;
                 println!("  --jobs {j}: {mb} MB in {:.2} s = {rate:.0} MB/s", c.secs);
@@ -94,6 +125,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
                     c.phases
                 ));
                 fig.walrep.push(rate);
+                ctx.note(share_of_floor(j, rate, pg_rate, &floor));
             }
         }
         ctx.probe(&format!("before two-phase {mb} MB"), false)?;
@@ -111,7 +143,19 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
         primary.stop();
         let _ = std::fs::remove_dir_all(&pdir);
     }
+    if let (Some(pg), Some(floor4)) = (pg_rate, floor_f.last().and_then(|f| f.walrep.first())) {
+        let target = TARGET_PARALLEL_RATIO * pg;
+        let verdict = if target > *floor4 {
+            "above the floor: the machine, not walrep, stops the target"
+        } else {
+            "within the floor"
+        };
+        ctx.note(format!(
+            "target {TARGET_PARALLEL_RATIO}x pg_basebackup = {target:.0} MB/s; copy floor with 4 streams {floor4:.0} MB/s: {verdict}"
+        ));
+    }
     ctx.figures.extend(jobs_f);
+    ctx.figures.extend(floor_f);
     ctx.figures.extend(flush_f);
     Ok(())
 }
@@ -136,6 +180,25 @@ fn pg_basebackup_rate(
         after.0 - before.0,
         after.1.saturating_sub(before.1),
     ))
+}
+
+/// `--jobs j`'s rate (and pg_basebackup's, beside the one-stream floor)
+/// as shares of the floor measured just before it.
+fn share_of_floor(
+    j: u32,
+    rate: f64,
+    pg_rate: Option<f64>,
+    floor: &super::copyfloor::Floor,
+) -> String {
+    let f = floor.mbps();
+    let pg = pg_rate.filter(|_| j == 1).map_or(String::new(), |pg| {
+        format!(", pg_basebackup {:.0}%", 100.0 * pg / f)
+    });
+    format!(
+        "--jobs {j}: {:.0}% of the {j}-stream copy floor ({f:.0} MB/s, its CPU {:.2} s/GB){pg}",
+        100.0 * rate / f,
+        floor.cpu_s_per_gb()
+    )
 }
 
 /// Write about `mb` MB of values.

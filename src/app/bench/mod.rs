@@ -79,6 +79,7 @@ pub mod bulk;
 pub mod chain;
 pub mod checkpoint;
 pub mod cluster;
+pub mod copyfloor;
 pub mod failover;
 pub mod figures;
 pub mod fsync;

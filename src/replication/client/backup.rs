@@ -170,6 +170,17 @@ pub enum BackupMessage {
     End,
 }
 
+/// What [`ReplicationClient::backup_read`] read.
+#[derive(Debug)]
+pub enum BackupRead {
+    /// This many archive (or manifest) bytes, at the start of the buffer.
+    Data(usize),
+    /// Any other message of the stream (never [`BackupMessage::Data`]
+    /// from walrep's or PostgreSQL's server, whose data messages are
+    /// read as bytes).
+    Message(BackupMessage),
+}
+
 fn parse_position(r: &QueryResult, what: &str) -> Result<(Lsn, TimelineId), ClientError> {
     if r.rows.len() != 1 || r.columns.len() < 2 {
         return Err(protocol(format!(
@@ -297,10 +308,59 @@ impl ReplicationClient {
         }
     }
 
+    /// The next piece of the archive stream (waits at most the I/O
+    /// timeout): archive (or manifest) bytes of a `d` message read
+    /// straight from the socket into `out` — at most `out.len()`, the rest
+    /// of that message comes with the next calls — or the next other
+    /// message. The bytes are copied nowhere else on their way to `out`.
+    pub fn backup_read(&mut self, out: &mut [u8]) -> Result<BackupRead, ClientError> {
+        if !self.copy_out {
+            return Err(protocol("no base backup stream in progress"));
+        }
+        self.set_read_timeout(self.io_timeout)?;
+        if self.copy_data_left == 0 {
+            // A CopyData ('d', length) holding archive data ('d'): only
+            // its header is taken here, the bytes are read into `out`.
+            // Five bytes make a message header; the sixth, the kind of a
+            // CopyData, usually comes in the same read.
+            let head = self.reader.peek_upto(5, 6)?;
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if head[0] != b'd' || len < 5 {
+                return Ok(BackupRead::Message(self.backup_message()?));
+            }
+            if self.reader.peek(6)?[5] != b'd' {
+                return Ok(BackupRead::Message(self.backup_message()?));
+            }
+            self.reader.consume(6);
+            self.copy_data_left = len - 5;
+            if self.copy_data_left == 0 {
+                return Ok(BackupRead::Data(0));
+            }
+        }
+        let want = out.len().min(self.copy_data_left);
+        let n = self.reader.read_into(&mut out[..want])?;
+        self.copy_data_left -= n;
+        Ok(BackupRead::Data(n))
+    }
+
     /// The next message of the archive stream (waits at most the I/O timeout).
     pub fn backup_message(&mut self) -> Result<BackupMessage, ClientError> {
         if !self.copy_out {
             return Err(protocol("no base backup stream in progress"));
+        }
+        if self.copy_data_left > 0 {
+            // The rest of a data message begun by backup_read.
+            let mut rest = vec![0u8; self.copy_data_left];
+            let mut at = 0;
+            while at < rest.len() {
+                match self.backup_read(&mut rest[at..])? {
+                    BackupRead::Data(n) => at += n,
+                    BackupRead::Message(_) => {
+                        return Err(protocol("a message inside an archive data message"))
+                    }
+                }
+            }
+            return Ok(BackupMessage::Data(rest));
         }
         match self.read(self.io_timeout)? {
             BackendMessage::CopyData(p) => decode_copy(p),

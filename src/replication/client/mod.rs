@@ -9,7 +9,7 @@ mod stream;
 mod walrange;
 
 pub use crate::config::conninfo::{redact_conninfo, ConnInfo, ConnInfoError};
-pub use backup::{BackupMessage, BackupStart, BaseBackupRequest, Tablespace};
+pub use backup::{BackupMessage, BackupRead, BackupStart, BaseBackupRequest, Tablespace};
 pub use stream::{StartOutcome, StatusSender, StreamEvent};
 
 use std::collections::BTreeMap;
@@ -169,6 +169,9 @@ pub struct ReplicationClient {
     streaming: bool,
     /// In BASE_BACKUP's COPY OUT.
     copy_out: bool,
+    /// Bytes of the archive data message being read by
+    /// [`ReplicationClient::backup_read`] still in the socket.
+    copy_data_left: usize,
     /// The socket's read timeout as last set: not set again (a system
     /// call) for every message of a stream read with the same bound.
     read_timeout: Option<Duration>,
@@ -205,6 +208,7 @@ impl ReplicationClient {
             io_timeout: timeout,
             streaming: false,
             copy_out: false,
+            copy_data_left: 0,
             read_timeout: None,
         };
         c.startup(info, password.as_deref(), extra)?;
@@ -268,6 +272,12 @@ impl ReplicationClient {
     }
 
     fn read(&mut self, timeout: Duration) -> Result<BackendMessage, ClientError> {
+        self.set_read_timeout(timeout)?;
+        Ok(self.reader.read_backend()?)
+    }
+
+    /// The socket's read timeout, set only when it changes.
+    fn set_read_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
         let timeout = Some(timeout.max(Duration::from_millis(1)));
         if self.read_timeout != timeout {
             // Forgotten first: a failed call leaves the socket's unknown.
@@ -275,7 +285,7 @@ impl ReplicationClient {
             self.reader.get_ref().set_read_timeout(timeout)?;
             self.read_timeout = timeout;
         }
-        Ok(self.reader.read_backend()?)
+        Ok(())
     }
 
     fn startup(

@@ -151,6 +151,20 @@ impl Conn {
         self.stream.write_all(bytes)
     }
 
+    /// Write anything buffered, `header` and `body` at once (a CopyData
+    /// of base backup data: its frame, then the file's bytes straight from
+    /// the caller's buffer), in one `writev` on a plain connection.
+    pub fn write_framed(&mut self, header: &[u8], body: &[u8]) -> io::Result<()> {
+        self.out.extend_from_slice(header);
+        let NetStream::Plain(sock) = &mut self.stream else {
+            self.flush()?;
+            return self.stream.write_all(body);
+        };
+        let r = write_all_vectored(sock, &self.out, body);
+        self.out.clear();
+        r
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         let r = self.stream.write_all(&self.out);
         self.out.clear();
@@ -175,6 +189,27 @@ impl Conn {
     pub fn close(&self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
+}
+
+/// `a` then `b` to `sock`, each `writev` taking what is left of both.
+fn write_all_vectored(sock: &mut std::net::TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    let total = a.len() + b.len();
+    while done < total {
+        let n = if done < a.len() {
+            let bufs = [io::IoSlice::new(&a[done..]), io::IoSlice::new(b)];
+            sock.write_vectored(&bufs)
+        } else {
+            sock.write(&b[done - a.len()..])
+        };
+        match n {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Start the reader thread; it ends when the socket closes or the

@@ -235,10 +235,13 @@ impl BackupOutput for ConnBackup<'_> {
         self.copy_data(payload)
     }
     fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut payload = Vec::with_capacity(1 + bytes.len());
-        payload.push(b'd');
-        payload.extend_from_slice(bytes);
-        self.copy_data(payload)
+        // CopyData framing by hand: the bytes go from the caller's buffer
+        // to the socket with no copy in between (one writev).
+        let len = u32::try_from(4 + 1 + bytes.len())
+            .map_err(|_| io::Error::other("archive data message too long"))?;
+        let mut header = [b'd', 0, 0, 0, 0, b'd'];
+        header[1..5].copy_from_slice(&len.to_be_bytes());
+        self.0.write_framed(&header, bytes)
     }
     fn progress(&mut self, done: u64) -> io::Result<()> {
         let mut payload = vec![b'p'];
