@@ -251,6 +251,17 @@ impl Shared {
         let Some(mut fs) = self.try_lock_flush() else {
             return Ok(());
         };
+        let res = self.write_ahead_locked(&mut fs);
+        drop(fs);
+        // Sessions that found the flush lock taken meanwhile queued up and
+        // rely on its holder to scan the queue after letting go (see
+        // `queue`): nominate the next flusher (nothing was flushed, so
+        // nobody is released).
+        self.queue.release(|| self.flushed(), true);
+        res
+    }
+
+    fn write_ahead_locked(&self, fs: &mut FlushState) -> Result<(), WalError> {
         self.check_poison()?;
         let seg_size = self.ctx.seg_size;
         let batch = {
