@@ -102,17 +102,15 @@ pub fn write_history_file(
 ) -> Result<Option<PreparedTimeline>, PromotionError> {
     let t0 = Instant::now();
     let dir = DataDir::new(&h.datadir);
+    let sync_standby_signal =
+        || crate::storage::sync_dir(&*h.storage, &h.datadir).map_err(PromotionError::SyncDataDir);
+    let copy_segment = || {
+        keep_wal_past_damage(h, parent, switch_point);
+        prepare_segment(h, tli, parent, switch_point)
+    };
     let (history, prepared, datadir) = std::thread::scope(|s| {
-        let datadir = sync_datadir.then(|| {
-            s.spawn(|| {
-                crate::storage::sync_dir(&*h.storage, &h.datadir)
-                    .map_err(PromotionError::SyncDataDir)
-            })
-        });
-        let segment = s.spawn(|| {
-            keep_wal_past_damage(h, parent, switch_point);
-            prepare_segment(h, tli, parent, switch_point)
-        });
+        let datadir = sync_datadir.then(|| beside(s, &sync_standby_signal));
+        let segment = beside(s, &copy_segment);
         let history = crate::wal::write_new_timeline_history_with(
             &*h.storage,
             &dir.wal(),
@@ -121,7 +119,12 @@ pub fn write_history_file(
             reason,
             NameSync::ByCaller,
         );
-        (history, joined(segment), datadir.map(joined))
+        let prepared = joined(segment, &copy_segment);
+        (
+            history,
+            prepared,
+            datadir.map(|d| joined(d, &sync_standby_signal)),
+        )
     });
     let prepared = match prepared {
         Ok(segment) => Some(PreparedTimeline {
@@ -145,9 +148,31 @@ pub fn write_history_file(
     Ok(prepared)
 }
 
-/// A scoped thread's result; a panic in it goes on in the caller.
-fn joined<T>(t: std::thread::ScopedJoinHandle<'_, T>) -> T {
-    t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+/// Start `f` on a thread of `s`, to be waited for beside the caller's own
+/// step; `None` when no thread can be started ([`joined`] then runs `f`
+/// itself, after the caller's step).
+fn beside<'scope, 'env, T, F>(
+    s: &'scope std::thread::Scope<'scope, 'env>,
+    f: &'env F,
+) -> Option<std::thread::ScopedJoinHandle<'scope, T>>
+where
+    T: Send + 'scope,
+    F: Fn() -> T + Sync + 'env,
+{
+    std::thread::Builder::new()
+        .name("promote-step".into())
+        .spawn_scoped(s, f)
+        .inspect_err(|e| tracing::warn!(error = %e, "could not start a thread for a promotion step; running it after the others"))
+        .ok()
+}
+
+/// The result of a step started by [`beside`] (run here if it got no
+/// thread); a panic in it goes on in the caller.
+fn joined<T>(t: Option<std::thread::ScopedJoinHandle<'_, T>>, f: &impl Fn() -> T) -> T {
+    match t {
+        Some(t) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        None => f(),
+    }
 }
 
 /// The copy of the switch point's segment for `tli`, durable, not named.
@@ -316,10 +341,11 @@ pub fn write_end_of_recovery(
             time_unix_us: now_ms() * 1000,
         }))
         .map_err(eor)?;
+    let sync_names = || crate::storage::sync_dir(&*h.storage, h.segdir.path());
     let (names, flushed) = std::thread::scope(|s| {
-        let names = s.spawn(|| crate::storage::sync_dir(&*h.storage, h.segdir.path()));
+        let names = beside(s, &sync_names);
         let flushed = wal.wait_flushed(rec.end);
-        (joined(names), flushed)
+        (joined(names, &sync_names), flushed)
     });
     names.map_err(PromotionError::SyncWalDir)?;
     flushed.map_err(eor)?;
