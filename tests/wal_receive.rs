@@ -145,11 +145,18 @@ fn the_next_received_segment_is_created_zero_filled_ahead_of_the_stream() {
         || after.exists().then_some(()),
     );
     drop(recv);
-    // The helper ended with its writer and left no temporary file.
-    let temps: Vec<_> = fs::read_dir(standby.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("xlogtemp."))
-        .collect();
-    assert!(temps.is_empty(), "{temps:?}");
+    // The helper ends with its writer, once its last segment is in place:
+    // no temporary file stays behind.
+    support::wait_for(
+        "no temporary file",
+        std::time::Duration::from_secs(30),
+        || {
+            let temps = fs::read_dir(standby.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("xlogtemp."))
+                .count();
+            (temps == 0).then_some(())
+        },
+    );
 }

@@ -16,8 +16,8 @@
 //! segment is zero-filled, as PostgreSQL's XLogFileInit does, but by this
 //! thread, never by the walreceiver unless the stream overtakes it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
 
@@ -28,11 +28,16 @@ use crate::{SegNo, TimelineId};
 /// dropped ask only means the walreceiver creates that segment itself.
 const PENDING_ASKS: usize = 1;
 
-/// The helper thread and the way to ask it for a segment.
+/// The way to ask the helper thread for a segment. The thread ends when
+/// this is dropped, once the segment it is creating (if any) is in place;
+/// nothing waits for that, so the end of a walreceiver (at promotion, say)
+/// is never held up by a zero-fill. A temporary file it leaves behind in
+/// a crash is removed at the next start like any `xlogtemp.`.
 #[derive(Debug)]
 pub(crate) struct Lookahead {
     asks: Option<Sender<(TimelineId, SegNo)>>,
-    thread: Option<JoinHandle<()>>,
+    /// Set when dropped: an ask still queued is not taken up.
+    ended: Arc<AtomicBool>,
 }
 
 impl Lookahead {
@@ -40,10 +45,15 @@ impl Lookahead {
     /// it asks nothing, and the walreceiver creates every segment itself.
     pub(crate) fn start(segdir: Arc<SegmentDir>) -> Lookahead {
         let (tx, rx) = bounded::<(TimelineId, SegNo)>(PENDING_ASKS);
+        let ended = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&ended);
         let spawned = std::thread::Builder::new()
             .name("walrcv-prealloc".into())
             .spawn(move || {
                 for (tli, segno) in rx {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
                     if let Err(e) = segdir.preallocate(tli, segno) {
                         // The walreceiver creates it itself when it gets there.
                         tracing::warn!(error = %e, "could not pre-allocate the next received WAL segment");
@@ -51,16 +61,13 @@ impl Lookahead {
                 }
             });
         match spawned {
-            Ok(thread) => Lookahead {
+            Ok(_) => Lookahead {
                 asks: Some(tx),
-                thread: Some(thread),
+                ended,
             },
             Err(e) => {
                 tracing::warn!(error = %e, "could not start the WAL pre-allocation thread; received segments are created as they are reached");
-                Lookahead {
-                    asks: None,
-                    thread: None,
-                }
+                Lookahead { asks: None, ended }
             }
         }
     }
@@ -75,13 +82,7 @@ impl Lookahead {
 }
 
 impl Drop for Lookahead {
-    /// Stop the thread once the segment it is creating is in place (bounded
-    /// by one segment's creation), so no temporary file is left behind by
-    /// a walreceiver that ended.
     fn drop(&mut self) {
-        self.asks = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.ended.store(true, Ordering::Release);
     }
 }
