@@ -349,7 +349,15 @@ impl ReplicationClient {
             return Err(protocol("no base backup stream in progress"));
         }
         if self.copy_data_left > 0 {
-            // The rest of a data message begun by backup_read.
+            // The rest of a data message begun by backup_read, as large
+            // as a message read whole may be.
+            if self.copy_data_left > crate::replication::pgwire::DEFAULT_MAX_MESSAGE_LEN {
+                return Err(protocol(format!(
+                    "archive data message of {} more bytes is longer than {} bytes",
+                    self.copy_data_left,
+                    crate::replication::pgwire::DEFAULT_MAX_MESSAGE_LEN
+                )));
+            }
             let mut rest = vec![0u8; self.copy_data_left];
             let mut at = 0;
             while at < rest.len() {
