@@ -675,24 +675,21 @@ impl Control {
     /// (the write side stays open for the goodbye); the session then
     /// finds `stop` set, flushes and leaves.
     fn interrupt_read(&self) {
-        if let Some(s) = self
-            .socket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            let _ = s.shutdown(std::net::Shutdown::Read);
-        }
+        self.shutdown_socket_side(std::net::Shutdown::Read);
     }
 
     fn shutdown_socket(&self) {
+        self.shutdown_socket_side(std::net::Shutdown::Both);
+    }
+
+    fn shutdown_socket_side(&self, how: std::net::Shutdown) {
         if let Some(s) = self
             .socket
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+            let _ = s.shutdown(how);
         }
     }
 }
