@@ -19,7 +19,7 @@ use crate::store::control::{now_ms, ControlError};
 use crate::store::ClusterState;
 use crate::wal::{
     place_new_timeline_segment, prepare_new_timeline_segment, rename_old_timeline_segment_partial,
-    EndOfRecovery, NameSync, PreparedSegment, TimelineError, Wal, WalConfig, WalError, XlogRecord,
+    EndOfRecovery, PreparedSegment, TimelineError, Wal, WalConfig, WalError, XlogRecord,
 };
 use crate::wal::{valid_wal_after, ReaderConfig, WalReader};
 use crate::{Lsn, TimelineId};
@@ -108,17 +108,21 @@ pub fn write_history_file(
         keep_wal_past_damage(h, parent, switch_point);
         prepare_segment(h, tli, parent, switch_point)
     };
+    // The history file is created and written before the other syncs
+    // start: a journaling file system then commits its creation in the
+    // same journal commit as the data directory's fsync (`standby.signal`)
+    // rather than in the next one, after it.
+    let unsynced = crate::wal::begin_new_timeline_history(
+        &*h.storage,
+        &dir.wal(),
+        (parent, tli),
+        switch_point,
+        reason,
+    )?;
     let (history, prepared, datadir) = std::thread::scope(|s| {
         let datadir = sync_datadir.then(|| beside(s, &sync_standby_signal));
         let segment = beside(s, &copy_segment);
-        let history = crate::wal::write_new_timeline_history_with(
-            &*h.storage,
-            &dir.wal(),
-            (parent, tli),
-            switch_point,
-            reason,
-            NameSync::ByCaller,
-        );
+        let history = unsynced.finish(&*h.storage);
         let prepared = joined(segment, &copy_segment);
         (
             history,
@@ -357,7 +361,6 @@ pub fn write_end_of_recovery(
         c.min_recovery_point = Lsn::INVALID;
     })?;
     let t_control = t0.elapsed();
-    super::confirmed::forget(&*h.storage, &h.datadir);
     h.hooks
         .attach_wal(wal)
         .map_err(|source| PromotionError::AttachWal { tli, source })?;
@@ -416,9 +419,12 @@ pub struct PartialSegment {
     pub at: Lsn,
 }
 
-/// After the node accepts writes: rename the old timeline's last segment
-/// to `.partial`, then request a checkpoint (PostgreSQL requests one right
-/// after promotion).
+/// After the node accepts writes: remove `upstream_flush` (a standby's
+/// bound on unconfirmed WAL; a primary never reads it, and a crash that
+/// keeps it finds the node a primary all the same), rename the old
+/// timeline's last segment to `.partial`, then request a checkpoint
+/// (PostgreSQL requests one right after promotion; the checkpointer starts
+/// it a little later, after the first writes).
 ///
 /// The rename (PostgreSQL does it just before opening for writes) is off
 /// the path to the first write: nothing reads that file by its old name
@@ -428,6 +434,7 @@ pub struct PartialSegment {
 /// between its end-of-recovery record and the rename does. It comes before
 /// the checkpoint, whose WAL removal could otherwise take the file first.
 pub fn finish(h: &StandbyHandles, partial: Option<PartialSegment>) {
+    super::confirmed::forget(&*h.storage, &h.datadir);
     if let Some(p) = partial {
         let archive_mode = h.config.get().archive_mode != ArchiveMode::Off;
         if let Err(e) =

@@ -52,9 +52,10 @@ pub use segdir::{
 };
 pub use segment::{HeaderProblem, SegmentHeader, SEG_HEADER_SIZE};
 pub use timeline::{
-    init_new_timeline_segment, place_new_timeline_segment, prepare_new_timeline_segment,
-    read_history, read_history_text, rename_old_timeline_segment_partial, write_history_text,
-    write_new_timeline_history, write_new_timeline_history_with, NameSync, TimelineError,
+    begin_new_timeline_history, init_new_timeline_segment, place_new_timeline_segment,
+    prepare_new_timeline_segment, read_history, read_history_text,
+    rename_old_timeline_segment_partial, write_history_text, write_new_timeline_history,
+    write_new_timeline_history_with, NameSync, TimelineError, UnsyncedHistory,
 };
 pub use writer::{InsertedRecord, Wal, WalConfig, WalError, WalEvent, WalStats};
 pub use xlog::{Checkpoint, EndOfRecovery, XlogError, XlogRecord};

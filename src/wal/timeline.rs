@@ -191,6 +191,19 @@ pub fn write_new_timeline_history_with(
     reason: &str,
     sync: NameSync,
 ) -> Result<TimelineHistory, TimelineError> {
+    let text = new_timeline_history_text(wal_dir, (parent, new), switch_point, reason)?;
+    write_history_text_with(storage, wal_dir, new, &text, sync)
+}
+
+/// The text of a new timeline's history file: the parent's file verbatim,
+/// a blank line if there was one, `parent<TAB>switch<TAB>reason`, and the
+/// new timeline's history id.
+fn new_timeline_history_text(
+    wal_dir: &Path,
+    (parent, new): (TimelineId, TimelineId),
+    switch_point: Lsn,
+    reason: &str,
+) -> Result<String, TimelineError> {
     if new <= parent {
         return Err(TimelineError::NotNewer {
             parent: parent.0,
@@ -205,7 +218,77 @@ pub fn write_new_timeline_history_with(
     let reason = reason.replace(['\n', '\t'], " ");
     text.push_str(&format!("{}\t{}\t{}\n", parent.0, switch_point, reason));
     text.push_str(&history_id_line(new, rand::random()));
-    write_history_text_with(storage, wal_dir, new, &text, sync)
+    Ok(text)
+}
+
+/// A new timeline's history file written under its temporary name but not
+/// yet fsynced ([`begin_new_timeline_history`]); [`UnsyncedHistory::finish`]
+/// fsyncs and renames it. Split so that a caller can start other syncs
+/// once the file exists: on a journaling file system its creation then
+/// rides in the same journal commit as theirs, rather than in the next
+/// one, which waits for theirs to finish.
+#[derive(Debug)]
+pub struct UnsyncedHistory {
+    history: TimelineHistory,
+    /// The file, its temporary name and its name; `None` when an identical
+    /// file is already in place.
+    pending: Option<(std::fs::File, PathBuf, PathBuf)>,
+}
+
+impl UnsyncedHistory {
+    /// fsync the file's contents and rename it into place; its new name is
+    /// the caller's to make durable (as [`NameSync::ByCaller`]).
+    pub fn finish(self, storage: &dyn Storage) -> Result<TimelineHistory, TimelineError> {
+        if let Some((file, tmp, path)) = self.pending {
+            storage
+                .sync_all(&file, &tmp)
+                .map_err(StorageError::at("fsync", &tmp))?;
+            drop(file);
+            storage
+                .rename(&tmp, &path)
+                .map_err(StorageError::at("rename", &tmp))?;
+        }
+        Ok(self.history)
+    }
+}
+
+/// [`write_new_timeline_history_with`] with [`NameSync::ByCaller`], up to
+/// the fsync: the file is created and written under its temporary name;
+/// [`UnsyncedHistory::finish`] does the rest.
+pub fn begin_new_timeline_history(
+    storage: &dyn Storage,
+    wal_dir: &Path,
+    (parent, new): (TimelineId, TimelineId),
+    switch_point: Lsn,
+    reason: &str,
+) -> Result<UnsyncedHistory, TimelineError> {
+    let text = new_timeline_history_text(wal_dir, (parent, new), switch_point, reason)?;
+    let path = history_path(wal_dir, new);
+    let history = TimelineHistory::parse(new, &text).map_err(|source| TimelineError::Parse {
+        path: path.clone(),
+        source,
+    })?;
+    match read_history_text(wal_dir, new)? {
+        Some(old) if old == text => {
+            return Ok(UnsyncedHistory {
+                history,
+                pending: None,
+            })
+        }
+        Some(_) => return Err(TimelineError::Conflict { path }),
+        None => {}
+    }
+    let tmp = crate::storage::replace_temp_path(&path);
+    let file = storage
+        .open(&tmp, crate::storage::OpenFor::Replace)
+        .map_err(StorageError::at("create", &tmp))?;
+    storage
+        .write_at(&file, &tmp, 0, text.as_bytes())
+        .map_err(StorageError::at("write", &tmp))?;
+    Ok(UnsyncedHistory {
+        history,
+        pending: Some((file, tmp, path)),
+    })
 }
 
 /// What starts the comment line that carries a timeline's history id.
