@@ -35,6 +35,14 @@ const VOLUME_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 const PACE_SLEEP: Duration = Duration::from_millis(10);
 /// Shortest pause: below this a pause is not worth a wake-up.
 const PACE_SLEEP_MIN: Duration = Duration::from_micros(100);
+/// How long the checkpoint that ends a recovery (a promotion's, or crash
+/// recovery's) waits before it starts: the first writes of the new primary
+/// (clients retrying after a failover) find the disk and the CPU free of
+/// its snapshot and fsyncs. Nothing waits for this checkpoint: the WAL it
+/// covers is durable, and the last checkpoint stays valid until it is done
+/// (PostgreSQL's post-promotion checkpoint is not immediate either). A
+/// request of another cause meanwhile runs at once and covers it.
+const END_OF_RECOVERY_CHECKPOINT_DELAY: Duration = Duration::from_millis(100);
 
 /// Why a checkpoint runs (logged, as PostgreSQL's "checkpoint starting: time").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -643,18 +651,29 @@ fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>, stopped: Receiver<(
     let wal_trigger = wal_trigger_bytes(&node.settings());
     let mut last = Instant::now();
     let mut switch = ArchiveTimeout::new(&node);
+    // When the end-of-recovery checkpoint asked for is due.
+    let mut end_of_recovery_at: Option<Instant> = None;
     loop {
         switch.check(&node);
-        let wait = timeout
+        let mut wait = timeout
             .saturating_sub(last.elapsed())
             .min(VOLUME_CHECK_INTERVAL);
+        if let Some(at) = end_of_recovery_at {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
         let cause = select! {
             recv(requests) -> cause => match cause {
+                Ok(CheckpointCause::EndOfRecovery) => {
+                    end_of_recovery_at.get_or_insert_with(|| Instant::now() + END_OF_RECOVERY_CHECKPOINT_DELAY);
+                    None
+                }
                 Ok(cause) => Some(cause),
                 Err(_) => return,
             },
             recv(stopped) -> _ => return,
-            default(wait) => if last.elapsed() >= timeout {
+            default(wait) => if end_of_recovery_at.is_some_and(|at| Instant::now() >= at) {
+                Some(CheckpointCause::EndOfRecovery)
+            } else if last.elapsed() >= timeout {
                 Some(CheckpointCause::Time)
             } else {
                 let since_redo = node.replay_end().saturating_sub(node.control().redo_lsn);
@@ -662,6 +681,8 @@ fn run(node: Arc<Node>, requests: Receiver<CheckpointCause>, stopped: Receiver<(
             },
         };
         let Some(cause) = cause else { continue };
+        // Any checkpoint now covers the end of recovery.
+        end_of_recovery_at = None;
         let result = match node.wal() {
             Some(_) => node.checkpoint(cause).map(|_| ()),
             None => node.restartpoint(cause).map(|_| ()),
