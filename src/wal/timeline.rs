@@ -489,6 +489,14 @@ pub fn place_new_timeline_segment(
 /// still archive a complete, diverging segment as; with archiving on, the
 /// `.partial` file is marked `.ready`. Returns the new path, `None` when the
 /// switch point is at a segment boundary or the file is absent.
+///
+/// `wal/` is fsynced for the new name only with archiving on, before the
+/// `.ready` (the archiver must never find a `.ready` whose file a crash
+/// renamed back). Without it nothing needs the name durable: a crash that
+/// takes the rename leaves the file under its old name, as a crash just
+/// before the rename does, and the next fsync of `wal/` carries it. That
+/// keeps a directory write off the disk while the promoted node's first
+/// commits are flushed.
 pub fn rename_old_timeline_segment_partial(
     segdir: &SegmentDir,
     old: TimelineId,
@@ -510,8 +518,8 @@ pub fn rename_old_timeline_segment_partial(
     storage
         .rename(&from, &to)
         .map_err(io_err("rename", &from))?;
-    sync_dir(&**storage, segdir.path())?;
     if archive_mode {
+        sync_dir(&**storage, segdir.path())?;
         segdir.mark_ready(&name)?;
     }
     Ok(Some(to))
