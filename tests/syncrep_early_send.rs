@@ -1,8 +1,8 @@
 //! WAL sent to walrep standbys while the primary flushes it: a write is
 //! acknowledged (and readable) only once it is durable on both sides; a
 //! standby neither exposes nor reports as applied WAL past the flush
-//! position the primary told it; clients that are not walrep standbys get
-//! only flushed WAL; and a primary killed and restarted with less WAL than
+//! position the primary told it; clients that are not walrep standbys, and
+//! walrep standbys no commit waits for, get only flushed WAL; and a primary killed and restarted with less WAL than
 //! a standby held leaves that standby serving nothing the primary lacks.
 
 mod support;
@@ -266,6 +266,46 @@ fn a_client_that_is_not_a_walrep_standby_gets_only_flushed_wal() {
         got >= flushed,
         "the flushed WAL reached the client ({got} < {flushed})"
     );
+}
+
+#[test]
+fn a_walrep_standby_no_commit_waits_for_gets_only_flushed_wal() {
+    // No synchronous standby named: the standby is asynchronous, and
+    // sending it WAL before the flush would only cost wake-ups.
+    let c = held_primary(&[]);
+    c.write_before();
+    c.io.hold_syncs(true);
+    let before = c.flushed();
+    let set = c.set_in_background("k", "v");
+    wait_for("the write to be waiting for its flush", DEADLINE, || {
+        (c.primary.node().wal().unwrap().inserted() > before).then_some(())
+    });
+    // Watched for a while (the primary's one worker is inside the held
+    // fdatasync, so through its registry, not its Redis port), what the
+    // walsender sent never passes the primary's flush position.
+    let registry = c.primary.node().registry().unwrap();
+    let end = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < end {
+        for w in registry.snapshot() {
+            assert!(
+                w.sent_lsn <= c.flushed(),
+                "an asynchronous standby was sent WAL up to {}, past the primary's flush {}",
+                w.sent_lsn,
+                c.flushed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.flushed(), before, "the primary flushed while held");
+    c.io.hold_syncs(false);
+    assert_eq!(set.join().unwrap().unwrap(), "OK");
+    let flushed = c.flushed();
+    wait_for("the flushed WAL on the standby", DEADLINE, || {
+        (slave_field(&c.url(), "write_lsn")? >= flushed).then_some(())
+    });
+    wait_for("the write on the standby", DEADLINE, || {
+        get(&c.standby.url(), "k")
+    });
 }
 
 /// Writers with unique keys at `remote_apply` (acknowledged writes are

@@ -149,6 +149,20 @@ impl PgAnchor {
         Ok(())
     }
 
+    /// Wait (at most a minute) until a standby streams from this server.
+    pub fn wait_streaming(&self) -> Result<(), BenchError> {
+        let sql = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'";
+        for _ in 0..300 {
+            if self.psql(&[sql])? != "0" {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(BenchError::Anchor(
+            "PostgreSQL: no standby streaming after 60 s".into(),
+        ))
+    }
+
     /// CHECKPOINT, then pgbench with `clients` for `seconds` over the
     /// Unix socket.
     pub fn pgbench(&self, clients: u32, seconds: u64) -> Result<LoadResult, BenchError> {

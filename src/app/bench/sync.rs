@@ -5,7 +5,11 @@
 //! phase of a shared machine's disk and CPU.
 //!
 //! A primary with `synchronous_standby_names = standby1` and a standby
-//! from `walrep basebackup -R`; both are restarted for each level. `on`
+//! from `walrep basebackup -R`; both are restarted for each level.
+//! `local` runs twice, with no standby and with the standby attached as
+//! an asynchronous one, and PostgreSQL's `local` is measured the same two
+//! ways in a cluster of this scenario (02_pgbench.sh has no standby at
+//! `local`). `on`
 //! runs twice: with the standby asking for WAL while the primary flushes
 //! it (the default) and with `wal_receiver_unflushed = off` (flushed WAL
 //! only, as PostgreSQL), beside the same PostgreSQL cell. Per level and
@@ -28,37 +32,68 @@ use super::anchors;
 use super::cluster::{self, parse_slave_line, Node};
 use super::figures::{Better, Figure};
 use super::loadgen::{self, Load};
+use super::pg::PgAnchor;
 use super::scenario::Ctx;
 use super::BenchError;
 
 /// The targets.
 pub const TARGET_ONE_CLIENT_FLOOR_RATIO: f64 = 0.80;
 pub const TARGET_64_CLIENTS_ON: f64 = 48_000.0;
-/// What one walrep run varies: the level, in walrep's names, with
-/// PostgreSQL's configuration in 02_pgbench.sh (`a_lone` off and `b_lone`
-/// on have no standby there), and whether the standby asks for WAL while
-/// the primary flushes it (`wal_receiver_unflushed`, walrep's default).
-/// `on` is run both ways: what transmit-while-flushing buys, beside the
-/// same PostgreSQL cell.
+/// What one walrep run varies: the level, in walrep's names; where its
+/// PostgreSQL cell comes from; whether a standby is attached and listed
+/// as synchronous; and whether the standby asks for WAL while the primary
+/// flushes it (`wal_receiver_unflushed`, walrep's default). `on` is run
+/// both ways: what transmit-while-flushing buys, beside the same
+/// PostgreSQL cell. `local` is run with no standby and with one
+/// asynchronous standby attached (streaming, not in
+/// `synchronous_standby_names`), each beside PostgreSQL in the same shape.
 struct Variant {
     level: &'static str,
-    pg_config: &'static str,
-    pg_level: &'static str,
+    pg: PgCell,
+    standby: Standby,
     unflushed: bool,
+}
+
+/// Where a variant's PostgreSQL cell comes from.
+#[derive(Clone, Copy, PartialEq)]
+enum PgCell {
+    /// 02_pgbench.sh's (config, synchronous_commit) row.
+    Script(&'static str, &'static str),
+    /// This scenario's own PostgreSQL at `synchronous_commit=local`, with
+    /// no standby or with one streaming asynchronous standby.
+    Local(Standby),
+}
+
+/// The standby of a run.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Standby {
+    None,
+    Async,
+    Sync,
 }
 
 const fn v(level: &'static str, pg_config: &'static str, pg_level: &'static str) -> Variant {
     Variant {
         level,
-        pg_config,
-        pg_level,
+        pg: PgCell::Script(pg_config, pg_level),
+        standby: Standby::Sync,
         unflushed: true,
     }
 }
 
-const VARIANTS: [Variant; 6] = [
+const fn local(standby: Standby) -> Variant {
+    Variant {
+        level: "local",
+        pg: PgCell::Local(standby),
+        standby,
+        unflushed: true,
+    }
+}
+
+const VARIANTS: [Variant; 7] = [
     v("off", "a_lone", "off"),
-    v("local", "b_lone", "on"),
+    local(Standby::None),
+    local(Standby::Async),
     v("remote_write", "c_sync", "remote_write"),
     v("on", "d_sync", "on"),
     Variant {
@@ -99,7 +134,7 @@ struct Cell {
 
 pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
     println!(
-        "\n== sync: primary + 1 synchronous standby, levels off/local/remote_write/on/remote_apply (and on without wal_receiver_unflushed), clients {:?}, {} s per run, PostgreSQL after each rep",
+        "\n== sync: primary + 1 synchronous standby, levels off/local/remote_write/on/remote_apply (and local with no standby and with an async one, on without wal_receiver_unflushed), clients {:?}, {} s per run, PostgreSQL after each rep",
         ctx.args.clients, ctx.args.seconds
     );
     let dir = ctx.subdir("sync")?;
@@ -112,6 +147,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
         // Interleaved, so that both see the same phase of a shared machine.
         if let Some(anchors_dir) = ctx.args.anchors.clone() {
             postgres(ctx, &anchors_dir, rep, &mut cells)?;
+            postgres_local(ctx, &anchors_dir, rep, &mut cells)?;
         }
     }
     floor_figure(ctx, &floor_inputs);
@@ -131,16 +167,21 @@ fn walrep_rep(
 ) -> Result<(), BenchError> {
     let pdir = dir.join("primary");
     let sdir = dir.join("standby");
-    let mut primary = start_primary(ctx, &pdir, "on")?;
+    let mut primary = start_primary(ctx, &pdir, &VARIANTS[4])?;
     if !sdir.exists() {
         cluster::basebackup(&ctx.exe, primary.repl_port, &sdir, "standby1")?;
     }
     for variant in &VARIANTS {
         primary.stop();
-        primary = start_primary(ctx, &pdir, variant.level)?;
+        primary = start_primary(ctx, &pdir, variant)?;
         // Each run gets a standby pointed at the new primary's port.
-        let standby = start_standby(ctx, &sdir, &primary, variant.unflushed)?;
-        wait_sync(&primary)?;
+        let standby = match variant.standby {
+            Standby::None => None,
+            Standby::Async | Standby::Sync => {
+                Some(start_standby(ctx, &sdir, &primary, variant.unflushed)?)
+            }
+        };
+        wait_standby(&primary, variant.standby)?;
         for c in cells
             .iter_mut()
             .filter(|c| std::ptr::eq(c.variant, variant))
@@ -160,7 +201,9 @@ fn walrep_rep(
                 floor_inputs.push((f0, f1, loopback_rtt_us()?, r.0.rps));
             }
         }
-        standby.stop();
+        if let Some(s) = standby {
+            s.stop();
+        }
     }
     primary.stop();
     Ok(())
@@ -168,10 +211,11 @@ fn walrep_rep(
 
 /// How a variant is named in figures and progress lines.
 fn label(v: &Variant) -> String {
-    if v.unflushed {
-        v.level.to_string()
-    } else {
-        format!("{} (wal_receiver_unflushed=off)", v.level)
+    match (v.standby, v.unflushed) {
+        (Standby::None, _) => format!("{} (no standby)", v.level),
+        (Standby::Async, _) => format!("{} (async standby attached)", v.level),
+        (Standby::Sync, true) => v.level.to_string(),
+        (Standby::Sync, false) => format!("{} (wal_receiver_unflushed=off)", v.level),
     }
 }
 
@@ -180,9 +224,10 @@ fn cells(clients: &[u32]) -> Vec<Cell> {
     for variant in &VARIANTS {
         let level = variant.level;
         for &n in clients {
+            // anchors.md measured `local` on a lone primary only.
             let anchor = PG_ANCHORS
                 .iter()
-                .find(|a| a.0 == level && a.1 == n)
+                .find(|a| a.0 == level && a.1 == n && variant.standby != Standby::Async)
                 .copied();
             let l = label(variant);
             let name = |what: &str| format!("{what}, synchronous_commit={l}, {n} clients");
@@ -210,13 +255,17 @@ fn cells(clients: &[u32]) -> Vec<Cell> {
     out
 }
 
-fn start_primary(ctx: &Ctx<'_>, pdir: &std::path::Path, level: &str) -> Result<Node, BenchError> {
+fn start_primary(ctx: &Ctx<'_>, pdir: &std::path::Path, v: &Variant) -> Result<Node, BenchError> {
+    let names = match v.standby {
+        Standby::Sync => "standby1",
+        Standby::None | Standby::Async => "",
+    };
     Node::start(
         &ctx.exe,
         pdir,
         &[
-            format!("synchronous_commit={level}"),
-            "synchronous_standby_names=standby1".into(),
+            format!("synchronous_commit={}", v.level),
+            format!("synchronous_standby_names={names}"),
         ],
     )
 }
@@ -241,18 +290,34 @@ fn start_standby(
     )
 }
 
+/// Wait until the primary lists the standby as streaming (and `sync` if
+/// it is to be synchronous).
+fn wait_standby(primary: &Node, standby: Standby) -> Result<(), BenchError> {
+    match standby {
+        Standby::None => Ok(()),
+        Standby::Sync => wait_sync(primary),
+        Standby::Async => wait_state(primary, "async"),
+    }
+}
+
 /// Wait until the primary lists the standby as streaming and `sync`.
 pub(crate) fn wait_sync(primary: &Node) -> Result<(), BenchError> {
+    wait_state(primary, "sync")
+}
+
+/// Wait until the primary lists the standby as streaming, `sync_state`
+/// `state`.
+fn wait_state(primary: &Node, state: &str) -> Result<(), BenchError> {
     let mut c = primary.connect()?;
     cluster::wait_for(
-        "the standby to be synchronous",
+        "the standby to be streaming",
         Duration::from_secs(120),
         Duration::from_millis(20),
         || {
             let info = c.info("replication")?;
             Ok(info.get("slave0").and_then(|l| {
                 let s = parse_slave_line(l);
-                (s.get("sync_state").map(String::as_str) == Some("sync")
+                (s.get("sync_state").map(String::as_str) == Some(state)
                     && s.get("walsender_state").map(String::as_str) == Some("streaming"))
                 .then_some(())
             }))
@@ -388,10 +453,21 @@ fn postgres(
     )?;
     ctx.probe(&format!("after PostgreSQL 02_pgbench.sh rep {rep}"), false)?;
     let pg = anchors::pg_commits(&run.results)?;
+    // `local` is measured in this scenario's own cluster (beside an
+    // attached standby too); the script's lone-primary cell is printed.
+    for r in pg.rows.iter().filter(|r| r.config == "b_lone") {
+        println!(
+            "  PostgreSQL local (02_pgbench.sh b_lone, no standby) {} clients rep {rep}: {:.0}/s mean {:.3} ms p99 {:.3} ms",
+            r.clients, r.tps, r.mean_ms, r.p99_ms
+        );
+    }
     for c in cells.iter_mut() {
         let v = c.variant;
+        let PgCell::Script(config, level) = v.pg else {
+            continue;
+        };
         for r in pg.rows.iter().filter(|r| {
-            r.config == v.pg_config && r.synchronous_commit == v.pg_level && r.clients == c.clients
+            r.config == config && r.synchronous_commit == level && r.clients == c.clients
         }) {
             println!(
                 "  PostgreSQL {} {} clients rep {rep}: {:.0}/s mean {:.3} ms p99 {:.3} ms",
@@ -406,5 +482,46 @@ fn postgres(
             c.p99.pg_same_run.push(r.p99_ms);
         }
     }
+    Ok(())
+}
+
+/// PostgreSQL 15 at `synchronous_commit=local` in this scenario's own
+/// cluster (02_pgbench.sh measures `local` only on a lone primary): a
+/// fresh primary, pgbench alone, then with one streaming asynchronous
+/// standby (pg_basebackup -R, not in `synchronous_standby_names`), the
+/// same clients and seconds, right after walrep's repetition `rep`.
+fn postgres_local(
+    ctx: &mut Ctx<'_>,
+    anchors_dir: &std::path::Path,
+    rep: u32,
+    cells: &mut [Cell],
+) -> Result<(), BenchError> {
+    let base = ctx.anchors_base(&format!("pg-local-{rep}"))?;
+    let primary = PgAnchor::start(&base.join("primary"), anchors_dir)?;
+    primary.set_synchronous_commit("local")?;
+    let mut standby = None;
+    for attached in [Standby::None, Standby::Async] {
+        if attached == Standby::Async {
+            let s = primary.standby_of(primary.port(), &base.join("standby"))?;
+            primary.wait_streaming()?;
+            standby = Some(s);
+        }
+        for c in cells
+            .iter_mut()
+            .filter(|c| c.variant.pg == PgCell::Local(attached))
+        {
+            let label = format!("{} {} clients rep {rep}", label(c.variant), c.clients);
+            ctx.probe(&format!("before PostgreSQL {label}"), false)?;
+            let r = primary.pgbench(c.clients, ctx.args.seconds)?;
+            println!(
+                "  PostgreSQL {label}: {:.0}/s mean {:.3} ms p99 {:.3} ms",
+                r.rps, r.mean_ms, r.p99_ms
+            );
+            c.rps.pg_same_run.push(r.rps);
+            c.mean.pg_same_run.push(r.mean_ms);
+            c.p99.pg_same_run.push(r.p99_ms);
+        }
+    }
+    drop(standby);
     Ok(())
 }

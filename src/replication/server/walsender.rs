@@ -3,11 +3,15 @@
 //! PostgreSQL does) and only up to the source's flush point; wakes when the
 //! source flushes more (a token of its flush subscription), when the
 //! client sends something, or when a keepalive or timeout is due.
-//! A walrep standby that asked for it (`walrep.receive_unflushed`) is sent
-//! WAL up to the source's written position instead, in parallel with the
-//! source's fdatasync: every message carries the flush position as
-//! `walEnd`, and a keepalive tells the new one as soon as it passes what
-//! that standby was told, so it can expose (and apply) the WAL.
+//! A walrep standby that asked for it (`walrep.receive_unflushed`) is told
+//! the flush position as `walEnd` in every message, and a keepalive tells
+//! the new one as soon as it passes what that standby was told, so it can
+//! expose (and apply) the WAL. While commits here may wait for it (a
+//! candidate synchronous standby) it is sent WAL up to the source's
+//! written position, in parallel with the source's fdatasync; otherwise
+//! (an asynchronous standby) only flushed WAL, as PostgreSQL: one wake-up
+//! and one message per flush instead of two, and no wake-up of this
+//! thread on the writer's path between its write and its fdatasync.
 //! A walrep standby that reports its apply position on request
 //! (`walrep.apply_feedback`) is flagged a keepalive whenever a commit here
 //! waits for its apply position (`remote_apply`), up to the flush
@@ -43,6 +47,11 @@ pub const XLOG_BLCKSZ: u64 = 8192;
 pub const MAX_SEND_SIZE: u64 = XLOG_BLCKSZ * 16;
 /// Longest idle wait when no keepalive is due (wal_sender_timeout off).
 const IDLE_WAIT: Duration = Duration::from_secs(10);
+/// How often a walsender of a walrep standby looks again whether commits
+/// may wait for it (`synchronous_standby_names` reloaded): sending written
+/// or only flushed WAL is a matter of speed, not of safety, so a reload
+/// may take this long to change it.
+const EARLY_REVIEW_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Which timeline is streamed and, for a historic one, where it ends.
 #[derive(Debug, Clone, Copy)]
@@ -219,12 +228,19 @@ struct Streamer<'a, S: ReplicationSource> {
     reported: StandbyStatusUpdate,
     /// One CopyData(XLogData) frame, reused.
     frame: Vec<u8>,
-    /// A token whenever the source's flush point (and, for a walrep
-    /// standby, its written position) may have moved.
+    /// A token whenever the source's flush point (and, while `early`, its
+    /// written position) may have moved.
     flushed: Subscription,
-    /// Send WAL up to the written position, not the flush point (the
-    /// session's `receive_unflushed`).
+    /// The client honours `walEnd` as the source's flush position (the
+    /// session's `receive_unflushed`): it may be sent WAL early.
+    unflushed_ok: bool,
+    /// Send WAL up to the written position, not the flush point: while
+    /// `unflushed_ok` and commits here may wait for this standby.
     early: bool,
+    /// The client's `application_name` (whether commits wait for it).
+    application_name: String,
+    /// When to look again whether to send early.
+    early_review_at: Instant,
     /// The flush position last told the client (`walEnd`): a walrep
     /// standby exposes nothing past it.
     told_flush: Lsn,
@@ -244,18 +260,15 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         slot: Option<String>,
     ) -> Self {
         // Before the first look at the flush point (in `send_some`).
-        let early = s.receive_unflushed;
+        let unflushed_ok = s.receive_unflushed;
+        let application_name = s
+            .handle
+            .status()
+            .map(|st| st.application_name)
+            .unwrap_or_default();
+        let early = unflushed_ok && commits_may_wait_for(&*src, &application_name);
         let apply_on_request = s.apply_feedback_on_request;
-        let flushed = if early {
-            src.subscribe_written()
-        } else {
-            src.subscribe_flush()
-        };
-        if apply_on_request {
-            src.also_apply_wanted(&flushed);
-        }
-        // This thread waits by parking (see `Streamer::wait`).
-        flushed.unpark_on_change();
+        let flushed = subscribe(&*src, early, apply_on_request);
         s.handle.set_state(WalSenderState::Catchup);
         s.handle.set_cascading(src.in_recovery());
         s.handle.set_sent(start);
@@ -280,7 +293,10 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             },
             frame: Vec::with_capacity(5 + XLOGDATA_HEADER_LEN + MAX_SEND_SIZE as usize),
             flushed,
+            unflushed_ok,
             early,
+            application_name,
+            early_review_at: Instant::now() + EARLY_REVIEW_INTERVAL,
             told_flush: Lsn::INVALID,
             apply_on_request,
             apply_asked: Lsn::INVALID,
@@ -303,6 +319,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
                 self.s.status_wake.set_every(true);
             }
             if !self.done_sending {
+                self.review_early();
                 self.check_slot()?;
                 self.follow_timeline_switch()?;
                 self.send_some()?;
@@ -321,6 +338,30 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             if self.caught_up || self.done_sending {
                 self.wait()?;
             }
+        }
+    }
+
+    /// Every [`EARLY_REVIEW_INTERVAL`]: send written WAL only while commits
+    /// may wait for this standby, and be woken by writes only then.
+    /// Either way every message's `walEnd` is the flush position, so
+    /// switching is safe at any point (what was sent early is told
+    /// durable by the keepalive of [`Streamer::tell_flush`]).
+    fn review_early(&mut self) {
+        if !self.unflushed_ok {
+            return;
+        }
+        let now = Instant::now();
+        if now < self.early_review_at {
+            return;
+        }
+        self.early_review_at = now + EARLY_REVIEW_INTERVAL;
+        let early = commits_may_wait_for(&*self.src, &self.application_name);
+        if early != self.early {
+            tracing::debug!(early, "walsender: sending written WAL changed");
+            self.early = early;
+            // Subscribed before the next look at the positions (the loop
+            // goes on to `send_some`), so no move is missed.
+            self.flushed = subscribe(&*self.src, early, self.apply_on_request);
         }
     }
 
@@ -442,7 +483,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
     /// the flush moved: tell it at once (a keepalive), so it exposes and
     /// applies what is durable here (`remote_apply` commits wait on this).
     fn tell_flush(&mut self, flush: Lsn) -> Result<(), Failure> {
-        if self.early && self.told_flush < self.sent && flush > self.told_flush {
+        if self.unflushed_ok && self.told_flush < self.sent && flush > self.told_flush {
             self.keepalive(false)?;
         }
         Ok(())
@@ -471,7 +512,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
     /// standby sent WAL early the flush position (its exposure limit).
     fn wal_end_now(&self) -> Lsn {
         match self.plan.valid_upto {
-            None if self.early => self.src.flush_point().lsn,
+            None if self.unflushed_ok => self.src.flush_point().lsn,
             _ => self.sent,
         }
     }
@@ -674,6 +715,29 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         }
         at.saturating_duration_since(Instant::now())
     }
+}
+
+/// Whether commits of `src` may wait for the standby `application_name`:
+/// a primary's candidate synchronous standby (the same test that lets it
+/// report its apply position only on request).
+fn commits_may_wait_for<S: ReplicationSource>(src: &S, application_name: &str) -> bool {
+    src.apply_feedback_on_request(application_name)
+}
+
+/// What wakes a walsender: every flush, and with `early` every write; with
+/// `apply_on_request` every rise of the apply position commits wait for.
+/// It waits by parking (see `Streamer::wait`).
+fn subscribe<S: ReplicationSource>(src: &S, early: bool, apply_on_request: bool) -> Subscription {
+    let sub = if early {
+        src.subscribe_written()
+    } else {
+        src.subscribe_flush()
+    };
+    if apply_on_request {
+        src.also_apply_wanted(&sub);
+    }
+    sub.unpark_on_change();
+    sub
 }
 
 fn protocol_violation(msg: &str) -> Failure {
