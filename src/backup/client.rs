@@ -547,12 +547,14 @@ fn take(
     // that did not check or what changed since.
     let (early_tx, early_rx) = crossbeam_channel::bounded(super::earlycheck::QUEUE);
     written.feed_early_check(early_tx);
+    let early_stop = AtomicBool::new(false);
     let ((extracted, received, end, tli), early) = std::thread::scope(|scope| {
         let dir = &opts.datadir;
-        let early_job = scope.spawn(move || super::earlycheck::run(dir, early_rx));
+        let stop = &early_stop;
+        let early_job = scope.spawn(move || super::earlycheck::run(dir, early_rx, stop));
         // However the copy ends, the early check's thread is told to end
         // before the scope waits for it.
-        let _stop = StopEarlyCheck(&written);
+        let _stop = StopEarlyCheck(&written, &early_stop);
         let wal_job = fetch_wal_apart.then(|| {
             let fetch = WalFetch {
                 storage: &*opts.storage,
@@ -633,6 +635,8 @@ fn take(
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
         }
+        // The files still queued are read by the end check's threads.
+        early_stop.store(true, Ordering::Relaxed);
         written.stop_early_check();
         let early = early_job.join().unwrap_or_default();
         let mut total = leader?;
@@ -715,10 +719,11 @@ fn take(
 }
 
 /// Ends a copy's early check when dropped (however the copy ends).
-struct StopEarlyCheck<'a>(&'a WrittenFiles);
+struct StopEarlyCheck<'a>(&'a WrittenFiles, &'a AtomicBool);
 
 impl Drop for StopEarlyCheck<'_> {
     fn drop(&mut self) {
+        self.1.store(true, Ordering::Relaxed);
         self.0.stop_early_check();
     }
 }

@@ -27,6 +27,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::manifest::{compare_listed, ChecksumKind, ListedFile};
 use super::written::FileEntry;
@@ -120,12 +121,21 @@ impl EarlyChecks {
     }
 }
 
-/// Check each file `entries` hands over (until every sender is gone) in
-/// the copy in `dir`; returns those that matched.
-pub(crate) fn run(dir: &Path, entries: crossbeam_channel::Receiver<FileEntry>) -> EarlyChecks {
+/// Check each file `entries` hands over in the copy in `dir`, until
+/// every sender is gone or `stop` is set (the jobs are done: what is
+/// still queued is left to the end check, which reads on every core);
+/// returns those that matched.
+pub(crate) fn run(
+    dir: &Path,
+    entries: crossbeam_channel::Receiver<FileEntry>,
+    stop: &AtomicBool,
+) -> EarlyChecks {
     let mut found = EarlyChecks::default();
     let mut buf = Vec::new();
     for e in entries {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         if let Some(c) = check_one(dir, &e, &mut buf) {
             found.by_path.insert(e.path, c);
         }
@@ -221,7 +231,7 @@ mod tests {
             tx.send(e).unwrap();
         }
         drop(tx);
-        run(dir, rx)
+        run(dir, rx, &AtomicBool::new(false))
     }
 
     #[test]
