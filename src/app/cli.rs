@@ -909,8 +909,9 @@ fn basebackup(
         );
     }
     println!(
-        "walrep: backup_manifest lists {} files, each read back and checked (pg_verifybackup -n {} checks it too)",
+        "walrep: backup_manifest lists {} files, each read back and checked ({} as soon as written, while the copy went on; pg_verifybackup -n {} checks it too)",
         s.manifest_files,
+        s.manifest_files_early,
         opts.datadir.display()
     );
     if let Some(slot) = &s.slot {

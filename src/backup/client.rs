@@ -130,6 +130,9 @@ pub struct BasebackupSummary {
     /// Files listed in the copy's `backup_manifest`, each read back and
     /// checked against it.
     pub manifest_files: u64,
+    /// Of those, the files read back as soon as they were written (while
+    /// the other jobs copied) and found unchanged at the end.
+    pub manifest_files_early: u64,
 }
 
 /// The wall time of a backup's steps, one after another.
@@ -539,7 +542,19 @@ fn take(
     let failed = AtomicBool::new(false);
     // Each job says on it when it ends (returns, fails or panics).
     let (ended_tx, ended_rx) = crossbeam_channel::bounded::<()>(MAX_JOBS as usize + 1);
-    let (extracted, received, end, tli) = std::thread::scope(|scope| {
+    // Each large file is read back on its own thread as soon as it is
+    // written, while the jobs copy; the end check then reads only what
+    // that did not check or what changed since.
+    let (early_tx, early_rx) = crossbeam_channel::bounded(super::earlycheck::QUEUE);
+    written.feed_early_check(early_tx);
+    let early_stop = AtomicBool::new(false);
+    let ((extracted, received, end, tli), early) = std::thread::scope(|scope| {
+        let dir = &opts.datadir;
+        let stop = &early_stop;
+        let early_job = scope.spawn(move || super::earlycheck::run(dir, early_rx, stop));
+        // However the copy ends, the early check's thread is told to end
+        // before the scope waits for it.
+        let _stop = StopEarlyCheck(&written, &early_stop);
         let wal_job = fetch_wal_apart.then(|| {
             let fetch = WalFetch {
                 storage: &*opts.storage,
@@ -620,6 +635,10 @@ fn take(
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
         }
+        // The files still queued are read by the end check's threads.
+        early_stop.store(true, Ordering::Relaxed);
+        written.stop_early_check();
+        let early = early_job.join().unwrap_or_default();
         let mut total = leader?;
         if let Some(wal) = wal_job {
             wal.join()
@@ -632,7 +651,7 @@ fn take(
             total.0.add(&x);
             total.1 += r;
         }
-        Ok(total)
+        Ok((total, early))
     })?;
     let received_bytes = per_job
         .iter()
@@ -661,7 +680,7 @@ fn take(
         record_kept_phase_one(opts, &written)?;
     }
     flags.end_check.store(true, Ordering::SeqCst);
-    let checked = write_manifest(opts, &written, tli, start.start, end)?;
+    let checked = write_manifest(opts, &written, tli, start.start, end, &early)?;
     let end_checked = Instant::now();
     let verified =
         verify::verify_checked(&opts.datadir, &expected, !opts.two_phase, &checked.chunks)?;
@@ -695,7 +714,18 @@ fn take(
         resumed_wal_segments: plan.map_or(0, |p| p.kept_wal_segments),
         resumed_mismatched: plan.map_or(0, |p| p.mismatched),
         manifest_files: checked.files.files,
+        manifest_files_early: checked.early_files,
     })
+}
+
+/// Ends a copy's early check when dropped (however the copy ends).
+struct StopEarlyCheck<'a>(&'a WrittenFiles, &'a AtomicBool);
+
+impl Drop for StopEarlyCheck<'_> {
+    fn drop(&mut self) {
+        self.1.store(true, Ordering::Relaxed);
+        self.0.stop_early_check();
+    }
 }
 
 /// The copy's `backup_manifest`, once every file is written and durable
@@ -711,6 +741,7 @@ fn write_manifest(
     tli: TimelineId,
     start: Lsn,
     end: Lsn,
+    early: &super::earlycheck::EarlyChecks,
 ) -> Result<EndCheck, BasebackupError> {
     let storage = &*opts.storage;
     let path = opts.datadir.join(MANIFEST_FILE);
@@ -724,11 +755,12 @@ fn write_manifest(
     let manifest = super::manifest::parse(&bytes)?;
     // Its errors are the verification's to report, after the files'.
     let control = crate::store::ControlFile::read(&opts.datadir).ok();
-    let checked =
-        endcheck::check(&opts.datadir, &manifest, control.as_ref()).map_err(|e| match e {
+    let checked = endcheck::check(&opts.datadir, &manifest, control.as_ref(), early).map_err(
+        |e| match e {
             EndCheckError::Manifest(e) => BasebackupError::ManifestMismatch(e),
             EndCheckError::Verify(e) => BasebackupError::Verify(e),
-        })?;
+        },
+    )?;
     crate::storage::durable_remove(storage, &opts.datadir.join(PARTIAL_MANIFEST_FILE))
         .map_err(WrittenError::from)?;
     Ok(checked)

@@ -5,7 +5,9 @@
 //! the same read (its own CRC, header and entries, what
 //! [`super::verify`] checks of a snapshot). The files are shared out
 //! among a few threads, largest first, so the copy is read once (not once
-//! per check) and on every core.
+//! per check) and on every core. A file the early check (the
+//! `earlycheck` module) already read back against the same entry, and
+//! that has not changed since, is not read again.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -13,6 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use super::earlycheck::EarlyChecks;
 use super::manifest::{
     checksum_file_with, compare_listed, stat_listed, CheckedFiles, ListedFile, ManifestError,
     ParsedManifest,
@@ -35,6 +38,9 @@ pub(crate) struct EndCheck {
     pub files: CheckedFiles,
     /// The snapshot chunks checked, with their keys.
     pub chunks: CheckedChunks,
+    /// Of `files`, those read back early (as soon as written) and found
+    /// unchanged, not read again.
+    pub early_files: u64,
 }
 
 /// Why the copy failed its end check.
@@ -50,13 +56,15 @@ pub(crate) enum EndCheckError {
 
 /// Check every file `manifest` lists in the copy in `dir`. `control` is
 /// the copy's control file when it could be read: the chunks of the
-/// snapshot it names are checked as chunks too. The error reported is
-/// that of the first bad file in the manifest's order, as a file-by-file
-/// check would report it.
+/// snapshot it names are checked as chunks too. `early`: the files read
+/// back as they were written (those unchanged since are not read again).
+/// The error reported is that of the first bad file in the manifest's
+/// order, as a file-by-file check would report it.
 pub(crate) fn check(
     dir: &Path,
     manifest: &ParsedManifest,
     control: Option<&ControlFile>,
+    early: &EarlyChecks,
 ) -> Result<EndCheck, EndCheckError> {
     let chunks = control.map(chunk_paths).unwrap_or_default();
     let mut order: Vec<usize> = (0..manifest.files.len()).collect();
@@ -81,9 +89,15 @@ pub(crate) fn check(
                     };
                     let f = &manifest.files[i];
                     let chunk = chunks.get(f.path.as_str()).copied();
-                    match check_file(dir, f, chunk.zip(control), &mut buf) {
+                    let accepted = early.accepted(dir, f, chunk.zip(control));
+                    let checked = match accepted {
+                        Some(keys) => Ok(keys),
+                        None => check_file(dir, f, chunk.zip(control), &mut buf),
+                    };
+                    match checked {
                         Ok(keys) => {
                             let mut found = found.lock().unwrap_or_else(|p| p.into_inner());
+                            found.early_files += u64::from(accepted.is_some());
                             found.files.files += 1;
                             found.files.bytes += f.size;
                             if let Some((n, k)) = chunk.zip(keys) {
@@ -206,13 +220,17 @@ mod tests {
             .map(|(p, b)| (p.as_str(), b.as_slice()))
             .collect();
         let m = manifest_of(d.path(), &listed);
-        let found = check(d.path(), &m, Some(&control)).unwrap();
+        let found = check(d.path(), &m, Some(&control), &EarlyChecks::default()).unwrap();
         assert_eq!(found.files.files, 4);
         assert_eq!(found.chunks.checkpoint_id, 7);
         assert_eq!(found.chunks.keys.len(), 3);
         assert_eq!(found.chunks.keys.values().sum::<u64>(), 300);
         // Without the control file the chunks are only checked as files.
-        assert!(check(d.path(), &m, None).unwrap().chunks.keys.is_empty());
+        assert!(check(d.path(), &m, None, &EarlyChecks::default())
+            .unwrap()
+            .chunks
+            .keys
+            .is_empty());
         // A chunk that matches its manifest entry but not its own CRC.
         let mut bad = chunks[1].1.clone();
         let mid = bad.len() / 2;
@@ -223,7 +241,7 @@ mod tests {
             .map(|(p, b)| (p.as_str(), b.as_slice()))
             .collect();
         let m = manifest_of(d.path(), &listed);
-        let e = check(d.path(), &m, Some(&control)).unwrap_err();
+        let e = check(d.path(), &m, Some(&control), &EarlyChecks::default()).unwrap_err();
         assert!(
             matches!(e, EndCheckError::Verify(VerifyError::Chunk { .. })),
             "{e}"
@@ -243,7 +261,7 @@ mod tests {
             .map(|(p, b)| (p.as_str(), b.as_slice()))
             .collect();
         let m = manifest_of(d.path(), &listed);
-        let found = check(d.path(), &m, None).unwrap();
+        let found = check(d.path(), &m, None, &EarlyChecks::default()).unwrap();
         assert_eq!(found.files.files, 9);
         let total: usize = files.iter().map(|(_, b)| b.len()).sum();
         assert_eq!(found.files.bytes, total as u64);
@@ -254,13 +272,13 @@ mod tests {
             b[100] ^= 1;
             std::fs::write(&path, b).unwrap();
         }
-        let e = check(d.path(), &m, None).unwrap_err();
+        let e = check(d.path(), &m, None, &EarlyChecks::default()).unwrap_err();
         assert!(
             e.to_string().contains("checksum mismatch for \"d/f2\""),
             "{e}"
         );
         std::fs::remove_file(d.path().join("d/f0")).unwrap();
-        let e = check(d.path(), &m, None).unwrap_err();
+        let e = check(d.path(), &m, None, &EarlyChecks::default()).unwrap_err();
         assert!(
             e.to_string()
                 .contains("\"d/f0\" is in backup_manifest but not in the copy"),

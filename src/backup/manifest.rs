@@ -571,7 +571,7 @@ mod tests {
         std::fs::create_dir(d.path().join("d")).unwrap();
         std::fs::write(d.path().join("d/b"), b"").unwrap();
         let check_files = |d: &std::path::Path, m: &ParsedManifest| {
-            super::super::endcheck::check(d, m, None).map(|c| c.files)
+            super::super::endcheck::check(d, m, None, &Default::default()).map(|c| c.files)
         };
         assert_eq!(
             check_files(d.path(), &m).unwrap(),

@@ -16,8 +16,11 @@
 //! - [`server`]: the node's BASE_BACKUP.
 //! - [`standby_backup`]: the end of a backup taken from a standby.
 //! - [`extract`]: safe extraction of the archive stream into a directory.
-//! - `endcheck`: the copy read back once against its manifest before it
-//!   is marked complete.
+//! - `earlycheck`: each large file read back as soon as it is written,
+//!   while the other jobs copy.
+//! - `endcheck`: the copy checked against its manifest before it is
+//!   marked complete (each file read back unless checked early and
+//!   unchanged since).
 //! - [`verify`]: checks of a copied data directory.
 //! - [`standby_config`]: `standby.signal` and `primary_conninfo` (`-R`).
 //! - `walfetch`: a parallel backup's WAL, by WAL_RANGE during the copy.
@@ -26,6 +29,7 @@
 
 pub mod client;
 pub(crate) mod crc32c;
+pub(crate) mod earlycheck;
 pub(crate) mod endcheck;
 pub mod extract;
 pub(crate) mod label;

@@ -99,6 +99,9 @@ fn mtime_of(path: &Path) -> u64 {
 /// The files written so far, shared by every job of one copy.
 pub(crate) struct WrittenFiles {
     inner: Mutex<Ledger>,
+    /// Where each large file recorded is handed to be read back at once
+    /// (see the `earlycheck` module), while a copy's jobs run.
+    early: Mutex<Option<crossbeam_channel::Sender<FileEntry>>>,
 }
 
 struct Ledger {
@@ -139,7 +142,21 @@ impl WrittenFiles {
         let entries = kept.into_iter().map(|e| (e.path.clone(), e)).collect();
         Ok(WrittenFiles {
             inner: Mutex::new(Ledger { entries, journal }),
+            early: Mutex::new(None),
         })
+    }
+
+    /// Hand each file of at least [`super::earlycheck::MIN_BYTES`]
+    /// recorded from now on to `to` (dropped when the queue is full: the
+    /// end check reads that file instead).
+    pub fn feed_early_check(&self, to: crossbeam_channel::Sender<FileEntry>) {
+        *self.early.lock().unwrap_or_else(|p| p.into_inner()) = Some(to);
+    }
+
+    /// No more files for the early check (its thread ends once it has
+    /// read those queued).
+    pub fn stop_early_check(&self) {
+        self.early.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// `rel` was written: `size` bytes with CRC-32C `crc32c`.
@@ -151,6 +168,12 @@ impl WrittenFiles {
             .write_at(&j.file, &j.path, j.offset, line.as_bytes())
             .map_err(StorageError::at("write", &j.path))?;
         j.offset += line.len() as u64;
+        if entry.size >= super::earlycheck::MIN_BYTES {
+            if let Some(to) = &*self.early.lock().unwrap_or_else(|p| p.into_inner()) {
+                // Never a wait: a file not queued is read at the end.
+                let _ = to.try_send(entry.clone());
+            }
+        }
         l.entries.insert(entry.path.clone(), entry);
         Ok(())
     }

@@ -1,8 +1,10 @@
 //! The `backup` scenario: `walrep basebackup` MB/s with `--jobs` 1, 2 and
 //! 4 of one primary's data, and a two-phase copy's time from the start of
 //! `walrep basebackup --two-phase` to the new standby's first flush report
-//! upstream, for 100 MB and for `--backup-mb` of data (PostgreSQL's
-//! standby can report nothing before its whole copy is done). With
+//! upstream (its walsender catching up or streaming; when it is caught
+//! up, `streaming`, is noted beside it), for 100 MB and for `--backup-mb`
+//! of data (PostgreSQL's standby can report nothing before its whole
+//! copy is done). With
 //! `--anchors`, pg_basebackup of a PostgreSQL 15 database of the same size
 //! in the same run is the reference of the `--jobs` figures. Before each
 //! `--jobs N` copy, the copy floor ([`super::copyfloor`]) moves the same
@@ -129,8 +131,11 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
             }
         }
         ctx.probe(&format!("before two-phase {mb} MB"), false)?;
-        let (phase1_ms, flush_ms) = two_phase_first_flush(ctx, &primary, &dir, mb)?;
-        println!("  two-phase {mb} MB: phase 1 in {phase1_ms:.0} ms, first flush report upstream after {flush_ms:.0} ms");
+        let (phase1_ms, flush_ms, caught_up_ms) = two_phase_first_flush(ctx, &primary, &dir, mb)?;
+        println!("  two-phase {mb} MB: phase 1 in {phase1_ms:.0} ms, first flush report upstream after {flush_ms:.0} ms, caught up (walsender streaming) after {caught_up_ms:.0} ms");
+        ctx.note(format!(
+            "two-phase {mb} MB: first flush report {flush_ms:.0} ms; the standby's walsender streaming (caught up with the WAL since the copied checkpoint) at {caught_up_ms:.0} ms"
+        ));
         let mut f = Figure::new(
             "backup",
             &format!("two-phase {mb} MB: start to the standby's first flush report"),
@@ -284,13 +289,16 @@ fn children_usage() -> (f64, u64) {
 
 /// Start `walrep basebackup --two-phase --jobs 4`, start the standby as
 /// soon as phase 1 is printed, and time the first flush report the
-/// primary gets from it: (phase 1 ms, first flush ms), both from the start.
+/// primary gets from it, and the moment its walsender is `streaming`
+/// (caught up with the WAL written since the copied checkpoint; until
+/// then it is `catchup`, and reports flushes all the same): (phase 1 ms,
+/// first flush ms, caught up ms), all from the start.
 fn two_phase_first_flush(
     ctx: &Ctx<'_>,
     primary: &Node,
     dir: &Path,
     mb: u64,
-) -> Result<(f64, f64), BenchError> {
+) -> Result<(f64, f64, f64), BenchError> {
     let dest = dir.join(format!("two-phase-{mb}"));
     let app = format!("tp{mb}");
     let t0 = Instant::now();
@@ -323,8 +331,14 @@ fn two_phase_first_flush(
     let standby = Node::start(&ctx.exe, &dest, &[])?;
     let mut c = primary.connect()?;
     let every = Duration::from_millis(5);
-    let flushed = cluster::wait_for("the first flush report", PHASE_LIMIT, every, || {
-        Ok(streaming_flush(&mut c, &app)?.map(|_| t0.elapsed()))
+    let mut first_flush = None;
+    let flushed = cluster::wait_for("the standby caught up", PHASE_LIMIT, every, || {
+        let Some((_, streaming)) = standby_flush(&mut c, &app)? else {
+            return Ok(None);
+        };
+        let at = t0.elapsed();
+        first_flush.get_or_insert(at);
+        Ok(streaming.then_some(at))
     });
     // Drain the rest of the output, then the exit.
     for _ in lines {}
@@ -339,16 +353,27 @@ fn two_phase_first_flush(
             "two-phase basebackup failed ({status})"
         )));
     }
-    Ok((phase1.as_secs_f64() * 1e3, flushed.as_secs_f64() * 1e3))
+    let first_flush = first_flush.unwrap_or(flushed);
+    Ok((
+        phase1.as_secs_f64() * 1e3,
+        first_flush.as_secs_f64() * 1e3,
+        flushed.as_secs_f64() * 1e3,
+    ))
 }
 
-/// The flush position the primary has from the streaming standby `app`.
-fn streaming_flush(c: &mut Resp, app: &str) -> Result<Option<String>, BenchError> {
+/// The flush position the primary has from the standby `app` (its
+/// walsender catching up or streaming; the copy's own walsenders share
+/// the name but report no flush), and whether it is streaming.
+fn standby_flush(c: &mut Resp, app: &str) -> Result<Option<(String, bool)>, BenchError> {
     let info = c.info("replication")?;
     Ok(info.values().find_map(|v| {
         let f = cluster::parse_slave_line(v);
+        let state = f.get("walsender_state").map(String::as_str);
         let ours = f.get("application_name").is_some_and(|a| a == app)
-            && f.get("walsender_state").is_some_and(|s| s == "streaming");
-        f.get("flush_lsn").filter(|l| ours && *l != "0/0").cloned()
+            && matches!(state, Some("catchup" | "streaming"));
+        let streaming = state == Some("streaming");
+        f.get("flush_lsn")
+            .filter(|l| ours && *l != "0/0")
+            .map(|l| (l.clone(), streaming))
     }))
 }
