@@ -627,7 +627,9 @@ pub struct Config {
     pub hot_standby_feedback: Bool,
     /// Ask a walrep upstream for WAL while it is still flushing it (its
     /// flush position comes along; nothing past it is exposed or applied
-    /// here before the upstream confirms it). Off: only flushed WAL, as
+    /// here before the upstream confirms it). The upstream sends it early
+    /// only while this standby is a candidate in its
+    /// `synchronous_standby_names`. Off: only flushed WAL, as
     /// PostgreSQL's walreceiver gets.
     pub wal_receiver_unflushed: Bool,
     /// Nodes a damaged WAL segment may be fetched again from at start-up
@@ -904,7 +906,7 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "wal_receiver_timeout", section: "Replication (standby)", help: "Give up on an upstream silent for this long." },
     ParamDoc { name: "hot_standby", section: "Replication (standby)", help: "Answer reads on a standby." },
     ParamDoc { name: "hot_standby_feedback", section: "Replication (standby)", help: "Send hot standby feedback ('h') messages upstream." },
-    ParamDoc { name: "wal_receiver_unflushed", section: "Replication (standby)", help: "Ask a walrep upstream for WAL while it is still flushing it (a commit at `on` then costs one fdatasync plus a round trip, not two fdatasyncs); nothing past the upstream's flush position is exposed or applied. Off: only flushed WAL, as PostgreSQL." },
+    ParamDoc { name: "wal_receiver_unflushed", section: "Replication (standby)", help: "Ask a walrep upstream for WAL while it is still flushing it (a commit at `on` then costs one fdatasync plus a round trip, not two fdatasyncs); the upstream does so only while this standby is a candidate in its `synchronous_standby_names`; nothing past the upstream's flush position is exposed or applied. Off: only flushed WAL, as PostgreSQL." },
     ParamDoc { name: "wal_repair_sources", section: "Replication (standby)", help: "Connection strings of nodes (standbys, an upstream) a damaged WAL segment may be fetched again from at start-up with WAL_RANGE, after restore_command: a list, or one string. A standby also asks its primary_conninfo." },
     ParamDoc { name: "roles", section: "Security", help: "[[roles]] of both ports: name, password (a SCRAM-SHA-256 verifier made by `walrep passwd`, never a clear password), replication (may stream WAL and take base backups; a role not listed may only through a trust line) and redis (none, readonly, readwrite or admin: its Redis ACL)." },
     ParamDoc { name: "requirepass", section: "Security", help: "SCRAM-SHA-256 verifier of the Redis port's default user (AUTH <password>); empty: the default user needs no password (and protected_mode applies). A role named default overrides it." },
