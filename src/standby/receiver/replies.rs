@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 use crate::replication::client::{ClientError, StatusSender};
 use crate::Lsn;
 
+/// Replay progress nobody waits for (no `remote_apply` commit) is
+/// reported at most this often by itself; write and flush reports carry it
+/// too. One status message and one wake-up of the upstream's reader each.
+pub(crate) const APPLY_REPORT_SPACING: Duration = Duration::from_millis(1);
+
 /// Why a reply was not sent.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReplyError {
@@ -96,13 +101,30 @@ impl Replies {
         !self.apply_on_request || self.last_sent.2 < self.apply_report_upto
     }
 
-    /// The apply position moved past the last report and someone waits
-    /// for it: report it now.
-    pub(crate) fn report_apply(&mut self, now: Positions) -> Result<(), ReplyError> {
-        if !self.apply_report_wanted() || now.apply.min(now.flush) == self.last_sent.2 {
-            return Ok(());
+    /// The apply position moved past the last report: report it now if
+    /// someone waits for it, else if no status went out in the last
+    /// [`APPLY_REPORT_SPACING`] (the upstream's `replay_lag` then follows
+    /// replay, not the next flush report). Returns whether progress is
+    /// left unreported for the spacing: the caller asks again after it.
+    /// Never past the flush position (redo may apply before this node's
+    /// fsync; it reports only what is durable here).
+    pub(crate) fn report_apply(&mut self, now: Positions) -> Result<bool, ReplyError> {
+        if now.apply.min(now.flush) <= self.last_sent.2 {
+            return Ok(false);
         }
-        self.send_status(now, true, false)
+        if !self.apply_report_wanted() {
+            if self.status_interval.is_none() {
+                return Ok(false);
+            }
+            if self
+                .last_status
+                .is_some_and(|t| t.elapsed() < APPLY_REPORT_SPACING)
+            {
+                return Ok(true);
+            }
+        }
+        self.send_status(now, true, false)?;
+        Ok(false)
     }
 
     /// Standby status update `r`. Unforced ones go when a position moved
