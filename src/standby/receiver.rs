@@ -371,13 +371,16 @@ impl ReceiverState {
 
 /// What the walreceiver shares with the rest of the standby; one per node,
 /// reused by every session. It owns the flush position (published on a
-/// [`Watch`] after every fsync: redo's limit, cascading walsenders, INFO)
-/// and reads the replay position redo owns for its replies.
+/// [`Watch`] after every fsync: cascading walsenders, INFO, restartpoints'
+/// WAL retention; redo's limit is told to the recovery machine, and may
+/// run ahead of it by one batch: see `exposed_early`) and reads the replay
+/// position redo owns for its replies.
 #[derive(Debug)]
 pub struct ReceiverShared {
     /// End of WAL written by the current session (maybe not durable).
     written: AtomicU64,
-    /// WAL fsynced, and the timeline of its files: what redo may read.
+    /// WAL fsynced here and told flushed upstream, and the timeline of its
+    /// files.
     flushed: Watch<FlushPoint>,
     /// Owned by the redo loop: its `end` is the apply position replies
     /// carry (redo sends the one a commit waits for itself, see

@@ -139,8 +139,9 @@ impl Redo {
 
     fn replay_upto(&mut self, upto: Lsn, owed: &mut bool) -> Event {
         // The one place that decides how far redo may apply: the machine's
-        // limit (the standby's flush position, a segment's or a timeline's
-        // end). The reader checks it before reading any byte, from the
+        // limit (for a stream, what the walreceiver wrote and the primary
+        // told flushed, maybe before this node's own fsync of it; a
+        // segment's or a timeline's end). The reader checks it before reading any byte, from the
         // walreceiver's buffer or from files alike; any further cap (such
         // as a primary's flush position) belongs here too.
         self.reader.set_limit(Some(upto));
