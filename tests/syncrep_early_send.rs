@@ -588,3 +588,70 @@ fn a_standby_restarted_while_holding_wal_its_primary_has_not_flushed_does_not_re
         || get(&c.standby.url(), "during"),
     );
 }
+
+/// The other half of the rule: visibility waits for the *primary's* flush
+/// position, not for the standby's own fsync. With every fsync of an
+/// in-process standby held, a write the primary flushed becomes readable
+/// there (the primary has it durably; a standby that crashed before its
+/// own fsync would stream it again), while the standby reports neither
+/// flushed nor applied WAL it has not fsynced itself.
+#[test]
+fn a_standby_exposes_what_the_primary_flushed_before_its_own_fsync_but_reports_apply_only_up_to_it()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let primary = InProcessNode::start(&tmp.path().join("primary"), &[]);
+    let url = primary.redis_url();
+    let sdir = basebackup(primary.replication_port(), tmp.path(), "s1");
+    let io = Arc::new(FaultyStorage::new());
+    let storage: Arc<dyn Storage> = io.clone();
+    // Only flushed WAL is streamed, so each message says the primary
+    // flushed it: the test needs no keepalive after the standby's fsync
+    // started (the held fsync blocks the walreceiver's reads).
+    let standby = InProcessNode::start_existing(
+        &sdir,
+        &[
+            "wal_receiver_unflushed=off",
+            "wal_retrieve_retry_interval=200ms",
+        ],
+        Some(storage),
+    );
+    let surl = standby.redis_url();
+    let _: () = redis::cmd("SET")
+        .arg("before")
+        .arg("1")
+        .query(&mut redis_conn(&url))
+        .unwrap();
+    wait_for("the first write on the standby", DEADLINE, || {
+        get(&surl, "before")
+    });
+    let reported_before = slave_field(&url, "flush_lsn").unwrap();
+    io.hold_syncs(true);
+    let _: () = redis::cmd("SET")
+        .arg("during")
+        .arg("v")
+        .query(&mut redis_conn(&url))
+        .unwrap();
+    let primary_flush = primary.node().wal().unwrap().flushed();
+    // Readable on the standby although none of its fsyncs completed.
+    wait_for(
+        "the write on the standby before its own fsync",
+        DEADLINE,
+        || get(&surl, "during"),
+    );
+    let replay = lsn(&info_field(&surl, "replication", "replay_lsn").unwrap());
+    assert!(
+        replay > reported_before && replay <= primary_flush,
+        "standby replayed to {replay}: its last reported flush {reported_before}, the primary's flush {primary_flush}"
+    );
+    // What it reports stays behind its own (held) fsync.
+    let reported_flush = slave_field(&url, "flush_lsn").unwrap();
+    let reported_apply = slave_field(&url, "replay_lsn").unwrap();
+    assert!(
+        reported_flush < replay && reported_apply <= reported_flush,
+        "standby reported flush {reported_flush} and apply {reported_apply} with its fsync held (replayed to {replay})"
+    );
+    io.hold_syncs(false);
+    wait_for("the standby to report its apply position", DEADLINE, || {
+        slave_field(&url, "replay_lsn").filter(|a| *a >= replay)
+    });
+}

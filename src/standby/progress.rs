@@ -157,12 +157,23 @@ impl StandbyProgress {
 
     /// What cascading walsenders may send: the replay position, or the
     /// walreceiver's flush position when it is further on the same
-    /// timeline (PostgreSQL's GetStandbyFlushRecPtr).
+    /// timeline (PostgreSQL's GetStandbyFlushRecPtr). Redo may apply
+    /// streamed WAL before this node's own fsync of it (its upstream has
+    /// it durably); a replay position this node has not made durable yet
+    /// is not sent on.
     pub fn flush_point(&self) -> FlushPoint {
         let replayed = self.replayed.get();
         let received = self.received.flushed_point();
+        let early = self.received.exposed_early();
         let lsn = if received.tli == replayed.tli {
-            replayed.end.max(received.lsn)
+            // Replay past the flush position while the walreceiver exposes
+            // past it too lies in the window not durable here yet (read
+            // in this order: replay first, the early exposure last).
+            if replayed.end > received.lsn && early > received.lsn {
+                received.lsn
+            } else {
+                replayed.end.max(received.lsn)
+            }
         } else {
             replayed.end
         };

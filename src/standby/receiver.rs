@@ -76,6 +76,7 @@ use crate::wal::{SegmentDir, SegmentError};
 use crate::watch::Watch;
 use crate::{Lsn, TimelineHistory, TimelineId};
 pub use buffer::{WalBuffer, WAL_BUFFER_BYTES};
+pub(crate) use replies::APPLY_REPORT_SPACING;
 use replies::{Positions, Replies, ReplyError};
 pub use sessions::{ConfigFn, Sessions};
 
@@ -370,13 +371,16 @@ impl ReceiverState {
 
 /// What the walreceiver shares with the rest of the standby; one per node,
 /// reused by every session. It owns the flush position (published on a
-/// [`Watch`] after every fsync: redo's limit, cascading walsenders, INFO)
-/// and reads the replay position redo owns for its replies.
+/// [`Watch`] after every fsync: cascading walsenders, INFO, restartpoints'
+/// WAL retention; redo's limit is told to the recovery machine, and may
+/// run ahead of it by one batch: see `exposed_early`) and reads the replay
+/// position redo owns for its replies.
 #[derive(Debug)]
 pub struct ReceiverShared {
     /// End of WAL written by the current session (maybe not durable).
     written: AtomicU64,
-    /// WAL fsynced, and the timeline of its files: what redo may read.
+    /// WAL fsynced here and told flushed upstream, and the timeline of its
+    /// files.
     flushed: Watch<FlushPoint>,
     /// Owned by the redo loop: its `end` is the apply position replies
     /// carry (redo sends the one a commit waits for itself, see
@@ -396,6 +400,13 @@ pub struct ReceiverShared {
     upstream_flush: AtomicU64,
     /// WAL an ended session left past the upstream's told flush position.
     held: Mutex<Option<HeldWal>>,
+    /// How far the current session let redo apply before its own fsync
+    /// (written here, told flushed upstream; see the session's
+    /// `expose_written`); `INVALID` at a session's or timeline's start.
+    /// Replay past `flushed` while this is past it too is not durable here
+    /// yet: cascading walsenders do not send it (see
+    /// `StandbyProgress::flush_point`).
+    exposed_early: AtomicU64,
     /// [`ReceiverState`] code, for INFO.
     state: AtomicU8,
     /// The running session's control.
@@ -446,6 +457,7 @@ impl ReceiverShared {
             feedback_xmin: AtomicU32::new(0),
             upstream_flush: AtomicU64::new(0),
             held: Mutex::new(None),
+            exposed_early: AtomicU64::new(0),
             state: AtomicU8::new(ReceiverState::Stopped.code()),
             current: Mutex::new(None),
             io_failure: Mutex::new(None),
@@ -561,6 +573,15 @@ impl ReceiverShared {
         self.state.store(s.code(), Ordering::Release);
     }
 
+    /// See the `exposed_early` field.
+    pub fn exposed_early(&self) -> Lsn {
+        Lsn(self.exposed_early.load(Ordering::Acquire))
+    }
+
+    fn publish_exposed_early(&self, lsn: Lsn) {
+        self.exposed_early.store(lsn.0, Ordering::Release);
+    }
+
     fn publish_written(&self, lsn: Lsn) {
         self.written.store(lsn.0, Ordering::Release);
     }
@@ -600,15 +621,21 @@ impl ReceiverShared {
         }
     }
 
-    /// Redo published a new replay position: if a commit waits for it
-    /// (a flagged keepalive asked, or the upstream does not flag them),
-    /// report it upstream from the calling thread. A failed send is left
-    /// to the session, which finds the connection broken on its next read.
-    pub fn replay_published(&self) {
+    /// Redo published a new replay position: report it upstream from the
+    /// calling thread (see `Replies::report_apply`). Returns whether
+    /// progress was left unreported for `APPLY_REPORT_SPACING`: the
+    /// caller calls again after it. A failed send is left to the session,
+    /// which finds the connection broken on its next read.
+    pub fn replay_published(&self) -> bool {
         let mut replies = self.lock_replies();
-        if let Some(r) = replies.as_mut() {
-            if let Err(e) = r.report_apply(self.positions()) {
+        let Some(r) = replies.as_mut() else {
+            return false;
+        };
+        match r.report_apply(self.positions()) {
+            Ok(owed) => owed,
+            Err(e) => {
                 tracing::debug!("could not report the replay position: {e}");
+                false
             }
         }
     }

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::progress::Replayed;
-use super::receiver::ReceiverShared;
+use super::receiver::{ReceiverShared, APPLY_REPORT_SPACING};
 use crate::datadir::DataDir;
 use crate::states::recovery::{Event, RecordCheck};
 use crate::store::record::RM_KV;
@@ -93,11 +93,31 @@ impl Redo {
 
     pub fn run(mut self, requests: Receiver<RedoRequest>) {
         let _span = tracing::info_span!("redo").entered();
-        for req in requests.iter() {
+        // Replay progress the walreceiver's replies have not carried yet
+        // (a status went out less than the spacing ago): reported after
+        // the spacing unless a request comes first.
+        let mut owed = false;
+        loop {
+            let req = if owed {
+                match requests.recv_timeout(APPLY_REPORT_SPACING) {
+                    Ok(req) => req,
+                    Err(RecvTimeoutError::Timeout) => {
+                        owed = self.publish();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match requests.recv() {
+                    Ok(req) => req,
+                    Err(_) => return,
+                }
+            };
             match req {
                 RedoRequest::SetHistory(h) => self.reader.set_history(h),
                 RedoRequest::Replay { upto } => {
-                    let ev = self.replay(upto);
+                    let (ev, unreported) = self.replay(upto);
+                    owed = unreported;
                     if self.events.send(ev).is_err() {
                         return;
                     }
@@ -109,10 +129,19 @@ impl Redo {
         }
     }
 
-    fn replay(&mut self, upto: Lsn) -> Event {
+    /// Apply up to `upto`; the event for the machine, and whether replay
+    /// progress was left unreported upstream (see [`publish`]).
+    fn replay(&mut self, upto: Lsn) -> (Event, bool) {
+        let mut owed = false;
+        let ev = self.replay_upto(upto, &mut owed);
+        (ev, owed)
+    }
+
+    fn replay_upto(&mut self, upto: Lsn, owed: &mut bool) -> Event {
         // The one place that decides how far redo may apply: the machine's
-        // limit (the standby's flush position, a segment's or a timeline's
-        // end). The reader checks it before reading any byte, from the
+        // limit (for a stream, what the walreceiver wrote and the primary
+        // told flushed, maybe before this node's own fsync of it; a
+        // segment's or a timeline's end). The reader checks it before reading any byte, from the
         // walreceiver's buffer or from files alike; any further cap (such
         // as a primary's flush position) belongs here too.
         self.reader.set_limit(Some(upto));
@@ -145,7 +174,7 @@ impl Redo {
             )
         };
         let at = self.reader.next_lsn();
-        self.publish();
+        *owed = self.publish();
         if let Some(e) = ran.apply {
             // The CRC held, so this is a bug or a version mismatch: stop
             // here rather than skip the record.
@@ -172,17 +201,21 @@ impl Redo {
     }
 
     /// Wake those who follow replay: the walreceiver replies with the new
-    /// apply position, cascading walsenders may send further.
-    fn publish(&self) {
-        publish(&self.replayed, &self.received);
+    /// apply position, cascading walsenders may send further. Returns
+    /// whether the report was put off (see [`publish`]).
+    fn publish(&self) -> bool {
+        publish(&self.replayed, &self.received)
     }
 }
 
 /// Wake the replay position's subscribers, then let the walreceiver
-/// report it if a commit waits for it.
-fn publish(replayed: &Watch<Replayed>, received: &ReceiverShared) {
+/// report it upstream (at once if a commit waits for it, else at most
+/// every `APPLY_REPORT_SPACING`: the upstream's `replay_lag` follows
+/// replay, not only the walreceiver's next flush report). Returns whether
+/// the report was put off for that spacing.
+fn publish(replayed: &Watch<Replayed>, received: &ReceiverShared) -> bool {
     replayed.update(|_| true);
-    received.replay_published();
+    received.replay_published()
 }
 
 /// Bookkeeping after a batch of applied records: the position moves

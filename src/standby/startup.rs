@@ -171,9 +171,12 @@ impl Startup {
             // The next session connects with the new settings.
             self.receivers.upstream_changed();
         }
-        if let Event::StreamLost { .. } = &ev {
+        if let Event::StreamLost { .. } | Event::WalReceiverStopped { .. } = &ev {
             if let Some(failure) = self.h.progress.received.io_failure() {
-                // A failed fsync of received WAL is PostgreSQL's PANIC: never retried.
+                // A failed fsync of received WAL is PostgreSQL's PANIC: never
+                // retried. Also when the session was being stopped (for a
+                // promotion): redo may have applied WAL of the failed
+                // batch, which the primary has but this node does not.
                 tracing::error!("walreceiver could not make received WAL durable: {failure}");
                 self.h.hooks.fatal(StandbyError::ReceivedWal(failure));
             }

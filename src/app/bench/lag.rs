@@ -16,9 +16,9 @@
 //!   value on the primary, then `GET` on the standby, polled with pauses
 //!   of a twentieth of the wait so far (20 µs to 1 ms), until it returns
 //!   that value: the time from the primary's reply to the value
-//!   being readable on the standby (µs resolution; includes the local
-//!   flush the walsender waits for, the network, the standby's fsync and
-//!   replay).
+//!   being readable on the standby (µs resolution; includes the
+//!   primary's flush, which the standby waits for before it applies, the
+//!   network and replay; the standby's own fsync runs beside replay).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 use crate::replication::client::{ClientError, StatusSender};
 use crate::Lsn;
 
+/// Replay progress nobody waits for (no `remote_apply` commit) is
+/// reported at most this often by itself; write and flush reports carry it
+/// too. One status message and one wake-up of the upstream's reader each.
+pub(crate) const APPLY_REPORT_SPACING: Duration = Duration::from_millis(1);
+
 /// Why a reply was not sent.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReplyError {
@@ -21,6 +26,45 @@ pub(crate) enum ReplyError {
     /// Writing to the upstream failed.
     #[error("could not send data to WAL stream: {0}")]
     Send(#[from] ClientError),
+}
+
+/// What to do with replay progress (see [`Replies::report_apply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApplyReport {
+    /// Nothing new to report (or status updates are off).
+    Nothing,
+    /// Send a status update now.
+    Now,
+    /// Unreported, but a status went out less than
+    /// [`APPLY_REPORT_SPACING`] ago: ask again after it.
+    Later,
+}
+
+/// The decision of [`Replies::report_apply`]: `reported` is the apply
+/// position last sent, `wanted` whether a commit waits for it,
+/// `periodic` whether status updates are on, `since_status` the time since
+/// the last one.
+fn apply_report(
+    now: Positions,
+    reported: Lsn,
+    wanted: bool,
+    periodic: bool,
+    since_status: Option<Duration>,
+) -> ApplyReport {
+    // Never past what is durable here.
+    if now.apply.min(now.flush) <= reported {
+        return ApplyReport::Nothing;
+    }
+    if wanted {
+        return ApplyReport::Now;
+    }
+    if !periodic {
+        return ApplyReport::Nothing;
+    }
+    match since_status {
+        Some(d) if d < APPLY_REPORT_SPACING => ApplyReport::Later,
+        _ => ApplyReport::Now,
+    }
 }
 
 /// The reply state of one connection.
@@ -96,13 +140,29 @@ impl Replies {
         !self.apply_on_request || self.last_sent.2 < self.apply_report_upto
     }
 
-    /// The apply position moved past the last report and someone waits
-    /// for it: report it now.
-    pub(crate) fn report_apply(&mut self, now: Positions) -> Result<(), ReplyError> {
-        if !self.apply_report_wanted() || now.apply.min(now.flush) == self.last_sent.2 {
-            return Ok(());
+    /// The apply position moved past the last report: report it now if
+    /// someone waits for it, else if no status went out in the last
+    /// [`APPLY_REPORT_SPACING`] (the upstream's `replay_lag` then follows
+    /// replay, not the next flush report). Returns whether progress is
+    /// left unreported for the spacing: the caller asks again after it.
+    /// Never past the flush position (redo may apply before this node's
+    /// fsync; it reports only what is durable here).
+    pub(crate) fn report_apply(&mut self, now: Positions) -> Result<bool, ReplyError> {
+        let report = apply_report(
+            now,
+            self.last_sent.2,
+            self.apply_report_wanted(),
+            self.status_interval.is_some(),
+            self.last_status.map(|t| t.elapsed()),
+        );
+        match report {
+            ApplyReport::Nothing => Ok(false),
+            ApplyReport::Later => Ok(true),
+            ApplyReport::Now => {
+                self.send_status(now, true, false)?;
+                Ok(false)
+            }
         }
-        self.send_status(now, true, false)
     }
 
     /// Standby status update `r`. Unforced ones go when a position moved
@@ -140,5 +200,53 @@ impl Replies {
     pub(crate) fn send_feedback(&self, xmin: u32) -> Result<(), ReplyError> {
         self.sender.send_feedback(xmin, 0, 0, 0)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(write: u64, flush: u64, apply: u64) -> Positions {
+        Positions {
+            write: Lsn(write),
+            flush: Lsn(flush),
+            apply: Lsn(apply),
+        }
+    }
+
+    #[test]
+    fn replay_progress_is_reported_by_itself_at_most_every_spacing_and_never_past_the_flush() {
+        let long_ago = Some(APPLY_REPORT_SPACING * 2);
+        let just_now = Some(Duration::ZERO);
+        // Applied past this node's fsync (redo ran ahead of it): nothing
+        // to report beyond the flush position already reported.
+        assert_eq!(
+            apply_report(at(300, 100, 200), Lsn(100), true, true, long_ago),
+            ApplyReport::Nothing
+        );
+        // Nobody waits: at once if no status went out within the
+        // spacing, else later; never with status updates off.
+        assert_eq!(
+            apply_report(at(300, 300, 200), Lsn(100), false, true, long_ago),
+            ApplyReport::Now
+        );
+        assert_eq!(
+            apply_report(at(300, 300, 200), Lsn(100), false, true, None),
+            ApplyReport::Now
+        );
+        assert_eq!(
+            apply_report(at(300, 300, 200), Lsn(100), false, true, just_now),
+            ApplyReport::Later
+        );
+        assert_eq!(
+            apply_report(at(300, 300, 200), Lsn(100), false, false, long_ago),
+            ApplyReport::Nothing
+        );
+        // A commit waits for it: at once, whatever the spacing.
+        assert_eq!(
+            apply_report(at(300, 300, 200), Lsn(100), true, false, just_now),
+            ApplyReport::Now
+        );
     }
 }

@@ -180,6 +180,7 @@ impl Session {
         let writer = SegmentWriter::new(Arc::clone(&cfg.segdir), cfg.tli, start, mark);
         // This session's stream starts over: nothing older may be mixed in.
         shared.buffer.clear();
+        shared.publish_exposed_early(Lsn::INVALID);
         let confirmed = match ConfirmedFlush::open(&cfg.segdir, cfg.tli, start) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -547,6 +548,9 @@ impl Session {
                 Err(e) => return Err(lost(format!("could not receive data from WAL stream: {e}"))),
             };
             let (end, reply_requested) = self.receive_batch(first, client)?;
+            // Redo may apply what the primary flushed while this node's
+            // own fsync runs (see `expose_written`).
+            self.expose_written()?;
             self.flush_and_report()?;
             if reply_requested {
                 self.send_status(true, false)?;
@@ -717,6 +721,26 @@ impl Session {
         flushed.min(self.shared.upstream_flush())
     }
 
+    /// Before this node's own fsync of a batch: let redo apply what is
+    /// written here and was told flushed upstream. Visibility does not
+    /// need this node's fsync: the upstream has that WAL durably, and a
+    /// standby that crashes before its own fsync streams it again. What
+    /// this node *reports* (its flush and apply positions) and what
+    /// cascading walsenders send stay behind its own fsync; the machine's
+    /// `WalFlushed` is its replay limit. The fsync follows at once; if it
+    /// fails the node stops (nothing retries an fsync).
+    fn expose_written(&mut self) -> Result<(), End> {
+        let tli = self.writer.timeline();
+        let early = self.exposable(self.writer.written());
+        if early <= self.reported_flush {
+            return Ok(());
+        }
+        self.shared.publish_exposed_early(early);
+        self.reported_flush = early;
+        self.pending_flush = Some((tli, early));
+        self.deliver_pending_flush()
+    }
+
     /// fsync what was written, publish and report it, reply upstream.
     /// Redo and cascading walsenders get only what the upstream told it
     /// flushed; the status update carries the real flush position.
@@ -730,13 +754,13 @@ impl Session {
             self.reported_flush = exposed;
             self.pending_flush = Some((tli, exposed));
             self.deliver_pending_flush()?;
-            if self
-                .shared
-                .held()
-                .is_some_and(|h| h.tli == tli && exposed >= h.to)
-            {
-                self.shared.set_held(None);
-            }
+        }
+        if self
+            .shared
+            .held()
+            .is_some_and(|h| h.tli == tli && exposed >= h.to)
+        {
+            self.shared.set_held(None);
         }
         self.send_status(false, false)
     }
@@ -810,6 +834,7 @@ impl Session {
     fn report_apply(&mut self) -> Result<(), End> {
         self.shared
             .with_replies(|r, now| r.report_apply(now))
+            .map(|_owed| ())
             .map_err(|e| lost(e.to_string()))
     }
 
@@ -892,6 +917,7 @@ impl Session {
             .switch_timeline(order.tli, from)
             .map_err(|e| self.io_failure(e))?;
         self.shared.buffer.clear();
+        self.shared.publish_exposed_early(Lsn::INVALID);
         self.shared.publish_written(from);
         // Flush reports start over on the new timeline's files.
         self.reported_flush = from;

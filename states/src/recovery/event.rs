@@ -222,13 +222,17 @@ pub enum Event {
         /// The upstream's flush position.
         upstream_flush: Lsn,
     },
-    /// The walreceiver wrote and fsynced WAL of timeline `tli` up to `upto`.
+    /// WAL of timeline `tli` up to `upto` may be replayed: the
+    /// walreceiver wrote it here and the upstream told it flushed there
+    /// (its own fsync of that WAL may still be running: visibility needs
+    /// only the upstream's durability; what it reports as flushed and
+    /// applied waits for its own).
     WalFlushed {
         /// The walreceiver session.
         session: SessionId,
         /// The timeline of the files written.
         tli: TimelineId,
-        /// Flushed up to here.
+        /// Replayable up to here.
         upto: Lsn,
     },
     /// The upstream ended streaming of `tli` at `switch_point`; the next

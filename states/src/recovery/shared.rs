@@ -380,7 +380,8 @@ impl Machine {
         true
     }
 
-    /// `WalFlushed`: WAL of `tli` is durable up to `upto`. Returns whether
+    /// `WalFlushed`: WAL of `tli` may be replayed up to `upto` (written here,
+    /// flushed upstream). Returns whether
     /// it moved what the current session received.
     pub(crate) fn note_flush(
         &mut self,
