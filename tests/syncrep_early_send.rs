@@ -655,3 +655,82 @@ fn a_standby_exposes_what_the_primary_flushed_before_its_own_fsync_but_reports_a
         slave_field(&url, "replay_lsn").filter(|a| *a >= replay)
     });
 }
+
+/// WAL before data on a standby that applies before its own fsync: a
+/// restartpoint taken while the walreceiver's fsync of WAL redo already
+/// applied is held does not point the control file at its snapshot (whose
+/// minimum recovery point a power cut would leave beyond this node's WAL)
+/// until that fsync is done; then it completes with its minimum recovery
+/// point inside the standby's durable WAL.
+#[test]
+fn a_restartpoint_waits_for_the_fsync_of_wal_redo_applied_early() {
+    let tmp = tempfile::tempdir().unwrap();
+    let primary = InProcessNode::start(&tmp.path().join("primary"), &[]);
+    let url = primary.redis_url();
+    let sdir = basebackup(primary.replication_port(), tmp.path(), "s1");
+    let io = Arc::new(FaultyStorage::new());
+    let storage: Arc<dyn Storage> = io.clone();
+    let standby = InProcessNode::start_existing(
+        &sdir,
+        &[
+            "wal_receiver_unflushed=off",
+            "wal_retrieve_retry_interval=200ms",
+        ],
+        Some(storage),
+    );
+    let surl = standby.redis_url();
+    let _: () = redis::cmd("SET")
+        .arg("before")
+        .arg("1")
+        .query(&mut redis_conn(&url))
+        .unwrap();
+    wait_for("the first write on the standby", DEADLINE, || {
+        get(&surl, "before")
+    });
+    let node = standby.node().clone();
+    let before = node.control();
+    // Only the WAL segments' fsyncs wait: the snapshot and the control
+    // file sync freely.
+    io.hold_syncs_of(|p| p.parent().and_then(Path::file_name) == Some("wal".as_ref()));
+    let _: () = redis::cmd("SET")
+        .arg("during")
+        .arg("v")
+        .query(&mut redis_conn(&url))
+        .unwrap();
+    wait_for(
+        "the write applied before the standby's fsync",
+        DEADLINE,
+        || get(&surl, "during"),
+    );
+    let durable = node.standby.as_ref().unwrap().received.flushed_point().lsn;
+    let rp = {
+        let node = node.clone();
+        std::thread::spawn(move || {
+            node.restartpoint(walrep::node::checkpoint::CheckpointCause::Requested)
+        })
+    };
+    let snapshot = sdir
+        .join("base")
+        .join(format!("{:016X}", before.checkpoint_id + 1));
+    wait_for("the restartpoint's snapshot", DEADLINE, || {
+        snapshot.exists().then_some(())
+    });
+    let during = node.control();
+    assert!(
+        during.checkpoint_id == before.checkpoint_id && during.min_recovery_point <= durable,
+        "with the WAL fsync held the control file moved to checkpoint {} (min recovery point {}, WAL durable to {durable})",
+        during.checkpoint_id,
+        during.min_recovery_point
+    );
+    io.hold_syncs(false);
+    let done = rp.join().unwrap().expect("restartpoint");
+    assert!(done.is_some(), "the restartpoint found nothing replayed");
+    let after = node.control();
+    let flushed = node.standby.as_ref().unwrap().received.flushed_point().lsn;
+    assert!(
+        after.checkpoint_id == before.checkpoint_id + 1 && after.min_recovery_point <= flushed,
+        "after the fsync: checkpoint {}, min recovery point {}, WAL durable to {flushed}",
+        after.checkpoint_id,
+        after.min_recovery_point
+    );
+}

@@ -22,6 +22,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 
 use super::Node;
 use crate::backup::pin::BackupPin;
+use crate::standby::progress::StandbyProgress;
 use crate::store::checkpoint::{remove_snapshots_except, write_snapshot};
 use crate::store::control::{now_ms, CheckpointLocation};
 use crate::store::{ClusterState, ControlFile};
@@ -117,6 +118,18 @@ pub enum CheckpointError {
     /// Updating the control file failed.
     #[error(transparent)]
     Control(#[from] crate::store::control::ControlError),
+    /// A standby's restartpoint found WAL it replayed still not durable
+    /// here after a bounded wait: the control file keeps the previous
+    /// restartpoint.
+    #[error(
+        "restartpoint: WAL replayed up to {upto} is durable only up to {durable} on this standby"
+    )]
+    WalNotDurable {
+        /// The replay position the snapshot holds.
+        upto: Lsn,
+        /// How far this standby's WAL is durable.
+        durable: Lsn,
+    },
     /// The new checkpoint is durable, but older snapshots could not be removed.
     #[error("could not remove old snapshots: {0}")]
     Cleanup(crate::storage::StorageError),
@@ -387,6 +400,29 @@ impl Node {
     }
 }
 
+/// How long a restartpoint waits for this standby's fsync of WAL redo
+/// already applied (one walreceiver fsync, normally).
+const WAL_DURABLE_WAIT: Duration = Duration::from_secs(30);
+
+/// Wait, bounded, until everything replayed up to `upto` is durable in
+/// this standby's own `wal/` ([`StandbyProgress::flush_point`] counts
+/// replay past the walreceiver's fsync only when it is durable).
+fn wait_wal_durable(progress: &StandbyProgress, upto: Lsn) -> Result<(), CheckpointError> {
+    let sub = progress.subscribe();
+    let deadline = Instant::now() + WAL_DURABLE_WAIT;
+    loop {
+        let durable = progress.flush_point().lsn;
+        if durable >= upto {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(CheckpointError::WalNotDurable { upto, durable });
+        }
+        sub.wait(left.min(Duration::from_millis(100)));
+    }
+}
+
 impl Node {
     /// A standby's restartpoint: snapshot the store as replayed so far and
     /// point the control file at it, so a crashed standby resumes from here
@@ -433,6 +469,12 @@ impl Node {
         // The snapshot may hold changes replayed while it was written: a
         // restart must replay at least that far before it is consistent.
         let min_recovery_point = old_min.max(progress.replayed.read(|r| r.end));
+        // WAL before data: redo may apply streamed WAL before this node's
+        // own fsync of it (the upstream has it durably), so the snapshot may
+        // hold changes whose WAL a power cut here would lose. The control
+        // file points at the snapshot only once the walreceiver's fsync,
+        // which follows every such batch at once, covers them.
+        wait_wal_durable(progress, min_recovery_point)?;
         let target_tli = progress
             .status
             .read(|s| s.machine.as_ref().map(|m| m.target_tli));

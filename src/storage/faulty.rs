@@ -70,9 +70,10 @@ pub struct FaultyStorage {
     calls: [AtomicU64; Op::ALL.len()],
     /// Failures injected so far.
     injected: AtomicU64,
-    /// While true, `sync_data` blocks (at most `GATE_BOUND`): lets a test
-    /// hold a flush in progress for as long as it needs, without timing.
-    sync_gate: Mutex<bool>,
+    /// While set, a `sync_data` of a path it accepts blocks (at most
+    /// `GATE_BOUND`): lets a test hold a flush in progress for as long as
+    /// it needs, without timing.
+    sync_gate: Mutex<Option<Rule>>,
     sync_gate_cv: Condvar,
 }
 
@@ -149,7 +150,22 @@ impl FaultyStorage {
     /// Close (`true`) or open the sync gate: while closed, every
     /// `sync_data` waits for it to open (at most 30 s).
     pub fn hold_syncs(&self, hold: bool) {
-        *self.sync_gate.lock().unwrap_or_else(|p| p.into_inner()) = hold;
+        if hold {
+            self.hold_syncs_of(|_| true);
+        } else {
+            *self.sync_gate.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.sync_gate_cv.notify_all();
+        }
+    }
+
+    /// Close the sync gate for the paths `matches` accepts only (e.g. the
+    /// WAL segments, while snapshots and the control file sync freely);
+    /// [`hold_syncs`](Self::hold_syncs)`(false)` opens it.
+    pub fn hold_syncs_of(&self, matches: impl Fn(&Path) -> bool + Send + Sync + 'static) {
+        *self.sync_gate.lock().unwrap_or_else(|p| p.into_inner()) = Some(Rule {
+            ops: vec![Op::SyncData],
+            matches: Arc::new(matches),
+        });
         self.sync_gate_cv.notify_all();
     }
 
@@ -158,10 +174,10 @@ impl FaultyStorage {
         *self.torn_write.lock().unwrap_or_else(|p| p.into_inner()) = Some(TornWrite { keep_bytes });
     }
 
-    fn pass_sync_gate(&self) {
+    fn pass_sync_gate(&self, path: &Path) {
         let deadline = Instant::now() + GATE_BOUND;
         let mut closed = self.sync_gate.lock().unwrap_or_else(|p| p.into_inner());
-        while *closed {
+        while closed.as_ref().is_some_and(|held| (held.matches)(path)) {
             let now = Instant::now();
             if now >= deadline {
                 return;
@@ -230,7 +246,7 @@ impl Storage for FaultyStorage {
 
     fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
         let n = self.enter(Op::SyncData, path)?;
-        self.pass_sync_gate();
+        self.pass_sync_gate(path);
         let delay_us = self.sync_data_delay_us.load(Ordering::Relaxed);
         if delay_us > 0 {
             std::thread::sleep(Duration::from_micros(delay_us));
