@@ -589,24 +589,26 @@ fn a_standby_restarted_while_holding_wal_its_primary_has_not_flushed_does_not_re
     );
 }
 
-/// The other half of the rule: visibility waits for the *primary's* flush
-/// position, not for the standby's own fsync. With every fsync of an
-/// in-process standby held, a write the primary flushed becomes readable
-/// there (the primary has it durably; a standby that crashed before its
-/// own fsync would stream it again), while the standby reports neither
-/// flushed nor applied WAL it has not fsynced itself.
-#[test]
-fn a_standby_exposes_what_the_primary_flushed_before_its_own_fsync_but_reports_apply_only_up_to_it()
-{
-    let tmp = tempfile::tempdir().unwrap();
-    let primary = InProcessNode::start(&tmp.path().join("primary"), &[]);
+/// A primary and an in-process standby of it on [`FaultyStorage`], sent
+/// only flushed WAL (so each message says the primary flushed it: a test
+/// that holds the standby's fsync needs no keepalive after it started,
+/// since the held fsync blocks the walreceiver's reads), with one write
+/// already replayed there.
+struct FaultyStandby {
+    primary: InProcessNode,
+    url: String,
+    sdir: std::path::PathBuf,
+    io: Arc<FaultyStorage>,
+    standby: InProcessNode,
+    surl: String,
+}
+
+fn faulty_standby(parent: &Path) -> FaultyStandby {
+    let primary = InProcessNode::start(&parent.join("primary"), &[]);
     let url = primary.redis_url();
-    let sdir = basebackup(primary.replication_port(), tmp.path(), "s1");
+    let sdir = basebackup(primary.replication_port(), parent, "s1");
     let io = Arc::new(FaultyStorage::new());
     let storage: Arc<dyn Storage> = io.clone();
-    // Only flushed WAL is streamed, so each message says the primary
-    // flushed it: the test needs no keepalive after the standby's fsync
-    // started (the held fsync blocks the walreceiver's reads).
     let standby = InProcessNode::start_existing(
         &sdir,
         &[
@@ -621,9 +623,42 @@ fn a_standby_exposes_what_the_primary_flushed_before_its_own_fsync_but_reports_a
         .arg("1")
         .query(&mut redis_conn(&url))
         .unwrap();
+    // Until it is consistent the standby answers LOADING: wait through it.
     wait_for("the first write on the standby", DEADLINE, || {
-        get(&surl, "before")
+        redis::cmd("GET")
+            .arg("before")
+            .query::<Option<String>>(&mut redis_conn(&surl))
+            .ok()
+            .flatten()
     });
+    FaultyStandby {
+        primary,
+        url,
+        sdir,
+        io,
+        standby,
+        surl,
+    }
+}
+
+/// The other half of the rule: visibility waits for the *primary's* flush
+/// position, not for the standby's own fsync. With every fsync of an
+/// in-process standby held, a write the primary flushed becomes readable
+/// there (the primary has it durably; a standby that crashed before its
+/// own fsync would stream it again), while the standby reports neither
+/// flushed nor applied WAL it has not fsynced itself.
+#[test]
+fn a_standby_exposes_what_the_primary_flushed_before_its_own_fsync_but_reports_apply_only_up_to_it()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let FaultyStandby {
+        primary,
+        url,
+        sdir: _,
+        io,
+        standby: _standby,
+        surl,
+    } = faulty_standby(tmp.path());
     let reported_before = slave_field(&url, "flush_lsn").unwrap();
     io.hold_syncs(true);
     let _: () = redis::cmd("SET")
@@ -665,28 +700,14 @@ fn a_standby_exposes_what_the_primary_flushed_before_its_own_fsync_but_reports_a
 #[test]
 fn a_restartpoint_waits_for_the_fsync_of_wal_redo_applied_early() {
     let tmp = tempfile::tempdir().unwrap();
-    let primary = InProcessNode::start(&tmp.path().join("primary"), &[]);
-    let url = primary.redis_url();
-    let sdir = basebackup(primary.replication_port(), tmp.path(), "s1");
-    let io = Arc::new(FaultyStorage::new());
-    let storage: Arc<dyn Storage> = io.clone();
-    let standby = InProcessNode::start_existing(
-        &sdir,
-        &[
-            "wal_receiver_unflushed=off",
-            "wal_retrieve_retry_interval=200ms",
-        ],
-        Some(storage),
-    );
-    let surl = standby.redis_url();
-    let _: () = redis::cmd("SET")
-        .arg("before")
-        .arg("1")
-        .query(&mut redis_conn(&url))
-        .unwrap();
-    wait_for("the first write on the standby", DEADLINE, || {
-        get(&surl, "before")
-    });
+    let FaultyStandby {
+        primary: _primary,
+        url,
+        sdir,
+        io,
+        standby,
+        surl,
+    } = faulty_standby(tmp.path());
     let node = standby.node().clone();
     let before = node.control();
     // Only the WAL segments' fsyncs wait: the snapshot and the control
