@@ -53,7 +53,7 @@ use crate::store::{ClusterState, ControlFile, ControlFileOwner, Store};
 use crate::wal::{SegmentDir, SegmentError, TimelineError, Wal};
 use crate::{Lsn, TimelineId};
 use fetcher::Fetcher;
-use redo::Redo;
+use redo::{Redo, RedoLink};
 use startup::Startup;
 use trigger::{spawn_trigger_watcher, TriggerConfig, TriggerError, TriggerEvent};
 
@@ -242,7 +242,6 @@ impl StandbyRuntime {
         }
         let (events_tx, events_rx) = bounded(EVENT_QUEUE);
         let (fetch_tx, fetch_rx) = bounded(4);
-        let (redo_tx, redo_rx) = bounded(16);
         let (shutdown_tx, shutdown_rx) = bounded(1);
         let (cancel_tx, cancel_rx) = bounded::<()>(0);
         let redo_stop = Arc::new(AtomicBool::new(false));
@@ -273,10 +272,7 @@ impl StandbyRuntime {
             events: events_tx.clone(),
             stop: redo_stop.clone(),
         };
-        let redo = std::thread::Builder::new()
-            .name("redo".into())
-            .spawn(move || redo.run(redo_rx))
-            .map_err(spawn_error("redo"))?;
+        let (redo_link, redo) = RedoLink::spawn(redo, 16).map_err(spawn_error("redo"))?;
 
         let trigger = start_trigger_watcher(&h, events_tx.clone())?;
         make_promotion_spares(&h.segdir);
@@ -333,7 +329,7 @@ impl StandbyRuntime {
                 events: events_rx,
                 events_tx: events_tx.clone(),
                 fetch: fetch_tx,
-                redo: redo_tx,
+                redo: redo_link,
             },
             tracelog::TraceLog::open(&dir.log()),
             h,

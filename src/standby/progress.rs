@@ -1,7 +1,8 @@
 //! What a standby shows of its recovery, each datum with exactly one owner
 //! that publishes it on a [`Watch`]:
 //!
-//! - the redo thread owns how far replay got ([`Replayed`]);
+//! - redo owns how far replay got ([`Replayed`]): the redo thread, or the
+//!   startup thread for a short request (one at a time, see `redo`);
 //! - the walreceiver owns what it flushed (in its [`ReceiverShared`]);
 //! - the startup process owns the machine's status, published once per
 //!   drain with the last notable transition ([`StandbyStatus`]).
@@ -18,7 +19,7 @@ use crate::states::recovery::{StateKind, Status, Transition, WalSource};
 use crate::watch::{Subscription, Watch};
 use crate::{Lsn, TimelineId};
 
-/// How far replay got. Owned by the redo thread: updated after every
+/// How far replay got. Owned by redo (see `redo::RedoLink`): updated after every
 /// record applied, published (subscribers woken) at every progress report
 /// and at the end of every replay request, so a subscriber is woken about
 /// as often as the machine hears of progress, not once per record.
@@ -125,7 +126,7 @@ pub struct StandbyProgress {
     /// Published by the startup process when it changes (see
     /// [`CascadeSignal`]): what cascading walsenders wait on besides WAL.
     pub cascade: Arc<Watch<CascadeSignal>>,
-    /// Owned by the redo thread.
+    /// Owned by redo.
     pub replayed: Arc<Watch<Replayed>>,
     /// Owned by the walreceiver: what it flushed, its state; it reads
     /// `replayed` for the apply position of its replies.

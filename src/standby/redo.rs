@@ -10,9 +10,20 @@
 //! walreceiver's replies, cascading walsenders) at least every millisecond
 //! of a long replay, with every progress report and at the end of each
 //! request.
+//!
+//! A short request made while the redo thread is idle (a streaming
+//! standby's request per received batch: a commit's few records) runs on
+//! the startup thread itself ([`RedoLink::try_inline`]), which answers the
+//! machine with the same events without queueing them: handing it to the
+//! redo thread cost every commit a second thread wake-up on the path to
+//! the apply report a `remote_apply` commit waits for, and a third (the
+//! answer) off it. Long requests keep running on the redo thread, so the
+//! startup thread stays free for shutdown and promotion. Either way one
+//! request runs at a time, in the machine's order (see [`RedoLink`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -44,6 +55,13 @@ const PUBLISH_INTERVAL: Duration = Duration::from_millis(1);
 /// thread ([`redo_read_ahead`]); a shorter one is applied on this thread,
 /// where starting a thread would cost more than it saves.
 const READ_AHEAD_MIN_BYTES: u64 = 4 << 20;
+/// A request at most this far ahead of the reader may run on the startup
+/// thread ([`RedoLink::try_inline`]): a streaming standby's batches (one
+/// commit is ~100 bytes, a flush of 64 clients' commits a few kB) are
+/// applied in well under a millisecond, while the startup thread must not
+/// be kept from its events (shutdown, promotion) for long.
+const INLINE_MAX_BYTES: u64 = 128 << 10;
+const _: () = assert!(INLINE_MAX_BYTES < READ_AHEAD_MIN_BYTES);
 
 /// What the redo thread is asked to do.
 #[derive(Debug, Clone)]
@@ -54,7 +72,8 @@ pub enum RedoRequest {
     SetHistory(TimelineHistory),
 }
 
-/// The redo thread's state.
+/// Redo's state: used by one thread at a time, the redo thread or (for a
+/// short request) the startup thread (see [`RedoLink`]).
 pub struct Redo {
     /// Where records are applied.
     pub store: Arc<Store>,
@@ -62,11 +81,197 @@ pub struct Redo {
     /// The replay position, owned here.
     pub replayed: Arc<Watch<Replayed>>,
     /// The walreceiver: told after each publication, it sends the apply
-    /// position a `remote_apply` commit waits for from this thread.
+    /// position a `remote_apply` commit waits for from the applying thread.
     pub received: Arc<ReceiverShared>,
     pub events: Sender<Event>,
     /// Set at shutdown: a long replay stops between records.
     pub stop: Arc<AtomicBool>,
+}
+
+/// What [`RedoLink::try_inline`] did on the calling thread.
+#[derive(Debug)]
+pub struct Inline {
+    /// The answers for the machine, in order: progress reports, then the
+    /// request's end (the events the redo thread would have queued).
+    pub events: Vec<Event>,
+    /// Replay progress was left unreported upstream: call
+    /// [`RedoLink::publish_owed`] after [`APPLY_REPORT_SPACING`].
+    pub owed: bool,
+}
+
+/// The startup thread's side of redo: requests go to the redo thread, or
+/// run on the caller when the redo thread is idle and the request short.
+/// One request runs at a time and in the order made: a request runs inline
+/// only when none is queued or running on the thread (`queued` counts
+/// them: incremented before the send, decremented once the thread is done
+/// with the request), and the startup thread is the only one making
+/// requests, so none can overtake another.
+pub struct RedoLink {
+    requests: Sender<RedoRequest>,
+    shared: Arc<RedoShared>,
+}
+
+/// What the redo thread and the startup thread share.
+struct RedoShared {
+    redo: Mutex<Redo>,
+    /// Requests sent to the redo thread that it has not finished.
+    queued: AtomicUsize,
+}
+
+impl RedoShared {
+    fn lock(&self) -> MutexGuard<'_, Redo> {
+        self.redo.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lock if nobody holds it; a poisoned lock is taken too (the
+    /// state is positions and a reader, each left consistent per batch).
+    fn try_lock(&self) -> Option<MutexGuard<'_, Redo>> {
+        match self.redo.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+}
+
+/// Whether a request may run on the startup thread: nothing queued for
+/// the redo thread and the limit close to the reader.
+fn runs_inline(queued: usize, next: Lsn, upto: Lsn) -> bool {
+    queued == 0 && upto.saturating_sub(next) <= INLINE_MAX_BYTES
+}
+
+impl RedoLink {
+    /// Start the redo thread on `redo`, reading requests from a queue of
+    /// `capacity`.
+    pub fn spawn(redo: Redo, capacity: usize) -> std::io::Result<(RedoLink, JoinHandle<()>)> {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let shared = Arc::new(RedoShared {
+            redo: Mutex::new(redo),
+            queued: AtomicUsize::new(0),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("redo".into())
+                .spawn(move || run(&shared, rx))?
+        };
+        Ok((
+            RedoLink {
+                requests: tx,
+                shared,
+            },
+            thread,
+        ))
+    }
+
+    /// Queue `req` for the redo thread. `false` if the thread is gone.
+    pub fn send(&self, req: RedoRequest) -> bool {
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        if self.requests.send(req).is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Run `Replay { upto }` on this thread if the redo thread is idle and
+    /// the request short (see [`INLINE_MAX_BYTES`]); `None`: send it.
+    pub fn try_inline(&self, upto: Lsn) -> Option<Inline> {
+        if self.shared.queued.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        // Free unless the redo thread publishes owed progress right now.
+        let mut redo = self.shared.try_lock()?;
+        let queued = self.shared.queued.load(Ordering::Acquire);
+        if !runs_inline(queued, redo.reader.next_lsn(), upto) || redo.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut events = Vec::new();
+        let (end, owed) = redo.replay(upto, &mut |ev| events.push(ev));
+        events.push(end);
+        Some(Inline { events, owed })
+    }
+
+    /// Apply a new timeline history on this thread if the redo thread is
+    /// idle; `false`: send it.
+    pub fn try_set_history_inline(&self, history: &TimelineHistory) -> bool {
+        if self.shared.queued.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        let Some(mut redo) = self.shared.try_lock() else {
+            return false;
+        };
+        if self.shared.queued.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        redo.reader.set_history(history.clone());
+        true
+    }
+
+    /// Report progress an inline replay left unreported (see
+    /// [`Inline::owed`]); returns whether it is still owed. A request on
+    /// the redo thread publishes when it ends: nothing to do then.
+    pub fn publish_owed(&self) -> bool {
+        match self.shared.try_lock() {
+            Some(redo) => redo.publish(),
+            None => false,
+        }
+    }
+}
+
+/// The redo thread: requests in order, each under the lock.
+fn run(shared: &RedoShared, requests: Receiver<RedoRequest>) {
+    let _span = tracing::info_span!("redo").entered();
+    // Replay progress the walreceiver's replies have not carried yet
+    // (a status went out less than the spacing ago): reported after
+    // the spacing unless a request comes first.
+    let mut owed = false;
+    loop {
+        let req = if owed {
+            match requests.recv_timeout(APPLY_REPORT_SPACING) {
+                Ok(req) => req,
+                Err(RecvTimeoutError::Timeout) => {
+                    owed = shared.lock().publish();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match requests.recv() {
+                Ok(req) => req,
+                Err(_) => return,
+            }
+        };
+        let mut redo = shared.lock();
+        let answer = match req {
+            RedoRequest::SetHistory(h) => {
+                redo.reader.set_history(h);
+                None
+            }
+            RedoRequest::Replay { upto } => {
+                let events = redo.events.clone();
+                let (ev, unreported) = redo.replay(upto, &mut |ev| {
+                    let _ = events.send(ev);
+                });
+                owed = unreported;
+                Some(ev)
+            }
+        };
+        let stop = redo.stop.load(Ordering::Relaxed);
+        let events = redo.events.clone();
+        drop(redo);
+        // Done with it: from here the startup thread may run the next
+        // request itself (it makes the next `Replay` only on this answer).
+        shared.queued.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ev) = answer {
+            if events.send(ev).is_err() {
+                return;
+            }
+        }
+        if stop {
+            return;
+        }
+    }
 }
 
 impl Redo {
@@ -91,53 +296,16 @@ impl Redo {
         r
     }
 
-    pub fn run(mut self, requests: Receiver<RedoRequest>) {
-        let _span = tracing::info_span!("redo").entered();
-        // Replay progress the walreceiver's replies have not carried yet
-        // (a status went out less than the spacing ago): reported after
-        // the spacing unless a request comes first.
+    /// Apply up to `upto`, giving progress reports to `report`; the event
+    /// that ends the request, and whether replay progress was left
+    /// unreported upstream (see [`publish`]).
+    fn replay(&mut self, upto: Lsn, report: &mut dyn FnMut(Event)) -> (Event, bool) {
         let mut owed = false;
-        loop {
-            let req = if owed {
-                match requests.recv_timeout(APPLY_REPORT_SPACING) {
-                    Ok(req) => req,
-                    Err(RecvTimeoutError::Timeout) => {
-                        owed = self.publish();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            } else {
-                match requests.recv() {
-                    Ok(req) => req,
-                    Err(_) => return,
-                }
-            };
-            match req {
-                RedoRequest::SetHistory(h) => self.reader.set_history(h),
-                RedoRequest::Replay { upto } => {
-                    let (ev, unreported) = self.replay(upto);
-                    owed = unreported;
-                    if self.events.send(ev).is_err() {
-                        return;
-                    }
-                }
-            }
-            if self.stop.load(Ordering::Relaxed) {
-                return;
-            }
-        }
-    }
-
-    /// Apply up to `upto`; the event for the machine, and whether replay
-    /// progress was left unreported upstream (see [`publish`]).
-    fn replay(&mut self, upto: Lsn) -> (Event, bool) {
-        let mut owed = false;
-        let ev = self.replay_upto(upto, &mut owed);
+        let ev = self.replay_upto(upto, &mut owed, report);
         (ev, owed)
     }
 
-    fn replay_upto(&mut self, upto: Lsn, owed: &mut bool) -> Event {
+    fn replay_upto(&mut self, upto: Lsn, owed: &mut bool, report: &mut dyn FnMut(Event)) -> Event {
         // The one place that decides how far redo may apply: the machine's
         // limit (for a stream, what the walreceiver wrote and the primary
         // told flushed, maybe before this node's own fsync of it; a
@@ -150,11 +318,11 @@ impl Redo {
         // Far behind (catch-up, promotion, a restart): read ahead on a
         // second thread. Keeping up: a few records, on this thread.
         let behind = upto.saturating_sub(self.reader.next_lsn());
-        let (store, replayed, events) = (&*self.store, &*self.replayed, &self.events);
+        let (store, replayed) = (&*self.store, &*self.replayed);
         let received = &*self.received;
         let applied = |batch: &RecordBatch, _ops| {
             advanced(replayed, &history, batch);
-            progress.applied(replayed, received, events, batch);
+            progress.applied(replayed, received, &mut *report, batch);
         };
         let ran = if behind >= READ_AHEAD_MIN_BYTES {
             redo_read_ahead(
@@ -270,7 +438,7 @@ impl Progress {
         &mut self,
         replayed: &Watch<Replayed>,
         received: &ReceiverShared,
-        events: &Sender<Event>,
+        report: &mut dyn FnMut(Event),
         batch: &RecordBatch,
     ) {
         let Some(end) = batch.last().map(|r| r.end) else {
@@ -281,7 +449,7 @@ impl Progress {
             || now.duration_since(self.last_report) >= PROGRESS_INTERVAL
         {
             publish(replayed, received);
-            let _ = events.send(Event::WalReplayed { upto: end });
+            report(Event::WalReplayed { upto: end });
             self.reported = end;
             self.last_report = now;
             self.last_publish = now;
@@ -312,4 +480,80 @@ fn classify(kind: &ReadErrorKind) -> Option<RecordCheck> {
         ReadErrorKind::SegmentSize { .. } => RecordCheck::SegmentHeader,
         ReadErrorKind::Io { .. } => RecordCheck::MissingSegment,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{TimelineId, WalSegSize};
+
+    /// A redo on an empty WAL directory at `at`: every request ends at
+    /// once with `EndOfWalReached { at }`.
+    fn empty_redo(dir: &std::path::Path, at: Lsn) -> (Redo, Receiver<Event>) {
+        let (events, answers) = crossbeam_channel::bounded(16);
+        let replayed = Arc::new(Watch::new(Replayed::default()));
+        let received = ReceiverShared::new(replayed.clone());
+        let cfg = ReaderConfig {
+            dir: dir.to_path_buf(),
+            system_id: 1,
+            seg_size: WalSegSize::new(1 << 20).unwrap(),
+            history: TimelineHistory::root(TimelineId(1)),
+        };
+        let mut reader = WalReader::new(cfg, at);
+        reader.seek(at, None);
+        let redo = Redo {
+            store: Arc::new(Store::new()),
+            reader,
+            replayed,
+            received,
+            events,
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        (redo, answers)
+    }
+
+    #[test]
+    fn only_short_requests_run_inline_and_only_with_nothing_queued() {
+        let at = Lsn(0x100_0000);
+        assert!(runs_inline(0, at, at));
+        assert!(runs_inline(0, at, Lsn(at.0 + INLINE_MAX_BYTES)));
+        assert!(!runs_inline(0, at, Lsn(at.0 + INLINE_MAX_BYTES + 1)));
+        assert!(!runs_inline(1, at, at));
+        // A limit behind the reader (nothing to do) is short.
+        assert!(runs_inline(0, at, Lsn(at.0 - 1)));
+    }
+
+    #[test]
+    fn a_request_never_runs_inline_ahead_of_one_the_redo_thread_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = Lsn(0x100_0028);
+        let (redo, answers) = empty_redo(dir.path(), at);
+        let (link, thread) = RedoLink::spawn(redo, 4).unwrap();
+        // Idle: a short request runs here and answers here.
+        let done = link
+            .try_inline(at)
+            .expect("runs inline while the thread is idle");
+        assert!(matches!(
+            done.events.as_slice(),
+            [Event::EndOfWalReached { at: end }] if *end == at
+        ));
+        assert!(answers.is_empty(), "an inline answer is not queued");
+        // The thread has a request (held at its lock here): the next one
+        // is not run inline, whatever its size, until the thread is done.
+        let held = link.shared.lock();
+        assert!(link.send(RedoRequest::Replay { upto: at }));
+        assert!(link.try_inline(at).is_none());
+        assert!(!link.try_set_history_inline(&TimelineHistory::root(TimelineId(1))));
+        drop(held);
+        let answer = answers
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the thread answers");
+        assert!(matches!(answer, Event::EndOfWalReached { at: end } if end == at));
+        // The answer is sent once the thread is done with the request.
+        assert!(link.try_inline(at).is_some());
+        // A long request goes to the thread.
+        assert!(link.try_inline(Lsn(at.0 + INLINE_MAX_BYTES + 1)).is_none());
+        drop(link);
+        thread.join().unwrap();
+    }
 }

@@ -11,8 +11,12 @@
 //! still holding the channel's waker lock, the thread slept again on that
 //! lock to unregister (one per synchronous commit, twice). After each
 //! drain it publishes the machine's status (the node reads it for INFO,
-//! `/status` and `/metrics`).
+//! `/status` and `/metrics`). A short `Replay` (a streaming standby's
+//! batch) runs here when the redo thread is idle, and its answer is
+//! handled before the next wait: no hand-off to the redo thread and back
+//! per received batch (see `redo::RedoLink`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,7 +27,8 @@ use super::fetcher::FetchRequest;
 use super::progress::{LastTransition, StandbyStatus};
 use super::promote;
 use super::receiver::Sessions;
-use super::redo::RedoRequest;
+use super::receiver::APPLY_REPORT_SPACING;
+use super::redo::{RedoLink, RedoRequest};
 use super::tracelog::TraceLog;
 use super::{StandbyError, StandbyHandles};
 use crate::states::recovery::{
@@ -31,6 +36,7 @@ use crate::states::recovery::{
 };
 use crate::states::time::Millis;
 use crate::store::control::now_ms;
+use crate::Lsn;
 
 /// The longest the loop sleeps when the core has no timer armed (a bound,
 /// not a poll: every event wakes it at once).
@@ -43,7 +49,8 @@ pub struct Channels {
     /// For the executor's own answers (promotion steps).
     pub events_tx: Sender<Event>,
     pub fetch: Sender<FetchRequest>,
-    pub redo: Sender<RedoRequest>,
+    /// Redo: its thread, or this one for a short request.
+    pub redo: RedoLink,
 }
 
 /// Longest wait to queue an event from outside the workers (shutdown, a
@@ -109,6 +116,12 @@ pub struct Startup {
     standby_signal_unsynced: bool,
     /// What the history-file step prepared for the end-of-recovery step.
     prepared: Option<promote::PreparedTimeline>,
+    /// Redo's answers to a request run on this thread, handled before the
+    /// next wait (in order, before anything queued meanwhile).
+    answers: VecDeque<Event>,
+    /// An inline replay left progress unreported upstream: report it at
+    /// this time unless another replay does first.
+    apply_owed_at: Option<Instant>,
 }
 
 impl Startup {
@@ -130,6 +143,8 @@ impl Startup {
             partial: None,
             standby_signal_unsynced: false,
             prepared: None,
+            answers: VecDeque::new(),
+            apply_owed_at: None,
         }
     }
 
@@ -148,13 +163,26 @@ impl Startup {
             if self.core.state().is_final() {
                 break;
             }
-            let timeout = self
+            if let Some(ev) = self.answers.pop_front() {
+                self.handle(ev);
+                continue;
+            }
+            let core_timeout = self
                 .core
                 .poll_timeout()
                 .map(|t| Duration::from_millis(t.since_ms(self.now())))
                 .unwrap_or(IDLE_WAIT);
+            let owed_timeout = self
+                .apply_owed_at
+                .map(|t| t.saturating_duration_since(Instant::now()));
+            let timeout = owed_timeout.map_or(core_timeout, |o| o.min(core_timeout));
             match self.ch.events.recv_timeout(timeout) {
                 Ok(ev) => self.handle(ev),
+                Err(RecvTimeoutError::Timeout)
+                    if owed_timeout.is_some_and(|o| o < core_timeout) =>
+                {
+                    self.publish_owed();
+                }
                 Err(RecvTimeoutError::Timeout) => self.handle(Event::TimerFired),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -257,7 +285,7 @@ impl Startup {
             }
             Action::Replay { source, upto, .. } => {
                 self.status.source = Some(source);
-                let _ = self.ch.redo.send(RedoRequest::Replay { upto });
+                self.replay(upto);
             }
             Action::StartWalReceiver { session, from, tli } => {
                 self.receivers.start(session.0, from, tli)
@@ -269,7 +297,9 @@ impl Startup {
             Action::ArmRetry { .. } => {}
             Action::SetTargetTimeline { tli, history } => {
                 tracing::info!(tli = tli.0, "recovery follows timeline {}", tli.0);
-                let _ = self.ch.redo.send(RedoRequest::SetHistory(history));
+                if !self.ch.redo.try_set_history_inline(&history) {
+                    self.ch.redo.send(RedoRequest::SetHistory(history));
+                }
             }
             Action::ReachedConsistency { at } => {
                 tracing::info!(%at, "consistent recovery state reached; read-only connections are served");
@@ -346,6 +376,33 @@ impl Startup {
                 }
             }
         }
+    }
+
+    /// Have redo apply up to `upto`: here if the request is short and the
+    /// redo thread idle (its answers are handled before the next wait),
+    /// else on the redo thread (its answers come through the queue).
+    fn replay(&mut self, upto: Lsn) {
+        match self.ch.redo.try_inline(upto) {
+            Some(done) => {
+                self.answers.extend(done.events);
+                self.apply_owed_at = done.owed.then(|| Instant::now() + APPLY_REPORT_SPACING);
+            }
+            None => {
+                // The redo thread publishes what it applies itself.
+                self.apply_owed_at = None;
+                self.ch.redo.send(RedoRequest::Replay { upto });
+            }
+        }
+    }
+
+    /// The spacing after an inline replay passed: report its progress
+    /// upstream if no status carried it meanwhile.
+    fn publish_owed(&mut self) {
+        self.apply_owed_at = self
+            .ch
+            .redo
+            .publish_owed()
+            .then(|| Instant::now() + APPLY_REPORT_SPACING);
     }
 
     fn fetch(&self, req: FetchRequest) {

@@ -1,7 +1,8 @@
 //! Standby status updates and hot standby feedback while a session is
 //! connected. Two threads send them: the session (its flush reports,
 //! timers and pings) and redo (the apply position a `remote_apply` commit
-//! waits for, sent from redo's own thread right after it publishes, so the
+//! waits for, sent by whichever thread applied it, the redo thread or the
+//! startup thread for a short request, right after it publishes, so the
 //! reply costs no wake-up of the session). Both send under one lock, and
 //! every status is computed under it from the positions the session
 //! published before taking it, so the upstream sees write, flush and apply
