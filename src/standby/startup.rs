@@ -178,8 +178,10 @@ impl Startup {
             let timeout = owed_timeout.map_or(core_timeout, |o| o.min(core_timeout));
             match self.ch.events.recv_timeout(timeout) {
                 Ok(ev) => self.handle(ev),
+                // The owed report first when both are due: the core's
+                // timer fires on the next turn.
                 Err(RecvTimeoutError::Timeout)
-                    if owed_timeout.is_some_and(|o| o < core_timeout) =>
+                    if owed_timeout.is_some_and(|o| o <= core_timeout) =>
                 {
                     self.publish_owed();
                 }
