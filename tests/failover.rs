@@ -174,7 +174,11 @@ fn promote_in_streaming_under_load_keeps_every_acknowledged_write() {
 
 #[test]
 fn promote_in_retrying_archive_after_the_primary_died() {
-    let mut p = pair(&[]);
+    // A long retry wait keeps the machine in RetryingArchive between its
+    // attempts, so the promotion lands there however slow the host is (with
+    // the pair's 200 ms it could land in the next attempt); the promotion
+    // must cut that wait short.
+    let mut p = pair(&["wal_retrieve_retry_interval=30s"]);
     let load = start_load(&p.primary, 16);
     wait_writes(&p.primary, 500);
     p.primary.kill9();
