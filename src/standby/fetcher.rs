@@ -36,9 +36,22 @@ use crate::{SegNo, TimelineHistory, TimelineId, WalSegSize};
 /// A file request from the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchRequest {
-    RestoreSegment { tli: TimelineId, segno: SegNo },
-    FindLocalSegment { tli: TimelineId, segno: SegNo },
-    RestoreHistory { tli: TimelineId },
+    RestoreSegment {
+        tli: TimelineId,
+        segno: SegNo,
+    },
+    FindLocalSegment {
+        tli: TimelineId,
+        segno: SegNo,
+    },
+    RestoreHistory {
+        tli: TimelineId,
+    },
+    /// Asked here only when the startup process could not queue its own
+    /// answer (its event queue full: see `find_local_history`).
+    FindLocalHistory {
+        tli: TimelineId,
+    },
 }
 
 /// Whether `wal_dir` holds a readable history file of `tli`: a stat and
@@ -159,6 +172,7 @@ impl Fetcher {
                 }
             }
             FetchRequest::RestoreHistory { tli } => self.restore_history(tli),
+            FetchRequest::FindLocalHistory { tli } => find_local_history(&self.wal_dir(), tli),
         }
     }
 
