@@ -33,6 +33,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The arguments of `walrep promote`, parsed on their own first (see
+/// [`promote_fast`]).
+#[derive(Debug, clap::Args)]
+pub struct PromoteArgs {
+    /// The data directory of the running standby.
+    datadir: PathBuf,
+    /// Seconds to wait for the promotion to complete (0 = do not wait).
+    #[arg(long, default_value_t = 60)]
+    wait_seconds: u64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a new data directory (PostgreSQL's initdb).
@@ -64,13 +75,7 @@ pub enum Command {
     },
     /// Promote a running standby (PostgreSQL's pg_ctl promote): ask it to
     /// finish recovery and accept writes, and wait until it does.
-    Promote {
-        /// The data directory of the running standby.
-        datadir: PathBuf,
-        /// Seconds to wait for the promotion to complete (0 = do not wait).
-        #[arg(long, default_value_t = 60)]
-        wait_seconds: u64,
-    },
+    Promote(PromoteArgs),
     /// Accept the loss of the WAL after a damaged record, when no good copy
     /// of the damaged segment exists: that WAL and a report of the keys it
     /// wrote go into DATADIR/quarantine/; the node then starts from the WAL
@@ -281,14 +286,41 @@ fn parse_seg_size(s: &str) -> Result<WalSegSize, String> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    if let Some(args) = promote_fast() {
+        return exit_code(promote(&args.datadir, args.wait_seconds).map(|()| ExitCode::SUCCESS));
+    }
     let cli = Cli::parse();
-    match run(cli) {
+    exit_code(run(cli))
+}
+
+fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("walrep: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `walrep promote`'s arguments, parsed without building the whole
+/// command line (every subcommand and `walrep bench`'s many options):
+/// the request is on the path of a promotion, and the full parser is
+/// most of this process's own start-up. `None` for any other command,
+/// and for anything this parser refuses or answers itself (`--help`, a
+/// bad option): the full parser then runs and gives the usual answer.
+fn promote_fast() -> Option<PromoteArgs> {
+    use clap::{Args, FromArgMatches};
+    let mut args = std::env::args_os().skip(1);
+    let first = args.next()?;
+    if first != "promote" {
+        return None;
+    }
+    let cmd = PromoteArgs::augment_args(clap::Command::new("promote"));
+    let matches = cmd
+        .try_get_matches_from(std::iter::once(first).chain(args))
+        .ok()?;
+    PromoteArgs::from_arg_matches(&matches).ok()
 }
 
 /// An error and its causes joined with ": ", leaving out each cause whose
@@ -387,11 +419,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", status(&datadir)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Promote {
-            datadir,
-            wait_seconds,
-        } => {
-            promote(&datadir, wait_seconds)?;
+        Command::Promote(args) => {
+            promote(&args.datadir, args.wait_seconds)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Resetwal { datadir } => {
@@ -659,7 +688,9 @@ fn list_field<'a>(line: &'a str, key: &str) -> &'a str {
 }
 
 /// `walrep promote`: write the request file the standby's trigger watcher
-/// looks for, then wait for the control file to say "in production".
+/// looks for (checks first, then the request: nothing else of this
+/// process comes before it), then wait for the control file to say "in
+/// production" (woken by its change, not polled).
 fn promote(datadir: &std::path::Path, wait_seconds: u64) -> anyhow::Result<()> {
     let dir = walrep::node::DataDir::new(datadir);
     dir.check()?;
@@ -679,19 +710,17 @@ fn promote(datadir: &std::path::Path, wait_seconds: u64) -> anyhow::Result<()> {
         return Ok(());
     }
     print!("waiting for server to promote...");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_seconds);
-    loop {
-        if let Ok(c) = walrep::store::ControlFile::read(datadir) {
-            if c.state == walrep::store::ClusterState::InProduction {
-                println!(" done\nserver promoted (timeline {})", c.timeline);
-                return Ok(());
-            }
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let timeout = std::time::Duration::from_secs(wait_seconds);
+    match walrep::standby::trigger::wait_promoted(datadir, timeout) {
+        Some(c) => {
+            println!(" done\nserver promoted (timeline {})", c.timeline);
+            Ok(())
         }
-        if std::time::Instant::now() > deadline {
+        None => {
             println!(" stopped waiting");
-            anyhow::bail!("server did not promote in time");
+            anyhow::bail!("server did not promote in time")
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -36,10 +36,39 @@ use crate::{SegNo, TimelineHistory, TimelineId, WalSegSize};
 /// A file request from the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchRequest {
-    RestoreSegment { tli: TimelineId, segno: SegNo },
-    FindLocalSegment { tli: TimelineId, segno: SegNo },
-    RestoreHistory { tli: TimelineId },
-    FindLocalHistory { tli: TimelineId },
+    RestoreSegment {
+        tli: TimelineId,
+        segno: SegNo,
+    },
+    FindLocalSegment {
+        tli: TimelineId,
+        segno: SegNo,
+    },
+    RestoreHistory {
+        tli: TimelineId,
+    },
+    /// Asked here only when the startup process could not queue its own
+    /// answer (its event queue full: see `find_local_history`).
+    FindLocalHistory {
+        tli: TimelineId,
+    },
+}
+
+/// Whether `wal_dir` holds a readable history file of `tli`: a stat and
+/// a small read, which the startup process also runs itself, without a
+/// round trip through this thread (a promotion asks it on the way to the
+/// first write).
+pub(crate) fn find_local_history(wal_dir: &std::path::Path, tli: TimelineId) -> Event {
+    match crate::wal::read_history(wal_dir, tli) {
+        Ok(history) if wal_dir.join(tli.history_file_name()).exists() => {
+            Event::HistoryFoundLocally { tli, history }
+        }
+        Ok(_) => Event::HistoryNotFoundLocally { tli },
+        Err(e) => {
+            tracing::warn!(tli = tli.0, error = %e, "ignoring an unreadable local history file");
+            Event::HistoryNotFoundLocally { tli }
+        }
+    }
 }
 
 /// Runs requests one at a time until the request channel closes.
@@ -143,18 +172,7 @@ impl Fetcher {
                 }
             }
             FetchRequest::RestoreHistory { tli } => self.restore_history(tli),
-            FetchRequest::FindLocalHistory { tli } => {
-                match crate::wal::read_history(&self.wal_dir(), tli) {
-                    Ok(history) if self.wal_dir().join(tli.history_file_name()).exists() => {
-                        Event::HistoryFoundLocally { tli, history }
-                    }
-                    Ok(_) => Event::HistoryNotFoundLocally { tli },
-                    Err(e) => {
-                        tracing::warn!(tli = tli.0, error = %e, "ignoring an unreadable local history file");
-                        Event::HistoryNotFoundLocally { tli }
-                    }
-                }
-            }
+            FetchRequest::FindLocalHistory { tli } => find_local_history(&self.wal_dir(), tli),
         }
     }
 

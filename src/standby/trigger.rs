@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TryRecvError};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,7 @@ use tracing::{info, info_span, warn};
 
 use crate::config::Config;
 use crate::storage::{durable_remove, OpenFor, Storage};
+use crate::store::{ClusterState, ControlFile};
 
 /// `DATADIR/promote`: the promote request file (PostgreSQL's `PROMOTE_SIGNAL_FILE`).
 pub const PROMOTE_SIGNAL_FILE: &str = "promote";
@@ -274,13 +275,21 @@ where
     }
 }
 
-/// An inotify instance watching directories for new entries.
+/// An inotify instance watching directories for new entries (or, through
+/// [`DirWatch::with_masks`], any paths for the events given).
 struct DirWatch {
     fd: OwnedFd,
 }
 
 impl DirWatch {
     fn new(dirs: &[PathBuf]) -> io::Result<DirWatch> {
+        let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
+        let paths: Vec<(&Path, u32)> = dirs.iter().map(|d| (d.as_path(), mask)).collect();
+        DirWatch::with_masks(&paths)
+    }
+
+    /// Watch each path for the events of its mask (`IN_*`).
+    fn with_masks(paths: &[(&Path, u32)]) -> io::Result<DirWatch> {
         // SAFETY: a plain syscall; the result is checked before use.
         let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         if raw < 0 {
@@ -289,18 +298,17 @@ impl DirWatch {
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut watching = 0;
-        for dir in dirs {
-            let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
+        for &(path, mask) in paths {
+            let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
                 continue;
             };
-            let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
             // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
             if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) } >= 0 {
                 watching += 1;
             }
         }
         if watching == 0 {
-            return Err(io::Error::other("no directory could be watched"));
+            return Err(io::Error::other("no path could be watched"));
         }
         Ok(DirWatch { fd })
     }
@@ -327,6 +335,42 @@ impl DirWatch {
             if n <= 0 {
                 return;
             }
+        }
+    }
+}
+
+/// How often [`wait_promoted`] reads the control file without an inotify
+/// wake-up (with one, every change to the file wakes it at once).
+pub const PROMOTED_RECHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// ...and how often when inotify is unavailable (pg_ctl's wait polls
+/// every 100 ms; a promotion takes a few milliseconds).
+pub const PROMOTED_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Wait until the control file of the node on `datadir` says it is in
+/// production (the last step of a promotion before it accepts writes),
+/// at most `timeout`: that control file, or `None` when the time is up.
+/// An inotify watch on the file (changed in place) and on its directory
+/// (replaced by a rename) wakes the wait as soon as the file changes; a
+/// read every [`PROMOTED_RECHECK_INTERVAL`] covers a missed event.
+pub fn wait_promoted(datadir: &Path, timeout: Duration) -> Option<ControlFile> {
+    let deadline = Instant::now() + timeout;
+    let control = datadir.join(crate::store::control::CONTROL_FILE);
+    // Watched before the first read, so a change in between still wakes.
+    let wake = DirWatch::with_masks(&[
+        (&control, libc::IN_MODIFY | libc::IN_CLOSE_WRITE),
+        (datadir, libc::IN_MOVED_TO | libc::IN_CREATE),
+    ])
+    .ok();
+    loop {
+        match ControlFile::read(datadir) {
+            Ok(c) if c.state == ClusterState::InProduction => return Some(c),
+            // Not yet, or read in the middle of a change: the change wakes us.
+            _ => {}
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match &wake {
+            Some(w) => w.wait(left.min(PROMOTED_RECHECK_INTERVAL)),
+            None => thread::sleep(left.min(PROMOTED_POLL_INTERVAL)),
         }
     }
 }
@@ -422,6 +466,37 @@ mod tests {
         );
         let t = TriggerConfig::from_config(Path::new("/data/n1"), &Config::default());
         assert_eq!(t.promote_trigger_file, None);
+    }
+
+    #[test]
+    fn wait_promoted_returns_the_control_file_once_in_production() {
+        let d = tempfile::tempdir().unwrap();
+        let seg = crate::WalSegSize::new(16 << 20).unwrap();
+        let mut c = ControlFile::new_system(7, seg, 1);
+        c.state = ClusterState::InArchiveRecovery;
+        c.write(&StdStorage, d.path()).unwrap();
+        let waited = thread::scope(|s| {
+            let waiter = s.spawn(|| wait_promoted(d.path(), Duration::from_secs(60)));
+            c.timeline = crate::TimelineId(2);
+            c.state = ClusterState::InProduction;
+            c.write_in_place(&StdStorage, d.path()).unwrap();
+            waiter.join().unwrap()
+        });
+        let c = waited.expect("the control file says in production");
+        assert_eq!(c.timeline, crate::TimelineId(2));
+    }
+
+    #[test]
+    fn wait_promoted_gives_up_at_its_timeout() {
+        let d = tempfile::tempdir().unwrap();
+        let seg = crate::WalSegSize::new(16 << 20).unwrap();
+        let mut c = ControlFile::new_system(7, seg, 1);
+        c.state = ClusterState::InArchiveRecovery;
+        c.write(&StdStorage, d.path()).unwrap();
+        assert!(wait_promoted(d.path(), Duration::from_millis(20)).is_none());
+        // No control file at all (not a data directory): the same answer.
+        let e = tempfile::tempdir().unwrap();
+        assert!(wait_promoted(e.path(), Duration::ZERO).is_none());
     }
 
     #[test]
