@@ -167,6 +167,9 @@ struct Session {
     flusher: Option<Flusher>,
     /// The upstream agreed to say in keepalives when fsyncs may be spaced.
     flush_hint: bool,
+    /// What its last keepalive said: no commit there may wait for this
+    /// standby's flush (or write) position.
+    deferrable: bool,
     /// What the last flush request covered: the written position and the
     /// upstream's told flush position (which limits what is exposed).
     requested: (Lsn, Lsn),
@@ -206,6 +209,7 @@ impl Session {
             durability: Arc::new(Mutex::new(durability)),
             flusher: None,
             flush_hint: false,
+            deferrable: false,
             requested: (start, Lsn::INVALID),
             session: control.session.load(Ordering::Acquire),
             tli: cfg.tli,
@@ -565,6 +569,8 @@ impl Session {
             ))
         })?;
         self.flusher = Some(flusher);
+        // Until the upstream says otherwise, fsyncs start at once.
+        self.deferrable = false;
         let result = self.stream_batches(client);
         if let Some(f) = self.flusher.take() {
             tracing::debug!(fsyncs = f.fsyncs(), "walreceiver: fsync thread stopped");
@@ -612,6 +618,11 @@ impl Session {
             if reply_requested && !asked {
                 // Nothing new to fsync: answer now.
                 self.send_status(true, false)?;
+            } else if asked && self.flush_hint && !self.deferrable {
+                // Commits at `remote_write` wait for the written position
+                // only: report it now, not after the fsync (which reports
+                // the flush position in a second status update).
+                self.send_status(false, false)?;
             }
             // A flagged keepalive may ask for replay progress already made
             // (redo reports only what it publishes afterwards).
@@ -663,6 +674,7 @@ impl Session {
                 } => {
                     self.note_upstream(wal_end);
                     if let Some(f) = self.flusher.as_ref().filter(|_| self.flush_hint) {
+                        self.deferrable = flush_deferrable;
                         f.set_deferrable(flush_deferrable);
                     }
                     reply_requested |= r;
