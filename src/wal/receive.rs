@@ -165,6 +165,16 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Another thread's fsync of this writer's files failed: the writer
+    /// is stopped as if its own had (every later call fails; nothing
+    /// retries an fsync, whose failure may have dropped written pages).
+    pub fn poison(&mut self, reason: String) {
+        if self.failed.is_none() {
+            self.failed = Some(reason);
+        }
+        self.current = None;
+    }
+
     /// The segment file being written and its path, for another thread
     /// to fsync: every byte before `written()` lies in it or in a segment
     /// already fsynced at its completion. `None` at a segment boundary

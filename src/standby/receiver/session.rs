@@ -611,6 +611,7 @@ impl Session {
                 }
             };
             let (end, reply_requested) = self.receive_batch(first, client)?;
+            self.check_flusher()?;
             // Redo may apply what the primary flushed before this node's
             // own fsync (see `expose_written`).
             self.expose_written()?;
@@ -741,9 +742,13 @@ impl Session {
 
     /// An fsync of the fsync thread failed: the session ends (the failure
     /// is recorded for the node; nothing retries an fsync).
-    fn check_flusher(&self) -> Result<(), End> {
+    fn check_flusher(&mut self) -> Result<(), End> {
         match self.flusher.as_ref().and_then(Flusher::failed) {
-            Some(msg) => Err(End::Lost(msg)),
+            Some(msg) => {
+                // The stream's end must not fsync again what failed.
+                self.writer.poison(msg.clone());
+                Err(End::Lost(msg))
+            }
             None => Ok(()),
         }
     }
@@ -1047,11 +1052,17 @@ impl Session {
     /// final WalReceiverStopped carries it).
     fn finish(&mut self, end: &End) -> Lsn {
         self.shared.set_state(ReceiverState::Stopping);
-        let flushed = match self.writer.flush() {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = self.io_failure(e);
-                self.writer.flushed()
+        let flushed = if self.shared.io_failure().is_some() {
+            // An fsync failed (here or on the fsync thread): nothing
+            // retries it.
+            self.writer.flushed()
+        } else {
+            match self.writer.flush() {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = self.io_failure(e);
+                    self.writer.flushed()
+                }
             }
         };
         self.shared.publish_durable(flushed);
