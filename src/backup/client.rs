@@ -548,9 +548,10 @@ fn take(
     let (early_tx, early_rx) = crossbeam_channel::bounded(super::earlycheck::QUEUE);
     written.feed_early_check(early_tx);
     let early_stop = AtomicBool::new(false);
-    let ((extracted, received, end, tli), early) = std::thread::scope(|scope| {
+    let ((extracted, received, end, tli), early, copied) = std::thread::scope(|scope| {
         let dir = &opts.datadir;
         let stop = &early_stop;
+        let drain_rx = early_rx.clone();
         let early_job = scope.spawn(move || super::earlycheck::run(dir, early_rx, stop));
         // However the copy ends, the early check's thread is told to end
         // before the scope waits for it.
@@ -635,10 +636,7 @@ fn take(
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
         }
-        // The files still queued are read by the end check's threads.
-        early_stop.store(true, Ordering::Relaxed);
-        written.stop_early_check();
-        let early = early_job.join().unwrap_or_default();
+        let copied = Instant::now();
         let mut total = leader?;
         if let Some(wal) = wal_job {
             wal.join()
@@ -651,7 +649,23 @@ fn take(
             total.0.add(&x);
             total.1 += r;
         }
-        Ok((total, early))
+        // Every file is written: no more are queued, and what is still
+        // queued is read by the early thread and as many more threads as
+        // there are cores, each file whole on one of them (none waits for
+        // the file another is reading).
+        written.stop_early_check();
+        let helpers: Vec<_> = (1..super::earlycheck::drain_threads())
+            .map(|_| {
+                let rx = drain_rx.clone();
+                scope.spawn(move || super::earlycheck::run(dir, rx, stop))
+            })
+            .collect();
+        drop(drain_rx);
+        let mut early = early_job.join().unwrap_or_default();
+        for h in helpers {
+            early.merge(h.join().unwrap_or_default());
+        }
+        Ok((total, early, copied))
     })?;
     let received_bytes = per_job
         .iter()
@@ -659,7 +673,6 @@ fn take(
         .sum::<u64>()
         .max(received);
     progress.end(received_bytes);
-    let copied = Instant::now();
     let expected = Expected {
         system_id: id.system_id,
         start: start.start,
