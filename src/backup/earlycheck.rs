@@ -176,15 +176,19 @@ fn check_one(dir: &Path, e: &FileEntry, buf: &mut Vec<u8>) -> Option<Checked> {
             .flatten();
         (read.len, crc, facts)
     } else {
-        buf.resize(READ_BYTES, 0);
+        // Never shrunk: a chunk read next reuses it without zeroing it.
+        if buf.len() < READ_BYTES {
+            buf.resize(READ_BYTES, 0);
+        }
+        let piece = &mut buf[..READ_BYTES];
         let mut hasher = ChecksumKind::Crc32c.hasher();
         let mut len = 0u64;
         loop {
-            let n = file.read(buf).ok()?;
+            let n = file.read(piece).ok()?;
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
+            hasher.update(&piece[..n]);
             len += n as u64;
         }
         let sum = hasher.finish();

@@ -139,8 +139,11 @@ fn check_file(
 ) -> Result<Option<u64>, EndCheckError> {
     let path = stat_listed(dir, f)?;
     let Some((n, control)) = chunk else {
-        buf.resize(READ_BYTES, 0);
-        let (len, sum) = checksum_file_with(&path, f.kind, buf)?;
+        // Never shrunk: a chunk read next reuses it without zeroing it.
+        if buf.len() < READ_BYTES {
+            buf.resize(READ_BYTES, 0);
+        }
+        let (len, sum) = checksum_file_with(&path, f.kind, &mut buf[..READ_BYTES])?;
         compare_listed(f, len, &sum)?;
         return Ok(None);
     };
