@@ -921,9 +921,10 @@ fn basebackup(
     );
     println!("walrep: {} bytes received from the node", s.received_bytes);
     println!(
-        "walrep: phases: start {:.2} s (checkpoint and pin), copy {:.2} s (received, written, fsynced), end check {:.2} s (read back against backup_manifest), verify {:.2} s (control, label, WAL records)",
+        "walrep: phases: start {:.2} s (checkpoint and pin), copy {:.2} s (received, written, fsynced; the last job ended {:.2} s after the first), end check {:.2} s (read back against backup_manifest), verify {:.2} s (control, label, WAL records)",
         s.phases.start.as_secs_f64(),
         s.phases.copy.as_secs_f64(),
+        s.phases.copy_jobs_spread.as_secs_f64(),
         s.phases.end_check.as_secs_f64(),
         s.phases.verify.as_secs_f64()
     );

@@ -143,6 +143,9 @@ pub struct Phases {
     pub start: Duration,
     /// Every job's stream received, written and fsynced, and the WAL.
     pub copy: Duration,
+    /// Of `copy`, from the first job's end to the last's (0 with one
+    /// job): how unevenly the jobs' parts went.
+    pub copy_jobs_spread: Duration,
     /// `backup_manifest` written, and every file read back against it
     /// (the snapshot's chunks checked as chunks in the same read).
     pub end_check: Duration,
@@ -541,125 +544,146 @@ fn take(
     let end_lsn = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     // Each job says on it when it ends (returns, fails or panics).
-    let (ended_tx, ended_rx) = crossbeam_channel::bounded::<()>(MAX_JOBS as usize + 1);
+    let (ended_tx, ended_rx) = crossbeam_channel::bounded::<Instant>(MAX_JOBS as usize + 1);
     // Each large file is read back on its own thread as soon as it is
     // written, while the jobs copy; the end check then reads only what
     // that did not check or what changed since.
     let (early_tx, early_rx) = crossbeam_channel::bounded(super::earlycheck::QUEUE);
     written.feed_early_check(early_tx);
     let early_stop = AtomicBool::new(false);
-    let ((extracted, received, end, tli), early) = std::thread::scope(|scope| {
-        let dir = &opts.datadir;
-        let stop = &early_stop;
-        let early_job = scope.spawn(move || super::earlycheck::run(dir, early_rx, stop));
-        // However the copy ends, the early check's thread is told to end
-        // before the scope waits for it.
-        let _stop = StopEarlyCheck(&written, &early_stop);
-        let wal_job = fetch_wal_apart.then(|| {
-            let fetch = WalFetch {
-                storage: &*opts.storage,
-                datadir: &opts.datadir,
-                start: start.start,
-                tli: start.tli,
-                seg,
-                end: &end_lsn,
-                failed: &failed,
-                timeout: opts.timeout,
-                received: &per_job[opts.jobs as usize],
-                written: &written,
-            };
-            let ended = Ended(ended_tx.clone());
-            scope.spawn(move || {
-                let _ended = ended;
-                let mut c = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
-                let n = fetch.run(&mut c);
-                c.close();
-                n
-            })
-        });
-        let jobs = match (&start.backup_id, opts.jobs) {
-            (_, 1) => Vec::new(),
-            (Some(id), n) => (1..n)
-                .map(|k| {
-                    let counter = &per_job[k as usize];
-                    let written = Arc::clone(&written);
-                    let ended = Ended(ended_tx.clone());
-                    scope.spawn(move || {
-                        let _ended = ended;
-                        copy_part(opts, id, k, counter, written)
-                    })
+    let ((extracted, received, end, tli), early, copied, jobs_spread) =
+        std::thread::scope(|scope| {
+            let dir = &opts.datadir;
+            let stop = &early_stop;
+            let drain_rx = early_rx.clone();
+            let early_job = scope.spawn(move || super::earlycheck::run(dir, early_rx, stop));
+            // However the copy ends, the early check's thread is told to end
+            // before the scope waits for it.
+            let _stop = StopEarlyCheck(&written, &early_stop);
+            let wal_job = fetch_wal_apart.then(|| {
+                let fetch = WalFetch {
+                    storage: &*opts.storage,
+                    datadir: &opts.datadir,
+                    start: start.start,
+                    tli: start.tli,
+                    seg,
+                    end: &end_lsn,
+                    failed: &failed,
+                    timeout: opts.timeout,
+                    received: &per_job[opts.jobs as usize],
+                    written: &written,
+                };
+                let ended = Ended(ended_tx.clone());
+                scope.spawn(move || {
+                    let _ended = ended;
+                    let mut c = ReplicationClient::connect(&conninfo(opts), opts.timeout)?;
+                    let n = fetch.run(&mut c);
+                    c.close();
+                    n
                 })
-                .collect(),
-            (None, _) => {
-                return Err(BasebackupError::Protocol(
-                    "the server did not return a backup id for PARALLEL: it is not walrep".into(),
-                ))
+            });
+            let jobs = match (&start.backup_id, opts.jobs) {
+                (_, 1) => Vec::new(),
+                (Some(id), n) => (1..n)
+                    .map(|k| {
+                        let counter = &per_job[k as usize];
+                        let written = Arc::clone(&written);
+                        let ended = Ended(ended_tx.clone());
+                        scope.spawn(move || {
+                            let _ended = ended;
+                            copy_part(opts, id, k, counter, written)
+                        })
+                    })
+                    .collect(),
+                (None, _) => {
+                    return Err(BasebackupError::Protocol(
+                        "the server did not return a backup id for PARALLEL: it is not walrep"
+                            .into(),
+                    ))
+                }
+            };
+            let mut shared = SharedProgress {
+                inner: &mut *progress,
+                per_job: &per_job,
+            };
+            let keep: &[&str] = match phase_one_done {
+                true => &[super::label::BACKUP_LABEL_FILE, crate::datadir::CONFIG_FILE],
+                false => &[],
+            };
+            let leader = receive_archive_with(
+                &mut client,
+                opts,
+                &written,
+                &mut shared,
+                &mut after_file,
+                Some(phase_one),
+                keep,
+            )
+            .and_then(|(x, r)| {
+                client
+                    .backup_end()
+                    .map(|(e, t)| (x, r, e, t))
+                    .map_err(Into::into)
+            });
+            let leader_ended = Instant::now();
+            match &leader {
+                Ok((_, _, end, _)) => end_lsn.store(end.0.max(1), Ordering::Release),
+                Err(_) => failed.store(true, Ordering::Relaxed),
             }
-        };
-        let mut shared = SharedProgress {
-            inner: &mut *progress,
-            per_job: &per_job,
-        };
-        let keep: &[&str] = match phase_one_done {
-            true => &[super::label::BACKUP_LABEL_FILE, crate::datadir::CONFIG_FILE],
-            false => &[],
-        };
-        let leader = receive_archive_with(
-            &mut client,
-            opts,
-            &written,
-            &mut shared,
-            &mut after_file,
-            Some(phase_one),
-            keep,
-        )
-        .and_then(|(x, r)| {
-            client
-                .backup_end()
-                .map(|(e, t)| (x, r, e, t))
-                .map_err(Into::into)
-        });
-        match &leader {
-            Ok((_, _, end, _)) => end_lsn.store(end.0.max(1), Ordering::Release),
-            Err(_) => failed.store(true, Ordering::Relaxed),
-        }
-        // The other jobs may still run: keep their progress moving until
-        // each has said it ended (not a sleep: the copy is over as soon
-        // as the last job is).
-        let mut running = jobs.len() + usize::from(wal_job.is_some());
-        while running > 0 {
-            shared.refresh();
-            match ended_rx.recv_timeout(PROGRESS_POLL) {
-                Ok(()) => running -= 1,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            // The first job to end: the leader, or a part that ended before it.
+            let mut first_ended = leader_ended;
+            // The other jobs may still run: keep their progress moving until
+            // each has said it ended (not a sleep: the copy is over as soon
+            // as the last job is).
+            let mut running = jobs.len() + usize::from(wal_job.is_some());
+            while running > 0 {
+                shared.refresh();
+                match ended_rx.recv_timeout(PROGRESS_POLL) {
+                    Ok(at) => {
+                        running -= 1;
+                        first_ended = first_ended.min(at);
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                }
             }
-        }
-        // The files still queued are read by the end check's threads.
-        early_stop.store(true, Ordering::Relaxed);
-        written.stop_early_check();
-        let early = early_job.join().unwrap_or_default();
-        let mut total = leader?;
-        if let Some(wal) = wal_job {
-            wal.join()
-                .map_err(|_| BasebackupError::Protocol("the WAL job panicked".into()))??;
-        }
-        for job in jobs {
-            let (x, r) = job
-                .join()
-                .map_err(|_| BasebackupError::Protocol("a backup job panicked".into()))??;
-            total.0.add(&x);
-            total.1 += r;
-        }
-        Ok((total, early))
-    })?;
+            let copied = Instant::now();
+            let mut total = leader?;
+            if let Some(wal) = wal_job {
+                wal.join()
+                    .map_err(|_| BasebackupError::Protocol("the WAL job panicked".into()))??;
+            }
+            for job in jobs {
+                let (x, r) = job
+                    .join()
+                    .map_err(|_| BasebackupError::Protocol("a backup job panicked".into()))??;
+                total.0.add(&x);
+                total.1 += r;
+            }
+            // Every file is written: no more are queued, and what is still
+            // queued is read by the early thread and as many more threads as
+            // there are cores, each file whole on one of them (none waits for
+            // the file another is reading).
+            written.stop_early_check();
+            let helpers: Vec<_> = (1..super::earlycheck::drain_threads())
+                .map(|_| {
+                    let rx = drain_rx.clone();
+                    scope.spawn(move || super::earlycheck::run(dir, rx, stop))
+                })
+                .collect();
+            drop(drain_rx);
+            let mut early = early_job.join().unwrap_or_default();
+            for h in helpers {
+                early.merge(h.join().unwrap_or_default());
+            }
+            Ok((total, early, copied, copied.duration_since(first_ended)))
+        })?;
     let received_bytes = per_job
         .iter()
         .map(|j| j.load(Ordering::Relaxed))
         .sum::<u64>()
         .max(received);
     progress.end(received_bytes);
-    let copied = Instant::now();
     let expected = Expected {
         system_id: id.system_id,
         start: start.start,
@@ -687,6 +711,7 @@ fn take(
     let phases = Phases {
         start: started_copy.duration_since(started),
         copy: copied.duration_since(started_copy),
+        copy_jobs_spread: jobs_spread,
         end_check: end_checked.duration_since(copied),
         verify: end_checked.elapsed(),
     };
@@ -909,11 +934,11 @@ fn copy_part(
 
 /// Held by a job's thread: dropped when the job ends, however it ends,
 /// which tells the leader waiting for the jobs.
-struct Ended(crossbeam_channel::Sender<()>);
+struct Ended(crossbeam_channel::Sender<Instant>);
 
 impl Drop for Ended {
     fn drop(&mut self) {
-        let _ = self.0.try_send(());
+        let _ = self.0.try_send(Instant::now());
     }
 }
 

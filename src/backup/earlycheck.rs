@@ -29,10 +29,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::manifest::{compare_listed, ChecksumKind, ListedFile};
+use super::manifest::{compare_listed, ChecksumKind, Hasher, ListedFile};
 use super::written::FileEntry;
 use crate::datadir::BASE_DIR;
-use crate::store::checkpoint::parse_chunk;
+use crate::store::checkpoint::check_chunk;
 use crate::store::ControlFile;
 
 /// Files smaller than this are left to the end check (they are the few
@@ -44,6 +44,9 @@ pub(crate) const MIN_BYTES: u64 = 1 << 20;
 pub(crate) const QUEUE: usize = 1024;
 /// Bytes read at a time from a file that is not a chunk.
 const READ_BYTES: usize = 1 << 20;
+/// Bytes of a chunk read and checksummed at a time (well within the
+/// CPU's second-level cache, where both checksums then find them).
+const PIECE_BYTES: usize = 256 << 10;
 
 /// A file's identity and the times that any write to it changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +95,11 @@ pub(crate) struct EarlyChecks {
 }
 
 impl EarlyChecks {
+    /// Add what another thread checked.
+    pub fn merge(&mut self, other: EarlyChecks) {
+        self.by_path.extend(other.by_path);
+    }
+
     /// `f` (in the copy in `dir`) was checked early against this very
     /// entry and has not changed since: `Some` with its keys when
     /// `chunk` (its number and the control file naming its snapshot) says
@@ -121,10 +129,17 @@ impl EarlyChecks {
     }
 }
 
+/// Threads reading what is still queued once every file is written (the
+/// early thread and helpers): one per core, at most 4 (each holds one
+/// chunk in memory).
+pub(crate) fn drain_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
 /// Check each file `entries` hands over in the copy in `dir`, until
-/// every sender is gone or `stop` is set (the jobs are done: what is
-/// still queued is left to the end check, which reads on every core);
-/// returns those that matched.
+/// every sender is gone and the queue is empty (other threads may share
+/// the queue), or until `stop` is set (the copy failed); returns those
+/// that matched.
 pub(crate) fn run(
     dir: &Path,
     entries: crossbeam_channel::Receiver<FileEntry>,
@@ -152,26 +167,28 @@ fn check_one(dir: &Path, e: &FileEntry, buf: &mut Vec<u8>) -> Option<Checked> {
     }
     let chunk_like = e.path.starts_with(&format!("{BASE_DIR}/"));
     let (len, crc, chunk) = if chunk_like {
-        buf.clear();
-        (&mut file)
-            .take(e.size.saturating_add(1))
-            .read_to_end(buf)
-            .ok()?;
-        (
-            buf.len() as u64,
-            super::manifest::crc32c(buf),
-            chunk_facts(buf),
-        )
+        let mut hasher = ChecksumKind::Crc32c.hasher();
+        let read = read_whole(&mut file, e.size, buf, &mut hasher).ok()?;
+        let sum = hasher.finish();
+        let crc = u32::from_ne_bytes(sum.try_into().ok()?);
+        let facts = (read.len == e.size)
+            .then(|| chunk_facts(&buf[..read.len as usize], read.body_crc))
+            .flatten();
+        (read.len, crc, facts)
     } else {
-        buf.resize(READ_BYTES, 0);
+        // Never shrunk: a chunk read next reuses it without zeroing it.
+        if buf.len() < READ_BYTES {
+            buf.resize(READ_BYTES, 0);
+        }
+        let piece = &mut buf[..READ_BYTES];
         let mut hasher = ChecksumKind::Crc32c.hasher();
         let mut len = 0u64;
         loop {
-            let n = file.read(buf).ok()?;
+            let n = file.read(piece).ok()?;
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
+            hasher.update(&piece[..n]);
             len += n as u64;
         }
         let sum = hasher.finish();
@@ -187,19 +204,71 @@ fn check_one(dir: &Path, e: &FileEntry, buf: &mut Vec<u8>) -> Option<Checked> {
 }
 
 /// The chunk's header fields (number, chunks in its snapshot, snapshot
-/// id, where `parse_chunk` reads them) and its keys, when it parses as a
-/// chunk with them. Whether they are the snapshot's is decided at the
-/// end, against the copy's control file.
-fn chunk_facts(b: &[u8]) -> Option<ChunkFacts> {
+/// id, where `check_chunk` reads them) and its keys, when it checks as a
+/// chunk with them (`body_crc`: its CRC32 computed while it was read).
+/// Whether they are the snapshot's is decided at the end, against the
+/// copy's control file.
+fn chunk_facts(b: &[u8], body_crc: Option<u32>) -> Option<ChunkFacts> {
     let index = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?);
     let chunks = u32::from_le_bytes(b.get(12..16)?.try_into().ok()?);
     let id = u64::from_le_bytes(b.get(16..24)?.try_into().ok()?);
-    let entries = parse_chunk(b, index, chunks, id).ok()?;
+    let keys = check_chunk(b, index, chunks, id, body_crc).ok()?;
     Some(ChunkFacts {
         index,
         chunks,
         id,
-        keys: entries.len() as u64,
+        keys,
+    })
+}
+
+/// A file read whole by [`read_whole`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadWhole {
+    /// Bytes read (at most one more than expected).
+    pub len: u64,
+    /// When `len` is the length expected: the CRC32 of every byte but the
+    /// last four (a snapshot chunk's own checksum covers those).
+    pub body_crc: Option<u32>,
+}
+
+/// Read `file`, expected to hold `expect` bytes, into `buf[..len]` (one
+/// byte more is read to notice a longer file), a [`PIECE_BYTES`] piece at
+/// a time, each piece fed to `hasher` and to the chunk's CRC32 just after
+/// it is read, while it is still in the CPU's cache: the file's bytes go
+/// through memory once, not once per checksum. `buf` keeps its length
+/// (it grows only with the bytes actually read), so a thread reading file
+/// after file does not zero or fault its buffer in again.
+pub(crate) fn read_whole(
+    file: &mut File,
+    expect: u64,
+    buf: &mut Vec<u8>,
+    hasher: &mut Hasher,
+) -> std::io::Result<ReadWhole> {
+    let body_end = expect.saturating_sub(4);
+    let mut body = crc32fast::Hasher::new();
+    let mut len = 0u64;
+    let limit = expect.saturating_add(1);
+    while len < limit {
+        let at = len as usize;
+        let want = (limit - len).min(PIECE_BYTES as u64) as usize;
+        if buf.len() < at + want {
+            buf.resize(at + want, 0);
+        }
+        let n = match file.read(&mut buf[at..at + want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let piece = &buf[at..at + n];
+        hasher.update(piece);
+        let in_body = body_end.saturating_sub(len).min(n as u64) as usize;
+        body.update(&piece[..in_body]);
+        len += n as u64;
+    }
+    Ok(ReadWhole {
+        len,
+        body_crc: (len == expect && expect >= 4).then(|| body.finalize()),
     })
 }
 

@@ -10,19 +10,18 @@
 //! that has not changed since, is not read again.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::earlycheck::EarlyChecks;
+use super::earlycheck::{read_whole, EarlyChecks};
 use super::manifest::{
     checksum_file_with, compare_listed, stat_listed, CheckedFiles, ListedFile, ManifestError,
     ParsedManifest,
 };
 use super::verify::{CheckedChunks, VerifyError};
 use crate::datadir::BASE_DIR;
-use crate::store::checkpoint::{chunk_name, parse_chunk};
+use crate::store::checkpoint::{check_chunk, chunk_name};
 use crate::store::ControlFile;
 
 /// Most threads reading the copy back (each holds one chunk file in
@@ -140,8 +139,11 @@ fn check_file(
 ) -> Result<Option<u64>, EndCheckError> {
     let path = stat_listed(dir, f)?;
     let Some((n, control)) = chunk else {
-        buf.resize(READ_BYTES, 0);
-        let (len, sum) = checksum_file_with(&path, f.kind, buf)?;
+        // Never shrunk: a chunk read next reuses it without zeroing it.
+        if buf.len() < READ_BYTES {
+            buf.resize(READ_BYTES, 0);
+        }
+        let (len, sum) = checksum_file_with(&path, f.kind, &mut buf[..READ_BYTES])?;
         compare_listed(f, len, &sum)?;
         return Ok(None);
     };
@@ -150,21 +152,22 @@ fn check_file(
         path: path.clone(),
         source,
     };
-    buf.clear();
-    std::fs::File::open(&path)
-        .map_err(|e| io_error("open", e))?
-        .read_to_end(buf)
-        .map_err(|e| io_error("read", e))?;
+    let mut file = std::fs::File::open(&path).map_err(|e| io_error("open", e))?;
     let mut hasher = f.kind.hasher();
-    hasher.update(buf);
-    compare_listed(f, buf.len() as u64, &hasher.finish())?;
-    let entries = parse_chunk(buf, n, control.checkpoint_chunks, control.checkpoint_id).map_err(
-        |reason| VerifyError::Chunk {
-            file: path.display().to_string(),
-            reason,
-        },
-    )?;
-    Ok(Some(entries.len() as u64))
+    let read = read_whole(&mut file, f.size, buf, &mut hasher).map_err(|e| io_error("read", e))?;
+    compare_listed(f, read.len, &hasher.finish())?;
+    let keys = check_chunk(
+        &buf[..read.len as usize],
+        n,
+        control.checkpoint_chunks,
+        control.checkpoint_id,
+        read.body_crc,
+    )
+    .map_err(|reason| VerifyError::Chunk {
+        file: path.display().to_string(),
+        reason,
+    })?;
+    Ok(Some(keys))
 }
 
 #[cfg(test)]

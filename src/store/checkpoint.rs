@@ -420,6 +420,66 @@ pub fn parse_chunk(
     Ok(out)
 }
 
+/// What [`parse_chunk`] checks of a chunk file (its CRC, magic, header
+/// and every entry), refusing it with the same message, without building
+/// the entries: their number. `body_crc` is the CRC32 of every byte
+/// before the stored one when the caller computed it while reading the
+/// file (it is computed here otherwise).
+pub fn check_chunk(
+    b: &[u8],
+    index: u32,
+    chunks: u32,
+    id: u64,
+    body_crc: Option<u32>,
+) -> Result<u64, String> {
+    if b.len() < HEADER_LEN + TRAILER_LEN {
+        return Err(format!("{} bytes is too short", b.len()));
+    }
+    let body_end = b.len() - 4;
+    let stored = u32::from_le_bytes(b[body_end..].try_into().expect("4 bytes"));
+    let computed = body_crc.unwrap_or_else(|| crc32fast::hash(&b[..body_end]));
+    if stored != computed {
+        return Err(format!(
+            "incorrect checksum (stored {stored:08X}, computed {computed:08X})"
+        ));
+    }
+    let v1 = &b[..8] == MAGIC_V1;
+    if &b[..8] != MAGIC && !v1 {
+        return Err("bad magic number".into());
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    if u32_at(8) != index || u32_at(12) != chunks || u64_at(16) != id {
+        return Err(format!(
+            "chunk header says {}/{} of checkpoint {:X}, expected {index}/{chunks} of {id:X}",
+            u32_at(8),
+            u32_at(12),
+            u64_at(16)
+        ));
+    }
+    let count = u64_at(body_end - 8);
+    let mut r = Reader::new(&b[HEADER_LEN..body_end - 8]);
+    let mut n = 0u64;
+    while r.remaining() > 0 {
+        let at = HEADER_LEN + r.position();
+        (|| {
+            r.bytes()?;
+            if v1 {
+                return r.bytes().map(drop);
+            }
+            r.u64()?;
+            r.u64()?;
+            value::skip(&mut r)
+        })()
+        .map_err(|e| format!("entry at byte {at}: {e}"))?;
+        n += 1;
+    }
+    if n != count {
+        return Err(format!("{n} entries, trailer says {count}"));
+    }
+    Ok(n)
+}
+
 /// Remove every snapshot directory except `keep` (after the control file
 /// points at `keep`), including leftovers of interrupted writes.
 pub fn remove_other_snapshots(
@@ -519,6 +579,70 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("0000000000000002")]);
+    }
+
+    /// `check_chunk` accepts and refuses exactly what `parse_chunk` does,
+    /// with the same message: every type of value, then every byte of the
+    /// chunk altered (its CRC made right again, so the entries are
+    /// walked) and the chunk cut at every length.
+    #[test]
+    fn check_chunk_refuses_what_parse_chunk_refuses() {
+        use std::borrow::Cow;
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new();
+        let b = |x: &'static [u8]| Cow::Borrowed(x);
+        let ops = [
+            Op::Set {
+                key: b(b"str"),
+                value: b(b"value"),
+            },
+            Op::HSet {
+                key: b(b"h"),
+                pairs: vec![(b(b"f"), b(b"v")), (b(b"g"), b(b"w"))],
+            },
+            Op::Push {
+                key: b(b"l"),
+                front: false,
+                elems: vec![b(b"a"), b(b"b")],
+            },
+            Op::SAdd {
+                key: b(b"s"),
+                members: vec![b(b"m")],
+            },
+            Op::Expire {
+                key: b(b"s"),
+                at_ms: 123,
+            },
+        ];
+        s.apply_replayed(Lsn(40), &ops);
+        write_snapshot(&StdStorage, d.path(), 3, 1, &s, &mut |_| {}).unwrap();
+        let chunk = fs::read(snapshot_dir(d.path(), 3).join(chunk_name(0))).unwrap();
+        let same = |b: &[u8]| {
+            let parsed = parse_chunk(b, 0, 1, 3).map(|e| e.len() as u64);
+            let body = b.len().checked_sub(4).map(|end| crc32fast::hash(&b[..end]));
+            assert_eq!(check_chunk(b, 0, 1, 3, None), parsed);
+            if b.len() >= HEADER_LEN + TRAILER_LEN {
+                assert_eq!(check_chunk(b, 0, 1, 3, body), parsed);
+            }
+            parsed
+        };
+        assert_eq!(same(&chunk), Ok(4));
+        assert!(check_chunk(&chunk, 1, 1, 3, None).is_err());
+        let mut refused = 0;
+        for at in 0..chunk.len() - 4 {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = chunk.clone();
+                bad[at] ^= bit;
+                let end = bad.len() - 4;
+                let crc = crc32fast::hash(&bad[..end]);
+                bad[end..].copy_from_slice(&crc.to_le_bytes());
+                refused += usize::from(same(&bad).is_err());
+            }
+        }
+        assert!(refused > chunk.len(), "most alterations are refused");
+        for len in 0..chunk.len() {
+            assert!(same(&chunk[..len]).is_err());
+        }
     }
 
     #[test]
