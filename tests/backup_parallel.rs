@@ -18,7 +18,10 @@ use support::cluster::*;
 use support::node::{init_datadir, walrep, walrep_bin, TestNode};
 use support::process::ChildGuard;
 use support::wait_for;
+use walrep::backup::verify::{verify_files, Expected};
 use walrep::replication::client::{BaseBackupRequest, ConnInfo, ReplicationClient};
+use walrep::store::checkpoint::snapshot_dir;
+use walrep::store::ControlFile;
 
 fn primary(tmp: &std::path::Path, extra: &[&str]) -> TestNode {
     let dir = init_datadir(tmp, "primary", &["--wal-segment-size", "16MB"]);
@@ -79,11 +82,37 @@ fn four_jobs_copy_a_primary_under_load_into_a_standby_with_every_write() {
     for job in ["leader", "part 1", "part 2", "part 3", "wal"] {
         assert!(last.contains(&format!("{job} ")), "no {job} in {last:?}");
     }
+    missing_chunk_fails_the_check(&dest);
     let standby = TestNode::start(&dest, &[]);
     wait_state(&standby, "Streaming");
     wait_caught_up(&primary, &standby);
     check_keys(&standby, "bulk", bulk);
     check_keys(&standby, "w", written);
+}
+
+/// The parts take their chunks from one queue on the server, so no part
+/// knows in advance which chunks it sends: the copy's check names a chunk
+/// that no stream sent. Shown on the finished copy `dest` with one chunk
+/// moved away (and put back).
+fn missing_chunk_fails_the_check(dest: &std::path::Path) {
+    let control = ControlFile::read(dest).unwrap();
+    let expected = Expected {
+        system_id: control.system_identifier,
+        start: control.redo_lsn,
+        end: control.min_recovery_point,
+        tli: control.checkpoint_timeline,
+    };
+    verify_files(dest, &expected).expect("the copy verifies");
+    let last = control.checkpoint_chunks - 1;
+    let chunk = snapshot_dir(dest, control.checkpoint_id).join(format!("chunk_{last:04}"));
+    let aside = dest.join("chunk.aside");
+    std::fs::rename(&chunk, &aside).unwrap();
+    let e = verify_files(dest, &expected).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("no stream of the backup sent chunk {last} of")),
+        "{e}"
+    );
+    std::fs::rename(&aside, &chunk).unwrap();
 }
 
 #[test]

@@ -271,12 +271,14 @@ impl Extractor {
         let mut f =
             SeqWriter::open(&*self.storage, &path, OpenFor::CreateNew).map_err(|e| {
                 match e.io_error().kind() {
-                    io::ErrorKind::AlreadyExists => ExtractError::Unsafe {
-                        name: rel.display().to_string(),
-                        reason: "member appears twice in the archive".into(),
-                    },
-                    _ => ExtractError::Storage(e),
-                }
+                io::ErrorKind::AlreadyExists => ExtractError::Unsafe {
+                    name: rel.display().to_string(),
+                    reason:
+                        "member appears twice in the archive (or in two streams of a parallel copy)"
+                            .into(),
+                },
+                _ => ExtractError::Storage(e),
+            }
             })?;
         let kind = match self.written {
             Some(_) => ChecksumKind::Crc32c,

@@ -5,10 +5,16 @@
 //! backup is still reading (PostgreSQL holds WAL for a running backup the
 //! same way, through its backup start point).
 //!
-//! A parallel backup (`PARALLEL n`) also opens a session here ([`SessionGuard`]): the
-//! snapshot's chunks split in parts that other connections claim with
-//! `JOIN`; each claim takes its own pin under the same lock, so a part
-//! is never copied from a snapshot a checkpoint could remove.
+//! A parallel backup (`PARALLEL n`) also opens a session here
+//! ([`SessionGuard`]): parts 1 to n-1 that other connections claim with
+//! `JOIN`, and one [`ChunkQueue`] of the snapshot's chunks (largest
+//! first) shared by the leader and every claimed part. Each sender takes
+//! the next chunk until the queue is empty, so a faster stream simply
+//! sends more chunks and every stream ends within about one chunk of the
+//! others (a split fixed before the copy left the last stream up to half
+//! a second behind the first). Each claim takes its own pin under the
+//! same lock, so a part is never copied from a snapshot a checkpoint
+//! could remove.
 //!
 //! The checkpoint of a resumable backup stays pinned for [`RESUME_WINDOW`]
 //! once its stream ends, failed or sent, until its client confirms that
@@ -21,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -105,19 +112,76 @@ pub enum ResumeError {
     StillRunning(String),
 }
 
+/// The chunks of a parallel backup not handed out yet, shared by every
+/// sender of the backup. [`take`](Self::take) hands each chunk out exactly
+/// once, whichever sender asks and however many ask at the same time; it
+/// never waits (one compare-and-swap on an index).
+#[derive(Debug)]
+pub struct ChunkQueue {
+    /// Chunk numbers and sizes in bytes, in the order they are handed out.
+    chunks: Box<[(u32, u64)]>,
+    /// Index of the next chunk to hand out (`chunks.len()` once empty).
+    next: AtomicUsize,
+}
+
+impl ChunkQueue {
+    /// A queue handing out `chunks` (number, size) in this order.
+    pub fn new(chunks: Vec<(u32, u64)>) -> ChunkQueue {
+        ChunkQueue {
+            chunks: chunks.into_boxed_slice(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A queue handing out the largest chunks first (ties by number): the
+    /// small ones last, so the senders' ends are at most a small chunk
+    /// apart when the sizes differ.
+    pub fn largest_first(mut chunks: Vec<(u32, u64)>) -> ChunkQueue {
+        chunks.sort_by_key(|&(n, size)| (std::cmp::Reverse(size), n));
+        ChunkQueue::new(chunks)
+    }
+
+    /// The next chunk (number, size), or `None` once every chunk was
+    /// handed out (or the queue closed).
+    pub fn take(&self) -> Option<(u32, u64)> {
+        let len = self.chunks.len();
+        let i = self
+            .next
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |i| {
+                (i < len).then_some(i + 1)
+            })
+            .ok()?;
+        self.chunks.get(i).copied()
+    }
+
+    /// Bytes of the chunks not handed out yet.
+    pub fn remaining_bytes(&self) -> u64 {
+        let i = self.next.load(Ordering::Acquire).min(self.chunks.len());
+        self.chunks[i..].iter().map(|&(_, size)| size).sum()
+    }
+
+    /// Hand out nothing more (the backup ended or failed: a part still
+    /// sending stops after its current chunk).
+    pub fn close(&self) {
+        self.next.store(self.chunks.len(), Ordering::Release);
+    }
+}
+
 /// A parallel backup other connections may join.
 #[derive(Debug, Clone)]
 struct Session {
     pinned: Pinned,
     /// Timeline of the redo point.
     tli: u32,
-    /// Chunk numbers of each part; `None` once claimed. Part 0 is the
-    /// leader's own and is never offered.
-    parts: Vec<Option<Vec<u32>>>,
+    /// Whether each part was claimed. Part 0 is the leader's own and is
+    /// never offered.
+    claimed: Vec<bool>,
+    /// The chunks every sender takes from.
+    queue: Arc<ChunkQueue>,
 }
 
 /// What a joining connection copies.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ClaimedPart {
     /// The snapshot `base/<id>/` the chunks are in.
     pub snapshot_id: u64,
@@ -125,8 +189,12 @@ pub struct ClaimedPart {
     pub redo: Lsn,
     /// Its timeline.
     pub tli: u32,
-    /// The chunk numbers of the part.
-    pub chunks: Vec<u32>,
+    /// Where the part takes its chunks from, one at a time, with the
+    /// leader and the other parts.
+    pub queue: Arc<ChunkQueue>,
+    /// Parts of the backup, the leader's included (for the part's share
+    /// of the remaining bytes, its size estimate).
+    pub parts: usize,
 }
 
 /// Why a part could not be claimed.
@@ -314,34 +382,37 @@ impl BackupPins {
         g.kept.len()
     }
 
-    /// Open a parallel backup `token` over the snapshot and redo point of
-    /// `leader` (which must outlive the returned guard); `parts[0]` is the
-    /// leader's own part. Closed when the guard is dropped.
+    /// Open a parallel backup `token` of `parts` parts (part 0 is the
+    /// leader's own) over the snapshot and redo point of `leader` (which
+    /// must outlive the returned guard), its senders taking chunks from
+    /// `queue`. Closed when the guard is dropped; the queue with it.
     pub fn open_session(
         self: &Arc<Self>,
         leader: &BackupPin,
         token: &str,
         tli: u32,
-        parts: Vec<Vec<u32>>,
+        parts: usize,
+        queue: Arc<ChunkQueue>,
     ) -> SessionGuard {
         let mut g = self.lock();
         let pinned = g.pins[&leader.id];
-        let parts = parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| (i > 0).then_some(p))
-            .collect();
-        g.sessions
-            .insert(token.to_string(), Session { pinned, tli, parts });
+        let session = Session {
+            pinned,
+            tli,
+            claimed: (0..parts.max(1)).map(|i| i == 0).collect(),
+            queue: Arc::clone(&queue),
+        };
+        g.sessions.insert(token.to_string(), session);
         SessionGuard {
             pins: Arc::clone(self),
             token: token.to_string(),
+            queue,
         }
     }
 
-    /// Claim part `part` of backup `token`: its chunks, with a pin of its
-    /// own taken under the lock that proves the session (and so the
-    /// leader's pin) still exists.
+    /// Claim part `part` of backup `token`: the queue its chunks come
+    /// from, with a pin of its own taken under the lock that proves the
+    /// session (and so the leader's pin) still exists.
     pub fn claim(
         self: &Arc<Self>,
         token: &str,
@@ -352,19 +423,20 @@ impl BackupPins {
             .sessions
             .get_mut(token)
             .ok_or_else(|| ClaimError::NoSuchBackup(token.to_string()))?;
-        let last = session.parts.len().saturating_sub(1);
+        let last = session.claimed.len().saturating_sub(1);
         if part == 0 || part > last {
             return Err(ClaimError::NoSuchPart { part, last });
         }
-        let chunks = session.parts[part]
-            .take()
-            .ok_or(ClaimError::AlreadyClaimed(part))?;
+        if std::mem::replace(&mut session.claimed[part], true) {
+            return Err(ClaimError::AlreadyClaimed(part));
+        }
         let pinned = session.pinned;
         let claimed = ClaimedPart {
             snapshot_id: pinned.snapshot_id,
             redo: pinned.redo,
             tli: session.tli,
-            chunks,
+            queue: Arc::clone(&session.queue),
+            parts: session.claimed.len(),
         };
         let id = g.next;
         g.next += 1;
@@ -378,9 +450,10 @@ impl BackupPins {
 
     /// Parts of backup `token` not claimed yet (0 once it is closed).
     pub fn unclaimed(&self, token: &str) -> usize {
-        self.lock().sessions.get(token).map_or(0, |s| {
-            s.parts.iter().skip(1).filter(|p| p.is_some()).count()
-        })
+        self.lock()
+            .sessions
+            .get(token)
+            .map_or(0, |s| s.claimed.iter().filter(|c| !**c).count())
     }
 
     /// Number of backups holding pins (for INFO and tests).
@@ -509,15 +582,19 @@ pub struct BackupPin {
 }
 
 /// An open parallel backup; dropping it closes the session (parts not
-/// claimed by then can no longer be).
+/// claimed by then can no longer be) and its queue (a part still sending
+/// takes no more chunks: the leader ended, with every chunk handed out,
+/// or failed).
 #[derive(Debug)]
 pub struct SessionGuard {
     pins: Arc<BackupPins>,
     token: String,
+    queue: Arc<ChunkQueue>,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
+        self.queue.close();
         self.pins.lock().sessions.remove(&self.token);
     }
 }
@@ -658,7 +735,8 @@ mod tests {
     fn parts_are_claimed_once_with_their_own_pin() {
         let pins = BackupPins::new();
         let leader = pins.pin(7, Lsn(0x700));
-        let session = pins.open_session(&leader, "t", 1, vec![vec![0], vec![1, 3], vec![2]]);
+        let queue = Arc::new(ChunkQueue::largest_first(vec![(0, 5), (1, 9), (2, 9)]));
+        let session = pins.open_session(&leader, "t", 1, 3, Arc::clone(&queue));
         assert_eq!(pins.unclaimed("t"), 2);
         assert_eq!(
             pins.claim("t", 0).unwrap_err(),
@@ -673,15 +751,25 @@ mod tests {
             Err(ClaimError::NoSuchBackup(_))
         ));
         let (pin, part) = pins.claim("t", 1).unwrap();
-        assert_eq!(part.chunks, vec![1, 3]);
-        assert_eq!((part.snapshot_id, part.redo), (7, Lsn(0x700)));
+        assert_eq!(
+            (part.snapshot_id, part.redo, part.parts),
+            (7, Lsn(0x700), 3)
+        );
+        // The part and the leader take from the same queue: the largest
+        // chunks first, each once.
+        assert_eq!(queue.take(), Some((1, 9)));
+        assert_eq!(part.queue.remaining_bytes(), 14);
+        assert_eq!(part.queue.take(), Some((2, 9)));
         assert_eq!(
             pins.claim("t", 1).unwrap_err(),
             ClaimError::AlreadyClaimed(1)
         );
         assert_eq!(pins.unclaimed("t"), 1);
-        // The claim's pin outlives the leader's and the session.
+        // The claim's pin outlives the leader's and the session; the
+        // session's end closes the queue.
         drop(session);
+        assert_eq!(part.queue.take(), None);
+        assert_eq!(part.queue.remaining_bytes(), 0);
         drop(leader);
         assert_eq!(pins.pinned_snapshots(), vec![7]);
         assert!(matches!(
@@ -690,5 +778,40 @@ mod tests {
         ));
         drop(pin);
         assert_eq!(pins.count(), 0);
+    }
+
+    #[test]
+    fn concurrent_takers_get_every_chunk_exactly_once() {
+        const CHUNKS: u32 = 2_000;
+        const TAKERS: usize = 8;
+        let chunks: Vec<(u32, u64)> = (0..CHUNKS).map(|n| (n, u64::from(n % 7))).collect();
+        let queue = Arc::new(ChunkQueue::largest_first(chunks));
+        let taken: Vec<Vec<u32>> = std::thread::scope(|s| {
+            let takers: Vec<_> = (0..TAKERS)
+                .map(|_| {
+                    let q = &queue;
+                    s.spawn(move || {
+                        let mut mine = Vec::new();
+                        while let Some((n, _)) = q.take() {
+                            mine.push(n);
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            takers.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let mut all: Vec<u32> = taken.iter().flatten().copied().collect();
+        assert_eq!(all.len(), CHUNKS as usize, "a chunk handed out twice");
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all, (0..CHUNKS).collect::<Vec<_>>());
+        // Each taker saw its chunks largest first.
+        for mine in &taken {
+            let sizes: Vec<u32> = mine.iter().map(|n| n % 7).collect();
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+        }
+        assert_eq!(queue.take(), None);
+        assert_eq!(queue.remaining_bytes(), 0);
     }
 }

@@ -20,13 +20,20 @@
 //! ([`super::standby_backup`]), and `backup_label` says `BACKUP FROM:
 //! standby`.
 //!
-//! With walrep's `PARALLEL n` the snapshot's chunks are split in `n` parts
-//! of about equal size: this connection sends part 0 with everything else
-//! above, and its first result set carries a `backup_id` column; `n - 1`
-//! other connections each send one part with `BASE_BACKUP (JOIN 'id',
+//! With walrep's `PARALLEL n` this connection (the leader) sends
+//! everything above, its first result set carries a `backup_id` column,
+//! and `n - 1` other connections each join with `BASE_BACKUP (JOIN 'id',
 //! PART k)` (an archive `base.part<k>.tar` of chunk files only, start and
-//! end result sets both at the start position). The leader ends the backup
-//! only once every part is claimed; each claim pins the snapshot itself.
+//! end result sets both at the start position). The snapshot's chunks are
+//! not split before the copy: they wait in one queue, largest first
+//! ([`ChunkQueue`]), and the leader and every joined part each take the
+//! next chunk until it is empty, so a stream that runs faster sends more
+//! and the streams end within about one chunk of each other. Which part
+//! sends which chunk is therefore not known in advance (the client
+//! extracts every part into the same directory and checks that every
+//! chunk arrived exactly once). The leader ends the backup only once the
+//! queue is empty and every part is claimed; each claim pins the snapshot
+//! itself.
 //!
 //! The node is seen only through [`BackupSource`]: what a backup needs of
 //! it (checkpoint, pin, backup-end record), nothing else.
@@ -39,7 +46,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::label::{BackupLabel, BACKUP_LABEL_FILE, MAX_LABEL_LEN};
 use super::manifest::{ChecksumKind, HashingReader, Manifest};
-use super::pin::{BackupPin, BackupPins, ClaimedPart, KeptBackup, ResumeError, RESUME_WINDOW};
+use super::pin::{BackupPin, BackupPins, ChunkQueue, KeptBackup, ResumeError, RESUME_WINDOW};
 use super::tarstream::{header, CopyWriter, ExactReader, Member};
 use crate::config::ArchiveMode;
 use crate::datadir::{
@@ -412,26 +419,6 @@ fn lost(e: io::Error) -> PgError {
     )
 }
 
-/// Split the chunks in `n` parts of about equal size (largest first, each
-/// to the lightest part); returns each part's chunk numbers, in order.
-fn split_parts(chunks: &[SourceFile], n: usize) -> Vec<Vec<u32>> {
-    let mut order: Vec<usize> = (0..chunks.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(chunks[i].size));
-    let mut parts = vec![(0u64, Vec::new()); n.max(1)];
-    for i in order {
-        let lightest = (0..parts.len()).min_by_key(|&p| parts[p].0).unwrap_or(0);
-        parts[lightest].0 += chunks[i].size;
-        parts[lightest].1.push(i as u32);
-    }
-    parts
-        .into_iter()
-        .map(|(_, mut p)| {
-            p.sort_unstable();
-            p
-        })
-        .collect()
-}
-
 /// `JOIN 'token', PART k`: one part of a running parallel backup.
 fn serve_part<S: BackupSource>(
     node: &S,
@@ -443,14 +430,17 @@ fn serve_part<S: BackupSource>(
         .backup_pins()
         .claim(token, options.part as usize)
         .map_err(|e| PgError::error(code::OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string()))?;
-    let files = part_files(node.datadir(), &part)?;
     let position = vec![Some(part.redo.to_string()), Some(part.tli.to_string())];
     out.result_set(
         &[("recptr", TEXT), ("tli", INT8)],
         std::slice::from_ref(&position),
     )
     .map_err(lost)?;
-    let size_kb = files.iter().map(|f| f.size).sum::<u64>() / 1024 + 1;
+    // What this part will send is known only at its end (the leader and
+    // the other parts take from the same queue): PROGRESS's total is an
+    // estimate, the part's share of the chunks not handed out yet.
+    let share = part.queue.remaining_bytes() / part.parts.max(1) as u64;
+    let size_kb = share / 1024 + 1;
     out.result_set(
         &[("spcoid", OID), ("spclocation", TEXT), ("size", INT8)],
         &[vec![
@@ -465,13 +455,18 @@ fn serve_part<S: BackupSource>(
         .map_err(lost)?;
     let mut tar = tar::Builder::new(CopyWriter::new(out, options.max_rate_kbps));
     let dir = format!("{BASE_DIR}/{:016X}", part.snapshot_id);
+    let mut files = 0u64;
     let written = header(&dir, Member::Directory, 0)
         .and_then(|h| tar.append(&h, io::empty()))
         .and_then(|()| {
             let mut buf = vec![0u8; READ_CHUNK];
-            files
-                .iter()
-                .try_for_each(|f| append_plain(&mut tar, f, &mut buf))
+            while let Some((n, _)) = part.queue.take() {
+                let f = chunk_file(node.datadir(), part.snapshot_id, n)
+                    .map_err(|e| io::Error::other(e.message))?;
+                append_plain(&mut tar, &f, &mut buf)?;
+                files += 1;
+            }
+            Ok(())
         });
     if let Err(e) = written {
         return Err(if tar.get_ref().client_failed {
@@ -487,7 +482,7 @@ fn serve_part<S: BackupSource>(
     drop(pin);
     tracing::info!(
         part = options.part,
-        files = files.len(),
+        files,
         bytes,
         "parallel base backup part sent"
     );
@@ -500,17 +495,11 @@ fn serve_part<S: BackupSource>(
     })
 }
 
-/// The chunk files of a claimed part.
-fn part_files(datadir: &Path, part: &ClaimedPart) -> Result<Vec<SourceFile>, PgError> {
-    let id = part.snapshot_id;
-    let dir = crate::store::checkpoint::snapshot_dir(datadir, id);
-    part.chunks
-        .iter()
-        .map(|&i| {
-            let name = format!("{BASE_DIR}/{id:016X}/{}", chunk_name(i));
-            source_file(name, dir.join(chunk_name(i)))
-        })
-        .collect()
+/// Chunk `n` of snapshot `snapshot_id` as a member of the archive.
+fn chunk_file(datadir: &Path, snapshot_id: u64, n: u32) -> Result<SourceFile, PgError> {
+    let dir = crate::store::checkpoint::snapshot_dir(datadir, snapshot_id);
+    let name = format!("{BASE_DIR}/{snapshot_id:016X}/{}", chunk_name(n));
+    source_file(name, dir.join(chunk_name(n)))
 }
 
 /// A file member without a manifest entry (a part's chunks).
@@ -563,6 +552,22 @@ struct Backup<'n, S: BackupSource> {
     read_buf: Vec<u8>,
 }
 
+/// The snapshot chunks a backup sends, by ascending chunk number.
+struct SnapshotChunks {
+    /// Chunk numbers (ascending).
+    numbers: Vec<u32>,
+    /// Each one's file, in the same order.
+    files: Vec<SourceFile>,
+}
+
+impl SnapshotChunks {
+    /// Chunk `n`'s file, if it is sent.
+    fn file(&self, n: u32) -> Option<&SourceFile> {
+        let i = self.numbers.binary_search(&n).ok()?;
+        self.files.get(i)
+    }
+}
+
 /// A file of the archive: its name in the tar and where to read it.
 #[derive(Clone)]
 struct SourceFile {
@@ -611,23 +616,27 @@ impl<S: BackupSource> Backup<'_, S> {
     fn run(&mut self, out: &mut dyn BackupOutput) -> Result<BackupDone, PgError> {
         let start = self.control.redo_lsn;
         let tli = self.tli();
-        let (numbers, all_chunks) = self.chunks_to_send()?;
-        let parts: Vec<Vec<u32>> = split_parts(&all_chunks, self.options.parallel.max(1) as usize)
-            .into_iter()
-            .map(|p| p.into_iter().map(|i| numbers[i as usize]).collect())
+        let chunks = self.chunks_to_send()?;
+        let parts = self.options.parallel.max(1) as usize;
+        let sized: Vec<(u32, u64)> = chunks
+            .numbers
+            .iter()
+            .copied()
+            .zip(chunks.files.iter().map(|f| f.size))
             .collect();
-        let session = (parts.len() > 1).then(|| {
+        // One stream sends the chunks in order; parallel ones take the
+        // largest first, so the last ones taken are the smallest.
+        let queue = Arc::new(match parts {
+            1 => ChunkQueue::new(sized),
+            _ => ChunkQueue::largest_first(sized),
+        });
+        let session = (parts > 1).then(|| {
             let token = self.id.clone().unwrap_or_default();
             let guard = self
                 .pins
-                .open_session(self.pin, &token, tli.0, parts.clone());
+                .open_session(self.pin, &token, tli.0, parts, Arc::clone(&queue));
             (token, guard)
         });
-        let chunks: Vec<SourceFile> = parts[0]
-            .iter()
-            .filter_map(|n| numbers.iter().position(|m| m == n))
-            .map(|i| all_chunks[i].clone())
-            .collect();
         let mut columns = vec![("recptr", TEXT), ("tli", INT8)];
         let mut row = vec![Some(start.to_string()), Some(tli.0.to_string())];
         if let Some(id) = &self.id {
@@ -638,7 +647,7 @@ impl<S: BackupSource> Backup<'_, S> {
         let size_kb = self
             .options
             .progress
-            .then(|| self.estimate_bytes(&all_chunks) / 1024);
+            .then(|| self.estimate_bytes(&chunks.files) / 1024);
         out.result_set(
             &[("spcoid", OID), ("spclocation", TEXT), ("size", INT8)],
             &[vec![None, None, size_kb.map(|s| s.to_string())]],
@@ -648,7 +657,7 @@ impl<S: BackupSource> Backup<'_, S> {
         out.new_archive("base.tar", "").map_err(lost)?;
         let mut tar = tar::Builder::new(CopyWriter::new(out, self.options.max_rate_kbps));
         let token = session.as_ref().map(|(t, _)| t.as_str());
-        let result = self.write_archive(&mut tar, &chunks, token);
+        let result = self.write_archive(&mut tar, &chunks, &queue, token);
         drop(session);
         let (end, wal_segments) = match result {
             Ok(v) => v,
@@ -684,7 +693,7 @@ impl<S: BackupSource> Backup<'_, S> {
 
     /// The pinned snapshot's chunk files to send (all but SKIP_CHUNKS's),
     /// with their chunk numbers.
-    fn chunks_to_send(&self) -> Result<(Vec<u32>, Vec<SourceFile>), PgError> {
+    fn chunks_to_send(&self) -> Result<SnapshotChunks, PgError> {
         let id = self.control.checkpoint_id;
         let count = self.control.checkpoint_chunks;
         let skip = skip_chunks(self.options);
@@ -696,18 +705,14 @@ impl<S: BackupSource> Backup<'_, S> {
                 ),
             ));
         }
-        let dir = crate::store::checkpoint::snapshot_dir(self.node.datadir(), id);
         let numbers: Vec<u32> = (0..count)
             .filter(|i| skip.binary_search(i).is_err())
             .collect();
         let files = numbers
             .iter()
-            .map(|&i| {
-                let name = format!("{BASE_DIR}/{id:016X}/{}", chunk_name(i));
-                source_file(name, dir.join(chunk_name(i)))
-            })
+            .map(|&n| chunk_file(self.node.datadir(), id, n))
             .collect::<Result<_, _>>()?;
-        Ok((numbers, files))
+        Ok(SnapshotChunks { numbers, files })
     }
 
     /// PROGRESS's total: snapshot, small files and the WAL so far.
@@ -729,7 +734,8 @@ impl<S: BackupSource> Backup<'_, S> {
     fn write_archive(
         &mut self,
         tar: &mut tar::Builder<CopyWriter<'_>>,
-        chunks: &[SourceFile],
+        chunks: &SnapshotChunks,
+        queue: &ChunkQueue,
         parallel: Option<&str>,
     ) -> io::Result<(Lsn, u64)> {
         let now = self.started_unix;
@@ -755,10 +761,22 @@ impl<S: BackupSource> Backup<'_, S> {
         for dir in dirs.into_iter().chain(PG_COMPAT_DIRS) {
             tar.append(&header(dir, Member::Directory, now)?, io::empty())?;
         }
-        for c in chunks {
+        // Until the queue is empty: with PARALLEL the joined parts take
+        // from it too, so this loop sends only what they did not take.
+        let mut sent = 0usize;
+        while let Some((n, _)) = queue.take() {
+            let c = chunks.file(n).ok_or_else(|| {
+                io::Error::other(format!("chunk {n} is not one of the backup's chunks"))
+            })?;
             self.append_file(tar, c)?;
+            sent += 1;
         }
         if let Some(token) = parallel {
+            tracing::debug!(
+                chunks = sent,
+                of = chunks.numbers.len(),
+                "parallel base backup: the leader's chunks sent"
+            );
             self.wait_for_parts(token)?;
         }
         let end = self.stop_backup()?;

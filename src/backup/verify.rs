@@ -210,9 +210,20 @@ fn check_snapshot(
         }
         let path = dir.join(chunk_name(i));
         let file = path.display().to_string();
-        let bytes = fs::read(&path).map_err(|e| VerifyError::File {
-            file: file.clone(),
-            reason: e.to_string(),
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            // A parallel copy's streams take the chunks from one queue on
+            // the server: a chunk none of them sent is named as such.
+            std::io::ErrorKind::NotFound => VerifyError::Chunk {
+                file: file.clone(),
+                reason: format!(
+                    "missing from the copy: no stream of the backup sent chunk {i} of {}",
+                    control.checkpoint_chunks
+                ),
+            },
+            _ => VerifyError::File {
+                file: file.clone(),
+                reason: e.to_string(),
+            },
         })?;
         let entries = parse_chunk(&bytes, i, control.checkpoint_chunks, control.checkpoint_id)
             .map_err(|reason| VerifyError::Chunk { file, reason })?;
