@@ -26,7 +26,7 @@
 //! PART k)` (an archive `base.part<k>.tar` of chunk files only, start and
 //! end result sets both at the start position). The snapshot's chunks are
 //! not split before the copy: they wait in one queue, largest first
-//! ([`ChunkQueue`]), and the leader and every joined part each take the
+//! (`pin::ChunkQueue`), and the leader and every joined part each take the
 //! next chunk until it is empty, so a stream that runs faster sends more
 //! and the streams end within about one chunk of each other. Which part
 //! sends which chunk is therefore not known in advance (the client

@@ -352,19 +352,30 @@ pub struct ChunkEntry<'a> {
     pub slot: Slot,
 }
 
-/// Validate a chunk file and return its entries.
-pub fn parse_chunk(
+/// A chunk file's frame, checked: its format version, the entry count
+/// stored before the CRC, and where the CRC starts.
+struct Frame {
+    v1: bool,
+    count: u64,
+    body_end: usize,
+}
+
+/// Check a chunk file's length, CRC (`body_crc` when the caller computed
+/// it while reading), magic number and header naming chunk `index` of
+/// `chunks` of checkpoint `id`.
+fn check_frame(
     b: &[u8],
     index: u32,
     chunks: u32,
     id: u64,
-) -> Result<Vec<ChunkEntry<'_>>, String> {
+    body_crc: Option<u32>,
+) -> Result<Frame, String> {
     if b.len() < HEADER_LEN + TRAILER_LEN {
         return Err(format!("{} bytes is too short", b.len()));
     }
     let body_end = b.len() - 4;
     let stored = u32::from_le_bytes(b[body_end..].try_into().expect("4 bytes"));
-    let computed = crc32fast::hash(&b[..body_end]);
+    let computed = body_crc.unwrap_or_else(|| crc32fast::hash(&b[..body_end]));
     if stored != computed {
         return Err(format!(
             "incorrect checksum (stored {stored:08X}, computed {computed:08X})"
@@ -384,7 +395,25 @@ pub fn parse_chunk(
             u64_at(16)
         ));
     }
-    let count = u64_at(body_end - 8);
+    Ok(Frame {
+        v1,
+        count: u64_at(body_end - 8),
+        body_end,
+    })
+}
+
+/// Validate a chunk file and return its entries.
+pub fn parse_chunk(
+    b: &[u8],
+    index: u32,
+    chunks: u32,
+    id: u64,
+) -> Result<Vec<ChunkEntry<'_>>, String> {
+    let Frame {
+        v1,
+        count,
+        body_end,
+    } = check_frame(b, index, chunks, id, None)?;
     let mut r = Reader::new(&b[HEADER_LEN..body_end - 8]);
     let mut out = Vec::new();
     while r.remaining() > 0 {
@@ -432,32 +461,11 @@ pub fn check_chunk(
     id: u64,
     body_crc: Option<u32>,
 ) -> Result<u64, String> {
-    if b.len() < HEADER_LEN + TRAILER_LEN {
-        return Err(format!("{} bytes is too short", b.len()));
-    }
-    let body_end = b.len() - 4;
-    let stored = u32::from_le_bytes(b[body_end..].try_into().expect("4 bytes"));
-    let computed = body_crc.unwrap_or_else(|| crc32fast::hash(&b[..body_end]));
-    if stored != computed {
-        return Err(format!(
-            "incorrect checksum (stored {stored:08X}, computed {computed:08X})"
-        ));
-    }
-    let v1 = &b[..8] == MAGIC_V1;
-    if &b[..8] != MAGIC && !v1 {
-        return Err("bad magic number".into());
-    }
-    let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
-    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-    if u32_at(8) != index || u32_at(12) != chunks || u64_at(16) != id {
-        return Err(format!(
-            "chunk header says {}/{} of checkpoint {:X}, expected {index}/{chunks} of {id:X}",
-            u32_at(8),
-            u32_at(12),
-            u64_at(16)
-        ));
-    }
-    let count = u64_at(body_end - 8);
+    let Frame {
+        v1,
+        count,
+        body_end,
+    } = check_frame(b, index, chunks, id, body_crc)?;
     let mut r = Reader::new(&b[HEADER_LEN..body_end - 8]);
     let mut n = 0u64;
     while r.remaining() > 0 {
