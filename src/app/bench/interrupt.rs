@@ -329,6 +329,11 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = named.id() as libc::pid_t;
+        // Until the child has exec'd, its command line is this test's.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while naming(d.path()).is_empty() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(naming(d.path()), vec![pid]);
         assert!(running(pid));
         signal(pid, libc::SIGKILL);
