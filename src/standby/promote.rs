@@ -361,6 +361,9 @@ pub fn write_end_of_recovery(
         c.min_recovery_point = Lsn::INVALID;
     })?;
     let t_control = t0.elapsed();
+    // The next segment's pre-allocation (a rename and an fsync of `wal/`)
+    // comes after the promotion's own syncs, not among them.
+    wal.release_preallocation();
     h.hooks
         .attach_wal(wal)
         .map_err(|source| PromotionError::AttachWal { tli, source })?;

@@ -111,7 +111,10 @@ pub struct WalConfig {
     /// durable names the timeline (a promotion runs it beside the flush of
     /// its end-of-recovery record, so the two are waited for together).
     /// Ignored when the start-up removed stale segments: their removal is
-    /// made durable before anything is written.
+    /// made durable before anything is written. Also holds the background
+    /// pre-allocation of the next segment (whose rename is followed by an
+    /// fsync of `dir`) until [`Wal::release_preallocation`], so that no
+    /// directory fsync of its own lands among the caller's syncs.
     pub dir_sync_by_caller: bool,
 }
 
@@ -284,6 +287,7 @@ impl Wal {
             flush_subscribers: AtomicUsize::new(0),
             counters: Counters::default(),
             prealloc_below: AtomicU64::new(0),
+            prealloc_held: AtomicBool::new(cfg.dir_sync_by_caller),
         });
         let sh = shared.clone();
         let delay = cfg.wal_writer_delay.max(Duration::from_millis(1));
@@ -559,6 +563,13 @@ impl Wal {
             }),
         };
         Ok(self.shared.segdir.remove_old(&req)?)
+    }
+
+    /// Let the WAL-writer thread pre-allocate the next segment (held from
+    /// the start when `WalConfig::dir_sync_by_caller`), and wake it to do so.
+    pub fn release_preallocation(&self) {
+        self.shared.prealloc_held.store(false, Ordering::Release);
+        self.shared.kick();
     }
 
     /// Flush everything, stop the WAL-writer thread and refuse further

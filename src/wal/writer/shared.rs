@@ -96,6 +96,9 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// 1 + the highest segment number pre-allocated in the background.
     pub prealloc_below: AtomicU64,
+    /// Background pre-allocation waits for `Wal::release_preallocation`
+    /// (see `WalConfig::dir_sync_by_caller`).
+    pub prealloc_held: AtomicBool,
 }
 
 /// Where the flush hook lives (a newtype so `Shared` stays `Debug`).
@@ -421,6 +424,9 @@ impl Shared {
 
     /// Create the segment after the one being inserted into, ahead of need.
     pub fn preallocate_ahead(&self) {
+        if self.prealloc_held.load(Ordering::Acquire) {
+            return;
+        }
         let next = self.inserted().segno(self.ctx.seg_size).next();
         if self.prealloc_below.load(Ordering::Acquire) > next.0 {
             return;
