@@ -117,6 +117,14 @@ impl ReplicationSource for NodeSource {
         }
     }
 
+    /// The WAL writer's followers, where one runs (a cascading standby's
+    /// walsenders follow replay, not a WAL writer).
+    fn also_follow_flushes(&self, sub: &Subscription) {
+        if let Some(wal) = self.node().and_then(|n| n.wal()) {
+            sub.also(wal.standby_followers());
+        }
+    }
+
     fn read_wal(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> Result<(), SourceError> {
         let node = self.node().ok_or_else(|| SourceError::Read {
             tli,

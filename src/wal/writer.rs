@@ -46,6 +46,7 @@ use thiserror::Error;
 
 pub use buffer::InsertedRecord;
 pub use stats::{WalStats, BATCH_BUCKETS};
+pub use walwriter::{MIN_FLUSH_SPACING, STREAMING_FLUSH_SPACING};
 
 use buffer::{InsertState, SegCtx};
 use flush::FlushState;
@@ -277,6 +278,7 @@ impl Wal {
             inserted: AtomicU64::new(cfg.start_lsn.0),
             written: AtomicU64::new(cfg.start_lsn.0),
             written_watch: Watch::new(cfg.start_lsn),
+            standby_followers: Watch::new(()),
             poison: OnceLock::new(),
             stopping: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -445,6 +447,20 @@ impl Wal {
     /// written, before its fdatasync; closed with [`Wal::flush_watch`].
     pub fn written_watch(&self) -> &Watch<Lsn> {
         &self.shared.written_watch
+    }
+
+    /// Walsenders of walrep standbys register here (with
+    /// [`crate::watch::Subscription::also`]; nothing is ever published):
+    /// while one is live, the WAL writer flushes every
+    /// [`STREAMING_FLUSH_SPACING`] instead of [`MIN_FLUSH_SPACING`].
+    pub fn standby_followers(&self) -> &Watch<()> {
+        &self.shared.standby_followers
+    }
+
+    /// The shortest time the WAL writer leaves between the starts of two
+    /// of its flushes now (see [`Wal::standby_followers`]).
+    pub fn flush_spacing(&self) -> Duration {
+        walwriter::spacing(&self.shared)
     }
 
     /// Wait (without polling) until `flushed() > lsn` or `timeout` passes;

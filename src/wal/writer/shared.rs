@@ -69,6 +69,11 @@ pub(crate) struct Shared {
     /// standbys): published after a batch's writes, before its fdatasync;
     /// closed with `flush_watch`.
     pub written_watch: Watch<Lsn>,
+    /// One live subscription per walsender of a walrep standby, never
+    /// published (it only counts them): while any is live, the WAL writer
+    /// flushes at its streaming spacing (see `walwriter`), since such a
+    /// standby exposes only WAL this node has flushed.
+    pub standby_followers: Watch<()>,
     /// The first IO failure: once set, nothing is written any more.
     pub poison: OnceLock<Arc<str>>,
     /// The WAL-writer thread should finish.
