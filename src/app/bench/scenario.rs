@@ -150,6 +150,9 @@ pub fn run(args: &BenchArgs, scenarios: &[Scenario]) -> Result<ScenarioReport, B
     if scenarios.contains(&Scenario::Sync) {
         super::sync::run(&mut ctx)?;
     }
+    if scenarios.contains(&Scenario::SyncFloor) {
+        super::sync::run_floor(&mut ctx)?;
+    }
     if scenarios.contains(&Scenario::Backup) {
         super::backup::run(&mut ctx)?;
     }
