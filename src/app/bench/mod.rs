@@ -66,6 +66,9 @@
 //! - [`cluster`]: walrep primaries and standbys, INFO, waits.
 //! - [`anchors`]: the anchor scripts themselves, run and parsed.
 //! - [`scenario`], [`bulk`], [`lag`], [`promote`], [`sync`]: the scenarios.
+//! - [`syncfloor`]: the two-process floor of one synchronous commit (the
+//!   `walrep floor-node` processes and their client), for `sync` and
+//!   `sync-floor`.
 //! - [`figures`]: their figures, ratios, targets and probe tables.
 //! - [`wal_micro`]: the `wal` scenario; [`suite`]: the `redis` scenario.
 //! - [`failover`]: the `failover` soak; [`memory`]: the `memory` scenario.
