@@ -297,9 +297,10 @@ fn switch_segment_timeline(h: &StandbyHandles, prev_tli: TimelineId, at: Lsn) ->
         .unwrap_or(prev_tli)
 }
 
-/// Start the WAL on `tli` at `at`, log the end-of-recovery record, point
-/// the control file at the new timeline and hand the WAL writer to the
-/// node. Returns the end of WAL after the record. `prepared`: what
+/// Start the WAL on `tli` at `at`, log the end-of-recovery record, hand
+/// the WAL writer to the node under a hold, and start pointing the control
+/// file at the new timeline on a thread of its own ([`ControlUpdate`]).
+/// Returns the end of WAL after the record. `prepared`: what
 /// [`write_history_file`] prepared (the copy is made here otherwise).
 /// `sync_datadir`: the removal of `standby.signal` is not durable yet.
 ///
@@ -312,13 +313,23 @@ fn switch_segment_timeline(h: &StandbyHandles, prev_tli: TimelineId, at: Lsn) ->
 /// (fdatasync). The record may be durable before the names: a crash then
 /// leaves it in an `xlogtemp.` file, which start-up removes, and the
 /// control file still names the old timeline.
+///
+/// The control file's fdatasync overlaps the first writes: the node
+/// accepts them once this returns and flushes their WAL, but its hold
+/// (`crate::node::promotion_hold`) keeps every acknowledgement, their
+/// visibility and every byte of the new timeline from walsenders until the
+/// control file is durable. A crash before then finds the control file old
+/// (the node restarts as a primary of the old timeline, `standby.signal`
+/// being durably gone; the new timeline's WAL was never confirmed to
+/// anyone) or new (it replays the new timeline): both are histories no
+/// client or standby was told otherwise of.
 pub fn write_end_of_recovery(
     h: &StandbyHandles,
     (tli, prev_tli): (TimelineId, TimelineId),
     at: Lsn,
     prepared: Option<PreparedTimeline>,
     sync_datadir: bool,
-) -> Result<Lsn, PromotionError> {
+) -> Result<(Lsn, ControlUpdate), PromotionError> {
     let t0 = Instant::now();
     let (system_id, seg_size) = h
         .control
@@ -355,15 +366,15 @@ pub fn write_end_of_recovery(
     flushed.map_err(eor)?;
     let t_record = t0.elapsed();
     mark_history_ready(h, tli)?;
-    h.control.update_in_place(|c| {
-        c.timeline = tli;
-        c.state = ClusterState::InProduction;
-        c.min_recovery_point = Lsn::INVALID;
-    })?;
-    let t_control = t0.elapsed();
-    h.hooks
-        .attach_wal(wal)
-        .map_err(|source| PromotionError::AttachWal { tli, source })?;
+    // Held from before the node's flush hook is set: nothing of the new
+    // timeline is confirmed or sent before the control file names it.
+    h.hooks.hold_promotion(at);
+    let wal_for_control = wal.clone();
+    if let Err(source) = h.hooks.attach_wal(wal) {
+        // Nothing was confirmed; the node stops on this failure.
+        h.hooks.release_promotion(false);
+        return Err(PromotionError::AttachWal { tli, source });
+    }
     let us = |d: Duration| d.as_micros() as u64;
     tracing::info!(
         tli = tli.0,
@@ -371,11 +382,86 @@ pub fn write_end_of_recovery(
         segment_us = us(t_segment),
         wal_start_us = us(t_wal - t_segment),
         record_us = us(t_record - t_wal),
-        control_us = us(t_control - t_record),
-        total_us = us(t0.elapsed()),
-        "archive recovery complete; end-of-recovery record written"
+        "end-of-recovery record written; writes are accepted and held until the control file is durable"
     );
-    Ok(rec.end)
+    let control = ControlUpdate::start(h, &wal_for_control, tli, t0);
+    Ok((rec.end, control))
+}
+
+/// The promotion's last step: the control file names the new timeline,
+/// in production, made durable on a thread of its own while the node
+/// accepts (and holds) its first writes; then the node's hold is released.
+/// A failure stops the node (an fsync failure is never retried).
+#[derive(Debug)]
+pub struct ControlUpdate {
+    /// `None` once waited for, or when it ran inline (no thread).
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlUpdate {
+    fn start(h: &StandbyHandles, wal: &Arc<Wal>, tli: TimelineId, t0: Instant) -> ControlUpdate {
+        let (control, hooks, wal) = (h.control.clone(), h.hooks.clone(), wal.clone());
+        let update = move || update_control(&control, &*hooks, &wal, tli, t0);
+        let thread = std::thread::Builder::new()
+            .name("promote-control".into())
+            .spawn(update.clone())
+            .inspect_err(|e| tracing::warn!(error = %e, "could not start a thread for the promotion's control file update; making it before accepting writes"))
+            .ok();
+        if thread.is_none() {
+            update();
+        }
+        ControlUpdate { thread }
+    }
+
+    /// Wait until the control file update is done (durable, or failed and
+    /// the node told to stop): before anything that needs the control
+    /// file to name the new timeline (renaming the old timeline's last
+    /// segment to `.partial`, the first checkpoint).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            if let Err(p) = t.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    }
+}
+
+/// Point the control file at `tli`, in production, durably; then release
+/// the node's hold (or, on failure, tell it to stop).
+fn update_control(
+    control: &crate::store::ControlFileOwner,
+    hooks: &dyn super::NodeHooks,
+    wal: &Wal,
+    tli: TimelineId,
+    t0: Instant,
+) {
+    let t_start = t0.elapsed();
+    let result = control.update_in_place(|c| {
+        c.timeline = tli;
+        c.state = ClusterState::InProduction;
+        c.min_recovery_point = Lsn::INVALID;
+    });
+    // Background pre-allocation of the new timeline's next segment (a
+    // wal/ fsync) belongs after this point, the control file durable.
+    hooks.release_promotion(result.is_ok());
+    let t_control = t0.elapsed();
+    match result {
+        Ok(()) => {
+            let us = |d: Duration| d.as_micros() as u64;
+            tracing::info!(
+                tli = tli.0,
+                control_us = us(t_control - t_start),
+                total_us = us(t_control),
+                // How far the first writes got meanwhile (held, not lost).
+                flushed = %wal.flushed(),
+                "archive recovery complete; control file durable, writes confirmed"
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not point the control file at the new timeline; no write of it was confirmed; the node stops");
+            hooks.fatal(super::StandbyError::Control(e));
+        }
+    }
 }
 
 /// The WAL writer of the new timeline, starting at `at`; its start-up

@@ -116,6 +116,9 @@ pub struct Startup {
     standby_signal_unsynced: bool,
     /// What the history-file step prepared for the end-of-recovery step.
     prepared: Option<promote::PreparedTimeline>,
+    /// The promotion's control file update, in flight while the first
+    /// writes are accepted (and held).
+    control_update: Option<promote::ControlUpdate>,
     /// Redo's answers to a request run on this thread, handled before the
     /// next wait (in order, before anything queued meanwhile).
     answers: VecDeque<Event>,
@@ -143,6 +146,7 @@ impl Startup {
             partial: None,
             standby_signal_unsynced: false,
             prepared: None,
+            control_update: None,
             answers: VecDeque::new(),
             apply_owed_at: None,
         }
@@ -190,6 +194,11 @@ impl Startup {
             }
         }
         self.receivers.stop_all();
+        // The old timeline's last segment is renamed and the checkpoint
+        // requested only once the control file names the new timeline.
+        if let Some(control) = self.control_update.take() {
+            control.wait();
+        }
         if self.core.state() == StateKind::Promoted {
             promote::finish(&self.h, self.partial.take());
         }
@@ -358,7 +367,8 @@ impl Startup {
                     prepared,
                     sync_datadir,
                 ) {
-                    Ok(end) => {
+                    Ok((end, control)) => {
+                        self.control_update = Some(control);
                         self.partial = Some(promote::PartialSegment { prev_tli, at });
                         self.answer(Event::EndOfRecoveryWritten { tli, end })
                     }
