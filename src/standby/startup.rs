@@ -116,8 +116,8 @@ pub struct Startup {
     standby_signal_unsynced: bool,
     /// What the history-file step prepared for the end-of-recovery step.
     prepared: Option<promote::PreparedTimeline>,
-    /// The promotion's control file update, in flight while the first
-    /// writes are accepted (and held).
+    /// The promotion's control file update, run once writes are accepted
+    /// (the node holds their acknowledgements until it is durable).
     control_update: Option<promote::ControlUpdate>,
     /// Redo's answers to a request run on this thread, handled before the
     /// next wait (in order, before anything queued meanwhile).
@@ -194,10 +194,11 @@ impl Startup {
             }
         }
         self.receivers.stop_all();
-        // The old timeline's last segment is renamed and the checkpoint
+        // Run at AcceptWrites; here if the machine ended before that. The
+        // old timeline's last segment is renamed and the checkpoint
         // requested only once the control file names the new timeline.
         if let Some(control) = self.control_update.take() {
-            control.wait();
+            control.run();
         }
         if self.core.state() == StateKind::Promoted {
             promote::finish(&self.h, self.partial.take());
@@ -385,6 +386,11 @@ impl Startup {
             Action::AcceptWrites { .. } => {
                 self.h.hooks.accept_writes();
                 tracing::info!("database system is ready to accept connections (promoted)");
+                // The first writes come in while the control file is made
+                // durable; the node holds their acknowledgements until then.
+                if let Some(control) = self.control_update.take() {
+                    control.run();
+                }
             }
             Action::Report { report } => match report.severity() {
                 Severity::Info => tracing::info!("{report}"),
