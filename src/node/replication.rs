@@ -304,7 +304,7 @@ impl Node {
         match self.wal() {
             Some(wal) => FlushPoint {
                 tli: wal.timeline(),
-                lsn: wal.flushed(),
+                lsn: self.sendable(wal.flushed()),
             },
             None => match &self.standby {
                 Some(p) => p.flush_point(),
@@ -330,6 +330,8 @@ impl Node {
             // Not started yet: nothing to send, nothing will wake.
             (None, None) => return Watch::new(()).subscribe(),
         };
+        // A promotion's hold ends without a flush: its release wakes us.
+        self.promotion_hold.also(&sub);
         if let Some(w) = &wal {
             // The WAL writer wakes us directly on every flush: the shortest
             // path from a commit's fdatasync to the standby.
@@ -343,8 +345,18 @@ impl Node {
     /// what it flushed, and only what its upstream flushed).
     pub fn written_lsn(&self) -> Lsn {
         match self.wal() {
-            Some(wal) => wal.written().max(wal.flushed()),
+            Some(wal) => self.sendable(wal.written().max(wal.flushed())),
             None => self.flush_point().lsn,
+        }
+    }
+
+    /// `lsn`, or the new timeline's first byte while a promotion's hold
+    /// is on (see [`super::promotion_hold`]): walsenders send nothing of
+    /// the new timeline before its control file is durable.
+    fn sendable(&self, lsn: Lsn) -> Lsn {
+        match self.promotion_hold.send_limit() {
+            Some(limit) => lsn.min(limit),
+            None => lsn,
         }
     }
 
