@@ -119,6 +119,14 @@ impl Browser {
 
     /// Send a command, wait (bounded) for its reply's `result`.
     fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params) {
+            Ok(v) => v,
+            Err(v) => panic!("{method} failed: {v}"),
+        }
+    }
+
+    /// [`Browser::call`], with chromium's error reply as `Err`.
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -136,8 +144,10 @@ impl Browser {
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("chromium did not answer {method} within {STEP:?}"));
             if v["id"] == json!(id) {
-                assert!(v.get("error").is_none(), "{method} failed: {v}");
-                return v["result"].clone();
+                if v.get("error").is_some() {
+                    return Err(v);
+                }
+                return Ok(v["result"].clone());
             }
         }
     }
@@ -165,7 +175,19 @@ impl Browser {
     /// says.
     fn wait_for(&mut self, what: &str, expression: &str) {
         let deadline = Instant::now() + STEP;
-        while self.eval(expression) != json!(true) {
+        loop {
+            // A page that is navigating (a link just followed) refuses the
+            // evaluation: not there yet, like `false`.
+            let r = self.try_call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            );
+            match r {
+                Ok(v) if v["result"]["value"] == json!(true) => break,
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("navigated") => {}
+                Err(e) => panic!("Runtime.evaluate failed: {e}"),
+            }
             if Instant::now() > deadline {
                 let text = self.eval("document.body ? document.body.innerText : ''");
                 panic!("the page never showed {what}; it says:\n{text}");
