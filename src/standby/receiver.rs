@@ -57,6 +57,7 @@
 //! buffered beyond the protocol's largest message.
 
 mod buffer;
+mod flusher;
 mod replies;
 mod session;
 mod sessions;
@@ -424,6 +425,11 @@ pub struct ReceiverShared {
     streamed_sessions: AtomicU64,
     /// Every byte written, for redo to read without the files.
     buffer: Arc<WalBuffer>,
+    /// The streaming session spaces its fsyncs (its upstream said no
+    /// commit waits for this standby's flush; see `flusher`).
+    flush_deferred: AtomicBool,
+    /// fsyncs of received WAL made by sessions' fsync threads, ever.
+    fsyncs: AtomicU64,
 }
 
 /// The upstream a session connected to, for INFO and /status.
@@ -465,12 +471,26 @@ impl ReceiverShared {
             upstream: Mutex::new(None),
             streamed_sessions: AtomicU64::new(0),
             buffer: Arc::new(WalBuffer::default()),
+            flush_deferred: AtomicBool::new(false),
+            fsyncs: AtomicU64::new(0),
         })
     }
 
     /// The received WAL redo reads before the files (see [`WalBuffer`]).
     pub fn wal_buffer(&self) -> &Arc<WalBuffer> {
         &self.buffer
+    }
+
+    /// Whether the streaming session spaces its fsyncs now (its upstream
+    /// said no commit there waits for this standby's flush).
+    pub fn flush_deferred(&self) -> bool {
+        self.flush_deferred.load(Ordering::Acquire)
+    }
+
+    /// fsyncs of received WAL made while streaming, ever (segment
+    /// completions and the flushes at a stream's end not counted).
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Acquire)
     }
 
     /// How many sessions reached streaming so far.

@@ -31,7 +31,9 @@ pub struct SegmentWriter {
     tli: TimelineId,
     mark: CompletedMark,
     /// The segment being written.
-    current: Option<(SegNo, File, PathBuf)>,
+    /// Shared with the walreceiver's fsync thread (see
+    /// [`SegmentWriter::current_segment`]).
+    current: Option<(SegNo, Arc<File>, PathBuf)>,
     /// End of the bytes written so far.
     written: Lsn,
     /// End of the bytes made durable.
@@ -128,7 +130,7 @@ impl SegmentWriter {
         if self.current.as_ref().is_none_or(|(s, _, _)| *s != segno) {
             let f = self.segdir.open_for_receive(self.tli, segno)?;
             let path = self.segdir.segment_path(self.tli, segno);
-            self.current = Some((segno, f, path));
+            self.current = Some((segno, Arc::new(f), path));
             self.ahead.ask(self.tli, segno.next());
         }
         match &self.current {
@@ -161,6 +163,26 @@ impl SegmentWriter {
                 .map_err(SegmentError::io("fdatasync", path))?;
         }
         Ok(())
+    }
+
+    /// Another thread's fsync of this writer's files failed: the writer
+    /// is stopped as if its own had (every later call fails; nothing
+    /// retries an fsync, whose failure may have dropped written pages).
+    pub fn poison(&mut self, reason: String) {
+        if self.failed.is_none() {
+            self.failed = Some(reason);
+        }
+        self.current = None;
+    }
+
+    /// The segment file being written and its path, for another thread
+    /// to fsync: every byte before `written()` lies in it or in a segment
+    /// already fsynced at its completion. `None` at a segment boundary
+    /// (nothing written since the last completion).
+    pub fn current_segment(&self) -> Option<(Arc<File>, PathBuf)> {
+        self.current
+            .as_ref()
+            .map(|(_, f, path)| (Arc::clone(f), path.clone()))
     }
 
     /// Make everything written durable (one fdatasync); returns `flushed()`.

@@ -58,6 +58,10 @@ pub enum StreamEvent {
         /// `wal_end` should be reported at once (see
         /// [`PrimaryKeepalive::apply_feedback`](crate::replication::pgwire::PrimaryKeepalive::apply_feedback)).
         apply_feedback: bool,
+        /// A walrep upstream that agreed to say so: no commit there may
+        /// wait for this standby's flush position now (see
+        /// [`PrimaryKeepalive::flush_deferrable`](crate::replication::pgwire::PrimaryKeepalive::flush_deferrable)).
+        flush_deferrable: bool,
     },
     /// The server finished the timeline (CopyDone, next-timeline result);
     /// the connection is back in command mode.
@@ -238,6 +242,7 @@ impl ReplicationClient {
                         server_time: k.send_time,
                         reply_requested: k.reply_requested,
                         apply_feedback: k.apply_feedback,
+                        flush_deferrable: k.flush_deferrable,
                     }),
                 }
             }
