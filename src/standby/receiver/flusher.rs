@@ -10,6 +10,12 @@
 //! position covers every older one), so the queue is bounded. A segment
 //! completed on the way was fsynced by the writer before it was marked,
 //! so fsyncing the segment being written covers every byte requested.
+//! Names are not data: when the writer opened a segment since this
+//! thread's last fsync of `wal/` (a new segment, a recycled or look-ahead
+//! one, or the first one of the stream, found at start-up), `wal/` is
+//! fsynced too, after the data and before anything is reported: once per
+//! segment. Without it a power loss could keep the segment's data but not
+//! its name, losing writes a primary acknowledged on this flush report.
 //!
 //! Deferred flush: while the upstream says no commit waits for this
 //! standby's flush (a walrep upstream's keepalive flag), an fsync starts
@@ -29,8 +35,7 @@ use std::time::{Duration, Instant};
 
 use super::{Control, ReceiverShared};
 use crate::standby::confirmed::ConfirmedFlush;
-use crate::storage::Storage;
-use crate::wal::SegmentError;
+use crate::wal::{SegmentDir, SegmentError, SegmentWriter};
 use crate::{Lsn, TimelineId};
 
 /// While no commit waits for this standby's flush, an fsync starts at most
@@ -103,12 +108,15 @@ pub(super) fn lock(d: &Mutex<Durability>) -> MutexGuard<'_, Durability> {
 }
 
 /// Make WAL of `tli` up to `upto` durable: everything before it lies in
-/// `segment` or in segments fsynced at their completion.
+/// `segment` or in segments whose data was fsynced at their completion;
+/// `opened` is the writer's count of segments opened (see
+/// `SegmentWriter::opened`): when it moved, `wal/` is fsynced too.
 #[derive(Debug)]
 pub(super) struct FlushRequest {
     pub(super) tli: TimelineId,
     pub(super) upto: Lsn,
     pub(super) segment: Option<(Arc<File>, PathBuf)>,
+    pub(super) opened: u64,
 }
 
 #[derive(Debug, Default)]
@@ -134,7 +142,7 @@ struct Inner {
     cond: Condvar,
     shared: Arc<ReceiverShared>,
     durability: Arc<Mutex<Durability>>,
-    storage: Arc<dyn Storage>,
+    segdir: Arc<SegmentDir>,
     control: Arc<Control>,
 }
 
@@ -156,7 +164,7 @@ impl Flusher {
     pub(super) fn start(
         shared: Arc<ReceiverShared>,
         durability: Arc<Mutex<Durability>>,
-        storage: Arc<dyn Storage>,
+        segdir: Arc<SegmentDir>,
         control: Arc<Control>,
     ) -> std::io::Result<Flusher> {
         let inner = Arc::new(Inner {
@@ -164,7 +172,7 @@ impl Flusher {
             cond: Condvar::new(),
             shared,
             durability,
-            storage,
+            segdir,
             control,
         });
         let for_thread = Arc::clone(&inner);
@@ -236,11 +244,15 @@ impl Drop for Flusher {
 fn run(inner: &Inner) {
     let mut last_start: Option<Instant> = None;
     let mut synced: Option<(TimelineId, Lsn)> = None;
+    // The writer's `opened` at this thread's last fsync of `wal/`: none
+    // yet, so the stream's first segment's name is made durable too.
+    let mut names_synced: Option<u64> = None;
     while let Some((req, reply)) = next_request(inner, last_start) {
-        let already = synced.is_some_and(|(tli, lsn)| tli == req.tli && lsn >= req.upto);
+        let already = synced.is_some_and(|(tli, lsn)| tli == req.tli && lsn >= req.upto)
+            && names_synced == Some(req.opened);
         if !already {
             last_start = Some(Instant::now());
-            if let Err(e) = sync(inner, &req) {
+            if let Err(e) = sync(inner, &req, &mut names_synced) {
                 fail(inner, e);
                 return;
             }
@@ -291,14 +303,31 @@ fn next_request(inner: &Inner, last_start: Option<Instant>) -> Option<(FlushRequ
     }
 }
 
-fn sync(inner: &Inner, req: &FlushRequest) -> Result<(), SegmentError> {
-    match &req.segment {
-        Some((f, path)) => inner
-            .storage
+/// fsync the request's segment, then `wal/` if the writer opened a
+/// segment since the last time (the data first: the name must not be
+/// reported durable before the bytes it would expose are).
+fn sync(
+    inner: &Inner,
+    req: &FlushRequest,
+    names_synced: &mut Option<u64>,
+) -> Result<(), SegmentError> {
+    // The writer completes a segment (fsyncing it) before it publishes a
+    // written position past its end: then there is nothing left to fsync
+    // in it, and it may already have been recycled under another name.
+    let seg_size = inner.segdir.seg_size();
+    let completed = req.upto.segno(seg_size) < inner.shared.written().segno(seg_size);
+    if let Some((f, path)) = req.segment.as_ref().filter(|_| !completed) {
+        inner
+            .segdir
+            .storage()
             .sync_data(f, path)
-            .map_err(SegmentError::io("fdatasync", path)),
-        None => Ok(()),
+            .map_err(SegmentError::io("fdatasync", path))?;
     }
+    if *names_synced != Some(req.opened) {
+        SegmentWriter::sync_names(&inner.segdir)?;
+        *names_synced = Some(req.opened);
+    }
+    Ok(())
 }
 
 /// A failed fsync: final for the node (no session may start again), and

@@ -560,7 +560,7 @@ impl Session {
         let flusher = Flusher::start(
             Arc::clone(&self.shared),
             Arc::clone(&self.durability),
-            Arc::clone(self.cfg.segdir.storage()),
+            Arc::clone(&self.cfg.segdir),
             Arc::clone(&self.control),
         )
         .map_err(|e| {
@@ -735,6 +735,7 @@ impl Session {
             tli: self.writer.timeline(),
             upto: now.0,
             segment: self.writer.current_segment(),
+            opened: self.writer.opened(),
         };
         flusher.request(req, urgent, urgent);
         true
