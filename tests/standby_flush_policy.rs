@@ -227,8 +227,9 @@ fn sync_standby() -> SyncStandby {
 /// commit stays unacknowledged although the standby received, wrote and
 /// (the primary having flushed it) applied its WAL; once the fsyncs are
 /// released it is acknowledged. A commit at `remote_write` meanwhile is
-/// acknowledged with the fsync still held: the standby's socket reader
-/// does not wait for its fsync.
+/// acknowledged with the fsync still held: once told that commits wait at
+/// `remote_write`, the standby's socket reader does not wait for its
+/// fsync.
 #[test]
 fn a_sync_standby_is_never_deferred_and_on_waits_for_its_fsync_but_remote_write_does_not() {
     let s = sync_standby();
@@ -240,6 +241,71 @@ fn a_sync_standby_is_never_deferred_and_on_waits_for_its_fsync_but_remote_write_
         !received.flush_deferred(),
         "a synchronous standby was told to space its fsyncs"
     );
+    // Once a commit waited at remote_write the standby is told so, and
+    // reports its written position before each fsync, on its fsync thread.
+    let mut w = redis_conn(&s.url);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("synchronous_commit")
+        .arg("remote_write")
+        .query(&mut w)
+        .unwrap();
+    set(&s.url, "before", "v");
+    wait_for("the standby told of remote_write commits", DEADLINE, || {
+        let _: () = redis::cmd("SET")
+            .arg("remote-write")
+            .arg("v")
+            .query(&mut w)
+            .unwrap();
+        received.write_reports_wanted().then_some(())
+    });
+    s.io.hold_syncs_of(|p| p.parent().and_then(Path::file_name) == Some("wal".as_ref()));
+    // remote_write: the reader goes on while the fsync is held.
+    let _: () = redis::cmd("SET")
+        .arg("at-remote-write")
+        .arg("v")
+        .query(&mut w)
+        .unwrap();
+    let mut c = redis_conn(&s.url);
+    let on = std::thread::spawn(move || {
+        redis::cmd("SET")
+            .arg("at-on")
+            .arg("v")
+            .query::<String>(&mut c)
+    });
+    // Applied on the standby (the primary flushed it), not fsynced there:
+    // the commit at `on` is not acknowledged.
+    wait_for("the write applied on the standby", DEADLINE, || {
+        get(&s.surl, "at-on")
+    });
+    let primary_flush = s.primary.node().wal().unwrap().flushed();
+    let reported_flush = slave_field(&s.url, "flush_lsn").unwrap();
+    assert!(
+        reported_flush < primary_flush && !on.is_finished(),
+        "with the standby's fsync held its flush was reported at {reported_flush} (primary flushed {primary_flush}) or the commit at on returned"
+    );
+    s.io.hold_syncs(false);
+    assert_eq!(on.join().unwrap().unwrap(), "OK");
+    wait_for("the standby's reported flush", DEADLINE, || {
+        slave_field(&s.url, "flush_lsn").filter(|f| *f >= primary_flush)
+    });
+    assert!(!received.flush_deferred());
+}
+
+/// With only `on` commits, a synchronous standby is told that no commit
+/// waits for its written position alone (it then fsyncs on its socket
+/// reader: one status update per commit, no wake-up of its fsync thread),
+/// and every commit still waits for that fsync.
+#[test]
+fn a_sync_standby_without_remote_write_commits_fsyncs_before_it_reports() {
+    let s = sync_standby();
+    let received = &s.standby.node().standby.as_ref().unwrap().received;
+    wait_for("the sync standby streaming", DEADLINE, || {
+        (s.standby.node().upstream_snapshot()?.status == "streaming").then_some(())
+    });
+    set(&s.url, "first", "v");
+    assert!(!received.write_reports_wanted());
+    let before = s.primary.node().wal().unwrap().flushed();
     s.io.hold_syncs_of(|p| p.parent().and_then(Path::file_name) == Some("wal".as_ref()));
     let mut c = redis_conn(&s.url);
     let on = std::thread::spawn(move || {
@@ -248,41 +314,26 @@ fn a_sync_standby_is_never_deferred_and_on_waits_for_its_fsync_but_remote_write_
             .arg("v")
             .query::<String>(&mut c)
     });
-    // Written and applied on the standby (the primary flushed it), not
-    // fsynced there: the commit at `on` is not acknowledged.
-    wait_for("the write applied on the standby", DEADLINE, || {
-        get(&s.surl, "at-on")
+    // Written on the standby, not fsynced there (its reader waits in the
+    // fsync, so the primary's flush position telling it may apply the
+    // write is read only afterwards): not acknowledged.
+    let wal = s.primary.node().wal().unwrap();
+    wait_for("the write flushed on the primary", DEADLINE, || {
+        (wal.flushed() > before).then_some(())
     });
-    let primary_flush = s.primary.node().wal().unwrap().flushed();
-    wait_for("the standby to report the write written", DEADLINE, || {
-        slave_field(&s.url, "write_lsn").filter(|w| *w >= primary_flush)
+    let primary_flush = wal.flushed();
+    wait_for("the write received by the standby", DEADLINE, || {
+        (received.written() >= primary_flush).then_some(())
     });
     let reported_flush = slave_field(&s.url, "flush_lsn").unwrap();
     assert!(
         reported_flush < primary_flush && !on.is_finished(),
         "with the standby's fsync held its flush was reported at {reported_flush} (primary flushed {primary_flush}) or the commit at on returned"
     );
-    // remote_write: the reader goes on while the fsync is held.
-    let mut w = redis_conn(&s.url);
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("synchronous_commit")
-        .arg("remote_write")
-        .query(&mut w)
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("at-remote-write")
-        .arg("v")
-        .query(&mut w)
-        .unwrap();
-    assert!(
-        !on.is_finished(),
-        "the commit at on returned with the standby's fsync held"
-    );
     s.io.hold_syncs(false);
     assert_eq!(on.join().unwrap().unwrap(), "OK");
     wait_for("the standby's reported flush", DEADLINE, || {
         slave_field(&s.url, "flush_lsn").filter(|f| *f >= primary_flush)
     });
-    assert!(!received.flush_deferred());
+    assert!(!received.write_reports_wanted());
 }

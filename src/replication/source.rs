@@ -152,6 +152,14 @@ pub trait ReplicationSource: Send + Sync + 'static {
         let _ = sub;
     }
 
+    /// Whether a commit here waited lately for a standby's written
+    /// position alone (`remote_write`): walsenders of standbys that asked
+    /// for the flush hint tell them (`PrimaryKeepalive::write_wanted`).
+    /// By default no.
+    fn write_reports_wanted(&self) -> bool {
+        false
+    }
+
     /// True on a standby (reported as `in_hot_standby`; cascading
     /// walsenders never count as synchronous).
     fn in_recovery(&self) -> bool {

@@ -428,6 +428,11 @@ pub struct ReceiverShared {
     /// The streaming session spaces its fsyncs (its upstream said no
     /// commit waits for this standby's flush; see `flusher`).
     flush_deferred: AtomicBool,
+    /// The streaming session reports its written position before its
+    /// fsync, on the fsync thread (its upstream said a commit waited
+    /// lately for that position alone); otherwise a synchronous standby
+    /// fsyncs on the session's thread (see `Session::fsync_inline`).
+    write_reports: AtomicBool,
     /// fsyncs of received WAL made by sessions' fsync threads, ever.
     fsyncs: AtomicU64,
 }
@@ -472,6 +477,7 @@ impl ReceiverShared {
             streamed_sessions: AtomicU64::new(0),
             buffer: Arc::new(WalBuffer::default()),
             flush_deferred: AtomicBool::new(false),
+            write_reports: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
         })
     }
@@ -485,6 +491,13 @@ impl ReceiverShared {
     /// said no commit there waits for this standby's flush).
     pub fn flush_deferred(&self) -> bool {
         self.flush_deferred.load(Ordering::Acquire)
+    }
+
+    /// Whether the streaming session was told that a commit upstream
+    /// waited lately for its written position alone (`remote_write`), and
+    /// so reports that before each fsync.
+    pub fn write_reports_wanted(&self) -> bool {
+        self.write_reports.load(Ordering::Acquire)
     }
 
     /// fsyncs of received WAL made while streaming, ever (segment
@@ -608,6 +621,13 @@ impl ReceiverShared {
 
     fn publish_durable(&self, lsn: Lsn) {
         self.durable.store(lsn.0, Ordering::Release);
+    }
+
+    /// While streaming, the session's own fsync and the fsync thread's may
+    /// finish in either order: the reported flush position never goes
+    /// back.
+    fn raise_durable(&self, lsn: Lsn) {
+        self.durable.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
     fn lock_replies(&self) -> MutexGuard<'_, Option<Replies>> {

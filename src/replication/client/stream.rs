@@ -62,6 +62,10 @@ pub enum StreamEvent {
         /// wait for this standby's flush position now (see
         /// [`PrimaryKeepalive::flush_deferrable`](crate::replication::pgwire::PrimaryKeepalive::flush_deferrable)).
         flush_deferrable: bool,
+        /// With the flush hint: a commit there waited lately for this
+        /// standby's written position alone (see
+        /// [`PrimaryKeepalive::write_wanted`](crate::replication::pgwire::PrimaryKeepalive::write_wanted)).
+        write_wanted: bool,
     },
     /// The server finished the timeline (CopyDone, next-timeline result);
     /// the connection is back in command mode.
@@ -243,6 +247,7 @@ impl ReplicationClient {
                         reply_requested: k.reply_requested,
                         apply_feedback: k.apply_feedback,
                         flush_deferrable: k.flush_deferrable,
+                        write_wanted: k.write_wanted,
                     }),
                 }
             }

@@ -20,7 +20,9 @@
 //! told in every keepalive whether no commit here may wait for its flush
 //! (`flush_deferrable`: it is not a candidate synchronous standby), with a
 //! keepalive at the stream's start and whenever that changes; it may then
-//! space its fsyncs.
+//! space its fsyncs. Such keepalives also say whether a commit here waited
+//! lately for its written position alone (`write_wanted`, `remote_write`):
+//! only then does a synchronous standby report that before its fsync.
 //! Ends the COPY at the switch point of a historic timeline and answers
 //! with the next timeline; at server shutdown sends what is left, waits for
 //! the client to confirm it and ends with `COPY 0`.
@@ -259,8 +261,11 @@ struct Streamer<'a, S: ReplicationSource> {
     /// No commit here may wait for this standby's flush position (it is
     /// not a candidate synchronous standby): reviewed with `early`.
     flush_deferrable: bool,
-    /// What the last keepalive said of it (`None`: none sent yet).
-    told_deferrable: Option<bool>,
+    /// A commit here waited lately for this standby's written position
+    /// alone (`remote_write`): reviewed with `early`.
+    write_wanted: bool,
+    /// What the last keepalive said of both (`None`: none sent yet).
+    told_deferrable: Option<(bool, bool)>,
 }
 
 impl<'a, S: ReplicationSource> Streamer<'a, S> {
@@ -283,6 +288,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         let apply_on_request = s.apply_feedback_on_request;
         let flush_hint = s.flush_hint;
         let flushed = subscribe(&*src, early, apply_on_request);
+        let write_wanted = candidate && src.write_reports_wanted();
         s.handle.set_state(WalSenderState::Catchup);
         s.handle.set_cascading(src.in_recovery());
         s.handle.set_sent(start);
@@ -316,6 +322,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             apply_asked: Lsn::INVALID,
             flush_hint,
             flush_deferrable: !candidate,
+            write_wanted,
             told_deferrable: None,
         }
     }
@@ -391,7 +398,15 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
     /// current one yet (the stream's start, or a change of
     /// `synchronous_standby_names`): tell it with a keepalive.
     fn tell_flush_policy(&mut self) -> Result<(), Failure> {
-        if self.flush_hint && self.told_deferrable != Some(self.flush_deferrable) {
+        if !self.flush_hint {
+            return Ok(());
+        }
+        // Looked at on every wake-up (not only at the review): the first
+        // `remote_write` commit after `on` ones must not wait for the
+        // standby's fsync longer than one status update.
+        self.write_wanted = !self.flush_deferrable && self.src.write_reports_wanted();
+        let now = (self.flush_deferrable, self.write_wanted);
+        if self.told_deferrable != Some(now) {
             self.keepalive(false)?;
         }
         Ok(())
@@ -566,9 +581,10 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             reply_requested,
             apply_feedback,
             flush_deferrable: self.flush_hint && self.flush_deferrable,
+            write_wanted: self.flush_hint && self.write_wanted,
         };
         if self.flush_hint {
-            self.told_deferrable = Some(self.flush_deferrable);
+            self.told_deferrable = Some((self.flush_deferrable, self.write_wanted));
         }
         self.s.conn.send(&BackendMessage::CopyData(
             ReplicationMessage::Keepalive(k).encode(),

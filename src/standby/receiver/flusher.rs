@@ -259,7 +259,7 @@ fn run(inner: &Inner) {
             inner.lock().fsyncs += 1;
             inner.shared.fsyncs.fetch_add(1, Ordering::AcqRel);
             synced = Some((req.tli, req.upto));
-            inner.shared.publish_durable(req.upto);
+            inner.shared.raise_durable(req.upto);
         }
         lock(&inner.durability).made_durable(&inner.shared, req.tli, req.upto);
         let sent = inner

@@ -170,6 +170,9 @@ struct Session {
     /// What its last keepalive said: no commit there may wait for this
     /// standby's flush (or write) position.
     deferrable: bool,
+    /// What its last keepalive said: a commit there waited lately for
+    /// this standby's written position alone (`remote_write`).
+    write_wanted: bool,
     /// What the last flush request covered: the written position and the
     /// upstream's told flush position (which limits what is exposed).
     requested: (Lsn, Lsn),
@@ -210,6 +213,7 @@ impl Session {
             flusher: None,
             flush_hint: false,
             deferrable: false,
+            write_wanted: false,
             requested: (start, Lsn::INVALID),
             session: control.session.load(Ordering::Acquire),
             tli: cfg.tli,
@@ -569,8 +573,11 @@ impl Session {
             ))
         })?;
         self.flusher = Some(flusher);
-        // Until the upstream says otherwise, fsyncs start at once.
+        // Until the upstream says otherwise, fsyncs start at once (on the
+        // thread: nothing is known of what commits wait for).
         self.deferrable = false;
+        self.write_wanted = true;
+        self.shared.write_reports.store(false, Ordering::Release);
         let result = self.stream_batches(client);
         if let Some(f) = self.flusher.take() {
             tracing::debug!(fsyncs = f.fsyncs(), "walreceiver: fsync thread stopped");
@@ -615,6 +622,14 @@ impl Session {
             // Redo may apply what the primary flushed before this node's
             // own fsync (see `expose_written`).
             self.expose_written()?;
+            if self.fsync_inline() {
+                self.flush_inline(reply_requested)?;
+                self.report_apply()?;
+                if let Some(end) = end {
+                    return Ok(end);
+                }
+                continue;
+            }
             let asked = self.request_flush(reply_requested || end.is_some());
             if reply_requested && !asked {
                 // Nothing new to fsync: answer now.
@@ -671,10 +686,15 @@ impl Session {
                     reply_requested: r,
                     apply_feedback,
                     flush_deferrable,
+                    write_wanted,
                     ..
                 } => {
                     self.note_upstream(wal_end);
                     if let Some(f) = self.flusher.as_ref().filter(|_| self.flush_hint) {
+                        self.write_wanted = write_wanted;
+                        self.shared
+                            .write_reports
+                            .store(write_wanted, Ordering::Release);
                         self.deferrable = flush_deferrable;
                         f.set_deferrable(flush_deferrable);
                     }
@@ -739,6 +759,39 @@ impl Session {
         };
         flusher.request(req, urgent, urgent);
         true
+    }
+
+    /// Whether this batch is fsynced here rather than on the fsync thread:
+    /// a walrep upstream said a commit may wait for this standby's flush
+    /// and none waited lately for its written position alone (`on`,
+    /// `remote_apply`). Then the status update after the fsync is the only
+    /// one a commit needs, and handing the fsync over would cost a wake-up
+    /// of the thread here and a second status update (a second wake-up)
+    /// on the primary per commit. With `remote_write` commits (the written
+    /// position reported before the fsync, which must not hold up the
+    /// next read) and for an asynchronous standby (spaced fsyncs) the
+    /// thread does it.
+    fn fsync_inline(&self) -> bool {
+        self.flush_hint && !self.deferrable && !self.write_wanted
+    }
+
+    /// The fsync of [`Session::fsync_inline`], if anything moved since the
+    /// last request; a reply asked for is sent after it.
+    fn flush_inline(&mut self, reply_requested: bool) -> Result<(), End> {
+        self.check_flusher()?;
+        let now = (self.writer.written(), self.shared.upstream_flush());
+        if now != self.requested {
+            let fsync = now.0 > self.requested.0;
+            self.requested = now;
+            self.flush_and_report()?;
+            if fsync {
+                self.shared.fsyncs.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        if reply_requested {
+            self.send_status(true, false)?;
+        }
+        Ok(())
     }
 
     /// An fsync of the fsync thread failed: the session ends (the failure
@@ -853,13 +906,14 @@ impl Session {
         self.deliver_pending_flush()
     }
 
-    /// On this thread (the fsync thread is stopped: a timeline's end):
-    /// fsync what was written, publish and report it, reply upstream.
+    /// On this thread (the fsync thread is stopped: a timeline's end; or
+    /// idle: see [`Session::fsync_inline`]): fsync what was written,
+    /// publish and report it, reply upstream.
     /// Redo and cascading walsenders get only what the upstream told it
     /// flushed; the status update carries the real flush position.
     fn flush_and_report(&mut self) -> Result<(), End> {
         let flushed = self.writer.flush().map_err(|e| self.io_failure(e))?;
-        self.shared.publish_durable(flushed);
+        self.shared.raise_durable(flushed);
         let tli = self.writer.timeline();
         let exposed = flusher::lock(&self.durability).made_durable(&self.shared, tli, flushed);
         if exposed > self.reported_flush {
