@@ -17,6 +17,10 @@
 //! segment. Without it a power loss could keep the segment's data but not
 //! its name, losing writes a primary acknowledged on this flush report.
 //!
+//! Not used for a synchronous standby that no commit waits on at
+//! `remote_write` (the upstream's `write_wanted`): its reader fsyncs
+//! itself and reports once (see `Session::fsync_inline`).
+//!
 //! Deferred flush: while the upstream says no commit waits for this
 //! standby's flush (a walrep upstream's keepalive flag), an fsync starts
 //! at most every [`FLUSH_SPACING`], at once when a reply is asked for;
