@@ -84,7 +84,14 @@ fn a_backup_under_load_verifies_and_starts_with_every_acknowledged_write() {
         max_rate_kbps: 2048,
         ..options(&node, &copy)
     };
-    let summary = run(&opts, &mut NoProgress).expect("basebackup");
+    // The copy's WAL must span a segment switch. On a loaded machine the
+    // load may write less than a segment while the copy runs (it did, now
+    // and then): the test itself writes a segment's worth once it began.
+    let mut switch = SwitchSegmentOnBegin {
+        node: &node,
+        client: node.client(),
+    };
+    let summary = run(&opts, &mut switch).expect("basebackup");
     stop.store(true, Ordering::Relaxed);
     assert!(load.join().unwrap() >= 300);
     assert!(summary.end > summary.start);
@@ -112,9 +119,15 @@ fn a_backup_under_load_verifies_and_starts_with_every_acknowledged_write() {
         .into_iter()
         .filter(|f| f.len() == 24)
         .collect();
+    let seg_size = 1u64 << 20;
+    let wanted: Vec<String> = (summary.start.0 / seg_size..=summary.end.0 / seg_size)
+        .map(|n| walrep::SegNo(n).file_name(summary.tli, support::wal::seg()))
+        .collect();
     assert!(
-        segments.len() >= 2,
-        "expected the load's segments: {segments:?}"
+        wanted.len() >= 2 && wanted.iter().all(|w| segments.contains(w)),
+        "expected the load's segments {wanted:?} from {} to {}: {segments:?}",
+        summary.start,
+        summary.end
     );
     for s in &segments {
         assert!(
@@ -145,6 +158,54 @@ fn a_backup_under_load_verifies_and_starts_with_every_acknowledged_write() {
         assert_eq!(n % 500, k, "load:{k} holds {n}");
         assert_eq!(v.len(), format!("val:{n}:").len() + 4096);
     }
+}
+
+/// As soon as the copy has begun (its start position is taken), writes
+/// WAL from the test itself until the primary flushes into a later segment
+/// than the one it was writing then, so the copy's WAL spans at least two
+/// segments whatever the load managed on a loaded machine. The server
+/// cannot end the copy meanwhile: MAX_RATE holds it for the snapshot's
+/// size over the rate (over a second here), and these few writes are
+/// acknowledged in milliseconds.
+struct SwitchSegmentOnBegin<'a> {
+    node: &'a TestNode,
+    client: redis::Connection,
+}
+
+impl SwitchSegmentOnBegin<'_> {
+    fn flushed_segment(&self) -> u64 {
+        let lsn: walrep::Lsn = self
+            .node
+            .info_field("persistence", "wal_flush_lsn")
+            .unwrap()
+            .parse()
+            .unwrap();
+        lsn.0 >> 20
+    }
+}
+
+impl walrep::backup::client::Progress for SwitchSegmentOnBegin<'_> {
+    fn begin(&mut self, _: Option<u64>) {
+        let first = self.flushed_segment();
+        let value = vec![b's'; 256 << 10];
+        // Bounded: 8 x 256 kB is two 1 MB segments of WAL.
+        for i in 0..8 {
+            if self.flushed_segment() > first {
+                return;
+            }
+            let _: () = redis::cmd("SET")
+                .arg(format!("switch:{i}"))
+                .arg(&value)
+                .query(&mut self.client)
+                .unwrap();
+        }
+        assert!(
+            self.flushed_segment() > first,
+            "2 MB of WAL did not switch segments"
+        );
+    }
+    fn advance(&mut self, _: u64) {}
+    fn end(&mut self, _: u64) {}
 }
 
 #[test]

@@ -1093,3 +1093,246 @@ fn a_promotion_fsyncs_wal_once_and_overwrites_the_control_file_in_place() {
         "the overwritten control file was never synced"
     );
 }
+
+// ---------------------------------------------------------------------
+// Writes accepted while the promotion's control file update is in flight.
+
+/// Storage that records through a [`CrashStorage`] and, once armed, holds
+/// the next fdatasync of the control file (the promotion's in-place
+/// update) until the test lets it go: the window in which the promoted
+/// node already accepts and flushes writes but must confirm none.
+#[derive(Debug)]
+struct StallControlSync {
+    inner: Arc<CrashStorage>,
+    stage: Mutex<Stall>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    Off,
+    Armed,
+    /// The control file's fdatasync is waiting.
+    Stalled,
+    Go,
+}
+
+impl StallControlSync {
+    fn new(inner: Arc<CrashStorage>) -> StallControlSync {
+        StallControlSync {
+            inner,
+            stage: Mutex::new(Stall::Off),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn set(&self, to: Stall) {
+        *self.stage.lock().unwrap() = to;
+        self.changed.notify_all();
+    }
+
+    fn stage(&self) -> Stall {
+        *self.stage.lock().unwrap()
+    }
+
+    /// The armed stall, for the control file's sync: wait (bounded) for
+    /// the go-ahead.
+    fn maybe_stall(&self, path: &Path) {
+        if path.file_name() != Some(std::ffi::OsStr::new("control")) {
+            return;
+        }
+        let mut stage = self.stage.lock().unwrap();
+        if *stage != Stall::Armed {
+            return;
+        }
+        *stage = Stall::Stalled;
+        self.changed.notify_all();
+        let _ = self
+            .changed
+            .wait_timeout_while(stage, DEADLINE, |s| *s != Stall::Go)
+            .unwrap();
+    }
+}
+
+impl Storage for StallControlSync {
+    fn open(&self, path: &Path, how: walrep::storage::OpenFor) -> std::io::Result<std::fs::File> {
+        self.inner.open(path, how)
+    }
+    fn write_at(
+        &self,
+        file: &std::fs::File,
+        path: &Path,
+        offset: u64,
+        buf: &[u8],
+    ) -> std::io::Result<()> {
+        self.inner.write_at(file, path, offset, buf)
+    }
+    fn allocate(&self, file: &std::fs::File, path: &Path, len: u64) -> std::io::Result<()> {
+        self.inner.allocate(file, path, len)
+    }
+    fn sync_data(&self, file: &std::fs::File, path: &Path) -> std::io::Result<()> {
+        self.maybe_stall(path);
+        self.inner.sync_data(file, path)
+    }
+    fn sync_all(&self, file: &std::fs::File, path: &Path) -> std::io::Result<()> {
+        self.maybe_stall(path);
+        self.inner.sync_all(file, path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove_dir_all(path)
+    }
+    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.create_dir(path)
+    }
+}
+
+/// Images of the promotion-with-writes workload.
+const HELD_WRITE_IMAGES: usize = 48;
+
+/// Promotion overlaps its control file's fdatasync with the first writes:
+/// while it is in flight the node accepts a write and flushes its WAL on
+/// the new timeline, but confirms nothing and lets no walsender past the
+/// switch point (the worker that flushed it waits, as for a slow flush); once the control file is
+/// durable the write is confirmed. Power-loss images anywhere in that run
+/// come back as a primary (the promotion was announced once writes were
+/// accepted) with every confirmed write, on either timeline.
+#[test]
+fn writes_accepted_during_the_promotions_control_file_update_are_confirmed_only_once_it_is_durable()
+{
+    let root = scratch();
+    let dir = root.path().join("n");
+    walrep::node::init::init(&dir, support::wal::seg()).unwrap();
+    std::fs::write(dir.join("standby.signal"), b"").unwrap();
+    let recording = Arc::new(CrashStorage::new(root.path()).unwrap());
+    let storage = Arc::new(StallControlSync::new(recording.clone()));
+    let node = InProcessNode::start_existing(
+        &dir,
+        &["checkpoint_timeout=1h"],
+        Some(storage.clone() as Arc<dyn Storage>),
+    );
+    let n = node.node().clone();
+    storage.set(Stall::Armed);
+    walrep::standby::trigger::request_promotion(&StdStorage, &dir).unwrap();
+    assert!(
+        poll(|| storage.stage() == Stall::Stalled),
+        "the promotion's control file update never started"
+    );
+    assert!(
+        poll(|| n.is_primary()),
+        "writes are not accepted while the control file's fdatasync is in flight"
+    );
+    let announced = recording.position();
+    let wal = n.wal().expect("the promoted WAL writer");
+    assert_eq!(wal.timeline(), walrep::TimelineId(2));
+
+    // A write: inserted and flushed on the new timeline, not confirmed.
+    let before = wal.inserted();
+    let url = node.redis_url();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        let mut c = redis_conn(&url);
+        let r: redis::RedisResult<String> = redis::cmd("SET").arg("held").arg("1").query(&mut c);
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    assert!(
+        poll(|| wal.inserted() > before && wal.flushed() >= wal.inserted()),
+        "the write was not flushed while the control file was being synced"
+    );
+    let flushed = wal.flushed();
+    assert_eq!(
+        rx.try_recv(),
+        Err(std::sync::mpsc::TryRecvError::Empty),
+        "a write was confirmed before the control file named the new timeline"
+    );
+    let fp = n.flush_point();
+    assert_eq!(fp.tli, walrep::TimelineId(2));
+    let switch_point = history_switch_point(&dir.join("wal/00000002.history"));
+    assert_eq!(
+        fp.lsn, switch_point,
+        "walsenders may send WAL of the new timeline before the control file names it"
+    );
+
+    // The control file durable: the write is confirmed, visible, sendable.
+    storage.set(Stall::Go);
+    let reply = rx
+        .recv_timeout(DEADLINE)
+        .expect("the held write was never answered");
+    assert_eq!(reply, Ok("OK".to_string()));
+    let confirmed = recording.position();
+    client.join().unwrap();
+    let mut reader = redis_conn(&node.redis_url());
+    let seen: Option<String> = redis::cmd("GET").arg("held").query(&mut reader).unwrap();
+    assert_eq!(seen.as_deref(), Some("1"));
+    assert!(n.flush_point().lsn >= flushed);
+    let log = recording.log();
+    drop(reader);
+    drop(node);
+
+    let seed = env_u64("CRASH_SEED").unwrap_or_else(|| StdRng::from_entropy().gen());
+    let images = env_u64("CRASH_IMAGES").map_or(HELD_WRITE_IMAGES, |n| n as usize);
+    eprintln!(
+        "held writes: CRASH_SEED={seed}: {} events ({}), announced at {announced}, confirmed at {confirmed}",
+        log.events.len(),
+        log.summary()
+    );
+    let violations = check_images(&log, seed, images, |root, point| {
+        let dir = root.join("n");
+        let node = start_image(&dir, &["primary_conninfo=".into()])?;
+        let result = (|| {
+            if !node.node.is_primary() {
+                if point >= announced as usize {
+                    return Err("writes were accepted before the crash, yet the node came back as a standby".to_string());
+                }
+                promote(&node, &dir)?;
+            }
+            let url = url_of(&node);
+            let mut c = redis_conn(&url);
+            let held: Option<String> = redis::cmd("GET")
+                .arg("held")
+                .query(&mut c)
+                .map_err(|e| e.to_string())?;
+            if point >= confirmed as usize && held.as_deref() != Some("1") {
+                return Err(format!("the confirmed write is gone: {held:?}"));
+            }
+            let _: String = redis::cmd("SET")
+                .arg("after-crash")
+                .arg("1")
+                .query(&mut c)
+                .map_err(|e| format!("the recovered node refused a write: {e}"))?;
+            Ok(())
+        })();
+        node.stop()
+            .map_err(|e| format!("the node did not stop: {e}"))?;
+        result
+    });
+    for v in violations.iter().take(10) {
+        eprintln!(
+            "VIOLATION held writes CRASH_SEED={} point {} {}: {}",
+            v.seed, v.point, v.choice, v.message
+        );
+    }
+    assert!(violations.is_empty(), "{} violations", violations.len());
+}
+
+/// The switch point a history file's last line names (`1\t0/3000028\t...`).
+fn history_switch_point(path: &Path) -> Lsn {
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text
+        .lines()
+        .rfind(|l| l.split('\t').count() >= 2 && !l.starts_with('#'))
+        .unwrap_or_else(|| panic!("no switch point in {text:?}"));
+    let lsn = line.split('\t').nth(1).unwrap();
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    let hi = u64::from_str_radix(hi, 16).unwrap();
+    let lo = u64::from_str_radix(lo, 16).unwrap();
+    Lsn((hi << 32) | lo)
+}

@@ -209,17 +209,6 @@ fn our_client_streams_the_same_bytes_as_pg_receivewal() {
         .err()
         .unwrap();
     assert_eq!(e.sqlstate(), Some("28P01"), "{e}");
-    let mut c = ReplicationClient::connect(&pg.conninfo("pg pw"), DEADLINE).unwrap();
-    let id = c.identify_system().unwrap();
-    let sysid = pg
-        .sql("SELECT system_identifier FROM pg_control_system()")
-        .unwrap();
-    assert_eq!(id.system_id.to_string(), sysid);
-    assert_eq!(id.dbname, None);
-    assert_eq!(c.show("wal_segment_size").unwrap(), "1MB");
-    let seg = WalSegSize::new(1 << 20).unwrap();
-    let start = id.xlogpos.segment_start(seg);
-
     let theirs = tempfile::tempdir().unwrap();
     let ours = tempfile::tempdir().unwrap();
     let mut rw = Command::new(tool("pg_receivewal").unwrap());
@@ -238,6 +227,27 @@ fn our_client_streams_the_same_bytes_as_pg_receivewal() {
     .arg(theirs.path())
     .env("PGPASSWORD", "pg pw");
     let mut receiver = ChildGuard::spawn(&mut rw);
+    // pg_receivewal starts at the beginning of the segment the server is
+    // writing when it connects: it must be streaming before our start
+    // position is taken, or, connecting late on a loaded machine, it starts
+    // segments after ours and never completes our first ones.
+    wait_until("pg_receivewal to stream", || {
+        pg.sql(
+            "SELECT count(*) FROM pg_stat_replication \
+             WHERE application_name = 'pg_receivewal' AND state = 'streaming'",
+        )
+        .is_ok_and(|n| n == "1")
+    });
+    let mut c = ReplicationClient::connect(&pg.conninfo("pg pw"), DEADLINE).unwrap();
+    let id = c.identify_system().unwrap();
+    let sysid = pg
+        .sql("SELECT system_identifier FROM pg_control_system()")
+        .unwrap();
+    assert_eq!(id.system_id.to_string(), sysid);
+    assert_eq!(id.dbname, None);
+    assert_eq!(c.show("wal_segment_size").unwrap(), "1MB");
+    let seg = WalSegSize::new(1 << 20).unwrap();
+    let start = id.xlogpos.segment_start(seg);
 
     assert_eq!(
         c.start_replication(None, start, Some(id.timeline)).unwrap(),

@@ -32,7 +32,9 @@ const VALUE_LEN: usize = 1000;
 enum Asked {
     Consistent(Lsn),
     WakeArchiver,
+    HoldPromotion(Lsn),
     AttachWal { tli: TimelineId, flushed: Lsn },
+    ReleasePromotion(bool),
     AcceptWrites,
     Checkpoint,
     Fatal(String),
@@ -70,6 +72,12 @@ impl NodeHooks for Recorder {
         });
         *self.wal.lock().unwrap() = Some(wal);
         Ok(())
+    }
+    fn hold_promotion(&self, at: Lsn) {
+        self.push(Asked::HoldPromotion(at));
+    }
+    fn release_promotion(&self, ok: bool) {
+        self.push(Asked::ReleasePromotion(ok));
     }
     fn accept_writes(&self) {
         self.push(Asked::AcceptWrites);
@@ -318,11 +326,27 @@ fn archive_recovery_to_consistency_then_promotion_without_a_node() {
         attached.1 > replayed.end,
         "the end-of-recovery record is durable"
     );
+    // The control file's update runs beside the first writes: the node's
+    // hold on them is released once it is durable, before the checkpoint.
+    let released = asked
+        .iter()
+        .position(|a| *a == Asked::ReleasePromotion(true))
+        .expect("the promotion's hold was released");
+    let checkpoint = asked.iter().position(|a| *a == Asked::Checkpoint);
+    assert!(
+        checkpoint.is_some_and(|c| released < c),
+        "the checkpoint was requested before the control file was durable: {asked:?}"
+    );
+    let asked: Vec<Asked> = asked
+        .into_iter()
+        .filter(|a| !matches!(a, Asked::ReleasePromotion(_)))
+        .collect();
     // archive_mode is off: the archiver is never woken.
     assert_eq!(
         asked,
         vec![
             Asked::Consistent(status.consistent_at.unwrap()),
+            Asked::HoldPromotion(replayed.end),
             Asked::AttachWal {
                 tli: attached.0,
                 flushed: attached.1,

@@ -144,8 +144,13 @@ fn a_corrupt_archive_segment_is_not_applied_and_the_stream_replaces_it() {
     let sdir = basebackup(&primary, tmp.path(), "standby", "s1");
     write_keys(&primary, "k", 3000, 1000);
     let victim = archive.join(segment_name(4));
-    wait_for("segment 4 in the archive", Duration::from_secs(60), || {
-        victim.exists().then_some(())
+    // `cp` creates the file before it has copied it: wait until the
+    // archiver saw the command succeed (it archives in order), or the bytes
+    // flipped below would be read short or overwritten by the rest of the
+    // copy.
+    wait_for("segment 4 archived", Duration::from_secs(60), || {
+        let last = primary.info_field("persistence", "last_archived_wal")?;
+        (last.len() == 24 && last >= segment_name(4)).then_some(())
     });
     // Flip bytes in the middle of the segment: a record's CRC fails there.
     let mut bytes = fs::read(&victim).unwrap();

@@ -308,6 +308,42 @@ fn a_walrep_standby_no_commit_waits_for_gets_only_flushed_wal() {
     });
 }
 
+/// An asynchronous walrep standby is sent only flushed WAL, so the WAL
+/// writer's spacing between flushes is the longest a write waits before
+/// it can be read there: while one streams the WAL writer keeps its
+/// streaming spacing, also when no commit waits for it (its walsender does
+/// not follow the written position); once it is gone, or with only a
+/// plain replication client (pg_receivewal), the spacing is the idle one.
+#[test]
+fn the_wal_writer_flushes_at_the_streaming_spacing_while_an_async_walrep_standby_streams() {
+    use walrep::wal::writer::{MIN_FLUSH_SPACING, STREAMING_FLUSH_SPACING};
+    let mut c = held_primary(&[]);
+    c.write_before();
+    let wal = c.primary.node().wal().unwrap();
+    assert_eq!(wal.flush_spacing(), STREAMING_FLUSH_SPACING);
+    c.standby.stop();
+    wait_for("the walsender to end with its standby", DEADLINE, || {
+        (wal.flush_spacing() == MIN_FLUSH_SPACING).then_some(())
+    });
+    // A client that is not a walrep standby, streaming: the idle spacing.
+    let port = c.primary.replication_port();
+    let info = ConnInfo::parse(&format!("host=127.0.0.1 port={port} user=postgres")).unwrap();
+    let mut client = ReplicationClient::connect(&info, Duration::from_secs(5)).unwrap();
+    let start = c.flushed().segment_start(seg());
+    client
+        .start_replication(None, start, Some(TimelineId(1)))
+        .unwrap();
+    // Its first message is sent after its walsender subscribed.
+    wait_for("the first message of the stream", DEADLINE, || match client
+        .recv(Duration::from_millis(100))
+    {
+        Ok(StreamEvent::XLogData { .. } | StreamEvent::Keepalive { .. }) => Some(()),
+        Ok(_) => None,
+        Err(e) => panic!("stream failed: {e}"),
+    });
+    assert_eq!(wal.flush_spacing(), MIN_FLUSH_SPACING);
+}
+
 /// Writers with unique keys at `remote_apply` (acknowledged writes are
 /// therefore within what the standby was told flushed); every
 /// acknowledged key is recorded.

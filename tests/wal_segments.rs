@@ -313,3 +313,34 @@ fn bad_arguments_are_errors_not_panics() {
         ReadErrorKind::NotRecordPosition
     );
 }
+
+/// A WAL started for a caller that fsyncs `wal/` itself (a promotion)
+/// pre-allocates the next segment only once released: that rename and
+/// its directory fsync would otherwise land among the caller's own syncs.
+#[test]
+fn preallocation_waits_for_release_when_the_caller_syncs_the_directory() {
+    for release in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let start = initial_lsn(seg());
+        let mut cfg = WalConfig::new(
+            dir.path(),
+            SYSTEM_ID,
+            TimelineId(1),
+            seg(),
+            start,
+            Lsn::INVALID,
+        );
+        cfg.dir_sync_by_caller = true;
+        let wal = Wal::start(cfg).unwrap();
+        let end = wal.insert(RM_KV, 0, b"x").unwrap();
+        wal.wait_flushed(end).unwrap();
+        let next = seg_path(dir.path(), 1, start.segno(seg()).0 + 1);
+        if release {
+            wal.release_preallocation();
+            support::wait_until("the next segment pre-allocated", || next.exists());
+        }
+        // Joins the WAL writer, whose first act is its pre-allocation.
+        wal.shutdown().unwrap();
+        assert_eq!(next.exists(), release, "released: {release}");
+    }
+}

@@ -68,6 +68,10 @@ pub enum Command {
     /// each beside the disk's fdatasync rate and, with --anchors,
     /// beside PostgreSQL 15 and Redis measured in the same run.
     Bench(crate::app::bench::BenchArgs),
+    /// One node of the bench's two-process synchronous-commit floor
+    /// (started by `walrep bench --scenario sync`, not by hand).
+    #[command(hide = true)]
+    FloorNode(crate::app::bench::syncfloor::NodeArgs),
     /// Show a running node's role, recovery state, LSNs and lag (from INFO).
     Status {
         /// The data directory of the running node.
@@ -429,6 +433,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Reload { datadir } => {
             reload(&datadir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::FloorNode(args) => {
+            crate::app::bench::syncfloor::serve(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {

@@ -17,6 +17,7 @@ mod error;
 pub mod fence;
 pub mod info;
 pub mod init;
+pub mod promotion_hold;
 pub mod recovery;
 mod reload;
 pub mod replication;
@@ -155,6 +156,9 @@ pub struct Node {
     /// The HA write gate: checked at every write's admission and before
     /// every acknowledgement (always open with HA off).
     gate: Arc<fence::WriteGate>,
+    /// A promotion's hold while its control file update is in flight: no
+    /// acknowledgement, no visibility, no WAL of the new timeline sent.
+    promotion_hold: Arc<promotion_hold::PromotionHold>,
     pub(crate) syncrep: Arc<SyncRep>,
     checkpoint_lock: Mutex<()>,
     /// Callers waiting for `checkpoint_lock` with a checkpoint that must
@@ -342,17 +346,47 @@ impl Node {
         wal.set_flush_hook(flush_hook(
             self.store.visibility().clone(),
             self.syncrep.clone(),
+            self.promotion_hold.clone(),
         ));
         // Flushes before the hook (the end-of-recovery record) are covered
         // here: set_flush_hook returns only once none is in progress.
+        // Under a promotion's hold they wait for its release.
         let flushed = wal.flushed();
-        self.store.visibility().advance_all(flushed);
-        self.syncrep.on_local_flush(flushed);
+        if !self.promotion_hold.defer_flush(flushed) {
+            self.store.visibility().advance_all(flushed);
+            self.syncrep.on_local_flush(flushed);
+        }
         let notifier = self.ensure_archiver(false)?;
         let failed = self.exit_tx.clone();
         let listener = start_wal_listener(&wal, notifier, failed)?;
         self.wal_threads().listener = Some(listener);
         Ok(())
+    }
+
+    /// Promotion: until [`Node::release_promotion`], acknowledge nothing,
+    /// make no flushed write visible and send no WAL of the new timeline
+    /// (which starts at `at`). See [`promotion_hold`].
+    pub fn hold_promotion(&self, at: Lsn) {
+        self.promotion_hold.hold(at);
+    }
+
+    /// The promotion's control file update returned (`ok`: it is
+    /// durable). Visibility and synchronous replication catch up on the
+    /// flushes held meanwhile, waiting writers and walsenders wake. On
+    /// failure nothing is released: the node is stopping.
+    pub fn release_promotion(&self, ok: bool) {
+        let deferred = self.promotion_hold.release(ok);
+        if !ok {
+            return;
+        }
+        let Some(wal) = self.wal() else { return };
+        // What the hook deferred, and any flush published since.
+        let flushed = wal.flushed().max(deferred);
+        self.store.visibility().advance(Level::LocalFlush, flushed);
+        if !self.syncrep.defined() {
+            self.store.visibility().advance_all(flushed);
+        }
+        self.syncrep.on_local_flush(flushed);
     }
 
     /// Become a primary: writes are accepted from now on.
@@ -409,8 +443,12 @@ impl Node {
     }
 
     /// The last check before an acknowledgement: a node fenced while the
-    /// write waited answers an error, never "OK".
+    /// write waited answers an error, never "OK"; during a promotion's
+    /// control file update it waits for that to be durable.
     fn gate_after_wait(&self) -> Result<(), WriteError> {
+        self.promotion_hold
+            .wait_open(promotion_hold::HOLD_WAIT_LIMIT)
+            .map_err(|_| WriteError::PromotionUnfinished)?;
         if !self.gate.is_open() {
             return Err(WriteError::FencedUnconfirmed);
         }
@@ -509,6 +547,15 @@ impl Backend for Node {
         if let Err(e) = wal.wait_flushed(end) {
             return Some(StartedWait::Done(Err(wal_error(e))));
         }
+        // No standby gets WAL of a promotion's new timeline before its
+        // control file is durable, and no write of it is confirmed.
+        if self
+            .promotion_hold
+            .wait_open(promotion_hold::HOLD_WAIT_LIMIT)
+            .is_err()
+        {
+            return Some(StartedWait::Done(Err(WriteError::PromotionUnfinished)));
+        }
         let pending = match self.syncrep.start_wait(end, level, notify.clone()) {
             None => return Some(StartedWait::Done(self.gate_after_wait())),
             Some(w) => w,
@@ -563,6 +610,14 @@ impl NodeHooks for Node {
         Node::attach_wal(self, wal)
     }
 
+    fn hold_promotion(&self, at: Lsn) {
+        Node::hold_promotion(self, at);
+    }
+
+    fn release_promotion(&self, ok: bool) {
+        Node::release_promotion(self, ok);
+    }
+
     fn accept_writes(&self) {
         Node::accept_writes(self);
     }
@@ -580,8 +635,15 @@ impl NodeHooks for Node {
 /// the flushed writes visible (all levels when no synchronous standby is
 /// configured) and let synchronous replication follow in degraded mode.
 /// Inline rather than on an event thread: a commit then wakes nobody.
-fn flush_hook(vis: Arc<crate::store::Visibility>, syncrep: Arc<SyncRep>) -> FlushHook {
+fn flush_hook(
+    vis: Arc<crate::store::Visibility>,
+    syncrep: Arc<SyncRep>,
+    hold: Arc<promotion_hold::PromotionHold>,
+) -> FlushHook {
     Box::new(move |lsn| {
+        if hold.defer_flush(lsn) {
+            return;
+        }
         vis.advance(Level::LocalFlush, lsn);
         if !syncrep.defined() {
             vis.advance_all(lsn);

@@ -124,6 +124,14 @@ impl ReplicationSource for NodeSource {
         }
     }
 
+    /// The WAL writer's followers, where one runs (a cascading standby's
+    /// walsenders follow replay, not a WAL writer).
+    fn also_follow_flushes(&self, sub: &Subscription) {
+        if let Some(wal) = self.node().and_then(|n| n.wal()) {
+            sub.also(wal.standby_followers());
+        }
+    }
+
     fn read_wal(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> Result<(), SourceError> {
         let node = self.node().ok_or_else(|| SourceError::Read {
             tli,
@@ -303,7 +311,7 @@ impl Node {
         match self.wal() {
             Some(wal) => FlushPoint {
                 tli: wal.timeline(),
-                lsn: wal.flushed(),
+                lsn: self.sendable(wal.flushed()),
             },
             None => match &self.standby {
                 Some(p) => p.flush_point(),
@@ -329,6 +337,8 @@ impl Node {
             // Not started yet: nothing to send, nothing will wake.
             (None, None) => return Watch::new(()).subscribe(),
         };
+        // A promotion's hold ends without a flush: its release wakes us.
+        self.promotion_hold.also(&sub);
         if let Some(w) = &wal {
             // The WAL writer wakes us directly on every flush: the shortest
             // path from a commit's fdatasync to the standby.
@@ -342,8 +352,18 @@ impl Node {
     /// what it flushed, and only what its upstream flushed).
     pub fn written_lsn(&self) -> Lsn {
         match self.wal() {
-            Some(wal) => wal.written().max(wal.flushed()),
+            Some(wal) => self.sendable(wal.written().max(wal.flushed())),
             None => self.flush_point().lsn,
+        }
+    }
+
+    /// `lsn`, or the new timeline's first byte while a promotion's hold
+    /// is on (see [`super::promotion_hold`]): walsenders send nothing of
+    /// the new timeline before its control file is durable.
+    fn sendable(&self, lsn: Lsn) -> Lsn {
+        match self.promotion_hold.send_limit() {
+            Some(limit) => lsn.min(limit),
+            None => lsn,
         }
     }
 

@@ -162,6 +162,7 @@ impl RunningNode {
                 ROLE_PRIMARY
             }),
             gate,
+            promotion_hold: Default::default(),
             syncrep,
             checkpoint_lock: Mutex::new(()),
             checkpoint_waiters: Default::default(),

@@ -160,6 +160,15 @@ pub trait ReplicationSource: Send + Sync + 'static {
         false
     }
 
+    /// Count `sub`, a walsender of a walrep standby, among those for whom
+    /// the WAL writer flushes at its streaming spacing while `sub` lives:
+    /// such a standby exposes only WAL this node has flushed, so the
+    /// spacing is the longest an asynchronous write waits before it can
+    /// be read there. Nothing by default.
+    fn also_follow_flushes(&self, sub: &Subscription) {
+        let _ = sub;
+    }
+
     /// True on a standby (reported as `in_hot_standby`; cascading
     /// walsenders never count as synchronous).
     fn in_recovery(&self) -> bool {

@@ -75,6 +75,11 @@ pub enum WriteError {
     /// primary (as a cancelled synchronous wait in PostgreSQL).
     #[error("READONLY the node was fenced (it lost the HA leader lease) before this write was confirmed: it is not acknowledged and may or may not survive; retry against the current primary")]
     FencedUnconfirmed,
+    /// The write waited for a promotion's control file update, which
+    /// failed (the node is stopping) or did not finish in time: it is not
+    /// acknowledged and may or may not survive.
+    #[error("ERR the promotion could not be made durable before this write was confirmed: it is not acknowledged and may or may not survive")]
+    PromotionUnfinished,
 }
 
 /// Why the server ends every session at once instead of letting them

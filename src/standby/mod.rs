@@ -109,6 +109,18 @@ pub trait NodeHooks: Send + Sync + 'static {
     /// not accepted yet. Fails only if a thread cannot be started.
     fn attach_wal(&self, wal: Arc<Wal>) -> io::Result<()>;
 
+    /// Promotion, before [`NodeHooks::attach_wal`]: the control file's
+    /// update is about to be made durable while writes start. Until
+    /// [`NodeHooks::release_promotion`], acknowledge no write, make no
+    /// flushed write visible and send no WAL of the new timeline (which
+    /// starts at `at`).
+    fn hold_promotion(&self, at: Lsn);
+
+    /// The promotion's control file update returned: `ok`, it is durable
+    /// (release what [`NodeHooks::hold_promotion`] held); else the node is
+    /// stopping and nothing of the new timeline is ever confirmed.
+    fn release_promotion(&self, ok: bool);
+
     /// Promotion is complete: accept writes.
     fn accept_writes(&self);
 

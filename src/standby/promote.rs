@@ -297,9 +297,11 @@ fn switch_segment_timeline(h: &StandbyHandles, prev_tli: TimelineId, at: Lsn) ->
         .unwrap_or(prev_tli)
 }
 
-/// Start the WAL on `tli` at `at`, log the end-of-recovery record, point
-/// the control file at the new timeline and hand the WAL writer to the
-/// node. Returns the end of WAL after the record. `prepared`: what
+/// Start the WAL on `tli` at `at`, log the end-of-recovery record and hand
+/// the WAL writer to the node under a hold; the caller points the control
+/// file at the new timeline once the node accepts writes
+/// ([`ControlUpdate::run`]).
+/// Returns the end of WAL after the record. `prepared`: what
 /// [`write_history_file`] prepared (the copy is made here otherwise).
 /// `sync_datadir`: the removal of `standby.signal` is not durable yet.
 ///
@@ -312,13 +314,23 @@ fn switch_segment_timeline(h: &StandbyHandles, prev_tli: TimelineId, at: Lsn) ->
 /// (fdatasync). The record may be durable before the names: a crash then
 /// leaves it in an `xlogtemp.` file, which start-up removes, and the
 /// control file still names the old timeline.
+///
+/// The control file's fdatasync overlaps the first writes: the node
+/// accepts them before it starts and flushes their WAL, but its hold
+/// (`crate::node::promotion_hold`) keeps every acknowledgement, their
+/// visibility and every byte of the new timeline from walsenders until the
+/// control file is durable. A crash before then finds the control file old
+/// (the node restarts as a primary of the old timeline, `standby.signal`
+/// being durably gone; the new timeline's WAL was never confirmed to
+/// anyone) or new (it replays the new timeline): both are histories no
+/// client or standby was told otherwise of.
 pub fn write_end_of_recovery(
     h: &StandbyHandles,
     (tli, prev_tli): (TimelineId, TimelineId),
     at: Lsn,
     prepared: Option<PreparedTimeline>,
     sync_datadir: bool,
-) -> Result<Lsn, PromotionError> {
+) -> Result<(Lsn, ControlUpdate), PromotionError> {
     let t0 = Instant::now();
     let (system_id, seg_size) = h
         .control
@@ -355,15 +367,15 @@ pub fn write_end_of_recovery(
     flushed.map_err(eor)?;
     let t_record = t0.elapsed();
     mark_history_ready(h, tli)?;
-    h.control.update_in_place(|c| {
-        c.timeline = tli;
-        c.state = ClusterState::InProduction;
-        c.min_recovery_point = Lsn::INVALID;
-    })?;
-    let t_control = t0.elapsed();
-    h.hooks
-        .attach_wal(wal)
-        .map_err(|source| PromotionError::AttachWal { tli, source })?;
+    // Held from before the node's flush hook is set: nothing of the new
+    // timeline is confirmed or sent before the control file names it.
+    h.hooks.hold_promotion(at);
+    let wal_for_control = wal.clone();
+    if let Err(source) = h.hooks.attach_wal(wal) {
+        // Nothing was confirmed; the node stops on this failure.
+        h.hooks.release_promotion(false);
+        return Err(PromotionError::AttachWal { tli, source });
+    }
     let us = |d: Duration| d.as_micros() as u64;
     tracing::info!(
         tli = tli.0,
@@ -371,11 +383,98 @@ pub fn write_end_of_recovery(
         segment_us = us(t_segment),
         wal_start_us = us(t_wal - t_segment),
         record_us = us(t_record - t_wal),
-        control_us = us(t_control - t_record),
-        total_us = us(t0.elapsed()),
-        "archive recovery complete; end-of-recovery record written"
+        "end-of-recovery record written; writes are accepted and held until the control file is durable"
     );
-    Ok(rec.end)
+    Ok((rec.end, ControlUpdate::new(h, wal_for_control, tli, t0)))
+}
+
+/// The promotion's last step: the control file names the new timeline,
+/// in production, made durable by the startup thread right after the node
+/// accepts writes ([`ControlUpdate::run`]), while the first writes are
+/// inserted and flushed (and held); then the node's hold is released. A
+/// failure stops the node (an fsync failure is never retried).
+///
+/// On the startup thread rather than a thread of its own: that thread is
+/// running already, so the node accepts writes as soon as it did before
+/// (a new thread's start, 0.1 ms and a scheduling wait on a busy machine,
+/// came before them), and the fdatasync starts right after.
+#[must_use = "the promotion's hold stays on until the control file update runs"]
+pub struct ControlUpdate {
+    control: Arc<crate::store::ControlFileOwner>,
+    hooks: Arc<dyn super::NodeHooks>,
+    wal: Arc<Wal>,
+    tli: TimelineId,
+    /// When the end-of-recovery step started (for `total_us`).
+    t0: Instant,
+}
+
+impl std::fmt::Debug for ControlUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlUpdate")
+            .field("tli", &self.tli)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlUpdate {
+    fn new(h: &StandbyHandles, wal: Arc<Wal>, tli: TimelineId, t0: Instant) -> ControlUpdate {
+        ControlUpdate {
+            control: h.control.clone(),
+            hooks: h.hooks.clone(),
+            wal,
+            tli,
+            t0,
+        }
+    }
+
+    /// Make the control file durable and release the hold (or, on
+    /// failure, stop the node). Before anything that needs the control
+    /// file to name the new timeline (renaming the old timeline's last
+    /// segment to `.partial`, the first checkpoint).
+    pub fn run(self) {
+        update_control(&self.control, &*self.hooks, &self.wal, self.tli, self.t0);
+    }
+}
+
+/// Point the control file at `tli`, in production, durably; then release
+/// the node's hold (or, on failure, tell it to stop).
+fn update_control(
+    control: &crate::store::ControlFileOwner,
+    hooks: &dyn super::NodeHooks,
+    wal: &Wal,
+    tli: TimelineId,
+    t0: Instant,
+) {
+    let t_start = t0.elapsed();
+    let result = control.update_in_place(|c| {
+        c.timeline = tli;
+        c.state = ClusterState::InProduction;
+        c.min_recovery_point = Lsn::INVALID;
+    });
+    hooks.release_promotion(result.is_ok());
+    // The next segment's pre-allocation (a rename and an fsync of `wal/`)
+    // comes after the promotion's own syncs, not among them.
+    if result.is_ok() {
+        wal.release_preallocation();
+    }
+    let t_control = t0.elapsed();
+    match result {
+        Ok(()) => {
+            let us = |d: Duration| d.as_micros() as u64;
+            tracing::info!(
+                tli = tli.0,
+                control_us = us(t_control - t_start),
+                total_us = us(t_control),
+                // How far the first writes got meanwhile (held, not lost).
+                flushed = %wal.flushed(),
+                "archive recovery complete; control file durable, writes confirmed"
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not point the control file at the new timeline; no write of it was confirmed; the node stops");
+            hooks.fatal(super::StandbyError::Control(e));
+        }
+    }
 }
 
 /// The WAL writer of the new timeline, starting at `at`; its start-up

@@ -116,6 +116,9 @@ pub struct Startup {
     standby_signal_unsynced: bool,
     /// What the history-file step prepared for the end-of-recovery step.
     prepared: Option<promote::PreparedTimeline>,
+    /// The promotion's control file update, run once writes are accepted
+    /// (the node holds their acknowledgements until it is durable).
+    control_update: Option<promote::ControlUpdate>,
     /// Redo's answers to a request run on this thread, handled before the
     /// next wait (in order, before anything queued meanwhile).
     answers: VecDeque<Event>,
@@ -143,6 +146,7 @@ impl Startup {
             partial: None,
             standby_signal_unsynced: false,
             prepared: None,
+            control_update: None,
             answers: VecDeque::new(),
             apply_owed_at: None,
         }
@@ -190,6 +194,12 @@ impl Startup {
             }
         }
         self.receivers.stop_all();
+        // Run at AcceptWrites; here if the machine ended before that. The
+        // old timeline's last segment is renamed and the checkpoint
+        // requested only once the control file names the new timeline.
+        if let Some(control) = self.control_update.take() {
+            control.run();
+        }
         if self.core.state() == StateKind::Promoted {
             promote::finish(&self.h, self.partial.take());
         }
@@ -358,7 +368,8 @@ impl Startup {
                     prepared,
                     sync_datadir,
                 ) {
-                    Ok(end) => {
+                    Ok((end, control)) => {
+                        self.control_update = Some(control);
                         self.partial = Some(promote::PartialSegment { prev_tli, at });
                         self.answer(Event::EndOfRecoveryWritten { tli, end })
                     }
@@ -375,6 +386,11 @@ impl Startup {
             Action::AcceptWrites { .. } => {
                 self.h.hooks.accept_writes();
                 tracing::info!("database system is ready to accept connections (promoted)");
+                // The first writes come in while the control file is made
+                // durable; the node holds their acknowledgements until then.
+                if let Some(control) = self.control_update.take() {
+                    control.run();
+                }
             }
             Action::Report { report } => match report.severity() {
                 Severity::Info => tracing::info!("{report}"),

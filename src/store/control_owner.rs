@@ -72,7 +72,7 @@ impl ControlFileOwner {
     /// [`ControlFileOwner::update`] with the file overwritten in place and
     /// fdatasynced ([`ControlFile::write_in_place`]): no rename, no
     /// directory fsync. Promotion uses it: its change must be durable
-    /// before the first write is accepted, and a directory fsync there
+    /// before the first write is acknowledged, and a directory fsync there
     /// waits for the whole file system's journal.
     pub fn update_in_place(&self, f: impl FnOnce(&mut ControlFile)) -> Result<(), ControlError> {
         self.update_with(f, ControlFile::write_in_place)

@@ -46,6 +46,7 @@ use thiserror::Error;
 
 pub use buffer::InsertedRecord;
 pub use stats::{WalStats, BATCH_BUCKETS};
+pub use walwriter::{MIN_FLUSH_SPACING, STREAMING_FLUSH_SPACING};
 
 use buffer::{InsertState, SegCtx};
 use flush::FlushState;
@@ -111,7 +112,10 @@ pub struct WalConfig {
     /// durable names the timeline (a promotion runs it beside the flush of
     /// its end-of-recovery record, so the two are waited for together).
     /// Ignored when the start-up removed stale segments: their removal is
-    /// made durable before anything is written.
+    /// made durable before anything is written. Also holds the background
+    /// pre-allocation of the next segment (whose rename is followed by an
+    /// fsync of `dir`) until [`Wal::release_preallocation`], so that no
+    /// directory fsync of its own lands among the caller's syncs.
     pub dir_sync_by_caller: bool,
 }
 
@@ -274,6 +278,7 @@ impl Wal {
             inserted: AtomicU64::new(cfg.start_lsn.0),
             written: AtomicU64::new(cfg.start_lsn.0),
             written_watch: Watch::new(cfg.start_lsn),
+            standby_followers: Watch::new(()),
             poison: OnceLock::new(),
             stopping: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -284,6 +289,7 @@ impl Wal {
             flush_subscribers: AtomicUsize::new(0),
             counters: Counters::default(),
             prealloc_below: AtomicU64::new(0),
+            prealloc_held: AtomicBool::new(cfg.dir_sync_by_caller),
         });
         let sh = shared.clone();
         let delay = cfg.wal_writer_delay.max(Duration::from_millis(1));
@@ -443,6 +449,20 @@ impl Wal {
         &self.shared.written_watch
     }
 
+    /// Walsenders of walrep standbys register here (with
+    /// [`crate::watch::Subscription::also`]; nothing is ever published):
+    /// while one is live, the WAL writer flushes every
+    /// [`STREAMING_FLUSH_SPACING`] instead of [`MIN_FLUSH_SPACING`].
+    pub fn standby_followers(&self) -> &Watch<()> {
+        &self.shared.standby_followers
+    }
+
+    /// The shortest time the WAL writer leaves between the starts of two
+    /// of its flushes now (see [`Wal::standby_followers`]).
+    pub fn flush_spacing(&self) -> Duration {
+        walwriter::spacing(&self.shared)
+    }
+
     /// Wait (without polling) until `flushed() > lsn` or `timeout` passes;
     /// returns `flushed()` either way. Built on [`Wal::flush_watch`].
     /// Errors once the writer is poisoned, or shut down with nothing beyond `lsn`.
@@ -559,6 +579,13 @@ impl Wal {
             }),
         };
         Ok(self.shared.segdir.remove_old(&req)?)
+    }
+
+    /// Let the WAL-writer thread pre-allocate the next segment (held from
+    /// the start when `WalConfig::dir_sync_by_caller`), and wake it to do so.
+    pub fn release_preallocation(&self) {
+        self.shared.prealloc_held.store(false, Ordering::Release);
+        self.shared.kick();
     }
 
     /// Flush everything, stop the WAL-writer thread and refuse further

@@ -14,7 +14,11 @@
 //!   16 clients, beside the same PostgreSQL chain with `--anchors`;
 //! - `promote`: promotion request to the first accepted write;
 //! - `sync`: commits/s and latency per `synchronous_commit` level with one
-//!   synchronous standby, and the one-client floor;
+//!   synchronous standby, and the one-client floor: one fdatasync + a
+//!   loopback round trip, and the two-process floor (a client, a primary
+//!   process and a standby process doing only one record's append,
+//!   fdatasync, send and reply per commit) beside walrep and PostgreSQL;
+//! - `sync-floor`: the two-process floor alone (no node), `--reps` times;
 //! - `replication`: all of the above but `commit`;
 //! - `wal`: the WAL writer alone (no node, no network), beside the raw
 //!   fdatasync rate;
@@ -62,6 +66,9 @@
 //! - [`cluster`]: walrep primaries and standbys, INFO, waits.
 //! - [`anchors`]: the anchor scripts themselves, run and parsed.
 //! - [`scenario`], [`bulk`], [`lag`], [`promote`], [`sync`]: the scenarios.
+//! - [`syncfloor`]: the two-process floor of one synchronous commit (the
+//!   `walrep floor-node` processes and their client), for `sync` and
+//!   `sync-floor`.
 //! - [`figures`]: their figures, ratios, targets and probe tables.
 //! - [`wal_micro`]: the `wal` scenario; [`suite`]: the `redis` scenario.
 //! - [`failover`]: the `failover` soak; [`memory`]: the `memory` scenario.
@@ -100,6 +107,7 @@ pub mod scenario;
 pub mod soak;
 pub mod suite;
 pub mod sync;
+pub mod syncfloor;
 pub mod tls;
 pub mod wal_micro;
 
@@ -195,6 +203,9 @@ pub enum Scenario {
     Promote,
     /// Every synchronous_commit level with a sync standby.
     Sync,
+    /// The two-process floor of one synchronous commit alone (no node):
+    /// client -> primary process -> standby process, per level.
+    SyncFloor,
     /// Every replication scenario (all but commit and wal).
     Replication,
     /// The WAL writer alone, beside the raw fdatasync rate.
@@ -237,6 +248,7 @@ impl Scenario {
             Scenario::Chain => "chain",
             Scenario::Promote => "promote",
             Scenario::Sync => "sync",
+            Scenario::SyncFloor => "sync-floor",
             Scenario::Replication => "replication",
             Scenario::Wal => "wal",
             Scenario::Tls => "tls",
@@ -292,7 +304,11 @@ impl Scenario {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// What to measure, comma-separated: commit, stream, catchup,
-    /// archive-replay, lag, chain (replay lag per hop of a cascade), promote, sync, replication (all the replication
+    /// archive-replay, lag, chain (replay lag per hop of a cascade), promote, sync (every
+    /// synchronous_commit level with one standby, beside the one-client
+    /// floors: fdatasync + round trip, and two real processes doing only a
+    /// commit's append, fdatasync, send and reply), sync-floor (that
+    /// two-process floor alone), replication (all the replication
     /// scenarios), wal (the WAL writer alone), tls (TLS cost), redis
     /// (redis-benchmark's test set against walrep and Redis 7), pipeline
     /// (pipelined SET beside Redis 7 `appendfsync no`), backup,

@@ -266,10 +266,11 @@ fn step_times(sdir: &Path) -> String {
         "total_us",
     ];
     let mut out = Vec::new();
-    for line in log
-        .lines()
-        .filter(|l| l.contains("timeline history file") || l.contains("end-of-recovery record"))
-    {
+    for line in log.lines().filter(|l| {
+        l.contains("timeline history file")
+            || l.contains("end-of-recovery record")
+            || l.contains("archive recovery complete")
+    }) {
         for k in keys {
             if let Some(v) = line
                 .split(&format!("{k}="))
@@ -289,8 +290,9 @@ fn step_times(sdir: &Path) -> String {
 /// microsecond UTC timestamps): request noticed by the trigger watcher,
 /// taken up by the recovery machine, the end of the WAL here replayed,
 /// the new timeline chosen, the history file written, the end-of-recovery
-/// record written, writes accepted; the rest up to `total_ms` is the
-/// retrying client's next round trip (with the first write's own flush).
+/// record written, writes accepted, the control file durable (writes held
+/// until then are confirmed); the rest up to `total_ms` is the retrying
+/// client's next round trip (with the first write's own flush).
 fn parts(sdir: &Path, wall0: SystemTime, total_ms: f64) -> String {
     let log = std::fs::read_to_string(sdir.with_extension("log")).unwrap_or_default();
     let Ok(since_epoch) = wall0.duration_since(UNIX_EPOCH) else {
@@ -305,6 +307,7 @@ fn parts(sdir: &Path, wall0: SystemTime, total_ms: f64) -> String {
         ("history", "wrote timeline history file"),
         ("end_of_recovery", "end-of-recovery record written"),
         ("accepting", "ready to accept connections (promoted)"),
+        ("control_durable", "control file durable"),
     ];
     let mut out = Vec::new();
     for (name, text) in marks {

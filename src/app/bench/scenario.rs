@@ -118,8 +118,11 @@ fn make_traversable(dir: &Path) -> Result<(), BenchError> {
 /// Run the chosen replication scenarios and print their report.
 pub fn run(args: &BenchArgs, scenarios: &[Scenario]) -> Result<ScenarioReport, BenchError> {
     let started = Instant::now();
-    for tool in ["redis-benchmark", "pg_receivewal"] {
-        super::require_tool(tool)?;
+    // The two-process floor alone needs neither.
+    if scenarios.iter().any(|s| *s != Scenario::SyncFloor) {
+        for tool in ["redis-benchmark", "pg_receivewal"] {
+            super::require_tool(tool)?;
+        }
     }
     let run_dir = super::RunDir::create(args, "walrep-bench-")?;
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
@@ -149,6 +152,9 @@ pub fn run(args: &BenchArgs, scenarios: &[Scenario]) -> Result<ScenarioReport, B
     }
     if scenarios.contains(&Scenario::Sync) {
         super::sync::run(&mut ctx)?;
+    }
+    if scenarios.contains(&Scenario::SyncFloor) {
+        super::sync::run_floor(&mut ctx)?;
     }
     if scenarios.contains(&Scenario::Backup) {
         super::backup::run(&mut ctx)?;

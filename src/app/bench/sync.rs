@@ -23,6 +23,13 @@
 //! ping-pong on 127.0.0.1. WAL goes to the standby while the primary
 //! flushes it, so the primary's and the standby's fdatasyncs overlap; the
 //! serial floor (two fdatasyncs + the round trip) is reported beside it.
+//!
+//! Beside those sums, the floor measured whole ([`syncfloor`]): a client,
+//! a primary process and a standby process doing nothing but one SET's
+//! WAL record per commit (append, fdatasync, send, reply) on the nodes'
+//! disk, right after the 1-client `on` run, for `local`, `on` (flushes in
+//! parallel), `on` serial, `remote_write` and `remote_apply`. walrep's
+//! and PostgreSQL's one-client rates are reported as shares of each.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -34,6 +41,7 @@ use super::figures::{Better, Figure};
 use super::loadgen::{self, Load};
 use super::pg::PgAnchor;
 use super::scenario::Ctx;
+use super::syncfloor::{self, Mode, ModeFloor};
 use super::BenchError;
 
 /// The targets.
@@ -122,6 +130,22 @@ const PG_ANCHORS: &[(&str, u32, f64, Option<f64>)] = &[
 ];
 /// How long the loopback ping-pong runs.
 const RTT_PROBE: Duration = Duration::from_millis(500);
+/// The two-process floor: rounds of each mode, commits per mode per round
+/// (about 2 s in all at ~3 ms a commit, ~0.5 s at 0.3 ms).
+const FLOOR_ROUNDS: u32 = 10;
+const FLOOR_PER_ROUND: u32 = 100;
+
+/// What the one-client `on` run of one repetition is judged against.
+struct FloorInput {
+    rep: u32,
+    /// fdatasync µs before and after the run.
+    fsync_us: (f64, f64),
+    rtt_us: f64,
+    /// walrep's commits/s.
+    rps: f64,
+    /// The two-process floors, measured right after the run.
+    two: Vec<ModeFloor>,
+}
 
 /// The figures of one (variant, clients) cell.
 struct Cell {
@@ -151,9 +175,50 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
         }
     }
     floor_figure(ctx, &floor_inputs);
+    two_process_figures(ctx, &floor_inputs, &cells);
     for c in cells {
         ctx.figures.extend([c.rps, c.mean, c.p99]);
     }
+    Ok(())
+}
+
+/// `sync-floor`: the two-process floor alone, `--reps` times, each
+/// between two fdatasync probes and beside a loopback round trip;
+/// `--seconds` bounds the rounds (two a second, at most ten).
+pub fn run_floor(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
+    println!(
+        "\n== sync-floor: client -> primary process -> standby process, one {}-byte record per commit, {} rep(s)",
+        syncfloor::RECORD_BYTES,
+        ctx.args.reps
+    );
+    let dir = ctx.subdir("sync-floor")?;
+    let rounds = (ctx.args.seconds.min(u64::from(FLOOR_ROUNDS)) as u32 * 2).clamp(1, FLOOR_ROUNDS);
+    let mut figs: Vec<Figure> = Mode::ALL
+        .iter()
+        .map(|m| {
+            Figure::new(
+                "sync-floor",
+                &format!("two-process floor, 1 client: {}", m.name()),
+                "commits/s",
+                Better::Higher,
+            )
+        })
+        .collect();
+    for rep in 1..=ctx.args.reps {
+        let f0 = ctx.probe(&format!("before sync-floor rep {rep}"), false)?;
+        let rtt_us = loopback_rtt_us()?;
+        let two = syncfloor::measure(&ctx.exe, &dir, rounds, FLOOR_PER_ROUND)?;
+        let f1 = ctx.probe(&format!("after sync-floor rep {rep}"), false)?;
+        print!(
+            "  rep {rep}: fdatasync {f0:.0} us before, {f1:.0} us after; loopback round trip {rtt_us:.0} us; 1 / (fdatasync + round trip) = {:.0}/s\n{}",
+            1e6 / ((f0 + f1) / 2.0 + rtt_us),
+            syncfloor::describe(&two)
+        );
+        for (fig, f) in figs.iter_mut().zip(&two) {
+            fig.walrep.push(f.per_s);
+        }
+    }
+    ctx.figures.extend(figs);
     Ok(())
 }
 
@@ -163,7 +228,7 @@ fn walrep_rep(
     dir: &std::path::Path,
     rep: u32,
     cells: &mut [Cell],
-    floor_inputs: &mut Vec<(f64, f64, f64, f64)>,
+    floor_inputs: &mut Vec<FloorInput>,
 ) -> Result<(), BenchError> {
     let pdir = dir.join("primary");
     let sdir = dir.join("standby");
@@ -198,7 +263,25 @@ fn walrep_rep(
             c.mean.walrep.push(r.0.mean_ms);
             c.p99.walrep.push(r.0.p99_ms);
             if variant.level == "on" && variant.unflushed && c.clients == 1 {
-                floor_inputs.push((f0, f1, loopback_rtt_us()?, r.0.rps));
+                let rtt_us = loopback_rtt_us()?;
+                let two = syncfloor::measure(
+                    &ctx.exe,
+                    &dir.join("floor"),
+                    FLOOR_ROUNDS,
+                    FLOOR_PER_ROUND,
+                )?;
+                print!(
+                    "  two-process floor, 1 client, rep {rep} (client -> P -> S, {}-byte records):\n{}",
+                    syncfloor::RECORD_BYTES,
+                    syncfloor::describe(&two)
+                );
+                floor_inputs.push(FloorInput {
+                    rep,
+                    fsync_us: (f0, f1),
+                    rtt_us,
+                    rps: r.0.rps,
+                    two,
+                });
             }
         }
         if let Some(s) = standby {
@@ -388,7 +471,7 @@ const MAX_PROBE_SPREAD: f64 = 2.0;
 /// (the standby's fdatasync runs during the primary's), and against the
 /// serial floor of two fdatasyncs + a round trip.
 /// `inputs`: fdatasync µs before and after the run, round trip µs, commits/s.
-fn floor_figure(ctx: &mut Ctx<'_>, inputs: &[(f64, f64, f64, f64)]) {
+fn floor_figure(ctx: &mut Ctx<'_>, inputs: &[FloorInput]) {
     let mut f = Figure::new(
         "sync",
         "1 client, synchronous_commit=on, share of the floor (1 fdatasync + loopback round trip)",
@@ -403,7 +486,8 @@ fn floor_figure(ctx: &mut Ctx<'_>, inputs: &[(f64, f64, f64, f64)]) {
         Better::Higher,
     )
     .anchor(0.58);
-    for &(f0, f1, rtt_us, rps) in inputs {
+    for i in inputs {
+        let ((f0, f1), rtt_us, rps) = (i.fsync_us, i.rtt_us, i.rps);
         if f0.max(f1) > MAX_PROBE_SPREAD * f0.min(f1) {
             ctx.note(format!(
                 "1 client, on: the disk changed phase during the run (fdatasync {f0:.0} us before, {f1:.0} us after): no floor ratio for this rep ({rps:.0} commits/s)"
@@ -524,4 +608,66 @@ fn postgres_local(
     }
     drop(standby);
     Ok(())
+}
+
+/// Which two-process floors a one-client cell is judged against: its own
+/// level's, and for `on` also the serial one (PostgreSQL's order).
+fn floor_modes(v: &Variant) -> &'static [Mode] {
+    match (v.level, v.standby, v.unflushed) {
+        ("local", Standby::None, _) => &[Mode::Local],
+        ("on", Standby::Sync, true) => &[Mode::On, Mode::Serial],
+        ("on", Standby::Sync, false) => &[Mode::Serial],
+        ("remote_write", Standby::Sync, _) => &[Mode::RemoteWrite],
+        ("remote_apply", Standby::Sync, _) => &[Mode::RemoteApply],
+        _ => &[],
+    }
+}
+
+/// The one-client rates of walrep and PostgreSQL as shares of the
+/// two-process floor of the same repetition, per level; and each
+/// repetition's floors as a note.
+fn two_process_figures(ctx: &mut Ctx<'_>, inputs: &[FloorInput], cells: &[Cell]) {
+    let reps = ctx.args.reps as usize;
+    for i in inputs {
+        let line: Vec<String> = i
+            .two
+            .iter()
+            .map(|f| format!("{} {:.0}/s ({:.0} us)", f.mode.name(), f.per_s, f.mean_us))
+            .collect();
+        ctx.note(format!(
+            "1 client, rep {}: two-process floor (client -> primary process -> standby process, one {}-byte record per commit, same disk): {}",
+            i.rep,
+            syncfloor::RECORD_BYTES,
+            line.join("; ")
+        ));
+    }
+    for c in cells.iter().filter(|c| c.clients == 1) {
+        for &mode in floor_modes(c.variant) {
+            let mut f = Figure::new(
+                "sync",
+                &format!(
+                    "1 client, synchronous_commit={}, share of the two-process floor: {}",
+                    label(c.variant),
+                    mode.name()
+                ),
+                "ratio",
+                Better::Higher,
+            );
+            for i in inputs {
+                let Some(floor) = i.two.iter().find(|f| f.mode == mode) else {
+                    continue;
+                };
+                let at = i.rep as usize - 1;
+                if let Some(w) = c.rps.walrep.get(at) {
+                    f.walrep.push(w / floor.per_s);
+                }
+                if c.rps.pg_same_run.len() == reps {
+                    f.pg_same_run.push(c.rps.pg_same_run[at] / floor.per_s);
+                }
+            }
+            if !f.walrep.is_empty() {
+                ctx.figures.push(f);
+            }
+        }
+    }
 }

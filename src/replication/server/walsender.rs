@@ -287,7 +287,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         let early = unflushed_ok && candidate;
         let apply_on_request = s.apply_feedback_on_request;
         let flush_hint = s.flush_hint;
-        let flushed = subscribe(&*src, early, apply_on_request);
+        let flushed = subscribe(&*src, early, apply_on_request, unflushed_ok);
         let write_wanted = candidate && src.write_reports_wanted();
         s.handle.set_state(WalSenderState::Catchup);
         s.handle.set_cascading(src.in_recovery());
@@ -390,7 +390,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             self.early = early;
             // Subscribed before the next look at the positions (the loop
             // goes on to `send_some`), so no move is missed.
-            self.flushed = subscribe(&*self.src, early, self.apply_on_request);
+            self.flushed = subscribe(&*self.src, early, self.apply_on_request, true);
         }
     }
 
@@ -778,13 +778,23 @@ fn commits_may_wait_for<S: ReplicationSource>(src: &S, application_name: &str) -
 
 /// What wakes a walsender: every flush, and with `early` every write; with
 /// `apply_on_request` every rise of the apply position commits wait for.
-/// It waits by parking (see `Streamer::wait`).
-fn subscribe<S: ReplicationSource>(src: &S, early: bool, apply_on_request: bool) -> Subscription {
+/// It waits by parking (see `Streamer::wait`). A walrep standby's
+/// (`walrep_standby`, early or not) also keeps the WAL writer at its
+/// streaming flush spacing while it lives.
+fn subscribe<S: ReplicationSource>(
+    src: &S,
+    early: bool,
+    apply_on_request: bool,
+    walrep_standby: bool,
+) -> Subscription {
     let sub = if early {
         src.subscribe_written()
     } else {
         src.subscribe_flush()
     };
+    if walrep_standby {
+        src.also_follow_flushes(&sub);
+    }
     if apply_on_request {
         src.also_apply_wanted(&sub);
     }

@@ -69,6 +69,11 @@ pub(crate) struct Shared {
     /// standbys): published after a batch's writes, before its fdatasync;
     /// closed with `flush_watch`.
     pub written_watch: Watch<Lsn>,
+    /// One live subscription per walsender of a walrep standby, never
+    /// published (it only counts them): while any is live, the WAL writer
+    /// flushes at its streaming spacing (see `walwriter`), since such a
+    /// standby exposes only WAL this node has flushed.
+    pub standby_followers: Watch<()>,
     /// The first IO failure: once set, nothing is written any more.
     pub poison: OnceLock<Arc<str>>,
     /// The WAL-writer thread should finish.
@@ -96,6 +101,9 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// 1 + the highest segment number pre-allocated in the background.
     pub prealloc_below: AtomicU64,
+    /// Background pre-allocation waits for `Wal::release_preallocation`
+    /// (see `WalConfig::dir_sync_by_caller`).
+    pub prealloc_held: AtomicBool,
 }
 
 /// Where the flush hook lives (a newtype so `Shared` stays `Debug`).
@@ -421,6 +429,9 @@ impl Shared {
 
     /// Create the segment after the one being inserted into, ahead of need.
     pub fn preallocate_ahead(&self) {
+        if self.prealloc_held.load(Ordering::Acquire) {
+            return;
+        }
         let next = self.inserted().segno(self.ctx.seg_size).next();
         if self.prealloc_below.load(Ordering::Acquire) > next.0 {
             return;
