@@ -149,10 +149,10 @@ proptest! {
     }
 
     #[test]
-    fn replication_messages_round_trip(start in any::<u64>(), end in any::<u64>(), t in any::<i64>(), data in prop::collection::vec(any::<u8>(), 0..300), rr in any::<bool>(), af in any::<bool>()) {
+    fn replication_messages_round_trip(start in any::<u64>(), end in any::<u64>(), t in any::<i64>(), data in prop::collection::vec(any::<u8>(), 0..300), rr in any::<bool>(), af in any::<bool>(), fd in any::<bool>(), ww in any::<bool>()) {
         let w = ReplicationMessage::XLogData { header: XLogDataHeader { wal_start: Lsn(start), wal_end: Lsn(end), send_time: t }, data };
         prop_assert_eq!(ReplicationMessage::decode(&w.encode()).unwrap(), w);
-        let k = ReplicationMessage::Keepalive(PrimaryKeepalive { wal_end: Lsn(end), send_time: t, reply_requested: rr, apply_feedback: af });
+        let k = ReplicationMessage::Keepalive(PrimaryKeepalive { wal_end: Lsn(end), send_time: t, reply_requested: rr, apply_feedback: af, flush_deferrable: fd, write_wanted: ww });
         let bytes = k.encode();
         prop_assert_eq!(bytes.len(), 18);
         prop_assert_eq!(ReplicationMessage::decode(&bytes).unwrap(), k);

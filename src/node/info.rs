@@ -481,4 +481,14 @@ fn upstream_fields(node: &Node, configured: (&str, u16, &str), s: &mut String) {
         s,
         "master_application_name:{app}\r\nmaster_instance_id:{id}\r\nupstream_chain:{chain}\r\n"
     );
+    if let Some(progress) = &node.standby {
+        // Whether the walreceiver spaces its fsyncs (no commit upstream
+        // waits for this standby's flush), and how many it made.
+        let _ = write!(
+            s,
+            "receiver_flush_deferred:{}\r\nreceiver_fsyncs:{}\r\n",
+            progress.received.flush_deferred() as u8,
+            progress.received.fsyncs()
+        );
+    }
 }

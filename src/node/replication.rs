@@ -111,6 +111,13 @@ impl ReplicationSource for NodeSource {
         }
     }
 
+    fn write_reports_wanted(&self) -> bool {
+        self.node().is_some_and(|node| {
+            node.syncrep
+                .remote_write_waited_within(crate::syncrep::WRITE_WAIT_MEMORY)
+        })
+    }
+
     fn also_apply_wanted(&self, sub: &Subscription) {
         if let Some(node) = self.node() {
             sub.also(node.syncrep.apply_wanted_watch());

@@ -152,6 +152,14 @@ pub trait ReplicationSource: Send + Sync + 'static {
         let _ = sub;
     }
 
+    /// Whether a commit here waited lately for a standby's written
+    /// position alone (`remote_write`): walsenders of standbys that asked
+    /// for the flush hint tell them (`PrimaryKeepalive::write_wanted`).
+    /// By default no.
+    fn write_reports_wanted(&self) -> bool {
+        false
+    }
+
     /// Count `sub`, a walsender of a walrep standby, among those for whom
     /// the WAL writer flushes at its streaming spacing while `sub` lives:
     /// such a standby exposes only WAL this node has flushed, so the

@@ -57,6 +57,7 @@
 //! buffered beyond the protocol's largest message.
 
 mod buffer;
+mod flusher;
 mod replies;
 mod session;
 mod sessions;
@@ -424,6 +425,16 @@ pub struct ReceiverShared {
     streamed_sessions: AtomicU64,
     /// Every byte written, for redo to read without the files.
     buffer: Arc<WalBuffer>,
+    /// The streaming session spaces its fsyncs (its upstream said no
+    /// commit waits for this standby's flush; see `flusher`).
+    flush_deferred: AtomicBool,
+    /// The streaming session reports its written position before its
+    /// fsync, on the fsync thread (its upstream said a commit waited
+    /// lately for that position alone); otherwise a synchronous standby
+    /// fsyncs on the session's thread (see `Session::fsync_inline`).
+    write_reports: AtomicBool,
+    /// fsyncs of received WAL made by sessions' fsync threads, ever.
+    fsyncs: AtomicU64,
 }
 
 /// The upstream a session connected to, for INFO and /status.
@@ -465,12 +476,34 @@ impl ReceiverShared {
             upstream: Mutex::new(None),
             streamed_sessions: AtomicU64::new(0),
             buffer: Arc::new(WalBuffer::default()),
+            flush_deferred: AtomicBool::new(false),
+            write_reports: AtomicBool::new(false),
+            fsyncs: AtomicU64::new(0),
         })
     }
 
     /// The received WAL redo reads before the files (see [`WalBuffer`]).
     pub fn wal_buffer(&self) -> &Arc<WalBuffer> {
         &self.buffer
+    }
+
+    /// Whether the streaming session spaces its fsyncs now (its upstream
+    /// said no commit there waits for this standby's flush).
+    pub fn flush_deferred(&self) -> bool {
+        self.flush_deferred.load(Ordering::Acquire)
+    }
+
+    /// Whether the streaming session was told that a commit upstream
+    /// waited lately for its written position alone (`remote_write`), and
+    /// so reports that before each fsync.
+    pub fn write_reports_wanted(&self) -> bool {
+        self.write_reports.load(Ordering::Acquire)
+    }
+
+    /// fsyncs of received WAL made while streaming, ever (segment
+    /// completions and the flushes at a stream's end not counted).
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Acquire)
     }
 
     /// How many sessions reached streaming so far.
@@ -588,6 +621,13 @@ impl ReceiverShared {
 
     fn publish_durable(&self, lsn: Lsn) {
         self.durable.store(lsn.0, Ordering::Release);
+    }
+
+    /// While streaming, the session's own fsync and the fsync thread's may
+    /// finish in either order: the reported flush position never goes
+    /// back.
+    fn raise_durable(&self, lsn: Lsn) {
+        self.durable.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
     fn lock_replies(&self) -> MutexGuard<'_, Option<Replies>> {

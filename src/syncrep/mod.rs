@@ -41,6 +41,13 @@ use crate::Lsn;
 /// nothing wakes it (a bound, not a poll interval: releases wake it at once).
 pub const RECHECK_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long after a `remote_write` commit waited its standbys are still
+/// told that one may (they report their written position before their
+/// fsync meanwhile): long enough to cover pauses of a `remote_write`
+/// workload, short enough that an `on` workload soon gets one status
+/// update per commit again.
+pub const WRITE_WAIT_MEMORY: Duration = Duration::from_secs(10);
+
 /// The levels that wait for standbys, in `remote_confirmed` order.
 const REMOTE_LEVELS: [Level; 3] = [Level::RemoteWrite, Level::RemoteFlush, Level::RemoteApply];
 
@@ -193,6 +200,10 @@ pub struct SyncRep {
     /// for: walsenders tell their standbys to report replay progress up
     /// to here at once (see [`SyncRep::want_apply`]).
     apply_wanted: Watch<Lsn>,
+    /// When a `remote_write` commit last asked to wait: walsenders tell their
+    /// standbys whether a commit may wait for their written position
+    /// alone (see [`SyncRep::remote_write_waited_within`]).
+    write_waited_at: Mutex<Option<Instant>>,
     /// Under automatic failover, the standbys whose confirmations count:
     /// those the last successfully written `sync` key names. `None` (HA
     /// off): every standby `synchronous_standby_names` names.
@@ -223,6 +234,7 @@ impl SyncRep {
             allowed: RwLock::new(None),
             fence: std::sync::OnceLock::new(),
             apply_wanted: Watch::new(Lsn::INVALID),
+            write_waited_at: Mutex::new(None),
         }
     }
 
@@ -255,6 +267,18 @@ impl SyncRep {
     /// Moves of [`SyncRep::apply_wanted`] that must wake walsenders.
     pub fn apply_wanted_watch(&self) -> &Watch<Lsn> {
         &self.apply_wanted
+    }
+
+    /// Whether a `remote_write` commit waited within the last `window`:
+    /// a synchronous standby then reports its written position before its
+    /// fsync; otherwise it may fsync before it reports at all (one status
+    /// update per commit instead of two).
+    pub fn remote_write_waited_within(&self, window: Duration) -> bool {
+        let at = *self
+            .write_waited_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        at.is_some_and(|t| t.elapsed() <= window)
     }
 
     /// Follow the node's HA write gate (set once, at start-up).
@@ -372,6 +396,24 @@ impl SyncRep {
     /// level is released that far already.
     fn enqueue(&self, lsn: Lsn, level: Level, wake: WakeBy) -> Option<Arc<Waiter>> {
         debug_assert!(level >= Level::RemoteWrite);
+        if level == Level::RemoteWrite {
+            // Counted even if already released: a standby's early written
+            // report is what released it.
+            let first = {
+                let mut at = self
+                    .write_waited_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let first = at.is_none_or(|t| t.elapsed() > WRITE_WAIT_MEMORY);
+                *at = Some(Instant::now());
+                first
+            };
+            if first {
+                // Wake the walsenders (those of synchronous candidates
+                // follow this watch) to tell their standbys at once.
+                self.apply_wanted.update(|_| true);
+            }
+        }
         if self.vis.released(level) >= lsn {
             return None;
         }

@@ -31,15 +31,24 @@ pub struct SegmentWriter {
     tli: TimelineId,
     mark: CompletedMark,
     /// The segment being written.
-    current: Option<(SegNo, File, PathBuf)>,
+    /// Shared with the walreceiver's fsync thread (see
+    /// [`SegmentWriter::current_segment`]).
+    current: Option<(SegNo, Arc<File>, PathBuf)>,
     /// End of the bytes written so far.
     written: Lsn,
-    /// End of the bytes made durable.
+    /// End of the bytes whose data is durable (names: see `opened`).
     flushed: Lsn,
     /// The first failure; every later call returns it.
     failed: Option<String>,
     /// Creates the next segment before the stream reaches it.
     ahead: Lookahead,
+    /// Segments opened so far (each a name in `wal/` that may have been
+    /// created, renamed into place or found at start-up since the last
+    /// fsync of `wal/`): a flush reported past a segment's start needs its
+    /// name durable as well as its data.
+    opened: u64,
+    /// `opened` when this writer last fsynced `wal/`.
+    names_synced: u64,
 }
 
 impl SegmentWriter {
@@ -59,6 +68,8 @@ impl SegmentWriter {
             written: start,
             flushed: start,
             failed: None,
+            opened: 0,
+            names_synced: 0,
         }
     }
 
@@ -128,7 +139,8 @@ impl SegmentWriter {
         if self.current.as_ref().is_none_or(|(s, _, _)| *s != segno) {
             let f = self.segdir.open_for_receive(self.tli, segno)?;
             let path = self.segdir.segment_path(self.tli, segno);
-            self.current = Some((segno, f, path));
+            self.current = Some((segno, Arc::new(f), path));
+            self.opened += 1;
             self.ahead.ask(self.tli, segno.next());
         }
         match &self.current {
@@ -163,13 +175,65 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Make everything written durable (one fdatasync); returns `flushed()`.
+    /// Another thread's fsync of this writer's files failed: the writer
+    /// is stopped as if its own had (every later call fails; nothing
+    /// retries an fsync, whose failure may have dropped written pages).
+    pub fn poison(&mut self, reason: String) {
+        if self.failed.is_none() {
+            self.failed = Some(reason);
+        }
+        self.current = None;
+    }
+
+    /// The segment file being written and its path, for another thread
+    /// to fsync: every byte before `written()` lies in it or in a segment
+    /// already fsynced at its completion. `None` at a segment boundary
+    /// (nothing written since the last completion).
+    pub fn current_segment(&self) -> Option<(Arc<File>, PathBuf)> {
+        self.current
+            .as_ref()
+            .map(|(_, f, path)| (Arc::clone(f), path.clone()))
+    }
+
+    /// How many segments this writer has opened: a flush request carries
+    /// it, and whoever fsyncs also fsyncs `wal/` when it moved since the
+    /// last time (see [`SegmentWriter::sync_names`]).
+    pub fn opened(&self) -> u64 {
+        self.opened
+    }
+
+    /// fsync `wal/`: makes the names of the segments written so far
+    /// durable. A segment this writer created itself was renamed into place
+    /// with a directory fsync, but one placed by another thread, recycled,
+    /// or found at start-up (a crashed predecessor's name may still be
+    /// only in the page cache) has no such guarantee, and an fdatasync of
+    /// its data never covers its name.
+    pub fn sync_names(segdir: &SegmentDir) -> Result<(), SegmentError> {
+        segdir
+            .storage()
+            .sync_dir(segdir.path())
+            .map_err(SegmentError::io("fsync directory", segdir.path()))
+    }
+
+    /// Make everything written durable (one fdatasync, and an fsync of
+    /// `wal/` if a segment was opened since this writer's last one);
+    /// returns `flushed()`. A completed segment's data was fsynced at its
+    /// completion, its name only here (or by the walreceiver's fsync
+    /// thread): nothing may be reported flushed past a segment's start
+    /// before one of them ran.
     pub fn flush(&mut self) -> Result<Lsn, SegmentError> {
         self.check()?;
         if self.flushed < self.written {
             let res = self.sync_current();
             res.map_err(|e| self.fail(e))?;
             self.flushed = self.written;
+        }
+        // A segment completed since (its data fsynced at completion) may
+        // still need its name made durable.
+        if self.names_synced != self.opened {
+            let res = Self::sync_names(&self.segdir);
+            res.map_err(|e| self.fail(e))?;
+            self.names_synced = self.opened;
         }
         Ok(self.flushed)
     }

@@ -58,6 +58,14 @@ pub enum StreamEvent {
         /// `wal_end` should be reported at once (see
         /// [`PrimaryKeepalive::apply_feedback`](crate::replication::pgwire::PrimaryKeepalive::apply_feedback)).
         apply_feedback: bool,
+        /// A walrep upstream that agreed to say so: no commit there may
+        /// wait for this standby's flush position now (see
+        /// [`PrimaryKeepalive::flush_deferrable`](crate::replication::pgwire::PrimaryKeepalive::flush_deferrable)).
+        flush_deferrable: bool,
+        /// With the flush hint: a commit there waited lately for this
+        /// standby's written position alone (see
+        /// [`PrimaryKeepalive::write_wanted`](crate::replication::pgwire::PrimaryKeepalive::write_wanted)).
+        write_wanted: bool,
     },
     /// The server finished the timeline (CopyDone, next-timeline result);
     /// the connection is back in command mode.
@@ -238,6 +246,8 @@ impl ReplicationClient {
                         server_time: k.send_time,
                         reply_requested: k.reply_requested,
                         apply_feedback: k.apply_feedback,
+                        flush_deferrable: k.flush_deferrable,
+                        write_wanted: k.write_wanted,
                     }),
                 }
             }

@@ -60,10 +60,25 @@ pub struct PrimaryKeepalive {
     /// replay moves, up to `wal_end`. Bit 1 of the byte whose bit 0 is
     /// `reply_requested`.
     pub apply_feedback: bool,
+    /// walrep extension, sent only to a standby that asked for it (see
+    /// `FLUSH_HINT_PARAMETER`): no commit here may wait for this
+    /// standby's flush position now, so it may space its fsyncs. Bit 2 of
+    /// the same byte; a keepalive without it asks for fsyncs at once.
+    pub flush_deferrable: bool,
+    /// walrep extension, sent with `flush_deferrable` to a standby that
+    /// asked for the flush hint: a commit here waited lately for this
+    /// standby's written position alone (`remote_write`), so it should
+    /// report that before its fsync. Without it a synchronous standby may
+    /// fsync first and report both in one status update. Bit 3.
+    pub write_wanted: bool,
 }
 
 /// The keepalive byte's bit saying [`PrimaryKeepalive::apply_feedback`].
 const APPLY_FEEDBACK_BIT: u8 = 2;
+/// The keepalive byte's bit saying [`PrimaryKeepalive::flush_deferrable`].
+const FLUSH_DEFERRABLE_BIT: u8 = 4;
+/// The keepalive byte's bit saying [`PrimaryKeepalive::write_wanted`].
+const WRITE_WANTED_BIT: u8 = 8;
 
 /// A message from the server inside CopyData.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,9 +121,13 @@ impl ReplicationMessage {
                     wal_end,
                     send_time,
                     // PostgreSQL reads any non-zero byte as a request; only
-                    // a walrep standby that asked is sent the second bit.
-                    reply_requested: flags & !APPLY_FEEDBACK_BIT != 0,
+                    // a walrep standby that asked is sent the other bits.
+                    reply_requested: flags
+                        & !(APPLY_FEEDBACK_BIT | FLUSH_DEFERRABLE_BIT | WRITE_WANTED_BIT)
+                        != 0,
                     apply_feedback: flags & APPLY_FEEDBACK_BIT != 0,
+                    flush_deferrable: flags & FLUSH_DEFERRABLE_BIT != 0,
+                    write_wanted: flags & WRITE_WANTED_BIT != 0,
                 };
                 c.finish()?;
                 Ok(ReplicationMessage::Keepalive(k))
@@ -141,7 +160,13 @@ impl ReplicationMessage {
                 } else {
                     0
                 };
-                out.push(k.reply_requested as u8 | apply);
+                let deferrable = if k.flush_deferrable {
+                    FLUSH_DEFERRABLE_BIT
+                } else {
+                    0
+                };
+                let write = if k.write_wanted { WRITE_WANTED_BIT } else { 0 };
+                out.push(k.reply_requested as u8 | apply | deferrable | write);
                 out
             }
         }

@@ -54,6 +54,9 @@ pub(super) struct Session<S> {
     /// The standby reports its apply position at once only when told a
     /// commit waits for it (see `Client::apply_feedback_on_request`).
     pub apply_feedback_on_request: bool,
+    /// The standby is told in keepalives whether a commit may wait for
+    /// its flush (see `Client::flush_hint`).
+    pub flush_hint: bool,
 }
 
 /// FATAL 53300 for a connection over the startup bound, without a thread.
@@ -161,6 +164,7 @@ fn serve<S: ReplicationSource>(
         handle,
         receive_unflushed: client.receive_unflushed,
         apply_feedback_on_request: client.apply_feedback_on_request,
+        flush_hint: client.flush_hint,
     };
     let why = session.command_loop();
     tracing::debug!("replication connection ended: {why}");

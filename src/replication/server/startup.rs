@@ -44,6 +44,11 @@ pub(super) struct Client {
     /// progress at once only when told, as PostgreSQL's standby does for
     /// commits that asked for apply feedback.
     pub apply_feedback_on_request: bool,
+    /// The client asked ([`FLUSH_HINT_PARAMETER`]) to be told whether a
+    /// commit may wait for its flush position, and this node agreed (a
+    /// walrep server always does): its keepalives carry
+    /// `PrimaryKeepalive::flush_deferrable`.
+    pub flush_hint: bool,
 }
 
 /// The startup parameter (and, echoed, the ParameterStatus) of the walrep
@@ -62,6 +67,17 @@ pub const APPLY_FEEDBACK_PARAMETER: &str = "walrep.apply_feedback";
 /// The value of [`APPLY_FEEDBACK_PARAMETER`] asking for (and agreeing to)
 /// apply feedback on request.
 pub const APPLY_FEEDBACK_ON_REQUEST: &str = "on_request";
+
+/// The startup parameter (and, echoed, the ParameterStatus) of the walrep
+/// extension "flush hint": a walrep standby asks with the value `on`; a
+/// walrep server that agrees echoes it and from then on says in every
+/// keepalive whether no commit here may wait for that standby's flush
+/// position (`PrimaryKeepalive::flush_deferrable`: it is not a candidate
+/// synchronous standby), and sends one keepalive whenever that changes.
+/// While told so, the standby may space its fsyncs; a standby never told
+/// (PostgreSQL's server takes the parameter as a harmless custom setting
+/// and sends no such flag) fsyncs at once, as PostgreSQL's does.
+pub const FLUSH_HINT_PARAMETER: &str = "walrep.flush_hint";
 
 /// The startup parameter a walrep standby sends (`on`) to be streamed WAL
 /// before it is durable here: it promises to expose and report as
@@ -126,6 +142,13 @@ pub(super) fn negotiate<S: ReplicationSource>(
             value: APPLY_FEEDBACK_ON_REQUEST.into(),
         });
     }
+    let flush_hint = get(FLUSH_HINT_PARAMETER).as_deref() == Some("on");
+    if flush_hint {
+        conn.send(&BackendMessage::ParameterStatus {
+            name: FLUSH_HINT_PARAMETER.into(),
+            value: "on".into(),
+        });
+    }
     let status_url = get(links::STATUS_URL_STARTUP_PARAMETER)
         .and_then(|u| links::accept(&u))
         .map(|u| links::resolve(&u, &peer.ip().to_string()));
@@ -138,6 +161,7 @@ pub(super) fn negotiate<S: ReplicationSource>(
         status_url,
         receive_unflushed,
         apply_feedback_on_request,
+        flush_hint,
     })
 }
 

@@ -16,6 +16,13 @@
 //! (`walrep.apply_feedback`) is flagged a keepalive whenever a commit here
 //! waits for its apply position (`remote_apply`), up to the flush
 //! position that keepalive carries.
+//! A walrep standby that asked for the flush hint (`walrep.flush_hint`) is
+//! told in every keepalive whether no commit here may wait for its flush
+//! (`flush_deferrable`: it is not a candidate synchronous standby), with a
+//! keepalive at the stream's start and whenever that changes; it may then
+//! space its fsyncs. Such keepalives also say whether a commit here waited
+//! lately for its written position alone (`write_wanted`, `remote_write`):
+//! only then does a synchronous standby report that before its fsync.
 //! Ends the COPY at the switch point of a historic timeline and answers
 //! with the next timeline; at server shutdown sends what is left, waits for
 //! the client to confirm it and ends with `COPY 0`.
@@ -249,6 +256,16 @@ struct Streamer<'a, S: ReplicationSource> {
     apply_on_request: bool,
     /// How far it was last asked to (the `walEnd` of that keepalive).
     apply_asked: Lsn,
+    /// The client is told in keepalives whether it may space its fsyncs.
+    flush_hint: bool,
+    /// No commit here may wait for this standby's flush position (it is
+    /// not a candidate synchronous standby): reviewed with `early`.
+    flush_deferrable: bool,
+    /// A commit here waited lately for this standby's written position
+    /// alone (`remote_write`): reviewed with `early`.
+    write_wanted: bool,
+    /// What the last keepalive said of both (`None`: none sent yet).
+    told_deferrable: Option<(bool, bool)>,
 }
 
 impl<'a, S: ReplicationSource> Streamer<'a, S> {
@@ -266,9 +283,12 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             .status()
             .map(|st| st.application_name)
             .unwrap_or_default();
-        let early = unflushed_ok && commits_may_wait_for(&*src, &application_name);
+        let candidate = commits_may_wait_for(&*src, &application_name);
+        let early = unflushed_ok && candidate;
         let apply_on_request = s.apply_feedback_on_request;
+        let flush_hint = s.flush_hint;
         let flushed = subscribe(&*src, early, apply_on_request, unflushed_ok);
+        let write_wanted = candidate && src.write_reports_wanted();
         s.handle.set_state(WalSenderState::Catchup);
         s.handle.set_cascading(src.in_recovery());
         s.handle.set_sent(start);
@@ -300,6 +320,10 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             told_flush: Lsn::INVALID,
             apply_on_request,
             apply_asked: Lsn::INVALID,
+            flush_hint,
+            flush_deferrable: !candidate,
+            write_wanted,
+            told_deferrable: None,
         }
     }
 
@@ -320,6 +344,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             }
             if !self.done_sending {
                 self.review_early();
+                self.tell_flush_policy()?;
                 self.check_slot()?;
                 self.follow_timeline_switch()?;
                 self.send_some()?;
@@ -346,8 +371,10 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
     /// Either way every message's `walEnd` is the flush position, so
     /// switching is safe at any point (what was sent early is told
     /// durable by the keepalive of [`Streamer::tell_flush`]).
+    /// The flush hint is reviewed with it: whether commits may wait for
+    /// this standby's flush.
     fn review_early(&mut self) {
-        if !self.unflushed_ok {
+        if !self.unflushed_ok && !self.flush_hint {
             return;
         }
         let now = Instant::now();
@@ -355,7 +382,9 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             return;
         }
         self.early_review_at = now + EARLY_REVIEW_INTERVAL;
-        let early = commits_may_wait_for(&*self.src, &self.application_name);
+        let candidate = commits_may_wait_for(&*self.src, &self.application_name);
+        self.flush_deferrable = !candidate;
+        let early = self.unflushed_ok && candidate;
         if early != self.early {
             tracing::debug!(early, "walsender: sending written WAL changed");
             self.early = early;
@@ -363,6 +392,24 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             // goes on to `send_some`), so no move is missed.
             self.flushed = subscribe(&*self.src, early, self.apply_on_request, true);
         }
+    }
+
+    /// A standby that asked for the flush hint and was not told the
+    /// current one yet (the stream's start, or a change of
+    /// `synchronous_standby_names`): tell it with a keepalive.
+    fn tell_flush_policy(&mut self) -> Result<(), Failure> {
+        if !self.flush_hint {
+            return Ok(());
+        }
+        // Looked at on every wake-up (not only at the review): the first
+        // `remote_write` commit after `on` ones must not wait for the
+        // standby's fsync longer than one status update.
+        self.write_wanted = !self.flush_deferrable && self.src.write_reports_wanted();
+        let now = (self.flush_deferrable, self.write_wanted);
+        if self.told_deferrable != Some(now) {
+            self.keepalive(false)?;
+        }
+        Ok(())
     }
 
     fn check_slot(&self) -> Result<(), PgError> {
@@ -533,7 +580,12 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             send_time: pg_epoch_micros(SystemTime::now()),
             reply_requested,
             apply_feedback,
+            flush_deferrable: self.flush_hint && self.flush_deferrable,
+            write_wanted: self.flush_hint && self.write_wanted,
         };
+        if self.flush_hint {
+            self.told_deferrable = Some((self.flush_deferrable, self.write_wanted));
+        }
         self.s.conn.send(&BackendMessage::CopyData(
             ReplicationMessage::Keepalive(k).encode(),
         ));

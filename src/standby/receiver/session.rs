@@ -1,13 +1,15 @@
 //! One walreceiver session's thread: connect and check the upstream, fetch
-//! history files, stream into segment files (fsync per drained batch),
-//! answer with status updates, wait after a timeline end, and report.
+//! history files, stream into segment files (fsynced by the session's
+//! fsync thread, see `flusher`), answer with status updates, wait after a
+//! timeline end, and report.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Sender};
 
+use super::flusher::{self, Durability, FlushRequest, Flusher};
 use super::replies::Replies;
 use super::{
     Control, Emit, HeldWal, ReceiverConfig, ReceiverEvent, ReceiverShared, ReceiverState,
@@ -18,7 +20,8 @@ use crate::replication::client::{
 };
 use crate::replication::server::{
     format_instance_id, parse_history_id_parameter, APPLY_FEEDBACK_ON_REQUEST,
-    APPLY_FEEDBACK_PARAMETER, HISTORY_ID_PARAMETER, RECEIVE_UNFLUSHED_PARAMETER,
+    APPLY_FEEDBACK_PARAMETER, FLUSH_HINT_PARAMETER, HISTORY_ID_PARAMETER,
+    RECEIVE_UNFLUSHED_PARAMETER,
 };
 use crate::standby::confirmed::ConfirmedFlush;
 use crate::status::links::{resolve, STATUS_URL_STARTUP_PARAMETER};
@@ -29,7 +32,8 @@ use crate::wal::timeline::{
 use crate::wal::{write_history_text, CompletedMark, SegmentError, SegmentWriter};
 use crate::{Lsn, TimelineId};
 
-/// Most bytes received before an fsync, even if the socket still has data.
+/// Most bytes received before an fsync is asked for, even if the socket
+/// still has data.
 const MAX_BATCH_BYTES: u64 = 16 << 20;
 /// Longest a batch gathers *new* messages before its fsync, even if the
 /// socket still has data. Replay only applies flushed WAL, so under a
@@ -152,15 +156,26 @@ struct Session {
     pinged: bool,
     /// The flush position last reported in WalFlushed.
     reported_flush: Lsn,
-    /// The flush position last published to [`ReceiverShared`]: only WAL
-    /// actually received counts (not the segment start streaming began at).
-    published_flush: Lsn,
     /// A WalFlushed the full event queue did not take yet.
     pending_flush: Option<(TimelineId, Lsn)>,
-    /// Where the upstream's confirmed flush position is kept on disk;
-    /// `None` (it could not be written) asks the upstream for flushed WAL
-    /// only, as PostgreSQL's walreceiver does.
-    confirmed: Option<ConfirmedFlush>,
+    /// The confirmed-flush file and the published flush position, moved
+    /// after each fsync by whichever thread made it. Its `confirmed` is
+    /// `None` if the file could not be written: the upstream is then
+    /// asked for flushed WAL only, as PostgreSQL's walreceiver does.
+    durability: Arc<Mutex<Durability>>,
+    /// The fsync thread while streaming.
+    flusher: Option<Flusher>,
+    /// The upstream agreed to say in keepalives when fsyncs may be spaced.
+    flush_hint: bool,
+    /// What its last keepalive said: no commit there may wait for this
+    /// standby's flush (or write) position.
+    deferrable: bool,
+    /// What its last keepalive said: a commit there waited lately for
+    /// this standby's written position alone (`remote_write`).
+    write_wanted: bool,
+    /// What the last flush request covered: the written position and the
+    /// upstream's told flush position (which limits what is exposed).
+    requested: (Lsn, Lsn),
 }
 
 impl Session {
@@ -188,8 +203,18 @@ impl Session {
                 None
             }
         };
-        Session {
+        let durability = Durability {
             confirmed,
+            published_flush: start,
+            start,
+        };
+        Session {
+            durability: Arc::new(Mutex::new(durability)),
+            flusher: None,
+            flush_hint: false,
+            deferrable: false,
+            write_wanted: false,
+            requested: (start, Lsn::INVALID),
             session: control.session.load(Ordering::Acquire),
             tli: cfg.tli,
             start,
@@ -203,7 +228,6 @@ impl Session {
             last_recv: Instant::now(),
             pinged: false,
             reported_flush: start,
-            published_flush: start,
             pending_flush: None,
         }
     }
@@ -252,12 +276,16 @@ impl Session {
             .iter()
             .map(|u| (STATUS_URL_STARTUP_PARAMETER.to_string(), u.clone()))
             .chain(
-                (self.cfg.receive_unflushed && self.confirmed.is_some())
+                (self.cfg.receive_unflushed && flusher::lock(&self.durability).confirmed.is_some())
                     .then(|| (RECEIVE_UNFLUSHED_PARAMETER.to_string(), "on".to_string())),
             )
             .chain(std::iter::once((
                 APPLY_FEEDBACK_PARAMETER.to_string(),
                 APPLY_FEEDBACK_ON_REQUEST.to_string(),
+            )))
+            .chain(std::iter::once((
+                FLUSH_HINT_PARAMETER.to_string(),
+                "on".to_string(),
             )))
             .collect();
         let client = self.connect_interruptibly(info.clone(), extra)?;
@@ -265,6 +293,9 @@ impl Session {
         // any other one (PostgreSQL) is told every replay progress.
         let apply_on_request =
             client.parameter(APPLY_FEEDBACK_PARAMETER) == Some(APPLY_FEEDBACK_ON_REQUEST);
+        // Only an upstream that echoes it says when fsyncs may be spaced;
+        // with any other one (PostgreSQL) every fsync starts at once.
+        self.flush_hint = client.parameter(FLUSH_HINT_PARAMETER) == Some("on");
         *self.shared.lock_replies() = Some(Replies::new(
             client.status_sender(),
             self.cfg.status_interval,
@@ -523,9 +554,41 @@ impl Session {
         result
     }
 
-    /// The receive loop: read the upstream with the wait bounded by the
-    /// next timer; write, fsync and report each drained batch.
+    /// The receive loop with its fsync thread; the thread is stopped
+    /// (after the fsync in progress) however the loop ends, and what it
+    /// did not fsync is left to the flush at the timeline's or session's
+    /// end.
     fn receive_loop(&mut self, client: &mut ReplicationClient) -> Result<StreamEnd, End> {
+        self.shared.publish_durable(self.writer.flushed());
+        self.requested = (self.writer.written(), self.shared.upstream_flush());
+        let flusher = Flusher::start(
+            Arc::clone(&self.shared),
+            Arc::clone(&self.durability),
+            Arc::clone(&self.cfg.segdir),
+            Arc::clone(&self.control),
+        )
+        .map_err(|e| {
+            lost(format!(
+                "could not start the walreceiver's fsync thread: {e}"
+            ))
+        })?;
+        self.flusher = Some(flusher);
+        // Until the upstream says otherwise, fsyncs start at once (on the
+        // thread: nothing is known of what commits wait for).
+        self.deferrable = false;
+        self.write_wanted = true;
+        self.shared.write_reports.store(false, Ordering::Release);
+        let result = self.stream_batches(client);
+        if let Some(f) = self.flusher.take() {
+            tracing::debug!(fsyncs = f.fsyncs(), "walreceiver: fsync thread stopped");
+        }
+        result
+    }
+
+    /// Read the upstream with the wait bounded by the next timer; write
+    /// each drained batch, let redo apply what the upstream flushed, and
+    /// hand the fsync to the fsync thread.
+    fn stream_batches(&mut self, client: &mut ReplicationClient) -> Result<StreamEnd, End> {
         self.shared.set_state(ReceiverState::Streaming);
         self.shared.streamed_sessions.fetch_add(1, Ordering::AcqRel);
         self.last_recv = Instant::now();
@@ -533,6 +596,7 @@ impl Session {
         self.send_status(true, false)?;
         self.send_feedback(true)?;
         loop {
+            self.check_flusher()?;
             if self.control.stopping() {
                 return Ok(StreamEnd::Stop);
             }
@@ -543,17 +607,38 @@ impl Session {
                     continue;
                 }
                 Ok(ev) => ev,
-                // stop() shut the read side to wake this thread.
-                Err(_) if self.control.stopping() => return Ok(StreamEnd::Stop),
-                Err(e) => return Err(lost(format!("could not receive data from WAL stream: {e}"))),
+                Err(e) => {
+                    // The fsync thread shut the read side after a failure.
+                    self.check_flusher()?;
+                    // stop() shut the read side to wake this thread.
+                    if self.control.stopping() {
+                        return Ok(StreamEnd::Stop);
+                    }
+                    return Err(lost(format!("could not receive data from WAL stream: {e}")));
+                }
             };
             let (end, reply_requested) = self.receive_batch(first, client)?;
-            // Redo may apply what the primary flushed while this node's
-            // own fsync runs (see `expose_written`).
+            self.check_flusher()?;
+            // Redo may apply what the primary flushed before this node's
+            // own fsync (see `expose_written`).
             self.expose_written()?;
-            self.flush_and_report()?;
-            if reply_requested {
+            if self.fsync_inline() {
+                self.flush_inline(reply_requested)?;
+                self.report_apply()?;
+                if let Some(end) = end {
+                    return Ok(end);
+                }
+                continue;
+            }
+            let asked = self.request_flush(reply_requested || end.is_some());
+            if reply_requested && !asked {
+                // Nothing new to fsync: answer now.
                 self.send_status(true, false)?;
+            } else if asked && self.flush_hint && !self.deferrable {
+                // Commits at `remote_write` wait for the written position
+                // only: report it now, not after the fsync (which reports
+                // the flush position in a second status update).
+                self.send_status(false, false)?;
             }
             // A flagged keepalive may ask for replay progress already made
             // (redo reports only what it publishes afterwards).
@@ -600,9 +685,19 @@ impl Session {
                     wal_end,
                     reply_requested: r,
                     apply_feedback,
+                    flush_deferrable,
+                    write_wanted,
                     ..
                 } => {
                     self.note_upstream(wal_end);
+                    if let Some(f) = self.flusher.as_ref().filter(|_| self.flush_hint) {
+                        self.write_wanted = write_wanted;
+                        self.shared
+                            .write_reports
+                            .store(write_wanted, Ordering::Release);
+                        self.deferrable = flush_deferrable;
+                        f.set_deferrable(flush_deferrable);
+                    }
                     reply_requested |= r;
                     if apply_feedback {
                         self.shared.request_apply(wal_end);
@@ -639,6 +734,76 @@ impl Session {
             ev = client
                 .recv(read_bound)
                 .map_err(|e| lost(format!("could not receive data from WAL stream: {e}")))?;
+        }
+    }
+
+    /// Hand what was written (and the upstream's newest told flush
+    /// position) to the fsync thread if either moved since the last
+    /// request; `urgent` skips the spacing and forces the status after
+    /// the fsync (the upstream asked for a reply). Returns whether a
+    /// request was made.
+    fn request_flush(&mut self, urgent: bool) -> bool {
+        let now = (self.writer.written(), self.shared.upstream_flush());
+        if now == self.requested {
+            return false;
+        }
+        let Some(flusher) = self.flusher.as_ref() else {
+            return false;
+        };
+        self.requested = now;
+        let req = FlushRequest {
+            tli: self.writer.timeline(),
+            upto: now.0,
+            segment: self.writer.current_segment(),
+            opened: self.writer.opened(),
+        };
+        flusher.request(req, urgent, urgent);
+        true
+    }
+
+    /// Whether this batch is fsynced here rather than on the fsync thread:
+    /// a walrep upstream said a commit may wait for this standby's flush
+    /// and none waited lately for its written position alone (`on`,
+    /// `remote_apply`). Then the status update after the fsync is the only
+    /// one a commit needs, and handing the fsync over would cost a wake-up
+    /// of the thread here and a second status update (a second wake-up)
+    /// on the primary per commit. With `remote_write` commits (the written
+    /// position reported before the fsync, which must not hold up the
+    /// next read) and for an asynchronous standby (spaced fsyncs) the
+    /// thread does it.
+    fn fsync_inline(&self) -> bool {
+        self.flush_hint && !self.deferrable && !self.write_wanted
+    }
+
+    /// The fsync of [`Session::fsync_inline`], if anything moved since the
+    /// last request; a reply asked for is sent after it.
+    fn flush_inline(&mut self, reply_requested: bool) -> Result<(), End> {
+        self.check_flusher()?;
+        let now = (self.writer.written(), self.shared.upstream_flush());
+        if now != self.requested {
+            let fsync = now.0 > self.requested.0;
+            self.requested = now;
+            self.flush_and_report()?;
+            if fsync {
+                self.shared.fsyncs.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        if reply_requested {
+            self.send_status(true, false)?;
+        }
+        Ok(())
+    }
+
+    /// An fsync of the fsync thread failed: the session ends (the failure
+    /// is recorded for the node; nothing retries an fsync).
+    fn check_flusher(&mut self) -> Result<(), End> {
+        match self.flusher.as_ref().and_then(Flusher::failed) {
+            Some(msg) => {
+                // The stream's end must not fsync again what failed.
+                self.writer.poison(msg.clone());
+                Err(End::Lost(msg))
+            }
+            None => Ok(()),
         }
     }
 
@@ -741,50 +906,22 @@ impl Session {
         self.deliver_pending_flush()
     }
 
-    /// fsync what was written, publish and report it, reply upstream.
+    /// On this thread (the fsync thread is stopped: a timeline's end; or
+    /// idle: see [`Session::fsync_inline`]): fsync what was written,
+    /// publish and report it, reply upstream.
     /// Redo and cascading walsenders get only what the upstream told it
     /// flushed; the status update carries the real flush position.
     fn flush_and_report(&mut self) -> Result<(), End> {
         let flushed = self.writer.flush().map_err(|e| self.io_failure(e))?;
+        self.shared.raise_durable(flushed);
         let tli = self.writer.timeline();
-        let exposed = self.exposable(flushed);
-        self.record_confirmed(tli, exposed);
-        self.publish_flushed(tli, exposed);
+        let exposed = flusher::lock(&self.durability).made_durable(&self.shared, tli, flushed);
         if exposed > self.reported_flush {
             self.reported_flush = exposed;
             self.pending_flush = Some((tli, exposed));
             self.deliver_pending_flush()?;
         }
-        if self
-            .shared
-            .held()
-            .is_some_and(|h| h.tli == tli && exposed >= h.to)
-        {
-            self.shared.set_held(None);
-        }
         self.send_status(false, false)
-    }
-
-    /// Keep `exposed` (flushed here and confirmed upstream) on disk, for a
-    /// restart to hold what lies past it. A failed write leaves an older,
-    /// still true value: the session goes on.
-    fn record_confirmed(&mut self, tli: TimelineId, exposed: Lsn) {
-        if exposed < self.start {
-            return;
-        }
-        if let Some(c) = self.confirmed.as_mut() {
-            if let Err(e) = c.record(tli, exposed) {
-                tracing::warn!("could not record the upstream's flush position: {e}");
-            }
-        }
-    }
-
-    /// Publish the flush position if WAL was received past the last one.
-    fn publish_flushed(&mut self, tli: TimelineId, flushed: Lsn) {
-        if flushed > self.published_flush {
-            self.published_flush = flushed;
-            self.shared.publish_flushed(tli, flushed);
-        }
     }
 
     /// Queue the latest WalFlushed if the queue has room (it is replaced by
@@ -820,11 +957,11 @@ impl Session {
     }
 
     /// Standby status update `r` (see `Replies::send_status`), with the
-    /// positions published first so that redo's replies, computed from
-    /// them under the same lock, never go back.
+    /// written position published first so that redo's replies, computed
+    /// from it under the same lock, never go back (the flush position is
+    /// published by whoever fsyncs).
     fn send_status(&mut self, force: bool, reply_requested: bool) -> Result<(), End> {
         self.shared.publish_written(self.writer.written());
-        self.shared.publish_durable(self.writer.flushed());
         self.shared
             .with_replies(|r, now| r.send_status(now, force, reply_requested))
             .map_err(|e| lost(e.to_string()))
@@ -921,7 +1058,11 @@ impl Session {
         self.shared.publish_written(from);
         // Flush reports start over on the new timeline's files.
         self.reported_flush = from;
-        self.published_flush = from;
+        {
+            let mut d = flusher::lock(&self.durability);
+            d.published_flush = from;
+            d.start = from;
+        }
         self.pending_flush = None;
         self.tli = order.tli;
         self.start = from;
@@ -966,17 +1107,30 @@ impl Session {
     /// final WalReceiverStopped carries it).
     fn finish(&mut self, end: &End) -> Lsn {
         self.shared.set_state(ReceiverState::Stopping);
-        let flushed = match self.writer.flush() {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = self.io_failure(e);
-                self.writer.flushed()
+        let flushed = if self.shared.io_failure().is_some() {
+            // An fsync failed (here or on the fsync thread): nothing
+            // retries it.
+            self.writer.flushed()
+        } else {
+            match self.writer.flush() {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = self.io_failure(e);
+                    self.writer.flushed()
+                }
             }
         };
+        self.shared.publish_durable(flushed);
         let tli = self.writer.timeline();
         let exposed = self.exposable(flushed);
-        self.record_confirmed(tli, exposed);
-        self.publish_flushed(tli, exposed);
+        {
+            let mut d = flusher::lock(&self.durability);
+            d.record_confirmed(tli, exposed);
+            if exposed > d.published_flush {
+                d.published_flush = exposed;
+                self.shared.publish_flushed(tli, exposed);
+            }
+        }
         if matches!(end, End::Lost(_)) && exposed > self.reported_flush {
             self.reported_flush = exposed;
             self.pending_flush = Some((tli, exposed));
