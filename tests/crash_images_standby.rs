@@ -1039,16 +1039,31 @@ fn a_promotion_fsyncs_wal_once_and_overwrites_the_control_file_in_place() {
         poll(|| node.node().is_primary()),
         "the standby did not promote"
     );
+    let rel = |p: &str| PathBuf::from("n").join(p);
+    let history = rel("wal/00000002.history");
+    let renamed_in = |log: &walrep::storage::CrashLog| {
+        log.events
+            .iter()
+            .position(|e| matches!(e, E::Rename { to, .. } if *to == history))
+    };
+    // The node accepts writes while the promotion's control file update is
+    // still in flight: wait until that update has been synced.
+    assert!(
+        poll(|| {
+            let log = storage.log();
+            renamed_in(&log).is_some_and(|renamed| {
+                (renamed..log.events.len()).any(|i| match &log.events[i] {
+                    E::Sync { inode } => names_at(&log, i).get(&rel("control")) == Some(inode),
+                    _ => false,
+                })
+            })
+        }),
+        "the promotion's control file update was never synced"
+    );
     let log = storage.log();
     drop(node);
 
-    let rel = |p: &str| PathBuf::from("n").join(p);
-    let history = rel("wal/00000002.history");
-    let renamed = log
-        .events
-        .iter()
-        .position(|e| matches!(e, E::Rename { to, .. } if *to == history))
-        .expect("the history file was renamed into place");
+    let renamed = renamed_in(&log).expect("the history file was renamed into place");
     // Its contents were synced under the temporary name first.
     let tmp = names_at(&log, renamed)[&rel("wal/00000002.history.tmp")];
     assert!(
