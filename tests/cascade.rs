@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::cluster::*;
-use support::node::{init_datadir, walrep, TestNode};
+use support::node::{init_datadir, set_config_line, walrep, TestNode};
 use support::process::ChildGuard;
 use support::tools::tool;
 use support::wait_for;
@@ -123,29 +123,7 @@ fn set_upstream(dir: &Path, port: u16, app: &str) {
     let conninfo = format!(
         "primary_conninfo = \"host=127.0.0.1 port={port} user=walrep application_name={app}\""
     );
-    set_line(dir, "primary_conninfo", &conninfo);
-}
-
-/// Replace (or append) the line setting `name` in `dir`'s walrep.toml.
-fn set_line(dir: &Path, name: &str, line: &str) {
-    let path = dir.join("walrep.toml");
-    let text = fs::read_to_string(&path).unwrap();
-    let mut found = false;
-    let mut out: Vec<String> = text
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with(&format!("{name} =")) {
-                found = true;
-                line.to_string()
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    if !found {
-        out.push(line.to_string());
-    }
-    fs::write(&path, out.join("\n") + "\n").unwrap();
+    set_config_line(dir, "primary_conninfo", &conninfo);
 }
 
 /// A parameter as the node runs with it (CONFIG GET).
@@ -500,7 +478,7 @@ fn a_standby_streams_from_an_archive_only_upstream_through_its_restarts_and_cras
     let (primary, archive) = primary(tmp.path(), &[]);
     // s1: restore_command only.
     let s1dir = basebackup_with(&primary, tmp.path(), "s1", "s1", &["--no-slot"]);
-    set_line(&s1dir, "primary_conninfo", "primary_conninfo = \"\"");
+    set_config_line(&s1dir, "primary_conninfo", "primary_conninfo = \"\"");
     let mut s1 = TestNode::start(
         &s1dir,
         &[
@@ -666,8 +644,8 @@ fn a_bad_reload_changes_nothing() {
     assert_eq!(config_get(&primary, "wal_keep_size"), "0");
 
     // A reloadable parameter takes effect; a restart-only one is named.
-    set_line(&dir, "wal_keep_size", "wal_keep_size = \"32MB\"");
-    set_line(&dir, "max_connections", "max_connections = 7");
+    set_config_line(&dir, "wal_keep_size", "wal_keep_size = \"32MB\"");
+    set_config_line(&dir, "max_connections", "max_connections = 7");
     let (ok, out, err) = walrep(&["reload", dir.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
     wait_for("wal_keep_size to be 32MB", Duration::from_secs(30), || {
@@ -905,7 +883,7 @@ fn reload_gives_an_archive_only_standby_an_upstream_and_takes_it_away() {
     let tmp = tempfile::tempdir().unwrap();
     let (primary, archive) = primary(tmp.path(), &[]);
     let dir = basebackup_with(&primary, tmp.path(), "s1", "s1", &["--no-slot"]);
-    set_line(&dir, "primary_conninfo", "primary_conninfo = \"\"");
+    set_config_line(&dir, "primary_conninfo", "primary_conninfo = \"\"");
     let s1 = TestNode::start(
         &dir,
         &[
@@ -941,7 +919,7 @@ fn reload_gives_an_archive_only_standby_an_upstream_and_takes_it_away() {
         trace(&s1)
     );
 
-    set_line(&dir, "primary_conninfo", "primary_conninfo = \"\"");
+    set_config_line(&dir, "primary_conninfo", "primary_conninfo = \"\"");
     let (ok, out, err) = walrep(&["reload", dir.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
     wait_for("the primary to lose s1", Duration::from_secs(60), || {
@@ -983,7 +961,7 @@ fn a_standbys_restartpoints_cap_its_slots_and_let_restored_wal_go() {
         &["checkpoint_timeout=1s", "max_slot_wal_keep_size=2MB"],
     );
     let s2dir = basebackup_with(&primary, tmp.path(), "s2", "s2", &["--no-slot"]);
-    set_line(&s2dir, "primary_conninfo", "primary_conninfo = \"\"");
+    set_config_line(&s2dir, "primary_conninfo", "primary_conninfo = \"\"");
     let s2 = TestNode::start(
         &s2dir,
         &[

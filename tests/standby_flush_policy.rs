@@ -9,110 +9,29 @@
 
 mod support;
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use support::cluster::wait_state;
-use support::node::{init_datadir, walrep, InProcessNode, TestNode};
+use support::cluster::{basebackup_from_port, wait_state};
+use support::node::{init_datadir, set_config_line, walrep, InProcessNode, TestNode};
+use support::url::{conn, info_field, set, slave_field, try_get};
 use support::wait_for;
 use walrep::storage::{FaultyStorage, Storage};
 use walrep::Lsn;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// `walrep basebackup -R` of the node on `replication_port`, as `app`.
-fn basebackup(replication_port: u16, parent: &Path, app: &str) -> PathBuf {
-    let dest = parent.join(app);
-    let from = format!("127.0.0.1:{replication_port}");
-    let (ok, out, err) = walrep(&[
-        "basebackup",
-        "--from",
-        &from,
-        "-D",
-        dest.to_str().unwrap(),
-        "--write-standby-config",
-        "--application-name",
-        app,
-    ]);
-    assert!(ok, "walrep basebackup failed: {out}{err}");
-    dest
-}
-
-/// Replace (or append) the line setting `name` in `dir`'s walrep.toml.
-fn set_line(dir: &Path, name: &str, line: &str) {
-    let path = dir.join("walrep.toml");
-    let text = fs::read_to_string(&path).unwrap();
-    let mut found = false;
-    let mut out: Vec<String> = text
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with(&format!("{name} =")) {
-                found = true;
-                line.to_string()
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    if !found {
-        out.push(line.to_string());
-    }
-    fs::write(&path, out.join("\n") + "\n").unwrap();
-}
-
 /// Set the primary's `synchronous_standby_names` and reload it.
 fn set_sync_names(primary: &TestNode, names: &str) {
-    set_line(
+    set_config_line(
         &primary.datadir,
         "synchronous_standby_names",
         &format!("synchronous_standby_names = \"{names}\""),
     );
     let (ok, out, err) = walrep(&["reload", primary.datadir.to_str().unwrap()]);
     assert!(ok, "walrep reload failed: {out}{err}");
-}
-
-fn redis_conn(url: &str) -> redis::Connection {
-    let c = redis::Client::open(url)
-        .unwrap()
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap();
-    c.set_read_timeout(Some(DEADLINE)).unwrap();
-    c
-}
-
-fn info_field(url: &str, section: &str, field: &str) -> Option<String> {
-    let info: String = redis::cmd("INFO")
-        .arg(section)
-        .query(&mut redis_conn(url))
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_string))
-}
-
-/// `field=value` of the primary's INFO line of standby `slave0`.
-fn slave_field(url: &str, field: &str) -> Option<Lsn> {
-    let line = info_field(url, "replication", "slave0")?;
-    line.split(',')
-        .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
-        .and_then(|v| v.parse().ok())
-}
-
-fn set(url: &str, key: &str, value: &str) {
-    let _: () = redis::cmd("SET")
-        .arg(key)
-        .arg(value)
-        .query(&mut redis_conn(url))
-        .unwrap();
-}
-
-fn get(url: &str, key: &str) -> Option<String> {
-    redis::cmd("GET")
-        .arg(key)
-        .query::<Option<String>>(&mut redis_conn(url))
-        .ok()
-        .flatten()
 }
 
 /// Wait until the standby's INFO says its fsyncs are (or are not) spaced.
@@ -140,7 +59,7 @@ fn the_flush_hint_reaches_the_standby_and_follows_synchronous_standby_names() {
     let tmp = tempfile::tempdir().unwrap();
     let pdir = init_datadir(tmp.path(), "primary", &[]);
     let primary = TestNode::start(&pdir, &[]);
-    let sdir = basebackup(primary.replication_port, tmp.path(), "s1");
+    let sdir = basebackup_from_port(primary.replication_port, tmp.path(), "s1", "s1", &[]);
     let standby = TestNode::start(&sdir, &["wal_retrieve_retry_interval=200ms"]);
     wait_state(&standby, "Streaming");
     wait_deferred(&standby, true);
@@ -194,6 +113,25 @@ struct SyncStandby {
     _tmp: tempfile::TempDir,
 }
 
+impl SyncStandby {
+    /// With the standby's fsyncs held and the primary flushed to
+    /// `primary_flush`: the standby has not reported that flush and the
+    /// commit at `on` is still waiting; released, the commit is
+    /// acknowledged and the reported flush reaches `primary_flush`.
+    fn release_held_commit(&self, on: JoinHandle<redis::RedisResult<String>>, primary_flush: Lsn) {
+        let reported_flush = slave_field(&self.url, "flush_lsn").unwrap();
+        assert!(
+            reported_flush < primary_flush && !on.is_finished(),
+            "with the standby's fsync held its flush was reported at {reported_flush} (primary flushed {primary_flush}) or the commit at on returned"
+        );
+        self.io.hold_syncs(false);
+        assert_eq!(on.join().unwrap().unwrap(), "OK");
+        wait_for("the standby's reported flush", DEADLINE, || {
+            slave_field(&self.url, "flush_lsn").filter(|f| *f >= primary_flush)
+        });
+    }
+}
+
 fn sync_standby() -> SyncStandby {
     let tmp = tempfile::tempdir().unwrap();
     let primary = InProcessNode::start(
@@ -201,7 +139,7 @@ fn sync_standby() -> SyncStandby {
         &["synchronous_standby_names=s1"],
     );
     let url = primary.redis_url();
-    let sdir = basebackup(primary.replication_port(), tmp.path(), "s1");
+    let sdir = basebackup_from_port(primary.replication_port(), tmp.path(), "s1", "s1", &[]);
     let io = Arc::new(FaultyStorage::new());
     let storage: Arc<dyn Storage> = io.clone();
     let standby =
@@ -210,7 +148,7 @@ fn sync_standby() -> SyncStandby {
     set(&url, "before", "1");
     // Until it is consistent the standby answers LOADING: wait through it.
     wait_for("the first write on the standby", DEADLINE, || {
-        get(&surl, "before")
+        try_get(&surl, "before")
     });
     SyncStandby {
         primary,
@@ -243,7 +181,7 @@ fn a_sync_standby_is_never_deferred_and_on_waits_for_its_fsync_but_remote_write_
     );
     // Once a commit waited at remote_write the standby is told so, and
     // reports its written position before each fsync, on its fsync thread.
-    let mut w = redis_conn(&s.url);
+    let mut w = conn(&s.url);
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("synchronous_commit")
@@ -266,7 +204,7 @@ fn a_sync_standby_is_never_deferred_and_on_waits_for_its_fsync_but_remote_write_
         .arg("v")
         .query(&mut w)
         .unwrap();
-    let mut c = redis_conn(&s.url);
+    let mut c = conn(&s.url);
     let on = std::thread::spawn(move || {
         redis::cmd("SET")
             .arg("at-on")
@@ -276,19 +214,10 @@ fn a_sync_standby_is_never_deferred_and_on_waits_for_its_fsync_but_remote_write_
     // Applied on the standby (the primary flushed it), not fsynced there:
     // the commit at `on` is not acknowledged.
     wait_for("the write applied on the standby", DEADLINE, || {
-        get(&s.surl, "at-on")
+        try_get(&s.surl, "at-on")
     });
     let primary_flush = s.primary.node().wal().unwrap().flushed();
-    let reported_flush = slave_field(&s.url, "flush_lsn").unwrap();
-    assert!(
-        reported_flush < primary_flush && !on.is_finished(),
-        "with the standby's fsync held its flush was reported at {reported_flush} (primary flushed {primary_flush}) or the commit at on returned"
-    );
-    s.io.hold_syncs(false);
-    assert_eq!(on.join().unwrap().unwrap(), "OK");
-    wait_for("the standby's reported flush", DEADLINE, || {
-        slave_field(&s.url, "flush_lsn").filter(|f| *f >= primary_flush)
-    });
+    s.release_held_commit(on, primary_flush);
     assert!(!received.flush_deferred());
 }
 
@@ -307,7 +236,7 @@ fn a_sync_standby_without_remote_write_commits_fsyncs_before_it_reports() {
     assert!(!received.write_reports_wanted());
     let before = s.primary.node().wal().unwrap().flushed();
     s.io.hold_syncs_of(|p| p.parent().and_then(Path::file_name) == Some("wal".as_ref()));
-    let mut c = redis_conn(&s.url);
+    let mut c = conn(&s.url);
     let on = std::thread::spawn(move || {
         redis::cmd("SET")
             .arg("at-on")
@@ -325,15 +254,6 @@ fn a_sync_standby_without_remote_write_commits_fsyncs_before_it_reports() {
     wait_for("the write received by the standby", DEADLINE, || {
         (received.written() >= primary_flush).then_some(())
     });
-    let reported_flush = slave_field(&s.url, "flush_lsn").unwrap();
-    assert!(
-        reported_flush < primary_flush && !on.is_finished(),
-        "with the standby's fsync held its flush was reported at {reported_flush} (primary flushed {primary_flush}) or the commit at on returned"
-    );
-    s.io.hold_syncs(false);
-    assert_eq!(on.join().unwrap().unwrap(), "OK");
-    wait_for("the standby's reported flush", DEADLINE, || {
-        slave_field(&s.url, "flush_lsn").filter(|f| *f >= primary_flush)
-    });
+    s.release_held_commit(on, primary_flush);
     assert!(!received.write_reports_wanted());
 }

@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::cluster::{wait_state, SEG_1MB};
-use support::node::{init_datadir, walrep, InProcessNode, TestNode};
+use support::cluster::{basebackup_from_port, wait_state, SEG_1MB};
+use support::node::{init_datadir, InProcessNode, TestNode};
+use support::url::{conn, get, info_field, slave_field};
 use support::wait_for;
 use support::wal::seg;
 use walrep::replication::client::{ConnInfo, ReplicationClient, StreamEvent};
@@ -31,57 +32,6 @@ const TRUNCATED: &str = "truncating the WAL received past it";
 
 fn lsn(s: &str) -> Lsn {
     s.parse().unwrap_or_else(|_| panic!("not an LSN: {s}"))
-}
-
-/// `walrep basebackup -R` of the node on `replication_port`, as `app`.
-fn basebackup(replication_port: u16, parent: &Path, app: &str) -> std::path::PathBuf {
-    let dest = parent.join(app);
-    let from = format!("127.0.0.1:{replication_port}");
-    let (ok, out, err) = walrep(&[
-        "basebackup",
-        "--from",
-        &from,
-        "-D",
-        dest.to_str().unwrap(),
-        "--write-standby-config",
-        "--application-name",
-        app,
-    ]);
-    assert!(ok, "walrep basebackup failed: {out}{err}");
-    dest
-}
-
-fn redis_conn(url: &str) -> redis::Connection {
-    let c = redis::Client::open(url)
-        .unwrap()
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap();
-    c.set_read_timeout(Some(DEADLINE)).unwrap();
-    c
-}
-
-fn get(url: &str, key: &str) -> Option<String> {
-    redis::cmd("GET")
-        .arg(key)
-        .query(&mut redis_conn(url))
-        .unwrap()
-}
-
-fn info_field(url: &str, section: &str, field: &str) -> Option<String> {
-    let info: String = redis::cmd("INFO")
-        .arg(section)
-        .query(&mut redis_conn(url))
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_string))
-}
-
-/// `field=value` of the primary's INFO line of standby `slave0`.
-fn slave_field(url: &str, field: &str) -> Option<Lsn> {
-    let line = info_field(url, "replication", "slave0")?;
-    line.split(',')
-        .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
-        .and_then(|v| v.parse().ok())
 }
 
 /// An in-process primary whose fdatasyncs the test can hold, and a real
@@ -100,7 +50,7 @@ fn held_primary(settings: &[&str]) -> HeldPrimary {
     let io = Arc::new(FaultyStorage::new());
     let storage: Arc<dyn Storage> = io.clone();
     let primary = InProcessNode::start_existing(&dir, settings, Some(storage));
-    let sdir = basebackup(primary.replication_port(), tmp.path(), "s1");
+    let sdir = basebackup_from_port(primary.replication_port(), tmp.path(), "s1", "s1", &[]);
     let standby = TestNode::start(&sdir, &["wal_retrieve_retry_interval=200ms"]);
     wait_state(&standby, "Streaming");
     HeldPrimary {
@@ -122,7 +72,7 @@ impl HeldPrimary {
 
     /// SET on its own connection, in the background.
     fn set_in_background(&self, key: &str, value: &str) -> JoinHandle<redis::RedisResult<String>> {
-        let mut c = redis_conn(&self.url());
+        let mut c = conn(&self.url());
         let (k, v) = (key.to_string(), value.to_string());
         std::thread::spawn(move || redis::cmd("SET").arg(k).arg(v).query::<String>(&mut c))
     }
@@ -132,7 +82,7 @@ impl HeldPrimary {
         let _: () = redis::cmd("SET")
             .arg("before")
             .arg("1")
-            .query(&mut redis_conn(&self.url()))
+            .query(&mut conn(&self.url()))
             .unwrap();
         wait_for("the first write on the standby", DEADLINE, || {
             get(&self.standby.url(), "before")
@@ -483,7 +433,7 @@ fn a_primary_killed_and_restarted_with_less_wal_leaves_the_standby_serving_nothi
         "checkpoint_timeout=3600s",
     ];
     let mut primary = TestNode::start(&dir, &settings);
-    let sdir = basebackup(primary.replication_port, tmp.path(), "s1");
+    let sdir = basebackup_from_port(primary.replication_port, tmp.path(), "s1", "s1", &[]);
     let standby = TestNode::start(&sdir, &["wal_retrieve_retry_interval=100ms"]);
     wait_state(&standby, "Streaming");
     let mut held_rounds = 0;
@@ -642,7 +592,7 @@ struct FaultyStandby {
 fn faulty_standby(parent: &Path) -> FaultyStandby {
     let primary = InProcessNode::start(&parent.join("primary"), &[]);
     let url = primary.redis_url();
-    let sdir = basebackup(primary.replication_port(), parent, "s1");
+    let sdir = basebackup_from_port(primary.replication_port(), parent, "s1", "s1", &[]);
     let io = Arc::new(FaultyStorage::new());
     let storage: Arc<dyn Storage> = io.clone();
     let standby = InProcessNode::start_existing(
@@ -657,13 +607,13 @@ fn faulty_standby(parent: &Path) -> FaultyStandby {
     let _: () = redis::cmd("SET")
         .arg("before")
         .arg("1")
-        .query(&mut redis_conn(&url))
+        .query(&mut conn(&url))
         .unwrap();
     // Until it is consistent the standby answers LOADING: wait through it.
     wait_for("the first write on the standby", DEADLINE, || {
         redis::cmd("GET")
             .arg("before")
-            .query::<Option<String>>(&mut redis_conn(&surl))
+            .query::<Option<String>>(&mut conn(&surl))
             .ok()
             .flatten()
     });
@@ -700,7 +650,7 @@ fn a_standby_exposes_what_the_primary_flushed_before_its_own_fsync_but_reports_a
     let _: () = redis::cmd("SET")
         .arg("during")
         .arg("v")
-        .query(&mut redis_conn(&url))
+        .query(&mut conn(&url))
         .unwrap();
     let primary_flush = primary.node().wal().unwrap().flushed();
     // Readable on the standby although none of its fsyncs completed.
@@ -752,7 +702,7 @@ fn a_restartpoint_waits_for_the_fsync_of_wal_redo_applied_early() {
     let _: () = redis::cmd("SET")
         .arg("during")
         .arg("v")
-        .query(&mut redis_conn(&url))
+        .query(&mut conn(&url))
         .unwrap();
     wait_for(
         "the write applied before the standby's fsync",

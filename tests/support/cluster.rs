@@ -35,8 +35,20 @@ pub fn basebackup_with(
     app: &str,
     extra: &[&str],
 ) -> PathBuf {
+    basebackup_from_port(primary.replication_port, tmp, name, app, extra)
+}
+
+/// [`basebackup_with`] of whatever node listens for replication on
+/// `replication_port` (a node run in the test's process too).
+pub fn basebackup_from_port(
+    replication_port: u16,
+    tmp: &Path,
+    name: &str,
+    app: &str,
+    extra: &[&str],
+) -> PathBuf {
     let dest = tmp.join(name);
-    let from = format!("127.0.0.1:{}", primary.replication_port);
+    let from = format!("127.0.0.1:{replication_port}");
     let (ok, out, err) = walrep(
         &[
             "basebackup",

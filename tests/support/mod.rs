@@ -27,6 +27,7 @@
 //!   load recording every acknowledgement (node, time);
 //! - [`ports`]: loopback ports reserved outside the ephemeral range, so a
 //!   node restarted on its ports gets them back;
+//! - [`url`]: Redis clients by URL, for nodes run in the test's process;
 //!
 //! and here, waiting for a condition, listing a directory and a free port.
 
@@ -49,6 +50,7 @@ pub mod proxy;
 pub mod resp;
 pub mod tls;
 pub mod tools;
+pub mod url;
 pub mod wal;
 pub mod workload;
 

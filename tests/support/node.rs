@@ -20,6 +20,28 @@ pub fn walrep_bin() -> &'static str {
     env!("CARGO_BIN_EXE_walrep")
 }
 
+/// Replace (or append) the line setting `name` in `dir`'s walrep.toml.
+pub fn set_config_line(dir: &Path, name: &str, line: &str) {
+    let path = dir.join("walrep.toml");
+    let text = fs::read_to_string(&path).unwrap();
+    let mut found = false;
+    let mut out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with(&format!("{name} =")) {
+                found = true;
+                line.to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        out.push(line.to_string());
+    }
+    fs::write(&path, out.join("\n") + "\n").unwrap();
+}
+
 /// Run `walrep init` in a fresh directory under `parent`.
 pub fn init_datadir(parent: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let dir = parent.join(name);
