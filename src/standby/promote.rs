@@ -91,6 +91,11 @@ pub struct PreparedTimeline {
 /// reorder them, such a segment is harmless: nothing names the timeline,
 /// and the next promotion replaces it.
 ///
+/// The check for valid WAL past the switch point
+/// ([`keep_wal_past_damage`], reads only) runs on this thread once the
+/// history file is durable, beside the copy, which is the stage's longest
+/// part. The log line gives each part's time.
+///
 /// A failure to prepare the segment does not fail this step: the
 /// end-of-recovery step prepares it again and reports the error as its own.
 pub fn write_history_file(
@@ -102,11 +107,18 @@ pub fn write_history_file(
 ) -> Result<Option<PreparedTimeline>, PromotionError> {
     let t0 = Instant::now();
     let dir = DataDir::new(&h.datadir);
-    let sync_standby_signal =
-        || crate::storage::sync_dir(&*h.storage, &h.datadir).map_err(PromotionError::SyncDataDir);
+    let timed = |f: &dyn Fn() -> Result<(), PromotionError>| {
+        let t = Instant::now();
+        f().map(|()| t.elapsed())
+    };
+    let sync_standby_signal = || {
+        timed(&|| {
+            crate::storage::sync_dir(&*h.storage, &h.datadir).map_err(PromotionError::SyncDataDir)
+        })
+    };
     let copy_segment = || {
-        keep_wal_past_damage(h, parent, switch_point);
-        prepare_segment(h, tli, parent, switch_point)
+        let t = Instant::now();
+        prepare_segment(h, tli, parent, switch_point).map(|s| (s, t.elapsed()))
     };
     // The history file is created and written before the other syncs
     // start: a journaling file system then commits its creation in the
@@ -119,36 +131,63 @@ pub fn write_history_file(
         switch_point,
         reason,
     )?;
-    let (history, prepared, datadir) = std::thread::scope(|s| {
+    let (history, prepared, datadir, times) = std::thread::scope(|s| {
         let datadir = sync_datadir.then(|| beside(s, &sync_standby_signal));
         let segment = beside(s, &copy_segment);
+        let t = Instant::now();
         let history = unsynced.finish(&*h.storage);
+        let history_fsync = t.elapsed();
+        // Only reads (and, after damage, copies into `quarantine/`): here,
+        // beside the copy (the stage's longest part), not before it on the
+        // copy's thread. Nothing writes the old timeline's files meanwhile.
+        let t = Instant::now();
+        keep_wal_past_damage(h, parent, switch_point);
+        let damage_check = t.elapsed();
         let prepared = joined(segment, &copy_segment);
         (
             history,
             prepared,
             datadir.map(|d| joined(d, &sync_standby_signal)),
+            (history_fsync, damage_check),
         )
     });
-    let prepared = match prepared {
-        Ok(segment) => Some(PreparedTimeline {
-            tli,
-            at: switch_point,
-            segment,
-        }),
+    let (history_fsync, damage_check) = times;
+    let (prepared, copy) = match prepared {
+        Ok((segment, copy)) => (
+            Some(PreparedTimeline {
+                tli,
+                at: switch_point,
+                segment,
+            }),
+            Some(copy),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "could not copy the switch point's segment beside the history file; the end-of-recovery step tries again");
-            None
+            (None, None)
         }
     };
     let done = history
         .map_err(PromotionError::from)
-        .and(datadir.unwrap_or(Ok(())));
-    if let Err(e) = done {
-        discard(h, prepared);
-        return Err(e);
-    }
-    tracing::info!(tli = tli.0, %switch_point, elapsed_us = t0.elapsed().as_micros() as u64, "wrote timeline history file {}", tli.history_file_name());
+        .and(datadir.transpose());
+    let datadir_sync = match done {
+        Ok(d) => d,
+        Err(e) => {
+            discard(h, prepared);
+            return Err(e);
+        }
+    };
+    let us = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
+    tracing::info!(
+        tli = tli.0,
+        %switch_point,
+        elapsed_us = t0.elapsed().as_micros() as u64,
+        history_fsync_us = us(Some(history_fsync)),
+        damage_check_us = us(Some(damage_check)),
+        segment_copy_us = us(copy),
+        datadir_sync_us = us(datadir_sync),
+        "wrote timeline history file {}",
+        tli.history_file_name()
+    );
     Ok(prepared)
 }
 

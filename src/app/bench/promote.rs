@@ -259,6 +259,10 @@ fn step_times(sdir: &Path) -> String {
     let log = std::fs::read_to_string(sdir.with_extension("log")).unwrap_or_default();
     let keys = [
         "elapsed_us",
+        "history_fsync_us",
+        "damage_check_us",
+        "segment_copy_us",
+        "datadir_sync_us",
         "segment_us",
         "wal_start_us",
         "record_us",
