@@ -33,19 +33,16 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The arguments of `walrep promote`, read without clap first (see
+/// The arguments of `walrep promote`, parsed on their own first (see
 /// [`promote_fast`]).
 #[derive(Debug, clap::Args)]
 pub struct PromoteArgs {
     /// The data directory of the running standby.
     datadir: PathBuf,
     /// Seconds to wait for the promotion to complete (0 = do not wait).
-    #[arg(long, default_value_t = DEFAULT_WAIT_SECONDS)]
+    #[arg(long, default_value_t = 60)]
     wait_seconds: u64,
 }
-
-/// `walrep promote`'s wait when `--wait-seconds` is not given (pg_ctl's).
-const DEFAULT_WAIT_SECONDS: u64 = 60;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -310,54 +307,24 @@ fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     }
 }
 
-/// `walrep promote`'s arguments, read without clap: the request is on
-/// the path of a promotion, and building even one clap command is most of
-/// this process's own work after the dynamic loader. Accepts only the
-/// plain forms (`promote [--wait-seconds N | --wait-seconds=N] DATADIR`,
-/// options and the directory in any order, N in decimal digits); `None`
-/// for any other command and for anything else (`--help`, `--`, a bad or
-/// repeated option, a missing or second directory): the full parser then
-/// runs and gives the usual answer.
+/// `walrep promote`'s arguments, parsed without building the whole
+/// command line (every subcommand and `walrep bench`'s many options):
+/// the request is on the path of a promotion, and the full parser is
+/// most of this process's own start-up. `None` for any other command,
+/// and for anything this parser refuses or answers itself (`--help`, a
+/// bad option): the full parser then runs and gives the usual answer.
 fn promote_fast() -> Option<PromoteArgs> {
+    use clap::{Args, FromArgMatches};
     let mut args = std::env::args_os().skip(1);
-    if args.next()? != "promote" {
+    let first = args.next()?;
+    if first != "promote" {
         return None;
     }
-    parse_promote(args)
-}
-
-/// The plain forms of `walrep promote`'s arguments (after `promote`),
-/// as [`promote_fast`] accepts them.
-fn parse_promote(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<PromoteArgs> {
-    const WAIT: &str = "--wait-seconds";
-    let mut datadir = None;
-    let mut wait_seconds = None;
-    while let Some(arg) = args.next() {
-        let value = match arg.to_str() {
-            Some(WAIT) => Some(args.next()?),
-            Some(a) => a
-                .strip_prefix(WAIT)
-                .and_then(|v| v.strip_prefix('='))
-                .map(Into::into),
-            None => None,
-        };
-        if let Some(v) = value {
-            let v = v
-                .to_str()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))?;
-            if wait_seconds.replace(v.parse::<u64>().ok()?).is_some() {
-                return None;
-            }
-        } else if arg.as_encoded_bytes().starts_with(b"-") || datadir.is_some() {
-            return None;
-        } else {
-            datadir = Some(PathBuf::from(arg));
-        }
-    }
-    Some(PromoteArgs {
-        datadir: datadir?,
-        wait_seconds: wait_seconds.unwrap_or(DEFAULT_WAIT_SECONDS),
-    })
+    let cmd = PromoteArgs::augment_args(clap::Command::new("promote"));
+    let matches = cmd
+        .try_get_matches_from(std::iter::once(first).chain(args))
+        .ok()?;
+    PromoteArgs::from_arg_matches(&matches).ok()
 }
 
 /// An error and its causes joined with ": ", leaving out each cause whose
@@ -1041,57 +1008,7 @@ fn resetwal(datadir: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{list_field, parse_promote, Cli, Command};
-    use clap::Parser;
-
-    /// What the full parser makes of `walrep promote ARGS`: the directory
-    /// and the wait, or `None` for an error or `--help`.
-    fn full(args: &[&str]) -> Option<(std::path::PathBuf, u64)> {
-        let argv = ["walrep", "promote"].iter().chain(args);
-        match Cli::try_parse_from(argv).ok()?.command {
-            Command::Promote(p) => Some((p.datadir, p.wait_seconds)),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn the_promote_fast_path_reads_what_the_full_parser_reads_or_leaves_it_to_it() {
-        let plain: &[&[&str]] = &[
-            &["/srv/s"],
-            &["--wait-seconds", "0", "/srv/s"],
-            &["/srv/s", "--wait-seconds", "7"],
-            &["--wait-seconds=0", "d"],
-            &["d", "--wait-seconds=18446744073709551615"],
-        ];
-        let other: &[&[&str]] = &[
-            &[],
-            &["--help"],
-            &["-h"],
-            &["a", "b"],
-            &["--", "d"],
-            &["--wait-seconds"],
-            &["--wait-seconds", "d"],
-            &["--wait-seconds", "-1", "d"],
-            &["--wait-seconds", "+1", "d"],
-            &["--wait-seconds=", "d"],
-            &["--wait-seconds", "1", "--wait-seconds", "2", "d"],
-            &["--wait-seconds", "18446744073709551616", "d"],
-            &["--wait-second", "1", "d"],
-            &["--wait-secondsx=1", "d"],
-            &["-", "d"],
-            &["d", "--bogus"],
-        ];
-        for args in plain {
-            let fast =
-                parse_promote(args.iter().map(Into::into)).map(|p| (p.datadir, p.wait_seconds));
-            assert!(fast.is_some(), "{args:?}");
-            assert_eq!(fast, full(args), "{args:?}");
-        }
-        for args in other {
-            let fast = parse_promote(args.iter().map(Into::into));
-            assert!(fast.is_none(), "{args:?} is the full parser's to answer");
-        }
-    }
+    use super::list_field;
 
     #[test]
     fn list_fields_are_found_whole_and_absent_ones_are_empty() {
