@@ -465,3 +465,42 @@ impl Startup {
         let _ = self.ch.fetch.send(req);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recv_parked_takes_a_queued_event_waits_for_a_sent_one_and_reports_timeout_and_disconnect() {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        // Queued before the wait: taken without parking.
+        tx.send(Event::TimerFired).unwrap();
+        assert!(matches!(
+            recv_parked(&rx, Duration::from_secs(10)),
+            Ok(Event::TimerFired)
+        ));
+        // Sent while the thread is parked: it wakes and takes it.
+        let sender = {
+            let tx = tx.clone();
+            std::thread::spawn(move || tx.send(Event::TimerFired).unwrap())
+        };
+        assert!(matches!(
+            recv_parked(&rx, Duration::from_secs(10)),
+            Ok(Event::TimerFired)
+        ));
+        sender.join().unwrap();
+        // Nothing sent: the timeout.
+        assert!(matches!(
+            recv_parked(&rx, Duration::from_millis(1)),
+            Err(RecvTimeoutError::Timeout)
+        ));
+        // The last sender gone, before or while the thread is parked:
+        // disconnected.
+        let dropper = std::thread::spawn(move || drop(tx));
+        assert!(matches!(
+            recv_parked(&rx, Duration::from_secs(10)),
+            Err(RecvTimeoutError::Disconnected)
+        ));
+        dropper.join().unwrap();
+    }
+}
