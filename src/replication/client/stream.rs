@@ -230,6 +230,12 @@ impl ReplicationClient {
         !self.reader.buffered().is_empty() || self.readable_bytes() > 0
     }
 
+    /// Bytes of the stream already read from the socket and not yet
+    /// returned as events (no system call).
+    pub fn buffered_bytes(&self) -> usize {
+        self.reader.buffered().len()
+    }
+
     /// The next stream event, waiting at most `timeout`.
     pub fn recv(&mut self, timeout: Duration) -> Result<StreamEvent, ClientError> {
         if !self.streaming {

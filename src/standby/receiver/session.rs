@@ -669,7 +669,14 @@ impl Session {
         let started = Instant::now();
         // What could be read when the batch began (what arrived during the
         // last fsync): all of it goes into this batch.
+        let buffered = client.buffered_bytes() as u64;
         let queued = client.readable_bytes() as u64;
+        // The socket held nothing more when the batch began: the batch is
+        // what the last read brought in (one commit's XLogData and
+        // keepalive, read together), and it ends when that is used up,
+        // without asking the socket again. What arrived since is the next
+        // batch's.
+        let socket_was_empty = queued <= buffered;
         let read_bound = self.cfg.timeout.unwrap_or(self.cfg.connect_timeout);
         let mut ev = first;
         loop {
@@ -728,10 +735,11 @@ impl Session {
             }
             self.last_recv = Instant::now();
             self.pinged = false;
-            // Nothing was queued behind `first` when the batch began (one
-            // message per commit at one client): end it without asking
-            // the socket again; what arrived since is the next batch's.
-            let drained = queued == 0 || !client.has_readable();
+            let drained = if socket_was_empty {
+                client.buffered_bytes() == 0
+            } else {
+                !client.has_readable()
+            };
             if drained
                 || bytes >= MAX_BATCH_BYTES
                 || (bytes >= queued && started.elapsed() >= MAX_BATCH_TIME)
