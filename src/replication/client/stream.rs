@@ -223,6 +223,19 @@ impl ReplicationClient {
         self.reader.buffered().len() + socket
     }
 
+    /// Whether any byte of the stream can be read now without waiting:
+    /// [`ReplicationClient::readable_bytes`] `> 0`, without asking the
+    /// socket when the buffer already holds some.
+    pub fn has_readable(&self) -> bool {
+        !self.reader.buffered().is_empty() || self.readable_bytes() > 0
+    }
+
+    /// Bytes of the stream already read from the socket and not yet
+    /// returned as events (no system call).
+    pub fn buffered_bytes(&self) -> usize {
+        self.reader.buffered().len()
+    }
+
     /// The next stream event, waiting at most `timeout`.
     pub fn recv(&mut self, timeout: Duration) -> Result<StreamEvent, ClientError> {
         if !self.streaming {

@@ -134,6 +134,10 @@ struct Queue {
     reply: bool,
     /// The upstream said no commit waits for this standby's flush.
     deferrable: bool,
+    /// The thread waits with no deadline (no request pending, the spacing
+    /// over): only then must a deferrable request wake it. Otherwise it is
+    /// busy or asleep until the spacing ends, and looks at the queue then.
+    idle: bool,
     stop: bool,
     /// The fsync that failed (the session ends with it).
     failed: Option<String>,
@@ -195,13 +199,24 @@ impl Flusher {
 
     /// Ask for `req` to be made durable (replacing an older request);
     /// `urgent` ignores the spacing, `reply` forces the status after it.
+    ///
+    /// The thread is woken only when this changes what it waits for: it
+    /// waits idle (nothing pending, the spacing over), the request is
+    /// urgent, or fsyncs start at once. Under the spacing a request only
+    /// replaces the pending one: the thread is busy or asleep until the
+    /// spacing ends, and takes the newest request then. (Waking it for
+    /// each message cost about one futex wake and one context switch per
+    /// commit for nothing.)
     pub(super) fn request(&self, req: FlushRequest, urgent: bool, reply: bool) {
         let mut q = self.inner.lock();
+        let wake = q.idle || urgent || !q.deferrable;
         q.pending = Some(req);
         q.urgent |= urgent;
         q.reply |= reply;
         drop(q);
-        self.inner.cond.notify_one();
+        if wake {
+            self.inner.cond.notify_one();
+        }
     }
 
     /// What the upstream last said: whether fsyncs may be spaced.
@@ -278,27 +293,32 @@ fn run(inner: &Inner) {
 
 /// Wait for the next request to take: at once if urgent or not
 /// deferrable, else once [`FLUSH_SPACING`] passed since the last fsync
-/// started. `None` when stopped.
+/// started. While deferrable the thread sleeps out the spacing after each
+/// fsync whether or not a request is pending yet (requests then need not
+/// wake it), and waits idle only after it. `None` when stopped.
 fn next_request(inner: &Inner, last_start: Option<Instant>) -> Option<(FlushRequest, bool)> {
     let mut q = inner.lock();
     loop {
+        q.idle = false;
         if q.stop {
             return None;
         }
-        let mut nap = MAX_NAP;
-        if q.pending.is_some() {
-            let due = last_start
-                .map(|t| t + FLUSH_SPACING)
-                .filter(|_| q.deferrable && !q.urgent);
-            match due.map(|d| d.saturating_duration_since(Instant::now())) {
-                Some(left) if !left.is_zero() => nap = left,
-                _ => {
-                    q.urgent = false;
-                    let reply = std::mem::take(&mut q.reply);
-                    return q.pending.take().map(|r| (r, reply));
-                }
-            }
-        }
+        let left = last_start
+            .map(|t| t + FLUSH_SPACING)
+            .filter(|_| q.deferrable && !q.urgent)
+            .map_or(Duration::ZERO, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+        let nap = if !left.is_zero() {
+            left
+        } else if q.pending.is_some() {
+            q.urgent = false;
+            let reply = std::mem::take(&mut q.reply);
+            return q.pending.take().map(|r| (r, reply));
+        } else {
+            q.idle = true;
+            MAX_NAP
+        };
         q = inner
             .cond
             .wait_timeout(q, nap)

@@ -619,10 +619,10 @@ impl Session {
             };
             let (end, reply_requested) = self.receive_batch(first, client)?;
             self.check_flusher()?;
-            // Redo may apply what the primary flushed before this node's
-            // own fsync (see `expose_written`).
-            self.expose_written()?;
             if self.fsync_inline() {
+                // Redo may apply what the primary flushed before this
+                // node's own fsync (see `expose_written`).
+                self.expose_written()?;
                 self.flush_inline(reply_requested)?;
                 self.report_apply()?;
                 if let Some(end) = end {
@@ -630,15 +630,18 @@ impl Session {
                 }
                 continue;
             }
+            if self.flush_hint && !self.deferrable && self.writer.written() > self.requested.0 {
+                // Commits at `remote_write` wait for the written position
+                // only: report it first, right after the write, before
+                // waking redo and the fsync thread (the flush position
+                // follows the fsync in a second status update).
+                self.send_status(false, false)?;
+            }
+            self.expose_written()?;
             let asked = self.request_flush(reply_requested || end.is_some());
             if reply_requested && !asked {
                 // Nothing new to fsync: answer now.
                 self.send_status(true, false)?;
-            } else if asked && self.flush_hint && !self.deferrable {
-                // Commits at `remote_write` wait for the written position
-                // only: report it now, not after the fsync (which reports
-                // the flush position in a second status update).
-                self.send_status(false, false)?;
             }
             // A flagged keepalive may ask for replay progress already made
             // (redo reports only what it publishes afterwards).
@@ -666,7 +669,14 @@ impl Session {
         let started = Instant::now();
         // What could be read when the batch began (what arrived during the
         // last fsync): all of it goes into this batch.
+        let buffered = client.buffered_bytes() as u64;
         let queued = client.readable_bytes() as u64;
+        // The socket held nothing more when the batch began: the batch is
+        // what the last read brought in (one commit's XLogData and
+        // keepalive, read together), and it ends when that is used up,
+        // without asking the socket again. What arrived since is the next
+        // batch's.
+        let socket_was_empty = queued <= buffered;
         let read_bound = self.cfg.timeout.unwrap_or(self.cfg.connect_timeout);
         let mut ev = first;
         loop {
@@ -725,9 +735,14 @@ impl Session {
             }
             self.last_recv = Instant::now();
             self.pinged = false;
-            if bytes >= MAX_BATCH_BYTES
+            let drained = if socket_was_empty {
+                client.buffered_bytes() == 0
+            } else {
+                !client.has_readable()
+            };
+            if drained
+                || bytes >= MAX_BATCH_BYTES
                 || (bytes >= queued && started.elapsed() >= MAX_BATCH_TIME)
-                || client.readable_bytes() == 0
             {
                 return Ok((None, reply_requested));
             }
