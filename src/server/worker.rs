@@ -8,19 +8,26 @@
 //! A pending write at a level the node can meet within a local flush is
 //! settled inline ([`Backend::wait_local`](super::Backend::wait_local)): the loop itself flushes (or
 //! joins the flush in progress), so one client's commit costs the
-//! fdatasync plus its round trip and no thread hand-off. A write that
-//! waits for synchronous standbys is started inline too
+//! fdatasync plus its round trip and no thread hand-off. A lone client's
+//! write that waits for synchronous standbys (no other connection of
+//! this loop committed lately) is started inline too
 //! ([`Backend::start_wait`](super::Backend::start_wait)): the loop leads the local flush itself
 //! (PostgreSQL's XLogFlush), whose written position wakes the walsenders
 //! right before its fdatasync, so the primary's flush starts beside the
 //! send with no thread hand-off; the wait for standbys is then listed in
-//! this worker's remote waits and the loop goes on serving others. The
-//! thread that reads the standby's confirmation wakes this loop directly,
-//! which polls the list and sends the replies (no thread between the
-//! confirmation and the client). Only a backend that cannot wait that way
-//! is handed to this worker's committer thread, which waits with the
-//! blocking [`Backend::wait`](super::Backend::wait) and wakes the loop with the result. WAIT
-//! runs on a thread of its own, bounded by its timeout.
+//! this worker's remote waits and the loop goes on. Meanwhile (one local
+//! flush, as for `local`) the loop's other connections wait. With other
+//! clients committing, the loop hands their writes to this worker's
+//! committer thread instead, so it keeps reading while the disk flushes
+//! (group commit across passes: at 64 clients the inline flush halved the
+//! rate). The committer flushes locally and lists the wait for standbys
+//! the same way, then takes its next job. The thread that reads the
+//! standby's confirmation wakes this loop directly, which polls the list
+//! and sends the replies (no thread between the confirmation and the
+//! client). A backend that cannot wait that way is waited for by the
+//! committer with the blocking [`Backend::wait`](super::Backend::wait), which then wakes the
+//! loop with the result. WAIT runs on a thread of its own, bounded by its
+//! timeout.
 
 use std::collections::HashMap;
 use std::io;
@@ -656,8 +663,10 @@ impl Worker {
             self.gate.flushing.fetch_add(1, Ordering::SeqCst);
             let local = if level <= Level::LocalFlush {
                 backend.wait_local(end, level).map(StartedWait::Done)
-            } else {
+            } else if tokens.len() == 1 && self.siblings() == 0 {
                 backend.start_wait(end, level, &self.notify)
+            } else {
+                None
             };
             self.gate.flushing.fetch_sub(1, Ordering::SeqCst);
             self.gate.wake_waiting();
