@@ -284,6 +284,12 @@ impl Node {
         self.slots.min_restart_lsn()
     }
 
+    /// The key-value store, as this node's readers see it (tests watch a
+    /// primary through it while its Redis worker is inside a flush).
+    pub fn kv_store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     /// The walsenders connected to this node (`pg_stat_replication`); `None` before the replication port is up.
     pub fn registry(&self) -> Option<Arc<WalSenderRegistry>> {
         self.registry

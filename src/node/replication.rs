@@ -138,6 +138,11 @@ impl ReplicationSource for NodeSource {
             lsn: start,
             reason: "the node is shutting down".into(),
         })?;
+        // Just-written WAL (what a synchronous standby is sent on every
+        // commit's path) comes from the writer's memory, not the file.
+        if node.wal().is_some_and(|w| w.read_recent(tli, start, buf)) {
+            return Ok(());
+        }
         let mut reader = {
             let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
             pool.pop()

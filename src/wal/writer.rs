@@ -18,7 +18,9 @@
 //! - Each batch is written to the segment files first; the written
 //!   position is published on its own [`Watch`] before the fdatasync, so
 //!   walsenders of walrep standbys send the WAL while it is made durable
-//!   here (seed 003's "local write and transmit together").
+//!   here (seed 003's "local write and transmit together"). The most
+//!   recent written bytes are also kept in memory ([`Wal::read_recent`]),
+//!   so walsenders send them without reading the segment file back.
 //! - Whoever completes a flush runs the `FlushHook` (if installed) before
 //!   publishing the new flush position, then publishes it on the flush
 //!   [`Watch`] (walsenders subscribe to it): with nobody subscribed, a
@@ -33,6 +35,7 @@ mod queue;
 mod shared;
 mod startup;
 mod stats;
+mod tail;
 mod walwriter;
 
 use std::path::PathBuf;
@@ -278,6 +281,7 @@ impl Wal {
             inserted: AtomicU64::new(cfg.start_lsn.0),
             written: AtomicU64::new(cfg.start_lsn.0),
             written_watch: Watch::new(cfg.start_lsn),
+            tail: Mutex::new(tail::Tail::new(cfg.start_lsn)),
             standby_followers: Watch::new(()),
             poison: OnceLock::new(),
             stopping: AtomicBool::new(false),
@@ -441,6 +445,15 @@ impl Wal {
     /// expose it, in parallel with the fdatasync that makes it durable.
     pub fn written(&self) -> Lsn {
         self.shared.written()
+    }
+
+    /// Fill `buf` with the WAL at `start` on timeline `tli` if it is among
+    /// the most recent bytes written (about 1 MB, kept in memory): a
+    /// walsender then sends just-written WAL without reading it back from
+    /// the segment file. False (`buf` untouched) if any of it is older,
+    /// not written yet or on another timeline: read the file.
+    pub fn read_recent(&self, tli: TimelineId, start: Lsn, buf: &mut [u8]) -> bool {
+        tli == self.shared.ctx.tli && self.shared.read_tail(start, buf)
     }
 
     /// The written position as a [`Watch`]: published after a batch is

@@ -3,8 +3,9 @@
 //!
 //! Locks, always taken in this order: flush lock -> insert lock; flush
 //! lock -> subscribers lock; flush lock -> whatever the flush hook takes
-//! (leaf locks of its owner, see `FlushHook`). The wait queue lock and the
-//! flush watch's lock are leaves: nothing is taken while holding them.
+//! (leaf locks of its owner, see `FlushHook`). The wait queue lock, the
+//! flush watch's lock and the tail lock are leaves: nothing is taken while
+//! holding them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
@@ -15,6 +16,7 @@ use super::buffer::{InsertState, InsertedRecord, SegCtx};
 use super::flush::{FlushCtx, FlushState};
 use super::queue::WaitQueue;
 use super::stats::Counters;
+use super::tail::Tail;
 use super::{FlushHook, WalError, WalEvent};
 use crate::wal::record::{payload_crc, RecordHeader, RM_XLOG};
 use crate::wal::segdir::SegmentDir;
@@ -65,6 +67,9 @@ pub(crate) struct Shared {
     /// maybe not durable yet): what walrep standbys may be sent while the
     /// fdatasync runs. Never behind `flushed`.
     pub written: AtomicU64,
+    /// The most recent WAL written, for walsenders to send from memory
+    /// (see `tail`): appended under the flush lock before `written` moves.
+    pub tail: Mutex<Tail>,
     /// `written` for those who wait for it to move (walsenders of walrep
     /// standbys): published after a batch's writes, before its fdatasync;
     /// closed with `flush_watch`.
@@ -135,6 +140,12 @@ impl Shared {
 
     pub fn written(&self) -> Lsn {
         Lsn(self.written.load(Ordering::Acquire))
+    }
+
+    /// Fill `buf` with the WAL at `start` from the tail of what was
+    /// written; false if the tail does not hold all of it.
+    pub fn read_tail(&self, start: Lsn, buf: &mut [u8]) -> bool {
+        relock(&self.tail).read(start, buf)
     }
 
     pub fn check_poison(&self) -> Result<(), WalError> {
@@ -287,6 +298,7 @@ impl Shared {
             Err(cause) => return Err(self.poison_with(cause)),
         };
         debug_assert!(completed.is_empty(), "a batch inside one segment");
+        relock(&self.tail).append(&batch);
         self.written.store(batch.end.0, Ordering::Release);
         self.written_watch.publish(batch.end);
         fs.written_ahead_records += batch.records;
@@ -311,6 +323,7 @@ impl Shared {
         };
         let cx = self.flush_ctx();
         let publish_written = || {
+            relock(&self.tail).append(&batch);
             self.written.store(batch.end.0, Ordering::Release);
             self.written_watch.publish(batch.end);
         };
