@@ -18,6 +18,7 @@ use support::cluster::{basebackup_from_port, wait_state};
 use support::node::{init_datadir, set_config_line, walrep, InProcessNode, TestNode};
 use support::url::{conn, info_field, set, slave_field, try_get};
 use support::wait_for;
+use walrep::standby::receiver::ReceiverShared;
 use walrep::storage::{FaultyStorage, Storage};
 use walrep::Lsn;
 
@@ -114,6 +115,29 @@ struct SyncStandby {
 }
 
 impl SyncStandby {
+    /// The standby's walreceiver, shared.
+    fn received(&self) -> &ReceiverShared {
+        &self.standby.node().standby.as_ref().unwrap().received
+    }
+
+    fn wait_streaming(&self) {
+        wait_for("the sync standby streaming", DEADLINE, || {
+            (self.standby.node().upstream_snapshot()?.status == "streaming").then_some(())
+        });
+    }
+
+    /// Hold the fsyncs of the standby's WAL segments (not of `wal/`).
+    fn hold_segment_syncs(&self) {
+        self.io
+            .hold_syncs_of(|p| p.parent().and_then(Path::file_name) == Some("wal".as_ref()));
+    }
+
+    /// `SET key v` at the connection's default level, on a thread.
+    fn set_in_background(&self, key: &'static str) -> JoinHandle<redis::RedisResult<String>> {
+        let mut c = conn(&self.url);
+        std::thread::spawn(move || redis::cmd("SET").arg(key).arg("v").query::<String>(&mut c))
+    }
+
     /// With the standby's fsyncs held and the primary flushed to
     /// `primary_flush`: the standby has not reported that flush and the
     /// commit at `on` is still waiting; released, the commit is
@@ -171,10 +195,8 @@ fn sync_standby() -> SyncStandby {
 #[test]
 fn a_sync_standby_is_never_deferred_and_on_waits_for_its_fsync_but_remote_write_does_not() {
     let s = sync_standby();
-    let received = &s.standby.node().standby.as_ref().unwrap().received;
-    wait_for("the sync standby's flush hint", DEADLINE, || {
-        (s.standby.node().upstream_snapshot()?.status == "streaming").then_some(())
-    });
+    let received = s.received();
+    s.wait_streaming();
     assert!(
         !received.flush_deferred(),
         "a synchronous standby was told to space its fsyncs"
@@ -197,20 +219,14 @@ fn a_sync_standby_is_never_deferred_and_on_waits_for_its_fsync_but_remote_write_
             .unwrap();
         received.write_reports_wanted().then_some(())
     });
-    s.io.hold_syncs_of(|p| p.parent().and_then(Path::file_name) == Some("wal".as_ref()));
+    s.hold_segment_syncs();
     // remote_write: the reader goes on while the fsync is held.
     let _: () = redis::cmd("SET")
         .arg("at-remote-write")
         .arg("v")
         .query(&mut w)
         .unwrap();
-    let mut c = conn(&s.url);
-    let on = std::thread::spawn(move || {
-        redis::cmd("SET")
-            .arg("at-on")
-            .arg("v")
-            .query::<String>(&mut c)
-    });
+    let on = s.set_in_background("at-on");
     // Applied on the standby (the primary flushed it), not fsynced there:
     // the commit at `on` is not acknowledged.
     wait_for("the write applied on the standby", DEADLINE, || {
@@ -228,21 +244,13 @@ fn a_sync_standby_is_never_deferred_and_on_waits_for_its_fsync_but_remote_write_
 #[test]
 fn a_sync_standby_without_remote_write_commits_fsyncs_before_it_reports() {
     let s = sync_standby();
-    let received = &s.standby.node().standby.as_ref().unwrap().received;
-    wait_for("the sync standby streaming", DEADLINE, || {
-        (s.standby.node().upstream_snapshot()?.status == "streaming").then_some(())
-    });
+    let received = s.received();
+    s.wait_streaming();
     set(&s.url, "first", "v");
     assert!(!received.write_reports_wanted());
     let before = s.primary.node().wal().unwrap().flushed();
-    s.io.hold_syncs_of(|p| p.parent().and_then(Path::file_name) == Some("wal".as_ref()));
-    let mut c = conn(&s.url);
-    let on = std::thread::spawn(move || {
-        redis::cmd("SET")
-            .arg("at-on")
-            .arg("v")
-            .query::<String>(&mut c)
-    });
+    s.hold_segment_syncs();
+    let on = s.set_in_background("at-on");
     // Written on the standby, not fsynced there (its reader waits in the
     // fsync, so the primary's flush position telling it may apply the
     // write is read only afterwards): not acknowledged.
