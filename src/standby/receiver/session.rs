@@ -630,11 +630,18 @@ impl Session {
                 }
                 continue;
             }
-            if self.flush_hint && !self.deferrable && self.writer.written() > self.requested.0 {
+            if end.is_none()
+                && self.flush_hint
+                && !self.deferrable
+                && self.writer.written() > self.requested.0
+            {
                 // Commits at `remote_write` wait for the written position
                 // only: report it first, right after the write, before
                 // waking redo and the fsync thread (the flush position
-                // follows the fsync in a second status update).
+                // follows the fsync in a second status update). Not after
+                // a timeline end: the COPY is over, and a status update
+                // now would reach the upstream as a stray message between
+                // commands.
                 self.send_status(false, false)?;
             }
             self.expose_written()?;
