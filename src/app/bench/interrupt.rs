@@ -321,11 +321,13 @@ mod tests {
     fn a_process_naming_a_directory_is_found_and_a_zombie_does_not_run() {
         let d = tempfile::tempdir().unwrap();
         assert!(naming(d.path()).is_empty());
-        // A loop: the shell cannot replace itself with its command (and
-        // what it leaves when killed is one `sleep 1`).
+        // A shell blocked in its builtin `read` on a pipe this test holds:
+        // it never forks, so no child of it (briefly still carrying the
+        // shell's command line between fork and exec) can be found too.
         let mut named = std::process::Command::new("sh")
-            .args(["-c", "while :; do sleep 1; done", "sh"])
+            .args(["-c", "read x", "sh"])
             .arg(d.path())
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let pid = named.id() as libc::pid_t;
