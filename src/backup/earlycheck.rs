@@ -35,10 +35,6 @@ use crate::datadir::BASE_DIR;
 use crate::store::checkpoint::check_chunk;
 use crate::store::ControlFile;
 
-/// Files smaller than this are left to the end check (they are the few
-/// small files the copy starts and ends with: cheaper read once at the
-/// end than queued).
-pub(crate) const MIN_BYTES: u64 = 1 << 20;
 /// Most files waiting for their early check; more are left to the end
 /// check (never a wait for the copy).
 pub(crate) const QUEUE: usize = 1024;

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::label::{BackupLabel, BACKUP_LABEL_FILE, MAX_LABEL_LEN};
 use super::manifest::{ChecksumKind, HashingReader, Manifest};
 use super::pin::{BackupPin, BackupPins, ChunkQueue, KeptBackup, ResumeError, RESUME_WINDOW};
+pub use super::source::BackupSource;
 use super::tarstream::{header, CopyWriter, ExactReader, Member};
 use crate::config::ArchiveMode;
 use crate::datadir::{
@@ -58,7 +59,7 @@ use crate::replication::sqlstate::{self as code, PgError};
 use crate::store::checkpoint::chunk_name;
 use crate::store::control::{now_ms, CONTROL_FILE};
 use crate::store::{ClusterState, ControlFile};
-use crate::wal::{WalError, WalFile, WalFileKind, XlogRecord};
+use crate::wal::{WalFile, WalFileKind, XlogRecord};
 use crate::{Lsn, SegNo, TimelineId};
 
 /// Type OIDs of the result set columns.
@@ -89,49 +90,6 @@ pub struct BackupDone {
     pub bytes: u64,
     /// WAL segments included.
     pub wal_segments: u64,
-}
-
-/// What a base backup needs of the node it copies.
-pub trait BackupSource {
-    /// Why a checkpoint failed.
-    type CheckpointError: std::fmt::Display;
-
-    /// The data directory copied.
-    fn datadir(&self) -> &Path;
-
-    /// Accepting writes (a backup started otherwise is a standby's).
-    fn is_primary(&self) -> bool;
-
-    /// A standby's replay position: the timeline and end of the last
-    /// record replayed. `None` on a node that never was in recovery.
-    fn replay_position(&self) -> Option<(TimelineId, Lsn)>;
-
-    /// Shutdown has begun: no new backup starts.
-    fn is_shutting_down(&self) -> bool;
-
-    /// `archive_mode` (WAIT waits for the archiver only when it runs).
-    fn archive_mode(&self) -> ArchiveMode;
-
-    /// Run an immediate checkpoint now (PostgreSQL's `CHECKPOINT_FORCE |
-    /// CHECKPOINT_WAIT` at backup start); a restartpoint on a standby.
-    fn checkpoint(&self) -> Result<(), Self::CheckpointError>;
-
-    /// Pin the last checkpoint's snapshot and the WAL from its redo point
-    /// until the pin is dropped; returns the control file naming it.
-    /// `None` once shutdown has begun.
-    fn pin_last_checkpoint(&self) -> Option<(BackupPin, ControlFile)>;
-
-    /// The WAL writer's timeline and insert position, if one runs.
-    fn wal_position(&self) -> Option<(TimelineId, Lsn)>;
-
-    /// do_pg_backup_stop: log XLOG_BACKUP_END for the backup that started
-    /// at `start`, flush it and switch segments; returns the record's end.
-    /// `None` once shutdown has begun (it never follows the shutdown
-    /// checkpoint) or without a WAL writer.
-    fn log_backup_end(&self, start: Lsn) -> Result<Option<Lsn>, WalError>;
-
-    /// The node's backup pins (where parallel backups are joined).
-    fn backup_pins(&self) -> std::sync::Arc<BackupPins>;
 }
 
 /// Run BASE_BACKUP for `node`, writing PostgreSQL 15's answer to `out`.

@@ -10,7 +10,7 @@
 
 use std::io;
 
-use super::server::BackupSource;
+use super::source::BackupSource;
 use crate::config::ArchiveMode;
 use crate::store::ControlFile;
 use crate::{Lsn, TimelineId};

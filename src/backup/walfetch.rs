@@ -14,7 +14,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::client::BasebackupError;
+use super::error::BasebackupError;
 use super::manifest::ChecksumKind;
 use super::server::last_segment;
 use super::written::{entry_of, FileEntry, WrittenFiles};

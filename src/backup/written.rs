@@ -39,6 +39,11 @@ use crate::{Lsn, TimelineId};
 /// The journal of an unfinished copy.
 pub(crate) const PARTIAL_MANIFEST_FILE: &str = "backup_manifest.partial";
 
+/// Files smaller than this are left to the end check (they are the few
+/// small files the copy starts and ends with: cheaper read once at the
+/// end than queued for the early check).
+pub(crate) const EARLY_CHECK_MIN_BYTES: u64 = 1 << 20;
+
 /// One file written into the copy.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct FileEntry {
@@ -146,7 +151,7 @@ impl WrittenFiles {
         })
     }
 
-    /// Hand each file of at least [`super::earlycheck::MIN_BYTES`]
+    /// Hand each file of at least [`EARLY_CHECK_MIN_BYTES`]
     /// recorded from now on to `to` (dropped when the queue is full: the
     /// end check reads that file instead).
     pub fn feed_early_check(&self, to: crossbeam_channel::Sender<FileEntry>) {
@@ -168,7 +173,7 @@ impl WrittenFiles {
             .write_at(&j.file, &j.path, j.offset, line.as_bytes())
             .map_err(StorageError::at("write", &j.path))?;
         j.offset += line.len() as u64;
-        if entry.size >= super::earlycheck::MIN_BYTES {
+        if entry.size >= EARLY_CHECK_MIN_BYTES {
             if let Some(to) = &*self.early.lock().unwrap_or_else(|p| p.into_inner()) {
                 // Never a wait: a file not queued is read at the end.
                 let _ = to.try_send(entry.clone());

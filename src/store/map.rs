@@ -1126,7 +1126,7 @@ mod tests {
         }
 
         fn write(&mut self, k: &[u8], lsn: u64, level: Level, op: &Op<'_>) {
-            let next = crate::store::value::apply(self.newest(k).cloned(), op);
+            let next = crate::store::apply::apply(self.newest(k).cloned(), op);
             if next.is_none() && !self.keys.contains_key(k) {
                 // A deletion of a key never written: nothing to keep.
                 return;

@@ -14,6 +14,7 @@
 //!   serialised by its one owner in a running node (`ControlFileOwner`).
 //! - `codec` (internal): the byte codec records and snapshots share.
 
+pub mod apply;
 pub mod checkpoint;
 pub(crate) mod codec;
 pub mod control;

@@ -584,6 +584,7 @@ impl fmt::Display for Op<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::apply;
     use crate::store::value::Slot;
     use proptest::prelude::*;
 
@@ -607,7 +608,7 @@ mod tests {
             }),
             (bytes(), items(), any::<u64>()).prop_map(move |(k, v, e)| Op::Put {
                 key: c(k),
-                value: value::apply(
+                value: apply::apply(
                     None,
                     &Op::Push {
                         key: Cow::Borrowed(b""),

@@ -17,6 +17,7 @@ use std::collections::HashSet;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::apply;
 use super::map::{Entry, Keyspace, Level, Store, Version};
 use super::record::{self, KvDecodeError, Op, RM_KV};
 use super::value::{self, Str, INLINE_LEN};
@@ -494,7 +495,7 @@ impl Store {
             if skip {
                 continue;
             }
-            let slot = value::apply(current_for(&p.op, &e.newest().slot), &p.op);
+            let slot = apply::apply(current_for(&p.op, &e.newest().slot), &p.op);
             gone = e.install(&self.vis, replayed(p.end, slot)).1;
         }
         (before, state(e), gone)
@@ -537,7 +538,7 @@ impl Store {
                 Op::Set { .. } | Op::Put { .. } | Op::Del { .. } => None,
                 _ => ks.map.get(key).and_then(|e| e.newest().slot.clone()),
             };
-            let next = value::apply(current, op);
+            let next = apply::apply(current, op);
             ks.install(self, key, end.0, Level::Immediate, next);
         }
     }
@@ -846,7 +847,7 @@ fn first_live<'r, 'p>(
     run: &'r [Planned<'p>],
 ) -> Option<(Entry, &'r [Planned<'p>], Option<(u64, bool)>)> {
     run.iter().enumerate().find_map(|(i, p)| {
-        let slot = value::apply(None, &p.op)?;
+        let slot = apply::apply(None, &p.op)?;
         Some((
             Entry::new(replayed(p.end, Some(slot))),
             &run[i + 1..],

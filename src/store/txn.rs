@@ -21,9 +21,10 @@ use std::ops::{Bound, ControlFlow};
 use std::sync::RwLockReadGuard;
 use std::sync::RwLockWriteGuard;
 
+use super::apply;
 use super::map::{walk, Entry, Keyspace, Level, Store, Version, PROVISIONAL};
 use super::record::Op;
-use super::value::{self, Slot};
+use super::value::Slot;
 use crate::Lsn;
 
 /// What every command reads through.
@@ -278,7 +279,7 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
         // One lookup of the key for the whole change.
         let Some(e) = ks.map.get_mut(key) else {
             // Absent: a new key (or nothing, for a change to a missing one).
-            let next = value::apply(current_for(op, None), op);
+            let next = apply::apply(current_for(op, None), op);
             ks.install(store, key, PROVISIONAL, Level::LocalFlush, next);
             self.touched.push(key.to_vec());
             return false;
@@ -290,7 +291,7 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
             let v = e.newest_mut();
             let current = v.slot.take();
             let before = (current.is_some(), expiry_of(&current));
-            v.slot = value::apply(current, op);
+            v.slot = apply::apply(current, op);
             let after = (v.slot.is_some(), expiry_of(&v.slot));
             store.count_live(before.0, after.0);
             ks.reindex(store, key, before.1, after.1);
@@ -299,7 +300,7 @@ impl<'s, 'a> WriteTxn<'s, 'a> {
         // A new provisional version on top of the committed ones.
         let newest = e.newest().slot.as_ref();
         let existed = newest.is_some();
-        let next = value::apply(current_for(op, newest), op);
+        let next = apply::apply(current_for(op, newest), op);
         let removed = existed && next.is_none();
         if Keyspace::install_found(store, &mut ks.expires, key, e, provisional(next)) {
             ks.map.remove(key);

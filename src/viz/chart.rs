@@ -2,16 +2,7 @@
 //! drawn server-side (with plotters, in [`super::plot`]) so the pages need
 //! no chart script, and deterministic so they can be compared in tests.
 
-/// One line of a chart.
-#[derive(Debug, Clone)]
-pub struct Series {
-    /// The legend's label.
-    pub name: String,
-    /// A CSS colour.
-    pub color: &'static str,
-    /// (time in ms, value), in time order.
-    pub points: Vec<(u64, f64)>,
-}
+pub use super::plot::Series;
 
 /// A chart of `series` titled `title`; `label` prints a y value. Times are
 /// shown relative to the last point ("-30s"). Drawn by [`super::plot`].

@@ -8,8 +8,18 @@
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::chart::Series;
 use super::xml::{duration, escape};
+
+/// One line of a chart.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// The legend's label.
+    pub name: String,
+    /// A CSS colour.
+    pub color: &'static str,
+    /// (time in ms, value), in time order.
+    pub points: Vec<(u64, f64)>,
+}
 
 /// Width and height of every chart, in pixels.
 pub const SIZE: (u32, u32) = (520, 190);

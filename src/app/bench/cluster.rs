@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use super::procs::init;
 use super::procs::{free_port, wait_ready, Child};
 use super::BenchError;
 use walrep::Lsn;
@@ -30,23 +31,6 @@ pub struct Node {
     pub repl_port: u16,
     /// When `walrep start` was spawned (the start of a catch-up clock).
     pub spawned_at: Instant,
-}
-
-/// `walrep init DATADIR`.
-pub fn init(exe: &Path, datadir: &Path) -> Result<(), BenchError> {
-    let status = Command::new(exe)
-        .arg("init")
-        .arg(datadir)
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| BenchError::io("walrep init", e))?;
-    if !status.success() {
-        return Err(BenchError::Server(format!(
-            "walrep init {} failed ({status})",
-            datadir.display()
-        )));
-    }
-    Ok(())
 }
 
 /// `walrep basebackup --from 127.0.0.1:REPL -D DIR -R` (a standby named

@@ -217,6 +217,23 @@ fn reply_complete(buf: &[u8]) -> bool {
     len < 0 || buf.len() >= eol + 2 + len as usize + 2
 }
 
+/// `walrep init DATADIR`.
+pub fn init(exe: &Path, datadir: &Path) -> Result<(), BenchError> {
+    let status = Command::new(exe)
+        .arg("init")
+        .arg(datadir)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| BenchError::io("walrep init", e))?;
+    if !status.success() {
+        return Err(BenchError::Server(format!(
+            "walrep init {} failed ({status})",
+            datadir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// `walrep init` + `walrep start` of a fresh node in `datadir`, with
 /// `synchronous_commit` set and logs in `datadir.log`.
 pub fn start_walrep(
@@ -224,7 +241,7 @@ pub fn start_walrep(
     datadir: &Path,
     synchronous_commit: &str,
 ) -> Result<(Child, u16), BenchError> {
-    super::cluster::init(exe, datadir)?;
+    init(exe, datadir)?;
     let port = free_port()?;
     let repl_port = free_port()?;
     let log = log_file(&datadir.with_extension("log"))?;
