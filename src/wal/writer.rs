@@ -281,7 +281,7 @@ impl Wal {
             inserted: AtomicU64::new(cfg.start_lsn.0),
             written: AtomicU64::new(cfg.start_lsn.0),
             written_watch: Watch::new(cfg.start_lsn),
-            tail: Mutex::new(tail::Tail::new(cfg.start_lsn)),
+            tail: tail::SharedTail::new(cfg.start_lsn),
             standby_followers: Watch::new(()),
             poison: OnceLock::new(),
             stopping: AtomicBool::new(false),

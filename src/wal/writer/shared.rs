@@ -16,7 +16,7 @@ use super::buffer::{InsertState, InsertedRecord, SegCtx};
 use super::flush::{FlushCtx, FlushState};
 use super::queue::WaitQueue;
 use super::stats::Counters;
-use super::tail::Tail;
+use super::tail::SharedTail;
 use super::{FlushHook, WalError, WalEvent};
 use crate::wal::record::{payload_crc, RecordHeader, RM_XLOG};
 use crate::wal::segdir::SegmentDir;
@@ -68,8 +68,9 @@ pub(crate) struct Shared {
     /// fdatasync runs. Never behind `flushed`.
     pub written: AtomicU64,
     /// The most recent WAL written, for walsenders to send from memory
-    /// (see `tail`): appended under the flush lock before `written` moves.
-    pub tail: Mutex<Tail>,
+    /// (see `tail`): appended under the flush lock before `written` moves,
+    /// unless a walsender is reading it then (the writer never waits).
+    pub tail: SharedTail,
     /// `written` for those who wait for it to move (walsenders of walrep
     /// standbys): published after a batch's writes, before its fdatasync;
     /// closed with `flush_watch`.
@@ -145,7 +146,7 @@ impl Shared {
     /// Fill `buf` with the WAL at `start` from the tail of what was
     /// written; false if the tail does not hold all of it.
     pub fn read_tail(&self, start: Lsn, buf: &mut [u8]) -> bool {
-        relock(&self.tail).read(start, buf)
+        self.tail.read(start, buf)
     }
 
     pub fn check_poison(&self) -> Result<(), WalError> {
@@ -298,7 +299,7 @@ impl Shared {
             Err(cause) => return Err(self.poison_with(cause)),
         };
         debug_assert!(completed.is_empty(), "a batch inside one segment");
-        relock(&self.tail).append(&batch);
+        self.tail.append(&batch);
         self.written.store(batch.end.0, Ordering::Release);
         self.written_watch.publish(batch.end);
         fs.written_ahead_records += batch.records;
@@ -323,7 +324,7 @@ impl Shared {
         };
         let cx = self.flush_ctx();
         let publish_written = || {
-            relock(&self.tail).append(&batch);
+            self.tail.append(&batch);
             self.written.store(batch.end.0, Ordering::Release);
             self.written_watch.publish(batch.end);
         };

@@ -4,6 +4,13 @@
 //! (one `pread` per message otherwise, on every commit's path). Only a
 //! cache: every byte in it is also in the segment file at the same LSN,
 //! and a read it cannot serve whole goes to the file.
+//!
+//! The writer appends under its flush lock, so it never waits for a
+//! walsender copying out of the tail ([`SharedTail::append`]): on two
+//! busy cores a walsender preempted while it copies would otherwise
+//! hold up every commit behind the flush lock.
+
+use std::sync::{Mutex, TryLockError};
 
 use super::buffer::{Batch, Piece};
 use crate::Lsn;
@@ -11,6 +18,39 @@ use crate::Lsn;
 /// Bytes kept: eight of the walsender's largest messages (128 kB), so a
 /// standby that keeps up never reads the file.
 pub(crate) const TAIL_BYTES: usize = 1 << 20;
+
+/// The [`Tail`] shared by the WAL writer and walsenders.
+#[derive(Debug)]
+pub(crate) struct SharedTail(Mutex<Tail>);
+
+impl SharedTail {
+    /// An empty tail whose next byte is `at`.
+    pub fn new(at: Lsn) -> SharedTail {
+        SharedTail(Mutex::new(Tail::new(at)))
+    }
+
+    /// Keep `batch`, unless a walsender is reading the tail right now:
+    /// then the batch is not kept, and the next batch, which does not
+    /// continue the tail, replaces it ([`Tail::append`]). Until then
+    /// the tail still serves what it held, and reads past it go to the
+    /// segment file: nothing is served that the file does not hold at
+    /// the same LSN.
+    pub fn append(&self, batch: &Batch) {
+        match self.0.try_lock() {
+            Ok(mut tail) => tail.append(batch),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().append(batch),
+            Err(TryLockError::WouldBlock) => {}
+        }
+    }
+
+    /// [`Tail::read`].
+    pub fn read(&self, start: Lsn, out: &mut [u8]) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read(start, out)
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Tail {
@@ -158,6 +198,26 @@ mod tests {
             .map(|i| ((at + i) % 300_000 % 256) as u8)
             .collect();
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn a_batch_skipped_while_read_is_never_served() {
+        let shared = SharedTail::new(Lsn(0));
+        shared.append(&batch(0, b"abcd", vec![]));
+        {
+            // A walsender copying out of the tail: the writer skips.
+            let _reading = shared.0.lock().unwrap();
+            shared.append(&batch(4, b"efgh", vec![]));
+        }
+        let mut out = [0u8; 2];
+        assert!(shared.read(Lsn(2), &mut out), "what it held before");
+        assert_eq!(&out, b"cd");
+        assert!(!shared.read(Lsn(4), &mut out), "the skipped batch");
+        shared.append(&batch(8, b"ijkl", vec![]));
+        assert!(!shared.read(Lsn(2), &mut out), "replaced by the next batch");
+        assert!(!shared.read(Lsn(6), &mut out), "the skipped batch");
+        assert!(shared.read(Lsn(9), &mut out));
+        assert_eq!(&out, b"jk");
     }
 
     #[test]
