@@ -579,6 +579,12 @@ impl Backend for Node {
         }
     }
 
+    fn flush_if_overdue(&self) {
+        if let Some(wal) = self.wal() {
+            let _ = wal.flush_if_overdue();
+        }
+    }
+
     fn sync_standbys_defined(&self) -> bool {
         self.syncrep.defined()
     }

@@ -139,6 +139,11 @@ pub trait Backend: Send + Sync + 'static {
     fn write_ahead(&self, end: Lsn) {
         let _ = end;
     }
+    /// Commits at `synchronous_commit = off` were answered: flush the
+    /// pending WAL here if the thread that should have is overdue and
+    /// that costs no wait for another flush (see `Wal::flush_if_overdue`).
+    /// Failures are the WAL's to report (it is poisoned).
+    fn flush_if_overdue(&self) {}
     /// Whether `synchronous_standby_names` names any standby.
     fn sync_standbys_defined(&self) -> bool;
     /// The node's current configuration (CONFIG GET, defaults of sessions).

@@ -31,6 +31,7 @@
 
 mod buffer;
 mod flush;
+mod pacing;
 mod queue;
 mod shared;
 mod startup;
@@ -283,6 +284,7 @@ impl Wal {
             written_watch: Watch::new(cfg.start_lsn),
             tail: Mutex::new(tail::Tail::new(cfg.start_lsn)),
             standby_followers: Watch::new(()),
+            pacing: pacing::Pacing::default(),
             poison: OnceLock::new(),
             stopping: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -354,6 +356,15 @@ impl Wal {
     /// a flush's would.
     pub fn write_ahead(&self) -> Result<(), WalError> {
         self.shared.write_ahead()
+    }
+
+    /// A commit at `synchronous_commit = off` was answered: if the
+    /// WAL-writer thread is overdue with the pending WAL while a walrep
+    /// standby streams (it waits for a core), flush it on the caller's
+    /// thread, which has one. Only if the flush lock is free and the last
+    /// flush was quick: never waits for another flush.
+    pub fn flush_if_overdue(&self) -> Result<(), WalError> {
+        self.shared.flush_if_overdue()
     }
 
     /// Wait until all WAL before `lsn` is durable. Group commit: see the

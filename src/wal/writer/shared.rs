@@ -9,11 +9,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::time::Instant;
 
 use crossbeam_channel::{Sender, TrySendError};
 
 use super::buffer::{InsertState, InsertedRecord, SegCtx};
 use super::flush::{FlushCtx, FlushState};
+use super::pacing::Pacing;
 use super::queue::WaitQueue;
 use super::stats::Counters;
 use super::tail::Tail;
@@ -79,6 +81,9 @@ pub(crate) struct Shared {
     /// flushes at its streaming spacing (see `walwriter`), since such a
     /// standby exposes only WAL this node has flushed.
     pub standby_followers: Watch<()>,
+    /// When pending WAL is due, and whether a session should flush it in
+    /// the WAL writer's place (see `pacing`).
+    pub pacing: Pacing,
     /// The first IO failure: once set, nothing is written any more.
     pub poison: OnceLock<Arc<str>>,
     /// The WAL-writer thread should finish.
@@ -203,11 +208,16 @@ impl Shared {
                 return Ok(InsertedRecord { start: end, end });
             }
             let entered = st.segments_entered;
+            let first = st.pending.is_empty();
             let rec = st.append(&self.ctx, rmid, info, payload, &crc, switch);
             self.inserted.store(rec.end.0, Ordering::Release);
+            // While a standby streams, the first record after a flush wakes
+            // the WAL writer, which flushes it one spacing after the last
+            // flush (not only after `flush_after_bytes` more).
+            let due = first && self.pacing.first_pending();
             let after = st.pending.bytes.len();
             let fa = self.limits.flush_after_bytes;
-            let kick = st.segments_entered != entered || (pending < fa && after >= fa);
+            let kick = due || st.segments_entered != entered || (pending < fa && after >= fa);
             drop(st);
             Counters::add(&self.counters.records, 1);
             Counters::add(&self.counters.bytes, rec.end.0 - rec.start.0);
@@ -216,6 +226,19 @@ impl Shared {
             }
             return Ok(rec);
         }
+    }
+
+    /// A session committed at `off`: if the WAL writer is overdue with the
+    /// pending WAL while a standby streams, the flush lock is free and the
+    /// disk quick, flush it here (see `pacing`). Never waits for the lock.
+    pub fn flush_if_overdue(&self) -> Result<(), WalError> {
+        if !self.pacing.writer_overdue(Instant::now()) {
+            return Ok(());
+        }
+        let Some(g) = self.try_lock_flush() else {
+            return Ok(());
+        };
+        self.flush_and_release(g, FlushBy::Session)
     }
 
     /// The insert buffer is full: flush it (or wait for whoever is).
@@ -291,6 +314,7 @@ impl Shared {
             if p.is_empty() || !p.gaps.is_empty() || !in_one_segment {
                 return Ok(());
             }
+            self.pacing.taken();
             st.take(std::mem::take(&mut fs.spare))
         };
         let completed = match fs.write_only(&self.flush_ctx(), &batch) {
@@ -312,6 +336,7 @@ impl Shared {
     fn flush_locked(&self, fs: &mut FlushState, by: FlushBy) -> Result<bool, WalError> {
         self.check_poison()?;
         let spare = std::mem::take(&mut fs.spare);
+        let t0 = Instant::now();
         let batch = {
             let mut st = relock(&self.insert);
             if st.pending.is_empty() {
@@ -319,6 +344,8 @@ impl Shared {
                 drop(st);
                 return self.sync_written_ahead(fs, by);
             }
+            self.pacing.taken();
+            self.pacing.flush_started(t0);
             st.take(spare)
         };
         let cx = self.flush_ctx();
@@ -331,6 +358,7 @@ impl Shared {
             Ok(c) => c,
             Err(cause) => return Err(self.poison_with(cause)),
         };
+        self.pacing.flush_took(t0.elapsed());
         self.publish_flushed(batch.end);
         self.count_flush(
             by,
