@@ -579,9 +579,9 @@ impl Backend for Node {
         }
     }
 
-    fn flush_if_overdue(&self) {
+    fn after_async_commit(&self) {
         if let Some(wal) = self.wal() {
-            let _ = wal.flush_if_overdue();
+            let _ = wal.after_async_commit();
         }
     }
 

@@ -452,7 +452,7 @@ impl Worker {
         if answered_off {
             // After the replies are sent: a flush here delays only what
             // this loop does next, never an answer already due.
-            self.ctx.backend.flush_if_overdue();
+            self.ctx.backend.after_async_commit();
         }
         self.evict_for_memory();
         self.compact();

@@ -358,13 +358,14 @@ impl Wal {
         self.shared.write_ahead()
     }
 
-    /// A commit at `synchronous_commit = off` was answered: if the
-    /// WAL-writer thread is overdue with the pending WAL while a walrep
-    /// standby streams (it waits for a core), flush it on the caller's
-    /// thread, which has one. Only if the flush lock is free and the last
-    /// flush was quick: never waits for another flush.
-    pub fn flush_if_overdue(&self) -> Result<(), WalError> {
-        self.shared.flush_if_overdue()
+    /// Commits at `synchronous_commit = off` were answered. While a walrep
+    /// standby streams, the first of them since the last flush wakes the
+    /// WAL-writer thread, and if that thread is overdue with the pending
+    /// WAL (it waits for a core), this flushes it on the caller's thread,
+    /// which has one: only if the flush lock is free and the last flush
+    /// was quick, so it never waits for another flush.
+    pub fn after_async_commit(&self) -> Result<(), WalError> {
+        self.shared.after_async_commit()
     }
 
     /// Wait until all WAL before `lsn` is durable. Group commit: see the

@@ -10,8 +10,10 @@
 //! - the WAL writer woke only for `wal_writer_flush_after` bytes (or
 //!   `wal_writer_delay`), so its flushes were as far apart as that many
 //!   bytes took to insert, not [`STREAMING_FLUSH_SPACING`]; now, while a
-//!   standby streams, the first record after a flush wakes it and it flushes
-//!   when that record is [`STREAMING_FLUSH_SPACING`] old;
+//!   standby streams, the first asynchronous commit answered after a
+//!   flush wakes it, and it flushes one spacing after the last flush
+//!   started (commits that wait for a flush make it themselves, so they
+//!   wake nobody);
 //! - on two cores shared with the clients' Redis worker, the WAL writer
 //!   then waited milliseconds for a core. A session whose commit finds the
 //!   oldest pending record [`OVERDUE_AFTER`] old, the flush lock free and
@@ -50,9 +52,13 @@ pub(crate) struct Pacing {
     last_flush_start_us: AtomicU64,
     /// How long the last flush took (write + fdatasync).
     last_flush_us: AtomicU64,
-    /// A walrep standby streams: set by the WAL writer on each round
-    /// (from `standby_followers`, whose lock the insert path avoids).
+    /// A walrep standby streams: from `standby_followers`, looked at by the
+    /// WAL writer on each round and by the first asynchronous commit of
+    /// each batch (the writer may sleep `wal_writer_delay`).
     pub streaming: AtomicBool,
+    /// An asynchronous commit of the pending batch looked (see
+    /// [`Pacing::first_async_commit`]).
+    woken: AtomicBool,
 }
 
 impl Default for Pacing {
@@ -63,6 +69,7 @@ impl Default for Pacing {
             last_flush_start_us: AtomicU64::new(0),
             last_flush_us: AtomicU64::new(0),
             streaming: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
         }
     }
 }
@@ -73,16 +80,21 @@ impl Pacing {
     }
 
     /// A record entered an empty insert buffer (under the insert lock).
-    /// True if the WAL writer should be woken for it: a standby streams.
-    pub fn first_pending(&self) -> bool {
+    pub fn first_pending(&self) {
         self.pending_since_us
             .store(self.us(Instant::now()), Ordering::Release);
-        self.streaming.load(Ordering::Acquire)
     }
 
     /// A flusher took the pending batch (under the insert lock).
     pub fn taken(&self) {
         self.pending_since_us.store(0, Ordering::Release);
+        self.woken.store(false, Ordering::Release);
+    }
+
+    /// True for the first asynchronous commit answered since the pending
+    /// batch began: it decides whether the WAL writer is woken for it.
+    pub fn first_async_commit(&self) -> bool {
+        !self.woken.swap(true, Ordering::AcqRel)
     }
 
     /// A flush that took a batch started at `at`.

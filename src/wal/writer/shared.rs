@@ -208,16 +208,14 @@ impl Shared {
                 return Ok(InsertedRecord { start: end, end });
             }
             let entered = st.segments_entered;
-            let first = st.pending.is_empty();
+            if st.pending.is_empty() {
+                self.pacing.first_pending();
+            }
             let rec = st.append(&self.ctx, rmid, info, payload, &crc, switch);
             self.inserted.store(rec.end.0, Ordering::Release);
-            // While a standby streams, the first record after a flush wakes
-            // the WAL writer, which flushes it one spacing after the last
-            // flush (not only after `flush_after_bytes` more).
-            let due = first && self.pacing.first_pending();
             let after = st.pending.bytes.len();
             let fa = self.limits.flush_after_bytes;
-            let kick = due || st.segments_entered != entered || (pending < fa && after >= fa);
+            let kick = st.segments_entered != entered || (pending < fa && after >= fa);
             drop(st);
             Counters::add(&self.counters.records, 1);
             Counters::add(&self.counters.bytes, rec.end.0 - rec.start.0);
@@ -228,10 +226,24 @@ impl Shared {
         }
     }
 
-    /// A session committed at `off`: if the WAL writer is overdue with the
-    /// pending WAL while a standby streams, the flush lock is free and the
-    /// disk quick, flush it here (see `pacing`). Never waits for the lock.
-    pub fn flush_if_overdue(&self) -> Result<(), WalError> {
+    /// A session answered commits at `off`. While a standby streams: the
+    /// first such commit of the pending batch wakes the WAL writer (it
+    /// flushes one spacing after its last flush, not only after
+    /// `flush_after_bytes` more); and if the writer is overdue, the flush
+    /// lock free and the disk quick, the session flushes here (see
+    /// `pacing`). Never waits for the lock.
+    pub fn after_async_commit(&self) -> Result<(), WalError> {
+        if self.pacing.pending_since().is_none() {
+            return Ok(());
+        }
+        if self.pacing.first_async_commit() {
+            // The followers' lock is a leaf, taken once per batch here.
+            let streaming = self.standby_followers.has_subscribers();
+            self.pacing.streaming.store(streaming, Ordering::Release);
+            if streaming {
+                self.kick();
+            }
+        }
         if !self.pacing.writer_overdue(Instant::now()) {
             return Ok(());
         }
