@@ -46,6 +46,26 @@ fn asynchronous_commits_are_flushed_by_the_wal_writer() {
 }
 
 #[test]
+fn while_a_walrep_standby_streams_the_first_asynchronous_commit_wakes_the_wal_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // Neither the delay nor the byte threshold would wake it.
+    cfg.wal_writer_delay = Duration::from_secs(3600);
+    cfg.wal_writer_flush_after_bytes = usize::MAX;
+    let wal = Wal::start(cfg).unwrap();
+    // What a walsender of a walrep standby registers.
+    let _standby = wal.standby_followers().subscribe();
+    for round in 0..3 {
+        let end = wal.insert(RM_KV, 0, b"read on the standby soon").unwrap();
+        // What a Redis worker calls after answering commits at `off`.
+        wal.after_async_commit().unwrap();
+        wait_until(&format!("the WAL writer's flush {round}"), || {
+            wal.flushed() >= end
+        });
+    }
+}
+
+#[test]
 fn a_full_insert_buffer_pushes_back_instead_of_growing() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());

@@ -579,6 +579,12 @@ impl Backend for Node {
         }
     }
 
+    fn after_async_commit(&self) {
+        if let Some(wal) = self.wal() {
+            let _ = wal.after_async_commit();
+        }
+    }
+
     fn sync_standbys_defined(&self) -> bool {
         self.syncrep.defined()
     }

@@ -139,6 +139,11 @@ pub trait Backend: Send + Sync + 'static {
     fn write_ahead(&self, end: Lsn) {
         let _ = end;
     }
+    /// Commits at `synchronous_commit = off` were answered: wake whoever
+    /// flushes them, or flush here if that thread is overdue and it costs
+    /// no wait for another flush (see `Wal::after_async_commit`).
+    /// Failures are the WAL's to report (it is poisoned).
+    fn after_async_commit(&self) {}
     /// Whether `synchronous_standby_names` names any standby.
     fn sync_standbys_defined(&self) -> bool;
     /// The node's current configuration (CONFIG GET, defaults of sessions).

@@ -444,10 +444,15 @@ impl Worker {
         if reading {
             self.gather(events, &mut touched);
         }
-        self.settle();
+        let answered_off = self.settle();
         for token in touched {
             self.send_or_close(token);
             self.account(token);
+        }
+        if answered_off {
+            // After the replies are sent: a flush here delays only what
+            // this loop does next, never an answer already due.
+            self.ctx.backend.after_async_commit();
         }
         self.evict_for_memory();
         self.compact();
@@ -647,8 +652,9 @@ impl Worker {
     }
 
     /// Settle every connection with pending writes not yet handed off:
-    /// per level, one wait for the highest end.
-    fn settle(&mut self) {
+    /// per level, one wait for the highest end. True if commits at
+    /// `synchronous_commit = off` were among them.
+    fn settle(&mut self) -> bool {
         let mut groups: Vec<(Level, Lsn, Vec<Token>)> = Vec::new();
         for (token, c) in &self.conns {
             if c.handed_off {
@@ -665,6 +671,7 @@ impl Worker {
             }
         }
         groups.sort_by_key(|g| g.0);
+        let answered_off = groups.iter().any(|g| g.0 == Level::Immediate);
         let backend = self.ctx.backend.clone();
         for (level, end, tokens) in groups {
             let t0 = Instant::now();
@@ -688,6 +695,7 @@ impl Worker {
                 None => self.hand_off(end, level, tokens),
             }
         }
+        answered_off
     }
 
     /// A write flushed here by this loop that waits for standbys: mark

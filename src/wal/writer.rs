@@ -31,6 +31,7 @@
 
 mod buffer;
 mod flush;
+mod pacing;
 mod queue;
 mod shared;
 mod startup;
@@ -283,6 +284,7 @@ impl Wal {
             written_watch: Watch::new(cfg.start_lsn),
             tail: tail::SharedTail::new(cfg.start_lsn),
             standby_followers: Watch::new(()),
+            pacing: pacing::Pacing::default(),
             poison: OnceLock::new(),
             stopping: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -354,6 +356,16 @@ impl Wal {
     /// a flush's would.
     pub fn write_ahead(&self) -> Result<(), WalError> {
         self.shared.write_ahead()
+    }
+
+    /// Commits at `synchronous_commit = off` were answered. While a walrep
+    /// standby streams, the first of them since the last flush wakes the
+    /// WAL-writer thread, and if that thread is overdue with the pending
+    /// WAL (it waits for a core), this flushes it on the caller's thread,
+    /// which has one: only if the flush lock is free and the last flush
+    /// was quick, so it never waits for another flush.
+    pub fn after_async_commit(&self) -> Result<(), WalError> {
+        self.shared.after_async_commit()
     }
 
     /// Wait until all WAL before `lsn` is durable. Group commit: see the

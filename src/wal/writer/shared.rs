@@ -9,11 +9,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::time::Instant;
 
 use crossbeam_channel::{Sender, TrySendError};
 
 use super::buffer::{InsertState, InsertedRecord, SegCtx};
 use super::flush::{FlushCtx, FlushState};
+use super::pacing::Pacing;
 use super::queue::WaitQueue;
 use super::stats::Counters;
 use super::tail::SharedTail;
@@ -80,6 +82,9 @@ pub(crate) struct Shared {
     /// flushes at its streaming spacing (see `walwriter`), since such a
     /// standby exposes only WAL this node has flushed.
     pub standby_followers: Watch<()>,
+    /// When pending WAL is due, and whether a session should flush it in
+    /// the WAL writer's place (see `pacing`).
+    pub pacing: Pacing,
     /// The first IO failure: once set, nothing is written any more.
     pub poison: OnceLock<Arc<str>>,
     /// The WAL-writer thread should finish.
@@ -204,6 +209,9 @@ impl Shared {
                 return Ok(InsertedRecord { start: end, end });
             }
             let entered = st.segments_entered;
+            if st.pending.is_empty() {
+                self.pacing.first_pending();
+            }
             let rec = st.append(&self.ctx, rmid, info, payload, &crc, switch);
             self.inserted.store(rec.end.0, Ordering::Release);
             let after = st.pending.bytes.len();
@@ -217,6 +225,33 @@ impl Shared {
             }
             return Ok(rec);
         }
+    }
+
+    /// A session answered commits at `off`. While a standby streams: the
+    /// first such commit of the pending batch wakes the WAL writer (it
+    /// flushes one spacing after its last flush, not only after
+    /// `flush_after_bytes` more); and if the writer is overdue, the flush
+    /// lock free and the disk quick, the session flushes here (see
+    /// `pacing`). Never waits for the lock.
+    pub fn after_async_commit(&self) -> Result<(), WalError> {
+        if self.pacing.pending_since().is_none() {
+            return Ok(());
+        }
+        if self.pacing.first_async_commit() {
+            // The followers' lock is a leaf, taken once per batch here.
+            let streaming = self.standby_followers.has_subscribers();
+            self.pacing.streaming.store(streaming, Ordering::Release);
+            if streaming {
+                self.kick();
+            }
+        }
+        if !self.pacing.writer_overdue(Instant::now()) {
+            return Ok(());
+        }
+        let Some(g) = self.try_lock_flush() else {
+            return Ok(());
+        };
+        self.flush_and_release(g, FlushBy::Session)
     }
 
     /// The insert buffer is full: flush it (or wait for whoever is).
@@ -292,6 +327,7 @@ impl Shared {
             if p.is_empty() || !p.gaps.is_empty() || !in_one_segment {
                 return Ok(());
             }
+            self.pacing.taken();
             st.take(std::mem::take(&mut fs.spare))
         };
         let completed = match fs.write_only(&self.flush_ctx(), &batch) {
@@ -313,6 +349,7 @@ impl Shared {
     fn flush_locked(&self, fs: &mut FlushState, by: FlushBy) -> Result<bool, WalError> {
         self.check_poison()?;
         let spare = std::mem::take(&mut fs.spare);
+        let t0 = Instant::now();
         let batch = {
             let mut st = relock(&self.insert);
             if st.pending.is_empty() {
@@ -320,6 +357,8 @@ impl Shared {
                 drop(st);
                 return self.sync_written_ahead(fs, by);
             }
+            self.pacing.taken();
+            self.pacing.flush_started(t0);
             st.take(spare)
         };
         let cx = self.flush_ctx();
@@ -332,6 +371,7 @@ impl Shared {
             Ok(c) => c,
             Err(cause) => return Err(self.poison_with(cause)),
         };
+        self.pacing.flush_took(t0.elapsed());
         self.publish_flushed(batch.end);
         self.count_flush(
             by,

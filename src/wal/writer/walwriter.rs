@@ -45,19 +45,20 @@ pub(crate) const FLUSH_AT_ONCE_BYTES: u64 = 1 << 20;
 pub(crate) fn run(shared: Arc<Shared>, kicks: Receiver<()>, delay: Duration) {
     let _span = tracing::info_span!("walwriter", tli = shared.ctx.tli.0).entered();
     shared.preallocate_ahead();
-    let mut last_flush: Option<Instant> = None;
     loop {
         // A timeout and a kick mean the same: look for work.
         let _ = kicks.recv_timeout(delay);
-        if let Some(at) = last_flush {
-            space_out(&shared, &kicks, at + spacing(&shared).min(delay));
+        let spacing = spacing(&shared);
+        // Spaced from the last flush whoever ran it (a session may have
+        // flushed in this thread's place, see `pacing`).
+        if let Some(at) = shared.pacing.last_flush_start() {
+            space_out(&shared, &kicks, at + spacing.min(delay));
         }
         if shared.poison.get().is_some() {
             break;
         }
         let stopping = shared.stopping.load(Ordering::Acquire);
         if shared.inserted() > shared.flushed() {
-            last_flush = Some(Instant::now());
             let g = shared.lock_flush();
             if shared.flush_and_release(g, FlushBy::Writer).is_err() {
                 break;
@@ -79,8 +80,11 @@ pub(crate) fn run(shared: Arc<Shared>, kicks: Receiver<()>, delay: Duration) {
 /// 5 ms, and so did the key-visibility median on them. Not the flush
 /// position's subscribers either: pg_receivewal's walsender follows it,
 /// and should not make the primary flush five times as often.
+/// Also tells the insert path whether a standby streams (`pacing`).
 pub(super) fn spacing(shared: &Shared) -> Duration {
-    if shared.standby_followers.has_subscribers() {
+    let streaming = shared.standby_followers.has_subscribers();
+    shared.pacing.streaming.store(streaming, Ordering::Release);
+    if streaming {
         STREAMING_FLUSH_SPACING
     } else {
         MIN_FLUSH_SPACING
