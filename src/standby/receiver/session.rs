@@ -1169,6 +1169,8 @@ impl Session {
             // An fsync failed (here or on the fsync thread): nothing
             // retries it.
             self.writer.flushed()
+        } else if self.synced_by_flusher() {
+            self.writer.written()
         } else {
             match self.writer.flush() {
                 Ok(f) => f,
@@ -1206,6 +1208,21 @@ impl Session {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
         exposed.max(self.start)
+    }
+
+    /// Whether the fsync thread already made everything written durable:
+    /// its last fsync covered the written position (`durable` is raised
+    /// only after its fdatasync and, for a segment opened since its
+    /// previous one, the fsync of `wal/`; its requests are made after the
+    /// writes they cover, so that request saw the writer's last opened
+    /// segment; it is the flush position this standby reports upstream,
+    /// so it is already trusted as durable). The writer's own `flush`
+    /// would then repeat both syncs
+    /// (its `flushed` follows only its own), which a stop paid on the
+    /// promotion's history stage.
+    fn synced_by_flusher(&self) -> bool {
+        let durable = Lsn(self.shared.durable.load(Ordering::Acquire));
+        self.writer.flushed() < self.writer.written() && durable >= self.writer.written()
     }
 
     /// The session ends with WAL in `[from, to)` the upstream never told
