@@ -1217,9 +1217,8 @@ impl Session {
     /// writes they cover, so that request saw the writer's last opened
     /// segment; it is the flush position this standby reports upstream,
     /// so it is already trusted as durable). The writer's own `flush`
-    /// would then repeat both syncs
-    /// (its `flushed` follows only its own), which a stop paid on the
-    /// promotion's history stage.
+    /// would then repeat both syncs (its `flushed` follows only its
+    /// own), which every stop paid, a promotion's on its history stage.
     fn synced_by_flusher(&self) -> bool {
         let durable = Lsn(self.shared.durable.load(Ordering::Acquire));
         self.writer.flushed() < self.writer.written() && durable >= self.writer.written()
