@@ -163,13 +163,7 @@ impl Fetcher {
                 ev
             }
             FetchRequest::FindLocalSegment { tli, segno } => {
-                match self.check_local_segment(tli, segno) {
-                    Ok(()) => Event::SegmentFoundLocally { tli, segno },
-                    Err(why) => {
-                        tracing::debug!(tli = tli.0, segno = segno.0, %why, "segment not usable locally");
-                        Event::SegmentNotFoundLocally { tli, segno }
-                    }
-                }
+                find_local_segment(&self.wal_dir(), (self.system_id, self.seg_size), tli, segno)
             }
             FetchRequest::RestoreHistory { tli } => self.restore_history(tli),
             FetchRequest::FindLocalHistory { tli } => find_local_history(&self.wal_dir(), tli),
@@ -321,33 +315,60 @@ impl Fetcher {
             },
         }
     }
+}
 
-    /// A local segment counts when it is full size and its header says it
-    /// is this system's segment `segno` of timeline `tli`.
-    fn check_local_segment(&self, tli: TimelineId, segno: SegNo) -> Result<(), LocalSegment> {
-        let path = self.wal_dir().join(segno.file_name(tli, self.seg_size));
-        let mut f = File::open(&path)?;
-        let len = f.metadata()?.len();
-        if len != self.seg_size.bytes() {
-            return Err(LocalSegment::Size {
-                found: len,
-                expected: self.seg_size.bytes(),
-            });
+/// Whether `wal_dir` holds `segno` of `tli` as a whole segment of this
+/// system: full size, and its header says it is this system's segment
+/// `segno` of timeline `tli` (replay checks the records). An
+/// open, a stat and a 40-byte read. The startup process runs it itself
+/// too, without a round trip through this thread (a promotion asks it on
+/// the way to the first write). Safe beside this thread: the machine has
+/// one file request out at a time, so this thread is idle meanwhile, and
+/// a background prefetch writes only `RECOVERYXLOG.prefetch`, installed
+/// under a segment's name by this thread when a request asks for it.
+pub(crate) fn find_local_segment(
+    wal_dir: &Path,
+    (system_id, seg_size): (u64, WalSegSize),
+    tli: TimelineId,
+    segno: SegNo,
+) -> Event {
+    match check_local_segment(wal_dir, (system_id, seg_size), tli, segno) {
+        Ok(()) => Event::SegmentFoundLocally { tli, segno },
+        Err(why) => {
+            tracing::debug!(tli = tli.0, segno = segno.0, %why, "segment not usable locally");
+            Event::SegmentNotFoundLocally { tli, segno }
         }
-        let mut buf = vec![0u8; SEG_HEADER_SIZE as usize];
-        f.read_exact(&mut buf)?;
-        let h = SegmentHeader::decode(&buf)?;
-        if h.system_id != self.system_id {
-            return Err(LocalSegment::System(h.system_id));
-        }
-        if h.tli != tli || h.pageaddr != segno.start_lsn(self.seg_size) {
-            return Err(LocalSegment::Position {
-                tli: h.tli,
-                at: h.pageaddr,
-            });
-        }
-        Ok(())
     }
+}
+
+fn check_local_segment(
+    wal_dir: &Path,
+    (system_id, seg_size): (u64, WalSegSize),
+    tli: TimelineId,
+    segno: SegNo,
+) -> Result<(), LocalSegment> {
+    let path = wal_dir.join(segno.file_name(tli, seg_size));
+    let mut f = File::open(&path)?;
+    let len = f.metadata()?.len();
+    if len != seg_size.bytes() {
+        return Err(LocalSegment::Size {
+            found: len,
+            expected: seg_size.bytes(),
+        });
+    }
+    let mut buf = vec![0u8; SEG_HEADER_SIZE as usize];
+    f.read_exact(&mut buf)?;
+    let h = SegmentHeader::decode(&buf)?;
+    if h.system_id != system_id {
+        return Err(LocalSegment::System(h.system_id));
+    }
+    if h.tli != tli || h.pageaddr != segno.start_lsn(seg_size) {
+        return Err(LocalSegment::Position {
+            tli: h.tli,
+            at: h.pageaddr,
+        });
+    }
+    Ok(())
 }
 
 /// Why a file in local `wal/` is not the segment asked for (logged; the

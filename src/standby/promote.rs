@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::receiver::ReceiverHandle;
 use super::StandbyHandles;
 use crate::archive::ArchiveError;
 use crate::config::ArchiveMode;
@@ -19,7 +20,8 @@ use crate::store::control::{now_ms, ControlError};
 use crate::store::ClusterState;
 use crate::wal::{
     place_new_timeline_segment, prepare_new_timeline_segment, rename_old_timeline_segment_partial,
-    EndOfRecovery, PreparedSegment, TimelineError, Wal, WalConfig, WalError, XlogRecord,
+    EndOfRecovery, PreparedSegment, SegmentError, TimelineError, Wal, WalConfig, WalError,
+    XlogRecord,
 };
 use crate::wal::{valid_wal_after, ReaderConfig, WalReader};
 use crate::{Lsn, TimelineId};
@@ -32,6 +34,8 @@ pub enum PromotionError {
     Timeline(#[from] TimelineError),
     #[error("after removing standby.signal: {0}")]
     SyncDataDir(StorageError),
+    #[error("the WAL received before the promotion could not be made durable: {0}")]
+    ReceivedWal(Arc<SegmentError>),
     #[error("could not make the new timeline's file names durable: {0}")]
     SyncWalDir(StorageError),
     #[error("could not mark {file} for archiving: {source}")]
@@ -103,18 +107,18 @@ pub fn write_history_file(
     (tli, parent): (TimelineId, TimelineId),
     switch_point: Lsn,
     reason: &str,
-    sync_datadir: bool,
+    datadir_step: DataDirStep,
 ) -> Result<Option<PreparedTimeline>, PromotionError> {
     let t0 = Instant::now();
     let dir = DataDir::new(&h.datadir);
-    let timed = |f: &dyn Fn() -> Result<(), PromotionError>| {
-        let t = Instant::now();
-        f().map(|()| t.elapsed())
-    };
+    let run_datadir = datadir_step.is_needed();
+    let datadir_step = std::sync::Mutex::new(Some(datadir_step));
     let sync_standby_signal = || {
-        timed(&|| {
-            crate::storage::sync_dir(&*h.storage, &h.datadir).map_err(PromotionError::SyncDataDir)
-        })
+        let step = datadir_step
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        step.map_or(Ok(DataDirTimes::default()), |s| s.run(h))
     };
     let copy_segment = || {
         let t = Instant::now();
@@ -132,7 +136,7 @@ pub fn write_history_file(
         reason,
     )?;
     let (history, prepared, datadir, times) = std::thread::scope(|s| {
-        let datadir = sync_datadir.then(|| beside(s, &sync_standby_signal));
+        let datadir = run_datadir.then(|| beside(s, &sync_standby_signal));
         let segment = beside(s, &copy_segment);
         let t = Instant::now();
         let history = unsynced.finish(&*h.storage);
@@ -169,8 +173,8 @@ pub fn write_history_file(
     let done = history
         .map_err(PromotionError::from)
         .and(datadir.transpose());
-    let datadir_sync = match done {
-        Ok(d) => d,
+    let datadir_times = match done {
+        Ok(d) => d.unwrap_or_default(),
         Err(e) => {
             discard(h, prepared);
             return Err(e);
@@ -184,11 +188,79 @@ pub fn write_history_file(
         history_fsync_us = us(Some(history_fsync)),
         damage_check_us = us(Some(damage_check)),
         segment_copy_us = us(copy),
-        datadir_sync_us = us(datadir_sync),
+        receiver_sync_wait_us = us(datadir_times.receiver_wait),
+        datadir_sync_us = us(datadir_times.sync),
         "wrote timeline history file {}",
         tli.history_file_name()
     );
     Ok(prepared)
+}
+
+/// The history stage's data-directory branch, in this order: wait for the
+/// walreceiver stopped early for this promotion to have made what it
+/// received durable ([`ReceiverHandle::finish`]), remove `standby.signal`
+/// (when its removal was left to this step), fsync the data directory.
+///
+/// Why the received WAL first: once `standby.signal`'s removal is durable,
+/// a crash restarts the node as a primary of the old timeline at the end
+/// of its durable WAL (the promotion not finished, see
+/// [`write_end_of_recovery`]). Before this change the walreceiver's fsync
+/// came before the promotion went on at all; now it runs beside the end
+/// of replay and this stage, and a restart must still find on the old
+/// timeline everything this standby replayed (and so may have shown to a
+/// reader), up to the switch point. The removal itself can reach the disk
+/// without an fsync, so it too waits. The history file and the new
+/// timeline's segment copy do not need to wait: a history file is not WAL
+/// of its timeline, and the copy is not named until the end-of-recovery
+/// step, which comes after this stage; no WAL of the new timeline is
+/// written before the received WAL is durable.
+#[derive(Default)]
+pub struct DataDirStep {
+    /// The walreceiver session stopped by `Sessions::stop_writing`.
+    pub receiver: Option<ReceiverHandle>,
+    /// `standby.signal` is still to be removed.
+    pub remove_standby_signal: bool,
+    /// `standby.signal` was removed and the data directory not fsynced
+    /// since.
+    pub unsynced: bool,
+}
+
+/// What the data-directory branch waited for.
+#[derive(Debug, Default, Clone, Copy)]
+struct DataDirTimes {
+    receiver_wait: Option<Duration>,
+    sync: Option<Duration>,
+}
+
+impl DataDirStep {
+    fn is_needed(&self) -> bool {
+        self.receiver.is_some() || self.remove_standby_signal || self.unsynced
+    }
+
+    fn run(self, h: &StandbyHandles) -> Result<DataDirTimes, PromotionError> {
+        let mut times = DataDirTimes::default();
+        if let Some(r) = self.receiver {
+            let t = Instant::now();
+            r.finish().map_err(PromotionError::ReceivedWal)?;
+            times.receiver_wait = Some(t.elapsed());
+        }
+        let mut unsynced = self.unsynced;
+        if self.remove_standby_signal {
+            // As when it is removed at once: a failure is reported and the
+            // promotion goes on.
+            match remove_standby_signal(&*h.storage, &h.datadir) {
+                Ok(removed) => unsynced |= removed,
+                Err(e) => tracing::error!(error = %e, "could not remove standby.signal"),
+            }
+        }
+        if unsynced {
+            let t = Instant::now();
+            crate::storage::sync_dir(&*h.storage, &h.datadir)
+                .map_err(PromotionError::SyncDataDir)?;
+            times.sync = Some(t.elapsed());
+        }
+        Ok(times)
+    }
 }
 
 /// Start `f` on a thread of `s`, to be waited for beside the caller's own

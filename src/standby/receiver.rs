@@ -716,6 +716,12 @@ struct Control {
     wake_rx: Receiver<()>,
     /// `stop()` was called.
     stop: AtomicBool,
+    /// Stopped for a promotion ([`ReceiverHandle::stop_writing`]): the
+    /// session reports `WalReceiverStopped` as soon as its last write is
+    /// done, and makes it durable and leaves the upstream after that.
+    early: AtomicBool,
+    /// That early `WalReceiverStopped` was queued: nothing more is.
+    reported: AtomicBool,
     /// The handle was dropped: end without reporting.
     dropped: AtomicBool,
     restart: Mutex<RestartSlot>,
@@ -808,6 +814,8 @@ where
         wake_tx,
         wake_rx,
         stop: AtomicBool::new(false),
+        early: AtomicBool::new(false),
+        reported: AtomicBool::new(false),
         dropped: AtomicBool::new(false),
         restart: Mutex::new(RestartSlot::default()),
         session: AtomicU64::new(session),
@@ -923,6 +931,56 @@ impl ReceiverHandle {
         drop(slot);
         self.control.wake();
         Ok(())
+    }
+
+    /// Stop the session for a promotion, without waiting: it stops
+    /// receiving and, as soon as its last write is done (the end of the
+    /// received WAL is then fixed), queues `WalReceiverStopped` with the
+    /// position it would have after its fsync (see
+    /// `Session::report_writes_ended`). The fsync of what it wrote, its
+    /// goodbye to the upstream and the thread's end follow on its own
+    /// thread, beside the promotion's next steps; [`ReceiverHandle::finish`]
+    /// waits for them.
+    ///
+    /// Where this differs from PostgreSQL: its startup process
+    /// (`FinishWalRecovery` → `XLogShutdownWalRcv` → `ShutdownWalRcv`)
+    /// signals the walreceiver and sleeps until it is `WALRCV_STOPPED`,
+    /// which its exit handler `WalRcvDie` sets after the last
+    /// `XLogWalRcvFlush` (an fsync) and before the disconnect: the fsync is
+    /// on the promotion's path there. Here only the last write is. Why
+    /// that is safe: what the promotion reads next (the last records, the
+    /// copy of the switch point's segment) it reads through the page
+    /// cache, which holds every byte written; the fsync matters only for
+    /// what a crash keeps, and the promotion waits for it (`finish`, in
+    /// the history stage) before `standby.signal` is removed and before
+    /// any WAL of the new timeline is written (`promote::DataDirStep`).
+    /// Nothing is reported flushed (upstream, to cascading walsenders)
+    /// before the fsync either.
+    pub fn stop_writing(&mut self) {
+        self.control.early.store(true, Ordering::Release);
+        self.control.stop.store(true, Ordering::Release);
+        self.control.wake();
+        self.control.interrupt_read();
+    }
+
+    /// After [`ReceiverHandle::stop_writing`] (or any stop): wait
+    /// (bounded, as `stop`) until the session has fsynced what it wrote
+    /// and left the upstream, and end its thread. `Err` if a write or
+    /// fsync of received WAL failed: nothing retries it.
+    pub fn finish(mut self) -> Result<Lsn, Arc<SegmentError>> {
+        let flushed = self.stop();
+        let failure = self.shared.io_failure();
+        // Joins the thread (bounded): it ends right after its report.
+        drop(self);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(flushed),
+        }
+    }
+
+    /// Whether [`ReceiverHandle::stop_writing`] was called.
+    pub fn stopping_early(&self) -> bool {
+        self.control.early.load(Ordering::Acquire)
     }
 
     /// Stop the session: it stops receiving, flushes what it wrote, leaves

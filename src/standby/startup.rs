@@ -141,6 +141,9 @@ pub struct Startup {
     /// since: the next promotion step does it (see
     /// [`promote::remove_standby_signal`]).
     standby_signal_unsynced: bool,
+    /// `standby.signal` is to be removed once the walreceiver stopped for
+    /// the promotion has made its WAL durable (the history stage does it).
+    standby_signal_to_remove: bool,
     /// What the history-file step prepared for the end-of-recovery step.
     prepared: Option<promote::PreparedTimeline>,
     /// The promotion's control file update, run once writes are accepted
@@ -172,6 +175,7 @@ impl Startup {
             status: StandbyStatus::default(),
             partial: None,
             standby_signal_unsynced: false,
+            standby_signal_to_remove: false,
             prepared: None,
             control_update: None,
             answers: VecDeque::new(),
@@ -315,8 +319,19 @@ impl Startup {
             Action::RestoreSegment { tli, segno } => {
                 self.fetch(FetchRequest::RestoreSegment { tli, segno })
             }
+            // As the history lookup below: answered here, not through the
+            // fetcher's thread (see `fetcher::find_local_segment` for why
+            // the two cannot race on `wal/`).
             Action::FindLocalSegment { tli, segno } => {
-                self.fetch(FetchRequest::FindLocalSegment { tli, segno })
+                let wal_dir = crate::datadir::DataDir::new(&self.h.datadir).wal();
+                let system = (
+                    self.h.control.read(|c| c.system_identifier),
+                    self.h.segdir.seg_size(),
+                );
+                let answer = super::fetcher::find_local_segment(&wal_dir, system, tli, segno);
+                if self.ch.events_tx.try_send(answer).is_err() {
+                    self.fetch(FetchRequest::FindLocalSegment { tli, segno });
+                }
             }
             Action::RestoreHistoryFile { tli } => self.fetch(FetchRequest::RestoreHistory { tli }),
             // A stat and a small read: answered here rather than through
@@ -338,6 +353,13 @@ impl Startup {
             Action::StartWalReceiver { session, from, tli } => {
                 self.receivers.start(session.0, from, tli)
             }
+            // Promoting: only the walreceiver's last write is waited for
+            // (its report comes through the queue); its fsync runs beside
+            // the promotion's next steps and is waited for in the history
+            // stage (`promote::DataDirStep`).
+            Action::StopWalReceiver { session } if self.core.state() == StateKind::Promoting => {
+                self.receivers.stop_writing(session.0);
+            }
             Action::StopWalReceiver { session } => {
                 // Bounded; WalReceiverStopped reaches the queue.
                 self.receivers.stop(session.0);
@@ -354,6 +376,11 @@ impl Startup {
                 self.status.consistent_at = Some(at);
                 self.h.hooks.reached_consistency(at);
             }
+            // With a walreceiver still making its WAL durable, the removal
+            // waits for it, in the history stage (`promote::DataDirStep`).
+            Action::RemoveStandbySignal if self.receivers.has_stopping() => {
+                self.standby_signal_to_remove = true;
+            }
             Action::RemoveStandbySignal => {
                 match promote::remove_standby_signal(&*self.h.storage, &self.h.datadir) {
                     Ok(removed) => self.standby_signal_unsynced |= removed,
@@ -367,13 +394,17 @@ impl Startup {
                 reason,
                 ..
             } => {
-                let sync_datadir = std::mem::take(&mut self.standby_signal_unsynced);
+                let datadir_step = promote::DataDirStep {
+                    receiver: self.receivers.take_stopping(),
+                    remove_standby_signal: std::mem::take(&mut self.standby_signal_to_remove),
+                    unsynced: std::mem::take(&mut self.standby_signal_unsynced),
+                };
                 match promote::write_history_file(
                     &self.h,
                     (tli, parent),
                     switch_point,
                     &reason,
-                    sync_datadir,
+                    datadir_step,
                 ) {
                     Ok(prepared) => {
                         self.prepared = prepared;

@@ -262,6 +262,7 @@ fn step_times(sdir: &Path) -> String {
         "history_fsync_us",
         "damage_check_us",
         "segment_copy_us",
+        "receiver_sync_wait_us",
         "datadir_sync_us",
         "segment_us",
         "wal_start_us",

@@ -99,6 +99,7 @@ pub(super) fn run(
         // Whatever cut the session short, it was asked to stop: the
         // runtime expects WalReceiverStopped, not StreamLost.
         end = End::Stopped;
+        s.report_writes_ended();
     }
     let flushed = s.finish(&end);
     let control = Arc::clone(&s.control);
@@ -124,7 +125,7 @@ pub(super) fn run(
     while !s.control.stopping() && !dropped() {
         let _ = s.control.wake_rx.recv_timeout(MAX_NAP);
     }
-    if !dropped() {
+    if !dropped() && !s.control.reported.load(Ordering::Acquire) {
         s.emit_now(ReceiverEvent::WalReceiverStopped {
             session: s.session,
             flushed,
@@ -579,6 +580,10 @@ impl Session {
         self.write_wanted = true;
         self.shared.write_reports.store(false, Ordering::Release);
         let result = self.stream_batches(client);
+        if self.control.stopping() {
+            // Before waiting for the fsync thread's fsync in progress.
+            self.report_writes_ended();
+        }
         if let Some(f) = self.flusher.take() {
             tracing::debug!(fsyncs = f.fsyncs(), "walreceiver: fsync thread stopped");
         }
@@ -1124,6 +1129,37 @@ impl Session {
         }
     }
 
+    /// Stopped for a promotion (`ReceiverHandle::stop_writing`), on this
+    /// thread once its last write is done: nothing more is written, so the
+    /// end of the received WAL is fixed. Queue now what [`Session::finish`]
+    /// would report after its fsync: the WAL held unconfirmed and
+    /// `WalReceiverStopped` at the exposed position, both computed from
+    /// the written position (which the fsync makes the flushed one; if it
+    /// fails, the promotion fails when it waits for it). Nothing is
+    /// published as flushed here: cascading walsenders and the upstream
+    /// still learn of this WAL only after the fsync, in `finish`. Once.
+    fn report_writes_ended(&mut self) {
+        let c = &self.control;
+        if !c.early.load(Ordering::Acquire)
+            || c.dropped.load(Ordering::Acquire)
+            || c.reported.load(Ordering::Acquire)
+        {
+            return;
+        }
+        let written = self.writer.written();
+        let tli = self.writer.timeline();
+        let exposed = self.exposable(written).max(self.start);
+        if written > exposed {
+            self.hold_unconfirmed(tli, exposed, written);
+        }
+        self.emit_now(ReceiverEvent::WalReceiverStopped {
+            session: self.session,
+            flushed: exposed,
+        });
+        self.control.reported.store(true, Ordering::Release);
+        tracing::debug!(session = self.session, %written, "walreceiver: last write done; its fsync follows");
+    }
+
     /// Flush what was written, close the connection; returns the flush
     /// position. A WalFlushed is reported first unless stopping (the
     /// final WalReceiverStopped carries it).
@@ -1133,6 +1169,8 @@ impl Session {
             // An fsync failed (here or on the fsync thread): nothing
             // retries it.
             self.writer.flushed()
+        } else if self.synced_by_flusher() {
+            self.writer.written()
         } else {
             match self.writer.flush() {
                 Ok(f) => f,
@@ -1172,6 +1210,20 @@ impl Session {
         exposed.max(self.start)
     }
 
+    /// Whether the fsync thread already made everything written durable:
+    /// its last fsync covered the written position (`durable` is raised
+    /// only after its fdatasync and, for a segment opened since its
+    /// previous one, the fsync of `wal/`; its requests are made after the
+    /// writes they cover, so that request saw the writer's last opened
+    /// segment; it is the flush position this standby reports upstream,
+    /// so it is already trusted as durable). The writer's own `flush`
+    /// would then repeat both syncs (its `flushed` follows only its
+    /// own), which every stop paid, a promotion's on its history stage.
+    fn synced_by_flusher(&self) -> bool {
+        let durable = Lsn(self.shared.durable.load(Ordering::Acquire));
+        self.writer.flushed() < self.writer.written() && durable >= self.writer.written()
+    }
+
     /// The session ends with WAL in `[from, to)` the upstream never told
     /// flushed: keep it (promotion replays it: the upstream may have
     /// acknowledged some before its flush position reached us) but record
@@ -1190,7 +1242,8 @@ impl Session {
             "WAL received from {from} to {to} on timeline {} was not confirmed flushed by the primary; it is kept but not replayed unless this standby is promoted",
             tli.0
         );
-        if !self.control.dropped.load(Ordering::Acquire) {
+        let reported = self.control.reported.load(Ordering::Acquire);
+        if !self.control.dropped.load(Ordering::Acquire) && !reported {
             self.emit_now(ReceiverEvent::UnconfirmedWalHeld {
                 session: self.session,
                 tli,

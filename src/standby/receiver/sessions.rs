@@ -119,6 +119,49 @@ impl<E: From<ReceiverEvent> + Send + 'static> Sessions<E> {
         }
     }
 
+    /// `StopWalReceiver` while promoting: stop the session without
+    /// waiting; it queues `WalReceiverStopped` once its last write is done
+    /// and makes what it wrote durable afterwards, beside the promotion's
+    /// next steps ([`ReceiverHandle::stop_writing`]). The handle stays
+    /// here until [`Sessions::take_stopping`]. Asked again (the machine's
+    /// stop timeout passed), or for a session that is not the current
+    /// one: as [`Sessions::stop`].
+    pub fn stop_writing(&mut self, session: u64) {
+        match self.current.as_mut() {
+            Some(h) if h.session() == session && !h.stopping_early() => h.stop_writing(),
+            Some(h) if h.session() == session => {
+                // Asked again: wait for all of it, as `stop` does. A session
+                // stopped early queues no report after its first (the
+                // machine ignores a second one).
+                let flushed = self.stop(session);
+                self.report(ReceiverEvent::WalReceiverStopped { session, flushed });
+            }
+            _ => {
+                self.stop(session);
+            }
+        }
+    }
+
+    /// The session [`Sessions::stop_writing`] stopped, to wait for its
+    /// fsync ([`ReceiverHandle::finish`]); `None` if there is none.
+    pub fn take_stopping(&mut self) -> Option<ReceiverHandle> {
+        match self.current.take() {
+            Some(h) if h.stopping_early() => Some(h),
+            other => {
+                self.current = other;
+                None
+            }
+        }
+    }
+
+    /// Whether a session stopped by [`Sessions::stop_writing`] is still
+    /// to be waited for.
+    pub fn has_stopping(&self) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(ReceiverHandle::stopping_early)
+    }
+
     /// `primary_conninfo` or `primary_slot_name` was reloaded: forget the
     /// old upstream and its failures. The recovery machine, told with
     /// `UpstreamReloaded`, stops the running session itself and starts
