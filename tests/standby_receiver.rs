@@ -672,3 +672,42 @@ fn sessions_reuse_a_waiting_session_and_answer_stops() {
         server.registry.snapshot().is_empty()
     });
 }
+
+#[test]
+fn a_stream_publishes_its_start_point_as_flushed_before_any_fsync() {
+    use walrep::replication::source::FlushPoint;
+    let server = FakeServer::start(ServerOptions::default());
+    let fake = &server.source;
+    // The upstream's WAL ends at a segment start, where the stream starts:
+    // nothing is received, nothing fsynced.
+    let at = fake.flush_point().lsn;
+    let end = fake.advance(SEG - at.segment_offset(seg()));
+    assert_eq!(end.segment_offset(seg()), 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdStorage));
+    let shared = ReceiverShared::new(Default::default());
+    assert_eq!(shared.flushed_point().tli, TimelineId(0));
+    let (tx, rx) = bounded(64);
+    let cfg = config(
+        server.conninfo("application_name=s5"),
+        segdir,
+        end,
+        SYSTEM_ID,
+    );
+    let mut h = start(1, cfg, tx, shared.clone()).unwrap();
+    expect(&rx, "StreamConnected", |e| {
+        matches!(e, ReceiverEvent::StreamConnected { session: 1, .. })
+    });
+    // What lies before the start point is durable here already: the flush
+    // position is on the stream's timeline from the start (a restartpoint
+    // never sees "no flush position" while redo applies streamed WAL
+    // early).
+    assert_eq!(
+        shared.flushed_point(),
+        FlushPoint {
+            tli: TimelineId(1),
+            lsn: end
+        }
+    );
+    assert_eq!(h.stop(), end);
+}
