@@ -6,7 +6,8 @@
 //! timeline switch is reported and followed on the same connection; a
 //! silent upstream times out after a ping; an fsync failure ends the
 //! session for good; a stream publishes its start point as flushed; no
-//! status update follows the COPY's end.
+//! status update follows the COPY's end; a walsender spacing an
+//! asynchronous standby's messages still delivers every flush.
 
 mod support;
 
@@ -831,4 +832,43 @@ fn no_status_update_follows_the_copy_s_end() {
         matches!(&first, FrontendMessage::Query(q) if q.starts_with("IDENTIFY_SYSTEM")),
         "{first:?}"
     );
+}
+
+#[test]
+fn an_asynchronous_standby_spaced_by_wal_sender_async_delay_receives_every_flush() {
+    // No synchronous standby: the walsender spaces its messages, holding
+    // flushes that come within the delay and sending them together.
+    let server = FakeServer::start(ServerOptions {
+        wal_sender_async_delay: Duration::from_millis(5),
+        ..ServerOptions::default()
+    });
+    let fake = &server.source;
+    let from = fake.flush_point().lsn;
+    let tmp = tempfile::tempdir().unwrap();
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdStorage));
+    let shared = ReceiverShared::new(Default::default());
+    let (tx, rx) = bounded(64);
+    let cfg = config(
+        server.conninfo("application_name=s6"),
+        segdir,
+        from,
+        SYSTEM_ID,
+    );
+    let mut h = start(1, cfg, tx, shared.clone()).unwrap();
+    expect(&rx, "StreamConnected", |e| {
+        matches!(e, ReceiverEvent::StreamConnected { session: 1, .. })
+    });
+    let mut end = from;
+    for _ in 0..50 {
+        end = fake.advance(100);
+    }
+    expect(
+        &rx,
+        "WalFlushed at the last flush",
+        |e| matches!(e, ReceiverEvent::WalFlushed { upto, .. } if *upto == end),
+    );
+    wait_until("the flush position to reach the end", || {
+        shared.flushed_point().lsn == end
+    });
+    assert_eq!(h.stop(), end);
 }
