@@ -5,7 +5,9 @@
 //! upstream behind our timeline are refused with no WAL written; a
 //! timeline switch is reported and followed on the same connection; a
 //! silent upstream times out after a ping; an fsync failure ends the
-//! session for good.
+//! session for good; a stream publishes its start point as flushed; no
+//! status update follows the COPY's end; a walsender spacing an
+//! asynchronous standby's messages still delivers every flush.
 
 mod support;
 
@@ -671,4 +673,202 @@ fn sessions_reuse_a_waiting_session_and_answer_stops() {
     wait_until("the walsender to go", || {
         server.registry.snapshot().is_empty()
     });
+}
+
+#[test]
+fn a_stream_publishes_its_start_point_as_flushed_before_any_fsync() {
+    use walrep::replication::source::FlushPoint;
+    let server = FakeServer::start(ServerOptions::default());
+    let fake = &server.source;
+    // The upstream's WAL ends at a segment start, where the stream starts:
+    // nothing is received, nothing fsynced.
+    let at = fake.flush_point().lsn;
+    let end = fake.advance(SEG - at.segment_offset(seg()));
+    assert_eq!(end.segment_offset(seg()), 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdStorage));
+    let shared = ReceiverShared::new(Default::default());
+    assert_eq!(shared.flushed_point().tli, TimelineId(0));
+    let (tx, rx) = bounded(64);
+    let cfg = config(
+        server.conninfo("application_name=s5"),
+        segdir,
+        end,
+        SYSTEM_ID,
+    );
+    let mut h = start(1, cfg, tx, shared.clone()).unwrap();
+    expect(&rx, "StreamConnected", |e| {
+        matches!(e, ReceiverEvent::StreamConnected { session: 1, .. })
+    });
+    // What lies before the start point is durable here already: the flush
+    // position is on the stream's timeline from the start (a restartpoint
+    // never sees "no flush position" while redo applies streamed WAL
+    // early).
+    assert_eq!(
+        shared.flushed_point(),
+        FlushPoint {
+            tli: TimelineId(1),
+            lsn: end
+        }
+    );
+    assert_eq!(h.stop(), end);
+}
+
+/// A server that answers IDENTIFY_SYSTEM, enters COPY on
+/// START_REPLICATION and at once ends the timeline (CopyDone, then the
+/// next-timeline result once the client's CopyDone came); returns the
+/// first message the client sent after its CopyDone.
+fn ending_upstream(listener: TcpListener) -> FrontendMessage {
+    let (sock, _) = listener.accept().unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut w = sock.try_clone().unwrap();
+    let mut r = MessageReader::new(sock, 1 << 20);
+    while let walrep::replication::pgwire::StartupPacket::SslRequest = r.read_startup().unwrap() {
+        std::io::Write::write_all(&mut w, b"N").unwrap();
+    }
+    let send = |w: &mut TcpStream, msgs: &[BackendMessage]| {
+        let mut out = Vec::new();
+        for m in msgs {
+            m.encode(&mut out);
+        }
+        std::io::Write::write_all(w, &out).unwrap();
+    };
+    let ready = BackendMessage::ReadyForQuery(TransactionStatus::Idle);
+    send(
+        &mut w,
+        &[
+            BackendMessage::Authentication(walrep::replication::pgwire::Authentication::Ok),
+            ready.clone(),
+        ],
+    );
+    let mut copy_done = false;
+    loop {
+        let m = r.read_frontend().unwrap();
+        if copy_done {
+            return m;
+        }
+        match m {
+            FrontendMessage::Query(q) if q.starts_with("IDENTIFY_SYSTEM") => send(
+                &mut w,
+                &[
+                    BackendMessage::RowDescription(vec![
+                        FieldDescription::new("systemid", 25),
+                        FieldDescription::new("timeline", 23),
+                        FieldDescription::new("xlogpos", 25),
+                    ]),
+                    BackendMessage::DataRow(vec![
+                        Some(SYSTEM_ID.to_string().into_bytes()),
+                        Some(b"2".to_vec()),
+                        Some(b"0/1000000".to_vec()),
+                    ]),
+                    BackendMessage::CommandComplete("IDENTIFY_SYSTEM".into()),
+                    ready.clone(),
+                ],
+            ),
+            FrontendMessage::Query(_) => send(
+                &mut w,
+                &[
+                    BackendMessage::CopyBothResponse {
+                        format: 0,
+                        columns: vec![],
+                    },
+                    BackendMessage::CopyDone,
+                ],
+            ),
+            FrontendMessage::CopyDone => {
+                copy_done = true;
+                send(
+                    &mut w,
+                    &[
+                        BackendMessage::RowDescription(vec![
+                            FieldDescription::new("next_tli", 20),
+                            FieldDescription::new("next_tli_startpos", 25),
+                        ]),
+                        BackendMessage::DataRow(vec![
+                            Some(b"2".to_vec()),
+                            Some(b"0/1000000".to_vec()),
+                        ]),
+                        BackendMessage::CommandComplete("SELECT 1".into()),
+                        BackendMessage::CommandComplete("START_STREAMING".into()),
+                        ready.clone(),
+                    ],
+                )
+            }
+            // Status updates inside the COPY are fine.
+            FrontendMessage::CopyData(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn no_status_update_follows_the_copy_s_end() {
+    use walrep::replication::client::{ConnInfo, ReplicationClient, StartOutcome, StreamEvent};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || ending_upstream(listener));
+    let info = ConnInfo::parse(&format!("host=127.0.0.1 port={port} user=walrep")).unwrap();
+    let mut c = ReplicationClient::connect(&info, DEADLINE).unwrap();
+    c.identify_system().unwrap();
+    let sender = c.status_sender();
+    assert!(matches!(
+        c.start_replication(None, Lsn(0), Some(TimelineId(1)))
+            .unwrap(),
+        StartOutcome::Streaming
+    ));
+    let ev = c.recv(DEADLINE).unwrap();
+    assert!(matches!(ev, StreamEvent::EndOfTimeline { .. }), "{ev:?}");
+    // Another thread's status update (the fsync thread's flush report,
+    // redo's apply report) after the COPY ended: nothing is sent.
+    sender
+        .send_status(Lsn(100), Lsn(100), Lsn(100), true)
+        .unwrap();
+    sender.send_feedback(0, 0, 0, 0).unwrap();
+    c.send_status(Lsn(100), Lsn(100), Lsn(100), false).unwrap();
+    // The next command is the first thing the server hears.
+    let _ = c.identify_system();
+    let first = server.join().unwrap();
+    assert!(
+        matches!(&first, FrontendMessage::Query(q) if q.starts_with("IDENTIFY_SYSTEM")),
+        "{first:?}"
+    );
+}
+
+#[test]
+fn an_asynchronous_standby_spaced_by_wal_sender_async_delay_receives_every_flush() {
+    // No synchronous standby: the walsender spaces its messages, holding
+    // flushes that come within the delay and sending them together.
+    let server = FakeServer::start(ServerOptions {
+        wal_sender_async_delay: Duration::from_millis(5),
+        ..ServerOptions::default()
+    });
+    let fake = &server.source;
+    let from = fake.flush_point().lsn;
+    let tmp = tempfile::tempdir().unwrap();
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdStorage));
+    let shared = ReceiverShared::new(Default::default());
+    let (tx, rx) = bounded(64);
+    let cfg = config(
+        server.conninfo("application_name=s6"),
+        segdir,
+        from,
+        SYSTEM_ID,
+    );
+    let mut h = start(1, cfg, tx, shared.clone()).unwrap();
+    expect(&rx, "StreamConnected", |e| {
+        matches!(e, ReceiverEvent::StreamConnected { session: 1, .. })
+    });
+    let mut end = from;
+    for _ in 0..50 {
+        end = fake.advance(100);
+    }
+    expect(
+        &rx,
+        "WalFlushed at the last flush",
+        |e| matches!(e, ReceiverEvent::WalFlushed { upto, .. } if *upto == end),
+    );
+    wait_until("the flush position to reach the end", || {
+        shared.flushed_point().lsn == end
+    });
+    assert_eq!(h.stop(), end);
 }

@@ -594,6 +594,11 @@ pub struct Config {
     /// Close a replication connection silent for this long. A bare number is
     /// milliseconds.
     pub wal_sender_timeout: Time<1>,
+    /// An asynchronous walrep standby (no commit waits for it) is sent WAL
+    /// at most once per this delay: the flushes of several commits go in
+    /// one message (0 = each flush at once, as PostgreSQL). A bare number
+    /// is milliseconds.
+    pub wal_sender_async_delay: Time<1>,
 
     // -- Replication: standby side
     /// libpq-style connection string of the upstream: host=... port=...
@@ -802,6 +807,7 @@ impl Default for Config {
             synchronous_standby_names: String::new(),
             synchronous_standby_timeout: Time::DISABLED,
             wal_sender_timeout: Time::ms(60_000),
+            wal_sender_async_delay: Time::ms(0),
             primary_conninfo: String::new(),
             primary_slot_name: String::new(),
             restore_command: String::new(),
@@ -895,6 +901,7 @@ pub const PARAMETERS: &[ParamDoc] = &[
     ParamDoc { name: "synchronous_standby_names", section: "Replication (primary)", help: "Standbys that acknowledge synchronous writes: 'FIRST n (a, b)', 'ANY n (a, b)', 'n (a, b)', 'a, b' or '*', matched against application_name." },
     ParamDoc { name: "synchronous_standby_timeout", section: "Replication (primary)", help: "How long a write waits for synchronous standbys before the node degrades to local commits (-1 = wait forever, as PostgreSQL)." },
     ParamDoc { name: "wal_sender_timeout", section: "Replication (primary)", help: "Close a replication connection silent for this long." },
+    ParamDoc { name: "wal_sender_async_delay", section: "Replication (primary)", help: "An asynchronous walrep standby (no commit waits for it) is sent WAL at most once per this delay, the flushes of several commits in one message (0 = each flush at once, as PostgreSQL)." },
     ParamDoc { name: "primary_conninfo", section: "Replication (standby)", help: "libpq-style connection string of the upstream: host=... port=... user=... application_name=... password=..." },
     ParamDoc { name: "primary_slot_name", section: "Replication (standby)", help: "Replication slot to use on the upstream." },
     ParamDoc { name: "restore_command", section: "Replication (standby)", help: "Shell command that fetches an archived file; %f = file name, %p = destination path. Non-zero exit = not in the archive; killed by a signal or timed out = failure." },

@@ -166,10 +166,10 @@ impl StandbyProgress {
         let replayed = self.replayed.get();
         let received = self.received.flushed_point();
         let early = self.received.exposed_early();
-        // No walreceiver fsync yet in this run (timeline 0): streamed WAL
-        // exposed early lies past a flush position of nothing, as on the
-        // same timeline.
-        let lsn = if received.tli == replayed.tli || received.tli == TimelineId(0) {
+        // A session publishes its start point as flushed when it starts
+        // (see the session's `publish_start`), so streamed WAL exposed
+        // early always lies past a flush position on its own timeline.
+        let lsn = if received.tli == replayed.tli {
             // Replay past the flush position while the walreceiver exposes
             // past it too lies in the window not durable here yet (read
             // in this order: replay first, the early exposure last).

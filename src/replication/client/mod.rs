@@ -161,6 +161,12 @@ pub struct ReplicationClient {
     reader: MessageReader<NetStream>,
     /// Write half, shared with [`StatusSender`]s.
     writer: Arc<Mutex<NetStream>>,
+    /// Our side of the COPY is open: set at CopyBothResponse, cleared
+    /// under `writer`'s lock when our CopyDone is written (or the server
+    /// left the COPY). [`StatusSender`]s on other threads check it under
+    /// the same lock, so no status update follows our CopyDone: it would
+    /// reach the server as a stray message between commands.
+    copy_open: Arc<std::sync::atomic::AtomicBool>,
     /// ParameterStatus values from the server.
     params: BTreeMap<String, String>,
     /// Bound on waiting for a command's answer.
@@ -204,6 +210,7 @@ impl ReplicationClient {
         let mut c = ReplicationClient {
             reader: MessageReader::new(stream, DEFAULT_MAX_MESSAGE_LEN),
             writer,
+            copy_open: Arc::default(),
             params: BTreeMap::new(),
             io_timeout: timeout,
             streaming: false,

@@ -3,6 +3,7 @@
 //! client, at a timeline end, or at server shutdown).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -82,9 +83,13 @@ pub enum StreamEvent {
 }
 
 /// Sends status updates from another thread while one thread receives.
+/// Once the COPY is over (our CopyDone written, or the server left it),
+/// sends do nothing: there is no stream left to carry them, and a status
+/// update would reach the server as a stray message between commands.
 #[derive(Clone)]
 pub struct StatusSender {
     writer: Arc<Mutex<crate::security::NetStream>>,
+    copy_open: Arc<AtomicBool>,
 }
 
 impl StatusSender {
@@ -92,6 +97,10 @@ impl StatusSender {
         let mut out = Vec::with_capacity(40);
         FrontendMessage::CopyData(m.encode()).encode(&mut out);
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the writer's lock: our CopyDone is written under it.
+        if !self.copy_open.load(Ordering::Acquire) {
+            return Ok(());
+        }
         w.write_all(&out)?;
         Ok(())
     }
@@ -164,6 +173,7 @@ impl ReplicationClient {
         match self.read(self.io_timeout)? {
             BackendMessage::CopyBothResponse { .. } => {
                 self.streaming = true;
+                self.copy_open.store(true, Ordering::Release);
                 Ok(StartOutcome::Streaming)
             }
             BackendMessage::ErrorResponse(e) => {
@@ -191,6 +201,7 @@ impl ReplicationClient {
     pub fn status_sender(&self) -> StatusSender {
         StatusSender {
             writer: Arc::clone(&self.writer),
+            copy_open: Arc::clone(&self.copy_open),
         }
     }
 
@@ -265,7 +276,7 @@ impl ReplicationClient {
                 }
             }
             BackendMessage::CopyDone => {
-                self.send(&FrontendMessage::CopyDone)?;
+                self.end_copy(true)?;
                 self.streaming = false;
                 let r = self.collect_results(QueryResult::default())?;
                 let (next_tli, next_start) = next_timeline(&r)?;
@@ -275,11 +286,13 @@ impl ReplicationClient {
                 })
             }
             BackendMessage::CommandComplete(tag) if tag == "COPY 0" => {
+                self.end_copy(false)?;
                 self.streaming = false;
                 Ok(StreamEvent::ServerShutdown)
             }
             BackendMessage::ErrorResponse(e) => {
                 // The server left COPY; its ReadyForQuery follows.
+                self.end_copy(false)?;
                 self.streaming = false;
                 self.collect_results(QueryResult::default())?;
                 Err(ClientError::Server(Box::new(e)))
@@ -290,13 +303,26 @@ impl ReplicationClient {
         }
     }
 
+    /// Close our side of the COPY: no [`StatusSender`] writes after this;
+    /// `copy_done` writes our CopyDone first, under the same lock.
+    fn end_copy(&self, copy_done: bool) -> Result<(), ClientError> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.copy_open.store(false, Ordering::Release);
+        if copy_done {
+            let mut out = Vec::new();
+            FrontendMessage::CopyDone.encode(&mut out);
+            w.write_all(&out)?;
+        }
+        Ok(())
+    }
+
     /// End the COPY from our side (CopyDone) and return to command mode,
     /// discarding WAL still in flight; bounded by the I/O timeout.
     pub fn stop_streaming(&mut self) -> Result<(), ClientError> {
         if !self.streaming {
             return Ok(());
         }
-        self.send(&FrontendMessage::CopyDone)?;
+        self.end_copy(true)?;
         let deadline = Instant::now() + self.io_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

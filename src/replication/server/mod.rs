@@ -58,6 +58,9 @@ pub struct ServerOptions {
     pub max_startup_connections: usize,
     /// Silence after which a walsender gives up; `None` = never.
     pub wal_sender_timeout: Option<Duration>,
+    /// Least time between two messages to an asynchronous walrep standby
+    /// (`wal_sender_async_delay`; zero: each flush at once).
+    pub wal_sender_async_delay: Duration,
     /// Time allowed for the startup packet and authentication
     /// (PostgreSQL's authentication_timeout).
     pub authentication_timeout: Duration,
@@ -102,6 +105,7 @@ impl ServerOptions {
             tls,
             max_startup_connections: c.max_startup_connections as usize,
             wal_sender_timeout: c.wal_sender_timeout.get().filter(|d| !d.is_zero()),
+            wal_sender_async_delay: c.wal_sender_async_delay.get().unwrap_or_default(),
             authentication_timeout: c
                 .authentication_timeout
                 .get()
@@ -122,6 +126,7 @@ impl Default for ServerOptions {
             tls: None,
             max_startup_connections: c.max_startup_connections as usize,
             wal_sender_timeout: c.wal_sender_timeout.get(),
+            wal_sender_async_delay: c.wal_sender_async_delay.get().unwrap_or_default(),
             authentication_timeout: c
                 .authentication_timeout
                 .get()

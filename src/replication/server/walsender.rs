@@ -266,6 +266,8 @@ struct Streamer<'a, S: ReplicationSource> {
     write_wanted: bool,
     /// What the last keepalive said of both (`None`: none sent yet).
     told_deferrable: Option<(bool, bool)>,
+    /// Spaces the messages of an asynchronous walrep standby.
+    spacing: AsyncSpacing,
 }
 
 impl<'a, S: ReplicationSource> Streamer<'a, S> {
@@ -292,6 +294,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         s.handle.set_state(WalSenderState::Catchup);
         s.handle.set_cascading(src.in_recovery());
         s.handle.set_sent(start);
+        let spacing = AsyncSpacing::new(s.ctx.options.wal_sender_async_delay);
         Streamer {
             s,
             src,
@@ -324,6 +327,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             flush_deferrable: !candidate,
             write_wanted,
             told_deferrable: None,
+            spacing,
         }
     }
 
@@ -435,6 +439,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
 
     /// Send one XLogData message if there is WAL to send (XLogSendPhysical).
     fn send_some(&mut self) -> Result<(), Failure> {
+        self.space_async_send();
         // The flush position is read before the written one: `walEnd`
         // never claims more than is durable.
         let (limit, wal_end) = match self.plan.valid_upto {
@@ -473,9 +478,28 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         // again.
         self.s.handle.record_sent(Lsn(end), Instant::now());
         self.s.conn.write_now(&self.frame)?;
+        self.spacing.sent();
         self.told_flush = wal_end;
         self.sent = Lsn(end);
         Ok(())
+    }
+
+    /// An asynchronous walrep standby (no commit here may wait for it,
+    /// reviewed with `early`), caught up on the current timeline, with new
+    /// WAL flushed: hold the send until [`AsyncSpacing`]'s delay passed
+    /// since the previous one (see there). Not while catching up, at a
+    /// timeline's end or at shutdown.
+    fn space_async_send(&mut self) {
+        let paced = !self.spacing.delay.is_zero()
+            && (self.flush_hint || self.unflushed_ok)
+            && self.flush_deferrable
+            && !self.early
+            && self.caught_up
+            && self.plan.valid_upto.is_none()
+            && self.stopping.is_none();
+        if paced && self.src.flush_point().lsn > self.sent {
+            self.spacing.hold();
+        }
     }
 
     /// CopyData + XLogData header + the WAL of `[sent, end)`, read per
@@ -766,6 +790,51 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             at = at.min(d);
         }
         at.saturating_duration_since(Instant::now())
+    }
+}
+
+/// The messages of an asynchronous standby (no commit waits for it) go
+/// at most one per `delay`: a flush within `delay` of the last send is
+/// held and sent with the ones that follow it, instead of one message
+/// per commit. Each message costs this thread a wake-up and a send, and
+/// the standby a receive, a write, a wake-up of its startup thread and a
+/// replay; at one client at `local` those ran per commit on the same
+/// cores as the commit itself (see docs/benchmarks.md, "`local` at one
+/// client with an async standby attached"). The first flush after a
+/// quiet `delay` goes at once, so replay lag grows by at most `delay`.
+/// PostgreSQL's walsender sends per flush it is woken for, and so does
+/// this one by default (`wal_sender_async_delay` 0): on a loaded machine
+/// the spacing halved the standby's wake-ups yet lowered one client's
+/// commits/s, so it is left for a quiet machine to judge.
+struct AsyncSpacing {
+    delay: Duration,
+    last_send: Option<Instant>,
+}
+
+impl AsyncSpacing {
+    fn new(delay: Duration) -> AsyncSpacing {
+        AsyncSpacing {
+            delay,
+            last_send: None,
+        }
+    }
+
+    /// Sleep out what is left of the delay since the last send. A sleep,
+    /// not a park: flushes meanwhile must not wake this thread (their
+    /// unpark only leaves a token, which the next wait takes), and what
+    /// the reader thread received waits at most `delay`.
+    fn hold(&self) {
+        let Some(last) = self.last_send else {
+            return;
+        };
+        let left = (last + self.delay).saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            std::thread::sleep(left);
+        }
+    }
+
+    fn sent(&mut self) {
+        self.last_send = Some(Instant::now());
     }
 }
 

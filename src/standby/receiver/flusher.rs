@@ -58,8 +58,9 @@ pub(super) struct Durability {
     /// Where the upstream's confirmed flush position is kept on disk;
     /// `None`: it could not be written.
     pub(super) confirmed: Option<ConfirmedFlush>,
-    /// The flush position last published to [`ReceiverShared`]: only WAL
-    /// actually received counts (not the segment start streaming began at).
+    /// The flush position last published to [`ReceiverShared`]: from the
+    /// stream's start point (published when it starts, see the session's
+    /// `publish_start`), never going back.
     pub(super) published_flush: Lsn,
     /// Where the current START_REPLICATION started.
     pub(super) start: Lsn,

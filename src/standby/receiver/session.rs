@@ -197,6 +197,7 @@ impl Session {
         // This session's stream starts over: nothing older may be mixed in.
         shared.buffer.clear();
         shared.publish_exposed_early(Lsn::INVALID);
+        let published_flush = publish_start(&shared, cfg.tli, start);
         let confirmed = match ConfirmedFlush::open(&cfg.segdir, cfg.tli, start) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -206,7 +207,7 @@ impl Session {
         };
         let durability = Durability {
             confirmed,
-            published_flush: start,
+            published_flush,
             start,
         };
         Session {
@@ -1082,12 +1083,13 @@ impl Session {
             .map_err(|e| self.io_failure(e))?;
         self.shared.buffer.clear();
         self.shared.publish_exposed_early(Lsn::INVALID);
+        let published_flush = publish_start(&self.shared, order.tli, from);
         self.shared.publish_written(from);
         // Flush reports start over on the new timeline's files.
         self.reported_flush = from;
         {
             let mut d = flusher::lock(&self.durability);
-            d.published_flush = from;
+            d.published_flush = published_flush;
             d.start = from;
         }
         self.pending_flush = None;
@@ -1252,6 +1254,31 @@ impl Session {
             });
         }
     }
+}
+
+/// A stream of `tli` starts at `start` (a segment start): publish it as
+/// flushed, as PostgreSQL's RequestXLogStreaming sets `flushedUpto` to
+/// the start point. What lies before it is durable here already: read
+/// from this node's `wal/` (fsynced by an earlier session, or by the
+/// writer that completed its segment) or restored from the archive,
+/// which keeps it. So once a stream starts, the flush position is on the
+/// stream's timeline, and WAL redo applies early (before this session's
+/// first fsync) lies past it: never trusted as durable (see
+/// `StandbyProgress::flush_point`). On the same timeline the position
+/// never goes back: a session restarted below the last flush position
+/// (a segment start) keeps it, since that WAL was fsynced here.
+/// Returns the flush position published (`start` or the higher one kept).
+fn publish_start(shared: &ReceiverShared, tli: TimelineId, start: Lsn) -> Lsn {
+    let mut published = start;
+    shared.flushed.update(|f| {
+        if f.tli == tli && f.lsn >= start {
+            published = f.lsn;
+            return false;
+        }
+        *f = crate::replication::source::FlushPoint { tli, lsn: start };
+        true
+    });
+    published
 }
 
 /// The refusal of an upstream whose chain leads back to this node:
