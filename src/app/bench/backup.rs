@@ -18,8 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::cluster::{self, Node, Reply, Resp};
+use super::ctx::Ctx;
 use super::figures::{Better, Figure};
-use super::scenario::Ctx;
 use super::BenchError;
 
 /// Value size of the data written before the copies.

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 
 use super::anchors;
 use super::cluster::{self, Node, Resp};
+use super::ctx::Ctx;
 use super::figures::{Better, Figure};
 use super::procs::Child;
-use super::scenario::Ctx;
 use super::BenchError;
 use walrep::Lsn;
 

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::cluster::{self, parse_slave_line, Node};
+use super::ctx::Ctx;
 use super::figures::{percentile, Better, Figure};
 use super::loadgen::{self, Load};
 use super::pg::PgAnchor;
-use super::scenario::Ctx;
 use super::BenchError;
 
 const CLIENTS: u32 = 16;

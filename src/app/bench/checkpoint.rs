@@ -19,9 +19,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::cluster::{self, Node};
+use super::ctx::Ctx;
 use super::figures::{Better, Figure};
 use super::loadgen::{self, Load};
-use super::scenario::Ctx;
 use super::BenchError;
 
 /// The target: p99 with checkpoints over p99 without.

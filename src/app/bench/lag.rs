@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 
 use super::anchors;
 use super::cluster::{self, parse_slave_line, Node, Reply};
+use super::ctx::Ctx;
 use super::figures::{percentile, Better, Figure};
 use super::loadgen::{self, Load};
-use super::scenario::Ctx;
 use super::BenchError;
 use walrep::Lsn;
 

@@ -87,6 +87,7 @@ pub mod chain;
 pub mod checkpoint;
 pub mod cluster;
 pub mod copyfloor;
+pub mod ctx;
 pub mod failover;
 pub mod figures;
 pub mod fsync;

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::anchors;
 use super::cluster::{self, Node, Reply};
+use super::ctx::Ctx;
 use super::figures::{Better, Figure};
-use super::scenario::Ctx;
 use super::BenchError;
 
 /// PostgreSQL 15, anchors.md: promote to first write (ms, same session).

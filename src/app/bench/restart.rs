@@ -21,11 +21,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::cluster::{self, Node};
+use super::ctx::Ctx;
 use super::figures::{Better, Figure};
 use super::loadgen::{self, Load};
 use super::pipeline::{CLIENTS, PIPELINE};
 use super::procs::{self, Child};
-use super::scenario::Ctx;
 use super::BenchError;
 
 /// Targets: restart within twice Redis's time; redo rate.

@@ -24,10 +24,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::cluster::{self, parse_slave_line, Node, Resp};
+use super::ctx::Ctx;
 use super::figures::{Better, Figure};
 use super::loadgen::{self, Load};
 use super::pg::PgAnchor;
-use super::scenario::Ctx;
 use super::BenchError;
 
 /// Clients of every throughput run.

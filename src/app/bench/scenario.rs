@@ -1,31 +1,12 @@
-//! The replication scenarios of `walrep bench --scenario ...`: what they share — the run directory, this binary, the disk and
-//! CPU probes around every measurement, the figures — and the order they
-//! run in. Each scenario lives in its own module.
+//! The replication scenarios of `walrep bench --scenario ...`: the order
+//! they run in and their report. What they share is in [`super::ctx`];
+//! each scenario lives in its own module.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::ctx::Ctx;
 use super::figures::{self, Figure, Probe};
-use super::fsync::{seq_write_probe, FsyncProber};
-use super::{cluster, BenchArgs, BenchError, Scenario};
-
-/// Size of the sequential-write probe (small: the disk's burst budget is
-/// shared with the measurement).
-const SEQ_PROBE_BYTES: u64 = 128 << 20;
-
-/// Everything a scenario needs.
-pub struct Ctx<'a> {
-    pub args: &'a BenchArgs,
-    /// This binary (`walrep init`, `start`, `basebackup`, `promote`).
-    pub exe: PathBuf,
-    /// The run directory (all data directories live here).
-    pub dir: PathBuf,
-    prober: FsyncProber,
-    pub probes: Vec<Probe>,
-    pub figures: Vec<Figure>,
-    /// Free-text observations printed with the report.
-    pub notes: Vec<String>,
-}
+use super::{BenchArgs, BenchError, Scenario};
 
 /// Everything a run of the replication scenarios measured.
 #[derive(Debug, serde::Serialize)]
@@ -36,83 +17,6 @@ pub struct ScenarioReport {
     pub probes: Vec<Probe>,
     pub notes: Vec<String>,
     pub elapsed_s: f64,
-}
-
-impl<'a> Ctx<'a> {
-    pub fn new(args: &'a BenchArgs, exe: PathBuf, dir: PathBuf) -> Result<Ctx<'a>, BenchError> {
-        Ok(Ctx {
-            prober: FsyncProber::create(&dir)?,
-            args,
-            exe,
-            dir,
-            probes: Vec::new(),
-            figures: Vec::new(),
-            notes: Vec::new(),
-        })
-    }
-
-    /// fdatasync rate (and, for bandwidth-bound scenarios, sequential
-    /// write speed) and load average, recorded under `label`; returns the
-    /// fdatasync mean latency in µs.
-    pub fn probe(&mut self, label: &str, seq: bool) -> Result<f64, BenchError> {
-        let f = self
-            .prober
-            .probe(Duration::from_secs_f64(self.args.fsync_seconds))?;
-        let seq_write_mbps = if seq {
-            Some(seq_write_probe(&self.dir, SEQ_PROBE_BYTES)?)
-        } else {
-            None
-        };
-        let p = Probe {
-            label: label.into(),
-            fdatasync_per_s: Some(f.ops_per_s),
-            seq_write_mbps,
-            load_avg: cluster::load_average(),
-        };
-        println!(
-            "  probe {label}: fdatasync {:.0}/s ({:.0} us){}  load {:.2}",
-            f.ops_per_s,
-            f.mean_us,
-            seq_write_mbps.map_or(String::new(), |m| format!("  seq write {m:.0} MB/s")),
-            p.load_avg
-        );
-        self.probes.push(p);
-        Ok(f.mean_us)
-    }
-
-    pub fn note(&mut self, text: String) {
-        println!("  note: {text}");
-        self.notes.push(text);
-    }
-
-    /// A fresh subdirectory of the run directory.
-    pub fn subdir(&self, name: &str) -> Result<PathBuf, BenchError> {
-        let d = self.dir.join(name);
-        if d.exists() {
-            std::fs::remove_dir_all(&d)
-                .map_err(|e| BenchError::io(format!("remove {}", d.display()), e))?;
-        }
-        std::fs::create_dir_all(&d)
-            .map_err(|e| BenchError::io(format!("create {}", d.display()), e))?;
-        Ok(d)
-    }
-
-    /// Where the anchor scripts put their clusters (reachable by `postgres`).
-    pub fn anchors_base(&self, name: &str) -> Result<PathBuf, BenchError> {
-        make_traversable(&self.dir)?;
-        let base = self.dir.join(name);
-        if base.exists() {
-            std::fs::remove_dir_all(&base)
-                .map_err(|e| BenchError::io(format!("remove {}", base.display()), e))?;
-        }
-        Ok(base)
-    }
-}
-
-fn make_traversable(dir: &Path) -> Result<(), BenchError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| BenchError::io(format!("chmod {}", dir.display()), e))
 }
 
 /// Run the chosen replication scenarios and print their report.

@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 
 use super::anchors;
 use super::cluster::{self, parse_slave_line, Node};
+use super::ctx::Ctx;
 use super::figures::{Better, Figure};
 use super::loadgen::{self, Load};
 use super::pg::PgAnchor;
-use super::scenario::Ctx;
 use super::syncfloor::{self, Mode, ModeFloor};
 use super::BenchError;
 
