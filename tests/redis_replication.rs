@@ -247,14 +247,17 @@ fn expiry_holds_on_the_standby_and_through_failover() {
 
     // Until promoted, the standby deletes nothing on its own: once it has
     // replayed all it received (the primary's last deletions included),
-    // its keys stay while their times pass.
+    // its keys stay while their times pass. "All it received" only once
+    // its link is down: until then, WAL the dead primary sent may still
+    // wait in the socket, and its deletions would land after the count.
     wait_for(
-        "the standby to replay what it received",
+        "the standby to lose its upstream and replay what it received",
         Duration::from_secs(30),
         || {
             let f = |name| standby.info_field("replication", name);
+            let link = f("master_link_status")?;
             let (received, replayed) = (f("receive_lsn")?, f("replay_lsn")?);
-            (received == replayed).then_some(())
+            (link == "down" && received == replayed).then_some(())
         },
     );
     let keys_before: i64 = cmd(&mut standby.client(), "DBSIZE");

@@ -420,7 +420,18 @@ fn standby_fields(node: &Node, r: &RecoverySnapshot, s: &mut String) {
         .and_then(|c| c.application_name.clone())
         .unwrap_or_default();
     let (receive, replay) = (r.receive_lsn, r.replay_lsn);
-    let streaming = r.wal_source == Some(crate::states::recovery::WalSource::Stream);
+    // Redis's master_link_status: up while a walreceiver session holds a
+    // connection to the upstream (streaming, or between timelines on it).
+    // The machine's WAL source alone stays "stream" while the walreceiver
+    // retries a lost upstream.
+    let streaming = r.wal_source == Some(crate::states::recovery::WalSource::Stream)
+        && node.standby.as_ref().is_some_and(|p| {
+            use crate::standby::receiver::ReceiverState as R;
+            matches!(
+                p.received.state(),
+                R::Streaming | R::Waiting | R::Restarting
+            )
+        });
     let now_us = crate::store::control::now_ms() * 1000;
     let replay_lag_ms = if r.last_commit_us == 0 || receive <= replay {
         0
