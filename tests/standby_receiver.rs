@@ -423,28 +423,7 @@ fn an_fsync_failure_ends_the_session_and_no_new_one_starts() {
 /// COPY on START_REPLICATION and then says nothing; returns whether the
 /// client asked it for a reply (`r` with replyRequested) before leaving.
 fn silent_upstream(listener: TcpListener) -> bool {
-    let (sock, _) = listener.accept().unwrap();
-    sock.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut w = sock.try_clone().unwrap();
-    let mut r = MessageReader::new(sock, 1 << 20);
-    // libpq's sslmode=prefer asks for TLS first; this server has none.
-    while let walrep::replication::pgwire::StartupPacket::SslRequest = r.read_startup().unwrap() {
-        std::io::Write::write_all(&mut w, b"N").unwrap();
-    }
-    let send = |w: &mut TcpStream, msgs: &[BackendMessage]| {
-        let mut out = Vec::new();
-        for m in msgs {
-            m.encode(&mut out);
-        }
-        std::io::Write::write_all(w, &out).unwrap();
-    };
-    send(
-        &mut w,
-        &[
-            BackendMessage::Authentication(walrep::replication::pgwire::Authentication::Ok),
-            BackendMessage::ReadyForQuery(TransactionStatus::Idle),
-        ],
-    );
+    let (mut r, mut w) = accept_scripted(listener);
     let mut pinged = false;
     loop {
         let m = match r.read_frontend() {
@@ -452,23 +431,9 @@ fn silent_upstream(listener: TcpListener) -> bool {
             Err(_) => return pinged,
         };
         match m {
-            FrontendMessage::Query(q) if q.starts_with("IDENTIFY_SYSTEM") => send(
-                &mut w,
-                &[
-                    BackendMessage::RowDescription(vec![
-                        FieldDescription::new("systemid", 25),
-                        FieldDescription::new("timeline", 23),
-                        FieldDescription::new("xlogpos", 25),
-                    ]),
-                    BackendMessage::DataRow(vec![
-                        Some(SYSTEM_ID.to_string().into_bytes()),
-                        Some(b"1".to_vec()),
-                        Some(b"0/1000000".to_vec()),
-                    ]),
-                    BackendMessage::CommandComplete("IDENTIFY_SYSTEM".into()),
-                    BackendMessage::ReadyForQuery(TransactionStatus::Idle),
-                ],
-            ),
+            FrontendMessage::Query(q) if q.starts_with("IDENTIFY_SYSTEM") => {
+                send(&mut w, &identify_system_reply(1))
+            }
             FrontendMessage::Query(_) => send(
                 &mut w,
                 &[BackendMessage::CopyBothResponse {
@@ -719,28 +684,8 @@ fn a_stream_publishes_its_start_point_as_flushed_before_any_fsync() {
 /// next-timeline result once the client's CopyDone came); returns the
 /// first message the client sent after its CopyDone.
 fn ending_upstream(listener: TcpListener) -> FrontendMessage {
-    let (sock, _) = listener.accept().unwrap();
-    sock.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut w = sock.try_clone().unwrap();
-    let mut r = MessageReader::new(sock, 1 << 20);
-    while let walrep::replication::pgwire::StartupPacket::SslRequest = r.read_startup().unwrap() {
-        std::io::Write::write_all(&mut w, b"N").unwrap();
-    }
-    let send = |w: &mut TcpStream, msgs: &[BackendMessage]| {
-        let mut out = Vec::new();
-        for m in msgs {
-            m.encode(&mut out);
-        }
-        std::io::Write::write_all(w, &out).unwrap();
-    };
+    let (mut r, mut w) = accept_scripted(listener);
     let ready = BackendMessage::ReadyForQuery(TransactionStatus::Idle);
-    send(
-        &mut w,
-        &[
-            BackendMessage::Authentication(walrep::replication::pgwire::Authentication::Ok),
-            ready.clone(),
-        ],
-    );
     let mut copy_done = false;
     loop {
         let m = r.read_frontend().unwrap();
@@ -748,23 +693,9 @@ fn ending_upstream(listener: TcpListener) -> FrontendMessage {
             return m;
         }
         match m {
-            FrontendMessage::Query(q) if q.starts_with("IDENTIFY_SYSTEM") => send(
-                &mut w,
-                &[
-                    BackendMessage::RowDescription(vec![
-                        FieldDescription::new("systemid", 25),
-                        FieldDescription::new("timeline", 23),
-                        FieldDescription::new("xlogpos", 25),
-                    ]),
-                    BackendMessage::DataRow(vec![
-                        Some(SYSTEM_ID.to_string().into_bytes()),
-                        Some(b"2".to_vec()),
-                        Some(b"0/1000000".to_vec()),
-                    ]),
-                    BackendMessage::CommandComplete("IDENTIFY_SYSTEM".into()),
-                    ready.clone(),
-                ],
-            ),
+            FrontendMessage::Query(q) if q.starts_with("IDENTIFY_SYSTEM") => {
+                send(&mut w, &identify_system_reply(2))
+            }
             FrontendMessage::Query(_) => send(
                 &mut w,
                 &[
@@ -871,4 +802,53 @@ fn an_asynchronous_standby_spaced_by_wal_sender_async_delay_receives_every_flush
         shared.flushed_point().lsn == end
     });
     assert_eq!(h.stop(), end);
+}
+
+/// A scripted upstream's answer to IDENTIFY_SYSTEM on `timeline`, ending
+/// with ReadyForQuery.
+fn identify_system_reply(timeline: u32) -> Vec<BackendMessage> {
+    vec![
+        BackendMessage::RowDescription(vec![
+            FieldDescription::new("systemid", 25),
+            FieldDescription::new("timeline", 23),
+            FieldDescription::new("xlogpos", 25),
+        ]),
+        BackendMessage::DataRow(vec![
+            Some(SYSTEM_ID.to_string().into_bytes()),
+            Some(timeline.to_string().into_bytes()),
+            Some(b"0/1000000".to_vec()),
+        ]),
+        BackendMessage::CommandComplete("IDENTIFY_SYSTEM".into()),
+        BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+    ]
+}
+
+/// Accept one client as a scripted upstream: refuse TLS (libpq's
+/// sslmode=prefer asks first), accept the startup without a password and
+/// say ReadyForQuery; the reader and the writer of the connection.
+fn accept_scripted(listener: TcpListener) -> (MessageReader<TcpStream>, TcpStream) {
+    let (sock, _) = listener.accept().unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut w = sock.try_clone().unwrap();
+    let mut r = MessageReader::new(sock, 1 << 20);
+    while let walrep::replication::pgwire::StartupPacket::SslRequest = r.read_startup().unwrap() {
+        std::io::Write::write_all(&mut w, b"N").unwrap();
+    }
+    send(
+        &mut w,
+        &[
+            BackendMessage::Authentication(walrep::replication::pgwire::Authentication::Ok),
+            BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+        ],
+    );
+    (r, w)
+}
+
+/// Write `msgs` to a scripted upstream's client.
+fn send(w: &mut TcpStream, msgs: &[BackendMessage]) {
+    let mut out = Vec::new();
+    for m in msgs {
+        m.encode(&mut out);
+    }
+    std::io::Write::write_all(w, &out).unwrap();
 }
