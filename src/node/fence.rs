@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 pub struct WriteGate {
     /// HA on: the deadline applies. Off: the gate is always open.
     enabled: AtomicBool,
-    /// The origin of `open_until_ms` (monotonic).
+    /// The origin of `open_until_ns` (monotonic).
     origin: Instant,
-    /// Milliseconds after `origin` before which the gate is open; 0 =
-    /// closed. Milliseconds fit an atomic, and the margin the deadline
-    /// keeps (`ha_fence_margin`, seconds) dwarfs the rounding.
-    open_until_ms: AtomicU64,
+    /// Nanoseconds after `origin` before which the gate is open; 0 =
+    /// closed. Nanoseconds (584 years in a u64) rather than milliseconds:
+    /// with whole milliseconds on both sides the gate closed up to 1 ms
+    /// before the deadline it was given, which is safe for a fence but
+    /// not the deadline the HA loop asked for.
+    open_until_ns: AtomicU64,
 }
 
 impl WriteGate {
@@ -35,7 +37,7 @@ impl WriteGate {
         WriteGate {
             enabled: AtomicBool::new(false),
             origin: Instant::now(),
-            open_until_ms: AtomicU64::new(0),
+            open_until_ns: AtomicU64::new(0),
         }
     }
 
@@ -59,20 +61,20 @@ impl WriteGate {
         if !self.enabled.load(Ordering::Relaxed) {
             return true;
         }
-        self.elapsed_ms() < self.open_until_ms.load(Ordering::SeqCst)
+        self.elapsed_ns() < self.open_until_ns.load(Ordering::SeqCst)
     }
 
     /// Open the gate until `deadline` (monotonic). A deadline already past
     /// closes it.
     pub fn open_until(&self, deadline: Instant) {
-        let ms = deadline.saturating_duration_since(self.origin).as_millis() as u64;
-        self.open_until_ms.store(ms, Ordering::SeqCst);
+        let ns = nanos(deadline.saturating_duration_since(self.origin));
+        self.open_until_ns.store(ns, Ordering::SeqCst);
     }
 
     /// Close the gate now: no write is admitted or acknowledged until it
     /// is opened again.
     pub fn close(&self) {
-        self.open_until_ms.store(0, Ordering::SeqCst);
+        self.open_until_ns.store(0, Ordering::SeqCst);
     }
 
     /// How long the gate stays open without another renewal: `None` with
@@ -81,15 +83,20 @@ impl WriteGate {
         if !self.controlled() {
             return None;
         }
-        let until = self.open_until_ms.load(Ordering::SeqCst);
-        Some(Duration::from_millis(
-            until.saturating_sub(self.elapsed_ms()),
+        let until = self.open_until_ns.load(Ordering::SeqCst);
+        Some(Duration::from_nanos(
+            until.saturating_sub(self.elapsed_ns()),
         ))
     }
 
-    fn elapsed_ms(&self) -> u64 {
-        self.origin.elapsed().as_millis() as u64
+    fn elapsed_ns(&self) -> u64 {
+        nanos(self.origin.elapsed())
     }
+}
+
+/// A duration in whole nanoseconds, saturating at `u64::MAX` (584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -119,6 +126,27 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(!g.is_open(), "the gate closes at its deadline on its own");
+    }
+
+    #[test]
+    fn open_at_every_instant_before_the_deadline_and_closed_from_it() {
+        let g = WriteGate::fenced();
+        // A deadline in the middle of a millisecond: whole milliseconds
+        // used to close the gate up to 1 ms early.
+        let deadline = Instant::now() + Duration::from_micros(3_700);
+        g.open_until(deadline);
+        loop {
+            let before = Instant::now();
+            let open = g.is_open();
+            let after = Instant::now();
+            if after < deadline {
+                assert!(open, "closed {:?} before its deadline", deadline - after);
+            }
+            if before >= deadline {
+                assert!(!open, "open {:?} after its deadline", before - deadline);
+                break;
+            }
+        }
     }
 
     #[test]
