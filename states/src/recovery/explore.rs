@@ -18,7 +18,7 @@ use super::event::{
 use super::kind::StateKind;
 use super::machine::State;
 use super::promotion::Phase;
-use super::round::{Location, Step};
+use super::round_state::{Location, Step};
 use super::shared::Machine;
 use super::Recovery;
 use crate::history::TimelineHistory;

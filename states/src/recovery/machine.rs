@@ -29,7 +29,7 @@ use super::backup_wait::{BackupWait, NOT_COMPLETE};
 use super::event::Event;
 use super::kind::StateKind;
 use super::promotion::{Next, Promotion};
-use super::round::{Exhaustion, RoundMode, RoundOutcome};
+use super::round_state::{Exhaustion, RoundMode, RoundOutcome};
 use super::shared::{Ctx, Machine, ReceiverStatus, ReplayEnd};
 use crate::history::TimelineHistory;
 use crate::lsn::{SegNo, TimelineId};

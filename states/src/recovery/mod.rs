@@ -35,6 +35,8 @@
 //!
 //! - [`machine`]: the statig machine, one handler per state.
 //! - [`round`]: one round over archive and `wal/` (ARCHIVE and PG_WAL).
+//! - [`round_state`]: a round's state: where it looks, what it waits for,
+//!   why it ended.
 //! - [`promotion`]: the steps of promotion.
 //! - [`backup_wait`]: waiting for a two-phase base backup's bulk.
 //! - [`timelines`]: the target timeline, rescan rules, candidates.
@@ -53,6 +55,7 @@ pub mod kind;
 pub mod machine;
 pub mod promotion;
 pub mod round;
+pub mod round_state;
 pub mod shared;
 pub mod timelines;
 pub mod trace;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::action::{Action, ExitReason, Report};
 use super::event::{PromotionStep, SessionId, WalFile};
-use super::round::{Location, RoundMode, RoundOutcome};
+use super::round_state::{Location, RoundMode, RoundOutcome};
 use super::shared::{Ctx, FetchOutcome, FetchRequest, Machine};
 use crate::lsn::{Lsn, TimelineId};
 use crate::time::Millis;
@@ -160,7 +160,7 @@ impl Machine {
         failures: u32,
         probes: u32,
     ) -> Next {
-        if probes >= super::round::MAX_TIMELINE_PROBES {
+        if probes >= super::round_state::MAX_TIMELINE_PROBES {
             return self.choose_timeline(ctx, p);
         }
         let archive = self.config.archive_configured && failures < MAX_PROBE_FAILURES;

@@ -9,7 +9,7 @@ use super::action::{Action, Report, WalSource};
 use super::config::RecoveryConfig;
 use super::event::{Event, RecordCheck, SessionId, WalFile};
 use super::kind::StateKind;
-use super::round::{Location, Round};
+use super::round_state::{Location, Round};
 use super::timelines::Timelines;
 use crate::history::TimelineHistory;
 use crate::lsn::{Lsn, SegNo, TimelineId, WalSegSize};
