@@ -49,8 +49,8 @@ use crossbeam_channel::Receiver;
 use thiserror::Error;
 
 pub use buffer::InsertedRecord;
+pub use pacing::{MIN_FLUSH_SPACING, STREAMING_FLUSH_SPACING};
 pub use stats::{WalStats, BATCH_BUCKETS};
-pub use walwriter::{MIN_FLUSH_SPACING, STREAMING_FLUSH_SPACING};
 
 use buffer::{InsertState, SegCtx};
 use flush::FlushState;

@@ -28,15 +28,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use super::pacing::{MIN_FLUSH_SPACING, STREAMING_FLUSH_SPACING};
 use super::shared::{FlushBy, Shared};
 
-/// Shortest time between the starts of two of this thread's flushes.
-pub const MIN_FLUSH_SPACING: Duration = Duration::from_millis(5);
-/// [`MIN_FLUSH_SPACING`] while a walrep standby streams.
-/// 1 ms: at 2 ms the key-visibility median on the standby was 2.2 ms,
-/// at 1 ms 0.65 ms, at load 130k SET/s with no loss of throughput beyond
-/// the noise (docs/benchmarks.md, "Key visibility on an async standby").
-pub const STREAMING_FLUSH_SPACING: Duration = Duration::from_millis(1);
 /// Pending bytes that are flushed without waiting out the spacing
 /// (PostgreSQL's default `wal_writer_flush_after`).
 pub(crate) const FLUSH_AT_ONCE_BYTES: u64 = 1 << 20;
