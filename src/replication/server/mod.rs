@@ -10,6 +10,7 @@
 mod conn;
 mod exec;
 mod pool;
+mod serve;
 mod session;
 mod startup;
 mod walrange;
@@ -262,7 +263,7 @@ fn accept_loop<S: ReplicationSource>(
             ctx.options.max_wal_senders + ctx.options.max_startup_connections + THREAD_MARGIN;
         let open = ctx.connections.fetch_add(1, Ordering::SeqCst) + 1;
         if open > bound && !threads_drain(&ctx.connections, bound) {
-            session::refuse_too_many(stream);
+            serve::refuse_too_many(stream);
             ctx.connections.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
@@ -306,7 +307,7 @@ fn spawn_session<S: ReplicationSource>(
     let spawned = std::thread::Builder::new()
         .name("walsender".into())
         .spawn(move || {
-            session::run(&ctx_thread, stream, startup_id);
+            serve::run(&ctx_thread, stream, startup_id);
             ctx_thread.connections.fetch_sub(1, Ordering::SeqCst);
             drop(done);
         });
