@@ -264,29 +264,48 @@ pub fn level_table(level: Level, summaries: &[Summary]) -> String {
 }
 
 /// One client, every rep: the fdatasync, the loopback round trip, and the
-/// share of 1 / (fdatasync + round trip) each system reached.
+/// share of 1 / (fdatasync + round trip) each system reached. A `local`
+/// row also gets the same system's one-client `off` request of that rep
+/// (round trip + client + server, no fsync) and the share of
+/// 1 / (fdatasync + that request): the floor a commit can reach when the
+/// fdatasync is all it adds.
 pub fn floor_table(cells: &[Cell]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "one client against 1 / (fdatasync + loopback round trip)\n\n\
-         | system | level | rep | fdatasync us | round trip us | floor/s | commits/s | / fdatasync | / floor |\n\
-         |---|---|---|---|---|---|---|---|---|"
+        "one client against 1 / (fdatasync + loopback round trip) and 1 / (fdatasync + an `off` request)\n\n\
+         | system | level | rep | fdatasync us | round trip us | floor/s | commits/s | / fdatasync | / floor | off request us | / (fdatasync + off request) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
     );
     for c in cells {
         let (Some(rtt), Some(share)) = (c.rtt_us, c.ratio_to_floor) else {
             continue;
         };
         let fsync_us = 1e6 / c.fsync_per_s;
-        let _ = writeln!(
+        let off_us = (c.level == Level::Local)
+            .then(|| {
+                cells.iter().find(|o| {
+                    o.system == c.system
+                        && o.rep == c.rep
+                        && o.clients == 1
+                        && o.level == Level::Off
+                })
+            })
+            .flatten()
+            .filter(|o| o.load.rps > 0.0)
+            .map(|o| 1e6 / o.load.rps);
+        let _ =
+            writeln!(
             t,
-            "| {} | {} | {} | {fsync_us:.0} | {rtt:.1} | {} | {} | {:.2} | {share:.2} |",
+            "| {} | {} | {} | {fsync_us:.0} | {rtt:.1} | {} | {} | {:.2} | {share:.2} | {} | {} |",
             c.system,
             c.level.walrep(),
             c.rep,
             num(1e6 / (fsync_us + rtt)),
             num(c.load.rps),
-            c.ratio_to_fsync
+            c.ratio_to_fsync,
+            off_us.map_or("-".into(), |u| format!("{u:.1}")),
+            off_us.map_or("-".into(), |u| format!("{:.2}", c.load.rps * (fsync_us + u) / 1e6)),
         );
     }
     t
