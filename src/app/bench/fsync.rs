@@ -2,9 +2,12 @@
 //! data directory's filesystem does, measured like pg_test_fsync ("one 8kB
 //! write", fdatasync): the same block rewritten at offset 0 of a file that
 //! was fully written and synced first, so no allocation is measured.
+//! And the network's floor: a one-byte round trip over loopback TCP. A
+//! client's commit costs at least one of each.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,6 +20,8 @@ const WRITE_BYTES: usize = 8192;
 const FILE_BYTES: usize = 16 << 20;
 /// Bound on the fdatasyncs of one probe, whatever the duration.
 const MAX_OPS: u64 = 10_000_000;
+/// How long the loopback ping-pong runs.
+const RTT_PROBE: Duration = Duration::from_millis(500);
 
 /// One probe's result.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -101,6 +106,38 @@ pub fn seq_write_probe(dir: &Path, bytes: u64) -> Result<f64, BenchError> {
     let _ = std::fs::remove_file(&path);
     result.map_err(io)?;
     Ok(bytes as f64 / 1e6 / secs)
+}
+
+/// Mean round trip of one byte over a loopback TCP connection, µs.
+pub fn loopback_rtt_us() -> Result<f64, BenchError> {
+    let io = |e| BenchError::io("loopback round-trip probe", e);
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let addr = l.local_addr().map_err(io)?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = l.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        while s.read(&mut b)? == 1 {
+            s.write_all(&b)?;
+        }
+        Ok(())
+    });
+    let mut c = TcpStream::connect(addr).map_err(io)?;
+    c.set_nodelay(true).map_err(io)?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
+    let mut b = [7u8; 1];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < RTT_PROBE {
+        c.write_all(&b).map_err(io)?;
+        c.read_exact(&mut b).map_err(io)?;
+        n += 1;
+    }
+    let us = start.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64;
+    drop(c);
+    let _ = echo.join();
+    Ok(us)
 }
 
 impl Drop for FsyncProber {

@@ -751,6 +751,7 @@ impl Bench<'_> {
             let secs = t0.elapsed().as_secs_f64();
             let f1 = self.probe()?;
             let mut cell = self.cell("walrep", level, clients, rep, load, (f0 + f1) / 2.0);
+            self.one_client_floor(&mut cell)?;
             if let (Some(a), Some(b)) = (before, after) {
                 let flushes = b.1.saturating_sub(a.1);
                 cell.wal_fsyncs_per_s = Some(b.0.saturating_sub(a.0) as f64 / secs);
@@ -787,7 +788,18 @@ impl Bench<'_> {
             fsync_per_s,
             wal_fsyncs_per_s: None,
             wal_batch_records: None,
+            rtt_us: None,
+            ratio_to_floor: None,
         }
+    }
+
+    /// One client: measure the loopback round trip right after the run,
+    /// for the floor 1 / (fdatasync + round trip).
+    fn one_client_floor(&self, cell: &mut Cell) -> Result<(), BenchError> {
+        if cell.clients == 1 {
+            cell.set_rtt(fsync::loopback_rtt_us()?);
+        }
+        Ok(())
     }
 
     fn print_cell(&self, c: &Cell) {
@@ -805,6 +817,16 @@ impl Bench<'_> {
             c.wal_batch_records
                 .map_or(String::new(), |b| format!("  records/flush {b:.1}"))
         );
+        if let (Some(rtt), Some(share)) = (c.rtt_us, c.ratio_to_floor) {
+            println!(
+                "  {:<10} {:<5} {:>3} clients rep {}: loopback round trip {rtt:.1} us, 1 / (fdatasync + round trip) = {:.0}/s, share {share:.2}",
+                c.system,
+                c.level.walrep(),
+                c.clients,
+                c.rep,
+                1e6 / (1e6 / c.fsync_per_s + rtt)
+            );
+        }
     }
 
     /// PostgreSQL and Redis for the same levels and client counts.
@@ -818,7 +840,8 @@ impl Bench<'_> {
                 let f0 = self.probe()?;
                 let load = pg.pgbench(clients, self.args.seconds)?;
                 let f1 = self.probe()?;
-                let cell = self.cell("postgresql", level, clients, rep, load, (f0 + f1) / 2.0);
+                let mut cell = self.cell("postgresql", level, clients, rep, load, (f0 + f1) / 2.0);
+                self.one_client_floor(&mut cell)?;
                 self.print_cell(&cell);
                 self.cells.push(cell);
             }
@@ -833,7 +856,8 @@ impl Bench<'_> {
                 let f0 = self.probe()?;
                 let load = loadgen::run_for(&self.load(port, clients), self.secs(), &self.dir)?;
                 let f1 = self.probe()?;
-                let cell = self.cell("redis", level, clients, rep, load, (f0 + f1) / 2.0);
+                let mut cell = self.cell("redis", level, clients, rep, load, (f0 + f1) / 2.0);
+                self.one_client_floor(&mut cell)?;
                 self.print_cell(&cell);
                 self.cells.push(cell);
             }
@@ -860,6 +884,7 @@ impl Bench<'_> {
         for &level in &self.args.levels {
             println!("{}", report::level_table(level, &summaries));
         }
+        println!("{}", report::floor_table(&self.cells));
         for t in &targets {
             println!(
                 "target: {}: {} -> {}",

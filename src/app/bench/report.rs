@@ -50,6 +50,20 @@ pub struct Cell {
     /// walrep only: fdatasyncs per second and records per flush during the run.
     pub wal_fsyncs_per_s: Option<f64>,
     pub wal_batch_records: Option<f64>,
+    /// One client only: the loopback round trip measured right after the
+    /// run, µs, and `load.rps` over 1 / (fdatasync + round trip), the
+    /// floor of a commit that is one fdatasync and one client round trip.
+    pub rtt_us: Option<f64>,
+    pub ratio_to_floor: Option<f64>,
+}
+
+impl Cell {
+    /// Record the loopback round trip measured beside this run.
+    pub fn set_rtt(&mut self, rtt_us: f64) {
+        let floor_per_s = 1e6 / (1e6 / self.fsync_per_s + rtt_us);
+        self.rtt_us = Some(rtt_us);
+        self.ratio_to_floor = Some(self.load.rps / floor_per_s);
+    }
 }
 
 /// Median (and range) of a cell over the repetitions.
@@ -67,6 +81,9 @@ pub struct Summary {
     pub ratio_to_fsync: f64,
     pub wal_fsyncs_per_s: Option<f64>,
     pub wal_batch_records: Option<f64>,
+    /// One client: median round trip and share of 1 / (fdatasync + round trip).
+    pub rtt_us: Option<f64>,
+    pub ratio_to_floor: Option<f64>,
 }
 
 /// A target and whether this run met it.
@@ -122,6 +139,8 @@ pub fn summarise(cells: &[Cell]) -> Vec<Summary> {
                 ratio_to_fsync: m(&|c| c.ratio_to_fsync),
                 wal_fsyncs_per_s: opt(&|c| c.wal_fsyncs_per_s),
                 wal_batch_records: opt(&|c| c.wal_batch_records),
+                rtt_us: opt(&|c| c.rtt_us),
+                ratio_to_floor: opt(&|c| c.ratio_to_floor),
             }
         })
         .collect()
@@ -244,6 +263,54 @@ pub fn level_table(level: Level, summaries: &[Summary]) -> String {
     t
 }
 
+/// One client, every rep: the fdatasync, the loopback round trip, and the
+/// share of 1 / (fdatasync + round trip) each system reached. A `local`
+/// row also gets the same system's one-client `off` request of that rep
+/// (round trip + client + server, no fsync) and the share of
+/// 1 / (fdatasync + that request): the floor a commit can reach when the
+/// fdatasync is all it adds.
+pub fn floor_table(cells: &[Cell]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "one client against 1 / (fdatasync + loopback round trip) and 1 / (fdatasync + an `off` request)\n\n\
+         | system | level | rep | fdatasync us | round trip us | floor/s | commits/s | / fdatasync | / floor | off request us | / (fdatasync + off request) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for c in cells {
+        let (Some(rtt), Some(share)) = (c.rtt_us, c.ratio_to_floor) else {
+            continue;
+        };
+        let fsync_us = 1e6 / c.fsync_per_s;
+        let off_us = (c.level == Level::Local)
+            .then(|| {
+                cells.iter().find(|o| {
+                    o.system == c.system
+                        && o.rep == c.rep
+                        && o.clients == 1
+                        && o.level == Level::Off
+                })
+            })
+            .flatten()
+            .filter(|o| o.load.rps > 0.0)
+            .map(|o| 1e6 / o.load.rps);
+        let _ =
+            writeln!(
+            t,
+            "| {} | {} | {} | {fsync_us:.0} | {rtt:.1} | {} | {} | {:.2} | {share:.2} | {} | {} |",
+            c.system,
+            c.level.walrep(),
+            c.rep,
+            num(1e6 / (fsync_us + rtt)),
+            num(c.load.rps),
+            c.ratio_to_fsync,
+            off_us.map_or("-".into(), |u| format!("{u:.1}")),
+            off_us.map_or("-".into(), |u| format!("{:.2}", c.load.rps * (fsync_us + u) / 1e6)),
+        );
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +333,8 @@ mod tests {
             ratio_to_fsync: rps / fsync,
             wal_fsyncs_per_s: None,
             wal_batch_records: None,
+            rtt_us: None,
+            ratio_to_floor: None,
         }
     }
 
@@ -295,5 +364,23 @@ mod tests {
         assert_eq!(num(999.0), "999");
         assert_eq!(num(f64::NAN), "-");
         assert_eq!(median(&mut [3.0, 1.0, 2.0, 10.0]), 2.5);
+    }
+
+    #[test]
+    fn the_one_client_floor_adds_the_round_trip_to_the_fdatasync() {
+        // 1000 fdatasyncs/s (1000 µs) and a 1000 µs round trip: 500/s.
+        let mut c = cell("walrep", Level::Local, 1, 450.0, 1000.0);
+        c.set_rtt(1000.0);
+        assert_eq!(c.rtt_us, Some(1000.0));
+        assert!((c.ratio_to_floor.unwrap() - 0.9).abs() < 1e-9);
+        let s = summarise(&[c.clone(), cell("walrep", Level::Local, 64, 9e4, 1000.0)]);
+        assert_eq!(s[0].ratio_to_floor.map(|r| (r * 100.0).round()), Some(90.0));
+        assert_eq!(s[1].ratio_to_floor, None);
+        let t = floor_table(&[c, cell("redis", Level::Local, 64, 9e4, 1000.0)]);
+        assert!(
+            t.contains("| walrep | local | 1 | 1000 | 1000.0 | 500 | 450 | 0.45 | 0.90 |"),
+            "{t}"
+        );
+        assert!(!t.contains("| redis |"), "{t}");
     }
 }

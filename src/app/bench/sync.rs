@@ -31,14 +31,13 @@
 //! parallel), `on` serial, `remote_write` and `remote_apply`. walrep's
 //! and PostgreSQL's one-client rates are reported as shares of each.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::anchors;
 use super::cluster::{self, parse_slave_line, Node};
 use super::ctx::Ctx;
 use super::figures::{Better, Figure};
+use super::fsync::loopback_rtt_us;
 use super::loadgen::{self, Load};
 use super::pg::PgAnchor;
 use super::syncfloor::{self, Mode, ModeFloor};
@@ -128,8 +127,6 @@ const PG_ANCHORS: &[(&str, u32, f64, Option<f64>)] = &[
     ("remote_apply", 16, 11_030.0, None),
     ("remote_apply", 64, 15_490.0, Some(7.56)),
 ];
-/// How long the loopback ping-pong runs.
-const RTT_PROBE: Duration = Duration::from_millis(500);
 /// The two-process floor: rounds of each mode, commits per mode per round
 /// (about 2 s in all at ~3 ms a commit, ~0.5 s at 0.3 ms).
 const FLOOR_ROUNDS: u32 = 10;
@@ -429,38 +426,6 @@ fn run_load(
         _ => f64::NAN,
     };
     Ok((r, batch))
-}
-
-/// Mean round trip of one byte over a loopback TCP connection, µs.
-pub fn loopback_rtt_us() -> Result<f64, BenchError> {
-    let io = |e| BenchError::io("loopback round-trip probe", e);
-    let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
-    let addr = l.local_addr().map_err(io)?;
-    let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = l.accept()?;
-        s.set_nodelay(true)?;
-        let mut b = [0u8; 1];
-        while s.read(&mut b)? == 1 {
-            s.write_all(&b)?;
-        }
-        Ok(())
-    });
-    let mut c = TcpStream::connect(addr).map_err(io)?;
-    c.set_nodelay(true).map_err(io)?;
-    c.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(io)?;
-    let mut b = [7u8; 1];
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < RTT_PROBE {
-        c.write_all(&b).map_err(io)?;
-        c.read_exact(&mut b).map_err(io)?;
-        n += 1;
-    }
-    let us = start.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64;
-    drop(c);
-    let _ = echo.join();
-    Ok(us)
 }
 
 /// The probes around a run may straddle a change of the disk's phase

@@ -60,27 +60,35 @@ impl Batch {
         self.start == self.end
     }
 
-    /// The pieces in stream order.
-    pub fn pieces(&self) -> Vec<Piece> {
-        let mut out = Vec::with_capacity(1 + 2 * self.gaps.len());
-        let mut at = 0;
-        for &(gap_at, len) in &self.gaps {
-            if gap_at > at {
-                out.push(Piece::Bytes {
-                    at,
-                    len: gap_at - at,
+    /// The pieces in stream order. An iterator, not a list: a flush walks
+    /// them twice (into the in-memory tail and into the segment files),
+    /// and a commit at one client is one flush, so a list would be two
+    /// allocations per commit.
+    pub fn pieces(&self) -> impl Iterator<Item = Piece> + '_ {
+        // Each gap with the bytes between the previous gap (or the start)
+        // and it.
+        let gaps = self
+            .gaps
+            .iter()
+            .scan(0usize, |at, &(gap_at, len)| {
+                let from = std::mem::replace(at, gap_at);
+                Some((from, gap_at, len))
+            })
+            .flat_map(|(from, gap_at, len)| {
+                let bytes = (gap_at > from).then_some(Piece::Bytes {
+                    at: from,
+                    len: gap_at - from,
                 });
-            }
-            out.push(Piece::Zeroes { len });
-            at = gap_at;
-        }
-        if self.bytes.len() > at {
-            out.push(Piece::Bytes {
-                at,
-                len: self.bytes.len() - at,
+                bytes
+                    .into_iter()
+                    .chain(std::iter::once(Piece::Zeroes { len }))
             });
-        }
-        out
+        let tail_at = self.gaps.last().map_or(0, |&(gap_at, _)| gap_at);
+        let tail = (self.bytes.len() > tail_at).then_some(Piece::Bytes {
+            at: tail_at,
+            len: self.bytes.len() - tail_at,
+        });
+        gaps.chain(tail)
     }
 }
 
@@ -264,7 +272,7 @@ mod tests {
         let r = st.append(&ctx(), 0, 0x40, b"", &payload_crc(b""), true);
         assert_eq!(r.end, Lsn(2 * seg));
         assert_eq!(
-            st.pending.pieces(),
+            st.pending.pieces().collect::<Vec<_>>(),
             vec![
                 Piece::Bytes { at: 0, len: 24 },
                 Piece::Zeroes { len: seg - 64 }
@@ -272,6 +280,35 @@ mod tests {
         );
         let r2 = st.append(&ctx(), 1, 0, b"x", &payload_crc(b"x"), false);
         assert_eq!(r2.start, Lsn(2 * seg));
-        assert_eq!(st.pending.pieces().len(), 3);
+        assert_eq!(st.pending.pieces().count(), 3);
+    }
+
+    #[test]
+    fn pieces_interleave_bytes_and_gaps_in_stream_order() {
+        let batch = Batch {
+            bytes: vec![1; 10],
+            gaps: vec![(0, 5), (4, 7), (4, 3)],
+            ..Batch::default()
+        };
+        assert_eq!(
+            batch.pieces().collect::<Vec<_>>(),
+            vec![
+                Piece::Zeroes { len: 5 },
+                Piece::Bytes { at: 0, len: 4 },
+                Piece::Zeroes { len: 7 },
+                Piece::Zeroes { len: 3 },
+                Piece::Bytes { at: 4, len: 6 },
+            ]
+        );
+        let only_gap = Batch {
+            bytes: vec![1; 4],
+            gaps: vec![(4, 9)],
+            ..Batch::default()
+        };
+        assert_eq!(
+            only_gap.pieces().collect::<Vec<_>>(),
+            vec![Piece::Bytes { at: 0, len: 4 }, Piece::Zeroes { len: 9 }]
+        );
+        assert_eq!(Batch::default().pieces().count(), 0);
     }
 }
