@@ -1110,32 +1110,48 @@ fn a_promotion_fsyncs_wal_once_and_overwrites_the_control_file_in_place() {
 }
 
 // ---------------------------------------------------------------------
-// Writes accepted while the promotion's control file update is in flight.
+// Writes accepted while the promotion's last syncs are in flight.
 
 /// Storage that records through a [`CrashStorage`] and, once armed, holds
-/// the next fdatasync of the control file (the promotion's in-place
-/// update) until the test lets it go: the window in which the promoted
-/// node already accepts and flushes writes but must confirm none.
+/// the next sync of one kind ([`StallOn`]) until the test lets it go: a
+/// window in which the promoted node already accepts writes but must
+/// confirm none.
 #[derive(Debug)]
 struct StallControlSync {
     inner: Arc<CrashStorage>,
+    on: StallOn,
     stage: Mutex<Stall>,
     changed: std::sync::Condvar,
+}
+
+/// Which of the promotion's last syncs [`StallControlSync`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StallOn {
+    /// The control file's fdatasync (its in-place update).
+    Control,
+    /// The fsync of `wal/` that makes the history file's and the new
+    /// segment's names durable, before the control file is written.
+    WalDir,
+    /// The first fdatasync of a timeline-2 segment: the end-of-recovery
+    /// record's (and the first writes') flush, which may come after the
+    /// control file is durable.
+    NewTimelineWal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stall {
     Off,
     Armed,
-    /// The control file's fdatasync is waiting.
+    /// The held sync is waiting.
     Stalled,
     Go,
 }
 
 impl StallControlSync {
-    fn new(inner: Arc<CrashStorage>) -> StallControlSync {
+    fn new(inner: Arc<CrashStorage>, on: StallOn) -> StallControlSync {
         StallControlSync {
             inner,
+            on,
             stage: Mutex::new(Stall::Off),
             changed: std::sync::Condvar::new(),
         }
@@ -1150,10 +1166,16 @@ impl StallControlSync {
         *self.stage.lock().unwrap()
     }
 
-    /// The armed stall, for the control file's sync: wait (bounded) for
-    /// the go-ahead.
-    fn maybe_stall(&self, path: &Path) {
-        if path.file_name() != Some(std::ffi::OsStr::new("control")) {
+    /// The armed stall, for a sync of `path` of the kind held: wait
+    /// (bounded) for the go-ahead.
+    fn maybe_stall(&self, path: &Path, dir: bool) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let held = match self.on {
+            StallOn::Control => !dir && name == "control",
+            StallOn::WalDir => dir && name == "wal",
+            StallOn::NewTimelineWal => !dir && name.len() == 24 && name.starts_with("00000002"),
+        };
+        if !held {
             return;
         }
         let mut stage = self.stage.lock().unwrap();
@@ -1186,14 +1208,15 @@ impl Storage for StallControlSync {
         self.inner.allocate(file, path, len)
     }
     fn sync_data(&self, file: &std::fs::File, path: &Path) -> std::io::Result<()> {
-        self.maybe_stall(path);
+        self.maybe_stall(path, false);
         self.inner.sync_data(file, path)
     }
     fn sync_all(&self, file: &std::fs::File, path: &Path) -> std::io::Result<()> {
-        self.maybe_stall(path);
+        self.maybe_stall(path, false);
         self.inner.sync_all(file, path)
     }
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.maybe_stall(dir, true);
         self.inner.sync_dir(dir)
     }
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
@@ -1210,7 +1233,7 @@ impl Storage for StallControlSync {
     }
 }
 
-/// Images of the promotion-with-writes workload.
+/// Images of each promotion-with-writes workload.
 const HELD_WRITE_IMAGES: usize = 48;
 
 /// Promotion overlaps its control file's fdatasync with the first writes:
@@ -1223,12 +1246,42 @@ const HELD_WRITE_IMAGES: usize = 48;
 #[test]
 fn writes_accepted_during_the_promotions_control_file_update_are_confirmed_only_once_it_is_durable()
 {
+    held_promotion_images(StallOn::Control);
+}
+
+/// The node accepts writes as soon as the end-of-recovery record is
+/// inserted, before the fsync of `wal/` that makes the new timeline's
+/// history file and first segment durable by name: while that fsync is in
+/// flight a write is flushed on the new timeline (with the record before
+/// it) but not confirmed, the control file is not yet written, and no
+/// walsender may pass the switch point. Power-loss images of the run come
+/// back as in the control file's window.
+#[test]
+fn writes_accepted_before_the_new_timelines_names_are_durable_are_confirmed_only_after_them() {
+    held_promotion_images(StallOn::WalDir);
+}
+
+/// The end-of-recovery record gets no fdatasync of its own: here its
+/// flush (the first of the new timeline's segment) is held while the
+/// control file becomes durable, so the run has crash points with the
+/// control file naming timeline 2 and neither the record nor the first
+/// write durable. Those images must come back as a primary of timeline 2
+/// that takes writes; no write is confirmed before the record is durable.
+#[test]
+fn a_control_file_durable_before_the_end_of_recovery_record_recovers_on_the_new_timeline() {
+    held_promotion_images(StallOn::NewTimelineWal);
+}
+
+/// Run a promotion with `on` held, a write sent into the window, the
+/// checks for that window, then power-loss images of the whole run.
+fn held_promotion_images(on: StallOn) {
+    use walrep::storage::CrashEvent as E;
     let root = scratch();
     let dir = root.path().join("n");
     walrep::node::init::init(&dir, support::wal::seg()).unwrap();
     std::fs::write(dir.join("standby.signal"), b"").unwrap();
     let recording = Arc::new(CrashStorage::new(root.path()).unwrap());
-    let storage = Arc::new(StallControlSync::new(recording.clone()));
+    let storage = Arc::new(StallControlSync::new(recording.clone(), on));
     let node = InProcessNode::start_existing(
         &dir,
         &["checkpoint_timeout=1h"],
@@ -1239,18 +1292,36 @@ fn writes_accepted_during_the_promotions_control_file_update_are_confirmed_only_
     walrep::standby::trigger::request_promotion(&StdStorage, &dir).unwrap();
     assert!(
         poll(|| storage.stage() == Stall::Stalled),
-        "the promotion's control file update never started"
+        "the promotion's {on:?} sync never started"
     );
     assert!(
         poll(|| n.is_primary()),
-        "writes are not accepted while the control file's fdatasync is in flight"
+        "writes are not accepted while the promotion's {on:?} sync is in flight"
     );
     let announced = recording.position();
     let wal = n.wal().expect("the promoted WAL writer");
     assert_eq!(wal.timeline(), walrep::TimelineId(2));
+    let switch_point = history_switch_point(&dir.join("wal/00000002.history"));
+    let rel = |p: &str| PathBuf::from("n").join(p);
+    // The event that synced the control file after the history file's
+    // rename (the promotion's update), if any yet.
+    let control_sync = |log: &CrashLog| {
+        let renamed = log.events.iter().position(
+            |e| matches!(e, E::Rename { to, .. } if *to == rel("wal/00000002.history")),
+        )?;
+        (renamed..log.events.len()).find(|&i| match &log.events[i] {
+            E::Sync { inode } => names_at(log, i).get(&rel("control")) == Some(inode),
+            _ => false,
+        })
+    };
+    let control_synced = |log: &CrashLog| control_sync(log).is_some();
 
-    // A write: inserted and flushed on the new timeline, not confirmed.
+    // A write: inserted on the new timeline, not confirmed.
     let before = wal.inserted();
+    assert!(
+        before > switch_point,
+        "the end-of-recovery record is inserted"
+    );
     let url = node.redis_url();
     let (tx, rx) = std::sync::mpsc::channel();
     let client = std::thread::spawn(move || {
@@ -1258,25 +1329,48 @@ fn writes_accepted_during_the_promotions_control_file_update_are_confirmed_only_
         let r: redis::RedisResult<String> = redis::cmd("SET").arg("held").arg("1").query(&mut c);
         let _ = tx.send(r.map_err(|e| e.to_string()));
     });
-    assert!(
-        poll(|| wal.inserted() > before && wal.flushed() >= wal.inserted()),
-        "the write was not flushed while the control file was being synced"
-    );
+    match on {
+        // The write's flush (and the record's with it) goes on.
+        StallOn::Control | StallOn::WalDir => assert!(
+            poll(|| wal.inserted() > before && wal.flushed() >= wal.inserted()),
+            "the write was not flushed while the promotion's {on:?} sync was in flight"
+        ),
+        // Its flush is the one held; the control file became durable.
+        StallOn::NewTimelineWal => {
+            assert!(
+                poll(|| wal.inserted() > before),
+                "the write was not inserted while the record's flush was in flight"
+            );
+            assert!(
+                poll(|| control_synced(&recording.log())),
+                "the control file was not made durable beside the record's flush"
+            );
+            assert!(
+                wal.flushed() <= switch_point,
+                "nothing of timeline 2 is durable"
+            );
+        }
+    }
+    if on == StallOn::WalDir {
+        assert!(
+            !control_synced(&recording.log()),
+            "the control file was synced before the new timeline's names were durable"
+        );
+    }
     let flushed = wal.flushed();
     assert_eq!(
         rx.try_recv(),
         Err(std::sync::mpsc::TryRecvError::Empty),
-        "a write was confirmed before the control file named the new timeline"
+        "a write was confirmed inside the promotion's {on:?} window"
     );
     let fp = n.flush_point();
     assert_eq!(fp.tli, walrep::TimelineId(2));
-    let switch_point = history_switch_point(&dir.join("wal/00000002.history"));
     assert_eq!(
         fp.lsn, switch_point,
-        "walsenders may send WAL of the new timeline before the control file names it"
+        "walsenders may send WAL of the new timeline inside the promotion's {on:?} window"
     );
 
-    // The control file durable: the write is confirmed, visible, sendable.
+    // The sync done: the write is confirmed, visible, sendable.
     storage.set(Stall::Go);
     let reply = rx
         .recv_timeout(DEADLINE)
@@ -1291,11 +1385,13 @@ fn writes_accepted_during_the_promotions_control_file_update_are_confirmed_only_
     let log = recording.log();
     drop(reader);
     drop(node);
+    // From this crash point on, the control file names timeline 2 durably.
+    let control_durable = control_sync(&log).expect("the control file update was synced") + 1;
 
     let seed = env_u64("CRASH_SEED").unwrap_or_else(|| StdRng::from_entropy().gen());
     let images = env_u64("CRASH_IMAGES").map_or(HELD_WRITE_IMAGES, |n| n as usize);
     eprintln!(
-        "held writes: CRASH_SEED={seed}: {} events ({}), announced at {announced}, confirmed at {confirmed}",
+        "held writes ({on:?}): CRASH_SEED={seed}: {} events ({}), announced at {announced}, control durable at {control_durable}, confirmed at {confirmed}",
         log.events.len(),
         log.summary()
     );
@@ -1308,6 +1404,12 @@ fn writes_accepted_during_the_promotions_control_file_update_are_confirmed_only_
                     return Err("writes were accepted before the crash, yet the node came back as a standby".to_string());
                 }
                 promote(&node, &dir)?;
+            }
+            let tli = node.node.wal().map(|w| w.timeline());
+            if point >= control_durable && tli != Some(walrep::TimelineId(2)) {
+                return Err(format!(
+                    "the control file named timeline 2 durably, yet the node came back on {tli:?}"
+                ));
             }
             let url = url_of(&node);
             let mut c = redis_conn(&url);
@@ -1331,7 +1433,7 @@ fn writes_accepted_during_the_promotions_control_file_update_are_confirmed_only_
     });
     for v in violations.iter().take(10) {
         eprintln!(
-            "VIOLATION held writes CRASH_SEED={} point {} {}: {}",
+            "VIOLATION held writes ({on:?}) CRASH_SEED={} point {} {}: {}",
             v.seed, v.point, v.choice, v.message
         );
     }

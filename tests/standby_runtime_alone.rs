@@ -33,7 +33,7 @@ enum Asked {
     Consistent(Lsn),
     WakeArchiver,
     HoldPromotion(Lsn),
-    AttachWal { tli: TimelineId, flushed: Lsn },
+    AttachWal { tli: TimelineId, inserted: Lsn },
     ReleasePromotion(bool),
     AcceptWrites,
     Checkpoint,
@@ -46,6 +46,8 @@ enum Asked {
 struct Recorder {
     asked: Mutex<Vec<Asked>>,
     wal: Mutex<Option<Arc<Wal>>>,
+    /// The WAL writer's flushed position when the hold was released.
+    flushed_at_release: Mutex<Option<Lsn>>,
 }
 
 impl Recorder {
@@ -68,7 +70,7 @@ impl NodeHooks for Recorder {
     fn attach_wal(&self, wal: Arc<Wal>) -> std::io::Result<()> {
         self.push(Asked::AttachWal {
             tli: wal.timeline(),
-            flushed: wal.flushed(),
+            inserted: wal.inserted(),
         });
         *self.wal.lock().unwrap() = Some(wal);
         Ok(())
@@ -77,6 +79,8 @@ impl NodeHooks for Recorder {
         self.push(Asked::HoldPromotion(at));
     }
     fn release_promotion(&self, ok: bool) {
+        let flushed = self.wal.lock().unwrap().as_ref().map(|w| w.flushed());
+        *self.flushed_at_release.lock().unwrap() = flushed;
         self.push(Asked::ReleasePromotion(ok));
     }
     fn accept_writes(&self) {
@@ -317,17 +321,23 @@ fn archive_recovery_to_consistency_then_promotion_without_a_node() {
     let attached = asked
         .iter()
         .find_map(|a| match a {
-            Asked::AttachWal { tli, flushed } => Some((*tli, *flushed)),
+            Asked::AttachWal { tli, inserted } => Some((*tli, *inserted)),
             _ => None,
         })
         .expect("the promoted WAL writer was handed to the node");
     assert_eq!(attached.0, TimelineId(2));
     assert!(
         attached.1 > replayed.end,
-        "the end-of-recovery record is durable"
+        "the end-of-recovery record is inserted before writes are accepted"
     );
-    // The control file's update runs beside the first writes: the node's
-    // hold on them is released once it is durable, before the checkpoint.
+    // The new timeline's names, the control file's update and the
+    // record's flush run beside the first writes: the node's hold on them
+    // is released once all are durable, before the checkpoint.
+    let flushed = *hooks.flushed_at_release.lock().unwrap();
+    assert!(
+        flushed.is_some_and(|f| f >= attached.1),
+        "the hold was released before the end-of-recovery record was durable: {flushed:?}"
+    );
     let released = asked
         .iter()
         .position(|a| *a == Asked::ReleasePromotion(true))
@@ -349,7 +359,7 @@ fn archive_recovery_to_consistency_then_promotion_without_a_node() {
             Asked::HoldPromotion(replayed.end),
             Asked::AttachWal {
                 tli: attached.0,
-                flushed: attached.1,
+                inserted: attached.1,
             },
             Asked::AcceptWrites,
             Asked::Checkpoint,

@@ -121,6 +121,35 @@ fn a_failed_fsync_of_the_history_file_stops_the_promotion_before_any_write() {
     assert_eq!(ControlFile::read(&dir).unwrap().timeline, TimelineId(1));
 }
 
+/// The fsync of `wal/` that makes the new timeline's history file and
+/// first segment durable by name runs after the node accepts writes (under
+/// the promotion's hold): when it fails the node stops, no write of the
+/// new timeline is confirmed, and the control file never names it.
+#[test]
+fn a_failed_fsync_of_wal_after_writes_are_accepted_stops_the_promotion_unconfirmed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("standby");
+    walrep::node::init::init(&dir, seg()).unwrap();
+    fs::write(dir.join("standby.signal"), b"").unwrap();
+    let faulty = Arc::new(FaultyStorage::new());
+    let node = InProcessNode::start_existing(
+        &dir,
+        &["checkpoint_timeout=1h"],
+        Some(faulty.clone() as Arc<dyn walrep::storage::Storage>),
+    );
+    let mut c = redis(&node);
+    faulty.fail_syncs_of(|p| p.file_name().is_some_and(|n| n == "wal"));
+    walrep::standby::trigger::request_promotion(&StdStorage, &dir).unwrap();
+
+    let message = fatal_exit(&node, &faulty);
+    assert!(message.contains("standby/wal"), "{message}");
+    assert!(message.contains("injected fsync"), "{message}");
+    // Whether or not it came in before the failure, no write is confirmed.
+    assert!(set(&mut c, "k").is_err(), "a write was confirmed");
+    assert_eq!(faulty.injected(), 1, "the failed fsync was retried");
+    assert_eq!(ControlFile::read(&dir).unwrap().timeline, TimelineId(1));
+}
+
 #[test]
 fn a_failed_fsync_of_a_slot_file_fails_create_replication_slot_and_stops_the_node() {
     let tmp = tempfile::tempdir().unwrap();

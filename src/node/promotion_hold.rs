@@ -1,27 +1,34 @@
 //! The hold a promotion puts on everything a client or a standby could
-//! learn of the new timeline while the control file's update (the last
-//! step of promotion) is still being made durable.
+//! learn of the new timeline while its last syncs are still in flight:
+//! the fsync of `wal/` (the history file's and the new segment's names),
+//! the control file's update and the end-of-recovery record's flush.
 //!
-//! Promotion overlaps that fdatasync with the first writes: the node
-//! accepts writes, inserts and flushes their WAL on the new timeline, but
-//! while the hold is on
+//! Promotion overlaps those syncs with the first writes: the node accepts
+//! writes as soon as the end-of-recovery record is inserted, inserts and
+//! flushes their WAL on the new timeline (the first flush makes the record
+//! durable too: it precedes them in the same segment), but while the hold
+//! is on
 //! - no write is acknowledged, at any `synchronous_commit` level
 //!   (`off` included), and no flushed write becomes visible to readers;
 //! - walsenders see the new timeline end at its first byte (the switch
 //!   point): they send none of its WAL, durable or not.
 //!
-//! So a crash before the control file is durable leaves nothing anyone was
-//! told: recovery may find the control file old (the promotion never
-//! finished: the node restarts on the old timeline; the new one's WAL,
-//! end-of-recovery record included, is never read) or new (it did: the
-//! new timeline is replayed with whatever of its writes were flushed).
-//! Either is a history some client could have seen. PostgreSQL never
-//! accepts a write before its control file update returns; this keeps its
-//! promise and only moves the first writes' own flush earlier.
+//! So a crash before the release leaves nothing anyone was told: recovery
+//! may find the control file old (the promotion never finished: the node
+//! restarts on the old timeline; the new one's WAL, end-of-recovery record
+//! included, is never read) or new (it did: the names are durable, as the
+//! control file is written only after the fsync of `wal/`; the new
+//! timeline is replayed with whatever of its record and writes were
+//! flushed, or starts at the switch point if none was). Either is a
+//! history some client could have seen. PostgreSQL flushes its
+//! end-of-recovery record and updates its control file before it accepts
+//! a write; this keeps its promise and moves the record's flush into the
+//! first writes' own.
 //!
-//! The hold is released by the thread that made the control file durable;
-//! if that update fails, the node stops (an fsync failure is never
-//! retried) and writers waiting here get an error, never "OK".
+//! The hold is released by the thread that made the control file durable
+//! and saw the record flushed; if a sync fails, the node stops (an fsync
+//! failure is never retried) and writers waiting here get an error, never
+//! "OK".
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -29,7 +36,7 @@ use std::time::Duration;
 use crate::watch::{Subscription, Watch};
 use crate::Lsn;
 
-/// Longest a write waits here for the control file's fdatasync before it
+/// Longest a write waits here for the promotion's last syncs before it
 /// answers an error (unconfirmed: it may or may not survive). Far above
 /// any fdatasync a healthy disk takes; a disk that slow is failing.
 pub const HOLD_WAIT_LIMIT: Duration = Duration::from_secs(60);
@@ -39,7 +46,8 @@ pub const HOLD_WAIT_LIMIT: Duration = Duration::from_secs(60);
 pub enum HoldState {
     /// Nothing held (a node that never promoted, or a finished promotion).
     Open,
-    /// A promotion's control file update is in flight.
+    /// A promotion's last syncs (names, control file, record) are in
+    /// flight.
     Held {
         /// The new timeline's first byte: walsenders send nothing past it.
         at: Lsn,
@@ -47,7 +55,7 @@ pub enum HoldState {
         /// visibility the release catches up on.
         deferred: Lsn,
     },
-    /// The control file update failed: the node is stopping and nothing
+    /// One of those syncs failed: the node is stopping and nothing
     /// of the new timeline will ever be acknowledged by this run.
     Failed,
 }
@@ -74,7 +82,7 @@ impl Default for PromotionHold {
 /// Why a write was not acknowledged at a hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldError {
-    /// The control file update failed; the node is stopping.
+    /// A promotion sync failed; the node is stopping.
     Failed,
     /// [`HOLD_WAIT_LIMIT`] passed.
     TimedOut,
@@ -90,7 +98,7 @@ impl PromotionHold {
         });
     }
 
-    /// The control file is durable (`ok`) or could not be made so. Returns
+    /// The promotion's last syncs are done (`ok`) or one failed. Returns
     /// the highest flush deferred meanwhile (for visibility to catch up).
     pub fn release(&self, ok: bool) -> Lsn {
         let mut deferred = Lsn::INVALID;

@@ -104,19 +104,21 @@ pub trait NodeHooks: Send + Sync + 'static {
     fn wake_archiver(&self);
 
     /// Promotion: `wal` writes the new timeline and its end-of-recovery
-    /// record is durable. Make it the node's WAL writer (its flush hook,
+    /// record is inserted (made durable under the hold, see
+    /// [`NodeHooks::hold_promotion`]). Make it the node's WAL writer (its flush hook,
     /// the archiver, walsenders following the new timeline); writes are
     /// not accepted yet. Fails only if a thread cannot be started.
     fn attach_wal(&self, wal: Arc<Wal>) -> io::Result<()>;
 
-    /// Promotion, before [`NodeHooks::attach_wal`]: the control file's
-    /// update is about to be made durable while writes start. Until
+    /// Promotion, before [`NodeHooks::attach_wal`]: the new timeline's
+    /// names, the control file's update and the end-of-recovery record
+    /// are about to be made durable while writes start. Until
     /// [`NodeHooks::release_promotion`], acknowledge no write, make no
     /// flushed write visible and send no WAL of the new timeline (which
     /// starts at `at`).
     fn hold_promotion(&self, at: Lsn);
 
-    /// The promotion's control file update returned: `ok`, it is durable
+    /// The promotion's last syncs returned: `ok`, they are durable
     /// (release what [`NodeHooks::hold_promotion`] held); else the node is
     /// stopping and nothing of the new timeline is ever confirmed.
     fn release_promotion(&self, ok: bool);
@@ -175,6 +177,11 @@ pub enum StandbyError {
     /// The completed base backup could not be loaded.
     #[error("the completed base backup cannot be used: {0}")]
     CompletedBackup(String),
+    /// A promotion step after the node accepted writes (the new
+    /// timeline's names, the end-of-recovery record) failed: nothing of
+    /// the new timeline was confirmed.
+    #[error("the promotion could not finish: {0}")]
+    Promotion(#[from] promote::PromotionError),
 }
 
 fn spawn_error(thread: &'static str) -> impl FnOnce(io::Error) -> StandbyError {

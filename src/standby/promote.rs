@@ -85,7 +85,7 @@ pub struct PreparedTimeline {
 /// files durably before it writes the history file).
 ///
 /// The history file's name is made durable by the one fsync of `wal/` in
-/// [`write_end_of_recovery`], together with the new timeline's segments
+/// [`ControlUpdate::run`], together with the new timeline's segments
 /// and before the control file names the timeline: one directory fsync,
 /// each of which is a journal commit that waits for other processes'
 /// writeback. The rename comes before the segments' renames (those are in
@@ -309,18 +309,6 @@ fn discard(h: &StandbyHandles, prepared: Option<PreparedTimeline>) {
     }
 }
 
-/// With archiving on, mark the new timeline's history file `.ready`; only
-/// once the file is durable, so the archiver never finds a `.ready` whose
-/// file a crash took.
-fn mark_history_ready(h: &StandbyHandles, tli: TimelineId) -> Result<(), PromotionError> {
-    if h.config.get().archive_mode == ArchiveMode::Off {
-        return Ok(());
-    }
-    let file = tli.history_file_name();
-    crate::archive::mark_ready(&*h.storage, &h.datadir, &file)
-        .map_err(|source| PromotionError::MarkReady { file, source })
-}
-
 /// Before promotion leaves timeline `parent` at `switch_point`: if the
 /// record there is invalid and valid WAL of the timeline follows in a later
 /// segment, recovery ended at damage in the middle of the WAL, not at its
@@ -409,9 +397,9 @@ fn switch_segment_timeline(h: &StandbyHandles, prev_tli: TimelineId, at: Lsn) ->
 }
 
 /// Start the WAL on `tli` at `at`, log the end-of-recovery record and hand
-/// the WAL writer to the node under a hold; the caller points the control
-/// file at the new timeline once the node accepts writes
-/// ([`ControlUpdate::run`]).
+/// the WAL writer to the node under a hold; the caller makes the new
+/// timeline's names, the control file and the record durable once the
+/// node accepts writes ([`ControlUpdate::run`]).
 /// Returns the end of WAL after the record. `prepared`: what
 /// [`write_history_file`] prepared (the copy is made here otherwise).
 /// `sync_datadir`: the removal of `standby.signal` is not durable yet.
@@ -419,22 +407,39 @@ fn switch_segment_timeline(h: &StandbyHandles, prev_tli: TimelineId, at: Lsn) ->
 /// The syncs, in the order durability needs, those of one line waited
 /// for together: the history file's contents, the copied segment's
 /// contents and the data directory (all in [`write_history_file`]); then,
-/// after the renames, `wal/` (the history file's and the segments' names)
-/// and the end-of-recovery record (fdatasync); the `.ready` of the history
-/// file with archiving on; the control file, overwritten in place
-/// (fdatasync). The record may be durable before the names: a crash then
-/// leaves it in an `xlogtemp.` file, which start-up removes, and the
-/// control file still names the old timeline.
+/// after the renames (here), once writes are accepted: `wal/` (the history
+/// file's and the segments' names); the `.ready` of the history file with
+/// archiving on; the control file, overwritten in place (fdatasync),
+/// beside the first writes' flush, which makes the end-of-recovery record
+/// durable with them (the record precedes them in the same segment).
 ///
-/// The control file's fdatasync overlaps the first writes: the node
-/// accepts them before it starts and flushes their WAL, but its hold
+/// Where this differs from PostgreSQL: its `CreateEndOfRecoveryRecord`
+/// flushes the record (`XLogFlush`) before `UpdateControlFile`, and it
+/// accepts writes only after both. Here the record gets no fdatasync of
+/// its own: the node accepts writes at once, and its hold
 /// (`crate::node::promotion_hold`) keeps every acknowledgement, their
-/// visibility and every byte of the new timeline from walsenders until the
-/// control file is durable. A crash before then finds the control file old
-/// (the node restarts as a primary of the old timeline, `standby.signal`
-/// being durably gone; the new timeline's WAL was never confirmed to
-/// anyone) or new (it replays the new timeline): both are histories no
-/// client or standby was told otherwise of.
+/// visibility and every byte of the new timeline from walsenders until
+/// the names, the control file and the record are all durable. So every
+/// crash before the release is a crash nobody was told anything of, and
+/// each image recovers to a history some client could have seen (CRASH.md
+/// §4.1, §4.5, §4.6):
+/// - control file old (timeline N, in archive recovery), whatever else
+///   survived: the node restarts as a primary of N (`standby.signal` is
+///   durably gone) and writes on N from the switch point; the new
+///   timeline's segment, record and first writes are never read;
+/// - control file new (N+1, in production): it is written only after the
+///   fsync of `wal/`, so the history file and the new segment are there
+///   by name, the segment's copied prefix durable (synced before its
+///   rename). Recovery replays to the switch point and then whatever of
+///   the new timeline's WAL survived, the record first: with the record
+///   lost (its fdatasync not done), the end of WAL is the switch point
+///   and the node writes on N+1 from there, as after a torn first record;
+///   a later record never survives without it once any flush of the
+///   segment completed, and a sector kept without a completed flush is
+///   past an invalid record in the same segment, so it is not read.
+///   The record is only informational for the new timeline's readers
+///   (the history file carries the switch), so a timeline N+1 without it
+///   is as valid as one whose first records were lost.
 pub fn write_end_of_recovery(
     h: &StandbyHandles,
     (tli, prev_tli): (TimelineId, TimelineId),
@@ -461,6 +466,8 @@ pub fn write_end_of_recovery(
     }
     let t_wal = t0.elapsed();
     let eor = |source| PromotionError::EndOfRecovery { tli, source };
+    // Inserted, not flushed: see above (the first writes' flush, or
+    // `ControlUpdate::run`, makes it durable before the release).
     let rec = wal
         .log_xlog(&XlogRecord::EndOfRecovery(EndOfRecovery {
             new_tli: tli,
@@ -468,16 +475,6 @@ pub fn write_end_of_recovery(
             time_unix_us: now_ms() * 1000,
         }))
         .map_err(eor)?;
-    let sync_names = || crate::storage::sync_dir(&*h.storage, h.segdir.path());
-    let (names, flushed) = std::thread::scope(|s| {
-        let names = beside(s, &sync_names);
-        let flushed = wal.wait_flushed(rec.end);
-        (joined(names, &sync_names), flushed)
-    });
-    names.map_err(PromotionError::SyncWalDir)?;
-    flushed.map_err(eor)?;
-    let t_record = t0.elapsed();
-    mark_history_ready(h, tli)?;
     // Held from before the node's flush hook is set: nothing of the new
     // timeline is confirmed or sent before the control file names it.
     h.hooks.hold_promotion(at);
@@ -493,28 +490,51 @@ pub fn write_end_of_recovery(
         end = %rec.end,
         segment_us = us(t_segment),
         wal_start_us = us(t_wal - t_segment),
-        record_us = us(t_record - t_wal),
-        "end-of-recovery record written; writes are accepted and held until the control file is durable"
+        record_us = us(t0.elapsed() - t_wal),
+        "end-of-recovery record written; writes are accepted and held until the new timeline's names, the control file and the record are durable"
     );
-    Ok((rec.end, ControlUpdate::new(h, wal_for_control, tli, t0)))
+    let update = ControlUpdate {
+        control: h.control.clone(),
+        hooks: h.hooks.clone(),
+        storage: h.storage.clone(),
+        datadir: h.datadir.clone(),
+        wal_dir: h.segdir.path().to_path_buf(),
+        archive: h.config.get().archive_mode != ArchiveMode::Off,
+        wal: wal_for_control,
+        tli,
+        record_end: rec.end,
+        t0,
+    };
+    Ok((rec.end, update))
 }
 
-/// The promotion's last step: the control file names the new timeline,
-/// in production, made durable by the startup thread right after the node
-/// accepts writes ([`ControlUpdate::run`]), while the first writes are
-/// inserted and flushed (and held); then the node's hold is released. A
-/// failure stops the node (an fsync failure is never retried).
+/// The promotion's last steps, run by the startup thread right after the
+/// node accepts writes ([`ControlUpdate::run`]), while the first writes
+/// are inserted and flushed (and held): fsync `wal/` (the history file's
+/// and the new segment's names), mark the history file `.ready` with
+/// archiving on, point the control file at the new timeline, in
+/// production (fdatasync), make sure the end-of-recovery record is
+/// durable (the first writes' flush has usually done it), then release
+/// the node's hold. A failure stops the node (an fsync failure is never
+/// retried), and nothing of the new timeline is confirmed.
 ///
 /// On the startup thread rather than a thread of its own: that thread is
-/// running already, so the node accepts writes as soon as it did before
-/// (a new thread's start, 0.1 ms and a scheduling wait on a busy machine,
-/// came before them), and the fdatasync starts right after.
+/// running already, so the node accepts writes as soon as the record is
+/// inserted (a new thread's start, 0.1 ms and a scheduling wait on a busy
+/// machine, would come before them), and the syncs start right after.
 #[must_use = "the promotion's hold stays on until the control file update runs"]
 pub struct ControlUpdate {
     control: Arc<crate::store::ControlFileOwner>,
     hooks: Arc<dyn super::NodeHooks>,
+    storage: Arc<dyn Storage>,
+    datadir: std::path::PathBuf,
+    wal_dir: std::path::PathBuf,
+    /// `archive_mode` is on: the history file gets a `.ready`.
+    archive: bool,
     wal: Arc<Wal>,
     tli: TimelineId,
+    /// The end of the end-of-recovery record: durable before the release.
+    record_end: Lsn,
     /// When the end-of-recovery step started (for `total_us`).
     t0: Instant,
 }
@@ -528,68 +548,93 @@ impl std::fmt::Debug for ControlUpdate {
 }
 
 impl ControlUpdate {
-    fn new(h: &StandbyHandles, wal: Arc<Wal>, tli: TimelineId, t0: Instant) -> ControlUpdate {
-        ControlUpdate {
-            control: h.control.clone(),
-            hooks: h.hooks.clone(),
-            wal,
-            tli,
-            t0,
-        }
-    }
-
-    /// Make the control file durable and release the hold (or, on
+    /// Make the new timeline's names, the control file and the
+    /// end-of-recovery record durable and release the hold (or, on
     /// failure, stop the node). Before anything that needs the control
     /// file to name the new timeline (renaming the old timeline's last
     /// segment to `.partial`, the first checkpoint).
     pub fn run(self) {
-        update_control(&self.control, &*self.hooks, &self.wal, self.tli, self.t0);
+        let t_start = self.t0.elapsed();
+        // The names first: the control file never names a timeline whose
+        // history file could still be lost (CRASH.md §4.5, §4.6).
+        let names = crate::storage::sync_dir(&*self.storage, &self.wal_dir)
+            .map_err(PromotionError::SyncWalDir);
+        let t_names = self.t0.elapsed();
+        let ready = names.and_then(|()| self.mark_history_ready());
+        if let Err(e) = ready {
+            tracing::error!(error = %e, "could not make the new timeline's names durable; no write of it was confirmed; the node stops");
+            self.hooks.release_promotion(false);
+            self.hooks.fatal(super::StandbyError::Promotion(e));
+            return;
+        }
+        update_control(&self, t_start, t_names);
+    }
+
+    /// With archiving on, mark the new timeline's history file `.ready`;
+    /// only once the file is durable, so the archiver never finds a
+    /// `.ready` whose file a crash took.
+    fn mark_history_ready(&self) -> Result<(), PromotionError> {
+        if !self.archive {
+            return Ok(());
+        }
+        let file = self.tli.history_file_name();
+        crate::archive::mark_ready(&*self.storage, &self.datadir, &file)
+            .map_err(|source| PromotionError::MarkReady { file, source })
     }
 }
 
-/// Point the control file at `tli`, in production, durably; then release
+/// Point the control file at the new timeline, in production, durably;
+/// wait for the end-of-recovery record to be durable (usually the first
+/// writes' flush did it meanwhile; else it is flushed here); then release
 /// the node's hold (or, on failure, tell it to stop).
-fn update_control(
-    control: &crate::store::ControlFileOwner,
-    hooks: &dyn super::NodeHooks,
-    wal: &Wal,
-    tli: TimelineId,
-    t0: Instant,
-) {
-    let t_start = t0.elapsed();
-    let result = control.update_in_place(|c| {
+fn update_control(u: &ControlUpdate, t_start: Duration, t_names: Duration) {
+    let tli = u.tli;
+    let result = u.control.update_in_place(|c| {
         c.timeline = tli;
         c.state = ClusterState::InProduction;
         c.min_recovery_point = Lsn::INVALID;
     });
-    hooks.release_promotion(result.is_ok());
+    let t_control = u.t0.elapsed();
+    let record = match &result {
+        Ok(()) => u.wal.wait_flushed(u.record_end),
+        Err(_) => Ok(()),
+    };
+    let ok = result.is_ok() && record.is_ok();
+    u.hooks.release_promotion(ok);
     // The next segment's pre-allocation (a rename and an fsync of `wal/`)
     // comes after the promotion's own syncs, not among them.
-    if result.is_ok() {
-        wal.release_preallocation();
+    if ok {
+        u.wal.release_preallocation();
     }
-    let t_control = t0.elapsed();
-    match result {
-        Ok(()) => {
-            let us = |d: Duration| d.as_micros() as u64;
+    let t_done = u.t0.elapsed();
+    let us = |d: Duration| d.as_micros() as u64;
+    match (result, record) {
+        (Ok(()), Ok(())) => {
             tracing::info!(
                 tli = tli.0,
-                control_us = us(t_control - t_start),
-                total_us = us(t_control),
+                names_us = us(t_names - t_start),
+                control_us = us(t_control - t_names),
+                record_wait_us = us(t_done - t_control),
+                total_us = us(t_done),
                 // How far the first writes got meanwhile (held, not lost).
-                flushed = %wal.flushed(),
+                flushed = %u.wal.flushed(),
                 "archive recovery complete; control file durable, writes confirmed"
             );
         }
-        Err(e) => {
+        (Err(e), _) => {
             tracing::error!(error = %e, "could not point the control file at the new timeline; no write of it was confirmed; the node stops");
-            hooks.fatal(super::StandbyError::Control(e));
+            u.hooks.fatal(super::StandbyError::Control(e));
+        }
+        (Ok(()), Err(source)) => {
+            let e = PromotionError::EndOfRecovery { tli, source };
+            tracing::error!(error = %e, "no write of the new timeline was confirmed; the node stops");
+            u.hooks.fatal(super::StandbyError::Promotion(e));
         }
     }
 }
 
 /// The WAL writer of the new timeline, starting at `at`; its start-up
-/// leaves the fsync of `wal/` to [`write_end_of_recovery`].
+/// leaves the fsync of `wal/` to [`ControlUpdate::run`].
 fn start_wal(
     h: &StandbyHandles,
     tli: TimelineId,
@@ -607,7 +652,7 @@ fn start_wal(
         h.progress.replayed.read(|r| r.last_record),
     );
     cfg.segdir = Some(h.segdir.clone());
-    // `wal/` is fsynced beside the end-of-recovery record's flush.
+    // `wal/` is fsynced by `ControlUpdate::run`, before the control file.
     cfg.dir_sync_by_caller = true;
     cfg.archive_mode = h.config.get().archive_mode != ArchiveMode::Off;
     cfg.wal_writer_delay = h

@@ -444,7 +444,8 @@ impl Startup {
             Action::AcceptWrites { .. } => {
                 self.h.hooks.accept_writes();
                 tracing::info!("database system is ready to accept connections (promoted)");
-                // The first writes come in while the control file is made
+                // The first writes come in while the new timeline's names,
+                // the control file and the end-of-recovery record are made
                 // durable; the node holds their acknowledgements until then.
                 if let Some(control) = self.control_update.take() {
                     control.run();
