@@ -76,6 +76,12 @@
 //! - [`failover`]: the `failover` soak; [`scaling`]: the `scaling` scenario.
 //! - [`ha`]: the `ha` soak; [`soak`]: what it shares with `failover`.
 //!
+//! Node settings: `--walrep-setting NAME=VALUE` (repeatable) starts every
+//! node of the `commit`, `sync` and `lag` scenarios with that setting
+//! (checked by the configuration's parser first, read back from each
+//! node with CONFIG GET), so a setting is judged by the same figures as
+//! the defaults.
+//!
 //! Noise: the machine is shared, so the fdatasync rate is probed right
 //! before and after every run and each run's ratio uses the mean of its
 //! two probes; repetitions (`--reps`) give medians and ranges.
