@@ -19,6 +19,8 @@ use walrep::Lsn;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest reply read (INFO is a few kB).
 const MAX_REPLY_BYTES: usize = 1 << 20;
+/// Most parameters one CONFIG GET answer is read for.
+const MAX_CONFIG_PAIRS: usize = 1024;
 
 /// A running walrep node started by the benchmark.
 pub struct Node {
@@ -182,6 +184,25 @@ impl Node {
     }
 }
 
+/// `--walrep-setting`s as the node on `port` has them: `name=value` per
+/// setting, the value read back with CONFIG GET (an error if the node
+/// does not know the parameter).
+pub fn settings_in_effect(port: u16, settings: &[String]) -> Result<Vec<String>, BenchError> {
+    if settings.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut c = Resp::connect(port)?;
+    let mut out = Vec::with_capacity(settings.len());
+    for s in settings {
+        let name = s.split_once('=').map_or(s.as_str(), |(n, _)| n).trim();
+        let value = c.config_get(name)?.ok_or_else(|| {
+            BenchError::Server(format!("the node on port {port} has no parameter {name}"))
+        })?;
+        out.push(format!("{name}={value}"));
+    }
+    Ok(out)
+}
+
 /// One RESP connection: inline or array commands, one reply each.
 pub struct Resp {
     reader: BufReader<TcpStream>,
@@ -252,6 +273,38 @@ impl Resp {
             Reply::Bulk(Some(b)) => Ok(parse_info(&String::from_utf8_lossy(&b))),
             other => Err(BenchError::Server(format!("INFO {section}: {other:?}"))),
         }
+    }
+
+    /// `CONFIG GET name`: the node's value of parameter `name` (`None`
+    /// if it has no such parameter).
+    pub fn config_get(&mut self, name: &str) -> Result<Option<String>, BenchError> {
+        self.writer
+            .write_all(&encode(&[b"CONFIG", b"GET", name.as_bytes()]))
+            .map_err(|e| BenchError::io("send CONFIG GET", e))?;
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| BenchError::io("read a reply", e))?;
+        let bad = || BenchError::Server(format!("CONFIG GET {name}: unexpected reply {line:?}"));
+        // A map: `*2n` in RESP2, then name and value as bulk strings.
+        let n: usize = line
+            .trim_end()
+            .strip_prefix('*')
+            .and_then(|n| n.parse().ok())
+            .filter(|n| n % 2 == 0 && *n <= 2 * MAX_CONFIG_PAIRS)
+            .ok_or_else(bad)?;
+        let mut found = None;
+        for _ in 0..n / 2 {
+            let (Reply::Bulk(Some(k)), Reply::Bulk(Some(v))) =
+                (self.read_reply()?, self.read_reply()?)
+            else {
+                return Err(bad());
+            };
+            if k == name.as_bytes() {
+                found = Some(String::from_utf8_lossy(&v).into_owned());
+            }
+        }
+        Ok(found)
     }
 
     /// An LSN field of `INFO section` (`None` if absent or empty).

@@ -2,12 +2,14 @@
 //! directory, this binary, the disk and CPU probes around each
 //! measurement, and the figures and notes it records.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::cluster::{self, Node};
 use super::figures::{Figure, Probe};
 use super::fsync::{seq_write_probe, FsyncProber};
-use super::{cluster, BenchArgs, BenchError};
+use super::{BenchArgs, BenchError};
 
 /// Size of the sequential-write probe (small: the disk's burst budget is
 /// shared with the measurement).
@@ -25,6 +27,10 @@ pub struct Ctx<'a> {
     pub figures: Vec<Figure>,
     /// Free-text observations printed with the report.
     pub notes: Vec<String>,
+    /// The `--walrep-setting`s as each node (by data directory name) had
+    /// them when last started, read back from it: printed when a node
+    /// first shows them or they change.
+    settings_seen: BTreeMap<String, Vec<String>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -37,6 +43,7 @@ impl<'a> Ctx<'a> {
             probes: Vec::new(),
             figures: Vec::new(),
             notes: Vec::new(),
+            settings_seen: BTreeMap::new(),
         })
     }
 
@@ -67,6 +74,34 @@ impl<'a> Ctx<'a> {
         );
         self.probes.push(p);
         Ok(f.mean_us)
+    }
+
+    /// `walrep start` of `datadir` with the `--walrep-setting`s, then
+    /// the scenario's own `overrides` (which win), once it answers PING;
+    /// the settings are read back from it.
+    pub fn start_node(&mut self, datadir: &Path, overrides: &[String]) -> Result<Node, BenchError> {
+        let settings: Vec<String> = self
+            .args
+            .walrep_settings
+            .iter()
+            .chain(overrides)
+            .cloned()
+            .collect();
+        let node = Node::start(&self.exe, datadir, &settings)?;
+        let seen = cluster::settings_in_effect(node.port, &self.args.walrep_settings)?;
+        let name = datadir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if !seen.is_empty() && self.settings_seen.get(&name) != Some(&seen) {
+            self.note(format!(
+                "walrep settings in effect on {name} (CONFIG GET): {}",
+                seen.join(", ")
+            ));
+            self.settings_seen.insert(name, seen);
+        }
+        Ok(node)
     }
 
     pub fn note(&mut self, text: String) {

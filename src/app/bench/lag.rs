@@ -70,10 +70,10 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
     let dir = ctx.subdir("lag")?;
     let pdir = dir.join("primary");
     cluster::init(&ctx.exe, &pdir)?;
-    let primary = Node::start(&ctx.exe, &pdir, &["synchronous_commit=off".into()])?;
+    let primary = ctx.start_node(&pdir, &["synchronous_commit=off".into()])?;
     let sdir = dir.join("standby");
     cluster::basebackup(&ctx.exe, primary.repl_port, &sdir, "standby1")?;
-    let standby = Node::start(&ctx.exe, &sdir, &[])?;
+    let standby = ctx.start_node(&sdir, &[])?;
     let mut figs = [
         Figure::new(
             "lag",

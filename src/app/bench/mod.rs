@@ -76,6 +76,12 @@
 //! - [`failover`]: the `failover` soak; [`scaling`]: the `scaling` scenario.
 //! - [`ha`]: the `ha` soak; [`soak`]: what it shares with `failover`.
 //!
+//! Node settings: `--walrep-setting NAME=VALUE` (repeatable) starts every
+//! node of the `commit`, `sync` and `lag` scenarios with that setting
+//! (checked by the configuration's parser first, read back from each
+//! node with CONFIG GET), so a setting is judged by the same figures as
+//! the defaults.
+//!
 //! Noise: the machine is shared, so the fdatasync rate is probed right
 //! before and after every run and each run's ratio uses the mean of its
 //! two probes; repetitions (`--reps`) give medians and ranges.
@@ -404,7 +410,21 @@ pub struct BenchArgs {
     /// are skipped (each server holds them in RAM).
     #[arg(long, default_value_t = 4.0)]
     pub memory_max_gb: f64,
+    /// A walrep setting (`NAME=VALUE`, as `walrep start -c`) for every
+    /// walrep node the commit, sync and lag scenarios start, primaries and
+    /// standbys alike; repeatable. Checked with the configuration's own
+    /// parser before anything starts, printed in the report's header, and
+    /// read back from each node (CONFIG GET). A scenario's own per-run
+    /// settings (`synchronous_commit` per level, `primary_conninfo`, ...)
+    /// are applied after it and win; the ports are the benchmark's.
+    #[arg(long = "walrep-setting", value_name = "NAME=VALUE")]
+    pub walrep_settings: Vec<String>,
 }
+
+/// The scenarios whose nodes take `--walrep-setting`.
+const SETTING_SCENARIOS: [Scenario; 3] = [Scenario::Commit, Scenario::Sync, Scenario::Lag];
+/// Settings the benchmark chooses itself for every node.
+const BENCH_OWNED_SETTINGS: [&str; 2] = ["port", "replication_port"];
 
 /// Upper bounds of the options, so a run stays bounded in time.
 const MAX_SECONDS: u64 = 600;
@@ -478,7 +498,53 @@ impl BenchArgs {
         if self.scenarios.is_empty() {
             return bad("--scenario needs at least one scenario".into());
         }
+        self.check_walrep_settings()
+    }
+
+    /// `--walrep-setting`: each one a known parameter with a valid value
+    /// (all of them parsed together, as `walrep start -c` would), not one
+    /// the benchmark sets itself, and only for scenarios that apply them.
+    fn check_walrep_settings(&self) -> Result<(), BenchError> {
+        if self.walrep_settings.is_empty() {
+            return Ok(());
+        }
+        let bad = |m: String| Err(BenchError::Usage(format!("--walrep-setting: {m}")));
+        for s in &self.walrep_settings {
+            let Some((name, _)) = s.split_once('=') else {
+                return bad(format!("{s:?} is not NAME=VALUE"));
+            };
+            if BENCH_OWNED_SETTINGS.contains(&name.trim()) {
+                return bad(format!("{} is chosen by the benchmark", name.trim()));
+            }
+        }
+        if let Err(e) = walrep::config::Config::from_toml_with_overrides(
+            "",
+            "--walrep-setting",
+            &self.walrep_settings,
+        ) {
+            return bad(e.to_string());
+        }
+        let others: Vec<&str> = Scenario::expand(&self.scenarios)
+            .into_iter()
+            .filter(|s| !SETTING_SCENARIOS.contains(s))
+            .map(Scenario::name)
+            .collect();
+        if !others.is_empty() {
+            return bad(format!(
+                "applies to the commit, sync and lag scenarios only, not to {}",
+                others.join(", ")
+            ));
+        }
         Ok(())
+    }
+
+    /// `--walrep-setting`s as the report's header shows them.
+    pub fn settings_header(&self) -> String {
+        if self.walrep_settings.is_empty() {
+            "walrep settings: the defaults".into()
+        } else {
+            format!("walrep settings: {}", self.walrep_settings.join(", "))
+        }
     }
 }
 
@@ -711,13 +777,15 @@ impl Bench<'_> {
     fn header(&self) -> String {
         format!(
             "walrep bench: SET, {}-byte values, random keys over {}; {} s per run, {} rep(s); data in {}\n\
-             fdatasync probe: 8 kB write + fdatasync at offset 0 (pg_test_fsync), {:.1} s before and after every run",
+             fdatasync probe: 8 kB write + fdatasync at offset 0 (pg_test_fsync), {:.1} s before and after every run\n\
+             {}",
             self.args.value_bytes,
             self.args.keyspace,
             self.args.seconds,
             self.args.reps,
             self.dir.display(),
-            self.args.fsync_seconds
+            self.args.fsync_seconds,
+            self.args.settings_header()
         )
     }
 
@@ -741,7 +809,15 @@ impl Bench<'_> {
     /// A fresh node at `level`, every client count.
     fn walrep_level(&mut self, exe: &Path, level: Level, rep: u32) -> Result<(), BenchError> {
         let datadir = self.dir.join(format!("walrep-{}-r{rep}", level.walrep()));
-        let (mut node, port) = procs::start_walrep(exe, &datadir, level.walrep())?;
+        let (mut node, port) =
+            procs::start_walrep_with(exe, &datadir, level.walrep(), &self.args.walrep_settings)?;
+        let seen = cluster::settings_in_effect(port, &self.args.walrep_settings)?;
+        if !seen.is_empty() {
+            println!(
+                "  walrep settings in effect (CONFIG GET): {}",
+                seen.join(", ")
+            );
+        }
         for &clients in &self.args.clients.clone() {
             let f0 = self.probe()?;
             let before = wal_counters(port);

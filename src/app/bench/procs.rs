@@ -241,18 +241,29 @@ pub fn start_walrep(
     datadir: &Path,
     synchronous_commit: &str,
 ) -> Result<(Child, u16), BenchError> {
+    start_walrep_with(exe, datadir, synchronous_commit, &[])
+}
+
+/// [`start_walrep`] with `settings` (`name=value`) before its own.
+pub fn start_walrep_with(
+    exe: &Path,
+    datadir: &Path,
+    synchronous_commit: &str,
+    settings: &[String],
+) -> Result<(Child, u16), BenchError> {
     init(exe, datadir)?;
     let port = free_port()?;
     let repl_port = free_port()?;
     let log = log_file(&datadir.with_extension("log"))?;
     let mut cmd = Command::new(exe);
     cmd.arg("start").arg(datadir);
-    for c in [
+    let own = [
         format!("port={port}"),
         format!("replication_port={repl_port}"),
         format!("synchronous_commit={synchronous_commit}"),
         "log_level=warn".into(),
-    ] {
+    ];
+    for c in settings.iter().chain(&own) {
         cmd.arg("-c").arg(c);
     }
     cmd.stdout(Stdio::null()).stderr(log);

@@ -32,14 +32,15 @@ pub fn run(args: &BenchArgs, scenarios: &[Scenario]) -> Result<ScenarioReport, B
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
     let mut ctx = Ctx::new(args, exe, run_dir.path().to_path_buf())?;
     println!(
-        "walrep bench --scenario {}: {} rep(s); data in {}",
+        "walrep bench --scenario {}: {} rep(s); data in {}\n{}",
         scenarios
             .iter()
             .map(|s| s.name())
             .collect::<Vec<_>>()
             .join(","),
         args.reps,
-        ctx.dir.display()
+        ctx.dir.display(),
+        args.settings_header()
     );
     let bulk: Vec<super::bulk::Part> = scenarios.iter().filter_map(|s| s.bulk_part()).collect();
     if !bulk.is_empty() {

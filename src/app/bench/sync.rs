@@ -335,13 +335,16 @@ fn cells(clients: &[u32]) -> Vec<Cell> {
     out
 }
 
-fn start_primary(ctx: &Ctx<'_>, pdir: &std::path::Path, v: &Variant) -> Result<Node, BenchError> {
+fn start_primary(
+    ctx: &mut Ctx<'_>,
+    pdir: &std::path::Path,
+    v: &Variant,
+) -> Result<Node, BenchError> {
     let names = match v.standby {
         Standby::Sync => "standby1",
         Standby::None | Standby::Async => "",
     };
-    Node::start(
-        &ctx.exe,
+    ctx.start_node(
         pdir,
         &[
             format!("synchronous_commit={}", v.level),
@@ -351,13 +354,12 @@ fn start_primary(ctx: &Ctx<'_>, pdir: &std::path::Path, v: &Variant) -> Result<N
 }
 
 fn start_standby(
-    ctx: &Ctx<'_>,
+    ctx: &mut Ctx<'_>,
     sdir: &std::path::Path,
     primary: &Node,
     unflushed: bool,
 ) -> Result<Node, BenchError> {
-    Node::start(
-        &ctx.exe,
+    ctx.start_node(
         sdir,
         &[
             format!("primary_conninfo={}", primary.conninfo("standby1")),

@@ -803,9 +803,11 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
 /// client with an async standby attached"). The first flush after a
 /// quiet `delay` goes at once, so replay lag grows by at most `delay`.
 /// PostgreSQL's walsender sends per flush it is woken for, and so does
-/// this one by default (`wal_sender_async_delay` 0): on a loaded machine
-/// the spacing halved the standby's wake-ups yet lowered one client's
-/// commits/s, so it is left for a quiet machine to judge.
+/// this one by default (`wal_sender_async_delay` 0): the spacing halves
+/// the standby's wake-ups, but below ~1,000 commits/s it has nothing to
+/// batch, on a loaded machine it lowered one client's commits/s, and it
+/// adds up to `delay` to replay lag and key visibility (docs/benchmarks.md,
+/// "the walsender's spacing measured").
 struct AsyncSpacing {
     delay: Duration,
     last_send: Option<Instant>,
@@ -833,8 +835,12 @@ impl AsyncSpacing {
         }
     }
 
+    /// A message went out. With no delay nothing is held, so the clock
+    /// is not read (a vDSO call per message, for nothing).
     fn sent(&mut self) {
-        self.last_send = Some(Instant::now());
+        if !self.delay.is_zero() {
+            self.last_send = Some(Instant::now());
+        }
     }
 }
 
