@@ -13,6 +13,7 @@
 //! - `startup`: the startup process (owns the core; the event loop).
 //! - `fetcher`: restore_command and local `wal/` lookups.
 //! - [`pending`]: `backup_in_progress`, the marker of a copy still arriving.
+//! - [`events`]: the startup thread's event queue, whose senders unpark it.
 //! - `redo`: applies WAL records up to the limit the machine gives.
 //! - [`receiver`]: the walreceiver (streams WAL from the upstream).
 //! - `promote`: the promotion steps.

@@ -9,7 +9,9 @@
 //! reload watcher ([`spawn_reload_watcher`]). A `select!` over several
 //! channels cost every event an extra sleep and wake-up: woken by a sender
 //! still holding the channel's waker lock, the thread slept again on that
-//! lock to unregister (one per synchronous commit, twice). After each
+//! lock to unregister (one per synchronous commit, twice). A one-channel
+//! `Select` still did, on about one wake-up in ten: the thread now parks
+//! and every sender unparks it ([`super::events`]). After each
 //! drain it publishes the machine's status (the node reads it for INFO,
 //! `/status` and `/metrics`). A short `Replay` (a streaming standby's
 //! batch) runs here when the redo thread is idle, and its answer is
