@@ -88,7 +88,7 @@ pub struct Fetcher {
     pub system_id: u64,
     pub seg_size: WalSegSize,
     pub archive_mode: ArchiveMode,
-    pub events: Sender<Event>,
+    pub events: crate::standby::events::EventSender<Event>,
     /// Closed at shutdown: an in-flight restore_command is killed.
     pub cancel: Receiver<()>,
 }

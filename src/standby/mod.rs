@@ -13,6 +13,7 @@
 //! - `startup`: the startup process (owns the core; the event loop).
 //! - `fetcher`: restore_command and local `wal/` lookups.
 //! - [`pending`]: `backup_in_progress`, the marker of a copy still arriving.
+//! - [`events`]: the startup thread's event queue, whose senders unpark it.
 //! - `redo`: applies WAL records up to the limit the machine gives.
 //! - [`receiver`]: the walreceiver (streams WAL from the upstream).
 //! - `promote`: the promotion steps.
@@ -21,6 +22,7 @@
 //! - [`tracelog`]: the transition trace in `log/transitions.jsonl`.
 
 pub(crate) mod confirmed;
+pub mod events;
 pub(crate) mod fetcher;
 pub mod pending;
 pub mod progress;
@@ -40,6 +42,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
+
+use events::EventSender;
 
 use crate::archive::RestoreCommand;
 use crate::config::{Config, RecoveryTargetTimeline};
@@ -191,7 +195,7 @@ fn spawn_error(thread: &'static str) -> impl FnOnce(io::Error) -> StandbyError {
 /// The threads of a running standby.
 pub struct StandbyRuntime {
     /// The startup process's queue: shutdown is queued on it.
-    events: Option<Sender<Event>>,
+    events: Option<EventSender<Event>>,
     /// Dropped at shutdown: ends the reload watcher.
     shutdown: Option<Sender<()>>,
     reload_watcher: Option<JoinHandle<()>>,
@@ -259,7 +263,7 @@ impl StandbyRuntime {
             h.control
                 .update(|c| c.state = ClusterState::InArchiveRecovery)?;
         }
-        let (events_tx, events_rx) = bounded(EVENT_QUEUE);
+        let (events_tx, events_rx) = events::bounded(EVENT_QUEUE);
         let (fetch_tx, fetch_rx) = bounded(4);
         let (shutdown_tx, shutdown_rx) = bounded(1);
         let (cancel_tx, cancel_rx) = bounded::<()>(0);
@@ -448,7 +452,7 @@ fn make_promotion_spares(segdir: &Arc<SegmentDir>) {
 
 fn start_trigger_watcher(
     h: &StandbyHandles,
-    events: Sender<Event>,
+    events: EventSender<Event>,
 ) -> Result<(trigger::TriggerWatcherHandle, Sender<()>), StandbyError> {
     let mut cfg = TriggerConfig::new(&h.datadir);
     let config = h.config.get();
@@ -476,7 +480,7 @@ fn start_trigger_watcher(
 fn receiver_sessions(
     h: &StandbyHandles,
     control: &ControlFile,
-    events: Sender<Event>,
+    events: EventSender<Event>,
 ) -> receiver::Sessions<Event> {
     let config = h.config.clone();
     let segdir = h.segdir.clone();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use super::events::EventSender;
 
 use super::progress::Replayed;
 use super::{StandbyError, StandbyHandles};
@@ -183,7 +183,7 @@ const COMPLETION_POLL: Duration = Duration::from_millis(100);
 /// reports `RecoveryStarted`; it ends then, or when `stop` is set.
 pub fn spawn_waiter(
     h: StandbyHandles,
-    events: Sender<Event>,
+    events: EventSender<Event>,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, StandbyError> {
     std::thread::Builder::new()

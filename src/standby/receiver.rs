@@ -70,6 +70,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use super::events::EventSender;
 use super::progress::Replayed;
 use crate::config::{ArchiveMode, Config};
 use crate::replication::source::FlushPoint;
@@ -800,7 +801,7 @@ type Emit = Arc<dyn Fn(ReceiverEvent, &Control, bool) -> Sent + Send + Sync>;
 pub fn start<E>(
     session: u64,
     config: ReceiverConfig,
-    events: Sender<E>,
+    events: impl Into<EventSender<E>>,
     shared: Arc<ReceiverShared>,
 ) -> Result<ReceiverHandle, ReceiverError>
 where
@@ -821,6 +822,7 @@ where
         session: AtomicU64::new(session),
         socket: Mutex::new(None),
     });
+    let events = events.into();
     let emit: Emit = Arc::new(move |ev, control, wait| send_event(&events, ev, control, wait));
     let (done_tx, done_rx) = bounded(1);
     let (exited_tx, exited_rx) = bounded::<()>(0);
@@ -854,7 +856,7 @@ where
 /// runtime may be blocked in `stop()`), and everything once the handle is
 /// dropped.
 fn send_event<E: From<ReceiverEvent>>(
-    events: &Sender<E>,
+    events: &EventSender<E>,
     ev: ReceiverEvent,
     c: &Control,
     wait: bool,

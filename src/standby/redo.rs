@@ -83,7 +83,7 @@ pub struct Redo {
     /// The walreceiver: told after each publication, it sends the apply
     /// position a `remote_apply` commit waits for from the applying thread.
     pub received: Arc<ReceiverShared>,
-    pub events: Sender<Event>,
+    pub events: crate::standby::events::EventSender<Event>,
     /// Set at shutdown: a long replay stops between records.
     pub stop: Arc<AtomicBool>,
 }
@@ -506,7 +506,7 @@ mod tests {
             reader,
             replayed,
             received,
-            events,
+            events: events.into(),
             stop: Arc::new(AtomicBool::new(false)),
         };
         (redo, answers)

@@ -9,7 +9,9 @@
 //! reload watcher ([`spawn_reload_watcher`]). A `select!` over several
 //! channels cost every event an extra sleep and wake-up: woken by a sender
 //! still holding the channel's waker lock, the thread slept again on that
-//! lock to unregister (one per synchronous commit, twice). After each
+//! lock to unregister (one per synchronous commit, twice). A one-channel
+//! `Select` still did, on about one wake-up in ten: the thread now parks
+//! and every sender unparks it ([`super::events`]). After each
 //! drain it publishes the machine's status (the node reads it for INFO,
 //! `/status` and `/metrics`). A short `Replay` (a streaming standby's
 //! batch) runs here when the redo thread is idle, and its answer is
@@ -21,8 +23,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 
+use super::events::{EventReceiver, EventSender};
 use super::fetcher::FetchRequest;
 use super::progress::{LastTransition, StandbyStatus};
 use super::promote;
@@ -42,39 +45,13 @@ use crate::Lsn;
 /// not a poll: every event wakes it at once).
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
-/// The next event, or a timeout after `timeout`: taken at once if one is
-/// queued, else the thread parks until a sender wakes it.
-///
-/// Not `Receiver::recv_timeout`: on an empty queue it backs off first
-/// (127 spin hints, then four `sched_yield`s) before it parks, and a
-/// streaming standby's startup thread finds its queue empty after nearly
-/// every received batch it applied: 3.9 `sched_yield`s per one-client
-/// `remote_apply` commit, on two cores shared with the walreceiver and the
-/// Redis workers. A one-channel `Select` registers and parks without that
-/// back-off. What it costs instead: woken, it takes the channel's waker
-/// lock once to unregister, and may find the sender still holding it (the
-/// sleep and wake-up `select!` over several channels paid on every event;
-/// here some of them, see docs/benchmarks.md).
-fn recv_parked(events: &Receiver<Event>, timeout: Duration) -> Result<Event, RecvTimeoutError> {
-    match events.try_recv() {
-        Ok(ev) => return Ok(ev),
-        Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-        Err(TryRecvError::Empty) => {}
-    }
-    let mut sel = Select::new();
-    sel.recv(events);
-    match sel.select_timeout(timeout) {
-        Ok(op) => op.recv(events).map_err(|_| RecvTimeoutError::Disconnected),
-        Err(_) => Err(RecvTimeoutError::Timeout),
-    }
-}
-
 /// The channels between the startup process and its workers.
 pub struct Channels {
-    /// Events from every worker.
-    pub events: Receiver<Event>,
+    /// Events from every worker; the startup thread waits for them by
+    /// parking (see [`super::events`]).
+    pub events: EventReceiver<Event>,
     /// For the executor's own answers (promotion steps).
-    pub events_tx: Sender<Event>,
+    pub events_tx: EventSender<Event>,
     pub fetch: Sender<FetchRequest>,
     /// Redo: its thread, or this one for a short request.
     pub redo: RedoLink,
@@ -90,7 +67,7 @@ pub(crate) const EVENT_SEND_BOUND: Duration = Duration::from_secs(10);
 /// dropped (or sent to).
 pub(crate) fn spawn_reload_watcher(
     config: crate::config::LiveConfig,
-    events: Sender<Event>,
+    events: EventSender<Event>,
     stop: Receiver<()>,
 ) -> std::io::Result<JoinHandle<()>> {
     // Subscribed before the settings are read: a reload in between still
@@ -211,7 +188,7 @@ impl Startup {
                 .apply_owed_at
                 .map(|t| t.saturating_duration_since(Instant::now()));
             let timeout = owed_timeout.map_or(core_timeout, |o| o.min(core_timeout));
-            match recv_parked(&self.ch.events, timeout) {
+            match self.ch.events.recv_parked(timeout) {
                 Ok(ev) => self.handle(ev),
                 // The owed report first when both are due: the core's
                 // timer fires on the next turn.
@@ -495,44 +472,5 @@ impl Startup {
         // Bounded channel; the fetcher takes one request at a time and the
         // machine never has more than one outstanding.
         let _ = self.ch.fetch.send(req);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recv_parked_takes_a_queued_event_waits_for_a_sent_one_and_reports_timeout_and_disconnect() {
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        // Queued before the wait: taken without parking.
-        tx.send(Event::TimerFired).unwrap();
-        assert!(matches!(
-            recv_parked(&rx, Duration::from_secs(10)),
-            Ok(Event::TimerFired)
-        ));
-        // Sent while the thread is parked: it wakes and takes it.
-        let sender = {
-            let tx = tx.clone();
-            std::thread::spawn(move || tx.send(Event::TimerFired).unwrap())
-        };
-        assert!(matches!(
-            recv_parked(&rx, Duration::from_secs(10)),
-            Ok(Event::TimerFired)
-        ));
-        sender.join().unwrap();
-        // Nothing sent: the timeout.
-        assert!(matches!(
-            recv_parked(&rx, Duration::from_millis(1)),
-            Err(RecvTimeoutError::Timeout)
-        ));
-        // The last sender gone, before or while the thread is parked:
-        // disconnected.
-        let dropper = std::thread::spawn(move || drop(tx));
-        assert!(matches!(
-            recv_parked(&rx, Duration::from_secs(10)),
-            Err(RecvTimeoutError::Disconnected)
-        ));
-        dropper.join().unwrap();
     }
 }

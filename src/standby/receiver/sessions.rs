@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
-
+use super::super::events::EventSender;
 use super::{start, ReceiverConfig, ReceiverEvent, ReceiverHandle, ReceiverShared};
 use crate::{Lsn, TimelineId};
 
@@ -16,7 +15,7 @@ pub type ConfigFn = Box<dyn Fn(Lsn, TimelineId) -> ReceiverConfig + Send>;
 
 /// The walreceiver sessions of one standby.
 pub struct Sessions<E> {
-    events: Sender<E>,
+    events: EventSender<E>,
     shared: Arc<ReceiverShared>,
     config: ConfigFn,
     /// The running (or waiting, or ended-but-not-stopped) session.
@@ -44,9 +43,13 @@ const MAX_CONNECT_DELAY: Duration = Duration::from_secs(5);
 impl<E: From<ReceiverEvent> + Send + 'static> Sessions<E> {
     /// Sessions that send their events to `events`, publish on `shared` and take
     /// each session's settings from `config` (called at every start).
-    pub fn new(events: Sender<E>, shared: Arc<ReceiverShared>, config: ConfigFn) -> Sessions<E> {
+    pub fn new(
+        events: impl Into<EventSender<E>>,
+        shared: Arc<ReceiverShared>,
+        config: ConfigFn,
+    ) -> Sessions<E> {
         Sessions {
-            events,
+            events: events.into(),
             shared,
             config,
             current: None,
