@@ -27,7 +27,7 @@ use walrep::replication::pgwire::{
 };
 use walrep::replication::server::ServerOptions;
 use walrep::replication::source::ReplicationSource;
-use walrep::standby::progress::Replayed;
+use walrep::standby::Replayed;
 use walrep::standby::receiver::{
     start, ReceiverConfig, ReceiverError, ReceiverEvent, ReceiverShared, ReceiverState,
 };

@@ -24,10 +24,22 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::receiver::HeldWal;
 use crate::storage::{self, OpenFor, Storage, StorageError};
 use crate::wal::segdir::{SegmentDir, WalFileKind};
 use crate::{Lsn, SegNo, TimelineId};
+
+/// WAL in `wal/` past the last flush position the upstream told (a walrep
+/// upstream streams WAL while it flushes it): not exposed, not replayed
+/// from files outside promotion, zeroed if a restarted upstream lacks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldWal {
+    /// The timeline of the files.
+    pub tli: TimelineId,
+    /// The upstream's last told flush position.
+    pub from: Lsn,
+    /// The end of the WAL held.
+    pub to: Lsn,
+}
 
 /// The file's name in the data directory.
 pub(crate) const FILE_NAME: &str = "upstream_flush";

@@ -29,11 +29,13 @@ pub mod progress;
 pub(crate) mod promote;
 pub mod receiver;
 pub(crate) mod redo;
+pub mod replayed;
 pub(crate) mod startup;
 pub mod tracelog;
 pub mod trigger;
 
-pub use progress::{Replayed, StandbyProgress, StandbyStatus};
+pub use progress::{StandbyProgress, StandbyStatus};
+pub use replayed::Replayed;
 
 use std::io;
 use std::path::PathBuf;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::events::EventSender;
 
-use super::progress::Replayed;
+use super::replayed::Replayed;
 use super::{StandbyError, StandbyHandles};
 use crate::states::recovery::Event;
 use crate::store::{ClusterState, ControlFile};

@@ -70,8 +70,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+pub use super::confirmed::HeldWal;
 use super::events::EventSender;
-use super::progress::Replayed;
+use super::replayed::Replayed;
 use crate::config::{ArchiveMode, Config};
 use crate::replication::source::FlushPoint;
 use crate::wal::{SegmentDir, SegmentError};
@@ -167,19 +168,6 @@ pub enum ReceiverEvent {
         /// Nothing is held from here on.
         from: Lsn,
     },
-}
-
-/// WAL in `wal/` past the last flush position the upstream told (a walrep
-/// upstream streams WAL while it flushes it): not exposed, not replayed
-/// from files outside promotion, zeroed if a restarted upstream lacks it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeldWal {
-    /// The timeline of the files.
-    pub tli: TimelineId,
-    /// The upstream's last told flush position.
-    pub from: Lsn,
-    /// The end of the WAL held.
-    pub to: Lsn,
 }
 
 impl From<ReceiverEvent> for crate::states::recovery::Event {

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::progress::Replayed;
 use super::receiver::{ReceiverShared, APPLY_REPORT_SPACING};
+use super::replayed::Replayed;
 use crate::datadir::DataDir;
 use crate::states::recovery::{Event, RecordCheck};
 use crate::store::record::RM_KV;
