@@ -27,10 +27,10 @@ use walrep::replication::pgwire::{
 };
 use walrep::replication::server::ServerOptions;
 use walrep::replication::source::ReplicationSource;
-use walrep::standby::Replayed;
 use walrep::standby::receiver::{
     start, ReceiverConfig, ReceiverError, ReceiverEvent, ReceiverShared, ReceiverState,
 };
+use walrep::standby::Replayed;
 use walrep::storage::{FaultyStorage, StdStorage, Storage};
 use walrep::wal::SegmentDir;
 use walrep::watch::Watch;

@@ -100,7 +100,12 @@ impl<E> EventSender<E> {
 
 impl<E> Drop for EventSender<E> {
     /// The last sender gone disconnects the queue: the reader must look.
+    /// The sender is let go first and the reader woken after: woken
+    /// before, it could look, find the queue still connected and park
+    /// again with nothing left to wake it.
     fn drop(&mut self) {
+        let (placeholder, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.tx, placeholder));
         self.wake();
     }
 }
