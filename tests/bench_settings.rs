@@ -29,6 +29,23 @@ fn refused(extra: &[&str]) -> String {
     err
 }
 
+/// A short run of `walrep bench` with `extra` (in a fresh directory, with
+/// short fdatasync probes) that must succeed; its standard output.
+fn ran(extra: &[&str]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "bench",
+        "--fsync-seconds",
+        "0.1",
+        "--dir",
+        tmp.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = walrep_within(&args, RUN_DEADLINE);
+    assert!(ok, "the scenario failed:\n{out}\n{err}");
+    out
+}
+
 #[test]
 fn a_bad_setting_is_refused_before_anything_starts() {
     let err = refused(&[
@@ -71,28 +88,18 @@ fn a_bad_setting_is_refused_before_anything_starts() {
 
 #[test]
 fn a_setting_reaches_the_lag_scenarios_primary_and_standby() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (ok, out, err) = walrep_within(
-        &[
-            "bench",
-            "--scenario",
-            "lag",
-            "--lag-seconds",
-            "3",
-            "--reps",
-            "1",
-            "--fsync-seconds",
-            "0.1",
-            "--dir",
-            tmp.path().to_str().unwrap(),
-            "--walrep-setting",
-            "wal_sender_async_delay=2ms",
-            "--walrep-setting",
-            "wal_receiver_status_interval=7s",
-        ],
-        RUN_DEADLINE,
-    );
-    assert!(ok, "the scenario failed:\n{out}\n{err}");
+    let out = ran(&[
+        "--scenario",
+        "lag",
+        "--lag-seconds",
+        "3",
+        "--reps",
+        "1",
+        "--walrep-setting",
+        "wal_sender_async_delay=2ms",
+        "--walrep-setting",
+        "wal_receiver_status_interval=7s",
+    ]);
     assert!(
         out.contains(
             "walrep settings: wal_sender_async_delay=2ms, wal_receiver_status_interval=7s"
@@ -114,28 +121,18 @@ fn a_setting_reaches_the_lag_scenarios_primary_and_standby() {
 
 #[test]
 fn a_setting_reaches_the_commit_scenarios_node() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (ok, out, err) = walrep_within(
-        &[
-            "bench",
-            "--scenario",
-            "commit",
-            "--seconds",
-            "1",
-            "--clients",
-            "1",
-            "--synchronous-commit",
-            "local",
-            "--fsync-seconds",
-            "0.1",
-            "--dir",
-            tmp.path().to_str().unwrap(),
-            "--walrep-setting",
-            "wal_sender_async_delay=2ms",
-        ],
-        RUN_DEADLINE,
-    );
-    assert!(ok, "the scenario failed:\n{out}\n{err}");
+    let out = ran(&[
+        "--scenario",
+        "commit",
+        "--seconds",
+        "1",
+        "--clients",
+        "1",
+        "--synchronous-commit",
+        "local",
+        "--walrep-setting",
+        "wal_sender_async_delay=2ms",
+    ]);
     assert!(
         out.contains("walrep settings: wal_sender_async_delay=2ms"),
         "no header line:\n{out}"
