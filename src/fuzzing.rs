@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::server::clients::{ClientInfo, ClientRegistry, KillSignal};
-use crate::server::command::{self, auth, scan::ScanCursors, Command};
+use crate::server::command::{dispatch, scan::ScanCursors, Command};
 use crate::server::protocol::{self, Limits};
 use crate::server::session::{Session, SessionContext};
 use crate::server::{Backend, Role, ServerSettings, ServerStats, WriteError};
@@ -116,11 +116,11 @@ pub fn redis_requests(data: &[u8]) {
         }
         let parsed = Command::from_frame(&args);
         let parsed = match parsed {
-            Ok(cmd) => auth::check(&s, &cmd, args[0]).map(|()| cmd),
+            Ok(cmd) => dispatch::check(&s, &cmd, args[0]).map(|()| cmd),
             Err(e) => Err(e),
         };
         // WAIT's reply comes from another thread in the server: skip it.
-        let _ = command::exec::respond(&mut s, &args, parsed);
+        let _ = dispatch::respond(&mut s, &args, parsed);
         assert!(
             s.out.len() <= MAX_REPLY + 2 * MAX_BULK as usize + 4096,
             "a reply outgrew its limit: {} bytes",
@@ -149,7 +149,7 @@ pub fn glob(data: &[u8]) {
             &b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"[..],
         ),
     };
-    let g = command::glob::Glob::new(pattern);
+    let g = crate::server::command::glob::Glob::new(pattern);
     let _ = g.matches(key);
 }
 

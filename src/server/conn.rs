@@ -14,12 +14,13 @@ use mio::net::TcpStream;
 
 use std::sync::Arc;
 
+use super::backend::{Backend, Termination, WriteError};
 use super::clients::{ClientInfo, KillSignal};
 use super::command::batch::{self, Run};
-use super::command::{self, auth, Command, Flow, WaitRequest};
+use super::command::dispatch::{self, must_settle_before};
+use super::command::{auth, Command, Flow, WaitRequest};
 use super::protocol::{self, reply, Limits};
 use super::session::{Session, SessionContext};
-use super::{Backend, Termination, WriteError};
 
 /// Output held back (unsent, or waiting for a write's confirmation) beyond
 /// which the connection stops executing requests until it shrinks, so a
@@ -356,7 +357,7 @@ impl Conn {
         // A command that reads or reports anything first waits
         // for this connection's earlier writes; a refused one
         // reads nothing and its error queues behind their replies.
-        let settles = matches!(&parsed, Ok(cmd) if self.session.must_settle_before(cmd));
+        let settles = matches!(&parsed, Ok(cmd) if must_settle_before(&self.session, cmd));
         if settles && self.session.has_pending() {
             self.hold = Hold::Stalled;
             return false;
@@ -372,7 +373,8 @@ impl Conn {
         // Who may run what is checked before anything runs,
         // and before MULTI queues it (a refused command marks
         // the transaction, as in Redis).
-        let parsed = parsed.and_then(|cmd| auth::check(&self.session, &cmd, args[0]).map(|()| cmd));
+        let parsed =
+            parsed.and_then(|cmd| dispatch::check(&self.session, &cmd, args[0]).map(|()| cmd));
         match parsed {
             Ok(cmd) if joins => {
                 let bytes = args.iter().map(|a| a.len()).sum();
@@ -380,7 +382,7 @@ impl Conn {
             }
             parsed => {
                 run.finish(&mut self.session, backend);
-                let flow = command::exec::respond(&mut self.session, args, parsed);
+                let flow = dispatch::respond(&mut self.session, args, parsed);
                 self.follow(flow);
             }
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::{Backend, Role, WriteError};
+use super::backend::{Backend, Role, WriteError};
 use crate::store::control::now_ms;
 use crate::store::record::{self, KvCommand};
 use crate::store::Level;
@@ -44,7 +44,7 @@ pub fn delete_expired(backend: &dyn Backend, keys: &[Vec<u8>]) -> Result<usize, 
     if deleted == 0 {
         return Ok(0);
     }
-    let payload = record::encode(super::command::exec::now_us(), t.ops());
+    let payload = record::encode(crate::store::control::now_us(), t.ops());
     let end = backend.insert(KvCommand::Expired as u8, &payload)?;
     t.commit(end, Level::Immediate);
     store.count_expired(deleted as u64);

@@ -268,6 +268,14 @@ pub mod reply {
         header(out, b'*', n as i64);
     }
 
+    /// A HELP subcommand's reply: one simple string per line.
+    pub fn help(out: &mut Vec<u8>, lines: &[&str]) {
+        array_header(out, lines.len());
+        for l in lines {
+            simple(out, l);
+        }
+    }
+
     /// `<prefix><n>\r\n`, without a heap-allocated number.
     fn header(out: &mut Vec<u8>, prefix: u8, n: i64) {
         let mut digits = [0u8; 20];

@@ -13,11 +13,11 @@
 
 use std::sync::Arc;
 
+use super::backend::{Backend, ServerSettings, ServerStats, WriteError};
 use super::clients::{ClientInfo, ClientRegistry};
-use super::command::multi::Multi;
+use super::command::queued::Multi;
 use super::command::scan::ScanCursors;
 use super::protocol::reply::Reply;
-use super::{Backend, ServerSettings, ServerStats, WriteError};
 use crate::config::SynchronousCommit;
 use crate::store::{Level, Stamp};
 use crate::Lsn;
@@ -126,19 +126,6 @@ impl Session {
 
     pub fn in_multi(&self) -> bool {
         self.multi.is_some()
-    }
-
-    /// Whether `cmd` must wait for this connection's pending writes before
-    /// it runs: everything but a write, and but what MULTI only queues (an
-    /// EXEC of writes sees the newest state anyway, and queues its reply
-    /// behind theirs).
-    pub fn must_settle_before(&self, cmd: &super::command::Command<'_>) -> bool {
-        use super::command::{multi, Command};
-        match &self.multi {
-            Some(_) if !multi::runs_at_once(cmd) => false,
-            Some(m) if matches!(cmd, Command::Exec) => !m.has_write(),
-            _ => !cmd.is_write(),
-        }
     }
 
     /// Note a write inserted at `end` whose reply starts at `mark` in

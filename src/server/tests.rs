@@ -8,6 +8,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::config::Config;
+use crate::store::{Level, Store};
+use crate::Lsn;
 
 /// A node whose "WAL" is a counter and whose durability is a gate the test opens.
 struct FakeNode {

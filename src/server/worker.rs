@@ -39,12 +39,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::backend::{Backend, Notify, PendingWait, StartedWait, Termination, WriteError};
 use super::clients::KillSignal;
 use super::command::WaitRequest;
 use super::conn::{Conn, Hold};
 use super::protocol::reply;
 use super::session::SessionContext;
-use super::{Notify, PendingWait, StartedWait, Termination, WriteError};
 use crate::store::Level;
 use crate::Lsn;
 
@@ -260,7 +260,7 @@ struct CommitterOut {
 /// wait for standbys left to the loop (or, for a backend that cannot
 /// leave it, a blocking wait: their LSNs only grow, so each is short once
 /// the one before it is met).
-fn run_committer(backend: Arc<dyn super::Backend>, jobs: Receiver<Job>, out: CommitterOut) {
+fn run_committer(backend: Arc<dyn Backend>, jobs: Receiver<Job>, out: CommitterOut) {
     let notify: Notify = {
         let waker = out.waker.clone();
         Arc::new(move || {

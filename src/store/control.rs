@@ -227,6 +227,15 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The wall clock as Unix time in microseconds (0 if the clock is before
+/// 1970): a write record's timestamp.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 impl ControlFile {
     /// The control file `walrep init` writes: timeline 1, no checkpoint yet
     /// beyond the initial one at `redo`.

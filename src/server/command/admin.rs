@@ -4,11 +4,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::connection::help;
-use super::exec::Done;
+use super::data::Done;
+use super::error::CommandError;
+use super::flow::WaitRequest;
 use super::glob::Glob;
-use super::parse::{arity, canonical_i64, int, is, unknown_subcommand};
-use super::{table, Args, Command, CommandError};
+use super::parse::{arity, canonical_i64, int, is, unknown_subcommand, Args};
 use crate::config::SynchronousCommit;
 use crate::server::protocol::reply;
 use crate::server::session::Session;
@@ -27,27 +27,27 @@ pub struct Wait {
     pub timeout: Duration,
 }
 
-/// A WAIT to run off the worker thread: how many standbys, for WAL up to
-/// where, how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WaitRequest {
-    pub wanted: usize,
-    pub upto: crate::Lsn,
-    pub timeout: Duration,
-}
-
 /// `WAIT 0` blocks forever in Redis; walrep bounds every wait, and a
 /// longer timeout is cut to this too.
 pub const WAIT_FOREVER_BOUND: Duration = Duration::from_secs(3600);
 
-pub fn parse_config<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+/// CONFIG's subcommands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigCommand<'a> {
+    /// `CONFIG GET pattern...`: the patterns.
+    Get(Args<'a>),
+    Set(ConfigChange),
+    Help,
+}
+
+pub fn parse_config<'a>(args: Args<'a>) -> Result<ConfigCommand<'a>, CommandError> {
     let sub = args[1];
     if is(sub, "get") {
-        Ok(Command::ConfigGet(&arity(args, "config|get", -3)?[2..]))
+        Ok(ConfigCommand::Get(&arity(args, "config|get", -3)?[2..]))
     } else if is(sub, "set") {
-        parse_config_set(arity(args, "config|set", -4)?)
+        parse_config_set(arity(args, "config|set", -4)?).map(ConfigCommand::Set)
     } else if is(sub, "help") {
-        arity(args, "config|help", 2).map(|_| Command::ConfigHelp)
+        arity(args, "config|help", 2).map(|_| ConfigCommand::Help)
     } else {
         Err(unknown_subcommand("CONFIG", sub))
     }
@@ -55,7 +55,7 @@ pub fn parse_config<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
 
 /// `CONFIG SET parameter value [parameter value ...]`: every pair is
 /// checked before any applies; the last value of a parameter wins.
-fn parse_config_set<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+fn parse_config_set(args: Args<'_>) -> Result<ConfigChange, CommandError> {
     if args.len() % 2 != 0 {
         return Err(CommandError::Syntax);
     }
@@ -69,7 +69,7 @@ fn parse_config_set<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
         let sc = value.parse().map_err(CommandError::Config)?;
         change = Some(ConfigChange::SynchronousCommit(sc));
     }
-    change.map(Command::ConfigSet).ok_or(CommandError::Syntax)
+    change.ok_or(CommandError::Syntax)
 }
 
 /// WAIT, checked in Redis's order: the count, then the timeout.
@@ -104,9 +104,9 @@ pub enum CommandQuery<'a> {
     Help,
 }
 
-pub fn parse_command<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+pub fn parse_command<'a>(args: Args<'a>) -> Result<CommandQuery<'a>, CommandError> {
     let Some(sub) = args.get(1) else {
-        return Ok(Command::Commands(CommandQuery::All));
+        return Ok(CommandQuery::All);
     };
     let q = match () {
         _ if is(sub, "count") => arity(args, "command|count", 2).map(|_| CommandQuery::Count)?,
@@ -117,94 +117,12 @@ pub fn parse_command<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
         _ if is(sub, "help") => CommandQuery::Help,
         _ => return Err(unknown_subcommand("COMMAND", sub)),
     };
-    Ok(Command::Commands(q))
-}
-
-/// COMMAND: from the command table.
-pub fn command(s: &mut Session, q: CommandQuery<'_>) -> Done {
-    let lookup = |name: &[u8]| {
-        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-        table::find(&name)
-    };
-    match q {
-        CommandQuery::Count => reply::integer(&mut s.out, table::TABLE.len() as i64),
-        CommandQuery::List => {
-            reply::array_header(&mut s.out, table::TABLE.len());
-            for spec in table::TABLE {
-                reply::bulk(&mut s.out, spec.name.as_bytes());
-            }
-        }
-        CommandQuery::All | CommandQuery::Info(&[]) => {
-            let mut r = s.reply();
-            r.array(table::TABLE.len());
-            for spec in table::TABLE {
-                table::info(&mut r, spec);
-            }
-        }
-        CommandQuery::Info(names) => {
-            let mut r = s.reply();
-            r.array(names.len());
-            for n in names {
-                match lookup(n) {
-                    Some(spec) => table::info(&mut r, spec),
-                    None => r.null_array(),
-                }
-            }
-        }
-        CommandQuery::Docs(names) => {
-            let specs: Vec<&table::Spec> = match names {
-                [] => table::TABLE.iter().collect(),
-                names => names.iter().filter_map(|n| lookup(n)).collect(),
-            };
-            let mut r = s.reply();
-            r.map(specs.len());
-            for spec in specs {
-                r.bulk(spec.name.as_bytes());
-                table::docs(&mut r, spec);
-            }
-        }
-        CommandQuery::GetKeys(request) => {
-            let cmd = Command::from_frame(request).map_err(|_| {
-                CommandError::Config("Invalid arguments specified for command".into())
-            })?;
-            let keys: Vec<&[u8]> = cmd.keys().collect();
-            if keys.is_empty() {
-                return Err(CommandError::Config(
-                    "The command has no key arguments".into(),
-                ));
-            }
-            reply::array_header(&mut s.out, keys.len());
-            for k in keys {
-                reply::bulk(&mut s.out, k);
-            }
-        }
-        CommandQuery::Help => help(
-            s,
-            &[
-                "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-                "(no subcommand)",
-                "    Return details about all commands.",
-                "COUNT",
-                "    Return the total number of commands.",
-                "DOCS [<command-name> ...]",
-                "    Return documentation details about multiple commands.",
-                "GETKEYS <full-command>",
-                "    Return the keys from a full command.",
-                "INFO [<command-name> ...]",
-                "    Return details about multiple commands.",
-                "LIST",
-                "    Return a list of all commands.",
-                "HELP",
-                "    Print this help.",
-            ],
-        ),
-    }
-    Ok(())
+    Ok(q)
 }
 
 /// TIME: seconds and microseconds of the node's clock.
 pub fn time(s: &mut Session) {
-    let us = super::exec::now_us();
+    let us = crate::store::control::now_us();
     reply::array_header(&mut s.out, 2);
     reply::bulk(&mut s.out, (us / 1_000_000).to_string().as_bytes());
     reply::bulk(&mut s.out, (us % 1_000_000).to_string().as_bytes());
@@ -329,8 +247,8 @@ pub fn config_set(s: &mut Session, change: ConfigChange) {
 }
 
 pub fn config_help(s: &mut Session) {
-    help(
-        s,
+    reply::help(
+        &mut s.out,
         &[
             "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
             "GET <pattern>",

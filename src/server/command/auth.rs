@@ -15,10 +15,9 @@
 
 use std::net::IpAddr;
 
-use super::exec::Done;
-use super::parse::{arity, is, unknown_subcommand};
-use super::{Args, ClientCommand, Command, CommandError};
-use crate::config::RedisAccess;
+use super::data::Done;
+use super::error::CommandError;
+use super::parse::{arity, is, unknown_subcommand, Args};
 use crate::server::protocol::reply;
 use crate::server::session::{AuthUser, Session};
 
@@ -52,29 +51,24 @@ pub fn protected_mode_refuses(s: &Session, peer: Option<IpAddr>) -> bool {
     !local
 }
 
-/// `AUTH password` (the default user) or `AUTH username password`.
-pub fn parse_auth<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+/// `AUTH password` (the default user) or `AUTH username password`: the
+/// user, if named, and the password.
+pub fn parse_auth<'a>(args: Args<'a>) -> Result<(Option<&'a [u8]>, &'a [u8]), CommandError> {
     match args {
-        [_, password] => Ok(Command::Auth {
-            user: None,
-            password,
-        }),
-        [_, user, password] => Ok(Command::Auth {
-            user: Some(user),
-            password,
-        }),
+        [_, password] => Ok((None, password)),
+        [_, user, password] => Ok((Some(user), password)),
         // Arity (at least two) is the table's; more than three is Redis's
         // syntax error.
         _ => Err(CommandError::Syntax),
     }
 }
 
-pub fn parse_acl<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+pub fn parse_acl(args: Args<'_>) -> Result<AclCommand, CommandError> {
     let sub = args[1];
     if is(sub, "whoami") {
-        arity(args, "acl|whoami", 2).map(|_| Command::Acl(AclCommand::WhoAmI))
+        arity(args, "acl|whoami", 2).map(|_| AclCommand::WhoAmI)
     } else if is(sub, "help") {
-        arity(args, "acl|help", 2).map(|_| Command::Acl(AclCommand::Help))
+        arity(args, "acl|help", 2).map(|_| AclCommand::Help)
     } else {
         Err(unknown_subcommand("ACL", sub))
     }
@@ -122,8 +116,8 @@ pub fn acl(s: &mut Session, c: AclCommand) {
             }
             .null(),
         },
-        AclCommand::Help => super::connection::help(
-            s,
+        AclCommand::Help => reply::help(
+            &mut s.out,
             &[
                 "ACL <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
                 "WHOAMI",
@@ -134,38 +128,3 @@ pub fn acl(s: &mut Session, c: AclCommand) {
         ),
     }
 }
-
-/// The access a command needs.
-pub fn required_access(cmd: &Command<'_>) -> RedisAccess {
-    use Command as C;
-    match cmd {
-        C::ConfigGet(_) | C::ConfigSet(_) | C::ConfigHelp => RedisAccess::Admin,
-        // Redis's @admin: other users' connections.
-        C::Client(ClientCommand::List(_) | ClientCommand::Kill(_)) => RedisAccess::Admin,
-        C::Wait(_) => RedisAccess::ReadWrite,
-        c if c.is_write() => RedisAccess::ReadWrite,
-        c if c.reads_data() => RedisAccess::ReadOnly,
-        C::Info(_) | C::DebugDigest => RedisAccess::ReadOnly,
-        _ => RedisAccess::None,
-    }
-}
-
-/// Whether the session may run `cmd` (`name` is the request's first word,
-/// for the error): NOAUTH before a login, NOPERM beyond the user's level.
-pub fn check(s: &Session, cmd: &Command<'_>, name: &[u8]) -> Done {
-    let Some(user) = &s.user else {
-        return match cmd {
-            C::Auth { .. } | C::Quit => Ok(()),
-            C::Hello(h) if h.auth.is_some() => Ok(()),
-            C::Hello(_) => Err(CommandError::HelloNoAuth),
-            _ => Err(CommandError::NoAuth),
-        };
-    };
-    if required_access(cmd) > user.access {
-        let name = String::from_utf8_lossy(&name[..name.len().min(64)]).to_ascii_lowercase();
-        return Err(CommandError::NoPerm(name));
-    }
-    Ok(())
-}
-
-use Command as C;

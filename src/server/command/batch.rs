@@ -17,8 +17,8 @@
 
 use super::exec::{bounded, commit_level, data, info_of, reply_error, write};
 use super::{Command, CommandError};
+use crate::server::backend::{Backend, Role};
 use crate::server::session::Session;
-use crate::server::{Backend, Role};
 use crate::store::record::{self, KvCommand};
 use crate::store::WriteTxn;
 
@@ -104,7 +104,7 @@ impl<'s, 'a> Run<'s, 'a> {
         let t = match &mut self.t {
             Some(t) => t,
             None => {
-                self.now_us = super::exec::now_us();
+                self.now_us = crate::store::control::now_us();
                 self.info = info;
                 self.mark = s.out.len();
                 self.t.insert(backend.store().write_at(self.now_us / 1000))

@@ -2,12 +2,13 @@
 //! their parsers and executors (ECHO and QUIT need neither; AUTH and ACL
 //! are in [`super::auth`]).
 
-use super::exec::{Done, Flow};
-use super::parse::{arity, canonical_i64, int, is, unknown_subcommand};
-use super::{Args, Command, CommandError};
+use super::data::Done;
+use super::error::CommandError;
+use super::flow::Flow;
+use super::parse::{arity, canonical_i64, int, is, unknown_subcommand, Args};
+use crate::server::backend::Role;
 use crate::server::protocol::reply;
 use crate::server::session::Session;
-use crate::server::Role;
 
 /// The Redis version walrep answers as (HELLO, and INFO's redis_version).
 pub const REDIS_VERSION: &str = "7.0.0";
@@ -58,18 +59,19 @@ pub struct KillFilter<'a> {
     pub max_age_s: Option<u64>,
 }
 
-pub fn parse_ping<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+/// PING's optional message.
+pub fn parse_ping<'a>(args: Args<'a>) -> Result<Option<&'a [u8]>, CommandError> {
     match args {
-        [_] => Ok(Command::Ping(None)),
-        [_, msg] => Ok(Command::Ping(Some(msg))),
+        [_] => Ok(None),
+        [_, msg] => Ok(Some(msg)),
         _ => Err(CommandError::Arity("ping")),
     }
 }
 
 /// `SELECT index`: walrep has database 0 only.
-pub fn parse_select<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+pub fn parse_select(args: Args<'_>) -> Result<(), CommandError> {
     match canonical_i64(args[1]) {
-        Some(0) => Ok(Command::Select),
+        Some(0) => Ok(()),
         Some(_) => Err(CommandError::DbIndexOutOfRange),
         None => Err(CommandError::NotInteger),
     }
@@ -312,8 +314,8 @@ pub fn client(s: &mut Session, c: ClientCommand<'_>) -> Result<Flow, CommandErro
             reply::bulk(&mut s.out, text.as_bytes());
         }
         ClientCommand::Kill(f) => return kill(s, f),
-        ClientCommand::Help => help(
-            s,
+        ClientCommand::Help => reply::help(
+            &mut s.out,
             &[
                 "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
                 "GETNAME",
@@ -382,12 +384,4 @@ fn set_name(s: &mut Session, name: &[u8]) -> Done {
         _ => Some(String::from_utf8_lossy(name).into_owned()),
     });
     Ok(())
-}
-
-/// A HELP reply: one status line per text line.
-pub fn help(s: &mut Session, lines: &[&str]) {
-    reply::array_header(&mut s.out, lines.len());
-    for l in lines {
-        reply::simple(&mut s.out, l);
-    }
 }

@@ -6,21 +6,20 @@ use std::ops::Bound;
 
 use sha2::{Digest, Sha256};
 
-use super::exec::now_ms;
-use super::parse::{arity, is, unknown_subcommand};
-use super::{Args, Command, CommandError};
+use super::error::CommandError;
+use super::parse::{arity, is, unknown_subcommand, Args};
+use crate::server::backend::{Role, WriteError};
 use crate::server::protocol::reply;
 use crate::server::session::Session;
-use crate::server::{Role, WriteError};
 use crate::store::Value;
 
 /// Redis's reply length: 20 bytes as hex.
 const DIGEST_LEN: usize = 20;
 
 /// `DEBUG DIGEST`; walrep has no other DEBUG subcommand.
-pub fn parse_debug<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+pub fn parse_debug(args: Args<'_>) -> Result<(), CommandError> {
     if is(args[1], "digest") {
-        arity(args, "debug|digest", 2).map(|_| Command::DebugDigest)
+        arity(args, "debug|digest", 2).map(|_| ())
     } else {
         Err(unknown_subcommand("DEBUG", args[1]))
     }
@@ -44,37 +43,42 @@ pub fn digest(s: &mut Session) -> Result<(), CommandError> {
         hash.update((b.len() as u64).to_be_bytes());
         hash.update(b);
     };
-    store.walk_visible(Bound::Unbounded, usize::MAX, now_ms(), &mut |k, slot| {
-        any = true;
-        part(k);
-        part(&slot.expire_ms.to_be_bytes());
-        match &slot.value {
-            Value::Str(v) => {
-                part(b"string");
-                part(v);
-            }
-            Value::List(l) => {
-                part(b"list");
-                l.iter().for_each(|e| part(e));
-            }
-            Value::Hash(h) => {
-                part(b"hash");
-                let mut pairs: Vec<_> = h.iter().collect();
-                pairs.sort_unstable();
-                for (f, v) in pairs {
-                    part(f);
+    store.walk_visible(
+        Bound::Unbounded,
+        usize::MAX,
+        crate::store::control::now_ms(),
+        &mut |k, slot| {
+            any = true;
+            part(k);
+            part(&slot.expire_ms.to_be_bytes());
+            match &slot.value {
+                Value::Str(v) => {
+                    part(b"string");
                     part(v);
                 }
+                Value::List(l) => {
+                    part(b"list");
+                    l.iter().for_each(|e| part(e));
+                }
+                Value::Hash(h) => {
+                    part(b"hash");
+                    let mut pairs: Vec<_> = h.iter().collect();
+                    pairs.sort_unstable();
+                    for (f, v) in pairs {
+                        part(f);
+                        part(v);
+                    }
+                }
+                Value::Set(m) => {
+                    part(b"set");
+                    let mut members: Vec<_> = m.iter().map(|(e, ())| e).collect();
+                    members.sort_unstable();
+                    members.into_iter().for_each(|e| part(e));
+                }
             }
-            Value::Set(m) => {
-                part(b"set");
-                let mut members: Vec<_> = m.iter().map(|(e, ())| e).collect();
-                members.sort_unstable();
-                members.into_iter().for_each(|e| part(e));
-            }
-        }
-        std::ops::ControlFlow::Continue(())
-    });
+            std::ops::ControlFlow::Continue(())
+        },
+    );
     let text: String = if any {
         hash.finalize()[..DIGEST_LEN]
             .iter()

@@ -2,7 +2,7 @@
 //! word is the code clients act on (`ERR`, `NOPROTO`, `WRONGPASS`,
 //! `READONLY`, `LOADING`), and tests and users compare the rest.
 
-use crate::server::WriteError;
+use crate::server::backend::WriteError;
 
 /// Why a command was refused or failed; its text is the error reply.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -1,6 +1,6 @@
-//! Executing a parsed [`Command`]: the rules that hold around every
-//! command, the dispatch to the families' executors, and the read and
-//! write paths they share.
+//! Running a parsed [`Command`]: the dispatch to the families' executors,
+//! and the read and write paths they share ([`super::dispatch`] decides
+//! whether a request runs at all, and when).
 //!
 //! - A read runs against a [`ReadView`]: released states, one read lock.
 //! - A write runs against a [`WriteTxn`]: the newest states under the
@@ -13,75 +13,19 @@
 //! not a write ([`Command::is_write`]) and runs WAIT off its worker thread
 //! ([`Flow::Wait`]), so nothing here blocks on the WAL.
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
+use super::data::{Data, Done};
+use super::flow::Flow;
 use super::{
-    admin, auth, connection, hashes, keyspace, lists, multi, sets, strings, Args, Command,
-    CommandError, WaitRequest,
+    admin, auth, connection, debug, hashes, introspection, keyspace, lists, sets, strings, Command,
+    CommandError, ConfigCommand,
 };
 use crate::config::SynchronousCommit;
-use crate::server::command::scan::ScanCursors;
+use crate::server::backend::{Backend, Role, WriteError};
 use crate::server::protocol::reply::{self, Reply};
 use crate::server::session::Session;
-use crate::server::{Backend, Role, WriteError};
+use crate::store::control::{now_ms, now_us};
 use crate::store::record::{self, KvCommand};
-use crate::store::value::{Hash, List, Set, Str};
-use crate::store::{Level, ReadView, Reader, Slot, Stepping, Store, Value, WriteTxn};
-
-/// What the connection does after a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    /// QUIT: send the replies, then close.
-    Close,
-    /// WAIT: run this off the worker thread; its reply comes later.
-    Wait(WaitRequest),
-}
-
-/// An executor's result: `Err` becomes the error reply.
-pub type Done = Result<(), CommandError>;
-
-/// What a data command's executor works with besides the store.
-pub struct Data<'x> {
-    pub reply: Reply<'x>,
-    /// The clock its expiry decisions use (Unix ms).
-    pub now_ms: u64,
-    pub store: &'x Store,
-    pub scans: &'x ScanCursors,
-    /// `client_output_buffer_limit`: most bytes one reply may take.
-    pub reply_limit: usize,
-    /// Length of the output past which the reply being built (this
-    /// command's, or the whole EXEC's) is too large.
-    pub reply_end: usize,
-    /// `proto_max_bulk_len`: no string grows past it (APPEND).
-    pub max_bulk_len: u64,
-}
-
-impl Data<'_> {
-    /// ReplyTooLarge once the reply grew past the limit: an executor
-    /// building a reply of many elements asks after each, so memory stays
-    /// bounded by the limit plus one element. Its caller drops the part
-    /// already written.
-    pub fn check_size(&self) -> Done {
-        self.fits(0)
-    }
-
-    /// Whether `extra` more reply bytes fit: a write asks before its
-    /// first operation, so a refused reply leaves nothing behind.
-    pub fn fits(&self, extra: usize) -> Done {
-        match self.reply.out.len().saturating_add(extra) > self.reply_end {
-            true => Err(CommandError::ReplyTooLarge(self.reply_limit)),
-            false => Ok(()),
-        }
-    }
-}
-
-/// Bytes the bulk reply of `b` takes at most (its header and CRLFs
-/// included), for a write that checks its reply fits before it applies.
-pub fn reply_bytes(b: &[u8]) -> usize {
-    b.len() + 16
-}
+use crate::store::{Level, ReadView, Reader, Stepping, Store, WriteTxn};
 
 /// A [`Data`] over a session's output, for one command's reply.
 pub fn data<'x>(s: &'x mut Session, store: &'x Store, now_ms: u64) -> Data<'x> {
@@ -128,65 +72,9 @@ pub fn bounded(s: &mut Session, mark: usize, result: Done) -> Done {
     result
 }
 
-/// Execute a parsed request, or reply with why the parser refused it. In
-/// a MULTI, commands are queued instead (`args` is the request).
-pub fn respond(s: &mut Session, args: Args<'_>, parsed: Result<Command<'_>, CommandError>) -> Flow {
-    if s.in_multi() {
-        match parsed {
-            Ok(cmd) if !multi::runs_at_once(&cmd) => {
-                multi::queue(s, args, &cmd);
-                return Flow::Continue;
-            }
-            Err(e) => {
-                multi::abort(s);
-                reply_error(s, &e);
-                return Flow::Continue;
-            }
-            Ok(_) => {}
-        }
-    }
-    match parsed {
-        Ok(cmd) => execute(s, cmd),
-        Err(e) => {
-            reply_error(s, &e);
-            Flow::Continue
-        }
-    }
-}
-
-/// Execute `cmd`, appending its reply to the session's output.
-pub fn execute(s: &mut Session, cmd: Command<'_>) -> Flow {
-    if cmd.reads_data() && s.ctx.backend.role() == Role::Recovering {
-        reply_error(s, &WriteError::NotConsistent.into());
-        return Flow::Continue;
-    }
-    match run(s, cmd) {
-        Ok(flow) => flow,
-        Err(e) => {
-            reply_error(s, &e);
-            Flow::Continue
-        }
-    }
-}
-
 /// Append `e` as an error reply.
 pub fn reply_error(s: &mut Session, e: &CommandError) {
     reply::error(&mut s.out, &e.to_string());
-}
-
-fn run(s: &mut Session, cmd: Command<'_>) -> Result<Flow, CommandError> {
-    use Command as C;
-    match cmd {
-        C::Multi => multi::multi(s)?,
-        C::Exec => multi::exec(s)?,
-        C::Discard => multi::discard(s)?,
-        C::Watch(keys) => multi::watch(s, keys)?,
-        C::Unwatch => multi::unwatch(s),
-        cmd if cmd.is_write() => write_one(s, cmd)?,
-        cmd if is_data_read(&cmd) => read_one(s, cmd)?,
-        cmd => return run_session(s, cmd),
-    }
-    Ok(Flow::Continue)
 }
 
 /// Whether `cmd` reads the keyspace (and so runs against a reader).
@@ -209,14 +97,14 @@ pub fn run_session(s: &mut Session, cmd: Command<'_>) -> Result<Flow, CommandErr
         C::Hello(h) => connection::hello(s, h)?,
         C::Client(c) => return connection::client(s, c),
         C::Info(sections) => admin::info(s, sections),
-        C::ConfigGet(patterns) => admin::config_get(s, patterns)?,
-        C::ConfigSet(change) => admin::config_set(s, change),
-        C::ConfigHelp => admin::config_help(s),
-        C::Commands(q) => admin::command(s, q)?,
+        C::Config(ConfigCommand::Get(patterns)) => admin::config_get(s, patterns)?,
+        C::Config(ConfigCommand::Set(change)) => admin::config_set(s, change),
+        C::Config(ConfigCommand::Help) => admin::config_help(s),
+        C::Commands(q) => introspection::command(s, q)?,
         C::Time => admin::time(s),
         C::Auth { user, password } => auth::auth(s, user, password)?,
         C::Acl(c) => auth::acl(s, c),
-        C::DebugDigest => super::debug::digest(s)?,
+        C::DebugDigest => debug::digest(s)?,
         other => {
             // Every data command is dispatched before this.
             debug_assert!(false, "not a session command: {other:?}");
@@ -228,7 +116,7 @@ pub fn run_session(s: &mut Session, cmd: Command<'_>) -> Result<Flow, CommandErr
 
 /// A read: one read lock (KEYS and SCAN: one per step), then, on a
 /// primary, the deletion of expired keys it met.
-fn read_one(s: &mut Session, cmd: Command<'_>) -> Done {
+pub fn read_one(s: &mut Session, cmd: Command<'_>) -> Done {
     let backend = s.ctx.backend.clone();
     let store = backend.store();
     let now = now_ms();
@@ -256,7 +144,7 @@ fn expire_on_access(backend: &dyn Backend, keys: &[Vec<u8>]) {
 }
 
 /// A single write command: one transaction, one record.
-fn write_one(s: &mut Session, cmd: Command<'_>) -> Done {
+pub fn write_one(s: &mut Session, cmd: Command<'_>) -> Done {
     let backend = s.ctx.backend.clone();
     if backend.role() != Role::Primary {
         return Err(WriteError::ReadOnly.into());
@@ -435,54 +323,7 @@ pub fn write<'a>(t: &mut WriteTxn<'_, 'a>, d: &mut Data<'_>, cmd: Command<'a>) -
     }
 }
 
-/// A string value, WRONGTYPE for another type.
-pub fn string_of(slot: Option<Slot>) -> Result<Option<Str>, CommandError> {
-    match slot.map(|s| s.value) {
-        None => Ok(None),
-        Some(Value::Str(v)) => Ok(Some(v)),
-        Some(_) => Err(CommandError::WrongType),
-    }
-}
-
-/// A hash, WRONGTYPE for another type.
-pub fn hash_of(slot: Option<Slot>) -> Result<Option<Arc<Hash>>, CommandError> {
-    match slot.map(|s| s.value) {
-        None => Ok(None),
-        Some(Value::Hash(h)) => Ok(Some(h)),
-        Some(_) => Err(CommandError::WrongType),
-    }
-}
-
-/// A list, WRONGTYPE for another type.
-pub fn list_of(slot: Option<Slot>) -> Result<Option<Arc<List>>, CommandError> {
-    match slot.map(|s| s.value) {
-        None => Ok(None),
-        Some(Value::List(l)) => Ok(Some(l)),
-        Some(_) => Err(CommandError::WrongType),
-    }
-}
-
-/// A set, WRONGTYPE for another type.
-pub fn set_of(slot: Option<Slot>) -> Result<Option<Arc<Set>>, CommandError> {
-    match slot.map(|s| s.value) {
-        None => Ok(None),
-        Some(Value::Set(v)) => Ok(Some(v)),
-        Some(_) => Err(CommandError::WrongType),
-    }
-}
-
 /// A read-only EXEC's view, with its read lock.
 pub fn read_view(store: &Store) -> ReadView<'_> {
     store.read_view(now_ms())
-}
-
-pub fn now_ms() -> u64 {
-    crate::store::control::now_ms()
-}
-
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }

@@ -5,35 +5,19 @@
 
 use std::borrow::Cow;
 
-use super::exec::{hash_of, Data, Done};
+use super::data::{hash_of, Data, Done};
+use super::error::CommandError;
 use super::glob::Glob;
-use super::parse::{int, CollScan};
-use super::{Args, Command, CommandError};
+use super::parse::{Args, CollScan};
 use crate::store::record::Op;
 use crate::store::{Reader, WriteTxn};
 
-/// HSET / HMSET: `key field value [field value ...]`.
-pub fn parse_hset<'a>(
-    args: Args<'a>,
-    name: &'static str,
-    ok: bool,
-) -> Result<Command<'a>, CommandError> {
-    if args.len() % 2 != 0 {
-        return Err(CommandError::Arity(name));
+/// HSET / HMSET's `field value [field value ...]` after the key.
+pub fn parse_hset_pairs<'a>(args: Args<'a>, name: &'static str) -> Result<Args<'a>, CommandError> {
+    match args.len() % 2 {
+        0 => Ok(&args[2..]),
+        _ => Err(CommandError::Arity(name)),
     }
-    Ok(Command::HSet {
-        key: args[1],
-        pairs: &args[2..],
-        ok,
-    })
-}
-
-pub fn parse_hincrby<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
-    Ok(Command::HIncrBy {
-        key: args[1],
-        field: args[2],
-        by: int(args[3])?,
-    })
 }
 
 pub fn hset<'a>(

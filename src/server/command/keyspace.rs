@@ -14,10 +14,10 @@
 use std::borrow::Cow;
 use std::ops::{Bound, ControlFlow};
 
-use super::exec::{Data, Done};
+use super::data::{Data, Done};
+use super::error::CommandError;
 use super::glob::Glob;
-use super::parse::{int, is};
-use super::{Args, Command, CommandError};
+use super::parse::{int, is, Args};
 use crate::store::record::Op;
 use crate::store::{Kind, Reader, Slot, WriteTxn};
 
@@ -136,7 +136,7 @@ pub fn parse_expire<'a>(
     name: &'static str,
     ms: bool,
     absolute: bool,
-) -> Result<Command<'a>, CommandError> {
+) -> Result<ExpireCmd<'a>, CommandError> {
     let time = int(args[2])?;
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for opt in &args[3..] {
@@ -166,21 +166,21 @@ pub fn parse_expire<'a>(
         (_, true, ..) => Some(ExpireIf::HasExpiry),
         _ => None,
     };
-    Ok(Command::Expire(ExpireCmd {
+    Ok(ExpireCmd {
         key: args[1],
         time,
         ms,
         absolute,
         condition,
         name,
-    }))
+    })
 }
 
 /// FLUSHDB / FLUSHALL `[ASYNC|SYNC]` (the same here: one record).
-pub fn parse_flush<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+pub fn parse_flush(args: Args<'_>) -> Result<(), CommandError> {
     match &args[1..] {
-        [] => Ok(Command::Flush),
-        [m] if is(m, "async") || is(m, "sync") => Ok(Command::Flush),
+        [] => Ok(()),
+        [m] if is(m, "async") || is(m, "sync") => Ok(()),
         _ => Err(CommandError::Syntax),
     }
 }
@@ -455,7 +455,7 @@ pub fn scan(r: &mut dyn Reader, d: &mut Data<'_>, scan: Scan<'_>) -> Done {
             visit(&glob, k, |k| {
                 if wanted.is_none_or(|t| t == KeyType::of(slot.value.kind())) {
                     // A key's reply: its bytes and its header.
-                    found_bytes += super::exec::reply_bytes(k);
+                    found_bytes += super::data::reply_bytes(k);
                     found.push(k.to_vec())
                 }
             })

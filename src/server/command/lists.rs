@@ -6,27 +6,12 @@
 
 use std::borrow::Cow;
 
-use super::exec::{list_of, reply_bytes, Data, Done};
-use super::parse::{count, int};
-use super::{Args, Command, CommandError};
+use super::data::{list_of, reply_bytes, Data, Done};
+use super::error::CommandError;
+use super::parse::Args;
 use crate::store::record::Op;
 use crate::store::value::list_remove_count;
 use crate::store::{Reader, WriteTxn};
-
-pub fn parse_pop<'a>(args: Args<'a>, front: bool) -> Result<Command<'a>, CommandError> {
-    let count = match args.get(2) {
-        Some(c) => Some(count(c)?),
-        None => None,
-    };
-    if args.len() > 3 {
-        return Err(CommandError::Syntax);
-    }
-    Ok(Command::Pop {
-        key: args[1],
-        count,
-        front,
-    })
-}
 
 /// A Redis list range (`start`, `stop` inclusive, negative from the end)
 /// resolved against `len`: the half-open index range, empty if none.
@@ -205,15 +190,6 @@ pub fn ltrim<'a>(
     }
     d.reply.ok();
     Ok(())
-}
-
-/// `LRANGE`, `LTRIM`: two integers.
-pub fn parse_range<'a>(args: Args<'a>, trim: bool) -> Result<Command<'a>, CommandError> {
-    let (key, start, stop) = (args[1], int(args[2])?, int(args[3])?);
-    Ok(match trim {
-        true => Command::LTrim { key, start, stop },
-        false => Command::LRange { key, start, stop },
-    })
 }
 
 #[cfg(test)]

@@ -2,23 +2,33 @@
 //! parser does every arity and syntax check and answers with Redis's error
 //! texts, so an executor only ever sees a well-formed command.
 //!
-//! # Layout
-//! - this file: [`Command`], [`Command::from_frame`] (name to parser), and
-//!   what the connection and executor ask of a command: is it a write,
-//!   does it read data, which keys does it touch.
+//! # Layout, from the connection down (each file uses only those below it)
+//! - [`dispatch`]: what the connection asks of every request: may this
+//!   session run it (NOAUTH, NOPERM), must it wait for the pending writes,
+//!   then [`dispatch::respond`]: queued inside a MULTI, LOADING while a
+//!   standby recovers, or run.
+//! - [`multi`]: MULTI, EXEC, DISCARD, WATCH; [`batch`]: consecutive
+//!   pipelined writes as one record.
+//! - [`exec`]: the dispatch to the families' executors, and the read path
+//!   and the write path (one WAL record per command or EXEC; READONLY on a
+//!   standby).
+//! - [`introspection`]: COMMAND, the table read back.
 //! - [`table`]: every command's name, arity, parser and documentation
-//!   (COMMAND DOCS, COMMAND INFO), and the families walrep refuses.
-//! - [`parse`]: shared helpers (name lookup on the stack, arity, integers).
-//! - [`error`]: [`CommandError`], Redis's error texts.
-//! - [`exec`]: [`exec::respond`]: rules around every command (LOADING while
-//!   a standby recovers, MULTI's queue), the read path and the write path
-//!   (one WAL record per command or EXEC; READONLY on a standby).
-//! - [`multi`]: MULTI, EXEC, DISCARD, WATCH.
-//! - one file per family, with its parsers and executors: [`strings`],
-//!   [`keyspace`] (and expiry), [`hashes`], [`lists`], [`sets`],
-//!   [`connection`], [`admin`], [`auth`] (AUTH, ACL, and who may run
-//!   what).
-//! - [`glob`]: Redis's glob patterns; [`scan`]: SCAN's cursor table.
+//!   (COMMAND DOCS, COMMAND INFO), the families walrep refuses, and
+//!   [`Command::from_frame`] (name to parser).
+//! - this file: [`Command`], and what the connection and executor ask of
+//!   a command: is it a write, does it read data, which keys does it
+//!   touch, which access does it need.
+//! - one file per family, with its argument types, the parsers of its
+//!   arguments and its executors: [`strings`], [`keyspace`] (and expiry),
+//!   [`hashes`], [`lists`], [`sets`], [`connection`], [`admin`], [`auth`]
+//!   (AUTH, ACL, the login; the levels are [`Command::required_access`]),
+//!   [`debug`].
+//! - what the families share: [`data`] (what an executor works with and
+//!   answers), [`parse`] (name lookup on the stack, arity, integers),
+//!   [`error`] ([`CommandError`], Redis's error texts), [`flow`] (what the
+//!   connection does next), [`queued`] (a MULTI's queue), [`glob`]
+//!   (Redis's glob patterns), [`scan`] (SCAN's cursor table).
 //!
 //! Adding a command: a variant here (and its arm in `is_write`,
 //! `reads_data`, `keys`), a row in [`table`] with its parser, an executor
@@ -29,32 +39,35 @@ pub mod admin;
 pub mod auth;
 pub mod batch;
 pub mod connection;
+pub mod data;
 pub mod debug;
+pub mod dispatch;
 pub mod error;
 pub mod exec;
+pub mod flow;
 pub mod glob;
 pub mod hashes;
+pub mod introspection;
 pub mod keyspace;
 pub mod lists;
 pub mod multi;
 pub mod parse;
+pub mod queued;
 pub mod scan;
 pub mod sets;
 pub mod strings;
 pub mod table;
 
-pub use admin::{CommandQuery, ConfigChange, Wait, WaitRequest};
+pub use admin::{CommandQuery, ConfigCommand, Wait};
 pub use auth::AclCommand;
 pub use connection::{ClientCommand, Hello};
 pub use error::CommandError;
-pub use exec::Flow;
+pub use flow::{Flow, WaitRequest};
 pub use keyspace::{ExpireCmd, Scan, TtlQuery};
-pub use parse::CollScan;
+pub use parse::{Args, CollScan};
 pub use strings::{GetEx, Set};
 
-/// A request's arguments, the command name first, borrowed from the
-/// connection's input buffer.
-pub type Args<'a> = &'a [&'a [u8]];
+use crate::config::RedisAccess;
 
 /// A parsed request. Arguments are borrowed from the request, so parsing
 /// allocates nothing on the hot path.
@@ -76,10 +89,8 @@ pub enum Command<'a> {
     // Server.
     /// `INFO [section...]`.
     Info(Args<'a>),
-    /// `CONFIG GET pattern...`.
-    ConfigGet(Args<'a>),
-    ConfigSet(ConfigChange),
-    ConfigHelp,
+    /// `CONFIG GET`, `CONFIG SET`, `CONFIG HELP`.
+    Config(ConfigCommand<'a>),
     Wait(Wait),
     /// COMMAND and its subcommands.
     Commands(CommandQuery<'a>),
@@ -259,17 +270,19 @@ pub enum Command<'a> {
 }
 
 impl<'a> Command<'a> {
-    /// Parse a request: `args[0]` is the name. (The connection skips an
-    /// empty request, as Redis does; here it is a syntax error.)
-    pub fn from_frame(args: Args<'a>) -> Result<Command<'a>, CommandError> {
-        let first = args.first().ok_or(CommandError::Syntax)?;
-        let mut buf = [0u8; parse::MAX_NAME_LEN];
-        let Some(name) = parse::lower_name(first, &mut buf) else {
-            return Err(parse::unknown_command(args));
-        };
-        let spec = table::find(name).ok_or_else(|| table::refuse(name, args))?;
-        let args = parse::arity(args, spec.arity_name(), spec.arity)?;
-        (spec.parse)(args)
+    /// The access a command needs.
+    pub fn required_access(&self) -> RedisAccess {
+        use Command as C;
+        match self {
+            C::Config(_) => RedisAccess::Admin,
+            // Redis's @admin: other users' connections.
+            C::Client(ClientCommand::List(_) | ClientCommand::Kill(_)) => RedisAccess::Admin,
+            C::Wait(_) => RedisAccess::ReadWrite,
+            c if c.is_write() => RedisAccess::ReadWrite,
+            c if c.reads_data() => RedisAccess::ReadOnly,
+            C::Info(_) | C::DebugDigest => RedisAccess::ReadOnly,
+            _ => RedisAccess::None,
+        }
     }
 
     /// Whether it writes: it inserts WAL, is refused on a standby, and does

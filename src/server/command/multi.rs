@@ -15,11 +15,14 @@
 //!   and whether it had expired); EXEC compares under its lock and
 //!   answers a null array if any changed.
 
-use super::exec::{self, data_within, finish, is_data_read, now_ms, run_session, Done};
+use super::data::Done;
+use super::exec::{self, data_within, finish, is_data_read, run_session};
+use super::queued::Multi;
 use super::{Args, Command, CommandError};
+use crate::server::backend::{Role, WriteError};
 use crate::server::protocol::reply::{self, Reply};
 use crate::server::session::Session;
-use crate::server::{Role, WriteError};
+use crate::store::control::now_ms;
 use crate::store::record::KvCommand;
 use crate::store::{Reader, Stamp};
 
@@ -30,24 +33,6 @@ pub const MAX_QUEUED: usize = 1_000_000;
 pub const MAX_QUEUED_BYTES: usize = 256 << 20;
 /// Keys one connection may watch at most.
 pub const MAX_WATCHED: usize = 100_000;
-
-/// A MULTI's queue.
-#[derive(Debug, Default)]
-pub struct Multi {
-    /// Each queued request's arguments, owned (the request buffer moves on).
-    queue: Vec<Vec<Vec<u8>>>,
-    bytes: usize,
-    /// A queued command writes: EXEC takes the write lock.
-    has_write: bool,
-    /// A queuing error: EXEC answers EXECABORT.
-    aborted: bool,
-}
-
-impl Multi {
-    pub fn has_write(&self) -> bool {
-        self.has_write
-    }
-}
 
 /// Whether a command runs at once inside MULTI instead of being queued.
 pub fn runs_at_once(cmd: &Command<'_>) -> bool {

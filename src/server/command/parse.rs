@@ -2,7 +2,11 @@
 //! without allocating, Redis's arity rule, and numbers read the way Redis
 //! reads them.
 
-use super::{Args, CommandError};
+use super::error::CommandError;
+
+/// A request's arguments, the command name first, borrowed from the
+/// connection's input buffer.
+pub type Args<'a> = &'a [&'a [u8]];
 
 /// Longest command name looked up; a longer one is unknown anyway.
 pub const MAX_NAME_LEN: usize = 16;
@@ -85,6 +89,19 @@ pub fn unknown_subcommand(command: &'static str, sub: &[u8]) -> CommandError {
 pub fn count(b: &[u8]) -> Result<u64, CommandError> {
     let n = int(b)?;
     u64::try_from(n).map_err(|_| CommandError::NotPositive)
+}
+
+/// A pop's optional count, the third and last argument (`LPOP key
+/// [count]`, `SPOP key [count]`).
+pub fn pop_count(args: Args<'_>) -> Result<Option<u64>, CommandError> {
+    let count = match args.get(2) {
+        Some(c) => Some(count(c)?),
+        None => None,
+    };
+    match args.len() > 3 {
+        true => Err(CommandError::Syntax),
+        false => Ok(count),
+    }
 }
 
 /// `HSCAN` / `SSCAN key cursor [MATCH pattern] [COUNT n] [NOVALUES]`.

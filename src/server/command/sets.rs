@@ -8,10 +8,10 @@ use std::borrow::Cow;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::exec::{reply_bytes, set_of, Data, Done};
+use super::data::{reply_bytes, set_of, Data, Done};
+use super::error::CommandError;
 use super::glob::Glob;
-use super::parse::{count, int, CollScan};
-use super::{Args, Command, CommandError};
+use super::parse::{int, Args, CollScan};
 use crate::store::record::Op;
 use crate::store::value::{Elem, Set};
 use crate::store::{Reader, WriteTxn};
@@ -21,21 +21,8 @@ use crate::store::{Reader, WriteTxn};
 /// no such bound; a larger count is `ERR value is out of range`.
 pub const MAX_RANDOM_MEMBERS: u64 = 1 << 20;
 
-pub fn parse_spop<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
-    let count = match args.get(2) {
-        Some(c) => Some(count(c)?),
-        None => None,
-    };
-    if args.len() > 3 {
-        return Err(CommandError::Syntax);
-    }
-    Ok(Command::SPop {
-        key: args[1],
-        count,
-    })
-}
-
-pub fn parse_srandmember<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+/// SRANDMEMBER's optional count (negative: members may repeat).
+pub fn parse_srandmember_count(args: Args<'_>) -> Result<Option<i64>, CommandError> {
     let count = match args.get(2) {
         Some(c) => {
             let n = int(c)?;
@@ -49,10 +36,7 @@ pub fn parse_srandmember<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError
     if args.len() > 3 {
         return Err(CommandError::Syntax);
     }
-    Ok(Command::SRandMember {
-        key: args[1],
-        count,
-    })
+    Ok(count)
 }
 
 pub fn sadd<'a>(

@@ -5,9 +5,9 @@
 
 use std::borrow::Cow;
 
-use super::exec::{string_of, Data, Done};
-use super::parse::{int, is};
-use super::{Args, Command, CommandError};
+use super::data::{string_of, Data, Done};
+use super::error::CommandError;
+use super::parse::{int, is, Args};
 use crate::store::record::Op;
 use crate::store::{Reader, Value, WriteTxn};
 
@@ -67,7 +67,7 @@ pub struct GetEx<'a> {
 
 /// SET's arguments after `key value`. As in Redis, every option is read
 /// before any number, so a syntax error wins over a bad number.
-pub fn parse_set<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+pub fn parse_set<'a>(args: Args<'a>) -> Result<Set<'a>, CommandError> {
     let mut condition = None;
     let mut get = false;
     let mut keep_ttl = false;
@@ -99,13 +99,13 @@ pub fn parse_set<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
         Some((unit, value)) => Some(expiry(unit, value, "set")?),
         None => keep_ttl.then_some(Expiry::KeepTtl),
     };
-    Ok(Command::Set(Set {
+    Ok(Set {
         key: args[1],
         value: args[2],
         condition,
         get,
         expiry,
-    }))
+    })
 }
 
 /// `SETEX key seconds value` (`unit` "ex") and `PSETEX key ms value`.
@@ -113,17 +113,17 @@ pub fn parse_setex<'a>(
     args: Args<'a>,
     unit: &'static str,
     name: &'static str,
-) -> Result<Command<'a>, CommandError> {
-    Ok(Command::Set(Set {
+) -> Result<Set<'a>, CommandError> {
+    Ok(Set {
         key: args[1],
         value: args[3],
         condition: None,
         get: false,
         expiry: Some(expiry(unit, args[2], name)?),
-    }))
+    })
 }
 
-pub fn parse_getex<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+pub fn parse_getex<'a>(args: Args<'a>) -> Result<GetEx<'a>, CommandError> {
     let key = args[1];
     let expiry = match &args[2..] {
         [] => None,
@@ -137,7 +137,7 @@ pub fn parse_getex<'a>(args: Args<'a>) -> Result<Command<'a>, CommandError> {
         }
         _ => return Err(CommandError::Syntax),
     };
-    Ok(Command::GetEx(GetEx { key, expiry }))
+    Ok(GetEx { key, expiry })
 }
 
 /// An EX/PX/EXAT/PXAT value: positive, and a time Redis can represent
@@ -166,19 +166,13 @@ pub fn parse_pairs<'a>(args: Args<'a>, name: &'static str) -> Result<Args<'a>, C
     }
 }
 
-/// INCR (`by` = 1) and DECR (-1).
-pub fn parse_incr<'a>(args: Args<'a>, by: i64) -> Command<'a> {
-    Command::IncrBy { key: args[1], by }
-}
-
-/// INCRBY, and DECRBY (`negate`).
-pub fn parse_incr_by<'a>(args: Args<'a>, negate: bool) -> Result<Command<'a>, CommandError> {
-    let by = int(args[2])?;
-    let by = match negate {
-        false => by,
-        true => by.checked_neg().ok_or(CommandError::DecrementOverflow)?,
-    };
-    Ok(Command::IncrBy { key: args[1], by })
+/// INCRBY's amount, and DECRBY's (`negate`).
+pub fn parse_incr_by(arg: &[u8], negate: bool) -> Result<i64, CommandError> {
+    let by = int(arg)?;
+    match negate {
+        false => Ok(by),
+        true => by.checked_neg().ok_or(CommandError::DecrementOverflow),
+    }
 }
 
 /// The operation that makes `key` the string `value`, expiring at

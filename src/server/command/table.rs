@@ -5,9 +5,24 @@
 
 use super::keyspace::TtlQuery;
 use super::parse::{self, unknown_command};
-use super::{admin, auth, connection, debug, hashes, keyspace, lists, sets, strings};
+use super::{admin, auth, connection, debug, hashes, keyspace, sets, strings};
 use super::{Args, Command, CommandError};
 use crate::server::protocol::reply::Reply;
+
+impl<'a> Command<'a> {
+    /// Parse a request: `args[0]` is the name. (The connection skips an
+    /// empty request, as Redis does; here it is a syntax error.)
+    pub fn from_frame(args: Args<'a>) -> Result<Command<'a>, CommandError> {
+        let first = args.first().ok_or(CommandError::Syntax)?;
+        let mut buf = [0u8; parse::MAX_NAME_LEN];
+        let Some(name) = parse::lower_name(first, &mut buf) else {
+            return Err(parse::unknown_command(args));
+        };
+        let spec = find(name).ok_or_else(|| refuse(name, args))?;
+        let args = parse::arity(args, spec.arity_name(), spec.arity)?;
+        (spec.parse)(args)
+    }
+}
 
 /// One command.
 pub struct Spec {
@@ -47,7 +62,7 @@ pub static TABLE: &[Spec] = &[
         since: "6.0.0",
         summary: "A container for Access List Control commands.",
         syntax: "subcommand [arg ...]",
-        parse: auth::parse_acl,
+        parse: |a| auth::parse_acl(a).map(Command::Acl),
     },
     Spec {
         name: "append",
@@ -69,7 +84,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Authenticates the connection.",
         syntax: "[username] password",
-        parse: auth::parse_auth,
+        parse: |a| auth::parse_auth(a).map(|(user, password)| Command::Auth { user, password }),
     },
     Spec {
         name: "client",
@@ -91,7 +106,7 @@ pub static TABLE: &[Spec] = &[
         since: "2.8.13",
         summary: "Returns detailed information about all commands.",
         syntax: "[subcommand [arg ...]]",
-        parse: admin::parse_command,
+        parse: |a| admin::parse_command(a).map(Command::Commands),
     },
     Spec {
         name: "config",
@@ -102,7 +117,7 @@ pub static TABLE: &[Spec] = &[
         since: "2.0.0",
         summary: "A container for server configuration commands.",
         syntax: "subcommand [arg ...]",
-        parse: admin::parse_config,
+        parse: |a| admin::parse_config(a).map(Command::Config),
     },
     Spec {
         name: "dbsize",
@@ -124,7 +139,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "A container for debugging commands (walrep: DIGEST only).",
         syntax: "subcommand [arg ...]",
-        parse: debug::parse_debug,
+        parse: |a| debug::parse_debug(a).map(|()| Command::DebugDigest),
     },
     Spec {
         name: "decr",
@@ -135,7 +150,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Decrements the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.",
         syntax: "key",
-        parse: |a| Ok(strings::parse_incr(a, -1)),
+        parse: |a| Ok(Command::IncrBy { key: a[1], by: -1 }),
     },
     Spec {
         name: "decrby",
@@ -146,7 +161,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Decrements a number from the integer value of a key. Uses 0 as initial value if the key doesn't exist.",
         syntax: "key decrement:integer",
-        parse: |a| strings::parse_incr_by(a, true),
+        parse: |a| Ok(Command::IncrBy { key: a[1], by: strings::parse_incr_by(a[2], true)? }),
     },
     Spec {
         name: "del",
@@ -212,7 +227,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Sets the expiration time of a key in seconds.",
         syntax: "key seconds:integer [NX|XX|GT|LT]",
-        parse: |a| keyspace::parse_expire(a, "expire", false, false),
+        parse: |a| keyspace::parse_expire(a, "expire", false, false).map(Command::Expire),
     },
     Spec {
         name: "expireat",
@@ -223,7 +238,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.2.0",
         summary: "Sets the expiration time of a key to a Unix timestamp.",
         syntax: "key unix-time-seconds:unix-time [NX|XX|GT|LT]",
-        parse: |a| keyspace::parse_expire(a, "expireat", false, true),
+        parse: |a| keyspace::parse_expire(a, "expireat", false, true).map(Command::Expire),
     },
     Spec {
         name: "expiretime",
@@ -245,7 +260,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Removes all keys from all databases.",
         syntax: "[ASYNC|SYNC]",
-        parse: keyspace::parse_flush,
+        parse: |a| keyspace::parse_flush(a).map(|()| Command::Flush),
     },
     Spec {
         name: "flushdb",
@@ -256,7 +271,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Remove all keys from the current database.",
         syntax: "[ASYNC|SYNC]",
-        parse: keyspace::parse_flush,
+        parse: |a| keyspace::parse_flush(a).map(|()| Command::Flush),
     },
     Spec {
         name: "get",
@@ -289,7 +304,7 @@ pub static TABLE: &[Spec] = &[
         since: "6.2.0",
         summary: "Returns the string value of a key after setting its expiration time.",
         syntax: "key [EX seconds:integer|PX milliseconds:integer|EXAT unix-time-seconds:unix-time|PXAT unix-time-milliseconds:unix-time|PERSIST]",
-        parse: strings::parse_getex,
+        parse: |a| strings::parse_getex(a).map(Command::GetEx),
     },
     Spec {
         name: "getset",
@@ -366,7 +381,7 @@ pub static TABLE: &[Spec] = &[
         since: "2.0.0",
         summary: "Increments the integer value of a field in a hash by a number. Uses 0 as initial value if the field doesn't exist.",
         syntax: "key field increment:integer",
-        parse: hashes::parse_hincrby,
+        parse: |a| Ok(Command::HIncrBy { key: a[1], field: a[2], by: parse::int(a[3])? }),
     },
     Spec {
         name: "hkeys",
@@ -410,7 +425,7 @@ pub static TABLE: &[Spec] = &[
         since: "2.0.0",
         summary: "Sets the values of multiple fields.",
         syntax: "key (field value)...",
-        parse: |a| hashes::parse_hset(a, "hmset", true),
+        parse: |a| Ok(Command::HSet { key: a[1], pairs: hashes::parse_hset_pairs(a, "hmset")?, ok: true }),
     },
     Spec {
         name: "hscan",
@@ -432,7 +447,7 @@ pub static TABLE: &[Spec] = &[
         since: "2.0.0",
         summary: "Creates or modifies the value of a field in a hash.",
         syntax: "key (field value)...",
-        parse: |a| hashes::parse_hset(a, "hset", false),
+        parse: |a| Ok(Command::HSet { key: a[1], pairs: hashes::parse_hset_pairs(a, "hset")?, ok: false }),
     },
     Spec {
         name: "hsetnx",
@@ -476,7 +491,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Increments the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.",
         syntax: "key",
-        parse: |a| Ok(strings::parse_incr(a, 1)),
+        parse: |a| Ok(Command::IncrBy { key: a[1], by: 1 }),
     },
     Spec {
         name: "incrby",
@@ -487,7 +502,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Increments the integer value of a key by a number. Uses 0 as initial value if the key doesn't exist.",
         syntax: "key increment:integer",
-        parse: |a| strings::parse_incr_by(a, false),
+        parse: |a| Ok(Command::IncrBy { key: a[1], by: strings::parse_incr_by(a[2], false)? }),
     },
     Spec {
         name: "info",
@@ -542,7 +557,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Returns the first elements in a list after removing it. Deletes the list if the last element was popped.",
         syntax: "key [count:integer]",
-        parse: |a| lists::parse_pop(a, true),
+        parse: |a| Ok(Command::Pop { key: a[1], count: parse::pop_count(a)?, front: true }),
     },
     Spec {
         name: "lpush",
@@ -575,7 +590,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Returns a range of elements from a list.",
         syntax: "key start:integer stop:integer",
-        parse: |a| lists::parse_range(a, false),
+        parse: |a| Ok(Command::LRange { key: a[1], start: parse::int(a[2])?, stop: parse::int(a[3])? }),
     },
     Spec {
         name: "lrem",
@@ -608,7 +623,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Removes elements from both ends a list. Deletes the list if all elements were trimmed.",
         syntax: "key start:integer stop:integer",
-        parse: |a| lists::parse_range(a, true),
+        parse: |a| Ok(Command::LTrim { key: a[1], start: parse::int(a[2])?, stop: parse::int(a[3])? }),
     },
     Spec {
         name: "mget",
@@ -663,7 +678,7 @@ pub static TABLE: &[Spec] = &[
         since: "2.6.0",
         summary: "Sets the expiration time of a key in milliseconds.",
         syntax: "key milliseconds:integer [NX|XX|GT|LT]",
-        parse: |a| keyspace::parse_expire(a, "pexpire", true, false),
+        parse: |a| keyspace::parse_expire(a, "pexpire", true, false).map(Command::Expire),
     },
     Spec {
         name: "pexpireat",
@@ -674,7 +689,7 @@ pub static TABLE: &[Spec] = &[
         since: "2.6.0",
         summary: "Sets the expiration time of a key to a Unix milliseconds timestamp.",
         syntax: "key unix-time-milliseconds:unix-time [NX|XX|GT|LT]",
-        parse: |a| keyspace::parse_expire(a, "pexpireat", true, true),
+        parse: |a| keyspace::parse_expire(a, "pexpireat", true, true).map(Command::Expire),
     },
     Spec {
         name: "pexpiretime",
@@ -696,7 +711,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Returns the server's liveliness response.",
         syntax: "[message]",
-        parse: connection::parse_ping,
+        parse: |a| connection::parse_ping(a).map(Command::Ping),
     },
     Spec {
         name: "psetex",
@@ -707,7 +722,7 @@ pub static TABLE: &[Spec] = &[
         since: "2.6.0",
         summary: "Sets both string value and expiration time in milliseconds of a key. The key is created if it doesn't exist.",
         syntax: "key milliseconds:integer value",
-        parse: |a| strings::parse_setex(a, "px", "psetex"),
+        parse: |a| strings::parse_setex(a, "px", "psetex").map(Command::Set),
     },
     Spec {
         name: "pttl",
@@ -762,7 +777,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Returns and removes the last elements of a list. Deletes the list if the last element was popped.",
         syntax: "key [count:integer]",
-        parse: |a| lists::parse_pop(a, false),
+        parse: |a| Ok(Command::Pop { key: a[1], count: parse::pop_count(a)?, front: false }),
     },
     Spec {
         name: "rpush",
@@ -828,7 +843,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Changes the selected database.",
         syntax: "index:integer",
-        parse: connection::parse_select,
+        parse: |a| connection::parse_select(a).map(|()| Command::Select),
     },
     Spec {
         name: "set",
@@ -839,7 +854,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist.",
         syntax: "key value [NX|XX] [GET] [EX seconds:integer|PX milliseconds:integer|EXAT unix-time-seconds:unix-time|PXAT unix-time-milliseconds:unix-time|KEEPTTL]",
-        parse: strings::parse_set,
+        parse: |a| strings::parse_set(a).map(Command::Set),
     },
     Spec {
         name: "setex",
@@ -850,7 +865,7 @@ pub static TABLE: &[Spec] = &[
         since: "2.0.0",
         summary: "Sets the string value and expiration time of a key. Creates the key if it doesn't exist.",
         syntax: "key seconds:integer value",
-        parse: |a| strings::parse_setex(a, "ex", "setex"),
+        parse: |a| strings::parse_setex(a, "ex", "setex").map(Command::Set),
     },
     Spec {
         name: "setnx",
@@ -905,7 +920,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Returns one or more random members from a set after removing them. Deletes the set if the last member was popped.",
         syntax: "key [count:integer]",
-        parse: sets::parse_spop,
+        parse: |a| Ok(Command::SPop { key: a[1], count: parse::pop_count(a)? }),
     },
     Spec {
         name: "srandmember",
@@ -916,7 +931,7 @@ pub static TABLE: &[Spec] = &[
         since: "1.0.0",
         summary: "Get one or multiple random members from a set",
         syntax: "key [count:integer]",
-        parse: sets::parse_srandmember,
+        parse: |a| Ok(Command::SRandMember { key: a[1], count: sets::parse_srandmember_count(a)? }),
     },
     Spec {
         name: "srem",

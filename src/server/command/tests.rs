@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::admin::ConfigChange;
 use super::keyspace::KeyType;
 use super::strings::{Condition, Expiry};
 use super::*;
@@ -350,10 +351,12 @@ fn connection_and_server_commands_parse() {
         Command::Commands(CommandQuery::Docs(&[]))
     );
     assert_eq!(ok("COMMAND"), Command::Commands(CommandQuery::All));
-    assert_eq!(ok("CONFIG HELP"), Command::ConfigHelp);
+    assert_eq!(ok("CONFIG HELP"), Command::Config(ConfigCommand::Help));
     assert_eq!(
         ok("CONFIG SET synchronous_commit off SYNCHRONOUS_COMMIT local"),
-        Command::ConfigSet(ConfigChange::SynchronousCommit(SynchronousCommit::Local))
+        Command::Config(ConfigCommand::Set(ConfigChange::SynchronousCommit(
+            SynchronousCommit::Local
+        )))
     );
     assert_eq!(err("CONFIG SET a b c"), "ERR syntax error");
     assert!(err("CONFIG SET port 1").contains("only supported for synchronous_commit"));
