@@ -804,6 +804,53 @@ fn an_asynchronous_standby_spaced_by_wal_sender_async_delay_receives_every_flush
     assert_eq!(h.stop(), end);
 }
 
+#[test]
+fn an_asynchronous_standby_is_sent_a_large_flush_at_once_whatever_the_delay() {
+    // The delay holds only small flushes (a one-client commit stream); a
+    // flush of half a page or more goes at once. With the delay an hour,
+    // a held one would not arrive before the wait below gives up.
+    let server = FakeServer::start(ServerOptions {
+        wal_sender_async_delay: Duration::from_secs(3600),
+        ..ServerOptions::default()
+    });
+    let fake = &server.source;
+    let from = fake.flush_point().lsn;
+    let tmp = tempfile::tempdir().unwrap();
+    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdStorage));
+    let shared = ReceiverShared::new(Default::default());
+    let (tx, rx) = bounded(64);
+    let cfg = config(
+        server.conninfo("application_name=s7"),
+        segdir,
+        from,
+        SYSTEM_ID,
+    );
+    let mut h = start(1, cfg, tx, shared.clone()).unwrap();
+    expect(&rx, "StreamConnected", |e| {
+        matches!(e, ReceiverEvent::StreamConnected { session: 1, .. })
+    });
+    // The first small flush after none sent goes at once; it starts the
+    // delay.
+    let small = fake.advance(100);
+    expect(
+        &rx,
+        "WalFlushed at the small flush",
+        |e| matches!(e, ReceiverEvent::WalFlushed { upto, .. } if *upto == small),
+    );
+    // Within the delay, a large one: not held.
+    // A page (XLOG_BLCKSZ): past the hold's bound of half a page.
+    let large = fake.advance(8192);
+    expect(
+        &rx,
+        "WalFlushed at the large flush",
+        |e| matches!(e, ReceiverEvent::WalFlushed { upto, .. } if *upto == large),
+    );
+    wait_until("the flush position to reach the large flush", || {
+        shared.flushed_point().lsn == large
+    });
+    assert_eq!(h.stop(), large);
+}
+
 /// A scripted upstream's answer to IDENTIFY_SYSTEM on `timeline`, ending
 /// with ReadyForQuery.
 fn identify_system_reply(timeline: u32) -> Vec<BackendMessage> {

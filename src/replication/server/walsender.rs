@@ -59,6 +59,15 @@ const IDLE_WAIT: Duration = Duration::from_secs(10);
 /// or only flushed WAL is a matter of speed, not of safety, so a reload
 /// may take this long to change it.
 const EARLY_REVIEW_INTERVAL: Duration = Duration::from_millis(100);
+/// [`AsyncSpacing`] holds a send only while less than this much flushed
+/// WAL waits for it: a one-client commit stream flushes a few hundred
+/// bytes at a time (one SET and its commit), which the hold gathers into
+/// one message; a busy primary's flushes carry several kB each (64
+/// clients at `off`: 5-8 kB at the tenth percentile, 11-18 kB at the
+/// median, see docs/benchmarks.md, "the walsender's hold limited to
+/// small flushes"), which go at once, so the hold costs them no replay
+/// lag or key visibility.
+const ASYNC_HOLD_MAX_BYTES: u64 = XLOG_BLCKSZ / 2;
 
 /// Which timeline is streamed and, for a historic one, where it ends.
 #[derive(Debug, Clone, Copy)]
@@ -486,9 +495,10 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
 
     /// An asynchronous walrep standby (no commit here may wait for it,
     /// reviewed with `early`), caught up on the current timeline, with new
-    /// WAL flushed: hold the send until [`AsyncSpacing`]'s delay passed
-    /// since the previous one (see there). Not while catching up, at a
-    /// timeline's end or at shutdown.
+    /// WAL flushed, less than [`ASYNC_HOLD_MAX_BYTES`] of it: hold the
+    /// send until [`AsyncSpacing`]'s delay passed since the previous one
+    /// (see there). Not while catching up, at a timeline's end or at
+    /// shutdown.
     fn space_async_send(&mut self) {
         let paced = !self.spacing.delay.is_zero()
             && (self.flush_hint || self.unflushed_ok)
@@ -497,7 +507,11 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             && self.caught_up
             && self.plan.valid_upto.is_none()
             && self.stopping.is_none();
-        if paced && self.src.flush_point().lsn > self.sent {
+        if !paced {
+            return;
+        }
+        let waiting = self.src.flush_point().lsn.0.saturating_sub(self.sent.0);
+        if waiting > 0 && waiting < ASYNC_HOLD_MAX_BYTES {
             self.spacing.hold();
         }
     }
@@ -794,9 +808,12 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
 }
 
 /// The messages of an asynchronous standby (no commit waits for it) go
-/// at most one per `delay`: a flush within `delay` of the last send is
-/// held and sent with the ones that follow it, instead of one message
-/// per commit. Each message costs this thread a wake-up and a send, and
+/// at most one per `delay` while they are small: a flush of less than
+/// [`ASYNC_HOLD_MAX_BYTES`] within `delay` of the last send is held and
+/// sent with the ones that follow it, instead of one message per commit;
+/// a larger one goes at once (there is little to gather, and the hold
+/// would cost a busy primary's standby its replay lag and key
+/// visibility). Each message costs this thread a wake-up and a send, and
 /// the standby a receive, a write, a wake-up of its startup thread and a
 /// replay; at one client at `local` those ran per commit on the same
 /// cores as the commit itself (see docs/benchmarks.md, "`local` at one
