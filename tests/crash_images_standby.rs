@@ -1015,14 +1015,15 @@ fn names_at(log: &CrashLog, upto: usize) -> std::collections::HashMap<PathBuf, u
 }
 
 /// A standby's promotion makes its history file's contents durable before
-/// the name, then fsyncs `wal/` once (the history file's and the new
-/// segments' names together) before the end-of-recovery record, and
-/// overwrites the control file in place (fdatasync, no temporary file, no
-/// rename, no fsync of the data directory for it): each directory fsync
-/// or new file's fsync is a journal commit, which on a busy machine waits
-/// for other processes' writeback.
+/// the name, and the name durable (one fsync of `wal/`) before any segment
+/// of the new timeline is named; then, once writes are accepted, one more
+/// fsync of `wal/` (the new segments' names) runs beside the control
+/// file's update, which overwrites the file in place (fdatasync, no
+/// temporary file, no rename, no fsync of the data directory for it):
+/// each directory fsync or new file's fsync is a journal commit, which on
+/// a busy machine waits for other processes' writeback.
 #[test]
-fn a_promotion_fsyncs_wal_once_and_overwrites_the_control_file_in_place() {
+fn a_promotion_fsyncs_wal_once_per_stage_and_overwrites_the_control_file_in_place() {
     use walrep::storage::CrashEvent as E;
     let root = scratch();
     let dir = root.path().join("n");
@@ -1041,24 +1042,45 @@ fn a_promotion_fsyncs_wal_once_and_overwrites_the_control_file_in_place() {
     );
     let rel = |p: &str| PathBuf::from("n").join(p);
     let history = rel("wal/00000002.history");
+    let wal_dir = rel("wal");
     let renamed_in = |log: &walrep::storage::CrashLog| {
         log.events
             .iter()
             .position(|e| matches!(e, E::Rename { to, .. } if *to == history))
     };
-    // The node accepts writes while the promotion's control file update is
-    // still in flight: wait until that update has been synced.
+    // The first name a segment of timeline 2 gets.
+    let segment_named_in = |log: &walrep::storage::CrashLog, from: usize| {
+        (from..log.events.len()).find(|&i| {
+            matches!(&log.events[i], E::Rename { to, .. }
+            if to.parent() == Some(wal_dir.as_path())
+                && to.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.len() == 24 && n.starts_with("00000002")
+                }))
+        })
+    };
+    let wal_synced_after = |log: &walrep::storage::CrashLog, from: usize| {
+        (from..log.events.len())
+            .find(|&i| matches!(&log.events[i], E::SyncDir { path } if *path == wal_dir))
+    };
+    // The node accepts writes while the promotion's last syncs are still
+    // in flight: wait until the control file's update and the segments'
+    // names have been synced.
     assert!(
         poll(|| {
             let log = storage.log();
             renamed_in(&log).is_some_and(|renamed| {
-                (renamed..log.events.len()).any(|i| match &log.events[i] {
+                let control = (renamed..log.events.len()).any(|i| match &log.events[i] {
                     E::Sync { inode } => names_at(&log, i).get(&rel("control")) == Some(inode),
                     _ => false,
-                })
+                });
+                let names = segment_named_in(&log, renamed)
+                    .and_then(|named| wal_synced_after(&log, named))
+                    .is_some();
+                control && names
             })
         }),
-        "the promotion's control file update was never synced"
+        "the promotion's control file update or segment names were never synced"
     );
     let log = storage.log();
     drop(node);
@@ -1072,8 +1094,30 @@ fn a_promotion_fsyncs_wal_once_and_overwrites_the_control_file_in_place() {
             .any(|e| matches!(e, E::Sync { inode } if *inode == tmp)),
         "the history file was renamed before its contents were durable"
     );
+    let named = segment_named_in(&log, renamed).expect("a segment of timeline 2 was named");
+    let names_synced = wal_synced_after(&log, named).expect("the segment names were synced");
+    let wal_syncs = |from: usize, to: usize| {
+        log.events[from..to]
+            .iter()
+            .filter(|e| matches!(e, E::SyncDir { path } if *path == wal_dir))
+            .count()
+    };
+    // The history file's name is durable before the new timeline's first
+    // segment is named (CRASH.md 4.6 and 4.10), with one fsync of `wal/`.
+    assert_eq!(
+        wal_syncs(renamed, named),
+        1,
+        "wal/ fsynced once for the history file's name: {:#?}",
+        &log.events[renamed..named]
+    );
+    assert_eq!(
+        wal_syncs(named, names_synced + 1),
+        1,
+        "wal/ fsynced once for the segments' names"
+    );
     // The promotion's control file update: the first write to the file
-    // named `control` after the rename, in place.
+    // named `control` after the rename, in place, after the segment was
+    // named (the end-of-recovery step).
     let (updated, control) = (renamed..log.events.len())
         .find_map(|i| match &log.events[i] {
             E::Write {
@@ -1082,17 +1126,17 @@ fn a_promotion_fsyncs_wal_once_and_overwrites_the_control_file_in_place() {
             _ => None,
         })
         .expect("the control file was overwritten in place");
+    assert!(
+        updated > named,
+        "the control file named timeline 2 before its segment"
+    );
     let window = &log.events[renamed..updated];
-    let dir_syncs = |d: &str| {
+    assert!(
         window
             .iter()
-            .filter(|e| matches!(e, E::SyncDir { path } if path.as_path() == Path::new(d)))
+            .filter(|e| matches!(e, E::SyncDir { path } if path.as_path() == Path::new("n")))
             .count()
-    };
-    // Once, and before the control file names the new timeline.
-    assert_eq!(dir_syncs("n/wal"), 1, "wal/ fsynced once: {window:#?}");
-    assert!(
-        dir_syncs("n") <= 1,
+            <= 1,
         "the data directory fsynced twice: {window:#?}"
     );
     assert!(
@@ -1129,8 +1173,9 @@ struct StallControlSync {
 enum StallOn {
     /// The control file's fdatasync (its in-place update).
     Control,
-    /// The fsync of `wal/` that makes the history file's and the new
-    /// segment's names durable, before the control file is written.
+    /// The fsync of `wal/` that makes the new timeline's segments' names
+    /// durable, beside the control file's update (the history file's name
+    /// was made durable before the end-of-recovery record).
     WalDir,
     /// The first fdatasync of a timeline-2 segment: the end-of-recovery
     /// record's (and the first writes') flush, which may come after the
@@ -1172,7 +1217,9 @@ impl StallControlSync {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let held = match self.on {
             StallOn::Control => !dir && name == "control",
-            StallOn::WalDir => dir && name == "wal",
+            // The hold's fsync of `wal/`: once the new timeline's first
+            // segment is named (the history stage fsyncs `wal/` before).
+            StallOn::WalDir => dir && name == "wal" && names_a_timeline_2_segment(path),
             StallOn::NewTimelineWal => !dir && name.len() == 24 && name.starts_with("00000002"),
         };
         if !held {
@@ -1189,6 +1236,17 @@ impl StallControlSync {
             .wait_timeout_while(stage, DEADLINE, |s| *s != Stall::Go)
             .unwrap();
     }
+}
+
+/// Whether `wal` holds a segment of timeline 2 by name.
+fn names_a_timeline_2_segment(wal: &Path) -> bool {
+    std::fs::read_dir(wal).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.len() == 24 && n.starts_with("00000002")
+        })
+    })
 }
 
 impl Storage for StallControlSync {
@@ -1251,11 +1309,14 @@ fn writes_accepted_during_the_promotions_control_file_update_are_confirmed_only_
 
 /// The node accepts writes as soon as the end-of-recovery record is
 /// inserted, before the fsync of `wal/` that makes the new timeline's
-/// history file and first segment durable by name: while that fsync is in
-/// flight a write is flushed on the new timeline (with the record before
-/// it) but not confirmed, the control file is not yet written, and no
-/// walsender may pass the switch point. Power-loss images of the run come
-/// back as in the control file's window.
+/// first segment durable by name: while that fsync is in flight a write
+/// is flushed on the new timeline (with the record before it) but not
+/// confirmed, no walsender may pass the switch point, and the control
+/// file's update runs beside it and becomes durable. So the run has crash
+/// points with the control file naming timeline 2 and the segment's name
+/// (with the record and the write in it) lost: those images must come
+/// back as a primary of timeline 2 (its first segment made again from the
+/// old timeline's) that takes writes.
 #[test]
 fn writes_accepted_before_the_new_timelines_names_are_durable_are_confirmed_only_after_them() {
     held_promotion_images(StallOn::WalDir);
@@ -1270,6 +1331,118 @@ fn writes_accepted_before_the_new_timelines_names_are_durable_are_confirmed_only
 #[test]
 fn a_control_file_durable_before_the_end_of_recovery_record_recovers_on_the_new_timeline() {
     held_promotion_images(StallOn::NewTimelineWal);
+}
+
+/// A data directory as a crash inside the promotion's last window can
+/// leave it, started by the `walrep` binary: the control file names
+/// timeline 2 (its update became durable) while the fsync of `wal/` that
+/// names the new timeline's first segment did not complete, so the
+/// segment is gone; the history file is there (its name was durable
+/// before any segment of the timeline was named). Nothing of timeline 2
+/// was acknowledged. The node starts as a primary of timeline 2, its
+/// first segment made again from the old timeline's, with every write
+/// acknowledged before the promotion, and takes writes.
+#[test]
+fn a_promoted_data_directory_that_lost_its_first_segments_name_starts_on_the_new_timeline() {
+    let root = scratch();
+    let dir = root.path().join("n");
+    walrep::node::init::init(&dir, support::wal::seg()).unwrap();
+    const KEYS: u64 = 50;
+    {
+        let primary = InProcessNode::start_existing(&dir, &["checkpoint_timeout=1h"], None);
+        let mut c = redis_conn(&primary.redis_url());
+        for i in 0..KEYS {
+            let _: String = redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg(value("k", i))
+                .query(&mut c)
+                .unwrap();
+        }
+    }
+    std::fs::write(dir.join("standby.signal"), b"").unwrap();
+    let recording = Arc::new(CrashStorage::new(root.path()).unwrap());
+    let storage = Arc::new(StallControlSync::new(recording, StallOn::WalDir));
+    let node = InProcessNode::start_existing(
+        &dir,
+        &["checkpoint_timeout=1h"],
+        Some(storage.clone() as Arc<dyn Storage>),
+    );
+    storage.set(Stall::Armed);
+    walrep::standby::trigger::request_promotion(&StdStorage, &dir).unwrap();
+    assert!(
+        poll(|| storage.stage() == Stall::Stalled),
+        "the fsync of wal/ for the new segment's name never started"
+    );
+    let control_names_2 = || {
+        walrep::store::ControlFile::read(&dir).is_ok_and(|c| c.timeline == walrep::TimelineId(2))
+    };
+    assert!(
+        poll(control_names_2),
+        "the control file's update waited for the new segment's name"
+    );
+    let image = root.path().join("image");
+    copy_dir(&dir, &image);
+    storage.set(Stall::Go);
+    drop(node);
+    // What the lost fsync of `wal/` takes: the names of timeline 2's
+    // segments (the first one, with the end-of-recovery record, and the
+    // spare after it).
+    let wal = image.join("wal");
+    let mut lost = Vec::new();
+    for e in std::fs::read_dir(&wal).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.len() == 24 && n.starts_with("00000002") {
+            std::fs::remove_file(e.path()).unwrap();
+            lost.push(n);
+        }
+    }
+    assert!(!lost.is_empty(), "no segment of timeline 2 was named");
+    let _ = std::fs::remove_file(image.join("walrep.pid"));
+    assert!(image.join("wal/00000002.history").is_file());
+
+    let mut started = support::node::TestNode::start(&image, &[]);
+    let mut c = started.client();
+    for i in 0..KEYS {
+        let got: Option<String> = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(got, Some(value("k", i)), "acknowledged write k{i}");
+    }
+    let _: String = redis::cmd("SET")
+        .arg("after-crash")
+        .arg("1")
+        .query(&mut c)
+        .expect("the recovered node takes writes");
+    drop(c);
+    assert!(started.stop().success());
+    let control = walrep::store::ControlFile::read(&image).unwrap();
+    assert_eq!(control.timeline, walrep::TimelineId(2));
+    let seg = support::wal::seg();
+    let switch_point = history_switch_point(&wal.join("00000002.history"));
+    let first = switch_point
+        .segno(seg)
+        .file_name(walrep::TimelineId(2), seg);
+    assert!(lost.contains(&first), "{first} was named: {lost:?}");
+    let names = support::file_names(&wal);
+    assert!(
+        names.contains(&first),
+        "timeline 2's first segment was not made again: {names:?}"
+    );
+}
+
+/// Copy the files and directories under `from` into a new `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        let kind = e.file_type().unwrap();
+        if kind.is_dir() {
+            copy_dir(&e.path(), &target);
+        } else if kind.is_file() {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
 }
 
 /// Run a promotion with `on` held, a write sent into the window, the
@@ -1352,9 +1525,12 @@ fn held_promotion_images(on: StallOn) {
         }
     }
     if on == StallOn::WalDir {
+        // Side by side: the control file names timeline 2 durably while
+        // its first segment's name is not yet durable (the crash images
+        // below recover that window).
         assert!(
-            !control_synced(&recording.log()),
-            "the control file was synced before the new timeline's names were durable"
+            poll(|| control_synced(&recording.log())),
+            "the control file waited for the new timeline's segment names"
         );
     }
     let flushed = wal.flushed();

@@ -16,19 +16,22 @@
 //! So a crash before the release leaves nothing anyone was told: recovery
 //! may find the control file old (the promotion never finished: the node
 //! restarts on the old timeline; the new one's WAL, end-of-recovery record
-//! included, is never read) or new (it did: the names are durable, as the
-//! control file is written only after the fsync of `wal/`; the new
-//! timeline is replayed with whatever of its record and writes were
-//! flushed, or starts at the switch point if none was). Either is a
-//! history some client could have seen. PostgreSQL flushes its
-//! end-of-recovery record and updates its control file before it accepts
-//! a write; this keeps its promise and moves the record's flush into the
-//! first writes' own.
+//! included, is never read) or new (it did: the history file is durable,
+//! made so before the record was written; the new timeline is replayed
+//! with whatever of its record and writes were flushed, or starts at the
+//! switch point if none was, its first segment made again when the fsync
+//! of `wal/` that named it, run beside the control file's, was lost).
+//! Either is a history some client could have seen; every image is listed
+//! at `crate::standby::promote::write_end_of_recovery`. PostgreSQL flushes
+//! its end-of-recovery record and makes the new segment's name durable
+//! before it updates its control file, and does all three before it
+//! accepts a write; this keeps its promise and runs the three side by
+//! side, the record's flush inside the first writes' own.
 //!
-//! The hold is released by the thread that made the control file durable
-//! and saw the record flushed; if a sync fails, the node stops (an fsync
-//! failure is never retried) and writers waiting here get an error, never
-//! "OK".
+//! The hold is released by the startup thread once the control file and
+//! the segments' names are durable and the record flushed; if a sync
+//! fails, the node stops (an fsync failure is never retried) and writers
+//! waiting here get an error, never "OK".
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

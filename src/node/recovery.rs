@@ -290,3 +290,61 @@ pub fn sync_replayed_wal(
     }
     Ok(synced)
 }
+
+/// After a crash in a promotion's last window, give the new timeline back
+/// its first segment when only its name was lost: returns whether it did.
+///
+/// Promotion makes the history file durable (contents and name) before
+/// anything of the new timeline is written, then, once writes are
+/// accepted and held, fsyncs `wal/` (the new timeline's first segment's
+/// name) beside the control file's update; nothing is acknowledged,
+/// visible or sent before both are done (`crate::node::promotion_hold`).
+/// So a crash can leave a control file that names the new timeline while
+/// the segment the new timeline starts in has no durable name. Its
+/// contents (the old timeline's prefix, then the end-of-recovery record
+/// and the first writes) were never acknowledged to anyone: the timeline
+/// simply has no WAL past its switch point, as when the record's flush
+/// was lost. Replay then ends at the switch point (the old timeline's
+/// file serves the segment up to it), and the WAL writer needs the
+/// segment to exist: it is made again as the promotion made it, a copy of
+/// the old timeline's segment up to the switch point (or an empty one at
+/// a segment boundary), durable before it is named, its name made durable
+/// by the WAL writer's start.
+///
+/// Only at `tli`'s own switch point: a segment missing anywhere else is
+/// lost WAL, which [`crate::wal::Wal::start`] refuses as before.
+pub fn restore_switch_segment(
+    segdir: &wal::SegmentDir,
+    history: &TimelineHistory,
+    system_id: u64,
+    end: Lsn,
+) -> Result<bool, wal::TimelineError> {
+    let tli = history.timeline();
+    let seg = segdir.seg_size();
+    let begins = history.spans().last().map(|s| s.begin);
+    if history.spans().len() < 2
+        || begins != Some(end)
+        || segdir.segment_path(tli, end.segno(seg)).exists()
+    {
+        return Ok(false);
+    }
+    let prepared = if end.segment_offset(seg) == 0 {
+        None
+    } else {
+        let before = Lsn(end.0 - 1);
+        let Some(old) = wal::timeline::candidate_timelines(history, before, seg)
+            .into_iter()
+            .find(|t| *t != tli && segdir.segment_path(*t, before.segno(seg)).exists())
+        else {
+            return Ok(false);
+        };
+        wal::prepare_new_timeline_segment(segdir, system_id, old, tli, end)?
+    };
+    wal::place_new_timeline_segment(segdir, tli, end, prepared)?;
+    tracing::warn!(
+        timeline = tli.0,
+        switch_point = %end,
+        "the new timeline's first segment was not durable by name (a crash inside the promotion, before any write of the timeline was acknowledged): made again from the old timeline's"
+    );
+    Ok(true)
+}

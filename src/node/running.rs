@@ -500,7 +500,13 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
         control.wal_segment_size,
         false,
     );
-    let rec = recovery::replay_to_end(&node.dir.root, &control, history, &node.store, &repair)?;
+    let rec = recovery::replay_to_end(
+        &node.dir.root,
+        &control,
+        history.clone(),
+        &node.store,
+        &repair,
+    )?;
     node.note_wal_repairs(rec.repaired.clone());
     if control.min_recovery_point.is_valid() && rec.end < control.min_recovery_point {
         // A base backup cut short by a crash (or a standby that lost WAL
@@ -517,6 +523,13 @@ fn start_primary(node: &Arc<Node>) -> Result<(), NodeError> {
         tracing::debug!(segments = synced, "replayed WAL is durable");
     }
     tracing::info!(records = rec.records_replayed, end = %rec.end, elapsed_ms = rec.elapsed_ms, "recovery complete");
+    // A crash inside a promotion's last window may have taken the new
+    // timeline's first segment by name (never anything acknowledged).
+    recovery::restore_switch_segment(&node.segdir, &history, control.system_identifier, rec.end)
+        .map_err(|source| NodeError::History {
+            tli: control.timeline,
+            source,
+        })?;
     let mut wal_cfg = WalConfig::new(
         node.dir.wal(),
         control.system_identifier,

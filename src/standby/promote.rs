@@ -84,16 +84,16 @@ pub struct PreparedTimeline {
 /// the removal of `standby.signal` durable (PostgreSQL removes the signal
 /// files durably before it writes the history file).
 ///
-/// The history file's name is made durable by the one fsync of `wal/` in
-/// [`ControlUpdate::run`], together with the new timeline's segments
-/// and before the control file names the timeline: one directory fsync,
-/// each of which is a journal commit that waits for other processes'
-/// writeback. The rename comes before the segments' renames (those are in
-/// [`write_end_of_recovery`]), and a journaling file system commits the
-/// operations of one directory in order, so a crash never keeps a segment
-/// of the new timeline without its history file; where a file system would
-/// reorder them, such a segment is harmless: nothing names the timeline,
-/// and the next promotion replaces it.
+/// The history file's name is made durable here too, by an fsync of
+/// `wal/` on this thread right after its rename, while the copy (the
+/// stage's longest part) and the data directory's fsync go on: so the
+/// history file is durable, contents and name, before any WAL of the new
+/// timeline is written and before the control file names it (CRASH.md
+/// 4.6, 4.10), and the control file's update need not wait for the later
+/// fsync of `wal/` that names the new timeline's segments
+/// ([`ControlUpdate::run`] runs the two side by side). The segments are
+/// named after this stage (in [`write_end_of_recovery`]), so no segment of
+/// the new timeline ever exists without its history file.
 ///
 /// The check for valid WAL past the switch point
 /// ([`keep_wal_past_damage`], reads only) runs on this thread once the
@@ -141,6 +141,18 @@ pub fn write_history_file(
         let t = Instant::now();
         let history = unsynced.finish(&*h.storage);
         let history_fsync = t.elapsed();
+        // The history file's name, durable here, beside the copy (the
+        // stage's longest part): the control file may then name the new
+        // timeline without waiting for the fsync of `wal/` that makes the
+        // segments' names durable ([`ControlUpdate::run`] runs the two
+        // side by side).
+        let t = Instant::now();
+        let history = history.map_err(PromotionError::from).and_then(|hist| {
+            crate::storage::sync_dir(&*h.storage, &dir.wal())
+                .map(|()| hist)
+                .map_err(PromotionError::SyncWalDir)
+        });
+        let history_name = t.elapsed();
         // Only reads (and, after damage, copies into `quarantine/`): here,
         // beside the copy (the stage's longest part), not before it on the
         // copy's thread. Nothing writes the old timeline's files meanwhile.
@@ -152,10 +164,10 @@ pub fn write_history_file(
             history,
             prepared,
             datadir.map(|d| joined(d, &sync_standby_signal)),
-            (history_fsync, damage_check),
+            (history_fsync, history_name, damage_check),
         )
     });
-    let (history_fsync, damage_check) = times;
+    let (history_fsync, history_name, damage_check) = times;
     let (prepared, copy) = match prepared {
         Ok((segment, copy)) => (
             Some(PreparedTimeline {
@@ -170,9 +182,7 @@ pub fn write_history_file(
             (None, None)
         }
     };
-    let done = history
-        .map_err(PromotionError::from)
-        .and(datadir.transpose());
+    let done = history.and(datadir.transpose());
     let datadir_times = match done {
         Ok(d) => d.unwrap_or_default(),
         Err(e) => {
@@ -186,6 +196,7 @@ pub fn write_history_file(
         %switch_point,
         elapsed_us = t0.elapsed().as_micros() as u64,
         history_fsync_us = us(Some(history_fsync)),
+        history_name_us = us(Some(history_name)),
         damage_check_us = us(Some(damage_check)),
         segment_copy_us = us(copy),
         receiver_sync_wait_us = us(datadir_times.receiver_wait),
@@ -405,41 +416,67 @@ fn switch_segment_timeline(h: &StandbyHandles, prev_tli: TimelineId, at: Lsn) ->
 /// `sync_datadir`: the removal of `standby.signal` is not durable yet.
 ///
 /// The syncs, in the order durability needs, those of one line waited
-/// for together: the history file's contents, the copied segment's
-/// contents and the data directory (all in [`write_history_file`]); then,
-/// after the renames (here), once writes are accepted: `wal/` (the history
-/// file's and the segments' names); the `.ready` of the history file with
-/// archiving on; the control file, overwritten in place (fdatasync),
-/// beside the first writes' flush, which makes the end-of-recovery record
-/// durable with them (the record precedes them in the same segment).
+/// for together: the history file's contents, then its name (`wal/`), the
+/// copied segment's contents and the data directory (all in
+/// [`write_history_file`]); then, after the segments' renames (here), once
+/// writes are accepted: `wal/` (the new timeline's segments' names) and
+/// the `.ready` of the history file with archiving on, beside the control
+/// file, overwritten in place (fdatasync), beside the first writes'
+/// flush, which makes the end-of-recovery record durable with them (the
+/// record precedes them in the same segment).
 ///
 /// Where this differs from PostgreSQL: its `CreateEndOfRecoveryRecord`
 /// flushes the record (`XLogFlush`) before `UpdateControlFile`, and it
-/// accepts writes only after both. Here the record gets no fdatasync of
-/// its own: the node accepts writes at once, and its hold
+/// accepts writes only after both; and its `XLogInitNewTimeline` makes
+/// the new segment's name durable (`durable_rename`) before the control
+/// file names the timeline. Here the record gets no fdatasync of its own
+/// and the segment's name is made durable beside the control file: the
+/// node accepts writes at once, and its hold
 /// (`crate::node::promotion_hold`) keeps every acknowledgement, their
 /// visibility and every byte of the new timeline from walsenders until
 /// the names, the control file and the record are all durable. So every
 /// crash before the release is a crash nobody was told anything of, and
 /// each image recovers to a history some client could have seen (CRASH.md
-/// §4.1, §4.5, §4.6):
-/// - control file old (timeline N, in archive recovery), whatever else
-///   survived: the node restarts as a primary of N (`standby.signal` is
-///   durably gone) and writes on N from the switch point; the new
-///   timeline's segment, record and first writes are never read;
-/// - control file new (N+1, in production): it is written only after the
-///   fsync of `wal/`, so the history file and the new segment are there
-///   by name, the segment's copied prefix durable (synced before its
-///   rename). Recovery replays to the switch point and then whatever of
-///   the new timeline's WAL survived, the record first: with the record
-///   lost (its fdatasync not done), the end of WAL is the switch point
-///   and the node writes on N+1 from there, as after a torn first record;
-///   a later record never survives without it once any flush of the
-///   segment completed, and a sector kept without a completed flush is
-///   past an invalid record in the same segment, so it is not read.
-///   The record is only informational for the new timeline's readers
-///   (the history file carries the switch), so a timeline N+1 without it
-///   is as valid as one whose first records were lost.
+/// §4.1, §4.5, §4.6). The images (the history file is durable in all of
+/// them: the record is written only after its name's fsync):
+/// 1. control file old (timeline N, in archive recovery), whatever else
+///    survived (segment name or not, record and writes or not): the node
+///    restarts as a primary of N (`standby.signal` is durably gone) and
+///    writes on N from the switch point; the new timeline's history file,
+///    segment, record and first writes are never read (a later promotion
+///    takes timeline N+2: the history file N+1 is there). Nothing of N+1
+///    was acknowledged.
+/// 2. control file new (N+1, in production), segment name durable,
+///    record durable, writes durable or not: replay goes to the switch
+///    point on N and on into N+1's segment, to the end of what was
+///    flushed; the writes replayed were not acknowledged (the hold) but
+///    may be kept, as any flushed unacknowledged write may.
+/// 3. control file new, segment name durable, record not durable (its
+///    flush not done): the segment holds the copied prefix (durable
+///    before its rename) and zeroes or a torn record at the switch point,
+///    so the end of WAL is the switch point and the node writes on N+1
+///    from there, as after a torn first record; a later record never
+///    survives without it once any flush of the segment completed, and a
+///    sector kept without a completed flush is past an invalid record in
+///    the same segment, so it is not read. The record is only
+///    informational for the new timeline's readers (the history file
+///    carries the switch), so a timeline N+1 without it is as valid as
+///    one whose first records were lost.
+/// 4. control file new, segment name not durable (the fsync of `wal/`
+///    beside the control file not done), record and writes durable or not
+///    (their blocks belong to the unnamed file; a leftover temporary name
+///    is removed at start): replay reads the switch segment up to the
+///    switch point from N's file (still under its own name: it becomes
+///    `.partial` only after the release) and ends there, N+1 having no
+///    file for it; start-up makes the segment again as this step did (a
+///    copy of N's prefix, durable before it is named:
+///    `crate::node::recovery::restore_switch_segment`) and writes on N+1
+///    from the switch point: the same state as image 3. Nothing of N+1 was
+///    acknowledged (the release waits for this fsync).
+///
+/// After the release every acknowledged write is in a segment whose name,
+/// and the control file naming its timeline, are durable: the images of
+/// the ordinary WAL rules apply.
 pub fn write_end_of_recovery(
     h: &StandbyHandles,
     (tli, prev_tli): (TimelineId, TimelineId),
@@ -491,7 +528,7 @@ pub fn write_end_of_recovery(
         segment_us = us(t_segment),
         wal_start_us = us(t_wal - t_segment),
         record_us = us(t0.elapsed() - t_wal),
-        "end-of-recovery record written; writes are accepted and held until the new timeline's names, the control file and the record are durable"
+        "end-of-recovery record written; writes are accepted and held until the new timeline's segment names, the control file and the record are durable"
     );
     let update = ControlUpdate {
         control: h.control.clone(),
@@ -510,12 +547,12 @@ pub fn write_end_of_recovery(
 
 /// The promotion's last steps, run by the startup thread right after the
 /// node accepts writes ([`ControlUpdate::run`]), while the first writes
-/// are inserted and flushed (and held): fsync `wal/` (the history file's
-/// and the new segment's names), mark the history file `.ready` with
-/// archiving on, point the control file at the new timeline, in
-/// production (fdatasync), make sure the end-of-recovery record is
-/// durable (the first writes' flush has usually done it), then release
-/// the node's hold. A failure stops the node (an fsync failure is never
+/// are inserted and flushed (and held), two branches side by side: fsync
+/// `wal/` (the new timeline's segments' names) and mark the history file
+/// `.ready` with archiving on; point the control file at the new
+/// timeline, in production (fdatasync), and make sure the end-of-recovery
+/// record is durable (the first writes' flush has usually done it). Then
+/// release the node's hold. A failure stops the node (an fsync failure is never
 /// retried), and nothing of the new timeline is confirmed.
 ///
 /// On the startup thread rather than a thread of its own: that thread is
@@ -548,26 +585,35 @@ impl std::fmt::Debug for ControlUpdate {
 }
 
 impl ControlUpdate {
-    /// Make the new timeline's names, the control file and the
+    /// Make the new timeline's segments' names, the control file and the
     /// end-of-recovery record durable and release the hold (or, on
     /// failure, stop the node). Before anything that needs the control
     /// file to name the new timeline (renaming the old timeline's last
     /// segment to `.partial`, the first checkpoint).
     pub fn run(self) {
         let t_start = self.t0.elapsed();
-        // The names first: the control file never names a timeline whose
-        // history file could still be lost (CRASH.md §4.5, §4.6).
-        let names = crate::storage::sync_dir(&*self.storage, &self.wal_dir)
-            .map_err(PromotionError::SyncWalDir);
-        let t_names = self.t0.elapsed();
-        let ready = names.and_then(|()| self.mark_history_ready());
-        if let Err(e) = ready {
-            tracing::error!(error = %e, "could not make the new timeline's names durable; no write of it was confirmed; the node stops");
-            self.hooks.release_promotion(false);
-            self.hooks.fatal(super::StandbyError::Promotion(e));
-            return;
-        }
-        update_control(&self, t_start, t_names);
+        // The segments' names and the control file side by side: the
+        // history file is durable by name already (the history stage), so
+        // the control file may name the timeline before the names of its
+        // first segments are durable; a crash that loses them recovers as
+        // "no WAL of the new timeline past its switch point" (see
+        // [`write_end_of_recovery`] for every image).
+        let names = || {
+            let r = crate::storage::sync_dir(&*self.storage, &self.wal_dir)
+                .map_err(PromotionError::SyncWalDir)
+                .and_then(|()| self.mark_history_ready());
+            (r, self.t0.elapsed())
+        };
+        let control = || update_control(&self);
+        // The fsync of `wal/` (a journal commit) is the longer: on this
+        // thread, at once; the control file's fdatasync, shorter, absorbs
+        // the other thread's start.
+        std::thread::scope(|s| {
+            let beside_names = beside(s, &control);
+            let (names, t_names) = names();
+            let control = joined(beside_names, &control);
+            finish_update(&self, control, names, (t_start, t_names));
+        });
     }
 
     /// With archiving on, mark the new timeline's history file `.ready`;
@@ -583,11 +629,11 @@ impl ControlUpdate {
     }
 }
 
-/// Point the control file at the new timeline, in production, durably;
-/// wait for the end-of-recovery record to be durable (usually the first
-/// writes' flush did it meanwhile; else it is flushed here); then release
-/// the node's hold (or, on failure, tell it to stop).
-fn update_control(u: &ControlUpdate, t_start: Duration, t_names: Duration) {
+/// Point the control file at the new timeline, in production, durably,
+/// and wait for the end-of-recovery record to be durable (usually the
+/// first writes' flush did it meanwhile; else it is flushed here).
+/// Returns when the control file and the record were done.
+fn update_control(u: &ControlUpdate) -> ControlDone {
     let tli = u.tli;
     let result = u.control.update_in_place(|c| {
         c.timeline = tli;
@@ -599,7 +645,32 @@ fn update_control(u: &ControlUpdate, t_start: Duration, t_names: Duration) {
         Ok(()) => u.wal.wait_flushed(u.record_end),
         Err(_) => Ok(()),
     };
-    let ok = result.is_ok() && record.is_ok();
+    ControlDone {
+        result,
+        record,
+        t_control,
+        t_record: u.t0.elapsed(),
+    }
+}
+
+/// What [`update_control`] did, and when.
+struct ControlDone {
+    result: Result<(), ControlError>,
+    record: Result<(), WalError>,
+    t_control: Duration,
+    t_record: Duration,
+}
+
+/// With the names, the control file and the record all durable, release
+/// the node's hold; otherwise tell it to stop (nothing was confirmed).
+fn finish_update(
+    u: &ControlUpdate,
+    done: ControlDone,
+    names: Result<(), PromotionError>,
+    (t_start, t_names): (Duration, Duration),
+) {
+    let tli = u.tli;
+    let ok = done.result.is_ok() && done.record.is_ok() && names.is_ok();
     u.hooks.release_promotion(ok);
     // The next segment's pre-allocation (a rename and an fsync of `wal/`)
     // comes after the promotion's own syncs, not among them.
@@ -608,24 +679,28 @@ fn update_control(u: &ControlUpdate, t_start: Duration, t_names: Duration) {
     }
     let t_done = u.t0.elapsed();
     let us = |d: Duration| d.as_micros() as u64;
-    match (result, record) {
-        (Ok(()), Ok(())) => {
+    match (done.result, done.record, names) {
+        (Ok(()), Ok(()), Ok(())) => {
             tracing::info!(
                 tli = tli.0,
-                names_us = us(t_names - t_start),
-                control_us = us(t_control - t_names),
-                record_wait_us = us(t_done - t_control),
+                names_us = us(t_names.saturating_sub(t_start)),
+                control_us = us(done.t_control.saturating_sub(t_start)),
+                record_wait_us = us(done.t_record - done.t_control),
                 total_us = us(t_done),
                 // How far the first writes got meanwhile (held, not lost).
                 flushed = %u.wal.flushed(),
-                "archive recovery complete; control file durable, writes confirmed"
+                "archive recovery complete; control file and the new timeline's names durable, writes confirmed"
             );
         }
-        (Err(e), _) => {
+        (Err(e), _, _) => {
             tracing::error!(error = %e, "could not point the control file at the new timeline; no write of it was confirmed; the node stops");
             u.hooks.fatal(super::StandbyError::Control(e));
         }
-        (Ok(()), Err(source)) => {
+        (Ok(()), _, Err(e)) => {
+            tracing::error!(error = %e, "could not make the new timeline's names durable; no write of it was confirmed; the node stops");
+            u.hooks.fatal(super::StandbyError::Promotion(e));
+        }
+        (Ok(()), Err(source), Ok(())) => {
             let e = PromotionError::EndOfRecovery { tli, source };
             tracing::error!(error = %e, "no write of the new timeline was confirmed; the node stops");
             u.hooks.fatal(super::StandbyError::Promotion(e));
