@@ -46,7 +46,6 @@ use super::protocol::reply;
 use super::session::SessionContext;
 use super::{Notify, PendingWait, StartedWait, Termination, WriteError};
 use crate::store::Level;
-use crate::wal::writer::{defer_flush_wakes, FlushWakesDeferred};
 use crate::Lsn;
 
 /// The waker's token; connections use their id (never 0).
@@ -445,13 +444,11 @@ impl Worker {
         if reading {
             self.gather(events, &mut touched);
         }
-        let (answered_off, held_wakes) = self.settle();
+        let answered_off = self.settle();
         for token in touched {
             self.send_or_close(token);
             self.account(token);
         }
-        // The answer is out: now wake the walsenders for the flush.
-        drop(held_wakes);
         if answered_off {
             // After the replies are sent: a flush here delays only what
             // this loop does next, never an answer already due.
@@ -656,10 +653,8 @@ impl Worker {
 
     /// Settle every connection with pending writes not yet handed off:
     /// per level, one wait for the highest end. True if commits at
-    /// `synchronous_commit = off` were among them; and the flush
-    /// wake-ups held back while a lone client's answer is sent (see
-    /// [`Worker::lead_sync_flush`]).
-    fn settle(&mut self) -> (bool, Option<FlushWakesDeferred>) {
+    /// `synchronous_commit = off` were among them.
+    fn settle(&mut self) -> bool {
         let mut groups: Vec<(Level, Lsn, Vec<Token>)> = Vec::new();
         for (token, c) in &self.conns {
             if c.handed_off {
@@ -678,14 +673,12 @@ impl Worker {
         groups.sort_by_key(|g| g.0);
         let answered_off = groups.iter().any(|g| g.0 == Level::Immediate);
         let backend = self.ctx.backend.clone();
-        let mut held_wakes = None;
         for (level, end, tokens) in groups {
             let t0 = Instant::now();
             self.gate.flushing.fetch_add(1, Ordering::SeqCst);
             let local = if level <= Level::LocalFlush {
                 backend.wait_local(end, level).map(StartedWait::Done)
             } else if tokens.len() == 1 && self.alone() {
-                held_wakes = Self::lead_sync_flush(level);
                 backend.start_wait(end, level, &self.notify)
             } else {
                 None
@@ -702,19 +695,7 @@ impl Worker {
                 None => self.hand_off(end, level, tokens),
             }
         }
-        (answered_off, held_wakes)
-    }
-
-    /// Before this loop leads a lone client's synchronous flush: hold
-    /// back the flush position's wake-up of the walsenders until the
-    /// client's answer is sent (or the loop goes back to polling), so
-    /// that no futex and no second runnable thread sit between the
-    /// fdatasync and the answer. At `on` and `remote_write` the standby
-    /// needs that position only to expose the WAL, not to confirm the
-    /// commit; at `remote_apply` it must apply first, so it is told at
-    /// once.
-    fn lead_sync_flush(level: Level) -> Option<FlushWakesDeferred> {
-        (level < Level::RemoteApply).then(defer_flush_wakes)
+        answered_off
     }
 
     /// A write flushed here by this loop that waits for standbys: mark

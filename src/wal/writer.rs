@@ -30,7 +30,6 @@
 //!   original error, and nothing retries an fsync.
 
 mod buffer;
-mod defer;
 mod flush;
 mod pacing;
 mod queue;
@@ -50,7 +49,6 @@ use crossbeam_channel::Receiver;
 use thiserror::Error;
 
 pub use buffer::InsertedRecord;
-pub use defer::{defer_flush_wakes, FlushWakesDeferred};
 pub use pacing::{MIN_FLUSH_SPACING, STREAMING_FLUSH_SPACING};
 pub use stats::{WalStats, BATCH_BUCKETS};
 
@@ -290,7 +288,7 @@ impl Wal {
             poison: OnceLock::new(),
             stopping: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
-            flush_watch: Arc::new(Watch::new(cfg.start_lsn)),
+            flush_watch: Watch::new(cfg.start_lsn),
             flush_hook: shared::HookSlot::default(),
             kick,
             subscribers: Mutex::new(Vec::new()),

@@ -95,7 +95,7 @@ pub(crate) struct Shared {
     /// published after every flush, closed when the writer stops (poisoned
     /// or shut down). `flushed` stays the group commit's own, lock-free
     /// copy; this one only wakes.
-    pub flush_watch: Arc<Watch<Lsn>>,
+    pub flush_watch: Watch<Lsn>,
     /// Runs inline after every fdatasync, before the new position is
     /// published and before any waiter is released (the node advances
     /// read visibility here, so no thread hop sits between a flush and
@@ -418,8 +418,7 @@ impl Shared {
             hook(end);
         }
         self.flushed.store(end.0, Ordering::Release);
-        // Held back while this thread answers its client (see `defer`).
-        super::defer::publish_flushed(&self.flush_watch, end);
+        self.flush_watch.publish(end);
     }
 
     fn count_flush(&self, by: FlushBy, records: u64) {
