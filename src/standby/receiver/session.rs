@@ -939,9 +939,14 @@ impl Session {
     /// publish and report it, reply upstream.
     /// Redo and cascading walsenders get only what the upstream told it
     /// flushed; the status update carries the real flush position.
+    /// The status update goes right after the fsync, before the
+    /// confirmed-flush record is written and redo is told: a commit on
+    /// the primary waits for it, and neither of those needs to come first
+    /// (a crash before the record leaves an older, still true one).
     fn flush_and_report(&mut self) -> Result<(), End> {
         let flushed = self.writer.flush().map_err(|e| self.io_failure(e))?;
         self.shared.raise_durable(flushed);
+        self.send_status(false, false)?;
         let tli = self.writer.timeline();
         let exposed = flusher::lock(&self.durability).made_durable(&self.shared, tli, flushed);
         if exposed > self.reported_flush {
@@ -949,7 +954,7 @@ impl Session {
             self.pending_flush = Some((tli, exposed));
             self.deliver_pending_flush()?;
         }
-        self.send_status(false, false)
+        Ok(())
     }
 
     /// Queue the latest WalFlushed if the queue has room (it is replaced by
