@@ -929,6 +929,11 @@ impl Session {
             return Ok(());
         }
         self.shared.publish_exposed_early(early);
+        // With the machine's leave, applied here before `WalFlushed` wakes
+        // the startup thread (which then finds nothing left to apply): the
+        // record is readable one thread hop sooner, and the startup
+        // thread's replay does not contend with this one.
+        self.shared.inline().try_apply(self.session, tli, early);
         self.reported_flush = early;
         self.pending_flush = Some((tli, early));
         self.deliver_pending_flush()
