@@ -949,10 +949,18 @@ impl Session {
     /// With the recovery machine's leave, apply what this session exposed
     /// if redo is free (the startup thread, woken by `WalFlushed`, may be
     /// applying it: then nothing is done here). After the fsync and status
-    /// of a synchronous standby: a `remote_apply` commit's apply report
-    /// then needs no other thread's turn; an `on` commit's flush report
-    /// did not wait for the apply.
+    /// of a synchronous standby, and only while a `remote_apply` commit
+    /// waits for the apply report (which then needs no other thread's
+    /// turn): for `on` the startup thread keeps applying beside this
+    /// thread's next read and fsync, which an apply here would delay.
     fn apply_inline(&self) {
+        let wanted = self
+            .shared
+            .with_replies(|r, _| Ok(r.apply_report_wanted()))
+            .unwrap_or(false);
+        if !wanted {
+            return;
+        }
         let tli = self.writer.timeline();
         self.shared
             .inline()
