@@ -58,6 +58,7 @@
 
 mod buffer;
 mod flusher;
+mod inline;
 mod replies;
 mod session;
 mod sessions;
@@ -79,6 +80,7 @@ use crate::wal::{SegmentDir, SegmentError};
 use crate::watch::Watch;
 use crate::{Lsn, TimelineHistory, TimelineId};
 pub use buffer::{WalBuffer, WAL_BUFFER_BYTES};
+pub(crate) use inline::{InlineGate, InlineRedo};
 pub(crate) use replies::APPLY_REPORT_SPACING;
 use replies::{Positions, Replies, ReplyError};
 pub use sessions::{ConfigFn, Sessions};
@@ -424,6 +426,9 @@ pub struct ReceiverShared {
     write_reports: AtomicBool,
     /// fsyncs of received WAL made by sessions' fsync threads, ever.
     fsyncs: AtomicU64,
+    /// The recovery machine's inline leave: the session applies what it
+    /// exposed itself when redo is free (see [`inline`]).
+    inline: InlineGate,
 }
 
 /// The upstream a session connected to, for INFO and /status.
@@ -468,6 +473,7 @@ impl ReceiverShared {
             flush_deferred: AtomicBool::new(false),
             write_reports: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
+            inline: InlineGate::default(),
         })
     }
 
@@ -593,6 +599,16 @@ impl ReceiverShared {
 
     fn set_state(&self, s: ReceiverState) {
         self.state.store(s.code(), Ordering::Release);
+    }
+
+    /// The inline leave (see [`inline`]).
+    pub(crate) fn inline(&self) -> &InlineGate {
+        &self.inline
+    }
+
+    /// Batches a walreceiver session applied itself, ever.
+    pub fn inline_applies(&self) -> u64 {
+        self.inline.applies()
     }
 
     /// See the `exposed_early` field.

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::receiver::{ReceiverShared, APPLY_REPORT_SPACING};
+use super::receiver::{InlineRedo, ReceiverShared, APPLY_REPORT_SPACING};
 use super::replayed::Replayed;
 use crate::datadir::DataDir;
 use crate::states::recovery::{Event, RecordCheck};
@@ -134,6 +134,28 @@ impl RedoShared {
     }
 }
 
+/// The walreceiver's inline apply (see `receiver::inline`): the same
+/// replay as a short request on the startup thread, on the session's
+/// thread, never waiting for redo. Its answer is not the machine's: the
+/// `Replay` the session's `WalFlushed` leads to finds the records applied
+/// (or stops at the same invalid record and reports it).
+impl InlineRedo for RedoShared {
+    fn try_apply(&self, upto: Lsn) -> Option<Lsn> {
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let mut redo = self.try_lock()?;
+        let next = redo.reader.next_lsn();
+        let queued = self.queued.load(Ordering::Acquire);
+        if upto <= next || !runs_inline(queued, next, upto) || redo.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        redo.replay(upto, &mut |_| {});
+        let end = redo.reader.next_lsn();
+        (end > next).then_some(end)
+    }
+}
+
 /// Whether a request may run on the startup thread: nothing queued for
 /// the redo thread and the limit close to the reader.
 fn runs_inline(queued: usize, next: Lsn, upto: Lsn) -> bool {
@@ -149,6 +171,11 @@ impl RedoLink {
             redo: Mutex::new(redo),
             queued: AtomicUsize::new(0),
         });
+        {
+            let redo = shared.lock();
+            let weak: std::sync::Weak<dyn InlineRedo> = Arc::downgrade(&shared) as _;
+            redo.received.inline().set_redo(weak);
+        }
         let thread = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()

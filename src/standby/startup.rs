@@ -327,6 +327,19 @@ impl Startup {
                 self.status.source = Some(source);
                 self.replay(upto);
             }
+            Action::AllowInlineApply { session, tli, upto } => self
+                .h
+                .progress
+                .received
+                .inline()
+                .allow(session.0, tli, upto),
+            // Answered before anything queued: the machine learns how far
+            // the session applied before it acts on its replay position.
+            Action::WithdrawInlineApply { session } => {
+                let applied = self.h.progress.received.inline().withdraw();
+                self.answers
+                    .push_front(Event::InlineApplyWithdrawn { session, applied });
+            }
             Action::StartWalReceiver { session, from, tli } => {
                 self.receivers.start(session.0, from, tli)
             }

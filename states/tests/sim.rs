@@ -237,6 +237,21 @@ struct World {
     /// reads it; the heal restores the seed's configuration).
     stream_now: bool,
     reloads: u32,
+    /// The inline leave the core gave: the walreceiver may apply what it
+    /// streams itself, when redo is idle (see `Action::AllowInlineApply`).
+    leave: Option<(SessionId, TimelineId, Lsn)>,
+    /// How far the walreceiver applied under the current leave.
+    inline_applied: Lsn,
+    /// Answers handled before anything else queued (the runtime's).
+    answers: Vec<Event>,
+    /// Inline applies draw from their own generator (the other faults
+    /// of every seed play as before); the chance a batch is applied by
+    /// the walreceiver when it may (redo idle), per seed.
+    inline_rng: Rng,
+    inline_chance: f64,
+    /// Leaves given, withdrawn (of which on a promotion), batches applied
+    /// by the walreceiver.
+    inline_counts: (u64, u64, u64, u64),
 }
 
 type SimResult = Result<(), String>;
@@ -261,6 +276,12 @@ struct Stats {
     steps: u64,
     /// Segments of `wal/` damaged in the middle.
     rotted: u64,
+    /// Inline leaves given, withdrawn, withdrawn on a promotion, and
+    /// batches the walreceiver applied itself.
+    inline_given: u64,
+    inline_withdrawn: u64,
+    inline_withdrawn_promoting: u64,
+    inline_applies: u64,
     /// Promotions that ended at a damaged middle, having reported it.
     promoted_past_damage: u64,
 }
@@ -287,6 +308,10 @@ impl Stats {
         self.restore_failures += w.counts.2;
         self.steps += w.steps as u64;
         self.rotted += w.rot.rotted;
+        self.inline_given += w.inline_counts.0;
+        self.inline_withdrawn += w.inline_counts.1;
+        self.inline_withdrawn_promoting += w.inline_counts.2;
+        self.inline_applies += w.inline_counts.3;
         self.promoted_past_damage += w.rot.promoted_past;
     }
 }
@@ -368,6 +393,19 @@ impl World {
             reload_rng: Rng(seed ^ 0x7e10_ad00_5eed_0000),
             stream_now: stream,
             reloads: 0,
+            leave: None,
+            inline_applied: Lsn::INVALID,
+            answers: Vec::new(),
+            inline_chance: {
+                let mut r = Rng(seed ^ 0x1a11_ae00_5eed_0000);
+                if r.chance(0.25) {
+                    0.0
+                } else {
+                    0.3 + 0.7 * (r.below(1000) as f64 / 1000.0)
+                }
+            },
+            inline_rng: Rng(seed ^ 0x1a11_ae00_5eed_0001),
+            inline_counts: (0, 0, 0, 0),
         };
         w.plan();
         w
@@ -679,6 +717,28 @@ impl World {
                 self.after(1, "fetcher", Item::Deliver(ev));
             }
             Action::Replay { tli, upto, .. } => self.start_replay(tli, upto)?,
+            Action::AllowInlineApply { session, tli, upto } => {
+                if self.leave.is_some() {
+                    return Err("a second inline leave before the first was withdrawn".into());
+                }
+                self.leave = Some((session, tli, upto));
+                self.inline_applied = Lsn::INVALID;
+                self.inline_counts.0 += 1;
+            }
+            Action::WithdrawInlineApply { session } => {
+                match self.leave.take() {
+                    Some((s, ..)) if s == session => {}
+                    other => return Err(format!("withdrawal of {session}, but given {other:?}")),
+                }
+                self.inline_counts.1 += 1;
+                if self.core.state() == StateKind::Promoting {
+                    self.inline_counts.2 += 1;
+                }
+                self.answers.push(Event::InlineApplyWithdrawn {
+                    session,
+                    applied: std::mem::take(&mut self.inline_applied),
+                });
+            }
             Action::StartWalReceiver { session, from, tli } => {
                 self.session = Some(Session {
                     id: session,
@@ -950,6 +1010,7 @@ impl World {
         if upto > s.pos {
             self.write_stream(s.tli, s.pos, upto);
             s.pos = upto;
+            self.apply_inline(s.id, s.tli, upto);
             if self
                 .held
                 .is_some_and(|(tli, _, to)| tli == s.tli && upto >= to)
@@ -1022,6 +1083,39 @@ impl World {
             if let Some(c) = corrupt.filter(|c| *c >= a && *c < b) {
                 copy.corrupt_at = Some(copy.corrupt_at.map_or(c, |old| old.min(c)));
             }
+        }
+    }
+
+    /// The walreceiver applies what it just streamed itself, if the core
+    /// gave it leave and redo is idle (the runtime's try-lock), up to the
+    /// leave's limit; it stops at an invalid record (redo finds it again
+    /// on the core's next `Replay` and reports it).
+    fn apply_inline(&mut self, id: SessionId, tli: TimelineId, upto: Lsn) {
+        let Some((_, _, cap)) = self.leave.filter(|(s, t, _)| *s == id && *t == tli) else {
+            return;
+        };
+        if self.job.is_some() || self.redo_in_flight || !self.inline_rng.chance(self.inline_chance)
+        {
+            return;
+        }
+        let limit = upto.min(cap);
+        let first = self.applied.segno(walseg()).0;
+        let last = Lsn(limit.0.saturating_sub(1)).segno(walseg()).0;
+        for seg in first..=last.max(first) {
+            if self.local.contains_key(&(tli, SegNo(seg))) {
+                self.seg_file.insert(SegNo(seg), tli);
+            }
+        }
+        let before = self.applied;
+        while let Some(&end) = self.records.get(&self.applied) {
+            if end > limit || self.readable(self.applied, end, &self.seg_file).is_err() {
+                break;
+            }
+            self.applied = end;
+        }
+        if self.applied > before {
+            self.inline_applied = self.inline_applied.max(self.applied);
+            self.inline_counts.3 += 1;
         }
     }
 
@@ -1161,6 +1255,9 @@ impl World {
         self.job = None;
         self.redo_in_flight = false;
         self.seg_file.clear();
+        self.leave = None;
+        self.inline_applied = Lsn::INVALID;
+        self.answers.clear();
         let config = RecoveryConfig {
             stream_configured: self.stream_now,
             ..self.config.clone()
@@ -1248,6 +1345,9 @@ impl World {
             self.execute(a)?;
         }
         self.core.check_invariants().map_err(|v| v.to_string())?;
+        for answer in std::mem::take(&mut self.answers) {
+            self.handle(answer)?;
+        }
         if self.core.state() == StateKind::AwaitingBaseBackup {
             // Refused while the copy is incomplete: nothing to wait for.
             self.promote_requested = false;
@@ -1256,7 +1356,15 @@ impl World {
         if after < before {
             return Err(format!("replay went back from {before} to {after}"));
         }
-        let settled = self.job.is_none() && !self.redo_in_flight;
+        // Under an inline leave the walreceiver may be ahead of what the
+        // core was told; never is the core ahead of what was applied.
+        if after > self.applied && self.core.state() != StateKind::Starting {
+            return Err(format!(
+                "machine says replayed {after}, redo applied only {}",
+                self.applied
+            ));
+        }
+        let settled = self.job.is_none() && !self.redo_in_flight && self.leave.is_none();
         if settled && self.core.state() != StateKind::Starting && after != self.applied {
             return Err(format!(
                 "machine says replayed {after}, redo applied {}",
@@ -1414,6 +1522,13 @@ fn simulation() {
             "no wal/ segment was damaged in the middle"
         );
         assert!(stats.two_phase_completed > 0);
+        assert!(
+            stats.inline_given > 0
+                && stats.inline_withdrawn > 0
+                && stats.inline_withdrawn_promoting > 0
+                && stats.inline_applies > 0,
+            "inline leaves not exercised"
+        );
     }
 }
 

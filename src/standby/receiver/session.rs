@@ -627,9 +627,12 @@ impl Session {
             self.check_flusher()?;
             if self.fsync_inline() {
                 // Redo may apply what the primary flushed before this
-                // node's own fsync (see `expose_written`).
-                self.expose_written()?;
+                // node's own fsync (see `expose_written`): the startup
+                // thread does, beside this fsync; this thread applies what
+                // is left only after the status a commit at `on` waits for.
+                self.expose_written(false)?;
                 self.flush_inline(reply_requested)?;
+                self.apply_inline();
                 self.report_apply()?;
                 if let Some(end) = end {
                     return Ok(end);
@@ -650,7 +653,7 @@ impl Session {
                 // commands.
                 self.send_status(false, false)?;
             }
-            self.expose_written()?;
+            self.expose_written(true)?;
             let asked = self.request_flush(reply_requested || end.is_some());
             if reply_requested && !asked {
                 // Nothing new to fsync: answer now.
@@ -922,16 +925,46 @@ impl Session {
     /// cascading walsenders send stay behind its own fsync; the machine's
     /// `WalFlushed` is its replay limit. The fsync follows at once; if it
     /// fails the node stops (nothing retries an fsync).
-    fn expose_written(&mut self) -> Result<(), End> {
+    ///
+    /// `apply`: with the recovery machine's leave, apply it here first,
+    /// before `WalFlushed` wakes the startup thread (which then finds
+    /// nothing left to apply): the record is readable one thread hop
+    /// sooner. Not when a commit waits for this thread's fsync and status
+    /// (see [`Session::apply_inline`]).
+    fn expose_written(&mut self, apply: bool) -> Result<(), End> {
         let tli = self.writer.timeline();
         let early = self.exposable(self.writer.written());
         if early <= self.reported_flush {
             return Ok(());
         }
         self.shared.publish_exposed_early(early);
+        if apply {
+            self.shared.inline().try_apply(self.session, tli, early);
+        }
         self.reported_flush = early;
         self.pending_flush = Some((tli, early));
         self.deliver_pending_flush()
+    }
+
+    /// With the recovery machine's leave, apply what this session exposed
+    /// if redo is free (the startup thread, woken by `WalFlushed`, may be
+    /// applying it: then nothing is done here). After the fsync and status
+    /// of a synchronous standby, and only while a `remote_apply` commit
+    /// waits for the apply report (which then needs no other thread's
+    /// turn): for `on` the startup thread keeps applying beside this
+    /// thread's next read and fsync, which an apply here would delay.
+    fn apply_inline(&self) {
+        let wanted = self
+            .shared
+            .with_replies(|r, _| Ok(r.apply_report_wanted()))
+            .unwrap_or(false);
+        if !wanted {
+            return;
+        }
+        let tli = self.writer.timeline();
+        self.shared
+            .inline()
+            .try_apply(self.session, tli, self.reported_flush);
     }
 
     /// On this thread (the fsync thread is stopped: a timeline's end; or

@@ -312,6 +312,28 @@ pub enum Action {
         /// Replay records ending at or before this.
         upto: Lsn,
     },
+    /// From now on the walreceiver session `session` may apply, on its own
+    /// thread and without a `Replay`, records of `tli` ending at or before
+    /// `upto` that it exposed (wrote here, was told flushed upstream) —
+    /// when redo is free, never waiting for it; otherwise they are left to
+    /// the `Replay` its `WalFlushed` leads to. It reports its apply
+    /// position as redo does. No answer.
+    AllowInlineApply {
+        /// The walreceiver session.
+        session: SessionId,
+        /// The timeline of its WAL.
+        tli: TimelineId,
+        /// The last position it may apply to.
+        upto: Lsn,
+    },
+    /// Withdraw the leave of `AllowInlineApply`, before any later action:
+    /// once executed, the session applies nothing more itself (the runtime
+    /// waits for an apply in progress). Answer: `InlineApplyWithdrawn`,
+    /// ahead of any other event.
+    WithdrawInlineApply {
+        /// The walreceiver session.
+        session: SessionId,
+    },
     /// Start a walreceiver session: START_REPLICATION at `from` (a segment
     /// start) on timeline `tli`. A session waiting after a timeline end may
     /// be reused (PostgreSQL's RESTARTING). Answer: the session's events.
@@ -417,6 +439,10 @@ pub enum ActionKind {
     FindLocalHistoryFile,
     /// [`Action::Replay`].
     Replay,
+    /// [`Action::AllowInlineApply`].
+    AllowInlineApply,
+    /// [`Action::WithdrawInlineApply`].
+    WithdrawInlineApply,
     /// [`Action::StartWalReceiver`].
     StartWalReceiver,
     /// [`Action::StopWalReceiver`].
@@ -458,6 +484,8 @@ impl Action {
             Action::RestoreHistoryFile { .. } => ActionKind::RestoreHistoryFile,
             Action::FindLocalHistoryFile { .. } => ActionKind::FindLocalHistoryFile,
             Action::Replay { .. } => ActionKind::Replay,
+            Action::AllowInlineApply { .. } => ActionKind::AllowInlineApply,
+            Action::WithdrawInlineApply { .. } => ActionKind::WithdrawInlineApply,
             Action::StartWalReceiver { .. } => ActionKind::StartWalReceiver,
             Action::StopWalReceiver { .. } => ActionKind::StopWalReceiver,
             Action::ArmRetry { .. } => ActionKind::ArmRetry,
@@ -488,6 +516,11 @@ impl fmt::Display for Action {
             Action::Replay { source, tli, upto } => {
                 write!(f, "{k} {source} tli {} to {upto}", tli.0)
             }
+            Action::AllowInlineApply { tli, upto, .. } if upto.0 == u64::MAX => {
+                write!(f, "{k} tli {}", tli.0)
+            }
+            Action::AllowInlineApply { tli, upto, .. } => write!(f, "{k} tli {} to {upto}", tli.0),
+            Action::WithdrawInlineApply { .. } => write!(f, "{k}"),
             Action::StartWalReceiver { from, tli, .. } => write!(f, "{k} {from} tli {}", tli.0),
             Action::StopWalReceiver { .. } | Action::RemoveStandbySignal => write!(f, "{k}"),
             Action::ArmRetry { delay_ms } => write!(f, "{k} {delay_ms}ms"),

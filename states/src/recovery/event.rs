@@ -235,6 +235,15 @@ pub enum Event {
         /// Replayable up to here.
         upto: Lsn,
     },
+    /// Answer to `WithdrawInlineApply`: from now on the walreceiver applies
+    /// nothing itself; it applied records up to `applied` (its WAL,
+    /// exposed: written here and flushed upstream) under the leave.
+    InlineApplyWithdrawn {
+        /// The session the leave was given to.
+        session: SessionId,
+        /// End of the last record it applied itself (`INVALID`: none).
+        applied: Lsn,
+    },
     /// The upstream ended streaming of `tli` at `switch_point`; the next
     /// timeline is `next_tli` (the result set after CopyDone).
     TimelineEnded {
@@ -390,6 +399,8 @@ pub enum EventKind {
     StreamConnected,
     /// [`Event::WalFlushed`].
     WalFlushed,
+    /// [`Event::InlineApplyWithdrawn`].
+    InlineApplyWithdrawn,
     /// [`Event::TimelineEnded`].
     TimelineEnded,
     /// [`Event::HistoryReceived`].
@@ -426,7 +437,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every event kind, in declaration order.
-    pub const ALL: [EventKind; 29] = [
+    pub const ALL: [EventKind; 30] = [
         EventKind::RecoveryStarted,
         EventKind::BaseBackupPending,
         EventKind::SegmentRestored,
@@ -440,6 +451,7 @@ impl EventKind {
         EventKind::HistoryNotFoundLocally,
         EventKind::StreamConnected,
         EventKind::WalFlushed,
+        EventKind::InlineApplyWithdrawn,
         EventKind::TimelineEnded,
         EventKind::HistoryReceived,
         EventKind::StreamLost,
@@ -482,6 +494,7 @@ impl Event {
             Event::HistoryNotFoundLocally { .. } => EventKind::HistoryNotFoundLocally,
             Event::StreamConnected { .. } => EventKind::StreamConnected,
             Event::WalFlushed { .. } => EventKind::WalFlushed,
+            Event::InlineApplyWithdrawn { .. } => EventKind::InlineApplyWithdrawn,
             Event::TimelineEnded { .. } => EventKind::TimelineEnded,
             Event::HistoryReceived { .. } => EventKind::HistoryReceived,
             Event::StreamLost { .. } => EventKind::StreamLost,
@@ -506,6 +519,7 @@ impl Event {
         match self {
             Event::StreamConnected { session, .. }
             | Event::WalFlushed { session, .. }
+            | Event::InlineApplyWithdrawn { session, .. }
             | Event::TimelineEnded { session, .. }
             | Event::HistoryReceived { session, .. }
             | Event::StreamLost { session, .. }
@@ -561,6 +575,7 @@ impl fmt::Display for Event {
                 ..
             } => write!(f, "{k}(tli {} flush {upstream_flush})", upstream_tli.0),
             Event::WalFlushed { tli, upto, .. } => write!(f, "{k}({upto} tli {})", tli.0),
+            Event::InlineApplyWithdrawn { applied, .. } => write!(f, "{k}({applied})"),
             Event::TimelineEnded {
                 tli,
                 next_tli,

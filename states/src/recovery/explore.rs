@@ -242,7 +242,7 @@ pub fn abstract_key(core: &Recovery) -> String {
         )
     });
     format!(
-        "{:?}|{round:?}|{phase}|{:?}|{received:?}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}",
+        "{:?}|{round:?}|{phase}|{:?}|{received:?}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}",
         core.state(),
         m.receiver.as_ref().map(|r| r.status),
         m.unreplayed_received(),
@@ -264,6 +264,7 @@ pub fn abstract_key(core: &Recovery) -> String {
         m.promote_pending,
         m.timelines.newest_known(None).is_some(),
         m.timelines.target.0.min(3),
+        core.inline.map(|g| g.withdrawing),
     )
 }
 
@@ -296,6 +297,16 @@ pub fn sample_events_split(core: &Recovery) -> (Vec<TimedEvent>, Vec<TimedEvent>
     out.extend(receiver_news(core, m));
     out.extend(redo_results(m));
     out.extend(promotion_answers(core, m));
+    if let Some(g) = core.inline_leave().filter(|g| g.withdrawing) {
+        // Nothing, or up to what the session flushed (maybe unreported).
+        let flushed = m.received.as_ref().map_or(m.replay_lsn, |r| r.upto);
+        for applied in [Lsn::INVALID, plus(flushed, 0x28)] {
+            out.push(Event::InlineApplyWithdrawn {
+                session: g.leave.session,
+                applied,
+            });
+        }
+    }
     out.push(Event::PromoteRequested {
         trigger: PromoteTrigger::Command,
     });
@@ -616,6 +627,10 @@ fn unsolicited(m: &Machine) -> Vec<Event> {
         Event::WalReceiverStopped {
             session: stale,
             flushed: at,
+        },
+        Event::InlineApplyWithdrawn {
+            session: stale,
+            applied: at,
         },
         Event::UnconfirmedWalHeld {
             session: stale,

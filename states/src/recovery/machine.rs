@@ -565,6 +565,10 @@ impl Machine {
                 self.note_unconfirmed_truncated(ctx, *tli, *from);
                 Handled
             }
+            Event::InlineApplyWithdrawn { session, applied } => {
+                self.note_applied_inline(ctx, *session, *applied);
+                Handled
+            }
             _ => {
                 if ctx.causes.is_empty() {
                     ctx.because(format!("{} not expected here", event.kind()));

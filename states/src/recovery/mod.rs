@@ -76,6 +76,7 @@ use crate::lsn::{Lsn, TimelineId};
 use crate::time::Millis;
 use invariants::violation;
 use machine::State;
+pub use shared::InlineLeave;
 use shared::{Ctx, Machine, ReceiverStatus};
 
 /// At most this many actions wait in the outbox; the runtime drains it
@@ -109,9 +110,22 @@ pub struct Recovery {
     /// The last `Replay` asked for and the replay position then: asking
     /// for the same again without progress is a livelock.
     last_replay: Option<(Action, Lsn)>,
+    /// The inline leave given to the walreceiver (see [`InlineLeave`]).
+    #[serde(default)]
+    inline: Option<GivenLeave>,
     /// The first invariant broken inside a step (seen by `check_invariants`).
     #[serde(skip)]
     broken: Option<InvariantViolation>,
+}
+
+/// An inline leave as given: the machine's leave, and whether its
+/// withdrawal waits for `InlineApplyWithdrawn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GivenLeave {
+    /// What was given.
+    pub leave: InlineLeave,
+    /// `WithdrawInlineApply` was emitted; not answered yet.
+    pub withdrawing: bool,
 }
 
 impl std::fmt::Debug for Recovery {
@@ -167,6 +181,7 @@ impl Recovery {
             replay_high_water: Lsn::INVALID,
             writes_accepted: None,
             last_replay: None,
+            inline: None,
             broken: None,
         })
     }
@@ -178,7 +193,16 @@ impl Recovery {
         self.seq += 1;
         let mut ctx = Ctx::at(self.now);
         let from = self.state();
+        if let Event::InlineApplyWithdrawn { session, .. } = &event {
+            if self
+                .inline
+                .is_some_and(|g| g.withdrawing && g.leave.session == *session)
+            {
+                self.inline = None;
+            }
+        }
         self.machine.handle_with_context(&event, &mut ctx);
+        self.sync_inline(&mut ctx.actions);
         let to = self.state();
         let record = Transition {
             seq: self.seq,
@@ -199,6 +223,45 @@ impl Recovery {
             self.transitions_dropped += 1;
         }
         self.transitions.push_back(record);
+    }
+
+    /// Give, keep or withdraw the inline leave after a step: a leave the
+    /// machine no longer gives (or gives differently) is withdrawn before
+    /// the step's other actions run; a new one is given after them, once
+    /// the last one's withdrawal was answered.
+    fn sync_inline(&mut self, actions: &mut Vec<Action>) {
+        let want = self.shared().inline_leave(self.state());
+        match &mut self.inline {
+            Some(g) if g.withdrawing => {}
+            Some(g) if Some(g.leave) == want => {}
+            Some(g) => {
+                g.withdrawing = true;
+                actions.insert(
+                    0,
+                    Action::WithdrawInlineApply {
+                        session: g.leave.session,
+                    },
+                );
+            }
+            None => {
+                if let Some(leave) = want {
+                    self.inline = Some(GivenLeave {
+                        leave,
+                        withdrawing: false,
+                    });
+                    actions.push(Action::AllowInlineApply {
+                        session: leave.session,
+                        tli: leave.tli,
+                        upto: leave.upto,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The inline leave given, if any (see [`InlineLeave`]).
+    pub fn inline_leave(&self) -> Option<GivenLeave> {
+        self.inline
     }
 
     /// The next action to execute, in order.
@@ -396,6 +459,19 @@ impl Recovery {
             ));
         }
         invariants::check_machine(m, self.machine.state())?;
+        if let Some(g) = self.inline.filter(|g| !g.withdrawing) {
+            if m.inline_leave(self.state()) != Some(g.leave) {
+                return Err(violation(
+                    "inline-apply-only-with-leave",
+                    format!(
+                        "session {} may apply inline up to {} in {}, which gives no such leave",
+                        g.leave.session,
+                        g.leave.upto,
+                        self.state()
+                    ),
+                ));
+            }
+        }
         if self.waiting_for().is_none() && self.poll_timeout().is_none() {
             return Err(violation(
                 "progress-or-timer",
@@ -416,6 +492,7 @@ impl Recovery {
             State::Promoted { .. } | State::Stopped { .. } => "nothing (final)",
             State::Starting {} => "RecoveryStarted",
             State::AwaitingBaseBackup { .. } => "the base backup to complete",
+            _ if self.inline.is_some_and(|g| g.withdrawing) => "the inline apply's withdrawal",
             _ if m.replay_req.is_some() => "redo",
             _ if m.fetch_req.is_some() => "the archive fetcher",
             State::Promoting { promotion } => match promotion.phase {

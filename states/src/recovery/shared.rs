@@ -109,6 +109,26 @@ pub struct Unconfirmed {
     pub to: Lsn,
 }
 
+/// The walreceiver's leave to apply, on its own thread, WAL it exposed
+/// (wrote here, told flushed upstream) without a `Replay`: one thread hop
+/// fewer between a primary's flush and the record being readable here.
+/// Granted by [`Action::AllowInlineApply`] only while nothing but the
+/// stream decides how far replay goes (see [`Machine::inline_leave`]);
+/// withdrawn by [`Action::WithdrawInlineApply`], whose answer
+/// ([`Event::InlineApplyWithdrawn`]) says how far the session applied.
+///
+/// [`Event::InlineApplyWithdrawn`]: super::event::Event::InlineApplyWithdrawn
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InlineLeave {
+    /// The session that may apply.
+    pub session: SessionId,
+    /// The timeline of its WAL (the replay position's).
+    pub tli: TimelineId,
+    /// It may apply records ending at or before this (the end of `tli` on
+    /// the recovery timeline's history, if known).
+    pub upto: Lsn,
+}
+
 /// The outstanding `Replay` request (at most one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayRequest {
@@ -252,6 +272,10 @@ pub struct Machine {
     /// WAL held in `wal/` that the upstream had not confirmed flushed.
     #[serde(default)]
     pub unconfirmed: Option<Unconfirmed>,
+    /// How far a walreceiver applied under a withdrawn inline leave, told
+    /// while a `Replay` was outstanding: the replay position once it ends.
+    #[serde(default)]
+    pub applied_inline: Lsn,
 }
 
 impl Machine {
@@ -277,6 +301,7 @@ impl Machine {
             timeline_resolved: false,
             promoted_tli: None,
             unconfirmed: None,
+            applied_inline: Lsn::INVALID,
         }
     }
 
@@ -531,6 +556,11 @@ impl Machine {
             return;
         };
         let upto = upto.min(req.upto);
+        self.advance_replay(ctx, upto);
+    }
+
+    /// The replay position moves to `upto` if that is ahead.
+    fn advance_replay(&mut self, ctx: &mut Ctx, upto: Lsn) {
         if upto <= self.replay_lsn {
             return;
         }
@@ -567,6 +597,9 @@ impl Machine {
         self.note_replayed(ctx, at);
         let req = self.replay_req.take()?;
         let Some(check) = check else {
+            // A walreceiver applied further on its own meanwhile.
+            let inline = std::mem::take(&mut self.applied_inline);
+            self.advance_replay(ctx, inline);
             if let Some(rec) = self
                 .received
                 .as_mut()
@@ -742,6 +775,57 @@ impl Machine {
         let (tli, session) = (rec.tli, rec.session);
         self.replay(ctx, WalSource::Stream, tli, limit, Some(session));
         true
+    }
+
+    /// The inline leave the machine gives now, if any: only in `Streaming`,
+    /// consistent, to the current session while it streams the replay
+    /// position's timeline with nothing ended, held unconfirmed or found
+    /// invalid on it, and no request but stream replays outstanding. Then
+    /// nothing but the stream decides how far replay goes: every record
+    /// the walreceiver exposes (written here, flushed upstream) is one the
+    /// machine would ask redo to apply next. Whatever else decides it
+    /// (promotion, a timeline switch, a stopped or lost session, a
+    /// reload, an archive round) leaves `Streaming` or ends the session's
+    /// `Streaming` status, and the leave is withdrawn before the step's
+    /// other actions run. walrep has no recovery target (other than the
+    /// timeline), `recovery_min_apply_delay` or replay pause; each of
+    /// those, when added, must withdraw the leave here too.
+    pub fn inline_leave(&self, state: StateKind) -> Option<InlineLeave> {
+        if state != StateKind::Streaming || !self.consistent || self.fetch_req.is_some() {
+            return None;
+        }
+        let r = self.receiver.as_ref()?;
+        let rec = self.received.as_ref().filter(|x| x.session == r.session)?;
+        let clean = r.status == ReceiverStatus::Streaming
+            && rec.ended_at.is_none()
+            && rec.tli == self.timelines.timeline_of(self.replay_lsn)
+            && self.unconfirmed.is_none_or(|u| u.tli != rec.tli)
+            && !self.bad.iter().any(|b| b.source == WalSource::Stream);
+        let round_replay = self.replay_req.as_ref().is_some_and(|q| q.for_round);
+        (clean && !round_replay).then(|| InlineLeave {
+            session: r.session,
+            tli: rec.tli,
+            upto: self.timelines.end_of(rec.tli).unwrap_or(Lsn(u64::MAX)),
+        })
+    }
+
+    /// The inline leave of `session` was withdrawn after it applied up to
+    /// `applied`: that WAL was exposed (written here, flushed upstream),
+    /// so the session received it, and it is replayed (once the
+    /// outstanding `Replay`, if any, ends).
+    pub(crate) fn note_applied_inline(&mut self, ctx: &mut Ctx, session: SessionId, applied: Lsn) {
+        if let Some(rec) = self.received.as_mut().filter(|r| r.session == session) {
+            rec.upto = rec.upto.max(applied);
+        }
+        if applied <= self.replay_lsn {
+            return;
+        }
+        ctx.because(format!("session {session} applied up to {applied} itself"));
+        if self.replay_req.is_some() {
+            self.applied_inline = self.applied_inline.max(applied);
+        } else {
+            self.advance_replay(ctx, applied);
+        }
     }
 
     /// The stream has nothing more at the replay position: its session
