@@ -28,7 +28,8 @@ use walrep::replication::pgwire::{
 use walrep::replication::server::ServerOptions;
 use walrep::replication::source::ReplicationSource;
 use walrep::standby::receiver::{
-    start, ReceiverConfig, ReceiverError, ReceiverEvent, ReceiverShared, ReceiverState,
+    start, ReceiverConfig, ReceiverError, ReceiverEvent, ReceiverHandle, ReceiverShared,
+    ReceiverState,
 };
 use walrep::standby::Replayed;
 use walrep::storage::{FaultyStorage, StdStorage, Storage};
@@ -769,32 +770,20 @@ fn no_status_update_follows_the_copy_s_end() {
 fn an_asynchronous_standby_spaced_by_wal_sender_async_delay_receives_every_flush() {
     // No synchronous standby: the walsender spaces its messages, holding
     // flushes that come within the delay and sending them together.
-    let server = FakeServer::start(ServerOptions {
-        wal_sender_async_delay: Duration::from_millis(5),
-        ..ServerOptions::default()
-    });
-    let fake = &server.source;
-    let from = fake.flush_point().lsn;
-    let tmp = tempfile::tempdir().unwrap();
-    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdStorage));
-    let shared = ReceiverShared::new(Default::default());
-    let (tx, rx) = bounded(64);
-    let cfg = config(
-        server.conninfo("application_name=s6"),
-        segdir,
-        from,
-        SYSTEM_ID,
+    let spaced = SpacedStandby::start(Duration::from_millis(5), "s6");
+    let (fake, shared, rx, from) = (
+        &spaced.server.source,
+        &spaced.shared,
+        &spaced.rx,
+        spaced.from,
     );
-    let mut h = start(1, cfg, tx, shared.clone()).unwrap();
-    expect(&rx, "StreamConnected", |e| {
-        matches!(e, ReceiverEvent::StreamConnected { session: 1, .. })
-    });
+    let mut h = spaced.handle;
     let mut end = from;
     for _ in 0..50 {
         end = fake.advance(100);
     }
     expect(
-        &rx,
+        rx,
         "WalFlushed at the last flush",
         |e| matches!(e, ReceiverEvent::WalFlushed { upto, .. } if *upto == end),
     );
@@ -809,31 +798,14 @@ fn an_asynchronous_standby_is_sent_a_large_flush_at_once_whatever_the_delay() {
     // The delay holds only small flushes (a one-client commit stream); a
     // flush of half a page or more goes at once. With the delay an hour,
     // a held one would not arrive before the wait below gives up.
-    let server = FakeServer::start(ServerOptions {
-        wal_sender_async_delay: Duration::from_secs(3600),
-        ..ServerOptions::default()
-    });
-    let fake = &server.source;
-    let from = fake.flush_point().lsn;
-    let tmp = tempfile::tempdir().unwrap();
-    let segdir = standby_segdir(&tmp.path().join("wal"), Arc::new(StdStorage));
-    let shared = ReceiverShared::new(Default::default());
-    let (tx, rx) = bounded(64);
-    let cfg = config(
-        server.conninfo("application_name=s7"),
-        segdir,
-        from,
-        SYSTEM_ID,
-    );
-    let mut h = start(1, cfg, tx, shared.clone()).unwrap();
-    expect(&rx, "StreamConnected", |e| {
-        matches!(e, ReceiverEvent::StreamConnected { session: 1, .. })
-    });
+    let spaced = SpacedStandby::start(Duration::from_secs(3600), "s7");
+    let (fake, shared, rx) = (&spaced.server.source, &spaced.shared, &spaced.rx);
+    let mut h = spaced.handle;
     // The first small flush after none sent goes at once; it starts the
     // delay.
     let small = fake.advance(100);
     expect(
-        &rx,
+        rx,
         "WalFlushed at the small flush",
         |e| matches!(e, ReceiverEvent::WalFlushed { upto, .. } if *upto == small),
     );
@@ -841,7 +813,7 @@ fn an_asynchronous_standby_is_sent_a_large_flush_at_once_whatever_the_delay() {
     // A page (XLOG_BLCKSZ): past the hold's bound of half a page.
     let large = fake.advance(8192);
     expect(
-        &rx,
+        rx,
         "WalFlushed at the large flush",
         |e| matches!(e, ReceiverEvent::WalFlushed { upto, .. } if *upto == large),
     );
@@ -849,6 +821,46 @@ fn an_asynchronous_standby_is_sent_a_large_flush_at_once_whatever_the_delay() {
         shared.flushed_point().lsn == large
     });
     assert_eq!(h.stop(), large);
+}
+
+/// A walreceiver connected to a fake upstream that has no synchronous
+/// standby and spaces its messages by `wal_sender_async_delay = delay`.
+struct SpacedStandby {
+    server: FakeServer,
+    shared: Arc<ReceiverShared>,
+    rx: Receiver<ReceiverEvent>,
+    handle: ReceiverHandle,
+    /// Where the stream started (the upstream's flush point then).
+    from: Lsn,
+    _dir: tempfile::TempDir,
+}
+
+impl SpacedStandby {
+    fn start(delay: Duration, name: &str) -> SpacedStandby {
+        let server = FakeServer::start(ServerOptions {
+            wal_sender_async_delay: delay,
+            ..ServerOptions::default()
+        });
+        let from = server.source.flush_point().lsn;
+        let dir = tempfile::tempdir().unwrap();
+        let segdir = standby_segdir(&dir.path().join("wal"), Arc::new(StdStorage));
+        let shared = ReceiverShared::new(Default::default());
+        let (tx, rx) = bounded(64);
+        let conninfo = server.conninfo(&format!("application_name={name}"));
+        let cfg = config(conninfo, segdir, from, SYSTEM_ID);
+        let handle = start(1, cfg, tx, shared.clone()).unwrap();
+        expect(&rx, "StreamConnected", |e| {
+            matches!(e, ReceiverEvent::StreamConnected { session: 1, .. })
+        });
+        SpacedStandby {
+            server,
+            shared,
+            rx,
+            handle,
+            from,
+            _dir: dir,
+        }
+    }
 }
 
 /// A scripted upstream's answer to IDENTIFY_SYSTEM on `timeline`, ending
