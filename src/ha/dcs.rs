@@ -176,6 +176,22 @@ pub fn view_from_keys(raw: Vec<RawKey>, revision: i64) -> ClusterView {
     view
 }
 
+/// The failover history key's new value: `current` (a JSON list, or no key
+/// yet) with `entry` appended. Both stores then write it with a
+/// compare-and-swap on the key's revision.
+pub(crate) fn history_appended(
+    current: Option<&[u8]>,
+    entry: &HistoryEntry,
+) -> Result<Vec<u8>, DcsError> {
+    let mut entries: Vec<HistoryEntry> = match current {
+        Some(bytes) => serde_json::from_slice(bytes)
+            .map_err(|e| DcsError::Failed(format!("history does not parse: {e}")))?,
+        None => Vec::new(),
+    };
+    entries.push(entry.clone());
+    Ok(to_json(&entries))
+}
+
 fn versioned<T>(k: &RawKey, value: T) -> Option<Versioned<T>> {
     Some(Versioned {
         value,
@@ -515,13 +531,8 @@ impl Dcs for MemoryDcs {
             let s = self.store.enter()?;
             s.keys.get(&key).map(|e| e.value.clone())
         };
-        let mut entries: Vec<HistoryEntry> = match current {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| DcsError::Failed(format!("history does not parse: {e}")))?,
-            None => Vec::new(),
-        };
-        entries.push(entry.clone());
-        self.cas(keys::HISTORY, Some(to_json(&entries)), expected)
+        let appended = history_appended(current.as_deref(), entry)?;
+        self.cas(keys::HISTORY, Some(appended), expected)
     }
 
     fn initialize(&mut self, system_identifier: u64) -> Result<bool, DcsError> {

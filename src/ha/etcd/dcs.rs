@@ -8,7 +8,7 @@ use walrep_states::ha::{keys, ClusterView, HistoryEntry, Lease, MemberRecord};
 use walrep_states::Millis;
 
 use super::{leader, Compare, CompareTarget, EtcdClient, EtcdError, Txn, TxnOp};
-use crate::ha::dcs::{to_json, view_from_keys, Dcs, DcsError, RawKey};
+use crate::ha::dcs::{history_appended, to_json, view_from_keys, Dcs, DcsError, RawKey};
 
 /// A monotonic clock as [`Millis`] since the first call in this process:
 /// the default clock of [`EtcdDcs`] (the HA loop's own clock must be the
@@ -209,13 +209,8 @@ impl Dcs for EtcdDcs {
         if current.as_ref().map_or(0, |kv| kv.mod_revision) != expected {
             return Ok(false);
         }
-        let mut entries: Vec<HistoryEntry> = match current {
-            Some(kv) => serde_json::from_slice(&kv.value)
-                .map_err(|e| DcsError::Failed(format!("history does not parse: {e}")))?,
-            None => Vec::new(),
-        };
-        entries.push(entry.clone());
-        self.cas(keys::HISTORY, Some(to_json(&entries)), expected)
+        let appended = history_appended(current.as_ref().map(|kv| kv.value.as_slice()), entry)?;
+        self.cas(keys::HISTORY, Some(appended), expected)
     }
 
     fn initialize(&mut self, system_identifier: u64) -> Result<bool, DcsError> {
