@@ -41,11 +41,11 @@ pub use backend::{
 };
 
 /// Worker loops of a server: one per two cores (at most 4). Measured on
-/// the 2-core machine (docs/benchmarks.md): one loop gathers twice the
-/// commits per fdatasync of two (46 vs 30 at 64 clients) and spends less
-/// CPU per request (10 vs 12 us), so it wins both when the disk is the
-/// limit and when the CPU is. Overridden by `WALREP_IO_THREADS` (1..=16)
-/// for experiments.
+/// the 2-core machine (docs/benchmarks/commit.md, "What changed, and
+/// why"): one loop gathers twice the commits per fdatasync of two (46 vs
+/// 30 at 64 clients) and spends less CPU per request (10 vs 12 us), so it
+/// wins both when the disk is the limit and when the CPU is. Overridden
+/// by `WALREP_IO_THREADS` (1..=16) for experiments.
 fn worker_count() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let default = (cores / 2).clamp(1, 4);

@@ -12,9 +12,10 @@
 //! each reserved block changes its extent from unwritten to written),
 //! where an fdatasync into zero-filled blocks writes only data: the
 //! standby's fdatasync tail was several times the primary's on the same
-//! disk (docs/benchmarks.md, "Replay lag of an async standby"). So the
-//! segment is zero-filled, as PostgreSQL's XLogFileInit does, but by this
-//! thread, never by the walreceiver unless the stream overtakes it.
+//! disk (docs/benchmarks/replication-lag.md, "The standby's segment
+//! files"). So the segment is zero-filled, as PostgreSQL's XLogFileInit
+//! does, but by this thread, never by the walreceiver unless the stream
+//! overtakes it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

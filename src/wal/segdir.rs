@@ -673,7 +673,8 @@ impl SegmentDir {
     /// fsyncs (file and directory) are journal commits on ext4, which wait
     /// for every other writer's data on the filesystem: on the walreceiver's
     /// path they held replay back by tens of milliseconds at each segment
-    /// boundary (docs/benchmarks.md, "Replay lag of an async standby").
+    /// boundary (docs/benchmarks/replication-lag.md, "The standby's
+    /// segment files").
     pub fn mark_received_done(&self, name: &str) -> Result<(), SegmentError> {
         let p = self.status_path(name, "done");
         self.storage

@@ -64,9 +64,9 @@ const EARLY_REVIEW_INTERVAL: Duration = Duration::from_millis(100);
 /// bytes at a time (one SET and its commit), which the hold gathers into
 /// one message; a busy primary's flushes carry several kB each (64
 /// clients at `off`: 5-8 kB at the tenth percentile, 11-18 kB at the
-/// median, see docs/benchmarks.md, "the walsender's hold limited to
-/// small flushes"), which go at once, so the hold costs them no replay
-/// lag or key visibility.
+/// median, see docs/benchmarks/async-standby.md, "the walsender's hold
+/// limited to small flushes"), which go at once, so the hold costs them
+/// no replay lag or key visibility.
 const ASYNC_HOLD_MAX_BYTES: u64 = XLOG_BLCKSZ / 2;
 
 /// Which timeline is streamed and, for a historic one, where it ends.
@@ -816,15 +816,16 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
 /// visibility). Each message costs this thread a wake-up and a send, and
 /// the standby a receive, a write, a wake-up of its startup thread and a
 /// replay; at one client at `local` those ran per commit on the same
-/// cores as the commit itself (see docs/benchmarks.md, "`local` at one
-/// client with an async standby attached"). The first flush after a
-/// quiet `delay` goes at once, so replay lag grows by at most `delay`.
+/// cores as the commit itself (see docs/benchmarks/async-standby.md,
+/// "`local` at one client with an async standby attached"). The first
+/// flush after a quiet `delay` goes at once, so replay lag grows by at
+/// most `delay`.
 /// PostgreSQL's walsender sends per flush it is woken for, and so does
 /// this one by default (`wal_sender_async_delay` 0): the spacing halves
 /// the standby's wake-ups, but below ~1,000 commits/s it has nothing to
 /// batch, on a loaded machine it lowered one client's commits/s, and it
-/// adds up to `delay` to replay lag and key visibility (docs/benchmarks.md,
-/// "the walsender's spacing measured").
+/// adds up to `delay` to replay lag and key visibility
+/// (docs/benchmarks/async-standby.md, "the walsender's spacing measured").
 struct AsyncSpacing {
     delay: Duration,
     last_send: Option<Instant>,

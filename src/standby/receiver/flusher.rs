@@ -47,7 +47,8 @@ use crate::{Lsn, TimelineId};
 /// only up to what is fsynced here, so the reported replay lag grows by
 /// up to this much; in exchange the primary's own fdatasyncs are no
 /// longer each followed by one of ours on a shared disk (see
-/// docs/benchmarks.md, "A standby's fsync off its socket thread").
+/// docs/benchmarks/async-standby.md, "A standby's fsync off its socket
+/// thread").
 pub(crate) const FLUSH_SPACING: Duration = Duration::from_millis(1);
 /// Longest single wait of the thread (a stop wakes it at once).
 const MAX_NAP: Duration = Duration::from_secs(1);

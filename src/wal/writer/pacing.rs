@@ -32,7 +32,8 @@ pub const MIN_FLUSH_SPACING: Duration = Duration::from_millis(5);
 /// [`MIN_FLUSH_SPACING`] while a walrep standby streams.
 /// 1 ms: at 2 ms the key-visibility median on the standby was 2.2 ms,
 /// at 1 ms 0.65 ms, at load 130k SET/s with no loss of throughput beyond
-/// the noise (docs/benchmarks.md, "Key visibility on an async standby").
+/// the noise (docs/benchmarks/visibility.md, "Key visibility on an async
+/// standby: its own fsync off the path").
 pub const STREAMING_FLUSH_SPACING: Duration = Duration::from_millis(1);
 /// Age of the oldest pending record at which a committing session flushes
 /// in the WAL writer's place: one spacing after the writer was due.

@@ -18,9 +18,10 @@
 //! [`STREAMING_FLUSH_SPACING`] instead: a standby applies only WAL the
 //! primary has flushed, so the spacing is also the longest an asynchronous
 //! write waits before it can reach a standby's readers; there the shorter
-//! wait is worth the smaller batches (docs/benchmarks.md, "Replay lag of an
-//! async standby"). Sessions that wait for a flush (`synchronous_commit`
-//! above `off`) flush themselves and never wait for this thread.
+//! wait is worth the smaller batches (docs/benchmarks/replication-lag.md,
+//! "The standby's segment files"). Sessions that wait for a flush
+//! (`synchronous_commit` above `off`) flush themselves and never wait for
+//! this thread.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
