@@ -364,7 +364,7 @@ impl Redo {
                 store,
                 &mut self.reader,
                 &self.stop,
-                BatchSize::SHARED,
+                BatchSize::STREAM,
                 applied,
             )
         };
