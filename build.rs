@@ -9,11 +9,14 @@
 //! code, installed with GCC, which links Rust programs here anyway.
 //!
 //! How: named here as a library of this package, `-lgcc_eh` comes on the
-//! link line before the `-lgcc_s` that the standard library's `unwind`
-//! crate asks for, so the unwinder's symbols resolve from the archive
-//! and `--as-needed` (rustc's default) drops `libgcc_s` as unused. Only
-//! with the `cli` feature (the binary's), so a library user's link is
-//! left alone.
+//! link line right after this package's archive and before the standard
+//! library's, whose `unwind` crate asks for `-lgcc_s` near the end. This
+//! package's code calls `_Unwind_Resume` (every landing pad does), which
+//! pulls the archive's unwinder in; every `_Unwind_*` symbol std needs is
+//! then already defined, and `--as-needed` (rustc's default) drops
+//! `libgcc_s` as unused. Were that ever not so, the link would still
+//! succeed, with `libgcc_s` as before. Only with the `cli` feature (the
+//! binary's), so a library user's link is left alone.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
