@@ -20,8 +20,11 @@ pub enum Better {
 pub struct Goal {
     /// The target as written, e.g. "≥ 600 MB/s".
     pub text: String,
-    /// The bound; `None` = "at least PostgreSQL's same-run median".
+    /// The bound; `None` = `times` × PostgreSQL's median (measured in the
+    /// same run when it was, else the anchors.md figure).
     pub bound: Option<f64>,
+    /// With no `bound`: the multiple of PostgreSQL's median to reach.
+    pub times: f64,
 }
 
 /// One measured figure.
@@ -78,6 +81,22 @@ impl Figure {
         self.goal = Some(Goal {
             text: text.into(),
             bound,
+            times: 1.0,
+        });
+        self
+    }
+
+    /// A target relative to PostgreSQL: at least `times` its median in
+    /// the same run (the anchors.md figure when it was not measured).
+    pub fn goal_times_pg(mut self, times: f64) -> Figure {
+        let text = match self.better {
+            Better::Higher => format!(">= {times}x PostgreSQL"),
+            Better::Lower => format!("<= {times}x PostgreSQL"),
+        };
+        self.goal = Some(Goal {
+            text,
+            bound: None,
+            times,
         });
         self
     }
@@ -87,7 +106,7 @@ impl Figure {
         let pg = (!self.pg_same_run.is_empty()).then(|| median(&mut self.pg_same_run.clone()));
         let reference = pg.or(self.pg_anchor);
         let met = self.goal.as_ref().and_then(|g| {
-            let bound = g.bound.or(reference)?;
+            let bound = g.bound.or(reference.map(|r| r * g.times))?;
             if !w.is_finite() {
                 return Some(false);
             }
@@ -238,6 +257,24 @@ mod tests {
         assert_eq!(s.judge().met, Some(false));
         s.pg_same_run = vec![250.0];
         assert_eq!(s.judge().met, Some(true));
+
+        // A multiple of PostgreSQL: judged against the same run's median.
+        let mut on = Figure::new("sync", "on, 1 client", "commits/s", Better::Higher)
+            .anchor(1_000.0)
+            .goal_times_pg(2.5);
+        on.walrep = vec![3_000.0];
+        assert_eq!(
+            on.judge().met,
+            Some(true),
+            "3,000 >= 2.5 x the anchor 1,000"
+        );
+        on.pg_same_run = vec![1_300.0];
+        assert_eq!(
+            on.judge().met,
+            Some(false),
+            "3,000 < 2.5 x 1,300 in the same run"
+        );
+        assert_eq!(on.judge().target.as_deref(), Some(">= 2.5x PostgreSQL"));
         let t = table(&[f, lag, s]);
         assert!(
             t.contains("| archive | archive replay | MB/s | 500 / 700 / 650 | 650 |"),
