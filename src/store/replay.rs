@@ -47,7 +47,7 @@ pub const REDO_BATCH_BYTES: usize = 1 << 20;
 /// batch's hold of the write lock. Under 64 writing clients the requests
 /// are mostly longer than this: 256-record batches held the lock p50
 /// 0.09 ms, p99 0.25–0.6 ms; 64-record ones p50 0.05 ms, p99 0.1–0.12 ms,
-/// at the same cost per record (docs/benchmarks.md).
+/// at the same cost per record (docs/benchmarks/visibility.md).
 pub const STREAM_BATCH_RECORDS: usize = 64;
 /// ...and payload bytes.
 pub const STREAM_BATCH_BYTES: usize = 64 << 10;
