@@ -47,6 +47,31 @@ pub(super) fn find_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         })
 }
 
+/// A member could not bind a port that was free when it was chosen:
+/// another process took it in between (the ports are picked, not
+/// reserved). Starting again on other ports is the remedy.
+#[derive(Debug)]
+pub(super) struct PortTaken {
+    member: String,
+}
+
+impl std::fmt::Display for PortTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "etcd member {} found a port chosen for it taken by another process",
+            self.member
+        )
+    }
+}
+
+impl std::error::Error for PortTaken {}
+
+/// Whether an etcd log says it could not bind a listener's port.
+fn says_port_taken(log: &str) -> bool {
+    log.contains("bind: address already in use")
+}
+
 /// One member: its ports, files and process.
 struct Member {
     name: String,
@@ -94,6 +119,15 @@ impl EtcdCluster {
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("walrep-demo-{}", std::process::id());
+        for m in &cluster.members {
+            // A data directory left by an attempt on other ports would
+            // name other peers.
+            let data = dir.join(format!("{}.etcd", m.name));
+            if data.exists() {
+                fs::remove_dir_all(&data)
+                    .with_context(|| format!("removing {}", data.display()))?;
+            }
+        }
         for m in &mut cluster.members {
             m.child = Some(launch(binary, dir, m, &initial, &token)?);
         }
@@ -126,6 +160,12 @@ impl EtcdCluster {
             check_interrupted()?;
             let m = &mut self.members[i];
             if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                if says_port_taken(&fs::read_to_string(&m.log).unwrap_or_default()) {
+                    return Err(PortTaken {
+                        member: m.name.clone(),
+                    }
+                    .into());
+                }
                 bail!(
                     "etcd member {} exited with {status} during start-up; its log ({}):\n{}",
                     m.name,
@@ -185,9 +225,11 @@ fn launch(
     initial_cluster: &str,
     token: &str,
 ) -> anyhow::Result<Child> {
+    // Truncated: a start again on other ports reads only its own log.
     let log = fs::OpenOptions::new()
         .create(true)
-        .append(true)
+        .write(true)
+        .truncate(true)
         .open(&m.log)
         .with_context(|| format!("creating {}", m.log.display()))?;
     let client = format!("http://127.0.0.1:{}", m.client_port);
@@ -237,4 +279,19 @@ fn healthy(port: u16) -> bool {
     // The reply is a few hundred bytes; cap it all the same.
     let _ = s.take(64 << 10).read_to_string(&mut text);
     text.starts_with("HTTP/1.") && text.contains(r#""health":"true""#)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_is_told_from_other_start_up_failures() {
+        let taken = r#"{"level":"fatal","msg":"discovery failed","error":"listen tcp 127.0.0.1:38191: bind: address already in use"}"#;
+        assert!(says_port_taken(taken));
+        let other =
+            r#"{"level":"fatal","msg":"discovery failed","error":"member count is unequal"}"#;
+        assert!(!says_port_taken(other));
+        assert!(!says_port_taken(""));
+    }
 }

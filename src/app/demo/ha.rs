@@ -254,6 +254,10 @@ fn summary(opts: &DemoOptions, started: Instant, o: &Outcome) {
     }
 }
 
+/// Starts of the etcd cluster when a port chosen for a member was taken
+/// by another process before the member bound it.
+const ETCD_START_ATTEMPTS: u32 = 3;
+
 fn start_etcd(binary: &Path, root: &Path) -> anyhow::Result<EtcdCluster> {
     let dir = root.join("etcd");
     say(
@@ -264,7 +268,23 @@ fn start_etcd(binary: &Path, root: &Path) -> anyhow::Result<EtcdCluster> {
             dir.display()
         ),
     );
-    let etcd = EtcdCluster::start(binary, &dir, 3)?;
+    let mut attempt = 1;
+    let etcd = loop {
+        match EtcdCluster::start(binary, &dir, 3) {
+            Err(e)
+                if attempt < ETCD_START_ATTEMPTS
+                    && e.downcast_ref::<etcd::PortTaken>().is_some() =>
+            {
+                attempt += 1;
+                say(
+                    "etcd",
+                    format!("{e}; starting again on other ports (attempt {attempt} of {ETCD_START_ATTEMPTS})"),
+                );
+                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
+            }
+            started => break started?,
+        }
+    };
     say(
         "etcd",
         format!(
