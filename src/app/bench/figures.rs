@@ -20,8 +20,9 @@ pub enum Better {
 pub struct Goal {
     /// The target as written, e.g. "≥ 600 MB/s".
     pub text: String,
-    /// The bound; `None` = `times` × PostgreSQL's median (measured in the
-    /// same run when it was, else the anchors.md figure).
+    /// The bound; `None` = `times` × PostgreSQL's median measured in the
+    /// same run. Without PostgreSQL in the run such a target is not judged:
+    /// the anchors.md figure comes from another machine and another day.
     pub bound: Option<f64>,
     /// With no `bound`: the multiple of PostgreSQL's median to reach.
     pub times: f64,
@@ -55,6 +56,8 @@ pub struct Judged {
     /// walrep / PostgreSQL (same run if measured, else anchors.md).
     pub ratio: Option<f64>,
     pub target: Option<String>,
+    /// `None` with a target: not judged (a target relative to PostgreSQL
+    /// in a run without PostgreSQL).
     pub met: Option<bool>,
 }
 
@@ -87,7 +90,7 @@ impl Figure {
     }
 
     /// A target relative to PostgreSQL: at least `times` its median in
-    /// the same run (the anchors.md figure when it was not measured).
+    /// the same run; not judged when PostgreSQL did not run.
     pub fn goal_times_pg(mut self, times: f64) -> Figure {
         let text = match self.better {
             Better::Higher => format!(">= {times}x PostgreSQL"),
@@ -106,7 +109,7 @@ impl Figure {
         let pg = (!self.pg_same_run.is_empty()).then(|| median(&mut self.pg_same_run.clone()));
         let reference = pg.or(self.pg_anchor);
         let met = self.goal.as_ref().and_then(|g| {
-            let bound = g.bound.or(reference.map(|r| r * g.times))?;
+            let bound = g.bound.or(pg.map(|r| r * g.times))?;
             if !w.is_finite() {
                 return Some(false);
             }
@@ -186,10 +189,11 @@ pub fn table(figures: &[Figure]) -> String {
             f.pg_anchor.map_or("-".into(), fmt_num),
             j.ratio.map_or("-".into(), |r| format!("{r:.2}")),
             j.target.as_deref().unwrap_or("-"),
-            match j.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "-",
+            match (j.met, &j.target) {
+                (Some(true), _) => "yes",
+                (Some(false), _) => "**no**",
+                (None, Some(_)) => "not judged (no PostgreSQL in this run)",
+                (None, None) => "-",
             }
         );
     }
@@ -254,9 +258,15 @@ mod tests {
             .anchor(380.0)
             .goal(">= PostgreSQL", None);
         s.walrep = vec![300.0];
-        assert_eq!(s.judge().met, Some(false));
+        assert_eq!(
+            s.judge().met,
+            None,
+            "not judged against the anchors.md figure"
+        );
         s.pg_same_run = vec![250.0];
         assert_eq!(s.judge().met, Some(true));
+        s.walrep = vec![200.0];
+        assert_eq!(s.judge().met, Some(false));
 
         // A multiple of PostgreSQL: judged against the same run's median.
         let mut on = Figure::new("sync", "on, 1 client", "commits/s", Better::Higher)
@@ -265,8 +275,13 @@ mod tests {
         on.walrep = vec![3_000.0];
         assert_eq!(
             on.judge().met,
-            Some(true),
-            "3,000 >= 2.5 x the anchor 1,000"
+            None,
+            "without PostgreSQL in the run: not judged, though 3,000 >= 2.5 x the anchor 1,000"
+        );
+        assert_eq!(
+            on.judge().ratio,
+            Some(3.0),
+            "the ratio to anchors.md is shown"
         );
         on.pg_same_run = vec![1_300.0];
         assert_eq!(
@@ -275,7 +290,13 @@ mod tests {
             "3,000 < 2.5 x 1,300 in the same run"
         );
         assert_eq!(on.judge().target.as_deref(), Some(">= 2.5x PostgreSQL"));
-        let t = table(&[f, lag, s]);
+        let t = table(&[f, lag, s, on.clone()]);
+        on.pg_same_run.clear();
+        let t2 = table(&[on]);
+        assert!(
+            t2.contains("not judged (no PostgreSQL in this run)"),
+            "{t2}"
+        );
         assert!(
             t.contains("| archive | archive replay | MB/s | 500 / 700 / 650 | 650 |"),
             "{t}"
