@@ -22,6 +22,8 @@
 //!   event sources and the action executor.
 //! - [`node`]: one running node: opens its data directory, recovers, starts
 //!   and stops its threads.
+//! - [`ports`]: loopback ports reserved for the servers a demo, a bench or
+//!   a test launches on one machine.
 //! - [`archive`]: `archive_command` (the archiver) and `restore_command`.
 //! - [`backup`]: base backups: BASE_BACKUP on a node, `walrep basebackup`.
 //! - [`security`]: SCRAM verifiers, secret files, password files, TLS
@@ -56,6 +58,7 @@ pub mod ha;
 #[cfg(feature = "history")]
 pub mod history;
 pub mod node;
+pub mod ports;
 pub mod rejoin;
 pub mod replication;
 pub mod security;

@@ -13,7 +13,7 @@
 //! `postmaster.pid` in the run directory).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -153,12 +153,10 @@ pub fn die_with_bench(cmd: &mut Command) {
     }
 }
 
-/// A free loopback port (bound, read, released).
+/// A loopback port reserved for this process, below the ephemeral range
+/// (see `walrep::ports`), for a server told its port before it starts.
 pub fn free_port() -> Result<u16, BenchError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::io("bind a port", e))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| BenchError::io("bind a port", e))
+    walrep::ports::reserve().map_err(|e| BenchError::io("reserve a loopback port", e))
 }
 
 /// Wait until `port` answers PING with +PONG.

@@ -94,14 +94,9 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             members: Vec::new(),
         };
-        // Every port held until all are chosen, so no two are the same.
-        let mut held = Vec::new();
-        let mut port = || -> anyhow::Result<u16> {
-            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-            let p = l.local_addr()?.port();
-            held.push(l);
-            Ok(p)
-        };
+        // Reserved for this process below the ephemeral range: no
+        // connection's source port and no other chooser takes them.
+        let port = || -> anyhow::Result<u16> { Ok(walrep::ports::reserve()?) };
         for k in 1..=n {
             cluster.members.push(Member {
                 name: format!("e{k}"),
@@ -111,7 +106,6 @@ impl EtcdCluster {
                 child: None,
             });
         }
-        drop(held);
         let initial = cluster
             .members
             .iter()

@@ -168,11 +168,10 @@ fn page_url(node: &NodeProcess) -> String {
     format!("http://127.0.0.1:{}/", node.status_port)
 }
 
-/// A port free now on loopback, for a node's status page.
+/// A loopback port for a node's status page, reserved for this process
+/// (below the ephemeral range: no other connection or bind is handed it).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(walrep::ports::reserve()?)
 }
 
 fn start_primary(dirs: &Dirs) -> anyhow::Result<NodeProcess> {
