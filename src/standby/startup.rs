@@ -464,8 +464,8 @@ impl Startup {
                 self.answers.extend(done.events);
                 // Continued on the redo thread: it publishes what it
                 // applies itself.
-                self.apply_owed_at = (done.owed && !done.continued)
-                    .then(|| Instant::now() + APPLY_REPORT_SPACING);
+                self.apply_owed_at =
+                    (done.owed && !done.continued).then(|| Instant::now() + APPLY_REPORT_SPACING);
             }
             None => {
                 // The redo thread publishes what it applies itself.
