@@ -17,9 +17,15 @@
 //! machine with the same events without queueing them: handing it to the
 //! redo thread cost every commit a second thread wake-up on the path to
 //! the apply report a `remote_apply` commit waits for, and a third (the
-//! answer) off it. Long requests keep running on the redo thread, so the
-//! startup thread stays free for shutdown and promotion. Either way one
-//! request runs at a time, in the machine's order (see [`RedoLink`]).
+//! answer) off it. A long request's first [`INLINE_MAX_BYTES`] run there
+//! too: a segment found in `wal/` or restored is asked for to its end,
+//! but it often holds nothing past the replay position (promotion's last
+//! look at `wal/`, a round after the stream was lost), and then the
+//! answer is one read on this thread instead of a hand-off to the redo
+//! thread, its read-ahead thread's start and the answer's way back. What
+//! is left of a long request runs on the redo thread, so the startup
+//! thread stays free for shutdown and promotion. Either way one request
+//! runs at a time, in the machine's order (see [`RedoLink`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -92,11 +98,16 @@ pub struct Redo {
 #[derive(Debug)]
 pub struct Inline {
     /// The answers for the machine, in order: progress reports, then the
-    /// request's end (the events the redo thread would have queued).
+    /// request's end (the events the redo thread would have queued), unless
+    /// the request went on on the redo thread (`continued`).
     pub events: Vec<Event>,
     /// Replay progress was left unreported upstream: call
     /// [`RedoLink::publish_owed`] after [`APPLY_REPORT_SPACING`].
     pub owed: bool,
+    /// A long request's first [`INLINE_MAX_BYTES`] ran here and did not
+    /// reach its end: the rest was sent to the redo thread, whose answers
+    /// (and the request's end) come through the queue, after `events`.
+    pub continued: bool,
 }
 
 /// The startup thread's side of redo: requests go to the redo thread, or
@@ -201,8 +212,11 @@ impl RedoLink {
         true
     }
 
-    /// Run `Replay { upto }` on this thread if the redo thread is idle and
-    /// the request short (see [`INLINE_MAX_BYTES`]); `None`: send it.
+    /// Run `Replay { upto }` on this thread if the redo thread is idle:
+    /// all of it if it is short (see [`INLINE_MAX_BYTES`]), else its first
+    /// [`INLINE_MAX_BYTES`], and the rest on the redo thread unless an
+    /// invalid record ended it first ([`Inline::continued`]). `None`: send
+    /// it.
     pub fn try_inline(&self, upto: Lsn) -> Option<Inline> {
         if self.shared.queued.load(Ordering::Acquire) != 0 {
             return None;
@@ -210,13 +224,36 @@ impl RedoLink {
         // Free unless the redo thread publishes owed progress right now.
         let mut redo = self.shared.try_lock()?;
         let queued = self.shared.queued.load(Ordering::Acquire);
-        if !runs_inline(queued, redo.reader.next_lsn(), upto) || redo.stop.load(Ordering::Relaxed) {
+        if queued != 0 || redo.stop.load(Ordering::Relaxed) {
             return None;
         }
+        let next = redo.reader.next_lsn();
+        let cap = if runs_inline(queued, next, upto) {
+            upto
+        } else {
+            Lsn(next.0.saturating_add(INLINE_MAX_BYTES))
+        };
         let mut events = Vec::new();
-        let (end, owed) = redo.replay(upto, &mut |ev| events.push(ev));
+        let (end, owed) = redo.replay(cap, &mut |ev| events.push(ev));
+        // Stopped at the cap (or for shutdown), not at an invalid record:
+        // the request is not done. A record is read only once all of it is
+        // below the limit, so a lower one ends at the same invalid record
+        // the request's own limit would, or before it.
+        if cap < upto && matches!(end, Event::EndOfWalReached { .. }) {
+            drop(redo);
+            self.send(RedoRequest::Replay { upto });
+            return Some(Inline {
+                events,
+                owed: false,
+                continued: true,
+            });
+        }
         events.push(end);
-        Some(Inline { events, owed })
+        Some(Inline {
+            events,
+            owed,
+            continued: false,
+        })
     }
 
     /// Apply a new timeline history on this thread if the redo thread is
@@ -512,6 +549,7 @@ fn classify(kind: &ReadErrorKind) -> Option<RecordCheck> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::Wal;
     use crate::{TimelineId, WalSegSize};
 
     /// A redo on an empty WAL directory at `at`: every request ends at
@@ -578,8 +616,90 @@ mod tests {
         assert!(matches!(answer, Event::EndOfWalReached { at: end } if end == at));
         // The answer is sent once the thread is done with the request.
         assert!(link.try_inline(at).is_some());
-        // A long request goes to the thread.
-        assert!(link.try_inline(Lsn(at.0 + INLINE_MAX_BYTES + 1)).is_none());
+        // A long request whose WAL ends within its first bytes (here: no
+        // segment at all) is answered here too, with the same invalid
+        // record the redo thread would have found.
+        let done = link
+            .try_inline(Lsn(at.0 + INLINE_MAX_BYTES + 1))
+            .expect("runs inline while the thread is idle");
+        assert!(!done.continued);
+        assert!(matches!(
+            done.events.as_slice(),
+            [Event::InvalidRecord { at: end, check: RecordCheck::MissingSegment }] if *end == at
+        ));
+        assert!(answers.is_empty(), "an inline answer is not queued");
+        drop(link);
+        thread.join().unwrap();
+    }
+
+    /// A long request with WAL past its first `INLINE_MAX_BYTES`: that
+    /// much is applied here, the rest on the redo thread, which gives the
+    /// request's one end; nothing is applied twice or skipped.
+    #[test]
+    fn a_long_request_goes_on_on_the_redo_thread_past_its_first_bytes() {
+        use crate::store::record::{self, Op};
+        use crate::wal::{initial_lsn, WalConfig};
+        use std::borrow::Cow;
+        let dir = tempfile::tempdir().unwrap();
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        let start = initial_lsn(seg);
+        let wal = Wal::start(WalConfig::new(
+            dir.path(),
+            1,
+            TimelineId(1),
+            seg,
+            start,
+            Lsn::INVALID,
+        ))
+        .unwrap();
+        let n = 6_000u64;
+        let mut end = start;
+        for i in 0..n {
+            let key = format!("key:{i:08}");
+            let payload = record::encode(
+                i,
+                &[Op::Set {
+                    key: Cow::Owned(key.into_bytes()),
+                    value: Cow::Borrowed(b"vvvvvvvvvvvvvvvv"),
+                }],
+            );
+            end = wal.insert(RM_KV, 0, &payload).unwrap();
+        }
+        wal.shutdown().unwrap();
+        assert!(
+            end.0 - start.0 > 2 * INLINE_MAX_BYTES,
+            "the WAL must outlast the inline part"
+        );
+        let (redo, answers) = empty_redo(dir.path(), start);
+        let replayed = redo.replayed.clone();
+        let (link, thread) = RedoLink::spawn(redo, 4).unwrap();
+        let upto = Lsn(start.0 + 4 * seg.bytes());
+        let done = link
+            .try_inline(upto)
+            .expect("runs inline while the thread is idle");
+        assert!(done.continued, "the rest went to the redo thread");
+        assert!(
+            done.events
+                .iter()
+                .all(|e| matches!(e, Event::WalReplayed { .. })),
+            "no end of the request from the inline part: {:?}",
+            done.events
+        );
+        let inline_end = replayed.read(|r| r.end);
+        assert!(inline_end > start && inline_end.0 <= start.0 + INLINE_MAX_BYTES);
+        let last = loop {
+            let ev = answers
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the redo thread answers");
+            if !matches!(ev, Event::WalReplayed { .. }) {
+                break ev;
+            }
+        };
+        assert!(
+            matches!(last, Event::InvalidRecord { at, check: RecordCheck::Zeroes } if at == end),
+            "the end of the written WAL, found by the redo thread: {last:?}"
+        );
+        assert_eq!(replayed.read(|r| (r.end, r.records)), (end, n));
         drop(link);
         thread.join().unwrap();
     }

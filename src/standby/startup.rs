@@ -454,14 +454,18 @@ impl Startup {
         }
     }
 
-    /// Have redo apply up to `upto`: here if the request is short and the
-    /// redo thread idle (its answers are handled before the next wait),
-    /// else on the redo thread (its answers come through the queue).
+    /// Have redo apply up to `upto`: here if the redo thread is idle and
+    /// the request short or found to end within its first bytes (its
+    /// answers are handled before the next wait), else on the redo thread
+    /// (its answers come through the queue).
     fn replay(&mut self, upto: Lsn) {
         match self.ch.redo.try_inline(upto) {
             Some(done) => {
                 self.answers.extend(done.events);
-                self.apply_owed_at = done.owed.then(|| Instant::now() + APPLY_REPORT_SPACING);
+                // Continued on the redo thread: it publishes what it
+                // applies itself.
+                self.apply_owed_at =
+                    (done.owed && !done.continued).then(|| Instant::now() + APPLY_REPORT_SPACING);
             }
             None => {
                 // The redo thread publishes what it applies itself.
