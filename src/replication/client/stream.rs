@@ -222,8 +222,21 @@ impl ReplicationClient {
     /// already buffered plus those the socket holds (for TLS, the
     /// encrypted bytes). A receiver that reads the socket itself drains
     /// this much into one batch before it fsyncs, so that what arrived
-    /// meanwhile does not cost an fsync per message.
+    /// meanwhile does not cost an fsync per message. Asked right after
+    /// [`ReplicationClient::recv`] whose own read of a plain socket took
+    /// all it held, the socket is not asked again: the buffered bytes.
     pub fn readable_bytes(&self) -> usize {
+        if self.recv_drained {
+            // The last event's own read took all the socket held: what
+            // arrived in the microseconds since is left to the next read,
+            // and the socket is not asked (a system call per event).
+            return self.reader.buffered().len();
+        }
+        self.socket_readable_bytes()
+    }
+
+    /// [`ReplicationClient::readable_bytes`], asking the socket.
+    fn socket_readable_bytes(&self) -> usize {
         use std::os::fd::AsRawFd;
         let fd = self.reader.get_ref().socket().as_raw_fd();
         let mut pending: libc::c_int = 0;
@@ -238,7 +251,7 @@ impl ReplicationClient {
     /// [`ReplicationClient::readable_bytes`] `> 0`, without asking the
     /// socket when the buffer already holds some.
     pub fn has_readable(&self) -> bool {
-        !self.reader.buffered().is_empty() || self.readable_bytes() > 0
+        !self.reader.buffered().is_empty() || self.socket_readable_bytes() > 0
     }
 
     /// Bytes of the stream already read from the socket and not yet
@@ -252,7 +265,11 @@ impl ReplicationClient {
         if !self.streaming {
             return Err(protocol("not streaming"));
         }
-        let msg = match self.read(timeout) {
+        let (fills, _) = self.reader.fills();
+        let read = self.read(timeout);
+        let (after, short) = self.reader.fills();
+        self.recv_drained = after != fills && short && !self.is_tls();
+        let msg = match read {
             Err(ClientError::Wire(WireError::TimedOut)) => return Ok(StreamEvent::Timeout),
             other => other?,
         };
