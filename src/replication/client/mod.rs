@@ -181,9 +181,6 @@ pub struct ReplicationClient {
     /// The socket's read timeout as last set: not set again (a system
     /// call) for every message of a stream read with the same bound.
     read_timeout: Option<Duration>,
-    /// The last [`ReplicationClient::recv`] read the (plain TCP) socket
-    /// itself and its last read took all the socket held then.
-    recv_drained: bool,
 }
 
 impl ReplicationClient {
@@ -220,7 +217,6 @@ impl ReplicationClient {
             copy_out: false,
             copy_data_left: 0,
             read_timeout: None,
-            recv_drained: false,
         };
         c.startup(info, password.as_deref(), extra)?;
         Ok(c)
@@ -287,11 +283,20 @@ impl ReplicationClient {
         Ok(self.reader.read_backend()?)
     }
 
-    /// Bound the next reads by `timeout` (at least 1 ms), waiting never
-    /// longer; the socket's timeout is set (a system call) only when the
-    /// one it has would not do (see [`keeps_read_timeout`]). A caller may
-    /// so see a timeout before `timeout` has passed, never after.
+    /// The socket's read timeout, set only when it changes.
     fn set_read_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let asked = timeout.max(MIN_READ_TIMEOUT);
+        if self.read_timeout == Some(asked) {
+            return Ok(());
+        }
+        self.set_socket_read_timeout(asked)
+    }
+
+    /// Bound the next reads by `timeout` (at least 1 ms), waiting never
+    /// longer but maybe less, for a caller that reads again after a
+    /// timeout: the socket's timeout is set (a system call) only when the
+    /// one it has would not do (see [`keeps_read_timeout`]).
+    fn set_loose_read_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
         let asked = timeout.max(MIN_READ_TIMEOUT);
         if self
             .read_timeout
@@ -299,7 +304,11 @@ impl ReplicationClient {
         {
             return Ok(());
         }
-        let timeout = Some(quantise_read_timeout(asked));
+        self.set_socket_read_timeout(quantise_read_timeout(asked))
+    }
+
+    fn set_socket_read_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let timeout = Some(timeout);
         // Forgotten first: a failed call leaves the socket's unknown.
         self.read_timeout = None;
         self.reader.get_ref().set_read_timeout(timeout)?;

@@ -222,21 +222,8 @@ impl ReplicationClient {
     /// already buffered plus those the socket holds (for TLS, the
     /// encrypted bytes). A receiver that reads the socket itself drains
     /// this much into one batch before it fsyncs, so that what arrived
-    /// meanwhile does not cost an fsync per message. Asked right after
-    /// [`ReplicationClient::recv`] whose own read of a plain socket took
-    /// all it held, the socket is not asked again: the buffered bytes.
+    /// meanwhile does not cost an fsync per message.
     pub fn readable_bytes(&self) -> usize {
-        if self.recv_drained {
-            // The last event's own read took all the socket held: what
-            // arrived in the microseconds since is left to the next read,
-            // and the socket is not asked (a system call per event).
-            return self.reader.buffered().len();
-        }
-        self.socket_readable_bytes()
-    }
-
-    /// [`ReplicationClient::readable_bytes`], asking the socket.
-    fn socket_readable_bytes(&self) -> usize {
         use std::os::fd::AsRawFd;
         let fd = self.reader.get_ref().socket().as_raw_fd();
         let mut pending: libc::c_int = 0;
@@ -251,7 +238,7 @@ impl ReplicationClient {
     /// [`ReplicationClient::readable_bytes`] `> 0`, without asking the
     /// socket when the buffer already holds some.
     pub fn has_readable(&self) -> bool {
-        !self.reader.buffered().is_empty() || self.socket_readable_bytes() > 0
+        !self.reader.buffered().is_empty() || self.readable_bytes() > 0
     }
 
     /// Bytes of the stream already read from the socket and not yet
@@ -260,16 +247,36 @@ impl ReplicationClient {
         self.reader.buffered().len()
     }
 
-    /// The next stream event, waiting at most `timeout`.
+    /// The next stream event, waiting at most `timeout` (at least 1 ms),
+    /// [`StreamEvent::Timeout`] only once that has passed. The socket's
+    /// read timeout is kept while it is no longer than the wait left and
+    /// not much shorter (see `keeps_read_timeout`): a receive loop whose
+    /// bound changes from call to call (its next timer, then the bound on
+    /// a message's rest) sets it again only now and then, not per
+    /// message; a timeout of the socket's before `timeout` reads on.
     pub fn recv(&mut self, timeout: Duration) -> Result<StreamEvent, ClientError> {
         if !self.streaming {
             return Err(protocol("not streaming"));
         }
-        let (fills, _) = self.reader.fills();
-        let read = self.read(timeout);
-        let (after, short) = self.reader.fills();
-        self.recv_drained = after != fills && short && !self.is_tls();
-        let msg = match read {
+        let deadline = Instant::now() + timeout;
+        let mut left = timeout;
+        loop {
+            self.set_loose_read_timeout(left)?;
+            match self.recv_event()? {
+                StreamEvent::Timeout => {
+                    left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(StreamEvent::Timeout);
+                    }
+                }
+                ev => return Ok(ev),
+            }
+        }
+    }
+
+    /// The next stream event, within the socket's read timeout as set.
+    fn recv_event(&mut self) -> Result<StreamEvent, ClientError> {
+        let msg = match self.reader.read_backend().map_err(ClientError::from) {
             Err(ClientError::Wire(WireError::TimedOut)) => return Ok(StreamEvent::Timeout),
             other => other?,
         };

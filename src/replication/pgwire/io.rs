@@ -42,10 +42,6 @@ pub struct MessageReader<R> {
     end: usize,
     /// Largest body accepted for a typed message.
     max_len: usize,
-    /// Socket reads that brought bytes into `buf`.
-    fills: u64,
-    /// The last of them brought fewer bytes than there was room for.
-    last_fill_short: bool,
 }
 
 /// Initial buffer: one 128 kB XLogData plus headers fits without growing.
@@ -61,8 +57,6 @@ impl<R: Read> MessageReader<R> {
             start: 0,
             end: 0,
             max_len,
-            fills: 0,
-            last_fill_short: false,
         }
     }
 
@@ -74,15 +68,6 @@ impl<R: Read> MessageReader<R> {
     /// Bytes received but not yet returned as messages.
     pub fn buffered(&self) -> &[u8] {
         &self.buf[self.start..self.end]
-    }
-
-    /// Socket reads that brought bytes into the buffer so far, and whether
-    /// the last one brought fewer than there was room for. On a plain TCP
-    /// socket a short read took all the socket held at that moment (a TLS
-    /// stream may hand out one record at a time: a short read there says
-    /// nothing of what is left).
-    pub fn fills(&self) -> (u64, bool) {
-        (self.fills, self.last_fill_short)
     }
 
     /// A whole typed message (or an invalid header, which the next read
@@ -185,10 +170,7 @@ impl<R: Read> MessageReader<R> {
             match self.inner.read(&mut self.buf[at..at + want]) {
                 Ok(0) if self.start == self.end => return Err(WireError::Closed),
                 Ok(0) => return Err(WireError::ClosedMidMessage),
-                Ok(n) => {
-                    self.note_fill(n, want);
-                    return Ok(n);
-                }
+                Ok(n) => return Ok(n),
                 Err(e) => match io_wire_error(e) {
                     None => continue,
                     Some(e) => return Err(e),
@@ -225,13 +207,11 @@ impl<R: Read> MessageReader<R> {
     fn fill(&mut self, limit: usize) -> Result<(), WireError> {
         self.make_room(limit);
         loop {
-            let room = self.buf.len() - self.end;
             match self.inner.read(&mut self.buf[self.end..]) {
                 Ok(0) if self.start == self.end => return Err(WireError::Closed),
                 Ok(0) => return Err(WireError::ClosedMidMessage),
                 Ok(n) => {
                     self.end += n;
-                    self.note_fill(n, room);
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -246,11 +226,6 @@ impl<R: Read> MessageReader<R> {
                 Err(e) => return Err(WireError::Io(e)),
             }
         }
-    }
-
-    fn note_fill(&mut self, got: usize, room: usize) {
-        self.fills += 1;
-        self.last_fill_short = got < room;
     }
 
     /// Compact and grow so that at least one more byte fits; never beyond
