@@ -285,13 +285,34 @@ impl ReplicationClient {
 
     /// The socket's read timeout, set only when it changes.
     fn set_read_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        let timeout = Some(timeout.max(Duration::from_millis(1)));
-        if self.read_timeout != timeout {
-            // Forgotten first: a failed call leaves the socket's unknown.
-            self.read_timeout = None;
-            self.reader.get_ref().set_read_timeout(timeout)?;
-            self.read_timeout = timeout;
+        let asked = timeout.max(MIN_READ_TIMEOUT);
+        if self.read_timeout == Some(asked) {
+            return Ok(());
         }
+        self.set_socket_read_timeout(asked)
+    }
+
+    /// Bound the next reads by `timeout` (at least 1 ms), waiting never
+    /// longer but maybe less, for a caller that reads again after a
+    /// timeout: the socket's timeout is set (a system call) only when the
+    /// one it has would not do (see [`keeps_read_timeout`]).
+    fn set_loose_read_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let asked = timeout.max(MIN_READ_TIMEOUT);
+        if self
+            .read_timeout
+            .is_some_and(|set| keeps_read_timeout(set, asked))
+        {
+            return Ok(());
+        }
+        self.set_socket_read_timeout(quantise_read_timeout(asked))
+    }
+
+    fn set_socket_read_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let timeout = Some(timeout);
+        // Forgotten first: a failed call leaves the socket's unknown.
+        self.read_timeout = None;
+        self.reader.get_ref().set_read_timeout(timeout)?;
+        self.read_timeout = timeout;
         Ok(())
     }
 
@@ -526,6 +547,35 @@ impl ReplicationClient {
     }
 }
 
+/// The shortest read timeout set (a zero one would mean none).
+const MIN_READ_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// A read timeout at least this long is kept for any longer wait asked:
+/// it costs at most one early wake-up per that much silence, about what a
+/// receive loop bounded by its timers (the walreceiver's wakes at least
+/// once a second) has anyway.
+const KEPT_READ_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Whether a socket whose read timeout is `set` may serve a read asked to
+/// wait at most `asked` (both at least [`MIN_READ_TIMEOUT`]): never longer
+/// than asked, and not much shorter, unless `set` is half a second or more.
+/// Alternating bounds (a walreceiver's next timer, then the bound on a
+/// message's rest) and a deadline's remainder, shrinking with every call,
+/// so keep the one set while a stream goes on.
+fn keeps_read_timeout(set: Duration, asked: Duration) -> bool {
+    set <= asked && (set >= KEPT_READ_TIMEOUT || set >= quantise_read_timeout(asked))
+}
+
+/// `asked` rounded down to its three leading binary digits in
+/// microseconds (at most an eighth shorter): a remainder shrinking call
+/// after call sets a new timeout only when it has shrunk by that much.
+fn quantise_read_timeout(asked: Duration) -> Duration {
+    let micros = u64::try_from(asked.as_micros()).unwrap_or(u64::MAX);
+    let shift = (u64::BITS - micros.leading_zeros()).saturating_sub(3);
+    let micros = (micros >> shift) << shift;
+    Duration::from_micros(micros).max(MIN_READ_TIMEOUT)
+}
+
 /// Quote an identifier for a replication command (`"a""b"`).
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -578,4 +628,51 @@ fn tcp_connect(info: &ConnInfo, timeout: Duration) -> Result<TcpStream, ClientEr
         }
     }
     Err(err(last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_read_timeout_set_is_never_longer_than_asked_nor_much_shorter() {
+        for asked in [1, 2, 7, 99, 999, 1_000, 1_001, 60_000] {
+            let q = quantise_read_timeout(ms(asked));
+            assert!(
+                q <= ms(asked) && q >= ms(asked) - ms(asked) / 8,
+                "{asked} ms: {q:?}"
+            );
+            assert!(keeps_read_timeout(q, ms(asked)));
+        }
+        assert_eq!(quantise_read_timeout(Duration::ZERO), MIN_READ_TIMEOUT);
+        assert!(
+            !keeps_read_timeout(ms(100), ms(99)),
+            "longer than asked is never kept"
+        );
+        assert!(
+            !keeps_read_timeout(ms(5), ms(60_000)),
+            "a short one is not kept for a long wait"
+        );
+    }
+
+    #[test]
+    fn a_stream_keeps_its_read_timeout() {
+        // The walreceiver's next timer (a second), then the bound on a
+        // message's rest (wal_receiver_timeout), over and over.
+        let set = quantise_read_timeout(ms(1_000));
+        assert!(keeps_read_timeout(set, ms(60_000)));
+        assert!(keeps_read_timeout(set, ms(1_000)));
+        // A status interval's remainder, a few microseconds less each call,
+        // resets it only once it has shrunk by an eighth.
+        let first = quantise_read_timeout(ms(100));
+        let resets = (0..1_600u64)
+            .map(|i| ms(100) - Duration::from_micros(i))
+            .filter(|asked| !keeps_read_timeout(first, *asked))
+            .count();
+        assert_eq!(resets, 0);
+    }
 }

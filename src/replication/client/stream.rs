@@ -247,12 +247,36 @@ impl ReplicationClient {
         self.reader.buffered().len()
     }
 
-    /// The next stream event, waiting at most `timeout`.
+    /// The next stream event, waiting at most `timeout` (at least 1 ms),
+    /// [`StreamEvent::Timeout`] only once that has passed. The socket's
+    /// read timeout is kept while it is no longer than the wait left and
+    /// not much shorter (see `keeps_read_timeout`): a receive loop whose
+    /// bound changes from call to call (its next timer, then the bound on
+    /// a message's rest) sets it again only now and then, not per
+    /// message; a timeout of the socket's before `timeout` reads on.
     pub fn recv(&mut self, timeout: Duration) -> Result<StreamEvent, ClientError> {
         if !self.streaming {
             return Err(protocol("not streaming"));
         }
-        let msg = match self.read(timeout) {
+        let deadline = Instant::now() + timeout;
+        let mut left = timeout;
+        loop {
+            self.set_loose_read_timeout(left)?;
+            match self.recv_event()? {
+                StreamEvent::Timeout => {
+                    left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(StreamEvent::Timeout);
+                    }
+                }
+                ev => return Ok(ev),
+            }
+        }
+    }
+
+    /// The next stream event, within the socket's read timeout as set.
+    fn recv_event(&mut self) -> Result<StreamEvent, ClientError> {
+        let msg = match self.reader.read_backend().map_err(ClientError::from) {
             Err(ClientError::Wire(WireError::TimedOut)) => return Ok(StreamEvent::Timeout),
             other => other?,
         };
