@@ -22,6 +22,7 @@ use support::process::ChildGuard;
 use support::wait_for;
 use support::workload::{converged, final_state, Spec, Target, Workload};
 use walrep::history::{History, Report};
+use walrep::Lsn;
 
 /// A bound on a node noticing a fault or its end.
 const FAULT_DEADLINE: Duration = Duration::from_secs(60);
@@ -90,6 +91,39 @@ impl Cluster {
                 })
                 .then_some(())
         });
+    }
+
+    /// Wait until node `i` (standby `name` of node 0) has reported the WAL
+    /// it holds: node 0's view of its flush position is at or past the
+    /// end of what it received, unchanged over three looks. After a cut of
+    /// node 0 → `i`, WAL that reached `i` before the cut may still be
+    /// acknowledged until then.
+    fn wait_flush_reported(&self, i: usize, name: &str) {
+        let mut looks: Vec<Lsn> = Vec::new();
+        wait_for(
+            &format!("n{i}'s flush position reported to n0"),
+            FAULT_DEADLINE,
+            || {
+                let info = self.net.client(0).text(&["INFO", "replication"]).ok()??;
+                let reported: Lsn = info
+                    .lines()
+                    .find(|l| l.contains(&format!("application_name={name},")))?
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("flush_lsn="))?
+                    .parse()
+                    .ok()?;
+                let own: Lsn = self.field(i, "replication", "receive_lsn")?.parse().ok()?;
+                if reported < own {
+                    looks.clear();
+                    return None;
+                }
+                if looks.last().is_some_and(|l| *l != reported) {
+                    looks.clear();
+                }
+                looks.push(reported);
+                (looks.len() >= 3).then_some(())
+            },
+        );
     }
 
     fn sync_waiters(&self, i: usize) -> u64 {
@@ -247,6 +281,7 @@ fn one_way_partitions_make_commits_wait_and_promotion_keeps_every_acknowledged_w
     load.wait_acknowledged(200, FAULT_DEADLINE);
     // WAL no longer reaches n1; n1's replies still reach the primary.
     c.net.cut_one_way(Peer::Node(0), 1);
+    c.wait_flush_reported(1, "n1");
     assert_commits_stall(&c, &load, "primary to n1 cut");
     c.net.heal();
     load.wait_acknowledged(200, FAULT_DEADLINE);
