@@ -47,9 +47,9 @@ pub(super) fn find_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         })
 }
 
-/// A member could not bind a port that was free when it was chosen:
-/// another process took it in between (the ports are picked, not
-/// reserved). Starting again on other ports is the remedy.
+/// A member could not bind a port reserved for it: a process that does
+/// not take part in the reservation (`walrep::ports`) bound it
+/// explicitly. Starting again on other ports is the remedy.
 #[derive(Debug)]
 pub(super) struct PortTaken {
     member: String,

@@ -254,8 +254,8 @@ fn summary(opts: &DemoOptions, started: Instant, o: &Outcome) {
     }
 }
 
-/// Starts of the etcd cluster when a port chosen for a member was taken
-/// by another process before the member bound it.
+/// Starts of the etcd cluster when a port reserved for a member was
+/// bound by another process before the member could bind it.
 const ETCD_START_ATTEMPTS: u32 = 3;
 
 fn start_etcd(binary: &Path, root: &Path) -> anyhow::Result<EtcdCluster> {
