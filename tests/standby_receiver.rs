@@ -316,7 +316,13 @@ fn a_timeline_switch_is_reported_and_followed_on_the_same_connection() {
             switch_point: switch
         }
     );
-    wait_until("the session to wait for a new start", || h.is_waiting());
+    // Waiting already when the event is out: a restart ordered the moment
+    // the event is handled must find the connection (else the caller opens
+    // a new one).
+    assert!(
+        h.is_waiting(),
+        "the session was not waiting when it reported the end"
+    );
     assert_eq!(shared.state(), ReceiverState::Waiting);
     // Same connection: the walsender's id does not change.
     let pid_before: Vec<_> = server.registry.snapshot().iter().map(|s| s.id).collect();
@@ -588,9 +594,9 @@ fn sessions_reuse_a_waiting_session_and_answer_stops() {
         )
     });
     let ids: Vec<_> = server.registry.snapshot().iter().map(|s| s.id).collect();
-    wait_until("session 1 to wait", || {
-        sessions.shared().state() == ReceiverState::Waiting
-    });
+    // At once, as the recovery machine does: the session waits before it
+    // reports the end.
+    assert_eq!(sessions.shared().state(), ReceiverState::Waiting);
     sessions.start(2, switch, tli2);
     next("connected on tli 2", &|e| {
         matches!(

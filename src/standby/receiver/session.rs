@@ -1106,6 +1106,11 @@ impl Session {
             self.tli.0,
             next_tli.0
         );
+        // Waiting before the machine hears of the end: it may order the
+        // restart as soon as it has the event, and an order that finds the
+        // session not yet waiting opens a new connection instead.
+        self.control.lock_restart().waiting = true;
+        self.shared.set_state(ReceiverState::Waiting);
         self.emit_now(ReceiverEvent::TimelineEnded {
             session: self.session,
             tli: self.tli,
@@ -1142,8 +1147,6 @@ impl Session {
     /// on its latch only), the connection is not watched meanwhile: if the
     /// upstream closed it, the next command fails and the session ends.
     fn wait_for_restart(&mut self) -> Result<RestartOrder, End> {
-        self.control.lock_restart().waiting = true;
-        self.shared.set_state(ReceiverState::Waiting);
         let deadline = Instant::now() + self.cfg.restart_wait;
         loop {
             {
