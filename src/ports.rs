@@ -9,8 +9,10 @@
 //! `ip_local_port_range` is never handed out that way: only an explicit
 //! bind takes it. Processes choosing ports side by side (test binaries, a
 //! demo, a bench) agree through a `flock` on
-//! `$TMPDIR/walrep-ports/PORT.lock`, held until the process exits.
+//! `$TMPDIR/walrep-ports/PORT.lock`, held until the process exits or
+//! has reserved 256 newer ports.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::net::TcpListener;
@@ -22,9 +24,15 @@ use std::sync::Mutex;
 /// How many ports below the ephemeral range are drawn from.
 const SPAN: u32 = 12_000;
 
-/// The lock files of the ports this process reserved: open for its
-/// lifetime, so no other process takes one of them.
-static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
+/// The lock files of the ports this process reserved, the newest
+/// [`MAX_HELD`]: open so no other process takes one of them.
+static HELD: Mutex<VecDeque<File>> = Mutex::new(VecDeque::new());
+/// How many reservations keep their lock. A port is reserved just before
+/// its server starts and binds it; a long bench reserves thousands, and
+/// holding every lock would hold as many descriptors. The oldest lock is
+/// let go once this many newer ports were reserved: by then its server
+/// bound the port (or was stopped, and the port is free for anyone).
+const MAX_HELD: usize = 256;
 /// Where the next search starts (spread by pid so processes rarely meet).
 static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
 
@@ -76,7 +84,11 @@ pub fn reserve() -> io::Result<u16> {
         for _ in 0..span {
             let port = low + NEXT.fetch_add(1, Ordering::SeqCst) % span;
             if let Some(lock) = try_take(port) {
-                HELD.lock().unwrap_or_else(|p| p.into_inner()).push(lock);
+                let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+                if held.len() == MAX_HELD {
+                    held.pop_front();
+                }
+                held.push_back(lock);
                 return Ok(port as u16);
             }
         }
@@ -88,8 +100,13 @@ pub fn reserve() -> io::Result<u16> {
 mod tests {
     use super::*;
 
+    /// The tests share `HELD`: one at a time, so one's reservations are
+    /// not let go by the other's.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     #[test]
     fn reserved_ports_are_distinct_below_the_ephemeral_range_and_locked() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let a = reserve().unwrap();
         let b = reserve().unwrap();
         assert_ne!(a, b);
@@ -102,5 +119,19 @@ mod tests {
             // open in the same process conflicts with the held one.
             assert_ne!(rc, 0, "port {p} is not locked");
         }
+    }
+
+    #[test]
+    fn only_the_newest_reservations_keep_their_lock() {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let first = reserve().unwrap();
+        for _ in 0..MAX_HELD + 8 {
+            reserve().unwrap();
+        }
+        assert!(HELD.lock().unwrap().len() <= MAX_HELD);
+        let lock = File::open(lock_dir().join(format!("{first}.lock"))).unwrap();
+        // SAFETY: flock on a valid, owned descriptor.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, 0, "the oldest reservation's lock was let go");
     }
 }

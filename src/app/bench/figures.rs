@@ -61,6 +61,28 @@ pub struct Judged {
     pub met: Option<bool>,
 }
 
+/// What the `met` column and the summary lines say of a target that was
+/// not judged.
+const NOT_JUDGED: &str = "not judged (no PostgreSQL in this run)";
+
+impl Judged {
+    /// The summary line of a figure with a target (`None` without one),
+    /// "not judged" included: a target is never left out silently.
+    pub fn summary_line(&self, label: &str) -> Option<String> {
+        let target = self.target.as_ref()?;
+        let verdict = match self.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => NOT_JUDGED,
+        };
+        Some(format!(
+            "target ({label}): {} {target}: {} -> {verdict}",
+            self.what,
+            fmt_num(self.walrep_median),
+        ))
+    }
+}
+
 impl Figure {
     pub fn new(scenario: &str, what: &str, unit: &str, better: Better) -> Figure {
         Figure {
@@ -192,7 +214,7 @@ pub fn table(figures: &[Figure]) -> String {
             match (j.met, &j.target) {
                 (Some(true), _) => "yes",
                 (Some(false), _) => "**no**",
-                (None, Some(_)) => "not judged (no PostgreSQL in this run)",
+                (None, Some(_)) => NOT_JUDGED,
                 (None, None) => "-",
             }
         );
@@ -292,10 +314,27 @@ mod tests {
         assert_eq!(on.judge().target.as_deref(), Some(">= 2.5x PostgreSQL"));
         let t = table(&[f, lag, s, on.clone()]);
         on.pg_same_run.clear();
-        let t2 = table(&[on]);
+        let t2 = table(&[on.clone()]);
         assert!(
             t2.contains("not judged (no PostgreSQL in this run)"),
             "{t2}"
+        );
+        assert_eq!(
+            on.judge().summary_line("sync").as_deref(),
+            Some("target (sync): on, 1 client >= 2.5x PostgreSQL: 3,000 -> not judged (no PostgreSQL in this run)"),
+            "the summary lines name a target that was not judged"
+        );
+        on.pg_same_run = vec![1_300.0];
+        assert_eq!(
+            on.judge().summary_line("sync").as_deref(),
+            Some("target (sync): on, 1 client >= 2.5x PostgreSQL: 3,000 -> NOT met")
+        );
+        assert_eq!(
+            Figure::new("x", "y", "z", Better::Higher)
+                .judge()
+                .summary_line("x"),
+            None,
+            "no line without a target"
         );
         assert!(
             t.contains("| archive | archive replay | MB/s | 500 / 700 / 650 | 650 |"),

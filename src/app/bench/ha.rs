@@ -1248,17 +1248,12 @@ fn print_report(r: &HaReport) {
         println!("  {v}");
     }
     println!("\n{}", figures::table(&r.figures));
-    for f in &r.figures {
-        let j = f.judge();
-        if let (Some(t), Some(met)) = (&j.target, j.met) {
-            println!(
-                "target (ha): {} {}: {} -> {}",
-                j.what,
-                t,
-                figures::fmt_num(j.walrep_median),
-                if met { "met" } else { "NOT met" }
-            );
-        }
+    for line in r
+        .figures
+        .iter()
+        .filter_map(|f| f.judge().summary_line("ha"))
+    {
+        println!("{line}");
     }
     println!(
         "Patroni is not run here: with its defaults (ttl 30 s, loop_wait 10 s) the same sum \

@@ -82,17 +82,8 @@ fn finish(ctx: Ctx<'_>, scenarios: &[Scenario], elapsed: Duration) -> ScenarioRe
     println!("\n{}", figures::table(&ctx.figures));
     println!("{}", figures::probe_table(&ctx.probes));
     let judged: Vec<_> = ctx.figures.iter().map(Figure::judge).collect();
-    for j in &judged {
-        if let (Some(t), Some(met)) = (&j.target, j.met) {
-            println!(
-                "target ({}): {} {}: {} -> {}",
-                j.scenario,
-                j.what,
-                t,
-                figures::fmt_num(j.walrep_median),
-                if met { "met" } else { "NOT met" }
-            );
-        }
+    for line in judged.iter().filter_map(|j| j.summary_line(&j.scenario)) {
+        println!("{line}");
     }
     println!("elapsed {:.0} s", elapsed.as_secs_f64());
     ScenarioReport {
