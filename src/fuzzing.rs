@@ -58,6 +58,10 @@ impl Backend for MemoryNode {
     fn wait_replicas(&self, _upto: Lsn, _wanted: usize, _timeout: Duration) -> usize {
         0
     }
+    /// Everything is durable at once here (`wait` advances it all).
+    fn wait_flushed(&self, _upto: Lsn, _timeout: Duration) -> bool {
+        true
+    }
 }
 
 /// The limits the command target runs with: small, so a fuzzer reaches

@@ -2,7 +2,8 @@
 //! standbys synchronous_standby_names selects (FIRST n / ANY n); a waiting
 //! write is neither acknowledged nor readable before its level is met, even
 //! when its client gives up; remote_apply makes the write readable on the
-//! standby at once; a bounded wait degrades loudly; WAIT counts standbys.
+//! standby at once; a bounded wait degrades loudly; WAIT counts standbys;
+//! WAITAOF waits for the local flush and counts standbys that flushed.
 
 mod support;
 
@@ -333,6 +334,63 @@ fn wait_counts_standbys_that_flushed_the_clients_writes() {
     // Asking for more standbys than exist returns what there is, after the timeout.
     let n: i64 = redis::cmd("WAIT").arg(3).arg(300).query(&mut con).unwrap();
     assert_eq!(n, 2);
+}
+
+#[test]
+fn waitaof_waits_for_the_local_flush_and_counts_standbys_that_flushed() {
+    // Commits at `off`, the WAL writer flushing every 2 s with no standby.
+    let c = cluster("", &["synchronous_commit=off", "wal_writer_delay=2s"]);
+    let mut con = c.primary.client();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
+    let inserted = lsn_field(&c.primary, "wal_insert_lsn");
+    let waitaof = |con: &mut redis::Connection, local: i64, replicas: i64, ms: i64| {
+        redis::cmd("WAITAOF")
+            .arg(local)
+            .arg(replicas)
+            .arg(ms)
+            .query::<(i64, i64)>(con)
+    };
+    // Answered once the WAL writer's flush covers the write, not before.
+    assert_eq!(waitaof(&mut con, 1, 0, 10_000).unwrap(), (1, 0));
+    assert!(lsn_field(&c.primary, "wal_flush_lsn") >= inserted);
+
+    let s1 = c.standby("s1");
+    let _s2 = c.standby("s2");
+    let _: () = redis::cmd("SET")
+        .arg("k2")
+        .arg("v")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(waitaof(&mut con, 1, 2, 10_000).unwrap(), (1, 2));
+    // More standbys than exist: what there is, after the timeout.
+    assert_eq!(waitaof(&mut con, 0, 3, 300).unwrap(), (1, 2));
+    // Redis's answers to bad arguments and on a replica.
+    let err = |con: &mut redis::Connection, args: &[&str]| {
+        redis::cmd("WAITAOF")
+            .arg(args)
+            .query::<redis::Value>(con)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        err(&mut con, &["2", "0", "0"]).contains("value must between 0 and 1"),
+        "{}",
+        err(&mut con, &["2", "0", "0"])
+    );
+    assert!(err(&mut con, &["1", "-1", "0"]).contains("must be positive"));
+    assert!(err(&mut con, &["1", "0", "-1"]).contains("timeout is negative"));
+    let on_standby = err(&mut s1.client(), &["0", "0", "0"]);
+    assert!(
+        on_standby.contains("WAITAOF cannot be used with replica instances"),
+        "{on_standby}"
+    );
+}
+
+fn lsn_field(node: &TestNode, field: &str) -> walrep::Lsn {
+    node.info_field("persistence", field)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]

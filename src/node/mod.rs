@@ -606,6 +606,11 @@ impl Backend for Node {
     fn wait_replicas(&self, upto: Lsn, wanted: usize, timeout: Duration) -> usize {
         self.count_acked(upto, wanted, timeout)
     }
+
+    fn wait_flushed(&self, upto: Lsn, timeout: Duration) -> bool {
+        self.wal()
+            .is_some_and(|wal| wal.wait_flushed_passively(upto, timeout))
+    }
 }
 
 /// What the standby runtime asks of the node.

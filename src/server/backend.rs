@@ -129,6 +129,11 @@ pub trait Backend: Send + Sync + 'static {
     /// WAIT: how many standbys have acknowledged WAL up to `upto`, waiting
     /// up to `timeout` for `wanted` of them.
     fn wait_replicas(&self, upto: Lsn, wanted: usize, timeout: Duration) -> usize;
+    /// WAITAOF's local part: whether WAL up to `upto` is durable here,
+    /// waiting up to `timeout` for the flushes the node does anyway (this
+    /// does not flush; at `synchronous_commit = off` the WAL writer's
+    /// next flush covers it, as Redis's `appendfsync everysec`).
+    fn wait_flushed(&self, upto: Lsn, timeout: Duration) -> bool;
 }
 
 /// Called by whichever thread ends a [`PendingWait`] (a standby's reply

@@ -96,6 +96,11 @@ impl Backend for FakeNode {
     fn wait_replicas(&self, _upto: Lsn, _wanted: usize, _timeout: Duration) -> usize {
         0
     }
+    fn wait_flushed(&self, _upto: Lsn, timeout: Duration) -> bool {
+        let d = self.durable.lock().unwrap();
+        let (d, _) = self.cv.wait_timeout_while(d, timeout, |d| !*d).unwrap();
+        *d
+    }
 }
 
 fn start(node: &Arc<FakeNode>, max_connections: u32) -> Server {

@@ -142,8 +142,36 @@ enum Done {
     },
     Waited {
         token: Token,
-        acked: usize,
+        acked: WaitReply,
     },
+}
+
+/// What a WAIT or WAITAOF answers.
+#[derive(Debug, Clone, Copy)]
+enum WaitReply {
+    /// WAIT: the standbys that have the connection's writes.
+    Replicas(usize),
+    /// WAITAOF: `[local, replicas]` that made them durable (local 0 or 1).
+    Aof { local: bool, replicas: usize },
+}
+
+/// Run a WAIT or WAITAOF to its end (met, or its timeout passed).
+fn run_wait(backend: &dyn Backend, w: WaitRequest) -> WaitReply {
+    let Some(numlocal) = w.numlocal else {
+        return WaitReply::Replicas(backend.wait_replicas(w.upto, w.wanted, w.timeout));
+    };
+    let deadline = Instant::now() + w.timeout;
+    let local = if numlocal {
+        backend.wait_flushed(w.upto, w.timeout)
+    } else {
+        backend.wait_flushed(w.upto, Duration::ZERO)
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let replicas = backend.wait_replicas(w.upto, w.wanted, left);
+    // The replicas' count may have taken the rest of the time: the local
+    // flush is looked at again (it only moves forward).
+    let local = local || backend.wait_flushed(w.upto, Duration::ZERO);
+    WaitReply::Aof { local, replicas }
 }
 
 /// A running worker, as the server holds it.
@@ -800,7 +828,7 @@ impl Worker {
         let spawned = std::thread::Builder::new()
             .name("redis-wait".into())
             .spawn(move || {
-                let acked = backend.wait_replicas(w.upto, w.wanted, w.timeout);
+                let acked = run_wait(&*backend, w);
                 thread_stats
                     .waits_in_progress
                     .fetch_sub(1, Ordering::SeqCst);
@@ -897,7 +925,14 @@ impl Worker {
                 Done::Settled { tokens, result } => self.confirm(&tokens, result),
                 Done::Waited { token, acked } => {
                     if let Some(c) = self.conns.get_mut(&token).filter(|c| !c.terminated) {
-                        reply::integer(&mut c.session.out, acked as i64);
+                        match acked {
+                            WaitReply::Replicas(n) => reply::integer(&mut c.session.out, n as i64),
+                            WaitReply::Aof { local, replicas } => {
+                                reply::array_header(&mut c.session.out, 2);
+                                reply::integer(&mut c.session.out, i64::from(local));
+                                reply::integer(&mut c.session.out, replicas as i64);
+                            }
+                        }
                         c.hold = Hold::None;
                     }
                     self.enqueue(token);

@@ -445,6 +445,16 @@ impl Wal {
         self.shared.flushed()
     }
 
+    /// Whether the WAL up to `lsn` is durable, waiting up to `timeout`
+    /// for the flushes other threads do: this one does not flush (Redis's
+    /// WAITAOF waits for the next fsync; it does not cause one).
+    pub fn wait_flushed_passively(&self, lsn: Lsn, timeout: Duration) -> bool {
+        self.shared
+            .flush_watch
+            .wait_until(|f| *f >= lsn, timeout)
+            .is_ok()
+    }
+
     /// End of the WAL inserted so far (a valid record position, usable as
     /// a checkpoint's redo point).
     pub fn inserted(&self) -> Lsn {

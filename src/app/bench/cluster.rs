@@ -249,6 +249,64 @@ impl Resp {
         self.read_reply()
     }
 
+    /// Send pre-encoded bytes without reading the reply (read it later
+    /// with [`Resp::read_waitaof`]).
+    pub fn send_raw(&mut self, encoded: &[u8]) -> Result<(), BenchError> {
+        self.writer
+            .write_all(encoded)
+            .map_err(|e| BenchError::io("send a command", e))
+    }
+
+    /// Whether a reply has arrived (buffered or on the socket), without
+    /// waiting.
+    pub fn reply_arrived(&mut self) -> Result<bool, BenchError> {
+        if !self.reader.buffer().is_empty() {
+            return Ok(true);
+        }
+        let mut byte = [0u8; 1];
+        // SAFETY: recv into a valid 1-byte buffer on an open socket;
+        // MSG_PEEK leaves the byte for the reader.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(self.reader.get_ref()),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            1 => Ok(true),
+            0 => Err(BenchError::Server("connection closed".into())),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::WouldBlock => Ok(false),
+                    _ => Err(BenchError::io("look for a reply", e)),
+                }
+            }
+        }
+    }
+
+    /// WAITAOF's reply, `[local, replicas]`.
+    pub fn read_waitaof(&mut self) -> Result<(i64, i64), BenchError> {
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| BenchError::io("read a reply", e))?;
+        if line.trim_end() != "*2" {
+            return Err(BenchError::Server(format!(
+                "WAITAOF: unexpected reply {line:?}"
+            )));
+        }
+        let mut int = || match self.read_reply()? {
+            Reply::Integer(n) => Ok(n),
+            other => Err(BenchError::Server(format!(
+                "WAITAOF: unexpected element {other:?}"
+            ))),
+        };
+        Ok((int()?, int()?))
+    }
+
     fn read_reply(&mut self) -> Result<Reply, BenchError> {
         let mut line = String::new();
         let n = self

@@ -24,7 +24,11 @@
 //!   end, and each rep also prints the lower end (the start of the last
 //!   miss), so the probe's own polling can be told from the standby's
 //!   lag. The probe thread's timer slack is 1 ns: with the default 50 µs
-//!   every pause of 20 µs ran late by up to that.
+//!   every pause of 20 µs ran late by up to that. Each probe also sends
+//!   `WAITAOF 1 0` after the SET's reply and notes when its answer is seen
+//!   between GETs: the primary's flush of the probe's write, part of every
+//!   visibility figure (a standby applies only what its primary flushed),
+//!   and the time from it to the value being visible.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -59,7 +63,19 @@ struct Samples {
     visibility_ms: Vec<f64>,
     /// Per probe: when the last GET that missed was sent (0 if none did).
     visibility_low_ms: Vec<f64>,
+    /// Per probe: when the primary's answer to `WAITAOF 1 0` was seen.
+    flushed_ms: Vec<f64>,
+    /// Per probe: visibility minus `flushed_ms`.
+    after_flush_ms: Vec<f64>,
     rps: f64,
+}
+
+/// What the visibility probe measured, per probe.
+#[derive(Default)]
+struct Probes {
+    visible_ms: Vec<f64>,
+    low_ms: Vec<f64>,
+    flushed_ms: Vec<f64>,
 }
 
 pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
@@ -101,6 +117,19 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
             "key visible on the standby after the primary's reply, p99",
             "ms",
             Better::Lower,
+        )
+        .goal("<= 5 ms", Some(TARGET_LAG_P99_MS)),
+        Figure::new(
+            "lag",
+            "the probe's write flushed on the primary after its reply (WAITAOF 1 0 answered), p99",
+            "ms",
+            Better::Lower,
+        ),
+        Figure::new(
+            "lag",
+            "key visible on the standby after WAITAOF 1 0 answered, per probe, p99",
+            "ms",
+            Better::Lower,
         ),
         Figure::new("lag", "bytes behind replay p99", "bytes", Better::Lower),
         Figure::new(
@@ -117,7 +146,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
         let s = sample_rep(ctx, &dir, &primary, &standby)?;
         ctx.probe(&format!("after lag rep {rep}"), false)?;
         println!(
-            "  lag rep {rep}: {:.0} SET/s; replay_lag p50/p99 {:.2}/{:.2} ms ({} samples); visibility p50/p99 {:.3}/{:.3} ms ({} probes; last miss sent at p50/p99 {:.3}/{:.3} ms); bytes behind p50/p99 {:.0}/{:.0}",
+            "  lag rep {rep}: {:.0} SET/s; replay_lag p50/p99 {:.2}/{:.2} ms ({} samples); visibility p50/p99 {:.3}/{:.3} ms ({} probes; last miss sent at p50/p99 {:.3}/{:.3} ms; primary's flush (WAITAOF 1 0) p50/p99 {:.3}/{:.3} ms; visible after it p50/p99 {:.3}/{:.3} ms); bytes behind p50/p99 {:.0}/{:.0}",
             s.rps,
             percentile(&s.replay_lag_ms, 0.5),
             percentile(&s.replay_lag_ms, 0.99),
@@ -127,6 +156,10 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
             s.visibility_ms.len(),
             percentile(&s.visibility_low_ms, 0.5),
             percentile(&s.visibility_low_ms, 0.99),
+            percentile(&s.flushed_ms, 0.5),
+            percentile(&s.flushed_ms, 0.99),
+            percentile(&s.after_flush_ms, 0.5),
+            percentile(&s.after_flush_ms, 0.99),
             percentile(&s.bytes_behind, 0.5),
             percentile(&s.bytes_behind, 0.99),
         );
@@ -134,8 +167,10 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), BenchError> {
         figs[1].walrep.push(percentile(&s.replay_lag_ms, 0.99));
         figs[2].walrep.push(percentile(&s.visibility_ms, 0.5));
         figs[3].walrep.push(percentile(&s.visibility_ms, 0.99));
-        figs[4].walrep.push(percentile(&s.bytes_behind, 0.99));
-        figs[5].walrep.push(s.rps);
+        figs[4].walrep.push(percentile(&s.flushed_ms, 0.99));
+        figs[5].walrep.push(percentile(&s.after_flush_ms, 0.99));
+        figs[6].walrep.push(percentile(&s.bytes_behind, 0.99));
+        figs[7].walrep.push(s.rps);
     }
     standby.stop();
     primary.stop();
@@ -188,13 +223,20 @@ fn sample_rep(
         let load = loader.join();
         let load = load.map_err(|_| BenchError::Load("the load thread panicked".into()))??;
         let (replay_lag_ms, bytes_behind) = sampled?;
-        let (visibility_ms, visibility_low_ms) =
-            vis.map_err(|_| BenchError::Load("the probe panicked".into()))??;
+        let probes = vis.map_err(|_| BenchError::Load("the probe panicked".into()))??;
+        let after_flush_ms = probes
+            .visible_ms
+            .iter()
+            .zip(&probes.flushed_ms)
+            .map(|(v, f)| v - f)
+            .collect();
         Ok(Samples {
             replay_lag_ms,
             bytes_behind,
-            visibility_ms,
-            visibility_low_ms,
+            visibility_ms: probes.visible_ms,
+            visibility_low_ms: probes.low_ms,
+            flushed_ms: probes.flushed_ms,
+            after_flush_ms,
             rps: load.rps,
         })
     })
@@ -230,17 +272,22 @@ fn sample_primary(
 /// Every 10 ms: SET a fresh value on the primary, then GET on the standby
 /// until it shows; milliseconds from the SET's reply to the value (the
 /// end of the GET that found it), and to the start of the last GET that
-/// did not (0 if none): the value became readable in between.
+/// did not (0 if none): the value became readable in between. Right after
+/// the SET's reply the probe also sends `WAITAOF 1 0` on the primary
+/// (it waits for the flush covering the SET and causes none) and notes
+/// when its answer is seen between GETs: the primary's flush, which
+/// the standby waits for before it makes the value visible.
 fn visibility_probe(
     primary: &Node,
     standby: &Node,
     window: Duration,
     done: &AtomicBool,
-) -> Result<(Vec<f64>, Vec<f64>), BenchError> {
+) -> Result<Probes, BenchError> {
     precise_sleeps();
     let mut p = primary.connect()?;
     let mut s = standby.connect()?;
-    let (mut out, mut low) = (Vec::new(), Vec::new());
+    let waitaof = cluster::encode(&[b"WAITAOF", b"1", b"0", b"1000"]);
+    let mut out = Probes::default();
     let end = Instant::now() + window;
     let mut seq = 0u64;
     while Instant::now() < end && !done.load(Ordering::Acquire) {
@@ -251,14 +298,18 @@ fn visibility_probe(
             other => return Err(BenchError::Server(format!("probe SET: {other:?}"))),
         }
         let t0 = Instant::now();
+        p.send_raw(&waitaof)?;
+        let mut flushed = None;
         let get = cluster::encode(&[b"GET", b"lag:probe"]);
         let mut last_miss = Duration::ZERO;
         loop {
             let sent = t0.elapsed();
-            if let Reply::Bulk(Some(v)) = s.call_raw(&get)? {
-                if v == value.as_bytes() {
-                    break;
-                }
+            let found = matches!(s.call_raw(&get)?, Reply::Bulk(Some(v)) if v == value.as_bytes());
+            if flushed.is_none() && p.reply_arrived()? {
+                flushed = Some(t0.elapsed());
+            }
+            if found {
+                break;
             }
             last_miss = sent;
             let waited = t0.elapsed();
@@ -269,11 +320,21 @@ fn visibility_probe(
             }
             std::thread::sleep(poll_pause(waited));
         }
-        out.push(t0.elapsed().as_secs_f64() * 1000.0);
-        low.push(last_miss.as_secs_f64() * 1000.0);
+        let visible = t0.elapsed();
+        let (local, _) = p.read_waitaof()?;
+        if local != 1 {
+            return Err(BenchError::Server(format!(
+                "the primary had not flushed probe value {seq} 1 s after its reply"
+            )));
+        }
+        let flushed = flushed.unwrap_or_else(|| t0.elapsed());
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        out.visible_ms.push(ms(visible));
+        out.low_ms.push(ms(last_miss));
+        out.flushed_ms.push(ms(flushed));
         std::thread::sleep(SAMPLE_EVERY);
     }
-    Ok((out, low))
+    Ok(out)
 }
 
 /// Let this thread's sleeps end when asked: Linux stretches a normal
@@ -332,10 +393,10 @@ fn postgres(
         figs[1]
             .pg_same_run
             .push(percentile(&pg.replay_lag_ms, 0.99));
-        figs[4]
+        figs[6]
             .pg_same_run
             .push(percentile(&pg.replay_bytes_behind, 0.99));
-        figs[5].pg_same_run.extend(pg.tps.iter().copied());
+        figs[7].pg_same_run.extend(pg.tps.iter().copied());
     }
     Ok(())
 }

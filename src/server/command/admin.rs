@@ -1,4 +1,4 @@
-//! Server commands: INFO, CONFIG, WAIT, COMMAND and TIME, their parsers
+//! Server commands: INFO, CONFIG, WAIT, WAITAOF, COMMAND and TIME, their parsers
 //! and executors.
 
 use std::sync::atomic::Ordering;
@@ -10,6 +10,7 @@ use super::flow::WaitRequest;
 use super::glob::Glob;
 use super::parse::{arity, canonical_i64, int, is, unknown_subcommand, Args};
 use crate::config::SynchronousCommit;
+use crate::server::backend::Role;
 use crate::server::protocol::reply;
 use crate::server::session::Session;
 
@@ -19,12 +20,16 @@ pub enum ConfigChange {
     SynchronousCommit(SynchronousCommit),
 }
 
-/// `WAIT numreplicas timeout`, parsed.
+/// `WAIT numreplicas timeout` or `WAITAOF numlocal numreplicas timeout`,
+/// parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wait {
     /// A negative count asks for none (Redis answers at once).
     pub numreplicas: usize,
     pub timeout: Duration,
+    /// WAITAOF: whether the WAL must also be durable here (`numlocal`
+    /// 1); `None` for WAIT.
+    pub numlocal: Option<bool>,
 }
 
 /// `WAIT 0` blocks forever in Redis; walrep bounds every wait, and a
@@ -75,16 +80,38 @@ fn parse_config_set(args: Args<'_>) -> Result<ConfigChange, CommandError> {
 /// WAIT, checked in Redis's order: the count, then the timeout.
 pub fn parse_wait(args: Args<'_>) -> Result<Wait, CommandError> {
     let numreplicas = int(args[1])?;
-    let timeout_ms = canonical_i64(args[2]).ok_or(CommandError::TimeoutNotInteger)?;
+    Ok(Wait {
+        numreplicas: usize::try_from(numreplicas).unwrap_or(0),
+        timeout: wait_timeout(args[2])?,
+        numlocal: None,
+    })
+}
+
+/// WAITAOF, checked in Redis's order: `numlocal` (0 or 1), `numreplicas`
+/// (not negative), then the timeout.
+pub fn parse_waitaof(args: Args<'_>) -> Result<Wait, CommandError> {
+    let numlocal = match int(args[1])? {
+        0 => false,
+        1 => true,
+        _ => return Err(CommandError::NumLocalOutOfRange),
+    };
+    let numreplicas = usize::try_from(int(args[2])?).map_err(|_| CommandError::NotPositive)?;
+    Ok(Wait {
+        numreplicas,
+        timeout: wait_timeout(args[3])?,
+        numlocal: Some(numlocal),
+    })
+}
+
+/// A WAIT's timeout in milliseconds (0: Redis's "forever", bounded here).
+fn wait_timeout(arg: &[u8]) -> Result<Duration, CommandError> {
+    let timeout_ms = canonical_i64(arg).ok_or(CommandError::TimeoutNotInteger)?;
     if timeout_ms < 0 {
         return Err(CommandError::TimeoutNegative);
     }
-    Ok(Wait {
-        numreplicas: usize::try_from(numreplicas).unwrap_or(0),
-        timeout: match timeout_ms {
-            0 => WAIT_FOREVER_BOUND,
-            ms => Duration::from_millis(ms as u64).min(WAIT_FOREVER_BOUND),
-        },
+    Ok(match timeout_ms {
+        0 => WAIT_FOREVER_BOUND,
+        ms => Duration::from_millis(ms as u64).min(WAIT_FOREVER_BOUND),
     })
 }
 
@@ -128,13 +155,18 @@ pub fn time(s: &mut Session) {
     reply::bulk(&mut s.out, (us % 1_000_000).to_string().as_bytes());
 }
 
-/// The WAIT for this connection's writes so far.
-pub fn wait_request(s: &Session, w: Wait) -> WaitRequest {
-    WaitRequest {
+/// The WAIT (or WAITAOF) for this connection's writes so far. WAITAOF
+/// is refused on a standby, as Redis refuses it on a replica.
+pub fn wait_request(s: &Session, w: Wait) -> Result<WaitRequest, CommandError> {
+    if w.numlocal.is_some() && s.ctx.backend.role() != Role::Primary {
+        return Err(CommandError::WaitAofOnReplica);
+    }
+    Ok(WaitRequest {
         wanted: w.numreplicas,
         upto: s.last_write_end,
         timeout: w.timeout,
-    }
+        numlocal: w.numlocal,
+    })
 }
 
 const INFO_SECTIONS: [&str; 6] = [

@@ -27,6 +27,10 @@ pub enum CommandError {
     HashNotInteger,
     #[error("ERR value is out of range, must be positive")]
     NotPositive,
+    #[error("ERR value is out of range, value must between 0 and 1")]
+    NumLocalOutOfRange,
+    #[error("ERR WAITAOF cannot be used with replica instances. Please also note that writes to replicas are just local and are not propagated.")]
+    WaitAofOnReplica,
     #[error("ERR value is out of range")]
     OutOfRange,
     #[error("ERR no such key")]

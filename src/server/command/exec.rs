@@ -90,7 +90,7 @@ pub fn run_session(s: &mut Session, cmd: Command<'_>) -> Result<Flow, CommandErr
             reply::ok(&mut s.out);
             return Ok(Flow::Close);
         }
-        C::Wait(w) => return Ok(Flow::Wait(admin::wait_request(s, w))),
+        C::Wait(w) => return Ok(Flow::Wait(admin::wait_request(s, w)?)),
         C::Ping(msg) => connection::ping(s, msg),
         C::Echo(msg) => reply::bulk(&mut s.out, msg),
         C::Select => reply::ok(&mut s.out),

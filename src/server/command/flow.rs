@@ -20,4 +20,7 @@ pub struct WaitRequest {
     pub wanted: usize,
     pub upto: crate::Lsn,
     pub timeout: Duration,
+    /// WAITAOF (`Some(numlocal)`): the WAL must also be durable here, and
+    /// the reply is `[local, replicas]`; `None` for WAIT.
+    pub numlocal: Option<bool>,
 }

@@ -1033,6 +1033,17 @@ pub static TABLE: &[Spec] = &[
         parse: |a| admin::parse_wait(a).map(Command::Wait),
     },
     Spec {
+        name: "waitaof",
+        arity: 4,
+        flags: "",
+        keys: (0, 0, 0),
+        group: "generic",
+        since: "7.2.0",
+        summary: "Blocks until all of the preceding write commands sent by the connection are written to the append-only file of the primary and/or replicas.",
+        syntax: "numlocal:integer numreplicas:integer timeout:integer",
+        parse: |a| admin::parse_waitaof(a).map(Command::Wait),
+    },
+    Spec {
         name: "watch",
         arity: -2,
         flags: "noscript loading stale fast allow-busy",

@@ -369,14 +369,16 @@ fn wait_is_checked_in_redis_order() {
         ok("WAIT 2 100"),
         Command::Wait(Wait {
             numreplicas: 2,
-            timeout: Duration::from_millis(100)
+            timeout: Duration::from_millis(100),
+            numlocal: None,
         })
     );
     assert_eq!(
         ok("WAIT -5 0"),
         Command::Wait(Wait {
             numreplicas: 0,
-            timeout: admin::WAIT_FOREVER_BOUND
+            timeout: admin::WAIT_FOREVER_BOUND,
+            numlocal: None,
         })
     );
     assert_eq!(
@@ -388,6 +390,53 @@ fn wait_is_checked_in_redis_order() {
         "ERR timeout is not an integer or out of range"
     );
     assert_eq!(err("WAIT 0 -1"), "ERR timeout is negative");
+}
+
+#[test]
+fn waitaof_is_checked_in_redis_order() {
+    assert_eq!(
+        ok("WAITAOF 1 2 100"),
+        Command::Wait(Wait {
+            numreplicas: 2,
+            timeout: Duration::from_millis(100),
+            numlocal: Some(true),
+        })
+    );
+    assert_eq!(
+        ok("WAITAOF 0 0 0"),
+        Command::Wait(Wait {
+            numreplicas: 0,
+            timeout: admin::WAIT_FOREVER_BOUND,
+            numlocal: Some(false),
+        })
+    );
+    // numlocal first, then numreplicas, then the timeout (Redis's words).
+    assert_eq!(
+        err("WAITAOF x y z"),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        err("WAITAOF 2 y z"),
+        "ERR value is out of range, value must between 0 and 1"
+    );
+    assert_eq!(
+        err("WAITAOF -1 0 0"),
+        "ERR value is out of range, value must between 0 and 1"
+    );
+    assert_eq!(
+        err("WAITAOF 1 y z"),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        err("WAITAOF 1 -1 z"),
+        "ERR value is out of range, must be positive"
+    );
+    assert_eq!(
+        err("WAITAOF 1 0 z"),
+        "ERR timeout is not an integer or out of range"
+    );
+    assert_eq!(err("WAITAOF 1 0 -5"), "ERR timeout is negative");
+    assert!(err("WAITAOF 1 0").contains("wrong number of arguments"));
 }
 
 #[test]
