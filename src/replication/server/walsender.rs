@@ -37,6 +37,7 @@ use crossbeam_channel::TryRecvError;
 use walrep_states::{Lsn, TimelineHistory, TimelineId};
 
 use super::conn::ClientEvent;
+use super::direct::DirectSend;
 use super::exec::{result_set, source_error, text, INT8, TEXT};
 use super::session::{Failure, Session};
 use crate::replication::pgwire::{
@@ -277,6 +278,10 @@ struct Streamer<'a, S: ReplicationSource> {
     told_deferrable: Option<(bool, bool)>,
     /// Spaces the messages of an asynchronous walrep standby.
     spacing: AsyncSpacing,
+    /// While `early` on a plain connection: the WAL writer's threads
+    /// send new WAL themselves while this thread parks caught up (see
+    /// `direct`), instead of waking it for every write.
+    direct: Option<Arc<DirectSend>>,
 }
 
 impl<'a, S: ReplicationSource> Streamer<'a, S> {
@@ -298,7 +303,13 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         let early = unflushed_ok && candidate;
         let apply_on_request = s.apply_feedback_on_request;
         let flush_hint = s.flush_hint;
-        let flushed = subscribe(&*src, early, apply_on_request, unflushed_ok);
+        let direct = if early { lend_socket(s, &*src) } else { None };
+        let flushed = subscribe(
+            &*src,
+            early && direct.is_none(),
+            apply_on_request,
+            unflushed_ok,
+        );
         let write_wanted = candidate && src.write_reports_wanted();
         s.handle.set_state(WalSenderState::Catchup);
         s.handle.set_cascading(src.in_recovery());
@@ -337,6 +348,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             write_wanted,
             told_deferrable: None,
             spacing,
+            direct,
         }
     }
 
@@ -401,9 +413,19 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         if early != self.early {
             tracing::debug!(early, "walsender: sending written WAL changed");
             self.early = early;
+            self.direct = if early {
+                lend_socket(self.s, &*self.src)
+            } else {
+                None
+            };
             // Subscribed before the next look at the positions (the loop
             // goes on to `send_some`), so no move is missed.
-            self.flushed = subscribe(&*self.src, early, self.apply_on_request, true);
+            self.flushed = subscribe(
+                &*self.src,
+                early && self.direct.is_none(),
+                self.apply_on_request,
+                true,
+            );
         }
     }
 
@@ -790,7 +812,48 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         if moved || shutdown || self.s.ctx.terminated.get().is_some() {
             return Ok(());
         }
+        let armed = self.arm_direct();
         std::thread::park_timeout(timeout);
+        if armed {
+            self.disarm_direct()?;
+        }
+        Ok(())
+    }
+
+    /// Lend the socket to the WAL writer's threads for the park, if
+    /// caught up and streaming the current timeline early (see `direct`).
+    fn arm_direct(&self) -> bool {
+        let Some(d) = &self.direct else {
+            return false;
+        };
+        let ok = self.early
+            && self.caught_up
+            && !self.done_sending
+            && self.plan.valid_upto.is_none()
+            && self.stopping.is_none();
+        if ok {
+            d.arm(self.plan.tli, self.sent, self.told_flush);
+        }
+        ok
+    }
+
+    /// Take the socket back, with what was sent on it meanwhile.
+    fn disarm_direct(&mut self) -> Result<(), Failure> {
+        let Some(d) = &self.direct else {
+            return Ok(());
+        };
+        let taken = d.disarm();
+        for (lsn, at) in taken.samples {
+            self.s.handle.record_sent_elsewhere(lsn, at);
+        }
+        self.sent = self.sent.max(taken.sent);
+        self.told_flush = self.told_flush.max(taken.told_flush);
+        if let Some(e) = taken.error {
+            return Err(e.into());
+        }
+        if !taken.rest.is_empty() {
+            self.s.conn.write_now(&taken.rest)?;
+        }
         Ok(())
     }
 
@@ -860,6 +923,17 @@ impl AsyncSpacing {
             self.last_send = Some(Instant::now());
         }
     }
+}
+
+/// A [`DirectSend`] for this walsender's plain connection, registered
+/// with the source's WAL writer; `None` on TLS or where no WAL writer
+/// takes it (then the written position's watch wakes the walsender).
+fn lend_socket<S: ReplicationSource>(s: &Session<S>, src: &S) -> Option<Arc<DirectSend>> {
+    let sock = s.conn.plain_clone()?;
+    let direct = Arc::new(DirectSend::new(sock, s.handle.sent_recorder()));
+    let hook: Arc<dyn crate::wal::WrittenHook> = direct.clone();
+    src.add_written_hook(Arc::downgrade(&hook))
+        .then_some(direct)
 }
 
 /// Whether commits of `src` may wait for the standby `application_name`:

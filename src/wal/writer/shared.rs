@@ -15,6 +15,7 @@ use crossbeam_channel::{Sender, TrySendError};
 
 use super::buffer::{InsertState, InsertedRecord, SegCtx};
 use super::flush::{FlushCtx, FlushState};
+use super::handoff::WrittenHooks;
 use super::pacing::Pacing;
 use super::queue::WaitQueue;
 use super::stats::Counters;
@@ -77,6 +78,9 @@ pub(crate) struct Shared {
     /// standbys): published after a batch's writes, before its fdatasync;
     /// closed with `flush_watch`.
     pub written_watch: Watch<Lsn>,
+    /// Idle walsenders that send just-written WAL themselves, called
+    /// right after `written` moves (see `handoff`).
+    pub written_hooks: WrittenHooks,
     /// One live subscription per walsender of a walrep standby, never
     /// published (it only counts them): while any is live, the WAL writer
     /// flushes at its streaming spacing (see `walwriter`), since such a
@@ -283,6 +287,14 @@ impl Shared {
         }
     }
 
+    /// Tell the idle walsenders' hooks that WAL up to `end` is written
+    /// (under the flush lock, after the tail holds it).
+    fn hand_off_written(&self, end: Lsn) {
+        let read = |start: Lsn, buf: &mut [u8]| self.read_tail(start, buf);
+        self.written_hooks
+            .call(self.ctx.tli, end, self.flushed(), &read);
+    }
+
     fn flush_ctx(&self) -> FlushCtx<'_> {
         FlushCtx {
             segdir: &self.segdir,
@@ -337,6 +349,7 @@ impl Shared {
         debug_assert!(completed.is_empty(), "a batch inside one segment");
         self.tail.append(&batch);
         self.written.store(batch.end.0, Ordering::Release);
+        self.hand_off_written(batch.end);
         self.written_watch.publish(batch.end);
         fs.written_ahead_records += batch.records;
         fs.spare = batch.bytes;
@@ -365,6 +378,7 @@ impl Shared {
         let publish_written = || {
             self.tail.append(&batch);
             self.written.store(batch.end.0, Ordering::Release);
+            self.hand_off_written(batch.end);
             self.written_watch.publish(batch.end);
         };
         let completed = match fs.write_batch(&cx, &batch, publish_written) {

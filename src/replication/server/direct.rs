@@ -1,0 +1,228 @@
+//! A caught-up, idle walsender of a synchronous walrep standby lends its
+//! socket to the thread that writes the WAL: that thread (a Redis worker
+//! leading a lone client's flush, the committer or the WAL writer) sends
+//! the new WAL itself, right after its write and before its fdatasync, so
+//! the transmit of a commit's WAL starts with no thread hop (the
+//! walsender was woken for it before: one futex wake and one wake-up on
+//! every synchronous commit's path).
+//!
+//! The walsender keeps the stream: it *arms* a [`DirectSend`] with its
+//! sent and told-flush positions just before it parks, and *disarms* it
+//! as soon as it wakes, taking back the positions the writer moved; the
+//! writer sends only while armed, under the same lock, so the two never
+//! write to the socket at once. What is sent is what the walsender would
+//! send: WAL up to the written position (this walsender is one of a
+//! candidate synchronous standby that honours `walEnd`), with `walEnd` the
+//! flush position at that moment; keepalives, status, timeouts, timeline
+//! ends and shutdown stay with the walsender. A send that would block,
+//! that the in-memory tail cannot serve, that is too large or that fails
+//! wakes the walsender instead (a partial frame's rest is written by the
+//! walsender before anything else). TLS connections are not lent.
+
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::{Mutex, TryLockError};
+use std::thread::Thread;
+use std::time::{Instant, SystemTime};
+
+use walrep_states::{Lsn, TimelineId};
+
+use super::walsender::MAX_SEND_SIZE;
+use crate::replication::pgwire::{pg_epoch_micros, XLogDataHeader, XLOGDATA_HEADER_LEN};
+use crate::replication::registry::SentRecorder;
+use crate::wal::WrittenHook;
+
+/// Lag samples of sends made while armed, kept until the walsender wakes
+/// (it wakes at least once per flush; older samples are dropped).
+const SAMPLES: usize = 64;
+
+pub(super) struct DirectSend {
+    state: Mutex<State>,
+    walsender: Thread,
+    sent_recorder: SentRecorder,
+}
+
+struct State {
+    armed: bool,
+    tli: TimelineId,
+    /// Everything before this was sent (the walsender's `sent` while armed).
+    sent: Lsn,
+    /// The `walEnd` of the last message.
+    told_flush: Lsn,
+    sock: TcpStream,
+    frame: Vec<u8>,
+    /// The unwritten rest of a frame (the socket's buffer was full).
+    rest: Vec<u8>,
+    error: Option<io::Error>,
+    samples: Vec<(Lsn, Instant)>,
+}
+
+/// What the walsender takes back when it disarms.
+pub(super) struct Taken {
+    pub sent: Lsn,
+    pub told_flush: Lsn,
+    pub rest: Vec<u8>,
+    pub error: Option<io::Error>,
+    pub samples: Vec<(Lsn, Instant)>,
+}
+
+impl DirectSend {
+    /// For the walsender running on the calling thread; `sock` is a clone
+    /// of its (plain) connection.
+    pub fn new(sock: TcpStream, sent_recorder: SentRecorder) -> DirectSend {
+        DirectSend {
+            state: Mutex::new(State {
+                armed: false,
+                tli: TimelineId::FIRST,
+                sent: Lsn::INVALID,
+                told_flush: Lsn::INVALID,
+                sock,
+                frame: Vec::new(),
+                rest: Vec::new(),
+                error: None,
+                samples: Vec::new(),
+            }),
+            walsender: std::thread::current(),
+            sent_recorder,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The walsender is about to park, caught up at `sent` on `tli`.
+    pub fn arm(&self, tli: TimelineId, sent: Lsn, told_flush: Lsn) {
+        let mut st = self.lock();
+        st.armed = true;
+        st.tli = tli;
+        st.sent = sent;
+        st.told_flush = told_flush;
+    }
+
+    /// The walsender woke: nothing is sent for it any more until it arms
+    /// again; what was, it takes back.
+    pub fn disarm(&self) -> Taken {
+        let mut st = self.lock();
+        st.armed = false;
+        Taken {
+            sent: st.sent,
+            told_flush: st.told_flush,
+            rest: std::mem::take(&mut st.rest),
+            error: st.error.take(),
+            samples: std::mem::take(&mut st.samples),
+        }
+    }
+}
+
+impl WrittenHook for DirectSend {
+    fn written(
+        &self,
+        tli: TimelineId,
+        end: Lsn,
+        flushed: Lsn,
+        read: &dyn Fn(Lsn, &mut [u8]) -> bool,
+    ) {
+        // The walsender holds the lock only to arm or disarm: if it has
+        // it now, it is awake and looks at the positions itself.
+        let mut st = match self.state.try_lock() {
+            Ok(st) => st,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.walsender.unpark();
+                return;
+            }
+        };
+        if !st.armed {
+            drop(st);
+            self.walsender.unpark();
+            return;
+        }
+        if end <= st.sent {
+            return;
+        }
+        if tli != st.tli || end.0 - st.sent.0 > MAX_SEND_SIZE || !st.send(end, flushed, read, &self.sent_recorder) {
+            st.armed = false;
+            drop(st);
+            self.walsender.unpark();
+        }
+    }
+}
+
+impl State {
+    /// Send `[sent, end)`; false when the walsender must take over (the
+    /// tail did not hold it, the socket's buffer was full, it failed).
+    fn send(
+        &mut self,
+        end: Lsn,
+        flushed: Lsn,
+        read: &dyn Fn(Lsn, &mut [u8]) -> bool,
+        sent_recorder: &SentRecorder,
+    ) -> bool {
+        let n = (end.0 - self.sent.0) as usize;
+        let payload = XLOGDATA_HEADER_LEN + n;
+        self.frame.resize(5 + payload, 0);
+        self.frame[0] = b'd';
+        self.frame[1..5].copy_from_slice(&((4 + payload) as u32).to_be_bytes());
+        let wal_end = flushed.max(self.told_flush);
+        let header = XLogDataHeader {
+            wal_start: self.sent,
+            wal_end,
+            send_time: pg_epoch_micros(SystemTime::now()),
+        };
+        let mut h = [0u8; XLOGDATA_HEADER_LEN];
+        header.write(&mut h);
+        self.frame[5..5 + XLOGDATA_HEADER_LEN].copy_from_slice(&h);
+        if !read(self.sent, &mut self.frame[5 + XLOGDATA_HEADER_LEN..]) {
+            return false;
+        }
+        // Before the write, as the walsender does: the standby may answer
+        // before this returns.
+        sent_recorder.record(end);
+        let at = Instant::now();
+        let written = match send_nonblocking(&self.sock, &self.frame) {
+            Ok(w) => w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                self.error = Some(e);
+                return false;
+            }
+        };
+        self.sent = end;
+        self.told_flush = wal_end;
+        if self.samples.len() == SAMPLES {
+            self.samples.remove(0);
+        }
+        self.samples.push((end, at));
+        if written < self.frame.len() {
+            self.rest.extend_from_slice(&self.frame[written..]);
+            return false;
+        }
+        true
+    }
+}
+
+/// One `send` that never blocks (and raises no SIGPIPE); the count
+/// written.
+fn send_nonblocking(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the socket is
+        // open while `sock` lives.
+        let r = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
