@@ -226,3 +226,89 @@ fn send_nonblocking(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::registry::WalSenderRegistry;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// A connected pair: the walsender's end and the standby's.
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (s, c)
+    }
+
+    /// WAL bytes of LSN `l`: its low byte.
+    fn tail(from: Lsn, to: Lsn) -> impl Fn(Lsn, &mut [u8]) -> bool {
+        move |start: Lsn, buf: &mut [u8]| {
+            if start < from || start.0 + buf.len() as u64 > to.0 {
+                return false;
+            }
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (start.0 + i as u64) as u8;
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn an_armed_walsender_has_written_wal_sent_with_the_flush_position_as_wal_end() {
+        let registry = WalSenderRegistry::new(1);
+        let handle = registry.register("sb", "walrep", None, false).unwrap();
+        let (ours, mut standby) = pair();
+        let d = DirectSend::new(ours, handle.sent_recorder());
+        d.arm(TimelineId::FIRST, Lsn(1000), Lsn(900));
+        d.written(TimelineId::FIRST, Lsn(1040), Lsn(1000), &tail(Lsn(0), Lsn(2000)));
+        // Recorded before the write: a reply may come before it returns.
+        assert_eq!(registry.snapshot()[0].sent_lsn, Lsn(1040));
+        let mut frame = vec![0u8; 5 + XLOGDATA_HEADER_LEN + 40];
+        standby.read_exact(&mut frame).unwrap();
+        assert_eq!(frame[0], b'd');
+        assert_eq!(frame[5], b'w');
+        assert_eq!(&frame[6..14], &1000u64.to_be_bytes(), "wal_start: what was sent");
+        assert_eq!(&frame[14..22], &1000u64.to_be_bytes(), "wal_end: the flush position, not the written one");
+        let wal = &frame[5 + XLOGDATA_HEADER_LEN..];
+        assert!(wal.iter().enumerate().all(|(i, b)| *b == (1000 + i) as u8));
+        let taken = d.disarm();
+        assert_eq!((taken.sent, taken.told_flush), (Lsn(1040), Lsn(1000)));
+        assert!(taken.rest.is_empty() && taken.error.is_none());
+        assert_eq!(taken.samples.len(), 1);
+    }
+
+    #[test]
+    fn nothing_is_sent_unarmed_or_past_what_the_tail_holds_and_the_walsender_is_woken() {
+        let registry = WalSenderRegistry::new(1);
+        let handle = registry.register("sb", "walrep", None, false).unwrap();
+        let (ours, mut standby) = pair();
+        let d = DirectSend::new(ours, handle.sent_recorder());
+        // Unarmed: the walsender is awake and sends itself.
+        d.written(TimelineId::FIRST, Lsn(1040), Lsn(1000), &tail(Lsn(0), Lsn(2000)));
+        // Armed, but the tail does not hold the WAL: disarmed, nothing sent.
+        d.arm(TimelineId::FIRST, Lsn(1000), Lsn(1000));
+        d.written(TimelineId::FIRST, Lsn(1040), Lsn(1000), &tail(Lsn(1010), Lsn(2000)));
+        // Disarmed by that: a later write that the tail holds is not sent.
+        d.written(TimelineId::FIRST, Lsn(1080), Lsn(1000), &tail(Lsn(0), Lsn(2000)));
+        // Another timeline is never sent.
+        d.arm(TimelineId::FIRST, Lsn(1000), Lsn(1000));
+        d.written(TimelineId(2), Lsn(1040), Lsn(1000), &tail(Lsn(0), Lsn(2000)));
+        let taken = d.disarm();
+        assert_eq!(taken.sent, Lsn(1000));
+        assert!(taken.samples.is_empty());
+        assert_eq!(registry.snapshot()[0].sent_lsn, Lsn::INVALID);
+        standby
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert!(standby.read(&mut b).is_err(), "nothing was written");
+        // Each refusal left the walsender (this thread) an unpark token.
+        let t = Instant::now();
+        std::thread::park_timeout(Duration::from_secs(10));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}
