@@ -142,7 +142,10 @@ impl WrittenHook for DirectSend {
         if end <= st.sent {
             return;
         }
-        if tli != st.tli || end.0 - st.sent.0 > MAX_SEND_SIZE || !st.send(end, flushed, read, &self.sent_recorder) {
+        if tli != st.tli
+            || end.0 - st.sent.0 > MAX_SEND_SIZE
+            || !st.send(end, flushed, read, &self.sent_recorder)
+        {
             st.armed = false;
             drop(st);
             self.walsender.unpark();
@@ -264,15 +267,28 @@ mod tests {
         let (ours, mut standby) = pair();
         let d = DirectSend::new(ours, handle.sent_recorder());
         d.arm(TimelineId::FIRST, Lsn(1000), Lsn(900));
-        d.written(TimelineId::FIRST, Lsn(1040), Lsn(1000), &tail(Lsn(0), Lsn(2000)));
+        d.written(
+            TimelineId::FIRST,
+            Lsn(1040),
+            Lsn(1000),
+            &tail(Lsn(0), Lsn(2000)),
+        );
         // Recorded before the write: a reply may come before it returns.
         assert_eq!(registry.snapshot()[0].sent_lsn, Lsn(1040));
         let mut frame = vec![0u8; 5 + XLOGDATA_HEADER_LEN + 40];
         standby.read_exact(&mut frame).unwrap();
         assert_eq!(frame[0], b'd');
         assert_eq!(frame[5], b'w');
-        assert_eq!(&frame[6..14], &1000u64.to_be_bytes(), "wal_start: what was sent");
-        assert_eq!(&frame[14..22], &1000u64.to_be_bytes(), "wal_end: the flush position, not the written one");
+        assert_eq!(
+            &frame[6..14],
+            &1000u64.to_be_bytes(),
+            "wal_start: what was sent"
+        );
+        assert_eq!(
+            &frame[14..22],
+            &1000u64.to_be_bytes(),
+            "wal_end: the flush position, not the written one"
+        );
         let wal = &frame[5 + XLOGDATA_HEADER_LEN..];
         assert!(wal.iter().enumerate().all(|(i, b)| *b == (1000 + i) as u8));
         let taken = d.disarm();
@@ -288,15 +304,35 @@ mod tests {
         let (ours, mut standby) = pair();
         let d = DirectSend::new(ours, handle.sent_recorder());
         // Unarmed: the walsender is awake and sends itself.
-        d.written(TimelineId::FIRST, Lsn(1040), Lsn(1000), &tail(Lsn(0), Lsn(2000)));
+        d.written(
+            TimelineId::FIRST,
+            Lsn(1040),
+            Lsn(1000),
+            &tail(Lsn(0), Lsn(2000)),
+        );
         // Armed, but the tail does not hold the WAL: disarmed, nothing sent.
         d.arm(TimelineId::FIRST, Lsn(1000), Lsn(1000));
-        d.written(TimelineId::FIRST, Lsn(1040), Lsn(1000), &tail(Lsn(1010), Lsn(2000)));
+        d.written(
+            TimelineId::FIRST,
+            Lsn(1040),
+            Lsn(1000),
+            &tail(Lsn(1010), Lsn(2000)),
+        );
         // Disarmed by that: a later write that the tail holds is not sent.
-        d.written(TimelineId::FIRST, Lsn(1080), Lsn(1000), &tail(Lsn(0), Lsn(2000)));
+        d.written(
+            TimelineId::FIRST,
+            Lsn(1080),
+            Lsn(1000),
+            &tail(Lsn(0), Lsn(2000)),
+        );
         // Another timeline is never sent.
         d.arm(TimelineId::FIRST, Lsn(1000), Lsn(1000));
-        d.written(TimelineId(2), Lsn(1040), Lsn(1000), &tail(Lsn(0), Lsn(2000)));
+        d.written(
+            TimelineId(2),
+            Lsn(1040),
+            Lsn(1000),
+            &tail(Lsn(0), Lsn(2000)),
+        );
         let taken = d.disarm();
         assert_eq!(taken.sent, Lsn(1000));
         assert!(taken.samples.is_empty());

@@ -12,6 +12,10 @@
 //! (an asynchronous standby) only flushed WAL, as PostgreSQL: one wake-up
 //! and one message per flush instead of two, and no wake-up of this
 //! thread on the writer's path between its write and its fdatasync.
+//! While an early walsender is caught up and parked on a plain
+//! connection, the thread that writes the WAL sends it on this walsender's
+//! socket itself (see `direct`): no wake-up of this thread between a
+//! commit's write and its transmit.
 //! A walrep standby that reports its apply position on request
 //! (`walrep.apply_feedback`) is flagged a keepalive whenever a commit here
 //! waits for its apply position (`remote_apply`), up to the flush
