@@ -13,8 +13,13 @@
 //! write to the socket at once. What is sent is what the walsender would
 //! send: WAL up to the written position (this walsender is one of a
 //! candidate synchronous standby that honours `walEnd`), with `walEnd` the
-//! flush position at that moment; keepalives, status, timeouts, timeline
-//! ends and shutdown stay with the walsender. A send that would block,
+//! flush position at that moment. After its fdatasync the same thread
+//! sends the keepalive that tells the new flush position (the standby's
+//! limit to expose and apply WAL), asking for the apply report when a
+//! `remote_apply` commit waits for it, as the walsender's flush wake-up
+//! would: a `remote_apply` commit's path then has no walsender wake-up
+//! either. Other keepalives, status, timeouts, timeline ends and shutdown
+//! stay with the walsender. A send that would block,
 //! that the in-memory tail cannot serve, that is too large or that fails
 //! wakes the walsender instead (a partial frame's rest is written by the
 //! walsender before anything else). TLS connections are not lent.
@@ -29,7 +34,10 @@ use std::time::{Instant, SystemTime};
 use walrep_states::{Lsn, TimelineId};
 
 use super::walsender::MAX_SEND_SIZE;
-use crate::replication::pgwire::{pg_epoch_micros, XLogDataHeader, XLOGDATA_HEADER_LEN};
+use crate::replication::pgwire::{
+    pg_epoch_micros, BackendMessage, PrimaryKeepalive, ReplicationMessage, XLogDataHeader,
+    XLOGDATA_HEADER_LEN,
+};
 use crate::replication::registry::SentRecorder;
 use crate::wal::WrittenHook;
 
@@ -41,6 +49,23 @@ pub(super) struct DirectSend {
     state: Mutex<State>,
     walsender: Thread,
     sent_recorder: SentRecorder,
+    /// The highest position a `remote_apply` commit waits for (the
+    /// source's `apply_wanted`), read by the flush keepalive.
+    apply_wanted: Box<dyn Fn() -> Lsn + Send + Sync>,
+}
+
+/// What the walsender told its standby last, for the flush keepalive
+/// sent for it (see [`DirectSend::arm`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Told {
+    /// The `walEnd` of the last message.
+    pub flush: Lsn,
+    /// How far a keepalive last asked for apply reports; `None`: this
+    /// standby reports its apply position unasked (never flagged).
+    pub apply_asked: Option<Lsn>,
+    /// The flush hint's two flags as last told (false without the hint).
+    pub flush_deferrable: bool,
+    pub write_wanted: bool,
 }
 
 struct State {
@@ -48,8 +73,7 @@ struct State {
     tli: TimelineId,
     /// Everything before this was sent (the walsender's `sent` while armed).
     sent: Lsn,
-    /// The `walEnd` of the last message.
-    told_flush: Lsn,
+    told: Told,
     sock: TcpStream,
     frame: Vec<u8>,
     /// The unwritten rest of a frame (the socket's buffer was full).
@@ -61,7 +85,7 @@ struct State {
 /// What the walsender takes back when it disarms.
 pub(super) struct Taken {
     pub sent: Lsn,
-    pub told_flush: Lsn,
+    pub told: Told,
     pub rest: Vec<u8>,
     pub error: Option<io::Error>,
     pub samples: Vec<(Lsn, Instant)>,
@@ -70,13 +94,17 @@ pub(super) struct Taken {
 impl DirectSend {
     /// For the walsender running on the calling thread; `sock` is a clone
     /// of its (plain) connection.
-    pub fn new(sock: TcpStream, sent_recorder: SentRecorder) -> DirectSend {
+    pub fn new(
+        sock: TcpStream,
+        sent_recorder: SentRecorder,
+        apply_wanted: Box<dyn Fn() -> Lsn + Send + Sync>,
+    ) -> DirectSend {
         DirectSend {
             state: Mutex::new(State {
                 armed: false,
                 tli: TimelineId::FIRST,
                 sent: Lsn::INVALID,
-                told_flush: Lsn::INVALID,
+                told: Told::default(),
                 sock,
                 frame: Vec::new(),
                 rest: Vec::new(),
@@ -85,6 +113,7 @@ impl DirectSend {
             }),
             walsender: std::thread::current(),
             sent_recorder,
+            apply_wanted,
         }
     }
 
@@ -92,13 +121,14 @@ impl DirectSend {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The walsender is about to park, caught up at `sent` on `tli`.
-    pub fn arm(&self, tli: TimelineId, sent: Lsn, told_flush: Lsn) {
+    /// The walsender is about to park, caught up at `sent` on `tli`,
+    /// having told its standby `told`.
+    pub fn arm(&self, tli: TimelineId, sent: Lsn, told: Told) {
         let mut st = self.lock();
         st.armed = true;
         st.tli = tli;
         st.sent = sent;
-        st.told_flush = told_flush;
+        st.told = told;
     }
 
     /// The walsender woke: nothing is sent for it any more until it arms
@@ -108,7 +138,7 @@ impl DirectSend {
         st.armed = false;
         Taken {
             sent: st.sent,
-            told_flush: st.told_flush,
+            told: st.told,
             rest: std::mem::take(&mut st.rest),
             error: st.error.take(),
             samples: std::mem::take(&mut st.samples),
@@ -151,9 +181,73 @@ impl WrittenHook for DirectSend {
             self.walsender.unpark();
         }
     }
+
+    /// After the writer's fdatasync: tell the standby the new flush
+    /// position now if it holds WAL past what it was told (the
+    /// walsender's `tell_flush`), asking for its apply report if a
+    /// commit waits for it (its `ask_for_apply`). Whatever is not done
+    /// here the walsender does when the flush's watch wakes it, right
+    /// after this.
+    fn flushed(&self, tli: TimelineId, flushed: Lsn) {
+        let mut st = match self.state.try_lock() {
+            Ok(st) => st,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            // Awake: the flush's watch wakes it (again) to tell it.
+            Err(TryLockError::WouldBlock) => return,
+        };
+        if !st.armed || tli != st.tli || st.told.flush >= st.sent || flushed <= st.told.flush {
+            return;
+        }
+        let asked = st
+            .told
+            .apply_asked
+            .map(|_| (self.apply_wanted)().min(flushed).min(st.sent));
+        if !st.keepalive(flushed, asked) {
+            st.armed = false;
+            drop(st);
+            self.walsender.unpark();
+        }
+    }
 }
 
 impl State {
+    /// A keepalive with `walEnd` = `flushed`, flagged for an apply report
+    /// if `asked` passes what was asked before; false when the walsender
+    /// must take over (as [`State::send`]).
+    fn keepalive(&mut self, flushed: Lsn, asked: Option<Lsn>) -> bool {
+        let apply_feedback = match (asked, self.told.apply_asked) {
+            (Some(a), Some(before)) => a > before,
+            _ => false,
+        };
+        let k = PrimaryKeepalive {
+            wal_end: flushed,
+            send_time: pg_epoch_micros(SystemTime::now()),
+            reply_requested: false,
+            apply_feedback,
+            flush_deferrable: self.told.flush_deferrable,
+            write_wanted: self.told.write_wanted,
+        };
+        self.frame.clear();
+        BackendMessage::CopyData(ReplicationMessage::Keepalive(k).encode()).encode(&mut self.frame);
+        let written = match send_nonblocking(&self.sock, &self.frame) {
+            Ok(w) => w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                self.error = Some(e);
+                return false;
+            }
+        };
+        self.told.flush = flushed;
+        if apply_feedback {
+            self.told.apply_asked = asked;
+        }
+        if written < self.frame.len() {
+            self.rest.extend_from_slice(&self.frame[written..]);
+            return false;
+        }
+        true
+    }
+
     /// Send `[sent, end)`; false when the walsender must take over (the
     /// tail did not hold it, the socket's buffer was full, it failed).
     fn send(
@@ -168,7 +262,7 @@ impl State {
         self.frame.resize(5 + payload, 0);
         self.frame[0] = b'd';
         self.frame[1..5].copy_from_slice(&((4 + payload) as u32).to_be_bytes());
-        let wal_end = flushed.max(self.told_flush);
+        let wal_end = flushed.max(self.told.flush);
         let header = XLogDataHeader {
             wal_start: self.sent,
             wal_end,
@@ -193,7 +287,7 @@ impl State {
             }
         };
         self.sent = end;
-        self.told_flush = wal_end;
+        self.told.flush = wal_end;
         if self.samples.len() == SAMPLES {
             self.samples.remove(0);
         }
@@ -247,6 +341,25 @@ mod tests {
         (s, c)
     }
 
+    fn told(flush: Lsn) -> Told {
+        Told {
+            flush,
+            apply_asked: Some(Lsn::INVALID),
+            ..Told::default()
+        }
+    }
+
+    /// The next message the standby reads: its CopyData payload.
+    fn next_message(standby: &mut TcpStream) -> ReplicationMessage {
+        let mut head = [0u8; 5];
+        standby.read_exact(&mut head).unwrap();
+        assert_eq!(head[0], b'd');
+        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut payload = vec![0u8; len - 4];
+        standby.read_exact(&mut payload).unwrap();
+        ReplicationMessage::decode(&payload).unwrap()
+    }
+
     /// WAL bytes of LSN `l`: its low byte.
     fn tail(from: Lsn, to: Lsn) -> impl Fn(Lsn, &mut [u8]) -> bool {
         move |start: Lsn, buf: &mut [u8]| {
@@ -265,8 +378,8 @@ mod tests {
         let registry = WalSenderRegistry::new(1);
         let handle = registry.register("sb", "walrep", None, false).unwrap();
         let (ours, mut standby) = pair();
-        let d = DirectSend::new(ours, handle.sent_recorder());
-        d.arm(TimelineId::FIRST, Lsn(1000), Lsn(900));
+        let d = DirectSend::new(ours, handle.sent_recorder(), Box::new(|| Lsn::INVALID));
+        d.arm(TimelineId::FIRST, Lsn(1000), told(Lsn(900)));
         d.written(
             TimelineId::FIRST,
             Lsn(1040),
@@ -292,7 +405,7 @@ mod tests {
         let wal = &frame[5 + XLOGDATA_HEADER_LEN..];
         assert!(wal.iter().enumerate().all(|(i, b)| *b == (1000 + i) as u8));
         let taken = d.disarm();
-        assert_eq!((taken.sent, taken.told_flush), (Lsn(1040), Lsn(1000)));
+        assert_eq!((taken.sent, taken.told.flush), (Lsn(1040), Lsn(1000)));
         assert!(taken.rest.is_empty() && taken.error.is_none());
         assert_eq!(taken.samples.len(), 1);
     }
@@ -302,7 +415,7 @@ mod tests {
         let registry = WalSenderRegistry::new(1);
         let handle = registry.register("sb", "walrep", None, false).unwrap();
         let (ours, mut standby) = pair();
-        let d = DirectSend::new(ours, handle.sent_recorder());
+        let d = DirectSend::new(ours, handle.sent_recorder(), Box::new(|| Lsn::INVALID));
         // Unarmed: the walsender is awake and sends itself.
         d.written(
             TimelineId::FIRST,
@@ -311,7 +424,7 @@ mod tests {
             &tail(Lsn(0), Lsn(2000)),
         );
         // Armed, but the tail does not hold the WAL: disarmed, nothing sent.
-        d.arm(TimelineId::FIRST, Lsn(1000), Lsn(1000));
+        d.arm(TimelineId::FIRST, Lsn(1000), told(Lsn(1000)));
         d.written(
             TimelineId::FIRST,
             Lsn(1040),
@@ -326,7 +439,7 @@ mod tests {
             &tail(Lsn(0), Lsn(2000)),
         );
         // Another timeline is never sent.
-        d.arm(TimelineId::FIRST, Lsn(1000), Lsn(1000));
+        d.arm(TimelineId::FIRST, Lsn(1000), told(Lsn(1000)));
         d.written(
             TimelineId(2),
             Lsn(1040),
@@ -346,5 +459,93 @@ mod tests {
         let t = Instant::now();
         std::thread::park_timeout(Duration::from_secs(10));
         assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_flush_is_told_by_the_writing_thread_asking_for_the_apply_report_a_commit_waits_for() {
+        let registry = WalSenderRegistry::new(1);
+        let handle = registry.register("sb", "walrep", None, false).unwrap();
+        let (ours, mut standby) = pair();
+        let wanted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let w = std::sync::Arc::clone(&wanted);
+        let d = DirectSend::new(
+            ours,
+            handle.sent_recorder(),
+            Box::new(move || Lsn(w.load(std::sync::atomic::Ordering::SeqCst))),
+        );
+        d.arm(
+            TimelineId::FIRST,
+            Lsn(1000),
+            Told {
+                flush: Lsn(1000),
+                apply_asked: Some(Lsn(1000)),
+                flush_deferrable: false,
+                write_wanted: true,
+            },
+        );
+        // Nothing held past what the standby was told: nothing to tell.
+        d.flushed(TimelineId::FIRST, Lsn(1000));
+        d.written(
+            TimelineId::FIRST,
+            Lsn(1040),
+            Lsn(1000),
+            &tail(Lsn(0), Lsn(2000)),
+        );
+        assert!(matches!(
+            next_message(&mut standby),
+            ReplicationMessage::XLogData { .. }
+        ));
+        // A commit waits for its apply up to 1040; the flush reaches 1020
+        // first: asked up to there, not past the flush.
+        wanted.store(1040, std::sync::atomic::Ordering::SeqCst);
+        d.flushed(TimelineId::FIRST, Lsn(1020));
+        let ReplicationMessage::Keepalive(k) = next_message(&mut standby) else {
+            panic!("a keepalive");
+        };
+        assert_eq!(k.wal_end, Lsn(1020));
+        assert!(k.apply_feedback && k.write_wanted && !k.flush_deferrable && !k.reply_requested);
+        // Another timeline's flush is not told here.
+        d.flushed(TimelineId(2), Lsn(1040));
+        d.flushed(TimelineId::FIRST, Lsn(1040));
+        let ReplicationMessage::Keepalive(k) = next_message(&mut standby) else {
+            panic!("a keepalive");
+        };
+        assert_eq!(k.wal_end, Lsn(1040));
+        assert!(k.apply_feedback, "asked further, up to 1040");
+        // Told all it holds: a later flush position is the walsender's.
+        d.flushed(TimelineId::FIRST, Lsn(1080));
+        let taken = d.disarm();
+        assert_eq!(taken.told.flush, Lsn(1040));
+        assert_eq!(taken.told.apply_asked, Some(Lsn(1040)));
+        // Disarmed: nothing more is sent.
+        d.flushed(TimelineId::FIRST, Lsn(1080));
+        standby
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert!(standby.read(&mut b).is_err(), "nothing more was written");
+    }
+
+    #[test]
+    fn a_standby_that_reports_its_apply_unasked_is_never_flagged() {
+        let registry = WalSenderRegistry::new(1);
+        let handle = registry.register("sb", "walrep", None, false).unwrap();
+        let (ours, mut standby) = pair();
+        let d = DirectSend::new(ours, handle.sent_recorder(), Box::new(|| Lsn(5000)));
+        d.arm(
+            TimelineId::FIRST,
+            Lsn(1040),
+            Told {
+                flush: Lsn(1000),
+                ..Told::default()
+            },
+        );
+        d.flushed(TimelineId::FIRST, Lsn(1040));
+        let ReplicationMessage::Keepalive(k) = next_message(&mut standby) else {
+            panic!("a keepalive");
+        };
+        assert_eq!(k.wal_end, Lsn(1040));
+        assert!(!k.apply_feedback);
+        assert_eq!(d.disarm().told.apply_asked, None);
     }
 }

@@ -14,8 +14,10 @@
 //! thread on the writer's path between its write and its fdatasync.
 //! While an early walsender is caught up and parked on a plain
 //! connection, the thread that writes the WAL sends it on this walsender's
-//! socket itself (see `direct`): no wake-up of this thread between a
-//! commit's write and its transmit.
+//! socket itself (see `direct`), and after its fdatasync the keepalive
+//! telling the new flush position: no wake-up of this thread between a
+//! commit's write and its transmit, nor between its flush and the
+//! standby's apply.
 //! A walrep standby that reports its apply position on request
 //! (`walrep.apply_feedback`) is flagged a keepalive whenever a commit here
 //! waits for its apply position (`remote_apply`), up to the flush
@@ -41,7 +43,7 @@ use crossbeam_channel::TryRecvError;
 use walrep_states::{Lsn, TimelineHistory, TimelineId};
 
 use super::conn::ClientEvent;
-use super::direct::DirectSend;
+use super::direct::{DirectSend, Told};
 use super::exec::{result_set, source_error, text, INT8, TEXT};
 use super::session::{Failure, Session};
 use crate::replication::pgwire::{
@@ -307,7 +309,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         let early = unflushed_ok && candidate;
         let apply_on_request = s.apply_feedback_on_request;
         let flush_hint = s.flush_hint;
-        let direct = if early { lend_socket(s, &*src) } else { None };
+        let direct = if early { lend_socket(s, &src) } else { None };
         let flushed = subscribe(
             &*src,
             early && direct.is_none(),
@@ -418,7 +420,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             tracing::debug!(early, "walsender: sending written WAL changed");
             self.early = early;
             self.direct = if early {
-                lend_socket(self.s, &*self.src)
+                lend_socket(self.s, &self.src)
             } else {
                 None
             };
@@ -836,7 +838,13 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             && self.plan.valid_upto.is_none()
             && self.stopping.is_none();
         if ok {
-            d.arm(self.plan.tli, self.sent, self.told_flush);
+            let told = Told {
+                flush: self.told_flush,
+                apply_asked: self.apply_on_request.then_some(self.apply_asked),
+                flush_deferrable: self.flush_hint && self.flush_deferrable,
+                write_wanted: self.flush_hint && self.write_wanted,
+            };
+            d.arm(self.plan.tli, self.sent, told);
         }
         ok
     }
@@ -851,7 +859,10 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             self.s.handle.record_sent_elsewhere(lsn, at);
         }
         self.sent = self.sent.max(taken.sent);
-        self.told_flush = self.told_flush.max(taken.told_flush);
+        self.told_flush = self.told_flush.max(taken.told.flush);
+        if let Some(asked) = taken.told.apply_asked {
+            self.apply_asked = self.apply_asked.max(asked);
+        }
         if let Some(e) = taken.error {
             return Err(e.into());
         }
@@ -932,9 +943,14 @@ impl AsyncSpacing {
 /// A [`DirectSend`] for this walsender's plain connection, registered
 /// with the source's WAL writer; `None` on TLS or where no WAL writer
 /// takes it (then the written position's watch wakes the walsender).
-fn lend_socket<S: ReplicationSource>(s: &Session<S>, src: &S) -> Option<Arc<DirectSend>> {
+fn lend_socket<S: ReplicationSource>(s: &Session<S>, src: &Arc<S>) -> Option<Arc<DirectSend>> {
     let sock = s.conn.plain_clone()?;
-    let direct = Arc::new(DirectSend::new(sock, s.handle.sent_recorder()));
+    let wanted = Arc::clone(src);
+    let direct = Arc::new(DirectSend::new(
+        sock,
+        s.handle.sent_recorder(),
+        Box::new(move || wanted.apply_wanted()),
+    ));
     let hook: Arc<dyn crate::wal::WrittenHook> = direct.clone();
     src.add_written_hook(Arc::downgrade(&hook))
         .then_some(direct)

@@ -4,7 +4,10 @@
 //! writer) calls it right after the write, before the fdatasync, instead
 //! of waking the walsender through the written position's watch. The
 //! hook sends the new WAL itself or, when it cannot, wakes its walsender:
-//! either way no write goes unseen.
+//! either way no write goes unseen. After each fdatasync the same
+//! thread tells the hooks the new flush position (before the flush
+//! position's watch wakes anyone), so the hook can tell its standby at
+//! once what it may now expose and apply.
 
 use std::sync::{Mutex, Weak};
 
@@ -23,6 +26,13 @@ pub trait WrittenHook: Send + Sync {
         flushed: Lsn,
         read: &dyn Fn(Lsn, &mut [u8]) -> bool,
     );
+
+    /// WAL up to `flushed` on `tli` is durable (and the local flush's own
+    /// hook has run); called before the flush position's watch is
+    /// published, under the flush lock: it must not block.
+    fn flushed(&self, tli: TimelineId, flushed: Lsn) {
+        let _ = (tli, flushed);
+    }
 }
 
 /// The hooks registered, each dropped with its owner (a walsender's
@@ -59,5 +69,13 @@ impl WrittenHooks {
             }
             None => false,
         });
+    }
+
+    /// Tell every live hook of a flush.
+    pub fn call_flushed(&self, tli: TimelineId, flushed: Lsn) {
+        let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for h in v.iter().filter_map(|h| h.upgrade()) {
+            h.flushed(tli, flushed);
+        }
     }
 }

@@ -426,12 +426,14 @@ impl Shared {
         Ok(true)
     }
 
-    /// WAL is durable up to `end`: the hook first, then the position.
+    /// WAL is durable up to `end`: the hook first, then the position,
+    /// then the idle walsenders' hooks (see `handoff`), then its watch.
     fn publish_flushed(&self, end: Lsn) {
         if let Some(hook) = self.flush_hook.0.get() {
             hook(end);
         }
         self.flushed.store(end.0, Ordering::Release);
+        self.written_hooks.call_flushed(self.ctx.tli, end);
         self.flush_watch.publish(end);
     }
 
