@@ -124,13 +124,6 @@ impl ReplicationSource for NodeSource {
         }
     }
 
-    fn add_written_hook(&self, hook: std::sync::Weak<dyn crate::wal::WrittenHook>) -> bool {
-        match self.node() {
-            Some(node) => node.add_written_hook(hook),
-            None => false,
-        }
-    }
-
     /// The WAL writer's followers, where one runs (a cascading standby's
     /// walsenders follow replay, not a WAL writer).
     fn also_follow_flushes(&self, sub: &Subscription) {
@@ -376,20 +369,6 @@ impl Node {
         match self.promotion_hold.send_limit() {
             Some(limit) => lsn.min(limit),
             None => lsn,
-        }
-    }
-
-    /// Hand `hook` every write of the WAL writer (see
-    /// [`crate::wal::WrittenHook`]): not while a promotion's hold limits
-    /// what walsenders may send (a walsender registers again at its next
-    /// idle wait and is woken by the watches meanwhile).
-    pub fn add_written_hook(&self, hook: std::sync::Weak<dyn crate::wal::WrittenHook>) -> bool {
-        match self.wal() {
-            Some(wal) if self.promotion_hold.send_limit().is_none() => {
-                wal.add_written_hook(hook);
-                true
-            }
-            _ => false,
         }
     }
 

@@ -316,20 +316,6 @@ impl WalSenderHandle {
         }
     }
 
-    /// WAL up to `lsn` was sent at `at` by another thread, which recorded
-    /// `sent_lsn` already (see [`SentRecorder`]): the sample for lags.
-    pub fn record_sent_elsewhere(&mut self, lsn: Lsn, at: Instant) {
-        self.lag.sent(lsn, at);
-    }
-
-    /// Records what another thread sends on this walsender's behalf.
-    pub fn sent_recorder(&self) -> SentRecorder {
-        SentRecorder {
-            registry: Arc::clone(&self.registry),
-            id: self.id,
-        }
-    }
-
     /// Records this walsender's standby replies from another thread.
     pub fn recorder(&self) -> ReplyRecorder {
         ReplyRecorder {
@@ -406,21 +392,6 @@ impl ReplyRecorder {
         };
         self.registry.notify(WalSenderChange::Reply, &status);
         true
-    }
-}
-
-/// Records `sent_lsn` for a send made by another thread than the
-/// walsender's (before it writes, as [`WalSenderHandle::record_sent`]).
-pub(crate) struct SentRecorder {
-    registry: Arc<WalSenderRegistry>,
-    id: u64,
-}
-
-impl SentRecorder {
-    pub fn record(&self, lsn: Lsn) {
-        if let Some(s) = self.registry.lock().senders.get_mut(&self.id) {
-            s.sent_lsn = lsn;
-        }
     }
 }
 

@@ -169,15 +169,6 @@ pub trait ReplicationSource: Send + Sync + 'static {
         let _ = sub;
     }
 
-    /// Register `hook` to be called by the WAL writer after every write
-    /// of WAL (see [`crate::wal::WrittenHook`]), where one runs and no
-    /// promotion's hold limits what may be sent. `false` (nothing
-    /// registered) otherwise, and by default.
-    fn add_written_hook(&self, hook: std::sync::Weak<dyn crate::wal::WrittenHook>) -> bool {
-        let _ = hook;
-        false
-    }
-
     /// True on a standby (reported as `in_hot_standby`; cascading
     /// walsenders never count as synchronous).
     fn in_recovery(&self) -> bool {

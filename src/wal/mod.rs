@@ -57,7 +57,7 @@ pub use timeline::{
     rename_old_timeline_segment_partial, write_history_text, write_new_timeline_history,
     write_new_timeline_history_with, NameSync, TimelineError, UnsyncedHistory,
 };
-pub use writer::{InsertedRecord, Wal, WalConfig, WalError, WalEvent, WalStats, WrittenHook};
+pub use writer::{InsertedRecord, Wal, WalConfig, WalError, WalEvent, WalStats};
 pub use xlog::{Checkpoint, EndOfRecovery, XlogError, XlogRecord};
 
 /// The first record position of a new system: segment 1, as PostgreSQL

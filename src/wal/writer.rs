@@ -31,7 +31,6 @@
 
 mod buffer;
 mod flush;
-mod handoff;
 mod pacing;
 mod queue;
 mod shared;
@@ -50,7 +49,6 @@ use crossbeam_channel::Receiver;
 use thiserror::Error;
 
 pub use buffer::InsertedRecord;
-pub use handoff::WrittenHook;
 pub use pacing::{MIN_FLUSH_SPACING, STREAMING_FLUSH_SPACING};
 pub use stats::{WalStats, BATCH_BUCKETS};
 
@@ -284,7 +282,6 @@ impl Wal {
             inserted: AtomicU64::new(cfg.start_lsn.0),
             written: AtomicU64::new(cfg.start_lsn.0),
             written_watch: Watch::new(cfg.start_lsn),
-            written_hooks: Default::default(),
             tail: tail::SharedTail::new(cfg.start_lsn),
             standby_followers: Watch::new(()),
             pacing: pacing::Pacing::default(),
@@ -475,13 +472,6 @@ impl Wal {
     /// written, before its fdatasync; closed with [`Wal::flush_watch`].
     pub fn written_watch(&self) -> &Watch<Lsn> {
         &self.shared.written_watch
-    }
-
-    /// Call `hook` after every write of WAL, under the flush lock, until
-    /// its owner drops it (see [`WrittenHook`]): an idle walsender then
-    /// sends just-written WAL on the writing thread, with no wake-up.
-    pub fn add_written_hook(&self, hook: std::sync::Weak<dyn WrittenHook>) {
-        self.shared.written_hooks.add(hook);
     }
 
     /// Walsenders of walrep standbys register here (with

@@ -135,15 +135,6 @@ impl Conn {
         }
     }
 
-    /// A clone of the socket of a plain (not TLS) connection, for a
-    /// thread that writes to it while this one does not (see `direct`).
-    pub fn plain_clone(&self) -> Option<std::net::TcpStream> {
-        match &self.stream {
-            NetStream::Plain(sock) => sock.try_clone().ok(),
-            NetStream::Tls(_) => None,
-        }
-    }
-
     pub fn send(&mut self, m: &BackendMessage) {
         m.encode(&mut self.out);
     }

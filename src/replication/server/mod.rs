@@ -8,7 +8,6 @@
 //! Entry point: [`spawn`] with a [`ReplicationSource`] the node implements.
 
 mod conn;
-mod direct;
 mod exec;
 mod pool;
 mod serve;

@@ -12,12 +12,6 @@
 //! (an asynchronous standby) only flushed WAL, as PostgreSQL: one wake-up
 //! and one message per flush instead of two, and no wake-up of this
 //! thread on the writer's path between its write and its fdatasync.
-//! While an early walsender is caught up and parked on a plain
-//! connection, the thread that writes the WAL sends it on this walsender's
-//! socket itself (see `direct`), and after its fdatasync the keepalive
-//! telling the new flush position: no wake-up of this thread between a
-//! commit's write and its transmit, nor between its flush and the
-//! standby's apply.
 //! A walrep standby that reports its apply position on request
 //! (`walrep.apply_feedback`) is flagged a keepalive whenever a commit here
 //! waits for its apply position (`remote_apply`), up to the flush
@@ -43,7 +37,6 @@ use crossbeam_channel::TryRecvError;
 use walrep_states::{Lsn, TimelineHistory, TimelineId};
 
 use super::conn::ClientEvent;
-use super::direct::{DirectSend, Told};
 use super::exec::{result_set, source_error, text, INT8, TEXT};
 use super::session::{Failure, Session};
 use crate::replication::pgwire::{
@@ -284,10 +277,6 @@ struct Streamer<'a, S: ReplicationSource> {
     told_deferrable: Option<(bool, bool)>,
     /// Spaces the messages of an asynchronous walrep standby.
     spacing: AsyncSpacing,
-    /// While `early` on a plain connection: the WAL writer's threads
-    /// send new WAL themselves while this thread parks caught up (see
-    /// `direct`), instead of waking it for every write.
-    direct: Option<Arc<DirectSend>>,
 }
 
 impl<'a, S: ReplicationSource> Streamer<'a, S> {
@@ -309,13 +298,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         let early = unflushed_ok && candidate;
         let apply_on_request = s.apply_feedback_on_request;
         let flush_hint = s.flush_hint;
-        let direct = if early { lend_socket(s, &src) } else { None };
-        let flushed = subscribe(
-            &*src,
-            early && direct.is_none(),
-            apply_on_request,
-            unflushed_ok,
-        );
+        let flushed = subscribe(&*src, early, apply_on_request, unflushed_ok);
         let write_wanted = candidate && src.write_reports_wanted();
         s.handle.set_state(WalSenderState::Catchup);
         s.handle.set_cascading(src.in_recovery());
@@ -354,7 +337,6 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
             write_wanted,
             told_deferrable: None,
             spacing,
-            direct,
         }
     }
 
@@ -419,19 +401,9 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         if early != self.early {
             tracing::debug!(early, "walsender: sending written WAL changed");
             self.early = early;
-            self.direct = if early {
-                lend_socket(self.s, &self.src)
-            } else {
-                None
-            };
             // Subscribed before the next look at the positions (the loop
             // goes on to `send_some`), so no move is missed.
-            self.flushed = subscribe(
-                &*self.src,
-                early && self.direct.is_none(),
-                self.apply_on_request,
-                true,
-            );
+            self.flushed = subscribe(&*self.src, early, self.apply_on_request, true);
         }
     }
 
@@ -818,57 +790,7 @@ impl<'a, S: ReplicationSource> Streamer<'a, S> {
         if moved || shutdown || self.s.ctx.terminated.get().is_some() {
             return Ok(());
         }
-        let armed = self.arm_direct();
         std::thread::park_timeout(timeout);
-        if armed {
-            self.disarm_direct()?;
-        }
-        Ok(())
-    }
-
-    /// Lend the socket to the WAL writer's threads for the park, if
-    /// caught up and streaming the current timeline early (see `direct`).
-    fn arm_direct(&self) -> bool {
-        let Some(d) = &self.direct else {
-            return false;
-        };
-        let ok = self.early
-            && self.caught_up
-            && !self.done_sending
-            && self.plan.valid_upto.is_none()
-            && self.stopping.is_none();
-        if ok {
-            let told = Told {
-                flush: self.told_flush,
-                apply_asked: self.apply_on_request.then_some(self.apply_asked),
-                flush_deferrable: self.flush_hint && self.flush_deferrable,
-                write_wanted: self.flush_hint && self.write_wanted,
-            };
-            d.arm(self.plan.tli, self.sent, told);
-        }
-        ok
-    }
-
-    /// Take the socket back, with what was sent on it meanwhile.
-    fn disarm_direct(&mut self) -> Result<(), Failure> {
-        let Some(d) = &self.direct else {
-            return Ok(());
-        };
-        let taken = d.disarm();
-        for (lsn, at) in taken.samples {
-            self.s.handle.record_sent_elsewhere(lsn, at);
-        }
-        self.sent = self.sent.max(taken.sent);
-        self.told_flush = self.told_flush.max(taken.told.flush);
-        if let Some(asked) = taken.told.apply_asked {
-            self.apply_asked = self.apply_asked.max(asked);
-        }
-        if let Some(e) = taken.error {
-            return Err(e.into());
-        }
-        if !taken.rest.is_empty() {
-            self.s.conn.write_now(&taken.rest)?;
-        }
         Ok(())
     }
 
@@ -938,22 +860,6 @@ impl AsyncSpacing {
             self.last_send = Some(Instant::now());
         }
     }
-}
-
-/// A [`DirectSend`] for this walsender's plain connection, registered
-/// with the source's WAL writer; `None` on TLS or where no WAL writer
-/// takes it (then the written position's watch wakes the walsender).
-fn lend_socket<S: ReplicationSource>(s: &Session<S>, src: &Arc<S>) -> Option<Arc<DirectSend>> {
-    let sock = s.conn.plain_clone()?;
-    let wanted = Arc::clone(src);
-    let direct = Arc::new(DirectSend::new(
-        sock,
-        s.handle.sent_recorder(),
-        Box::new(move || wanted.apply_wanted()),
-    ));
-    let hook: Arc<dyn crate::wal::WrittenHook> = direct.clone();
-    src.add_written_hook(Arc::downgrade(&hook))
-        .then_some(direct)
 }
 
 /// Whether commits of `src` may wait for the standby `application_name`:

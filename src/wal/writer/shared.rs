@@ -15,7 +15,6 @@ use crossbeam_channel::{Sender, TrySendError};
 
 use super::buffer::{InsertState, InsertedRecord, SegCtx};
 use super::flush::{FlushCtx, FlushState};
-use super::handoff::WrittenHooks;
 use super::pacing::Pacing;
 use super::queue::WaitQueue;
 use super::stats::Counters;
@@ -78,9 +77,6 @@ pub(crate) struct Shared {
     /// standbys): published after a batch's writes, before its fdatasync;
     /// closed with `flush_watch`.
     pub written_watch: Watch<Lsn>,
-    /// Idle walsenders that send just-written WAL themselves, called
-    /// right after `written` moves (see `handoff`).
-    pub written_hooks: WrittenHooks,
     /// One live subscription per walsender of a walrep standby, never
     /// published (it only counts them): while any is live, the WAL writer
     /// flushes at its streaming spacing (see `walwriter`), since such a
@@ -287,14 +283,6 @@ impl Shared {
         }
     }
 
-    /// Tell the idle walsenders' hooks that WAL up to `end` is written
-    /// (under the flush lock, after the tail holds it).
-    fn hand_off_written(&self, end: Lsn) {
-        let read = |start: Lsn, buf: &mut [u8]| self.read_tail(start, buf);
-        self.written_hooks
-            .call(self.ctx.tli, end, self.flushed(), &read);
-    }
-
     fn flush_ctx(&self) -> FlushCtx<'_> {
         FlushCtx {
             segdir: &self.segdir,
@@ -349,7 +337,6 @@ impl Shared {
         debug_assert!(completed.is_empty(), "a batch inside one segment");
         self.tail.append(&batch);
         self.written.store(batch.end.0, Ordering::Release);
-        self.hand_off_written(batch.end);
         self.written_watch.publish(batch.end);
         fs.written_ahead_records += batch.records;
         fs.spare = batch.bytes;
@@ -378,7 +365,6 @@ impl Shared {
         let publish_written = || {
             self.tail.append(&batch);
             self.written.store(batch.end.0, Ordering::Release);
-            self.hand_off_written(batch.end);
             self.written_watch.publish(batch.end);
         };
         let completed = match fs.write_batch(&cx, &batch, publish_written) {
@@ -426,14 +412,12 @@ impl Shared {
         Ok(true)
     }
 
-    /// WAL is durable up to `end`: the hook first, then the position,
-    /// then the idle walsenders' hooks (see `handoff`), then its watch.
+    /// WAL is durable up to `end`: the hook first, then the position.
     fn publish_flushed(&self, end: Lsn) {
         if let Some(hook) = self.flush_hook.0.get() {
             hook(end);
         }
         self.flushed.store(end.0, Ordering::Release);
-        self.written_hooks.call_flushed(self.ctx.tli, end);
         self.flush_watch.publish(end);
     }
 
