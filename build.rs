@@ -17,21 +17,6 @@
 //! `libgcc_s` as unused. Were that ever not so, the link would still
 //! succeed, with `libgcc_s` as before. Only with the `cli` feature (the
 //! binary's), so a library user's link is left alone.
-//!
-//! The same binary is linked as a position-dependent executable
-//! (`-no-pie`, an `ET_EXEC` file at a fixed address). As a PIE the
-//! loader applies ~18,600 relative relocations at every start and thereby
-//! writes every page of `.data.rel.ro` (copy-on-write faults: ~190 page
-//! faults per `walrep promote` instead of ~120); without PIE the linker
-//! resolves them once and those pages are only read from the page cache
-//! when touched. The objects stay position-independent (rustc's default,
-//! and std's prebuilt ones are), which a fixed-address link accepts; only
-//! the final link of the `walrep` binaries changes, not the tests' or a
-//! library user's. rustc puts `-pie` on the link line and the user's link
-//! arguments after it; the compiler driver takes the last of the two. The
-//! cost: the binary's own code and data are no longer randomized by ASLR
-//! (the heap, the stack, the shared libraries and thread stacks still
-//! are). A static (`crt-static`) build is left as it is.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -47,6 +32,5 @@ fn main() {
         && !static_crt
     {
         println!("cargo:rustc-link-lib=static:-bundle=gcc_eh");
-        println!("cargo:rustc-link-arg-bins=-no-pie");
     }
 }
